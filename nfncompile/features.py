@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .errors import FeatureMismatchError
-from .spec import WeightSpaceSpec
+from .spec import WeightSpaceSpec, is_counter
 
 __all__ = ["WeightSpaceFeatures"]
 
@@ -125,9 +125,9 @@ class WeightSpaceFeatures(Mapping):
                     raise type(e)(f"state_dicts[{i}]: {e}") from None
             names = spec.names
         else:
-            names = tuple(state_dicts[0])
+            names = tuple(k for k, v in state_dicts[0].items() if not is_counter(v))
             for i, sd in enumerate(state_dicts[1:], 1):
-                if set(sd) != set(names):
+                if {k for k, v in sd.items() if not is_counter(v)} != set(names):
                     raise FeatureMismatchError(
                         f"state_dicts[{i}] has keys {sorted(sd)}, state_dicts[0] has {sorted(names)}"
                     )

@@ -58,6 +58,7 @@ __all__ = [
     "WeightSpaceSpec",
     "Permutation",
     "check_mode",
+    "is_counter",
 ]
 
 ROLES = ("input", "hidden", "output")
@@ -452,9 +453,15 @@ class WeightSpaceSpec:
 
     def check_state_dict(self, state_dict: Mapping[str, Any], *, leading: int = 0) -> None:
         """Raise :class:`StateDictMismatchError` listing every missing, unexpected and
-        mis-shaped key at once. ``leading`` dims (batch, channel) are ignored in shape checks."""
+        mis-shaped key at once. ``leading`` dims (batch, channel) are ignored in shape checks.
+
+        Integer-valued entries that the spec does not list (counters such as BatchNorm's
+        ``num_batches_tracked``) are bookkeeping, not weights: they are not reported.
+        """
         missing = [n for n in self.names if n not in state_dict]
-        unexpected = [k for k in state_dict if k not in self._by_name]
+        unexpected = [
+            k for k, v in state_dict.items() if k not in self._by_name and not is_counter(v)
+        ]
         misshaped = [
             f"{k}: expected {list(self[k].shape)}, got {list(v.shape[leading:])}"
             for k, v in state_dict.items()
@@ -681,9 +688,13 @@ class Permutation:
         return x.reshape(tensor.shape)
 
     def apply_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict:
-        """Permute a state_dict of the spec's network (keys must match the spec exactly)."""
+        """Permute a state_dict of the spec's network (keys must match the spec; integer
+        counters the spec does not list pass through unchanged)."""
         self.spec.check_state_dict(state_dict)
-        return {k: self.apply_tensor(k, v) for k, v in state_dict.items()}
+        return {
+            k: v if k not in self.spec._by_name else self.apply_tensor(k, v)
+            for k, v in state_dict.items()
+        }
 
     def apply(self, features: Any) -> Any:
         """Permute batched features ``name -> (B, C, *shape)``; returns the same type."""
@@ -695,6 +706,11 @@ class Permutation:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+def is_counter(value: Any) -> bool:
+    """Whether a state_dict entry is an integer counter (e.g. ``num_batches_tracked``)."""
+    return isinstance(value, torch.Tensor) and not (value.is_floating_point() or value.is_complex())
 
 
 def _is_int(x: Any) -> bool:
