@@ -1,0 +1,547 @@
+"""The ``nfncompile`` command line.
+
+Subcommands
+-----------
+``trace MODEL [--input-shape 1,3,32,32] [--mode np|hnp] [-o spec.yaml] [--draw graph.png]``
+    Trace a model, print the symmetry report and write (or print) its weight-space spec YAML.
+``verify MODEL --spec spec.yaml [--input-shape ...] [--trials N]``
+    Check numerically that a spec's permutations leave a model's function unchanged
+    (exit code 1 when they do not).
+``layer SPEC.yaml [--in-channels 1] [--out-channels 8] [--mode hnp]``
+    Print the generated code of the :class:`~nfncompile.NFLinear` for a spec.
+
+``MODEL`` is a catalogue name (``small_cnn``, ``resnet20``: see
+:mod:`nfncompile.architectures`; their ``--input-shape`` defaults to the catalogue's), a
+factory of that module (``resnet_cifar``), or ``MODULE:FACTORY`` where ``MODULE`` is an
+importable module or a ``.py`` file and ``FACTORY`` a callable returning an ``nn.Module``
+(or a module instance). Keyword arguments go to the factory with repeated
+``--kwarg key=value``; values are read as YAML (``--kwarg hidden=[64,64]``).
+
+Library errors (:class:`~nfncompile.errors.NfnCompileError`) print as
+``nfncompile: error: <message>`` with exit code 2 and no traceback.
+
+Adding a subcommand: write ``add_arguments(parser)`` and ``handler(args) -> int`` and call
+:func:`register_subcommand` (as the built-in ones below do); :func:`build_parser` picks up
+every registered :class:`Subcommand` in order.
+
+Examples
+--------
+>>> main(["trace", "small_cnn", "-o", "spec.yaml"])  # doctest: +SKIP
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, NfnCompileError, StateDictMismatchError
+
+__all__ = [
+    "Subcommand",
+    "register_subcommand",
+    "build_parser",
+    "main",
+    "load_model",
+    "parse_shape",
+    "parse_kwarg",
+]
+
+PROG = "nfncompile"
+
+
+# --------------------------------------------------------------------------------------------
+# subcommand registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``nfncompile`` subcommand.
+
+    Attributes
+    ----------
+    name : str
+        What the user types (``trace``).
+    help : str
+        One line for ``nfncompile --help``.
+    add_arguments : callable
+        ``add_arguments(parser)`` declares its options on an ``argparse`` subparser.
+    handler : callable
+        ``handler(args) -> int`` runs it and returns the exit code; it may raise
+        :class:`~nfncompile.errors.NfnCompileError` for user errors.
+    description : str
+        Longer text for ``nfncompile NAME --help`` (defaults to ``help``).
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+_SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register_subcommand(command: Subcommand) -> Subcommand:
+    """Add ``command`` to the ``nfncompile`` command line (replacing one of the same name).
+
+    Examples
+    --------
+    >>> def add(p): p.add_argument("--n", type=int, default=1)
+    >>> def run(args): print(" ".join(["hello"] * args.n)); return 0
+    >>> _ = register_subcommand(Subcommand("hello", "say hello", add, run))
+    >>> main(["hello", "--n", "2"])
+    hello hello
+    0
+    >>> del _SUBCOMMANDS["hello"]
+    """
+    if not isinstance(command, Subcommand):
+        raise TypeError(f"expected a Subcommand, got {type(command).__name__}")
+    _SUBCOMMANDS[command.name] = command
+    return command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per registered :class:`Subcommand`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compile permutation-equivariant neural functionals for MLPs and CNNs.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in _SUBCOMMANDS.values():
+        p = sub.add_parser(
+            cmd.name,
+            help=cmd.help,
+            description=cmd.description or cmd.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.add_arguments(p)
+        p.set_defaults(_handler=cmd.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Usage errors exit with 2 (argparse's convention), library errors print
+    ``nfncompile: error: <message>`` to stderr and return 2.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors: return instead of exiting
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        return int(args._handler(args))
+    except NfnCompileError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+# --------------------------------------------------------------------------------------------
+# shared argument parsing
+# --------------------------------------------------------------------------------------------
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse ``"1,3,32,32"`` (or ``1x3x32x32``) into a tuple of positive ints.
+
+    Examples
+    --------
+    >>> parse_shape("2, 1, 8, 8")
+    (2, 1, 8, 8)
+    """
+    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive ints such as 1,3,32,32, got {text!r}"
+        )
+    return shape
+
+
+def parse_kwarg(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` with the value read as YAML.
+
+    Examples
+    --------
+    >>> parse_kwarg("hidden=[64, 64]")
+    ('hidden', [64, 64])
+    >>> parse_kwarg("activation=tanh")
+    ('activation', 'tanh')
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"{key}: value {value!r} is not valid YAML: {e}") from None
+
+
+def _add_model_arguments(p: argparse.ArgumentParser, *, shape_help: str = "") -> None:
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="catalogue name (e.g. small_cnn), architectures factory (e.g. resnet_cifar), "
+        "or MODULE:FACTORY (MODULE importable or a .py file)",
+    )
+    p.add_argument(
+        "--kwarg",
+        action="append",
+        type=parse_kwarg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument for the factory, value read as YAML (repeatable)",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=parse_shape,
+        metavar="SHAPE",
+        help="example input shape with batch dim, e.g. 1,3,32,32"
+        + (shape_help or " (default: the catalogue's, for catalogue names)"),
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for the model init and inputs (default 0)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# model loading
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _cwd_on_path() -> Iterator[None]:
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _import_module(name: str) -> Any:
+    if name.endswith(".py") or os.sep in name or "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"cannot import {name!r}: no such file")
+        mod_name = f"_nfncompile_user_{path.stem}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"cannot import {name!r}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            with _cwd_on_path():
+                spec.loader.exec_module(module)
+        except ImportError as e:
+            del sys.modules[mod_name]
+            raise ConfigError(f"cannot import {name!r}: {e}") from None
+        return module
+    try:
+        with _cwd_on_path():
+            return importlib.import_module(name)
+    except ImportError as e:
+        raise ConfigError(f"cannot import module {name!r}: {e}") from None
+
+
+def load_model(
+    target: str, kwargs: dict[str, Any] | None = None, input_shape: tuple | None = None
+) -> tuple[Any, tuple]:
+    """Build the model ``target`` names and resolve its example input shape.
+
+    Parameters
+    ----------
+    target : str
+        A catalogue name, an :mod:`~nfncompile.architectures` factory name, or
+        ``MODULE:FACTORY``.
+    kwargs : dict, optional
+        Keyword arguments for the factory.
+    input_shape : tuple of int, optional
+        Required unless ``target`` is a catalogue name (whose shape is the default).
+
+    Returns
+    -------
+    model : torch.nn.Module
+    input_shape : tuple of int
+
+    Raises
+    ------
+    ConfigError
+        When the module cannot be imported, the factory does not exist, rejects the keyword
+        arguments or returns something else than an ``nn.Module``, or no shape is known.
+
+    Examples
+    --------
+    >>> model, shape = load_model("small_cnn", {"channels": 4})
+    >>> shape, model.conv1.out_channels
+    ((2, 1, 8, 8), 4)
+    """
+    from torch import nn
+
+    from . import architectures
+
+    kwargs = dict(kwargs or {})
+    default_shape = None
+    if ":" in target:
+        module_name, _, attr = target.rpartition(":")
+        if not module_name or not attr:
+            raise ConfigError(f"expected MODULE:FACTORY, got {target!r}")
+        obj = _import_module(module_name)
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                avail = sorted(
+                    k for k, v in vars(obj).items() if not k.startswith("_") and callable(v)
+                )
+                near = difflib.get_close_matches(part, avail, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                listing = f"; callables there: {', '.join(avail)}" if len(avail) <= 12 else ""
+                raise ConfigError(f"{module_name!r} has no attribute {attr!r}{hint}{listing}")
+            obj = getattr(obj, part)
+        factory, where = obj, target
+    elif target in architectures.CATALOGUE:
+        arch = architectures.CATALOGUE[target]
+        factory, where, default_shape = arch.factory, target, arch.input_shape
+    elif target in architectures.FACTORIES:
+        factory, where = architectures.FACTORIES[target], target
+    else:
+        choices = [*architectures.CATALOGUE, *architectures.FACTORIES]
+        near = difflib.get_close_matches(target, choices, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(
+            f"unknown model {target!r}{hint}; give a catalogue name "
+            f"({', '.join(architectures.CATALOGUE)}), an architectures factory "
+            f"({', '.join(k for k in architectures.FACTORIES if k not in architectures.CATALOGUE)})"
+            " or MODULE:FACTORY"
+        )
+
+    if isinstance(factory, nn.Module):
+        if kwargs:
+            raise ConfigError(f"{where} is a module instance, not a factory: it takes no --kwarg")
+        model = factory
+    elif callable(factory):
+        try:
+            model = factory(**kwargs)
+        except TypeError as e:
+            raise ConfigError(
+                f"{where}: factory rejected keyword arguments {kwargs}: {e}"
+            ) from None
+    else:
+        raise ConfigError(f"{where} is a {type(factory).__name__}, not a factory or nn.Module")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{where} returned a {type(model).__name__}, expected a torch.nn.Module")
+    shape = input_shape or default_shape
+    if shape is None:
+        raise ConfigError(f"{where}: --input-shape is required (e.g. --input-shape 1,3,32,32)")
+    return model, tuple(shape)
+
+
+def _model_and_input(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Seeded model and example input for ``args``; checks the model runs on the input."""
+    import torch
+
+    torch.manual_seed(args.seed)
+    model, shape = load_model(args.model, dict(args.kwarg), args.input_shape)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as e:
+        raise ConfigError(
+            f"{args.model} fails on an input of shape {list(shape)} (check --input-shape): "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    return model, x
+
+
+def _load_spec(path: str) -> Any:
+    from .spec import WeightSpaceSpec
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such spec file")
+    return WeightSpaceSpec.from_yaml(Path(path))
+
+
+# --------------------------------------------------------------------------------------------
+# trace
+# --------------------------------------------------------------------------------------------
+
+
+def _trace_arguments(p: argparse.ArgumentParser) -> None:
+    _add_model_arguments(p)
+    p.add_argument("--mode", choices=("np", "hnp"), default="np", help="symmetry mode (np)")
+    p.add_argument("-o", "--output", metavar="SPEC.yaml", help="write the spec YAML here")
+    p.add_argument("--draw", metavar="GRAPH.png", help="draw the symmetry graph (matplotlib)")
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the numerical check of the derived symmetry",
+    )
+
+
+def _trace(args: argparse.Namespace) -> int:
+    model, x = _model_and_input(args)
+    from .frontend import trace_with_report
+
+    spec, report = trace_with_report(model, x, verify=args.verify, mode=args.mode, seed=args.seed)
+    if args.draw:
+        try:
+            from .graph import draw_symmetry_graph
+        except ImportError as e:
+            raise ConfigError(
+                f"--draw needs matplotlib (pip install 'nfncompile[draw]'): {e}"
+            ) from None
+        draw_symmetry_graph(report, args.draw)
+    text = str(report).rstrip("\n")
+    if args.output:
+        spec.to_yaml(args.output)
+        print(text)
+        print(f"wrote {args.output}")
+        if args.draw:
+            print(f"wrote {args.draw}")
+    else:  # stdout stays valid YAML: the report as comments, then the spec
+        print("\n".join(f"# {line}".rstrip() for line in text.splitlines()))
+        if args.draw:
+            print(f"# wrote {args.draw}")
+        print(spec.to_yaml(), end="")
+    return 0
+
+
+register_subcommand(
+    Subcommand(
+        "trace",
+        "trace a model into a weight-space spec (YAML) with a symmetry report",
+        _trace_arguments,
+        _trace,
+        description=(
+            "Trace MODEL with torch.fx, derive its neuron spaces and print the symmetry report.\n"
+            "The spec YAML goes to -o, or to stdout after the report (as YAML comments).\n\n"
+            "examples:\n"
+            "  nfncompile trace small_cnn -o small_cnn.yaml\n"
+            "  nfncompile trace resnet_cifar --kwarg depth=8 --input-shape 1,3,8,8 --mode hnp\n"
+            "  nfncompile trace mymodels.py:make_net --input-shape 1,16"
+        ),
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# verify
+# --------------------------------------------------------------------------------------------
+
+
+def _verify_arguments(p: argparse.ArgumentParser) -> None:
+    _add_model_arguments(p)
+    p.add_argument("--spec", required=True, metavar="SPEC.yaml", help="the spec to check")
+    p.add_argument("--trials", type=int, default=8, help="random group elements (default 8)")
+    p.add_argument("--mode", choices=("np", "hnp"), default=None, help="override the spec's mode")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be a positive int, got {args.trials}")
+    spec = _load_spec(args.spec)
+    if args.mode:
+        spec = spec.with_mode(args.mode)
+    model, x = _model_and_input(args)
+    try:
+        spec.check_state_dict(model.state_dict())  # every mismatched key at once
+    except StateDictMismatchError as e:
+        raise StateDictMismatchError(f"{args.spec} does not describe {args.model}: {e}") from None
+    from .verify import verify
+
+    report = verify(model, spec, x, trials=args.trials, seed=args.seed)
+    print(str(report).rstrip("\n"))
+    return 0 if report.ok else 1
+
+
+register_subcommand(
+    Subcommand(
+        "verify",
+        "check numerically that a spec's permutations leave a model unchanged",
+        _verify_arguments,
+        _verify,
+        description=(
+            "Apply random permutations of SPEC's group to MODEL's parameters and compare\n"
+            "outputs. Exit code 0 when the symmetry holds, 1 when it does not.\n\n"
+            "example:\n"
+            "  nfncompile verify small_cnn --spec small_cnn.yaml --trials 16"
+        ),
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# layer
+# --------------------------------------------------------------------------------------------
+
+
+def _layer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC.yaml", help="a weight-space spec")
+    p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1)")
+    p.add_argument("--out-channels", type=int, default=8, help="output channels (default 8)")
+    p.add_argument(
+        "--mode", choices=("np", "hnp"), default=None, help="symmetry mode (default: the spec's)"
+    )
+
+
+def _layer(args: argparse.Namespace) -> int:
+    for flag in ("in_channels", "out_channels"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive int")
+    spec = _load_spec(args.spec)
+    from .layers import NFLinear
+
+    mode = args.mode or spec.mode
+    layer = NFLinear(spec, args.in_channels, args.out_channels, mode=mode)
+    n_params = sum(p.numel() for p in layer.parameters())
+    print(
+        f"# NFLinear({args.spec}, in_channels={args.in_channels}, "
+        f"out_channels={args.out_channels}, mode={mode!r}): {n_params} parameters"
+    )
+    print(layer.code.strip("\n"))
+    return 0
+
+
+register_subcommand(
+    Subcommand(
+        "layer",
+        "print the generated code of an NFLinear layer for a spec",
+        _layer_arguments,
+        _layer,
+        description=(
+            "Compile an NFLinear layer for SPEC and print its generated torch.fx code.\n\n"
+            "example:\n"
+            "  nfncompile layer small_cnn.yaml --in-channels 1 --out-channels 8 --mode hnp"
+        ),
+    )
+)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
