@@ -543,5 +543,18 @@ register_subcommand(
 )
 
 
+from .tasks import RUN_DESCRIPTION, add_run_arguments, run_command  # noqa: E402
+
+register_subcommand(
+    Subcommand(
+        "run",
+        "run an experiment spec end to end (zoo, training, evaluation, report)",
+        add_run_arguments,
+        run_command,
+        description=RUN_DESCRIPTION,
+    )
+)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

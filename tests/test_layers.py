@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from test_basis import SPECS, make_spec, mlp_spec
 from torch import fx
 
+from nfncompile import architectures as _architectures
 from nfncompile.errors import ConfigError, FeatureMismatchError, SpecError
 from nfncompile.features import WeightSpaceFeatures
+from nfncompile.frontend import trace
 from nfncompile.layers import NFLinear, NFPool
 from nfncompile.spec import WeightSpaceSpec
 
@@ -157,25 +159,16 @@ def test_io_embed_is_hnp_equivariant(name):
     check_equivariant(NFLinear(spec, 2, 2, mode="np", io_embed=True), spec, "hnp")
 
 
-try:
-    from nfncompile import architectures as _architectures
-
-    CATALOGUE_NAMES = sorted(_architectures.CATALOGUE)
-except ImportError:  # the catalogue lands separately
-    CATALOGUE_NAMES = []
+CATALOGUE_NAMES = sorted(_architectures.CATALOGUE)
 
 
 @pytest.mark.parametrize("name", CATALOGUE_NAMES)
 def test_traced_catalogue(name):
     """Every catalogue entry traces to a spec on which NFLinear is equivariant and NFPool
-    invariant, in both modes (entries over 25k parameters are left to the slow suite)."""
-    frontend = pytest.importorskip("nfncompile.frontend")
+    invariant, in both modes."""
     torch.manual_seed(0)
     arch = _architectures.CATALOGUE[name]
-    model = arch.factory()
-    if sum(p.numel() for p in model.parameters()) > 25_000:
-        pytest.skip(f"{name}: large; tracing it alone takes seconds")
-    spec = frontend.trace(model, torch.randn(arch.input_shape))
+    spec = trace(arch.factory(), torch.randn(arch.input_shape))
     for mode in MODES:
         assert check_equivariant(NFLinear(spec, 1, 2, mode=mode), spec, mode)
         check_invariant(NFPool(spec, mode), spec, mode, 1)
