@@ -61,13 +61,11 @@ nfncompile.errors.ConfigError: <dict>: nfn.layers[1]: io_encoding after nf_pool:
 from __future__ import annotations
 
 import contextlib
-import difflib
-import importlib
 import json
 import os
 import sys
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -539,52 +537,14 @@ def _read_spec(spec_path: str, base_dir: Any, source: str, path: str) -> WeightS
 
 
 def _make_model(cfg: WeightSpaceConfig, source: str, path: str) -> tuple[nn.Module, tuple]:
-    from . import architectures
+    from .architectures import ModelArgumentError, load
 
-    target = cfg.model
-    where = f"{source}: {path}.model"
-    default_shape = None
-    if ":" in target:
-        module_name, _, attr = target.rpartition(":")
-        if not module_name or not attr:
-            raise ConfigError(f"{where}: expected 'module:function', got {target!r}")
-        try:
-            with _cwd_on_path():
-                obj = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ConfigError(f"{where}: cannot import module {module_name!r}: {e}") from None
-        for part in attr.split("."):
-            if not hasattr(obj, part):
-                raise ConfigError(f"{where}: {module_name!r} has no attribute {attr!r}")
-            obj = getattr(obj, part)
-        factory = obj
-    elif target in architectures.CATALOGUE:
-        arch = architectures.CATALOGUE[target]
-        factory, default_shape = arch.factory, arch.input_shape
-    elif target in architectures.FACTORIES:
-        factory = architectures.FACTORIES[target]
-    else:
-        choices = [*architectures.CATALOGUE, *architectures.FACTORIES]
-        near = difflib.get_close_matches(target, choices, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(
-            f"{where}: unknown model {target!r}{hint}; valid: a catalogue name "
-            f"({', '.join(architectures.CATALOGUE)}), a factory "
-            f"({', '.join(k for k in architectures.FACTORIES if k not in architectures.CATALOGUE)})"
-            " or 'module:function'"
-        )
-    if not callable(factory):
-        raise ConfigError(f"{where}: {target!r} is a {type(factory).__name__}, not a factory")
     try:
-        model = factory(**cfg.kwargs)
-    except TypeError as e:
-        raise ConfigError(
-            f"{source}: {path}.kwargs: {target} rejected keyword arguments {cfg.kwargs}: {e}"
-        ) from None
-    except NfnCompileError as e:
+        model, default_shape = load(cfg.model, cfg.kwargs)
+    except ModelArgumentError as e:
         raise ConfigError(f"{source}: {path}.kwargs: {e}") from None
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"{where}: {target} returned a {type(model).__name__}, not an nn.Module")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {path}.model: {e}") from None
     shape = cfg.input_shape or default_shape
     if shape is None:
         raise ConfigError(
@@ -592,19 +552,6 @@ def _make_model(cfg: WeightSpaceConfig, source: str, path: str) -> tuple[nn.Modu
             "a default example input)"
         )
     return model, tuple(shape)
-
-
-@contextlib.contextmanager
-def _cwd_on_path() -> Iterator[None]:
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,13 +33,8 @@ Examples
 from __future__ import annotations
 
 import argparse
-import contextlib
-import difflib
-import importlib
-import importlib.util
-import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,44 +226,6 @@ def _add_model_arguments(p: argparse.ArgumentParser, *, shape_help: str = "") ->
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _cwd_on_path() -> Iterator[None]:
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
-
-
-def _import_module(name: str) -> Any:
-    if name.endswith(".py") or os.sep in name or "/" in name:
-        path = Path(name)
-        if not path.is_file():
-            raise ConfigError(f"cannot import {name!r}: no such file")
-        mod_name = f"_nfncompile_user_{path.stem}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        if spec is None or spec.loader is None:
-            raise ConfigError(f"cannot import {name!r}: not a Python file")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            with _cwd_on_path():
-                spec.loader.exec_module(module)
-        except ImportError as e:
-            del sys.modules[mod_name]
-            raise ConfigError(f"cannot import {name!r}: {e}") from None
-        return module
-    try:
-        with _cwd_on_path():
-            return importlib.import_module(name)
-    except ImportError as e:
-        raise ConfigError(f"cannot import module {name!r}: {e}") from None
-
-
 def load_model(
     target: str, kwargs: dict[str, Any] | None = None, input_shape: tuple | None = None
 ) -> tuple[Any, tuple]:
@@ -301,62 +258,12 @@ def load_model(
     >>> shape, model.conv1.out_channels
     ((2, 1, 8, 8), 4)
     """
-    from torch import nn
-
     from . import architectures
 
-    kwargs = dict(kwargs or {})
-    default_shape = None
-    if ":" in target:
-        module_name, _, attr = target.rpartition(":")
-        if not module_name or not attr:
-            raise ConfigError(f"expected MODULE:FACTORY, got {target!r}")
-        obj = _import_module(module_name)
-        for part in attr.split("."):
-            if not hasattr(obj, part):
-                avail = sorted(
-                    k for k, v in vars(obj).items() if not k.startswith("_") and callable(v)
-                )
-                near = difflib.get_close_matches(part, avail, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                listing = f"; callables there: {', '.join(avail)}" if len(avail) <= 12 else ""
-                raise ConfigError(f"{module_name!r} has no attribute {attr!r}{hint}{listing}")
-            obj = getattr(obj, part)
-        factory, where = obj, target
-    elif target in architectures.CATALOGUE:
-        arch = architectures.CATALOGUE[target]
-        factory, where, default_shape = arch.factory, target, arch.input_shape
-    elif target in architectures.FACTORIES:
-        factory, where = architectures.FACTORIES[target], target
-    else:
-        choices = [*architectures.CATALOGUE, *architectures.FACTORIES]
-        near = difflib.get_close_matches(target, choices, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(
-            f"unknown model {target!r}{hint}; give a catalogue name "
-            f"({', '.join(architectures.CATALOGUE)}), an architectures factory "
-            f"({', '.join(k for k in architectures.FACTORIES if k not in architectures.CATALOGUE)})"
-            " or MODULE:FACTORY"
-        )
-
-    if isinstance(factory, nn.Module):
-        if kwargs:
-            raise ConfigError(f"{where} is a module instance, not a factory: it takes no --kwarg")
-        model = factory
-    elif callable(factory):
-        try:
-            model = factory(**kwargs)
-        except TypeError as e:
-            raise ConfigError(
-                f"{where}: factory rejected keyword arguments {kwargs}: {e}"
-            ) from None
-    else:
-        raise ConfigError(f"{where} is a {type(factory).__name__}, not a factory or nn.Module")
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"{where} returned a {type(model).__name__}, expected a torch.nn.Module")
+    model, default_shape = architectures.load(target, kwargs)
     shape = input_shape or default_shape
     if shape is None:
-        raise ConfigError(f"{where}: --input-shape is required (e.g. --input-shape 1,3,32,32)")
+        raise ConfigError(f"{target}: --input-shape is required (e.g. --input-shape 1,3,32,32)")
     return model, tuple(shape)
 
 

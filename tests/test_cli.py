@@ -186,7 +186,7 @@ def test_load_from_file_and_cwd(tmp_path, monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, "mymodels", raising=False)
     model, _ = cli.load_model("mymodels:instance", {}, (1, 2))
     assert isinstance(model, torch.nn.Linear)
-    with pytest.raises(ConfigError, match="takes no --kwarg"):
+    with pytest.raises(ConfigError, match="takes no keyword arguments"):
         cli.load_model("mymodels:instance", {"x": 1}, (1, 2))
     with pytest.raises(ConfigError, match="not a factory"):
         cli.load_model("mymodels:not_a_model", {}, (1, 2))
