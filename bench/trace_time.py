@@ -4,7 +4,7 @@ Run ``python bench/trace_time.py`` (``--quick`` for a smaller sweep, ``--no-veri
 verification). Prints one row per model:
 
 * ``trace``: torch.fx symbolic trace + shape propagation (fake tensors above
-  ``nfncompile.trace.FAKE_ABOVE`` parameter elements, real forward below);
+  ``nfncompile.fxtrace.FAKE_ABOVE`` parameter elements, real forward below);
 * ``graph``: the symmetry analysis pass (:mod:`nfncompile.graph`);
 * ``spaces``: cut propagation + union-find (:mod:`nfncompile.spaces`) and building the spec;
 * ``verify``: what ``nfc.trace`` runs by default: a float64 copy of the model and 2 joint
@@ -25,10 +25,10 @@ from torch import nn
 
 from nfncompile.architectures import mlp, resnet_cifar
 from nfncompile.frontend import spec_from_derived
+from nfncompile.fxtrace import trace_module
 from nfncompile.graph import build_symmetry_graph
 from nfncompile.spaces import derive_spaces
-from nfncompile.trace import trace_module
-from nfncompile.verify import verify
+from nfncompile.verification import verify
 
 
 def cnn(width: int, depth: int = 4) -> nn.Module:

@@ -30,8 +30,8 @@ _EXPORTS = {
     "trace": "frontend",
     "trace_with_report": "frontend",
     "TraceReport": "frontend",
-    "verify": "verify",
-    "VerifyReport": "verify",
+    "verify": "verification",
+    "VerifyReport": "verification",
     # back end
     "NFLinear": "layers",
     "NFPool": "layers",
@@ -41,7 +41,7 @@ _EXPORTS = {
     "IOEncoding": "pointwise",
     "StatFeatures": "stats",
     # declarative
-    "build": "build",
+    "build": "builder",
     # errors
     "NfnCompileError": "errors",
     "SpecError": "errors",

@@ -1,8 +1,8 @@
 """The compiler front end: ``nn.Module`` -> verified :class:`~nfncompile.spec.WeightSpaceSpec`.
 
 :func:`trace` runs the four front-end passes: torch.fx tracing with shape propagation
-(:mod:`nfncompile.trace`), the neuron-symmetry graph (:mod:`nfncompile.graph`), space
-derivation (:mod:`nfncompile.spaces`) and numerical verification (:mod:`nfncompile.verify`).
+(:mod:`nfncompile.fxtrace`), the neuron-symmetry graph (:mod:`nfncompile.graph`), space
+derivation (:mod:`nfncompile.spaces`) and numerical verification (:mod:`nfncompile.verification`).
 :func:`trace_with_report` also returns a :class:`TraceReport` saying, for every space, which
 parameters index it and which ops tied it, and what broke symmetry.
 
@@ -25,7 +25,6 @@ params:
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,12 +33,12 @@ import networkx as nx
 from torch import nn
 
 from .errors import SymmetryError
+from .fxtrace import trace_module
 from .graph import build_symmetry_graph
 from .spaces import BrokenInfo, Derived, derive_spaces
 from .spec import ParamSpec, Space, WeightSpaceSpec, check_mode
-from .trace import trace_module
-from .verify import VerifyReport
-from .verify import verify as _verify
+from .verification import VerifyReport
+from .verification import verify as _verify
 
 __all__ = ["trace", "trace_with_report", "TraceReport", "SpaceReport", "spec_from_derived"]
 
@@ -73,7 +72,7 @@ class TraceReport:
     verification : VerifyReport or None
         ``None`` when tracing ran with ``verify=False``.
     graph : networkx.MultiGraph
-        The neuron-symmetry graph (see :func:`nfncompile.graph.draw_symmetry_graph`).
+        The neuron-symmetry graph (see :func:`nfncompile.drawing.draw_symmetry_graph`).
     derived : spaces.Derived
     timings : dict
         Seconds per pass: ``trace``, ``graph``, ``spaces``, ``verify``.
@@ -257,7 +256,7 @@ def trace(
     seed : int
         Seed of the verification's random draws.
     fake : bool, optional
-        Shape propagation on fake tensors (see :func:`nfncompile.trace.trace_module`).
+        Shape propagation on fake tensors (see :func:`nfncompile.fxtrace.trace_module`).
 
     Returns
     -------
@@ -285,14 +284,3 @@ def trace(
         model, example_input, verify=verify, mode=mode, trials=trials, seed=seed, fake=fake
     )
     return spec
-
-
-def _rebind_public_names() -> None:
-    # Importing the submodules nfncompile.trace and nfncompile.verify sets package attributes
-    # of those names to the modules; the public API promises the functions.
-    pkg = sys.modules[__name__.rpartition(".")[0]]
-    pkg.trace = trace
-    pkg.verify = _verify
-
-
-_rebind_public_names()

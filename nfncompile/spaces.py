@@ -18,7 +18,7 @@ The result is plain data (:class:`Derived`): this module does not import :mod:`n
 Examples
 --------
 >>> import torch
->>> from nfncompile.trace import trace_module
+>>> from nfncompile.fxtrace import trace_module
 >>> from nfncompile.graph import build_symmetry_graph
 >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
 >>> d = derive_spaces(build_symmetry_graph(trace_module(net, torch.randn(5, 3)), net))

@@ -1,4 +1,4 @@
-"""Tests of nfncompile.build: model spec files, their schema, and the modules they build."""
+"""Tests of nfncompile.builder: model spec files, their schema, and the modules they build."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nfncompile as nfc
-from nfncompile.build import (
+from nfncompile.builder import (
     NFN,
     FlatMLP,
     ModelConfig,
@@ -91,7 +91,7 @@ def test_committed_schema_is_up_to_date():
     committed = (SPECS / "schema.json").read_text()
     assert committed == write_schema(), (
         "specs/schema.json is stale; regenerate it with "
-        "python -c \"from nfncompile.build import write_schema; write_schema('specs/schema.json')\""
+        "python -c \"from nfncompile.builder import write_schema; write_schema('specs/schema.json')\""
     )
     assert json.loads(committed) == schema()
 
@@ -392,7 +392,7 @@ def test_build_every_example_and_run_forward(path):
 
 
 def test_tracing_is_seeded_cached_and_leaves_the_global_rng_alone():
-    from nfncompile.build import WeightSpaceConfig
+    from nfncompile.builder import WeightSpaceConfig
 
     cfg = WeightSpaceConfig(model="mlp", kwargs={"hidden": [5]}, input_shape=(2, 16))
     torch.manual_seed(123)

@@ -9,7 +9,7 @@ from strategies import RandomNet, random_models
 
 import nfncompile as nfc
 from nfncompile.spec import is_counter
-from nfncompile.verify import verify
+from nfncompile.verification import verify
 
 SETTINGS = settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True

@@ -1,4 +1,4 @@
-"""nfncompile.verify: numerical checks of a spec against its model."""
+"""nfncompile.verification: numerical checks of a spec against its model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 import nfncompile as nfc
 from nfncompile.errors import StateDictMismatchError
-from nfncompile.verify import verify
+from nfncompile.verification import verify
 
 
 def _x(*shape: int, seed: int = 0) -> torch.Tensor:

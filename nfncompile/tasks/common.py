@@ -15,8 +15,8 @@ An experiment spec is a YAML file::
     eval: {...}                       # the task's own settings (see each task's EvalConfig)
     quick: {train: {epochs: 2}, ...}  # overrides applied by --quick (deep-merged)
 
-Model specs follow :mod:`nfncompile.build`; their ``weight_space`` may be left out, since the
-task passes the zoo's weight-space spec to :func:`~nfncompile.build.build`.
+Model specs follow :mod:`nfncompile.builder`; their ``weight_space`` may be left out, since the
+task passes the zoo's weight-space spec to :func:`~nfncompile.builder.build`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..build import ModelConfig, build_model
-from ..build import load as load_model_config
+from ..builder import ModelConfig, build_model
+from ..builder import load as load_model_config
 from ..config import FieldError, parse
 from ..config import load_yaml as _load_yaml
 from ..errors import ConfigError

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..build import WeightSpaceConfig, resolve_weight_space
+from ..builder import WeightSpaceConfig, resolve_weight_space
 from ..config import FieldError
 from ..data import load_digits_tensors, split_indices
 from ..errors import ConfigError

@@ -23,8 +23,6 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import sys
-import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -172,16 +170,3 @@ def trace_module(
         else:
             NodeShapeProp(gm).propagate(*args)
     return gm
-
-
-class _CallableModule(types.ModuleType):
-    """``nfncompile.trace`` is both this module and the public function ``nfc.trace``: when the
-    submodule import shadows the package attribute, calling the module still works."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .frontend import trace as fn
-
-        return fn(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,8 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .fxtrace import as_args
 from .spec import Permutation, WeightSpaceSpec, check_mode, is_counter
-from .trace import as_args
 
 __all__ = ["verify", "VerifyReport", "SpaceCheck", "IOAxes"]
 
@@ -228,7 +226,7 @@ def verify(
         A check passes when ``max |f_permuted - P_out f| <= atol + rtol * max |f|``.
     io : object with ``inputs`` and ``outputs``, optional
         How input/output spaces act on the model's input and output tensors (lists of objects
-        with ``shape``, ``view``, ``axes``, as :func:`nfncompile.trace` derives them). By
+        with ``shape``, ``view``, ``axes``, as :func:`nfncompile.fxtrace` derives them). By
         default, dim 1 of every input (dim 0 if 1-D) is labelled with the spec's input
         spaces, concatenated in spec order, and likewise for outputs; a dim ``k`` times
         longer than those spaces is read as flattened channels x ``k`` positions.
@@ -332,14 +330,3 @@ def verify(
     report.ok = all(c.ok for c in checks)
     report.max_error = max((c.max_error for c in checks), default=0.0)
     return report
-
-
-class _CallableModule(types.ModuleType):
-    """``nfncompile.verify`` is both this module and the public function ``nfc.verify``: when the
-    submodule import shadows the package attribute, calling the module still works."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return verify(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

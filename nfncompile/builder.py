@@ -63,8 +63,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -854,36 +852,9 @@ def write_schema(path: str | os.PathLike | None = None) -> str:
     """The schema as JSON text (2-space indent, trailing newline), written to ``path`` if given.
 
     ``specs/schema.json`` is this text; a test checks that it is up to date. Regenerate with
-    ``python -c "from nfncompile.build import write_schema; write_schema('specs/schema.json')"``.
+    ``python -c "from nfncompile.builder import write_schema; write_schema('specs/schema.json')"``.
     """
     text = json.dumps(schema(), indent=2) + "\n"
     if path is not None:
         Path(path).write_text(text)
     return text
-
-
-# --------------------------------------------------------------------------------------------
-# `nfncompile.build` is both this module and the function
-# --------------------------------------------------------------------------------------------
-
-
-class _CallableModule(types.ModuleType):
-    """Makes ``nfc.build(...)`` work whichever of module and function Python bound first.
-
-    ``nfncompile/__init__.py`` exports the *function* ``build`` lazily, but importing the
-    submodule (``from nfncompile.build import load``) binds the package attribute ``build``
-    to this *module*, after which the lazy export is never consulted. Calling the module calls
-    :func:`build`.
-    """
-
-    def __call__(
-        self,
-        path_or_dict: str | os.PathLike | Mapping | ModelConfig,
-        *,
-        spec: WeightSpaceSpec | None = None,
-        base_dir: str | os.PathLike | None = None,
-    ) -> nn.Module:
-        return build(path_or_dict, spec=spec, base_dir=base_dir)
-
-
-sys.modules[__name__].__class__ = _CallableModule
