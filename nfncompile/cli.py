@@ -318,7 +318,7 @@ def _trace(args: argparse.Namespace) -> int:
     spec, report = trace_with_report(model, x, verify=args.verify, mode=args.mode, seed=args.seed)
     if args.draw:
         try:
-            from .graph import draw_symmetry_graph
+            from .drawing import draw_symmetry_graph
         except ImportError as e:
             raise ConfigError(
                 f"--draw needs matplotlib (pip install 'nfncompile[draw]'): {e}"
@@ -380,7 +380,7 @@ def _verify(args: argparse.Namespace) -> int:
         spec.check_state_dict(model.state_dict())  # every mismatched key at once
     except StateDictMismatchError as e:
         raise StateDictMismatchError(f"{args.spec} does not describe {args.model}: {e}") from None
-    from .verify import verify
+    from .verification import verify
 
     report = verify(model, spec, x, trials=args.trials, seed=args.seed)
     print(str(report).rstrip("\n"))
@@ -450,15 +450,47 @@ register_subcommand(
 )
 
 
-from .tasks import RUN_DESCRIPTION, add_run_arguments, run_command  # noqa: E402
+def _deferred(module: str, attr: str) -> Callable[..., Any]:
+    """``module.attr``, imported on first call: ``nfncompile --help`` stays fast and the
+    subcommands' heavy dependencies load only for the subcommand that needs them."""
 
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module, __package__), attr)(*args, **kwargs)
+
+    return call
+
+
+register_subcommand(
+    Subcommand(
+        "zoo",
+        "generate a model zoo (safetensors shards + metadata CSV) from a zoo spec",
+        _deferred(".zoo", "add_zoo_arguments"),
+        _deferred(".zoo", "run_zoo_command"),
+        description="""Generate a model zoo from embedded data (scikit-learn's digits): many small
+CNNs with varied hyperparameters and their test accuracy, or one SIREN per digit image with
+its PSNR. Deterministic per seed, resumable, splittable across machines with --shard i/n.
+
+examples:
+  nfncompile zoo specs/zoos/digits_cnn.yaml --workers 2
+  nfncompile zoo specs/zoos/digits_inr.yaml --quick --out /tmp/inr
+  nfncompile zoo specs/zoos/digits_cnn.yaml --shard 0/2   # this machine's half""",
+    )
+)
 register_subcommand(
     Subcommand(
         "run",
         "run an experiment spec end to end (zoo, training, evaluation, report)",
-        add_run_arguments,
-        run_command,
-        description=RUN_DESCRIPTION,
+        _deferred(".tasks", "add_run_arguments"),
+        _deferred(".tasks", "run_command"),
+        description="""Run an experiment spec end to end: generate the zoo if missing, train every
+model the spec lists, evaluate, print a markdown table and write DIR/results.json and plots.
+
+examples:
+  nfncompile run specs/experiments/generalization.yaml --out runs/generalization
+  nfncompile run specs/experiments/inr_editing.yaml --out runs/edit --quick
+  nfncompile run specs/experiments/winning_tickets.yaml --out runs/wt --device cuda""",
     )
 )
 

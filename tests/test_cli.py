@@ -321,7 +321,7 @@ def test_trace_draw(capsys, tmp_path):
 
 def test_verify_ok_and_failing(capsys, tmp_path):
     pytest.importorskip("nfncompile.frontend")
-    pytest.importorskip("nfncompile.verify")
+    pytest.importorskip("nfncompile.verification")
     good = tmp_path / "good.yaml"
     assert run(capsys, "trace", *MLP_ARGS, "-o", str(good))[0] == 0
     code, out, _ = run(capsys, "verify", *MLP_ARGS, "--spec", str(good), "--trials", "3")

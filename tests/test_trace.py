@@ -9,11 +9,12 @@ from torch import nn
 
 import nfncompile as nfc
 from nfncompile.architectures import CATALOGUE
+from nfncompile.drawing import draw_symmetry_graph
 from nfncompile.errors import SymmetryError, TraceError
 from nfncompile.frontend import trace_with_report
-from nfncompile.graph import FUNCTION_RULES, build_symmetry_graph, draw_symmetry_graph
+from nfncompile.fxtrace import trace_module
+from nfncompile.graph import FUNCTION_RULES, build_symmetry_graph
 from nfncompile.spec import is_counter
-from nfncompile.trace import trace_module
 
 
 def _x(*shape: int, seed: int = 0) -> torch.Tensor:
