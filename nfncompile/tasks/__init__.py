@@ -45,7 +45,6 @@ __all__ = [
     "run_experiment",
     "add_run_arguments",
     "run_command",
-    "RUN_DESCRIPTION",
 ]
 
 
@@ -214,13 +213,3 @@ def run_command(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     return 0
-
-
-RUN_DESCRIPTION = """Run an experiment spec end to end: generate the zoo if missing, train every
-model the spec lists, evaluate, print a markdown table and write DIR/results.json and plots.
-
-examples:
-  nfncompile run specs/experiments/generalization.yaml --out runs/generalization
-  nfncompile run specs/experiments/inr_editing.yaml --out runs/edit --quick
-  nfncompile run specs/experiments/winning_tickets.yaml --out runs/wt --device cuda
-"""
