@@ -26,11 +26,49 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import StateDictMismatchError
+from .errors import SpecError, StateDictMismatchError
 from .features import WeightSpaceFeatures
-from .spec import Permutation, WeightSpaceSpec, check_mode
+from .spec import ParamSpec, Permutation, Space, WeightSpaceSpec, check_mode
 
-__all__ = ["random_features", "assert_equivariant", "assert_invariant", "default_mode"]
+__all__ = [
+    "mlp_spec",
+    "random_features",
+    "assert_equivariant",
+    "assert_invariant",
+    "default_mode",
+]
+
+
+def mlp_spec(widths: tuple[int, ...] | list[int], mode: str = "np") -> WeightSpaceSpec:
+    """The weight-space spec of a plain MLP, without tracing one: handy for tests.
+
+    Layers are named ``l1 .. lL`` (``l{i}.weight``, ``l{i}.bias``), spaces ``in``,
+    ``h1 .. h{L-1}`` and ``out``.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        Neurons per layer, input first (at least two).
+    mode : {"np", "hnp"}
+
+    Examples
+    --------
+    >>> mlp_spec([2, 3, 1])
+    WeightSpaceSpec(mode='np', spaces=[in:2/input, h1:3/hidden, out:1/output], params=[l1.weight(3, 2)[h1, in], l1.bias(3,)[h1], l2.weight(1, 3)[out, h1], l2.bias(1,)[out]])
+    """
+    widths = list(widths)
+    if len(widths) < 2:
+        raise SpecError(f"an MLP needs at least an input and an output width, got {widths}")
+    names = ["in", *(f"h{i}" for i in range(1, len(widths) - 1)), "out"]
+    roles = ["input", *(["hidden"] * (len(widths) - 2)), "output"]
+    spaces = [Space(n, w, r) for n, w, r in zip(names, widths, roles)]
+    params = []
+    for i in range(1, len(widths)):
+        params.append(
+            ParamSpec(f"l{i}.weight", (widths[i], widths[i - 1]), (names[i], names[i - 1]))
+        )
+        params.append(ParamSpec(f"l{i}.bias", (widths[i],), (names[i],)))
+    return WeightSpaceSpec(spaces, params, mode)
 
 
 def random_features(

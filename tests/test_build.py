@@ -25,30 +25,13 @@ from nfncompile.config import load_yaml, parse, to_dict
 from nfncompile.errors import ConfigError, FeatureMismatchError
 from nfncompile.features import WeightSpaceFeatures
 from nfncompile.spec import WeightSpaceSpec
-from nfncompile.testing import assert_equivariant, assert_invariant, random_features
+from nfncompile.testing import assert_equivariant, assert_invariant, mlp_spec, random_features
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
 EXAMPLES = sorted((SPECS / "nfn").glob("*.yaml"))
 
-MLP_SPEC = WeightSpaceSpec.from_dict(
-    {
-        "spaces": {
-            "in": {"size": 2, "role": "input"},
-            "h1": {"size": 3, "role": "hidden"},
-            "h2": {"size": 3, "role": "hidden"},
-            "out": {"size": 2, "role": "output"},
-        },
-        "params": {
-            "l1.weight": {"shape": [3, 2], "axes": ["h1", "in"]},
-            "l1.bias": {"shape": [3], "axes": ["h1"]},
-            "l2.weight": {"shape": [3, 3], "axes": ["h2", "h1"]},
-            "l2.bias": {"shape": [3], "axes": ["h2"]},
-            "l3.weight": {"shape": [2, 3], "axes": ["out", "h2"]},
-            "l3.bias": {"shape": [2], "axes": ["out"]},
-        },
-    }
-)
+MLP_SPEC = mlp_spec([2, 3, 3, 2])
 
 
 def feats(spec: WeightSpaceSpec, channels: int = 1, batch: int = 3) -> WeightSpaceFeatures:

@@ -19,26 +19,9 @@ from nfncompile.pointwise import (
     sinusoidal_encoding,
 )
 from nfncompile.spec import WeightSpaceSpec
-from nfncompile.testing import assert_equivariant, random_features
+from nfncompile.testing import assert_equivariant, mlp_spec, random_features
 
-MLP = WeightSpaceSpec.from_dict(
-    {
-        "spaces": {
-            "in": {"size": 3, "role": "input"},
-            "h1": {"size": 4, "role": "hidden"},
-            "h2": {"size": 5, "role": "hidden"},
-            "out": {"size": 2, "role": "output"},
-        },
-        "params": {
-            "l1.weight": {"shape": [4, 3], "axes": ["h1", "in"]},
-            "l1.bias": {"shape": [4], "axes": ["h1"]},
-            "l2.weight": {"shape": [5, 4], "axes": ["h2", "h1"]},
-            "l2.bias": {"shape": [5], "axes": ["h2"]},
-            "l3.weight": {"shape": [2, 5], "axes": ["out", "h2"]},
-            "l3.bias": {"shape": [2], "axes": ["out"]},
-        },
-    }
-)
+MLP = mlp_spec([3, 4, 5, 2])
 
 # conv kernels (fixed axes), a composite axis with an input-space piece (a skip connection
 # concatenating the raw input) and a param with a view (flattened spatial positions).

@@ -13,26 +13,9 @@ from nfncompile.errors import ConfigError, FeatureMismatchError, SpecError
 from nfncompile.features import WeightSpaceFeatures
 from nfncompile.spec import WeightSpaceSpec
 from nfncompile.stats import StatFeatures, quantiles_by_sort
-from nfncompile.testing import assert_invariant, random_features
+from nfncompile.testing import assert_invariant, mlp_spec, random_features
 
-MLP = WeightSpaceSpec.from_dict(
-    {
-        "spaces": {
-            "in": {"size": 3, "role": "input"},
-            "h1": {"size": 4, "role": "hidden"},
-            "h2": {"size": 5, "role": "hidden"},
-            "out": {"size": 1, "role": "output"},
-        },
-        "params": {
-            "l1.weight": {"shape": [4, 3], "axes": ["h1", "in"]},
-            "l1.bias": {"shape": [4], "axes": ["h1"]},
-            "l2.weight": {"shape": [5, 4], "axes": ["h2", "h1"]},
-            "l2.bias": {"shape": [5], "axes": ["h2"]},
-            "l3.weight": {"shape": [1, 5], "axes": ["out", "h2"]},
-            "l3.bias": {"shape": [1], "axes": ["out"]},
-        },
-    }
-)
+MLP = mlp_spec([3, 4, 5, 1])
 
 CNN = WeightSpaceSpec.from_dict(
     {

@@ -18,27 +18,11 @@ from nfncompile.testing import (
     assert_equivariant,
     assert_invariant,
     default_mode,
+    mlp_spec,
     random_features,
 )
 
-MLP = WeightSpaceSpec.from_dict(
-    {
-        "spaces": {
-            "in": {"size": 3, "role": "input"},
-            "h1": {"size": 4, "role": "hidden"},
-            "h2": {"size": 2, "role": "hidden"},
-            "out": {"size": 2, "role": "output"},
-        },
-        "params": {
-            "l1.weight": {"shape": [4, 3], "axes": ["h1", "in"]},
-            "l1.bias": {"shape": [4], "axes": ["h1"]},
-            "l2.weight": {"shape": [2, 4], "axes": ["h2", "h1"]},
-            "l2.bias": {"shape": [2], "axes": ["h2"]},
-            "l3.weight": {"shape": [2, 2], "axes": ["out", "h2"]},
-            "l3.bias": {"shape": [2], "axes": ["out"]},
-        },
-    }
-)
+MLP = mlp_spec([3, 4, 2, 2])
 
 
 class AddPositional(nn.Module):
