@@ -11,7 +11,8 @@ and prints ratios ours/theirs (below 1.0 means we are faster / smaller):
 
 Usage::
 
-    python bench/layer_speed.py [--device cuda] [--quick] [--no-compile]
+    python bench/layer_speed.py [--device cuda] [--quick] [--no-compile] [--no-depth]
+                                [--case small-cnn]
 
 Needs ``pip install nfn==0.1.2 einops`` (the ``bench`` extra).
 """
@@ -263,6 +264,9 @@ def main(argv: list | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and depths")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile runs")
     parser.add_argument("--no-depth", action="store_true", help="skip the depth scaling table")
+    parser.add_argument(
+        "--case", default="", help="only the cases whose name contains this (e.g. small-cnn)"
+    )
     args = parser.parse_args(argv)
     try:
         import nfn.layers  # noqa: F401
@@ -284,6 +288,8 @@ def main(argv: list | None = None) -> None:
         ("mlp 784-128-128-10 b32 c16", mlp_spec((784, 128, 128, 10)), ("np",), 32, 16),
     ]
     for cname, spec, modes, batch, channels in cases:
+        if args.case not in cname:
+            continue
         for mode in modes:
             compare(cname, spec, mode, batch, channels, dev, args, rows)
     if not args.no_depth:

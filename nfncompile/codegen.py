@@ -5,6 +5,15 @@ The graph is built node by node (``placeholder`` / ``get_attr`` / ``call_functio
 placeholder per parameter in spec order, each ``(B, C_in, *param shape)``; it returns a tuple of
 ``(B, C_out, *param shape)`` tensors in the same order.
 
+Inside, every block is held **channels-last**: ``(B, *permutable dims, C * prod(fixed dims))``
+(fixed axes, e.g. conv kernel dims, folded into the channels after them). Each input block is
+permuted into that layout once (``*_cl``, ``*_in``) and each output block out of it once
+(``*_unfold``, ``*_native``: a view, so a stack of layers stays channels-last in memory).
+Between them reductions are means over middle dims, channel mixes are GEMMs over the last dim
+and placement only inserts singleton dims to broadcast into: no permute sits between a
+broadcast and a concatenation, which ``torch.compile`` on CPU turned into slow fused
+backward kernels (a sum over broadcast dims into a strided, kernel-sized inner dim).
+
 The generated module owns the layer's weights:
 
 ``mix{i}``
@@ -14,7 +23,8 @@ The generated module owns the layer's weights:
 ``embed{j}``
     learned position embedding added to an input block (``io_embed``);
 ``delta{k}``
-    constant 0/1 buffers that write diagonals.
+    constant 0/1 buffers that write diagonals (``(*permutable dims of Q, 1)``, 1 where a
+    diagonal group's axes are equal).
 
 Examples
 --------
@@ -46,14 +56,18 @@ __all__ = ["generate", "placeholder_names", "channel_mix"]
 
 
 def channel_mix(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``(R, K)`` weight applied to the channels of ``x`` ``(B, K, N)``: ``(B, R, N)``.
+    """``(R, K)`` weight applied to the channels (last dim) of ``x`` ``(B, *kept, K)``:
+    ``(B, *kept, R)``, one ``(B*N, K) x (K, R)`` GEMM.
 
-    One GEMM either way: a 1x1 ``conv1d`` on CUDA (fastest there), a channels-last
-    ``linear`` on CPU (one ``(B*N, K) x (K, R)`` matmul).
+    On CUDA, an ``x`` that is channels-first in memory (an input block without fixed dims,
+    read as is) is mixed there by a 1x1 ``conv1d`` instead of being copied channels-last.
     """
-    if x.is_cuda:
-        return F.conv1d(x, weight.unsqueeze(-1))
-    return F.linear(x.transpose(1, 2), weight).transpose(1, 2)
+    if x.is_cuda and x.dim() > 2 and x.stride(-1) != 1:
+        first = x.movedim(-1, 1)
+        if first.is_contiguous():
+            y = F.conv1d(first.flatten(2), weight.unsqueeze(-1))
+            return y.unflatten(2, x.shape[1:-1]).movedim(1, -1)
+    return F.linear(x, weight)
 
 
 def placeholder_names(names: tuple) -> list[str]:
@@ -149,7 +163,7 @@ def generate(plan: Plan, *, io_embed: bool = False) -> fx.GraphModule:
         b.shape[node] = None
         return node
 
-    # ---- input blocks -------------------------------------------------------------------
+    # ---- input blocks, in the internal layout (B, *permutable dims, C_in * fixed) -----------
     block_nodes: dict = {}
     n_embed = 0
     for pname in spec.names:
@@ -174,25 +188,31 @@ def generate(plan: Plan, *, io_embed: bool = False) -> fx.GraphModule:
                     emb = get_attr(f"embed{n_embed}", torch.zeros(c_in, *shape), True)
                     n_embed += 1
                     xb = b.call(operator.add, (xb, emb), (c_in, *r.shape), f"{_tag(r)}_emb")
-            block_nodes[r] = xb
+            # one permute per block: permutable dims first, then channels and fixed dims
+            # (folded into one channel dim by the reshape)
+            order = [1 + a for a in r.perm_axes] + [0] + [1 + a for a in r.fixed_axes]
+            xb = b.permute(xb, tuple(order), f"{_tag(r)}_cl")
+            perm_shape = tuple(r.shape[a] for a in r.perm_axes)
+            block_nodes[r] = b.reshape(xb, (*perm_shape, c_in * r.fixed_size), f"{_tag(r)}_in")
 
-    # ---- reductions ---------------------------------------------------------------------
+    # ---- reductions: (B, *kept, C_in * fixed) ------------------------------------------
     red_nodes: list = []
     for ri, red in enumerate(plan.reductions):
         r = red.block
         tag = f"{_tag(r)}_r{ri}"
+        kept_shape = (*red.shape[1:], red.channels)
         if red.source is not None:
             src = plan.reductions[red.source]
             pos = [
-                2 + j for j, g in enumerate(src.kept_groups) if not red.kept[red.groups.index(g)]
+                1 + j for j, g in enumerate(src.kept_groups) if not red.kept[red.groups.index(g)]
             ]
-            node = b.method("mean", (red_nodes[red.source], tuple(pos)), red.shape, tag)
+            node = b.method("mean", (red_nodes[red.source], tuple(pos)), kept_shape, tag)
             red_nodes.append(node)
             continue
         x = block_nodes[r]
-        # current labels of the non-batch, non-channel dims: ("a", axis) or ("g", group)
-        dims = [("a", i) for i in range(len(r.shape))]
-        shape = list(r.shape)
+        # current labels of the non-batch dims: ("a", axis), ("g", group) or ("k",) (channels)
+        dims = [("a", i) for i in r.perm_axes] + [("k",)]
+        shape = list(b.shape[x])
         for gi, g in enumerate(red.groups):
             if len(g) == 1:
                 dims[dims.index(("a", g[0]))] = ("g", gi)
@@ -208,55 +228,43 @@ def generate(plan: Plan, *, io_embed: bool = False) -> fx.GraphModule:
                 x = b.call(
                     torch.diagonal,
                     (x,),
-                    (c_in, *shape),
+                    tuple(shape),
                     f"{tag}_diag",
-                    {"offset": 0, "dim1": 2 + d1, "dim2": 2 + d2},
+                    {"offset": 0, "dim1": 1 + d1, "dim2": 1 + d2},
                 )
                 cur = ("g", gi)
-        mean_dims = [2 + dims.index(("g", gi)) for gi, k in enumerate(red.kept) if not k]
+        mean_dims = [1 + dims.index(("g", gi)) for gi, k in enumerate(red.kept) if not k]
         if mean_dims:
-            keep = [d for i, d in enumerate(dims) if 2 + i not in mean_dims]
-            shape = [s for i, s in enumerate(shape) if 2 + i not in mean_dims]
-            x = b.method("mean", (x, tuple(mean_dims)), (c_in, *shape), f"{tag}_mean")
+            keep = [d for i, d in enumerate(dims) if 1 + i not in mean_dims]
+            shape = [s for i, s in enumerate(shape) if 1 + i not in mean_dims]
+            x = b.method("mean", (x, tuple(mean_dims)), tuple(shape), f"{tag}_mean")
             dims = keep
-        fixed = [("a", i) for i in r.fixed_axes]
-        want = fixed + [("g", gi) for gi, k in enumerate(red.kept) if k]
-        order = [0] + [1 + dims.index(d) for d in want]
-        x = b.permute(x, tuple(order), f"{tag}_perm")
-        x = b.reshape(x, red.shape, tag)
+        want = [("g", gi) for gi, k in enumerate(red.kept) if k] + [("k",)]
+        x = b.permute(x, tuple(dims.index(d) for d in want), tag)
         red_nodes.append(x)
 
-    # ---- mixes --------------------------------------------------------------------------
+    # ---- mixes: one channel mix (a GEMM over the last dim) per concatenation ------------
     group_values: dict = {}
     for mi, mix in enumerate(plan.mixes):
         pieces = []
         for ri, perm in mix.inputs:
-            node = red_nodes[ri]
-            order = (0, *(1 + p for p in perm))
-            pieces.append(b.permute(node, order, f"r{ri}_t"))
+            pieces.append(b.permute(red_nodes[ri], (*perm, len(perm)), f"r{ri}_t"))
         kept = mix.kept_shape
         if len(pieces) == 1:
             x = pieces[0]
         else:
-            x = b.call(torch.cat, (pieces, 1), (mix.in_channels, *kept), f"cat{mi}")
+            x = b.call(torch.cat, (pieces, -1), (*kept, mix.in_channels), f"cat{mi}")
         w = get_attr(f"mix{mi}", torch.zeros(mix.out_channels, mix.in_channels), True)
-        if not kept:
-            y = b.call(F.linear, (x, w), (mix.out_channels,), f"mix{mi}_out")
-        else:
-            k = math.prod(kept)
-            if len(kept) > 1:
-                x = b.reshape(x, (mix.in_channels, k), f"cat{mi}_flat")
-            y = b.call(channel_mix, (w, x), (mix.out_channels, k), f"mix{mi}_out")
+        y = b.call(channel_mix, (w, x), (*kept, mix.out_channels), f"mix{mi}_out")
         if len(mix.groups) == 1:
             group_values[mix.groups[0]] = y
             continue
         sizes = [plan.groups[g].out_channels for g in mix.groups]
-        parts = b.call(torch.split, (y, sizes, 1), None, f"mix{mi}_split")
+        parts = b.call(torch.split, (y, sizes, -1), None, f"mix{mi}_split")
         for j, g in enumerate(mix.groups):
-            shp = (sizes[j], *b.shape[y][1:])
-            group_values[g] = b.call(operator.getitem, (parts, j), shp, f"g{g}")
+            group_values[g] = b.call(operator.getitem, (parts, j), (*kept, sizes[j]), f"g{g}")
 
-    # ---- placement ----------------------------------------------------------------------
+    # ---- placement: broadcast dims are new singletons, no permute -----------------------
     out_blocks: dict = {}
     n_delta = 0
     for gi, g in enumerate(plan.groups):
@@ -268,53 +276,34 @@ def generate(plan: Plan, *, io_embed: bool = False) -> fx.GraphModule:
             if y is None:
                 y = b.method("reshape", (bias, (1, g.out_channels)), (g.out_channels,), f"b{gi}")
             else:
-                kept_n = len(b.shape[y]) - 1
-                if kept_n:
-                    bias = b.method(
-                        "reshape", (bias, (g.out_channels,) + (1,) * kept_n), None, f"b{gi}"
-                    )
                 y = b.call(operator.add, (y, bias), b.shape[y], f"g{gi}_b")
-        fixed_dims = [q.shape[i] for i in q.fixed_axes]
-        kept = list(pat.kept_shape)
-        y = b.reshape(y, (c_out, *fixed_dims, *kept), f"g{gi}_split")
-        # source dim (in the reshaped value) of each Q axis, or None for a new singleton
-        first_of = {grp[0]: j for j, grp in enumerate(pat.linked_groups)}
-        src = []
-        for ax in range(len(q.shape)):
-            if q.axes[ax] is None:
-                src.append(1 + q.fixed_axes.index(ax))
-            elif ax in first_of:
-                src.append(1 + len(fixed_dims) + first_of[ax])
-            else:
-                src.append(None)
-        present = [s for s in src if s is not None]
-        y = b.permute(y, (0, *present), f"g{gi}_perm")
-        full = [c_out]
-        for ax, s in enumerate(src):
-            full.append(q.shape[ax] if s is not None else 1)
-        y = b.reshape(y, tuple(full), f"g{gi}_place")
+        # linked groups are ordered by first axis, as the kept dims of y: only singletons
+        # for the broadcast (and the diagonal's other) axes are inserted
+        firsts = {grp[0] for grp in pat.linked_groups}
+        full = [q.shape[ax] if ax in firsts else 1 for ax in q.perm_axes]
+        y = b.reshape(y, (*full, g.out_channels), f"g{gi}_place")
         for grp in pat.groups:
             if len(grp) < 2:
                 continue
             n = q.shape[grp[0]]
-            dshape = [1] * (1 + len(q.shape))
-            for ax in grp:
-                dshape[1 + ax] = n
-            eye = torch.zeros(*dshape[1:])
+            dshape = [n if ax in grp else 1 for ax in q.perm_axes] + [1]
+            eye = torch.zeros(*dshape)
             idx = torch.arange(n)
-            eye[tuple(idx if a in grp else 0 for a in range(len(q.shape)))] = 1.0
-            delta = get_attr(f"delta{n_delta}", eye.reshape(dshape), False)
+            eye[tuple(idx if ax in grp else 0 for ax in q.perm_axes) + (0,)] = 1.0
+            delta = get_attr(f"delta{n_delta}", eye, False)
             n_delta += 1
             delta = b.method("type_as", (delta, y), None, f"delta{n_delta - 1}_t")
             shp = tuple(max(a, d) for a, d in zip(b.shape[y], dshape))
             y = b.call(operator.mul, (y, delta), shp, f"g{gi}_diag")
         out_blocks.setdefault(q, []).append(y)
 
-    # ---- sum into blocks, assemble params -----------------------------------------------
+    # ---- sum into blocks, back to (B, C_out, *shape), assemble params -------------------
     block_out: dict = {}
     for q in plan.blocks:
         vals = sorted(out_blocks.get(q, []), key=lambda n: -math.prod(b.shape[n]))
-        full = (c_out, *q.shape)
+        perm_shape = tuple(q.shape[a] for a in q.perm_axes)
+        fixed_shape = tuple(q.shape[a] for a in q.fixed_axes)
+        full = (*perm_shape, c_out * q.fixed_size)
         if not vals:
             acc = b.method("new_zeros", (inputs[q.param], (1, *full)), full, f"{_tag(q)}_zeros")
             vals = [acc]
@@ -324,7 +313,13 @@ def generate(plan: Plan, *, io_embed: bool = False) -> fx.GraphModule:
             acc = b.call(operator.add, (acc, v), shp, f"{_tag(q)}_acc")
         if b.shape[acc] != full:
             acc = b.method("expand", (acc, batch_size(), *full), full, f"{_tag(q)}_full")
-        block_out[q] = acc
+        n_perm = len(perm_shape)
+        acc = b.reshape(acc, (*perm_shape, c_out, *fixed_shape), f"{_tag(q)}_unfold")
+        order = [n_perm] + [
+            q.perm_axes.index(ax) if ax in q.perm_axes else n_perm + 1 + q.fixed_axes.index(ax)
+            for ax in range(len(q.shape))
+        ]
+        block_out[q] = b.permute(acc, tuple(order), f"{_tag(q)}_native")
 
     outputs = []
     for pname, ident in zip(spec.names, names):
@@ -347,5 +342,6 @@ def generate(plan: Plan, *, io_embed: bool = False) -> fx.GraphModule:
         out = b.reshape(out, (c_out, *p.shape), f"{ident}_out")
         outputs.append(out)
     b.graph.output(tuple(outputs))
+    b.graph.eliminate_dead_code()
     b.graph.lint()
     return fx.GraphModule(root, b.graph, class_name="NFLinearGraph")
