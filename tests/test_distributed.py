@@ -71,6 +71,38 @@ def test_shard_indices_partition(n, world):
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
+def _launch(cmd: list, env: dict) -> tuple[int, str]:
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+        output, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish within 120 s:\n{output[-3000:]}")
+    return proc.returncode, output
+
+
+def _startup_abort(output: str, outdir: Path) -> bool:
+    """A worker aborted (SIGABRT) before any rank wrote its results."""
+    return "SIGABRT" in output and not any(outdir.glob("rank*"))
+
+
+def test_startup_abort_is_recognised_narrowly(tmp_path):
+    """The retry above must not hide real failures: only an abort before any output counts."""
+    abort = "terminate called without an active exception ... Signal 6 (SIGABRT) received"
+    assert _startup_abort(abort, tmp_path)
+    assert not _startup_abort("AssertionError: weights differ", tmp_path)
+    (tmp_path / "rank0.json").write_text("{}")
+    assert not _startup_abort(abort, tmp_path)
+
+
 def test_fit_under_torchrun_with_two_cpu_processes(tmp_path):
     """Two gloo processes on loopback train over WeightSpaceFeatures: identical final weights,
     disjoint shares of the data, identical all-reduced metrics, rank 0's checkpoints."""
@@ -88,21 +120,14 @@ def test_fit_under_torchrun_with_two_cpu_processes(tmp_path):
         *("--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0"),  # port 0: a free one
         *(str(WORKER), str(tmp_path)),
     ]
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish within 120 s:\n{output[-3000:]}")
-    assert proc.returncode == 0, output[-6000:]
+    returncode, output = _launch(cmd, env)
+    if returncode != 0 and _startup_abort(output, tmp_path):
+        # A rare abort inside gloo/c10d start-up ("terminate called without an active
+        # exception", SIGABRT before any rank ran a step; seen once in a loaded CI run, not
+        # reproduced in 13 reruns) is infrastructure, not our code: launch once more. Every
+        # assertion below still applies to the second launch.
+        returncode, output = _launch(cmd, env)
+    assert returncode == 0, output[-6000:]
 
     spec = importlib.util.spec_from_file_location("_ddp_worker", WORKER)
     w = importlib.util.module_from_spec(spec)
