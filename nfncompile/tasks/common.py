@@ -409,6 +409,50 @@ class ParamScale:
         return WeightSpaceFeatures({k: v * self.scale[k] for k, v in features.items()})
 
 
+@dataclass(frozen=True)
+class ZooSplit:
+    """The first ``n`` networks of a zoo split by seed, features normalised on the train part.
+
+    Attributes
+    ----------
+    n : int
+        How many networks are used.
+    train, val, test : torch.Tensor
+        Row indices of each part.
+    scale : ParamScale
+        Per-parameter scales fitted on ``train``.
+    features : WeightSpaceFeatures
+        Every used network's weights, normalised by ``scale``.
+    """
+
+    n: int
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    scale: ParamScale
+    features: WeightSpaceFeatures
+
+
+def split_zoo(
+    ctx: RunContext,
+    zoo: Any,
+    spec: WeightSpaceSpec,
+    max_networks: int | None,
+    fractions: Sequence[float],
+) -> ZooSplit:
+    """Take the first ``max_networks`` networks (all by default), split them with the
+    experiment's seed and normalise their weights with scales fitted on the train part."""
+    from ..data import split_indices
+    from .zoo_access import zoo_features, zoo_size
+
+    n = zoo_size(zoo) if max_networks is None else min(zoo_size(zoo), max_networks)
+    rows = torch.arange(n)
+    tr, va, te = (rows[i] for i in split_indices(n, fractions, seed=ctx.config.seed))
+    feats = zoo_features(zoo, spec, rows)
+    scale = ParamScale(feats.map(lambda t: t[tr]))
+    return ZooSplit(n, tr, va, te, scale, scale.normalize(feats))
+
+
 class FeatureStore:
     """All networks' features and targets in memory; datasets are lists of indices.
 

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import split_indices
 from . import Task, register_task
-from .common import FeatureStore, ParamScale, RunContext, count_parameters, predictions
+from .common import FeatureStore, RunContext, count_parameters, predictions, split_zoo
 from .report import Results, scatter_panels
-from .zoo_access import zoo_column, zoo_features, zoo_size, zoo_spec
+from .zoo_access import zoo_column, zoo_spec
 
 __all__ = ["GeneralizationEval", "run", "kendall_tau"]
 
@@ -68,15 +67,10 @@ def run(ctx: RunContext) -> Results:
     ev: GeneralizationEval = ctx.eval
     zoo = ctx.zoo()
     spec = zoo_spec(zoo)
-    n = zoo_size(zoo)
-    if ev.max_networks is not None:
-        n = min(n, ev.max_networks)
-    rows = torch.arange(n)
-    tr, va, te = (rows[i] for i in split_indices(n, ev.split, seed=ctx.config.seed))
+    split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split)
+    n, tr, va, te = split.n, split.train, split.val, split.test
     targets = torch.as_tensor(zoo_column(zoo, ev.target)[:n], dtype=torch.float32)
-    feats = zoo_features(zoo, spec, rows)
-    scale = ParamScale(feats.map(lambda t: t[tr]))
-    store = FeatureStore(scale.normalize(feats), targets)
+    store = FeatureStore(split.features, targets)
     ctx.log(
         f"zoo: {n} networks ({len(tr)} train / {len(va)} val / {len(te)} test), "
         f"{sum(p.numel for p in spec.params)} weights each; target {ev.target} "

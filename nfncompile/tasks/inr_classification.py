@@ -20,18 +20,17 @@ import torch
 import torch.nn.functional as F
 
 from ..config import FieldError
-from ..data import split_indices
 from . import Task, register_task
 from .common import (
     FeatureStore,
-    ParamScale,
     RunContext,
     count_parameters,
     permutation_augment,
     predictions,
+    split_zoo,
 )
 from .report import Results, bar_chart
-from .zoo_access import zoo_column, zoo_features, zoo_size, zoo_spec
+from .zoo_access import zoo_column, zoo_spec
 
 __all__ = ["INRClassificationEval", "run"]
 
@@ -85,15 +84,10 @@ def run(ctx: RunContext) -> Results:
         )
     zoo = ctx.zoo()
     spec = zoo_spec(zoo)
-    n = zoo_size(zoo)
-    if ev.max_networks is not None:
-        n = min(n, ev.max_networks)
-    rows = torch.arange(n)
-    tr, va, te = (rows[i] for i in split_indices(n, ev.split, seed=ctx.config.seed))
+    split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split)
+    n, tr, va, te = split.n, split.train, split.val, split.test
     labels = torch.as_tensor(zoo_column(zoo, ev.label)[:n], dtype=torch.long)
-    feats = zoo_features(zoo, spec, rows)
-    scale = ParamScale(feats.map(lambda t: t[tr]))
-    store = FeatureStore(scale.normalize(feats), labels)
+    store = FeatureStore(split.features, labels)
     ctx.log(
         f"zoo: {n} INRs ({len(tr)} train / {len(va)} val / {len(te)} test), "
         f"{sum(p.numel for p in spec.params)} weights each, {int(labels.max()) + 1} classes"

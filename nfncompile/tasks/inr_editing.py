@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..data import dilate, pixel_grid, split_indices
+from ..data import dilate, pixel_grid
 from ..features import WeightSpaceFeatures
 from . import Task, register_task
 from .common import (
@@ -31,9 +31,10 @@ from .common import (
     batched_forward,
     count_parameters,
     predictions,
+    split_zoo,
 )
 from .report import Results, image_grid
-from .zoo_access import zoo_features, zoo_images, zoo_model, zoo_size, zoo_spec
+from .zoo_access import zoo_images, zoo_model, zoo_spec
 
 __all__ = ["INREditingEval", "ResidualEdit", "render", "run"]
 
@@ -96,18 +97,13 @@ def run(ctx: RunContext) -> Results:
     net = zoo_model(zoo)
     for p in net.parameters():
         p.requires_grad_(False)
-    n = zoo_size(zoo)
-    if ev.max_networks is not None:
-        n = min(n, ev.max_networks)
-    rows = torch.arange(n)
-    tr, va, te = (rows[i] for i in split_indices(n, ev.split, seed=ctx.config.seed))
-    images = zoo_images(zoo, rows)  # (n, H, W), the images the SIRENs were fitted to
+    split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split)
+    n, tr, va, te, scale = split.n, split.train, split.val, split.test, split.scale
+    images = zoo_images(zoo, torch.arange(n))  # (n, H, W), the images the SIRENs were fitted to
     side = images.shape[-1]
     targets = dilate(images, ev.dilation).reshape(n, -1)
     grid = pixel_grid(side)
-    feats = zoo_features(zoo, spec, rows)
-    scale = ParamScale(feats.map(lambda t: t[tr]))
-    store = FeatureStore(scale.normalize(feats), targets)
+    store = FeatureStore(split.features, targets)
     loss = _loss_fn(net, scale, grid)
     te_feats, te_targets = store.collate(store.subset(te))
     with torch.no_grad():
