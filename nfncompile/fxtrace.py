@@ -170,3 +170,16 @@ def trace_module(
         else:
             NodeShapeProp(gm).propagate(*args)
     return gm
+
+
+def leaves(value: Any) -> list:
+    """Flatten nested tuples, lists and dict values (a model's inputs or outputs) into a list.
+
+    >>> leaves((1, [2, {"a": 3}]))
+    [1, 2, 3]
+    """
+    if isinstance(value, (tuple, list)):
+        return [x for v in value for x in leaves(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in leaves(v)]
+    return [value]

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import TraceError
+from .fxtrace import leaves
 
 __all__ = [
     "Seg",
@@ -515,7 +516,7 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         return self._apply(METHOD_RULES.get(target), (self, args, kwargs), args, kwargs)
 
     def output(self, target: Any, args: Any, kwargs: Any) -> Any:
-        self.outputs = [v if isinstance(v, TensorLabels) else None for v in _leaves(args[0])]
+        self.outputs = [v if isinstance(v, TensorLabels) else None for v in leaves(args[0])]
         return args[0]
 
     def _apply(self, rule: Rule | None, call: tuple, args: Any, kwargs: Any) -> Any:
@@ -670,16 +671,8 @@ def _meta_value(n: torch.fx.Node) -> Any:
     return conv(n.meta["tensor_meta"])
 
 
-def _leaves(value: Any) -> list:
-    if isinstance(value, (tuple, list)):
-        return [x for v in value for x in _leaves(v)]
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _leaves(v)]
-    return [value]
-
-
 def _tensors(value: Any) -> list:
-    return [v for v in _leaves(value) if isinstance(v, TensorLabels)]
+    return [v for v in leaves(value) if isinstance(v, TensorLabels)]
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
@@ -758,12 +751,12 @@ def _module_elementwise(a: SymmetryAnalysis, mod: nn.Module, target: str, args: 
 def _function_elementwise(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if a.node.target is torch.where and len(args) + len(kwargs) == 1:
         raise _Unsupported("torch.where(cond) returns positions")
-    return a.broadcast([*_leaves(list(args)), *_leaves(list(kwargs.values()))])
+    return a.broadcast([*leaves(list(args)), *leaves(list(kwargs.values()))])
 
 
 @register_method(*_ELEMENTWISE_METHODS)
 def _method_elementwise(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    return a.broadcast([*_leaves(list(args)), *_leaves(list(kwargs.values()))])
+    return a.broadcast([*leaves(list(args)), *leaves(list(kwargs.values()))])
 
 
 @register_method("to", "type", "type_as")

@@ -86,6 +86,7 @@ from .distributed import (
 )
 from .errors import ConfigError
 from .features import WeightSpaceFeatures
+from .files import atomic_write
 
 __all__ = [
     "TrainConfig",
@@ -466,20 +467,6 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=_json_default, sort_keys=True)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _readable_json(state: Mapping) -> str:
     """One top-level key per line, one history record per line (RNG state on one line)."""
     lines = []
@@ -542,7 +529,7 @@ def _write_checkpoint(
     weights = {k: _cpu(v) for k, v in model.state_dict().items()}
     if best_changed and best_state is not None:
         meta = {"format": CHECKPOINT_FORMAT, "epoch": str(state["best_epoch"])}
-        _atomic_write(ckdir / BEST, save(dict(best_state), metadata=meta))
+        atomic_write(ckdir / BEST, save(dict(best_state), metadata=meta))
     tensors = {f"model.{k}": v for k, v in weights.items()}
     best_separate = best_state is not None and state["best_epoch"] != state["epoch"]
     if best_separate:
@@ -551,8 +538,8 @@ def _write_checkpoint(
     tensors.update(opt_tensors)
     text = _dumps(state)
     meta = {"format": CHECKPOINT_FORMAT, "state": text, "optimizer": _dumps(opt_meta)}
-    _atomic_write(ckdir / LAST, save(tensors, metadata=meta))
-    _atomic_write(ckdir / STATE, _readable_json(state).encode())
+    atomic_write(ckdir / LAST, save(tensors, metadata=meta))
+    atomic_write(ckdir / STATE, _readable_json(state).encode())
 
 
 def _read_last(path: Path) -> tuple[dict, dict, dict]:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .fxtrace import as_args
+from .fxtrace import as_args, leaves
 from .spec import Permutation, WeightSpaceSpec, check_mode, is_counter
 
 __all__ = ["verify", "VerifyReport", "SpaceCheck", "IOAxes"]
@@ -183,14 +183,6 @@ def _permute(perm: Permutation, t: Any, io: IOAxes | None) -> Any:
     return x.reshape(t.shape)
 
 
-def _leaves(value: Any) -> list:
-    if isinstance(value, (tuple, list)):
-        return [x for v in value for x in _leaves(v)]
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _leaves(v)]
-    return [value]
-
-
 def verify(
     model: nn.Module,
     spec: WeightSpaceSpec,
@@ -274,7 +266,7 @@ def verify(
     with torch.no_grad():
         for _ in range(max(trials, 1)):
             x = draw_inputs()
-            y = _leaves(net(*x))
+            y = leaves(net(*x))
             cases.append((x, y))
     if out_io is None:
         out_io = _default_io(spec, cases[0][1], "output")
@@ -305,7 +297,7 @@ def verify(
                 xp = tuple(_permute(perm, t, a) for t, a in zip(x, in_io))
                 try:
                     with torch.no_grad():
-                        yp = _leaves(torch.func.functional_call(net, sd, xp))
+                        yp = leaves(torch.func.functional_call(net, sd, xp))
                 except Exception as e:  # a forward pass that fails on permuted weights
                     msg = f"forward pass raised {type(e).__name__}: {e}"
                     return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, msg)

@@ -66,6 +66,8 @@ from torch import nn
 
 from .config import FieldError, load_yaml, parse, to_dict
 from .errors import ConfigError, NfnCompileError
+from .files import atomic_write
+from .pointwise import ACTIVATIONS
 
 __all__ = [
     "ZooError",
@@ -108,14 +110,7 @@ class ZooError(NfnCompileError):
 
 #: Elementwise activations a CNN zoo may draw (the names of ``architectures.ACTIVATIONS``).
 _ACT_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "silu": F.silu,
-    "leaky_relu": F.leaky_relu,
-    "elu": F.elu,
-    "softplus": F.softplus,
+    **ACTIVATIONS,
     "hardswish": F.hardswish,
     "relu6": F.relu6,
     "sin": torch.sin,
@@ -778,27 +773,6 @@ def make_shard(config: ZooConfig, index: int) -> bytes:
     return save(tensors, metadata=meta)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable (not on every platform)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -810,7 +784,7 @@ def _sha256_file(path: Path) -> str:
 def _shard_job(config: ZooConfig, index: int, out: str) -> tuple[int, str, int]:
     """Make one shard and write it into ``out``: ``(index, sha256, models)``."""
     data = make_shard(config, index)
-    _atomic_write(Path(out) / shard_name(index), data)
+    atomic_write(Path(out) / shard_name(index), data)
     return index, hashlib.sha256(data).hexdigest(), _models_in(config, index)
 
 
@@ -908,7 +882,7 @@ def _write_manifest(out: Path, name: str, base: dict, done: dict[int, dict], **e
         for i, e in sorted(done.items())
     }
     data = {**base, **extra, "shards": shards}
-    _atomic_write(out / name, (json.dumps(data, indent=2) + "\n").encode())
+    atomic_write(out / name, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def _finalize(out: Path, config: ZooConfig, base: dict, done: dict[int, dict]) -> dict:
@@ -929,7 +903,7 @@ def _finalize(out: Path, config: ZooConfig, base: dict, done: dict[int, dict]) -
     writer.writerow(columns)
     for row in rows:
         writer.writerow([repr(row[c]) if columns[c] == "float" else row[c] for c in columns])
-    _atomic_write(out / METADATA, buf.getvalue().encode())
+    atomic_write(out / METADATA, buf.getvalue().encode())
     target = _TARGET[config.type]
     values = [r[target] for r in rows if math.isfinite(r[target])]
     summary = {

@@ -14,6 +14,7 @@ import nfncompile
 
 ORDER = [
     "errors",
+    "files",
     "architectures",
     "fxtrace",
     "graph",

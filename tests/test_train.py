@@ -14,12 +14,12 @@ from torch import nn
 
 from nfncompile.errors import ConfigError
 from nfncompile.features import WeightSpaceFeatures
+from nfncompile.files import atomic_write
 from nfncompile.train import (
     BEST,
     LAST,
     STATE,
     TrainConfig,
-    _atomic_write,
     _flatten_optimizer,
     _unflatten_optimizer,
     collate,
@@ -484,14 +484,14 @@ def test_resume_rejects_a_changed_config_or_model(tmp_path):
 
 def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
-    _atomic_write(path, b"old")
+    atomic_write(path, b"old")
 
     def fail(fd):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", fail)
     with pytest.raises(OSError, match="disk full"):
-        _atomic_write(path, b"new contents")
+        atomic_write(path, b"new contents")
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
 
 
