@@ -27,7 +27,7 @@ import warnings
 
 import torch
 
-from nfncompile.layers import NFLinear
+from nfncompile.nn.layers import NFLinear
 from nfncompile.spec import WeightSpaceSpec
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

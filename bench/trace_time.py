@@ -4,9 +4,9 @@ Run ``python bench/trace_time.py`` (``--quick`` for a smaller sweep, ``--no-veri
 verification). Prints one row per model:
 
 * ``trace``: torch.fx symbolic trace + shape propagation (fake tensors above
-  ``nfncompile.fxtrace.FAKE_ABOVE`` parameter elements, real forward below);
-* ``graph``: the symmetry analysis pass (:mod:`nfncompile.graph`);
-* ``spaces``: cut propagation + union-find (:mod:`nfncompile.spaces`) and building the spec;
+  ``nfncompile.frontend.fx.FAKE_ABOVE`` parameter elements, real forward below);
+* ``graph``: the symmetry analysis pass (:mod:`nfncompile.frontend.graph`);
+* ``spaces``: cut propagation + union-find (:mod:`nfncompile.frontend.spaces`) and building the spec;
 * ``verify``: what ``nfc.trace`` runs by default: a float64 copy of the model and 2 joint
   random group elements (plus the unpermuted forwards).
 
@@ -23,12 +23,12 @@ import time
 import torch
 from torch import nn
 
-from nfncompile.architectures import mlp, resnet_cifar
-from nfncompile.frontend import spec_from_derived
-from nfncompile.fxtrace import trace_module
-from nfncompile.graph import build_symmetry_graph
-from nfncompile.spaces import derive_spaces
-from nfncompile.verification import verify
+from nfncompile.architectures.catalogue import mlp, resnet_cifar
+from nfncompile.frontend.fx import trace_module
+from nfncompile.frontend.graph import build_symmetry_graph
+from nfncompile.frontend.spaces import derive_spaces
+from nfncompile.frontend.tracing import spec_from_derived
+from nfncompile.frontend.verification import verify
 
 
 def cnn(width: int, depth: int = 4) -> nn.Module:

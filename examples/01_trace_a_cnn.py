@@ -6,7 +6,7 @@ Run: python examples/01_trace_a_cnn.py
 import torch
 
 import nfncompile as nfc
-from nfncompile.architectures import small_cnn
+from nfncompile.architectures.catalogue import small_cnn
 
 torch.manual_seed(0)
 model = small_cnn().eval()  # the Small CNN Zoo network: 3 convs, global pool, linear

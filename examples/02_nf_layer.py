@@ -6,7 +6,7 @@ Run: python examples/02_nf_layer.py
 import torch
 
 import nfncompile as nfc
-from nfncompile.architectures import small_cnn
+from nfncompile.architectures.catalogue import small_cnn
 
 torch.manual_seed(0)
 spec = nfc.trace(small_cnn(), torch.randn(2, 1, 8, 8))

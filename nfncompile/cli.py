@@ -258,7 +258,7 @@ def load_model(
     >>> shape, model.conv1.out_channels
     ((2, 1, 8, 8), 4)
     """
-    from . import architectures
+    from .architectures import catalogue as architectures
 
     model, default_shape = architectures.load(target, kwargs)
     shape = input_shape or default_shape
@@ -313,12 +313,12 @@ def _trace_arguments(p: argparse.ArgumentParser) -> None:
 
 def _trace(args: argparse.Namespace) -> int:
     model, x = _model_and_input(args)
-    from .frontend import trace_with_report
+    from .frontend.tracing import trace_with_report
 
     spec, report = trace_with_report(model, x, verify=args.verify, mode=args.mode, seed=args.seed)
     if args.draw:
         try:
-            from .drawing import draw_symmetry_graph
+            from .frontend.drawing import draw_symmetry_graph
         except ImportError as e:
             raise ConfigError(
                 f"--draw needs matplotlib (pip install 'nfncompile[draw]'): {e}"
@@ -380,7 +380,7 @@ def _verify(args: argparse.Namespace) -> int:
         spec.check_state_dict(model.state_dict())  # every mismatched key at once
     except StateDictMismatchError as e:
         raise StateDictMismatchError(f"{args.spec} does not describe {args.model}: {e}") from None
-    from .verification import verify
+    from .frontend.verification import verify
 
     report = verify(model, spec, x, trials=args.trials, seed=args.seed)
     print(str(report).rstrip("\n"))
@@ -422,7 +422,7 @@ def _layer(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive int")
     spec = _load_spec(args.spec)
-    from .layers import NFLinear
+    from .nn.layers import NFLinear
 
     mode = args.mode or spec.mode
     layer = NFLinear(spec, args.in_channels, args.out_channels, mode=mode)
@@ -450,24 +450,40 @@ register_subcommand(
 )
 
 
-def _deferred(module: str, attr: str) -> Callable[..., Any]:
-    """``module.attr``, imported on first call: ``nfncompile --help`` stays fast and the
-    subcommands' heavy dependencies load only for the subcommand that needs them."""
+# The zoo and run subcommands import their stage on first call, so that ``nfncompile --help``
+# stays fast and each subcommand loads only the dependencies it needs.
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        import importlib
 
-        return getattr(importlib.import_module(module, __package__), attr)(*args, **kwargs)
+def _zoo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .zoo.generate import add_zoo_arguments
 
-    return call
+    add_zoo_arguments(parser)
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from .zoo.generate import run_zoo_command
+
+    return run_zoo_command(args)
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    from .experiments.tasks import add_run_arguments
+
+    add_run_arguments(parser)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .experiments.tasks import run_command
+
+    return run_command(args)
 
 
 register_subcommand(
     Subcommand(
         "zoo",
         "generate a model zoo (safetensors shards + metadata CSV) from a zoo spec",
-        _deferred(".zoo", "add_zoo_arguments"),
-        _deferred(".zoo", "run_zoo_command"),
+        _zoo_arguments,
+        _zoo,
         description="""Generate a model zoo from embedded data (scikit-learn's digits): many small
 CNNs with varied hyperparameters and their test accuracy, or one SIREN per digit image with
 its PSNR. Deterministic per seed, resumable, splittable across machines with --shard i/n.
@@ -482,8 +498,8 @@ register_subcommand(
     Subcommand(
         "run",
         "run an experiment spec end to end (zoo, training, evaluation, report)",
-        _deferred(".tasks", "add_run_arguments"),
-        _deferred(".tasks", "run_command"),
+        _run_arguments,
+        _run,
         description="""Run an experiment spec end to end: generate the zoo if missing, train every
 model the spec lists, evaluate, print a markdown table and write DIR/results.json and plots.
 

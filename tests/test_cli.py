@@ -273,7 +273,6 @@ def test_verify_bad_trials(capsys, tmp_path):
 
 
 def test_trace_writes_spec(capsys, tmp_path):
-    pytest.importorskip("nfncompile.frontend")
     from nfncompile.spec import WeightSpaceSpec
 
     path = tmp_path / "spec.yaml"
@@ -289,7 +288,6 @@ def test_trace_writes_spec(capsys, tmp_path):
 
 
 def test_trace_stdout_is_yaml_and_matches_file(capsys, tmp_path):
-    pytest.importorskip("nfncompile.frontend")
     from nfncompile.spec import WeightSpaceSpec
 
     code, out, _ = run(capsys, "trace", *MLP_ARGS, "--mode", "hnp")
@@ -304,14 +302,11 @@ def test_trace_stdout_is_yaml_and_matches_file(capsys, tmp_path):
 
 
 def test_trace_no_verify(capsys):
-    pytest.importorskip("nfncompile.frontend")
     code, out, _ = run(capsys, "trace", "lenet", "--no-verify")
     assert code == 0 and "fc1.weight" in out
 
 
 def test_trace_draw(capsys, tmp_path):
-    pytest.importorskip("nfncompile.frontend")
-    pytest.importorskip("nfncompile.graph")
     pytest.importorskip("matplotlib")
     png = tmp_path / "graph.png"
     code, out, _ = run(capsys, "trace", "mlp", "-o", str(tmp_path / "s.yaml"), "--draw", str(png))
@@ -320,8 +315,6 @@ def test_trace_draw(capsys, tmp_path):
 
 
 def test_verify_ok_and_failing(capsys, tmp_path):
-    pytest.importorskip("nfncompile.frontend")
-    pytest.importorskip("nfncompile.verification")
     good = tmp_path / "good.yaml"
     assert run(capsys, "trace", *MLP_ARGS, "-o", str(good))[0] == 0
     code, out, _ = run(capsys, "verify", *MLP_ARGS, "--spec", str(good), "--trials", "3")
@@ -342,7 +335,6 @@ def test_verify_state_dict_mismatch(capsys, tmp_path):
 
 
 def test_layer_prints_code(capsys, tmp_path):
-    pytest.importorskip("nfncompile.layers")
     path = tmp_path / "mlp.yaml"
     path.write_text(BROKEN_MLP_SPEC)  # any valid spec will do for code generation
     code, out, _ = run(capsys, "layer", str(path), "--in-channels", "2", "--out-channels", "3",

@@ -10,10 +10,10 @@ from torch import nn
 
 from nfncompile.errors import SpecError, StateDictMismatchError
 from nfncompile.features import WeightSpaceFeatures
-from nfncompile.layers import NFLinear, NFPool
-from nfncompile.pointwise import IOEncoding, NFActivation, NFNorm
+from nfncompile.nn.layers import NFLinear, NFPool
+from nfncompile.nn.pointwise import IOEncoding, NFActivation, NFNorm
+from nfncompile.nn.stats import StatFeatures
 from nfncompile.spec import WeightSpaceSpec
-from nfncompile.stats import StatFeatures
 from nfncompile.testing import (
     assert_equivariant,
     assert_invariant,

@@ -1,0 +1,140 @@
+"""Classify implicit neural representations: which digit does a SIREN draw?
+
+The INR zoo holds one SIREN fitted to every digit image; its label is the digit. Every model of
+the experiment maps SIREN weights to 10 logits and trains with cross-entropy, selecting the
+epoch with the best validation accuracy. Models named in ``eval.augment`` train with
+permutation augmentation: each training network is replaced by a random element of the weight
+space's symmetry group applied to it (``spec.sample_permutation(g).apply(feats)``), which
+leaves the function it computes, and so its label, unchanged. That is how the paper's "MLP +
+augmentation" baseline tries to learn the symmetry instead of building it in.
+
+The report gives test accuracy (and loss) per model, and a bar chart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ...declarative.validate import FieldError
+from . import Task, register_task
+from .common import (
+    FeatureStore,
+    RunContext,
+    count_parameters,
+    permutation_augment,
+    predictions,
+    split_zoo,
+)
+from .report import Results, bar_chart
+from .zoo_access import zoo_column, zoo_spec
+
+__all__ = ["INRClassificationEval", "run"]
+
+
+@dataclass(frozen=True)
+class INRClassificationEval:
+    """``eval`` section of an INR classification experiment."""
+
+    label: str = field(default="label", metadata={"help": "zoo metadata column with the class"})
+    split: tuple[float, float, float] = field(
+        default=(0.7, 0.1, 0.2), metadata={"min": 0, "help": "train / val / test fractions"}
+    )
+    max_networks: int | None = field(
+        default=None, metadata={"min": 10, "help": "use only this many zoo networks (null: all)"}
+    )
+    augment: tuple[str, ...] = field(
+        default=(), metadata={"help": "models trained with random permutation augmentation"}
+    )
+    augment_mode: Literal["np", "hnp"] = field(
+        default="hnp",
+        metadata={
+            "help": "group the augmentation samples from: hnp (hidden neurons only; the "
+            "function is unchanged) or np (input/output neurons too)"
+        },
+    )
+    batch_size: int = field(default=256, metadata={"min": 1, "help": "prediction batch size"})
+
+    def __post_init__(self) -> None:
+        if len(set(self.augment)) != len(self.augment):
+            raise FieldError("augment", "names a model twice")
+
+
+def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, targets.long())
+
+
+def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    return float((outputs.argmax(-1) == targets.long()).float().mean())
+
+
+def run(ctx: RunContext) -> Results:
+    """Train and evaluate every model of the experiment on the INR zoo."""
+    ev: INRClassificationEval = ctx.eval
+    unknown = [m for m in ev.augment if m not in ctx.config.models]
+    if unknown:
+        from ...errors import ConfigError
+
+        raise ConfigError(
+            f"{ctx.source}: eval.augment: no model {unknown[0]!r}; "
+            f"models: {', '.join(ctx.config.models)}"
+        )
+    zoo = ctx.zoo()
+    spec = zoo_spec(zoo)
+    split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split)
+    n, tr, va, te = split.n, split.train, split.val, split.test
+    labels = torch.as_tensor(zoo_column(zoo, ev.label)[:n], dtype=torch.long)
+    store = FeatureStore(split.features, labels)
+    ctx.log(
+        f"zoo: {n} INRs ({len(tr)} train / {len(va)} val / {len(te)} test), "
+        f"{sum(p.numel for p in spec.params)} weights each, {int(labels.max()) + 1} classes"
+    )
+    metrics, info = {}, {"models": {}}
+    for name in ctx.config.models:
+        model = ctx.build(name, spec)
+        augment = permutation_augment(spec, ev.augment_mode) if name in ev.augment else None
+        result = ctx.fit(
+            name,
+            model,
+            store.subset(tr),
+            store.subset(va),
+            loss_fn=_loss,
+            metric_fn=_accuracy,
+            higher_is_better=True,
+            collate_fn=store.collate,
+            augment=augment,
+        )
+        out, tgt = predictions(model, store, store.subset(te), ev.batch_size)
+        out, tgt = out.float().cpu(), tgt.cpu()
+        metrics[name] = {
+            "test_accuracy": _accuracy(out, tgt),
+            "test_loss": float(_loss(out, tgt)),
+            "val_accuracy": result.best_score,
+            "params": count_parameters(model),
+        }
+        info["models"][name] = {
+            "best_epoch": result.best_epoch,
+            "epochs": result.epochs_completed,
+            "augmented": augment is not None,
+            "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
+        }
+    plot = bar_chart(
+        ctx.out_dir / "inr_classification_accuracy.png",
+        {"test accuracy": {k: (v["test_accuracy"], 0.0) for k, v in metrics.items()}},
+        ylabel="accuracy",
+    )
+    info.update({"networks": n, "train": len(tr), "val": len(va), "test": len(te)})
+    return Results("inr_classification", metrics, info, plots=[plot.name])
+
+
+register_task(
+    Task(
+        "inr_classification",
+        INRClassificationEval,
+        run,
+        "test accuracy of classifying SIRENs (fit to digit images) by digit",
+    )
+)

@@ -1,0 +1,324 @@
+"""Numerical verification of a weight-space spec against the model it describes.
+
+:func:`verify` applies random group elements of a :class:`~nfncompile.spec.WeightSpaceSpec` to
+a float64, eval-mode copy of the model and checks that the function is unchanged: for every
+permutable space on its own (a permutation that moves only that space), then for joint random
+elements of the whole group. Input and output spaces (``np`` mode) permute the model's input
+and output along their channel dim, so the check is ``f_{P theta}(P_in x) == P_out f_theta(x)``.
+
+It returns a :class:`VerifyReport` and never raises on a failed check: the report names the
+spaces that fail and by how much.
+
+Examples
+--------
+>>> import torch
+>>> import nfncompile as nfc
+>>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+>>> spec = nfc.WeightSpaceSpec.from_dict({
+...     "spaces": {"in": {"size": 3, "role": "input"}, "h": {"size": 4, "role": "hidden"},
+...                "out": {"size": 2, "role": "output"}},
+...     "params": {"0.weight": {"shape": [4, 3], "axes": ["h", "in"]},
+...                "0.bias": {"shape": [4], "axes": ["h"]},
+...                "2.weight": {"shape": [2, 4], "axes": ["out", "h"]},
+...                "2.bias": {"shape": [2], "axes": ["out"]}}})
+>>> report = verify(net, spec, torch.randn(5, 3))
+>>> report.ok, sorted(report.spaces)
+(True, ['h', 'in', 'out'])
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..spec import Permutation, WeightSpaceSpec, check_mode, is_counter
+from .fx import as_args, leaves
+
+__all__ = ["verify", "VerifyReport", "SpaceCheck", "IOAxes"]
+
+
+@dataclass(frozen=True)
+class IOAxes:
+    """How the group acts on one model input or output tensor: optional ``view`` and an axis
+    label per (view) axis (space name, ``None`` or composite tuple), as for a parameter."""
+
+    shape: tuple
+    view: tuple | None
+    axes: tuple
+
+
+@dataclass
+class SpaceCheck:
+    """The result for one space (or ``"joint"``: all permutable spaces at once).
+
+    Attributes
+    ----------
+    name : str
+    size : int
+    role : str
+    trials : int
+        Random group elements tried (0 for a space of size 1: nothing to move).
+    max_error : float
+        Largest ``|f_permuted - P_out f|`` seen.
+    tolerance : float
+        ``atol + rtol * max |f|``.
+    ok : bool
+    message : str
+        Why it failed when the forward pass itself raised, else ``""``.
+    """
+
+    name: str
+    size: int
+    role: str
+    trials: int
+    max_error: float
+    tolerance: float
+    ok: bool
+    message: str = ""
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` found: ``ok``, ``max_error`` and a :class:`SpaceCheck` per space."""
+
+    ok: bool
+    max_error: float
+    mode: str
+    spaces: dict = field(default_factory=dict)
+    joint: SpaceCheck | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the spaces whose own check failed (``"joint"`` if only the joint one did)."""
+        bad = [n for n, c in self.spaces.items() if not c.ok]
+        if not bad and self.joint is not None and not self.joint.ok:
+            bad = ["joint"]
+        return bad
+
+    def __str__(self) -> str:
+        status = "OK" if self.ok else f"FAILED ({', '.join(self.failed)})"
+        lines = [f"verification ({self.mode} mode): {status}, max error {self.max_error:.3g}"]
+        rows = list(self.spaces.values()) + ([self.joint] if self.joint else [])
+        width = max((len(c.name) for c in rows), default=5)
+        for c in rows:
+            mark = "ok  " if c.ok else "FAIL"
+            extra = f"  {c.message}" if c.message else ""
+            lines.append(
+                f"  {mark} {c.name.ljust(width)}  size {c.size:<5} {c.role:<7} trials {c.trials}"
+                f"  error {c.max_error:.3g} (tol {c.tolerance:.3g}){extra}"
+            )
+        return "\n".join(lines)
+
+
+def _perturb(model: nn.Module, gen: torch.Generator) -> None:
+    """Make every float entry of the state generic (no accidental symmetric values such as
+    BatchNorm's all-ones weights), keeping strictly positive entries positive."""
+    with torch.no_grad():
+        for t in model.state_dict(keep_vars=True).values():
+            if is_counter(t) or t.numel() == 0:
+                continue
+            noise = torch.randn(t.shape, generator=gen, dtype=t.dtype)
+            scale = torch.exp(0.2 * noise)
+            if bool((t > 0).all()):
+                t.mul_(scale)
+            else:
+                std = float(t.std()) if t.numel() > 1 else 0.0
+                extra = torch.randn(t.shape, generator=gen, dtype=t.dtype)
+                t.mul_(scale).add_(extra * (0.1 * (std or 0.1)))
+
+
+def _default_io(spec: WeightSpaceSpec, tensors: Sequence[Any], role: str) -> list:
+    """Label dim 1 (dim 0 of a 1-D tensor) of each tensor with the spec's ``role`` spaces."""
+    names = [s.name for s in spec.spaces.values() if s.role == role]
+    total = sum(spec.spaces[n].size for n in names)
+    out = []
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() == 0:
+            out.append(None)
+            continue
+        shape = tuple(t.shape)
+        dim = 1 if t.dim() >= 2 else 0
+        label = names[0] if len(names) == 1 else tuple(names)
+        if not names or shape[dim] % total:
+            out.append(IOAxes(shape, None, (None,) * len(shape)))
+        elif shape[dim] == total:
+            axes = [None] * len(shape)
+            axes[dim] = label
+            out.append(IOAxes(shape, None, tuple(axes)))
+        else:  # flattened channels x positions, channel-major (what nn.Flatten gives)
+            view = shape[:dim] + (total, shape[dim] // total) + shape[dim + 1 :]
+            axes = [None] * len(view)
+            axes[dim] = label
+            out.append(IOAxes(shape, view, tuple(axes)))
+    return out
+
+
+def _io_list(io: Any) -> list:
+    out = []
+    for x in io:
+        if x is None:
+            out.append(None)
+        else:
+            out.append(IOAxes(tuple(x.shape), x.view, tuple(x.axes)))
+    return out
+
+
+def _permute(perm: Permutation, t: Any, io: IOAxes | None) -> Any:
+    if io is None or not isinstance(t, torch.Tensor):
+        return t
+    shape = io.view or tuple(t.shape)
+    if math.prod(shape) != t.numel():
+        return t
+    x = t.reshape(shape)
+    for i, (label, n) in enumerate(zip(io.axes, shape)):
+        idx = perm.axis_index(label, n)
+        if idx is not None:
+            x = x.index_select(i, idx.to(x.device))
+    return x.reshape(t.shape)
+
+
+def verify(
+    model: nn.Module,
+    spec: WeightSpaceSpec,
+    example_input: Any,
+    *,
+    trials: int = 3,
+    mode: str | None = None,
+    seed: int = 0,
+    atol: float = 1e-8,
+    rtol: float = 1e-6,
+    io: Any = None,
+    perturb: bool = True,
+    per_space: bool = True,
+) -> VerifyReport:
+    """Check numerically that ``spec``'s permutation group leaves ``model``'s function unchanged.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network the spec describes (not modified: a float64 eval-mode deep copy is used).
+    spec : WeightSpaceSpec
+        Must match ``model.state_dict()`` (float entries; integer counters are ignored).
+    example_input : Tensor or tuple of Tensor
+        Random float64 inputs of the same shapes are drawn (non-float inputs are reused).
+    trials : int
+        Random group elements per space, and joint ones.
+    mode : {"np", "hnp"}, optional
+        Which spaces permute (default: the spec's mode). In ``np`` mode input and output
+        spaces move the model's input and output.
+    seed : int
+        Seeds every random draw.
+    atol, rtol : float
+        A check passes when ``max |f_permuted - P_out f| <= atol + rtol * max |f|``.
+    io : object with ``inputs`` and ``outputs``, optional
+        How input/output spaces act on the model's input and output tensors (lists of objects
+        with ``shape``, ``view``, ``axes``, as :func:`nfncompile.frontend.fx` derives them). By
+        default, dim 1 of every input (dim 0 if 1-D) is labelled with the spec's input
+        spaces, concatenated in spec order, and likewise for outputs; a dim ``k`` times
+        longer than those spaces is read as flattened channels x ``k`` positions.
+    perturb : bool
+        Verify on a copy whose parameters are randomly perturbed (default), so that
+        symmetric initial values (all-ones norms, zero biases) cannot hide a wrong spec.
+    per_space : bool
+        Also check each permutable space on its own (default); ``False`` runs only the joint
+        checks, which detect any failure but cannot say which space is at fault.
+
+    Returns
+    -------
+    VerifyReport
+        ``.ok``, ``.max_error``, ``.spaces`` (a :class:`SpaceCheck` per permutable space),
+        ``.joint``, ``.failed``.
+
+    Raises
+    ------
+    StateDictMismatchError
+        When the spec's parameters do not match the model's state_dict.
+    """
+    mode = check_mode(mode or spec.mode)
+    spec = spec.with_mode(mode)
+    gen = torch.Generator().manual_seed(seed)
+    net = copy.deepcopy(model).double().eval()
+    if perturb:
+        _perturb(net, gen)
+    state = dict(net.state_dict())
+    spec.check_state_dict(state)
+    args = as_args(example_input)
+    if io is not None:
+        in_io, out_io = _io_list(io.inputs), _io_list(io.outputs)
+    else:
+        in_io, out_io = _default_io(spec, args, "input"), None
+
+    def draw_inputs() -> tuple:
+        return tuple(
+            torch.randn(a.shape, generator=gen, dtype=torch.float64)
+            if isinstance(a, torch.Tensor) and a.is_floating_point()
+            else a
+            for a in args
+        )
+
+    cases = []
+    with torch.no_grad():
+        for _ in range(max(trials, 1)):
+            x = draw_inputs()
+            y = leaves(net(*x))
+            cases.append((x, y))
+    if out_io is None:
+        out_io = _default_io(spec, cases[0][1], "output")
+    scale = max(
+        (float(t.abs().max()) for _, ys in cases for t in ys if isinstance(t, torch.Tensor)),
+        default=0.0,
+    )
+    tol = atol + rtol * scale
+
+    def check(name: str, size: int, role: str, moved: list[str]) -> SpaceCheck:
+        err, n = 0.0, 0
+        if size > 1 or name == "joint":
+            for x, y in cases[:trials]:
+                perms = {}
+                for s in moved:
+                    p = torch.randperm(spec.spaces[s].size, generator=gen)
+                    for _ in range(8):
+                        if spec.spaces[s].size < 2 or not torch.equal(p, torch.arange(len(p))):
+                            break
+                        p = torch.randperm(spec.spaces[s].size, generator=gen)
+                    perms[s] = p
+                perm = Permutation(spec, perms)
+                moved_set = set(moved)
+                sd = {
+                    k: perm.apply_tensor(k, v) if uses.get(k, set()) & moved_set else v
+                    for k, v in state.items()
+                }
+                xp = tuple(_permute(perm, t, a) for t, a in zip(x, in_io))
+                try:
+                    with torch.no_grad():
+                        yp = leaves(torch.func.functional_call(net, sd, xp))
+                except Exception as e:  # a forward pass that fails on permuted weights
+                    msg = f"forward pass raised {type(e).__name__}: {e}"
+                    return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, msg)
+                for got, ref, a in zip(yp, y, out_io):
+                    if isinstance(ref, torch.Tensor):
+                        want = _permute(perm, ref, a)
+                        err = max(err, float((got - want).abs().max()) if got.numel() else 0.0)
+                n += 1
+        return SpaceCheck(name, size, role, n, err, tol, err <= tol)
+
+    uses = {p.name: p.spaces_used() for p in spec.params}
+    permutable = spec.permutable_spaces(mode)
+    report = VerifyReport(True, 0.0, mode)
+    if per_space:
+        for s in permutable:
+            sp = spec.spaces[s]
+            report.spaces[s] = check(s, sp.size, sp.role, [s])
+    if permutable:
+        total = sum(spec.spaces[s].size for s in permutable)
+        report.joint = check("joint", total, "all", permutable)
+    checks = list(report.spaces.values()) + ([report.joint] if report.joint else [])
+    report.ok = all(c.ok for c in checks)
+    report.max_error = max((c.max_error for c in checks), default=0.0)
+    return report

@@ -1,0 +1,327 @@
+"""The paper's tasks end to end: every experiment spec's ``--quick`` form, results, plots,
+schema errors, and the pieces the tasks are built from (batched training, masks, rendering)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from nfncompile.cli import main
+from nfncompile.errors import ConfigError
+from nfncompile.experiments.tasks import get_task, run_experiment, task_names
+from nfncompile.experiments.tasks.common import deep_merge, load_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "specs" / "experiments"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One working directory per session: the quick zoos are generated there once."""
+    return tmp_path_factory.mktemp("tasks")
+
+
+def _run(workdir: Path, monkeypatch: pytest.MonkeyPatch, name: str, capsys) -> dict:
+    monkeypatch.chdir(workdir)
+    out = workdir / "runs" / name
+    rc = main(["run", str(SPECS / f"{name}.yaml"), "--out", str(out), "--quick"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == name
+    assert results["info"]["quick"] is True
+    # the table on stdout has one row per model and a column per metric
+    header = next(line for line in printed.splitlines() if line.startswith("| model |"))
+    for model, row in results["metrics"].items():
+        assert f"| {model} |" in printed
+        for metric in row:
+            assert f"| {metric} |" in header or header.endswith(f"| {metric} |")
+    for plot in results["plots"]:
+        assert (out / plot).read_bytes()[:8] == PNG_MAGIC
+    assert (out / "results.md").read_text().strip() in printed
+    return results
+
+
+def _in_unit(x: float | None, lo: float = 0.0, hi: float = 1.0) -> bool:
+    return x is not None and lo <= x <= hi
+
+
+# ---- every spec, --quick, end to end --------------------------------------------------------
+
+
+def test_generalization_quick(workdir, monkeypatch, capsys):
+    r = _run(workdir, monkeypatch, "generalization", capsys)
+    assert list(r["metrics"]) == ["nfn_hnp", "nfn_np", "stat_nn", "mlp"]
+    for row in r["metrics"].values():
+        tau = row["kendall_tau"]
+        assert tau is None or -1.0 <= tau <= 1.0
+        assert row["rmse"] >= 0 and row["params"] > 0
+    assert r["plots"] == ["generalization_scatter.png"]
+    info = r["info"]
+    assert info["train"] + info["val"] + info["test"] == info["networks"]
+    # checkpoints were written per model, so a rerun resumes instead of retraining
+    assert (workdir / "runs/generalization/checkpoints/nfn_hnp/best.safetensors").exists()
+
+
+def test_rerun_resumes_and_reproduces(workdir, monkeypatch, capsys):
+    first = _run(workdir, monkeypatch, "generalization", capsys)
+    second = _run(workdir, monkeypatch, "generalization", capsys)
+    assert second["metrics"] == first["metrics"]
+
+
+def test_inr_classification_quick(workdir, monkeypatch, capsys):
+    r = _run(workdir, monkeypatch, "inr_classification", capsys)
+    assert list(r["metrics"]) == ["nfn_np", "nfn_hnp", "mlp", "mlp_aug"]
+    for row in r["metrics"].values():
+        assert _in_unit(row["test_accuracy"])
+        assert row["test_loss"] > 0
+    assert r["info"]["models"]["mlp_aug"]["augmented"] is True
+    assert r["info"]["models"]["mlp"]["augmented"] is False
+
+
+def test_inr_editing_quick(workdir, monkeypatch, capsys):
+    r = _run(workdir, monkeypatch, "inr_editing", capsys)
+    assert list(r["metrics"]) == ["no_edit", "nfn_np", "nfn_hnp", "mlp"]
+    for row in r["metrics"].values():
+        assert row["test_mse"] >= 0
+    # the unedited SIRENs fit their own image better than the dilated one
+    assert r["metrics"]["no_edit"]["fit_mse"] < r["metrics"]["no_edit"]["test_mse"]
+    assert r["plots"] == ["inr_editing_examples.png"]
+
+
+def test_winning_tickets_quick(workdir, monkeypatch, capsys):
+    r = _run(workdir, monkeypatch, "winning_tickets", capsys)
+    m = r["metrics"]
+    assert set(m) == {
+        "dense",
+        "magnitude",
+        "nfn_hnp",
+        "nfn_np",
+        "random",
+        "random_uniform",
+        "init_magnitude",
+    }
+    for row in m.values():
+        assert _in_unit(row["mlp_accuracy"]) and _in_unit(row["cnn_accuracy"])
+    assert m["magnitude"]["mlp_overlap_magnitude"] == 1.0
+    for src in ("mlp", "cnn"):
+        s = r["info"]["sources"][src]
+        assert s["kept_weights"] == round(0.05 * s["prunable_weights"])
+        assert sum(s["layer_budgets"].values()) == s["kept_weights"]
+
+
+# ---- schema errors: path-qualified ----------------------------------------------------------
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _base() -> dict:
+    return yaml.safe_load((SPECS / "generalization.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"train": {"lr": -1.0}}, "bad.yaml: train.lr: expected a non-negative number, got -1.0"),
+        ({"task": "generalisation"}, "task: expected one of"),
+        ({"trian": {}}, "trian: unknown key (did you mean 'train'?)"),
+        (
+            {"models": {"nfn_np": {"nfn": {"layers": [{"type": "nf_linear", "channels": 0}]}}}},
+            "models.nfn_np.nfn.layers[0].channels: expected a positive int, got 0",
+        ),
+        ({"eval": {"split": [0.7, 0.3]}}, "eval.split: expected a list of 3 items, got 2"),
+        ({"eval": {"targt": "x"}}, "eval.targt: unknown key (did you mean 'target'?)"),
+        ({"zoo": {"dir": "z"}}, "zoo.spec: missing required key"),
+        ({"model_train": {"nfn": {"lr": 1.0}}}, "model_train.nfn: no such model"),
+        ({"model_train": {"mlp": {"lr": -2.0}}}, "model_train.mlp.lr: expected a non-negative"),
+        ({"quick": {"train": {"epochs": 0}}}, "with its quick overrides): train.epochs"),
+    ],
+)
+def test_schema_errors_are_path_qualified(tmp_path, edit, message):
+    data = _base()
+    if "zoo" in edit:
+        data.pop("zoo")
+    path = _write(tmp_path, deep_merge(data, edit))
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert message in str(err.value)
+    assert str(err.value).startswith(str(path))
+
+
+def test_quick_needs_a_quick_section(tmp_path):
+    data = _base()
+    data.pop("quick")
+    path = _write(tmp_path, data)
+    assert load_experiment(path)[0].quick is None
+    with pytest.raises(ConfigError, match="no quick: section"):
+        load_experiment(path, quick=True)
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    path = _write(tmp_path, deep_merge(_base(), {"train": {"batch_size": "big"}}))
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nfncompile: error: ") and "train.batch_size" in err
+
+
+def test_missing_model_file_and_bad_augment(tmp_path, workdir, monkeypatch):
+    data = _base()
+    data.pop("quick")
+    data["models"] = {"extra": "no/such.yaml"}
+    path = _write(tmp_path, data)
+    cfg, ev, source, base = load_experiment(path)
+    from nfncompile.experiments.tasks.common import RunContext
+
+    ctx = RunContext(cfg, ev, source, base, tmp_path)
+    with pytest.raises(ConfigError, match=r"models\.extra: no such model spec"):
+        ctx.model_config("extra")
+    spec = yaml.safe_load((SPECS / "inr_classification.yaml").read_text())
+    spec["eval"]["augment"] = ["mpl_aug"]
+    spec["zoo"]["spec"] = str(SPECS.parent / "zoos" / "digits_inr.yaml")
+    spec["zoo"]["quick"] = True
+    spec["zoo"]["dir"] = str(workdir / "never")
+    path = _write(tmp_path, spec)
+    with pytest.raises(ConfigError, match=r"eval\.augment: no model 'mpl_aug'"):
+        run_experiment(path, tmp_path / "o", echo=False)
+    assert not (workdir / "never").exists()  # the error comes before any zoo is generated
+
+
+def test_every_spec_and_its_quick_form_validate():
+    assert sorted(p.stem for p in SPECS.glob("*.yaml")) == sorted(task_names())
+    for path in SPECS.glob("*.yaml"):
+        full, _, _, _ = load_experiment(path)
+        quick, _, _, _ = load_experiment(path, quick=True)
+        assert full.task == quick.task == path.stem
+        assert quick.train.epochs < full.train.epochs
+    with pytest.raises(ConfigError, match="unknown task 'inr'"):
+        get_task("inr")
+
+
+# ---- building blocks ------------------------------------------------------------------------
+
+
+def test_population_training_matches_torch_adam():
+    """The batched, vmapped trainer computes what torch.optim.Adam does, net by net."""
+    from nfncompile.architectures.catalogue import small_cnn
+    from nfncompile.experiments.tasks.population import init_population, train_population
+
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 1, 8, 8), torch.randint(0, 10, (24,))
+    factory = lambda: small_cnn(channels=3)  # noqa: E731
+    params = init_population(factory, 2, seed=5)
+    mask = {k: (torch.rand(v.shape) < 0.5).float() for k, v in params.items()}
+    got = train_population(
+        factory(), params, (x, y), epochs=2, batch_size=8, lr=1e-2, seed=3, masks=mask
+    )
+    order = []
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        perm = torch.randperm(24, generator=gen)
+        order += [perm[i : i + 8] for i in range(0, 24, 8)]
+    for b in range(2):
+        net = factory()
+        net.load_state_dict({k: v[b] * mask[k][b] for k, v in params.items()})
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        for idx in order:
+            loss = torch.nn.functional.cross_entropy(
+                torch.func.functional_call(
+                    net, {k: p * mask[k][b] for k, p in net.named_parameters()}, (x[idx],)
+                ),
+                y[idx],
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for k, p in net.named_parameters():
+                    p.mul_(mask[k][b])
+        for k, p in net.named_parameters():
+            torch.testing.assert_close(got[k][b], p.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_select_mask_density_and_scope():
+    from nfncompile.experiments.tasks.winning_tickets import select_mask
+
+    g = torch.Generator().manual_seed(0)
+    scores = {"a": torch.rand(3, 10, 10, generator=g), "b": torch.rand(3, 4, 5, generator=g) + 1}
+    glob = select_mask(scores, 0.1, "global")
+    assert [int(v) for v in (glob["a"].flatten(1).sum(1) + glob["b"].flatten(1).sum(1))] == [12] * 3
+    assert torch.all(glob["b"].flatten(1).sum(1) == 12)  # b's scores are all larger
+    layer = select_mask(scores, 0.1, "layer")
+    assert torch.all(layer["a"].flatten(1).sum(1) == 10)
+    assert torch.all(layer["b"].flatten(1).sum(1) == 2)
+    kept = scores["a"][layer["a"].bool()].reshape(3, -1).min(1).values
+    dropped = scores["a"].masked_fill(layer["a"].bool(), -1).flatten(1).max(1).values
+    assert torch.all(kept > dropped)
+
+
+def test_layer_budgets_follow_the_target_masks():
+    from nfncompile.experiments.tasks.winning_tickets import layer_budgets, select_budget
+
+    masks = {"a": torch.zeros(2, 10), "b": torch.zeros(2, 4)}
+    masks["a"][0, :3] = 1
+    masks["a"][1, :4] = 1
+    masks["b"][:, 0] = 1
+    budgets = layer_budgets(masks)
+    assert budgets == {"a": 3, "b": 1}  # mean total 4.5 rounds (half to even) to 4
+    masks["b"][:, 1:] = 1  # b keeps everything: 3.5 + 4 = 7.5 -> 8, a's half unit goes up
+    assert layer_budgets(masks) == {"a": 4, "b": 4}
+    picked = select_budget({"a": torch.arange(10.0)[None], "b": torch.arange(4.0)[None]}, budgets)
+    assert picked["a"][0, -budgets["a"] :].sum() == budgets["a"]
+
+
+def test_render_matches_the_siren_and_is_permutation_invariant():
+    """Batched functional rendering equals each SIREN's own forward, and a hidden-neuron
+    permutation (what permutation augmentation applies) leaves the rendering unchanged."""
+    from nfncompile.architectures.catalogue import siren
+    from nfncompile.experiments.tasks.common import ParamScale, permutation_augment
+    from nfncompile.experiments.tasks.inr_editing import render
+    from nfncompile.features import WeightSpaceFeatures
+    from nfncompile.frontend.tracing import trace
+    from nfncompile.zoo.data import pixel_grid
+
+    torch.manual_seed(0)
+    nets = [siren(2, (8, 8), 1) for _ in range(3)]
+    spec = trace(nets[0], torch.randn(2, 2))
+    feats = WeightSpaceFeatures.from_state_dicts(spec, [n.state_dict() for n in nets])
+    scale = ParamScale(feats)
+    grid = pixel_grid(8)
+    pix = render(nets[0], scale, scale.normalize(feats), grid)
+    for b, net in enumerate(nets):
+        torch.testing.assert_close(pix[b], net(grid).reshape(-1))
+    augment = permutation_augment(spec, "hnp")
+    moved, _ = augment((feats, torch.zeros(3)), torch.Generator().manual_seed(1))
+    assert not torch.equal(moved["hidden.0.weight"], feats["hidden.0.weight"])
+    torch.testing.assert_close(
+        render(nets[0], scale, scale.normalize(moved), grid), pix, atol=1e-5, rtol=1e-5
+    )
+
+
+def test_markdown_table_and_results_json(tmp_path):
+    from nfncompile.experiments.tasks.report import (
+        Results,
+        markdown_table,
+        read_results,
+        write_results,
+    )
+
+    r = Results("t", {"a": {"x": 0.5, "n": 2}, "b": {"x": math.nan}}, {"k": torch.tensor(1.5)})
+    write_results(r, tmp_path)
+    data = read_results(tmp_path)
+    assert data == {
+        "task": "t",
+        "metrics": {"a": {"x": 0.5, "n": 2}, "b": {"x": None}},
+        "info": {"k": 1.5},
+        "plots": [],
+    }
+    assert markdown_table(data).splitlines()[2:] == ["| a | 0.5000 | 2 |", "| b | - | - |"]

@@ -1,0 +1,169 @@
+"""nfncompile.frontend.verification: numerical checks of a spec against its model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import nfncompile as nfc
+from nfncompile.errors import StateDictMismatchError
+from nfncompile.frontend.verification import verify
+
+
+def _x(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+class ResMLP(nn.Module):
+    """h = relu(fc1(x)); h2 = h + fc2(h); out = fc3(h2): fc1's and fc2's outputs are tied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(3, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return self.fc3(h + self.fc2(h))
+
+
+def _res_mlp() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return ResMLP()
+
+
+def _spec(h1: str, h2: str, **extra_spaces) -> nfc.WeightSpaceSpec:
+    spaces = {"in": {"size": 3, "role": "input"}, h1: {"size": 5, "role": "hidden"}}
+    spaces[h2] = {"size": 5, "role": "hidden"}
+    spaces["out"] = {"size": 2, "role": "output"}
+    return nfc.WeightSpaceSpec.from_dict(
+        {
+            "spaces": spaces,
+            "params": {
+                "fc1.weight": {"shape": [5, 3], "axes": [h1, "in"]},
+                "fc1.bias": {"shape": [5], "axes": [h1]},
+                "fc2.weight": {"shape": [5, 5], "axes": [h2, h1]},
+                "fc2.bias": {"shape": [5], "axes": [h2]},
+                "fc3.weight": {"shape": [2, 5], "axes": ["out", h2]},
+                "fc3.bias": {"shape": [2], "axes": ["out"]},
+            },
+        }
+    )
+
+
+def test_correct_spec_passes_with_per_space_detail():
+    model = _res_mlp()
+    spec = nfc.trace(model, _x(4, 3))
+    assert spec.spaces["fc1"].size == 5 and len(spec.spaces) == 3
+    report = verify(model, spec, _x(4, 3), trials=2)
+    assert report.ok and report.max_error < 1e-12
+    assert sorted(report.spaces) == ["fc1", "in", "out"]
+    assert all(c.trials == 2 and c.ok for c in report.spaces.values())
+    assert report.joint.ok and report.failed == []
+    assert "OK" in str(report)
+
+
+def test_spec_claiming_tied_spaces_are_free_fails_and_names_them():
+    # the residual add ties fc1's and fc2's outputs; a spec with two free spaces is wrong
+    wrong = _spec("h1", "h2")
+    report = verify(_res_mlp(), wrong, _x(4, 3))
+    assert not report.ok
+    assert set(report.failed) == {"h1", "h2"}
+    assert report.spaces["in"].ok and report.spaces["out"].ok
+    assert not report.joint.ok
+    assert report.max_error > 1e-3
+    assert "FAIL" in str(report) and "h1" in str(report)
+    # joint-only checks detect it too (what trace runs first)
+    assert not verify(_res_mlp(), wrong, _x(4, 3), per_space=False).ok
+
+
+def test_hnp_mode_checks_hidden_spaces_only():
+    model = _res_mlp()
+    spec = nfc.trace(model, _x(4, 3))
+    report = verify(model, spec, _x(4, 3), mode="hnp")
+    assert report.ok and report.mode == "hnp" and list(report.spaces) == ["fc1"]
+    # a spec whose input space indexes no weight: moving it (np mode) permutes the input
+    # alone, which changes the output; hnp mode never moves it
+    bad = _spec("h1", "h2").to_dict()
+    bad["spaces"].pop("h2")
+    for entry in bad["params"].values():
+        entry["axes"] = ["h1" if a == "h2" else a for a in entry["axes"]]
+    bad["params"]["fc1.weight"]["axes"] = ["h1", None]
+    bad = nfc.WeightSpaceSpec.from_dict(bad)
+    assert verify(model, bad, _x(4, 3), mode="hnp").ok
+    assert verify(model, bad, _x(4, 3), mode="np").failed == ["in"]
+
+
+def test_symmetric_initial_values_cannot_hide_a_wrong_spec():
+    # a LayerNorm with its initial all-ones weight / zero bias: permuting only the norm's
+    # parameters changes nothing unless verify perturbs them
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    spec = nfc.trace(model, _x(2, 3)).to_dict()
+    spec["spaces"]["ln"] = {"size": 4, "role": "hidden"}
+    spec["params"]["1.weight"]["axes"] = ["ln"]
+    spec["params"]["1.bias"]["axes"] = ["ln"]
+    wrong = nfc.WeightSpaceSpec.from_dict(spec)
+    assert verify(model, wrong, _x(2, 3), perturb=False).ok  # blind without perturbation
+    assert set(verify(model, wrong, _x(2, 3)).failed) == {"0", "ln"}
+
+
+def test_verify_leaves_the_model_alone_and_is_seeded():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten())
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    spec = nfc.trace(model, _x(2, 2, 4, 4))
+    r1 = verify(model, spec, _x(2, 2, 4, 4), seed=3)
+    r2 = verify(model, spec, _x(2, 2, 4, 4), seed=3)
+    assert r1.ok and r1.max_error == r2.max_error
+    assert model.training
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    # Flatten over 2x2 positions: the output's channel dim holds 3 neurons x 4 positions
+    assert spec.spaces["out"].size == 3 and spec["0.weight"].axes[0] == "out"
+
+
+def test_default_io_labels_dim_1_of_inputs_and_outputs():
+    # no io given: input spaces act on dim 1 of the input, output spaces on dim 1 of the output
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    spec = nfc.trace(model, _x(2, 3, 4, 4))
+    report = verify(model, spec, _x(2, 3, 4, 4))
+    assert report.ok and set(report.spaces) == {"in", "0", "out"}
+
+
+def test_mismatched_spec_raises_state_dict_error():
+    spec = _spec("h1", "h2")
+    with pytest.raises(StateDictMismatchError, match=r"missing keys: fc1\.weight"):
+        verify(nn.Linear(3, 5), spec, _x(2, 3))
+
+
+class Fragile(nn.Module):
+    """Its forward fails unless parameter rows are in their original order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.register_buffer("order", torch.arange(4.0))
+
+    def forward(self, x):
+        torch._assert(bool((self.order[1:] > self.order[:-1]).all()), "rows reordered")
+        return self.fc(x)
+
+
+def test_a_forward_that_raises_is_a_failed_check_not_an_exception():
+    spec = nfc.WeightSpaceSpec.from_dict(
+        {
+            "spaces": {"in": {"size": 3, "role": "input"}, "out": {"size": 4, "role": "output"}},
+            "params": {
+                "fc.weight": {"shape": [4, 3], "axes": ["out", "in"]},
+                "fc.bias": {"shape": [4], "axes": ["out"]},
+                "order": {"shape": [4], "axes": ["out"]},
+            },
+        }
+    )
+    report = verify(Fragile(), spec, _x(2, 3), perturb=False)
+    assert not report.ok and report.failed == ["out"]
+    assert math.isinf(report.spaces["out"].max_error)
+    assert "rows reordered" in report.spaces["out"].message
