@@ -43,16 +43,14 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..nn.activations import make_activation
 
 __all__ = [
-    "ACTIVATIONS",
     "Architecture",
     "CATALOGUE",
     "FACTORIES",
     "get",
     "names",
-    "make_activation",
-    "Sine",
     "mlp",
     "siren",
     "lenet",
@@ -65,75 +63,6 @@ __all__ = [
     "unet",
     "vgg",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# activations
-# --------------------------------------------------------------------------------------------
-
-
-class Sine(nn.Module):
-    """``sin(w0 * x)`` as a module (``w0 = 1`` by default).
-
-    Examples
-    --------
-    >>> Sine()(torch.zeros(2))
-    tensor([0., 0.])
-    """
-
-    def __init__(self, w0: float = 1.0) -> None:
-        super().__init__()
-        self.w0 = float(w0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.w0 * x)
-
-    def extra_repr(self) -> str:
-        return f"w0={self.w0}"
-
-
-_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "silu": nn.SiLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "softplus": nn.Softplus,
-    "hardswish": nn.Hardswish,
-    "relu6": nn.ReLU6,
-    "sin": Sine,
-}
-
-#: Names :func:`make_activation` accepts.
-ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)
-
-
-def make_activation(name: str) -> nn.Module:
-    """A fresh activation module by name.
-
-    Parameters
-    ----------
-    name : str
-        One of :data:`ACTIVATIONS`.
-
-    Raises
-    ------
-    ConfigError
-        For an unknown name; the message lists the valid ones.
-
-    Examples
-    --------
-    >>> make_activation("tanh")
-    Tanh()
-    """
-    try:
-        return _ACTIVATIONS[name]()
-    except (KeyError, TypeError):
-        raise ConfigError(
-            f"unknown activation {name!r}; valid activations: {', '.join(ACTIVATIONS)}"
-        ) from None
 
 
 def _positive(name: str, value: object) -> int:
@@ -168,7 +97,7 @@ def mlp(
     hidden : sequence of int
         Hidden widths (may be empty: a single linear layer).
     activation : str
-        One of :data:`ACTIVATIONS`.
+        A name from :data:`nfncompile.nn.activations.ACTIVATIONS`.
 
     Examples
     --------
@@ -350,7 +279,7 @@ def small_cnn(
     num_classes : int
         Output classes.
     activation : str
-        One of :data:`ACTIVATIONS` (the zoo varies it).
+        A name from :data:`nfncompile.nn.activations.ACTIVATIONS` (the zoo varies it).
 
     Examples
     --------

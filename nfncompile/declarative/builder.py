@@ -73,6 +73,7 @@ from torch import nn
 
 from ..errors import ConfigError, FeatureMismatchError, NfnCompileError, SpecError
 from ..features import WeightSpaceFeatures
+from ..nn.activations import ACTIVATIONS, make_activation
 from ..spec import WeightSpaceSpec
 from .validate import FieldError, json_schema, load_yaml, parse
 
@@ -103,15 +104,7 @@ __all__ = [
 ]
 
 
-def _nf_activations() -> tuple:
-    from ..nn.pointwise import ACTIVATIONS
-
-    return tuple(ACTIVATIONS)
-
-
-def _mlp_activations() -> tuple:
-    from ..architectures.catalogue import ACTIVATIONS
-
+def _activations() -> tuple:
     return tuple(ACTIVATIONS)
 
 
@@ -191,7 +184,7 @@ class ActivationLayer:
     """An elementwise activation (:class:`~nfncompile.nn.pointwise.NFActivation`)."""
 
     type: ClassVar[str] = "activation"
-    fn: str = field(default="relu", metadata={"choices": _nf_activations, "help": "activation"})
+    fn: str = field(default="relu", metadata={"choices": _activations, "help": "activation"})
 
 
 @dataclass(frozen=True)
@@ -236,7 +229,7 @@ class MLPHead:
     hidden: tuple[int, ...] = field(default=(), metadata={"min": 1, "help": "hidden widths"})
     out_features: int = field(metadata={"min": 1, "help": "output width"})
     activation: str = field(
-        default="relu", metadata={"choices": _mlp_activations, "help": "hidden activation"}
+        default="relu", metadata={"choices": _activations, "help": "hidden activation"}
     )
     dropout: float = field(
         default=0.0, metadata={"min": 0, "max": 1, "help": "dropout after each hidden layer"}
@@ -353,7 +346,7 @@ class MLPConfig:
         default=(256, 256), metadata={"min": 1, "help": "hidden widths"}
     )
     activation: str = field(
-        default="relu", metadata={"choices": _mlp_activations, "help": "hidden activation"}
+        default="relu", metadata={"choices": _activations, "help": "hidden activation"}
     )
     dropout: float = field(
         default=0.0, metadata={"min": 0, "max": 1, "help": "dropout after each hidden layer"}
@@ -570,7 +563,6 @@ def _as_features(x: Any, who: str, channels: int) -> WeightSpaceFeatures:
 
 
 def _mlp(in_features: int, head: MLPHead | MLPConfig, out_features: int) -> nn.Sequential:
-    from ..architectures.catalogue import make_activation
 
     layers: list[nn.Module] = []
     width = in_features

@@ -26,7 +26,6 @@ tensor([[[0., 2.]]])
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,21 +37,9 @@ from torch import nn
 from ..errors import ConfigError, FeatureMismatchError, SpecError, StateDictMismatchError
 from ..features import WeightSpaceFeatures
 from ..spec import WeightSpaceSpec, _pieces
+from .activations import ACTIVATIONS, activation_fn
 
-__all__ = ["ACTIVATIONS", "NFActivation", "NFNorm", "NFDropout", "IOEncoding"]
-
-#: Activation names :class:`NFActivation` accepts, and the functions they stand for.
-ACTIVATIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "silu": F.silu,
-    "leaky_relu": F.leaky_relu,
-    "elu": F.elu,
-    "softplus": F.softplus,
-}
-
+__all__ = ["NFActivation", "NFNorm", "NFDropout", "IOEncoding"]
 
 def _as_features(x: Any, who: str) -> WeightSpaceFeatures:
     """Accept :class:`WeightSpaceFeatures` or a plain mapping of ``(B, C, ...)`` tensors."""
@@ -75,8 +62,8 @@ class NFActivation(nn.Module):
     Parameters
     ----------
     fn : str or callable or nn.Module, default "relu"
-        A name from :data:`ACTIVATIONS` (``relu``, ``gelu``, ``tanh``, ``sigmoid``, ``silu``,
-        ``leaky_relu``, ``elu``, ``softplus``), or any elementwise callable / module
+        A name from :data:`~nfncompile.nn.activations.ACTIVATIONS` (``relu``, ``gelu``,
+        ``tanh``, ``sigmoid``, ``silu``, ...), or any elementwise callable / module
         ``Tensor -> Tensor`` (a module is registered as the submodule ``fn``).
     **kwargs
         Keyword arguments for a named activation, e.g. ``negative_slope=0.2`` for
@@ -104,20 +91,8 @@ class NFActivation(nn.Module):
         self.name: str | None = None
         self.kwargs = dict(kwargs)
         if isinstance(fn, str):
-            if fn not in ACTIVATIONS:
-                near = difflib.get_close_matches(fn, ACTIVATIONS, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ConfigError(
-                    f"unknown activation {fn!r}{hint}; valid names: {', '.join(ACTIVATIONS)}"
-                )
             self.name = fn
-            self.fn = ACTIVATIONS[fn]
-            try:
-                self.fn(torch.zeros(1), **self.kwargs)
-            except TypeError as e:
-                raise ConfigError(
-                    f"activation {fn!r}: bad keyword arguments {kwargs}: {e}"
-                ) from None
+            self.fn = activation_fn(fn, **self.kwargs)
         elif callable(fn):
             if kwargs:
                 raise ConfigError("keyword arguments are only taken with an activation name")
@@ -131,7 +106,7 @@ class NFActivation(nn.Module):
     def forward(self, features: WeightSpaceFeatures) -> WeightSpaceFeatures:
         """Apply the activation to every tensor."""
         features = _as_features(features, "NFActivation")
-        return features.map(lambda t: self.fn(t, **self.kwargs))
+        return features.map(self.fn)
 
     def __repr__(self) -> str:
         if self.name is None:

@@ -67,7 +67,7 @@ from torch import nn
 from ..declarative.validate import FieldError, load_yaml, parse, to_dict
 from ..errors import ConfigError, NfnCompileError
 from ..files import atomic_write
-from ..nn.pointwise import ACTIVATIONS
+from ..nn.activations import ACTIVATIONS
 
 __all__ = [
     "ZooError",
@@ -108,13 +108,6 @@ class ZooError(NfnCompileError):
 # configs
 # --------------------------------------------------------------------------------------------
 
-#: Elementwise activations a CNN zoo may draw (the names of ``architectures.ACTIVATIONS``).
-_ACT_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    **ACTIVATIONS,
-    "hardswish": F.hardswish,
-    "relu6": F.relu6,
-    "sin": torch.sin,
-}
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -146,7 +139,7 @@ class CNNZooConfig:
     models_per_shard: int = field(default=128, metadata={"min": 1})
     channels: int = field(default=8, metadata={"min": 1, "help": "channels of every conv"})
     activations: tuple[str, ...] = field(
-        default=("relu", "tanh"), metadata={"min_items": 1, "choices": tuple(_ACT_FNS)}
+        default=("relu", "tanh"), metadata={"min_items": 1, "choices": tuple(ACTIVATIONS)}
     )
     optimizers: tuple[str, ...] = field(
         default=("adam", "sgd"), metadata={"min_items": 1, "choices": OPTIMIZERS}
@@ -432,7 +425,7 @@ class _CNN:
 
     def __init__(self, channels: int, activation: str) -> None:
         self.c = channels
-        self.act = _ACT_FNS[activation]
+        self.act = ACTIVATIONS[activation]
         self.scatter = _conv2_scatter()
 
     def logits(

@@ -11,6 +11,7 @@ from torch import nn
 
 from nfncompile.architectures import catalogue as A
 from nfncompile.errors import ConfigError
+from nfncompile.nn.activations import ACTIVATIONS
 
 # Expected output shape of each catalogue entry on its example input.
 EXPECTED_OUT = {
@@ -115,7 +116,7 @@ def test_resnet_downsample_only_when_shape_changes():
     assert with_ds == ["layer2.0", "layer3.0"]
 
 
-@pytest.mark.parametrize("name", A.ACTIVATIONS)
+@pytest.mark.parametrize("name", ACTIVATIONS)
 def test_mlp_activations(name):
     torch.manual_seed(0)
     model = A.mlp(3, (4,), 2, activation=name)

@@ -10,8 +10,8 @@ from torch import nn
 import nfncompile as nfc
 from nfncompile.errors import ConfigError, FeatureMismatchError, SpecError
 from nfncompile.features import WeightSpaceFeatures
+from nfncompile.nn.activations import ACTIVATIONS
 from nfncompile.nn.pointwise import (
-    ACTIVATIONS,
     IOEncoding,
     NFActivation,
     NFDropout,
@@ -65,6 +65,9 @@ def test_activation_by_name_matches_torch(name):
         "leaky_relu": nn.LeakyReLU(),
         "elu": nn.ELU(),
         "softplus": nn.Softplus(),
+        "hardswish": nn.Hardswish(),
+        "relu6": nn.ReLU6(),
+        "sin": torch.sin,
     }[name]
     y = NFActivation(name)(x)
     assert isinstance(y, WeightSpaceFeatures)
@@ -90,7 +93,7 @@ def test_activation_callable_module_and_kwargs():
 
 
 def test_activation_errors():
-    with pytest.raises(ConfigError, match=r"'rellu'.*did you mean 'relu'.*valid names: relu, gelu"):
+    with pytest.raises(ConfigError, match=r"'rellu'.*did you mean 'relu'.*valid activations: relu, gelu"):
         NFActivation("rellu")
     with pytest.raises(ConfigError, match="softplus"):
         NFActivation("swish")
