@@ -14,6 +14,9 @@ __all__ = [
     "TraceError",
     "SymmetryError",
     "ConfigError",
+    "FieldError",
+    "ModelArgumentError",
+    "ZooError",
 ]
 
 
@@ -46,3 +49,36 @@ class SymmetryError(NfnCompileError, RuntimeError):
 
 class ConfigError(NfnCompileError, ValueError):
     """An NFN or experiment YAML is malformed: path-qualified, with the nearest valid key."""
+
+
+class FieldError(ConfigError):
+    """A cross-field check failed on one field; raise it from a config's ``__post_init__``.
+
+    :func:`parse` reports it at the field's path (``nfn.layers[2].channels: ...``).
+
+    Parameters
+    ----------
+    field : str
+        The field name (or a dotted sub-path relative to the dataclass).
+    message : str
+        What is wrong and what would be valid.
+
+    Examples
+    --------
+    >>> str(FieldError("out_features", "required when output is 'invariant'"))
+    "out_features: required when output is 'invariant'"
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ModelArgumentError(ConfigError):
+    """A model factory rejected its keyword arguments (kept apart so callers can point at the
+    ``kwargs`` field rather than the model name)."""
+
+
+class ZooError(NfnCompileError):
+    """A zoo directory is incomplete, corrupted, or made with a different config."""

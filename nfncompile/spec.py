@@ -47,6 +47,7 @@ import torch
 import yaml
 
 from .errors import SpecError, StateDictMismatchError
+from .files import loads_yaml
 
 __all__ = [
     "ROLES",
@@ -59,6 +60,7 @@ __all__ = [
     "Permutation",
     "check_mode",
     "is_counter",
+    "axis_pieces",
 ]
 
 ROLES = ("input", "hidden", "output")
@@ -231,7 +233,7 @@ class ParamSpec:
         """Names of every space that labels some axis (or composite piece)."""
         out = set()
         for a in self.axes:
-            for p in _pieces(a):
+            for p in axis_pieces(a):
                 if isinstance(p, str):
                     out.add(p)
         return out
@@ -396,6 +398,10 @@ class WeightSpaceSpec:
 
     # ---- access ---------------------------------------------------------------------------
 
+    def __contains__(self, name: object) -> bool:
+        """Whether a parameter called ``name`` is in the spec."""
+        return name in self._by_name
+
     def __getitem__(self, name: str) -> ParamSpec:
         """The :class:`ParamSpec` called ``name``."""
         try:
@@ -460,12 +466,12 @@ class WeightSpaceSpec:
         """
         missing = [n for n in self.names if n not in state_dict]
         unexpected = [
-            k for k, v in state_dict.items() if k not in self._by_name and not is_counter(v)
+            k for k, v in state_dict.items() if k not in self and not is_counter(v)
         ]
         misshaped = [
             f"{k}: expected {list(self[k].shape)}, got {list(v.shape[leading:])}"
             for k, v in state_dict.items()
-            if k in self._by_name and tuple(v.shape[leading:]) != self[k].shape
+            if k in self and tuple(v.shape[leading:]) != self[k].shape
         ]
         if missing or unexpected or misshaped:
             lines = ["state_dict does not match the weight-space spec:"]
@@ -599,11 +605,7 @@ class WeightSpaceSpec:
             text = Path(path_or_text).read_text()
         elif "\n" not in text and text.endswith((".yaml", ".yml")):
             raise SpecError(f"{text}: no such spec file")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise SpecError(f"{source}: not valid YAML: {e}") from None
-        return cls.from_dict(data, source=source)
+        return cls.from_dict(loads_yaml(text, source=source, error=SpecError), source=source)
 
     def __repr__(self) -> str:
         spaces = ", ".join(f"{s.name}:{s.size}/{s.role}" for s in self.spaces.values())
@@ -692,7 +694,7 @@ class Permutation:
         counters the spec does not list pass through unchanged)."""
         self.spec.check_state_dict(state_dict)
         return {
-            k: v if k not in self.spec._by_name else self.apply_tensor(k, v)
+            k: v if k not in self.spec else self.apply_tensor(k, v)
             for k, v in state_dict.items()
         }
 
@@ -723,7 +725,13 @@ def _freeze_axis(a: Any) -> AxisLabel:
     return a
 
 
-def _pieces(a: AxisLabel) -> tuple:
+def axis_pieces(a: AxisLabel) -> tuple:
+    """The pieces of an axis label: ``()`` for fixed, ``(name,)`` for a space, the tuple of a
+    composite.
+
+    >>> axis_pieces(None), axis_pieces("c1"), axis_pieces(("c1", 3))
+    ((), ('c1',), ('c1', 3))
+    """
     if a is None:
         return ()
     return a if isinstance(a, tuple) else (a,)

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelArgumentError
 from ..nn.activations import make_activation
 
 __all__ = [
@@ -949,10 +949,6 @@ def get(name: str) -> Architecture:
 # --------------------------------------------------------------------------------------------
 # resolving a model name
 # --------------------------------------------------------------------------------------------
-
-
-class ModelArgumentError(ConfigError):
-    """A factory rejected its keyword arguments (kept apart so callers can point at kwargs)."""
 
 
 @contextlib.contextmanager

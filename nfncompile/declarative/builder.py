@@ -71,11 +71,19 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ..errors import ConfigError, FeatureMismatchError, NfnCompileError, SpecError
+from ..errors import (
+    ConfigError,
+    FeatureMismatchError,
+    FieldError,
+    ModelArgumentError,
+    NfnCompileError,
+    SpecError,
+)
 from ..features import WeightSpaceFeatures
+from ..files import load_yaml
 from ..nn.activations import ACTIVATIONS, make_activation
 from ..spec import WeightSpaceSpec
-from .validate import FieldError, json_schema, load_yaml, parse
+from .validate import json_schema, parse
 
 __all__ = [
     "WeightSpaceConfig",
@@ -528,7 +536,7 @@ def _read_spec(spec_path: str, base_dir: Any, source: str, path: str) -> WeightS
 
 
 def _make_model(cfg: WeightSpaceConfig, source: str, path: str) -> tuple[nn.Module, tuple]:
-    from ..architectures.catalogue import ModelArgumentError, load
+    from ..architectures.catalogue import load
 
     try:
         model, default_shape = load(cfg.model, cfg.kwargs)

@@ -50,22 +50,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import os
 import re
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin  # noqa: F401
 
-import yaml
-
-from ..errors import ConfigError, NfnCompileError
+from ..errors import ConfigError, FieldError, NfnCompileError
 
 __all__ = [
-    "FieldError",
     "parse",
-    "load_yaml",
     "json_schema",
     "to_dict",
     "type_tag",
@@ -74,129 +68,6 @@ __all__ = [
 T = TypeVar("T")
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-
-
-class FieldError(ConfigError):
-    """A cross-field check failed on one field; raise it from a config's ``__post_init__``.
-
-    :func:`parse` reports it at the field's path (``nfn.layers[2].channels: ...``).
-
-    Parameters
-    ----------
-    field : str
-        The field name (or a dotted sub-path relative to the dataclass).
-    message : str
-        What is wrong and what would be valid.
-
-    Examples
-    --------
-    >>> str(FieldError("out_features", "required when output is 'invariant'"))
-    "out_features: required when output is 'invariant'"
-    """
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-# --------------------------------------------------------------------------------------------
-# YAML
-# --------------------------------------------------------------------------------------------
-
-
-class _StrictSafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects duplicate keys and reads ``1e-3`` as a float.
-
-    (YAML 1.1, which PyYAML implements, needs a dot in a float, so ``lr: 1e-3`` would
-    otherwise load as the *string* ``'1e-3'``.) Constructs only plain data, like SafeLoader.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                continue  # SafeLoader reports unhashable keys itself
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r} (first at line {seen[key].line + 1})",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
-
-
-_StrictSafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def load_yaml(path: str | os.PathLike) -> tuple[Any, str]:
-    """Read a YAML file as plain data (safe loader: no Python objects are ever built).
-
-    Duplicate keys are rejected and ``1e-3`` reads as a float.
-
-    Parameters
-    ----------
-    path : str or PathLike
-
-    Returns
-    -------
-    data : Any
-        The loaded data (``None`` for an empty file).
-    source : str
-        ``str(path)``, to pass to :func:`parse` as ``source``.
-
-    Raises
-    ------
-    ConfigError
-        When the file is missing or is not valid YAML; the message names the file, the line
-        and column, and the YAML error, e.g. ``x.yaml: line 3, column 9: malformed YAML:
-        mapping values are not allowed here``.
-    """
-    source = str(path)
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{source}: cannot read: {e}") from None
-    return loads_yaml(text, source=source), source
-
-
-def loads_yaml(text: str, *, source: str = "<yaml>") -> Any:
-    """Like :func:`load_yaml`, from a string.
-
-    Examples
-    --------
-    >>> loads_yaml("a: [1, 2]\\nlr: 1e-3")
-    {'a': [1, 2], 'lr': 0.001}
-    >>> loads_yaml("a: 1\\nb: [1, 2\\n", source="x.yaml")
-    Traceback (most recent call last):
-    ...
-    nfncompile.errors.ConfigError: x.yaml: line 3, column 1: malformed YAML: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at line 2, column 4)
-    """
-    try:
-        return yaml.load(text, Loader=_StrictSafeLoader)  # a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
-        problem = e.problem or "invalid YAML"
-        context = ""
-        if e.context:
-            cm = e.context_mark
-            at = f" at line {cm.line + 1}, column {cm.column + 1}" if cm is not None else ""
-            context = f" ({e.context}{at})"
-        raise ConfigError(f"{source}:{where} malformed YAML: {problem}{context}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: malformed YAML: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def check_features(
             f"got {type(features).__name__}"
         )
     missing = [n for n in spec.names if n not in features]
-    unexpected = [k for k in features if k not in spec._by_name]
+    unexpected = [k for k in features if k not in spec]
     misshaped, batch, chans = [], set(), set()
     for n in spec.names:
         if n not in features:

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import ConfigError, FeatureMismatchError, SpecError, StateDictMismatchError
 from ..features import WeightSpaceFeatures
-from ..spec import WeightSpaceSpec, _pieces
+from ..spec import WeightSpaceSpec, axis_pieces
 from .activations import ACTIVATIONS, activation_fn
 
 __all__ = ["NFActivation", "NFNorm", "NFDropout", "IOEncoding"]
@@ -335,7 +335,7 @@ class IOEncoding(nn.Module):
         used_roles = set()
         for p in spec.params:
             for a in p.axes:
-                for piece in _pieces(a):
+                for piece in axis_pieces(a):
                     if isinstance(piece, str):
                         used_roles.add(spec.spaces[piece].role)
         #: Roles that get a block of ``enc_dim`` channels, in channel order.
@@ -361,7 +361,7 @@ class IOEncoding(nn.Module):
         nd = len(shape)
         for axis, (label, _) in enumerate(zip(p.axes, shape)):
             start = 0
-            for piece in _pieces(label):
+            for piece in axis_pieces(label):
                 if isinstance(piece, int):
                     start += piece
                     continue

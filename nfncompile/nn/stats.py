@@ -168,7 +168,7 @@ class StatFeatures(nn.Module):
             names = self.spec.names
             if set(features) != set(names):
                 missing = [n for n in names if n not in features]
-                extra = [n for n in features if n not in self.spec._by_name]
+                extra = [n for n in features if n not in self.spec]
                 raise FeatureMismatchError(
                     f"StatFeatures: features do not match the spec; missing: {missing}, "
                     f"unexpected: {extra}"

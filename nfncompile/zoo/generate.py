@@ -64,9 +64,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..declarative.validate import FieldError, load_yaml, parse, to_dict
-from ..errors import ConfigError, NfnCompileError
-from ..files import atomic_write
+from ..declarative.validate import parse, to_dict
+from ..errors import ConfigError, FieldError, ZooError
+from ..files import atomic_write, load_yaml
 from ..nn.activations import ACTIVATIONS
 
 __all__ = [
@@ -98,10 +98,6 @@ MANIFEST = "manifest.json"
 METADATA = "metadata.csv"
 #: The one key of a shard's safetensors header metadata (a JSON object with its rows).
 SHARD_METADATA_KEY = "nfncompile"
-
-
-class ZooError(NfnCompileError):
-    """A zoo directory is incomplete, corrupted, or made with a different config."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,9 +21,10 @@ from nfncompile.declarative.builder import (
     schema,
     write_schema,
 )
-from nfncompile.declarative.validate import load_yaml, parse, to_dict
+from nfncompile.declarative.validate import parse, to_dict
 from nfncompile.errors import ConfigError, FeatureMismatchError
 from nfncompile.features import WeightSpaceFeatures
+from nfncompile.files import load_yaml
 from nfncompile.spec import WeightSpaceSpec
 from nfncompile.testing import assert_equivariant, assert_invariant, mlp_spec, random_features
 

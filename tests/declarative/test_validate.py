@@ -11,16 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfncompile.declarative.validate import (
-    FieldError,
-    json_schema,
-    load_yaml,
-    loads_yaml,
-    parse,
-    to_dict,
-    type_tag,
-)
-from nfncompile.errors import ConfigError, NfnCompileError
+from nfncompile.declarative.validate import json_schema, parse, to_dict, type_tag
+from nfncompile.errors import ConfigError, FieldError, NfnCompileError
+from nfncompile.files import load_yaml, loads_yaml
 
 # --------------------------------------------------------------------------------------------
 # a small config tree, shaped like an NFN spec

@@ -37,10 +37,10 @@ from torch import nn
 
 from ...declarative.builder import ModelConfig, build_model
 from ...declarative.builder import load as load_model_config
-from ...declarative.validate import FieldError, parse
-from ...declarative.validate import load_yaml as _load_yaml
-from ...errors import ConfigError
+from ...declarative.validate import parse
+from ...errors import ConfigError, FieldError
 from ...features import WeightSpaceFeatures
+from ...files import load_yaml as _load_yaml
 from ...spec import WeightSpaceSpec
 from ..train import FitResult, TrainConfig, fit, predict
 

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ...declarative.validate import FieldError
+from ...errors import FieldError
 from . import Task, register_task
 from .common import (
     FeatureStore,

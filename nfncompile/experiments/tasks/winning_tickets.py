@@ -44,8 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...declarative.builder import WeightSpaceConfig, resolve_weight_space
-from ...declarative.validate import FieldError
-from ...errors import ConfigError
+from ...errors import ConfigError, FieldError
 from ...features import WeightSpaceFeatures
 from ...zoo.data import load_digits_tensors, split_indices
 from . import Task, register_task
