@@ -12,7 +12,19 @@ Axis labels
     a *fixed* axis: conv kernel dims, flattened spatial positions, broken symmetry.
 ``("c1", "c2")`` (YAML ``[c1, c2]``)
     a *composite* axis: the pieces concatenated in order, e.g. the input axis of a linear layer
-    after ``torch.cat``. A piece is a space name or an ``int`` n: a block of n fixed positions.
+    after ``torch.cat``. A piece is a space name or an ``int`` n: a run of n fixed positions.
+``Inner("c1", 0)`` (YAML ``{space: c1, block_of: 0}``)
+    the position *inside one block* of the block space ``c1``, the block being the one axis 0
+    of the same tensor sits in (a grouped convolution's input-channel axis).
+
+Block spaces
+------------
+A grouped convolution with ``g`` groups permutes whole groups together and the channels inside
+every group independently: the wreath product ``S_k wr S_g``. A :class:`Blocks` record names one
+such *block permutation* of ``g`` blocks; every space that declares ``blocks: name`` is cut into
+``g`` blocks of ``size / g`` neurons, and all of them move their blocks by that one permutation
+(each with its own permutations inside the blocks). A space of ``g`` neurons with ``g`` blocks
+is an ordinary space whose permutation is the block permutation (a depthwise conv's channels).
 
 A parameter may also declare a ``view``: the shape its axes refer to, when the stored tensor is
 a reshape of it (a linear layer after flattening C channels x P spatial positions has shape
@@ -32,6 +44,26 @@ WeightSpaceSpec(mode='np', spaces=[in:2/input, h:3/hidden, out:1/output], params
 True
 >>> spec.with_mode("hnp").spaces["in"].permutable
 False
+
+A ResNeXt-style grouped conv, 2 groups of 2 channels, between two block spaces:
+
+>>> grouped = WeightSpaceSpec.from_yaml('''
+... blocks:
+...   g: {count: 2}
+... spaces:
+...   in: {size: 3, role: input}
+...   c1: {size: 4, role: hidden, blocks: g}
+...   c2: {size: 4, role: hidden, blocks: g}
+...   out: {size: 1, role: output}
+... params:
+...   conv1.weight: {shape: [4, 3], axes: [c1, in]}
+...   conv2.weight: {shape: [4, 2, 3, 3], axes: [c2, {space: c1, block_of: 0}, null, null]}
+...   fc.weight: {shape: [1, 4], axes: [out, c2]}
+... ''')
+>>> grouped.block_shape("c2")
+(2, 2)
+>>> grouped["conv2.weight"].axes[1]
+Inner('c1', 0)
 """
 
 from __future__ import annotations
@@ -54,8 +86,10 @@ __all__ = [
     "MODES",
     "AxisLabel",
     "Space",
+    "Blocks",
+    "Inner",
     "ParamSpec",
-    "Block",
+    "Tile",
     "WeightSpaceSpec",
     "Permutation",
     "check_mode",
@@ -68,8 +102,9 @@ MODES = ("np", "hnp")
 
 #: A piece of a composite axis: a space name or a number of fixed positions.
 Piece = str | int
-#: An axis label: a space name, ``None`` (fixed) or a tuple of pieces (composite).
-AxisLabel = str | None | tuple
+#: An axis label: a space name, ``None`` (fixed), a tuple of pieces (composite) or an
+#: :class:`Inner` position inside a block.
+AxisLabel = str | None | tuple | Any
 
 
 def check_mode(mode: str) -> str:
@@ -99,17 +134,23 @@ class Space:
     permutable : bool
         Whether the group permutes it. Set by the owning spec from its mode; a hand-built
         ``Space`` defaults to ``True``.
+    blocks : str, optional
+        The :class:`Blocks` (block permutation) that moves whole blocks of this space; the
+        space is then cut into ``count`` equal blocks, permuted inside each block on its own.
 
     Examples
     --------
     >>> Space("c1", 16, "hidden")
     Space('c1', 16, 'hidden')
+    >>> Space("c2", 16, "hidden", blocks="g")
+    Space('c2', 16, 'hidden', blocks='g')
     """
 
     name: str
     size: int
     role: str
     permutable: bool = True
+    blocks: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -120,10 +161,80 @@ class Space:
             raise SpecError(
                 f"space {self.name!r}: unknown role {self.role!r}; valid roles: {', '.join(ROLES)}"
             )
+        if self.blocks is not None and (not isinstance(self.blocks, str) or not self.blocks):
+            raise SpecError(
+                f"space {self.name!r}: blocks must name a block permutation, got {self.blocks!r}"
+            )
 
     def __repr__(self) -> str:
         extra = "" if self.permutable else ", permutable=False"
+        extra += "" if self.blocks is None else f", blocks={self.blocks!r}"
         return f"Space({self.name!r}, {self.size}, {self.role!r}{extra})"
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """A block permutation: ``count`` blocks moved together in every space that names it.
+
+    Parameters
+    ----------
+    name : str
+        What spaces write in their ``blocks`` field.
+    count : int
+        Number of blocks (a grouped convolution's ``groups``).
+    permutable : bool
+        Whether the group moves the blocks. Set by the owning spec: the blocks move only when
+        every space that shares them is permutable in the spec's mode.
+
+    Examples
+    --------
+    >>> Blocks("g", 4)
+    Blocks('g', 4)
+    """
+
+    name: str
+    count: int
+    permutable: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError(f"block permutation name must be a non-empty string, got {self.name!r}")
+        if not _is_int(self.count) or self.count < 1:
+            raise SpecError(
+                f"blocks {self.name!r}: count must be a positive int, got {self.count!r}"
+            )
+
+    def __repr__(self) -> str:
+        extra = "" if self.permutable else ", permutable=False"
+        return f"Blocks({self.name!r}, {self.count}{extra})"
+
+
+@dataclass(frozen=True)
+class Inner:
+    """Axis label: the position inside one block of block space ``space``; the block is the one
+    that axis ``block_of`` of the same tensor sits in.
+
+    A grouped convolution's weight ``(C_out, C_in / g, kh, kw)`` has axes
+    ``[c_out, Inner("c_in", 0), None, None]``: row ``j * k_out + r`` reads only the inputs of
+    block ``j``, and its column ``i`` is input neuron ``j * k_in + i``.
+
+    >>> Inner("c1", 0)
+    Inner('c1', 0)
+    """
+
+    space: str
+    block_of: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.space, str) or not self.space:
+            raise SpecError(f"Inner: space must be a space name, got {self.space!r}")
+        if not _is_int(self.block_of) or self.block_of < 0:
+            raise SpecError(
+                f"Inner({self.space!r}): block_of must be an axis index, got {self.block_of!r}"
+            )
+
+    def __repr__(self) -> str:
+        return f"Inner({self.space!r}, {self.block_of})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,21 +243,22 @@ class Space:
 
 
 @dataclass(frozen=True)
-class Block:
-    """A rectangular piece of a parameter whose axes are all simple (a space or fixed).
+class Tile:
+    """A rectangular piece of a parameter whose axes are all simple (a space, an
+    :class:`Inner` position or fixed).
 
-    Composite axes split a parameter into blocks, one per combination of pieces.
+    Composite axes split a parameter into tiles, one per combination of pieces.
 
     Attributes
     ----------
     param : str
-        The parameter the block belongs to.
+        The parameter the tile belongs to.
     index : tuple of slice
-        Where the block sits in the parameter's ``view`` shape.
-    axes : tuple of (str or None)
+        Where the tile sits in the parameter's ``view`` shape.
+    axes : tuple of (str or Inner or None)
         One simple label per view axis.
     shape : tuple of int
-        The block's shape.
+        The tile's shape.
     param_shape : tuple of int
         The labelled shape of the whole parameter.
     """
@@ -230,7 +342,7 @@ class ParamSpec:
         return math.prod(self.shape)
 
     def spaces_used(self) -> set:
-        """Names of every space that labels some axis (or composite piece)."""
+        """Names of every space that labels some axis (or composite piece, or block inside)."""
         out = set()
         for a in self.axes:
             for p in axis_pieces(a):
@@ -238,8 +350,8 @@ class ParamSpec:
                     out.add(p)
         return out
 
-    def blocks(self, spaces: Mapping[str, Space]) -> list[Block]:
-        """Split composite axes into :class:`Block` s with simple labels (row-major order)."""
+    def tiles(self, spaces: Mapping[str, Space]) -> list[Tile]:
+        """Split composite axes into :class:`Tile` s with simple labels (row-major order)."""
         per_axis = []
         for label, n in zip(self.axes, self.labelled_shape):
             if isinstance(label, tuple):
@@ -251,11 +363,11 @@ class ParamSpec:
                 per_axis.append(opts)
             else:
                 per_axis.append([(slice(0, n), label)])
-        blocks = []
+        tiles = []
         for combo in _product(per_axis):
             index = tuple(c[0] for c in combo)
-            blocks.append(
-                Block(
+            tiles.append(
+                Tile(
                     self.name,
                     index,
                     tuple(c[1] for c in combo),
@@ -263,7 +375,7 @@ class ParamSpec:
                     self.labelled_shape,
                 )
             )
-        return blocks
+        return tiles
 
     def __repr__(self) -> str:
         view = "" if self.view is None else f", view={self.view}"
@@ -281,20 +393,23 @@ class ParamSpec:
 
 
 class SpaceMap(Mapping):
-    """An immutable, hashable, ordered mapping ``name -> Space``."""
+    """An immutable, hashable, ordered mapping ``name -> Space`` (or ``name -> Blocks``)."""
 
-    __slots__ = ("_index", "_items")
+    __slots__ = ("_index", "_items", "_kind")
 
-    def __init__(self, spaces: Any = ()) -> None:
+    def __init__(self, spaces: Any = (), kind: str = "space") -> None:
         items = tuple(spaces.values()) if isinstance(spaces, Mapping) else tuple(spaces)
         self._items = items
         self._index = {s.name: s for s in items}
+        self._kind = kind
 
-    def __getitem__(self, name: str) -> Space:
+    def __getitem__(self, name: str) -> Any:
         try:
             return self._index[name]
         except KeyError:
-            raise KeyError(f"no space {name!r}; spaces: {', '.join(self._index)}") from None
+            raise KeyError(
+                f"no {self._kind} {name!r}; {self._kind}s: {', '.join(self._index) or '(none)'}"
+            ) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)
@@ -327,32 +442,73 @@ class WeightSpaceSpec:
     mode : {"np", "hnp"}
         ``np``: every space permutes; ``hnp``: input and output spaces are fixed. It sets each
         space's ``permutable`` flag.
+    blocks : mapping or iterable of Blocks, optional
+        The block permutations that block spaces name (stored as an immutable ordered
+        mapping). A block permutation moves its blocks only when every space sharing it is
+        permutable in ``mode``.
 
     Raises
     ------
     SpecError
-        When a label names no space, sizes do not match shapes, names repeat or a space is unused.
+        When a label names no space, sizes do not match shapes, names repeat, a block space's
+        size is not a multiple of its block count, or an :class:`Inner` label points at an axis
+        that is not a space of the same block permutation.
     """
 
     spaces: SpaceMap
     params: tuple
     mode: str = "np"
+    blocks: SpaceMap = ()
     _by_name: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
         spaces = self.spaces.values() if isinstance(self.spaces, Mapping) else self.spaces
+        blocks = self.blocks.values() if isinstance(self.blocks, Mapping) else self.blocks
+        counts = {}
+        for b in blocks:
+            if not isinstance(b, Blocks):
+                raise SpecError(f"blocks must be Blocks objects, got {b!r}")
+            if b.name in counts:
+                raise SpecError(f"duplicate block permutation name {b.name!r}")
+            counts[b.name] = b.count
         fixed = []
         for s in spaces:
             if not isinstance(s, Space):
                 raise SpecError(f"spaces must be Space objects, got {s!r}")
             permutable = self.mode == "np" or s.role == "hidden"
-            fixed.append(Space(s.name, s.size, s.role, permutable))
+            if s.blocks is not None:
+                if s.blocks not in counts:
+                    raise SpecError(
+                        f"spaces.{s.name}.blocks: unknown block permutation {s.blocks!r}; "
+                        f"declared: {', '.join(counts) or '(none)'}"
+                    )
+                if s.size % counts[s.blocks]:
+                    raise SpecError(
+                        f"spaces.{s.name}: size {s.size} is not a multiple of the "
+                        f"{counts[s.blocks]} blocks of {s.blocks!r}"
+                    )
+            fixed.append(Space(s.name, s.size, s.role, permutable, s.blocks))
         names = [s.name for s in fixed]
         if len(set(names)) != len(names):
             raise SpecError(
                 f"duplicate space names: {sorted({n for n in names if names.count(n) > 1})}"
             )
+        members: dict = {name: [] for name in counts}
+        for sp in fixed:
+            if sp.blocks is not None:
+                members[sp.blocks].append(sp)
+        unused = [name for name, m in members.items() if not m]
+        if unused:
+            raise SpecError(f"blocks {unused} are named by no space")
+        object.__setattr__(
+            self,
+            "blocks",
+            SpaceMap(
+                [Blocks(n, c, all(sp.permutable for sp in members[n])) for n, c in counts.items()],
+                kind="block permutation",
+            ),
+        )
         object.__setattr__(self, "spaces", SpaceMap(fixed))
         params = tuple(self.params)
         pnames = [p.name for p in params]
@@ -370,6 +526,9 @@ class WeightSpaceSpec:
         for i, (label, n) in enumerate(zip(p.axes, p.labelled_shape)):
             where = f"params.{p.name}.axes[{i}]"
             if label is None:
+                continue
+            if isinstance(label, Inner):
+                self._check_inner(p, i, label, n)
                 continue
             if isinstance(label, str):
                 if label not in self.spaces:
@@ -396,6 +555,35 @@ class WeightSpaceSpec:
                     f"{where}: composite {list(label)} adds up to {total} but the axis has length {n}"
                 )
 
+    def _check_inner(self, p: ParamSpec, i: int, label: Inner, n: int) -> None:
+        where = f"params.{p.name}.axes[{i}]"
+        if label.space not in self.spaces:
+            raise SpecError(
+                f"{where}: unknown space {label.space!r}; valid: {', '.join(self.spaces)}"
+            )
+        shape = self.block_shape(label.space)
+        if shape is None:
+            raise SpecError(
+                f"{where}: {label!r} needs a block space, but {label.space!r} has no blocks"
+            )
+        if shape[1] != n:
+            raise SpecError(
+                f"{where}: the blocks of {label.space!r} hold {shape[1]} neurons but the axis "
+                f"has length {n}"
+            )
+        j = label.block_of
+        other = p.axes[j] if j < len(p.axes) and j != i else None
+        if not isinstance(other, str) or other not in self.spaces:
+            raise SpecError(
+                f"{where}: block_of={j} must point at another axis of {p.name!r} labelled with "
+                f"a space of block permutation {self.spaces[label.space].blocks!r}"
+            )
+        if self.spaces[other].blocks != self.spaces[label.space].blocks:
+            raise SpecError(
+                f"{where}: axis {j} is labelled {other!r}, whose blocks are "
+                f"{self.spaces[other].blocks!r}, not {self.spaces[label.space].blocks!r}"
+            )
+
     # ---- access ---------------------------------------------------------------------------
 
     def __contains__(self, name: object) -> bool:
@@ -416,7 +604,15 @@ class WeightSpaceSpec:
 
     def with_mode(self, mode: str) -> WeightSpaceSpec:
         """The same spec with ``mode`` (``"np"`` or ``"hnp"``) setting which spaces permute."""
-        return WeightSpaceSpec(self.spaces, self.params, check_mode(mode))
+        return WeightSpaceSpec(self.spaces, self.params, check_mode(mode), self.blocks)
+
+    def block_shape(self, space: str) -> tuple[int, int] | None:
+        """``(count, size per block)`` of a block space, ``None`` for an ordinary space."""
+        sp = self.spaces[space]
+        if sp.blocks is None:
+            return None
+        count = self.blocks[sp.blocks].count
+        return count, sp.size // count
 
     def permutable_spaces(self, mode: str | None = None) -> list[str]:
         """Names of the spaces the group permutes under ``mode`` (default: the spec's)."""
@@ -426,7 +622,11 @@ class WeightSpaceSpec:
     # ---- group ----------------------------------------------------------------------------
 
     def sample_permutation(
-        self, generator: torch.Generator | None = None, mode: str | None = None
+        self,
+        generator: torch.Generator | None = None,
+        mode: str | None = None,
+        *,
+        move: Any = None,
     ) -> Permutation:
         """Draw one uniformly random element of the permutation group.
 
@@ -436,19 +636,47 @@ class WeightSpaceSpec:
             Seeded generator for reproducible draws.
         mode : {"np", "hnp"}, optional
             Defaults to the spec's mode.
+        move : collection of str, optional
+            Restrict the draw to the subgroup that moves only these factors: space names (a
+            block space then moves only inside its blocks) and block permutation names (the
+            blocks of every space sharing it move together). Default: every factor.
 
         Examples
         --------
         >>> g = torch.Generator().manual_seed(0)
         >>> perm = spec.sample_permutation(g)  # doctest: +SKIP
         """
-        permutable = set(self.permutable_spaces(mode))
+        spec = self if mode is None or mode == self.mode else self.with_mode(mode)
+        if move is not None:
+            move = set(move)
+            unknown = move - set(spec.spaces) - set(spec.blocks)
+            if unknown:
+                raise SpecError(
+                    f"move: unknown spaces or block permutations {sorted(unknown)}; valid: "
+                    f"{', '.join([*spec.spaces, *spec.blocks])}"
+                )
+        outer = {
+            b.name: torch.randperm(b.count, generator=generator)
+            if b.permutable and (move is None or b.name in move)
+            else torch.arange(b.count)
+            for b in spec.blocks.values()
+        }
         perms = {}
-        for s in self.spaces.values():
-            if s.name in permutable:
-                perms[s.name] = torch.randperm(s.size, generator=generator)
+        for s in spec.spaces.values():
+            moves = s.permutable and (move is None or s.name in move)
+            shape = spec.block_shape(s.name)
+            if shape is None:
+                perms[s.name] = (
+                    torch.randperm(s.size, generator=generator) if moves else torch.arange(s.size)
+                )
+                continue
+            count, k = shape
+            if moves:
+                inner = torch.stack([torch.randperm(k, generator=generator) for _ in range(count)])
             else:
-                perms[s.name] = torch.arange(s.size)
+                inner = torch.arange(k).expand(count, k)
+            # gather form: new block j is old block outer[j], inside it old position inner[j]
+            perms[s.name] = (outer[s.blocks][:, None] * k + inner).reshape(-1)
         return Permutation(self, perms)
 
     def identity(self) -> Permutation:
@@ -490,13 +718,18 @@ class WeightSpaceSpec:
         out: dict = {}
         if self.mode != "np":
             out["mode"] = self.mode
-        out["spaces"] = {s.name: {"size": s.size, "role": s.role} for s in self.spaces.values()}
+        if self.blocks:
+            out["blocks"] = {b.name: {"count": b.count} for b in self.blocks.values()}
+        out["spaces"] = {
+            s.name: {"size": s.size, "role": s.role, **({"blocks": s.blocks} if s.blocks else {})}
+            for s in self.spaces.values()
+        }
         params = {}
         for p in self.params:
             entry: dict = {"shape": list(p.shape)}
             if p.view is not None:
                 entry["view"] = list(p.view)
-            entry["axes"] = [list(a) if isinstance(a, tuple) else a for a in p.axes]
+            entry["axes"] = [_axis_data(a) for a in p.axes]
             params[p.name] = entry
         out["params"] = params
         return out
@@ -515,7 +748,21 @@ class WeightSpaceSpec:
             raise SpecError(
                 f"expected a mapping with keys spaces, params, got {type(data).__name__}"
             )
-        _check_keys(data, ("mode", "spaces", "params"), "", required=("spaces", "params"))
+        _check_keys(
+            data, ("mode", "blocks", "spaces", "params"), "", required=("spaces", "params")
+        )
+        blocks = []
+        blocks_d = data.get("blocks") or {}
+        if not isinstance(blocks_d, Mapping):
+            raise SpecError(f"blocks: expected a mapping name -> {{count}}, got {blocks_d!r}")
+        for name, entry in blocks_d.items():
+            path = f"blocks.{name}"
+            if not isinstance(entry, Mapping):
+                raise SpecError(f"{path}: expected a mapping {{count}}, got {entry!r}")
+            _check_keys(entry, ("count",), path, required=("count",))
+            if not _is_int(entry["count"]) or entry["count"] < 1:
+                raise SpecError(f"{path}.count: expected a positive int, got {entry['count']!r}")
+            blocks.append(Blocks(str(name), entry["count"]))
         spaces_d = data["spaces"]
         if not isinstance(spaces_d, Mapping):
             raise SpecError(f"spaces: expected a mapping name -> {{size, role}}, got {spaces_d!r}")
@@ -524,7 +771,7 @@ class WeightSpaceSpec:
             path = f"spaces.{name}"
             if not isinstance(entry, Mapping):
                 raise SpecError(f"{path}: expected a mapping {{size, role}}, got {entry!r}")
-            _check_keys(entry, ("size", "role"), path, required=("size", "role"))
+            _check_keys(entry, ("size", "role", "blocks"), path, required=("size", "role"))
             size = entry["size"]
             if not _is_int(size) or size < 1:
                 raise SpecError(f"{path}.size: expected a positive int, got {size!r}")
@@ -532,7 +779,12 @@ class WeightSpaceSpec:
                 raise SpecError(
                     f"{path}.role: expected one of {', '.join(ROLES)}, got {entry['role']!r}"
                 )
-            spaces.append(Space(str(name), size, entry["role"]))
+            if "blocks" in entry and not isinstance(entry["blocks"], str):
+                raise SpecError(
+                    f"{path}.blocks: expected the name of a block permutation, "
+                    f"got {entry['blocks']!r}"
+                )
+            spaces.append(Space(str(name), size, entry["role"], blocks=entry.get("blocks")))
         params_d = data["params"]
         if not isinstance(params_d, Mapping):
             raise SpecError(f"params: expected a mapping name -> {{shape, axes}}, got {params_d!r}")
@@ -562,11 +814,18 @@ class WeightSpaceSpec:
                         and a
                         and all(isinstance(p, str) or (_is_int(p) and p >= 1) for p in a)
                     )
+                    or (
+                        isinstance(a, Mapping)
+                        and set(a) == {"space", "block_of"}
+                        and isinstance(a["space"], str)
+                        and _is_int(a["block_of"])
+                    )
                 )
                 if not ok:
                     raise SpecError(
-                        f"{path}.axes[{i}]: expected a space name, null, or a list of space "
-                        f"names / positive ints (composite), got {a!r}"
+                        f"{path}.axes[{i}]: expected a space name, null, a list of space "
+                        "names / positive ints (composite), or {space: NAME, block_of: AXIS} "
+                        f"(a position inside a block), got {a!r}"
                     )
             try:
                 params.append(
@@ -574,7 +833,7 @@ class WeightSpaceSpec:
                 )
             except SpecError as e:
                 raise SpecError(f"{path}: {e}") from None
-        return cls(spaces, params, data.get("mode", "np"))
+        return cls(spaces, params, data.get("mode", "np"), blocks)
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         """Write the canonical YAML text (to ``path`` if given) and return it."""
@@ -582,6 +841,11 @@ class WeightSpaceSpec:
         lines = []
         if "mode" in d:
             lines.append(f"mode: {d['mode']}")
+        if "blocks" in d:
+            lines.append("blocks:")
+            width = max(len(_flow(k)) for k in d["blocks"]) + 1
+            for k, v in d["blocks"].items():
+                lines.append(f"  {(_flow(k) + ':').ljust(width)} {_flow(v)}")
         lines.append("spaces:")
         width = max((len(_flow(k)) for k in d["spaces"]), default=0) + 1
         for k, v in d["spaces"].items():
@@ -608,7 +872,10 @@ class WeightSpaceSpec:
         return cls.from_dict(loads_yaml(text, source=source, error=SpecError), source=source)
 
     def __repr__(self) -> str:
-        spaces = ", ".join(f"{s.name}:{s.size}/{s.role}" for s in self.spaces.values())
+        spaces = ", ".join(
+            f"{s.name}:{s.size}/{s.role}" + (f"/{s.blocks}" if s.blocks else "")
+            for s in self.spaces.values()
+        )
         params = ", ".join(p._short() for p in self.params)
         return f"WeightSpaceSpec(mode={self.mode!r}, spaces=[{spaces}], params=[{params}])"
 
@@ -627,11 +894,21 @@ class Permutation:
     Applying it gathers every labelled axis: ``T'[..., i, ...] = T[..., perm[i], ...]``. Applied
     to every parameter of a network consistently, it leaves the network's function unchanged.
 
+    A block space's permutation must keep its blocks whole (new block ``j`` is one old block,
+    the same for every space sharing the block permutation); an :class:`Inner` axis is then
+    gathered by the permutation inside the block its reference axis lands in.
+
     Parameters
     ----------
     spec : WeightSpaceSpec
     perms : mapping str -> LongTensor
         A permutation of ``range(size)`` per space (missing spaces are the identity).
+
+    Raises
+    ------
+    SpecError
+        When a tensor is not a permutation, or moves a block space's neurons across blocks
+        (or two spaces sharing a block permutation move their blocks differently).
     """
 
     def __init__(self, spec: WeightSpaceSpec, perms: Mapping[str, torch.Tensor]) -> None:
@@ -640,12 +917,30 @@ class Permutation:
         if unknown:
             raise SpecError(f"permutation of unknown spaces {sorted(unknown)}")
         self.perms = {}
+        self.inner: dict = {}  # block space -> (count, k) permutation inside each new block
+        outer: dict = {}  # block permutation -> (count,) old block of each new block
         for s in spec.spaces.values():
             p = torch.as_tensor(perms.get(s.name, torch.arange(s.size)), dtype=torch.long)
             if p.shape != (s.size,) or not torch.equal(p.sort().values, torch.arange(s.size)):
                 raise SpecError(f"perms[{s.name!r}] is not a permutation of range({s.size})")
             self.perms[s.name] = p
-        self._cache: dict = {}
+            shape = spec.block_shape(s.name)
+            if shape is None:
+                continue
+            count, k = shape
+            grid = p.reshape(count, k)
+            blocks = grid[:, 0] // k
+            if not torch.equal(grid // k, blocks[:, None].expand(count, k)):
+                raise SpecError(
+                    f"perms[{s.name!r}] moves neurons across the {count} blocks of {s.blocks!r}"
+                )
+            if s.blocks in outer and not torch.equal(outer[s.blocks], blocks):
+                raise SpecError(
+                    f"perms[{s.name!r}] moves the blocks of {s.blocks!r} differently from "
+                    "another space that shares them"
+                )
+            outer[s.blocks] = blocks
+            self.inner[s.name] = grid % k
 
     def __getitem__(self, space: str) -> torch.Tensor:
         return self.perms[space]
@@ -684,10 +979,26 @@ class Permutation:
         lead = tuple(tensor.shape[:leading])
         x = tensor.reshape(lead + p.labelled_shape)
         for i, (label, n) in enumerate(zip(p.axes, p.labelled_shape)):
+            if isinstance(label, Inner):
+                continue
             idx = self.axis_index(label, n)
             if idx is not None:
                 x = x.index_select(leading + i, idx.to(x.device))
+        for i, label in enumerate(p.axes):
+            if isinstance(label, Inner):
+                x = self._gather_inner(x, leading + i, leading + label.block_of, label.space)
         return x.reshape(tensor.shape)
+
+    def _gather_inner(self, x: torch.Tensor, dim: int, ref: int, space: str) -> torch.Tensor:
+        """Gather axis ``dim`` (positions inside a block of ``space``) by the permutation inside
+        the block that each position of axis ``ref`` (already permuted) sits in."""
+        inner = self.inner[space].to(x.device)  # (count, k)
+        per_ref = inner.repeat_interleave(x.shape[ref] // inner.shape[0], dim=0)  # (n_ref, k)
+        shape = [1] * x.dim()
+        shape[ref], shape[dim] = x.shape[ref], x.shape[dim]
+        if ref > dim:
+            per_ref = per_ref.t()
+        return x.gather(dim, per_ref.reshape(shape).expand(x.shape))
 
     def apply_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict:
         """Permute a state_dict of the spec's network (keys must match the spec; integer
@@ -722,18 +1033,22 @@ def _is_int(x: Any) -> bool:
 def _freeze_axis(a: Any) -> AxisLabel:
     if isinstance(a, (list, tuple)):
         return tuple(a)
+    if isinstance(a, Mapping):  # {space: c1, block_of: 0}
+        return Inner(a.get("space"), a.get("block_of"))
     return a
 
 
 def axis_pieces(a: AxisLabel) -> tuple:
-    """The pieces of an axis label: ``()`` for fixed, ``(name,)`` for a space, the tuple of a
-    composite.
+    """The pieces of an axis label: ``()`` for fixed, ``(name,)`` for a space or a position
+    inside one of its blocks, the tuple of a composite.
 
-    >>> axis_pieces(None), axis_pieces("c1"), axis_pieces(("c1", 3))
-    ((), ('c1',), ('c1', 3))
+    >>> axis_pieces(None), axis_pieces("c1"), axis_pieces(("c1", 3)), axis_pieces(Inner("c", 0))
+    ((), ('c1',), ('c1', 3), ('c',))
     """
     if a is None:
         return ()
+    if isinstance(a, Inner):
+        return (a.space,)
     return a if isinstance(a, tuple) else (a,)
 
 
@@ -742,6 +1057,17 @@ def _axis_str(a: AxisLabel) -> str:
         return "-"
     if isinstance(a, tuple):
         return "(" + "|".join(str(p) for p in a) + ")"
+    if isinstance(a, Inner):
+        return f"{a.space}@{a.block_of}"
+    return a
+
+
+def _axis_data(a: AxisLabel) -> Any:
+    """The plain-data (YAML) form of an axis label."""
+    if isinstance(a, tuple):
+        return list(a)
+    if isinstance(a, Inner):
+        return {"space": a.space, "block_of": a.block_of}
     return a
 
 

@@ -124,7 +124,7 @@ def block_refs(spec: WeightSpaceSpec, mode: str) -> list[BlockRef]:
     permutable = set(spec.permutable_spaces(mode))
     out = []
     for p in spec.params:
-        for i, b in enumerate(p.blocks(spec.spaces)):
+        for i, b in enumerate(p.tiles(spec.spaces)):
             axes = tuple(a if a in permutable else None for a in b.axes)
             out.append(
                 BlockRef(

@@ -276,20 +276,21 @@ def verify(
     )
     tol = atol + rtol * scale
 
+    def draw(moved: list[str]) -> Permutation:
+        """A random group element moving only ``moved`` (retrying a few times for one that is
+        not the identity)."""
+        for _ in range(8):
+            perm = spec.sample_permutation(gen, move=moved)
+            if any(not torch.equal(p, torch.arange(len(p))) for p in perm.perms.values()):
+                break
+        return perm
+
     def check(name: str, size: int, role: str, moved: list[str]) -> SpaceCheck:
         err, n = 0.0, 0
         if size > 1 or name == "joint":
             for x, y in cases[:trials]:
-                perms = {}
-                for s in moved:
-                    p = torch.randperm(spec.spaces[s].size, generator=gen)
-                    for _ in range(8):
-                        if spec.spaces[s].size < 2 or not torch.equal(p, torch.arange(len(p))):
-                            break
-                        p = torch.randperm(spec.spaces[s].size, generator=gen)
-                    perms[s] = p
-                perm = Permutation(spec, perms)
-                moved_set = set(moved)
+                perm = draw(moved)
+                moved_set = {s for s in spec.spaces if s in moved or spec.spaces[s].blocks in moved}
                 sd = {
                     k: perm.apply_tensor(k, v) if uses.get(k, set()) & moved_set else v
                     for k, v in state.items()
@@ -314,10 +315,17 @@ def verify(
     if per_space:
         for s in permutable:
             sp = spec.spaces[s]
-            report.spaces[s] = check(s, sp.size, sp.role, [s])
+            shape = spec.block_shape(s)
+            size = sp.size if shape is None else shape[1]  # a block space moves inside blocks
+            report.spaces[s] = check(s, size, sp.role, [s])
+        for b in spec.blocks.values():
+            if b.permutable:
+                report.spaces[f"{b.name} (blocks)"] = check(
+                    f"{b.name} (blocks)", b.count, "blocks", [b.name]
+                )
     if permutable:
         total = sum(spec.spaces[s].size for s in permutable)
-        report.joint = check("joint", total, "all", permutable)
+        report.joint = check("joint", total, "all", [*permutable, *spec.blocks])
     checks = list(report.spaces.values()) + ([report.joint] if report.joint else [])
     report.ok = all(c.ok for c in checks)
     report.max_error = max((c.max_error for c in checks), default=0.0)
