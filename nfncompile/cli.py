@@ -258,9 +258,9 @@ def load_model(
     >>> shape, model.conv1.out_channels
     ((2, 1, 8, 8), 4)
     """
-    from .architectures import catalogue as architectures
+    from .architectures import load
 
-    model, default_shape = architectures.load(target, kwargs)
+    model, default_shape = load(target, kwargs)
     shape = input_shape or default_shape
     if shape is None:
         raise ConfigError(f"{target}: --input-shape is required (e.g. --input-shape 1,3,32,32)")

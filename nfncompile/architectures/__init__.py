@@ -5,8 +5,43 @@ Takes a name (and keyword arguments); returns an ``nn.Module`` and its example i
 It sits below :mod:`nfncompile.declarative` (a YAML spec may name a model to trace) and above
 :mod:`nfncompile.nn` (whose activation table its factories use).
 
+- :mod:`.catalogue`: :class:`Architecture`, :data:`CATALOGUE`, :data:`FACTORIES`, :func:`get`,
+  :func:`names`
+- :mod:`.resolve`: :func:`load` (a model name -> a built model)
+- one file per family: :mod:`.mlps` (``mlp``, ``siren``), :mod:`.cnns` (``lenet``,
+  ``small_cnn``, ``vgg``), :mod:`.resnets` (``resnet_cifar``, ``resnet20``), :mod:`.densenets`
+  (``densenet_block``), :mod:`.mobilenets` (``mobilenetv2_block``), :mod:`.squeeze_excite`
+  (``se_block``), :mod:`.unets` (``unet``); :mod:`.args` checks their arguments
+
 May import: the contract, nn.
 """
 
-from .catalogue import *  # noqa: F403
-from .catalogue import __all__  # noqa: F401
+from .catalogue import CATALOGUE, FACTORIES, Architecture, get, names
+from .cnns import lenet, small_cnn, vgg
+from .densenets import densenet_block
+from .mlps import mlp, siren
+from .mobilenets import mobilenetv2_block
+from .resnets import resnet20, resnet_cifar
+from .resolve import load
+from .squeeze_excite import se_block
+from .unets import unet
+
+__all__ = [
+    "Architecture",
+    "CATALOGUE",
+    "FACTORIES",
+    "get",
+    "names",
+    "load",
+    "mlp",
+    "siren",
+    "lenet",
+    "small_cnn",
+    "resnet_cifar",
+    "resnet20",
+    "densenet_block",
+    "mobilenetv2_block",
+    "se_block",
+    "unet",
+    "vgg",
+]

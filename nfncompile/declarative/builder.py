@@ -536,7 +536,7 @@ def _read_spec(spec_path: str, base_dir: Any, source: str, path: str) -> WeightS
 
 
 def _make_model(cfg: WeightSpaceConfig, source: str, path: str) -> tuple[nn.Module, tuple]:
-    from ..architectures.catalogue import load
+    from ..architectures import load
 
     try:
         model, default_shape = load(cfg.model, cfg.kwargs)

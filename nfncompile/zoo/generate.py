@@ -207,7 +207,7 @@ class CNNZooConfig:
 
     def build(self, activation: str = "relu") -> nn.Module:
         """A fresh ``small_cnn`` of this zoo's width (load weights into it)."""
-        from ..architectures.catalogue import small_cnn
+        from ..architectures import small_cnn
 
         return small_cnn(
             in_channels=1, channels=self.channels, num_classes=10, activation=activation
@@ -276,7 +276,7 @@ class INRZooConfig:
 
     def build(self) -> nn.Module:
         """A fresh ``siren`` of this zoo's shape (load weights into it)."""
-        from ..architectures.catalogue import siren
+        from ..architectures import siren
 
         return siren(2, self.hidden, 1, self.w0)
 

@@ -212,7 +212,7 @@ def test_every_spec_and_its_quick_form_validate():
 
 def test_population_training_matches_torch_adam():
     """The batched, vmapped trainer computes what torch.optim.Adam does, net by net."""
-    from nfncompile.architectures.catalogue import small_cnn
+    from nfncompile.architectures import small_cnn
     from nfncompile.experiments.tasks.population import init_population, train_population
 
     torch.manual_seed(0)
@@ -283,7 +283,7 @@ def test_layer_budgets_follow_the_target_masks():
 def test_render_matches_the_siren_and_is_permutation_invariant():
     """Batched functional rendering equals each SIREN's own forward, and a hidden-neuron
     permutation (what permutation augmentation applies) leaves the rendering unchanged."""
-    from nfncompile.architectures.catalogue import siren
+    from nfncompile.architectures import siren
     from nfncompile.experiments.tasks.common import ParamScale, permutation_augment
     from nfncompile.experiments.tasks.inr_editing import render
     from nfncompile.features import WeightSpaceFeatures

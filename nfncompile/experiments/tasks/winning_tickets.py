@@ -231,7 +231,7 @@ class _MaskLoss:
 
 
 def _factory(src: SourceNet, where: str) -> Callable[[], nn.Module]:
-    from ...architectures.catalogue import FACTORIES
+    from ...architectures import FACTORIES
 
     if src.model not in FACTORIES:
         raise ConfigError(
