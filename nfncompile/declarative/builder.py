@@ -83,7 +83,8 @@ from ..features import WeightSpaceFeatures
 from ..files import load_yaml
 from ..nn.activations import ACTIVATIONS, make_activation
 from ..spec import WeightSpaceSpec
-from .validate import json_schema, parse
+from .schema import json_schema
+from .validate import parse
 
 __all__ = [
     "WeightSpaceConfig",
