@@ -22,7 +22,7 @@ one must be given (non-null). ``__post_init__`` may raise :class:`FieldError` (o
 Every error is a :class:`~nfncompile.errors.ConfigError` that names the source, the key path
 and what would be valid, e.g. ``specs/x.yaml: nfn.layers[2].channels: expected a positive int,
 got -3``. The same dataclasses convert back to plain data (:func:`to_dict`) and generate a
-JSON Schema for editors (:func:`nfncompile.declarative.schema.json_schema`).
+JSON Schema for editors (:func:`nfncompile.declarative.schema_export.json_schema`).
 
 Examples
 --------

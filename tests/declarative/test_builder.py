@@ -9,19 +9,12 @@ import pytest
 import torch
 
 import nfncompile as nfc
-from nfncompile.declarative.builder import (
-    NFN,
-    FlatMLP,
-    ModelConfig,
-    NFLinearLayer,
-    StatNN,
-    build,
-    load,
-    resolve_weight_space,
-    schema,
-    write_schema,
-)
+from nfncompile.declarative.builder import build, load
+from nfncompile.declarative.config import ModelConfig, NFLinearLayer
+from nfncompile.declarative.models import NFN, FlatMLP, StatNN
+from nfncompile.declarative.schema_export import schema, write_schema
 from nfncompile.declarative.validate import parse, to_dict
+from nfncompile.declarative.weight_space import resolve_weight_space
 from nfncompile.errors import ConfigError, FeatureMismatchError
 from nfncompile.features import WeightSpaceFeatures
 from nfncompile.files import load_yaml
@@ -75,7 +68,7 @@ def test_committed_schema_is_up_to_date():
     committed = (SPECS / "schema.json").read_text()
     assert committed == write_schema(), (
         "specs/schema.json is stale; regenerate it with "
-        "python -c \"from nfncompile.declarative.builder import write_schema; write_schema('specs/schema.json')\""
+        "python -c \"from nfncompile.declarative.schema_export import write_schema; write_schema('specs/schema.json')\""
     )
     assert json.loads(committed) == schema()
 
@@ -376,7 +369,7 @@ def test_build_every_example_and_run_forward(path):
 
 
 def test_tracing_is_seeded_cached_and_leaves_the_global_rng_alone():
-    from nfncompile.declarative.builder import WeightSpaceConfig
+    from nfncompile.declarative.config import WeightSpaceConfig
 
     cfg = WeightSpaceConfig(model="mlp", kwargs={"hidden": [5]}, input_shape=(2, 16))
     torch.manual_seed(123)

@@ -9,10 +9,14 @@ the schema of model spec files, committed as ``specs/schema.json`` (:func:`write
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from .config import ModelConfig
 from .validate import (
     _NONE,
     _choices,
@@ -27,7 +31,7 @@ from .validate import (
     type_tag,
 )
 
-__all__ = ["json_schema"]
+__all__ = ["json_schema", "schema", "write_schema"]
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -132,7 +136,7 @@ def _schema(tp: Any, meta: Mapping, ctx: _SchemaContext) -> dict:
         if args and args[1] is not Any:
             out["additionalProperties"] = _schema(args[1], meta, ctx)
         return out
-    raise TypeError(f"nfncompile.declarative.schema cannot describe values of type {tp!r}")
+    raise TypeError(f"nfncompile.declarative.schema_export cannot describe values of type {tp!r}")
 
 
 class _SchemaContext:
@@ -199,3 +203,31 @@ def _jsonable(v: Any) -> bool:
     if isinstance(v, dict):
         return all(isinstance(k, str) and _jsonable(x) for k, x in v.items())
     return False
+
+
+# --------------------------------------------------------------------------------------------
+# the schema of model spec files
+# --------------------------------------------------------------------------------------------
+
+
+def schema() -> dict:
+    """The JSON Schema (draft 2020-12) of model spec files, generated from the dataclasses.
+
+    Examples
+    --------
+    >>> sorted(schema()["properties"])
+    ['mlp', 'nfn', 'stat_nn']
+    """
+    return json_schema(ModelConfig, title="nfncompile model spec (nfn / stat_nn / mlp)")
+
+
+def write_schema(path: str | os.PathLike | None = None) -> str:
+    """The schema as JSON text (2-space indent, trailing newline), written to ``path`` if given.
+
+    ``specs/schema.json`` is this text; a test checks that it is up to date. Regenerate with
+    ``python -c "from nfncompile.declarative.schema_export import write_schema; write_schema('specs/schema.json')"``.
+    """
+    text = json.dumps(schema(), indent=2) + "\n"
+    if path is not None:
+        Path(path).write_text(text)
+    return text

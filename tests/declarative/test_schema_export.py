@@ -1,10 +1,10 @@
-"""Tests of nfncompile.declarative.schema: JSON Schema generated from the config dataclasses."""
+"""Tests of nfncompile.declarative.schema_export: JSON Schema generated from the config dataclasses."""
 
 from __future__ import annotations
 
 import pytest
 
-from nfncompile.declarative.schema import json_schema
+from nfncompile.declarative.schema_export import json_schema
 from nfncompile.declarative.validate import parse
 from nfncompile.errors import ConfigError
 from tests.declarative.test_validate import LAYERS, File
