@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from nfncompile.declarative.schema_export import json_schema
+from nfncompile.declarative.builder import load
+from nfncompile.declarative.schema_export import json_schema, schema, write_schema
 from nfncompile.declarative.validate import parse
 from nfncompile.errors import ConfigError
+from tests.declarative.helpers import LIN, SPECS, nfn
 from tests.declarative.test_validate import LAYERS, File
 
 
@@ -72,3 +76,39 @@ def test_json_schema_agrees_with_parse():
         assert list(validator.iter_errors(data)), data
         with pytest.raises(ConfigError):
             parse(File, data)
+
+
+def test_committed_schema_is_up_to_date():
+    committed = (SPECS / "schema.json").read_text()
+    assert committed == write_schema(), (
+        "specs/schema.json is stale; regenerate it with "
+        "python -c \"from nfncompile.declarative.schema_export import write_schema; write_schema('specs/schema.json')\""
+    )
+    assert json.loads(committed) == schema()
+
+
+def test_write_schema_writes_the_file(tmp_path):
+    text = write_schema(tmp_path / "s.json")
+    assert (tmp_path / "s.json").read_text() == text
+    assert json.loads(text)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_schema_rejects_what_parse_rejects():
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(schema())
+    validator.check_schema(validator.schema)
+    bad = [
+        {},
+        {"nfn": {"layers": [LIN]}, "mlp": {"out_features": 1}},
+        nfn({"type": "nf_linear", "chanels": 4}),
+        nfn({"type": "nf_linear", "channels": 0}),
+        nfn({"type": "activation", "fn": "rleu"}),
+        nfn(LIN, mode="xnp"),
+        {"mlp": {"output": "both"}},
+        {"stat_nn": {"head": {"out_features": 1}, "quantiles": [2.0]}},
+        {"nfn": {"layers": [LIN], "weight_space": {"model": "a", "spec": "b"}}},
+    ]
+    for data in bad:
+        assert list(validator.iter_errors(data)), data
+        with pytest.raises(ConfigError):
+            load(data)
