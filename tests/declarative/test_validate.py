@@ -1,9 +1,8 @@
-"""Tests of nfncompile.declarative.validate: the dataclass-driven validator, YAML loading, schema, to_dict."""
+"""Tests of nfncompile.declarative.validate: the dataclass-driven validator and to_dict."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -11,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfncompile.declarative.validate import json_schema, parse, to_dict, type_tag
+from nfncompile.declarative.validate import parse, to_dict, type_tag
 from nfncompile.errors import ConfigError, FieldError, NfnCompileError
-from nfncompile.files import load_yaml, loads_yaml
 
 # --------------------------------------------------------------------------------------------
 # a small config tree, shaped like an NFN spec
@@ -302,46 +300,6 @@ def test_unsupported_annotation_is_a_programming_error():
 
 
 # --------------------------------------------------------------------------------------------
-# YAML
-# --------------------------------------------------------------------------------------------
-
-
-def test_load_yaml_reports_file_line_and_the_yaml_error(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("nfn:\n  mode: np\n  layers: [1, 2\n")
-    with pytest.raises(ConfigError) as info:
-        load_yaml(path)
-    msg = str(info.value)
-    assert msg.startswith(f"{path}: line 4, column 1: malformed YAML: ")
-    assert "expected ',' or ']'" in msg
-
-    path.write_text("nfn:\n  mode: np\n   bad: 1\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{path}: line 3, column 7: malformed YAML")):
-        load_yaml(path)
-
-
-def test_load_yaml_rejects_duplicate_keys_and_python_tags(tmp_path):
-    with pytest.raises(
-        ConfigError,
-        match=r"line 3, column 1: malformed YAML: found duplicate key 'a' \(first at line 1\)",
-    ):
-        loads_yaml("a: 1\nb: 2\na: 3\n")
-    with pytest.raises(ConfigError, match="could not determine a constructor"):
-        loads_yaml("a: !!python/object/apply:os.system ['true']\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'nope.yaml'}: no such file")):
-        load_yaml(tmp_path / "nope.yaml")
-
-
-def test_load_yaml_reads_exponent_floats_and_returns_the_source(tmp_path):
-    path = tmp_path / "ok.yaml"
-    path.write_text("lr: 1e-3\nwd: 5E+2\nn: 10\nv: 1.5e-2\ns: '1e-3'\n")
-    data, source = load_yaml(path)
-    assert data == {"lr": 0.001, "wd": 500.0, "n": 10, "v": 0.015, "s": "1e-3"}
-    assert source == str(path)
-    assert loads_yaml("") is None
-
-
-# --------------------------------------------------------------------------------------------
 # to_dict
 # --------------------------------------------------------------------------------------------
 
@@ -393,72 +351,3 @@ def test_round_trip_property(layers, mode, in_channels, lr, size, kwargs):
     net = Net(layers, Source(model="m", kwargs=kwargs), mode, in_channels, lr, size=size)
     for omit in (False, True):
         assert parse(Net, to_dict(net, omit_defaults=omit)) == net
-
-
-# --------------------------------------------------------------------------------------------
-# JSON Schema
-# --------------------------------------------------------------------------------------------
-
-
-def test_json_schema_structure():
-    schema = json_schema(File, title="t")
-    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["title"] == "t" and schema["required"] == ["nfn"]
-    defs = schema["$defs"]
-    assert set(defs) == {"Net", "Linear", "Act", "Drop", "Head", "Source"}
-    linear = defs["Linear"]
-    assert linear["description"] == "A linear layer."
-    assert linear["properties"]["type"] == {"const": "nf_linear"}
-    assert linear["properties"]["channels"] == {
-        "type": "integer",
-        "minimum": 1,
-        "description": "output channels",
-    }
-    assert linear["required"] == ["channels"] and linear["additionalProperties"] is False
-    assert defs["Act"]["properties"]["fn"]["enum"] == ["relu", "tanh", "gelu"]
-    layers = defs["Net"]["properties"]["layers"]
-    assert layers["minItems"] == 1
-    assert layers["items"]["properties"]["type"]["enum"] == [
-        "nf_linear",
-        "activation",
-        "dropout",
-        "mlp",
-    ]
-    assert defs["Net"]["properties"]["mode"] == {"enum": ["np", "hnp"], "default": "np"}
-    assert defs["Source"]["oneOf"] == [{"required": ["model"]}, {"required": ["spec"]}]
-    assert defs["Net"]["properties"]["shape"]["prefixItems"] == [{"type": "integer"}] * 2
-
-
-def test_json_schema_agrees_with_parse():
-    jsonschema = pytest.importorskip("jsonschema")
-    validator = jsonschema.Draft202012Validator(json_schema(File))
-    validator.check_schema(validator.schema)
-    good = {
-        "nfn": {
-            "layers": [
-                {"type": "nf_linear", "channels": 3},
-                {"type": "activation", "fn": "tanh"},
-                {"type": "mlp", "hidden": [2]},
-            ],
-            "source": {"model": "m", "input_shape": [2, 1]},
-            "size": [1],
-        }
-    }
-    assert not list(validator.iter_errors(good))
-    parse(File, good)
-    bad = [
-        {"nfn": {"layers": [{"type": "nf_linear", "chanels": 3}]}},
-        {"nfn": {"layers": [{"type": "nf_linear", "channels": 0}]}},
-        {"nfn": {"layers": [{"type": "nf_lin", "channels": 1}]}},
-        {"nfn": {"layers": [{"type": "activation", "fn": "rleu"}]}},
-        {"nfn": {"layers": []}},
-        {"nfn": {"layers": LAYERS, "mode": "xp"}},
-        {"nfn": {"layers": LAYERS, "source": {"model": "a", "spec": "b"}}},
-        {"nfn": {"layers": LAYERS, "source": {}}},
-        {"nfn": {"layers": LAYERS, "shape": [1, 2, 3]}},
-        {"nfn": {"layers": LAYERS, "in_channels": True}},
-    ]
-    for data in bad:
-        assert list(validator.iter_errors(data)), data
-        with pytest.raises(ConfigError):
-            parse(File, data)

@@ -15,7 +15,7 @@ An experiment spec is a YAML file::
     eval: {...}                       # the task's own settings (see each task's EvalConfig)
     quick: {train: {epochs: 2}, ...}  # overrides applied by --quick (deep-merged)
 
-Model specs follow :mod:`nfncompile.declarative.builder`; their ``weight_space`` may be left out, since the
+Model specs follow :mod:`nfncompile.declarative.config`; their ``weight_space`` may be left out, since the
 task passes the zoo's weight-space spec to :func:`~nfncompile.declarative.builder.build`.
 """
 
@@ -35,9 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...declarative.builder import ModelConfig, build_model
-from ...declarative.builder import load as load_model_config
-from ...declarative.validate import parse
+from ...declarative import ModelConfig, build_model, parse
+from ...declarative import load as load_model_config
 from ...errors import ConfigError, FieldError
 from ...features import WeightSpaceFeatures
 from ...files import load_yaml as _load_yaml

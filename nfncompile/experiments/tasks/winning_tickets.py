@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...declarative.builder import WeightSpaceConfig, resolve_weight_space
+from ...declarative import WeightSpaceConfig, resolve_weight_space
 from ...errors import ConfigError, FieldError
 from ...features import WeightSpaceFeatures
 from ...zoo.data import load_digits_tensors, split_indices
