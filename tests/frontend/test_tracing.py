@@ -10,9 +10,9 @@ from torch import nn
 import nfncompile as nfc
 from nfncompile.architectures.catalogue import CATALOGUE
 from nfncompile.errors import SymmetryError, TraceError
+from nfncompile.frontend import FUNCTION_RULES, build_symmetry_graph
 from nfncompile.frontend.drawing import draw_symmetry_graph
 from nfncompile.frontend.fx import trace_module
-from nfncompile.frontend.graph import FUNCTION_RULES, build_symmetry_graph
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.spec import is_counter
 
