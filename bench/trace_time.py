@@ -5,7 +5,7 @@ verification). Prints one row per model:
 
 * ``trace``: torch.fx symbolic trace + shape propagation (fake tensors above
   ``nfncompile.frontend.fx.FAKE_ABOVE`` parameter elements, real forward below);
-* ``graph``: the symmetry analysis pass (:mod:`nfncompile.frontend.graph`);
+* ``graph``: the symmetry analysis pass (:mod:`nfncompile.frontend.analysis`);
 * ``spaces``: cut propagation + union-find (:mod:`nfncompile.frontend.spaces`) and building the spec;
 * ``verify``: what ``nfc.trace`` runs by default: a float64 copy of the model and 2 joint
   random group elements (plus the unpermuted forwards).
@@ -23,12 +23,8 @@ import time
 import torch
 from torch import nn
 
-from nfncompile.architectures.catalogue import mlp, resnet_cifar
-from nfncompile.frontend.fx import trace_module
-from nfncompile.frontend.graph import build_symmetry_graph
-from nfncompile.frontend.spaces import derive_spaces
-from nfncompile.frontend.tracing import spec_from_derived
-from nfncompile.frontend.verification import verify
+import nfncompile as nfc
+from nfncompile.architectures import mlp, resnet_cifar
 
 
 def cnn(width: int, depth: int = 4) -> nn.Module:
@@ -43,26 +39,10 @@ def cnn(width: int, depth: int = 4) -> nn.Module:
 def measure(model: nn.Module, x: torch.Tensor, do_verify: bool, repeat: int) -> dict:
     best: dict = {}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        gm = trace_module(model, x)
-        t1 = time.perf_counter()
-        graph = build_symmetry_graph(gm, model)
-        t2 = time.perf_counter()
-        derived = derive_spaces(graph)
-        spec = spec_from_derived(derived)
-        t3 = time.perf_counter()
-        row = {"trace": t1 - t0, "graph": t2 - t1, "spaces": t3 - t2}
-        if do_verify:
-
-            class IO:
-                inputs, outputs = derived.inputs, derived.outputs
-
-            report = verify(model, spec, x, trials=2, per_space=False, io=IO)
-            if not report.ok:
-                raise SystemExit(f"verification failed:\n{report}")
-            row["verify"] = time.perf_counter() - t3
-        for k, v in row.items():
+        spec, report = nfc.trace_with_report(model, x, verify=do_verify)
+        for k, v in report.timings.items():
             best[k] = min(best.get(k, v), v)
+    graph = report.graph
     best["nodes"] = graph.number_of_nodes()
     best["runs"] = sum(1 for n in graph.nodes if n[0] == "run")
     best["spaces_n"] = len(spec.spaces)
@@ -95,10 +75,10 @@ def main() -> None:
 
     # one-time costs, reported separately: first fx trace, fake-tensor machinery import
     t = time.perf_counter()
-    trace_module(mlp(4, (4,), 2), torch.randn(2, 4))
+    nfc.trace(mlp(4, (4,), 2), torch.randn(2, 4), verify=False)
     first = time.perf_counter() - t
     t = time.perf_counter()
-    trace_module(mlp(4, (4,), 2), torch.randn(2, 4), fake=True)
+    nfc.trace(mlp(4, (4,), 2), torch.randn(2, 4), verify=False, fake=True)
     fake_import = time.perf_counter() - t
     print(f"one-time: first trace {first * 1000:.0f} ms, fake-tensor import {fake_import:.2f} s")
 

@@ -21,9 +21,10 @@ def draw_symmetry_graph(graph_or_result: Any, path: str | None = None) -> Any:
 
     Parameters
     ----------
-    graph_or_result : networkx.Graph or spaces.Derived or TraceReport
-        The graph from :func:`build_symmetry_graph`, or anything with a ``graph`` attribute
-        (and optionally ``derived`` / ``run_space``: a mapping run id -> space name).
+    graph_or_result : networkx.Graph or Derivation or TraceReport
+        The graph from :func:`~nfncompile.frontend.graph.build_symmetry_graph`, or a record
+        holding it (a :class:`~nfncompile.frontend.derivation.Derivation` or a
+        :class:`~nfncompile.frontend.report.TraceReport`: its ``run_space`` colours the runs).
     path : str, optional
         Where to save the figure (png, svg, pdf); the figure is returned either way.
 
@@ -42,11 +43,8 @@ def draw_symmetry_graph(graph_or_result: Any, path: str | None = None) -> Any:
     import matplotlib.pyplot as plt
 
     obj = graph_or_result
-    derived = getattr(obj, "derived", None) or (obj if hasattr(obj, "run_space") else None)
     graph = obj if isinstance(obj, nx.Graph) else obj.graph
-    if derived is None:
-        derived = derive_spaces(graph)
-    run_space = derived.run_space
+    run_space = derive_spaces(graph).run_space if isinstance(obj, nx.Graph) else obj.run_space
     runs = sorted((n for n in graph.nodes if n[0] == "run"), key=lambda n: n[1])
     # Structure: a param joins the runs indexing its axes; the newest of them is the one
     # it produces (axis order differs: Linear [out, in], ConvTranspose [in, out, ...]).

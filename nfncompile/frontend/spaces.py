@@ -12,8 +12,9 @@ between runs of neurons (ties), cut points (group boundaries, slices) and fixed 
 3. a class with a fixed atom is fixed; the others are the neuron spaces. A class holding the
    model input's channels has role ``input``, the model output's ``output``, else ``hidden``.
 
-The result is plain data (:class:`Derived`): this module does not import :mod:`nfncompile.spec`
-(``frontend`` builds the :class:`~nfncompile.spec.WeightSpaceSpec` from it).
+The result is one :class:`~nfncompile.frontend.derivation.Derivation`: the
+:class:`~nfncompile.spec.WeightSpaceSpec`, the provenance of every space, how the spaces act on
+the model's inputs and outputs, and what broke symmetry.
 
 Examples
 --------
@@ -22,92 +23,25 @@ Examples
 >>> from nfncompile.frontend.graph import build_symmetry_graph
 >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
 >>> d = derive_spaces(build_symmetry_graph(trace_module(net, torch.randn(5, 3)), net))
->>> [(s.name, s.size, s.role) for s in d.spaces]
+>>> [(s.name, s.size, s.role) for s in d.spaces.values()]
 [('in', 3, 'input'), ('0', 4, 'hidden'), ('out', 2, 'output')]
->>> d.params["0.weight"].axes
-['0', 'in']
+>>> d.spec["0.weight"].axes
+('0', 'in')
+>>> d.io.inputs
+(TensorAxes(shape=(5, 3), view=None, axes=(None, 'in')),)
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
-__all__ = ["SpaceInfo", "AxesInfo", "BrokenInfo", "Derived", "derive_spaces"]
+from ..spec import ParamSpec, Space, WeightSpaceSpec
+from .derivation import BrokenInfo, Derivation, IOAxes, SpaceInfo, TensorAxes
 
-
-@dataclass
-class SpaceInfo:
-    """One derived neuron space.
-
-    Attributes
-    ----------
-    name, size, role
-        As in the spec.
-    atoms : list of (run, start, stop)
-        The intervals of runs whose neurons it permutes (every one ``size`` long).
-    origins : list of str
-        The creators of those runs (module targets, ``in``, parameter axes).
-    ops : list of str
-        The ops that tied its atoms together or label parameter axes with it.
-    params : list of (str, int)
-        ``(param key, axis)`` pairs that it indexes (whole or as a composite piece).
-    touched : list of str
-        Every op that creates or reads a run holding its neurons.
-    """
-
-    name: str
-    size: int
-    role: str
-    atoms: list = field(default_factory=list)
-    origins: list = field(default_factory=list)
-    ops: list = field(default_factory=list)
-    params: list = field(default_factory=list)
-    touched: list = field(default_factory=list)
-
-
-@dataclass
-class AxesInfo:
-    """The labels of one tensor: ``shape``, optional ``view`` and one axis label per view axis
-    (a space name, ``None`` for fixed, or a tuple of pieces: names and ints)."""
-
-    shape: tuple
-    view: tuple | None
-    axes: list
-
-
-@dataclass
-class BrokenInfo:
-    """An op that broke symmetry: which node, why, and which neurons became fixed."""
-
-    op: str
-    node: str
-    reason: str
-    neurons: list  # readable "origin[a:b]" strings
-    count: int
-
-
-@dataclass
-class Derived:
-    """Everything :func:`derive_spaces` reads off the graph (plain data)."""
-
-    spaces: list
-    params: dict
-    inputs: list  # AxesInfo per model input (None for non-tensors)
-    outputs: list  # AxesInfo per output leaf (None for non-tensors)
-    broken: list
-    run_space: dict  # run id -> space name (of its first atom) or "fixed"
-    graph: Any = None
-
-    def space(self, name: str) -> SpaceInfo:
-        """The :class:`SpaceInfo` called ``name``."""
-        for s in self.spaces:
-            if s.name == name:
-                return s
-        raise KeyError(f"no space {name!r}; spaces: {', '.join(s.name for s in self.spaces)}")
+__all__ = ["derive_spaces"]
 
 
 class _UnionFind:
@@ -154,7 +88,7 @@ def _io_axes(info: Any) -> tuple:
     return (tuple(view) if split else None), labels
 
 
-def derive_spaces(graph: nx.MultiGraph) -> Derived:
+def derive_spaces(graph: nx.MultiGraph) -> Derivation:
     """Solve the graph's constraints into neuron spaces and per-parameter axis labels.
 
     Parameters
@@ -164,14 +98,14 @@ def derive_spaces(graph: nx.MultiGraph) -> Derived:
 
     Returns
     -------
-    Derived
-        Spaces (inputs first, then hidden spaces in creation order, outputs last), the axis
-        labels of every float state_dict entry in state_dict order, input/output labels and
-        what broke symmetry.
+    Derivation
+        The spec (spaces: inputs first, then hidden spaces in creation order, outputs last;
+        every float state_dict entry in state_dict order), the provenance of each space, the
+        input/output labels and what broke symmetry.
     """
     runs = {n[1]: d for n, d in graph.nodes(data=True) if n[0] == "run"}
     ties = [d for _, _, d in graph.edges(data=True) if d.get("kind") == "tie"]
-    params = graph.graph["params"]
+    graph_params = graph.graph["params"]
     io_in = [(name, info) for name, info in graph.graph["inputs"]]
     io_out = graph.graph["outputs"]
     io_views = {
@@ -184,7 +118,7 @@ def derive_spaces(graph: nx.MultiGraph) -> Derived:
     for r, d in runs.items():
         for off, length, _ in d["fixed"]:
             cuts[r].update((off, off + length))
-    for p in params.values():
+    for p in graph_params.values():
         for lab in p.axes:
             _label_cuts(lab, cuts)
     for views in io_views.values():
@@ -317,27 +251,28 @@ def derive_spaces(graph: nx.MultiGraph) -> Derived:
     def ops_of(lab: Any) -> set:
         return {uf.find(i) for s in lab or () for i in atoms_in(s.run, s.offset, s.length)}
 
-    out_params = {}
-    for key, p in params.items():
-        axes = [axis_label(lab) for lab in p.axes]
-        out_params[key] = AxesInfo(p.shape, p.view, axes)
+    params = []
+    for key, p in graph_params.items():
+        params.append(ParamSpec(key, p.shape, tuple(axis_label(lab) for lab in p.axes), p.view))
         for k, lab in enumerate(p.axes):
             for root in ops_of(lab):
                 if root in space_of:
                     info = space_of[root]
-                    if (key, k) not in info.params:
-                        info.params.append((key, k))
+                    if f"{key}[{k}]" not in info.params:
+                        info.params.append(f"{key}[{k}]")
                     for op in p.ops:
                         if op not in info.ops:
                             info.ops.append(op)
-    inputs = [
-        AxesInfo(info.shape, v[0], [axis_label(x) for x in v[1]])
-        for (_, info), v in zip(io_in, io_views["in"])
-    ]
-    outputs = [
-        None if v is None else AxesInfo(info.shape, v[0], [axis_label(x) for x in v[1]])
-        for info, v in zip(io_out, io_views["out"])
-    ]
+    io = IOAxes(
+        tuple(
+            TensorAxes(info.shape, v[0], tuple(axis_label(x) for x in v[1]))
+            for (_, info), v in zip(io_in, io_views["in"])
+        ),
+        tuple(
+            None if v is None else TensorAxes(info.shape, v[0], tuple(axis_label(x) for x in v[1]))
+            for info, v in zip(io_out, io_views["out"])
+        ),
+    )
 
     broken = []
     for b in graph.graph["broken"]:
@@ -357,5 +292,6 @@ def derive_spaces(graph: nx.MultiGraph) -> Derived:
     for r in runs:
         root = uf.find(atom_id[(r, starts[r][0])]) if starts[r] else None
         run_space[r] = space_of[root].name if root in space_of else "fixed"
-    spaces = [s for _, s in sorted(infos.items(), key=lambda kv: (order[kv[1].role], kv[0]))]
-    return Derived(spaces, out_params, inputs, outputs, broken, run_space, graph)
+    ranked = [s for _, s in sorted(infos.items(), key=lambda kv: (order[kv[1].role], kv[0]))]
+    spec = WeightSpaceSpec([Space(s.name, s.size, s.role) for s in ranked], params)
+    return Derivation(spec, {s.name: s for s in ranked}, io, broken, run_space, graph)

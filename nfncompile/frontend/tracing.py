@@ -1,10 +1,11 @@
 """The compiler front end: ``nn.Module`` -> verified :class:`~nfncompile.spec.WeightSpaceSpec`.
 
 :func:`trace` runs the four front-end passes: torch.fx tracing with shape propagation
-(:mod:`nfncompile.frontend.fx`), the neuron-symmetry graph (:mod:`nfncompile.frontend.graph`), space
-derivation (:mod:`nfncompile.frontend.spaces`) and numerical verification (:mod:`nfncompile.frontend.verification`).
-:func:`trace_with_report` also returns a :class:`TraceReport` saying, for every space, which
-parameters index it and which ops tied it, and what broke symmetry.
+(:mod:`~nfncompile.frontend.fx`), the neuron-symmetry graph (:mod:`~nfncompile.frontend.graph`),
+space derivation (:mod:`~nfncompile.frontend.spaces`) and numerical verification
+(:mod:`~nfncompile.frontend.verification`). :func:`trace_with_report` also returns a
+:class:`~nfncompile.frontend.report.TraceReport` saying, for every space, which parameters index
+it and which ops tied it, and what broke symmetry.
 
 Examples
 --------
@@ -26,117 +27,19 @@ params:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
 from torch import nn
 
 from ..errors import SymmetryError
-from ..spec import ParamSpec, Space, WeightSpaceSpec, check_mode
+from ..spec import WeightSpaceSpec, check_mode
 from .fx import trace_module
 from .graph import build_symmetry_graph
-from .spaces import BrokenInfo, Derived, derive_spaces
-from .verification import VerifyReport
+from .report import TraceReport, failure_message
+from .spaces import derive_spaces
 from .verification import verify as _verify
 
-__all__ = ["trace", "trace_with_report", "TraceReport", "SpaceReport", "spec_from_derived"]
-
-
-@dataclass
-class SpaceReport:
-    """One space of a traced model: what indexes it and what tied it together."""
-
-    name: str
-    size: int
-    role: str
-    params: list  # "key[axis]" strings
-    ops: list
-    origins: list
-    touched: list = field(default_factory=list)
-
-
-@dataclass
-class TraceReport:
-    """What :func:`trace_with_report` found.
-
-    Attributes
-    ----------
-    model : str
-        The traced model's class name.
-    spaces : list of SpaceReport
-        Per space: size, role, the parameter axes that index it, the ops that tied it.
-    broken : list of BrokenInfo
-        Every op that broke symmetry: op, fx node, reason, the neurons it made fixed.
-    spec : WeightSpaceSpec
-    verification : VerifyReport or None
-        ``None`` when tracing ran with ``verify=False``.
-    graph : networkx.MultiGraph
-        The neuron-symmetry graph (see :func:`nfncompile.frontend.drawing.draw_symmetry_graph`).
-    derived : spaces.Derived
-    timings : dict
-        Seconds per pass: ``trace``, ``graph``, ``spaces``, ``verify``.
-    """
-
-    model: str
-    spaces: list
-    broken: list
-    spec: WeightSpaceSpec
-    verification: VerifyReport | None
-    graph: nx.MultiGraph
-    derived: Derived
-    timings: dict = field(default_factory=dict)
-
-    def space(self, name: str) -> SpaceReport:
-        """The :class:`SpaceReport` called ``name``."""
-        for s in self.spaces:
-            if s.name == name:
-                return s
-        raise KeyError(f"no space {name!r}; spaces: {', '.join(s.name for s in self.spaces)}")
-
-    @property
-    def run_space(self) -> dict:
-        return self.derived.run_space
-
-    def __str__(self) -> str:
-        lines = [f"symmetry report for {self.model} ({self.spec.mode} mode)"]
-        lines.append(f"{len(self.spaces)} neuron spaces:")
-        for s in self.spaces:
-            lines.append(f"  {s.name}: size {s.size}, {s.role}")
-            if s.params:
-                lines.append(f"    indexes: {_wrap(s.params)}")
-            if s.ops:
-                lines.append(f"    tied by: {_wrap(s.ops)}")
-        if self.broken:
-            lines.append("symmetry broken by:")
-            for b in self.broken:
-                what = ", ".join(b.neurons)
-                lines.append(f"  {b.op} [node {b.node}]: {b.reason}; fixed {b.count} ({what})")
-        else:
-            lines.append("symmetry broken by: nothing")
-        if self.verification is not None:
-            lines.append(str(self.verification))
-        t = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items())
-        lines.append(f"time: {t}")
-        return "\n".join(lines)
-
-
-def _wrap(items: list, limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
-def spec_from_derived(derived: Derived, mode: str = "np") -> WeightSpaceSpec:
-    """Build the :class:`WeightSpaceSpec` from :func:`nfncompile.frontend.spaces.derive_spaces` output."""
-    spaces = [Space(s.name, s.size, s.role) for s in derived.spaces]
-    params = [ParamSpec(k, p.shape, tuple(p.axes), p.view) for k, p in derived.params.items()]
-    return WeightSpaceSpec(spaces, params, mode)
-
-
-class _IO:
-    def __init__(self, derived: Derived) -> None:
-        self.inputs = derived.inputs
-        self.outputs = derived.outputs
+__all__ = ["trace", "trace_with_report", "TraceReport"]
 
 
 def trace_with_report(
@@ -149,7 +52,7 @@ def trace_with_report(
     seed: int = 0,
     fake: bool | None = None,
 ) -> tuple[WeightSpaceSpec, TraceReport]:
-    """Like :func:`trace`, and also return a :class:`TraceReport`.
+    """Like :func:`trace`, and also return a :class:`~nfncompile.frontend.report.TraceReport`.
 
     Returns
     -------
@@ -170,60 +73,23 @@ def trace_with_report(
     t1 = time.perf_counter()
     graph = build_symmetry_graph(gm, model)
     t2 = time.perf_counter()
-    derived = derive_spaces(graph)
-    spec = spec_from_derived(derived, mode)
+    derivation = derive_spaces(graph)
+    spec = derivation.spec if mode == derivation.spec.mode else derivation.spec.with_mode(mode)
     t3 = time.perf_counter()
     timings = {"trace": t1 - t0, "graph": t2 - t1, "spaces": t3 - t2}
-    spaces = [
-        SpaceReport(
-            s.name,
-            s.size,
-            s.role,
-            [f"{k}[{a}]" for k, a in s.params],
-            list(s.ops),
-            s.origins,
-            list(s.touched),
-        )
-        for s in derived.spaces
-    ]
-    broken: list[BrokenInfo] = derived.broken
     vr = None
     if verify:
         # joint random group elements detect any wrong space (each moves every space); only
         # when one fails are the spaces checked one by one, to name the culprit
-        kw = dict(trials=trials, mode=mode, seed=seed, io=_IO(derived))
+        kw = dict(trials=trials, seed=seed, io=derivation.io)
         vr = _verify(model, spec, example_input, per_space=False, **kw)
         if not vr.ok:
             vr = _verify(model, spec, example_input, per_space=True, **kw)
         timings["verify"] = time.perf_counter() - t3
-    report = TraceReport(type(model).__name__, spaces, broken, spec, vr, graph, derived, timings)
+    report = TraceReport(type(model).__name__, spec, derivation, vr, timings)
     if vr is not None and not vr.ok:
-        raise SymmetryError(_failure_message(report, vr))
+        raise SymmetryError(failure_message(report))
     return spec, report
-
-
-def _failure_message(report: TraceReport, vr: VerifyReport) -> str:
-    lines = [f"the symmetry derived for {report.model} does not hold numerically:"]
-    for name in vr.failed:
-        c = vr.spaces.get(name) or vr.joint
-        if name == "joint":
-            lines.append(
-                f"  joint permutations of all spaces change the output by {c.max_error:.3g} "
-                f"(tolerance {c.tolerance:.3g}) although each space alone passes"
-            )
-            continue
-        s = report.space(name)
-        lines.append(
-            f"  space {name!r} ({s.size} neurons, {s.role}): permuting it changes the output by "
-            f"{c.max_error:.3g} (tolerance {c.tolerance:.3g}){'; ' + c.message if c.message else ''}"
-        )
-        lines.append(f"    ops that touch it: {_wrap(s.touched, 20) or '(none)'}")
-        lines.append(f"    parameters: {', '.join(s.params) or '(none)'}")
-    lines.append(
-        "An op rule is missing a constraint: please report it. Until it is fixed, wrap the op "
-        "with torch.fx.wrap (its neurons then become fixed) or write the spec by hand."
-    )
-    return "\n".join(lines)
 
 
 def trace(

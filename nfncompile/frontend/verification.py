@@ -37,20 +37,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..spec import Permutation, WeightSpaceSpec, check_mode, is_counter
+from ..spec import Permutation, WeightSpaceSpec, is_counter
+from .derivation import IOAxes, TensorAxes
 from .fx import as_args, leaves
 
-__all__ = ["verify", "VerifyReport", "SpaceCheck", "IOAxes"]
-
-
-@dataclass(frozen=True)
-class IOAxes:
-    """How the group acts on one model input or output tensor: optional ``view`` and an axis
-    label per (view) axis (space name, ``None`` or composite tuple), as for a parameter."""
-
-    shape: tuple
-    view: tuple | None
-    axes: tuple
+__all__ = ["verify", "VerifyReport", "SpaceCheck"]
 
 
 @dataclass
@@ -146,30 +137,20 @@ def _default_io(spec: WeightSpaceSpec, tensors: Sequence[Any], role: str) -> lis
         dim = 1 if t.dim() >= 2 else 0
         label = names[0] if len(names) == 1 else tuple(names)
         if not names or shape[dim] % total:
-            out.append(IOAxes(shape, None, (None,) * len(shape)))
+            out.append(TensorAxes(shape, None, (None,) * len(shape)))
         elif shape[dim] == total:
             axes = [None] * len(shape)
             axes[dim] = label
-            out.append(IOAxes(shape, None, tuple(axes)))
+            out.append(TensorAxes(shape, None, tuple(axes)))
         else:  # flattened channels x positions, channel-major (what nn.Flatten gives)
             view = shape[:dim] + (total, shape[dim] // total) + shape[dim + 1 :]
             axes = [None] * len(view)
             axes[dim] = label
-            out.append(IOAxes(shape, view, tuple(axes)))
+            out.append(TensorAxes(shape, view, tuple(axes)))
     return out
 
 
-def _io_list(io: Any) -> list:
-    out = []
-    for x in io:
-        if x is None:
-            out.append(None)
-        else:
-            out.append(IOAxes(tuple(x.shape), x.view, tuple(x.axes)))
-    return out
-
-
-def _permute(perm: Permutation, t: Any, io: IOAxes | None) -> Any:
+def _permute(perm: Permutation, t: Any, io: TensorAxes | None) -> Any:
     if io is None or not isinstance(t, torch.Tensor):
         return t
     shape = io.view or tuple(t.shape)
@@ -193,7 +174,7 @@ def verify(
     seed: int = 0,
     atol: float = 1e-8,
     rtol: float = 1e-6,
-    io: Any = None,
+    io: IOAxes | None = None,
     perturb: bool = True,
     per_space: bool = True,
 ) -> VerifyReport:
@@ -216,9 +197,9 @@ def verify(
         Seeds every random draw.
     atol, rtol : float
         A check passes when ``max |f_permuted - P_out f| <= atol + rtol * max |f|``.
-    io : object with ``inputs`` and ``outputs``, optional
-        How input/output spaces act on the model's input and output tensors (lists of objects
-        with ``shape``, ``view``, ``axes``, as :func:`nfncompile.frontend.fx` derives them). By
+    io : IOAxes, optional
+        How input/output spaces act on the model's input and output tensors (what
+        :func:`~nfncompile.frontend.spaces.derive_spaces` derives: ``Derivation.io``). By
         default, dim 1 of every input (dim 0 if 1-D) is labelled with the spec's input
         spaces, concatenated in spec order, and likewise for outputs; a dim ``k`` times
         longer than those spaces is read as flattened channels x ``k`` positions.
@@ -240,8 +221,9 @@ def verify(
     StateDictMismatchError
         When the spec's parameters do not match the model's state_dict.
     """
-    mode = check_mode(mode or spec.mode)
-    spec = spec.with_mode(mode)
+    if mode is not None and mode != spec.mode:
+        spec = spec.with_mode(mode)  # validates mode
+    mode = spec.mode
     gen = torch.Generator().manual_seed(seed)
     net = copy.deepcopy(model).double().eval()
     if perturb:
@@ -250,7 +232,7 @@ def verify(
     spec.check_state_dict(state)
     args = as_args(example_input)
     if io is not None:
-        in_io, out_io = _io_list(io.inputs), _io_list(io.outputs)
+        in_io, out_io = list(io.inputs), list(io.outputs)
     else:
         in_io, out_io = _default_io(spec, args, "input"), None
 
@@ -310,7 +292,7 @@ def verify(
         return SpaceCheck(name, size, role, n, err, tol, err <= tol)
 
     uses = {p.name: p.spaces_used() for p in spec.params}
-    permutable = spec.permutable_spaces(mode)
+    permutable = spec.permutable_spaces()
     report = VerifyReport(True, 0.0, mode)
     if per_space:
         for s in permutable:

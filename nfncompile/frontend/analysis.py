@@ -1,0 +1,447 @@
+"""The symmetry analysis: a :class:`torch.fx.Interpreter` over neuron labels.
+
+:class:`SymmetryAnalysis` walks a shape-propagated :class:`torch.fx.GraphModule` like an
+interpreter, but instead of tensors it computes, for every node, *which neurons index which
+dims* of the value (a :class:`~nfncompile.frontend.labels.TensorLabels`), stores it as
+``node.meta["nfn_labels"]`` and collects the constraints that define the neuron spaces:
+
+* ``tie``: two slices of runs must move together (elementwise ops, residual add, concat and
+  split index maps, norms, depthwise convs);
+* ``cut``: a run may only permute within pieces (GroupNorm groups, conv groups);
+* ``fix``: neurons whose symmetry is broken (unknown functions, channel-position-dependent
+  indexing, reshapes that mix channels with other axes), with the op and the reason;
+* parameter axis labels: which runs index each axis of each state_dict entry.
+
+What each op does is decided by the op rules (:mod:`nfncompile.frontend.rules`); a call no rule
+knows goes through :meth:`SymmetryAnalysis.unknown`. Errors are re-raised as
+:class:`~nfncompile.errors.TraceError` with the node that caused them (``node.format_node()``).
+
+Examples
+--------
+>>> import torch
+>>> from nfncompile.frontend.fx import trace_module
+>>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+>>> gm = trace_module(net, torch.randn(5, 3))
+>>> a = SymmetryAnalysis(gm, net)
+>>> _ = a.run(None, enable_io_processing=False)
+>>> [(r.origin, r.size) for r in a.runs]
+[('in', 3), ('0', 4), ('2', 2)]
+>>> gm.graph.find_nodes(op="call_module", target="1")[0].meta["nfn_labels"].labels[1]
+(Seg(run=1, offset=0, length=4, inner=1),)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import TraceError
+from . import rules  # noqa: F401  (importing the package registers every op rule)
+from .fx import leaves
+from .labels import Broken, Label, ParamLabel, Run, Seg, TensorLabels, Tie, label_width, tensors
+from .rules.registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule, Unsupported
+
+__all__ = ["SymmetryAnalysis"]
+
+
+def _is_float_entry(t: torch.Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+class SymmetryAnalysis(torch.fx.Interpreter):
+    """An Interpreter over labels: computes ``node.meta["nfn_labels"]`` for every node and
+    collects the constraints that define the neuron spaces.
+
+    Parameters
+    ----------
+    gm : torch.fx.GraphModule
+        Output of :func:`nfncompile.frontend.fx.trace_module` (every node has shape meta).
+    model : nn.Module, optional
+        The traced model (for its state_dict keys; defaults to ``gm``).
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, model: nn.Module | None = None) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+        self.model = model if model is not None else gm
+        self.runs: list[Run] = []
+        self.ties: list[Tie] = []
+        self.cuts: list[tuple] = []  # (run, pos, op, node)
+        self.fixes: list[tuple] = []  # (run, offset, length, broken index)
+        self.broken: list[Broken] = []
+        self.inputs: list = []  # (name, TensorLabels)
+        self.outputs: list = []  # TensorLabels per output leaf (None for non-tensors)
+        self.state = {k: v for k, v in self.model.state_dict(keep_vars=True).items()}
+        self.state_keys = [k for k, v in self.state.items() if _is_float_entry(v)]
+        self._canonical = self._find_aliases()
+        self.params: dict[str, ParamLabel] = {}
+        self.unused_param_runs: list[int] = []
+        self.node: torch.fx.Node | None = None
+        self.op = ""
+        self.touched: dict = {}  # run id -> ops that read a label holding it
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+
+    def _find_aliases(self) -> dict:
+        seen: dict = {}
+        canon = {}
+        for k in self.state_keys:
+            t = self.state[k]
+            ident = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) if t.numel() else (k,)
+            canon[k] = seen.setdefault(ident, k)
+        return canon
+
+    def new_run(self, size: int, kind: str, origin: str) -> Label:
+        """A fresh run of ``size`` neurons; returns its full label."""
+        run = Run(len(self.runs), size, kind, origin, self.node.name if self.node else "", self.op)
+        self.runs.append(run)
+        if kind == "fixed":
+            self._fix_run(run.id, 0, size, self._broken("fixed positions (not neurons)"))
+        return (Seg(run.id, 0, size),)
+
+    def _broken(self, reason: str) -> int:
+        name = self.node.name if self.node else ""
+        for i, b in enumerate(self.broken):
+            if b.node == name and b.reason == reason:
+                return i
+        self.broken.append(Broken(self.op, name, reason))
+        return len(self.broken) - 1
+
+    def _fix_run(self, run: int, offset: int, length: int, bi: int) -> None:
+        self.fixes.append((run, offset, length, bi))
+        self.broken[bi].neurons.append((run, offset, length))
+
+    def fix(self, label: Label | None, reason: str) -> None:
+        """Mark every neuron of ``label`` fixed, recording the current op and ``reason``."""
+        if not label:
+            return
+        bi = self._broken(reason)
+        for s in label:
+            self._fix_run(s.run, s.offset, s.length, bi)
+
+    def fix_all(self, value: Any, reason: str) -> None:
+        """Fix every label in a (nested) value."""
+        for info in tensors(value):
+            for lab in info.labels:
+                self.fix(lab, reason)
+
+    def tie(self, a: Label | None, b: Label | None, reason: str = "") -> Label | None:
+        """Tie two labels position by position (of equal width); returns ``a``.
+
+        A labelled side meeting an unlabelled one is fixed (a position-dependent partner).
+        """
+        if a is None and b is None:
+            return None
+        if a is None or b is None:
+            self.fix(a or b, reason or "meets a tensor the group does not act on")
+            return None
+        if label_width(a) != label_width(b):
+            raise TraceError(
+                f"internal: tying labels of widths {label_width(a)} and {label_width(b)}"
+            )
+        ia = ib = 0
+        pa = pb = 0  # start positions of segs a[ia], b[ib]
+        pos = 0
+        total = label_width(a)
+        while pos < total:
+            sa, sb = a[ia], b[ib]
+            end = min(pa + sa.width, pb + sb.width)
+            ok = (
+                sa.inner == sb.inner
+                and (pos - pa) % sa.inner == 0
+                and (pos - pb) % sb.inner == 0
+                and (end - pos) % sa.inner == 0
+            )
+            if ok:
+                na = sa.offset + (pos - pa) // sa.inner
+                nb = sb.offset + (pos - pb) // sb.inner
+                n = (end - pos) // sa.inner
+                if not (sa.run == sb.run and na == nb):
+                    self.ties.append(Tie(sa.run, na, sb.run, nb, n, self.op, self._name()))
+            else:
+                self.fix((sa, sb), "ties neurons to positions inside other neurons' blocks")
+            pos = end
+            if pos == pa + sa.width:
+                pa += sa.width
+                ia += 1
+            if pos == pb + sb.width:
+                pb += sb.width
+                ib += 1
+        return a
+
+    def cut(self, label: Label | None, pos: int) -> None:
+        """Allow permutations only within ``[0, pos)`` and ``[pos, width)`` of ``label``."""
+        if label is None:
+            return
+        start = 0
+        for s in label:
+            if start < pos < start + s.width:
+                local = pos - start
+                if local % s.inner:
+                    self.fix((s,), "splits a neuron's block of positions")
+                else:
+                    self.cuts.append((s.run, s.offset + local // s.inner, self.op, self._name()))
+                return
+            start += s.width
+
+    def consume(self, label: Label | None) -> None:
+        """A label the op reduces over symmetrically (sum, mean, max): its segments may only
+        permute within themselves, so their boundaries become cuts."""
+        for s in label or ():
+            self.cuts.append((s.run, s.offset, self.op, self._name()))
+            self.cuts.append((s.run, s.offset + s.length, self.op, self._name()))
+
+    def slice_label(self, label: Label | None, start: int, stop: int) -> Label | None:
+        """The sub-label of positions ``[start, stop)``; raises :class:`Unsupported` when the
+        bounds split a neuron's block of positions."""
+        if label is None:
+            return None
+        out = []
+        p = 0
+        for s in label:
+            lo, hi = max(start, p), min(stop, p + s.width)
+            if lo < hi:
+                a, b = lo - p, hi - p
+                if a % s.inner or b % s.inner:
+                    raise Unsupported("slices through a flattened neuron's block of positions")
+                out.append(Seg(s.run, s.offset + a // s.inner, (b - a) // s.inner, s.inner))
+            p += s.width
+        return tuple(out) if out else None
+
+    def _name(self) -> str:
+        return self.node.name if self.node else ""
+
+    # ---- parameters ---------------------------------------------------------------------------
+
+    def key(self, prefix: str, attr: str) -> str | None:
+        """The state_dict key of ``prefix.attr`` if it is a float entry, else ``None``."""
+        k = f"{prefix}.{attr}" if prefix else attr
+        return k if k in self._canonical else None
+
+    def label_param(self, key: str | None, labels: list) -> None:
+        """Label state_dict entry ``key`` (one label or ``None`` per dim of its shape).
+
+        Labels with ``inner > 1`` split the axis into ``(neurons, inner)`` in the param's
+        ``view``. A second labelling of the same entry is tied to the first.
+        """
+        if key is None:
+            return
+        key = self._canonical[key]
+        shape = tuple(self.state[key].shape)
+        if len(labels) != len(shape):
+            raise TraceError(
+                f"internal: {len(labels)} labels for {key} of shape {list(shape)} "
+                f"at {self.node.format_node() if self.node else '?'}"
+            )
+        view, axes, split = [], [], False
+        for lab, n in zip(labels, shape):
+            inner = {s.inner for s in lab} if lab else {1}
+            if len(inner) > 1:
+                self.fix(lab, f"{key}: flattened blocks of different sizes on one axis")
+                lab, inner = None, {1}
+            q = inner.pop()
+            if q > 1:
+                split = True
+                view += [n // q, q]
+                axes += [tuple(Seg(s.run, s.offset, s.length) for s in lab), None]
+            else:
+                view.append(n)
+                axes.append(lab)
+        new = ParamLabel(shape, tuple(view) if split else None, axes, [self.op])
+        old = self.params.get(key)
+        if old is None:
+            self.params[key] = new
+            return
+        old.ops.append(self.op)
+        if old.view != new.view:
+            for lab in old.axes + new.axes:
+                self.fix(lab, f"{key} is used with two different flattenings")
+            old.view, old.axes = None, [None] * len(shape)
+            return
+        for i, (x, y) in enumerate(zip(old.axes, new.axes)):
+            if x is None or y is None:
+                self.tie(x, y, f"{key} axis {i} is indexed by neurons in one use, fixed in another")
+                old.axes[i] = None
+            else:
+                self.tie(x, y)
+
+    # ---- Interpreter overrides ------------------------------------------------------------------
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        self.node = n
+        self.op = _describe(self, n)
+        if n.op not in ("placeholder", "get_attr", "output"):
+            for info in tensors(self.fetch_args_kwargs_from_env(n)):
+                for lab in info.labels:
+                    for s in lab or ():
+                        ops = self.touched.setdefault(s.run, [])
+                        if not ops or ops[-1] != self.op:
+                            ops.append(self.op)
+        try:
+            value = super().run_node(n)
+        except TraceError:
+            raise
+        except Exception as e:
+            raise TraceError(
+                f"symmetry analysis failed at node {n.format_node()} ({self.op}): "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        n.meta["nfn_labels"] = value
+        return value
+
+    def placeholder(self, target: Any, args: Any, kwargs: Any) -> Any:
+        info = _meta_value(self.node)
+        if not isinstance(info, TensorLabels):
+            return info
+        if not self.node.meta["tensor_meta"].dtype.is_floating_point or info.ndim == 0:
+            self.inputs.append((self.node.name, info))
+            return info
+        dim = 1 if info.ndim >= 2 else 0
+        origin = "in" if not self.inputs else f"in{len(self.inputs) + 1}"
+        info = info.with_label(dim, self.new_run(info.shape[dim], "input", origin))
+        self.inputs.append((self.node.name, info))
+        return info
+
+    def get_attr(self, target: str, args: Any, kwargs: Any) -> Any:
+        info = _meta_value(self.node)
+        if not isinstance(info, TensorLabels):
+            return info
+        if target not in self._canonical:
+            return info  # a tensor constant: the group does not act on it
+        labels = []
+        for d, n in enumerate(info.shape):
+            labels.append(self.new_run(n, "param", f"{target}.d{d}") if n > 1 else None)
+        if not self.node.users:
+            for lab in labels:
+                if lab:
+                    self.unused_param_runs.append(lab[0].run)
+        self.label_param(target, labels)
+        return TensorLabels(info.shape, tuple(labels))
+
+    def call_module(self, target: str, args: Any, kwargs: Any) -> Any:
+        mod = self.fetch_attr(target)
+        rule = None
+        for t in type(mod).__mro__:
+            rule = MODULE_RULES.get(t)
+            if rule is not None:
+                break
+        return self._apply(rule, (self, mod, target, args, kwargs), args, kwargs)
+
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if "tensor_meta" not in self.node.meta:
+            return self.node.meta.get("nfn_value")
+        return self._apply(FUNCTION_RULES.get(target), (self, args, kwargs), args, kwargs)
+
+    def call_method(self, target: str, args: Any, kwargs: Any) -> Any:
+        if "tensor_meta" not in self.node.meta:
+            return self.node.meta.get("nfn_value")
+        return self._apply(METHOD_RULES.get(target), (self, args, kwargs), args, kwargs)
+
+    def output(self, target: Any, args: Any, kwargs: Any) -> Any:
+        self.outputs = [v if isinstance(v, TensorLabels) else None for v in leaves(args[0])]
+        return args[0]
+
+    def _apply(self, rule: Rule | None, call: tuple, args: Any, kwargs: Any) -> Any:
+        if rule is None:
+            return self.unknown(args, kwargs)
+        try:
+            return rule(*call)
+        except Unsupported as e:
+            return self.fallback(args, kwargs, str(e))
+
+    def unknown(self, args: Any, kwargs: Any) -> Any:
+        """The one entry point for a call no rule knows (a leaf module or function): today the
+        conservative :meth:`fallback`."""
+        return self.fallback(args, kwargs, f"no symmetry rule for {self.op}")
+
+    def fallback(self, args: Any, kwargs: Any, reason: str) -> Any:
+        """The conservative rule: fix every labelled input, the output is unlabelled."""
+        self.fix_all((args, kwargs), reason)
+        return _meta_value(self.node)
+
+    def out(self) -> Any:
+        """The unlabelled abstract value of the current node (shapes from its meta)."""
+        return _meta_value(self.node)
+
+    def out_shape(self) -> tuple:
+        return tuple(self.node.meta["tensor_meta"].shape)
+
+    # ---- generic helpers used by rules ------------------------------------------------------
+
+    def broadcast(self, values: list, shape: tuple | None = None) -> TensorLabels:
+        """Elementwise op: align dims from the right, tie labels along each output dim.
+
+        A labelled dim (size > 1) meeting an unlabelled dim of size > 1 is fixed: the op
+        treats channel positions differently.
+        """
+        shape = self.out_shape() if shape is None else shape
+        infos = [v for v in values if isinstance(v, TensorLabels)]
+        labels = []
+        for d in range(len(shape)):
+            found, plain = [], False
+            for info in infos:
+                k = d - (len(shape) - info.ndim)
+                if k < 0:
+                    continue
+                lab = info.labels[k]
+                if info.shape[k] == 1 and shape[d] > 1:
+                    # one neuron's value broadcast to every position
+                    self.fix(lab, "broadcasts one neuron's value to all positions")
+                elif lab is None:
+                    plain = plain or info.shape[k] > 1
+                else:
+                    found.append(lab)
+            if found and plain:
+                for lab in found:
+                    self.fix(lab, "combined elementwise with a tensor that depends on position")
+                labels.append(None)
+            elif found:
+                for lab in found[1:]:
+                    self.tie(found[0], lab)
+                labels.append(found[0])
+            else:
+                labels.append(None)
+        return TensorLabels(tuple(shape), tuple(labels))
+
+    def keep(self, info: TensorLabels, mixed: tuple, reason: str) -> TensorLabels:
+        """Fix labels on ``mixed`` dims (which the op mixes across positions)."""
+        labels = list(info.labels)
+        for d in mixed:
+            if labels[d] is not None:
+                self.fix(labels[d], reason)
+                labels[d] = None
+        return TensorLabels(info.shape, tuple(labels))
+
+
+def _describe(a: SymmetryAnalysis, n: torch.fx.Node) -> str:
+    if n.op == "call_module":
+        return f"{type(a.fetch_attr(n.target)).__name__} {n.target}"
+    if n.op == "call_function":
+        mod = getattr(n.target, "__module__", "") or ""
+        name = getattr(n.target, "__name__", str(n.target))
+        prefix = {"torch.nn.functional": "F.", "_operator": "operator."}.get(mod, "torch.")
+        if getattr(F, name, None) is n.target:
+            prefix = "F."
+        return f"{prefix}{name} ({n.name})"
+    if n.op == "call_method":
+        return f".{n.target}() ({n.name})"
+    return f"{n.op} {n.target}"
+
+
+def _meta_value(n: torch.fx.Node) -> Any:
+    if "tensor_meta" not in n.meta:
+        return n.meta.get("nfn_value")
+
+    def conv(m: Any) -> Any:
+        if hasattr(m, "shape") and hasattr(m, "dtype") and hasattr(m, "stride"):
+            return TensorLabels.plain(tuple(m.shape))
+        if isinstance(m, (tuple, list)):
+            return type(m)(conv(x) for x in m)
+        if isinstance(m, dict):
+            return {k: conv(v) for k, v in m.items()}
+        return m
+
+    return conv(n.meta["tensor_meta"])

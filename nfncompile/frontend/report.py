@@ -1,0 +1,123 @@
+"""The symmetry report of a traced model: a readable view over its derivation.
+
+:class:`TraceReport` (what :func:`~nfncompile.frontend.tracing.trace_with_report` returns) holds
+the :class:`~nfncompile.frontend.derivation.Derivation`, the returned spec, the verification
+report and the time of each pass; its text lists every space (size, role, what indexes it,
+what tied it) and every op that broke symmetry. :func:`failure_message` is the text of the
+:class:`~nfncompile.errors.SymmetryError` raised when the derived symmetry does not hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..spec import WeightSpaceSpec
+from .derivation import Derivation, SpaceInfo
+from .verification import VerifyReport
+
+__all__ = ["TraceReport", "failure_message"]
+
+
+@dataclass
+class TraceReport:
+    """What :func:`~nfncompile.frontend.tracing.trace_with_report` found.
+
+    Attributes
+    ----------
+    model : str
+        The traced model's class name.
+    spec : WeightSpaceSpec
+        The returned spec (in the requested mode).
+    derivation : Derivation
+        Everything derived (spaces with their provenance, input/output axes, broken ops, the
+        symmetry graph).
+    verification : VerifyReport or None
+        ``None`` when tracing ran with ``verify=False``.
+    timings : dict
+        Seconds per pass: ``trace``, ``graph``, ``spaces``, ``verify``.
+    """
+
+    model: str
+    spec: WeightSpaceSpec
+    derivation: Derivation
+    verification: VerifyReport | None
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def spaces(self) -> dict:
+        """Space name -> :class:`~nfncompile.frontend.derivation.SpaceInfo`."""
+        return self.derivation.spaces
+
+    @property
+    def broken(self) -> list:
+        """Every op that broke symmetry (:class:`~nfncompile.frontend.derivation.BrokenInfo`)."""
+        return self.derivation.broken
+
+    @property
+    def graph(self) -> Any:
+        """The neuron-symmetry graph (see :func:`~nfncompile.frontend.drawing.draw_symmetry_graph`)."""
+        return self.derivation.graph
+
+    @property
+    def run_space(self) -> dict:
+        """Run id -> the space of its first neurons (or ``"fixed"``)."""
+        return self.derivation.run_space
+
+    def space(self, name: str) -> SpaceInfo:
+        """The :class:`~nfncompile.frontend.derivation.SpaceInfo` called ``name``."""
+        return self.derivation.space(name)
+
+    def __str__(self) -> str:
+        lines = [f"symmetry report for {self.model} ({self.spec.mode} mode)"]
+        lines.append(f"{len(self.spaces)} neuron spaces:")
+        for s in self.spaces.values():
+            lines.append(f"  {s.name}: size {s.size}, {s.role}")
+            if s.params:
+                lines.append(f"    indexes: {_wrap(s.params)}")
+            if s.ops:
+                lines.append(f"    tied by: {_wrap(s.ops)}")
+        if self.broken:
+            lines.append("symmetry broken by:")
+            for b in self.broken:
+                what = ", ".join(b.neurons)
+                lines.append(f"  {b.op} [node {b.node}]: {b.reason}; fixed {b.count} ({what})")
+        else:
+            lines.append("symmetry broken by: nothing")
+        if self.verification is not None:
+            lines.append(str(self.verification))
+        t = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items())
+        lines.append(f"time: {t}")
+        return "\n".join(lines)
+
+
+def _wrap(items: list, limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def failure_message(report: TraceReport) -> str:
+    """Why the symmetry derived for a model does not hold: per failing space, the error, the
+    ops that touch it and the parameters it indexes."""
+    vr = report.verification
+    lines = [f"the symmetry derived for {report.model} does not hold numerically:"]
+    for name in vr.failed:
+        c = vr.spaces.get(name) or vr.joint
+        if name == "joint":
+            lines.append(
+                f"  joint permutations of all spaces change the output by {c.max_error:.3g} "
+                f"(tolerance {c.tolerance:.3g}) although each space alone passes"
+            )
+            continue
+        s = report.space(name)
+        lines.append(
+            f"  space {name!r} ({s.size} neurons, {s.role}): permuting it changes the output by "
+            f"{c.max_error:.3g} (tolerance {c.tolerance:.3g}){'; ' + c.message if c.message else ''}"
+        )
+        lines.append(f"    ops that touch it: {_wrap(s.touched, 20) or '(none)'}")
+        lines.append(f"    parameters: {', '.join(s.params) or '(none)'}")
+    lines.append(
+        "An op rule is missing a constraint: please report it. Until it is fixed, wrap the op "
+        "with torch.fx.wrap (its neurons then become fixed) or write the spec by hand."
+    )
+    return "\n".join(lines)

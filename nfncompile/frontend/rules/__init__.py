@@ -1,0 +1,27 @@
+"""Op rules of the symmetry analysis, one module per op family, and the tables they register in.
+
+Importing this package registers every rule: :mod:`.elementwise`, :mod:`.linear`,
+:mod:`.conv`, :mod:`.norm`, :mod:`.pooling`, :mod:`.shape`, :mod:`.reduce`. The tables and
+the decorators to add a rule live in :mod:`.registry`.
+"""
+
+from . import conv, elementwise, linear, norm, pooling, reduce, shape  # noqa: F401  (register)
+from .registry import (
+    FUNCTION_RULES,
+    METHOD_RULES,
+    MODULE_RULES,
+    Unsupported,
+    register_function,
+    register_method,
+    register_module,
+)
+
+__all__ = [
+    "FUNCTION_RULES",
+    "METHOD_RULES",
+    "MODULE_RULES",
+    "Unsupported",
+    "register_function",
+    "register_method",
+    "register_module",
+]

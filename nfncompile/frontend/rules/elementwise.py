@@ -1,0 +1,107 @@
+"""Op rules for elementwise ops: activations, arithmetic, comparisons, casts, dropout.
+
+Elementwise ops act on every position alike, so their inputs' labels are tied dim by dim
+(broadcasting from the right) and passed on; see
+:meth:`~nfncompile.frontend.analysis.SymmetryAnalysis.broadcast`.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..fx import leaves
+from ..labels import TensorLabels
+from .registry import Unsupported, register_function, register_method, register_module
+
+if TYPE_CHECKING:
+    from ..analysis import SymmetryAnalysis
+
+
+_ACTIVATION_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU,
+    nn.CELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.LogSigmoid,
+    nn.Softsign, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Threshold, nn.Identity,
+    nn.modules.dropout._DropoutNd, nn.Softmin, nn.Softmax, nn.LogSoftmax, nn.Softmax2d,
+)  # fmt: skip
+
+_ELEMENTWISE_FUNCTIONS = [
+    F.relu, F.relu_, F.relu6, F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.softplus,
+    F.hardswish, F.hardsigmoid, F.hardtanh, F.mish, F.logsigmoid, F.softsign, F.tanhshrink,
+    F.softshrink, F.hardshrink, F.threshold, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+    F.alpha_dropout, F.feature_alpha_dropout, F.sigmoid, F.tanh, F.softmax, F.log_softmax,
+    F.softmin, F.normalize,
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.sin, torch.cos, torch.tan,
+    torch.exp, torch.exp2, torch.expm1, torch.log, torch.log1p, torch.log2, torch.log10,
+    torch.abs, torch.neg, torch.sqrt, torch.rsqrt, torch.square, torch.pow, torch.clamp,
+    torch.clip, torch.clamp_min, torch.clamp_max, torch.erf, torch.erfc, torch.sign,
+    torch.floor, torch.ceil, torch.round, torch.trunc, torch.frac, torch.reciprocal,
+    torch.sinh, torch.cosh, torch.asin, torch.acos, torch.atan, torch.atan2, torch.asinh,
+    torch.acosh, torch.atanh, torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply,
+    torch.div, torch.divide, torch.true_divide, torch.floor_divide, torch.remainder, torch.fmod,
+    torch.maximum, torch.minimum, torch.fmax, torch.fmin, torch.lerp, torch.addcmul,
+    torch.addcdiv, torch.nan_to_num, torch.softmax, torch.log_softmax, torch.sigmoid,
+    torch.logit, torch.heaviside, torch.hypot, torch.eq, torch.ne, torch.gt, torch.ge, torch.lt,
+    torch.le, torch.logical_and, torch.logical_or, torch.logical_not, torch.logical_xor,
+    torch.isnan, torch.isfinite, torch.masked_fill, torch.special.expit, torch.special.erf,
+    torch.dropout, torch.selu, torch.celu, torch.rrelu, torch.hardshrink, torch.square,
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
+    operator.pow, operator.neg, operator.pos, operator.abs, operator.mod, operator.iadd,
+    operator.isub, operator.imul, operator.itruediv, operator.eq, operator.ne, operator.gt,
+    operator.ge, operator.lt, operator.le, operator.and_, operator.or_, operator.invert,
+]  # fmt: skip
+
+_ELEMENTWISE_METHODS = [
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "sin", "sin_", "cos", "exp",
+    "exp_", "log", "log1p", "abs", "abs_", "neg", "neg_", "sqrt", "rsqrt", "square", "pow",
+    "pow_", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "erf", "sign", "floor",
+    "ceil", "round", "reciprocal", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
+    "true_divide", "maximum", "minimum", "lerp", "addcmul", "addcdiv", "nan_to_num",
+    "softmax", "log_softmax", "eq", "ne", "gt", "ge", "lt", "le", "masked_fill",
+    "masked_fill_", "logical_not", "float", "double", "half", "bfloat16", "contiguous",
+    "clone", "detach", "requires_grad_", "cpu", "cuda", "zero_", "fill_",
+]  # fmt: skip
+
+
+@register_module(*_ACTIVATION_MODULES)
+def _module_elementwise(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any):
+    return a.broadcast([*args, *kw.values()])
+
+
+@register_function(*_ELEMENTWISE_FUNCTIONS, torch.where)
+def _function_elementwise(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    if a.node.target is torch.where and len(args) + len(kwargs) == 1:
+        raise Unsupported("torch.where(cond) returns positions")
+    return a.broadcast([*leaves(list(args)), *leaves(list(kwargs.values()))])
+
+
+@register_method(*_ELEMENTWISE_METHODS)
+def _method_elementwise(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    return a.broadcast([*leaves(list(args)), *leaves(list(kwargs.values()))])
+
+
+@register_method("to", "type", "type_as")
+def _method_cast(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    return TensorLabels(a.out_shape(), args[0].labels)
+
+
+@register_function(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like)
+def _constant_like(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    # a constant-valued tensor is unchanged by any permutation: it may carry x's labels
+    return TensorLabels(a.out_shape(), args[0].labels)
+
+
+@register_module(nn.PReLU)
+def _prelu(a: SymmetryAnalysis, mod: nn.PReLU, target: str, args: Any, kw: Any) -> Any:
+    x = args[0]
+    lab = None
+    if mod.num_parameters > 1:
+        lab = x.labels[1 if x.ndim >= 2 else 0]
+        if lab is None:
+            raise Unsupported("PReLU with per-channel weights on an unlabelled channel dim")
+    a.label_param(a.key(target, "weight"), [lab])
+    return x

@@ -1,0 +1,81 @@
+"""Op rules for pooling, resampling and padding: they mix spatial positions only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from ..labels import TensorLabels
+from .registry import Rule, Unsupported, arg, module_nd, register_function, register_module
+
+if TYPE_CHECKING:
+    from ..analysis import SymmetryAnalysis
+
+
+_SPATIAL_MODULES = (
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._LPPoolNd, nn.Upsample, nn.modules.padding._ConstantPadNd,
+    nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
+    nn.modules.padding.CircularPad1d, nn.modules.padding.CircularPad2d,
+    nn.modules.padding.CircularPad3d,
+)  # fmt: skip
+
+
+@register_module(*_SPATIAL_MODULES)
+def _module_spatial(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any):
+    if isinstance(mod, nn.Upsample):
+        nd = args[0].ndim - 2
+    else:
+        nd = module_nd(mod)
+    return _spatial(a, args[0], nd)
+
+
+def _spatial(a: SymmetryAnalysis, x: TensorLabels, nd: int) -> TensorLabels:
+    if not isinstance(a.out(), TensorLabels):
+        raise Unsupported("pooling that also returns indices")
+    cd = x.ndim - nd - 1
+    x = a.keep(x, tuple(range(cd + 1, x.ndim)), "pooling/resampling mixes spatial positions")
+    return TensorLabels(a.out_shape(), x.labels[: cd + 1] + (None,) * nd)
+
+
+def _function_spatial(nd: int | None) -> Rule:
+    def rule(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+        x = args[0]
+        return _spatial(a, x, nd if nd is not None else x.ndim - 2)
+
+    return rule
+
+
+for _nd_, _fns in (
+    (1, (F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d, F.lp_pool1d)),
+    (2, (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d)),
+    (3, (F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d)),
+):
+    register_function(*_fns)(_function_spatial(_nd_))
+register_function(F.interpolate, F.upsample)(_function_spatial(None))
+
+
+@register_function(F.pad)
+def _function_pad(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    x, pad = args[0], list(arg(args, kwargs, 1, "pad"))
+    mode = arg(args, kwargs, 2, "mode", "constant")
+    labels = list(x.labels)
+    for k in range(len(pad) // 2):
+        d = x.ndim - 1 - k
+        lo, hi = pad[2 * k], pad[2 * k + 1]
+        if labels[d] is None or (lo == 0 and hi == 0):
+            continue
+        if mode != "constant" or lo < 0 or hi < 0:
+            a.fix(labels[d], f"F.pad(mode={mode!r}) along a neuron axis")
+            labels[d] = None
+            continue
+        new = labels[d]
+        if lo:
+            new = a.new_run(lo, "fixed", f"{a.node.name}.pad") + new
+        if hi:
+            new = new + a.new_run(hi, "fixed", f"{a.node.name}.pad")
+        labels[d] = new
+    return TensorLabels(a.out_shape(), tuple(labels))

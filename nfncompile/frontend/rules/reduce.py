@@ -1,0 +1,82 @@
+"""Op rules for reductions (symmetric: sum, mean, max, norms) and for ops that depend on
+positions along a dim (cumulative sums, sorting, flips, rolls).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..labels import TensorLabels
+from .registry import arg, norm_dim, register_function, register_method
+
+if TYPE_CHECKING:
+    from ..analysis import SymmetryAnalysis
+
+
+_REDUCE_FUNCTIONS = (
+    torch.sum, torch.mean, torch.amax, torch.amin, torch.prod, torch.std, torch.var,
+    torch.logsumexp, torch.norm, torch.all, torch.any, torch.nansum, torch.nanmean,
+    torch.linalg.vector_norm,
+)  # fmt: skip
+_REDUCE_METHODS = (
+    "sum", "mean", "amax", "amin", "prod", "std", "var", "logsumexp", "norm", "all", "any",
+    "nansum", "nanmean",
+)  # fmt: skip
+
+
+@register_function(*_REDUCE_FUNCTIONS, torch.max, torch.min, torch.argmax, torch.argmin)
+@register_method(*_REDUCE_METHODS, "max", "min", "argmax", "argmin")
+def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """Symmetric reductions: reducing over a neuron axis is invariant (sum, mean, max, ...)."""
+    x = args[0]
+    name = getattr(a.node.target, "__name__", a.node.target)
+    if name in ("max", "min") and len(args) > 1 and isinstance(args[1], TensorLabels):
+        return a.broadcast([args[0], args[1]])  # torch.max(a, b) is elementwise
+    dim = arg(args, kwargs, 2 if name in ("norm", "vector_norm") else 1, "dim", None)
+    if dim is None:
+        dims = set(range(x.ndim))
+    else:
+        dims = {norm_dim(d, x.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
+    if name in ("argmax", "argmin") or (name in ("max", "min") and dim is not None):
+        for d in dims:
+            a.fix(x.labels[d], f"{name} returns neuron positions")
+    out = a.out()
+    keepdim = (out[0] if isinstance(out, tuple) else out).ndim == x.ndim and dim is not None
+    labels = []
+    for d, lab in enumerate(x.labels):
+        if d in dims:
+            a.consume(lab)
+        if d not in dims:
+            labels.append(lab)
+        elif keepdim:
+            labels.append(None)
+    if isinstance(out, tuple):
+        return tuple(TensorLabels(o.shape, tuple(labels)) for o in out)
+    return TensorLabels(out.shape, tuple(labels))
+
+
+@register_function(torch.cumsum, torch.cumprod, torch.cummax, torch.cummin, torch.flip,
+                   torch.roll, torch.sort, torch.argsort, torch.topk)  # fmt: skip
+@register_method("cumsum", "cumprod", "flip", "roll", "sort", "argsort", "topk")
+def _positional(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """Ops that depend on positions along the dims they act on."""
+    x = args[0]
+    name = getattr(a.node.target, "__name__", a.node.target)
+    dims = arg(
+        args, kwargs, 2 if name == "roll" else 1, "dims" if name in ("roll", "flip") else "dim"
+    )
+    if name == "topk":
+        dims = arg(args, kwargs, 2, "dim", -1)
+    if name in ("sort", "argsort") and dims is None:
+        dims = -1
+    if dims is None:
+        dims = list(range(x.ndim))
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    dims = {norm_dim(d, x.ndim) for d in dims}
+    x = a.keep(x, tuple(dims), f"{name} depends on neuron positions")
+    out = a.out()
+    if isinstance(out, tuple):
+        return tuple(TensorLabels(o.shape, x.labels) if o.shape == x.shape else o for o in out)
+    return TensorLabels(out.shape, x.labels) if out.shape == x.shape else out

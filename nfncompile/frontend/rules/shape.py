@@ -1,0 +1,279 @@
+"""Op rules that move, reshape, index, concatenate and split dims.
+
+Index maps carry labels along: a slice of a labelled dim is the slice of its label, a concat
+is the concatenation of labels, a split the matching slices. Reshapes are handled by
+:func:`reshape_labels`.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ...errors import TraceError
+from ..labels import Label, Seg, TensorLabels
+from .registry import (
+    Unsupported,
+    arg,
+    norm_dim,
+    register_function,
+    register_method,
+    register_module,
+)
+
+if TYPE_CHECKING:
+    from ..analysis import SymmetryAnalysis
+
+
+def reshape_labels(a: SymmetryAnalysis, info: TensorLabels, shape: tuple) -> TensorLabels:
+    """Labels after reshaping ``info`` to ``shape`` (view, flatten, squeeze, ...).
+
+    A labelled dim may merge with the dims after it (its neurons then span blocks of
+    positions) or be split back; a reshape that interleaves neurons with other axes fixes
+    them.
+    """
+    shape = tuple(shape)
+    for d, n in enumerate(info.shape):
+        if n == 1 and info.labels[d] is not None:
+            a.fix(info.labels[d], "reshape drops a one-neuron axis")
+    src = [(d, n) for d, n in enumerate(info.shape) if n != 1]
+    dst = [(d, n) for d, n in enumerate(shape) if n != 1]
+    labels: list = [None] * len(shape)
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        gi, gj = [src[i]] if i < len(src) else [], [dst[j]] if j < len(dst) else []
+        i, j = i + len(gi), j + len(gj)
+        pi = math.prod(n for _, n in gi)
+        pj = math.prod(n for _, n in gj)
+        while pi != pj:
+            if pi < pj and i < len(src):
+                gi.append(src[i])
+                pi *= src[i][1]
+                i += 1
+            elif pj < pi and j < len(dst):
+                gj.append(dst[j])
+                pj *= dst[j][1]
+                j += 1
+            else:
+                raise TraceError(f"internal: reshape {info.shape} -> {shape} does not match")
+        lab_dims = [t for t, (d, _) in enumerate(gi) if info.labels[d] is not None]
+        if not lab_dims:
+            continue
+        if len(lab_dims) > 1 or lab_dims[0] != 0:
+            for t in lab_dims:
+                a.fix(info.labels[gi[t][0]], "reshape interleaves neurons with other axes")
+            continue
+        lab = info.labels[gi[0][0]]
+        merged = math.prod(n for _, n in gi[1:])
+        rest = math.prod(n for _, n in gj[1:])
+        new = []
+        for s in lab:
+            q = s.inner * merged
+            if q % rest:
+                new = None
+                break
+            new.append(Seg(s.run, s.offset, s.length, q // rest))
+        if new is None:
+            a.fix(lab, "reshape splits neurons across several axes")
+            continue
+        labels[gj[0][0]] = tuple(new)
+    return TensorLabels(shape, tuple(labels))
+
+
+@register_module(nn.Flatten, nn.Unflatten)
+def _module_reshape(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any):
+    return reshape_labels(a, args[0], a.out_shape())
+
+
+@register_function(torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.ravel)
+@register_method(
+    "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
+    "ravel", "squeeze_", "unsqueeze_",
+)  # fmt: skip
+def _reshape(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    if a.node.target == "view" and len(args) == 2 and isinstance(args[1], torch.dtype):
+        raise Unsupported("view as another dtype")
+    return reshape_labels(a, args[0], a.out_shape())
+
+
+@register_method("permute")
+@register_function(torch.permute)
+def _permute(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    x = args[0]
+    dims = arg(args, kwargs, 1, "dims")
+    if isinstance(dims, int) or len(args) > 2:
+        dims = list(args[1:])
+    dims = [norm_dim(d, x.ndim) for d in dims]
+    return TensorLabels(a.out_shape(), tuple(x.labels[d] for d in dims))
+
+
+@register_method("transpose", "swapaxes", "swapdims", "transpose_")
+@register_function(torch.transpose, torch.swapaxes, torch.swapdims)
+def _transpose(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    x = args[0]
+    d0 = norm_dim(arg(args, kwargs, 1, "dim0"), x.ndim)
+    d1 = norm_dim(arg(args, kwargs, 2, "dim1"), x.ndim)
+    labels = list(x.labels)
+    labels[d0], labels[d1] = labels[d1], labels[d0]
+    return TensorLabels(a.out_shape(), tuple(labels))
+
+
+@register_method("t")
+@register_function(torch.t)
+def _t(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    return TensorLabels(a.out_shape(), tuple(reversed(args[0].labels)))
+
+
+@register_method("movedim", "moveaxis")
+@register_function(torch.movedim, torch.moveaxis)
+def _movedim(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    x = args[0]
+    src, dst = arg(args, kwargs, 1, "source"), arg(args, kwargs, 2, "destination")
+    src = [src] if isinstance(src, int) else list(src)
+    dst = [dst] if isinstance(dst, int) else list(dst)
+    src = [norm_dim(d, x.ndim) for d in src]
+    dst = [norm_dim(d, x.ndim) for d in dst]
+    order: list = [None] * x.ndim
+    for s, d in zip(src, dst):
+        order[d] = s
+    rest = iter(d for d in range(x.ndim) if d not in src)
+    order = [o if o is not None else next(rest) for o in order]
+    return TensorLabels(a.out_shape(), tuple(x.labels[d] for d in order))
+
+
+@register_method("expand", "expand_as", "broadcast_to")
+@register_function(torch.broadcast_to)
+def _expand(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    x = args[0]
+    shape = a.out_shape()
+    labels = [None] * (len(shape) - x.ndim)
+    for d, (lab, n) in enumerate(zip(x.labels, x.shape)):
+        if n == shape[len(shape) - x.ndim + d]:
+            labels.append(lab)
+        else:
+            a.fix(lab, "broadcasts one neuron's value to all positions")
+            labels.append(None)
+    return TensorLabels(shape, tuple(labels))
+
+
+@register_method("repeat")
+def _repeat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    x = args[0]
+    reps = list(args[1]) if len(args) == 2 and not isinstance(args[1], int) else list(args[1:])
+    shape = a.out_shape()
+    labels = [None] * (len(shape) - x.ndim)
+    for lab, r in zip(x.labels, reps[len(shape) - x.ndim :]):
+        labels.append(lab * r if lab is not None else None)
+    return TensorLabels(shape, tuple(labels))
+
+
+@register_function(operator.getitem)
+def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    x, idx = args
+    if not isinstance(x, TensorLabels):
+        return x[idx]
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, (TensorLabels, list, torch.Tensor)) for i in idx):
+        raise Unsupported("advanced (tensor) indexing")
+    if any(i is Ellipsis for i in idx):
+        k = idx.index(Ellipsis)
+        used = sum(1 for i in idx if i is not None and i is not Ellipsis)
+        idx = idx[:k] + (slice(None),) * (x.ndim - used) + idx[k + 1 :]
+    labels = []
+    d = 0
+    for i in idx:
+        if i is None:
+            labels.append(None)
+            continue
+        lab, n = x.labels[d], x.shape[d]
+        if isinstance(i, int):
+            if lab is not None:
+                a.fix((_neuron_at(lab, i % n),), "indexes one neuron by its position")
+        elif isinstance(i, slice):
+            start, stop, step = i.indices(n)
+            if lab is None or (start, stop, step) == (0, n, 1):
+                labels.append(lab)
+            elif step == 1:
+                labels.append(a.slice_label(lab, start, stop) if stop > start else None)
+            else:
+                pos = list(range(start, stop, step))
+                if len(pos) > 64 or any(s.inner != 1 for s in lab):
+                    a.fix(lab, "strided slicing of neurons")
+                    labels.append(None)
+                else:
+                    labels.append(tuple(s for p in pos for s in a.slice_label(lab, p, p + 1)))
+        else:
+            raise Unsupported(f"indexing with {type(i).__name__}")
+        d += 1
+    labels.extend(x.labels[d:])
+    return TensorLabels(a.out_shape(), tuple(labels))
+
+
+def _neuron_at(label: Label, pos: int) -> Seg:
+    p = 0
+    for s in label:
+        if p <= pos < p + s.width:
+            return Seg(s.run, s.offset + (pos - p) // s.inner, 1)
+        p += s.width
+    raise TraceError(f"internal: position {pos} outside a label of width {p}")
+
+
+@register_function(torch.cat, torch.concat, torch.concatenate)
+def _cat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    xs = list(arg(args, kwargs, 0, "tensors"))
+    dim = arg(args, kwargs, 1, "dim", 0)
+    shape = a.out_shape()
+    d = norm_dim(dim, len(shape))
+    others = [
+        TensorLabels(x.shape[:d] + x.shape[d + 1 :], x.labels[:d] + x.labels[d + 1 :]) for x in xs
+    ]
+    rest = a.broadcast(others, shape[:d] + shape[d + 1 :])
+    if all(x.labels[d] is None for x in xs):
+        cat = None
+    else:
+        cat = ()
+        for x in xs:
+            lab = x.labels[d]
+            if lab is None:
+                lab = a.new_run(x.shape[d], "fixed", f"{a.node.name}.const")
+            cat = cat + lab
+    labels = rest.labels[:d] + (cat,) + rest.labels[d:]
+    return TensorLabels(shape, labels)
+
+
+@register_function(torch.stack)
+def _stack(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    xs = list(arg(args, kwargs, 0, "tensors"))
+    shape = a.out_shape()
+    d = norm_dim(arg(args, kwargs, 1, "dim", 0), len(shape))
+    rest = a.broadcast(xs, shape[:d] + shape[d + 1 :])
+    return TensorLabels(shape, rest.labels[:d] + (None,) + rest.labels[d:])
+
+
+@register_function(torch.split, torch.chunk, torch.tensor_split)
+@register_method("split", "chunk", "tensor_split")
+def _split(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    x = args[0]
+    outs = a.out()
+    dim = arg(args, kwargs, 2, "dim", 0)
+    d = norm_dim(dim, x.ndim)
+    pieces, start = [], 0
+    for o in outs:
+        n = o.shape[d]
+        lab = a.slice_label(x.labels[d], start, start + n) if n else None
+        pieces.append(TensorLabels(o.shape, x.labels[:d] + (lab,) + x.labels[d + 1 :]))
+        start += n
+    return tuple(pieces)
+
+
+@register_function(torch.unbind)
+@register_method("unbind")
+def _unbind(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    x = args[0]
+    d = norm_dim(arg(args, kwargs, 1, "dim", 0), x.ndim)
+    a.fix(x.labels[d], "unbind gives each neuron its own tensor")
+    return tuple(TensorLabels(o.shape, x.labels[:d] + x.labels[d + 1 :]) for o in a.out())

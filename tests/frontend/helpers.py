@@ -1,0 +1,57 @@
+"""Helpers shared by the front-end tests: seeded inputs and models, space summaries."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nfncompile.spec import is_counter
+
+
+def x_(*shape: int, seed: int = 0) -> torch.Tensor:
+    """A seeded standard-normal tensor of ``shape``."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def model_(factory, seed: int = 0) -> nn.Module:
+    """``factory()`` under a forked, seeded global RNG (the caller's RNG is untouched)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return factory()
+
+
+def spaces_(spec) -> list:
+    """``(name, size, role)`` of every space, in spec order."""
+    return [(s.name, s.size, s.role) for s in spec.spaces.values()]
+
+
+def float_keys(model: nn.Module) -> list:
+    """The state_dict keys a traced spec lists (integer counters skipped)."""
+    return [k for k, v in model.state_dict().items() if not is_counter(v)]
+
+
+class TwoLinear(nn.Module):
+    """``a = Linear(4, 6)``, ``b = Linear(6, 3)``; subclasses write a forward that does
+    something to ``a``'s 6 outputs (input ``(batch, 4)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+class CatSplit(nn.Module):
+    """A concat of two layers read by one, split and chunked: composite axes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(4, 5)
+        self.c, self.d = nn.Linear(11, 7), nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = torch.cat([torch.relu(self.a(x)), torch.tanh(self.b(x))], dim=1)
+        p, q = self.c(h).split([3, 4], dim=1)
+        r, t = torch.chunk(q, 2, dim=1)
+        return self.d(p) + r * t.sum(1, keepdim=True)

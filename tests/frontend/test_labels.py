@@ -1,0 +1,23 @@
+"""nfncompile.frontend.labels: the abstract values of the symmetry analysis."""
+
+from __future__ import annotations
+
+from nfncompile.frontend.labels import Seg, TensorLabels, label_width, tensors
+
+
+def test_seg_width_counts_flattened_positions():
+    assert Seg(3, 0, 4).width == 4
+    assert Seg(3, 0, 4, inner=9).width == 36
+    assert label_width((Seg(0, 0, 2), Seg(1, 5, 3, inner=2))) == 8
+
+
+def test_tensor_labels_plain_and_with_label():
+    t = TensorLabels.plain((2, 5, 7))
+    assert t.labels == (None, None, None) and not t.labelled and t.ndim == 3
+    u = t.with_label(1, (Seg(0, 0, 5),))
+    assert u.labelled and u.labels[1] == (Seg(0, 0, 5),) and t.labels[1] is None
+
+
+def test_tensors_finds_labels_in_nested_values():
+    a, b = TensorLabels.plain((1,)), TensorLabels.plain((2,))
+    assert tensors(((a, 3), {"k": [b, None]})) == [a, b]

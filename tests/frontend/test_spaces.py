@@ -1,0 +1,51 @@
+"""nfncompile.frontend.spaces: solving the graph's constraints into one Derivation record."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from nfncompile.frontend.derivation import Derivation, TensorAxes
+from nfncompile.frontend.fx import trace_module
+from nfncompile.frontend.graph import build_symmetry_graph
+from nfncompile.frontend.spaces import derive_spaces
+from tests.frontend.helpers import CatSplit, TwoLinear, model_, x_
+
+
+def _derive(model: nn.Module, x) -> Derivation:
+    return derive_spaces(build_symmetry_graph(trace_module(model, x), model))
+
+
+def test_cuts_propagate_through_ties_and_names_are_unique():
+    d = _derive(model_(CatSplit), x_(3, 4))
+    # c's 7 outputs: [0:3] feed d, [3:5] are tied to d's output, [5:7] are summed
+    assert list(d.spaces) == ["in", "a", "b", "c/0", "c/1", "out"]
+    assert d.space("out").atoms == [(3, 3, 5), (4, 0, 2)]  # c[3:5] and d's output
+    assert d.space("out").origins == ["c", "d"]
+    assert d.spec["c.weight"].axes == (("c/0", "out", "c/1"), ("a", "b"))
+    assert d.space("c/0").params == ["c.weight[0]", "c.bias[0]", "d.weight[1]"]
+
+
+def test_the_record_holds_spec_io_provenance_and_run_spaces():
+    model = model_(TwoLinear)
+    d = _derive(model, x_(5, 4))
+    assert [p.name for p in d.spec.params] == list(model.state_dict())
+    assert d.io.inputs == (TensorAxes((5, 4), None, (None, "in")),)
+    assert d.io.outputs == (TensorAxes((5, 3), None, (None, "out")),)
+    assert d.space("a").origins == ["a"] and "Linear a" in d.space("a").touched
+    assert sorted(set(d.run_space.values())) == ["a", "in", "out"]
+    assert d.broken == []
+
+
+class Flattened(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 3, 1), nn.Linear(12, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_flattened_channels_give_views_on_params():
+    d = _derive(model_(Flattened), x_(2, 1, 2, 2))
+    fc = d.spec["fc.weight"]
+    assert (fc.view, fc.axes) == ((2, 3, 4), ("out", "conv", None))
