@@ -1,10 +1,18 @@
 """Stage 1 of the front end: read a model with torch.fx and record every node's shape.
 
-:func:`trace_module` symbolically traces an ``nn.Module`` with :func:`torch.fx.symbolic_trace`
-and runs a :class:`~torch.fx.passes.shape_prop.ShapeProp` pass on the example input. Every
+:func:`trace_module` symbolically traces an ``nn.Module`` (in eval mode: the function that is
+analysed is the one verification checks) with :class:`LeafFallbackTracer` and runs a
+:class:`~torch.fx.passes.shape_prop.ShapeProp` pass on the example input. Every
 tensor-producing node gets ``node.meta["tensor_meta"]`` (shape, dtype) and every other node
 its concrete Python value in ``node.meta["nfn_value"]`` (sizes, ints, slices), which the
 symmetry analysis (:mod:`nfncompile.frontend.graph`) reads.
+
+A submodule whose forward torch.fx cannot trace (padding computed with ``math.ceil`` on input
+shapes, control flow on a tensor, an ``assert`` on a shape) is kept as one ``call_module``
+node: shape propagation runs the real module, and the analysis applies the rule of its class
+(found along the MRO: a ``Conv2d`` subclass is still a conv) or probes it
+(:mod:`nfncompile.frontend.probe`). Its node's ``meta["nfn_leaf"]`` is a :class:`LeafCall`
+saying why.
 
 Shape propagation runs the real forward in eval mode under ``no_grad`` for small models and
 on *fake* tensors for large ones (no arithmetic, so tracing a 2048-channel network costs what a
@@ -23,7 +31,10 @@ Examples
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,17 +44,137 @@ from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
 from ..errors import TraceError
 
-__all__ = ["FAKE_ABOVE", "trace_module", "NodeShapeProp", "as_args"]
+__all__ = [
+    "FAKE_ABOVE",
+    "trace_module",
+    "LeafFallbackTracer",
+    "LeafCall",
+    "NodeShapeProp",
+    "as_args",
+]
 
 #: Parameter elements above which :func:`trace_module` propagates shapes on fake tensors.
 FAKE_ABOVE = 4_000_000
 
 _ADVICE = (
-    "To trace it anyway: wrap the offending function with torch.fx.wrap(...) so it is kept as "
-    "one call, or make the offending submodule a leaf module, or remove the data-dependent "
-    "control flow (branch on a constructor argument instead of on a tensor); otherwise write "
-    "a WeightSpaceSpec by hand (see specs/)."
+    "To trace it anyway: wrap the offending function with torch.fx.wrap(...) or move the "
+    "offending code into a submodule (either is then kept as one call and probed), or remove "
+    "the data-dependent control flow (branch on a constructor argument instead of on a "
+    "tensor); otherwise write a WeightSpaceSpec by hand (see specs/)."
 )
+_TORCH = os.path.dirname(torch.__file__)
+
+
+@dataclass(frozen=True)
+class LeafCall:
+    """A submodule kept as one call because torch.fx could not trace its forward.
+
+    Attributes
+    ----------
+    module : str
+        Its qualified name in the model.
+    kind : str
+        Its class name.
+    error : str
+        What tracing its forward raised.
+    where : str
+        The source line that raised (``file:line in function: code``), or ``""``.
+    """
+
+    module: str
+    kind: str
+    error: str
+    where: str
+
+    def __str__(self) -> str:
+        at = f" at {self.where}" if self.where else ""
+        return f"{self.kind} {self.module}: {self.error}{at}"
+
+
+def _where(e: BaseException) -> str:
+    """The innermost source line outside torch that the traceback of ``e`` passes through."""
+    frames = [
+        f
+        for f in traceback.extract_tb(e.__traceback__)
+        if not f.filename.startswith(_TORCH) and f.filename != __file__
+    ]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
+
+
+def _error(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class LeafFallbackTracer(torch.fx.Tracer):
+    """A :class:`torch.fx.Tracer` that keeps a submodule whose forward it cannot trace as one
+    ``call_module`` node.
+
+    When tracing a submodule's forward raises (control flow on a proxy, ``math.ceil`` of a
+    proxy, ...), the nodes it created are rolled back and the submodule is recorded as a leaf
+    (a :class:`LeafCall` in its node's ``meta["nfn_leaf"]`` and in :attr:`leaves`). The
+    innermost failing module becomes the leaf; the root module's forward is never made one.
+
+    Examples
+    --------
+    >>> import math
+    >>> class Pad(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         pad = max(math.ceil(x.shape[-1] / 2) - 2, 0)  # bool() of a proxy: untraceable
+    ...         return torch.nn.functional.pad(x, [pad] * 4)
+    >>> net = torch.nn.Sequential(Pad(), torch.nn.ReLU())
+    >>> tracer = LeafFallbackTracer()
+    >>> gm = torch.fx.GraphModule(net, tracer.trace(net))
+    >>> [(n.op, n.target) for n in gm.graph.nodes]
+    [('placeholder', 'input'), ('call_module', '0'), ('call_module', '1'), ('output', 'output')]
+    >>> print(tracer.leaves[0].error)
+    TraceError: symbolically traced variables cannot be used as inputs to control flow
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leaves: list[LeafCall] = []
+        self._forced: set[int] = set()
+        self._param_cache: dict | None = None
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        return id(m) in self._forced or super().is_leaf_module(m, module_qualified_name)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        self._param_cache = parameter_proxy_cache  # to forget proxies of rolled-back nodes
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def call_module(
+        self, m: torch.nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> Any:
+        path = self.path_of_module(m)
+        if self.is_leaf_module(m, path):
+            return super().call_module(m, forward, args, kwargs)
+        mark = len(self.graph.nodes)
+        stack, calls = self.module_stack.copy(), dict(self.num_calls)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as e:
+            erased = list(self.graph.nodes)[mark:]
+            for node in reversed(erased):
+                self.graph.erase_node(node)
+            gone = set(erased)
+            if self._param_cache:
+                for k in [k for k, p in self._param_cache.items() if p.node in gone]:
+                    del self._param_cache[k]
+            self.module_stack.clear()
+            self.module_stack.update(stack)
+            self.num_calls = calls
+            self._forced.add(id(m))
+            leaf = LeafCall(path, type(m).__name__, _error(e), _where(e))
+            self.leaves.append(leaf)
+        proxy = super().call_module(m, forward, args, kwargs)
+        if isinstance(proxy, torch.fx.Proxy):
+            proxy.node.meta["nfn_leaf"] = leaf
+        return proxy
 
 
 class NodeShapeProp(ShapeProp):
@@ -72,8 +203,15 @@ class NodeShapeProp(ShapeProp):
         except TraceError:
             raise
         except Exception as e:
+            leaf = n.meta.get("nfn_leaf")
+            kept = (
+                f" (kept as one call because torch.fx could not trace its forward: {leaf})"
+                if leaf
+                else ""
+            )
             raise TraceError(
-                f"shape propagation failed at node {n.format_node()}: {type(e).__name__}: {e}. "
+                f"shape propagation failed at node {n.format_node()}{kept}: "
+                f"{type(e).__name__}: {e}. "
                 "Check that the example input has the shape the model expects."
             ) from e
         found = False
@@ -122,7 +260,8 @@ def trace_module(
     Parameters
     ----------
     model : nn.Module
-        Any module torch.fx can trace (MLPs, CNNs, residual and concat patterns).
+        Any module whose own forward torch.fx can trace (MLPs, CNNs, residual and concat
+        patterns); a submodule whose forward it cannot trace is kept as one call.
     example_input : Tensor or tuple of Tensor
         One example batch; only its shapes and dtypes are used.
     fake : bool, optional
@@ -140,18 +279,25 @@ def trace_module(
     Raises
     ------
     TraceError
-        When torch.fx cannot trace the model (data-dependent control flow, unsupported Python),
-        with fx's reason and what to do, or when the example input does not fit the model.
+        When torch.fx cannot trace the model's own forward (data-dependent control flow,
+        unsupported Python), with fx's reason, the source line and what to do, or when the
+        example input does not fit the model (or a submodule kept as one call cannot run).
     """
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected an nn.Module to trace, got {type(model).__name__}")
     args = as_args(example_input)
+    tracer = LeafFallbackTracer()
     try:
-        gm = torch.fx.symbolic_trace(model)
+        with _eval_mode(model):
+            graph = tracer.trace(model)
     except Exception as e:
+        where = _where(e)
+        at = f" at {where}" if where else ""
         raise TraceError(
-            f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}. {_ADVICE}"
+            f"torch.fx could not trace {type(model).__name__}.forward{at}: "
+            f"{type(e).__name__}: {e}. {_ADVICE}"
         ) from e
+    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) < len(args):
         raise TraceError(
