@@ -43,6 +43,7 @@ from ..errors import TraceError
 from . import rules  # noqa: F401  (importing the package registers every op rule)
 from .fx import leaves
 from .labels import Broken, Label, ParamLabel, Run, Seg, TensorLabels, Tie, label_width, tensors
+from .probe import ProbeRecord, probe_op
 from .rules.registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule, Unsupported
 
 __all__ = ["SymmetryAnalysis"]
@@ -82,6 +83,7 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         self.node: torch.fx.Node | None = None
         self.op = ""
         self.touched: dict = {}  # run id -> ops that read a label holding it
+        self.probes: list[ProbeRecord] = []  # every op no rule knows, probed numerically
 
     # ---- bookkeeping ------------------------------------------------------------------------
 
@@ -353,9 +355,17 @@ class SymmetryAnalysis(torch.fx.Interpreter):
             return self.fallback(args, kwargs, str(e))
 
     def unknown(self, args: Any, kwargs: Any) -> Any:
-        """The one entry point for a call no rule knows (a leaf module or function): today the
-        conservative :meth:`fallback`."""
-        return self.fallback(args, kwargs, f"no symmetry rule for {self.op}")
+        """The one entry point for a call no rule knows (a leaf module, a wrapped function, a
+        method): probed numerically (:func:`~nfncompile.frontend.probe.probe_op`); when it is
+        not found equivariant, the conservative :meth:`fallback` with the probe's reason."""
+        record, value = probe_op(self, args, kwargs)
+        reason = f"no symmetry rule for {self.op}"
+        if record is not None:
+            self.probes.append(record)
+            if record.passed:
+                return value
+            reason += f"; {record.detail}"
+        return self.fallback(args, kwargs, reason)
 
     def fallback(self, args: Any, kwargs: Any, reason: str) -> Any:
         """The conservative rule: fix every labelled input, the output is unlabelled."""
@@ -423,6 +433,8 @@ def _describe(a: SymmetryAnalysis, n: torch.fx.Node) -> str:
         mod = getattr(n.target, "__module__", "") or ""
         name = getattr(n.target, "__name__", str(n.target))
         prefix = {"torch.nn.functional": "F.", "_operator": "operator."}.get(mod, "torch.")
+        if not mod.startswith("torch") and mod not in ("_operator", "builtins"):
+            prefix = ""  # a user function (kept whole by torch.fx.wrap)
         if getattr(F, name, None) is n.target:
             prefix = "F."
         return f"{prefix}{name} ({n.name})"

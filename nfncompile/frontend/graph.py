@@ -45,7 +45,8 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         (``src``, ``src_off``, ``dst``, ``dst_off``, ``length``, ``op``, ``node``) and
         ``kind="index"`` (a param axis read by a run slice). ``graph.graph`` holds ``params``
         (:class:`ParamLabel` per float state_dict key, aliases resolved), ``inputs``,
-        ``outputs``, ``broken`` and ``state_keys``.
+        ``outputs``, ``broken``, ``probes`` (a
+        :class:`~nfncompile.frontend.probe.ProbeRecord` per op no rule knows) and ``state_keys``.
     """
     a = SymmetryAnalysis(gm, model)
     a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
@@ -88,6 +89,7 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         inputs=a.inputs,
         outputs=a.outputs,
         broken=a.broken,
+        probes=a.probes,
         state_keys=a.state_keys,
         model=type(a.model).__name__,
     )

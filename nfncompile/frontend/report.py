@@ -64,6 +64,12 @@ class TraceReport:
         """Run id -> the space of its first neurons (or ``"fixed"``)."""
         return self.derivation.run_space
 
+    @property
+    def probes(self) -> list:
+        """Every op no rule knows, probed numerically
+        (:class:`~nfncompile.frontend.probe.ProbeRecord`: passed or why it was fixed)."""
+        return self.derivation.graph.graph.get("probes", []) if self.derivation.graph else []
+
     def space(self, name: str) -> SpaceInfo:
         """The :class:`~nfncompile.frontend.derivation.SpaceInfo` called ``name``."""
         return self.derivation.space(name)
@@ -84,6 +90,10 @@ class TraceReport:
                 lines.append(f"  {b.op} [node {b.node}]: {b.reason}; fixed {b.count} ({what})")
         else:
             lines.append("symmetry broken by: nothing")
+        if self.probes:
+            lines.append("ops no rule knows, probed numerically:")
+            for p in self.probes:
+                lines.append(f"  {p.op} [node {p.node}]: {p.detail} ({p.seconds * 1000:.1f} ms)")
         if self.verification is not None:
             lines.append(str(self.verification))
         t = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items())

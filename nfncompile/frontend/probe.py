@@ -1,0 +1,472 @@
+"""The numerical equivariance probe: what the symmetry analysis does with an op no rule knows.
+
+A leaf module whose type has no rule along its MRO, a function kept whole by
+:func:`torch.fx.wrap`, an unknown tensor method: instead of fixing every neuron it touches, the
+analysis (:meth:`~nfncompile.frontend.analysis.SymmetryAnalysis.unknown`) calls
+:func:`probe_op`, which runs the op on seeded random float64 inputs of the recorded shapes,
+with and without a random permutation of every labelled channel axis of its inputs, and checks
+that the output is the same permutation of the original output, on several draws.
+
+*Which* permutation: input dims are grouped as an elementwise op groups them (aligned from the
+right, equal sizes), one permutation per group, so labels the op combines are tied, as the
+elementwise rule ties them. The permutation moves neurons only inside the pieces the labels are
+made of (never across two segments of runs, and a flattened neuron's block of positions as one).
+The output dims are matched to the groups by right-alignment (an elementwise op, a gate) or,
+failing that, by size (a reduction over trailing dims); a group no output dim carries must
+leave the output unchanged (a symmetric reduction). The test permutes more freely than the
+group ever does (the group's action is a subgroup of what is tried), so passing is sound; the
+whole-model verification still has the last word.
+
+What it runs on: state_dict entries (parameters passed to a function, a leaf module's own
+parameters and buffers) are replaced by random values (they differ in every network of a zoo),
+model constants keep their values, and stochastic ops see the same random stream in both calls.
+A module runs as a float64 deep copy in eval mode; an op that fails in float64 is retried in
+its recorded dtypes. An op that raises, returns non-tensors or non-finite values, or takes an
+integer tensor whose values were not recorded is not probed: it is fixed as before, and the
+report says why.
+
+Examples
+--------
+>>> import torch
+>>> class Gate(torch.nn.Module):  # torch.fx cannot trace it (an `if` on a tensor): one call
+...     def forward(self, x):
+...         if x.dim() != 4:
+...             raise ValueError("expected (N, C, H, W)")
+...         return x * torch.sigmoid(x.mean((2, 3), keepdim=True))
+>>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), Gate(), torch.nn.AdaptiveAvgPool2d(1),
+...                           torch.nn.Flatten(), torch.nn.Linear(4, 2))
+>>> from nfncompile.frontend.tracing import trace_with_report
+>>> spec, report = trace_with_report(net, torch.randn(2, 1, 6, 6))
+>>> spec["4.weight"].axes
+('out', '0')
+>>> print(report.probes[0].op, "|", report.probes[0].detail)
+Gate 1 | probed: equivariant on 3 random draws (float64); labels passed through
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx
+from torch.fx.node import map_aggregate
+
+from .fx import leaves
+from .labels import Seg, TensorLabels
+
+if TYPE_CHECKING:
+    from .analysis import SymmetryAnalysis
+
+__all__ = ["DRAWS", "ProbeRecord", "probe_op"]
+
+#: Random draws (inputs, parameters and permutations) an op must pass.
+DRAWS = 3
+_SEED = 0
+_STREAM = 1234  # the global RNG seed every call of the op starts from
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """What probing one op found.
+
+    Attributes
+    ----------
+    op, node : str
+        The op (as the report names it) and its fx node.
+    passed : bool
+        Whether the op was found equivariant (its labels were then passed through).
+    detail : str
+        What was found: how the labels went through, or why the op was fixed.
+    seconds : float
+        Time the probe took.
+    """
+
+    op: str
+    node: str
+    passed: bool
+    detail: str
+    seconds: float
+
+
+class _Declined(Exception):
+    """The op cannot be probed (or is not equivariant): fix it, with this reason."""
+
+
+@dataclass
+class _Input:
+    labels: TensorLabels
+    dtype: torch.dtype
+    constant: torch.Tensor | None  # a model constant's value; None: draw a random tensor
+
+
+@dataclass
+class _Group:
+    """Input dims moved by one permutation: ``members`` ``(input, dim, label)``, all labelled,
+    of ``size`` positions; ``pieces`` ``(start, neurons, inner)`` the blocks it permutes in."""
+
+    size: int
+    members: list
+    pieces: list
+
+
+def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord | None, Any]:
+    """Probe the analysis's current node (a call no rule knows) for channel equivariance.
+
+    Parameters
+    ----------
+    a : SymmetryAnalysis
+        The running analysis; ``a.node`` is the call.
+    args, kwargs
+        The call's abstract arguments (:class:`~nfncompile.frontend.labels.TensorLabels` for
+        tensors, recorded values for the rest).
+
+    Returns
+    -------
+    record : ProbeRecord or None
+        ``None`` when no input is labelled (nothing to probe).
+    value
+        The output's labels when the op passed (ties and cuts recorded on ``a``), ``None``
+        when the caller must fix the op.
+    """
+    inputs: list[_Input] = []
+    template = _abstract(a, (args, kwargs), (a.node.args, a.node.kwargs), inputs)
+    if not any(_labelled(lab) for x in inputs for lab in x.labels.labels):
+        return None, None
+    t0 = time.perf_counter()
+    try:
+        groups = _groups(inputs)
+        outs_meta = _meta_leaves(a.node.meta.get("tensor_meta"))
+        assignment, detail = _check(_caller(a), template, inputs, groups, outs_meta)
+    except _Declined as e:
+        return ProbeRecord(a.op, a.node.name, False, f"probed: {e}", time.perf_counter() - t0), None
+    value = _apply(a, groups, assignment)
+    seconds = time.perf_counter() - t0
+    return ProbeRecord(a.op, a.node.name, True, detail, seconds), value
+
+
+# ---- abstract inputs -----------------------------------------------------------------------
+
+
+def _abstract(a: SymmetryAnalysis, value: Any, src: Any, inputs: list) -> Any:
+    """``value`` with every TensorLabels replaced by an index into ``inputs`` (filled here);
+    ``src`` is the parallel fx argument (a Node, a tensor meta, a container or a constant)."""
+    if isinstance(value, TensorLabels):
+        node = src if isinstance(src, torch.fx.Node) else None
+        meta = node.meta.get("tensor_meta") if node is not None else src
+        dtype = getattr(meta, "dtype", torch.float32)
+        constant = None
+        if node is not None and node.op == "get_attr" and node.target not in a._canonical:
+            t = a.fetch_attr(node.target)
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                constant = t.detach()
+        inputs.append(_Input(value, dtype, constant))
+        return _Leaf(len(inputs) - 1)
+    if isinstance(src, torch.fx.Node):
+        src = src.meta.get("tensor_meta")
+    if isinstance(value, (tuple, list)):
+        fits = isinstance(src, (tuple, list)) and not _is_meta(src) and len(src) == len(value)
+        subs = src if fits else [None] * len(value)
+        return type(value)(_abstract(a, v, s, inputs) for v, s in zip(value, subs))
+    if isinstance(value, dict):
+        subs = src if isinstance(src, dict) else {}
+        return {k: _abstract(a, v, subs.get(k), inputs) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    index: int
+
+
+def _labelled(lab: Any) -> bool:
+    return isinstance(lab, tuple) and bool(lab) and all(isinstance(s, Seg) for s in lab)
+
+
+def _groups(inputs: list[_Input]) -> dict:
+    """Labelled input dims grouped as an elementwise op aligns them: key ``(dims from the
+    right, size)``."""
+    groups: dict = {}
+    for i, x in enumerate(inputs):
+        for d, lab in enumerate(x.labels.labels):
+            if _labelled(lab):
+                key = (x.labels.ndim - 1 - d, x.labels.shape[d])
+                groups.setdefault(key, _Group(x.labels.shape[d], [], [])).members.append(
+                    (i, d, lab)
+                )
+    for g in groups.values():
+        g.pieces = _pieces(g)
+        if g.pieces is None:
+            raise _Declined("its inputs flatten neurons differently at the same positions")
+    return groups
+
+
+def _pieces(g: _Group) -> list | None:
+    """The blocks a group's permutation may shuffle: positions cut at every segment boundary
+    of every member, each piece made of whole neurons (``inner`` positions each) in all."""
+    cuts = {0, g.size}
+    for _, _, lab in g.members:
+        p = 0
+        for s in lab:
+            cuts.add(p)
+            p += s.width
+    bounds = sorted(cuts)
+    pieces = []
+    for lo, hi in itertools.pairwise(bounds):
+        inner = set()
+        for _, _, lab in g.members:
+            p = 0
+            for s in lab:
+                if p <= lo < p + s.width:
+                    if (lo - p) % s.inner or (hi - lo) % s.inner:
+                        return None
+                    inner.add(s.inner)
+                p += s.width
+        if len(inner) != 1:
+            return None
+        q = inner.pop()
+        pieces.append((lo, (hi - lo) // q, q))
+    return pieces
+
+
+# ---- running the op ------------------------------------------------------------------------
+
+
+def _caller(a: SymmetryAnalysis) -> Callable[[tuple, dict, bool, torch.Generator], Any]:
+    """``call(args, kwargs, float64, generator)``: the op on concrete arguments; a module runs
+    as a deep copy whose state_dict entries are redrawn from ``generator``."""
+    node = a.node
+    if node.op == "call_function":
+        fn = node.target
+        return lambda args, kwargs, wide, gen: fn(*args, **kwargs)
+    if node.op == "call_method":
+        name = node.target
+        return lambda args, kwargs, wide, gen: getattr(args[0], name)(*args[1:], **kwargs)
+    original = a.fetch_attr(node.target)
+    copies: dict = {}
+
+    def call(args: tuple, kwargs: dict, wide: bool, gen: torch.Generator) -> Any:
+        if wide not in copies:
+            try:
+                mod = copy.deepcopy(original).eval()
+            except Exception as e:
+                raise _Declined(f"the module cannot be copied ({type(e).__name__}: {e})") from e
+            copies[wide] = mod.double() if wide else mod
+        mod = copies[wide]
+        with torch.no_grad():
+            params = {id(p) for p in mod.parameters()}
+            for t in mod.state_dict(keep_vars=True).values():
+                if t.is_floating_point():
+                    r = torch.randn(t.shape, generator=gen, dtype=torch.float64)
+                    # buffers are statistics (variances): keep them positive
+                    t.copy_(r if id(t) in params else r.abs() + 0.5)
+        return mod(*args, **kwargs)
+
+    return call
+
+
+def _draw(inputs: list[_Input], wide: bool, positive: bool, gen: torch.Generator) -> list:
+    out = []
+    for x in inputs:
+        if x.constant is not None:
+            t = x.constant.clone()
+            out.append(t.double() if wide and t.is_floating_point() else t)
+            continue
+        if not (x.dtype.is_floating_point or x.dtype.is_complex):
+            raise _Declined(f"it takes a {x.dtype} tensor whose values are not recorded")
+        dtype = x.dtype
+        if wide:
+            dtype = torch.complex128 if x.dtype.is_complex else torch.float64
+        t = torch.randn(x.labels.shape, generator=gen, dtype=dtype)
+        out.append(t.abs() + 0.5 if positive and not dtype.is_complex else t)
+    return out
+
+
+def _fill(template: Any, values: list) -> Any:
+    return map_aggregate(template, lambda v: values[v.index] if isinstance(v, _Leaf) else v)
+
+
+def _permutation(g: _Group, gen: torch.Generator) -> torch.Tensor:
+    idx = torch.arange(g.size)
+    for lo, n, q in g.pieces:
+        blocks = torch.randperm(n, generator=gen)
+        idx[lo : lo + n * q] = lo + (blocks[:, None] * q + torch.arange(q)).reshape(-1)
+    return idx
+
+
+def _run(call: Callable, template: Any, values: list, wide: bool, seed: int) -> Any:
+    args, kwargs = _fill(template, values)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(_STREAM)
+        return call(tuple(args), dict(kwargs), wide, gen)
+
+
+def _outputs(result: Any, outs_meta: list) -> list:
+    outs = leaves(result)
+    for o in outs:
+        if not isinstance(o, torch.Tensor):
+            raise _Declined(f"it returns a {type(o).__name__}, not only tensors")
+    shapes = [tuple(o.shape) for o in outs]
+    expected = [tuple(getattr(m, "shape", ())) for m in outs_meta]
+    if shapes != expected:
+        raise _Declined(f"its outputs have shapes {shapes}, not the traced {expected}")
+    return outs
+
+
+def _hypotheses(groups: dict, outs: list) -> list:
+    """Candidate output labellings: per output, a group key (or ``None``) per dim; first by
+    right-alignment, then by size when that differs and is unambiguous."""
+    right = [
+        tuple(
+            (o.ndim - 1 - e, n) if (o.ndim - 1 - e, n) in groups else None
+            for e, n in enumerate(o.shape)
+        )
+        for o in outs
+    ]
+    by_size = []
+    for o in outs:
+        dims = []
+        for n in o.shape:
+            keys = [k for k, g in groups.items() if g.size == n]
+            same = sum(1 for m in o.shape if m == n)
+            dims.append(keys[0] if len(keys) == 1 and same == 1 else None)
+        by_size.append(tuple(dims))
+    return [right] if by_size == right else [right, by_size]
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, scale: float) -> float | None:
+    """The error of ``got`` against ``want`` when over tolerance, else ``None``."""
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return float("inf")
+    if not (got.is_floating_point() or got.is_complex()):
+        return None if torch.equal(got, want) else float("inf")
+    tol = torch.finfo(got.dtype).eps ** 0.5 * 10
+    err = (got - want).abs()
+    if bool((err <= tol * (scale + want.abs())).all()):
+        return None
+    return float(err.max())
+
+
+def _check(call: Callable, template: Any, inputs: list, groups: dict, outs_meta: list):
+    """Run the draws; returns the surviving output labelling and a description."""
+    gen = torch.Generator().manual_seed(_SEED)
+    wide, positive = True, False
+    hyps: list | None = None
+    errors: list = []
+    draw = 0
+    while draw < DRAWS:
+        values = _draw(inputs, wide, positive, gen)
+        perms = {k: _permutation(g, gen) for k, g in groups.items()}
+        moved = list(values)
+        for k, g in groups.items():
+            for i, d, _ in g.members:
+                moved[i] = moved[i].index_select(d, perms[k])
+        try:  # a module's state is redrawn from the same seed for both calls
+            plain = _run(call, template, values, wide, _SEED + 1 + draw)
+            permuted = _run(call, template, moved, wide, _SEED + 1 + draw)
+        except _Declined:
+            raise
+        except Exception as e:
+            if wide:  # an op that insists on its own dtypes
+                wide, draw = False, 0
+                continue
+            raise _Declined(f"it raises {type(e).__name__}: {_short(e)}") from e
+        outs, outs_p = _outputs(plain, outs_meta), _outputs(permuted, outs_meta)
+        if not all(bool(o.isfinite().all()) for o in outs if o.is_floating_point()):
+            if positive:
+                raise _Declined("its outputs on random inputs are not finite")
+            positive, draw = True, 0
+            continue
+        if hyps is None:
+            hyps = _hypotheses(groups, outs)
+        alive = []
+        for h in hyps:
+            err = None
+            for o, op, dims in zip(outs, outs_p, h):
+                want = o
+                for e, key in enumerate(dims):
+                    if key is not None:
+                        want = want.index_select(e, perms[key])
+                scale = float(o.abs().max()) if o.numel() and o.is_floating_point() else 0.0
+                e_ = _close(op, want, max(scale, 1.0))
+                if e_ is not None:
+                    err = e_ if err is None else max(err, e_)
+            if err is None:
+                alive.append(h)
+            else:
+                errors.append(err)
+        hyps = alive
+        if not hyps:
+            worst = max(errors)
+            raise _Declined(
+                "not equivariant: permuting its labelled inputs does not permute its output "
+                f"(max error {worst:.3g} on draw {draw + 1} of {DRAWS})"
+            )
+        draw += 1
+    passed = hyps[0]
+    carried = {k for dims in passed for k in dims if k is not None}
+    how = "labels passed through" if carried else "invariant: its labelled inputs are reduced"
+    dtype = "float64" if wide else "its recorded dtypes"
+    return passed, f"probed: equivariant on {DRAWS} random draws ({dtype}); {how}"
+
+
+def _short(e: Exception, limit: int = 160) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- applying the result -------------------------------------------------------------------
+
+
+def _apply(a: SymmetryAnalysis, groups: dict, assignment: list) -> Any:
+    """Tie each group's labels, fix or consume those no output carries, label the outputs."""
+    carried = {k for dims in assignment for k in dims if k is not None}
+    first = {}
+    for key, g in groups.items():
+        lab0 = g.members[0][2]
+        first[key] = lab0
+        for _, _, lab in g.members[1:]:
+            a.tie(lab0, lab)
+        if key not in carried:
+            if g.size == 1:
+                a.fix(lab0, "reduces one neuron's value over all positions")
+            else:
+                a.consume(lab0)
+    it = iter(assignment)
+
+    def label(meta: Any) -> Any:
+        if _is_meta(meta):
+            dims = next(it)
+            return TensorLabels(
+                tuple(meta.shape), tuple(None if k is None else first[k] for k in dims)
+            )
+        if isinstance(meta, (tuple, list)):
+            return type(meta)(label(m) for m in meta)
+        if isinstance(meta, dict):
+            return {k: label(m) for k, m in meta.items()}
+        return meta
+
+    return label(a.node.meta["tensor_meta"])
+
+
+def _is_meta(m: Any) -> bool:
+    """Whether ``m`` is a tensor's shape meta (a ``TensorMetadata``, itself a tuple)."""
+    return hasattr(m, "shape") and hasattr(m, "dtype") and hasattr(m, "stride")
+
+
+def _meta_leaves(meta: Any) -> list:
+    """The output leaves of a node's shape meta: tensor metas and non-tensor values."""
+    if _is_meta(meta):
+        return [meta]
+    if isinstance(meta, (tuple, list)):
+        return [x for m in meta for x in _meta_leaves(m)]
+    if isinstance(meta, dict):
+        return [x for m in meta.values() for x in _meta_leaves(m)]
+    return [meta]
