@@ -11,7 +11,8 @@ It sits below :mod:`nfncompile.declarative` (a YAML spec may name a model to tra
 - one file per family: :mod:`.mlps` (``mlp``, ``siren``), :mod:`.cnns` (``lenet``,
   ``small_cnn``, ``vgg``), :mod:`.resnets` (``resnet_cifar``, ``resnet20``), :mod:`.densenets`
   (``densenet_block``), :mod:`.mobilenets` (``mobilenetv2_block``), :mod:`.squeeze_excite`
-  (``se_block``), :mod:`.unets` (``unet``); :mod:`.args` checks their arguments
+  (``se_block``), :mod:`.unets` (``unet``), :mod:`.efficientnets` (``efficientnet_block``,
+  ``tf_efficientnet``); :mod:`.args` checks their arguments
 
 May import: the contract, nn.
 """
@@ -19,6 +20,7 @@ May import: the contract, nn.
 from .catalogue import CATALOGUE, FACTORIES, Architecture, get, names
 from .cnns import lenet, small_cnn, vgg
 from .densenets import densenet_block
+from .efficientnets import efficientnet_block, tf_efficientnet
 from .mlps import mlp, siren
 from .mobilenets import mobilenetv2_block
 from .resnets import resnet20, resnet_cifar
@@ -44,4 +46,6 @@ __all__ = [
     "se_block",
     "unet",
     "vgg",
+    "efficientnet_block",
+    "tf_efficientnet",
 ]

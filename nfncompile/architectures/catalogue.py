@@ -1,11 +1,14 @@
 """The catalogue of small source architectures: the networks whose weights NFNs process.
 
 The factories live in one file per family (:mod:`.mlps`, :mod:`.cnns`, :mod:`.resnets`,
-:mod:`.densenets`, :mod:`.mobilenets`, :mod:`.squeeze_excite`, :mod:`.unets`). Every factory
-returns a plain ``torch.nn.Module`` (pure torch, no torchvision) with readable parameter names
-(``conv1.weight``, ``fc.bias``, ...: state_dict keys matter for model zoos), keyword arguments
-with small defaults so that tracing and running stay in milliseconds on a CPU, and no
-data-dependent control flow, so ``torch.fx.symbolic_trace`` works on all of them.
+:mod:`.densenets`, :mod:`.mobilenets`, :mod:`.squeeze_excite`, :mod:`.unets`,
+:mod:`.efficientnets`). Every factory returns a plain ``torch.nn.Module`` (pure torch, no
+torchvision) with readable parameter names (``conv1.weight``, ``fc.bias``, ...: state_dict keys
+matter for model zoos), keyword arguments with small defaults so that tracing and running stay
+in milliseconds on a CPU, and no data-dependent control flow in their own forwards. Some
+reproduce what real model code does to a tracer: ``efficientnet_block`` calls a function
+``torch.fx`` keeps opaque (stochastic depth), ``tf_efficientnet`` convs whose forward it
+cannot trace (same padding); the front end handles both.
 
 :data:`CATALOGUE` names one default instance of each, with an example input shape (batch
 dim included); :func:`get` looks one up.
@@ -38,6 +41,7 @@ from torch import nn
 from ..errors import ConfigError
 from .cnns import lenet, small_cnn, vgg
 from .densenets import densenet_block
+from .efficientnets import efficientnet_block, tf_efficientnet
 from .mlps import mlp, siren
 from .mobilenets import mobilenetv2_block
 from .resnets import resnet20, resnet_cifar
@@ -117,6 +121,18 @@ CATALOGUE: dict[str, Architecture] = dict(
         _arch("se_block", se_block, (2, 3, 8, 8), "stem, squeeze-and-excitation gate, GAP, fc"),
         _arch("unet", unet, (2, 1, 8, 8), "two-level U-Net, ConvTranspose2d + torch.cat skips"),
         _arch("vgg", vgg, (2, 3, 8, 8), "VGG-style conv-ReLU-pool stacks, MLP classifier"),
+        _arch(
+            "efficientnet_block",
+            efficientnet_block,
+            (2, 3, 8, 8),
+            "stem, 2 residual MBConv blocks (depthwise, SE, wrapped stochastic depth), head, fc",
+        ),
+        _arch(
+            "tf_efficientnet",
+            tf_efficientnet,
+            (2, 3, 9, 9),
+            "same-padding convs (padding computed in forward), 2 MBConv blocks, head, fc",
+        ),
     ]
 )
 
@@ -136,6 +152,8 @@ FACTORIES: dict[str, Callable[..., nn.Module]] = {
         se_block,
         unet,
         vgg,
+        efficientnet_block,
+        tf_efficientnet,
     )
 }
 
@@ -160,7 +178,7 @@ def get(name: str) -> Architecture:
     >>> get("resnet21")
     Traceback (most recent call last):
     ...
-    nfncompile.errors.ConfigError: unknown architecture 'resnet21' (did you mean 'resnet20'?); valid names: mlp, siren, lenet, small_cnn, resnet8, resnet20, densenet_block, mobilenetv2_block, se_block, unet, vgg
+    nfncompile.errors.ConfigError: unknown architecture 'resnet21' (did you mean 'resnet20'?); valid names: mlp, siren, lenet, small_cnn, resnet8, resnet20, densenet_block, mobilenetv2_block, se_block, unet, vgg, efficientnet_block, tf_efficientnet
     """
     try:
         return CATALOGUE[name]

@@ -46,7 +46,9 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         ``kind="index"`` (a param axis read by a run slice). ``graph.graph`` holds ``params``
         (:class:`ParamLabel` per float state_dict key, aliases resolved), ``inputs``,
         ``outputs``, ``broken``, ``probes`` (a
-        :class:`~nfncompile.frontend.probe.ProbeRecord` per op no rule knows) and ``state_keys``.
+        :class:`~nfncompile.frontend.probe.ProbeRecord` per op no rule knows), ``leaf_calls`` (a
+        :class:`~nfncompile.frontend.fx.LeafCall` per submodule torch.fx could not trace through)
+        and ``state_keys``.
     """
     a = SymmetryAnalysis(gm, model)
     a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
@@ -90,6 +92,9 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         outputs=a.outputs,
         broken=a.broken,
         probes=a.probes,
+        leaf_calls=list(
+            dict.fromkeys(n.meta["nfn_leaf"] for n in gm.graph.nodes if "nfn_leaf" in n.meta)
+        ),
         state_keys=a.state_keys,
         model=type(a.model).__name__,
     )

@@ -50,7 +50,7 @@ import itertools
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -98,6 +98,10 @@ class _Declined(Exception):
     """The op cannot be probed (or is not equivariant): fix it, with this reason."""
 
 
+class _NotEquivariant(_Declined):
+    """The op ran, and the permuted output is not the permutation of the output."""
+
+
 @dataclass
 class _Input:
     labels: TensorLabels
@@ -108,11 +112,13 @@ class _Input:
 @dataclass
 class _Group:
     """Input dims moved by one permutation: ``members`` ``(input, dim, label)``, all labelled,
-    of ``size`` positions; ``pieces`` ``(start, neurons, inner)`` the blocks it permutes in."""
+    of ``size`` positions; ``pieces`` ``(start, neurons, inner)`` the blocks it permutes in;
+    ``right`` the members' positions counted from the last dim."""
 
     size: int
     members: list
-    pieces: list
+    pieces: list = field(default_factory=list)
+    right: set = field(default_factory=set)
 
 
 def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord | None, Any]:
@@ -140,9 +146,17 @@ def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord |
         return None, None
     t0 = time.perf_counter()
     try:
-        groups = _groups(inputs)
         outs_meta = _meta_leaves(a.node.meta.get("tensor_meta"))
-        assignment, detail = _check(_caller(a), template, inputs, groups, outs_meta)
+        call = _caller(a)
+        failed: _NotEquivariant | None = None
+        for groups in _groupings(inputs):
+            try:
+                assignment, detail = _check(call, template, inputs, groups, outs_meta)
+                break
+            except _NotEquivariant as e:
+                failed = failed or e
+        else:
+            raise failed
     except _Declined as e:
         return ProbeRecord(a.op, a.node.name, False, f"probed: {e}", time.perf_counter() - t0), None
     value = _apply(a, groups, assignment)
@@ -188,22 +202,42 @@ def _labelled(lab: Any) -> bool:
     return isinstance(lab, tuple) and bool(lab) and all(isinstance(s, Seg) for s in lab)
 
 
-def _groups(inputs: list[_Input]) -> dict:
-    """Labelled input dims grouped as an elementwise op aligns them: key ``(dims from the
-    right, size)``."""
-    groups: dict = {}
-    for i, x in enumerate(inputs):
-        for d, lab in enumerate(x.labels.labels):
-            if _labelled(lab):
-                key = (x.labels.ndim - 1 - d, x.labels.shape[d])
-                groups.setdefault(key, _Group(x.labels.shape[d], [], [])).members.append(
-                    (i, d, lab)
-                )
-    for g in groups.values():
-        g.pieces = _pieces(g)
-        if g.pieces is None:
-            raise _Declined("its inputs flatten neurons differently at the same positions")
-    return groups
+def _groupings(inputs: list[_Input]) -> list[dict]:
+    """How the labelled input dims may be grouped (one permutation per group), in the order
+    tried: as an elementwise op aligns them (from the right, equal sizes), then, when that
+    differs, every labelled dim of one size together (a ``(C,)`` parameter scaling the channels
+    of an ``(N, C, H, W)`` input inside a function), when no input has two such dims."""
+    dims = [
+        (i, d, lab)
+        for i, x in enumerate(inputs)
+        for d, lab in enumerate(x.labels.labels)
+        if _labelled(lab)
+    ]
+    right: dict = {}
+    for i, d, lab in dims:
+        right.setdefault((inputs[i].labels.ndim - 1 - d, inputs[i].labels.shape[d]), []).append(
+            (i, d, lab)
+        )
+    by_size: dict = {}
+    for i, d, lab in dims:
+        by_size.setdefault(inputs[i].labels.shape[d], []).append((i, d, lab))
+    options = [right]
+    ambiguous = any(len({i for i, _, _ in m}) < len(m) for m in by_size.values())
+    if not ambiguous and len(by_size) < len(right):
+        options.append(by_size)
+    out = []
+    for option in options:
+        groups = {}
+        for key, members in option.items():
+            g = _Group(inputs[members[0][0]].labels.shape[members[0][1]], members)
+            g.pieces = _pieces(g)
+            g.right = {inputs[i].labels.ndim - 1 - d for i, d, _ in members}
+            groups[key] = g
+        if all(g.pieces is not None for g in groups.values()):
+            out.append(groups)
+    if not out:
+        raise _Declined("its inputs flatten neurons differently at the same positions")
+    return out
 
 
 def _pieces(g: _Group) -> list | None:
@@ -304,7 +338,7 @@ def _run(call: Callable, template: Any, values: list, wide: bool, seed: int) -> 
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.manual_seed(_STREAM)
+        torch.default_generator.manual_seed(_STREAM)
         return call(tuple(args), dict(kwargs), wide, gen)
 
 
@@ -323,13 +357,12 @@ def _outputs(result: Any, outs_meta: list) -> list:
 def _hypotheses(groups: dict, outs: list) -> list:
     """Candidate output labellings: per output, a group key (or ``None``) per dim; first by
     right-alignment, then by size when that differs and is unambiguous."""
-    right = [
-        tuple(
-            (o.ndim - 1 - e, n) if (o.ndim - 1 - e, n) in groups else None
-            for e, n in enumerate(o.shape)
-        )
-        for o in outs
-    ]
+
+    def aligned(o: torch.Tensor, e: int) -> Any:
+        keys = [k for k, g in groups.items() if g.size == o.shape[e] and o.ndim - 1 - e in g.right]
+        return keys[0] if len(keys) == 1 else None
+
+    right = [tuple(aligned(o, e) for e in range(o.ndim)) for o in outs]
     by_size = []
     for o in outs:
         dims = []
@@ -405,7 +438,7 @@ def _check(call: Callable, template: Any, inputs: list, groups: dict, outs_meta:
         hyps = alive
         if not hyps:
             worst = max(errors)
-            raise _Declined(
+            raise _NotEquivariant(
                 "not equivariant: permuting its labelled inputs does not permute its output "
                 f"(max error {worst:.3g} on draw {draw + 1} of {DRAWS})"
             )

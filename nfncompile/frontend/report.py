@@ -68,7 +68,17 @@ class TraceReport:
     def probes(self) -> list:
         """Every op no rule knows, probed numerically
         (:class:`~nfncompile.frontend.probe.ProbeRecord`: passed or why it was fixed)."""
-        return self.derivation.graph.graph.get("probes", []) if self.derivation.graph else []
+        return self._found("probes")
+
+    @property
+    def leaf_calls(self) -> list:
+        """Every submodule kept as one call because torch.fx could not trace its forward
+        (:class:`~nfncompile.frontend.fx.LeafCall`)."""
+        return self._found("leaf_calls")
+
+    def _found(self, what: str) -> list:
+        graph = self.derivation.graph
+        return graph.graph.get(what, []) if graph is not None else []
 
     def space(self, name: str) -> SpaceInfo:
         """The :class:`~nfncompile.frontend.derivation.SpaceInfo` called ``name``."""
@@ -90,6 +100,9 @@ class TraceReport:
                 lines.append(f"  {b.op} [node {b.node}]: {b.reason}; fixed {b.count} ({what})")
         else:
             lines.append("symmetry broken by: nothing")
+        if self.leaf_calls:
+            lines.append("kept as one call (torch.fx cannot trace their forward):")
+            lines.extend(f"  {leaf}" for leaf in self.leaf_calls)
         if self.probes:
             lines.append("ops no rule knows, probed numerically:")
             for p in self.probes:

@@ -72,6 +72,20 @@ EXPECTED = {
     # two convs, flatten over 2x2 positions into fc1 (view), fc2 output
     "vgg": [("in", 3, "input"), ("features.conv1", 8, "hidden"), ("features.conv2", 16, "hidden"),
             ("classifier.fc1", 32, "hidden"), ("out", 10, "output")],
+    # both blocks add back into the stem's stream (8) through the wrapped stochastic depth,
+    # which the probe passes; each block's expand (32) is tied to its depthwise conv and to
+    # the SE gate's se_up outputs (x * gate); se_down (8 // 4 = 2) is the SE bottleneck
+    "efficientnet_block": [("in", 3, "input"), ("stem", 8, "hidden"),
+                           ("blocks.0.expand", 32, "hidden"), ("blocks.0.se_down", 2, "hidden"),
+                           ("blocks.1.expand", 32, "hidden"), ("blocks.1.se_down", 2, "hidden"),
+                           ("head", 16, "hidden"), ("out", 10, "output")],
+    # every conv a Conv2dSame (kept as one call, a conv by its base class): block 0 (stride 2,
+    # 8 -> 12) has no residual, so its project output (12) starts the stream block 1 adds to
+    "tf_efficientnet": [("in", 3, "input"), ("stem", 8, "hidden"),
+                        ("blocks.0.expand", 32, "hidden"), ("blocks.0.se_down", 2, "hidden"),
+                        ("blocks.0.project", 12, "hidden"), ("blocks.1.expand", 48, "hidden"),
+                        ("blocks.1.se_down", 3, "hidden"), ("head", 16, "hidden"),
+                        ("out", 10, "output")],
 }  # fmt: skip
 
 
