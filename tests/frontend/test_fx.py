@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
+import torch.fx
 from torch import nn
 
 import nfncompile as nfc
 from nfncompile.architectures.catalogue import CATALOGUE
 from nfncompile.errors import TraceError
-from tests.frontend.helpers import model_, x_
+from nfncompile.frontend.fx import trace_module
+from nfncompile.frontend.tracing import trace_with_report
+from tests.frontend.helpers import model_, spaces_, x_
 
 
 class DataDependent(nn.Module):
@@ -39,3 +43,152 @@ def test_fake_and_real_shape_propagation_agree():
     real = nfc.trace(model, x_(2, 1, 8, 8), fake=False, verify=False)
     fake = nfc.trace(model, x_(2, 1, 8, 8), fake=True, verify=False)
     assert real == fake
+
+
+# ---- submodules torch.fx cannot trace are kept as one call --------------------------------
+
+
+def test_root_control_flow_names_the_model_and_the_source_line():
+    with pytest.raises(TraceError) as e:
+        nfc.trace(DataDependent(), x_(2, 3))
+    msg = str(e.value)
+    assert "DataDependent.forward at " in msg and "test_fx.py:" in msg
+    assert "in forward: if x.sum() > 0:" in msg
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow inside a submodule: kept as one call, probed."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return torch.relu(x)
+        return torch.tanh(x)
+
+
+class WithBranchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.branchy, self.b = nn.Linear(3, 5), Branchy(), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.b(self.branchy(self.a(x)))
+
+
+def test_a_submodule_with_control_flow_is_kept_as_one_call_and_probed():
+    # both branches are elementwise, so the probe passes a's neurons through
+    spec, report = trace_with_report(model_(WithBranchy), x_(4, 3))
+    assert spaces_(spec) == [("in", 3, "input"), ("a", 5, "hidden"), ("out", 2, "output")]
+    [leaf] = report.leaf_calls
+    assert (leaf.module, leaf.kind) == ("branchy", "Branchy")
+    assert leaf.error.startswith("TraceError: symbolically traced variables cannot be used")
+    assert leaf.where.endswith("in forward: if x.sum() > 0:")
+    assert "kept as one call (torch.fx cannot trace their forward):\n  Branchy branchy: " in str(
+        report
+    )
+    assert report.probes[0].op == "Branchy branchy" and report.probes[0].passed
+
+
+class Partial(nn.Module):
+    """Creates nodes (reading its own bias) before the untraceable line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(5))
+
+    def forward(self, x):
+        y = torch.relu(x + self.bias)
+        if y.sum() > 0:
+            return y
+        return -y
+
+
+class ReadsBiasAfter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.p, self.b = nn.Linear(3, 5), Partial(), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.b(self.p(self.a(x)) + self.p.bias)
+
+
+def test_the_nodes_of_a_failed_submodule_trace_are_rolled_back():
+    model = model_(ReadsBiasAfter)
+    gm = trace_module(model, x_(4, 3))
+    gm.graph.lint()
+    assert [(n.op, str(n.target)) for n in gm.graph.nodes] == [
+        ("placeholder", "x"),
+        ("call_module", "a"),
+        ("call_module", "p"),
+        ("get_attr", "p.bias"),  # read again by the parent: a fresh node, not a rolled-back one
+        ("call_function", "<built-in function add>"),
+        ("call_module", "b"),
+        ("output", "output"),
+    ]
+    x = x_(4, 3, seed=1)
+    torch.testing.assert_close(gm(x), model(x))
+
+
+class BrokenLeaf(nn.Module):
+    """Untraceable, and it cannot run on the example input either."""
+
+    def forward(self, x):
+        if x.dim() == 2:
+            raise ValueError("needs an image")
+        return x
+
+
+def test_a_kept_submodule_that_cannot_run_raises_trace_error_with_both_reasons():
+    model = nn.Sequential(nn.Linear(3, 4), BrokenLeaf())
+    with pytest.raises(TraceError) as e:
+        nfc.trace(model, x_(2, 3))
+    msg = str(e.value)
+    assert "shape propagation failed at node" in msg and "ValueError: needs an image" in msg
+    assert "kept as one call because torch.fx could not trace its forward: BrokenLeaf 1: " in msg
+
+
+def test_same_padding_convs_are_kept_as_convs():
+    # timm's Conv2dSame pattern: plain symbolic tracing fails on the whole model; the kept
+    # Conv2dSame modules are convs by their base class (plain, depthwise and pointwise)
+    arch = CATALOGUE["tf_efficientnet"]
+    model = model_(arch.factory)
+    with pytest.raises(Exception, match="symbolically traced variables"):
+        torch.fx.symbolic_trace(model)
+    spec, report = trace_with_report(model, x_(*arch.input_shape))
+    kept = {leaf.module for leaf in report.leaf_calls}
+    assert kept == {n for n, m in model.named_modules() if type(m).__name__ == "Conv2dSame"}
+    assert all(leaf.where.endswith("return max((math.ceil(size / stride) - 1) * stride + "
+                                   "(kernel - 1) * dilation + 1 - size, 0)")
+               for leaf in report.leaf_calls)  # fmt: skip
+    assert spec["stem.weight"].axes == ("stem", "in", None, None)
+    assert spec["blocks.0.depthwise.weight"].axes == ("blocks.0.expand", None, None, None)
+    assert spec["blocks.1.project.weight"].axes == (
+        "blocks.0.project",
+        "blocks.1.expand",
+        None,
+        None,
+    )
+    assert report.verification.ok and not report.broken
+
+
+def test_kept_submodules_propagate_shapes_on_fake_tensors_too():
+    model = model_(CATALOGUE["tf_efficientnet"].factory)
+    x = x_(*CATALOGUE["tf_efficientnet"].input_shape)
+    assert nfc.trace(model, x, fake=True, verify=False) == nfc.trace(model, x, verify=False)
+
+
+class TrainOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+
+    def forward(self, x):
+        if self.training:
+            x = x * torch.arange(3.0)  # would fix a's inputs
+        return self.a(x)
+
+
+def test_the_model_is_traced_in_eval_mode_and_its_flags_are_restored():
+    model = model_(TrainOnly).train()
+    gm = trace_module(model, x_(2, 3))
+    assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "output"]
+    assert model.training and model.a.training

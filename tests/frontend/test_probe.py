@@ -1,0 +1,259 @@
+"""nfncompile.frontend.probe: ops no rule knows are probed numerically, not fixed blindly.
+
+Each model puts one unknown op between a conv ``a`` (3 -> 6 channels) and a 1x1 conv ``b``
+(6 -> 4), then pools into ``fc``. Hand derivation: when the op is equivariant, ``a``'s
+channels stay a space (``b`` reads them); when it is not, they are fixed, and ``b.weight``'s
+input axis with them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.fx
+from torch import nn
+
+import nfncompile as nfc
+from nfncompile.architectures.catalogue import CATALOGUE
+from nfncompile.frontend.probe import DRAWS
+from nfncompile.frontend.tracing import trace_with_report
+from tests.frontend.helpers import model_, spaces_, x_
+
+C = 6
+
+
+def gate(x):
+    """A channel-wise gate: equivariant."""
+    return x * torch.sigmoid(x.mean((2, 3), keepdim=True))
+
+
+def position_scale(x):
+    """Scales channel i by i: not equivariant."""
+    return x * torch.arange(x.shape[1], dtype=x.dtype).view(1, -1, 1, 1)
+
+
+def checked_sqrt(x):
+    """Raises on the probe's random (signed) inputs, in float64 and in float32."""
+    if bool((x < 0).any()):
+        raise ValueError("expects a non-negative input")
+    return x.sqrt()
+
+
+def with_count(x):
+    """Returns a tuple holding a non-tensor."""
+    return x * 2, 3
+
+
+def scale(x, w):
+    """A (C,) parameter scaling the channels of an (N, C, H, W) input."""
+    return x * w.view(1, -1, 1, 1)
+
+
+def mix(x, y):
+    """Combines two streams elementwise: their channels must move together."""
+    return x * torch.sigmoid(y)
+
+
+def split_pool(x):
+    """A tuple of tensors: the activation and its per-channel mean."""
+    return torch.relu(x), x.mean((2, 3))
+
+
+def drop_rows(x):
+    """Stochastic: zeroes whole samples at random (one mask for all channels)."""
+    return x * (torch.rand(x.shape[0], 1, 1, 1) > 0.5)
+
+
+for _f in (gate, position_scale, checked_sqrt, with_count, scale, mix, split_pool, drop_rows):
+    torch.fx.wrap(_f.__name__)
+
+
+class Wrapped(nn.Module):
+    """``fc(mean(b(op(a(x)))))`` with ``op`` one of the wrapped functions above."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.a = nn.Conv2d(3, C, 3, padding=1)
+        self.b = nn.Conv2d(C, 4, 1)
+        self.fc = nn.Linear(4, 2)
+        if op == "scale":
+            self.w = nn.Parameter(torch.ones(C))  # ones at init: only random values tell
+        if op == "mix":
+            self.c = nn.Conv2d(3, C, 3, padding=1)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.op == "gate":  # self.op is fixed at construction: no traced control flow
+            h = gate(h)
+        elif self.op == "position_scale":
+            h = position_scale(h)
+        elif self.op == "checked_sqrt":
+            h = checked_sqrt(torch.relu(h))
+        elif self.op == "with_count":
+            out = with_count(h)
+            h = out[0] * out[1]
+        elif self.op == "scale":
+            h = scale(h, self.w)
+        elif self.op == "mix":
+            h = mix(h, self.c(x))
+        return self.fc(self.b(h).mean((2, 3)))
+
+
+SPACES = [("in", 3, "input"), ("a", C, "hidden"), ("b", 4, "hidden"), ("out", 2, "output")]
+FIXED_A = [("in", 3, "input"), ("b", 4, "hidden"), ("out", 2, "output")]
+
+
+def _trace(model: nn.Module, *shape: int):
+    spec, report = trace_with_report(model, x_(*shape))
+    assert report.verification.ok
+    return spec, report
+
+
+@pytest.mark.parametrize("op", ["gate", "scale"])
+def test_an_equivariant_function_passes_its_labels_through(op):
+    spec, report = _trace(model_(lambda: Wrapped(op)), 2, 3, 5, 5)
+    assert spaces_(spec) == SPACES
+    assert spec["b.weight"].axes == ("b", "a", None, None)
+    assert not report.broken
+    [p] = report.probes
+    assert (p.op, p.node, p.passed) == (f"{op} ({op})", op, True)
+    assert p.detail == (
+        f"probed: equivariant on {DRAWS} random draws (float64); labels passed through"
+    )
+    assert f"ops no rule knows, probed numerically:\n  {op} ({op}) [node {op}]: probed" in str(
+        report
+    )
+
+
+def test_a_parameter_passed_to_a_function_is_labelled_by_the_channels_it_scales():
+    # (C,) against (N, C, H, W): grouped by size after the elementwise alignment fails; the
+    # parameter is ones at init, so only the probe's random values show it must move with a
+    spec, _ = _trace(model_(lambda: Wrapped("scale")), 2, 3, 5, 5)
+    assert spec["w"].axes == ("a",)
+
+
+def test_labels_a_function_combines_are_tied():
+    spec, report = _trace(model_(lambda: Wrapped("mix")), 2, 3, 5, 5)
+    assert spaces_(spec) == SPACES
+    assert spec["c.weight"].axes == ("a", "in", None, None)
+    assert report.probes[0].passed
+
+
+def test_a_function_that_returns_a_tuple_of_tensors_labels_each():
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, C, 3), nn.Conv2d(C, 4, 1), nn.Linear(C, 2)
+
+        def forward(self, x):
+            h, p = split_pool(self.a(x))
+            return self.fc(p) + self.b(h).mean((2, 3)).sum(1, keepdim=True)
+
+    spec, report = _trace(model_(Pool), 2, 3, 5, 5)
+    assert spec["fc.weight"].axes == ("out", "a") and spec["b.weight"].axes[1] == "a"
+    assert report.probes[0].passed
+
+
+@pytest.mark.parametrize(
+    "op, why",
+    [
+        ("position_scale", r"probed: not equivariant: permuting its labelled inputs does not "
+         r"permute its output \(max error [0-9.e+-]+ on draw 1 of 3\)"),
+        ("checked_sqrt", r"probed: it raises ValueError: expects a non-negative input"),
+        ("with_count", r"probed: it returns a int, not only tensors"),
+    ],
+)  # fmt: skip
+def test_an_op_the_probe_rejects_is_fixed_and_the_report_says_why(op, why):
+    spec, report = _trace(model_(lambda: Wrapped(op)), 2, 3, 5, 5)
+    assert spaces_(spec) == FIXED_A
+    assert spec["b.weight"].axes == ("b", None, None, None)
+    [p] = report.probes
+    assert not p.passed and p.node == op
+    [b] = [b for b in report.broken if b.node == op]
+    assert b.reason.startswith(f"no symmetry rule for {op} ({op}); probed: ")
+    assert b.neurons == ["a"] and b.count == C
+    assert re.search(why, str(report))
+
+
+class Leaf(nn.Module):
+    """``a`` conv, one torch.nn module with no rule, ``b`` conv, pool, fc."""
+
+    def __init__(self, leaf: nn.Module) -> None:
+        super().__init__()
+        self.a, self.leaf, self.b, self.fc = (
+            nn.Conv2d(3, C, 3),
+            leaf,
+            nn.Conv2d(C, 4, 1),
+            nn.Linear(4, 2),
+        )
+
+    def forward(self, x):
+        return self.fc(self.b(self.leaf(self.a(x))).mean((2, 3)))
+
+
+def test_a_leaf_module_without_a_rule_is_probed():
+    # RReLU is elementwise (in eval, a fixed slope); LocalResponseNorm mixes neighbouring
+    # channels: the probe tells them apart
+    spec, report = _trace(model_(lambda: Leaf(nn.RReLU())), 2, 3, 5, 5)
+    assert spaces_(spec) == SPACES and report.probes[0].op == "RReLU leaf"
+    spec, report = _trace(model_(lambda: Leaf(nn.LocalResponseNorm(3))), 2, 3, 5, 5)
+    assert spaces_(spec) == FIXED_A and "not equivariant" in report.probes[0].detail
+
+
+class Untraceable(nn.Module):
+    """Its forward checks the rank of its input (an ``if`` on a traced value): torch.fx
+    keeps it as one call. ``x * scale`` per channel: equivariant only if ``scale`` moves with
+    the channels, which the probe does not do to a module's own parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(C))
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError("expected (N, C, H, W)")
+        return x * self.scale.view(1, -1, 1, 1)
+
+
+def test_a_leaf_with_parameters_is_probed_with_random_values_not_its_initial_ones():
+    # with its initial ones the module is the identity; its parameters differ in every
+    # network of a zoo, so the probe redraws them and finds it position-dependent
+    spec, report = _trace(model_(lambda: Leaf(Untraceable())), 2, 3, 5, 5)
+    assert spaces_(spec) == FIXED_A
+    assert spec["leaf.scale"].axes == (None,)
+    assert not report.probes[0].passed and "not equivariant" in report.probes[0].detail
+    assert report.leaf_calls[0].kind == "Untraceable"
+
+
+def test_wrapped_stochastic_depth_in_an_efficientnet_block():
+    # EfficientNet-B0's MBConv: the residual add goes through the wrapped stochastic_depth;
+    # before probing it fixed the stem's stream (8 channels) and both blocks' projections
+    arch = CATALOGUE["efficientnet_block"]
+    model = model_(arch.factory)
+    spec, report = _trace(model, *arch.input_shape)
+    assert [p.node for p in report.probes] == ["stochastic_depth", "stochastic_depth_1"]
+    assert all(p.passed for p in report.probes) and not report.broken
+    for i in (0, 1):
+        assert spec[f"blocks.{i}.project.weight"].axes == ("stem", f"blocks.{i}.expand", None, None)
+        assert spec[f"blocks.{i}.bn3.weight"].axes == ("stem",)
+    assert spec["head.weight"].axes == ("head", "stem", None, None)
+    # the probe's verdict is checked again on the whole model, with other random draws
+    assert nfc.verify(model, spec, arch.example_input(), seed=7).ok
+
+
+def test_a_stochastic_op_sees_the_same_random_stream_in_both_calls():
+    # one random mask per sample, the same for every channel: equivariant, provided the
+    # permuted input is dropped like the original (the model's output is random: no verify)
+    class Drop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.fc = nn.Conv2d(3, C, 3), nn.Linear(C, 2)
+
+        def forward(self, x):
+            return self.fc(drop_rows(self.a(x)).mean((2, 3)))
+
+    spec, report = trace_with_report(model_(Drop), x_(8, 3, 5, 5), verify=False)
+    assert report.probes[0].passed and spec["fc.weight"].axes == ("out", "a")
