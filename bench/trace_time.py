@@ -18,7 +18,8 @@ A second table (``--only opaque`` to print it alone) times what real model code 
 rule registry: ops no rule knows, probed numerically (``efficientnet_block``'s wrapped
 stochastic depth), and submodules torch.fx cannot trace, kept as one call
 (``tf_efficientnet``'s same-padding convs): spaces, fixed neurons, probed ops and the mean time
-of one probe, kept submodules, derive and verify times. Goal: a probe costs a few ms.
+of one probe, kept submodules, derive time and the share of it spent probing, verify time.
+Goal: a probe costs a few ms.
 """
 
 from __future__ import annotations
@@ -78,13 +79,14 @@ def opaque(do_verify: bool, repeat: int) -> None:
     cols = ["spaces_n", "hidden", "fixed", "probed", "kept"]
     heads = ["spaces", "hidden", "fixed", "probed", "kept"]
     print(f"{'model':<20}{'params':>11}" + "".join(f"{h:>8}" for h in heads), end="")
-    print(f"{'probe ms':>10}{'derive ms':>11}{'verify ms':>11}")
+    print(f"{'probe ms':>10}{'derive ms':>11}{'probes %':>10}{'verify ms':>11}")
     for name, factory, shape in OPAQUE:
         torch.manual_seed(0)
         r = measure(factory(), torch.randn(shape), do_verify, repeat)
         derive = r["trace"] + r["graph"] + r["spaces"]
         line = f"{name:<20}{r['params']:>11,}" + "".join(f"{r[c]:>8}" for c in cols)
-        line += f"{r['probe'] * 1000:>10.2f}{derive * 1000:>11.1f}"
+        share = 100 * r["probe"] * r["probed"] / derive  # of derive time, spent probing
+        line += f"{r['probe'] * 1000:>10.2f}{derive * 1000:>11.1f}{share:>10.1f}"
         line += f"{r['verify'] * 1000:>11.1f}" if "verify" in r else f"{'-':>11}"
         print(line, flush=True)
 

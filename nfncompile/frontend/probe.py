@@ -142,6 +142,10 @@ def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord |
     """
     inputs: list[_Input] = []
     template = _abstract(a, (args, kwargs), (a.node.args, a.node.kwargs), inputs)
+    for x in inputs:  # labels other than plain runs of neurons are not probed: fixed
+        for lab in x.labels.labels:
+            if lab is not None and not _labelled(lab):
+                a.fix(lab, f"no symmetry rule for {a.op}, which reads a structured label")
     if not any(_labelled(lab) for x in inputs for lab in x.labels.labels):
         return None, None
     t0 = time.perf_counter()
