@@ -179,7 +179,7 @@ def _abstract(a: SymmetryAnalysis, value: Any, src: Any, inputs: list) -> Any:
         meta = node.meta.get("tensor_meta") if node is not None else src
         dtype = getattr(meta, "dtype", torch.float32)
         constant = None
-        if node is not None and node.op == "get_attr" and node.target not in a._canonical:
+        if node is not None and node.op == "get_attr" and a.key("", node.target) is None:
             t = a.fetch_attr(node.target)
             if isinstance(t, torch.Tensor) and not t.is_meta:
                 constant = t.detach()

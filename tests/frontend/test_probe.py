@@ -178,6 +178,29 @@ def test_an_op_the_probe_rejects_is_fixed_and_the_report_says_why(op, why):
     assert re.search(why, str(report))
 
 
+class Constant(nn.Module):
+    """``scale(a(x), k)`` with ``k`` a model constant (a non-persistent buffer, in no
+    state_dict): the group does not act on it, and the probe uses its real values."""
+
+    def __init__(self, k: torch.Tensor) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, C, 3), nn.Conv2d(C, 4, 1), nn.Linear(4, 2)
+        self.register_buffer("k", k, persistent=False)
+
+    def forward(self, x):
+        return self.fc(self.b(scale(self.a(x), self.k)).mean((2, 3)))
+
+
+def test_a_constant_keeps_its_values_in_the_probe():
+    # the same channels scaled by a uniform constant (equivariant) or by their positions (not)
+    spec, report = _trace(model_(lambda: Constant(torch.full((C,), 2.0))), 2, 3, 5, 5)
+    assert spaces_(spec) == SPACES and report.probes[0].passed
+    spec, report = _trace(
+        model_(lambda: Constant(torch.arange(C, dtype=torch.float32))), 2, 3, 5, 5
+    )
+    assert spaces_(spec) == FIXED_A and not report.probes[0].passed
+
+
 class Leaf(nn.Module):
     """``a`` conv, one torch.nn module with no rule, ``b`` conv, pool, fc."""
 
