@@ -9,7 +9,8 @@ that the output is the same permutation of the original output, on several draws
 
 *Which* permutation: input dims are grouped as an elementwise op groups them (aligned from the
 right, equal sizes), one permutation per group, so labels the op combines are tied, as the
-elementwise rule ties them. The permutation moves neurons only inside the pieces the labels are
+elementwise rule ties them; when that fails, every labelled dim of one size is one group (a
+``(C,)`` parameter scaling an ``(N, C, H, W)`` input inside the function). The permutation moves neurons only inside the pieces the labels are
 made of (never across two segments of runs, and a flattened neuron's block of positions as one).
 The output dims are matched to the groups by right-alignment (an elementwise op, a gate) or,
 failing that, by size (a reduction over trailing dims); a group no output dim carries must
