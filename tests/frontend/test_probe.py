@@ -17,6 +17,7 @@ from torch import nn
 
 import nfncompile as nfc
 from nfncompile.architectures.catalogue import CATALOGUE
+from nfncompile.architectures.efficientnets import stochastic_depth
 from nfncompile.frontend.probe import DRAWS
 from nfncompile.frontend.tracing import trace_with_report
 from tests.frontend.helpers import model_, spaces_, x_
@@ -68,6 +69,7 @@ def drop_rows(x):
 
 for _f in (gate, position_scale, checked_sqrt, with_count, scale, mix, split_pool, drop_rows):
     torch.fx.wrap(_f.__name__)
+torch.fx.wrap("stochastic_depth")  # torch.fx keeps a wrapped function whole per calling module
 
 
 class Wrapped(nn.Module):
@@ -265,6 +267,51 @@ def test_wrapped_stochastic_depth_in_an_efficientnet_block():
     assert spec["head.weight"].axes == ("head", "stem", None, None)
     # the probe's verdict is checked again on the whole model, with other random draws
     assert nfc.verify(model, spec, arch.example_input(), seed=7).ok
+
+
+class ConvNeXtBlock(nn.Module):
+    """``x + stochastic_depth(gamma * pw2(gelu(pw1(ln(dwconv(x))))))``, the MLP channels-last,
+    stochastic depth opaque (torchvision's ConvNeXt)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.pwconv1, self.pwconv2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.1))
+
+    def forward(self, x):
+        y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        y = self.gamma * self.pwconv2(nn.functional.gelu(self.pwconv1(y)))
+        return x + stochastic_depth(y.permute(0, 3, 1, 2), 0.1, self.training)
+
+
+class ConvNeXt(nn.Module):
+    def __init__(self, c: int = 96, depth: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 2, stride=2)
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(c) for _ in range(depth)])
+        self.norm, self.fc = nn.LayerNorm(c), nn.Linear(c, 10)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.blocks(self.stem(x)).mean((2, 3))))
+
+
+def test_wrapped_stochastic_depth_in_convnext_blocks():
+    # hand derivation: the stem's 96 channels are the residual stream (the depthwise conv
+    # keeps them, LayerNorm and gamma are indexed by them, pwconv2 adds back into them through
+    # the probed stochastic depth); each block's MLP hidden layer is a space of 384. Before
+    # probing, the opaque call fixed the stream: 197 spaces, 192 of them one neuron each.
+    spec, report = _trace(model_(ConvNeXt), 1, 3, 8, 8)
+    assert spaces_(spec) == [
+        ("in", 3, "input"), ("stem", 96, "hidden"), ("blocks.0.pwconv1", 384, "hidden"),
+        ("blocks.1.pwconv1", 384, "hidden"), ("blocks.2.pwconv1", 384, "hidden"),
+        ("out", 10, "output"),
+    ]  # fmt: skip
+    assert spec["blocks.2.dwconv.weight"].axes == ("stem", None, None, None)
+    assert spec["blocks.2.gamma"].axes == ("stem",)
+    assert spec["blocks.2.pwconv2.weight"].axes == ("stem", "blocks.2.pwconv1")
+    assert [p.passed for p in report.probes] == [True] * 3 and not report.broken
 
 
 def test_a_stochastic_op_sees_the_same_random_stream_in_both_calls():
