@@ -42,9 +42,31 @@ from torch import nn
 from ..errors import TraceError
 from . import rules  # noqa: F401  (importing the package registers every op rule)
 from .fx import leaves
-from .labels import Broken, Label, ParamLabel, Run, Seg, TensorLabels, Tie, label_width, tensors
+from .labels import (
+    POSITIONS,
+    UNIFORM,
+    BlockLink,
+    Broken,
+    Label,
+    ParamLabel,
+    Prod,
+    Run,
+    Seg,
+    TensorLabels,
+    Tie,
+    label_width,
+    segments,
+    tensors,
+)
 from .probe import ProbeRecord, probe_op
-from .rules.registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule, Unsupported
+from .rules.registry import (
+    FUNCTION_RULES,
+    METHOD_RULES,
+    MODULE_RULES,
+    STRUCTURED,
+    Rule,
+    Unsupported,
+)
 
 __all__ = ["SymmetryAnalysis"]
 
@@ -84,6 +106,9 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         self.op = ""
         self.touched: dict = {}  # run id -> ops that read a label holding it
         self.probes: list[ProbeRecord] = []  # every op no rule knows, probed numerically
+        self.links: list[BlockLink] = []
+        self.calls: list = []  # (op, node name) of every call, in graph order
+        self._recording: list | None = None  # fixes of a block link's alternative
 
     # ---- bookkeeping ------------------------------------------------------------------------
 
@@ -101,7 +126,7 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         run = Run(len(self.runs), size, kind, origin, self.node.name if self.node else "", self.op)
         self.runs.append(run)
         if kind == "fixed":
-            self._fix_run(run.id, 0, size, self._broken("fixed positions (not neurons)"))
+            self._fix_run(run.id, 0, size, self._broken(POSITIONS))
         return (Seg(run.id, 0, size),)
 
     def _broken(self, reason: str) -> int:
@@ -116,12 +141,16 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         self.fixes.append((run, offset, length, bi))
         self.broken[bi].neurons.append((run, offset, length))
 
-    def fix(self, label: Label | None, reason: str) -> None:
+    def fix(self, label: Any, reason: str) -> None:
         """Mark every neuron of ``label`` fixed, recording the current op and ``reason``."""
-        if not label:
+        segs = tuple(segments(label))
+        if not segs:
+            return
+        if self._recording is not None:
+            self._recording.append((segs, reason))
             return
         bi = self._broken(reason)
-        for s in label:
+        for s in segs:
             self._fix_run(s.run, s.offset, s.length, bi)
 
     def fix_all(self, value: Any, reason: str) -> None:
@@ -130,12 +159,24 @@ class SymmetryAnalysis(torch.fx.Interpreter):
             for lab in info.labels:
                 self.fix(lab, reason)
 
-    def tie(self, a: Label | None, b: Label | None, reason: str = "") -> Label | None:
-        """Tie two labels position by position (of equal width); returns ``a``.
+    def tie(self, a: Any, b: Any, reason: str = "") -> Any:
+        """Tie two labels position by position (of equal width); returns ``a`` (or ``b`` when
+        ``a`` is :data:`~nfncompile.frontend.labels.UNIFORM`).
 
-        A labelled side meeting an unlabelled one is fixed (a position-dependent partner).
+        A labelled side meeting an unlabelled one is fixed (a position-dependent partner); a
+        uniform side imposes nothing; two flattened products are tied factor by factor.
         """
+        if a is UNIFORM or b is UNIFORM:
+            return b if a is UNIFORM else a
         if a is None and b is None:
+            return None
+        if isinstance(a, Prod) or isinstance(b, Prod):
+            if isinstance(a, Prod) and isinstance(b, Prod) and a.sizes == b.sizes:
+                for fa, fb in zip(a.factors, b.factors):
+                    self.tie(fa, fb, reason)
+                return a
+            self.fix(a, reason or "meets a flattened product of neuron axes")
+            self.fix(b, reason or "meets a flattened product of neuron axes")
             return None
         if a is None or b is None:
             self.fix(a or b, reason or "meets a tensor the group does not act on")
@@ -189,10 +230,10 @@ class SymmetryAnalysis(torch.fx.Interpreter):
                 return
             start += s.width
 
-    def consume(self, label: Label | None) -> None:
+    def consume(self, label: Any) -> None:
         """A label the op reduces over symmetrically (sum, mean, max): its segments may only
         permute within themselves, so their boundaries become cuts."""
-        for s in label or ():
+        for s in segments(label):
             self.cuts.append((s.run, s.offset, self.op, self._name()))
             self.cuts.append((s.run, s.offset + s.length, self.op, self._name()))
 
@@ -215,6 +256,25 @@ class SymmetryAnalysis(torch.fx.Interpreter):
 
     def _name(self) -> str:
         return self.node.name if self.node else ""
+
+    def link_blocks(
+        self, count: int, members: tuple, inner: tuple, origin: str, alternative: Rule
+    ) -> None:
+        """Record a :class:`~nfncompile.frontend.labels.BlockLink`: ``members`` (plain labels)
+        cut into ``count`` blocks moved by one block permutation, ``inner`` axes indexed
+        inside the blocks. ``alternative()`` records, instead of applying, the conservative
+        constraints (ties, cuts, fixes) the derivation falls back to if the link fails."""
+        saved = self.ties, self.cuts
+        self.ties, self.cuts, self._recording = [], [], []
+        try:
+            alternative()
+            ties, cuts, fixes = self.ties, self.cuts, self._recording
+        finally:
+            self.ties, self.cuts = saved
+            self._recording = None
+        link = BlockLink(len(self.links), self.op, self._name(), origin, count, members, inner)
+        link.ties, link.cuts, link.fixes = ties, cuts, fixes
+        self.links.append(link)
 
     # ---- parameters ---------------------------------------------------------------------------
 
@@ -276,9 +336,10 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         self.node = n
         self.op = _describe(self, n)
         if n.op not in ("placeholder", "get_attr", "output"):
+            self.calls.append((self.op, n.name))
             for info in tensors(self.fetch_args_kwargs_from_env(n)):
                 for lab in info.labels:
-                    for s in lab or ():
+                    for s in segments(lab):
                         ops = self.touched.setdefault(s.run, [])
                         if not ops or ops[-1] != self.op:
                             ops.append(self.op)
@@ -312,7 +373,16 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         if not isinstance(info, TensorLabels):
             return info
         if target not in self._canonical:
-            return info  # a tensor constant: the group does not act on it
+            # a tensor constant: the group does not act on it, and a dim along which its values
+            # repeat (a filter repeated over channels) may take any label
+            t = self.fetch_attr(target)
+            if not isinstance(t, torch.Tensor) or t.is_meta:
+                return info
+            labels = tuple(
+                UNIFORM if n > 1 and torch.equal(t, t.narrow(d, 0, 1).expand_as(t)) else None
+                for d, n in enumerate(t.shape)
+            )
+            return TensorLabels(info.shape, labels)
         labels = []
         for d, n in enumerate(info.shape):
             labels.append(self.new_run(n, "param", f"{target}.d{d}") if n > 1 else None)
@@ -343,16 +413,42 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         return self._apply(METHOD_RULES.get(target), (self, args, kwargs), args, kwargs)
 
     def output(self, target: Any, args: Any, kwargs: Any) -> Any:
-        self.outputs = [v if isinstance(v, TensorLabels) else None for v in leaves(args[0])]
+        outs = leaves(self.plain(args[0], "a model output"))
+        self.outputs = [v if isinstance(v, TensorLabels) else None for v in outs]
         return args[0]
 
     def _apply(self, rule: Rule | None, call: tuple, args: Any, kwargs: Any) -> Any:
         if rule is None:
             return self.unknown(args, kwargs)
+        if rule not in STRUCTURED:
+            what = self.op
+            args, kwargs = self.plain(args, what), self.plain(kwargs, what)
+            call = call[:-2] + (args, kwargs)
         try:
             return rule(*call)
         except Unsupported as e:
             return self.fallback(args, kwargs, str(e))
+
+    def plain(self, value: Any, reader: str) -> Any:
+        """``value`` (nested) with every flattened-product label fixed and every uniform label
+        dropped, for a rule that reads plain labels only; ``reader`` names it for the report."""
+        if isinstance(value, TensorLabels):
+            if not any(isinstance(lab, Prod) or lab is UNIFORM for lab in value.labels):
+                return value
+            labels = tuple(self.plain_label(lab, reader) for lab in value.labels)
+            return TensorLabels(value.shape, labels)
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.plain(v, reader) for v in value)
+        if isinstance(value, dict):
+            return {k: self.plain(v, reader) for k, v in value.items()}
+        return value
+
+    def plain_label(self, label: Any, reader: str = "") -> Label | None:
+        """One dim's label as a plain label: a flattened product is fixed, uniform dropped."""
+        if isinstance(label, Prod):
+            self.fix(label, f"{reader or self.op} reads a flattened product of neuron axes")
+            return None
+        return None if label is UNIFORM else label
 
     def unknown(self, args: Any, kwargs: Any) -> Any:
         """The one entry point for a call no rule knows (a leaf module, a wrapped function, a
@@ -385,13 +481,14 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         """Elementwise op: align dims from the right, tie labels along each output dim.
 
         A labelled dim (size > 1) meeting an unlabelled dim of size > 1 is fixed: the op
-        treats channel positions differently.
+        treats channel positions differently. Broadcast and uniform dims impose nothing; a dim
+        that only they fill is uniform.
         """
         shape = self.out_shape() if shape is None else shape
         infos = [v for v in values if isinstance(v, TensorLabels)]
         labels = []
         for d in range(len(shape)):
-            found, plain = [], False
+            found, plain, uniform = [], False, False
             for info in infos:
                 k = d - (len(shape) - info.ndim)
                 if k < 0:
@@ -400,6 +497,9 @@ class SymmetryAnalysis(torch.fx.Interpreter):
                 if info.shape[k] == 1 and shape[d] > 1:
                     # one neuron's value broadcast to every position
                     self.fix(lab, "broadcasts one neuron's value to all positions")
+                    uniform = True
+                elif lab is UNIFORM:
+                    uniform = True
                 elif lab is None:
                     plain = plain or info.shape[k] > 1
                 else:
@@ -413,7 +513,7 @@ class SymmetryAnalysis(torch.fx.Interpreter):
                     self.tie(found[0], lab)
                 labels.append(found[0])
             else:
-                labels.append(None)
+                labels.append(UNIFORM if uniform and not plain else None)
         return TensorLabels(tuple(shape), tuple(labels))
 
     def keep(self, info: TensorLabels, mixed: tuple, reason: str) -> TensorLabels:

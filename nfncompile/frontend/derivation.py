@@ -19,7 +19,7 @@ from typing import Any
 
 from ..spec import WeightSpaceSpec
 
-__all__ = ["TensorAxes", "IOAxes", "SpaceInfo", "BrokenInfo", "Derivation"]
+__all__ = ["TensorAxes", "IOAxes", "SpaceInfo", "BlockInfo", "BrokenInfo", "OpInfo", "Derivation"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class SpaceInfo:
     ----------
     name, size, role
         As in the spec.
+    blocks : str or None
+        The block permutation that moves whole blocks of it (a :class:`BlockInfo` name).
     atoms : list of (run, start, stop)
         The intervals of runs whose neurons it permutes (every one ``size`` long).
     origins : list of str
@@ -65,11 +67,24 @@ class SpaceInfo:
     name: str
     size: int
     role: str
+    blocks: str | None = None
     atoms: list = field(default_factory=list)
     origins: list = field(default_factory=list)
     ops: list = field(default_factory=list)
     params: list = field(default_factory=list)
     touched: list = field(default_factory=list)
+
+
+@dataclass
+class BlockInfo:
+    """One derived block permutation: ``count`` blocks moved together in every one of
+    ``spaces`` (each permuted inside its blocks on its own); ``ops`` link them (grouped
+    convolutions, GroupNorms)."""
+
+    name: str
+    count: int
+    spaces: list = field(default_factory=list)
+    ops: list = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +100,34 @@ class BrokenInfo:
 
 
 @dataclass
+class OpInfo:
+    """What the front end did with one call of the traced graph.
+
+    Attributes
+    ----------
+    op, node : str
+        The op (``"Conv2d layer1.conv2"``, ``"F.relu (relu_1)"``) and its fx node.
+    fell_back : str
+        Why its exact rule (a block permutation) could not hold and the conservative one was
+        used instead; ``""`` when it did not fall back.
+    broke : list of str
+        Why it fixed neurons (empty when it did not).
+    """
+
+    op: str
+    node: str
+    fell_back: str = ""
+    broke: list = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``"known"``, ``"fell back"`` or ``"broke symmetry"``."""
+        if self.broke:
+            return "broke symmetry"
+        return "fell back" if self.fell_back else "known"
+
+
+@dataclass
 class Derivation:
     """What the front end derived for one model.
 
@@ -95,10 +138,14 @@ class Derivation:
         gives the other).
     spaces : dict
         Space name -> :class:`SpaceInfo` (provenance), in spec order.
+    blocks : dict
+        Block permutation name -> :class:`BlockInfo`.
     io : IOAxes
         How the spaces act on the model's inputs and outputs (what :func:`verify` needs).
     broken : list of BrokenInfo
         Every op that broke symmetry.
+    ops : list of OpInfo
+        Every call of the traced graph, in order, with what happened to it.
     run_space : dict
         Run id -> name of the space of its first neurons, or ``"fixed"``.
     graph : networkx.MultiGraph
@@ -107,8 +154,10 @@ class Derivation:
 
     spec: WeightSpaceSpec
     spaces: dict
+    blocks: dict
     io: IOAxes
     broken: list
+    ops: list
     run_space: dict
     graph: Any = None
 

@@ -47,8 +47,10 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         (:class:`ParamLabel` per float state_dict key, aliases resolved), ``inputs``,
         ``outputs``, ``broken``, ``probes`` (a
         :class:`~nfncompile.frontend.probe.ProbeRecord` per op no rule knows), ``leaf_calls`` (a
-        :class:`~nfncompile.frontend.fx.LeafCall` per submodule torch.fx could not trace through)
-        and ``state_keys``.
+        :class:`~nfncompile.frontend.fx.LeafCall` per submodule torch.fx could not trace
+        through), ``links`` (the :class:`~nfncompile.frontend.labels.BlockLink` s of grouped
+        ops, with their conservative alternatives), ``calls`` (``(op, node)`` of every call) and
+        ``state_keys``.
     """
     a = SymmetryAnalysis(gm, model)
     a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
@@ -95,6 +97,8 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         leaf_calls=list(
             dict.fromkeys(n.meta["nfn_leaf"] for n in gm.graph.nodes if "nfn_leaf" in n.meta)
         ),
+        links=a.links,
+        calls=a.calls,
         state_keys=a.state_keys,
         model=type(a.model).__name__,
     )

@@ -4,11 +4,20 @@ A *run* is a set of consecutive neurons created by one op (the outputs of a laye
 input's channels, one axis of a parameter used directly); a 2048-channel conv output is one
 run, not 2048 nodes. A :data:`Label` says which neurons index one dim of a tensor: a tuple of
 :class:`Seg` s, each a slice of a run, in order. A :class:`TensorLabels` is the abstract value
-of a whole tensor: its shape and a label (or ``None``) per dim.
+of a whole tensor: its shape and a label per dim. A dim's label is one of
+
+* ``None``: the group does not act along it (batch, spatial, fixed neurons);
+* a :data:`Label`;
+* a :class:`Prod`: the row-major flattening of several dims, each with its own label (a
+  weight reshaped to ``(out, in * kh * kw)``), which only reshapes and symmetric reductions
+  read; any other op fixes its factors;
+* :data:`UNIFORM`: the values do not depend on the position along the dim (a size-1 dim
+  expanded, a constant buffer repeated over channels), so any permutation leaves it unchanged.
 
 The constraints the op rules record are plain records too: :class:`Tie` (two slices of runs
 move together), :class:`Broken` (an op that fixed neurons), :class:`ParamLabel` (the labels of
-one state_dict entry).
+one state_dict entry) and :class:`BlockLink` (labels cut into equal blocks that one block
+permutation moves together: a grouped convolution).
 
 Examples
 --------
@@ -21,6 +30,8 @@ True
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,14 +40,24 @@ from .fx import leaves
 __all__ = [
     "Seg",
     "Label",
+    "Prod",
+    "UNIFORM",
     "label_width",
+    "segments",
+    "is_plain",
     "TensorLabels",
     "Run",
     "Tie",
     "Broken",
     "ParamLabel",
+    "BlockLink",
+    "POSITIONS",
     "tensors",
 ]
+
+#: The reason recorded for positions that are not neurons (padding, constants, conv kernel
+#: taps of a weight used directly): fixed, but not symmetry an op broke.
+POSITIONS = "fixed positions (not neurons)"
 
 
 @dataclass(frozen=True)
@@ -63,9 +84,67 @@ class Seg:
 Label = tuple
 
 
-def label_width(label: Label) -> int:
+@dataclass(frozen=True)
+class Prod:
+    """A dim that is the row-major flattening of dims of ``sizes``, labelled ``factors`` (a
+    :data:`Label` or ``None`` each).
+
+    >>> p = Prod(((Seg(0, 0, 4),), None), (4, 9))
+    >>> p.width, list(segments(p))
+    (36, [Seg(run=0, offset=0, length=4, inner=1)])
+    """
+
+    factors: tuple
+    sizes: tuple
+
+    @property
+    def width(self) -> int:
+        """Positions covered in the labelled dim."""
+        return math.prod(self.sizes)
+
+
+class _Uniform:
+    """The label of a dim along which the values do not depend on the position."""
+
+    _instance: _Uniform | None = None
+
+    def __new__(cls) -> _Uniform:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNIFORM"
+
+
+#: The label of a dim whose values do not depend on the position (see the module docstring).
+UNIFORM = _Uniform()
+
+
+def label_width(label: Label | Prod) -> int:
     """Number of positions a label covers."""
+    if isinstance(label, Prod):
+        return label.width
     return sum(s.width for s in label)
+
+
+def segments(label: Any) -> Iterator[Seg]:
+    """Every :class:`Seg` a dim label holds (none for ``None`` and :data:`UNIFORM`, the
+    factors' for a :class:`Prod`)."""
+    if isinstance(label, Prod):
+        for f in label.factors:
+            yield from segments(f)
+    elif isinstance(label, tuple):
+        yield from label
+
+
+def is_plain(label: Any) -> bool:
+    """Whether ``label`` is a :data:`Label` of whole neurons (every segment ``inner == 1``).
+
+    >>> is_plain((Seg(0, 0, 2),)), is_plain((Seg(0, 0, 2, inner=3),)), is_plain(None)
+    (True, False, False)
+    """
+    return isinstance(label, tuple) and all(s.inner == 1 for s in label)
 
 
 @dataclass(frozen=True)
@@ -141,6 +220,36 @@ class ParamLabel:
     view: tuple | None
     axes: list
     ops: list = field(default_factory=list)
+
+
+@dataclass
+class BlockLink:
+    """Labels that one block permutation moves together: each of ``members`` is cut into
+    ``count`` equal blocks, block ``j`` of every member moves to the same place, and the
+    neurons inside every block permute on their own (``S_k wr S_count``). A grouped
+    convolution links its input and output channels.
+
+    ``inner`` lists the axes indexed by the position *inside* a block, as
+    ``(label, indexed, row)``: the label of that axis (a run used nowhere else), the member
+    whose blocks it indexes, and the member whose block selects which one (the grouped weight's
+    input axis: inside the input blocks, the block given by the output row).
+
+    The link holds only if every member turns out to be one whole neuron space, the inner
+    labels stay alone, and no space is cut into two different block counts. Otherwise the
+    derivation applies the conservative alternative the rule recorded: ``ties``, ``cuts``
+    (``(run, pos, op, node)``) and ``fixes`` (``(label, reason)``).
+    """
+
+    id: int
+    op: str
+    node: str
+    origin: str
+    count: int
+    members: tuple
+    inner: tuple = ()
+    ties: list = field(default_factory=list)
+    cuts: list = field(default_factory=list)
+    fixes: list = field(default_factory=list)
 
 
 def tensors(value: Any) -> list:

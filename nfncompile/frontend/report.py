@@ -84,15 +84,31 @@ class TraceReport:
         """The :class:`~nfncompile.frontend.derivation.SpaceInfo` called ``name``."""
         return self.derivation.space(name)
 
+    @property
+    def blocks(self) -> dict:
+        """Block permutation name -> :class:`~nfncompile.frontend.derivation.BlockInfo`."""
+        return self.derivation.blocks
+
+    @property
+    def ops(self) -> list:
+        """What happened to every call (:class:`~nfncompile.frontend.derivation.OpInfo`)."""
+        return self.derivation.ops
+
     def __str__(self) -> str:
         lines = [f"symmetry report for {self.model} ({self.spec.mode} mode)"]
         lines.append(f"{len(self.spaces)} neuron spaces:")
         for s in self.spaces.values():
             lines.append(f"  {s.name}: size {s.size}, {s.role}")
+            if s.blocks is not None:
+                b = self.blocks[s.blocks]
+                others = [n for n in b.spaces if n != s.name]
+                shared = f", shared with {_wrap(others)}" if others else ""
+                lines.append(f"    blocks {b.name}: {b.count} x {s.size // b.count}{shared}")
             if s.params:
                 lines.append(f"    indexes: {_wrap(s.params)}")
             if s.ops:
                 lines.append(f"    tied by: {_wrap(s.ops)}")
+        lines += _ops_lines(self.ops)
         if self.broken:
             lines.append("symmetry broken by:")
             for b in self.broken:
@@ -114,31 +130,36 @@ class TraceReport:
         return "\n".join(lines)
 
 
+def _ops_lines(ops: list) -> list:
+    """A count per status, then every op that did not simply follow its rule."""
+    counts = {
+        st: sum(o.status == st for o in ops) for st in ("known", "fell back", "broke symmetry")
+    }
+    lines = ["ops: " + ", ".join(f"{n} {st}" for st, n in counts.items())]
+    for o in ops:
+        if o.fell_back:
+            lines.append(f"  fell back: {o.op} [node {o.node}]: {o.fell_back}")
+    return lines
+
+
 def _wrap(items: list, limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def failure_message(report: TraceReport) -> str:
-    """Why the symmetry derived for a model does not hold: per failing space, the error, the
-    ops that touch it and the parameters it indexes."""
+    """Why the symmetry derived for a model does not hold: per failing space or block
+    permutation, the error, the parameters it moves and the ops that touch it."""
     vr = report.verification
     lines = [f"the symmetry derived for {report.model} does not hold numerically:"]
-    for name in vr.failed:
-        c = vr.spaces.get(name) or vr.joint
-        if name == "joint":
-            lines.append(
-                f"  joint permutations of all spaces change the output by {c.max_error:.3g} "
-                f"(tolerance {c.tolerance:.3g}) although each space alone passes"
-            )
-            continue
-        s = report.space(name)
-        lines.append(
-            f"  space {name!r} ({s.size} neurons, {s.role}): permuting it changes the output by "
-            f"{c.max_error:.3g} (tolerance {c.tolerance:.3g}){'; ' + c.message if c.message else ''}"
-        )
-        lines.append(f"    ops that touch it: {_wrap(s.touched, 20) or '(none)'}")
-        lines.append(f"    parameters: {', '.join(s.params) or '(none)'}")
+    for c in vr.failures:
+        lines.append(f"  {c.describe()}")
+        if c.role == "blocks" and c.name in report.blocks:
+            b = report.blocks[c.name]
+            lines.append(f"    spaces: {', '.join(b.spaces)}; linked by: {_wrap(b.ops, 20)}")
+        elif c.name in report.spaces:
+            touched = report.space(c.name).touched
+            lines.append(f"    ops that touch it: {_wrap(touched, 20) or '(none)'}")
     lines.append(
         "An op rule is missing a constraint: please report it. Until it is fixed, wrap the op "
         "with torch.fx.wrap (its neurons then become fixed) or write the spec by hand."

@@ -1,20 +1,27 @@
-"""Stage 3 of the front end: read the neuron spaces off the symmetry graph.
+"""Read the neuron spaces off the symmetry graph.
 
-The constraints of :func:`nfncompile.frontend.graph.build_symmetry_graph` are interval equalities
-between runs of neurons (ties), cut points (group boundaries, slices) and fixed intervals.
-:func:`derive_spaces` solves them:
+The constraints of :func:`~nfncompile.frontend.graph.build_symmetry_graph` are interval
+equalities between runs of neurons (ties), cut points (group boundaries, slices), fixed
+intervals, and block links (grouped ops). :func:`derive_spaces` solves them:
 
-1. every boundary of every tie, parameter-axis label, input/output label and fixed interval
-   is a *cut* in its run; cuts are propagated through the ties to a fixpoint, so that tied
-   intervals are cut at the same relative positions;
+1. every boundary of every tie, parameter-axis label, input/output label, block-link label and
+   fixed interval is a *cut* in its run; cuts are propagated through the ties to a fixpoint,
+   so that tied intervals are cut at the same relative positions;
 2. the *atoms* are the intervals between consecutive cuts; union-find over atoms (following
    the ties, which now map atoms onto atoms of equal length) gives the classes;
 3. a class with a fixed atom is fixed; the others are the neuron spaces. A class holding the
-   model input's channels has role ``input``, the model output's ``output``, else ``hidden``.
+   model input's channels has role ``input``, the model output's ``output``, else ``hidden``;
+4. every block link (:class:`~nfncompile.frontend.labels.BlockLink`) is checked: it holds
+   when each of its labels is one whole space, its in-block axes are used nowhere else and
+   no space is cut into two different block counts. A link that does not hold is replaced by
+   the conservative constraints recorded with it, and the constraints are solved again until
+   every remaining link holds. Links sharing a space share one block permutation
+   (union-find over the links).
 
 The result is one :class:`~nfncompile.frontend.derivation.Derivation`: the
-:class:`~nfncompile.spec.WeightSpaceSpec`, the provenance of every space, how the spaces act on
-the model's inputs and outputs, and what broke symmetry.
+:class:`~nfncompile.spec.WeightSpaceSpec`, the provenance of every space and block
+permutation, how the spaces act on the model's inputs and outputs, what broke symmetry and
+what happened to every op.
 
 Examples
 --------
@@ -34,14 +41,26 @@ Examples
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
 
-from ..spec import ParamSpec, Space, WeightSpaceSpec
-from .derivation import BrokenInfo, Derivation, IOAxes, SpaceInfo, TensorAxes
+from ..spec import Blocks, Inner, ParamSpec, Space, WeightSpaceSpec
+from .derivation import (
+    BlockInfo,
+    BrokenInfo,
+    Derivation,
+    IOAxes,
+    OpInfo,
+    SpaceInfo,
+    TensorAxes,
+)
+from .labels import POSITIONS, Seg, segments
 
 __all__ = ["derive_spaces"]
+
+_ORDER = {"input": 0, "hidden": 1, "output": 2}
 
 
 class _UnionFind:
@@ -64,7 +83,7 @@ class _UnionFind:
 
 
 def _label_cuts(label: Any, cuts: dict) -> None:
-    for s in label or ():
+    for s in segments(label):
         cuts[s.run].add(s.offset)
         cuts[s.run].add(s.offset + s.length)
 
@@ -78,7 +97,7 @@ def _io_axes(info: Any) -> tuple:
         if q > 1:
             split = True
             view += [n // q, q]
-            labels += [tuple(type(s)(s.run, s.offset, s.length) for s in lab), None]
+            labels += [tuple(Seg(s.run, s.offset, s.length) for s in lab), None]
         elif q == 0:
             view.append(n)
             labels.append(None)
@@ -86,6 +105,186 @@ def _io_axes(info: Any) -> tuple:
             view.append(n)
             labels.append(lab)
     return (tuple(view) if split else None), labels
+
+
+@dataclass
+class _Problem:
+    """What the graph says, whichever block links end up holding."""
+
+    runs: dict  # run id -> node attributes
+    ties: list  # (src, src_off, dst, dst_off, length, op)
+    cuts: dict  # run id -> set of positions
+    fixed: list  # (run, offset, length)
+    params: dict  # state_dict key -> ParamLabel
+    inputs: list  # (TensorLabels, (view, labels)) per model input
+    outputs: list  # (TensorLabels, (view, labels)) or None per output leaf
+    links: list  # BlockLink
+
+    @staticmethod
+    def read(graph: nx.MultiGraph) -> _Problem:
+        runs = {n[1]: d for n, d in graph.nodes(data=True) if n[0] == "run"}
+        ties = [
+            (d["src"], d["src_off"], d["dst"], d["dst_off"], d["length"], d["op"])
+            for _, _, d in graph.edges(data=True)
+            if d.get("kind") == "tie"
+        ]
+        params = graph.graph["params"]
+        inputs = [(info, _io_axes(info)) for _, info in graph.graph["inputs"]]
+        outputs = [None if i is None else (i, _io_axes(i)) for i in graph.graph["outputs"]]
+        links = graph.graph.get("links", [])
+        cuts = {r: {0, d["size"]} | set(d["cuts"]) for r, d in runs.items()}
+        fixed = [(r, off, length) for r, d in runs.items() for off, length, _ in d["fixed"]]
+        labels = [lab for p in params.values() for lab in p.axes]
+        labels += [lab for io in inputs + outputs if io for lab in io[1][1]]
+        labels += [lab for link in links for lab in link.members]
+        labels += [inner[0] for link in links for inner in link.inner]
+        for lab in labels:
+            _label_cuts(lab, cuts)
+        return _Problem(runs, ties, cuts, fixed, params, inputs, outputs, links)
+
+
+class _Solution:
+    """Atoms and their classes for one set of ties, cuts and fixed intervals."""
+
+    def __init__(self, problem: _Problem, fallen: dict) -> None:
+        self.problem = problem
+        runs = problem.runs
+        ties = list(problem.ties)
+        cuts = {r: set(cs) for r, cs in problem.cuts.items()}
+        fixed = list(problem.fixed)
+        for link in problem.links:
+            if link.id not in fallen:
+                continue
+            ties += [(t.a, t.a_off, t.b, t.b_off, t.length, t.op) for t in link.ties]
+            for run, pos, _op, _node in link.cuts:
+                cuts[run].add(pos)
+            fixed += [(s.run, s.offset, s.length) for segs, _ in link.fixes for s in segs]
+        for r, off, length in fixed:
+            cuts[r].update((off, off + length))
+
+        # 1. cuts, propagated through ties
+        by_run: dict = {r: [] for r in runs}
+        for src, src_off, dst, dst_off, length, _ in ties:
+            cuts[src].update((src_off, src_off + length))
+            cuts[dst].update((dst_off, dst_off + length))
+            by_run[src].append((src_off, dst, dst_off, length))
+            by_run[dst].append((dst_off, src, src_off, length))
+        stack = [(r, c) for r, cs in cuts.items() for c in cs]
+        while stack:
+            r, c = stack.pop()
+            for lo, other, olo, length in by_run[r]:
+                if lo < c < lo + length:
+                    c2 = olo + (c - lo)
+                    if c2 not in cuts[other]:
+                        cuts[other].add(c2)
+                        stack.append((other, c2))
+
+        # 2. atoms and union-find
+        self.starts = {r: sorted(cs)[:-1] for r, cs in cuts.items()}
+        stops = {r: sorted(cs)[1:] for r, cs in cuts.items()}
+        self.atom_id: dict = {}
+        self.atoms: list = []
+        for r in sorted(runs):
+            for a, b in zip(self.starts[r], stops[r]):
+                self.atom_id[(r, a)] = len(self.atoms)
+                self.atoms.append((r, a, b))
+        self.uf = _UnionFind(len(self.atoms))
+        self.tie_ops: dict = {}
+        for src, src_off, dst, dst_off, length, op in ties:
+            p = src_off
+            while p < src_off + length:
+                i = self.atom_id[(src, p)]
+                j = self.atom_id[(dst, dst_off + p - src_off)]
+                self.uf.union(i, j)
+                self.tie_ops.setdefault(i, []).append(op)
+                p = self.atoms[i][2]
+
+        # 3. classes, fixed classes, roles
+        self.classes: dict = {}
+        for i in range(len(self.atoms)):
+            self.classes.setdefault(self.uf.find(i), []).append(i)
+        self.fixed_roots = {
+            self.uf.find(i) for r, off, length in fixed for i in self.atoms_in(r, off, length)
+        }
+        self.roles: dict = {}
+        views = [("output", io) for io in problem.outputs] + [
+            ("input", io) for io in problem.inputs
+        ]
+        for role, io in views:  # input overrides output (assigned last)
+            for lab in io[1][1] if io else ():
+                for root in self.roots(lab):
+                    self.roles[root] = role
+
+    def atoms_in(self, r: int, off: int, length: int) -> list:
+        """Atom ids covering neurons ``[off, off + length)`` of run ``r``, in order."""
+        starts = self.starts[r]
+        k = bisect.bisect_left(starts, off)
+        out = []
+        while k < len(starts) and starts[k] < off + length:
+            out.append(self.atom_id[(r, starts[k])])
+            k += 1
+        return out
+
+    def label_atoms(self, label: Any) -> list:
+        return [i for s in segments(label) for i in self.atoms_in(s.run, s.offset, s.length)]
+
+    def roots(self, label: Any) -> list:
+        return [self.uf.find(i) for i in self.label_atoms(label)]
+
+    def origin(self, root: int) -> str:
+        return self.problem.runs[self.atoms[root][0]]["origin"]
+
+
+def _member_names(link: Any) -> list:
+    if len(link.members) == 2:
+        return ["input channels", "output channels"]
+    return ["channels"] * len(link.members)
+
+
+def _check_links(sol: _Solution, fallen: dict) -> tuple:
+    """Which block links hold: ``(count_of, inner_of)`` for the holding ones (space root ->
+    (count, link), inner atom root -> (link, indexed, row)), and the newly failing ones
+    (link id -> reason) added to ``fallen``."""
+    count_of: dict = {}
+    inner_of: dict = {}
+    failed: dict = {}
+    for link in sol.problem.links:
+        if link.id in fallen:
+            continue
+        reason, roots = "", []
+        for what, member in zip(_member_names(link), link.members):
+            atoms = sol.label_atoms(member)
+            rs = [sol.uf.find(i) for i in atoms]
+            if any(r in sol.fixed_roots for r in rs):
+                reason = f"its {what} include fixed neurons"
+            elif len(atoms) != 1:
+                parts = ", ".join(dict.fromkeys(sol.origin(r) for r in rs))
+                reason = f"its {what} are not one whole space but {len(atoms)} pieces (of {parts})"
+            if reason:
+                break
+            roots.append(rs[0])
+        for label, _, _ in link.inner if not reason else ():
+            atoms = sol.label_atoms(label)
+            root = sol.uf.find(atoms[0]) if len(atoms) == 1 else None
+            if root is None or root in sol.fixed_roots or len(sol.classes[root]) > 1:
+                reason = "its weight's in-group axis is tied to other neurons (a shared weight)"
+        for root in roots if not reason else ():
+            count, other = count_of.get(root, (link.count, link))
+            if count != link.count:
+                reason = (
+                    f"its channels ({sol.origin(root)}) are already cut into {count} blocks "
+                    f"by {other.op}"
+                )
+                break
+        if reason:
+            failed[link.id] = reason
+            continue
+        for root in roots:
+            count_of.setdefault(root, (link.count, link))
+        for label, indexed, row in link.inner:
+            inner_of[sol.uf.find(sol.label_atoms(label)[0])] = (link, roots[indexed], roots[row])
+    fallen.update(failed)
+    return count_of, inner_of, failed
 
 
 def derive_spaces(graph: nx.MultiGraph) -> Derivation:
@@ -100,103 +299,49 @@ def derive_spaces(graph: nx.MultiGraph) -> Derivation:
     -------
     Derivation
         The spec (spaces: inputs first, then hidden spaces in creation order, outputs last;
-        every float state_dict entry in state_dict order), the provenance of each space, the
-        input/output labels and what broke symmetry.
+        every float state_dict entry in state_dict order; block permutations of the grouped
+        ops that hold), the provenance of each space, the input/output labels, what broke
+        symmetry and what happened to every op.
     """
-    runs = {n[1]: d for n, d in graph.nodes(data=True) if n[0] == "run"}
-    ties = [d for _, _, d in graph.edges(data=True) if d.get("kind") == "tie"]
-    graph_params = graph.graph["params"]
-    io_in = [(name, info) for name, info in graph.graph["inputs"]]
-    io_out = graph.graph["outputs"]
-    io_views = {
-        "in": [_io_axes(info) for _, info in io_in],
-        "out": [_io_axes(info) if info is not None else None for info in io_out],
-    }
+    problem = _Problem.read(graph)
+    fallen: dict = {}  # link id -> why it does not hold
+    while True:
+        sol = _Solution(problem, fallen)
+        count_of, inner_of, failed = _check_links(sol, fallen)
+        if failed:
+            continue
+        derivation = _build(graph, sol, count_of, inner_of, fallen)
+        if derivation is not None:
+            return derivation
 
-    # 1. cuts, propagated through ties
-    cuts = {r: {0, d["size"]} | set(d["cuts"]) for r, d in runs.items()}
-    for r, d in runs.items():
-        for off, length, _ in d["fixed"]:
-            cuts[r].update((off, off + length))
-    for p in graph_params.values():
-        for lab in p.axes:
-            _label_cuts(lab, cuts)
-    for views in io_views.values():
-        for v in views:
-            for lab in v[1] if v else ():
-                _label_cuts(lab, cuts)
-    by_run: dict = {r: [] for r in runs}
-    for t in ties:
-        cuts[t["src"]].update((t["src_off"], t["src_off"] + t["length"]))
-        cuts[t["dst"]].update((t["dst_off"], t["dst_off"] + t["length"]))
-        by_run[t["src"]].append((t["src_off"], t["dst"], t["dst_off"], t["length"]))
-        by_run[t["dst"]].append((t["dst_off"], t["src"], t["src_off"], t["length"]))
-    stack = [(r, c) for r, cs in cuts.items() for c in cs]
-    while stack:
-        r, c = stack.pop()
-        for lo, other, olo, length in by_run[r]:
-            if lo < c < lo + length:
-                c2 = olo + (c - lo)
-                if c2 not in cuts[other]:
-                    cuts[other].add(c2)
-                    stack.append((other, c2))
 
-    # 2. atoms and union-find
-    starts = {r: sorted(cs)[:-1] for r, cs in cuts.items()}
-    stops = {r: sorted(cs)[1:] for r, cs in cuts.items()}
-    atom_id: dict = {}
-    atoms: list = []
-    for r in sorted(runs):
-        for a, b in zip(starts[r], stops[r]):
-            atom_id[(r, a)] = len(atoms)
-            atoms.append((r, a, b))
-    uf = _UnionFind(len(atoms))
-    tie_ops: dict = {}
-    for t in ties:
-        p = t["src_off"]
-        while p < t["src_off"] + t["length"]:
-            i = atom_id[(t["src"], p)]
-            j = atom_id[(t["dst"], t["dst_off"] + p - t["src_off"])]
-            uf.union(i, j)
-            tie_ops.setdefault(i, []).append(t["op"])
-            p = atoms[i][2]
+def _build(
+    graph: nx.MultiGraph, sol: _Solution, count_of: dict, inner_of: dict, fallen: dict
+) -> Derivation | None:
+    """The derivation of a solution whose links all hold (``None``, with the culprit added to
+    ``fallen``, when a grouped weight's in-block axis cannot be labelled)."""
+    problem, runs, uf, atoms = sol.problem, sol.problem.runs, sol.uf, sol.atoms
 
-    # 3. classes
-    def atoms_in(r: int, off: int, length: int) -> list:
-        k = bisect.bisect_left(starts[r], off)
-        out = []
-        while k < len(starts[r]) and starts[r][k] < off + length:
-            out.append(atom_id[(r, starts[r][k])])
-            k += 1
-        return out
-
-    fixed_roots = set()
-    for r, d in runs.items():
-        for off, length, _ in d["fixed"]:
-            fixed_roots.update(uf.find(i) for i in atoms_in(r, off, length))
-    roles: dict = {}
-    for role, views in (("output", io_views["out"]), ("input", io_views["in"])):
-        for v in views:
-            for lab in v[1] if v else ():
-                for s in lab or ():
-                    for i in atoms_in(s.run, s.offset, s.length):
-                        roles[uf.find(i)] = role  # input overrides output (assigned last)
-    classes: dict = {}
-    for i in range(len(atoms)):
-        classes.setdefault(uf.find(i), []).append(i)
+    # block permutations: links sharing a space share one
+    holding = [link for link in problem.links if link.id not in fallen]
+    link_uf = _UnionFind(len(problem.links))
+    first_link: dict = {}
+    for root, (_, link) in count_of.items():
+        first_link.setdefault(root, link)
+    for link in holding:
+        for member in link.members:
+            link_uf.union(link.id, first_link[sol.roots(member)[0]].id)
 
     infos: dict = {}
-    for root, members in classes.items():
-        if root in fixed_roots:
+    for root, members in sol.classes.items():
+        if root in sol.fixed_roots or root in inner_of:
             continue
         first = atoms[min(members)]
-        role = roles.get(root, "hidden")
-        base = {"input": "in", "output": "out"}.get(role, runs[first[0]]["origin"])
-        ops = []
-        for i in members:
-            for op in tie_ops.get(i, ()):
-                if op not in ops:
-                    ops.append(op)
+        # named after its first run made by an op (a parameter's axis only when none is)
+        named = [i for i in members if runs[atoms[i][0]]["kind"] != "param"] or members
+        role = sol.roles.get(root, "hidden")
+        base = {"input": "in", "output": "out"}.get(role, runs[atoms[min(named)][0]]["origin"])
+        ops = list(dict.fromkeys(op for i in members for op in sol.tie_ops.get(i, ())))
         infos[root] = SpaceInfo(
             base,
             first[2] - first[1],
@@ -206,9 +351,97 @@ def derive_spaces(graph: nx.MultiGraph) -> Derivation:
             ops=ops,
             touched=list(dict.fromkeys(op for i in members for op in runs[atoms[i][0]]["touched"])),
         )
-    # readable, unique, deterministic names
-    order = {"input": 0, "hidden": 1, "output": 2}
-    ranked = sorted(infos.items(), key=lambda kv: (order[kv[1].role], kv[0]))
+    _name_spaces(infos)
+    blocks = _name_blocks(holding, link_uf, sol, count_of, infos)
+
+    def axis_label(lab: Any) -> Any:
+        if not lab:
+            return None
+        pieces: list = []
+        for i in sol.label_atoms(lab):
+            root = uf.find(i)
+            _, a, b = atoms[i]
+            if root in inner_of:
+                _, indexed, row = inner_of[root]
+                pieces.append(_InnerRef(infos[indexed].name, infos[row].name))
+            elif root in infos:
+                pieces.append(infos[root].name)
+            elif pieces and isinstance(pieces[-1], int):
+                pieces[-1] += b - a
+            else:
+                pieces.append(b - a)
+        if all(isinstance(p, int) for p in pieces):
+            return None
+        return pieces[0] if len(pieces) == 1 else tuple(pieces)
+
+    params = []
+    for key, p in problem.params.items():
+        axes = [axis_label(lab) for lab in p.axes]
+        for k, label in enumerate(axes):
+            pieces = label if isinstance(label, tuple) else (label,)
+            if not any(isinstance(x, _InnerRef) for x in pieces):
+                continue
+            row = [j for j, other in enumerate(axes) if j != k and other == pieces[0].row]
+            if len(pieces) > 1 or not row:
+                link = next(inner_of[r][0] for r in sol.roots(p.axes[k]) if r in inner_of)
+                fallen[link.id] = (
+                    f"its weight {key} has no axis indexed by the blocks of its rows alone"
+                )
+                return None
+            axes[k] = Inner(label.space, row[0])
+        params.append(ParamSpec(key, p.shape, tuple(axes), p.view))
+        for k, lab in enumerate(p.axes):
+            for root in set(sol.roots(lab)):
+                info = infos.get(inner_of[root][1]) if root in inner_of else infos.get(root)
+                if info is None:
+                    continue
+                if f"{key}[{k}]" not in info.params:
+                    info.params.append(f"{key}[{k}]")
+                for op in p.ops:
+                    if op not in info.ops:
+                        info.ops.append(op)
+    io = IOAxes(
+        tuple(
+            TensorAxes(i.shape, v, tuple(axis_label(x) for x in ls))
+            for i, (v, ls) in problem.inputs
+        ),
+        tuple(
+            None
+            if io is None
+            else TensorAxes(io[0].shape, io[1][0], tuple(axis_label(x) for x in io[1][1]))
+            for io in problem.outputs
+        ),
+    )
+    broken = _broken(graph, problem, fallen)
+    run_space = {}
+    for r in runs:
+        root = uf.find(sol.atom_id[(r, sol.starts[r][0])]) if sol.starts[r] else None
+        if root in inner_of:
+            root = inner_of[root][1]
+        run_space[r] = infos[root].name if root in infos else "fixed"
+    ranked = [s for _, s in sorted(infos.items(), key=lambda kv: (_ORDER[kv[1].role], kv[0]))]
+    spec = WeightSpaceSpec(
+        [Space(s.name, s.size, s.role, blocks=s.blocks) for s in ranked],
+        params,
+        blocks=[Blocks(b.name, b.count) for b in blocks.values()],
+    )
+    return Derivation(
+        spec, {s.name: s for s in ranked}, blocks, io, broken, _ops(graph, problem, fallen),
+        run_space, graph,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _InnerRef:
+    """An axis inside the blocks of ``space``, the block chosen by an axis labelled ``row``."""
+
+    space: str
+    row: str
+
+
+def _name_spaces(infos: dict) -> None:
+    """Readable, unique, deterministic names: the creator's, ``/k`` for the k-th of several."""
+    ranked = sorted(infos.items(), key=lambda kv: (_ORDER[kv[1].role], kv[0]))
     counts: dict = {}
     for _, s in ranked:
         counts[s.name] = counts.get(s.name, 0) + 1
@@ -225,73 +458,69 @@ def derive_spaces(graph: nx.MultiGraph) -> Derivation:
             name += "'"
         used.add(name)
         s.name = name
-    space_of = {root: s for root, s in infos.items()}
 
-    def axis_label(lab: Any) -> Any:
-        if not lab:
-            return None
-        pieces: list = []
-        for s in lab:
-            for i in atoms_in(s.run, s.offset, s.length):
-                info = space_of.get(uf.find(i))
-                _, a, b = atoms[i]
-                if info is None:
-                    if pieces and isinstance(pieces[-1], int):
-                        pieces[-1] += b - a
-                    else:
-                        pieces.append(b - a)
-                else:
-                    pieces.append(info.name)
-        if all(isinstance(p, int) for p in pieces):
-            return None
-        if len(pieces) == 1:
-            return pieces[0]
-        return tuple(pieces)
 
-    def ops_of(lab: Any) -> set:
-        return {uf.find(i) for s in lab or () for i in atoms_in(s.run, s.offset, s.length)}
+def _name_blocks(
+    holding: list, link_uf: _UnionFind, sol: _Solution, count_of: dict, infos: dict
+) -> dict:
+    """One :class:`BlockInfo` per group of links that share spaces, named after the first
+    link's op (``"<origin>.groups"``); sets each block space's ``blocks``."""
+    groups: dict = {}
+    for link in holding:
+        groups.setdefault(link_uf.find(link.id), []).append(link)
+    used = {s.name for s in infos.values()}
+    out: dict = {}
+    for links in groups.values():
+        name = f"{links[0].origin}.groups"
+        while name in used:
+            name += "'"
+        used.add(name)
+        roots = list(dict.fromkeys(r for link in links for m in link.members for r in sol.roots(m)))
+        info = BlockInfo(name, links[0].count, [], list(dict.fromkeys(lk.op for lk in links)))
+        for root in sorted(roots, key=lambda r: (_ORDER[infos[r].role], r)):
+            infos[root].blocks = name
+            info.spaces.append(infos[root].name)
+        out[name] = info
+    return out
 
-    params = []
-    for key, p in graph_params.items():
-        params.append(ParamSpec(key, p.shape, tuple(axis_label(lab) for lab in p.axes), p.view))
-        for k, lab in enumerate(p.axes):
-            for root in ops_of(lab):
-                if root in space_of:
-                    info = space_of[root]
-                    if f"{key}[{k}]" not in info.params:
-                        info.params.append(f"{key}[{k}]")
-                    for op in p.ops:
-                        if op not in info.ops:
-                            info.ops.append(op)
-    io = IOAxes(
-        tuple(
-            TensorAxes(info.shape, v[0], tuple(axis_label(x) for x in v[1]))
-            for (_, info), v in zip(io_in, io_views["in"])
-        ),
-        tuple(
-            None if v is None else TensorAxes(info.shape, v[0], tuple(axis_label(x) for x in v[1]))
-            for info, v in zip(io_out, io_views["out"])
-        ),
-    )
 
-    broken = []
-    for b in graph.graph["broken"]:
-        if b.reason == "fixed positions (not neurons)":
-            continue
+def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict) -> list:
+    runs = problem.runs
+
+    def neurons(items: Any) -> tuple:
         names, count = [], 0
-        for r, off, length in b.neurons:
+        for r, off, length in items:
             if runs[r]["kind"] == "fixed":
                 continue  # constant positions (padding, concatenated constants), not neurons
             origin = runs[r]["origin"]
             whole = off == 0 and length == runs[r]["size"]
             names.append(origin if whole else f"{origin}[{off}:{off + length}]")
             count += length
-        broken.append(BrokenInfo(b.op, b.node, b.reason, sorted(set(names)), count))
+        return sorted(set(names)), count
 
-    run_space = {}
-    for r in runs:
-        root = uf.find(atom_id[(r, starts[r][0])]) if starts[r] else None
-        run_space[r] = space_of[root].name if root in space_of else "fixed"
-    ranked = [s for _, s in sorted(infos.items(), key=lambda kv: (order[kv[1].role], kv[0]))]
-    spec = WeightSpaceSpec([Space(s.name, s.size, s.role) for s in ranked], params)
-    return Derivation(spec, {s.name: s for s in ranked}, io, broken, run_space, graph)
+    out = []
+    for b in graph.graph["broken"]:
+        if b.reason == POSITIONS:
+            continue
+        out.append(BrokenInfo(b.op, b.node, b.reason, *neurons(b.neurons)))
+    for link in problem.links:
+        if link.id not in fallen:
+            continue
+        for segs, reason in link.fixes:
+            items = [(s.run, s.offset, s.length) for s in segs]
+            out.append(BrokenInfo(link.op, link.node, reason, *neurons(items)))
+    return out
+
+
+def _ops(graph: nx.MultiGraph, problem: _Problem, fallen: dict) -> list:
+    ops = {node: OpInfo(op, node) for op, node in graph.graph.get("calls", [])}
+    for link in problem.links:
+        if link.id in fallen and link.node in ops:
+            ops[link.node].fell_back = fallen[link.id]
+    for b in graph.graph["broken"]:
+        if b.node in ops and b.reason != POSITIONS:
+            ops[b.node].broke.append(b.reason)
+    for link in problem.links:
+        if link.id in fallen and link.node in ops:
+            ops[link.node].broke += [reason for _, reason in link.fixes]
+    return list(ops.values())

@@ -7,7 +7,9 @@ elements of the whole group. Input and output spaces (``np`` mode) permute the m
 and output along their channel dim, so the check is ``f_{P theta}(P_in x) == P_out f_theta(x)``.
 
 It returns a :class:`VerifyReport` and never raises on a failed check: the report names the
-spaces that fail and by how much.
+spaces (and block permutations) that fail, by how much and which parameters they index;
+:meth:`VerifyReport.raise_for_failure` turns a failed report into a
+:class:`~nfncompile.errors.SymmetryError` with that message.
 
 Examples
 --------
@@ -37,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import SymmetryError
 from ..spec import Permutation, WeightSpaceSpec, is_counter
 from .derivation import IOAxes, TensorAxes
 from .fx import as_args, leaves
@@ -46,7 +49,8 @@ __all__ = ["verify", "VerifyReport", "SpaceCheck"]
 
 @dataclass
 class SpaceCheck:
-    """The result for one space (or ``"joint"``: all permutable spaces at once).
+    """The result for one space, one block permutation (``role="blocks"``, ``size`` its block
+    count) or ``"joint"`` (all permutable spaces and blocks at once).
 
     Attributes
     ----------
@@ -62,6 +66,8 @@ class SpaceCheck:
     ok : bool
     message : str
         Why it failed when the forward pass itself raised, else ``""``.
+    params : list of str
+        The parameters whose axes the checked permutation moves.
     """
 
     name: str
@@ -72,30 +78,62 @@ class SpaceCheck:
     tolerance: float
     ok: bool
     message: str = ""
+    params: list = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line: what was moved, the error it caused, the parameters it moves."""
+        if self.role == "blocks":
+            what = f"block permutation {self.name!r} ({self.size} blocks): permuting the blocks"
+        elif self.name == "joint":
+            what = "joint permutations of all spaces"
+        else:
+            what = f"space {self.name!r} ({self.size} neurons, {self.role}): permuting it"
+        line = f"{what} changes the output by {self.max_error:.3g} (tolerance {self.tolerance:.3g})"
+        line += f"; {self.message}" if self.message else ""
+        return line + (f"; parameters: {', '.join(self.params)}" if self.params else "")
 
 
 @dataclass
 class VerifyReport:
-    """What :func:`verify` found: ``ok``, ``max_error`` and a :class:`SpaceCheck` per space."""
+    """What :func:`verify` found: ``ok``, ``max_error``, a :class:`SpaceCheck` per space and
+    per block permutation, and the joint check."""
 
     ok: bool
     max_error: float
     mode: str
     spaces: dict = field(default_factory=dict)
+    blocks: dict = field(default_factory=dict)
     joint: SpaceCheck | None = None
 
     @property
-    def failed(self) -> list[str]:
-        """Names of the spaces whose own check failed (``"joint"`` if only the joint one did)."""
-        bad = [n for n, c in self.spaces.items() if not c.ok]
+    def failures(self) -> list[SpaceCheck]:
+        """The failed checks of single spaces and block permutations (the joint check when
+        only it failed)."""
+        bad = [c for c in [*self.spaces.values(), *self.blocks.values()] if not c.ok]
         if not bad and self.joint is not None and not self.joint.ok:
-            bad = ["joint"]
+            bad = [self.joint]
         return bad
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the failed checks: spaces, ``"<name> (blocks)"`` for a block permutation,
+        ``"joint"`` when only the joint check failed."""
+        return [f"{c.name} (blocks)" if c.role == "blocks" else c.name for c in self.failures]
+
+    def raise_for_failure(self, what: str = "the model") -> None:
+        """Raise :class:`~nfncompile.errors.SymmetryError` naming every failed check (the
+        space or block permutation, the error, the parameters it moves); do nothing if
+        :attr:`ok`."""
+        if self.ok:
+            return
+        lines = [f"the weight-space spec's symmetry does not hold for {what}:"]
+        lines += [f"  {c.describe()}" for c in self.failures]
+        raise SymmetryError("\n".join(lines))
 
     def __str__(self) -> str:
         status = "OK" if self.ok else f"FAILED ({', '.join(self.failed)})"
         lines = [f"verification ({self.mode} mode): {status}, max error {self.max_error:.3g}"]
-        rows = list(self.spaces.values()) + ([self.joint] if self.joint else [])
+        rows = [*self.spaces.values(), *self.blocks.values()] + ([self.joint] if self.joint else [])
         width = max((len(c.name) for c in rows), default=5)
         for c in rows:
             mark = "ok  " if c.ok else "FAIL"
@@ -214,7 +252,8 @@ def verify(
     -------
     VerifyReport
         ``.ok``, ``.max_error``, ``.spaces`` (a :class:`SpaceCheck` per permutable space),
-        ``.joint``, ``.failed``.
+        ``.blocks`` (per block permutation), ``.joint``, ``.failed``; call
+        ``.raise_for_failure()`` to turn a failure into a :class:`SymmetryError`.
 
     Raises
     ------
@@ -269,10 +308,11 @@ def verify(
 
     def check(name: str, size: int, role: str, moved: list[str]) -> SpaceCheck:
         err, n = 0.0, 0
+        moved_set = {s for s in spec.spaces if s in moved or spec.spaces[s].blocks in moved}
+        params = [k for k in spec.names if uses[k] & moved_set]
         if size > 1 or name == "joint":
             for x, y in cases[:trials]:
                 perm = draw(moved)
-                moved_set = {s for s in spec.spaces if s in moved or spec.spaces[s].blocks in moved}
                 sd = {
                     k: perm.apply_tensor(k, v) if uses.get(k, set()) & moved_set else v
                     for k, v in state.items()
@@ -283,13 +323,13 @@ def verify(
                         yp = leaves(torch.func.functional_call(net, sd, xp))
                 except Exception as e:  # a forward pass that fails on permuted weights
                     msg = f"forward pass raised {type(e).__name__}: {e}"
-                    return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, msg)
+                    return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, msg, params)
                 for got, ref, a in zip(yp, y, out_io):
                     if isinstance(ref, torch.Tensor):
                         want = _permute(perm, ref, a)
                         err = max(err, float((got - want).abs().max()) if got.numel() else 0.0)
                 n += 1
-        return SpaceCheck(name, size, role, n, err, tol, err <= tol)
+        return SpaceCheck(name, size, role, n, err, tol, err <= tol, "", params)
 
     uses = {p.name: p.spaces_used() for p in spec.params}
     permutable = spec.permutable_spaces()
@@ -302,13 +342,12 @@ def verify(
             report.spaces[s] = check(s, size, sp.role, [s])
         for b in spec.blocks.values():
             if b.permutable:
-                report.spaces[f"{b.name} (blocks)"] = check(
-                    f"{b.name} (blocks)", b.count, "blocks", [b.name]
-                )
+                report.blocks[b.name] = check(b.name, b.count, "blocks", [b.name])
     if permutable:
         total = sum(spec.spaces[s].size for s in permutable)
         report.joint = check("joint", total, "all", [*permutable, *spec.blocks])
-    checks = list(report.spaces.values()) + ([report.joint] if report.joint else [])
+    checks = [*report.spaces.values(), *report.blocks.values()]
+    checks += [report.joint] if report.joint else []
     report.ok = all(c.ok for c in checks)
     report.max_error = max((c.max_error for c in checks), default=0.0)
     return report

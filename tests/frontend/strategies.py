@@ -51,8 +51,11 @@ PATTERNS = ("plain", "residual", "concat", "glu", "slice")
 
 class RandomNet(nn.Module):
     """An MLP (``kind="mlp"``, Linear layers) or CNN (``kind="cnn"``, 3x3 convs, global
-    average pool and a linear head) built from a list of ``(pattern, width, activation, k)``
-    blocks (``k``: the slice length of a ``slice`` block).
+    average pool and a linear head) built from a list of ``(pattern, width, activation, k[,
+    groups])`` blocks (``k``: the slice length of a ``slice`` block; ``groups``: the conv's
+    groups when they divide its input and output channels, else 1). ``norm`` is ``False``,
+    ``True`` / ``"batch"`` (LayerNorm for MLPs, BatchNorm for CNNs) or ``"group"`` (CNNs:
+    GroupNorm with the block's groups).
 
     Examples
     --------
@@ -61,7 +64,7 @@ class RandomNet(nn.Module):
     torch.Size([5, 2])
     """
 
-    def __init__(self, kind: str, in_ch: int, out: int, blocks: list, norm: bool = False) -> None:
+    def __init__(self, kind: str, in_ch: int, out: int, blocks: list, norm: bool | str = False):
         super().__init__()
         self.kind = kind
         self.patterns = [b[0] for b in blocks]
@@ -70,22 +73,27 @@ class RandomNet(nn.Module):
         self.norms = nn.ModuleList()
         self.acts = nn.ModuleList()
         w = in_ch
-        for pattern, width, act, k in blocks:
+        for pattern, width, act, k, *groups in blocks:
             k = max(1, min(k, w))
             fan_in = k if pattern == "slice" else w
             fan_out = {"residual": w, "glu": 2 * width}.get(pattern, width)
-            self.layers.append(self._layer(fan_in, fan_out))
-            self.norms.append(self._norm(fan_out) if norm else nn.Identity())
+            g = groups[0] if groups else 1
+            self.layers.append(self._layer(fan_in, fan_out, g))
+            self.norms.append(self._norm(fan_out, norm, g) if norm else nn.Identity())
             self.acts.append(ACTIVATIONS[act]())
             self.slices.append(k)
             w = {"residual": w, "concat": w + width}.get(pattern, width)
         self.head = nn.Linear(w, out)
 
-    def _layer(self, i: int, o: int) -> nn.Module:
-        return nn.Linear(i, o) if self.kind == "mlp" else nn.Conv2d(i, o, 3, padding=1)
+    def _layer(self, i: int, o: int, g: int) -> nn.Module:
+        if self.kind == "mlp":
+            return nn.Linear(i, o)
+        return nn.Conv2d(i, o, 3, padding=1, groups=g if i % g == 0 and o % g == 0 else 1)
 
-    def _norm(self, c: int) -> nn.Module:
-        return nn.LayerNorm(c) if self.kind == "mlp" else nn.BatchNorm2d(c)
+    def _norm(self, c: int, norm: bool | str, g: int) -> nn.Module:
+        if self.kind == "mlp":
+            return nn.LayerNorm(c)
+        return nn.GroupNorm(g if c % g == 0 else 1, c) if norm == "group" else nn.BatchNorm2d(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for pattern, k, f, norm, act in zip(
@@ -108,12 +116,13 @@ class RandomNet(nn.Module):
 
 
 def block_specs(max_depth: int = 4, max_width: int = 6) -> st.SearchStrategy:
-    """Lists of ``(pattern, width, activation, k)`` blocks."""
+    """Lists of ``(pattern, width, activation, k, groups)`` blocks."""
     block = st.tuples(
         st.sampled_from(PATTERNS),
         st.integers(1, max_width),
         st.sampled_from(sorted(ACTIVATIONS)),
         st.integers(1, max_width),
+        st.integers(1, 3),
     )
     return st.lists(block, min_size=1, max_size=max_depth)
 
@@ -131,7 +140,7 @@ def random_models(
     in_ch = draw(st.integers(1, 4))
     out = draw(st.integers(1, 4))
     blocks = draw(block_specs(max_depth, max_width))
-    norm = draw(st.booleans())
+    norm = draw(st.sampled_from([False, "batch", "group"]))
     seed = draw(st.integers(0, 2**31 - 1))
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -10,7 +10,7 @@ from nfncompile.errors import TraceError
 from nfncompile.frontend import register_function
 from nfncompile.frontend.analysis import SymmetryAnalysis
 from nfncompile.frontend.fx import trace_module
-from nfncompile.frontend.labels import Seg, TensorLabels
+from nfncompile.frontend.labels import UNIFORM, Prod, Seg, TensorLabels
 from nfncompile.frontend.rules import FUNCTION_RULES, Unsupported
 from tests.frontend.helpers import model_, x_
 
@@ -94,3 +94,50 @@ def test_registering_a_rule_makes_an_unknown_call_known(monkeypatch):
     register_function(scale_first)(lambda a, args, kwargs: a.broadcast([args[0]]))
     _, a = _analysis(model_(CallsWrapped), x_(2, 3))
     assert not a.broken
+
+
+def test_uniform_and_product_labels_in_ties_and_plain_rules():
+    _, a = _analysis(model_(_mlp), x_(5, 3))
+    a.ties.clear()
+    r = (Seg(1, 0, 4),)
+    assert a.tie(UNIFORM, r) == r and a.tie(r, UNIFORM) == r and not a.ties
+    p = Prod(((Seg(1, 0, 4),), (Seg(0, 0, 3),)), (4, 3))
+    q = Prod(((Seg(2, 0, 2), Seg(2, 0, 2)), (Seg(0, 0, 3),)), (4, 3))
+    assert a.tie(p, q) == p and [(t.a, t.b) for t in a.ties] == [(1, 2), (1, 2)]
+    plain = a.plain(TensorLabels((5, 12, 7), (None, p, UNIFORM)), "a test rule")
+    assert plain.labels == (None, None, None)
+    assert a.broken[-1].reason == "a test rule reads a flattened product of neuron axes"
+
+
+def test_link_blocks_records_the_alternative_instead_of_applying_it():
+    _, a = _analysis(model_(_mlp), x_(5, 3))
+    n_ties, n_cuts = len(a.ties), len(a.cuts)
+    r, inner = (Seg(1, 0, 4),), (Seg(0, 0, 2),)
+
+    def alternative():
+        a.tie(a.slice_label(r, 0, 2), inner)
+        a.tie(a.slice_label(r, 2, 4), inner)
+        a.cut(r, 2)
+        a.fix(inner, "recorded")
+
+    a.link_blocks(2, (r,), ((inner, 0, 0),), "test", alternative)
+    (link,) = a.links
+    assert (len(a.ties), len(a.cuts)) == (n_ties, n_cuts) and not a.broken
+    assert len(link.ties) == 2 and [c[:2] for c in link.cuts] == [(1, 2)]
+    assert link.fixes == [((Seg(0, 0, 2),), "recorded")] and link.count == 2
+
+
+def test_constant_buffers_repeated_over_a_dim_are_uniform_along_it():
+    class Const(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("rep", torch.ones(4, 1) * torch.arange(3.0), persistent=False)
+            self.register_buffer("pos", torch.arange(12.0).reshape(4, 3), persistent=False)
+            self.a = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.a(x) * self.rep + self.pos
+
+    gm, _ = _analysis(model_(Const), x_(4, 3))
+    rep, pos = (n.meta["nfn_labels"] for n in gm.graph.nodes if n.op == "get_attr")
+    assert rep.labels == (UNIFORM, None) and pos.labels == (None, None)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from nfncompile.frontend.labels import Seg, TensorLabels, label_width, tensors
+from nfncompile.frontend.labels import (
+    UNIFORM,
+    Prod,
+    Seg,
+    TensorLabels,
+    is_plain,
+    label_width,
+    segments,
+    tensors,
+)
 
 
 def test_seg_width_counts_flattened_positions():
@@ -21,3 +30,12 @@ def test_tensor_labels_plain_and_with_label():
 def test_tensors_finds_labels_in_nested_values():
     a, b = TensorLabels.plain((1,)), TensorLabels.plain((2,))
     assert tensors(((a, 3), {"k": [b, None]})) == [a, b]
+
+
+def test_products_and_uniform_labels():
+    p = Prod(((Seg(0, 0, 4),), None, (Seg(1, 0, 3),)), (4, 2, 3))
+    assert p.width == 24 and label_width(p) == 24
+    assert list(segments(p)) == [Seg(0, 0, 4), Seg(1, 0, 3)]
+    assert list(segments(UNIFORM)) == [] and list(segments(None)) == []
+    assert repr(UNIFORM) == "UNIFORM" and type(UNIFORM)() is UNIFORM
+    assert is_plain((Seg(0, 0, 2),)) and not is_plain(p) and not is_plain(UNIFORM)

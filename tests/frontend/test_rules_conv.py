@@ -1,11 +1,21 @@
-"""nfncompile.frontend.rules.conv: plain, grouped, depthwise and transposed convolutions."""
+"""nfncompile.frontend.rules.conv: plain, grouped, depthwise and transposed convolutions.
+
+Grouped convolutions give block spaces (one block permutation shared by their input and
+output channels, an Inner label on the weight's input axis) when their input is one whole
+space; otherwise they fall back to the conservative rule, and the report says why.
+"""
 
 from __future__ import annotations
 
+import pytest
+import torch
 import torch.nn.functional as F
 from torch import nn
 
+import nfncompile as nfc
+from nfncompile.errors import SpecError, SymmetryError
 from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.spec import Inner, Permutation
 from tests.frontend.helpers import model_, spaces_, x_
 
 
@@ -29,8 +39,15 @@ class Grouped(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def test_grouped_depthwise_groupnorm_transposed():
+def test_two_group_counts_on_one_space_fall_back_to_the_conservative_rule():
+    # g (4 groups) and the GroupNorm (3 groups) both cut g's outputs: neither block
+    # structure can hold, so both fall back, and the report says why
     spec, report = trace_with_report(model_(Grouped), x_(2, 3, 6, 6))
+    # (the transposed conv t also cuts g's outputs in half, through dw and dw2)
+    fell = {o.op: o.fell_back for o in report.ops if o.fell_back}
+    assert "its output channels are not one whole space" in fell["Conv2d g"]
+    assert "its channels are not one whole space" in fell["GroupNorm gn"]
+    assert not spec.blocks
     # g: 4 groups of 2 input channels, all tied to one space of size 2 (c1 appears 4 times)
     assert spec.spaces["c1"].size == 2
     assert spec["c1.weight"].axes == (("c1",) * 4, "in", None, None)
@@ -61,4 +78,251 @@ def test_stacked_depthwise_multipliers_give_views():
     assert spec["2.bias"].view == (3, 4) and spec["2.bias"].axes == ("0", None)
     assert spec["4.weight"].view == (4, 3, 4, 1, 1)
     assert spec["4.weight"].axes == ("out", "0", None, None, None)
+    assert report.verification.ok
+
+
+class Bottleneck(nn.Module):
+    """1x1 conv, grouped 3x3 conv (``groups``), 1x1 conv, with ``before(x)`` feeding the
+    grouped conv (a way to break its input's block structure)."""
+
+    def __init__(self, width: int = 8, groups: int = 4, out: int | None = None) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, width, 1)
+        self.g = nn.Conv2d(width, out or width, 3, padding=1, groups=groups)
+        self.c3 = nn.Conv2d(out or width, 5, 1)
+
+    def before(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        return self.c3(torch.relu(self.g(self.before(h)))).mean((2, 3))
+
+
+def test_a_grouped_conv_links_its_input_and_output_blocks():
+    spec, report = trace_with_report(model_(Bottleneck), x_(2, 3, 5, 5))
+    assert spaces_(spec) == [("in", 3, "input"), ("c1", 8, "hidden"), ("g", 8, "hidden"),
+                             ("out", 5, "output")]  # fmt: skip
+    assert [(b.name, b.count) for b in spec.blocks.values()] == [("g.groups", 4)]
+    assert spec.spaces["c1"].blocks == spec.spaces["g"].blocks == "g.groups"
+    assert spec.block_shape("c1") == (4, 2)
+    assert spec["g.weight"].axes == ("g", Inner("c1", 0), None, None)
+    assert spec["g.bias"].axes == ("g",)
+    assert report.blocks["g.groups"].spaces == ["c1", "g"]
+    assert "blocks g.groups: 4 x 2, shared with g" in str(report)
+    assert report.verification.ok and not report.broken
+    assert nfc.WeightSpaceSpec.from_yaml(spec.to_yaml()) == spec
+
+
+def test_the_wreath_group_is_bigger_than_the_old_cut_group():
+    # a permutation that swaps two whole blocks of c1 and g together is a symmetry; the
+    # hand-written spec that forgets to share the block permutation is caught
+    model = model_(Bottleneck)
+    spec = nfc.trace(model, x_(2, 3, 5, 5))
+    perm = {
+        "c1": torch.tensor([2, 3, 0, 1, 4, 5, 6, 7]),
+        "g": torch.tensor([2, 3, 0, 1, 4, 5, 6, 7]),
+    }
+    sd = Permutation(spec, perm).apply_state_dict(model.state_dict())
+    x = x_(2, 3, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.func.functional_call(model, sd, (x,)), model(x))
+    # a hand spec that gives g a block permutation of its own (and so cannot label the
+    # weight's in-group axis): moving c1's blocks alone changes the function
+    d = spec.to_dict()
+    d["blocks"]["g2"] = {"count": 4}
+    d["spaces"]["g"]["blocks"] = "g2"
+    d["params"]["g.weight"]["axes"][1] = None
+    report = nfc.verify(model, nfc.WeightSpaceSpec.from_dict(d), x_(2, 3, 5, 5))
+    assert not report.ok and "g.groups (blocks)" in report.failed
+    assert report.blocks["g.groups"].params == ["c1.weight", "c1.bias"]
+    with pytest.raises(
+        SymmetryError, match=r"block permutation 'g\.groups' \(4 blocks\).* by [0-9.]+"
+    ):
+        report.raise_for_failure()
+
+
+def test_a_block_structure_that_does_not_divide_the_space_is_a_spec_error():
+    d = nfc.trace(model_(Bottleneck), x_(2, 3, 5, 5)).to_dict()
+    d["blocks"]["g.groups"]["count"] = 3
+    with pytest.raises(SpecError, match=r"spaces\.c1: size 8 is not a multiple of the 3"):
+        nfc.WeightSpaceSpec.from_dict(d)
+
+
+class ConcatInput(Bottleneck):
+    """The grouped conv reads a concat of two spaces: no block structure can hold."""
+
+    def __init__(self) -> None:
+        super().__init__(width=8, groups=2)
+        self.c1 = nn.Conv2d(3, 4, 1)
+        self.c2 = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        h = torch.cat([torch.relu(self.c1(x)), torch.relu(self.c2(x))], 1)
+        return self.c3(torch.relu(self.g(h))).mean((2, 3))
+
+
+class SlicedOutput(Bottleneck):
+    """A slice through the middle of g's second block: the blocks are not whole."""
+
+    def forward(self, x):
+        h = self.g(torch.relu(self.c1(x)))
+        return (self.c3(torch.relu(h)) * h[:, :3].sum(1, keepdim=True)).mean((2, 3))
+
+
+class SharedGrouped(Bottleneck):
+    """The grouped conv applied twice: its weight's in-group axis serves two inputs."""
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        return self.c3(torch.relu(self.g(torch.relu(self.g(h))))).mean((2, 3))
+
+
+@pytest.mark.parametrize(
+    "cls, reason",
+    [
+        (ConcatInput, "its input channels are not one whole space but 2 pieces (of c1, c2)"),
+        (SlicedOutput, "its output channels are not one whole space"),
+        (SharedGrouped, "its weight's in-group axis is tied to other neurons"),
+    ],
+)
+def test_a_grouped_conv_whose_blocks_cannot_hold_falls_back(cls, reason):
+    spec, report = trace_with_report(model_(cls), x_(2, 3, 5, 5))
+    ops = [o for o in report.ops if o.fell_back]
+    assert ops and all(o.op == "Conv2d g" and o.status == "fell back" for o in ops)
+    assert reason in ops[0].fell_back and "fell back: Conv2d g" in str(report)
+    assert not spec.blocks and report.verification.ok
+    assert not any(isinstance(a, Inner) for p in spec.params for a in p.axes)
+
+
+def test_fallback_ties_the_input_groups_and_cuts_the_output_groups():
+    spec, _ = trace_with_report(model_(ConcatInput), x_(2, 3, 5, 5))
+    # the two input groups (c1 and c2) move together, each output group on its own
+    assert spec["g.weight"].axes[1] == "c1" and spec["c2.weight"].axes[0] == "c1"
+    assert [spec.spaces[p].size for p in spec["g.weight"].axes[0]] == [4, 4]
+
+
+class OneChannelGroups(Bottleneck):
+    """8 -> 4 channels in 4 groups: one output channel per group."""
+
+    def __init__(self) -> None:
+        super().__init__(width=8, groups=4, out=4)
+
+
+class OneChannelGroupsCat(ConcatInput):
+    def __init__(self) -> None:
+        super().__init__()
+        self.g = nn.Conv2d(8, 2, 3, padding=1, groups=2)
+        self.c3 = nn.Conv2d(2, 5, 1)
+
+
+def test_one_channel_per_group_is_a_block_space_or_fixed_never_size_one_spaces():
+    spec, report = trace_with_report(model_(OneChannelGroups), x_(2, 3, 5, 5))
+    assert spec.block_shape("g") == (4, 1) and spec.block_shape("c1") == (4, 2)
+    spec, report = trace_with_report(model_(OneChannelGroupsCat), x_(2, 3, 5, 5))
+    assert spec["g.weight"].axes[0] is None  # each output channel alone in its group: fixed
+    assert all(s.size > 1 for s in spec.spaces.values() if s.role == "hidden")
+    assert "each output channel is alone in its group" in report.broken[0].reason
+
+
+class FunctionalGrouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 1)
+        self.w = nn.Parameter(torch.randn(4, 3, 3, 3) * 0.3)
+        self.b = nn.Parameter(torch.randn(4))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.conv2d(torch.relu(self.c1(x)), self.w, self.b, padding=1, groups=2)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_functional_grouped_conv_with_a_parameter_weight_links_blocks():
+    spec, report = trace_with_report(model_(FunctionalGrouped), x_(2, 3, 5, 5))
+    out = spec["w"].axes[0]
+    assert spec["w"].axes == (out, Inner("c1", 0), None, None) and spec["b"].axes == (out,)
+    assert spec.block_shape("c1") == (2, 3) and spec.block_shape(out) == (2, 2)
+    assert report.verification.ok and not report.broken
+
+
+class TransposedGrouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 1)
+        self.t = nn.ConvTranspose2d(6, 4, 2, stride=2, groups=2)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.t(torch.relu(self.c1(x))).mean((2, 3)))
+
+
+def test_a_grouped_transposed_conv_mirrors_the_inner_label():
+    spec, report = trace_with_report(model_(TransposedGrouped), x_(2, 3, 4, 4))
+    # weight (in, out / groups, kh, kw): the second axis is inside the output blocks
+    assert spec["t.weight"].axes == ("c1", Inner("t", 0), None, None)
+    assert spec.spaces["c1"].blocks == spec.spaces["t"].blocks
+    assert spec.block_shape("c1") == (2, 3) and spec.block_shape("t") == (2, 2)
+    assert report.verification.ok
+
+
+class WithGroupNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 8)
+        self.inorm = nn.GroupNorm(8, 8)  # one channel per group: no constraint
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.inorm(self.gn(self.c1(x))).mean((2, 3)))
+
+
+def test_group_norm_gives_a_block_space():
+    spec, report = trace_with_report(model_(WithGroupNorm), x_(2, 3, 5, 5))
+    assert spaces_(spec) == [("in", 3, "input"), ("c1", 8, "hidden"), ("out", 2, "output")]
+    assert [(b.name, b.count) for b in spec.blocks.values()] == [("gn.groups", 4)]
+    assert spec["gn.weight"].axes == ("c1",) and spec.block_shape("c1") == (4, 2)
+    assert report.verification.ok and not report.broken
+
+
+def test_depthwise_conv_of_fixed_channels_fixes_its_outputs_instead_of_one_neuron_spaces():
+    class Fixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.dw = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, padding=1, groups=6)
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = torch.roll(self.c1(x), 1, dims=1)  # positional: c1 is fixed
+            return self.fc(self.dw(h).mean((2, 3)))
+
+    spec, report = trace_with_report(model_(Fixed), x_(2, 3, 5, 5))
+    assert spaces_(spec) == [("in", 3, "input"), ("out", 2, "output")]
+    assert spec["dw.weight"].axes == (None, None, None, None)
+    assert [b.reason for b in report.broken][-1].startswith("depthwise conv of fixed channels")
+
+
+class ECA(nn.Module):
+    """Efficient channel attention: a Conv1d slides along the channel axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.c1(x)
+        y = self.conv(h.mean((2, 3)).view(h.shape[0], 1, -1))
+        y = torch.sigmoid(y).view(h.shape[0], -1, 1, 1)
+        return self.fc((h * y).mean((2, 3)))
+
+
+def test_a_conv_along_the_channel_axis_stays_fixed_and_reported():
+    spec, report = trace_with_report(model_(ECA), x_(2, 3, 5, 5))
+    assert spaces_(spec) == [("in", 3, "input"), ("out", 2, "output")]
+    assert spec["c1.weight"].axes == (None, "in", None, None)
+    (b,) = [b for b in report.broken if b.op == "Conv1d conv"]
+    assert b.reason == "convolution mixes spatial positions" and b.neurons == ["c1"]
     assert report.verification.ok

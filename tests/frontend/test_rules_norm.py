@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,3 +74,57 @@ def test_functional_forms_and_direct_parameters():
         assert spec[k].axes == (hidden,)
     assert spec["fc"].axes == ("out", hidden)
     assert report.verification.ok
+
+
+class MeanVarStd(nn.Module):
+    """BiT-style weight standardisation: mean and variance over (in, kh, kw), kept dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 1)
+        self.w = nn.Parameter(torch.randn(4, 6, 3, 3))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        w = self.w
+        m = w.mean(dim=[1, 2, 3], keepdim=True)
+        v = torch.var(w, dim=[1, 2, 3], keepdim=True, unbiased=False)
+        h = F.conv2d(torch.relu(self.c1(x)), (w - m) / torch.sqrt(v + 1e-10), padding=1)
+        return self.fc(h.mean((2, 3)))
+
+
+class LayerNormStd(MeanVarStd):
+    """Standardisation by a layer norm over the flattened (in * kh * kw) axis."""
+
+    def forward(self, x):
+        w = F.layer_norm(self.w.reshape(4, -1), (54,)).reshape(4, 6, 3, 3)
+        return self.fc(F.conv2d(torch.relu(self.c1(x)), w, padding=1).mean((2, 3)))
+
+
+@pytest.mark.parametrize("cls", [MeanVarStd, LayerNormStd])
+def test_weight_standardisation_keeps_the_input_channels(cls):
+    spec, report = trace_with_report(model_(cls), x_(2, 3, 5, 5))
+    # w is read first, so its output rows come first; its input axis is c1's space
+    assert spaces_(spec) == [("in", 3, "input"), ("w.d0", 4, "hidden"), ("c1", 6, "hidden"),
+                             ("out", 2, "output")]  # fmt: skip
+    assert spec["w"].axes == ("w.d0", "c1", None, None)
+    assert report.verification.ok and not report.broken
+
+
+class StatsOverChannels(nn.Module):
+    """A weight normalised over its *output* rows too (mean over every dim): still symmetric."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 5)
+        self.b = nn.Linear(5, 2)
+
+    def forward(self, x):
+        w = F.batch_norm(self.b.weight.reshape(1, 1, -1), None, None, training=True)
+        return F.linear(torch.relu(self.a(x)), w.reshape(2, 5), self.b.bias)
+
+
+def test_batch_statistics_over_a_flattened_product_consume_it():
+    spec, report = trace_with_report(model_(StatsOverChannels), x_(4, 3))
+    assert spec["b.weight"].axes == ("out", "a")
+    assert report.verification.ok and not report.broken

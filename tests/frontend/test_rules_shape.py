@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
@@ -54,3 +55,79 @@ def _relabel(d: dict, old, new: str, size: int) -> dict:
     for p in d["params"].values():
         p["axes"] = [new if a == old else a for a in p["axes"]]
     return d
+
+
+class HalvesView(nn.Module):
+    """A 2C vector viewed as (2, C), as selective-kernel attention does: the halves of ``a``
+    become one space; multiplying by a C-space ties it to that space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c, self.d = nn.Linear(3, 8), nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        g = torch.softmax(self.a(x).view(x.shape[0], 2, 4), dim=1)
+        return self.d((g * self.c(x).unsqueeze(1)).sum(1))
+
+
+class ConcatView(HalvesView):
+    """The same view of a concat of two spaces: aligned with its pieces, it ties them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(3, 4)
+
+    def forward(self, x):
+        h = torch.cat([self.a(x), self.b(x)], 1).view(x.shape[0], 2, 4)
+        return self.d((h * self.c(x).unsqueeze(1)).sum(1))
+
+
+def test_a_view_that_splits_channels_into_chunks_ties_the_chunks():
+    spec, report = trace_with_report(model_(HalvesView), x_(3, 3))
+    assert spec["a.weight"].axes == (("a", "a"), "in") and spec["c.weight"].axes == ("a", "in")
+    assert spec.spaces["a"].size == 4 and report.verification.ok and not report.broken
+    spec, report = trace_with_report(model_(ConcatView), x_(3, 3))
+    assert spec["a.weight"].axes == spec["b.weight"].axes == spec["c.weight"].axes == ("a", "in")
+    assert report.verification.ok and not report.broken
+
+
+class PairsView(TwoLinear):
+    """a's 6 outputs viewed as (3, 2), reduced over the 3: each pair's two neurons move as
+    two spaces of pairs (even, odd), tied across the pairs."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)).view(x.shape[0], 3, 2).sum(1)
+        return self.b(torch.cat([h, h, h], 1))
+
+
+def test_splitting_inside_neurons_ties_chunks_and_a_flattened_product_is_fixed():
+    spec, report = trace_with_report(model_(PairsView), x_(5, 4))
+    assert report.verification.ok
+    assert spec["a.weight"].axes[0] == ("a",) * 3 and spec.spaces["a"].size == 2
+    spec, report = trace_with_report(model_(OuterProduct), x_(5, 4))
+    assert spec["a.weight"].axes == (None, "in")
+    assert "reads a flattened product of neuron axes" in report.broken[0].reason
+
+
+class OuterProduct(TwoLinear):
+    """Bilinear features: the flattened outer product of a's outputs with themselves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = nn.Linear(36, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b((h.unsqueeze(2) * h.unsqueeze(1)).flatten(1))
+
+
+def test_space_to_depth_and_back():
+    class RoundTrip(TwoLinear):
+        def forward(self, x):
+            h = torch.relu(self.a(x)).view(x.shape[0], 6, 1, 1).expand(-1, -1, 2, 2)
+            h = h.permute(0, 2, 3, 1).reshape(x.shape[0], 24)  # (2, 2) offsets, then channels
+            return h.view(x.shape[0], 4, 6).mean(1) @ self.b.weight.t()
+
+    spec, report = trace_with_report(model_(RoundTrip), x_(5, 4))
+    assert spec["a.weight"].axes == ("a", "in") and spec["b.weight"].axes == ("out", "a")
+    assert report.verification.ok and not report.broken

@@ -1,8 +1,21 @@
 """Op rules for convolutions (modules and functional, plain, grouped, depthwise, transposed).
 
 A convolution mixes spatial positions (their labels are fixed) and maps input channels to a
-new run of output channels; grouped and depthwise convolutions constrain which channels may
-move together.
+new run of output channels. Its groups constrain which channels may move together:
+
+* depthwise (one input channel per group): output group ``i`` is made from input channel
+  ``i``, so the output neurons are the input neurons (each spanning the channel multiplier);
+* grouped (``1 < groups < channels``): input group ``j`` feeds output group ``j`` only. The
+  rule records a :class:`~nfncompile.frontend.labels.BlockLink`: input and output channels
+  are ``groups`` blocks moved by one block permutation, the channels inside every block
+  permute on their own, and the weight's input axis is indexed inside the input block of its
+  output row. When the derivation finds that the link cannot hold (the input is not one whole
+  space, ...), it falls back to the conservative alternative recorded with it: every output
+  group on its own, the input groups tied to one another.
+
+A functional convolution whose weight is the same for every channel (a blur filter repeated
+or expanded over the channels, :data:`~nfncompile.frontend.labels.UNIFORM` along its output
+axis) is depthwise-equivariant whatever the channels are.
 """
 
 from __future__ import annotations
@@ -12,11 +25,76 @@ from typing import TYPE_CHECKING, Any
 import torch.nn.functional as F
 from torch import nn
 
-from ..labels import Seg, TensorLabels
-from .registry import Rule, Unsupported, arg, register_function, register_module
+from ..labels import POSITIONS, UNIFORM, Label, Seg, TensorLabels, is_plain
+from .registry import Rule, Unsupported, arg, register_function, register_module, structured
 
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
+
+
+def _repeat_each(label: Any, m: int) -> Any:
+    """``label`` with every neuron spanning ``m`` consecutive channels (a depthwise conv's
+    channel multiplier)."""
+    if m == 1 or label is None or label is UNIFORM:
+        return label
+    return tuple(Seg(s.run, s.offset, s.length, s.inner * m) for s in label)
+
+
+def _split_groups(a: SymmetryAnalysis, label: Label, groups: int, reason: str) -> None:
+    """Let every one of ``groups`` equal groups of ``label`` permute only on its own; a group
+    of one neuron cannot move at all, so it is fixed (never a one-neuron space)."""
+    size = sum(s.width for s in label) // groups
+    if size == 1:
+        a.fix(label, reason)
+        return
+    for i in range(1, groups):
+        a.cut(label, i * size)
+
+
+def grouped(
+    a: SymmetryAnalysis,
+    lab: Any,
+    groups: int,
+    cin: int,
+    cout: int,
+    transposed: bool,
+    origin: str,
+    out: Any = None,
+    inner: Any = None,
+) -> tuple:
+    """The labels of a grouped convolution: ``(output channels, in-group weight axis)``.
+
+    Records a :class:`~nfncompile.frontend.labels.BlockLink` between the input label ``lab``
+    and the output channels when both are plain labels, else applies the conservative rule
+    at once. ``out`` and ``inner`` default to new runs (a module's weight); a functional
+    convolution passes its weight's labels.
+    """
+    k_in, m = cin // groups, cout // groups
+    if out is None:
+        out = a.new_run(cout, "neuron", origin)
+    if inner is None:
+        inner = a.new_run(m if transposed else k_in, "param", f"{origin} (in group)")
+
+    def conservative() -> None:
+        if transposed:
+            for i in range(1, groups):
+                a.cut(lab, i * k_in)
+            if m == 1:
+                a.fix(out, "grouped transposed conv: each output channel is alone in its group")
+                a.fix(inner, "grouped transposed conv: each output channel is alone in its group")
+            for i in range(groups if m > 1 else 0):
+                a.tie(inner, a.slice_label(out, i * m, (i + 1) * m))
+        else:
+            for i in range(groups):
+                a.tie(a.slice_label(lab, i * k_in, (i + 1) * k_in), inner)
+            _split_groups(a, out, groups, "grouped conv: each output channel is alone in its group")
+
+    if is_plain(lab) and is_plain(out) and is_plain(inner):
+        link_inner = ((inner, 1, 0),) if transposed else ((inner, 0, 1),)
+        a.link_blocks(groups, (lab, out), link_inner, origin, conservative)
+    else:
+        conservative()
+    return out, inner
 
 
 def _conv(a: SymmetryAnalysis, mod: nn.Module, target: str, x: TensorLabels) -> TensorLabels:
@@ -32,45 +110,21 @@ def _conv(a: SymmetryAnalysis, mod: nn.Module, target: str, x: TensorLabels) -> 
     if g == 1:
         out = a.new_run(cout, "neuron", target)
         a.label_param(wkey, [lab, out, *kernel] if transposed else [out, lab, *kernel])
-        a.label_param(bkey, [out])
     elif cin == g:
         # depthwise: output group i is made from input neuron i alone
         m = cout // g
         if lab is None:
             out = a.new_run(cout, "neuron", target)
-            for k in range(1, g):
-                a.cut(out, k * m)
-            w_axes = [None, out, *kernel] if transposed else [out, None, *kernel]
-            a.label_param(wkey, w_axes)
-            a.label_param(bkey, [out])
+            reason = "depthwise conv of fixed channels: each output channel stays with its input"
+            _split_groups(a, out, g, reason)
+            a.label_param(wkey, [None, out, *kernel] if transposed else [out, None, *kernel])
         else:
-            out = tuple(Seg(s.run, s.offset, s.length, s.inner * m) for s in lab)
-            if transposed:
-                a.label_param(wkey, [lab, None, *kernel])
-            else:
-                a.label_param(wkey, [out, None, *kernel])
-            a.label_param(bkey, [out])
+            out = _repeat_each(lab, m)
+            a.label_param(wkey, [lab, None, *kernel] if transposed else [out, None, *kernel])
     else:
-        k_in, m = cin // g, cout // g
-        if not transposed:
-            # the input channels of every group move together (one space of size cin/g);
-            # each output group permutes on its own
-            pieces = [a.slice_label(lab, i * k_in, (i + 1) * k_in) for i in range(g)]
-            for p in pieces[1:]:
-                a.tie(pieces[0], p)
-            out = a.new_run(cout, "neuron", target)
-            for i in range(1, g):
-                a.cut(out, i * m)
-            a.label_param(wkey, [out, pieces[0], *kernel])
-        else:
-            for i in range(1, g):
-                a.cut(lab, i * k_in)
-            out = a.new_run(cout, "neuron", target)
-            first = a.slice_label(out, 0, m)
-            for i in range(1, g):
-                a.tie(first, a.slice_label(out, i * m, (i + 1) * m))
-            a.label_param(wkey, [lab, first, *kernel])
-        a.label_param(bkey, [out])
+        out, inner = grouped(a, lab, g, cin, cout, transposed, target)
+        a.label_param(wkey, [lab, inner, *kernel] if transposed else [out, inner, *kernel])
+    a.label_param(bkey, [out])
     return TensorLabels(a.out_shape(), x.with_label(cd, out).labels)
 
 
@@ -80,21 +134,52 @@ def _module_conv(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw
 
 
 def _function_conv(transposed: bool) -> Rule:
+    @structured
     def rule(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         x, w = args[0], arg(args, kwargs, 1, "weight")
         b = arg(args, kwargs, 2, "bias")
-        groups = arg(args, kwargs, 7 if transposed else 6, "groups", 1)
-        if not isinstance(w, TensorLabels) or groups != 1:
-            raise Unsupported("functional convolution with groups > 1 or a computed weight")
+        g = arg(args, kwargs, 7 if transposed else 6, "groups", 1)
+        if not isinstance(x, TensorLabels) or not isinstance(w, TensorLabels):
+            raise Unsupported("functional convolution of a non-tensor")
+        x = a.plain(x, a.op)
         nd = w.ndim - 2
         cd = x.ndim - nd - 1
         x = a.keep(x, tuple(range(cd + 1, x.ndim)), "convolution mixes spatial positions")
-        a.keep(w, tuple(range(2, w.ndim)), "convolution kernel positions are not neurons")
-        cin_axis, out_axis = (0, 1) if transposed else (1, 0)
-        a.tie(x.labels[cd], w.labels[cin_axis], "convolution input meets unlabelled weight")
-        if isinstance(b, TensorLabels):
-            a.tie(w.labels[out_axis], b.labels[0])
-        return TensorLabels(a.out_shape(), x.with_label(cd, w.labels[out_axis]).labels)
+        w = a.keep(w, tuple(range(2, w.ndim)), POSITIONS)  # kernel taps
+        lab, cin = x.labels[cd], x.shape[cd]
+        w0, w1 = w.labels[0], w.labels[1]
+        if transposed:
+            if g != 1:
+                out, _ = grouped(
+                    a, lab, g, cin, w.shape[1] * g, True, a.node.name, inner=a.plain_label(w1)
+                )
+                a.tie(lab, a.plain_label(w0), "convolution input meets unlabelled weight")
+            else:
+                a.tie(lab, w0, "convolution input meets unlabelled weight")
+                out = w1
+        elif g == 1:
+            if w1 is UNIFORM:  # the same filter for every input channel: a symmetric sum
+                a.consume(lab)
+            else:
+                a.tie(lab, w1, "convolution input meets unlabelled weight")
+            out = w0
+        elif cin == g:
+            m = w.shape[0] // g
+            if w0 is UNIFORM:  # one filter shared by every channel (a blur)
+                out = _repeat_each(lab, m)
+            elif m == 1:
+                a.tie(lab, w0, "depthwise conv of fixed channels: each filter stays with its input")
+                out = w0 if lab is not None else None
+            else:
+                raise Unsupported("functional depthwise convolution with a channel multiplier")
+        else:
+            w0, w1 = a.plain_label(w0), a.plain_label(w1)
+            if w0 is None or w1 is None:
+                raise Unsupported("functional grouped convolution with an unlabelled weight axis")
+            out, _ = grouped(a, lab, g, cin, w.shape[0], False, a.node.name, out=w0, inner=w1)
+        if isinstance(b, TensorLabels):  # per-channel biases: the output is no longer uniform
+            out = a.tie(out, a.plain_label(b.labels[0]) if b.ndim else None)
+        return TensorLabels(a.out_shape(), x.with_label(cd, out).labels)
 
     return rule
 

@@ -16,7 +16,13 @@ from torch import nn
 
 from ..fx import leaves
 from ..labels import TensorLabels
-from .registry import Unsupported, register_function, register_method, register_module
+from .registry import (
+    Unsupported,
+    register_function,
+    register_method,
+    register_module,
+    structured,
+)
 
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
@@ -68,11 +74,13 @@ _ELEMENTWISE_METHODS = [
 
 
 @register_module(*_ACTIVATION_MODULES)
+@structured
 def _module_elementwise(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any):
     return a.broadcast([*args, *kw.values()])
 
 
 @register_function(*_ELEMENTWISE_FUNCTIONS, torch.where)
+@structured
 def _function_elementwise(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if a.node.target is torch.where and len(args) + len(kwargs) == 1:
         raise Unsupported("torch.where(cond) returns positions")
@@ -80,16 +88,19 @@ def _function_elementwise(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any
 
 
 @register_method(*_ELEMENTWISE_METHODS)
+@structured
 def _method_elementwise(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return a.broadcast([*leaves(list(args)), *leaves(list(kwargs.values()))])
 
 
 @register_method("to", "type", "type_as")
+@structured
 def _method_cast(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(a.out_shape(), args[0].labels)
 
 
 @register_function(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like)
+@structured
 def _constant_like(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     # a constant-valued tensor is unchanged by any permutation: it may carry x's labels
     return TensorLabels(a.out_shape(), args[0].labels)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..labels import TensorLabels
-from .registry import arg, norm_dim, register_function, register_method
+from .registry import arg, norm_dim, register_function, register_method, structured
 
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
@@ -28,6 +28,7 @@ _REDUCE_METHODS = (
 
 @register_function(*_REDUCE_FUNCTIONS, torch.max, torch.min, torch.argmax, torch.argmin)
 @register_method(*_REDUCE_METHODS, "max", "min", "argmax", "argmin")
+@structured
 def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """Symmetric reductions: reducing over a neuron axis is invariant (sum, mean, max, ...)."""
     x = args[0]

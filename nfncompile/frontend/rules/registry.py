@@ -30,6 +30,8 @@ __all__ = [
     "MODULE_RULES",
     "FUNCTION_RULES",
     "METHOD_RULES",
+    "STRUCTURED",
+    "structured",
     "register_module",
     "register_function",
     "register_method",
@@ -45,6 +47,9 @@ MODULE_RULES: dict = {}
 FUNCTION_RULES: dict = {}
 #: Tensor method name -> ``rule(analysis, args, kwargs)``.
 METHOD_RULES: dict = {}
+#: Rules that read flattened products and uniform labels; every other rule sees them fixed
+#: (a product) or unlabelled (uniform).
+STRUCTURED: set = set()
 
 
 class Unsupported(Exception):
@@ -84,6 +89,13 @@ def register_method(*names: str) -> Callable[[Rule], Rule]:
         return fn
 
     return deco
+
+
+def structured(fn: Rule) -> Rule:
+    """Mark a rule as reading :class:`~nfncompile.frontend.labels.Prod` and
+    :data:`~nfncompile.frontend.labels.UNIFORM` labels itself (see :data:`STRUCTURED`)."""
+    STRUCTURED.add(fn)
+    return fn
 
 
 def arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ...errors import TraceError
-from ..labels import Label, Seg, TensorLabels
+from ..labels import UNIFORM, Label, Prod, Seg, TensorLabels
 from .registry import (
     Unsupported,
     arg,
@@ -23,6 +23,7 @@ from .registry import (
     register_function,
     register_method,
     register_module,
+    structured,
 )
 
 if TYPE_CHECKING:
@@ -32,9 +33,22 @@ if TYPE_CHECKING:
 def reshape_labels(a: SymmetryAnalysis, info: TensorLabels, shape: tuple) -> TensorLabels:
     """Labels after reshaping ``info`` to ``shape`` (view, flatten, squeeze, ...).
 
-    A labelled dim may merge with the dims after it (its neurons then span blocks of
-    positions) or be split back; a reshape that interleaves neurons with other axes fixes
-    them.
+    The dims are matched in the smallest groups with equal products (row-major order); each
+    group of source dims is merged into one dim (:func:`merge_label`), then split into the
+    group's target dims (:func:`split_label`). A labelled one-neuron dim that disappears is
+    fixed.
+
+    Examples
+    --------
+    Flattening channels x positions, and space-to-depth (``bs x bs`` offsets before the
+    channels: the channels repeated):
+
+    >>> from nfncompile.frontend.labels import Seg
+    >>> c = (Seg(0, 0, 3),)
+    >>> reshape_labels(None, TensorLabels((3, 4), (c, None)), (12,)).labels
+    ((Seg(run=0, offset=0, length=3, inner=4),),)
+    >>> reshape_labels(None, TensorLabels((2, 3), (None, c)), (6,)).labels[0] == c + c
+    True
     """
     shape = tuple(shape)
     for d, n in enumerate(info.shape):
@@ -60,31 +74,90 @@ def reshape_labels(a: SymmetryAnalysis, info: TensorLabels, shape: tuple) -> Ten
                 j += 1
             else:
                 raise TraceError(f"internal: reshape {info.shape} -> {shape} does not match")
-        lab_dims = [t for t, (d, _) in enumerate(gi) if info.labels[d] is not None]
-        if not lab_dims:
-            continue
-        if len(lab_dims) > 1 or lab_dims[0] != 0:
-            for t in lab_dims:
-                a.fix(info.labels[gi[t][0]], "reshape interleaves neurons with other axes")
-            continue
-        lab = info.labels[gi[0][0]]
-        merged = math.prod(n for _, n in gi[1:])
-        rest = math.prod(n for _, n in gj[1:])
-        new = []
-        for s in lab:
-            q = s.inner * merged
-            if q % rest:
-                new = None
-                break
-            new.append(Seg(s.run, s.offset, s.length, q // rest))
-        if new is None:
-            a.fix(lab, "reshape splits neurons across several axes")
-            continue
-        labels[gj[0][0]] = tuple(new)
+        merged = merge_label(a, [info.labels[d] for d, _ in gi], [n for _, n in gi])
+        for (d, _), lab in zip(gj, split_label(a, merged, [n for _, n in gj])):
+            labels[d] = lab
     return TensorLabels(shape, tuple(labels))
 
 
+def merge_label(a: SymmetryAnalysis, labels: list, sizes: list) -> Any:
+    """The label of dims of ``sizes`` flattened into one (row-major).
+
+    One labelled dim among unlabelled ones: its neurons, each spanning the positions of the
+    dims after it, repeated for every position of the dims before it. Several labelled dims:
+    a :class:`~nfncompile.frontend.labels.Prod` of them.
+    """
+    if len(labels) == 1:
+        return labels[0]
+    if all(lab is UNIFORM for lab in labels):
+        return UNIFORM
+    labelled = [t for t, lab in enumerate(labels) if lab is not None and lab is not UNIFORM]
+    if not labelled:
+        return None
+    if len(labelled) == 1 and isinstance(labels[labelled[0]], tuple):
+        t = labelled[0]
+        after = math.prod(sizes[t + 1 :])
+        lab = tuple(Seg(s.run, s.offset, s.length, s.inner * after) for s in labels[t])
+        return lab * math.prod(sizes[:t])
+    factors, dims = [], []
+    for lab, n in zip(labels, sizes):
+        if isinstance(lab, Prod):
+            factors += lab.factors
+            dims += lab.sizes
+        else:
+            factors.append(None if lab is UNIFORM else lab)
+            dims.append(n)
+    return Prod(tuple(factors), tuple(dims))
+
+
+def split_label(a: SymmetryAnalysis, label: Any, sizes: list) -> list:
+    """The labels of the dims of ``sizes`` that one dim labelled ``label`` is split into.
+
+    A flattened product splits back at its factors' boundaries. A label whose neurons each
+    span the positions of every dim after the first stays on the first; otherwise the first
+    dim counts equal chunks of the label (a ``2C`` vector viewed as ``(2, C)``): the chunks
+    are tied to move together, the first dim is unlabelled and the chunk's label is split
+    over the other dims. A split that cuts through a neuron's positions fixes the label.
+    """
+    if len(sizes) == 1:
+        return [label]
+    if label is None or label is UNIFORM:
+        return [label] * len(sizes)
+    if isinstance(label, Prod):
+        return _split_product(a, label, sizes)
+    rest = math.prod(sizes[1:])
+    if all(s.inner % rest == 0 for s in label):
+        first = tuple(Seg(s.run, s.offset, s.length, s.inner // rest) for s in label)
+        return [first] + [None] * (len(sizes) - 1)
+    try:
+        chunks = [a.slice_label(label, k * rest, (k + 1) * rest) for k in range(sizes[0])]
+    except Unsupported:
+        a.fix(label, "reshape splits neurons across several axes")
+        return [None] * len(sizes)
+    for chunk in chunks[1:]:
+        a.tie(chunks[0], chunk)
+    return [None, *split_label(a, chunks[0], sizes[1:])]
+
+
+def _split_product(a: SymmetryAnalysis, label: Prod, sizes: list) -> list:
+    out, k = [], 0
+    for n in sizes:
+        group, size = [], 1
+        while size < n and k < len(label.sizes):
+            group.append(k)
+            size *= label.sizes[k]
+            k += 1
+        if size != n:
+            a.fix(label, "reshape splits a flattened product inside one of its axes")
+            return [None] * len(sizes)
+        out.append(
+            merge_label(a, [label.factors[t] for t in group], [label.sizes[t] for t in group])
+        )
+    return out
+
+
 @register_module(nn.Flatten, nn.Unflatten)
+@structured
 def _module_reshape(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any):
     return reshape_labels(a, args[0], a.out_shape())
 
@@ -94,6 +167,7 @@ def _module_reshape(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any,
     "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
     "ravel", "squeeze_", "unsqueeze_",
 )  # fmt: skip
+@structured
 def _reshape(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if a.node.target == "view" and len(args) == 2 and isinstance(args[1], torch.dtype):
         raise Unsupported("view as another dtype")
@@ -102,6 +176,7 @@ def _reshape(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 @register_method("permute")
 @register_function(torch.permute)
+@structured
 def _permute(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x = args[0]
     dims = arg(args, kwargs, 1, "dims")
@@ -113,6 +188,7 @@ def _permute(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 @register_method("transpose", "swapaxes", "swapdims", "transpose_")
 @register_function(torch.transpose, torch.swapaxes, torch.swapdims)
+@structured
 def _transpose(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x = args[0]
     d0 = norm_dim(arg(args, kwargs, 1, "dim0"), x.ndim)
@@ -124,12 +200,14 @@ def _transpose(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 @register_method("t")
 @register_function(torch.t)
+@structured
 def _t(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(a.out_shape(), tuple(reversed(args[0].labels)))
 
 
 @register_method("movedim", "moveaxis")
 @register_function(torch.movedim, torch.moveaxis)
+@structured
 def _movedim(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x = args[0]
     src, dst = arg(args, kwargs, 1, "source"), arg(args, kwargs, 2, "destination")
@@ -147,31 +225,39 @@ def _movedim(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 @register_method("expand", "expand_as", "broadcast_to")
 @register_function(torch.broadcast_to)
+@structured
 def _expand(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x = args[0]
     shape = a.out_shape()
-    labels = [None] * (len(shape) - x.ndim)
+    labels = [UNIFORM] * (len(shape) - x.ndim)  # new leading dims: copies
     for d, (lab, n) in enumerate(zip(x.labels, x.shape)):
         if n == shape[len(shape) - x.ndim + d]:
             labels.append(lab)
-        else:
+        else:  # a size-1 dim expanded: the same value at every position
             a.fix(lab, "broadcasts one neuron's value to all positions")
-            labels.append(None)
+            labels.append(UNIFORM)
     return TensorLabels(shape, tuple(labels))
 
 
 @register_method("repeat")
+@structured
 def _repeat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x = args[0]
     reps = list(args[1]) if len(args) == 2 and not isinstance(args[1], int) else list(args[1:])
     shape = a.out_shape()
-    labels = [None] * (len(shape) - x.ndim)
-    for lab, r in zip(x.labels, reps[len(shape) - x.ndim :]):
-        labels.append(lab * r if lab is not None else None)
+    labels = [UNIFORM] * (len(shape) - x.ndim)  # new leading dims: copies
+    for lab, r, n in zip(x.labels, reps[len(shape) - x.ndim :], x.shape):
+        if isinstance(lab, Prod):
+            lab = a.plain_label(lab)
+        if isinstance(lab, tuple):
+            labels.append(lab * r)
+        else:
+            labels.append(UNIFORM if lab is UNIFORM or (n == 1 and r > 1) else None)
     return TensorLabels(shape, tuple(labels))
 
 
 @register_function(operator.getitem)
+@structured
 def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x, idx = args
     if not isinstance(x, TensorLabels):
@@ -190,6 +276,13 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             labels.append(None)
             continue
         lab, n = x.labels[d], x.shape[d]
+        if isinstance(lab, Prod) and i != slice(None):
+            lab = a.plain_label(lab)
+        if lab is UNIFORM:  # every position alike: any index or slice keeps that
+            if isinstance(i, slice):
+                labels.append(UNIFORM if len(range(*i.indices(n))) > 1 else None)
+            d += 1
+            continue
         if isinstance(i, int):
             if lab is not None:
                 a.fix((_neuron_at(lab, i % n),), "indexes one neuron by its position")
@@ -246,6 +339,7 @@ def _cat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 
 @register_function(torch.stack)
+@structured
 def _stack(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     xs = list(arg(args, kwargs, 0, "tensors"))
     shape = a.out_shape()
