@@ -1,7 +1,10 @@
 """Front-end timing: trace + derive (+ verify) at growing depth and width, on one core.
 
 Run ``python bench/trace_time.py`` (``--quick`` for a smaller sweep, ``--no-verify`` to skip
-verification). Prints one row per model:
+verification, ``--only sweep|opaque|patterns`` for one table). Prints three tables.
+
+The *sweep*: MLPs, CIFAR ResNets, plain CNNs, RegNet-X stacks (grouped convs) and ConvNeXt
+blocks at growing depth and width, one row per model:
 
 * ``trace``: torch.fx symbolic trace + shape propagation (fake tensors above
   ``nfncompile.frontend.fx.FAKE_ABOVE`` parameter elements, real forward below);
@@ -20,6 +23,12 @@ stochastic depth), and submodules torch.fx cannot trace, kept as one call
 (``tf_efficientnet``'s same-padding convs): spaces, fixed neurons, probed ops and the mean time
 of one probe, kept submodules, derive time and the share of it spent probing, verify time.
 Goal: a probe costs a few ms.
+
+The *patterns* (``--only patterns``): the catalogue entries that reproduce the symmetry
+patterns of real CNNs (grouped convs, depthwise convs on fixed channels, selective-kernel views,
+weight standardisation, blur pools, space-to-depth), at their default size and at a larger one,
+with what the front end derived: spaces (all / hidden / of size 1), spaces with block
+structure, neurons fixed by broken ops, and the derive and verify times.
 """
 
 from __future__ import annotations
@@ -31,7 +40,19 @@ import torch
 from torch import nn
 
 import nfncompile as nfc
-from nfncompile.architectures import efficientnet_block, mlp, resnet_cifar, tf_efficientnet
+from nfncompile.architectures import (
+    blurpool_cnn,
+    convnext_block,
+    efficientnet_block,
+    mlp,
+    regnet_x,
+    resnet_cifar,
+    resnext_block,
+    s2d_stem,
+    sk_block,
+    std_conv_block,
+    tf_efficientnet,
+)
 
 
 def cnn(width: int, depth: int = 4) -> nn.Module:
@@ -55,6 +76,8 @@ def measure(model: nn.Module, x: torch.Tensor, do_verify: bool, repeat: int) -> 
     best["spaces_n"] = len(spec.spaces)
     best["params"] = sum(p.numel for p in spec.params)
     best["hidden"] = sum(s.role == "hidden" for s in spec.spaces.values())
+    best["size1"] = sum(s.size == 1 and s.role == "hidden" for s in spec.spaces.values())
+    best["blocked"] = sum(s.blocks is not None for s in spec.spaces.values())
     best["fixed"] = sum(b.count for b in report.broken)
     best["probed"] = len(report.probes)
     best["probe"] = sum(p.seconds for p in report.probes) / max(1, len(report.probes))
@@ -91,23 +114,64 @@ def opaque(do_verify: bool, repeat: int) -> None:
         print(line, flush=True)
 
 
+#: name, factory, input shape: every pattern at its catalogue size and at a larger one
+PATTERNS = [
+    ("resnext_block", resnext_block, (2, 3, 8, 8)),
+    ("resnext 32x4d", lambda: resnext_block(64, 128, 32), (1, 3, 8, 8)),
+    ("regnet_x", regnet_x, (2, 3, 16, 16)),
+    (
+        "regnet_x 400MF",  # RegNet-X-400MF's stage widths, depths and group width
+        lambda: regnet_x((32, 64, 160, 384), (1, 2, 7, 12), 16, stem=32),
+        (1, 3, 32, 32),
+    ),
+    ("convnext_block", convnext_block, (2, 3, 8, 8)),
+    ("convnext wrapped", lambda: convnext_block(96, 3, wrapped_drop_path=True), (1, 3, 8, 8)),
+    ("sk_block", sk_block, (2, 3, 8, 8)),
+    ("sk 64", lambda: sk_block(64, 2, 32), (1, 3, 8, 8)),
+    ("std_conv_block", std_conv_block, (2, 3, 8, 8)),
+    ("std_conv 64", lambda: std_conv_block(64), (1, 3, 8, 8)),
+    ("blurpool_cnn", blurpool_cnn, (2, 3, 8, 8)),
+    ("blurpool expand", lambda: blurpool_cnn(expand_filter=True), (2, 3, 8, 8)),
+    ("s2d_stem", s2d_stem, (2, 3, 8, 8)),
+    ("s2d bs4", lambda: s2d_stem(32, 4), (1, 3, 16, 16)),
+]
+
+
+def patterns(do_verify: bool, repeat: int) -> None:
+    cols = ["spaces_n", "hidden", "size1", "blocked", "fixed"]
+    heads = ["spaces", "hidden", "size-1", "blocks", "fixed"]
+    print(f"{'pattern':<18}{'params':>11}" + "".join(f"{h:>8}" for h in heads), end="")
+    print(f"{'derive ms':>11}{'verify ms':>11}")
+    for name, factory, shape in PATTERNS:
+        torch.manual_seed(0)
+        r = measure(factory(), torch.randn(shape), do_verify, repeat)
+        derive = r["trace"] + r["graph"] + r["spaces"]
+        line = f"{name:<18}{r['params']:>11,}" + "".join(f"{r[c]:>8}" for c in cols)
+        line += f"{derive * 1000:>11.1f}" + (
+            f"{r['verify'] * 1000:>11.1f}" if "verify" in r else f"{'-':>11}"
+        )
+        print(line, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sweep")
     ap.add_argument("--no-verify", action="store_true", help="skip verification")
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs")
-    ap.add_argument("--only", choices=("sweep", "opaque"), help="print one table")
+    ap.add_argument("--only", choices=("sweep", "opaque", "patterns"), help="print one table")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    if args.only != "opaque":
+    if args.only in (None, "sweep"):
         sweep(args)
-    if args.only != "sweep":
-        if args.only is None:
-            print()
-        else:  # one-time costs first: the first fx trace
-            nfc.trace(mlp(4, (4,), 2), torch.randn(2, 4), verify=False)
-        opaque(not args.no_verify, args.repeat)
+    else:  # one-time costs first: the first fx trace, the fake-tensor import
+        nfc.trace(mlp(4, (4,), 2), torch.randn(2, 4), verify=False)
+        nfc.trace(mlp(4, (4,), 2), torch.randn(2, 4), verify=False, fake=True)
+    for table, name in ((opaque, "opaque"), (patterns, "patterns")):
+        if args.only in (None, name):
+            if args.only is None:
+                print()
+            table(not args.no_verify, args.repeat)
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -125,6 +189,14 @@ def sweep(args: argparse.Namespace) -> None:
         )
     for w in widths:
         cases.append((f"cnn width {w}", lambda w=w: cnn(w), (1, 3, 8, 8)))
+    for d in (2, 8, 32) if not args.quick else (2, 32):  # grouped convs, 4 groups each
+        factory = lambda d=d: regnet_x((16, 32), (1, d), 8)  # noqa: E731
+        cases.append((f"regnet depth {d}", factory, (1, 3, 16, 16)))
+    for w in (16, 256, 1024) if not args.quick else (16, 1024):
+        factory = lambda w=w: regnet_x((w, 2 * w), (1, 2), w // 4)  # noqa: E731
+        cases.append((f"regnet width {w}", factory, (1, 3, 16, 16)))
+    for d in (2, 8, 32) if not args.quick else (2, 32):  # depthwise convs, channels-last MLPs
+        cases.append((f"convnext depth {d}", lambda d=d: convnext_block(16, d), (1, 3, 8, 8)))
 
     # one-time costs, reported separately: first fx trace, fake-tensor machinery import
     t = time.perf_counter()
@@ -142,7 +214,8 @@ def sweep(args: argparse.Namespace) -> None:
     for name, factory, shape in cases:
         model = factory()
         x = torch.randn(shape)
-        r = measure(model, x, not args.no_verify, args.repeat if "2048" not in name else 1)
+        big = any(w in name for w in ("2048", "1024"))
+        r = measure(model, x, not args.no_verify, 1 if big else args.repeat)
         r["derive"] = r["trace"] + r["graph"] + r["spaces"]
         line = f"{name:<16}{r['params']:>11,}{r['runs']:>6}{r['nodes']:>7}{r['spaces_n']:>8}"
         line += "".join(f"{r[c] * 1000:>11.1f}" if c in r else f"{'-':>11}" for c in cols)

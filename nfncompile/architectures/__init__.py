@@ -12,20 +12,30 @@ It sits below :mod:`nfncompile.declarative` (a YAML spec may name a model to tra
   ``small_cnn``, ``vgg``), :mod:`.resnets` (``resnet_cifar``, ``resnet20``), :mod:`.densenets`
   (``densenet_block``), :mod:`.mobilenets` (``mobilenetv2_block``), :mod:`.squeeze_excite`
   (``se_block``), :mod:`.unets` (``unet``), :mod:`.efficientnets` (``efficientnet_block``,
-  ``tf_efficientnet``); :mod:`.args` checks their arguments
+  ``tf_efficientnet``), :mod:`.grouped` (``resnext_block``,
+  ``regnet_x``), :mod:`.convnext` (``convnext_block``), :mod:`.selective_kernel`
+  (``sk_block``), :mod:`.standardised` (``std_conv_block``), :mod:`.blur_pool`
+  (``blurpool_cnn``), :mod:`.space_to_depth` (``s2d_stem``); :mod:`.args` checks their
+  arguments
 
 May import: the contract, nn.
 """
 
+from .blur_pool import blurpool_cnn
 from .catalogue import CATALOGUE, FACTORIES, Architecture, get, names
 from .cnns import lenet, small_cnn, vgg
+from .convnext import convnext_block
 from .densenets import densenet_block
 from .efficientnets import efficientnet_block, tf_efficientnet
+from .grouped import regnet_x, resnext_block
 from .mlps import mlp, siren
 from .mobilenets import mobilenetv2_block
 from .resnets import resnet20, resnet_cifar
 from .resolve import load
+from .selective_kernel import sk_block
+from .space_to_depth import s2d_stem
 from .squeeze_excite import se_block
+from .standardised import std_conv_block
 from .unets import unet
 
 __all__ = [
@@ -48,4 +58,11 @@ __all__ = [
     "vgg",
     "efficientnet_block",
     "tf_efficientnet",
+    "resnext_block",
+    "regnet_x",
+    "convnext_block",
+    "sk_block",
+    "std_conv_block",
+    "blurpool_cnn",
+    "s2d_stem",
 ]

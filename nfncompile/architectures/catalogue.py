@@ -2,10 +2,12 @@
 
 The factories live in one file per family (:mod:`.mlps`, :mod:`.cnns`, :mod:`.resnets`,
 :mod:`.densenets`, :mod:`.mobilenets`, :mod:`.squeeze_excite`, :mod:`.unets`,
-:mod:`.efficientnets`). Every factory returns a plain ``torch.nn.Module`` (pure torch, no
-torchvision) with readable parameter names (``conv1.weight``, ``fc.bias``, ...: state_dict keys
-matter for model zoos), keyword arguments with small defaults so that tracing and running stay
-in milliseconds on a CPU, and no data-dependent control flow in their own forwards. Some
+:mod:`.efficientnets`, :mod:`.grouped`, :mod:`.convnext`, :mod:`.selective_kernel`,
+:mod:`.standardised`, :mod:`.blur_pool`, :mod:`.space_to_depth`). Every factory returns a
+plain ``torch.nn.Module`` (pure torch, no torchvision) with readable parameter names
+(``conv1.weight``, ``fc.bias``, ...: state_dict keys matter for model zoos), keyword arguments
+with small defaults so that tracing and running stay in milliseconds on a CPU, and no
+data-dependent control flow in their own forwards. Some
 reproduce what real model code does to a tracer: ``efficientnet_block`` calls a function
 ``torch.fx`` keeps opaque (stochastic depth), ``tf_efficientnet`` convs whose forward it
 cannot trace (same padding); the front end handles both.
@@ -39,13 +41,19 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .blur_pool import blurpool_cnn
 from .cnns import lenet, small_cnn, vgg
+from .convnext import convnext_block
 from .densenets import densenet_block
 from .efficientnets import efficientnet_block, tf_efficientnet
+from .grouped import regnet_x, resnext_block
 from .mlps import mlp, siren
 from .mobilenets import mobilenetv2_block
 from .resnets import resnet20, resnet_cifar
+from .selective_kernel import sk_block
+from .space_to_depth import s2d_stem
 from .squeeze_excite import se_block
+from .standardised import std_conv_block
 from .unets import unet
 
 __all__ = ["Architecture", "CATALOGUE", "FACTORIES", "get", "names"]
@@ -133,6 +141,48 @@ CATALOGUE: dict[str, Architecture] = dict(
             (2, 3, 9, 9),
             "same-padding convs (padding computed in forward), 2 MBConv blocks, head, fc",
         ),
+        _arch(
+            "resnext_block",
+            resnext_block,
+            (2, 3, 8, 8),
+            "stem, ResNeXt bottleneck (grouped 3x3 conv, 4 groups of 4), GAP, fc",
+        ),
+        _arch(
+            "regnet_x",
+            regnet_x,
+            (2, 3, 16, 16),
+            "RegNet-X stages of grouped bottlenecks (widths 8, 16; group width 4), GAP, fc",
+        ),
+        _arch(
+            "convnext_block",
+            convnext_block,
+            (2, 3, 8, 8),
+            "patchify stem, ConvNeXt block (depthwise 7x7, channels-last LN + MLP), GAP, fc",
+        ),
+        _arch(
+            "sk_block",
+            sk_block,
+            (2, 3, 8, 8),
+            "stem, selective-kernel unit (2 paths, softmax attention over paths), GAP, fc",
+        ),
+        _arch(
+            "std_conv_block",
+            std_conv_block,
+            (2, 3, 8, 8),
+            "weight-standardised convs (StdConv2d, ScaledStdConv2d) in a residual block",
+        ),
+        _arch(
+            "blurpool_cnn",
+            blurpool_cnn,
+            (2, 3, 8, 8),
+            "two convs, each followed by an anti-aliased blur pool, GAP, fc",
+        ),
+        _arch(
+            "s2d_stem",
+            s2d_stem,
+            (2, 3, 8, 8),
+            "space-to-depth stem (2x2 blocks into channels), two convs, GAP, fc",
+        ),
     ]
 )
 
@@ -154,6 +204,13 @@ FACTORIES: dict[str, Callable[..., nn.Module]] = {
         vgg,
         efficientnet_block,
         tf_efficientnet,
+        resnext_block,
+        regnet_x,
+        convnext_block,
+        sk_block,
+        std_conv_block,
+        blurpool_cnn,
+        s2d_stem,
     )
 }
 
@@ -178,7 +235,7 @@ def get(name: str) -> Architecture:
     >>> get("resnet21")
     Traceback (most recent call last):
     ...
-    nfncompile.errors.ConfigError: unknown architecture 'resnet21' (did you mean 'resnet20'?); valid names: mlp, siren, lenet, small_cnn, resnet8, resnet20, densenet_block, mobilenetv2_block, se_block, unet, vgg, efficientnet_block, tf_efficientnet
+    nfncompile.errors.ConfigError: unknown architecture 'resnet21' (did you mean 'resnet20'?); valid names: mlp, siren, lenet, small_cnn, resnet8, resnet20, densenet_block, mobilenetv2_block, se_block, unet, vgg, efficientnet_block, tf_efficientnet, resnext_block, regnet_x, convnext_block, sk_block, std_conv_block, blurpool_cnn, s2d_stem
     """
     try:
         return CATALOGUE[name]

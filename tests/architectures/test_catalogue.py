@@ -26,6 +26,13 @@ EXPECTED_OUT = {
     "vgg": (2, 10),
     "efficientnet_block": (2, 10),
     "tf_efficientnet": (2, 10),
+    "resnext_block": (2, 10),
+    "regnet_x": (2, 10),
+    "convnext_block": (2, 10),
+    "sk_block": (2, 10),
+    "std_conv_block": (2, 10),
+    "blurpool_cnn": (2, 10),
+    "s2d_stem": (2, 10),
 }
 
 

@@ -86,6 +86,35 @@ EXPECTED = {
                         ("blocks.0.project", 12, "hidden"), ("blocks.1.expand", 48, "hidden"),
                         ("blocks.1.se_down", 3, "hidden"), ("head", 16, "hidden"),
                         ("out", 10, "output")],
+    # the identity shortcut adds conv3 into the stem's stream; conv1 and the grouped conv2
+    # are one space each, moved block-wise by one shared block permutation (see
+    # tests/architectures/test_grouped.py for the blocks and Inner labels)
+    "resnext_block": [("in", 3, "input"), ("stem", 8, "hidden"), ("block.conv1", 16, "hidden"),
+                      ("block.conv2", 16, "hidden"), ("out", 10, "output")],
+    # every stage opens with a strided block (1x1-conv shortcut: conv3 starts a new stream);
+    # stage 2's second block adds into stages.1.0.conv3's stream
+    "regnet_x": [("in", 3, "input"), ("stem", 8, "hidden"), ("stages.0.0.conv1", 8, "hidden"),
+                 ("stages.0.0.conv2", 8, "hidden"), ("stages.0.0.conv3", 8, "hidden"),
+                 ("stages.1.0.conv1", 16, "hidden"), ("stages.1.0.conv2", 16, "hidden"),
+                 ("stages.1.0.conv3", 16, "hidden"), ("stages.1.1.conv1", 16, "hidden"),
+                 ("stages.1.1.conv2", 16, "hidden"), ("out", 10, "output")],
+    # the depthwise conv keeps the stem's channels, the MLP's hidden layer is the only new
+    # space, pwconv2 adds back into the stream
+    "convnext_block": [("in", 3, "input"), ("stem", 8, "hidden"), ("blocks.0.pwconv1", 32, "hidden"),
+                       ("out", 10, "output")],
+    # both paths and both halves of fc_select's output move together (stack, x * attention)
+    "sk_block": [("in", 3, "input"), ("stem", 8, "hidden"), ("sk.paths.0.0", 8, "hidden"),
+                 ("sk.fc_reduce", 4, "hidden"), ("out", 10, "output")],
+    # the convs are functional (F.conv2d on the standardised weight): their output channels
+    # are the weights' dim 0; conv2 adds back into the stem's stream
+    "std_conv_block": [("in", 3, "input"), ("stem.weight.d0", 8, "hidden"),
+                       ("conv1.weight.d0", 8, "hidden"), ("out", 10, "output")],
+    # the blur pools keep their channels
+    "blurpool_cnn": [("in", 3, "input"), ("conv1", 8, "hidden"), ("conv2", 8, "hidden"),
+                     ("out", 10, "output")],
+    # conv1 reads the input channels repeated 4 times (2x2 offsets)
+    "s2d_stem": [("in", 3, "input"), ("conv1", 8, "hidden"), ("conv2", 8, "hidden"),
+                 ("out", 10, "output")],
 }  # fmt: skip
 
 

@@ -160,9 +160,20 @@ def test_io_embed_is_hnp_equivariant(name):
 
 
 CATALOGUE_NAMES = sorted(_architectures.CATALOGUE)
+#: Entries whose traced spec has block spaces (grouped convs): NFLinear has no wreath-product
+#: basis yet; strict, so the marks must go when the back end gains it.
+BLOCK_SPACES = {"regnet_x", "resnext_block"}
 
 
-@pytest.mark.parametrize("name", CATALOGUE_NAMES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="block-space basis"))
+        if n in BLOCK_SPACES
+        else n
+        for n in CATALOGUE_NAMES
+    ],
+)
 def test_traced_catalogue(name):
     """Every catalogue entry traces to a spec on which NFLinear is equivariant and NFPool
     invariant, in both modes."""

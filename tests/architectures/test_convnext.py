@@ -1,0 +1,52 @@
+"""The ConvNeXt block: structure, and the traced spaces against a hand derivation (with an
+identity drop path, and with the opaque stochastic depth that fixes the residual streams)."""
+
+from __future__ import annotations
+
+import torch
+
+import nfncompile as nfc
+from nfncompile import architectures as A
+from nfncompile.architectures.convnext import stochastic_depth
+
+
+def _trace(model, shape=(2, 3, 8, 8)):
+    torch.manual_seed(1)
+    return nfc.trace_with_report(model, torch.randn(shape))
+
+
+def test_stochastic_depth_is_the_identity_in_eval_and_drops_samples_in_training():
+    x = torch.ones(64, 3)
+    assert torch.equal(stochastic_depth(x, 0.5, training=False), x)
+    torch.manual_seed(0)
+    y = stochastic_depth(x, 0.5, training=True)
+    assert set(y[:, 0].tolist()) == {0.0, 2.0} and torch.equal(y[:, 0:1].expand(-1, 3), y)
+
+
+def test_convnext_block_keeps_the_stream_through_the_depthwise_conv():
+    torch.manual_seed(0)
+    spec, report = _trace(A.convnext_block(channels=8, depth=2))
+    # hand derivation: the stem's 8 channels are the stream (dwconv keeps them, pwconv2 and
+    # layer scale add back into them); each block's MLP hidden layer is a space of 32
+    assert [(s.name, s.size) for s in spec.spaces.values()] == [
+        ("in", 3), ("stem", 8), ("blocks.0.pwconv1", 32), ("blocks.1.pwconv1", 32), ("out", 10),
+    ]  # fmt: skip
+    assert spec["blocks.1.dwconv.weight"].axes == ("stem", None, None, None)
+    assert spec["blocks.1.gamma"].axes == ("stem",)
+    assert report.verification.ok and not report.broken
+
+
+def test_opaque_stochastic_depth_fixes_the_stream_without_one_neuron_spaces():
+    # the unknown call fixes what it touches: the stream is fixed, so every later depthwise
+    # conv reads fixed channels; its outputs are fixed positions, not 96 spaces of size 1
+    torch.manual_seed(0)
+    spec, report = _trace(A.convnext_block(96, 3, wrapped_drop_path=True), (1, 3, 8, 8))
+    assert [(s.name, s.size) for s in spec.spaces.values()] == [
+        ("in", 3), ("blocks.0.pwconv1", 384), ("blocks.1.pwconv1", 384),
+        ("blocks.2.pwconv1", 384), ("out", 10),
+    ]  # fmt: skip
+    assert spec["blocks.2.dwconv.weight"].axes == (None, None, None, None)
+    reasons = {b.reason for b in report.broken}
+    assert "no symmetry rule for torch.stochastic_depth (stochastic_depth)" in reasons
+    assert any(r.startswith("depthwise conv of fixed channels") for r in reasons)
+    assert report.verification.ok
