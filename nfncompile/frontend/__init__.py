@@ -5,8 +5,10 @@ Takes a model and an example input; returns the weight-space spec of its neuron 
 one module each: torch.fx tracing with shape propagation (:mod:`.fx`); the label-propagation
 analysis (:mod:`.analysis`, over the abstract values of :mod:`.labels`) and its op rules
 (:mod:`.rules`, by op family, with the registry to add one); the symmetry graph it exports
-(:mod:`.graph`); the spaces read off it (:mod:`.spaces`); numerical verification
-(:mod:`.verification`); drawing (:mod:`.drawing`) and :func:`trace` itself (:mod:`.tracing`).
+(:mod:`.graph`); the spaces and block permutations read off it (:mod:`.spaces`) into one
+derivation record (:mod:`.derivation`); numerical verification (:mod:`.verification`); the
+report over the record (:mod:`.report`); drawing (:mod:`.drawing`) and :func:`trace` itself
+(:mod:`.tracing`).
 
 May import: the contract (errors, files, spec, features, testing).
 """

@@ -7,9 +7,11 @@ dims* of the value (a :class:`~nfncompile.frontend.labels.TensorLabels`), stores
 
 * ``tie``: two slices of runs must move together (elementwise ops, residual add, concat and
   split index maps, norms, depthwise convs);
-* ``cut``: a run may only permute within pieces (GroupNorm groups, conv groups);
+* ``cut``: a run may only permute within pieces (symmetric reductions over a slice);
 * ``fix``: neurons whose symmetry is broken (unknown functions, channel-position-dependent
   indexing, reshapes that mix channels with other axes), with the op and the reason;
+* ``link_blocks``: labels cut into equal blocks that one block permutation moves together
+  (grouped convs, GroupNorm), with the conservative ties and cuts to use if that cannot hold;
 * parameter axis labels: which runs index each axis of each state_dict entry.
 
 What each op does is decided by the op rules (:mod:`nfncompile.frontend.rules`); a call no rule

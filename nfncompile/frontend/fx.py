@@ -5,7 +5,7 @@ analysed is the one verification checks) with :class:`LeafFallbackTracer` and ru
 :class:`~torch.fx.passes.shape_prop.ShapeProp` pass on the example input. Every
 tensor-producing node gets ``node.meta["tensor_meta"]`` (shape, dtype) and every other node
 its concrete Python value in ``node.meta["nfn_value"]`` (sizes, ints, slices), which the
-symmetry analysis (:mod:`nfncompile.frontend.graph`) reads.
+symmetry analysis (:mod:`nfncompile.frontend.analysis`) reads.
 
 A submodule whose forward torch.fx cannot trace (padding computed with ``math.ceil`` on input
 shapes, control flow on a tensor, an ``assert`` on a shape) is kept as one ``call_module``
