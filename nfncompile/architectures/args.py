@@ -4,6 +4,7 @@ Examples
 --------
 >>> positive_tuple("hidden", (4, 8))
 (4, 8)
+>>> positives(channels=4, depth=2)
 >>> positive("channels", 0)
 Traceback (most recent call last):
 ...
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 
-__all__ = ["positive", "positive_tuple"]
+__all__ = ["positive", "positives", "positive_tuple"]
 
 
 def positive(name: str, value: object) -> int:
@@ -24,6 +25,12 @@ def positive(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def positives(**values: object) -> None:
+    """Check every keyword argument with :func:`positive`."""
+    for name, value in values.items():
+        positive(name, value)
 
 
 def positive_tuple(name: str, values: Sequence[int]) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .args import positive
+from .args import positives
 
 __all__ = ["BlurPool2d", "BlurPoolCNN", "blurpool_cnn"]
 
@@ -105,8 +105,5 @@ def blurpool_cnn(
     >>> net(torch.zeros(2, 3, 8, 8)).shape
     torch.Size([2, 10])
     """
-    for k, v in dict(
-        channels=channels, image_channels=image_channels, num_classes=num_classes
-    ).items():
-        positive(k, v)
+    positives(channels=channels, image_channels=image_channels, num_classes=num_classes)
     return BlurPoolCNN(image_channels, channels, num_classes, bool(expand_filter))

@@ -12,7 +12,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .args import positive
+from .args import positives
 
 __all__ = ["stochastic_depth", "ConvNeXtBlock", "ConvNeXtNet", "convnext_block"]
 
@@ -118,8 +118,7 @@ def convnext_block(
     >>> net(torch.zeros(2, 3, 8, 8)).shape
     torch.Size([2, 10])
     """
-    for k, v in dict(
+    positives(
         channels=channels, depth=depth, image_channels=image_channels, num_classes=num_classes
-    ).items():
-        positive(k, v)
+    )
     return ConvNeXtNet(image_channels, channels, depth, num_classes, bool(wrapped_drop_path))

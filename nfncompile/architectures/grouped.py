@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .args import positive, positive_tuple
+from .args import positive_tuple, positives
+from .resnets import downsample
 
 __all__ = ["GroupedBottleneck", "ResNeXtBlock", "RegNetX", "resnext_block", "regnet_x"]
 
@@ -34,12 +35,7 @@ class GroupedBottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.downsample = downsample(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -98,11 +94,13 @@ def resnext_block(
     >>> net(torch.zeros(2, 3, 8, 8)).shape
     torch.Size([2, 10])
     """
-    for k, v in dict(
-        channels=channels, width=width, groups=groups, image_channels=image_channels,
+    positives(
+        channels=channels,
+        width=width,
+        groups=groups,
+        image_channels=image_channels,
         num_classes=num_classes,
-    ).items():  # fmt: skip
-        positive(k, v)
+    )
     if width % groups:
         raise ConfigError(f"resnext_block: groups {groups} must divide width {width}")
     return ResNeXtBlock(image_channels, channels, width, groups, num_classes)
@@ -174,10 +172,9 @@ def regnet_x(
     widths, depths = positive_tuple("widths", widths), positive_tuple("depths", depths)
     if len(widths) != len(depths):
         raise ConfigError(f"regnet_x: {len(widths)} widths but {len(depths)} depths")
-    for k, v in dict(
+    positives(
         group_width=group_width, stem=stem, image_channels=image_channels, num_classes=num_classes
-    ).items():
-        positive(k, v)
+    )
     bad = [w for w in widths if w % group_width]
     if bad:
         raise ConfigError(f"regnet_x: group_width {group_width} must divide every width, not {bad}")

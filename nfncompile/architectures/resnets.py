@@ -8,7 +8,21 @@ from torch import nn
 from ..errors import ConfigError
 from .args import positive
 
-__all__ = ["BasicBlock", "ResNetCIFAR", "resnet_cifar", "resnet20"]
+__all__ = ["downsample", "BasicBlock", "ResNetCIFAR", "resnet_cifar", "resnet20"]
+
+
+def downsample(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+    """A residual block's shortcut: ``None`` (the identity) when the stride and the channel
+    count stay, else a strided 1x1 conv + BatchNorm.
+
+    >>> downsample(4, 4, 1) is None, len(downsample(4, 8, 1))
+    (True, 2)
+    """
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+    )
 
 
 class BasicBlock(nn.Module):
@@ -24,12 +38,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.downsample = downsample(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .args import positive
+from .args import positives
 
 __all__ = ["SelectiveKernel", "SKNet", "sk_block"]
 
@@ -90,9 +90,11 @@ def sk_block(
     >>> net(torch.zeros(2, 3, 8, 8)).shape
     torch.Size([2, 10])
     """
-    for k, v in dict(
-        channels=channels, paths=paths, attn_channels=attn_channels,
-        image_channels=image_channels, num_classes=num_classes,
-    ).items():  # fmt: skip
-        positive(k, v)
+    positives(
+        channels=channels,
+        paths=paths,
+        attn_channels=attn_channels,
+        image_channels=image_channels,
+        num_classes=num_classes,
+    )
     return SKNet(image_channels, channels, paths, attn_channels, num_classes)

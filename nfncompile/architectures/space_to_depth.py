@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .args import positive
+from .args import positives
 
 __all__ = ["SpaceToDepth", "S2DNet", "s2d_stem"]
 
@@ -65,11 +65,12 @@ def s2d_stem(
     >>> net(torch.zeros(2, 3, 8, 8)).shape
     torch.Size([2, 10])
     """
-    for k, v in dict(
-        channels=channels, block_size=block_size, image_channels=image_channels,
+    positives(
+        channels=channels,
+        block_size=block_size,
+        image_channels=image_channels,
         num_classes=num_classes,
-    ).items():  # fmt: skip
-        positive(k, v)
+    )
     if block_size < 2:
         raise ConfigError(f"s2d_stem: block_size must be at least 2, got {block_size}")
     return S2DNet(image_channels, channels, block_size, num_classes)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .args import positive
+from .args import positives
 
 __all__ = ["StdConv2d", "ScaledStdConv2d", "StdConvResNet", "std_conv_block"]
 
@@ -84,8 +84,5 @@ def std_conv_block(
     >>> net(torch.zeros(2, 3, 8, 8)).shape
     torch.Size([2, 10])
     """
-    for k, v in dict(
-        channels=channels, image_channels=image_channels, num_classes=num_classes
-    ).items():
-        positive(k, v)
+    positives(channels=channels, image_channels=image_channels, num_classes=num_classes)
     return StdConvResNet(image_channels, channels, num_classes)
