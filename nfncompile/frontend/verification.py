@@ -142,6 +142,8 @@ class VerifyReport:
                 f"  {mark} {c.name.ljust(width)}  size {c.size:<5} {c.role:<7} trials {c.trials}"
                 f"  error {c.max_error:.3g} (tol {c.tolerance:.3g}){extra}"
             )
+            if not c.ok and c.params and c.name != "joint":
+                lines.append(f"       {' ' * width}  moves: {', '.join(c.params)}")
         return "\n".join(lines)
 
 

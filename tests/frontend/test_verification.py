@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import nfncompile as nfc
-from nfncompile.errors import StateDictMismatchError
+from nfncompile.errors import StateDictMismatchError, SymmetryError
 from nfncompile.frontend.verification import verify
 
 
@@ -76,6 +76,10 @@ def test_spec_claiming_tied_spaces_are_free_fails_and_names_them():
     assert not report.joint.ok
     assert report.max_error > 1e-3
     assert "FAIL" in str(report) and "h1" in str(report)
+    assert report.spaces["h1"].params == ["fc1.weight", "fc1.bias", "fc2.weight"]
+    assert "moves: fc1.weight, fc1.bias, fc2.weight" in str(report)
+    with pytest.raises(SymmetryError, match=r"space 'h1' \(5 neurons, hidden\).*fc2\.weight"):
+        report.raise_for_failure()
     # joint-only checks detect it too (what trace runs first)
     assert not verify(_res_mlp(), wrong, _x(4, 3), per_space=False).ok
 
