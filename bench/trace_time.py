@@ -114,6 +114,19 @@ def opaque(do_verify: bool, repeat: int) -> None:
         print(line, flush=True)
 
 
+class _Roll(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.roll(x, 1, dims=1)
+
+
+def convnext_fixed_stream(channels: int, depth: int) -> nn.Module:
+    """ConvNeXt blocks whose residual stream is fixed (a channel roll after the stem stands
+    for any op that breaks its symmetry): every depthwise conv reads fixed channels."""
+    net = convnext_block(channels, depth)
+    net.stem = nn.Sequential(net.stem, _Roll())
+    return net
+
+
 #: name, factory, input shape: every pattern at its catalogue size and at a larger one
 PATTERNS = [
     ("resnext_block", resnext_block, (2, 3, 8, 8)),
@@ -126,6 +139,7 @@ PATTERNS = [
     ),
     ("convnext_block", convnext_block, (2, 3, 8, 8)),
     ("convnext wrapped", lambda: convnext_block(96, 3, wrapped_drop_path=True), (1, 3, 8, 8)),
+    ("convnext fixed", lambda: convnext_fixed_stream(96, 3), (1, 3, 8, 8)),
     ("sk_block", sk_block, (2, 3, 8, 8)),
     ("sk 64", lambda: sk_block(64, 2, 32), (1, 3, 8, 8)),
     ("std_conv_block", std_conv_block, (2, 3, 8, 8)),

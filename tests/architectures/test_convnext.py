@@ -36,17 +36,34 @@ def test_convnext_block_keeps_the_stream_through_the_depthwise_conv():
     assert report.verification.ok and not report.broken
 
 
-def test_opaque_stochastic_depth_fixes_the_stream_without_one_neuron_spaces():
-    # the unknown call fixes what it touches: the stream is fixed, so every later depthwise
-    # conv reads fixed channels; its outputs are fixed positions, not 96 spaces of size 1
+def test_opaque_stochastic_depth_is_probed_and_keeps_the_stream():
     torch.manual_seed(0)
-    spec, report = _trace(A.convnext_block(96, 3, wrapped_drop_path=True), (1, 3, 8, 8))
+    plain, _ = _trace(A.convnext_block(8, 2))
+    torch.manual_seed(0)
+    spec, report = _trace(A.convnext_block(8, 2, wrapped_drop_path=True))
+    assert spec == plain and not report.broken
+    assert [p.passed for p in report.probes] == [True, True]
+
+
+class Roll(torch.nn.Module):
+    """Rolls the channels: the stream it feeds is fixed (position-dependent)."""
+
+    def forward(self, x):
+        return torch.roll(x, 1, dims=1)
+
+
+def test_a_fixed_stream_gives_fixed_depthwise_outputs_not_one_neuron_spaces():
+    # every depthwise conv reads the fixed stream: its outputs are fixed positions, not 96
+    # spaces of size 1 each (what ConvNeXt-T with fixed streams got: 5,184 of them)
+    torch.manual_seed(0)
+    model = A.convnext_block(96, 3)
+    model.stem = torch.nn.Sequential(model.stem, Roll())
+    spec, report = _trace(model, (1, 3, 8, 8))
     assert [(s.name, s.size) for s in spec.spaces.values()] == [
         ("in", 3), ("blocks.0.pwconv1", 384), ("blocks.1.pwconv1", 384),
         ("blocks.2.pwconv1", 384), ("out", 10),
     ]  # fmt: skip
     assert spec["blocks.2.dwconv.weight"].axes == (None, None, None, None)
-    reasons = {b.reason for b in report.broken}
-    assert "no symmetry rule for torch.stochastic_depth (stochastic_depth)" in reasons
-    assert any(r.startswith("depthwise conv of fixed channels") for r in reasons)
+    reasons = [b.reason for b in report.broken]
+    assert sum(r.startswith("depthwise conv of fixed channels") for r in reasons) == 3
     assert report.verification.ok
