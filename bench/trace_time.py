@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -98,20 +99,28 @@ OPAQUE = [
 ]
 
 
+def _rows(cases: list, do_verify: bool, repeat: int) -> Iterator[tuple]:
+    """``(name, measurements, derive seconds)`` per ``(name, factory, input shape)`` case."""
+    for name, factory, shape in cases:
+        torch.manual_seed(0)
+        r = measure(factory(), torch.randn(shape), do_verify, repeat)
+        yield name, r, r["trace"] + r["graph"] + r["spaces"]
+
+
+def _verify_ms(r: dict) -> str:
+    return f"{r['verify'] * 1000:>11.1f}" if "verify" in r else f"{'-':>11}"
+
+
 def opaque(do_verify: bool, repeat: int) -> None:
     cols = ["spaces_n", "hidden", "fixed", "probed", "kept"]
     heads = ["spaces", "hidden", "fixed", "probed", "kept"]
     print(f"{'model':<20}{'params':>11}" + "".join(f"{h:>8}" for h in heads), end="")
     print(f"{'probe ms':>10}{'derive ms':>11}{'probes %':>10}{'verify ms':>11}")
-    for name, factory, shape in OPAQUE:
-        torch.manual_seed(0)
-        r = measure(factory(), torch.randn(shape), do_verify, repeat)
-        derive = r["trace"] + r["graph"] + r["spaces"]
+    for name, r, derive in _rows(OPAQUE, do_verify, repeat):
         line = f"{name:<20}{r['params']:>11,}" + "".join(f"{r[c]:>8}" for c in cols)
         share = 100 * r["probe"] * r["probed"] / derive  # of derive time, spent probing
         line += f"{r['probe'] * 1000:>10.2f}{derive * 1000:>11.1f}{share:>10.1f}"
-        line += f"{r['verify'] * 1000:>11.1f}" if "verify" in r else f"{'-':>11}"
-        print(line, flush=True)
+        print(line + _verify_ms(r), flush=True)
 
 
 class _Roll(nn.Module):
@@ -156,15 +165,9 @@ def patterns(do_verify: bool, repeat: int) -> None:
     heads = ["spaces", "hidden", "size-1", "blocks", "fixed"]
     print(f"{'pattern':<18}{'params':>11}" + "".join(f"{h:>8}" for h in heads), end="")
     print(f"{'derive ms':>11}{'verify ms':>11}")
-    for name, factory, shape in PATTERNS:
-        torch.manual_seed(0)
-        r = measure(factory(), torch.randn(shape), do_verify, repeat)
-        derive = r["trace"] + r["graph"] + r["spaces"]
+    for name, r, derive in _rows(PATTERNS, do_verify, repeat):
         line = f"{name:<18}{r['params']:>11,}" + "".join(f"{r[c]:>8}" for c in cols)
-        line += f"{derive * 1000:>11.1f}" + (
-            f"{r['verify'] * 1000:>11.1f}" if "verify" in r else f"{'-':>11}"
-        )
-        print(line, flush=True)
+        print(line + f"{derive * 1000:>11.1f}" + _verify_ms(r), flush=True)
 
 
 def main() -> None:

@@ -2,8 +2,10 @@
 layer scale, stochastic depth, residual add.
 
 Stochastic depth is the identity in eval mode. By default the block writes it as an identity
-module; ``wrapped_drop_path=True`` calls :func:`stochastic_depth` instead, a function
-``torch.fx`` keeps as one opaque call (as torchvision's is), which the front end does not know.
+module; ``wrapped_drop_path=True`` calls
+:func:`~nfncompile.architectures.efficientnets.stochastic_depth` instead, a function
+``torch.fx`` keeps as one opaque call (as torchvision's is), which no rule knows (the front
+end probes it).
 """
 
 from __future__ import annotations
@@ -13,25 +15,12 @@ import torch.fx
 from torch import nn
 
 from .args import positives
+from .efficientnets import stochastic_depth
 
-__all__ = ["stochastic_depth", "ConvNeXtBlock", "ConvNeXtNet", "convnext_block"]
-
-
-def stochastic_depth(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Drop whole samples with probability ``p`` in training (rescaling the others); the
-    identity in eval mode or when ``p == 0``.
-
-    >>> x = torch.ones(2, 3)
-    >>> torch.equal(stochastic_depth(x, 0.5, training=False), x)
-    True
-    """
-    if not training or p == 0.0:
-        return x
-    keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
-    return x * keep.bernoulli_(1.0 - p).div_(1.0 - p)
+__all__ = ["ConvNeXtBlock", "ConvNeXtNet", "convnext_block"]
 
 
-torch.fx.wrap("stochastic_depth")
+torch.fx.wrap("stochastic_depth")  # in this module too: its calls here stay opaque
 
 
 class ConvNeXtBlock(nn.Module):
@@ -43,7 +32,7 @@ class ConvNeXtBlock(nn.Module):
     drop_path : float
         Stochastic depth rate (training only).
     wrapped_drop_path : bool
-        Call the opaque :func:`stochastic_depth` (``torch.fx.wrap``) instead of an identity.
+        Call the opaque ``stochastic_depth`` (``torch.fx.wrap``) instead of an identity.
     """
 
     def __init__(self, channels: int, drop_path: float = 0.0, wrapped_drop_path: bool = False):
@@ -105,8 +94,8 @@ def convnext_block(
     depth : int
         Number of blocks.
     wrapped_drop_path : bool
-        Stochastic depth through the opaque :func:`stochastic_depth` (as torchvision writes
-        it) instead of an identity module.
+        Stochastic depth through the opaque ``stochastic_depth`` (as torchvision writes it)
+        instead of an identity module.
     image_channels, num_classes : int
         Input image channels and output classes.
 

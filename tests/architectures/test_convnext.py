@@ -7,20 +7,11 @@ import torch
 
 import nfncompile as nfc
 from nfncompile import architectures as A
-from nfncompile.architectures.convnext import stochastic_depth
 
 
 def _trace(model, shape=(2, 3, 8, 8)):
     torch.manual_seed(1)
     return nfc.trace_with_report(model, torch.randn(shape))
-
-
-def test_stochastic_depth_is_the_identity_in_eval_and_drops_samples_in_training():
-    x = torch.ones(64, 3)
-    assert torch.equal(stochastic_depth(x, 0.5, training=False), x)
-    torch.manual_seed(0)
-    y = stochastic_depth(x, 0.5, training=True)
-    assert set(y[:, 0].tolist()) == {0.0, 2.0} and torch.equal(y[:, 0:1].expand(-1, 3), y)
 
 
 def test_convnext_block_keeps_the_stream_through_the_depthwise_conv():
