@@ -33,6 +33,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ __all__ = [
     "load_model",
     "parse_shape",
     "parse_kwarg",
+    "parse_shard",
 ]
 
 PROG = "nfncompile"
@@ -454,28 +456,112 @@ register_subcommand(
 # stays fast and each subcommand loads only the dependencies it needs.
 
 
-def _zoo_arguments(parser: argparse.ArgumentParser) -> None:
-    from .zoo.generate import add_zoo_arguments
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``--shard i/n`` (this machine makes the shards ``s`` with ``s % n == i``).
 
-    add_zoo_arguments(parser)
+    Examples
+    --------
+    >>> parse_shard("1/4")
+    (1, 4)
+    >>> parse_shard("4/4")
+    Traceback (most recent call last):
+    ...
+    nfncompile.errors.ConfigError: --shard: expected i/n with 0 <= i < n, got '4/4'
+    """
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard: expected i/n with 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def _shard_arg(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--shard: ")) from None
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+def _zoo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="zoo spec YAML, e.g. specs/zoos/digits_cnn.yaml")
+    parser.add_argument(
+        "--out", default=None, help="zoo directory (default: the spec's `out`, or its quick one)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes making shards in parallel (default: the number of CPUs)",
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard_arg,
+        default=None,
+        metavar="i/n",
+        help="make only every n-th shard starting at i (split the work across machines)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="the spec's tiny `quick:` zoo (tests, smoke runs)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _zoo(args: argparse.Namespace) -> int:
-    from .zoo.generate import run_zoo_command
+    from .zoo import generate_zoo, load_zoo_config
 
-    return run_zoo_command(args)
+    config = load_zoo_config(args.spec, quick=args.quick)
+    workers = _default_workers() if args.workers is None else args.workers
+    report = generate_zoo(
+        config,
+        args.out,
+        workers=workers,
+        shard=args.shard,
+        progress=not args.no_progress,
+        spec=args.spec,
+        quick=args.quick,
+    )
+    print(report)
+    return 0
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
-    from .experiments.tasks import add_run_arguments
-
-    add_run_arguments(parser)
+    parser.add_argument("spec", help="experiment spec YAML (specs/experiments/*.yaml)")
+    parser.add_argument("--out", required=True, help="output directory (results.json, plots)")
+    parser.add_argument(
+        "--quick", action="store_true", help="apply the spec's quick overrides (small, fast run)"
+    )
+    parser.add_argument(
+        "--device", default=None, help="auto, cpu, cuda or cuda:N (replaces train.device)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (replaces the spec's)"
+    )
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .experiments.tasks import run_command
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be a positive int, got {args.threads}")
+    from .experiments.tasks import run_experiment
 
-    return run_command(args)
+    run_experiment(
+        args.spec,
+        args.out,
+        quick=args.quick,
+        device=args.device,
+        progress=args.progress,
+        threads=args.threads,
+    )
+    return 0
 
 
 register_subcommand(

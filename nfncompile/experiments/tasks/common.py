@@ -249,7 +249,7 @@ class RunContext:
         ConfigError
             When the directory holds a zoo made from another config than the spec asks for.
         """
-        from ...zoo import generate as zoo_mod
+        from ... import zoo as zoo_mod
 
         ref = self.config.zoo
         if ref is None:
