@@ -1,9 +1,10 @@
 """Train many small networks of one architecture at once, optionally under fixed masks.
 
 The networks' parameters are stacked along a leading dim and trained together with
-:func:`torch.func.vmap` over :func:`torch.func.functional_call` and a hand-written Adam, so a
-population of 64 digit MLPs trains in one batched pass instead of 64 Python loops. The winning
-ticket task uses it for the dense runs (magnitude-pruning targets) and for every masked run.
+:func:`torch.func.vmap` over :func:`torch.func.functional_call` and the zoo's batched Adam
+(:class:`~nfncompile.zoo.BatchedOptimizer`), so a population of 64 digit MLPs trains in one
+batched pass instead of 64 Python loops. The winning ticket task uses it for the dense runs
+(magnitude-pruning targets) and for every masked run.
 
 Examples
 --------
@@ -27,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
+
+from ...zoo import BatchedOptimizer, ParamStack
 
 __all__ = [
     "init_population",
@@ -95,42 +98,34 @@ def train_population(
     """
     x, y = data
     m = _full_masks(params, masks)
-    p = {k: (v * m[k]).detach().clone() for k, v in params.items()}
-    exp_avg = {k: torch.zeros_like(v) for k, v in p.items()}
-    exp_sq = {k: torch.zeros_like(v) for k, v in p.items()}
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    stack = ParamStack({k: tuple(v.shape[1:]) for k, v in params.items()})
+    count = next(iter(params.values())).shape[0]
+    theta = stack.flatten(v * m[k] for k, v in params.items())
+    mask = stack.flatten(m.values())
+    optimizer = BatchedOptimizer(count, stack.size, torch.full((count,), lr, dtype=torch.float64))
 
     # vmap for the batched forward pass, plain autograd for the backward pass: the networks
     # are independent, so the gradient of the summed losses is every network's own gradient
     # (several times faster on CPU than vmap(grad(...)) through convolutions).
     fwd = vmap(lambda prm, xb: functional_call(net, prm, (xb,)), in_dims=(0, None))
     gen = torch.Generator().manual_seed(seed)
-    step = 0
     n = len(x)
-    count = next(iter(p.values())).shape[0]
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            leaves = {k: v.detach().requires_grad_(True) for k, v in p.items()}
+            leaves = {k: v.detach().requires_grad_(True) for k, v in stack.views(theta).items()}
             logits = fwd({k: leaves[k] * m[k] for k in leaves}, x[idx])
             yb = y[idx].repeat(count)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb) * count
             grads = torch.autograd.grad(loss, list(leaves.values()))
-            g = dict(zip(leaves, grads))
-            step += 1
-            c1 = 1 - beta1**step
-            c2 = 1 - beta2**step
+            optimizer.tick()
             with torch.no_grad():
-                for k in p:
-                    exp_avg[k].mul_(beta1).add_(g[k], alpha=1 - beta1)
-                    exp_sq[k].mul_(beta2).addcmul_(g[k], g[k], value=1 - beta2)
-                    denom = (exp_sq[k] / c2).sqrt_().add_(eps)
-                    if weight_decay:
-                        p[k].mul_(1 - lr * weight_decay)
-                    p[k].addcdiv_(exp_avg[k], denom, value=-lr / c1)
-                    p[k].mul_(m[k])
-    return p
+                if weight_decay:
+                    theta.mul_(1 - lr * weight_decay)
+                optimizer.step(theta, slice(0, count), stack.flatten(grads), adam=True)
+                theta.mul_(mask)
+    return stack.stacked(theta)
 
 
 @torch.no_grad()
