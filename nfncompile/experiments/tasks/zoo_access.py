@@ -1,8 +1,9 @@
-"""What the tasks read from a model zoo (:mod:`nfncompile.zoo.generate`), in one place.
+"""What the tasks read from a model zoo (:mod:`nfncompile.zoo`), in one place.
 
 The weight-space spec of a zoo is *traced* from its architecture
-(:func:`nfncompile.frontend.trace` on the zoo's example input), never written by hand: the
-tasks exercise the compiler end to end.
+(:func:`nfncompile.frontend.trace` on the zoo's example input, through
+:func:`nfncompile.declarative.resolve_weight_space`), never written by hand: the tasks exercise
+the compiler end to end.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...declarative import WeightSpaceConfig, resolve_weight_space
 from ...features import WeightSpaceFeatures
 from ...spec import WeightSpaceSpec
 
@@ -25,8 +27,6 @@ __all__ = [
     "zoo_images",
 ]
 
-_SPECS: dict = {}
-
 
 def zoo_model(zoo: Any) -> nn.Module:
     """A fresh network of the zoo's architecture (its weights are not used)."""
@@ -36,17 +36,19 @@ def zoo_model(zoo: Any) -> nn.Module:
 
 
 def zoo_spec(zoo: Any) -> WeightSpaceSpec:
-    """The traced (and numerically verified) weight-space spec of the zoo's architecture."""
-    from ...frontend.tracing import trace
+    """The traced (and numerically verified) weight-space spec of the zoo's architecture.
 
-    key = repr(zoo.config)
-    if key not in _SPECS:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            net = zoo.config.build()
-            example = torch.randn(zoo.config.input_shape)
-            _SPECS[key] = trace(net, example)
-    return _SPECS[key]
+    Resolved like a YAML ``weight_space: {model: ...}`` section, so it shares the declarative
+    stage's trace cache.
+    """
+    config = zoo.config
+    return resolve_weight_space(
+        WeightSpaceConfig(
+            model=config.architecture,
+            kwargs=config.architecture_kwargs,
+            input_shape=config.input_shape,
+        )
+    )
 
 
 def zoo_size(zoo: Any) -> int:
