@@ -1,0 +1,131 @@
+"""The hyperparameters of :func:`~nfncompile.experiments.train.fit` and the device they name."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ...errors import ConfigError
+
+__all__ = ["TrainConfig", "resolve_device"]
+
+
+def _field(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of :func:`fit`.
+
+    Every field carries ``metadata["help"]`` (and ``"min"`` for numbers), which
+    ``nfncompile.declarative.validate.parse`` uses to read it from YAML.
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the training data.
+    batch_size : int
+        Examples per optimizer step *per process* (the global batch under DDP is
+        ``batch_size * world_size``).
+    lr : float
+        AdamW learning rate (> 0).
+    weight_decay : float
+        AdamW decoupled weight decay.
+    seed : int
+        Seeds shuffling, augmentation and dropout.
+    grad_clip : float or None
+        Max global gradient norm; ``None`` disables clipping.
+    val_every : int
+        Validate every this many epochs (and always after the last one).
+    patience : int or None
+        Stop after this many validations without improvement; ``None`` never stops early.
+    device : str
+        ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``. Under
+        DDP ``"auto"`` / ``"cuda"`` mean ``cuda:LOCAL_RANK``.
+
+    Raises
+    ------
+    ConfigError
+        When a value has the wrong type or is out of range.
+
+    Examples
+    --------
+    >>> TrainConfig(epochs=10, lr=1e-2)
+    TrainConfig(epochs=10, batch_size=64, lr=0.01, weight_decay=0.01, seed=0, grad_clip=1.0, val_every=1, patience=None, device='auto')
+    >>> TrainConfig.__dataclass_fields__["lr"].metadata["min"]
+    0.0
+    """
+
+    epochs: int = _field(50, "passes over the training data", min=1)
+    batch_size: int = _field(64, "examples per optimizer step, per process", min=1)
+    lr: float = _field(1e-3, "AdamW learning rate (must be > 0)", min=0.0)
+    weight_decay: float = _field(1e-2, "AdamW decoupled weight decay", min=0.0)
+    seed: int = _field(0, "seed of shuffling, augmentation and dropout", min=0)
+    grad_clip: float | None = _field(
+        1.0, "max global gradient norm; null disables clipping (must be > 0)", min=0.0
+    )
+    val_every: int = _field(1, "validate every N epochs (and after the last)", min=1)
+    patience: int | None = _field(
+        None, "stop after N validations without improvement; null never stops early", min=1
+    )
+    device: str = _field("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "seed", "val_every", "patience"):
+            v = getattr(self, name)
+            if v is None and name == "patience":
+                continue
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"TrainConfig.{name}: expected an int, got {v!r}")
+            lo = self.__dataclass_fields__[name].metadata["min"]
+            if v < lo:
+                raise ConfigError(f"TrainConfig.{name}: must be >= {lo}, got {v}")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if v is None and name == "grad_clip":
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ConfigError(f"TrainConfig.{name}: expected a finite number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+            strict = name != "weight_decay"
+            if v < 0 or (strict and v == 0):
+                raise ConfigError(
+                    f"TrainConfig.{name}: must be {'> 0' if strict else '>= 0'}, got {v}"
+                )
+        resolve_device(self.device)  # validates
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """The ``torch.device`` a :attr:`TrainConfig.device` string names.
+
+    ``"auto"`` is ``cuda:local_rank`` when CUDA is available, else ``cpu``; ``"cuda"`` is
+    ``cuda:local_rank``.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("cuda:1").index
+    1
+    """
+    if not isinstance(device, str):
+        raise ConfigError(f"TrainConfig.device: expected a string, got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return torch.device("cuda", local_rank)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(
+            f"TrainConfig.device: unknown device {device!r}; valid: auto, cpu, cuda, cuda:N"
+        ) from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(
+            f"TrainConfig.device: unsupported device {device!r}; valid: auto, cpu, cuda, cuda:N"
+        )
+    return dev
