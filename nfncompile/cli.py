@@ -33,7 +33,6 @@ Examples
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -484,13 +483,6 @@ def _shard_arg(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--shard: ")) from None
 
 
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        return os.cpu_count() or 1
-
-
 def _zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="zoo spec YAML, e.g. specs/zoos/digits_cnn.yaml")
     parser.add_argument(
@@ -516,10 +508,10 @@ def _zoo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _zoo(args: argparse.Namespace) -> int:
-    from .zoo import generate_zoo, load_zoo_config
+    from .zoo import default_workers, generate_zoo, load_zoo_config
 
     config = load_zoo_config(args.spec, quick=args.quick)
-    workers = _default_workers() if args.workers is None else args.workers
+    workers = default_workers() if args.workers is None else args.workers
     report = generate_zoo(
         config,
         args.out,
@@ -551,7 +543,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be a positive int, got {args.threads}")
-    from .experiments.tasks import run_experiment
+    from .experiments.runner import run_experiment
 
     run_experiment(
         args.spec,

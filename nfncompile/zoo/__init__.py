@@ -17,7 +17,7 @@ May import: the contract, nn, architectures, declarative.
 """
 
 from .config import CNNZooConfig, INRZooConfig, ZooConfig, config_from_dict, load_zoo_config
-from .generate import ZooReport, generate_zoo, make_shard
+from .generate import ZooReport, default_workers, generate_zoo, make_shard
 from .optim import BatchedOptimizer
 from .reader import Zoo, load_zoo
 from .stack import ParamStack
@@ -31,6 +31,7 @@ __all__ = [
     "config_from_dict",
     "generate_zoo",
     "make_shard",
+    "default_workers",
     "ZooReport",
     "load_zoo",
     "Zoo",

@@ -46,7 +46,7 @@ from .store import (
     write_manifest,
 )
 
-__all__ = ["ZooReport", "make_shard", "generate_zoo"]
+__all__ = ["ZooReport", "make_shard", "generate_zoo", "default_workers"]
 
 
 def make_shard(config: ZooConfig, index: int) -> bytes:
@@ -68,6 +68,14 @@ def make_shard(config: ZooConfig, index: int) -> bytes:
     finally:
         torch.set_num_threads(threads)
     return encode_shard(config, index, tensors, rows)
+
+
+def default_workers() -> int:
+    """The number of CPUs this process may run on: the default number of zoo workers."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
 
 
 def _shard_job(config: ZooConfig, index: int, out: str) -> tuple[int, str, int]:

@@ -19,12 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import Task, register_task
-from .common import FeatureStore, RunContext, count_parameters, predictions, split_zoo
+from .context import RunContext
+from .datasets import FeatureStore, split_zoo
+from .models import count_parameters, predictions
 from .report import Results, scatter_panels
+from .task import Task
 from .zoo_access import zoo_column, zoo_spec
 
-__all__ = ["GeneralizationEval", "run", "kendall_tau"]
+__all__ = ["GeneralizationEval", "run", "kendall_tau", "TASK"]
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,10 @@ def run(ctx: RunContext) -> Results:
     return Results("generalization", metrics, info, plots=[plot.name])
 
 
-register_task(
-    Task(
-        "generalization",
-        GeneralizationEval,
-        run,
-        "Kendall's tau of predicted vs. true test accuracy of held-out CNNs",
-    )
+#: This task, as :mod:`nfncompile.experiments.registry` lists it.
+TASK = Task(
+    "generalization",
+    GeneralizationEval,
+    run,
+    "Kendall's tau of predicted vs. true test accuracy of held-out CNNs",
 )

@@ -20,19 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import FieldError
-from . import Task, register_task
-from .common import (
-    FeatureStore,
-    RunContext,
-    count_parameters,
-    permutation_augment,
-    predictions,
-    split_zoo,
-)
+from .context import RunContext
+from .datasets import FeatureStore, permutation_augment, split_zoo
+from .models import count_parameters, predictions
 from .report import Results, bar_chart
+from .task import Task
 from .zoo_access import zoo_column, zoo_spec
 
-__all__ = ["INRClassificationEval", "run"]
+__all__ = ["INRClassificationEval", "run", "TASK"]
 
 
 @dataclass(frozen=True)
@@ -130,11 +125,10 @@ def run(ctx: RunContext) -> Results:
     return Results("inr_classification", metrics, info, plots=[plot.name])
 
 
-register_task(
-    Task(
-        "inr_classification",
-        INRClassificationEval,
-        run,
-        "test accuracy of classifying SIRENs (fit to digit images) by digit",
-    )
+#: This task, as :mod:`nfncompile.experiments.registry` lists it.
+TASK = Task(
+    "inr_classification",
+    INRClassificationEval,
+    run,
+    "test accuracy of classifying SIRENs (fit to digit images) by digit",
 )

@@ -23,20 +23,14 @@ from torch import nn
 
 from ...features import WeightSpaceFeatures
 from ...zoo.data import dilate, pixel_grid
-from . import Task, register_task
-from .common import (
-    FeatureStore,
-    ParamScale,
-    RunContext,
-    batched_forward,
-    count_parameters,
-    predictions,
-    split_zoo,
-)
+from .context import RunContext
+from .datasets import FeatureStore, ParamScale, split_zoo
+from .models import batched_forward, count_parameters, predictions
 from .report import Results, image_grid
+from .task import Task
 from .zoo_access import zoo_images, zoo_model, zoo_spec
 
-__all__ = ["INREditingEval", "ResidualEdit", "render", "run"]
+__all__ = ["INREditingEval", "ResidualEdit", "render", "run", "TASK"]
 
 
 @dataclass(frozen=True)
@@ -167,11 +161,10 @@ def run(ctx: RunContext) -> Results:
     return Results("inr_editing", metrics, info, plots=[plot.name])
 
 
-register_task(
-    Task(
-        "inr_editing",
-        INREditingEval,
-        run,
-        "test MSE of SIRENs edited to draw their digit dilated",
-    )
+#: This task, as :mod:`nfncompile.experiments.registry` lists it.
+TASK = Task(
+    "inr_editing",
+    INREditingEval,
+    run,
+    "test MSE of SIRENs edited to draw their digit dilated",
 )

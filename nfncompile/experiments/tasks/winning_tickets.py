@@ -47,10 +47,12 @@ from ...declarative import WeightSpaceConfig, resolve_weight_space
 from ...errors import ConfigError, FieldError
 from ...features import WeightSpaceFeatures
 from ...zoo.data import load_digits_tensors, split_indices
-from . import Task, register_task
-from .common import FeatureStore, ParamScale, RunContext, count_parameters, predictions
+from .context import RunContext
+from .datasets import FeatureStore, ParamScale
+from .models import count_parameters, predictions
 from .population import accuracy_population, init_population, maskable, train_population
 from .report import Results, bar_chart
+from .task import Task
 
 __all__ = [
     "SourceNet",
@@ -60,6 +62,7 @@ __all__ = [
     "select_budget",
     "layer_budgets",
     "run",
+    "TASK",
 ]
 
 
@@ -397,11 +400,10 @@ def run(ctx: RunContext) -> Results:
     return Results("winning_tickets", metrics, info, plots=[plot.name])
 
 
-register_task(
-    Task(
-        "winning_tickets",
-        WinningTicketsEval,
-        run,
-        "accuracy of sparse nets trained from NFN-predicted masks vs. random / magnitude",
-    )
+#: This task, as :mod:`nfncompile.experiments.registry` lists it.
+TASK = Task(
+    "winning_tickets",
+    WinningTicketsEval,
+    run,
+    "accuracy of sparse nets trained from NFN-predicted masks vs. random / magnitude",
 )

@@ -1,23 +1,26 @@
-"""The paper's tasks end to end: every experiment spec's ``--quick`` form, results, plots,
-schema errors, and the pieces the tasks are built from (batched training, masks, rendering)."""
+"""Tests of :mod:`nfncompile.experiments.runner`: every experiment spec's ``--quick`` form end to
+end (results, plots, resume), and the spec's path-qualified errors."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from nfncompile.cli import main
 from nfncompile.errors import ConfigError
-from nfncompile.experiments.tasks import get_task, run_experiment, task_names
-from nfncompile.experiments.tasks.common import deep_merge, load_experiment
+from nfncompile.experiments.registry import get_task, task_names
+from nfncompile.experiments.runner import load_experiment, run_experiment
+from nfncompile.experiments.tasks.config import deep_merge
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 SPECS = ROOT / "specs" / "experiments"
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -50,9 +53,6 @@ def _run(workdir: Path, monkeypatch: pytest.MonkeyPatch, name: str, capsys) -> d
 
 def _in_unit(x: float | None, lo: float = 0.0, hi: float = 1.0) -> bool:
     return x is not None and lo <= x <= hi
-
-
-# ---- every spec, --quick, end to end --------------------------------------------------------
 
 
 def test_generalization_quick(workdir, monkeypatch, capsys):
@@ -116,9 +116,6 @@ def test_winning_tickets_quick(workdir, monkeypatch, capsys):
         assert sum(s["layer_budgets"].values()) == s["kept_weights"]
 
 
-# ---- schema errors: path-qualified ----------------------------------------------------------
-
-
 def _write(tmp_path: Path, data: dict) -> Path:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -180,7 +177,7 @@ def test_missing_model_file_and_bad_augment(tmp_path, workdir, monkeypatch):
     data["models"] = {"extra": "no/such.yaml"}
     path = _write(tmp_path, data)
     cfg, ev, source, base = load_experiment(path)
-    from nfncompile.experiments.tasks.common import RunContext
+    from nfncompile.experiments.tasks.context import RunContext
 
     ctx = RunContext(cfg, ev, source, base, tmp_path)
     with pytest.raises(ConfigError, match=r"models\.extra: no such model spec"):
@@ -205,123 +202,3 @@ def test_every_spec_and_its_quick_form_validate():
         assert quick.train.epochs < full.train.epochs
     with pytest.raises(ConfigError, match="unknown task 'inr'"):
         get_task("inr")
-
-
-# ---- building blocks ------------------------------------------------------------------------
-
-
-def test_population_training_matches_torch_adam():
-    """The batched, vmapped trainer computes what torch.optim.Adam does, net by net."""
-    from nfncompile.architectures import small_cnn
-    from nfncompile.experiments.tasks.population import init_population, train_population
-
-    torch.manual_seed(0)
-    x, y = torch.randn(24, 1, 8, 8), torch.randint(0, 10, (24,))
-    factory = lambda: small_cnn(channels=3)  # noqa: E731
-    params = init_population(factory, 2, seed=5)
-    mask = {k: (torch.rand(v.shape) < 0.5).float() for k, v in params.items()}
-    got = train_population(
-        factory(), params, (x, y), epochs=2, batch_size=8, lr=1e-2, seed=3, masks=mask
-    )
-    order = []
-    gen = torch.Generator().manual_seed(3)
-    for _ in range(2):
-        perm = torch.randperm(24, generator=gen)
-        order += [perm[i : i + 8] for i in range(0, 24, 8)]
-    for b in range(2):
-        net = factory()
-        net.load_state_dict({k: v[b] * mask[k][b] for k, v in params.items()})
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-        for idx in order:
-            loss = torch.nn.functional.cross_entropy(
-                torch.func.functional_call(
-                    net, {k: p * mask[k][b] for k, p in net.named_parameters()}, (x[idx],)
-                ),
-                y[idx],
-            )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                for k, p in net.named_parameters():
-                    p.mul_(mask[k][b])
-        for k, p in net.named_parameters():
-            torch.testing.assert_close(got[k][b], p.detach(), atol=1e-5, rtol=1e-4)
-
-
-def test_select_mask_density_and_scope():
-    from nfncompile.experiments.tasks.winning_tickets import select_mask
-
-    g = torch.Generator().manual_seed(0)
-    scores = {"a": torch.rand(3, 10, 10, generator=g), "b": torch.rand(3, 4, 5, generator=g) + 1}
-    glob = select_mask(scores, 0.1, "global")
-    assert [int(v) for v in (glob["a"].flatten(1).sum(1) + glob["b"].flatten(1).sum(1))] == [12] * 3
-    assert torch.all(glob["b"].flatten(1).sum(1) == 12)  # b's scores are all larger
-    layer = select_mask(scores, 0.1, "layer")
-    assert torch.all(layer["a"].flatten(1).sum(1) == 10)
-    assert torch.all(layer["b"].flatten(1).sum(1) == 2)
-    kept = scores["a"][layer["a"].bool()].reshape(3, -1).min(1).values
-    dropped = scores["a"].masked_fill(layer["a"].bool(), -1).flatten(1).max(1).values
-    assert torch.all(kept > dropped)
-
-
-def test_layer_budgets_follow_the_target_masks():
-    from nfncompile.experiments.tasks.winning_tickets import layer_budgets, select_budget
-
-    masks = {"a": torch.zeros(2, 10), "b": torch.zeros(2, 4)}
-    masks["a"][0, :3] = 1
-    masks["a"][1, :4] = 1
-    masks["b"][:, 0] = 1
-    budgets = layer_budgets(masks)
-    assert budgets == {"a": 3, "b": 1}  # mean total 4.5 rounds (half to even) to 4
-    masks["b"][:, 1:] = 1  # b keeps everything: 3.5 + 4 = 7.5 -> 8, a's half unit goes up
-    assert layer_budgets(masks) == {"a": 4, "b": 4}
-    picked = select_budget({"a": torch.arange(10.0)[None], "b": torch.arange(4.0)[None]}, budgets)
-    assert picked["a"][0, -budgets["a"] :].sum() == budgets["a"]
-
-
-def test_render_matches_the_siren_and_is_permutation_invariant():
-    """Batched functional rendering equals each SIREN's own forward, and a hidden-neuron
-    permutation (what permutation augmentation applies) leaves the rendering unchanged."""
-    from nfncompile.architectures import siren
-    from nfncompile.experiments.tasks.common import ParamScale, permutation_augment
-    from nfncompile.experiments.tasks.inr_editing import render
-    from nfncompile.features import WeightSpaceFeatures
-    from nfncompile.frontend.tracing import trace
-    from nfncompile.zoo.data import pixel_grid
-
-    torch.manual_seed(0)
-    nets = [siren(2, (8, 8), 1) for _ in range(3)]
-    spec = trace(nets[0], torch.randn(2, 2))
-    feats = WeightSpaceFeatures.from_state_dicts(spec, [n.state_dict() for n in nets])
-    scale = ParamScale(feats)
-    grid = pixel_grid(8)
-    pix = render(nets[0], scale, scale.normalize(feats), grid)
-    for b, net in enumerate(nets):
-        torch.testing.assert_close(pix[b], net(grid).reshape(-1))
-    augment = permutation_augment(spec, "hnp")
-    moved, _ = augment((feats, torch.zeros(3)), torch.Generator().manual_seed(1))
-    assert not torch.equal(moved["hidden.0.weight"], feats["hidden.0.weight"])
-    torch.testing.assert_close(
-        render(nets[0], scale, scale.normalize(moved), grid), pix, atol=1e-5, rtol=1e-5
-    )
-
-
-def test_markdown_table_and_results_json(tmp_path):
-    from nfncompile.experiments.tasks.report import (
-        Results,
-        markdown_table,
-        read_results,
-        write_results,
-    )
-
-    r = Results("t", {"a": {"x": 0.5, "n": 2}, "b": {"x": math.nan}}, {"k": torch.tensor(1.5)})
-    write_results(r, tmp_path)
-    data = read_results(tmp_path)
-    assert data == {
-        "task": "t",
-        "metrics": {"a": {"x": 0.5, "n": 2}, "b": {"x": None}},
-        "info": {"k": 1.5},
-        "plots": [],
-    }
-    assert markdown_table(data).splitlines()[2:] == ["| a | 0.5000 | 2 |", "| b | - | - |"]

@@ -1,0 +1,168 @@
+"""Running an experiment spec end to end: :func:`load_experiment` and :func:`run_experiment`
+(what ``nfncompile run SPEC.yaml --out DIR [--quick]`` does).
+
+Each task trains every model its experiment spec lists (NFNs and baselines) in one run and
+writes ``DIR/results.json`` (``{"task": ..., "metrics": {model: {metric: value}}}``), PNG plots,
+and prints a markdown table. The spec's schema is
+:class:`~nfncompile.experiments.tasks.config.ExperimentConfig`; each task adds its own ``eval``
+section; the tasks are those of :mod:`.registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..declarative import parse
+from ..errors import ConfigError
+from ..files import load_yaml
+from .registry import Task, get_task, task_names
+from .tasks.config import ExperimentConfig, deep_merge
+from .tasks.context import RunContext
+from .tasks.report import markdown_table, write_results
+from .train import TrainConfig
+
+__all__ = ["load_experiment", "run_experiment"]
+
+
+def run_experiment(
+    spec_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    quick: bool = False,
+    device: str | None = None,
+    progress: bool = False,
+    echo: bool = True,
+    threads: int | None = None,
+) -> Any:
+    """Run an experiment spec: train and evaluate every model, write results and plots.
+
+    Parameters
+    ----------
+    spec_path : path
+        The experiment YAML (``specs/experiments/*.yaml``).
+    out_dir : path
+        Output directory: ``results.json``, ``results.md``, PNGs, ``checkpoints/``.
+    quick : bool
+        Apply the spec's ``quick`` overrides (a small, fast version of the run).
+    device : str, optional
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; replaces ``train.device``.
+    progress : bool
+        Show progress bars.
+    echo : bool
+        Print the markdown table on stdout.
+    threads : int, optional
+        torch CPU threads for the run (replaces the spec's ``threads``).
+
+    Returns
+    -------
+    Results
+    """
+    cfg, ev, source, base_dir = load_experiment(spec_path, quick=quick)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(
+        config=cfg,
+        eval=ev,
+        source=source,
+        base_dir=base_dir,
+        out_dir=out,
+        quick=quick,
+        device=device,
+        progress=progress,
+    )
+    task = get_task(cfg.task)
+    ctx.log(f"{source}: task {task.name}{' (quick)' if quick else ''}, out {out}")
+    old_threads = torch.get_num_threads()
+    n_threads = threads if threads is not None else cfg.threads
+    if n_threads is not None:
+        torch.set_num_threads(n_threads)
+    try:
+        results = task.run(ctx)
+    finally:
+        torch.set_num_threads(old_threads)
+    results.info.setdefault("spec", str(spec_path))
+    results.info.setdefault("quick", quick)
+    write_results(results, out)
+    table = markdown_table(results)
+    title = f"## {task.name}" + (" (quick)" if quick else "")
+    text = f"{title}\n\n{cfg.description.strip()}\n\n{table}\n" if cfg.description else ""
+    text = text or f"{title}\n\n{table}\n"
+    (out / "results.md").write_text(text)
+    if echo:
+        print(text)
+    return results
+
+
+def load_experiment(
+    path: str | os.PathLike, *, quick: bool = False
+) -> tuple[ExperimentConfig, Any, str, Path]:
+    """Read and validate an experiment spec.
+
+    Both the file and its ``quick`` form are validated, whichever is asked for, so a mistake
+    in the ``quick`` section is reported before a long run.
+
+    Parameters
+    ----------
+    path : path
+        The experiment YAML.
+    quick : bool
+        Apply the ``quick`` overrides.
+
+    Returns
+    -------
+    config : ExperimentConfig
+    eval : dataclass
+        The task's parsed ``eval`` section.
+    source : str
+    base_dir : Path
+
+    Raises
+    ------
+    ConfigError
+        Path-qualified (``specs/experiments/x.yaml: train.lr: expected a number >= 0, ...``).
+    """
+    data, source = load_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping with keys task, models, ...")
+    full = parse(ExperimentConfig, data, source=source)
+    task = _task(full.task, source)
+    _check_model_train(full, source)
+    full_eval = parse(task.eval_config, full.eval, source=source, path="eval")
+    cfg, ev = full, full_eval
+    if full.quick is not None:
+        merged = deep_merge({k: v for k, v in data.items() if k != "quick"}, full.quick)
+        merged.pop("quick", None)
+        qsource = f"{source} (with its quick overrides)"
+        qcfg = parse(ExperimentConfig, merged, source=qsource)
+        _check_model_train(qcfg, qsource)
+        if qcfg.task != full.task:
+            raise ConfigError(f"{source}: quick.task: the quick form cannot change the task")
+        qev = parse(task.eval_config, qcfg.eval, source=qsource, path="eval")
+        if quick:
+            cfg, ev = qcfg, qev
+    elif quick:
+        raise ConfigError(f"{source}: quick: --quick given, but the spec has no quick: section")
+    return cfg, ev, source, Path(path).parent
+
+
+def _check_model_train(cfg: ExperimentConfig, source: str) -> None:
+    base = dataclasses.asdict(cfg.train)
+    for name, override in cfg.model_train.items():
+        parse(TrainConfig, {**base, **override}, source=source, path=f"model_train.{name}")
+
+
+def _task(name: str, source: str) -> Task:
+    """The registered task ``name``; a path-qualified ConfigError listing the valid ones."""
+    names = task_names()
+    if name not in names:
+        near = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"{source}: task: expected one of {', '.join(names)}, got {name!r}{hint}")
+    return get_task(name)

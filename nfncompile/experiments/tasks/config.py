@@ -1,0 +1,114 @@
+"""The experiment spec: one task, one zoo, every model it compares, training and evaluation.
+
+An experiment spec is a YAML file::
+
+    task: generalization              # a registered task (nfncompile.experiments.registry)
+    seed: 0
+    zoo:                              # the model zoo the task reads (generated when missing)
+      spec: ../zoos/digits_cnn.yaml   # zoo spec, relative to this file
+      dir: zoos/digits_cnn            # zoo directory, relative to the working directory
+    models:                           # every model compared in the one run
+      nfn_hnp: ../nfn/small_cnn_hnp.yaml      # a model spec file (relative to this file) ...
+      stat_nn: {stat_nn: {head: {hidden: [64], out_features: 1}}}   # ... or one inline
+    train: {epochs: 30, batch_size: 32, lr: 1e-3}    # nfncompile.experiments.train.TrainConfig
+    model_train: {mlp: {lr: 1e-4}}    # per-model TrainConfig overrides (optional)
+    eval: {...}                       # the task's own settings (see each task's EvalConfig)
+    quick: {train: {epochs: 2}, ...}  # overrides applied by --quick (deep-merged)
+
+Model specs follow :mod:`nfncompile.declarative`; their ``weight_space`` may be left out, since
+the task passes the zoo's weight-space spec to :func:`~nfncompile.declarative.build_model`.
+:func:`~nfncompile.experiments.runner.load_experiment` reads a spec (and checks its task name
+against the registry).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...declarative import ModelConfig
+from ...errors import FieldError
+from ..train import TrainConfig
+
+__all__ = ["ZooRef", "ExperimentConfig", "deep_merge"]
+
+
+@dataclass(frozen=True)
+class ZooRef:
+    """The model zoo a task reads: its spec and its directory (generated when missing)."""
+
+    spec: str = field(metadata={"help": "zoo spec YAML, relative to the experiment file"})
+    dir: str = field(
+        metadata={"help": "zoo directory (relative paths start at the working directory)"}
+    )
+    quick: bool = field(
+        default=False, metadata={"help": "use the zoo spec's own quick: form (a tiny zoo)"}
+    )
+    overrides: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "zoo spec keys replaced before generation (e.g. num_models)"},
+    )
+    generate: bool = field(
+        default=True, metadata={"help": "generate the zoo from its spec when dir has none"}
+    )
+    workers: int | None = field(
+        default=None, metadata={"min": 1, "help": "zoo generation processes (null: all CPUs)"}
+    )
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """An experiment: one task, one zoo, every model it compares, training and evaluation."""
+
+    task: str = field(metadata={"help": "which task to run (a registered task's name)"})
+    models: dict[str, ModelConfig | str] = field(
+        metadata={"help": "name -> model spec (inline, or a YAML path relative to this file)"}
+    )
+    zoo: ZooRef | None = field(default=None, metadata={"help": "the model zoo the task reads"})
+    train: TrainConfig = field(
+        default_factory=TrainConfig, metadata={"help": "nfncompile.experiments.train.TrainConfig"}
+    )
+    model_train: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={"help": "per-model TrainConfig keys that replace those of train"},
+    )
+    eval: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "the task's own settings (its EvalConfig)"}
+    )
+    seed: int = field(default=0, metadata={"min": 0, "help": "seeds splits and model inits"})
+    threads: int | None = field(
+        default=None,
+        metadata={"min": 1, "help": "torch CPU threads for the run (null: torch's default)"},
+    )
+    description: str = field(default="", metadata={"help": "free text, printed with the table"})
+    quick: dict[str, Any] | None = field(
+        default=None, metadata={"help": "overrides deep-merged into this file by --quick"}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise FieldError("models", "expected at least one model")
+        unknown = sorted(set(self.model_train) - set(self.models))
+        if unknown:
+            raise FieldError(
+                f"model_train.{unknown[0]}",
+                f"no such model; models: {', '.join(self.models)}",
+            )
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """``override`` merged into ``base``: mappings recursively, anything else replaced.
+
+    Examples
+    --------
+    >>> deep_merge({"a": {"x": 1, "y": 2}, "b": [1]}, {"a": {"y": 3}, "b": [2]})
+    {'a': {'x': 1, 'y': 3}, 'b': [2]}
+    """
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        out = dict(base)
+        for k, v in override.items():
+            out[k] = deep_merge(base[k], v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(override)

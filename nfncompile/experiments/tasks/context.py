@@ -1,0 +1,184 @@
+"""What a task's ``run`` receives: :class:`RunContext` (config, output directory, logging,
+training, model building and the zoo)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...declarative import ModelConfig, build_model, parse
+from ...declarative import load as load_model_config
+from ...errors import ConfigError
+from ...files import load_yaml
+from ...spec import WeightSpaceSpec
+from ...zoo import config_from_dict, default_workers, generate_zoo, load_zoo
+from ..train import FitResult, TrainConfig, fit
+from .config import ExperimentConfig, deep_merge
+
+__all__ = ["RunContext"]
+
+
+@dataclass
+class RunContext:
+    """Everything a task's ``run`` needs.
+
+    Attributes
+    ----------
+    config : ExperimentConfig
+        With ``--quick`` overrides already applied.
+    eval : dataclass
+        The task's parsed ``eval`` section.
+    source : str
+        The experiment file (for error messages).
+    base_dir : Path
+        The experiment file's directory (relative model / zoo spec paths start there).
+    out_dir : Path
+        Where results, plots and checkpoints go.
+    quick : bool
+        Whether ``--quick`` was given.
+    device : str or None
+        ``--device``; replaces ``train.device`` of every model when given.
+    progress : bool
+        Show progress bars.
+    """
+
+    config: ExperimentConfig
+    eval: Any
+    source: str
+    base_dir: Path
+    out_dir: Path
+    quick: bool = False
+    device: str | None = None
+    progress: bool = False
+    _t0: float = field(default_factory=time.perf_counter)
+
+    def log(self, message: str) -> None:
+        """A progress line on stderr, with the time since the run started."""
+        print(f"[{time.perf_counter() - self._t0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    # ---- training -------------------------------------------------------------------------
+
+    def train_config(self, name: str | None = None, **replace: Any) -> TrainConfig:
+        """The TrainConfig for model ``name``: ``train``, then ``model_train[name]``,
+        then ``replace``, then ``--device``."""
+        cfg = self.config.train
+        if name is not None and name in self.config.model_train:
+            data = {**dataclasses.asdict(cfg), **self.config.model_train[name]}
+            cfg = parse(TrainConfig, data, source=self.source, path=f"model_train.{name}")
+        if replace:
+            cfg = dataclasses.replace(cfg, **replace)
+        if self.device is not None:
+            cfg = dataclasses.replace(cfg, device=self.device)
+        return cfg
+
+    def fit(self, name: str, model: nn.Module, train: Any, val: Any, **kwargs: Any) -> FitResult:
+        """:func:`nfncompile.experiments.train.fit` with the model's config and a checkpoint directory
+        ``out/checkpoints/<name>`` (so a rerun resumes)."""
+        config = kwargs.pop("config", None) or self.train_config(name)
+        t0 = time.perf_counter()
+        result = fit(
+            model,
+            train,
+            val,
+            config=config,
+            checkpoint_dir=self.out_dir / "checkpoints" / name,
+            progress=self.progress,
+            **kwargs,
+        )
+        self.log(
+            f"{name}: trained {result.epochs_completed} epochs in {time.perf_counter() - t0:.1f}s"
+            f" (best epoch {result.best_epoch}, score {_short(result.best_score)})"
+        )
+        return result
+
+    # ---- models ---------------------------------------------------------------------------
+
+    def model_config(self, name: str) -> tuple[ModelConfig, str, Path]:
+        """``(config, source, base_dir)`` of model ``name`` (reading its file if it is a path)."""
+        entry = self.config.models[name]
+        if isinstance(entry, str):
+            path = self.base_dir / entry
+            if not path.exists():
+                raise ConfigError(f"{self.source}: models.{name}: no such model spec {entry!r}")
+            return load_model_config(path), str(path), path.parent
+        return entry, f"{self.source}: models.{name}", self.base_dir
+
+    def build(self, name: str, spec: WeightSpaceSpec, seed_offset: int = 0) -> nn.Module:
+        """Build model ``name`` for ``spec``, its initialisation seeded."""
+        cfg, source, base = self.model_config(name)
+        torch.manual_seed(self.config.seed * 1000 + seed_offset + _stable_hash(name))
+        return build_model(cfg, spec=spec, base_dir=base, source=source)
+
+    # ---- zoo ------------------------------------------------------------------------------
+
+    def zoo(self) -> Any:
+        """Load the experiment's zoo, generating (or finishing) it first when needed.
+
+        Raises
+        ------
+        ConfigError
+            When the directory holds a zoo made from another config than the spec asks for.
+        """
+        ref = self.config.zoo
+        if ref is None:
+            raise ConfigError(f"{self.source}: zoo: task {self.config.task!r} needs a zoo")
+        zdir = Path(ref.dir)
+        spec_path = self.base_dir / ref.spec
+        data, zsource = load_yaml(spec_path) if spec_path.exists() else (None, str(spec_path))
+        if data is None:
+            raise ConfigError(f"{self.source}: zoo.spec: no such file {str(spec_path)!r}")
+        if ref.overrides:
+            data = deep_merge(data, ref.overrides)
+        wanted = config_from_dict(data, source=zsource, quick=ref.quick)
+        manifest = zdir / "manifest.json"
+        complete = manifest.exists() and bool(_read_json(manifest).get("complete"))
+        if not complete:
+            if not ref.generate:
+                raise ConfigError(
+                    f"{self.source}: zoo.dir: {zdir} holds no finished zoo and zoo.generate "
+                    "is false"
+                )
+            workers = ref.workers or default_workers()
+            self.log(f"generating zoo {zdir} from {spec_path} ({workers} workers)")
+            t0 = time.perf_counter()
+            report = generate_zoo(
+                wanted,
+                zdir,
+                workers=workers,
+                progress=self.progress,
+                spec=str(spec_path),
+                quick=ref.quick,
+            )
+            self.log(f"zoo generated in {time.perf_counter() - t0:.1f}s: {report}")
+        zoo = load_zoo(zdir)
+        if zoo.config != wanted:
+            raise ConfigError(
+                f"{self.source}: zoo.dir: {zdir} holds a zoo made from another config than "
+                f"{ref.spec} (with the experiment's zoo overrides) describes; delete it or "
+                "point zoo.dir elsewhere"
+            )
+        return zoo
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _short(x: Any) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _stable_hash(name: str) -> int:
+    return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 997

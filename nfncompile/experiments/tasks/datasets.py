@@ -1,0 +1,140 @@
+"""A task's data: a zoo split by seed, weights scaled per parameter, features kept in memory
+(:class:`FeatureStore`), and random group elements as augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...errors import ConfigError
+from ...features import WeightSpaceFeatures
+from ...spec import WeightSpaceSpec
+from ...zoo.data import split_indices
+from .context import RunContext
+from .zoo_access import zoo_features, zoo_size
+
+__all__ = ["ParamScale", "ZooSplit", "split_zoo", "FeatureStore", "permutation_augment"]
+
+
+class ParamScale:
+    """Per-parameter scalar scales: features are divided by the std of each parameter tensor.
+
+    One scalar per parameter (computed on the training networks) keeps every symmetry: it
+    rescales all entries of a tensor alike. It puts SIREN layers (first-layer weights ~0.5,
+    later ones ~0.01) on one footing.
+
+    Parameters
+    ----------
+    features : WeightSpaceFeatures
+        The training networks (``C = 1``).
+    """
+
+    def __init__(self, features: WeightSpaceFeatures, eps: float = 1e-8) -> None:
+        self.scale = {k: float(v.std()) + eps for k, v in features.items()}
+
+    def normalize(self, features: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        return WeightSpaceFeatures({k: v / self.scale[k] for k, v in features.items()})
+
+    def denormalize(self, features: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        return WeightSpaceFeatures({k: v * self.scale[k] for k, v in features.items()})
+
+
+@dataclass(frozen=True)
+class ZooSplit:
+    """The first ``n`` networks of a zoo split by seed, features normalised on the train part.
+
+    Attributes
+    ----------
+    n : int
+        How many networks are used.
+    train, val, test : torch.Tensor
+        Row indices of each part.
+    scale : ParamScale
+        Per-parameter scales fitted on ``train``.
+    features : WeightSpaceFeatures
+        Every used network's weights, normalised by ``scale``.
+    """
+
+    n: int
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    scale: ParamScale
+    features: WeightSpaceFeatures
+
+
+def split_zoo(
+    ctx: RunContext,
+    zoo: Any,
+    spec: WeightSpaceSpec,
+    max_networks: int | None,
+    fractions: Sequence[float],
+) -> ZooSplit:
+    """Take the first ``max_networks`` networks (all by default), split them with the
+    experiment's seed and normalise their weights with scales fitted on the train part."""
+    n = zoo_size(zoo) if max_networks is None else min(zoo_size(zoo), max_networks)
+    rows = torch.arange(n)
+    tr, va, te = (rows[i] for i in split_indices(n, fractions, seed=ctx.config.seed))
+    feats = zoo_features(zoo, spec, rows)
+    scale = ParamScale(feats.map(lambda t: t[tr]))
+    return ZooSplit(n, tr, va, te, scale, scale.normalize(feats))
+
+
+class FeatureStore:
+    """All networks' features and targets in memory; datasets are lists of indices.
+
+    ``fit`` and ``predict`` batch with :meth:`collate`, which gathers rows at once (much
+    faster than concatenating one-network items).
+
+    Parameters
+    ----------
+    features : WeightSpaceFeatures
+        ``(N, C, *shape)`` per parameter.
+    targets : Tensor
+        ``(N, ...)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> store = FeatureStore(WeightSpaceFeatures({"w": torch.zeros(5, 1, 2)}), torch.arange(5))
+    >>> inputs, targets = store.collate(store.subset(torch.tensor([1, 3])))
+    >>> inputs["w"].shape, targets.tolist()
+    (torch.Size([2, 1, 2]), [1, 3])
+    """
+
+    def __init__(self, features: WeightSpaceFeatures, targets: torch.Tensor) -> None:
+        if features.batch_size != len(targets):
+            raise ConfigError(
+                f"FeatureStore: {features.batch_size} networks but {len(targets)} targets"
+            )
+        self.features = features
+        self.targets = targets
+
+    def subset(self, indices: torch.Tensor | Sequence[int]) -> list[int]:
+        """A dataset (a list of row indices) for ``fit`` / ``predict``."""
+        return [int(i) for i in indices]
+
+    def collate(self, rows: Sequence[int]) -> tuple[WeightSpaceFeatures, torch.Tensor]:
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return (
+            WeightSpaceFeatures({k: v.index_select(0, idx) for k, v in self.features.items()}),
+            self.targets.index_select(0, idx),
+        )
+
+
+def permutation_augment(spec: WeightSpaceSpec, mode: str = "np") -> Callable:
+    """An ``augment`` for :func:`~nfncompile.experiments.train.fit`: a fresh random group element of
+    ``spec`` (in ``mode``) applied to each network of the batch; targets unchanged."""
+
+    def augment(batch: Any, generator: torch.Generator) -> Any:
+        inputs, targets = batch
+        parts = []
+        for b in range(inputs.batch_size):
+            one = WeightSpaceFeatures({k: v[b : b + 1] for k, v in inputs.items()})
+            parts.append(spec.sample_permutation(generator, mode=mode).apply(one))
+        return WeightSpaceFeatures({k: torch.cat([p[k] for p in parts]) for k in inputs}), targets
+
+    return augment
