@@ -1,9 +1,10 @@
 """The batched optimiser: Adam or SGD with momentum over a stack of models at once.
 
 A stack of ``k`` models is one ``(k, P)`` parameter tensor (see :class:`~.stack.ParamStack`);
-each model has its own learning rate and its own optimiser state, and one call updates a range
-of rows in place. The zoo trainers (:mod:`.cnn`, :mod:`.inr`) and the population trainer of the
-winning-ticket task use it; weight decay, gradient clipping and masks are the caller's.
+each model has its own optimiser state, and one call updates a range of rows in place. The
+zoo trainers (:mod:`.cnn`, :mod:`.inr`, a learning rate per model) and the population trainer
+of the winning-ticket task (one learning rate) use it; weight decay, gradient clipping and
+masks are the caller's.
 
 Examples
 --------
@@ -24,7 +25,7 @@ __all__ = ["BatchedOptimizer"]
 
 
 class BatchedOptimizer:
-    """Adam or SGD with momentum for a stack of models, one learning rate per model.
+    """Adam or SGD with momentum for a stack of models.
 
     Models are updated in contiguous row ranges (``rows``) that share an optimizer; every model
     has taken the same number of steps ``t`` when it is updated (models that stopped training
@@ -34,16 +35,20 @@ class BatchedOptimizer:
     ----------
     models, size : int
         The stack is ``(models, size)``.
-    lr : Tensor
-        ``(models,)`` learning rates (any float dtype; used in float32).
+    lr : Tensor or float
+        ``(models,)`` learning rates (any float dtype; used in float32), or one for all. With
+        one rate the step is ``torch.optim``'s (Adam: ``addcdiv`` by ``lr / (1 - 0.9**t)``);
+        with one per model each model's update is scaled by its own rate.
     momentum : float
         SGD's momentum (Adam uses the betas 0.9 and 0.999).
     """
 
-    def __init__(self, models: int, size: int, lr: torch.Tensor, momentum: float = 0.0) -> None:
+    def __init__(
+        self, models: int, size: int, lr: torch.Tensor | float, momentum: float = 0.0
+    ) -> None:
         self.m = torch.zeros(models, size)
         self.v = torch.zeros(models, size)
-        self.lr = lr.float()[:, None]
+        self.lr = float(lr) if isinstance(lr, (int, float)) else lr.float()[:, None]
         self.momentum = momentum
         self.t = 0
 
@@ -70,9 +75,19 @@ class BatchedOptimizer:
             m.mul_(0.9).add_(grad, alpha=0.1)
             v.mul_(0.999).addcmul_(grad, grad, value=0.001)
             denom = (v / (1 - 0.999**self.t)).sqrt_().add_(1e-8)
-            update = (m / (1 - 0.9**self.t)).div_(denom)
         else:
             m.mul_(self.momentum).add_(grad)
+        live = None if alive is None else alive[rows, None]
+        if isinstance(self.lr, float):  # one rate: torch.optim's fused step
+            direction = m if live is None else m * live
+            if adam:
+                theta[rows].addcdiv_(direction, denom, value=-self.lr / (1 - 0.9**self.t))
+            else:
+                theta[rows].add_(direction, alpha=-self.lr)
+            return
+        if adam:
+            update = (m / (1 - 0.9**self.t)).div_(denom)
+        else:
             update = m.clone()
-        update.mul_(self.lr[rows] if alive is None else self.lr[rows] * alive[rows, None])
+        update.mul_(self.lr[rows] if live is None else self.lr[rows] * live)
         theta[rows] -= update

@@ -9,14 +9,19 @@ from nfncompile.zoo import BatchedOptimizer
 
 
 @pytest.mark.parametrize("adam", [True, False])
-def test_each_row_follows_torch_optim_with_its_own_learning_rate(adam):
+@pytest.mark.parametrize("per_model", [True, False])
+def test_each_row_follows_torch_optim_with_its_own_learning_rate(adam, per_model):
     g = torch.Generator().manual_seed(0)
     k, p, steps = 3, 5, 6
-    lr = torch.tensor([1e-1, 1e-2, 3e-3], dtype=torch.float64)
+    lr = (
+        torch.tensor([1e-1, 1e-2, 3e-3], dtype=torch.float64)
+        if per_model
+        else torch.full((3,), 0.05)
+    )
     theta = torch.randn(k, p, generator=g)
     grads = [torch.randn(k, p, generator=g) for _ in range(steps)]
     start = theta.clone()
-    opt = BatchedOptimizer(k, p, lr, momentum=0.9)
+    opt = BatchedOptimizer(k, p, lr if per_model else 0.05, momentum=0.9)
     alive = torch.ones(k, dtype=torch.bool)
     for grad in grads:
         opt.tick()
@@ -33,9 +38,10 @@ def test_each_row_follows_torch_optim_with_its_own_learning_rate(adam):
         torch.testing.assert_close(theta[i], w.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_only_the_given_rows_of_live_models_move():
+@pytest.mark.parametrize("lr", [torch.full((4,), 0.1), 0.1])
+def test_only_the_given_rows_of_live_models_move(lr):
     theta = torch.zeros(4, 2)
-    opt = BatchedOptimizer(4, 2, torch.full((4,), 0.1))
+    opt = BatchedOptimizer(4, 2, lr)
     alive = torch.tensor([True, False, True, True])
     opt.tick()
     opt.step(theta, slice(0, 3), torch.ones(3, 2), alive, adam=True)

@@ -102,7 +102,7 @@ def train_population(
     count = next(iter(params.values())).shape[0]
     theta = stack.flatten(v * m[k] for k, v in params.items())
     mask = stack.flatten(m.values())
-    optimizer = BatchedOptimizer(count, stack.size, torch.full((count,), lr, dtype=torch.float64))
+    optimizer = BatchedOptimizer(count, stack.size, lr)
 
     # vmap for the batched forward pass, plain autograd for the backward pass: the networks
     # are independent, so the gradient of the summed losses is every network's own gradient
