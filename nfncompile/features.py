@@ -4,6 +4,18 @@
 ``B`` networks, ``C`` channels per weight. It is built from state_dicts *by key* (the order
 of a state_dict never matters), converts back, collates in a DataLoader and moves devices.
 
+Dtypes
+------
+Features are floating point, one dtype for every tensor.
+:meth:`WeightSpaceFeatures.from_state_dicts` casts every entry to ``dtype``, by default
+``torch.get_default_dtype()`` (float32 unless changed), the dtype NF-Layers are built with:
+weights saved in float64 (numpy, JAX) or bfloat16 are read as float32, and pass
+``dtype=torch.float64`` for layers built in float64. The constructor keeps the tensors'
+dtype when they share one (a layer's float64 output stays float64) and otherwise casts to
+``dtype`` or the default dtype. Integer and boolean tensors are not weights: they raise
+:class:`~nfncompile.errors.FeatureMismatchError` naming the key and dtype, except 0-dim
+integer bookkeeping counters (``num_batches_tracked``) in a state_dict, which are skipped.
+
 Examples
 --------
 >>> import torch
@@ -13,6 +25,12 @@ Examples
 WeightSpaceFeatures(B=2, C=1, weight=(2, 1, 2, 3), bias=(2, 1, 2))
 >>> feats.to_state_dicts()[0]["weight"].shape
 torch.Size([2, 3])
+>>> WeightSpaceFeatures.from_state_dicts(None, [net.double().state_dict()]).dtype
+torch.float32
+>>> WeightSpaceFeatures.from_state_dicts(None, [{"w": torch.ones(2, dtype=torch.int64)}])
+Traceback (most recent call last):
+...
+nfncompile.errors.FeatureMismatchError: state_dicts[0]['w']: torch.int64 tensor of shape [2] is not a weight: features are floating point (cast it with .float() if it holds weights; only 0-dim integer counters such as num_batches_tracked are skipped)
 """
 
 from __future__ import annotations
@@ -23,9 +41,30 @@ from typing import Any
 import torch
 
 from .errors import FeatureMismatchError
-from .spec import WeightSpaceSpec, is_counter
+from .spec import WeightSpaceSpec
 
 __all__ = ["WeightSpaceFeatures"]
+
+
+def _is_bookkeeping(value: Any) -> bool:
+    """A 0-dim integer tensor such as BatchNorm's ``num_batches_tracked``: not a weight."""
+    return (
+        isinstance(value, torch.Tensor)
+        and value.dim() == 0
+        and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    )
+
+
+def _check_float(where: str, value: Any) -> None:
+    """Raise :class:`FeatureMismatchError` unless ``value`` is a real floating tensor."""
+    if not isinstance(value, torch.Tensor):
+        raise FeatureMismatchError(f"{where}: expected a tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise FeatureMismatchError(
+            f"{where}: {value.dtype} tensor of shape {list(value.shape)} is not a weight: "
+            "features are floating point (cast it with .float() if it holds weights; only "
+            "0-dim integer counters such as num_batches_tracked are skipped)"
+        )
 
 
 class WeightSpaceFeatures(Mapping):
@@ -34,17 +73,30 @@ class WeightSpaceFeatures(Mapping):
     Parameters
     ----------
     data : mapping str -> Tensor
-        Every tensor must share ``B`` and ``C`` (its first two dims).
+        Every tensor must share ``B`` and ``C`` (its first two dims) and be floating point.
+    dtype : torch.dtype, optional
+        Cast every tensor to it. By default tensors that share one dtype keep it, and a mix
+        of float dtypes is cast to ``torch.get_default_dtype()``.
 
     Raises
     ------
     FeatureMismatchError
-        When tensors have fewer than 2 dims or disagree on batch or channel size.
+        When tensors have fewer than 2 dims, disagree on batch or channel size, or are not
+        floating point (integer, boolean, complex): the message names the key and dtype.
+
+    Examples
+    --------
+    >>> f = WeightSpaceFeatures({"w": torch.zeros(1, 1, 2, dtype=torch.float64),
+    ...                          "b": torch.zeros(1, 1, 1, dtype=torch.float16)})
+    >>> f.dtype == torch.get_default_dtype(), f.to(torch.float64).dtype
+    (True, torch.float64)
     """
 
     __slots__ = ("_data",)
 
-    def __init__(self, data: Mapping[str, torch.Tensor]) -> None:
+    def __init__(
+        self, data: Mapping[str, torch.Tensor], *, dtype: torch.dtype | None = None
+    ) -> None:
         data = dict(data)
         if not data:
             raise FeatureMismatchError("WeightSpaceFeatures needs at least one tensor")
@@ -53,12 +105,19 @@ class WeightSpaceFeatures(Mapping):
             if not isinstance(v, torch.Tensor) or v.dim() < 2:
                 got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
                 raise FeatureMismatchError(f"{k}: expected a (B, C, *shape) tensor, got {got}")
+            _check_float(repr(k), v)
             if lead is None:
                 lead = (k, tuple(v.shape[:2]))
             elif tuple(v.shape[:2]) != lead[1]:
                 raise FeatureMismatchError(
                     f"{k}: batch/channel dims {tuple(v.shape[:2])} differ from {lead[0]}'s {lead[1]}"
                 )
+        if dtype is None and len({v.dtype for v in data.values()}) > 1:
+            dtype = torch.get_default_dtype()
+        if dtype is not None:
+            if not dtype.is_floating_point:
+                raise FeatureMismatchError(f"dtype must be a floating dtype, got {dtype}")
+            data = {k: v.to(dtype) for k, v in data.items()}
         self._data = data
 
     # ---- mapping --------------------------------------------------------------------------
@@ -104,6 +163,8 @@ class WeightSpaceFeatures(Mapping):
         cls,
         spec: WeightSpaceSpec | None,
         state_dicts: Sequence[Mapping[str, torch.Tensor]],
+        *,
+        dtype: torch.dtype | None = None,
     ) -> WeightSpaceFeatures:
         """Stack state_dicts into features with ``C = 1``, matching entries by key.
 
@@ -111,12 +172,33 @@ class WeightSpaceFeatures(Mapping):
         ----------
         spec : WeightSpaceSpec or None
             When given, every state_dict is checked against it (all mismatches reported at
-            once) and the features follow the spec's param order.
+            once) and the features follow the spec's param order. Without one, the features
+            follow the first state_dict's keys, skipping 0-dim integer counters.
         state_dicts : sequence of mapping
             One per network.
+        dtype : torch.dtype, optional
+            What every entry is cast to; default ``torch.get_default_dtype()`` (float32
+            unless changed), the dtype NF-Layers are built with.
+
+        Raises
+        ------
+        StateDictMismatchError
+            When a state_dict does not match ``spec`` (missing, unexpected, mis-shaped keys).
+        FeatureMismatchError
+            When state_dicts disagree on their keys (without a spec), or an entry that should
+            be a weight is an integer, boolean or complex tensor.
+
+        Examples
+        --------
+        >>> sds = [{"b": torch.zeros(3, dtype=torch.float64), "w": torch.ones(3, 2)}] * 2
+        >>> WeightSpaceFeatures.from_state_dicts(None, sds, dtype=torch.float64)
+        WeightSpaceFeatures(B=2, C=1, b=(2, 1, 3), w=(2, 1, 3, 2))
         """
         if not state_dicts:
             raise FeatureMismatchError("from_state_dicts needs at least one state_dict")
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if not dtype.is_floating_point:
+            raise FeatureMismatchError(f"dtype must be a floating dtype, got {dtype}")
         if spec is not None:
             for i, sd in enumerate(state_dicts):
                 try:
@@ -125,13 +207,18 @@ class WeightSpaceFeatures(Mapping):
                     raise type(e)(f"state_dicts[{i}]: {e}") from None
             names = spec.names
         else:
-            names = tuple(k for k, v in state_dicts[0].items() if not is_counter(v))
+            names = tuple(k for k, v in state_dicts[0].items() if not _is_bookkeeping(v))
             for i, sd in enumerate(state_dicts[1:], 1):
-                if {k for k, v in sd.items() if not is_counter(v)} != set(names):
+                if {k for k, v in sd.items() if not _is_bookkeeping(v)} != set(names):
                     raise FeatureMismatchError(
                         f"state_dicts[{i}] has keys {sorted(sd)}, state_dicts[0] has {sorted(names)}"
                     )
-        return cls({k: torch.stack([sd[k] for sd in state_dicts]).unsqueeze(1) for k in names})
+        for i, sd in enumerate(state_dicts):
+            for k in names:
+                _check_float(f"state_dicts[{i}][{k!r}]", sd[k])
+        return cls(
+            {k: torch.stack([sd[k].to(dtype) for sd in state_dicts]).unsqueeze(1) for k in names}
+        )
 
     def to_state_dicts(self) -> list[dict]:
         """Split back into one state_dict per network (needs ``C == 1``)."""
