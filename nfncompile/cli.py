@@ -18,7 +18,10 @@ importable module or a ``.py`` file and ``FACTORY`` a callable returning an ``nn
 ``--kwarg key=value``; values are read as YAML (``--kwarg hidden=[64,64]``).
 
 Library errors (:class:`~nfncompile.errors.NfnCompileError`) print as
-``nfncompile: error: <message>`` with exit code 2 and no traceback.
+``nfncompile: error: <message>`` with exit code 2 and no traceback; an exception raised in the
+user's own module, factory or ``forward`` is shown with the user's frame (file, line, source
+line). Output paths and ``--draw`` formats are checked before any work, missing output folders
+are created, and ``trace`` writes the spec before it draws.
 
 Adding a subcommand: write ``add_arguments(parser)`` and ``handler(args) -> int`` and call
 :func:`register_subcommand` (as the built-in ones below do); :func:`build_parser` picks up
@@ -33,6 +36,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,7 +45,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, NfnCompileError, StateDictMismatchError
+from .errors import ConfigError, NfnCompileError, StateDictMismatchError, UserCodeError
+from .files import atomic_write
 
 __all__ = [
     "Subcommand",
@@ -52,6 +57,8 @@ __all__ = [
     "parse_shape",
     "parse_kwarg",
     "parse_shard",
+    "check_output_path",
+    "write_output",
 ]
 
 PROG = "nfncompile"
@@ -136,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
     Usage errors exit with 2 (argparse's convention), library errors print
-    ``nfncompile: error: <message>`` to stderr and return 2.
+    ``nfncompile: error: <message>`` to stderr and return 2; Ctrl-C prints
+    ``nfncompile: interrupted`` (a subcommand may say more, e.g. how to resume) and returns
+    130, the shell's code for SIGINT. None of them prints a traceback.
     """
     parser = build_parser()
     try:
@@ -148,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NfnCompileError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,9 +291,8 @@ def _model_and_input(args: argparse.Namespace) -> tuple[Any, Any]:
         with torch.no_grad():
             model(x)
     except Exception as e:
-        raise ConfigError(
-            f"{args.model} fails on an input of shape {list(shape)} (check --input-shape): "
-            f"{type(e).__name__}: {e}"
+        raise UserCodeError.from_exception(
+            f"{args.model} fails on an input of shape {list(shape)} (check --input-shape):", e
         ) from None
     return model, x
 
@@ -292,6 +303,74 @@ def _load_spec(path: str) -> Any:
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no such spec file")
     return WeightSpaceSpec.from_yaml(Path(path))
+
+
+def check_output_path(path: str, flag: str) -> Path:
+    """Check, before any work, that ``path`` can be written; missing folders are fine.
+
+    The path must not be a folder, and its nearest existing ancestor must be a folder we may
+    write in (missing folders below it are created by :func:`write_output`).
+
+    Raises
+    ------
+    ConfigError
+        Naming ``flag``, the path and the folder that is in the way.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> check_output_path(f"{d}/new/spec.yaml", "-o").name
+    'spec.yaml'
+    >>> check_output_path(d, "-o")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    nfncompile.errors.ConfigError: -o ...: is a folder; give a file path such as .../spec.yaml
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file path such as {p / 'spec.yaml'}")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: no permission to write in {parent}")
+    return p
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole (atomically), creating missing folders.
+
+    Raises
+    ------
+    ConfigError
+        When the folder cannot be created or the file written (naming the path and why).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text.encode())
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _check_draw_path(path: str) -> Path:
+    """The ``--draw`` path: matplotlib installed, a format it writes, a writable place."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError as e:
+        raise ConfigError(
+            f"--draw needs matplotlib (pip install 'nfncompile[draw]'): {e}"
+        ) from None
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix not in formats:
+        what = f"format {suffix!r}" if suffix else "no file extension"
+        raise ConfigError(
+            f"--draw {path}: {what}; matplotlib writes {', '.join(formats)} (e.g. --draw graph.png)"
+        )
+    return check_output_path(path, "--draw")
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,30 +392,29 @@ def _trace_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _trace(args: argparse.Namespace) -> int:
+    output = check_output_path(args.output, "-o") if args.output else None
+    draw = _check_draw_path(args.draw) if args.draw else None
     model, x = _model_and_input(args)
     from .frontend.tracing import trace_with_report
 
     spec, report = trace_with_report(model, x, verify=args.verify, mode=args.mode, seed=args.seed)
-    if args.draw:
-        try:
-            from .frontend.drawing import draw_symmetry_graph
-        except ImportError as e:
-            raise ConfigError(
-                f"--draw needs matplotlib (pip install 'nfncompile[draw]'): {e}"
-            ) from None
-        draw_symmetry_graph(report, args.draw)
     text = str(report).rstrip("\n")
-    if args.output:
-        spec.to_yaml(args.output)
+    if output is not None:  # the spec first: a failed drawing must not cost it
+        write_output(output, spec.to_yaml())
         print(text)
         print(f"wrote {args.output}")
-        if args.draw:
-            print(f"wrote {args.draw}")
     else:  # stdout stays valid YAML: the report as comments, then the spec
         print("\n".join(f"# {line}".rstrip() for line in text.splitlines()))
-        if args.draw:
-            print(f"# wrote {args.draw}")
         print(spec.to_yaml(), end="")
+    if draw is not None:
+        from .frontend.drawing import draw_symmetry_graph
+
+        try:
+            draw.parent.mkdir(parents=True, exist_ok=True)
+            draw_symmetry_graph(report, str(draw))
+        except OSError as e:
+            raise ConfigError(f"cannot write {draw}: {e.strerror or e}") from None
+        print(f"{'' if output is not None else '# '}wrote {args.draw}")
     return 0
 
 

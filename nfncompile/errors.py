@@ -6,6 +6,11 @@ offending node, key, path or value and what would be valid.
 
 from __future__ import annotations
 
+import sys
+import sysconfig
+import traceback
+from pathlib import Path
+
 __all__ = [
     "NfnCompileError",
     "SpecError",
@@ -16,7 +21,9 @@ __all__ = [
     "ConfigError",
     "FieldError",
     "ModelArgumentError",
+    "UserCodeError",
     "ZooError",
+    "user_frame",
 ]
 
 
@@ -78,6 +85,84 @@ class FieldError(ConfigError):
 class ModelArgumentError(ConfigError):
     """A model factory rejected its keyword arguments (kept apart so callers can point at the
     ``kwargs`` field rather than the model name)."""
+
+
+class UserCodeError(ConfigError):
+    """The user's own code (a model module, factory or ``forward``) raised an exception.
+
+    The message says what was being done, the exception, and the user's frame where it was
+    raised (file, line and the source line, as Python prints them), without nfncompile's
+    traceback. Build it with :meth:`from_exception`.
+    """
+
+    @classmethod
+    def from_exception(cls, what: str, exc: BaseException) -> UserCodeError:
+        """``what`` (e.g. ``"mymod.py:make() raised"``), the exception and its user frame.
+
+        The frame shown is :func:`user_frame`'s; a ``SyntaxError`` shows its file, line and
+        caret.
+
+        Examples
+        --------
+        >>> def factory():
+        ...     return 1 / 0
+        >>> try:
+        ...     factory()
+        ... except ZeroDivisionError as e:
+        ...     err = UserCodeError.from_exception("factory() raised", e)
+        >>> print(err)  # doctest: +ELLIPSIS
+        factory() raised ZeroDivisionError: division by zero
+          File "<doctest ...>", line 2, in factory
+            return 1 / 0...
+        """
+        if isinstance(exc, SyntaxError):
+            lines = traceback.format_exception_only(type(exc), exc)
+            frame = "".join(lines[:-1]).rstrip("\n")
+            head = lines[-1].strip()
+        else:
+            head = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            frame = user_frame(exc)
+        err = cls(f"{what} {head}" + (f"\n{frame}" if frame else ""))
+        err.__cause__ = None
+        err.__suppress_context__ = True
+        return err
+
+
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {str(Path(__file__).resolve().parent)}
+    dirs.update(
+        str(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib")
+    )
+    for name in ("torch",):  # also when installed outside site-packages
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            dirs.add(str(Path(module.__file__).resolve().parent))
+    return tuple(dirs)
+
+
+def user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame of ``exc`` in the user's code, formatted as Python does.
+
+    Frames in nfncompile, the standard library and installed packages (torch, ...) are not the
+    user's; ``""`` when no frame is left.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    library = _library_dirs()
+
+    def is_library(filename: str) -> bool:
+        if filename.startswith("<frozen"):
+            return True
+        try:
+            resolved = str(Path(filename).resolve())
+        except (OSError, RuntimeError):
+            return False
+        return any(resolved == d or resolved.startswith(d + "/") for d in library)
+
+    users = [f for f in frames if not is_library(f.filename)]
+    return "".join(traceback.format_list(users[-1:])).rstrip("\n")
 
 
 class ZooError(NfnCompileError):

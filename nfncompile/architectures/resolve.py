@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError, ModelArgumentError
+from ..errors import ConfigError, ModelArgumentError, UserCodeError
 from .catalogue import CATALOGUE, FACTORIES
 
 __all__ = ["load"]
@@ -39,6 +40,8 @@ def _cwd_on_path() -> Iterator[None]:
 
 
 def _import_module(name: str) -> Any:
+    """Import a dotted module name or a ``.py`` file; errors in the user's module become
+    :class:`UserCodeError` with the user's frame (a SyntaxError shows its line)."""
     if name.endswith(".py") or os.sep in name or "/" in name:
         path = Path(name)
         if not path.is_file():
@@ -52,15 +55,37 @@ def _import_module(name: str) -> Any:
         try:
             with _cwd_on_path():
                 spec.loader.exec_module(module)
-        except ImportError as e:
+        except Exception as e:
             del sys.modules[mod_name]
-            raise ConfigError(f"cannot import {name!r}: {e}") from None
+            raise UserCodeError.from_exception(f"cannot import {name!r}:", e) from None
         return module
     try:
         with _cwd_on_path():
             return importlib.import_module(name)
-    except ImportError as e:
-        raise ConfigError(f"cannot import module {name!r}: {e}") from None
+    except ModuleNotFoundError as e:
+        if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
+            raise ConfigError(f"cannot import module {name!r}: {e}") from None
+        raise UserCodeError.from_exception(f"cannot import module {name!r}:", e) from None
+    except Exception as e:
+        raise UserCodeError.from_exception(f"cannot import module {name!r}:", e) from None
+
+
+def _call_factory(target: str, factory: Any, kwargs: dict[str, Any]) -> Any:
+    """``factory(**kwargs)``: keyword arguments its signature rejects are a
+    :class:`ModelArgumentError`, an exception raised inside it a :class:`UserCodeError`."""
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as e:
+        raise ModelArgumentError(f"{target} rejected keyword arguments {kwargs}: {e}") from None
+    except ValueError:  # no signature (some builtins): let the call decide
+        pass
+    try:
+        return factory(**kwargs)
+    except ConfigError as e:
+        raise ModelArgumentError(str(e)) from None
+    except Exception as e:
+        call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise UserCodeError.from_exception(f"{target}({call}) raised", e) from None
 
 
 def load(target: str, kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, tuple | None]:
@@ -86,7 +111,9 @@ def load(target: str, kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, 
     ConfigError
         When the module cannot be imported, the attribute does not exist, the target is not a
         factory or returns something other than an ``nn.Module``;
-        :class:`ModelArgumentError` when the factory rejects ``kwargs``.
+        :class:`ModelArgumentError` when the factory rejects ``kwargs``;
+        :class:`UserCodeError` when the module or the factory raises (the message shows the
+        frame in the user's file).
 
     Examples
     --------
@@ -131,12 +158,7 @@ def load(target: str, kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, 
             )
         model = factory
     elif callable(factory):
-        try:
-            model = factory(**kwargs)
-        except TypeError as e:
-            raise ModelArgumentError(f"{target} rejected keyword arguments {kwargs}: {e}") from None
-        except ConfigError as e:
-            raise ModelArgumentError(str(e)) from None
+        model = _call_factory(target, factory, kwargs)
     else:
         raise ConfigError(f"{target} is a {type(factory).__name__}, not a factory or nn.Module")
     if not isinstance(model, nn.Module):

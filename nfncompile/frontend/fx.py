@@ -60,7 +60,7 @@ _ADVICE = (
     "To trace it anyway: wrap the offending function with torch.fx.wrap(...) or move the "
     "offending code into a submodule (either is then kept as one call and probed), or remove "
     "the data-dependent control flow (branch on a constructor argument instead of on a "
-    "tensor); otherwise write a WeightSpaceSpec by hand (see specs/)."
+    "tensor); otherwise write a WeightSpaceSpec by hand (examples in specs/weight_spaces/)."
 )
 _TORCH = os.path.dirname(torch.__file__)
 
