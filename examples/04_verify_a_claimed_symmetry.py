@@ -41,7 +41,10 @@ params:
 """
 claimed = nfc.WeightSpaceSpec.from_yaml(CLAIM)
 report = nfc.verify(model, claimed, x)
-print(report)  # which spaces fail, and by how much
+# Which spaces fail and by how much; under each failing space, the parameters it moves and the
+# first node of the model whose values stop being a mere rearrangement of the original ones:
+# here the residual add, with its source line.
+print(report)
 print(f"claimed spec holds: {report.ok}; failing spaces: {', '.join(report.failed)}")
 
 # The fix: fc2 writes into the residual stream, so its output axis is labelled "stream".

@@ -300,8 +300,10 @@ def _model_and_input(args: argparse.Namespace) -> tuple[Any, Any]:
 def _load_spec(path: str) -> Any:
     from .spec import WeightSpaceSpec
 
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise ConfigError(f"{path}: no such spec file")
+    if Path(path).is_dir():
+        raise ConfigError(f"{path}: is a folder, not a spec file")
     return WeightSpaceSpec.from_yaml(Path(path))
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "UserCodeError",
     "ZooError",
     "user_frame",
+    "is_user_file",
 ]
 
 
@@ -131,9 +132,7 @@ class UserCodeError(ConfigError):
 def _library_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     dirs = {str(Path(__file__).resolve().parent)}
-    dirs.update(
-        str(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib")
-    )
+    dirs.update(str(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib"))
     for name in ("torch",):  # also when installed outside site-packages
         module = sys.modules.get(name)
         if module is not None and getattr(module, "__file__", None):
@@ -141,27 +140,30 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(dirs)
 
 
+def is_user_file(filename: str) -> bool:
+    """Whether ``filename`` is the user's code: not in nfncompile, the standard library or an
+    installed package (torch, ...), nor ``<frozen ...>``.
+
+    >>> is_user_file(__file__), is_user_file("/home/me/my_models.py")
+    (False, True)
+    """
+    if filename.startswith("<frozen"):
+        return False
+    try:
+        resolved = str(Path(filename).resolve())
+    except (OSError, RuntimeError):
+        return True
+    return not any(resolved == d or resolved.startswith(d + "/") for d in _library_dirs())
+
+
 def user_frame(exc: BaseException) -> str:
     """The innermost traceback frame of ``exc`` in the user's code, formatted as Python does.
 
     Frames in nfncompile, the standard library and installed packages (torch, ...) are not the
-    user's; ``""`` when no frame is left.
+    user's (:func:`is_user_file`); ``""`` when no frame is left.
     """
     frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    library = _library_dirs()
-
-    def is_library(filename: str) -> bool:
-        if filename.startswith("<frozen"):
-            return True
-        try:
-            resolved = str(Path(filename).resolve())
-        except (OSError, RuntimeError):
-            return False
-        return any(resolved == d or resolved.startswith(d + "/") for d in library)
-
-    users = [f for f in frames if not is_library(f.filename)]
+    users = [f for f in frames if is_user_file(f.filename)]
     return "".join(traceback.format_list(users[-1:])).rstrip("\n")
 
 

@@ -238,6 +238,43 @@ def test_a_real_process_prints_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and f'File "{path}", line 1' in proc.stderr
 
 
+def test_spec_that_is_a_folder(capsys, tmp_path):
+    code, _, err = run(capsys, "layer", str(tmp_path))
+    assert_user_error(code, err, f"{tmp_path}: is a folder, not a spec file")
+
+
+# --------------------------------------------------------------------------------------------
+# a failed verify explains itself
+# --------------------------------------------------------------------------------------------
+
+
+def test_failed_verify_names_the_parameters_and_the_diverging_node(capsys, tmp_path):
+    from .test_cli import BROKEN_MLP_SPEC
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BROKEN_MLP_SPEC)  # claims fc2 does not read h1
+    code, out, _ = run(capsys, "verify", *MLP_ARGS, "--spec", str(bad), "--trials", "2")
+    assert code == 1
+    h1 = out[out.index("FAIL h1") :]
+    assert "moves: fc1.weight, fc1.bias" in h1
+    assert "first diverging node: fc2 = call_module fc2 (Linear) on relu" in h1
+
+
+def test_failed_verify_points_at_the_users_line(capsys, tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    models = root / "examples" / "my_models.py"
+    claim = (root / "specs" / "weight_spaces" / "concat_mlp.yaml").read_text()
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(claim.replace("[h2, [h1, in]]", "[h2, [in, h1]]"))  # pieces swapped
+    code, out, _ = run(capsys, "verify", f"{models}:concat_mlp", "--spec", str(wrong),
+                       "--input-shape", "4,4")  # fmt: skip
+    assert code == 1
+    source = models.read_text().splitlines()
+    line = next(i for i, t in enumerate(source, 1) if "self.fc2(torch.cat" in t)
+    assert "first diverging node: fc2" in out
+    assert f"at {models}:{line}: h2 = torch.relu(self.fc2(torch.cat([h1, x], dim=1)))" in out
+
+
 # --------------------------------------------------------------------------------------------
 # specs and interrupts
 # --------------------------------------------------------------------------------------------

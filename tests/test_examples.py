@@ -39,6 +39,10 @@ EXACT_LINES = {
     ],
     "04_verify_a_claimed_symmetry.py": [
         "claimed spec holds: False; failing spaces: stream, r",
+        "moves: fc2.weight, fc2.bias",
+        "first diverging node: add = call_function operator.add on fc_in, fc2",
+        "my_models.py:",
+        ": h = h + self.fc2(torch.relu(self.fc1(h)))",
         "traced: fc2.weight's output axis is 'fc_in', fc_in.weight's is 'fc_in'",
     ],
     "05_trace_your_own_architecture.py": [

@@ -154,6 +154,7 @@ def failure_message(report: TraceReport) -> str:
     lines = [f"the symmetry derived for {report.model} does not hold numerically:"]
     for c in vr.failures:
         lines.append(f"  {c.describe()}")
+        lines += [f"  {line}" for line in vr.why(c)]  # the first diverging node
         if c.role == "blocks" and c.name in report.blocks:
             b = report.blocks[c.name]
             lines.append(f"    spaces: {', '.join(b.spaces)}; linked by: {_wrap(b.ops, 20)}")

@@ -42,6 +42,7 @@ from torch import nn
 from ..errors import SymmetryError
 from ..spec import Permutation, WeightSpaceSpec, is_counter
 from .derivation import IOAxes, TensorAxes
+from .explain import Divergence, explain_failure, permuted_state
 from .fx import as_args, leaves
 
 __all__ = ["verify", "VerifyReport", "SpaceCheck"]
@@ -104,6 +105,8 @@ class VerifyReport:
     spaces: dict = field(default_factory=dict)
     blocks: dict = field(default_factory=dict)
     joint: SpaceCheck | None = None
+    #: Per failing check, what it permutes and where the model diverges (:mod:`.explain`).
+    explanations: list[Divergence] = field(default_factory=list)
 
     @property
     def failures(self) -> list[SpaceCheck]:
@@ -120,6 +123,14 @@ class VerifyReport:
         ``"joint"`` when only the joint check failed."""
         return [f"{c.name} (blocks)" if c.role == "blocks" else c.name for c in self.failures]
 
+    def why(self, check: SpaceCheck) -> list[str]:
+        """Where the model diverges under ``check``'s permutation (:attr:`explanations`): the
+        first diverging node, its source line and the difference there; ``[]`` if unknown."""
+        key = f"{check.name} (blocks)" if check.role == "blocks" else check.name
+        return [
+            line for d in self.explanations if d.space == key for line in str(d).splitlines()[1:]
+        ]
+
     def raise_for_failure(self, what: str = "the model") -> None:
         """Raise :class:`~nfncompile.errors.SymmetryError` naming every failed check (the
         space or block permutation, the error, the parameters it moves); do nothing if
@@ -127,7 +138,8 @@ class VerifyReport:
         if self.ok:
             return
         lines = [f"the weight-space spec's symmetry does not hold for {what}:"]
-        lines += [f"  {c.describe()}" for c in self.failures]
+        for c in self.failures:
+            lines += [f"  {c.describe()}", *(f"  {line}" for line in self.why(c))]
         raise SymmetryError("\n".join(lines))
 
     def __str__(self) -> str:
@@ -144,6 +156,7 @@ class VerifyReport:
             )
             if not c.ok and c.params and c.name != "joint":
                 lines.append(f"       {' ' * width}  moves: {', '.join(c.params)}")
+            lines += [f"       {' ' * width}{line}" for line in self.why(c)]
         return "\n".join(lines)
 
 
@@ -217,6 +230,7 @@ def verify(
     io: IOAxes | None = None,
     perturb: bool = True,
     per_space: bool = True,
+    explain: bool = True,
 ) -> VerifyReport:
     """Check numerically that ``spec``'s permutation group leaves ``model``'s function unchanged.
 
@@ -249,13 +263,17 @@ def verify(
     per_space : bool
         Also check each permutable space on its own (default); ``False`` runs only the joint
         checks, which detect any failure but cannot say which space is at fault.
+    explain : bool
+        When a check fails, say why (default): the parameter axes it permutes and the first
+        node of the model whose values diverge (:func:`~.explain.explain_failure`).
 
     Returns
     -------
     VerifyReport
         ``.ok``, ``.max_error``, ``.spaces`` (a :class:`SpaceCheck` per permutable space),
         ``.blocks`` (per block permutation), ``.joint``, ``.failed``; call
-        ``.raise_for_failure()`` to turn a failure into a :class:`SymmetryError`.
+        ``.raise_for_failure()`` to turn a failure into a :class:`SymmetryError`;
+        ``.explanations`` say where the model diverges.
 
     Raises
     ------
@@ -315,10 +333,7 @@ def verify(
         if size > 1 or name == "joint":
             for x, y in cases[:trials]:
                 perm = draw(moved)
-                sd = {
-                    k: perm.apply_tensor(k, v) if uses.get(k, set()) & moved_set else v
-                    for k, v in state.items()
-                }
+                sd = permuted_state(spec, perm, state, moved)
                 xp = tuple(_permute(perm, t, a) for t, a in zip(x, in_io))
                 try:
                     with torch.no_grad():
@@ -352,4 +367,26 @@ def verify(
     checks += [report.joint] if report.joint else []
     report.ok = all(c.ok for c in checks)
     report.max_error = max((c.max_error for c in checks), default=0.0)
+    if explain and not report.ok:
+        moves = {s: [s] for s in permutable}
+        moves.update({f"{b} (blocks)": [b] for b in spec.blocks})
+        moves["joint"] = [*permutable, *spec.blocks]
+
+        def permute_input(perm: Permutation, x: tuple) -> tuple:
+            return tuple(_permute(perm, t, a) for t, a in zip(x, in_io))
+
+        report.explanations = [
+            explain_failure(
+                net,
+                spec,
+                cases[0][0],
+                moves[name],
+                name=name,
+                seed=seed,
+                atol=atol,
+                rtol=rtol,
+                permute_input=permute_input,
+            )
+            for name in report.failed
+        ]
     return report
