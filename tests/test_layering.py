@@ -17,7 +17,7 @@ import pytest
 import nfncompile
 
 #: The contract, in its own internal order, then the stages.
-CONTRACT = ["errors", "files", "spec", "features", "testing"]
+CONTRACT = ["errors", "files", "progress", "spec", "features", "testing"]
 STAGES = ["frontend", "backend", "nn", "architectures", "declarative", "zoo", "experiments", "cli"]
 ORDER = CONTRACT + STAGES
 PACKAGE = Path(nfncompile.__file__).parent
