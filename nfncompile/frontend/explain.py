@@ -47,7 +47,7 @@ from torch import nn
 
 from ..errors import is_user_file
 from ..spec import Permutation, WeightSpaceSpec
-from .fx import as_args, leaves
+from .fx import LeafFallbackTracer, as_args, leaves
 
 __all__ = ["Divergence", "explain_failure", "params_moved", "permuted_state"]
 
@@ -278,7 +278,7 @@ def explain_failure(
         for a in as_args(example_input)
     )
     try:
-        tracer = torch.fx.Tracer()
+        tracer = LeafFallbackTracer()  # an untraceable submodule stays one node
         tracer.record_stack_traces = True  # node.stack_trace: the user's source line
         gm = torch.fx.GraphModule(net, tracer.trace(net))
     except Exception as e:

@@ -212,6 +212,25 @@ def test_an_untraceable_model_still_names_the_parameters():
     assert "torch.fx cannot trace Branchy" in d.note and "torch.fx cannot" in str(report)
 
 
+def test_an_untraceable_submodule_is_one_node():
+    class Branch(nn.Module):
+        def forward(self, h):
+            return -h if h.sum() > 1e9 else h  # control flow: kept as one call
+
+    class WithBranch(MLP):
+        def __init__(self) -> None:
+            super().__init__()
+            self.branch = Branch()
+
+        def forward(self, x):
+            h = self.branch(torch.tanh(self.l1(x)))
+            return self.l3(torch.tanh(self.l2(h)))
+
+    spec = _relabel(mlp_spec([3, 5, 4, 2]), "axes: [h2, h1]", "axes: [h2, null]")
+    d = explain_failure(WithBranch(), spec, _x(6, 3), ["h1"], mode="hnp")
+    assert d.node == "l2" and d.op == "call_module l2 (Linear) on branch"
+
+
 def test_explain_can_be_turned_off():
     spec = nfc.WeightSpaceSpec.from_yaml(RESIDUAL_SPEC)
     report = nfc.verify(Residual(), spec, _x(6, 3), explain=False)
