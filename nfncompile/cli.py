@@ -17,6 +17,10 @@ importable module or a ``.py`` file and ``FACTORY`` a callable returning an ``nn
 (or a module instance). Keyword arguments go to the factory with repeated
 ``--kwarg key=value``; values are read as YAML (``--kwarg hidden=[64,64]``).
 
+Every subcommand takes ``--progress/--no-progress``: steps that take more than a few seconds
+show a tqdm bar on a terminal and a plain line every 30 s when stderr is a log file (the
+default), or nothing.
+
 Library errors (:class:`~nfncompile.errors.NfnCompileError`) print as
 ``nfncompile: error: <message>`` with exit code 2 and no traceback; an exception raised in the
 user's own module, factory or ``forward`` is shown with the user's frame (file, line, source
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +50,13 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, NfnCompileError, StateDictMismatchError, UserCodeError
+from .errors import (
+    ConfigError,
+    Interrupted,
+    NfnCompileError,
+    StateDictMismatchError,
+    UserCodeError,
+)
 from .files import atomic_write
 
 __all__ = [
@@ -135,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         cmd.add_arguments(p)
+        p.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="progress of long steps: a bar on a terminal, a line every 30 s in a log "
+            "(default: on)",
+        )
         p.set_defaults(_handler=cmd.handler)
     return parser
 
@@ -152,14 +170,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors: return instead of exiting
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    from .progress import progress_setting, set_progress
+
+    previous = progress_setting()
+    set_progress(args.progress)
     try:
         return int(args._handler(args))
     except NfnCompileError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # a step saved its work: say what, and how to go on
+        again = shlex.join([PROG, *(sys.argv[1:] if argv is None else argv)])
+        print(
+            f"{PROG}: interrupted: {e}; to resume, run the same command: {again}", file=sys.stderr
+        )
+        return 130
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_progress(previous)
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,12 +614,13 @@ def _zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="the spec's tiny `quick:` zoo (tests, smoke runs)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _zoo(args: argparse.Namespace) -> int:
     from .zoo import default_workers, generate_zoo, load_zoo_config
 
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be a positive int, got {args.workers}")
     config = load_zoo_config(args.spec, quick=args.quick)
     workers = default_workers() if args.workers is None else args.workers
     report = generate_zoo(
@@ -597,7 +628,7 @@ def _zoo(args: argparse.Namespace) -> int:
         args.out,
         workers=workers,
         shard=args.shard,
-        progress=not args.no_progress,
+        progress=args.progress,
         spec=args.spec,
         quick=args.quick,
     )
@@ -617,13 +648,19 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (replaces the spec's)"
     )
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be a positive int, got {args.threads}")
     from .experiments.runner import run_experiment
+    from .experiments.train import resolve_device
+
+    if args.device is not None:  # before any work: the zoo stage can take minutes
+        try:
+            resolve_device(args.device)
+        except ConfigError as e:
+            raise ConfigError(f"--device {args.device}: {e}") from None
 
     run_experiment(
         args.spec,

@@ -23,6 +23,7 @@ __all__ = [
     "ModelArgumentError",
     "UserCodeError",
     "ZooError",
+    "Interrupted",
     "user_frame",
     "is_user_file",
 ]
@@ -129,10 +130,25 @@ class UserCodeError(ConfigError):
         return err
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a long step after it saved what it had finished (zoo shards, training
+    epochs); the message says what was kept. Running the same command again resumes.
+
+    A :class:`KeyboardInterrupt`, so code that lets Ctrl-C through still does.
+
+    Examples
+    --------
+    >>> str(Interrupted("zoo digits_cnn: 5 of 12 shards made and recorded"))
+    'zoo digits_cnn: 5 of 12 shards made and recorded'
+    """
+
+
 def _library_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     dirs = {str(Path(__file__).resolve().parent)}
-    dirs.update(str(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib"))
+    dirs.update(
+        str(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib")
+    )
     for name in ("torch",):  # also when installed outside site-packages
         module = sys.modules.get(name)
         if module is not None and getattr(module, "__file__", None):

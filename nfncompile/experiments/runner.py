@@ -37,7 +37,7 @@ def run_experiment(
     *,
     quick: bool = False,
     device: str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     echo: bool = True,
     threads: int | None = None,
 ) -> Any:
@@ -53,8 +53,9 @@ def run_experiment(
         Apply the spec's ``quick`` overrides (a small, fast version of the run).
     device : str, optional
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; replaces ``train.device``.
-    progress : bool
-        Show progress bars.
+    progress : bool or None
+        Progress of every long step (``None``: the process setting, a bar on a terminal and
+        a line every 30 s in a log; ``False``: none).
     echo : bool
         Print the markdown table on stdout.
     threads : int, optional

@@ -21,26 +21,31 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, ZooError
+from ..errors import ConfigError, Interrupted, ZooError
 from ..files import atomic_write
+from ..progress import progress as progress_bar
 from .cnn import make_cnn_shard
 from .config import ZooConfig
 from .inr import make_inr_shard
 from .store import (
     MANIFEST,
     base_manifest,
+    config_digest,
     encode_shard,
     finalize,
     manifest_name,
+    sha256_file,
+    shard_header,
     shard_name,
     verified_shards,
     write_manifest,
@@ -85,6 +90,10 @@ def _shard_job(config: ZooConfig, index: int, out: str) -> tuple[int, str, int]:
     return index, hashlib.sha256(data).hexdigest(), _models_in(config, index)
 
 
+def _shard_job_packed(job: tuple[ZooConfig, int, str]) -> tuple[int, str, int]:
+    return _shard_job(*job)
+
+
 def _models_in(config: ZooConfig, index: int) -> int:
     first = index * config.models_per_shard
     return min(config.models_per_shard, config.num_models - first)
@@ -92,6 +101,44 @@ def _models_in(config: ZooConfig, index: int) -> int:
 
 def _worker_init() -> None:
     torch.set_num_threads(1)
+    # Ctrl-C in a terminal reaches every process of the group: the parent alone handles it
+    # (records what finished, stops the workers), so a worker neither dies with a traceback
+    # nor leaves the pool waiting on it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C for the duration (only the main thread may set signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _finished_on_disk(config: ZooConfig, out: Path, index: int) -> tuple[int, str, int] | None:
+    """``(index, sha256, models)`` of a shard a worker wrote completely (shards are renamed
+    into place whole) but that was not recorded; ``None`` unless its header is this zoo's."""
+    path = out / shard_name(index)
+    try:
+        header = shard_header(path)
+    except Exception:
+        return None
+    if header.get("shard") != index or header.get("config_sha256") != config_digest(config):
+        return None
+    return index, sha256_file(path), int(header["models"])
 
 
 @dataclass(frozen=True)
@@ -149,7 +196,7 @@ def generate_zoo(
     *,
     workers: int = 1,
     shard: tuple[int, int] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     on_shard_done: Callable[[int], None] | None = None,
     spec: str | None = None,
     quick: bool = False,
@@ -168,8 +215,10 @@ def generate_zoo(
         Make only the shards ``s`` with ``s % n == i`` (recorded in
         ``manifest.part-i-of-n.json``). When every shard of the zoo is present the zoo is
         finished (``metadata.csv``, ``manifest.json``), whichever run completes it.
-    progress : bool
-        Show a tqdm bar over models.
+    progress : bool or None
+        Report progress over models (:func:`nfncompile.progress.progress`: a bar on a
+        terminal, a line every 30 s in a log); ``None`` follows the process setting,
+        ``False`` is silent.
     on_shard_done : callable, optional
         Called with each shard index once the shard is written and recorded (tests use it to
         simulate an interruption).
@@ -180,9 +229,10 @@ def generate_zoo(
     ------
     ZooError
         When ``out`` holds a zoo made with a different config.
+    Interrupted
+        On Ctrl-C: the workers are stopped at once and every shard that was finished is
+        recorded, so the same call resumes where this one stopped (and gives the same bytes).
     """
-    from tqdm import tqdm
-
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers must be a positive int, got {workers!r}")
     if shard is not None:
@@ -209,43 +259,35 @@ def generate_zoo(
 
     total = sum(_models_in(config, s) for s in mine)
     initial = sum(_models_in(config, s) for s in skipped)
-    bar = tqdm(
-        total=total,
-        initial=initial,
-        desc=f"zoo {config.name}",
-        unit="model",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    before = {s: _file_state(out / shard_name(s)) for s in todo}  # stale files stay unrecorded
     made: list[int] = []
+    with progress_bar(
+        total, f"zoo {config.name}", "model", initial=initial, enabled=progress
+    ) as bar:
 
-    def record(index: int, sha: str, models: int) -> None:
-        done[index] = part_done[index] = {"models": models, "sha256": sha}
-        write_manifest(out, name, base, part_done, complete=False, part=_part_str(shard))
-        made.append(index)
-        bar.update(models)
-        if on_shard_done is not None:
-            on_shard_done(index)
+        def record(index: int, sha: str, models: int) -> None:
+            done[index] = part_done[index] = {"models": models, "sha256": sha}
+            write_manifest(out, name, base, part_done, complete=False, part=_part_str(shard))
+            made.append(index)
+            bar.update(models)
+            if on_shard_done is not None:
+                on_shard_done(index)
 
-    try:
-        if workers == 1 or len(todo) <= 1:
-            for s in todo:
-                record(*_shard_job(config, s, str(out)))
-        else:
-            ctx = get_context("spawn")
-            n = min(workers, len(todo))
-            with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init) as pool:
-                pending = {pool.submit(_shard_job, config, s, str(out)) for s in todo}
-                try:
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in sorted(finished, key=lambda f: f.result()[0]):
-                            record(*fut.result())
-                finally:
-                    for fut in pending:
-                        fut.cancel()
-    finally:
-        bar.close()
+        try:
+            _make_shards(config, todo, out, workers, record)
+        except KeyboardInterrupt:
+            with _sigint_ignored():  # a second Ctrl-C must not cut the bookkeeping short
+                for s in todo:  # finished while we were stopping: record them too
+                    state = _file_state(out / shard_name(s))
+                    if s not in done and state is not None and state != before[s]:
+                        job = _finished_on_disk(config, out, s)
+                        if job is not None:
+                            record(*job)
+                write_manifest(out, name, base, part_done, complete=False, part=_part_str(shard))
+            raise Interrupted(
+                f"zoo {config.name}: {len(done)} of {config.num_shards} shards made and "
+                f"recorded in {out}"
+            ) from None
 
     # shards other runs (other --shard parts sharing this directory) recorded meanwhile
     done.update(verified_shards(out, config, skip=set(done)))
@@ -261,6 +303,35 @@ def generate_zoo(
         seconds=time.perf_counter() - start,
         summary=summary,
     )
+
+
+def _make_shards(
+    config: ZooConfig,
+    todo: list[int],
+    out: Path,
+    workers: int,
+    record: Callable[[int, str, int], None],
+) -> None:
+    """Make the shards ``todo``, in ``workers`` processes, calling ``record`` as each ends.
+
+    On Ctrl-C (or any error) the worker processes are terminated at once: a shard being
+    written is a temp file that the next run deletes, never a half-written shard.
+    """
+    if workers == 1 or len(todo) <= 1:
+        for s in todo:
+            record(*_shard_job(config, s, str(out)))
+        return
+    pool = get_context("spawn").Pool(min(workers, len(todo)), initializer=_worker_init)
+    try:
+        jobs = [(config, s, str(out)) for s in todo]
+        for result in pool.imap_unordered(_shard_job_packed, jobs):
+            record(*result)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 def _part_str(shard: tuple[int, int] | None) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -232,22 +233,43 @@ def load_zoo(directory: str | os.PathLike, *, verify: bool = True) -> Zoo:
                     f"sha256 {got[:16]}... but the manifest records "
                     f"{manifest['shards'][name]['sha256'][:16]}...",
                 )
-    rows = _read_metadata(directory / manifest.get("metadata", METADATA), manifest["columns"])
+    rerun = (
+        f"nfncompile zoo {manifest.get('spec') or 'SPEC.yaml'}"
+        f"{' --quick' if manifest.get('quick') else ''} --out {directory}"
+    )
+    rows = _read_metadata(
+        directory / manifest.get("metadata", METADATA), manifest["columns"], rerun
+    )
     if len(rows) != config.num_models:
         raise ZooError(
             f"{directory / METADATA}: {len(rows)} rows for a zoo of {config.num_models} models; "
-            "delete it and rerun `nfncompile zoo` to rewrite it"
+            f"rerun `{rerun}` to rewrite it from the shards"
         )
     return Zoo(directory, manifest, config, rows)
 
 
-def _read_metadata(path: Path, columns: dict[str, str]) -> list[dict]:
+def _read_metadata(path: Path, columns: dict[str, str], rerun: str) -> list[dict]:
+    """The rows of ``metadata.csv``, typed; a :class:`ZooError` naming the line for a file
+    that is cut short or damaged (``rerun`` is the command that rewrites it)."""
     cast = {"int": int, "float": float, "str": str}
+    fix = f"; rerun `{rerun}` to rewrite it from the shards"
     try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames != list(columns):
-                raise ZooError(f"{path}: columns {reader.fieldnames}, expected {list(columns)}")
-            return [{k: cast[columns[k]](v) for k, v in row.items()} for row in reader]
-    except (OSError, ValueError) as e:
-        raise ZooError(f"{path}: cannot read the zoo metadata ({e}); delete it and rerun") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ZooError(f"{path}: cannot read the zoo metadata ({e}){fix}") from None
+    if text and not text.endswith("\n"):
+        raise ZooError(f"{path}: the file is cut short (its last line is incomplete){fix}")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames != list(columns):
+        raise ZooError(f"{path}: columns {reader.fieldnames}, expected {list(columns)}{fix}")
+    rows = []
+    for row in reader:
+        line = reader.line_num
+        if None in row or None in row.values():
+            got = sum(v is not None for v in row.values()) + len(row.get(None) or ())
+            raise ZooError(f"{path}: line {line} has {got} of {len(columns)} fields{fix}")
+        try:
+            rows.append({k: cast[columns[k]](v) for k, v in row.items()})
+        except ValueError as e:
+            raise ZooError(f"{path}: line {line}: {e}{fix}") from None
+    return rows

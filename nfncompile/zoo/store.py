@@ -45,6 +45,7 @@ __all__ = [
     "MANIFEST",
     "METADATA",
     "SHARD_METADATA_KEY",
+    "shard_header",
     "COLUMNS",
     "TARGET",
     "shard_seed",
@@ -127,6 +128,20 @@ def encode_shard(config: ZooConfig, index: int, tensors: dict, rows: list[dict])
     # which would change the bytes from one process to the next
     meta = {SHARD_METADATA_KEY: json.dumps(header, sort_keys=True)}
     return save(tensors, metadata=meta)
+
+
+def shard_header(path: Path) -> dict:
+    """The header :func:`encode_shard` wrote into a shard file (rows, config digest, ...).
+
+    Raises
+    ------
+    Exception
+        Whatever safetensors or JSON raise for an unreadable file (callers decide).
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()[SHARD_METADATA_KEY])
 
 
 def sha256_file(path: Path) -> str:
@@ -222,20 +237,28 @@ def write_manifest(out: Path, name: str, base: dict, done: dict[int, dict], **ex
         for i, e in sorted(done.items())
     }
     data = {**base, **extra, "shards": shards}
-    atomic_write(out / name, (json.dumps(data, indent=2) + "\n").encode())
+    _write_if_changed(out / name, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """:func:`atomic_write` unless ``path`` already holds exactly ``data`` (re-running a
+    finished zoo leaves its files, and their times, alone)."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    atomic_write(path, data)
 
 
 def finalize(out: Path, config: ZooConfig, base: dict, done: dict[int, dict]) -> dict:
     """Write ``metadata.csv`` and the complete ``manifest.json``; return the summary."""
-    from safetensors import safe_open
-
     columns = COLUMNS[config.type]
     rows: list[dict] = []
     for i in range(config.num_shards):
         path = out / shard_name(i)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                rows.extend(json.loads(f.metadata()[SHARD_METADATA_KEY])["rows"])
+            rows.extend(shard_header(path)["rows"])
         except Exception as e:
             raise corrupt_shard(path, out, base, f"unreadable ({e})") from None
     buf = io.StringIO()
@@ -243,7 +266,7 @@ def finalize(out: Path, config: ZooConfig, base: dict, done: dict[int, dict]) ->
     writer.writerow(columns)
     for row in rows:
         writer.writerow([repr(row[c]) if columns[c] == "float" else row[c] for c in columns])
-    atomic_write(out / METADATA, buf.getvalue().encode())
+    _write_if_changed(out / METADATA, buf.getvalue().encode())
     target = TARGET[config.type]
     values = [r[target] for r in rows if math.isfinite(r[target])]
     summary = {

@@ -16,11 +16,11 @@ from torch import nn
 
 from ...declarative import ModelConfig, build_model, parse
 from ...declarative import load as load_model_config
-from ...errors import ConfigError
+from ...errors import ConfigError, Interrupted
 from ...files import load_yaml
 from ...spec import WeightSpaceSpec
 from ...zoo import config_from_dict, default_workers, generate_zoo, load_zoo
-from ..train import FitResult, TrainConfig, fit
+from ..train import FitResult, TrainConfig, fit, read_state
 from .config import ExperimentConfig, deep_merge
 
 __all__ = ["RunContext"]
@@ -46,8 +46,9 @@ class RunContext:
         Whether ``--quick`` was given.
     device : str or None
         ``--device``; replaces ``train.device`` of every model when given.
-    progress : bool
-        Show progress bars.
+    progress : bool or None
+        Progress of zoo generation and training (``None``: the process setting, see
+        :mod:`nfncompile.progress`; ``False``: none).
     """
 
     config: ExperimentConfig
@@ -57,7 +58,7 @@ class RunContext:
     out_dir: Path
     quick: bool = False
     device: str | None = None
-    progress: bool = False
+    progress: bool | None = None
     _t0: float = field(default_factory=time.perf_counter)
 
     def log(self, message: str) -> None:
@@ -83,20 +84,38 @@ class RunContext:
         """:func:`nfncompile.experiments.train.fit` with the model's config and a checkpoint directory
         ``out/checkpoints/<name>`` (so a rerun resumes)."""
         config = kwargs.pop("config", None) or self.train_config(name)
+        ckdir = self.out_dir / "checkpoints" / name
         t0 = time.perf_counter()
-        result = fit(
-            model,
-            train,
-            val,
-            config=config,
-            checkpoint_dir=self.out_dir / "checkpoints" / name,
-            progress=self.progress,
-            **kwargs,
-        )
-        self.log(
-            f"{name}: trained {result.epochs_completed} epochs in {time.perf_counter() - t0:.1f}s"
-            f" (best epoch {result.best_epoch}, score {_short(result.best_score)})"
-        )
+        try:
+            result = fit(
+                model,
+                train,
+                val,
+                config=config,
+                checkpoint_dir=ckdir,
+                progress=self.progress,
+                desc=name,
+                **kwargs,
+            )
+        except KeyboardInterrupt:
+            epoch = _checkpointed_epoch(ckdir)
+            raise Interrupted(
+                f"{name}: stopped during epoch {epoch + 1} of {config.epochs} "
+                f"({epoch} epochs and every model trained before it are checkpointed in "
+                f"{self.out_dir / 'checkpoints'})"
+            ) from None
+        seconds = time.perf_counter() - t0
+        best = f"best epoch {result.best_epoch}, score {_short(result.best_score)}"
+        start, end = result.resumed_from, result.epochs_completed
+        if start == 0:
+            self.log(f"{name}: trained {end} epochs in {seconds:.1f}s ({best})")
+        elif start >= end:
+            self.log(f"{name}: already trained ({end} epochs, read from {ckdir}; {best})")
+        else:
+            self.log(
+                f"{name}: resumed at epoch {start}, trained epochs {start + 1}-{end} in "
+                f"{seconds:.1f}s ({best})"
+            )
         return result
 
     # ---- models ---------------------------------------------------------------------------
@@ -166,6 +185,14 @@ class RunContext:
                 "point zoo.dir elsewhere"
             )
         return zoo
+
+
+def _checkpointed_epoch(ckdir: Path) -> int:
+    """Epochs the checkpoint in ``ckdir`` holds (0 when there is none or it is unreadable)."""
+    try:
+        return int(read_state(ckdir)["epoch"])
+    except Exception:
+        return 0
 
 
 def _read_json(path: Path) -> dict:

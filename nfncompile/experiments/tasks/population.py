@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ...progress import progress as progress_bar
 from ...zoo import BatchedOptimizer, ParamStack
 
 __all__ = [
@@ -71,6 +72,8 @@ def train_population(
     seed: int,
     masks: Mapping[str, torch.Tensor] | None = None,
     weight_decay: float = 0.0,
+    desc: str = "population",
+    progress: bool | None = None,
 ) -> Params:
     """Train a population with Adam(W) on cross-entropy; masked entries stay zero.
 
@@ -90,6 +93,8 @@ def train_population(
         Seeds the minibatch order.
     masks : dict, optional
         ``name -> (N, *shape)`` 0/1 masks; the forward pass uses ``params * masks``.
+    desc, progress
+        How progress over epochs is reported (:func:`nfncompile.progress.progress`).
 
     Returns
     -------
@@ -110,21 +115,23 @@ def train_population(
     fwd = vmap(lambda prm, xb: functional_call(net, prm, (xb,)), in_dims=(0, None))
     gen = torch.Generator().manual_seed(seed)
     n = len(x)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            leaves = {k: v.detach().requires_grad_(True) for k, v in stack.views(theta).items()}
-            logits = fwd({k: leaves[k] * m[k] for k in leaves}, x[idx])
-            yb = y[idx].repeat(count)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb) * count
-            grads = torch.autograd.grad(loss, list(leaves.values()))
-            optimizer.tick()
-            with torch.no_grad():
-                if weight_decay:
-                    theta.mul_(1 - lr * weight_decay)
-                optimizer.step(theta, slice(0, count), stack.flatten(grads), adam=True)
-                theta.mul_(mask)
+    with progress_bar(epochs, f"{desc} ({count} nets)", "epoch", enabled=progress) as bar:
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                leaves = {k: v.detach().requires_grad_(True) for k, v in stack.views(theta).items()}
+                logits = fwd({k: leaves[k] * m[k] for k in leaves}, x[idx])
+                yb = y[idx].repeat(count)
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb) * count
+                grads = torch.autograd.grad(loss, list(leaves.values()))
+                optimizer.tick()
+                with torch.no_grad():
+                    if weight_decay:
+                        theta.mul_(1 - lr * weight_decay)
+                    optimizer.step(theta, slice(0, count), stack.flatten(grads), adam=True)
+                    theta.mul_(mask)
+            bar.update()
     return stack.stacked(theta)
 
 

@@ -109,15 +109,25 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     --------
     >>> resolve_device("cpu")
     device(type='cpu')
-    >>> resolve_device("cuda:1").index
-    1
+    >>> resolve_device("tpu")
+    Traceback (most recent call last):
+    ...
+    nfncompile.errors.ConfigError: TrainConfig.device: unknown device 'tpu'; valid: auto, cpu, cuda, cuda:N
+
+    Raises
+    ------
+    ConfigError
+        For a device string torch does not know, or a device this machine cannot use (CUDA
+        on a CPU-only torch build or without a visible GPU, an index past the last GPU).
     """
     if not isinstance(device, str):
         raise ConfigError(f"TrainConfig.device: expected a string, got {device!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
-        return torch.device("cuda", local_rank)
+        dev = torch.device("cuda", local_rank)
+        _check_available(dev)
+        return dev
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -128,4 +138,30 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         raise ConfigError(
             f"TrainConfig.device: unsupported device {device!r}; valid: auto, cpu, cuda, cuda:N"
         )
+    _check_available(dev)
     return dev
+
+
+def _check_available(dev: torch.device) -> None:
+    """A :class:`ConfigError` for a device this torch cannot use (a CPU build asked for CUDA,
+    no GPU visible, an index past the last GPU)."""
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise ConfigError(
+                f"TrainConfig.device: {str(dev)!r} asked for, but this torch "
+                f"({torch.__version__}) is a CPU-only build; use cpu or auto, or install a "
+                "CUDA build of torch"
+            )
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(
+                f"TrainConfig.device: {str(dev)!r} asked for, but no CUDA device is visible "
+                "(check CUDA_VISIBLE_DEVICES and the driver); use cpu or auto"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"TrainConfig.device: {str(dev)!r} asked for, but only {count} CUDA "
+                f"device(s) are visible (cuda:0..cuda:{count - 1})"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("TrainConfig.device: 'mps' asked for, but MPS is not available here")

@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ...errors import ConfigError
+from ...progress import progress as progress_bar
 from ..distributed import (
     DistInfo,
     all_reduce,
@@ -134,11 +134,6 @@ def _is_better(score: float, best: float | None, higher: bool) -> bool:
     return score > best if higher else score < best
 
 
-def _show_progress(progress: bool, info: DistInfo) -> bool:
-    stream = sys.stderr
-    return bool(progress and info.is_main and hasattr(stream, "isatty") and stream.isatty())
-
-
 def fit(
     model: nn.Module,
     train_data: Any,
@@ -151,9 +146,10 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     collate_fn: Callable | None = None,
     augment: Callable[[Any, torch.Generator], Any] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     restore_best: bool = True,
     ddp_kwargs: Mapping[str, Any] | None = None,
+    desc: str = "fit",
 ) -> FitResult:
     """Train ``model`` with AdamW; keep the weights that validate best.
 
@@ -186,12 +182,16 @@ def fit(
         training batch on the CPU before it moves to the device, e.g. a random permutation
         from ``spec.sample_permutation(generator)``. ``generator`` is a seeded CPU
         ``torch.Generator`` (re-seeded each epoch from seed, epoch and rank).
-    progress : bool
-        Show a tqdm bar (only on rank 0, only when stderr is a terminal).
+    progress : bool or None
+        Report progress over steps, with each epoch's loss and validation score (only on
+        rank 0; :func:`nfncompile.progress.progress`: a bar on a terminal, a line every 30 s
+        in a log); ``None`` follows the process setting, ``False`` is silent.
     restore_best : bool
         Load the selected weights into ``model`` at the end (else it keeps the last ones).
     ddp_kwargs : mapping, optional
         Extra ``DistributedDataParallel`` arguments, e.g. ``find_unused_parameters=True``.
+    desc : str
+        What the progress lines call this training (e.g. the model's name).
 
     Returns
     -------
@@ -240,6 +240,7 @@ def fit(
             progress=progress,
             restore_best=restore_best,
             ddp_kwargs=dict(ddp_kwargs or {}),
+            desc=desc,
         )
 
 
@@ -271,12 +272,11 @@ def _fit(
     checkpoint_dir: str | os.PathLike | None,
     collate_fn: Callable,
     augment: Callable | None,
-    progress: bool,
+    progress: bool | None,
     restore_best: bool,
     ddp_kwargs: dict,
+    desc: str,
 ) -> FitResult:
-    from tqdm import tqdm
-
     _check_data(train_data, val_data)
     torch.manual_seed(_derive_seed(config.seed, 0, info.rank))
     model.to(device)
@@ -291,13 +291,12 @@ def _fit(
     net = _wrap(model, device, info, ddp_kwargs)
 
     steps = len(loader)
-    bar = tqdm(
-        total=config.epochs * steps,
+    bar = progress_bar(
+        config.epochs * steps,
+        desc,
+        "step",
         initial=min(state["epoch"], config.epochs) * steps,
-        disable=not _show_progress(progress, info),
-        desc="fit",
-        unit="step",
-        dynamic_ncols=True,
+        enabled=progress if info.is_main else False,
     )
     try:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -336,7 +335,7 @@ def _fit(
                 current = {k: cpu_copy(v) for k, v in model.state_dict().items()}
                 selected = current if val_data is None else best_state
                 write_checkpoint(ckdir, model, optimizer, state, selected, best_changed)
-            bar.set_postfix(_postfix(record, metric_fn is not None), refresh=False)
+            bar.set_postfix(_postfix(record, metric_fn is not None, config.epochs), refresh=False)
     finally:
         bar.close()
     barrier()  # rank 0's last checkpoint is on disk before any rank moves on (e.g. to resume)
@@ -488,8 +487,8 @@ def _validate(
     return False
 
 
-def _postfix(record: dict, has_metric: bool) -> dict:
-    post = {"loss": f"{record['train_loss']:.4g}"}
+def _postfix(record: dict, has_metric: bool, epochs: int) -> dict:
+    post = {"epoch": f"{record['epoch']}/{epochs}", "loss": f"{record['train_loss']:.4g}"}
     if record["val_loss"] is not None:
         post["val"] = f"{record['val_metric'] if has_metric else record['val_loss']:.4g}"
     return post

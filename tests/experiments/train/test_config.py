@@ -41,5 +41,28 @@ def test_config_rejects_bad_values(kwargs, match):
 def test_resolve_device():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
-    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 3)
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_cuda_is_resolved_per_rank(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 3)
+    assert resolve_device("cuda:2") == torch.device("cuda", 2)
+
+
+@pytest.mark.parametrize(
+    ("build", "count", "device", "message"),
+    [
+        (None, 0, "cuda", "is a CPU-only build; use cpu or auto"),
+        ("12.4", 0, "cuda", "no CUDA device is visible"),
+        ("12.4", 2, "cuda:2", r"only 2 CUDA device\(s\) are visible \(cuda:0..cuda:1\)"),
+    ],
+)
+def test_a_cuda_device_this_machine_cannot_use(monkeypatch, build, count, device, message):
+    monkeypatch.setattr(torch.version, "cuda", build)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(ConfigError, match=message):
+        resolve_device(device)
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(device=device)

@@ -176,10 +176,12 @@ class FakeTTY(io.StringIO):
         return True
 
 
-def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
+def test_progress_bar_on_a_terminal_and_plain_lines_in_a_log(capsys, monkeypatch):
     cfg = dataclasses.replace(CFG, epochs=1)
-    fit(Net(), TRAIN, VAL, loss_fn=mse, config=cfg, progress=True)
-    assert capsys.readouterr().err == ""  # captured stderr is not a TTY
+    fit(Net(), TRAIN, VAL, loss_fn=mse, config=cfg, progress=True, desc="net")
+    log = capsys.readouterr().err  # captured stderr is not a TTY: lines, no bar
+    assert "\r" not in log and log.startswith("net: 0/6 step (0%)")
+    assert "net: 6/6 step (100%) in " in log and "epoch=1/1, loss=" in log
     tty = FakeTTY()
     monkeypatch.setattr("sys.stderr", tty)
     fit(Net(), TRAIN, VAL, loss_fn=mse, config=cfg, progress=True)
