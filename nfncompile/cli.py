@@ -40,6 +40,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shlex
 import sys
@@ -162,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Usage errors exit with 2 (argparse's convention), library errors print
     ``nfncompile: error: <message>`` to stderr and return 2; Ctrl-C prints
-    ``nfncompile: interrupted`` (a subcommand may say more, e.g. how to resume) and returns
-    130, the shell's code for SIGINT. None of them prints a traceback.
+    ``nfncompile: interrupted`` (a subcommand may say what it kept and the command that
+    resumes) and returns 130, the shell's code for SIGINT. None of them prints a
+    traceback.
     """
     parser = build_parser()
     try:
@@ -184,12 +186,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{PROG}: interrupted: {e}; to resume, run the same command: {again}", file=sys.stderr
         )
-        return 130
+        return _interrupted(argv)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(argv)
     finally:
         set_progress(previous)
+
+
+def _interrupted(argv: Sequence[str] | None) -> int:
+    """Exit code 130 for Ctrl-C. Run as the ``nfncompile`` program (``argv`` None), also
+    freeze the garbage collector: the interpreter then exits about 3x sooner (tearing down
+    torch took seconds on a busy machine, which a user who pressed Ctrl-C should not wait
+    for), still running every exit handler."""
+    if argv is None:
+        gc.freeze()
+    return 130
 
 
 # --------------------------------------------------------------------------------------------
