@@ -4,11 +4,6 @@ the first second, mistakes reported before any work, Ctrl-C that stops at once a
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +11,7 @@ import torch
 
 from nfncompile.zoo import generate_zoo, load_zoo_config
 
+from .sigint import interrupt
 from .test_cli import assert_user_error, run
 
 
@@ -157,34 +153,8 @@ def test_ctrl_c_during_training_stops_at_once_and_resumes(capsys, tmp_path, zoo_
     spec = experiment(tmp_path / "exp.yaml", zoo_dir, epochs=400, model="nfn_hnp")
     argv = ["run", str(spec), "--out", str(tmp_path / "out")]
     state = tmp_path / "out" / "checkpoints" / "nfn_hnp" / "state.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nfncompile.cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if json.loads(state.read_text())["epoch"] >= 3:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.02)
-    assert proc.poll() is None, f"finished before it could be interrupted:\n{proc.stderr.read()}"
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    stopped = time.monotonic() - sent
-
-    assert proc.returncode == 130, err
-    assert stopped < 2.0, f"took {stopped:.1f} s to stop"
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    last = err.strip().splitlines()[-1]
+    last = interrupt(argv, lambda: json.loads(state.read_text())["epoch"] >= 3)
     assert last.startswith("nfncompile: interrupted: nfn_hnp: stopped during epoch "), last
-    assert last.endswith(" to resume, run the same command: nfncompile " + " ".join(argv))
     epoch = json.loads(state.read_text())["epoch"]
     assert 3 <= epoch < 400
 

@@ -4,11 +4,6 @@ how to resume, and the resumed zoo has the same bytes as one made in one go."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +12,7 @@ from nfncompile.errors import Interrupted
 from nfncompile.files import atomic_write, loads_yaml
 from nfncompile.zoo import config_from_dict, generate_zoo, make_shard
 from nfncompile.zoo.store import shard_name
+from tests.sigint import interrupt
 
 # 16 shards of 2 small CNNs (about 0.25 s a shard on one busy core): long enough to interrupt
 SPEC = """\
@@ -66,30 +62,9 @@ def test_ctrl_c_with_workers_stops_at_once_and_resumes_to_the_same_bytes(
     (tmp_path / "zoo.yaml").write_text(SPEC)
     argv = ["zoo", "zoo.yaml", "--workers", "2", "--out", "interrupted"]
     out = tmp_path / "interrupted"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nfncompile.cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    deadline = time.monotonic() + 240
-    while not recorded(out) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, f"finished before it could be interrupted:\n{proc.stderr.read()}"
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    stopped = time.monotonic() - sent
-
-    assert proc.returncode == 130, err
-    assert stopped < 2.0, f"took {stopped:.1f} s to stop"
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    last = err.strip().splitlines()[-1]
+    last = interrupt(argv, lambda: recorded(out))
     assert last.startswith("nfncompile: interrupted: zoo interrupted: ")
     assert "shards made and recorded in interrupted" in last
-    assert last.endswith("to resume, run the same command: nfncompile " + " ".join(argv))
     on_disk = {p.name for p in out.glob("shard-*.safetensors")}
     assert 0 < len(on_disk) < config.num_shards
     assert on_disk == recorded(out)  # every finished shard is recorded, no other
