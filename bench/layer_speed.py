@@ -27,7 +27,7 @@ import warnings
 
 import torch
 
-from nfncompile.nn.layers import NFLinear
+from nfncompile.nn import NFLinear
 from nfncompile.spec import WeightSpaceSpec
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -318,7 +318,7 @@ def num_basis_dims(
     out_channels: int = 1,
 ) -> int:
     """Dimension of the space of equivariant linear (affine) maps with the given channels:
-    the free-parameter count of :class:`~nfncompile.nn.layers.NFLinear`.
+    the free-parameter count of :class:`~nfncompile.nn.NFLinear`.
     """
     return sum(
         t.num_params(in_channels, out_channels) for t in enumerate_basis(spec, mode, bias=bias)

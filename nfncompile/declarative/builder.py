@@ -166,8 +166,7 @@ def build_model(
 
 
 def _build_nfn(spec: WeightSpaceSpec, cfg: ModelConfig, source: str) -> NFN:
-    from ..nn.layers import NFLinear, NFPool
-    from ..nn.pointwise import IOEncoding, NFActivation, NFDropout, NFNorm
+    from ..nn import IOEncoding, NFActivation, NFDropout, NFLinear, NFNorm, NFPool
 
     body = cfg.nfn
     mode = body.mode

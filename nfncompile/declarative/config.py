@@ -153,7 +153,7 @@ class WeightSpaceConfig:
 
 @dataclass(frozen=True)
 class NFLinearLayer:
-    """An equivariant NF-Layer (:class:`~nfncompile.nn.layers.NFLinear`) to ``channels`` channels."""
+    """An equivariant NF-Layer (:class:`~nfncompile.nn.NFLinear`) to ``channels`` channels."""
 
     type: ClassVar[str] = "nf_linear"
     channels: int = field(metadata={"min": 1, "help": "output channels"})
@@ -165,7 +165,7 @@ class NFLinearLayer:
 
 @dataclass(frozen=True)
 class ActivationLayer:
-    """An elementwise activation (:class:`~nfncompile.nn.pointwise.NFActivation`)."""
+    """An elementwise activation (:class:`~nfncompile.nn.NFActivation`)."""
 
     type: ClassVar[str] = "activation"
     fn: str = field(default="relu", metadata={"choices": _activations, "help": "activation"})
@@ -173,7 +173,7 @@ class ActivationLayer:
 
 @dataclass(frozen=True)
 class NormLayer:
-    """Channel normalisation of every parameter (:class:`~nfncompile.nn.pointwise.NFNorm`)."""
+    """Channel normalisation of every parameter (:class:`~nfncompile.nn.NFNorm`)."""
 
     type: ClassVar[str] = "norm"
     eps: float = field(default=1e-5, metadata={"min": 0, "help": "added to the variance"})
@@ -182,7 +182,7 @@ class NormLayer:
 
 @dataclass(frozen=True)
 class DropoutLayer:
-    """Elementwise dropout (:class:`~nfncompile.nn.pointwise.NFDropout`)."""
+    """Elementwise dropout (:class:`~nfncompile.nn.NFDropout`)."""
 
     type: ClassVar[str] = "dropout"
     p: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "drop probability"})
@@ -201,7 +201,7 @@ class IOEncodingLayer:
 
 @dataclass(frozen=True)
 class NFPoolLayer:
-    """Invariant pooling (:class:`~nfncompile.nn.layers.NFPool`): features become ``(B, F)``."""
+    """Invariant pooling (:class:`~nfncompile.nn.NFPool`): features become ``(B, F)``."""
 
     type: ClassVar[str] = "nf_pool"
 

@@ -20,7 +20,7 @@ from nfncompile.backend.basis import (
     set_partitions,
 )
 from nfncompile.backend.plan import build_plan
-from nfncompile.nn.layers import NFLinear
+from nfncompile.nn import NFLinear
 from nfncompile.spec import Permutation, WeightSpaceSpec
 
 MODES = ("np", "hnp")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from nfncompile.backend.basis import num_basis_dims
-from nfncompile.nn.layers import NFLinear
+from nfncompile.nn import NFLinear
 from nfncompile.spec import WeightSpaceSpec
 from tests.backend.test_basis import make_spec, mlp_spec
 

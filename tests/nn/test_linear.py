@@ -14,7 +14,7 @@ from nfncompile.architectures import catalogue as _architectures
 from nfncompile.errors import ConfigError, FeatureMismatchError, SpecError
 from nfncompile.features import WeightSpaceFeatures
 from nfncompile.frontend.tracing import trace
-from nfncompile.nn.layers import NFLinear, NFPool
+from nfncompile.nn import NFLinear, NFPool
 from nfncompile.spec import WeightSpaceSpec
 from tests.backend.test_basis import SPECS, make_spec, mlp_spec
 

@@ -1,4 +1,4 @@
-"""Equivariant NF-Layers generated from a weight-space spec: :class:`NFLinear` and :class:`NFPool`.
+"""The equivariant NF-Layer generated from a weight-space spec: :class:`NFLinear`.
 
 Examples
 --------
@@ -17,9 +17,6 @@ NFLinear(in_channels=1, out_channels=4, mode='hnp', terms=21, params=144)
 >>> feats = WeightSpaceFeatures({n: torch.randn(5, 1, *spec[n].shape) for n in spec.names})
 >>> layer(feats)
 WeightSpaceFeatures(B=5, C=4, l1.weight=(5, 4, 3, 2), l1.bias=(5, 4, 3), l2.weight=(5, 4, 1, 3))
->>> pool = NFPool(spec, mode="hnp", in_channels=4)
->>> pool.features_per_channel, pool(layer(feats)).shape
-(4, torch.Size([5, 16]))
 """
 
 from __future__ import annotations
@@ -30,73 +27,21 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..backend.basis import block_refs
 from ..backend.codegen import generate
 from ..backend.plan import Plan, build_plan
-from ..errors import ConfigError, FeatureMismatchError
 from ..features import WeightSpaceFeatures
 from ..spec import WeightSpaceSpec, check_mode
+from .checks import check_channels, check_features
 
-__all__ = ["NFLinear", "NFPool", "check_features"]
+__all__ = ["NFLinear"]
 
 #: Second moment of an input per unit pre-activation variance, in a ReLU network: a pointwise
 #: read sees ``E[x^2] = v / 2``; a mean sees about ``E[x]^2``, which is ``v / (2 pi)`` for a
 #: centred pre-activation and grows with the per-channel offsets that mean terms create. The
 #: value 1/3 was calibrated by measurement (8 NFLinear+ReLU layers keep std within 0.3-2.1 on
-#: MLPs, CNNs and residual MLPs in both modes; see tests/test_layers.py).
+#: MLPs, CNNs and residual MLPs in both modes; see tests/nn/test_linear.py).
 POINTWISE_MOMENT = 0.5
 MEAN_MOMENT = 1.0 / 3.0
-
-
-def check_features(
-    spec: WeightSpaceSpec, features: Mapping, channels: int | None, what: str
-) -> None:
-    """Raise :class:`FeatureMismatchError` unless ``features`` has every param of ``spec`` as a
-    ``(B, channels, *shape)`` tensor; every wrong key and shape is listed at once."""
-    if not isinstance(features, Mapping):
-        raise FeatureMismatchError(
-            f"{what} expects WeightSpaceFeatures (a mapping name -> tensor), "
-            f"got {type(features).__name__}"
-        )
-    missing = [n for n in spec.names if n not in features]
-    unexpected = [k for k in features if k not in spec]
-    misshaped, batch, chans = [], set(), set()
-    for n in spec.names:
-        if n not in features:
-            continue
-        v = features[n]
-        want = spec[n].shape
-        if (
-            not isinstance(v, torch.Tensor)
-            or v.dim() != 2 + len(want)
-            or tuple(v.shape[2:]) != want
-        ):
-            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            misshaped.append(f"{n}: expected (B, C, {', '.join(map(str, want))}), got {got}")
-            continue
-        batch.add(v.shape[0])
-        chans.add(v.shape[1])
-    lines = []
-    if missing:
-        lines.append(f"missing keys: {', '.join(missing)}")
-    if unexpected:
-        lines.append(f"unexpected keys: {', '.join(map(str, unexpected))}")
-    if misshaped:
-        lines.append("mis-shaped: " + "; ".join(misshaped))
-    if len(batch) > 1:
-        lines.append(f"batch sizes differ: {sorted(batch)}")
-    if channels is not None and chans and chans != {channels}:
-        lines.append(f"expected C_in={channels}, got {', '.join(map(str, sorted(chans)))}")
-    if lines:
-        raise FeatureMismatchError(
-            f"{what}: features do not match the weight-space spec:\n  " + "\n  ".join(lines)
-        )
-
-
-def _check_channels(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class NFLinear(nn.Module):
@@ -163,8 +108,8 @@ class NFLinear(nn.Module):
         check_mode(mode)
         self.spec = spec
         self.mode = mode
-        self.in_channels = _check_channels("in_channels", in_channels)
-        self.out_channels = _check_channels("out_channels", out_channels)
+        self.in_channels = check_channels("in_channels", in_channels)
+        self.out_channels = check_channels("out_channels", out_channels)
         self.io_embed = bool(io_embed)
         self.bias = bool(bias)
         self.plan: Plan = build_plan(spec, mode, in_channels, out_channels, bias=bias)
@@ -265,80 +210,3 @@ class NFLinear(nn.Module):
 
     def __repr__(self) -> str:
         return f"NFLinear({self.extra_repr()})"
-
-
-class NFPool(nn.Module):
-    """Invariant pooling: the mean over every permutable axis of every parameter block.
-
-    Fixed axes (kernel dims, and in ``hnp`` the input/output neuron positions) are kept as
-    separate features.
-
-    Parameters
-    ----------
-    spec : WeightSpaceSpec
-    mode : {"np", "hnp"}
-    in_channels : int, optional
-        Needed for :attr:`num_features` (and checked in ``forward`` when given).
-
-    Attributes
-    ----------
-    features_per_channel : int
-        Output features per input channel: the sum over blocks of their fixed positions.
-
-    Examples
-    --------
-    >>> from nfncompile.spec import WeightSpaceSpec
-    >>> spec = WeightSpaceSpec.from_dict({
-    ...     "spaces": {"i": {"size": 3, "role": "input"}, "o": {"size": 2, "role": "output"}},
-    ...     "params": {"w": {"shape": [2, 3], "axes": ["o", "i"]}}})
-    >>> NFPool(spec, "np").features_per_channel, NFPool(spec, "hnp").features_per_channel
-    (1, 6)
-    """
-
-    def __init__(self, spec: WeightSpaceSpec, mode: str = "np", in_channels: int | None = None):
-        super().__init__()
-        check_mode(mode)
-        self.spec = spec
-        self.mode = mode
-        self.in_channels = (
-            None if in_channels is None else _check_channels("in_channels", in_channels)
-        )
-        self._blocks = block_refs(spec, mode)
-        self.features_per_channel = sum(r.fixed_size for r in self._blocks)
-
-    @property
-    def num_features(self) -> int:
-        """``in_channels * features_per_channel``: the width of the output."""
-        if self.in_channels is None:
-            raise ConfigError(
-                "NFPool.num_features needs in_channels: build it as "
-                "NFPool(spec, mode, in_channels=C) (features_per_channel="
-                f"{self.features_per_channel})"
-            )
-        return self.in_channels * self.features_per_channel
-
-    def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``(B, C * features_per_channel)`` invariant features."""
-        check_features(self.spec, features, self.in_channels, "NFPool")
-        out = []
-        for r in self._blocks:
-            p = self.spec[r.param]
-            x = features[r.param]
-            if p.view is not None:
-                x = x.reshape(x.shape[0], x.shape[1], *p.view)
-            if r.shape != p.labelled_shape:
-                idx = (slice(None), slice(None)) + tuple(
-                    slice(s, s + n) for s, n in zip(r.starts, r.shape)
-                )
-                x = x[idx]
-            dims = tuple(2 + a for a in r.perm_axes)
-            if dims:
-                x = x.mean(dim=dims)
-            out.append(x.flatten(1))
-        return torch.cat(out, dim=1)
-
-    def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, in_channels={self.in_channels}, "
-            f"features_per_channel={self.features_per_channel}"
-        )
