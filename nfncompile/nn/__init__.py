@@ -34,4 +34,12 @@ from .norm import NFNorm
 from .pool import NFPool
 from .stats import StatFeatures
 
-__all__ = ["NFLinear", "NFPool", "NFActivation", "NFNorm", "NFDropout", "IOEncoding", "StatFeatures"]
+__all__ = [
+    "NFLinear",
+    "NFPool",
+    "NFActivation",
+    "NFNorm",
+    "NFDropout",
+    "IOEncoding",
+    "StatFeatures",
+]

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..backend.basis import block_refs
+from ..backend.tiles import tile_refs
 from ..errors import ConfigError
 from ..spec import WeightSpaceSpec, check_mode
 from .checks import check_channels, check_features
@@ -26,10 +26,12 @@ __all__ = ["NFPool"]
 
 
 class NFPool(nn.Module):
-    """Invariant pooling: the mean over every permutable axis of every parameter block.
+    """Invariant pooling: the mean over every permutable dim of every tile.
 
-    Fixed axes (kernel dims, and in ``hnp`` the input/output neuron positions) are kept as
-    separate features.
+    Tiles and dims are those of :func:`~nfncompile.backend.tiles.tile_refs`, the same the layers
+    read: a block axis is averaged over its blocks and over the positions inside them. Fixed
+    dims (kernel dims, and in ``hnp`` the input/output neuron positions) are kept as separate
+    features.
 
     Parameters
     ----------
@@ -40,8 +42,9 @@ class NFPool(nn.Module):
 
     Attributes
     ----------
+    tiles : list of TileRef
     features_per_channel : int
-        Output features per input channel: the sum over blocks of their fixed positions.
+        Output features per input channel: the sum over tiles of their fixed positions.
 
     Examples
     --------
@@ -61,8 +64,8 @@ class NFPool(nn.Module):
         self.in_channels = (
             None if in_channels is None else check_channels("in_channels", in_channels)
         )
-        self._blocks = block_refs(spec, mode)
-        self.features_per_channel = sum(r.fixed_size for r in self._blocks)
+        self.tiles = tile_refs(spec, mode)
+        self.features_per_channel = sum(t.fixed_size for t in self.tiles)
 
     @property
     def num_features(self) -> int:
@@ -79,7 +82,7 @@ class NFPool(nn.Module):
         """``(B, C * features_per_channel)`` invariant features."""
         check_features(self.spec, features, self.in_channels, "NFPool")
         out = []
-        for r in self._blocks:
+        for r in self.tiles:
             p = self.spec[r.param]
             x = features[r.param]
             if p.view is not None:
@@ -89,7 +92,9 @@ class NFPool(nn.Module):
                     slice(s, s + n) for s, n in zip(r.starts, r.shape)
                 )
                 x = x[idx]
-            dims = tuple(2 + a for a in r.perm_axes)
+            if r.is_split:
+                x = x.reshape(x.shape[0], x.shape[1], *r.dim_shape)
+            dims = tuple(2 + d for d in r.perm_dims)
             if dims:
                 x = x.mean(dim=dims)
             out.append(x.flatten(1))

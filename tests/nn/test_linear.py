@@ -1,4 +1,5 @@
-"""NFLinear / NFPool: equivariance, invariance, errors, compilation, devices, initialisation."""
+"""NFLinear: equivariance (both bases, both modes, block spaces), the linear basis's relations and
+transfer between specs, sizes and the memory check, errors, compilation, devices, initialisation."""
 
 from __future__ import annotations
 
@@ -15,127 +16,96 @@ from nfncompile.errors import ConfigError, FeatureMismatchError, SpecError
 from nfncompile.features import WeightSpaceFeatures
 from nfncompile.frontend.tracing import trace
 from nfncompile.nn import NFLinear, NFPool
-from nfncompile.spec import WeightSpaceSpec
-from tests.backend.test_basis import SPECS, make_spec, mlp_spec
+from nfncompile.nn.linear import AUTO_COMPLETE_MAX_PARAMS
+from tests.backend.specs import BLOCK_SPECS, SPECS, mlp_spec
+from tests.nn.helpers import (
+    block_space_specs,
+    check_equivariant,
+    rand_feats,
+    randomise,
+    weight_space_specs,
+)
 
 MODES = ("np", "hnp")
-
-
-# ---- helpers ---------------------------------------------------------------------------------
-
-
-def rand_feats(spec: WeightSpaceSpec, channels: int, batch: int, gen: torch.Generator) -> dict:
-    return {
-        p.name: torch.randn((batch, channels, *p.shape), generator=gen, dtype=torch.float64)
-        for p in spec.params
-    }
-
-
-def randomise(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """Every parameter ~ N(0, 1): no term is left at a small or zero initial value."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
-
-
-def check_equivariant(layer: NFLinear, spec: WeightSpaceSpec, mode: str, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    layer = layer.double()
-    randomise(layer, gen)
-    x = rand_feats(spec, layer.in_channels, 3, gen)
-    y = layer(x)
-    moved = False
-    for _ in range(3):
-        perm = spec.sample_permutation(gen, mode=mode)
-        moved |= any(not torch.equal(v, torch.arange(len(v))) for v in perm.perms.values())
-        y_perm = layer(perm.apply(x))
-        expected = perm.apply(y)
-        for n in spec.names:
-            torch.testing.assert_close(y_perm[n], expected[n], msg=lambda m, n=n: f"{n}: {m}")
-    return moved
-
-
-def check_invariant(pool: NFPool, spec: WeightSpaceSpec, mode: str, channels: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    x = rand_feats(spec, channels, 3, gen)
-    y = pool(x)
-    assert y.shape == (3, channels * pool.features_per_channel)
-    for _ in range(3):
-        perm = spec.sample_permutation(gen, mode=mode)
-        torch.testing.assert_close(pool(perm.apply(x)), y)
-
-
-# ---- hypothesis: random weight-space specs -----------------------------------------------------
-
-
-@st.composite
-def weight_space_specs(draw) -> WeightSpaceSpec:
-    """Chains of spaces with square same-space weights, composite and fixed axes, and views."""
-    depth = draw(st.integers(1, 3))
-    sizes = [draw(st.integers(1, 3)) for _ in range(depth + 1)]
-    names = ["in"] + [f"h{i}" for i in range(1, depth)] + ["out"]
-    roles = ["input"] + ["hidden"] * (depth - 1) + ["output"]
-    spaces = {n: (s, r) for n, s, r in zip(names, sizes, roles)}
-    params: dict = {}
-    for i in range(1, depth + 1):
-        out_s, in_s = names[i], names[i - 1]
-        kernel = draw(st.sampled_from([(), (2,), (1, 2)]))
-        kind = draw(st.sampled_from(["plain", "composite", "view"]))
-        if kind == "composite":
-            extra = draw(st.integers(1, 2))
-            in_axis = [in_s, extra] if draw(st.booleans()) else [extra, in_s, in_s]
-            width = sum(sizes[names.index(p)] if isinstance(p, str) else p for p in in_axis)
-            params[f"l{i}.weight"] = {
-                "shape": [sizes[i], width, *kernel],
-                "axes": [out_s, in_axis] + [None] * len(kernel),
-            }
-        elif kind == "view":
-            pos = draw(st.integers(1, 3))
-            params[f"l{i}.weight"] = {
-                "shape": [sizes[i], sizes[i - 1] * pos],
-                "view": [sizes[i], sizes[i - 1], pos],
-                "axes": [out_s, in_s, None],
-            }
-        else:
-            params[f"l{i}.weight"] = {
-                "shape": [sizes[i], sizes[i - 1], *kernel],
-                "axes": [out_s, in_s] + [None] * len(kernel),
-            }
-        if draw(st.booleans()):
-            params[f"l{i}.bias"] = {"shape": [sizes[i]], "axes": [out_s]}
-        if i < depth and draw(st.booleans()):
-            params[f"r{i}.weight"] = {"shape": [sizes[i], sizes[i]], "axes": [out_s, out_s]}
-    return make_spec(spaces, params)
+BASES = ("complete", "linear")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=weight_space_specs(), mode=st.sampled_from(MODES), seed=st.integers(0, 2**16))
-def test_nflinear_equivariant_random_specs(spec, mode, seed):
-    layer = NFLinear(spec, 2, 3, mode=mode)
+@given(
+    spec=weight_space_specs(),
+    mode=st.sampled_from(MODES),
+    basis=st.sampled_from(BASES),
+    seed=st.integers(0, 2**16),
+)
+def test_nflinear_equivariant_random_specs(spec, mode, basis, seed):
+    layer = NFLinear(spec, 2, 3, mode=mode, basis=basis)
     check_equivariant(layer, spec, mode, seed)
     assert layer.num_params == sum(p.numel() for p in layer.parameters())
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=weight_space_specs(), mode=st.sampled_from(MODES), seed=st.integers(0, 2**16))
-def test_nfpool_invariant_random_specs(spec, mode, seed):
-    check_invariant(NFPool(spec, mode, in_channels=2), spec, mode, 2, seed)
+@given(
+    spec=block_space_specs(),
+    mode=st.sampled_from(MODES),
+    basis=st.sampled_from(BASES),
+    seed=st.integers(0, 2**16),
+)
+def test_nflinear_equivariant_random_block_specs(spec, mode, basis, seed):
+    layer = NFLinear(spec, 2, 2, mode=mode, basis=basis)
+    check_equivariant(layer, spec, mode, seed)
+    assert layer.num_params == sum(p.numel() for p in layer.parameters())
 
 
 # ---- hand-written catalogue shapes -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("basis", BASES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_nflinear_equivariant_catalogue_shapes(name, mode):
+def test_nflinear_equivariant_catalogue_shapes(name, mode, basis):
+    """Hand-written shapes, block spaces included (grouped and depthwise convs: permutations of
+    whole blocks and inside every block, drawn by spec.sample_permutation)."""
     spec = SPECS[name]
-    assert check_equivariant(NFLinear(spec, 2, 3, mode=mode), spec, mode)
+    assert check_equivariant(NFLinear(spec, 2, 3, mode=mode, basis=basis), spec, mode)
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", sorted(SPECS))
-def test_nfpool_invariant_catalogue_shapes(name, mode):
-    check_invariant(NFPool(spec := SPECS[name], mode), spec, mode, 2)
+@pytest.mark.parametrize("name", BLOCK_SPECS)
+def test_block_permutations_move_blocks_and_insides(name):
+    """The draws used above do move whole blocks and neurons inside blocks (np)."""
+    spec = SPECS[name]
+    gen = torch.Generator().manual_seed(0)
+    moved_blocks = moved_inside = False
+    for _ in range(10):
+        perm = spec.sample_permutation(gen, mode="np")
+        for s, p in perm.perms.items():
+            shape = spec.block_shape(s)
+            if shape is None:
+                continue
+            count, k = shape
+            grid = p.reshape(count, k)
+            moved_blocks |= not torch.equal(grid[:, 0] // k, torch.arange(count))
+            moved_inside |= k > 1 and not torch.equal(grid % k, torch.arange(k).expand(count, k))
+    assert moved_blocks and (moved_inside or name == "depthwise_multiplier")
+
+
+def test_grouped_layer_is_not_equivariant_to_the_ungrouped_group():
+    """The block basis uses the block structure: reading c1 of the grouped spec as a plain space
+    (a permutation across blocks) breaks the layer's equivariance."""
+    spec = SPECS["grouped"]
+    layer = NFLinear(spec, 2, 2, basis="complete").double()
+    gen = torch.Generator().manual_seed(0)
+    randomise(layer, gen)
+    x = rand_feats(spec, 2, 2, gen)
+    cross = torch.tensor([0, 2, 1, 3])  # swaps neurons of different blocks of c1 and c2
+    moved = {}
+    for n, v in x.items():
+        p = spec[n]
+        for i, a in enumerate(p.axes):
+            if a in ("c1", "c2"):
+                v = v.index_select(2 + i, cross)
+        moved[n] = v
+    y, y_moved = layer(x), layer(moved)
+    assert not torch.allclose(y_moved["fc.weight"], y["fc.weight"].index_select(3, cross))
 
 
 def test_equivariance_check_detects_a_broken_layer():
@@ -148,15 +118,16 @@ def test_equivariance_check_detects_a_broken_layer():
         check_equivariant(NFLinear(spec, 2, 2, mode="hnp"), spec, "np")
 
 
+@pytest.mark.parametrize("basis", BASES)
 @pytest.mark.parametrize("name", ["mlp", "cnn", "concat"])
-def test_io_embed_is_hnp_equivariant(name):
+def test_io_embed_is_hnp_equivariant(name, basis):
     spec = SPECS[name]
-    layer = NFLinear(spec, 2, 2, mode="hnp", io_embed=True)
-    plain = NFLinear(spec, 2, 2, mode="hnp")
+    layer = NFLinear(spec, 2, 2, mode="hnp", io_embed=True, basis=basis)
+    plain = NFLinear(spec, 2, 2, mode="hnp", basis=basis)
     assert len(list(layer.parameters())) > len(list(plain.parameters()))
     check_equivariant(layer, spec, "hnp")
     # an NP layer with io_embed is still HNP-equivariant
-    check_equivariant(NFLinear(spec, 2, 2, mode="np", io_embed=True), spec, "hnp")
+    check_equivariant(NFLinear(spec, 2, 2, mode="np", io_embed=True, basis=basis), spec, "hnp")
 
 
 CATALOGUE_NAMES = sorted(_architectures.CATALOGUE)
@@ -175,14 +146,15 @@ BLOCK_SPACES = {"regnet_x", "resnext_block"}
     ],
 )
 def test_traced_catalogue(name):
-    """Every catalogue entry traces to a spec on which NFLinear is equivariant and NFPool
-    invariant, in both modes."""
+    """Every catalogue entry traces to a spec on which NFLinear is equivariant, in both modes
+    and with both bases."""
     torch.manual_seed(0)
     arch = _architectures.CATALOGUE[name]
     spec = trace(arch.factory(), torch.randn(arch.input_shape))
     for mode in MODES:
-        assert check_equivariant(NFLinear(spec, 1, 2, mode=mode), spec, mode)
-        check_invariant(NFPool(spec, mode), spec, mode, 1)
+        for basis in BASES:
+            layer = NFLinear(spec, 1, 2, mode=mode, basis=basis)
+            assert check_equivariant(layer, spec, mode), (mode, basis)
 
 
 # ---- outputs, attributes, autograd -------------------------------------------------------------
@@ -195,10 +167,11 @@ def test_attributes_and_code():
     assert isinstance(layer.graph_module, fx.GraphModule)
     assert layer.code.lstrip().startswith("def forward(self, conv1_weight, conv1_bias")
     assert "channel_mix" in layer.code and "mean" in layer.code
-    assert layer.num_terms == len(layer.plan.terms)
+    assert layer.num_terms == len(layer.terms())
     assert layer.num_params == sum(p.numel() for p in layer.parameters())
-    assert str(layer.plan).startswith("Plan(mode='hnp', in_channels=2, out_channels=3")
+    assert str(layer.plan).startswith("Plan(mode='hnp', basis='complete', in_channels=2")
     assert repr(layer).startswith("NFLinear(in_channels=2, out_channels=3, mode='hnp'")
+    assert "basis='complete'" in repr(layer)
 
 
 def test_forward_output_and_gradients():
@@ -228,8 +201,9 @@ def test_linear_in_the_input():
         torch.testing.assert_close(yab[k], 2 * ya[k] - 3 * yb[k])
 
 
+@pytest.mark.parametrize("basis", BASES)
 @pytest.mark.parametrize("mode", MODES)
-def test_init_keeps_unit_scale_through_depth(mode):
+def test_init_keeps_unit_scale_through_depth(mode, basis):
     for spec in (
         mlp_spec((4, 8, 8, 8, 3)),
         mlp_spec((8, 128, 128, 4)),
@@ -239,7 +213,9 @@ def test_init_keeps_unit_scale_through_depth(mode):
         gen = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
         width = 16
-        layers = [NFLinear(spec, 1 if i == 0 else width, width, mode=mode) for i in range(8)]
+        layers = [
+            NFLinear(spec, 1 if i == 0 else width, width, mode=mode, basis=basis) for i in range(8)
+        ]
         x = {k: v.float() for k, v in rand_feats(spec, 1, 32, gen).items()}
         for layer in layers:
             x = {k: torch.relu(v) for k, v in layer(x).items()}
@@ -270,8 +246,6 @@ def test_wrong_channel_count():
     x = rand_feats(spec, 3, 1, torch.Generator().manual_seed(0))
     with pytest.raises(FeatureMismatchError, match=r"expected C_in=2, got 3"):
         NFLinear(spec, 2, 2)(x)
-    with pytest.raises(FeatureMismatchError, match=r"expected C_in=2, got 3"):
-        NFPool(spec, in_channels=2)(x)
 
 
 def test_not_a_mapping():
@@ -283,24 +257,12 @@ def test_unknown_mode_and_bad_channels():
     spec = SPECS["mlp"]
     with pytest.raises(SpecError, match="unknown mode 'nph'; valid modes: np, hnp"):
         NFLinear(spec, 1, 1, mode="nph")
-    with pytest.raises(SpecError, match="valid modes"):
-        NFPool(spec, mode="x")
     with pytest.raises(ConfigError, match="out_channels must be a positive int, got 0"):
         NFLinear(spec, 1, 0)
-    with pytest.raises(ConfigError, match="needs in_channels"):
-        _ = NFPool(spec).num_features
-    assert (
-        NFPool(spec, "hnp", in_channels=3).num_features
-        == 3 * NFPool(spec, "hnp").features_per_channel
-    )
-
-
-def test_pool_feature_counts():
-    spec = SPECS["cnn"]
-    # np: one mean per block, times the kernel positions of the conv weights
-    assert NFPool(spec, "np").features_per_channel == 4 + 1 + 2 + 1 + 1
-    # hnp: conv1 keeps `in` (1), fc keeps `out` (2)
-    assert NFPool(spec, "hnp").features_per_channel == 4 + 1 + 2 + 2 + 2
+    with pytest.raises(ConfigError, match="unknown basis 'full'; valid: auto, complete, linear"):
+        NFLinear(spec, 1, 1, basis="full")
+    with pytest.raises(ConfigError, match="width must be a positive int"):
+        NFLinear(spec, 1, 1, basis="linear", width=0)
 
 
 # ---- compilation, autocast, devices ------------------------------------------------------------
@@ -308,11 +270,12 @@ def test_pool_feature_counts():
 
 # dynamo imports parts of torch that warn about their own deprecations (version dependent)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:torch")
+@pytest.mark.parametrize("basis", BASES)
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_torch_compile(backend):
+def test_torch_compile(backend, basis):
     spec = SPECS["concat"]
     gen = torch.Generator().manual_seed(0)
-    layer = NFLinear(spec, 2, 3, mode="hnp").double()
+    layer = NFLinear(spec, 2, 3, mode="hnp", basis=basis).double()
     randomise(layer, gen)
     x = rand_feats(spec, 2, 4, gen)
     expected = layer(x)
@@ -337,10 +300,11 @@ def test_autocast_bfloat16_cpu():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    spec = SPECS["residual"]
+@pytest.mark.parametrize("basis", BASES)
+def test_cuda_matches_cpu(basis):
+    spec = SPECS["grouped"]
     gen = torch.Generator().manual_seed(0)
-    layer = NFLinear(spec, 2, 3, mode="hnp").double()
+    layer = NFLinear(spec, 2, 3, mode="hnp", basis=basis).double()
     x = rand_feats(spec, 2, 4, gen)
     expected = layer(x)
     got = layer.cuda()({k: v.cuda() for k, v in x.items()})
@@ -358,3 +322,104 @@ def test_large_spaces_are_cheap():
     x = rand_feats(wide, 2, 2, torch.Generator().manual_seed(0))
     out = b.double()(x)
     assert math.isfinite(sum(v.sum().item() for v in out.values()))
+
+
+# ---- the two bases: default, sizes, memory ---------------------------------------------------
+
+
+def test_auto_basis_is_complete_for_small_weight_spaces_and_linear_for_large():
+    small = NFLinear(mlp_spec((3, 4, 4, 2)), 4, 4)
+    assert small.basis == "complete" and small.num_params <= AUTO_COMPLETE_MAX_PARAMS
+    deep = mlp_spec((8,) * 40)
+    big = NFLinear(deep, 64, 64)
+    assert big.basis == "linear" and "basis='linear'" in repr(big)
+    assert NFLinear(deep, 64, 64, basis="linear").num_params == big.num_params
+
+
+def test_complete_basis_too_large_for_memory_is_refused_before_allocating():
+    spec = mlp_spec((8,) * 6)
+    with pytest.raises(ConfigError) as err:
+        NFLinear(spec, 10**5, 10**5, basis="complete")
+    msg = str(err.value)
+    assert "GiB in float32" in msg and "use basis='linear'" in msg and "weights)" in msg
+
+
+def test_linear_basis_size_does_not_grow_with_depth():
+    """Relation-indexed weights: an MLP of depth 4 and one of depth 16 (np) have the same
+    relations, hence the same weights; the complete basis grows quadratically."""
+    shallow, deep = mlp_spec((6,) * 5), mlp_spec((6,) * 17)
+    a = NFLinear(shallow, 4, 4, basis="linear")
+    b = NFLinear(deep, 4, 4, basis="linear")
+    assert a.num_params == b.num_params
+    assert {r.key for r in a.plan.relations} == {r.key for r in b.plan.relations}
+    ca, cb = NFLinear(shallow, 4, 4, basis="complete"), NFLinear(deep, 4, 4, basis="complete")
+    assert cb.num_params > 10 * ca.num_params
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script(_method)?` is deprecated:DeprecationWarning")
+def test_linear_basis_is_a_restriction_of_the_complete_one():
+    """Every linear-basis map is a complete-basis map: the complete layer fits it exactly."""
+    from tests.backend.test_parity import fit
+
+    spec = SPECS["residual"]
+    feats = {k: v for k, v in rand_feats(spec, 2, 6, torch.Generator().manual_seed(3)).items()}
+    lin = NFLinear(spec, 2, 2, basis="linear").double()
+    randomise(lin, torch.Generator().manual_seed(4))
+    target = torch.cat([v.flatten() for v in lin(feats).values()]).detach()
+    assert fit(NFLinear(spec, 2, 2, basis="complete").double(), spec, feats, target) < 1e-10
+
+
+# ---- one layer for several architectures -------------------------------------------------------
+
+
+def _traced(name: str, **kwargs):
+    from nfncompile.architectures import FACTORIES
+
+    torch.manual_seed(0)
+    model = FACTORIES[name](**kwargs)
+    return trace(model, torch.randn(2, 3, 8, 8), verify=False)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_resnet20_layer_reads_resnet32_weights(mode):
+    """One linear-basis layer built for ResNet-20 applies to ResNet-32 with no new weights, and
+    is equivariant on both."""
+    r20, r32 = (
+        _traced("resnet_cifar", depth=20, width=4),
+        _traced("resnet_cifar", depth=32, width=4),
+    )
+    assert len(r32.params) > len(r20.params)
+    layer = NFLinear(r20, 2, 3, mode=mode, basis="linear")
+    deeper = layer.to_spec(r32)
+    assert {id(p) for p in deeper.parameters()} <= {id(p) for p in layer.parameters()}
+    assert deeper.spec is r32 and deeper.basis == "linear"
+    assert check_equivariant(layer, r20, mode)
+    assert check_equivariant(deeper, r32, mode)
+    # the shared weights are one: a change to the first layer shows in the second
+    x = rand_feats(r32, 2, 1, torch.Generator().manual_seed(0))
+    deeper = deeper.double()
+    before = deeper(x)["fc.weight"].clone()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.mul_(2)
+    assert not torch.allclose(deeper(x)["fc.weight"], before)
+
+
+def test_mlp_depth_3_layer_reads_depth_5():
+    shallow, deep = mlp_spec((4, 8, 8, 2)), mlp_spec((4, 8, 8, 8, 8, 2))
+    layer = NFLinear(shallow, 2, 2, mode="np", basis="linear")
+    deeper = layer.to_spec(deep)
+    assert check_equivariant(layer, shallow, "np")
+    assert check_equivariant(deeper, deep, "np")
+
+
+def test_to_spec_names_missing_relations():
+    """In hnp a depth-3 MLP has no hidden-to-hidden weight next to another: a depth-5 one needs
+    relations the layer lacks, and says which."""
+    layer = NFLinear(mlp_spec((4, 8, 8, 2)), 2, 2, mode="hnp", basis="linear")
+    with pytest.raises(ConfigError, match=r"needs \d+ relations this layer has no weights for: "):
+        layer.to_spec(mlp_spec((4, 8, 8, 8, 8, 2)))
+    with pytest.raises(ConfigError, match="to_spec needs basis='linear'"):
+        NFLinear(SPECS["mlp"], 1, 1, basis="complete").to_spec(SPECS["mlp"])
+    with pytest.raises(ConfigError, match="per-term weights exist only with basis='complete'"):
+        layer.terms()

@@ -89,7 +89,9 @@ def test_activation_callable_module_and_kwargs():
 
 
 def test_activation_errors():
-    with pytest.raises(ConfigError, match=r"'rellu'.*did you mean 'relu'.*valid activations: relu, gelu"):
+    with pytest.raises(
+        ConfigError, match=r"'rellu'.*did you mean 'relu'.*valid activations: relu, gelu"
+    ):
         NFActivation("rellu")
     with pytest.raises(ConfigError, match="softplus"):
         NFActivation("swish")
