@@ -391,17 +391,19 @@ def build_plan(
     order = sorted(sides, key=lambda s: (pos[s.tile], s.classes, -sum(s.linked), s.linked))
     reductions: list = []
     red_index: dict = {}
+    same_classes: dict = {}  # (tile, classes) -> reductions so far
     for s in order:
         source, best = None, None
-        for j, r in enumerate(reductions):
+        earlier = same_classes.setdefault((s.tile, s.classes), [])
+        for j in earlier:
+            r = reductions[j]
             o = r.side
-            if o.tile != s.tile or o.classes != s.classes or o.linked == s.linked:
-                continue
             if all(ok or not k for ok, k in zip(o.linked, s.linked)):
                 size = math.prod(r.kept_shape)
                 if best is None or size < best:
                     best, source = size, j
         red_index[s] = len(reductions)
+        earlier.append(len(reductions))
         reductions.append(Reduction(s, source, in_channels * s.tile.fixed_size))
 
     # ---- groups: every output side of a coupling (and, complete, every bias side), by tile

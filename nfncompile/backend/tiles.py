@@ -48,7 +48,7 @@ Examples
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..spec import Inner, WeightSpaceSpec
 
@@ -146,24 +146,29 @@ class TileRef:
     dims: tuple
     module: str
 
-    @property
-    def dim_shape(self) -> tuple:
-        return tuple(d.size for d in self.dims)
+    def __post_init__(self) -> None:
+        # derived once: the basis and the plan read them for every side of every tile
+        perm = tuple(i for i, d in enumerate(self.dims) if d.factor is not None)
+        fixed = tuple(i for i, d in enumerate(self.dims) if d.factor is None)
+        object.__setattr__(self, "perm_dims", perm)
+        object.__setattr__(self, "fixed_dims", fixed)
+        object.__setattr__(self, "fixed_size", math.prod(self.dims[i].size for i in fixed))
+        object.__setattr__(self, "dim_shape", tuple(d.size for d in self.dims))
+        object.__setattr__(
+            self, "_hash", hash((self.param, self.index, self.labels, self.shape, self.dims))
+        )
 
-    @property
-    def perm_dims(self) -> tuple:
-        """Positions of the dims the group permutes."""
-        return tuple(i for i, d in enumerate(self.dims) if d.factor is not None)
+    def __hash__(self) -> int:
+        return self._hash
 
-    @property
-    def fixed_dims(self) -> tuple:
-        """Positions of the dims folded into channels."""
-        return tuple(i for i, d in enumerate(self.dims) if d.factor is None)
-
-    @property
-    def fixed_size(self) -> int:
-        """``prod`` of the fixed dims: how many channels each input channel becomes."""
-        return math.prod(self.dims[i].size for i in self.fixed_dims)
+    #: The dims' sizes: ``shape`` with block axes split in two.
+    dim_shape: tuple = field(init=False, repr=False, compare=False)
+    #: Positions of the dims the group permutes.
+    perm_dims: tuple = field(init=False, repr=False, compare=False)
+    #: Positions of the dims folded into channels.
+    fixed_dims: tuple = field(init=False, repr=False, compare=False)
+    #: ``prod`` of the fixed dims: how many channels each input channel becomes.
+    fixed_size: int = field(init=False, repr=False, compare=False)
 
     @property
     def numel(self) -> int:
