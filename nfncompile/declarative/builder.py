@@ -60,7 +60,7 @@ def load(
     --------
     >>> cfg = load({"nfn": {"mode": "hnp", "layers": [{"type": "nf_linear", "channels": 4}]}})
     >>> cfg.kind, cfg.nfn.layers
-    ('nfn', (NFLinearLayer(channels=4, io_embed=False, bias=True),))
+    ('nfn', (NFLinearLayer(channels=4, io_embed=False, bias=True, basis='auto', width=None),))
     """
     cfg, _, _ = _load(path_or_dict, source)
     return cfg
@@ -184,6 +184,8 @@ def _build_nfn(spec: WeightSpaceSpec, cfg: ModelConfig, source: str) -> NFN:
                     mode=mode,
                     io_embed=layer.io_embed,
                     bias=layer.bias,
+                    basis=layer.basis,
+                    width=layer.width,
                 )
                 channels = layer.channels
             elif isinstance(layer, ActivationLayer):

@@ -161,6 +161,18 @@ class NFLinearLayer:
         default=False, metadata={"help": "learned embeddings of input/output neurons (hnp)"}
     )
     bias: bool = field(default=True, metadata={"help": "include the equivariant biases"})
+    basis: Literal["auto", "complete", "linear"] = field(
+        default="auto",
+        metadata={
+            "help": "complete: every equivariant map (size quadratic in the number of tensors); "
+            "linear: weights per relation between tensors, size independent of depth; auto: "
+            "complete up to 2**24 weights"
+        },
+    )
+    width: int | None = field(
+        default=None,
+        metadata={"min": 1, "help": "linear basis: invariant channel width (default 4 x channels)"},
+    )
 
 
 @dataclass(frozen=True)
