@@ -1,6 +1,7 @@
 """MobileNetV2 as torchvision defines it (Sandler et al. 2018), written here so that no download
 is needed: a strided stem, 17 inverted residual blocks (1x1 expand, 3x3 depthwise, 1x1
-project), a 1x1 conv to 1280 channels, global pool, dropout and a linear classifier.
+project), a 1x1 conv to 1280 channels, global pool and a linear classifier (torchvision's dropout
+before it is left out: forwards are deterministic).
 
 Parameter names follow torchvision's (``features.0.0.weight``, ``features.1.conv.0.0.weight``,
 ``classifier.1.weight``); so do the shapes at ``width_mult=1``. A smaller ``width_mult`` scales
@@ -81,7 +82,9 @@ class MobileNetV2(nn.Module):
                 inp = oup
         features.append(_conv_bn_act(inp, last, 1))
         self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+        # torchvision's dropout (p=0.2) is left out, so that a forward is deterministic; the
+        # identity keeps the classifier's parameter names (classifier.1.weight)
+        self.classifier = nn.Sequential(nn.Identity(), nn.Linear(last, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).mean((2, 3)))
