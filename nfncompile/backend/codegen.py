@@ -204,6 +204,14 @@ def generate(
         return node
 
     rel_nodes: dict = {}
+    grids: dict = {}
+
+    def assembled(grid: tuple, name: str):
+        """One weight from a grid of relations, built once per distinct grid."""
+        if grid not in grids:
+            blocks = [[relation(r, rel_shape(r)) for r in line] for line in grid]
+            grids[grid] = _assemble(b, blocks, name)
+        return grids[grid]
 
     def relation(r: int, shape: tuple):
         """The weight of relation ``r`` (created on first use)."""
@@ -253,7 +261,10 @@ def generate(
             order = [1 + d for d in t.perm_dims] + [0] + [1 + d for d in t.fixed_dims]
             xt = b.permute(xt, tuple(order), f"{_tag(t)}_cl")
             perm_shape = tuple(t.dims[d].size for d in t.perm_dims)
-            tile_nodes[t] = b.reshape(xt, (*perm_shape, c_in * t.fixed_size), f"{_tag(t)}_in")
+            xt = b.reshape(xt, (*perm_shape, c_in * t.fixed_size), f"{_tag(t)}_in")
+            # one copy into the layout when the input is channels-first (a no-op when it comes
+            # from another layer): every reduction and GEMM then reads contiguous memory
+            tile_nodes[t] = b.method("contiguous", (xt,), b.shape[xt], f"{_tag(t)}_cl_mem")
 
     # ---- reductions: (B, *kept, C_in * fixed) ------------------------------------------
     red_nodes: list = []
@@ -321,7 +332,7 @@ def generate(
             for g, part in zip(mix.groups, _split(b, y, sizes, f"mix{mi}")):
                 group_values[g] = part
             continue
-        _linear_mix(b, plan, mi, mix, pieces, relation, rel_shape, group_values, pointwise)
+        _linear_mix(b, plan, mi, mix, pieces, assembled, group_values, pointwise)
 
     # ---- placement: broadcast dims are new singletons, no permute -----------------------
     out_values: dict = {}
@@ -452,7 +463,7 @@ def _assemble(b: _Builder, blocks: list, name: str):
         rows.append(b.call(torch.cat, (line, 1), shape, f"{name}_row"))
     if len(rows) == 1:
         return rows[0]
-    shape = (sum(b.shape[r][0] for r in rows), b.shape[rows[0]][1])
+    shape = (sum(b.shape[r][0] for r in rows), *b.shape[rows[0]][1:])
     return b.call(torch.cat, (rows, 0), shape, name)
 
 
@@ -464,12 +475,12 @@ def _mean(b: _Builder, xs: list, name: str):
     return b.method("mean", (stacked, 0), b.shape[xs[0]], name)
 
 
-def _linear_mix(b, plan, mi, mix, pieces, relation, rel_shape, group_values, pointwise) -> None:
+def _linear_mix(b, plan, mi, mix, pieces, assembled, group_values, pointwise) -> None:
     """The linear basis's mixing of one mix: per layer, then per kind, into each group."""
     kept = mix.kept_shape
 
-    def weight(grid: list, name: str):
-        return _assemble(b, [[relation(r, rel_shape(r)) for r in line] for line in grid], name)
+    def weight(grid: tuple, name: str):
+        return assembled(tuple(tuple(line) for line in grid), name)
 
     sh = mix.shared
     values: dict = {}  # position in mix.groups -> node
@@ -506,12 +517,7 @@ def _linear_mix(b, plan, mi, mix, pieces, relation, rel_shape, group_values, poi
         w_out = weight([[r] for r in out], f"m{mi}_inv_out")
         y = b.call(channel_mix, (w_out, v), (sum(sizes),), f"m{mi}_shared")
         if sh.biases:
-            vecs = [relation(r, rel_shape(r)) for r in sh.biases]
-            bias = (
-                vecs[0]
-                if len(vecs) == 1
-                else b.call(torch.cat, (vecs, 0), (sum(sizes),), f"m{mi}_bias")
-            )
+            bias = weight([[r] for r in sh.biases], f"m{mi}_bias")
             y = b.call(operator.add, (y, bias), (sum(sizes),), f"m{mi}_shared_b")
     per_kind = _split(b, y, sizes, f"m{mi}_shared")
     for i, g in enumerate(mix.groups):

@@ -23,7 +23,9 @@ Two kinds of basis share this structure (``Plan.basis``):
     term weights are indexed by the *relation* between the two tiles (:mod:`.relations`), not by
     their position: between tiles of one layer (:class:`Local`), every term has the weight of its
     relation; from every other tile, the inputs of one kind are averaged first and mixed once
-    per kind of output (:class:`Shared`). The invariants every tile sends to every tile go
+    per kind of output (:class:`Shared`). Between different tiles only terms through at most one
+    kept index are used (a reduction to a row, column or scalar, broadcast back): the terms that
+    copy one tile entry by entry onto another would each cost a full-size GEMM. The invariants every tile sends to every tile go
     through a fixed-width channel: each kind's averaged invariants are projected to ``width``
     numbers, summed, and projected back per kind of output. The weights grow with the number of
     kinds of relation, not with depth, and a layer applies to any spec whose relations it has.
@@ -380,6 +382,8 @@ def build_plan(
     tiles = tuple(tile_refs(spec, mode))
     linear = basis == "linear"
     cps, _ = couplings(list(tiles), complete=not linear)
+    if linear:
+        cps = _within_tiles_when_wide(cps)
     width = width or 4 * max(in_channels, out_channels)
     pos = {t: i for i, t in enumerate(tiles)}
 
@@ -479,6 +483,26 @@ def build_plan(
         width if linear else 0,
         tuple(embeds),
     )
+
+
+def _within_tiles_when_wide(cps: list) -> list:
+    """Linear basis: a coupling that keeps two or more indices joins tiles entry by entry (a
+    transposed weight onto the next weight), a full-size GEMM per pair; keep only each tile's
+    own terms there. Between different tiles the linear basis reads at most one kept index."""
+    out = []
+    for c in cps:
+        if len(c.key) < 2:
+            out.append(c)
+            continue
+        by_tile: dict = {}
+        for col in c.cols:
+            by_tile.setdefault(col[0].tile, ([], []))[0].append(col)
+        for row in c.rows:
+            by_tile.setdefault(row[0].tile, ([], []))[1].append(row)
+        out.extend(
+            Coupling(c.key, tuple(cols), tuple(rows)) for cols, rows in by_tile.values() if cols
+        )
+    return out
 
 
 class _Vocabulary:
