@@ -369,7 +369,7 @@ def generate(
             n_delta += 1
             delta = b.method("type_as", (delta, y), None, f"delta{n_delta - 1}_t")
             shp = tuple(max(a, d) for a, d in zip(b.shape[y], dshape))
-            y = b.call(operator.mul, (y, delta), shp, f"g{gi}_diag")
+            y = b.call(operator.mul, (y, delta), shp, f"g{gi}_delta")
         out_values.setdefault(q, []).append(("value", y))
 
     # ---- sum into tiles (smallest first, the pointwise GEMM last), back to (B, C_out, ...) ---
