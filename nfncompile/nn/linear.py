@@ -41,6 +41,9 @@ __all__ = ["NFLinear", "BASIS_CHOICES", "AUTO_COMPLETE_MAX_PARAMS", "available_m
 #: What ``NFLinear(basis=...)`` accepts.
 BASIS_CHOICES = ("auto", *BASES)
 
+#: Bytes a float32 weight needs in training: itself, its gradient and two Adam moments.
+TRAIN_BYTES_PER_WEIGHT = 16
+
 #: ``basis="auto"`` picks the complete basis when it has at most this many parameters
 #: (64 MiB of float32), else the linear-size one.
 AUTO_COMPLETE_MAX_PARAMS = 2**24
@@ -124,7 +127,8 @@ class NFLinear(nn.Module):
         Unknown ``mode``.
     ConfigError
         Non-positive channel counts, an unknown ``basis``, or a complete basis whose weights
-        would not fit in memory (the message gives their size and the linear basis's).
+        would not fit in memory to train (weights, gradients and Adam's moments: 16 bytes per
+        weight; the message gives the size and the linear basis's).
 
     Examples
     --------
@@ -179,9 +183,10 @@ class NFLinear(nn.Module):
         self.reset_parameters()
 
     def _check_fits(self, n: int) -> None:
-        """Raise before allocating when ``n`` complete-basis weights would not fit in memory."""
+        """Raise before allocating when ``n`` complete-basis weights would not fit in memory
+        for training: float32 weights, their gradients and two Adam moments (16 bytes each)."""
         avail = available_memory()
-        need = 4 * n
+        need = TRAIN_BYTES_PER_WEIGHT * n
         if avail is None or need <= avail:
             return
         linear = build_plan(
@@ -196,8 +201,9 @@ class NFLinear(nn.Module):
         raise ConfigError(
             f"NFLinear: the complete basis of this weight space ({len(self.spec.params)} "
             f"tensors, mode {self.mode!r}, C {self.in_channels} -> {self.out_channels}) has "
-            f"{n:,} weights ({need / 2**30:.1f} GiB in float32), more than the "
-            f"{avail / 2**30:.1f} GiB of memory available; use basis='linear' "
+            f"{n:,} weights ({4 * n / 2**30:.1f} GiB in float32, {need / 2**30:.1f} GiB to train "
+            f"with their gradients and Adam's moments), more than the {avail / 2**30:.1f} GiB "
+            "of memory available; use basis='linear' "
             f"({linear:,} weights)"
         )
 

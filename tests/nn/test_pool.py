@@ -18,16 +18,14 @@ from tests.nn.helpers import block_space_specs, check_invariant, rand_feats, wei
 MODES = ("np", "hnp")
 
 
+@pytest.mark.parametrize("specs", [weight_space_specs, block_space_specs], ids=["chains", "blocks"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=weight_space_specs(), mode=st.sampled_from(MODES), seed=st.integers(0, 2**16))
-def test_nfpool_invariant_random_specs(spec, mode, seed):
-    check_invariant(NFPool(spec, mode, in_channels=2), spec, mode, 2, seed)
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=block_space_specs(), mode=st.sampled_from(MODES), seed=st.integers(0, 2**16))
-def test_nfpool_invariant_random_block_specs(spec, mode, seed):
-    check_invariant(NFPool(spec, mode, in_channels=2), spec, mode, 2, seed)
+@given(data=st.data(), mode=st.sampled_from(MODES))
+def test_nfpool_invariant_random_specs(specs, data, mode):
+    spec = data.draw(specs())
+    check_invariant(
+        NFPool(spec, mode, in_channels=2), spec, mode, 2, data.draw(st.integers(0, 2**16))
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
