@@ -117,26 +117,18 @@ def test_io_embed_is_hnp_equivariant(name, basis):
 
 
 CATALOGUE_NAMES = sorted(_architectures.CATALOGUE)
-#: Entries whose traced spec has block spaces (grouped convs): NFLinear has no wreath-product
-#: basis yet; strict, so the marks must go when the back end gains it.
+#: Entries whose traced spec has block spaces (grouped convs: the wreath-product basis).
 BLOCK_SPACES = {"regnet_x", "resnext_block"}
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="block-space basis"))
-        if n in BLOCK_SPACES
-        else n
-        for n in CATALOGUE_NAMES
-    ],
-)
+@pytest.mark.parametrize("name", CATALOGUE_NAMES)
 def test_traced_catalogue(name):
     """Every catalogue entry traces to a spec on which NFLinear is equivariant, in both modes
     and with both bases."""
     torch.manual_seed(0)
     arch = _architectures.CATALOGUE[name]
     spec = trace(arch.factory(), torch.randn(arch.input_shape))
+    assert bool(spec.blocks) == (name in BLOCK_SPACES)
     for mode in MODES:
         for basis in BASES:
             layer = NFLinear(spec, 1, 2, mode=mode, basis=basis)
