@@ -3,7 +3,8 @@ ResNet-50 (Bottlenecks), written here so that no download is needed.
 
 Parameter names follow torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``,
 ``layer2.0.downsample.0``, ``fc``), and so do the tensor shapes at the default ``width=64``;
-a smaller ``width`` scales every channel count and keeps the topology (the catalogue entries
+ResNet-18's BasicBlock is the CIFAR ResNet's (:mod:`.resnets`, the same module names). A
+smaller ``width`` scales every channel count and keeps the topology (the catalogue entries
 use ``width=8`` so that tracing and the tests stay fast; the benchmarks use 64).
 """
 
@@ -13,29 +14,9 @@ import torch
 from torch import nn
 
 from .args import positive
+from .resnets import BasicBlock
 
-__all__ = ["BasicBlock", "Bottleneck", "ImageNetResNet", "resnet18", "resnet50"]
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv + BN; identity or 1x1-conv + BN shortcut."""
-
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = _shortcut(inplanes, planes, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+__all__ = ["Bottleneck", "ImageNetResNet", "resnet18", "resnet50"]
 
 
 class Bottleneck(nn.Module):
@@ -60,6 +41,11 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
         return self.relu(out + identity)
+
+
+def _expansion(block: type) -> int:
+    """Output channels per ``planes`` of a block (4 for Bottlenecks, 1 for BasicBlocks)."""
+    return getattr(block, "expansion", 1)
 
 
 def _shortcut(inplanes: int, planes: int, stride: int) -> nn.Module | None:
@@ -89,13 +75,13 @@ class ImageNetResNet(nn.Module):
         self.layer2 = self._stage(block, width * 2, layers[1], 2)
         self.layer3 = self._stage(block, width * 4, layers[2], 2)
         self.layer4 = self._stage(block, width * 8, layers[3], 2)
-        self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
+        self.fc = nn.Linear(width * 8 * _expansion(block), num_classes)
 
     def _stage(self, block: type, planes: int, n: int, stride: int) -> nn.Sequential:
         blocks = []
         for i in range(n):
             blocks.append(block(self.inplanes, planes, stride if i == 0 else 1))
-            self.inplanes = planes * block.expansion
+            self.inplanes = planes * _expansion(block)
         return nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
