@@ -9,6 +9,9 @@ and prints ratios ours/theirs (below 1.0 means we are faster / smaller):
   not tracked per call by PyTorch);
 * how building, compiling and running NFLinear scale with depth (L = 2 .. 64).
 
+Our layers use ``basis="complete"`` (the reference's layers are NP/HNP bases too); the
+linear-size basis is measured against its floor by ``bench/arch_scale.py``.
+
 Usage::
 
     python bench/layer_speed.py [--device cuda] [--quick] [--no-compile] [--no-depth]
@@ -27,25 +30,12 @@ import warnings
 
 import torch
 
-from nfncompile.nn.layers import NFLinear
+from nfncompile.nn import NFLinear
 from nfncompile.spec import WeightSpaceSpec
+from nfncompile.testing import mlp_spec
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
-
-
-def mlp_spec(widths: tuple) -> WeightSpaceSpec:
-    names = ["in"] + [f"h{i}" for i in range(1, len(widths) - 1)] + ["out"]
-    roles = ["input"] + ["hidden"] * (len(widths) - 2) + ["output"]
-    spaces = {n: {"size": w, "role": r} for n, w, r in zip(names, widths, roles)}
-    params = {}
-    for i in range(1, len(widths)):
-        params[f"l{i}.weight"] = {
-            "shape": [widths[i], widths[i - 1]],
-            "axes": [names[i], names[i - 1]],
-        }
-        params[f"l{i}.bias"] = {"shape": [widths[i]], "axes": [names[i]]}
-    return WeightSpaceSpec.from_dict({"spaces": spaces, "params": params})
 
 
 def cnn_spec(channels: tuple, n_out: int, kernel: int = 3) -> WeightSpaceSpec:
@@ -155,7 +145,7 @@ def compare(name, spec, mode, batch, channels, device, args, rows) -> None:
     }
     net, theirs_x = nfn_parts(spec, feats)
     torch.manual_seed(0)
-    ours = NFLinear(spec, channels, channels, mode=mode).to(device)
+    ours = NFLinear(spec, channels, channels, mode=mode, basis="complete").to(device)
     ref_cls = nfn_layers.NPLinear if mode == "np" else nfn_layers.HNPLinear
     theirs = ref_cls(net, channels, channels).to(device)
     n_ours = sum(p.numel() for p in ours.parameters())
@@ -230,7 +220,7 @@ def depth_scaling(device: str, args) -> None:
             n: torch.randn((32, 16, *spec[n].shape), generator=gen).to(device) for n in spec.names
         }
         t0 = time.perf_counter()
-        ours = NFLinear(spec, 16, 16).to(device)
+        ours = NFLinear(spec, 16, 16, basis="complete").to(device)
         build = time.perf_counter() - t0
         net, theirs_x = nfn_parts(spec, feats)
         theirs = nfn_layers.NPLinear(net, 16, 16).to(device)

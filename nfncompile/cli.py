@@ -545,7 +545,7 @@ def _layer(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive int")
     spec = _load_spec(args.spec)
-    from .nn.layers import NFLinear
+    from .nn import NFLinear
 
     mode = args.mode or spec.mode
     layer = NFLinear(spec, args.in_channels, args.out_channels, mode=mode)

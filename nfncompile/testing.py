@@ -7,7 +7,7 @@ spec's permutation group from a seeded generator, run the module in float64, and
 Examples
 --------
 >>> from nfncompile.spec import WeightSpaceSpec
->>> from nfncompile.nn.pointwise import NFActivation
+>>> from nfncompile.nn import NFActivation
 >>> spec = WeightSpaceSpec.from_dict({
 ...     "spaces": {"in": {"size": 2, "role": "input"}, "h": {"size": 3, "role": "hidden"},
 ...                "out": {"size": 1, "role": "output"}},
@@ -266,7 +266,7 @@ def assert_equivariant(
     Examples
     --------
     >>> from nfncompile.spec import ParamSpec, Space
-    >>> from nfncompile.nn.pointwise import NFNorm
+    >>> from nfncompile.nn import NFNorm
     >>> spec = WeightSpaceSpec([Space("in", 3, "input")], [ParamSpec("b", (3,), ("in",))])
     >>> assert_equivariant(NFNorm(4), spec, in_channels=4) < 1e-12
     True

@@ -10,8 +10,7 @@ from torch import nn
 
 from nfncompile.errors import SpecError, StateDictMismatchError
 from nfncompile.features import WeightSpaceFeatures
-from nfncompile.nn.layers import NFLinear, NFPool
-from nfncompile.nn.pointwise import IOEncoding, NFActivation, NFNorm
+from nfncompile.nn import IOEncoding, NFActivation, NFLinear, NFNorm, NFPool
 from nfncompile.nn.stats import StatFeatures
 from nfncompile.spec import WeightSpaceSpec
 from nfncompile.testing import (

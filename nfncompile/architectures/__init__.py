@@ -15,8 +15,10 @@ It sits below :mod:`nfncompile.declarative` (a YAML spec may name a model to tra
   ``tf_efficientnet``), :mod:`.grouped` (``resnext_block``,
   ``regnet_x``), :mod:`.convnext` (``convnext_block``), :mod:`.selective_kernel`
   (``sk_block``), :mod:`.standardised` (``std_conv_block``), :mod:`.blur_pool`
-  (``blurpool_cnn``), :mod:`.space_to_depth` (``s2d_stem``); :mod:`.args` checks their
-  arguments
+  (``blurpool_cnn``), :mod:`.space_to_depth` (``s2d_stem``), and torchvision's ImageNet
+  topologies: :mod:`.torchvision_resnets` (``resnet18``, ``resnet50``),
+  :mod:`.torchvision_mobilenets` (``mobilenetv2``), :mod:`.torchvision_densenets`
+  (``densenet121``); :mod:`.args` checks their arguments
 
 May import: the contract, nn.
 """
@@ -36,6 +38,9 @@ from .selective_kernel import sk_block
 from .space_to_depth import s2d_stem
 from .squeeze_excite import se_block
 from .standardised import std_conv_block
+from .torchvision_densenets import densenet121
+from .torchvision_mobilenets import mobilenetv2
+from .torchvision_resnets import resnet18, resnet50
 from .unets import unet
 
 __all__ = [
@@ -65,4 +70,8 @@ __all__ = [
     "std_conv_block",
     "blurpool_cnn",
     "s2d_stem",
+    "resnet18",
+    "resnet50",
+    "mobilenetv2",
+    "densenet121",
 ]

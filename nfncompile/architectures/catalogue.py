@@ -3,8 +3,9 @@
 The factories live in one file per family (:mod:`.mlps`, :mod:`.cnns`, :mod:`.resnets`,
 :mod:`.densenets`, :mod:`.mobilenets`, :mod:`.squeeze_excite`, :mod:`.unets`,
 :mod:`.efficientnets`, :mod:`.grouped`, :mod:`.convnext`, :mod:`.selective_kernel`,
-:mod:`.standardised`, :mod:`.blur_pool`, :mod:`.space_to_depth`). Every factory returns a
-plain ``torch.nn.Module`` (pure torch, no torchvision) with readable parameter names
+:mod:`.standardised`, :mod:`.blur_pool`, :mod:`.space_to_depth`, and torchvision's ImageNet
+networks in :mod:`.torchvision_resnets`, :mod:`.torchvision_mobilenets`,
+:mod:`.torchvision_densenets`). Every factory returns a plain ``torch.nn.Module`` (pure torch, no torchvision) with readable parameter names
 (``conv1.weight``, ``fc.bias``, ...: state_dict keys matter for model zoos), keyword arguments
 with small defaults so that tracing and running stay in milliseconds on a CPU, and no
 data-dependent control flow in their own forwards. Some
@@ -54,6 +55,9 @@ from .selective_kernel import sk_block
 from .space_to_depth import s2d_stem
 from .squeeze_excite import se_block
 from .standardised import std_conv_block
+from .torchvision_densenets import densenet121
+from .torchvision_mobilenets import mobilenetv2
+from .torchvision_resnets import resnet18, resnet50
 from .unets import unet
 
 __all__ = ["Architecture", "CATALOGUE", "FACTORIES", "get", "names"]
@@ -183,6 +187,32 @@ CATALOGUE: dict[str, Architecture] = dict(
             (2, 3, 8, 8),
             "space-to-depth stem (2x2 blocks into channels), two convs, GAP, fc",
         ),
+        # torchvision's ImageNet topologies at reduced widths (the factories' defaults give
+        # the full models: bench/arch_scale.py uses those)
+        _arch(
+            "resnet18",
+            functools.partial(resnet18, width=8, num_classes=10),
+            (2, 3, 16, 16),
+            "ResNet-18 topology (torchvision), width 8 (1/8 of the channels)",
+        ),
+        _arch(
+            "resnet50",
+            functools.partial(resnet50, width=8, num_classes=10),
+            (2, 3, 16, 16),
+            "ResNet-50 topology (torchvision, Bottlenecks), width 8 (1/8 of the channels)",
+        ),
+        _arch(
+            "mobilenetv2",
+            functools.partial(mobilenetv2, width_mult=0.5, num_classes=10),
+            (2, 3, 16, 16),
+            "MobileNetV2 topology (torchvision), width_mult 0.5",
+        ),
+        _arch(
+            "densenet121",
+            functools.partial(densenet121, growth=4, init_features=8, num_classes=10),
+            (2, 3, 32, 32),
+            "DenseNet-121 topology (torchvision), growth 4 and stem 8 (1/8)",
+        ),
     ]
 )
 
@@ -211,6 +241,10 @@ FACTORIES: dict[str, Callable[..., nn.Module]] = {
         std_conv_block,
         blurpool_cnn,
         s2d_stem,
+        resnet18,
+        resnet50,
+        mobilenetv2,
+        densenet121,
     )
 }
 
@@ -235,7 +269,7 @@ def get(name: str) -> Architecture:
     >>> get("resnet21")
     Traceback (most recent call last):
     ...
-    nfncompile.errors.ConfigError: unknown architecture 'resnet21' (did you mean 'resnet20'?); valid names: mlp, siren, lenet, small_cnn, resnet8, resnet20, densenet_block, mobilenetv2_block, se_block, unet, vgg, efficientnet_block, tf_efficientnet, resnext_block, regnet_x, convnext_block, sk_block, std_conv_block, blurpool_cnn, s2d_stem
+    nfncompile.errors.ConfigError: unknown architecture 'resnet21' (did you mean 'resnet20'?); valid names: mlp, siren, lenet, small_cnn, resnet8, resnet20, densenet_block, mobilenetv2_block, se_block, unet, vgg, efficientnet_block, tf_efficientnet, resnext_block, regnet_x, convnext_block, sk_block, std_conv_block, blurpool_cnn, s2d_stem, resnet18, resnet50, mobilenetv2, densenet121
     """
     try:
         return CATALOGUE[name]

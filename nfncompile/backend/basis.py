@@ -1,22 +1,32 @@
 """The orbit basis of the equivariant linear maps between two weight spaces, in diagram form.
 
-For an input parameter block ``P`` and an output parameter block ``Q`` the permutation-equivariant
-linear maps ``P -> Q`` have one basis element per choice, for every permutable space ``s``, of a
-set partition of the axes of ``P`` and ``Q`` labelled ``s`` into at most ``size(s)`` blocks. In
-*diagram form* a term reads:
+For an input tile ``P`` and an output tile ``Q`` (see :mod:`.tiles`), the equivariant linear maps
+``P -> Q`` have one basis element per partition of the permutable dims of ``P`` and ``Q`` into
+*classes* (dims in one class share an index) such that
 
-* axes in one partition block share an index;
-* a block with only ``P`` axes is averaged over (mean);
-* a block with only ``Q`` axes is broadcast;
-* two ``P`` axes in one block read a diagonal, two ``Q`` axes write one (zero elsewhere).
+* a class holds dims of one group factor (one space, one block permutation, or the insides of
+  one block space's blocks);
+* the insides of blocks form *nested* classes: two inner dims share a class only when their
+  block dims share one (a partition by equal block, then inside each block by equal neuron);
+* no factor has more classes than it has distinct values (a space of ``n`` neurons at most
+  ``n``; ``g`` blocks at most ``g``; inside one block class, ``k`` neurons at most ``k``).
 
-Fixed axes (``None`` labels, the ``int`` pieces of composite axes, and spaces that the mode does
-not permute) take no part in the partitions: they are folded into channels, so every term owns a
-``(C_out * prod(Q fixed dims)) x (C_in * prod(P fixed dims))`` channel-mixing weight.
+In *diagram form* a term reads: a class with only ``P`` dims is averaged over (mean); a class
+with only ``Q`` dims is broadcast; a class with dims of both is *linked* (kept); two ``P`` dims
+in one class read a diagonal, two ``Q`` dims write one (zero elsewhere). Fixed dims take no part:
+they are folded into channels, so every term owns a ``(C_out * Q fixed) x (C_in * P fixed)``
+channel-mixing weight. Equivariant *biases* are the terms with no input: one per partition of
+``Q``'s dims with every class broadcast.
 
-Equivariant *biases* are the same construction with an empty input block: one term per partition
-of ``Q``'s permutable axes with every block broadcast (for a block whose spaces are all distinct,
-that is the single "constant" pattern).
+A term splits into two halves, a :class:`Side` on ``P`` (its classes, which are linked) and one
+on ``Q``. Terms are not enumerated pair by pair: every side of every tile is enumerated once,
+and sides are grouped by their *key*, the structure of their linked classes (which factor each
+has, which block class each inner class sits in). Every input side and every output side of one
+key form a term, once per structure-preserving matching of their linked classes; a
+:class:`Coupling` holds all of them. Tiles that share no factor meet in the coupling of the
+empty key (every invariant of every tile broadcast to every tile); tiles that share a space
+meet in that space's couplings. So the basis is built in time linear in the number of sides,
+and :func:`enumerate_basis` lists individual terms only when asked.
 
 Examples
 --------
@@ -39,17 +49,22 @@ l1.weight -> l1.weight: P[h:0, in:1] Q[h:0, in:1]
 
 from __future__ import annotations
 
-import math
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..spec import WeightSpaceSpec, check_mode
+from ..spec import WeightSpaceSpec
+from .tiles import Factor, TileRef, tile_refs
 
 __all__ = [
-    "BlockRef",
+    "Side",
+    "Coupling",
     "Term",
-    "block_refs",
     "set_partitions",
+    "tile_sides",
+    "couplings",
+    "term_of",
+    "bias_term",
     "enumerate_basis",
     "count_terms",
     "num_basis_dims",
@@ -57,114 +72,132 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class BlockRef:
-    """One block of a parameter (a composite-free rectangle), as the basis sees it in a mode.
+class Side:
+    """One tile's half of a basis term.
 
     Attributes
     ----------
-    param : str
-        The parameter's name.
-    index : int
-        Position of the block in ``ParamSpec.blocks`` (row-major over composite pieces).
-    name : str
-        Printable name, ``param`` or ``param[a:b, :]``.
-    axes : tuple of (str or None)
-        The block's simple labels, with spaces that the mode fixes replaced by ``None``.
-    shape : tuple of int
-        The block's shape.
-    starts : tuple of int
-        Offset of the block along each labelled axis of the parameter.
-    labels : tuple of (str or None)
-        The block's simple labels before the mode fixed any space.
+    tile : TileRef
+    classes : tuple of tuple of int
+        A partition of the tile's permutable dims (positions in ``tile.dims``), ordered by first
+        dim: dims in one class share an index (a diagonal when there are several).
+    linked : tuple of bool
+        Per class: linked to the other half (kept on an input, fed on an output), or not
+        (averaged on an input, broadcast on an output).
+    key : tuple
+        The structure of the linked classes in canonical order: ``(kind, name, limit, tie)`` per
+        class, ``tie`` the canonical position of the block class an inner class sits in (-1).
+    orderings : tuple of tuple of int
+        Every order of the linked classes (class indices) that reads as ``key``: one per
+        automorphism of the key (two linked classes of one space can be matched either way).
     """
 
-    param: str
-    index: int
-    name: str
-    axes: tuple
-    shape: tuple
-    starts: tuple
-    labels: tuple
+    tile: TileRef
+    classes: tuple
+    linked: tuple
+    key: tuple
+    orderings: tuple
+
+    def factor(self, j: int) -> Factor:
+        """The group factor of class ``j``."""
+        return self.tile.dims[self.classes[j][0]].factor
+
+    def tie(self, j: int) -> int | None:
+        """For an inner class: the class holding its block dims (else ``None``)."""
+        t = self.tile.dims[self.classes[j][0]].tie
+        if t is None:
+            return None
+        return next(i for i, c in enumerate(self.classes) if t in c)
 
     @property
-    def fixed_axes(self) -> tuple:
-        """Indices of the axes folded into channels."""
-        return tuple(i for i, a in enumerate(self.axes) if a is None)
+    def linked_classes(self) -> tuple:
+        return tuple(c for c, k in zip(self.classes, self.linked) if k)
 
     @property
-    def perm_axes(self) -> tuple:
-        """Indices of the axes the group permutes."""
-        return tuple(i for i, a in enumerate(self.axes) if a is not None)
+    def is_pointwise(self) -> bool:
+        """Every class linked and a single dim: the tile read (or written) entry by entry."""
+        return all(self.linked) and all(len(c) == 1 for c in self.classes)
 
-    @property
-    def fixed_size(self) -> int:
-        """``prod`` of the fixed dims: how many channels each input channel becomes."""
-        return math.prod(self.shape[i] for i in self.fixed_axes)
+    def unlinked_counts(self, ordering: tuple) -> dict:
+        """Unlinked classes per factor instance, for the class-count limits of a pairing.
 
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
+        Instances: ``("f", kind, name, limit)`` for a space or block permutation;
+        ``("i", name, limit, j)`` for the insides of ``name``'s blocks within the linked block
+        class at position ``j`` of ``ordering``. Inner classes of an unlinked block class are this side's alone.
+        """
+        out: dict = {}
+        for j, linked in enumerate(self.linked):
+            if linked:
+                continue
+            f = self.factor(j)
+            if f.kind != "inner":
+                inst = ("f", f.kind, f.name, f.limit)
+            else:
+                t = self.tie(j)
+                if not self.linked[t]:
+                    continue
+                inst = ("i", f.name, f.limit, ordering.index(t))
+            out[inst] = out.get(inst, 0) + 1
+        return out
 
-    def __str__(self) -> str:
-        return self.name
+    def label(self) -> str:
+        """``tile[dim labels]``: ``~j`` marks a diagonal class, ``*`` an unlinked one."""
+        ids = {d: j for j, c in enumerate(self.classes) for d in c}
+        parts = []
+        for i, d in enumerate(self.tile.dims):
+            if d.factor is None:
+                parts.append("-")
+                continue
+            j = ids[i]
+            mark = "" if self.linked[j] else "*"
+            diag = "" if len(self.classes[j]) == 1 else f"~{j}"
+            parts.append(f"{d.factor}{mark}{diag}")
+        return f"{self.tile.name}[{', '.join(parts)}]"
 
 
-def block_refs(spec: WeightSpaceSpec, mode: str) -> list[BlockRef]:
-    """Every parameter block of ``spec`` in ``mode``, in parameter then row-major order.
+@dataclass(frozen=True)
+class Coupling:
+    """Every term between some input sides and some output sides of one key.
 
-    Examples
-    --------
-    >>> from nfncompile.spec import WeightSpaceSpec, Space, ParamSpec
-    >>> spec = WeightSpaceSpec([Space("a", 2, "input"), Space("b", 3, "hidden")],
-    ...                        [ParamSpec("w", (3, 4), ("b", ("a", 2)))])
-    >>> [(r.name, r.axes) for r in block_refs(spec, "hnp")]
-    [('w[:, 0:2]', ('b', None)), ('w[:, 2:4]', ('b', None))]
+    Each ``(column, row)`` pair is one term: column ``(side, ordering)`` is an input side read
+    with its linked classes in ``ordering``; row ``(side, ordering)`` an output side. The term
+    links the input's class ``col_ordering[j]`` with the output's ``row_ordering[j]``.
     """
-    check_mode(mode)
-    permutable = set(spec.permutable_spaces(mode))
-    out = []
-    for p in spec.params:
-        for i, b in enumerate(p.tiles(spec.spaces)):
-            axes = tuple(a if a in permutable else None for a in b.axes)
-            out.append(
-                BlockRef(
-                    p.name,
-                    i,
-                    b.name,
-                    axes,
-                    tuple(b.shape),
-                    tuple(s.start for s in b.index),
-                    tuple(b.axes),
-                )
-            )
-    return out
+
+    key: tuple
+    cols: tuple
+    rows: tuple
+
+    @property
+    def num_terms(self) -> int:
+        return len(self.cols) * len(self.rows)
 
 
 @dataclass(frozen=True)
 class Term:
-    """One basis element: a labelled set partition of the permutable axes of ``P`` and ``Q``.
+    """One basis element: a labelled partition of the permutable dims of ``P`` and ``Q``.
 
     Attributes
     ----------
-    inp : BlockRef or None
-        The input block ``P`` (``None`` for a bias term: the constant input).
-    out : BlockRef
-        The output block ``Q``.
+    inp : TileRef or None
+        The input tile ``P`` (``None`` for a bias term: the constant input).
+    out : TileRef
+        The output tile ``Q``.
     in_assign : tuple of (int or None)
-        Per axis of ``P``: its partition block id, ``None`` for a fixed axis.
+        Per dim of ``P``: its class id, ``None`` for a fixed dim.
     out_assign : tuple of (int or None)
-        Per axis of ``Q``: its partition block id, ``None`` for a fixed axis.
-    spaces : tuple of str
-        The space of each partition block id.
+        Per dim of ``Q``: its class id, ``None`` for a fixed dim.
+    factors : tuple of Factor
+        The factor of each class id.
 
-    Block ids are numbered in order of first appearance over ``P``'s axes, then ``Q``'s.
+    Class ids are numbered in order of first appearance over ``P``'s dims, then ``Q``'s.
     """
 
-    inp: BlockRef | None
-    out: BlockRef
+    inp: TileRef | None
+    out: TileRef
     in_assign: tuple
     out_assign: tuple
-    spaces: tuple
+    factors: tuple
 
     @property
     def is_bias(self) -> bool:
@@ -185,16 +218,18 @@ class Term:
         c_in = 1 if self.inp is None else in_channels * self.in_fixed
         return out_channels * self.out_fixed * c_in
 
-    def kind(self, block: int) -> str:
+    def kind(self, cls: int) -> str:
         """``"kept"`` (in P and Q), ``"mean"`` (P only) or ``"broadcast"`` (Q only)."""
-        in_p, in_q = block in self.in_assign, block in self.out_assign
+        in_p, in_q = cls in self.in_assign, cls in self.out_assign
         return "kept" if in_p and in_q else ("mean" if in_p else "broadcast")
 
     def __str__(self) -> str:
-        def side(ref: BlockRef | None, assign: tuple) -> str:
+        def side(ref: TileRef | None, assign: tuple) -> str:
             if ref is None:
                 return "1"
-            parts = ["-" if a is None else f"{ref.axes[i]}:{a}" for i, a in enumerate(assign)]
+            parts = [
+                "-" if a is None else f"{ref.dims[i].factor}:{a}" for i, a in enumerate(assign)
+            ]
             return "[" + ", ".join(parts) + "]"
 
         src = "bias" if self.inp is None else self.inp.name
@@ -229,48 +264,219 @@ def set_partitions(n: int, max_blocks: int | None = None) -> Iterator[tuple]:
     yield from rec((), 0)
 
 
-def _pair_terms(spec: WeightSpaceSpec, p: BlockRef | None, q: BlockRef) -> list[Term]:
-    p_axes = () if p is None else p.axes
-    spaces = sorted({a for a in (*p_axes, *q.axes) if a is not None}, key=list(spec.spaces).index)
-    items = {
-        s: [("p", i) for i, a in enumerate(p_axes) if a == s]
-        + [("q", i) for i, a in enumerate(q.axes) if a == s]
-        for s in spaces
-    }
-    per_space = []
-    for s in spaces:
-        size = spec.spaces[s].size
-        opts = []
-        for rgs in set_partitions(len(items[s]), size):
-            if p is None and any(side == "p" for side, _ in items[s]):
-                continue
-            opts.append(rgs)
-        per_space.append(opts)
-    terms = []
-    for combo in _product(per_space):
-        label: dict = {}
-        for s, rgs in zip(spaces, combo):
-            for item, b in zip(items[s], rgs):
-                label[item] = (s, b)
-        # renumber blocks by first appearance over P's axes then Q's axes
-        order: dict = {}
-        in_assign, out_assign = [], []
-        for side, axes, dest in (("p", p_axes, in_assign), ("q", q.axes, out_assign)):
-            for i, a in enumerate(axes):
-                if a is None:
-                    dest.append(None)
-                    continue
-                key = label[(side, i)]
-                if key not in order:
-                    order[key] = len(order)
-                dest.append(order[key])
-        block_spaces = tuple(k[0] for k in sorted(order, key=order.get))
-        terms.append(Term(p, q, tuple(in_assign), tuple(out_assign), block_spaces))
-    return terms
+# ---- one side of one tile -----------------------------------------------------------------------
+
+
+def tile_sides(tile: TileRef) -> list[Side]:
+    """Every side of ``tile``: each valid partition of its permutable dims, with every valid
+    choice of linked classes (an inner class is linked only when its block class is).
+
+    Examples
+    --------
+    >>> from nfncompile.testing import mlp_spec
+    >>> from nfncompile.backend.tiles import tile_refs
+    >>> w = tile_refs(mlp_spec([2, 3, 1]), "np")[0]
+    >>> [s.label() for s in tile_sides(w)]
+    ['l1.weight[h1*, in*]', 'l1.weight[h1*, in]', 'l1.weight[h1, in*]', 'l1.weight[h1, in]']
+    """
+    dims = tile.dims
+    outer: dict = {}  # factor -> dims (spaces and block permutations)
+    inner: list = []
+    for i in tile.perm_dims:
+        f = dims[i].factor
+        if f.kind == "inner":
+            inner.append(i)
+        else:
+            outer.setdefault(f, []).append(i)
+    out = []
+    outer_items = list(outer.items())
+    for combo in itertools.product(
+        *(list(set_partitions(len(ds), f.limit)) for f, ds in outer_items)
+    ):
+        cls_of: dict = {}
+        for (f, ds), rgs in zip(outer_items, combo):
+            for d, b in zip(ds, rgs):
+                cls_of[d] = (f, b)
+        groups: dict = {}
+        for d in inner:
+            groups.setdefault((dims[d].factor, cls_of[dims[d].tie]), []).append(d)
+        group_items = list(groups.items())
+        for combo2 in itertools.product(
+            *(list(set_partitions(len(ds), g[0].limit)) for g, ds in group_items)
+        ):
+            labels = dict(cls_of)
+            for (g, ds), rgs in zip(group_items, combo2):
+                for d, b in zip(ds, rgs):
+                    labels[d] = (g, b)
+            members: dict = {}
+            for d in tile.perm_dims:
+                members.setdefault(labels[d], []).append(d)
+            classes = tuple(sorted(tuple(m) for m in members.values()))
+            out.extend(_with_links(tile, classes))
+    return out
+
+
+def _with_links(tile: TileRef, classes: tuple) -> list[Side]:
+    dims = tile.dims
+    tie_cls = []
+    for c in classes:
+        t = dims[c[0]].tie
+        tie_cls.append(None if t is None else next(i for i, o in enumerate(classes) if t in o))
+    out = []
+    for linked in itertools.product((False, True), repeat=len(classes)):
+        if any(t is not None and lk and not linked[t] for t, lk in zip(tie_cls, linked)):
+            continue
+        key, orderings = _canonical(tile, classes, linked, tie_cls)
+        out.append(Side(tile, classes, linked, key, orderings))
+    return out
+
+
+def _canonical(tile: TileRef, classes: tuple, linked: tuple, tie_cls: list) -> tuple:
+    """The key of the linked classes and every ordering of them that reads as the key."""
+    lk = [j for j, k in enumerate(linked) if k]
+    if not lk:
+        return (), ((),)
+    factor = [tile.dims[c[0]].factor for c in classes]
+    lk.sort(key=lambda j: factor[j].order)
+    runs = [list(g) for _, g in itertools.groupby(lk, key=lambda j: factor[j])]
+    best, found = None, []
+    for choice in itertools.product(*(itertools.permutations(r) for r in runs)):
+        order = tuple(j for run in choice for j in run)
+        desc = tuple(
+            (
+                factor[j].kind,
+                factor[j].name,
+                factor[j].limit,
+                -1 if tie_cls[j] is None else order.index(tie_cls[j]),
+            )
+            for j in order
+        )
+        if best is None or desc < best:
+            best, found = desc, [order]
+        elif desc == best:
+            found.append(order)
+    return best, tuple(found)
+
+
+# ---- couplings ---------------------------------------------------------------------------------
+
+
+def couplings(tiles: list[TileRef], *, complete: bool = True) -> tuple[list[Coupling], list[Side]]:
+    """Group every side of every tile into couplings, and list the bias sides.
+
+    Parameters
+    ----------
+    tiles : list of TileRef
+    complete : bool
+        Split couplings so that no term exceeds a factor's number of distinct values (the exact
+        orbit basis). Without it every pair of one key is a term (still equivariant: a diagram
+        with more classes than values is a valid map, only linearly dependent on the others).
+
+    Returns
+    -------
+    couplings : list of Coupling
+        In order of first appearance of their key over the tiles' output sides.
+    biases : list of Side
+        The output sides with no linked class: one bias term each.
+    """
+    by_key: dict = {}
+    biases = []
+    for t in tiles:
+        for s in tile_sides(t):
+            entry = by_key.setdefault(s.key, ([], []))
+            entry[0].extend((s, o) for o in s.orderings)
+            entry[1].append((s, s.orderings[0]))
+            if not s.key:
+                biases.append(s)
+    out = []
+    for key, (cols, rows) in by_key.items():
+        if not complete:
+            out.append(Coupling(key, tuple(cols), tuple(rows)))
+            continue
+        out.extend(_split_by_limits(key, cols, rows))
+    return out, biases
+
+
+def _room(key: tuple, inst: tuple) -> int:
+    """How many unlinked classes a factor instance's limit leaves beside the key's classes."""
+    if inst[0] == "f":
+        _, kind, name, limit = inst
+        return limit - sum(1 for k in key if k[0] == kind and k[1] == name)
+    _, name, limit, j = inst
+    return limit - sum(1 for k in key if k[0] == "inner" and k[1] == name and k[3] == j)
+
+
+def _split_by_limits(key: tuple, cols: list, rows: list) -> list[Coupling]:
+    """One coupling per set of rows that accept the same columns under the class limits.
+
+    Only *tight* factor instances (where the most unlinked classes of a column plus those of a
+    row could exceed the limit: spaces of very few neurons) split a coupling.
+    """
+    col_counts = [s.unlinked_counts(o) for s, o in cols]
+    row_counts = [s.unlinked_counts(o) for s, o in rows]
+    tight = []
+    for inst in sorted(set().union(*col_counts, *row_counts)):
+        room = _room(key, inst)
+        mc = max(c.get(inst, 0) for c in col_counts)
+        mr = max(r.get(inst, 0) for r in row_counts)
+        if mc + mr > room:
+            tight.append((inst, room))
+    if not tight:
+        return [Coupling(key, tuple(cols), tuple(rows))]
+    sigs: dict = {}
+    for row, counts in zip(rows, row_counts):
+        sig = tuple(counts.get(inst, 0) for inst, _ in tight)
+        sigs.setdefault(sig, []).append(row)
+    out = []
+    for sig, members in sigs.items():
+        ok = [
+            col
+            for col, counts in zip(cols, col_counts)
+            if all(counts.get(inst, 0) + r <= room for (inst, room), r in zip(tight, sig))
+        ]
+        if ok:
+            out.append(Coupling(key, tuple(ok), tuple(members)))
+    return out
+
+
+# ---- explicit terms (introspection, tests) ----------------------------------------------------
+
+
+def term_of(col: tuple, row: tuple) -> Term:
+    """The term of one column and one row (P's classes are already in first-dim order)."""
+    (p, po), (q, qo) = col, row
+    in_assign = [None] * len(p.tile.dims)
+    for j, c in enumerate(p.classes):
+        for d in c:
+            in_assign[d] = j
+    factors = [p.factor(j) for j in range(len(p.classes))]
+    link = dict(zip(qo, po))
+    out_assign = [None] * len(q.tile.dims)
+    for j, c in enumerate(q.classes):
+        if j not in link:
+            link[j] = len(factors)
+            factors.append(q.factor(j))
+        for d in c:
+            out_assign[d] = link[j]
+    return Term(p.tile, q.tile, tuple(in_assign), tuple(out_assign), tuple(factors))
+
+
+def bias_term(q: Side) -> Term:
+    """The bias term of an output side with no linked class."""
+    out_assign = [None] * len(q.tile.dims)
+    for j, c in enumerate(q.classes):
+        for d in c:
+            out_assign[d] = j
+    return Term(
+        None, q.tile, (), tuple(out_assign), tuple(q.factor(j) for j in range(len(q.classes)))
+    )
 
 
 def enumerate_basis(spec: WeightSpaceSpec, mode: str = "np", *, bias: bool = False) -> list[Term]:
     """Every basis term of the equivariant linear (``bias=True``: affine) maps of ``spec``.
+
+    Lists them one by one (quadratic in the number of tiles: meant for small specs, tests and
+    reading); the layer itself is built from :func:`couplings`.
 
     Parameters
     ----------
@@ -283,29 +489,40 @@ def enumerate_basis(spec: WeightSpaceSpec, mode: str = "np", *, bias: bool = Fal
     Returns
     -------
     list of Term
-        Ordered by output block, then input block, then partition.
+        Ordered by output tile, then input tile, then number of classes.
     """
-    check_mode(mode)
-    refs = block_refs(spec, mode)
-    terms = []
-    for q in refs:
-        for p in refs:
-            terms.extend(_pair_terms(spec, p, q))
+    tiles = tile_refs(spec, mode)
+    pos = {t: i for i, t in enumerate(tiles)}
+    cps, biases = couplings(tiles)
+    terms = [
+        (pos[row[0].tile], pos[col[0].tile], term_of(col, row))
+        for c in cps
+        for row in c.rows
+        for col in c.cols
+    ]
+    terms.sort(key=lambda x: (x[0], x[1], len(x[2].factors), x[2].out_assign))
+    out = [t for _, _, t in terms]
     if bias:
-        for q in refs:
-            terms.extend(_pair_terms(spec, None, q))
-    return terms
+        out += [bias_term(q) for q in sorted(biases, key=lambda s: pos[s.tile])]
+    return out
 
 
 def count_terms(spec: WeightSpaceSpec, mode: str = "np", *, bias: bool = False) -> dict:
-    """Number of basis terms per ``(input block name, output block name)``.
+    """Number of basis terms per ``(input tile name, output tile name)``.
 
-    Bias terms are keyed ``("bias", output block name)``.
+    Bias terms are keyed ``("bias", output tile name)``.
     """
     out: dict = {}
-    for t in enumerate_basis(spec, mode, bias=bias):
-        key = ("bias" if t.inp is None else t.inp.name, t.out.name)
-        out[key] = out.get(key, 0) + 1
+    cps, biases = couplings(tile_refs(spec, mode))
+    for c in cps:
+        for q, _ in c.rows:
+            for p, _ in c.cols:
+                k = (p.tile.name, q.tile.name)
+                out[k] = out.get(k, 0) + 1
+    if bias:
+        for q in biases:
+            k = ("bias", q.tile.name)
+            out[k] = out.get(k, 0) + 1
     return out
 
 
@@ -318,15 +535,14 @@ def num_basis_dims(
     out_channels: int = 1,
 ) -> int:
     """Dimension of the space of equivariant linear (affine) maps with the given channels:
-    the free-parameter count of :class:`~nfncompile.nn.layers.NFLinear`.
+    the free-parameter count of a complete :class:`~nfncompile.nn.NFLinear`.
     """
-    return sum(
-        t.num_params(in_channels, out_channels) for t in enumerate_basis(spec, mode, bias=bias)
-    )
-
-
-def _product(lists: list) -> list:
-    out = [()]
-    for opts in lists:
-        out = [(*prev, o) for prev in out for o in opts]
-    return out
+    cps, biases = couplings(tile_refs(spec, mode))
+    total = 0
+    for c in cps:
+        rows = sum(out_channels * q.tile.fixed_size for q, _ in c.rows)
+        cols = sum(in_channels * p.tile.fixed_size for p, _ in c.cols)
+        total += rows * cols
+    if bias:
+        total += sum(out_channels * q.tile.fixed_size for q in biases)
+    return total

@@ -5,26 +5,31 @@ The graph is built node by node (``placeholder`` / ``get_attr`` / ``call_functio
 placeholder per parameter in spec order, each ``(B, C_in, *param shape)``; it returns a tuple of
 ``(B, C_out, *param shape)`` tensors in the same order.
 
-Inside, every block is held **channels-last**: ``(B, *permutable dims, C * prod(fixed dims))``
-(fixed axes, e.g. conv kernel dims, folded into the channels after them). Each input block is
-permuted into that layout once (``*_cl``, ``*_in``) and each output block out of it once
-(``*_unfold``, ``*_native``: a view, so a stack of layers stays channels-last in memory).
-Between them reductions are means over middle dims, channel mixes are GEMMs over the last dim
-and placement only inserts singleton dims to broadcast into: no permute sits between a
-broadcast and a concatenation, which ``torch.compile`` on CPU turned into slow fused
-backward kernels (a sum over broadcast dims into a strided, kernel-sized inner dim).
+Inside, every tile is held **channels-last**: ``(B, *permutable dims, C * prod(fixed dims))``
+(a block axis split into its block and inner dims; fixed dims, e.g. conv kernel dims, folded into
+the channels after them). Each input tile is permuted into that layout once (``*_cl``, ``*_in``)
+and each output tile out of it once (``*_unfold``, ``*_native``: a view, so a stack of layers
+stays channels-last in memory). Between them reductions are means over middle dims, channel
+mixes are GEMMs over the last dim and placement only inserts singleton dims to broadcast into:
+no permute sits between a broadcast and a concatenation, which ``torch.compile`` on CPU turned
+into slow fused backward kernels (a sum over broadcast dims into a strided, kernel-sized inner
+dim). The broadcast contributions to one output tile are summed smallest first, and the largest
+(the tile's pointwise mix) is added inside its GEMM (``addmm``), so each output tile is written
+once at full size by the sum and once by the GEMM.
 
 The generated module owns the layer's weights:
 
 ``mix{i}``
-    ``(rows, cols)`` channel-mixing weight of plan mix ``i``;
+    complete basis: the ``(rows, cols)`` channel-mixing weight of plan mix ``i``;
 ``bias{g}``
-    ``(C_out * prod(Q fixed dims),)`` bias of plan group ``g`` (only groups with a bias term);
+    complete basis: the ``(C_out * prod(Q fixed dims),)`` bias of plan group ``g``;
 ``embed{j}``
-    learned position embedding added to an input block (``io_embed``);
+    complete basis: a learned position embedding added to an input tile (``io_embed``);
+``w{r}``
+    linear basis: the weight of plan relation ``r`` (shared by every term of that relation);
 ``delta{k}``
     constant 0/1 buffers that write diagonals (``(*permutable dims of Q, 1)``, 1 where a
-    diagonal group's axes are equal).
+    diagonal class's dims are equal).
 
 Examples
 --------
@@ -44,23 +49,24 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .basis import BlockRef
 from .plan import Plan
+from .tiles import TileRef
 
-__all__ = ["generate", "placeholder_names", "channel_mix"]
+__all__ = ["generate", "placeholder_names", "channel_mix", "channel_mix_add"]
 
 
 def channel_mix(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``(R, K)`` weight applied to the channels (last dim) of ``x`` ``(B, *kept, K)``:
     ``(B, *kept, R)``, one ``(B*N, K) x (K, R)`` GEMM.
 
-    On CUDA, an ``x`` that is channels-first in memory (an input block without fixed dims,
-    read as is) is mixed there by a 1x1 ``conv1d`` instead of being copied channels-last.
+    On CUDA, an ``x`` that is channels-first in memory (an input tile without fixed dims, read
+    as is) is mixed there by a 1x1 ``conv1d`` instead of being copied channels-last.
     """
     if x.is_cuda and x.dim() > 2 and x.stride(-1) != 1:
         first = x.movedim(-1, 1)
@@ -68,6 +74,21 @@ def channel_mix(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             y = F.conv1d(first.flatten(2), weight.unsqueeze(-1))
             return y.unflatten(2, x.shape[1:-1]).movedim(1, -1)
     return F.linear(x, weight)
+
+
+def channel_mix_add(acc: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``acc + channel_mix(weight, x)`` with the sum done by the GEMM (``addmm``) when ``acc``
+    already has the result's full shape; ``acc`` is only read.
+
+    >>> acc, w, x = torch.ones(2, 3, 4), torch.eye(4), torch.randn(2, 3, 4)
+    >>> torch.equal(channel_mix_add(acc, w, x), acc + x)
+    True
+    """
+    shape = (*x.shape[:-1], weight.shape[0])
+    if acc.shape != shape or x.is_cuda:
+        return acc + channel_mix(weight, x)
+    out = torch.addmm(acc.reshape(-1, shape[-1]), x.reshape(-1, x.shape[-1]), weight.t())
+    return out.view(shape)
 
 
 def placeholder_names(names: tuple) -> list[str]:
@@ -119,20 +140,37 @@ class _Builder:
             "permute", (x, (0, *(1 + o for o in order))), tuple(old[o] for o in order), name
         )
 
+    def cat(self, xs: list, name: str):
+        """Concatenate along the last (channel) dim."""
+        if len(xs) == 1:
+            return xs[0]
+        shape = (*self.shape[xs[0]][:-1], sum(self.shape[x][-1] for x in xs))
+        return self.call(torch.cat, (xs, -1), shape, name)
 
-def _tag(block: BlockRef) -> str:
-    return re.sub(r"\W+", "_", block.name).strip("_")
+    def add(self, a, b, name: str):
+        if a is None:
+            return b
+        shape = tuple(max(x, y) for x, y in zip(self.shape[a], self.shape[b]))
+        return self.call(operator.add, (a, b), shape, name)
 
 
-def generate(plan: Plan, *, io_embed: bool = False) -> fx.GraphModule:
+def _tag(tile: TileRef) -> str:
+    return re.sub(r"\W+", "_", tile.name).strip("_")
+
+
+def generate(
+    plan: Plan, *, io_embed: bool = False, weights: Mapping[str, nn.Parameter] | None = None
+) -> fx.GraphModule:
     """Build the layer's ``GraphModule`` (weights allocated, not initialised).
 
     Parameters
     ----------
     plan : Plan
     io_embed : bool
-        Add a learned ``(C_in, n)`` position embedding along every input block axis labelled
-        with an ``input`` or ``output`` role space, before the reductions.
+        Deprecated spelling of ``plan.embeds``: ignored (the plan says which embeddings exist).
+    weights : mapping str -> Parameter, optional
+        Linear basis: existing parameters by relation key, used instead of new ones (the
+        generated module then shares them).
     """
     spec = plan.spec
     c_in, c_out = plan.in_channels, plan.out_channels
@@ -156,74 +194,105 @@ def generate(plan: Plan, *, io_embed: bool = False) -> fx.GraphModule:
 
     def get_attr(name: str, value: torch.Tensor, param: bool):
         if param:
-            root.register_parameter(name, nn.Parameter(value))
+            root.register_parameter(
+                name, value if isinstance(value, nn.Parameter) else nn.Parameter(value)
+            )
         else:
             root.register_buffer(name, value)
         node = b.graph.get_attr(name)
         b.shape[node] = None
         return node
 
-    # ---- input blocks, in the internal layout (B, *permutable dims, C_in * fixed) -----------
-    block_nodes: dict = {}
-    n_embed = 0
+    rel_nodes: dict = {}
+    grids: dict = {}
+
+    def assembled(grid: tuple, name: str):
+        """One weight from a grid of relations, built once per distinct grid."""
+        if grid not in grids:
+            blocks = [[relation(r, rel_shape(r)) for r in line] for line in grid]
+            grids[grid] = _assemble(b, blocks, name)
+        return grids[grid]
+
+    def relation(r: int, shape: tuple):
+        """The weight of relation ``r`` (created on first use)."""
+        if r not in rel_nodes:
+            rel = plan.relations[r]
+            value = None if weights is None else weights.get(rel.key)
+            if value is None:
+                value = torch.zeros(shape)
+            rel_nodes[r] = get_attr(f"w{r}", value, True)
+            b.shape[rel_nodes[r]] = tuple(shape)
+        return rel_nodes[r]
+
+    def rel_shape(r: int) -> tuple:
+        return plan.relations[r].shape(c_in, c_out, plan.width)
+
+    # ---- input tiles, in the internal layout (B, *permutable dims, C_in * fixed) -----------
+    embeds: dict = {}
+    for ei, (ti, axis, rel) in enumerate(plan.embeds):
+        embeds.setdefault(ti, []).append((ei, axis, rel))
+    tile_nodes: dict = {}
     for pname in spec.names:
         p = spec[pname]
         x = inputs[pname]
         if p.view is not None:
             x = b.reshape(x, (c_in, *p.view), f"{names[spec.names.index(pname)]}_view")
-        refs = [r for r in plan.blocks if r.param == pname]
-        for r in refs:
-            xb = x
-            if len(refs) > 1:
+        tiles = [(ti, t) for ti, t in enumerate(plan.tiles) if t.param == pname]
+        for ti, t in tiles:
+            xt = x
+            if len(tiles) > 1:
                 idx = (slice(None), slice(None)) + tuple(
-                    slice(s, s + n) for s, n in zip(r.starts, r.shape)
+                    slice(s, s + n) for s, n in zip(t.starts, t.shape)
                 )
-                xb = b.call(operator.getitem, (x, idx), (c_in, *r.shape), _tag(r))
-            if io_embed:
-                for ax, lab in enumerate(r.labels):
-                    if lab is None or spec.spaces[lab].role == "hidden":
-                        continue
-                    shape = [1] * len(r.shape)
-                    shape[ax] = r.shape[ax]
-                    emb = get_attr(f"embed{n_embed}", torch.zeros(c_in, *shape), True)
-                    n_embed += 1
-                    xb = b.call(operator.add, (xb, emb), (c_in, *r.shape), f"{_tag(r)}_emb")
-            # one permute per block: permutable dims first, then channels and fixed dims
+                xt = b.call(operator.getitem, (x, idx), (c_in, *t.shape), _tag(t))
+            for ei, axis, rel in embeds.get(ti, ()):
+                shape = [1] * len(t.shape)
+                shape[axis] = t.shape[axis]
+                shape = (c_in, *shape)
+                if rel is None:
+                    emb = get_attr(f"embed{ei}", torch.zeros(shape), True)
+                else:
+                    emb = relation(rel, shape)
+                xt = b.call(operator.add, (xt, emb), (c_in, *t.shape), f"{_tag(t)}_emb")
+            if t.is_split:
+                xt = b.reshape(xt, (c_in, *t.dim_shape), f"{_tag(t)}_split")
+            # one permute per tile: permutable dims first, then channels and fixed dims
             # (folded into one channel dim by the reshape)
-            order = [1 + a for a in r.perm_axes] + [0] + [1 + a for a in r.fixed_axes]
-            xb = b.permute(xb, tuple(order), f"{_tag(r)}_cl")
-            perm_shape = tuple(r.shape[a] for a in r.perm_axes)
-            block_nodes[r] = b.reshape(xb, (*perm_shape, c_in * r.fixed_size), f"{_tag(r)}_in")
+            order = [1 + d for d in t.perm_dims] + [0] + [1 + d for d in t.fixed_dims]
+            xt = b.permute(xt, tuple(order), f"{_tag(t)}_cl")
+            perm_shape = tuple(t.dims[d].size for d in t.perm_dims)
+            xt = b.reshape(xt, (*perm_shape, c_in * t.fixed_size), f"{_tag(t)}_in")
+            # one copy into the layout when the input is channels-first (a no-op when it comes
+            # from another layer): every reduction and GEMM then reads contiguous memory
+            tile_nodes[t] = b.method("contiguous", (xt,), b.shape[xt], f"{_tag(t)}_cl_mem")
 
     # ---- reductions: (B, *kept, C_in * fixed) ------------------------------------------
     red_nodes: list = []
     for ri, red in enumerate(plan.reductions):
-        r = red.block
-        tag = f"{_tag(r)}_r{ri}"
-        kept_shape = (*red.shape[1:], red.channels)
+        side, t = red.side, red.tile
+        tag = f"{_tag(t)}_r{ri}"
+        kept_shape = (*red.kept_shape, red.channels)
         if red.source is not None:
-            src = plan.reductions[red.source]
-            pos = [
-                1 + j for j, g in enumerate(src.kept_groups) if not red.kept[red.groups.index(g)]
-            ]
-            node = b.method("mean", (red_nodes[red.source], tuple(pos)), kept_shape, tag)
-            red_nodes.append(node)
+            src = plan.reductions[red.source].side
+            src_kept = [j for j, k in enumerate(src.linked) if k]
+            pos = [1 + i for i, j in enumerate(src_kept) if not side.linked[j]]
+            red_nodes.append(b.method("mean", (red_nodes[red.source], tuple(pos)), kept_shape, tag))
             continue
-        x = block_nodes[r]
-        # current labels of the non-batch dims: ("a", axis), ("g", group) or ("k",) (channels)
-        dims = [("a", i) for i in r.perm_axes] + [("k",)]
+        x = tile_nodes[t]
+        # labels of the non-batch dims: ("d", dim), ("c", class) or ("k",) (channels)
+        labels = [("d", d) for d in t.perm_dims] + [("k",)]
         shape = list(b.shape[x])
-        for gi, g in enumerate(red.groups):
-            if len(g) == 1:
-                dims[dims.index(("a", g[0]))] = ("g", gi)
+        for j, cls in enumerate(side.classes):
+            if len(cls) == 1:
+                labels[labels.index(("d", cls[0]))] = ("c", j)
                 continue
-            cur = ("a", g[0])
-            for other in g[1:]:
-                d1, d2 = dims.index(cur), dims.index(("a", other))
+            cur = ("d", cls[0])
+            for other in cls[1:]:
+                d1, d2 = labels.index(cur), labels.index(("d", other))
                 n = shape[d1]
                 for d in sorted((d1, d2), reverse=True):
-                    del dims[d], shape[d]
-                dims.append(("g", gi))
+                    del labels[d], shape[d]
+                labels.append(("c", j))
                 shape.append(n)
                 x = b.call(
                     torch.diagonal,
@@ -232,100 +301,116 @@ def generate(plan: Plan, *, io_embed: bool = False) -> fx.GraphModule:
                     f"{tag}_diag",
                     {"offset": 0, "dim1": 1 + d1, "dim2": 1 + d2},
                 )
-                cur = ("g", gi)
-        mean_dims = [1 + dims.index(("g", gi)) for gi, k in enumerate(red.kept) if not k]
+                cur = ("c", j)
+        mean_dims = [1 + labels.index(("c", j)) for j, k in enumerate(side.linked) if not k]
         if mean_dims:
-            keep = [d for i, d in enumerate(dims) if 1 + i not in mean_dims]
+            keep = [lab for i, lab in enumerate(labels) if 1 + i not in mean_dims]
             shape = [s for i, s in enumerate(shape) if 1 + i not in mean_dims]
             x = b.method("mean", (x, tuple(mean_dims)), tuple(shape), f"{tag}_mean")
-            dims = keep
-        want = [("g", gi) for gi, k in enumerate(red.kept) if k] + [("k",)]
-        x = b.permute(x, tuple(dims.index(d) for d in want), tag)
+            labels = keep
+        want = [("c", j) for j, k in enumerate(side.linked) if k] + [("k",)]
+        x = b.permute(x, tuple(labels.index(w) for w in want), tag)
         red_nodes.append(x)
 
-    # ---- mixes: one channel mix (a GEMM over the last dim) per concatenation ------------
-    group_values: dict = {}
+    # ---- mixes: channel mixes (GEMMs over the last dim), per group a value in mix order ----
+    group_values: dict = {}  # group -> node (B, *kept in mix order, C_out * fixed)
+    pointwise: dict = {}  # group -> (weight node, input node): added by the tile's last GEMM
     for mi, mix in enumerate(plan.mixes):
-        pieces = []
-        for ri, perm in mix.inputs:
-            pieces.append(b.permute(red_nodes[ri], (*perm, len(perm)), f"r{ri}_t"))
+        pieces = [
+            b.permute(red_nodes[ri], (*perm, len(perm)), f"r{ri}_t") for ri, perm in mix.inputs
+        ]
         kept = mix.kept_shape
-        if len(pieces) == 1:
-            x = pieces[0]
-        else:
-            x = b.call(torch.cat, (pieces, -1), (*kept, mix.in_channels), f"cat{mi}")
-        w = get_attr(f"mix{mi}", torch.zeros(mix.out_channels, mix.in_channels), True)
-        y = b.call(channel_mix, (w, x), (*kept, mix.out_channels), f"mix{mi}_out")
-        if len(mix.groups) == 1:
-            group_values[mix.groups[0]] = y
+        if plan.basis == "complete":
+            w = get_attr(f"mix{mi}", torch.zeros(mix.out_channels, mix.in_channels), True)
+            b.shape[w] = (mix.out_channels, mix.in_channels)
+            if len(mix.groups) == 1 and _is_full(plan, mix.groups[0]):
+                pointwise[mix.groups[0]] = (w, b.cat(pieces, f"cat{mi}"))
+                continue
+            x = b.cat(pieces, f"cat{mi}")
+            y = b.call(channel_mix, (w, x), (*kept, mix.out_channels), f"mix{mi}_out")
+            sizes = [plan.groups[g].channels for g in mix.groups]
+            for g, part in zip(mix.groups, _split(b, y, sizes, f"mix{mi}")):
+                group_values[g] = part
             continue
-        sizes = [plan.groups[g].out_channels for g in mix.groups]
-        parts = b.call(torch.split, (y, sizes, -1), None, f"mix{mi}_split")
-        for j, g in enumerate(mix.groups):
-            group_values[g] = b.call(operator.getitem, (parts, j), (*kept, sizes[j]), f"g{g}")
+        _linear_mix(b, plan, mi, mix, pieces, assembled, group_values, pointwise)
 
     # ---- placement: broadcast dims are new singletons, no permute -----------------------
-    out_blocks: dict = {}
+    out_values: dict = {}
     n_delta = 0
     for gi, g in enumerate(plan.groups):
-        pat = g.pattern
-        q = pat.block
+        side, q = g.side, g.tile
         y = group_values.get(gi)
-        if g.bias_terms:
-            bias = get_attr(f"bias{gi}", torch.zeros(g.out_channels), True)
+        if y is not None and g.perm != tuple(range(len(g.perm))):
+            y = b.permute(y, (*g.perm, len(g.perm)), f"g{gi}_t")
+        if g.bias:
+            bias = get_attr(f"bias{gi}", torch.zeros(g.channels), True)
             if y is None:
-                y = b.method("reshape", (bias, (1, g.out_channels)), (g.out_channels,), f"b{gi}")
+                y = b.method("reshape", (bias, (1, g.channels)), (g.channels,), f"b{gi}")
             else:
                 y = b.call(operator.add, (y, bias), b.shape[y], f"g{gi}_b")
-        # linked groups are ordered by first axis, as the kept dims of y: only singletons
-        # for the broadcast (and the diagonal's other) axes are inserted
-        firsts = {grp[0] for grp in pat.linked_groups}
-        full = [q.shape[ax] if ax in firsts else 1 for ax in q.perm_axes]
-        y = b.reshape(y, (*full, g.out_channels), f"g{gi}_place")
-        for grp in pat.groups:
-            if len(grp) < 2:
+        if gi in pointwise:  # added inside the tile's last GEMM
+            out_values.setdefault(q, []).append(("gemm", gi))
+        if y is None:
+            continue
+        # linked classes are ordered by first dim, as the kept dims of y: only singletons for
+        # the broadcast (and the diagonal's other) dims are inserted
+        firsts = {c[0] for c in side.linked_classes}
+        full = [q.dims[d].size if d in firsts else 1 for d in q.perm_dims]
+        y = b.reshape(y, (*full, g.channels), f"g{gi}_place")
+        for cls in side.classes:
+            if len(cls) < 2:
                 continue
-            n = q.shape[grp[0]]
-            dshape = [n if ax in grp else 1 for ax in q.perm_axes] + [1]
+            n = q.dims[cls[0]].size
+            dshape = [n if d in cls else 1 for d in q.perm_dims] + [1]
             eye = torch.zeros(*dshape)
             idx = torch.arange(n)
-            eye[tuple(idx if ax in grp else 0 for ax in q.perm_axes) + (0,)] = 1.0
+            eye[tuple(idx if d in cls else 0 for d in q.perm_dims) + (0,)] = 1.0
             delta = get_attr(f"delta{n_delta}", eye, False)
             n_delta += 1
             delta = b.method("type_as", (delta, y), None, f"delta{n_delta - 1}_t")
             shp = tuple(max(a, d) for a, d in zip(b.shape[y], dshape))
-            y = b.call(operator.mul, (y, delta), shp, f"g{gi}_diag")
-        out_blocks.setdefault(q, []).append(y)
+            y = b.call(operator.mul, (y, delta), shp, f"g{gi}_delta")
+        out_values.setdefault(q, []).append(("value", y))
 
-    # ---- sum into blocks, back to (B, C_out, *shape), assemble params -------------------
-    block_out: dict = {}
-    for q in plan.blocks:
-        vals = sorted(out_blocks.get(q, []), key=lambda n: -math.prod(b.shape[n]))
-        perm_shape = tuple(q.shape[a] for a in q.perm_axes)
-        fixed_shape = tuple(q.shape[a] for a in q.fixed_axes)
+    # ---- sum into tiles (smallest first, the pointwise GEMM last), back to (B, C_out, ...) ---
+    tile_out: dict = {}
+    for q in plan.tiles:
+        perm_shape = tuple(q.dims[d].size for d in q.perm_dims)
+        fixed_shape = tuple(q.dims[d].size for d in q.fixed_dims)
         full = (*perm_shape, c_out * q.fixed_size)
-        if not vals:
+        vals = [v for kind, v in out_values.get(q, []) if kind == "value"]
+        gemms = [gi for kind, gi in out_values.get(q, []) if kind == "gemm"]
+        vals.sort(key=lambda n: math.prod(b.shape[n]))
+        acc = None
+        for v in vals:
+            acc = b.add(acc, v, f"{_tag(q)}_acc")
+        for gi in gemms:
+            w, x = pointwise[gi]
+            if acc is None:
+                acc = b.call(channel_mix, (w, x), full, f"{_tag(q)}_mix")
+                continue
+            if b.shape[acc] != full:
+                acc = b.method("expand", (acc, batch_size(), *full), full, f"{_tag(q)}_full")
+            acc = b.call(channel_mix_add, (acc, w, x), full, f"{_tag(q)}_mix")
+        if acc is None:
             acc = b.method("new_zeros", (inputs[q.param], (1, *full)), full, f"{_tag(q)}_zeros")
-            vals = [acc]
-        acc = vals[0]
-        for v in vals[1:]:
-            shp = tuple(max(x, y) for x, y in zip(b.shape[acc], b.shape[v]))
-            acc = b.call(operator.add, (acc, v), shp, f"{_tag(q)}_acc")
         if b.shape[acc] != full:
             acc = b.method("expand", (acc, batch_size(), *full), full, f"{_tag(q)}_full")
         n_perm = len(perm_shape)
         acc = b.reshape(acc, (*perm_shape, c_out, *fixed_shape), f"{_tag(q)}_unfold")
         order = [n_perm] + [
-            q.perm_axes.index(ax) if ax in q.perm_axes else n_perm + 1 + q.fixed_axes.index(ax)
-            for ax in range(len(q.shape))
+            q.perm_dims.index(d) if d in q.perm_dims else n_perm + 1 + q.fixed_dims.index(d)
+            for d in range(len(q.dims))
         ]
-        block_out[q] = b.permute(acc, tuple(order), f"{_tag(q)}_native")
+        acc = b.permute(acc, tuple(order), f"{_tag(q)}_native")
+        if q.is_split:
+            acc = b.reshape(acc, (c_out, *q.shape), f"{_tag(q)}_merge")
+        tile_out[q] = acc
 
     outputs = []
     for pname, ident in zip(spec.names, names):
         p = spec[pname]
-        refs = [r for r in plan.blocks if r.param == pname]
-        tensors = [block_out[r] for r in refs]
+        tensors = [tile_out[t] for t in plan.tiles if t.param == pname]
         counts = [len(a) if isinstance(a, tuple) else 1 for a in p.axes]
         for ax in reversed(range(len(counts))):
             c = counts[ax]
@@ -345,3 +430,96 @@ def generate(plan: Plan, *, io_embed: bool = False) -> fx.GraphModule:
     b.graph.eliminate_dead_code()
     b.graph.lint()
     return fx.GraphModule(root, b.graph, class_name="NFLinearGraph")
+
+
+def _is_full(plan: Plan, g: int) -> bool:
+    """Whether group ``g`` covers its whole tile with no broadcast, diagonal or permute: its
+    value can be added by the tile's GEMM itself."""
+    group = plan.groups[g]
+    return (
+        group.side.is_pointwise and group.perm == tuple(range(len(group.perm))) and not group.bias
+    )
+
+
+def _split(b: _Builder, y, sizes: list, tag: str) -> list:
+    """Split the channels of ``y`` into parts of ``sizes``."""
+    if len(sizes) == 1:
+        return [y]
+    parts = b.call(torch.split, (y, sizes, -1), None, f"{tag}_split")
+    kept = b.shape[y][:-1]
+    return [
+        b.call(operator.getitem, (parts, j), (*kept, n), f"{tag}_part") for j, n in enumerate(sizes)
+    ]
+
+
+def _assemble(b: _Builder, blocks: list, name: str):
+    """One weight from a grid of relation weights (rows of blocks)."""
+    rows = []
+    for line in blocks:
+        if len(line) == 1:
+            rows.append(line[0])
+            continue
+        shape = (b.shape[line[0]][0], sum(b.shape[w][1] for w in line))
+        rows.append(b.call(torch.cat, (line, 1), shape, f"{name}_row"))
+    if len(rows) == 1:
+        return rows[0]
+    shape = (sum(b.shape[r][0] for r in rows), *b.shape[rows[0]][1:])
+    return b.call(torch.cat, (rows, 0), shape, name)
+
+
+def _mean(b: _Builder, xs: list, name: str):
+    """The average of same-shape tensors."""
+    if len(xs) == 1:
+        return xs[0]
+    stacked = b.call(torch.stack, (xs, 0), None, f"{name}_stack")
+    return b.method("mean", (stacked, 0), b.shape[xs[0]], name)
+
+
+def _linear_mix(b, plan, mi, mix, pieces, assembled, group_values, pointwise) -> None:
+    """The linear basis's mixing of one mix: per layer, then per kind, into each group."""
+    kept = mix.kept_shape
+
+    def weight(grid: tuple, name: str):
+        return assembled(tuple(tuple(line) for line in grid), name)
+
+    sh = mix.shared
+    values: dict = {}  # position in mix.groups -> node
+    # terms between the tiles of one layer: their own relations
+    for li, loc in enumerate(mix.local):
+        w = weight(loc.weights, f"m{mi}_l{li}_w")
+        x = b.cat([pieces[j] for j in loc.cols], f"m{mi}_l{li}_cat")
+        if sh is None and len(loc.groups) == 1 and _is_full(plan, mix.groups[loc.groups[0]]):
+            pointwise[mix.groups[loc.groups[0]]] = (w, x)
+            continue
+        sizes = [plan.groups[mix.groups[i]].channels for i in loc.groups]
+        y = b.call(channel_mix, (w, x), (*kept, sum(sizes)), f"m{mi}_l{li}_out")
+        for i, part in zip(loc.groups, _split(b, y, sizes, f"m{mi}_l{li}")):
+            values[i] = part
+    if sh is None:
+        for i, g in enumerate(mix.groups):
+            if i in values:
+                group_values[g] = values[i]
+        return
+    # terms from every tile of a kind, averaged
+    aggs = [
+        _mean(b, [pieces[j] for j in cols], f"m{mi}_k{k}") for k, cols in enumerate(sh.col_kinds)
+    ]
+    rep = [sh.row_kinds.index(k) for k in range(max(sh.row_kinds) + 1)]
+    sizes = [plan.groups[mix.groups[i]].channels for i in rep]
+    x = b.cat(aggs, f"m{mi}_kinds")
+    if mix.key:
+        y = b.call(
+            channel_mix, (weight(sh.weights, f"m{mi}_w"), x), (*kept, sum(sizes)), f"m{mi}_shared"
+        )
+    else:  # the invariant channel
+        into, out = sh.weights
+        v = b.call(channel_mix, (weight([into], f"m{mi}_inv_in"), x), (plan.width,), f"m{mi}_inv")
+        w_out = weight([[r] for r in out], f"m{mi}_inv_out")
+        y = b.call(channel_mix, (w_out, v), (sum(sizes),), f"m{mi}_shared")
+        if sh.biases:
+            bias = weight([[r] for r in sh.biases], f"m{mi}_bias")
+            y = b.call(operator.add, (y, bias), (sum(sizes),), f"m{mi}_shared_b")
+    per_kind = _split(b, y, sizes, f"m{mi}_shared")
+    for i, g in enumerate(mix.groups):
+        shared_val = per_kind[sh.row_kinds[i]]
+        group_values[g] = b.add(values.get(i), shared_val, f"g{g}_sum")

@@ -1,17 +1,34 @@
-"""The fused execution plan of an NF-Layer: shared reductions, one channel mix per pattern.
+"""The fused execution plan of an NF-Layer: shared reductions, one channel mix per coupling.
 
-A basis term (see :mod:`nfncompile.backend.basis`) splits into an input side and an output side:
+A basis term (see :mod:`nfncompile.backend.basis`) has an input half and an output half:
 
-* its **reduction** of the input block ``P``: which of ``P``'s permutable axes are merged by a
-  diagonal read, which are averaged and which are kept. Many terms share one reduction (every
-  term that needs the column means of ``W2`` reads the same tensor), so each distinct reduction
-  is computed once;
-* its **pattern** on the output block ``Q``: how the kept indices land on ``Q``'s axes, which
-  axes are broadcast and which are written on a diagonal.
+* its **reduction** of the input tile ``P`` (the input :class:`~.basis.Side`): which dims are
+  merged by a diagonal read, which are averaged and which are kept. Many terms share one
+  reduction (every term that needs the column means of ``W2`` reads the same tensor), so each
+  distinct reduction is computed once, from a cheaper earlier one when it can be;
+* its **pattern** on the output tile ``Q`` (the output side): how the kept indices land on
+  ``Q``'s dims, which dims are broadcast and which are written on a diagonal. Each pattern is a
+  :class:`Group`: it is placed (broadcast-added) into ``Q`` once.
 
-Terms with the same ``(Q, pattern)`` form a :class:`Group`: their reduced inputs (transposed so
-that the kept dims follow ``Q``'s order) are concatenated along channels and mixed by a single
-matmul, whose result is broadcast-added into ``Q``. Biases join the group of their pattern.
+Every :class:`~.basis.Coupling` becomes one :class:`Mix`: its reduced inputs are permuted to one
+order of the kept dims, concatenated along channels and mixed into the rows of all its groups.
+
+Two kinds of basis share this structure (``Plan.basis``):
+
+``"complete"``
+    every term has its own weight: one dense ``(rows, cols)`` matrix per mix (one GEMM), and a
+    bias per broadcast-only group. The exact orbit basis; its size grows with the square of the
+    number of tensors (the coupling of the empty key joins every tile to every tile).
+``"linear"``
+    term weights are indexed by the *relation* between the two tiles (:mod:`.relations`), not by
+    their position: between tiles of one layer (:class:`Local`), every term has the weight of its
+    relation; from every other tile, the inputs of one kind are averaged first and mixed once
+    per kind of output (:class:`Shared`). Between different tiles only terms through at most one
+    kept index are used (a reduction to a row, column or scalar, broadcast back): the terms that
+    copy one tile entry by entry onto another would each cost a full-size GEMM. The invariants every tile sends to every tile go
+    through a fixed-width channel: each kind's averaged invariants are projected to ``width``
+    numbers, summed, and projected back per kind of output. The weights grow with the number of
+    kinds of relation, not with depth, and a layer applies to any spec whose relations it has.
 
 Examples
 --------
@@ -24,29 +41,29 @@ Examples
 ...                "l2.weight": {"shape": [2, 3], "axes": ["out", "h"]},
 ...                "l2.bias": {"shape": [2], "axes": ["out"]}}})
 >>> plan = build_plan(spec, "hnp", 1, 1)
->>> len(plan.terms), len(plan.reductions), len(plan.groups)
-(29, 7, 7)
+>>> len(plan.reductions), len(plan.groups), plan.num_terms
+(7, 7, 29)
 >>> print(plan)
-Plan(mode='hnp', in_channels=1, out_channels=1, terms=29, params=81)
+Plan(mode='hnp', basis='complete', in_channels=1, out_channels=1, terms=29, params=81)
 reductions:
   r0 = l1.weight[h, -] keep (h)
-  r1 = l1.weight[h, -] mean (h) from r0
+  r1 = l1.weight[h*, -] mean (h) from r0
   r2 = l1.bias[h] keep (h)
-  r3 = l1.bias[h] mean (h) from r2
+  r3 = l1.bias[h*] mean (h) from r2
   r4 = l2.weight[-, h] keep (h)
-  r5 = l2.weight[-, h] mean (h) from r4
+  r5 = l2.weight[-, h*] mean (h) from r4
   r6 = l2.bias[-] fixed only
 groups:
-  g0: l1.weight[h, -] <- m0[0:2](r0, r2, r4)
-  g1: l1.weight[h*, -] <- m1[0:2](r1, r3, r5, r6, bias)
-  g2: l1.bias[h] <- m0[2:3](r0, r2, r4)
-  g3: l1.bias[h*] <- m1[2:3](r1, r3, r5, r6, bias)
-  g4: l2.weight[-, h] <- m0[3:5](r0, r2, r4)
-  g5: l2.weight[-, h*] <- m1[3:5](r1, r3, r5, r6, bias)
-  g6: l2.bias[-] <- m1[5:7](r1, r3, r5, r6, bias)
+  g0: l1.weight[h*, -] <- m0[0:2] + bias
+  g1: l1.weight[h, -] <- m1[0:2]
+  g2: l1.bias[h*] <- m0[2:3] + bias
+  g3: l1.bias[h] <- m1[2:3]
+  g4: l2.weight[-, h*] <- m0[3:5] + bias
+  g5: l2.weight[-, h] <- m1[3:5]
+  g6: l2.bias[-] <- m0[5:7] + bias
 mixes:
-  m0: [5x5] -> g0, g2, g4
-  m1: [7x7] -> g1, g3, g5, g6
+  m0: () [7x7] (r1, r3, r5, r6) -> g0, g2, g4, g6
+  m1: (h) [5x5] (r0, r2, r4) -> g1, g3, g5
 """
 
 from __future__ import annotations
@@ -54,178 +71,171 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..spec import WeightSpaceSpec, check_mode
-from .basis import BlockRef, block_refs, enumerate_basis
+from ..spec import WeightSpaceSpec, axis_pieces
+from .basis import Coupling, Side, couplings, tile_sides
+from .relations import Relation, link_str, side_kind, tile_kind
+from .tiles import TileRef, tile_refs
 
-__all__ = ["Reduction", "Pattern", "Contribution", "Group", "Mix", "Plan", "build_plan"]
+__all__ = [
+    "BASES",
+    "Reduction",
+    "Group",
+    "Local",
+    "Shared",
+    "Mix",
+    "Plan",
+    "build_plan",
+    "complete_num_params",
+]
+
+#: The kinds of basis a plan can have.
+BASES = ("complete", "linear")
 
 
 @dataclass(frozen=True)
 class Reduction:
-    """One reduction of an input block, computed once and shared by every term that reads it.
+    """One reduction of an input tile, computed once and shared by every term that reads it.
 
     Attributes
     ----------
-    block : BlockRef
-        The input block.
-    groups : tuple of tuple of int
-        A partition of the block's permutable axes (ordered by first axis): axes in one group
-        are read on their diagonal.
-    kept : tuple of bool
-        Per group: kept (an output dim) or averaged.
+    side : Side
+        The input side: its classes are read on their diagonal; linked classes are kept, the
+        others averaged.
     source : int or None
-        Index of an earlier reduction with the same groups that keeps a superset of these
-        groups: this one is its mean over the extra dims. ``None``: computed from the block.
+        An earlier reduction of the same classes that keeps a superset of these: this one is its
+        mean over the extra dims. ``None``: computed from the tile.
     channels : int
-        Channels of the result: ``C_in * prod(fixed dims)``.
+        ``C_in * prod(fixed dims)``.
 
-    The result has shape ``(B, channels, *kept sizes)``, kept groups in ``groups`` order.
+    The result has shape ``(B, *kept sizes, channels)``, kept classes in class order.
     """
 
-    block: BlockRef
-    groups: tuple
-    kept: tuple
+    side: Side
     source: int | None
     channels: int
 
     @property
-    def kept_groups(self) -> tuple:
-        return tuple(g for g, k in zip(self.groups, self.kept) if k)
-
-    @property
-    def shape(self) -> tuple:
-        """Result shape without the batch dim."""
-        return (self.channels, *(self.block.shape[g[0]] for g in self.kept_groups))
-
-    def __str__(self) -> str:
-        ids = {}
-        for j, g in enumerate(self.groups):
-            for a in g:
-                ids[a] = j
-        labels = [
-            "-" if a is None else f"{a}" + ("" if len(self.groups[ids[i]]) == 1 else f"~{ids[i]}")
-            for i, a in enumerate(self.block.axes)
-        ]
-        what = []
-        for g, k in zip(self.groups, self.kept):
-            what.append(
-                ("keep " if k else "mean ") + "(" + ",".join(self.block.axes[a] for a in g) + ")"
-            )
-        src = "" if self.source is None else f" from r{self.source}"
-        return f"{self.block.name}[{', '.join(labels)}] {' '.join(what) or 'fixed only'}{src}"
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """How a group's mixed result lands on an output block.
-
-    Attributes
-    ----------
-    block : BlockRef
-        The output block ``Q``.
-    groups : tuple of tuple of int
-        A partition of ``Q``'s permutable axes (ordered by first axis): axes in one group are
-        written on their diagonal (zero elsewhere).
-    linked : tuple of bool
-        Per group: fed by a kept input index (in group order) or broadcast.
-    """
-
-    block: BlockRef
-    groups: tuple
-    linked: tuple
-
-    @property
-    def linked_groups(self) -> tuple:
-        return tuple(g for g, k in zip(self.groups, self.linked) if k)
+    def tile(self) -> TileRef:
+        return self.side.tile
 
     @property
     def kept_shape(self) -> tuple:
-        return tuple(self.block.shape[g[0]] for g in self.linked_groups)
+        t = self.side.tile
+        return tuple(t.dims[c[0]].size for c in self.side.linked_classes)
 
     def __str__(self) -> str:
-        ids = {}
-        for j, g in enumerate(self.groups):
-            for a in g:
-                ids[a] = j
-        labels = []
-        for i, a in enumerate(self.block.axes):
-            if a is None:
-                labels.append("-")
-                continue
-            j = ids[i]
-            mark = "" if self.linked[j] else "*"
-            diag = "" if len(self.groups[j]) == 1 else f"~{j}"
-            labels.append(f"{a}{mark}{diag}")
-        return f"{self.block.name}[{', '.join(labels)}]"
-
-
-@dataclass(frozen=True)
-class Contribution:
-    """One term's input to a group: a reduction, its kept dims reordered by ``perm``.
-
-    ``perm[j]`` is the reduction's kept dim that feeds the group's ``j``-th linked output group.
-    ``columns`` is the term's slice of the group's mixing weight.
-    """
-
-    term: int
-    reduction: int
-    perm: tuple
-    columns: tuple
+        s, t = self.side, self.side.tile
+        what = []
+        for c, k in zip(s.classes, s.linked):
+            names = ",".join(str(t.dims[d].factor) for d in c)
+            what.append(("keep " if k else "mean ") + f"({names})")
+        src = "" if self.source is None else f" from r{self.source}"
+        return f"{s.label()} {' '.join(what) or 'fixed only'}{src}"
 
 
 @dataclass(frozen=True)
 class Group:
-    """All terms that share an output pattern: one concatenation, one channel mix.
+    """One output side: everything its mix computes for it is placed into its tile at once.
 
     Attributes
     ----------
-    pattern : Pattern
-    contributions : tuple of Contribution
-    in_channels : int
-        Columns of the mixing weight (sum over contributions).
-    out_channels : int
-        Rows: ``C_out * prod(Q fixed dims)``.
-    bias_terms : tuple of int
-        Bias terms with this pattern (added to the mixed result; at most one).
+    side : Side
+        The output side (its linked classes are fed, the others broadcast).
     mix : int or None
-        The :class:`Mix` that computes this group (``None``: bias only).
+        The :class:`Mix` whose rows it reads (``None``: only a bias).
     rows : tuple of int
-        ``(start, stop)``: the group's rows of that mix's weight.
+        ``(start, stop)``: its channels in that mix's output.
+    perm : tuple of int
+        For each of its linked classes (class order), the mix dim that feeds it.
+    bias : bool
+        Whether it adds a bias (the complete basis: every broadcast-only group).
+    channels : int
+        ``C_out * prod(fixed dims)``.
     """
 
-    pattern: Pattern
-    contributions: tuple
-    in_channels: int
-    out_channels: int
-    bias_terms: tuple = ()
-    mix: int | None = None
-    rows: tuple = (0, 0)
+    side: Side
+    mix: int | None
+    rows: tuple
+    perm: tuple
+    bias: bool
+    channels: int
+
+    @property
+    def tile(self) -> TileRef:
+        return self.side.tile
+
+
+@dataclass(frozen=True)
+class Local:
+    """Linear basis: the terms between the tiles of one layer in one mix.
+
+    ``weights[i][j]`` is the relation (index into ``Plan.relations``) of the term from the mix's
+    column ``cols[j]`` to its group ``groups[i]`` (positions in ``Mix.inputs`` and
+    ``Mix.groups``).
+    """
+
+    module: str
+    cols: tuple
+    groups: tuple
+    weights: tuple
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Linear basis: terms from the averaged columns of each kind to every group of a kind.
+
+    Attributes
+    ----------
+    col_kinds : tuple of tuple of int
+        The mix columns of each column kind (averaged together).
+    row_kinds : tuple of int
+        Per mix group: its row kind.
+    weights : tuple of tuple of int
+        ``weights[row kind][col kind]``: the relation of the averaged term. For the empty key,
+        ``weights[0]`` holds the relations into the invariant channel (one per column kind) and
+        ``weights[1]`` those out of it (one per row kind).
+    biases : tuple of int
+        Empty key only: the bias relation of each row kind.
+    """
+
+    col_kinds: tuple
+    row_kinds: tuple
+    weights: tuple
+    biases: tuple = ()
 
 
 @dataclass(frozen=True)
 class Mix:
-    """One matmul: groups that read the same concatenated inputs share it, row-stacked.
-
-    Every output block typically has a group fed by the global means of every parameter; those
-    groups all read the same concatenation and so are computed by one matmul.
+    """One coupling's channel mixing.
 
     Attributes
     ----------
-    groups : tuple of int
-        The groups it computes, in row order.
+    key : tuple
+        The coupling's key (the factors of the kept dims).
     inputs : tuple of (int, tuple)
-        ``(reduction, perm)`` per concatenated input.
-    in_channels, out_channels : int
-        The weight's shape is ``(out_channels, in_channels)``.
+        Per column: ``(reduction, perm)``, the reduction's kept dims in mix order.
+    groups : tuple of int
+        The groups it feeds, in row order.
     kept_shape : tuple of int
-        The kept dims of the inputs (and of the result).
+        The kept dims of its inputs and of its result.
+    in_channels, out_channels : int
+        The dense weight's shape is ``(out_channels, in_channels)`` (complete basis).
+    local, shared : tuple of Local, Shared or None
+        The linear basis's mixing (empty for the complete basis; no ``shared`` for a mix within
+        one layer).
     """
 
-    groups: tuple
+    key: tuple
     inputs: tuple
+    groups: tuple
+    kept_shape: tuple
     in_channels: int
     out_channels: int
-    kept_shape: tuple
+    local: tuple = ()
+    shared: Shared | None = None
+
+    def key_str(self) -> str:
+        return "(" + ", ".join(k[1] + ("'" if k[0] == "inner" else "") for k in self.key) + ")"
 
 
 @dataclass(frozen=True)
@@ -236,79 +246,109 @@ class Plan:
     ----------
     spec : WeightSpaceSpec
     mode : str
+    basis : {"complete", "linear"}
     in_channels, out_channels : int
-    blocks : tuple of BlockRef
-        Every parameter block (input and output blocks coincide).
-    terms : tuple of Term
-        The basis (bias terms last, when ``bias``).
+    tiles : tuple of TileRef
+        Every tile (input and output tiles coincide).
     reductions : tuple of Reduction
         In computation order (a reduction's ``source`` comes before it).
     groups : tuple of Group
-        Ordered by output block.
+        Ordered by output tile.
     mixes : tuple of Mix
-        The matmuls.
+    couplings : tuple of Coupling
+        The basis: ``mixes[i]`` computes ``couplings[i]``.
+    relations : tuple of Relation
+        The linear basis's weights (empty for the complete basis).
+    width : int
+        The linear basis's invariant channel width.
+    embeds : tuple of (int, int, int or None)
+        With ``io_embed``: ``(tile, axis, relation)`` per learned position embedding, added to an
+        input tile along an axis of an input- or output-role space (``relation`` is ``None`` in
+        the complete basis, where each embedding is its tile's own).
     """
 
     spec: WeightSpaceSpec
     mode: str
+    basis: str
     in_channels: int
     out_channels: int
-    blocks: tuple
-    terms: tuple
+    tiles: tuple
     reductions: tuple
     groups: tuple
     mixes: tuple
+    couplings: tuple
+    relations: tuple = ()
+    width: int = 0
+    embeds: tuple = ()
+
+    @property
+    def num_terms(self) -> int:
+        """Basis terms: every (column, row) pair of every coupling, plus the biases."""
+        biases = sum(g.bias for g in self.groups) + sum(
+            len(m.groups) for m in self.mixes if m.shared is not None and m.shared.biases
+        )
+        return sum(c.num_terms for c in self.couplings) + biases
 
     @property
     def num_params(self) -> int:
-        """Free parameters (mixing weights and biases)."""
-        return sum(t.num_params(self.in_channels, self.out_channels) for t in self.terms)
-
-    def term_location(self, term: int) -> tuple:
-        """Where a term's weight lives: ``("mix", mix index, row slice, column slice)`` or
-        ``("bias", group index)``."""
-        for gi, g in enumerate(self.groups):
-            for c in g.contributions:
-                if c.term == term:
-                    return "mix", g.mix, slice(*g.rows), slice(*c.columns)
-            if term in g.bias_terms:
-                return "bias", gi
-        raise KeyError(f"no term {term}; the plan has {len(self.terms)}")
+        """Free parameters (mixing weights and biases; position embeddings not included)."""
+        if self.basis == "linear":
+            return sum(
+                math.prod(r.shape(self.in_channels, self.out_channels, self.width))
+                for r in self.relations
+                if r.role != "embed"
+            )
+        return sum(m.in_channels * m.out_channels for m in self.mixes) + sum(
+            g.channels for g in self.groups if g.bias
+        )
 
     def __str__(self) -> str:
         lines = [
-            f"Plan(mode={self.mode!r}, in_channels={self.in_channels}, "
-            f"out_channels={self.out_channels}, terms={len(self.terms)}, params={self.num_params})",
+            f"Plan(mode={self.mode!r}, basis={self.basis!r}, in_channels={self.in_channels}, "
+            f"out_channels={self.out_channels}, terms={self.num_terms}, params={self.num_params})",
             "reductions:",
         ]
         lines += [f"  r{i} = {r}" for i, r in enumerate(self.reductions)]
         lines.append("groups:")
         for i, g in enumerate(self.groups):
-            srcs = []
-            for c in g.contributions:
-                ident = tuple(range(len(c.perm)))
-                srcs.append(f"r{c.reduction}" + ("" if c.perm == ident else f"^{list(c.perm)}"))
-            if g.bias_terms:
-                srcs.append("bias" if len(g.bias_terms) == 1 else f"bias x{len(g.bias_terms)}")
-            lines.append(
-                f"  g{i}: {g.pattern} <- m{g.mix}[{g.rows[0]}:{g.rows[1]}]({', '.join(srcs)})"
-            )
+            src = "" if g.mix is None else f"m{g.mix}[{g.rows[0]}:{g.rows[1]}]"
+            if g.bias:
+                src += " + bias" if src else "bias"
+            lines.append(f"  g{i}: {g.side.label()} <- {src}")
         lines.append("mixes:")
         for i, m in enumerate(self.mixes):
+            cols = []
+            for r, perm in m.inputs:
+                ident = tuple(range(len(perm)))
+                cols.append(f"r{r}" + ("" if perm == ident else f"^{list(perm)}"))
             lines.append(
-                f"  m{i}: [{m.out_channels}x{m.in_channels}] -> "
-                + ", ".join(f"g{g}" for g in m.groups)
+                f"  m{i}: {m.key_str()} [{m.out_channels}x{m.in_channels}] ({', '.join(cols)})"
+                " -> " + ", ".join(f"g{g}" for g in m.groups)
             )
+        if self.relations:
+            lines.append(f"relations ({len(self.relations)}, invariant width {self.width}):")
+            lines += [f"  w{i}: {r}" for i, r in enumerate(self.relations)]
         return "\n".join(lines)
 
 
-def _partition(assign: tuple) -> dict:
-    """block id -> tuple of axes, for the axes whose assignment is not None."""
-    out: dict = {}
-    for i, a in enumerate(assign):
-        if a is not None:
-            out.setdefault(a, []).append(i)
-    return {k: tuple(v) for k, v in out.items()}
+def complete_num_params(
+    spec: WeightSpaceSpec, mode: str, in_channels: int, out_channels: int, *, bias: bool = True
+) -> int:
+    """Free parameters of the complete basis, counted from its couplings without building it.
+
+    >>> from nfncompile.testing import mlp_spec
+    >>> complete_num_params(mlp_spec([2, 3, 3, 2]), "np", 1, 1)
+    68
+    """
+    cps, biases = couplings(tile_refs(spec, mode))
+    total = sum(
+        sum(out_channels * q.tile.fixed_size for q, _ in c.rows)
+        * sum(in_channels * p.tile.fixed_size for p, _ in c.cols)
+        for c in cps
+    )
+    if bias:
+        total += sum(out_channels * q.tile.fixed_size for q in biases)
+    return total
 
 
 def build_plan(
@@ -318,6 +358,9 @@ def build_plan(
     out_channels: int,
     *,
     bias: bool = True,
+    basis: str = "complete",
+    width: int | None = None,
+    io_embed: bool = False,
 ) -> Plan:
     """Enumerate the basis and fuse it into a :class:`Plan`.
 
@@ -325,105 +368,221 @@ def build_plan(
     ----------
     spec : WeightSpaceSpec
     mode : {"np", "hnp"}
+        Trusted (validated where it enters, by the layer).
     in_channels, out_channels : int
     bias : bool
-        Include the equivariant bias terms.
+        Include the equivariant biases.
+    basis : {"complete", "linear"}
+        Trusted, like ``mode``.
+    width : int, optional
+        The linear basis's invariant channel width (default ``4 * max(in, out)``).
+    io_embed : bool
+        Learned position embeddings along the input tiles' input/output-role axes.
     """
-    check_mode(mode)
-    blocks = tuple(block_refs(spec, mode))
-    terms = tuple(enumerate_basis(spec, mode, bias=bias))
+    tiles = tuple(tile_refs(spec, mode))
+    linear = basis == "linear"
+    cps, _ = couplings(list(tiles), complete=not linear)
+    if linear:
+        cps = _within_tiles_when_wide(cps)
+    width = width or 4 * max(in_channels, out_channels)
+    pos = {t: i for i, t in enumerate(tiles)}
 
-    red_index: dict = {}
-    red_list: list = []  # (block, groups, kept)
-    group_map: dict = {}  # (out block, groups, linked) -> [contribs (term, red key, perm)], [bias]
-    for ti, t in enumerate(terms):
-        q_parts = _partition(t.out_assign)
-        q_groups = sorted(q_parts.values())
-        q_ids = {q_parts[k]: k for k in q_parts}
-        linked = tuple(q_ids[g] in t.in_assign for g in q_groups)
-        gkey = (t.out.name, tuple(q_groups), linked)
-        entry = group_map.setdefault(gkey, (t.out, [], []))
-        if t.inp is None:
-            entry[2].append(ti)
-            continue
-        p_parts = _partition(t.in_assign)
-        p_groups = sorted(p_parts.values())
-        p_ids = [next(k for k, v in p_parts.items() if v == g) for g in p_groups]
-        kept = tuple(b in t.out_assign for b in p_ids)
-        rkey = (t.inp.name, tuple(p_groups), kept)
-        if rkey not in red_index:
-            red_index[rkey] = len(red_list)
-            red_list.append((t.inp, tuple(p_groups), kept))
-        kept_ids = [b for b, k in zip(p_ids, kept) if k]
-        perm = tuple(kept_ids.index(q_ids[g]) for g, lk in zip(q_groups, linked) if lk)
-        entry[1].append((ti, rkey, perm))
-
-    # order reductions: per block, most kept first; then pick sources
-    order = sorted(
-        range(len(red_list)),
-        key=lambda i: (blocks.index(red_list[i][0]), -sum(red_list[i][2]), i),
-    )
-    new_pos = {old: new for new, old in enumerate(order)}
+    # ---- reductions: every distinct input side, most kept first, each from a cheaper source
+    sides: dict = {}
+    for c in cps:
+        for s, _ in c.cols:
+            sides.setdefault(s, None)
+    order = sorted(sides, key=lambda s: (pos[s.tile], s.classes, -sum(s.linked), s.linked))
     reductions: list = []
-    for old in order:
-        block, groups, kept = red_list[old]
-        source = None
-        best = None
-        for j, r in enumerate(reductions):
-            if r.block != block or r.groups != groups or r.kept == kept:
-                continue
-            if all(rk or not k for rk, k in zip(r.kept, kept)):
-                size = math.prod(r.shape)
+    red_index: dict = {}
+    same_classes: dict = {}  # (tile, classes) -> reductions so far
+    for s in order:
+        source, best = None, None
+        earlier = same_classes.setdefault((s.tile, s.classes), [])
+        for j in earlier:
+            r = reductions[j]
+            o = r.side
+            if all(ok or not k for ok, k in zip(o.linked, s.linked)):
+                size = math.prod(r.kept_shape)
                 if best is None or size < best:
                     best, source = size, j
-        reductions.append(Reduction(block, groups, kept, source, in_channels * block.fixed_size))
-    rpos = {k: new_pos[i] for k, i in red_index.items()}
+        red_index[s] = len(reductions)
+        earlier.append(len(reductions))
+        reductions.append(Reduction(s, source, in_channels * s.tile.fixed_size))
 
-    proto = []
-    for (_, q_groups, linked), (qblock, contribs, biases) in sorted(
-        group_map.items(), key=lambda kv: (blocks.index(kv[1][0]), -sum(kv[0][2]), kv[0][1:])
-    ):
-        pattern = Pattern(qblock, q_groups, linked)
-        cs, col = [], 0
-        for ti, rkey, perm in sorted(contribs, key=lambda c: (rpos[c[1]], c[2], c[0])):
-            r = reductions[rpos[rkey]]
-            cs.append(Contribution(ti, rpos[rkey], perm, (col, col + r.channels)))
-            col += r.channels
-        proto.append(
-            Group(pattern, tuple(cs), col, out_channels * qblock.fixed_size, tuple(biases))
+    # ---- groups: every output side of a coupling (and, complete, every bias side), by tile
+    row_sides = {s: None for c in cps for s, _ in c.rows}
+    if bias and not linear:
+        row_sides.update({s: None for t in tiles for s in tile_sides(t) if not s.key})
+    out_sides = sorted(row_sides, key=lambda s: (pos[s.tile], sum(s.linked), s.classes, s.linked))
+    group_index = {s: i for i, s in enumerate(out_sides)}
+
+    mixes: list = []
+    group_mix: dict = {}  # side -> (mix, rows, perm)
+    vocab = _Vocabulary()
+    for c in cps:
+        # mix dims follow the largest row's linked classes: its placement needs no permute
+        ref_side, ref_order = max(
+            c.rows, key=lambda r: (math.prod(r[0].tile.dim_shape), -pos[r[0].tile])
         )
-
-    mix_keys: dict = {}
-    for gi, g in enumerate(proto):
-        if g.contributions:
-            key = tuple((c.reduction, c.perm) for c in g.contributions)
-            mix_keys.setdefault(key, []).append(gi)
-    groups = list(proto)
-    mixes = []
-    for key, members in mix_keys.items():
-        row = 0
-        for gi in members:
-            g = proto[gi]
-            groups[gi] = Group(
-                g.pattern,
-                g.contributions,
-                g.in_channels,
-                g.out_channels,
-                g.bias_terms,
+        ref_linked = [j for j, k in enumerate(ref_side.linked) if k]
+        key_pos = [ref_order.index(j) for j in ref_linked]  # mix dim -> key position
+        inputs = []
+        for s, o in c.cols:
+            lk = [j for j, k in enumerate(s.linked) if k]
+            inputs.append((red_index[s], tuple(lk.index(o[p]) for p in key_pos)))
+        rows = sorted(c.rows, key=lambda r: group_index[r[0]])
+        groups, row = [], 0
+        for s, o in rows:
+            lk = [j for j, k in enumerate(s.linked) if k]
+            ch = out_channels * s.tile.fixed_size
+            group_mix[s] = (
                 len(mixes),
-                (row, row + g.out_channels),
+                (row, row + ch),
+                tuple(key_pos.index(o.index(j)) for j in lk),
             )
-            row += g.out_channels
-        first = proto[members[0]]
-        mixes.append(Mix(tuple(members), key, first.in_channels, row, first.pattern.kept_shape))
+            groups.append(group_index[s])
+            row += ch
+        r0, perm0 = inputs[0]
+        kept = tuple(reductions[r0].kept_shape[p] for p in perm0)
+        cols_ch = sum(reductions[r].channels for r, _ in inputs)
+        local, shared = (), None
+        if linear:
+            local, shared = _linear_mixing(c, rows, vocab, bias)
+        mixes.append(Mix(c.key, tuple(inputs), tuple(groups), kept, cols_ch, row, local, shared))
+
+    embeds = []
+    if io_embed:
+        for ti, t in enumerate(tiles):
+            for axis, label in enumerate(t.labels):
+                space = axis_pieces(label)
+                if not space or spec.spaces[space[0]].role == "hidden":
+                    continue
+                rel = None
+                if linear:
+                    rel = vocab(f"embed: {tile_kind(t)} axis {axis}", "embed", 0, 0)
+                embeds.append((ti, axis, rel))
+
+    groups = []
+    for s in out_sides:
+        mix, rows, perm = group_mix.get(s, (None, (0, 0), ()))
+        has_bias = bias and not linear and not s.key
+        groups.append(Group(s, mix, rows, perm, has_bias, out_channels * s.tile.fixed_size))
     return Plan(
         spec,
         mode,
+        basis,
         in_channels,
         out_channels,
-        blocks,
-        terms,
+        tiles,
         tuple(reductions),
         tuple(groups),
         tuple(mixes),
+        tuple(cps),
+        tuple(vocab.relations),
+        width if linear else 0,
+        tuple(embeds),
     )
+
+
+def _within_tiles_when_wide(cps: list) -> list:
+    """Linear basis: a coupling that keeps two or more indices joins tiles entry by entry (a
+    transposed weight onto the next weight), a full-size GEMM per pair; keep only each tile's
+    own terms there. Between different tiles the linear basis reads at most one kept index."""
+    out = []
+    for c in cps:
+        if len(c.key) < 2:
+            out.append(c)
+            continue
+        by_tile: dict = {}
+        for col in c.cols:
+            by_tile.setdefault(col[0].tile, ([], []))[0].append(col)
+        for row in c.rows:
+            by_tile.setdefault(row[0].tile, ([], []))[1].append(row)
+        out.extend(
+            Coupling(c.key, tuple(cols), tuple(rows)) for cols, rows in by_tile.values() if cols
+        )
+    return out
+
+
+class _Vocabulary:
+    """The relations of a linear-basis plan, in order of first use."""
+
+    def __init__(self) -> None:
+        self.index: dict = {}
+        self.relations: list = []
+
+    def __call__(self, key: str, role: str, rows: int | str, cols: int | str) -> int:
+        if key not in self.index:
+            self.index[key] = len(self.relations)
+            self.relations.append(Relation(key, role, rows, cols))
+        return self.index[key]
+
+
+def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool) -> tuple:
+    """The relation-indexed weights of one linear-basis mix (``rows`` in group order)."""
+    cols = c.cols
+    col_kind = [(side_kind(s), o) for s, o in cols]
+    row_kind = [(side_kind(s), o) for s, o in rows]
+
+    def link(j: int, i: int) -> str:
+        return "" if not c.key else f" [{link_str(cols[j], rows[i])}]"
+
+    # between the tiles of one layer: every term by its own relation
+    by_module: dict = {}
+    for j, (s, _) in enumerate(cols):
+        by_module.setdefault(s.tile.module, ([], []))[0].append(j)
+    for i, (s, _) in enumerate(rows):
+        by_module.setdefault(s.tile.module, ([], []))[1].append(i)
+    local = []
+    for module, (mcols, mrows) in by_module.items():
+        if not mcols or not mrows:
+            continue
+        weights = []
+        for i in mrows:
+            line = []
+            for j in mcols:
+                role = "self" if cols[j][0].tile == rows[i][0].tile else "module"
+                key = f"{role}: {col_kind[j][0]} -> {row_kind[i][0]}{link(j, i)}"
+                rf, cf = rows[i][0].tile.fixed_size, cols[j][0].tile.fixed_size
+                line.append(vocab(key, role, rf, cf))
+            weights.append(tuple(line))
+        local.append(Local(module, tuple(mcols), tuple(mrows), tuple(weights)))
+    # from every tile of a kind, averaged, to every row of a kind (not within a single layer:
+    # its local terms already read every tile; the invariant channel always)
+    if c.key and len(by_module) == 1:
+        return tuple(local), None
+    ck_names = list(dict.fromkeys(col_kind))
+    rk_names = list(dict.fromkeys(row_kind))
+    col_kinds = tuple(tuple(j for j, k in enumerate(col_kind) if k == name) for name in ck_names)
+    row_kinds = tuple(rk_names.index(k) for k in row_kind)
+    ck_rep = [members[0] for members in col_kinds]
+    rk_rep = [row_kinds.index(r) for r in range(len(rk_names))]
+    if c.key:
+        weights = tuple(
+            tuple(
+                vocab(
+                    f"other: {col_kind[j][0]} -> {row_kind[i][0]}{link(j, i)}",
+                    "other",
+                    rows[i][0].tile.fixed_size,
+                    cols[j][0].tile.fixed_size,
+                )
+                for j in ck_rep
+            )
+            for i in rk_rep
+        )
+        return tuple(local), Shared(col_kinds, row_kinds, weights)
+    into = tuple(
+        vocab(f"invariant in: {col_kind[j][0]}", "inv_in", "width", cols[j][0].tile.fixed_size)
+        for j in ck_rep
+    )
+    out = tuple(
+        vocab(f"invariant out: {row_kind[i][0]}", "inv_out", rows[i][0].tile.fixed_size, "width")
+        for i in rk_rep
+    )
+    biases = ()
+    if bias:
+        biases = tuple(
+            vocab(f"bias: {row_kind[i][0]}", "bias", rows[i][0].tile.fixed_size, 1) for i in rk_rep
+        )
+    return tuple(local), Shared(col_kinds, row_kinds, (into, out), biases)

@@ -60,7 +60,7 @@ def load(
     --------
     >>> cfg = load({"nfn": {"mode": "hnp", "layers": [{"type": "nf_linear", "channels": 4}]}})
     >>> cfg.kind, cfg.nfn.layers
-    ('nfn', (NFLinearLayer(channels=4, io_embed=False, bias=True),))
+    ('nfn', (NFLinearLayer(channels=4, io_embed=False, bias=True, basis='auto', width=None),))
     """
     cfg, _, _ = _load(path_or_dict, source)
     return cfg
@@ -166,8 +166,7 @@ def build_model(
 
 
 def _build_nfn(spec: WeightSpaceSpec, cfg: ModelConfig, source: str) -> NFN:
-    from ..nn.layers import NFLinear, NFPool
-    from ..nn.pointwise import IOEncoding, NFActivation, NFDropout, NFNorm
+    from ..nn import IOEncoding, NFActivation, NFDropout, NFLinear, NFNorm, NFPool
 
     body = cfg.nfn
     mode = body.mode
@@ -185,6 +184,8 @@ def _build_nfn(spec: WeightSpaceSpec, cfg: ModelConfig, source: str) -> NFN:
                     mode=mode,
                     io_embed=layer.io_embed,
                     bias=layer.bias,
+                    basis=layer.basis,
+                    width=layer.width,
                 )
                 channels = layer.channels
             elif isinstance(layer, ActivationLayer):

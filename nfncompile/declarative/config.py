@@ -153,7 +153,7 @@ class WeightSpaceConfig:
 
 @dataclass(frozen=True)
 class NFLinearLayer:
-    """An equivariant NF-Layer (:class:`~nfncompile.nn.layers.NFLinear`) to ``channels`` channels."""
+    """An equivariant NF-Layer (:class:`~nfncompile.nn.NFLinear`) to ``channels`` channels."""
 
     type: ClassVar[str] = "nf_linear"
     channels: int = field(metadata={"min": 1, "help": "output channels"})
@@ -161,11 +161,23 @@ class NFLinearLayer:
         default=False, metadata={"help": "learned embeddings of input/output neurons (hnp)"}
     )
     bias: bool = field(default=True, metadata={"help": "include the equivariant biases"})
+    basis: Literal["auto", "complete", "linear"] = field(
+        default="auto",
+        metadata={
+            "help": "complete: every equivariant map (size quadratic in the number of tensors); "
+            "linear: weights per relation between tensors, size independent of depth; auto: "
+            "complete up to 2**24 weights"
+        },
+    )
+    width: int | None = field(
+        default=None,
+        metadata={"min": 1, "help": "linear basis: invariant channel width (default 4 x channels)"},
+    )
 
 
 @dataclass(frozen=True)
 class ActivationLayer:
-    """An elementwise activation (:class:`~nfncompile.nn.pointwise.NFActivation`)."""
+    """An elementwise activation (:class:`~nfncompile.nn.NFActivation`)."""
 
     type: ClassVar[str] = "activation"
     fn: str = field(default="relu", metadata={"choices": _activations, "help": "activation"})
@@ -173,7 +185,7 @@ class ActivationLayer:
 
 @dataclass(frozen=True)
 class NormLayer:
-    """Channel normalisation of every parameter (:class:`~nfncompile.nn.pointwise.NFNorm`)."""
+    """Channel normalisation of every parameter (:class:`~nfncompile.nn.NFNorm`)."""
 
     type: ClassVar[str] = "norm"
     eps: float = field(default=1e-5, metadata={"min": 0, "help": "added to the variance"})
@@ -182,7 +194,7 @@ class NormLayer:
 
 @dataclass(frozen=True)
 class DropoutLayer:
-    """Elementwise dropout (:class:`~nfncompile.nn.pointwise.NFDropout`)."""
+    """Elementwise dropout (:class:`~nfncompile.nn.NFDropout`)."""
 
     type: ClassVar[str] = "dropout"
     p: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "drop probability"})
@@ -201,7 +213,7 @@ class IOEncodingLayer:
 
 @dataclass(frozen=True)
 class NFPoolLayer:
-    """Invariant pooling (:class:`~nfncompile.nn.layers.NFPool`): features become ``(B, F)``."""
+    """Invariant pooling (:class:`~nfncompile.nn.NFPool`): features become ``(B, F)``."""
 
     type: ClassVar[str] = "nf_pool"
 

@@ -1,16 +1,45 @@
 """Torch modules users compose into NFNs: weight-space features in, features (or invariant
 vectors) out.
 
-:class:`NFLinear` (the compiled equivariant layer) and :class:`NFPool` (invariant pooling),
-pointwise modules (:class:`NFActivation`, :class:`NFNorm`, :class:`NFDropout`,
-:class:`IOEncoding`; the one activation table), and :class:`StatFeatures` (the StatNN baseline's
-invariant statistics).
+- :mod:`.linear`: :class:`NFLinear`, the compiled equivariant layer
+- :mod:`.pool`: :class:`NFPool`, invariant pooling
+- :mod:`.activation`, :mod:`.norm`, :mod:`.dropout`, :mod:`.encoding`: the pointwise modules
+  :class:`NFActivation`, :class:`NFNorm`, :class:`NFDropout`, :class:`IOEncoding`
+- :mod:`.activations`: the one activation table
+- :mod:`.stats`: :class:`StatFeatures`, the StatNN baseline's invariant statistics
+- :mod:`.checks`: the feature checks every module runs on its input
+
+Every pointwise module maps :class:`~nfncompile.features.WeightSpaceFeatures` to features with
+the same parameter names, so they chain with :class:`NFLinear` in a :class:`torch.nn.Sequential`:
+
+=============== ============================== =============================================
+module          acts on                        equivariant under
+=============== ============================== =============================================
+NFActivation    every entry separately         ``np`` and ``hnp``
+NFNorm          the channel dim of each entry  ``np`` and ``hnp``
+NFDropout       every entry separately         ``np`` and ``hnp`` (in distribution; eval: id)
+IOEncoding      adds channels that encode the  ``hnp`` only (it breaks the symmetry of the
+                positions of input / output    input and output spaces on purpose)
+                neurons
+=============== ============================== =============================================
 
 May import: the contract, backend.
 """
 
-from .layers import NFLinear, NFPool
-from .pointwise import IOEncoding, NFActivation, NFDropout, NFNorm
+from .activation import NFActivation
+from .dropout import NFDropout
+from .encoding import IOEncoding
+from .linear import NFLinear
+from .norm import NFNorm
+from .pool import NFPool
 from .stats import StatFeatures
 
-__all__ = ["NFLinear", "NFPool", "NFActivation", "NFNorm", "NFDropout", "IOEncoding", "StatFeatures"]
+__all__ = [
+    "NFLinear",
+    "NFPool",
+    "NFActivation",
+    "NFNorm",
+    "NFDropout",
+    "IOEncoding",
+    "StatFeatures",
+]

@@ -1,6 +1,6 @@
 """The one activation table: every activation name nfncompile accepts, and what it computes.
 
-NF-Layers (:class:`~nfncompile.nn.pointwise.NFActivation`), the catalogue's source networks,
+NF-Layers (:class:`~nfncompile.nn.NFActivation`), the catalogue's source networks,
 MLP heads of declarative models and the vectorised zoo trainers all look names up here, so a
 name valid in one YAML field is valid in every other.
 

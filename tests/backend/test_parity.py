@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from nfncompile.backend.basis import num_basis_dims
-from nfncompile.nn.layers import NFLinear
+from nfncompile.nn import NFLinear
 from nfncompile.spec import WeightSpaceSpec
-from tests.backend.test_basis import make_spec, mlp_spec
+from tests.backend.specs import make_spec, mlp_spec
 
 # importing nfn (through einops' torch layers) triggers torch.jit deprecation warnings
 pytestmark = pytest.mark.filterwarnings(

@@ -48,3 +48,16 @@ def test_build_every_example_and_run_forward(path):
         assert isinstance(y, WeightSpaceFeatures) and y.channels == net.out_channels
         assert {k: v.shape[2:] for k, v in y.items()} == {k: v.shape[2:] for k, v in x.items()}
     assert torch.isfinite(y if isinstance(y, torch.Tensor) else y.flatten()).all()
+
+
+def test_nf_linear_basis_and_width_reach_the_layer():
+    cfg = load(
+        nfn({"type": "nf_linear", "channels": 4, "basis": "linear", "width": 8}, POOL, HEAD)
+    )
+    net = nfc.build(cfg, spec=MLP_SPEC)
+    layer = next(m for m in net.modules() if isinstance(m, nfc.NFLinear))
+    assert (layer.basis, layer.width) == ("linear", 8)
+    auto = nfc.build(load(nfn(LIN, POOL, HEAD)), spec=MLP_SPEC)
+    assert next(m for m in auto.modules() if isinstance(m, nfc.NFLinear)).basis == "complete"
+    with pytest.raises(ConfigError, match=r"basis: expected one of"):
+        load(nfn({"type": "nf_linear", "channels": 4, "basis": "full"}, POOL, HEAD))

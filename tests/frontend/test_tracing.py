@@ -33,6 +33,62 @@ def _resnet_spaces(n: int, width: int, in_ch: int = 3, classes: int = 10) -> lis
     return [*out, ("out", classes, "output")]
 
 
+def _imagenet_resnet_spaces(blocks: tuple, width: int, bottleneck: bool) -> list:
+    # torchvision ResNet: the stem (conv1) output is stage 1's stream unless stage 1 opens with
+    # a shortcut conv (Bottlenecks: 4x the channels); every stage that opens with one starts a
+    # new stream named after the conv added into it (conv2, or conv3 for Bottlenecks), created
+    # right after that block's inner convs. Every other block adds into the stream.
+    out = [("in", 3, "input"), ("conv1", width, "hidden")]
+    last = "conv3" if bottleneck else "conv2"
+    for k, n in enumerate(blocks, start=1):
+        planes = width * 2 ** (k - 1)
+        for i in range(n):
+            out.append((f"layer{k}.{i}.conv1", planes, "hidden"))
+            if bottleneck:
+                out.append((f"layer{k}.{i}.conv2", planes, "hidden"))
+            if i == 0 and (bottleneck or k > 1):
+                out.append((f"layer{k}.0.{last}", planes * (4 if bottleneck else 1), "hidden"))
+    return [*out, ("out", 10, "output")]
+
+
+def _mobilenetv2_spaces(width_mult: float) -> list:
+    # the stem; per block an expand space (tied to its depthwise conv's output: same neurons)
+    # unless t = 1 (the depthwise then acts on the block's input space), and a project space
+    # unless the block adds its output back onto its input; the last 1x1 conv (1280)
+    from nfncompile.architectures.torchvision_mobilenets import SETTINGS, _divisible
+
+    inp = _divisible(32 * width_mult)
+    out = [("in", 3, "input"), ("features.0.0", inp, "hidden")]
+    b = 1
+    for t, c, n, s in SETTINGS:
+        oup = _divisible(c * width_mult)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            if t != 1:
+                out.append((f"features.{b}.conv.0.0", inp * t, "hidden"))
+            if not (stride == 1 and inp == oup):
+                out.append((f"features.{b}.conv.{1 if t == 1 else 2}", oup, "hidden"))
+            inp, b = oup, b + 1
+    return [*out, (f"features.{b}.0", 1280, "hidden"), ("out", 10, "output")]
+
+
+def _densenet121_spaces(growth: int, init: int) -> list:
+    # the stem flows through each dense block's concatenations; every dense layer adds its
+    # bottleneck (conv1, 4 x growth) and its growth (conv2) spaces; each transition conv has
+    # its own (half the channels), which flows into the next block
+    out = [("in", 3, "input"), ("features.conv0", init, "hidden")]
+    c = init
+    for k, n in enumerate((6, 12, 24, 16), start=1):
+        for j in range(1, n + 1):
+            out.append((f"features.denseblock{k}.denselayer{j}.conv1", 4 * growth, "hidden"))
+            out.append((f"features.denseblock{k}.denselayer{j}.conv2", growth, "hidden"))
+        c += n * growth
+        if k < 4:
+            c //= 2
+            out.append((f"features.transition{k}.conv", c, "hidden"))
+    return [*out, ("out", 10, "output")]
+
+
 EXPECTED = {
     # fc1..fc3 of a 16-32-32-10 MLP: one hidden space per hidden layer
     "mlp": [("in", 16, "input"), ("fc1", 32, "hidden"), ("fc2", 32, "hidden"),
@@ -115,6 +171,10 @@ EXPECTED = {
     # conv1 reads the input channels repeated 4 times (2x2 offsets)
     "s2d_stem": [("in", 3, "input"), ("conv1", 8, "hidden"), ("conv2", 8, "hidden"),
                  ("out", 10, "output")],
+    "resnet18": _imagenet_resnet_spaces((2, 2, 2, 2), 8, bottleneck=False),
+    "resnet50": _imagenet_resnet_spaces((3, 4, 6, 3), 8, bottleneck=True),
+    "mobilenetv2": _mobilenetv2_spaces(0.5),
+    "densenet121": _densenet121_spaces(4, 8),
 }  # fmt: skip
 
 

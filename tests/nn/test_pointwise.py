@@ -1,4 +1,5 @@
-"""Tests of nfncompile.nn.pointwise: activations, channel norm, dropout, IO encoding."""
+"""The pointwise modules of nfncompile.nn: NFActivation (activation.py), NFNorm (norm.py),
+NFDropout (dropout.py), IOEncoding (encoding.py), and their composition."""
 
 from __future__ import annotations
 
@@ -10,14 +11,9 @@ from torch import nn
 import nfncompile as nfc
 from nfncompile.errors import ConfigError, FeatureMismatchError, SpecError
 from nfncompile.features import WeightSpaceFeatures
+from nfncompile.nn import IOEncoding, NFActivation, NFDropout, NFNorm
 from nfncompile.nn.activations import ACTIVATIONS
-from nfncompile.nn.pointwise import (
-    IOEncoding,
-    NFActivation,
-    NFDropout,
-    NFNorm,
-    sinusoidal_encoding,
-)
+from nfncompile.nn.encoding import sinusoidal_encoding
 from nfncompile.spec import WeightSpaceSpec
 from nfncompile.testing import assert_equivariant, mlp_spec, random_features
 
@@ -93,7 +89,9 @@ def test_activation_callable_module_and_kwargs():
 
 
 def test_activation_errors():
-    with pytest.raises(ConfigError, match=r"'rellu'.*did you mean 'relu'.*valid activations: relu, gelu"):
+    with pytest.raises(
+        ConfigError, match=r"'rellu'.*did you mean 'relu'.*valid activations: relu, gelu"
+    ):
         NFActivation("rellu")
     with pytest.raises(ConfigError, match="softplus"):
         NFActivation("swish")
