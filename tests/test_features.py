@@ -134,7 +134,7 @@ def test_the_default_dtype_follows_torch():
 
 def test_features_from_float64_weights_run_through_a_float32_layer():
     """The issue's case: float64 weights (say from JAX) used to fail inside the layer."""
-    from nfncompile.nn.layers import NFLinear
+    from nfncompile.nn import NFLinear
 
     layer = NFLinear(SPEC, 1, 2, mode="hnp")
     out = layer(WeightSpaceFeatures.from_state_dicts(SPEC, [state_dict(0, torch.float64)]))
