@@ -1,0 +1,92 @@
+"""Weight-space specs: the contract between the tracer and the layer generator.
+
+A :class:`WeightSpaceSpec` names the *neuron spaces* of a network (sets of neurons that may be
+permuted freely) and labels every axis of every parameter tensor with the space that indexes it.
+It is frozen, hashable, validated at construction and round-trips exactly through YAML.
+
+Axis labels
+-----------
+``"c1"``
+    a space name: the axis is indexed by the neurons of space ``c1``.
+``None`` (YAML ``null``)
+    a *fixed* axis: conv kernel dims, flattened spatial positions, broken symmetry.
+``("c1", "c2")`` (YAML ``[c1, c2]``)
+    a *composite* axis: the pieces concatenated in order, e.g. the input axis of a linear layer
+    after ``torch.cat``. A piece is a space name or an ``int`` n: a run of n fixed positions.
+``Inner("c1", 0)`` (YAML ``{space: c1, block_of: 0}``)
+    the position *inside one block* of the block space ``c1``, the block being the one axis 0
+    of the same tensor sits in (a grouped convolution's input-channel axis).
+
+Block spaces
+------------
+A grouped convolution with ``g`` groups permutes whole groups together and the channels inside
+every group independently: the wreath product ``S_k wr S_g``. A :class:`Blocks` record names one
+such *block permutation* of ``g`` blocks; every space that declares ``blocks: name`` is cut into
+``g`` blocks of ``size / g`` neurons, and all of them move their blocks by that one permutation
+(each with its own permutations inside the blocks). A space of ``g`` neurons with ``g`` blocks
+is an ordinary space whose permutation is the block permutation (a depthwise conv's channels).
+
+A parameter may also declare a ``view``: the shape its axes refer to, when the stored tensor is
+a reshape of it (a linear layer after flattening C channels x P spatial positions has shape
+``[out, C*P]`` and view ``[out, C, P]`` with axes ``[out, c, null]``).
+
+Examples
+--------
+>>> spec = WeightSpaceSpec.from_dict({
+...     "spaces": {"in": {"size": 2, "role": "input"}, "h": {"size": 3, "role": "hidden"},
+...                "out": {"size": 1, "role": "output"}},
+...     "params": {"l1.weight": {"shape": [3, 2], "axes": ["h", "in"]},
+...                "l1.bias": {"shape": [3], "axes": ["h"]},
+...                "l2.weight": {"shape": [1, 3], "axes": ["out", "h"]}}})
+>>> spec
+WeightSpaceSpec(mode='np', spaces=[in:2/input, h:3/hidden, out:1/output], params=[l1.weight(3, 2)[h, in], l1.bias(3,)[h], l2.weight(1, 3)[out, h]])
+>>> WeightSpaceSpec.from_yaml(spec.to_yaml()) == spec
+True
+>>> spec.with_mode("hnp").spaces["in"].permutable
+False
+
+A ResNeXt-style grouped conv, 2 groups of 2 channels, between two block spaces:
+
+>>> grouped = WeightSpaceSpec.from_yaml('''
+... blocks:
+...   g: {count: 2}
+... spaces:
+...   in: {size: 3, role: input}
+...   c1: {size: 4, role: hidden, blocks: g}
+...   c2: {size: 4, role: hidden, blocks: g}
+...   out: {size: 1, role: output}
+... params:
+...   conv1.weight: {shape: [4, 3], axes: [c1, in]}
+...   conv2.weight: {shape: [4, 2, 3, 3], axes: [c2, {space: c1, block_of: 0}, null, null]}
+...   fc.weight: {shape: [1, 4], axes: [out, c2]}
+... ''')
+>>> grouped.block_shape("c2")
+(2, 2)
+>>> grouped["conv2.weight"].axes[1]
+Inner('c1', 0)
+"""
+
+from __future__ import annotations
+
+from .labels import MODES, ROLES, AxisLabel, Inner, axis_pieces, check_mode
+from .params import ParamSpec, Tile
+from .permutation import Permutation
+from .spaces import Blocks, Space, SpaceMap
+from .weight_space import WeightSpaceSpec, is_counter
+
+__all__ = [
+    "ROLES",
+    "MODES",
+    "AxisLabel",
+    "Space",
+    "Blocks",
+    "Inner",
+    "ParamSpec",
+    "Tile",
+    "SpaceMap",
+    "WeightSpaceSpec",
+    "Permutation",
+    "check_mode",
+    "is_counter",
+    "axis_pieces",
+]

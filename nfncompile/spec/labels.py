@@ -1,0 +1,100 @@
+"""Axis labels, roles and modes: the vocabulary of weight-space specs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SpecError
+
+__all__ = ["ROLES", "MODES", "AxisLabel", "Inner", "check_mode", "axis_pieces"]
+
+ROLES = ("input", "hidden", "output")
+MODES = ("np", "hnp")
+
+#: A piece of a composite axis: a space name or a number of fixed positions.
+Piece = str | int
+#: An axis label: a space name, ``None`` (fixed), a tuple of pieces (composite) or an
+#: :class:`Inner` position inside a block.
+AxisLabel = str | None | tuple | Any
+
+
+def check_mode(mode: str) -> str:
+    """Return ``mode`` if it is ``"np"`` or ``"hnp"``, else raise :class:`SpecError`."""
+    if mode not in MODES:
+        raise SpecError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    return mode
+
+
+@dataclass(frozen=True)
+class Inner:
+    """Axis label: the position inside one block of block space ``space``; the block is the one
+    that axis ``block_of`` of the same tensor sits in.
+
+    A grouped convolution's weight ``(C_out, C_in / g, kh, kw)`` has axes
+    ``[c_out, Inner("c_in", 0), None, None]``: row ``j * k_out + r`` reads only the inputs of
+    block ``j``, and its column ``i`` is input neuron ``j * k_in + i``.
+
+    >>> Inner("c1", 0)
+    Inner('c1', 0)
+    """
+
+    space: str
+    block_of: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.space, str) or not self.space:
+            raise SpecError(f"Inner: space must be a space name, got {self.space!r}")
+        if not _is_int(self.block_of) or self.block_of < 0:
+            raise SpecError(
+                f"Inner({self.space!r}): block_of must be an axis index, got {self.block_of!r}"
+            )
+
+    def __repr__(self) -> str:
+        return f"Inner({self.space!r}, {self.block_of})"
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _freeze_axis(a: Any) -> AxisLabel:
+    if isinstance(a, (list, tuple)):
+        return tuple(a)
+    if isinstance(a, Mapping):  # {space: c1, block_of: 0}
+        return Inner(a.get("space"), a.get("block_of"))
+    return a
+
+
+def axis_pieces(a: AxisLabel) -> tuple:
+    """The pieces of an axis label: ``()`` for fixed, ``(name,)`` for a space or a position
+    inside one of its blocks, the tuple of a composite.
+
+    >>> axis_pieces(None), axis_pieces("c1"), axis_pieces(("c1", 3)), axis_pieces(Inner("c", 0))
+    ((), ('c1',), ('c1', 3), ('c',))
+    """
+    if a is None:
+        return ()
+    if isinstance(a, Inner):
+        return (a.space,)
+    return a if isinstance(a, tuple) else (a,)
+
+
+def _axis_str(a: AxisLabel) -> str:
+    if a is None:
+        return "-"
+    if isinstance(a, tuple):
+        return "(" + "|".join(str(p) for p in a) + ")"
+    if isinstance(a, Inner):
+        return f"{a.space}@{a.block_of}"
+    return a
+
+
+def _axis_data(a: AxisLabel) -> Any:
+    """The plain-data (YAML) form of an axis label."""
+    if isinstance(a, tuple):
+        return list(a)
+    if isinstance(a, Inner):
+        return {"space": a.space, "block_of": a.block_of}
+    return a

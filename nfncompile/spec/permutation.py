@@ -1,0 +1,143 @@
+"""Group elements: a :class:`Permutation` per draw, applied to state_dicts and features."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import SpecError
+from .labels import AxisLabel, Inner, _is_int
+
+if TYPE_CHECKING:
+    from .weight_space import WeightSpaceSpec
+
+__all__ = ["Permutation"]
+
+
+class Permutation:
+    """One element of a spec's permutation group: an index tensor per space.
+
+    Applying it gathers every labelled axis: ``T'[..., i, ...] = T[..., perm[i], ...]``. Applied
+    to every parameter of a network consistently, it leaves the network's function unchanged.
+
+    A block space's permutation must keep its blocks whole (new block ``j`` is one old block,
+    the same for every space sharing the block permutation); an :class:`Inner` axis is then
+    gathered by the permutation inside the block its reference axis lands in.
+
+    Parameters
+    ----------
+    spec : WeightSpaceSpec
+    perms : mapping str -> LongTensor
+        A permutation of ``range(size)`` per space (missing spaces are the identity).
+
+    Raises
+    ------
+    SpecError
+        When a tensor is not a permutation, or moves a block space's neurons across blocks
+        (or two spaces sharing a block permutation move their blocks differently).
+    """
+
+    def __init__(self, spec: WeightSpaceSpec, perms: Mapping[str, torch.Tensor]) -> None:
+        self.spec = spec
+        unknown = set(perms) - set(spec.spaces)
+        if unknown:
+            raise SpecError(f"permutation of unknown spaces {sorted(unknown)}")
+        self.perms = {}
+        self.inner: dict = {}  # block space -> (count, k) permutation inside each new block
+        outer: dict = {}  # block permutation -> (count,) old block of each new block
+        for s in spec.spaces.values():
+            p = torch.as_tensor(perms.get(s.name, torch.arange(s.size)), dtype=torch.long)
+            if p.shape != (s.size,) or not torch.equal(p.sort().values, torch.arange(s.size)):
+                raise SpecError(f"perms[{s.name!r}] is not a permutation of range({s.size})")
+            self.perms[s.name] = p
+            shape = spec.block_shape(s.name)
+            if shape is None:
+                continue
+            count, k = shape
+            grid = p.reshape(count, k)
+            blocks = grid[:, 0] // k
+            if not torch.equal(grid // k, blocks[:, None].expand(count, k)):
+                raise SpecError(
+                    f"perms[{s.name!r}] moves neurons across the {count} blocks of {s.blocks!r}"
+                )
+            if s.blocks in outer and not torch.equal(outer[s.blocks], blocks):
+                raise SpecError(
+                    f"perms[{s.name!r}] moves the blocks of {s.blocks!r} differently from "
+                    "another space that shares them"
+                )
+            outer[s.blocks] = blocks
+            self.inner[s.name] = grid % k
+
+    def __getitem__(self, space: str) -> torch.Tensor:
+        return self.perms[space]
+
+    def __repr__(self) -> str:
+        moved = [k for k, v in self.perms.items() if not torch.equal(v, torch.arange(len(v)))]
+        return f"Permutation(moves={moved})"
+
+    def inverse(self) -> Permutation:
+        """The inverse element."""
+        return Permutation(self.spec, {k: torch.argsort(v) for k, v in self.perms.items()})
+
+    def compose(self, other: Permutation) -> Permutation:
+        """``self.compose(other).apply(x) == self.apply(other.apply(x))``."""
+        return Permutation(self.spec, {k: other.perms[k][v] for k, v in self.perms.items()})
+
+    def axis_index(self, label: AxisLabel, length: int) -> torch.Tensor | None:
+        """The gather index for one axis (``None`` when the axis does not move)."""
+        if label is None:
+            return None
+        if isinstance(label, str):
+            return self.perms[label]
+        parts, start = [], 0
+        for piece in label:
+            if _is_int(piece):
+                parts.append(torch.arange(start, start + piece))
+                start += piece
+            else:
+                parts.append(self.perms[piece] + start)
+                start += len(self.perms[piece])
+        return torch.cat(parts)
+
+    def apply_tensor(self, name: str, tensor: torch.Tensor, leading: int = 0) -> torch.Tensor:
+        """Permute one parameter tensor (with ``leading`` batch/channel dims in front)."""
+        p = self.spec[name]
+        lead = tuple(tensor.shape[:leading])
+        x = tensor.reshape(lead + p.labelled_shape)
+        for i, (label, n) in enumerate(zip(p.axes, p.labelled_shape)):
+            if isinstance(label, Inner):
+                continue
+            idx = self.axis_index(label, n)
+            if idx is not None:
+                x = x.index_select(leading + i, idx.to(x.device))
+        for i, label in enumerate(p.axes):
+            if isinstance(label, Inner):
+                x = self._gather_inner(x, leading + i, leading + label.block_of, label.space)
+        return x.reshape(tensor.shape)
+
+    def _gather_inner(self, x: torch.Tensor, dim: int, ref: int, space: str) -> torch.Tensor:
+        """Gather axis ``dim`` (positions inside a block of ``space``) by the permutation inside
+        the block that each position of axis ``ref`` (already permuted) sits in."""
+        inner = self.inner[space].to(x.device)  # (count, k)
+        per_ref = inner.repeat_interleave(x.shape[ref] // inner.shape[0], dim=0)  # (n_ref, k)
+        shape = [1] * x.dim()
+        shape[ref], shape[dim] = x.shape[ref], x.shape[dim]
+        if ref > dim:
+            per_ref = per_ref.t()
+        return x.gather(dim, per_ref.reshape(shape).expand(x.shape))
+
+    def apply_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict:
+        """Permute a state_dict of the spec's network (keys must match the spec; integer
+        counters the spec does not list pass through unchanged)."""
+        self.spec.check_state_dict(state_dict)
+        return {
+            k: v if k not in self.spec else self.apply_tensor(k, v) for k, v in state_dict.items()
+        }
+
+    def apply(self, features: Any) -> Any:
+        """Permute batched features ``name -> (B, C, *shape)``; returns the same type."""
+        self.spec.check_state_dict(features, leading=2)
+        data = {k: self.apply_tensor(k, v, leading=2) for k, v in features.items()}
+        return type(features)(data) if not isinstance(features, dict) else data

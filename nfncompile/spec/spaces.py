@@ -1,0 +1,139 @@
+"""Neuron spaces and block permutations, and the immutable mapping that holds them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SpecError
+from .labels import ROLES, _is_int
+
+__all__ = ["Space", "Blocks", "SpaceMap"]
+
+
+@dataclass(frozen=True)
+class Space:
+    """A set of ``size`` interchangeable neurons.
+
+    Parameters
+    ----------
+    name : str
+        The label parameter axes use for it.
+    size : int
+        Number of neurons.
+    role : {"input", "hidden", "output"}
+        Where it sits in the network; in ``hnp`` mode only hidden spaces are permutable.
+    permutable : bool
+        Whether the group permutes it. Set by the owning spec from its mode; a hand-built
+        ``Space`` defaults to ``True``.
+    blocks : str, optional
+        The :class:`Blocks` (block permutation) that moves whole blocks of this space; the
+        space is then cut into ``count`` equal blocks, permuted inside each block on its own.
+
+    Examples
+    --------
+    >>> Space("c1", 16, "hidden")
+    Space('c1', 16, 'hidden')
+    >>> Space("c2", 16, "hidden", blocks="g")
+    Space('c2', 16, 'hidden', blocks='g')
+    """
+
+    name: str
+    size: int
+    role: str
+    permutable: bool = True
+    blocks: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError(f"space name must be a non-empty string, got {self.name!r}")
+        if not _is_int(self.size) or self.size < 1:
+            raise SpecError(f"space {self.name!r}: size must be a positive int, got {self.size!r}")
+        if self.role not in ROLES:
+            raise SpecError(
+                f"space {self.name!r}: unknown role {self.role!r}; valid roles: {', '.join(ROLES)}"
+            )
+        if self.blocks is not None and (not isinstance(self.blocks, str) or not self.blocks):
+            raise SpecError(
+                f"space {self.name!r}: blocks must name a block permutation, got {self.blocks!r}"
+            )
+
+    def __repr__(self) -> str:
+        extra = "" if self.permutable else ", permutable=False"
+        extra += "" if self.blocks is None else f", blocks={self.blocks!r}"
+        return f"Space({self.name!r}, {self.size}, {self.role!r}{extra})"
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """A block permutation: ``count`` blocks moved together in every space that names it.
+
+    Parameters
+    ----------
+    name : str
+        What spaces write in their ``blocks`` field.
+    count : int
+        Number of blocks (a grouped convolution's ``groups``).
+    permutable : bool
+        Whether the group moves the blocks. Set by the owning spec: the blocks move only when
+        every space that shares them is permutable in the spec's mode.
+
+    Examples
+    --------
+    >>> Blocks("g", 4)
+    Blocks('g', 4)
+    """
+
+    name: str
+    count: int
+    permutable: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError(f"block permutation name must be a non-empty string, got {self.name!r}")
+        if not _is_int(self.count) or self.count < 1:
+            raise SpecError(
+                f"blocks {self.name!r}: count must be a positive int, got {self.count!r}"
+            )
+
+    def __repr__(self) -> str:
+        extra = "" if self.permutable else ", permutable=False"
+        return f"Blocks({self.name!r}, {self.count}{extra})"
+
+
+class SpaceMap(Mapping):
+    """An immutable, hashable, ordered mapping ``name -> Space`` (or ``name -> Blocks``)."""
+
+    __slots__ = ("_index", "_items", "_kind")
+
+    def __init__(self, spaces: Any = (), kind: str = "space") -> None:
+        items = tuple(spaces.values()) if isinstance(spaces, Mapping) else tuple(spaces)
+        self._items = items
+        self._index = {s.name: s for s in items}
+        self._kind = kind
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError(
+                f"no {self._kind} {name!r}; {self._kind}s: {', '.join(self._index) or '(none)'}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SpaceMap):
+            return self._items == other._items
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k!r}: {v!r}" for k, v in self._index.items()) + "}"
