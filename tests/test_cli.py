@@ -85,7 +85,8 @@ def test_version(capsys):
 
 
 def test_register_subcommand(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_SUBCOMMANDS", dict(cli._SUBCOMMANDS))
+    # register into a copy of the registry, so that the real "zoo" command stays for other tests
+    monkeypatch.setattr(cli.app, "_SUBCOMMANDS", dict(cli.app._SUBCOMMANDS))
     seen = {}
 
     def add(p: argparse.ArgumentParser) -> None:

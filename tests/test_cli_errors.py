@@ -57,7 +57,7 @@ def test_output_that_cannot_be_written(capsys, tmp_path, monkeypatch):
     def refuse(path, data):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cli, "atomic_write", refuse)
+    monkeypatch.setattr(cli.arguments, "atomic_write", refuse)
     code, _, err = run(capsys, "trace", *MLP_ARGS, "-o", str(tmp_path / "s.yaml"))
     assert_user_error(code, err, f"cannot write {tmp_path / 's.yaml'}: Permission denied")
 
