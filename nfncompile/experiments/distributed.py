@@ -27,9 +27,12 @@ DistInfo(rank=0, world_size=1, local_rank=0)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -173,7 +176,8 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if op not in _OPS:
         raise ConfigError(f"unknown reduction {op!r}; valid: {', '.join(_OPS)}")
     if is_distributed():
-        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op.upper()))
+        reduce_op = getattr(dist.ReduceOp, op.upper())
+        _settled([tensor], dist.all_reduce, tensor, op=reduce_op)
     return tensor
 
 
@@ -214,7 +218,8 @@ def all_gather_strided(tensor: torch.Tensor, total: int) -> torch.Tensor:
     padded = t.new_zeros((per_rank, *t.shape[1:]))
     padded[: t.shape[0]] = t
     parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
+    padded = padded.contiguous()
+    _settled([padded, *parts], dist.all_gather, parts, padded)
     # parts[r][j] is item r + j * world: stack to (per_rank, world, ...) and read row-major
     out = torch.stack(parts, dim=1).reshape(per_rank * world, *t.shape[1:])[:total]
     return out.bool() if is_bool else out
@@ -224,10 +229,38 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
     """Copy rank 0's buffers (e.g. batch-norm running stats) to every process."""
     if is_distributed():
         for b in module.buffers():
-            dist.broadcast(b.data, src=0)
+            data = b.data
+            _settled([data], dist.broadcast, data, src=0)
 
 
 def barrier() -> None:
     """Wait for every process (no-op in one process)."""
     if is_distributed():
         dist.barrier()
+
+
+def _settled(
+    tensors: Sequence[torch.Tensor], collective: Callable[..., object], *args: Any, **kwargs: Any
+) -> None:
+    """Run a blocking ``collective(*args, **kwargs)`` on ``tensors``; return once the backend
+    has let go of them.
+
+    A gloo collective returns when its work completes, but the gloo worker thread drops its
+    reference to the tensors only afterwards, and for tensors Python created that needs the GIL.
+    The process group outlives ``destroy_process_group`` once DDP has used it (a torch
+    limitation), so its worker threads live until the process exits: if the last collective's
+    tensors are still held when CPython finalizes, the worker thread is killed inside a C++
+    destructor and the process aborts (``terminate called without an active exception``,
+    SIGABRT) after its work is done. While the backend holds a tensor, the tensor's Python
+    reference count is one higher, so waiting for the counts to come back closes that window.
+    """
+    before = _refcounts(tensors)
+    collective(*args, **kwargs)
+    deadline = time.monotonic() + 10.0
+    while _refcounts(tensors) != before and time.monotonic() < deadline:
+        time.sleep(1e-4)  # releases the GIL the worker thread is waiting for
+
+
+def _refcounts(tensors: Sequence[torch.Tensor]) -> list[int]:
+    """Python reference counts of ``tensors`` (counted the same way on every call)."""
+    return [sys.getrefcount(t) for t in tensors]
