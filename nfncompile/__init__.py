@@ -20,7 +20,7 @@ the stages before it)::
     declarative/    YAML NFN specs -> validated configs -> built models (nfc.build)
     zoo/            model zoos from embedded data
     experiments/    training, distributed helpers, the paper's tasks
-    cli.py          the nfncompile command
+    cli/            the nfncompile command (one file per subcommand)
 
 Public names are loaded lazily so that ``import nfncompile`` stays fast.
 """
