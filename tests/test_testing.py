@@ -21,6 +21,8 @@ from nfncompile.testing import (
     random_features,
 )
 
+from .nn.test_pointwise import CNN  # a conv spec with fixed axes, a composite axis and a view
+
 MLP = mlp_spec([3, 4, 2, 2])
 
 
@@ -250,24 +252,6 @@ def test_invariant_detects_nan():
 # ---------------------------------------------------------------------------------------------
 # with the generated layers
 # ---------------------------------------------------------------------------------------------
-
-CNN = WeightSpaceSpec.from_dict(
-    {
-        "spaces": {
-            "in": {"size": 2, "role": "input"},
-            "c1": {"size": 3, "role": "hidden"},
-            "c2": {"size": 3, "role": "hidden"},
-            "out": {"size": 4, "role": "output"},
-        },
-        "params": {
-            "conv1.weight": {"shape": [3, 2, 3, 3], "axes": ["c1", "in", None, None]},
-            "conv1.bias": {"shape": [3], "axes": ["c1"]},
-            "conv2.weight": {"shape": [3, 3, 3, 3], "axes": ["c2", "c1", None, None]},
-            "skip.weight": {"shape": [4, 7], "axes": ["out", ["c2", 2, "in"]]},
-            "head.weight": {"shape": [4, 6], "view": [4, 3, 2], "axes": ["out", "c2", None]},
-        },
-    }
-)
 
 
 @pytest.mark.parametrize("spec", [MLP, CNN], ids=["mlp", "cnn"])

@@ -30,19 +30,13 @@ and :func:`enumerate_basis` lists individual terms only when asked.
 
 Examples
 --------
->>> from nfncompile.spec import WeightSpaceSpec
->>> spec = WeightSpaceSpec.from_dict({
-...     "spaces": {"in": {"size": 2, "role": "input"}, "h": {"size": 3, "role": "hidden"},
-...                "out": {"size": 2, "role": "output"}},
-...     "params": {"l1.weight": {"shape": [3, 2], "axes": ["h", "in"]},
-...                "l1.bias": {"shape": [3], "axes": ["h"]},
-...                "l2.weight": {"shape": [2, 3], "axes": ["out", "h"]},
-...                "l2.bias": {"shape": [2], "axes": ["out"]}}})
+>>> from nfncompile.testing import mlp_spec
+>>> spec = mlp_spec([2, 3, 2])  # spaces in, h1, out; tensors l1.weight, l1.bias, l2.*
 >>> terms = enumerate_basis(spec, "np")
 >>> len(terms)
 32
 >>> print(terms[0])
-l1.weight -> l1.weight: P[h:0, in:1] Q[h:0, in:1]
+l1.weight -> l1.weight: P[h1:0, in:1] Q[h1:0, in:1]
 >>> num_basis_dims(spec, "np", bias=True), num_basis_dims(spec, "hnp", bias=True)
 (36, 81)
 """

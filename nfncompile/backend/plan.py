@@ -32,38 +32,32 @@ Two kinds of basis share this structure (``Plan.basis``):
 
 Examples
 --------
->>> from nfncompile.spec import WeightSpaceSpec
->>> spec = WeightSpaceSpec.from_dict({
-...     "spaces": {"in": {"size": 2, "role": "input"}, "h": {"size": 3, "role": "hidden"},
-...                "out": {"size": 2, "role": "output"}},
-...     "params": {"l1.weight": {"shape": [3, 2], "axes": ["h", "in"]},
-...                "l1.bias": {"shape": [3], "axes": ["h"]},
-...                "l2.weight": {"shape": [2, 3], "axes": ["out", "h"]},
-...                "l2.bias": {"shape": [2], "axes": ["out"]}}})
+>>> from nfncompile.testing import mlp_spec
+>>> spec = mlp_spec([2, 3, 2])  # spaces in, h1, out; tensors l1.weight, l1.bias, l2.*
 >>> plan = build_plan(spec, "hnp", 1, 1)
 >>> len(plan.reductions), len(plan.groups), plan.num_terms
 (7, 7, 29)
 >>> print(plan)
 Plan(mode='hnp', basis='complete', in_channels=1, out_channels=1, terms=29, params=81)
 reductions:
-  r0 = l1.weight[h, -] keep (h)
-  r1 = l1.weight[h*, -] mean (h) from r0
-  r2 = l1.bias[h] keep (h)
-  r3 = l1.bias[h*] mean (h) from r2
-  r4 = l2.weight[-, h] keep (h)
-  r5 = l2.weight[-, h*] mean (h) from r4
+  r0 = l1.weight[h1, -] keep (h1)
+  r1 = l1.weight[h1*, -] mean (h1) from r0
+  r2 = l1.bias[h1] keep (h1)
+  r3 = l1.bias[h1*] mean (h1) from r2
+  r4 = l2.weight[-, h1] keep (h1)
+  r5 = l2.weight[-, h1*] mean (h1) from r4
   r6 = l2.bias[-] fixed only
 groups:
-  g0: l1.weight[h*, -] <- m0[0:2] + bias
-  g1: l1.weight[h, -] <- m1[0:2]
-  g2: l1.bias[h*] <- m0[2:3] + bias
-  g3: l1.bias[h] <- m1[2:3]
-  g4: l2.weight[-, h*] <- m0[3:5] + bias
-  g5: l2.weight[-, h] <- m1[3:5]
+  g0: l1.weight[h1*, -] <- m0[0:2] + bias
+  g1: l1.weight[h1, -] <- m1[0:2]
+  g2: l1.bias[h1*] <- m0[2:3] + bias
+  g3: l1.bias[h1] <- m1[2:3]
+  g4: l2.weight[-, h1*] <- m0[3:5] + bias
+  g5: l2.weight[-, h1] <- m1[3:5]
   g6: l2.bias[-] <- m0[5:7] + bias
 mixes:
   m0: () [7x7] (r1, r3, r5, r6) -> g0, g2, g4, g6
-  m1: (h) [5x5] (r0, r2, r4) -> g1, g3, g5
+  m1: (h1) [5x5] (r0, r2, r4) -> g1, g3, g5
 """
 
 from __future__ import annotations
