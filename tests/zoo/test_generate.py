@@ -69,8 +69,10 @@ def test_resume_after_losing_the_last_shard(tmp_path, cnn_dir, cnn_config):
     report = generate_zoo(cnn_config, out, progress=False)
     assert report.made == (3,) and report.skipped == (0, 1, 2)
     assert shard_bytes(out) == shard_bytes(cnn_dir)
-    # a complete zoo is left alone
+    # a complete zoo is left alone: nothing made, its bookkeeping files not rewritten
+    stamps = {f: (out / f).stat().st_mtime_ns for f in ("manifest.json", "metadata.csv")}
     assert generate_zoo(cnn_config, out, progress=False).made == ()
+    assert {f: (out / f).stat().st_mtime_ns for f in stamps} == stamps
 
 
 def test_shard_splits_cover_the_zoo_exactly_once(tmp_path, inr_dir, inr_config):
