@@ -7,15 +7,17 @@ placeholder per parameter in spec order, each ``(B, C_in, *param shape)``; it re
 
 Inside, every tile is held **channels-last**: ``(B, *permutable dims, C * prod(fixed dims))``
 (a block axis split into its block and inner dims; fixed dims, e.g. conv kernel dims, folded into
-the channels after them). Each input tile is permuted into that layout once (``*_cl``, ``*_in``)
-and each output tile out of it once (``*_unfold``, ``*_native``: a view, so a stack of layers
-stays channels-last in memory). Between them reductions are means over middle dims, channel
-mixes are GEMMs over the last dim and placement only inserts singleton dims to broadcast into:
-no permute sits between a broadcast and a concatenation, which ``torch.compile`` on CPU turned
-into slow fused backward kernels (a sum over broadcast dims into a strided, kernel-sized inner
-dim). The broadcast contributions to one output tile are summed smallest first, and the largest
-(the tile's pointwise mix) is added inside its GEMM (``addmm``), so each output tile is written
-once at full size by the sum and once by the GEMM.
+the channels after them). Each input tile is permuted into that layout once (``*_cl``, ``*_in``:
+a view when the tile has no fixed dims, so a channels-first input is not copied) and each output
+tile out of it once (``*_unfold``, ``*_native``: a view, so a stack of layers stays
+channels-last in memory). Between them reductions are means over middle dims, channel mixes are
+GEMMs over the last dim and placement only inserts singleton dims to broadcast into: no permute
+sits between a broadcast and a concatenation, which ``torch.compile`` on CPU turned into slow
+fused backward kernels (a sum over broadcast dims into a strided, kernel-sized inner dim). The
+operations that read tiles are those of :mod:`.fused`: means in the input's memory order, GEMMs
+reading any strides, and one :func:`~.fused.tile_sum` per output tile that writes the broadcast
+contributions' sum once at full size and adds the tile's pointwise GEMM into it in place, its
+backward reducing the output gradient once per broadcast shape.
 
 The generated module owns the layer's weights:
 
@@ -52,43 +54,13 @@ import re
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
+from .fused import channel_mix, mean, tile_sum
 from .plan import Plan
 from .tiles import TileRef
 
-__all__ = ["generate", "placeholder_names", "channel_mix", "channel_mix_add"]
-
-
-def channel_mix(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``(R, K)`` weight applied to the channels (last dim) of ``x`` ``(B, *kept, K)``:
-    ``(B, *kept, R)``, one ``(B*N, K) x (K, R)`` GEMM.
-
-    On CUDA, an ``x`` that is channels-first in memory (an input tile without fixed dims, read
-    as is) is mixed there by a 1x1 ``conv1d`` instead of being copied channels-last.
-    """
-    if x.is_cuda and x.dim() > 2 and x.stride(-1) != 1:
-        first = x.movedim(-1, 1)
-        if first.is_contiguous():
-            y = F.conv1d(first.flatten(2), weight.unsqueeze(-1))
-            return y.unflatten(2, x.shape[1:-1]).movedim(1, -1)
-    return F.linear(x, weight)
-
-
-def channel_mix_add(acc: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``acc + channel_mix(weight, x)`` with the sum done by the GEMM (``addmm``) when ``acc``
-    already has the result's full shape; ``acc`` is only read.
-
-    >>> acc, w, x = torch.ones(2, 3, 4), torch.eye(4), torch.randn(2, 3, 4)
-    >>> torch.equal(channel_mix_add(acc, w, x), acc + x)
-    True
-    """
-    shape = (*x.shape[:-1], weight.shape[0])
-    if acc.shape != shape or x.is_cuda:
-        return acc + channel_mix(weight, x)
-    out = torch.addmm(acc.reshape(-1, shape[-1]), x.reshape(-1, x.shape[-1]), weight.t())
-    return out.view(shape)
+__all__ = ["generate", "placeholder_names"]
 
 
 def placeholder_names(names: tuple) -> list[str]:
@@ -261,10 +233,9 @@ def generate(
             order = [1 + d for d in t.perm_dims] + [0] + [1 + d for d in t.fixed_dims]
             xt = b.permute(xt, tuple(order), f"{_tag(t)}_cl")
             perm_shape = tuple(t.dims[d].size for d in t.perm_dims)
-            xt = b.reshape(xt, (*perm_shape, c_in * t.fixed_size), f"{_tag(t)}_in")
-            # one copy into the layout when the input is channels-first (a no-op when it comes
-            # from another layer): every reduction and GEMM then reads contiguous memory
-            tile_nodes[t] = b.method("contiguous", (xt,), b.shape[xt], f"{_tag(t)}_cl_mem")
+            # a view when the tile has no fixed dims: reductions and GEMMs read it in its own
+            # strides (channels-first from the user, channels-last from another layer)
+            tile_nodes[t] = b.reshape(xt, (*perm_shape, c_in * t.fixed_size), f"{_tag(t)}_in")
 
     # ---- reductions: (B, *kept, C_in * fixed) ------------------------------------------
     red_nodes: list = []
@@ -276,7 +247,7 @@ def generate(
             src = plan.reductions[red.source].side
             src_kept = [j for j, k in enumerate(src.linked) if k]
             pos = [1 + i for i, j in enumerate(src_kept) if not side.linked[j]]
-            red_nodes.append(b.method("mean", (red_nodes[red.source], tuple(pos)), kept_shape, tag))
+            red_nodes.append(b.call(mean, (red_nodes[red.source], tuple(pos)), kept_shape, tag))
             continue
         x = tile_nodes[t]
         # labels of the non-batch dims: ("d", dim), ("c", class) or ("k",) (channels)
@@ -306,7 +277,7 @@ def generate(
         if mean_dims:
             keep = [lab for i, lab in enumerate(labels) if 1 + i not in mean_dims]
             shape = [s for i, s in enumerate(shape) if 1 + i not in mean_dims]
-            x = b.method("mean", (x, tuple(mean_dims)), tuple(shape), f"{tag}_mean")
+            x = b.call(mean, (x, tuple(mean_dims)), tuple(shape), f"{tag}_mean")
             labels = keep
         want = [("c", j) for j, k in enumerate(side.linked) if k] + [("k",)]
         x = b.permute(x, tuple(labels.index(w) for w in want), tag)
@@ -382,16 +353,15 @@ def generate(
         gemms = [gi for kind, gi in out_values.get(q, []) if kind == "gemm"]
         vals.sort(key=lambda n: math.prod(b.shape[n]))
         acc = None
+        if gemms:  # one fused op: the broadcasts' sum written once, the GEMM added in place
+            w, x = pointwise[gemms[0]]
+            acc = b.call(tile_sum, (x, w, *vals), full, f"{_tag(q)}_mix")
+            vals = []
         for v in vals:
             acc = b.add(acc, v, f"{_tag(q)}_acc")
-        for gi in gemms:
+        for gi in gemms[1:]:
             w, x = pointwise[gi]
-            if acc is None:
-                acc = b.call(channel_mix, (w, x), full, f"{_tag(q)}_mix")
-                continue
-            if b.shape[acc] != full:
-                acc = b.method("expand", (acc, batch_size(), *full), full, f"{_tag(q)}_full")
-            acc = b.call(channel_mix_add, (acc, w, x), full, f"{_tag(q)}_mix")
+            acc = b.call(tile_sum, (x, w, acc), full, f"{_tag(q)}_mix")
         if acc is None:
             acc = b.method("new_zeros", (inputs[q.param], (1, *full)), full, f"{_tag(q)}_zeros")
         if b.shape[acc] != full:

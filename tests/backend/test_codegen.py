@@ -8,12 +8,8 @@ import pytest
 import torch
 from torch import fx
 
-from nfncompile.backend.codegen import (
-    channel_mix,
-    channel_mix_add,
-    generate,
-    placeholder_names,
-)
+from nfncompile.backend.codegen import generate, placeholder_names
+from nfncompile.backend.fused import channel_mix, tile_sum
 from nfncompile.backend.plan import build_plan
 from tests.backend.specs import SPECS, mlp_spec
 
@@ -22,9 +18,7 @@ BASES = ("complete", "linear")
 
 def _gemms(gm: fx.GraphModule) -> list:
     return [
-        n
-        for n in gm.graph.nodes
-        if n.op == "call_function" and n.target in (channel_mix, channel_mix_add)
+        n for n in gm.graph.nodes if n.op == "call_function" and n.target in (channel_mix, tile_sum)
     ]
 
 
@@ -52,7 +46,7 @@ def test_graph_lints_and_owns_exactly_the_plans_weights(name, basis):
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_one_gemm_per_mix(name):
     """Complete basis: each mix is one channel-mixing GEMM (a pointwise mix joins its tile's
-    sum inside an addmm)."""
+    broadcast sum inside a tile_sum)."""
     plan = build_plan(SPECS[name], "hnp", 2, 2)
     assert len(_gemms(generate(plan))) == len(plan.mixes)
 
@@ -102,15 +96,6 @@ def test_outputs_are_channels_last_in_memory(basis):
     x = [torch.randn(4, 2, *spec[n].shape) for n in spec.names]
     for y in gm(*x):
         assert y.movedim(1, -1).is_contiguous()
-
-
-def test_channel_mix_add_is_a_sum():
-    gen = torch.Generator().manual_seed(0)
-    acc = torch.randn(2, 3, 4, 5, generator=gen)
-    w, x = torch.randn(5, 6, generator=gen), torch.randn(2, 3, 4, 6, generator=gen)
-    torch.testing.assert_close(channel_mix_add(acc, w, x), acc + channel_mix(w, x))
-    small = torch.randn(2, 1, 4, 5, generator=gen)  # a broadcast: added outside the GEMM
-    torch.testing.assert_close(channel_mix_add(small, w, x), small + channel_mix(w, x))
 
 
 def test_placeholder_names_are_identifiers_and_unique():

@@ -1,0 +1,193 @@
+"""The tensor operations the generated code calls, written for as few full-size memory passes as
+eager PyTorch allows.
+
+A tile is held as ``(B, *permutable dims, channels)``; an input tile may be a permuted *view* of
+a channels-first tensor (the layer does not copy it). So every operation here reads its inputs
+in whatever strides they have:
+
+* :func:`mean` reduces in the input's memory order (a reduction over a strided outer dim of a
+  permuted view is otherwise an order of magnitude slower);
+* :func:`channel_mix` is one GEMM over the last dim, reading a transposed view as such;
+* :func:`tile_sum` writes an output tile: the broadcast contributions and the pointwise channel
+  mix land in one fresh tensor (the sum of the broadcasts written once, the GEMM added into it
+  in place), and its backward reduces the output gradient once per distinct broadcast shape,
+  each from the smallest reduction already made.
+
+Examples
+--------
+>>> x = torch.randn(2, 3, 4, 5).permute(0, 2, 3, 1)  # channels-first memory, (B, 4, 5, 3) view
+>>> torch.allclose(mean(x, (1,)), x.mean(1))
+True
+>>> w, row = torch.randn(6, 3), torch.randn(2, 4, 1, 6)
+>>> torch.allclose(tile_sum(x, w, row), row + x @ w.t(), atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["mean", "channel_mix", "tile_sum"]
+
+
+def _memory_order(x: torch.Tensor) -> list:
+    """The dims of ``x`` from the outermost in memory to the innermost."""
+    return sorted(range(x.dim()), key=lambda d: -x.stride(d))
+
+
+def _reduce(x: torch.Tensor, dims: tuple, op: str) -> torch.Tensor:
+    """``x.sum`` or ``x.mean`` over ``dims`` (keepdim), iterating in ``x``'s memory order."""
+    order = _memory_order(x)
+    if order == sorted(order):
+        return getattr(x, op)(dims, keepdim=True)
+    inverse = [order.index(d) for d in range(x.dim())]
+    y = getattr(x.permute(order), op)(tuple(order.index(d) for d in dims), keepdim=True)
+    return y.permute(inverse)
+
+
+def mean(x: torch.Tensor, dims: tuple) -> torch.Tensor:
+    """``x.mean(dims)``, reduced in ``x``'s memory order.
+
+    >>> x = torch.arange(6.0).reshape(3, 2).t()  # a transposed view
+    >>> mean(x, (1,))
+    tensor([2., 3.])
+    """
+    return _reduce(x, tuple(dims), "mean").squeeze(tuple(dims))
+
+
+def _merges(x: torch.Tensor, start: int, stop: int) -> bool:
+    """Whether dims ``start:stop`` of ``x`` merge into one dim as a view."""
+    expected = None
+    for d in range(stop - 1, start - 1, -1):
+        if x.shape[d] == 1:
+            continue
+        if expected is not None and x.stride(d) != expected:
+            return False
+        expected = x.stride(d) * x.shape[d]
+    return True
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a ``(rows, last dim)`` matrix: a view when its leading dims merge, else a copy."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def channel_mix(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(R, K)`` weight applied to the channels (last dim) of ``x`` ``(B, *kept, K)``:
+    ``(B, *kept, R)``, one ``(B*N, K) x (K, R)`` GEMM.
+
+    An ``x`` whose leading dims merge (any tile with batch 1, a channels-last tile) is read as
+    one matrix whatever its strides. On CUDA, an ``x`` that is channels-first in memory is mixed
+    there by a 1x1 ``conv1d``.
+
+    >>> torch.equal(channel_mix(torch.eye(3), torch.ones(2, 4, 3)), torch.ones(2, 4, 3))
+    True
+    """
+    if x.dim() > 2 and x.stride(-1) != 1:
+        if x.is_cuda:
+            first = x.movedim(-1, 1)
+            if first.is_contiguous():
+                y = F.conv1d(first.flatten(2), weight.unsqueeze(-1))
+                return y.unflatten(2, x.shape[1:-1]).movedim(1, -1)
+        if _merges(x, 0, x.dim() - 1):
+            return (_rows(x) @ weight.t()).view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight)
+
+
+def _gemm_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """``out += x @ weight.T`` over the last dim, in place (``out`` contiguous, full shape)."""
+    r = weight.shape[0]
+    if x.dim() > 2 and not _merges(x, 0, x.dim() - 1) and _merges(x, 1, x.dim() - 1):
+        # a batch of channels-first tiles: one strided GEMM per batch entry, no copy
+        b, k = x.shape[0], x.shape[-1]
+        out.view(b, -1, r).baddbmm_(x.reshape(b, -1, k), weight.t().expand(b, k, r))
+        return
+    out.view(-1, r).addmm_(_rows(x), weight.t())
+
+
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``sum over entries of grad^T x``: the ``(R, K)`` gradient of a channel mix."""
+    if x.dim() > 2 and not _merges(x, 0, x.dim() - 1) and _merges(x, 1, x.dim() - 1):
+        b = x.shape[0]
+        g = grad.reshape(b, -1, grad.shape[-1])
+        return torch.bmm(g.transpose(1, 2), x.reshape(b, -1, x.shape[-1])).sum(0)
+    return _rows(grad).t() @ _rows(x)
+
+
+def _sum_to(grad: torch.Tensor, shapes: list) -> list:
+    """``grad`` summed to each broadcastable shape in ``shapes`` (``None`` where a shape is
+    ``None``), each from the smallest sum already made that covers it."""
+    done: dict = {tuple(grad.shape): grad}
+    out: dict = {}
+    for shape in sorted({s for s in shapes if s is not None}, key=lambda s: -math.prod(s)):
+        full = (1,) * (grad.dim() - len(shape)) + tuple(shape)
+        covers = [t for have, t in done.items() if all(f in (1, h) for f, h in zip(full, have))]
+        best = min(covers, key=torch.Tensor.numel)
+        dims = tuple(d for d, (f, h) in enumerate(zip(full, best.shape)) if f == 1 and h != 1)
+        s = _reduce(best, dims, "sum") if dims else best
+        done[full] = s
+        out[shape] = s.reshape(shape)
+    return [None if s is None else out[tuple(s)] for s in shapes]
+
+
+class _TileSum(torch.autograd.Function):
+    """``sum(values) + x @ weight.T`` into one fresh tensor (see :func:`tile_sum`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, *values):
+        shape = (*x.shape[:-1], weight.shape[0])
+        acc = None
+        for v in values:  # smallest first: the full-size write happens once
+            acc = v if acc is None else acc + v
+        if acc is not None and tuple(acc.shape) == shape:
+            if len(values) == 1:  # an input: not ours to write into
+                acc = acc.clone(memory_format=torch.contiguous_format)
+            elif not acc.is_contiguous():
+                acc = acc.contiguous()
+            _gemm_into(acc, x, weight)
+            out = acc
+        else:
+            out = channel_mix(weight, x).contiguous()
+            if acc is not None:
+                out.add_(acc)
+        ctx.save_for_backward(x, weight)
+        ctx.shapes = [tuple(v.shape) for v in values]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, *need_v = ctx.needs_input_grad
+        dx = dw = None
+        if need_x:
+            dx = (_rows(grad) @ weight).view(x.shape)
+        if need_w:
+            dw = _weight_grad(grad, x)
+        dvals = _sum_to(grad, [s if n else None for s, n in zip(ctx.shapes, need_v)])
+        return (dx, dw, *dvals)
+
+
+def tile_sum(x: torch.Tensor, weight: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+    """One output tile: ``values`` (each broadcastable to it, smallest first) plus the channel
+    mix of ``x`` ``(B, *dims, K)`` by ``weight`` ``(R, K)``, as a fresh contiguous
+    ``(B, *dims, R)`` tensor.
+
+    The values' sum is written once at full size and the GEMM adds into it in place (no copy
+    of it, unlike ``addmm``); ``x`` is read in its own strides. In the backward, the gradient
+    of each value is a sum of the output gradient over its broadcast dims, computed once per
+    distinct shape from the smallest sum that covers it.
+
+    >>> x, w = torch.randn(2, 3, 4, 5), torch.randn(6, 5)
+    >>> row, col = torch.randn(1, 3, 1, 6), torch.randn(2, 1, 4, 6)
+    >>> torch.allclose(tile_sum(x, w, row, col), row + col + x @ w.t(), atol=1e-5)
+    True
+    """
+    if torch._C._are_functorch_transforms_active():  # vmap, jacfwd: the plain composition
+        acc = channel_mix(weight, x)
+        for v in values:
+            acc = acc + v
+        return acc
+    return _TileSum.apply(x, weight, *values)

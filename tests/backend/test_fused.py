@@ -1,0 +1,122 @@
+"""The fused tensor operations equal their straightforward compositions, forward and backward,
+whatever the strides of their inputs (channels-last, channels-first views, batch 1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nfncompile.backend.fused import channel_mix, mean, tile_sum
+
+
+def _layouts(gen: torch.Generator, b: int) -> dict:
+    """A ``(b, 3, 4, 5)`` tile (5 channels) in the layouts the generated code hands over."""
+    cl = torch.randn(b, 3, 4, 5, generator=gen, dtype=torch.float64)
+    first = torch.randn(b, 5, 3, 4, generator=gen, dtype=torch.float64)
+    outer = torch.randn(3, b, 4, 5, generator=gen, dtype=torch.float64)
+    return {
+        "channels_last": cl,
+        "channels_first": first.permute(0, 2, 3, 1),  # a user's input tile, not copied
+        "transposed": cl.transpose(1, 2).contiguous().transpose(1, 2),
+        "batch_inner": outer.transpose(0, 1),
+    }
+
+
+def _grads(out: torch.Tensor, inputs: list, seed: torch.Tensor) -> tuple:
+    return torch.autograd.grad(out, inputs, seed)
+
+
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("dims", [(1,), (2,), (1, 2), (0, 2)])
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first", "transposed", "batch_inner"])
+def test_mean_is_the_mean(layout, dims, b):
+    gen = torch.Generator().manual_seed(0)
+    x = _layouts(gen, b)[layout].requires_grad_()
+    got, want = mean(x, dims), x.mean(dims)
+    torch.testing.assert_close(got, want)
+    seed = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(_grads(got, [x], seed), _grads(want, [x], seed))
+
+
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first", "transposed", "batch_inner"])
+def test_channel_mix_is_a_gemm(layout, b):
+    gen = torch.Generator().manual_seed(1)
+    x = _layouts(gen, b)[layout].requires_grad_()
+    w = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    got, want = channel_mix(w, x), x @ w.t()
+    torch.testing.assert_close(got, want)
+    seed = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(_grads(got, [x, w], seed), _grads(want, [x, w], seed))
+
+
+#: broadcast contributions to a (b, 3, 4, 6) output tile, smallest first, as the code generator
+#: passes them: shapes with 1 where a value is broadcast (b stands for the batch size)
+VALUES = {
+    "none": [],
+    "bias": [(1, 1, 1, 6)],
+    "row": [(1, 3, 1, 6)],
+    "row_col": [(1, 1, 1, 6), ("b", 3, 1, 6), ("b", 1, 4, 6)],  # sums to the full size
+    "partial": [("b", 1, 1, 6), (1, 3, 4, 6)],  # the batch broadcast: sums short of it
+    "full": [("b", 3, 4, 6)],  # one full-size value: an input, must stay unchanged
+    "nested": [(1, 1, 1, 6), ("b", 1, 1, 6), ("b", 1, 4, 6), ("b", 3, 4, 6)],
+}
+
+
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("values", sorted(VALUES))
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first", "transposed", "batch_inner"])
+def test_tile_sum_is_the_plain_sum(layout, values, b):
+    """``tile_sum`` = ``channel_mix + sum(values)``: same output and same gradients for ``x``,
+    the weight and every value, and it leaves its inputs as they were."""
+    gen = torch.Generator().manual_seed(2)
+    x = _layouts(gen, b)[layout].requires_grad_()
+    w = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    vals = [
+        torch.randn(
+            [b if s == "b" else s for s in shape], generator=gen, dtype=torch.float64
+        ).requires_grad_()
+        for shape in VALUES[values]
+    ]
+    before = [v.detach().clone() for v in (x, w, *vals)]
+    got = tile_sum(x, w, *vals)
+    want = x @ w.t()
+    for v in vals:
+        want = want + v
+    torch.testing.assert_close(got, want)
+    assert got.is_contiguous()
+    for v, old in zip((x, w, *vals), before):
+        assert torch.equal(v, old)
+    seed = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(_grads(got, [x, w, *vals], seed), _grads(want, [x, w, *vals], seed))
+
+
+def test_tile_sum_gradcheck_and_partial_grads():
+    """Numerical gradients (float64), including second order, and only the requested ones."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 3, 3, generator=gen, dtype=torch.float64).permute(0, 2, 3, 1)
+    w = torch.randn(2, 4, generator=gen, dtype=torch.float64)
+    row = torch.randn(2, 3, 1, 2, generator=gen, dtype=torch.float64)
+    col = torch.randn(2, 1, 3, 2, generator=gen, dtype=torch.float64)
+    args = [t.requires_grad_() for t in (x, w, row, col)]
+    assert torch.autograd.gradcheck(tile_sum, args)
+    assert torch.autograd.gradgradcheck(tile_sum, args)
+    frozen = tile_sum(x.detach(), w, row.detach(), col)  # only w and col need a gradient
+    (gw, gcol) = torch.autograd.grad(frozen.sum(), [w, col])
+    torch.testing.assert_close(gcol, torch.full_like(col, 3.0))  # summed over the 3 rows
+    torch.testing.assert_close(gw, (x.detach().sum((0, 1, 2)))[None].expand(2, 4))
+
+
+# jacfwd's first use imports parts of torch that warn about torch.jit.script
+@pytest.mark.filterwarnings("ignore:`torch.jit.script(_method)?` is deprecated:DeprecationWarning")
+def test_tile_sum_under_vmap_and_jacfwd():
+    """functorch transforms take the plain composition: same values."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 2, 3, 4, generator=gen, dtype=torch.float64)
+    w = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    row = torch.randn(1, 3, 5, generator=gen, dtype=torch.float64)
+    got = torch.func.vmap(lambda xi: tile_sum(xi, w, row))(x)
+    torch.testing.assert_close(got, x @ w.t() + row)
+    jac = torch.func.jacfwd(lambda ww: tile_sum(x[0], ww, row))(w)
+    want = torch.func.jacfwd(lambda ww: x[0] @ ww.t() + row)(w)
+    torch.testing.assert_close(jac, want)
