@@ -8,7 +8,8 @@ placeholder per parameter in spec order, each ``(B, C_in, *param shape)``; it re
 Inside, every tile is held **channels-last**: ``(B, *permutable dims, C * prod(fixed dims))``
 (a block axis split into its block and inner dims; fixed dims, e.g. conv kernel dims, folded into
 the channels after them). Each input tile is permuted into that layout once (``*_cl``, ``*_in``:
-a view when the tile has no fixed dims, so a channels-first input is not copied) and each output
+a view when the tile is a whole tensor without fixed dims, so a channels-first input is not
+copied) and each output
 tile out of it once (``*_unfold``, ``*_native``: a view, so a stack of layers stays
 channels-last in memory). Between them reductions are means over middle dims, channel mixes are
 GEMMs over the last dim and placement only inserts singleton dims to broadcast into: no permute
@@ -234,8 +235,11 @@ def generate(
             xt = b.permute(xt, tuple(order), f"{_tag(t)}_cl")
             perm_shape = tuple(t.dims[d].size for d in t.perm_dims)
             # a view when the tile has no fixed dims: reductions and GEMMs read it in its own
-            # strides (channels-first from the user, channels-last from another layer)
-            tile_nodes[t] = b.reshape(xt, (*perm_shape, c_in * t.fixed_size), f"{_tag(t)}_in")
+            # strides (channels-first from the user, channels-last from another layer) ...
+            xt = b.reshape(xt, (*perm_shape, c_in * t.fixed_size), f"{_tag(t)}_in")
+            if len(tiles) > 1:  # ... unless it is a slice of a composite tensor: copied once
+                xt = b.method("contiguous", (xt,), b.shape[xt], f"{_tag(t)}_cl_mem")
+            tile_nodes[t] = xt
 
     # ---- reductions: (B, *kept, C_in * fixed) ------------------------------------------
     red_nodes: list = []
