@@ -32,11 +32,13 @@ from ..spec import WeightSpaceSpec
 from .config import (
     ActivationLayer,
     DropoutLayer,
+    FourierFeaturesLayer,
     IOEncodingLayer,
     ModelConfig,
     NFLinearLayer,
     NFPoolLayer,
     NormLayer,
+    ThresholdFeaturesLayer,
 )
 from .models import NFN, FlatMLP, StatNN, mlp_head
 from .validate import parse
@@ -166,7 +168,16 @@ def build_model(
 
 
 def _build_nfn(spec: WeightSpaceSpec, cfg: ModelConfig, source: str) -> NFN:
-    from ..nn import IOEncoding, NFActivation, NFDropout, NFLinear, NFNorm, NFPool
+    from ..nn import (
+        FourierFeatures,
+        IOEncoding,
+        NFActivation,
+        NFDropout,
+        NFLinear,
+        NFNorm,
+        NFPool,
+        ThresholdFeatures,
+    )
 
     body = cfg.nfn
     mode = body.mode
@@ -197,6 +208,28 @@ def _build_nfn(spec: WeightSpaceSpec, cfg: ModelConfig, source: str) -> NFN:
             elif isinstance(layer, IOEncodingLayer):
                 module = IOEncoding(
                     spec, channels, max_freq=layer.max_freq, num_freqs=layer.num_freqs
+                )
+                channels = module.out_channels
+            elif isinstance(layer, FourierFeaturesLayer):
+                module = FourierFeatures(
+                    channels,
+                    num_freqs=layer.num_freqs,
+                    kind=layer.kind,
+                    min_freq=layer.min_freq,
+                    max_freq=layer.max_freq,
+                    scale=layer.scale,
+                    seed=layer.seed,
+                    keep_input=layer.keep_input,
+                )
+                channels = module.out_channels
+            elif isinstance(layer, ThresholdFeaturesLayer):
+                module = ThresholdFeatures(
+                    channels,
+                    num_thresholds=layer.num_thresholds,
+                    low=layer.low,
+                    high=layer.high,
+                    width=layer.width,
+                    keep_input=layer.keep_input,
                 )
                 channels = module.out_channels
             elif isinstance(layer, NFPoolLayer):

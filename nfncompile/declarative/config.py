@@ -31,6 +31,8 @@ left out when :func:`build` is given ``spec=``.
         - {type: norm}
         - {type: dropout, p: 0.1}
         - {type: io_encoding}      # hnp only: adds channels encoding input/output positions
+        - {type: fourier_features, num_freqs: 3, min_freq: 0.5, max_freq: 16}  # of the values
+        - {type: threshold_features, num_thresholds: 9, low: -3, high: 3, width: 0.3}
         - {type: nf_linear, channels: 16}
         - {type: nf_pool}          # invariant features (B, F)
         - {type: mlp, hidden: [64], out_features: 1, activation: relu, dropout: 0.0}
@@ -77,6 +79,8 @@ __all__ = [
     "NormLayer",
     "DropoutLayer",
     "IOEncodingLayer",
+    "FourierFeaturesLayer",
+    "ThresholdFeaturesLayer",
     "NFPoolLayer",
     "MLPLayer",
     "Layer",
@@ -212,6 +216,43 @@ class IOEncodingLayer:
 
 
 @dataclass(frozen=True)
+class FourierFeaturesLayer:
+    """Fourier features of every weight value, concatenated as channels
+    (:class:`~nfncompile.nn.fourier.FourierFeatures`; equivariant in np and hnp)."""
+
+    type: ClassVar[str] = "fourier_features"
+    kind: Literal["sinusoidal", "gaussian"] = field(
+        default="sinusoidal",
+        metadata={"help": "sinusoidal: log-spaced frequencies; gaussian: random N(0, scale^2)"},
+    )
+    num_freqs: int = field(
+        default=3, metadata={"min": 1, "help": "frequencies (per input channel if sinusoidal)"}
+    )
+    min_freq: float = field(
+        default=0.5, metadata={"min": 0, "help": "sinusoidal: lowest angular frequency (> 0)"}
+    )
+    max_freq: float = field(
+        default=16.0, metadata={"min": 0, "help": "sinusoidal: highest angular frequency"}
+    )
+    scale: float = field(default=1.0, metadata={"min": 0, "help": "gaussian: std of the draw"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "gaussian: seeds the draw"})
+    keep_input: bool = field(default=True, metadata={"help": "keep the input channels"})
+
+
+@dataclass(frozen=True)
+class ThresholdFeaturesLayer:
+    """Soft indicators ``sigmoid((w - t) / width)`` of every weight value at evenly spaced
+    thresholds, concatenated as channels (:class:`~nfncompile.nn.fourier.ThresholdFeatures`)."""
+
+    type: ClassVar[str] = "threshold_features"
+    num_thresholds: int = field(default=9, metadata={"min": 1, "help": "thresholds"})
+    low: float = field(default=-3.0, metadata={"help": "lowest threshold"})
+    high: float = field(default=3.0, metadata={"help": "highest threshold"})
+    width: float = field(default=0.3, metadata={"min": 0, "help": "softness (> 0)"})
+    keep_input: bool = field(default=True, metadata={"help": "keep the input channels"})
+
+
+@dataclass(frozen=True)
 class NFPoolLayer:
     """Invariant pooling (:class:`~nfncompile.nn.NFPool`): features become ``(B, F)``."""
 
@@ -246,6 +287,8 @@ Layer = (
     | NormLayer
     | DropoutLayer
     | IOEncodingLayer
+    | FourierFeaturesLayer
+    | ThresholdFeaturesLayer
     | NFPoolLayer
     | MLPLayer
 )
@@ -261,7 +304,8 @@ class NFNConfig:
     """A neural functional: NF-Layers, pointwise modules, optional pooling and MLP head.
 
     The stack is checked at construction: weight-space layers (``nf_linear``, ``activation``,
-    ``norm``, ``dropout``, ``io_encoding``) come before ``nf_pool``, ``mlp`` layers after it;
+    ``norm``, ``dropout``, ``io_encoding``, ``fourier_features``, ``threshold_features``) come
+    before ``nf_pool``, ``mlp`` layers after it;
     ``io_encoding`` needs ``mode: hnp``. Without ``nf_pool`` the output is weight-space
     features with the channels of the last ``nf_linear`` (or ``in_channels``).
     """

@@ -169,7 +169,18 @@ class CNNZooConfig:
 
 @dataclass(frozen=True)
 class INRZooConfig:
-    """A zoo of SIRENs, each fitted to one digit image (full-batch Adam on its 64 pixels)."""
+    """A zoo of SIRENs, each fitted to one digit image (full-batch Adam on its 64 pixels).
+
+    Every image gets ``views_per_image`` SIRENs fitted from independent random initialisations
+    (the multi-view augmentation of the INR-classification literature): rows
+    ``i * views_per_image ... (i + 1) * views_per_image - 1`` all draw image ``i``. Tasks split
+    such a zoo by *image*, never by view.
+
+    ``phase_bias`` draws the sine layers' biases as phases, ``U(-pi/w0, pi/w0)`` (so
+    ``w0 * b`` covers a full period), instead of PyTorch's ``U(-1/sqrt(fan_in), ...)``, which
+    at ``w0 = 30`` wraps them many times. ``pixel_range`` is the range the images' ``[0, 1]``
+    grey levels are mapped to before fitting; the PSNR uses its width as the peak.
+    """
 
     type: ClassVar[str] = "inr"
 
@@ -180,19 +191,33 @@ class INRZooConfig:
         default=None,
         metadata={"min": 1, "max": 1797, "help": "the first N digits (null: all 1797)"},
     )
-    fits_per_image: int = field(
-        default=1, metadata={"min": 1, "help": "independent fits (random inits) per image"}
+    views_per_image: int = field(
+        default=1, metadata={"min": 1, "help": "SIRENs per image, from independent random inits"}
     )
     models_per_shard: int = field(default=128, metadata={"min": 1})
     hidden: tuple[int, ...] = field(default=(32, 32, 32), metadata={"min": 1, "min_items": 1})
     w0: float = field(default=30.0, metadata={"min": 1e-6})
+    phase_bias: bool = field(
+        default=False,
+        metadata={"help": "sine-layer biases drawn as phases U(-pi/w0, pi/w0)"},
+    )
+    pixel_range: tuple[float, float] = field(
+        default=(0.0, 1.0), metadata={"help": "[low, high] the [0, 1] grey levels map to"}
+    )
     steps: int = field(default=300, metadata={"min": 1})
     learning_rate: float = field(default=2e-4, metadata={"min": 1e-12, "help": "Adam"})
 
+    def __post_init__(self) -> None:
+        low, high = self.pixel_range
+        if not low < high:
+            raise FieldError(
+                "pixel_range", f"expected [low, high] with low < high, got {[low, high]}"
+            )
+
     @property
     def num_models(self) -> int:
-        """``num_images * fits_per_image``."""
-        return (self.num_images or NUM_DIGITS) * self.fits_per_image
+        """``num_images * views_per_image``."""
+        return (self.num_images or NUM_DIGITS) * self.views_per_image
 
     @property
     def num_shards(self) -> int:
@@ -229,6 +254,17 @@ class INRZooConfig:
     def build(self) -> nn.Module:
         """A fresh ``siren`` of this zoo's shape (load weights into it)."""
         return siren(**self.architecture_kwargs)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Grey levels in ``[0, 1]`` mapped to :attr:`pixel_range` (what the SIRENs draw).
+
+        Examples
+        --------
+        >>> INRZooConfig(pixel_range=(-1.0, 1.0)).pixels(torch.tensor([0.0, 0.25, 1.0]))
+        tensor([-1.0000, -0.5000,  1.0000])
+        """
+        low, high = self.pixel_range
+        return images * (high - low) + low
 
 
 #: Either zoo config; YAML picks one by its ``type`` key (``cnn`` or ``inr``).

@@ -39,9 +39,9 @@ def make_inr_shard(config: INRZooConfig, index: int) -> tuple[dict, list[dict]]:
     first = index * config.models_per_shard
     k = min(config.models_per_shard, config.num_models - first)
     ids = torch.arange(first, first + k)
-    image_index = ids // config.fits_per_image
+    image_index = ids // config.views_per_image
     images, labels = load_digits_tensors()
-    target = images[image_index].reshape(k, -1)
+    target = config.pixels(images[image_index].reshape(k, -1))
     coords = pixel_grid(8)
     flat = ParamStack(config.param_shapes)
     depth = len(config.hidden)
@@ -51,7 +51,10 @@ def make_inr_shard(config: INRZooConfig, index: int) -> tuple[dict, list[dict]]:
         prefix = "out" if i == depth else f"hidden.{i}"
         fan_in = widths[i]
         w_bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / config.w0
-        for suffix, bound in (("weight", w_bound), ("bias", 1.0 / math.sqrt(fan_in))):
+        b_bound = 1.0 / math.sqrt(fan_in)
+        if config.phase_bias and i < depth:  # a sine layer: w0 * b uniform over a period
+            b_bound = math.pi / config.w0
+        for suffix, bound in (("weight", w_bound), ("bias", b_bound)):
             sl = flat.slices[f"{prefix}.{suffix}"]
             theta[:, sl] = (torch.rand(k, sl.stop - sl.start, generator=g) * 2 - 1) * bound
     lr = torch.full((k,), config.learning_rate, dtype=torch.float64)
@@ -71,7 +74,8 @@ def make_inr_shard(config: INRZooConfig, index: int) -> tuple[dict, list[dict]]:
     with torch.no_grad():
         pred = _siren_render(flat.views(theta), coords, depth, config.w0)
         mse = (pred - target).pow(2).mean(1)
-        quality = psnr(pred, target)
+        low, high = config.pixel_range
+        quality = psnr(pred, target, peak=high - low)
     rows = []
     for j in range(k):
         rows.append(
@@ -80,7 +84,7 @@ def make_inr_shard(config: INRZooConfig, index: int) -> tuple[dict, list[dict]]:
                 "shard": index,
                 "image_index": int(image_index[j]),
                 "label": int(labels[image_index[j]]),
-                "fit": int(ids[j] % config.fits_per_image),
+                "view": int(ids[j] % config.views_per_image),
                 "steps": config.steps,
                 "learning_rate": config.learning_rate,
                 "mse": float(mse[j]),

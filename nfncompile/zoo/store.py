@@ -82,7 +82,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "train_accuracy": "float", "test_loss": "float", "test_accuracy": "float",
     },
     "inr": {
-        "id": "int", "shard": "int", "image_index": "int", "label": "int", "fit": "int",
+        "id": "int", "shard": "int", "image_index": "int", "label": "int", "view": "int",
         "steps": "int", "learning_rate": "float", "mse": "float", "psnr": "float",
     },
 }  # fmt: skip

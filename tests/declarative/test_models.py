@@ -7,7 +7,7 @@ import torch
 
 from nfncompile.declarative.builder import build
 from nfncompile.declarative.models import NFN, FlatMLP, StatNN
-from nfncompile.errors import FeatureMismatchError
+from nfncompile.errors import ConfigError, FeatureMismatchError
 from nfncompile.features import WeightSpaceFeatures
 from nfncompile.testing import assert_equivariant, assert_invariant
 from tests.declarative.helpers import HEAD, LIN, MLP_SPEC, POOL, feats, nfn
@@ -53,6 +53,32 @@ def test_build_nfn_weight_space_output_np():
         p.name: p.shape for p in MLP_SPEC.params
     }
     assert_equivariant(net, MLP_SPEC, mode="np")
+
+
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+def test_build_nfn_with_weight_value_encodings(mode):
+    torch.manual_seed(0)
+    net = build(
+        nfn(
+            {"type": "threshold_features", "num_thresholds": 4, "low": -1, "high": 1},
+            {"type": "fourier_features", "kind": "gaussian", "num_freqs": 6, "scale": 0.5},
+            LIN,
+            {"type": "activation"},
+            {"type": "nf_linear", "channels": 2},
+            mode=mode,
+        ),
+        spec=MLP_SPEC,
+    )
+    threshold, fourier, first = net.layers[0], net.layers[1], net.layers[2]
+    assert (threshold.out_channels, fourier.in_channels, fourier.out_channels) == (5, 5, 17)
+    assert first.in_channels == 17 and net.out_channels == 2
+    assert_equivariant(net, MLP_SPEC, mode=mode)
+
+
+def test_bad_encoding_arguments_name_the_layer():
+    bad = nfn({"type": "fourier_features", "min_freq": 0.0}, LIN)
+    with pytest.raises(ConfigError, match=r"nfn.layers\[0\]: fourier_features: .*min_freq"):
+        build(bad, spec=MLP_SPEC)
 
 
 def test_nfn_in_channels_are_checked_at_forward():

@@ -16,7 +16,7 @@ def test_specs_parse_full_and_quick():
     quick = load_zoo_config(CNN_SPEC, quick=True)
     assert quick.num_models == 32 and quick.num_shards == 4 and quick.out != full.out
     inr = load_zoo_config(INR_SPEC)
-    assert isinstance(inr, INRZooConfig) and inr.num_models == 1797
+    assert isinstance(inr, INRZooConfig) and inr.num_models == 17970
     assert load_zoo_config(INR_SPEC, quick=True).num_models == 40
 
 
@@ -30,6 +30,8 @@ def test_specs_parse_full_and_quick():
         ({"type": "mlp"}, "type: unknown type 'mlp'; valid types: cnn, inr"),
         ({"type": "inr", "quick": {"steps": 0}}, "steps: .*positive.*quick"),
         ({"type": "inr", "quick": {"type": "cnn"}}, "quick.type"),
+        ({"type": "inr", "pixel_range": [1.0, -1.0]}, r"pixel_range: .*low < high"),
+        ({"type": "inr", "fits_per_image": 2}, "fits_per_image: unknown key"),
     ],
 )
 def test_config_errors_name_the_key(data, match):

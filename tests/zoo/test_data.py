@@ -100,6 +100,18 @@ def test_dilate_matches_scipy_grey_dilation(size):
     assert (ours >= batch).all() and (ours > batch).any()
 
 
+@pytest.mark.parametrize("size", [3, 5])
+def test_cross_dilation_matches_scipy_with_a_plus_footprint(size):
+    images, _ = load_digits_tensors()
+    batch = images[:50]
+    plus = np.zeros((size, size), dtype=bool)
+    plus[size // 2, :] = plus[:, size // 2] = True
+    expected = np.stack([grey_dilation(im[0].numpy(), footprint=plus) for im in batch])[:, None]
+    ours = dilate(batch, size, footprint="cross")
+    assert torch.equal(ours, torch.from_numpy(expected))
+    assert (ours <= dilate(batch, size)).all() and (ours < dilate(batch, size)).any()
+
+
 def test_dilate_keeps_leading_dims_and_checks_its_arguments():
     x = torch.rand(2, 3, 8, 8)
     assert dilate(x).shape == x.shape
@@ -108,6 +120,8 @@ def test_dilate_keeps_leading_dims_and_checks_its_arguments():
         dilate(x, 2)
     with pytest.raises(ConfigError, match="floating"):
         dilate(torch.zeros(8, 8, dtype=torch.long))
+    with pytest.raises(ConfigError, match="unknown footprint 'disk'; valid: square, cross"):
+        dilate(x, 3, footprint="disk")
 
 
 def test_psnr():

@@ -49,8 +49,8 @@ def test_missing_zoo_and_missing_shard(tmp_path, inr_dir):
 def test_indices_and_columns(inr_dir):
     zoo = load_zoo(inr_dir)
     assert len(zoo.state_dicts()) == 40
-    assert zoo.column("image_index", slice(5, 8)) == [5, 6, 7]
-    assert zoo.column("label", torch.tensor([12, 1])) == [2, 1]
+    assert zoo.column("image_index", slice(5, 8)) == [2, 3, 3]  # two views per image
+    assert zoo.column("label", torch.tensor([24, 2])) == [2, 1]
     last = zoo.arrays(-1)["out.bias"]
     assert torch.equal(last, zoo.arrays([39])["out.bias"])
     with pytest.raises(ZooError, match="out of range"):

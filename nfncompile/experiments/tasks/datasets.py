@@ -14,9 +14,16 @@ from ...features import WeightSpaceFeatures
 from ...spec import WeightSpaceSpec
 from ...zoo.data import split_indices
 from .context import RunContext
-from .zoo_access import zoo_features, zoo_size
+from .zoo_access import zoo_column, zoo_features, zoo_size
 
-__all__ = ["ParamScale", "ZooSplit", "split_zoo", "FeatureStore", "permutation_augment"]
+__all__ = [
+    "ParamScale",
+    "ZooSplit",
+    "split_zoo",
+    "split_groups",
+    "FeatureStore",
+    "permutation_augment",
+]
 
 
 class ParamScale:
@@ -72,15 +79,47 @@ def split_zoo(
     spec: WeightSpaceSpec,
     max_networks: int | None,
     fractions: Sequence[float],
+    group_by: str | None = None,
 ) -> ZooSplit:
     """Take the first ``max_networks`` networks (all by default), split them with the
-    experiment's seed and normalise their weights with scales fitted on the train part."""
+    experiment's seed and normalise their weights with scales fitted on the train part.
+
+    With ``group_by`` (a metadata column, e.g. ``image_index`` of an INR zoo with several
+    views per image) the *groups* are split, so every network of a group lands in one part.
+    """
     n = zoo_size(zoo) if max_networks is None else min(zoo_size(zoo), max_networks)
     rows = torch.arange(n)
-    tr, va, te = (rows[i] for i in split_indices(n, fractions, seed=ctx.config.seed))
+    if group_by is None:
+        tr, va, te = (rows[i] for i in split_indices(n, fractions, seed=ctx.config.seed))
+    else:
+        groups = torch.as_tensor(zoo_column(zoo, group_by)[:n], dtype=torch.long)
+        tr, va, te = split_groups(groups, fractions, seed=ctx.config.seed)
     feats = zoo_features(zoo, spec, rows)
     scale = ParamScale(feats.map(lambda t: t[tr]))
     return ZooSplit(n, tr, va, te, scale, scale.normalize(feats))
+
+
+def split_groups(
+    groups: torch.Tensor, fractions: Sequence[float], seed: int
+) -> tuple[torch.Tensor, ...]:
+    """Row indices of each part when the distinct values of ``groups`` are split.
+
+    Examples
+    --------
+    >>> groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    >>> parts = split_groups(groups, (0.5, 0.25, 0.25), seed=0)
+    >>> sorted(int(groups[p].unique().numel()) for p in parts)
+    [1, 1, 2]
+    >>> sorted(torch.cat(parts).tolist()) == list(range(8))
+    True
+    """
+    values, inverse = torch.unique(groups, return_inverse=True)
+    parts = split_indices(len(values), fractions, seed=seed)
+    which = torch.full((len(values),), -1, dtype=torch.long)  # -1: in no part
+    for k, part in enumerate(parts):
+        which[part] = k
+    rows = torch.arange(len(groups))
+    return tuple(rows[which[inverse] == k] for k in range(len(parts)))
 
 
 class FeatureStore:

@@ -79,7 +79,7 @@ def run(ctx: RunContext) -> Results:
         )
     zoo = ctx.zoo()
     spec = zoo_spec(zoo)
-    split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split)
+    split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split, group_by="image_index")
     n, tr, va, te = split.n, split.train, split.val, split.test
     labels = torch.as_tensor(zoo_column(zoo, ev.label)[:n], dtype=torch.long)
     store = FeatureStore(split.features, labels)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +30,7 @@ from .datasets import FeatureStore, ParamScale, split_zoo
 from .models import batched_forward, count_parameters, predictions
 from .report import Results, image_grid
 from .task import Task
-from .zoo_access import zoo_images, zoo_model, zoo_spec
+from .zoo_access import zoo_column, zoo_images, zoo_model, zoo_spec
 
 __all__ = ["INREditingEval", "ResidualEdit", "render", "run", "TASK"]
 
@@ -37,7 +39,13 @@ __all__ = ["INREditingEval", "ResidualEdit", "render", "run", "TASK"]
 class INREditingEval:
     """``eval`` section of an INR editing experiment."""
 
-    dilation: int = field(default=3, metadata={"min": 1, "help": "odd side of the square"})
+    dilation: int = field(
+        default=3, metadata={"min": 1, "help": "odd size of the structuring element"}
+    )
+    footprint: Literal["square", "cross"] = field(
+        default="square",
+        metadata={"help": "square (size x size) or cross (the pixel's row and column)"},
+    )
     split: tuple[float, float, float] = field(
         default=(0.7, 0.1, 0.2), metadata={"min": 0, "help": "train / val / test fractions"}
     )
@@ -91,11 +99,11 @@ def run(ctx: RunContext) -> Results:
     net = zoo_model(zoo)
     for p in net.parameters():
         p.requires_grad_(False)
-    split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split)
+    split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split, group_by="image_index")
     n, tr, va, te, scale = split.n, split.train, split.val, split.test, split.scale
     images = zoo_images(zoo, torch.arange(n))  # (n, H, W), the images the SIRENs were fitted to
     side = images.shape[-1]
-    targets = dilate(images, ev.dilation).reshape(n, -1)
+    targets = dilate(images, ev.dilation, ev.footprint).reshape(n, -1)
     grid = pixel_grid(side)
     store = FeatureStore(split.features, targets)
     loss = _loss_fn(net, scale, grid)
@@ -113,10 +121,13 @@ def run(ctx: RunContext) -> Results:
         f"vs dilated {metrics['no_edit']['test_mse']:.4f}, vs original "
         f"{metrics['no_edit']['fit_mse']:.4f}"
     )
-    k = min(ev.figure_examples, len(te))
+    # the figure shows one view each of the first test images
+    te_image = zoo_column(zoo, "image_index")[te.numpy()]
+    fig = torch.as_tensor(np.sort(np.unique(te_image, return_index=True)[1])[: ev.figure_examples])
+    k = len(fig)
     rows_fig = {
-        "input": before[:k].reshape(k, side, side).numpy(),
-        "target": te_targets[:k].reshape(k, side, side).numpy(),
+        "input": before[fig].reshape(k, side, side).numpy(),
+        "target": te_targets[fig].reshape(k, side, side).numpy(),
     }
     info: dict = {"models": {}}
     for name in ctx.config.models:
@@ -153,8 +164,9 @@ def run(ctx: RunContext) -> Results:
             "gate": float(model.gate.detach()),
             "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
         }
-        rows_fig[name] = pix[:k].reshape(k, side, side).numpy()
-    plot = image_grid(ctx.out_dir / "inr_editing_examples.png", rows_fig, vmin=0.0, vmax=1.0)
+        rows_fig[name] = pix[fig].reshape(k, side, side).numpy()
+    low, high = zoo.config.pixel_range
+    plot = image_grid(ctx.out_dir / "inr_editing_examples.png", rows_fig, vmin=low, vmax=high)
     info.update(
         {"networks": n, "train": len(tr), "val": len(va), "test": len(te), "dilation": ev.dilation}
     )

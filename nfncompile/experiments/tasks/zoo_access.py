@@ -67,9 +67,10 @@ def zoo_features(zoo: Any, spec: WeightSpaceSpec, rows: torch.Tensor) -> WeightS
 
 
 def zoo_images(zoo: Any, rows: torch.Tensor) -> torch.Tensor:
-    """``(len(rows), 8, 8)`` the digit images the INRs ``rows`` were fitted to (in [0, 1])."""
+    """``(len(rows), 8, 8)`` the digit images the INRs ``rows`` were fitted to, in the zoo's
+    ``pixel_range`` (what the SIRENs draw)."""
     from ...zoo.data import load_digits_tensors
 
     images, _ = load_digits_tensors()
     idx = torch.as_tensor(zoo.column("image_index", rows), dtype=torch.long)
-    return images[idx, 0]
+    return zoo.config.pixels(images[idx, 0])
