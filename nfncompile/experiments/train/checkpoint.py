@@ -47,7 +47,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "nfncompile.train/1"
 LAST, BEST, STATE = "last.safetensors", "best.safetensors", "state.json"
 #: Config fields that must match when a run resumes (the others may change, e.g. ``epochs``).
-_RESUME_FIXED = ("batch_size", "lr", "weight_decay", "seed", "grad_clip")
+_RESUME_FIXED = ("batch_size", "lr", "weight_decay", "seed", "grad_clip", "schedule")
 
 
 def cpu_copy(t: torch.Tensor) -> torch.Tensor:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ...errors import ConfigError
 
-__all__ = ["TrainConfig", "resolve_device"]
+__all__ = ["TrainConfig", "SCHEDULES", "lr_factor", "resolve_device"]
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
+
+
+#: Learning-rate schedules of :class:`TrainConfig`.
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class TrainConfig:
         AdamW learning rate (> 0).
     weight_decay : float
         AdamW decoupled weight decay.
+    schedule : {"constant", "cosine"}
+        ``cosine`` anneals the learning rate from ``lr`` to 0 over all ``epochs`` (per step,
+        by :func:`lr_factor`; a resumed run continues the same curve).
     seed : int
         Seeds shuffling, augmentation and dropout.
     grad_clip : float or None
@@ -55,7 +62,7 @@ class TrainConfig:
     Examples
     --------
     >>> TrainConfig(epochs=10, lr=1e-2)
-    TrainConfig(epochs=10, batch_size=64, lr=0.01, weight_decay=0.01, seed=0, grad_clip=1.0, val_every=1, patience=None, device='auto')
+    TrainConfig(epochs=10, batch_size=64, lr=0.01, weight_decay=0.01, schedule='constant', seed=0, grad_clip=1.0, val_every=1, patience=None, device='auto')
     >>> TrainConfig.__dataclass_fields__["lr"].metadata["min"]
     0.0
     """
@@ -64,6 +71,9 @@ class TrainConfig:
     batch_size: int = _field(64, "examples per optimizer step, per process", min=1)
     lr: float = _field(1e-3, "AdamW learning rate (must be > 0)", min=0.0)
     weight_decay: float = _field(1e-2, "AdamW decoupled weight decay", min=0.0)
+    schedule: Literal["constant", "cosine"] = _field(
+        "constant", "learning-rate schedule: constant, or cosine (from lr to 0 over all epochs)"
+    )
     seed: int = _field(0, "seed of shuffling, augmentation and dropout", min=0)
     grad_clip: float | None = _field(
         1.0, "max global gradient norm; null disables clipping (must be > 0)", min=0.0
@@ -96,7 +106,27 @@ class TrainConfig:
                 raise ConfigError(
                     f"TrainConfig.{name}: must be {'> 0' if strict else '>= 0'}, got {v}"
                 )
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"TrainConfig.schedule: expected one of {', '.join(SCHEDULES)}, "
+                f"got {self.schedule!r}"
+            )
         resolve_device(self.device)  # validates
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The multiplier of ``lr`` at optimizer step ``step`` (0-based) of ``total``.
+
+    Examples
+    --------
+    >>> [round(lr_factor("cosine", s, 4), 3) for s in range(4)]
+    [1.0, 0.854, 0.5, 0.146]
+    >>> lr_factor("constant", 3, 4)
+    1.0
+    """
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+    return 1.0
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:

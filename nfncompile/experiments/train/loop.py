@@ -72,7 +72,7 @@ from ..distributed import (
 )
 from .checkpoint import LAST, cpu_copy, resume, write_checkpoint
 from .collate import batch_len, collate, split_pair, to_device
-from .config import TrainConfig, resolve_device
+from .config import TrainConfig, lr_factor, resolve_device
 from .inference import outputs_and_targets
 
 __all__ = ["FitResult", "fit"]
@@ -430,7 +430,8 @@ def _train_epoch(
         sampler.set_epoch(epoch)
     net.train()
     totals = torch.zeros(2, dtype=torch.float64, device=device)
-    for batch in loader:
+    steps = len(loader)
+    for i, batch in enumerate(loader):
         if augment is not None:
             batch = augment(batch, aug_gen)
         inputs, targets = split_pair(batch)
@@ -445,6 +446,9 @@ def _train_epoch(
         loss.backward()
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        factor = lr_factor(config.schedule, (epoch - 1) * steps + i, config.epochs * steps)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * factor
         optimizer.step()
         n = batch_len(targets)
         totals[0] += loss.detach().double() * n

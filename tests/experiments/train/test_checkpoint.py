@@ -59,9 +59,10 @@ CUDA = pytest.param(
 )
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-def test_resume_after_a_crash_is_bitwise_identical(tmp_path, device):
-    config = dataclasses.replace(CFG, device=device)
+def test_resume_after_a_crash_is_bitwise_identical(tmp_path, device, schedule):
+    config = dataclasses.replace(CFG, device=device, schedule=schedule)
     kwargs = dict(loss_fn=mse, metric_fn=neg_mse, config=config, augment=jitter, progress=False)
     straight = Net()
     ref = fit(straight, TRAIN, VAL, checkpoint_dir=tmp_path / "a", restore_best=False, **kwargs)

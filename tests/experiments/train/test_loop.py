@@ -10,6 +10,7 @@ import torch
 
 from nfncompile.errors import ConfigError
 from nfncompile.experiments.train import TrainConfig, fit, predict
+from nfncompile.experiments.train.config import lr_factor
 from tests.experiments.train.helpers import (
     CFG,
     TRAIN,
@@ -38,6 +39,20 @@ def test_fit_learns_and_restores_the_best_epoch():
     after = mse(predict(model, VAL), torch.stack([y for _, y in VAL])).item()
     assert after < before
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_cosine_schedule_anneals_the_learning_rate_per_step():
+    cfg = dataclasses.replace(CFG, schedule="cosine")
+    result = fit(Net(), TRAIN, VAL, loss_fn=mse, config=cfg, progress=False)
+    steps = 6  # 48 examples, batches of 8
+    for r in result.history:  # the lr of each epoch's last step
+        expected = cfg.lr * lr_factor("cosine", r["epoch"] * steps - 1, cfg.epochs * steps)
+        assert r["lr"] == pytest.approx(expected)
+    assert result.history[-1]["lr"] < 0.01 * cfg.lr < result.history[0]["lr"]
+    flat = fit(Net(), TRAIN, VAL, loss_fn=mse, config=CFG, progress=False)
+    assert {r["lr"] for r in flat.history} == {CFG.lr}
+    with pytest.raises(ConfigError, match="schedule: expected one of constant, cosine"):
+        TrainConfig(schedule="linear")
 
 
 @pytest.mark.parametrize("higher, best", [(True, 2), (False, 1)])
