@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from ..files import load_yaml
 from .registry import Task, get_task, task_names
 from .tasks.config import ExperimentConfig, deep_merge
 from .tasks.context import RunContext
-from .tasks.report import markdown_table, write_results
+from .tasks.report import aggregate, learning_curves, markdown_table, write_results
 from .train import TrainConfig
 
 __all__ = ["load_experiment", "run_experiment"]
@@ -68,37 +69,78 @@ def run_experiment(
     cfg, ev, source, base_dir = load_experiment(spec_path, quick=quick)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(
-        config=cfg,
-        eval=ev,
-        source=source,
-        base_dir=base_dir,
-        out_dir=out,
-        quick=quick,
-        device=device,
-        progress=progress,
-    )
     task = get_task(cfg.task)
-    ctx.log(f"{source}: task {task.name}{' (quick)' if quick else ''}, out {out}")
+
+    def context(out_dir: Path, model_seed: int | None) -> RunContext:
+        return RunContext(
+            config=cfg,
+            eval=ev,
+            source=source,
+            base_dir=base_dir,
+            out_dir=out_dir,
+            quick=quick,
+            device=device,
+            progress=progress,
+            model_seed=model_seed,
+        )
+
+    first = context(out, None)
+    first.log(f"{source}: task {task.name}{' (quick)' if quick else ''}, out {out}")
     old_threads = torch.get_num_threads()
     n_threads = threads if threads is not None else cfg.threads
     if n_threads is not None:
         torch.set_num_threads(n_threads)
+    histories: dict = {}
     try:
-        results = task.run(ctx)
+        if cfg.seeds is None:
+            results = task.run(first)
+            histories[cfg.seed] = first.histories
+        else:
+            runs = {}
+            for seed in cfg.seeds:
+                ctx = context(out / f"seed{seed}", seed)
+                ctx.out_dir.mkdir(parents=True, exist_ok=True)
+                first.log(f"model seed {seed} ({len(runs) + 1} of {len(cfg.seeds)})")
+                t0 = time.perf_counter()
+                runs[seed] = task.run(ctx)
+                runs[seed].info["seconds"] = time.perf_counter() - t0
+                histories[seed] = ctx.histories
+                write_results(runs[seed], ctx.out_dir)
+            results = aggregate(runs)
+            first_seed = f"seed{cfg.seeds[0]}"
+            results.plots = [f"{first_seed}/{p}" for p in runs[cfg.seeds[0]].plots]
     finally:
         torch.set_num_threads(old_threads)
+    if any(histories.values()):
+        curves = learning_curves(out / "learning_curves.png", histories)
+        results.plots.append(curves.name)
     results.info.setdefault("spec", str(spec_path))
     results.info.setdefault("quick", quick)
+    results.info["model_seeds"] = list(cfg.seeds) if cfg.seeds is not None else None
     write_results(results, out)
     table = markdown_table(results)
     title = f"## {task.name}" + (" (quick)" if quick else "")
-    text = f"{title}\n\n{cfg.description.strip()}\n\n{table}\n" if cfg.description else ""
-    text = text or f"{title}\n\n{table}\n"
+    parts = [title, cfg.description.strip(), _seeds_line(cfg), table, _plots_line(results)]
+    text = "\n\n".join(p for p in parts if p) + "\n"
     (out / "results.md").write_text(text)
     if echo:
         print(text)
     return results
+
+
+def _seeds_line(cfg: ExperimentConfig) -> str:
+    if cfg.seeds is None:
+        return ""
+    return (
+        f"Mean ± std over {len(cfg.seeds)} model seeds {list(cfg.seeds)} (the zoo and its "
+        f"split fixed by seed {cfg.seed})."
+    )
+
+
+def _plots_line(results: Any) -> str:
+    if not results.plots:
+        return ""
+    return "Plots: " + ", ".join(f"[{Path(p).name}]({p})" for p in results.plots)
 
 
 def load_experiment(

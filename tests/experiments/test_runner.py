@@ -62,11 +62,25 @@ def test_generalization_quick(workdir, monkeypatch, capsys):
         tau = row["kendall_tau"]
         assert tau is None or -1.0 <= tau <= 1.0
         assert row["rmse"] >= 0 and row["params"] > 0
-    assert r["plots"] == ["generalization_scatter.png"]
-    info = r["info"]
+    # two model seeds (quick: seeds [0, 1]): means, stds, each seed's run in its own folder
+    assert r["info"]["model_seeds"] == [0, 1]
+    assert r["plots"] == ["seed0/generalization_scatter.png", "learning_curves.png"]
+    for model, row in r["metrics"].items():
+        runs = [r["info"]["seeds"][s]["metrics"][model] for s in ("0", "1")]
+        assert row["rmse"] == pytest.approx((runs[0]["rmse"] + runs[1]["rmse"]) / 2)
+        assert r["std"][model]["rmse"] == pytest.approx(
+            abs(runs[0]["rmse"] - runs[1]["rmse"]) / 2**0.5
+        )
+        assert row["params"] == runs[0]["params"] == runs[1]["params"]
+    seed_runs = [r["info"]["seeds"][s]["metrics"]["nfn_hnp"]["rmse"] for s in ("0", "1")]
+    assert seed_runs[0] != seed_runs[1]  # the model seed changes the model
+    info = r["info"]["seeds"]["0"]["info"]
     assert info["train"] + info["val"] + info["test"] == info["networks"]
-    # checkpoints were written per model, so a rerun resumes instead of retraining
-    assert (workdir / "runs/generalization/checkpoints/nfn_hnp/best.safetensors").exists()
+    printed = (workdir / "runs/generalization/results.md").read_text()
+    assert "Mean ± std over 2 model seeds [0, 1]" in printed and " ± " in printed
+    assert "[learning_curves.png](learning_curves.png)" in printed
+    # checkpoints were written per seed and model, so a rerun resumes instead of retraining
+    assert (workdir / "runs/generalization/seed1/checkpoints/nfn_hnp/best.safetensors").exists()
 
 
 def test_rerun_resumes_and_reproduces(workdir, monkeypatch, capsys):
@@ -77,12 +91,15 @@ def test_rerun_resumes_and_reproduces(workdir, monkeypatch, capsys):
 
 def test_inr_classification_quick(workdir, monkeypatch, capsys):
     r = _run(workdir, monkeypatch, "inr_classification", capsys)
-    assert list(r["metrics"]) == ["nfn_np", "nfn_hnp", "mlp", "mlp_aug"]
+    assert list(r["metrics"]) == ["nfn_hnp", "nfn_np", "stat_nn", "mlp", "mlp_aug"]
     for row in r["metrics"].values():
         assert _in_unit(row["test_accuracy"])
         assert row["test_loss"] > 0
     assert r["info"]["models"]["mlp_aug"]["augmented"] is True
     assert r["info"]["models"]["mlp"]["augmented"] is False
+    assert r["plots"] == ["inr_classification_confusion.png", "learning_curves.png"]
+    # the quick zoo has two views per image; the split is by image
+    assert r["info"]["networks"] == 40 and r["info"]["test"] % 2 == 0
 
 
 def test_inr_editing_quick(workdir, monkeypatch, capsys):
@@ -92,7 +109,7 @@ def test_inr_editing_quick(workdir, monkeypatch, capsys):
         assert row["test_mse"] >= 0
     # the unedited SIRENs fit their own image better than the dilated one
     assert r["metrics"]["no_edit"]["fit_mse"] < r["metrics"]["no_edit"]["test_mse"]
-    assert r["plots"] == ["inr_editing_examples.png"]
+    assert r["plots"] == ["inr_editing_examples.png", "learning_curves.png"]
 
 
 def test_winning_tickets_quick(workdir, monkeypatch, capsys):
@@ -114,6 +131,14 @@ def test_winning_tickets_quick(workdir, monkeypatch, capsys):
         s = r["info"]["sources"][src]
         assert s["kept_weights"] == round(0.05 * s["prunable_weights"])
         assert sum(s["layer_budgets"].values()) == s["kept_weights"]
+        # the quick form adds one density to the accuracy-vs-density curve
+        assert sorted(s["accuracy_by_density"]) == ["0.05", "0.2"]
+        assert set(s["accuracy_by_density"]["0.2"]) == set(m) - {"dense"}
+    assert r["plots"] == [
+        "winning_tickets_accuracy.png",
+        "winning_tickets_density.png",
+        "learning_curves.png",
+    ]
 
 
 def _write(tmp_path: Path, data: dict) -> Path:

@@ -3,7 +3,8 @@
 An experiment spec is a YAML file::
 
     task: generalization              # a registered task (nfncompile.experiments.registry)
-    seed: 0
+    seed: 0                           # seeds the split (and, without seeds:, the models)
+    seeds: [0, 1, 2]                  # model seeds: one run each, tables give mean +- std
     zoo:                              # the model zoo the task reads (generated when missing)
       spec: ../zoos/digits_cnn.yaml   # zoo spec, relative to this file
       dir: zoos/digits_cnn            # zoo directory, relative to the working directory
@@ -78,6 +79,14 @@ class ExperimentConfig:
         default_factory=dict, metadata={"help": "the task's own settings (its EvalConfig)"}
     )
     seed: int = field(default=0, metadata={"min": 0, "help": "seeds splits and model inits"})
+    seeds: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "min": 0,
+            "help": "model seeds: train and evaluate every model once per seed (the zoo and "
+            "split stay those of seed) and report mean +- std; null: one run",
+        },
+    )
     threads: int | None = field(
         default=None,
         metadata={"min": 1, "help": "torch CPU threads for the run (null: torch's default)"},
@@ -90,6 +99,11 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.models:
             raise FieldError("models", "expected at least one model")
+        if self.seeds is not None:
+            if not self.seeds:
+                raise FieldError("seeds", "expected at least one seed (or null for one run)")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise FieldError("seeds", f"names a seed twice: {list(self.seeds)}")
         unknown = sorted(set(self.model_train) - set(self.models))
         if unknown:
             raise FieldError(

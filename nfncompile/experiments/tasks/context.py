@@ -49,6 +49,11 @@ class RunContext:
     progress : bool or None
         Progress of zoo generation and training (``None``: the process setting, see
         :mod:`nfncompile.progress`; ``False``: none).
+    model_seed : int or None
+        One of the spec's ``seeds`` (seeds model inits and ``train.seed``); ``None``: the
+        spec's ``seed`` seeds model inits and ``train.seed`` is kept.
+    histories : dict
+        ``fit`` name -> its per-epoch history (for the learning curves), filled by :meth:`fit`.
     """
 
     config: ExperimentConfig
@@ -59,6 +64,8 @@ class RunContext:
     quick: bool = False
     device: str | None = None
     progress: bool | None = None
+    model_seed: int | None = None
+    histories: dict = field(default_factory=dict)
     _t0: float = field(default_factory=time.perf_counter)
 
     def log(self, message: str) -> None:
@@ -69,13 +76,15 @@ class RunContext:
 
     def train_config(self, name: str | None = None, **replace: Any) -> TrainConfig:
         """The TrainConfig for model ``name``: ``train``, then ``model_train[name]``,
-        then ``replace``, then ``--device``."""
+        then ``replace``, then the model seed, then ``--device``."""
         cfg = self.config.train
         if name is not None and name in self.config.model_train:
             data = {**dataclasses.asdict(cfg), **self.config.model_train[name]}
             cfg = parse(TrainConfig, data, source=self.source, path=f"model_train.{name}")
         if replace:
             cfg = dataclasses.replace(cfg, **replace)
+        if self.model_seed is not None:
+            cfg = dataclasses.replace(cfg, seed=self.model_seed)
         if self.device is not None:
             cfg = dataclasses.replace(cfg, device=self.device)
         return cfg
@@ -104,6 +113,7 @@ class RunContext:
                 f"({epoch} epochs and every model trained before it are checkpointed in "
                 f"{self.out_dir / 'checkpoints'})"
             ) from None
+        self.histories[name] = [dict(r) for r in result.history]
         seconds = time.perf_counter() - t0
         best = f"best epoch {result.best_epoch}, score {_short(result.best_score)}"
         start, end = result.resumed_from, result.epochs_completed
@@ -133,7 +143,8 @@ class RunContext:
     def build(self, name: str, spec: WeightSpaceSpec, seed_offset: int = 0) -> nn.Module:
         """Build model ``name`` for ``spec``, its initialisation seeded."""
         cfg, source, base = self.model_config(name)
-        torch.manual_seed(self.config.seed * 1000 + seed_offset + _stable_hash(name))
+        seed = self.config.seed if self.model_seed is None else self.model_seed
+        torch.manual_seed(seed * 1000 + seed_offset + _stable_hash(name))
         return build_model(cfg, spec=spec, base_dir=base, source=source)
 
     # ---- zoo ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Classify implicit neural representations: which digit does a SIREN draw?
 
-The INR zoo holds one SIREN fitted to every digit image; its label is the digit. Every model of
+The INR zoo holds SIRENs fitted to the digit images (one or more views each); the label is
+the digit. Every model of
 the experiment maps SIREN weights to 10 logits and trains with cross-entropy, selecting the
 epoch with the best validation accuracy. Models named in ``eval.augment`` train with
 permutation augmentation: each training network is replaced by a random element of the weight
@@ -8,7 +9,8 @@ space's symmetry group applied to it (``spec.sample_permutation(g).apply(feats)`
 leaves the function it computes, and so its label, unchanged. That is how the paper's "MLP +
 augmentation" baseline tries to learn the symmetry instead of building it in.
 
-The report gives test accuracy (and loss) per model, and a bar chart.
+The report gives test accuracy (and loss) per model and their confusion matrices on the test
+INRs. The zoo is split by image (``image_index``): every view of an image is in one split.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +26,7 @@ from ...errors import FieldError
 from .context import RunContext
 from .datasets import FeatureStore, permutation_augment, split_zoo
 from .models import count_parameters, predictions
-from .report import Results, bar_chart
+from .report import Results, confusion_matrix
 from .task import Task
 from .zoo_access import zoo_column, zoo_spec
 
@@ -84,10 +87,12 @@ def run(ctx: RunContext) -> Results:
     labels = torch.as_tensor(zoo_column(zoo, ev.label)[:n], dtype=torch.long)
     store = FeatureStore(split.features, labels)
     ctx.log(
-        f"zoo: {n} INRs ({len(tr)} train / {len(va)} val / {len(te)} test), "
-        f"{sum(p.numel for p in spec.params)} weights each, {int(labels.max()) + 1} classes"
+        f"zoo: {n} INRs ({len(tr)} train / {len(va)} val / {len(te)} test, split by image), "
+        f"{sum(p.numel for p in spec.params)} weights each, {int(labels.max()) + 1} classes, "
+        f"median PSNR {float(np.median(zoo_column(zoo, 'psnr')[:n])):.1f} dB"
     )
     metrics, info = {}, {"models": {}}
+    confusion = {}
     for name in ctx.config.models:
         model = ctx.build(name, spec)
         augment = permutation_augment(spec, ev.augment_mode) if name in ev.augment else None
@@ -104,6 +109,7 @@ def run(ctx: RunContext) -> Results:
         )
         out, tgt = predictions(model, store, store.subset(te), ev.batch_size)
         out, tgt = out.float().cpu(), tgt.cpu()
+        confusion[name] = (tgt.numpy(), out.argmax(-1).numpy())
         metrics[name] = {
             "test_accuracy": _accuracy(out, tgt),
             "test_loss": float(_loss(out, tgt)),
@@ -116,12 +122,18 @@ def run(ctx: RunContext) -> Results:
             "augmented": augment is not None,
             "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
         }
-    plot = bar_chart(
-        ctx.out_dir / "inr_classification_accuracy.png",
-        {"test accuracy": {k: (v["test_accuracy"], 0.0) for k, v in metrics.items()}},
-        ylabel="accuracy",
+    plot = confusion_matrix(
+        ctx.out_dir / "inr_classification_confusion.png", confusion, int(labels.max()) + 1
     )
-    info.update({"networks": n, "train": len(tr), "val": len(va), "test": len(te)})
+    info.update(
+        {
+            "networks": n,
+            "train": len(tr),
+            "val": len(va),
+            "test": len(te),
+            "median_psnr": float(np.median(zoo_column(zoo, "psnr")[:n])),
+        }
+    )
     return Results("inr_classification", metrics, info, plots=[plot.name])
 
 

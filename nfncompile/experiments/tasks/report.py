@@ -37,6 +37,10 @@ __all__ = [
     "scatter_panels",
     "image_grid",
     "bar_chart",
+    "aggregate",
+    "learning_curves",
+    "confusion_matrix",
+    "density_curves",
 ]
 
 
@@ -54,21 +58,79 @@ class Results:
         Anything else worth keeping (sizes, timings, the config used): JSON-serialisable.
     plots : list of str
         Paths of the PNGs written (relative to the output directory).
+    std : dict
+        ``model name -> {metric name -> standard deviation over seeds}`` when the metrics are
+        means over several model seeds (:func:`aggregate`); empty for one run.
     """
 
     task: str
     metrics: dict
     info: dict = field(default_factory=dict)
     plots: list = field(default_factory=list)
+    std: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """The JSON form: ``task``, ``metrics``, ``info``, ``plots``."""
-        return {
-            "task": self.task,
-            "metrics": _jsonable(self.metrics),
-            "info": _jsonable(self.info),
-            "plots": list(self.plots),
+        """The JSON form: ``task``, ``metrics``, ``std`` (when aggregated), ``info``, ``plots``."""
+        out = {"task": self.task, "metrics": _jsonable(self.metrics)}
+        if self.std:
+            out["std"] = _jsonable(self.std)
+        out.update({"info": _jsonable(self.info), "plots": list(self.plots)})
+        return out
+
+
+def aggregate(runs: Mapping[int, Results]) -> Results:
+    """One :class:`Results` from runs with different model seeds: the mean of every numeric
+    metric, its standard deviation (``ddof=1``) in :attr:`Results.std`, and each run's metrics
+    and info in ``info["seeds"]``. Integer metrics that agree (parameter counts) stay as they
+    are; metrics missing or non-finite in a run are averaged over the others.
+
+    Examples
+    --------
+    >>> a = Results("t", {"m": {"tau": 0.5, "params": 10}})
+    >>> b = Results("t", {"m": {"tau": 0.7, "params": 10}})
+    >>> r = aggregate({0: a, 1: b})
+    >>> r.metrics["m"]["tau"], round(r.std["m"]["tau"], 4), r.metrics["m"]["params"]
+    (0.6, 0.1414, 10)
+    >>> print(markdown_table(r))
+    | model | tau | params |
+    |---|---|---|
+    | m | 0.6000 ± 0.1414 | 10 |
+    """
+    if not runs:
+        raise ValueError("aggregate: no runs")
+    first = next(iter(runs.values()))
+    metrics: dict = {}
+    std: dict = {}
+    for model in first.metrics:
+        names: list[str] = []
+        for r in runs.values():
+            names.extend(k for k in r.metrics.get(model, {}) if k not in names)
+        row, srow = {}, {}
+        for name in names:
+            values = [r.metrics.get(model, {}).get(name) for r in runs.values()]
+            numbers = [
+                float(v)
+                for v in values
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ]
+            if not numbers:
+                row[name] = None
+            elif (
+                all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+                and len(set(values)) == 1
+            ):
+                row[name] = values[0]
+            else:
+                row[name] = float(np.mean(numbers))
+                srow[name] = float(np.std(numbers, ddof=1)) if len(numbers) > 1 else 0.0
+        metrics[model], std[model] = row, srow
+    info = {
+        "seeds": {
+            str(seed): {"metrics": r.metrics, "info": r.info, "plots": r.plots}
+            for seed, r in runs.items()
         }
+    }
+    return Results(first.task, metrics, info, plots=[], std=std)
 
 
 def _jsonable(x: Any) -> Any:
@@ -129,7 +191,10 @@ def markdown_table(results: Results | Mapping, metrics: Sequence[str] | None = N
     metrics : sequence of str, optional
         Columns in order (default: every metric, in first-seen order).
     """
-    table = results.metrics if isinstance(results, Results) else results["metrics"]
+    if isinstance(results, Results):
+        table, spread = results.metrics, results.std
+    else:
+        table, spread = results["metrics"], results.get("std") or {}
     if metrics is None:
         metrics = []
         for row in table.values():
@@ -139,7 +204,14 @@ def markdown_table(results: Results | Mapping, metrics: Sequence[str] | None = N
         "|---|" + "---|" * len(metrics),
     ]
     for name, row in table.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(m)) for m in metrics) + " |")
+        cells = []
+        for m in metrics:
+            cell = _fmt(row.get(m))
+            sd = spread.get(name, {}).get(m)
+            if sd is not None and cell != "-":
+                cell = f"{cell} ± {_fmt(float(sd))}"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -259,6 +331,124 @@ def bar_chart(
     ax.set_xticklabels(list(groups))
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = Path(path)
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
+
+
+def learning_curves(
+    path: str | os.PathLike,
+    histories: Mapping[Any, Mapping[str, Sequence[Mapping[str, Any]]]],
+    *,
+    metric: str = "validation metric",
+) -> Path:
+    """Loss and validation metric per epoch, one row of two panels per trained model.
+
+    Parameters
+    ----------
+    path : path
+        Where to write the PNG.
+    histories : mapping
+        ``seed -> {model -> fit history}`` (the records of
+        :attr:`~nfncompile.experiments.train.FitResult.history`: ``epoch``, ``train_loss``,
+        ``val_loss``, ``val_metric``); each seed is one line.
+    metric : str
+        The label of the validation metric.
+    """
+    plt = _pyplot()
+    models: list[str] = []
+    for per_model in histories.values():
+        models.extend(m for m in per_model if m not in models)
+    fig, axes = plt.subplots(
+        max(len(models), 1), 2, figsize=(7.5, 2.2 * max(len(models), 1)), squeeze=False
+    )
+    for row, model in zip(axes, models):
+        for i, (seed, per_model) in enumerate(histories.items()):
+            hist = per_model.get(model)
+            if not hist:
+                continue
+            color = f"C{i % 10}"
+            ep = [r["epoch"] for r in hist]
+            row[0].plot(ep, [r["train_loss"] for r in hist], color=color, label=f"seed {seed}")
+            val = [(r["epoch"], r["val_loss"]) for r in hist if r.get("val_loss") is not None]
+            if val:
+                row[0].plot(*zip(*val), color=color, ls="--")
+            met = [(r["epoch"], r["val_metric"]) for r in hist if r.get("val_metric") is not None]
+            if met:
+                row[1].plot(*zip(*met), color=color)
+        row[0].set_title(f"{model}: loss (train -, val --)", fontsize=8)
+        row[1].set_title(f"{model}: {metric}", fontsize=8)
+        row[0].legend(fontsize=6)
+        for ax in row:
+            ax.set_xlabel("epoch", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    p = Path(path)
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p
+
+
+def confusion_matrix(
+    path: str | os.PathLike,
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+) -> Path:
+    """Row-normalised confusion matrices, one panel per entry ``name -> (true, predicted)``."""
+    plt = _pyplot()
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 2.9), squeeze=False)
+    for ax, (name, (true, pred)) in zip(axes[0], panels.items()):
+        counts = np.zeros((num_classes, num_classes))
+        np.add.at(counts, (np.asarray(true, dtype=int), np.asarray(pred, dtype=int)), 1)
+        rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+        acc = float(np.trace(counts) / max(counts.sum(), 1))
+        ax.set_title(f"{name} (acc {acc:.3f})", fontsize=8)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_xticks(range(num_classes))
+        ax.set_yticks(range(num_classes))
+        ax.tick_params(labelsize=6)
+    axes[0][0].set_ylabel("true", fontsize=7)
+    fig.tight_layout()
+    p = Path(path)
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
+
+
+def density_curves(
+    path: str | os.PathLike,
+    curves: Mapping[str, Mapping[float, Mapping[str, tuple[float, float]]]],
+    order: Sequence[str] = (),
+) -> Path:
+    """Accuracy vs. density, one panel per group and one line (mean, std bars) per kind.
+
+    ``curves``: ``group -> {density -> {kind -> (mean, std)}}``; a kind present at one
+    density only (the dense network) is drawn as a horizontal line.
+    """
+    plt = _pyplot()
+    n = max(len(curves), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.0 * n, 3.2), squeeze=False)
+    for ax, (group, by_density) in zip(axes[0], curves.items()):
+        densities = sorted(by_density)
+        kinds: list[str] = [k for k in order if any(k in c for c in by_density.values())]
+        for c in by_density.values():
+            kinds.extend(k for k in c if k not in kinds)
+        for i, kind in enumerate(kinds):
+            points = [(d, *by_density[d][kind]) for d in densities if kind in by_density[d]]
+            if len(points) == 1 and len(densities) > 1:
+                ax.axhline(points[0][1], color="k", ls=":", lw=0.8, label=kind)
+                continue
+            xs, ms, ss = zip(*points)
+            ax.errorbar(xs, ms, yerr=ss, marker="o", ms=3, capsize=2, color=f"C{i}", label=kind)
+        ax.set_xscale("log")
+        ax.set_xlabel("density (fraction of weights kept)")
+        ax.set_title(group, fontsize=9)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("test accuracy")
     fig.tight_layout()
     p = Path(path)
     fig.savefig(p, dpi=110)

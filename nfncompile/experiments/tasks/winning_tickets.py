@@ -51,7 +51,7 @@ from .context import RunContext
 from .datasets import FeatureStore, ParamScale
 from .models import count_parameters, predictions
 from .population import accuracy_population, init_population, maskable, train_population
-from .report import Results, bar_chart
+from .report import Results, bar_chart, density_curves
 from .task import Task
 
 __all__ = [
@@ -125,10 +125,22 @@ class WinningTicketsEval:
         default=None,
         metadata={"min": 1, "help": "torch threads while training source nets (null: keep)"},
     )
+    curve_densities: tuple[float, ...] = field(
+        default=(),
+        metadata={
+            "min": 0.0,
+            "max": 1.0,
+            "help": "more densities for the accuracy-vs-density figure: every mask kind is "
+            "also selected (the NFNs from the same scores) and trained at these",
+        },
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.density < 1:
             raise FieldError("density", f"expected a number in (0, 1), got {self.density}")
+        for i, d in enumerate(self.curve_densities):
+            if not 0 < d < 1:
+                raise FieldError(f"curve_densities[{i}]", f"expected a number in (0, 1), got {d}")
         if not self.sources:
             raise FieldError("sources", "expected at least one source architecture")
 
@@ -300,28 +312,43 @@ def _run_source(ctx: RunContext, sname: str, src: SourceNet, metrics: dict, info
     prunable = [k for k, v in init.items() if maskable(k, v)]
     ctx.log(f"{sname}: training {n} dense {src.model} nets ({n_tr}/{n_va}/{n_te} inits)")
     dense = train(init, None, seed=1)
-    imp = select_mask({k: dense[k].abs() for k in prunable}, ev.density, ev.scope)
-    # every other mask gets the per-layer allocation magnitude pruning found on the training
-    # inits, so the comparison is about *which* weights of each layer are kept
-    budgets = layer_budgets({k: v[:n_tr] for k, v in imp.items()})
     test = slice(n_tr + n_va, n)
     sub = lambda d: {k: v[test] for k, v in d.items()}  # noqa: E731
-    dense_acc = accuracy(sub(dense), None)
-    results = {"dense": dense_acc}
-    masks_te = {
-        "magnitude": sub(imp),
-        "init_magnitude": select_budget({k: init[k][test].abs() for k in prunable}, budgets),
-    }
-    gen = torch.Generator().manual_seed(ctx.config.seed + 7)
-    masks_te["random"] = select_budget(
-        {k: torch.rand(init[k][test].shape, generator=gen) for k in prunable}, budgets
-    )
-    if ev.scope == "global":  # also the plain uniform random mask
-        masks_te["random_uniform"] = select_mask(
-            {k: torch.rand(init[k][test].shape, generator=gen) for k in prunable},
-            ev.density,
-            "global",
+
+    def baseline_masks(density: float) -> tuple[dict, dict]:
+        """The magnitude masks of every init at ``density``, their per-layer budgets (from the
+        training inits) and the baseline masks of the test inits with those budgets."""
+        imp = select_mask({k: dense[k].abs() for k in prunable}, density, ev.scope)
+        # every other mask gets the per-layer allocation magnitude pruning found on the
+        # training inits, so the comparison is about *which* weights of each layer are kept
+        budgets = layer_budgets({k: v[:n_tr] for k, v in imp.items()})
+        masks = {
+            "magnitude": sub(imp),
+            "init_magnitude": select_budget({k: init[k][test].abs() for k in prunable}, budgets),
+        }
+        gen = torch.Generator().manual_seed(ctx.config.seed + 7)
+        masks["random"] = select_budget(
+            {k: torch.rand(init[k][test].shape, generator=gen) for k in prunable}, budgets
         )
+        if ev.scope == "global":  # also the plain uniform random mask
+            masks["random_uniform"] = select_mask(
+                {k: torch.rand(init[k][test].shape, generator=gen) for k in prunable},
+                density,
+                "global",
+            )
+        return imp, budgets, masks
+
+    def trained_accuracy(masks_te: dict) -> dict:
+        """Test accuracy of every test init trained under each mask: ``mask -> (n_te,)``."""
+        names = list(masks_te)
+        stacked_masks = {k: torch.cat([masks_te[m][k] for m in names]) for k in prunable}
+        stacked_init = {k: torch.cat([v[test]] * len(names)) for k, v in init.items()}
+        trained = train(stacked_init, stacked_masks, seed=2)
+        acc = accuracy(trained, stacked_masks).reshape(len(names), n_te)
+        return {m: acc[i] for i, m in enumerate(names)}
+
+    imp, budgets, masks_te = baseline_masks(ev.density)
+    results = {"dense": accuracy(sub(dense), None)}
 
     # ---- the mask-NFNs: meta-learned against the magnitude masks ----------------------------
     feats = WeightSpaceFeatures.from_state_dicts(
@@ -331,6 +358,7 @@ def _run_source(ctx: RunContext, sname: str, src: SourceNet, metrics: dict, info
     store = FeatureStore(scale.normalize(feats), _flat(imp))
     loss = _MaskLoss(prunable, budgets)
     rows = torch.arange(n)
+    scores = {}
     for name in ctx.config.models:
         model = ctx.build(name, spec)
         if getattr(model, "output", "weight_space") != "weight_space":
@@ -350,26 +378,33 @@ def _run_source(ctx: RunContext, sname: str, src: SourceNet, metrics: dict, info
         )
         out, _ = predictions(model, store, store.subset(rows[test]), 256)
         out = out.to("cpu")
-        masks_te[name] = select_budget({k: out[k][:, 0].float() for k in prunable}, budgets)
+        scores[name] = {k: out[k][:, 0].float() for k in prunable}
+        masks_te[name] = select_budget(scores[name], budgets)
         info.setdefault("models", {})[f"{name}@{sname}"] = {
             "best_epoch": result.best_epoch,
             "val_overlap": result.best_score,
             "params": count_parameters(model),
         }
     ctx.log(f"{sname}: training {len(masks_te)} x {n_te} masked nets")
-    names = list(masks_te)
-    stacked_masks = {k: torch.cat([masks_te[m][k] for m in names]) for k in prunable}
-    stacked_init = {k: torch.cat([v[test]] * len(names)) for k, v in init.items()}
-    trained = train(stacked_init, stacked_masks, seed=2)
-    acc = accuracy(trained, stacked_masks).reshape(len(names), n_te)
-    for i, m in enumerate(names):
-        results[m] = acc[i]
+    results.update(trained_accuracy(masks_te))
     for m, a in results.items():
         row = metrics.setdefault(m, {})
         row[f"{sname}_accuracy"] = float(a.mean())
         row[f"{sname}_std"] = float(a.std()) if len(a) > 1 else 0.0
         if m in masks_te:
             row[f"{sname}_overlap_magnitude"] = _overlap(masks_te[m], masks_te["magnitude"])
+    summary = lambda accs: {  # noqa: E731
+        m: (float(a.mean()), float(a.std()) if len(a) > 1 else 0.0) for m, a in accs.items()
+    }
+    curve = {ev.density: summary(results)}
+    for density in ev.curve_densities:
+        if density == ev.density:
+            continue
+        _, budgets_d, masks_d = baseline_masks(density)
+        for name in scores:
+            masks_d[name] = select_budget(scores[name], budgets_d)
+        ctx.log(f"{sname}: density {density}: training {len(masks_d)} x {n_te} masked nets")
+        curve[density] = summary(trained_accuracy(masks_d))
     info.setdefault("sources", {})[sname] = {
         "model": src.model,
         "kwargs": dict(src.kwargs),
@@ -377,8 +412,9 @@ def _run_source(ctx: RunContext, sname: str, src: SourceNet, metrics: dict, info
         "kept_weights": round(float(_flat(masks_te["magnitude"]).sum(1).mean())),
         "layer_budgets": budgets,
         "inits": list(src.inits),
+        "accuracy_by_density": {str(d): c for d, c in sorted(curve.items())},
     }
-    return {m: (float(a.mean()), float(a.std()) if len(a) > 1 else 0.0) for m, a in results.items()}
+    return dict(sorted(curve.items()))
 
 
 def run(ctx: RunContext) -> Results:
@@ -386,18 +422,24 @@ def run(ctx: RunContext) -> Results:
     ev: WinningTicketsEval = ctx.eval
     metrics: dict = {}
     info: dict = {"density": ev.density, "scope": ev.scope}
-    groups = {}
+    curves = {}
     for sname, src in ev.sources.items():
-        groups[sname] = _run_source(ctx, sname, src, metrics, info)
+        curves[sname] = _run_source(ctx, sname, src, metrics, info)
     order = ["dense", "magnitude", *ctx.config.models, "random", "random_uniform", "init_magnitude"]
     metrics = {k: metrics[k] for k in order if k in metrics}
-    groups = {g: {k: bars[k] for k in order if k in bars} for g, bars in groups.items()}
-    plot = bar_chart(ctx.out_dir / "winning_tickets_accuracy.png", groups, ylabel="test accuracy")
+    groups = {
+        g: {k: c[ev.density][k] for k in order if k in c[ev.density]} for g, c in curves.items()
+    }
+    plots = [
+        bar_chart(ctx.out_dir / "winning_tickets_accuracy.png", groups, ylabel="test accuracy")
+    ]
+    if ev.curve_densities:
+        plots.append(density_curves(ctx.out_dir / "winning_tickets_density.png", curves, order))
     info["note"] = (
         "magnitude = one-shot magnitude pruning after training, rewound to the init "
         "(IMP with one round); NFNs meta-learned against those masks (BCE)"
     )
-    return Results("winning_tickets", metrics, info, plots=[plot.name])
+    return Results("winning_tickets", metrics, info, plots=[p.name for p in plots])
 
 
 #: This task, as :mod:`nfncompile.experiments.registry` lists it.
