@@ -11,27 +11,11 @@ from torch import nn
 from nfncompile.errors import ConfigError, FeatureMismatchError
 from nfncompile.features import WeightSpaceFeatures
 from nfncompile.nn import FourierFeatures, NFLinear, NFPool, ThresholdFeatures
-from nfncompile.spec import WeightSpaceSpec
-from nfncompile.testing import assert_equivariant, assert_invariant, mlp_spec, random_features
+from nfncompile.testing import assert_equivariant, assert_invariant, random_features
+from tests.nn.test_pointwise import CNN, MLP
 
-MLP = mlp_spec([3, 4, 5, 2])
-
-# conv kernels (fixed axes) and a composite axis (a skip connection concatenating the input)
-CNN = WeightSpaceSpec.from_dict(
-    {
-        "spaces": {
-            "in": {"size": 2, "role": "input"},
-            "c1": {"size": 3, "role": "hidden"},
-            "out": {"size": 4, "role": "output"},
-        },
-        "params": {
-            "conv1.weight": {"shape": [3, 2, 3, 3], "axes": ["c1", "in", None, None]},
-            "conv1.bias": {"shape": [3], "axes": ["c1"]},
-            "skip.weight": {"shape": [4, 5], "axes": ["out", ["c1", "in"]]},
-        },
-    }
-)
-
+# the same specs as the pointwise modules' tests: conv kernels (fixed axes), a composite axis
+# and a parameter with a view
 ENCODINGS = {
     "sinusoidal": lambda c: FourierFeatures(c, num_freqs=3, min_freq=0.5, max_freq=16.0),
     "gaussian": lambda c: FourierFeatures(c, num_freqs=4, kind="gaussian", scale=1.0, seed=3),

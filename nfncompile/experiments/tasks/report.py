@@ -229,6 +229,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Lay out, write and close ``fig``; the path written."""
+    fig.tight_layout()
+    p = Path(path)
+    fig.savefig(p, dpi=dpi)
+    _pyplot().close(fig)
+    return p
+
+
 def scatter_panels(
     path: str | os.PathLike,
     panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -268,11 +277,7 @@ def scatter_panels(
         ax.set_title((titles or {}).get(name, name), fontsize=9)
         ax.set_xlabel(xlabel)
     axes[0][0].set_ylabel(ylabel)
-    fig.tight_layout()
-    p = Path(path)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
 
 
 def image_grid(
@@ -299,11 +304,7 @@ def image_grid(
             else:
                 ax.axis("off")
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    p = Path(path)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
 
 
 def bar_chart(
@@ -331,11 +332,7 @@ def bar_chart(
     ax.set_xticklabels(list(groups))
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    p = Path(path)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
 
 
 def learning_curves(
@@ -384,11 +381,7 @@ def learning_curves(
         for ax in row:
             ax.set_xlabel("epoch", fontsize=7)
             ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    p = Path(path)
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    return p
+    return _save(fig, path, dpi=100)
 
 
 def confusion_matrix(
@@ -412,11 +405,7 @@ def confusion_matrix(
         ax.set_yticks(range(num_classes))
         ax.tick_params(labelsize=6)
     axes[0][0].set_ylabel("true", fontsize=7)
-    fig.tight_layout()
-    p = Path(path)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
 
 
 def density_curves(
@@ -449,8 +438,4 @@ def density_curves(
         ax.set_title(group, fontsize=9)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("test accuracy")
-    fig.tight_layout()
-    p = Path(path)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
