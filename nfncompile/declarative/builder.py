@@ -19,6 +19,7 @@ nfncompile.errors.ConfigError: <dict>: nfn.layers[1]: io_encoding after nf_pool:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -210,27 +211,12 @@ def _build_nfn(spec: WeightSpaceSpec, cfg: ModelConfig, source: str) -> NFN:
                     spec, channels, max_freq=layer.max_freq, num_freqs=layer.num_freqs
                 )
                 channels = module.out_channels
-            elif isinstance(layer, FourierFeaturesLayer):
-                module = FourierFeatures(
-                    channels,
-                    num_freqs=layer.num_freqs,
-                    kind=layer.kind,
-                    min_freq=layer.min_freq,
-                    max_freq=layer.max_freq,
-                    scale=layer.scale,
-                    seed=layer.seed,
-                    keep_input=layer.keep_input,
+            elif isinstance(layer, (FourierFeaturesLayer, ThresholdFeaturesLayer)):
+                # a value encoding's config fields are its module's keyword arguments
+                encoding = (
+                    FourierFeatures if isinstance(layer, FourierFeaturesLayer) else ThresholdFeatures
                 )
-                channels = module.out_channels
-            elif isinstance(layer, ThresholdFeaturesLayer):
-                module = ThresholdFeatures(
-                    channels,
-                    num_thresholds=layer.num_thresholds,
-                    low=layer.low,
-                    high=layer.high,
-                    width=layer.width,
-                    keep_input=layer.keep_input,
-                )
+                module = encoding(channels, **dataclasses.asdict(layer))
                 channels = module.out_channels
             elif isinstance(layer, NFPoolLayer):
                 module = NFPool(spec, mode=mode, in_channels=channels)
