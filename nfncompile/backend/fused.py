@@ -97,10 +97,16 @@ def channel_mix(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
+def _per_batch_rows(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a batch of channels-first tiles: its dims after the batch merge into one
+    matrix per batch entry as a view, but the batch dim does not merge with them."""
+    return x.dim() > 2 and not _merges(x, 0, x.dim() - 1) and _merges(x, 1, x.dim() - 1)
+
+
 def _gemm_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
     """``out += x @ weight.T`` over the last dim, in place (``out`` contiguous, full shape)."""
     r = weight.shape[0]
-    if x.dim() > 2 and not _merges(x, 0, x.dim() - 1) and _merges(x, 1, x.dim() - 1):
+    if _per_batch_rows(x):
         # a batch of channels-first tiles: one strided GEMM per batch entry, no copy
         b, k = x.shape[0], x.shape[-1]
         out.view(b, -1, r).baddbmm_(x.reshape(b, -1, k), weight.t().expand(b, k, r))
@@ -110,7 +116,7 @@ def _gemm_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None
 
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``sum over entries of grad^T x``: the ``(R, K)`` gradient of a channel mix."""
-    if x.dim() > 2 and not _merges(x, 0, x.dim() - 1) and _merges(x, 1, x.dim() - 1):
+    if _per_batch_rows(x):
         b = x.shape[0]
         g = grad.reshape(b, -1, grad.shape[-1])
         return torch.bmm(g.transpose(1, 2), x.reshape(b, -1, x.shape[-1])).sum(0)
