@@ -107,7 +107,7 @@ def run(ctx: RunContext) -> Results:
         info["models"][name] = {
             "best_epoch": result.best_epoch,
             "epochs": result.epochs_completed,
-            "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
+            "train_seconds": result.train_seconds,
         }
         panels[name] = (true_te, pred.numpy())
     plot = scatter_panels(

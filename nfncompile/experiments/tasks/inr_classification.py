@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import FieldError
+from ...errors import ConfigError, FieldError
 from .context import RunContext
 from .datasets import FeatureStore, permutation_augment, split_zoo
 from .models import count_parameters, predictions
@@ -74,8 +74,6 @@ def run(ctx: RunContext) -> Results:
     ev: INRClassificationEval = ctx.eval
     unknown = [m for m in ev.augment if m not in ctx.config.models]
     if unknown:
-        from ...errors import ConfigError
-
         raise ConfigError(
             f"{ctx.source}: eval.augment: no model {unknown[0]!r}; "
             f"models: {', '.join(ctx.config.models)}"
@@ -85,11 +83,12 @@ def run(ctx: RunContext) -> Results:
     split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split, group_by="image_index")
     n, tr, va, te = split.n, split.train, split.val, split.test
     labels = torch.as_tensor(zoo_column(zoo, ev.label)[:n], dtype=torch.long)
+    median_psnr = float(np.median(zoo_column(zoo, "psnr")[:n]))
     store = FeatureStore(split.features, labels)
     ctx.log(
         f"zoo: {n} INRs ({len(tr)} train / {len(va)} val / {len(te)} test, split by image), "
         f"{sum(p.numel for p in spec.params)} weights each, {int(labels.max()) + 1} classes, "
-        f"median PSNR {float(np.median(zoo_column(zoo, 'psnr')[:n])):.1f} dB"
+        f"median PSNR {median_psnr:.1f} dB"
     )
     metrics, info = {}, {"models": {}}
     confusion = {}
@@ -120,7 +119,7 @@ def run(ctx: RunContext) -> Results:
             "best_epoch": result.best_epoch,
             "epochs": result.epochs_completed,
             "augmented": augment is not None,
-            "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
+            "train_seconds": result.train_seconds,
         }
     plot = confusion_matrix(
         ctx.out_dir / "inr_classification_confusion.png", confusion, int(labels.max()) + 1
@@ -131,7 +130,7 @@ def run(ctx: RunContext) -> Results:
             "train": len(tr),
             "val": len(va),
             "test": len(te),
-            "median_psnr": float(np.median(zoo_column(zoo, "psnr")[:n])),
+            "median_psnr": median_psnr,
         }
     )
     return Results("inr_classification", metrics, info, plots=[plot.name])

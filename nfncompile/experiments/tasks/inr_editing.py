@@ -162,7 +162,7 @@ def run(ctx: RunContext) -> Results:
             "best_epoch": result.best_epoch,
             "epochs": result.epochs_completed,
             "gate": float(model.gate.detach()),
-            "train_seconds": float(sum(h.get("seconds", 0.0) for h in result.history)),
+            "train_seconds": result.train_seconds,
         }
         rows_fig[name] = pix[fig].reshape(k, side, side).numpy()
     low, high = zoo.config.pixel_range

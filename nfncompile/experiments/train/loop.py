@@ -111,6 +111,11 @@ class FitResult:
     best_state: dict = field(repr=False)
 
     @property
+    def train_seconds(self) -> float:
+        """Training wall time: the ``seconds`` of every epoch in :attr:`history`, summed."""
+        return float(sum(r.get("seconds", 0.0) for r in self.history))
+
+    @property
     def best_record(self) -> dict | None:
         """The history record of :attr:`best_epoch`."""
         for r in self.history:
