@@ -76,6 +76,13 @@ def test_generalization_quick(workdir, monkeypatch, capsys):
     assert seed_runs[0] != seed_runs[1]  # the model seed changes the model
     info = r["info"]["seeds"]["0"]["info"]
     assert info["train"] + info["val"] + info["test"] == info["networks"]
+    # the spec trains NFN-HNP on class- and neuron-permuted copies (eval.augment), no other model
+    assert {m: v["augmented"] for m, v in info["models"].items()} == {
+        "nfn_hnp": True,
+        "nfn_np": False,
+        "stat_nn": False,
+        "mlp": False,
+    }
     printed = (workdir / "runs/generalization/results.md").read_text()
     assert "Mean ± std over 2 model seeds [0, 1]" in printed and " ± " in printed
     assert "[learning_curves.png](learning_curves.png)" in printed
@@ -196,7 +203,21 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert err.startswith("nfncompile: error: ") and "train.batch_size" in err
 
 
-def test_missing_model_file_and_bad_augment(tmp_path, workdir, monkeypatch):
+@pytest.mark.parametrize("task", ["inr_classification", "generalization"])
+def test_bad_augment_is_named_before_the_zoo(task, tmp_path, workdir):
+    spec = yaml.safe_load((SPECS / f"{task}.yaml").read_text())
+    spec["eval"]["augment"] = ["mpl_aug"]
+    zoo = "digits_inr" if task == "inr_classification" else "digits_cnn"
+    spec["zoo"]["spec"] = str(SPECS.parent / "zoos" / f"{zoo}.yaml")
+    spec["zoo"]["quick"] = True
+    spec["zoo"]["dir"] = str(workdir / "never")
+    path = _write(tmp_path, spec)
+    with pytest.raises(ConfigError, match=r"eval\.augment: no model 'mpl_aug'"):
+        run_experiment(path, tmp_path / "o", echo=False)
+    assert not (workdir / "never").exists()  # the error comes before any zoo is generated
+
+
+def test_missing_model_file(tmp_path, workdir, monkeypatch):
     data = _base()
     data.pop("quick")
     data["models"] = {"extra": "no/such.yaml"}
@@ -207,15 +228,6 @@ def test_missing_model_file_and_bad_augment(tmp_path, workdir, monkeypatch):
     ctx = RunContext(cfg, ev, source, base, tmp_path)
     with pytest.raises(ConfigError, match=r"models\.extra: no such model spec"):
         ctx.model_config("extra")
-    spec = yaml.safe_load((SPECS / "inr_classification.yaml").read_text())
-    spec["eval"]["augment"] = ["mpl_aug"]
-    spec["zoo"]["spec"] = str(SPECS.parent / "zoos" / "digits_inr.yaml")
-    spec["zoo"]["quick"] = True
-    spec["zoo"]["dir"] = str(workdir / "never")
-    path = _write(tmp_path, spec)
-    with pytest.raises(ConfigError, match=r"eval\.augment: no model 'mpl_aug'"):
-        run_experiment(path, tmp_path / "o", echo=False)
-    assert not (workdir / "never").exists()  # the error comes before any zoo is generated
 
 
 def test_every_spec_and_its_quick_form_validate():
@@ -227,3 +239,4 @@ def test_every_spec_and_its_quick_form_validate():
         assert quick.train.epochs < full.train.epochs
     with pytest.raises(ConfigError, match="unknown task 'inr'"):
         get_task("inr")
+

@@ -1,9 +1,9 @@
 """A task's data: a zoo split by seed, weights scaled per parameter, features kept in memory
-(:class:`FeatureStore`), and random group elements as augmentation."""
+(:class:`FeatureStore`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,6 @@ __all__ = [
     "split_zoo",
     "split_groups",
     "FeatureStore",
-    "permutation_augment",
 ]
 
 
@@ -163,17 +162,3 @@ class FeatureStore:
             self.targets.index_select(0, idx),
         )
 
-
-def permutation_augment(spec: WeightSpaceSpec, mode: str = "np") -> Callable:
-    """An ``augment`` for :func:`~nfncompile.experiments.train.fit`: a fresh random group element of
-    ``spec`` (in ``mode``) applied to each network of the batch; targets unchanged."""
-
-    def augment(batch: Any, generator: torch.Generator) -> Any:
-        inputs, targets = batch
-        parts = []
-        for b in range(inputs.batch_size):
-            one = WeightSpaceFeatures({k: v[b : b + 1] for k, v in inputs.items()})
-            parts.append(spec.sample_permutation(generator, mode=mode).apply(one))
-        return WeightSpaceFeatures({k: torch.cat([p[k] for p in parts]) for k in inputs}), targets
-
-    return augment

@@ -8,7 +8,9 @@ tau. The report gives Kendall's tau (:func:`scipy.stats.kendalltau`), R^2 and RM
 held-out test CNNs, and a scatter plot of predicted vs. true accuracy, one panel per model.
 
 Weights are divided by one scalar per parameter tensor (its std over the training CNNs), which
-keeps every permutation symmetry.
+keeps every permutation symmetry. Models named in ``eval.augment`` train on randomly permuted
+copies of the CNNs (:mod:`.augment`); with ``augment_mode: np`` that includes the order of the
+classes, a regulariser for models that could tell the classes apart.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .augment import AugmentEval, augment_for, check_augment
 from .context import RunContext
 from .datasets import FeatureStore, split_zoo
 from .models import count_parameters, predictions
@@ -30,7 +33,7 @@ __all__ = ["GeneralizationEval", "run", "kendall_tau", "TASK"]
 
 
 @dataclass(frozen=True)
-class GeneralizationEval:
+class GeneralizationEval(AugmentEval):
     """``eval`` section of a generalization experiment."""
 
     target: str = field(
@@ -67,6 +70,7 @@ def _metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:
 def run(ctx: RunContext) -> Results:
     """Train and evaluate every model of the experiment on the CNN zoo."""
     ev: GeneralizationEval = ctx.eval
+    check_augment(ctx, ev)
     zoo = ctx.zoo()
     spec = zoo_spec(zoo)
     split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split)
@@ -91,6 +95,7 @@ def run(ctx: RunContext) -> Results:
             metric_fn=_metric,
             higher_is_better=True,
             collate_fn=store.collate,
+            augment=augment_for(ev, name, spec),
         )
         out, tgt = predictions(model, store, store.subset(te), ev.batch_size)
         pred = torch.sigmoid(out.reshape(-1).float().cpu())
@@ -108,6 +113,7 @@ def run(ctx: RunContext) -> Results:
             "best_epoch": result.best_epoch,
             "epochs": result.epochs_completed,
             "train_seconds": result.train_seconds,
+            "augmented": name in ev.augment,
         }
         panels[name] = (true_te, pred.numpy())
     plot = scatter_panels(

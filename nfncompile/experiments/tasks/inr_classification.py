@@ -16,15 +16,14 @@ INRs. The zoo is split by image (``image_index``): every view of an image is in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import ConfigError, FieldError
+from .augment import AugmentEval, augment_for, check_augment
 from .context import RunContext
-from .datasets import FeatureStore, permutation_augment, split_zoo
+from .datasets import FeatureStore, split_zoo
 from .models import count_parameters, predictions
 from .report import Results, confusion_matrix
 from .task import Task
@@ -34,7 +33,7 @@ __all__ = ["INRClassificationEval", "run", "TASK"]
 
 
 @dataclass(frozen=True)
-class INRClassificationEval:
+class INRClassificationEval(AugmentEval):
     """``eval`` section of an INR classification experiment."""
 
     label: str = field(default="label", metadata={"help": "zoo metadata column with the class"})
@@ -44,21 +43,7 @@ class INRClassificationEval:
     max_networks: int | None = field(
         default=None, metadata={"min": 10, "help": "use only this many zoo networks (null: all)"}
     )
-    augment: tuple[str, ...] = field(
-        default=(), metadata={"help": "models trained with random permutation augmentation"}
-    )
-    augment_mode: Literal["np", "hnp"] = field(
-        default="hnp",
-        metadata={
-            "help": "group the augmentation samples from: hnp (hidden neurons only; the "
-            "function is unchanged) or np (input/output neurons too)"
-        },
-    )
     batch_size: int = field(default=256, metadata={"min": 1, "help": "prediction batch size"})
-
-    def __post_init__(self) -> None:
-        if len(set(self.augment)) != len(self.augment):
-            raise FieldError("augment", "names a model twice")
 
 
 def _loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -72,12 +57,7 @@ def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
 def run(ctx: RunContext) -> Results:
     """Train and evaluate every model of the experiment on the INR zoo."""
     ev: INRClassificationEval = ctx.eval
-    unknown = [m for m in ev.augment if m not in ctx.config.models]
-    if unknown:
-        raise ConfigError(
-            f"{ctx.source}: eval.augment: no model {unknown[0]!r}; "
-            f"models: {', '.join(ctx.config.models)}"
-        )
+    check_augment(ctx, ev)
     zoo = ctx.zoo()
     spec = zoo_spec(zoo)
     split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split, group_by="image_index")
@@ -94,7 +74,7 @@ def run(ctx: RunContext) -> Results:
     confusion = {}
     for name in ctx.config.models:
         model = ctx.build(name, spec)
-        augment = permutation_augment(spec, ev.augment_mode) if name in ev.augment else None
+        augment = augment_for(ev, name, spec)
         result = ctx.fit(
             name,
             model,

@@ -9,7 +9,8 @@ def test_render_matches_the_siren_and_is_permutation_invariant():
     """Batched functional rendering equals each SIREN's own forward, and a hidden-neuron
     permutation (what permutation augmentation applies) leaves the rendering unchanged."""
     from nfncompile.architectures import siren
-    from nfncompile.experiments.tasks.datasets import ParamScale, permutation_augment
+    from nfncompile.experiments.tasks.augment import permutation_augment
+    from nfncompile.experiments.tasks.datasets import ParamScale
     from nfncompile.experiments.tasks.inr_editing import render
     from nfncompile.features import WeightSpaceFeatures
     from nfncompile.frontend.tracing import trace
