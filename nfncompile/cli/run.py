@@ -20,6 +20,15 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (replaces the spec's)"
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace one value of the spec (repeatable): KEY a dotted path, list items by "
+        "index, VALUE read as YAML; e.g. --set train.epochs=30 --set eval.augment=[]",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -41,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=args.progress,
         threads=args.threads,
+        overrides=args.overrides,
     )
     return 0
 
@@ -57,6 +67,7 @@ model the spec lists, evaluate, print a markdown table and write DIR/results.jso
 examples:
   nfncompile run specs/experiments/generalization.yaml --out runs/generalization
   nfncompile run specs/experiments/inr_editing.yaml --out runs/edit --quick
-  nfncompile run specs/experiments/winning_tickets.yaml --out runs/wt --device cuda""",
+  nfncompile run specs/experiments/winning_tickets.yaml --out runs/wt --device cuda
+  nfncompile run specs/experiments/generalization.yaml --out runs/g30 --set train.epochs=30""",
     )
 )

@@ -14,7 +14,7 @@ import dataclasses
 import difflib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from ..declarative import parse
 from ..errors import ConfigError
 from ..files import load_yaml
 from .registry import Task, get_task, task_names
-from .tasks.config import ExperimentConfig, deep_merge
+from .tasks.config import ExperimentConfig, deep_merge, set_overrides
 from .tasks.context import RunContext
 from .tasks.report import aggregate, learning_curves, markdown_table, write_results
 from .train import TrainConfig
@@ -41,6 +41,7 @@ def run_experiment(
     progress: bool | None = None,
     echo: bool = True,
     threads: int | None = None,
+    overrides: Sequence[str] = (),
 ) -> Any:
     """Run an experiment spec: train and evaluate every model, write results and plots.
 
@@ -61,12 +62,15 @@ def run_experiment(
         Print the markdown table on stdout.
     threads : int, optional
         torch CPU threads for the run (replaces the spec's ``threads``).
+    overrides : sequence of str
+        ``KEY=VALUE`` replacements of spec values (``--set``; see :func:`load_experiment`),
+        recorded in the results' ``info``.
 
     Returns
     -------
     Results
     """
-    cfg, ev, source, base_dir = load_experiment(spec_path, quick=quick)
+    cfg, ev, source, base_dir = load_experiment(spec_path, quick=quick, overrides=overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     task = get_task(cfg.task)
@@ -116,11 +120,13 @@ def run_experiment(
         results.plots.append(curves.name)
     results.info.setdefault("spec", str(spec_path))
     results.info.setdefault("quick", quick)
+    results.info["overrides"] = list(overrides)
     results.info["model_seeds"] = list(cfg.seeds) if cfg.seeds is not None else None
     write_results(results, out)
     table = markdown_table(results)
     title = f"## {task.name}" + (" (quick)" if quick else "")
-    parts = [title, cfg.description.strip(), _seeds_line(cfg), table, _plots_line(results)]
+    changed = "With " + " ".join(f"`--set {o}`" for o in overrides) + "." if overrides else ""
+    parts = [title, cfg.description.strip(), changed, _seeds_line(cfg), table, _plots_line(results)]
     text = "\n\n".join(p for p in parts if p) + "\n"
     (out / "results.md").write_text(text)
     if echo:
@@ -144,7 +150,7 @@ def _plots_line(results: Any) -> str:
 
 
 def load_experiment(
-    path: str | os.PathLike, *, quick: bool = False
+    path: str | os.PathLike, *, quick: bool = False, overrides: Sequence[str] = ()
 ) -> tuple[ExperimentConfig, Any, str, Path]:
     """Read and validate an experiment spec.
 
@@ -157,6 +163,9 @@ def load_experiment(
         The experiment YAML.
     quick : bool
         Apply the ``quick`` overrides.
+    overrides : sequence of str
+        ``KEY=VALUE`` assignments (``nfncompile run --set``, :func:`set_overrides`), applied to
+        the spec and, after its quick overrides, to its quick form.
 
     Returns
     -------
@@ -174,6 +183,9 @@ def load_experiment(
     data, source = load_yaml(path)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping with keys task, models, ...")
+    if overrides:
+        data = set_overrides(data, overrides)
+        source = f"{source} (with --set {' '.join(overrides)})"
     full = parse(ExperimentConfig, data, source=source)
     task = _task(full.task, source)
     _check_model_train(full, source)
@@ -182,6 +194,7 @@ def load_experiment(
     if full.quick is not None:
         merged = deep_merge({k: v for k, v in data.items() if k != "quick"}, full.quick)
         merged.pop("quick", None)
+        merged = set_overrides(merged, overrides)
         qsource = f"{source} (with its quick overrides)"
         qcfg = parse(ExperimentConfig, merged, source=qsource)
         _check_model_train(qcfg, qsource)

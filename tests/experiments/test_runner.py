@@ -240,3 +240,43 @@ def test_every_spec_and_its_quick_form_validate():
     with pytest.raises(ConfigError, match="unknown task 'inr'"):
         get_task("inr")
 
+
+def test_set_replaces_spec_values_and_is_recorded(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    out = workdir / "runs" / "set"
+    sets = ["--set", "eval.augment=[]", "--set", "seeds=[3]", "--set", "train.epochs=1"]
+    args = ["run", str(SPECS / "generalization.yaml"), "--out", str(out), "--quick"]
+    assert main([*args, *sets]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["info"]["overrides"] == ["eval.augment=[]", "seeds=[3]", "train.epochs=1"]
+    assert r["info"]["model_seeds"] == [3]
+    seed = r["info"]["seeds"]["3"]["info"]["models"]
+    assert not any(m["augmented"] for m in seed.values())
+    assert all(m["epochs"] == 1 for m in seed.values())
+    assert "With `--set eval.augment=[]` `--set seeds=[3]`" in (out / "results.md").read_text()
+    # a rerun into the same folder with a changed spec refuses the old checkpoints
+    capsys.readouterr()
+    assert main([*args, *sets, "--set", "eval.augment_mode=np", "--set", "eval.augment=[mlp]"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoints/nfn_hnp: these checkpoints were trained for another spec" in err
+    assert "eval.augment differs: [] then, ['mlp'] now" in err
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.epochs", r"--set 'train.epochs': expected KEY=VALUE"),
+        ("train..lr=1", r"expected KEY=VALUE"),
+        ("train.lr=[1", r"--set 'train.lr=\[1': line 1, column 3: malformed YAML"),
+        (
+            "models.nfn_hnp.nfn.layers.9.channels=8",
+            r"nfn\.layers\.9: a list of 9 items; expected an index 0-8",
+        ),
+        ("train.epochs.x=1", r"train\.epochs is 60, not a mapping or a list"),
+        ("train.lr=fast", r"\(with --set train\.lr=fast\): train\.lr: "),
+        ("train.lerning_rate=1", r"train\.lerning_rate: unknown key; valid keys: epochs, "),
+    ],
+)
+def test_set_errors_name_the_override(item, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(SPECS / "generalization.yaml", overrides=[item])

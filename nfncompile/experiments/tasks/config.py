@@ -25,15 +25,16 @@ against the registry).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...declarative import ModelConfig
-from ...errors import FieldError
+from ...errors import ConfigError, FieldError
+from ...files import loads_yaml
 from ..train import TrainConfig
 
-__all__ = ["ZooRef", "ExperimentConfig", "deep_merge"]
+__all__ = ["ZooRef", "ExperimentConfig", "deep_merge", "set_overrides"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,64 @@ def deep_merge(base: Any, override: Any) -> Any:
             out[k] = deep_merge(base[k], v) if k in base else copy.deepcopy(v)
         return out
     return copy.deepcopy(override)
+
+
+def set_overrides(data: Any, overrides: Sequence[str]) -> Any:
+    """``data`` with each ``KEY=VALUE`` of ``overrides`` assigned (``nfncompile run --set``).
+
+    ``KEY`` is a dotted path into the spec (mapping keys, or list indices from 0); ``VALUE``
+    is read as YAML (``60``, ``1e-3``, ``[nfn_hnp]``, ``null``, ``{epochs: 2}``). Missing
+    mapping keys are created, so a new section can be set; whether the result is a valid spec
+    is checked afterwards, like any spec, with the key's path in the message.
+
+    Raises
+    ------
+    ConfigError
+        Naming the override, when it is not ``KEY=VALUE``, its value is not YAML, or its path
+        runs through a value that is not a mapping or a list, or past a list's end.
+
+    Examples
+    --------
+    >>> spec = {"train": {"epochs": 60}, "models": {"a": {"layers": [{"channels": 16}]}}}
+    >>> set_overrides(spec, ["train.epochs=30", "models.a.layers.0.channels=8"])
+    {'train': {'epochs': 30}, 'models': {'a': {'layers': [{'channels': 8}]}}}
+    >>> set_overrides(spec, ["train.epochs"])
+    Traceback (most recent call last):
+    ...
+    nfncompile.errors.ConfigError: --set 'train.epochs': expected KEY=VALUE, KEY a dotted path such as train.epochs or models.nfn_hnp.nfn.layers.1.channels
+    """
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        keys = key.strip().split(".")
+        if not sep or not all(k.strip() for k in keys):
+            raise ConfigError(
+                f"--set {item!r}: expected KEY=VALUE, KEY a dotted path such as train.epochs "
+                "or models.nfn_hnp.nfn.layers.1.channels"
+            )
+        value = loads_yaml(text, source=f"--set {item!r}")
+        node = out
+        for depth, k in enumerate(keys):
+            last = depth == len(keys) - 1
+            where = ".".join(keys[: depth + 1])
+            if isinstance(node, dict):
+                if last:
+                    node[k] = value
+                else:
+                    node = node.setdefault(k, {})
+            elif isinstance(node, list):
+                if not k.isdigit() or int(k) >= len(node):
+                    raise ConfigError(
+                        f"--set {item!r}: {where}: a list of {len(node)} items; "
+                        f"expected an index 0-{len(node) - 1}"
+                    )
+                if last:
+                    node[int(k)] = value
+                else:
+                    node = node[int(k)]
+            else:
+                raise ConfigError(
+                    f"--set {item!r}: {'.'.join(keys[:depth]) or 'the spec'} is "
+                    f"{node!r}, not a mapping or a list"
+                )
+    return out

@@ -94,6 +94,7 @@ class RunContext:
         ``out/checkpoints/<name>`` (so a rerun resumes)."""
         config = kwargs.pop("config", None) or self.train_config(name)
         ckdir = self.out_dir / "checkpoints" / name
+        self._stamp_checkpoints(name, ckdir)
         t0 = time.perf_counter()
         try:
             result = fit(
@@ -127,6 +128,29 @@ class RunContext:
                 f"{seconds:.1f}s ({best})"
             )
         return result
+
+    def _stamp_checkpoints(self, name: str, ckdir: Path) -> None:
+        """Record in ``ckdir/spec.json`` what the checkpoints were trained for (the model's
+        spec and the task's ``eval``), and refuse to resume checkpoints of another one:
+        ``fit`` itself only checks the optimiser settings and the weights' shapes, which a
+        changed spec (``--set``, an edited file) can leave equal."""
+        stamp: dict[str, Any] = {"eval": dataclasses.asdict(self.eval)}
+        if name in self.config.models:
+            stamp["model"] = dataclasses.asdict(self.model_config(name)[0])
+        stamp = json.loads(json.dumps(stamp, default=str))
+        path = ckdir / "spec.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            where = _first_difference(old, stamp)
+            if where is not None:
+                raise ConfigError(
+                    f"{ckdir}: these checkpoints were trained for another spec ({where} "
+                    f"differs: {_at(old, where)!r} then, {_at(stamp, where)!r} now); "
+                    "use another --out, or delete the folder to retrain"
+                )
+        elif not (ckdir / "last.safetensors").exists():
+            ckdir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(stamp, indent=1) + "\n")
 
     # ---- models ---------------------------------------------------------------------------
 
@@ -220,3 +244,34 @@ def _short(x: Any) -> str:
 
 def _stable_hash(name: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 997
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The dotted path of the first place two JSON values differ (``None`` when equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            sub = f"{path}.{k}" if path else k
+            if k not in a or k not in b:
+                return sub
+            found = _first_difference(a[k], b[k], sub)
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = _first_difference(x, y, f"{path}.{i}" if path else str(i))
+            if found is not None:
+                return found
+        return None
+    return None if a == b else path or "the spec"
+
+
+def _at(value: Any, path: str) -> Any:
+    for k in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(k)
+        elif isinstance(value, list) and k.isdigit() and int(k) < len(value):
+            value = value[int(k)]
+        else:
+            return None
+    return value
