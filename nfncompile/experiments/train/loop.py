@@ -263,6 +263,19 @@ def _fresh_state(config: TrainConfig, info: DistInfo) -> dict:
     }
 
 
+def _adamw(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all parameters) when every parameter allows it: on CPU
+    its step is ~4x faster than the default per-tensor loop (a 2.6 M-parameter NFN-HNP: 1.8
+    vs. 6.9 ms), which is ~10% of a training step of the generalization task's NFNs."""
+    params = list(model.parameters())
+    fused = bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
+    return torch.optim.AdamW(
+        params, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None
+    )
+
+
 def _fit(
     model: nn.Module,
     train_data: Any,
@@ -285,9 +298,7 @@ def _fit(
     _check_data(train_data, val_data)
     torch.manual_seed(_derive_seed(config.seed, 0, info.rank))
     model.to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = _adamw(model, config)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
     state, best_state = _start(ckdir, model, optimizer, shuffle_gen, config, device, info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 
@@ -205,3 +206,26 @@ def test_progress_bar_on_a_terminal_and_plain_lines_in_a_log(capsys, monkeypatch
     monkeypatch.setattr("sys.stderr", tty)
     fit(Net(), TRAIN, VAL, loss_fn=mse, config=cfg, progress=False)
     assert tty.getvalue() == ""
+
+
+def test_fit_uses_fused_adamw_with_the_default_steps():
+    from nfncompile.experiments.train.loop import _adamw
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3).double()
+    twin = copy.deepcopy(model)
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    fused = _adamw(model, cfg)
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        x = torch.randn(4, 5, dtype=torch.float64)
+        for m, opt in ((model, fused), (twin, plain)):
+            opt.zero_grad()
+            m(x).pow(2).sum().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b)
+    # a model with an integer parameter cannot use the fused kernel: the plain loop is chosen
+    model.register_parameter("count", torch.nn.Parameter(torch.zeros(2, dtype=torch.long), False))
+    assert not _adamw(model, cfg).defaults["fused"]
