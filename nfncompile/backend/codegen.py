@@ -49,6 +49,7 @@ def forward(self, w):
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import re
@@ -57,8 +58,19 @@ from collections.abc import Mapping
 import torch
 from torch import fx, nn
 
-from .fused import channel_mix, mean, tile_sum
+from .fused import (
+    average,
+    blocks,
+    channel_mix,
+    mean,
+    stack_cat,
+    tile_add,
+    tile_in,
+    tile_sum,
+    total,
+)
 from .plan import Plan
+from .relations import side_kind
 from .tiles import TileRef
 
 __all__ = ["generate", "placeholder_names"]
@@ -155,15 +167,6 @@ def generate(
         node = b.graph.placeholder(ident)
         b.shape[node] = (c_in, *spec[pname].shape)
         inputs[pname] = node
-    batch = None
-
-    def batch_size():
-        nonlocal batch
-        if batch is None:
-            batch = b.graph.create_node(
-                "call_method", "size", (inputs[spec.names[0]], 0), {}, name="batch"
-            )
-        return batch
 
     def get_attr(name: str, value: torch.Tensor, param: bool):
         if param:
@@ -200,46 +203,59 @@ def generate(
     def rel_shape(r: int) -> tuple:
         return plan.relations[r].shape(c_in, c_out, plan.width)
 
+    linear = _Relations(b, plan, assembled, lambda r: relation(r, rel_shape(r)))
+
     # ---- input tiles, in the internal layout (B, *permutable dims, C_in * fixed) -----------
     embeds: dict = {}
     for ei, (ti, axis, rel) in enumerate(plan.embeds):
         embeds.setdefault(ti, []).append((ei, axis, rel))
     tile_nodes: dict = {}
+    tiles_of: dict = {name: [] for name in spec.names}
+    for ti, t in enumerate(plan.tiles):
+        tiles_of[t.param].append((ti, t))
     for pname in spec.names:
         p = spec[pname]
         x = inputs[pname]
         if p.view is not None:
             x = b.reshape(x, (c_in, *p.view), f"{names[spec.names.index(pname)]}_view")
-        tiles = [(ti, t) for ti, t in enumerate(plan.tiles) if t.param == pname]
+        tiles = tiles_of[pname]
         for ti, t in tiles:
-            xt = x
+            # one call per tile (fused.tile_in): its slice of a composite tensor, embeddings,
+            # block axes split, one permute (permutable dims first, then channels and fixed
+            # dims, folded into one channel dim by the reshape)
+            steps: dict = {}
             if len(tiles) > 1:
-                idx = (slice(None), slice(None)) + tuple(
-                    slice(s, s + n) for s, n in zip(t.starts, t.shape)
-                )
-                xt = b.call(operator.getitem, (x, idx), (c_in, *t.shape), _tag(t))
+                steps["index"] = tuple((s, s + n) for s, n in zip(t.starts, t.shape))
+            emb_nodes = []
             for ei, axis, rel in embeds.get(ti, ()):
                 shape = [1] * len(t.shape)
                 shape[axis] = t.shape[axis]
                 shape = (c_in, *shape)
                 if rel is None:
-                    emb = get_attr(f"embed{ei}", torch.zeros(shape), True)
+                    emb_nodes.append(get_attr(f"embed{ei}", torch.zeros(shape), True))
                 else:
-                    emb = relation(rel, shape)
-                xt = b.call(operator.add, (xt, emb), (c_in, *t.shape), f"{_tag(t)}_emb")
-            if t.is_split:
-                xt = b.reshape(xt, (c_in, *t.dim_shape), f"{_tag(t)}_split")
-            # one permute per tile: permutable dims first, then channels and fixed dims
-            # (folded into one channel dim by the reshape)
+                    emb_nodes.append(relation(rel, shape))
+            if emb_nodes:
+                steps["embeds"] = tuple(emb_nodes)
+            shape = (c_in, *t.shape) if len(tiles) > 1 else b.shape[x]
+            if t.is_split and shape != (c_in, *t.dim_shape):
+                steps["split"] = shape = (c_in, *t.dim_shape)
             order = [1 + d for d in t.perm_dims] + [0] + [1 + d for d in t.fixed_dims]
-            xt = b.permute(xt, tuple(order), f"{_tag(t)}_cl")
+            if order != list(range(len(order))):
+                steps["order"] = (0, *(1 + o for o in order))
+                shape = tuple(shape[o] for o in order)
             perm_shape = tuple(t.dims[d].size for d in t.perm_dims)
             # a view when the tile has no fixed dims: reductions and GEMMs read it in its own
             # strides (channels-first from the user, channels-last from another layer) ...
-            xt = b.reshape(xt, (*perm_shape, c_in * t.fixed_size), f"{_tag(t)}_in")
+            if shape != (*perm_shape, c_in * t.fixed_size):
+                steps["shape"] = shape = (*perm_shape, c_in * t.fixed_size)
             if len(tiles) > 1:  # ... unless it is a slice of a composite tensor: copied once
-                xt = b.method("contiguous", (xt,), b.shape[xt], f"{_tag(t)}_cl_mem")
-            tile_nodes[t] = xt
+                steps["copy"] = True
+            if steps:
+                x_t = b.call(tile_in, (x,), shape, f"{_tag(t)}_cl", steps)
+            else:
+                x_t = x
+            tile_nodes[t] = x_t
 
     # ---- reductions: (B, *kept, C_in * fixed) ------------------------------------------
     red_nodes: list = []
@@ -287,9 +303,10 @@ def generate(
         x = b.permute(x, tuple(labels.index(w) for w in want), tag)
         red_nodes.append(x)
 
-    # ---- mixes: channel mixes (GEMMs over the last dim), per group a value in mix order ----
-    group_values: dict = {}  # group -> node (B, *kept in mix order, C_out * fixed)
-    pointwise: dict = {}  # group -> (weight node, input node): added by the tile's last GEMM
+    # ---- mixes: channel mixes (GEMMs over the last dim), per group its parts in mix order ----
+    # group -> ((node, start, stop), ...): channels of mix results (B, *kept, ...), summed
+    group_values: dict = {}
+    pointwise: dict = {}  # group -> (weight node, input nodes): added by the tile's last GEMM
     for mi, mix in enumerate(plan.mixes):
         pieces = [
             b.permute(red_nodes[ri], (*perm, len(perm)), f"r{ri}_t") for ri, perm in mix.inputs
@@ -299,39 +316,44 @@ def generate(
             w = get_attr(f"mix{mi}", torch.zeros(mix.out_channels, mix.in_channels), True)
             b.shape[w] = (mix.out_channels, mix.in_channels)
             if len(mix.groups) == 1 and _is_full(plan, mix.groups[0]):
-                pointwise[mix.groups[0]] = (w, b.cat(pieces, f"cat{mi}"))
+                pointwise[mix.groups[0]] = (w, pieces)
                 continue
-            x = b.cat(pieces, f"cat{mi}")
-            y = b.call(channel_mix, (w, x), (*kept, mix.out_channels), f"mix{mi}_out")
+            y = b.call(channel_mix, (w, *pieces), (*kept, mix.out_channels), f"mix{mi}_out")
             sizes = [plan.groups[g].channels for g in mix.groups]
-            for g, part in zip(mix.groups, _split(b, y, sizes, f"mix{mi}")):
-                group_values[g] = part
+            for g, part in zip(mix.groups, _parts(y, sizes)):
+                group_values[g] = (part,)
             continue
-        _linear_mix(b, plan, mi, mix, pieces, assembled, group_values, pointwise)
+        _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise)
 
     # ---- placement: broadcast dims are new singletons, no permute -----------------------
+    # per output tile: its groups as fused.place takes them, with their static shapes
     out_values: dict = {}
     n_delta = 0
     for gi, g in enumerate(plan.groups):
         side, q = g.side, g.tile
-        y = group_values.get(gi)
-        if y is not None and g.perm != tuple(range(len(g.perm))):
-            y = b.permute(y, (*g.perm, len(g.perm)), f"g{gi}_t")
+        parts = group_values.get(gi, ())
+        perm = None
+        if parts and g.perm != tuple(range(len(g.perm))):
+            perm = tuple(g.perm)
+        bias = None
         if g.bias:
             bias = get_attr(f"bias{gi}", torch.zeros(g.channels), True)
-            if y is None:
-                y = b.method("reshape", (bias, (1, g.channels)), (g.channels,), f"b{gi}")
-            else:
-                y = b.call(operator.add, (y, bias), b.shape[y], f"g{gi}_b")
         if gi in pointwise:  # added inside the tile's last GEMM
             out_values.setdefault(q, []).append(("gemm", gi))
-        if y is None:
+        if not parts and bias is None:
             continue
-        # linked classes are ordered by first dim, as the kept dims of y: only singletons for
-        # the broadcast (and the diagonal's other) dims are inserted
+        # linked classes are ordered by first dim, as the kept dims of the value: only
+        # singletons for the broadcast (and the diagonal's other) dims are inserted
         firsts = {c[0] for c in side.linked_classes}
-        full = [q.dims[d].size if d in firsts else 1 for d in q.perm_dims]
-        y = b.reshape(y, (*full, g.channels), f"g{gi}_place")
+        full = tuple(q.dims[d].size if d in firsts else 1 for d in q.perm_dims)
+        if parts:
+            kept = tuple(q.dims[c[0]].size for c in side.linked_classes)
+            have = (*kept, g.channels)  # the kept dims in the tile's class order
+        else:
+            have = (g.channels,)
+        place_shape = None if have == (*full, g.channels) else (*full, g.channels)
+        shp = (*full, g.channels)
+        deltas = []
         for cls in side.classes:
             if len(cls) < 2:
                 continue
@@ -340,14 +362,17 @@ def generate(
             eye = torch.zeros(*dshape)
             idx = torch.arange(n)
             eye[tuple(idx if d in cls else 0 for d in q.perm_dims) + (0,)] = 1.0
-            delta = get_attr(f"delta{n_delta}", eye, False)
+            deltas.append(get_attr(f"delta{n_delta}", eye, False))
             n_delta += 1
-            delta = b.method("type_as", (delta, y), None, f"delta{n_delta - 1}_t")
-            shp = tuple(max(a, d) for a, d in zip(b.shape[y], dshape))
-            y = b.call(operator.mul, (y, delta), shp, f"g{gi}_delta")
-        out_values.setdefault(q, []).append(("value", y))
+            shp = tuple(max(a, d) for a, d in zip(shp, dshape))
+        parts = tuple(p[0] if p[1:] == (None, None) else p for p in parts)
+        group = (parts, place_shape, perm, bias, tuple(deltas))
+        while group[-1] in (None, ()) and len(group) > 1:  # defaults left out of the code
+            group = group[:-1]
+        out_values.setdefault(q, []).append(("value", (group, shp)))
 
     # ---- sum into tiles (smallest first, the pointwise GEMM last), back to (B, C_out, ...) ---
+    # one call per tile: fused.tile_sum (with its pointwise GEMM) or fused.tile_add
     tile_out: dict = {}
     for q in plan.tiles:
         perm_shape = tuple(q.dims[d].size for d in q.perm_dims)
@@ -355,36 +380,51 @@ def generate(
         full = (*perm_shape, c_out * q.fixed_size)
         vals = [v for kind, v in out_values.get(q, []) if kind == "value"]
         gemms = [gi for kind, gi in out_values.get(q, []) if kind == "gemm"]
-        vals.sort(key=lambda n: math.prod(b.shape[n]))
-        acc = None
-        if gemms:  # one fused op: the broadcasts' sum written once, the GEMM added in place
-            w, x = pointwise[gemms[0]]
-            acc = b.call(tile_sum, (x, w, *vals), full, f"{_tag(q)}_mix")
-            vals = []
-        for v in vals:
-            acc = b.add(acc, v, f"{_tag(q)}_acc")
-        for gi in gemms[1:]:
-            w, x = pointwise[gi]
-            acc = b.call(tile_sum, (x, w, acc), full, f"{_tag(q)}_mix")
-        if acc is None:
-            acc = b.method("new_zeros", (inputs[q.param], (1, *full)), full, f"{_tag(q)}_zeros")
-        if b.shape[acc] != full:
-            acc = b.method("expand", (acc, batch_size(), *full), full, f"{_tag(q)}_full")
+        vals.sort(key=lambda v: math.prod(v[1]))
         n_perm = len(perm_shape)
-        acc = b.reshape(acc, (*perm_shape, c_out, *fixed_shape), f"{_tag(q)}_unfold")
-        order = [n_perm] + [
-            q.perm_dims.index(d) if d in q.perm_dims else n_perm + 1 + q.fixed_dims.index(d)
+        unfolded = (*perm_shape, c_out, *fixed_shape)
+        order = (0, 1 + n_perm) + tuple(
+            1 + q.perm_dims.index(d) if d in q.perm_dims else 2 + n_perm + q.fixed_dims.index(d)
             for d in range(len(q.dims))
-        ]
-        acc = b.permute(acc, tuple(order), f"{_tag(q)}_native")
-        if q.is_split:
-            acc = b.reshape(acc, (c_out, *q.shape), f"{_tag(q)}_merge")
+        )
+        layout = (
+            None if unfolded == full else unfolded,
+            None if order == tuple(range(len(order))) else order,
+            (c_out, *q.shape) if q.is_split else None,
+        )
+        while layout and layout[-1] is None:  # defaults left out of the code
+            layout = layout[:-1]
+        groups = tuple(g for g, _ in vals)
+        name = f"{_tag(q)}_native"
+        if gemms:  # the broadcasts' sum written once, the GEMM added in place
+            acc = None
+            for k, gi in enumerate(gemms):
+                w, xs = pointwise[gi]
+                x = b.cat(xs, f"{_tag(q)}_cat{k}")
+                kwargs = {"layout": layout} if k == len(gemms) - 1 and layout else {}
+                if k == 0 and groups:
+                    kwargs["groups"] = groups
+                args = (x, w) if acc is None else (x, w, acc)
+                last = k == len(gemms) - 1
+                acc = b.call(tile_sum, args, full, name if last else f"{_tag(q)}_mix", kwargs)
+            b.shape[acc] = (c_out, *q.shape)
+        else:
+            shp = None
+            for _, s_ in vals:
+                shp = s_ if shp is None else tuple(max(x, y) for x, y in zip(shp, s_))
+            args = (inputs[q.param], groups)
+            if shp is None or shp != full:
+                args += (full,)
+            if layout:
+                args += (() if len(args) == 3 else (None,)) + (layout,)
+            acc = b.call(tile_add, args, full, name)
+        b.shape[acc] = (c_out, *q.shape)
         tile_out[q] = acc
 
     outputs = []
     for pname, ident in zip(spec.names, names):
         p = spec[pname]
-        tensors = [tile_out[t] for t in plan.tiles if t.param == pname]
+        tensors = [tile_out[t] for _, t in tiles_of[pname]]
         counts = [len(a) if isinstance(a, tuple) else 1 for a in p.axes]
         for ax in reversed(range(len(counts))):
             c = counts[ax]
@@ -415,85 +455,181 @@ def _is_full(plan: Plan, g: int) -> bool:
     )
 
 
-def _split(b: _Builder, y, sizes: list, tag: str) -> list:
-    """Split the channels of ``y`` into parts of ``sizes``."""
+def _parts(y, sizes: list) -> list:
+    """The channel ranges of ``y`` of ``sizes``, as ``fused.place`` reads them."""
     if len(sizes) == 1:
-        return [y]
-    parts = b.call(torch.split, (y, sizes, -1), None, f"{tag}_split")
-    kept = b.shape[y][:-1]
-    return [
-        b.call(operator.getitem, (parts, j), (*kept, n), f"{tag}_part") for j, n in enumerate(sizes)
+        return [(y, None, None)]
+    bounds = [0, *itertools.accumulate(sizes)]
+    return [(y, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+
+
+def _assemble(b: _Builder, blocks_: list, name: str):
+    """One weight from a grid of relation weights (rows of blocks): one call."""
+    if len(blocks_) == 1 and len(blocks_[0]) == 1:
+        return blocks_[0][0]
+    rows = [
+        b.shape[line[0]]
+        if len(line) == 1
+        else (b.shape[line[0]][0], sum(b.shape[w][1] for w in line))
+        for line in blocks_
     ]
+    shape = (sum(r[0] for r in rows), *rows[0][1:])
+    return b.call(blocks, (tuple(tuple(line) for line in blocks_),), shape, name)
 
 
-def _assemble(b: _Builder, blocks: list, name: str):
-    """One weight from a grid of relation weights (rows of blocks)."""
-    rows = []
-    for line in blocks:
-        if len(line) == 1:
-            rows.append(line[0])
-            continue
-        shape = (b.shape[line[0]][0], sum(b.shape[w][1] for w in line))
-        rows.append(b.call(torch.cat, (line, 1), shape, f"{name}_row"))
-    if len(rows) == 1:
-        return rows[0]
-    shape = (sum(b.shape[r][0] for r in rows), *b.shape[rows[0]][1:])
-    return b.call(torch.cat, (rows, 0), shape, name)
+class _Relations:
+    """The linear basis's weights in one generated graph, and its local terms by kind.
+
+    Within one layer, the term from column ``j`` to row ``i`` has the weight of the relation
+    between their kinds: ``module`` between different tiles, ``self`` within one tile. Where
+    a layer has several tiles of one kind (the pieces of a composite tensor), its dense grid of
+    weights would repeat a few blocks over ``rows x cols`` tiles; :meth:`by_kind` computes the
+    same map as ``E x + D x`` instead: ``E`` the module weight of each (row kind, column kind),
+    applied once to the sum of each column kind's tiles, and ``D = self - module`` on the
+    columns of the row's own tile, one GEMM for all rows of one pattern (stacked).
+    """
+
+    def __init__(self, b: _Builder, plan: Plan, assembled, relation) -> None:
+        self.b, self.plan = b, plan
+        self.assembled, self.relation = assembled, relation
+        self.side_group = {g.side: gi for gi, g in enumerate(plan.groups)}
+        self.diffs: dict = {}  # (self relation, module relation) -> node
+        self._kinds: dict = {}
+
+    def kinds(self, mi: int) -> tuple:
+        """The kind (the side's kind and linked-class order) of each column and each row of
+        mix ``mi``, as the plan named its relations."""
+        if mi not in self._kinds:
+            c = self.plan.couplings[mi]
+            rows = sorted(c.rows, key=lambda r: self.side_group[r[0]])
+            self._kinds[mi] = (
+                [(side_kind(s), o) for s, o in c.cols],
+                [(side_kind(s), o) for s, o in rows],
+            )
+        return self._kinds[mi]
+
+    def diff(self, s: int, m: int):
+        """The node of relation ``s`` minus relation ``m`` (built once)."""
+        if (s, m) not in self.diffs:
+            a, b_ = self.relation(s), self.relation(m)
+            name = f"w{s}_minus_w{m}"
+            self.diffs[s, m] = self.b.call(operator.sub, (a, b_), self.b.shape[a], name)
+        return self.diffs[s, m]
+
+    def by_kind(self, mi: int, li: int, pieces: list, values: dict) -> bool:
+        """Local ``li`` of mix ``mi`` by kind (see the class docstring), its parts added to
+        ``values``; False (nothing done) where no kind repeats."""
+        b, plan = self.b, self.plan
+        mix = plan.mixes[mi]
+        loc = mix.local[li]
+        if len(loc.cols) < 2 or len(loc.groups) < 2:
+            return False
+        col_kind, row_kind = self.kinds(mi)
+        ckind = [col_kind[j] for j in loc.cols]
+        rkind = [row_kind[i] for i in loc.groups]
+        cc, rc = list(dict.fromkeys(ckind)), list(dict.fromkeys(rkind))
+        if len(cc) == len(ckind) and len(rc) == len(rkind):
+            return False
+        ctile = [plan.reductions[mix.inputs[j][0]].tile for j in loc.cols]
+        rtile = [plan.groups[mix.groups[i]].tile for i in loc.groups]
+        # the module relation of each (row kind, column kind): any pair of different tiles
+        module: dict = {}
+        for a, rk in enumerate(rkind):
+            for c, ck in enumerate(ckind):
+                if (rk, ck) not in module and ctile[c] != rtile[a]:
+                    module[rk, ck] = loc.weights[a][c]
+            if len(module) == len(rc) * len(cc):
+                break
+        if len(module) != len(rc) * len(cc):
+            return False  # a kind pair met only within one tile: the dense grid
+        kept = mix.kept_shape
+        sums = []
+        for k, ck in enumerate(cc):
+            xs = tuple(pieces[loc.cols[c]] for c in range(len(ckind)) if ckind[c] == ck)
+            sums.append(xs[0] if len(xs) == 1 else b.call(total, xs, None, f"m{mi}_l{li}_k{k}"))
+        w = self.assembled(tuple(tuple(module[rk, ck] for ck in cc) for rk in rc), f"m{mi}_l{li}_w")
+        ch = {rk: plan.groups[mix.groups[loc.groups[rkind.index(rk)]]].channels for rk in rc}
+        y = b.call(channel_mix, (w, *sums), (*kept, sum(ch.values())), f"m{mi}_l{li}_out")
+        starts = dict(zip(rc, itertools.accumulate([0, *ch.values()])))
+        # each row's own tile: self - module, one GEMM per pattern of rows
+        patterns: dict = {}
+        for a, rk in enumerate(rkind):
+            i = loc.groups[a]
+            values.setdefault(i, []).append((y, starts[rk], starts[rk] + ch[rk]))
+            own = [c for c in range(len(ckind)) if ctile[c] == rtile[a]]
+            if own:
+                pat = (rk, tuple((ckind[c], loc.weights[a][c]) for c in own))
+                patterns.setdefault(pat, []).append((i, own))
+        for p, ((rk, own_kinds), members) in enumerate(patterns.items()):
+            line = tuple(self.diff(r, module[rk, ck]) for ck, r in own_kinds)
+            dw = line[0]
+            if len(line) > 1:
+                shape = (b.shape[line[0]][0], sum(b.shape[d][1] for d in line))
+                dw = b.call(blocks, ((line,),), shape, f"m{mi}_l{li}_d{p}_w")
+            rows = tuple(tuple(pieces[loc.cols[c]] for c in own) for _, own in members)
+            tag = f"m{mi}_l{li}_d{p}"
+            if len(rows) == 1:
+                d = b.call(channel_mix, (dw, *rows[0]), None, f"{tag}_out")
+                values[members[0][0]].append((d, None, None))
+                continue
+            x = b.call(stack_cat, (rows,), None, f"{tag}_x")
+            d = b.call(channel_mix, (dw, x), None, f"{tag}_out")
+            for n, (i, _) in enumerate(members):
+                values[i].append((d, n))
+        return True
 
 
-def _mean(b: _Builder, xs: list, name: str):
-    """The average of same-shape tensors."""
-    if len(xs) == 1:
-        return xs[0]
-    stacked = b.call(torch.stack, (xs, 0), None, f"{name}_stack")
-    return b.method("mean", (stacked, 0), b.shape[xs[0]], name)
-
-
-def _linear_mix(b, plan, mi, mix, pieces, assembled, group_values, pointwise) -> None:
+def _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise) -> None:
     """The linear basis's mixing of one mix: per layer, then per kind, into each group."""
     kept = mix.kept_shape
 
     def weight(grid: tuple, name: str):
-        return assembled(tuple(tuple(line) for line in grid), name)
+        return linear.assembled(tuple(tuple(line) for line in grid), name)
 
     sh = mix.shared
-    values: dict = {}  # position in mix.groups -> node
+    values: dict = {}  # position in mix.groups -> [part]
     # terms between the tiles of one layer: their own relations
     for li, loc in enumerate(mix.local):
+        if linear.by_kind(mi, li, pieces, values):
+            continue
         w = weight(loc.weights, f"m{mi}_l{li}_w")
-        x = b.cat([pieces[j] for j in loc.cols], f"m{mi}_l{li}_cat")
+        xs = [pieces[j] for j in loc.cols]
         if sh is None and len(loc.groups) == 1 and _is_full(plan, mix.groups[loc.groups[0]]):
-            pointwise[mix.groups[loc.groups[0]]] = (w, x)
+            pointwise[mix.groups[loc.groups[0]]] = (w, xs)
             continue
         sizes = [plan.groups[mix.groups[i]].channels for i in loc.groups]
-        y = b.call(channel_mix, (w, x), (*kept, sum(sizes)), f"m{mi}_l{li}_out")
-        for i, part in zip(loc.groups, _split(b, y, sizes, f"m{mi}_l{li}")):
-            values[i] = part
+        y = b.call(channel_mix, (w, *xs), (*kept, sum(sizes)), f"m{mi}_l{li}_out")
+        for i, part in zip(loc.groups, _parts(y, sizes)):
+            values.setdefault(i, []).append(part)
     if sh is None:
         for i, g in enumerate(mix.groups):
             if i in values:
-                group_values[g] = values[i]
+                group_values[g] = tuple(values[i])
         return
     # terms from every tile of a kind, averaged
-    aggs = [
-        _mean(b, [pieces[j] for j in cols], f"m{mi}_k{k}") for k, cols in enumerate(sh.col_kinds)
-    ]
+    aggs = []
+    for k, cols in enumerate(sh.col_kinds):
+        xs = [pieces[j] for j in cols]
+        aggs.append(xs[0] if len(xs) == 1 else b.call(average, tuple(xs), None, f"m{mi}_k{k}"))
     rep = [sh.row_kinds.index(k) for k in range(max(sh.row_kinds) + 1)]
     sizes = [plan.groups[mix.groups[i]].channels for i in rep]
-    x = b.cat(aggs, f"m{mi}_kinds")
     if mix.key:
         y = b.call(
-            channel_mix, (weight(sh.weights, f"m{mi}_w"), x), (*kept, sum(sizes)), f"m{mi}_shared"
+            channel_mix,
+            (weight(sh.weights, f"m{mi}_w"), *aggs),
+            (*kept, sum(sizes)),
+            f"m{mi}_shared",
         )
     else:  # the invariant channel
         into, out = sh.weights
-        v = b.call(channel_mix, (weight([into], f"m{mi}_inv_in"), x), (plan.width,), f"m{mi}_inv")
+        v = b.call(
+            channel_mix, (weight([into], f"m{mi}_inv_in"), *aggs), (plan.width,), f"m{mi}_inv"
+        )
         w_out = weight([[r] for r in out], f"m{mi}_inv_out")
         y = b.call(channel_mix, (w_out, v), (sum(sizes),), f"m{mi}_shared")
         if sh.biases:
             bias = weight([[r] for r in sh.biases], f"m{mi}_bias")
             y = b.call(operator.add, (y, bias), (sum(sizes),), f"m{mi}_shared_b")
-    per_kind = _split(b, y, sizes, f"m{mi}_shared")
+    per_kind = _parts(y, sizes)
     for i, g in enumerate(mix.groups):
-        shared_val = per_kind[sh.row_kinds[i]]
-        group_values[g] = b.add(values.get(i), shared_val, f"g{g}_sum")
+        group_values[g] = (*values.get(i, ()), per_kind[sh.row_kinds[i]])

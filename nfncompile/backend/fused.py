@@ -30,7 +30,19 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["mean", "channel_mix", "tile_sum"]
+__all__ = [
+    "mean",
+    "channel_mix",
+    "tile_sum",
+    "tile_in",
+    "place",
+    "unfold",
+    "tile_add",
+    "average",
+    "total",
+    "stack_cat",
+    "blocks",
+]
 
 
 def _memory_order(x: torch.Tensor) -> list:
@@ -75,9 +87,10 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def channel_mix(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def channel_mix(weight: torch.Tensor, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
     """``(R, K)`` weight applied to the channels (last dim) of ``x`` ``(B, *kept, K)``:
-    ``(B, *kept, R)``, one ``(B*N, K) x (K, R)`` GEMM.
+    ``(B, *kept, R)``, one ``(B*N, K) x (K, R)`` GEMM. With ``more`` tensors, ``x`` and they are
+    concatenated along channels first (``K`` is their total).
 
     An ``x`` whose leading dims merge (any tile with batch 1, a channels-last tile) is read as
     one matrix whatever its strides. On CUDA, an ``x`` that is channels-first in memory is mixed
@@ -85,7 +98,11 @@ def channel_mix(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
     >>> torch.equal(channel_mix(torch.eye(3), torch.ones(2, 4, 3)), torch.ones(2, 4, 3))
     True
+    >>> channel_mix(torch.ones(1, 3), torch.ones(2, 1), torch.ones(2, 2)).tolist()
+    [[3.0], [3.0]]
     """
+    if more:
+        x = torch.cat((x, *more), -1)
     if x.dim() > 2 and x.stride(-1) != 1:
         if x.is_cuda:
             first = x.movedim(-1, 1)
@@ -176,7 +193,13 @@ class _TileSum(torch.autograd.Function):
         return (dx, dw, *dvals)
 
 
-def tile_sum(x: torch.Tensor, weight: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+def tile_sum(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *values: torch.Tensor,
+    groups: tuple = (),
+    layout: tuple | None = None,
+) -> torch.Tensor:
     """One output tile: ``values`` (each broadcastable to it, smallest first) plus the channel
     mix of ``x`` ``(B, *dims, K)`` by ``weight`` ``(R, K)``, as a fresh contiguous
     ``(B, *dims, R)`` tensor.
@@ -186,14 +209,176 @@ def tile_sum(x: torch.Tensor, weight: torch.Tensor, *values: torch.Tensor) -> to
     of each value is a sum of the output gradient over its broadcast dims, computed once per
     distinct shape from the smallest sum that covers it.
 
+    The generated code hands a tile's contributions over as ``groups`` (see :func:`place`;
+    placed first, they come before ``values``) and its way back to the parameter's layout as
+    ``layout`` (:func:`unfold` 's arguments), so that one output tile is one call.
+
     >>> x, w = torch.randn(2, 3, 4, 5), torch.randn(6, 5)
     >>> row, col = torch.randn(1, 3, 1, 6), torch.randn(2, 1, 4, 6)
     >>> torch.allclose(tile_sum(x, w, row, col), row + col + x @ w.t(), atol=1e-5)
     True
     """
+    values = (*(place(*g) for g in groups), *values)
     if torch._C._are_functorch_transforms_active():  # vmap, jacfwd: the plain composition
         acc = channel_mix(weight, x)
         for v in values:
             acc = acc + v
-        return acc
-    return _TileSum.apply(x, weight, *values)
+    else:
+        acc = _TileSum.apply(x, weight, *values)
+    return acc if layout is None else unfold(acc, *layout)
+
+
+def tile_in(
+    x: torch.Tensor,
+    index: tuple | None = None,
+    embeds: tuple = (),
+    split: tuple | None = None,
+    order: tuple | None = None,
+    shape: tuple | None = None,
+    copy: bool = False,
+) -> torch.Tensor:
+    """An input tile in the internal layout ``(B, *permutable dims, C * fixed)``, from its
+    parameter's channels-first features ``(B, C, *param shape)``.
+
+    In order, each step skipped when ``None`` or empty: ``index`` (per parameter axis,
+    ``(start, stop)``: the tile of a composite tensor), ``embeds`` added, ``split`` (a
+    reshape to the tile's dims), ``order`` (a permute, batch dim included), ``shape`` (a
+    reshape, batch dim not included), ``copy`` (made contiguous).
+
+    >>> x = torch.arange(12.0).reshape(1, 2, 6)  # (B, C, n): two tiles of 3 along n
+    >>> tile_in(x, index=((3, 6),), order=(0, 2, 1)).tolist()
+    [[[3.0, 9.0], [4.0, 10.0], [5.0, 11.0]]]
+    """
+    if index is not None:
+        x = x[(slice(None), slice(None), *(slice(a, b) for a, b in index))]
+    for e in embeds:
+        x = x + e
+    if split is not None:
+        x = x.reshape(-1, *split)
+    if order is not None:
+        x = x.permute(order)
+    if shape is not None:
+        x = x.reshape(-1, *shape)
+    return x.contiguous() if copy else x
+
+
+def place(
+    parts: tuple,
+    shape: tuple | None = None,
+    perm: tuple | None = None,
+    bias: torch.Tensor | None = None,
+    deltas: tuple = (),
+) -> torch.Tensor:
+    """One output pattern's contribution to its tile, broadcastable to it.
+
+    ``parts`` are summed in order, each a mix's result (a tensor), its channels ``start:stop``
+    (``(tensor, start, stop)``) or entry ``index`` of a stack of results (``(tensor, index)``);
+    then ``perm`` (its kept dims permuted to the tile's order), ``bias`` added (alone: a
+    ``(1, channels)`` tensor), ``shape`` (a reshape inserting the broadcast singletons, batch
+    dim not included) and each of ``deltas`` (0/1 masks writing a diagonal) multiplied in.
+
+    >>> y = torch.arange(6.0).reshape(1, 3, 2)  # a mix's result: 3 kept indices, 2 channels
+    >>> place(((y, 1, 2),), (3, 1, 1)).shape
+    torch.Size([1, 3, 1, 1])
+    """
+    y = None
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            v = part
+        elif len(part) == 2:
+            v = part[0][part[1]]
+        else:
+            v = part[0][..., part[1] : part[2]]
+        y = v if y is None else y + v
+    if y is not None and perm is not None:
+        y = y.permute(0, *(1 + p for p in perm), len(perm) + 1)
+    if bias is not None:
+        y = bias.reshape(1, -1) if y is None else y + bias
+    if shape is not None:
+        y = y.reshape(-1, *shape)
+    for d in deltas:
+        y = y * d.type_as(y)
+    return y
+
+
+def unfold(
+    acc: torch.Tensor,
+    shape: tuple | None = None,
+    order: tuple | None = None,
+    merge: tuple | None = None,
+) -> torch.Tensor:
+    """An output tile from the internal layout back to its parameter's: the channels unfolded
+    from the fixed dims (``shape``), permuted back (``order``) and block dims merged (``merge``);
+    shapes without the batch dim, each step skipped when ``None``.
+
+    >>> unfold(torch.zeros(2, 3, 4), None, (0, 2, 1)).shape
+    torch.Size([2, 4, 3])
+    """
+    if shape is not None:
+        acc = acc.reshape(-1, *shape)
+    if order is not None:
+        acc = acc.permute(order)
+    if merge is not None:
+        acc = acc.reshape(-1, *merge)
+    return acc
+
+
+def tile_add(
+    like: torch.Tensor, groups: tuple, full: tuple | None = None, layout: tuple = ()
+) -> torch.Tensor:
+    """An output tile without a pointwise channel mix: the sum of its ``groups`` (each as
+    :func:`place` takes it, smallest first), zeros of ``like`` when there are none (then
+    ``full`` is given), expanded to ``(B, *full)`` with ``like``'s batch size when ``full`` is
+    given, and :func:`unfold` ed by ``layout``.
+
+    >>> like = torch.zeros(2, 5, 3)
+    >>> tile_add(like, (((torch.ones(1, 4),), (1, 4)),), (3, 4)).shape
+    torch.Size([2, 3, 4])
+    """
+    acc = None
+    for g in groups:
+        v = place(*g)
+        acc = v if acc is None else acc + v
+    if acc is None:
+        acc = like.new_zeros((1, *full))
+    if full is not None:
+        acc = acc.expand(like.size(0), *full)
+    return unfold(acc, *layout)
+
+
+def average(*xs: torch.Tensor) -> torch.Tensor:
+    """The mean of same-shape tensors (stacked, then averaged).
+
+    >>> average(torch.ones(2), torch.zeros(2)).tolist()
+    [0.5, 0.5]
+    """
+    return torch.stack(xs, 0).mean(0)
+
+
+def total(*xs: torch.Tensor) -> torch.Tensor:
+    """The sum of same-shape tensors (stacked, then summed).
+
+    >>> total(torch.ones(2), torch.ones(2)).tolist()
+    [2.0, 2.0]
+    """
+    return torch.stack(xs, 0).sum(0)
+
+
+def stack_cat(rows: tuple) -> torch.Tensor:
+    """Each row's tensors concatenated along channels (last dim), the rows stacked on a new
+    leading dim.
+
+    >>> stack_cat(((torch.ones(2, 1), torch.zeros(2, 2)), (torch.ones(2, 3),))).shape
+    torch.Size([2, 2, 3])
+    """
+    return torch.stack([r[0] if len(r) == 1 else torch.cat(r, -1) for r in rows], 0)
+
+
+def blocks(grid: tuple) -> torch.Tensor:
+    """One matrix from a grid (rows of blocks) of matrices.
+
+    >>> blocks(((torch.ones(1, 1), torch.zeros(1, 2)), (torch.zeros(2, 3),))).shape
+    torch.Size([3, 3])
+    """
+    rows = [line[0] if len(line) == 1 else torch.cat(line, 1) for line in grid]
+    return rows[0] if len(rows) == 1 else torch.cat(rows, 0)

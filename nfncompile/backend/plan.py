@@ -528,6 +528,15 @@ def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool) -> t
         by_module.setdefault(s.tile.module, ([], []))[0].append(j)
     for i, (s, _) in enumerate(rows):
         by_module.setdefault(s.tile.module, ([], []))[1].append(i)
+    # a term's relation is a function of its role and the two kinds (which fix the link and
+    # the fixed sizes): named once per (role, column kind, row kind), not per pair of tiles
+    ck_index: dict = {}
+    rk_index: dict = {}
+    col_id = [ck_index.setdefault(k, len(ck_index)) for k in col_kind]
+    row_id = [rk_index.setdefault(k, len(rk_index)) for k in row_kind]
+    col_tile = [(s.tile.param, s.tile.index) for s, _ in cols]
+    row_tile = [(s.tile.param, s.tile.index) for s, _ in rows]
+    named: dict = {}
     local = []
     for module, (mcols, mrows) in by_module.items():
         if not mcols or not mrows:
@@ -536,10 +545,13 @@ def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool) -> t
         for i in mrows:
             line = []
             for j in mcols:
-                role = "self" if cols[j][0].tile == rows[i][0].tile else "module"
-                key = f"{role}: {col_kind[j][0]} -> {row_kind[i][0]}{link(j, i)}"
-                rf, cf = rows[i][0].tile.fixed_size, cols[j][0].tile.fixed_size
-                line.append(vocab(key, role, rf, cf))
+                role = "self" if col_tile[j] == row_tile[i] else "module"
+                r = named.get((role, col_id[j], row_id[i]))
+                if r is None:
+                    key = f"{role}: {col_kind[j][0]} -> {row_kind[i][0]}{link(j, i)}"
+                    rf, cf = rows[i][0].tile.fixed_size, cols[j][0].tile.fixed_size
+                    r = named[role, col_id[j], row_id[i]] = vocab(key, role, rf, cf)
+                line.append(r)
             weights.append(tuple(line))
         local.append(Local(module, tuple(mcols), tuple(mrows), tuple(weights)))
     # from every tile of a kind, averaged, to every row of a kind (not within a single layer:
