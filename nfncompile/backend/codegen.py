@@ -64,6 +64,7 @@ from .fused import (
     channel_mix,
     mean,
     stack_cat,
+    tensor_add,
     tile_add,
     tile_in,
     tile_sum,
@@ -374,6 +375,13 @@ def generate(
     # ---- sum into tiles (smallest first, the pointwise GEMM last), back to (B, C_out, ...) ---
     # one call per tile: fused.tile_sum (with its pointwise GEMM) or fused.tile_add
     tile_out: dict = {}
+    # composite tensors without a pointwise GEMM in any tile: one fused.tensor_add each
+    whole = {
+        pname
+        for pname, tiles in tiles_of.items()
+        if len(tiles) > 1
+        and not any(kind == "gemm" for _, t in tiles for kind, _ in out_values.get(t, ()))
+    }
     for q in plan.tiles:
         perm_shape = tuple(q.dims[d].size for d in q.perm_dims)
         fixed_shape = tuple(q.dims[d].size for d in q.fixed_dims)
@@ -417,6 +425,9 @@ def generate(
                 args += (full,)
             if layout:
                 args += (() if len(args) == 3 else (None,)) + (layout,)
+            if q.param in whole:  # with its tensor's other tiles, in one call
+                tile_out[q] = args[1:]
+                continue
             acc = b.call(tile_add, args, full, name)
         b.shape[acc] = (c_out, *q.shape)
         tile_out[q] = acc
@@ -426,6 +437,11 @@ def generate(
         p = spec[pname]
         tensors = [tile_out[t] for _, t in tiles_of[pname]]
         counts = [len(a) if isinstance(a, tuple) else 1 for a in p.axes]
+        if pname in whole:
+            shape = (c_out, *(p.shape if p.view is None else p.view))
+            args = (inputs[pname], tuple(tensors), tuple(counts))
+            tensors = [b.call(tensor_add, args, shape, f"{ident}_native")]
+            counts = []
         for ax in reversed(range(len(counts))):
             c = counts[ax]
             if c == 1:

@@ -38,6 +38,7 @@ __all__ = [
     "place",
     "unfold",
     "tile_add",
+    "tensor_add",
     "average",
     "total",
     "stack_cat",
@@ -344,6 +345,25 @@ def tile_add(
     if full is not None:
         acc = acc.expand(like.size(0), *full)
     return unfold(acc, *layout)
+
+
+def tensor_add(like: torch.Tensor, tiles: tuple, counts: tuple) -> torch.Tensor:
+    """A composite tensor's output tiles, none with a pointwise channel mix, in one call: each
+    tile :func:`tile_add` ``(like, *tile)``, concatenated along each composite axis (``counts``:
+    the tiles along each axis of the parameter, row-major).
+
+    >>> like = torch.zeros(2, 5, 3)
+    >>> tile = ((((torch.ones(1, 4),), (1, 4)),), (3, 4), (None, (0, 2, 1)))  # (2, 4, 3)
+    >>> tensor_add(like, (tile, tile), (2,)).shape
+    torch.Size([2, 4, 6])
+    """
+    outs = [tile_add(like, *t) for t in tiles]
+    for ax in reversed(range(len(counts))):
+        c = counts[ax]
+        if c > 1:
+            outs = [torch.cat(outs[i : i + c], 2 + ax) for i in range(0, len(outs), c)]
+    (out,) = outs
+    return out
 
 
 def average(*xs: torch.Tensor) -> torch.Tensor:

@@ -312,8 +312,9 @@ class NFLinear(nn.Module):
                 per_group = [sum(cols)] * len(m.groups)
             else:
                 for loc in m.local:
+                    fan = sum(cols[j] for j in loc.cols)
                     for i in loc.groups:
-                        per_group[i] += sum(cols[j] for j in loc.cols)
+                        per_group[i] += fan
                 if m.shared is not None:
                     if m.key:
                         extra = sum(cols[ks[0]] for ks in m.shared.col_kinds)
@@ -399,8 +400,9 @@ class NFLinear(nn.Module):
                 tiles = [plan.groups[gi].tile.name for gi in m.groups]
                 for loc in m.local:
                     for i, line in zip(loc.groups, loc.weights):
-                        for r in line:
-                            use(r, math.sqrt(3.0 / eff[tiles[i]]))
+                        b = math.sqrt(3.0 / eff[tiles[i]])
+                        for r in dict.fromkeys(line):  # first-use order: the draws' order
+                            use(r, b)
                 sh = m.shared
                 if sh is None:
                     continue

@@ -115,3 +115,95 @@ def test_code_reads_as_the_plan():
             not all(r.side.linked) or any(len(c) > 1 for c in r.side.classes)
         )
     assert "mix0" in code and "_native" in code and "_cl" in code
+
+
+def _dense_spec():
+    """Two layers' outputs concatenated into a norm and a conv, then a third piece: composite
+    tensors of 2 and 3 tiles, one kind per tensor."""
+    from tests.backend.specs import make_spec
+
+    return make_spec(
+        {"in": (2, "input"), "a": (3, "hidden"), "b": (2, "hidden"), "c": (2, "hidden")},
+        {
+            "conv0.weight": {"shape": [3, 2, 3, 3], "axes": ["a", "in", None, None]},
+            "l1.norm.weight": {"shape": [3], "axes": ["a"]},
+            "l1.norm.bias": {"shape": [3], "axes": ["a"]},
+            "l1.conv.weight": {"shape": [2, 3, 1, 1], "axes": ["b", "a", None, None]},
+            "l2.norm.weight": {"shape": [5], "axes": [["a", "b"]]},
+            "l2.norm.bias": {"shape": [5], "axes": [["a", "b"]]},
+            "l2.conv.weight": {"shape": [2, 5, 1, 1], "axes": ["c", ["a", "b"], None, None]},
+            "out.norm.weight": {"shape": [7], "axes": [["a", "b", "c"]]},
+            "out.conv.weight": {"shape": [3, 7], "axes": ["a", ["a", "b", "c"]]},
+        },
+    )
+
+
+def _run(gm: fx.GraphModule, xs: list) -> tuple:
+    ys = gm(*xs)
+    seeds = [
+        torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=y.dtype) for y in ys
+    ]
+    params = [p for _, p in sorted(gm.named_parameters())]
+    return ys, torch.autograd.grad(ys, xs + params, seeds)
+
+
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+def test_local_terms_by_kind_are_the_dense_grid(mode, monkeypatch):
+    """Linear basis: a layer whose composite tensors repeat kinds mixes its local terms as
+    ``E x + D x`` (module weights on the kinds' sums, self - module on each tile); that is the
+    map of the dense grid of relation weights, values and gradients (float64)."""
+    from nfncompile.backend import codegen
+
+    plan = build_plan(_dense_spec(), mode, 2, 3, basis="linear")
+    by_kind = generate(plan).double()
+    assert any(n.target is codegen.total for n in by_kind.graph.nodes)  # the path is taken
+    monkeypatch.setattr(codegen._Relations, "by_kind", lambda *a: False)
+    dense = generate(plan).double()
+    assert not any(n.target is codegen.total for n in dense.graph.nodes)
+    gen = torch.Generator().manual_seed(0)
+    for name, p in sorted(by_kind.named_parameters()):
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            dict(dense.named_parameters())[name].copy_(p)
+    xs = [
+        torch.randn(2, 2, *plan.spec[n].shape, generator=gen, dtype=torch.float64).requires_grad_()
+        for n in plan.spec.names
+    ]
+    (y1, g1), (y2, g2) = _run(by_kind, xs), _run(dense, xs)
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(g1, g2)
+
+
+def _dense_block(layers: int):
+    """A DenseNet block of ``layers`` layers: each normalises and convolves the concatenation
+    of the stem's and every earlier layer's outputs (``layers * (layers + 1) / 2`` pieces)."""
+    from tests.backend.specs import make_spec
+
+    spaces = {"in": (2, "input"), **{f"s{i}": (2, "hidden") for i in range(layers + 1)}}
+    params = {"stem.weight": {"shape": [2, 2, 3, 3], "axes": ["s0", "in", None, None]}}
+    for i in range(1, layers + 1):
+        pieces = [f"s{j}" for j in range(i)]
+        axis = pieces if len(pieces) > 1 else pieces[0]
+        params[f"l{i}.norm.weight"] = {"shape": [2 * i], "axes": [axis]}
+        params[f"l{i}.norm.bias"] = {"shape": [2 * i], "axes": [axis]}
+        params[f"l{i}.conv.weight"] = {
+            "shape": [2, 2 * i, 1, 1],
+            "axes": [f"s{i}", axis, None, None],
+        }
+    return make_spec(spaces, params)
+
+
+def test_composite_tensors_cost_a_few_nodes_per_tile():
+    """The linear layer's graph grows with its tiles, not with tiles squared: a few calls per
+    tile (main had 12-14), and doubling a dense block's depth (about 4x the tiles) keeps the
+    arguments per tile (the dense weight grids of composite tensors grew them by 19%)."""
+    from torch.utils._pytree import tree_leaves
+
+    per_tile = []
+    for layers in (8, 16):
+        plan = build_plan(_dense_block(layers), "np", 2, 2, basis="linear")
+        calls = [n for n in generate(plan).graph.nodes if n.op == "call_function"]
+        leaves = sum(len(tree_leaves((n.args, n.kwargs))) for n in calls)
+        per_tile.append((len(calls) / len(plan.tiles), leaves / len(plan.tiles)))
+    (n8, a8), (n16, a16) = per_tile
+    assert max(n8, n16) <= 6 and a16 <= 1.05 * a8, per_tile

@@ -120,3 +120,64 @@ def test_tile_sum_under_vmap_and_jacfwd():
     jac = torch.func.jacfwd(lambda ww: tile_sum(x[0], ww, row))(w)
     want = torch.func.jacfwd(lambda ww: x[0] @ ww.t() + row)(w)
     torch.testing.assert_close(jac, want)
+
+
+def test_one_call_per_tile_is_the_plain_composition():
+    """``tile_in``, ``place``, ``tile_sum`` with ``groups`` and ``layout``, ``tile_add`` and
+    ``tensor_add`` equal the slicing, permutes, reshapes, sums and concatenations they fold into
+    one call: values and gradients (float64)."""
+    from nfncompile.backend.fused import tensor_add, tile_add, tile_in
+
+    gen = torch.Generator().manual_seed(3)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    # a (B=2, C=3, 4, 5, 2) tensor, tile 1:4 along its first axis, the last axis fixed
+    x, emb = rand(2, 3, 4, 5, 2), rand(3, 1, 5, 1)
+    got = tile_in(x, ((1, 4), (0, 5), (0, 2)), (emb,), None, (0, 2, 3, 1, 4), (3, 5, 6), True)
+    want = (x[:, :, 1:4] + emb).permute(0, 2, 3, 1, 4).reshape(2, 3, 5, 6)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want)
+    # an output tile (B, 3, 5, 4 channels): a row from two mixes' channel ranges, a stacked
+    # column, a bias alone, the pointwise GEMM; then back to (B, 4, 5, 3)
+    w, xin = rand(4, 6), rand(2, 3, 5, 6)
+    row1, row2, cols, bias = rand(2, 3, 7), rand(1, 3, 4), rand(3, 2, 5, 4), rand(4)
+    groups = (
+        (((row1, 2, 6), row2), (3, 1, 4)),
+        (((cols, 1),), (1, 5, 4)),
+        ((), (1, 1, 4), None, bias),
+    )
+
+    def broadcasts():
+        return (
+            bias.reshape(1, 1, 1, 4)
+            + (row1[..., 2:6] + row2).reshape(-1, 3, 1, 4)
+            + cols[1].reshape(-1, 1, 5, 4)
+        )
+
+    def row():
+        return (row1[..., 2:6] + row2).reshape(-1, 3, 1, 4).expand(2, 3, 5, 4)
+
+    cases = [
+        (
+            lambda: tile_sum(xin, w, groups=groups, layout=(None, (0, 3, 2, 1))),
+            lambda: (broadcasts() + xin @ w.t()).permute(0, 3, 2, 1),
+        ),
+        (lambda: tile_add(xin, groups, (3, 5, 4)), lambda: broadcasts().expand(2, 3, 5, 4)),
+        (
+            lambda: tensor_add(xin, ((groups, (3, 5, 4)), (groups[:1], (3, 5, 4))), (1, 2)),
+            lambda: torch.cat([broadcasts().expand(2, 3, 5, 4), row()], 3),  # param axis 1
+        ),
+    ]
+    for make, reference in cases:
+        out, ref = make(), reference()
+        torch.testing.assert_close(out, ref)
+        inputs = [x for x in (w, xin, row1, row2, cols, bias)]
+        seed = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+        g1 = torch.autograd.grad(out, inputs, seed, allow_unused=True)
+        g2 = torch.autograd.grad(ref, inputs, seed, allow_unused=True)
+        for a, b in zip(g1, g2):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b)
