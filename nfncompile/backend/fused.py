@@ -254,12 +254,7 @@ def tile_in(
         x = x[(slice(None), slice(None), *(slice(a, b) for a, b in index))]
     for e in embeds:
         x = x + e
-    if split is not None:
-        x = x.reshape(-1, *split)
-    if order is not None:
-        x = x.permute(order)
-    if shape is not None:
-        x = x.reshape(-1, *shape)
+    x = unfold(x, split, order, shape)  # the same three steps as an output tile's way back
     return x.contiguous() if copy else x
 
 
@@ -310,7 +305,8 @@ def unfold(
 ) -> torch.Tensor:
     """An output tile from the internal layout back to its parameter's: the channels unfolded
     from the fixed dims (``shape``), permuted back (``order``) and block dims merged (``merge``);
-    shapes without the batch dim, each step skipped when ``None``.
+    shapes without the batch dim, each step skipped when ``None``. (An input tile's way in,
+    :func:`tile_in`, is the same three steps: split, permute, fold.)
 
     >>> unfold(torch.zeros(2, 3, 4), None, (0, 2, 1)).shape
     torch.Size([2, 4, 3])
