@@ -49,7 +49,6 @@ def forward(self, w):
 
 from __future__ import annotations
 
-import itertools
 import math
 import operator
 import re
@@ -321,7 +320,7 @@ def generate(
                 continue
             y = b.call(channel_mix, (w, *pieces), (*kept, mix.out_channels), f"mix{mi}_out")
             sizes = [plan.groups[g].channels for g in mix.groups]
-            for g, part in zip(mix.groups, _parts(y, sizes)):
+            for g, part in zip(mix.groups, _parts(b, y, sizes, f"mix{mi}")):
                 group_values[g] = (part,)
             continue
         _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise)
@@ -366,7 +365,6 @@ def generate(
             deltas.append(get_attr(f"delta{n_delta}", eye, False))
             n_delta += 1
             shp = tuple(max(a, d) for a, d in zip(shp, dshape))
-        parts = tuple(p[0] if p[1:] == (None, None) else p for p in parts)
         group = (parts, place_shape, perm, bias, tuple(deltas))
         while group[-1] in (None, ()) and len(group) > 1:  # defaults left out of the code
             group = group[:-1]
@@ -471,12 +469,14 @@ def _is_full(plan: Plan, g: int) -> bool:
     )
 
 
-def _parts(y, sizes: list) -> list:
-    """The channel ranges of ``y`` of ``sizes``, as ``fused.place`` reads them."""
+def _parts(b: _Builder, y, sizes: list, tag: str) -> list:
+    """The channels of ``y`` in parts of ``sizes``, as ``fused.place`` reads them: ``y``
+    itself, or ``(split, j)`` from one ``torch.split`` (its backward writes the gradient of
+    ``y`` once, where a slice per part would zero-fill a full-size gradient per part)."""
     if len(sizes) == 1:
-        return [(y, None, None)]
-    bounds = [0, *itertools.accumulate(sizes)]
-    return [(y, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        return [y]
+    parts = b.call(torch.split, (y, sizes, -1), None, f"{tag}_split")
+    return [(parts, j) for j in range(len(sizes))]
 
 
 def _assemble(b: _Builder, blocks_: list, name: str):
@@ -566,12 +566,12 @@ class _Relations:
         w = self.assembled(tuple(tuple(module[rk, ck] for ck in cc) for rk in rc), f"m{mi}_l{li}_w")
         ch = {rk: plan.groups[mix.groups[loc.groups[rkind.index(rk)]]].channels for rk in rc}
         y = b.call(channel_mix, (w, *sums), (*kept, sum(ch.values())), f"m{mi}_l{li}_out")
-        starts = dict(zip(rc, itertools.accumulate([0, *ch.values()])))
+        per_kind = dict(zip(rc, _parts(b, y, list(ch.values()), f"m{mi}_l{li}")))
         # each row's own tile: self - module, one GEMM per pattern of rows
         patterns: dict = {}
         for a, rk in enumerate(rkind):
             i = loc.groups[a]
-            values.setdefault(i, []).append((y, starts[rk], starts[rk] + ch[rk]))
+            values.setdefault(i, []).append(per_kind[rk])
             own = [c for c in range(len(ckind)) if ctile[c] == rtile[a]]
             if own:
                 pat = (rk, tuple((ckind[c], loc.weights[a][c]) for c in own))
@@ -586,10 +586,11 @@ class _Relations:
             tag = f"m{mi}_l{li}_d{p}"
             if len(rows) == 1:
                 d = b.call(channel_mix, (dw, *rows[0]), None, f"{tag}_out")
-                values[members[0][0]].append((d, None, None))
+                values[members[0][0]].append(d)
                 continue
             x = b.call(stack_cat, (rows,), None, f"{tag}_x")
             d = b.call(channel_mix, (dw, x), None, f"{tag}_out")
+            d = b.call(torch.unbind, (d, 0), None, f"{tag}_rows")  # one stack in the backward
             for n, (i, _) in enumerate(members):
                 values[i].append((d, n))
         return True
@@ -615,7 +616,7 @@ def _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise) -> No
             continue
         sizes = [plan.groups[mix.groups[i]].channels for i in loc.groups]
         y = b.call(channel_mix, (w, *xs), (*kept, sum(sizes)), f"m{mi}_l{li}_out")
-        for i, part in zip(loc.groups, _parts(y, sizes)):
+        for i, part in zip(loc.groups, _parts(b, y, sizes, f"m{mi}_l{li}")):
             values.setdefault(i, []).append(part)
     if sh is None:
         for i, g in enumerate(mix.groups):
@@ -646,6 +647,6 @@ def _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise) -> No
         if sh.biases:
             bias = weight([[r] for r in sh.biases], f"m{mi}_bias")
             y = b.call(operator.add, (y, bias), (sum(sizes),), f"m{mi}_shared_b")
-    per_kind = _parts(y, sizes)
+    per_kind = _parts(b, y, sizes, f"m{mi}_shared")
     for i, g in enumerate(mix.groups):
         group_values[g] = (*values.get(i, ()), per_kind[sh.row_kinds[i]])

@@ -267,24 +267,19 @@ def place(
 ) -> torch.Tensor:
     """One output pattern's contribution to its tile, broadcastable to it.
 
-    ``parts`` are summed in order, each a mix's result (a tensor), its channels ``start:stop``
-    (``(tensor, start, stop)``) or entry ``index`` of a stack of results (``(tensor, index)``);
+    ``parts`` are summed in order, each a mix's result (a tensor) or a part of it
+    (``(parts, index)``: entry ``index`` of the tuple a ``torch.split`` or ``torch.unbind`` made);
     then ``perm`` (its kept dims permuted to the tile's order), ``bias`` added (alone: a
     ``(1, channels)`` tensor), ``shape`` (a reshape inserting the broadcast singletons, batch
     dim not included) and each of ``deltas`` (0/1 masks writing a diagonal) multiplied in.
 
     >>> y = torch.arange(6.0).reshape(1, 3, 2)  # a mix's result: 3 kept indices, 2 channels
-    >>> place(((y, 1, 2),), (3, 1, 1)).shape
+    >>> place(((y.split([1, 1], -1), 1),), (3, 1, 1)).shape
     torch.Size([1, 3, 1, 1])
     """
     y = None
     for part in parts:
-        if isinstance(part, torch.Tensor):
-            v = part
-        elif len(part) == 2:
-            v = part[0][part[1]]
-        else:
-            v = part[0][..., part[1] : part[2]]
+        v = part if isinstance(part, torch.Tensor) else part[0][part[1]]
         y = v if y is None else y + v
     if y is not None and perm is not None:
         y = y.permute(0, *(1 + p for p in perm), len(perm) + 1)

@@ -139,13 +139,13 @@ def test_one_call_per_tile_is_the_plain_composition():
     want = (x[:, :, 1:4] + emb).permute(0, 2, 3, 1, 4).reshape(2, 3, 5, 6)
     assert got.is_contiguous()
     torch.testing.assert_close(got, want)
-    # an output tile (B, 3, 5, 4 channels): a row from two mixes' channel ranges, a stacked
-    # column, a bias alone, the pointwise GEMM; then back to (B, 4, 5, 3)
+    # an output tile (B, 3, 5, 4 channels): a row from a split mix result and a whole one, a
+    # column unbound from a stack, a bias alone, the pointwise GEMM; then back to (B, 4, 5, 3)
     w, xin = rand(4, 6), rand(2, 3, 5, 6)
     row1, row2, cols, bias = rand(2, 3, 7), rand(1, 3, 4), rand(3, 2, 5, 4), rand(4)
     groups = (
-        (((row1, 2, 6), row2), (3, 1, 4)),
-        (((cols, 1),), (1, 5, 4)),
+        (((row1.split([2, 4, 1], -1), 1), row2), (3, 1, 4)),
+        (((cols.unbind(0), 1),), (1, 5, 4)),
         ((), (1, 1, 4), None, bias),
     )
 
