@@ -7,11 +7,13 @@ placeholder per parameter in spec order, each ``(B, C_in, *param shape)``; it re
 
 Inside, every tile is held **channels-last**: ``(B, *permutable dims, C * prod(fixed dims))``
 (a block axis split into its block and inner dims; fixed dims, e.g. conv kernel dims, folded into
-the channels after them). Each input tile is permuted into that layout once (``*_cl``, ``*_in``:
-a view when the tile is a whole tensor without fixed dims, so a channels-first input is not
-copied) and each output
-tile out of it once (``*_unfold``, ``*_native``: a view, so a stack of layers stays
-channels-last in memory). Between them reductions are means over middle dims, channel mixes are
+the channels after them). Each input tile is permuted into that layout once, by one
+:func:`~.fused.tile_in` call (``*_cl``: a view when the tile is a whole tensor without fixed
+dims, so a channels-first input is not copied), and each output tile out of it once, inside the
+one call that writes it (``*_native``: :func:`~.fused.tile_sum` or :func:`~.fused.tile_add`, or
+one :func:`~.fused.tensor_add` for every tile of a composite tensor; a view, so a stack of layers
+stays channels-last in memory). A layer is a few calls per tile, each with a bounded number of
+arguments: creating, printing and compiling fx nodes is most of a large layer's build. Between them reductions are means over middle dims, channel mixes are
 GEMMs over the last dim and placement only inserts singleton dims to broadcast into: no permute
 sits between a broadcast and a concatenation, which ``torch.compile`` on CPU turned into slow
 fused backward kernels (a sum over broadcast dims into a strided, kernel-sized inner dim). The
