@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -37,6 +37,27 @@ def spec_to_dict(spec: Any) -> dict:
     return out
 
 
+def _entries(
+    items: Any,
+    section: str,
+    shape: str,
+    keys: tuple[str, ...],
+    required: tuple[str, ...],
+    entry_shape: str | None = None,
+) -> Iterator[tuple[str, str, Mapping]]:
+    """``(name, key path, entry)`` of each entry of ``items``, the spec's ``section`` (a
+    mapping name -> mapping), the section and each entry checked to be mappings and each
+    entry's keys checked against ``keys`` / ``required``."""
+    if not isinstance(items, Mapping):
+        raise SpecError(f"{section}: expected a mapping name -> {shape}, got {items!r}")
+    for name, entry in items.items():
+        path = f"{section}.{name}"
+        if not isinstance(entry, Mapping):
+            raise SpecError(f"{path}: expected a mapping {entry_shape or shape}, got {entry!r}")
+        _check_keys(entry, keys, path, required=required)
+        yield name, path, entry
+
+
 def spec_fields(data: Any) -> dict:
     """The constructor arguments of a :class:`WeightSpaceSpec` read from plain data; raises
     :class:`SpecError` naming the key path."""
@@ -44,26 +65,15 @@ def spec_fields(data: Any) -> dict:
         raise SpecError(f"expected a mapping with keys spaces, params, got {type(data).__name__}")
     _check_keys(data, ("mode", "blocks", "spaces", "params"), "", required=("spaces", "params"))
     blocks = []
-    blocks_d = data.get("blocks") or {}
-    if not isinstance(blocks_d, Mapping):
-        raise SpecError(f"blocks: expected a mapping name -> {{count}}, got {blocks_d!r}")
-    for name, entry in blocks_d.items():
-        path = f"blocks.{name}"
-        if not isinstance(entry, Mapping):
-            raise SpecError(f"{path}: expected a mapping {{count}}, got {entry!r}")
-        _check_keys(entry, ("count",), path, required=("count",))
+    for name, path, entry in _entries(
+        data.get("blocks") or {}, "blocks", "{count}", ("count",), ("count",)
+    ):
         if not _is_int(entry["count"]) or entry["count"] < 1:
             raise SpecError(f"{path}.count: expected a positive int, got {entry['count']!r}")
         blocks.append(Blocks(str(name), entry["count"]))
-    spaces_d = data["spaces"]
-    if not isinstance(spaces_d, Mapping):
-        raise SpecError(f"spaces: expected a mapping name -> {{size, role}}, got {spaces_d!r}")
     spaces = []
-    for name, entry in spaces_d.items():
-        path = f"spaces.{name}"
-        if not isinstance(entry, Mapping):
-            raise SpecError(f"{path}: expected a mapping {{size, role}}, got {entry!r}")
-        _check_keys(entry, ("size", "role", "blocks"), path, required=("size", "role"))
+    keys = ("size", "role", "blocks")
+    for name, path, entry in _entries(data["spaces"], "spaces", "{size, role}", keys, keys[:2]):
         size = entry["size"]
         if not _is_int(size) or size < 1:
             raise SpecError(f"{path}.size: expected a positive int, got {size!r}")
@@ -76,15 +86,16 @@ def spec_fields(data: Any) -> dict:
                 f"{path}.blocks: expected the name of a block permutation, got {entry['blocks']!r}"
             )
         spaces.append(Space(str(name), size, entry["role"], blocks=entry.get("blocks")))
-    params_d = data["params"]
-    if not isinstance(params_d, Mapping):
-        raise SpecError(f"params: expected a mapping name -> {{shape, axes}}, got {params_d!r}")
     params = []
-    for name, entry in params_d.items():
-        path = f"params.{name}"
-        if not isinstance(entry, Mapping):
-            raise SpecError(f"{path}: expected a mapping {{shape, axes[, view]}}, got {entry!r}")
-        _check_keys(entry, ("shape", "view", "axes"), path, required=("shape", "axes"))
+    keys = ("shape", "view", "axes")
+    for name, path, entry in _entries(
+        data["params"],
+        "params",
+        "{shape, axes}",
+        keys,
+        ("shape", "axes"),
+        entry_shape="{shape, axes[, view]}",
+    ):
         for key in ("shape", "view"):
             v = entry.get(key)
             if key == "view" and v is None:
