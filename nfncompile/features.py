@@ -43,7 +43,7 @@ import torch
 from .errors import FeatureMismatchError
 from .spec import WeightSpaceSpec
 
-__all__ = ["WeightSpaceFeatures"]
+__all__ = ["WeightSpaceFeatures", "as_features"]
 
 
 def _is_bookkeeping(value: Any) -> bool:
@@ -260,3 +260,20 @@ class WeightSpaceFeatures(Mapping):
     def flatten(self) -> torch.Tensor:
         """``(B, C * total params)``: every tensor flattened and concatenated."""
         return torch.cat([v.flatten(1) for v in self._data.values()], dim=1)
+
+
+def as_features(x: Any, who: str) -> WeightSpaceFeatures:
+    """``x`` as :class:`WeightSpaceFeatures`: itself, or a plain mapping of ``(B, C, ...)``
+    tensors wrapped; anything else is a :class:`FeatureMismatchError` naming ``who``.
+
+    >>> as_features({"w": torch.zeros(1, 2, 3)}, "NFLinear").channels
+    2
+    """
+    if isinstance(x, WeightSpaceFeatures):
+        return x
+    if isinstance(x, Mapping):
+        return WeightSpaceFeatures(x)
+    raise FeatureMismatchError(
+        f"{who} expects WeightSpaceFeatures (a mapping name -> (B, C, *shape) tensor), "
+        f"got {type(x).__name__}"
+    )

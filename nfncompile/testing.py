@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import SpecError, StateDictMismatchError
-from .features import WeightSpaceFeatures
+from .errors import FeatureMismatchError, SpecError, StateDictMismatchError
+from .features import WeightSpaceFeatures, as_features
 from .spec import ParamSpec, Permutation, Space, WeightSpaceSpec, check_mode
 
 __all__ = [
@@ -161,14 +161,15 @@ def _draw(spec: WeightSpaceSpec, generator: torch.Generator, mode: str) -> Permu
 
 
 def _as_output_features(y: Any) -> WeightSpaceFeatures:
-    if isinstance(y, WeightSpaceFeatures):
-        return y
-    if isinstance(y, Mapping):
-        return WeightSpaceFeatures(y)
-    raise TypeError(
-        f"assert_equivariant needs a module returning weight-space features, got "
-        f"{type(y).__name__}; use assert_invariant for modules returning tensors"
-    )
+    """A module's output as features (the coercion every NF module applies to its input); a
+    module that returns anything else is the wrong kind of module for this check."""
+    try:
+        return as_features(y, "assert_equivariant")
+    except FeatureMismatchError:
+        raise TypeError(
+            f"assert_equivariant needs a module returning weight-space features, got "
+            f"{type(y).__name__}; use assert_invariant for modules returning tensors"
+        ) from None
 
 
 def _permute_output(perm: Permutation, y: WeightSpaceFeatures) -> WeightSpaceFeatures:

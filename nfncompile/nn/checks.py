@@ -16,13 +16,13 @@ nfncompile.errors.FeatureMismatchError: NFLinear: features do not match the weig
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
 from ..errors import ConfigError, FeatureMismatchError
-from ..features import WeightSpaceFeatures
+from ..features import as_features
 from ..spec import WeightSpaceSpec
+from ..spec.weight_space import mismatch_lines
 
 __all__ = ["check_features", "check_channels", "as_features"]
 
@@ -55,13 +55,7 @@ def check_features(
             continue
         batch.add(v.shape[0])
         chans.add(v.shape[1])
-    lines = []
-    if missing:
-        lines.append(f"missing keys: {', '.join(missing)}")
-    if unexpected:
-        lines.append(f"unexpected keys: {', '.join(map(str, unexpected))}")
-    if misshaped:
-        lines.append("mis-shaped: " + "; ".join(misshaped))
+    lines = mismatch_lines(missing, unexpected, misshaped)
     if len(batch) > 1:
         lines.append(f"batch sizes differ: {sorted(batch)}")
     if channels is not None and chans and chans != {channels}:
@@ -76,15 +70,3 @@ def check_channels(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive int, got {value!r}")
     return value
-
-
-def as_features(x: Any, who: str) -> WeightSpaceFeatures:
-    """Accept :class:`WeightSpaceFeatures` or a plain mapping of ``(B, C, ...)`` tensors."""
-    if isinstance(x, WeightSpaceFeatures):
-        return x
-    if isinstance(x, Mapping):
-        return WeightSpaceFeatures(x)
-    raise FeatureMismatchError(
-        f"{who} expects WeightSpaceFeatures (a mapping name -> (B, C, *shape) tensor), "
-        f"got {type(x).__name__}"
-    )

@@ -18,7 +18,7 @@ from .permutation import Permutation
 from .serialize import spec_fields, spec_to_dict, spec_to_yaml
 from .spaces import Blocks, Space, SpaceMap
 
-__all__ = ["WeightSpaceSpec", "is_counter"]
+__all__ = ["WeightSpaceSpec", "is_counter", "mismatch_lines"]
 
 
 @dataclass(frozen=True)
@@ -291,15 +291,11 @@ class WeightSpaceSpec:
             for k, v in state_dict.items()
             if k in self and tuple(v.shape[leading:]) != self[k].shape
         ]
-        if missing or unexpected or misshaped:
-            lines = ["state_dict does not match the weight-space spec:"]
-            if missing:
-                lines.append(f"  missing keys: {', '.join(missing)}")
-            if unexpected:
-                lines.append(f"  unexpected keys: {', '.join(unexpected)}")
-            if misshaped:
-                lines.append("  mis-shaped keys: " + "; ".join(misshaped))
-            raise StateDictMismatchError("\n".join(lines))
+        lines = mismatch_lines(missing, unexpected, misshaped)
+        if lines:
+            raise StateDictMismatchError(
+                "state_dict does not match the weight-space spec:\n  " + "\n  ".join(lines)
+            )
 
     # ---- YAML / dict ----------------------------------------------------------------------
 
@@ -344,6 +340,23 @@ class WeightSpaceSpec:
 
     def __str__(self) -> str:
         return self.to_yaml()
+
+
+def mismatch_lines(missing: list, unexpected: list, misshaped: list) -> list[str]:
+    """The lines of a mismatch report (state_dicts, features): the missing, unexpected and
+    mis-shaped keys, each kind on one line, none for a kind that is empty.
+
+    >>> mismatch_lines(["a.bias"], [], ["a.weight: expected [2], got [3]"])
+    ['missing keys: a.bias', 'mis-shaped keys: a.weight: expected [2], got [3]']
+    """
+    lines = []
+    if missing:
+        lines.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        lines.append(f"unexpected keys: {', '.join(map(str, unexpected))}")
+    if misshaped:
+        lines.append("mis-shaped keys: " + "; ".join(misshaped))
+    return lines
 
 
 def is_counter(value: Any) -> bool:
