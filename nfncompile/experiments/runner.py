@@ -189,7 +189,7 @@ def load_experiment(
     full = parse(ExperimentConfig, data, source=source)
     task = _task(full.task, source)
     _check_model_train(full, source)
-    full_eval = parse(task.eval_config, full.eval, source=source, path="eval")
+    full_eval = _parse_eval(task, full, source)
     cfg, ev = full, full_eval
     if full.quick is not None:
         merged = deep_merge({k: v for k, v in data.items() if k != "quick"}, full.quick)
@@ -200,12 +200,22 @@ def load_experiment(
         _check_model_train(qcfg, qsource)
         if qcfg.task != full.task:
             raise ConfigError(f"{source}: quick.task: the quick form cannot change the task")
-        qev = parse(task.eval_config, qcfg.eval, source=qsource, path="eval")
+        qev = _parse_eval(task, qcfg, qsource)
         if quick:
             cfg, ev = qcfg, qev
     elif quick:
         raise ConfigError(f"{source}: quick: --quick given, but the spec has no quick: section")
     return cfg, ev, source, Path(path).parent
+
+
+def _parse_eval(task: Task, cfg: ExperimentConfig, source: str) -> Any:
+    """The task's ``eval`` section, checked against the rest of the experiment (its ``check``
+    method, where the eval dataclass has one) before anything runs."""
+    ev = parse(task.eval_config, cfg.eval, source=source, path="eval")
+    check = getattr(ev, "check", None)
+    if check is not None:
+        check(cfg.models, source)
+    return ev
 
 
 def _check_model_train(cfg: ExperimentConfig, source: str) -> None:

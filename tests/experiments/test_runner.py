@@ -213,14 +213,18 @@ def test_bad_augment_is_named_before_the_zoo(task, tmp_path, workdir):
     spec["zoo"]["dir"] = str(workdir / "never")
     path = _write(tmp_path, spec)
     with pytest.raises(ConfigError, match=r"eval\.augment: no model 'mpl_aug'"):
+        load_experiment(path)
+    with pytest.raises(ConfigError, match=r"eval\.augment: no model 'mpl_aug'"):
         run_experiment(path, tmp_path / "o", echo=False)
     assert not (workdir / "never").exists()  # the error comes before any zoo is generated
+    assert not (tmp_path / "o").exists()  # and before the output folder is made
 
 
 def test_missing_model_file(tmp_path, workdir, monkeypatch):
     data = _base()
     data.pop("quick")
     data["models"] = {"extra": "no/such.yaml"}
+    data["eval"]["augment"] = []  # it names the base's models
     path = _write(tmp_path, data)
     cfg, ev, source, base = load_experiment(path)
     from nfncompile.experiments.tasks.context import RunContext

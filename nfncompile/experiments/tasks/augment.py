@@ -20,9 +20,8 @@ import torch
 from ...errors import ConfigError, FieldError
 from ...features import WeightSpaceFeatures
 from ...spec import WeightSpaceSpec
-from .context import RunContext
 
-__all__ = ["AugmentEval", "permutation_augment", "check_augment", "augment_for"]
+__all__ = ["AugmentEval", "permutation_augment", "augment_for"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,15 @@ class AugmentEval:
         if len(set(self.augment)) != len(self.augment):
             raise FieldError("augment", "names a model twice")
 
+    def check(self, models: Any, source: str) -> None:
+        """Raise :class:`ConfigError` when ``augment`` names a model the experiment lacks
+        (called by :func:`~nfncompile.experiments.load_experiment`, before anything runs)."""
+        unknown = [m for m in self.augment if m not in models]
+        if unknown:
+            raise ConfigError(
+                f"{source}: eval.augment: no model {unknown[0]!r}; models: {', '.join(models)}"
+            )
+
 
 def permutation_augment(spec: WeightSpaceSpec, mode: str = "np") -> Callable:
     """An ``augment`` for :func:`~nfncompile.experiments.train.fit`: a fresh random group element of
@@ -65,16 +73,6 @@ def permutation_augment(spec: WeightSpaceSpec, mode: str = "np") -> Callable:
         return WeightSpaceFeatures({k: torch.cat([p[k] for p in parts]) for k in inputs}), targets
 
     return augment
-
-
-def check_augment(ctx: RunContext, ev: AugmentEval) -> None:
-    """Raise :class:`ConfigError` when ``eval.augment`` names a model the experiment lacks."""
-    unknown = [m for m in ev.augment if m not in ctx.config.models]
-    if unknown:
-        raise ConfigError(
-            f"{ctx.source}: eval.augment: no model {unknown[0]!r}; "
-            f"models: {', '.join(ctx.config.models)}"
-        )
 
 
 def augment_for(ev: AugmentEval, name: str, spec: WeightSpaceSpec) -> Callable | None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import AugmentEval, augment_for, check_augment
+from .augment import AugmentEval, augment_for
 from .context import RunContext
 from .datasets import FeatureStore, split_zoo
 from .models import count_parameters, predictions
@@ -70,7 +70,6 @@ def _metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:
 def run(ctx: RunContext) -> Results:
     """Train and evaluate every model of the experiment on the CNN zoo."""
     ev: GeneralizationEval = ctx.eval
-    check_augment(ctx, ev)
     zoo = ctx.zoo()
     spec = zoo_spec(zoo)
     split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split)

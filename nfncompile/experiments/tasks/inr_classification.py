@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import AugmentEval, augment_for, check_augment
+from .augment import AugmentEval, augment_for
 from .context import RunContext
 from .datasets import FeatureStore, split_zoo
 from .models import count_parameters, predictions
@@ -57,7 +57,6 @@ def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
 def run(ctx: RunContext) -> Results:
     """Train and evaluate every model of the experiment on the INR zoo."""
     ev: INRClassificationEval = ctx.eval
-    check_augment(ctx, ev)
     zoo = ctx.zoo()
     spec = zoo_spec(zoo)
     split = split_zoo(ctx, zoo, spec, ev.max_networks, ev.split, group_by="image_index")
