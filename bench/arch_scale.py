@@ -8,8 +8,10 @@ For torchvision's ResNet-18, ResNet-50, MobileNetV2 and DenseNet-121 (full size,
 * ``params``: layer parameters / model parameters;
 * ``time``: forward+backward of the layer / of the *floor* (the same features through only the
   per-entry channel mix, fixed dims folded: one GEMM per tensor in the same channels-last
-  layout), median over rounds that alternate the two in one process; the backward is seeded
-  with gradients laid out like the outputs (what the next layer of a stack hands back);
+  layout): the median over rounds of each round's ratio, the two run back to back in one
+  process (``range``: the lowest and highest round); the backward is seeded with gradients
+  laid out like the outputs (what the next layer of a stack hands back). ``ours s`` and
+  ``floor s`` are the median seconds;
 * ``mem``: peak memory of one forward+backward above the memory held before it (inputs,
   weights, gradients to seed), ours / the floor's, each measured in a fresh subprocess from the
   kernel's peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs``).
@@ -193,6 +195,8 @@ def measure_memory(model: str, kind: str, args) -> int | None:
 
 
 def time_pair(ours: nn.Module, floor: nn.Module, x: dict, rounds: int) -> tuple:
+    """Median seconds of ours and of the floor, and each round's ratio ours / floor (the two
+    steps of a round run back to back, so a ratio sees the same machine state)."""
     steps = {"ours": Step(), "floor": Step()}
     mods = {"ours": ours, "floor": floor}
     for k in mods:
@@ -203,12 +207,13 @@ def time_pair(ours: nn.Module, floor: nn.Module, x: dict, rounds: int) -> tuple:
             t0 = time.perf_counter()
             steps[k](mods[k], x)
             times[k].append(time.perf_counter() - t0)
-    return statistics.median(times["ours"]), statistics.median(times["floor"])
+    ratios = [o / f for o, f in zip(times["ours"], times["floor"])]
+    return statistics.median(times["ours"]), statistics.median(times["floor"]), ratios
 
 
 COLUMNS = (
     ("model", 14), ("tensors", 8), ("tiles", 6), ("basis", 9), ("build s", 8),
-    ("params M", 9), ("/model", 7), ("ours s", 8), ("floor s", 8), ("time", 6),
+    ("params M", 9), ("/model", 7), ("ours s", 8), ("floor s", 8), ("time", 6), ("range", 10),
     ("mem MB", 12), ("mem", 6),
 )  # fmt: skip
 
@@ -261,12 +266,13 @@ def main(argv: list | None = None) -> None:
             vals["build s"] = f"{seconds:.2f}"
             vals["params M"] = f"{layer.num_params / 1e6:.2f}"
             vals["/model"] = f"{layer.num_params / model_params:.2f}x"
-            t_ours, t_floor = time_pair(layer, floor, x, args.rounds)
+            t_ours, t_floor, ratios = time_pair(layer, floor, x, args.rounds)
             vals.update(
                 {
                     "ours s": f"{t_ours:.2f}",
                     "floor s": f"{t_floor:.2f}",
-                    "time": f"{t_ours / t_floor:.2f}",
+                    "time": f"{statistics.median(ratios):.2f}",
+                    "range": f"{min(ratios):.2f}-{max(ratios):.2f}",
                 }
             )
             del layer
