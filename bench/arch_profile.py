@@ -1,0 +1,85 @@
+"""Where one forward+backward of a generated NF-Layer goes, by generated call.
+
+For one of ``bench/arch_scale.py``'s models (linear basis by default), wraps every function the
+generated ``torch.fx`` module calls (``nfncompile.backend.fused``'s operations) with a wall-clock
+timer and prints, for each of ``--steps`` steps after a warm-up: the forward's and the
+backward's seconds, the seconds spent inside each generated function (forward only: the
+backward runs in autograd), and beside them one step of the pointwise floor. Run it at
+``--channels 1`` as well to see the per-call cost that does not shrink with the data. Usage::
+
+    python bench/arch_profile.py mobilenetv2 [--basis linear] [--channels 16] [--steps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+
+import torch
+from arch_scale import Floor, Step, build, load_spec, make_inputs
+
+PREFIX = "nfncompile_backend_fused_"
+
+
+def timed_globals(module: torch.nn.Module) -> collections.Counter:
+    """Wrap the fused operations the generated code of ``module`` calls; returns the counter
+    (seconds per function) they add to."""
+    (gm,) = [m for m in module.modules() if isinstance(m, torch.fx.GraphModule)]
+    names = gm.forward.__globals__
+    seconds: collections.Counter = collections.Counter()
+    for key in [k for k in names if k.startswith(PREFIX) and callable(names[k])]:
+        fn, short = names[key], key.removeprefix(PREFIX)
+
+        def wrapped(*args, _fn=fn, _key=short, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                seconds[_key] += time.perf_counter() - t0
+
+        names[key] = wrapped
+    return seconds
+
+
+def step_times(module: torch.nn.Module, x: dict, step: Step) -> tuple:
+    t0 = time.perf_counter()
+    y = module(x)
+    t1 = time.perf_counter()
+    names = list(y)
+    torch.autograd.backward([y[n] for n in names], [step.grads[n] for n in names])
+    return t1 - t0, time.perf_counter() - t1
+
+
+def main(argv: list | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--basis", default="linear", choices=("linear", "complete"))
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    spec, _ = load_spec(args.model)
+    ours, _ = build(spec, args.basis, args.channels, "np")
+    floor = Floor(spec, args.channels, args.channels, "np")
+    x = make_inputs(spec, 1, args.channels)
+    seconds = timed_globals(ours)
+    steps = {"ours": Step(), "floor": Step()}
+    steps["ours"](ours, x)
+    steps["floor"](floor, x)
+    print(f"# {args.model}, basis {args.basis}, C={args.channels}, batch 1, {args.threads} thread(s)")
+    for i in range(args.steps):
+        seconds.clear()
+        fwd, bwd = step_times(ours, x, steps["ours"])
+        ffwd, fbwd = step_times(floor, x, steps["floor"])
+        calls = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in seconds.most_common())
+        print(
+            f"step {i + 1}: ours forward {fwd * 1e3:.1f} ms ({calls}), backward {bwd * 1e3:.1f} ms;"
+            f" floor forward {ffwd * 1e3:.1f} ms, backward {fbwd * 1e3:.1f} ms;"
+            f" ratio {(fwd + bwd) / (ffwd + fbwd):.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
