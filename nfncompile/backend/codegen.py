@@ -64,6 +64,7 @@ from .fused import (
     blocks,
     channel_mix,
     mean,
+    means,
     stack_cat,
     tensor_add,
     tile_add,
@@ -260,16 +261,34 @@ def generate(
             tile_nodes[t] = x_t
 
     # ---- reductions: (B, *kept, C_in * fixed) ------------------------------------------
+    # the means of one source (a tile, or a reduction of it): two or more are one call
+    # (fused.means: one pass over a large tile), each taken out of its result by index
+    by_source: dict = {}
+    for ri, red in enumerate(plan.reductions):
+        if red.source is not None:
+            src = plan.reductions[red.source].side
+            src_kept = [j for j, k in enumerate(src.linked) if k]
+            pos = [1 + i for i, j in enumerate(src_kept) if not red.side.linked[j]]
+            by_source.setdefault(red.source, {})[ri] = tuple(pos)
+    means_nodes: dict = {}
     red_nodes: list = []
     for ri, red in enumerate(plan.reductions):
         side, t = red.side, red.tile
         tag = f"{_tag(t)}_r{ri}"
         kept_shape = (*red.kept_shape, red.channels)
         if red.source is not None:
-            src = plan.reductions[red.source].side
-            src_kept = [j for j, k in enumerate(src.linked) if k]
-            pos = [1 + i for i, j in enumerate(src_kept) if not side.linked[j]]
-            red_nodes.append(b.call(mean, (red_nodes[red.source], tuple(pos)), kept_shape, tag))
+            siblings = by_source[red.source]
+            source = red_nodes[red.source]
+            if len(siblings) == 1:
+                red_nodes.append(b.call(mean, (source, siblings[ri]), kept_shape, tag))
+                continue
+            if red.source not in means_nodes:
+                name = f"r{red.source}_means"
+                sets = tuple(siblings.values())
+                means_nodes[red.source] = b.call(means, (source, sets), None, name)
+            index = list(siblings).index(ri)
+            node = b.call(operator.getitem, (means_nodes[red.source], index), kept_shape, tag)
+            red_nodes.append(node)
             continue
         x = tile_nodes[t]
         # labels of the non-batch dims: ("d", dim), ("c", class) or ("k",) (channels)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "mean",
+    "means",
     "channel_mix",
     "tile_sum",
     "tile_in",
@@ -69,6 +70,46 @@ def mean(x: torch.Tensor, dims: tuple) -> torch.Tensor:
     tensor([2., 3.])
     """
     return _reduce(x, tuple(dims), "mean").squeeze(tuple(dims))
+
+
+class _Means(torch.autograd.Function):
+    """Several means of one tensor in one chunked pass (see :func:`means`)."""
+
+    @staticmethod
+    def forward(ctx, x, sets):
+        shapes = [tuple(1 if d in dims else n for d, n in enumerate(x.shape)) for dims in sets]
+        sums = _chunked_sums(x, shapes)
+        ctx.shape, ctx.sets = x.shape, sets
+        return tuple(
+            (sums[s] / math.prod(x.shape[d] for d in dims)).squeeze(dims)
+            for s, dims in zip(shapes, sets)
+        )
+
+    @staticmethod
+    def backward(ctx, *grads):
+        dx = None
+        for g, dims in zip(grads, ctx.sets):
+            if g is None:
+                continue
+            for d in dims:  # sorted: each reduced dim back in turn
+                g = g.unsqueeze(d)
+            v = g / math.prod(ctx.shape[d] for d in dims)
+            dx = v if dx is None else dx + v
+        return (None if dx is None else dx.expand(ctx.shape)), None
+
+
+def means(x: torch.Tensor, sets: tuple) -> tuple:
+    """``tuple(x.mean(dims) for dims in sets)``; for a large ``x`` in one pass over it (chunks
+    that stay in cache, each reduced to every mean) instead of one pass per mean.
+
+    >>> x = torch.arange(6.0).reshape(1, 2, 3)
+    >>> [m.tolist() for m in means(x, ((1,), (2,)))]
+    [[[1.5, 2.5, 3.5]], [[1.0, 4.0]]]
+    """
+    sets = tuple(tuple(sorted(d)) for d in sets)
+    if x.numel() < CHUNK_MIN or len(sets) < 2 or torch._C._are_functorch_transforms_active():
+        return tuple(mean(x, dims) for dims in sets)
+    return _Means.apply(x, sets)
 
 
 def _merges(x: torch.Tensor, start: int, stop: int) -> bool:
@@ -141,19 +182,67 @@ def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _rows(grad).t() @ _rows(x)
 
 
+#: a gradient at least this large (elements) is reduced in chunks (see :func:`_sum_to`)
+CHUNK_MIN = 1 << 20
+#: bytes of a chunk: a few rows of a large tile, small enough to stay in a core's cache
+CHUNK_BYTES = 1 << 20
+
+
+def _covers(have: tuple, want: tuple) -> bool:
+    """Whether a sum of shape ``have`` can be reduced further to ``want`` (same rank)."""
+    return all(w in (1, h) for w, h in zip(want, have))
+
+
+def _chunked_sums(grad: torch.Tensor, shapes: list) -> dict:
+    """``grad`` summed to each of ``shapes`` (full rank) in one pass over ``grad``: chunks
+    along one dim, each reduced to every shape while it is in cache (a shape that keeps that
+    dim takes the chunk's rows, the others add the chunk's sum). The dim is the outermost in
+    memory whose slices fit in :data:`CHUNK_BYTES` (the rows of a channels-first tile, not
+    its channels)."""
+    dims = [d for d in _memory_order(grad) if grad.shape[d] > 1]
+    size = {d: grad.numel() // grad.shape[d] * grad.element_size() for d in dims}
+    dim = next((d for d in dims if size[d] <= CHUNK_BYTES), dims[-1])
+    step = max(1, CHUNK_BYTES // size[dim])
+    parts: dict = {s: [] for s in shapes}
+    for start in range(0, grad.shape[dim], step):
+        chunk = grad.narrow(dim, start, min(step, grad.shape[dim] - start))
+        for s in shapes:
+            dims = tuple(d for d, (w, h) in enumerate(zip(s, grad.shape)) if w == 1 and h != 1)
+            r = _reduce(chunk, dims, "sum") if dims else chunk
+            if s[dim] == 1:
+                parts[s] = [r] if not parts[s] else [parts[s][0].add_(r)]
+            else:
+                parts[s].append(r)
+    return {s: p[0] if len(p) == 1 else torch.cat(p, dim) for s, p in parts.items()}
+
+
 def _sum_to(grad: torch.Tensor, shapes: list) -> list:
     """``grad`` summed to each broadcastable shape in ``shapes`` (``None`` where a shape is
-    ``None``), each from the smallest sum already made that covers it."""
+    ``None``), each from the smallest sum already made that covers it.
+
+    The sums only ``grad`` covers are made first; when there are two or more of them and
+    ``grad`` is large and contiguous, in one chunked pass over it (:func:`_chunked_sums`)
+    instead of one full pass each."""
+    full = {
+        tuple(s): (1,) * (grad.dim() - len(s)) + tuple(s) for s in shapes if s is not None
+    }
     done: dict = {tuple(grad.shape): grad}
+    first = [
+        f
+        for f in dict.fromkeys(full.values())
+        if f != tuple(grad.shape)
+        and not any(g != f and g != tuple(grad.shape) and _covers(g, f) for g in full.values())
+    ]
+    if len(first) > 1 and grad.numel() >= CHUNK_MIN and grad.is_contiguous():
+        done.update(_chunked_sums(grad, first))
     out: dict = {}
-    for shape in sorted({s for s in shapes if s is not None}, key=lambda s: -math.prod(s)):
-        full = (1,) * (grad.dim() - len(shape)) + tuple(shape)
-        covers = [t for have, t in done.items() if all(f in (1, h) for f, h in zip(full, have))]
-        best = min(covers, key=torch.Tensor.numel)
-        dims = tuple(d for d, (f, h) in enumerate(zip(full, best.shape)) if f == 1 and h != 1)
-        s = _reduce(best, dims, "sum") if dims else best
-        done[full] = s
-        out[shape] = s.reshape(shape)
+    for shape in sorted(full, key=lambda s: -math.prod(s)):
+        f = full[shape]
+        if f not in done:
+            best = min((t for have, t in done.items() if _covers(have, f)), key=torch.Tensor.numel)
+            dims = tuple(d for d, (w, h) in enumerate(zip(f, best.shape)) if w == 1 and h != 1)
+            done[f] = _reduce(best, dims, "sum") if dims else best
+        out[shape] = done[f].reshape(shape)
     return [None if s is None else out[tuple(s)] for s in shapes]
 
 

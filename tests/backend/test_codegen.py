@@ -4,6 +4,8 @@ weights."""
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from torch import fx
@@ -207,3 +209,39 @@ def test_composite_tensors_cost_a_few_nodes_per_tile():
         per_tile.append((len(calls) / len(plan.tiles), leaves / len(plan.tiles)))
     (n8, a8), (n16, a16) = per_tile
     assert max(n8, n16) <= 7 and a16 <= 1.05 * a8, per_tile
+
+
+@pytest.mark.parametrize("basis", BASES)
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_a_tiles_means_in_one_pass_are_its_means(name, basis, monkeypatch):
+    """The means of one source (a tile or a reduction of it) are one ``fused.means`` call; with its one-pass
+    chunked path forced on these small tiles the layer is the same map (values and gradients,
+    float64) as with each mean on its own."""
+    from nfncompile.backend import codegen, fused
+
+    plan = build_plan(SPECS[name], "np", 2, 3, basis=basis)
+    monkeypatch.setattr(codegen, "means", lambda x, sets: tuple(fused.mean(x, d) for d in sets))
+    separate = generate(plan).double()
+    monkeypatch.undo()
+    joint = generate(plan).double()
+    calls = [n for n in joint.graph.nodes if n.target is fused.means]
+    per_source = collections.Counter(r.source for r in plan.reductions if r.source is not None)
+    assert len(calls) == sum(1 for n in per_source.values() if n > 1) > 0
+    gen = torch.Generator().manual_seed(0)
+    for p in separate.parameters():
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    joint.load_state_dict(separate.state_dict())
+    xs = [
+        torch.randn(2, 2, *plan.spec[n].shape, generator=gen, dtype=torch.float64).requires_grad_()
+        for n in plan.spec.names
+    ]
+    monkeypatch.setattr(fused, "CHUNK_MIN", 1)
+    monkeypatch.setattr(fused, "CHUNK_BYTES", 64)
+    passes = []
+    chunked = fused._chunked_sums
+    monkeypatch.setattr(fused, "_chunked_sums", lambda *a: passes.append(1) or chunked(*a))
+    (y1, g1), (y2, g2) = _run(joint, xs), _run(separate, xs)
+    assert len(passes) >= len(calls)  # the chunked path ran
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(g1, g2)

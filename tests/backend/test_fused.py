@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nfncompile.backend.fused import channel_mix, mean, tile_sum
+from nfncompile.backend import fused
+from nfncompile.backend.fused import channel_mix, mean, means, tile_sum
 
 
 def _layouts(gen: torch.Generator, b: int) -> dict:
@@ -38,6 +39,35 @@ def test_mean_is_the_mean(layout, dims, b):
     torch.testing.assert_close(_grads(got, [x], seed), _grads(want, [x], seed))
 
 
+@pytest.fixture(params=["whole", "chunked"])
+def chunks(request, monkeypatch):
+    """Large-tile reductions done whole, or in chunks of one slice (the path a large tile
+    takes, forced here on small tiles)."""
+    if request.param == "chunked":
+        monkeypatch.setattr(fused, "CHUNK_MIN", 1)
+        monkeypatch.setattr(fused, "CHUNK_BYTES", 64)
+    return request.param
+
+
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("sets", [((1,), (2,)), ((2,), (1,), (1, 2)), ((0, 2), (1,))])
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first", "transposed", "batch_inner"])
+def test_means_are_the_means(layout, sets, b, chunks):
+    """``means`` (one pass for several means of a large tile) = each mean: values, and the
+    gradient of x whichever of the means the loss reads."""
+    gen = torch.Generator().manual_seed(5)
+    x = _layouts(gen, b)[layout].requires_grad_()
+    got, want = means(x, sets), [x.mean(dims) for dims in sets]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    seeds = [torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in want]
+    torch.testing.assert_close(_grads(got, [x], seeds), _grads(want, [x], seeds))
+    torch.testing.assert_close(_grads(got[-1], [x], seeds[-1]), _grads(want[-1], [x], seeds[-1]))
+    if chunks == "chunked":
+        assert torch.autograd.gradcheck(lambda t: means(t, sets), (x,))
+
+
 @pytest.mark.parametrize("b", [1, 2])
 @pytest.mark.parametrize("layout", ["channels_last", "channels_first", "transposed", "batch_inner"])
 def test_channel_mix_is_a_gemm(layout, b):
@@ -66,7 +96,7 @@ VALUES = {
 @pytest.mark.parametrize("b", [1, 2])
 @pytest.mark.parametrize("values", sorted(VALUES))
 @pytest.mark.parametrize("layout", ["channels_last", "channels_first", "transposed", "batch_inner"])
-def test_tile_sum_is_the_plain_sum(layout, values, b):
+def test_tile_sum_is_the_plain_sum(layout, values, b, chunks):
     """``tile_sum`` = ``channel_mix + sum(values)``: same output and same gradients for ``x``,
     the weight and every value, and it leaves its inputs as they were."""
     gen = torch.Generator().manual_seed(2)
@@ -181,3 +211,35 @@ def test_one_call_per_tile_is_the_plain_composition():
             assert (a is None) == (b is None)
             if a is not None:
                 torch.testing.assert_close(a, b)
+
+
+_CHUNKED = fused._chunked_sums  # the real one (the test below wraps it to count calls)
+
+#: (gradient shape, requested sums): rows kept and summed, a shape of lower rank, ``None``
+SUMS = [
+    ((1, 4, 5, 3), [(1, 4, 1, 3), (1, 1, 5, 3), (1, 1, 1, 3)]),
+    ((1, 4, 5, 3), [(4, 1, 1), (5, 3), None, (1, 3)]),
+    ((2, 4, 5, 3), [(2, 1, 5, 3), (1, 4, 5, 3)]),
+]
+
+
+@pytest.mark.parametrize("grad_shape, shapes", SUMS)
+def test_chunked_sums_equal_whole_sums(grad_shape, shapes, monkeypatch):
+    """The one-pass chunked reduction of a large gradient gives every requested sum, with
+    chunks of one slice, of 3 rows (4 = 3 + 1: a short last chunk) and of the whole."""
+    gen = torch.Generator().manual_seed(7)
+    grad = torch.randn(grad_shape, generator=gen, dtype=torch.float64)
+    want = [None if s is None else grad.sum_to_size(s) for s in shapes]
+    monkeypatch.setattr(fused, "CHUNK_MIN", 1)
+    calls = []
+    monkeypatch.setattr(fused, "_chunked_sums", lambda *a: calls.append(1) or _CHUNKED(*a))
+    for chunk_bytes in (8, 3 * 5 * 3 * 8, 1 << 20):
+        monkeypatch.setattr(fused, "CHUNK_BYTES", chunk_bytes)
+        got = fused._sum_to(grad, shapes)
+        for g, w in zip(got, want):
+            if w is None:
+                assert g is None
+            else:
+                torch.testing.assert_close(g, w)
+    assert len(calls) == 3  # the chunked pass ran each time
+
