@@ -185,12 +185,17 @@ def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 #: a gradient at least this large (elements) is reduced in chunks (see :func:`_sum_to`)
 CHUNK_MIN = 1 << 20
 #: bytes of a chunk: a few rows of a large tile, small enough to stay in a core's cache
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 21
 
 
 def _covers(have: tuple, want: tuple) -> bool:
     """Whether a sum of shape ``have`` can be reduced further to ``want`` (same rank)."""
     return all(w in (1, h) for w, h in zip(want, have))
+
+
+def _dims_to(x: torch.Tensor, shape: tuple) -> tuple:
+    """The dims of ``x`` a sum to ``shape`` (same rank) reduces."""
+    return tuple(d for d, (w, h) in enumerate(zip(shape, x.shape)) if w == 1 and h != 1)
 
 
 def _chunked_sums(grad: torch.Tensor, shapes: list) -> dict:
@@ -199,15 +204,18 @@ def _chunked_sums(grad: torch.Tensor, shapes: list) -> dict:
     dim takes the chunk's rows, the others add the chunk's sum). The dim is the outermost in
     memory whose slices fit in :data:`CHUNK_BYTES` (the rows of a channels-first tile, not
     its channels)."""
+    shapes = list(dict.fromkeys(shapes))  # two means can have one shape (a dim of size 1)
     dims = [d for d in _memory_order(grad) if grad.shape[d] > 1]
     size = {d: grad.numel() // grad.shape[d] * grad.element_size() for d in dims}
-    dim = next((d for d in dims if size[d] <= CHUNK_BYTES), dims[-1])
-    step = max(1, CHUNK_BYTES // size[dim])
+    dim = next((d for d in dims[:-1] if size[d] <= CHUNK_BYTES), None)
+    if dim is None:  # no slice fits (or only the innermost dim's would): one pass per sum
+        return {s: _reduce(grad, d, "sum") if (d := _dims_to(grad, s)) else grad for s in shapes}
+    step = CHUNK_BYTES // size[dim]
     parts: dict = {s: [] for s in shapes}
     for start in range(0, grad.shape[dim], step):
         chunk = grad.narrow(dim, start, min(step, grad.shape[dim] - start))
         for s in shapes:
-            dims = tuple(d for d, (w, h) in enumerate(zip(s, grad.shape)) if w == 1 and h != 1)
+            dims = _dims_to(grad, s)
             r = _reduce(chunk, dims, "sum") if dims else chunk
             if s[dim] == 1:
                 parts[s] = [r] if not parts[s] else [parts[s][0].add_(r)]
@@ -240,7 +248,7 @@ def _sum_to(grad: torch.Tensor, shapes: list) -> list:
         f = full[shape]
         if f not in done:
             best = min((t for have, t in done.items() if _covers(have, f)), key=torch.Tensor.numel)
-            dims = tuple(d for d, (w, h) in enumerate(zip(f, best.shape)) if w == 1 and h != 1)
+            dims = _dims_to(best, f)
             done[f] = _reduce(best, dims, "sum") if dims else best
         out[shape] = done[f].reshape(shape)
     return [None if s is None else out[tuple(s)] for s in shapes]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nfncompile.backend import fused
 from nfncompile.backend.fused import channel_mix, mean, means, tile_sum
@@ -243,3 +245,45 @@ def test_chunked_sums_equal_whole_sums(grad_shape, shapes, monkeypatch):
                 torch.testing.assert_close(g, w)
     assert len(calls) == 3  # the chunked pass ran each time
 
+
+
+@pytest.mark.parametrize("chunk_bytes", [8, 64, 1 << 20])
+def test_means_over_a_size_one_dim(chunk_bytes, monkeypatch):
+    """A mean over a dim of size 1 (a conv with one input channel) is the tile itself, chunked
+    or not, whole or one slice at a time."""
+    monkeypatch.setattr(fused, "CHUNK_MIN", 1)
+    monkeypatch.setattr(fused, "CHUNK_BYTES", chunk_bytes)
+    x = torch.randn(2, 4, 1, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    for got, dims in zip(means(x, ((1,), (2,), (1, 2))), ((1,), (2,), (1, 2))):
+        torch.testing.assert_close(got, x.mean(dims))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=2, max_size=4),
+    order=st.randoms(use_true_random=False),
+    picks=st.lists(st.lists(st.booleans(), min_size=4, max_size=4), min_size=1, max_size=3),
+    chunk_bytes=st.sampled_from([8, 24, 64, 200, 1 << 20]),
+)
+def test_chunked_reductions_are_the_reductions(shape, order, picks, chunk_bytes):
+    """Any tile shape (dims of size 1 included), any memory order, any sets of means, any chunk
+    size: ``means`` = each mean and ``_sum_to`` = each ``sum_to_size``."""
+    perm = list(range(len(shape)))
+    order.shuffle(perm)
+    gen = torch.Generator().manual_seed(9)
+    base = torch.randn([shape[p] for p in perm], generator=gen, dtype=torch.float64)
+    x = base.permute([perm.index(d) for d in range(len(shape))])  # shape, strides of perm
+    sets = [tuple(d for d in range(len(shape)) if p[d]) for p in picks]
+    sets = [d for d in sets if d] or [(0,)]
+    keep = [tuple(1 if d in dims else n for d, n in enumerate(shape)) for dims in sets]
+    old = (fused.CHUNK_MIN, fused.CHUNK_BYTES)
+    fused.CHUNK_MIN, fused.CHUNK_BYTES = 1, chunk_bytes
+    try:
+        got_means = means(x, sets)
+        got_sums = fused._chunked_sums(x, keep)
+    finally:
+        fused.CHUNK_MIN, fused.CHUNK_BYTES = old
+    for got, dims in zip(got_means, sets):
+        torch.testing.assert_close(got, x.mean(dims))
+    for k in keep:
+        torch.testing.assert_close(got_sums[k], x.sum_to_size(k))
