@@ -17,10 +17,12 @@ arguments: creating, printing and compiling fx nodes is most of a large layer's 
 GEMMs over the last dim and placement only inserts singleton dims to broadcast into: no permute
 sits between a broadcast and a concatenation, which ``torch.compile`` on CPU turned into slow
 fused backward kernels (a sum over broadcast dims into a strided, kernel-sized inner dim). The
-operations that read tiles are those of :mod:`.fused`: means in the input's memory order, GEMMs
+operations that read tiles are those of :mod:`.fused`: means in the input's memory order (the
+means of one source in one :func:`~.fused.means` call, one pass over a large tile), GEMMs
 reading any strides, and one :func:`~.fused.tile_sum` per output tile that writes the broadcast
 contributions' sum once at full size and adds the tile's pointwise GEMM into it in place, its
-backward reducing the output gradient once per broadcast shape.
+backward reducing the output gradient once per broadcast shape (a large gradient to all of
+them in one pass).
 
 The generated module owns the layer's weights:
 

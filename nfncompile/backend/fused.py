@@ -6,12 +6,14 @@ a channels-first tensor (the layer does not copy it). So every operation here re
 in whatever strides they have:
 
 * :func:`mean` reduces in the input's memory order (a reduction over a strided outer dim of a
-  permuted view is otherwise an order of magnitude slower);
+  permuted view is otherwise an order of magnitude slower); :func:`means` takes several means
+  of a large tile in one pass over chunks of it that stay in cache;
 * :func:`channel_mix` is one GEMM over the last dim, reading a transposed view as such;
 * :func:`tile_sum` writes an output tile: the broadcast contributions and the pointwise channel
   mix land in one fresh tensor (the sum of the broadcasts written once, the GEMM added into it
   in place), and its backward reduces the output gradient once per distinct broadcast shape,
-  each from the smallest reduction already made.
+  each from the smallest reduction already made (those only the gradient covers in one
+  chunked pass when it is large).
 
 Examples
 --------
@@ -107,7 +109,7 @@ def means(x: torch.Tensor, sets: tuple) -> tuple:
     [[[1.5, 2.5, 3.5]], [[1.0, 4.0]]]
     """
     sets = tuple(tuple(sorted(d)) for d in sets)
-    if x.numel() < CHUNK_MIN or len(sets) < 2 or torch._C._are_functorch_transforms_active():
+    if not _chunks(x) or len(sets) < 2 or torch._C._are_functorch_transforms_active():
         return tuple(mean(x, dims) for dims in sets)
     return _Means.apply(x, sets)
 
@@ -193,6 +195,12 @@ def _covers(have: tuple, want: tuple) -> bool:
     return all(w in (1, h) for w, h in zip(want, have))
 
 
+def _chunks(x: torch.Tensor) -> bool:
+    """Whether reductions of ``x`` go chunk by chunk: a large tensor on the CPU (on a GPU one
+    kernel per reduction is already one pass; chunks would only add launches)."""
+    return x.device.type == "cpu" and x.numel() >= CHUNK_MIN
+
+
 def _dims_to(x: torch.Tensor, shape: tuple) -> tuple:
     """The dims of ``x`` a sum to ``shape`` (same rank) reduces."""
     return tuple(d for d, (w, h) in enumerate(zip(shape, x.shape)) if w == 1 and h != 1)
@@ -241,7 +249,7 @@ def _sum_to(grad: torch.Tensor, shapes: list) -> list:
         if f != tuple(grad.shape)
         and not any(g != f and g != tuple(grad.shape) and _covers(g, f) for g in full.values())
     ]
-    if len(first) > 1 and grad.numel() >= CHUNK_MIN and grad.is_contiguous():
+    if len(first) > 1 and _chunks(grad) and grad.is_contiguous():
         done.update(_chunked_sums(grad, first))
     out: dict = {}
     for shape in sorted(full, key=lambda s: -math.prod(s)):
