@@ -206,25 +206,31 @@ def _dims_to(x: torch.Tensor, shape: tuple) -> tuple:
     return tuple(d for d, (w, h) in enumerate(zip(shape, x.shape)) if w == 1 and h != 1)
 
 
+def _sum(x: torch.Tensor, dims: tuple) -> torch.Tensor:
+    """``x`` summed over ``dims`` (keepdim, in memory order); ``x`` itself for no dims (where
+    ``torch.sum`` would sum over every dim)."""
+    return _reduce(x, dims, "sum") if dims else x
+
+
 def _chunked_sums(grad: torch.Tensor, shapes: list) -> dict:
     """``grad`` summed to each of ``shapes`` (full rank) in one pass over ``grad``: chunks
     along one dim, each reduced to every shape while it is in cache (a shape that keeps that
     dim takes the chunk's rows, the others add the chunk's sum). The dim is the outermost in
     memory whose slices fit in :data:`CHUNK_BYTES` (the rows of a channels-first tile, not
     its channels)."""
-    shapes = list(dict.fromkeys(shapes))  # two means can have one shape (a dim of size 1)
-    dims = [d for d in _memory_order(grad) if grad.shape[d] > 1]
-    size = {d: grad.numel() // grad.shape[d] * grad.element_size() for d in dims}
-    dim = next((d for d in dims[:-1] if size[d] <= CHUNK_BYTES), None)
+    # each shape once (two means can have one shape: a dim of size 1), with the dims it sums
+    reduced = {s: _dims_to(grad, s) for s in shapes}
+    outer = [d for d in _memory_order(grad) if grad.shape[d] > 1]
+    size = {d: grad.numel() // grad.shape[d] * grad.element_size() for d in outer}
+    dim = next((d for d in outer[:-1] if size[d] <= CHUNK_BYTES), None)
     if dim is None:  # no slice fits (or only the innermost dim's would): one pass per sum
-        return {s: _reduce(grad, d, "sum") if (d := _dims_to(grad, s)) else grad for s in shapes}
+        return {s: _sum(grad, dims) for s, dims in reduced.items()}
     step = CHUNK_BYTES // size[dim]
-    parts: dict = {s: [] for s in shapes}
+    parts: dict = {s: [] for s in reduced}
     for start in range(0, grad.shape[dim], step):
         chunk = grad.narrow(dim, start, min(step, grad.shape[dim] - start))
-        for s in shapes:
-            dims = _dims_to(grad, s)
-            r = _reduce(chunk, dims, "sum") if dims else chunk
+        for s, dims in reduced.items():
+            r = _sum(chunk, dims)
             if s[dim] == 1:
                 parts[s] = [r] if not parts[s] else [parts[s][0].add_(r)]
             else:
@@ -256,8 +262,7 @@ def _sum_to(grad: torch.Tensor, shapes: list) -> list:
         f = full[shape]
         if f not in done:
             best = min((t for have, t in done.items() if _covers(have, f)), key=torch.Tensor.numel)
-            dims = _dims_to(best, f)
-            done[f] = _reduce(best, dims, "sum") if dims else best
+            done[f] = _sum(best, _dims_to(best, f))
         out[shape] = done[f].reshape(shape)
     return [None if s is None else out[tuple(s)] for s in shapes]
 
