@@ -3,9 +3,11 @@
 For one of ``bench/arch_scale.py``'s models (linear basis by default), wraps every function the
 generated ``torch.fx`` module calls (``nfncompile.backend.fused``'s operations) with a wall-clock
 timer and prints, for each of ``--steps`` steps after a warm-up: the forward's and the
-backward's seconds, the seconds spent inside each generated function (forward only: the
-backward runs in autograd), and beside them one step of the pointwise floor. Run it at
-``--channels 1`` as well to see the per-call cost that does not shrink with the data. Usage::
+backward's seconds, the step's page faults, the seconds spent inside each generated function
+(forward only: the backward runs in autograd), and beside them the pointwise floor's. A step
+is one ``arch_scale`` round (ours, floor, floor, ours); each side's figures are the mean of its
+two. Run it at ``--channels 1`` as well to see the per-call cost that does not shrink with the
+data. Usage::
 
     python bench/arch_profile.py mobilenetv2 [--basis linear] [--channels 16] [--steps 2]
 """
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import resource
 import time
 
 import torch
-from arch_scale import Floor, Step, build, load_spec, make_inputs
+from arch_scale import ROUND, Floor, Step, build, load_spec, make_inputs
 
 PREFIX = "nfncompile_backend_fused_"
 
@@ -42,13 +45,19 @@ def timed_globals(module: torch.nn.Module) -> collections.Counter:
     return seconds
 
 
+def _faults() -> int:
+    """Minor page faults of this process so far (a fresh large allocation faults in each page)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def step_times(module: torch.nn.Module, x: dict, step: Step) -> tuple:
-    t0 = time.perf_counter()
+    """Forward seconds, backward seconds, and the page faults of the whole step."""
+    f0, t0 = _faults(), time.perf_counter()
     y = module(x)
     t1 = time.perf_counter()
     names = list(y)
     torch.autograd.backward([y[n] for n in names], [step.grads[n] for n in names])
-    return t1 - t0, time.perf_counter() - t1
+    return t1 - t0, time.perf_counter() - t1, _faults() - f0
 
 
 def main(argv: list | None = None) -> None:
@@ -69,17 +78,23 @@ def main(argv: list | None = None) -> None:
     steps["ours"](ours, x)
     steps["floor"](floor, x)
     print(f"# {args.model}, basis {args.basis}, C={args.channels}, batch 1, {args.threads} thread(s)")
+    mods = {"ours": ours, "floor": floor}
     for i in range(args.steps):
         seconds.clear()
-        fwd, bwd = step_times(ours, x, steps["ours"])
-        ffwd, fbwd = step_times(floor, x, steps["floor"])
-        calls = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in seconds.most_common())
+        # one arch_scale round (ours, floor, floor, ours): each side's figures are its two steps'
+        # mean, so a machine state that alternates step to step falls on both alike
+        sums = {k: [0.0, 0.0, 0] for k in mods}
+        for k in ROUND:
+            for j, v in enumerate(step_times(mods[k], x, steps[k])):
+                sums[k][j] += v / 2
+        (fwd, bwd, faults), (ffwd, fbwd, ffaults) = sums["ours"], sums["floor"]
+        calls = ", ".join(f"{k} {v / 2 * 1e3:.1f}" for k, v in seconds.most_common())
         print(
-            f"step {i + 1}: ours forward {fwd * 1e3:.1f} ms ({calls}), backward {bwd * 1e3:.1f} ms;"
-            f" floor forward {ffwd * 1e3:.1f} ms, backward {fbwd * 1e3:.1f} ms;"
+            f"step {i + 1}: ours forward {fwd * 1e3:.1f} ms ({calls}), backward {bwd * 1e3:.1f} ms,"
+            f" {faults:.0f} page faults; floor forward {ffwd * 1e3:.1f} ms, backward"
+            f" {fbwd * 1e3:.1f} ms, {ffaults:.0f} page faults;"
             f" ratio {(fwd + bwd) / (ffwd + fbwd):.2f}"
         )
-
 
 if __name__ == "__main__":
     main()

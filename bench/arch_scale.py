@@ -8,8 +8,9 @@ For torchvision's ResNet-18, ResNet-50, MobileNetV2 and DenseNet-121 (full size,
 * ``params``: layer parameters / model parameters;
 * ``time``: forward+backward of the layer / of the *floor* (the same features through only the
   per-entry channel mix, fixed dims folded: one GEMM per tensor in the same channels-last
-  layout): the median over rounds of each round's ratio, the two run back to back in one
-  process (``range``: the lowest and highest round); the backward is seeded with gradients
+  layout): the median over rounds of each round's ratio, a round being two steps of each run
+  back to back in one process in the order ours, floor, floor, ours (``range``: the lowest and
+  highest round); the backward is seeded with gradients
   laid out like the outputs (what the next layer of a stack hands back). ``ours s`` and
   ``floor s`` are the median seconds;
 * ``mem``: peak memory of one forward+backward above the memory held before it (inputs,
@@ -194,20 +195,32 @@ def measure_memory(model: str, kind: str, args) -> int | None:
     return json.loads(out.stdout.strip().splitlines()[-1])["bytes"]
 
 
+#: the order of one round's steps: each side runs once first and once second, so that a
+#: machine state that alternates from one step to the next (on a VM, glibc hands every large
+#: freed tensor back to the kernel, and every other step's fresh pages can cost up to 5x as
+#: much to fault in, see bench/README.md) falls on both sides alike
+ROUND = ("ours", "floor", "floor", "ours")
+
+
 def time_pair(ours: nn.Module, floor: nn.Module, x: dict, rounds: int) -> tuple:
-    """Median seconds of ours and of the floor, and each round's ratio ours / floor (the two
-    steps of a round run back to back, so a ratio sees the same machine state)."""
+    """Median step seconds of ours and of the floor, and each round's ratio ours / floor.
+
+    A round is :data:`ROUND`: four steps back to back, so that its ratio (ours' two steps over
+    the floor's two) sees the same machine state on both sides."""
     steps = {"ours": Step(), "floor": Step()}
     mods = {"ours": ours, "floor": floor}
     for k in mods:
         steps[k](mods[k], x)
     times: dict = {k: [] for k in mods}
+    ratios = []
     for _ in range(rounds):
-        for k in mods:
+        spent = dict.fromkeys(mods, 0.0)
+        for k in ROUND:
             t0 = time.perf_counter()
             steps[k](mods[k], x)
             times[k].append(time.perf_counter() - t0)
-    ratios = [o / f for o, f in zip(times["ours"], times["floor"])]
+            spent[k] += times[k][-1]
+        ratios.append(spent["ours"] / spent["floor"])
     return statistics.median(times["ours"]), statistics.median(times["floor"]), ratios
 
 
