@@ -1,0 +1,84 @@
+"""The benchmark scripts in ``bench/`` run, print their tables, and measure fairly.
+
+They are not timed tests: each runs here on a small catalogue entry for one round, and the
+round order of ``arch_scale`` is checked against a machine whose every other step is slow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _run(script: str, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=BENCH,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_arch_scale_prints_a_row_per_basis_with_its_ratios():
+    text = _run("arch_scale.py", "--models", "resnet20", "--rounds", "1", "--no-memory")
+    rows = [line.split() for line in text.splitlines() if line.startswith("resnet20")]
+    assert [r[3] for r in rows] == ["complete", "linear"]
+    for r in rows:
+        ratio, (low, high) = float(r[9]), map(float, r[10].split("-"))
+        assert 0 < low <= ratio <= high
+
+
+def test_arch_profile_prints_each_side_of_a_round():
+    text = _run("arch_profile.py", "resnet20", "--steps", "1", "--channels", "4")
+    (line,) = [line for line in text.splitlines() if line.startswith("step 1")]
+    assert re.search(r"ours forward [\d.]+ ms \(tile_sum [\d.]+", line)
+    assert re.search(r"floor forward [\d.]+ ms, backward [\d.]+ ms, \d+ page faults", line)
+
+
+class _Alternating(nn.Module):
+    """A module whose step costs ``base`` seconds, plus ``extra`` on every other step of
+    *any* module sharing ``clock`` (a machine state that alternates step to step)."""
+
+    def __init__(self, clock: list, base: float, extra: float) -> None:
+        super().__init__()
+        self.clock, self.base, self.extra = clock, base, extra
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: dict) -> dict:
+        self.clock[0] += 1
+        time.sleep(self.base + (self.extra if self.clock[0] % 2 else 0.0))
+        return {"a": self.w * x["a"]}
+
+
+@pytest.fixture
+def arch_scale(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module("arch_scale")
+
+
+def test_a_round_gives_both_sides_the_same_share_of_slow_steps(arch_scale):
+    clock = [0]
+    ours, floor = _Alternating(clock, 0.01, 0.04), _Alternating(clock, 0.01, 0.04)
+    _, _, ratios = arch_scale.time_pair(ours, floor, {"a": torch.ones(1)}, rounds=2)
+    # equal modules: 1 whatever the parity (one step each per round would give 5 or 1/5)
+    assert all(0.8 < r < 1.25 for r in ratios), ratios
+
+
+def test_a_round_still_tells_a_slower_module(arch_scale):
+    clock = [0]
+    ours, floor = _Alternating(clock, 0.03, 0.0), _Alternating(clock, 0.01, 0.0)
+    _, _, ratios = arch_scale.time_pair(ours, floor, {"a": torch.ones(1)}, rounds=1)
+    assert 2.0 < ratios[0] < 3.5, ratios
