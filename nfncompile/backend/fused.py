@@ -49,6 +49,14 @@ __all__ = [
 ]
 
 
+def _plain() -> bool:
+    """Whether the operations here should be their plain compositions: under a functorch
+    transform (``vmap``, ``jacfwd``: the custom autograd functions have no rules for them) or
+    while ``torch.compile`` traces (the compiler fuses the plain ops itself; the eager
+    chunking and in-place GEMMs would only unroll into its graph)."""
+    return torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
+
+
 def _memory_order(x: torch.Tensor) -> list:
     """The dims of ``x`` from the outermost in memory to the innermost."""
     return sorted(range(x.dim()), key=lambda d: -x.stride(d))
@@ -109,7 +117,7 @@ def means(x: torch.Tensor, sets: tuple) -> tuple:
     [[[1.5, 2.5, 3.5]], [[1.0, 4.0]]]
     """
     sets = tuple(tuple(sorted(d)) for d in sets)
-    if not _chunks(x) or len(sets) < 2 or torch._C._are_functorch_transforms_active():
+    if not _chunks(x) or len(sets) < 2 or _plain():
         return tuple(mean(x, dims) for dims in sets)
     return _Means.apply(x, sets)
 
@@ -329,8 +337,8 @@ def tile_sum(
     >>> torch.allclose(tile_sum(x, w, row, col), row + col + x @ w.t(), atol=1e-5)
     True
     """
-    values = (*(place(*g) for g in groups), *values)
-    if torch._C._are_functorch_transforms_active():  # vmap, jacfwd: the plain composition
+    values = (*[place(*g) for g in groups], *values)
+    if _plain():
         acc = channel_mix(weight, x)
         for v in values:
             acc = acc + v
