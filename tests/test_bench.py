@@ -48,6 +48,24 @@ def test_arch_profile_prints_each_side_of_a_round():
     assert re.search(r"floor forward [\d.]+ ms, backward [\d.]+ ms, \d+ page faults", line)
 
 
+def test_step_modes_prints_a_row_per_mode():
+    text = _run(
+        "step_modes.py", "--model", "resnet20", "--batch", "1", "--channels", "4",
+        "--modes", "eager,bf16", "--rounds", "1", "--device", "cpu",
+    )  # fmt: skip
+    rows = [line.split() for line in text.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["eager", "bf16"]
+    assert all(float(r[1]) > 0 and float(r[3]) > 0 for r in rows)
+
+
+def test_step_modes_refuses_an_unknown_mode():
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "step_modes.py"), "--modes", "eager,fp8"],
+        capture_output=True, text=True, cwd=BENCH,
+    )  # fmt: skip
+    assert out.returncode == 2 and "fp8" in out.stderr and "eager, compile, bf16" in out.stderr
+
+
 class _Alternating(nn.Module):
     """A module whose step costs ``base`` seconds, plus ``extra`` on every other step of
     *any* module sharing ``clock`` (a machine state that alternates step to step)."""
