@@ -96,5 +96,6 @@ def main(argv: list | None = None) -> None:
             f" ratio {(fwd + bwd) / (ffwd + fbwd):.2f}"
         )
 
+
 if __name__ == "__main__":
     main()

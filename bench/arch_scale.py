@@ -202,25 +202,37 @@ def measure_memory(model: str, kind: str, args) -> int | None:
 ROUND = ("ours", "floor", "floor", "ours")
 
 
+def counterbalanced(step, rounds: int) -> tuple:
+    """``rounds`` rounds of :data:`ROUND`, ``step(side)`` running one step of ``"ours"`` or
+    ``"floor"`` and returning its seconds: each side's step seconds and each round's ratio
+    ours / floor (ours' two steps over the floor's two)."""
+    times: dict = {"ours": [], "floor": []}
+    ratios = []
+    for _ in range(rounds):
+        spent = dict.fromkeys(times, 0.0)
+        for k in ROUND:
+            times[k].append(step(k))
+            spent[k] += times[k][-1]
+        ratios.append(spent["ours"] / spent["floor"])
+    return times, ratios
+
+
 def time_pair(ours: nn.Module, floor: nn.Module, x: dict, rounds: int) -> tuple:
     """Median step seconds of ours and of the floor, and each round's ratio ours / floor.
 
-    A round is :data:`ROUND`: four steps back to back, so that its ratio (ours' two steps over
-    the floor's two) sees the same machine state on both sides."""
+    A round is :data:`ROUND`: four steps back to back, so that its ratio sees the same machine
+    state on both sides (:func:`counterbalanced`)."""
     steps = {"ours": Step(), "floor": Step()}
     mods = {"ours": ours, "floor": floor}
     for k in mods:
         steps[k](mods[k], x)
-    times: dict = {k: [] for k in mods}
-    ratios = []
-    for _ in range(rounds):
-        spent = dict.fromkeys(mods, 0.0)
-        for k in ROUND:
-            t0 = time.perf_counter()
-            steps[k](mods[k], x)
-            times[k].append(time.perf_counter() - t0)
-            spent[k] += times[k][-1]
-        ratios.append(spent["ours"] / spent["floor"])
+
+    def step(k: str) -> float:
+        t0 = time.perf_counter()
+        steps[k](mods[k], x)
+        return time.perf_counter() - t0
+
+    times, ratios = counterbalanced(step, rounds)
     return statistics.median(times["ours"]), statistics.median(times["floor"]), ratios
 
 

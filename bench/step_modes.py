@@ -4,7 +4,7 @@ C=16 on a GPU).
 
 For one of ``bench/arch_scale.py``'s models, prints per mode: the forward+backward seconds of
 ``NFLinear(spec, C, C, basis=...)`` and of the pointwise floor (``arch_scale.Floor``, run the
-same way), their ratio (median over rounds of ``arch_scale.ROUND``: ours, floor, floor, ours),
+same way), their ratio (median over ``arch_scale.counterbalanced`` rounds: ours, floor, floor, ours),
 the peak memory of one step above what was held before it (CUDA only:
 ``torch.cuda.max_memory_allocated``) and, for ``compile``, the seconds the first (compiling)
 step took. Usage::
@@ -24,7 +24,7 @@ import statistics
 import time
 
 import torch
-from arch_scale import ROUND, Floor, Step, build, load_spec, make_inputs
+from arch_scale import Floor, Step, build, counterbalanced, load_spec, make_inputs
 from torch import nn
 
 MODES = ("eager", "compile", "bf16")
@@ -72,13 +72,9 @@ def run_mode(mode: str, spec, args, x: dict) -> dict:
         mods = {k: torch.compile(m) for k, m in mods.items()}
     steps = {k: Step() for k in mods}
     first = {k: timed_step(steps[k], mods[k], x, mode, args.device) for k in mods}
-    ratios, times = [], {k: [] for k in mods}
-    for _ in range(args.rounds):
-        spent = dict.fromkeys(mods, 0.0)
-        for k in ROUND:
-            times[k].append(timed_step(steps[k], mods[k], x, mode, args.device))
-            spent[k] += times[k][-1]
-        ratios.append(spent["ours"] / spent["floor"])
+    times, ratios = counterbalanced(
+        lambda k: timed_step(steps[k], mods[k], x, mode, args.device), args.rounds
+    )
     mem = {k: peak_bytes(steps[k], mods[k], x, mode, args.device) for k in mods}
     return {
         "ours s": statistics.median(times["ours"]),

@@ -20,14 +20,18 @@ from torch import nn
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def _run(script: str, *args: str) -> str:
-    out = subprocess.run(
+def _script(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, str(BENCH / script), *args],
         capture_output=True,
         text=True,
         cwd=BENCH,
         timeout=300,
     )
+
+
+def _run(script: str, *args: str) -> str:
+    out = _script(script, *args)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -59,10 +63,7 @@ def test_step_modes_prints_a_row_per_mode():
 
 
 def test_step_modes_refuses_an_unknown_mode():
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "step_modes.py"), "--modes", "eager,fp8"],
-        capture_output=True, text=True, cwd=BENCH,
-    )  # fmt: skip
+    out = _script("step_modes.py", "--modes", "eager,fp8")
     assert out.returncode == 2 and "fp8" in out.stderr and "eager, compile, bf16" in out.stderr
 
 
