@@ -355,6 +355,7 @@ def build_plan(
     basis: str = "complete",
     width: int | None = None,
     io_embed: bool = False,
+    max_fold: int | None = None,
 ) -> Plan:
     """Enumerate the basis and fuse it into a :class:`Plan`.
 
@@ -372,9 +373,13 @@ def build_plan(
         The linear basis's invariant channel width (default ``4 * max(in, out)``).
     io_embed : bool
         Learned position embeddings along the input tiles' input/output-role axes.
+    max_fold : int, optional
+        Linear basis: fold at most this many fixed entries of a tile into each channel, its
+        larger fixed dims exchanged (:func:`~.tiles.tile_refs`); ignored by the complete basis,
+        which folds every fixed dim.
     """
-    tiles = tuple(tile_refs(spec, mode))
     linear = basis == "linear"
+    tiles = tuple(tile_refs(spec, mode, max_fold if linear else None))
     cps, _ = couplings(list(tiles), complete=not linear)
     if linear:
         cps = _within_tiles_when_wide(cps)

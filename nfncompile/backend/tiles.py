@@ -52,7 +52,12 @@ from dataclasses import dataclass, field
 
 from ..spec import Inner, WeightSpaceSpec
 
-__all__ = ["Factor", "Dim", "TileRef", "tile_refs", "permutable", "module_of"]
+__all__ = ["Factor", "Dim", "TileRef", "tile_refs", "permutable", "module_of", "MAX_FOLD"]
+
+#: the linear basis's default ``max_fold``: a tile folds at most this many fixed entries into
+#: each channel (a 7x7 kernel folds 49, one relation then has ``(C * 49)**2`` weights), its other
+#: fixed dims are exchanged (see the module docstring)
+MAX_FOLD = 64
 
 _KIND_ORDER = {"space": 0, "blocks": 1, "inner": 2}
 
@@ -197,9 +202,10 @@ def module_of(param: str) -> str:
     return param.rpartition(".")[0]
 
 
-def tile_refs(spec: WeightSpaceSpec, mode: str) -> list[TileRef]:
+def tile_refs(spec: WeightSpaceSpec, mode: str, max_fold: int | None = None) -> list[TileRef]:
     """Every tile of ``spec`` in ``mode`` (``"np"`` or ``"hnp"``, trusted), in parameter then
-    row-major order.
+    row-major order; with ``max_fold``, fixed dims beyond it exchanged (see the module
+    docstring).
 
     Examples
     --------
@@ -208,6 +214,8 @@ def tile_refs(spec: WeightSpaceSpec, mode: str) -> list[TileRef]:
     ...                        [ParamSpec("w", (3, 4), ("b", ("a", 2)))])
     >>> [(t.name, [str(d) for d in t.dims]) for t in tile_refs(spec, "hnp")]
     [('w[:, 0:2]', ['b', '2']), ('w[:, 2:4]', ['b', '2'])]
+    >>> [str(d) for d in tile_refs(spec, "hnp", max_fold=1)[0].dims]
+    ['b', 'a']
     """
     moving = {}  # block permutation -> whether any space sharing it is permutable
     for s in spec.spaces.values():
@@ -216,6 +224,9 @@ def tile_refs(spec: WeightSpaceSpec, mode: str) -> list[TileRef]:
     out = []
     for p in spec.params:
         for i, tile in enumerate(p.tiles(spec.spaces)):
+            dims = _dims(spec, mode, tile.axes, tile.shape, moving)
+            if max_fold is not None:
+                dims = _exchanged(p.name, tile.axes, dims, max_fold)
             out.append(
                 TileRef(
                     p.name,
@@ -224,11 +235,35 @@ def tile_refs(spec: WeightSpaceSpec, mode: str) -> list[TileRef]:
                     tuple(tile.axes),
                     tuple(tile.shape),
                     tuple(s.start for s in tile.index),
-                    _dims(spec, mode, tile.axes, tile.shape, moving),
+                    dims,
                     module_of(p.name),
                 )
             )
     return out
+
+
+def _exchanged(param: str, labels: tuple, dims: tuple, max_fold: int) -> tuple:
+    """``dims`` with fixed ones made exchangeable until the others fold at most ``max_fold``
+    entries: first those of a space (``hnp``'s input and output neurons, exchanged as ``np``
+    exchanges them, under the space's name so that the tiles sharing it stay linked), then the
+    others (kernel dims, axes without a space), largest first, each private to this dim of
+    ``param``."""
+
+    def spaced(i: int) -> bool:
+        d = dims[i]  # a space's whole axis, not a part of a block axis
+        return isinstance(labels[d.axis], str) and sum(e.axis == d.axis for e in dims) == 1
+
+    fixed = [i for i, d in enumerate(dims) if d.factor is None]
+    fold = math.prod(dims[i].size for i in fixed)
+    out = list(dims)
+    for i in sorted(fixed, key=lambda i: (not spaced(i), -dims[i].size)):
+        if fold <= max_fold:
+            break
+        d = dims[i]
+        name = labels[d.axis] if spaced(i) else f"{param}#{d.axis}:{i}"
+        out[i] = Dim(d.axis, d.size, Factor("space", name, d.size))
+        fold //= d.size
+    return tuple(out)
 
 
 def _dims(spec: WeightSpaceSpec, mode: str, labels: tuple, shape: tuple, moving: dict) -> tuple:

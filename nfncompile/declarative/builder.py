@@ -63,7 +63,7 @@ def load(
     --------
     >>> cfg = load({"nfn": {"mode": "hnp", "layers": [{"type": "nf_linear", "channels": 4}]}})
     >>> cfg.kind, cfg.nfn.layers
-    ('nfn', (NFLinearLayer(channels=4, io_embed=False, bias=True, basis='auto', width=None),))
+    ('nfn', (NFLinearLayer(channels=4, io_embed=False, bias=True, basis='auto', width=None, max_fold=64),))
     """
     cfg, _, _ = _load(path_or_dict, source)
     return cfg
@@ -198,6 +198,7 @@ def _build_nfn(spec: WeightSpaceSpec, cfg: ModelConfig, source: str) -> NFN:
                     bias=layer.bias,
                     basis=layer.basis,
                     width=layer.width,
+                    max_fold=layer.max_fold,
                 )
                 channels = layer.channels
             elif isinstance(layer, ActivationLayer):
@@ -219,7 +220,7 @@ def _build_nfn(spec: WeightSpaceSpec, cfg: ModelConfig, source: str) -> NFN:
                 module = encoding(channels, **dataclasses.asdict(layer))
                 channels = module.out_channels
             elif isinstance(layer, NFPoolLayer):
-                module = NFPool(spec, mode=mode, in_channels=channels)
+                module = NFPool(spec, mode=mode, in_channels=channels, max_fold=layer.max_fold)
                 features = module.num_features
             else:  # MLPLayer (the config guarantees it follows nf_pool)
                 module = mlp_head(features, layer, layer.out_features)

@@ -71,6 +71,7 @@ from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError, FieldError
 from ..nn.activations import ACTIVATIONS
+from ..nn.linear import MAX_FOLD
 
 __all__ = [
     "WeightSpaceConfig",
@@ -177,6 +178,14 @@ class NFLinearLayer:
         default=None,
         metadata={"min": 1, "help": "linear basis: invariant channel width (default 4 x channels)"},
     )
+    max_fold: int | None = field(
+        default=MAX_FOLD,
+        metadata={
+            "min": 1,
+            "help": "linear basis: fixed entries a tile folds into each channel at most, its "
+            "larger fixed dims exchanged (null: fold all)",
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -257,6 +266,14 @@ class NFPoolLayer:
     """Invariant pooling (:class:`~nfncompile.nn.NFPool`): features become ``(B, F)``."""
 
     type: ClassVar[str] = "nf_pool"
+    max_fold: int | None = field(
+        default=None,
+        metadata={
+            "min": 1,
+            "help": "fixed positions of a tile kept as features at most, its larger fixed "
+            "dims averaged (default: all kept)",
+        },
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,12 +33,19 @@ from torch import nn
 from ..backend.basis import bias_term, term_of
 from ..backend.codegen import generate
 from ..backend.plan import BASES, Plan, build_plan, complete_num_params
+from ..backend.tiles import MAX_FOLD
 from ..errors import ConfigError
 from ..features import WeightSpaceFeatures
 from ..spec import WeightSpaceSpec, check_mode
 from .checks import check_channels, check_features
 
-__all__ = ["NFLinear", "BASIS_CHOICES", "AUTO_COMPLETE_MAX_PARAMS", "available_memory"]
+__all__ = [
+    "NFLinear",
+    "BASIS_CHOICES",
+    "AUTO_COMPLETE_MAX_PARAMS",
+    "MAX_FOLD",
+    "available_memory",
+]
 
 #: What ``NFLinear(basis=...)`` accepts.
 BASIS_CHOICES = ("auto", *BASES)
@@ -109,6 +116,14 @@ class NFLinear(nn.Module):
     width : int, optional
         The linear basis's invariant channel width (default ``4 * max(in_channels,
         out_channels)``).
+    max_fold : int or None
+        Linear basis: fixed dims (those the group does not move: kernel dims, ``hnp``'s
+        input/output neurons, axes the front end found no symmetry for) are folded into the
+        channels, which costs ``(C * fold)**2`` weights per relation; a tile that would fold
+        more than ``max_fold`` entries (default :data:`MAX_FOLD`) has its largest fixed dims
+        treated as exchangeable instead (still exactly equivariant: only symmetry the true
+        group lacks is added; their positions are no longer told apart). ``None`` folds
+        everything. The complete basis always folds everything.
 
     Attributes
     ----------
@@ -128,9 +143,10 @@ class NFLinear(nn.Module):
     SpecError
         Unknown ``mode``.
     ConfigError
-        Non-positive channel counts, an unknown ``basis``, or a complete basis whose weights
-        would not fit in memory to train (weights, gradients and Adam's moments: 16 bytes per
-        weight; the message gives the size and the linear basis's).
+        Non-positive channel counts, an unknown ``basis``, or weights that would not fit in
+        memory to train (weights, gradients and Adam's moments: 16 bytes per weight), checked
+        before allocating: the message gives the size, the linear basis's for a complete one,
+        and the tensors whose fixed dims fold the most.
 
     Examples
     --------
@@ -160,6 +176,7 @@ class NFLinear(nn.Module):
         bias: bool = True,
         basis: str = "auto",
         width: int | None = None,
+        max_fold: int | None = MAX_FOLD,
     ) -> None:
         super().__init__()
         check_mode(mode)
@@ -174,39 +191,59 @@ class NFLinear(nn.Module):
         if width is not None:
             check_channels("width", width)
         self.width = width or 4 * max(in_channels, out_channels)
+        if max_fold is not None:
+            check_channels("max_fold", max_fold)
+        self.max_fold = max_fold
         if basis != "linear":
             n = complete_num_params(spec, mode, in_channels, out_channels, bias=bias)
             if basis == "auto":
                 basis = "complete" if n <= AUTO_COMPLETE_MAX_PARAMS else "linear"
             else:
-                self._check_fits(n)
+                self._check_fits(n, "complete")
         self.basis = basis
         self._compile(spec, None)
         self.reset_parameters()
 
-    def _check_fits(self, n: int) -> None:
-        """Raise before allocating when ``n`` complete-basis weights would not fit in memory
-        for training: float32 weights, their gradients and two Adam moments (16 bytes each)."""
-        avail = available_memory()
-        need = TRAIN_BYTES_PER_WEIGHT * n
-        if avail is None or need <= avail:
-            return
-        linear = build_plan(
-            self.spec,
+    def _linear_plan(self, spec: WeightSpaceSpec) -> Plan:
+        return build_plan(
+            spec,
             self.mode,
             self.in_channels,
             self.out_channels,
             bias=self.bias,
             basis="linear",
             width=self.width,
-        ).num_params
-        raise ConfigError(
-            f"NFLinear: the complete basis of this weight space ({len(self.spec.params)} "
+            max_fold=self.max_fold,
+        )
+
+    def _check_fits(self, n: int, basis: str, plan: Plan | None = None) -> None:
+        """Raise before allocating when ``n`` weights of ``basis`` would not fit in memory for
+        training: float32 weights, their gradients and two Adam moments (16 bytes each)."""
+        avail = available_memory()
+        need = TRAIN_BYTES_PER_WEIGHT * n
+        if avail is None or need <= avail:
+            return
+        msg = (
+            f"NFLinear: the {basis} basis of this weight space ({len(self.spec.params)} "
             f"tensors, mode {self.mode!r}, C {self.in_channels} -> {self.out_channels}) has "
             f"{n:,} weights ({4 * n / 2**30:.1f} GiB in float32, {need / 2**30:.1f} GiB to train "
             f"with their gradients and Adam's moments), more than the {avail / 2**30:.1f} GiB "
-            "of memory available; use basis='linear' "
-            f"({linear:,} weights)"
+            "of memory available"
+        )
+        if basis == "complete":
+            plan = self._linear_plan(self.spec)
+            msg += f"; use basis='linear' ({plan.num_params:,} weights)"
+            if TRAIN_BYTES_PER_WEIGHT * plan.num_params <= avail:
+                raise ConfigError(msg)
+        folds = sorted({(t.fixed_size, t.param, t.shape) for t in plan.tiles}, reverse=True)
+        named = "; ".join(f"{p!r} {tuple(s)} folds {f:,}" for f, p, s in folds[:3])
+        fold = "None" if self.max_fold is None else f"{self.max_fold:,}"
+        raise ConfigError(
+            f"{msg}. Each relation of a tile mixes (C x fold)**2 weights, fold being its fixed "
+            f"entries (dims the group does not move) folded into the channels; the largest: "
+            f"{named} (max_fold={fold}). Use fewer channels or a smaller max_fold (larger fixed "
+            "dims are then exchanged, see NFLinear's max_fold); `nfncompile trace` tells why a "
+            "tensor's axes are fixed (e.g. an auxiliary head the eval-mode forward never runs)"
         )
 
     def _compile(self, spec: WeightSpaceSpec, weights: Mapping | None) -> None:
@@ -224,8 +261,11 @@ class NFLinear(nn.Module):
             basis=self.basis,
             width=self.width,
             io_embed=self.io_embed,
+            max_fold=self.max_fold,
         )
-        if weights is not None:
+        if weights is None:
+            self._check_fits(self.plan.num_params, self.basis, self.plan)
+        else:
             missing = [r.key for r in self.plan.relations if r.key not in weights]
             if missing:
                 more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
@@ -284,7 +324,7 @@ class NFLinear(nn.Module):
             )
         new = NFLinear.__new__(NFLinear)
         nn.Module.__init__(new)
-        for k in ("mode", "in_channels", "out_channels", "io_embed", "bias", "basis", "width"):
+        for k in ("mode", "in_channels", "out_channels", "io_embed", "bias", "basis", "width", "max_fold"):
             setattr(new, k, getattr(self, k))
         new._compile(spec, self.relation_weights)
         return new
@@ -441,6 +481,8 @@ class NFLinear(nn.Module):
         extra = ", io_embed=True" if self.io_embed else ""
         extra += "" if self.bias else ", bias=False"
         extra += f", width={self.width}" if self.basis == "linear" else ""
+        if self.basis == "linear" and self.max_fold != MAX_FOLD:
+            extra += f", max_fold={self.max_fold}"
         return (
             f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
             f"mode={self.mode!r}, basis={self.basis!r}{extra}, terms={self.num_terms}, "

@@ -39,6 +39,10 @@ class NFPool(nn.Module):
     mode : {"np", "hnp"}
     in_channels : int, optional
         Needed for :attr:`num_features` (and checked in ``forward`` when given).
+    max_fold : int, optional
+        Keep at most this many fixed positions of a tile as separate features: its larger
+        fixed dims are averaged like permutable ones (as :class:`~nfncompile.nn.NFLinear`'s
+        ``max_fold`` exchanges them). Default: every fixed position is a feature.
 
     Attributes
     ----------
@@ -56,7 +60,13 @@ class NFPool(nn.Module):
     (1, 6)
     """
 
-    def __init__(self, spec: WeightSpaceSpec, mode: str = "np", in_channels: int | None = None):
+    def __init__(
+        self,
+        spec: WeightSpaceSpec,
+        mode: str = "np",
+        in_channels: int | None = None,
+        max_fold: int | None = None,
+    ):
         super().__init__()
         check_mode(mode)
         self.spec = spec
@@ -64,7 +74,10 @@ class NFPool(nn.Module):
         self.in_channels = (
             None if in_channels is None else check_channels("in_channels", in_channels)
         )
-        self.tiles = tile_refs(spec, mode)
+        if max_fold is not None:
+            check_channels("max_fold", max_fold)
+        self.max_fold = max_fold
+        self.tiles = tile_refs(spec, mode, max_fold)
         self.features_per_channel = sum(t.fixed_size for t in self.tiles)
 
     @property
@@ -101,7 +114,8 @@ class NFPool(nn.Module):
         return torch.cat(out, dim=1)
 
     def extra_repr(self) -> str:
+        fold = "" if self.max_fold is None else f", max_fold={self.max_fold}"
         return (
-            f"mode={self.mode!r}, in_channels={self.in_channels}, "
+            f"mode={self.mode!r}, in_channels={self.in_channels}{fold}, "
             f"features_per_channel={self.features_per_channel}"
         )

@@ -54,7 +54,7 @@ def test_layer_errors_are_path_qualified(tmp_path):
     path.write_text("nfn:\n  layers:\n    - {type: nf_linear, chanels: 8}\n")
     assert error(path) == (
         f"{path}: nfn.layers[0].chanels: unknown key (did you mean 'channels'?); "
-        "valid keys: channels, io_embed, bias, basis, width"
+        "valid keys: channels, io_embed, bias, basis, width, max_fold"
     )
     path.write_text("nfn:\n  layers:\n    - {type: nf_linear, channels: 8\n")
     assert error(path).startswith(f"{path}: line 4, column 1: malformed YAML: ")
