@@ -104,3 +104,15 @@ def test_a_round_still_tells_a_slower_module(arch_scale):
     ours, floor = _Alternating(clock, 0.03, 0.0), _Alternating(clock, 0.01, 0.0)
     _, _, ratios = arch_scale.time_pair(ours, floor, {"a": torch.ones(1)}, rounds=1)
     assert 2.0 < ratios[0] < 3.5, ratios
+
+
+def test_model_sweep_says_what_to_install_without_torchvision():
+    """The sweep reads torchvision's or timm's models, which nfncompile does not depend on."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # absent (or a build that does not load): the message path
+        out = _script("model_sweep.py", "--models", "resnet18")
+        assert out.returncode == 2 and "install torchvision" in out.stderr
+    else:
+        out = _script("model_sweep.py", "--models", "resnet18", "--channels", "2")
+        assert out.returncode == 0 and "resnet18" in out.stdout and "ok: 1" in out.stdout

@@ -1,0 +1,130 @@
+"""Every published classification model of torchvision (or a list of timm's): trace, build,
+size and equivariance of a linear-basis NF-Layer, one model per row.
+
+Per model (random init, no download, ``eval()``, one input of ``--size`` pixels, 224 for the
+vision transformers): ``trace s`` (``nfc.trace`` with its verification), the parameter tensors
+and derived spaces, ``build s`` (``NFLinear(spec, C, C, basis="linear")`` at ``--channels``,
+goal < 5 s), ``/model`` (the layer's weights over the model's), and ``equiv``: the largest
+error of ``nfncompile.testing.assert_equivariant`` on a 2-channel layer (float64, random group
+elements drawn from the spec). A model that fails prints the exception's first line; one that
+takes longer than ``--timeout`` seconds prints ``TIMEOUT``. The last line counts them.
+
+Needs torchvision (or timm) installed, which nfncompile does not depend on::
+
+    python bench/model_sweep.py [--source torchvision|timm] [--models a,b] [--channels 16]
+                                [--mode np] [--size 64] [--timeout 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+import warnings
+
+import torch
+
+import nfncompile as nfc
+from nfncompile.testing import assert_equivariant
+
+#: timm models of the families the catalogue does not write itself (the default list)
+TIMM = (
+    "resnet50d,efficientnet_b0,mobilenetv3_large_100,convnext_atto,regnety_002,"
+    "vit_tiny_patch16_224,deit_tiny_patch16_224,densenet121,dla34,ghostnet_100,"
+    "hrnet_w18_small,cspresnet50,rexnet_100,mixnet_s,levit_128s,poolformer_s12,resnest14d,"
+    "res2net50_14w_8s,xception41,edgenext_xx_small,efficientformer_l1,fastvit_t8,"
+    "mobilevit_xxs,repvgg_a0,seresnext26d_32x4d"
+)
+#: models whose name says they need 224-pixel inputs (fixed patch grids, window sizes)
+FULL_INPUT = ("vit", "deit", "swin", "maxvit", "levit", "coat", "efficientformer", "fastvit")
+
+
+class Timeout(Exception):
+    pass
+
+
+def _alarm(*_) -> None:
+    raise Timeout
+
+
+def factories(source: str, names: list | None):
+    """``(name, zero-argument factory)`` for each model of ``source``."""
+    if source == "torchvision":
+        import torchvision.models as tvm
+
+        for n in names or tvm.list_models(module=tvm):
+            yield n, lambda n=n: tvm.get_model(n, weights=None)
+    else:
+        import timm
+
+        for n in names or TIMM.split(","):
+            yield n, lambda n=n: timm.create_model(n, pretrained=False)
+
+
+def sweep_one(make, name: str, args) -> list:
+    torch.manual_seed(0)
+    model = make().eval()
+    size = 224 if any(k in name for k in FULL_INPUT) else args.size
+    t0 = time.perf_counter()
+    spec = nfc.trace(model, torch.randn(1, 3, size, size), mode=args.mode)
+    t1 = time.perf_counter()
+    layer = nfc.NFLinear(spec, args.channels, args.channels, mode=args.mode, basis="linear")
+    t2 = time.perf_counter()
+    ratio = layer.num_params / sum(p.numel for p in spec.params)
+    small = nfc.NFLinear(spec, 2, 2, mode=args.mode, basis="linear")
+    err = assert_equivariant(small, spec, in_channels=2, batch=1, trials=1)
+    return [
+        f"{t1 - t0:.1f}",
+        str(len(spec.params)),
+        str(len(spec.spaces)),
+        f"{t2 - t1:.2f}",
+        f"{ratio:.2f}x",
+        f"{err:.0e}",
+        "ok",
+    ]
+
+
+def main(argv: list | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", choices=("torchvision", "timm"), default="torchvision")
+    ap.add_argument("--models", default="", help="comma-separated (default: all / TIMM)")
+    ap.add_argument("--channels", type=int, default=16)
+    ap.add_argument("--mode", choices=("np", "hnp"), default="np")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--timeout", type=int, default=300)
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGALRM, _alarm)
+    names = [n for n in args.models.split(",") if n] or None
+    try:
+        models = list(factories(args.source, names))
+    except ImportError as e:
+        print(f"model_sweep: {e}; install {args.source} to run this sweep", file=sys.stderr)
+        return 2
+    head = ("model", "trace s", "tensors", "spaces", "build s", "/model", "equiv", "")
+    print(f"# {args.source}, mode {args.mode}, C={args.channels}, linear basis")
+    print(f"{head[0]:<24}" + "".join(f"{h:>9}" for h in head[1:]))
+    counts: dict = {}
+    for name, make in models:
+        signal.alarm(args.timeout)
+        try:
+            row = sweep_one(make, name, args)
+        except Timeout:
+            row = ["TIMEOUT"]
+        except Exception as e:  # a sweep reports every failure and goes on
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            row = [f"FAIL {type(e).__name__}: {first}"]
+        finally:
+            signal.alarm(0)
+        status = row[-1].split()[0]
+        counts[status] = counts.get(status, 0) + 1
+        print(f"{name:<24}" + ("".join(f"{c:>9}" for c in row) if len(row) > 1 else row[0]))
+        sys.stdout.flush()
+    print("# " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    return 0 if set(counts) <= {"ok"} else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
