@@ -52,12 +52,24 @@ from dataclasses import dataclass, field
 
 from ..spec import Inner, WeightSpaceSpec
 
-__all__ = ["Factor", "Dim", "TileRef", "tile_refs", "permutable", "module_of", "MAX_FOLD"]
+__all__ = [
+    "Factor",
+    "Dim",
+    "TileRef",
+    "tile_refs",
+    "permutable",
+    "module_of",
+    "MAX_FOLD",
+    "SMALL_FOLD",
+]
 
 #: the linear basis's default ``max_fold``: a tile folds at most this many fixed entries into
 #: each channel (a 7x7 kernel folds 49, one relation then has ``(C * 49)**2`` weights), its other
 #: fixed dims are exchanged (see the module docstring)
 MAX_FOLD = 64
+#: a fold this small is always kept (a 3x3 kernel's 9); above it, a tile folds at most the
+#: square root of its entries (a relation then has at most ``C**2`` times the tile's entries)
+SMALL_FOLD = 16
 
 _KIND_ORDER = {"space": 0, "blocks": 1, "inner": 2}
 
@@ -255,9 +267,10 @@ def _exchanged(param: str, labels: tuple, dims: tuple, max_fold: int) -> tuple:
 
     fixed = [i for i, d in enumerate(dims) if d.factor is None]
     fold = math.prod(dims[i].size for i in fixed)
+    entries = math.prod(d.size for d in dims)
     out = list(dims)
     for i in sorted(fixed, key=lambda i: (not spaced(i), -dims[i].size)):
-        if fold <= max_fold:
+        if fold <= min(max_fold, max(SMALL_FOLD, math.isqrt(entries))):
             break
         d = dims[i]
         name = labels[d.axis] if spaced(i) else f"{param}#{d.axis}:{i}"

@@ -120,8 +120,8 @@ class NFLinear(nn.Module):
         Linear basis: fixed dims (those the group does not move: kernel dims, ``hnp``'s
         input/output neurons, axes the front end found no symmetry for) are folded into the
         channels, which costs ``(C * fold)**2`` weights per relation; a tile that would fold
-        more than ``max_fold`` entries (default :data:`MAX_FOLD`) has its largest fixed dims
-        treated as exchangeable instead (still exactly equivariant: only symmetry the true
+        more than ``max_fold`` entries (default :data:`MAX_FOLD`; above 16, more than the
+        square root of its entries) has fixed dims treated as exchangeable instead (still exactly equivariant: only symmetry the true
         group lacks is added; their positions are no longer told apart). ``None`` folds
         everything. The complete basis always folds everything.
 
