@@ -17,9 +17,12 @@ With ``checkpoint_dir``, every epoch writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +140,28 @@ def write_checkpoint(
     tensors.update(opt_tensors)
     text = _dumps(state)
     meta = {"format": CHECKPOINT_FORMAT, "state": text, "optimizer": _dumps(opt_meta)}
-    atomic_write(ckdir / LAST, save(tensors, metadata=meta))
-    atomic_write(ckdir / STATE, _readable_json(state).encode())
+    with _sigint_deferred():  # Ctrl-C between the two would leave state.json an epoch behind
+        atomic_write(ckdir / LAST, save(tensors, metadata=meta))
+        atomic_write(ckdir / STATE, _readable_json(state).encode())
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a SIGINT that arrives inside the block until it ends, then deliver it to the
+    handler that was installed (in the main thread; elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(signal.SIGINT, caught[0])
+        elif caught and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
 
 
 def read_last(path: Path) -> tuple[dict, dict, dict]:
