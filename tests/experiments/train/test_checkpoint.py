@@ -213,8 +213,12 @@ def test_ctrl_c_while_writing_a_checkpoint_waits_for_both_files():
     from nfncompile.experiments.train.checkpoint import _sigint_deferred
 
     done = []
-    with pytest.raises(KeyboardInterrupt), _sigint_deferred():
-        signal.raise_signal(signal.SIGINT)
-        done.append("both files")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt), _sigint_deferred():
+            signal.raise_signal(signal.SIGINT)
+            done.append("both files")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert done == ["both files"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
