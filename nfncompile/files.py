@@ -1,5 +1,6 @@
-"""Reading and writing the project's files: durable writes (zoo shards, checkpoints, specs)
-and strict, safe YAML (every spec and config nfncompile reads).
+"""Reading and writing the project's files: durable writes (zoo shards, checkpoints, specs),
+kept whole through Ctrl-C (:func:`sigint_replaced`), and strict, safe YAML (every spec and
+config nfncompile reads).
 
 >>> import tempfile, pathlib
 >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.json"
@@ -13,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,29 @@ import yaml
 
 from .errors import ConfigError, NfnCompileError
 
-__all__ = ["atomic_write", "load_yaml", "loads_yaml"]
+__all__ = ["atomic_write", "load_yaml", "loads_yaml", "sigint_replaced"]
+
+
+@contextlib.contextmanager
+def sigint_replaced(handler: Callable | int) -> Iterator[Callable | int | None]:
+    """Ctrl-C (SIGINT) handled by ``handler`` for the duration, so that writes that belong
+    together are not cut apart; yields the handler it replaced. Only the main thread may set
+    signal handlers: elsewhere nothing changes and it yields ``None``.
+
+    >>> with sigint_replaced(signal.SIG_IGN) as previous:
+    ...     signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    True
+    >>> signal.getsignal(signal.SIGINT) is previous
+    True
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield previous
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

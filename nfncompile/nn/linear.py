@@ -121,9 +121,10 @@ class NFLinear(nn.Module):
         input/output neurons, axes the front end found no symmetry for) are folded into the
         channels, which costs ``(C * fold)**2`` weights per relation; a tile that would fold
         more than ``max_fold`` entries (default :data:`MAX_FOLD`; above 16, more than the
-        square root of its entries) has fixed dims treated as exchangeable instead (still exactly equivariant: only symmetry the true
-        group lacks is added; their positions are no longer told apart). ``None`` folds
-        everything. The complete basis always folds everything.
+        square root of its entries) has fixed dims treated as exchangeable instead (still
+        exactly equivariant: only symmetry the true group lacks is added; their positions
+        are no longer told apart). ``None`` folds everything. The complete basis always
+        folds everything.
 
     Attributes
     ----------
@@ -204,15 +205,17 @@ class NFLinear(nn.Module):
         self._compile(spec, None)
         self.reset_parameters()
 
-    def _linear_plan(self, spec: WeightSpaceSpec) -> Plan:
+    def _plan(self, spec: WeightSpaceSpec, basis: str) -> Plan:
+        """This layer's plan for ``spec`` in ``basis`` (its other settings its own)."""
         return build_plan(
             spec,
             self.mode,
             self.in_channels,
             self.out_channels,
             bias=self.bias,
-            basis="linear",
+            basis=basis,
             width=self.width,
+            io_embed=self.io_embed,
             max_fold=self.max_fold,
         )
 
@@ -231,7 +234,7 @@ class NFLinear(nn.Module):
             "of memory available"
         )
         if basis == "complete":
-            plan = self._linear_plan(self.spec)
+            plan = self._plan(self.spec, "linear")
             msg += f"; use basis='linear' ({plan.num_params:,} weights)"
             if TRAIN_BYTES_PER_WEIGHT * plan.num_params <= avail:
                 raise ConfigError(msg)
@@ -252,17 +255,7 @@ class NFLinear(nn.Module):
 
     def _build(self, spec: WeightSpaceSpec, weights: Mapping | None) -> None:
         self.spec = spec
-        self.plan: Plan = build_plan(
-            spec,
-            self.mode,
-            self.in_channels,
-            self.out_channels,
-            bias=self.bias,
-            basis=self.basis,
-            width=self.width,
-            io_embed=self.io_embed,
-            max_fold=self.max_fold,
-        )
+        self.plan: Plan = self._plan(spec, self.basis)
         if weights is None:
             self._check_fits(self.plan.num_params, self.basis, self.plan)
         else:

@@ -22,9 +22,8 @@ import contextlib
 import hashlib
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, Interrupted, ZooError
-from ..files import atomic_write
+from ..files import atomic_write, sigint_replaced
 from ..progress import progress as progress_bar
 from .cnn import make_cnn_shard
 from .config import ZooConfig
@@ -105,19 +104,6 @@ def _worker_init() -> None:
     # (records what finished, stops the workers), so a worker neither dies with a traceback
     # nor leaves the pool waiting on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C for the duration (only the main thread may set signal handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _file_state(path: Path) -> tuple[int, int] | None:
@@ -276,7 +262,7 @@ def generate_zoo(
         try:
             _make_shards(config, todo, out, workers, record)
         except KeyboardInterrupt:
-            with _sigint_ignored():  # a second Ctrl-C must not cut the bookkeeping short
+            with sigint_replaced(signal.SIG_IGN):  # a second Ctrl-C must not cut the bookkeeping short
                 for s in todo:  # finished while we were stopping: record them too
                     state = _file_state(out / shard_name(s))
                     if s not in done and state is not None and state != before[s]:

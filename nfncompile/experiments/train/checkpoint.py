@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import signal
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
-from ...files import atomic_write
+from ...files import atomic_write, sigint_replaced
 from .collate import model_device
 from .config import TrainConfig
 
@@ -149,15 +148,11 @@ def write_checkpoint(
 def _sigint_deferred() -> Iterator[None]:
     """Hold a SIGINT that arrives inside the block until it ends, then deliver it to the
     handler that was installed (in the main thread; elsewhere signals cannot be handled)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     caught: list = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        with sigint_replaced(lambda signum, frame: caught.append(frame)) as previous:
+            yield
+    finally:  # the handler is back: deliver what was held
         if caught and callable(previous):
             previous(signal.SIGINT, caught[0])
         elif caught and previous == signal.SIG_DFL:
