@@ -136,7 +136,9 @@ class LogProgress:
         if time.monotonic() - self._last >= self.interval:
             self._emit()
 
-    def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kw: Any) -> None:
+    def set_postfix(
+        self, ordered_dict: dict | None = None, refresh: bool = True, **kw: Any
+    ) -> None:
         self.postfix = {**(ordered_dict or {}), **kw}
 
     def set_description(self, desc: str, refresh: bool = True) -> None:

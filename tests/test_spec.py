@@ -84,12 +84,24 @@ def test_block_spec_round_trips_through_yaml_exactly():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("c2:  {size: 6,", "c2:  {size: 5,"), r"spaces.c2: size 5 is not a multiple of the 2 blocks"),
-        (("blocks: g}\n  c2", "blocks: h}\n  c2"), r"spaces.c1.blocks: unknown block permutation 'h'"),
-        (("g: {count: 2}", "g: {count: 2}\n  unused: {count: 3}"), r"blocks \['unused'\] are named by no space"),
+        (
+            ("c2:  {size: 6,", "c2:  {size: 5,"),
+            r"spaces.c2: size 5 is not a multiple of the 2 blocks",
+        ),
+        (
+            ("blocks: g}\n  c2", "blocks: h}\n  c2"),
+            r"spaces.c1.blocks: unknown block permutation 'h'",
+        ),
+        (
+            ("g: {count: 2}", "g: {count: 2}\n  unused: {count: 3}"),
+            r"blocks \['unused'\] are named by no space",
+        ),
         (("block_of: 0}", "block_of: 1}"), r"axes\[1\]: block_of=1 must point at another axis"),
         (("block_of: 0}", "block_of: 2}"), r"axes\[1\]: block_of=2 must point at another axis"),
-        (("{space: c1, block_of: 0}", "{space: in, block_of: 0}"), r"needs a block space, but 'in'"),
+        (
+            ("{space: c1, block_of: 0}", "{space: in, block_of: 0}"),
+            r"needs a block space, but 'in'",
+        ),
         (("{space: c1, block_of: 0}", "{space: c1, at: 0}"), r"axes\[1\]: expected a space name"),
         (("g: {count: 2}", "g: {count: 0}"), r"blocks.g.count: expected a positive int, got 0"),
     ],
@@ -102,7 +114,9 @@ def test_malformed_block_specs_name_the_key(edit, message):
 
 
 def test_inner_axis_must_match_the_block_size():
-    text = GROUPED_YAML.replace("conv2.weight: {shape: [6, 2, 3, 3]", "conv2.weight: {shape: [6, 4, 3, 3]")
+    text = GROUPED_YAML.replace(
+        "conv2.weight: {shape: [6, 2, 3, 3]", "conv2.weight: {shape: [6, 4, 3, 3]"
+    )
     with pytest.raises(SpecError, match=r"blocks of 'c1' hold 2 neurons but the axis has length 4"):
         nfc.WeightSpaceSpec.from_yaml(text)
 

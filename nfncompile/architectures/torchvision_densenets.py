@@ -74,7 +74,9 @@ class DenseNet(nn.Module):
     ) -> None:
         super().__init__()
         self.features = nn.Sequential()
-        self.features.add_module("conv0", nn.Conv2d(in_channels, init_features, 7, 2, 3, bias=False))
+        self.features.add_module(
+            "conv0", nn.Conv2d(in_channels, init_features, 7, 2, 3, bias=False)
+        )
         self.features.add_module("norm0", nn.BatchNorm2d(init_features))
         self.features.add_module("relu0", nn.ReLU(inplace=True))
         self.features.add_module("pool0", nn.MaxPool2d(3, 2, 1))

@@ -51,9 +51,7 @@ def _expansion(block: type) -> int:
 def _shortcut(inplanes: int, planes: int, stride: int) -> nn.Module | None:
     if stride == 1 and inplanes == planes:
         return None
-    return nn.Sequential(
-        nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-    )
+    return nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
 
 class ImageNetResNet(nn.Module):

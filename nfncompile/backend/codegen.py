@@ -12,11 +12,21 @@ the channels after them). Each input tile is permuted into that layout once, by 
 dims, so a channels-first input is not copied), and each output tile out of it once, inside the
 one call that writes it (``*_native``: :func:`~.fused.tile_sum` or :func:`~.fused.tile_add`, or
 one :func:`~.fused.tensor_add` for every tile of a composite tensor; a view, so a stack of layers
-stays channels-last in memory). A layer is a few calls per tile, each with a bounded number of
-arguments: creating, printing and compiling fx nodes is most of a large layer's build. Between them reductions are means over middle dims, channel mixes are
-GEMMs over the last dim and placement only inserts singleton dims to broadcast into: no permute
-sits between a broadcast and a concatenation, which ``torch.compile`` on CPU turned into slow
-fused backward kernels (a sum over broadcast dims into a strided, kernel-sized inner dim). The
+stays channels-last in memory).
+
+A composite tensor (a DenseNet layer's input, a concatenation) whose tiles have the same dims and
+are cut only along permutable dims lies on a *grid*: it is brought into the layout as a whole,
+once, and each tile is a slice of that view (no copy per tile). When every tile's pointwise term
+is the same weight on the tile itself (the linear basis, whose weights are indexed by relation,
+not by tile), its output is one :func:`~.fused.tensor_sum`: each tile's broadcasts written into
+its region of one fresh tensor and one GEMM over the whole tensor added in place, with no
+concatenation after it.
+
+A layer is a few calls per tile, each with a bounded number of arguments: creating, printing and
+compiling fx nodes is most of a large layer's build. Between them reductions are means over
+middle dims, channel mixes are GEMMs over the last dim and placement only inserts singleton dims
+to broadcast into: no permute sits between a broadcast and a concatenation, which
+``torch.compile`` on CPU turned into slow fused backward kernels (a sum over broadcast dims into a strided, kernel-sized inner dim). The
 operations that read tiles are those of :mod:`.fused`: means in the input's memory order (the
 means of one source in one :func:`~.fused.means` call, one pass over a large tile), GEMMs
 reading any strides, and one :func:`~.fused.tile_sum` per output tile that writes the broadcast
@@ -53,6 +63,7 @@ def forward(self, w):
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import re
@@ -65,10 +76,13 @@ from .fused import (
     average,
     blocks,
     channel_mix,
+    grid_regions,
     mean,
     means,
+    region_shape,
     stack_cat,
     tensor_add,
+    tensor_sum,
     tile_add,
     tile_in,
     tile_sum,
@@ -215,6 +229,8 @@ def generate(
     for ei, (ti, axis, rel) in enumerate(plan.embeds):
         embeds.setdefault(ti, []).append((ei, axis, rel))
     tile_nodes: dict = {}
+    # composite tensor -> (its whole input node, its tiles' grid, its shape)
+    grids_of: dict = {}
     tiles_of: dict = {name: [] for name in spec.names}
     for ti, t in enumerate(plan.tiles):
         tiles_of[t.param].append((ti, t))
@@ -224,6 +240,22 @@ def generate(
         if p.view is not None:
             x = b.reshape(x, (c_in, *p.view), f"{names[spec.names.index(pname)]}_view")
         tiles = tiles_of[pname]
+        grid = None if any(ti in embeds for ti, _ in tiles) else _grid([t for _, t in tiles])
+        if grid is not None:
+            # a composite tensor cut only along permutable dims, its tiles laid out alike: one
+            # view (or copy) of the whole tensor in the internal layout, each tile a view of it
+            t = tiles[0][1]
+            shape = list(t.shape)
+            for dim, sizes in grid:
+                shape[t.perm_dims[dim - 1]] = sum(sizes)
+            steps, whole = _layout_steps(t, b.shape[x], tuple(shape), c_in)
+            ident = names[spec.names.index(pname)]
+            x_whole = b.call(tile_in, (x,), whole, f"{ident}_cl", steps) if steps else x
+            grids_of[pname] = (x_whole, grid, tuple(shape))
+            for (_, t), index in zip(tiles, grid_regions(grid)):
+                cut = region_shape(index, (1, *whole))[1:]
+                tile_nodes[t] = b.call(operator.getitem, (x_whole, index), cut, f"{_tag(t)}_cl")
+            continue
         for ti, t in tiles:
             # one call per tile (fused.tile_in): its slice of a composite tensor, embeddings,
             # block axes split, one permute (permutable dims first, then channels and fixed
@@ -242,19 +274,10 @@ def generate(
                     emb_nodes.append(relation(rel, shape))
             if emb_nodes:
                 steps["embeds"] = tuple(emb_nodes)
-            shape = (c_in, *t.shape) if len(tiles) > 1 else b.shape[x]
-            if t.is_split and shape != (c_in, *t.dim_shape):
-                steps["split"] = shape = (c_in, *t.dim_shape)
-            order = [1 + d for d in t.perm_dims] + [0] + [1 + d for d in t.fixed_dims]
-            if order != list(range(len(order))):
-                steps["order"] = (0, *(1 + o for o in order))
-                shape = tuple(shape[o] for o in order)
-            perm_shape = tuple(t.dims[d].size for d in t.perm_dims)
-            # a view when the tile has no fixed dims: reductions and GEMMs read it in its own
-            # strides (channels-first from the user, channels-last from another layer) ...
-            if shape != (*perm_shape, c_in * t.fixed_size):
-                steps["shape"] = shape = (*perm_shape, c_in * t.fixed_size)
-            if len(tiles) > 1:  # ... unless it is a slice of a composite tensor: copied once
+            have = (c_in, *t.shape) if len(tiles) > 1 else b.shape[x]
+            more, shape = _layout_steps(t, have, t.dim_shape, c_in)
+            steps.update(more)
+            if len(tiles) > 1:  # a slice of a composite tensor off a grid: copied once
                 steps["copy"] = True
             if steps:
                 x_t = b.call(tile_in, (x,), shape, f"{_tag(t)}_cl", steps)
@@ -403,27 +426,30 @@ def generate(
         if len(tiles) > 1
         and not any(kind == "gemm" for _, t in tiles for kind, _ in out_values.get(t, ()))
     }
+    # composite tensors on a grid whose tiles' GEMMs are one weight on the tile itself: one
+    # fused.tensor_sum each, the GEMM over the whole tensor
+    summed: dict = {}  # tensor -> (weight node, [groups of each tile])
+    for pname in grids_of:
+        ws = set()
+        for _, t in tiles_of[pname]:
+            gemms = [gi for kind, gi in out_values.get(t, []) if kind == "gemm"]
+            if len(gemms) != 1 or pointwise[gemms[0]][1] != [tile_nodes[t]]:
+                break
+            ws.add(pointwise[gemms[0]][0])
+        else:
+            if len(ws) == 1:
+                summed[pname] = (ws.pop(), [])
     for q in plan.tiles:
         perm_shape = tuple(q.dims[d].size for d in q.perm_dims)
-        fixed_shape = tuple(q.dims[d].size for d in q.fixed_dims)
         full = (*perm_shape, c_out * q.fixed_size)
         vals = [v for kind, v in out_values.get(q, []) if kind == "value"]
         gemms = [gi for kind, gi in out_values.get(q, []) if kind == "gemm"]
         vals.sort(key=lambda v: math.prod(v[1]))
-        n_perm = len(perm_shape)
-        unfolded = (*perm_shape, c_out, *fixed_shape)
-        order = (0, 1 + n_perm) + tuple(
-            1 + q.perm_dims.index(d) if d in q.perm_dims else 2 + n_perm + q.fixed_dims.index(d)
-            for d in range(len(q.dims))
-        )
-        layout = (
-            None if unfolded == full else unfolded,
-            None if order == tuple(range(len(order))) else order,
-            (c_out, *q.shape) if q.is_split else None,
-        )
-        while layout and layout[-1] is None:  # defaults left out of the code
-            layout = layout[:-1]
+        layout = _layout_out(q, q.dim_shape, c_out)
         groups = tuple(g for g, _ in vals)
+        if q.param in summed:
+            summed[q.param][1].append(groups)
+            continue
         name = f"{_tag(q)}_native"
         if gemms:  # the broadcasts' sum written once, the GEMM added in place
             acc = None
@@ -456,8 +482,15 @@ def generate(
     outputs = []
     for pname, ident in zip(spec.names, names):
         p = spec[pname]
-        tensors = [tile_out[t] for _, t in tiles_of[pname]]
+        tiles = [t for _, t in tiles_of[pname]]
+        tensors = [tile_out[t] for t in tiles if t in tile_out]
         counts = [len(a) if isinstance(a, tuple) else 1 for a in p.axes]
+        if pname in summed:
+            x_whole, grid, shape = grids_of[pname]
+            w, groups = summed[pname]
+            layout = _layout_out(tiles[0], shape, c_out)
+            args = (x_whole, w, tuple(groups), grid) + ((layout,) if layout else ())
+            tensors, counts = [b.call(tensor_sum, args, (c_out, *shape), f"{ident}_native")], []
         if pname in whole:
             shape = (c_out, *(p.shape if p.view is None else p.view))
             args = (inputs[pname], tuple(tensors), tuple(counts))
@@ -481,6 +514,76 @@ def generate(
     b.graph.eliminate_dead_code()
     b.graph.lint()
     return fx.GraphModule(root, b.graph, class_name="NFLinearGraph")
+
+
+def _layout_out(t: TileRef, sizes: tuple, c_out: int) -> tuple:
+    """:func:`~.fused.unfold` 's arguments taking an output of tile ``t`` (its dims of
+    ``sizes``) from the internal layout back to its parameter's, trailing defaults left out."""
+    perm_shape = tuple(sizes[d] for d in t.perm_dims)
+    fixed_shape = tuple(sizes[d] for d in t.fixed_dims)
+    n_perm = len(perm_shape)
+    unfolded = (*perm_shape, c_out, *fixed_shape)
+    order = (0, 1 + n_perm) + tuple(
+        1 + t.perm_dims.index(d) if d in t.perm_dims else 2 + n_perm + t.fixed_dims.index(d)
+        for d in range(len(t.dims))
+    )
+    layout = (
+        None if unfolded == (*perm_shape, c_out * t.fixed_size) else unfolded,
+        None if order == tuple(range(len(order))) else order,
+        (c_out, *t.shape) if t.is_split else None,
+    )
+    while layout and layout[-1] is None:
+        layout = layout[:-1]
+    return layout
+
+
+def _layout_steps(t: TileRef, have: tuple, sizes: tuple, c_in: int) -> tuple:
+    """:func:`~.fused.tile_in` 's ``split``, ``order`` and ``shape`` steps from ``have``
+    (``(C_in, *axes)``) to the internal layout of tile ``t`` whose dims have ``sizes``; and the
+    shape they give (batch dim not included)."""
+    steps: dict = {}
+    shape = have
+    if t.is_split and shape != (c_in, *sizes):
+        steps["split"] = shape = (c_in, *sizes)
+    order = [1 + d for d in t.perm_dims] + [0] + [1 + d for d in t.fixed_dims]
+    if order != list(range(len(order))):
+        steps["order"] = (0, *(1 + o for o in order))
+        shape = tuple(shape[o] for o in order)
+    perm_shape = tuple(sizes[d] for d in t.perm_dims)
+    # a view when the tile has no fixed dims: reductions and GEMMs read it in its own strides
+    # (channels-first from the user, channels-last from another layer)
+    if shape != (*perm_shape, c_in * t.fixed_size):
+        steps["shape"] = shape = (*perm_shape, c_in * t.fixed_size)
+    return steps, shape
+
+
+def _grid(tiles: list) -> tuple | None:
+    """For a composite tensor's tiles (row-major over its pieces): where they all have the same
+    dims (no block axis) and are cut only along permutable dims, the grid ``((dim, sizes),
+    ...)`` of the cut dims in the internal layout (batch dim counted); else ``None``."""
+    first = tiles[0]
+    if len(tiles) < 2 or first.is_split:
+        return None
+    kinds = [d.factor is None for d in first.dims]
+    if any(t.is_split or [d.factor is None for d in t.dims] != kinds for t in tiles):
+        return None
+    grid, combos = [], []
+    for axis in range(len(first.shape)):
+        sizes = dict(sorted({t.starts[axis]: t.shape[axis] for t in tiles}.items()))
+        if len(sizes) == 1:
+            continue
+        if axis not in first.perm_dims:
+            return None
+        grid.append((1 + first.perm_dims.index(axis), tuple(sizes.values())))
+        combos.append((axis, tuple(sizes)))
+    expected = [
+        dict(zip((a for a, _ in combos), c)) for c in itertools.product(*(s for _, s in combos))
+    ]
+    if len(expected) != len(tiles) or any(
+        t.starts[a] != want for t, e in zip(tiles, expected) for a, want in e.items()
+    ):
+        return None
+    return tuple(grid)
 
 
 def _is_full(plan: Plan, g: int) -> bool:

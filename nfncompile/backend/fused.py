@@ -13,7 +13,9 @@ in whatever strides they have:
   mix land in one fresh tensor (the sum of the broadcasts written once, the GEMM added into it
   in place), and its backward reduces the output gradient once per distinct broadcast shape,
   each from the smallest reduction already made (those only the gradient covers in one
-  chunked pass when it is large).
+  chunked pass when it is large);
+* :func:`tensor_sum` does the same for every tile of a composite tensor at once: each tile's
+  broadcasts written into its region of one fresh tensor, one GEMM over all of it.
 
 Examples
 --------
@@ -27,6 +29,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -42,6 +45,7 @@ __all__ = [
     "unfold",
     "tile_add",
     "tensor_add",
+    "tensor_sum",
     "average",
     "total",
     "stack_cat",
@@ -253,9 +257,7 @@ def _sum_to(grad: torch.Tensor, shapes: list) -> list:
     The sums only ``grad`` covers are made first; when there are two or more of them and
     ``grad`` is large and contiguous, in one chunked pass over it (:func:`_chunked_sums`)
     instead of one full pass each."""
-    full = {
-        tuple(s): (1,) * (grad.dim() - len(s)) + tuple(s) for s in shapes if s is not None
-    }
+    full = {tuple(s): (1,) * (grad.dim() - len(s)) + tuple(s) for s in shapes if s is not None}
     done: dict = {tuple(grad.shape): grad}
     first = [
         f
@@ -473,6 +475,128 @@ def tensor_add(like: torch.Tensor, tiles: tuple, counts: tuple) -> torch.Tensor:
             outs = [torch.cat(outs[i : i + c], 2 + ax) for i in range(0, len(outs), c)]
     (out,) = outs
     return out
+
+
+def grid_regions(grid: tuple) -> list:
+    """The regions of a grid of tiles, row-major: ``grid`` is ``((dim, sizes), ...)``, the dims
+    (batch dim counted) the tiles cut and their sizes along each; each region an index tuple.
+
+    >>> grid_regions(((2, (1, 3)),))
+    [(slice(None, None, None), slice(None, None, None), slice(0, 1, None)), \
+(slice(None, None, None), slice(None, None, None), slice(1, 4, None))]
+    """
+    spans = []
+    for dim, sizes in grid:
+        starts = itertools.accumulate(sizes[:-1], initial=0)
+        spans.append([(dim, a, a + n) for a, n in zip(starts, sizes)])
+    depth = 1 + max(dim for dim, _ in grid)
+    regions = []
+    for combo in itertools.product(*spans):
+        index = [slice(None)] * depth
+        for dim, a, b in combo:
+            index[dim] = slice(a, b)
+        regions.append(tuple(index))
+    return regions
+
+
+def region_shape(index: tuple, shape: tuple) -> tuple:
+    """The shape of ``x[index]`` for an ``x`` of ``shape`` and a region ``index`` of
+    :func:`grid_regions`.
+
+    >>> region_shape((slice(None), slice(2, 5)), (4, 6, 7))
+    (4, 3, 7)
+    """
+    return tuple(
+        n if i >= len(index) or index[i].start is None else index[i].stop - index[i].start
+        for i, n in enumerate(shape)
+    )
+
+
+def _fill(dst: torch.Tensor, values: tuple) -> None:
+    """Write the sum of ``values`` (broadcastable to ``dst``, smallest first) into ``dst``: the
+    last addition writes ``dst`` itself, so the full-size sum is written once."""
+    if not values:
+        dst.zero_()
+        return
+    acc = values[0]
+    for v in values[1:-1]:
+        acc = acc + v
+    if len(values) > 1 and torch.broadcast_shapes(acc.shape, values[-1].shape) == dst.shape:
+        torch.add(acc, values[-1], out=dst)
+    else:
+        dst.copy_(acc if len(values) == 1 else acc + values[-1])
+
+
+class _TensorSum(torch.autograd.Function):
+    """Each region's values written into one fresh tensor, and one GEMM over all of it added in
+    place (see :func:`tensor_sum`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, regions, counts, *values):
+        out = x.new_empty((*x.shape[:-1], weight.shape[0]))
+        k = 0
+        for index, n in zip(regions, counts):
+            _fill(out[index], values[k : k + n])
+            k += n
+        _gemm_into(out, x, weight)
+        ctx.save_for_backward(x, weight)
+        ctx.regions, ctx.counts = regions, counts
+        ctx.shapes = [tuple(v.shape) for v in values]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, _, _, *need_v = ctx.needs_input_grad
+        dx = (_rows(grad) @ weight).view(x.shape) if need_x else None
+        dw = _weight_grad(grad, x) if need_w else None
+        dvals, k = [], 0
+        for index, n in zip(ctx.regions, ctx.counts):
+            shapes = [s if need else None for s, need in zip(ctx.shapes[k : k + n], need_v[k:])]
+            dvals += _sum_to(grad[index], shapes)
+            k += n
+        return (dx, dw, None, None, *dvals)
+
+
+def tensor_sum(
+    x: torch.Tensor, weight: torch.Tensor, tiles: tuple, grid: tuple, layout: tuple | None = None
+) -> torch.Tensor:
+    """A composite tensor's output when every tile's pointwise term is one channel mix by the
+    same ``weight``: each tile's ``groups`` (see :func:`place`) written into its region of one
+    fresh ``(B, *dims, R)`` tensor, then the mix of the whole ``x`` ``(B, *dims, K)`` added in
+    place by one GEMM, and :func:`unfold` ed by ``layout``.
+
+    ``tiles`` holds each tile's groups, row-major over ``grid``: ``((dim, sizes), ...)``, the
+    dims of ``x`` (batch dim counted) the tiles cut, with their sizes along each. Against a
+    :func:`tile_sum` per tile and a concatenation, nothing is copied: the tiles are views of
+    ``x`` and of the output, and the GEMM is one call. In the backward, each tile's values'
+    gradients are sums of its region of the output gradient.
+
+    >>> x, w = torch.randn(2, 3, 5, 4), torch.randn(6, 4)
+    >>> row = torch.randn(1, 3, 1, 6)  # tile 0 (dim 2, 0:2): a row term; tile 1 (2:5): none
+    >>> got = tensor_sum(x, w, ((((row,), (3, 1, 6)),), ()), ((2, (2, 3)),))
+    >>> want = x @ w.t() + torch.cat([row.expand(2, 3, 2, 6), torch.zeros(2, 3, 3, 6)], 2)
+    >>> torch.allclose(got, want, atol=1e-6)
+    True
+    """
+    placed = [[place(*g) for g in groups] for groups in tiles]
+    if _plain():
+        full = (*x.shape[:-1], weight.shape[0])
+        parts = []
+        for index, vals in zip(grid_regions(grid), placed):
+            shape = region_shape(index, full)
+            acc = x.new_zeros(shape) if not vals else sum(vals[1:], vals[0]).expand(shape)
+            parts.append(acc)
+        for dim, sizes in reversed(grid):
+            c = len(sizes)
+            parts = [torch.cat(parts[i : i + c], dim) for i in range(0, len(parts), c)]
+        (acc,) = parts
+        acc = acc + channel_mix(weight, x)
+    else:
+        counts = tuple(len(v) for v in placed)
+        values = [v for vals in placed for v in vals]
+        acc = _TensorSum.apply(x, weight, grid_regions(grid), counts, *values)
+    return acc if layout is None else unfold(acc, *layout)
 
 
 def average(*xs: torch.Tensor) -> torch.Tensor:

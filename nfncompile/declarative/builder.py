@@ -215,7 +215,9 @@ def _build_nfn(spec: WeightSpaceSpec, cfg: ModelConfig, source: str) -> NFN:
             elif isinstance(layer, (FourierFeaturesLayer, ThresholdFeaturesLayer)):
                 # a value encoding's config fields are its module's keyword arguments
                 encoding = (
-                    FourierFeatures if isinstance(layer, FourierFeaturesLayer) else ThresholdFeatures
+                    FourierFeatures
+                    if isinstance(layer, FourierFeaturesLayer)
+                    else ThresholdFeatures
                 )
                 module = encoding(channels, **dataclasses.asdict(layer))
                 channels = module.out_channels

@@ -341,7 +341,9 @@ def _parse(tp: Any, data: Any, source: str, path: str, meta: Mapping) -> Any:
         return _parse_sequence(tp, data, source, path, meta)
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         return _parse_mapping(tp, data, source, path, meta)
-    raise TypeError(f"nfncompile.declarative.validate cannot parse values of type {tp!r} (at {path or 'root'})")
+    raise TypeError(
+        f"nfncompile.declarative.validate cannot parse values of type {tp!r} (at {path or 'root'})"
+    )
 
 
 def _parse_literal(tp: Any, data: Any, source: str, path: str) -> Any:

@@ -317,7 +317,16 @@ class NFLinear(nn.Module):
             )
         new = NFLinear.__new__(NFLinear)
         nn.Module.__init__(new)
-        for k in ("mode", "in_channels", "out_channels", "io_embed", "bias", "basis", "width", "max_fold"):
+        for k in (
+            "mode",
+            "in_channels",
+            "out_channels",
+            "io_embed",
+            "bias",
+            "basis",
+            "width",
+            "max_fold",
+        ):
             setattr(new, k, getattr(self, k))
         new._compile(spec, self.relation_weights)
         return new

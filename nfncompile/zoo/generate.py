@@ -262,7 +262,9 @@ def generate_zoo(
         try:
             _make_shards(config, todo, out, workers, record)
         except KeyboardInterrupt:
-            with sigint_replaced(signal.SIG_IGN):  # a second Ctrl-C must not cut the bookkeeping short
+            with sigint_replaced(
+                signal.SIG_IGN
+            ):  # a second Ctrl-C must not cut the bookkeeping short
                 for s in todo:  # finished while we were stopping: record them too
                     state = _file_state(out / shard_name(s))
                     if s not in done and state is not None and state != before[s]:

@@ -245,3 +245,42 @@ def test_a_tiles_means_in_one_pass_are_its_means(name, basis, monkeypatch):
     assert len(passes) >= len(calls)  # the chunked path ran
     torch.testing.assert_close(y1, y2)
     torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("basis", BASES)
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+@pytest.mark.parametrize("spec", ["dense", "block"])
+def test_composite_tensors_on_a_grid_are_their_tiles(spec, mode, basis, monkeypatch):
+    """A composite tensor cut only along permutable dims is read as one view with a view per
+    tile, and (linear basis) written by one ``fused.tensor_sum`` whose GEMM covers the whole
+    tensor: the same map, values and gradients (float64), as a copy and a ``tile_sum`` per tile
+    and a concatenation."""
+    import operator
+
+    from nfncompile.backend import codegen, fused
+
+    spec = _dense_spec() if spec == "dense" else _dense_block(4)
+    plan = build_plan(spec, mode, 2, 3, basis=basis)
+    whole = generate(plan).double()
+
+    def count(gm, target):
+        return sum(n.target is target for n in gm.graph.nodes)
+
+    views = [n for n in whole.graph.nodes if n.target is operator.getitem]
+    assert any(isinstance(n.args[1], tuple) for n in views)  # tiles are slices of a view
+    assert (count(whole, fused.tensor_sum) > 0) == (basis == "linear")
+    monkeypatch.setattr(codegen, "_grid", lambda tiles: None)
+    tiles = generate(plan).double()
+    assert count(tiles, fused.tensor_sum) == 0
+    gen = torch.Generator().manual_seed(0)
+    for p in tiles.parameters():
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    whole.load_state_dict(tiles.state_dict())
+    xs = [
+        torch.randn(2, 2, *plan.spec[n].shape, generator=gen, dtype=torch.float64).requires_grad_()
+        for n in plan.spec.names
+    ]
+    (y1, g1), (y2, g2) = _run(whole, xs), _run(tiles, xs)
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(g1, g2)

@@ -246,7 +246,6 @@ def test_chunked_sums_equal_whole_sums(grad_shape, shapes, monkeypatch):
     assert len(calls) == 3  # the chunked pass ran each time
 
 
-
 @pytest.mark.parametrize("chunk_bytes", [8, 64, 1 << 20])
 def test_means_over_a_size_one_dim(chunk_bytes, monkeypatch):
     """A mean over a dim of size 1 (a conv with one input channel) is the tile itself, chunked
@@ -287,3 +286,89 @@ def test_chunked_reductions_are_the_reductions(shape, order, picks, chunk_bytes)
         torch.testing.assert_close(got, x.mean(dims))
     for k in keep:
         torch.testing.assert_close(got_sums[k], x.sum_to_size(k))
+
+
+# a composite tensor's grid: (B, 5, 4 + 2 + 3, 6 channels) cut along dim 2, or (B, 2 + 3, 4 + 3,
+# 6) cut along dims 1 and 2; per tile the broadcast shapes of its values ("b": the batch)
+GRIDS = {
+    "one_cut": (
+        ((2, (4, 2, 3)),),
+        [[(1, 1, 1, 6), (1, 5, 1, 6), ("b", 1, 4, 6)], [], [("b", 5, 3, 6)]],
+    ),
+    "two_cuts": (
+        ((1, (2, 3)), (2, (4, 3))),
+        [[(1, 1, 1, 6)], [("b", 2, 1, 6), ("b", 1, 3, 6)], [(1, 3, 1, 6)], [("b", 3, 3, 6)]],
+    ),
+}
+
+
+def _grid_case(name: str, b: int, gen: torch.Generator):
+    grid, shapes = GRIDS[name]
+    dims = [5, 9] if name == "one_cut" else [5, 7]
+
+    def rand(*shape):
+        shape = [b if s == "b" else s for s in shape]
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    x = rand(b, 4, *dims).permute(0, 2, 3, 1)  # channels-first memory, as a user's input
+    w = rand(6, 4)
+    vals = [[rand(*s) for s in tile] for tile in shapes]
+
+    def reference():
+        parts = []
+        for index, tile in zip(fused.grid_regions(grid), vals):
+            shape = fused.region_shape(index, (b, *dims, 6))
+            acc = torch.zeros(shape, dtype=torch.float64)
+            for v in tile:
+                acc = acc + v
+            parts.append(acc)
+        for dim, sizes in reversed(grid):
+            c = len(sizes)
+            parts = [torch.cat(parts[i : i + c], dim) for i in range(0, len(parts), c)]
+        return parts[0] + x @ w.t()
+
+    tiles = tuple(tuple(((v,), tuple(v.shape[1:])) for v in tile) for tile in vals)
+    return x, w, vals, tiles, grid, reference
+
+
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_tensor_sum_is_the_concatenated_tile_sums(name, b, monkeypatch):
+    """``tensor_sum`` (every tile's values written into its region of one tensor, one GEMM over
+    all of it) = the tiles' sums concatenated plus the mix: values and gradients of ``x``, the
+    weight and every value; a tile without values is zero."""
+    gen = torch.Generator().manual_seed(6)
+    x, w, vals, tiles, grid, reference = _grid_case(name, b, gen)
+    flat = [v for tile in vals for v in tile]
+    got, want = fused.tensor_sum(x, w, tiles, grid), reference()
+    torch.testing.assert_close(got, want)
+    seed = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(_grads(got, [x, w, *flat], seed), _grads(want, [x, w, *flat], seed))
+    # with a layout back to (B, channels, dims); the plain composition (vmap, torch.compile)
+    moved = fused.tensor_sum(x, w, tiles, grid, (None, (0, 3, 1, 2)))
+    torch.testing.assert_close(moved, want.permute(0, 3, 1, 2))
+    monkeypatch.setattr(fused, "_plain", lambda: True)
+    plain = fused.tensor_sum(x, w, tiles, grid)
+    torch.testing.assert_close(plain, want)
+    want = reference()
+    torch.testing.assert_close(
+        _grads(plain, [x, w, *flat], seed), _grads(want, [x, w, *flat], seed)
+    )
+
+
+def test_tensor_sum_gradcheck_and_partial_grads():
+    """Numerical gradients (float64), second order included; only the requested ones."""
+    gen = torch.Generator().manual_seed(7)
+    x, w, vals, tiles, grid, _ = _grid_case("two_cuts", 2, gen)
+    flat = [v for tile in vals for v in tile]
+
+    def fn(x, w, *flat):
+        it = iter(flat)
+        t = tuple(tuple(((next(it),), s) for (_, s) in tile) for tile in tiles)
+        return fused.tensor_sum(x, w, t, grid)
+
+    assert torch.autograd.gradcheck(fn, [x, w, *flat])
+    assert torch.autograd.gradgradcheck(fn, [x, w, *flat])
+    out = fn(x.detach(), w.detach(), *[v.detach() for v in flat[:-1]], flat[-1])
+    (g,) = torch.autograd.grad(out.sum(), [flat[-1]])
+    torch.testing.assert_close(g, torch.ones_like(flat[-1]))  # the last tile's full-size value

@@ -51,9 +51,7 @@ def test_build_every_example_and_run_forward(path):
 
 
 def test_nf_linear_basis_and_width_reach_the_layer():
-    cfg = load(
-        nfn({"type": "nf_linear", "channels": 4, "basis": "linear", "width": 8}, POOL, HEAD)
-    )
+    cfg = load(nfn({"type": "nf_linear", "channels": 4, "basis": "linear", "width": 8}, POOL, HEAD))
     net = nfc.build(cfg, spec=MLP_SPEC)
     layer = next(m for m in net.modules() if isinstance(m, nfc.NFLinear))
     assert (layer.basis, layer.width) == ("linear", 8)

@@ -74,7 +74,12 @@ def test_large_fixed_dims_are_exchanged_largest_first():
     assert [str(d) for d in v.dims] == ["3"]  # v alone folds 3 <= 64: unchanged
     # above 16, a tile also folds at most the square root of its entries: sqrt(4*3*20*7) = 40,
     # so at max_fold=140 the 140 left once i goes are still too many ...
-    assert [str(d) for d in tile_refs(spec, "hnp", max_fold=140)[0].dims] == ["h", "i", "w#2:2", "7"]
+    assert [str(d) for d in tile_refs(spec, "hnp", max_fold=140)[0].dims] == [
+        "h",
+        "i",
+        "w#2:2",
+        "7",
+    ]
     # ... and a small tile of 3 x 16 fixed entries (a channel shuffle's) keeps 3 (48 > 16, 6)
     s = tile_refs(spec, "np", max_fold=64)[2]
     assert [str(d) for d in s.dims] == ["3", "s#1:1"] and s.fixed_size == 3
@@ -92,7 +97,9 @@ def test_linear_layer_on_an_unused_head_is_small_and_equivariant(aux_spec):
     model_params = sum(p.numel for p in aux_spec.params)
     assert layer.num_params < model_params
     for mode in ("np", "hnp"):
-        assert check_equivariant(NFLinear(aux_spec, 2, 3, mode=mode, basis="linear"), aux_spec, mode)
+        assert check_equivariant(
+            NFLinear(aux_spec, 2, 3, mode=mode, basis="linear"), aux_spec, mode
+        )
 
 
 def test_exchanged_dims_are_a_symmetry_of_the_layer(aux_spec):

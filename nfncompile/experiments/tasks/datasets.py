@@ -161,4 +161,3 @@ class FeatureStore:
             WeightSpaceFeatures({k: v.index_select(0, idx) for k, v in self.features.items()}),
             self.targets.index_select(0, idx),
         )
-

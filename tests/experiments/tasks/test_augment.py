@@ -19,7 +19,10 @@ def cnn():
     spec = nfc.trace(model, torch.randn(2, 1, 8, 8, dtype=torch.float64), verify=False)
     g = torch.Generator().manual_seed(0)
     feats = WeightSpaceFeatures(
-        {p.name: torch.randn((4, 1, *p.shape), generator=g, dtype=torch.float64) for p in spec.params}
+        {
+            p.name: torch.randn((4, 1, *p.shape), generator=g, dtype=torch.float64)
+            for p in spec.params
+        }
     )
     return spec, feats
 
@@ -38,9 +41,7 @@ def test_hnp_keeps_the_classes_in_place_and_np_moves_them(cnn):
         out, tgt = permutation_augment(spec, "hnp")((feats, targets), g)
         torch.testing.assert_close(tgt, targets)
         # hidden neurons are permuted (the fc columns move) but class i stays row i
-        torch.testing.assert_close(
-            _rows_sorted(out["fc.weight"]), _rows_sorted(feats["fc.weight"])
-        )
+        torch.testing.assert_close(_rows_sorted(out["fc.weight"]), _rows_sorted(feats["fc.weight"]))
         torch.testing.assert_close(out["fc.bias"], feats["fc.bias"])
         assert not torch.equal(out["fc.weight"], feats["fc.weight"])
         out, _ = permutation_augment(spec, "np")((feats, targets), g)
