@@ -158,6 +158,11 @@ class _Builder:
         return self.call(operator.add, (a, b), shape, name)
 
 
+def _key(tile: TileRef) -> tuple:
+    """A tile's identity, cheap to compare: its parameter and its index among that one's."""
+    return tile.param, tile.index
+
+
 def _tag(tile: TileRef) -> str:
     return re.sub(r"\W+", "_", tile.name).strip("_")
 
@@ -672,8 +677,13 @@ class _Relations:
         cc, rc = list(dict.fromkeys(ckind)), list(dict.fromkeys(rkind))
         if len(cc) == len(ckind) and len(rc) == len(rkind):
             return False
-        ctile = [plan.reductions[mix.inputs[j][0]].tile for j in loc.cols]
-        rtile = [plan.groups[mix.groups[i]].tile for i in loc.groups]
+        # tiles by (parameter, index): comparing the dataclasses field by field made this loop
+        # and the one below most of a large layer's build
+        ctile = [_key(plan.reductions[mix.inputs[j][0]].tile) for j in loc.cols]
+        rtile = [_key(plan.groups[mix.groups[i]].tile) for i in loc.groups]
+        cols_of: dict = {}
+        for c, t in enumerate(ctile):
+            cols_of.setdefault(t, []).append(c)
         # the module relation of each (row kind, column kind): any pair of different tiles
         module: dict = {}
         for a, rk in enumerate(rkind):
@@ -698,7 +708,7 @@ class _Relations:
         for a, rk in enumerate(rkind):
             i = loc.groups[a]
             values.setdefault(i, []).append(per_kind[rk])
-            own = [c for c in range(len(ckind)) if ctile[c] == rtile[a]]
+            own = cols_of.get(rtile[a], [])
             if own:
                 pat = (rk, tuple((ckind[c], loc.weights[a][c]) for c in own))
                 patterns.setdefault(pat, []).append((i, own))
