@@ -516,8 +516,8 @@ def generate(
         out = b.reshape(out, (c_out, *p.shape), f"{ident}_out")
         outputs.append(out)
     b.graph.output(tuple(outputs))
-    b.graph.eliminate_dead_code()
-    b.graph.lint()
+    # no dead-code pass or lint here: every node is used and the graph lints
+    # (tests/backend/test_codegen.py); on DenseNet-201 they took 5% of the build
     return fx.GraphModule(root, b.graph, class_name="NFLinearGraph")
 
 

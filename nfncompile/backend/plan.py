@@ -563,12 +563,16 @@ def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool) -> t
     # its local terms already read every tile; the invariant channel always)
     if c.key and len(by_module) == 1:
         return tuple(local), None
-    ck_names = list(dict.fromkeys(col_kind))
-    rk_names = list(dict.fromkeys(row_kind))
-    col_kinds = tuple(tuple(j for j, k in enumerate(col_kind) if k == name) for name in ck_names)
-    row_kinds = tuple(rk_names.index(k) for k in row_kind)
-    ck_rep = [members[0] for members in col_kinds]
-    rk_rep = [row_kinds.index(r) for r in range(len(rk_names))]
+    members: dict = {}  # column kind -> its columns, kinds in order of first use
+    for j, k in enumerate(col_kind):
+        members.setdefault(k, []).append(j)
+    col_kinds = tuple(tuple(m) for m in members.values())
+    row_kinds = tuple(rk_index[k] for k in row_kind)  # rk_index: in order of first use
+    ck_rep = [m[0] for m in col_kinds]
+    first: dict = {}
+    for i, r in enumerate(row_kinds):
+        first.setdefault(r, i)
+    rk_rep = [first[r] for r in range(len(rk_index))]
     if c.key:
         weights = tuple(
             tuple(

@@ -28,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .basis import Side
@@ -68,6 +69,7 @@ class Relation:
         return self.key
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked per mix for each of its sides: once per tile
 def tile_kind(tile: TileRef) -> str:
     """What a tile is, without its position (see the module docstring)."""
     leaf = tile.param.rpartition(".")[2]
@@ -83,6 +85,7 @@ def tile_kind(tile: TileRef) -> str:
     return f"{leaf}[{','.join(parts)}]"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def side_kind(side: Side) -> str:
     """A tile kind plus the side's classes (``+`` linked, ``-`` not, and their dims)."""
     cls = "|".join(

@@ -30,6 +30,9 @@ def test_graph_lints_and_owns_exactly_the_plans_weights(name, basis):
     plan = build_plan(SPECS[name], "np", 2, 3, basis=basis)
     gm = generate(plan)
     gm.graph.lint()
+    for mode in ("np", "hnp"):  # generate runs no dead-code pass: every node is used
+        nodes = generate(build_plan(SPECS[name], mode, 2, 3, basis=basis)).graph.nodes
+        assert [n.name for n in nodes if not n.users and n.op != "output"] == []
     params = dict(gm.named_parameters())
     assert sum(p.numel() for p in params.values()) == plan.num_params
     if basis == "complete":
