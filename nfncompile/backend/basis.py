@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..spec import WeightSpaceSpec
 from .tiles import Factor, TileRef, tile_refs
@@ -92,6 +92,19 @@ class Side:
     key: tuple
     orderings: tuple
 
+    def __post_init__(self) -> None:
+        # sides are dict keys and their linked classes are read all through a plan's build:
+        # both computed once (a large layer's build spent a fifth of its plan hashing them)
+        object.__setattr__(self, "_hash", hash((self.tile, self.classes, self.linked)))
+        linked = tuple(c for c, k in zip(self.classes, self.linked) if k)
+        object.__setattr__(self, "linked_classes", linked)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    #: The classes that are linked, in class order.
+    linked_classes: tuple = field(init=False, repr=False, compare=False)
+
     def factor(self, j: int) -> Factor:
         """The group factor of class ``j``."""
         return self.tile.dims[self.classes[j][0]].factor
@@ -102,10 +115,6 @@ class Side:
         if t is None:
             return None
         return next(i for i, c in enumerate(self.classes) if t in c)
-
-    @property
-    def linked_classes(self) -> tuple:
-        return tuple(c for c, k in zip(self.classes, self.linked) if k)
 
     @property
     def is_pointwise(self) -> bool:

@@ -26,13 +26,13 @@ A layer is a few calls per tile, each with a bounded number of arguments: creati
 compiling fx nodes is most of a large layer's build. Between them reductions are means over
 middle dims, channel mixes are GEMMs over the last dim and placement only inserts singleton dims
 to broadcast into: no permute sits between a broadcast and a concatenation, which
-``torch.compile`` on CPU turned into slow fused backward kernels (a sum over broadcast dims into a strided, kernel-sized inner dim). The
-operations that read tiles are those of :mod:`.fused`: means in the input's memory order (the
-means of one source in one :func:`~.fused.means` call, one pass over a large tile), GEMMs
-reading any strides, and one :func:`~.fused.tile_sum` per output tile that writes the broadcast
-contributions' sum once at full size and adds the tile's pointwise GEMM into it in place, its
-backward reducing the output gradient once per broadcast shape (a large gradient to all of
-them in one pass).
+``torch.compile`` on CPU turned into slow fused backward kernels (a sum over broadcast dims into
+a strided, kernel-sized inner dim). The operations that read tiles are those of :mod:`.fused`:
+means in the input's memory order (the means of one source in one :func:`~.fused.means` call,
+one pass over a large tile), GEMMs reading any strides, and one :func:`~.fused.tile_sum` per
+output tile that writes the broadcast contributions' sum once at full size and adds the tile's
+pointwise GEMM into it in place, its backward reducing the output gradient once per broadcast
+shape (a large gradient to all of them in one pass).
 
 The generated module owns the layer's weights:
 
@@ -424,26 +424,27 @@ def generate(
     # ---- sum into tiles (smallest first, the pointwise GEMM last), back to (B, C_out, ...) ---
     # one call per tile: fused.tile_sum (with its pointwise GEMM) or fused.tile_add
     tile_out: dict = {}
-    # composite tensors without a pointwise GEMM in any tile: one fused.tensor_add each
-    whole = {
-        pname
-        for pname, tiles in tiles_of.items()
-        if len(tiles) > 1
-        and not any(kind == "gemm" for _, t in tiles for kind, _ in out_values.get(t, ()))
-    }
-    # composite tensors on a grid whose tiles' GEMMs are one weight on the tile itself: one
-    # fused.tensor_sum each, the GEMM over the whole tensor
-    summed: dict = {}  # tensor -> (weight node, [groups of each tile])
+    # composite tensors on a grid: one fused.tensor_sum each, when no tile has a pointwise GEMM
+    # or every tile's is one weight on the tile itself (then one GEMM over the whole tensor)
+    summed: dict = {}  # tensor -> (weight node or None, [groups of each tile])
     for pname in grids_of:
         ws = set()
         for _, t in tiles_of[pname]:
             gemms = [gi for kind, gi in out_values.get(t, []) if kind == "gemm"]
-            if len(gemms) != 1 or pointwise[gemms[0]][1] != [tile_nodes[t]]:
+            if len(gemms) > 1 or (gemms and pointwise[gemms[0]][1] != [tile_nodes[t]]):
                 break
-            ws.add(pointwise[gemms[0]][0])
+            ws.add(pointwise[gemms[0]][0] if gemms else None)
         else:
             if len(ws) == 1:
                 summed[pname] = (ws.pop(), [])
+    # other composite tensors without a pointwise GEMM in any tile: one fused.tensor_add each
+    whole = {
+        pname
+        for pname, tiles in tiles_of.items()
+        if len(tiles) > 1
+        and pname not in summed
+        and not any(kind == "gemm" for _, t in tiles for kind, _ in out_values.get(t, ()))
+    }
     for q in plan.tiles:
         perm_shape = tuple(q.dims[d].size for d in q.perm_dims)
         full = (*perm_shape, c_out * q.fixed_size)
@@ -494,8 +495,12 @@ def generate(
             x_whole, grid, shape = grids_of[pname]
             w, groups = summed[pname]
             layout = _layout_out(tiles[0], shape, c_out)
-            args = (x_whole, w, tuple(groups), grid) + ((layout,) if layout else ())
-            tensors, counts = [b.call(tensor_sum, args, (c_out, *shape), f"{ident}_native")], []
+            args = (x_whole, w, tuple(groups), grid)
+            kwargs = {"layout": layout} if layout else {}
+            if w is None:
+                kwargs["channels"] = c_out * tiles[0].fixed_size
+            node = b.call(tensor_sum, args, (c_out, *shape), f"{ident}_native", kwargs)
+            tensors, counts = [node], []
         if pname in whole:
             shape = (c_out, *(p.shape if p.view is None else p.view))
             args = (inputs[pname], tuple(tensors), tuple(counts))

@@ -528,49 +528,59 @@ def _fill(dst: torch.Tensor, values: tuple) -> None:
 
 
 class _TensorSum(torch.autograd.Function):
-    """Each region's values written into one fresh tensor, and one GEMM over all of it added in
-    place (see :func:`tensor_sum`)."""
+    """Each region's values written into one fresh tensor of ``channels``, and one GEMM over
+    all of it added in place when there is a ``weight`` (see :func:`tensor_sum`)."""
 
     @staticmethod
-    def forward(ctx, x, weight, regions, counts, *values):
-        out = x.new_empty((*x.shape[:-1], weight.shape[0]))
+    def forward(ctx, x, weight, channels, regions, counts, *values):
+        out = x.new_empty((*x.shape[:-1], channels))
         k = 0
         for index, n in zip(regions, counts):
             _fill(out[index], values[k : k + n])
             k += n
-        _gemm_into(out, x, weight)
-        ctx.save_for_backward(x, weight)
+        if weight is not None:
+            _gemm_into(out, x, weight)
+            ctx.save_for_backward(x, weight)
         ctx.regions, ctx.counts = regions, counts
         ctx.shapes = [tuple(v.shape) for v in values]
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, _, _, *need_v = ctx.needs_input_grad
-        dx = (_rows(grad) @ weight).view(x.shape) if need_x else None
-        dw = _weight_grad(grad, x) if need_w else None
+        need_x, need_w, _, _, _, *need_v = ctx.needs_input_grad
+        dx = dw = None
+        if ctx.saved_tensors:
+            x, weight = ctx.saved_tensors
+            dx = (_rows(grad) @ weight).view(x.shape) if need_x else None
+            dw = _weight_grad(grad, x) if need_w else None
         dvals, k = [], 0
         for index, n in zip(ctx.regions, ctx.counts):
             shapes = [s if need else None for s, need in zip(ctx.shapes[k : k + n], need_v[k:])]
             dvals += _sum_to(grad[index], shapes)
             k += n
-        return (dx, dw, None, None, *dvals)
+        return (dx, dw, None, None, None, *dvals)
 
 
 def tensor_sum(
-    x: torch.Tensor, weight: torch.Tensor, tiles: tuple, grid: tuple, layout: tuple | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    tiles: tuple,
+    grid: tuple,
+    layout: tuple | None = None,
+    channels: int | None = None,
 ) -> torch.Tensor:
-    """A composite tensor's output when every tile's pointwise term is one channel mix by the
-    same ``weight``: each tile's ``groups`` (see :func:`place`) written into its region of one
-    fresh ``(B, *dims, R)`` tensor, then the mix of the whole ``x`` ``(B, *dims, K)`` added in
-    place by one GEMM, and :func:`unfold` ed by ``layout``.
+    """A composite tensor's output, its tiles on a grid: each tile's ``groups`` (see
+    :func:`place`) written into its region of one fresh ``(B, *dims, R)`` tensor; when every
+    tile's pointwise term is one channel mix by the same ``weight`` ``(R, K)``, the mix of the
+    whole ``x`` ``(B, *dims, K)`` added in place by one GEMM; then :func:`unfold` ed by
+    ``layout``. Without a weight, ``x`` only gives the batch, dims and dtype, and the output
+    has ``channels`` (``R``) channels.
 
     ``tiles`` holds each tile's groups, row-major over ``grid``: ``((dim, sizes), ...)``, the
     dims of ``x`` (batch dim counted) the tiles cut, with their sizes along each. Against a
-    :func:`tile_sum` per tile and a concatenation, nothing is copied: the tiles are views of
-    ``x`` and of the output, and the GEMM is one call. In the backward, each tile's values'
-    gradients are sums of its region of the output gradient.
+    :func:`tile_sum` or :func:`tile_add` per tile and a concatenation, nothing is copied: the
+    tiles are views of ``x`` and of the output, and the GEMM is one call. In the backward, each
+    tile's values' gradients are sums of its region of the output gradient.
 
     >>> x, w = torch.randn(2, 3, 5, 4), torch.randn(6, 4)
     >>> row = torch.randn(1, 3, 1, 6)  # tile 0 (dim 2, 0:2): a row term; tile 1 (2:5): none
@@ -578,10 +588,14 @@ def tensor_sum(
     >>> want = x @ w.t() + torch.cat([row.expand(2, 3, 2, 6), torch.zeros(2, 3, 3, 6)], 2)
     >>> torch.allclose(got, want, atol=1e-6)
     True
+    >>> got = tensor_sum(x, None, ((((row,), (3, 1, 6)),), ()), ((2, (2, 3)),), channels=6)
+    >>> torch.allclose(got, want - x @ w.t(), atol=1e-6)
+    True
     """
+    channels = weight.shape[0] if weight is not None else channels
     placed = [[place(*g) for g in groups] for groups in tiles]
     if _plain():
-        full = (*x.shape[:-1], weight.shape[0])
+        full = (*x.shape[:-1], channels)
         parts = []
         for index, vals in zip(grid_regions(grid), placed):
             shape = region_shape(index, full)
@@ -591,11 +605,12 @@ def tensor_sum(
             c = len(sizes)
             parts = [torch.cat(parts[i : i + c], dim) for i in range(0, len(parts), c)]
         (acc,) = parts
-        acc = acc + channel_mix(weight, x)
+        if weight is not None:
+            acc = acc + channel_mix(weight, x)
     else:
         counts = tuple(len(v) for v in placed)
         values = [v for vals in placed for v in vals]
-        acc = _TensorSum.apply(x, weight, grid_regions(grid), counts, *values)
+        acc = _TensorSum.apply(x, weight, channels, grid_regions(grid), counts, *values)
     return acc if layout is None else unfold(acc, *layout)
 
 

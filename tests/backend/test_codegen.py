@@ -255,9 +255,9 @@ def test_a_tiles_means_in_one_pass_are_its_means(name, basis, monkeypatch):
 @pytest.mark.parametrize("spec", ["dense", "block"])
 def test_composite_tensors_on_a_grid_are_their_tiles(spec, mode, basis, monkeypatch):
     """A composite tensor cut only along permutable dims is read as one view with a view per
-    tile, and (linear basis) written by one ``fused.tensor_sum`` whose GEMM covers the whole
-    tensor: the same map, values and gradients (float64), as a copy and a ``tile_sum`` per tile
-    and a concatenation."""
+    tile, and written by one ``fused.tensor_sum`` (whose GEMM covers the whole tensor in the
+    linear basis): the same map, values and gradients (float64), as a copy and a ``tile_sum``
+    or ``tile_add`` per tile and a concatenation."""
     import operator
 
     from nfncompile.backend import codegen, fused
@@ -271,7 +271,10 @@ def test_composite_tensors_on_a_grid_are_their_tiles(spec, mode, basis, monkeypa
 
     views = [n for n in whole.graph.nodes if n.target is operator.getitem]
     assert any(isinstance(n.args[1], tuple) for n in views)  # tiles are slices of a view
-    assert (count(whole, fused.tensor_sum) > 0) == (basis == "linear")
+    sums = [n for n in whole.graph.nodes if n.target is fused.tensor_sum]
+    assert any(n.args[1] is None for n in sums)  # tiles without a GEMM (norms)
+    # the linear basis's one weight for every tile of a conv: one GEMM for the tensor
+    assert any(n.args[1] is not None for n in sums) == (basis == "linear")
     monkeypatch.setattr(codegen, "_grid", lambda tiles: None)
     tiles = generate(plan).double()
     assert count(tiles, fused.tensor_sum) == 0

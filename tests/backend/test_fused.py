@@ -302,7 +302,7 @@ GRIDS = {
 }
 
 
-def _grid_case(name: str, b: int, gen: torch.Generator):
+def _grid_case(name: str, b: int, gen: torch.Generator, gemm: bool = True):
     grid, shapes = GRIDS[name]
     dims = [5, 9] if name == "one_cut" else [5, 7]
 
@@ -311,7 +311,7 @@ def _grid_case(name: str, b: int, gen: torch.Generator):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
 
     x = rand(b, 4, *dims).permute(0, 2, 3, 1)  # channels-first memory, as a user's input
-    w = rand(6, 4)
+    w = rand(6, 4) if gemm else None
     vals = [[rand(*s) for s in tile] for tile in shapes]
 
     def reference():
@@ -325,35 +325,35 @@ def _grid_case(name: str, b: int, gen: torch.Generator):
         for dim, sizes in reversed(grid):
             c = len(sizes)
             parts = [torch.cat(parts[i : i + c], dim) for i in range(0, len(parts), c)]
-        return parts[0] + x @ w.t()
+        return parts[0] + x @ w.t() if gemm else parts[0]
 
     tiles = tuple(tuple(((v,), tuple(v.shape[1:])) for v in tile) for tile in vals)
     return x, w, vals, tiles, grid, reference
 
 
+@pytest.mark.parametrize("gemm", [True, False])
 @pytest.mark.parametrize("b", [1, 2])
 @pytest.mark.parametrize("name", sorted(GRIDS))
-def test_tensor_sum_is_the_concatenated_tile_sums(name, b, monkeypatch):
+def test_tensor_sum_is_the_concatenated_tile_sums(name, b, gemm, monkeypatch):
     """``tensor_sum`` (every tile's values written into its region of one tensor, one GEMM over
-    all of it) = the tiles' sums concatenated plus the mix: values and gradients of ``x``, the
-    weight and every value; a tile without values is zero."""
+    all of it, or none) = the tiles' sums concatenated (plus the mix): values and gradients of
+    ``x``, the weight and every value; a tile without values is zero."""
     gen = torch.Generator().manual_seed(6)
-    x, w, vals, tiles, grid, reference = _grid_case(name, b, gen)
-    flat = [v for tile in vals for v in tile]
-    got, want = fused.tensor_sum(x, w, tiles, grid), reference()
+    x, w, vals, tiles, grid, reference = _grid_case(name, b, gen, gemm)
+    inputs = [x, w, *[v for tile in vals for v in tile]] if gemm else [v for t in vals for v in t]
+    kwargs = {} if gemm else {"channels": 6}
+    got, want = fused.tensor_sum(x, w, tiles, grid, **kwargs), reference()
     torch.testing.assert_close(got, want)
     seed = torch.randn(want.shape, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(_grads(got, [x, w, *flat], seed), _grads(want, [x, w, *flat], seed))
+    torch.testing.assert_close(_grads(got, inputs, seed), _grads(want, inputs, seed))
     # with a layout back to (B, channels, dims); the plain composition (vmap, torch.compile)
-    moved = fused.tensor_sum(x, w, tiles, grid, (None, (0, 3, 1, 2)))
+    moved = fused.tensor_sum(x, w, tiles, grid, (None, (0, 3, 1, 2)), **kwargs)
     torch.testing.assert_close(moved, want.permute(0, 3, 1, 2))
     monkeypatch.setattr(fused, "_plain", lambda: True)
-    plain = fused.tensor_sum(x, w, tiles, grid)
+    plain = fused.tensor_sum(x, w, tiles, grid, **kwargs)
     torch.testing.assert_close(plain, want)
     want = reference()
-    torch.testing.assert_close(
-        _grads(plain, [x, w, *flat], seed), _grads(want, [x, w, *flat], seed)
-    )
+    torch.testing.assert_close(_grads(plain, inputs, seed), _grads(want, inputs, seed))
 
 
 def test_tensor_sum_gradcheck_and_partial_grads():
