@@ -198,6 +198,9 @@ def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 #: a gradient at least this large (elements) is reduced in chunks (see :func:`_sum_to`)
 CHUNK_MIN = 1 << 20
+#: below this many elements, a gradient's sums are each taken from it directly (a region of a
+#: norm's few entries: planning which sum to take from which cost more than the sums)
+SMALL = 1 << 12
 #: bytes of a chunk: a few rows of a large tile, small enough to stay in a core's cache
 CHUNK_BYTES = 1 << 21
 
@@ -256,7 +259,14 @@ def _sum_to(grad: torch.Tensor, shapes: list) -> list:
 
     The sums only ``grad`` covers are made first; when there are two or more of them and
     ``grad`` is large and contiguous, in one chunked pass over it (:func:`_chunked_sums`)
-    instead of one full pass each."""
+    instead of one full pass each. A small ``grad`` gives each sum directly."""
+    if grad.numel() < SMALL and not _chunks(grad):  # each sum straight from the gradient
+        small: dict = {}
+        for s in shapes:
+            if s is not None and tuple(s) not in small:
+                dims = _dims_to(grad, (1,) * (grad.dim() - len(s)) + tuple(s))
+                small[tuple(s)] = (grad.sum(dims, keepdim=True) if dims else grad).reshape(s)
+        return [None if s is None else small[tuple(s)] for s in shapes]
     full = {tuple(s): (1,) * (grad.dim() - len(s)) + tuple(s) for s in shapes if s is not None}
     done: dict = {tuple(grad.shape): grad}
     first = [
@@ -499,6 +509,19 @@ def grid_regions(grid: tuple) -> list:
     return regions
 
 
+_REGIONS: dict = {}  # grid -> its regions: one grid per composite tensor, asked every step
+
+
+def _cached_regions(grid: tuple) -> list:
+    """:func:`grid_regions`, remembered (a dict, not ``functools.lru_cache``: dynamo warns
+    about that wrapper, and the compiled path calls :func:`grid_regions` itself)."""
+    if grid not in _REGIONS:
+        if len(_REGIONS) >= 4096:
+            _REGIONS.clear()
+        _REGIONS[grid] = grid_regions(grid)
+    return _REGIONS[grid]
+
+
 def region_shape(index: tuple, shape: tuple) -> tuple:
     """The shape of ``x[index]`` for an ``x`` of ``shape`` and a region ``index`` of
     :func:`grid_regions`.
@@ -513,18 +536,24 @@ def region_shape(index: tuple, shape: tuple) -> tuple:
 
 
 def _fill(dst: torch.Tensor, values: tuple) -> None:
-    """Write the sum of ``values`` (broadcastable to ``dst``, smallest first) into ``dst``: the
-    last addition writes ``dst`` itself, so the full-size sum is written once."""
+    """Write the sum of ``values`` (broadcastable to ``dst``, same rank, smallest first) into
+    ``dst``: the last addition writes ``dst`` itself, so the full-size sum is written once."""
     if not values:
         dst.zero_()
         return
     acc = values[0]
     for v in values[1:-1]:
         acc = acc + v
-    if len(values) > 1 and torch.broadcast_shapes(acc.shape, values[-1].shape) == dst.shape:
-        torch.add(acc, values[-1], out=dst)
+    if len(values) == 1:
+        dst.copy_(acc)
+        return
+    last = values[-1]
+    # (not torch.broadcast_shapes: a region of a norm's few entries costs microseconds, and
+    # that call alone took twice what the addition does)
+    if all(max(a, b) == n for a, b, n in zip(acc.shape, last.shape, dst.shape)):
+        torch.add(acc, last, out=dst)
     else:
-        dst.copy_(acc if len(values) == 1 else acc + values[-1])
+        dst.copy_(acc + last)
 
 
 class _TensorSum(torch.autograd.Function):
@@ -610,7 +639,7 @@ def tensor_sum(
     else:
         counts = tuple(len(v) for v in placed)
         values = [v for vals in placed for v in vals]
-        acc = _TensorSum.apply(x, weight, channels, grid_regions(grid), counts, *values)
+        acc = _TensorSum.apply(x, weight, channels, _cached_regions(grid), counts, *values)
     return acc if layout is None else unfold(acc, *layout)
 
 
