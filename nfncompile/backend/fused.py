@@ -515,11 +515,13 @@ _REGIONS: dict = {}  # grid -> its regions: one grid per composite tensor, asked
 def _cached_regions(grid: tuple) -> list:
     """:func:`grid_regions`, remembered (a dict, not ``functools.lru_cache``: dynamo warns
     about that wrapper, and the compiled path calls :func:`grid_regions` itself)."""
-    if grid not in _REGIONS:
+    regions = _REGIONS.get(grid)
+    if regions is None:
+        regions = grid_regions(grid)
         if len(_REGIONS) >= 4096:
             _REGIONS.clear()
-        _REGIONS[grid] = grid_regions(grid)
-    return _REGIONS[grid]
+        _REGIONS[grid] = regions
+    return regions
 
 
 def region_shape(index: tuple, shape: tuple) -> tuple:
