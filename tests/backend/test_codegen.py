@@ -252,8 +252,8 @@ def test_a_tiles_means_in_one_pass_are_its_means(name, basis, monkeypatch):
 
 @pytest.mark.parametrize("basis", BASES)
 @pytest.mark.parametrize("mode", ["np", "hnp"])
-@pytest.mark.parametrize("spec", ["dense", "block"])
-def test_composite_tensors_on_a_grid_are_their_tiles(spec, mode, basis, monkeypatch):
+@pytest.mark.parametrize("kind", ["dense", "block"])
+def test_composite_tensors_on_a_grid_are_their_tiles(kind, mode, basis, monkeypatch):
     """A composite tensor cut only along permutable dims is read as one view with a view per
     tile, and written by one ``fused.tensor_sum`` (whose GEMM covers the whole tensor in the
     linear basis): the same map, values and gradients (float64), as a copy and a ``tile_sum``
@@ -262,7 +262,7 @@ def test_composite_tensors_on_a_grid_are_their_tiles(spec, mode, basis, monkeypa
 
     from nfncompile.backend import codegen, fused
 
-    spec = _dense_spec() if spec == "dense" else _dense_block(4)
+    spec = _dense_spec() if kind == "dense" else _dense_block(4)
     plan = build_plan(spec, mode, 2, 3, basis=basis)
     whole = generate(plan).double()
 
@@ -271,6 +271,12 @@ def test_composite_tensors_on_a_grid_are_their_tiles(spec, mode, basis, monkeypa
 
     views = [n for n in whole.graph.nodes if n.target is operator.getitem]
     assert any(isinstance(n.args[1], tuple) for n in views)  # tiles are slices of a view
+    # ... not copies (every composite tensor here is on a grid); in the linear basis a dense
+    # block's outputs are not concatenated back either (the dense spec's square tile (a, a)
+    # has a transposed term of its own, so that tensor keeps a tile_sum per tile)
+    assert not any(n.kwargs.get("copy") for n in whole.graph.nodes if n.target is fused.tile_in)
+    if basis == "linear" and kind == "block":
+        assert not any(n.target in (torch.cat, fused.tensor_add) for n in whole.graph.nodes)
     sums = [n for n in whole.graph.nodes if n.target is fused.tensor_sum]
     assert any(n.args[1] is None for n in sums)  # tiles without a GEMM (norms)
     # the linear basis's one weight for every tile of a conv: one GEMM for the tensor
