@@ -76,10 +76,8 @@ from .fused import (
     average,
     blocks,
     channel_mix,
-    grid_regions,
     mean,
     means,
-    region_shape,
     stack_cat,
     tensor_add,
     tensor_sum,
@@ -257,16 +255,23 @@ def generate(
             ident = names[spec.names.index(pname)]
             x_whole = b.call(tile_in, (x,), whole, f"{ident}_cl", steps) if steps else x
             grids_of[pname] = (x_whole, grid, tuple(shape))
-            for (_, t), index in zip(tiles, grid_regions(grid)):
-                cut = region_shape(index, (1, *whole))[1:]
-                tile_nodes[t] = b.call(operator.getitem, (x_whole, index), cut, f"{_tag(t)}_cl")
+            names_ = [f"{_tag(t)}_cl" for _, t in tiles]
+            for (_, t), node in zip(tiles, _split_grid(b, x_whole, grid, f"{ident}_cl", names_)):
+                tile_nodes[t] = node
             continue
-        for ti, t in tiles:
+        # a composite tensor off a grid: its pieces split off it (views), each copied once
+        pieces = [x] * len(tiles)
+        cuts = _cuts([t for _, t in tiles]) if len(tiles) > 1 else None
+        if cuts is not None:
+            native = tuple((2 + axis, sizes) for axis, sizes in cuts)
+            ident = names[spec.names.index(pname)]
+            pieces = _split_grid(b, x, native, ident, [f"{_tag(t)}_piece" for _, t in tiles])
+        for (ti, t), piece in zip(tiles, pieces):
             # one call per tile (fused.tile_in): its slice of a composite tensor, embeddings,
             # block axes split, one permute (permutable dims first, then channels and fixed
             # dims, folded into one channel dim by the reshape)
             steps: dict = {}
-            if len(tiles) > 1:
+            if len(tiles) > 1 and cuts is None:
                 steps["index"] = tuple((s, s + n) for s, n in zip(t.starts, t.shape))
             emb_nodes = []
             for ei, axis, rel in embeds.get(ti, ()):
@@ -285,9 +290,9 @@ def generate(
             if len(tiles) > 1:  # a slice of a composite tensor off a grid: copied once
                 steps["copy"] = True
             if steps:
-                x_t = b.call(tile_in, (x,), shape, f"{_tag(t)}_cl", steps)
+                x_t = b.call(tile_in, (piece,), shape, f"{_tag(t)}_cl", steps)
             else:
-                x_t = x
+                x_t = piece
             tile_nodes[t] = x_t
 
     # ---- reductions: (B, *kept, C_in * fixed) ------------------------------------------
@@ -526,6 +531,25 @@ def generate(
     return fx.GraphModule(root, b.graph, class_name="NFLinearGraph")
 
 
+def _split_grid(b: _Builder, x, grid: tuple, tag: str, names: list) -> list:
+    """The tiles of ``x`` on ``grid``, row-major: views from one ``torch.split`` per cut dim
+    (and per part of the dims before it). Their backward writes the gradient of ``x`` once (a
+    concatenation), where a slice per tile would zero-fill a full-size gradient per tile."""
+    nodes = [x]
+    for level, (dim, sizes) in enumerate(grid):
+        last = level == len(grid) - 1
+        out = []
+        for node in nodes:
+            parts = b.call(torch.split, (node, list(sizes), dim), None, f"{tag}_split")
+            for j, n in enumerate(sizes):
+                shape = list(b.shape[node])
+                shape[dim - 1] = n
+                name = names[len(out)] if last else f"{tag}_part"
+                out.append(b.call(operator.getitem, (parts, j), tuple(shape), name))
+        nodes = out
+    return nodes
+
+
 def _layout_out(t: TileRef, sizes: tuple, c_out: int) -> tuple:
     """:func:`~.fused.unfold` 's arguments taking an output of tile ``t`` (its dims of
     ``sizes``) from the internal layout back to its parameter's, trailing defaults left out."""
@@ -567,6 +591,24 @@ def _layout_steps(t: TileRef, have: tuple, sizes: tuple, c_in: int) -> tuple:
     return steps, shape
 
 
+def _cuts(tiles: list) -> tuple | None:
+    """For a composite tensor's tiles (row-major over its pieces): the axes they cut and the
+    pieces' sizes along each, ``((axis, sizes), ...)``; ``None`` unless they are that grid."""
+    first = tiles[0]
+    cuts, starts = [], []
+    for axis in range(len(first.shape)):
+        sizes = dict(sorted({t.starts[axis]: t.shape[axis] for t in tiles}.items()))
+        if len(sizes) > 1:
+            cuts.append((axis, tuple(sizes.values())))
+            starts.append(tuple(sizes))
+    expected = list(itertools.product(*starts))
+    if len(expected) != len(tiles) or any(
+        tuple(t.starts[a] for a, _ in cuts) != e for t, e in zip(tiles, expected)
+    ):
+        return None
+    return tuple(cuts)
+
+
 def _grid(tiles: list) -> tuple | None:
     """For a composite tensor's tiles (row-major over its pieces): where they all have the same
     dims (no block axis) and are cut only along permutable dims, the grid ``((dim, sizes),
@@ -577,23 +619,10 @@ def _grid(tiles: list) -> tuple | None:
     kinds = [d.factor is None for d in first.dims]
     if any(t.is_split or [d.factor is None for d in t.dims] != kinds for t in tiles):
         return None
-    grid, combos = [], []
-    for axis in range(len(first.shape)):
-        sizes = dict(sorted({t.starts[axis]: t.shape[axis] for t in tiles}.items()))
-        if len(sizes) == 1:
-            continue
-        if axis not in first.perm_dims:
-            return None
-        grid.append((1 + first.perm_dims.index(axis), tuple(sizes.values())))
-        combos.append((axis, tuple(sizes)))
-    expected = [
-        dict(zip((a for a, _ in combos), c)) for c in itertools.product(*(s for _, s in combos))
-    ]
-    if len(expected) != len(tiles) or any(
-        t.starts[a] != want for t, e in zip(tiles, expected) for a, want in e.items()
-    ):
+    cuts = _cuts(tiles)
+    if cuts is None or any(axis not in first.perm_dims for axis, _ in cuts):
         return None
-    return tuple(grid)
+    return tuple((1 + first.perm_dims.index(axis), sizes) for axis, sizes in cuts)
 
 
 def _is_full(plan: Plan, g: int) -> bool:
