@@ -41,6 +41,20 @@ def test_mean_is_the_mean(layout, dims, b):
     torch.testing.assert_close(_grads(got, [x], seed), _grads(want, [x], seed))
 
 
+def test_mean_gradient_is_a_broadcast_view():
+    """``mean``'s gradient is the output's divided by the count and expanded (stride 0 along
+    the reduced dims, never a full-size tensor); dims in any order; twice differentiable; over
+    no dims it is ``x`` itself, where ``torch.mean`` would average every dim."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(mean(x, (2, 0)), x, torch.ones(3, dtype=torch.float64))
+    assert g.stride(0) == 0 and g.stride(2) == 0
+    torch.testing.assert_close(g, torch.full_like(x, 1 / 8))
+    assert torch.autograd.gradcheck(lambda t: mean(t, (2, 0)), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: mean(t, (1,)), (x,))
+    assert mean(x, ()) is x
+
+
 @pytest.fixture(params=["whole", "chunked"])
 def chunks(request, monkeypatch):
     """Large-tile reductions done whole, or in chunks of one slice (the path a large tile
