@@ -77,7 +77,9 @@ def main(argv: list | None = None) -> None:
     steps = {"ours": Step(), "floor": Step()}
     steps["ours"](ours, x)
     steps["floor"](floor, x)
-    print(f"# {args.model}, basis {args.basis}, C={args.channels}, batch 1, {args.threads} thread(s)")
+    print(
+        f"# {args.model}, basis {args.basis}, C={args.channels}, batch 1, {args.threads} thread(s)"
+    )
     mods = {"ours": ours, "floor": floor}
     for i in range(args.steps):
         seconds.clear()

@@ -75,8 +75,12 @@ def main(argv: list | None = None) -> None:
         c_ours, c_floor = torch.compile(plain, dynamic=True), torch.compile(floor, dynamic=True)
         c_ours(x, *ws, grad), c_floor(x, ws[0], grad)
         seconds = time.perf_counter() - t0
-        a, b = side_by_side(lambda: c_ours(x, *ws, grad), lambda: c_floor(x, ws[0], grad), args.rounds)
-        print(f"torch.compile     ours {a:7.1f}  floor {b:7.1f}  ratio {a / b:.2f}  ({seconds:.0f} s to compile)")
+        a, b = side_by_side(
+            lambda: c_ours(x, *ws, grad), lambda: c_floor(x, ws[0], grad), args.rounds
+        )
+        print(
+            f"torch.compile     ours {a:7.1f}  floor {b:7.1f}  ratio {a / b:.2f}  ({seconds:.0f} s to compile)"
+        )
 
 
 if __name__ == "__main__":
