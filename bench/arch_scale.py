@@ -21,7 +21,10 @@ A complete basis that would not fit in memory is refused by NFLinear before allo
 table then shows its size. Usage::
 
     python bench/arch_scale.py [--channels 16] [--batch 1] [--rounds 3] [--models resnet18,...]
-                               [--mode np] [--no-memory]
+                               [--mode np] [--no-memory] [--input-grad]
+
+``--input-grad``: the inputs require gradients, so the backward also computes the input's
+gradient, as for every layer of a stack but the first (both sides alike).
 
 One torch thread (``torch.set_num_threads(1)``) unless ``--threads``.
 """
@@ -130,13 +133,20 @@ def load_spec(name: str):
     return spec, sum(p.numel for p in spec.params)
 
 
-def make_inputs(spec, batch: int, channels: int) -> dict:
+def make_inputs(spec, batch: int, channels: int, input_grad: bool = False) -> dict:
+    """Seeded features; with ``input_grad`` they require gradients (a layer inside a stack,
+    whose input is the previous layer's output, computes its input's gradient too)."""
     gen = torch.Generator().manual_seed(0)
-    return {n: torch.randn((batch, channels, *spec[n].shape), generator=gen) for n in spec.names}
+    return {
+        n: torch.randn((batch, channels, *spec[n].shape), generator=gen).requires_grad_(input_grad)
+        for n in spec.names
+    }
 
 
 class Step:
-    """forward + backward seeded with fixed gradients shaped like the outputs."""
+    """forward + backward seeded with fixed gradients shaped like the outputs. Input
+    gradients, where the inputs require them, are dropped after each step (not accumulated:
+    an accumulation would add a pass to both sides that a real stack does not make)."""
 
     def __init__(self) -> None:
         self.grads: dict = {}
@@ -148,6 +158,8 @@ class Step:
             gen = torch.Generator().manual_seed(1)
             self.grads = {n: torch.empty_like(y[n]).normal_(generator=gen) for n in names}
         torch.autograd.backward([y[n] for n in names], [self.grads[n] for n in names])
+        for t in x.values():
+            t.grad = None
 
 
 def build(spec, basis: str, channels: int, mode: str):
@@ -170,7 +182,7 @@ def memory_child(args) -> None:
         module = Floor(spec, args.channels, args.channels, args.mode)
     else:
         module, _ = build(spec, args.child_kind, args.channels, args.mode)
-    x = make_inputs(spec, args.batch, args.channels)
+    x = make_inputs(spec, args.batch, args.channels, args.input_grad)
     step = Step()
     step(module, x)  # warm-up, allocates the seeded gradients
     module.zero_grad(set_to_none=False)
@@ -187,7 +199,7 @@ def measure_memory(model: str, kind: str, args) -> int | None:
     cmd = [
         sys.executable, __file__, "--child-model", model, "--child-kind", kind,
         "--channels", str(args.channels), "--batch", str(args.batch), "--mode", args.mode,
-        "--threads", str(args.threads),
+        "--threads", str(args.threads), *(["--input-grad"] if args.input_grad else []),
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if out.returncode != 0:
@@ -260,6 +272,11 @@ def main(argv: list | None = None) -> None:
     p.add_argument("--models", default=",".join([*FULL_SIZE, *CATALOGUE_LARGEST]))
     p.add_argument("--bases", default="complete,linear")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument(
+        "--input-grad",
+        action="store_true",
+        help="inputs require gradients (a layer inside a stack, not the first)",
+    )
     p.add_argument("--child-model", help=argparse.SUPPRESS)
     p.add_argument("--child-kind", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -270,13 +287,14 @@ def main(argv: list | None = None) -> None:
     print(
         f"# arch_scale: torch {torch.__version__}, {args.threads} thread(s), C={args.channels}, "
         f"batch {args.batch}, mode {args.mode}, {args.rounds} rounds"
+        + (", inputs require gradients" if args.input_grad else "")
     )
     print(row({k: k for k, _ in COLUMNS}))
     for name in args.models.split(","):
         spec, model_params = load_spec(name)
         tiles = len(tile_refs(spec, args.mode))
         floor = Floor(spec, args.channels, args.channels, args.mode)
-        x = make_inputs(spec, args.batch, args.channels)
+        x = make_inputs(spec, args.batch, args.channels, args.input_grad)
         floor_mem = None if args.no_memory else measure_memory(name, "floor", args)
         for basis in args.bases.split(","):
             vals = {"model": name, "tensors": len(spec.params), "tiles": tiles, "basis": basis}

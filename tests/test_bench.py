@@ -116,3 +116,25 @@ def test_model_sweep_says_what_to_install_without_torchvision():
     else:
         out = _script("model_sweep.py", "--models", "resnet18", "--channels", "2")
         assert out.returncode == 0 and "resnet18" in out.stdout and "ok: 1" in out.stdout
+
+
+def test_a_step_computes_input_gradients_without_accumulating_them(arch_scale):
+    """With ``--input-grad`` both sides' backward reaches the inputs (as inside a stack); the
+    gradients are dropped after each step, so no step pays for adding into the last one's."""
+    x = {"a": torch.ones(3, requires_grad=True)}
+    seen = []
+    x["a"].register_hook(seen.append)
+    step = arch_scale.Step()
+    step(_Alternating([0], 0.0, 0.0), x)
+    step(_Alternating([0], 0.0, 0.0), x)
+    assert len(seen) == 2 and x["a"].grad is None
+
+
+def test_arch_scale_with_input_gradients():
+    text = _run(
+        "arch_scale.py", "--models", "resnet20", "--bases", "linear", "--rounds", "1",
+        "--no-memory", "--channels", "4", "--input-grad",
+    )  # fmt: skip
+    assert "inputs require gradients" in text.splitlines()[0]
+    (r,) = [line.split() for line in text.splitlines() if line.startswith("resnet20")]
+    assert r[3] == "linear" and float(r[9]) > 0
