@@ -17,6 +17,11 @@ in whatever strides they have:
 * :func:`tensor_sum` does the same for every tile of a composite tensor at once: each tile's
   broadcasts written into its region of one fresh tensor, one GEMM over all of it.
 
+Those savings are in passes over the data; their custom autograd functions cost more per call
+in Python than plain ops. Below :data:`FUSE_MIN` elements (a norm's vector, a small conv), where
+a pass costs less than that, each operation is its plain composition, as under ``vmap`` and
+``torch.compile``.
+
 Examples
 --------
 >>> x = torch.randn(2, 3, 4, 5).permute(0, 2, 3, 1)  # channels-first memory, (B, 4, 5, 3) view
@@ -53,12 +58,25 @@ __all__ = [
 ]
 
 
+#: below this many elements a tile's operations are their plain compositions (the custom
+#: autograd functions' per-call cost in Python is more than the passes they save; the two
+#: cross at 2^17 to 2^18 elements on the 2-core CPU, bench/README.md "small tiles in plain ops")
+FUSE_MIN = 1 << 17
+
+
 def _plain() -> bool:
     """Whether the operations here should be their plain compositions: under a functorch
     transform (``vmap``, ``jacfwd``: the custom autograd functions have no rules for them) or
     while ``torch.compile`` traces (the compiler fuses the plain ops itself; the eager
     chunking and in-place GEMMs would only unroll into its graph)."""
     return torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
+
+
+def _fused(x: torch.Tensor) -> bool:
+    """Whether an operation on ``x`` takes its fused path: ``x`` is large enough for the passes
+    saved to pay for a custom autograd function's call (:data:`FUSE_MIN`), and nothing asks
+    for plain ops (:func:`_plain`)."""
+    return x.numel() >= FUSE_MIN and not _plain()
 
 
 def _memory_order(x: torch.Tensor) -> list:
@@ -100,15 +118,19 @@ def mean(x: torch.Tensor, dims: tuple) -> torch.Tensor:
     into the input's gradient (on a DenseNet-121 layer whose inputs need gradients, 4,900
     means' divisions took a tenth of the step).
 
-    Over no dims it is ``x`` itself (``torch.mean`` would average over every dim).
+    Over no dims it is ``x`` itself (``torch.mean`` would average over every dim). Below
+    :data:`FUSE_MIN` elements, or where ``x`` needs no gradient, it is torch's mean (the custom
+    backward's call would cost more than the division it saves).
 
     >>> x = torch.arange(6.0).reshape(3, 2).t()  # a transposed view
     >>> mean(x, (1,))
     tensor([2., 3.])
     """
     dims = tuple(sorted(dims))
-    if _plain() or not dims:
-        return _reduce(x, dims, "mean").squeeze(dims) if dims else x
+    if not dims:
+        return x
+    if not _fused(x) or not (x.requires_grad and torch.is_grad_enabled()):
+        return _reduce(x, dims, "mean").squeeze(dims)
     return _Mean.apply(x, dims)
 
 
@@ -147,7 +169,7 @@ def means(x: torch.Tensor, sets: tuple) -> tuple:
     [[[1.5, 2.5, 3.5]], [[1.0, 4.0]]]
     """
     sets = tuple(tuple(sorted(d)) for d in sets)
-    if not _chunks(x) or len(sets) < 2 or _plain():
+    if not _chunks(x) or len(sets) < 2 or not _fused(x):
         return tuple(mean(x, dims) for dims in sets)
     return _Means.apply(x, sets)
 
@@ -376,7 +398,7 @@ def tile_sum(
     True
     """
     values = (*[place(*g) for g in groups], *values)
-    if _plain():
+    if not _fused(x):
         acc = channel_mix(weight, x)
         for v in values:
             acc = acc + v
@@ -651,7 +673,7 @@ def tensor_sum(
     """
     channels = weight.shape[0] if weight is not None else channels
     placed = [[place(*g) for g in groups] for groups in tiles]
-    if _plain():
+    if not _fused(x):
         full = (*x.shape[:-1], channels)
         parts = []
         for index, vals in zip(grid_regions(grid), placed):

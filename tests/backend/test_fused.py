@@ -1,5 +1,6 @@
 """The fused tensor operations equal their straightforward compositions, forward and backward,
-whatever the strides of their inputs (channels-last, channels-first views, batch 1)."""
+whatever the strides of their inputs (channels-last, channels-first views, batch 1), and small
+tiles take the plain compositions (test_small_tiles_take_plain_ops)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from hypothesis import strategies as st
 
 from nfncompile.backend import fused
 from nfncompile.backend.fused import channel_mix, mean, means, tile_sum
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fused_paths():
+    """The tiles here are small: without this, every operation would take its plain
+    composition (``fused.FUSE_MIN``), and these tests are about the fused paths."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fused, "FUSE_MIN", 0)
+        yield
 
 
 def _layouts(gen: torch.Generator, b: int) -> dict:
@@ -386,3 +396,29 @@ def test_tensor_sum_gradcheck_and_partial_grads():
     out = fn(x.detach(), w.detach(), *[v.detach() for v in flat[:-1]], flat[-1])
     (g,) = torch.autograd.grad(out.sum(), [flat[-1]])
     torch.testing.assert_close(g, torch.ones_like(flat[-1]))  # the last tile's full-size value
+
+
+def test_small_tiles_take_plain_ops(monkeypatch):
+    """Below ``FUSE_MIN`` elements no custom autograd function runs (their per-call cost in
+    Python is more than the passes they save there); at it they do; the values and gradients
+    are the same either way."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 4, 8, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    row = torch.randn(1, 4, 1, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    seed = torch.randn(1, 4, 8, 3, generator=gen, dtype=torch.float64)
+    calls = []
+    for cls in (fused._TileSum, fused._Mean):
+        apply = cls.apply
+        monkeypatch.setattr(cls, "apply", lambda *a, _f=apply: calls.append(1) or _f(*a))
+
+    def run(fuse_min: int) -> tuple:
+        monkeypatch.setattr(fused, "FUSE_MIN", fuse_min)
+        calls.clear()
+        y = tile_sum(x, w, row) + mean(x, (2,)).sum(-1, keepdim=True).unsqueeze(-1)
+        return y, _grads(y, [x, w, row], seed), len(calls)
+
+    (y_plain, g_plain, n_plain), (y_fused, g_fused, n_fused) = run(x.numel() + 1), run(x.numel())
+    assert (n_plain, n_fused) == (0, 2)
+    torch.testing.assert_close(y_plain, y_fused)
+    torch.testing.assert_close(g_plain, g_fused)

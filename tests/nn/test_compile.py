@@ -2,7 +2,7 @@
 recompilation per tile) and compute what eager does, values and gradients (float64).
 
 In eager the layers run their custom autograd paths (one-pass chunked means and sums, forced
-here on small tiles); while the compiler traces, the plain composition of the same ops.
+here on small tiles, which ``fused.FUSE_MIN`` would otherwise send to plain ops); while the compiler traces, the plain composition of the same ops.
 ``aot_eager`` checks the traced forward and backward graphs without compiling C++ code.
 """
 
@@ -36,6 +36,7 @@ def test_a_compiled_nfn_is_one_graph_and_the_eager_map(name, basis, monkeypatch)
     model = _nfn(spec, "np", basis)
     randomise(model, gen)
     x = {k: v.requires_grad_() for k, v in rand_feats(spec, 2, 3, gen).items()}
+    monkeypatch.setattr(fused, "FUSE_MIN", 0)
     monkeypatch.setattr(fused, "CHUNK_MIN", 1)
     monkeypatch.setattr(fused, "CHUNK_BYTES", 64)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
@@ -53,6 +54,7 @@ def test_the_custom_paths_stand_aside_only_while_compiling(monkeypatch):
     """Eager (outside any compiler) still takes the custom autograd function: the check above
     compares two different code paths, not one with itself."""
     calls = []
+    monkeypatch.setattr(fused, "FUSE_MIN", 0)
     monkeypatch.setattr(fused._TileSum, "apply", lambda *a: calls.append(1) or a[0] @ a[1].t())
     fused.tile_sum(torch.ones(2, 3), torch.ones(4, 3))
     assert calls == [1]

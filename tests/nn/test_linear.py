@@ -3,6 +3,7 @@ transfer between specs, sizes and the memory check, errors, compilation, devices
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -133,6 +134,48 @@ def test_traced_catalogue(name):
         for basis in BASES:
             layer = NFLinear(spec, 1, 2, mode=mode, basis=basis)
             assert check_equivariant(layer, spec, mode), (mode, basis)
+
+
+@pytest.mark.parametrize(
+    "name, mode, basis",
+    [
+        (n, *combo)
+        for n, combo in zip(
+            CATALOGUE_NAMES, itertools.cycle(itertools.product(MODES, ("auto", "linear")))
+        )
+    ],
+)
+def test_fused_and_plain_tile_ops_are_one_map(name, mode, basis, monkeypatch):
+    """Below ``fused.FUSE_MIN`` elements a tile's operations are plain torch ops, above it
+    custom autograd functions; every catalogue entry's layer (the modes, the default and the
+    linear basis in turn) is the same map either way, values and the gradients of inputs and
+    weights (float64), and the threshold decides which path runs."""
+    from nfncompile.backend import fused
+
+    torch.manual_seed(0)
+    arch = _architectures.CATALOGUE[name]
+    spec = trace(arch.factory(), torch.randn(arch.input_shape), verify=False)
+    gen = torch.Generator().manual_seed(1)
+    calls, apply, default = [], fused._TileSum.apply, fused.FUSE_MIN
+    monkeypatch.setattr(fused._TileSum, "apply", lambda *a: calls.append(1) or apply(*a))
+    layer = NFLinear(spec, 2, 3, mode=mode, basis=basis).double()
+    randomise(layer, gen)
+    x = {k: v.requires_grad_() for k, v in rand_feats(spec, 2, 2, gen).items()}
+    inputs = [*x.values(), *layer.parameters()]
+    runs = []
+    for fuse_min in (default, 0):
+        monkeypatch.setattr(fused, "FUSE_MIN", fuse_min)
+        calls.clear()
+        y = layer(WeightSpaceFeatures(x))
+        out = torch.cat([y[k].flatten() for k in y])
+        seed = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+        runs.append((out, torch.autograd.grad(out, inputs, seed.double()), len(calls)))
+    (y_small, g_small, n_small), (y_fused, g_fused, n_fused) = runs
+    torch.testing.assert_close(y_small, y_fused)
+    torch.testing.assert_close(g_small, g_fused)
+    largest = max(math.prod(p.shape) for p in spec.params) * 2 * 2
+    assert n_small == 0 or largest >= default
+    assert n_fused > 0 or "tile_sum" not in layer.code
 
 
 # ---- outputs, attributes, autograd -------------------------------------------------------------
