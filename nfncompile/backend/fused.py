@@ -13,7 +13,9 @@ in whatever strides they have:
   mix land in one fresh tensor (the sum of the broadcasts written once, the GEMM added into it
   in place), and its backward reduces the output gradient once per distinct broadcast shape,
   each from the smallest reduction already made (those only the gradient covers in one
-  chunked pass when it is large);
+  chunked pass when it is large), and writes the input's gradient once, in the strides of the
+  parameter the tile views (so autograd neither copies it into the parameter's layout nor
+  sums the means' gradients into it out of place);
 * :func:`tensor_sum` does the same for every tile of a composite tensor at once: each tile's
   broadcasts written into its region of one fresh tensor, one GEMM over all of it.
 
@@ -95,19 +97,20 @@ def _reduce(x: torch.Tensor, dims: tuple, op: str) -> torch.Tensor:
 
 
 class _Mean(torch.autograd.Function):
-    """A mean whose gradient is a broadcast view (see :func:`mean`)."""
+    """A mean whose gradient is a broadcast view (see :func:`mean`); ``value``, when given, is
+    the mean already computed (:func:`means` takes several in one pass)."""
 
     @staticmethod
-    def forward(ctx, x, dims):
+    def forward(ctx, x, dims, value=None):
         ctx.shape, ctx.dims = x.shape, dims
-        return _reduce(x, dims, "mean").squeeze(dims)
+        return _reduce(x, dims, "mean").squeeze(dims) if value is None else value
 
     @staticmethod
     def backward(ctx, grad):
         for d in ctx.dims:  # sorted: each reduced dim back in turn
             grad = grad.unsqueeze(d)
         n = math.prod(ctx.shape[d] for d in ctx.dims)
-        return (grad / n).expand(ctx.shape), None
+        return (grad / n).expand(ctx.shape), None, None
 
 
 def mean(x: torch.Tensor, dims: tuple) -> torch.Tensor:
@@ -134,35 +137,13 @@ def mean(x: torch.Tensor, dims: tuple) -> torch.Tensor:
     return _Mean.apply(x, dims)
 
 
-class _Means(torch.autograd.Function):
-    """Several means of one tensor in one chunked pass (see :func:`means`)."""
-
-    @staticmethod
-    def forward(ctx, x, sets):
-        shapes = [tuple(1 if d in dims else n for d, n in enumerate(x.shape)) for dims in sets]
-        sums = _chunked_sums(x, shapes)
-        ctx.shape, ctx.sets = x.shape, sets
-        return tuple(
-            (sums[s] / math.prod(x.shape[d] for d in dims)).squeeze(dims)
-            for s, dims in zip(shapes, sets)
-        )
-
-    @staticmethod
-    def backward(ctx, *grads):
-        dx = None
-        for g, dims in zip(grads, ctx.sets):
-            if g is None:
-                continue
-            for d in dims:  # sorted: each reduced dim back in turn
-                g = g.unsqueeze(d)
-            v = g / math.prod(ctx.shape[d] for d in dims)
-            dx = v if dx is None else dx + v
-        return (None if dx is None else dx.expand(ctx.shape)), None
-
-
 def means(x: torch.Tensor, sets: tuple) -> tuple:
     """``tuple(x.mean(dims) for dims in sets)``; for a large ``x`` in one pass over it (chunks
     that stay in cache, each reduced to every mean) instead of one pass per mean.
+
+    Each mean is still its own autograd node (its gradient a broadcast view, as :func:`mean`'s),
+    so that autograd adds each into the tile's other gradient in place: one node for all of
+    them would have to return their sum, a full-size tensor.
 
     >>> x = torch.arange(6.0).reshape(1, 2, 3)
     >>> [m.tolist() for m in means(x, ((1,), (2,)))]
@@ -171,7 +152,16 @@ def means(x: torch.Tensor, sets: tuple) -> tuple:
     sets = tuple(tuple(sorted(d)) for d in sets)
     if not _chunks(x) or len(sets) < 2 or not _fused(x):
         return tuple(mean(x, dims) for dims in sets)
-    return _Means.apply(x, sets)
+    shapes = [tuple(1 if d in dims else n for d, n in enumerate(x.shape)) for dims in sets]
+    with torch.no_grad():
+        sums = _chunked_sums(x.detach(), shapes)
+    values = [
+        (sums[s] / math.prod(x.shape[d] for d in dims)).squeeze(dims)
+        for s, dims in zip(shapes, sets)
+    ]
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return tuple(values)
+    return tuple(_Mean.apply(x, dims, v) for dims, v in zip(sets, values))
 
 
 def _merges(x: torch.Tensor, start: int, stop: int) -> bool:
@@ -233,6 +223,29 @@ def _gemm_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None
         out.view(b, -1, r).baddbmm_(x.reshape(b, -1, k), weight.t().expand(b, k, r))
         return
     out.view(-1, r).addmm_(_rows(x), weight.t())
+
+
+def _input_grad(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``grad @ weight``, the ``x``-gradient of a channel mix, written in ``x``'s own strides
+    into a fresh tensor that is not a view.
+
+    Both matter on the way back to a parameter: a channels-first tile is a permuted view of
+    its input, so a gradient in channels-last memory would be copied into the input's layout
+    by autograd's accumulation (a full-size transposing copy per tensor); and autograd adds a
+    second gradient (a mean's) into the first in place only when the first is no view.
+    """
+    if not torch.is_grad_enabled():  # (a double backward needs differentiable ops, no out=)
+        b, k, r = x.shape[0], x.shape[-1], weight.shape[0]
+        dx = torch.empty_like(x)  # x's strides where x is dense
+        if dx.is_contiguous():
+            torch.mm(_rows(grad), weight, out=dx.view(-1, k))
+            return dx
+        first = dx.movedim(-1, 1)
+        if first.is_contiguous():  # a batch of channels-first tiles: a transposed GEMM each
+            g = grad.reshape(b, -1, r).transpose(1, 2)
+            torch.bmm(weight.t().expand(b, k, r), g, out=first.view(b, k, -1))
+            return dx
+    return (_rows(grad) @ weight).view(x.shape)
 
 
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -365,7 +378,7 @@ class _TileSum(torch.autograd.Function):
         need_x, need_w, *need_v = ctx.needs_input_grad
         dx = dw = None
         if need_x:
-            dx = (_rows(grad) @ weight).view(x.shape)
+            dx = _input_grad(grad, weight, x)
         if need_w:
             dw = _weight_grad(grad, x)
         dvals = _sum_to(grad, [s if n else None for s, n in zip(ctx.shapes, need_v)])

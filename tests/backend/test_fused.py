@@ -422,3 +422,43 @@ def test_small_tiles_take_plain_ops(monkeypatch):
     assert (n_plain, n_fused) == (0, 2)
     torch.testing.assert_close(y_plain, y_fused)
     torch.testing.assert_close(g_plain, g_fused)
+
+
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
+def test_an_input_gradient_is_written_once_in_the_inputs_layout(layout, b, monkeypatch):
+    """A tile's ``x``-gradient is written once, in the strides of the parameter it views: a
+    channels-first parameter receives it without autograd copying it into its own layout, and
+    the means' gradients (broadcast views, one autograd node per mean) are added into it in
+    place. In the backward no full-size tensor is copied or summed out of place."""
+    from torch.profiler import ProfilerActivity, profile
+
+    monkeypatch.setattr(fused, "CHUNK_MIN", 1)  # means' one-pass path on this small tile
+    monkeypatch.setattr(fused, "CHUNK_BYTES", 64)
+    gen = torch.Generator().manual_seed(9)
+    native = (b, 5, 6, 7) if layout == "channels_first" else (b, 6, 7, 5)
+    param = torch.randn(native, generator=gen, dtype=torch.float64, requires_grad=True)
+    w, rows, cols = (torch.randn(4, 5, generator=gen, dtype=torch.float64) for _ in range(3))
+    seed = torch.randn(b, 6, 7, 4, generator=gen, dtype=torch.float64)
+
+    def forward(ops: bool) -> torch.Tensor:
+        x = param.permute(0, 2, 3, 1) if layout == "channels_first" else param
+        r, c = means(x, ((1,), (2,))) if ops else (x.mean(1), x.mean(2))
+        if ops:
+            return tile_sum(x, w, (r @ rows.t()).unsqueeze(1), (c @ cols.t()).unsqueeze(2))
+        return x @ w.t() + (r @ rows.t()).unsqueeze(1) + (c @ cols.t()).unsqueeze(2)
+
+    (want,) = torch.autograd.grad(forward(False), param, seed)
+    out = forward(True)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        out.backward(seed)
+    torch.testing.assert_close(param.grad, want)
+    assert param.grad.stride() == param.stride()
+    full = [list(native), list(seed.shape[:-1]) + [5]]
+    wasted = [
+        (e.name, e.input_shapes)
+        for e in prof.events()
+        if e.name in ("aten::copy_", "aten::clone", "aten::add")
+        and any(s in full for s in e.input_shapes)
+    ]
+    assert wasted == []
