@@ -643,7 +643,7 @@ class _TensorSum(torch.autograd.Function):
         dx = dw = None
         if ctx.saved_tensors:
             x, weight = ctx.saved_tensors
-            dx = (_rows(grad) @ weight).view(x.shape) if need_x else None
+            dx = _input_grad(grad, weight, x) if need_x else None
             dw = _weight_grad(grad, x) if need_w else None
         dvals, k = [], 0
         for index, n in zip(ctx.regions, ctx.counts):

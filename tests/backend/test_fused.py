@@ -431,8 +431,6 @@ def test_an_input_gradient_is_written_once_in_the_inputs_layout(layout, b, monke
     channels-first parameter receives it without autograd copying it into its own layout, and
     the means' gradients (broadcast views, one autograd node per mean) are added into it in
     place. In the backward no full-size tensor is copied or summed out of place."""
-    from torch.profiler import ProfilerActivity, profile
-
     monkeypatch.setattr(fused, "CHUNK_MIN", 1)  # means' one-pass path on this small tile
     monkeypatch.setattr(fused, "CHUNK_BYTES", 64)
     gen = torch.Generator().manual_seed(9)
@@ -450,15 +448,36 @@ def test_an_input_gradient_is_written_once_in_the_inputs_layout(layout, b, monke
 
     (want,) = torch.autograd.grad(forward(False), param, seed)
     out = forward(True)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        out.backward(seed)
+    wasted = _full_size_writes(out, seed, [native, (*seed.shape[:-1], 5)])
     torch.testing.assert_close(param.grad, want)
     assert param.grad.stride() == param.stride()
-    full = [list(native), list(seed.shape[:-1]) + [5]]
-    wasted = [
+    assert wasted == []
+
+
+def _full_size_writes(out: torch.Tensor, seed: torch.Tensor, full: list) -> list:
+    """The copies, clones and out-of-place sums of tensors of a ``full`` shape while
+    ``out.backward(seed)`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        out.backward(seed)
+    full = [list(s) for s in full]
+    return [
         (e.name, e.input_shapes)
         for e in prof.events()
         if e.name in ("aten::copy_", "aten::clone", "aten::add")
         and any(s in full for s in e.input_shapes)
     ]
+
+
+@pytest.mark.parametrize("b", [1, 2])
+def test_a_composite_tensors_input_gradient_is_written_in_its_layout(b):
+    """``tensor_sum``'s ``x``-gradient, too, is written in the strides of the channels-first
+    parameter it views: no full-size copy into the parameter's layout."""
+    gen = torch.Generator().manual_seed(10)
+    x, w, _, tiles, grid, reference = _grid_case("two_cuts", b, gen)
+    seed = torch.randn(*x.shape[:-1], 6, generator=gen, dtype=torch.float64)
+    (want,) = torch.autograd.grad(reference(), x._base, seed)
+    wasted = _full_size_writes(fused.tensor_sum(x, w, tiles, grid), seed, [x._base.shape, x.shape])
+    torch.testing.assert_close(x._base.grad, want)
     assert wasted == []
