@@ -81,6 +81,11 @@ def _fused(x: torch.Tensor) -> bool:
     return x.numel() >= FUSE_MIN and not _plain()
 
 
+def _needs_grad(x: torch.Tensor) -> bool:
+    """Whether autograd will record an operation on ``x``."""
+    return x.requires_grad and torch.is_grad_enabled()
+
+
 def _memory_order(x: torch.Tensor) -> list:
     """The dims of ``x`` from the outermost in memory to the innermost."""
     return sorted(range(x.dim()), key=lambda d: -x.stride(d))
@@ -132,7 +137,7 @@ def mean(x: torch.Tensor, dims: tuple) -> torch.Tensor:
     dims = tuple(sorted(dims))
     if not dims:
         return x
-    if not _fused(x) or not (x.requires_grad and torch.is_grad_enabled()):
+    if not _fused(x) or not _needs_grad(x):
         return _reduce(x, dims, "mean").squeeze(dims)
     return _Mean.apply(x, dims)
 
@@ -159,7 +164,7 @@ def means(x: torch.Tensor, sets: tuple) -> tuple:
         (sums[s] / math.prod(x.shape[d] for d in dims)).squeeze(dims)
         for s, dims in zip(shapes, sets)
     ]
-    if not (x.requires_grad and torch.is_grad_enabled()):
+    if not _needs_grad(x):
         return tuple(values)
     return tuple(_Mean.apply(x, dims, v) for dims, v in zip(sets, values))
 
