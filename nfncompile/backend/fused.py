@@ -91,14 +91,49 @@ def _memory_order(x: torch.Tensor) -> list:
     return sorted(range(x.dim()), key=lambda d: -x.stride(d))
 
 
+#: a sum over the outer dims of a contiguous CPU tensor at least this large (elements) is a
+#: matrix-vector product with ones (see :func:`_outer_sum`)
+GEMV_MIN = 1 << 16
+
+
+def _outer_sum(y: torch.Tensor, dims: tuple, op: str) -> torch.Tensor | None:
+    """``y.sum``/``y.mean`` over ``dims`` (keepdim) as ``ones @ y.view(M, N)``, or ``None``
+    where that does not apply.
+
+    It applies to a contiguous CPU tensor of at least :data:`GEMV_MIN` elements whose
+    ``dims`` are its outermost dims of size above one, with a kept dim inside them (the sum
+    over the rows of an ``(M, N)`` matrix), and where autograd does not record the op (the
+    product's backward would write a full-size gradient; a sum's is a view). There torch's
+    reduction reads the matrix at a third to a half of the bandwidth of a BLAS matrix-vector
+    product (bench/README.md, "sums as matrix-vector products").
+
+    >>> y = (torch.arange(2.0**17) % 7).reshape(2**12, 32)  # sums exact in float32
+    >>> torch.equal(_outer_sum(y, (0,), "sum"), y.sum(0, keepdim=True))
+    True
+    """
+    if y.device.type != "cpu" or y.numel() < GEMV_MIN or not y.is_contiguous() or _needs_grad(y):
+        return None
+    big = [d for d in range(y.dim()) if y.shape[d] > 1]
+    cut = [d for d in dims if y.shape[d] > 1]
+    if not cut or len(cut) == len(big) or sorted(cut) != big[: len(cut)]:
+        return None
+    m = math.prod(y.shape[d] for d in cut)
+    out = (y.new_ones(1, m) @ y.view(m, -1)).view(
+        tuple(1 if d in dims else n for d, n in enumerate(y.shape))
+    )
+    return out.div_(m) if op == "mean" else out
+
+
 def _reduce(x: torch.Tensor, dims: tuple, op: str) -> torch.Tensor:
     """``x.sum`` or ``x.mean`` over ``dims`` (keepdim), iterating in ``x``'s memory order."""
     order = _memory_order(x)
     if order == sorted(order):
-        return getattr(x, op)(dims, keepdim=True)
+        out = _outer_sum(x, dims, op)
+        return getattr(x, op)(dims, keepdim=True) if out is None else out
     inverse = [order.index(d) for d in range(x.dim())]
-    y = getattr(x.permute(order), op)(tuple(order.index(d) for d in dims), keepdim=True)
-    return y.permute(inverse)
+    y, pdims = x.permute(order), tuple(order.index(d) for d in dims)
+    out = _outer_sum(y, pdims, op)
+    return (getattr(y, op)(pdims, keepdim=True) if out is None else out).permute(inverse)
 
 
 class _Mean(torch.autograd.Function):

@@ -65,13 +65,16 @@ def test_mean_gradient_is_a_broadcast_view():
     assert mean(x, ()) is x
 
 
-@pytest.fixture(params=["whole", "chunked"])
+@pytest.fixture(params=["whole", "chunked", "chunked_gemv"])
 def chunks(request, monkeypatch):
     """Large-tile reductions done whole, or in chunks of one slice (the path a large tile
-    takes, forced here on small tiles)."""
-    if request.param == "chunked":
+    takes, forced here on small tiles), or in chunks with every outer-dim sum a matrix-vector
+    product (``fused.GEMV_MIN``; the default keeps these small tiles on torch's sums)."""
+    if request.param.startswith("chunked"):
         monkeypatch.setattr(fused, "CHUNK_MIN", 1)
         monkeypatch.setattr(fused, "CHUNK_BYTES", 64)
+    if request.param == "chunked_gemv":
+        monkeypatch.setattr(fused, "GEMV_MIN", 0)
     return request.param
 
 
@@ -90,7 +93,7 @@ def test_means_are_the_means(layout, sets, b, chunks):
     seeds = [torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in want]
     torch.testing.assert_close(_grads(got, [x], seeds), _grads(want, [x], seeds))
     torch.testing.assert_close(_grads(got[-1], [x], seeds[-1]), _grads(want[-1], [x], seeds[-1]))
-    if chunks == "chunked":
+    if chunks != "whole":
         assert torch.autograd.gradcheck(lambda t: means(t, sets), (x,))
 
 
@@ -281,16 +284,40 @@ def test_means_over_a_size_one_dim(chunk_bytes, monkeypatch):
         torch.testing.assert_close(got, x.mean(dims))
 
 
+@pytest.mark.parametrize("op", ["sum", "mean"])
+def test_outer_sums_are_matrix_vector_products_only_where_they_apply(op, monkeypatch):
+    """``_outer_sum`` takes the sums over a contiguous tensor's outermost dims (size-1 dims
+    anywhere) and equals torch's; it declines inner or interleaved dims, all dims, views that
+    are not contiguous, small tensors and ops autograd records (whose backward would be a
+    full-size product)."""
+    monkeypatch.setattr(fused, "GEMV_MIN", 0)
+    gen = torch.Generator().manual_seed(3)
+    y = torch.randn(1, 6, 1, 5, 4, generator=gen, dtype=torch.float64)
+    for dims in [(1,), (0, 1), (1, 2), (1, 2, 3), (0, 1, 2, 3)]:
+        got = fused._outer_sum(y, dims, op)
+        torch.testing.assert_close(got, getattr(y, op)(dims, keepdim=True))
+    for dims in [(3,), (4,), (1, 4), (3, 4), (1, 3, 4), (0, 1, 2, 3, 4)]:
+        assert fused._outer_sum(y, dims, op) is None
+    assert fused._outer_sum(y.transpose(1, 3), (1,), op) is None
+    assert fused._outer_sum(y.requires_grad_(), (1,), op) is None
+    with torch.no_grad():
+        assert fused._outer_sum(y, (1,), op) is not None
+    monkeypatch.setattr(fused, "GEMV_MIN", y.numel() + 1)
+    assert fused._outer_sum(y.detach(), (1,), op) is None
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     shape=st.lists(st.integers(1, 4), min_size=2, max_size=4),
     order=st.randoms(use_true_random=False),
     picks=st.lists(st.lists(st.booleans(), min_size=4, max_size=4), min_size=1, max_size=3),
     chunk_bytes=st.sampled_from([8, 24, 64, 200, 1 << 20]),
+    gemv=st.booleans(),
 )
-def test_chunked_reductions_are_the_reductions(shape, order, picks, chunk_bytes):
+def test_chunked_reductions_are_the_reductions(shape, order, picks, chunk_bytes, gemv):
     """Any tile shape (dims of size 1 included), any memory order, any sets of means, any chunk
-    size: ``means`` = each mean and ``_sum_to`` = each ``sum_to_size``."""
+    size, outer-dim sums as matrix-vector products or not: ``means`` = each mean and
+    ``_sum_to`` = each ``sum_to_size``."""
     perm = list(range(len(shape)))
     order.shuffle(perm)
     gen = torch.Generator().manual_seed(9)
@@ -299,13 +326,14 @@ def test_chunked_reductions_are_the_reductions(shape, order, picks, chunk_bytes)
     sets = [tuple(d for d in range(len(shape)) if p[d]) for p in picks]
     sets = [d for d in sets if d] or [(0,)]
     keep = [tuple(1 if d in dims else n for d, n in enumerate(shape)) for dims in sets]
-    old = (fused.CHUNK_MIN, fused.CHUNK_BYTES)
+    old = (fused.CHUNK_MIN, fused.CHUNK_BYTES, fused.GEMV_MIN)
     fused.CHUNK_MIN, fused.CHUNK_BYTES = 1, chunk_bytes
+    fused.GEMV_MIN = 0 if gemv else old[2]
     try:
         got_means = means(x, sets)
         got_sums = fused._chunked_sums(x, keep)
     finally:
-        fused.CHUNK_MIN, fused.CHUNK_BYTES = old
+        fused.CHUNK_MIN, fused.CHUNK_BYTES, fused.GEMV_MIN = old
     for got, dims in zip(got_means, sets):
         torch.testing.assert_close(got, x.mean(dims))
     for k in keep:
