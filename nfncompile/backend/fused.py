@@ -125,7 +125,11 @@ def _outer_sum(y: torch.Tensor, dims: tuple, op: str) -> torch.Tensor | None:
 
 
 def _reduce(x: torch.Tensor, dims: tuple, op: str) -> torch.Tensor:
-    """``x.sum`` or ``x.mean`` over ``dims`` (keepdim), iterating in ``x``'s memory order."""
+    """``x.sum`` or ``x.mean`` over ``dims`` (keepdim), iterating in ``x``'s memory order (a
+    small ``x``, under :data:`GEMV_MIN` elements, as it is: there the two permutes would cost
+    more than the reduction)."""
+    if x.numel() < GEMV_MIN:
+        return getattr(x, op)(dims, keepdim=True)
     order = _memory_order(x)
     if order == sorted(order):
         out = _outer_sum(x, dims, op)
@@ -169,9 +173,11 @@ def mean(x: torch.Tensor, dims: tuple) -> torch.Tensor:
     >>> mean(x, (1,))
     tensor([2., 3.])
     """
-    dims = tuple(sorted(dims))
     if not dims:
         return x
+    if x.numel() < FUSE_MIN:  # the common case (a norm's vector, a mean of a mean) first
+        return x.mean(dims)
+    dims = tuple(sorted(dims))
     if not _fused(x) or not _needs_grad(x):
         return _reduce(x, dims, "mean").squeeze(dims)
     return _Mean.apply(x, dims)
