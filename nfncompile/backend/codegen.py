@@ -116,17 +116,20 @@ class _Builder:
         self.graph = fx.Graph()
         self.shape: dict = {}
 
-    def call(self, fn, args: tuple, shape: tuple | None, name: str, kwargs: dict | None = None):
-        node = self.graph.create_node("call_function", fn, args, kwargs or {}, name=name)
+    def _node(self, op: str, target, args: tuple, kwargs: dict, shape, name: str):
+        # created bare, then given its arguments: ``create_node`` walks nested arguments in
+        # Python looking for symbolic ints (none here), a fifth of a large layer's build
+        node = self.graph.create_node(op, target, (), {}, name=name)
+        node.args, node.kwargs = args, kwargs
         if shape is not None:
             self.shape[node] = tuple(shape)
         return node
 
+    def call(self, fn, args: tuple, shape: tuple | None, name: str, kwargs: dict | None = None):
+        return self._node("call_function", fn, args, kwargs or {}, shape, name)
+
     def method(self, meth: str, args: tuple, shape: tuple | None, name: str):
-        node = self.graph.create_node("call_method", meth, args, {}, name=name)
-        if shape is not None:
-            self.shape[node] = tuple(shape)
-        return node
+        return self._node("call_method", meth, args, {}, shape, name)
 
     def reshape(self, x, shape: tuple, name: str):
         if self.shape[x] == tuple(shape):
