@@ -118,7 +118,7 @@ class _Builder:
 
     def _node(self, op: str, target, args: tuple, kwargs: dict, shape, name: str):
         # created bare, then given its arguments: ``create_node`` walks nested arguments in
-        # Python looking for symbolic ints (none here), a fifth of a large layer's build
+        # Python looking for symbolic ints (none here): an eighth of a large layer's build
         node = self.graph.create_node(op, target, (), {}, name=name)
         node.args, node.kwargs = args, kwargs
         if shape is not None:
