@@ -16,14 +16,18 @@ stays channels-last in memory).
 
 A composite tensor (a DenseNet layer's input, a concatenation) whose tiles have the same dims and
 are cut only along permutable dims lies on a *grid*: it is brought into the layout as a whole,
-once, and each tile is a slice of that view (no copy per tile). When every tile's pointwise term
+once, and each tile is a slice of that view (no copy per tile), made only where something reads
+the tile itself; the means of its tiles over one set of dims are one
+:func:`~.fused.grid_means` of the whole tensor. When every tile's pointwise term
 is the same weight on the tile itself (the linear basis, whose weights are indexed by relation,
 not by tile), its output is one :func:`~.fused.tensor_sum`: each tile's broadcasts written into
 its region of one fresh tensor and one GEMM over the whole tensor added in place, with no
 concatenation after it.
 
 A layer is a few calls per tile, each with a bounded number of arguments: creating, printing and
-compiling fx nodes is most of a large layer's build. Between them reductions are means over
+compiling fx nodes is most of a large layer's build. So an entry of a tuple a call returned (a
+split's views, a ``means`` or ``grid_means`` result) is passed on as ``(node, index)`` and read
+by the fused operation that takes it, without a ``getitem`` node of its own. Between them reductions are means over
 middle dims, channel mixes are GEMMs over the last dim and placement only inserts singleton dims
 to broadcast into: no permute sits between a broadcast and a concatenation, which
 ``torch.compile`` on CPU turned into slow fused backward kernels (a sum over broadcast dims into
@@ -76,6 +80,7 @@ from .fused import (
     average,
     blocks,
     channel_mix,
+    grid_means,
     mean,
     means,
     stack_cat,
@@ -115,6 +120,7 @@ class _Builder:
     def __init__(self) -> None:
         self.graph = fx.Graph()
         self.shape: dict = {}
+        self.refs: dict = {}  # (node, index) -> its getitem node, where one is needed
 
     def _node(self, op: str, target, args: tuple, kwargs: dict, shape, name: str):
         # created bare, then given its arguments: ``create_node`` walks nested arguments in
@@ -136,10 +142,21 @@ class _Builder:
             return x
         return self.method("reshape", (x, (-1, *shape)), shape, name)
 
+    def node_of(self, x):
+        """``x`` as a node: a ``(node, index)`` reference (entry ``index`` of the tuple a call
+        returned, which the fused operations read directly) becomes a ``getitem`` node."""
+        if type(x) is not tuple:
+            return x
+        if x not in self.refs:
+            node = self.call(operator.getitem, x, self.shape[x], f"{x[0].name}_{x[1]}")
+            self.refs[x] = node
+        return self.refs[x]
+
     def permute(self, x, order: tuple, name: str):
-        """Permute the non-batch dims (``order`` indexes them)."""
+        """Permute the non-batch dims (``order`` indexes them); ``x`` a node or a reference."""
         if tuple(order) == tuple(range(len(order))):
             return x
+        x = self.node_of(x)
         old = self.shape[x]
         return self.method(
             "permute", (x, (0, *(1 + o for o in order))), tuple(old[o] for o in order), name
@@ -147,6 +164,7 @@ class _Builder:
 
     def cat(self, xs: list, name: str):
         """Concatenate along the last (channel) dim."""
+        xs = [self.node_of(x) for x in xs]
         if len(xs) == 1:
             return xs[0]
         shape = (*self.shape[xs[0]][:-1], sum(self.shape[x][-1] for x in xs))
@@ -237,9 +255,12 @@ def generate(
     tile_nodes: dict = {}
     # composite tensor -> (its whole input node, its tiles' grid, its shape)
     grids_of: dict = {}
+    grid_views: dict = {}  # composite tensor on a grid -> its tiles' views (_GridViews)
     tiles_of: dict = {name: [] for name in spec.names}
     for ti, t in enumerate(plan.tiles):
         tiles_of[t.param].append((ti, t))
+    # a tile's position among its tensor's (row-major over a grid)
+    position = {_key(t): k for tiles in tiles_of.values() for k, (_, t) in enumerate(tiles)}
     for pname in spec.names:
         p = spec[pname]
         x = inputs[pname]
@@ -258,17 +279,16 @@ def generate(
             ident = names[spec.names.index(pname)]
             x_whole = b.call(tile_in, (x,), whole, f"{ident}_cl", steps) if steps else x
             grids_of[pname] = (x_whole, grid, tuple(shape))
-            names_ = [f"{_tag(t)}_cl" for _, t in tiles]
-            for (_, t), node in zip(tiles, _split_grid(b, x_whole, grid, f"{ident}_cl", names_)):
-                tile_nodes[t] = node
-            continue
+            grid_views[pname] = _GridViews(b, x_whole, grid, f"{ident}_cl")
+            continue  # its tiles' views are made when something reads a tile (tile_view)
         # a composite tensor off a grid: its pieces split off it (views), each copied once
         pieces = [x] * len(tiles)
         cuts = _cuts([t for _, t in tiles]) if len(tiles) > 1 else None
         if cuts is not None:
             native = tuple((2 + axis, sizes) for axis, sizes in cuts)
             ident = names[spec.names.index(pname)]
-            pieces = _split_grid(b, x, native, ident, [f"{_tag(t)}_piece" for _, t in tiles])
+            views = _GridViews(b, x, native, ident)
+            pieces = [views.view(k) for k in range(len(tiles))]
         for (ti, t), piece in zip(tiles, pieces):
             # one call per tile (fused.tile_in): its slice of a composite tensor, embeddings,
             # block axes split, one permute (permutable dims first, then channels and fixed
@@ -298,6 +318,14 @@ def generate(
                 x_t = piece
             tile_nodes[t] = x_t
 
+    def tile_view(t: TileRef):
+        """The node of tile ``t`` in the internal layout: a grid's tiles are views of its
+        whole tensor, each made on first use (where only means read a grid's tiles,
+        :func:`~.fused.grid_means` takes them from the whole tensor and no view is made)."""
+        if t not in tile_nodes:
+            tile_nodes[t] = grid_views[t.param].view(position[_key(t)])
+        return tile_nodes[t]
+
     # ---- reductions: (B, *kept, C_in * fixed) ------------------------------------------
     # the means of one source (a tile, or a reduction of it): two or more are one call
     # (fused.means: one pass over a large tile), each taken out of its result by index
@@ -310,13 +338,42 @@ def generate(
             by_source.setdefault(red.source, {})[ri] = tuple(pos)
     means_nodes: dict = {}
     red_nodes: list = []
+    # a grid tile's own (pointwise) reduction whose node would be the tile's view itself: the
+    # tile, its view made only where something other than its means reads it (red_node)
+    on_grid: dict = {}
+    grid_nodes: dict = {}  # (tensor, dims) -> its fused.grid_means node
+
+    def red_node(ri: int):
+        """Reduction ``ri``'s node or reference (a grid tile's own: its view, made now)."""
+        if red_nodes[ri] is None:
+            red_nodes[ri] = tile_view(on_grid[ri])
+        return red_nodes[ri]
+
     for ri, red in enumerate(plan.reductions):
         side, t = red.side, red.tile
         tag = f"{_tag(t)}_r{ri}"
         kept_shape = (*red.kept_shape, red.channels)
+        own = red.source is None and t.param in grids_of and side.is_pointwise
+        if own and [c[0] for c in side.classes] == list(t.perm_dims):  # no permute after it
+            on_grid[ri] = t
+            red_nodes.append(None)
+            continue
+        if red.source in on_grid:
+            # the means of a grid's tiles over these dims: one fused.grid_means of the whole
+            # tensor (the means of one tile and another a few dims apart: one call each)
+            dims = by_source[red.source][ri]
+            if (t.param, dims) not in grid_nodes:
+                x_whole, grid, _ = grids_of[t.param]
+                name = f"{names[spec.names.index(t.param)]}_means{len(grid_nodes)}"
+                node = b.call(grid_means, (x_whole, grid, dims), None, name)
+                grid_nodes[t.param, dims] = node
+            ref = (grid_nodes[t.param, dims], position[_key(t)])
+            b.shape[ref] = kept_shape
+            red_nodes.append(ref)
+            continue
         if red.source is not None:
             siblings = by_source[red.source]
-            source = red_nodes[red.source]
+            source = red_node(red.source)
             if len(siblings) == 1:
                 red_nodes.append(b.call(mean, (source, siblings[ri]), kept_shape, tag))
                 continue
@@ -324,11 +381,11 @@ def generate(
                 name = f"r{red.source}_means"
                 sets = tuple(siblings.values())
                 means_nodes[red.source] = b.call(means, (source, sets), None, name)
-            index = list(siblings).index(ri)
-            node = b.call(operator.getitem, (means_nodes[red.source], index), kept_shape, tag)
-            red_nodes.append(node)
+            ref = (means_nodes[red.source], list(siblings).index(ri))
+            b.shape[ref] = kept_shape
+            red_nodes.append(ref)  # read by index where it is used (fused._ref)
             continue
-        x = tile_nodes[t]
+        x = tile_view(t) if t.param in grids_of else tile_nodes[t]
         # labels of the non-batch dims: ("d", dim), ("c", class) or ("k",) (channels)
         labels = [("d", d) for d in t.perm_dims] + [("k",)]
         shape = list(b.shape[x])
@@ -338,6 +395,7 @@ def generate(
                 continue
             cur = ("d", cls[0])
             for other in cls[1:]:
+                x = b.node_of(x)
                 d1, d2 = labels.index(cur), labels.index(("d", other))
                 n = shape[d1]
                 for d in sorted((d1, d2), reverse=True):
@@ -368,7 +426,7 @@ def generate(
     pointwise: dict = {}  # group -> (weight node, input nodes): added by the tile's last GEMM
     for mi, mix in enumerate(plan.mixes):
         pieces = [
-            b.permute(red_nodes[ri], (*perm, len(perm)), f"r{ri}_t") for ri, perm in mix.inputs
+            b.permute(red_node(ri), (*perm, len(perm)), f"r{ri}_t") for ri, perm in mix.inputs
         ]
         kept = mix.kept_shape
         if plan.basis == "complete":
@@ -439,7 +497,7 @@ def generate(
         ws = set()
         for _, t in tiles_of[pname]:
             gemms = [gi for kind, gi in out_values.get(t, []) if kind == "gemm"]
-            if len(gemms) > 1 or (gemms and pointwise[gemms[0]][1] != [tile_nodes[t]]):
+            if len(gemms) > 1 or (gemms and pointwise[gemms[0]][1] != [tile_nodes.get(t)]):
                 break
             ws.add(pointwise[gemms[0]][0] if gemms else None)
         else:
@@ -529,28 +587,62 @@ def generate(
         out = b.reshape(out, (c_out, *p.shape), f"{ident}_out")
         outputs.append(out)
     b.graph.output(tuple(outputs))
+    for views in grid_views.values():
+        views.drop_unused()
     # no dead-code pass or lint here: every node is used and the graph lints
     # (tests/backend/test_codegen.py); on DenseNet-201 they took 5% of the build
     return fx.GraphModule(root, b.graph, class_name="NFLinearGraph")
 
 
-def _split_grid(b: _Builder, x, grid: tuple, tag: str, names: list) -> list:
-    """The tiles of ``x`` on ``grid``, row-major: views from one ``torch.split`` per cut dim
-    (and per part of the dims before it). Their backward writes the gradient of ``x`` once (a
-    concatenation), where a slice per tile would zero-fill a full-size gradient per tile."""
-    nodes = [x]
-    for level, (dim, sizes) in enumerate(grid):
-        last = level == len(grid) - 1
-        out = []
-        for node in nodes:
-            parts = b.call(torch.split, (node, list(sizes), dim), None, f"{tag}_split")
-            for j, n in enumerate(sizes):
-                shape = list(b.shape[node])
-                shape[dim - 1] = n
-                name = names[len(out)] if last else f"{tag}_part"
-                out.append(b.call(operator.getitem, (parts, j), tuple(shape), name))
-        nodes = out
-    return nodes
+class _GridViews:
+    """The tiles of ``x`` on ``grid`` as views, row-major, each made on first use: one
+    ``torch.split`` per cut dim (and per part of the dims before it), each tile a ``(split,
+    index)`` reference. Their backward writes the gradient of ``x`` once (a concatenation),
+    where a slice per tile would zero-fill a full-size gradient per tile; splits nothing reads
+    are erased (the generated graph has no dead-code pass)."""
+
+    def __init__(self, b: _Builder, x, grid: tuple, tag: str) -> None:
+        self.b, self.grid, self.tag = b, grid, tag
+        self.nodes: dict = {(): x}  # per-level part indices -> node
+        self.splits: dict = {}  # parent's part indices -> its split node
+
+    def view(self, k: int):
+        """Tile ``k`` (row-major over the grid) as a ``(split node, index)`` reference (see
+        :meth:`_Builder.node_of`)."""
+        path = []
+        for _, sizes in reversed(self.grid):
+            k, j = divmod(k, len(sizes))
+            path.insert(0, j)
+        b = self.b
+        for level, ((dim, sizes), j) in enumerate(zip(self.grid, path)):
+            here, parent = tuple(path[: level + 1]), tuple(path[:level])
+            if here in self.nodes:
+                continue
+            node = self.nodes[parent]
+            if parent not in self.splits:
+                split = b.call(torch.split, (node, list(sizes), dim), None, f"{self.tag}_split")
+                self.splits[parent] = split
+            shape = list(b.shape[node])
+            shape[dim - 1] = sizes[j]
+            if level == len(self.grid) - 1:  # a tile: read by reference where it is used
+                self.nodes[here] = (self.splits[parent], j)
+                b.shape[self.nodes[here]] = tuple(shape)
+                continue
+            label = f"{self.tag}_part"
+            part = b.call(operator.getitem, (self.splits[parent], j), tuple(shape), label)
+            self.nodes[here] = part
+        return self.nodes[tuple(path)]
+
+    def drop_unused(self) -> None:
+        """Erase the splits (and the parts above them) that nothing read in the end (a tile's
+        own term that a whole-tensor call took over), deepest first."""
+        for parent in sorted(self.splits, key=len, reverse=True):
+            split = self.splits[parent]
+            if not split.users:
+                self.b.graph.erase_node(split)
+                part = self.nodes[parent]
+                if parent and not part.users:
+                    self.b.graph.erase_node(part)
 
 
 def _layout_out(t: TileRef, sizes: tuple, c_out: int) -> tuple:

@@ -165,7 +165,8 @@ def mean(x: torch.Tensor, dims: tuple) -> torch.Tensor:
     into the input's gradient (on a DenseNet-121 layer whose inputs need gradients, 4,900
     means' divisions took a tenth of the step).
 
-    Over no dims it is ``x`` itself (``torch.mean`` would average over every dim). Below
+    Over no dims it is ``x`` itself (``torch.mean`` would average over every dim). ``x`` may be
+    a reference (:func:`_ref`), as in :func:`means` and :func:`tile_in`. Below
     :data:`FUSE_MIN` elements, or where ``x`` needs no gradient, it is torch's mean (the custom
     backward's call would cost more than the division it saves).
 
@@ -173,6 +174,7 @@ def mean(x: torch.Tensor, dims: tuple) -> torch.Tensor:
     >>> mean(x, (1,))
     tensor([2., 3.])
     """
+    x = _ref(x)
     if not dims:
         return x
     if x.numel() < FUSE_MIN:  # the common case (a norm's vector, a mean of a mean) first
@@ -195,6 +197,7 @@ def means(x: torch.Tensor, sets: tuple) -> tuple:
     >>> [m.tolist() for m in means(x, ((1,), (2,)))]
     [[[1.5, 2.5, 3.5]], [[1.0, 4.0]]]
     """
+    x = _ref(x)
     sets = tuple(tuple(sorted(d)) for d in sets)
     if not _chunks(x) or len(sets) < 2 or not _fused(x):
         return tuple(mean(x, dims) for dims in sets)
@@ -230,7 +233,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def channel_mix(weight: torch.Tensor, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
     """``(R, K)`` weight applied to the channels (last dim) of ``x`` ``(B, *kept, K)``:
     ``(B, *kept, R)``, one ``(B*N, K) x (K, R)`` GEMM. With ``more`` tensors, ``x`` and they are
-    concatenated along channels first (``K`` is their total).
+    concatenated along channels first (``K`` is their total). Each may be a reference
+    (:func:`_ref`).
 
     An ``x`` whose leading dims merge (any tile with batch 1, a channels-last tile) is read as
     one matrix whatever its strides. On CUDA, an ``x`` that is channels-first in memory is mixed
@@ -241,8 +245,9 @@ def channel_mix(weight: torch.Tensor, x: torch.Tensor, *more: torch.Tensor) -> t
     >>> channel_mix(torch.ones(1, 3), torch.ones(2, 1), torch.ones(2, 2)).tolist()
     [[3.0], [3.0]]
     """
+    x = _ref(x)
     if more:
-        x = torch.cat((x, *more), -1)
+        x = torch.cat((x, *[_ref(m) for m in more]), -1)
     if x.dim() > 2 and x.stride(-1) != 1:
         if x.is_cuda:
             first = x.movedim(-1, 1)
@@ -487,6 +492,7 @@ def tile_in(
     >>> tile_in(x, index=((3, 6),), order=(0, 2, 1)).tolist()
     [[[3.0, 9.0], [4.0, 10.0], [5.0, 11.0]]]
     """
+    x = _ref(x)
     if index is not None:
         x = x[(slice(None), slice(None), *(slice(a, b) for a, b in index))]
     for e in embeds:
@@ -752,32 +758,95 @@ def tensor_sum(
     return acc if layout is None else unfold(acc, *layout)
 
 
+_SEGMENTS: dict = {}  # (sizes, dtype, device) -> its averaging matrix, asked every step
+
+
+def _segment_matrix(sizes: tuple, dtype, device) -> torch.Tensor:
+    """The ``(len(sizes), sum(sizes))`` matrix whose row ``i`` is ``1 / sizes[i]`` on segment
+    ``i`` and 0 elsewhere (left-multiplied, it averages each segment), remembered."""
+    key = (sizes, dtype, device)
+    m = _SEGMENTS.get(key)
+    if m is None:
+        m = torch.zeros(len(sizes), sum(sizes), dtype=dtype, device=device)
+        start = 0
+        for i, n in enumerate(sizes):
+            m[i, start : start + n] = 1.0 / n
+            start += n
+        if len(_SEGMENTS) >= 4096:
+            _SEGMENTS.clear()
+        _SEGMENTS[key] = m
+    return m
+
+
+def grid_means(x: torch.Tensor, grid: tuple, dims: tuple) -> tuple:
+    """``tuple(tile.mean(dims) for tile in tiles)`` for the tiles of ``x`` on ``grid``
+    (row-major; ``grid`` as :func:`tensor_sum` takes it), from a few reductions of the whole
+    ``x`` instead of one call per tile.
+
+    The dims that no tile cuts are averaged over the whole ``x`` once; each cut dim in ``dims``
+    is averaged per segment (on a small tensor one product with a ``(segments, n)`` averaging
+    matrix, on a large one a mean per segment); the tiles' means are views of the result (one
+    ``unbind`` or ``split`` per cut dim, whose backward writes the gradient once). A DenseNet
+    layer's norm reads the concatenation of every earlier layer's output: its tiles' means
+    were a view and a mean per tile, half of a DenseNet-121 layer's 15,000 graph nodes.
+
+    >>> x = torch.arange(10.0).reshape(1, 5, 2)  # (B, n, C): tiles of 2 and 3 along n
+    >>> [m.tolist() for m in grid_means(x, ((1, (2, 3)),), (1,))]
+    [[[1.0, 2.0]], [[6.0, 7.0]]]
+    """
+    plain = tuple(d for d in dims if d not in dict(grid))
+    parts, gone = [_reduce(x, plain, "mean").squeeze(plain) if plain else x], list(plain)
+    for d, sizes in grid:
+        at = d - sum(g < d for g in gone)  # d, less the dims reduced away before it
+        if d not in dims:
+            parts = [q for p in parts for q in p.split(sizes, at)]
+            continue
+        gone.append(d)
+        out: list = []
+        for p in parts:
+            if p.numel() < FUSE_MIN:
+                m = _segment_matrix(sizes, p.dtype, p.device)
+                out += (m @ p.movedim(at, -2)).movedim(-2, at).unbind(at)
+            else:
+                out += [mean(q, (at,)) for q in p.split(sizes, at)]
+        parts = out
+    return tuple(parts)
+
+
+def _ref(x):
+    """A tensor argument of the generated code: a tensor, or ``(tuple, index)`` (entry
+    ``index`` of the tuple a call such as :func:`grid_means` returned)."""
+    return x[0][x[1]] if type(x) is tuple else x
+
+
 def average(*xs: torch.Tensor) -> torch.Tensor:
-    """The mean of same-shape tensors (stacked, then averaged).
+    """The mean of same-shape tensors (stacked, then averaged); each as :func:`_ref` reads it.
 
     >>> average(torch.ones(2), torch.zeros(2)).tolist()
     [0.5, 0.5]
     """
-    return torch.stack(xs, 0).mean(0)
+    return torch.stack([_ref(x) for x in xs], 0).mean(0)
 
 
 def total(*xs: torch.Tensor) -> torch.Tensor:
-    """The sum of same-shape tensors (stacked, then summed).
+    """The sum of same-shape tensors (stacked, then summed); each as :func:`_ref` reads it.
 
     >>> total(torch.ones(2), torch.ones(2)).tolist()
     [2.0, 2.0]
     """
-    return torch.stack(xs, 0).sum(0)
+    return torch.stack([_ref(x) for x in xs], 0).sum(0)
 
 
 def stack_cat(rows: tuple) -> torch.Tensor:
     """Each row's tensors concatenated along channels (last dim), the rows stacked on a new
-    leading dim.
+    leading dim; each tensor as :func:`_ref` reads it.
 
     >>> stack_cat(((torch.ones(2, 1), torch.zeros(2, 2)), (torch.ones(2, 3),))).shape
     torch.Size([2, 2, 3])
     """
-    return torch.stack([r[0] if len(r) == 1 else torch.cat(r, -1) for r in rows], 0)
+    return torch.stack(
+        [_ref(r[0]) if len(r) == 1 else torch.cat([_ref(x) for x in r], -1) for r in rows], 0
+    )
 
 
 def blocks(grid: tuple) -> torch.Tensor:

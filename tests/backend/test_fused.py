@@ -340,6 +340,59 @@ def test_chunked_reductions_are_the_reductions(shape, order, picks, chunk_bytes,
         torch.testing.assert_close(got_sums[k], x.sum_to_size(k))
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    dims=st.lists(
+        st.tuples(st.lists(st.integers(1, 4), min_size=1, max_size=3), st.booleans()),
+        min_size=1,
+        max_size=3,
+    ),
+    order=st.randoms(use_true_random=False),
+    batch=st.integers(1, 2),
+    large=st.booleans(),
+)
+def test_grid_means_are_the_tiles_means(dims, order, batch, large):
+    """Any grid (one to three permutable dims, each cut into segments of any sizes or not),
+    any dims averaged (cut or not), any memory order, small tiles (one product with an
+    averaging matrix per cut dim) or large ones (a mean per segment): ``grid_means`` = each
+    tile's mean, in row-major order, values and gradients (float64)."""
+    sizes = [tuple(seg) for seg, _ in dims]
+    shape = (batch, *(sum(seg) for seg in sizes), 3)
+    grid = tuple((1 + i, seg) for i, seg in enumerate(sizes) if len(seg) > 1)
+    reduced = tuple(1 + i for i, (_, r) in enumerate(dims) if r) or (1,)
+    perm = list(range(len(shape)))
+    order.shuffle(perm)
+    gen = torch.Generator().manual_seed(11)
+    base = torch.randn([shape[p] for p in perm], generator=gen, dtype=torch.float64)
+    x = base.permute([perm.index(d) for d in range(len(shape))]).requires_grad_()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fused, "FUSE_MIN", 0 if large else 1 << 17)
+        got = fused.grid_means(x, grid, reduced) if grid else ()
+    regions = fused.grid_regions(grid) if grid else []
+    want = tuple(x[index].mean(reduced) for index in regions)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    if got:
+        seeds = [torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in want]
+        dg = torch.autograd.grad(got, x, seeds)
+        dw = torch.autograd.grad(want, x, seeds)
+        torch.testing.assert_close(dg, dw)
+
+
+def test_grid_means_of_a_dense_layers_norm():
+    """The case it was written for: a norm over the concatenation of a block's input (64) and
+    three layers' outputs (32 each), channels-first as the user hands it over; one call, the
+    four tiles' means."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 4, 160, generator=gen, dtype=torch.float64).transpose(1, 2)
+    got = fused.grid_means(x, ((1, (64, 32, 32, 32)),), (1,))
+    want = [p.mean(1) for p in x.split((64, 32, 32, 32), 1)]
+    assert len(got) == 4
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
 # a composite tensor's grid: (B, 5, 4 + 2 + 3, 6 channels) cut along dim 2, or (B, 2 + 3, 4 + 3,
 # 6) cut along dims 1 and 2; per tile the broadcast shapes of its values ("b": the batch)
 GRIDS = {
