@@ -22,7 +22,9 @@ the tile itself; the means of its tiles over one set of dims are one
 is the same weight on the tile itself (the linear basis, whose weights are indexed by relation,
 not by tile), its output is one :func:`~.fused.tensor_sum`: each tile's broadcasts written into
 its region of one fresh tensor and one GEMM over the whole tensor added in place, with no
-concatenation after it.
+concatenation after it. (Its nested per-tile arguments are kept on the module, a
+:class:`~.fused.TensorSumArgs` each, and only its tensors are in the code:
+:func:`~.fused.packed_tensor_sum`.)
 
 A layer is a few calls per tile, each with a bounded number of arguments: creating, printing and
 compiling fx nodes is most of a large layer's build. So an entry of a tuple a call returned (a
@@ -48,6 +50,9 @@ The generated module owns the layer's weights:
     complete basis: a learned position embedding added to an input tile (``io_embed``);
 ``w{r}``
     linear basis: the weight of plan relation ``r`` (shared by every term of that relation);
+``sums{n}``
+    not a weight: the static arguments of a composite tensor's
+    :func:`~.fused.packed_tensor_sum` (a :class:`~.fused.TensorSumArgs`);
 ``delta{k}``
     constant 0/1 buffers that write diagonals (``(*permutable dims of Q, 1)``, 1 where a
     diagonal class's dims are equal).
@@ -77,15 +82,16 @@ import torch
 from torch import fx, nn
 
 from .fused import (
+    TensorSumArgs,
     average,
     blocks,
     channel_mix,
     grid_means,
     mean,
     means,
+    packed_tensor_sum,
     stack_cat,
     tensor_add,
-    tensor_sum,
     tile_add,
     tile_in,
     tile_sum,
@@ -552,6 +558,7 @@ def generate(
         tile_out[q] = acc
 
     outputs = []
+    packed_sums: list = []
     for pname, ident in zip(spec.names, names):
         p = spec[pname]
         tiles = [t for _, t in tiles_of[pname]]
@@ -561,11 +568,14 @@ def generate(
             x_whole, grid, shape = grids_of[pname]
             w, groups = summed[pname]
             layout = _layout_out(tiles[0], shape, c_out)
-            args = (x_whole, w, tuple(groups), grid)
-            kwargs = {"layout": layout} if layout else {}
-            if w is None:
-                kwargs["channels"] = c_out * tiles[0].fixed_size
-            node = b.call(tensor_sum, args, (c_out, *shape), f"{ident}_native", kwargs)
+            # the tensors in the code, the rest of the arguments on the module
+            refs, packed = _pack(groups)
+            channels = c_out * tiles[0].fixed_size if w is None else None
+            name = f"sums{len(packed_sums)}"
+            packed_sums.append(name)
+            setattr(root, name, TensorSumArgs(packed, grid, layout or None, channels))
+            args = (x_whole, w, refs, b.graph.get_attr(name))
+            node = b.call(packed_tensor_sum, args, (c_out, *shape), f"{ident}_native")
             tensors, counts = [node], []
         if pname in whole:
             shape = (c_out, *(p.shape if p.view is None else p.view))
@@ -643,6 +653,35 @@ class _GridViews:
                 part = self.nodes[parent]
                 if parent and not part.users:
                     self.b.graph.erase_node(part)
+
+
+def _pack(tiles: list) -> tuple:
+    """The tensors (nodes) in a composite tensor's tile groups, each once, and the groups
+    with each replaced by its position (the form :class:`~.fused.TensorSumArgs` keeps)."""
+    at: dict = {}
+
+    def pos(node) -> int:
+        return at.setdefault(node, len(at))
+
+    packed = []
+    for groups in tiles:
+        tile = []
+        for group in groups:
+            # (place's trailing defaults were left out of the group)
+            parts, shape, perm, bias, deltas = (*group, *(None, None, None, None, ())[len(group) :])
+            tile.append(
+                (
+                    tuple(
+                        (pos(p), None) if type(p) is not tuple else (pos(p[0]), p[1]) for p in parts
+                    ),
+                    shape,
+                    perm,
+                    None if bias is None else pos(bias),
+                    tuple(pos(d) for d in deltas),
+                )
+            )
+        packed.append(tuple(tile))
+    return tuple(at), tuple(packed)
 
 
 def _layout_out(t: TileRef, sizes: tuple, c_out: int) -> tuple:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -736,8 +737,13 @@ def tensor_sum(
     >>> torch.allclose(got, want - x @ w.t(), atol=1e-6)
     True
     """
-    channels = weight.shape[0] if weight is not None else channels
     placed = [[place(*g) for g in groups] for groups in tiles]
+    return _tensor_sum(x, weight, placed, grid, layout, channels)
+
+
+def _tensor_sum(x, weight, placed: list, grid: tuple, layout, channels) -> torch.Tensor:
+    """:func:`tensor_sum` from each tile's placed values."""
+    channels = weight.shape[0] if weight is not None else channels
     if not _fused(x):
         full = (*x.shape[:-1], channels)
         parts = []
@@ -756,6 +762,56 @@ def tensor_sum(
         values = [v for vals in placed for v in vals]
         acc = _TensorSum.apply(x, weight, channels, _cached_regions(grid), counts, *values)
     return acc if layout is None else unfold(acc, *layout)
+
+
+@dataclass(frozen=True)
+class TensorSumArgs:
+    """:func:`tensor_sum` 's arguments without their tensors: what the generated code keeps on
+    the module (one attribute per composite tensor) and hands to :func:`packed_tensor_sum`
+    with the tensors, instead of writing this nesting into the code, where printing and
+    compiling it took a third of a DenseNet's build.
+
+    ``tiles`` is per tile its groups as :func:`place` takes them, with each tensor replaced by
+    its position in the call's ``refs``: a part is ``(position, None)`` (the tensor) or
+    ``(position, index)`` (an entry of a tuple), a bias a position or ``None``, a mask a
+    position. ``grid``, ``layout`` and ``channels`` are :func:`tensor_sum` 's.
+    """
+
+    tiles: tuple
+    grid: tuple
+    layout: tuple | None = None
+    channels: int | None = None
+
+    def placed(self, refs: tuple) -> list:
+        """Each tile's groups :func:`place` d, the tensors taken from ``refs``."""
+        return [
+            [
+                place(
+                    tuple(refs[i] if j is None else refs[i][j] for i, j in parts),
+                    shape,
+                    perm,
+                    None if bias is None else refs[bias],
+                    tuple(refs[i] for i in deltas),
+                )
+                for parts, shape, perm, bias, deltas in tile
+            ]
+            for tile in self.tiles
+        ]
+
+
+def packed_tensor_sum(
+    x: torch.Tensor, weight: torch.Tensor | None, refs: tuple, args: TensorSumArgs
+) -> torch.Tensor:
+    """:func:`tensor_sum` with its tensors (``refs``) apart from the rest of its arguments
+    (``args``).
+
+    >>> x, row = torch.ones(1, 2, 3, 4), torch.ones(1, 2, 1, 4)
+    >>> group = (((0, None),), None, None, None, ())  # refs[0] as it is
+    >>> args = TensorSumArgs(((group,), ()), ((2, (1, 2)),), channels=4)  # tiles of 1, 2 cols
+    >>> packed_tensor_sum(x, None, (row,), args)[0, :, :, 0].tolist()
+    [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    """
+    return _tensor_sum(x, weight, args.placed(refs), args.grid, args.layout, args.channels)
 
 
 _SEGMENTS: dict = {}  # (sizes, dtype, device) -> its averaging matrix, asked every step

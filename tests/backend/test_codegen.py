@@ -271,8 +271,8 @@ def test_a_tiles_means_in_one_pass_are_its_means(name, basis, monkeypatch):
 @pytest.mark.parametrize("kind", ["dense", "block"])
 def test_composite_tensors_on_a_grid_are_their_tiles(kind, mode, basis, monkeypatch):
     """A composite tensor cut only along permutable dims is read as one view with a view per
-    tile, and written by one ``fused.tensor_sum`` (whose GEMM covers the whole tensor in the
-    linear basis): the same map, values and gradients (float64), as a copy and a ``tile_sum``
+    tile, and written by one ``fused.packed_tensor_sum`` (whose GEMM covers the whole tensor in
+    the linear basis): the same map, values and gradients (float64), as a copy and a ``tile_sum``
     or ``tile_add`` per tile and a concatenation."""
     from nfncompile.backend import codegen, fused
 
@@ -295,13 +295,13 @@ def test_composite_tensors_on_a_grid_are_their_tiles(kind, mode, basis, monkeypa
         assert not any(n.target in (torch.cat, fused.tensor_add) for n in whole.graph.nodes)
     # the tiles' means: one fused.grid_means per tensor and set of dims, none per tile
     assert count(whole, fused.grid_means) > 0
-    sums = [n for n in whole.graph.nodes if n.target is fused.tensor_sum]
+    sums = [n for n in whole.graph.nodes if n.target is fused.packed_tensor_sum]
     assert any(n.args[1] is None for n in sums)  # tiles without a GEMM (norms)
     # the linear basis's one weight for every tile of a conv: one GEMM for the tensor
     assert any(n.args[1] is not None for n in sums) == (basis == "linear")
     monkeypatch.setattr(codegen, "_grid", lambda tiles: None)
     tiles = generate(plan).double()
-    assert count(tiles, fused.tensor_sum) == 0
+    assert count(tiles, fused.packed_tensor_sum) == 0
     gen = torch.Generator().manual_seed(0)
     for p in tiles.parameters():
         with torch.no_grad():

@@ -461,6 +461,32 @@ def test_tensor_sum_is_the_concatenated_tile_sums(name, b, gemm, monkeypatch):
     torch.testing.assert_close(_grads(plain, inputs, seed), _grads(want, inputs, seed))
 
 
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_packed_tensor_sum_is_tensor_sum(name):
+    """The generated code's form (the tensors once each, the nesting kept on the module, as
+    ``codegen._pack`` makes it) is the same call: values and gradients."""
+    from nfncompile.backend.codegen import _pack
+
+    gen = torch.Generator().manual_seed(8)
+    x, w, vals, tiles, grid, _ = _grid_case(name, 2, gen)
+    # parts as the generated code passes them: a tensor, or an entry of a tuple (here one
+    # tuple read by two tiles)
+    first = vals[0][0]
+    pair = (torch.zeros(1, dtype=first.dtype), first)
+    tiles = list(tiles)
+    tiles[0] = ((((pair, 1),), *tiles[0][0][1:]), *tiles[0][1:])
+    tiles[-1] = (*tiles[-1], (((pair, 1),), tuple(first.shape[1:])))
+    refs, packed = _pack(tiles)
+    assert refs.count(pair) == 1 and len(refs) < sum(len(g[0]) for t in tiles for g in t)
+    got = fused.packed_tensor_sum(x, w, refs, fused.TensorSumArgs(packed, grid))
+    want = fused.tensor_sum(x, w, tiles, grid)
+    torch.testing.assert_close(got, want)
+    inputs = [x, w, *[v for tile in vals for v in tile]]
+    seed = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad(got, inputs, seed, allow_unused=True)
+    torch.testing.assert_close(grads, torch.autograd.grad(want, inputs, seed, allow_unused=True))
+
+
 def test_tensor_sum_gradcheck_and_partial_grads():
     """Numerical gradients (float64), second order included; only the requested ones."""
     gen = torch.Generator().manual_seed(7)
