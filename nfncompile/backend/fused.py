@@ -247,8 +247,8 @@ def channel_mix(weight: torch.Tensor, x: torch.Tensor, *more: torch.Tensor) -> t
     [[3.0], [3.0]]
     """
     x = _ref(x)
-    if more:
-        x = torch.cat((x, *[_ref(m) for m in more]), -1)
+    if more:  # (the references read inline: a call each cost more than the read)
+        x = torch.cat([x, *[m[0][m[1]] if type(m) is tuple else m for m in more]], -1)
     if x.dim() > 2 and x.stride(-1) != 1:
         if x.is_cuda:
             first = x.movedim(-1, 1)
@@ -787,7 +787,7 @@ class TensorSumArgs:
         return [
             [
                 place(
-                    tuple(refs[i] if j is None else refs[i][j] for i, j in parts),
+                    [refs[i] if j is None else refs[i][j] for i, j in parts],
                     shape,
                     perm,
                     None if bias is None else refs[bias],
@@ -850,23 +850,47 @@ def grid_means(x: torch.Tensor, grid: tuple, dims: tuple) -> tuple:
     >>> [m.tolist() for m in grid_means(x, ((1, (2, 3)),), (1,))]
     [[[1.0, 2.0]], [[6.0, 7.0]]]
     """
-    plain = tuple(d for d in dims if d not in dict(grid))
-    parts, gone = [_reduce(x, plain, "mean").squeeze(plain) if plain else x], list(plain)
-    for d, sizes in grid:
-        at = d - sum(g < d for g in gone)  # d, less the dims reduced away before it
-        if d not in dims:
+    plain, steps = _grid_steps(grid, dims)
+    parts = [_reduce(x, plain, "mean").squeeze(plain) if plain else x]
+    for at, sizes, reduced in steps:
+        if not reduced:
             parts = [q for p in parts for q in p.split(sizes, at)]
             continue
-        gone.append(d)
         out: list = []
         for p in parts:
             if p.numel() < FUSE_MIN:
                 m = _segment_matrix(sizes, p.dtype, p.device)
-                out += (m @ p.movedim(at, -2)).movedim(-2, at).unbind(at)
+                if at == p.dim() - 2:  # (a vector's segments, a conv's rows: no moves)
+                    out += (m @ p).unbind(at)
+                else:
+                    out += (m @ p.movedim(at, -2)).movedim(-2, at).unbind(at)
             else:
                 out += [mean(q, (at,)) for q in p.split(sizes, at)]
         parts = out
     return tuple(parts)
+
+
+_STEPS: dict = {}  # (grid, dims) -> grid_means' steps, asked every step
+
+
+def _grid_steps(grid: tuple, dims: tuple) -> tuple:
+    """For :func:`grid_means`: the dims no tile cuts (averaged first), and per cut dim its
+    index once those and the cut dims before it are reduced away, its sizes, and whether it
+    is averaged (else split); remembered."""
+    steps = _STEPS.get((grid, dims))
+    if steps is None:
+        cut = dict(grid)
+        plain = tuple(d for d in dims if d not in cut)
+        gone, per_dim = list(plain), []
+        for d, sizes in grid:
+            per_dim.append((d - sum(g < d for g in gone), sizes, d in dims))
+            if d in dims:
+                gone.append(d)
+        steps = (plain, tuple(per_dim))
+        if len(_STEPS) >= 4096:
+            _STEPS.clear()
+        _STEPS[grid, dims] = steps
+    return steps
 
 
 def _ref(x):
@@ -881,7 +905,7 @@ def average(*xs: torch.Tensor) -> torch.Tensor:
     >>> average(torch.ones(2), torch.zeros(2)).tolist()
     [0.5, 0.5]
     """
-    return torch.stack([_ref(x) for x in xs], 0).mean(0)
+    return torch.stack([x[0][x[1]] if type(x) is tuple else x for x in xs], 0).mean(0)
 
 
 def total(*xs: torch.Tensor) -> torch.Tensor:
@@ -890,7 +914,7 @@ def total(*xs: torch.Tensor) -> torch.Tensor:
     >>> total(torch.ones(2), torch.ones(2)).tolist()
     [2.0, 2.0]
     """
-    return torch.stack([_ref(x) for x in xs], 0).sum(0)
+    return torch.stack([x[0][x[1]] if type(x) is tuple else x for x in xs], 0).sum(0)
 
 
 def stack_cat(rows: tuple) -> torch.Tensor:
