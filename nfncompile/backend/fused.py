@@ -623,19 +623,26 @@ def grid_regions(grid: tuple) -> list:
     return regions
 
 
-_REGIONS: dict = {}  # grid -> its regions: one grid per composite tensor, asked every step
+def _remembered(cache: dict, key, make):
+    """``cache[key]``, made by ``make()`` on first use; a cache holds at most 4,096 entries (a
+    plain dict, not ``functools.lru_cache``: dynamo warns about that wrapper). For what a
+    layer asks every step: one per composite tensor or grid."""
+    value = cache.get(key)
+    if value is None:
+        value = make()
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[key] = value
+    return value
+
+
+_REGIONS: dict = {}  # grid -> its regions
 
 
 def _cached_regions(grid: tuple) -> list:
-    """:func:`grid_regions`, remembered (a dict, not ``functools.lru_cache``: dynamo warns
-    about that wrapper, and the compiled path calls :func:`grid_regions` itself)."""
-    regions = _REGIONS.get(grid)
-    if regions is None:
-        regions = grid_regions(grid)
-        if len(_REGIONS) >= 4096:
-            _REGIONS.clear()
-        _REGIONS[grid] = regions
-    return regions
+    """:func:`grid_regions`, remembered (the compiled path calls :func:`grid_regions`
+    itself)."""
+    return _remembered(_REGIONS, grid, lambda: grid_regions(grid))
 
 
 def region_shape(index: tuple, shape: tuple) -> tuple:
@@ -814,24 +821,20 @@ def packed_tensor_sum(
     return _tensor_sum(x, weight, args.placed(refs), args.grid, args.layout, args.channels)
 
 
-_SEGMENTS: dict = {}  # (sizes, dtype, device) -> its averaging matrix, asked every step
+_SEGMENTS: dict = {}  # (sizes, dtype, device) -> its averaging matrix
 
 
 def _segment_matrix(sizes: tuple, dtype, device) -> torch.Tensor:
     """The ``(len(sizes), sum(sizes))`` matrix whose row ``i`` is ``1 / sizes[i]`` on segment
     ``i`` and 0 elsewhere (left-multiplied, it averages each segment), remembered."""
-    key = (sizes, dtype, device)
-    m = _SEGMENTS.get(key)
-    if m is None:
+
+    def make() -> torch.Tensor:
         m = torch.zeros(len(sizes), sum(sizes), dtype=dtype, device=device)
-        start = 0
-        for i, n in enumerate(sizes):
+        for i, (start, n) in enumerate(zip(itertools.accumulate(sizes, initial=0), sizes)):
             m[i, start : start + n] = 1.0 / n
-            start += n
-        if len(_SEGMENTS) >= 4096:
-            _SEGMENTS.clear()
-        _SEGMENTS[key] = m
-    return m
+        return m
+
+    return _remembered(_SEGMENTS, (sizes, dtype, device), make)
 
 
 def grid_means(x: torch.Tensor, grid: tuple, dims: tuple) -> tuple:
@@ -870,15 +873,15 @@ def grid_means(x: torch.Tensor, grid: tuple, dims: tuple) -> tuple:
     return tuple(parts)
 
 
-_STEPS: dict = {}  # (grid, dims) -> grid_means' steps, asked every step
+_STEPS: dict = {}  # (grid, dims) -> grid_means' steps
 
 
 def _grid_steps(grid: tuple, dims: tuple) -> tuple:
     """For :func:`grid_means`: the dims no tile cuts (averaged first), and per cut dim its
     index once those and the cut dims before it are reduced away, its sizes, and whether it
     is averaged (else split); remembered."""
-    steps = _STEPS.get((grid, dims))
-    if steps is None:
+
+    def make() -> tuple:
         cut = dict(grid)
         plain = tuple(d for d in dims if d not in cut)
         gone, per_dim = list(plain), []
@@ -886,11 +889,9 @@ def _grid_steps(grid: tuple, dims: tuple) -> tuple:
             per_dim.append((d - sum(g < d for g in gone), sizes, d in dims))
             if d in dims:
                 gone.append(d)
-        steps = (plain, tuple(per_dim))
-        if len(_STEPS) >= 4096:
-            _STEPS.clear()
-        _STEPS[grid, dims] = steps
-    return steps
+        return plain, tuple(per_dim)
+
+    return _remembered(_STEPS, (grid, dims), make)
 
 
 def _ref(x):
