@@ -314,3 +314,59 @@ def test_composite_tensors_on_a_grid_are_their_tiles(kind, mode, basis, monkeypa
     (y1, g1), (y2, g2) = _run(whole, xs), _run(tiles, xs)
     torch.testing.assert_close(y1, y2)
     torch.testing.assert_close(g1, g2)
+
+
+def _two_cut_spec():
+    """Two concatenations meeting in one weight: ``mix.weight`` is cut along both axes (its
+    rows the pieces ``c``, ``d``, its columns ``a``, ``b``), one of them square on a space
+    (``ab``: rows and columns ``a`` and ``b`` again, whose diagonal tiles keep their own
+    path), and kernel dims folded into the channels."""
+    from tests.backend.specs import make_spec
+
+    return make_spec(
+        {
+            "in": (2, "input"),
+            "a": (3, "hidden"),
+            "b": (2, "hidden"),
+            "c": (2, "hidden"),
+            "d": (3, "hidden"),
+            "out": (2, "output"),
+        },
+        {
+            "la.weight": {"shape": [3, 2], "axes": ["a", "in"]},
+            "lb.weight": {"shape": [2, 2], "axes": ["b", "in"]},
+            "mix.weight": {"shape": [5, 5, 3], "axes": [["c", "d"], ["a", "b"], None]},
+            "ab.weight": {"shape": [5, 5], "axes": [["a", "b"], ["a", "b"]]},
+            "head.weight": {"shape": [2, 5], "axes": ["out", ["c", "d"]]},
+        },
+    )
+
+
+@pytest.mark.parametrize("basis", BASES)
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+def test_a_grid_cut_along_two_dims_is_its_tiles(mode, basis, monkeypatch):
+    """A tensor cut along both of its dims (a grid of 2 x 2 tiles, views from a split per
+    level) and a square one (diagonal tiles among them): their means from
+    ``fused.grid_means`` over the whole tensor, the same map (values and gradients, float64)
+    as each tile read on its own."""
+    from nfncompile.backend import codegen, fused
+
+    plan = build_plan(_two_cut_spec(), mode, 2, 3, basis=basis)
+    whole = generate(plan).double()
+    grids = [n.args[1] for n in whole.graph.nodes if n.target is fused.grid_means]
+    assert any(len(g) == 2 for g in grids), grids  # both dims of mix.weight
+    monkeypatch.setattr(codegen, "_grid", lambda tiles: None)
+    tiles = generate(plan).double()
+    assert not any(n.target is fused.grid_means for n in tiles.graph.nodes)
+    gen = torch.Generator().manual_seed(3)
+    for p in tiles.parameters():
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    whole.load_state_dict(tiles.state_dict())
+    xs = [
+        torch.randn(2, 2, *plan.spec[n].shape, generator=gen, dtype=torch.float64).requires_grad_()
+        for n in plan.spec.names
+    ]
+    (y1, g1), (y2, g2) = _run(whole, xs), _run(tiles, xs)
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(g1, g2)
