@@ -157,6 +157,26 @@ def _run(gm: fx.GraphModule, xs: list) -> tuple:
     return ys, torch.autograd.grad(ys, xs + params, seeds)
 
 
+def _same_weights(gm: fx.GraphModule, other: fx.GraphModule, plan, seed: int) -> list:
+    """Random weights for ``gm`` (float64), loaded into ``other`` too; random features."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in gm.parameters():
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    other.load_state_dict(gm.state_dict())
+    return [
+        torch.randn(2, 2, *plan.spec[n].shape, generator=gen, dtype=torch.float64).requires_grad_()
+        for n in plan.spec.names
+    ]
+
+
+def _assert_same_map(a: fx.GraphModule, b: fx.GraphModule, xs: list) -> None:
+    """Values and every gradient (features and weights) equal."""
+    (y1, g1), (y2, g2) = _run(a, xs), _run(b, xs)
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(g1, g2)
+
+
 @pytest.mark.parametrize("mode", ["np", "hnp"])
 def test_local_terms_by_kind_are_the_dense_grid(mode, monkeypatch):
     """Linear basis: a layer whose composite tensors repeat kinds mixes its local terms as
@@ -245,25 +265,15 @@ def test_a_tiles_means_in_one_pass_are_its_means(name, basis, monkeypatch):
         if r.source is not None and plan.reductions[r.source].tile.param not in on_grid
     )
     assert len(calls) == sum(1 for n in per_source.values() if n > 1) > 0
-    gen = torch.Generator().manual_seed(0)
-    for p in separate.parameters():
-        with torch.no_grad():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    joint.load_state_dict(separate.state_dict())
-    xs = [
-        torch.randn(2, 2, *plan.spec[n].shape, generator=gen, dtype=torch.float64).requires_grad_()
-        for n in plan.spec.names
-    ]
+    xs = _same_weights(separate, joint, plan, 0)
     monkeypatch.setattr(fused, "FUSE_MIN", 0)
     monkeypatch.setattr(fused, "CHUNK_MIN", 1)
     monkeypatch.setattr(fused, "CHUNK_BYTES", 64)
     passes = []
     chunked = fused._chunked_sums
     monkeypatch.setattr(fused, "_chunked_sums", lambda *a: passes.append(1) or chunked(*a))
-    (y1, g1), (y2, g2) = _run(joint, xs), _run(separate, xs)
+    _assert_same_map(joint, separate, xs)
     assert len(passes) >= len(calls)  # the chunked path ran
-    torch.testing.assert_close(y1, y2)
-    torch.testing.assert_close(g1, g2)
 
 
 @pytest.mark.parametrize("basis", BASES)
@@ -302,18 +312,7 @@ def test_composite_tensors_on_a_grid_are_their_tiles(kind, mode, basis, monkeypa
     monkeypatch.setattr(codegen, "_grid", lambda tiles: None)
     tiles = generate(plan).double()
     assert count(tiles, fused.packed_tensor_sum) == 0
-    gen = torch.Generator().manual_seed(0)
-    for p in tiles.parameters():
-        with torch.no_grad():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    whole.load_state_dict(tiles.state_dict())
-    xs = [
-        torch.randn(2, 2, *plan.spec[n].shape, generator=gen, dtype=torch.float64).requires_grad_()
-        for n in plan.spec.names
-    ]
-    (y1, g1), (y2, g2) = _run(whole, xs), _run(tiles, xs)
-    torch.testing.assert_close(y1, y2)
-    torch.testing.assert_close(g1, g2)
+    _assert_same_map(whole, tiles, _same_weights(tiles, whole, plan, 0))
 
 
 def _two_cut_spec():
@@ -358,15 +357,4 @@ def test_a_grid_cut_along_two_dims_is_its_tiles(mode, basis, monkeypatch):
     monkeypatch.setattr(codegen, "_grid", lambda tiles: None)
     tiles = generate(plan).double()
     assert not any(n.target is fused.grid_means for n in tiles.graph.nodes)
-    gen = torch.Generator().manual_seed(3)
-    for p in tiles.parameters():
-        with torch.no_grad():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    whole.load_state_dict(tiles.state_dict())
-    xs = [
-        torch.randn(2, 2, *plan.spec[n].shape, generator=gen, dtype=torch.float64).requires_grad_()
-        for n in plan.spec.names
-    ]
-    (y1, g1), (y2, g2) = _run(whole, xs), _run(tiles, xs)
-    torch.testing.assert_close(y1, y2)
-    torch.testing.assert_close(g1, g2)
+    _assert_same_map(whole, tiles, _same_weights(tiles, whole, plan, 3))
