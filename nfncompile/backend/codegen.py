@@ -489,8 +489,6 @@ def generate(
             n_delta += 1
             shp = tuple(max(a, d) for a, d in zip(shp, dshape))
         group = (parts, place_shape, perm, bias, tuple(deltas))
-        while group[-1] in (None, ()) and len(group) > 1:  # defaults left out of the code
-            group = group[:-1]
         out_values.setdefault(q, []).append(("value", (group, shp)))
 
     # ---- sum into tiles (smallest first, the pointwise GEMM last), back to (B, C_out, ...) ---
@@ -524,10 +522,10 @@ def generate(
         gemms = [gi for kind, gi in out_values.get(q, []) if kind == "gemm"]
         vals.sort(key=lambda v: math.prod(v[1]))
         layout = _layout_out(q, q.dim_shape, c_out)
-        groups = tuple(g for g, _ in vals)
-        if q.param in summed:
-            summed[q.param][1].append(groups)
+        if q.param in summed:  # (packed for the module: every field of every group)
+            summed[q.param][1].append(tuple(g for g, _ in vals))
             continue
+        groups = tuple(_trimmed(g) for g, _ in vals)  # as they are written into the code
         name = f"{_tag(q)}_native"
         if gemms:  # the broadcasts' sum written once, the GEMM added in place
             acc = None
@@ -558,7 +556,7 @@ def generate(
         tile_out[q] = acc
 
     outputs = []
-    packed_sums: list = []
+    n_sums = 0
     for pname, ident in zip(spec.names, names):
         p = spec[pname]
         tiles = [t for _, t in tiles_of[pname]]
@@ -571,8 +569,7 @@ def generate(
             # the tensors in the code, the rest of the arguments on the module
             refs, packed = _pack(groups)
             channels = c_out * tiles[0].fixed_size if w is None else None
-            name = f"sums{len(packed_sums)}"
-            packed_sums.append(name)
+            name, n_sums = f"sums{n_sums}", n_sums + 1
             setattr(root, name, TensorSumArgs(packed, grid, layout or None, channels))
             args = (x_whole, w, refs, b.graph.get_attr(name))
             node = b.call(packed_tensor_sum, args, (c_out, *shape), f"{ident}_native")
@@ -655,6 +652,13 @@ class _GridViews:
                     self.b.graph.erase_node(part)
 
 
+def _trimmed(group: tuple) -> tuple:
+    """A group as :func:`~.fused.place` takes it, its trailing defaults left out of the code."""
+    while group[-1] in (None, ()) and len(group) > 1:
+        group = group[:-1]
+    return group
+
+
 def _pack(tiles: list) -> tuple:
     """The tensors (nodes) in a composite tensor's tile groups, each once, and the groups
     with each replaced by its position (the form :class:`~.fused.TensorSumArgs` keeps)."""
@@ -666,9 +670,7 @@ def _pack(tiles: list) -> tuple:
     packed = []
     for groups in tiles:
         tile = []
-        for group in groups:
-            # (place's trailing defaults were left out of the group)
-            parts, shape, perm, bias, deltas = (*group, *(None, None, None, None, ())[len(group) :])
+        for parts, shape, perm, bias, deltas in groups:
             tile.append(
                 (
                     tuple(

@@ -87,6 +87,12 @@ def _needs_grad(x: torch.Tensor) -> bool:
     return x.requires_grad and torch.is_grad_enabled()
 
 
+def _ref(x):
+    """A tensor argument of the generated code: a tensor, or ``(tuple, index)`` (entry
+    ``index`` of the tuple a call such as :func:`grid_means` returned)."""
+    return x[0][x[1]] if type(x) is tuple else x
+
+
 def _memory_order(x: torch.Tensor) -> list:
     """The dims of ``x`` from the outermost in memory to the innermost."""
     return sorted(range(x.dim()), key=lambda d: -x.stride(d))
@@ -247,8 +253,8 @@ def channel_mix(weight: torch.Tensor, x: torch.Tensor, *more: torch.Tensor) -> t
     [[3.0], [3.0]]
     """
     x = _ref(x)
-    if more:  # (the references read inline: a call each cost more than the read)
-        x = torch.cat([x, *[m[0][m[1]] if type(m) is tuple else m for m in more]], -1)
+    if more:
+        x = torch.cat([x, *[_ref(m) for m in more]], -1)
     if x.dim() > 2 and x.stride(-1) != 1:
         if x.is_cuda:
             first = x.movedim(-1, 1)
@@ -523,7 +529,7 @@ def place(
     """
     y = None
     for part in parts:
-        v = part if isinstance(part, torch.Tensor) else part[0][part[1]]
+        v = _ref(part)
         y = v if y is None else y + v
     if y is not None and perm is not None:
         y = y.permute(0, *(1 + p for p in perm), len(perm) + 1)
@@ -894,19 +900,13 @@ def _grid_steps(grid: tuple, dims: tuple) -> tuple:
     return _remembered(_STEPS, (grid, dims), make)
 
 
-def _ref(x):
-    """A tensor argument of the generated code: a tensor, or ``(tuple, index)`` (entry
-    ``index`` of the tuple a call such as :func:`grid_means` returned)."""
-    return x[0][x[1]] if type(x) is tuple else x
-
-
 def average(*xs: torch.Tensor) -> torch.Tensor:
     """The mean of same-shape tensors (stacked, then averaged); each as :func:`_ref` reads it.
 
     >>> average(torch.ones(2), torch.zeros(2)).tolist()
     [0.5, 0.5]
     """
-    return torch.stack([x[0][x[1]] if type(x) is tuple else x for x in xs], 0).mean(0)
+    return torch.stack([_ref(x) for x in xs], 0).mean(0)
 
 
 def total(*xs: torch.Tensor) -> torch.Tensor:
@@ -915,7 +915,7 @@ def total(*xs: torch.Tensor) -> torch.Tensor:
     >>> total(torch.ones(2), torch.ones(2)).tolist()
     [2.0, 2.0]
     """
-    return torch.stack([x[0][x[1]] if type(x) is tuple else x for x in xs], 0).sum(0)
+    return torch.stack([_ref(x) for x in xs], 0).sum(0)
 
 
 def stack_cat(rows: tuple) -> torch.Tensor:
