@@ -183,6 +183,49 @@ class _Builder:
         return self.call(operator.add, (a, b), shape, name)
 
 
+def _extends(last, x) -> bool:
+    """Whether reference ``x``, ``(node, i)``, is the entry after reference or run ``last``."""
+    return (
+        type(last) is tuple
+        and type(x) is tuple
+        and len(x) == 2
+        and len(last) in (2, 3)
+        and last[0] is x[0]
+        and type(last[1]) is int
+        and last[-1] + (len(last) == 2) == x[1]
+    )
+
+
+def _runs(xs) -> tuple:
+    """A variadic argument's references with each run of consecutive entries of one tuple,
+    ``(node, i), (node, i + 1), ...``, written as one ``(node, i, stop)`` (see
+    :func:`~.fused._refs`): a concatenation's tiles are read in order, and DenseNet-201's code
+    named 8,500 such entries one by one."""
+    out: list = []
+    for x in xs:
+        if out and _extends(out[-1], x):
+            out[-1] = (x[0], out[-1][1], x[1] + 1)
+        else:
+            out.append(x)
+    return tuple(out)
+
+
+def _row_runs(rows: tuple) -> tuple:
+    """:func:`~.fused.stack_cat` 's rows, each row's references in runs (:func:`_runs`) and
+    consecutive rows of one entry each, ``((node, i),), ((node, i + 1),), ...``, as one run
+    of rows ``(node, i, stop)``."""
+    out: list = []
+    for r in rows:
+        last = out[-1] if out else None
+        if last is not None and len(last) == 1:  # the row before: one entry
+            last = last[0]
+        if len(r) == 1 and _extends(last, r[0]):
+            out[-1] = (r[0][0], last[1], r[0][1] + 1)
+        else:
+            out.append(_runs(r))
+    return tuple(out)
+
+
 def _key(tile: TileRef) -> tuple:
     """A tile's identity, cheap to compare: its parameter and its index among that one's."""
     return tile.param, tile.index
@@ -441,7 +484,7 @@ def generate(
             if len(mix.groups) == 1 and _is_full(plan, mix.groups[0]):
                 pointwise[mix.groups[0]] = (w, pieces)
                 continue
-            y = b.call(channel_mix, (w, *pieces), (*kept, mix.out_channels), f"mix{mi}_out")
+            y = b.call(channel_mix, (w, *_runs(pieces)), (*kept, mix.out_channels), f"mix{mi}_out")
             sizes = [plan.groups[g].channels for g in mix.groups]
             for g, part in zip(mix.groups, _parts(b, y, sizes, f"mix{mi}")):
                 group_values[g] = (part,)
@@ -868,10 +911,12 @@ class _Relations:
         sums = []
         for k, ck in enumerate(cc):
             xs = tuple(pieces[loc.cols[c]] for c in range(len(ckind)) if ckind[c] == ck)
-            sums.append(xs[0] if len(xs) == 1 else b.call(total, xs, None, f"m{mi}_l{li}_k{k}"))
+            sums.append(
+                xs[0] if len(xs) == 1 else b.call(total, _runs(xs), None, f"m{mi}_l{li}_k{k}")
+            )
         w = self.assembled(tuple(tuple(module[rk, ck] for ck in cc) for rk in rc), f"m{mi}_l{li}_w")
         ch = {rk: plan.groups[mix.groups[loc.groups[rkind.index(rk)]]].channels for rk in rc}
-        y = b.call(channel_mix, (w, *sums), (*kept, sum(ch.values())), f"m{mi}_l{li}_out")
+        y = b.call(channel_mix, (w, *_runs(sums)), (*kept, sum(ch.values())), f"m{mi}_l{li}_out")
         per_kind = dict(zip(rc, _parts(b, y, list(ch.values()), f"m{mi}_l{li}")))
         # each row's own tile: self - module, one GEMM per pattern of rows
         patterns: dict = {}
@@ -891,10 +936,10 @@ class _Relations:
             rows = tuple(tuple(pieces[loc.cols[c]] for c in own) for _, own in members)
             tag = f"m{mi}_l{li}_d{p}"
             if len(rows) == 1:
-                d = b.call(channel_mix, (dw, *rows[0]), None, f"{tag}_out")
+                d = b.call(channel_mix, (dw, *_runs(rows[0])), None, f"{tag}_out")
                 values[members[0][0]].append(d)
                 continue
-            x = b.call(stack_cat, (rows,), None, f"{tag}_x")
+            x = b.call(stack_cat, (_row_runs(rows),), None, f"{tag}_x")
             d = b.call(channel_mix, (dw, x), None, f"{tag}_out")
             d = b.call(torch.unbind, (d, 0), None, f"{tag}_rows")  # one stack in the backward
             for n, (i, _) in enumerate(members):
@@ -921,7 +966,7 @@ def _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise) -> No
             pointwise[mix.groups[loc.groups[0]]] = (w, xs)
             continue
         sizes = [plan.groups[mix.groups[i]].channels for i in loc.groups]
-        y = b.call(channel_mix, (w, *xs), (*kept, sum(sizes)), f"m{mi}_l{li}_out")
+        y = b.call(channel_mix, (w, *_runs(xs)), (*kept, sum(sizes)), f"m{mi}_l{li}_out")
         for i, part in zip(loc.groups, _parts(b, y, sizes, f"m{mi}_l{li}")):
             values.setdefault(i, []).append(part)
     if sh is None:
@@ -933,20 +978,23 @@ def _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise) -> No
     aggs = []
     for k, cols in enumerate(sh.col_kinds):
         xs = [pieces[j] for j in cols]
-        aggs.append(xs[0] if len(xs) == 1 else b.call(average, tuple(xs), None, f"m{mi}_k{k}"))
+        aggs.append(xs[0] if len(xs) == 1 else b.call(average, _runs(xs), None, f"m{mi}_k{k}"))
     rep = [sh.row_kinds.index(k) for k in range(max(sh.row_kinds) + 1)]
     sizes = [plan.groups[mix.groups[i]].channels for i in rep]
     if mix.key:
         y = b.call(
             channel_mix,
-            (weight(sh.weights, f"m{mi}_w"), *aggs),
+            (weight(sh.weights, f"m{mi}_w"), *_runs(aggs)),
             (*kept, sum(sizes)),
             f"m{mi}_shared",
         )
     else:  # the invariant channel
         into, out = sh.weights
         v = b.call(
-            channel_mix, (weight([into], f"m{mi}_inv_in"), *aggs), (plan.width,), f"m{mi}_inv"
+            channel_mix,
+            (weight([into], f"m{mi}_inv_in"), *_runs(aggs)),
+            (plan.width,),
+            f"m{mi}_inv",
         )
         w_out = weight([[r] for r in out], f"m{mi}_inv_out")
         y = b.call(channel_mix, (w_out, v), (sum(sizes),), f"m{mi}_shared")

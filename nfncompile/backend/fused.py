@@ -93,6 +93,26 @@ def _ref(x):
     return x[0][x[1]] if type(x) is tuple else x
 
 
+def _refs(xs) -> list:
+    """The tensors of a variadic argument of the generated code: each entry as :func:`_ref`
+    reads it, or a *run* ``(tuple, start, stop)`` standing for the entries ``start`` to
+    ``stop - 1`` of one tuple (the code names a tuple once for a run of its entries).
+
+    >>> parts = torch.ones(4).split(1)
+    >>> len(_refs((torch.zeros(1), (parts, 0, 3), (parts, 3))))
+    5
+    """
+    out = []
+    for x in xs:
+        if type(x) is not tuple:
+            out.append(x)
+        elif len(x) == 2:
+            out.append(x[0][x[1]])
+        else:
+            out.extend(x[0][x[1] : x[2]])
+    return out
+
+
 def _memory_order(x: torch.Tensor) -> list:
     """The dims of ``x`` from the outermost in memory to the innermost."""
     return sorted(range(x.dim()), key=lambda d: -x.stride(d))
@@ -252,9 +272,11 @@ def channel_mix(weight: torch.Tensor, x: torch.Tensor, *more: torch.Tensor) -> t
     >>> channel_mix(torch.ones(1, 3), torch.ones(2, 1), torch.ones(2, 2)).tolist()
     [[3.0], [3.0]]
     """
-    x = _ref(x)
-    if more:
-        x = torch.cat([x, *[_ref(m) for m in more]], -1)
+    if more or (type(x) is tuple and len(x) == 3):
+        xs = _refs((x, *more))
+        x = xs[0] if len(xs) == 1 else torch.cat(xs, -1)
+    else:
+        x = _ref(x)
     if x.dim() > 2 and x.stride(-1) != 1:
         if x.is_cuda:
             first = x.movedim(-1, 1)
@@ -901,33 +923,41 @@ def _grid_steps(grid: tuple, dims: tuple) -> tuple:
 
 
 def average(*xs: torch.Tensor) -> torch.Tensor:
-    """The mean of same-shape tensors (stacked, then averaged); each as :func:`_ref` reads it.
+    """The mean of same-shape tensors (stacked, then averaged), as :func:`_refs` reads them.
 
     >>> average(torch.ones(2), torch.zeros(2)).tolist()
     [0.5, 0.5]
     """
-    return torch.stack([_ref(x) for x in xs], 0).mean(0)
+    return torch.stack(_refs(xs), 0).mean(0)
 
 
 def total(*xs: torch.Tensor) -> torch.Tensor:
-    """The sum of same-shape tensors (stacked, then summed); each as :func:`_ref` reads it.
+    """The sum of same-shape tensors (stacked, then summed), as :func:`_refs` reads them.
 
     >>> total(torch.ones(2), torch.ones(2)).tolist()
     [2.0, 2.0]
     """
-    return torch.stack([_ref(x) for x in xs], 0).sum(0)
+    return torch.stack(_refs(xs), 0).sum(0)
 
 
 def stack_cat(rows: tuple) -> torch.Tensor:
     """Each row's tensors concatenated along channels (last dim), the rows stacked on a new
-    leading dim; each tensor as :func:`_ref` reads it.
+    leading dim; a row's tensors as :func:`_refs` reads them, and a row that is a run
+    ``(tuple, start, stop)`` one row per entry (rows of one tensor each, named once).
 
     >>> stack_cat(((torch.ones(2, 1), torch.zeros(2, 2)), (torch.ones(2, 3),))).shape
     torch.Size([2, 2, 3])
+    >>> stack_cat(((torch.ones(4, 3).unbind(0), 0, 4),)).shape
+    torch.Size([4, 3])
     """
-    return torch.stack(
-        [_ref(r[0]) if len(r) == 1 else torch.cat([_ref(x) for x in r], -1) for r in rows], 0
-    )
+    out = []
+    for r in rows:
+        if len(r) == 3 and type(r[1]) is int:  # a run of rows
+            out.extend(r[0][r[1] : r[2]])
+        else:
+            xs = _refs(r)
+            out.append(xs[0] if len(xs) == 1 else torch.cat(xs, -1))
+    return torch.stack(out, 0)
 
 
 def blocks(grid: tuple) -> torch.Tensor:

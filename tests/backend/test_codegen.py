@@ -315,6 +315,27 @@ def test_composite_tensors_on_a_grid_are_their_tiles(kind, mode, basis, monkeypa
     _assert_same_map(whole, tiles, _same_weights(tiles, whole, plan, 0))
 
 
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+def test_runs_of_a_tuples_entries_are_named_once(mode, monkeypatch):
+    """Linear basis, a dense block: a variadic call reads consecutive entries of one tuple as
+    one run ``(tuple, start, stop)`` (no ``(x, i), (x, i + 1)`` left in the code), and the
+    layer is the same map, values and gradients (float64), as with every entry named."""
+    import re
+
+    from nfncompile.backend import codegen
+
+    plan = build_plan(_dense_block(5), mode, 2, 3, basis="linear")
+    runs = generate(plan).double()
+    named = re.findall(r"\((\w+), (\d+)\), \((\w+), (\d+)\)", runs.code)
+    assert not [m for m in named if m[0] == m[2] and int(m[1]) + 1 == int(m[3])]
+    assert re.search(r"\(\w+, \d+, \d+\)", runs.code)  # the dense block has runs
+    monkeypatch.setattr(codegen, "_runs", tuple)
+    monkeypatch.setattr(codegen, "_row_runs", lambda rows: rows)
+    one_by_one = generate(plan).double()
+    assert len(one_by_one.code) > len(runs.code)
+    _assert_same_map(runs, one_by_one, _same_weights(one_by_one, runs, plan, 0))
+
+
 def _two_cut_spec():
     """Two concatenations meeting in one weight: ``mix.weight`` is cut along both axes (its
     rows the pieces ``c``, ``d``, its columns ``a``, ``b``), one of them square on a space

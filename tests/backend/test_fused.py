@@ -109,6 +109,33 @@ def test_channel_mix_is_a_gemm(layout, b):
     torch.testing.assert_close(_grads(got, [x, w], seed), _grads(want, [x, w], seed))
 
 
+def test_runs_read_as_their_entries():
+    """A run ``(tuple, start, stop)`` in a variadic argument is its entries in order: the
+    channel mix, stack, sum and mean of a run equal those of the entries named one by one."""
+    gen = torch.Generator().manual_seed(3)
+    parts = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64).unbind(-1)
+    x = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    w = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    named = [(parts, i) for i in range(1, 4)]
+    run = (parts, 1, 4)
+    assert [float(t.sum()) for t in fused._refs((x, run, (parts, 4)))] == [
+        float(t.sum()) for t in (x, *parts[1:])
+    ]
+    cols = tuple(p.unsqueeze(-1) for p in parts)  # one channel each
+    want = x.unsqueeze(-1) @ w[:, :1].t() + torch.stack(parts[1:], -1) @ w[:, 1:].t()
+    torch.testing.assert_close(channel_mix(w, x.unsqueeze(-1), (cols, 1, 5)), want)
+    torch.testing.assert_close(fused.total(run), fused.total(*named))
+    torch.testing.assert_close(fused.average(x, run), fused.average(x, *named))
+    torch.testing.assert_close(
+        fused.stack_cat((run, ((parts, 0),))),
+        fused.stack_cat(((named[0],), (named[1],), (named[2],), ((parts, 0),))),
+    )
+    rows = fused.stack_cat((run,))
+    torch.testing.assert_close(rows, torch.stack(parts[1:4], 0))
+    mixed = channel_mix(w[:, :3], (cols, 1, 4))  # a run as the mix's only argument
+    torch.testing.assert_close(mixed, torch.stack(parts[1:4], -1) @ w[:, :3].t())
+
+
 #: broadcast contributions to a (b, 3, 4, 6) output tile, smallest first, as the code generator
 #: passes them: shapes with 1 where a value is broadcast (b stands for the batch size)
 VALUES = {
