@@ -98,7 +98,6 @@ from .fused import (
     total,
 )
 from .plan import Plan
-from .relations import side_kind
 from .tiles import TileRef
 
 __all__ = ["generate", "placeholder_names"]
@@ -852,21 +851,7 @@ class _Relations:
     def __init__(self, b: _Builder, plan: Plan, assembled, relation) -> None:
         self.b, self.plan = b, plan
         self.assembled, self.relation = assembled, relation
-        self.side_group = {g.side: gi for gi, g in enumerate(plan.groups)}
         self.diffs: dict = {}  # (self relation, module relation) -> node
-        self._kinds: dict = {}
-
-    def kinds(self, mi: int) -> tuple:
-        """The kind (the side's kind and linked-class order) of each column and each row of
-        mix ``mi``, as the plan named its relations."""
-        if mi not in self._kinds:
-            c = self.plan.couplings[mi]
-            rows = sorted(c.rows, key=lambda r: self.side_group[r[0]])
-            self._kinds[mi] = (
-                [(side_kind(s), o) for s, o in c.cols],
-                [(side_kind(s), o) for s, o in rows],
-            )
-        return self._kinds[mi]
 
     def diff(self, s: int, m: int):
         """The node of relation ``s`` minus relation ``m`` (built once)."""
@@ -884,28 +869,16 @@ class _Relations:
         loc = mix.local[li]
         if len(loc.cols) < 2 or len(loc.groups) < 2:
             return False
-        col_kind, row_kind = self.kinds(mi)
-        ckind = [col_kind[j] for j in loc.cols]
-        rkind = [row_kind[i] for i in loc.groups]
+        ckind, rkind = loc.col_kinds, loc.row_kinds  # numbered per mix, as the plan named them
         cc, rc = list(dict.fromkeys(ckind)), list(dict.fromkeys(rkind))
         if len(cc) == len(ckind) and len(rc) == len(rkind):
             return False
-        # tiles by (parameter, index): comparing the dataclasses field by field made this loop
-        # and the one below most of a large layer's build
-        ctile = [_key(plan.reductions[mix.inputs[j][0]].tile) for j in loc.cols]
-        rtile = [_key(plan.groups[mix.groups[i]].tile) for i in loc.groups]
         cols_of: dict = {}
-        for c, t in enumerate(ctile):
+        for c, t in enumerate(loc.col_tiles):
             cols_of.setdefault(t, []).append(c)
-        # the module relation of each (row kind, column kind): any pair of different tiles
-        module: dict = {}
-        for a, rk in enumerate(rkind):
-            for c, ck in enumerate(ckind):
-                if (rk, ck) not in module and ctile[c] != rtile[a]:
-                    module[rk, ck] = loc.weights[a][c]
-            if len(module) == len(rc) * len(cc):
-                break
-        if len(module) != len(rc) * len(cc):
+        # the module relation of each (row kind, column kind): a pair of different tiles
+        module = {(rk, ck): loc.lookup.get(("module", ck, rk)) for rk in rc for ck in cc}
+        if None in module.values():
             return False  # a kind pair met only within one tile: the dense grid
         kept = mix.kept_shape
         sums = []
@@ -923,9 +896,9 @@ class _Relations:
         for a, rk in enumerate(rkind):
             i = loc.groups[a]
             values.setdefault(i, []).append(per_kind[rk])
-            own = cols_of.get(rtile[a], [])
+            own = cols_of.get(loc.row_tiles[a], [])
             if own:
-                pat = (rk, tuple((ckind[c], loc.weights[a][c]) for c in own))
+                pat = (rk, tuple((ckind[c], loc.lookup["self", ckind[c], rk]) for c in own))
                 patterns.setdefault(pat, []).append((i, own))
         for p, ((rk, own_kinds), members) in enumerate(patterns.items()):
             line = tuple(self.diff(r, module[rk, ck]) for ck, r in own_kinds)

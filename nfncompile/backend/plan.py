@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..spec import WeightSpaceSpec, axis_pieces
 from .basis import Coupling, Side, couplings, tile_sides
@@ -163,15 +164,48 @@ class Group:
 class Local:
     """Linear basis: the terms between the tiles of one layer in one mix.
 
-    ``weights[i][j]`` is the relation (index into ``Plan.relations``) of the term from the mix's
-    column ``cols[j]`` to its group ``groups[i]`` (positions in ``Mix.inputs`` and
-    ``Mix.groups``).
+    The term from the mix's column ``cols[j]`` to its group ``groups[i]`` (positions in
+    ``Mix.inputs`` and ``Mix.groups``) has the relation (index into ``Plan.relations``)
+    ``table[role, col_kinds[j], row_kinds[i]]``: role ``"self"`` when the two are one tile
+    (``col_tiles[j] == row_tiles[i]``), else ``"module"``. Kinds and tiles are numbered per
+    mix. A layer that reads the concatenation of ``k`` earlier outputs has ``k`` tiles of a
+    kind on each side: its ``k**2`` terms are a few relations, kept as such (:attr:`weights`
+    writes out the grid).
     """
 
     module: str
     cols: tuple
     groups: tuple
-    weights: tuple
+    col_kinds: tuple
+    row_kinds: tuple
+    col_tiles: tuple
+    row_tiles: tuple
+    #: ``((role, column kind, row kind), relation)`` for every pair of kinds that meets
+    table: tuple
+    #: per row: its distinct relations in the order of its first column with each
+    row_relations: tuple
+
+    @cached_property
+    def lookup(self) -> dict:
+        """:attr:`table` as a dict."""
+        return dict(self.table)
+
+    def relation(self, i: int, j: int) -> int:
+        """The relation of the term from column ``j`` to row ``i``."""
+        role = "self" if self.col_tiles[j] == self.row_tiles[i] else "module"
+        return self.lookup[role, self.col_kinds[j], self.row_kinds[i]]
+
+    @property
+    def weights(self) -> tuple:
+        """``weights[i][j]``: the relation of the term from column ``j`` to row ``i``."""
+        table = self.lookup
+        return tuple(
+            tuple(
+                table["self" if ct == rt else "module", ck, rk]
+                for ck, ct in zip(self.col_kinds, self.col_tiles)
+            )
+            for rk, rt in zip(self.row_kinds, self.row_tiles)
+        )
 
 
 @dataclass(frozen=True)
@@ -539,26 +573,65 @@ def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool) -> t
     rk_index: dict = {}
     col_id = [ck_index.setdefault(k, len(ck_index)) for k in col_kind]
     row_id = [rk_index.setdefault(k, len(rk_index)) for k in row_kind]
-    col_tile = [(s.tile.param, s.tile.index) for s, _ in cols]
-    row_tile = [(s.tile.param, s.tile.index) for s, _ in rows]
+    tile_index: dict = {}
+    col_tile = [
+        tile_index.setdefault((s.tile.param, s.tile.index), len(tile_index)) for s, _ in cols
+    ]
+    row_tile = [
+        tile_index.setdefault((s.tile.param, s.tile.index), len(tile_index)) for s, _ in rows
+    ]
     named: dict = {}
+
+    def name(role: str, j: int, i: int) -> int:
+        k = (role, col_id[j], row_id[i])
+        if k not in named:
+            key = f"{role}: {col_kind[j][0]} -> {row_kind[i][0]}{link(j, i)}"
+            rf, cf = rows[i][0].tile.fixed_size, cols[j][0].tile.fixed_size
+            named[k] = vocab(key, role, rf, cf)
+        return named[k]
+
     local = []
     for module, (mcols, mrows) in by_module.items():
         if not mcols or not mrows:
             continue
-        weights = []
+        # a row's terms, in column order, first meet each column kind either in the row's own
+        # tile (self) or at the kind's first column in another tile (module): found from the
+        # kinds, not from every column (a layer reading k pieces has k**2 pairs)
+        of_tile: dict = {}
+        of_kind: dict = {}
+        for p, j in enumerate(mcols):
+            of_tile.setdefault(col_tile[j], []).append(p)
+            of_kind.setdefault(col_id[j], []).append(p)
+        table: dict = {}
+        row_relations = []
         for i in mrows:
+            t = row_tile[i]
+            first: dict = {}  # (role, column kind) -> its first column position
+            for p in of_tile.get(t, ()):
+                first.setdefault(("self", col_id[mcols[p]]), p)
+            for ck, ps in of_kind.items():
+                p = next((p for p in ps if col_tile[mcols[p]] != t), None)
+                if p is not None:
+                    first[("module", ck)] = p
             line = []
-            for j in mcols:
-                role = "self" if col_tile[j] == row_tile[i] else "module"
-                r = named.get((role, col_id[j], row_id[i]))
-                if r is None:
-                    key = f"{role}: {col_kind[j][0]} -> {row_kind[i][0]}{link(j, i)}"
-                    rf, cf = rows[i][0].tile.fixed_size, cols[j][0].tile.fixed_size
-                    r = named[role, col_id[j], row_id[i]] = vocab(key, role, rf, cf)
+            for (role, ck), p in sorted(first.items(), key=lambda kv: kv[1]):
+                r = name(role, mcols[p], i)
+                table[role, ck, row_id[i]] = r
                 line.append(r)
-            weights.append(tuple(line))
-        local.append(Local(module, tuple(mcols), tuple(mrows), tuple(weights)))
+            row_relations.append(tuple(dict.fromkeys(line)))
+        local.append(
+            Local(
+                module,
+                tuple(mcols),
+                tuple(mrows),
+                tuple(col_id[j] for j in mcols),
+                tuple(row_id[i] for i in mrows),
+                tuple(col_tile[j] for j in mcols),
+                tuple(row_tile[i] for i in mrows),
+                tuple(table.items()),
+                tuple(row_relations),
+            )
+        )
     # from every tile of a kind, averaged, to every row of a kind (not within a single layer:
     # its local terms already read every tile; the invariant channel always)
     if c.key and len(by_module) == 1:

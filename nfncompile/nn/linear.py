@@ -441,9 +441,9 @@ class NFLinear(nn.Module):
             for m in plan.mixes:
                 tiles = [plan.groups[gi].tile.name for gi in m.groups]
                 for loc in m.local:
-                    for i, line in zip(loc.groups, loc.weights):
+                    for i, rels in zip(loc.groups, loc.row_relations):
                         b = math.sqrt(3.0 / eff[tiles[i]])
-                        for r in dict.fromkeys(line):  # first-use order: the draws' order
+                        for r in rels:  # first-use order: the draws' order
                             use(r, b)
                 sh = m.shared
                 if sh is None:
