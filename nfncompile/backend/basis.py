@@ -43,6 +43,7 @@ l1.weight -> l1.weight: P[h1:0, in:1] Q[h1:0, in:1]
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -282,11 +283,20 @@ def tile_sides(tile: TileRef) -> list[Side]:
     >>> [s.label() for s in tile_sides(w)]
     ['l1.weight[h1*, in*]', 'l1.weight[h1*, in]', 'l1.weight[h1, in*]', 'l1.weight[h1, in]']
     """
-    dims = tile.dims
+    dims = tuple((d.factor, d.tie) for d in tile.dims)
+    return [Side(tile, *shape) for shape in _side_shapes(dims)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _side_shapes(dims: tuple) -> tuple:
+    """The sides of a tile whose dims have these ``(factor, tie)`` (``factor`` None: fixed), as
+    ``(classes, linked, key, orderings)``: all they depend on, so that the tiles of one kind on
+    the same spaces (a norm's four vectors) enumerate them once."""
+    perm_dims = [i for i, (f, _) in enumerate(dims) if f is not None]
     outer: dict = {}  # factor -> dims (spaces and block permutations)
     inner: list = []
-    for i in tile.perm_dims:
-        f = dims[i].factor
+    for i in perm_dims:
+        f = dims[i][0]
         if f.kind == "inner":
             inner.append(i)
         else:
@@ -302,7 +312,7 @@ def tile_sides(tile: TileRef) -> list[Side]:
                 cls_of[d] = (f, b)
         groups: dict = {}
         for d in inner:
-            groups.setdefault((dims[d].factor, cls_of[dims[d].tie]), []).append(d)
+            groups.setdefault((dims[d][0], cls_of[dims[d][1]]), []).append(d)
         group_items = list(groups.items())
         for combo2 in itertools.product(
             *(list(set_partitions(len(ds), g[0].limit)) for g, ds in group_items)
@@ -312,34 +322,33 @@ def tile_sides(tile: TileRef) -> list[Side]:
                 for d, b in zip(ds, rgs):
                     labels[d] = (g, b)
             members: dict = {}
-            for d in tile.perm_dims:
+            for d in perm_dims:
                 members.setdefault(labels[d], []).append(d)
             classes = tuple(sorted(tuple(m) for m in members.values()))
-            out.extend(_with_links(tile, classes))
-    return out
+            out.extend(_with_links(dims, classes))
+    return tuple(out)
 
 
-def _with_links(tile: TileRef, classes: tuple) -> list[Side]:
-    dims = tile.dims
+def _with_links(dims: tuple, classes: tuple) -> list[tuple]:
     tie_cls = []
     for c in classes:
-        t = dims[c[0]].tie
+        t = dims[c[0]][1]
         tie_cls.append(None if t is None else next(i for i, o in enumerate(classes) if t in o))
     out = []
     for linked in itertools.product((False, True), repeat=len(classes)):
         if any(t is not None and lk and not linked[t] for t, lk in zip(tie_cls, linked)):
             continue
-        key, orderings = _canonical(tile, classes, linked, tie_cls)
-        out.append(Side(tile, classes, linked, key, orderings))
+        key, orderings = _canonical(dims, classes, linked, tie_cls)
+        out.append((classes, linked, key, orderings))
     return out
 
 
-def _canonical(tile: TileRef, classes: tuple, linked: tuple, tie_cls: list) -> tuple:
+def _canonical(dims: tuple, classes: tuple, linked: tuple, tie_cls: list) -> tuple:
     """The key of the linked classes and every ordering of them that reads as the key."""
     lk = [j for j, k in enumerate(linked) if k]
     if not lk:
         return (), ((),)
-    factor = [tile.dims[c[0]].factor for c in classes]
+    factor = [dims[c[0]][0] for c in classes]
     lk.sort(key=lambda j: factor[j].order)
     runs = [list(g) for _, g in itertools.groupby(lk, key=lambda j: factor[j])]
     best, found = None, []

@@ -111,6 +111,41 @@ def test_grouped_weight_sides_are_nested_partitions():
     assert {s.label() for s in sides if not s.linked[0]} == {"conv2.weight[g*, c2'*, c1'*, -]"}
 
 
+def test_tiles_on_the_same_spaces_have_the_same_sides_of_their_own():
+    """Sides depend only on a tile's factors and ties, and are enumerated once for tiles that
+    share them (a norm's weight and bias): the same classes, links and keys, each side on its
+    own tile."""
+    from nfncompile.backend.basis import _side_shapes
+
+    spec = mlp_spec([3, 4, 2])
+    tiles = {t.name: t for t in tile_refs(spec, "np")}
+    weight, bias = tiles["l1.bias"], tiles["l2.bias"]  # h1 and out: different spaces
+    _side_shapes.cache_clear()
+    a, b = tile_sides(weight), tile_sides(weight)
+    assert _side_shapes.cache_info().hits == 1
+    assert a == b and all(s.tile is weight for s in a)
+    other = tile_sides(bias)
+    assert [s.key for s in other] != [s.key for s in a]  # another space: its own keys
+    assert all(s.tile is bias for s in other)
+    norm = WeightSpaceSpec.from_dict(
+        {
+            "spaces": {"in": {"size": 2, "role": "input"}, "h": {"size": 3, "role": "hidden"}},
+            "params": {
+                "fc.weight": {"shape": [3, 2], "axes": ["h", "in"]},
+                "norm.weight": {"shape": [3], "axes": ["h"]},
+                "norm.bias": {"shape": [3], "axes": ["h"]},
+            },
+        }
+    )
+    nw, nb = (t for t in tile_refs(norm, "np") if t.name.startswith("norm"))
+    sw, sb = tile_sides(nw), tile_sides(nb)
+    assert [(s.classes, s.linked, s.key, s.orderings) for s in sw] == [
+        (s.classes, s.linked, s.key, s.orderings) for s in sb
+    ]
+    assert all(s.tile is nw for s in sw) and all(s.tile is nb for s in sb)
+    assert not set(sw) & set(sb)  # distinct sides: each tile's own
+
+
 def test_depthwise_blocks_have_no_inner_dim():
     """Blocks of one neuron: the space moves by its block permutation alone."""
     spec = SPECS["depthwise_multiplier"]
