@@ -118,6 +118,23 @@ def test_model_sweep_says_what_to_install_without_torchvision():
         assert out.returncode == 0 and "resnet18" in out.stdout and "ok: 1" in out.stdout
 
 
+def test_model_sweep_skips_a_model_too_large_for_memory(monkeypatch):
+    """A model whose check would not fit is skipped with its estimate, before tracing, and a
+    skip is not a failure; one that fits (or where memory is unknown) runs."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sweep = importlib.import_module("model_sweep")
+    model = nn.Linear(1000, 1000)  # 1.0M weights: about 0.6 GiB with the base
+    monkeypatch.setattr(sweep, "available_memory", lambda: 2**28)
+    why = sweep._too_large(model)
+    assert why == "SKIP 1M weights need about 0.6 GiB, 0.2 GiB available"
+    row = sweep.sweep_one(lambda: model, "big", None)  # returns before reading any argument
+    assert row == [why]
+    monkeypatch.setattr(sweep, "available_memory", lambda: 2**34)
+    assert sweep._too_large(model) is None
+    monkeypatch.setattr(sweep, "available_memory", lambda: None)
+    assert sweep._too_large(model) is None
+
+
 def test_a_step_computes_input_gradients_without_accumulating_them(arch_scale):
     """With ``--input-grad`` both sides' backward reaches the inputs (as inside a stack); the
     gradients are dropped after each step, so no step pays for adding into the last one's."""
