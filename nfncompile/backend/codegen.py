@@ -253,8 +253,9 @@ def generate(
     b = _Builder()
     root = nn.Module()
     names = placeholder_names(spec.names)
+    ident_of = dict(zip(spec.names, names))  # parameter -> its identifier in the code
     inputs = {}
-    for pname, ident in zip(spec.names, names):
+    for pname, ident in ident_of.items():
         node = b.graph.placeholder(ident)
         b.shape[node] = (c_in, *spec[pname].shape)
         inputs[pname] = node
@@ -313,7 +314,7 @@ def generate(
         p = spec[pname]
         x = inputs[pname]
         if p.view is not None:
-            x = b.reshape(x, (c_in, *p.view), f"{names[spec.names.index(pname)]}_view")
+            x = b.reshape(x, (c_in, *p.view), f"{ident_of[pname]}_view")
         tiles = tiles_of[pname]
         grid = None if any(ti in embeds for ti, _ in tiles) else _grid([t for _, t in tiles])
         if grid is not None:
@@ -324,7 +325,7 @@ def generate(
             for dim, sizes in grid:
                 shape[t.perm_dims[dim - 1]] = sum(sizes)
             steps, whole = _layout_steps(t, b.shape[x], tuple(shape), c_in)
-            ident = names[spec.names.index(pname)]
+            ident = ident_of[pname]
             x_whole = b.call(tile_in, (x,), whole, f"{ident}_cl", steps) if steps else x
             grids_of[pname] = (x_whole, grid, tuple(shape))
             grid_views[pname] = _GridViews(b, x_whole, grid, f"{ident}_cl")
@@ -334,7 +335,7 @@ def generate(
         cuts = _cuts([t for _, t in tiles]) if len(tiles) > 1 else None
         if cuts is not None:
             native = tuple((2 + axis, sizes) for axis, sizes in cuts)
-            ident = names[spec.names.index(pname)]
+            ident = ident_of[pname]
             views = _GridViews(b, x, native, ident)
             pieces = [views.view(k) for k in range(len(tiles))]
         for (ti, t), piece in zip(tiles, pieces):
@@ -412,7 +413,7 @@ def generate(
             dims = by_source[red.source][ri]
             if (t.param, dims) not in grid_nodes:
                 x_whole, grid, _ = grids_of[t.param]
-                name = f"{names[spec.names.index(t.param)]}_means{len(grid_nodes)}"
+                name = f"{ident_of[t.param]}_means{len(grid_nodes)}"
                 node = b.call(grid_means, (x_whole, grid, dims), None, name)
                 grid_nodes[t.param, dims] = node
             ref = (grid_nodes[t.param, dims], position[_key(t)])
