@@ -72,6 +72,7 @@ def forward(self, w):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -230,7 +231,9 @@ def _key(tile: TileRef) -> tuple:
     return tile.param, tile.index
 
 
+@functools.lru_cache(maxsize=65536)
 def _tag(tile: TileRef) -> str:
+    """A tile's name as part of an identifier (asked for by every node that writes a tile)."""
     return re.sub(r"\W+", "_", tile.name).strip("_")
 
 
