@@ -190,11 +190,6 @@ class Local:
         """:attr:`table` as a dict."""
         return dict(self.table)
 
-    def relation(self, i: int, j: int) -> int:
-        """The relation of the term from column ``j`` to row ``i``."""
-        role = "self" if self.col_tiles[j] == self.row_tiles[i] else "module"
-        return self.lookup[role, self.col_kinds[j], self.row_kinds[i]]
-
     @property
     def weights(self) -> tuple:
         """``weights[i][j]``: the relation of the term from column ``j`` to row ``i``."""
