@@ -15,7 +15,11 @@ For torchvision's ResNet-18, ResNet-50, MobileNetV2 and DenseNet-121 (full size,
   ``floor s`` are the median seconds;
 * ``mem``: peak memory of one forward+backward above the memory held before it (inputs,
   weights, gradients to seed), ours / the floor's, each measured in a fresh subprocess from the
-  kernel's peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs``).
+  kernel's peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs``), with glibc told to
+  return every freed block over 128 KB at once (``MALLOC_MMAP_THRESHOLD_``, see
+  :data:`MEMORY_ENV`): otherwise the peak counts only what the allocator had not kept from
+  the warm-up step, which moves with the order of allocations (DenseNet-121's layer read
+  105-278 MB from one commit to the next with the same tensors, 646 MB with this setting).
 
 A complete basis that would not fit in memory is refused by NFLinear before allocating; the
 table then shows its size. Usage::
@@ -195,13 +199,19 @@ def memory_child(args) -> None:
     print(json.dumps({"bytes": peak - before}))
 
 
+#: the memory child's environment beyond the caller's: freed blocks over 128 KB go back to the
+#: kernel (no dynamic threshold), so that peak RSS follows the live tensors
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 def measure_memory(model: str, kind: str, args) -> int | None:
     cmd = [
         sys.executable, __file__, "--child-model", model, "--child-kind", kind,
         "--channels", str(args.channels), "--batch", str(args.batch), "--mode", args.mode,
         "--threads", str(args.threads), *(["--input-grad"] if args.input_grad else []),
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    env = {**os.environ, **MEMORY_ENV}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])["bytes"]
