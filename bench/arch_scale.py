@@ -204,6 +204,12 @@ def memory_child(args) -> None:
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
+def _mb(n: int) -> str:
+    """Bytes as megabytes for the table: one decimal below 10 MB (a small entry's 0.4 MB)."""
+    mb = n / 2**20
+    return f"{mb:.1f}" if mb < 10 else f"{mb:.0f}"
+
+
 def measure_memory(model: str, kind: str, args) -> int | None:
     cmd = [
         sys.executable, __file__, "--child-model", model, "--child-kind", kind,
@@ -333,7 +339,7 @@ def main(argv: list | None = None) -> None:
             if not args.no_memory:
                 ours_mem = measure_memory(name, basis, args)
                 if ours_mem and floor_mem:
-                    vals["mem MB"] = f"{ours_mem / 2**20:.0f}/{floor_mem / 2**20:.0f}"
+                    vals["mem MB"] = f"{_mb(ours_mem)}/{_mb(floor_mem)}"
                     vals["mem"] = f"{ours_mem / floor_mem:.2f}"
             print(row(vals), flush=True)
         del floor, x
