@@ -104,13 +104,16 @@ def _refs(xs) -> list:
     """
     out = []
     for x in xs:
-        if type(x) is not tuple:
-            out.append(x)
-        elif len(x) == 2:
-            out.append(x[0][x[1]])
-        else:
+        if _is_run(x):
             out.extend(x[0][x[1] : x[2]])
+        else:
+            out.append(_ref(x))
     return out
+
+
+def _is_run(x) -> bool:
+    """Whether ``x`` is a run ``(tuple, start, stop)`` (see :func:`_refs`)."""
+    return type(x) is tuple and len(x) == 3 and type(x[1]) is int
 
 
 def _memory_order(x: torch.Tensor) -> list:
@@ -272,7 +275,7 @@ def channel_mix(weight: torch.Tensor, x: torch.Tensor, *more: torch.Tensor) -> t
     >>> channel_mix(torch.ones(1, 3), torch.ones(2, 1), torch.ones(2, 2)).tolist()
     [[3.0], [3.0]]
     """
-    if more or (type(x) is tuple and len(x) == 3):
+    if more or _is_run(x):
         xs = _refs((x, *more))
         x = xs[0] if len(xs) == 1 else torch.cat(xs, -1)
     else:
@@ -952,7 +955,7 @@ def stack_cat(rows: tuple) -> torch.Tensor:
     """
     out = []
     for r in rows:
-        if len(r) == 3 and type(r[1]) is int:  # a run of rows
+        if _is_run(r):  # a run of rows
             out.extend(r[0][r[1] : r[2]])
         else:
             xs = _refs(r)
