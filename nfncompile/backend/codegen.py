@@ -120,6 +120,11 @@ def placeholder_names(names: tuple) -> list[str]:
     return out
 
 
+#: the fused operations that read their arguments from this position on in order, as
+#: :func:`~.fused._refs` (runs of one tuple's entries allowed); ``stack_cat`` reads rows
+_READS_IN_ORDER = {channel_mix: 1, total: 0, average: 0}
+
+
 class _Builder:
     """An fx.Graph plus the static (batch-free) shape of every tensor node."""
 
@@ -138,6 +143,11 @@ class _Builder:
         return node
 
     def call(self, fn, args: tuple, shape: tuple | None, name: str, kwargs: dict | None = None):
+        if fn in _READS_IN_ORDER:  # its references: each run of a tuple's entries named once
+            k = _READS_IN_ORDER[fn]
+            args = (*args[:k], *_runs(args[k:]))
+        elif fn is stack_cat:
+            args = (_row_runs(args[0]),)
         return self._node("call_function", fn, args, kwargs or {}, shape, name)
 
     def method(self, meth: str, args: tuple, shape: tuple | None, name: str):
@@ -199,8 +209,9 @@ def _extends(last, x) -> bool:
 def _runs(xs) -> tuple:
     """A variadic argument's references with each run of consecutive entries of one tuple,
     ``(node, i), (node, i + 1), ...``, written as one ``(node, i, stop)`` (see
-    :func:`~.fused._refs`): a concatenation's tiles are read in order, and DenseNet-201's code
-    named 8,500 such entries one by one."""
+    :func:`~.fused._refs`; :meth:`_Builder.call` does it for :data:`_READS_IN_ORDER`): a
+    concatenation's tiles are read in order, and DenseNet-201's code named 8,500 such entries
+    one by one."""
     out: list = []
     for x in xs:
         if out and _extends(out[-1], x):
@@ -487,7 +498,7 @@ def generate(
             if len(mix.groups) == 1 and _is_full(plan, mix.groups[0]):
                 pointwise[mix.groups[0]] = (w, pieces)
                 continue
-            y = b.call(channel_mix, (w, *_runs(pieces)), (*kept, mix.out_channels), f"mix{mi}_out")
+            y = b.call(channel_mix, (w, *pieces), (*kept, mix.out_channels), f"mix{mi}_out")
             sizes = [plan.groups[g].channels for g in mix.groups]
             for g, part in zip(mix.groups, _parts(b, y, sizes, f"mix{mi}")):
                 group_values[g] = (part,)
@@ -888,12 +899,10 @@ class _Relations:
         sums = []
         for k, ck in enumerate(cc):
             xs = tuple(pieces[loc.cols[c]] for c in range(len(ckind)) if ckind[c] == ck)
-            sums.append(
-                xs[0] if len(xs) == 1 else b.call(total, _runs(xs), None, f"m{mi}_l{li}_k{k}")
-            )
+            sums.append(xs[0] if len(xs) == 1 else b.call(total, xs, None, f"m{mi}_l{li}_k{k}"))
         w = self.assembled(tuple(tuple(module[rk, ck] for ck in cc) for rk in rc), f"m{mi}_l{li}_w")
         ch = {rk: plan.groups[mix.groups[loc.groups[rkind.index(rk)]]].channels for rk in rc}
-        y = b.call(channel_mix, (w, *_runs(sums)), (*kept, sum(ch.values())), f"m{mi}_l{li}_out")
+        y = b.call(channel_mix, (w, *sums), (*kept, sum(ch.values())), f"m{mi}_l{li}_out")
         per_kind = dict(zip(rc, _parts(b, y, list(ch.values()), f"m{mi}_l{li}")))
         # each row's own tile: self - module, one GEMM per pattern of rows
         patterns: dict = {}
@@ -913,10 +922,10 @@ class _Relations:
             rows = tuple(tuple(pieces[loc.cols[c]] for c in own) for _, own in members)
             tag = f"m{mi}_l{li}_d{p}"
             if len(rows) == 1:
-                d = b.call(channel_mix, (dw, *_runs(rows[0])), None, f"{tag}_out")
+                d = b.call(channel_mix, (dw, *rows[0]), None, f"{tag}_out")
                 values[members[0][0]].append(d)
                 continue
-            x = b.call(stack_cat, (_row_runs(rows),), None, f"{tag}_x")
+            x = b.call(stack_cat, (rows,), None, f"{tag}_x")
             d = b.call(channel_mix, (dw, x), None, f"{tag}_out")
             d = b.call(torch.unbind, (d, 0), None, f"{tag}_rows")  # one stack in the backward
             for n, (i, _) in enumerate(members):
@@ -943,7 +952,7 @@ def _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise) -> No
             pointwise[mix.groups[loc.groups[0]]] = (w, xs)
             continue
         sizes = [plan.groups[mix.groups[i]].channels for i in loc.groups]
-        y = b.call(channel_mix, (w, *_runs(xs)), (*kept, sum(sizes)), f"m{mi}_l{li}_out")
+        y = b.call(channel_mix, (w, *xs), (*kept, sum(sizes)), f"m{mi}_l{li}_out")
         for i, part in zip(loc.groups, _parts(b, y, sizes, f"m{mi}_l{li}")):
             values.setdefault(i, []).append(part)
     if sh is None:
@@ -955,13 +964,13 @@ def _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise) -> No
     aggs = []
     for k, cols in enumerate(sh.col_kinds):
         xs = [pieces[j] for j in cols]
-        aggs.append(xs[0] if len(xs) == 1 else b.call(average, _runs(xs), None, f"m{mi}_k{k}"))
+        aggs.append(xs[0] if len(xs) == 1 else b.call(average, tuple(xs), None, f"m{mi}_k{k}"))
     rep = [sh.row_kinds.index(k) for k in range(max(sh.row_kinds) + 1)]
     sizes = [plan.groups[mix.groups[i]].channels for i in rep]
     if mix.key:
         y = b.call(
             channel_mix,
-            (weight(sh.weights, f"m{mi}_w"), *_runs(aggs)),
+            (weight(sh.weights, f"m{mi}_w"), *aggs),
             (*kept, sum(sizes)),
             f"m{mi}_shared",
         )
@@ -969,7 +978,7 @@ def _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise) -> No
         into, out = sh.weights
         v = b.call(
             channel_mix,
-            (weight([into], f"m{mi}_inv_in"), *_runs(aggs)),
+            (weight([into], f"m{mi}_inv_in"), *aggs),
             (plan.width,),
             f"m{mi}_inv",
         )
