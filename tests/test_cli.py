@@ -342,9 +342,51 @@ def test_layer_prints_code(capsys, tmp_path):
                        "--mode", "hnp")  # fmt: skip
     assert code == 0
     header, _, body = out.partition("\n")
-    assert header.startswith("# NFLinear(") and "mode='hnp'" in header and "parameters" in header
+    assert header.startswith(f"# {path}: NFLinear(in_channels=2, out_channels=3, mode='hnp', ")
+    assert "basis='complete'" in header  # auto: a small weight space gets the complete basis
     assert "def forward" in body
     compile(out, "<layer code>", "exec")  # the printed code is valid Python
+
+
+def test_layer_takes_the_linear_basis_and_its_options(capsys, tmp_path):
+    from nfncompile.nn import NFLinear
+    from nfncompile.spec import WeightSpaceSpec
+
+    path = tmp_path / "mlp.yaml"
+    path.write_text(BROKEN_MLP_SPEC)
+    code, out, _ = run(capsys, "layer", str(path), "--basis", "linear", "--width", "8",
+                       "--max-fold", "4")  # fmt: skip
+    assert code == 0
+    header, _, body = out.partition("\n")
+    layer = NFLinear(WeightSpaceSpec.from_yaml(path), 1, 8, basis="linear", width=8, max_fold=4)
+    assert header == f"# {path}: {layer!r}"
+    assert "basis='linear', width=8, max_fold=4" in header
+    assert body.strip("\n") == layer.code.strip("\n")
+    _, complete, _ = run(capsys, "layer", str(path), "--basis", "complete")
+    assert "basis='complete'" in complete and complete.partition("\n")[2] != body
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("--basis", "complete", "--width", "8"), "--width and --max-fold apply to --basis linear"),
+        (("--basis", "complete", "--max-fold", "4"), "apply to --basis linear (or auto) only"),
+        (("--width", "0"), "--width must be a positive int, got 0"),
+        (("--max-fold", "-1"), "--max-fold must be a positive int, got -1"),
+    ],
+)
+def test_layer_rejects_options_that_do_not_apply(capsys, tmp_path, argv, message):
+    path = tmp_path / "mlp.yaml"
+    path.write_text(BROKEN_MLP_SPEC)
+    code, _, err = run(capsys, "layer", str(path), *argv)
+    assert_user_error(code, err, message)
+
+
+def test_layer_basis_choices_are_nflinears():
+    from nfncompile.cli.layer import BASIS_CHOICES
+    from nfncompile.nn.linear import BASIS_CHOICES as LAYER_CHOICES
+
+    assert BASIS_CHOICES == LAYER_CHOICES
 
 
 def test_layer_bad_channels(capsys, tmp_path):
