@@ -6,14 +6,16 @@ from (``.config``) and what it returns (``.output``: ``"invariant"`` or ``"weigh
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import FeatureMismatchError, NfnCompileError
+from ..errors import ConfigError, FeatureMismatchError, NfnCompileError
 from ..features import WeightSpaceFeatures
+from ..nn import IOEncoding, NFLinear
 from ..nn.activations import make_activation
 from ..spec import WeightSpaceSpec
 from .config import MLPConfig, MLPHead, ModelConfig
@@ -55,6 +57,20 @@ def mlp_head(in_features: int, head: MLPHead | MLPConfig, out_features: int) -> 
         width = h
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
+
+
+def _io_encoding_for(encoding: IOEncoding, spec: WeightSpaceSpec) -> IOEncoding:
+    """``encoding`` made again for ``spec``; it must give the same channels (the same input and
+    output roles)."""
+    new = IOEncoding(
+        spec, encoding.channels, max_freq=encoding.max_freq, num_freqs=encoding.num_freqs
+    )
+    if new.out_channels != encoding.out_channels:
+        raise ConfigError(
+            f"the new weight space encodes roles {new.roles} ({new.out_channels} channels), "
+            f"this one {encoding.roles} ({encoding.out_channels})"
+        )
+    return new
 
 
 class NFN(nn.Module):
@@ -99,6 +115,62 @@ class NFN(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def to_spec(self, spec: WeightSpaceSpec) -> NFN:
+        """This NFN for another weight space, with the same weights (shared, not copied).
+
+        Each NF-Layer is moved by :meth:`NFLinear.to_spec <nfncompile.nn.NFLinear.to_spec>`
+        (so each must use ``basis: linear``, whose weights belong to relations between kinds
+        of tensors, and the new space may only need relations it has: a deeper network of the
+        same family); an :class:`~nfncompile.nn.IOEncoding` (no weights) is made again for the
+        new space; activations, norms, dropout and value encodings are shared as they are.
+        Training either NFN trains both. The new NFN's ``config`` is this one's without its
+        ``weight_space`` (``build(config, spec=...)`` makes a fresh one for the new space).
+
+        Only an equivariant NFN (``output == "weight_space"``) moves: an invariant one's head
+        reads the pooled features of its own space's tensors by position.
+
+        Raises
+        ------
+        ConfigError
+            For an invariant NFN, or naming the layer (``layers[i]``) that cannot move and why.
+
+        Examples
+        --------
+        >>> from nfncompile.declarative import build
+        >>> from nfncompile.testing import mlp_spec
+        >>> net = build({"nfn": {"mode": "np", "layers": [
+        ...     {"type": "nf_linear", "channels": 4, "basis": "linear"}, {"type": "activation"},
+        ...     {"type": "nf_linear", "channels": 1, "basis": "linear"}]}},
+        ...     spec=mlp_spec([4, 8, 8, 2]))
+        >>> deeper = net.to_spec(mlp_spec([4, 8, 8, 8, 8, 2]))
+        >>> sum(p.numel() for p in deeper.parameters()) <= sum(p.numel() for p in net.parameters())
+        True
+        """
+        if self.output != "weight_space":
+            raise ConfigError(
+                "NFN.to_spec: only an NFN with output: weight_space moves to another weight "
+                "space; this one pools (nf_pool) and its head reads its own space's tensors by "
+                "position"
+            )
+        spec = spec.with_mode(self.mode)
+        layers: list[nn.Module] = []
+        for i, layer in enumerate(self.layers):
+            try:
+                if isinstance(layer, NFLinear):
+                    layer = layer.to_spec(spec)
+                elif isinstance(layer, IOEncoding):
+                    layer = _io_encoding_for(layer, spec)
+                elif hasattr(layer, "spec"):  # any other layer bound to its weight space
+                    raise ConfigError("it is built for the positions of its own weight space")
+            except NfnCompileError as e:
+                raise ConfigError(
+                    f"NFN.to_spec: layers[{i}] ({type(layer).__name__}): {e}"
+                ) from None
+            layers.append(layer)
+        body = dataclasses.replace(self.config.nfn, weight_space=None)
+        config = dataclasses.replace(self.config, nfn=body)
+        return NFN(spec, config, layers, self.out_channels, self.out_features)
 
     def extra_repr(self) -> str:
         out = (

@@ -114,3 +114,100 @@ def test_build_flat_mlp_both_outputs():
     assert all(y[p.name].shape == (3, 2, *p.shape) for p in MLP_SPEC.params)
     with pytest.raises(FeatureMismatchError, match="FlatMLP"):
         net(WeightSpaceFeatures({"l1.weight": torch.zeros(3, 3, 3, 2)}))
+
+
+# --------------------------------------------------------------------------------------------
+# NFN.to_spec: one NFN for several architectures
+# --------------------------------------------------------------------------------------------
+
+LINEAR = {**LIN, "basis": "linear"}
+
+
+def _traced_resnet(depth: int):
+    from nfncompile.architectures import FACTORIES
+    from nfncompile.frontend import trace
+
+    torch.manual_seed(0)
+    model = FACTORIES["resnet_cifar"](depth=depth, width=4)
+    return trace(model, torch.randn(2, 3, 8, 8), verify=False)
+
+
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+def test_nfn_for_resnet20_reads_resnet32_weights(mode):
+    """A whole equivariant NFN (layers, activations, norm, dropout) built for ResNet-20 applies to
+    ResNet-32 with no new weights, and is equivariant on both."""
+    r20, r32 = _traced_resnet(20), _traced_resnet(32)
+    torch.manual_seed(0)
+    net = build(
+        nfn(
+            LINEAR,
+            {"type": "activation"},
+            {"type": "norm"},
+            {"type": "dropout", "p": 0.1},
+            {"type": "nf_linear", "channels": 2, "basis": "linear"},
+            mode=mode,
+        ),
+        spec=r20,
+    )
+    deeper = net.to_spec(r32)
+    assert isinstance(deeper, NFN) and deeper.spec == r32.with_mode(mode)
+    assert {id(p) for p in deeper.parameters()} <= {id(p) for p in net.parameters()}
+    assert deeper.layers[2] is net.layers[2]  # the norm: shared as it is
+    assert deeper.config.nfn.weight_space is None and deeper.config.nfn.layers == (
+        net.config.nfn.layers
+    )
+    assert_equivariant(net, r20, mode=mode)
+    assert_equivariant(deeper, r32, mode=mode)
+    # one set of weights: training the deeper NFN changes the first one's output
+    x = feats(r20)
+    net.eval()
+    before = net(x)["fc.weight"].clone()
+    loss = sum(v.square().sum() for v in deeper(feats(r32)).values())
+    loss.backward()
+    with torch.no_grad():
+        for p in deeper.parameters():
+            p -= 0.1 * p.grad
+    assert not torch.allclose(net(x)["fc.weight"], before)
+
+
+def test_nfn_moved_to_its_own_space_computes_the_same():
+    """to_spec of the NFN's own weight space: the same function, weight for weight; and in hnp,
+    with the io encoding made again, an MLP of depth 4 to one of depth 6."""
+    from nfncompile.testing import mlp_spec
+
+    shallow, deep = mlp_spec([4, 8, 8, 8, 2]), mlp_spec([4, 8, 8, 8, 8, 8, 2])
+    torch.manual_seed(0)
+    net = build(
+        nfn(
+            LINEAR,
+            {"type": "io_encoding", "num_freqs": 2},
+            {"type": "activation", "fn": "gelu"},
+            {"type": "nf_linear", "channels": 3, "basis": "linear"},
+            mode="hnp",
+        ),
+        spec=shallow,
+    ).eval()
+    same = net.to_spec(shallow)
+    x = feats(shallow)
+    for name, y in net(x).items():
+        torch.testing.assert_close(same(x)[name], y, rtol=0, atol=0)
+    deeper = net.to_spec(deep)
+    assert deeper.layers[1] is not net.layers[1] and deeper.layers[1].spec == deep.with_mode("hnp")
+    assert_equivariant(deeper, deep, mode="hnp")
+
+
+def test_nfn_to_spec_names_what_cannot_move():
+    from nfncompile.testing import mlp_spec
+
+    deep = mlp_spec([2, 3, 3, 3, 2])
+    pooled = build(nfn(LINEAR, POOL, HEAD), spec=MLP_SPEC)
+    with pytest.raises(ConfigError, match="only an NFN with output: weight_space moves"):
+        pooled.to_spec(deep)
+    complete = build(nfn(LINEAR, {"type": "nf_linear", "channels": 1}, mode="np"), spec=MLP_SPEC)
+    with pytest.raises(
+        ConfigError, match=r"layers\[1\] \(NFLinear\): NFLinear.to_spec needs basis='linear'"
+    ):
+        complete.to_spec(deep)
+    hnp = build(nfn(LINEAR, {**LINEAR, "channels": 1}, mode="hnp"), spec=MLP_SPEC)
+    with pytest.raises(ConfigError, match=r"layers\[0\] \(NFLinear\): .* needs \d+ relations"):
+        hnp.to_spec(mlp_spec([2, 3, 3, 3, 3, 2]))
