@@ -243,6 +243,35 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
             m.training = t
 
 
+@contextlib.contextmanager
+def _attributes_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Undo every attribute that tracing binds on ``model``'s modules (plain attributes,
+    parameters, buffers, submodules). A module that caches a tensor it computes on its first
+    call (timm's ConViT attention builds its relative-position table for the input's size)
+    would otherwise keep an fx ``Proxy`` from symbolic tracing or a ``FakeTensor`` from fake
+    shape propagation, and every later real forward (the probes, the verification, the
+    user's own) would read it."""
+    saved = [
+        (m, dict(m.__dict__), {k: dict(getattr(m, k)) for k in _MODULE_DICTS})
+        for m in model.modules()
+    ]
+    try:
+        yield
+    finally:
+        for m, attrs, dicts in saved:
+            for k in [k for k in m.__dict__ if k not in attrs]:
+                del m.__dict__[k]
+            m.__dict__.update(attrs)
+            for k, entries in dicts.items():
+                d = getattr(m, k)
+                d.clear()
+                d.update(entries)
+
+
+#: the dicts in which ``nn.Module.__setattr__`` binds parameters, buffers and submodules
+_MODULE_DICTS = ("_parameters", "_buffers", "_modules")
+
+
 def as_args(example_input: Any) -> tuple:
     """The positional arguments a model is called with: a tuple stays, anything else is wrapped.
 
@@ -263,7 +292,8 @@ def trace_module(
         Any module whose own forward torch.fx can trace (MLPs, CNNs, residual and concat
         patterns); a submodule whose forward it cannot trace is kept as one call.
     example_input : Tensor or tuple of Tensor
-        One example batch; only its shapes and dtypes are used.
+        One example batch; only its shapes and dtypes are used. The model is left as it was:
+        what its forward binds on its modules while traced (a cached table) is undone.
     fake : bool, optional
         Propagate shapes with fake tensors (no arithmetic: the cost does not grow with width,
         but the first use imports torch's fake-tensor machinery, about 3 s) or with the real
@@ -286,6 +316,11 @@ def trace_module(
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected an nn.Module to trace, got {type(model).__name__}")
     args = as_args(example_input)
+    with _attributes_kept(model):
+        return _trace_module(model, args, fake)
+
+
+def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:
     tracer = LeafFallbackTracer()
     try:
         with _eval_mode(model):

@@ -176,6 +176,58 @@ def test_kept_submodules_propagate_shapes_on_fake_tensors_too():
     assert nfc.trace(model, x, fake=True, verify=False) == nfc.trace(model, x, verify=False)
 
 
+class CachedTable(nn.Module):
+    """timm's ConViT attention pattern: a table for the input's length, computed on the first
+    call of that length and kept on the module (the branch on a traced shape keeps the module
+    as one call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.table = torch.zeros(0)
+        self.calls = 0
+
+    def forward(self, x):
+        if self.table is None or self.table.shape[0] != x.shape[1]:
+            self.table = torch.arange(x.shape[1], dtype=x.dtype)
+        self.calls += 1
+        return self.fc(x) * self.table[:, None]
+
+
+class WithCachedTable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3, 4)
+        self.mid = CachedTable()
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.mid(self.inp(x)))
+
+
+def test_fake_shape_propagation_leaves_no_fake_tensor_in_the_model():
+    """A module that caches a tensor it computes keeps no FakeTensor or Proxy (nor any other
+    binding) after tracing; the probes and the verification then run it for real."""
+    model = WithCachedTable()
+    x = x_(2, 5, 3)
+    table = model.mid.table
+    gm = trace_module(model, x, fake=True)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["inp", "mid", "out"]
+    assert model.mid.table is table and model.mid.calls == 0
+    spec, report = trace_with_report(model, x, fake=True)
+    assert report.verification.ok and [leaf.module for leaf in report.leaf_calls] == ["mid"]
+    assert spec == nfc.trace(WithCachedTable(), x, fake=False)
+    assert model.mid.table is table
+    fresh = WithCachedTable()
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(x), fresh(x))  # the user's own forward, as untraced
+    assert type(model.mid.table) is torch.Tensor and model.mid.table.shape == (5,)
+    # with no table yet the module is traced through, and symbolic tracing binds an fx Proxy
+    model.mid.table = None
+    trace_module(model, x, fake=False)
+    assert model.mid.table is None and model.mid.calls == 1
+
+
 class TrainOnly(nn.Module):
     def __init__(self) -> None:
         super().__init__()
