@@ -31,8 +31,10 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -272,6 +274,19 @@ def _attributes_kept(model: torch.nn.Module) -> Iterator[None]:
 _MODULE_DICTS = ("_parameters", "_buffers", "_modules")
 
 
+def _defaults_after(model: torch.nn.Module, given: int) -> dict | None:
+    """The default values of ``model.forward``'s parameters after the first ``given``: the
+    example input is the call ``model(*args)``, so each of them is traced as that constant
+    (``forward(x, mask=None)`` traced with ``mask`` a proxy would take the masked branch)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a builtin)
+        return None
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    rest = {p.name: p.default for p in named[given:] if p.default is not p.empty}
+    return rest or None
+
+
 def as_args(example_input: Any) -> tuple:
     """The positional arguments a model is called with: a tuple stays, anything else is wrapped.
 
@@ -323,8 +338,10 @@ def trace_module(
 def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:
     tracer = LeafFallbackTracer()
     try:
-        with _eval_mode(model):
-            graph = tracer.trace(model)
+        with _eval_mode(model), warnings.catch_warnings():
+            # fx warns for each default it cannot guard with an assertion (a tensor, an object)
+            warnings.filterwarnings("ignore", "Was not able to add assertion")
+            graph = tracer.trace(model, concrete_args=_defaults_after(model, len(args)))
     except Exception as e:
         where = _where(e)
         at = f" at {where}" if where else ""

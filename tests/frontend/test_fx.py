@@ -228,6 +228,35 @@ def test_fake_shape_propagation_leaves_no_fake_tensor_in_the_model():
     assert model.mid.table is None and model.mid.calls == 1
 
 
+class OptionalArguments(nn.Module):
+    """timm's Hiera pattern: ``forward(x, mask=None)`` branches on arguments the example input
+    does not give."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x, mask=None, pre_logits: bool = False, scale: float = 1.0):
+        if mask is not None:
+            x = x * mask
+        x = self.a(x).relu() * scale
+        return x if pre_logits else self.b(x)
+
+
+def test_arguments_not_given_are_traced_as_their_defaults():
+    model = OptionalArguments()
+    x = x_(2, 3)
+    spec, report = trace_with_report(model, x)
+    assert report.verification.ok and not report.broken
+    hidden = spec["a.weight"].axes[0]
+    assert spec["b.weight"].axes[1] == hidden and spec.spaces[hidden].role == "hidden"
+    gm = trace_module(model, x)
+    torch.testing.assert_close(gm(x), model(x))
+    # a given argument is traced as given (a proxy)
+    spec2 = nfc.trace(model, (x, torch.ones(2, 3)))
+    assert spec2.names == spec.names
+
+
 class TrainOnly(nn.Module):
     def __init__(self) -> None:
         super().__init__()
