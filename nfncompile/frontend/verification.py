@@ -177,6 +177,26 @@ def _perturb(model: nn.Module, gen: torch.Generator) -> None:
                 t.mul_(scale).add_(extra * (0.1 * (std or 0.1)))
 
 
+def _aliases(model: nn.Module) -> dict:
+    """``{alias: first key}`` for every state_dict key naming a tensor an earlier key names
+    (a module used in two places: timm's CoaT shares its convolutional position encodings
+    between blocks). ``functional_call`` takes one value per tensor."""
+    first: dict = {}
+    aliases: dict = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        aliases.update({key: first[id(t)]} if id(t) in first else {})
+        first.setdefault(id(t), key)
+    return aliases
+
+
+def _one_per_tensor(sd: dict, aliases: dict) -> tuple[dict, str]:
+    """``sd`` with each tied tensor once, and why not when its names were permuted apart."""
+    for alias, key in aliases.items():
+        if not torch.equal(sd[alias], sd[key]):
+            return sd, f"{alias} and {key} are one tensor, but the spec permutes them differently"
+    return {k: v for k, v in sd.items() if k not in aliases}, ""
+
+
 def _default_io(spec: WeightSpaceSpec, tensors: Sequence[Any], role: str) -> list:
     """Label dim 1 (dim 0 of a 1-D tensor) of each tensor with the spec's ``role`` spaces."""
     names = [s.name for s in spec.spaces.values() if s.role == role]
@@ -289,6 +309,7 @@ def verify(
         _perturb(net, gen)
     state = dict(net.state_dict())
     spec.check_state_dict(state)
+    aliases = _aliases(net)
     args = as_args(example_input)
     if io is not None:
         in_io, out_io = list(io.inputs), list(io.outputs)
@@ -333,7 +354,9 @@ def verify(
         if size > 1 or name == "joint":
             for x, y in cases[:trials]:
                 perm = draw(moved)
-                sd = permuted_state(spec, perm, state, moved)
+                sd, apart = _one_per_tensor(permuted_state(spec, perm, state, moved), aliases)
+                if apart:
+                    return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, apart, params)
                 xp = tuple(_permute(perm, t, a) for t, a in zip(x, in_io))
                 try:
                     with torch.no_grad():

@@ -171,3 +171,41 @@ def test_a_forward_that_raises_is_a_failed_check_not_an_exception():
     assert not report.ok and report.failed == ["out"]
     assert math.isinf(report.spaces["out"].max_error)
     assert "rows reordered" in report.spaces["out"].message
+
+
+class SharedModule(nn.Module):
+    """One Linear used in two places and registered under two names (timm's CoaT shares its
+    position encodings between blocks): its state_dict names one tensor twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.shared, self.fc3 = nn.Linear(3, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+        self.block = nn.Module()
+        self.block.mix = self.shared
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        h = torch.relu(self.shared(h))
+        return self.fc3(self.block.mix(h))
+
+
+def test_a_module_used_under_two_names_is_verified_as_one_tensor():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = SharedModule()
+    assert model.state_dict()["block.mix.weight"] is not None
+    spec = nfc.trace(model, _x(4, 3))  # verified: raised SymmetryError before
+    assert spec["block.mix.weight"].axes == spec["shared.weight"].axes
+    report = verify(model, spec, _x(4, 3), trials=2)
+    assert report.ok and report.max_error < 1e-12
+    # a spec that permutes the two names apart is a failed check that says so
+    data = spec.to_dict()
+    data["params"]["block.mix.weight"]["axes"] = [None, None]
+    apart = verify(model, nfc.WeightSpaceSpec.from_dict(data), _x(4, 3), explain=False)
+    assert not apart.ok
+    messages = [c.message for c in apart.spaces.values() if not c.ok]
+    assert messages and all(
+        "block.mix.weight and shared.weight are one tensor, but the spec permutes them "
+        "differently" in m
+        for m in messages
+    )
