@@ -1,8 +1,9 @@
 """Every published classification model of torchvision (or a list of timm's): trace, build,
 size and equivariance of a linear-basis NF-Layer, one model per row.
 
-Per model (random init, no download, ``eval()``, one input of ``--size`` pixels, 224 for the
-vision transformers): ``trace s`` (``nfc.trace`` with its verification), the parameter tensors
+Per model (random init, no download, ``eval()``, one input of ``--size`` pixels, or the
+model's own size where it takes no other: timm's ``fixed_input_size``, torchvision's vision
+transformers 224): ``trace s`` (``nfc.trace`` with its verification), the parameter tensors
 and derived spaces, ``build s`` (``NFLinear(spec, C, C, basis="linear")`` at ``--channels``,
 goal < 5 s), ``/model`` (the layer's weights over the model's), and ``equiv``: the largest
 error of ``nfncompile.testing.assert_equivariant`` on a 2-channel layer (float64, random group
@@ -39,7 +40,8 @@ TIMM = (
     "res2net50_14w_8s,xception41,edgenext_xx_small,efficientformer_l1,fastvit_t8,"
     "mobilevit_xxs,repvgg_a0,seresnext26d_32x4d"
 )
-#: models whose name says they need 224-pixel inputs (fixed patch grids, window sizes)
+#: models whose name says they need 224-pixel inputs (fixed patch grids, window sizes), for
+#: torchvision (timm's models say so in their ``pretrained_cfg``)
 FULL_INPUT = ("vit", "deit", "swin", "maxvit", "levit", "coat", "efficientformer", "fastvit")
 
 
@@ -84,13 +86,23 @@ def factories(source: str, names: list | None):
             yield n, lambda n=n: timm.create_model(n, pretrained=False)
 
 
+def input_size(model: torch.nn.Module, name: str, size: int) -> int:
+    """The image size to trace ``model`` at: its own where it accepts no other (timm's
+    ``pretrained_cfg`` says ``fixed_input_size``; torchvision's vision transformers, by name),
+    else ``size``."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("fixed_input_size") and cfg.get("input_size"):
+        return int(cfg["input_size"][-1])
+    return 224 if any(k in name for k in FULL_INPUT) else size
+
+
 def sweep_one(make, name: str, args) -> list:
     torch.manual_seed(0)
     model = make().eval()
     skip = _too_large(model)
     if skip:
         return [skip]
-    size = 224 if any(k in name for k in FULL_INPUT) else args.size
+    size = input_size(model, name, args.size)
     t0 = time.perf_counter()
     spec = nfc.trace(model, torch.randn(1, 3, size, size), mode=args.mode)
     t1 = time.perf_counter()

@@ -155,3 +155,17 @@ def test_arch_scale_with_input_gradients():
     assert "inputs require gradients" in text.splitlines()[0]
     (r,) = [line.split() for line in text.splitlines() if line.startswith("resnet20")]
     assert r[3] == "linear" and float(r[9]) > 0
+
+
+def test_model_sweep_traces_a_fixed_size_model_at_its_own_size(monkeypatch):
+    """timm's models that take one input size say so (``fixed_input_size``); torchvision's
+    vision transformers are known by name; every other model gets ``--size``."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sweep = importlib.import_module("model_sweep")
+    model = nn.Linear(2, 2)
+    assert sweep.input_size(model, "resnet18", 64) == 64
+    assert sweep.input_size(model, "vit_b_16", 64) == 224
+    model.pretrained_cfg = {"input_size": (3, 256, 256), "fixed_input_size": True}
+    assert sweep.input_size(model, "maxvit_pico_rw_256", 64) == 256
+    model.pretrained_cfg = {"input_size": (3, 256, 256), "fixed_input_size": False}
+    assert sweep.input_size(model, "halonet26t", 64) == 64
