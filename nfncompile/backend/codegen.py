@@ -87,6 +87,7 @@ from .fused import (
     average,
     blocks,
     channel_mix,
+    each_mean,
     grid_means,
     mean,
     means,
@@ -405,6 +406,8 @@ def generate(
     # tile, its view made only where something other than its means reads it (red_node)
     on_grid: dict = {}
     grid_nodes: dict = {}  # (tensor, dims) -> its fused.grid_means node
+    grid_means_nodes: set = set()  # those nodes (their entries: one per tile of the grid)
+    each_nodes: dict = {}  # (grid_means node, dims) -> its fused.each_mean node
 
     def red_node(ri: int):
         """Reduction ``ri``'s node or reference (a grid tile's own: its view, made now)."""
@@ -430,6 +433,7 @@ def generate(
                 name = f"{ident_of[t.param]}_means{len(grid_nodes)}"
                 node = b.call(grid_means, (x_whole, grid, dims), None, name)
                 grid_nodes[t.param, dims] = node
+                grid_means_nodes.add(node)
             ref = (grid_nodes[t.param, dims], position[_key(t)])
             b.shape[ref] = kept_shape
             red_nodes.append(ref)
@@ -437,6 +441,17 @@ def generate(
         if red.source is not None:
             siblings = by_source[red.source]
             source = red_node(red.source)
+            if isinstance(source, tuple) and source[0] in grid_means_nodes:
+                # a mean of a grid tile's mean: those of every tile of the grid in one call
+                g_node, index = source
+                key = (g_node, siblings[ri])
+                if key not in each_nodes:
+                    name = f"{g_node.name}_means{len(each_nodes)}"
+                    each_nodes[key] = b.call(each_mean, key, None, name)
+                ref = (each_nodes[key], index)
+                b.shape[ref] = kept_shape
+                red_nodes.append(ref)
+                continue
             if len(siblings) == 1:
                 red_nodes.append(b.call(mean, (source, siblings[ri]), kept_shape, tag))
                 continue

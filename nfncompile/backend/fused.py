@@ -904,6 +904,17 @@ def grid_means(x: torch.Tensor, grid: tuple, dims: tuple) -> tuple:
     return tuple(parts)
 
 
+def each_mean(xs: tuple, dims: tuple) -> tuple:
+    """``tuple(mean(x, dims) for x in xs)``: a mean of every entry of a tuple (a grid's tiles'
+    means, :func:`grid_means`) as one call of the generated code, where it had one per tile
+    (GCViT-tiny's 12,825 tiles: 14,302 of its 54,630 nodes were means of their means).
+
+    >>> [m.tolist() for m in each_mean((torch.ones(1, 2, 3), torch.zeros(1, 4, 3)), (1,))]
+    [[[1.0, 1.0, 1.0]], [[0.0, 0.0, 0.0]]]
+    """
+    return tuple(mean(x, dims) for x in xs)
+
+
 _STEPS: dict = {}  # (grid, dims) -> grid_means' steps
 
 

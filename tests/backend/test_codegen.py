@@ -303,8 +303,15 @@ def test_composite_tensors_on_a_grid_are_their_tiles(kind, mode, basis, monkeypa
     assert not any(n.kwargs.get("copy") for n in whole.graph.nodes if n.target is fused.tile_in)
     if basis == "linear" and kind == "block":
         assert not any(n.target in (torch.cat, fused.tensor_add) for n in whole.graph.nodes)
-    # the tiles' means: one fused.grid_means per tensor and set of dims, none per tile
+    # the tiles' means: one fused.grid_means per tensor and set of dims, none per tile; the
+    # means of those means: one fused.each_mean per grid_means call and set of dims
     assert count(whole, fused.grid_means) > 0
+    grid_calls = {n for n in whole.graph.nodes if n.target is fused.grid_means}
+    each = [n for n in whole.graph.nodes if n.target is fused.each_mean]
+    assert each and all(n.args[0] in grid_calls for n in each)
+    assert len({(n.args[0], n.args[1]) for n in each}) == len(each)
+    reads = [a for n in whole.graph.nodes if n.target is fused.mean for a in n.args[:1]]
+    assert not any(type(a) is tuple and a[0] in grid_calls for a in reads)
     sums = [n for n in whole.graph.nodes if n.target is fused.packed_tensor_sum]
     assert any(n.args[1] is None for n in sums)  # tiles without a GEMM (norms)
     # the linear basis's one weight for every tile of a conv: one GEMM for the tensor
