@@ -184,8 +184,10 @@ def _aliases(model: nn.Module) -> dict:
     first: dict = {}
     aliases: dict = {}
     for key, t in model.state_dict(keep_vars=True).items():
-        aliases.update({key: first[id(t)]} if id(t) in first else {})
-        first.setdefault(id(t), key)
+        if id(t) in first:
+            aliases[key] = first[id(t)]
+        else:
+            first[id(t)] = key
     return aliases
 
 
