@@ -315,6 +315,8 @@ def verify(
     args = as_args(example_input)
     if io is not None:
         in_io, out_io = list(io.inputs), list(io.outputs)
+        # an input the analysis could not label (read through *args) moves with nothing
+        in_io += [None] * (len(args) - len(in_io))
     else:
         in_io, out_io = _default_io(spec, args, "input"), None
 

@@ -257,6 +257,25 @@ def test_arguments_not_given_are_traced_as_their_defaults():
     assert spec2.names == spec.names
 
 
+class VarArgs(nn.Module):
+    """``forward(*xs)``: the input arrives through a tuple the analysis does not label."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, *xs):
+        return self.b(self.a(xs[0]).relu())
+
+
+def test_an_input_read_through_varargs_is_fixed_and_verified():
+    # verification used to drop the unlabelled input (zip with no io entry for it): the
+    # permuted forward got no arguments and every check failed with an IndexError
+    spec, report = trace_with_report(model_(VarArgs), x_(2, 3))
+    assert report.verification.ok
+    assert spec["a.weight"].axes == ("a", None) and "in" not in spec.spaces
+
+
 class TrainOnly(nn.Module):
     def __init__(self) -> None:
         super().__init__()
