@@ -349,6 +349,13 @@ def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> tor
             f"torch.fx could not trace {type(model).__name__}.forward{at}: "
             f"{type(e).__name__}: {e}. {_ADVICE}"
         ) from e
+    for n in list(graph.nodes):
+        # a tensor default is traced as a constant of the graph; as the placeholder's own
+        # default (a get_attr node) fx would write a name the code never defines
+        if n.op == "placeholder" and n.args and isinstance(n.args[0], torch.fx.Node):
+            const, n.args = n.args[0], (None,)
+            if not const.users:
+                graph.erase_node(const)
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) < len(args):

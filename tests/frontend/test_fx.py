@@ -228,6 +228,9 @@ def test_fake_shape_propagation_leaves_no_fake_tensor_in_the_model():
     assert model.mid.table is None and model.mid.calls == 1
 
 
+SHIFT = torch.ones(1)
+
+
 class OptionalArguments(nn.Module):
     """timm's Hiera pattern: ``forward(x, mask=None)`` branches on arguments the example input
     does not give."""
@@ -236,10 +239,10 @@ class OptionalArguments(nn.Module):
         super().__init__()
         self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
 
-    def forward(self, x, mask=None, pre_logits: bool = False, scale: float = 1.0):
+    def forward(self, x, mask=None, pre_logits: bool = False, scale=1.0, shift=SHIFT):
         if mask is not None:
             x = x * mask
-        x = self.a(x).relu() * scale
+        x = self.a(x).relu() * scale + shift  # (a tensor default: a constant of the graph)
         return x if pre_logits else self.b(x)
 
 
