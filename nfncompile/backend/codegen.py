@@ -406,7 +406,6 @@ def generate(
     # tile, its view made only where something other than its means reads it (red_node)
     on_grid: dict = {}
     grid_nodes: dict = {}  # (tensor, dims) -> its fused.grid_means node
-    grid_means_nodes: set = set()  # those nodes (their entries: one per tile of the grid)
     each_nodes: dict = {}  # (grid_means node, dims) -> its fused.each_mean node
 
     def red_node(ri: int):
@@ -433,7 +432,6 @@ def generate(
                 name = f"{ident_of[t.param]}_means{len(grid_nodes)}"
                 node = b.call(grid_means, (x_whole, grid, dims), None, name)
                 grid_nodes[t.param, dims] = node
-                grid_means_nodes.add(node)
             ref = (grid_nodes[t.param, dims], position[_key(t)])
             b.shape[ref] = kept_shape
             red_nodes.append(ref)
@@ -441,7 +439,7 @@ def generate(
         if red.source is not None:
             siblings = by_source[red.source]
             source = red_node(red.source)
-            if isinstance(source, tuple) and source[0] in grid_means_nodes:
+            if type(source) is tuple and source[0].target is grid_means:
                 # a mean of a grid tile's mean: those of every tile of the grid in one call
                 g_node, index = source
                 key = (g_node, siblings[ri])

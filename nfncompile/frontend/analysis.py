@@ -43,7 +43,7 @@ from torch import nn
 
 from ..errors import TraceError
 from . import rules  # noqa: F401  (importing the package registers every op rule)
-from .fx import leaves
+from .fx import canonical_keys, leaves
 from .labels import (
     POSITIONS,
     UNIFORM,
@@ -101,7 +101,7 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         self.outputs: list = []  # TensorLabels per output leaf (None for non-tensors)
         self.state = {k: v for k, v in self.model.state_dict(keep_vars=True).items()}
         self.state_keys = [k for k, v in self.state.items() if _is_float_entry(v)]
-        self._canonical = self._find_aliases()
+        self._canonical = canonical_keys({k: self.state[k] for k in self.state_keys})
         self.params: dict[str, ParamLabel] = {}
         self.unused_param_runs: list[int] = []
         self.node: torch.fx.Node | None = None
@@ -113,15 +113,6 @@ class SymmetryAnalysis(torch.fx.Interpreter):
         self._recording: list | None = None  # fixes of a block link's alternative
 
     # ---- bookkeeping ------------------------------------------------------------------------
-
-    def _find_aliases(self) -> dict:
-        seen: dict = {}
-        canon = {}
-        for k in self.state_keys:
-            t = self.state[k]
-            ident = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) if t.numel() else (k,)
-            canon[k] = seen.setdefault(ident, k)
-        return canon
 
     def new_run(self, size: int, kind: str, origin: str) -> Label:
         """A fresh run of ``size`` neurons; returns its full label."""

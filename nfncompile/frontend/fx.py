@@ -35,7 +35,7 @@ import inspect
 import os
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,6 +285,23 @@ def _defaults_after(model: torch.nn.Module, given: int) -> dict | None:
     named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     rest = {p.name: p.default for p in named[given:] if p.default is not p.empty}
     return rest or None
+
+
+def canonical_keys(state: Mapping[str, torch.Tensor]) -> dict:
+    """Each key of ``state`` -> the first key naming the same tensor (the same storage,
+    shape, strides and dtype): a module used in two places is in a state_dict under each of
+    its names (timm's CoaT shares its position encodings between blocks).
+
+    >>> w = torch.ones(2)
+    >>> canonical_keys({"a.w": w, "b.w": w, "c.w": torch.ones(2)})
+    {'a.w': 'a.w', 'b.w': 'a.w', 'c.w': 'c.w'}
+    """
+    seen: dict = {}
+    canon = {}
+    for k, t in state.items():
+        ident = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) if t.numel() else (k,)
+        canon[k] = seen.setdefault(ident, k)
+    return canon
 
 
 def as_args(example_input: Any) -> tuple:

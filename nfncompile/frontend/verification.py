@@ -43,7 +43,7 @@ from ..errors import SymmetryError
 from ..spec import Permutation, WeightSpaceSpec, is_counter
 from .derivation import IOAxes, TensorAxes
 from .explain import Divergence, explain_failure, permuted_state
-from .fx import as_args, leaves
+from .fx import as_args, canonical_keys, leaves
 
 __all__ = ["verify", "VerifyReport", "SpaceCheck"]
 
@@ -177,20 +177,6 @@ def _perturb(model: nn.Module, gen: torch.Generator) -> None:
                 t.mul_(scale).add_(extra * (0.1 * (std or 0.1)))
 
 
-def _aliases(model: nn.Module) -> dict:
-    """``{alias: first key}`` for every state_dict key naming a tensor an earlier key names
-    (a module used in two places: timm's CoaT shares its convolutional position encodings
-    between blocks). ``functional_call`` takes one value per tensor."""
-    first: dict = {}
-    aliases: dict = {}
-    for key, t in model.state_dict(keep_vars=True).items():
-        if id(t) in first:
-            aliases[key] = first[id(t)]
-        else:
-            first[id(t)] = key
-    return aliases
-
-
 def _one_per_tensor(sd: dict, aliases: dict) -> tuple[dict, str]:
     """``sd`` with each tied tensor once, and why not when its names were permuted apart."""
     for alias, key in aliases.items():
@@ -311,7 +297,8 @@ def verify(
         _perturb(net, gen)
     state = dict(net.state_dict())
     spec.check_state_dict(state)
-    aliases = _aliases(net)
+    # ``{alias: first key}``: functional_call takes one value per tensor
+    aliases = {k: c for k, c in canonical_keys(state).items() if c != k}
     args = as_args(example_input)
     if io is not None:
         in_io, out_io = list(io.inputs), list(io.outputs)
