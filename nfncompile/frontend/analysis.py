@@ -43,7 +43,7 @@ from torch import nn
 
 from ..errors import TraceError
 from . import rules  # noqa: F401  (importing the package registers every op rule)
-from .fx import canonical_keys, leaves
+from .fx import PlainArgsInterpreter, canonical_keys, leaves
 from .labels import (
     POSITIONS,
     UNIFORM,
@@ -77,7 +77,7 @@ def _is_float_entry(t: torch.Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
 
 
-class SymmetryAnalysis(torch.fx.Interpreter):
+class SymmetryAnalysis(PlainArgsInterpreter):
     """An Interpreter over labels: computes ``node.meta["nfn_labels"]`` for every node and
     collects the constraints that define the neuron spaces.
 

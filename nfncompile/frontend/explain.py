@@ -47,7 +47,7 @@ from torch import nn
 
 from ..errors import is_user_file
 from ..spec import Permutation, WeightSpaceSpec
-from .fx import LeafFallbackTracer, as_args, leaves
+from .fx import LeafFallbackTracer, PlainArgsInterpreter, as_args, leaves
 
 __all__ = ["Divergence", "explain_failure", "params_moved", "permuted_state"]
 
@@ -148,7 +148,7 @@ def permuted_state(
     }
 
 
-class _Recorder(torch.fx.Interpreter):
+class _Recorder(PlainArgsInterpreter):
     """Runs a GraphModule and keeps every node's value (or the exception that stopped it)."""
 
     def __init__(self, gm: torch.fx.GraphModule) -> None:

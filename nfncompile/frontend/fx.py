@@ -52,6 +52,7 @@ __all__ = [
     "LeafFallbackTracer",
     "LeafCall",
     "NodeShapeProp",
+    "PlainArgsInterpreter",
     "as_args",
 ]
 
@@ -179,7 +180,33 @@ class LeafFallbackTracer(torch.fx.Tracer):
         return proxy
 
 
-class NodeShapeProp(ShapeProp):
+def _plain(value: Any) -> Any:
+    """``value`` with torch.fx's immutable lists and dicts made plain ones, at every depth."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+class PlainArgsInterpreter(torch.fx.Interpreter):
+    """A :class:`torch.fx.Interpreter` that calls each node with plain lists and dicts.
+
+    The code torch.fx generates builds a fresh list for each list literal of a call, so a
+    function kept as one call may change the list it is given (torchvision's video Swin
+    Transformer writes into its ``window_size`` argument). The plain Interpreter hands over the
+    node's own ``immutable_list``, and such a call fails while the model itself runs; every
+    interpreter of the front end reads its arguments through this one.
+    """
+
+    def fetch_args_kwargs_from_env(self, n: torch.fx.Node) -> tuple:
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        return _plain(args), _plain(kwargs)
+
+
+class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
     """ShapeProp that also stores non-tensor results and re-raises errors with the node.
 
     Parameters

@@ -279,6 +279,50 @@ def test_an_input_read_through_varargs_is_fixed_and_verified():
     assert spec["a.weight"].axes == ("a", None) and "in" not in spec.spaces
 
 
+def clip_window(window: list, size: list) -> list:
+    """Write into ``window`` (as torchvision's video Swin Transformer does with its window
+    size), kept as one fx call."""
+    for i in range(len(window)):
+        window[i] = min(window[i], size[i])
+    return window
+
+
+torch.fx.wrap("clip_window")
+
+
+class WritesIntoItsList(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x).relu()
+        b, n = h.shape
+        window = clip_window([8, 8], [b, n])
+        return self.b(h * window[0])
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_a_call_may_write_into_a_list_literal_it_is_given(monkeypatch, fake):
+    # fx's Interpreter handed over the node's immutable_list, so shape propagation failed
+    # with "'immutable_list' object does not support mutation" where the model itself runs
+    if fake:
+        monkeypatch.setattr("nfncompile.frontend.fx.FAKE_ABOVE", 0)
+    x = x_(2, 3)
+    spec, report = trace_with_report(model_(WritesIntoItsList), x)
+    assert report.verification.ok and not report.broken
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1]
+    assert spec.spaces[spec["a.weight"].axes[0]].role == "hidden"
+    # a wrong spec is explained by running the graph again, through the same call
+    hidden = spec["a.weight"].axes[0]
+    text = spec.to_yaml().replace("axes: [out, a]", "axes: [out, c]")
+    wrong = nfc.WeightSpaceSpec.from_yaml(
+        text.replace("  out:", "  c: {size: 4, role: hidden}\n  out:")
+    )
+    failed = nfc.verify(model_(WritesIntoItsList), wrong, x)
+    assert {d.space: d.node for d in failed.explanations} == {hidden: "b", "c": "b"}
+
+
 class TrainOnly(nn.Module):
     def __init__(self) -> None:
         super().__init__()
