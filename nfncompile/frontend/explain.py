@@ -47,7 +47,7 @@ from torch import nn
 
 from ..errors import is_user_file
 from ..spec import Permutation, WeightSpaceSpec
-from .fx import LeafFallbackTracer, PlainArgsInterpreter, as_args, leaves
+from .fx import PlainArgsInterpreter, as_args, leaves, trace_graph
 
 __all__ = ["Divergence", "explain_failure", "params_moved", "permuted_state"]
 
@@ -233,13 +233,15 @@ def explain_failure(
     rtol: float = 1e-6,
     permute_input: Any = None,
     state: dict | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> Divergence:
     """Find where ``model`` first diverges when the spaces ``moved`` are permuted.
 
     Parameters
     ----------
     model : nn.Module
-        The network (a float64 eval-mode copy is traced and run; the model is not modified).
+        The network (an eval-mode copy in ``dtype`` is traced and run; the model is not
+        modified).
     spec : WeightSpaceSpec
     example_input : Tensor or tuple of Tensor
         The input both runs read.
@@ -258,6 +260,9 @@ def explain_failure(
         (verification passes its own; by default inputs are not moved).
     state : dict, optional
         The weights to use (default: the model's own).
+    dtype : torch.dtype
+        What the copy runs in (verification passes float32 for a model that fails in
+        float64).
 
     Returns
     -------
@@ -269,18 +274,18 @@ def explain_failure(
         spec = spec.with_mode(mode)
     name = name or ", ".join(moved)
     params = params_moved(spec, moved)
-    net = copy.deepcopy(model).double().eval()
+    net = copy.deepcopy(model).to(dtype).eval()
     if state is not None:
         net.load_state_dict(state)
     state = dict(net.state_dict())
     args = tuple(
-        a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
         for a in as_args(example_input)
     )
     try:
-        tracer = LeafFallbackTracer()  # an untraceable submodule stays one node
-        tracer.record_stack_traces = True  # node.stack_trace: the user's source line
-        gm = torch.fx.GraphModule(net, tracer.trace(net))
+        # as the analysis traced it (node.stack_trace: the user's source line)
+        tracer, graph, _ = trace_graph(net, args, record_stack_traces=True)
+        gm = torch.fx.GraphModule(tracer.root, graph)
     except Exception as e:
         note = (
             f"torch.fx cannot trace {type(model).__name__}, so no node can be named "

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 import torch.fx
+from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
@@ -51,7 +52,9 @@ __all__ = [
     "trace_module",
     "LeafFallbackTracer",
     "LeafCall",
+    "ShapeSpecialisingTracer",
     "NodeShapeProp",
+    "trace_graph",
     "PlainArgsInterpreter",
     "as_args",
 ]
@@ -94,7 +97,7 @@ class LeafCall:
         return f"{self.kind} {self.module}: {self.error}{at}"
 
 
-def _where(e: BaseException) -> str:
+def raised_at(e: BaseException) -> str:
     """The innermost source line outside torch that the traceback of ``e`` passes through."""
     frames = [
         f
@@ -172,12 +175,145 @@ class LeafFallbackTracer(torch.fx.Tracer):
             self.module_stack.update(stack)
             self.num_calls = calls
             self._forced.add(id(m))
-            leaf = LeafCall(path, type(m).__name__, _error(e), _where(e))
+            leaf = LeafCall(path, type(m).__name__, _error(e), raised_at(e))
             self.leaves.append(leaf)
         proxy = super().call_module(m, forward, args, kwargs)
         if isinstance(proxy, torch.fx.Proxy):
             proxy.node.meta["nfn_leaf"] = leaf
         return proxy
+
+
+#: a node's value the shape-specialising trace could not compute (its shapes stay symbolic)
+_UNKNOWN = object()
+
+#: attributes and methods of a traced tensor that :class:`ShapeSpecialisingTracer` answers with
+#: the example input's numbers
+_SHAPE_ATTRS = frozenset({"shape", "ndim", "size", "dim", "ndimension", "numel", "nelement"})
+
+
+class _ShapeProxy(torch.fx.Proxy):
+    """A proxy whose shape, length and iteration come from its node's value on the example."""
+
+    def _value(self) -> Any:
+        return self.tracer.values.get(self.node, _UNKNOWN)  # type: ignore[attr-defined]
+
+    def __getattr__(self, k: str) -> Any:
+        value = self._value()
+        if k in _SHAPE_ATTRS and isinstance(value, torch.Tensor):
+            return getattr(value, k)
+        return super().__getattr__(k)
+
+    def __len__(self) -> int:
+        value = self._value()
+        if isinstance(value, (torch.Tensor, tuple, list)):
+            return len(value)
+        return super().__len__()
+
+    def __iter__(self) -> Iterator:
+        value = self._value()
+        if isinstance(value, (torch.Tensor, tuple, list)):
+            return iter([self[i] for i in range(len(value))])
+        return super().__iter__()
+
+    def __bool__(self) -> bool:
+        value = self._value()
+        if isinstance(value, (bool, int)):  # a number computed from shapes, not from data
+            return bool(value)
+        return super().__bool__()
+
+
+class ShapeSpecialisingTracer(LeafFallbackTracer):
+    """A :class:`LeafFallbackTracer` whose proxies know the example input's shapes.
+
+    Each node is also run on fake tensors as it is recorded, so ``x.shape``, ``x.size()``,
+    ``x.dim()``, ``len(x)`` and unpacking a proxy give the example's numbers instead of new
+    nodes: a forward that branches on a shape (``if (h, w) != y.shape[-2:]``, padding to a
+    multiple of a window) takes the branch the example input takes, and the graph holds the
+    example's sizes as constants. The analysis reads the model at that input only, so nothing
+    is lost for it. A branch on a tensor's values still fails, with fx's reason.
+    :func:`trace_module` uses it where plain symbolic tracing of the model fails.
+
+    Parameters
+    ----------
+    example_args : tuple
+        The positional arguments the model is called with.
+
+    Examples
+    --------
+    >>> class Fit(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         if x.shape[-1] != 4:  # bool() of a proxy in plain fx
+    ...             x = torch.nn.functional.pad(x, (0, 4 - x.shape[-1]))
+    ...         return x.relu()
+    >>> tracer = ShapeSpecialisingTracer((torch.randn(2, 3),))
+    >>> gm = torch.fx.GraphModule(Fit(), tracer.trace(Fit()))
+    >>> [n.target.__name__ for n in gm.graph.nodes if n.op == "call_function"]
+    ['pad']
+    >>> tuple(gm(torch.randn(2, 3)).shape)
+    (2, 4)
+    """
+
+    def __init__(self, example_args: tuple) -> None:
+        super().__init__()
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self._example = tuple(self._fake(a) for a in example_args)
+        self._inputs: dict = {}
+        self.values: dict[torch.fx.Node, Any] = {}
+
+    def _fake(self, value: Any) -> Any:
+        return self.mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+
+    def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
+        params = list(inspect.signature(root.forward).parameters.values())
+        given = list(self._example)
+        for p in params:
+            if p.kind == p.VAR_POSITIONAL:
+                self._inputs["*" + p.name] = tuple(given)
+                break
+            if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or not given:
+                break
+            self._inputs[p.name] = given.pop(0)
+        return super().trace(root, concrete_args)
+
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        return _ShapeProxy(node, self)
+
+    def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
+        node = super().create_node(*args, **kwargs)
+        value = self._run(node)
+        if value is not _UNKNOWN:
+            self.values[node] = value
+        return node
+
+    def _run(self, node: torch.fx.Node) -> Any:
+        """``node``'s value on the example (fake tensors), or ``_UNKNOWN``."""
+        if node.op == "placeholder":
+            return self._inputs.get(node.target, _UNKNOWN)
+        if node.op == "get_attr":
+            value: Any = self.root
+            for part in str(node.target).split("."):
+                value = getattr(value, part, _UNKNOWN)
+            return self._fake(value)
+        try:
+            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), self.values.__getitem__)
+        except KeyError:  # an argument whose value is unknown
+            return _UNKNOWN
+        args, kwargs = _plain(args), _plain(kwargs)
+        try:
+            # fx patches nn.Module.__call__ and the wrapped functions while it traces; the
+            # node runs as the model would, with them reverted (else a module call traces)
+            with _maybe_revert_all_patches(), self.mode:
+                if node.op == "call_function":
+                    return node.target(*args, **kwargs)
+                if node.op == "call_method":
+                    return getattr(args[0], node.target)(*args[1:], **kwargs)
+                if node.op == "call_module":
+                    return self.root.get_submodule(node.target)(*args, **kwargs)
+        except Exception:  # not computable on fake tensors (data-dependent): left symbolic
+            return _UNKNOWN
+        return _UNKNOWN
 
 
 def _plain(value: Any) -> Any:
@@ -379,28 +515,68 @@ def trace_module(
         return _trace_module(model, args, fake)
 
 
-def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:
-    tracer = LeafFallbackTracer()
-    try:
+def trace_graph(
+    model: torch.nn.Module, args: tuple, *, record_stack_traces: bool = False
+) -> tuple[LeafFallbackTracer, torch.fx.Graph, str]:
+    """Symbolically trace ``model`` called with ``args`` (in eval mode).
+
+    Plain symbolic tracing first; where it fails (the forward branches on a shape, iterates
+    over a tensor, takes ``len`` of one), again with :class:`ShapeSpecialisingTracer`, which
+    fixes the example's shapes.
+
+    Returns
+    -------
+    tracer : LeafFallbackTracer
+    graph : torch.fx.Graph
+    specialised : str
+        Empty for a plain trace; else where plain tracing failed (``file:line in fn: code``).
+
+    Raises
+    ------
+    TraceError
+        When neither trace succeeds: fx's reason, the source line and what to do.
+    """
+    defaults = _defaults_after(model, len(args))
+
+    def run(tracer: LeafFallbackTracer) -> torch.fx.Graph:
+        tracer.record_stack_traces = record_stack_traces
         with _eval_mode(model), warnings.catch_warnings():
             # fx warns for each default it cannot guard with an assertion (a tensor, an object)
             warnings.filterwarnings("ignore", "Was not able to add assertion")
-            graph = tracer.trace(model, concrete_args=_defaults_after(model, len(args)))
+            graph = tracer.trace(model, concrete_args=defaults)
+        for n in list(graph.nodes):
+            # a tensor default is traced as a constant of the graph; as the placeholder's own
+            # default (a get_attr node) fx would write a name the code never defines
+            if n.op == "placeholder" and n.args and isinstance(n.args[0], torch.fx.Node):
+                const, n.args = n.args[0], (None,)
+                if not const.users:
+                    graph.erase_node(const)
+        return graph
+
+    plain = LeafFallbackTracer()
+    try:
+        return plain, run(plain), ""
     except Exception as e:
-        where = _where(e)
+        first = e
+    tracer = ShapeSpecialisingTracer(args)
+    try:
+        return tracer, run(tracer), raised_at(first) or _error(first)
+    except Exception as e:
+        # report where the specialised trace stopped when it got further than the plain one
+        error, later = (e, raised_at(e)) if raised_at(e) != raised_at(first) else (first, "")
+        where = raised_at(error)
         at = f" at {where}" if where else ""
+        past = f" (with the example input's shapes fixed, past {raised_at(first)})" if later else ""
         raise TraceError(
-            f"torch.fx could not trace {type(model).__name__}.forward{at}: "
-            f"{type(e).__name__}: {e}. {_ADVICE}"
+            f"torch.fx could not trace {type(model).__name__}.forward{at}{past}: "
+            f"{type(error).__name__}: {error}. {_ADVICE}"
         ) from e
-    for n in list(graph.nodes):
-        # a tensor default is traced as a constant of the graph; as the placeholder's own
-        # default (a get_attr node) fx would write a name the code never defines
-        if n.op == "placeholder" and n.args and isinstance(n.args[0], torch.fx.Node):
-            const, n.args = n.args[0], (None,)
-            if not const.users:
-                graph.erase_node(const)
+
+
+def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:
+    tracer, graph, specialised = trace_graph(model, args)
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta["nfn_specialised"] = specialised
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) < len(args):
         raise TraceError(

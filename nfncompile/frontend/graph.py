@@ -49,8 +49,9 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         :class:`~nfncompile.frontend.probe.ProbeRecord` per op no rule knows), ``leaf_calls`` (a
         :class:`~nfncompile.frontend.fx.LeafCall` per submodule torch.fx could not trace
         through), ``links`` (the :class:`~nfncompile.frontend.labels.BlockLink` s of grouped
-        ops, with their conservative alternatives), ``calls`` (``(op, node)`` of every call) and
-        ``state_keys``.
+        ops, with their conservative alternatives), ``calls`` (``(op, node)`` of every call),
+        ``state_keys`` and ``specialised`` (where plain symbolic tracing failed, for a graph
+        traced with the example input's shapes fixed; ``""`` otherwise).
     """
     a = SymmetryAnalysis(gm, model)
     a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
@@ -97,6 +98,7 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         leaf_calls=list(
             dict.fromkeys(n.meta["nfn_leaf"] for n in gm.graph.nodes if "nfn_leaf" in n.meta)
         ),
+        specialised=gm.meta.get("nfn_specialised", ""),
         links=a.links,
         calls=a.calls,
         state_keys=a.state_keys,

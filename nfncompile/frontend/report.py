@@ -76,6 +76,14 @@ class TraceReport:
         (:class:`~nfncompile.frontend.fx.LeafCall`)."""
         return self._found("leaf_calls")
 
+    @property
+    def specialised(self) -> str:
+        """Where plain symbolic tracing of the model failed when it was traced with the example
+        input's shapes fixed (:class:`~nfncompile.frontend.fx.ShapeSpecialisingTracer`);
+        ``""`` for a plain trace."""
+        graph = self.derivation.graph
+        return graph.graph.get("specialised", "") if graph is not None else ""
+
     def _found(self, what: str) -> list:
         graph = self.derivation.graph
         return graph.graph.get(what, []) if graph is not None else []
@@ -116,6 +124,11 @@ class TraceReport:
                 lines.append(f"  {b.op} [node {b.node}]: {b.reason}; fixed {b.count} ({what})")
         else:
             lines.append("symmetry broken by: nothing")
+        if self.specialised:
+            lines.append(
+                "traced with the example input's shapes fixed (plain symbolic tracing failed "
+                f"at {self.specialised})"
+            )
         if self.leaf_calls:
             lines.append("kept as one call (torch.fx cannot trace their forward):")
             lines.extend(f"  {leaf}" for leaf in self.leaf_calls)

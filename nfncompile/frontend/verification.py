@@ -1,7 +1,8 @@
 """Numerical verification of a weight-space spec against the model it describes.
 
 :func:`verify` applies random group elements of a :class:`~nfncompile.spec.WeightSpaceSpec` to
-a float64, eval-mode copy of the model and checks that the function is unchanged: for every
+a float64, eval-mode copy of the model (float32 where the model's own forward fails in
+float64) and checks that the function is unchanged: for every
 permutable space on its own (a permutation that moves only that space), then for joint random
 elements of the whole group. Input and output spaces (``np`` mode) permute the model's input
 and output along their channel dim, so the check is ``f_{P theta}(P_in x) == P_out f_theta(x)``.
@@ -43,7 +44,7 @@ from ..errors import SymmetryError
 from ..spec import Permutation, WeightSpaceSpec, is_counter
 from .derivation import IOAxes, TensorAxes
 from .explain import Divergence, explain_failure, permuted_state
-from .fx import as_args, canonical_keys, leaves
+from .fx import as_args, canonical_keys, leaves, raised_at
 
 __all__ = ["verify", "VerifyReport", "SpaceCheck"]
 
@@ -107,6 +108,10 @@ class VerifyReport:
     joint: SpaceCheck | None = None
     #: Per failing check, what it permutes and where the model diverges (:mod:`.explain`).
     explanations: list[Divergence] = field(default_factory=list)
+    #: The dtype the checks ran in: ``"float64"``, or ``"float32"`` for a model that fails in
+    #: float64 (then :attr:`note` says where).
+    dtype: str = "float64"
+    note: str = ""
 
     @property
     def failures(self) -> list[SpaceCheck]:
@@ -145,6 +150,8 @@ class VerifyReport:
     def __str__(self) -> str:
         status = "OK" if self.ok else f"FAILED ({', '.join(self.failed)})"
         lines = [f"verification ({self.mode} mode): {status}, max error {self.max_error:.3g}"]
+        if self.note:
+            lines.append(f"  checked {self.note}")
         rows = [*self.spaces.values(), *self.blocks.values()] + ([self.joint] if self.joint else [])
         width = max((len(c.name) for c in rows), default=5)
         for c in rows:
@@ -175,6 +182,51 @@ def _perturb(model: nn.Module, gen: torch.Generator) -> None:
                 std = float(t.std()) if t.numel() > 1 else 0.0
                 extra = torch.randn(t.shape, generator=gen, dtype=t.dtype)
                 t.mul_(scale).add_(extra * (0.1 * (std or 0.1)))
+
+
+#: tolerances of a check run in float32 (a model that fails in float64): the floor under
+#: ``verify``'s ``atol`` and ``rtol``, far below what a wrong permutation gives (order 1)
+FLOAT32_ATOL = 1e-5
+FLOAT32_RTOL = 1e-4
+
+
+def _draw_inputs(args: tuple, gen: torch.Generator, dtype: torch.dtype) -> tuple:
+    """Random inputs shaped like the example's float ones (the others reused)."""
+    return tuple(
+        torch.randn(a.shape, generator=gen, dtype=dtype)
+        if isinstance(a, torch.Tensor) and a.is_floating_point()
+        else a
+        for a in args
+    )
+
+
+def _working_copy(
+    model: nn.Module, args: tuple, gen: torch.Generator, perturb: bool
+) -> tuple[nn.Module, torch.dtype, tuple, str]:
+    """An eval-mode copy of ``model`` (perturbed), the dtype it runs in, its first case
+    ``(inputs, outputs)`` and why it is not float64.
+
+    Float64 where the model runs in it; where its forward fails in float64 (it makes a
+    float32 tensor of its own, such as a coordinate grid, and mixes it with its input), the
+    model's float32, which :func:`verify` checks at the looser ``FLOAT32_ATOL`` and
+    ``FLOAT32_RTOL``.
+    """
+    note = ""
+    for dtype in (torch.float64, torch.float32):
+        net = copy.deepcopy(model).to(dtype).eval()
+        if perturb:
+            _perturb(net, gen)
+        x = _draw_inputs(args, gen, dtype)
+        try:
+            with torch.no_grad():
+                return net, dtype, (x, leaves(net(*x))), note
+        except Exception as e:
+            if dtype != torch.float64:
+                raise
+            where = raised_at(e)
+            at = f" at {where}" if where else ""
+            note = f"in float32: its forward fails in float64{at} ({type(e).__name__}: {e})"
+    raise AssertionError("unreachable")
 
 
 def _one_per_tensor(sd: dict, aliases: dict) -> tuple[dict, str]:
@@ -245,11 +297,12 @@ def verify(
     Parameters
     ----------
     model : nn.Module
-        The network the spec describes (not modified: a float64 eval-mode deep copy is used).
+        The network the spec describes (not modified: a float64 eval-mode deep copy is used,
+        or a float32 one where its forward fails in float64; the report says so).
     spec : WeightSpaceSpec
         Must match ``model.state_dict()`` (float entries; integer counters are ignored).
     example_input : Tensor or tuple of Tensor
-        Random float64 inputs of the same shapes are drawn (non-float inputs are reused).
+        Random inputs of the same shapes are drawn (non-float inputs are reused).
     trials : int
         Random group elements per space, and joint ones.
     mode : {"np", "hnp"}, optional
@@ -258,7 +311,8 @@ def verify(
     seed : int
         Seeds every random draw.
     atol, rtol : float
-        A check passes when ``max |f_permuted - P_out f| <= atol + rtol * max |f|``.
+        A check passes when ``max |f_permuted - P_out f| <= atol + rtol * max |f|`` (in
+        float32 at least ``FLOAT32_ATOL`` and ``FLOAT32_RTOL``).
     io : IOAxes, optional
         How input/output spaces act on the model's input and output tensors (what
         :func:`~nfncompile.frontend.spaces.derive_spaces` derives: ``Derivation.io``). By
@@ -292,14 +346,14 @@ def verify(
         spec = spec.with_mode(mode)  # validates mode
     mode = spec.mode
     gen = torch.Generator().manual_seed(seed)
-    net = copy.deepcopy(model).double().eval()
-    if perturb:
-        _perturb(net, gen)
+    args = as_args(example_input)
+    net, dtype, first, note = _working_copy(model, args, gen, perturb)
+    if dtype != torch.float64:
+        atol, rtol = max(atol, FLOAT32_ATOL), max(rtol, FLOAT32_RTOL)
     state = dict(net.state_dict())
     spec.check_state_dict(state)
     # ``{alias: first key}``: functional_call takes one value per tensor
     aliases = {k: c for k, c in canonical_keys(state).items() if c != k}
-    args = as_args(example_input)
     if io is not None:
         in_io, out_io = list(io.inputs), list(io.outputs)
         # an input the analysis could not label (read through *args) moves with nothing
@@ -307,20 +361,11 @@ def verify(
     else:
         in_io, out_io = _default_io(spec, args, "input"), None
 
-    def draw_inputs() -> tuple:
-        return tuple(
-            torch.randn(a.shape, generator=gen, dtype=torch.float64)
-            if isinstance(a, torch.Tensor) and a.is_floating_point()
-            else a
-            for a in args
-        )
-
-    cases = []
+    cases = [first]
     with torch.no_grad():
-        for _ in range(max(trials, 1)):
-            x = draw_inputs()
-            y = leaves(net(*x))
-            cases.append((x, y))
+        for _ in range(max(trials, 1) - 1):
+            x = _draw_inputs(args, gen, dtype)
+            cases.append((x, leaves(net(*x))))
     if out_io is None:
         out_io = _default_io(spec, cases[0][1], "output")
     scale = max(
@@ -364,7 +409,7 @@ def verify(
 
     uses = {p.name: p.spaces_used() for p in spec.params}
     permutable = spec.permutable_spaces()
-    report = VerifyReport(True, 0.0, mode)
+    report = VerifyReport(True, 0.0, mode, dtype=str(dtype).removeprefix("torch."), note=note)
     if per_space:
         for s in permutable:
             sp = spec.spaces[s]
@@ -400,6 +445,7 @@ def verify(
                 atol=atol,
                 rtol=rtol,
                 permute_input=permute_input,
+                dtype=dtype,
             )
             for name in report.failed
         ]

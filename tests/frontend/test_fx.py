@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 import nfncompile as nfc
@@ -321,6 +322,67 @@ def test_a_call_may_write_into_a_list_literal_it_is_given(monkeypatch, fake):
     )
     failed = nfc.verify(model_(WritesIntoItsList), wrong, x)
     assert {d.space: d.node for d in failed.explanations} == {hidden: "b", "c": "b"}
+
+
+class MatchSizes(nn.Module):
+    """Branches on shapes in its own forward (RAFT, CrossViT and much research code do):
+    plain symbolic tracing fails at the ``if``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.c = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x, y):
+        h, w = x.shape[-2:]
+        if (h, w) != y.shape[-2:]:
+            y = F.interpolate(y, size=(h, w), mode="bilinear")
+        hs = [self.a(x), self.b(y)]
+        for i in range(len(hs)):  # len() of a list, iteration over a proxy's tuple below
+            hs[i] = hs[i].relu()
+        first, second = torch.chunk(torch.cat(hs, 1), 2, dim=1)
+        return self.c(torch.cat([first, second], 1)) * (x.size(-1) / x.dim())
+
+
+def test_a_forward_that_branches_on_a_shape_is_traced_at_the_example_shapes():
+    model = model_(MatchSizes)
+    x, y = x_(2, 3, 8, 8), x_(2, 3, 4, 4, seed=1)
+    with pytest.raises(torch.fx.proxy.TraceError, match="control flow"):
+        torch.fx.symbolic_trace(model)
+    spec, report = trace_with_report(model, (x, y))
+    assert report.verification.ok and report.verification.dtype == "float64"
+    assert report.specialised.startswith(f"{__file__}:") and "if (h, w) !=" in report.specialised
+    assert "traced with the example input's shapes fixed" in str(report)
+    assert spec["a.weight"].axes[0] != spec["b.weight"].axes[0]  # two hidden spaces
+    assert spec["c.weight"].axes[1] == (spec["a.weight"].axes[0], spec["b.weight"].axes[0])
+    gm = trace_module(model, (x, y))
+    torch.testing.assert_close(gm(x, y), model(x, y))
+    assert any(n.target is F.interpolate for n in gm.graph.nodes)  # the branch taken
+    gm_same = trace_module(model, (x, x))
+    assert not any(n.target is F.interpolate for n in gm_same.graph.nodes)
+    # a plain trace stays plain
+    assert trace_module(nn.Linear(3, 2), x_(2, 3)).meta["nfn_specialised"] == ""
+
+
+class ShapeThenData(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            x = x * 2
+        if x.sum() > 0:  # a branch on the data: no example fixes it
+            x = self.a(x)
+        return x
+
+
+def test_a_branch_on_data_still_fails_and_names_the_line_past_the_shapes():
+    with pytest.raises(TraceError) as e:
+        nfc.trace(ShapeThenData(), x_(2, 3))
+    msg = str(e.value)
+    assert "if x.sum() > 0:" in msg and "control flow" in msg
+    assert "with the example input's shapes fixed, past" in msg and "if x.shape[0] > 1" in msg
 
 
 class TrainOnly(nn.Module):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import nfncompile as nfc
@@ -209,3 +210,46 @@ def test_a_module_used_under_two_names_is_verified_as_one_tensor():
         "differently" in m
         for m in messages
     )
+
+
+class Resample(nn.Module):
+    """Samples its features on a grid it makes itself, in the default float32 (RAFT's
+    coordinate grids): in float64 ``grid_sample`` refuses the mixed dtypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        h = self.conv2(torch.relu(self.conv1(x)))
+        n = h.shape[-1]
+        ys, xs = torch.meshgrid(torch.linspace(1, -1, n), torch.linspace(-1, 1, n), indexing="ij")
+        grid = torch.stack([xs, ys], -1).expand(h.shape[0], n, n, 2)  # an upside-down copy
+        return F.grid_sample(h, grid, align_corners=True)
+
+
+def test_a_model_that_fails_in_float64_is_verified_in_float32():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = Resample()
+    x = _x(2, 2, 6, 6)
+    with pytest.raises(RuntimeError, match="expected scalar type"):
+        model.double()(x.double())
+    model.float()
+    spec = nfc.trace(model, x)  # verified: the float64 copy raised before
+    hidden = spec["conv1.weight"].axes[0]
+    assert spec["conv2.weight"].axes[1] == hidden and spec.spaces[hidden].role == "hidden"
+    report = verify(model, spec, x)
+    assert report.ok and report.dtype == "float32"
+    assert 0 < report.max_error < 1e-5 and report.spaces[hidden].tolerance >= 1e-5
+    assert "checked in float32: its forward fails in float64 at" in str(report)
+    assert "F.grid_sample(h, grid" in report.note
+    # a wrong spec still fails in float32, by far more than the tolerance, and is explained
+    data = spec.to_dict()
+    data["spaces"]["other"] = {"size": 4, "role": "hidden"}
+    data["params"]["conv1.bias"]["axes"] = ["other"]
+    wrong = verify(model, nfc.WeightSpaceSpec.from_dict(data), x)
+    assert not wrong.ok and wrong.failed[:2] == [hidden, "other"]
+    check = wrong.spaces["other"]
+    assert check.max_error > 1000 * check.tolerance
+    assert [d.node for d in wrong.explanations][:2] == ["conv1", "conv1"]
