@@ -291,28 +291,31 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         """``node``'s value on the example (fake tensors), or ``_UNKNOWN``."""
         if node.op == "placeholder":
             return self._inputs.get(node.target, _UNKNOWN)
-        if node.op == "get_attr":
-            value: Any = self.root
-            for part in str(node.target).split("."):
-                value = getattr(value, part, _UNKNOWN)
-            return self._fake(value)
-        try:
-            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), self.values.__getitem__)
-        except KeyError:  # an argument whose value is unknown
-            return _UNKNOWN
-        args, kwargs = _plain(args), _plain(kwargs)
-        try:
-            # fx patches nn.Module.__call__ and the wrapped functions while it traces; the
-            # node runs as the model would, with them reverted (else a module call traces)
-            with _maybe_revert_all_patches(), self.mode:
-                if node.op == "call_function":
-                    return node.target(*args, **kwargs)
-                if node.op == "call_method":
-                    return getattr(args[0], node.target)(*args[1:], **kwargs)
-                if node.op == "call_module":
-                    return self.root.get_submodule(node.target)(*args, **kwargs)
-        except Exception:  # not computable on fake tensors (data-dependent): left symbolic
-            return _UNKNOWN
+        # fx patches nn.Module.__call__ and __getattr__ and the wrapped functions while it
+        # traces; the node runs as the model would, with them reverted (else it would trace)
+        with _maybe_revert_all_patches():
+            if node.op == "get_attr":
+                value: Any = self.root
+                for part in str(node.target).split("."):
+                    value = getattr(value, part, _UNKNOWN)
+                return self._fake(value)
+            try:
+                args, kwargs = torch.fx.node.map_arg(
+                    (node.args, node.kwargs), self.values.__getitem__
+                )
+            except KeyError:  # an argument whose value is unknown
+                return _UNKNOWN
+            args, kwargs = _plain(args), _plain(kwargs)
+            try:
+                with self.mode:
+                    if node.op == "call_function":
+                        return node.target(*args, **kwargs)
+                    if node.op == "call_method":
+                        return getattr(args[0], node.target)(*args[1:], **kwargs)
+                    if node.op == "call_module":
+                        return self.root.get_submodule(node.target)(*args, **kwargs)
+            except Exception:  # not computable on fake tensors (data-dependent): left symbolic
+                return _UNKNOWN
         return _UNKNOWN
 
 

@@ -332,6 +332,7 @@ class MatchSizes(nn.Module):
         super().__init__()
         self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
         self.c = nn.Conv2d(8, 2, 1)
+        self.gain = nn.Parameter(torch.rand(2, 1, 1) + 0.5)  # read directly: a get_attr node
 
     def forward(self, x, y):
         h, w = x.shape[-2:]
@@ -341,7 +342,7 @@ class MatchSizes(nn.Module):
         for i in range(len(hs)):  # len() of a list, iteration over a proxy's tuple below
             hs[i] = hs[i].relu()
         first, second = torch.chunk(torch.cat(hs, 1), 2, dim=1)
-        return self.c(torch.cat([first, second], 1)) * (x.size(-1) / x.dim())
+        return self.c(torch.cat([first, second], 1)) * self.gain * (x.size(-1) / x.dim())
 
 
 def test_a_forward_that_branches_on_a_shape_is_traced_at_the_example_shapes():
@@ -355,6 +356,7 @@ def test_a_forward_that_branches_on_a_shape_is_traced_at_the_example_shapes():
     assert "traced with the example input's shapes fixed" in str(report)
     assert spec["a.weight"].axes[0] != spec["b.weight"].axes[0]  # two hidden spaces
     assert spec["c.weight"].axes[1] == (spec["a.weight"].axes[0], spec["b.weight"].axes[0])
+    assert spec["gain"].axes[0] == spec["c.weight"].axes[0]
     gm = trace_module(model, (x, y))
     torch.testing.assert_close(gm(x, y), model(x, y))
     assert any(n.target is F.interpolate for n in gm.graph.nodes)  # the branch taken
