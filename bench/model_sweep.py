@@ -1,9 +1,10 @@
-"""Every published classification model of torchvision (or a list of timm's): trace, build,
+"""Every published model of one of torchvision's tasks (or a list of timm's): trace, build,
 size and equivariance of a linear-basis NF-Layer, one model per row.
 
 Per model (random init, no download, ``eval()``, one input of ``--size`` pixels, or the
 model's own size where it takes no other: timm's ``fixed_input_size``, torchvision's vision
-transformers 224): ``trace s`` (``nfc.trace`` with its verification), the parameter tensors
+transformers 224; a clip of 8 frames for video models, 16 frames of 224 pixels for S3D and
+MViT; two images of at least 128 pixels for optical flow): ``trace s`` (``nfc.trace`` with its verification), the parameter tensors
 and derived spaces, ``build s`` (``NFLinear(spec, C, C, basis="linear")`` at ``--channels``,
 goal < 5 s), ``/model`` (the layer's weights over the model's), and ``equiv``: the largest
 error of ``nfncompile.testing.assert_equivariant`` on a 2-channel layer (float64, random group
@@ -14,8 +15,9 @@ permuted copies in float64) prints ``SKIP`` before it is traced. The last line c
 
 Needs torchvision (or timm) installed, which nfncompile does not depend on::
 
-    python bench/model_sweep.py [--source torchvision|timm] [--models a,b] [--channels 16]
-                                [--mode np] [--size 64] [--timeout 300]
+    python bench/model_sweep.py [--source torchvision|segmentation|video|optical_flow|timm]
+                                [--models a,b] [--channels 16] [--mode np] [--size 64]
+                                [--timeout 300]
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ TIMM = (
 #: models whose name says they need 224-pixel inputs (fixed patch grids, window sizes), for
 #: torchvision (timm's models say so in their ``pretrained_cfg``)
 FULL_INPUT = ("vit", "deit", "swin", "maxvit", "levit", "coat", "efficientformer", "fastvit")
+#: torchvision's video models that pool over a fixed (2, 7, 7) window: 16 frames of 224 pixels
+FULL_CLIP = ("s3d", "mvit")
+#: torchvision's model subpackages other than classification (``--source``)
+TORCHVISION_TASKS = ("segmentation", "video", "optical_flow")
 
 
 #: peak memory of one model's row per model weight (measured: ResNet-50 2.4 GB for 25.6M
@@ -74,11 +80,18 @@ def _alarm(*_) -> None:
 
 def factories(source: str, names: list | None):
     """``(name, zero-argument factory)`` for each model of ``source``."""
-    if source == "torchvision":
+    if source == "torchvision" or source in TORCHVISION_TASKS:
+        import importlib
+
         import torchvision.models as tvm
 
-        for n in names or tvm.list_models(module=tvm):
-            yield n, lambda n=n: tvm.get_model(n, weights=None)
+        module = (
+            tvm if source == "torchvision" else importlib.import_module(f"{tvm.__name__}.{source}")
+        )
+        # a segmentation model would download its backbone's ImageNet weights by default
+        kwargs = {"weights_backbone": None} if source == "segmentation" else {}
+        for n in names or tvm.list_models(module=module):
+            yield n, lambda n=n: tvm.get_model(n, weights=None, **kwargs)
     else:
         import timm
 
@@ -96,15 +109,30 @@ def input_size(model: torch.nn.Module, name: str, size: int) -> int:
     return 224 if any(k in name for k in FULL_INPUT) else size
 
 
+def example_input(model: torch.nn.Module, name: str, source: str, size: int) -> object:
+    """One example input for a model of ``source``: an image batch, a clip (video: 8 frames,
+    or 16 of 224 pixels for S3D and MViT), or two images of at least 128 pixels, a multiple
+    of 8 (optical flow: RAFT's correlation pyramid halves the 1/8-size features three times)."""
+    if source == "video":
+        if any(k in name for k in FULL_CLIP):
+            return torch.randn(1, 3, 16, 224, 224)
+        return torch.randn(1, 3, 8, size, size)
+    if source == "optical_flow":
+        side = max(128, -(-size // 8) * 8)
+        return (torch.randn(1, 3, side, side), torch.randn(1, 3, side, side))
+    side = input_size(model, name, size)
+    return torch.randn(1, 3, side, side)
+
+
 def sweep_one(make, name: str, args) -> list:
     torch.manual_seed(0)
     model = make().eval()
     skip = _too_large(model)
     if skip:
         return [skip]
-    size = input_size(model, name, args.size)
+    x = example_input(model, name, args.source, args.size)
     t0 = time.perf_counter()
-    spec = nfc.trace(model, torch.randn(1, 3, size, size), mode=args.mode)
+    spec = nfc.trace(model, x, mode=args.mode)
     t1 = time.perf_counter()
     layer = nfc.NFLinear(spec, args.channels, args.channels, mode=args.mode, basis="linear")
     t2 = time.perf_counter()
@@ -124,7 +152,8 @@ def sweep_one(make, name: str, args) -> list:
 
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", choices=("torchvision", "timm"), default="torchvision")
+    sources = ("torchvision", *TORCHVISION_TASKS, "timm")
+    ap.add_argument("--source", choices=sources, default="torchvision")
     ap.add_argument("--models", default="", help="comma-separated (default: all / TIMM)")
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--mode", choices=("np", "hnp"), default="np")
@@ -138,11 +167,12 @@ def main(argv: list | None = None) -> int:
     try:
         models = list(factories(args.source, names))
     except ImportError as e:
-        print(f"model_sweep: {e}; install {args.source} to run this sweep", file=sys.stderr)
+        package = "timm" if args.source == "timm" else "torchvision"
+        print(f"model_sweep: {e}; install {package} to run this sweep", file=sys.stderr)
         return 2
     head = ("model", "trace s", "tensors", "spaces", "build s", "/model", "equiv", "")
     print(f"# {args.source}, mode {args.mode}, C={args.channels}, linear basis")
-    print(f"{head[0]:<24}" + "".join(f"{h:>9}" for h in head[1:]))
+    print(f"{head[0]:<30}" + "".join(f"{h:>9}" for h in head[1:]))
     counts: dict = {}
     for name, make in models:
         signal.alarm(args.timeout)
@@ -157,7 +187,7 @@ def main(argv: list | None = None) -> int:
             signal.alarm(0)
         status = row[-1].split()[0]
         counts[status] = counts.get(status, 0) + 1
-        print(f"{name:<24}" + ("".join(f"{c:>9}" for c in row) if len(row) > 1 else row[0]))
+        print(f"{name:<30}" + ("".join(f"{c:>9}" for c in row) if len(row) > 1 else row[0]))
         sys.stdout.flush()
     print("# " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     return 0 if set(counts) <= {"ok", "SKIP"} else 1

@@ -169,3 +169,18 @@ def test_model_sweep_traces_a_fixed_size_model_at_its_own_size(monkeypatch):
     assert sweep.input_size(model, "maxvit_pico_rw_256", 64) == 256
     model.pretrained_cfg = {"input_size": (3, 256, 256), "fixed_input_size": False}
     assert sweep.input_size(model, "halonet26t", 64) == 64
+
+
+def test_model_sweep_makes_each_tasks_example_input(monkeypatch):
+    """Images for classification and segmentation, clips for video (16 frames of 224
+    pixels where the model pools over a fixed window), two images for optical flow."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sweep = importlib.import_module("model_sweep")
+    model = nn.Linear(2, 2)
+    assert sweep.example_input(model, "fcn_resnet50", "segmentation", 64).shape == (1, 3, 64, 64)
+    assert sweep.example_input(model, "r3d_18", "video", 64).shape == (1, 3, 8, 64, 64)
+    assert sweep.example_input(model, "s3d", "video", 64).shape == (1, 3, 16, 224, 224)
+    pair = sweep.example_input(model, "raft_small", "optical_flow", 100)
+    assert [tuple(t.shape) for t in pair] == [(1, 3, 128, 128)] * 2
+    pair = sweep.example_input(model, "raft_small", "optical_flow", 250)
+    assert [tuple(t.shape) for t in pair] == [(1, 3, 256, 256)] * 2

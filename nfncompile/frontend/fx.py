@@ -12,7 +12,9 @@ shapes, control flow on a tensor, an ``assert`` on a shape) is kept as one ``cal
 node: shape propagation runs the real module, and the analysis applies the rule of its class
 (found along the MRO: a ``Conv2d`` subclass is still a conv) or probes it
 (:mod:`nfncompile.frontend.probe`). Its node's ``meta["nfn_leaf"]`` is a :class:`LeafCall`
-saying why.
+saying why. Where the model's own forward cannot be traced (it branches on a shape, as RAFT's
+does), it is traced again by :class:`ShapeSpecialisingTracer`, which fixes the example input's
+shapes (``gm.meta["nfn_specialised"]`` says where the plain trace failed).
 
 Shape propagation runs the real forward in eval mode under ``no_grad`` for small models and
 on *fake* tensors for large ones (no arithmetic, so tracing a 2048-channel network costs what a
