@@ -346,12 +346,12 @@ def verify(
         spec = spec.with_mode(mode)  # validates mode
     mode = spec.mode
     gen = torch.Generator().manual_seed(seed)
+    spec.check_state_dict(dict(model.state_dict()))
     args = as_args(example_input)
     net, dtype, first, note = _working_copy(model, args, gen, perturb)
     if dtype != torch.float64:
         atol, rtol = max(atol, FLOAT32_ATOL), max(rtol, FLOAT32_RTOL)
     state = dict(net.state_dict())
-    spec.check_state_dict(state)
     # ``{alias: first key}``: functional_call takes one value per tensor
     aliases = {k: c for k, c in canonical_keys(state).items() if c != k}
     if io is not None:

@@ -142,6 +142,10 @@ def test_mismatched_spec_raises_state_dict_error():
     spec = _spec("h1", "h2")
     with pytest.raises(StateDictMismatchError, match=r"missing keys: fc1\.weight"):
         verify(nn.Linear(3, 5), spec, _x(2, 3))
+    # checked before the model runs: a forward that fails (in float64 and float32) is not
+    # what the user reads
+    with pytest.raises(StateDictMismatchError, match=r"missing keys: fc1\.weight"):
+        verify(nn.Linear(3, 5), spec, _x(2, 4))
 
 
 class Fragile(nn.Module):
