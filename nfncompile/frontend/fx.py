@@ -268,9 +268,8 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         return self.mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
 
     def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
-        params = list(inspect.signature(root.forward).parameters.values())
         given = list(self._example)
-        for p in params:
+        for p in _forward_params(root):
             if p.kind == p.VAR_POSITIONAL:
                 self._inputs["*" + p.name] = tuple(given)
                 break
@@ -442,14 +441,19 @@ def _attributes_kept(model: torch.nn.Module) -> Iterator[None]:
 _MODULE_DICTS = ("_parameters", "_buffers", "_modules")
 
 
+def _forward_params(model: torch.nn.Module) -> list[inspect.Parameter]:
+    """The parameters of ``model.forward`` (none where it has no signature to read)."""
+    try:
+        return list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a builtin
+        return []
+
+
 def _defaults_after(model: torch.nn.Module, given: int) -> dict | None:
     """The default values of ``model.forward``'s parameters after the first ``given``: the
     example input is the call ``model(*args)``, so each of them is traced as that constant
     (``forward(x, mask=None)`` traced with ``mask`` a proxy would take the masked branch)."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):  # no signature to read (a builtin)
-        return None
+    params = _forward_params(model)
     named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     rest = {p.name: p.default for p in named[given:] if p.default is not p.empty}
     return rest or None
@@ -568,7 +572,8 @@ def trace_graph(
         return tracer, run(tracer), raised_at(first) or _error(first)
     except Exception as e:
         # report where the specialised trace stopped when it got further than the plain one
-        error, later = (e, raised_at(e)) if raised_at(e) != raised_at(first) else (first, "")
+        later = raised_at(e) != raised_at(first)
+        error = e if later else first
         where = raised_at(error)
         at = f" at {where}" if where else ""
         past = f" (with the example input's shapes fixed, past {raised_at(first)})" if later else ""
