@@ -211,22 +211,24 @@ def _working_copy(
     model's float32, which :func:`verify` checks at the looser ``FLOAT32_ATOL`` and
     ``FLOAT32_RTOL``.
     """
-    note = ""
-    for dtype in (torch.float64, torch.float32):
+
+    def run(dtype: torch.dtype) -> tuple[nn.Module, tuple]:
         net = copy.deepcopy(model).to(dtype).eval()
         if perturb:
             _perturb(net, gen)
         x = _draw_inputs(args, gen, dtype)
-        try:
-            with torch.no_grad():
-                return net, dtype, (x, leaves(net(*x))), note
-        except Exception as e:
-            if dtype != torch.float64:
-                raise
-            where = raised_at(e)
-            at = f" at {where}" if where else ""
-            note = f"in float32: its forward fails in float64{at} ({type(e).__name__}: {e})"
-    raise AssertionError("unreachable")
+        with torch.no_grad():
+            return net, (x, leaves(net(*x)))
+
+    try:
+        net, first = run(torch.float64)
+        return net, torch.float64, first, ""
+    except Exception as e:
+        where = raised_at(e)
+        at = f" at {where}" if where else ""
+        note = f"in float32: its forward fails in float64{at} ({type(e).__name__}: {e})"
+    net, first = run(torch.float32)
+    return net, torch.float32, first, note
 
 
 def _one_per_tensor(sd: dict, aliases: dict) -> tuple[dict, str]:
