@@ -4,10 +4,10 @@ size and equivariance of a linear-basis NF-Layer, one model per row.
 Per model (random init, no download, ``eval()``, one input of ``--size`` pixels, or the
 model's own size where it takes no other: timm's ``fixed_input_size``, torchvision's vision
 transformers 224; a clip of 8 frames for video models, 16 frames of 224 pixels for S3D and
-MViT; two images of at least 128 pixels for optical flow): ``trace s`` (``nfc.trace`` with its verification), the parameter tensors
-and derived spaces, ``build s`` (``NFLinear(spec, C, C, basis="linear")`` at ``--channels``,
-goal < 5 s), ``/model`` (the layer's weights over the model's), and ``equiv``: the largest
-error of ``nfncompile.testing.assert_equivariant`` on a 2-channel layer (float64, random group
+MViT; two images of at least 128 pixels for optical flow): ``trace s`` (``nfc.trace`` with
+its verification), the parameter tensors and derived spaces, ``build s``
+(``NFLinear(spec, C, C, basis="linear")`` at ``--channels``, goal < 5 s), ``/model`` (the
+layer's weights over the model's), and ``equiv``: the largest error of ``nfncompile.testing.assert_equivariant`` on a 2-channel layer (float64, random group
 elements drawn from the spec). A model that fails prints the exception's first line; one that
 takes longer than ``--timeout`` seconds prints ``TIMEOUT``; one whose check would not fit in
 memory (about :data:`BYTES_PER_WEIGHT` per model weight: features, outputs, gradients and
@@ -81,13 +81,9 @@ def _alarm(*_) -> None:
 def factories(source: str, names: list | None):
     """``(name, zero-argument factory)`` for each model of ``source``."""
     if source == "torchvision" or source in TORCHVISION_TASKS:
-        import importlib
-
         import torchvision.models as tvm
 
-        module = (
-            tvm if source == "torchvision" else importlib.import_module(f"{tvm.__name__}.{source}")
-        )
+        module = tvm if source == "torchvision" else getattr(tvm, source)
         # a segmentation model would download its backbone's ImageNet weights by default
         kwargs = {"weights_backbone": None} if source == "segmentation" else {}
         for n in names or tvm.list_models(module=module):
