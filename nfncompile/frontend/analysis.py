@@ -122,6 +122,16 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             self._fix_run(run.id, 0, size, self._broken(POSITIONS))
         return (Seg(run.id, 0, size),)
 
+    def name_output(self, label: Any) -> Any:
+        """``label``, the output of a functional layer that is its weight's axis
+        (``F.conv2d(x, self.weight)``), named after the weight's module as a module's call names
+        its output (``stem.weight.d0`` -> ``stem``); returns it."""
+        for seg in segments(label):
+            run = self.runs[seg.run]
+            if run.kind == "param":
+                run.kind, run.origin = "neuron", run.origin.rsplit(".", 2)[0]
+        return label
+
     def _broken(self, reason: str) -> int:
         name = self.node.name if self.node else ""
         for i, b in enumerate(self.broken):

@@ -15,10 +15,10 @@ def test_standardised_convs_keep_their_input_and_output_spaces():
     # back), conv1's output is a space; the standardisation statistics run over each
     # weight's (in, kh, kw) positions, which permute with the input channels
     assert [(s.name, s.size) for s in spec.spaces.values()] == [
-        ("in", 3), ("stem.weight.d0", 6), ("conv1.weight.d0", 6), ("out", 10),
+        ("in", 3), ("stem", 6), ("conv1", 6), ("out", 10),
     ]  # fmt: skip
-    assert spec["stem.weight"].axes == ("stem.weight.d0", "in", None, None)
-    assert spec["conv1.weight"].axes == ("conv1.weight.d0", "stem.weight.d0", None, None)
-    assert spec["conv2.weight"].axes == ("stem.weight.d0", "conv1.weight.d0", None, None)
-    assert spec["conv2.gain"].axes == ("stem.weight.d0", None, None, None)
+    assert spec["stem.weight"].axes == ("stem", "in", None, None)
+    assert spec["conv1.weight"].axes == ("conv1", "stem", None, None)
+    assert spec["conv2.weight"].axes == ("stem", "conv1", None, None)
+    assert spec["conv2.gain"].axes == ("stem", None, None, None)
     assert report.verification.ok and not report.broken

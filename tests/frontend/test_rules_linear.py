@@ -56,3 +56,44 @@ def test_a_token_mixing_mlp_reads_positions_which_stay_fixed():
     assert b.reason == "combined elementwise with a tensor that depends on position"
     assert b.neurons == ["token2"] and b.count == 16
     assert report.verification.ok
+
+
+class Conv1D(nn.Module):
+    """Hugging Face's GPT-2 ``Conv1D``: a dense layer as ``torch.addmm(bias, x, weight)``, its
+    weight stored ``(in, out)``."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out))
+        self.bias = nn.Parameter(torch.randn(n_out))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x, self.weight)
+
+
+class AddmmMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.proj = Conv1D(4, 6), Conv1D(5, 3)
+        self.gw, self.gb = nn.Parameter(torch.randn(1, 6, 5)), nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        w = self.gw.expand(h.shape[0], 6, 5)
+        g = torch.baddbmm(self.gb, h[:, None, :], w, beta=0.5, alpha=2.0)[:, 0, :]
+        return self.proj.bias.addmm(torch.tanh(g), self.proj.weight)  # the method form
+
+
+def test_addmm_and_baddbmm_are_a_matmul_added_to_their_input():
+    # without a rule each was probed as one call, found not equivariant (its weight moves
+    # with the neurons, which the probe does not move), and fixed every space; the output
+    # neurons are the weight's axis, named after its module
+    model = model_(AddmmMLP)
+    spec, report = nfc.trace_with_report(model, x_(3, 4))
+    assert spaces_(spec) == [
+        ("in", 4, "input"), ("fc", 6, "hidden"), ("gw", 5, "hidden"), ("out", 3, "output"),
+    ]  # fmt: skip
+    assert spec["fc.weight"].axes == ("in", "fc") and spec["fc.bias"].axes == ("fc",)
+    assert spec["gw"].axes == (None, "fc", "gw") and spec["gb"].axes == ("gw",)
+    assert spec["proj.weight"].axes == ("gw", "out")
+    assert not report.broken and not report.probes and report.verification.ok

@@ -105,9 +105,9 @@ class LayerNormStd(MeanVarStd):
 def test_weight_standardisation_keeps_the_input_channels(cls):
     spec, report = trace_with_report(model_(cls), x_(2, 3, 5, 5))
     # w is read first, so its output rows come first; its input axis is c1's space
-    assert spaces_(spec) == [("in", 3, "input"), ("w.d0", 4, "hidden"), ("c1", 6, "hidden"),
+    assert spaces_(spec) == [("in", 3, "input"), ("w", 4, "hidden"), ("c1", 6, "hidden"),
                              ("out", 2, "output")]  # fmt: skip
-    assert spec["w"].axes == ("w.d0", "c1", None, None)
+    assert spec["w"].axes == ("w", "c1", None, None)
     assert report.verification.ok and not report.broken
 
 

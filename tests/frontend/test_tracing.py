@@ -135,8 +135,8 @@ EXPECTED = {
                            ("blocks.0.expand", 32, "hidden"), ("blocks.0.se_down", 2, "hidden"),
                            ("blocks.1.expand", 32, "hidden"), ("blocks.1.se_down", 2, "hidden"),
                            ("head", 16, "hidden"), ("out", 10, "output")],
-    # every conv a Conv2dSame (kept as one call, a conv by its base class): block 0 (stride 2,
-    # 8 -> 12) has no residual, so its project output (12) starts the stream block 1 adds to
+    # every conv a Conv2dSame (traced with the example's shapes fixed: a pad and a conv each):
+    # block 0 (stride 2, 8 -> 12) has no residual, so its project output (12) starts the stream block 1 adds to
     "tf_efficientnet": [("in", 3, "input"), ("stem", 8, "hidden"),
                         ("blocks.0.expand", 32, "hidden"), ("blocks.0.se_down", 2, "hidden"),
                         ("blocks.0.project", 12, "hidden"), ("blocks.1.expand", 48, "hidden"),
@@ -162,9 +162,9 @@ EXPECTED = {
     "sk_block": [("in", 3, "input"), ("stem", 8, "hidden"), ("sk.paths.0.0", 8, "hidden"),
                  ("sk.fc_reduce", 4, "hidden"), ("out", 10, "output")],
     # the convs are functional (F.conv2d on the standardised weight): their output channels
-    # are the weights' dim 0; conv2 adds back into the stem's stream
-    "std_conv_block": [("in", 3, "input"), ("stem.weight.d0", 8, "hidden"),
-                       ("conv1.weight.d0", 8, "hidden"), ("out", 10, "output")],
+    # are the weights' dim 0, named after their modules; conv2 adds back into the stem's stream
+    "std_conv_block": [("in", 3, "input"), ("stem", 8, "hidden"),
+                       ("conv1", 8, "hidden"), ("out", 10, "output")],
     # the blur pools keep their channels
     "blurpool_cnn": [("in", 3, "input"), ("conv1", 8, "hidden"), ("conv2", 8, "hidden"),
                      ("out", 10, "output")],

@@ -179,7 +179,7 @@ def _function_conv(transposed: bool) -> Rule:
             out, _ = grouped(a, lab, g, cin, w.shape[0], False, a.node.name, out=w0, inner=w1)
         if isinstance(b, TensorLabels):  # per-channel biases: the output is no longer uniform
             out = a.tie(out, a.plain_label(b.labels[0]) if b.ndim else None)
-        return TensorLabels(a.out_shape(), x.with_label(cd, out).labels)
+        return TensorLabels(a.out_shape(), x.with_label(cd, a.name_output(out)).labels)
 
     return rule
 

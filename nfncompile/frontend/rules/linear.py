@@ -1,4 +1,5 @@
-"""Op rules for dense layers: ``nn.Linear``, ``F.linear``, ``nn.Embedding`` and matmul.
+"""Op rules for dense layers: ``nn.Linear``, ``F.linear``, ``nn.Embedding``, matmul and
+``addmm``/``baddbmm`` (Hugging Face's GPT-2 ``Conv1D`` is ``torch.addmm(bias, x, weight)``).
 
 A dense layer's output neurons are a new run; its weight's input axis is labelled with the
 neurons of its input's last dim.
@@ -49,7 +50,7 @@ def _function_linear(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     a.tie(x.labels[-1], w.labels[1], "F.linear input meets an unlabelled weight axis")
     if isinstance(b, TensorLabels):
         a.tie(w.labels[0], b.labels[0] if b.ndim else None)
-    return _linear(a, x, w.labels[0])
+    return _linear(a, x, a.name_output(w.labels[0]))
 
 
 @register_function(torch.matmul, operator.matmul, torch.mm, torch.bmm)
@@ -65,4 +66,15 @@ def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     by = TensorLabels(y.shape[:-2], y.labels[:-2])
     shape = a.out_shape()
     batch = a.broadcast([bx, by], shape[:-2])
-    return TensorLabels(shape, batch.labels + (x.labels[-2], y.labels[-1]))
+    # x @ self.weight: the output neurons are the weight's axis, named after its module
+    return TensorLabels(shape, batch.labels + (x.labels[-2], a.name_output(y.labels[-1])))
+
+
+@register_function(torch.addmm, torch.baddbmm)
+@register_method("addmm", "baddbmm")
+def _addmm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``beta * input + alpha * (x @ y)``: a matmul, added to ``input`` elementwise."""
+    inp = arg(args, kwargs, 0, "input")
+    x = arg(args, kwargs, 1, "mat1", kwargs.get("batch1"))
+    y = arg(args, kwargs, 2, "mat2", kwargs.get("batch2"))
+    return a.broadcast([inp, _matmul(a, (x, y), {})])
