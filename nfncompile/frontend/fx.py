@@ -13,8 +13,12 @@ node: shape propagation runs the real module, and the analysis applies the rule 
 (found along the MRO: a ``Conv2d`` subclass is still a conv) or probes it
 (:mod:`nfncompile.frontend.probe`). Its node's ``meta["nfn_leaf"]`` is a :class:`LeafCall`
 saying why. Where the model's own forward cannot be traced (it branches on a shape, as RAFT's
-does), it is traced again by :class:`ShapeSpecialisingTracer`, which fixes the example input's
-shapes (``gm.meta["nfn_specialised"]`` says where the plain trace failed).
+does), or submodules were kept as one call, it is traced again by
+:class:`ShapeSpecialisingTracer`, which fixes the example input's shapes and dtypes
+(``gm.meta["nfn_specialised"]`` says where the plain trace failed); a submodule that checks its
+input's shape or dtype (Hugging Face's ``ViTModel``) is then read op by op. A forward behind a
+``functools.wraps`` decorator taking ``(*args, **kwargs)`` (Hugging Face's
+``@can_return_tuple``) is called as the example calls it.
 
 Shape propagation runs the real forward in eval mode under ``no_grad`` for small models and
 on *fake* tensors for large ones (no arithmetic, so tracing a 2048-channel network costs what a
@@ -43,7 +47,9 @@ from typing import Any
 
 import torch
 import torch.fx
+import torch.utils._pytree as pytree
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
@@ -155,6 +161,49 @@ class LeafFallbackTracer(torch.fx.Tracer):
         self._param_cache = parameter_proxy_cache  # to forget proxies of rolled-back nodes
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
+    def create_args_for_root(
+        self, root_fn: Callable[..., Any], is_module: bool, concrete_args: Any = None
+    ) -> tuple[Callable[..., Any], list]:
+        """fx's placeholders, and the root called as the example input calls it.
+
+        fx makes the placeholders from the innermost function's parameters but calls
+        ``root_fn`` with all of them positionally, through code it rewrites. A forward behind a
+        ``functools.wraps`` decorator taking ``(*args, **kwargs)`` (Hugging Face's
+        ``@can_return_tuple``) then had ``kwargs`` bound to its second input, and a default fx
+        must flatten (a tuple: ``forward(x, sizes=(1, 2))``) made code that does not compile.
+        Here the root is called as ``model(*example)`` calls it: the inputs positionally, every
+        parameter left at its default (``concrete_args``) not passed at all.
+        """
+        concrete_args = concrete_args or {}
+        inner = inspect.unwrap(root_fn)
+        if isinstance(concrete_args, tuple) or (
+            inner is root_fn and all(map(pytree.tree_is_leaf, concrete_args.values()))
+        ):  # fx's own way works (and passes ``*args`` inputs on as one tuple)
+            return super().create_args_for_root(root_fn, is_module, concrete_args or None)
+        leaf = {k: v for k, v in concrete_args.items() if pytree.tree_is_leaf(v)}
+        _, args = super().create_args_for_root(inner, is_module, leaf)
+        params = inspect.signature(inner).parameters
+        code = inner.__code__
+        # fx's order: named parameters as the code lists them, then *args, then **kwargs
+        var = sum(bool(code.co_flags & f) for f in (inspect.CO_VARARGS, inspect.CO_VARKEYWORDS))
+        names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount + var]
+
+        def call(*values: Any) -> Any:
+            pos, kw, by_name = [], {}, False
+            for name, value in zip(names, values):
+                p = params[name]
+                if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                    continue  # the example call passes nothing more
+                if name in concrete_args:
+                    by_name = True  # left at its default: the later inputs go by name
+                elif p.kind is p.KEYWORD_ONLY or by_name:
+                    kw[name] = value
+                else:
+                    pos.append(value)
+            return root_fn(*pos, **kw)
+
+        return call, args
+
     def call_module(
         self, m: torch.nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict
     ) -> Any:
@@ -188,9 +237,12 @@ class LeafFallbackTracer(torch.fx.Tracer):
 #: a node's value the shape-specialising trace could not compute (its shapes stay symbolic)
 _UNKNOWN = object()
 
-#: attributes and methods of a traced tensor that :class:`ShapeSpecialisingTracer` answers with
-#: the example input's numbers
-_SHAPE_ATTRS = frozenset({"shape", "ndim", "size", "dim", "ndimension", "numel", "nelement"})
+#: attributes and methods of a traced tensor that :class:`ShapeSpecialisingTracer` answers from
+#: the example input (its shapes, dtype and device)
+_SHAPE_ATTRS = frozenset(
+    {"shape", "ndim", "size", "dim", "ndimension", "numel", "nelement", "dtype", "device"}
+    | {"is_floating_point", "is_complex"}
+)
 
 
 class _ShapeProxy(torch.fx.Proxy):
@@ -228,12 +280,13 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
     """A :class:`LeafFallbackTracer` whose proxies know the example input's shapes.
 
     Each node is also run on fake tensors as it is recorded, so ``x.shape``, ``x.size()``,
-    ``x.dim()``, ``len(x)`` and unpacking a proxy give the example's numbers instead of new
-    nodes: a forward that branches on a shape (``if (h, w) != y.shape[-2:]``, padding to a
+    ``x.dim()``, ``x.dtype``, ``len(x)`` and unpacking a proxy give the example's values instead
+    of new nodes: a forward that branches on a shape (``if (h, w) != y.shape[-2:]``, padding to a
     multiple of a window) takes the branch the example input takes, and the graph holds the
     example's sizes as constants. The analysis reads the model at that input only, so nothing
     is lost for it. A branch on a tensor's values still fails, with fx's reason.
-    :func:`trace_module` uses it where plain symbolic tracing of the model fails.
+    :func:`trace_module` uses it where plain symbolic tracing of the model fails or keeps
+    submodules as one call.
 
     Parameters
     ----------
@@ -321,12 +374,14 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
 
 
 def _plain(value: Any) -> Any:
-    """``value`` with torch.fx's immutable lists and dicts made plain ones, at every depth."""
-    if isinstance(value, list):
+    """``value`` with torch.fx's immutable lists and dicts made plain ones, at every depth of
+    the literal containers of a node's arguments (a value a node returned, such as a Hugging
+    Face ``ModelOutput`` dict, is left as it is)."""
+    if type(value) in (list, immutable_list):
         return [_plain(v) for v in value]
-    if isinstance(value, dict):
+    if type(value) in (dict, immutable_dict):
         return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+    if type(value) is tuple:
         return tuple(_plain(v) for v in value)
     return value
 
@@ -413,26 +468,37 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _attributes_kept(model: torch.nn.Module) -> Iterator[None]:
+def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
     """Undo every attribute that tracing binds on ``model``'s modules (plain attributes,
     parameters, buffers, submodules). A module that caches a tensor it computes on its first
     call (timm's ConViT attention builds its relative-position table for the input's size)
     would otherwise keep an fx ``Proxy`` from symbolic tracing or a ``FakeTensor`` from fake
     shape propagation, and every later real forward (the probes, the verification, the
-    user's own) would read it."""
+    user's own) would read it. A plain dict attribute is restored to its entries too: Hugging
+    Face's LeViT caches its attention biases per device in one.
+
+    The body may add names to the set it is given: new attributes of ``model`` itself by those
+    names stay (the constants a graph's ``get_attr`` nodes read, which fx binds on the root).
+    """
     saved = [
-        (m, dict(m.__dict__), {k: dict(getattr(m, k)) for k in _MODULE_DICTS})
+        (
+            m,
+            dict(m.__dict__),
+            {k: dict(d) for k, d in m.__dict__.items() if type(d) is dict or k in _MODULE_DICTS},
+        )
         for m in model.modules()
     ]
+    keep: set = set()
     try:
-        yield
+        yield keep
     finally:
         for m, attrs, dicts in saved:
             for k in [k for k in m.__dict__ if k not in attrs]:
-                del m.__dict__[k]
+                if m is not model or k not in keep:
+                    del m.__dict__[k]
             m.__dict__.update(attrs)
             for k, entries in dicts.items():
-                d = getattr(m, k)
+                d = m.__dict__[k]
                 d.clear()
                 d.update(entries)
 
@@ -520,7 +586,7 @@ def trace_module(
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected an nn.Module to trace, got {type(model).__name__}")
     args = as_args(example_input)
-    with _attributes_kept(model):
+    with attributes_kept(model):
         return _trace_module(model, args, fake)
 
 
@@ -531,14 +597,17 @@ def trace_graph(
 
     Plain symbolic tracing first; where it fails (the forward branches on a shape, iterates
     over a tensor, takes ``len`` of one), again with :class:`ShapeSpecialisingTracer`, which
-    fixes the example's shapes.
+    fixes the example's shapes. Where it succeeds but keeps submodules as one call, that trace
+    is tried too and taken if it keeps fewer (a submodule that checks its input's dtype or
+    shape is then read op by op).
 
     Returns
     -------
     tracer : LeafFallbackTracer
     graph : torch.fx.Graph
     specialised : str
-        Empty for a plain trace; else where plain tracing failed (``file:line in fn: code``).
+        Empty for a plain trace; else where plain tracing failed (``file:line in fn: code``, and
+        the submodule where one was kept as one call).
 
     Raises
     ------
@@ -549,24 +618,45 @@ def trace_graph(
 
     def run(tracer: LeafFallbackTracer) -> torch.fx.Graph:
         tracer.record_stack_traces = record_stack_traces
-        with _eval_mode(model), warnings.catch_warnings():
+        # each trace starts from the model as it was: what one binds or caches on a module
+        # (a proxy, in a dict of LeViT's) is undone before the next trace or any real forward
+        with _eval_mode(model), attributes_kept(model) as keep, warnings.catch_warnings():
             # fx warns for each default it cannot guard with an assertion (a tensor, an object)
             warnings.filterwarnings("ignore", "Was not able to add assertion")
             graph = tracer.trace(model, concrete_args=defaults)
+            keep.update(n.target for n in graph.nodes if n.op == "get_attr")
         for n in list(graph.nodes):
             # a tensor default is traced as a constant of the graph; as the placeholder's own
             # default (a get_attr node) fx would write a name the code never defines
             if n.op == "placeholder" and n.args and isinstance(n.args[0], torch.fx.Node):
-                const, n.args = n.args[0], (None,)
-                if not const.users:
-                    graph.erase_node(const)
+                n.args = (None,)
+        for n in reversed(graph.nodes):
+            # a read nothing uses: a tensor default's constant (above), or a parameter whose
+            # dtype or shape the shape-specialising trace answered (the analysis would take
+            # it for a parameter read but never used, and fix its axes)
+            if n.op == "get_attr" and not n.users:
+                graph.erase_node(n)
         return graph
 
     plain = LeafFallbackTracer()
     try:
-        return plain, run(plain), ""
+        graph = run(plain)
     except Exception as e:
         first = e
+    else:
+        if not plain.leaves:
+            return plain, graph, ""
+        # a submodule whose forward checks its input's shape or dtype (Hugging Face's ViTModel
+        # does) is a leaf of the plain trace; with the example's shapes fixed it may not be
+        tracer = ShapeSpecialisingTracer(args)
+        try:
+            fixed = run(tracer)
+        except Exception:
+            return plain, graph, ""
+        if len(tracer.leaves) < len(plain.leaves):
+            leaf = plain.leaves[0]
+            return tracer, fixed, f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})"
+        return plain, graph, ""
     tracer = ShapeSpecialisingTracer(args)
     try:
         return tracer, run(tracer), raised_at(first) or _error(first)

@@ -29,10 +29,10 @@ report says why.
 Examples
 --------
 >>> import torch
->>> class Gate(torch.nn.Module):  # torch.fx cannot trace it (an `if` on a tensor): one call
+>>> class Gate(torch.nn.Module):  # torch.fx cannot trace it (an `if` on values): one call
 ...     def forward(self, x):
-...         if x.dim() != 4:
-...             raise ValueError("expected (N, C, H, W)")
+...         if not torch.isfinite(x).all():
+...             raise ValueError("expected finite values")
 ...         return x * torch.sigmoid(x.mean((2, 3), keepdim=True))
 >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), Gate(), torch.nn.AdaptiveAvgPool2d(1),
 ...                           torch.nn.Flatten(), torch.nn.Linear(4, 2))

@@ -44,7 +44,7 @@ from ..errors import SymmetryError
 from ..spec import Permutation, WeightSpaceSpec, is_counter
 from .derivation import IOAxes, TensorAxes
 from .explain import Divergence, explain_failure, permuted_state
-from .fx import as_args, canonical_keys, leaves, raised_at
+from .fx import as_args, attributes_kept, canonical_keys, leaves, raised_at
 
 __all__ = ["verify", "VerifyReport", "SpaceCheck"]
 
@@ -217,7 +217,7 @@ def _working_copy(
         if perturb:
             _perturb(net, gen)
         x = _draw_inputs(args, gen, dtype)
-        with torch.no_grad():
+        with torch.no_grad(), attributes_kept(net):
             return net, (x, leaves(net(*x)))
 
     try:
@@ -364,9 +364,9 @@ def verify(
         in_io, out_io = _default_io(spec, args, "input"), None
 
     cases = [first]
-    with torch.no_grad():
-        for _ in range(max(trials, 1) - 1):
-            x = _draw_inputs(args, gen, dtype)
+    for _ in range(max(trials, 1) - 1):
+        x = _draw_inputs(args, gen, dtype)
+        with torch.no_grad(), attributes_kept(net):
             cases.append((x, leaves(net(*x))))
     if out_io is None:
         out_io = _default_io(spec, cases[0][1], "output")
@@ -397,7 +397,9 @@ def verify(
                     return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, apart, params)
                 xp = tuple(_permute(perm, t, a) for t, a in zip(x, in_io))
                 try:
-                    with torch.no_grad():
+                    # each call from the copy as it was: a value the forward caches from
+                    # its parameters (LeViT's attention biases) is computed from these ones
+                    with torch.no_grad(), attributes_kept(net):
                         yp = leaves(torch.func.functional_call(net, sd, xp))
                 except Exception as e:  # a forward pass that fails on permuted weights
                     msg = f"forward pass raised {type(e).__name__}: {e}"

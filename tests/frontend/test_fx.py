@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.fx
@@ -11,7 +13,7 @@ from torch import nn
 import nfncompile as nfc
 from nfncompile.architectures.catalogue import CATALOGUE
 from nfncompile.errors import TraceError
-from nfncompile.frontend.fx import trace_module
+from nfncompile.frontend.fx import LeafFallbackTracer, trace_module
 from nfncompile.frontend.tracing import trace_with_report
 from tests.frontend.helpers import model_, spaces_, x_
 
@@ -147,19 +149,23 @@ def test_a_kept_submodule_that_cannot_run_raises_trace_error_with_both_reasons()
     assert "kept as one call because torch.fx could not trace its forward: BrokenLeaf 1: " in msg
 
 
-def test_same_padding_convs_are_kept_as_convs():
-    # timm's Conv2dSame pattern: plain symbolic tracing fails on the whole model; the kept
-    # Conv2dSame modules are convs by their base class (plain, depthwise and pointwise)
+def test_same_padding_convs_are_traced_with_their_shapes_fixed():
+    # timm's Conv2dSame pattern: plain symbolic tracing keeps each Conv2dSame as one call (a
+    # conv by its base class); traced again with the example's shapes fixed, each is its
+    # padding and a conv, and that trace, with fewer kept calls, is the one taken
     arch = CATALOGUE["tf_efficientnet"]
     model = model_(arch.factory)
     with pytest.raises(Exception, match="symbolically traced variables"):
         torch.fx.symbolic_trace(model)
+    convs = {n for n, m in model.named_modules() if type(m).__name__ == "Conv2dSame"}
+    plain = LeafFallbackTracer()
+    plain.trace(model)
+    assert {leaf.module for leaf in plain.leaves} == convs
     spec, report = trace_with_report(model, x_(*arch.input_shape))
-    kept = {leaf.module for leaf in report.leaf_calls}
-    assert kept == {n for n, m in model.named_modules() if type(m).__name__ == "Conv2dSame"}
-    assert all(leaf.where.endswith("return max((math.ceil(size / stride) - 1) * stride + "
-                                   "(kernel - 1) * dilation + 1 - size, 0)")
-               for leaf in report.leaf_calls)  # fmt: skip
+    assert not report.leaf_calls
+    assert report.specialised.endswith(f"(in Conv2dSame {plain.leaves[0].module})")
+    assert "math.ceil(size / stride)" in report.specialised
+    assert "traced with the example input's shapes fixed" in str(report)
     assert spec["stem.weight"].axes == ("stem", "in", None, None)
     assert spec["blocks.0.depthwise.weight"].axes == ("blocks.0.expand", None, None, None)
     assert spec["blocks.1.project.weight"].axes == (
@@ -179,8 +185,8 @@ def test_kept_submodules_propagate_shapes_on_fake_tensors_too():
 
 class CachedTable(nn.Module):
     """timm's ConViT attention pattern: a table for the input's length, computed on the first
-    call of that length and kept on the module (the branch on a traced shape keeps the module
-    as one call)."""
+    call of that length and kept on the module. Its forward refuses symbolic tracing (as code
+    that takes another path under fx does), so every trace keeps it as one call."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -192,6 +198,8 @@ class CachedTable(nn.Module):
         if self.table is None or self.table.shape[0] != x.shape[1]:
             self.table = torch.arange(x.shape[1], dtype=x.dtype)
         self.calls += 1
+        if torch.fx._symbolic_trace.is_fx_tracing():
+            raise RuntimeError("CachedTable is not traceable")
         return self.fc(x) * self.table[:, None]
 
 
@@ -223,7 +231,7 @@ def test_fake_shape_propagation_leaves_no_fake_tensor_in_the_model():
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(model(x), fresh(x))  # the user's own forward, as untraced
     assert type(model.mid.table) is torch.Tensor and model.mid.table.shape == (5,)
-    # with no table yet the module is traced through, and symbolic tracing binds an fx Proxy
+    # with no table yet, symbolic tracing binds an fx Proxy before the module refuses it
     model.mid.table = None
     trace_module(model, x, fake=False)
     assert model.mid.table is None and model.mid.calls == 1
@@ -403,3 +411,127 @@ def test_the_model_is_traced_in_eval_mode_and_its_flags_are_restored():
     gm = trace_module(model, x_(2, 3))
     assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "output"]
     assert model.training and model.a.training
+
+
+def returns_tuple(forward):
+    """Hugging Face's ``@can_return_tuple`` pattern: a ``functools.wraps`` decorator whose
+    wrapper takes ``(self, *args, **kwargs)`` and reads a keyword of its own."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        return_dict = kwargs.pop("return_dict", True)
+        out = forward(self, *args, **kwargs)
+        return out if return_dict else tuple(out.values())
+
+    return wrapper
+
+
+class Output(dict):
+    """A ``ModelOutput``-like result: a dict whose entries are also attributes."""
+
+    def __getattr__(self, k):
+        try:
+            return self[k]
+        except KeyError:
+            raise AttributeError(k) from None
+
+
+class Backbone(nn.Module):
+    """Hugging Face's ``ViTModel`` pattern: the input cast to the weight's dtype where they
+    differ (an ``if`` on a traced dtype), a dict output; plain fx keeps it as one call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 5)
+
+    def forward(self, x, labels=None, **kwargs):
+        if x.dtype != self.a.weight.dtype:
+            x = x.to(self.a.weight.dtype)
+        return Output(last=self.b(torch.relu(self.a(x))))
+
+
+class Classifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.head = Backbone(), nn.Linear(5, 3)
+
+    @returns_tuple
+    def forward(self, x, labels=None, return_dict=None, **kwargs):
+        return Output(logits=self.head(torch.tanh(self.backbone(x).last)))
+
+
+def test_a_decorated_forward_and_a_dtype_checking_submodule_trace_op_by_op():
+    # before: fx called the decorator's wrapper with every placeholder positionally, so its
+    # ``kwargs`` was the second one (``kwargs.pop``: AttributeError on None); with that fixed,
+    # the backbone was kept as one call, probed not equivariant, and every space fixed
+    model = model_(Classifier)
+    spec, report = trace_with_report(model, x_(2, 4))
+    assert spaces_(spec) == [
+        ("in", 4, "input"), ("backbone.a", 6, "hidden"), ("backbone.b", 5, "hidden"),
+        ("out", 3, "output"),
+    ]  # fmt: skip
+    assert not report.leaf_calls and not report.broken and report.verification.ok
+    assert "x.dtype != self.a.weight.dtype" in report.specialised
+    assert report.specialised.endswith("(in Backbone backbone)")
+    # the weight read only for its dtype is no extra use of it (which would fix its axes)
+    assert spec["backbone.a.weight"].axes == ("backbone.a", "in")
+
+
+class KeptBackbone(Backbone):
+    def forward(self, x, labels=None, **kwargs):
+        if torch.fx._symbolic_trace.is_fx_tracing():
+            raise RuntimeError("KeptBackbone is not traceable")
+        return super().forward(x, labels, **kwargs)
+
+
+def test_a_kept_calls_dict_subclass_result_reaches_the_next_node_as_it_is():
+    # every interpreter made its arguments plain lists and dicts (424a055): a ModelOutput
+    # became a dict, and reading ``.last`` from it failed shape propagation
+    model = model_(Classifier)
+    model.backbone = model_(KeptBackbone)
+    _, report = trace_with_report(model, x_(2, 4))
+    assert [leaf.module for leaf in report.leaf_calls] == ["backbone"]
+    gm = trace_module(model, x_(2, 4))
+    (last,) = [n for n in gm.graph.nodes if n.target is getattr]
+    assert tuple(last.meta["tensor_meta"].shape) == (2, 5) and report.verification.ok
+
+
+class PerDeviceCache(nn.Module):
+    """Hugging Face's LeViT pattern: a tensor computed from a parameter, cached in a plain dict
+    attribute per device of the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.randn(4))
+        self.cache: dict = {}
+
+    def forward(self, x):
+        key = str(x.device)
+        if key not in self.cache:
+            self.cache[key] = self.scale.exp()
+        return self.fc(x) * self.cache[key]
+
+
+class WithPerDeviceCache(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.mid, self.out = nn.Linear(3, 4), PerDeviceCache(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.dim() != 2:
+            raise ValueError("expected (batch, features)")
+        return self.out(self.mid(self.inp(x)))
+
+
+def test_a_dict_a_trace_or_a_check_fills_is_emptied_after_it():
+    # the shape-specialised trace answers x.device, so it stores a proxy in the dict; before,
+    # shape propagation's real forward then read it back ("symbolically traced variables
+    # cannot be used as inputs to control flow"). The verification's calls each start from
+    # an empty dict too: a cached value from the first call's parameters would make the
+    # permuted calls differ (0.6 here), and the space of fc's outputs look wrong
+    model = model_(WithPerDeviceCache)
+    spec, report = trace_with_report(model, x_(2, 3))
+    assert model.mid.cache == {} and report.specialised and report.verification.ok
+    assert spec["mid.fc.weight"].axes == ("mid.fc", "inp")
+    assert spec["mid.scale"].axes == ("mid.fc",)

@@ -229,17 +229,18 @@ def test_a_leaf_module_without_a_rule_is_probed():
 
 
 class Untraceable(nn.Module):
-    """Its forward checks the rank of its input (an ``if`` on a traced value): torch.fx
-    keeps it as one call. ``x * scale`` per channel: equivariant only if ``scale`` moves with
-    the channels, which the probe does not do to a module's own parameters."""
+    """Its forward checks its input's values (an ``if`` on data, which no trace can fix as it
+    fixes a shape): torch.fx keeps it as one call. ``x * scale`` per channel: equivariant only
+    if ``scale`` moves with the channels, which the probe does not do to a module's own
+    parameters."""
 
     def __init__(self) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(C))
 
     def forward(self, x):
-        if x.dim() != 4:
-            raise ValueError("expected (N, C, H, W)")
+        if not torch.isfinite(x).all():
+            raise ValueError("expected finite values")
         return x * self.scale.view(1, -1, 1, 1)
 
 
