@@ -269,6 +269,28 @@ def test_arguments_not_given_are_traced_as_their_defaults():
     assert spec2.names == spec.names
 
 
+class TupleDefault(nn.Module):
+    """A default fx would flatten (a tuple), after it a keyword-only one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x, pool=(1, 2), *, scale=1.0):
+        return self.b(self.a(x).relu() * scale).mean(pool[0], keepdim=True)
+
+
+def test_a_tuple_default_is_left_to_the_forward():
+    # before: fx flattened the tuple into placeholders with defaults and wrote a signature
+    # that does not compile (SyntaxError from GraphModule)
+    x = x_(2, 5, 3)
+    spec, report = trace_with_report(model_(TupleDefault), x)
+    assert report.verification.ok and not report.broken
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] == "a"
+    gm = trace_module(model_(TupleDefault), x)
+    torch.testing.assert_close(gm(x), model_(TupleDefault)(x))
+
+
 class VarArgs(nn.Module):
     """``forward(*xs)``: the input arrives through a tuple the analysis does not label."""
 
