@@ -48,6 +48,12 @@ from typing import Any
 import torch
 import torch.fx
 import torch.utils._pytree as pytree
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensor,
+    FakeTensorMode,
+)
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
@@ -310,8 +316,6 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
 
     def __init__(self, example_args: tuple) -> None:
         super().__init__()
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
         self._example = tuple(self._fake(a) for a in example_args)
         self._inputs: dict = {}
@@ -420,8 +424,11 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
     def run_node(self, n: torch.fx.Node) -> Any:
         try:
             if self.fake is not None:
-                with self.fake:
-                    result = torch.fx.Interpreter.run_node(self, n)
+                try:
+                    with self.fake:
+                        result = torch.fx.Interpreter.run_node(self, n)
+                except _DATA_DEPENDENT as e:  # a kept call that reads its input's values
+                    result = self._run_real(n, e)
             else:
                 result = torch.fx.Interpreter.run_node(self, n)
         except TraceError:
@@ -454,6 +461,31 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
             n.meta["nfn_value"] = result
         n.meta["type"] = type(result)
         return result
+
+    def _run_real(self, n: torch.fx.Node, error: Exception) -> Any:
+        """``n`` run for real on random values of its fake inputs' shapes (a kept call that
+        branches on its input's values, which fake tensors do not have), its result made fake
+        again. Only the shapes it returns are read."""
+        if n.op not in ("call_module", "call_function", "call_method"):
+            raise error
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+
+        def real(v: Any) -> Any:
+            if not isinstance(v, torch.Tensor) or not isinstance(v, FakeTensor):
+                return v
+            if v.is_floating_point():
+                return torch.randn(v.shape, dtype=v.dtype)
+            return torch.zeros(v.shape, dtype=v.dtype)
+
+        args, kwargs = map_aggregate(args, real), map_aggregate(kwargs, real)
+        result = getattr(self, n.op)(n.target, args, kwargs)
+        return map_aggregate(
+            result, lambda v: self.fake.from_tensor(v) if isinstance(v, torch.Tensor) else v
+        )
+
+
+#: what a fake tensor raises where an op's result depends on the values
+_DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
 
 
 @contextlib.contextmanager
@@ -568,7 +600,8 @@ def trace_module(
         Propagate shapes with fake tensors (no arithmetic: the cost does not grow with width,
         but the first use imports torch's fake-tensor machinery, about 3 s) or with the real
         forward. Default: fake when the model holds more than ``FAKE_ABOVE`` parameter
-        elements, where one real forward would cost more than that import.
+        elements, where one real forward would cost more than that import. A call kept as
+        one that reads its input's values runs for real on random values of those shapes.
 
     Returns
     -------
@@ -687,8 +720,6 @@ def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> tor
         fake = sum(t.numel() for t in model.state_dict().values()) > FAKE_ABOVE
     with _eval_mode(model), torch.no_grad():
         if fake:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
             mode = FakeTensorMode(allow_non_fake_inputs=True)
             fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
             NodeShapeProp(gm, fake=mode).propagate(*fake_args)
