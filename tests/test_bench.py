@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,10 @@ def test_model_sweep_makes_each_tasks_example_input(monkeypatch):
     assert [tuple(t.shape) for t in pair] == [(1, 3, 128, 128)] * 2
     pair = sweep.example_input(model, "raft_small", "optical_flow", 250)
     assert [tuple(t.shape) for t in pair] == [(1, 3, 256, 256)] * 2
+    # transformers: the config's image size (a pair falls back to --size), or token ids
+    model.config = types.SimpleNamespace(image_size=48, vocab_size=50)
+    assert sweep.example_input(model, "ViTModel", "transformers", 64).shape == (1, 3, 48, 48)
+    ids = sweep.example_input(model, "BertModel", "transformers", 64)
+    assert ids.shape == (1, 8) and ids.dtype == torch.int64 and int(ids.max()) < 50
+    model.config.image_size = (48, 48)
+    assert sweep.example_input(model, "ViTModel", "transformers", 64).shape == (1, 3, 64, 64)

@@ -60,6 +60,7 @@ from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
 from ..errors import TraceError
+from .rules.registry import MODULE_RULES
 
 __all__ = [
     "FAKE_ABOVE",
@@ -630,9 +631,9 @@ def trace_graph(
 
     Plain symbolic tracing first; where it fails (the forward branches on a shape, iterates
     over a tensor, takes ``len`` of one), again with :class:`ShapeSpecialisingTracer`, which
-    fixes the example's shapes. Where it succeeds but keeps submodules as one call, that trace
-    is tried too and taken if it keeps fewer (a submodule that checks its input's dtype or
-    shape is then read op by op).
+    fixes the example's shapes. Where it succeeds but keeps submodules as one call that no
+    rule of their class reads, that trace is tried too and taken if it keeps fewer (a
+    submodule that checks its input's dtype or shape is then read op by op).
 
     Returns
     -------
@@ -677,8 +678,8 @@ def trace_graph(
     except Exception as e:
         first = e
     else:
-        if not plain.leaves:
-            return plain, graph, ""
+        if all(_ruled(model.get_submodule(leaf.module)) for leaf in plain.leaves):
+            return plain, graph, ""  # every kept call read by its class's rule (Conv2dSame)
         # a submodule whose forward checks its input's shape or dtype (Hugging Face's ViTModel
         # does) is a leaf of the plain trace; with the example's shapes fixed it may not be
         tracer = ShapeSpecialisingTracer(args)
@@ -704,6 +705,12 @@ def trace_graph(
             f"torch.fx could not trace {type(model).__name__}.forward{at}{past}: "
             f"{type(error).__name__}: {error}. {_ADVICE}"
         ) from e
+
+
+def _ruled(module: torch.nn.Module) -> bool:
+    """Whether an op rule reads ``module``'s class (or a base class: a ``Conv2d`` subclass
+    that pads itself is a conv), so that keeping it as one call loses nothing."""
+    return any(t in MODULE_RULES for t in type(module).__mro__)
 
 
 def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:

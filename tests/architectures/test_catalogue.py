@@ -57,7 +57,7 @@ def test_entry_builds_runs_and_traces(name):
     assert tuple(y.shape) == EXPECTED_OUT[name]
     assert torch.isfinite(y).all()
 
-    # the front end's plain tracer: tf_efficientnet's same-padding convs are kept as one call
+    # the front end's tracer: tf_efficientnet's same-padding convs are kept as one call each
     model.eval()  # stochastic depth is random in training
     gm = torch.fx.GraphModule(model, LeafFallbackTracer().trace(model))
     torch.testing.assert_close(gm(x), model(x))
