@@ -1,10 +1,12 @@
-"""Every published model of one of torchvision's tasks (or a list of timm's): trace, build,
-size and equivariance of a linear-basis NF-Layer, one model per row.
+"""Every published model of one of torchvision's tasks (or a list of timm's or Hugging Face
+transformers'): trace, build, size and equivariance of a linear-basis NF-Layer, one model per
+row.
 
 Per model (random init, no download, ``eval()``, one input of ``--size`` pixels, or the
 model's own size where it takes no other: timm's ``fixed_input_size``, torchvision's vision
 transformers 224; a clip of 8 frames for video models, 16 frames of 224 pixels for S3D and
-MViT; two images of at least 128 pixels for optical flow): ``trace s`` (``nfc.trace`` with
+MViT; two images of at least 128 pixels for optical flow; transformers' models at their config's
+image size, or 8 token ids): ``trace s`` (``nfc.trace`` with
 its verification), the parameter tensors and derived spaces, ``build s``
 (``NFLinear(spec, C, C, basis="linear")`` at ``--channels``, goal < 5 s), ``/model`` (the
 layer's weights over the model's), and ``equiv``: the largest error of ``nfncompile.testing.assert_equivariant`` on a 2-channel layer (float64, random group
@@ -13,9 +15,10 @@ takes longer than ``--timeout`` seconds prints ``TIMEOUT``; one whose check woul
 memory (about :data:`BYTES_PER_WEIGHT` per model weight: features, outputs, gradients and
 permuted copies in float64) prints ``SKIP`` before it is traced. The last line counts them.
 
-Needs torchvision (or timm) installed, which nfncompile does not depend on::
+Needs torchvision (or timm, or transformers) installed, which nfncompile does not depend on;
+transformers' models are built from small configs (:data:`TRANSFORMERS`)::
 
-    python bench/model_sweep.py [--source torchvision|segmentation|video|optical_flow|timm]
+    python bench/model_sweep.py [--source torchvision|segmentation|video|optical_flow|timm|transformers]
                                 [--models a,b] [--channels 16] [--mode np] [--size 64]
                                 [--timeout 300]
 """
@@ -49,6 +52,79 @@ FULL_INPUT = ("vit", "deit", "swin", "maxvit", "levit", "coat", "efficientformer
 FULL_CLIP = ("s3d", "mvit")
 #: torchvision's model subpackages other than classification (``--source``)
 TORCHVISION_TASKS = ("segmentation", "video", "optical_flow")
+#: Hugging Face transformers models (``--source transformers``): class -> its config's keyword
+#: arguments, made small (random init, nothing downloaded)
+_STAGES = {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "num_labels": 10}
+_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "image_size": 32, "patch_size": 8}  # fmt: skip
+TRANSFORMERS = {
+    "ResNetForImageClassification": {"embedding_size": 16, **_STAGES},
+    "ConvNextForImageClassification": _STAGES,
+    "ConvNextV2ForImageClassification": _STAGES,
+    "RegNetForImageClassification": {"embedding_size": 16, "groups_width": 8, **_STAGES},
+    "BitForImageClassification": {
+        **_STAGES,
+        "embedding_size": 32,
+        "hidden_sizes": [32, 64, 96, 128],
+        "num_groups": 8,
+    },
+    "PoolFormerForImageClassification": _STAGES,
+    "SegformerForImageClassification": {
+        **_STAGES,
+        "num_attention_heads": [1, 1, 2, 4],
+        "decoder_hidden_size": 32,
+    },
+    "ViTForImageClassification": {**_VIT, "num_labels": 10},
+    "DeiTForImageClassification": {**_VIT, "num_labels": 10},
+    "BeitForImageClassification": {**_VIT, "num_labels": 10, "use_relative_position_bias": True},
+    "Dinov2Model": _VIT,
+    "SwinForImageClassification": {
+        "image_size": 32,
+        "patch_size": 4,
+        "embed_dim": 16,
+        "depths": [1, 1],
+        "num_heads": [1, 2],
+        "window_size": 4,
+        "num_labels": 10,
+    },
+    "MobileNetV2ForImageClassification": {
+        "image_size": 32,
+        "depth_multiplier": 0.35,
+        "num_labels": 10,
+    },
+    "MobileViTForImageClassification": {
+        "image_size": 64,
+        "hidden_sizes": [16, 24, 32],
+        "num_labels": 10,
+        "neck_hidden_sizes": [8, 8, 16, 16, 24, 32, 64],
+    },
+    "EfficientNetForImageClassification": {
+        "image_size": 32,
+        "width_coefficient": 0.25,
+        "depth_coefficient": 0.2,
+        "hidden_dim": 320,
+        "num_labels": 10,
+    },
+    "LevitForImageClassification": {
+        "image_size": 64,
+        "hidden_sizes": [32, 48, 64],
+        "num_attention_heads": [1, 2, 2],
+        "depths": [1, 1, 1],
+        "key_dim": [8, 8, 8],
+        "num_labels": 10,
+    },
+    "GPT2Model": {
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 2,
+        "vocab_size": 50,
+        "n_positions": 16,
+        "use_cache": False,
+    },
+    "BertModel": {**_VIT, "vocab_size": 50, "max_position_embeddings": 16},
+}
+#: the text models among them (an input of 8 token ids)
+TEXT = ("GPT2Model", "BertModel")
 
 
 #: peak memory of one model's row per model weight (measured: ResNet-50 2.4 GB for 25.6M
@@ -88,6 +164,12 @@ def factories(source: str, names: list | None):
         kwargs = {"weights_backbone": None} if source == "segmentation" else {}
         for n in names or tvm.list_models(module=module):
             yield n, lambda n=n: tvm.get_model(n, weights=None, **kwargs)
+    elif source == "transformers":
+        import transformers
+
+        for n in names or TRANSFORMERS:
+            cls = getattr(transformers, n)
+            yield n, lambda cls=cls, n=n: cls(cls.config_class(**TRANSFORMERS.get(n, {})))
     else:
         import timm
 
@@ -116,6 +198,15 @@ def example_input(model: torch.nn.Module, name: str, source: str, size: int) -> 
     if source == "optical_flow":
         side = max(128, -(-size // 8) * 8)
         return (torch.randn(1, 3, side, side), torch.randn(1, 3, side, side))
+    if source == "transformers":
+        if name in TEXT:
+            return torch.randint(0, model.config.vocab_size, (1, 8))
+        side = getattr(model.config, "image_size", size)
+        return (
+            torch.randn(1, 3, side, side)
+            if isinstance(side, int)
+            else torch.randn(1, 3, size, size)
+        )
     side = input_size(model, name, size)
     return torch.randn(1, 3, side, side)
 
@@ -148,9 +239,11 @@ def sweep_one(make, name: str, args) -> list:
 
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sources = ("torchvision", *TORCHVISION_TASKS, "timm")
+    sources = ("torchvision", *TORCHVISION_TASKS, "timm", "transformers")
     ap.add_argument("--source", choices=sources, default="torchvision")
-    ap.add_argument("--models", default="", help="comma-separated (default: all / TIMM)")
+    ap.add_argument(
+        "--models", default="", help="comma-separated (default: all / TIMM / TRANSFORMERS)"
+    )
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--mode", choices=("np", "hnp"), default="np")
     ap.add_argument("--size", type=int, default=64)
@@ -163,12 +256,13 @@ def main(argv: list | None = None) -> int:
     try:
         models = list(factories(args.source, names))
     except ImportError as e:
-        package = "timm" if args.source == "timm" else "torchvision"
+        package = args.source if args.source in ("timm", "transformers") else "torchvision"
         print(f"model_sweep: {e}; install {package} to run this sweep", file=sys.stderr)
         return 2
     head = ("model", "trace s", "tensors", "spaces", "build s", "/model", "equiv", "")
     print(f"# {args.source}, mode {args.mode}, C={args.channels}, linear basis")
-    print(f"{head[0]:<30}" + "".join(f"{h:>9}" for h in head[1:]))
+    width = max(30, *(len(n) + 1 for n, _ in models))
+    print(f"{head[0]:<{width}}" + "".join(f"{h:>9}" for h in head[1:]))
     counts: dict = {}
     for name, make in models:
         signal.alarm(args.timeout)
@@ -183,7 +277,8 @@ def main(argv: list | None = None) -> int:
             signal.alarm(0)
         status = row[-1].split()[0]
         counts[status] = counts.get(status, 0) + 1
-        print(f"{name:<30}" + ("".join(f"{c:>9}" for c in row) if len(row) > 1 else row[0]))
+        cells = "".join(f"{c:>9}" for c in row) if len(row) > 1 else row[0]
+        print(f"{name:<{width}}" + cells)
         sys.stdout.flush()
     print("# " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     return 0 if set(counts) <= {"ok", "SKIP"} else 1
