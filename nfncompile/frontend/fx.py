@@ -72,6 +72,7 @@ __all__ = [
     "trace_graph",
     "PlainArgsInterpreter",
     "as_args",
+    "attributes_kept",
 ]
 
 #: Parameter elements above which :func:`trace_module` propagates shapes on fake tensors.
@@ -181,12 +182,12 @@ class LeafFallbackTracer(torch.fx.Tracer):
         Here the root is called as ``model(*example)`` calls it: the inputs positionally, every
         parameter left at its default (``concrete_args``) not passed at all.
         """
-        concrete_args = concrete_args or {}
         inner = inspect.unwrap(root_fn)
         if isinstance(concrete_args, tuple) or (
-            inner is root_fn and all(map(pytree.tree_is_leaf, concrete_args.values()))
+            inner is root_fn and all(map(pytree.tree_is_leaf, (concrete_args or {}).values()))
         ):  # fx's own way works (and passes ``*args`` inputs on as one tuple)
-            return super().create_args_for_root(root_fn, is_module, concrete_args or None)
+            return super().create_args_for_root(root_fn, is_module, concrete_args)
+        concrete_args = concrete_args or {}
         leaf = {k: v for k, v in concrete_args.items() if pytree.tree_is_leaf(v)}
         _, args = super().create_args_for_root(inner, is_module, leaf)
         params = inspect.signature(inner).parameters
@@ -472,7 +473,7 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
 
         def real(v: Any) -> Any:
-            if not isinstance(v, torch.Tensor) or not isinstance(v, FakeTensor):
+            if not isinstance(v, FakeTensor):
                 return v
             if v.is_floating_point():
                 return torch.randn(v.shape, dtype=v.dtype)
