@@ -60,6 +60,7 @@ from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
 from ..errors import TraceError
+from . import einops_backend
 from .rules.registry import MODULE_RULES
 
 __all__ = [
@@ -650,6 +651,7 @@ def trace_graph(
         When neither trace succeeds: fx's reason, the source line and what to do.
     """
     defaults = _defaults_after(model, len(args))
+    einops_backend.register()  # einops calls on traced values, where einops is imported
 
     def run(tracer: LeafFallbackTracer) -> torch.fx.Graph:
         tracer.record_stack_traces = record_stack_traces
