@@ -164,7 +164,15 @@ class LeafFallbackTracer(torch.fx.Tracer):
         self._param_cache: dict | None = None
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        return id(m) in self._forced or super().is_leaf_module(m, module_qualified_name)
+        """torch.nn's own modules are one call (their rules, or a probe), but for one with
+        weights of its own that no rule reads (``nn.MultiheadAttention``,
+        ``nn.TransformerEncoderLayer``): traced through, its weights are labelled by the ops
+        that read them, where a probe would fix every space they touch."""
+        if id(m) in self._forced:
+            return True
+        if not super().is_leaf_module(m, module_qualified_name):
+            return False
+        return _ruled(m) or next(m.parameters(), None) is None
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
         self._param_cache = parameter_proxy_cache  # to forget proxies of rolled-back nodes
@@ -247,10 +255,12 @@ class LeafFallbackTracer(torch.fx.Tracer):
 _UNKNOWN = object()
 
 #: attributes and methods of a traced tensor that :class:`ShapeSpecialisingTracer` answers from
-#: the example input (its shapes, dtype and device)
+#: the example input (its shapes, dtype, device and layout: ``nn.TransformerEncoder`` checks
+#: ``src.is_nested`` and its weights' ``requires_grad`` to choose its fast path)
 _SHAPE_ATTRS = frozenset(
     {"shape", "ndim", "size", "dim", "ndimension", "numel", "nelement", "dtype", "device"}
-    | {"is_floating_point", "is_complex"}
+    | {"is_floating_point", "is_complex", "is_nested", "is_sparse", "is_cuda", "layout"}
+    | {"requires_grad"}
 )
 
 

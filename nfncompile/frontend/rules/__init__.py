@@ -1,11 +1,20 @@
 """Op rules of the symmetry analysis, one module per op family, and the tables they register in.
 
 Importing this package registers every rule: :mod:`.elementwise`, :mod:`.linear`,
-:mod:`.conv`, :mod:`.norm`, :mod:`.pooling`, :mod:`.shape`, :mod:`.reduce`. The tables and
+:mod:`.attention`, :mod:`.conv`, :mod:`.norm`, :mod:`.pooling`, :mod:`.shape`, :mod:`.reduce`. The tables and
 the decorators to add a rule live in :mod:`.registry`.
 """
 
-from . import conv, elementwise, linear, norm, pooling, reduce, shape  # noqa: F401  (register)
+from . import (  # noqa: F401  (register)
+    attention,
+    conv,
+    elementwise,
+    linear,
+    norm,
+    pooling,
+    reduce,
+    shape,
+)
 from .registry import (
     FUNCTION_RULES,
     METHOD_RULES,

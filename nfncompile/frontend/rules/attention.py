@@ -1,0 +1,66 @@
+"""Op rule for ``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` and
+``nn.TransformerEncoderLayer`` call).
+
+The query, key and value's embedding neurons meet the input projection's columns; the
+projection's rows are split into heads, which the attention mixes per head, so they (and the
+output projection's columns, which read them) are fixed: a conservative reading that moves
+no head dim. The output projection's rows are the output's neurons. Without this rule the call
+was probed, and a probe fixes every space it touches (it returns ``(output, None)``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch.nn.functional as F
+
+from ..labels import TensorLabels
+from .registry import Unsupported, arg, register_function
+
+if TYPE_CHECKING:
+    from ..analysis import SymmetryAnalysis
+
+#: ``F.multi_head_attention_forward``'s parameters, in order
+_PARAMS = (
+    "query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
+    "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight",
+    "out_proj_bias", "training", "key_padding_mask", "need_weights", "attn_mask",
+    "use_separate_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+)  # fmt: skip
+_HEADS = "attention mixes the projected neurons by head"
+
+
+@register_function(F.multi_head_attention_forward)
+def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    p = {name: arg(args, kwargs, i, name) for i, name in enumerate(_PARAMS)}
+    if p["use_separate_proj_weight"] or p["bias_k"] is not None or p["add_zero_attn"]:
+        raise Unsupported("attention with separate projections, key/value biases or zeros")
+    w_in, w_out = p["in_proj_weight"], p["out_proj_weight"]
+    if not (isinstance(w_in, TensorLabels) and isinstance(w_out, TensorLabels)):
+        raise Unsupported("attention with projection weights that are not tensors")
+    for x in (p["query"], p["key"], p["value"]):
+        a.tie(x.labels[-1], w_in.labels[1], "attention input meets an unlabelled projection")
+    a.fix(w_in.labels[0], _HEADS)
+    a.fix(w_out.labels[1], _HEADS)
+    if isinstance(p["in_proj_bias"], TensorLabels):
+        a.fix(p["in_proj_bias"].labels[0], _HEADS)
+    out = a.name_output(w_out.labels[0])
+    if isinstance(p["out_proj_bias"], TensorLabels):
+        out = a.tie(out, p["out_proj_bias"].labels[0])
+    q, k, v = p["query"], p["key"], p["value"]
+    # (L, [N,] E): the keys' and values' positions move together, and the attention sums
+    # over them symmetrically; the queries' positions are the output's
+    a.tie(k.labels[0], v.labels[0], "attention keys and values meet position by position")
+    if q.ndim == 3:
+        a.tie(q.labels[1], a.tie(k.labels[1], v.labels[1]), "attention batches")
+    masked = p["attn_mask"] is not None or kwargs.get("is_causal", False)
+    if masked:  # a mask is a constant over positions
+        a.fix(q.labels[0], "attention mask depends on position")
+    if masked or p["key_padding_mask"] is not None:
+        a.fix(k.labels[0], "attention mask depends on position")
+    a.consume(k.labels[0])
+    shapes = a.out()
+    weights = shapes[1]
+    if isinstance(weights, TensorLabels):  # the attention weights: positions only
+        weights = TensorLabels(weights.shape, (None,) * weights.ndim)
+    return TensorLabels(shapes[0].shape, q.labels[:-1] + (out,)), weights

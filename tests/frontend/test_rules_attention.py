@@ -1,0 +1,61 @@
+"""torch.nn's attention: ``nn.MultiheadAttention`` inside ``nn.TransformerEncoder`` layers."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+import nfncompile as nfc
+from tests.frontend.helpers import model_, spaces_, x_
+
+
+class Encoder(nn.Module):
+    """Tokens -> two ``nn.TransformerEncoderLayer`` s (batch first) -> mean -> head; with
+    ``causal`` a causal attention mask."""
+
+    def __init__(self, causal: bool = False) -> None:
+        super().__init__()
+        self.causal = causal
+        self.emb = nn.Linear(6, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1]) if self.causal else None
+        return self.head(self.enc(self.emb(x), mask=mask).mean(1))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_transformer_encoder_keeps_its_stream_and_mlp_spaces(causal):
+    # before: nn.TransformerEncoder (a torch.nn module with weights and no rule) was one
+    # call, probed not equivariant (its weights do not move), and only `out` was left
+    spec, report = nfc.trace_with_report(model_(lambda: Encoder(causal)), x_(2, 5, 6))
+    tokens = [] if causal else [("in", 5, "input")]  # no positional encoding: tokens permute
+    assert spaces_(spec) == [
+        *tokens, ("emb", 16, "hidden"), ("enc.layers.0.linear1", 32, "hidden"),
+        ("enc.layers.1.linear1", 32, "hidden"), ("out", 3, "output"),
+    ]  # fmt: skip
+    attn = "enc.layers.0.self_attn"
+    assert spec[f"{attn}.in_proj_weight"].axes == (None, "emb")  # heads: fixed
+    assert spec[f"{attn}.out_proj.weight"].axes == ("emb", None)  # the residual stream
+    assert spec["enc.layers.1.linear2.weight"].axes == ("emb", "enc.layers.1.linear1")
+    assert report.verification.ok and not report.leaf_calls
+    reasons = {b.reason for b in report.broken}
+    assert ("attention mask depends on position" in reasons) == causal
+
+
+def test_attention_weights_returned_are_positions_only():
+    class Weights(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            y, w = self.attn(x, x, x, need_weights=True)
+            return self.fc(y) + w.sum(-1, keepdim=True)
+
+    spec, report = nfc.trace_with_report(model_(Weights), x_(2, 5, 8))
+    assert spec["attn.out_proj.weight"].axes[0] == spec["fc.weight"].axes[1] == "attn.out_proj"
+    assert report.verification.ok
