@@ -34,6 +34,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -406,6 +407,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         return self._apply(rule, (self, mod, target, args, kwargs), args, kwargs)
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if isinstance(target, type) and dataclasses.is_dataclass(target):
+            # a dataclass returned by the forward: fx builds it from its fields, in order
+            return dict(kwargs)
         if "tensor_meta" not in self.node.meta:
             return self.node.meta.get("nfn_value")
         return self._apply(FUNCTION_RULES.get(target), (self, args, kwargs), args, kwargs)

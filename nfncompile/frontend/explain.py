@@ -168,7 +168,7 @@ class _Recorder(PlainArgsInterpreter):
 
 def _difference(a: Any, b: Any, atol: float, rtol: float) -> tuple[float, float]:
     """(error, tolerance) between two node values compared as multisets of numbers."""
-    xs, ys = leaves(a), leaves(b)
+    xs, ys = leaves(a, fields=True), leaves(b, fields=True)
     if len(xs) != len(ys):
         return math.inf, atol
     err, tol = 0.0, atol

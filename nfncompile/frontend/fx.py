@@ -37,6 +37,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import traceback
@@ -529,7 +530,9 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
         (
             m,
             dict(m.__dict__),
-            {k: dict(d) for k, d in m.__dict__.items() if type(d) is dict or k in _MODULE_DICTS},
+            # every plain dict: the parameters', buffers' and submodules' own, and a cache's (a
+            # ScriptModule's parameters are a wrapper, not a dict: left alone)
+            {k: dict(d) for k, d in m.__dict__.items() if type(d) is dict},
         )
         for m in model.modules()
     ]
@@ -546,10 +549,6 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
                 d = m.__dict__[k]
                 d.clear()
                 d.update(entries)
-
-
-#: the dicts in which ``nn.Module.__setattr__`` binds parameters, buffers and submodules
-_MODULE_DICTS = ("_parameters", "_buffers", "_modules")
 
 
 def _forward_params(model: torch.nn.Module) -> list[inspect.Parameter]:
@@ -748,14 +747,18 @@ def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> tor
     return gm
 
 
-def leaves(value: Any) -> list:
-    """Flatten nested tuples, lists and dict values (a model's inputs or outputs) into a list.
+def leaves(value: Any, fields: bool = False) -> list:
+    """Flatten nested tuples, lists and dict values (a model's inputs or outputs) into a list;
+    with ``fields``, dataclass instances too (a model's outputs, compared by verification: a
+    dataclass returned whole was no tensor to compare).
 
     >>> leaves((1, [2, {"a": 3}]))
     [1, 2, 3]
     """
     if isinstance(value, (tuple, list)):
-        return [x for v in value for x in leaves(v)]
+        return [x for v in value for x in leaves(v, fields)]
     if isinstance(value, dict):
-        return [x for v in value.values() for x in leaves(v)]
+        return [x for v in value.values() for x in leaves(v, fields)]
+    if fields and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [x for f in dataclasses.fields(value) for x in leaves(getattr(value, f.name), True)]
     return [value]

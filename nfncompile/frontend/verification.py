@@ -218,7 +218,7 @@ def _working_copy(
             _perturb(net, gen)
         x = _draw_inputs(args, gen, dtype)
         with torch.no_grad(), attributes_kept(net):
-            return net, (x, leaves(net(*x)))
+            return net, (x, leaves(net(*x), fields=True))
 
     try:
         net, first = run(torch.float64)
@@ -367,7 +367,7 @@ def verify(
     for _ in range(max(trials, 1) - 1):
         x = _draw_inputs(args, gen, dtype)
         with torch.no_grad(), attributes_kept(net):
-            cases.append((x, leaves(net(*x))))
+            cases.append((x, leaves(net(*x), fields=True)))
     if out_io is None:
         out_io = _default_io(spec, cases[0][1], "output")
     scale = max(
@@ -400,7 +400,7 @@ def verify(
                     # each call from the copy as it was: a value the forward caches from
                     # its parameters (LeViT's attention biases) is computed from these ones
                     with torch.no_grad(), attributes_kept(net):
-                        yp = leaves(torch.func.functional_call(net, sd, xp))
+                        yp = leaves(torch.func.functional_call(net, sd, xp), fields=True)
                 except Exception as e:  # a forward pass that fails on permuted weights
                     msg = f"forward pass raised {type(e).__name__}: {e}"
                     return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, msg, params)

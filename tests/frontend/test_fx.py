@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -15,6 +16,8 @@ from nfncompile.architectures.catalogue import CATALOGUE
 from nfncompile.errors import TraceError
 from nfncompile.frontend.fx import trace_module
 from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.spec import WeightSpaceSpec
+from nfncompile.spec.serialize import spec_to_dict
 from tests.frontend.helpers import model_, spaces_, x_
 
 
@@ -565,3 +568,51 @@ def test_a_kept_call_that_reads_values_runs_for_real_in_fake_shape_propagation()
     (kept,) = [n for n in gm.graph.nodes if n.target == "branchy"]
     assert tuple(kept.meta["tensor_meta"].shape) == (4, 5)
     assert nfc.trace(model, x, fake=True) == nfc.trace(model, x, fake=False)
+
+
+@dataclasses.dataclass
+class Heads:
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class ReturnsDataclass(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x).relu()
+        return Heads(self.b(h), h)
+
+
+def test_a_dataclass_output_is_compared_field_by_field():
+    # before: the analysis saw no output (the dataclass was one value), so a's and b's
+    # spaces were hidden, and the verification compared nothing (the dataclass was no
+    # tensor) and passed: in hnp mode a silent wrong spec
+    spec, report = trace_with_report(model_(ReturnsDataclass), x_(2, 3), mode="hnp")
+    assert spaces_(spec) == [("in", 3, "input"), ("out/0", 4, "output"), ("out/1", 2, "output")]
+    assert report.verification.ok
+    # the spec the old analysis derived (a's outputs a hidden space) now fails its check
+    data = spec_to_dict(spec)
+    data["spaces"]["out/0"]["role"] = "hidden"
+    wrong = WeightSpaceSpec.from_dict(data)
+    assert not nfc.verify(model_(ReturnsDataclass), wrong, x_(2, 3), mode="hnp").ok
+
+
+class Scripted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.jit.script(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+def test_a_scripted_submodule_is_one_probed_call():  # (torch warns converting its dtype)
+    # before: AttributeError (restoring a ScriptModule's parameter wrapper as a dict)
+    spec, report = trace_with_report(model_(Scripted), x_(2, 3))
+    assert spaces_(spec) == [("out", 2, "output")] and report.verification.ok
