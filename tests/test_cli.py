@@ -302,6 +302,21 @@ def test_trace_stdout_is_yaml_and_matches_file(capsys, tmp_path):
     assert WeightSpaceSpec.from_yaml(path) == spec
 
 
+def test_trace_a_batch_norm_model_on_a_batch_of_one(capsys, tmp_path):
+    # before: the CLI ran the model once in training mode to check the input shape, and a
+    # batch norm refused a batch of one ("Expected more than 1 value per channel")
+    module = tmp_path / "bn_net.py"
+    module.write_text(
+        "import torch\n"
+        "def make():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),\n"
+        "                               torch.nn.ReLU(), torch.nn.Linear(8, 2))\n"
+    )
+    code, out, err = run(capsys, "trace", f"{module}:make", "--input-shape", "1,4")
+    assert code == 0, err
+    assert "1.running_mean" in out and "verification (np mode): OK" in out
+
+
 def test_trace_no_verify(capsys):
     code, out, _ = run(capsys, "trace", "lenet", "--no-verify")
     assert code == 0 and "fc1.weight" in out

@@ -146,13 +146,18 @@ def model_and_input(args: argparse.Namespace) -> tuple[Any, Any]:
     torch.manual_seed(args.seed)
     model, shape = load_model(args.model, dict(args.kwarg), args.input_shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    # in eval mode, as the front end runs it: a training-mode batch norm refuses a batch of
+    # one, and would update its running statistics
+    training = model.training
     try:
         with torch.no_grad():
-            model(x)
+            model.eval()(x)
     except Exception as e:
         raise UserCodeError.from_exception(
             f"{args.model} fails on an input of shape {list(shape)} (check --input-shape):", e
         ) from None
+    finally:
+        model.train(training)
     return model, x
 
 
