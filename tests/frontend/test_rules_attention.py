@@ -27,22 +27,27 @@ class Encoder(nn.Module):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_a_transformer_encoder_keeps_its_stream_and_mlp_spaces(causal):
+def test_a_transformer_encoder_keeps_its_stream_mlp_and_head_spaces(causal):
     # before: nn.TransformerEncoder (a torch.nn module with weights and no rule) was one
     # call, probed not equivariant (its weights do not move), and only `out` was left
     spec, report = nfc.trace_with_report(model_(lambda: Encoder(causal)), x_(2, 5, 6))
     tokens = [] if causal else [("in", 5, "input")]  # no positional encoding: tokens permute
+    heads = [(f"enc.layers.{i}.self_attn/{h}", 8, "hidden") for i in (0, 1) for h in range(4)]
     assert spaces_(spec) == [
-        *tokens, ("emb", 16, "hidden"), ("enc.layers.0.linear1", 32, "hidden"),
-        ("enc.layers.1.linear1", 32, "hidden"), ("out", 3, "output"),
+        *tokens, ("emb", 16, "hidden"), *heads[:4], ("enc.layers.0.linear1", 32, "hidden"),
+        *heads[4:], ("enc.layers.1.linear1", 32, "hidden"), ("out", 3, "output"),
     ]  # fmt: skip
+    # the projection's rows: queries and keys of heads 0 and 1 alike, values of each head
+    # with the output projection's columns that read them
     attn = "enc.layers.0.self_attn"
-    assert spec[f"{attn}.in_proj_weight"].axes == (None, "emb")  # heads: fixed
-    assert spec[f"{attn}.out_proj.weight"].axes == ("emb", None)  # the residual stream
+    qk, v = (f"{attn}/0", f"{attn}/1"), (f"{attn}/2", f"{attn}/3")
+    assert spec[f"{attn}.in_proj_weight"].axes == ((*qk, *qk, *v), "emb")
+    assert spec[f"{attn}.in_proj_bias"].axes == ((*qk, *qk, *v),)
+    assert spec[f"{attn}.out_proj.weight"].axes == ("emb", v)  # the residual stream
     assert spec["enc.layers.1.linear2.weight"].axes == ("emb", "enc.layers.1.linear1")
     assert report.verification.ok and not report.leaf_calls
     reasons = {b.reason for b in report.broken}
-    assert ("attention mask depends on position" in reasons) == causal
+    assert reasons == ({"attention mask depends on position"} if causal else set())
 
 
 def test_attention_weights_returned_are_positions_only():

@@ -1,11 +1,14 @@
 """Op rule for ``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` and
 ``nn.TransformerEncoderLayer`` call).
 
-The query, key and value's embedding neurons meet the input projection's columns; the
-projection's rows are split into heads, which the attention mixes per head, so they (and the
-output projection's columns, which read them) are fixed: a conservative reading that moves
-no head dim. The output projection's rows are the output's neurons. Without this rule the call
-was probed, and a probe fixes every space it touches (it returns ``(output, None)``).
+The query, key and value's embedding neurons meet the input projection's columns. The
+projection's rows are the queries, keys and values of ``num_heads`` heads; a head's score is
+the dot product of its query and key, so each head's query and key dims permute together
+(one space per head), and each head's value dims with the output projection's columns that
+read them (another). Heads stay in place (a permutation of whole heads is not read: a
+conservative reading). The output projection's rows are the output's neurons. Without this
+rule the call was probed, and a probe fixes every space it touches (it returns
+``(output, None)``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 
-from ..labels import TensorLabels
+from ..labels import TensorLabels, is_plain
 from .registry import Unsupported, arg, register_function
 
 if TYPE_CHECKING:
@@ -27,7 +30,7 @@ _PARAMS = (
     "out_proj_bias", "training", "key_padding_mask", "need_weights", "attn_mask",
     "use_separate_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
 )  # fmt: skip
-_HEADS = "attention mixes the projected neurons by head"
+_HEADS = "attention reads the projected neurons head by head"
 
 
 @register_function(F.multi_head_attention_forward)
@@ -40,10 +43,12 @@ def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any
         raise Unsupported("attention with projection weights that are not tensors")
     for x in (p["query"], p["key"], p["value"]):
         a.tie(x.labels[-1], w_in.labels[1], "attention input meets an unlabelled projection")
-    a.fix(w_in.labels[0], _HEADS)
-    a.fix(w_out.labels[1], _HEADS)
+    # the heads' spaces named after the attention module (its projection's rows)
+    rows = a.plain_label(a.name_output(w_in.labels[0]))
+    cols = a.plain_label(w_out.labels[1])
     if isinstance(p["in_proj_bias"], TensorLabels):
-        a.fix(p["in_proj_bias"].labels[0], _HEADS)
+        rows = a.tie(rows, a.plain_label(p["in_proj_bias"].labels[0]))
+    _heads(a, rows, cols, w_out.shape[1], p["num_heads"])
     out = a.name_output(w_out.labels[0])
     if isinstance(p["out_proj_bias"], TensorLabels):
         out = a.tie(out, p["out_proj_bias"].labels[0])
@@ -64,3 +69,17 @@ def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any
     if isinstance(weights, TensorLabels):  # the attention weights: positions only
         weights = TensorLabels(weights.shape, (None,) * weights.ndim)
     return TensorLabels(shapes[0].shape, q.labels[:-1] + (out,)), weights
+
+
+def _heads(a: SymmetryAnalysis, rows: Any, cols: Any, embed: int, heads: int) -> None:
+    """Each head's query and key rows one space, its value rows and the output projection's
+    columns another; heads kept apart (``rows``: the ``3 * embed`` projected neurons)."""
+    dim = embed // heads
+    if rows is None or cols is None or dim == 1 or not (is_plain(rows) and is_plain(cols)):
+        a.fix(rows, _HEADS)
+        a.fix(cols, _HEADS)
+        return
+    for i in range(1, 3 * heads):  # every head of q, k and v permutes only on its own
+        a.cut(rows, i * dim)
+    a.tie(a.slice_label(rows, 0, embed), a.slice_label(rows, embed, 2 * embed), _HEADS)
+    a.tie(a.slice_label(rows, 2 * embed, 3 * embed), cols, _HEADS)
