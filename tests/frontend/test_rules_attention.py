@@ -50,7 +50,8 @@ def test_a_transformer_encoder_keeps_its_stream_mlp_and_head_spaces(causal):
     assert reasons == ({"attention mask depends on position"} if causal else set())
 
 
-def test_attention_weights_returned_are_positions_only():
+@pytest.mark.parametrize("average", [True, False])
+def test_attention_weights_returned_move_with_the_positions(average):
     class Weights(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -58,9 +59,10 @@ def test_attention_weights_returned_are_positions_only():
             self.fc = nn.Linear(8, 4)
 
         def forward(self, x):
-            y, w = self.attn(x, x, x, need_weights=True)
-            return self.fc(y) + w.sum(-1, keepdim=True)
+            y, w = self.attn(x, x, x, need_weights=True, average_attn_weights=average)
+            return self.fc(y), w
 
+    # the tokens (dim 1 of the input) permute: the weights' rows and columns with them
     spec, report = nfc.trace_with_report(model_(Weights), x_(2, 5, 8))
+    assert spec.spaces["in"].size == 5 and report.verification.ok
     assert spec["attn.out_proj.weight"].axes[0] == spec["fc.weight"].axes[1] == "attn.out_proj"
-    assert report.verification.ok

@@ -66,8 +66,12 @@ def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any
     a.consume(k.labels[0])
     shapes = a.out()
     weights = shapes[1]
-    if isinstance(weights, TensorLabels):  # the attention weights: positions only
-        weights = TensorLabels(weights.shape, (None,) * weights.ndim)
+    if isinstance(weights, TensorLabels):  # ([N,] [heads,] L, S): by query and key position
+        labels = [None] * weights.ndim
+        labels[-2:] = q.labels[0], k.labels[0]
+        if q.ndim == 3:
+            labels[0] = q.labels[1]
+        weights = TensorLabels(weights.shape, tuple(labels))
     return TensorLabels(shapes[0].shape, q.labels[:-1] + (out,)), weights
 
 
