@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch.nn.functional as F
 from torch import nn
 
 import nfncompile as nfc
@@ -66,3 +67,29 @@ def test_attention_weights_returned_move_with_the_positions(average):
     spec, report = nfc.trace_with_report(model_(Weights), x_(2, 5, 8))
     assert spec.spaces["in"].size == 5 and report.verification.ok
     assert spec["attn.out_proj.weight"].axes[0] == spec["fc.weight"].axes[1] == "attn.out_proj"
+
+
+class SelfAttention(nn.Module):
+    """timm's and Hugging Face's attention: q, k, v projections, heads by a reshape,
+    ``F.scaled_dot_product_attention``, an output projection."""
+
+    def __init__(self, causal: bool = False) -> None:
+        super().__init__()
+        self.causal = causal
+        self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, 2, 4).transpose(1, 2) for p in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.o(y.transpose(1, 2).reshape(b, n, 8))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_scaled_dot_product_attention_ties_queries_with_keys_and_values_with_the_output(causal):
+    # before: probed, "labels passed through": q's, k's and v's dims all one space
+    spec, report = nfc.trace_with_report(model_(lambda: SelfAttention(causal)), x_(2, 5, 8))
+    qk, v = spec["q.weight"].axes[0], spec["v.weight"].axes[0]
+    assert spec["k.weight"].axes[0] == qk and spec["o.weight"].axes[1] == v and qk != v
+    assert not report.probes and report.verification.ok
+    assert ("in" in spec.spaces) == (not causal)  # the 5 tokens permute unless masked

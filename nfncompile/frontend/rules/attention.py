@@ -1,5 +1,10 @@
-"""Op rule for ``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` and
+"""Op rules for attention: ``F.scaled_dot_product_attention`` and
+``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` and
 ``nn.TransformerEncoderLayer`` call).
+
+Scaled dot-product attention ``softmax(q k^T) v`` contracts the queries' and keys' last dims
+(tied), sums over the key positions symmetrically (keys and values tied by position), and
+returns the queries' positions with the values' last dim; a mask fixes positions.
 
 The query, key and value's embedding neurons meet the input projection's columns. The
 projection's rows are the queries, keys and values of ``num_heads`` heads; a head's score is
@@ -8,7 +13,8 @@ the dot product of its query and key, so each head's query and key dims permute 
 read them (another). Heads stay in place (a permutation of whole heads is not read: a
 conservative reading). The output projection's rows are the output's neurons. Without this
 rule the call was probed, and a probe fixes every space it touches (it returns
-``(output, None)``).
+``(output, None)``); the probe of scaled dot-product attention passed the labels through,
+tying the values' dims to the queries' and keys'.
 """
 
 from __future__ import annotations
@@ -31,6 +37,22 @@ _PARAMS = (
     "use_separate_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
 )  # fmt: skip
 _HEADS = "attention reads the projected neurons head by head"
+
+
+@register_function(F.scaled_dot_product_attention)
+def _scaled_dot_product_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    q, k, v = (arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
+    if not all(isinstance(t, TensorLabels) for t in (q, k, v)) or kwargs.get("enable_gqa"):
+        raise Unsupported("attention with grouped key/value heads or non-tensor operands")
+    a.tie(q.labels[-1], k.labels[-1], "attention contracts the queries' and keys' dims")
+    a.tie(k.labels[-2], v.labels[-2], "attention keys and values meet position by position")
+    if arg(args, kwargs, 3, "attn_mask") is not None or arg(args, kwargs, 5, "is_causal"):
+        a.fix(q.labels[-2], "attention mask depends on position")
+        a.fix(k.labels[-2], "attention mask depends on position")
+    a.consume(k.labels[-2])
+    shape = a.out_shape()
+    batch = a.broadcast([TensorLabels(t.shape[:-2], t.labels[:-2]) for t in (q, k, v)], shape[:-2])
+    return TensorLabels(shape, batch.labels + (q.labels[-2], v.labels[-1]))
 
 
 @register_function(F.multi_head_attention_forward)
