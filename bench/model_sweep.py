@@ -5,15 +5,16 @@ row.
 Per model (random init, no download, ``eval()``, one input of ``--size`` pixels, or the
 model's own size where it takes no other: timm's ``fixed_input_size``, torchvision's vision
 transformers 224; a clip of 8 frames for video models, 16 frames of 224 pixels for S3D and
-MViT; two images of at least 128 pixels for optical flow; transformers' models at their config's
-image size, or 8 token ids): ``trace s`` (``nfc.trace`` with
-its verification), the parameter tensors and derived spaces, ``build s``
-(``NFLinear(spec, C, C, basis="linear")`` at ``--channels``, goal < 5 s), ``/model`` (the
-layer's weights over the model's), and ``equiv``: the largest error of ``nfncompile.testing.assert_equivariant`` on a 2-channel layer (float64, random group
-elements drawn from the spec). A model that fails prints the exception's first line; one that
-takes longer than ``--timeout`` seconds prints ``TIMEOUT``; one whose check would not fit in
-memory (about :data:`BYTES_PER_WEIGHT` per model weight: features, outputs, gradients and
-permuted copies in float64) prints ``SKIP`` before it is traced. The last line counts them.
+MViT; two images of at least 128 pixels for optical flow; transformers' models at their
+config's image size, or 8 token ids): ``trace s`` (``nfc.trace`` with its verification), the
+parameter tensors and derived spaces, ``build s`` (``NFLinear(spec, C, C, basis="linear")``
+at ``--channels``, goal < 5 s), ``/model`` (the layer's weights over the model's), and
+``equiv``: the largest error of ``nfncompile.testing.assert_equivariant`` on a 2-channel
+layer (float64, random group elements drawn from the spec). A model that fails prints the
+exception's first line; one that takes longer than ``--timeout`` seconds prints ``TIMEOUT``;
+one whose check would not fit in memory (about :data:`BYTES_PER_WEIGHT` per model weight:
+features, outputs, gradients and permuted copies in float64) prints ``SKIP`` before it is
+traced. The last line counts them.
 
 Needs torchvision (or timm, or transformers) installed, which nfncompile does not depend on;
 transformers' models are built from small configs (:data:`TRANSFORMERS`)::
