@@ -65,10 +65,10 @@ from .probe import ProbeRecord, probe_op
 from .rules.registry import (
     FUNCTION_RULES,
     METHOD_RULES,
-    MODULE_RULES,
     STRUCTURED,
     Rule,
     Unsupported,
+    module_rule,
 )
 
 __all__ = ["SymmetryAnalysis"]
@@ -399,11 +399,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
 
     def call_module(self, target: str, args: Any, kwargs: Any) -> Any:
         mod = self.fetch_attr(target)
-        rule = None
-        for t in type(mod).__mro__:
-            rule = MODULE_RULES.get(t)
-            if rule is not None:
-                break
+        rule = module_rule(mod)
         return self._apply(rule, (self, mod, target, args, kwargs), args, kwargs)
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:

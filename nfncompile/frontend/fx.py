@@ -62,7 +62,7 @@ from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 
 from ..errors import TraceError
 from . import einops_backend
-from .rules.registry import MODULE_RULES
+from .rules.registry import module_rule
 
 __all__ = [
     "FAKE_ABOVE",
@@ -173,7 +173,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
             return True
         if not super().is_leaf_module(m, module_qualified_name):
             return False
-        return _ruled(m) or next(m.parameters(), None) is None
+        return module_rule(m) is not None or next(m.parameters(), None) is None
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
         self._param_cache = parameter_proxy_cache  # to forget proxies of rolled-back nodes
@@ -192,13 +192,14 @@ class LeafFallbackTracer(torch.fx.Tracer):
         Here the root is called as ``model(*example)`` calls it: the inputs positionally, every
         parameter left at its default (``concrete_args``) not passed at all.
         """
-        inner = inspect.unwrap(root_fn)
-        if isinstance(concrete_args, tuple) or (
-            inner is root_fn and all(map(pytree.tree_is_leaf, (concrete_args or {}).values()))
-        ):  # fx's own way works (and passes ``*args`` inputs on as one tuple)
+        if isinstance(concrete_args, tuple):  # fx's flat form, not used here
             return super().create_args_for_root(root_fn, is_module, concrete_args)
+        inner = inspect.unwrap(root_fn)
         concrete_args = concrete_args or {}
         leaf = {k: v for k, v in concrete_args.items() if pytree.tree_is_leaf(v)}
+        if inner is root_fn and len(leaf) == len(concrete_args):
+            # fx's own way works (and passes ``*args`` inputs on as one tuple)
+            return super().create_args_for_root(root_fn, is_module, concrete_args or None)
         _, args = super().create_args_for_root(inner, is_module, leaf)
         params = inspect.signature(inner).parameters
         code = inner.__code__
@@ -690,18 +691,16 @@ def trace_graph(
     except Exception as e:
         first = e
     else:
-        if all(_ruled(model.get_submodule(leaf.module)) for leaf in plain.leaves):
+        if all(module_rule(model.get_submodule(leaf.module)) for leaf in plain.leaves):
             return plain, graph, ""  # every kept call read by its class's rule (Conv2dSame)
         # a submodule whose forward checks its input's shape or dtype (Hugging Face's ViTModel
         # does) is a leaf of the plain trace; with the example's shapes fixed it may not be
         tracer = ShapeSpecialisingTracer(args)
-        try:
+        with contextlib.suppress(Exception):  # where it fails, the plain trace stands
             fixed = run(tracer)
-        except Exception:
-            return plain, graph, ""
-        if len(tracer.leaves) < len(plain.leaves):
-            leaf = plain.leaves[0]
-            return tracer, fixed, f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})"
+            if len(tracer.leaves) < len(plain.leaves):
+                leaf = plain.leaves[0]
+                return tracer, fixed, f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})"
         return plain, graph, ""
     tracer = ShapeSpecialisingTracer(args)
     try:
@@ -717,12 +716,6 @@ def trace_graph(
             f"torch.fx could not trace {type(model).__name__}.forward{at}{past}: "
             f"{type(error).__name__}: {error}. {_ADVICE}"
         ) from e
-
-
-def _ruled(module: torch.nn.Module) -> bool:
-    """Whether an op rule reads ``module``'s class (or a base class: a ``Conv2d`` subclass
-    that pads itself is a conv), so that keeping it as one call loses nothing."""
-    return any(t in MODULE_RULES for t in type(module).__mro__)
 
 
 def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:

@@ -33,6 +33,7 @@ __all__ = [
     "STRUCTURED",
     "structured",
     "register_module",
+    "module_rule",
     "register_function",
     "register_method",
     "arg",
@@ -54,6 +55,24 @@ STRUCTURED: set = set()
 
 class Unsupported(Exception):
     """Raised inside a rule: fall back to the conservative rule with this reason."""
+
+
+def module_rule(module: Any) -> Rule | None:
+    """The rule for ``module``'s class, looked up along its MRO (a ``Conv2d`` subclass that
+    pads itself is a conv), or ``None``.
+
+    >>> import torch
+    >>> class Padded(torch.nn.Conv2d): ...
+    >>> module_rule(Padded(1, 1, 3)) is module_rule(torch.nn.Conv2d(1, 1, 3)) is not None
+    True
+    >>> module_rule(torch.nn.Module()) is None
+    True
+    """
+    for t in type(module).__mro__:
+        rule = MODULE_RULES.get(t)
+        if rule is not None:
+            return rule
+    return None
 
 
 def register_module(*types: type) -> Callable[[Rule], Rule]:
