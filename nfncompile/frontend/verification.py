@@ -200,6 +200,15 @@ def _draw_inputs(args: tuple, gen: torch.Generator, dtype: torch.dtype) -> tuple
     )
 
 
+def _outputs(net: nn.Module, x: tuple, state: dict | None = None) -> list:
+    """``net``'s outputs on ``x`` (with ``state`` in place of its own, if given), flattened,
+    each call from the copy as it was: a value the forward caches from its parameters
+    (LeViT's attention biases) is computed from these ones."""
+    with torch.no_grad(), attributes_kept(net):
+        y = net(*x) if state is None else torch.func.functional_call(net, state, x)
+    return leaves(y, fields=True)
+
+
 def _working_copy(
     model: nn.Module, args: tuple, gen: torch.Generator, perturb: bool
 ) -> tuple[nn.Module, torch.dtype, tuple, str]:
@@ -217,8 +226,7 @@ def _working_copy(
         if perturb:
             _perturb(net, gen)
         x = _draw_inputs(args, gen, dtype)
-        with torch.no_grad(), attributes_kept(net):
-            return net, (x, leaves(net(*x), fields=True))
+        return net, (x, _outputs(net, x))
 
     try:
         net, first = run(torch.float64)
@@ -366,8 +374,7 @@ def verify(
     cases = [first]
     for _ in range(max(trials, 1) - 1):
         x = _draw_inputs(args, gen, dtype)
-        with torch.no_grad(), attributes_kept(net):
-            cases.append((x, leaves(net(*x), fields=True)))
+        cases.append((x, _outputs(net, x)))
     if out_io is None:
         out_io = _default_io(spec, cases[0][1], "output")
     scale = max(
@@ -397,10 +404,7 @@ def verify(
                     return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, apart, params)
                 xp = tuple(_permute(perm, t, a) for t, a in zip(x, in_io))
                 try:
-                    # each call from the copy as it was: a value the forward caches from
-                    # its parameters (LeViT's attention biases) is computed from these ones
-                    with torch.no_grad(), attributes_kept(net):
-                        yp = leaves(torch.func.functional_call(net, sd, xp), fields=True)
+                    yp = _outputs(net, xp, sd)
                 except Exception as e:  # a forward pass that fails on permuted weights
                     msg = f"forward pass raised {type(e).__name__}: {e}"
                     return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, msg, params)
