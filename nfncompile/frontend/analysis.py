@@ -123,6 +123,16 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             self._fix_run(run.id, 0, size, self._broken(POSITIONS))
         return (Seg(run.id, 0, size),)
 
+    def uniform_run(self, size: int, what: str) -> Label:
+        """The label of ``size`` positions that all hold one value (padding, a constant piece
+        of a concatenation or of a buffer written in place): a fresh run of free neurons, since
+        permuting equal values changes nothing (fixed when it is one neuron, which has no
+        permutation to allow); ``()`` for none."""
+        if size <= 0:
+            return ()
+        kind = "neuron" if size > 1 else "fixed"
+        return self.new_run(size, kind, f"{self.node.name}.{what}")
+
     def name_output(self, label: Any) -> Any:
         """``label``, the output of a functional layer that is its weight's axis
         (``F.conv2d(x, self.weight)``), named after the weight's module as a module's call names

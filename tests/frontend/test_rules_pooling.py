@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import model_, spaces_, x_
 
 
@@ -33,3 +36,32 @@ def test_reflect_padding_of_channels_fixes_them():
     model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.ReflectionPad3d((0, 0, 0, 0, 1, 1)))
     spec = nfc.trace(model_(lambda: model), x_(1, 2, 3, 3), verify=False)
     assert spec["0.weight"].axes == (None, "in", None, None)
+
+
+class OptionA(nn.Module):
+    """A CIFAR ResNet's "option A" shortcut: the stream widened by zero channels on each side."""
+
+    def __init__(self, pad_module: bool) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.pad = nn.ConstantPad3d((0, 0, 0, 0, 2, 2), 0.0) if pad_module else None
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        short = h[:, :, ::2, ::2]
+        short = self.pad(short) if self.pad else F.pad(short, (0, 0, 0, 0, 2, 2))
+        return self.fc(torch.relu(self.c2(h) + short).mean((2, 3)))
+
+
+@pytest.mark.parametrize("pad_module", [False, True])
+def test_zero_channels_padded_on_are_free_neurons(pad_module):
+    spec, report = trace_with_report(model_(lambda: OptionA(pad_module)), x_(2, 3, 6, 6))
+    row = spec["c2.weight"].axes[0]
+    # two spaces of two padded channels each, around the shortcut's c1 channels
+    assert len(row) == 3 and row[1] == "c1"
+    assert [spec.spaces[n].size for n in (row[0], row[2])] == [2, 2]
+    assert spec["fc.weight"].axes == ("out", row)
+    assert not report.broken and report.verification.ok
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 _SPATIAL_MODULES = (
     nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
     nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
-    nn.modules.pooling._LPPoolNd, nn.Upsample, nn.modules.padding._ConstantPadNd,
+    nn.modules.pooling._LPPoolNd, nn.Upsample,
     nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
     nn.modules.padding.CircularPad1d, nn.modules.padding.CircularPad2d,
     nn.modules.padding.CircularPad3d,
@@ -60,8 +60,19 @@ register_function(F.interpolate, F.upsample)(_function_spatial(None))
 
 @register_function(F.pad)
 def _function_pad(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    x, pad = args[0], list(arg(args, kwargs, 1, "pad"))
-    mode = arg(args, kwargs, 2, "mode", "constant")
+    pad = list(arg(args, kwargs, 1, "pad"))
+    return _pad(a, args[0], pad, arg(args, kwargs, 2, "mode", "constant"))
+
+
+@register_module(nn.modules.padding._ConstantPadNd)
+def _module_constant_pad(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any):
+    return _pad(a, args[0], list(mod.padding), "constant")
+
+
+def _pad(a: SymmetryAnalysis, x: TensorLabels, pad: list, mode: str) -> TensorLabels:
+    """``F.pad(x, pad, mode)``: a constant pad of a neuron axis adds a free run on each side
+    (:meth:`~nfncompile.frontend.analysis.SymmetryAnalysis.uniform_run`); other modes, and
+    negative pads (crops), fix the axis."""
     labels = list(x.labels)
     for k in range(len(pad) // 2):
         d = x.ndim - 1 - k
@@ -72,10 +83,8 @@ def _function_pad(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             a.fix(labels[d], f"F.pad(mode={mode!r}) along a neuron axis")
             labels[d] = None
             continue
-        new = labels[d]
-        if lo:
-            new = a.new_run(lo, "fixed", f"{a.node.name}.pad") + new
-        if hi:
-            new = new + a.new_run(hi, "fixed", f"{a.node.name}.pad")
-        labels[d] = new
+        # every padded position holds the same value: permuting them among themselves
+        # changes nothing, so each padded side is a new run of free neurons (a channel
+        # shortcut's zero padding, as in the CIFAR ResNets' "option A")
+        labels[d] = a.uniform_run(lo, "pad") + labels[d] + a.uniform_run(hi, "pad")
     return TensorLabels(a.out_shape(), tuple(labels))
