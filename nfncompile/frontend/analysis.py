@@ -35,6 +35,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ from torch import nn
 
 from ..errors import TraceError
 from . import rules  # noqa: F401  (importing the package registers every op rule)
-from .fx import PlainArgsInterpreter, canonical_keys, leaves
+from .fx import PlainArgsInterpreter, canonical_keys, leaves, writes
 from .labels import (
     POSITIONS,
     UNIFORM,
@@ -367,7 +368,33 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 f"{type(e).__name__}: {e}"
             ) from e
         n.meta["nfn_labels"] = value
+        if writes(n) and isinstance(value, TensorLabels):
+            self.written(n.args[0], value)
         return value
+
+    def written(self, target: torch.fx.Node, labels: TensorLabels) -> None:
+        """Record that ``target``'s tensor was written in place and has ``labels`` now: every
+        later use of it reads them. Where the tensor shares its memory with views of it (or
+        is one), the write changes them too; when it put values the old labels do not
+        describe and such views were made before it, every tensor of that family is made
+        position-dependent (its neurons fixed)."""
+        old = self.env.get(target)
+        if not isinstance(old, TensorLabels) or old.labels == labels.labels:
+            return
+        described = all(new is UNIFORM or new == was for new, was in zip(labels.labels, old.labels))
+        # views made before the write hold labels from before it (later ones read the new)
+        stale = [m for m in _aliases(target) if m is not target and m in self.env]
+        if described or not stale:
+            self.env[target] = labels
+            return
+        for node in [target, *stale]:
+            value = self.env.get(node)
+            if isinstance(value, TensorLabels):
+                for lab in value.labels:
+                    self.fix(lab, "written in place through a view of its tensor")
+                self.env[node] = TensorLabels.plain(value.shape)
+        for lab in labels.labels:
+            self.fix(lab, "written in place through a view of its tensor")
 
     def placeholder(self, target: Any, args: Any, kwargs: Any) -> Any:
         info = _meta_value(self.node)
@@ -416,12 +443,12 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         if isinstance(target, type) and dataclasses.is_dataclass(target):
             # a dataclass returned by the forward: fx builds it from its fields, in order
             return dict(kwargs)
-        if "tensor_meta" not in self.node.meta:
+        if "tensor_meta" not in self.node.meta and target is not operator.setitem:
             return self.node.meta.get("nfn_value")
         return self._apply(FUNCTION_RULES.get(target), (self, args, kwargs), args, kwargs)
 
     def call_method(self, target: str, args: Any, kwargs: Any) -> Any:
-        if "tensor_meta" not in self.node.meta:
+        if "tensor_meta" not in self.node.meta and target != "__setitem__":
             return self.node.meta.get("nfn_value")
         return self._apply(METHOD_RULES.get(target), (self, args, kwargs), args, kwargs)
 
@@ -537,6 +564,52 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 self.fix(labels[d], reason)
                 labels[d] = None
         return TensorLabels(info.shape, tuple(labels))
+
+
+#: ops whose result may share memory with their first argument (a view, or the argument
+#: itself): a write into one is a write into the others
+_VIEW_METHODS = frozenset(
+    ["view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "narrow",
+     "select", "unsqueeze", "squeeze", "flatten", "unflatten", "expand", "expand_as", "split",
+     "chunk", "unbind", "tensor_split", "movedim", "moveaxis", "swapaxes", "swapdims",
+     "diagonal", "as_strided", "detach", "contiguous", "to", "type", "type_as", "float",
+     "double", "half", "bfloat16", "unfold", "real"]
+)  # fmt: skip
+_VIEW_FUNCTIONS = frozenset(
+    [operator.getitem, torch.reshape, torch.flatten, torch.transpose, torch.permute,
+     torch.squeeze, torch.unsqueeze, torch.narrow, torch.select, torch.split, torch.chunk,
+     torch.unbind, torch.tensor_split, torch.movedim, torch.swapaxes, torch.diagonal, torch.t,
+     torch.detach, F.dropout, F.alpha_dropout, F.feature_alpha_dropout, F.dropout1d,
+     F.dropout2d, F.dropout3d]
+)  # fmt: skip
+_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
+
+
+def _views(n: torch.fx.Node) -> bool:
+    """Whether ``n``'s result may share its first argument's memory."""
+    if n.op == "call_method":
+        return n.target in _VIEW_METHODS or writes(n)
+    if n.op == "call_function":
+        return n.target in _VIEW_FUNCTIONS or n.kwargs.get("inplace") is True
+    if n.op == "call_module":
+        mod = n.graph.owning_module.get_submodule(n.target)
+        return isinstance(mod, _VIEW_MODULES) or getattr(mod, "inplace", False) is True
+    return False
+
+
+def _aliases(node: torch.fx.Node) -> set:
+    """``node`` and every node that may share its memory: up the chain of views it was made
+    by, then down through every view made of those."""
+    root = node
+    while _views(root) and root.args and isinstance(root.args[0], torch.fx.Node):
+        root = root.args[0]
+    family, todo = {root}, [root]
+    while todo:
+        for user in todo.pop().users:
+            if user not in family and _views(user) and user.args and user.args[0] in family:
+                family.add(user)
+                todo.append(user)
+    return family
 
 
 def _describe(a: SymmetryAnalysis, n: torch.fx.Node) -> str:

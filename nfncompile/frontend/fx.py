@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import operator
 import os
 import traceback
 import warnings
@@ -163,6 +164,38 @@ class LeafFallbackTracer(torch.fx.Tracer):
         self.leaves: list[LeafCall] = []
         self._forced: set[int] = set()
         self._param_cache: dict | None = None
+        #: record ``torch.zeros`` & co. (:data:`FACTORIES`) as nodes rather than constants
+        self.trace_factories = False
+        self._eager = False  # a node being run for real (the shape-specialising trace)
+
+    def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
+        if not self.trace_factories:
+            return super().trace(root, concrete_args)
+        made = {name: getattr(torch, name) for name in FACTORIES}
+
+        def recorded(fn: Callable) -> Callable:
+            def factory(*args: Any, **kwargs: Any) -> Any:
+                if self._eager:
+                    return fn(*args, **kwargs)
+                return self.create_proxy("call_function", fn, args, kwargs)
+
+            return factory
+
+        try:
+            for name, fn in made.items():
+                setattr(torch, name, recorded(fn))
+            return super().trace(root, concrete_args)
+        finally:
+            for name, fn in made.items():
+                setattr(torch, name, fn)
+
+    def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if writes(node) and isinstance(node.args[0], torch.fx.Node):
+            target = node.args[0]
+            if target.op == "get_attr" and str(target.target).startswith("_tensor_constant"):
+                raise ConstantWritten(node.format_node())
+        return node
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         """torch.nn's own modules are one call (their rules, or a probe), but for one with
@@ -174,6 +207,9 @@ class LeafFallbackTracer(torch.fx.Tracer):
         if not super().is_leaf_module(m, module_qualified_name):
             return False
         return module_rule(m) is not None or next(m.parameters(), None) is None
+
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        return _WritableProxy(node, self)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
         self._param_cache = parameter_proxy_cache  # to forget proxies of rolled-back nodes
@@ -233,6 +269,8 @@ class LeafFallbackTracer(torch.fx.Tracer):
         stack, calls = self.module_stack.copy(), dict(self.num_calls)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except ConstantWritten:
+            raise  # the whole trace is made again, recording the factories
         except Exception as e:
             erased = list(self.graph.nodes)[mark:]
             for node in reversed(erased):
@@ -256,6 +294,26 @@ class LeafFallbackTracer(torch.fx.Tracer):
 #: a node's value the shape-specialising trace could not compute (its shapes stay symbolic)
 _UNKNOWN = object()
 
+#: tensor factories a trace records as nodes once a constant they made was written by traced
+#: values (:class:`LeafFallbackTracer`'s ``trace_factories``)
+FACTORIES = ("zeros", "ones", "full", "empty")
+
+
+def writes(n: torch.fx.Node) -> bool:
+    """Whether node ``n`` writes into its first argument (``x[i] = v``, ``x.add_(y)``)."""
+    if n.op == "call_function":
+        return n.target is operator.setitem
+    if n.op != "call_method":
+        return False
+    return n.target == "__setitem__" or (n.target.endswith("_") and not n.target.startswith("_"))
+
+
+class ConstantWritten(Exception):
+    """A traced value was written into a tensor the forward made with fixed arguments
+    (``buf = torch.zeros(2, 7); buf[:, 1:] = h``): fx made the buffer a constant of the graph,
+    and every later read of it would be a constant too (values before the write)."""
+
+
 #: attributes and methods of a traced tensor that :class:`ShapeSpecialisingTracer` answers from
 #: the example input (its shapes, dtype, device and layout: ``nn.TransformerEncoder`` checks
 #: ``src.is_nested`` and its weights' ``requires_grad`` to choose its fast path)
@@ -266,7 +324,15 @@ _SHAPE_ATTRS = frozenset(
 )
 
 
-class _ShapeProxy(torch.fx.Proxy):
+class _WritableProxy(torch.fx.Proxy):
+    """A proxy that records ``x[index] = value`` (fx's own raises "does not support item
+    assignment", and the module doing it was kept as one call)."""
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
+
+
+class _ShapeProxy(_WritableProxy):
     """A proxy whose shape, length and iteration come from its node's value on the example."""
 
     def _value(self) -> Any:
@@ -366,29 +432,34 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             return self._inputs.get(node.target, _UNKNOWN)
         # fx patches nn.Module.__call__ and __getattr__ and the wrapped functions while it
         # traces; the node runs as the model would, with them reverted (else it would trace)
-        with _maybe_revert_all_patches():
-            if node.op == "get_attr":
-                value: Any = self.root
-                for part in str(node.target).split("."):
-                    value = getattr(value, part, _UNKNOWN)
-                return self._fake(value)
-            try:
-                args, kwargs = torch.fx.node.map_arg(
-                    (node.args, node.kwargs), self.values.__getitem__
-                )
-            except KeyError:  # an argument whose value is unknown
-                return _UNKNOWN
-            args, kwargs = _plain(args), _plain(kwargs)
-            try:
-                with self.mode:
-                    if node.op == "call_function":
-                        return node.target(*args, **kwargs)
-                    if node.op == "call_method":
-                        return getattr(args[0], node.target)(*args[1:], **kwargs)
-                    if node.op == "call_module":
-                        return self.root.get_submodule(node.target)(*args, **kwargs)
-            except Exception:  # not computable on fake tensors (data-dependent): left symbolic
-                return _UNKNOWN
+        self._eager = True
+        try:
+            with _maybe_revert_all_patches():
+                return self._run_eager(node)
+        finally:
+            self._eager = False
+
+    def _run_eager(self, node: torch.fx.Node) -> Any:
+        if node.op == "get_attr":
+            value: Any = self.root
+            for part in str(node.target).split("."):
+                value = getattr(value, part, _UNKNOWN)
+            return self._fake(value)
+        try:
+            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), self.values.__getitem__)
+        except KeyError:  # an argument whose value is unknown
+            return _UNKNOWN
+        args, kwargs = _plain(args), _plain(kwargs)
+        try:
+            with self.mode:
+                if node.op == "call_function":
+                    return node.target(*args, **kwargs)
+                if node.op == "call_method":
+                    return getattr(args[0], node.target)(*args[1:], **kwargs)
+                if node.op == "call_module":
+                    return self.root.get_submodule(node.target)(*args, **kwargs)
+        except Exception:  # not computable on fake tensors (data-dependent): left symbolic
+            return _UNKNOWN
         return _UNKNOWN
 
 
@@ -663,7 +734,18 @@ def trace_graph(
     defaults = _defaults_after(model, len(args))
     einops_backend.register()  # einops calls on traced values, where einops is imported
 
-    def run(tracer: LeafFallbackTracer) -> torch.fx.Graph:
+    def run(make: Callable[[], LeafFallbackTracer]) -> tuple[LeafFallbackTracer, torch.fx.Graph]:
+        tracer = make()
+        try:
+            return tracer, run_once(tracer)
+        except ConstantWritten:
+            # a buffer the forward made and then wrote traced values into: traced again with
+            # the factories recorded, the buffer is a node and the write reaches its readers
+            tracer = make()
+            tracer.trace_factories = True
+            return tracer, run_once(tracer)
+
+    def run_once(tracer: LeafFallbackTracer) -> torch.fx.Graph:
         tracer.record_stack_traces = record_stack_traces
         # each trace starts from the model as it was: what one binds or caches on a module
         # (a proxy, in a dict of LeViT's) is undone before the next trace or any real forward
@@ -685,9 +767,11 @@ def trace_graph(
                 graph.erase_node(n)
         return graph
 
-    plain = LeafFallbackTracer()
+    def specialising() -> LeafFallbackTracer:
+        return ShapeSpecialisingTracer(args)
+
     try:
-        graph = run(plain)
+        plain, graph = run(LeafFallbackTracer)
     except Exception as e:
         first = e
     else:
@@ -695,16 +779,15 @@ def trace_graph(
             return plain, graph, ""  # every kept call read by its class's rule (Conv2dSame)
         # a submodule whose forward checks its input's shape or dtype (Hugging Face's ViTModel
         # does) is a leaf of the plain trace; with the example's shapes fixed it may not be
-        tracer = ShapeSpecialisingTracer(args)
         with contextlib.suppress(Exception):  # where it fails, the plain trace stands
-            fixed = run(tracer)
+            tracer, fixed = run(specialising)
             if len(tracer.leaves) < len(plain.leaves):
                 leaf = plain.leaves[0]
                 return tracer, fixed, f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})"
         return plain, graph, ""
-    tracer = ShapeSpecialisingTracer(args)
     try:
-        return tracer, run(tracer), raised_at(first) or _error(first)
+        tracer, graph = run(specialising)
+        return tracer, graph, raised_at(first) or _error(first)
     except Exception as e:
         # report where the specialised trace stopped when it got further than the plain one
         later = raised_at(e) != raised_at(first)

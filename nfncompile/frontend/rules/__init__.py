@@ -1,6 +1,6 @@
 """Op rules of the symmetry analysis, one module per op family, and the tables they register in.
 
-Importing this package registers every rule: :mod:`.elementwise`, :mod:`.linear`,
+Importing this package registers every rule: :mod:`.elementwise`, :mod:`.inplace`, :mod:`.linear`,
 :mod:`.attention`, :mod:`.conv`, :mod:`.norm`, :mod:`.pooling`, :mod:`.shape`, :mod:`.reduce`. The tables and
 the decorators to add a rule live in :mod:`.registry`.
 """
@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (register)
     attention,
     conv,
     elementwise,
+    inplace,
     linear,
     norm,
     pooling,

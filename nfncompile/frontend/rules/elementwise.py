@@ -69,7 +69,7 @@ _ELEMENTWISE_METHODS = [
     "true_divide", "maximum", "minimum", "lerp", "addcmul", "addcdiv", "nan_to_num",
     "softmax", "log_softmax", "eq", "ne", "gt", "ge", "lt", "le", "masked_fill",
     "masked_fill_", "logical_not", "float", "double", "half", "bfloat16", "contiguous",
-    "clone", "detach", "requires_grad_", "cpu", "cuda", "zero_", "fill_",
+    "clone", "detach", "requires_grad_", "cpu", "cuda",
 ]  # fmt: skip
 
 

@@ -316,8 +316,15 @@ def _neuron_at(label: Label, pos: int) -> Seg:
 
 
 @register_function(torch.cat, torch.concat, torch.concatenate)
+@structured
 def _cat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    xs = list(arg(args, kwargs, 0, "tensors"))
+    # flattened products are fixed; a uniform piece (torch.zeros) is kept as such
+    xs = [
+        TensorLabels(
+            x.shape, tuple(a.plain_label(lab) if isinstance(lab, Prod) else lab for lab in x.labels)
+        )
+        for x in arg(args, kwargs, 0, "tensors")
+    ]
     dim = arg(args, kwargs, 1, "dim", 0)
     shape = a.out_shape()
     d = norm_dim(dim, len(shape))
@@ -325,13 +332,15 @@ def _cat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         TensorLabels(x.shape[:d] + x.shape[d + 1 :], x.labels[:d] + x.labels[d + 1 :]) for x in xs
     ]
     rest = a.broadcast(others, shape[:d] + shape[d + 1 :])
-    if all(x.labels[d] is None for x in xs):
+    if all(x.labels[d] is None or x.labels[d] is UNIFORM for x in xs):
         cat = None
     else:
         cat = ()
         for x in xs:
             lab = x.labels[d]
-            if lab is None:
+            if lab is UNIFORM:  # one value along the dim: its positions are free neurons
+                lab = a.uniform_run(x.shape[d], "const")
+            elif lab is None:
                 lab = a.new_run(x.shape[d], "fixed", f"{a.node.name}.const")
             cat = cat + lab
     labels = rest.labels[:d] + (cat,) + rest.labels[d:]

@@ -1,0 +1,187 @@
+"""Op rules for writes into a tensor: ``x[index] = value``, ``x.copy_(src)``, ``fill_``,
+``zero_``, and constant tensors (``torch.zeros``, ``x.new_zeros``) that such writes often fill.
+
+A write returns the labels the written tensor has *after* it; the analysis then reads those
+for every later use of the tensor (see
+:meth:`~nfncompile.frontend.analysis.SymmetryAnalysis.written`). Along a dim the write covers
+only in part, the label is pieced together: the positions outside keep the tensor's own labels
+(free runs where it was constant, fixed ones where it depended on position), the positions
+inside take the value's. A write the rules cannot place (a tensor index, a strided slice) fixes
+the neurons of both sides.
+
+Examples
+--------
+>>> import torch
+>>> import nfncompile as nfc
+>>> class Shifted(torch.nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(6, 2)
+...     def forward(self, x):
+...         buf = torch.zeros(x.shape[0], 6)
+...         buf[:, 2:] = self.a(x)  # a's four neurons after two zero channels
+...         return self.b(torch.relu(buf))
+>>> spec = nfc.trace(Shifted(), torch.randn(5, 3))
+>>> spec["b.weight"].axes
+('out', ('setitem.const', 'a'))
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..labels import UNIFORM, Prod, TensorLabels
+from .registry import Unsupported, arg, register_function, register_method, structured
+
+if TYPE_CHECKING:
+    from ..analysis import SymmetryAnalysis
+
+
+def _uniform(shape: tuple) -> TensorLabels:
+    return TensorLabels(tuple(shape), tuple(UNIFORM if n > 1 else None for n in shape))
+
+
+@register_function(torch.zeros, torch.ones, torch.full)
+@register_method("new_zeros", "new_ones", "new_full")
+@structured
+def _constant(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    # one value everywhere: any permutation of any dim leaves it as it is
+    return _uniform(a.out_shape())
+
+
+@register_method("fill_", "zero_")
+@structured
+def _fill(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    # a constant may carry any labels: the tensor's own where it has them, uniform elsewhere
+    x = args[0]
+    return TensorLabels(
+        x.shape,
+        tuple(UNIFORM if lab is None and n > 1 else lab for lab, n in zip(x.labels, x.shape)),
+    )
+
+
+@register_function(operator.setitem)
+@register_method("__setitem__")
+@structured
+def _setitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    x, index, value = args
+    if not isinstance(x, TensorLabels):
+        return None
+    return write(a, x, index, value)
+
+
+@register_method("copy_")
+@structured
+def _copy(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    return write(a, args[0], (), arg(args, kwargs, 1, "src"))
+
+
+def write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> TensorLabels:
+    """The labels of ``x`` after ``x[index] = value``."""
+    try:
+        ranges = _ranges(x, index)
+        region = tuple(stop - start for start, stop, kept in ranges if kept)
+        written = iter(_value_labels(a, value, region))
+        full = [(start, stop) == (0, n) for (start, stop, _), n in zip(ranges, x.shape)]
+        labels = []
+        for d, ((start, stop, kept), n) in enumerate(zip(ranges, x.shape)):
+            inside = next(written) if kept else UNIFORM  # an int index: one position
+            old = x.labels[d]
+            if isinstance(old, Prod):
+                old = a.plain_label(old, "a write into the tensor")
+            if not all(full[:d] + full[d + 1 :]):
+                # the old values stay at the other dims' unwritten positions: both move alike
+                inside = _meet(a, _slice(a, old, start, stop), inside)
+            if not full[d]:
+                pieces = (_slice(a, old, 0, start), inside, _slice(a, old, stop, n))
+                inside = _pieced(a, pieces, (start, stop - start, n - stop))
+            labels.append(None if n <= 1 and inside is UNIFORM else inside)
+    except Unsupported as e:
+        return _fixed_write(a, x, value, str(e))
+    return TensorLabels(x.shape, tuple(labels))
+
+
+def _pieced(a: SymmetryAnalysis, pieces: tuple, sizes: tuple) -> Any:
+    """One dim's label from the labels of its consecutive pieces: a constant piece becomes a
+    free run, a position-dependent one a fixed run (``None`` when every piece is)."""
+    if all(p is None or p == () for p in pieces):
+        return None
+    label: tuple = ()
+    for piece, size, what in zip(pieces, sizes, ("const", "written", "const")):
+        if piece is UNIFORM:
+            piece = a.uniform_run(size, what)
+        elif piece is None:
+            piece = a.new_run(size, "fixed", f"{a.node.name}.kept") if size else ()
+        label += piece
+    return label
+
+
+def _ranges(x: TensorLabels, index: Any) -> list:
+    """``(start, stop, kept)`` per dim of ``x`` for a basic index (ints and unit-step slices;
+    ``kept`` is False for an int, whose dim the value does not have)."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(i is None or not isinstance(i, (int, slice, type(Ellipsis))) for i in index):
+        raise Unsupported("a write through a tensor index or a new axis")
+    if index.count(Ellipsis) > 1:
+        raise Unsupported("a write with two ellipses")
+    if Ellipsis in index:
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (x.ndim - len(index) + 1) + index[k + 1 :]
+    index = index + (slice(None),) * (x.ndim - len(index))
+    ranges = []
+    for i, n in zip(index, x.shape):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(n)
+            if step != 1:
+                raise Unsupported("a write through a strided slice")
+            ranges.append((start, max(start, stop), True))
+        else:
+            ranges.append((i % n, i % n + 1, False))
+    return ranges
+
+
+def _value_labels(a: SymmetryAnalysis, value: Any, region: tuple) -> list:
+    """The value's label along each dim of the region it is written to (broadcast from the
+    right: a missing or one-sized dim is uniform)."""
+    labels: list = [UNIFORM] * len(region)
+    if not isinstance(value, TensorLabels):
+        return labels  # a number
+    for k in range(1, min(len(region), value.ndim) + 1):
+        lab, n = value.labels[-k], value.shape[-k]
+        if isinstance(lab, Prod):
+            lab = a.plain_label(lab, "a write into a tensor")
+        if n == 1 and region[-k] > 1:
+            a.fix(lab, "broadcasts one neuron's value to all positions")
+            lab = UNIFORM
+        labels[-k] = lab
+    return labels
+
+
+def _slice(a: SymmetryAnalysis, label: Any, start: int, stop: int) -> Any:
+    if label is None or label is UNIFORM:
+        return label
+    return a.slice_label(label, start, stop) if stop > start else ()
+
+
+def _meet(a: SymmetryAnalysis, old: Any, new: Any) -> Any:
+    """One dim holding the old values at some positions of the other dims and the new ones at
+    others: tied as an elementwise op ties them."""
+    if old == () or old is UNIFORM:
+        return new
+    if new is UNIFORM:
+        return old
+    if old is None or new is None:
+        a.fix(old if new is None else new, "written next to values that depend on position")
+        return None
+    return a.tie(old, new)
+
+
+def _fixed_write(a: SymmetryAnalysis, x: TensorLabels, value: Any, reason: str) -> TensorLabels:
+    for info in (x, value):
+        if isinstance(info, TensorLabels):
+            for lab in info.labels:
+                a.fix(lab, reason)
+    return TensorLabels.plain(x.shape)

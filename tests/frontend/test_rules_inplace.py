@@ -1,0 +1,118 @@
+"""nfncompile.frontend.rules.inplace and the analysis's reading of writes: a tensor written in
+place (``x[i] = v``, ``copy_``, ``add_``) is read with the labels it has after the write, and
+the trace records a buffer the forward made and then wrote traced values into."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nfncompile as nfc
+from nfncompile.frontend.fx import trace_module
+from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.testing import assert_equivariant
+from tests.frontend.helpers import model_, x_
+
+WRITES = {
+    # name: (forward body on h = a(x) of 6 neurons, returning what b (6 inputs) reads,
+    #        b.weight's input axis)
+    "whole": (lambda x, h: _zeros(x, 6).__setitem__((slice(None),) * 2, h), "a"),
+    "copy_": (lambda x, h: _zeros(x, 6).copy_(h), "a"),
+    "add_": (lambda x, h: _zeros(x, 6).add_(h), "a"),
+    "offset": (lambda x, h: _set(_zeros(x, 8), (slice(None), slice(2, None)), h)[:, 2:], "a"),
+    "prefix": (lambda x, h: _set(_zeros(x, 9), (Ellipsis, slice(0, 6)), h)[:, 3:], ("a/1", "c")),
+    "one_column": (lambda x, h: _set(_zeros(x, 6), (slice(None), 0), h[:, 1]), (1, "c")),
+    "strided": (lambda x, h: _set(_zeros(x, 12), (slice(None), slice(None, None, 2)), h)[:, 3:9], None),
+    "tensor_index": (lambda x, h: _set(_zeros(x, 6), (slice(None), torch.arange(6)), h), None),
+}  # fmt: skip
+
+
+def _zeros(x: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.zeros(x.shape[0], n)
+
+
+def _set(buf: torch.Tensor, index: tuple, value: torch.Tensor) -> torch.Tensor:
+    buf[index] = value
+    return buf
+
+
+class Written(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        buf = WRITES[self.how][0](x, h)
+        return self.b(torch.tanh(buf if buf is not None else h))
+
+
+def _whole(spec, axis):
+    """``axis`` with the spec's space names, ``c`` standing for a constant run's space."""
+    if not isinstance(axis, tuple):
+        return axis
+    names = spec["b.weight"].axes[1]
+    return tuple(n if a == "c" and isinstance(n, str) else a for a, n in zip(axis, names))
+
+
+@pytest.mark.parametrize("how", list(WRITES))
+def test_a_written_buffer_is_read_with_the_labels_it_has_after_the_write(how):
+    model = model_(lambda: Written(how))
+    # the verification checks the derived group against the model's own function
+    spec, report = trace_with_report(model, x_(3, 4))
+    assert report.verification.ok
+    assert spec["b.weight"].axes[1] == _whole(spec, WRITES[how][1])
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+def test_a_buffer_written_with_traced_values_is_a_node_of_the_graph():
+    # torch.zeros of the example's batch size was a constant of the graph, the write into it
+    # a call on that constant, and its later read another constant: the graph computed b(0)
+    model = model_(lambda: Written("offset"))
+    gm = trace_module(model, x_(3, 4))
+    assert not [n for n in gm.graph.nodes if n.op == "get_attr"]
+    x = x_(3, 4, seed=1)
+    torch.testing.assert_close(gm(x), model(x))
+
+
+class ViewWritten(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        buf = torch.zeros(x.shape[0], 7)
+        view = buf[:, 1:]  # made before the write: its labels are those of zeros
+        view.copy_(self.a(x))
+        return self.b(buf[:, :6]) + self.b(view)
+
+
+def test_a_write_through_a_view_made_before_it_fixes_what_shares_its_memory():
+    spec, report = trace_with_report(model_(ViewWritten), x_(3, 4))
+    assert report.verification.ok
+    assert spec["a.weight"].axes[0] is None and spec["b.weight"].axes[1] is None
+    assert any("through a view" in b.reason for b in report.broken)
+
+
+class ZeroChannels(nn.Module):
+    """A PyramidNet's shortcut: the stream widened by concatenating zero channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 9), nn.Linear(9, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        short = torch.cat([h, x.new_zeros(x.shape[0], 3)], 1)
+        return self.c(torch.relu(self.b(h)) + short)
+
+
+def test_concatenated_zero_channels_are_free_neurons():
+    spec, report = trace_with_report(model_(ZeroChannels), x_(3, 4))
+    assert report.verification.ok and not report.broken
+    rows = spec["b.weight"].axes[0]
+    assert rows[0] == "a" and spec.spaces[rows[1]].size == 3
+    assert spec["c.weight"].axes[1] == rows
