@@ -60,6 +60,7 @@ from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.overrides import TorchFunctionMode
 
 from ..errors import TraceError
 from . import einops_backend
@@ -164,11 +165,18 @@ class LeafFallbackTracer(torch.fx.Tracer):
         self.leaves: list[LeafCall] = []
         self._forced: set[int] = set()
         self._param_cache: dict | None = None
+        self._state_cache: dict = {}  # proxies of parameters read by _StateReads
         #: record ``torch.zeros`` & co. (:data:`FACTORIES`) as nodes rather than constants
         self.trace_factories = False
         self._eager = False  # a node being run for real (the shape-specialising trace)
 
     def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
+        if not isinstance(root, torch.nn.Module):
+            return super().trace(root, concrete_args)
+        with _StateReads(self, root):
+            return self._trace(root, concrete_args)
+
+    def _trace(self, root: torch.nn.Module, concrete_args: dict | None) -> torch.fx.Graph:
         if not self.trace_factories:
             return super().trace(root, concrete_args)
         made = {name: getattr(torch, name) for name in FACTORIES}
@@ -276,9 +284,9 @@ class LeafFallbackTracer(torch.fx.Tracer):
             for node in reversed(erased):
                 self.graph.erase_node(node)
             gone = set(erased)
-            if self._param_cache:
-                for k in [k for k, p in self._param_cache.items() if p.node in gone]:
-                    del self._param_cache[k]
+            for cache in (self._param_cache or {}, self._state_cache):
+                for k in [k for k, p in cache.items() if p.node in gone]:
+                    del cache[k]
             self.module_stack.clear()
             self.module_stack.update(stack)
             self.num_calls = calls
@@ -297,6 +305,50 @@ _UNKNOWN = object()
 #: tensor factories a trace records as nodes once a constant they made was written by traced
 #: values (:class:`LeafFallbackTracer`'s ``trace_factories``)
 FACTORIES = ("zeros", "ones", "full", "empty")
+
+
+#: functions and property reads of a tensor that give no tensor (its shape, its dtype):
+#: :class:`_StateReads` leaves them to the parameter itself
+_SHAPE_READS = frozenset(
+    {"__get__", "dim", "size", "numel", "nelement", "ndimension", "__len__", "stride"}
+    | {"is_floating_point", "is_complex", "is_contiguous", "element_size", "get_device"}
+    | {"__repr__", "__format__", "__hash__", "data_ptr", "storage_offset"}
+)
+
+
+class _StateReads(TorchFunctionMode):
+    """While a model is traced: an op on one of its parameters or buffers themselves reads
+    them through ``get_attr`` nodes.
+
+    fx makes a proxy of a parameter when the forward reads it as a module attribute
+    (``self.weight``). A forward that takes its weights from ``named_parameters()`` (SIREN's and
+    torchmeta's MetaModules, MAML-style code passing a ``params`` dict) holds the tensors
+    themselves, and fx computed every op that only they feed (``weight.permute(...)``)
+    eagerly: the graph held the results as constants, and no parameter was read at all.
+    """
+
+    def __init__(self, tracer: LeafFallbackTracer, root: torch.nn.Module) -> None:
+        super().__init__()
+        self.tracer = tracer
+        self.values = {id(t): (n, t) for n, t in [*root.named_parameters(), *root.named_buffers()]}
+
+    def _read(self, v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and id(v) in self.values:
+            name, t = self.values[id(v)]
+            cache = self.tracer._state_cache
+            return torch.fx.Tracer.getattr(self.tracer, name.rsplit(".", 1)[-1], t, cache)
+        return v
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if self.tracer._eager or getattr(func, "__name__", "") in _SHAPE_READS:
+            return func(*args, **kwargs)
+        read = map_aggregate((args, kwargs), self._read)
+        proxies = [v for v in pytree.tree_leaves(read) if isinstance(v, torch.fx.Proxy)]
+        if not proxies:
+            return func(*args, **kwargs)
+        # recorded as fx records an op on a proxy (a tensor method as a call_method node)
+        return type(proxies[0]).__torch_function__(func, types, *read)
 
 
 def writes(n: torch.fx.Node) -> bool:

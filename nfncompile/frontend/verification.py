@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from ..errors import SymmetryError
@@ -191,13 +192,15 @@ FLOAT32_RTOL = 1e-4
 
 
 def _draw_inputs(args: tuple, gen: torch.Generator, dtype: torch.dtype) -> tuple:
-    """Random inputs shaped like the example's float ones (the others reused)."""
-    return tuple(
-        torch.randn(a.shape, generator=gen, dtype=dtype)
-        if isinstance(a, torch.Tensor) and a.is_floating_point()
-        else a
-        for a in args
-    )
+    """Random inputs shaped like the example's float ones, at any depth of its tuples, lists
+    and dicts (SIREN takes ``{"coords": x}``); the others reused."""
+
+    def draw(a: Any) -> Any:
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return torch.randn(a.shape, generator=gen, dtype=dtype)
+        return a
+
+    return tuple(pytree.tree_map(draw, a) for a in args)
 
 
 def _outputs(net: nn.Module, x: tuple, state: dict | None = None) -> list:

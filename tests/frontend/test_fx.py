@@ -616,3 +616,35 @@ def test_a_scripted_submodule_is_one_probed_call():  # (torch warns converting i
     # before: AttributeError (restoring a ScriptModule's parameter wrapper as a dict)
     spec, report = trace_with_report(model_(Scripted), x_(2, 3))
     assert spaces_(spec) == [("out", 2, "output")] and report.verification.ok
+
+
+class _MetaLinear(nn.Linear):
+    """torchmeta's MetaLinear, as SIREN's BatchLinear: the weights come in a ``params`` dict."""
+
+    def forward(self, x, params):
+        return x.matmul(params["weight"].permute(1, 0)) + params["bias"].unsqueeze(0)
+
+
+class _Meta(nn.Module):
+    """A forward that takes its weights from ``named_parameters()`` (MAML-style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = _MetaLinear(3, 8), _MetaLinear(8, 2)
+
+    def forward(self, x, params=None):
+        params = dict(self.named_parameters()) if params is None else params
+
+        def sub(prefix):
+            return {k[len(prefix) + 1 :]: v for k, v in params.items() if k.startswith(prefix)}
+
+        return self.l2(torch.sin(self.l1(x, sub("l1"))), sub("l2"))
+
+
+def test_weights_read_from_named_parameters_are_read_as_parameters():
+    # fx computed `weight.permute(1, 0)` of the tensors themselves eagerly: the graph held the
+    # results as constants, read no parameter, and the spec had no space at all
+    spec, report = trace_with_report(model_(_Meta), x_(4, 3))
+    assert spec["l1.weight"].axes == ("l1", "in") and spec["l2.weight"].axes == ("out", "l1")
+    assert spec["l1.bias"].axes == ("l1",)
+    assert not report.broken and report.verification.ok

@@ -11,6 +11,7 @@ from torch import nn
 
 import nfncompile as nfc
 from nfncompile.errors import StateDictMismatchError, SymmetryError
+from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.frontend.verification import verify
 
 
@@ -257,3 +258,20 @@ def test_a_model_that_fails_in_float64_is_verified_in_float32():
     check = wrong.spaces["other"]
     assert check.max_error > 1000 * check.tolerance
     assert [d.node for d in wrong.explanations][:2] == ["conv1", "conv1"]
+
+
+class _DictInput(nn.Module):
+    """SIREN's ``forward({"coords": x})``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 6), nn.Linear(6, 1)
+
+    def forward(self, inputs):
+        return {"out": self.b(torch.sin(self.a(inputs["coords"])))}
+
+
+def test_inputs_inside_a_dict_are_drawn_in_float64():
+    # the dict's tensor was the example's own, float32: the float64 copy failed on it
+    _, report = trace_with_report(_DictInput(), ({"coords": torch.randn(5, 2)},))
+    assert report.verification.ok and report.verification.dtype == "float64"
