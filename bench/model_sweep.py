@@ -22,11 +22,18 @@ transformers' models are built from small configs (:data:`TRANSFORMERS`)::
     python bench/model_sweep.py [--source torchvision|segmentation|video|optical_flow|timm|transformers]
                                 [--models a,b] [--channels 16] [--mode np] [--size 64]
                                 [--timeout 300]
+
+Model code that is no package (a checkout of a repository of models) is swept with ``--source
+code --path DIR --models module:callable,module:callable(args)``, e.g. the CIFAR models of
+kuangliu/pytorch-cifar: ``--path pytorch-cifar --models "models:ResNet18,models:VGG('VGG11')"
+--size 32``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
 import signal
 import sys
 import time
@@ -165,6 +172,10 @@ def factories(source: str, names: list | None):
         kwargs = {"weights_backbone": None} if source == "segmentation" else {}
         for n in names or tvm.list_models(module=module):
             yield n, lambda n=n: tvm.get_model(n, weights=None, **kwargs)
+    elif source == "code":
+        # model code that is no package (a repository checkout on --path): module:callable
+        for n in names or ():
+            yield n, lambda n=n: _from_code(n)
     elif source == "transformers":
         import transformers
 
@@ -176,6 +187,15 @@ def factories(source: str, names: list | None):
 
         for n in names or TIMM.split(","):
             yield n, lambda n=n: timm.create_model(n, pretrained=False)
+
+
+def _from_code(name: str) -> torch.nn.Module:
+    """The model ``module:callable`` or ``module:callable(literal, ...)`` makes, its module
+    imported from ``sys.path`` (``--path`` is put first)."""
+    module, _, call = name.partition(":")
+    fn, _, rest = call.partition("(")
+    args = ast.literal_eval(f"({rest[:-1]},)") if rest else ()
+    return getattr(importlib.import_module(module), fn)(*args)
 
 
 def input_size(model: torch.nn.Module, name: str, size: int) -> int:
@@ -238,10 +258,26 @@ def sweep_one(make, name: str, args) -> list:
     ]
 
 
+def _names(models: str) -> list:
+    """``--models`` split at the commas outside parentheses (``m:VGG('VGG11'),m:LeNet``)."""
+    names, depth, cur = [], 0, ""
+    for ch in models + ",":
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            names += [cur] if cur else []
+            cur = ""
+        else:
+            cur += ch
+    return names
+
+
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sources = ("torchvision", *TORCHVISION_TASKS, "timm", "transformers")
+    sources = ("torchvision", *TORCHVISION_TASKS, "timm", "transformers", "code")
     ap.add_argument("--source", choices=sources, default="torchvision")
+    ap.add_argument(
+        "--path", default="", help="--source code: the directory its --models import from"
+    )
     ap.add_argument(
         "--models", default="", help="comma-separated (default: all / TIMM / TRANSFORMERS)"
     )
@@ -253,7 +289,11 @@ def main(argv: list | None = None) -> int:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     signal.signal(signal.SIGALRM, _alarm)
-    names = [n for n in args.models.split(",") if n] or None
+    names = _names(args.models) or None
+    if args.source == "code":
+        if not names:
+            ap.error("--source code needs --models module:callable,...")
+        sys.path.insert(0, args.path or ".")
     try:
         models = list(factories(args.source, names))
     except ImportError as e:

@@ -192,3 +192,25 @@ def test_model_sweep_makes_each_tasks_example_input(monkeypatch):
     assert ids.shape == (1, 8) and ids.dtype == torch.int64 and int(ids.max()) < 50
     model.config.image_size = (48, 48)
     assert sweep.example_input(model, "ViTModel", "transformers", 64).shape == (1, 3, 64, 64)
+
+
+def test_model_sweep_imports_model_code_from_a_path(tmp_path):
+    """``--source code``: models of a checkout that is no package, with literal arguments."""
+    (tmp_path / "cifar_models.py").write_text(
+        "import torch.nn as nn\n"
+        "def Net(width=4):\n"
+        "    return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(width, 2))\n"
+    )
+    run = _script(
+        "model_sweep.py", "--source", "code", "--path", str(tmp_path), "--models",
+        "cifar_models:Net,cifar_models:Net(5),cifar_models:Missing", "--size", "8",
+        "--channels", "2",
+    )  # fmt: skip
+    out = run.stdout
+    assert run.returncode == 1 and out.splitlines()[-1] == "# FAIL: 1, ok: 2"
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("cifar")}
+    assert rows["cifar_models:Net"].split()[2:4] == ["4", "3"]  # tensors, spaces
+    assert rows["cifar_models:Net(5)"].endswith("ok")
+    assert "FAIL AttributeError" in rows["cifar_models:Missing"]
+    assert _script("model_sweep.py", "--source", "code").returncode == 2
