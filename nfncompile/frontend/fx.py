@@ -202,7 +202,10 @@ class LeafFallbackTracer(torch.fx.Tracer):
         if writes(node) and isinstance(node.args[0], torch.fx.Node):
             target = node.args[0]
             if target.op == "get_attr" and str(target.target).startswith("_tensor_constant"):
-                raise ConstantWritten(node.format_node())
+                raise ConstantWritten(
+                    f"{node.format_node()} writes traced values into a tensor the forward "
+                    "made with fixed arguments (a constant of the graph)"
+                )
         return node
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
@@ -330,14 +333,15 @@ class _StateReads(TorchFunctionMode):
     def __init__(self, tracer: LeafFallbackTracer, root: torch.nn.Module) -> None:
         super().__init__()
         self.tracer = tracer
-        self.values = {id(t): (n, t) for n, t in [*root.named_parameters(), *root.named_buffers()]}
+        self.names = {id(t): n for n, t in [*root.named_parameters(), *root.named_buffers()]}
 
     def _read(self, v: Any) -> Any:
-        if isinstance(v, torch.Tensor) and id(v) in self.values:
-            name, t = self.values[id(v)]
-            cache = self.tracer._state_cache
-            return torch.fx.Tracer.getattr(self.tracer, name.rsplit(".", 1)[-1], t, cache)
-        return v
+        if not isinstance(v, torch.Tensor) or id(v) not in self.names:
+            return v
+        name, cache = self.names[id(v)], self.tracer._state_cache
+        if name not in cache:
+            cache[name] = self.tracer.create_proxy("get_attr", name, (), {})
+        return cache[name]
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
