@@ -35,6 +35,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from typing import Any
 
@@ -89,11 +90,28 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         Output of :func:`nfncompile.frontend.fx.trace_module` (every node has shape meta).
     model : nn.Module, optional
         The traced model (for its state_dict keys; defaults to ``gm``).
+    blocks : dict, optional
+        Runs to make in blocks: :attr:`run_keys` entry -> how many of their neurons move as one
+        (asked for by an earlier analysis of the same graph in :attr:`requests`).
+
+    Attributes
+    ----------
+    requests : dict
+        Runs this analysis found tied, block by block, to neurons that span several positions
+        (a conv's output added to a depthwise conv with two outputs per channel; the second
+        half of a channel shuffle): run key -> the block size that would let the tie hold.
+        :func:`~nfncompile.frontend.graph.build_symmetry_graph` analyses again with them.
     """
 
-    def __init__(self, gm: torch.fx.GraphModule, model: nn.Module | None = None) -> None:
+    def __init__(
+        self, gm: torch.fx.GraphModule, model: nn.Module | None = None, blocks: dict | None = None
+    ) -> None:
         super().__init__(gm, garbage_collect_values=False)
         self.model = model if model is not None else gm
+        self.blocks = dict(blocks or {})
+        self.requests: dict = {}
+        self.run_keys: list[tuple] = []  # (node, ordinal at that node, size) per run
+        self._made_at: dict[str, int] = {}
         self.runs: list[Run] = []
         self.ties: list[Tie] = []
         self.cuts: list[tuple] = []  # (run, pos, op, node)
@@ -117,12 +135,34 @@ class SymmetryAnalysis(PlainArgsInterpreter):
     # ---- bookkeeping ------------------------------------------------------------------------
 
     def new_run(self, size: int, kind: str, origin: str) -> Label:
-        """A fresh run of ``size`` neurons; returns its full label."""
-        run = Run(len(self.runs), size, kind, origin, self.node.name if self.node else "", self.op)
+        """A fresh run of ``size`` neurons; returns its full label. A run :attr:`blocks` names
+        is made of ``size / b`` neurons each spanning ``b`` positions."""
+        node = self.node.name if self.node else ""
+        key = (node, self._made_at.get(node, 0), size)
+        self._made_at[node] = key[1] + 1
+        b = self.blocks.get(key, 1)
+        run = Run(len(self.runs), size // b, kind, origin, node, self.op)
         self.runs.append(run)
+        self.run_keys.append(key)
         if kind == "fixed":
-            self._fix_run(run.id, 0, size, self._broken(POSITIONS))
-        return (Seg(run.id, 0, size),)
+            self._fix_run(run.id, 0, run.size, self._broken(POSITIONS))
+        return (Seg(run.id, 0, run.size, b),)
+
+    def _request_blocks(self, sa: Seg, pa: int, sb: Seg, pb: int, pos: int, end: int) -> None:
+        """Positions ``[pos, end)`` of two tied labels, whose segments ``sa`` (starting at
+        ``pa``) and ``sb`` (at ``pb``) have neurons of different spans: where the finer one's
+        neurons fall into whole blocks of the coarser one's, ask for its run to be made in such
+        blocks (:attr:`requests`), so that the tie holds block by block next time."""
+        (fine, pf), (coarse, pc) = sorted(((sa, pa), (sb, pb)), key=lambda t: t[0].inner)
+        if coarse.inner % fine.inner or (pos - pc) % coarse.inner or (end - pos) % coarse.inner:
+            return
+        factor = coarse.inner // fine.inner
+        first = fine.offset + (pos - pf) // fine.inner
+        key = self.run_keys[fine.run]
+        blocks = self.blocks.get(key, 1) * factor
+        if first % factor or self.runs[fine.run].size % factor or key[2] % blocks:
+            return
+        self.requests[key] = math.lcm(self.requests.get(key, blocks), blocks)
 
     def uniform_run(self, size: int, what: str) -> Label:
         """The label of ``size`` positions that all hold one value (padding, a constant piece
@@ -220,6 +260,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 if not (sa.run == sb.run and na == nb):
                     self.ties.append(Tie(sa.run, na, sb.run, nb, n, self.op, self._name()))
             else:
+                self._request_blocks(sa, pa, sb, pb, pos, end)
                 self.fix((sa, sb), "ties neurons to positions inside other neurons' blocks")
             pos = end
             if pos == pa + sa.width:

@@ -27,6 +27,10 @@ from .labels import ParamLabel, Seg
 __all__ = ["build_symmetry_graph"]
 
 
+#: how many times :func:`build_symmetry_graph` analyses a graph again with runs made in blocks
+BLOCK_ROUNDS = 3
+
+
 def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = None) -> nx.MultiGraph:
     """Run :class:`SymmetryAnalysis` on a traced model and return its symmetry graph.
 
@@ -53,8 +57,16 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         ``state_keys`` and ``specialised`` (where plain symbolic tracing failed, for a graph
         traced with the example input's shapes fixed; ``""`` otherwise).
     """
-    a = SymmetryAnalysis(gm, model)
-    a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
+    blocks: dict = {}
+    for _ in range(BLOCK_ROUNDS + 1):
+        a = SymmetryAnalysis(gm, model, blocks)
+        a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
+        # a run tied to neurons spanning several positions each is made in blocks and the
+        # graph analysed again (a channel shuffle's second half, one conv's output added to a
+        # depthwise conv with two outputs per channel)
+        if all(blocks.get(k) == b for k, b in a.requests.items()):
+            break
+        blocks = {**blocks, **a.requests}
     for run in a.unused_param_runs:
         a.op = "unused parameter"
         a.node = None

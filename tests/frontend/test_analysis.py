@@ -6,12 +6,15 @@ import pytest
 import torch
 from torch import nn
 
+import nfncompile as nfc
 from nfncompile.errors import TraceError
 from nfncompile.frontend import register_function
 from nfncompile.frontend.analysis import SymmetryAnalysis
 from nfncompile.frontend.fx import trace_module
 from nfncompile.frontend.labels import UNIFORM, Prod, Seg, TensorLabels
 from nfncompile.frontend.rules import FUNCTION_RULES, Unsupported
+from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import model_, x_
 
 
@@ -141,3 +144,61 @@ def test_constant_buffers_repeated_over_a_dim_are_uniform_along_it():
     gm, _ = _analysis(model_(Const), x_(4, 3))
     rep, pos = (n.meta["nfn_labels"] for n in gm.graph.nodes if n.op == "get_attr")
     assert rep.labels == (UNIFORM, None) and pos.labels == (None, None)
+
+
+class _PlainMeetsBlocks(nn.Module):
+    """PNASNet's reduction cell: a 1x1 conv's output added to a depthwise conv with two
+    outputs per channel (each input neuron spans two output positions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.dw = nn.Conv2d(4, 8, 3, padding=1, groups=4)
+        self.pw = nn.Conv2d(4, 8, 1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        return self.head((self.dw(h) + self.pw(h)).mean((2, 3)))
+
+
+class _Shuffled(nn.Module):
+    """Two ShuffleNetV2 units: the second one's branch output meets the first one's shuffled
+    channels, whose neurons span two positions each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.b1, self.b2 = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+        self.head = nn.Linear(8, 2)
+
+    @staticmethod
+    def unit(x, conv):
+        x1, x2 = x.chunk(2, dim=1)
+        out = torch.cat([x1, torch.relu(conv(x2))], 1)
+        n, c, h, w = out.shape
+        return out.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def forward(self, x):
+        h = self.unit(self.unit(torch.relu(self.stem(x)), self.b1), self.b2)
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+@pytest.mark.parametrize(
+    ("factory", "key", "axes", "view"),
+    [
+        (_PlainMeetsBlocks, "pw.weight", ("stem", None, "stem", None, None), (4, 2, 4, 1, 1)),
+        (_Shuffled, "b2.bias", ("stem/0", None), (2, 2)),
+    ],
+)
+def test_a_plain_run_tied_to_neurons_spanning_two_positions_is_made_in_blocks(
+    factory, key, axes, view, mode
+):
+    # the tie fixed both sides (PNASNet-A: 2 spaces, in and out); the plain run is now made of
+    # neurons spanning two positions, each moving with one neuron of the other side
+    spec, report = trace_with_report(model_(factory), x_(2, 3, 5, 5), mode=mode)
+    assert (spec[key].axes, spec[key].view) == (axes, view)
+    assert not report.broken and report.verification.ok
+    layer = nfc.NFLinear(spec, 1, 1, mode=mode, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
