@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import nfncompile as nfc
+from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import model_, spaces_, x_
 
 
@@ -97,3 +100,67 @@ def test_addmm_and_baddbmm_are_a_matmul_added_to_their_input():
     assert spec["gw"].axes == (None, "fc", "gw") and spec["gb"].axes == ("gw",)
     assert spec["proj.weight"].axes == ("gw", "out")
     assert not report.broken and not report.probes and report.verification.ok
+
+
+class EinsumMLP(nn.Module):
+    """Two dense layers written as einsums (``equation`` for the first; weights as parameters)."""
+
+    def __init__(self, equation: str) -> None:
+        super().__init__()
+        self.equation = equation
+        self.w1, self.w2 = nn.Parameter(torch.randn(6, 4)), nn.Parameter(torch.randn(3, 6))
+
+    def forward(self, x):
+        h = torch.relu(torch.einsum(self.equation, x, self.w1))
+        return torch.einsum("b h, o h -> b o", h, self.w2)
+
+
+@pytest.mark.parametrize("equation", ["bi,oi->bo", "...i,oi->...o", "bi,oi", "B i, o i -> B o"])
+def test_einsum_ties_each_index_letters_dims(equation):
+    spec, report = trace_with_report(model_(lambda: EinsumMLP(equation)), x_(3, 4))
+    hidden = spec["w1"].axes[0]
+    assert spec["w1"].axes == (hidden, "in") and spec["w2"].axes == ("out", hidden)
+    assert spec.spaces[hidden].role == "hidden"
+    assert not report.probes and not report.broken and report.verification.ok
+
+
+class EinsumAttention(nn.Module):
+    """Attention as lucidrains' vit-pytorch writes it: heads split by a reshape, scores and
+    values by einsum (the letter summed over ties queries' dims with keys')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.out, self.head = nn.Linear(8, 3 * 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):  # (batch, features, tokens): the input's features on dim 1
+        x = x.transpose(1, 2)
+        b, n, _ = x.shape
+        q, k, v = (t.reshape(b, n, 2, 4).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        attn = torch.einsum("b h i d, b h j d -> b h i j", q, k).softmax(-1)
+        y = torch.einsum("b h i j, b h j d -> b h i d", attn, v).transpose(1, 2).reshape(b, n, 8)
+        return self.head((x + self.out(y)).mean(1))
+
+
+def test_einsum_attention_ties_queries_with_keys():
+    spec, report = trace_with_report(model_(EinsumAttention), x_(2, 8, 5))
+    assert not report.probes and report.verification.ok
+    # q's and k's head dims one space (repeated per head: a reshape splits the heads), v's another
+    qk, v = spec["qkv.weight"].axes[0][0], spec["qkv.weight"].axes[0][-1]
+    assert spec["qkv.weight"].axes[0] == (qk,) * 4 + (v,) * 2 and qk != v
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+def test_einsum_with_position_dependent_operand_fixes_its_partners():
+    class Fixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+            self.mix = torch.randn(6, 6)  # no state: a constant of the graph
+
+        def forward(self, x):
+            return self.b(torch.einsum("bi,ij->bj", self.a(x), self.mix))
+
+    spec, report = trace_with_report(model_(Fixed), x_(3, 4))
+    assert spec["a.weight"].axes[0] is None and spec["b.weight"].axes[1] is None
+    assert any("einsum" in b.op for b in report.broken) and report.verification.ok

@@ -78,3 +78,67 @@ def _addmm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x = arg(args, kwargs, 1, "mat1", kwargs.get("batch1"))
     y = arg(args, kwargs, 2, "mat2", kwargs.get("batch2"))
     return a.broadcast([inp, _matmul(a, (x, y), {})])
+
+
+@register_function(torch.einsum)
+def _einsum(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``torch.einsum(equation, *operands)``: the dims one index letter names are one index
+    map, so their labels are tied (as an elementwise op ties them: a one-sized dim broadcasts,
+    a dim that depends on position fixes its partners); the output takes each of its letters'
+    label, and a letter summed over is invariant under the permutation all its dims share."""
+    equation = args[0]
+    ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    if not isinstance(equation, str) or not all(isinstance(o, TensorLabels) for o in ops):
+        raise Unsupported("einsum in the sublist format or with a non-tensor operand")
+    lhs, arrow, rhs = equation.replace(" ", "").partition("->")
+    terms = [_einsum_tokens(t, op.ndim) for t, op in zip(lhs.split(","), ops)]
+    if len(terms) != len(ops) or any(t is None for t in terms):
+        raise Unsupported(f"einsum equation {equation!r} does not fit its operands")
+    ellipsis = max((sum(isinstance(k, int) for k in t) for t in terms), default=0)
+    if arrow:
+        out = _einsum_tokens(rhs, None, ellipsis)
+    else:  # implicit: the broadcast dims, then every letter used once, in alphabetical order
+        letters = [k for t in terms for k in t if isinstance(k, str)]
+        out = [
+            *range(ellipsis - 1, -1, -1),
+            *sorted(k for k in set(letters) if letters.count(k) == 1),
+        ]
+    shape = a.out_shape()
+    if out is None or len(out) != len(shape):
+        raise Unsupported(f"einsum equation {equation!r} does not fit its output")
+    dims: dict = {}
+    for term, op in zip(terms, ops):
+        for k, lab, n in zip(term, op.labels, op.shape):
+            dims.setdefault(k, []).append((lab, n))
+    merged = {k: _einsum_index(a, d) for k, d in dims.items()}  # summed letters tied too
+    return TensorLabels(shape, tuple(merged[k] for k in out))
+
+
+def _einsum_index(a: SymmetryAnalysis, dims: list) -> Any:
+    """The label of one einsum index letter from its dims' ``(label, size)``."""
+    size = max(n for _, n in dims)
+    found = []
+    for lab, n in dims:
+        if n == 1 and size > 1:
+            a.fix(lab, "broadcasts one neuron's value to all positions")
+        elif lab is not None:
+            found.append(lab)
+    if any(lab is None and n == size > 1 for lab, n in dims):
+        for lab in found:
+            a.fix(lab, "einsum indexes neurons together with positions")
+        return None
+    for lab in found[1:]:
+        a.tie(found[0], lab)
+    return found[0] if found else None
+
+
+def _einsum_tokens(term: str, ndim: int | None, ellipsis: int = 0) -> list | None:
+    """One einsum term as a token per dim: its letter, or for a dim of ``...`` its position
+    counted from the right (``ndim`` gives the operand's, else ``ellipsis`` is the count)."""
+    if "..." not in term:
+        return list(term) if ndim is None or len(term) == ndim else None
+    head, _, tail = term.partition("...")
+    count = ellipsis if ndim is None else ndim - len(head) - len(tail)
+    if count < 0 or "." in head + tail:
+        return None
+    return [*head, *range(count - 1, -1, -1), *tail]
