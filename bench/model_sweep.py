@@ -24,7 +24,7 @@ transformers' models are built from small configs (:data:`TRANSFORMERS`)::
                                 [--timeout 300]
 
 Model code that is no package (a checkout of a repository of models) is swept with ``--source
-code --path DIR --models module:callable,module:callable(args)``, e.g. the CIFAR models of
+code --path DIR --models module:callable,module:callable(args, key=value)``, e.g. the CIFAR models of
 kuangliu/pytorch-cifar: ``--path pytorch-cifar --models "models:ResNet18,models:VGG('VGG11')"
 --size 32``.
 """
@@ -190,12 +190,14 @@ def factories(source: str, names: list | None):
 
 
 def _from_code(name: str) -> torch.nn.Module:
-    """The model ``module:callable`` or ``module:callable(literal, ...)`` makes, its module
-    imported from ``sys.path`` (``--path`` is put first)."""
+    """The model ``module:callable`` or ``module:callable(literal, ..., key=literal)`` makes,
+    its module imported from ``sys.path`` (``--path`` is put first)."""
     module, _, call = name.partition(":")
     fn, _, rest = call.partition("(")
-    args = ast.literal_eval(f"({rest[:-1]},)") if rest else ()
-    return getattr(importlib.import_module(module), fn)(*args)
+    node = ast.parse(f"f({rest}" if rest else "f()", mode="eval").body
+    args = [ast.literal_eval(a) for a in node.args]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    return getattr(importlib.import_module(module), fn)(*args, **kwargs)
 
 
 def input_size(model: torch.nn.Module, name: str, size: int) -> int:
@@ -228,7 +230,7 @@ def example_input(model: torch.nn.Module, name: str, source: str, size: int) -> 
             if isinstance(side, int)
             else torch.randn(1, 3, size, size)
         )
-    side = input_size(model, name, size)
+    side = size if source == "code" else input_size(model, name, size)
     return torch.randn(1, 3, side, side)
 
 

@@ -192,6 +192,8 @@ def test_model_sweep_makes_each_tasks_example_input(monkeypatch):
     assert ids.shape == (1, 8) and ids.dtype == torch.int64 and int(ids.max()) < 50
     model.config.image_size = (48, 48)
     assert sweep.example_input(model, "ViTModel", "transformers", 64).shape == (1, 3, 64, 64)
+    # model code: --size, whatever the name says
+    assert sweep.example_input(model, "vit_pytorch.vit:ViT", "code", 32).shape == (1, 3, 32, 32)
 
 
 def test_model_sweep_imports_model_code_from_a_path(tmp_path):
@@ -204,13 +206,15 @@ def test_model_sweep_imports_model_code_from_a_path(tmp_path):
     )
     run = _script(
         "model_sweep.py", "--source", "code", "--path", str(tmp_path), "--models",
-        "cifar_models:Net,cifar_models:Net(5),cifar_models:Missing", "--size", "8",
+        "cifar_models:Net,cifar_models:Net(5),cifar_models:Net(width=3),cifar_models:Missing",
+        "--size", "8",
         "--channels", "2",
     )  # fmt: skip
     out = run.stdout
-    assert run.returncode == 1 and out.splitlines()[-1] == "# FAIL: 1, ok: 2"
+    assert run.returncode == 1 and out.splitlines()[-1] == "# FAIL: 1, ok: 3"
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("cifar")}
     assert rows["cifar_models:Net"].split()[2:4] == ["4", "3"]  # tensors, spaces
     assert rows["cifar_models:Net(5)"].endswith("ok")
+    assert rows["cifar_models:Net(width=3)"].endswith("ok")
     assert "FAIL AttributeError" in rows["cifar_models:Missing"]
     assert _script("model_sweep.py", "--source", "code").returncode == 2
