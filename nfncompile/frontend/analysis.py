@@ -35,6 +35,8 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 import operator
 from typing import Any
@@ -43,6 +45,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.operator_schemas import get_signature_for_torch_op
 
 from ..errors import TraceError
 from . import rules  # noqa: F401  (importing the package registers every op rule)
@@ -486,6 +489,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             return dict(kwargs)
         if "tensor_meta" not in self.node.meta and target is not operator.setitem:
             return self.node.meta.get("nfn_value")
+        args, kwargs = _positional(target, args, kwargs)
         return self._apply(FUNCTION_RULES.get(target), (self, args, kwargs), args, kwargs)
 
     def call_method(self, target: str, args: Any, kwargs: Any) -> Any:
@@ -624,6 +628,37 @@ _VIEW_FUNCTIONS = frozenset(
      F.dropout2d, F.dropout3d]
 )  # fmt: skip
 _VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
+
+
+@functools.cache
+def _signatures(fn: Any) -> tuple:
+    """The signatures ``fn`` may be called with (a torch op's overloads, a Python function's
+    own), or none where they cannot be read."""
+    try:
+        return (inspect.signature(fn),)
+    except (TypeError, ValueError):
+        return tuple(get_signature_for_torch_op(fn) or ())
+
+
+def _positional(target: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A call's leading arguments given by keyword (``F.linear(input=x, weight=w)``, as the
+    official Swin-V2 calls it) moved into ``args`` in the signature's order: rules read the
+    input they act on by position."""
+    if not kwargs:
+        return args, kwargs
+    for sig in _signatures(target):
+        try:
+            bound = sig.bind(*args, **kwargs).arguments
+        except TypeError:
+            continue
+        pos, rest = [], dict(kwargs)
+        for name, p in sig.parameters.items():
+            if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or name not in bound:
+                break
+            pos.append(bound[name])
+            rest.pop(name, None)
+        return (*pos, *args[len(pos) :]), rest
+    return args, kwargs
 
 
 def _views(n: torch.fx.Node) -> bool:

@@ -164,3 +164,23 @@ def test_einsum_with_position_dependent_operand_fixes_its_partners():
     spec, report = trace_with_report(model_(Fixed), x_(3, 4))
     assert spec["a.weight"].axes[0] is None and spec["b.weight"].axes[1] is None
     assert any("einsum" in b.op for b in report.broken) and report.verification.ok
+
+
+class Keywords(nn.Module):
+    """Functional layers called with every argument by keyword (the official Swin-V2 calls
+    ``F.linear(input=x, weight=self.qkv.weight, bias=qkv_bias)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(torch.nn.functional.linear(input=x, weight=self.a.weight, bias=self.a.bias))
+        return torch.matmul(input=h, other=self.b.weight.t()) + self.b.bias
+
+
+def test_arguments_given_by_keyword_are_read_as_positional_ones():
+    # the rules read the input by position: an IndexError, raised as a TraceError, before
+    spec, report = trace_with_report(model_(Keywords), x_(3, 4))
+    assert spec["a.weight"].axes == ("a", "in") and spec["b.weight"].axes == ("out", "a")
+    assert not report.broken and report.verification.ok
