@@ -326,3 +326,31 @@ def test_a_conv_along_the_channel_axis_stays_fixed_and_reported():
     (b,) = [b for b in report.broken if b.op == "Conv1d conv"]
     assert b.reason == "convolution mixes spatial positions" and b.neurons == ["c1"]
     assert report.verification.ok
+
+
+class TokenMixer(nn.Module):
+    """An MLP-Mixer's token mixing written as a kernel-1 Conv1d whose channels are the tokens
+    and whose length is the features (Swin-MLP's spatial MLP does this per head)."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.a, self.mix, self.b = nn.Linear(4, 6), nn.Conv1d(5, 5, 1), nn.Linear(6, 2)
+
+    def forward(self, x):  # (batch, features, tokens)
+        h = torch.relu(self.a(x.transpose(1, 2)))  # (batch, tokens, 6)
+        if self.functional:
+            h = torch.nn.functional.conv1d(h, self.mix.weight, self.mix.bias, 1, 0)
+        else:
+            h = self.mix(h)
+        return self.b(torch.relu(h)).mean(1)
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_a_kernel_one_conv_acts_position_by_position_along_its_length(functional):
+    # the length (a's six features) was fixed: "convolution mixes spatial positions"
+    spec, report = trace_with_report(model_(lambda: TokenMixer(functional)), x_(2, 4, 5))
+    assert spec["a.weight"].axes == ("a", "in") and spec["b.weight"].axes == ("out", "a")
+    assert spec["mix.weight"].axes == ("mix", None, None)  # the input tokens are positions
+    assert all(n.startswith("mix.") for b in report.broken for n in b.neurons)
+    assert report.verification.ok

@@ -1,6 +1,8 @@
 """Op rules for convolutions (modules and functional, plain, grouped, depthwise, transposed).
 
-A convolution mixes spatial positions (their labels are fixed) and maps input channels to a
+A convolution mixes spatial positions (their labels are fixed, but along a dim where its
+kernel is 1, its stride 1 and it pads nothing: there it acts position by position) and maps
+input channels to a
 new run of output channels. Its groups constrain which channels may move together:
 
 * depthwise (one input channel per group): output group ``i`` is made from input channel
@@ -97,10 +99,32 @@ def grouped(
     return out, inner
 
 
+def _mixed(x: TensorLabels, nd: int, kernel: Any, stride: Any, padding: Any) -> tuple:
+    """The spatial dims of ``x`` a convolution mixes: all but those along which it is
+    pointwise (kernel 1, stride 1, no padding: a Conv1d over tokens whose length is a channel
+    axis, as Swin-MLP's spatial MLP and MLP-Mixers written with convs use it)."""
+
+    def each(v: Any) -> list:
+        return list(v) if isinstance(v, (tuple, list)) else [v] * nd
+
+    pads = [0] * nd if padding in ("valid", "same") else each(padding)
+    return tuple(
+        x.ndim - nd + i
+        for i, (k, s, p) in enumerate(zip(each(kernel), each(stride), pads))
+        if (k, s, p) != (1, 1, 0)
+    )
+
+
+def _each(v: Any) -> list:
+    return list(v) if isinstance(v, (tuple, list)) else [v]
+
+
 def _conv(a: SymmetryAnalysis, mod: nn.Module, target: str, x: TensorLabels) -> TensorLabels:
     nd = len(mod.kernel_size)
     cd = x.ndim - nd - 1
-    x = a.keep(x, tuple(range(cd + 1, x.ndim)), "convolution mixes spatial positions")
+    pointwise = mod.padding_mode == "zeros" and not any(getattr(mod, "output_padding", ()) or ())
+    mixed = _mixed(x, nd, mod.kernel_size, mod.stride, mod.padding if pointwise else -1)
+    x = a.keep(x, mixed, "convolution mixes spatial positions")
     lab = x.labels[cd]
     g = mod.groups
     cin, cout = mod.in_channels, mod.out_channels
@@ -144,7 +168,11 @@ def _function_conv(transposed: bool) -> Rule:
         x = a.plain(x, a.op)
         nd = w.ndim - 2
         cd = x.ndim - nd - 1
-        x = a.keep(x, tuple(range(cd + 1, x.ndim)), "convolution mixes spatial positions")
+        stride = arg(args, kwargs, 3, "stride", 1)
+        padding = arg(args, kwargs, 4, "padding", 0)
+        out_pad = arg(args, kwargs, 5, "output_padding", 0) if transposed else 0
+        mixed = _mixed(x, nd, w.shape[2:], stride, padding if not any(_each(out_pad)) else -1)
+        x = a.keep(x, mixed, "convolution mixes spatial positions")
         w = a.keep(w, tuple(range(2, w.ndim)), POSITIONS)  # kernel taps
         lab, cin = x.labels[cd], x.shape[cd]
         w0, w1 = w.labels[0], w.labels[1]
