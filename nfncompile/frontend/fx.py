@@ -470,7 +470,20 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or not given:
                 break
             self._inputs[p.name] = given.pop(0)
-        return super().trace(root, concrete_args)
+        is_tensor = torch.is_tensor
+
+        def traced_is_tensor(obj: Any) -> bool:
+            # a proxy of a tensor is one for the forward's checks (diffusers' UNets take
+            # `torch.tensor([timestep])` of a proxy when `torch.is_tensor(timestep)` is False)
+            if isinstance(obj, _ShapeProxy) and not self._eager:
+                return isinstance(obj._value(), torch.Tensor)
+            return is_tensor(obj)
+
+        torch.is_tensor = traced_is_tensor
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            torch.is_tensor = is_tensor
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         return _ShapeProxy(node, self)

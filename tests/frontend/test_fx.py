@@ -648,3 +648,26 @@ def test_weights_read_from_named_parameters_are_read_as_parameters():
     assert spec["l1.weight"].axes == ("l1", "in") and spec["l2.weight"].axes == ("out", "l1")
     assert spec["l1.bias"].axes == ("l1",)
     assert not report.broken and report.verification.ok
+
+
+class _Timestep(nn.Module):
+    """diffusers' UNets: a timestep that is not a tensor is made one, and a shape is checked
+    (so the model is traced with the example's shapes fixed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.t, self.b = nn.Linear(4, 6), nn.Linear(1, 6), nn.Linear(6, 2)
+
+    def forward(self, x, t):
+        if not torch.is_tensor(t):
+            t = torch.tensor([t], dtype=x.dtype)
+        if x.shape[1] != 4:
+            raise ValueError("four features expected")
+        return self.b(torch.relu(self.a(x) + self.t(t[:, None].to(x.dtype))))
+
+
+def test_a_traced_tensor_is_a_tensor_to_torch_is_tensor():
+    # torch.is_tensor(proxy) was False: the forward wrapped the timestep in torch.tensor([t])
+    spec, report = trace_with_report(model_(_Timestep), (x_(3, 4), torch.arange(3.0)))
+    assert spec["a.weight"].axes == ("a", "in") and spec["t.weight"].axes == ("a", None)
+    assert report.verification.ok
