@@ -47,7 +47,7 @@ from torch import nn
 
 from ..errors import is_user_file
 from ..spec import Permutation, WeightSpaceSpec
-from .fx import PlainArgsInterpreter, as_args, leaves, trace_graph
+from .fx import PlainArgsInterpreter, as_args, copy_model, leaves, trace_graph
 
 __all__ = ["Divergence", "explain_failure", "params_moved", "permuted_state"]
 
@@ -274,7 +274,7 @@ def explain_failure(
         spec = spec.with_mode(mode)
     name = name or ", ".join(moved)
     params = params_moved(spec, moved)
-    net = copy.deepcopy(model).to(dtype).eval()
+    net = copy_model(model).to(dtype).eval()
     if state is not None:
         net.load_state_dict(state)
     state = dict(net.state_dict())

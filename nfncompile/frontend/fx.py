@@ -37,6 +37,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
 import operator
@@ -60,6 +61,7 @@ from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from ..errors import TraceError
@@ -77,6 +79,7 @@ __all__ = [
     "PlainArgsInterpreter",
     "as_args",
     "attributes_kept",
+    "copy_model",
 ]
 
 #: Parameter elements above which :func:`trace_module` propagates shapes on fake tensors.
@@ -210,14 +213,20 @@ class LeafFallbackTracer(torch.fx.Tracer):
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         """torch.nn's own modules are one call (their rules, or a probe), but for one with
-        weights of its own that no rule reads (``nn.MultiheadAttention``,
-        ``nn.TransformerEncoderLayer``): traced through, its weights are labelled by the ops
-        that read them, where a probe would fix every space they touch."""
+        weights or buffers of its own that no rule reads (``nn.MultiheadAttention``,
+        ``nn.TransformerEncoderLayer``, spectral norm's power-iteration vectors), and one with
+        hooks or parametrizations: traced through, its weights are labelled by the ops that
+        read them, where a probe would fix every space they touch."""
         if id(m) in self._forced:
             return True
+        if m._forward_pre_hooks or m._forward_hooks or parametrize.is_parametrized(m):
+            # fx runs a module's hooks and parametrizations only where it traces through it
+            # (pruning's weight_orig * weight_mask, weight and spectral norms)
+            return False
         if not super().is_leaf_module(m, module_qualified_name):
             return False
-        return module_rule(m) is not None or next(m.parameters(), None) is None
+        stateless = next(m.parameters(), None) is None and next(m.buffers(), None) is None
+        return module_rule(m) is not None or stateless
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         return _WritableProxy(node, self)
@@ -652,6 +661,28 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, t in flags:
             m.training = t
+
+
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model``.
+
+    A tensor a forward hook computes and stores on a module (pruning's and the old
+    ``weight_norm``'s ``weight``, made by autograd from ``weight_orig``) cannot be deep copied;
+    it is copied detached, and the hook computes it again at the copy's every call.
+    """
+    made = [
+        (m, k, v)
+        for m in model.modules()
+        for k, v in vars(m).items()
+        if isinstance(v, torch.Tensor) and not v.is_leaf
+    ]
+    try:
+        for m, k, v in made:
+            vars(m)[k] = v.detach()
+        return copy.deepcopy(model)
+    finally:
+        for m, k, v in made:
+            vars(m)[k] = v
 
 
 @contextlib.contextmanager

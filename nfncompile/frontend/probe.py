@@ -46,7 +46,6 @@ Gate 1 | probed: equivariant on 3 random draws (float64); labels passed through
 
 from __future__ import annotations
 
-import copy
 import itertools
 import time
 import warnings
@@ -58,7 +57,7 @@ import torch
 import torch.fx
 from torch.fx.node import map_aggregate
 
-from .fx import leaves
+from .fx import copy_model, leaves
 from .labels import Seg, TensorLabels
 
 if TYPE_CHECKING:
@@ -292,7 +291,7 @@ def _caller(a: SymmetryAnalysis) -> Callable[[tuple, dict, bool, torch.Generator
     def call(args: tuple, kwargs: dict, wide: bool, gen: torch.Generator) -> Any:
         if wide not in copies:
             try:
-                mod = copy.deepcopy(original).eval()
+                mod = copy_model(original).eval()
             except Exception as e:
                 raise _Declined(f"the module cannot be copied ({type(e).__name__}: {e})") from e
             copies[wide] = mod.double() if wide else mod

@@ -31,7 +31,6 @@ Examples
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from ..errors import SymmetryError
 from ..spec import Permutation, WeightSpaceSpec, is_counter
 from .derivation import IOAxes, TensorAxes
 from .explain import Divergence, explain_failure, permuted_state
-from .fx import as_args, attributes_kept, canonical_keys, leaves, raised_at
+from .fx import as_args, attributes_kept, canonical_keys, copy_model, leaves, raised_at
 
 __all__ = ["verify", "VerifyReport", "SpaceCheck"]
 
@@ -225,7 +224,7 @@ def _working_copy(
     """
 
     def run(dtype: torch.dtype) -> tuple[nn.Module, tuple]:
-        net = copy.deepcopy(model).to(dtype).eval()
+        net = copy_model(model).to(dtype).eval()
         if perturb:
             _perturb(net, gen)
         x = _draw_inputs(args, gen, dtype)

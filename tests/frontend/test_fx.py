@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import pytest
 import torch
 import torch.fx
 import torch.nn.functional as F
+import torch.nn.utils.prune
 from torch import nn
 
 import nfncompile as nfc
@@ -18,6 +20,7 @@ from nfncompile.frontend.fx import trace_module
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.spec import WeightSpaceSpec
 from nfncompile.spec.serialize import spec_to_dict
+from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import model_, spaces_, x_
 
 
@@ -671,3 +674,40 @@ def test_a_traced_tensor_is_a_tensor_to_torch_is_tensor():
     spec, report = trace_with_report(model_(_Timestep), (x_(3, 4), torch.arange(3.0)))
     assert spec["a.weight"].axes == ("a", "in") and spec["t.weight"].axes == ("a", None)
     assert report.verification.ok
+
+
+def _pruned(layer: nn.Linear) -> nn.Linear:
+    torch.nn.utils.prune.l1_unstructured(layer, "weight", amount=0.3)
+    return layer
+
+
+_REWEIGHTED = {
+    # how a Linear's weight is made at every call -> the state_dict keys that hold it
+    "weight_norm": (torch.nn.utils.parametrizations.weight_norm, ("original0", "original1")),
+    "spectral_norm": (torch.nn.utils.parametrizations.spectral_norm, ("original",)),
+    "old_weight_norm": (torch.nn.utils.weight_norm, ("weight_g", "weight_v")),
+    "old_spectral_norm": (torch.nn.utils.spectral_norm, ("weight_orig", "weight_u", "weight_v")),
+    "prune": (_pruned, ("weight_orig", "weight_mask")),
+}
+
+
+@pytest.mark.parametrize("how", list(_REWEIGHTED))
+def test_a_weight_made_by_a_hook_or_a_parametrization_is_traced(how):
+    # fx ran neither: the Linear rule labelled a `weight` no state_dict holds (the check
+    # failed), or the copy for the check raised on the hook's tensor (old weight_norm, prune)
+    wrap, keys = _REWEIGHTED[how]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old weight_norm is deprecated
+        model = nn.Sequential(wrap(nn.Linear(4, 6)), nn.ReLU(), wrap(nn.Linear(6, 2)))
+    spec, report = trace_with_report(model.eval(), x_(3, 4))
+    assert report.verification.ok and not report.broken
+    hidden = spec["0.bias"].axes[0]
+    assert spec.spaces[hidden].role == "hidden"
+    state = [k for k in model.state_dict() if k.startswith("2.")]
+    assert any(k.endswith(keys[-1]) for k in state)
+    for key in state:  # every tensor of the second layer that has a column axis reads `hidden`
+        if spec[key].shape[-1] == 6 and len(spec[key].shape) == 2:
+            assert spec[key].axes[-1] == hidden
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
