@@ -176,29 +176,39 @@ class LeafFallbackTracer(torch.fx.Tracer):
     def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
         if not isinstance(root, torch.nn.Module):
             return super().trace(root, concrete_args)
-        with _StateReads(self, root):
-            return self._trace(root, concrete_args)
-
-    def _trace(self, root: torch.nn.Module, concrete_args: dict | None) -> torch.fx.Graph:
-        if not self.trace_factories:
-            return super().trace(root, concrete_args)
-        made = {name: getattr(torch, name) for name in FACTORIES}
-
-        def recorded(fn: Callable) -> Callable:
-            def factory(*args: Any, **kwargs: Any) -> Any:
-                if self._eager:
-                    return fn(*args, **kwargs)
-                return self.create_proxy("call_function", fn, args, kwargs)
-
-            return factory
-
+        # a TorchScript function a forward calls (`@torch.jit.script def swish(x)`) refuses a
+        # proxy: it is recorded as one call instead, which the analysis probes
+        patches = {
+            (id(names), name): (names, name, fn, self._recorded(fn, always=False))
+            for m in root.modules()
+            for names in [_forward_globals(m)]
+            for name, fn in names.items()
+            if isinstance(fn, torch.jit.ScriptFunction)
+        }
+        if self.trace_factories:
+            for name in FACTORIES:
+                fn = getattr(torch, name)
+                patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
         try:
-            for name, fn in made.items():
-                setattr(torch, name, recorded(fn))
-            return super().trace(root, concrete_args)
+            for names, name, _, recorded in patches.values():
+                names[name] = recorded
+            with _StateReads(self, root):
+                return super().trace(root, concrete_args)
         finally:
-            for name, fn in made.items():
-                setattr(torch, name, fn)
+            for names, name, fn, _ in patches.values():
+                names[name] = fn
+
+    def _recorded(self, fn: Callable, always: bool = True) -> Callable:
+        """``fn``, recorded as a ``call_function`` node while tracing (``always``, or when a
+        proxy is among its arguments), called as it is when a node is run for real."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            traced = any(isinstance(v, torch.fx.Proxy) for v in pytree.tree_leaves((args, kwargs)))
+            if self._eager or not (always or traced):
+                return fn(*args, **kwargs)
+            return self.create_proxy("call_function", fn, args, kwargs)
+
+        return call
 
     def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
         node = super().create_node(*args, **kwargs)
@@ -309,6 +319,12 @@ class LeafFallbackTracer(torch.fx.Tracer):
         if isinstance(proxy, torch.fx.Proxy):
             proxy.node.meta["nfn_leaf"] = leaf
         return proxy
+
+
+def _forward_globals(m: torch.nn.Module) -> dict:
+    """The global names ``m``'s forward reads (none for a scripted module's)."""
+    forward = None if isinstance(m, torch.jit.ScriptModule) else getattr(type(m), "forward", None)
+    return forward.__globals__ if inspect.isfunction(forward) else {}
 
 
 #: a node's value the shape-specialising trace could not compute (its shapes stay symbolic)

@@ -711,3 +711,28 @@ def test_a_weight_made_by_a_hook_or_a_parametrization_is_traced(how):
             assert spec[key].axes[-1] == hidden
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+def _swish(x):
+    return x * torch.sigmoid(x)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script, in torch 2.13
+    _scripted_swish = torch.jit.script(_swish)
+
+
+class _CallsScript(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(_scripted_swish(self.a(x)))
+
+
+def test_a_torchscript_function_the_forward_calls_is_one_probed_call():
+    # it refused the proxy ("Expected a value of type 'Tensor'"): the trace failed
+    spec, report = trace_with_report(model_(_CallsScript), x_(3, 4))
+    assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
+    assert [p.passed for p in report.probes] == [True]
