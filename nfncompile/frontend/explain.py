@@ -274,7 +274,7 @@ def explain_failure(
         spec = spec.with_mode(mode)
     name = name or ", ".join(moved)
     params = params_moved(spec, moved)
-    net = copy_model(model).to(dtype).eval()
+    net = copy_model(model, dtype).eval()
     if state is not None:
         net.load_state_dict(state)
     state = dict(net.state_dict())

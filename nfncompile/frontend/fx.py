@@ -679,13 +679,29 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
             m.training = t
 
 
-def copy_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of ``model``.
+def copy_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A deep copy of ``model``, its floating-point tensors cast to ``dtype`` if given and its
+    complex ones to the complex dtype of that precision (``Module.to(float64)`` would drop the
+    imaginary part of a Fourier layer's complex weights).
 
     A tensor a forward hook computes and stores on a module (pruning's and the old
     ``weight_norm``'s ``weight``, made by autograd from ``weight_orig``) cannot be deep copied;
     it is copied detached, and the hook computes it again at the copy's every call.
     """
+    copied = _deep_copy(model)
+    if dtype is None:
+        return copied
+    complex_dtype = (torch.ones((), dtype=dtype) * 1j).dtype
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point():
+            return t.to(dtype)
+        return t.to(complex_dtype) if t.is_complex() else t
+
+    return copied._apply(cast)
+
+
+def _deep_copy(model: torch.nn.Module) -> torch.nn.Module:
     made = [
         (m, k, v)
         for m in model.modules()

@@ -174,12 +174,13 @@ def _perturb(model: nn.Module, gen: torch.Generator) -> None:
         for t in model.state_dict(keep_vars=True).values():
             if is_counter(t) or t.numel() == 0:
                 continue
-            noise = torch.randn(t.shape, generator=gen, dtype=t.dtype)
+            # (a complex entry, a Fourier layer's weight, is scaled by real noise)
+            noise = torch.randn(t.shape, generator=gen, dtype=t.real.dtype)
             scale = torch.exp(0.2 * noise)
-            if bool((t > 0).all()):
+            if not t.is_complex() and bool((t > 0).all()):
                 t.mul_(scale)
             else:
-                std = float(t.std()) if t.numel() > 1 else 0.0
+                std = float(t.abs().std()) if t.numel() > 1 else 0.0
                 extra = torch.randn(t.shape, generator=gen, dtype=t.dtype)
                 t.mul_(scale).add_(extra * (0.1 * (std or 0.1)))
 
@@ -224,7 +225,7 @@ def _working_copy(
     """
 
     def run(dtype: torch.dtype) -> tuple[nn.Module, tuple]:
-        net = copy_model(model).to(dtype).eval()
+        net = copy_model(model, dtype).eval()
         if perturb:
             _perturb(net, gen)
         x = _draw_inputs(args, gen, dtype)

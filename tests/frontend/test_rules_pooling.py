@@ -65,3 +65,43 @@ def test_zero_channels_padded_on_are_free_neurons(pad_module):
     assert not report.broken and report.verification.ok
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class _Spectral(nn.Module):
+    """A Fourier neural operator's layer: the lowest ``modes`` frequencies of each input
+    channel mixed into the output channels by complex weights."""
+
+    def __init__(self, cin: int, cout: int, modes: int) -> None:
+        super().__init__()
+        self.modes = modes
+        self.w = nn.Parameter(torch.randn(cin, cout, modes, modes, dtype=torch.cfloat) / cin)
+
+    def forward(self, x):
+        m = self.modes
+        ft = torch.fft.rfft2(x)
+        out = torch.zeros(
+            x.shape[0], self.w.shape[1], x.size(-2), x.size(-1) // 2 + 1, dtype=ft.dtype
+        )
+        out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", ft[:, :, :m, :m], self.w)
+        return torch.fft.irfft2(out, s=(x.size(-2), x.size(-1)))
+
+
+class FNO(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lift, self.spec = nn.Conv2d(3, 8, 1), _Spectral(8, 8, 3)
+        self.skip, self.proj = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        h = self.lift(x)
+        return self.proj(torch.relu(self.spec(h) + self.skip(h)))
+
+
+def test_a_fourier_layer_keeps_its_channels_and_its_complex_weights_are_checked():
+    # rfft2/irfft2 were probed and fixed every channel; the check's float64 copy made the
+    # complex weight real (Module.to) and its perturbation compared complex numbers: it raised
+    spec, report = trace_with_report(model_(FNO), x_(2, 3, 8, 8))
+    assert spec["spec.w"].axes == ("lift", "skip", None, None)
+    assert spec["skip.weight"].axes[:2] == ("skip", "lift")
+    assert report.verification.ok and report.verification.dtype == "float64"
+    assert not report.probes

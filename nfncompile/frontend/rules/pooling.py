@@ -1,9 +1,11 @@
-"""Op rules for pooling, resampling and padding: they mix spatial positions only."""
+"""Op rules for pooling, resampling, padding and Fourier transforms: they mix spatial positions
+only."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -88,3 +90,38 @@ def _pad(a: SymmetryAnalysis, x: TensorLabels, pad: list, mode: str) -> TensorLa
         # shortcut's zero padding, as in the CIFAR ResNets' "option A")
         labels[d] = a.uniform_run(lo, "pad") + labels[d] + a.uniform_run(hi, "pad")
     return TensorLabels(a.out_shape(), tuple(labels))
+
+
+_FOURIER = {
+    1: ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft"),
+    2: ("fft2", "ifft2", "rfft2", "irfft2", "hfft2", "ihfft2"),
+    None: ("fftn", "ifftn", "rfftn", "irfftn", "hfftn", "ihfftn", "fftshift", "ifftshift"),
+}
+
+
+def _function_fourier(nd: int | None, shift: bool) -> Rule:
+    """``torch.fft`` transforms (and shifts) mix the positions of the dims they act on and
+    leave every other dim as it is (a Fourier neural operator's channels pass through)."""
+
+    def rule(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+        x = args[0]
+        if shift:
+            dim = arg(args, kwargs, 1, "dim", None)
+            dims = range(x.ndim) if dim is None else dim
+        elif nd == 1:
+            dims = [arg(args, kwargs, 2, "dim", -1)]
+        elif nd == 2:
+            dims = arg(args, kwargs, 2, "dim", (-2, -1))
+        else:
+            dim, s = arg(args, kwargs, 2, "dim", None), arg(args, kwargs, 1, "s", None)
+            dims = dim if dim is not None else range(-len(s), 0) if s is not None else range(x.ndim)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        x = a.keep(x, tuple(d % x.ndim for d in dims), "a Fourier transform mixes positions")
+        return TensorLabels(a.out_shape(), x.labels)
+
+    return rule
+
+
+for _nd, _names in _FOURIER.items():
+    for _name in _names:
+        register_function(getattr(torch.fft, _name))(_function_fourier(_nd, "shift" in _name))
