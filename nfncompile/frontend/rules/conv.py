@@ -99,10 +99,13 @@ def grouped(
     return out, inner
 
 
-def _mixed(x: TensorLabels, nd: int, kernel: Any, stride: Any, padding: Any) -> tuple:
+def _mixed(
+    x: TensorLabels, nd: int, kernel: Any, stride: Any, padding: Any, plain: bool = True
+) -> tuple:
     """The spatial dims of ``x`` a convolution mixes: all but those along which it is
-    pointwise (kernel 1, stride 1, no padding: a Conv1d over tokens whose length is a channel
-    axis, as Swin-MLP's spatial MLP and MLP-Mixers written with convs use it)."""
+    pointwise (kernel 1, stride 1, no padding, and ``plain``: zero padding mode, no output
+    padding), as a Conv1d over tokens whose length is a channel axis is (Swin-MLP's spatial MLP,
+    MLP-Mixers written with convs)."""
 
     def each(v: Any) -> list:
         return list(v) if isinstance(v, (tuple, list)) else [v] * nd
@@ -111,19 +114,15 @@ def _mixed(x: TensorLabels, nd: int, kernel: Any, stride: Any, padding: Any) -> 
     return tuple(
         x.ndim - nd + i
         for i, (k, s, p) in enumerate(zip(each(kernel), each(stride), pads))
-        if (k, s, p) != (1, 1, 0)
+        if not plain or (k, s, p) != (1, 1, 0)
     )
-
-
-def _each(v: Any) -> list:
-    return list(v) if isinstance(v, (tuple, list)) else [v]
 
 
 def _conv(a: SymmetryAnalysis, mod: nn.Module, target: str, x: TensorLabels) -> TensorLabels:
     nd = len(mod.kernel_size)
     cd = x.ndim - nd - 1
-    pointwise = mod.padding_mode == "zeros" and not any(getattr(mod, "output_padding", ()) or ())
-    mixed = _mixed(x, nd, mod.kernel_size, mod.stride, mod.padding if pointwise else -1)
+    plain = mod.padding_mode == "zeros" and not any(getattr(mod, "output_padding", ()) or ())
+    mixed = _mixed(x, nd, mod.kernel_size, mod.stride, mod.padding, plain)
     x = a.keep(x, mixed, "convolution mixes spatial positions")
     lab = x.labels[cd]
     g = mod.groups
@@ -171,7 +170,8 @@ def _function_conv(transposed: bool) -> Rule:
         stride = arg(args, kwargs, 3, "stride", 1)
         padding = arg(args, kwargs, 4, "padding", 0)
         out_pad = arg(args, kwargs, 5, "output_padding", 0) if transposed else 0
-        mixed = _mixed(x, nd, w.shape[2:], stride, padding if not any(_each(out_pad)) else -1)
+        plain = not any(out_pad if isinstance(out_pad, (tuple, list)) else [out_pad])
+        mixed = _mixed(x, nd, w.shape[2:], stride, padding, plain)
         x = a.keep(x, mixed, "convolution mixes spatial positions")
         w = a.keep(w, tuple(range(2, w.ndim)), POSITIONS)  # kernel taps
         lab, cin = x.labels[cd], x.shape[cd]
