@@ -1,7 +1,7 @@
 """Op rules of the symmetry analysis, one module per op family, and the tables they register in.
 
 Importing this package registers every rule: :mod:`.elementwise`, :mod:`.inplace`, :mod:`.linear`,
-:mod:`.attention`, :mod:`.conv`, :mod:`.norm`, :mod:`.pooling`, :mod:`.shape`, :mod:`.reduce`. The tables and
+:mod:`.attention`, :mod:`.conv`, :mod:`.norm`, :mod:`.pooling`, :mod:`.recurrent`, :mod:`.shape`, :mod:`.reduce`. The tables and
 the decorators to add a rule live in :mod:`.registry`.
 """
 
@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (register)
     linear,
     norm,
     pooling,
+    recurrent,
     reduce,
     shape,
 )
