@@ -31,7 +31,9 @@ class Sequence(nn.Module):
 
 
 @pytest.mark.parametrize("cell", [nn.RNN, nn.GRU, nn.LSTM])
-@pytest.mark.parametrize(("layers", "bidirectional", "states"), [(1, False, False), (2, True, False), (2, True, True)])
+@pytest.mark.parametrize(
+    ("layers", "bidirectional", "states"), [(1, False, False), (2, True, False), (2, True, True)]
+)
 def test_hidden_units_move_in_every_gate_alike(cell, layers, bidirectional, states):
     # no rule: the layer was probed, and every unit fixed
     spec, report = trace_with_report(

@@ -46,9 +46,13 @@ def _scaled_dot_product_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict
         raise Unsupported("attention with grouped key/value heads or non-tensor operands")
     a.tie(q.labels[-1], k.labels[-1], "attention contracts the queries' and keys' dims")
     a.tie(k.labels[-2], v.labels[-2], "attention keys and values meet position by position")
-    if arg(args, kwargs, 3, "attn_mask") is not None or arg(args, kwargs, 5, "is_causal"):
+    mask = arg(args, kwargs, 3, "attn_mask")
+    if mask is not None or arg(args, kwargs, 5, "is_causal"):
         a.fix(q.labels[-2], "attention mask depends on position")
         a.fix(k.labels[-2], "attention mask depends on position")
+    # an additive mask made by the model's own weights (T5's relative position bias, one
+    # per head) is added to the scores at fixed heads and positions
+    a.fix_all(mask, "an attention mask is added to the scores position by position")
     a.consume(k.labels[-2])
     shape = a.out_shape()
     batch = a.broadcast([TensorLabels(t.shape[:-2], t.labels[:-2]) for t in (q, k, v)], shape[:-2])
@@ -85,6 +89,8 @@ def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any
         a.fix(q.labels[0], "attention mask depends on position")
     if masked or p["key_padding_mask"] is not None:
         a.fix(k.labels[0], "attention mask depends on position")
+    for mask in (p["attn_mask"], p["key_padding_mask"]):
+        a.fix_all(mask, "an attention mask is added to the scores position by position")
     a.consume(k.labels[0])
     shapes = a.out()
     weights = shapes[1]
