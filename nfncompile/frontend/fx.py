@@ -292,7 +292,12 @@ class LeafFallbackTracer(torch.fx.Tracer):
     def call_module(
         self, m: torch.nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict
     ) -> Any:
-        path = self.path_of_module(m)
+        try:
+            path = self.path_of_module(m)
+        except NameError:
+            # a module the forward calls that is none of the model's (a module-level instance,
+            # Hugging Face's kernel-hub rotary embedding): its code is traced as the forward's
+            return forward(*args, **kwargs)
         if self.is_leaf_module(m, path):
             return super().call_module(m, forward, args, kwargs)
         mark = len(self.graph.nodes)

@@ -736,3 +736,22 @@ def test_a_torchscript_function_the_forward_calls_is_one_probed_call():
     spec, report = trace_with_report(model_(_CallsScript), x_(3, 4))
     assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
     assert [p.passed for p in report.probes] == [True]
+
+
+_NORM = nn.LayerNorm(6, elementwise_affine=False)  # a module the model does not hold
+
+
+class _CallsForeignModule(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(_NORM(self.a(x)))
+
+
+def test_a_module_the_model_does_not_hold_is_traced_as_code():
+    # fx raised "module is not installed as a submodule" (Hugging Face's kernel-hub rotary
+    # embedding in Llama's attention is such a module)
+    spec, report = trace_with_report(model_(_CallsForeignModule), x_(3, 4))
+    assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
