@@ -21,7 +21,7 @@ from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.spec import WeightSpaceSpec
 from nfncompile.spec.serialize import spec_to_dict
 from nfncompile.testing import assert_equivariant
-from tests.frontend.helpers import model_, spaces_, x_
+from tests.frontend.helpers import TwoLinear, model_, spaces_, x_
 
 
 class DataDependent(nn.Module):
@@ -722,11 +722,7 @@ with warnings.catch_warnings():
     _scripted_swish = torch.jit.script(_swish)
 
 
-class _CallsScript(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
-
+class _CallsScript(TwoLinear):
     def forward(self, x):
         return self.b(_scripted_swish(self.a(x)))
 
@@ -741,11 +737,7 @@ def test_a_torchscript_function_the_forward_calls_is_one_probed_call():
 _NORM = nn.LayerNorm(6, elementwise_affine=False)  # a module the model does not hold
 
 
-class _CallsForeignModule(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
-
+class _CallsForeignModule(TwoLinear):
     def forward(self, x):
         return self.b(_NORM(self.a(x)))
 

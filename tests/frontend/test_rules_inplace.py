@@ -12,7 +12,7 @@ import nfncompile as nfc
 from nfncompile.frontend.fx import trace_module
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.testing import assert_equivariant
-from tests.frontend.helpers import model_, x_
+from tests.frontend.helpers import TwoLinear, model_, x_
 
 WRITES = {
     # name: (forward body on h = a(x) of 6 neurons, returning what b (6 inputs) reads,
@@ -37,11 +37,10 @@ def _set(buf: torch.Tensor, index: tuple, value: torch.Tensor) -> torch.Tensor:
     return buf
 
 
-class Written(nn.Module):
+class Written(TwoLinear):
     def __init__(self, how: str) -> None:
         super().__init__()
         self.how = how
-        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
 
     def forward(self, x):
         h = torch.relu(self.a(x))
@@ -78,11 +77,7 @@ def test_a_buffer_written_with_traced_values_is_a_node_of_the_graph():
     torch.testing.assert_close(gm(x), model(x))
 
 
-class ViewWritten(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
-
+class ViewWritten(TwoLinear):
     def forward(self, x):
         buf = torch.zeros(x.shape[0], 7)
         view = buf[:, 1:]  # made before the write: its labels are those of zeros
