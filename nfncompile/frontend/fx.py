@@ -169,6 +169,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
         self._forced: set[int] = set()
         self._param_cache: dict | None = None
         self._state_cache: dict = {}  # proxies of parameters read by _StateReads
+        self._objects: list = []  # objects fx cannot record, kept as graph constants
         #: record ``torch.zeros`` & co. (:data:`FACTORIES`) as nodes rather than constants
         self.trace_factories = False
         self._eager = False  # a node being run for real (the shape-specialising trace)
@@ -240,6 +241,18 @@ class LeafFallbackTracer(torch.fx.Tracer):
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         return _WritableProxy(node, self)
+
+    def create_arg(self, a: Any) -> Any:
+        try:
+            return super().create_arg(a)
+        except NotImplementedError:
+            # an object fx cannot write into code (Hugging Face's DynamicCache, passed to the
+            # decoder layers and returned with the outputs): a constant of the graph, like a
+            # tensor constant; nothing in it is a weight of the model
+            name = f"_nfn_object{len(self._objects)}"
+            self._objects.append(a)
+            setattr(self.root, name, a)
+            return self.create_node("get_attr", name, (), {})
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
         self._param_cache = parameter_proxy_cache  # to forget proxies of rolled-back nodes

@@ -747,3 +747,29 @@ def test_a_module_the_model_does_not_hold_is_traced_as_code():
     # embedding in Llama's attention is such a module)
     spec, report = trace_with_report(model_(_CallsForeignModule), x_(3, 4))
     assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
+
+
+class _Cache:
+    """What Hugging Face's DynamicCache is to fx: an object it cannot write into code."""
+
+    def __init__(self) -> None:
+        self.keys: list = []
+
+
+class _ReturnsCache(TwoLinear):
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = torch.empty(0)  # a key cache's start, a legacy empty piece of a cat
+
+    def forward(self, x):
+        cache = _Cache()
+        h = torch.cat([self.start, self.a(x)], 1)
+        cache.keys.append(h)
+        return self.b(torch.relu(h)), cache
+
+
+def test_an_object_fx_cannot_record_is_a_constant_of_the_graph():
+    # fx raised "argument of type: <class '_Cache'>" (Llama and Mistral with their default
+    # use_cache), and the empty piece of the cat was an IndexError in the analysis
+    spec, report = trace_with_report(model_(_ReturnsCache), x_(3, 4))
+    assert spec["b.weight"].axes == ("out", "a") and report.verification.ok

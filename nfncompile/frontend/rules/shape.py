@@ -328,6 +328,8 @@ def _cat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     dim = arg(args, kwargs, 1, "dim", 0)
     shape = a.out_shape()
     d = norm_dim(dim, len(shape))
+    # torch.cat skips an empty 1-D piece whatever the others' shape (a key cache's start)
+    xs = [x for x in xs if not (x.ndim != len(shape) and math.prod(x.shape) == 0)]
     others = [
         TensorLabels(x.shape[:d] + x.shape[d + 1 :], x.labels[:d] + x.labels[d + 1 :]) for x in xs
     ]
