@@ -431,14 +431,13 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         if described or not stale:
             self.env[target] = labels
             return
+        reason = "written in place through a view of its tensor"
         for node in [target, *stale]:
             value = self.env.get(node)
             if isinstance(value, TensorLabels):
-                for lab in value.labels:
-                    self.fix(lab, "written in place through a view of its tensor")
+                self.fix_all(value, reason)
                 self.env[node] = TensorLabels.plain(value.shape)
-        for lab in labels.labels:
-            self.fix(lab, "written in place through a view of its tensor")
+        self.fix_all(labels, reason)
 
     def placeholder(self, target: Any, args: Any, kwargs: Any) -> Any:
         info = _meta_value(self.node)
@@ -528,12 +527,13 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             return {k: self.plain(v, reader) for k, v in value.items()}
         return value
 
-    def plain_label(self, label: Any, reader: str = "") -> Label | None:
-        """One dim's label as a plain label: a flattened product is fixed, uniform dropped."""
+    def plain_label(self, label: Any, reader: str = "", uniform: bool = False) -> Any:
+        """One dim's label as a plain label: a flattened product is fixed, uniform dropped
+        (kept with ``uniform``, for a rule that reads it)."""
         if isinstance(label, Prod):
             self.fix(label, f"{reader or self.op} reads a flattened product of neuron axes")
             return None
-        return None if label is UNIFORM else label
+        return None if label is UNIFORM and not uniform else label
 
     def unknown(self, args: Any, kwargs: Any) -> Any:
         """The one entry point for a call no rule knows (a leaf module, a wrapped function, a
@@ -562,12 +562,17 @@ class SymmetryAnalysis(PlainArgsInterpreter):
 
     # ---- generic helpers used by rules ------------------------------------------------------
 
-    def broadcast(self, values: list, shape: tuple | None = None) -> TensorLabels:
+    def broadcast(
+        self,
+        values: list,
+        shape: tuple | None = None,
+        mixed: str = "combined elementwise with a tensor that depends on position",
+    ) -> TensorLabels:
         """Elementwise op: align dims from the right, tie labels along each output dim.
 
-        A labelled dim (size > 1) meeting an unlabelled dim of size > 1 is fixed: the op
-        treats channel positions differently. Broadcast and uniform dims impose nothing; a dim
-        that only they fill is uniform.
+        A labelled dim (size > 1) meeting an unlabelled dim of size > 1 is fixed (``mixed``
+        says why): the op treats channel positions differently. Broadcast and uniform dims
+        impose nothing; a dim that only they fill is uniform.
         """
         shape = self.out_shape() if shape is None else shape
         infos = [v for v in values if isinstance(v, TensorLabels)]
@@ -591,7 +596,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     found.append(lab)
             if found and plain:
                 for lab in found:
-                    self.fix(lab, "combined elementwise with a tensor that depends on position")
+                    self.fix(lab, mixed)
                 labels.append(None)
             elif found:
                 for lab in found[1:]:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..labels import UNIFORM, Prod, TensorLabels
+from ..labels import UNIFORM, TensorLabels
 from .registry import Unsupported, arg, register_function, register_method, structured
 
 if TYPE_CHECKING:
@@ -89,9 +89,7 @@ def write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> Tenso
         labels = []
         for d, ((start, stop, kept), n) in enumerate(zip(ranges, x.shape)):
             inside = next(written) if kept else UNIFORM  # an int index: one position
-            old = x.labels[d]
-            if isinstance(old, Prod):
-                old = a.plain_label(old, "a write into the tensor")
+            old = a.plain_label(x.labels[d], "a write into the tensor", uniform=True)
             if not all(full[:d] + full[d + 1 :]):
                 # the old values stay at the other dims' unwritten positions: both move alike
                 inside = _meet(a, _slice(a, old, start, stop), inside)
@@ -150,9 +148,8 @@ def _value_labels(a: SymmetryAnalysis, value: Any, region: tuple) -> list:
     if not isinstance(value, TensorLabels):
         return labels  # a number
     for k in range(1, min(len(region), value.ndim) + 1):
-        lab, n = value.labels[-k], value.shape[-k]
-        if isinstance(lab, Prod):
-            lab = a.plain_label(lab, "a write into a tensor")
+        lab = a.plain_label(value.labels[-k], "a write into a tensor", uniform=True)
+        n = value.shape[-k]
         if n == 1 and region[-k] > 1:
             a.fix(lab, "broadcasts one neuron's value to all positions")
             lab = UNIFORM
@@ -180,8 +177,5 @@ def _meet(a: SymmetryAnalysis, old: Any, new: Any) -> Any:
 
 
 def _fixed_write(a: SymmetryAnalysis, x: TensorLabels, value: Any, reason: str) -> TensorLabels:
-    for info in (x, value):
-        if isinstance(info, TensorLabels):
-            for lab in info.labels:
-                a.fix(lab, reason)
+    a.fix_all((x, value), reason)
     return TensorLabels.plain(x.shape)

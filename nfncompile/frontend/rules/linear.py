@@ -109,27 +109,14 @@ def _einsum(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     dims: dict = {}
     for term, op in zip(terms, ops):
         for k, lab, n in zip(term, op.labels, op.shape):
-            dims.setdefault(k, []).append((lab, n))
-    merged = {k: _einsum_index(a, d) for k, d in dims.items()}  # summed letters tied too
+            dims.setdefault(k, []).append(TensorLabels((n,), (lab,)))
+    reason = "einsum indexes neurons together with positions"
+    # every letter, summed ones too: its dims tied as an elementwise op ties them
+    merged = {
+        k: a.broadcast(ts, (max(t.shape[0] for t in ts),), reason).labels[0]
+        for k, ts in dims.items()
+    }
     return TensorLabels(shape, tuple(merged[k] for k in out))
-
-
-def _einsum_index(a: SymmetryAnalysis, dims: list) -> Any:
-    """The label of one einsum index letter from its dims' ``(label, size)``."""
-    size = max(n for _, n in dims)
-    found = []
-    for lab, n in dims:
-        if n == 1 and size > 1:
-            a.fix(lab, "broadcasts one neuron's value to all positions")
-        elif lab is not None:
-            found.append(lab)
-    if any(lab is None and n == size > 1 for lab, n in dims):
-        for lab in found:
-            a.fix(lab, "einsum indexes neurons together with positions")
-        return None
-    for lab in found[1:]:
-        a.tie(found[0], lab)
-    return found[0] if found else None
 
 
 def _einsum_tokens(term: str, ndim: int | None, ellipsis: int = 0) -> list | None:

@@ -320,9 +320,7 @@ def _neuron_at(label: Label, pos: int) -> Seg:
 def _cat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     # flattened products are fixed; a uniform piece (torch.zeros) is kept as such
     xs = [
-        TensorLabels(
-            x.shape, tuple(a.plain_label(lab) if isinstance(lab, Prod) else lab for lab in x.labels)
-        )
+        TensorLabels(x.shape, tuple(a.plain_label(lab, uniform=True) for lab in x.labels))
         for x in arg(args, kwargs, 0, "tensors")
     ]
     dim = arg(args, kwargs, 1, "dim", 0)
