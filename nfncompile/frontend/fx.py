@@ -169,7 +169,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
         self._forced: set[int] = set()
         self._param_cache: dict | None = None
         self._state_cache: dict = {}  # proxies of parameters read by _StateReads
-        self._objects: list = []  # objects fx cannot record, kept as graph constants
+        self._objects = 0  # objects fx cannot record, kept as graph constants
         #: record ``torch.zeros`` & co. (:data:`FACTORIES`) as nodes rather than constants
         self.trace_factories = False
         self._eager = False  # a node being run for real (the shape-specialising trace)
@@ -177,6 +177,19 @@ class LeafFallbackTracer(torch.fx.Tracer):
     def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
         if not isinstance(root, torch.nn.Module):
             return super().trace(root, concrete_args)
+        patches = self._patches(root)
+        try:
+            for names, name, _, patched in patches.values():
+                names[name] = patched
+            with _StateReads(self, root):
+                return super().trace(root, concrete_args)
+        finally:
+            for names, name, fn, _ in patches.values():
+                names[name] = fn
+
+    def _patches(self, root: torch.nn.Module) -> dict:
+        """The global names replaced while ``root`` is traced: ``(id(namespace), name) ->
+        (namespace, name, original, replacement)``."""
         # a TorchScript function a forward calls (`@torch.jit.script def swish(x)`) refuses a
         # proxy: it is recorded as one call instead, which the analysis probes
         patches = {
@@ -190,14 +203,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
             for name in FACTORIES:
                 fn = getattr(torch, name)
                 patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
-        try:
-            for names, name, _, recorded in patches.values():
-                names[name] = recorded
-            with _StateReads(self, root):
-                return super().trace(root, concrete_args)
-        finally:
-            for names, name, fn, _ in patches.values():
-                names[name] = fn
+        return patches
 
     def _recorded(self, fn: Callable, always: bool = True) -> Callable:
         """``fn``, recorded as a ``call_function`` node while tracing (``always``, or when a
@@ -249,8 +255,8 @@ class LeafFallbackTracer(torch.fx.Tracer):
             # an object fx cannot write into code (Hugging Face's DynamicCache, passed to the
             # decoder layers and returned with the outputs): a constant of the graph, like a
             # tensor constant; nothing in it is a weight of the model
-            name = f"_nfn_object{len(self._objects)}"
-            self._objects.append(a)
+            name = f"_nfn_object{self._objects}"
+            self._objects += 1
             setattr(self.root, name, a)
             return self.create_node("get_attr", name, (), {})
 
@@ -513,6 +519,9 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or not given:
                 break
             self._inputs[p.name] = given.pop(0)
+        return super().trace(root, concrete_args)
+
+    def _patches(self, root: torch.nn.Module) -> dict:
         is_tensor = torch.is_tensor
 
         def traced_is_tensor(obj: Any) -> bool:
@@ -522,11 +531,9 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
                 return isinstance(obj._value(), torch.Tensor)
             return is_tensor(obj)
 
-        torch.is_tensor = traced_is_tensor
-        try:
-            return super().trace(root, concrete_args)
-        finally:
-            torch.is_tensor = is_tensor
+        patches = super()._patches(root)
+        patches[(id(torch), "is_tensor")] = (vars(torch), "is_tensor", is_tensor, traced_is_tensor)
+        return patches
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         return _ShapeProxy(node, self)
