@@ -24,9 +24,9 @@ transformers' models are built from small configs (:data:`TRANSFORMERS`)::
                                 [--timeout 300]
 
 Model code that is no package (a checkout of a repository of models) is swept with ``--source
-code --path DIR --models module:callable,module:callable(args, key=value)``, e.g. the CIFAR models of
-kuangliu/pytorch-cifar: ``--path pytorch-cifar --models "models:ResNet18,models:VGG('VGG11')"
---size 32``.
+code --path DIR --models module:callable,module:callable(args, key=value)``, e.g. the CIFAR
+models of kuangliu/pytorch-cifar: ``--path pytorch-cifar --models
+"models:ResNet18,models:VGG('VGG11')" --size 32``.
 """
 
 from __future__ import annotations
