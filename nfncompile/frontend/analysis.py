@@ -62,6 +62,7 @@ from .labels import (
     Seg,
     TensorLabels,
     Tie,
+    as_prod,
     label_width,
     segments,
     tensors,
@@ -229,8 +230,11 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         if a is None and b is None:
             return None
         if isinstance(a, Prod) or isinstance(b, Prod):
-            if isinstance(a, Prod) and isinstance(b, Prod) and a.sizes == b.sizes:
-                for fa, fb in zip(a.factors, b.factors):
+            # one labelled dim flattened with unlabelled ones meets a product as a product
+            pa = as_prod(a, b.sizes) or a if isinstance(b, Prod) else a
+            pb = as_prod(b, pa.sizes) or b if isinstance(pa, Prod) else b
+            if isinstance(pa, Prod) and isinstance(pb, Prod) and pa.sizes == pb.sizes:
+                for fa, fb in zip(pa.factors, pb.factors):
                     self.tie(fa, fb, reason)
                 return a
             self.fix(a, reason or "meets a flattened product of neuron axes")

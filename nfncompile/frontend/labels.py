@@ -103,6 +103,35 @@ class Prod:
         return math.prod(self.sizes)
 
 
+def as_prod(label: Any, sizes: tuple) -> Prod | None:
+    """``label`` as a :class:`Prod` over dims of ``sizes`` when it is the flattening of one
+    labelled dim among unlabelled ones (its neurons spanning the dims after it, repeated for
+    the dims before it), else ``None``: the form a flattened product meets it in.
+
+    >>> as_prod((Seg(0, 0, 4, inner=3),), (4, 3))
+    Prod(factors=((Seg(run=0, offset=0, length=4, inner=1),), None), sizes=(4, 3))
+    >>> as_prod((Seg(0, 0, 4, inner=3),), (3, 4)) is None
+    True
+    """
+    if not isinstance(label, tuple) or not label:
+        return None
+    for t, n in enumerate(sizes):
+        after, before = math.prod(sizes[t + 1 :]), math.prod(sizes[:t])
+        block, width = [], 0
+        for s in label:
+            if width == n * after or s.inner % after:
+                break
+            block.append(Seg(s.run, s.offset, s.length, s.inner // after))
+            width += s.width
+        if width != n * after:
+            continue
+        if tuple(Seg(s.run, s.offset, s.length, s.inner * after) for s in block) * before == label:
+            factors = [None] * len(sizes)
+            factors[t] = tuple(block)
+            return Prod(tuple(factors), tuple(sizes))
+    return None
+
+
 class _Uniform:
     """The label of a dim along which the values do not depend on the position."""
 

@@ -184,3 +184,30 @@ def test_arguments_given_by_keyword_are_read_as_positional_ones():
     spec, report = trace_with_report(model_(Keywords), x_(3, 4))
     assert spec["a.weight"].axes == ("a", "in") and spec["b.weight"].axes == ("out", "a")
     assert not report.broken and report.verification.ok
+
+
+class _FlatProduct(nn.Module):
+    """Features ``(B, 4, 3)`` of a hidden layer's neurons and 3 fixed positions, flattened,
+    against a weight ``(2, 4, 3)`` viewed ``(2, 12)`` (a KAN's spline weight)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a = nn.Linear(5, 4)
+        self.w = nn.Parameter(torch.randn(2, 4, 3))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)).unsqueeze(-1) * torch.tensor([1.0, 2.0, 3.0])
+        flat = h.flatten(1)
+        if self.how == "F.linear":
+            return torch.nn.functional.linear(flat, self.w.view(2, -1))
+        return flat @ self.w.view(2, -1).t()
+
+
+@pytest.mark.parametrize("how", ["F.linear", "matmul"])
+def test_flattened_products_are_contracted_factor_by_factor(how):
+    # F.linear and matmul fixed a flattened product: every hidden neuron of the KAN layer
+    spec, report = trace_with_report(model_(lambda: _FlatProduct(how)), x_(3, 5))
+    assert spec["a.weight"].axes == ("a", "in") and spec["w"].axes == ("out", "a", None)
+    # the weight's last axis meets the 3 positions
+    assert report.verification.ok and [b.neurons for b in report.broken] == [["w.d2"]]

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import Label, TensorLabels
-from .registry import Unsupported, arg, register_function, register_method, register_module
+from .registry import (
+    Unsupported,
+    arg,
+    register_function,
+    register_method,
+    register_module,
+    structured,
+)
 
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
@@ -43,19 +50,26 @@ def _module_embedding(a: SymmetryAnalysis, mod: nn.Embedding, target: str, args:
 
 
 @register_function(F.linear)
+@structured
 def _function_linear(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x @ weight.T + bias``. The contracted axes are tied, flattened products factor by
+    factor (a KAN's spline features ``(B, in * G)`` against its weight viewed ``(out, in * G)``)."""
     x, w, b = args[0], arg(args, kwargs, 1, "weight"), arg(args, kwargs, 2, "bias")
     if not isinstance(w, TensorLabels) or w.ndim != 2:
         raise Unsupported("F.linear with a weight that is not a 2-D tensor")
     a.tie(x.labels[-1], w.labels[1], "F.linear input meets an unlabelled weight axis")
+    out = a.plain_label(w.labels[0])
     if isinstance(b, TensorLabels):
-        a.tie(w.labels[0], b.labels[0] if b.ndim else None)
-    return _linear(a, x, a.name_output(w.labels[0]))
+        a.tie(out, a.plain_label(b.labels[0]) if b.ndim else None)
+    return _linear(a, x, a.name_output(out))
 
 
 @register_function(torch.matmul, operator.matmul, torch.mm, torch.bmm)
 @register_method("matmul", "mm", "bmm")
+@structured
 def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x @ y``: the contracted axes tied (flattened products factor by factor), the batch
+    dims broadcast."""
     x, y = args[0], args[1]
     if not (isinstance(x, TensorLabels) and isinstance(y, TensorLabels)):
         raise Unsupported("matmul with a non-tensor operand")
@@ -67,7 +81,8 @@ def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     shape = a.out_shape()
     batch = a.broadcast([bx, by], shape[:-2])
     # x @ self.weight: the output neurons are the weight's axis, named after its module
-    return TensorLabels(shape, batch.labels + (x.labels[-2], a.name_output(y.labels[-1])))
+    out = a.name_output(a.plain_label(y.labels[-1], uniform=True))
+    return TensorLabels(shape, batch.labels + (x.labels[-2], out))
 
 
 @register_function(torch.addmm, torch.baddbmm)
