@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import nfncompile as nfc
@@ -131,3 +132,74 @@ def test_space_to_depth_and_back():
     spec, report = trace_with_report(model_(RoundTrip), x_(5, 4))
     assert spec["a.weight"].axes == ("a", "in") and spec["b.weight"].axes == ("out", "a")
     assert report.verification.ok and not report.broken
+
+
+class _Indexed(TwoLinear):
+    """``a``'s 6 outputs, read through tensor and list indices on the other dims."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.table = nn.Parameter(torch.randn(5, 6))  # a relative-position table's shape
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))  # (B, 6)
+        steps = h.unsqueeze(1) * torch.arange(1.0, 4.0)[:, None]  # (B, 3, 6)
+        if self.how == "last step":  # nanoGPT's `x[:, [-1], :]`
+            h = steps[:, [-1], :].squeeze(1)
+        elif self.how == "table at a grid":  # SAM's `rel_pos[relative_coords]`
+            h = h * self.table[torch.tensor([[0, 1], [3, 4]])].sum((0, 1))
+        elif self.how == "mask":
+            h = steps[torch.tensor([True, False, True]).expand(x.shape[0], 3)]
+        elif self.how == "indices apart":  # the index dims go first: (2, 6, 2)
+            grid = h.t()[:, :, None, None] * torch.ones(3, 2, 4)
+            h = grid[:, [0, 1], :, [0, 3]].sum(-1)
+        else:  # indices together stay in place: (6, 2, 4)
+            grid = h.t()[:, :, None, None] * torch.ones(3, 2, 4)
+            h = grid[:, [0, 1], [1, 0], :].sum(-1).t()
+        return self.b(h)
+
+
+@pytest.mark.parametrize(
+    "how", ["last step", "table at a grid", "mask", "indices apart", "indices together"]
+)
+def test_tensor_indices_on_other_dims_keep_the_neurons(how):
+    # advanced indexing fixed every dim of the indexed tensor: nanoGPT's `x[:, [-1], :]`
+    # fixed its residual stream, SAM's relative-position tables their head dims
+    spec, report = trace_with_report(model_(lambda: _Indexed(how)), x_(3, 4))
+    assert spec["a.weight"].axes == ("a", "in") and spec.spaces["a"].size == 6
+    assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
+    if how == "table at a grid":
+        assert spec["table"].axes == (None, "a")
+    assert not [n for b in report.broken for n in b.neurons if n.split("[")[0] == "a"]
+
+
+class _IndexesNeurons(TwoLinear):
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))[:, [0, 2, 1, 3, 4, 5]])
+
+
+def test_tensor_indices_on_neurons_fix_them():
+    spec, report = trace_with_report(model_(_IndexesNeurons), x_(3, 4))
+    assert spec["a.weight"].axes == (None, "in") and report.verification.ok
+    assert "positions a tensor gives" in report.broken[0].reason
+
+
+class _PackedNorm(nn.Module):
+    """Karras's magnitude-preserving conv: the weight normalised over its fan-in through
+    einops' ``pack``/``unpack`` (a cat of one piece, a whole slice of a flattened dim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        flat = torch.cat([self.a.weight.reshape(5, -1)], 0)
+        w = (flat / flat.norm(dim=1, keepdim=True))[:, 0:27].reshape(5, 3, 3, 3)
+        return self.b(torch.relu(F.conv2d(x, w, self.a.bias, padding=1)))
+
+
+def test_a_weight_packed_and_unpacked_keeps_its_axes():
+    spec, report = trace_with_report(model_(_PackedNorm), x_(2, 3, 6, 6))
+    assert spec["a.weight"].axes == ("a", "in", None, None) and report.verification.ok
+    assert not report.broken

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.fx
 from torch import nn
 
 from ...errors import TraceError
@@ -263,12 +265,14 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if not isinstance(x, TensorLabels):
         return x[idx]
     idx = idx if isinstance(idx, tuple) else (idx,)
-    if any(isinstance(i, (TensorLabels, list, torch.Tensor)) for i in idx):
-        raise Unsupported("advanced (tensor) indexing")
+    raw = a.node.args[1] if isinstance(a.node.args[1], tuple) else (a.node.args[1],)
+    idx = tuple(_Mask(i.ndim) if _is_mask(r) else i for i, r in zip(idx, raw))
     if any(i is Ellipsis for i in idx):
         k = idx.index(Ellipsis)
-        used = sum(1 for i in idx if i is not None and i is not Ellipsis)
+        used = sum(_consumed(i) for i in idx if i is not Ellipsis)
         idx = idx[:k] + (slice(None),) * (x.ndim - used) + idx[k + 1 :]
+    if any(_is_advanced(i) for i in idx):
+        return _advanced_getitem(a, x, idx)
     labels = []
     d = 0
     for i in idx:
@@ -276,7 +280,8 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             labels.append(None)
             continue
         lab, n = x.labels[d], x.shape[d]
-        if isinstance(lab, Prod) and i != slice(None):
+        whole = isinstance(i, slice) and i.indices(n) == (0, n, 1)
+        if isinstance(lab, Prod) and not whole:
             lab = a.plain_label(lab)
         if lab is UNIFORM:  # every position alike: any index or slice keeps that
             if isinstance(i, slice):
@@ -306,6 +311,80 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(a.out_shape(), tuple(labels))
 
 
+@dataclass(frozen=True)
+class _Mask:
+    """A boolean mask index, reading ``ndim`` dims of the indexed tensor."""
+
+    ndim: int
+
+
+def _is_mask(raw: Any) -> bool:
+    """Whether an index argument (a graph node or a tensor) is a boolean mask."""
+    if isinstance(raw, torch.fx.Node):
+        meta = raw.meta.get("tensor_meta")
+        return getattr(meta, "dtype", None) == torch.bool
+    return isinstance(raw, torch.Tensor) and raw.dtype == torch.bool
+
+
+def _is_advanced(i: Any) -> bool:
+    return isinstance(i, (TensorLabels, list, torch.Tensor, _Mask))
+
+
+def _consumed(i: Any) -> int:
+    """How many dims of the indexed tensor index ``i`` reads (a boolean mask: its own)."""
+    if i is None:
+        return 0
+    return i.ndim if isinstance(i, _Mask) else 1
+
+
+def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> TensorLabels:
+    """``x[idx]`` with tensor or list indices (``x[:, [-1]]``, a relative-position table read
+    at an index grid, a boolean mask). A dim read at indexed positions is fixed where
+    labelled; the dims the indices make are unlabelled (an index tensor that depends on the
+    order of neurons is fixed); every sliced or untouched dim keeps its label, as in
+    basic indexing. As torch does, the index dims stand in place of the indexed ones when
+    those are adjacent (integers count as indices), else first."""
+    reason = "reads neurons at positions a tensor gives"
+    labels: list = []
+    where = None  # output position of the index dims
+    previous = None  # the last entry that was an index
+    front = False
+    d = 0
+    for k, i in enumerate(idx):
+        if i is None:
+            labels.append(None)
+            continue
+        if _is_advanced(i) or isinstance(i, int):
+            for lab in x.labels[d : d + _consumed(i)]:
+                a.fix(a.plain_label(lab), reason)
+            if isinstance(i, TensorLabels):
+                a.fix_all(i, "an index tensor that depends on the order of neurons")
+            if where is None:
+                where = len(labels)
+            elif previous != k - 1:
+                front = True
+            previous = k
+            d += _consumed(i)
+            continue
+        if not isinstance(i, slice):
+            raise Unsupported(f"indexing with {type(i).__name__}")
+        lab, n = a.plain_label(x.labels[d], uniform=True), x.shape[d]
+        start, stop, step = i.indices(n)
+        if lab is None or lab is UNIFORM or (start, stop, step) == (0, n, 1):
+            labels.append(lab if lab is not UNIFORM or len(range(start, stop, step)) > 1 else None)
+        elif step == 1 and stop > start:
+            labels.append(a.slice_label(lab, start, stop))
+        else:
+            a.fix(lab, "strided slicing of neurons")
+            labels.append(None)
+        d += 1
+    labels.extend(a.plain_label(lab, uniform=True) for lab in x.labels[d:])
+    shape = a.out_shape()
+    made = (None,) * (len(shape) - len(labels))
+    at = 0 if front else where
+    return TensorLabels(shape, tuple(labels[:at]) + made + tuple(labels[at:]))
+
+
 def _neuron_at(label: Label, pos: int) -> Seg:
     p = 0
     for s in label:
@@ -318,16 +397,20 @@ def _neuron_at(label: Label, pos: int) -> Seg:
 @register_function(torch.cat, torch.concat, torch.concatenate)
 @structured
 def _cat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    # flattened products are fixed; a uniform piece (torch.zeros) is kept as such
-    xs = [
-        TensorLabels(x.shape, tuple(a.plain_label(lab, uniform=True) for lab in x.labels))
-        for x in arg(args, kwargs, 0, "tensors")
-    ]
     dim = arg(args, kwargs, 1, "dim", 0)
     shape = a.out_shape()
     d = norm_dim(dim, len(shape))
     # torch.cat skips an empty 1-D piece whatever the others' shape (a key cache's start)
-    xs = [x for x in xs if not (x.ndim != len(shape) and math.prod(x.shape) == 0)]
+    xs = [
+        x
+        for x in arg(args, kwargs, 0, "tensors")
+        if not (x.ndim != len(shape) and math.prod(x.shape) == 0)
+    ]
+    if len(xs) == 1:  # one piece (einops' pack of one tensor): a copy
+        return xs[0]
+    # a flattened product along the joined dim is fixed; a uniform piece (torch.zeros) is
+    # kept as such, and the other dims are tied as an elementwise op ties them
+    xs = [x.with_label(d, a.plain_label(x.labels[d], uniform=True)) for x in xs]
     others = [
         TensorLabels(x.shape[:d] + x.shape[d + 1 :], x.labels[:d] + x.labels[d + 1 :]) for x in xs
     ]
