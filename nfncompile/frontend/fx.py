@@ -43,6 +43,7 @@ import inspect
 import operator
 import os
 import traceback
+import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from torch._subclasses.fake_tensor import (
     FakeTensorMode,
 )
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
+from torch.fx.graph import magic_methods, reflectable_magic_methods
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
@@ -368,6 +370,16 @@ _SHAPE_READS = frozenset(
 )
 
 
+_magic = [m for m in magic_methods if hasattr(operator, m)]  # fx lists a `div` Python 3 lacks
+_reflectable = [m for m in reflectable_magic_methods if hasattr(operator, m)]
+#: a tensor's operator methods (``w[:, 1:]``, ``w - v``, ``2 * w``) as fx records them on a proxy:
+#: ``__name__`` -> (the ``operator`` function, whether its operands come reversed)
+_OPERATORS = {
+    **{f"__{m.strip('_')}__": (getattr(operator, m), False) for m in _magic},
+    **{f"__r{m.strip('_')}__": (getattr(operator, m), True) for m in _reflectable},
+}
+
+
 class _StateReads(TorchFunctionMode):
     """While a model is traced: an op on one of its parameters or buffers themselves reads
     them through ``get_attr`` nodes.
@@ -400,6 +412,12 @@ class _StateReads(TorchFunctionMode):
         proxies = [v for v in pytree.tree_leaves(read) if isinstance(v, torch.fx.Proxy)]
         if not proxies:
             return func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name in _OPERATORS and not read[1]:
+            # an operator, as fx records it on a proxy (the rules know ``operator.getitem``)
+            target, reflected = _OPERATORS[name]
+            operands = tuple(reversed(read[0])) if reflected else read[0]
+            return proxies[0].tracer.create_proxy("call_function", target, operands, {})
         # recorded as fx records an op on a proxy (a tensor method as a call_method node)
         return type(proxies[0]).__torch_function__(func, types, *read)
 
@@ -711,7 +729,10 @@ def copy_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torc
 
     A tensor a forward hook computes and stores on a module (pruning's and the old
     ``weight_norm``'s ``weight``, made by autograd from ``weight_orig``) cannot be deep copied;
-    it is copied detached, and the hook computes it again at the copy's every call.
+    it is copied detached, and the hook computes it again at the copy's every call. A function
+    a module holds that closes over the model's modules (minGPT's ``self.mlpf = lambda x:
+    m.c_proj(m.act(m.c_fc(x)))``) is remade over the copies: ``deepcopy`` shares functions, and
+    the copy would run the original's weights.
     """
     copied = _deep_copy(model)
     if dtype is None:
@@ -733,13 +754,34 @@ def _deep_copy(model: torch.nn.Module) -> torch.nn.Module:
         for k, v in vars(m).items()
         if isinstance(v, torch.Tensor) and not v.is_leaf
     ]
+    memo: dict = {}
     try:
         for m, k, v in made:
             vars(m)[k] = v.detach()
-        return copy.deepcopy(model)
+        copied = copy.deepcopy(model, memo)
     finally:
         for m, k, v in made:
             vars(m)[k] = v
+    for m in copied.modules():
+        for k, v in vars(m).items():
+            if isinstance(v, types.FunctionType) and v.__closure__:
+                vars(m)[k] = _closure_copied(v, memo)
+    return copied
+
+
+def _closure_copied(fn: types.FunctionType, memo: dict) -> types.FunctionType:
+    """``fn`` closing over the copies ``memo`` (a ``deepcopy`` memo) made of what it reads."""
+    cells = []
+    for cell in fn.__closure__:
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            cells.append(cell)
+            continue
+        cells.append(types.CellType(memo[id(value)]) if id(value) in memo else cell)
+    out = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(cells))
+    out.__kwdefaults__, out.__dict__ = fn.__kwdefaults__, dict(fn.__dict__)
+    return out
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from torch import nn
 import nfncompile as nfc
 from nfncompile.architectures.catalogue import CATALOGUE
 from nfncompile.errors import TraceError
-from nfncompile.frontend.fx import trace_module
+from nfncompile.frontend.fx import copy_model, trace_module
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.spec import WeightSpaceSpec
 from nfncompile.spec.serialize import spec_to_dict
@@ -773,3 +773,68 @@ def test_an_object_fx_cannot_record_is_a_constant_of_the_graph():
     # use_cache), and the empty piece of the cat was an IndexError in the analysis
     spec, report = trace_with_report(model_(_ReturnsCache), x_(3, 4))
     assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
+
+
+class _Spline(nn.Module):
+    """A KAN layer's shape (efficient-kan's KANLinear): per input feature a row of knots (a
+    buffer), a basis read by comparing the input with its own knots, and the spline weight
+    viewed flat against the flattened basis."""
+
+    def __init__(self, n_in: int, n_out: int, knots: int = 5) -> None:
+        super().__init__()
+        self.register_buffer("grid", torch.linspace(-1, 1, knots).repeat(n_in, 1))
+        self.base = nn.Parameter(torch.randn(n_out, n_in))
+        self.spline = nn.Parameter(torch.randn(n_out, n_in, knots - 1))
+
+    def forward(self, x):
+        grid, x1 = self.grid, x.unsqueeze(-1)
+        inside = (x1 >= grid[:, :-1]) & (x1 < grid[:, 1:])
+        bases = inside.to(x.dtype) * (x1 - grid[:, :-1]) / (grid[:, 1:] - grid[:, :-1])
+        flat = self.spline.view(self.spline.shape[0], -1)
+        return F.linear(torch.tanh(x), self.base) + F.linear(bases.view(x.shape[0], -1), flat)
+
+
+class _Kan(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _Spline(3, 6), _Spline(6, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_operators_on_a_buffer_itself_are_recorded_as_operators():
+    # `grid[:, :-1]` and `grid[:, 1:] - grid[:, :-1]` of the tensor itself were recorded as
+    # call_method `__getitem__`/`__sub__` nodes no rule knows: probed, they fixed the knots'
+    # rows, and with them the hidden neurons each row belongs to
+    spec, report = trace_with_report(model_(_Kan), x_(4, 3))
+    assert spec["b.grid"].axes[0] == "a" == spec["a.base"].axes[0] == spec["b.spline"].axes[1]
+    assert spec.spaces["a"].size == 6 and report.verification.ok
+    assert not any("no symmetry rule" in b.reason for b in report.broken)
+    layer = nfc.NFLinear(spec, 2, 2, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=2, trials=2)
+
+
+class _ClosureBlock(TwoLinear):
+    """minGPT's Block: ``self.mlpf = lambda x: m.c_proj(m.act(m.c_fc(x)))`` over its modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        m = self
+        self.mlp = lambda x: m.b(torch.relu(m.a(x)))
+
+    def forward(self, x):
+        return self.mlp(x)
+
+
+def test_a_function_a_module_holds_runs_the_copys_weights():
+    # deepcopy shares functions: the copy's lambda ran the original's float32 weights, so the
+    # float64 check failed, and in float32 permuting the copy changed nothing the lambda read
+    model = model_(_ClosureBlock)
+    copied = copy_model(model, torch.float64)
+    with torch.no_grad():
+        copied.a.weight.zero_(), copied.a.bias.zero_()
+    assert torch.equal(copied(x_(2, 4).double()), copied.b(torch.zeros(2, 6).double()))
+    spec, report = trace_with_report(model, x_(3, 4))
+    assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
+    assert "float32" not in report.verification.note
