@@ -779,7 +779,9 @@ def _closure_copied(fn: types.FunctionType, memo: dict) -> types.FunctionType:
             cells.append(cell)
             continue
         cells.append(types.CellType(memo[id(value)]) if id(value) in memo else cell)
-    out = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(cells))
+    out = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(cells)
+    )
     out.__kwdefaults__, out.__dict__ = fn.__kwdefaults__, dict(fn.__dict__)
     return out
 
