@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 import nfncompile as nfc
@@ -52,3 +53,55 @@ def test_hidden_units_move_in_every_gate_alike(cell, layers, bidirectional, stat
         assert (last == h) is states
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class Stepped(nn.Module):
+    """A cell stepped by the forward's own loop over ``(batch, features, time)`` inputs,
+    from zero states (time_sequence_prediction's LSTMCell)."""
+
+    def __init__(self, cell: type) -> None:
+        super().__init__()
+        self.cell, self.head = cell(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], 6)
+        state = (h, torch.zeros_like(h)) if isinstance(self.cell, nn.LSTMCell) else h
+        for t in range(x.shape[2]):
+            state = self.cell(x[:, :, t], state)
+        return self.head(state[0] if isinstance(self.cell, nn.LSTMCell) else state)
+
+
+@pytest.mark.parametrize("cell", [nn.RNNCell, nn.GRUCell, nn.LSTMCell])
+def test_a_cell_stepped_by_the_forward_moves_its_units(cell):
+    # torch.lstm_cell (and gru_cell, rnn_tanh_cell) had no rule: probed, each step fixed the
+    # cell's units
+    spec, report = trace_with_report(model_(lambda: Stepped(cell)), x_(3, 4, 5))
+    gates = {nn.RNNCell: 1, nn.GRUCell: 3, nn.LSTMCell: 4}[cell]
+    rows = ("cell",) * gates if gates > 1 else "cell"
+    assert spec["cell.weight_hh"].axes == (rows, "cell")
+    assert spec["cell.weight_ih"].axes == (rows, "in") and spec["head.weight"].axes[1] == "cell"
+    assert report.verification.ok and not report.probes and not report.broken
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class GivenState(nn.Module):
+    """word_language_model's RNNModel: token ids and the initial state are the inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.head = nn.Embedding(9, 4), nn.GRU(4, 6), nn.Linear(6, 2)
+
+    def forward(self, ids, h0):
+        out, h = self.rnn(self.emb(ids), h0)
+        return self.head(out), h
+
+
+def test_an_initial_state_given_as_input_meets_its_sequence():
+    # the state (layers, batch, hidden) was the first float input, so its dim 1 (the batch)
+    # was labelled as input neurons, and nothing tied it to the sequence's batch: a spec
+    # that did not hold (SymmetryError)
+    ids = torch.randint(0, 9, (5, 2), generator=torch.Generator().manual_seed(0))
+    spec, report = trace_with_report(model_(GivenState), (ids, x_(1, 2, 6)))
+    assert report.verification.ok and "in" not in spec.spaces
+    assert spec["rnn.weight_hh_l0"].axes[1] is None  # the given state is not permuted

@@ -1,4 +1,5 @@
-"""Op rules for recurrent layers: ``nn.RNN``, ``nn.GRU``, ``nn.LSTM``.
+"""Op rules for recurrent layers: ``nn.RNN``, ``nn.GRU``, ``nn.LSTM`` and their cells
+(``nn.RNNCell``, ``nn.GRUCell``, ``nn.LSTMCell``, stepped by the forward's own loop).
 
 A recurrent layer's hidden units are neurons like a dense layer's: each layer and direction
 makes a new run of ``hidden_size`` neurons. Its gates stack their weights along one axis
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from ..fx import leaves
 from ..labels import TensorLabels
 from .registry import Unsupported, register_module, structured
 
@@ -75,11 +77,46 @@ def _module_recurrent(a: SymmetryAnalysis, mod: nn.RNNBase, target: str, args: A
     if state is not None:
         for h in runs[1:]:
             a.tie(runs[0], h)
+    batch = (0 if mod.batch_first else 1) if x.ndim == 3 else None
     for h0 in _states(hx):
         a.tie(h0.labels[-1], state, "an initial state of a multi-layer recurrence")
+        # (layers * directions, batch, hidden): each layer reads its own row, and each
+        # sequence of the batch its own initial state
+        a.fix(a.plain_label(h0.labels[0]), "a recurrence reads each layer's initial state")
+        if batch is not None and h0.ndim == 3:
+            a.tie(h0.labels[1], x.labels[batch], "an initial state meets its sequence")
     out, states = a.out()
     labels = TensorLabels(out.shape, x.labels[:feat] + (layer_in,))
     return labels, _final(states, state)
+
+
+#: weight blocks stacked per hidden unit of a cell, by class
+CELL_GATES = {nn.LSTMCell: 4, nn.GRUCell: 3, nn.RNNCell: 1}
+
+
+@register_module(nn.RNNCellBase)
+@structured  # a constant state (torch.zeros) is uniform: it moves with any units
+def _module_cell(a: SymmetryAnalysis, mod: nn.RNNCellBase, target: str, args: Any, kw: Any):
+    """One step of a recurrence (``nn.LSTMCell``, ``GRUCell``, ``RNNCell``), called in the
+    forward's own loop: its hidden units are a run, the states it takes are tied with them
+    (the previous step's output, or a constant), as is the new state it returns."""
+    gates = next((g for t, g in CELL_GATES.items() if isinstance(mod, t)), None)
+    if gates is None:
+        raise Unsupported(f"a recurrent cell of type {type(mod).__name__}")
+    x = a.plain(args[0], a.op)
+    hx = args[1] if len(args) > 1 else kw.get("hx")
+    h = a.new_run(mod.hidden_size, "neuron", target)
+    a.label_param(a.key(target, "weight_ih"), [h * gates, x.labels[-1]])
+    a.label_param(a.key(target, "weight_hh"), [h * gates, h])
+    a.label_param(a.key(target, "bias_ih"), [h * gates])
+    a.label_param(a.key(target, "bias_hh"), [h * gates])
+    for h0 in _states(hx):
+        a.tie(h0.labels[-1], h, "a recurrent state meets the cell's units")
+        if h0.ndim == 2 and x.ndim == 2:
+            a.tie(h0.labels[0], x.labels[0], "a state meets its sequence")
+    out = a.out()
+    outs = [TensorLabels(o.shape, x.labels[:-1] + (h,)) for o in leaves(out)]
+    return tuple(outs) if isinstance(out, tuple) else outs[0]
 
 
 def _states(hx: Any) -> list:
