@@ -168,6 +168,16 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             return
         self.requests[key] = math.lcm(self.requests.get(key, blocks), blocks)
 
+    def request_blocks(self, label: Label, factor: int) -> None:
+        """Ask for the runs of ``label`` to be made of neurons spanning ``factor`` times the
+        positions each spans now (:attr:`requests`), where whole blocks line up with them
+        (a ``pixel_shuffle`` reading blocks of ``r * r`` channels)."""
+        pos = 0
+        for s in label:
+            coarse = Seg(s.run, s.offset, s.length, s.inner * factor)
+            self._request_blocks(s, pos, coarse, pos, pos, pos + s.width)
+            pos += s.width
+
     def uniform_run(self, size: int, what: str) -> Label:
         """The label of ``size`` positions that all hold one value (padding, a constant piece
         of a concatenation or of a buffer written in place): a fresh run of free neurons, since

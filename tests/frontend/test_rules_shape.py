@@ -9,6 +9,7 @@ from torch import nn
 
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import CatSplit, TwoLinear, model_, x_
 
 
@@ -203,3 +204,66 @@ def test_a_weight_packed_and_unpacked_keeps_its_axes():
     spec, report = trace_with_report(model_(_PackedNorm), x_(2, 3, 6, 6))
     assert spec["a.weight"].axes == ("a", "in", None, None) and report.verification.ok
     assert not report.broken
+
+
+class _Upsampler(nn.Module):
+    """A super-resolution net's upsampler (ESPCN, EDSR): a conv to ``4 C`` channels, then
+    ``pixel_shuffle(2)``; or ``pixel_unshuffle`` first (Real-ESRGAN)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.d = nn.Conv2d(12, 3, 1)
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 16, 3, padding=1)
+        self.c = nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x):
+        if self.how == "unshuffle":
+            x = self.d(F.pixel_unshuffle(x, 2))
+        h = torch.relu(self.a(x))
+        shuffle = nn.PixelShuffle(2) if self.how == "module" else lambda t: F.pixel_shuffle(t, 2)
+        return self.c(torch.relu(shuffle(self.b(h))))
+
+
+@pytest.mark.parametrize("how", ["module", "function", "unshuffle"])
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+def test_pixel_shuffle_moves_blocks_of_channels(how, mode):
+    # no rule: probed and fixed, so every channel of the conv before it was fixed
+    spec, report = trace_with_report(model_(lambda: _Upsampler(how)), x_(1, 3, 8, 8), mode=mode)
+    assert report.verification.ok and not report.broken and not report.probes
+    # b's 16 channels: 4 neurons of 4 channels each (one output channel's 2 x 2 pixels)
+    assert spec["b.weight"].axes == ("b", None, "a", None, None)
+    assert spec["b.weight"].view == (4, 4, 4, 3, 3) and spec["c.weight"].axes[1] == "b"
+    if how == "unshuffle":  # d reads each input channel's 4 pixels as 4 channels
+        assert spec["d.weight"].axes[1:3] == ("in", None)
+    layer = nfc.NFLinear(spec, 1, 1, mode=mode, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class _Rotary(TwoLinear):
+    """Llama's rotary embedding through complex views: pairs of features rotated by a
+    position-dependent phase; or each feature made a complex number with its square, turned
+    by one phase."""
+
+    def __init__(self, pairs: bool) -> None:
+        super().__init__()
+        self.pairs = pairs
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.pairs:
+            phase = torch.polar(torch.ones(3), torch.arange(3.0))
+            z = torch.view_as_complex(h.view(x.shape[0], 3, 2)) * phase
+            return self.b(torch.view_as_real(z).flatten(1))
+        z = torch.view_as_complex(torch.stack([h, h * h], -1)) * torch.polar(
+            torch.ones(()), torch.tensor(0.5)
+        )
+        return self.b(torch.view_as_real(z).sum(-1))
+
+
+@pytest.mark.parametrize("pairs", [True, False])
+def test_complex_views_keep_the_dims_they_do_not_pair(pairs):
+    spec, report = trace_with_report(model_(lambda: _Rotary(pairs)), x_(5, 4))
+    assert report.verification.ok and not report.probes
+    # each pair rotates at its own phase; one phase for all leaves the features free
+    assert spec["a.weight"].axes == ((None, "in") if pairs else ("a", "in"))

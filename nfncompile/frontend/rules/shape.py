@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from ...errors import TraceError
@@ -174,6 +175,60 @@ def _reshape(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if a.node.target == "view" and len(args) == 2 and isinstance(args[1], torch.dtype):
         raise Unsupported("view as another dtype")
     return reshape_labels(a, args[0], a.out_shape())
+
+
+@register_module(nn.PixelShuffle, nn.PixelUnshuffle)
+@structured
+def _module_pixel_shuffle(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any):
+    up = isinstance(mod, nn.PixelShuffle)
+    return _pixel_shuffle(a, args[0], mod.upscale_factor if up else mod.downscale_factor, up)
+
+
+@register_function(F.pixel_shuffle, F.pixel_unshuffle)
+@structured
+def _function_pixel_shuffle(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    up = a.node.target is F.pixel_shuffle
+    factor = arg(args, kwargs, 1, "upscale_factor" if up else "downscale_factor")
+    return _pixel_shuffle(a, args[0], factor, up)
+
+
+def _pixel_shuffle(a: SymmetryAnalysis, x: TensorLabels, r: int, up: bool) -> TensorLabels:
+    """``pixel_shuffle``: each block of ``r * r`` consecutive channels becomes one output
+    channel's ``r x r`` pixels (a super-resolution net's upsampler), so a neuron of the output
+    is a block of input channels, which move together: a run of single channels is asked for
+    in such blocks (:meth:`SymmetryAnalysis.request_blocks`) and fixed until then.
+    ``pixel_unshuffle`` is the inverse: each channel's ``r x r`` pixels become a block of
+    channels. The pixels inside a block keep their place."""
+    step = r * r
+    x = a.keep(a.plain(x, a.op), tuple(range(x.ndim - 2, x.ndim)), "pixel_shuffle moves pixels")
+    lab = x.labels[-3]
+    if lab is None:
+        out = None
+    elif not up:
+        out = tuple(Seg(s.run, s.offset, s.length, s.inner * step) for s in lab)
+    elif all(s.inner % step == 0 for s in lab):
+        out = tuple(Seg(s.run, s.offset, s.length, s.inner // step) for s in lab)
+    else:
+        a.request_blocks(lab, step)
+        a.fix(lab, "pixel_shuffle makes each block of channels one channel's pixels")
+        out = None
+    shape = a.out_shape()
+    return TensorLabels(shape, x.labels[:-3] + (out, None, None))
+
+
+@register_function(torch.view_as_complex)
+@structured
+def _view_as_complex(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """Pairs of the last dim read as complex numbers (Llama's rotary embedding)."""
+    x = args[0]
+    a.fix(a.plain_label(x.labels[-1]), "view_as_complex reads a real and an imaginary part")
+    return TensorLabels(a.out_shape(), x.labels[:-1])
+
+
+@register_function(torch.view_as_real)
+@structured
+def _view_as_real(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    return TensorLabels(a.out_shape(), args[0].labels + (None,))
 
 
 @register_method("permute")
