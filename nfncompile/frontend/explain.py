@@ -47,7 +47,7 @@ from torch import nn
 
 from ..errors import is_user_file
 from ..spec import Permutation, WeightSpaceSpec
-from .fx import PlainArgsInterpreter, as_args, copy_model, leaves, trace_graph
+from .fx import PlainArgsInterpreter, as_args, copy_model, leaves, same_draws, trace_graph
 
 __all__ = ["Divergence", "explain_failure", "params_moved", "permuted_state"]
 
@@ -305,11 +305,12 @@ def explain_failure(
     original, permuted = _Recorder(gm), _Recorder(moved_gm)
     with torch.no_grad():
         try:
-            original.run(*args)
+            with same_draws():
+                original.run(*args)
         except Exception as e:  # the traced graph differs from the model's own forward
             note = f"the fx graph of {type(model).__name__} fails on the example input ({e})"
             return Divergence(name, params, note=note)
-        with contextlib.suppress(Exception):  # recorded: the node that raised
+        with contextlib.suppress(Exception), same_draws():  # recorded: the node that raised
             permuted.run(*moved_args)
     dependent = _input_dependent(gm.graph)
     raised = permuted.failed[0] if permuted.failed is not None else None

@@ -82,6 +82,7 @@ __all__ = [
     "as_args",
     "attributes_kept",
     "copy_model",
+    "same_draws",
 ]
 
 #: Parameter elements above which :func:`trace_module` propagates shapes on fake tensors.
@@ -784,6 +785,16 @@ def _closure_copied(fn: types.FunctionType, memo: dict) -> types.FunctionType:
     )
     out.__kwdefaults__, out.__dict__ = fn.__kwdefaults__, dict(fn.__dict__)
     return out
+
+
+@contextlib.contextmanager
+def same_draws(seed: int = 0) -> Iterator[None]:
+    """Inside, random ops draw the same numbers on every entry (the global generator seeded
+    with ``seed``, restored after): a forward that samples in eval mode (a VAE's
+    reparameterisation, injected noise) gives comparable outputs run after run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 @contextlib.contextmanager

@@ -44,7 +44,15 @@ from ..errors import SymmetryError
 from ..spec import Permutation, WeightSpaceSpec, is_counter
 from .derivation import IOAxes, TensorAxes
 from .explain import Divergence, explain_failure, permuted_state
-from .fx import as_args, attributes_kept, canonical_keys, copy_model, leaves, raised_at
+from .fx import (
+    as_args,
+    attributes_kept,
+    canonical_keys,
+    copy_model,
+    leaves,
+    raised_at,
+    same_draws,
+)
 
 __all__ = ["verify", "VerifyReport", "SpaceCheck"]
 
@@ -206,8 +214,9 @@ def _draw_inputs(args: tuple, gen: torch.Generator, dtype: torch.dtype) -> tuple
 def _outputs(net: nn.Module, x: tuple, state: dict | None = None) -> list:
     """``net``'s outputs on ``x`` (with ``state`` in place of its own, if given), flattened,
     each call from the copy as it was: a value the forward caches from its parameters
-    (LeViT's attention biases) is computed from these ones."""
-    with torch.no_grad(), attributes_kept(net):
+    (LeViT's attention biases) is computed from these ones; random ops draw the same numbers
+    in every call."""
+    with torch.no_grad(), attributes_kept(net), same_draws():
         y = net(*x) if state is None else torch.func.functional_call(net, state, x)
     return leaves(y, fields=True)
 

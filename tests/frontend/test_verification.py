@@ -275,3 +275,31 @@ def test_inputs_inside_a_dict_are_drawn_in_float64():
     # the dict's tensor was the example's own, float32: the float64 copy failed on it
     _, report = trace_with_report(_DictInput(), ({"coords": torch.randn(5, 2)},))
     assert report.verification.ok and report.verification.dtype == "float64"
+
+
+class _Sampler(nn.Module):
+    """pytorch/examples' VAE: the reparameterisation samples in eval mode too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.mu, self.logvar = nn.Linear(5, 8), nn.Linear(8, 3), nn.Linear(8, 3)
+        self.dec, self.out = nn.Linear(3, 8), nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        std = torch.exp(0.5 * self.logvar(h))
+        z = self.mu(h) + torch.randn_like(std) * std
+        return self.out(torch.relu(self.dec(z)))
+
+
+def test_a_forward_that_samples_is_checked_with_the_same_draws():
+    # each run drew other noise: the hidden spaces failed by the noise's size (SymmetryError)
+    spec, report = trace_with_report(_Sampler(), torch.randn(4, 5))
+    assert report.verification.ok
+    # the hidden layers permute; the latent units meet position-wise draws and are fixed
+    assert spec["enc.weight"].axes == ("enc", "in") and spec["dec.weight"].axes[0] == "dec"
+    assert spec["mu.weight"].axes[0] is None and spec["dec.weight"].axes[1] is None
+    # a wrong spec still fails
+    data = spec.to_dict()
+    data["params"]["enc.bias"]["axes"] = [None]
+    assert not verify(_Sampler(), nfc.WeightSpaceSpec.from_dict(data), torch.randn(4, 5)).ok

@@ -106,6 +106,14 @@ def _constant_like(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(a.out_shape(), args[0].labels)
 
 
+@register_function(torch.randn_like, torch.rand_like, torch.randint_like)
+@structured
+def _random_like(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    # fresh draws of x's shape: they do not read x's values, and each position draws its
+    # own, so what they meet depends on position (as in the verification's seeded runs)
+    return TensorLabels.plain(a.out_shape())
+
+
 @register_module(nn.PReLU)
 def _prelu(a: SymmetryAnalysis, mod: nn.PReLU, target: str, args: Any, kw: Any) -> Any:
     x = args[0]
