@@ -51,6 +51,8 @@ from typing import Any
 
 import torch
 import torch.fx
+import torch.nn.functional as F
+import torch.nn.modules.transformer as transformer_module
 import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import (
     DataDependentOutputException,
@@ -448,6 +450,13 @@ _SHAPE_ATTRS = frozenset(
 )
 
 
+def _device_flag(value: torch.Tensor, k: str) -> bool:
+    """Whether ``k`` is one of a tensor's ``is_*`` flags (``is_cuda``, ``is_xpu``,
+    ``is_mps``, ``is_quantized``, ...: DCGAN's ``if input.is_cuda or input.is_xpu``), which
+    say where and how it is stored, not what it holds."""
+    return k.startswith("is_") and not callable(getattr(value, k, None))
+
+
 class _WritableProxy(torch.fx.Proxy):
     """A proxy that records ``x[index] = value`` (fx's own raises "does not support item
     assignment", and the module doing it was kept as one call)."""
@@ -464,7 +473,7 @@ class _ShapeProxy(_WritableProxy):
 
     def __getattr__(self, k: str) -> Any:
         value = self._value()
-        if k in _SHAPE_ATTRS and isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) and (k in _SHAPE_ATTRS or _device_flag(value, k)):
             return getattr(value, k)
         return super().__getattr__(k)
 
@@ -550,8 +559,36 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
                 return isinstance(obj._value(), torch.Tensor)
             return is_tensor(obj)
 
+        none_or_dtype = F._none_or_dtype
+        is_causal_mask = transformer_module._detect_is_causal_mask
+
+        def traced_none_or_dtype(obj: Any) -> Any:
+            # nn.TransformerEncoder reads its padding mask's dtype through this function,
+            # which refused anything but a tensor
+            if isinstance(obj, _ShapeProxy) and isinstance(obj._value(), torch.Tensor):
+                return obj._value().dtype
+            return none_or_dtype(obj)
+
+        def traced_is_causal_mask(mask: Any, is_causal: Any = None, size: Any = None) -> bool:
+            # nn.TransformerDecoder compares its mask's values with a causal one to set a
+            # hint the attention may use to skip the mask: without the hint the mask is
+            # applied as given, which computes the same
+            if isinstance(mask, _ShapeProxy) and not self._eager:
+                return bool(is_causal)
+            return is_causal_mask(mask, is_causal, size)
+
         patches = super()._patches(root)
         patches[(id(torch), "is_tensor")] = (vars(torch), "is_tensor", is_tensor, traced_is_tensor)
+        patches[(id(F), "_none_or_dtype")] = (
+            vars(F),
+            "_none_or_dtype",
+            none_or_dtype,
+            traced_none_or_dtype,
+        )
+        patches[(id(transformer_module), "_detect_is_causal_mask")] = (
+            vars(transformer_module), "_detect_is_causal_mask", is_causal_mask,
+            traced_is_causal_mask,
+        )  # fmt: skip
         return patches
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:

@@ -838,3 +838,54 @@ def test_a_function_a_module_holds_runs_the_copys_weights():
     spec, report = trace_with_report(model, x_(3, 4))
     assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
     assert "float32" not in report.verification.note
+
+
+class _OnDevices(TwoLinear):
+    """pytorch/examples' DCGAN: ``if (input.is_cuda or input.is_xpu) and self.ngpu > 1``."""
+
+    ngpu = 1
+
+    def forward(self, x):
+        if (x.is_cuda or x.is_xpu) and self.ngpu > 1:
+            return nn.parallel.data_parallel(self.b, self.a(x), range(self.ngpu))
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_tensors_device_flags_are_answered_from_the_example():
+    # plain tracing fails at the branch; the shape-specialising trace answered `is_cuda` but
+    # not `is_xpu`, and the whole model failed to trace
+    spec, report = trace_with_report(model_(_OnDevices), x_(3, 4))
+    assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
+
+
+class _Seq2Seq(nn.Module):
+    """pytorch/examples' Translator: nn.Transformer with attention and padding masks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.src, self.tgt = nn.Linear(3, 8), nn.Linear(3, 8)
+        with warnings.catch_warnings():  # (sequence-first inputs: no nested-tensor fast path)
+            warnings.simplefilter("ignore")
+            self.transformer = nn.Transformer(8, 2, 1, 1, 16, dropout=0.0)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, src, tgt, tgt_mask, src_padding, tgt_padding):
+        out = self.transformer(
+            self.src(src), self.tgt(tgt), None, tgt_mask, None, src_padding, tgt_padding,
+            src_padding,
+        )  # fmt: skip
+        return self.head(out)
+
+
+def test_a_transformer_given_masks_is_traced_through():
+    # nn.Transformer was one call, probed and refused (a boolean mask), so both embeddings
+    # and every space inside it were fixed: its encoder reads the padding mask's dtype
+    # through F._none_or_dtype, which refused a proxy, and its decoder compares the mask's
+    # values with a causal one
+    src, tgt = x_(6, 2, 3), x_(5, 2, 3, seed=1)
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)  # True: not attended
+    pads = torch.zeros(2, 6, dtype=torch.bool), torch.zeros(2, 5, dtype=torch.bool)
+    spec, report = trace_with_report(model_(_Seq2Seq), (src, tgt, causal, *pads))
+    assert report.verification.ok and not report.probes
+    hidden = spec["transformer.encoder.layers.0.linear1.weight"].axes[0]
+    assert spec.spaces[hidden].role == "hidden" and spec["src.weight"].axes[0] is not None
