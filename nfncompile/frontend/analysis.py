@@ -114,6 +114,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.model = model if model is not None else gm
         self.blocks = dict(blocks or {})
         self.requests: dict = {}
+        self.chunked: list = []  # (label, positions per chunk) of every split read as chunks
         self.run_keys: list[tuple] = []  # (node, ordinal at that node, size) per run
         self._made_at: dict[str, int] = {}
         self.runs: list[Run] = []
@@ -129,6 +130,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.params: dict[str, ParamLabel] = {}
         self.unused_param_runs: list[int] = []
         self.node: torch.fx.Node | None = None
+        self.sources: tuple = ((), {})  # the current call's fx arguments (see run_node)
         self.op = ""
         self.touched: dict = {}  # run id -> ops that read a label holding it
         self.probes: list[ProbeRecord] = []  # every op no rule knows, probed numerically
@@ -408,6 +410,11 @@ class SymmetryAnalysis(PlainArgsInterpreter):
     def run_node(self, n: torch.fx.Node) -> Any:
         self.node = n
         self.op = _describe(self, n)
+        # the call's fx arguments, as the rules (and the probe) read its values: a function's
+        # leading keyword arguments moved into ``args``
+        self.sources = (n.args, dict(n.kwargs))
+        if n.op == "call_function":
+            self.sources = _positional(n.target, *self.sources)
         if n.op not in ("placeholder", "get_attr", "output"):
             self.calls.append((self.op, n.name))
             for info in tensors(self.fetch_args_kwargs_from_env(n)):

@@ -141,7 +141,7 @@ def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord |
         when the caller must fix the op.
     """
     inputs: list[_Input] = []
-    template = _abstract(a, (args, kwargs), (a.node.args, a.node.kwargs), inputs)
+    template = _abstract(a, (args, kwargs), a.sources, inputs)
     for x in inputs:  # labels other than plain runs of neurons are not probed: fixed
         for lab in x.labels.labels:
             if lab is not None and not _labelled(lab):

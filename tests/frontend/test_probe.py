@@ -203,6 +203,33 @@ def test_a_constant_keeps_its_values_in_the_probe():
     assert spaces_(spec) == FIXED_A and not report.probes[0].passed
 
 
+@torch.fx.wrap
+def take(x, idx, dim=-1):
+    """Pixels gathered along the width: the channels are untouched."""
+    return x.index_select(dim, idx)
+
+
+class Taken(nn.Module):
+    def __init__(self, keyword: bool) -> None:
+        super().__init__()
+        self.keyword = keyword
+        self.a, self.b = nn.Conv2d(3, C, 1), nn.Conv2d(C, 2, 1)
+        self.idx = torch.tensor([1, 0, 3, 2])  # a constant of the graph
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(take(h, self.idx, dim=-1) if self.keyword else take(h, self.idx))
+
+
+@pytest.mark.parametrize("keyword", [False, True])
+def test_a_call_with_keyword_arguments_is_probed_with_its_constants(keyword):
+    # the rules read keyword arguments moved into args, but the probe paired those with the
+    # node's own args: every input became a float32 draw, the indices too, and the op raised
+    spec, report = trace_with_report(model_(lambda: Taken(keyword)), x_(1, 3, 4, 4))
+    assert spec["a.weight"].axes[0] == "a" and report.probes[0].passed
+    assert report.verification.ok
+
+
 class Leaf(nn.Module):
     """``a`` conv, one torch.nn module with no rule, ``b`` conv, pool, fc."""
 
