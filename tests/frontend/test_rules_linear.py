@@ -211,3 +211,29 @@ def test_flattened_products_are_contracted_factor_by_factor(how):
     assert spec["a.weight"].axes == ("a", "in") and spec["w"].axes == ("out", "a", None)
     # the weight's last axis meets the 3 positions
     assert report.verification.ok and [b.neurons for b in report.broken] == [["w.d2"]]
+
+
+class _Codebook(nn.Module):
+    """VQ-VAE-2's quantiser (rosinality/vq-vae-2-pytorch): the nearest code's vector looked up
+    with ``F.embedding`` from the codebook's transpose, passed straight through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+        self.register_buffer("embed", torch.randn(4, 6))  # (dim, codes)
+
+    def forward(self, x):
+        h = self.a(x).permute(0, 2, 3, 1)
+        flat = h.reshape(-1, 4)
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed + self.embed.pow(2).sum(0)
+        codes = (-dist).max(1)[1].view(*h.shape[:-1])
+        q = torch.nn.functional.embedding(codes, self.embed.transpose(0, 1))
+        return self.b((h + (q - h).detach()).permute(0, 3, 1, 2))
+
+
+def test_f_embedding_reads_rows_and_keeps_the_features():
+    # no rule: probed with float ids, it raised, and the codebook's features, and with them
+    # the convs' channels that meet them, were fixed
+    spec, report = trace_with_report(model_(_Codebook), x_(1, 3, 4, 4))
+    assert spec["a.weight"].axes[0] == "a" == spec["embed"].axes[0]
+    assert report.verification.ok and not report.probes

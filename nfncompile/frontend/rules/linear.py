@@ -49,6 +49,19 @@ def _module_embedding(a: SymmetryAnalysis, mod: nn.Embedding, target: str, args:
     return TensorLabels(a.out_shape(), (None,) * (len(a.out_shape()) - 1) + (out,))
 
 
+@register_function(F.embedding)
+def _function_embedding(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``F.embedding(ids, weight)``: rows of ``weight`` read at the ids (a codebook lookup in
+    VQ-VAE-2), so its first axis is fixed and the output's last dim is its second."""
+    ids, w = args[0], arg(args, kwargs, 1, "weight")
+    if not isinstance(w, TensorLabels) or w.ndim != 2:
+        raise Unsupported("F.embedding with a weight that is not a 2-D tensor")
+    a.fix(w.labels[0], "F.embedding reads the rows its ids give")
+    lead = ids.labels if isinstance(ids, TensorLabels) else (None,) * (len(a.out_shape()) - 1)
+    a.fix_all(ids, "F.embedding's ids depend on the order of neurons")
+    return TensorLabels(a.out_shape(), (None,) * len(lead) + (w.labels[1],))
+
+
 @register_function(F.linear)
 @structured
 def _function_linear(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
