@@ -42,6 +42,7 @@ import dataclasses
 import inspect
 import operator
 import os
+import random
 import traceback
 import types
 import warnings
@@ -49,6 +50,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -826,12 +828,20 @@ def _closure_copied(fn: types.FunctionType, memo: dict) -> types.FunctionType:
 
 @contextlib.contextmanager
 def same_draws(seed: int = 0) -> Iterator[None]:
-    """Inside, random ops draw the same numbers on every entry (the global generator seeded
-    with ``seed``, restored after): a forward that samples in eval mode (a VAE's
-    reparameterisation, injected noise) gives comparable outputs run after run."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
+    """Inside, random ops draw the same numbers on every entry (torch's, numpy's and Python's
+    global generators seeded with ``seed``, restored after): a forward that samples in eval
+    mode (a VAE's reparameterisation, injected noise, ``np.random.normal``) gives comparable
+    outputs run after run."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 @contextlib.contextmanager

@@ -251,6 +251,43 @@ def _working_copy(
     return net, torch.float32, first, note
 
 
+#: a parameter value past which :func:`verify` names the entry when the outputs are not finite
+#: (uninitialised memory holds such values; float32 overflows on their products)
+HUGE = 1e15
+
+
+def _check_finite(model: nn.Module, net: nn.Module, cases: list) -> None:
+    """Raise when an output of the unpermuted model is NaN or inf: every comparison with it
+    would fail (or pass) whatever the spec says."""
+    bad = [
+        i
+        for _, ys in cases
+        for i, t in enumerate(ys)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.isfinite().all()
+    ]
+    if not bad:
+        return
+    held = [
+        k
+        for k, v in net.state_dict().items()
+        if isinstance(v, torch.Tensor)
+        and v.is_floating_point()
+        and not (v.isfinite().all() and v.abs().max() < HUGE)
+    ]
+    where = (
+        f"; these state_dict entries hold NaN, inf or values over {HUGE:g}: "
+        f"{', '.join(held[:8])}"
+        + (f" (and {len(held) - 8} more)" if len(held) > 8 else "")
+        + " (torch.empty leaves a parameter uninitialised: initialise or load the weights)"
+        if held
+        else ""
+    )
+    raise SymmetryError(
+        f"cannot check the symmetry of {type(model).__name__}: its output {bad[0]} is NaN or "
+        f"inf on random inputs{where}"
+    )
+
+
 def _one_per_tensor(sd: dict, aliases: dict) -> tuple[dict, str]:
     """``sd`` with each tied tensor once, and why not when its names were permuted apart."""
     for alias, key in aliases.items():
@@ -363,6 +400,10 @@ def verify(
     ------
     StateDictMismatchError
         When the spec's parameters do not match the model's state_dict.
+    SymmetryError
+        When the model's outputs are not finite on the drawn inputs (nothing can be compared):
+        names the state_dict entries that hold NaN or inf (``torch.empty`` leaves a parameter
+        uninitialised).
     """
     if mode is not None and mode != spec.mode:
         spec = spec.with_mode(mode)  # validates mode
@@ -387,6 +428,7 @@ def verify(
     for _ in range(max(trials, 1) - 1):
         x = _draw_inputs(args, gen, dtype)
         cases.append((x, _outputs(net, x)))
+    _check_finite(model, net, cases)
     if out_io is None:
         out_io = _default_io(spec, cases[0][1], "output")
     scale = max(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -303,3 +304,36 @@ def test_a_forward_that_samples_is_checked_with_the_same_draws():
     data = spec.to_dict()
     data["params"]["enc.bias"]["axes"] = [None]
     assert not verify(_Sampler(), nfc.WeightSpaceSpec.from_dict(data), torch.randn(4, 5)).ok
+
+
+class _NumpyNoise(_Sampler):
+    """PyTorch-GAN's AAE encoder: the noise is drawn with numpy."""
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        std = torch.exp(0.5 * self.logvar(h))
+        eps = torch.as_tensor(np.random.normal(0, 1, tuple(std.shape)), dtype=std.dtype)
+        return self.out(torch.relu(self.dec(self.mu(h) + eps * std)))
+
+
+def test_numpy_draws_are_the_same_in_every_run():
+    _, report = trace_with_report(_NumpyNoise(), torch.randn(4, 5))
+    assert report.verification.ok
+
+
+class _Uninitialised(nn.Module):
+    """Whisper's decoder: a positional embedding made with torch.empty and never filled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.pos = nn.Parameter(torch.full((4,), float("inf")))
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) + self.pos)
+
+
+def test_outputs_that_are_not_finite_are_an_error_naming_the_entry():
+    # every comparison failed with a NaN tolerance, and each space was reported broken
+    with pytest.raises(SymmetryError, match=r"NaN or inf on random inputs.*: pos \(torch.empty"):
+        trace_with_report(_Uninitialised(), torch.randn(4, 3))
