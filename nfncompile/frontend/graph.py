@@ -23,6 +23,7 @@ from torch import nn
 
 from .analysis import SymmetryAnalysis
 from .labels import ParamLabel, Seg
+from .spaces import fixed_labels
 
 __all__ = ["build_symmetry_graph"]
 
@@ -58,19 +59,54 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         traced with the example input's shapes fixed; ``""`` otherwise).
     """
     blocks: dict = {}
+    before, tried = None, []  # the analysis before chunks were made in blocks, and their runs
     for _ in range(BLOCK_ROUNDS + 1):
         a = SymmetryAnalysis(gm, model, blocks)
         a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
+        if before is not None and all(_fixed_runs(a, gm, tried)):
+            a = before  # the blocks left those runs fixed: nothing gained
+            break
         # a run tied to neurons spanning several positions each is made in blocks and the
         # graph analysed again (a channel shuffle's second half, one conv's output added to a
         # depthwise conv with two outputs per channel)
-        if all(blocks.get(k) == b for k, b in a.requests.items()):
+        if any(blocks.get(k) != b for k, b in a.requests.items()):
+            blocks = {**blocks, **a.requests}
+            continue
+        # then a dim split into chunks whose label ends up wholly fixed: its neurons are
+        # asked for in blocks instead (a Linear's output viewed as (C, H, W) feature maps)
+        chunks = _chunk_requests(a, gm)
+        if all(blocks.get(k) == b for k, b in chunks.items()):
             break
-        blocks = {**blocks, **a.requests}
+        before, tried = a, list(chunks)
+        blocks = {**blocks, **chunks}
     for run in a.unused_param_runs:
         a.op = "unused parameter"
         a.node = None
         a.fix((Seg(run, 0, a.runs[run].size),), "parameter read but never used")
+    return _graph(a, gm)
+
+
+def _chunk_requests(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> dict:
+    """Blocks for the runs of every chunked split (:attr:`SymmetryAnalysis.chunked`) whose
+    label ends up wholly fixed: run key -> block size."""
+    if not a.chunked:
+        return {}
+    asked = dict(a.requests)
+    fixed = fixed_labels(_graph(a, gm), [label for label, _ in a.chunked])
+    for (label, rest), whole in zip(a.chunked, fixed):
+        if whole:
+            a.request_blocks(label, rest)
+    return {k: b for k, b in a.requests.items() if asked.get(k) != b}
+
+
+def _fixed_runs(a: SymmetryAnalysis, gm: torch.fx.GraphModule, keys: list) -> list:
+    """Whether each run of ``keys`` (:attr:`SymmetryAnalysis.run_keys`) is wholly fixed."""
+    runs = [a.runs[a.run_keys.index(k)] for k in keys if k in a.run_keys]
+    return fixed_labels(_graph(a, gm), [(Seg(r.id, 0, r.size),) for r in runs])
+
+
+def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
+    """The symmetry graph of a finished analysis (see :func:`build_symmetry_graph`)."""
     g = nx.MultiGraph()
     for r in a.runs:
         g.add_node(

@@ -58,7 +58,7 @@ from .derivation import (
 )
 from .labels import POSITIONS, Seg, segments
 
-__all__ = ["derive_spaces"]
+__all__ = ["derive_spaces", "fixed_labels"]
 
 _ORDER = {"input": 0, "hidden": 1, "output": 2}
 
@@ -285,6 +285,13 @@ def _check_links(sol: _Solution, fallen: dict) -> tuple:
             inner_of[sol.uf.find(sol.label_atoms(label)[0])] = (link, roots[indexed], roots[row])
     fallen.update(failed)
     return count_of, inner_of, failed
+
+
+def fixed_labels(graph: nx.MultiGraph, labels: list) -> list[bool]:
+    """Whether each of ``labels`` (run labels of the analysis behind ``graph``) ends up wholly
+    fixed once ties are followed (block links taken as holding)."""
+    sol = _Solution(_Problem.read(graph), {})
+    return [all(sol.uf.find(i) in sol.fixed_roots for i in sol.label_atoms(lab)) for lab in labels]
 
 
 def derive_spaces(graph: nx.MultiGraph) -> Derivation:

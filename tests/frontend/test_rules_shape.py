@@ -267,3 +267,35 @@ def test_complex_views_keep_the_dims_they_do_not_pair(pairs):
     assert report.verification.ok and not report.probes
     # each pair rotates at its own phase; one phase for all leaves the features free
     assert spec["a.weight"].axes == ((None, "in") if pairs else ("a", "in"))
+
+
+class _Projected(nn.Module):
+    """DCGAN's generator and a VAE's decoder input: a Linear's ``C * H * W`` outputs viewed
+    as ``C`` feature maps of ``H x W``, then a norm and a conv over them."""
+
+    def __init__(self, transposed: bool) -> None:
+        super().__init__()
+        self.l1, self.bn = nn.Linear(5, 6 * 3 * 3), nn.BatchNorm2d(6)
+        self.conv = nn.ConvTranspose2d(6, 2, 2, 2) if transposed else nn.Conv2d(6, 2, 3)
+
+    def forward(self, z):
+        return self.conv(torch.relu(self.bn(self.l1(z).view(-1, 6, 3, 3))))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_linear_viewed_as_feature_maps_moves_blocks_of_its_outputs(transposed):
+    # the view read the 6 as equal chunks, the 3 x 3 positions carried the Linear's label,
+    # the conv fixed them, and through the chunks' ties every output and channel was fixed
+    spec, report = trace_with_report(model_(lambda: _Projected(transposed)), x_(2, 5))
+    assert spec["l1.weight"].axes == ("l1", None, "in") and spec["l1.weight"].view == (6, 9, 5)
+    assert spec["bn.weight"].axes == ("l1",) and spec["conv.weight"].axes[:2] in (
+        ("out", "l1"),
+        ("l1", "out"),
+    )
+    assert report.verification.ok and not report.broken
+
+
+def test_chunks_made_in_blocks_for_nothing_are_left_as_they_were():
+    # a split whose chunks stay fixed in blocks too is analysed as before (no blocked axis)
+    spec, _ = trace_with_report(model_(lambda: _Rotary(True)), x_(5, 4))
+    assert spec["a.weight"].axes == (None, "in") and spec["a.weight"].view is None

@@ -120,7 +120,10 @@ def split_label(a: SymmetryAnalysis, label: Any, sizes: list) -> list:
     span the positions of every dim after the first stays on the first; otherwise the first
     dim counts equal chunks of the label (a ``2C`` vector viewed as ``(2, C)``): the chunks
     are tied to move together, the first dim is unlabelled and the chunk's label is split
-    over the other dims. A split that cuts through a neuron's positions fixes the label.
+    over the other dims (where that leaves the label wholly fixed, the graph is analysed again
+    with its neurons made in blocks of the other dims' positions, each a neuron of the first
+    dim: :func:`~nfncompile.frontend.graph.build_symmetry_graph`). A split that cuts through
+    a neuron's positions fixes the label.
     """
     if len(sizes) == 1:
         return [label]
@@ -139,6 +142,9 @@ def split_label(a: SymmetryAnalysis, label: Any, sizes: list) -> list:
         return [None] * len(sizes)
     for chunk in chunks[1:]:
         a.tie(chunks[0], chunk)
+    # or each neuron of the first dim is a block of ``rest`` (a Linear's output viewed as
+    # (C, H, W) feature maps): tried when this reading leaves the label fixed
+    a.chunked.append((label, rest))
     return [None, *split_label(a, chunks[0], sizes[1:])]
 
 
