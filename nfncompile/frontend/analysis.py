@@ -64,6 +64,7 @@ from .labels import (
     Tie,
     as_prod,
     label_width,
+    remade,
     segments,
     tensors,
 )
@@ -507,6 +508,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         if isinstance(target, type) and dataclasses.is_dataclass(target):
             # a dataclass returned by the forward: fx builds it from its fields, in order
             return dict(kwargs)
+        if isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields"):
+            return target(*args, **kwargs)  # a namedtuple: its values as they are
         if "tensor_meta" not in self.node.meta and target is not operator.setitem:
             return self.node.meta.get("nfn_value")
         args, kwargs = _positional(target, args, kwargs)
@@ -543,7 +546,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             labels = tuple(self.plain_label(lab, reader) for lab in value.labels)
             return TensorLabels(value.shape, labels)
         if isinstance(value, (tuple, list)):
-            return type(value)(self.plain(v, reader) for v in value)
+            return remade(value, (self.plain(v, reader) for v in value))
         if isinstance(value, dict):
             return {k: self.plain(v, reader) for k, v in value.items()}
         return value
@@ -739,7 +742,7 @@ def _meta_value(n: torch.fx.Node) -> Any:
         if hasattr(m, "shape") and hasattr(m, "dtype") and hasattr(m, "stride"):
             return TensorLabels.plain(tuple(m.shape))
         if isinstance(m, (tuple, list)):
-            return type(m)(conv(x) for x in m)
+            return remade(m, (conv(x) for x in m))
         if isinstance(m, dict):
             return {k: conv(v) for k, v in m.items()}
         return m

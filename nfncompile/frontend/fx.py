@@ -289,8 +289,12 @@ class LeafFallbackTracer(torch.fx.Tracer):
         inner = inspect.unwrap(root_fn)
         concrete_args = concrete_args or {}
         leaf = {k: v for k, v in concrete_args.items() if pytree.tree_is_leaf(v)}
-        if inner is root_fn and len(leaf) == len(concrete_args):
-            # fx's own way works (and passes ``*args`` inputs on as one tuple)
+        flags = inner.__code__.co_flags
+        only_kwargs = flags & inspect.CO_VARKEYWORDS and not flags & inspect.CO_VARARGS
+        if inner is root_fn and len(leaf) == len(concrete_args) and not only_kwargs:
+            # fx's own way works (and passes ``*args`` inputs on as one tuple); a ``**kwargs``
+            # it would make a placeholder, which a forward passing it on then iterates
+            # (guided-diffusion's SuperResModel), is left empty below
             return super().create_args_for_root(root_fn, is_module, concrete_args or None)
         _, args = super().create_args_for_root(inner, is_module, leaf)
         params = inspect.signature(inner).parameters
@@ -477,6 +481,8 @@ class _ShapeProxy(_WritableProxy):
         value = self._value()
         if isinstance(value, torch.Tensor) and (k in _SHAPE_ATTRS or _device_flag(value, k)):
             return getattr(value, k)
+        if k == "data" and isinstance(value, torch.Tensor):
+            return self  # the same values (pytorch-cifar100's shuffle reads x.data.size())
         return super().__getattr__(k)
 
     def __len__(self) -> int:
@@ -636,8 +642,29 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
                 if node.op == "call_module":
                     return self.root.get_submodule(node.target)(*args, **kwargs)
         except Exception:  # not computable on fake tensors (data-dependent): left symbolic
+            if node.op == "call_module":
+                return self._stand_in(node, args, kwargs)
             return _UNKNOWN
         return _UNKNOWN
+
+    def _stand_in(self, node: torch.fx.Node, args: Any, kwargs: Any) -> Any:
+        """A kept submodule that branches on values (vector-quantize's codebook checks its
+        ``initted`` buffer) run on real zeros shaped like its fake inputs, for the shapes and
+        the structure of its output (a tuple the forward unpacks), or ``_UNKNOWN``."""
+
+        def real(v: Any) -> Any:
+            if isinstance(v, FakeTensor):
+                return torch.zeros(v.shape, dtype=v.dtype)
+            return v
+
+        try:
+            with torch.no_grad():
+                out = self.root.get_submodule(node.target)(
+                    *pytree.tree_map(real, args), **pytree.tree_map(real, kwargs)
+                )
+        except Exception:
+            return _UNKNOWN
+        return pytree.tree_map(self._fake, out)
 
 
 def _plain(value: Any) -> Any:

@@ -31,7 +31,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +155,19 @@ def label_width(label: Label | Prod) -> int:
     if isinstance(label, Prod):
         return label.width
     return sum(s.width for s in label)
+
+
+def remade(container: tuple | list, items: Iterable) -> tuple | list:
+    """A tuple or list of ``container``'s type holding ``items`` (a namedtuple, which the
+    forward may return, takes them as separate arguments).
+
+    >>> from collections import namedtuple
+    >>> remade(namedtuple("Out", "y aux")(1, 2), [3, 4])
+    Out(y=3, aux=4)
+    """
+    if isinstance(container, tuple) and hasattr(type(container), "_fields"):
+        return type(container)(*items)
+    return type(container)(items)
 
 
 def segments(label: Any) -> Iterator[Seg]:

@@ -58,7 +58,7 @@ import torch.fx
 from torch.fx.node import map_aggregate
 
 from .fx import copy_model, leaves
-from .labels import Seg, TensorLabels
+from .labels import Seg, TensorLabels, remade
 
 if TYPE_CHECKING:
     from .analysis import SymmetryAnalysis
@@ -190,7 +190,7 @@ def _abstract(a: SymmetryAnalysis, value: Any, src: Any, inputs: list) -> Any:
     if isinstance(value, (tuple, list)):
         fits = isinstance(src, (tuple, list)) and not _is_meta(src) and len(src) == len(value)
         subs = src if fits else [None] * len(value)
-        return type(value)(_abstract(a, v, s, inputs) for v, s in zip(value, subs))
+        return remade(value, (_abstract(a, v, s, inputs) for v, s in zip(value, subs)))
     if isinstance(value, dict):
         subs = src if isinstance(src, dict) else {}
         return {k: _abstract(a, v, subs.get(k), inputs) for k, v in value.items()}
@@ -492,7 +492,7 @@ def _apply(a: SymmetryAnalysis, groups: dict, assignment: list) -> Any:
                 tuple(meta.shape), tuple(None if k is None else first[k] for k in dims)
             )
         if isinstance(meta, (tuple, list)):
-            return type(meta)(label(m) for m in meta)
+            return remade(meta, (label(m) for m in meta))
         if isinstance(meta, dict):
             return {k: label(m) for k, m in meta.items()}
         return meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import warnings
@@ -889,3 +890,63 @@ def test_a_transformer_given_masks_is_traced_through():
     assert report.verification.ok and not report.probes
     hidden = spec["transformer.encoder.layers.0.linear1.weight"].axes[0]
     assert spec.spaces[hidden].role == "hidden" and spec["src.weight"].axes[0] is not None
+
+
+_Out = collections.namedtuple("_Out", ["y", "aux"])
+
+
+class _NamedOut(TwoLinear):
+    """vector-quantize's LFQ: the forward returns a namedtuple."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return _Out(self.b(h), h.pow(2).mean())
+
+
+class _PassesKwargs(TwoLinear):
+    """guided-diffusion's SuperResModel: ``forward(x, **kwargs)`` passes them on."""
+
+    def forward(self, x, **kwargs):
+        return self.inner(x, **kwargs)
+
+    def inner(self, x, scale=1.0):
+        return self.b(torch.relu(self.a(x * scale)))
+
+
+class _Branches(nn.Module):
+    """Kept as one call: it branches on its input's values (vector-quantize's codebook)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        if (x > 100).any():
+            x = x.clamp(max=100)
+        h = self.fc(x)
+        return h, h.sum(-1)
+
+
+class _UnpacksKept(TwoLinear):
+    """A shape check (so the shapes are fixed), ``x.data``, and a kept call's tuple unpacked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept = _Branches()
+
+    def forward(self, x):
+        if x.data.size(1) != 4:  # pytorch-cifar100's channel shuffle reads x.data.size()
+            raise ValueError("4 features")
+        h, total = self.kept(torch.relu(self.a(x)))
+        return self.b(h), total
+
+
+@pytest.mark.parametrize("factory", [_NamedOut, _PassesKwargs, _UnpacksKept])
+def test_forwards_that_return_namedtuples_pass_kwargs_or_unpack_kept_calls(factory):
+    # a namedtuple output crashed the analysis (rebuilt from one iterable); **kwargs was a
+    # placeholder the forward iterated; in the shape-specialising trace `x.data` lost the
+    # shapes, and a kept call that branches on values had no value to unpack
+    spec, report = trace_with_report(model_(factory), x_(3, 4))
+    assert spec["b.weight"].axes[0] == "out" and report.verification.ok
+    if factory is not _UnpacksKept:
+        assert spec["b.weight"].axes == ("out", "a")
