@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from nfncompile.frontend.tracing import trace_with_report
 from tests.frontend.helpers import TwoLinear, model_, x_
@@ -30,3 +32,26 @@ def test_channel_position_dependent_ops_fix_the_channels(cls, op):
     assert report.broken[0].count == 6
     assert report.verification.ok
     assert op in str(report)
+
+
+class _Gated(nn.Module):
+    """S4's output projection: a 1x1 conv to ``2H`` channels, then ``nn.GLU(dim=-2)``."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.a, self.proj, self.b = nn.Conv1d(3, 4, 1), nn.Conv1d(4, 8, 1), nn.Conv1d(4, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        g = F.glu(self.proj(h), dim=1) if self.functional else nn.GLU(dim=-2)(self.proj(h))
+        return self.b(h + g)
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_glu_ties_each_unit_to_its_gate(functional):
+    # no rule: probed, every channel permuted freely failed, and the projection and the
+    # residual stream were fixed
+    spec, report = trace_with_report(model_(lambda: _Gated(functional)), x_(2, 3, 5))
+    assert spec["proj.weight"].axes[:2] == (("a", "a"), "a") and spec["b.weight"].axes[1] == "a"
+    assert report.verification.ok and not report.probes

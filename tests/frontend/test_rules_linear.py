@@ -237,3 +237,22 @@ def test_f_embedding_reads_rows_and_keeps_the_features():
     spec, report = trace_with_report(model_(_Codebook), x_(1, 3, 4, 4))
     assert spec["a.weight"].axes[0] == "a" == spec["embed"].axes[0]
     assert report.verification.ok and not report.probes
+
+
+class _Distances(nn.Module):
+    """Codebook distances written with ``torch.cdist`` (lucidrains' SimVQ and VQ code)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(5, 2)
+        self.codes = nn.Parameter(torch.randn(5, 4))  # as many codes as rows: (5, 5) distances
+
+    def forward(self, x):
+        return self.b(torch.cdist(torch.relu(self.a(x)), self.codes))
+
+
+def test_cdist_ties_the_features_it_compares():
+    # no rule: the probe cannot tell the two output dims of one size apart, and failed
+    spec, report = trace_with_report(model_(_Distances), x_(5, 3))
+    assert spec["a.weight"].axes == ("a", "in") and spec["codes"].axes[1] == "a"
+    assert report.verification.ok and not report.probes

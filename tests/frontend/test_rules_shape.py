@@ -299,3 +299,35 @@ def test_chunks_made_in_blocks_for_nothing_are_left_as_they_were():
     # a split whose chunks stay fixed in blocks too is analysed as before (no blocked axis)
     spec, _ = trace_with_report(model_(lambda: _Rotary(True)), x_(5, 4))
     assert spec["a.weight"].axes == (None, "in") and spec["a.weight"].view is None
+
+
+class _KeepTokens(nn.Module):
+    """MAE's random masking: the kept tokens gathered with an index repeated over the
+    features (``torch.gather``, or ``take_along_dim``), then a residual MLP."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.emb, self.fc, self.head = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x, ids):
+        h = self.emb(x)
+        index = ids.unsqueeze(-1).repeat(1, 1, h.shape[2])
+        if self.how == "gather":
+            h = torch.gather(h, dim=1, index=index)
+        elif self.how == "method":
+            h = h.gather(1, index)
+        else:
+            h = torch.take_along_dim(h, index, dim=1)
+        return self.head(h + self.fc(torch.relu(h)))
+
+
+@pytest.mark.parametrize("how", ["gather", "method", "take_along_dim"])
+def test_gathered_tokens_keep_their_features(how):
+    # no rule: probed with float draws for the index, gather fixed the features (MAE's
+    # decoder stream)
+    ids = torch.argsort(torch.rand(2, 6, generator=torch.Generator().manual_seed(0)), 1)[:, :3]
+    spec, report = trace_with_report(model_(lambda: _KeepTokens(how)), (x_(2, 6, 4), ids))
+    # the token positions (the input's dim 1) are read at the ids; the features stay free
+    assert spec["emb.weight"].axes == ("emb", None) and spec["fc.weight"].axes == ("emb", "emb")
+    assert report.verification.ok and not report.probes

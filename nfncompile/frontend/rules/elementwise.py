@@ -18,6 +18,8 @@ from ..fx import leaves
 from ..labels import TensorLabels
 from .registry import (
     Unsupported,
+    arg,
+    norm_dim,
     register_function,
     register_method,
     register_module,
@@ -112,6 +114,28 @@ def _random_like(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     # fresh draws of x's shape: they do not read x's values, and each position draws its
     # own, so what they meet depends on position (as in the verification's seeded runs)
     return TensorLabels.plain(a.out_shape())
+
+
+@register_module(nn.GLU)
+def _module_glu(a: SymmetryAnalysis, mod: nn.GLU, target: str, args: Any, kw: Any) -> Any:
+    return _glu(a, args[0], mod.dim)
+
+
+@register_function(F.glu)
+def _function_glu(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    return _glu(a, args[0], arg(args, kwargs, 1, "dim", -1))
+
+
+def _glu(a: SymmetryAnalysis, x: TensorLabels, dim: int) -> TensorLabels:
+    """``a * sigmoid(b)`` of the two halves of ``dim`` (S4's output projection): the halves
+    are combined elementwise, so each neuron of the first is tied to its partner in the
+    second."""
+    d = norm_dim(dim, x.ndim)
+    half = x.shape[d] // 2
+    lab = x.labels[d]
+    if lab is not None:
+        lab = a.tie(a.slice_label(lab, 0, half), a.slice_label(lab, half, 2 * half))
+    return x.with_label(d, lab)
 
 
 @register_module(nn.PReLU)

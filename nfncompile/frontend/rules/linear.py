@@ -98,6 +98,22 @@ def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(shape, batch.labels + (x.labels[-2], out))
 
 
+@register_function(torch.cdist)
+def _cdist(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``torch.cdist(x1, x2)``: distances between the rows of ``x1`` and of ``x2`` over their
+    features, which are tied (any p-norm is invariant to permuting them alike)."""
+    x, y = args[0], arg(args, kwargs, 1, "x2")
+    if not (isinstance(x, TensorLabels) and isinstance(y, TensorLabels)):
+        raise Unsupported("cdist with a non-tensor operand")
+    a.tie(x.labels[-1], y.labels[-1], "cdist compares features with positions")
+    shape = a.out_shape()
+    batch = a.broadcast(
+        [TensorLabels(x.shape[:-2], x.labels[:-2]), TensorLabels(y.shape[:-2], y.labels[:-2])],
+        shape[:-2],
+    )
+    return TensorLabels(shape, batch.labels + (x.labels[-2], y.labels[-2]))
+
+
 @register_function(torch.addmm, torch.baddbmm)
 @register_method("addmm", "baddbmm")
 def _addmm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:

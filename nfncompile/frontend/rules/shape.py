@@ -446,6 +446,39 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
     return TensorLabels(shape, tuple(labels[:at]) + made + tuple(labels[at:]))
 
 
+@register_function(torch.gather, torch.take_along_dim)
+@register_method("gather", "take_along_dim")
+@structured  # an index repeated over the features is uniform along them
+def _gather(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``torch.gather(x, dim, index)``: ``out[..., i, ...] = x[..., index[..., i, ...], ...]``
+    along ``dim``, every other position read where it is (MAE's token masking gathers
+    tokens with an index repeated over the features). ``dim`` is read at the indices (fixed
+    where labelled); each other dim ties ``x`` with ``index`` as an elementwise op does (an
+    index constant along the features leaves them free)."""
+    x = args[0]
+    if a.node.target in (torch.take_along_dim, "take_along_dim"):
+        index, dim = arg(args, kwargs, 1, "indices"), arg(args, kwargs, 2, "dim")
+    else:
+        dim, index = arg(args, kwargs, 1, "dim"), arg(args, kwargs, 2, "index")
+    if dim is None or not isinstance(index, TensorLabels) or index.ndim != x.ndim:
+        raise Unsupported("gather over a flattened tensor or with a broadcast index")
+    d = norm_dim(dim, x.ndim)
+    reason = "gather reads neurons at positions a tensor gives"
+    a.fix(a.plain_label(x.labels[d]), reason)
+    a.fix(a.plain_label(index.labels[d]), "a gather index that depends on the order of neurons")
+    labels = []
+    for k in range(x.ndim):
+        if k == d:
+            labels.append(None)
+        elif x.shape[k] == index.shape[k]:
+            labels.append(a.tie(x.labels[k], index.labels[k], reason))
+        else:  # a prefix of x's positions
+            a.fix(a.plain_label(x.labels[k]), reason)
+            a.fix(a.plain_label(index.labels[k]), reason)
+            labels.append(None)
+    return TensorLabels(a.out_shape(), tuple(labels))
+
+
 def _neuron_at(label: Label, pos: int) -> Seg:
     p = 0
     for s in label:
