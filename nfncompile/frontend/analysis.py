@@ -130,6 +130,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self._canonical = canonical_keys({k: self.state[k] for k in self.state_keys})
         self.params: dict[str, ParamLabel] = {}
         self.unused_param_runs: list[int] = []
+        self.param_runs: set[int] = set()  # the runs of parameter axes (get_attr)
+        self.reads: dict[int, list] = {}  # param run -> (start, stop) read by an op
         self.node: torch.fx.Node | None = None
         self.sources: tuple = ((), {})  # the current call's fx arguments (see run_node)
         self.op = ""
@@ -180,6 +182,21 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             coarse = Seg(s.run, s.offset, s.length, s.inner * factor)
             self._request_blocks(s, pos, coarse, pos, pos, pos + s.width)
             pos += s.width
+
+    def fix_unread(self) -> None:
+        """After a run: fix the positions of a parameter axis that no op read where others
+        were read (a positional table sliced to the example's length, ``pe[:, :T]``): the
+        example's shapes do not reach them, other shapes may, so they are positions."""
+        self.op, self.node = "unread positions", None
+        for run, spans in self.reads.items():
+            pos = 0
+            for lo, hi in [*sorted(spans), (self.runs[run].size, self.runs[run].size)]:
+                if lo > pos:
+                    self.fix(
+                        (Seg(run, pos, lo - pos),),
+                        "not read at the example's shapes (a longer input may read them)",
+                    )
+                pos = max(pos, hi)
 
     def uniform_run(self, size: int, what: str) -> Label:
         """The label of ``size`` positions that all hold one value (padding, a constant piece
@@ -418,12 +435,15 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             self.sources = _positional(n.target, *self.sources)
         if n.op not in ("placeholder", "get_attr", "output"):
             self.calls.append((self.op, n.name))
+            reads = not _selects(n)
             for info in tensors(self.fetch_args_kwargs_from_env(n)):
                 for lab in info.labels:
                     for s in segments(lab):
                         ops = self.touched.setdefault(s.run, [])
                         if not ops or ops[-1] != self.op:
                             ops.append(self.op)
+                        if reads and s.run in self.param_runs:
+                            self.reads.setdefault(s.run, []).append((s.offset, s.offset + s.length))
         try:
             value = super().run_node(n)
         except TraceError:
@@ -492,6 +512,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         labels = []
         for d, n in enumerate(info.shape):
             labels.append(self.new_run(n, "param", f"{target}.d{d}") if n > 1 else None)
+        self.param_runs.update(lab[0].run for lab in labels if lab)
         if not self.node.users:
             for lab in labels:
                 if lab:
@@ -667,6 +688,19 @@ def _signatures(fn: Any) -> tuple:
         return (inspect.signature(fn),)
     except (TypeError, ValueError):
         return tuple(get_signature_for_torch_op(fn) or ())
+
+
+#: ops that pick positions of their input without reading the values elsewhere
+_SELECTING = frozenset(
+    [operator.getitem, torch.narrow, torch.split, torch.chunk, torch.tensor_split,
+     torch.unbind, torch.select, "narrow", "split", "chunk", "tensor_split", "unbind",
+     "select", "__getitem__"]
+)  # fmt: skip
+
+
+def _selects(n: torch.fx.Node) -> bool:
+    """Whether node ``n`` selects positions of its input (a slice, a split)."""
+    return n.op in ("call_function", "call_method") and n.target in _SELECTING
 
 
 def _positional(target: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

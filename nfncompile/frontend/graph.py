@@ -83,6 +83,7 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         a.op = "unused parameter"
         a.node = None
         a.fix((Seg(run, 0, a.runs[run].size),), "parameter read but never used")
+    a.fix_unread()
     return _graph(a, gm)
 
 

@@ -202,3 +202,29 @@ def test_a_plain_run_tied_to_neurons_spanning_two_positions_is_made_in_blocks(
     assert not report.broken and report.verification.ok
     layer = nfc.NFLinear(spec, 1, 1, mode=mode, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class _Positions(nn.Module):
+    """A positional table longer than the example (``pe[:T]``, the PyTorch tutorial's
+    PositionalEncoding) and a weight read in two halves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.pe = nn.Parameter(torch.randn(10, 4))
+        self.w = nn.Parameter(torch.randn(6, 4))
+
+    def forward(self, x):  # x: (T, 3)
+        h = torch.relu(self.a(x)) + self.pe[: x.shape[0]]
+        return self.b(h) + (h @ self.w[:3].t()).sum(-1, keepdim=True) + h @ self.w[3:5].t()
+
+
+def test_rows_the_example_does_not_read_are_positions():
+    # rows T..9 of the table were a free hidden space: permuting them left the traced output
+    # alone, but changes it for a longer input
+    spec, report = trace_with_report(model_(_Positions), x_(5, 3))
+    assert spec["pe"].axes == (None, "a") and "pe.d0" not in spec.spaces
+    # the halves of w are both read; the row nothing reads (5) is fixed with the others
+    assert spec["w"].axes[1] == "a" and report.verification.ok
+    unread = [b for b in report.broken if "not read at the example's shapes" in b.reason]
+    assert unread and unread[0].count == 5 + 1
