@@ -372,6 +372,8 @@ FACTORIES = ("zeros", "ones", "full", "empty")
 
 #: functions and property reads of a tensor that give no tensor (its shape, its dtype):
 #: :class:`_StateReads` leaves them to the parameter itself
+#: tensor methods that turn a value into a Python one (a branch, an int)
+_VALUE_READS = frozenset({"__bool__", "__int__", "__float__", "__index__", "item", "tolist"})
 _SHAPE_READS = frozenset(
     {"__get__", "dim", "size", "numel", "nelement", "ndimension", "__len__", "stride"}
     | {"is_floating_point", "is_complex", "is_contiguous", "element_size", "get_device"}
@@ -421,6 +423,15 @@ class _StateReads(TorchFunctionMode):
         proxies = [v for v in pytree.tree_leaves(read) if isinstance(v, torch.fx.Proxy)]
         if not proxies:
             return func(*args, **kwargs)
+        if getattr(func, "__name__", "") in _VALUE_READS:
+            # a branch on a state tensor's value: a flag or a counter of one element
+            # (vector-quantize's `if self.initted:`) no permutation moves, so it is read as
+            # it is; on a larger tensor, fx's control-flow error (the submodule is kept whole)
+            if all(t.numel() == 1 for t in args if isinstance(t, torch.Tensor)):
+                return func(*args, **kwargs)
+            raise torch.fx.proxy.TraceError(
+                "symbolically traced variables cannot be used as inputs to control flow"
+            )
         name = getattr(func, "__name__", "")
         if name in _OPERATORS and not read[1]:
             # an operator, as fx records it on a proxy (the rules know ``operator.getitem``)

@@ -950,3 +950,25 @@ def test_forwards_that_return_namedtuples_pass_kwargs_or_unpack_kept_calls(facto
     assert spec["b.weight"].axes[0] == "out" and report.verification.ok
     if factory is not _UnpacksKept:
         assert spec["b.weight"].axes == ("out", "a")
+
+
+class _Flagged(TwoLinear):
+    """vector-quantize's codebook: ``if self.initted:`` on a one-element buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("initted", torch.tensor(True))
+
+    def forward(self, x):
+        if x.shape[-1] != 4:  # plain tracing fails: the shapes are fixed
+            raise ValueError("4 features")
+        if self.initted:
+            x = x * 2.0
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_branch_on_a_one_element_buffer_reads_its_value():
+    # the buffer's __bool__ was recorded as a node, and Python raised "__bool__ should return
+    # bool, returned _ShapeProxy"
+    spec, report = trace_with_report(model_(_Flagged), x_(3, 4))
+    assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
