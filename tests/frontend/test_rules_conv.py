@@ -354,3 +354,32 @@ def test_a_kernel_one_conv_acts_position_by_position_along_its_length(functional
     assert spec["mix.weight"].axes == ("mix", None, None)  # the input tokens are positions
     assert all(n.startswith("mix.") for b in report.broken for n in b.neurons)
     assert report.verification.ok
+
+
+class _SoftSplit(nn.Module):
+    """TNT's and T2T-ViT's soft split: hidden feature maps unfolded into patches of
+    ``2 x 2`` (``C * 4`` features each) read by a Linear; or unfolded and folded back."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+        self.fc, self.out = nn.Linear(16, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = self.c1(x).relu()
+        if self.how == "fold":
+            patches = F.unfold(h, 2, stride=2)
+            return self.c2(nn.Fold((8, 8), 2, stride=2)(patches)).mean((2, 3))
+        t = nn.Unfold(2, stride=2)(h) if self.how == "module" else F.unfold(h, 2, stride=2)
+        return self.out(self.fc(t.transpose(1, 2)).relu().mean(1))
+
+
+@pytest.mark.parametrize("how", ["module", "function", "fold"])
+def test_unfold_makes_each_channel_a_block_of_kernel_positions(how):
+    # no rule: probed, not equivariant, every channel reaching it was fixed
+    spec, report = trace_with_report(model_(lambda: _SoftSplit(how)), x_(1, 3, 8, 8))
+    assert spec["c1.weight"].axes[0] == "c1" and report.verification.ok
+    assert not report.probes and not report.broken
+    if how != "fold":  # the Linear's 16 inputs: 4 channels of 4 kernel positions each
+        assert spec["fc.weight"].axes[1:] == ("c1", None)

@@ -22,6 +22,7 @@ axis) is depthwise-equivariant whatever the channels are.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
@@ -214,3 +215,39 @@ def _function_conv(transposed: bool) -> Rule:
 
 register_function(F.conv1d, F.conv2d, F.conv3d)(_function_conv(False))
 register_function(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)(_function_conv(True))
+
+
+@register_module(nn.Unfold, nn.Fold)
+def _module_unfold(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any) -> Any:
+    return _unfold(a, args[0], mod.kernel_size, isinstance(mod, nn.Unfold))
+
+
+@register_function(F.unfold, F.fold)
+def _function_unfold(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    unfold = a.node.target is F.unfold
+    size = arg(args, kwargs, 1 if unfold else 2, "kernel_size")
+    return _unfold(a, args[0], size, unfold)
+
+
+def _unfold(a: SymmetryAnalysis, x: TensorLabels, kernel: Any, unfold: bool) -> TensorLabels:
+    """``unfold`` (im2col: TNT's and T2T-ViT's soft split): each channel becomes a block of
+    ``kh * kw`` rows of the output, one per kernel position, and the sliding positions one
+    dim; ``fold`` sums such blocks back into channels, so its input's channels must move in
+    blocks of ``kh * kw`` (asked for where they are single channels, as ``pixel_shuffle``
+    does, and fixed until then). Positions are fixed."""
+    k = kernel * kernel if isinstance(kernel, int) else math.prod(kernel)
+    batch = x.ndim - (3 if unfold else 2)  # (B,) C, H, W -> (B,) C*k, L, and back
+    x = a.keep(x, tuple(range(batch + 1, x.ndim)), "unfold reads sliding windows of positions")
+    lab = x.labels[batch]
+    if lab is None:
+        out = None
+    elif unfold:
+        out = tuple(Seg(s.run, s.offset, s.length, s.inner * k) for s in lab)
+    elif all(s.inner % k == 0 for s in lab):
+        out = tuple(Seg(s.run, s.offset, s.length, s.inner // k) for s in lab)
+    else:
+        a.request_blocks(lab, k)
+        a.fix(lab, "fold sums each block of kernel positions into one channel")
+        out = None
+    shape = a.out_shape()
+    return TensorLabels(shape, x.labels[:batch] + (out,) + (None,) * (len(shape) - batch - 1))
