@@ -36,6 +36,7 @@ Examples
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
 import dataclasses
@@ -210,6 +211,19 @@ class LeafFallbackTracer(torch.fx.Tracer):
             for name in FACTORIES:
                 fn = getattr(torch, name)
                 patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
+        is_callable = builtins.callable
+
+        def traced_callable(obj: Any) -> bool:
+            # a proxy has __call__ (to record calls of traced functions), so `callable(x)` of a
+            # traced tensor was True and x-transformers' `default(context, x)` called `x()`
+            if isinstance(obj, torch.fx.Proxy) and not self._eager:
+                value = obj._value() if isinstance(obj, _ShapeProxy) else _UNKNOWN
+                return value is not _UNKNOWN and is_callable(value)
+            return is_callable(obj)
+
+        patches[(id(builtins), "callable")] = (
+            vars(builtins), "callable", is_callable, traced_callable
+        )  # fmt: skip
         return patches
 
     def _recorded(self, fn: Callable, always: bool = True) -> Callable:
@@ -289,16 +303,16 @@ class LeafFallbackTracer(torch.fx.Tracer):
         inner = inspect.unwrap(root_fn)
         concrete_args = concrete_args or {}
         leaf = {k: v for k, v in concrete_args.items() if pytree.tree_is_leaf(v)}
-        flags = inner.__code__.co_flags
-        only_kwargs = flags & inspect.CO_VARKEYWORDS and not flags & inspect.CO_VARARGS
-        if inner is root_fn and len(leaf) == len(concrete_args) and not only_kwargs:
+        code = inner.__code__
+        by_keyword = code.co_flags & inspect.CO_VARKEYWORDS or code.co_kwonlyargcount
+        if inner is root_fn and len(leaf) == len(concrete_args) and not by_keyword:
             # fx's own way works (and passes ``*args`` inputs on as one tuple); a ``**kwargs``
             # it would make a placeholder, which a forward passing it on then iterates
-            # (guided-diffusion's SuperResModel), is left empty below
+            # (guided-diffusion's SuperResModel, DINOv2's forward(*args, is_training=False,
+            # **kwargs)), is left empty below, keyword-only parameters at their defaults
             return super().create_args_for_root(root_fn, is_module, concrete_args or None)
         _, args = super().create_args_for_root(inner, is_module, leaf)
         params = inspect.signature(inner).parameters
-        code = inner.__code__
         # fx's order: named parameters as the code lists them, then *args, then **kwargs
         var = sum(bool(code.co_flags & f) for f in (inspect.CO_VARARGS, inspect.CO_VARKEYWORDS))
         names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount + var]
@@ -307,8 +321,11 @@ class LeafFallbackTracer(torch.fx.Tracer):
             pos, kw, by_name = [], {}, False
             for name, value in zip(names, values):
                 p = params[name]
-                if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                    continue  # the example call passes nothing more
+                if p.kind is p.VAR_POSITIONAL:
+                    pos.extend(value)  # the example's inputs (by value: the shapes' trace)
+                    continue
+                if p.kind is p.VAR_KEYWORD:
+                    continue  # the example call passes none
                 if name in concrete_args:
                     by_name = True  # left at its default: the later inputs go by name
                 elif p.kind is p.KEYWORD_ONLY or by_name:
@@ -889,8 +906,9 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
     call (timm's ConViT attention builds its relative-position table for the input's size)
     would otherwise keep an fx ``Proxy`` from symbolic tracing or a ``FakeTensor`` from fake
     shape propagation, and every later real forward (the probes, the verification, the
-    user's own) would read it. A plain dict attribute is restored to its entries too: Hugging
-    Face's LeViT caches its attention biases per device in one.
+    user's own) would read it. A plain dict or list attribute is restored to its entries too:
+    Hugging Face's LeViT caches its attention biases per device in a dict, YOLOv5's detect
+    head its grids in a list.
 
     The body may add names to the set it is given: new attributes of ``model`` itself by those
     names stay (the constants a graph's ``get_attr`` nodes read, which fx binds on the root).
@@ -902,6 +920,8 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
             # every plain dict: the parameters', buffers' and submodules' own, and a cache's (a
             # ScriptModule's parameters are a wrapper, not a dict: left alone)
             {k: dict(d) for k, d in m.__dict__.items() if type(d) is dict},
+            # and every plain list's items (YOLOv5's detect head writes its grids into one)
+            {k: list(v) for k, v in m.__dict__.items() if type(v) is list},
         )
         for m in model.modules()
     ]
@@ -909,7 +929,7 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
     try:
         yield keep
     finally:
-        for m, attrs, dicts in saved:
+        for m, attrs, dicts, lists in saved:
             for k in [k for k in m.__dict__ if k not in attrs]:
                 if m is not model or k not in keep:
                     del m.__dict__[k]
@@ -918,6 +938,8 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
                 d = m.__dict__[k]
                 d.clear()
                 d.update(entries)
+            for k, items in lists.items():
+                m.__dict__[k][:] = items
 
 
 def _forward_params(model: torch.nn.Module) -> list[inspect.Parameter]:
@@ -1004,6 +1026,12 @@ def trace_module(
         return _trace_module(model, args, fake)
 
 
+def _kept_modules(model: torch.nn.Module, tracer: LeafFallbackTracer) -> int:
+    """How many modules the calls a trace kept whole hold (a backbone kept because one of
+    its blocks branches on a shape holds more than that block alone)."""
+    return sum(sum(1 for _ in model.get_submodule(leaf.module).modules()) for leaf in tracer.leaves)
+
+
 def trace_graph(
     model: torch.nn.Module, args: tuple, *, record_stack_traces: bool = False
 ) -> tuple[LeafFallbackTracer, torch.fx.Graph, str]:
@@ -1012,8 +1040,8 @@ def trace_graph(
     Plain symbolic tracing first; where it fails (the forward branches on a shape, iterates
     over a tensor, takes ``len`` of one), again with :class:`ShapeSpecialisingTracer`, which
     fixes the example's shapes. Where it succeeds but keeps submodules as one call that no
-    rule of their class reads, that trace is tried too and taken if it keeps fewer (a
-    submodule that checks its input's dtype or shape is then read op by op).
+    rule of their class reads, that trace is tried too and taken if what it keeps holds fewer
+    modules (a submodule that checks its input's dtype or shape is then read op by op).
 
     Returns
     -------
@@ -1051,11 +1079,16 @@ def trace_graph(
             warnings.filterwarnings("ignore", "Was not able to add assertion")
             graph = tracer.trace(model, concrete_args=defaults)
             keep.update(n.target for n in graph.nodes if n.op == "get_attr")
+        keyword_only = {p.name for p in _forward_params(model) if p.kind is p.KEYWORD_ONLY}
         for n in list(graph.nodes):
             # a tensor default is traced as a constant of the graph; as the placeholder's own
             # default (a get_attr node) fx would write a name the code never defines
             if n.op == "placeholder" and n.args and isinstance(n.args[0], torch.fx.Node):
                 n.args = (None,)
+            # a keyword-only parameter left at its default: fx lists it before ``*args``,
+            # where the graph's first input would bind to it
+            if n.op == "placeholder" and n.target in keyword_only and not n.users:
+                graph.erase_node(n)
         for n in reversed(graph.nodes):
             # a read nothing uses: a tensor default's constant (above), or a parameter whose
             # dtype or shape the shape-specialising trace answered (the analysis would take
@@ -1078,7 +1111,7 @@ def trace_graph(
         # does) is a leaf of the plain trace; with the example's shapes fixed it may not be
         with contextlib.suppress(Exception):  # where it fails, the plain trace stands
             tracer, fixed = run(specialising)
-            if len(tracer.leaves) < len(plain.leaves):
+            if _kept_modules(model, tracer) < _kept_modules(model, plain):
                 leaf = plain.leaves[0]
                 return tracer, fixed, f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})"
         return plain, graph, ""

@@ -972,3 +972,77 @@ def test_a_branch_on_a_one_element_buffer_reads_its_value():
     # bool, returned _ShapeProxy"
     spec, report = trace_with_report(model_(_Flagged), x_(3, 4))
     assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
+
+
+def _default(value, fallback):
+    """x-transformers' ``default``: ``d() if callable(d) else d``."""
+    return value if value is not None else (fallback() if callable(fallback) else fallback)
+
+
+class _CallableCheck(TwoLinear):
+    def forward(self, x, context=None):
+        return self.b(torch.relu(self.a(_default(context, x))))
+
+
+class _Backbone(nn.Module):
+    """DINOv2's backbone: a shape check (its position table's interpolation), then a block
+    that branches on values (kept whole in any trace)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.block, self.fc = nn.Linear(4, 6), _Branches(), nn.Linear(6, 4)
+
+    def forward(self, x):
+        if x.shape[-1] != 4:
+            raise ValueError("4 features")
+        return self.fc(torch.relu(self.block(torch.relu(self.stem(x)))[0]))
+
+
+class _Wrapper(nn.Module):
+    """A probe head around the backbone: plain tracing keeps the backbone whole, the shapes'
+    trace only its block, one kept call either way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.head = _Backbone(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.backbone(x)))
+
+
+class _StarArgs(TwoLinear):
+    """DINOv2's ``forward(self, *args, is_training=False, **kwargs)``."""
+
+    def forward(self, *args, is_training=False, **kwargs):
+        return self.features(*args, **kwargs)
+
+    def features(self, x, masks=None):
+        return self.b(torch.relu(self.a(x)))
+
+
+class _ListCache(TwoLinear):
+    """YOLOv5's detect head: grids cached by item into a list the module holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grid = [torch.empty(0)]
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        if self.grid[0].shape != y.shape:
+            self.grid[0] = torch.ones_like(y)
+        return y * self.grid[0]
+
+
+@pytest.mark.parametrize("factory", [_CallableCheck, _Wrapper, _StarArgs, _ListCache])
+def test_callable_checks_nested_shape_checks_star_args_and_list_caches(factory):
+    # callable(x) of a traced tensor was True (the forward called x()); a wrapper around a
+    # block that checks a shape kept the whole backbone (one kept call either way, so the
+    # plain trace won); *args with keyword-only parameters bound the input to them; an item
+    # a trace wrote into a list the module holds stayed a proxy
+    model = model_(factory)
+    spec, report = trace_with_report(model, x_(3, 4))
+    assert report.verification.ok and (factory is _Wrapper or not report.probes)
+    hidden = [s.name for s in spec.spaces.values() if s.role == "hidden"]
+    assert factory is not _Wrapper or "backbone.fc" in hidden
+    assert hidden and all(isinstance(g, torch.Tensor) for g in getattr(model, "grid", []))
