@@ -389,13 +389,13 @@ FACTORIES = ("zeros", "ones", "full", "empty")
 
 #: functions and property reads of a tensor that give no tensor (its shape, its dtype):
 #: :class:`_StateReads` leaves them to the parameter itself
-#: tensor methods that turn a value into a Python one (a branch, an int)
-_VALUE_READS = frozenset({"__bool__", "__int__", "__float__", "__index__", "item", "tolist"})
 _SHAPE_READS = frozenset(
     {"__get__", "dim", "size", "numel", "nelement", "ndimension", "__len__", "stride"}
     | {"is_floating_point", "is_complex", "is_contiguous", "element_size", "get_device"}
     | {"__repr__", "__format__", "__hash__", "data_ptr", "storage_offset"}
 )
+#: tensor methods that turn a value into a Python one (a branch, an int)
+_VALUE_READS = frozenset({"__bool__", "__int__", "__float__", "__index__", "item", "tolist"})
 
 
 _magic = [m for m in magic_methods if hasattr(operator, m)]  # fx lists a `div` Python 3 lacks
@@ -440,7 +440,8 @@ class _StateReads(TorchFunctionMode):
         proxies = [v for v in pytree.tree_leaves(read) if isinstance(v, torch.fx.Proxy)]
         if not proxies:
             return func(*args, **kwargs)
-        if getattr(func, "__name__", "") in _VALUE_READS:
+        name = getattr(func, "__name__", "")
+        if name in _VALUE_READS:
             # a branch on a state tensor's value: a flag or a counter of one element
             # (vector-quantize's `if self.initted:`) no permutation moves, so it is read as
             # it is; on a larger tensor, fx's control-flow error (the submodule is kept whole)
@@ -449,7 +450,6 @@ class _StateReads(TorchFunctionMode):
             raise torch.fx.proxy.TraceError(
                 "symbolically traced variables cannot be used as inputs to control flow"
             )
-        name = getattr(func, "__name__", "")
         if name in _OPERATORS and not read[1]:
             # an operator, as fx records it on a proxy (the rules know ``operator.getitem``)
             target, reflected = _OPERATORS[name]
