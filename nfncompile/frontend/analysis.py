@@ -106,6 +106,10 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         (a conv's output added to a depthwise conv with two outputs per channel; the second
         half of a channel shuffle): run key -> the block size that would let the tie hold.
         :func:`~nfncompile.frontend.graph.build_symmetry_graph` analyses again with them.
+    chunked : list
+        ``(label, positions per chunk)`` of every dim a reshape split into equal chunks
+        (:func:`~nfncompile.frontend.rules.shape.split_label`): where such a label ends up
+        wholly fixed, the graph is analysed again with it in blocks.
     """
 
     def __init__(
