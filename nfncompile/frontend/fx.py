@@ -361,6 +361,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
             for cache in (self._param_cache or {}, self._state_cache):
                 for k in [k for k, p in cache.items() if p.node in gone]:
                     del cache[k]
+            _forget_attributes((args, kwargs), gone)
             self.module_stack.clear()
             self.module_stack.update(stack)
             self.num_calls = calls
@@ -371,6 +372,17 @@ class LeafFallbackTracer(torch.fx.Tracer):
         if isinstance(proxy, torch.fx.Proxy):
             proxy.node.meta["nfn_leaf"] = leaf
         return proxy
+
+
+def _forget_attributes(value: Any, gone: set) -> None:
+    """Let the attributes of proxies in ``value`` (``x.T``, ``inter.values``), which fx records
+    on first use, record their nodes again where that use was rolled back (``gone``): the call
+    kept as one would otherwise read a node no longer in the graph."""
+    for leaf in pytree.tree_leaves(value):
+        while isinstance(leaf, torch.fx.proxy.Attribute):
+            if leaf._node in gone:
+                leaf._node = None
+            leaf = leaf.root
 
 
 def _forward_globals(m: torch.nn.Module) -> dict:

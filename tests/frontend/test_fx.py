@@ -1046,3 +1046,37 @@ def test_callable_checks_nested_shape_checks_star_args_and_list_caches(factory):
     hidden = [s.name for s in spec.spaces.values() if s.role == "hidden"]
     assert factory is not _Wrapper or "backbone.fc" in hidden
     assert hidden and all(isinstance(g, torch.Tensor) for g in getattr(model, "grid", []))
+
+
+class _Gate(nn.Module):
+    """Kept as one call (a branch on values), after first reading an attribute of a proxy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x, bias):
+        y = self.fc(x) + bias  # `bias` is `h.T.T`: its getattr nodes are recorded here
+        if y.sum() > 0:
+            y = y * 2
+        return y
+
+
+class _PassesAttribute(TwoLinear):
+    """x-transformers passes `inter.pre_softmax_attn` of one kept attention to the next."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = _Gate()
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(torch.relu(self.gate(h, h.T.T)))
+
+
+def test_an_attribute_first_read_inside_a_kept_call_is_recorded_again():
+    # the attribute's getattr node was erased with the failed trace of the call, which then
+    # read it: "Node gate referenced nonexistent value getattr_2"
+    spec, report = trace_with_report(model_(_PassesAttribute), x_(3, 4))
+    assert spec["b.weight"].axes[0] == "out" and report.verification.ok
+    assert [leaf.module for leaf in report.leaf_calls] == ["gate"]
