@@ -87,6 +87,7 @@ __all__ = [
     "as_args",
     "attributes_kept",
     "copy_model",
+    "graph_differs",
     "same_draws",
 ]
 
@@ -827,6 +828,43 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, t in flags:
             m.training = t
+
+
+def graph_differs(model: torch.nn.Module, gm: torch.fx.GraphModule, example_input: Any) -> str:
+    """Why the traced graph ``gm`` does not compute ``model``'s output on the example (both in
+    eval mode, with the same random draws), or ``""`` where it does or cannot be run.
+
+    A forward can branch on what a traced value cannot answer (``isinstance(x, Tensor)`` is
+    false for one) and still trace, to a graph of the other branch: the spec, verified on the
+    model itself, then holds, but symmetries that branch keeps may be missing.
+    """
+    args = as_args(example_input)
+    try:
+        with torch.no_grad(), _eval_mode(model), attributes_kept(model):
+            with same_draws():
+                want = leaves(model(*args), fields=True)
+            with same_draws():
+                got = leaves(gm(*args), fields=True)
+    except Exception:  # (the verification reports a model that does not run)
+        return ""
+    pairs = [(w, g) for w, g in zip(want, got) if isinstance(w, torch.Tensor)]
+    if len(want) != len(got) or any(
+        not isinstance(g, torch.Tensor) or g.shape != w.shape for w, g in pairs
+    ):
+        return "the traced graph's outputs differ in number or shape from the model's"
+    worst = max(
+        (float((w.double() - g.double()).abs().max()) for w, g in pairs if w.numel()),
+        default=0.0,
+    )
+    scale = max((float(w.double().abs().max()) for w, _ in pairs if w.numel()), default=0.0)
+    if worst <= 1e-4 * (1.0 + scale):
+        return ""
+    return (
+        f"the traced graph's output differs from the model's on the example by {worst:.3g} "
+        "(a branch the trace could not take as the model does, such as "
+        "isinstance(x, torch.Tensor), which is false for a traced tensor): the spec holds "
+        "for the model, but symmetries of the other branch may be missing"
+    )
 
 
 def copy_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:

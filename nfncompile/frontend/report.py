@@ -36,6 +36,9 @@ class TraceReport:
         ``None`` when tracing ran with ``verify=False``.
     timings : dict
         Seconds per pass: ``trace``, ``graph``, ``spaces``, ``verify``.
+    graph_differs : str
+        Where the traced graph does not compute the model's output on the example, why
+        (checked with the verification; :func:`~nfncompile.frontend.fx.graph_differs`).
     """
 
     model: str
@@ -43,6 +46,7 @@ class TraceReport:
     derivation: Derivation
     verification: VerifyReport | None
     timings: dict = field(default_factory=dict)
+    graph_differs: str = ""
 
     @property
     def spaces(self) -> dict:
@@ -136,6 +140,8 @@ class TraceReport:
             lines.append("ops no rule knows, probed numerically:")
             for p in self.probes:
                 lines.append(f"  {p.op} [node {p.node}]: {p.detail} ({p.seconds * 1000:.1f} ms)")
+        if self.graph_differs:
+            lines.append(f"warning: {self.graph_differs}")
         if self.verification is not None:
             lines.append(str(self.verification))
         t = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.timings.items())

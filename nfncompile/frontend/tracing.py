@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import SymmetryError
 from ..spec import WeightSpaceSpec, check_mode
-from .fx import trace_module
+from .fx import graph_differs, trace_module
 from .graph import build_symmetry_graph
 from .report import TraceReport, failure_message
 from .spaces import derive_spaces
@@ -85,8 +85,11 @@ def trace_with_report(
         vr = _verify(model, spec, example_input, per_space=False, **kw)
         if not vr.ok:
             vr = _verify(model, spec, example_input, per_space=True, **kw)
+        differs = graph_differs(model, gm, example_input)
         timings["verify"] = time.perf_counter() - t3
     report = TraceReport(type(model).__name__, spec, derivation, vr, timings)
+    if verify:
+        report.graph_differs = differs
     if vr is not None and not vr.ok:
         raise SymmetryError(failure_message(report))
     return spec, report

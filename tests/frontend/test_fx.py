@@ -1080,3 +1080,39 @@ def test_an_attribute_first_read_inside_a_kept_call_is_recorded_again():
     spec, report = trace_with_report(model_(_PassesAttribute), x_(3, 4))
     assert spec["b.weight"].axes[0] == "out" and report.verification.ok
     assert [leaf.module for leaf in report.leaf_calls] == ["gate"]
+
+
+class _LayerScale(nn.Module):
+    """x-transformers' LayerScale: ``if not isinstance(out, Tensor): out = out[0]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fn = nn.Linear(6, 6)
+        self.gamma = nn.Parameter(torch.full((6,), 0.1))
+
+    def forward(self, x):
+        out = self.fn(x)
+        if not isinstance(out, torch.Tensor):  # False for a traced tensor: `out[0]` is traced
+            out = out[0]
+        return out * self.gamma
+
+
+class _Scaled(TwoLinear):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.scale, self.b = nn.Linear(4, 6), _LayerScale(), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h + self.scale(h))
+
+
+def test_a_graph_that_is_not_the_model_is_reported():
+    # the trace took the non-tensor branch and recorded row 0 of the output: the spec held
+    # (it is verified on the model), and nothing said the graph was another function
+    _, report = trace_with_report(model_(_Scaled), x_(3, 4))
+    assert report.verification.ok
+    assert "the traced graph's output differs from the model's" in report.graph_differs
+    assert "warning: the traced graph" in str(report)
+    _, plain = trace_with_report(model_(TwoLinear), x_(3, 4))
+    assert plain.graph_differs == ""
