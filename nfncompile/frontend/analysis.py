@@ -487,9 +487,20 @@ class SymmetryAnalysis(PlainArgsInterpreter):
 
     def placeholder(self, target: Any, args: Any, kwargs: Any) -> Any:
         info = _meta_value(self.node)
+        meta = self.node.meta.get("tensor_meta")
+        var = str(target).startswith("*") and not str(target).startswith("**")
+        if var and isinstance(info, (tuple, list)) and isinstance(meta, (tuple, list)):
+            # ``forward(*xs)``: each input it takes, labelled as if it had its own parameter
+            return remade(info, (self._input(i, m) for i, m in zip(info, meta)))
         if not isinstance(info, TensorLabels):
             return info
-        if not self.node.meta["tensor_meta"].dtype.is_floating_point or info.ndim == 0:
+        return self._input(info, meta)
+
+    def _input(self, info: Any, meta: Any) -> Any:
+        """An input's labels: dim 1 (dim 0 of a 1-D input) a fresh run of input neurons."""
+        if not isinstance(info, TensorLabels):
+            return info
+        if not meta.dtype.is_floating_point or info.ndim == 0:
             self.inputs.append((self.node.name, info))
             return info
         dim = 1 if info.ndim >= 2 else 0

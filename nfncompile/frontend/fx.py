@@ -1186,7 +1186,8 @@ def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> tor
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta["nfn_specialised"] = specialised
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) < len(args):
+    var = any(str(p.target).startswith("*") for p in placeholders)  # *args takes the rest
+    if len(placeholders) < len(args) and not var:
         raise TraceError(
             f"{type(model).__name__}.forward takes {len(placeholders)} inputs "
             f"({', '.join(p.name for p in placeholders)}) but {len(args)} example inputs were given"

@@ -297,7 +297,7 @@ def test_a_tuple_default_is_left_to_the_forward():
 
 
 class VarArgs(nn.Module):
-    """``forward(*xs)``: the input arrives through a tuple the analysis does not label."""
+    """``forward(*xs)``: the input arrives through the tuple of ``*xs``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -307,12 +307,13 @@ class VarArgs(nn.Module):
         return self.b(self.a(xs[0]).relu())
 
 
-def test_an_input_read_through_varargs_is_fixed_and_verified():
+def test_an_input_read_through_varargs_is_labelled_and_verified():
     # verification used to drop the unlabelled input (zip with no io entry for it): the
-    # permuted forward got no arguments and every check failed with an IndexError
+    # permuted forward got no arguments and every check failed with an IndexError; each
+    # input *xs takes is now labelled as if it had its own parameter
     spec, report = trace_with_report(model_(VarArgs), x_(2, 3))
     assert report.verification.ok
-    assert spec["a.weight"].axes == ("a", None) and "in" not in spec.spaces
+    assert spec["a.weight"].axes == ("a", "in") and spec.spaces["in"].role == "input"
 
 
 def clip_window(window: list, size: list) -> list:
@@ -1116,3 +1117,19 @@ def test_a_graph_that_is_not_the_model_is_reported():
     assert "warning: the traced graph" in str(report)
     _, plain = trace_with_report(model_(TwoLinear), x_(3, 4))
     assert plain.graph_differs == ""
+
+
+class _Summed(TwoLinear):
+    """``forward(*xs)``: one layer applied to every input, summed."""
+
+    def forward(self, *xs):
+        return self.b(torch.relu(sum(self.a(x) for x in xs)))
+
+
+@pytest.mark.parametrize("inputs", [1, 2])
+def test_inputs_taken_through_star_args_are_labelled(inputs):
+    # two inputs: "forward takes 1 inputs (_xs) but 2 example inputs were given"; one: its
+    # features were unlabelled (no input space)
+    xs = tuple(x_(3, 4, seed=k) for k in range(inputs))
+    spec, report = trace_with_report(model_(_Summed), xs)
+    assert spec["a.weight"].axes == ("a", "in") and report.verification.ok
