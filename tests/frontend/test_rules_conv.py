@@ -16,6 +16,7 @@ import nfncompile as nfc
 from nfncompile.errors import SpecError, SymmetryError
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.spec import Inner, Permutation
+from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import model_, spaces_, x_
 
 
@@ -383,3 +384,55 @@ def test_unfold_makes_each_channel_a_block_of_kernel_positions(how):
     assert not report.probes and not report.broken
     if how != "fold":  # the Linear's 16 inputs: 4 channels of 4 kernel positions each
         assert spec["fc.weight"].axes[1:] == ("c1", None)
+
+
+class _Upsampler1d(nn.Module):
+    """HiFi-GAN's upsampler: a weight-normed ConvTranspose1d (traced through, so a functional
+    ``conv_transpose1d`` with every argument given), and a grouped functional one."""
+
+    def __init__(self, grouped: bool) -> None:
+        super().__init__()
+        self.grouped = grouped
+        self.a = nn.Conv1d(3, 4, 3, padding=1)
+        self.up = torch.nn.utils.parametrizations.weight_norm(nn.ConvTranspose1d(4, 4, 4, 2, 1))
+        self.w = nn.Parameter(torch.randn(4, 2, 3))  # groups 2: (in, out / groups, taps)
+        self.b = nn.Conv1d(4, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.up(torch.relu(self.a(x))))
+        if self.grouped:  # (input, weight, bias, stride, padding, output_padding, groups, dilation)
+            h = F.conv_transpose1d(h, self.w, None, 1, 1, 0, 2, 1)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_functional_transposed_conv_reads_its_groups(grouped):
+    # its groups were read from the dilation's place: a tuple (TypeError), or 1 for a grouped
+    # call given its dilation
+    spec, report = trace_with_report(model_(lambda: _Upsampler1d(grouped)), x_(1, 3, 8))
+    assert report.verification.ok and spec["a.weight"].axes[0] == "a"
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class _SpectralNormed(nn.Module):
+    """HiFi-GAN's DiscriminatorS with spectral norm: sigma = u . (W v), W flattened."""
+
+    def __init__(self, new: bool) -> None:
+        super().__init__()
+        norm = (
+            torch.nn.utils.parametrizations.spectral_norm if new else torch.nn.utils.spectral_norm
+        )
+        self.a, self.b = norm(nn.Conv1d(2, 6, 3)), norm(nn.Conv1d(6, 6, 3))
+        self.c = nn.Conv1d(6, 1, 3)
+
+    def forward(self, x):
+        return self.c(F.leaky_relu(self.b(F.leaky_relu(self.a(x), 0.1)), 0.1))
+
+
+@pytest.mark.parametrize("new", [False, True])
+def test_spectral_norm_keeps_the_channels(new):
+    # torch.mv / torch.dot had no rule: probed, not equivariant, every channel fixed
+    spec, report = trace_with_report(model_(lambda: _SpectralNormed(new)), x_(1, 2, 16))
+    hidden = [s.name for s in spec.spaces.values() if s.role == "hidden"]
+    assert len(hidden) == 2 and report.verification.ok and not report.probes

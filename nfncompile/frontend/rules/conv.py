@@ -162,7 +162,7 @@ def _function_conv(transposed: bool) -> Rule:
     def rule(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         x, w = args[0], arg(args, kwargs, 1, "weight")
         b = arg(args, kwargs, 2, "bias")
-        g = arg(args, kwargs, 7 if transposed else 6, "groups", 1)
+        g = arg(args, kwargs, 6, "groups", 1)  # 6th in both (conv_transpose: then dilation)
         if not isinstance(x, TensorLabels) or not isinstance(w, TensorLabels):
             raise Unsupported("functional convolution of a non-tensor")
         x = a.plain(x, a.op)
