@@ -271,6 +271,13 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 for fa, fb in zip(pa.factors, pb.factors):
                     self.tie(fa, fb, reason)
                 return a
+            # a run of single positions meeting a product with a labelled leading factor
+            # (spectral norm's v against a conv weight flattened to (out, in * taps)): asked
+            # for in blocks of the positions after it, which then meet factor by factor
+            for plain, prod in ((pa, pb), (pb, pa)):
+                leading = isinstance(prod, Prod) and bool(prod.factors[0])
+                if leading and isinstance(plain, tuple):
+                    self.request_blocks(plain, math.prod(prod.sizes[1:]))
             self.fix(a, reason or "meets a flattened product of neuron axes")
             self.fix(b, reason or "meets a flattened product of neuron axes")
             return None

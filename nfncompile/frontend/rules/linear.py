@@ -98,6 +98,22 @@ def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(shape, batch.labels + (x.labels[-2], out))
 
 
+@register_function(torch.mv, torch.dot, torch.vdot, torch.inner)
+@register_method("mv", "dot", "vdot", "inner")
+@structured
+def _mv(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``torch.mv(M, v)`` and ``torch.dot(u, v)`` (spectral norm's ``u . (W v)``): the
+    contracted axes are tied (a flattened weight's factor by factor); ``mv`` keeps ``M``'s
+    rows."""
+    x, y = args[0], args[1]
+    if not (isinstance(x, TensorLabels) and isinstance(y, TensorLabels)) or y.ndim != 1:
+        raise Unsupported("mv/dot of a non-tensor or of a matrix")
+    a.tie(x.labels[-1], y.labels[0], "a product contracts neurons with positions")
+    if x.ndim == 1:
+        return TensorLabels(a.out_shape(), ())
+    return TensorLabels(a.out_shape(), (a.plain_label(x.labels[0], uniform=True),))
+
+
 @register_function(torch.cdist)
 def _cdist(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """``torch.cdist(x1, x2)``: distances between the rows of ``x1`` and of ``x2`` over their
