@@ -208,10 +208,9 @@ class LeafFallbackTracer(torch.fx.Tracer):
             for name, fn in names.items()
             if isinstance(fn, torch.jit.ScriptFunction)
         }
-        if self.trace_factories:
-            for name in FACTORIES:
-                fn = getattr(torch, name)
-                patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
+        for name in RANDOM + (FACTORIES if self.trace_factories else ()):
+            fn = getattr(torch, name)
+            patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
         is_callable = builtins.callable
 
         def traced_callable(obj: Any) -> bool:
@@ -397,7 +396,11 @@ _UNKNOWN = object()
 
 #: tensor factories a trace records as nodes once a constant they made was written by traced
 #: values (:class:`LeafFallbackTracer`'s ``trace_factories``)
-FACTORIES = ("zeros", "ones", "full", "empty")
+FACTORIES = ("zeros", "ones", "full", "empty", "arange")
+#: torch's random factories, recorded as nodes in every trace: with fixed arguments each would
+#: otherwise be one draw made at trace time, a constant of the graph (Pointnet++'s
+#: ``torch.randint(0, N, (B,))``), and the graph would not draw as the model does
+RANDOM = ("rand", "randn", "randint", "randperm")
 
 
 #: functions and property reads of a tensor that give no tensor (its shape, its dtype):
@@ -1007,6 +1010,10 @@ def _defaults_after(model: torch.nn.Module, given: int) -> dict | None:
     params = _forward_params(model)
     named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     rest = {p.name: p.default for p in named[given:] if p.default is not p.empty}
+    # keyword-only ones too (siren-pytorch's forward(self, img=None, *, latent=None))
+    rest.update(
+        {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+    )
     return rest or None
 
 
@@ -1076,6 +1083,17 @@ def trace_module(
         return _trace_module(model, args, fake)
 
 
+def _replace_uses(node: torch.fx.Node, value: Any) -> None:
+    """Make every user of ``node`` read ``value`` in its place."""
+
+    def swap(a: Any) -> Any:
+        return value if a is node else a
+
+    for user in list(node.users):
+        user.args = map_aggregate(user.args, swap)
+        user.kwargs = map_aggregate(user.kwargs, swap)
+
+
 def _kept_modules(model: torch.nn.Module, tracer: LeafFallbackTracer) -> int:
     """How many modules the calls a trace kept whole hold (a backbone kept because one of
     its blocks branches on a shape holds more than that block alone)."""
@@ -1136,8 +1154,13 @@ def trace_graph(
             if n.op == "placeholder" and n.args and isinstance(n.args[0], torch.fx.Node):
                 n.args = (None,)
             # a keyword-only parameter left at its default: fx lists it before ``*args``,
-            # where the graph's first input would bind to it
-            if n.op == "placeholder" and n.target in keyword_only and not n.users:
+            # where the graph's first input would bind to it; its uses (fx's guard that it
+            # keeps its value) read the default itself
+            # (fx may have renamed it, ``is_training_1``)
+            base, _, suffix = str(n.target).rpartition("_")
+            name = base if suffix.isdigit() and n.target not in keyword_only else n.target
+            if n.op == "placeholder" and name in keyword_only and name in (defaults or {}):
+                _replace_uses(n, defaults[name])
                 graph.erase_node(n)
         for n in reversed(graph.nodes):
             # a read nothing uses: a tensor default's constant (above), or a parameter whose

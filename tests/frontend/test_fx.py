@@ -1133,3 +1133,35 @@ def test_inputs_taken_through_star_args_are_labelled(inputs):
     xs = tuple(x_(3, 4, seed=k) for k in range(inputs))
     spec, report = trace_with_report(model_(_Summed), xs)
     assert spec["a.weight"].axes == ("a", "in") and report.verification.ok
+
+
+class _BallQuery(TwoLinear):
+    """PointNet++'s ball query and sampling: an arange index written where too far, and
+    ``torch.randint`` with fixed arguments (a shape check first fixes the shapes)."""
+
+    def forward(self, x):
+        n = min(x.shape[1], 8)  # a branch on a shape
+        idx = torch.arange(n).view(1, n).repeat(n, 1)
+        idx[x[:n, :n].abs() > 1.0] = 0  # far points -> the first one
+        start = torch.randint(0, n, (1,))
+        h = torch.relu(self.a(x[idx[:, 0]] + x[start]))
+        return self.b(h)
+
+
+class _KeywordOnly(TwoLinear):
+    """siren-pytorch's SirenWrapper: ``forward(self, img=None, *, latent=None)``."""
+
+    def forward(self, x, *, latent=None):
+        if latent is not None:
+            raise ValueError("no latent given")
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("factory", [_BallQuery, _KeywordOnly])
+def test_arange_writes_random_factories_and_keyword_only_defaults(factory):
+    # the write into an arange constant failed the shapes' trace again after the factories'
+    # retry; randint with fixed arguments was one draw made while tracing (the graph did not
+    # draw as the model does); a keyword-only default was a proxy, taking the wrong branch
+    spec, report = trace_with_report(model_(factory), x_(6, 4))
+    assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
+    assert report.graph_differs == ""

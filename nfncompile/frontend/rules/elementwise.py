@@ -109,10 +109,12 @@ def _constant_like(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 
 @register_function(torch.randn_like, torch.rand_like, torch.randint_like)
+@register_function(torch.rand, torch.randn, torch.randint, torch.randperm, torch.arange)
 @structured
 def _random_like(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    # fresh draws of x's shape: they do not read x's values, and each position draws its
-    # own, so what they meet depends on position (as in the verification's seeded runs)
+    # fresh draws (of x's shape), or a range: nothing they hold is moved by a permutation,
+    # and each position has its own value, so what they meet depends on position (as in the
+    # verification's seeded runs)
     return TensorLabels.plain(a.out_shape())
 
 
