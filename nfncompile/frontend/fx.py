@@ -842,14 +842,17 @@ def graph_differs(model: torch.nn.Module, gm: torch.fx.GraphModule, example_inpu
     model itself, then holds, but symmetries that branch keeps may be missing.
     """
     args = as_args(example_input)
-    try:
-        with torch.no_grad(), _eval_mode(model), attributes_kept(model):
+    with torch.no_grad(), _eval_mode(model), attributes_kept(model):
+        try:
             with same_draws():
                 want = leaves(model(*args), fields=True)
+        except Exception:  # (the verification reports a model that does not run)
+            return ""
+        try:
             with same_draws():
                 got = leaves(gm(*args), fields=True)
-    except Exception:  # (the verification reports a model that does not run)
-        return ""
+        except Exception as e:
+            return f"the traced graph does not run on the example ({type(e).__name__}: {e})"
     pairs = [(w, g) for w, g in zip(want, got) if isinstance(w, torch.Tensor)]
     if len(want) != len(got) or any(
         not isinstance(g, torch.Tensor) or g.shape != w.shape for w, g in pairs
@@ -1083,6 +1086,10 @@ def trace_module(
         return _trace_module(model, args, fake)
 
 
+def _python_scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _replace_uses(node: torch.fx.Node, value: Any) -> None:
     """Make every user of ``node`` read ``value`` in its place."""
 
@@ -1149,6 +1156,9 @@ def trace_graph(
             keep.update(n.target for n in graph.nodes if n.op == "get_attr")
         keyword_only = {p.name for p in _forward_params(model) if p.kind is p.KEYWORD_ONLY}
         for n in list(graph.nodes):
+            # a numpy scalar argument (``/ np.sqrt(d_k)``) as the Python number it is: fx would
+            # write ``np.float64(2.0)`` into code that has no ``np``
+            n.args, n.kwargs = map_aggregate((n.args, n.kwargs), _python_scalar)
             # a tensor default is traced as a constant of the graph; as the placeholder's own
             # default (a get_attr node) fx would write a name the code never defines
             if n.op == "placeholder" and n.args and isinstance(n.args[0], torch.fx.Node):

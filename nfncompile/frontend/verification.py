@@ -177,7 +177,8 @@ class VerifyReport:
 
 def _perturb(model: nn.Module, gen: torch.Generator) -> None:
     """Make every float entry of the state generic (no accidental symmetric values such as
-    BatchNorm's all-ones weights), keeping strictly positive entries positive."""
+    BatchNorm's all-ones weights), keeping strictly positive entries positive and entries
+    that are not finite (a mask's ``-inf``) as they are."""
     with torch.no_grad():
         for t in model.state_dict(keep_vars=True).values():
             if is_counter(t) or t.numel() == 0:
@@ -185,12 +186,17 @@ def _perturb(model: nn.Module, gen: torch.Generator) -> None:
             # (a complex entry, a Fourier layer's weight, is scaled by real noise)
             noise = torch.randn(t.shape, generator=gen, dtype=t.real.dtype)
             scale = torch.exp(0.2 * noise)
-            if not t.is_complex() and bool((t > 0).all()):
-                t.mul_(scale)
+            finite = t.isfinite()
+            if not t.is_complex() and bool((t[finite] > 0).all()):
+                t.mul_(torch.where(finite, scale, 1.0))
             else:
-                std = float(t.abs().std()) if t.numel() > 1 else 0.0
+                # an attention mask's -inf entries stay as they are (noise scaled by a NaN
+                # spread made the whole mask NaN: llama2.c's causal mask buffer)
+                values = t[finite].abs()
+                std = float(values.std()) if values.numel() > 1 else 0.0
                 extra = torch.randn(t.shape, generator=gen, dtype=t.dtype)
-                t.mul_(scale).add_(extra * (0.1 * (std or 0.1)))
+                noisy = t * scale + extra * (0.1 * (std or 0.1))
+                t.copy_(torch.where(finite, noisy, t))
 
 
 #: tolerances of a check run in float32 (a model that fails in float64): the floor under

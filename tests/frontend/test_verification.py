@@ -337,3 +337,25 @@ def test_outputs_that_are_not_finite_are_an_error_naming_the_entry():
     # every comparison failed with a NaN tolerance, and each space was reported broken
     with pytest.raises(SymmetryError, match=r"NaN or inf on random inputs.*: pos \(torch.empty"):
         trace_with_report(_Uninitialised(), torch.randn(4, 3))
+
+
+class _MaskedScores(nn.Module):
+    """llama2.c's attention without flash: a causal mask buffer of -inf added to the scores,
+    scaled by a numpy scalar (``/ np.sqrt(d)``, as graykode's Transformer does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(4, 4) for _ in range(4))
+        self.register_buffer("mask", torch.full((1, 5, 5), float("-inf")).triu(1))
+
+    def forward(self, x):  # (batch, 5 tokens, 4 features)
+        scores = self.q(x) @ self.k(x).transpose(1, 2) / np.sqrt(4.0) + self.mask
+        return self.o(torch.softmax(scores, -1) @ self.v(x))
+
+
+def test_a_mask_of_minus_infinity_and_a_numpy_scalar():
+    # the perturbation scaled its noise by the mask's spread, NaN with -inf entries: the whole
+    # mask became NaN and the check failed (SymmetryError); fx wrote np.float64(2.0) into the
+    # graph's code, which has no `np`
+    _, report = trace_with_report(_MaskedScores(), torch.randn(2, 5, 4))
+    assert report.verification.ok and report.graph_differs == ""
