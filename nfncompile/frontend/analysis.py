@@ -187,6 +187,22 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             self._request_blocks(s, pos, coarse, pos, pos, pos + s.width)
             pos += s.width
 
+    def regrouped(self, label: Any, factor: int, spread: bool, reason: str) -> Any:
+        """``label`` of a dim whose positions are regrouped by ``factor``: with ``spread``,
+        each neuron comes to span ``factor`` times its positions (``unfold``,
+        ``pixel_unshuffle``); else each ``factor`` consecutive positions become one (``fold``,
+        ``pixel_shuffle``), which a run of single positions can only follow in blocks: asked
+        for (:meth:`request_blocks`) and fixed, with ``reason``, until then."""
+        if label is None:
+            return None
+        if spread:
+            return tuple(Seg(s.run, s.offset, s.length, s.inner * factor) for s in label)
+        if all(s.inner % factor == 0 for s in label):
+            return tuple(Seg(s.run, s.offset, s.length, s.inner // factor) for s in label)
+        self.request_blocks(label, factor)
+        self.fix(label, reason)
+        return None
+
     def fix_unread(self) -> None:
         """After a run: fix the positions of a parameter axis that no op read where others
         were read (a positional table sliced to the example's length, ``pe[:, :T]``): the

@@ -238,16 +238,7 @@ def _unfold(a: SymmetryAnalysis, x: TensorLabels, kernel: Any, unfold: bool) -> 
     k = kernel * kernel if isinstance(kernel, int) else math.prod(kernel)
     batch = x.ndim - (3 if unfold else 2)  # (B,) C, H, W -> (B,) C*k, L, and back
     x = a.keep(x, tuple(range(batch + 1, x.ndim)), "unfold reads sliding windows of positions")
-    lab = x.labels[batch]
-    if lab is None:
-        out = None
-    elif unfold:
-        out = tuple(Seg(s.run, s.offset, s.length, s.inner * k) for s in lab)
-    elif all(s.inner % k == 0 for s in lab):
-        out = tuple(Seg(s.run, s.offset, s.length, s.inner // k) for s in lab)
-    else:
-        a.request_blocks(lab, k)
-        a.fix(lab, "fold sums each block of kernel positions into one channel")
-        out = None
+    reason = "fold sums each block of kernel positions into one channel"
+    out = a.regrouped(x.labels[batch], k, unfold, reason)
     shape = a.out_shape()
     return TensorLabels(shape, x.labels[:batch] + (out,) + (None,) * (len(shape) - batch - 1))

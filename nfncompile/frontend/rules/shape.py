@@ -207,17 +207,8 @@ def _pixel_shuffle(a: SymmetryAnalysis, x: TensorLabels, r: int, up: bool) -> Te
     channels. The pixels inside a block keep their place."""
     step = r * r
     x = a.keep(a.plain(x, a.op), tuple(range(x.ndim - 2, x.ndim)), "pixel_shuffle moves pixels")
-    lab = x.labels[-3]
-    if lab is None:
-        out = None
-    elif not up:
-        out = tuple(Seg(s.run, s.offset, s.length, s.inner * step) for s in lab)
-    elif all(s.inner % step == 0 for s in lab):
-        out = tuple(Seg(s.run, s.offset, s.length, s.inner // step) for s in lab)
-    else:
-        a.request_blocks(lab, step)
-        a.fix(lab, "pixel_shuffle makes each block of channels one channel's pixels")
-        out = None
+    reason = "pixel_shuffle makes each block of channels one channel's pixels"
+    out = a.regrouped(x.labels[-3], step, not up, reason)
     shape = a.out_shape()
     return TensorLabels(shape, x.labels[:-3] + (out, None, None))
 
