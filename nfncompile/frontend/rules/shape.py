@@ -332,35 +332,38 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             labels.append(None)
             continue
         lab, n = x.labels[d], x.shape[d]
-        whole = isinstance(i, slice) and i.indices(n) == (0, n, 1)
-        if isinstance(lab, Prod) and not whole:
-            lab = a.plain_label(lab)
-        if lab is UNIFORM:  # every position alike: any index or slice keeps that
-            if isinstance(i, slice):
-                labels.append(UNIFORM if len(range(*i.indices(n))) > 1 else None)
-            d += 1
-            continue
         if isinstance(i, int):
+            lab = a.plain_label(lab)
             if lab is not None:
                 a.fix((_neuron_at(lab, i % n),), "indexes one neuron by its position")
         elif isinstance(i, slice):
-            start, stop, step = i.indices(n)
-            if lab is None or (start, stop, step) == (0, n, 1):
-                labels.append(lab)
-            elif step == 1:
-                labels.append(a.slice_label(lab, start, stop) if stop > start else None)
-            else:
-                pos = list(range(start, stop, step))
-                if len(pos) > 64 or any(s.inner != 1 for s in lab):
-                    a.fix(lab, "strided slicing of neurons")
-                    labels.append(None)
-                else:
-                    labels.append(tuple(s for p in pos for s in a.slice_label(lab, p, p + 1)))
+            labels.append(_sliced(a, lab, n, i))
         else:
             raise Unsupported(f"indexing with {type(i).__name__}")
         d += 1
     labels.extend(x.labels[d:])
     return TensorLabels(a.out_shape(), tuple(labels))
+
+
+def _sliced(a: SymmetryAnalysis, lab: Any, n: int, i: slice) -> Any:
+    """The label of a dim of ``n`` positions labelled ``lab`` after slicing it with ``i``: a
+    whole slice keeps any label, a uniform dim stays uniform, neurons are sliced (a stride
+    takes single neurons where they are few and span one position each, else fixes them)."""
+    start, stop, step = i.indices(n)
+    if (start, stop, step) == (0, n, 1):
+        return lab
+    lab = a.plain_label(lab, uniform=True)
+    if lab is UNIFORM:  # every position alike: any slice keeps that
+        return UNIFORM if len(range(start, stop, step)) > 1 else None
+    if lab is None:
+        return None
+    if step == 1:
+        return a.slice_label(lab, start, stop) if stop > start else None
+    pos = list(range(start, stop, step))
+    if len(pos) > 64 or any(s.inner != 1 for s in lab):
+        a.fix(lab, "strided slicing of neurons")
+        return None
+    return tuple(s for p in pos for s in a.slice_label(lab, p, p + 1))
 
 
 @dataclass(frozen=True)
@@ -420,17 +423,9 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
             continue
         if not isinstance(i, slice):
             raise Unsupported(f"indexing with {type(i).__name__}")
-        lab, n = a.plain_label(x.labels[d], uniform=True), x.shape[d]
-        start, stop, step = i.indices(n)
-        if lab is None or lab is UNIFORM or (start, stop, step) == (0, n, 1):
-            labels.append(lab if lab is not UNIFORM or len(range(start, stop, step)) > 1 else None)
-        elif step == 1 and stop > start:
-            labels.append(a.slice_label(lab, start, stop))
-        else:
-            a.fix(lab, "strided slicing of neurons")
-            labels.append(None)
+        labels.append(_sliced(a, x.labels[d], x.shape[d], i))
         d += 1
-    labels.extend(a.plain_label(lab, uniform=True) for lab in x.labels[d:])
+    labels.extend(x.labels[d:])
     shape = a.out_shape()
     made = (None,) * (len(shape) - len(labels))
     at = 0 if front else where
