@@ -63,7 +63,8 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
     for _ in range(BLOCK_ROUNDS + 1):
         a = SymmetryAnalysis(gm, model, blocks)
         a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
-        if before is not None and all(_fixed_runs(a, gm, tried)):
+        g = _graph(a, gm) if before is not None else None  # built once, where needed
+        if before is not None and all(_fixed_runs(a, g, tried)):
             a = before  # the blocks left those runs fixed: nothing gained
             break
         # a run tied to neurons spanning several positions each is made in blocks and the
@@ -74,7 +75,7 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
             continue
         # then a dim split into chunks whose label ends up wholly fixed: its neurons are
         # asked for in blocks instead (a Linear's output viewed as (C, H, W) feature maps)
-        chunks = _chunk_requests(a, gm)
+        chunks = _chunk_requests(a, g or _graph(a, gm)) if a.chunked else {}
         if all(blocks.get(k) == b for k, b in chunks.items()):
             break
         before, tried = a, list(chunks)
@@ -87,23 +88,22 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
     return _graph(a, gm)
 
 
-def _chunk_requests(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> dict:
+def _chunk_requests(a: SymmetryAnalysis, g: nx.MultiGraph) -> dict:
     """Blocks for the runs of every chunked split (:attr:`SymmetryAnalysis.chunked`) whose
-    label ends up wholly fixed: run key -> block size."""
-    if not a.chunked:
-        return {}
+    label ends up wholly fixed in ``a``'s graph ``g``: run key -> block size."""
     asked = dict(a.requests)
-    fixed = fixed_labels(_graph(a, gm), [label for label, _ in a.chunked])
+    fixed = fixed_labels(g, [label for label, _ in a.chunked])
     for (label, rest), whole in zip(a.chunked, fixed):
         if whole:
             a.request_blocks(label, rest)
     return {k: b for k, b in a.requests.items() if asked.get(k) != b}
 
 
-def _fixed_runs(a: SymmetryAnalysis, gm: torch.fx.GraphModule, keys: list) -> list:
-    """Whether each run of ``keys`` (:attr:`SymmetryAnalysis.run_keys`) is wholly fixed."""
+def _fixed_runs(a: SymmetryAnalysis, g: nx.MultiGraph, keys: list) -> list:
+    """Whether each run of ``keys`` (:attr:`SymmetryAnalysis.run_keys`) is wholly fixed in
+    ``a``'s graph ``g``."""
     runs = [a.runs[a.run_keys.index(k)] for k in keys if k in a.run_keys]
-    return fixed_labels(_graph(a, gm), [(Seg(r.id, 0, r.size),) for r in runs])
+    return fixed_labels(g, [(Seg(r.id, 0, r.size),) for r in runs])
 
 
 def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
