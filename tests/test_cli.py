@@ -11,6 +11,7 @@ import yaml
 
 from nfncompile import cli
 from nfncompile.errors import ConfigError
+from tests.frontend.helpers import TOKENS_MODULE
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -409,3 +410,21 @@ def test_layer_bad_channels(capsys, tmp_path):
     path.write_text(BROKEN_MLP_SPEC)
     code, _, err = run(capsys, "layer", str(path), "--out-channels", "0")
     assert_user_error(code, err, "--out-channels must be a positive int")
+
+
+def test_trace_and_verify_a_sequence_model_with_channel_dim(capsys, tmp_path):
+    from nfncompile.spec import WeightSpaceSpec
+
+    module, path = tmp_path / "tokens.py", tmp_path / "tokens.yaml"
+    module.write_text(TOKENS_MODULE)
+    args = (f"{module}:make", "--input-shape", "2,5,4")
+    code, out, err = run(capsys, "trace", *args, "--channel-dim", "-1", "-o", str(path))
+    assert code == 0, err
+    spec = WeightSpaceSpec.from_yaml(path)
+    assert spec.spaces["in"].size == 4 and spec["a.weight"].axes == ("a", "in")
+    code, out, _ = run(capsys, "verify", *args, "--channel-dim", "-1", "--spec", str(path))
+    assert code == 0 and "OK" in out
+    # the features are dim 2: read at the default dim 1, the check fails
+    assert run(capsys, "verify", *args, "--spec", str(path))[0] == 1
+    code, _, err = run(capsys, "trace", *args, "--channel-dim", "3")
+    assert_user_error(code, err, "channel_dim=3 does not fit input 'x' of shape (2, 5, 4)")

@@ -89,6 +89,14 @@ def add_model_arguments(p: argparse.ArgumentParser, *, shape_help: str = "") -> 
         + (shape_help or " (default: the catalogue's, for catalogue names)"),
     )
     p.add_argument(
+        "--channel-dim",
+        type=int,
+        default=1,
+        metavar="DIM",
+        help="the input's dim that holds its neurons (default 1: (batch, channels, ...); "
+        "-1 for (batch, sequence, features))",
+    )
+    p.add_argument(
         "--seed", type=int, default=0, help="seed for the model init and inputs (default 0)"
     )
 

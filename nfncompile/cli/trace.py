@@ -34,7 +34,9 @@ def _trace(args: argparse.Namespace) -> int:
     model, x = model_and_input(args)
     from ..frontend.tracing import trace_with_report
 
-    spec, report = trace_with_report(model, x, verify=args.verify, mode=args.mode, seed=args.seed)
+    spec, report = trace_with_report(
+        model, x, verify=args.verify, mode=args.mode, seed=args.seed, channel_dim=args.channel_dim
+    )
     text = str(report).rstrip("\n")
     if output is not None:  # the spec first: a failed drawing must not cost it
         write_output(output, spec.to_yaml())
@@ -67,7 +69,8 @@ register_subcommand(
             "examples:\n"
             "  nfncompile trace small_cnn -o small_cnn.yaml\n"
             "  nfncompile trace resnet_cifar --kwarg depth=8 --input-shape 1,3,8,8 --mode hnp\n"
-            "  nfncompile trace mymodels.py:make_net --input-shape 1,16"
+            "  nfncompile trace mymodels.py:make_net --input-shape 1,16\n"
+            "  nfncompile trace mymodels.py:make_lm --input-shape 1,12,64 --channel-dim -1"
         ),
     )
 )

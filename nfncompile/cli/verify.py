@@ -29,7 +29,9 @@ def _verify(args: argparse.Namespace) -> int:
         raise StateDictMismatchError(f"{args.spec} does not describe {args.model}: {e}") from None
     from ..frontend.verification import verify
 
-    report = verify(model, spec, x, trials=args.trials, seed=args.seed)
+    report = verify(
+        model, spec, x, trials=args.trials, seed=args.seed, channel_dim=args.channel_dim
+    )
     print(str(report).rstrip("\n"))
     return 0 if report.ok else 1
 

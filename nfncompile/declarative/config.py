@@ -16,7 +16,7 @@ A model spec file has exactly one top-level key, which names the kind of model:
 Every kind names its weight space under ``weight_space``: a ``model`` to trace (a
 :data:`~nfncompile.architectures.CATALOGUE` name, an
 :data:`~nfncompile.architectures.FACTORIES` name, or ``"module:function"``), with ``kwargs``
-and ``input_shape``, or a weight-space ``spec`` YAML (relative to the spec file). It may be
+``input_shape`` and ``channel_dim``, or a weight-space ``spec`` YAML (relative to the spec file). It may be
 left out when :func:`build` is given ``spec=``.
 
 .. code-block:: yaml
@@ -112,7 +112,7 @@ class WeightSpaceConfig:
     --------
     >>> from nfncompile.declarative.validate import parse
     >>> parse(WeightSpaceConfig, {"model": "small_cnn", "kwargs": {"channels": 8}})
-    WeightSpaceConfig(model='small_cnn', kwargs={'channels': 8}, input_shape=None, spec=None)
+    WeightSpaceConfig(model='small_cnn', kwargs={'channels': 8}, input_shape=None, channel_dim=1, spec=None)
     """
 
     _exactly_one: ClassVar = (("model", "spec"),)
@@ -136,6 +136,13 @@ class WeightSpaceConfig:
             "catalogue entry's",
         },
     )
+    channel_dim: int = field(
+        default=1,
+        metadata={
+            "help": "the example input's dim that holds its neurons, the input space: 1 for "
+            "(batch, channels, ...), -1 for (batch, sequence, features)"
+        },
+    )
     spec: str | None = field(
         default=None,
         metadata={
@@ -149,6 +156,8 @@ class WeightSpaceConfig:
                 raise FieldError("kwargs", "only used with model, not with spec")
             if self.input_shape is not None:
                 raise FieldError("input_shape", "only used with model, not with spec")
+            if self.channel_dim != 1:
+                raise FieldError("channel_dim", "only used with model, not with spec")
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,8 +37,9 @@ def resolve_weight_space(
 
     ``spec:`` reads the YAML (relative to ``base_dir``); ``model:`` builds the model
     (seeded, without touching the global RNG) and traces it with
-    :func:`nfncompile.frontend.trace` on a seeded ``torch.randn(input_shape)``. Traced specs
-    are cached per (model, kwargs, input_shape).
+    :func:`nfncompile.frontend.trace` on a seeded ``torch.randn(input_shape)``, its neurons
+    along ``channel_dim``. Traced specs are cached per (model, kwargs, input_shape,
+    channel_dim).
 
     Parameters
     ----------
@@ -57,17 +58,23 @@ def resolve_weight_space(
         return _read_spec(cfg.spec, base_dir, source, f"{path}.spec")
     key = None
     with contextlib.suppress(TypeError, ValueError):
-        key = (cfg.model, json.dumps(cfg.kwargs, sort_keys=True), cfg.input_shape)
+        key = (cfg.model, json.dumps(cfg.kwargs, sort_keys=True), cfg.input_shape, cfg.channel_dim)
     if key is not None and key in _TRACE_CACHE:
         return _TRACE_CACHE[key]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model, shape = _make_model(cfg, source, path)
-        example = torch.randn(shape)
+        from ..frontend.channel_dims import channel_dim_of
         from ..frontend.tracing import trace
 
         try:
-            spec = trace(model, example)
+            channel_dim_of(cfg.channel_dim, 0, shape)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {path}.channel_dim: {e}") from None
+        example = torch.randn(shape)
+
+        try:
+            spec = trace(model, example, channel_dim=cfg.channel_dim)
         except (NfnCompileError, RuntimeError) as e:
             raise ConfigError(
                 f"{source}: {path}.model: tracing {cfg.model!r} on an input of shape "

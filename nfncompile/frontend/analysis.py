@@ -47,8 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.operator_schemas import get_signature_for_torch_op
 
-from ..errors import TraceError
+from ..errors import ConfigError, TraceError
 from . import rules  # noqa: F401  (importing the package registers every op rule)
+from .channel_dims import ChannelDim, channel_dim_of
 from .fx import PlainArgsInterpreter, canonical_keys, leaves, writes
 from .labels import (
     POSITIONS,
@@ -98,6 +99,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
     blocks : dict, optional
         Runs to make in blocks: :attr:`run_keys` entry -> how many of their neurons move as one
         (asked for by an earlier analysis of the same graph in :attr:`requests`).
+    channel_dim : int, sequence of (int or None), or None
+        The dim of each input whose neurons form the input spaces (default 1, see
+        :mod:`~nfncompile.frontend.channel_dims`).
 
     Attributes
     ----------
@@ -113,11 +117,16 @@ class SymmetryAnalysis(PlainArgsInterpreter):
     """
 
     def __init__(
-        self, gm: torch.fx.GraphModule, model: nn.Module | None = None, blocks: dict | None = None
+        self,
+        gm: torch.fx.GraphModule,
+        model: nn.Module | None = None,
+        blocks: dict | None = None,
+        channel_dim: ChannelDim = 1,
     ) -> None:
         super().__init__(gm, garbage_collect_values=False)
         self.model = model if model is not None else gm
         self.blocks = dict(blocks or {})
+        self.channel_dim = channel_dim
         self.requests: dict = {}
         self.chunked: list = []  # (label, positions per chunk) of every split read as chunks
         self.run_keys: list[tuple] = []  # (node, ordinal at that node, size) per run
@@ -473,7 +482,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                             self.reads.setdefault(s.run, []).append((s.offset, s.offset + s.length))
         try:
             value = super().run_node(n)
-        except TraceError:
+        except (TraceError, ConfigError):  # ConfigError: a channel_dim the input does not fit
             raise
         except Exception as e:
             raise TraceError(
@@ -520,13 +529,16 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         return self._input(info, meta)
 
     def _input(self, info: Any, meta: Any) -> Any:
-        """An input's labels: dim 1 (dim 0 of a 1-D input) a fresh run of input neurons."""
+        """An input's labels: its :attr:`channel_dim` (dim 1 by default, dim 0 of a 1-D input)
+        a fresh run of input neurons."""
         if not isinstance(info, TensorLabels):
             return info
-        if not meta.dtype.is_floating_point or info.ndim == 0:
+        index = len(self.inputs)  # among the tensor inputs, integer ones included
+        float_input = meta.dtype.is_floating_point and info.ndim > 0
+        dim = channel_dim_of(self.channel_dim, index, info.shape, self.node.name)
+        if not float_input or dim is None:
             self.inputs.append((self.node.name, info))
             return info
-        dim = 1 if info.ndim >= 2 else 0
         origin = "in" if not self.inputs else f"in{len(self.inputs) + 1}"
         info = info.with_label(dim, self.new_run(info.shape[dim], "input", origin))
         self.inputs.append((self.node.name, info))

@@ -17,11 +17,15 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import networkx as nx
 import torch.fx
 from torch import nn
 
+from ..errors import ConfigError
 from .analysis import SymmetryAnalysis
+from .channel_dims import ChannelDim
 from .labels import ParamLabel, Seg
 from .spaces import fixed_labels
 
@@ -32,7 +36,9 @@ __all__ = ["build_symmetry_graph"]
 BLOCK_ROUNDS = 3
 
 
-def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = None) -> nx.MultiGraph:
+def build_symmetry_graph(
+    gm: torch.fx.GraphModule, model: nn.Module | None = None, channel_dim: ChannelDim = 1
+) -> nx.MultiGraph:
     """Run :class:`SymmetryAnalysis` on a traced model and return its symmetry graph.
 
     Parameters
@@ -41,6 +47,9 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         From :func:`nfncompile.frontend.fx.trace_module`.
     model : nn.Module, optional
         The traced model (its state_dict keys name the parameters); defaults to ``gm``.
+    channel_dim : int, sequence of (int or None), or None
+        The dim of each input that holds its neurons (default 1, see
+        :mod:`~nfncompile.frontend.channel_dims`).
 
     Returns
     -------
@@ -61,8 +70,9 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
     blocks: dict = {}
     before, tried = None, []  # the analysis before chunks were made in blocks, and their runs
     for _ in range(BLOCK_ROUNDS + 1):
-        a = SymmetryAnalysis(gm, model, blocks)
+        a = SymmetryAnalysis(gm, model, blocks, channel_dim)
         a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
+        _check_entries(channel_dim, a.inputs)
         g = _graph(a, gm) if before is not None else None  # built once, where needed
         if before is not None and all(_fixed_runs(a, g, tried)):
             a = before  # the blocks left those runs fixed: nothing gained
@@ -86,6 +96,16 @@ def build_symmetry_graph(gm: torch.fx.GraphModule, model: nn.Module | None = Non
         a.fix((Seg(run, 0, a.runs[run].size),), "parameter read but never used")
     a.fix_unread()
     return _graph(a, gm)
+
+
+def _check_entries(channel_dim: ChannelDim, inputs: list) -> None:
+    """Refuse a ``channel_dim`` sequence with more entries than the model has tensor inputs."""
+    if isinstance(channel_dim, Sequence) and len(channel_dim) > len(inputs):
+        names = ", ".join(repr(name) for name, _ in inputs) or "none"
+        raise ConfigError(
+            f"channel_dim {tuple(channel_dim)!r} has {len(channel_dim)} entries, but the model "
+            f"has {len(inputs)} tensor inputs ({names}): give one per input"
+        )
 
 
 def _chunk_requests(a: SymmetryAnalysis, g: nx.MultiGraph) -> dict:

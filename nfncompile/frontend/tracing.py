@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import SymmetryError
 from ..spec import WeightSpaceSpec, check_mode
+from .channel_dims import ChannelDim, check_channel_dim
 from .fx import graph_differs, trace_module
 from .graph import build_symmetry_graph
 from .report import TraceReport, failure_message
@@ -51,6 +52,7 @@ def trace_with_report(
     trials: int = 2,
     seed: int = 0,
     fake: bool | None = None,
+    channel_dim: ChannelDim = 1,
 ) -> tuple[WeightSpaceSpec, TraceReport]:
     """Like :func:`trace`, and also return a :class:`~nfncompile.frontend.report.TraceReport`.
 
@@ -68,10 +70,11 @@ def trace_with_report(
     (['0.weight[0]', '0.bias[0]', '2.weight[1]'], True)
     """
     check_mode(mode)
+    check_channel_dim(channel_dim)
     t0 = time.perf_counter()
     gm = trace_module(model, example_input, fake=fake)
     t1 = time.perf_counter()
-    graph = build_symmetry_graph(gm, model)
+    graph = build_symmetry_graph(gm, model, channel_dim)
     t2 = time.perf_counter()
     derivation = derive_spaces(graph)
     spec = derivation.spec if mode == derivation.spec.mode else derivation.spec.with_mode(mode)
@@ -104,6 +107,7 @@ def trace(
     trials: int = 2,
     seed: int = 0,
     fake: bool | None = None,
+    channel_dim: ChannelDim = 1,
 ) -> WeightSpaceSpec:
     """Derive the weight-space spec of any traceable MLP or CNN, verified numerically.
 
@@ -112,8 +116,9 @@ def trace(
     model : nn.Module
         The network whose weights the NFN will process (not modified).
     example_input : Tensor or tuple of Tensor
-        One example batch (only shapes and dtypes matter). Dim 1 (dim 0 of a 1-D input) is the
-        channel dim: its neurons form the ``input`` space(s); likewise for the output.
+        One example batch (only shapes and dtypes matter). Its ``channel_dim`` holds the
+        neurons that form the ``input`` space(s). An output's spaces are whichever of its dims
+        the analysis finds labelled.
     verify : bool
         Check the derived group numerically (default) and raise if it does not hold: ``trials``
         joint random group elements (every space moves); when one fails, every space is
@@ -126,6 +131,11 @@ def trace(
         Seed of the verification's random draws.
     fake : bool, optional
         Shape propagation on fake tensors (see :func:`nfncompile.frontend.fx.trace_module`).
+    channel_dim : int, sequence of (int or None), or None
+        The dim of each input that holds its neurons: 1 by default (``(batch, channels,
+        ...)``; dim 0 of a 1-D input), ``-1`` for a ``(batch, sequence, features)`` input;
+        one entry per tensor input for several (``None``: an input without neurons). See
+        :mod:`~nfncompile.frontend.channel_dims`.
 
     Returns
     -------
@@ -137,6 +147,9 @@ def trace(
     ------
     TraceError
         torch.fx cannot trace the model (with fx's reason and what to do).
+    ConfigError
+        ``channel_dim`` names a dim an input does not have, or its entries do not match the
+        inputs.
     SymmetryError
         Verification failed: names the failing space and the ops that touch it.
 
@@ -150,6 +163,7 @@ def trace(
     WeightSpaceSpec(mode='np', spaces=[in:1/input, 0:4/hidden, out:10/output], params=[0.weight(4, 1, 3, 3)[0, in, -, -], 0.bias(4,)[0], 4.weight(10, 4)[out, 0], 4.bias(10,)[out]])
     """
     spec, _ = trace_with_report(
-        model, example_input, verify=verify, mode=mode, trials=trials, seed=seed, fake=fake
-    )
+        model, example_input, verify=verify, mode=mode, trials=trials, seed=seed, fake=fake,
+        channel_dim=channel_dim,
+    )  # fmt: skip
     return spec

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..errors import SymmetryError
 from ..spec import Permutation, WeightSpaceSpec, is_counter
+from .channel_dims import ChannelDim, channel_dim_of, check_channel_dim
 from .derivation import IOAxes, TensorAxes
 from .explain import Divergence, explain_failure, permuted_state
 from .fx import (
@@ -302,19 +303,22 @@ def _one_per_tensor(sd: dict, aliases: dict) -> tuple[dict, str]:
     return {k: v for k, v in sd.items() if k not in aliases}, ""
 
 
-def _default_io(spec: WeightSpaceSpec, tensors: Sequence[Any], role: str) -> list:
-    """Label dim 1 (dim 0 of a 1-D tensor) of each tensor with the spec's ``role`` spaces."""
+def _default_io(
+    spec: WeightSpaceSpec, tensors: Sequence[Any], role: str, channel_dim: ChannelDim = 1
+) -> list:
+    """Label the ``channel_dim`` of each tensor (see :mod:`.channel_dims`; dim 1 by default,
+    dim 0 of a 1-D tensor) with the spec's ``role`` spaces."""
     names = [s.name for s in spec.spaces.values() if s.role == role]
     total = sum(spec.spaces[n].size for n in names)
     out = []
-    for t in tensors:
+    for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() == 0:
             out.append(None)
             continue
         shape = tuple(t.shape)
-        dim = 1 if t.dim() >= 2 else 0
+        dim = channel_dim_of(channel_dim, i, shape)
         label = names[0] if len(names) == 1 else tuple(names)
-        if not names or shape[dim] % total:
+        if dim is None or not names or shape[dim] % total:
             out.append(TensorAxes(shape, None, (None,) * len(shape)))
         elif shape[dim] == total:
             axes = [None] * len(shape)
@@ -353,6 +357,7 @@ def verify(
     atol: float = 1e-8,
     rtol: float = 1e-6,
     io: IOAxes | None = None,
+    channel_dim: ChannelDim = 1,
     perturb: bool = True,
     per_space: bool = True,
     explain: bool = True,
@@ -381,9 +386,14 @@ def verify(
     io : IOAxes, optional
         How input/output spaces act on the model's input and output tensors (what
         :func:`~nfncompile.frontend.spaces.derive_spaces` derives: ``Derivation.io``). By
-        default, dim 1 of every input (dim 0 if 1-D) is labelled with the spec's input
+        default, the ``channel_dim`` of every input is labelled with the spec's input
         spaces, concatenated in spec order, and likewise for outputs; a dim ``k`` times
         longer than those spaces is read as flattened channels x ``k`` positions.
+    channel_dim : int, sequence of (int or None), or None
+        Without ``io``: the dim of each input holding its neurons (default 1, dim 0 of a 1-D
+        input; ``-1`` for ``(batch, sequence, features)``; one entry per tensor input, see
+        :mod:`~nfncompile.frontend.channel_dims`). An int applies to the outputs too, a
+        sequence leaves them at dim 1.
     perturb : bool
         Verify on a copy whose parameters are randomly perturbed (default), so that
         symmetric initial values (all-ones norms, zero biases) cannot hide a wrong spec.
@@ -410,10 +420,13 @@ def verify(
         When the model's outputs are not finite on the drawn inputs (nothing can be compared):
         names the state_dict entries that hold NaN or inf (``torch.empty`` leaves a parameter
         uninitialised).
+    ConfigError
+        When ``channel_dim`` names a dim an input does not have.
     """
     if mode is not None and mode != spec.mode:
         spec = spec.with_mode(mode)  # validates mode
     mode = spec.mode
+    check_channel_dim(channel_dim)
     gen = torch.Generator().manual_seed(seed)
     spec.check_state_dict(dict(model.state_dict()))
     args = as_args(example_input)
@@ -428,7 +441,7 @@ def verify(
         # an input the analysis could not label (read through *args) moves with nothing
         in_io += [None] * (len(args) - len(in_io))
     else:
-        in_io, out_io = _default_io(spec, args, "input"), None
+        in_io, out_io = _default_io(spec, args, "input", channel_dim), None
 
     cases = [first]
     for _ in range(max(trials, 1) - 1):
@@ -436,7 +449,8 @@ def verify(
         cases.append((x, _outputs(net, x)))
     _check_finite(model, net, cases)
     if out_io is None:
-        out_io = _default_io(spec, cases[0][1], "output")
+        out_dim = channel_dim if isinstance(channel_dim, int) else 1
+        out_io = _default_io(spec, cases[0][1], "output", out_dim)
     scale = max(
         (float(t.abs().max()) for _, ys in cases for t in ys if isinstance(t, torch.Tensor)),
         default=0.0,

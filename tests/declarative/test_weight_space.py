@@ -8,6 +8,7 @@ from nfncompile.declarative.builder import build, load
 from nfncompile.declarative.validate import to_dict
 from nfncompile.declarative.weight_space import resolve_weight_space
 from tests.declarative.helpers import LIN, MLP_SPEC, error
+from tests.frontend.helpers import TOKENS_MODULE
 
 
 def test_weight_space_section_errors(tmp_path):
@@ -84,3 +85,25 @@ def test_tracing_is_seeded_cached_and_leaves_the_global_rng_alone():
     assert resolve_weight_space(cfg) is spec
     net = build({"mlp": {"weight_space": to_dict(cfg), "out_features": 1}})
     assert net.spec == spec
+
+
+def test_channel_dim_names_the_sequence_models_features(tmp_path):
+    (tmp_path / "tokens.py").write_text(TOKENS_MODULE)
+    model = f"{tmp_path / 'tokens.py'}:make"
+
+    def ws(**extra: object) -> dict:
+        section = {"model": model, "input_shape": [2, 5, 4], **extra}
+        return {"stat_nn": {"weight_space": section, "head": {"out_features": 1}}}
+
+    spec = build(ws(channel_dim=-1)).spec
+    assert spec.spaces["in"].size == 4 and spec["pos"].axes == (None, "in")
+    assert build(ws()).spec.spaces["in"].size == 5  # dim 1: the sequence
+    assert error(ws(channel_dim=3)) == (
+        "<dict>: stat_nn.weight_space.channel_dim: channel_dim=3 does not fit input 1 of shape "
+        "(2, 5, 4): give a dim in -3..2 (its neurons' dim), or None for an input without neurons"
+    )
+    assert error(ws(channel_dim="last")).startswith("<dict>: stat_nn.weight_space.channel_dim:")
+    with_spec = {"spec": "x.yaml", "channel_dim": -1}
+    assert error({"mlp": {"weight_space": with_spec, "out_features": 1}}) == (
+        "<dict>: mlp.weight_space.channel_dim: only used with model, not with spec"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import torch
 from torch import nn
 
@@ -55,3 +57,24 @@ class CatSplit(nn.Module):
         p, q = self.c(h).split([3, 4], dim=1)
         r, t = torch.chunk(q, 2, dim=1)
         return self.d(p) + r * t.sum(1, keepdim=True)
+
+
+#: a module file defining ``make()``: a model reading ``(batch, sequence, features)`` through a
+#: learned positional table (5 x 4), then a token MLP 4 -> 6 -> 3
+TOKENS_MODULE = textwrap.dedent(
+    """\
+    import torch
+
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = torch.nn.Parameter(torch.randn(5, 4))
+            self.a, self.b = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x + self.pos)))
+
+    def make():
+        return Tokens()
+    """
+)
