@@ -65,6 +65,7 @@ from .labels import (
     Tie,
     as_prod,
     label_width,
+    merged,
     remade,
     segments,
     tensors,
@@ -127,6 +128,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.model = model if model is not None else gm
         self.blocks = dict(blocks or {})
         self.channel_dim = channel_dim
+        self._order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.requests: dict = {}
         self.chunked: list = []  # (label, positions per chunk) of every split read as chunks
         self.run_keys: list[tuple] = []  # (node, ordinal at that node, size) per run
@@ -498,14 +500,25 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         """Record that ``target``'s tensor was written in place and has ``labels`` now: every
         later use of it reads them. Where the tensor shares its memory with views of it (or
         is one), the write changes them too; when it put values the old labels do not
-        describe and such views were made before it, every tensor of that family is made
-        position-dependent (its neurons fixed)."""
+        describe and such views, made before it, are read after it, every tensor of that
+        family is made position-dependent (its neurons fixed)."""
         old = self.env.get(target)
-        if not isinstance(old, TensorLabels) or old.labels == labels.labels:
+        if not isinstance(old, TensorLabels):
             return
-        described = all(new is UNIFORM or new == was for new, was in zip(labels.labels, old.labels))
-        # views made before the write hold labels from before it (later ones read the new)
-        stale = [m for m in _aliases(target) if m is not target and m in self.env]
+        # the same neurons spelled in pieces (``x[:, :4] += r`` writes back the first four of
+        # the eight it had) change nothing
+        same = [merged(new) == merged(was) for new, was in zip(labels.labels, old.labels)]
+        if all(same):
+            return
+        described = all(new is UNIFORM or s for new, s in zip(labels.labels, same))
+        # views made before the write hold labels from before it (later ones read the new);
+        # they matter only where something reads them after it
+        after = self._order[self.node]
+        stale = [
+            m
+            for m in _aliases(target)
+            if m is not target and m in self.env and any(self._order[u] > after for u in m.users)
+        ]
         if described or not stale:
             self.env[target] = labels
             return

@@ -45,6 +45,7 @@ __all__ = [
     "label_width",
     "segments",
     "is_plain",
+    "merged",
     "TensorLabels",
     "Run",
     "Tie",
@@ -178,6 +179,27 @@ def segments(label: Any) -> Iterator[Seg]:
             yield from segments(f)
     elif isinstance(label, tuple):
         yield from label
+
+
+def merged(label: Any) -> Any:
+    """``label`` with consecutive segments of one run that continue each other as one: the
+    same neurons in the same order, so that two spellings of one label compare equal.
+
+    >>> merged((Seg(1, 0, 4), Seg(1, 4, 4), Seg(2, 0, 3)))
+    (Seg(run=1, offset=0, length=8, inner=1), Seg(run=2, offset=0, length=3, inner=1))
+    """
+    if isinstance(label, Prod):
+        return Prod(tuple(merged(f) for f in label.factors), label.sizes)
+    if not isinstance(label, tuple):
+        return label
+    out: list = []
+    for s in label:
+        last = out[-1] if out else None
+        if last and (last.run, last.offset + last.length, last.inner) == (s.run, s.offset, s.inner):
+            out[-1] = Seg(s.run, last.offset, last.length + s.length, s.inner)
+        else:
+            out.append(s)
+    return tuple(out)
 
 
 def is_plain(label: Any) -> bool:
