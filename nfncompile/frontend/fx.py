@@ -1006,13 +1006,20 @@ def _forward_params(model: torch.nn.Module) -> list[inspect.Parameter]:
         return []
 
 
-def _defaults_after(model: torch.nn.Module, given: int) -> dict | None:
-    """The default values of ``model.forward``'s parameters after the first ``given``: the
-    example input is the call ``model(*args)``, so each of them is traced as that constant
-    (``forward(x, mask=None)`` traced with ``mask`` a proxy would take the masked branch)."""
+def _constants(model: torch.nn.Module, args: tuple) -> dict | None:
+    """The values ``model.forward``'s parameters are traced as: the defaults of those after
+    the example's ``args`` (the example input is the call ``model(*args)``;
+    ``forward(x, mask=None)`` traced with ``mask`` a proxy would take the masked branch), and
+    the given arguments that hold no tensor (``(x, None)``, a ``start_pos`` of 0, a flag)."""
     params = _forward_params(model)
     named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    rest = {p.name: p.default for p in named[given:] if p.default is not p.empty}
+    given = len(args)
+    rest = {
+        p.name: value
+        for p, value in zip(named, args)
+        if not any(isinstance(v, torch.Tensor) for v in leaves(value))
+    }
+    rest.update({p.name: p.default for p in named[given:] if p.default is not p.empty})
     # keyword-only ones too (siren-pytorch's forward(self, img=None, *, latent=None))
     rest.update(
         {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
@@ -1056,9 +1063,10 @@ def trace_module(
     model : nn.Module
         Any module whose own forward torch.fx can trace (MLPs, CNNs, residual and concat
         patterns); a submodule whose forward it cannot trace is kept as one call.
-    example_input : Tensor or tuple of Tensor
+    example_input : Tensor or tuple
         One example batch; only its shapes and dtypes are used. The model is left as it was:
-        what its forward binds on its modules while traced (a cached table) is undone.
+        what its forward binds on its modules while traced (a cached table) is undone. An
+        argument without tensors (``None``, a flag, a number) is traced as that constant.
     fake : bool, optional
         Propagate shapes with fake tensors (no arithmetic: the cost does not grow with width,
         but the first use imports torch's fake-tensor machinery, about 3 s) or with the real
@@ -1131,7 +1139,7 @@ def trace_graph(
     TraceError
         When neither trace succeeds: fx's reason, the source line and what to do.
     """
-    defaults = _defaults_after(model, len(args))
+    defaults = _constants(model, args)
     einops_backend.register()  # einops calls on traced values, where einops is imported
 
     def run(make: Callable[[], LeafFallbackTracer]) -> tuple[LeafFallbackTracer, torch.fx.Graph]:

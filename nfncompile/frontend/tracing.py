@@ -115,10 +115,12 @@ def trace(
     ----------
     model : nn.Module
         The network whose weights the NFN will process (not modified).
-    example_input : Tensor or tuple of Tensor
-        One example batch (only shapes and dtypes matter). Its ``channel_dim`` holds the
-        neurons that form the ``input`` space(s). An output's spaces are whichever of its dims
-        the analysis finds labelled.
+    example_input : Tensor or tuple
+        One example batch (only shapes and dtypes matter), the model's positional arguments
+        when a tuple. Its ``channel_dim`` holds the neurons that form the ``input``
+        space(s). An output's spaces are whichever of its dims the analysis finds labelled.
+        An argument holding no tensor (``None`` for an optional mask, a flag, a number) is
+        traced as the constant it is, like the defaults of the arguments not given.
     verify : bool
         Check the derived group numerically (default) and raise if it does not hold: ``trials``
         joint random group elements (every space moves); when one fails, every space is

@@ -274,6 +274,21 @@ def test_arguments_not_given_are_traced_as_their_defaults():
     assert spec2.names == spec.names
 
 
+@pytest.mark.parametrize("given", [(None,), (None, False, 2.0), (None, True)])
+def test_given_arguments_without_tensors_are_traced_as_given(given):
+    # before: ``(x, None)`` made ``mask`` a proxy, the forward took the masked branch and
+    # multiplied by None (TraceError); a flag given as True could not be branched on
+    model = OptionalArguments()
+    x = x_(2, 3)
+    spec, report = trace_with_report(model, (x, *given))
+    assert report.verification.ok and not report.broken and not report.graph_differs
+    gm = trace_module(model, (x, *given))
+    torch.testing.assert_close(gm(x, *given), model(x, *given))
+    hidden = spec["a.weight"].axes[0]
+    pre_logits = len(given) > 1 and given[1]
+    assert spec.spaces[hidden].role == ("output" if pre_logits else "hidden")
+
+
 class TupleDefault(nn.Module):
     """A default fx would flatten (a tuple), after it a keyword-only one."""
 
