@@ -54,6 +54,7 @@ from .fx import PlainArgsInterpreter, canonical_keys, leaves, writes
 from .labels import (
     POSITIONS,
     UNIFORM,
+    UNREAD,
     BlockLink,
     Broken,
     Label,
@@ -223,10 +224,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             pos = 0
             for lo, hi in [*sorted(spans), (self.runs[run].size, self.runs[run].size)]:
                 if lo > pos:
-                    self.fix(
-                        (Seg(run, pos, lo - pos),),
-                        "not read at the example's shapes (a longer input may read them)",
-                    )
+                    self.fix((Seg(run, pos, lo - pos),), UNREAD)
                 pos = max(pos, hi)
 
     def uniform_run(self, size: int, what: str) -> Label:

@@ -53,12 +53,16 @@ __all__ = [
     "ParamLabel",
     "BlockLink",
     "POSITIONS",
+    "UNREAD",
     "tensors",
 ]
 
 #: The reason recorded for positions that are not neurons (padding, constants, conv kernel
 #: taps of a weight used directly): fixed, but not symmetry an op broke.
 POSITIONS = "fixed positions (not neurons)"
+#: The reason recorded for the rows of a parameter axis that the example's shapes do not read
+#: (a positional table longer than the example): reported, as another input may read them.
+UNREAD = "not read at the example's shapes (a longer input may read them)"
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ Examples
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,7 @@ from .derivation import (
     SpaceInfo,
     TensorAxes,
 )
-from .labels import POSITIONS, Seg, segments
+from .labels import POSITIONS, UNREAD, Seg, segments
 
 __all__ = ["derive_spaces", "fixed_labels"]
 
@@ -419,7 +420,8 @@ def _build(
             for io in problem.outputs
         ),
     )
-    broken = _broken(graph, problem, fallen)
+    positions = _is_position(problem, sol)
+    broken = _broken(graph, problem, fallen, positions)
     run_space = {}
     for r in runs:
         root = uf.find(sol.atom_id[(r, sol.starts[r][0])]) if sol.starts[r] else None
@@ -433,7 +435,7 @@ def _build(
         blocks=[Blocks(b.name, b.count) for b in blocks.values()],
     )
     return Derivation(
-        spec, {s.name: s for s in ranked}, blocks, io, broken, _ops(graph, problem, fallen),
+        spec, {s.name: s for s in ranked}, blocks, io, broken, _ops(graph, problem, fallen, positions),
         run_space, graph,
     )  # fmt: skip
 
@@ -491,14 +493,43 @@ def _name_blocks(
     return out
 
 
-def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict) -> list:
+def _is_position(problem: _Problem, sol: _Solution) -> Callable[[int, int, int], bool]:
+    """Whether neurons ``[off, off + length)`` of run ``r`` are positions, not neurons:
+    constants (padding, concatenated constants), or an axis of a parameter that nothing ties
+    to any other run (a position table's rows, met only by a token axis)."""
+    runs = problem.runs
+    alone = {root: {sol.atoms[i][0] for i in atoms} for root, atoms in sol.classes.items()}
+
+    def positions(r: int, off: int, length: int) -> bool:
+        if runs[r]["kind"] == "fixed":
+            return True
+        return runs[r]["kind"] == "param" and all(
+            alone[sol.uf.find(i)] == {r} for i in sol.atoms_in(r, off, length)
+        )
+
+    return positions
+
+
+def _fixes_neurons(b: Any, positions: Callable[[int, int, int], bool]) -> bool:
+    """Whether a :class:`~nfncompile.frontend.labels.Broken` record fixed any neurons (one that
+    fixed only positions broke no symmetry; unread rows are always reported)."""
+    if b.reason == UNREAD:
+        return True
+    return b.reason != POSITIONS and (
+        not b.neurons or not all(positions(*item) for item in b.neurons)
+    )
+
+
+def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Callable) -> list:
     runs = problem.runs
 
-    def neurons(items: Any) -> tuple:
+    def neurons(items: Any, tables: bool) -> tuple:
+        """Names and count of the neurons of ``items`` (with ``tables``, a parameter axis
+        nothing ties to another run is positions, not neurons)."""
         names, count = [], 0
         for r, off, length in items:
-            if runs[r]["kind"] == "fixed":
-                continue  # constant positions (padding, concatenated constants), not neurons
+            if runs[r]["kind"] == "fixed" or (tables and positions(r, off, length)):
+                continue
             origin = runs[r]["origin"]
             whole = off == 0 and length == runs[r]["size"]
             names.append(origin if whole else f"{origin}[{off}:{off + length}]")
@@ -507,25 +538,26 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict) -> list:
 
     out = []
     for b in graph.graph["broken"]:
-        if b.reason == POSITIONS:
+        if not _fixes_neurons(b, positions):
             continue
-        out.append(BrokenInfo(b.op, b.node, b.reason, *neurons(b.neurons)))
+        names, count = neurons(b.neurons, b.reason != UNREAD)
+        out.append(BrokenInfo(b.op, b.node, b.reason, names, count))
     for link in problem.links:
         if link.id not in fallen:
             continue
         for segs, reason in link.fixes:
             items = [(s.run, s.offset, s.length) for s in segs]
-            out.append(BrokenInfo(link.op, link.node, reason, *neurons(items)))
+            out.append(BrokenInfo(link.op, link.node, reason, *neurons(items, True)))
     return out
 
 
-def _ops(graph: nx.MultiGraph, problem: _Problem, fallen: dict) -> list:
+def _ops(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Callable) -> list:
     ops = {node: OpInfo(op, node) for op, node in graph.graph.get("calls", [])}
     for link in problem.links:
         if link.id in fallen and link.node in ops:
             ops[link.node].fell_back = fallen[link.id]
     for b in graph.graph["broken"]:
-        if b.node in ops and b.reason != POSITIONS:
+        if b.node in ops and _fixes_neurons(b, positions):
             ops[b.node].broke.append(b.reason)
     for link in problem.links:
         if link.id in fallen and link.node in ops:

@@ -209,8 +209,8 @@ def test_flattened_products_are_contracted_factor_by_factor(how):
     # F.linear and matmul fixed a flattened product: every hidden neuron of the KAN layer
     spec, report = trace_with_report(model_(lambda: _FlatProduct(how)), x_(3, 5))
     assert spec["a.weight"].axes == ("a", "in") and spec["w"].axes == ("out", "a", None)
-    # the weight's last axis meets the 3 positions
-    assert report.verification.ok and [b.neurons for b in report.broken] == [["w.d2"]]
+    # the weight's last axis meets the 3 positions: positions too, no symmetry broken
+    assert report.verification.ok and not report.broken
 
 
 class _Codebook(nn.Module):

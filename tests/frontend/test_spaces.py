@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from nfncompile.frontend.derivation import Derivation, TensorAxes
 from nfncompile.frontend.fx import trace_module
 from nfncompile.frontend.graph import build_symmetry_graph
 from nfncompile.frontend.spaces import derive_spaces
+from nfncompile.frontend.tracing import trace_with_report
 from tests.frontend.helpers import CatSplit, TwoLinear, model_, x_
 
 
@@ -49,3 +51,29 @@ def test_flattened_channels_give_views_on_params():
     d = _derive(model_(Flattened), x_(2, 1, 2, 2))
     fc = d.spec["fc.weight"]
     assert (fc.view, fc.axes) == ((2, 3, 4), ("out", "conv", None))
+
+
+class _Tables(nn.Module):
+    """A position table added to tokens (its rows meet positions: not a symmetry broken), and
+    a per-channel scale whose channels an unknown op fixed (reported, at that op)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(5, 4))
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.scale = nn.Parameter(torch.ones(6))
+
+    def forward(self, x):  # (batch, 5 tokens, 4 features)
+        h = self.a(x + self.pos)
+        return self.b(torch.fft.fft(h).real * self.scale)
+
+
+def test_a_parameter_axis_met_only_by_positions_is_not_reported_broken():
+    spec, report = trace_with_report(model_(_Tables), x_(2, 5, 4), channel_dim=-1)
+    assert spec["pos"].axes == (None, "in") and report.verification.ok
+    # the fft fixed a's neurons (reported); the table's rows and the scale's channels,
+    # which then meet only positions, are not listed as symmetry the model broke
+    assert [(b.neurons, b.count) for b in report.broken] == [(["a"], 6)]
+    assert all(
+        "pos" not in name and "scale" not in name for b in report.broken for name in b.neurons
+    )
