@@ -15,7 +15,8 @@ It sits below :mod:`nfncompile.declarative` (a YAML spec may name a model to tra
   ``tf_efficientnet``), :mod:`.grouped` (``resnext_block``,
   ``regnet_x``), :mod:`.convnext` (``convnext_block``), :mod:`.selective_kernel`
   (``sk_block``), :mod:`.standardised` (``std_conv_block``), :mod:`.blur_pool`
-  (``blurpool_cnn``), :mod:`.space_to_depth` (``s2d_stem``), and torchvision's ImageNet
+  (``blurpool_cnn``), :mod:`.space_to_depth` (``s2d_stem``), :mod:`.vits` (``vit``), and
+  torchvision's ImageNet
   topologies: :mod:`.torchvision_resnets` (``resnet18``, ``resnet50``),
   :mod:`.torchvision_mobilenets` (``mobilenetv2``), :mod:`.torchvision_densenets`
   (``densenet121``); :mod:`.args` checks their arguments
@@ -42,6 +43,7 @@ from .torchvision_densenets import densenet121
 from .torchvision_mobilenets import mobilenetv2
 from .torchvision_resnets import resnet18, resnet50
 from .unets import unet
+from .vits import vit
 
 __all__ = [
     "Architecture",
@@ -70,6 +72,7 @@ __all__ = [
     "std_conv_block",
     "blurpool_cnn",
     "s2d_stem",
+    "vit",
     "resnet18",
     "resnet50",
     "mobilenetv2",

@@ -59,6 +59,7 @@ from .torchvision_densenets import densenet121
 from .torchvision_mobilenets import mobilenetv2
 from .torchvision_resnets import resnet18, resnet50
 from .unets import unet
+from .vits import vit
 
 __all__ = ["Architecture", "CATALOGUE", "FACTORIES", "get", "names"]
 
@@ -187,6 +188,13 @@ CATALOGUE: dict[str, Architecture] = dict(
             (2, 3, 8, 8),
             "space-to-depth stem (2x2 blocks into channels), two convs, GAP, fc",
         ),
+        _arch(
+            "vit",
+            vit,
+            (2, 3, 8, 8),
+            "ViT: 2x2 patches, class token, learned positions, 2 pre-norm blocks (fused qkv, "
+            "2 heads), GELU MLP, head on the class token",
+        ),
         # torchvision's ImageNet topologies at reduced widths (the factories' defaults give
         # the full models: bench/arch_scale.py uses those)
         _arch(
@@ -241,6 +249,7 @@ FACTORIES: dict[str, Callable[..., nn.Module]] = {
         std_conv_block,
         blurpool_cnn,
         s2d_stem,
+        vit,
         resnet18,
         resnet50,
         mobilenetv2,
@@ -269,7 +278,7 @@ def get(name: str) -> Architecture:
     >>> get("resnet21")
     Traceback (most recent call last):
     ...
-    nfncompile.errors.ConfigError: unknown architecture 'resnet21' (did you mean 'resnet20'?); valid names: mlp, siren, lenet, small_cnn, resnet8, resnet20, densenet_block, mobilenetv2_block, se_block, unet, vgg, efficientnet_block, tf_efficientnet, resnext_block, regnet_x, convnext_block, sk_block, std_conv_block, blurpool_cnn, s2d_stem, resnet18, resnet50, mobilenetv2, densenet121
+    nfncompile.errors.ConfigError: unknown architecture 'resnet21' (did you mean 'resnet20'?); valid names: mlp, siren, lenet, small_cnn, resnet8, resnet20, densenet_block, mobilenetv2_block, se_block, unet, vgg, efficientnet_block, tf_efficientnet, resnext_block, regnet_x, convnext_block, sk_block, std_conv_block, blurpool_cnn, s2d_stem, vit, resnet18, resnet50, mobilenetv2, densenet121
     """
     try:
         return CATALOGUE[name]

@@ -33,6 +33,7 @@ EXPECTED_OUT = {
     "std_conv_block": (2, 10),
     "blurpool_cnn": (2, 10),
     "s2d_stem": (2, 10),
+    "vit": (2, 10),
     "resnet18": (2, 10),
     "resnet50": (2, 10),
     "mobilenetv2": (2, 10),
