@@ -116,6 +116,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         ``(label, positions per chunk)`` of every dim a reshape split into equal chunks
         (:func:`~nfncompile.frontend.rules.shape.split_label`): where such a label ends up
         wholly fixed, the graph is analysed again with it in blocks.
+    selected_chunks : dict
+        ``(reshape node name, dim) -> chunk labels`` for chunks that every use selects one
+        at a time (:mod:`~nfncompile.frontend.rules.chunks`): not tied to each other.
     """
 
     def __init__(
@@ -132,6 +135,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self._order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.requests: dict = {}
         self.chunked: list = []  # (label, positions per chunk) of every split read as chunks
+        # (reshape node, dim) -> chunk labels, for chunks only ever selected one at a time
+        self.selected_chunks: dict = {}
         self.run_keys: list[tuple] = []  # (node, ordinal at that node, size) per run
         self._made_at: dict[str, int] = {}
         self.runs: list[Run] = []

@@ -331,3 +331,46 @@ def test_gathered_tokens_keep_their_features(how):
     # the token positions (the input's dim 1) are read at the ids; the features stay free
     assert spec["emb.weight"].axes == ("emb", None) and spec["fc.weight"].axes == ("emb", "emb")
     assert report.verification.ok and not report.probes
+
+
+class _FusedQKV(nn.Module):
+    """Attention with one ``qkv`` projection viewed as ``(3, heads, head_dim)``, its chunks
+    taken ``how``; ``"mixed"`` also reads all three at once."""
+
+    def __init__(self, how: str, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.how, self.heads = how, heads
+        self.inp, self.qkv = nn.Linear(4, dim), nn.Linear(dim, 3 * dim)
+        self.proj, self.out = nn.Linear(dim, dim), nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads)
+        if self.how == "unbind":  # timm's ViT
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        elif self.how == "index":  # Swin
+            qkv = qkv.permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        elif self.how == "index_inner":
+            q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            v = v + qkv.permute(2, 0, 3, 1, 4).mean(0)
+        attn = (q @ k.transpose(-2, -1)).softmax(-1)
+        return self.out(x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, c)))
+
+
+@pytest.mark.parametrize("how", ["unbind", "index", "index_inner", "mixed"])
+def test_chunks_selected_one_at_a_time_keep_their_own_neurons(how):
+    # before: the view as (3, heads, head_dim) tied v's features to q's and k's
+    spec, report = trace_with_report(model_(lambda: _FusedQKV(how)), x_(2, 5, 4), channel_dim=-1)
+    assert report.verification.ok and not report.broken
+    rows = spec["qkv.weight"].axes[0]  # 3 chunks x 2 heads, each a 4-space
+    qk, v = rows[0], rows[4]
+    assert rows == (qk,) * 4 + (v,) * 2 and spec["proj.weight"].axes[1] == (v, v)
+    if how == "mixed":  # the chunks are also read together: one permutation for all three
+        assert qk == v
+    else:
+        assert qk != v and spec.spaces[qk].size == spec.spaces[v].size == 4
+        assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

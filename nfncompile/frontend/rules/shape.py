@@ -19,6 +19,7 @@ from torch import nn
 
 from ...errors import TraceError
 from ..labels import UNIFORM, Label, Prod, Seg, TensorLabels
+from .chunks import chunks_at, only_selected, rebased
 from .registry import (
     Unsupported,
     arg,
@@ -78,7 +79,8 @@ def reshape_labels(a: SymmetryAnalysis, info: TensorLabels, shape: tuple) -> Ten
             else:
                 raise TraceError(f"internal: reshape {info.shape} -> {shape} does not match")
         merged = merge_label(a, [info.labels[d] for d, _ in gi], [n for _, n in gi])
-        for (d, _), lab in zip(gj, split_label(a, merged, [n for _, n in gj])):
+        split = split_label(a, merged, [n for _, n in gj], [d for d, _ in gj])
+        for (d, _), lab in zip(gj, split):
             labels[d] = lab
     return TensorLabels(shape, tuple(labels))
 
@@ -113,7 +115,7 @@ def merge_label(a: SymmetryAnalysis, labels: list, sizes: list) -> Any:
     return Prod(tuple(factors), tuple(dims))
 
 
-def split_label(a: SymmetryAnalysis, label: Any, sizes: list) -> list:
+def split_label(a: SymmetryAnalysis, label: Any, sizes: list, dims: list | None = None) -> list:
     """The labels of the dims of ``sizes`` that one dim labelled ``label`` is split into.
 
     A flattened product splits back at its factors' boundaries. A label whose neurons each
@@ -122,8 +124,10 @@ def split_label(a: SymmetryAnalysis, label: Any, sizes: list) -> list:
     are tied to move together, the first dim is unlabelled and the chunk's label is split
     over the other dims (where that leaves the label wholly fixed, the graph is analysed again
     with its neurons made in blocks of the other dims' positions, each a neuron of the first
-    dim: :func:`~nfncompile.frontend.graph.build_symmetry_graph`). A split that cuts through
-    a neuron's positions fixes the label.
+    dim: :func:`~nfncompile.frontend.graph.build_symmetry_graph`). Where every use of the
+    reshaped tensor selects one chunk at a time (``dims``: the output dims of ``sizes``), the
+    chunks are not tied: see :mod:`~nfncompile.frontend.rules.chunks`. A split that cuts
+    through a neuron's positions fixes the label.
     """
     if len(sizes) == 1:
         return [label]
@@ -140,12 +144,21 @@ def split_label(a: SymmetryAnalysis, label: Any, sizes: list) -> list:
     except Unsupported:
         a.fix(label, "reshape splits neurons across several axes")
         return [None] * len(sizes)
-    for chunk in chunks[1:]:
-        a.tie(chunks[0], chunk)
+    inner = dims[1:] if dims else None
     # or each neuron of the first dim is a block of ``rest`` (a Linear's output viewed as
     # (C, H, W) feature maps): tried when this reading leaves the label fixed
     a.chunked.append((label, rest))
-    return [None, *split_label(a, chunks[0], sizes[1:])]
+    single = all(s.inner == 1 for c in chunks for s in c)
+    if dims and a.node is not None and single and only_selected(a.node, dims[0]):
+        # q, k, v = qkv.unbind(0): each chunk its own neurons, split alike
+        a.selected_chunks[(a.node.name, dims[0])] = chunks
+        first = split_label(a, chunks[0], sizes[1:], inner)
+        for chunk in chunks[1:]:
+            split_label(a, chunk, sizes[1:], inner)
+        return [None, *first]
+    for chunk in chunks[1:]:
+        a.tie(chunks[0], chunk)
+    return [None, *split_label(a, chunks[0], sizes[1:], inner)]
 
 
 def _split_product(a: SymmetryAnalysis, label: Prod, sizes: list) -> list:
@@ -327,6 +340,7 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         return _advanced_getitem(a, x, idx)
     labels = []
     d = 0
+    chunk = None  # the chunk one integer index selects, when it is one of selected chunks
     for i in idx:
         if i is None:
             labels.append(None)
@@ -336,12 +350,17 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             lab = a.plain_label(lab)
             if lab is not None:
                 a.fix((_neuron_at(lab, i % n),), "indexes one neuron by its position")
+            chunks = chunks_at(a, a.node.args[0], d) if lab is None else None
+            if chunks is not None and len(chunks) == n:
+                chunk = (chunks[0], chunks[i % n])
         elif isinstance(i, slice):
             labels.append(_sliced(a, lab, n, i))
         else:
             raise Unsupported(f"indexing with {type(i).__name__}")
         d += 1
     labels.extend(x.labels[d:])
+    if chunk is not None:
+        labels = [rebased(a, lab, *chunk) for lab in labels]
     return TensorLabels(a.out_shape(), tuple(labels))
 
 
@@ -542,4 +561,11 @@ def _unbind(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x = args[0]
     d = norm_dim(arg(args, kwargs, 1, "dim", 0), x.ndim)
     a.fix(x.labels[d], "unbind gives each neuron its own tensor")
-    return tuple(TensorLabels(o.shape, x.labels[:d] + x.labels[d + 1 :]) for o in a.out())
+    rest = x.labels[:d] + x.labels[d + 1 :]
+    chunks = chunks_at(a, a.node.args[0], d)
+    if chunks is not None and len(chunks) == x.shape[d]:  # each chunk its own neurons
+        return tuple(
+            TensorLabels(o.shape, tuple(rebased(a, lab, chunks[0], c) for lab in rest))
+            for o, c in zip(a.out(), chunks)
+        )
+    return tuple(TensorLabels(o.shape, rest) for o in a.out())

@@ -1,0 +1,176 @@
+"""Chunks that are only ever selected one by one: a fused projection's ``(3, heads, head_dim)``.
+
+A reshape that splits a dim of neurons into ``k`` equal chunks (a fused ``qkv`` projection's
+``3 * dim`` outputs viewed as ``(3, heads, head_dim)``) reads the chunks as moving together:
+the new leading dim is positions, and one label serves every chunk
+(:func:`~nfncompile.frontend.rules.shape.split_label`). That ties q's, k's and v's features,
+though attention only needs q's and k's alike. Where every use of the reshaped tensor, through
+permutes and transposes, picks one chunk at a time (``q, k, v = qkv.unbind(0)``,
+``qkv[0]``), nothing combines two chunks, so each may keep its own neurons: the split records
+the chunks (:attr:`~nfncompile.frontend.analysis.SymmetryAnalysis.selected_chunks`) instead of
+tying them, the tensor carries the first chunk's labels, and the select gives chunk ``i`` its
+own (:func:`rebased`).
+
+Examples
+--------
+>>> from nfncompile.frontend.labels import Seg
+>>> q, v = (Seg(0, 0, 4),), (Seg(0, 8, 4),)
+>>> rebased(None, (Seg(0, 2, 2),), q, v)
+(Seg(run=0, offset=10, length=2, inner=1),)
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx
+
+from ..labels import Prod, Seg
+
+if TYPE_CHECKING:
+    from ..analysis import SymmetryAnalysis
+
+__all__ = ["only_selected", "chunks_at", "rebased"]
+
+_PERMUTES = frozenset({"permute", "transpose", "swapaxes", "swapdims", "contiguous"})
+
+
+def _ndim(node: torch.fx.Node) -> int | None:
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return len(shape) if shape is not None else None
+
+
+def _name(node: torch.fx.Node) -> str | None:
+    """``permute``, ``transpose``, ... for a call of one (method or ``torch`` function)."""
+    if node.op == "call_method":
+        return node.target
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", None) if node.target in _TORCH else None
+    return None
+
+
+_TORCH = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
+
+
+def _moved(node: torch.fx.Node, d: int) -> int | None:
+    """Where dim ``d`` of ``node``'s input is in its output (``node`` a permute, transpose or
+    contiguous), or ``None`` when the arguments cannot be read."""
+    n = _ndim(node)
+    if n is None:
+        return None
+    args = node.args[1:]
+    if _name(node) == "contiguous":
+        return d
+    if _name(node) == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        dims = node.kwargs.get("dims", dims)
+        if not all(isinstance(k, int) for k in dims) or len(dims) != n:
+            return None
+        dims = [k % n for k in dims]
+        return dims.index(d) if d in dims else None
+    pair = [node.kwargs.get(k, v) for k, v in zip(("dim0", "dim1"), args)]
+    if len(pair) != 2 or not all(isinstance(k, int) for k in pair):
+        return None
+    a, b = (k % n for k in pair)
+    return b if d == a else a if d == b else d
+
+
+def _selects(node: torch.fx.Node, d: int) -> bool:
+    """Whether ``node`` takes its input's dim ``d`` apart one position at a time
+    (``unbind(d)``, an integer index at ``d``)."""
+    n = _ndim(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
+    if n is None:
+        return False
+    if node.op in ("call_method", "call_function") and _name_unbind(node):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        return isinstance(dim, int) and dim % n == d
+    if node.op == "call_function" and node.target is operator.getitem:
+        idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        if Ellipsis in idx or len(idx) <= d:
+            return False
+        before_whole = all(i == slice(None) for i in idx[:d])
+        rest_basic = all(isinstance(i, (int, slice)) for i in idx[d + 1 :])
+        return before_whole and isinstance(idx[d], int) and rest_basic
+    return False
+
+
+def _name_unbind(node: torch.fx.Node) -> bool:
+    return (node.op == "call_method" and node.target == "unbind") or (
+        node.op == "call_function" and node.target is torch.unbind
+    )
+
+
+def only_selected(node: torch.fx.Node, d: int) -> bool:
+    """Whether every use of ``node``'s dim ``d``, through permutes, transposes and
+    ``contiguous``, takes one position of it at a time (and nothing else reads ``node``)."""
+    if not node.users:
+        return False
+    for user in node.users:
+        if _name(user) in _PERMUTES and user.args[0] is node:
+            moved = _moved(user, d)
+            if moved is None or not only_selected(user, moved):
+                return False
+        elif not (user.args and user.args[0] is node and _selects(user, d)):
+            return False
+    return True
+
+
+def chunks_at(a: SymmetryAnalysis, node: Any, d: int) -> list | None:
+    """The chunk labels recorded for dim ``d`` of ``node`` (followed back through permutes,
+    transposes and ``contiguous`` to the reshape that made it), or ``None``."""
+    while isinstance(node, torch.fx.Node):
+        found = a.selected_chunks.get((node.name, d))
+        if found is not None:
+            return found
+        if _name(node) not in _PERMUTES or not node.args:
+            return None
+        source = node.args[0]
+        if not isinstance(source, torch.fx.Node) or _ndim(source) is None:
+            return None
+        back = [k for k in range(_ndim(source)) if _moved(node, k) == d]
+        if len(back) != 1:
+            return None
+        node, d = source, back[0]
+    return None
+
+
+def rebased(a: SymmetryAnalysis | None, label: Any, src: tuple, dst: tuple) -> Any:
+    """``label`` with every neuron of chunk ``src`` replaced by the neuron at the same position
+    of chunk ``dst`` (labels of equal widths, neurons of one position each)."""
+    if isinstance(label, Prod):
+        return Prod(tuple(rebased(a, f, src, dst) for f in label.factors), label.sizes)
+    if not isinstance(label, tuple):
+        return label
+    out: list = []
+    for s in label:
+        pos = _position(s, src)
+        if pos is None:
+            out.append(s)
+            continue
+        out += _slice(dst, pos, pos + s.length)
+    return tuple(out)
+
+
+def _position(s: Seg, src: tuple) -> int | None:
+    """Where segment ``s`` starts inside ``src``'s positions, if it lies in one of its
+    segments."""
+    p = 0
+    for t in src:
+        inside = t.offset <= s.offset and s.offset + s.length <= t.offset + t.length
+        if s.run == t.run and s.inner == 1 and inside:
+            return p + s.offset - t.offset
+        p += t.width
+    return None
+
+
+def _slice(label: tuple, start: int, stop: int) -> list:
+    out, p = [], 0
+    for s in label:
+        lo, hi = max(start, p), min(stop, p + s.length)
+        if lo < hi:
+            out.append(Seg(s.run, s.offset + lo - p, hi - lo))
+        p += s.length
+    return out
