@@ -534,15 +534,21 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.fix_all(labels, reason)
 
     def placeholder(self, target: Any, args: Any, kwargs: Any) -> Any:
-        info = _meta_value(self.node)
-        meta = self.node.meta.get("tensor_meta")
-        var = str(target).startswith("*") and not str(target).startswith("**")
-        if var and isinstance(info, (tuple, list)) and isinstance(meta, (tuple, list)):
-            # ``forward(*xs)``: each input it takes, labelled as if it had its own parameter
-            return remade(info, (self._input(i, m) for i, m in zip(info, meta)))
-        if not isinstance(info, TensorLabels):
-            return info
-        return self._input(info, meta)
+        # ``forward(*xs)``, a tuple or dict input: each tensor in it labelled as if it had a
+        # parameter of its own
+        return self._inputs(_meta_value(self.node), self.node.meta.get("tensor_meta"))
+
+    def _inputs(self, info: Any, meta: Any) -> Any:
+        """The labels of one input value: each tensor in it, at any depth of its tuples,
+        lists and dicts, an input of its own (:meth:`_input`), in order."""
+        if isinstance(info, TensorLabels):
+            return self._input(info, meta)
+        sequences = isinstance(info, (tuple, list)) and isinstance(meta, (tuple, list))
+        if sequences and len(info) == len(meta):
+            return remade(info, (self._inputs(i, m) for i, m in zip(info, meta)))
+        if isinstance(info, dict) and isinstance(meta, dict):
+            return {k: self._inputs(v, meta.get(k)) for k, v in info.items()}
+        return info
 
     def _input(self, info: Any, meta: Any) -> Any:
         """An input's labels: its :attr:`channel_dim` (dim 1 by default, dim 0 of a 1-D input)

@@ -332,6 +332,23 @@ def _default_io(
     return out
 
 
+def _tensors(args: tuple) -> list:
+    """The tensors among a model's inputs, at any depth of their tuples, lists and dicts, in
+    the order the analysis labels them."""
+    return [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
+
+
+def _permute_inputs(perm: Permutation, args: tuple, io: list) -> tuple:
+    """``args`` with each tensor among them (at any depth, in order) permuted by its
+    :class:`TensorAxes` in ``io``; numbers, ``None`` and the like pass as they are."""
+    entries = iter(io)
+
+    def one(t: Any) -> Any:
+        return _permute(perm, t, next(entries, None)) if isinstance(t, torch.Tensor) else t
+
+    return tuple(pytree.tree_map(one, args))
+
+
 def _permute(perm: Permutation, t: Any, io: TensorAxes | None) -> Any:
     if io is None or not isinstance(t, torch.Tensor):
         return t
@@ -437,11 +454,12 @@ def verify(
     # ``{alias: first key}``: functional_call takes one value per tensor
     aliases = {k: c for k, c in canonical_keys(state).items() if c != k}
     if io is not None:
+        # one entry per tensor among the inputs, at any depth (an input the analysis could not
+        # label, read through *args, moves with nothing)
         in_io, out_io = list(io.inputs), list(io.outputs)
-        # an input the analysis could not label (read through *args) moves with nothing
-        in_io += [None] * (len(args) - len(in_io))
     else:
-        in_io, out_io = _default_io(spec, args, "input", channel_dim), None
+        in_io = _default_io(spec, _tensors(args), "input", channel_dim)
+        out_io = None
 
     cases = [first]
     for _ in range(max(trials, 1) - 1):
@@ -476,7 +494,7 @@ def verify(
                 sd, apart = _one_per_tensor(permuted_state(spec, perm, state, moved), aliases)
                 if apart:
                     return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, apart, params)
-                xp = tuple(_permute(perm, t, a) for t, a in zip(x, in_io))
+                xp = _permute_inputs(perm, x, in_io)
                 try:
                     yp = _outputs(net, xp, sd)
                 except Exception as e:  # a forward pass that fails on permuted weights
@@ -514,7 +532,7 @@ def verify(
         moves["joint"] = [*permutable, *spec.blocks]
 
         def permute_input(perm: Permutation, x: tuple) -> tuple:
-            return tuple(_permute(perm, t, a) for t, a in zip(x, in_io))
+            return _permute_inputs(perm, x, in_io)
 
         report.explanations = [
             explain_failure(

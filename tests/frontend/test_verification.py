@@ -14,6 +14,7 @@ import nfncompile as nfc
 from nfncompile.errors import StateDictMismatchError, SymmetryError
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.frontend.verification import verify
+from tests.frontend.helpers import x_
 
 
 def _x(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -359,3 +360,34 @@ def test_a_mask_of_minus_infinity_and_a_numpy_scalar():
     # graph's code, which has no `np`
     _, report = trace_with_report(_MaskedScores(), torch.randn(2, 5, 4))
     assert report.verification.ok and report.graph_differs == ""
+
+
+class _Pair(nn.Module):
+    """Two feature inputs, given ``how``: a tuple, a dict, or separate arguments with an
+    optional one left ``None`` between them."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.c, self.b = nn.Linear(4, 6), nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x, mask=None, y=None):
+        if self.how == "tuple":
+            x, y = x
+        elif self.how == "dict":
+            x, y = x["x"], x["y"]
+        h = torch.relu(self.a(x) + self.c(y))
+        return self.b(h if mask is None else h * mask)
+
+
+@pytest.mark.parametrize("how", ["tuple", "dict", "none_between"])
+def test_every_tensor_among_the_inputs_is_an_input_space(how):
+    # before: the tensors in a tuple or dict input had no input space (their layers' input
+    # axes fixed), and an argument left None shifted the inputs' permutations by one
+    x, y = x_(2, 4), x_(2, 3, seed=1)
+    example = {"tuple": ((x, y),), "dict": ({"x": x, "y": y},), "none_between": (x, None, y)}
+    spec, report = trace_with_report(_Pair(how), example[how])
+    assert report.verification.ok and not report.broken
+    first, second = spec["a.weight"].axes[1], spec["c.weight"].axes[1]
+    assert spec.spaces[first].size == 4 and spec.spaces[second].size == 3
+    assert spec.spaces[first].role == spec.spaces[second].role == "input"
