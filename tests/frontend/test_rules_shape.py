@@ -354,6 +354,16 @@ class _FusedQKV(nn.Module):
             q, k, v = qkv[0], qkv[1], qkv[2]
         elif self.how == "index_inner":
             q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        elif self.how == "merged":  # SAM: (3, B * heads, N, head_dim), then unbind
+            qkv = qkv.permute(2, 0, 3, 1, 4).reshape(3, b * self.heads, n, -1)
+            q, k, v = (t.reshape(b, self.heads, n, -1) for t in qkv.unbind(0))
+        elif self.how == "merged_inner":  # head features merged with positions: tied
+            qkv = qkv.permute(2, 0, 3, 4, 1).reshape(3, b, self.heads, -1)
+            q, k, v = (t.reshape(b, self.heads, -1, n).transpose(-1, -2) for t in qkv.unbind(0))
+        elif self.how == "split_after":  # the heads split off after the chunks: tied
+            qkv = self.qkv(x).reshape(b, n, 3, c).permute(2, 0, 1, 3)
+            qkv = qkv.reshape(3, b, n, self.heads, c // self.heads).transpose(2, 3)
+            q, k, v = qkv.unbind(0)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             v = v + qkv.permute(2, 0, 3, 1, 4).mean(0)
@@ -361,7 +371,9 @@ class _FusedQKV(nn.Module):
         return self.out(x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, c)))
 
 
-@pytest.mark.parametrize("how", ["unbind", "index", "index_inner", "mixed"])
+@pytest.mark.parametrize(
+    "how", ["unbind", "index", "index_inner", "merged", "merged_inner", "split_after", "mixed"]
+)
 def test_chunks_selected_one_at_a_time_keep_their_own_neurons(how):
     # before: the view as (3, heads, head_dim) tied v's features to q's and k's
     spec, report = trace_with_report(model_(lambda: _FusedQKV(how)), x_(2, 5, 4), channel_dim=-1)
@@ -369,8 +381,8 @@ def test_chunks_selected_one_at_a_time_keep_their_own_neurons(how):
     rows = spec["qkv.weight"].axes[0]  # 3 chunks x 2 heads, each a 4-space
     qk, v = rows[0], rows[4]
     assert rows == (qk,) * 4 + (v,) * 2 and spec["proj.weight"].axes[1] == (v, v)
-    if how == "mixed":  # the chunks are also read together: one permutation for all three
-        assert qk == v
+    if how in ("mixed", "split_after", "merged_inner"):  # read together, split apart on the
+        assert qk == v  # first one's labels alone, or spanning positions: one permutation
     else:
         assert qk != v and spec.spaces[qk].size == spec.spaces[v].size == 4
         assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

@@ -6,7 +6,8 @@ the new leading dim is positions, and one label serves every chunk
 (:func:`~nfncompile.frontend.rules.shape.split_label`). That ties q's, k's and v's features,
 though attention only needs q's and k's alike. Where every use of the reshaped tensor, through
 permutes and transposes, picks one chunk at a time (``q, k, v = qkv.unbind(0)``,
-``qkv[0]``), nothing combines two chunks, so each may keep its own neurons: the split records
+``qkv[0]``; a reshape that leaves the chunk dim a dim of its own may come between), nothing
+combines two chunks, so each may keep its own neurons: the split records
 the chunks (:attr:`~nfncompile.frontend.analysis.SymmetryAnalysis.selected_chunks`) instead of
 tying them, the tensor carries the first chunk's labels, and the select gives chunk ``i`` its
 own (:func:`rebased`).
@@ -21,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +34,12 @@ from ..labels import Prod, Seg
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
 
-__all__ = ["only_selected", "chunks_at", "rebased"]
+__all__ = ["only_selected", "chunks_at", "piece", "rebased"]
 
-_PERMUTES = frozenset({"permute", "transpose", "swapaxes", "swapdims", "contiguous"})
+#: ops that move dims around without reading values: a chunk dim passes through them
+_PERMUTES = frozenset(
+    {"permute", "transpose", "swapaxes", "swapdims", "contiguous", "reshape", "view"}
+)
 
 
 def _ndim(node: torch.fx.Node) -> int | None:
@@ -52,7 +57,13 @@ def _name(node: torch.fx.Node) -> str | None:
     return None
 
 
-_TORCH = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
+_TORCH = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.reshape}
+
+
+def _shape(node: Any) -> tuple | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
 
 
 def _moved(node: torch.fx.Node, d: int) -> int | None:
@@ -64,6 +75,21 @@ def _moved(node: torch.fx.Node, d: int) -> int | None:
     args = node.args[1:]
     if _name(node) == "contiguous":
         return d
+    if _name(node) in ("reshape", "view"):
+        # a reshape that only merges dims (SAM's (3, B, heads, H * W, head_dim) to
+        # (3, B * heads, H * W, head_dim)) keeps a dim that is a group of its own: the same
+        # size after the same number of positions (one that splits a dim would split the
+        # first chunk's labels alone)
+        before, after = _shape(node.args[0]), _shape(node)
+        if before is None or after is None or d >= len(before):
+            return None
+        if not _boundaries(after) <= _boundaries(before):
+            return None
+        lead = math.prod(before[:d])
+        for k, m in enumerate(after):
+            if math.prod(after[:k]) == lead and m == before[d]:
+                return k
+        return None
     if _name(node) == "permute":
         dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
         dims = node.kwargs.get("dims", dims)
@@ -76,6 +102,11 @@ def _moved(node: torch.fx.Node, d: int) -> int | None:
         return None
     a, b = (k % n for k in pair)
     return b if d == a else a if d == b else d
+
+
+def _boundaries(shape: tuple) -> set:
+    """The positions (in elements) where the dims of ``shape`` start."""
+    return {math.prod(shape[:k]) for k in range(len(shape) + 1)}
 
 
 def _selects(node: torch.fx.Node, d: int) -> bool:
@@ -104,8 +135,9 @@ def _name_unbind(node: torch.fx.Node) -> bool:
 
 
 def only_selected(node: torch.fx.Node, d: int) -> bool:
-    """Whether every use of ``node``'s dim ``d``, through permutes, transposes and
-    ``contiguous``, takes one position of it at a time (and nothing else reads ``node``)."""
+    """Whether every use of ``node``'s dim ``d``, through permutes, transposes, ``contiguous``
+    and reshapes that keep the dim, takes one position of it at a time (and nothing else reads
+    ``node``)."""
     if not node.users:
         return False
     for user in node.users:
@@ -120,7 +152,8 @@ def only_selected(node: torch.fx.Node, d: int) -> bool:
 
 def chunks_at(a: SymmetryAnalysis, node: Any, d: int) -> list | None:
     """The chunk labels recorded for dim ``d`` of ``node`` (followed back through permutes,
-    transposes and ``contiguous`` to the reshape that made it), or ``None``."""
+    transposes, ``contiguous`` and reshapes that keep the dim to the reshape that made it),
+    or ``None``."""
     while isinstance(node, torch.fx.Node):
         found = a.selected_chunks.get((node.name, d))
         if found is not None:
@@ -135,6 +168,34 @@ def chunks_at(a: SymmetryAnalysis, node: Any, d: int) -> list | None:
             return None
         node, d = source, back[0]
     return None
+
+
+def piece(a: SymmetryAnalysis, labels: tuple, chunks: list, i: int) -> tuple:
+    """``labels`` (of a tensor carrying the first chunk's labels) for chunk ``i``: rebased onto
+    it, or, where a neuron of the first chunk cannot be rebased (a segment spanning several
+    positions), left as they are with the two chunks tied, as a plain reading ties them."""
+    out = tuple(rebased(a, lab, chunks[0], chunks[i]) for lab in labels)
+    if i and any(_position(s, chunks[0]) is None and _overlaps(s, chunks[0]) for s in _segs(out)):
+        a.tie(chunks[0], chunks[i])
+        return labels
+    return out
+
+
+def _segs(labels: tuple) -> list:
+    out: list = []
+    for lab in labels:
+        if isinstance(lab, Prod):
+            out += _segs(lab.factors)
+        elif isinstance(lab, tuple):
+            out += [s for s in lab if isinstance(s, Seg)]
+    return out
+
+
+def _overlaps(s: Seg, src: tuple) -> bool:
+    return any(
+        s.run == t.run and s.offset < t.offset + t.length and t.offset < s.offset + s.length
+        for t in src
+    )
 
 
 def rebased(a: SymmetryAnalysis | None, label: Any, src: tuple, dst: tuple) -> Any:

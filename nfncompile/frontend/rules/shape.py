@@ -19,7 +19,7 @@ from torch import nn
 
 from ...errors import TraceError
 from ..labels import UNIFORM, Label, Prod, Seg, TensorLabels
-from .chunks import chunks_at, only_selected, rebased
+from .chunks import chunks_at, only_selected, piece
 from .registry import (
     Unsupported,
     arg,
@@ -352,7 +352,7 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
                 a.fix((_neuron_at(lab, i % n),), "indexes one neuron by its position")
             chunks = chunks_at(a, a.node.args[0], d) if lab is None else None
             if chunks is not None and len(chunks) == n:
-                chunk = (chunks[0], chunks[i % n])
+                chunk = (chunks, i % n)
         elif isinstance(i, slice):
             labels.append(_sliced(a, lab, n, i))
         else:
@@ -360,7 +360,7 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         d += 1
     labels.extend(x.labels[d:])
     if chunk is not None:
-        labels = [rebased(a, lab, *chunk) for lab in labels]
+        labels = list(piece(a, tuple(labels), *chunk))
     return TensorLabels(a.out_shape(), tuple(labels))
 
 
@@ -565,7 +565,6 @@ def _unbind(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     chunks = chunks_at(a, a.node.args[0], d)
     if chunks is not None and len(chunks) == x.shape[d]:  # each chunk its own neurons
         return tuple(
-            TensorLabels(o.shape, tuple(rebased(a, lab, chunks[0], c) for lab in rest))
-            for o, c in zip(a.out(), chunks)
+            TensorLabels(o.shape, piece(a, rest, chunks, i)) for i, o in enumerate(a.out())
         )
     return tuple(TensorLabels(o.shape, rest) for o in a.out())
