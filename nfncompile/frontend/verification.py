@@ -307,18 +307,33 @@ def _default_io(
     spec: WeightSpaceSpec, tensors: Sequence[Any], role: str, channel_dim: ChannelDim = 1
 ) -> list:
     """Label the ``channel_dim`` of each tensor (see :mod:`.channel_dims`; dim 1 by default,
-    dim 0 of a 1-D tensor) with the spec's ``role`` spaces."""
+    dim 0 of a 1-D tensor) with the spec's ``role`` spaces: one each when there are as many
+    such tensors as spaces and their sizes match in order (two inputs), else all of them
+    concatenated."""
     names = [s.name for s in spec.spaces.values() if s.role == role]
-    total = sum(spec.spaces[n].size for n in names)
+    floats = [
+        i for i, t in enumerate(tensors)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() > 0
+    ]  # fmt: skip
+    dims = {i: channel_dim_of(channel_dim, i, tuple(tensors[i].shape)) for i in floats}
+    sizes = [spec.spaces[n].size for n in names]
+    one_each = (
+        len(names) > 1
+        and len(floats) == len(names)
+        and all(
+            dims[i] is not None and tensors[i].shape[dims[i]] == n for i, n in zip(floats, sizes)
+        )
+    )
     out = []
     for i, t in enumerate(tensors):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() == 0:
+        if i not in dims:
             out.append(None)
             continue
-        shape = tuple(t.shape)
-        dim = channel_dim_of(channel_dim, i, shape)
-        label = names[0] if len(names) == 1 else tuple(names)
-        if dim is None or not names or shape[dim] % total:
+        shape, dim = tuple(t.shape), dims[i]
+        own = [names[floats.index(i)]] if one_each else names
+        total = sum(spec.spaces[n].size for n in own)
+        label = own[0] if len(own) == 1 else tuple(own)
+        if dim is None or not own or shape[dim] % total:
             out.append(TensorAxes(shape, None, (None,) * len(shape)))
         elif shape[dim] == total:
             axes = [None] * len(shape)

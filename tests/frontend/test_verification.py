@@ -391,3 +391,14 @@ def test_every_tensor_among_the_inputs_is_an_input_space(how):
     first, second = spec["a.weight"].axes[1], spec["c.weight"].axes[1]
     assert spec.spaces[first].size == 4 and spec.spaces[second].size == 3
     assert spec.spaces[first].role == spec.spaces[second].role == "input"
+
+
+def test_verify_without_io_gives_each_input_its_own_space():
+    # the spec's two input spaces, read at each input's dim 1 in order (they were both
+    # expected on each input, concatenated, so neither input moved)
+    x, y = x_(2, 4), x_(2, 3, seed=1)
+    model = _Pair("none_between")
+    spec = nfc.trace(model, (x, None, y))
+    report = verify(model, spec, (x, None, y), trials=2)
+    assert report.ok and all(c.ok for c in report.spaces.values())
+    assert verify(model, spec.with_mode("hnp"), (x, None, y), trials=2).ok
