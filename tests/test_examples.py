@@ -29,6 +29,10 @@ ERROR_LINES = {
     "04_verify_a_claimed_symmetry.py": [r"fixed spec holds: True, max error (\S+)"],
     "05_trace_your_own_architecture.py": [r"verification max error: (\S+)"],
     "06_nfn_from_yaml_on_a_zoo.py": [r"NFN invariance error: (\S+)"],
+    "07_trace_a_transformer.py": [
+        r"verification \(np mode\): OK, max error (\S+)",
+        r"NFLinear equivariant to (\S+)",
+    ],
 }
 # ... and lines that must appear as they are.
 EXACT_LINES = {
@@ -44,6 +48,10 @@ EXACT_LINES = {
         "my_models.py:",
         ": h = h + self.fc2(torch.relu(self.fc1(h)))",
         "traced: fc2.weight's output axis is 'fc_in', fc_in.weight's is 'fc_in'",
+    ],
+    "07_trace_a_transformer.py": [
+        "input space (the features): 12",
+        "block 0: q/k head features 'blocks.0.qkv/0', v head features 'blocks.0.qkv/1'",
     ],
     "05_trace_your_own_architecture.py": [
         "stem and block2 share a space: True",
