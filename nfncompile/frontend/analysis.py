@@ -433,11 +433,23 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 f"at {self.node.format_node() if self.node else '?'}"
             )
         view, axes, split = [], [], False
-        for lab, n in zip(labels, shape):
+        for d, (lab, n) in enumerate(zip(labels, shape)):
             inner = {s.inner for s in lab} if lab else {1}
             if len(inner) > 1:
-                self.fix(lab, f"{key}: flattened blocks of different sizes on one axis")
-                lab, inner = None, {1}
+                reason = f"{key}: flattened blocks of different sizes on one axis"
+                if 1 not in inner:
+                    self.fix(lab, reason)
+                    lab, inner = None, {1}
+                else:
+                    # a flattened conv's features next to plain ones (a CNN's and a vector's
+                    # features concatenated): the plain neurons stay, the flattened ones are
+                    # fixed and their positions are positions of the axis
+                    self.fix(tuple(s for s in lab if s.inner > 1), reason)
+                    lab = tuple(
+                        s if s.inner == 1 else self.new_run(s.width, "fixed", f"{key}.d{d}")[0]
+                        for s in lab
+                    )
+                    inner = {1}
             q = inner.pop()
             if q > 1:
                 split = True

@@ -228,3 +228,28 @@ def test_rows_the_example_does_not_read_are_positions():
     assert spec["w"].axes[1] == "a" and report.verification.ok
     unread = [b for b in report.broken if "not read at the example's shapes" in b.reason]
     assert unread and unread[0].count == 5 + 1
+
+
+class _CombinedFeatures(nn.Module):
+    """A policy's feature extractor (stable-baselines3's CombinedExtractor): a CNN's flattened
+    features concatenated with a vector observation, then an MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cnn = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Flatten())
+        self.mlp = nn.Sequential(nn.Linear(4 * 3 * 3 + 5, 8), nn.Tanh(), nn.Linear(8, 2))
+
+    def forward(self, obs):
+        return self.mlp(torch.cat([self.cnn(obs["image"]), obs["vector"]], dim=1))
+
+
+def test_plain_neurons_next_to_flattened_ones_keep_their_space():
+    # before: one weight axis reading 4 channels x 9 positions and 5 plain features could not
+    # be one view of it, and all 9 neurons were fixed; the plain ones are now kept
+    obs = {"image": x_(2, 3, 7, 7), "vector": x_(2, 5, seed=1)}
+    spec, report = trace_with_report(model_(_CombinedFeatures), (obs,))
+    assert report.verification.ok
+    vector = spec["mlp.0.weight"].axes[1][1]
+    assert spec["mlp.0.weight"].axes[1] == (36, vector) and spec.spaces[vector].size == 5
+    assert [(b.neurons, b.count) for b in report.broken] == [(["cnn.0"], 4)]
+    assert_equivariant(nfc.NFLinear(spec, 1, 2), spec, trials=2)
