@@ -52,6 +52,7 @@ from . import rules  # noqa: F401  (importing the package registers every op rul
 from .channel_dims import ChannelDim, channel_dim_of
 from .fx import PlainArgsInterpreter, canonical_keys, leaves, writes
 from .labels import (
+    MIXED,
     POSITIONS,
     UNIFORM,
     UNREAD,
@@ -695,7 +696,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self,
         values: list,
         shape: tuple | None = None,
-        mixed: str = "combined elementwise with a tensor that depends on position",
+        mixed: str = MIXED,
     ) -> TensorLabels:
         """Elementwise op: align dims from the right, tie labels along each output dim.
 

@@ -54,12 +54,23 @@ __all__ = [
     "BlockLink",
     "POSITIONS",
     "UNREAD",
+    "MIXED",
+    "INDEXED",
+    "GATHERED",
+    "MEETS_POSITIONS",
     "tensors",
 ]
 
 #: The reason recorded for positions that are not neurons (padding, constants, conv kernel
 #: taps of a weight used directly): fixed, but not symmetry an op broke.
 POSITIONS = "fixed positions (not neurons)"
+#: Reasons an op records where it meets positions: an elementwise op with a tensor that depends
+#: on position, an index by position. Where all such an op fixed is an axis of a parameter that
+#: nothing ties to any other run (a position table's rows), the report counts them as positions.
+MIXED = "combined elementwise with a tensor that depends on position"
+INDEXED = "indexes one neuron by its position"
+GATHERED = "reads neurons at positions a tensor gives"
+MEETS_POSITIONS = frozenset({MIXED, INDEXED, GATHERED})
 #: The reason recorded for the rows of a parameter axis that the example's shapes do not read
 #: (a positional table longer than the example): reported, as another input may read them.
 UNREAD = "not read at the example's shapes (a longer input may read them)"

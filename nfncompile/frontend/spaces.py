@@ -57,7 +57,7 @@ from .derivation import (
     SpaceInfo,
     TensorAxes,
 )
-from .labels import POSITIONS, UNREAD, Seg, segments
+from .labels import MEETS_POSITIONS, POSITIONS, Seg, segments
 
 __all__ = ["derive_spaces", "fixed_labels"]
 
@@ -511,13 +511,14 @@ def _is_position(problem: _Problem, sol: _Solution) -> Callable[[int, int, int],
 
 
 def _fixes_neurons(b: Any, positions: Callable[[int, int, int], bool]) -> bool:
-    """Whether a :class:`~nfncompile.frontend.labels.Broken` record fixed any neurons (one that
-    fixed only positions broke no symmetry; unread rows are always reported)."""
-    if b.reason == UNREAD:
+    """Whether a :class:`~nfncompile.frontend.labels.Broken` record fixed any neurons: one
+    that met positions and fixed only positions (a position table's rows added to tokens)
+    broke no symmetry; any other (an op no rule knows, unread rows) is reported."""
+    if b.reason == POSITIONS:
+        return False
+    if b.reason not in MEETS_POSITIONS or not b.neurons:
         return True
-    return b.reason != POSITIONS and (
-        not b.neurons or not all(positions(*item) for item in b.neurons)
-    )
+    return not all(positions(*item) for item in b.neurons)
 
 
 def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Callable) -> list:
@@ -540,7 +541,7 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
     for b in graph.graph["broken"]:
         if not _fixes_neurons(b, positions):
             continue
-        names, count = neurons(b.neurons, b.reason != UNREAD)
+        names, count = neurons(b.neurons, b.reason in MEETS_POSITIONS)
         out.append(BrokenInfo(b.op, b.node, b.reason, names, count))
     for link in problem.links:
         if link.id not in fallen:

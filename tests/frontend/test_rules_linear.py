@@ -209,8 +209,8 @@ def test_flattened_products_are_contracted_factor_by_factor(how):
     # F.linear and matmul fixed a flattened product: every hidden neuron of the KAN layer
     spec, report = trace_with_report(model_(lambda: _FlatProduct(how)), x_(3, 5))
     assert spec["a.weight"].axes == ("a", "in") and spec["w"].axes == ("out", "a", None)
-    # the weight's last axis meets the 3 positions: positions too, no symmetry broken
-    assert report.verification.ok and not report.broken
+    # the weight's last axis meets the 3 positions
+    assert report.verification.ok and [b.neurons for b in report.broken] == [["w.d2"]]
 
 
 class _Codebook(nn.Module):
@@ -256,3 +256,35 @@ def test_cdist_ties_the_features_it_compares():
     spec, report = trace_with_report(model_(_Distances), x_(5, 3))
     assert spec["a.weight"].axes == ("a", "in") and spec["codes"].axes[1] == "a"
     assert report.verification.ok and not report.probes
+
+
+class _DLRM(nn.Module):
+    """DLRM's pattern: a bottom MLP's features and bags of embedding rows share their width
+    (a pairwise dot interaction reads them together), the bottom features also go on."""
+
+    def __init__(self, d: int = 4) -> None:
+        super().__init__()
+        self.bot = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, d), nn.ReLU())
+        self.embs = nn.ModuleList([nn.EmbeddingBag(10, d, mode=m) for m in ("sum", "max")])
+        self.top = nn.Sequential(nn.Linear(d + 3, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    def forward(self, dense, ids, offsets):
+        x = self.bot(dense)
+        bags = [e(ids[k], offsets[k]) for k, e in enumerate(self.embs)]
+        t = torch.cat([x, *bags], dim=1).view(x.shape[0], -1, x.shape[1])
+        z = torch.bmm(t, t.transpose(1, 2))
+        rows, cols = torch.tril_indices(3, 3, offset=-1)
+        return self.top(torch.cat([x, z[:, rows, cols]], dim=1))
+
+
+def test_embedding_bags_share_their_features_with_what_they_meet():
+    # before: F.embedding_bag had no rule and could not be probed (integer ids): its tables'
+    # features were fixed, and through the interaction the bottom MLP's output too
+    ids = torch.randint(0, 10, (2, 4), generator=torch.Generator().manual_seed(0))
+    offsets = torch.tensor([[0, 2], [0, 1]])
+    spec, report = trace_with_report(model_(_DLRM), (x_(2, 6), ids, offsets))
+    assert report.verification.ok and not report.probes
+    d = spec["bot.2.weight"].axes[0]
+    assert spec.spaces[d].size == 4 and spec["top.0.weight"].axes[1] == (d, 3)
+    assert spec["embs.0.weight"].axes == spec["embs.1.weight"].axes == (None, d)
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

@@ -77,3 +77,28 @@ def test_a_parameter_axis_met_only_by_positions_is_not_reported_broken():
     assert all(
         "pos" not in name and "scale" not in name for b in report.broken for name in b.neurons
     )
+
+
+@torch.fx.wrap
+def _lookup(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    return table[ids].sum(1)
+
+
+class _Unprobed(nn.Module):
+    """A table read by a function no rule knows and the probe cannot run (integer ids whose
+    values were not recorded): its axes are fixed by that op, and the report says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, 4))
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x, ids):
+        return self.b(torch.relu(self.a(x)) * _lookup(ids, self.table))
+
+
+def test_a_parameter_fixed_by_an_op_no_rule_knows_is_reported():
+    ids = torch.randint(0, 10, (2, 3), generator=torch.Generator().manual_seed(0))
+    spec, report = trace_with_report(model_(_Unprobed), (x_(2, 3), ids))
+    assert report.verification.ok and spec["table"].axes == (None, None)
+    assert any("table.d1" in b.neurons for b in report.broken if "_lookup" in b.op)

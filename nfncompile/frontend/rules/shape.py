@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import TraceError
-from ..labels import UNIFORM, Label, Prod, Seg, TensorLabels
+from ..labels import GATHERED, INDEXED, UNIFORM, Label, Prod, Seg, TensorLabels
 from .chunks import chunks_at, only_selected, piece
 from .registry import (
     Unsupported,
@@ -349,7 +349,7 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         if isinstance(i, int):
             lab = a.plain_label(lab)
             if lab is not None:
-                a.fix((_neuron_at(lab, i % n),), "indexes one neuron by its position")
+                a.fix((_neuron_at(lab, i % n),), INDEXED)
             chunks = chunks_at(a, a.node.args[0], d) if lab is None else None
             if chunks is not None and len(chunks) == n:
                 chunk = (chunks, i % n)
@@ -418,7 +418,7 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
     order of neurons is fixed); every sliced or untouched dim keeps its label, as in
     basic indexing. As torch does, the index dims stand in place of the indexed ones when
     those are adjacent (integers count as indices), else first."""
-    reason = "reads neurons at positions a tensor gives"
+    reason = GATHERED
     labels: list = []
     where = None  # output position of the index dims
     previous = None  # the last entry that was an index
