@@ -62,6 +62,20 @@ def _function_embedding(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(a.out_shape(), (None,) * len(lead) + (w.labels[1],))
 
 
+@register_function(F.embedding_bag)
+def _function_embedding_bag(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``F.embedding_bag(ids, weight, offsets, ...)`` (``nn.EmbeddingBag``, DLRM's sparse
+    features): the rows the ids give, summed, averaged or maxed per bag, each feature on its
+    own; the rows are fixed, the output's last dim is the weight's second."""
+    w = arg(args, kwargs, 1, "weight")
+    if not isinstance(w, TensorLabels) or w.ndim != 2:
+        raise Unsupported("F.embedding_bag with a weight that is not a 2-D tensor")
+    a.fix(w.labels[0], "F.embedding_bag reads the rows its ids give")
+    for k, name in ((0, "input"), (2, "offsets"), (8, "per_sample_weights")):
+        a.fix_all(arg(args, kwargs, k, name), "F.embedding_bag's ids and weights are positions")
+    return TensorLabels(a.out_shape(), (None,) * (len(a.out_shape()) - 1) + (w.labels[1],))
+
+
 @register_function(F.linear)
 @structured
 def _function_linear(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
