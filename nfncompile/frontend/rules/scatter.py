@@ -1,0 +1,127 @@
+"""Op rules for writes at positions an index tensor gives: ``index_add``, ``index_copy``,
+``index_reduce``, ``index_fill``, ``scatter``, ``scatter_add`` and ``scatter_reduce`` (and
+their in-place forms): a graph network's message passing sums each edge's features into its
+target node this way.
+
+Along the indexed dim the positions are read and written where the index says, so a label
+there is fixed (nodes, not neurons, in a graph network). Every other dim is written position
+for position, as an elementwise op writes: the tensor written into, the values and (for
+``scatter``) the index are tied along it; an index constant along the features (an index
+expanded over them) leaves the features free. The rules read uniform labels (``structured``).
+
+Examples
+--------
+>>> import torch
+>>> import nfncompile as nfc
+>>> class Mean(torch.nn.Module):  # a GraphSAGE layer's neighbour sum
+...     def __init__(self):
+...         super().__init__()
+...         self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+...     def forward(self, x, edges):
+...         h = torch.relu(self.a(x))
+...         return self.b(torch.zeros_like(h).index_add_(0, edges[1], h[edges[0]]))
+>>> spec = nfc.trace(Mean(), (torch.randn(5, 3), torch.tensor([[0, 1, 2], [1, 2, 0]])),
+...                  channel_dim=(1, None))
+>>> spec["b.weight"].axes
+('out', 'a')
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..labels import TensorLabels
+from .registry import (
+    Unsupported,
+    arg,
+    norm_dim,
+    register_function,
+    register_method,
+    structured,
+)
+
+if TYPE_CHECKING:
+    from ..analysis import SymmetryAnalysis
+
+#: the reason an indexed dim's neurons are fixed
+WRITTEN_AT = "writes at positions a tensor gives"
+
+
+def _indexed(a: SymmetryAnalysis, x: TensorLabels, d: int, index: Any, *values: Any) -> list:
+    """Fix dim ``d`` of ``x`` and of every tensor among ``values`` (read or written at the
+    index), and a 1-D ``index``'s labels; return ``x``'s labels with ``d`` unlabelled."""
+    a.fix(a.plain_label(x.labels[d]), WRITTEN_AT)
+    a.fix_all(index, "an index tensor that depends on the order of neurons")
+    for v in values:
+        if isinstance(v, TensorLabels) and v.ndim == x.ndim:
+            a.fix(a.plain_label(v.labels[d]), WRITTEN_AT)
+    return [None if k == d else a.plain_label(lab, uniform=True) for k, lab in enumerate(x.labels)]
+
+
+@register_function(torch.index_add, torch.index_copy, torch.index_reduce)
+@register_method(
+    "index_add", "index_add_", "index_copy", "index_copy_", "index_reduce", "index_reduce_"
+)
+@structured
+def _index_write(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x.index_add(dim, index, source)``: ``x[..., index[i], ...] += source[..., i, ...]``."""
+    x, dim = args[0], arg(args, kwargs, 1, "dim")
+    index, source = arg(args, kwargs, 2, "index"), arg(args, kwargs, 3, "source")
+    if not isinstance(x, TensorLabels) or not isinstance(source, TensorLabels):
+        raise Unsupported("an index write of something that is not a tensor")
+    if dim is None or source.ndim != x.ndim:
+        raise Unsupported("an index write with a source of another rank")
+    d = norm_dim(dim, x.ndim)
+    labels = _indexed(a, x, d, index, source)
+    for k in range(x.ndim):
+        if k != d:
+            labels[k] = a.tie(labels[k], a.plain_label(source.labels[k], uniform=True), WRITTEN_AT)
+    return TensorLabels(a.out_shape(), tuple(labels))
+
+
+@register_function(torch.index_fill)
+@register_method("index_fill", "index_fill_")
+@structured
+def _index_fill(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x.index_fill(dim, index, value)``: one value at the indexed positions."""
+    x, dim = args[0], arg(args, kwargs, 1, "dim")
+    value = arg(args, kwargs, 3, "value")
+    if not isinstance(x, TensorLabels) or dim is None:
+        raise Unsupported("index_fill of something that is not a tensor")
+    if isinstance(value, TensorLabels) and value.ndim:
+        raise Unsupported("index_fill with a tensor value")
+    labels = _indexed(a, x, norm_dim(dim, x.ndim), arg(args, kwargs, 2, "index"))
+    return TensorLabels(a.out_shape(), tuple(labels))
+
+
+@register_function(torch.scatter, torch.scatter_add, torch.scatter_reduce)
+@register_method(
+    "scatter", "scatter_", "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_"
+)
+@structured
+def _scatter(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x.scatter_add(dim, index, src)``: ``x[..., index[..., j, ...], ...] += src[..., j,
+    ...]`` along ``dim``, every other position where it is (``index`` and ``src`` may cover a
+    prefix of ``x``'s positions)."""
+    x, dim, index = args[0], arg(args, kwargs, 1, "dim"), arg(args, kwargs, 2, "index")
+    src = arg(args, kwargs, 3, "src", kwargs.get("value"))
+    if not isinstance(x, TensorLabels) or not isinstance(index, TensorLabels) or dim is None:
+        raise Unsupported("scatter without a tensor index")
+    if index.ndim != x.ndim or (isinstance(src, TensorLabels) and src.ndim != x.ndim):
+        raise Unsupported("scatter with an index or values of another rank")
+    d = norm_dim(dim, x.ndim)
+    labels = _indexed(a, x, d, None, index, src)
+    for k in range(x.ndim):
+        if k == d:
+            continue
+        parts = [index] + ([src] if isinstance(src, TensorLabels) else [])
+        if any(p.shape[k] != x.shape[k] for p in parts):  # a prefix of x's positions
+            for lab in [labels[k], *(p.labels[k] for p in parts)]:
+                a.fix(a.plain_label(lab), WRITTEN_AT)
+            labels[k] = None
+            continue
+        for p in parts:
+            labels[k] = a.tie(labels[k], a.plain_label(p.labels[k], uniform=True), WRITTEN_AT)
+    return TensorLabels(a.out_shape(), tuple(labels))
