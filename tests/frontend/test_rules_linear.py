@@ -288,3 +288,21 @@ def test_embedding_bags_share_their_features_with_what_they_meet():
     assert spec.spaces[d].size == 4 and spec["top.0.weight"].axes[1] == (d, 3)
     assert spec["embs.0.weight"].axes == spec["embs.1.weight"].axes == (None, d)
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _Bilinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c = nn.Linear(3, 4), nn.Linear(3, 5)
+        self.bl, self.out = nn.Bilinear(4, 5, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.bl(torch.relu(self.a(x)), torch.relu(self.c(x)))))
+
+
+def test_bilinear_reads_each_input_on_its_own_weight_axis():
+    # before: no rule, probed: its output space was named after its weight's axis
+    spec, report = trace_with_report(model_(_Bilinear), x_(2, 3))
+    assert report.verification.ok and not report.probes and not report.broken
+    assert spec["bl.weight"].axes == ("bl", "a", "c") and spec["bl.bias"].axes == ("bl",)
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

@@ -42,6 +42,20 @@ def _module_linear(a: SymmetryAnalysis, mod: nn.Linear, target: str, args: Any, 
     return _linear(a, x, out)
 
 
+@register_module(nn.Bilinear)
+def _module_bilinear(a: SymmetryAnalysis, mod: nn.Bilinear, target: str, args: Any, kw: Any):
+    """``out_k = x1 . W_k x2 + b_k``: each input's features meet one axis of the weight, the
+    output is a layer of its own."""
+    x1, x2 = args[0], args[1]
+    out = a.new_run(mod.out_features, "neuron", target)
+    a.label_param(a.key(target, "weight"), [out, x1.labels[-1], x2.labels[-1]])
+    a.label_param(a.key(target, "bias"), [out])
+    # the leading (batch) dims meet as an elementwise op's do
+    inputs = [TensorLabels(x.shape[:-1], x.labels[:-1]) for x in (x1, x2)]
+    lead = a.broadcast(inputs, a.out_shape()[:-1])
+    return TensorLabels(a.out_shape(), lead.labels + (out,))
+
+
 @register_module(nn.Embedding)
 def _module_embedding(a: SymmetryAnalysis, mod: nn.Embedding, target: str, args: Any, kw: Any):
     out = a.new_run(mod.embedding_dim, "neuron", target)
