@@ -22,6 +22,12 @@ def _aggregate(how: str, h: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(h).index_add_(0, dst, h[src])
     if how == "index_add":
         return torch.index_add(torch.zeros_like(h), 0, dst, h[src])
+    if how == "index_select":  # the usual form of a source-node read
+        return torch.zeros_like(h).index_add_(0, dst, h.index_select(0, src))
+    if how == "take_along_dim":
+        return torch.zeros_like(h).index_add_(0, dst, torch.take_along_dim(h, src[:, None], 0))
+    if how == "index_put":
+        return torch.zeros_like(h).index_put((dst,), h[src], accumulate=True)
     index = dst[:, None].expand(-1, h.shape[1])
     if how == "scatter_add_":  # GIN
         return h.new_zeros(h.shape).scatter_add_(0, index, h[src])
@@ -49,7 +55,17 @@ class _Layer(nn.Module):
 
 @pytest.mark.parametrize(
     "how",
-    ["index_add_", "index_add", "scatter_add_", "scatter_reduce", "index_copy", "index_fill"],
+    [
+        "index_add_",
+        "index_add",
+        "index_select",
+        "take_along_dim",
+        "index_put",
+        "scatter_add_",
+        "scatter_reduce",
+        "index_copy",
+        "index_fill",
+    ],
 )
 def test_features_written_at_node_positions_stay_free(how):
     # before: no rule; the probe cannot run on integer indices, so the features were fixed

@@ -1,6 +1,6 @@
 """Op rules for writes at positions an index tensor gives: ``index_add``, ``index_copy``,
-``index_reduce``, ``index_fill``, ``scatter``, ``scatter_add`` and ``scatter_reduce`` (and
-their in-place forms): a graph network's message passing sums each edge's features into its
+``index_reduce``, ``index_fill``, ``index_put``, ``scatter``, ``scatter_add`` and
+``scatter_reduce`` (and their in-place forms), and the read ``index_select``: a graph network's message passing sums each edge's features into its
 target node this way.
 
 Along the indexed dim the positions are read and written where the index says, so a label
@@ -124,4 +124,49 @@ def _scatter(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             continue
         for p in parts:
             labels[k] = a.tie(labels[k], a.plain_label(p.labels[k], uniform=True), WRITTEN_AT)
+    return TensorLabels(a.out_shape(), tuple(labels))
+
+
+@register_function(torch.index_select)
+@register_method("index_select")
+@structured
+def _index_select(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x.index_select(dim, index)``: the positions of ``dim`` the index gives (a graph
+    network's source nodes), every other dim as it is."""
+    x, dim = args[0], arg(args, kwargs, 1, "dim")
+    if not isinstance(x, TensorLabels) or dim is None:
+        raise Unsupported("index_select of something that is not a tensor")
+    labels = _indexed(a, x, norm_dim(dim, x.ndim), arg(args, kwargs, 2, "index"))
+    return TensorLabels(a.out_shape(), tuple(labels))
+
+
+@register_function(torch.index_put)
+@register_method("index_put", "index_put_")
+@structured
+def _index_put(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x.index_put((i0, i1, ...), values, accumulate)``: the leading dims read at the index
+    tensors, the trailing dims written position for position (``values`` broadcast to them)."""
+    x, indices = args[0], arg(args, kwargs, 1, "indices")
+    values = arg(args, kwargs, 2, "values")
+    if not isinstance(x, TensorLabels) or not isinstance(indices, (tuple, list)):
+        raise Unsupported("index_put of something that is not a tensor")
+    if not all(isinstance(i, TensorLabels) for i in indices) or len(indices) > x.ndim:
+        raise Unsupported("index_put with None or non-tensor indices")
+    lead = len(indices)
+    labels = [a.plain_label(lab, uniform=True) for lab in x.labels]
+    for k in range(lead):
+        a.fix(a.plain_label(labels[k]), WRITTEN_AT)
+        labels[k] = None
+    a.fix_all(list(indices), "an index tensor that depends on the order of neurons")
+    if isinstance(values, TensorLabels):
+        trailing = x.ndim - lead
+        for j in range(values.ndim):
+            lab = a.plain_label(values.labels[values.ndim - 1 - j], uniform=True)
+            k = x.ndim - 1 - j
+            if j >= trailing:  # a dim of the index positions
+                a.fix(a.plain_label(lab), WRITTEN_AT)
+            elif values.shape[values.ndim - 1 - j] == 1 and x.shape[k] > 1:
+                a.fix(a.plain_label(lab), "broadcasts one neuron's value to all positions")
+            else:
+                labels[k] = a.tie(labels[k], lab, WRITTEN_AT)
     return TensorLabels(a.out_shape(), tuple(labels))

@@ -459,7 +459,8 @@ def _gather(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     along ``dim``, every other position read where it is (MAE's token masking gathers
     tokens with an index repeated over the features). ``dim`` is read at the indices (fixed
     where labelled); each other dim ties ``x`` with ``index`` as an elementwise op does (an
-    index constant along the features leaves them free)."""
+    index constant along the features leaves them free; ``take_along_dim``'s one-sized index
+    dim broadcasts)."""
     x = args[0]
     if a.node.target in (torch.take_along_dim, "take_along_dim"):
         index, dim = arg(args, kwargs, 1, "indices"), arg(args, kwargs, 2, "dim")
@@ -471,12 +472,15 @@ def _gather(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     reason = "gather reads neurons at positions a tensor gives"
     a.fix(a.plain_label(x.labels[d]), reason)
     a.fix(a.plain_label(index.labels[d]), "a gather index that depends on the order of neurons")
+    broadcast = a.node.target in (torch.take_along_dim, "take_along_dim")
     labels = []
     for k in range(x.ndim):
         if k == d:
             labels.append(None)
         elif x.shape[k] == index.shape[k]:
             labels.append(a.tie(x.labels[k], index.labels[k], reason))
+        elif broadcast and index.shape[k] == 1:  # take_along_dim broadcasts the index
+            labels.append(x.labels[k])
         else:  # a prefix of x's positions
             a.fix(a.plain_label(x.labels[k]), reason)
             a.fix(a.plain_label(index.labels[k]), reason)
