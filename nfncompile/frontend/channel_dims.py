@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 
-__all__ = ["ChannelDim", "channel_dim_of", "check_channel_dim"]
+__all__ = ["ChannelDim", "channel_dim_of", "check_channel_dim", "check_entries"]
 
 #: one dim for every tensor input, or one entry per tensor input (``None``: no neurons)
 ChannelDim = int | Sequence[int | None] | None
@@ -42,6 +42,17 @@ def check_channel_dim(channel_dim: ChannelDim) -> None:
                 f"(batch, sequence, features)), None, or one such entry per input; got "
                 f"{channel_dim!r}"
             )
+
+
+def check_entries(channel_dim: ChannelDim, names: list) -> None:
+    """Refuse a ``channel_dim`` sequence with more entries than the model has tensor inputs
+    (``names``: theirs, in order; too few entries :func:`channel_dim_of` refuses)."""
+    if isinstance(channel_dim, Sequence) and len(channel_dim) > len(names):
+        listed = ", ".join(repr(name) for name in names) or "none"
+        raise ConfigError(
+            f"channel_dim {tuple(channel_dim)!r} has {len(channel_dim)} entries, but the model "
+            f"has {len(names)} tensor inputs ({listed}): give one per input"
+        )
 
 
 def channel_dim_of(channel_dim: ChannelDim, index: int, shape: tuple, name: str = "") -> int | None:

@@ -17,15 +17,12 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import networkx as nx
 import torch.fx
 from torch import nn
 
-from ..errors import ConfigError
 from .analysis import SymmetryAnalysis
-from .channel_dims import ChannelDim
+from .channel_dims import ChannelDim, check_entries
 from .labels import ParamLabel, Seg
 from .spaces import fixed_labels
 
@@ -72,7 +69,7 @@ def build_symmetry_graph(
     for _ in range(BLOCK_ROUNDS + 1):
         a = SymmetryAnalysis(gm, model, blocks, channel_dim)
         a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
-        _check_entries(channel_dim, a.inputs)
+        check_entries(channel_dim, [name for name, _ in a.inputs])
         g = _graph(a, gm) if before is not None else None  # built once, where needed
         if before is not None and all(_fixed_runs(a, g, tried)):
             a = before  # the blocks left those runs fixed: nothing gained
@@ -96,16 +93,6 @@ def build_symmetry_graph(
         a.fix((Seg(run, 0, a.runs[run].size),), "parameter read but never used")
     a.fix_unread()
     return _graph(a, gm)
-
-
-def _check_entries(channel_dim: ChannelDim, inputs: list) -> None:
-    """Refuse a ``channel_dim`` sequence with more entries than the model has tensor inputs."""
-    if isinstance(channel_dim, Sequence) and len(channel_dim) > len(inputs):
-        names = ", ".join(repr(name) for name, _ in inputs) or "none"
-        raise ConfigError(
-            f"channel_dim {tuple(channel_dim)!r} has {len(channel_dim)} entries, but the model "
-            f"has {len(inputs)} tensor inputs ({names}): give one per input"
-        )
 
 
 def _chunk_requests(a: SymmetryAnalysis, g: nx.MultiGraph) -> dict:

@@ -16,7 +16,7 @@ Examples
 --------
 >>> from nfncompile.frontend.labels import Seg
 >>> q, v = (Seg(0, 0, 4),), (Seg(0, 8, 4),)
->>> rebased(None, (Seg(0, 2, 2),), q, v)
+>>> rebased((Seg(0, 2, 2),), q, v)
 (Seg(run=0, offset=10, length=2, inner=1),)
 """
 
@@ -42,14 +42,15 @@ _PERMUTES = frozenset(
 )
 
 
-def _ndim(node: torch.fx.Node) -> int | None:
-    meta = node.meta.get("tensor_meta")
-    shape = getattr(meta, "shape", None)
-    return len(shape) if shape is not None else None
+#: the ``torch`` functions :func:`_name` names (their methods are named by fx itself)
+_TORCH = {
+    torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.reshape, torch.unbind
+}  # fmt: skip
 
 
 def _name(node: torch.fx.Node) -> str | None:
-    """``permute``, ``transpose``, ... for a call of one (method or ``torch`` function)."""
+    """``permute``, ``transpose``, ``unbind``, ... for a call of one (method or ``torch``
+    function)."""
     if node.op == "call_method":
         return node.target
     if node.op == "call_function":
@@ -57,13 +58,15 @@ def _name(node: torch.fx.Node) -> str | None:
     return None
 
 
-_TORCH = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.reshape}
-
-
 def _shape(node: Any) -> tuple | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
     shape = getattr(meta, "shape", None)
     return tuple(shape) if shape is not None else None
+
+
+def _ndim(node: Any) -> int | None:
+    shape = _shape(node)
+    return len(shape) if shape is not None else None
 
 
 def _moved(node: torch.fx.Node, d: int) -> int | None:
@@ -112,10 +115,10 @@ def _boundaries(shape: tuple) -> set:
 def _selects(node: torch.fx.Node, d: int) -> bool:
     """Whether ``node`` takes its input's dim ``d`` apart one position at a time
     (``unbind(d)``, an integer index at ``d``)."""
-    n = _ndim(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
+    n = _ndim(node.args[0]) if node.args else None
     if n is None:
         return False
-    if node.op in ("call_method", "call_function") and _name_unbind(node):
+    if _name(node) == "unbind":
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         return isinstance(dim, int) and dim % n == d
     if node.op == "call_function" and node.target is operator.getitem:
@@ -126,12 +129,6 @@ def _selects(node: torch.fx.Node, d: int) -> bool:
         rest_basic = all(isinstance(i, (int, slice)) for i in idx[d + 1 :])
         return before_whole and isinstance(idx[d], int) and rest_basic
     return False
-
-
-def _name_unbind(node: torch.fx.Node) -> bool:
-    return (node.op == "call_method" and node.target == "unbind") or (
-        node.op == "call_function" and node.target is torch.unbind
-    )
 
 
 def only_selected(node: torch.fx.Node, d: int) -> bool:
@@ -174,7 +171,7 @@ def piece(a: SymmetryAnalysis, labels: tuple, chunks: list, i: int) -> tuple:
     """``labels`` (of a tensor carrying the first chunk's labels) for chunk ``i``: rebased onto
     it, or, where a neuron of the first chunk cannot be rebased (a segment spanning several
     positions), left as they are with the two chunks tied, as a plain reading ties them."""
-    out = tuple(rebased(a, lab, chunks[0], chunks[i]) for lab in labels)
+    out = tuple(rebased(lab, chunks[0], chunks[i]) for lab in labels)
     if i and any(_position(s, chunks[0]) is None and _overlaps(s, chunks[0]) for s in _segs(out)):
         a.tie(chunks[0], chunks[i])
         return labels
@@ -198,11 +195,11 @@ def _overlaps(s: Seg, src: tuple) -> bool:
     )
 
 
-def rebased(a: SymmetryAnalysis | None, label: Any, src: tuple, dst: tuple) -> Any:
+def rebased(label: Any, src: tuple, dst: tuple) -> Any:
     """``label`` with every neuron of chunk ``src`` replaced by the neuron at the same position
     of chunk ``dst`` (labels of equal widths, neurons of one position each)."""
     if isinstance(label, Prod):
-        return Prod(tuple(rebased(a, f, src, dst) for f in label.factors), label.sizes)
+        return Prod(tuple(rebased(f, src, dst) for f in label.factors), label.sizes)
     if not isinstance(label, tuple):
         return label
     out: list = []

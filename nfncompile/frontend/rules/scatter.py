@@ -113,10 +113,10 @@ def _scatter(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         raise Unsupported("scatter with an index or values of another rank")
     d = norm_dim(dim, x.ndim)
     labels = _indexed(a, x, d, None, index, src)
+    parts = [index] + ([src] if isinstance(src, TensorLabels) else [])
     for k in range(x.ndim):
         if k == d:
             continue
-        parts = [index] + ([src] if isinstance(src, TensorLabels) else [])
         if any(p.shape[k] != x.shape[k] for p in parts):  # a prefix of x's positions
             for lab in [labels[k], *(p.labels[k] for p in parts)]:
                 a.fix(a.plain_label(lab), WRITTEN_AT)
