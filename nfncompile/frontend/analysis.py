@@ -570,8 +570,13 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             return info
         index = len(self.inputs)  # among the tensor inputs, integer ones included
         float_input = meta.dtype.is_floating_point and info.ndim > 0
-        dim = channel_dim_of(self.channel_dim, index, info.shape, self.node.name)
-        if not float_input or dim is None:
+        # an integer input has no neurons: its entry is not read (nor checked against it)
+        dim = (
+            channel_dim_of(self.channel_dim, index, info.shape, self.node.name)
+            if float_input
+            else None
+        )
+        if dim is None:
             self.inputs.append((self.node.name, info))
             return info
         origin = "in" if not self.inputs else f"in{len(self.inputs) + 1}"

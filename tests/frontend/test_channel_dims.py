@@ -83,8 +83,9 @@ def test_one_entry_per_input_with_none_for_no_neurons():
     assert spaces_(spec)[0] == ("in", 4, "input")
     assert spec["embed.weight"].axes == (None, "in")  # the table's columns add to x's features
     assert spec["a.weight"].axes[1] == "in"
-    # an int applies to the integer ids too, where it is ignored
+    # an int applies to the integer ids too, where it is ignored (a dim they do not have, too)
     assert nfc.trace(model_(_Conditioned), (ids, x_(2, 5, 4)), channel_dim=-1) == spec
+    assert nfc.trace(model_(_Conditioned), (ids, x_(2, 5, 4)), channel_dim=2) == spec
 
 
 @pytest.mark.parametrize(
