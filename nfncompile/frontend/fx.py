@@ -270,6 +270,10 @@ class LeafFallbackTracer(torch.fx.Tracer):
         return _WritableProxy(node, self)
 
     def create_arg(self, a: Any) -> Any:
+        if issubclass(type(a), torch.fx.Proxy):
+            # first, by its real type: a proxy of the shape-specialising trace answers
+            # ``isinstance`` as its value would (a tensor's, a dict's)
+            return a.node
         try:
             return super().create_arg(a)
         except NotImplementedError:
@@ -516,22 +520,39 @@ class _WritableProxy(torch.fx.Proxy):
 
 
 class _ShapeProxy(_WritableProxy):
-    """A proxy whose shape, length and iteration come from its node's value on the example."""
+    """A proxy whose shape, length and iteration come from its node's value on the example.
+
+    It also answers ``isinstance`` as its value would: a proxy of a tensor is a
+    ``torch.Tensor`` (stable-baselines3's ``assert isinstance(obs, th.Tensor)`` on every
+    policy's input), a proxy of a dict a ``dict``, whose keys, items, values, ``len``, ``in``
+    and ``get`` read the example's keys (each value a ``getitem`` of the input).
+    """
 
     def _value(self) -> Any:
         return self.tracer.values.get(self.node, _UNKNOWN)  # type: ignore[attr-defined]
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        value = self._value()
+        if isinstance(value, torch.Tensor):
+            return torch.Tensor
+        if isinstance(value, dict):
+            return dict
+        return type(self)
 
     def __getattr__(self, k: str) -> Any:
         value = self._value()
         if isinstance(value, torch.Tensor) and (k in _SHAPE_ATTRS or _device_flag(value, k)):
             return getattr(value, k)
+        if isinstance(value, dict) and k in _DICT_READS:
+            return _DICT_READS[k].__get__(self)
         if k == "data" and isinstance(value, torch.Tensor):
             return self  # the same values (pytorch-cifar100's shuffle reads x.data.size())
         return super().__getattr__(k)
 
     def __len__(self) -> int:
         value = self._value()
-        if isinstance(value, (torch.Tensor, tuple, list)):
+        if isinstance(value, (torch.Tensor, tuple, list, dict)):
             return len(value)
         return super().__len__()
 
@@ -539,13 +560,47 @@ class _ShapeProxy(_WritableProxy):
         value = self._value()
         if isinstance(value, (torch.Tensor, tuple, list)):
             return iter([self[i] for i in range(len(value))])
+        if isinstance(value, dict):
+            return iter(list(value))
         return super().__iter__()
+
+    def keys(self) -> Any:  # fx's Proxy has its own, for ``**proxy``
+        if isinstance(self._value(), dict):
+            return _dict_keys(self)
+        return super().keys()
+
+    def __contains__(self, key: Any) -> bool:
+        value = self._value()
+        if isinstance(value, dict):
+            return key in value
+        return any(k is key or k == key for k in self)  # Python's own fallback
 
     def __bool__(self) -> bool:
         value = self._value()
         if isinstance(value, (bool, int)):  # a number computed from shapes, not from data
             return bool(value)
         return super().__bool__()
+
+
+def _dict_items(self: _ShapeProxy) -> list:
+    return [(k, self[k]) for k in self._value()]
+
+
+def _dict_values(self: _ShapeProxy) -> list:
+    return [self[k] for k in self._value()]
+
+
+def _dict_keys(self: _ShapeProxy) -> list:
+    return list(self._value())
+
+
+def _dict_get(self: _ShapeProxy, key: Any, default: Any = None) -> Any:
+    return self[key] if key in self._value() else default
+
+
+#: a dict input's methods, read from the example's keys (``items()`` and ``values()`` give one
+#: ``getitem`` per key; ``get`` of a key the example lacks its default, as the dict would)
+_DICT_READS = {"items": _dict_items, "values": _dict_values, "get": _dict_get}
 
 
 class ShapeSpecialisingTracer(LeafFallbackTracer):
@@ -1115,6 +1170,14 @@ def _kept_modules(model: torch.nn.Module, tracer: LeafFallbackTracer) -> int:
     return sum(sum(1 for _ in model.get_submodule(leaf.module).modules()) for leaf in tracer.leaves)
 
 
+#: why a model with a dict input is traced with its shapes fixed (what ``trace_graph`` returns)
+DICT_INPUT = "a dict input, read with the example's keys"
+
+
+class _DictInput(Exception):
+    """A dict among the inputs: plain fx would make it one proxy."""
+
+
 def trace_graph(
     model: torch.nn.Module, args: tuple, *, record_stack_traces: bool = False
 ) -> tuple[LeafFallbackTracer, torch.fx.Graph, str]:
@@ -1131,7 +1194,8 @@ def trace_graph(
     tracer : LeafFallbackTracer
     graph : torch.fx.Graph
     specialised : str
-        Empty for a plain trace; else where plain tracing failed (``file:line in fn: code``, and
+        Empty for a plain trace; :data:`DICT_INPUT` for a dict input (traced with its keys);
+        else where plain tracing failed (``file:line in fn: code``, and
         the submodule where one was kept as one call).
 
     Raises
@@ -1192,6 +1256,10 @@ def trace_graph(
         return ShapeSpecialisingTracer(args)
 
     try:
+        if any(isinstance(a, Mapping) for a in args):
+            # a dict input is one proxy to plain fx: ``obs.get("mask")`` of a key the example
+            # lacks is a node, not None; the specialising trace reads the example's keys
+            raise _DictInput
         plain, graph = run(LeafFallbackTracer)
     except Exception as e:
         first = e
@@ -1208,14 +1276,17 @@ def trace_graph(
         return plain, graph, ""
     try:
         tracer, graph = run(specialising)
-        return tracer, graph, raised_at(first) or _error(first)
+        why = DICT_INPUT if isinstance(first, _DictInput) else raised_at(first) or _error(first)
+        return tracer, graph, why
     except Exception as e:
         # report where the specialised trace stopped when it got further than the plain one
-        later = raised_at(e) != raised_at(first)
+        later = raised_at(e) != raised_at(first) or isinstance(first, _DictInput)
         error = e if later else first
         where = raised_at(error)
         at = f" at {where}" if where else ""
         past = f" (with the example input's shapes fixed, past {raised_at(first)})" if later else ""
+        if isinstance(first, _DictInput):
+            past = f" ({DICT_INPUT})"
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}.forward{at}{past}: "
             f"{type(error).__name__}: {error}. {_ADVICE}"

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..spec import WeightSpaceSpec
 from .derivation import Derivation, SpaceInfo
+from .fx import DICT_INPUT
 from .verification import VerifyReport
 
 __all__ = ["TraceReport", "failure_message"]
@@ -129,10 +130,10 @@ class TraceReport:
         else:
             lines.append("symmetry broken by: nothing")
         if self.specialised:
-            lines.append(
-                "traced with the example input's shapes fixed (plain symbolic tracing failed "
-                f"at {self.specialised})"
-            )
+            why = self.specialised
+            if why != DICT_INPUT:
+                why = f"plain symbolic tracing failed at {why}"
+            lines.append(f"traced with the example input's shapes fixed ({why})")
         if self.leaf_calls:
             lines.append("kept as one call (torch.fx cannot trace their forward):")
             lines.extend(f"  {leaf}" for leaf in self.leaf_calls)

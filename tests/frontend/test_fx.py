@@ -1180,3 +1180,94 @@ def test_arange_writes_random_factories_and_keyword_only_defaults(factory):
     spec, report = trace_with_report(model_(factory), x_(6, 4))
     assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
     assert report.graph_differs == ""
+
+
+# ---- inputs checked with isinstance, dict inputs read as dicts ------------------------------
+
+
+class _CheckedPolicy(nn.Module):
+    """stable-baselines3's policies assert their input is a tensor before any layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(6, 16), nn.Linear(16, 2)
+
+    def forward(self, obs):
+        if not isinstance(obs, torch.Tensor) or not torch.is_tensor(obs):
+            raise TypeError(f"expected a tensor, got {type(obs)}")
+        return self.l2(torch.tanh(self.l1(obs.float())))
+
+
+class _Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy = _CheckedPolicy()
+
+    def forward(self, obs):
+        return self.policy(obs)
+
+
+@pytest.mark.parametrize("factory", [_CheckedPolicy, _Outer])
+def test_an_isinstance_check_of_a_tensor_input_passes_in_the_trace(factory):
+    # before: TraceError at the root (fx's proxy is no Tensor); nested, the policy was kept as
+    # one call and every neuron of it fixed
+    spec, report = trace_with_report(model_(factory), x_(2, 6))
+    assert report.verification.ok and not report.leaf_calls and not report.broken
+    hidden = [s for s in spec.spaces.values() if s.role == "hidden"]
+    assert [s.size for s in hidden] == [16]
+
+
+class _DictReader(nn.Module):
+    """A dict observation read the ways real policies read it."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.enc = nn.ModuleDict({"a": nn.Linear(5, 8), "b": nn.Linear(3, 8)})
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, obs):
+        if not isinstance(obs, dict):
+            raise TypeError("expected a dict")
+        if self.how == "items":
+            h = sum(self.enc[k](v) for k, v in obs.items())
+        elif self.how == "values":
+            h = sum(layer(v) for layer, v in zip(self.enc.values(), obs.values()))
+        elif self.how == "keys":
+            h = sum(self.enc[k](obs[k]) for k in obs.keys() if k in self.enc)  # noqa: SIM118
+        else:  # "in", len, get with a default
+            h = self.enc["a"](obs["a"]) + (self.enc["b"](obs["b"]) if "b" in obs else 0)
+            h = h / len(obs)
+            mask = obs.get("mask", None)
+            if mask is not None:
+                h = h * mask
+        return self.out(torch.relu(h))
+
+
+@pytest.mark.parametrize("how", ["items", "values", "keys", "in_len_get"])
+def test_a_dict_input_is_read_with_the_examples_keys(how):
+    # before: "Proxy object cannot be iterated" (items, values, keys, in), "'len' is not
+    # supported", and obs.get("mask", None) a node, so ``h * None`` at shape propagation
+    obs = {"a": x_(2, 5), "b": x_(2, 3, seed=1)}
+    spec, report = trace_with_report(model_(functools.partial(_DictReader, how)), (obs,))
+    assert report.verification.ok and not report.broken
+    assert (
+        spec["enc.a.weight"].axes[0] == spec["enc.b.weight"].axes[0] == spec["out.weight"].axes[1]
+    )
+    assert len(spec.spaces) == 4  # a's and b's inputs, the shared width, the output
+    assert "a dict input, read with the example's keys" in str(report)
+
+
+def test_a_dict_inputs_value_branch_names_the_line_and_the_dict():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(5, 2)
+
+        def forward(self, obs):
+            if obs["a"].sum() > 0:
+                return self.a(obs["a"])
+            return -self.a(obs["a"])
+
+    with pytest.raises(TraceError, match=r"obs\[\"a\"\]\.sum\(\) > 0.*a dict input.*control flow"):
+        nfc.trace(Branchy(), ({"a": x_(2, 5)},))
