@@ -2,9 +2,10 @@
 
 A sequence model's input is ``(batch, sequence, features)``: its neurons are the last dim, so
 ``channel_dim=-1`` tells the tracer (the default, dim 1, is a CNN's channels). The fused
-``qkv`` projection is viewed as ``(3, heads, head_dim)`` and taken apart, so q's and k's head
-features share a space (attention reads their product) while v's have their own; the heads
-themselves and the sequence positions stay fixed.
+``qkv`` projection is viewed as ``(3, heads, head_dim)`` and taken apart, so each head's q and
+k features share a space (attention reads their product, head by head) while its v features
+have their own: every head's features permute on their own. The heads themselves and the
+sequence positions stay fixed.
 
 Run: python examples/07_trace_a_transformer.py
 Same from the shell, for a model in your own file:
@@ -57,8 +58,8 @@ spec, report = nfc.trace_with_report(model, x, channel_dim=-1)
 print(report)
 
 print("input space (the features):", spec.spaces["in"].size)
-qk, v = spec["blocks.0.qkv.weight"].axes[0][0], spec["blocks.0.qkv.weight"].axes[0][-1]
-print(f"block 0: q/k head features {qk!r}, v head features {v!r}")
+rows = spec["blocks.0.qkv.weight"].axes[0]  # q's 2 heads, k's 2 heads, v's 2 heads
+print(f"block 0: q/k features per head {rows[:2]}, v features per head {rows[4:]}")
 
 # An NF-Layer over this weight space, checked equivariant on random group elements
 layer = nfc.NFLinear(spec, 1, 4, basis="linear")

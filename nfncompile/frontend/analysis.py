@@ -58,6 +58,8 @@ from .labels import (
     UNREAD,
     BlockLink,
     Broken,
+    HeadMerge,
+    HeadSplit,
     Label,
     ParamLabel,
     Prod,
@@ -160,6 +162,11 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.touched: dict = {}  # run id -> ops that read a label holding it
         self.probes: list[ProbeRecord] = []  # every op no rule knows, probed numerically
         self.links: list[BlockLink] = []
+        self.head_splits: list[HeadSplit] = []
+        self.head_merges: list[HeadMerge] = []
+        self._split_of: dict[int, tuple] = {}  # heads or dims run id -> (split id, "heads"/"dims")
+        # selected chunk label -> {run of the first chunk's head splits: the same run of its own}
+        self.twin_runs: dict = {}
         self.calls: list = []  # (op, node name) of every call, in graph order
         self._recording: list | None = None  # fixes of a block link's alternative
 
@@ -410,6 +417,86 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         link = BlockLink(len(self.links), self.op, self._name(), origin, count, members, inner)
         link.ties, link.cuts, link.fixes = ties, cuts, fixes
         self.links.append(link)
+
+    def split_heads(self, chunks: list) -> tuple | None:
+        """Record a :class:`~nfncompile.frontend.labels.HeadSplit` of ``chunks`` (equal labels
+        of single positions); returns the labels of its heads dim and of the rest, or ``None``
+        where the rest's run is made in blocks (the chunks are then tied as before)."""
+        width = label_width(chunks[0])
+        (heads,) = self.new_run(len(chunks), "heads", f"{self._name()} (heads)")
+        (dims,) = self.new_run(width, "neuron", f"{self._name()} (per head)")
+        if heads.inner != 1 or dims.inner != 1:
+            return None
+        split = HeadSplit(
+            len(self.head_splits), self.op, self._name(), tuple(chunks), heads.run, dims.run
+        )
+        self.head_splits.append(split)
+        self._split_of[heads.run] = (split.id, "heads")
+        self._split_of[dims.run] = (split.id, "dims")
+        return (heads,), (dims,)
+
+    def merge_heads(self, heads: Any, dims: Any) -> Label | None:
+        """The label of a heads dim labelled ``heads`` flattened with a dim labelled ``dims``
+        (row-major): the chunks of ``dims``'s split, where both are the whole runs of splits'
+        heads and dims (recorded as a :class:`~nfncompile.frontend.labels.HeadMerge`); else
+        ``None``."""
+        whole = [
+            self._split_of.get(lab[0].run)
+            for lab in (heads, dims)
+            if isinstance(lab, tuple) and len(lab) == 1 and lab[0].offset == 0 and lab[0].inner == 1
+            and lab[0].length == self.runs[lab[0].run].size
+        ]  # fmt: skip
+        if len(whole) != 2 or None in whole or whole[0][1] != "heads" or whole[1][1] != "dims":
+            return None
+        h, split = self.head_splits[whole[0][0]], self.head_splits[whole[1][0]]
+        if len(h.chunks) != len(split.chunks):
+            return None
+        self.head_merges.append(HeadMerge(h.id, split.id, self._name()))
+        return tuple(s for chunk in split.chunks for s in chunk)
+
+    def head_checks(self) -> tuple[dict, list]:
+        """Where the :class:`~nfncompile.frontend.labels.HeadSplit` s' dims are carried:
+        ``(faults, carried)``.
+
+        A split's dims stand for each of its heads only on a tensor that also has a whole
+        heads dim: ``carried`` lists ``(heads split id, dims split id, node)`` for each such
+        tensor (the two splits' heads must be aligned), and ``faults`` maps a split to why
+        it cannot hold where a tensor holds its dims without one heads dim (heads summed,
+        mixed by a layer, sliced or flattened with the dims in another way).
+        """
+        faults: dict = {}
+        carried: list = []
+        for node, value in self.env.items():
+            for t in tensors(value):
+                heads = [
+                    self._split_of[lab[0].run][0]
+                    for lab in t.labels
+                    if self.is_heads(lab) and len(lab) == 1 and lab[0].offset == 0
+                    and lab[0].length == self.runs[lab[0].run].size
+                ]  # fmt: skip
+                for s in (s for lab in t.labels for s in segments(lab)):
+                    split, what = self._split_of.get(s.run, (-1, ""))
+                    if what != "dims":
+                        continue
+                    if s.inner != 1 or len(heads) != 1:
+                        faults.setdefault(
+                            split,
+                            f"{node.name} holds its per-head dims without one whole heads dim "
+                            "(an op reads across heads)",
+                        )
+                    else:
+                        carried.append((heads[0], split, node.name))
+        return faults, list(dict.fromkeys(carried))
+
+    @property
+    def split_runs(self) -> dict:
+        """The heads and dims runs of every head split (run id -> (split id, which))."""
+        return self._split_of
+
+    def is_heads(self, label: Any) -> bool:
+        """Whether ``label`` holds only neurons of heads runs (see :meth:`split_heads`)."""
+        segs = list(segments(label))
+        return bool(segs) and all(self._split_of.get(s.run, (0, ""))[1] == "heads" for s in segs)
 
     # ---- parameters ---------------------------------------------------------------------------
 

@@ -145,7 +145,10 @@ def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
             g.add_node(pn, size=(p.view or p.shape)[axis])
             for s in lab or ():
                 g.add_edge(pn, ("run", s.run), kind="index", offset=s.offset, length=s.length)
+    faults, carried = a.head_checks()
     g.graph.update(
+        head_faults=faults,
+        head_carried=carried,
         params=params,
         inputs=a.inputs,
         outputs=a.outputs,
@@ -156,6 +159,8 @@ def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
         ),
         specialised=gm.meta.get("nfn_specialised", ""),
         links=a.links,
+        head_splits=a.head_splits,
+        head_merges=a.head_merges,
         calls=a.calls,
         state_keys=a.state_keys,
         model=type(a.model).__name__,

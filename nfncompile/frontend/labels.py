@@ -262,7 +262,7 @@ class Run:
 
     id: int
     size: int
-    kind: str  # "input" | "neuron" | "param" | "fixed"
+    kind: str  # "input" | "neuron" | "param" | "fixed" | "heads"
     origin: str  # readable creator: module target, "in", param key + axis
     node: str  # fx node name
     op: str
@@ -329,6 +329,42 @@ class BlockLink:
     ties: list = field(default_factory=list)
     cuts: list = field(default_factory=list)
     fixes: list = field(default_factory=list)
+
+
+@dataclass
+class HeadSplit:
+    """A dim of equal chunks viewed as ``(heads, rest)`` (attention's ``C -> (H, C / H)``):
+    each chunk a head.
+
+    The heads dim is labelled with run ``heads`` (the head positions: they stay in place) and
+    the rest with run ``dims``, which stands for *every* chunk at once: a tie, cut or fix of
+    ``dims`` applies to each chunk, and a tie of ``dims`` with another split's ``dims`` ties
+    their chunks head by head (a head's queries with the same head's keys). Each head's
+    neurons then permute on their own. Flattening ``(heads, dims)`` back gives the chunks.
+
+    The split holds only if its heads stay aligned (every op that meets two splits' dims
+    also meets their heads, whole and in order, and no op reads a head position by position)
+    and nothing reads ``dims`` as a whole (a parameter shared by every head). Otherwise the
+    derivation falls back to the conservative reading: ``dims`` tied to every chunk, one
+    permutation for all heads.
+    """
+
+    id: int
+    op: str
+    node: str
+    chunks: tuple  # the label of each chunk (inner 1), in order
+    heads: int  # run id
+    dims: int  # run id
+
+
+@dataclass(frozen=True)
+class HeadMerge:
+    """A reshape that flattened split ``split``'s ``dims`` with the heads of split ``heads``
+    (its label the chunks): it holds only if the two splits' heads are aligned."""
+
+    heads: int  # id of the HeadSplit whose heads run labelled the heads dim
+    split: int  # id of the HeadSplit whose dims run labelled the rest
+    node: str
 
 
 def tensors(value: Any) -> list:

@@ -48,6 +48,7 @@ from typing import Any
 import networkx as nx
 
 from ..spec import Blocks, Inner, ParamSpec, Space, WeightSpaceSpec
+from . import heads
 from .derivation import (
     BlockInfo,
     BrokenInfo,
@@ -120,14 +121,25 @@ class _Problem:
     inputs: list  # (TensorLabels, (view, labels)) per model input
     outputs: list  # (TensorLabels, (view, labels)) or None per output leaf
     links: list  # BlockLink
+    tie_nodes: list  # the fx node of each tie
+    splits: list  # HeadSplit
+    merges: list  # HeadMerge
+    faults: dict  # head split id -> why it cannot hold (SymmetryAnalysis.head_checks)
+    carried: list  # (heads split id, dims split id, node)
+    labelled: set  # runs a parameter, input/output or block-link label reads
+    heads_met: set  # fx nodes at which a tie met a heads run
+
+    @property
+    def heads(self) -> set:
+        """The runs of attention heads (positions that stay in place)."""
+        return {s.heads for s in self.splits}
 
     @staticmethod
     def read(graph: nx.MultiGraph) -> _Problem:
         runs = {n[1]: d for n, d in graph.nodes(data=True) if n[0] == "run"}
+        edges = [d for _, _, d in graph.edges(data=True) if d.get("kind") == "tie"]
         ties = [
-            (d["src"], d["src_off"], d["dst"], d["dst_off"], d["length"], d["op"])
-            for _, _, d in graph.edges(data=True)
-            if d.get("kind") == "tie"
+            (d["src"], d["src_off"], d["dst"], d["dst_off"], d["length"], d["op"]) for d in edges
         ]
         params = graph.graph["params"]
         inputs = [(info, _io_axes(info)) for _, info in graph.graph["inputs"]]
@@ -141,7 +153,18 @@ class _Problem:
         labels += [inner[0] for link in links for inner in link.inner]
         for lab in labels:
             _label_cuts(lab, cuts)
-        return _Problem(runs, ties, cuts, fixed, params, inputs, outputs, links)
+        splits = graph.graph.get("head_splits", [])
+        heads = {s.heads for s in splits}
+        return _Problem(
+            runs, ties, cuts, fixed, params, inputs, outputs, links,
+            tie_nodes=[d["node"] for d in edges],
+            splits=splits,
+            merges=graph.graph.get("head_merges", []),
+            faults=graph.graph.get("head_faults", {}),
+            carried=graph.graph.get("head_carried", []),
+            labelled={s.run for lab in labels for s in segments(lab)},
+            heads_met={d["node"] for d in edges if d["src"] in heads or d["dst"] in heads},
+        )  # fmt: skip
 
 
 class _Solution:
@@ -151,16 +174,21 @@ class _Solution:
         self.problem = problem
         runs = problem.runs
         ties = list(problem.ties)
+        nodes = list(problem.tie_nodes)
         cuts = {r: set(cs) for r, cs in problem.cuts.items()}
         fixed = list(problem.fixed)
         for link in problem.links:
             if link.id not in fallen:
                 continue
             ties += [(t.a, t.a_off, t.b, t.b_off, t.length, t.op) for t in link.ties]
+            nodes += [t.node for t in link.ties]
             for run, pos, _op, _node in link.cuts:
                 cuts[run].add(pos)
             fixed += [(s.run, s.offset, s.length) for segs, _ in link.fixes for s in segs]
-        for r, off, length in fixed:
+        ties, fixed, synthetic, self.met = heads.rewrite(
+            problem.splits, fallen, ties, nodes, cuts, fixed
+        )
+        for r, off, length in fixed + synthetic:
             cuts[r].update((off, off + length))
 
         # 1. cuts, propagated through ties
@@ -204,8 +232,12 @@ class _Solution:
         self.classes: dict = {}
         for i in range(len(self.atoms)):
             self.classes.setdefault(self.uf.find(i), []).append(i)
-        self.fixed_roots = {
+        # fixed by an op; then also by the reading of attention heads (heads.rewrite)
+        self.prefixed = {
             self.uf.find(i) for r, off, length in fixed for i in self.atoms_in(r, off, length)
+        }
+        self.fixed_roots = self.prefixed | {
+            self.uf.find(i) for r, off, length in synthetic for i in self.atoms_in(r, off, length)
         }
         self.roles: dict = {}
         views = [("output", io) for io in problem.outputs] + [
@@ -288,10 +320,23 @@ def _check_links(sol: _Solution, fallen: dict) -> tuple:
     return count_of, inner_of, failed
 
 
+def _check_heads(sol: _Solution, fallen: dict) -> dict:
+    """The attention-head splits that newly fail (:func:`~nfncompile.frontend.heads.check`),
+    added to ``fallen``."""
+    p = sol.problem
+    return heads.check(
+        sol, p.splits, fallen, p.faults, p.carried, p.merges, p.labelled, sol.prefixed, p.heads_met,
+        sol.met,
+    )  # fmt: skip
+
+
 def fixed_labels(graph: nx.MultiGraph, labels: list) -> list[bool]:
     """Whether each of ``labels`` (run labels of the analysis behind ``graph``) ends up wholly
     fixed once ties are followed (block links taken as holding)."""
-    sol = _Solution(_Problem.read(graph), {})
+    problem, fallen = _Problem.read(graph), {}
+    sol = _Solution(problem, fallen)
+    while _check_heads(sol, fallen):
+        sol = _Solution(problem, fallen)
     return [all(sol.uf.find(i) in sol.fixed_roots for i in sol.label_atoms(lab)) for lab in labels]
 
 
@@ -316,7 +361,7 @@ def derive_spaces(graph: nx.MultiGraph) -> Derivation:
     while True:
         sol = _Solution(problem, fallen)
         count_of, inner_of, failed = _check_links(sol, fallen)
-        if failed:
+        if _check_heads(sol, fallen) or failed:
             continue
         derivation = _build(graph, sol, count_of, inner_of, fallen)
         if derivation is not None:
@@ -501,7 +546,7 @@ def _is_position(problem: _Problem, sol: _Solution) -> Callable[[int, int, int],
     alone = {root: {sol.atoms[i][0] for i in atoms} for root, atoms in sol.classes.items()}
 
     def positions(r: int, off: int, length: int) -> bool:
-        if runs[r]["kind"] == "fixed":
+        if runs[r]["kind"] in ("fixed", "heads"):
             return True
         return runs[r]["kind"] == "param" and all(
             alone[sol.uf.find(i)] == {r} for i in sol.atoms_in(r, off, length)
@@ -510,11 +555,13 @@ def _is_position(problem: _Problem, sol: _Solution) -> Callable[[int, int, int],
     return positions
 
 
-def _fixes_neurons(b: Any, positions: Callable[[int, int, int], bool]) -> bool:
+def _fixes_neurons(b: Any, positions: Callable[[int, int, int], bool], heads: set) -> bool:
     """Whether a :class:`~nfncompile.frontend.labels.Broken` record fixed any neurons: one
     that met positions and fixed only positions (a position table's rows added to tokens)
-    broke no symmetry; any other (an op no rule knows, unread rows) is reported."""
-    if b.reason == POSITIONS:
+    broke no symmetry; any other (an op no rule knows, unread rows) is reported. Attention
+    heads stay in place anyway (:mod:`~nfncompile.frontend.heads`): fixing only them breaks
+    nothing either."""
+    if b.reason == POSITIONS or (b.neurons and all(r in heads for r, _, _ in b.neurons)):
         return False
     if b.reason not in MEETS_POSITIONS or not b.neurons:
         return True
@@ -529,7 +576,7 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
         nothing ties to another run is positions, not neurons)."""
         names, count = [], 0
         for r, off, length in items:
-            if runs[r]["kind"] == "fixed" or (tables and positions(r, off, length)):
+            if runs[r]["kind"] in ("fixed", "heads") or (tables and positions(r, off, length)):
                 continue
             origin = runs[r]["origin"]
             whole = off == 0 and length == runs[r]["size"]
@@ -539,7 +586,7 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
 
     out = []
     for b in graph.graph["broken"]:
-        if not _fixes_neurons(b, positions):
+        if not _fixes_neurons(b, positions, problem.heads):
             continue
         names, count = neurons(b.neurons, b.reason in MEETS_POSITIONS)
         out.append(BrokenInfo(b.op, b.node, b.reason, names, count))
@@ -558,7 +605,7 @@ def _ops(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Calla
         if link.id in fallen and link.node in ops:
             ops[link.node].fell_back = fallen[link.id]
     for b in graph.graph["broken"]:
-        if b.node in ops and _fixes_neurons(b, positions):
+        if b.node in ops and _fixes_neurons(b, positions, problem.heads):
             ops[b.node].broke.append(b.reason)
     for link in problem.links:
         if link.id in fallen and link.node in ops:

@@ -144,9 +144,10 @@ class EinsumAttention(nn.Module):
 def test_einsum_attention_ties_queries_with_keys():
     spec, report = trace_with_report(model_(EinsumAttention), x_(2, 8, 5))
     assert not report.probes and report.verification.ok
-    # q's and k's head dims one space (repeated per head: a reshape splits the heads), v's another
-    qk, v = spec["qkv.weight"].axes[0][0], spec["qkv.weight"].axes[0][-1]
-    assert spec["qkv.weight"].axes[0] == (qk,) * 4 + (v,) * 2 and qk != v
+    # each head's query and key dims one space (a reshape splits the heads), its values another
+    axes = spec["qkv.weight"].axes[0]
+    q0, q1, v0, v1 = axes[0], axes[1], axes[4], axes[5]
+    assert axes == (q0, q1, q0, q1, v0, v1) and len({q0, q1, v0, v1}) == 4
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
 

@@ -174,13 +174,15 @@ EXPECTED = {
     # the patch embedding's 16 channels are the residual stream (the class token is
     # concatenated along tokens, the position table and every block's proj and fc2 are added
     # into it, every norm reads it); qkv's 48 outputs viewed as (3, 2 heads, 8) and unbound
-    # into q, k, v: q's and k's head features one 8-space (q @ k^T contracts them), v's its
-    # own (proj reads them), each the same permutation in both heads (the heads themselves
-    # fixed: a subgroup of attention's symmetry); the MLP's 32 hidden units
+    # into q, k, v: each head's q and k features one 8-space (q @ k^T contracts them head by
+    # head), its v features another (proj reads them), each head permuted on its own (the
+    # heads themselves fixed: a subgroup of attention's symmetry); the MLP's 32 hidden units
     "vit": [("in", 3, "input"), ("patch_embed", 16, "hidden"),
             ("blocks.0.attn.qkv/0", 8, "hidden"), ("blocks.0.attn.qkv/1", 8, "hidden"),
+            ("blocks.0.attn.qkv/2", 8, "hidden"), ("blocks.0.attn.qkv/3", 8, "hidden"),
             ("blocks.0.fc1", 32, "hidden"), ("blocks.1.attn.qkv/0", 8, "hidden"),
-            ("blocks.1.attn.qkv/1", 8, "hidden"), ("blocks.1.fc1", 32, "hidden"),
+            ("blocks.1.attn.qkv/1", 8, "hidden"), ("blocks.1.attn.qkv/2", 8, "hidden"),
+            ("blocks.1.attn.qkv/3", 8, "hidden"), ("blocks.1.fc1", 32, "hidden"),
             ("out", 10, "output")],
     "resnet18": _imagenet_resnet_spaces((2, 2, 2, 2), 8, bottleneck=False),
     "resnet50": _imagenet_resnet_spaces((3, 4, 6, 3), 8, bottleneck=True),

@@ -171,8 +171,14 @@ def piece(a: SymmetryAnalysis, labels: tuple, chunks: list, i: int) -> tuple:
     """``labels`` (of a tensor carrying the first chunk's labels) for chunk ``i``: rebased onto
     it, or, where a neuron of the first chunk cannot be rebased (a segment spanning several
     positions), left as they are with the two chunks tied, as a plain reading ties them."""
-    out = tuple(rebased(lab, chunks[0], chunks[i]) for lab in labels)
-    if i and any(_position(s, chunks[0]) is None and _overlaps(s, chunks[0]) for s in _segs(out)):
+    twins = a.twin_runs.get(tuple(chunks[i]), {}) if i else {}
+    out = tuple(rebased(lab, chunks[0], chunks[i], twins) for lab in labels)
+    # head splits of the first chunk that have no twin in this one: the chunks tied instead
+    untwinned = not twins and any(s.run in a.split_runs for s in _segs(out))
+    if i and (
+        any(_position(s, chunks[0]) is None and _overlaps(s, chunks[0]) for s in _segs(out))
+        or untwinned
+    ):
         a.tie(chunks[0], chunks[i])
         return labels
     return out
@@ -195,15 +201,20 @@ def _overlaps(s: Seg, src: tuple) -> bool:
     )
 
 
-def rebased(label: Any, src: tuple, dst: tuple) -> Any:
+def rebased(label: Any, src: tuple, dst: tuple, twins: dict | None = None) -> Any:
     """``label`` with every neuron of chunk ``src`` replaced by the neuron at the same position
-    of chunk ``dst`` (labels of equal widths, neurons of one position each)."""
+    of chunk ``dst`` (labels of equal widths, neurons of one position each), and every run of
+    ``twins`` (the head splits of ``src``: :class:`~nfncompile.frontend.labels.HeadSplit`) by
+    its twin (the same split of ``dst``)."""
     if isinstance(label, Prod):
-        return Prod(tuple(rebased(f, src, dst) for f in label.factors), label.sizes)
+        return Prod(tuple(rebased(f, src, dst, twins) for f in label.factors), label.sizes)
     if not isinstance(label, tuple):
         return label
     out: list = []
     for s in label:
+        if twins and s.run in twins:
+            out.append(Seg(twins[s.run], s.offset, s.length, s.inner))
+            continue
         pos = _position(s, src)
         if pos is None:
             out.append(s)

@@ -90,10 +90,17 @@ def merge_label(a: SymmetryAnalysis, labels: list, sizes: list) -> Any:
 
     One labelled dim among unlabelled ones: its neurons, each spanning the positions of the
     dims after it, repeated for every position of the dims before it. Several labelled dims:
-    a :class:`~nfncompile.frontend.labels.Prod` of them.
+    a :class:`~nfncompile.frontend.labels.Prod` of them. A split's heads and dims flattened
+    back (attention's ``(H, C / H) -> C``) are the split's chunks
+    (:class:`~nfncompile.frontend.labels.HeadSplit`).
     """
     if len(labels) == 1:
         return labels[0]
+    if a is not None:
+        if len(labels) == 2 and (heads := a.merge_heads(*labels)) is not None:
+            return heads  # a split's heads and dims flattened back: its chunks
+        # any other heads dim is positions that stay in place, as an unlabelled dim's
+        labels = [None if a.is_heads(lab) else lab for lab in labels]
     if all(lab is UNIFORM for lab in labels):
         return UNIFORM
     labelled = [t for t, lab in enumerate(labels) if lab is not None and lab is not UNIFORM]
@@ -120,9 +127,11 @@ def split_label(a: SymmetryAnalysis, label: Any, sizes: list, dims: list | None 
 
     A flattened product splits back at its factors' boundaries. A label whose neurons each
     span the positions of every dim after the first stays on the first; otherwise the first
-    dim counts equal chunks of the label (a ``2C`` vector viewed as ``(2, C)``): the chunks
-    are tied to move together, the first dim is unlabelled and the chunk's label is split
-    over the other dims (where that leaves the label wholly fixed, the graph is analysed again
+    dim counts equal chunks of the label (a ``2C`` vector viewed as ``(2, C)``, attention's
+    ``C`` as ``(heads, C / heads)``): each chunk is a head of a
+    :class:`~nfncompile.frontend.labels.HeadSplit`, whose heads label the first dim and whose
+    dims, standing for every chunk, are split over the other dims (where the split cannot
+    hold, the chunks are tied to move together; where that leaves the label wholly fixed, the graph is analysed again
     with its neurons made in blocks of the other dims' positions, each a neuron of the first
     dim: :func:`~nfncompile.frontend.graph.build_symmetry_graph`). Where every use of the
     reshaped tensor selects one chunk at a time (``dims``: the output dims of ``sizes``), the
@@ -152,10 +161,24 @@ def split_label(a: SymmetryAnalysis, label: Any, sizes: list, dims: list | None 
     if dims and a.node is not None and single and only_selected(a.node, dims[0]):
         # q, k, v = qkv.unbind(0): each chunk its own neurons, split alike
         a.selected_chunks[(a.node.name, dims[0])] = chunks
+        made = len(a.head_splits)
         first = split_label(a, chunks[0], sizes[1:], inner)
+        ours = a.head_splits[made:]
         for chunk in chunks[1:]:
+            made = len(a.head_splits)
             split_label(a, chunk, sizes[1:], inner)
+            theirs = a.head_splits[made:]
+            if len(theirs) == len(ours):  # the heads of q, k and v: each chunk its own splits
+                a.twin_runs[tuple(chunk)] = {
+                    r: t for o, h in zip(ours, theirs) for r, t in ((o.heads, h.heads), (o.dims, h.dims))
+                }  # fmt: skip
         return [None, *first]
+    if single and sizes[0] > 1:
+        # each chunk a head (attention's C -> (H, C / H)): see HeadSplit
+        split = a.split_heads(chunks)
+        if split is not None:
+            heads, dims = split
+            return [heads, *split_label(a, dims, sizes[1:], inner)]
     for chunk in chunks[1:]:
         a.tie(chunks[0], chunk)
     return [None, *split_label(a, chunks[0], sizes[1:], inner)]

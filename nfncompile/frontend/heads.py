@@ -1,0 +1,195 @@
+"""Attention heads in the derivation: a split's dims standing for each of its heads.
+
+A reshape that views equal chunks of neurons as ``(heads, rest)`` (attention's
+``C -> (H, C / H)``) records a :class:`~nfncompile.frontend.labels.HeadSplit`: its heads dim is
+labelled with a ``heads`` run and the rest with a ``dims`` run that stands for every chunk.
+Where the split holds, the solver (:mod:`~nfncompile.frontend.spaces`) reads every constraint on
+``dims`` as one constraint per head (:func:`rewrite`):
+
+* a tie of ``dims`` with another holding split's ``dims`` ties chunk ``i`` of one with chunk
+  ``i`` of the other (a head's queries with the same head's keys);
+* a tie with anything else ties every chunk to it (a weight shared by all heads);
+* a fix or a cut of ``dims`` fixes or cuts every chunk alike.
+
+Each head's neurons then permute on their own; the heads themselves stay in place (their run is
+fixed), as the rule of ``nn.MultiheadAttention`` reads them. A split whose chunks are tied
+instead (it does not hold) gives one permutation for every head: the conservative reading.
+
+:func:`check` says which holding splits cannot hold: one whose dims a tensor holds without one
+whole heads dim (heads summed, mixed by a layer, sliced), a parameter or input/output reads
+whole, whose heads an op reads position by position (a flip, a constant per head), or whose
+heads are not aligned, position by position, with those of a split whose dims meet its own.
+
+Examples
+--------
+>>> import torch
+>>> from torch import nn
+>>> import nfncompile as nfc
+>>> class Attention(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.q, self.k, self.v, self.o = (nn.Linear(4, 4) for _ in range(4))
+...     def forward(self, x):
+...         q, k, v = (f(x).view(2, 3, 2, 2).transpose(1, 2) for f in (self.q, self.k, self.v))
+...         y = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+...         return self.o(y.transpose(1, 2).reshape(2, 3, 4))
+>>> spec = nfc.trace(Attention(), torch.randn(2, 3, 4), channel_dim=-1)
+>>> spec["q.weight"].axes[0] == spec["k.weight"].axes[0], spec["v.weight"].axes[0]
+(True, ('v/0', 'v/1'))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["pieces", "rewrite", "check"]
+
+
+def pieces(label: tuple, off: int, length: int) -> list[tuple]:
+    """The ``(run, offset, length)`` pieces of positions ``[off, off + length)`` of ``label``
+    (segments of single positions).
+
+    >>> from nfncompile.frontend.labels import Seg
+    >>> pieces((Seg(0, 2, 3), Seg(1, 0, 2)), 1, 3)
+    [(0, 3, 2), (1, 0, 1)]
+    """
+    out, start = [], 0
+    for s in label:
+        lo, hi = max(off, start), min(off + length, start + s.length)
+        if lo < hi:
+            out.append((s.run, s.offset + lo - start, hi - lo))
+        start += s.length
+    return out
+
+
+def _ties(a: list, b: list, op: str) -> list[tuple]:
+    """Ties, position by position, of two piece lists of equal total length."""
+    out, i, j, ua, ub = [], 0, 0, 0, 0  # ua, ub: positions used of pieces a[i], b[j]
+    while i < len(a) and j < len(b):
+        (ra, oa, la), (rb, ob, lb) = a[i], b[j]
+        n = min(la - ua, lb - ub)
+        out.append((ra, oa + ua, rb, ob + ub, n, op))
+        ua, ub = ua + n, ub + n
+        if ua == la:
+            i, ua = i + 1, 0
+        if ub == lb:
+            j, ub = j + 1, 0
+    return out
+
+
+def rewrite(
+    splits: list, fallen: dict, ties: list, nodes: list, cuts: dict, fixed: list
+) -> tuple[list, list, list]:
+    """The constraints with each holding split's ``dims`` read as one per head.
+
+    Parameters
+    ----------
+    splits : list of HeadSplit
+    fallen : dict
+        ``("heads", split id)`` for the splits that do not hold (their chunks are tied to
+        their dims instead).
+    ties : list
+        ``(src, src_off, dst, dst_off, length, op)``; ``nodes`` their fx node names.
+    cuts : dict
+        Run id -> cut positions; updated in place.
+    fixed : list
+        ``(run, offset, length)``.
+
+    Returns
+    -------
+    ties, fixed : list
+        The rewritten constraints.
+    synthetic : list
+        Fixed intervals of this reading, not of any op: every heads run (heads stay in place)
+        and every holding split's dims run (it stands for its chunks, no space of its own).
+    met : list
+        ``(split id, split id, node)`` for each tie of two holding splits' dims.
+    """
+    holding = {s.dims: s for s in splits if ("heads", s.id) not in fallen}
+    out, met = [], []
+    for (src, src_off, dst, dst_off, length, op), node in zip(ties, nodes):
+        f, g = holding.get(src), holding.get(dst)
+        if f is None and g is None:
+            out.append((src, src_off, dst, dst_off, length, op))
+        elif f is not None and g is not None:
+            met.append((f.id, g.id, node))  # of different counts: not aligned (check)
+            if len(f.chunks) != len(g.chunks):
+                out.append((src, src_off, dst, dst_off, length, op))
+                continue
+            for cf, cg in zip(f.chunks, g.chunks):
+                out += _ties(pieces(cf, src_off, length), pieces(cg, dst_off, length), op)
+        else:  # a weight or neurons every head meets: each chunk tied to them
+            split, off, other, other_off = (
+                (f, src_off, dst, dst_off) if f else (g, dst_off, src, src_off)
+            )
+            for chunk in split.chunks:
+                out += _ties(pieces(chunk, off, length), [(other, other_off, length)], op)
+    for s in splits:
+        if s in holding.values():
+            continue
+        width = sum(seg.length for seg in s.chunks[0])
+        for chunk in s.chunks:
+            out += _ties(pieces(chunk, 0, width), [(s.dims, 0, width)], "attention heads")
+    new_fixed = []
+    for r, off, length in fixed:
+        split = holding.get(r)
+        chunks = split.chunks if split is not None else ()
+        new_fixed += [p for chunk in chunks for p in pieces(chunk, off, length)]
+        if split is None:
+            new_fixed.append((r, off, length))
+    synthetic = [(s.heads, 0, len(s.chunks)) for s in splits]
+    for r, split in holding.items():
+        width = sum(seg.length for seg in split.chunks[0])
+        for c in cuts[r] - {0, width}:
+            for chunk in split.chunks:
+                run, at, _ = pieces(chunk, c, width - c)[0]
+                cuts[run].add(at)
+        synthetic.append((r, 0, width))
+    return out, new_fixed, synthetic, met
+
+
+def check(sol: Any, splits: list, fallen: dict, faults: dict, carried: list, merges: list,
+          read: set, prefixed: set, heads_met: set, met: list) -> dict:  # fmt: skip
+    """Which holding splits cannot hold, with why: ``("heads", id) -> reason``.
+
+    ``sol`` is the :class:`~nfncompile.frontend.spaces._Solution` of the rewritten constraints;
+    ``faults`` and ``carried`` come from
+    :meth:`~nfncompile.frontend.analysis.SymmetryAnalysis.head_checks`, ``merges`` are the
+    :class:`~nfncompile.frontend.labels.HeadMerge` s, ``read`` the runs a parameter or
+    input/output label reads, ``prefixed`` the roots fixed before the heads runs were,
+    ``heads_met`` the fx nodes at which a tie met a heads run and ``met`` what
+    :func:`rewrite` returned.
+    """
+    by_id = {s.id: s for s in splits}
+    failed: dict = {}
+
+    def atoms(split: Any) -> tuple:
+        r = split.heads
+        return tuple(sol.starts[r]), tuple(sol.uf.find(sol.atom_id[(r, p)]) for p in sol.starts[r])
+
+    def aligned(i: int, j: int) -> bool:
+        a, b = by_id[i], by_id[j]
+        return len(a.chunks) == len(b.chunks) and atoms(a) == atoms(b)
+
+    for s in splits:
+        if ("heads", s.id) in fallen:
+            continue
+        _, roots = atoms(s)
+        if s.id in faults:
+            failed[("heads", s.id)] = faults[s.id]
+        elif s.dims in read:
+            failed[("heads", s.id)] = "a parameter or an input/output reads its per-head dims whole"
+        elif any(r in prefixed for r in roots) or len(set(roots)) != len(roots):
+            failed[("heads", s.id)] = "an op reads its heads position by position"
+    pairs = [(h, d, node, "carried") for h, d, node in carried]
+    pairs += [(m.heads, m.split, m.node, "flattened") for m in merges]
+    pairs += [(f, g, node, "met") for f, g, node in met]
+    for f, g, node, how in pairs:
+        bad = not aligned(f, g) or (how == "met" and f != g and node not in heads_met)
+        for i in (f, g) if bad else ():
+            if ("heads", i) not in fallen:
+                failed.setdefault(
+                    ("heads", i), f"{node}: its heads are not aligned with those it meets"
+                )
+    fallen.update(failed)
+    return failed

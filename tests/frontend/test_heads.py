@@ -1,0 +1,97 @@
+"""nfncompile.frontend.heads: attention heads split by a reshape permute on their own.
+
+Every case is checked against the real network (the report's verification draws random
+elements of the derived group, float64): a head split that held where it must not would fail
+it. The adversarial models each read across heads in one way; their heads must then share one
+permutation (the conservative reading), as before.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nfncompile as nfc
+from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.testing import assert_equivariant
+from tests.frontend.helpers import model_, x_
+
+
+class _Heads(nn.Module):
+    """nanoGPT-style attention: separate q, k, v projections viewed as ``(heads, dim)``; ``how``
+    adds one way of reading across heads."""
+
+    def __init__(self, how: str = "plain", dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.how, self.h = how, heads
+        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
+        self.o = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim // heads)  # one norm for every head (timm's q_norm)
+        self.talk = nn.Linear(heads, heads)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = (
+            f(x).view(b, n, self.h, c // self.h).transpose(1, 2) for f in (self.q, self.k, self.v)
+        )
+        if self.how == "norm":
+            q = self.norm(q)
+        elif self.how == "flip":  # the heads of q reversed: head i meets k's head h - 1 - i
+            q = q.flip(1)
+        elif self.how == "one_query_head":  # q's first head meets every head of k
+            q = q[:, :1]
+        if self.how == "outer":  # every head of q meets every head of k
+            scores = torch.einsum("bhnd,bgmd->bhgnm", q, k).mean(2)
+        else:
+            scores = q @ k.transpose(-1, -2)
+        if self.how == "talking":  # the scores mixed across heads by a layer
+            scores = self.talk(scores.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        y = scores.softmax(-1) @ v
+        if self.how == "max_over_heads":  # heads averaged, then a max over the features
+            return y.mean(1).amax(-1)
+        return self.o(y.transpose(1, 2).reshape(b, n, c))
+
+
+def _per_head(spec, key: str) -> tuple:
+    return spec[key].axes[0]
+
+
+def test_each_heads_queries_keys_and_values_permute_on_their_own():
+    spec, report = trace_with_report(model_(_Heads), x_(2, 5, 8), channel_dim=-1)
+    assert report.verification.ok and not report.broken
+    q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
+    assert q == k and len(set(q)) == 2 and len(set(v)) == 2 and not set(q) & set(v)
+    assert spec["o.weight"].axes[1] == v
+    assert {spec.spaces[s].size for s in q + v} == {4}
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+@pytest.mark.parametrize("how", ["norm", "flip", "one_query_head", "outer"])
+def test_reading_queries_across_heads_gives_them_one_permutation(how):
+    spec, report = trace_with_report(model_(lambda: _Heads(how)), x_(2, 5, 8), channel_dim=-1)
+    assert report.verification.ok
+    q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
+    # a shared norm, reversed or broadcast heads, an outer product: every head of q meets
+    # the same features of every head of k
+    assert q == k and len(set(q)) == 1
+    if how == "norm":
+        assert len(set(v)) == 2  # the values' heads are untouched by it
+
+
+def test_scores_mixed_across_heads_keep_the_values_per_head_only_where_aligned():
+    spec, report = trace_with_report(model_(lambda: _Heads("talking")), x_(2, 5, 8), channel_dim=-1)
+    assert report.verification.ok
+    v = _per_head(spec, "v.weight")
+    assert spec["o.weight"].axes[1] == v  # one permutation for both heads (conservative)
+    assert len(set(v)) == 1
+
+
+def test_heads_summed_then_read_position_by_position_share_one_permutation():
+    # the per-head dims survive the mean over heads: mirrored per head they would let each
+    # head's values permute on their own, which the max over features does not allow
+    spec, report = trace_with_report(
+        model_(lambda: _Heads("max_over_heads")), x_(2, 5, 8), channel_dim=-1
+    )
+    assert report.verification.ok
+    assert len(set(_per_head(spec, "v.weight"))) <= 1
