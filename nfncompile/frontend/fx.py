@@ -522,23 +522,15 @@ class _WritableProxy(torch.fx.Proxy):
 class _ShapeProxy(_WritableProxy):
     """A proxy whose shape, length and iteration come from its node's value on the example.
 
-    It also answers ``isinstance`` as its value would: a proxy of a tensor is a
-    ``torch.Tensor`` (stable-baselines3's ``assert isinstance(obs, th.Tensor)`` on every
-    policy's input), a proxy of a dict a ``dict``, whose keys, items, values, ``len``, ``in``
-    and ``get`` read the example's keys (each value a ``getitem`` of the input).
+    Python's ``isinstance`` answers for it as for its value while the model is traced
+    (:meth:`ShapeSpecialisingTracer._patches`): a proxy of a tensor is a ``torch.Tensor``
+    (stable-baselines3's ``assert isinstance(obs, th.Tensor)`` on every policy's input), a
+    proxy of a dict a ``dict``, whose keys, items, values, ``len``, ``in`` and ``get`` read the
+    example's keys (each value a ``getitem`` of the input).
     """
 
     def _value(self) -> Any:
         return self.tracer.values.get(self.node, _UNKNOWN)  # type: ignore[attr-defined]
-
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:
-        value = self._value()
-        if isinstance(value, torch.Tensor):
-            return torch.Tensor
-        if isinstance(value, dict):
-            return dict
-        return type(self)
 
     def __getattr__(self, k: str) -> Any:
         value = self._value()
@@ -684,7 +676,23 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
                 return bool(is_causal)
             return is_causal_mask(mask, is_causal, size)
 
+        is_instance = builtins.isinstance
+
+        def traced_isinstance(obj: Any, cls: Any) -> bool:
+            # Python code only: torch's C++ checks keep the proxy's own type (a proxy taken for
+            # a tensor there would be read as one)
+            if is_instance(obj, _ShapeProxy) and not self._eager and not is_instance(obj, cls):
+                classes = cls if is_instance(cls, tuple) else (cls,)
+                value = obj._value()
+                if any(c is torch.Tensor for c in classes):
+                    return is_instance(value, torch.Tensor)
+                return any(c in (dict, Mapping) for c in classes) and is_instance(value, dict)
+            return is_instance(obj, cls)
+
         patches = super()._patches(root)
+        patches[(id(builtins), "isinstance")] = (
+            vars(builtins), "isinstance", is_instance, traced_isinstance
+        )  # fmt: skip
         patches[(id(torch), "is_tensor")] = (vars(torch), "is_tensor", is_tensor, traced_is_tensor)
         patches[(id(F), "_none_or_dtype")] = (
             vars(F),

@@ -1271,3 +1271,21 @@ def test_a_dict_inputs_value_branch_names_the_line_and_the_dict():
 
     with pytest.raises(TraceError, match=r"obs\[\"a\"\]\.sum\(\) > 0.*a dict input.*control flow"):
         nfc.trace(Branchy(), ({"a": x_(2, 5)},))
+
+
+def test_a_traced_tensor_reaches_torchs_own_checks_as_a_proxy():
+    # isinstance answered through the proxy's class made torch's C++ argument parser read the
+    # proxy as a tensor: a segmentation fault in Hugging Face's GELU (torch.pow of a proxy)
+    class Gelu(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, obs):
+            if not isinstance(obs, torch.Tensor):
+                raise TypeError("expected a tensor")
+            h = self.a(obs)
+            return self.b(0.5 * h * (1.0 + torch.tanh(0.79 * (h + 0.044 * torch.pow(h, 3.0)))))
+
+    spec, report = trace_with_report(model_(Gelu), x_(2, 4))
+    assert report.verification.ok and spec["a.weight"].axes[0] == spec["b.weight"].axes[1]
