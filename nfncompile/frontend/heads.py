@@ -125,7 +125,7 @@ def rewrite(
             for chunk in split.chunks:
                 out += _ties(pieces(chunk, off, length), [(other, other_off, length)], op)
     for s in splits:
-        if s in holding.values():
+        if ("heads", s.id) not in fallen:
             continue
         width = sum(seg.length for seg in s.chunks[0])
         for chunk in s.chunks:

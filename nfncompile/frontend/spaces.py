@@ -569,7 +569,7 @@ def _fixes_neurons(b: Any, positions: Callable[[int, int, int], bool], heads: se
 
 
 def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Callable) -> list:
-    runs = problem.runs
+    runs, heads_runs = problem.runs, problem.heads
 
     def neurons(items: Any, tables: bool) -> tuple:
         """Names and count of the neurons of ``items`` (with ``tables``, a parameter axis
@@ -586,7 +586,7 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
 
     out = []
     for b in graph.graph["broken"]:
-        if not _fixes_neurons(b, positions, problem.heads):
+        if not _fixes_neurons(b, positions, heads_runs):
             continue
         names, count = neurons(b.neurons, b.reason in MEETS_POSITIONS)
         out.append(BrokenInfo(b.op, b.node, b.reason, names, count))
@@ -601,11 +601,12 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
 
 def _ops(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Callable) -> list:
     ops = {node: OpInfo(op, node) for op, node in graph.graph.get("calls", [])}
+    heads_runs = problem.heads
     for link in problem.links:
         if link.id in fallen and link.node in ops:
             ops[link.node].fell_back = fallen[link.id]
     for b in graph.graph["broken"]:
-        if b.node in ops and _fixes_neurons(b, positions, problem.heads):
+        if b.node in ops and _fixes_neurons(b, positions, heads_runs):
             ops[b.node].broke.append(b.reason)
     for link in problem.links:
         if link.id in fallen and link.node in ops:
