@@ -536,6 +536,10 @@ class _ShapeProxy(_WritableProxy):
         value = self._value()
         if isinstance(value, torch.Tensor) and (k in _SHAPE_ATTRS or _device_flag(value, k)):
             return getattr(value, k)
+        if k in ("_is_param", "_is_buffer") and isinstance(value, torch.Tensor):
+            # read by isinstance(x, nn.Parameter) once isinstance(x, Tensor) is True: an input
+            # is neither
+            return False
         if isinstance(value, dict) and k in _DICT_READS:
             return _DICT_READS[k].__get__(self)
         if k == "data" and isinstance(value, torch.Tensor):
