@@ -130,9 +130,9 @@ class _Problem:
     heads_met: set  # fx nodes at which a tie met a heads run
 
     @property
-    def heads(self) -> set:
-        """The runs of attention heads (positions that stay in place)."""
-        return {s.heads for s in self.splits}
+    def still(self) -> set:
+        """The runs that no permutation moves: constants' positions and attention heads."""
+        return {r for r, d in self.runs.items() if d["kind"] in ("fixed", "heads")}
 
     @staticmethod
     def read(graph: nx.MultiGraph) -> _Problem:
@@ -555,13 +555,14 @@ def _is_position(problem: _Problem, sol: _Solution) -> Callable[[int, int, int],
     return positions
 
 
-def _fixes_neurons(b: Any, positions: Callable[[int, int, int], bool], heads: set) -> bool:
+def _fixes_neurons(b: Any, positions: Callable[[int, int, int], bool], still: set) -> bool:
     """Whether a :class:`~nfncompile.frontend.labels.Broken` record fixed any neurons: one
     that met positions and fixed only positions (a position table's rows added to tokens)
-    broke no symmetry; any other (an op no rule knows, unread rows) is reported. Attention
-    heads stay in place anyway (:mod:`~nfncompile.frontend.heads`): fixing only them breaks
-    nothing either."""
-    if b.reason == POSITIONS or (b.neurons and all(r in heads for r, _, _ in b.neurons)):
+    broke no symmetry; any other (an op no rule knows, unread rows) is reported. Runs that
+    stay in place anyway (``still``: constants' positions, attention heads, see
+    :mod:`~nfncompile.frontend.heads`) break nothing when fixed either (such a record was
+    listed as "fixed 0 ()")."""
+    if b.reason == POSITIONS or (b.neurons and all(r in still for r, _, _ in b.neurons)):
         return False
     if b.reason not in MEETS_POSITIONS or not b.neurons:
         return True
@@ -569,7 +570,7 @@ def _fixes_neurons(b: Any, positions: Callable[[int, int, int], bool], heads: se
 
 
 def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Callable) -> list:
-    runs, heads_runs = problem.runs, problem.heads
+    runs, still = problem.runs, problem.still
 
     def neurons(items: Any, tables: bool) -> tuple:
         """Names and count of the neurons of ``items`` (with ``tables``, a parameter axis
@@ -586,7 +587,7 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
 
     out = []
     for b in graph.graph["broken"]:
-        if not _fixes_neurons(b, positions, heads_runs):
+        if not _fixes_neurons(b, positions, still):
             continue
         names, count = neurons(b.neurons, b.reason in MEETS_POSITIONS)
         out.append(BrokenInfo(b.op, b.node, b.reason, names, count))
@@ -601,12 +602,12 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
 
 def _ops(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Callable) -> list:
     ops = {node: OpInfo(op, node) for op, node in graph.graph.get("calls", [])}
-    heads_runs = problem.heads
+    still = problem.still
     for link in problem.links:
         if link.id in fallen and link.node in ops:
             ops[link.node].fell_back = fallen[link.id]
     for b in graph.graph["broken"]:
-        if b.node in ops and _fixes_neurons(b, positions, heads_runs):
+        if b.node in ops and _fixes_neurons(b, positions, still):
             ops[b.node].broke.append(b.reason)
     for link in problem.links:
         if link.id in fallen and link.node in ops:

@@ -253,3 +253,24 @@ def test_plain_neurons_next_to_flattened_ones_keep_their_space():
     assert spec["mlp.0.weight"].axes[1] == (36, vector) and spec.spaces[vector].size == 5
     assert [(b.neurons, b.count) for b in report.broken] == [(["cnn.0"], 4)]
     assert_equivariant(nfc.NFLinear(spec, 1, 2), spec, trials=2)
+
+
+class _ConstantColumn(nn.Module):
+    """A constant column concatenated to a layer's output, then read back on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        z = torch.cat([self.a(x), torch.ones(x.shape[0], 1)], 1)
+        gate = z[:, 8:].reshape(x.shape[0])  # drops the constant's one-position axis
+        return self.b(torch.relu(z[:, :8])) * gate[:, None]
+
+
+def test_fixing_only_a_constants_positions_is_not_reported_as_broken():
+    # before: "reshape drops a one-neuron axis; fixed 0 ()" and "1 broke symmetry"
+    spec, report = trace_with_report(model_(_ConstantColumn), x_(3, 4))
+    assert report.verification.ok and not report.broken
+    assert "0 broke symmetry" in str(report)
+    assert [(s.name, s.size) for s in spec.spaces.values()] == [("in", 4), ("a", 8), ("out", 2)]
