@@ -522,6 +522,11 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             )
         view, axes, split = [], [], False
         for d, (lab, n) in enumerate(zip(labels, shape)):
+            if isinstance(lab, Prod):  # a flattened product (viewable): one view axis per factor
+                split = True
+                view += list(lab.sizes)
+                axes += [None if f is UNIFORM else f for f in lab.factors]
+                continue
             inner = {s.inner for s in lab} if lab else {1}
             if len(inner) > 1:
                 reason = f"{key}: flattened blocks of different sizes on one axis"
@@ -748,6 +753,15 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         if isinstance(value, dict):
             return {k: self.plain(v, reader) for k, v in value.items()}
         return value
+
+    @staticmethod
+    def viewable(label: Any) -> bool:
+        """Whether a flattened product's factors are plain labels of single positions (or
+        unlabelled): a parameter axis it labels is viewed as one axis per factor."""
+        return isinstance(label, Prod) and all(
+            f is None or f is UNIFORM or (isinstance(f, tuple) and all(s.inner == 1 for s in f))
+            for f in label.factors
+        )
 
     def plain_label(self, label: Any, reader: str = "", uniform: bool = False) -> Any:
         """One dim's label as a plain label: a flattened product is fixed, uniform dropped

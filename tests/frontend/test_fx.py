@@ -1289,3 +1289,22 @@ def test_a_traced_tensor_reaches_torchs_own_checks_as_a_proxy():
 
     spec, report = trace_with_report(model_(Gelu), x_(2, 4))
     assert report.verification.ok and spec["a.weight"].axes[0] == spec["b.weight"].axes[1]
+
+
+def test_a_parameter_check_of_a_traced_tensor_answers_no():
+    # nn.Parameter's isinstance reads `_is_param` once isinstance(x, Tensor) is True: on a
+    # proxy that was a node, and its truth a TraceError that kept the module as one call
+    class Checks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x.reshape(*x.shape[:-1], 4))  # needs the shapes: the specialising trace
+            if isinstance(h, nn.Parameter):
+                raise TypeError("an activation, not a weight")
+            return self.b(torch.relu(h))
+
+    spec, report = trace_with_report(model_(Checks), x_(2, 4))
+    assert report.verification.ok and not report.leaf_calls
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1]

@@ -83,8 +83,9 @@ def test_scores_mixed_across_heads_keep_the_values_per_head_only_where_aligned()
     spec, report = trace_with_report(model_(lambda: _Heads("talking")), x_(2, 5, 8), channel_dim=-1)
     assert report.verification.ok
     v = _per_head(spec, "v.weight")
-    assert spec["o.weight"].axes[1] == v  # one permutation for both heads (conservative)
-    assert len(set(v)) == 1
+    assert len(set(v)) == 1  # one permutation for both heads (conservative)
+    o = spec["o.weight"]  # its columns: (mixed heads, fixed) x (v's features)
+    assert o.view == (8, 2, 4) and o.axes == ("out", None, v[0])
 
 
 def test_heads_summed_then_read_position_by_position_share_one_permutation():

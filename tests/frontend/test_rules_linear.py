@@ -307,3 +307,27 @@ def test_bilinear_reads_each_input_on_its_own_weight_axis():
     assert report.verification.ok and not report.probes and not report.broken
     assert spec["bl.weight"].axes == ("bl", "a", "c") and spec["bl.bias"].axes == ("bl",)
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _FlattenedTokens(nn.Module):
+    """iTransformer's and DLinear's classification heads: one token of ``hidden`` features per
+    input variable, flattened and read by one Linear."""
+
+    def __init__(self, time: int = 6, variables: int = 4, hidden: int = 8) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Linear(time, hidden), nn.Linear(variables * hidden, 3)
+
+    def forward(self, x):  # (batch, time, variables)
+        h = torch.relu(self.emb(x.permute(0, 2, 1)))  # (batch, variables, hidden)
+        return self.head(h.reshape(h.shape[0], -1))
+
+
+def test_a_linear_over_flattened_neuron_axes_views_its_weight_per_factor():
+    # before: "Linear head reads a flattened product of neuron axes", the hidden 8 fixed
+    spec, report = trace_with_report(model_(_FlattenedTokens), x_(2, 6, 4), channel_dim=-1)
+    assert report.verification.ok and not report.broken
+    head = spec["head.weight"]
+    assert head.view == (3, 4, 8) and head.axes == ("out", "in", "emb")
+    for basis in ("linear", "complete"):
+        layer = nfc.NFLinear(spec, 1, 2, basis=basis).double()
+        assert_equivariant(layer, spec, in_channels=1, trials=2)

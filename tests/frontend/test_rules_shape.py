@@ -102,13 +102,16 @@ class PairsView(TwoLinear):
         return self.b(torch.cat([h, h, h], 1))
 
 
-def test_splitting_inside_neurons_ties_chunks_and_a_flattened_product_is_fixed():
+def test_splitting_inside_neurons_ties_chunks_and_a_flattened_product_is_read_per_factor():
     spec, report = trace_with_report(model_(PairsView), x_(5, 4))
     assert report.verification.ok
     assert spec["a.weight"].axes[0] == ("a",) * 3 and spec.spaces["a"].size == 2
+    # the outer product h h^T flattened: the Linear's weight viewed (out, 6, 6), both axes a's
+    # (before: "reads a flattened product of neuron axes", a fixed)
     spec, report = trace_with_report(model_(OuterProduct), x_(5, 4))
-    assert spec["a.weight"].axes == (None, "in")
-    assert "reads a flattened product of neuron axes" in report.broken[0].reason
+    assert report.verification.ok and not report.broken
+    assert spec["a.weight"].axes == ("a", "in")
+    assert spec["b.weight"].view == (3, 6, 6) and spec["b.weight"].axes == ("out", "a", "a")
 
 
 class OuterProduct(TwoLinear):

@@ -34,8 +34,17 @@ def _linear(a: SymmetryAnalysis, x: TensorLabels, out: Label) -> tuple:
 
 
 @register_module(nn.Linear)
+@structured
 def _module_linear(a: SymmetryAnalysis, mod: nn.Linear, target: str, args: Any, kw: Any):
+    """A new run of output neurons. An input that flattens several neuron axes
+    (iTransformer's and DLinear's heads: ``(variables, hidden)`` tokens flattened) labels the
+    weight viewed ``(out, *factors)``: each factor's neurons move its own axis."""
     x = args[0]
+    if a.viewable(x.labels[-1]):
+        lead = a.plain(TensorLabels(x.shape[:-1], x.labels[:-1]), a.op)
+        x = TensorLabels(x.shape, lead.labels + x.labels[-1:])
+    else:
+        x = a.plain(x, a.op)
     out = a.new_run(mod.out_features, "neuron", target)
     a.label_param(a.key(target, "weight"), [out, x.labels[-1]])
     a.label_param(a.key(target, "bias"), [out])
