@@ -160,3 +160,37 @@ def test_views_read_only_before_a_write_do_not_fix_it():
     assert spec["pc.weight"].axes[1] == first and spec.spaces[first].size == 2
     assert spec["m1.weight"].axes[1] == (spec["pc.weight"].axes[0], rest)
     assert spec["m2.weight"].axes[0] == (first, rest)
+
+
+class _WriteRows(nn.Module):
+    """Informer's ProbAttention: rows chosen by index tensors overwritten, features whole."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.v, self.o = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        v = torch.relu(self.v(x))
+        ctx = v.mean(1, keepdim=True).expand(b, n, 8).clone()
+        if self.how == "rows":  # batch and position indices, the feature dim a full slice
+            ctx[torch.arange(b)[:, None], torch.arange(2).expand(b, 2), :] = 2 * v[:, :2]
+        elif self.how == "features":  # feature positions the data gives
+            ctx[:, :, torch.tensor([1, 0, 2])] = v[:, :, :3]
+        else:  # a boolean mask
+            ctx[v.sum(-1) > 0] = 0.5 * v[v.sum(-1) > 0]
+        return self.o(ctx)
+
+
+@pytest.mark.parametrize("how", ["rows", "features", "mask"])
+def test_a_write_at_index_tensors_fixes_only_the_indexed_dims(how):
+    # before: every write through a tensor index fixed both sides: v's 8 features
+    spec, report = trace_with_report(model_(lambda: _WriteRows(how)), x_(2, 6, 4), channel_dim=-1)
+    assert report.verification.ok
+    hidden = [s.name for s in spec.spaces.values() if s.role == "hidden"]
+    if how == "rows":
+        assert hidden == ["v"] and not report.broken
+        assert spec["o.weight"].axes == ("out", "v")
+    else:  # the features themselves written at data positions, or a mask (not placed): fixed
+        assert hidden == [] and report.broken

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..labels import UNIFORM, TensorLabels
+from ..labels import GATHERED, UNIFORM, TensorLabels
 from .registry import Unsupported, arg, register_function, register_method, structured
+from .shape import is_mask
 
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
@@ -81,6 +82,11 @@ def _copy(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 def write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> TensorLabels:
     """The labels of ``x`` after ``x[index] = value``."""
+    if _tensor_indexed(index):
+        try:
+            return _indexed_write(a, x, index, value)
+        except Unsupported as e:
+            return _fixed_write(a, x, value, str(e))
     try:
         ranges = _ranges(x, index)
         region = tuple(stop - start for start, stop, kept in ranges if kept)
@@ -99,6 +105,53 @@ def write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> Tenso
             labels.append(None if n <= 1 and inside is UNIFORM else inside)
     except Unsupported as e:
         return _fixed_write(a, x, value, str(e))
+    return TensorLabels(x.shape, tuple(labels))
+
+
+def _tensor_indexed(index: Any) -> bool:
+    index = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, (TensorLabels, torch.Tensor, list)) for i in index)
+
+
+def _indexed_write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> TensorLabels:
+    """``x[..., i, j, ...] = value`` with adjacent integer index tensors ``i, j`` and full
+    slices elsewhere (Informer's ``ctx[arange(B)[:, None], top, :] = rows``): the indexed
+    dims are written at positions data gives (fixed where labelled), every full-sliced dim
+    meets the value's as an elementwise op would (the old values stay at the unwritten
+    positions)."""
+    index = index if isinstance(index, tuple) else (index,)
+    raw = a.sources[0][1] if len(a.sources[0]) > 1 else ()
+    raw = raw if isinstance(raw, tuple) else (raw,)
+    tensor = [k for k, i in enumerate(index) if isinstance(i, (TensorLabels, torch.Tensor, list))]
+    others = [i for k, i in enumerate(index) if k not in tensor]
+    if (
+        tensor != list(range(tensor[0], tensor[-1] + 1))
+        or any(not isinstance(i, slice) or i != slice(None) for i in others)
+        or any(is_mask(r) for r in raw)
+        or len(index) > x.ndim
+    ):
+        raise Unsupported("a write through a tensor index or a new axis")
+    shapes = [tuple(i.shape) if not isinstance(i, list) else (len(i),) for i in (index[k] for k in tensor)]
+    block = tuple(torch.broadcast_shapes(*shapes))
+    first, last = tensor[0], tensor[-1] + 1
+    region = tuple(x.shape[:first]) + block + tuple(x.shape[last:])
+    written = _value_labels(a, value, region)
+    for lab in written[first : first + len(block)]:  # the value's rows, placed by the data
+        if lab is not UNIFORM:
+            a.fix(lab, GATHERED)
+    for i in (index[k] for k in tensor):
+        if isinstance(i, TensorLabels):
+            a.fix_all(i, "an index tensor that depends on the order of neurons")
+    labels = []
+    for d, lab in enumerate(x.labels):
+        old = a.plain_label(lab, "a write into the tensor", uniform=True)
+        if first <= d < last:
+            if old is not None and old is not UNIFORM:
+                a.fix(old, GATHERED)
+            labels.append(None)
+            continue
+        new = written[d if d < first else d - (last - first) + len(block)]
+        labels.append(_meet(a, old, new))
     return TensorLabels(x.shape, tuple(labels))
 
 

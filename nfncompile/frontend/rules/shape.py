@@ -354,7 +354,7 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         return x[idx]
     idx = idx if isinstance(idx, tuple) else (idx,)
     raw = a.node.args[1] if isinstance(a.node.args[1], tuple) else (a.node.args[1],)
-    idx = tuple(_Mask(i.ndim) if _is_mask(r) else i for i, r in zip(idx, raw))
+    idx = tuple(_Mask(i.ndim) if is_mask(r) else i for i, r in zip(idx, raw))
     if any(i is Ellipsis for i in idx):
         k = idx.index(Ellipsis)
         used = sum(_consumed(i) for i in idx if i is not Ellipsis)
@@ -415,7 +415,7 @@ class _Mask:
     ndim: int
 
 
-def _is_mask(raw: Any) -> bool:
+def is_mask(raw: Any) -> bool:
     """Whether an index argument (a graph node or a tensor) is a boolean mask."""
     if isinstance(raw, torch.fx.Node):
         meta = raw.meta.get("tensor_meta")
