@@ -396,3 +396,37 @@ def test_chunks_selected_one_at_a_time_keep_their_own_neurons(how):
     else:  # the heads merged with the batch or the positions: one permutation for all heads
         assert qk != v and spec.spaces[qk].size == spec.spaces[v].size == 4
         assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _Patches(nn.Module):
+    """TimeXer's and PatchTST's patching: a series cut into windows with ``Tensor.unfold``."""
+
+    def __init__(self, channels: int, along: int = -1) -> None:
+        super().__init__()
+        self.along = along
+        self.i, self.e, self.o = nn.Linear(3, channels), nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):  # (batch, 16 steps, 3)
+        h = torch.relu(self.i(x)).permute(0, 2, 1)  # (batch, channels, 16)
+        if self.along == 1:  # windows of channels: their order matters
+            return self.o(torch.relu(self.e(h.permute(0, 2, 1).unfold(-1, 4, 4)))).sum((1, 2))
+        h = h.unfold(dimension=-1, size=4, step=4)  # (batch, channels, 4 windows, 4)
+        return self.o(torch.relu(self.e(h))).sum(1)
+
+
+@pytest.mark.parametrize("channels", [5, 4, 2])
+def test_windows_of_a_series_keep_the_channels(channels):
+    # before: probed, and where the channels matched another axis's size (the batch, the
+    # windows, the window length) the probe fixed them
+    spec, report = trace_with_report(
+        model_(lambda: _Patches(channels)), x_(2, 16, 3), channel_dim=-1
+    )
+    assert report.verification.ok and not report.broken and not report.probes
+    assert spec["i.weight"].axes[0] == "i" and spec.spaces["i"].size == channels
+
+
+def test_windows_across_neurons_fix_them():
+    spec, report = trace_with_report(
+        model_(lambda: _Patches(8, along=1)), x_(2, 16, 3), channel_dim=-1
+    )
+    assert report.verification.ok and spec["i.weight"].axes[0] is None

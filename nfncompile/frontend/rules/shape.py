@@ -346,6 +346,21 @@ def _repeat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(shape, tuple(labels))
 
 
+@register_method("unfold")
+def _windows(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x.unfold(dimension, size, step)``: windows of ``size`` positions along a dim, taken
+    every ``step`` (the patches of a series: TimeXer, PatchTST). The windows and the positions
+    inside them are positions of that dim (fixed where it holds neurons); every other dim keeps
+    its label. Without this rule the call was probed, and a probe that matched a neuron axis
+    with another of the same size found it "not equivariant"."""
+    x = args[0]
+    d = norm_dim(arg(args, kwargs, 1, "dimension"), x.ndim)
+    if x.labels[d] is not None:
+        a.fix(x.labels[d], INDEXED)
+    labels = x.labels[:d] + (None,) + x.labels[d + 1 :] + (None,)
+    return TensorLabels(a.out_shape(), labels)
+
+
 @register_function(operator.getitem)
 @structured
 def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
