@@ -430,3 +430,30 @@ def test_windows_across_neurons_fix_them():
         model_(lambda: _Patches(8, along=1)), x_(2, 16, 3), channel_dim=-1
     )
     assert report.verification.ok and spec["i.weight"].axes[0] is None
+
+
+class _TopFrequencies(nn.Module):
+    """ETSformer's Fourier layer: the top-k positions of each channel, gathered per channel."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.i, self.o = nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, x):  # (batch, time, 3)
+        h = torch.tanh(self.i(x))  # (batch, time, 8)
+        top = h.abs().topk(2, dim=1)
+        if self.how == "values":
+            return self.o(top.values)
+        return self.o(torch.gather(h, 1, top.indices))  # (batch, 2, 8)
+
+
+@pytest.mark.parametrize("how", ["indices", "values"])
+def test_topk_per_channel_keeps_the_channels(how):
+    # before: topk's outputs lost every label (another shape than its input) and `.indices`
+    # was probed: the 8 channels were fixed
+    spec, report = trace_with_report(
+        model_(lambda: _TopFrequencies(how)), x_(2, 6, 3), channel_dim=-1
+    )
+    assert report.verification.ok and not report.broken and not report.probes
+    assert spec["i.weight"].axes[0] == "i" and spec["o.weight"].axes[1] == "i"

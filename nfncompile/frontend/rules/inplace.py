@@ -131,7 +131,9 @@ def _indexed_write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any)
         or len(index) > x.ndim
     ):
         raise Unsupported("a write through a tensor index or a new axis")
-    shapes = [tuple(i.shape) if not isinstance(i, list) else (len(i),) for i in (index[k] for k in tensor)]
+    shapes = [
+        tuple(i.shape) if not isinstance(i, list) else (len(i),) for i in (index[k] for k in tensor)
+    ]
     block = tuple(torch.broadcast_shapes(*shapes))
     first, last = tensor[0], tensor[-1] + 1
     region = tuple(x.shape[:first]) + block + tuple(x.shape[last:])

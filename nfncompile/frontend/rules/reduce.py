@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..labels import TensorLabels
+from ..labels import TensorLabels, remade
 from .registry import arg, norm_dim, register_function, register_method, structured
 
 if TYPE_CHECKING:
@@ -77,7 +77,19 @@ def _positional(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     dims = [dims] if isinstance(dims, int) else list(dims)
     dims = {norm_dim(d, x.ndim) for d in dims}
     x = a.keep(x, tuple(dims), f"{name} depends on neuron positions")
+
+    def labelled(o: Any) -> Any:
+        # every dim the op does not act on keeps its label (topk's k values and their indices
+        # per channel: ETSformer's frequencies); the dims it acts on are positions
+        if not isinstance(o, TensorLabels) or o.ndim != x.ndim:
+            return o
+        if o.shape == x.shape:
+            return TensorLabels(o.shape, x.labels)
+        if any(n != m and k not in dims for k, (n, m) in enumerate(zip(o.shape, x.shape))):
+            return o
+        return TensorLabels(
+            o.shape, tuple(None if k in dims else x.labels[k] for k in range(o.ndim))
+        )
+
     out = a.out()
-    if isinstance(out, tuple):
-        return tuple(TensorLabels(o.shape, x.labels) if o.shape == x.shape else o for o in out)
-    return TensorLabels(out.shape, x.labels) if out.shape == x.shape else out
+    return remade(out, (labelled(o) for o in out)) if isinstance(out, tuple) else labelled(out)

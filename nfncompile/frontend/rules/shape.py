@@ -361,6 +361,23 @@ def _windows(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(a.out_shape(), labels)
 
 
+@register_function(getattr)
+@structured
+def _attribute(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """A field of a named result (``x.topk(k).indices``, ``torch.max(x, 1).values``): the
+    labels of that field (the fields as ``torch.return_types`` names them)."""
+    value, name = args[0], args[1]
+    source = a.sources[0][0] if a.sources[0] else None
+    op = getattr(source, "target", None)
+    op = op if isinstance(op, str) else getattr(op, "__name__", "")
+    fields = getattr(value, "_fields", None) or getattr(
+        getattr(torch.return_types, op, None), "__match_args__", ()
+    )
+    if isinstance(value, tuple) and name in fields and len(fields) == len(value):
+        return value[list(fields).index(name)]
+    raise Unsupported(f"the attribute {name!r} of a {type(value).__name__}")
+
+
 @register_function(operator.getitem)
 @structured
 def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
