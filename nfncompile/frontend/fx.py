@@ -47,7 +47,7 @@ import random
 import traceback
 import types
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,7 @@ from torch._subclasses.fake_tensor import (
     FakeTensorMode,
 )
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
+from torch.fx._symbolic_trace import _wrapped_fns_to_patch as _WRAPPED
 from torch.fx.graph import magic_methods, reflectable_magic_methods
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
@@ -89,6 +90,8 @@ __all__ = [
     "copy_model",
     "graph_differs",
     "same_draws",
+    "unwrapped",
+    "wrapped_targets",
 ]
 
 #: Parameter elements above which :func:`trace_module` propagates shapes on fake tensors.
@@ -1188,6 +1191,33 @@ DICT_INPUT = "a dict input, read with the example's keys"
 
 class _DictInput(Exception):
     """A dict among the inputs: plain fx would make it one proxy."""
+
+
+def wrapped_targets(gm: torch.fx.GraphModule, nodes: Iterable[str]) -> set:
+    """The functions registered with ``torch.fx.wrap`` (torchvision's
+    ``shifted_window_attention``, a user's) that the nodes named ``nodes`` call."""
+    wrapped = {
+        id(names[name]) for (_, name), names in _WRAPPED.items() if callable(names.get(name))
+    }
+    named = set(nodes)
+    return {
+        n.target
+        for n in gm.graph.nodes
+        if n.name in named and n.op == "call_function" and id(n.target) in wrapped
+    }
+
+
+@contextlib.contextmanager
+def unwrapped(fns: set) -> Iterator[None]:
+    """While it lasts, ``fns`` are left out of fx's registry of wrapped functions: a trace
+    goes through them."""
+    gone = {k: v for k, v in _WRAPPED.items() if v.get(k[1]) in fns}
+    for k in gone:
+        del _WRAPPED[k]
+    try:
+        yield
+    finally:
+        _WRAPPED.update(gone)
 
 
 def trace_graph(

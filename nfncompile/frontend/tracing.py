@@ -29,12 +29,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..errors import SymmetryError
+from ..errors import ConfigError, SymmetryError, TraceError
 from ..spec import WeightSpaceSpec, check_mode
 from .channel_dims import ChannelDim, check_channel_dim
-from .fx import graph_differs, trace_module
+from .fx import graph_differs, trace_module, unwrapped, wrapped_targets
 from .graph import build_symmetry_graph
 from .report import TraceReport, failure_message
 from .spaces import derive_spaces
@@ -75,6 +76,7 @@ def trace_with_report(
     gm = trace_module(model, example_input, fake=fake)
     t1 = time.perf_counter()
     graph = build_symmetry_graph(gm, model, channel_dim)
+    gm, graph = _through_wrapped(model, example_input, fake, channel_dim, gm, graph)
     t2 = time.perf_counter()
     derivation = derive_spaces(graph)
     spec = derivation.spec if mode == derivation.spec.mode else derivation.spec.with_mode(mode)
@@ -96,6 +98,33 @@ def trace_with_report(
     if vr is not None and not vr.ok:
         raise SymmetryError(failure_message(report))
     return spec, report
+
+
+def _through_wrapped(
+    model: nn.Module,
+    example_input: Any,
+    fake: bool | None,
+    channel_dim: ChannelDim,
+    gm: torch.fx.GraphModule,
+    graph: Any,
+) -> tuple:
+    """The trace, and its symmetry graph, with the functions registered with
+    ``torch.fx.wrap`` whose probe broke symmetry traced through (torchvision's
+    ``shifted_window_attention``: Swin's attention with its weights passed in, probed and found
+    not equivariant, fixed the whole residual stream). Taken where that trace succeeds and no
+    longer has such a call fail its probe; a wrapped call whose probe passes stays one call, as
+    the user who wrapped it asked."""
+    failed = wrapped_targets(gm, [p.node for p in graph.graph["probes"] if not p.passed])
+    if not failed:
+        return gm, graph
+    try:
+        with unwrapped(failed):
+            again = trace_module(model, example_input, fake=fake)
+        graph_again = build_symmetry_graph(again, model, channel_dim)
+    except (TraceError, ConfigError):
+        return gm, graph
+    still = [p.node for p in graph_again.graph["probes"] if not p.passed]
+    return (gm, graph) if wrapped_targets(again, still) & failed else (again, graph_again)  # fmt: skip
 
 
 def trace(

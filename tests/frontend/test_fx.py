@@ -1308,3 +1308,54 @@ def test_a_parameter_check_of_a_traced_tensor_answers_no():
     spec, report = trace_with_report(model_(Checks), x_(2, 4))
     assert report.verification.ok and not report.leaf_calls
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1]
+
+
+def _wrapped_attention(x, weight, heads: int):
+    """Attention written as a function the library wraps (torchvision's Swin does this)."""
+    b, n, c = x.shape
+    if c % heads:  # a check on a shape: why such functions are wrapped
+        raise ValueError("channels not divisible by heads")
+    q, k, v = F.linear(x, weight).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    return ((q @ k.transpose(-1, -2)).softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+
+
+def _wrapped_branchy(x, weight):
+    return x * 2 if weight.sum() > 0 else x  # data-dependent: cannot be traced through
+
+
+torch.fx.wrap("_wrapped_attention")
+torch.fx.wrap("_wrapped_branchy")
+
+
+class _CallsWrapped(nn.Module):
+    def __init__(self, branchy: bool = False) -> None:
+        super().__init__()
+        self.branchy = branchy
+        self.inp, self.out = nn.Linear(3, 8), nn.Linear(8, 2)
+        self.qkv = nn.Parameter(torch.randn(24, 8) / 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = (
+            _wrapped_branchy(h, self.qkv)
+            if self.branchy
+            else h + _wrapped_attention(h, self.qkv, 2)
+        )
+        return self.out(h)
+
+
+def test_a_function_registered_with_fx_wrap_is_traced_through():
+    # before: one call node no rule reads, probed: the weights passed to it and the residual
+    # stream were fixed
+    spec, report = trace_with_report(model_(_CallsWrapped), x_(2, 5, 3), channel_dim=-1)
+    assert report.verification.ok and not report.probes and not report.broken
+    # each head's q and k one space; v's heads are the residual stream's halves (added to it)
+    heads = ("inp/0", "inp/1")
+    assert spec["qkv"].axes == (("qkv/0", "qkv/1", "qkv/0", "qkv/1", *heads), heads)
+    assert spec["inp.weight"].axes[0] == spec["out.weight"].axes[1] == heads
+
+
+def test_a_wrapped_function_that_cannot_be_traced_stays_one_probed_call():
+    _, report = trace_with_report(model_(lambda: _CallsWrapped(True)), x_(2, 5, 3), channel_dim=-1)
+    assert report.verification.ok
+    assert [p.op.endswith("_wrapped_branchy (_wrapped_branchy)") for p in report.probes] == [True]

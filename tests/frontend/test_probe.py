@@ -25,6 +25,14 @@ from tests.frontend.helpers import model_, spaces_, x_
 C = 6
 
 
+def _untraceable(x):
+    """A check on the values: fx cannot trace through it, so the wrapped functions below stay
+    one call even where their probe fails (a failing wrapped call is otherwise traced
+    through, see ``trace_with_report``)."""
+    if bool(torch.isnan(x).any()):
+        raise ValueError("nan")
+
+
 def gate(x):
     """A channel-wise gate: equivariant."""
     return x * torch.sigmoid(x.mean((2, 3), keepdim=True))
@@ -32,6 +40,7 @@ def gate(x):
 
 def position_scale(x):
     """Scales channel i by i: not equivariant."""
+    _untraceable(x)
     return x * torch.arange(x.shape[1], dtype=x.dtype).view(1, -1, 1, 1)
 
 
@@ -44,11 +53,13 @@ def checked_sqrt(x):
 
 def with_count(x):
     """Returns a tuple holding a non-tensor."""
+    _untraceable(x)
     return x * 2, 3
 
 
 def scale(x, w):
     """A (C,) parameter scaling the channels of an (N, C, H, W) input."""
+    _untraceable(x)
     return x * w.view(1, -1, 1, 1)
 
 
