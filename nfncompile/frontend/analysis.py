@@ -426,6 +426,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         (heads,) = self.new_run(len(chunks), "heads", f"{self._name()} (heads)")
         (dims,) = self.new_run(width, "neuron", f"{self._name()} (per head)")
         if heads.inner != 1 or dims.inner != 1:
+            for seg in (heads, dims):  # unused: positions, not a space of their own
+                self.runs[seg.run].kind = "fixed"
+                self._fix_run(seg.run, 0, self.runs[seg.run].size, self._broken(POSITIONS))
             return None
         split = HeadSplit(
             len(self.head_splits), self.op, self._name(), tuple(chunks), heads.run, dims.run

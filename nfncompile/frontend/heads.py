@@ -106,6 +106,15 @@ def rewrite(
         ``(split id, split id, node)`` for each tie of two holding splits' dims.
     """
     holding = {s.dims: s for s in splits if ("heads", s.id) not in fallen}
+    ties, nodes = list(ties), list(nodes)
+    for s in splits:  # the conservative reading of those that do not hold, rewritten below
+        if ("heads", s.id) not in fallen:  # too: a split of a holding split's dims
+            continue
+        width = sum(seg.length for seg in s.chunks[0])
+        for chunk in s.chunks:
+            new = _ties(pieces(chunk, 0, width), [(s.dims, 0, width)], "attention heads")
+            ties += new
+            nodes += [s.node] * len(new)
     out, met = [], []
     for (src, src_off, dst, dst_off, length, op), node in zip(ties, nodes):
         f, g = holding.get(src), holding.get(dst)
@@ -124,12 +133,6 @@ def rewrite(
             )
             for chunk in split.chunks:
                 out += _ties(pieces(chunk, off, length), [(other, other_off, length)], op)
-    for s in splits:
-        if ("heads", s.id) not in fallen:
-            continue
-        width = sum(seg.length for seg in s.chunks[0])
-        for chunk in s.chunks:
-            out += _ties(pieces(chunk, 0, width), [(s.dims, 0, width)], "attention heads")
     new_fixed = []
     for r, off, length in fixed:
         split = holding.get(r)
@@ -148,8 +151,18 @@ def rewrite(
     return out, new_fixed, synthetic, met
 
 
-def check(sol: Any, splits: list, fallen: dict, faults: dict, carried: list, merges: list,
-          read: set, prefixed: set, heads_met: set, met: list) -> dict:  # fmt: skip
+def check(
+    sol: Any,
+    splits: list,
+    fallen: dict,
+    faults: dict,
+    carried: list,
+    merges: list,
+    read: set,
+    prefixed: set,
+    heads_met: set,
+    met: list,
+) -> dict:
     """Which holding splits cannot hold, with why: ``("heads", id) -> reason``.
 
     ``sol`` is the :class:`~nfncompile.frontend.spaces._Solution` of the rewritten constraints;
@@ -161,6 +174,7 @@ def check(sol: Any, splits: list, fallen: dict, faults: dict, carried: list, mer
     :func:`rewrite` returned.
     """
     by_id = {s.id: s for s in splits}
+    dims_runs = {s.dims for s in splits}
     failed: dict = {}
 
     def atoms(split: Any) -> tuple:
@@ -181,6 +195,10 @@ def check(sol: Any, splits: list, fallen: dict, faults: dict, carried: list, mer
             failed[("heads", s.id)] = "a parameter or an input/output reads its per-head dims whole"
         elif any(r in prefixed for r in roots) or len(set(roots)) != len(roots):
             failed[("heads", s.id)] = "an op reads its heads position by position"
+        elif any(seg.run in dims_runs for chunk in s.chunks for seg in chunk):
+            # a split of another split's per-head dims ((C * H * W) viewed as (C, H, W)):
+            # read with its chunks tied, which the outer split's reading then rewrites
+            failed[("heads", s.id)] = "its chunks are another split's per-head dims"
     pairs = [(h, d, node, "carried") for h, d, node in carried]
     pairs += [(m.heads, m.split, m.node, "flattened") for m in merges]
     pairs += [(f, g, node, "met") for f, g, node in met]

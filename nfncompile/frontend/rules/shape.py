@@ -130,10 +130,10 @@ def split_label(a: SymmetryAnalysis, label: Any, sizes: list, dims: list | None 
     dim counts equal chunks of the label (a ``2C`` vector viewed as ``(2, C)``, attention's
     ``C`` as ``(heads, C / heads)``): each chunk is a head of a
     :class:`~nfncompile.frontend.labels.HeadSplit`, whose heads label the first dim and whose
-    dims, standing for every chunk, are split over the other dims (where the split cannot
-    hold, the chunks are tied to move together; where that leaves the label wholly fixed, the graph is analysed again
-    with its neurons made in blocks of the other dims' positions, each a neuron of the first
-    dim: :func:`~nfncompile.frontend.graph.build_symmetry_graph`). Where every use of the
+    dims, standing for every chunk, are split over the other dims. Where the split cannot
+    hold, the chunks are tied to move together; where that leaves the label wholly fixed, the
+    graph is analysed again with its neurons made in blocks of the other dims' positions, each
+    a neuron of the first dim (:func:`~nfncompile.frontend.graph.build_symmetry_graph`). Where every use of the
     reshaped tensor selects one chunk at a time (``dims``: the output dims of ``sizes``), the
     chunks are not tied: see :mod:`~nfncompile.frontend.rules.chunks`. A split that cuts
     through a neuron's positions fixes the label.
