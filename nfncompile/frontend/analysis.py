@@ -164,7 +164,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.links: list[BlockLink] = []
         self.head_splits: list[HeadSplit] = []
         self.head_merges: list[HeadMerge] = []
-        self._split_of: dict[int, tuple] = {}  # heads or dims run id -> (split id, "heads"/"dims")
+        #: the heads and dims runs of every head split: run id -> (split id, "heads" or "dims")
+        self.split_runs: dict[int, tuple] = {}
         # selected chunk label -> {run of the first chunk's head splits: the same run of its own}
         self.twin_runs: dict = {}
         self.calls: list = []  # (op, node name) of every call, in graph order
@@ -434,8 +435,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             len(self.head_splits), self.op, self._name(), tuple(chunks), heads.run, dims.run
         )
         self.head_splits.append(split)
-        self._split_of[heads.run] = (split.id, "heads")
-        self._split_of[dims.run] = (split.id, "dims")
+        self.split_runs[heads.run] = (split.id, "heads")
+        self.split_runs[dims.run] = (split.id, "dims")
         return (heads,), (dims,)
 
     def merge_heads(self, heads: Any, dims: Any) -> Label | None:
@@ -443,12 +444,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         (row-major): the chunks of ``dims``'s split, where both are the whole runs of splits'
         heads and dims (recorded as a :class:`~nfncompile.frontend.labels.HeadMerge`); else
         ``None``."""
-        whole = [
-            self._split_of.get(lab[0].run)
-            for lab in (heads, dims)
-            if isinstance(lab, tuple) and len(lab) == 1 and lab[0].offset == 0 and lab[0].inner == 1
-            and lab[0].length == self.runs[lab[0].run].size
-        ]  # fmt: skip
+        whole = [self.split_runs.get(lab[0].run) for lab in (heads, dims) if self._whole(lab)]
         if len(whole) != 2 or None in whole or whole[0][1] != "heads" or whole[1][1] != "dims":
             return None
         h, split = self.head_splits[whole[0][0]], self.head_splits[whole[1][0]]
@@ -472,13 +468,12 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         for node, value in self.env.items():
             for t in tensors(value):
                 heads = [
-                    self._split_of[lab[0].run][0]
+                    self.split_runs[lab[0].run][0]
                     for lab in t.labels
-                    if self.is_heads(lab) and len(lab) == 1 and lab[0].offset == 0
-                    and lab[0].length == self.runs[lab[0].run].size
-                ]  # fmt: skip
+                    if self.is_heads(lab) and self._whole(lab)
+                ]
                 for s in (s for lab in t.labels for s in segments(lab)):
-                    split, what = self._split_of.get(s.run, (-1, ""))
+                    split, what = self.split_runs.get(s.run, (-1, ""))
                     if what != "dims":
                         continue
                     if s.inner != 1 or len(heads) != 1:
@@ -491,15 +486,17 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                         carried.append((heads[0], split, node.name))
         return faults, list(dict.fromkeys(carried))
 
-    @property
-    def split_runs(self) -> dict:
-        """The heads and dims runs of every head split (run id -> (split id, which))."""
-        return self._split_of
+    def _whole(self, label: Any) -> bool:
+        """Whether ``label`` is one whole run of single positions."""
+        return (
+            isinstance(label, tuple) and len(label) == 1 and label[0].offset == 0
+            and label[0].inner == 1 and label[0].length == self.runs[label[0].run].size
+        )  # fmt: skip
 
     def is_heads(self, label: Any) -> bool:
         """Whether ``label`` holds only neurons of heads runs (see :meth:`split_heads`)."""
         segs = list(segments(label))
-        return bool(segs) and all(self._split_of.get(s.run, (0, ""))[1] == "heads" for s in segs)
+        return bool(segs) and all(self.split_runs.get(s.run, (0, ""))[1] == "heads" for s in segs)
 
     # ---- parameters ---------------------------------------------------------------------------
 

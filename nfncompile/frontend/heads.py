@@ -42,6 +42,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .labels import label_width
+
 __all__ = ["pieces", "rewrite", "check"]
 
 
@@ -110,7 +112,7 @@ def rewrite(
     for s in splits:  # the conservative reading of those that do not hold, rewritten below
         if ("heads", s.id) not in fallen:  # too: a split of a holding split's dims
             continue
-        width = sum(seg.length for seg in s.chunks[0])
+        width = label_width(s.chunks[0])
         for chunk in s.chunks:
             new = _ties(pieces(chunk, 0, width), [(s.dims, 0, width)], "attention heads")
             ties += new
@@ -142,7 +144,7 @@ def rewrite(
             new_fixed.append((r, off, length))
     synthetic = [(s.heads, 0, len(s.chunks)) for s in splits]
     for r, split in holding.items():
-        width = sum(seg.length for seg in split.chunks[0])
+        width = label_width(split.chunks[0])
         for c in cuts[r] - {0, width}:
             for chunk in split.chunks:
                 run, at, _ = pieces(chunk, c, width - c)[0]
@@ -151,28 +153,19 @@ def rewrite(
     return out, new_fixed, synthetic, met
 
 
-def check(
-    sol: Any,
-    splits: list,
-    fallen: dict,
-    faults: dict,
-    carried: list,
-    merges: list,
-    read: set,
-    prefixed: set,
-    heads_met: set,
-    met: list,
-) -> dict:
-    """Which holding splits cannot hold, with why: ``("heads", id) -> reason``.
+def check(sol: Any, fallen: dict) -> dict:
+    """Which holding splits cannot hold, with why: ``("heads", id) -> reason``, added to
+    ``fallen``.
 
     ``sol`` is the :class:`~nfncompile.frontend.spaces._Solution` of the rewritten constraints;
-    ``faults`` and ``carried`` come from
-    :meth:`~nfncompile.frontend.analysis.SymmetryAnalysis.head_checks`, ``merges`` are the
-    :class:`~nfncompile.frontend.labels.HeadMerge` s, ``read`` the runs a parameter or
-    input/output label reads, ``prefixed`` the roots fixed before the heads runs were,
-    ``heads_met`` the fx nodes at which a tie met a heads run and ``met`` what
-    :func:`rewrite` returned.
+    its problem holds the splits and merges, the ``faults`` and ``carried`` of
+    :meth:`~nfncompile.frontend.analysis.SymmetryAnalysis.head_checks`, the runs a parameter or
+    input/output label reads (``labelled``) and the fx nodes at which a tie met a heads run
+    (``heads_met``); ``sol.prefixed`` holds the roots fixed before the heads runs were and
+    ``sol.met`` what :func:`rewrite` returned.
     """
+    p = sol.problem
+    splits = p.splits
     by_id = {s.id: s for s in splits}
     dims_runs = {s.dims for s in splits}
     failed: dict = {}
@@ -189,21 +182,21 @@ def check(
         if ("heads", s.id) in fallen:
             continue
         _, roots = atoms(s)
-        if s.id in faults:
-            failed[("heads", s.id)] = faults[s.id]
-        elif s.dims in read:
+        if s.id in p.faults:
+            failed[("heads", s.id)] = p.faults[s.id]
+        elif s.dims in p.labelled:
             failed[("heads", s.id)] = "a parameter or an input/output reads its per-head dims whole"
-        elif any(r in prefixed for r in roots) or len(set(roots)) != len(roots):
+        elif any(r in sol.prefixed for r in roots) or len(set(roots)) != len(roots):
             failed[("heads", s.id)] = "an op reads its heads position by position"
         elif any(seg.run in dims_runs for chunk in s.chunks for seg in chunk):
             # a split of another split's per-head dims ((C * H * W) viewed as (C, H, W)):
             # read with its chunks tied, which the outer split's reading then rewrites
             failed[("heads", s.id)] = "its chunks are another split's per-head dims"
-    pairs = [(h, d, node, "carried") for h, d, node in carried]
-    pairs += [(m.heads, m.split, m.node, "flattened") for m in merges]
-    pairs += [(f, g, node, "met") for f, g, node in met]
+    pairs = [(h, d, node, "carried") for h, d, node in p.carried]
+    pairs += [(m.heads, m.split, m.node, "flattened") for m in p.merges]
+    pairs += [(f, g, node, "met") for f, g, node in sol.met]
     for f, g, node, how in pairs:
-        bad = not aligned(f, g) or (how == "met" and f != g and node not in heads_met)
+        bad = not aligned(f, g) or (how == "met" and f != g and node not in p.heads_met)
         for i in (f, g) if bad else ():
             if ("heads", i) not in fallen:
                 failed.setdefault(

@@ -320,22 +320,12 @@ def _check_links(sol: _Solution, fallen: dict) -> tuple:
     return count_of, inner_of, failed
 
 
-def _check_heads(sol: _Solution, fallen: dict) -> dict:
-    """The attention-head splits that newly fail (:func:`~nfncompile.frontend.heads.check`),
-    added to ``fallen``."""
-    p = sol.problem
-    return heads.check(
-        sol, p.splits, fallen, p.faults, p.carried, p.merges, p.labelled, sol.prefixed, p.heads_met,
-        sol.met,
-    )  # fmt: skip
-
-
 def fixed_labels(graph: nx.MultiGraph, labels: list) -> list[bool]:
     """Whether each of ``labels`` (run labels of the analysis behind ``graph``) ends up wholly
     fixed once ties are followed (block links taken as holding)."""
     problem, fallen = _Problem.read(graph), {}
     sol = _Solution(problem, fallen)
-    while _check_heads(sol, fallen):
+    while heads.check(sol, fallen):
         sol = _Solution(problem, fallen)
     return [all(sol.uf.find(i) in sol.fixed_roots for i in sol.label_atoms(lab)) for lab in labels]
 
@@ -361,7 +351,7 @@ def derive_spaces(graph: nx.MultiGraph) -> Derivation:
     while True:
         sol = _Solution(problem, fallen)
         count_of, inner_of, failed = _check_links(sol, fallen)
-        if _check_heads(sol, fallen) or failed:
+        if heads.check(sol, fallen) or failed:
             continue
         derivation = _build(graph, sol, count_of, inner_of, fallen)
         if derivation is not None:

@@ -124,7 +124,7 @@ def _through_wrapped(
     except (TraceError, ConfigError):
         return gm, graph
     still = [p.node for p in graph_again.graph["probes"] if not p.passed]
-    return (gm, graph) if wrapped_targets(again, still) & failed else (again, graph_again)  # fmt: skip
+    return (gm, graph) if wrapped_targets(again, still) & failed else (again, graph_again)
 
 
 def trace(

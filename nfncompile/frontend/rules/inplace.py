@@ -35,7 +35,7 @@ import torch
 
 from ..labels import GATHERED, UNIFORM, TensorLabels
 from .registry import Unsupported, arg, register_function, register_method, structured
-from .shape import is_mask
+from .shape import is_advanced, is_mask
 
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
@@ -110,7 +110,7 @@ def write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> Tenso
 
 def _tensor_indexed(index: Any) -> bool:
     index = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(i, (TensorLabels, torch.Tensor, list)) for i in index)
+    return any(is_advanced(i) for i in index)
 
 
 def _indexed_write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> TensorLabels:
@@ -122,7 +122,7 @@ def _indexed_write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any)
     index = index if isinstance(index, tuple) else (index,)
     raw = a.sources[0][1] if len(a.sources[0]) > 1 else ()
     raw = raw if isinstance(raw, tuple) else (raw,)
-    tensor = [k for k, i in enumerate(index) if isinstance(i, (TensorLabels, torch.Tensor, list))]
+    tensor = [k for k, i in enumerate(index) if is_advanced(i)]
     others = [i for k, i in enumerate(index) if k not in tensor]
     if (
         tensor != list(range(tensor[0], tensor[-1] + 1))

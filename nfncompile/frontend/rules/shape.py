@@ -391,7 +391,7 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         k = idx.index(Ellipsis)
         used = sum(_consumed(i) for i in idx if i is not Ellipsis)
         idx = idx[:k] + (slice(None),) * (x.ndim - used) + idx[k + 1 :]
-    if any(_is_advanced(i) for i in idx):
+    if any(is_advanced(i) for i in idx):
         return _advanced_getitem(a, x, idx)
     labels = []
     d = 0
@@ -455,7 +455,8 @@ def is_mask(raw: Any) -> bool:
     return isinstance(raw, torch.Tensor) and raw.dtype == torch.bool
 
 
-def _is_advanced(i: Any) -> bool:
+def is_advanced(i: Any) -> bool:
+    """Whether an index entry is advanced: a tensor, a list or a boolean mask."""
     return isinstance(i, (TensorLabels, list, torch.Tensor, _Mask))
 
 
@@ -483,7 +484,7 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
         if i is None:
             labels.append(None)
             continue
-        if _is_advanced(i) or isinstance(i, int):
+        if is_advanced(i) or isinstance(i, int):
             for lab in x.labels[d : d + _consumed(i)]:
                 a.fix(a.plain_label(lab), reason)
             if isinstance(i, TensorLabels):
