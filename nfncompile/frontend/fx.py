@@ -1189,10 +1189,6 @@ def _kept_modules(model: torch.nn.Module, tracer: LeafFallbackTracer) -> int:
 DICT_INPUT = "a dict input, read with the example's keys"
 
 
-class _DictInput(Exception):
-    """A dict among the inputs: plain fx would make it one proxy."""
-
-
 def wrapped_targets(gm: torch.fx.GraphModule, nodes: Iterable[str]) -> set:
     """The functions registered with ``torch.fx.wrap`` (torchvision's
     ``shifted_window_attention``, a user's) that the nodes named ``nodes`` call."""
@@ -1297,42 +1293,52 @@ def trace_graph(
     def specialising() -> LeafFallbackTracer:
         return ShapeSpecialisingTracer(args)
 
-    try:
-        if any(isinstance(a, Mapping) for a in args):
-            # a dict input is one proxy to plain fx: ``obs.get("mask")`` of a key the example
-            # lacks is a node, not None; the specialising trace reads the example's keys
-            raise _DictInput
-        plain, graph = run(LeafFallbackTracer)
-    except Exception as e:
-        first = e
-    else:
-        if all(module_rule(model.get_submodule(leaf.module)) for leaf in plain.leaves):
-            return plain, graph, ""  # every kept call read by its class's rule (Conv2dSame)
-        # a submodule whose forward checks its input's shape or dtype (Hugging Face's ViTModel
-        # does) is a leaf of the plain trace; with the example's shapes fixed it may not be
-        with contextlib.suppress(Exception):  # where it fails, the plain trace stands
-            tracer, fixed = run(specialising)
-            if _kept_modules(model, tracer) < _kept_modules(model, plain):
-                leaf = plain.leaves[0]
-                return tracer, fixed, f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})"
-        return plain, graph, ""
+    # a dict input is one proxy to plain fx: ``obs.get("mask")`` of a key the example lacks
+    # is a node, not None; the specialising trace reads the example's keys
+    dict_input = any(isinstance(a, Mapping) for a in args)
+    first: Exception | None = None
+    if not dict_input:
+        try:
+            plain, graph = run(LeafFallbackTracer)
+        except Exception as e:
+            first = e
+        else:
+            if all(module_rule(model.get_submodule(leaf.module)) for leaf in plain.leaves):
+                return plain, graph, ""  # every kept call read by its class's rule (Conv2dSame)
+            # a submodule whose forward checks its input's shape or dtype (Hugging Face's
+            # ViTModel does) is a leaf of the plain trace; with the example's shapes fixed it
+            # may not be
+            with contextlib.suppress(Exception):  # where it fails, the plain trace stands
+                tracer, fixed = run(specialising)
+                if _kept_modules(model, tracer) < _kept_modules(model, plain):
+                    leaf = plain.leaves[0]
+                    return (
+                        tracer,
+                        fixed,
+                        f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})",
+                    )
+            return plain, graph, ""
     try:
         tracer, graph = run(specialising)
-        why = DICT_INPUT if isinstance(first, _DictInput) else raised_at(first) or _error(first)
-        return tracer, graph, why
     except Exception as e:
-        # report where the specialised trace stopped when it got further than the plain one
-        later = raised_at(e) != raised_at(first) or isinstance(first, _DictInput)
-        error = e if later else first
+        if first is None:
+            error, past = e, f" ({DICT_INPUT})"
+        else:
+            # where the specialised trace stopped, when it got further than the plain one
+            later = raised_at(e) != raised_at(first)
+            error = e if later else first
+            past = (
+                f" (with the example input's shapes fixed, past {raised_at(first)})"
+                if later
+                else ""
+            )
         where = raised_at(error)
         at = f" at {where}" if where else ""
-        past = f" (with the example input's shapes fixed, past {raised_at(first)})" if later else ""
-        if isinstance(first, _DictInput):
-            past = f" ({DICT_INPUT})"
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}.forward{at}{past}: "
             f"{type(error).__name__}: {error}. {_ADVICE}"
         ) from e
+    return tracer, graph, DICT_INPUT if first is None else raised_at(first) or _error(first)
 
 
 def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:

@@ -41,6 +41,7 @@ Examples
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -129,7 +130,7 @@ class _Problem:
     labelled: set  # runs a parameter, input/output or block-link label reads
     heads_met: set  # fx nodes at which a tie met a heads run
 
-    @property
+    @functools.cached_property
     def still(self) -> set:
         """The runs that no permutation moves: constants' positions and attention heads."""
         return {r for r, d in self.runs.items() if d["kind"] in ("fixed", "heads")}
@@ -567,7 +568,7 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
         nothing ties to another run is positions, not neurons)."""
         names, count = [], 0
         for r, off, length in items:
-            if runs[r]["kind"] in ("fixed", "heads") or (tables and positions(r, off, length)):
+            if r in still or (tables and positions(r, off, length)):
                 continue
             origin = runs[r]["origin"]
             whole = off == 0 and length == runs[r]["size"]
