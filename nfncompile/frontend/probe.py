@@ -340,6 +340,8 @@ def _permutation(g: _Group, gen: torch.Generator) -> torch.Tensor:
     idx = torch.arange(g.size)
     for lo, n, q in g.pieces:
         blocks = torch.randperm(n, generator=gen)
+        if n > 1 and bool((blocks == torch.arange(n)).all()):
+            blocks = blocks.roll(1)  # the identity tests nothing (a 2-neuron group: half the draws)
         idx[lo : lo + n * q] = lo + (blocks[:, None] * q + torch.arange(q)).reshape(-1)
     return idx
 

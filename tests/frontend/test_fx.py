@@ -1273,18 +1273,10 @@ def test_a_dict_inputs_value_branch_names_the_line_and_the_dict():
         nfc.trace(Branchy(), ({"a": x_(2, 5)},))
 
 
-class _AB(nn.Module):
-    """Two Linear layers, ``a`` (4 -> 6) and ``b`` (6 -> 2), for a forward to combine."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
-
-
 def test_a_traced_tensor_reaches_torchs_own_checks_as_a_proxy():
     # isinstance answered through the proxy's class made torch's C++ argument parser read the
     # proxy as a tensor: a segmentation fault in Hugging Face's GELU (torch.pow of a proxy)
-    class Gelu(_AB):
+    class Gelu(TwoLinear):
         def forward(self, obs):
             if not isinstance(obs, torch.Tensor):
                 raise TypeError("expected a tensor")
@@ -1298,7 +1290,7 @@ def test_a_traced_tensor_reaches_torchs_own_checks_as_a_proxy():
 def test_a_parameter_check_of_a_traced_tensor_answers_no():
     # nn.Parameter's isinstance reads `_is_param` once isinstance(x, Tensor) is True: on a
     # proxy that was a node, and its truth a TraceError that kept the module as one call
-    class Checks(_AB):
+    class Checks(TwoLinear):
         def forward(self, x):
             h = self.a(x.reshape(*x.shape[:-1], 4))  # needs the shapes: the specialising trace
             if isinstance(h, nn.Parameter):

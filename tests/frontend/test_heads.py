@@ -96,3 +96,41 @@ def test_heads_summed_then_read_position_by_position_share_one_permutation():
     )
     assert report.verification.ok
     assert len(set(_per_head(spec, "v.weight"))) <= 1
+
+
+class _GroupedHeads(nn.Module):
+    """Grouped-query attention: 4 query heads, 2 key/value heads each read by 2 query heads in
+    a row, repeated by ``expand`` and a reshape (Hugging Face's ``repeat_kv``), by
+    ``repeat_interleave``, or by attention itself (``enable_gqa``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.q, self.o = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.k, self.v = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 2).transpose(1, 2)
+        k, v = (f(x).view(b, n, 2, 2).transpose(1, 2) for f in (self.k, self.v))
+        if self.how == "expand":
+            k, v = (t[:, :, None].expand(b, 2, 2, n, 2).reshape(b, 4, n, 2) for t in (k, v))
+        elif self.how == "repeat_interleave":
+            k, v = (t.repeat_interleave(2, dim=1) for t in (k, v))
+        grouped = self.how == "enable_gqa"
+        y = nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=grouped)
+        return self.o(y.transpose(1, 2).reshape(b, n, 8))
+
+
+@pytest.mark.parametrize("how", ["expand", "repeat_interleave", "enable_gqa"])
+def test_grouped_key_value_heads_share_one_permutation(how):
+    # before: repeat_interleave passed a probe that drew the identity for the two key/value
+    # heads (the derived group failed verification); enable_gqa fixed every head's features
+    spec, report = trace_with_report(
+        model_(lambda: _GroupedHeads(how)), x_(2, 5, 8), channel_dim=-1
+    )
+    assert report.verification.ok and not report.probes
+    q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
+    assert len(set(q)) == 1 and set(k) == set(q) and len(set(v)) == 1 and set(v) != set(q)
+    assert spec["o.weight"].axes[1] == (v[0],) * 4
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

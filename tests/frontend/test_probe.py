@@ -366,3 +366,15 @@ def test_a_stochastic_op_sees_the_same_random_stream_in_both_calls():
 
     spec, report = trace_with_report(model_(Drop), x_(8, 3, 5, 5), verify=False)
     assert report.probes[0].passed and spec["fc.weight"].axes == ("out", "a")
+
+
+def test_every_draw_moves_a_two_neuron_group():
+    # a random permutation of two neurons is the identity half the time: three such draws
+    # test nothing one time in eight (GQA's two key/value heads passed a repeat_interleave
+    # probe that does not commute with their swap)
+    from nfncompile.frontend.probe import _Group, _permutation
+
+    gen = torch.Generator().manual_seed(0)
+    group = _Group(4, [], pieces=[(0, 2, 1), (2, 1, 2)])
+    draws = {tuple(_permutation(group, gen).tolist()) for _ in range(20)}
+    assert draws == {(1, 0, 2, 3)}

@@ -457,3 +457,29 @@ def test_topk_per_channel_keeps_the_channels(how):
     )
     assert report.verification.ok and not report.broken and not report.probes
     assert spec["i.weight"].axes[0] == "i" and spec["o.weight"].axes[1] == "i"
+
+
+class Interleaved(TwoLinear):
+    """``a``'s 6 outputs each read twice in a row (``repeat_interleave``) by a 12-input layer;
+    with ``flat``, the whole tensor is flattened and repeated (no ``dim``)."""
+
+    def __init__(self, flat: bool = False) -> None:
+        super().__init__()
+        self.flat, self.b = flat, nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.flat:  # a batch of 1: its flattened entries are a's outputs
+            return self.b(h.repeat_interleave(2).unsqueeze(0))
+        return self.b(torch.repeat_interleave(h, 2, dim=-1))
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_repeat_interleave_repeats_each_neuron_in_a_row(flat):
+    model = model_(lambda: Interleaved(flat))
+    spec, report = trace_with_report(model, x_(1 if flat else 3, 4))
+    assert report.verification.ok and not report.probes
+    assert spec["a.weight"].axes[0] == "a"
+    # b's 12 inputs viewed (neuron, copy): the copies are not permuted
+    assert spec["b.weight"].axes == ("out", "a", None)
+    assert spec["b.weight"].view == (3, 6, 2)

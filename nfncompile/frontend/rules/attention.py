@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 
-from ..labels import TensorLabels, is_plain
+from ..labels import UNIFORM, TensorLabels, is_plain
 from .registry import Unsupported, arg, register_function
+from .shape import merge_label
 
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
@@ -42,8 +43,11 @@ _HEADS = "attention reads the projected neurons head by head"
 @register_function(F.scaled_dot_product_attention)
 def _scaled_dot_product_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     q, k, v = (arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
-    if not all(isinstance(t, TensorLabels) for t in (q, k, v)) or kwargs.get("enable_gqa"):
-        raise Unsupported("attention with grouped key/value heads or non-tensor operands")
+    if not all(isinstance(t, TensorLabels) for t in (q, k, v)):
+        raise Unsupported("attention with non-tensor operands")
+    if kwargs.get("enable_gqa") and q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
+        # grouped key/value heads: each read by q.shape[-3] // k.shape[-3] query heads in a row
+        k, v = (_repeated(a, t, q.shape[-3] // t.shape[-3]) for t in (k, v))
     a.tie(q.labels[-1], k.labels[-1], "attention contracts the queries' and keys' dims")
     a.tie(k.labels[-2], v.labels[-2], "attention keys and values meet position by position")
     mask = arg(args, kwargs, 3, "attn_mask")
@@ -57,6 +61,13 @@ def _scaled_dot_product_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict
     shape = a.out_shape()
     batch = a.broadcast([TensorLabels(t.shape[:-2], t.labels[:-2]) for t in (q, k, v)], shape[:-2])
     return TensorLabels(shape, batch.labels + (q.labels[-2], v.labels[-1]))
+
+
+def _repeated(a: SymmetryAnalysis, t: TensorLabels, r: int) -> TensorLabels:
+    """``t`` with each head (dim -3) ``r`` times in a row, as ``repeat_interleave`` makes it."""
+    heads = merge_label(a, [t.labels[-3], UNIFORM], [t.shape[-3], r])
+    shape = (*t.shape[:-3], t.shape[-3] * r, *t.shape[-2:])
+    return TensorLabels(shape, t.with_label(t.ndim - 3, heads).labels)
 
 
 @register_function(F.multi_head_attention_forward)

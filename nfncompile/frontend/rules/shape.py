@@ -346,6 +346,23 @@ def _repeat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(shape, tuple(labels))
 
 
+@register_method("repeat_interleave")
+@register_function(torch.repeat_interleave)
+@structured
+def _repeat_interleave(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """Each position ``r`` times in a row along ``dim`` (GQA's key/value heads): that dim with
+    a new one of ``r`` copies after it, flattened; without ``dim``, the flattened tensor's."""
+    x, r = args[0], arg(args, kwargs, 1, "repeats")
+    if not isinstance(x, TensorLabels) or not isinstance(r, int):
+        raise Unsupported("repeats given per position (a tensor)")
+    dim = arg(args, kwargs, 2, "dim")
+    if dim is None:
+        x, dim = reshape_labels(a, x, (math.prod(x.shape),)), 0
+    d = norm_dim(dim, x.ndim)
+    lab = merge_label(a, [x.labels[d], UNIFORM], [x.shape[d], r])
+    return TensorLabels(a.out_shape(), x.with_label(d, lab).labels)
+
+
 @register_method("unfold")
 def _windows(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """``x.unfold(dimension, size, step)``: windows of ``size`` positions along a dim, taken
