@@ -346,6 +346,12 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 n = (end - pos) // sa.inner
                 if not (sa.run == sb.run and na == nb):
                     self.ties.append(Tie(sa.run, na, sb.run, nb, n, self.op, self._name()))
+            elif self.is_heads((sa, sb)):
+                # heads meeting repeated heads (GQA): position by position, heads stay in place
+                for at in range(pos, end):
+                    na = sa.offset + (at - pa) // sa.inner
+                    nb = sb.offset + (at - pb) // sb.inner
+                    self.ties.append(Tie(sa.run, na, sb.run, nb, 1, self.op, self._name()))
             else:
                 self._request_blocks(sa, pa, sb, pb, pos, end)
                 self.fix((sa, sb), "ties neurons to positions inside other neurons' blocks")
@@ -448,10 +454,13 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         if len(whole) != 2 or None in whole or whole[0][1] != "heads" or whole[1][1] != "dims":
             return None
         h, split = self.head_splits[whole[0][0]], self.head_splits[whole[1][0]]
-        if len(h.chunks) != len(split.chunks):
+        if len(h.chunks) % len(split.chunks):
             return None
+        # with fewer chunks, each read by that many heads in a row (GQA's values): the check
+        # (heads.check) holds them to heads aligned so
+        group = len(h.chunks) // len(split.chunks)
         self.head_merges.append(HeadMerge(h.id, split.id, self._name()))
-        return tuple(s for chunk in split.chunks for s in chunk)
+        return tuple(s for i in range(len(h.chunks)) for s in split.chunks[i // group])
 
     def head_checks(self) -> tuple[dict, list]:
         """Where the :class:`~nfncompile.frontend.labels.HeadSplit` s' dims are carried:
@@ -470,7 +479,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 heads = [
                     self.split_runs[lab[0].run][0]
                     for lab in t.labels
-                    if self.is_heads(lab) and self._whole(lab)
+                    if self.is_whole_heads(lab)
                 ]
                 for s in (s for lab in t.labels for s in segments(lab)):
                     split, what = self.split_runs.get(s.run, (-1, ""))
@@ -485,6 +494,13 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     else:
                         carried.append((heads[0], split, node.name))
         return faults, list(dict.fromkeys(carried))
+
+    def is_whole_heads(self, label: Any) -> bool:
+        """Whether ``label`` is one split's whole heads run, each head in place or repeated."""
+        return (
+            self.is_heads(label) and len(label) == 1 and label[0].offset == 0
+            and label[0].length == self.runs[label[0].run].size
+        )  # fmt: skip
 
     def _whole(self, label: Any) -> bool:
         """Whether ``label`` is one whole run of single positions."""

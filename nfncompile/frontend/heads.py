@@ -7,7 +7,10 @@ Where the split holds, the solver (:mod:`~nfncompile.frontend.spaces`) reads eve
 ``dims`` as one constraint per head (:func:`rewrite`):
 
 * a tie of ``dims`` with another holding split's ``dims`` ties chunk ``i`` of one with chunk
-  ``i`` of the other (a head's queries with the same head's keys);
+  ``i`` of the other (a head's queries with the same head's keys), or, where the other has
+  ``g`` times fewer heads, with its chunk ``i // g`` (grouped-query attention: a key/value
+  head repeated for ``g`` query heads in a row, by ``repeat_interleave``, by ``expand`` and a
+  reshape, or by ``enable_gqa``);
 * a tie with anything else ties every chunk to it (a weight shared by all heads);
 * a fix or a cut of ``dims`` fixes or cuts every chunk alike.
 
@@ -18,7 +21,8 @@ instead (it does not hold) gives one permutation for every head: the conservativ
 :func:`check` says which holding splits cannot hold: one whose dims a tensor holds without one
 whole heads dim (heads summed, mixed by a layer, sliced), a parameter or input/output reads
 whole, whose heads an op reads position by position (a flip, a constant per head), or whose
-heads are not aligned, position by position, with those of a split whose dims meet its own.
+heads are not aligned, position by position (or in the groups above), with those of a split
+whose dims meet its own.
 
 Examples
 --------
@@ -40,6 +44,7 @@ Examples
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from .labels import label_width
@@ -123,11 +128,15 @@ def rewrite(
         if f is None and g is None:
             out.append((src, src_off, dst, dst_off, length, op))
         elif f is not None and g is not None:
-            met.append((f.id, g.id, node))  # of different counts: not aligned (check)
-            if len(f.chunks) != len(g.chunks):
+            met.append((f.id, g.id, node))  # counts that do not divide: not aligned (check)
+            big, small = sorted((len(f.chunks), len(g.chunks)), reverse=True)
+            if big % small:
                 out.append((src, src_off, dst, dst_off, length, op))
                 continue
-            for cf, cg in zip(f.chunks, g.chunks):
+            # chunk i with chunk i // group of the one with fewer (GQA: a key/value head read
+            # by ``group`` query heads in a row)
+            for i in range(big):
+                cf, cg = (f.chunks[i * len(f.chunks) // big], g.chunks[i * len(g.chunks) // big])
                 out += _ties(pieces(cf, src_off, length), pieces(cg, dst_off, length), op)
         else:  # a weight or neurons every head meets: each chunk tied to them
             split, off, other, other_off = (
@@ -170,23 +179,45 @@ def check(sol: Any, fallen: dict) -> dict:
     dims_runs = {s.dims for s in splits}
     failed: dict = {}
 
-    def atoms(split: Any) -> tuple:
-        r = split.heads
-        return tuple(sol.starts[r]), tuple(sol.uf.find(sol.atom_id[(r, p)]) for p in sol.starts[r])
+    def heads_of(split: Any) -> list:
+        """Each head's position in the solution: (its atom's root, its offset in the atom)."""
+        starts = sol.starts[split.heads]
+        out = []
+        for pos in range(len(split.chunks)):
+            start = starts[bisect.bisect_right(starts, pos) - 1]
+            out.append((sol.uf.find(sol.atom_id[(split.heads, start)]), pos - start))
+        return out
 
     def aligned(i: int, j: int) -> bool:
-        a, b = by_id[i], by_id[j]
-        return len(a.chunks) == len(b.chunks) and atoms(a) == atoms(b)
+        """Head by head, or each of the one with fewer heads met by ``group`` heads in a row
+        of the other (as :func:`rewrite` ties their chunks)."""
+        big, small = sorted((heads_of(by_id[i]), heads_of(by_id[j])), key=len, reverse=True)
+        group = len(big) // len(small)
+        return len(big) % len(small) == 0 and big == [h for h in small for _ in range(group)]
+
+    # the heads a split may share: in blocks of ``group`` in a row, where it met a split with
+    # that many times fewer heads (the rewrite tied each block's chunks to one of its chunks)
+    fewer = {f: set() for f in by_id}
+    for f, g, _ in sol.met:
+        fewer[f].add(len(by_id[f].chunks) // max(1, len(by_id[g].chunks)))
+        fewer[g].add(len(by_id[g].chunks) // max(1, len(by_id[f].chunks)))
+
+    def shared_as_met(split: Any) -> bool:
+        at = heads_of(split)
+        distinct = list(dict.fromkeys(at))
+        group = len(at) // len(distinct)
+        blocks = at == [h for h in distinct for _ in range(group)]
+        return blocks and (group == 1 or group in fewer[split.id])
 
     for s in splits:
         if ("heads", s.id) in fallen:
             continue
-        _, roots = atoms(s)
+        roots = [root for root, _ in heads_of(s)]
         if s.id in p.faults:
             failed[("heads", s.id)] = p.faults[s.id]
         elif s.dims in p.labelled:
             failed[("heads", s.id)] = "a parameter or an input/output reads its per-head dims whole"
-        elif any(r in sol.prefixed for r in roots) or len(set(roots)) != len(roots):
+        elif any(r in sol.prefixed for r in roots) or not shared_as_met(s):
             failed[("heads", s.id)] = "an op reads its heads position by position"
         elif any(seg.run in dims_runs for chunk in s.chunks for seg in chunk):
             # a split of another split's per-head dims ((C * H * W) viewed as (C, H, W)):

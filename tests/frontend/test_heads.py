@@ -101,7 +101,9 @@ def test_heads_summed_then_read_position_by_position_share_one_permutation():
 class _GroupedHeads(nn.Module):
     """Grouped-query attention: 4 query heads, 2 key/value heads each read by 2 query heads in
     a row, repeated by ``expand`` and a reshape (Hugging Face's ``repeat_kv``), by
-    ``repeat_interleave``, or by attention itself (``enable_gqa``)."""
+    ``repeat_interleave``, or by attention itself (``enable_gqa``). The adversarial ways read
+    them otherwise: tiled (``repeat``: head ``i`` meets head ``i % 2``), keys in a row but
+    values tiled, or the query heads averaged in pairs."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -117,20 +119,41 @@ class _GroupedHeads(nn.Module):
             k, v = (t[:, :, None].expand(b, 2, 2, n, 2).reshape(b, 4, n, 2) for t in (k, v))
         elif self.how == "repeat_interleave":
             k, v = (t.repeat_interleave(2, dim=1) for t in (k, v))
+        elif self.how == "tiled":
+            k, v = (t.repeat(1, 2, 1, 1) for t in (k, v))
+        elif self.how == "values_tiled":
+            k, v = k.repeat_interleave(2, dim=1), v.repeat(1, 2, 1, 1)
+        elif self.how == "query_pairs":
+            q = q.reshape(b, 2, 2, n, 2).mean(2).repeat_interleave(2, dim=1)
+            k, v = (t.repeat_interleave(2, dim=1) for t in (k, v))
         grouped = self.how == "enable_gqa"
         y = nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=grouped)
         return self.o(y.transpose(1, 2).reshape(b, n, 8))
 
 
 @pytest.mark.parametrize("how", ["expand", "repeat_interleave", "enable_gqa"])
-def test_grouped_key_value_heads_share_one_permutation(how):
+def test_grouped_key_value_heads_permute_with_their_query_heads(how):
     # before: repeat_interleave passed a probe that drew the identity for the two key/value
-    # heads (the derived group failed verification); enable_gqa fixed every head's features
+    # heads (the derived group failed verification); enable_gqa fixed every head's features;
+    # expand and reshape gave every head one permutation
     spec, report = trace_with_report(
         model_(lambda: _GroupedHeads(how)), x_(2, 5, 8), channel_dim=-1
     )
     assert report.verification.ok and not report.probes
     q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
-    assert len(set(q)) == 1 and set(k) == set(q) and len(set(v)) == 1 and set(v) != set(q)
-    assert spec["o.weight"].axes[1] == (v[0],) * 4
+    # a key head and the two query heads that read it: one space; each value head another
+    assert q == (k[0], k[0], k[1], k[1]) and len(set(k)) == 2
+    assert len(set(v)) == 2 and not set(v) & set(k)
+    assert spec["o.weight"].axes[1] == (v[0], v[0], v[1], v[1])
+    assert {spec.spaces[s].size for s in k + v} == {2}
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+@pytest.mark.parametrize("how", ["tiled", "values_tiled", "query_pairs"])
+def test_key_value_heads_read_otherwise_share_one_permutation(how):
+    spec, report = trace_with_report(
+        model_(lambda: _GroupedHeads(how)), x_(2, 5, 8), channel_dim=-1
+    )
+    assert report.verification.ok
+    q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
+    assert len(set(q + k)) == 1 and len(set(v)) == 1

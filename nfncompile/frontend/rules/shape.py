@@ -99,6 +99,9 @@ def merge_label(a: SymmetryAnalysis, labels: list, sizes: list) -> Any:
     if a is not None:
         if len(labels) == 2 and (heads := a.merge_heads(*labels)) is not None:
             return heads  # a split's heads and dims flattened back: its chunks
+        if len(labels) == 2 and labels[1] is UNIFORM and a.is_whole_heads(labels[0]):
+            # each head copied in a row (GQA's key/value heads repeated for the queries)
+            return tuple(Seg(s.run, s.offset, s.length, s.inner * sizes[1]) for s in labels[0])
         # any other heads dim is positions that stay in place, as an unlabelled dim's
         labels = [None if a.is_heads(lab) else lab for lab in labels]
     if all(lab is UNIFORM for lab in labels):
