@@ -477,9 +477,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         for node, value in self.env.items():
             for t in tensors(value):
                 heads = [
-                    self.split_runs[lab[0].run][0]
-                    for lab in t.labels
-                    if self.is_whole_heads(lab)
+                    self.split_runs[lab[0].run][0] for lab in t.labels if self.is_whole_heads(lab)
                 ]
                 for s in (s for lab in t.labels for s in segments(lab)):
                     split, what = self.split_runs.get(s.run, (-1, ""))
@@ -731,12 +729,15 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             return target(*args, **kwargs)  # a namedtuple: its values as they are
         if "tensor_meta" not in self.node.meta and target is not operator.setitem:
             return self.node.meta.get("nfn_value")
+        if str(getattr(target, "__module__", None) or "torch").startswith("torch"):
+            kwargs = _torch_names(kwargs)
         args, kwargs = _positional(target, args, kwargs)
         return self._apply(FUNCTION_RULES.get(target), (self, args, kwargs), args, kwargs)
 
     def call_method(self, target: str, args: Any, kwargs: Any) -> Any:
         if "tensor_meta" not in self.node.meta and target != "__setitem__":
             return self.node.meta.get("nfn_value")
+        kwargs = _torch_names(kwargs)
         return self._apply(METHOD_RULES.get(target), (self, args, kwargs), args, kwargs)
 
     def output(self, target: Any, args: Any, kwargs: Any) -> Any:
@@ -908,6 +909,24 @@ _SELECTING = frozenset(
 def _selects(n: torch.fx.Node) -> bool:
     """Whether node ``n`` selects positions of its input (a slice, a split)."""
     return n.op in ("call_function", "call_method") and n.target in _SELECTING
+
+
+#: numpy's keyword names that torch's functions and tensor methods take for their own
+_NUMPY_NAMES = {"axis": "dim", "keepdims": "keepdim"}
+
+
+def _torch_names(kwargs: dict) -> dict:
+    """``kwargs`` with numpy's names torch accepts (``x.mean(axis=2, keepdims=True)``, as
+    I-BERT writes it) under torch's own: rules read ``dim`` and ``keepdim``.
+
+    >>> _torch_names({"axis": 1, "keepdims": True})
+    {'dim': 1, 'keepdim': True}
+    """
+    out = dict(kwargs)
+    for numpy, name in _NUMPY_NAMES.items():
+        if numpy in out and name not in out:
+            out[name] = out.pop(numpy)
+    return out
 
 
 def _positional(target: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -55,3 +55,34 @@ def test_glu_ties_each_unit_to_its_gate(functional):
     spec, report = trace_with_report(model_(lambda: _Gated(functional)), x_(2, 3, 5))
     assert spec["proj.weight"].axes[:2] == (("a", "a"), "a") and spec["b.weight"].axes[1] == "a"
     assert report.verification.ok and not report.probes
+
+
+class _Branchy(nn.Module):
+    """Returns a tuple and branches on its input's values: kept as one call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return (self.fc(x), x) if x.sum() > 0 else (self.fc(x), -x)
+
+
+class JoinedTuples(TwoLinear):
+    """LED's ``outputs = (attn_output,) + self_outputs[1:]`` on a kept call's tuple."""
+
+    def __init__(self, joined: bool) -> None:
+        super().__init__()
+        self.joined, self.kept = joined, _Branchy()
+
+    def forward(self, x):
+        outs = self.kept(self.a(x))
+        outs = (self.b(outs[0]),) + outs[1:] if self.joined else (self.b(outs[0]), outs[1])
+        return outs[0] + outs[1].sum(-1, keepdim=True)
+
+
+def test_tuples_joined_by_plus_join_their_labels():
+    # before: operator.add was read as a tensor add: "'tuple' object has no attribute 'shape'"
+    joined, report = trace_with_report(model_(lambda: JoinedTuples(True)), x_(5, 4))
+    plain, _ = trace_with_report(model_(lambda: JoinedTuples(False)), x_(5, 4))
+    assert report.verification.ok and joined.to_dict() == plain.to_dict()

@@ -9,7 +9,7 @@ from torch import nn
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.testing import assert_equivariant
-from tests.frontend.helpers import model_, spaces_, x_
+from tests.frontend.helpers import TwoLinear, model_, spaces_, x_
 
 
 class Tied(nn.Module):
@@ -331,3 +331,24 @@ def test_a_linear_over_flattened_neuron_axes_views_its_weight_per_factor():
     for basis in ("linear", "complete"):
         layer = nfc.NFLinear(spec, 1, 2, basis=basis).double()
         assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class VectorProducts(TwoLinear):
+    """``h @ v`` (a column) and ``h.mean(0) @ w`` (a row) with 1-D operands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v, self.w = nn.Parameter(torch.randn(6)), nn.Parameter(torch.randn(6, 3))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h) * (h @ self.v)[:, None] + torch.matmul(h.mean(0), self.w)
+
+
+def test_matmul_with_a_1d_operand_contracts_it():
+    # before: "matmul with a 1-D operand" fixed a's neurons and every axis it met
+    spec, report = trace_with_report(model_(VectorProducts), x_(5, 4))
+    assert report.verification.ok and not report.broken
+    a = spec["a.weight"].axes[0]
+    assert a == spec["v"].axes[0] == spec["w"].axes[0] == spec["b.weight"].axes[1]
+    assert spec["w"].axes[1] == spec["b.weight"].axes[0] == "out"

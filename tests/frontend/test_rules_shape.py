@@ -483,3 +483,24 @@ def test_repeat_interleave_repeats_each_neuron_in_a_row(flat):
     # b's 12 inputs viewed (neuron, copy): the copies are not permuted
     assert spec["b.weight"].axes == ("out", "a", None)
     assert spec["b.weight"].view == (3, 6, 2)
+
+
+class AttributeTransposed(nn.Module):
+    """Falcon's ``x @ self.weight.T + self.bias``, by each transpose attribute."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(x @ getattr(self.a.weight, self.name) + self.a.bias)
+        return h @ getattr(self.b.weight, self.name) + self.b.bias
+
+
+@pytest.mark.parametrize("name", ["T", "mT", "H", "mH"])
+def test_a_transpose_attribute_swaps_the_labels(name):
+    # before: "the attribute 'T' of a TensorLabels" fixed every axis of both weights
+    spec, report = trace_with_report(model_(lambda: AttributeTransposed(name)), x_(5, 4))
+    assert report.verification.ok and not report.broken
+    assert spec["a.weight"].axes == ("a", "in") and spec["b.weight"].axes == ("out", "a")

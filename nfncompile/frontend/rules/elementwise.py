@@ -63,6 +63,9 @@ _ELEMENTWISE_FUNCTIONS = [
     operator.ge, operator.lt, operator.le, operator.and_, operator.or_, operator.invert,
 ]  # fmt: skip
 
+#: the operators that join or repeat Python sequences
+_SEQUENCE_OPS = (operator.add, operator.iadd, operator.mul, operator.imul)
+
 _ELEMENTWISE_METHODS = [
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "sin", "sin_", "cos", "exp",
     "exp_", "log", "log1p", "abs", "abs_", "neg", "neg_", "sqrt", "rsqrt", "square", "pow",
@@ -86,6 +89,9 @@ def _module_elementwise(a: SymmetryAnalysis, mod: nn.Module, target: str, args: 
 def _function_elementwise(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if a.node.target is torch.where and len(args) + len(kwargs) == 1:
         raise Unsupported("torch.where(cond) returns positions")
+    if any(isinstance(v, tuple | list) for v in args) and a.node.target in _SEQUENCE_OPS:
+        # tuples joined or repeated (``(out,) + outs[1:]``, LED's attention): so are their labels
+        return a.node.target(*args)
     return a.broadcast([*leaves(list(args)), *leaves(list(kwargs.values()))])
 
 

@@ -123,16 +123,21 @@ def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x, y = args[0], args[1]
     if not (isinstance(x, TensorLabels) and isinstance(y, TensorLabels)):
         raise Unsupported("matmul with a non-tensor operand")
-    if x.ndim < 2 or y.ndim < 2:
-        raise Unsupported("matmul with a 1-D operand")
+    # a 1-D operand is a row (x) or a column (y) whose one-position dim the result drops
+    row, column = x.ndim == 1, y.ndim == 1
+    if row:
+        x = TensorLabels((1, *x.shape), (None, *x.labels))
+    if column:
+        y = TensorLabels((*y.shape, 1), (*y.labels, None))
     a.tie(x.labels[-1], y.labels[-2], "matmul contracts neurons with positions")
     bx = TensorLabels(x.shape[:-2], x.labels[:-2])
     by = TensorLabels(y.shape[:-2], y.labels[:-2])
     shape = a.out_shape()
-    batch = a.broadcast([bx, by], shape[:-2])
+    batch = a.broadcast([bx, by], shape[: len(shape) - 2 + row + column])
+    rows = () if row else (x.labels[-2],)
     # x @ self.weight: the output neurons are the weight's axis, named after its module
-    out = a.name_output(a.plain_label(y.labels[-1], uniform=True))
-    return TensorLabels(shape, batch.labels + (x.labels[-2], out))
+    out = () if column else (a.name_output(a.plain_label(y.labels[-1], uniform=True)),)
+    return TensorLabels(shape, batch.labels + rows + out)
 
 
 @register_function(torch.mv, torch.dot, torch.vdot, torch.inner)

@@ -395,7 +395,18 @@ def _attribute(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     )
     if isinstance(value, tuple) and name in fields and len(fields) == len(value):
         return value[list(fields).index(name)]
+    if isinstance(value, TensorLabels) and name in _TRANSPOSES:
+        # a tensor's transposes (Falcon's ``x @ self.weight.T``): all dims reversed (``T``,
+        # ``H``) or the last two swapped (``mT``, ``mH``); conjugation keeps positions
+        order = list(range(value.ndim))[::-1]
+        if name in ("mT", "mH"):
+            order = [*range(value.ndim - 2), value.ndim - 1, value.ndim - 2]
+        return TensorLabels(a.out_shape(), tuple(value.labels[d] for d in order))
     raise Unsupported(f"the attribute {name!r} of a {type(value).__name__}")
+
+
+#: the transposes a tensor has as attributes
+_TRANSPOSES = ("T", "H", "mT", "mH")
 
 
 @register_function(operator.getitem)
