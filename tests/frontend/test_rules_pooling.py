@@ -105,3 +105,36 @@ def test_a_fourier_layer_keeps_its_channels_and_its_complex_weights_are_checked(
     assert spec["skip.weight"].axes[:2] == ("skip", "lift")
     assert report.verification.ok and report.verification.dtype == "float64"
     assert not report.probes
+
+
+_SEQUENCE_POOLS = {
+    "avg": lambda h: F.avg_pool2d(h, (2, 1), stride=(2, 1), ceil_mode=True),
+    "max": lambda h: F.max_pool2d(h, (2, 1)),
+    "lp": lambda h: F.lp_pool2d(h, 2.0, (2, 1)),
+    "module": nn.AvgPool2d((2, 1)),
+    "adaptive": lambda h: F.adaptive_avg_pool2d(h, (2, 16)),
+    "resample": lambda h: F.interpolate(h, scale_factor=(2.0, 1.0), mode="bilinear"),
+    "window": lambda h: F.avg_pool2d(h, (2, 3), stride=(2, 1), padding=(0, 1)),
+}
+
+
+class SequencePool(nn.Module):
+    """Funnel's pooling of a ``(B, T, D)`` stream viewed ``(B, 1, T, D)`` over ``T`` only: the
+    features' dim is the identity (a window of 1, or a size kept) but for ``window``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.a, self.b, self.pool = nn.Linear(4, 16), nn.Linear(16, 3), _SEQUENCE_POOLS[how]
+
+    def forward(self, x):
+        return self.b(self.pool(torch.relu(self.a(x))[:, None])[:, 0])
+
+
+@pytest.mark.parametrize("how", list(_SEQUENCE_POOLS))
+def test_pooling_keeps_a_dim_it_is_the_identity_along(how):
+    # before: every pooled dim was mixed, so the 16 features were fixed
+    spec, report = trace_with_report(model_(lambda: SequencePool(how)), x_(2, 6, 4), channel_dim=-1)
+    assert report.verification.ok
+    pointwise = how != "window"
+    assert (spec["a.weight"].axes[0] == spec["b.weight"].axes[1] == "a") is pointwise
+    assert (spec["a.weight"].axes[0] is None) is not pointwise

@@ -32,21 +32,51 @@ def _module_spatial(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any,
         nd = args[0].ndim - 2
     else:
         nd = module_nd(mod)
-    return _spatial(a, args[0], nd)
+    window = [getattr(mod, k, None) for k in ("kernel_size", "stride")]
+    return _spatial(a, args[0], nd, *window, getattr(mod, "padding", 0))
 
 
-def _spatial(a: SymmetryAnalysis, x: TensorLabels, nd: int) -> TensorLabels:
-    if not isinstance(a.out(), TensorLabels):
+def _spatial(
+    a: SymmetryAnalysis, x: TensorLabels, nd: int, kernel: Any = None, stride: Any = None,
+    padding: Any = 0,
+) -> TensorLabels:  # fmt: skip
+    """The last ``nd`` dims' positions mixed, but where the op is the identity along one: a
+    window of 1 at stride 1 without padding (Funnel's ``(2, 1)`` pool over ``(T, D)``), or,
+    without a window (adaptive pooling, resampling), a dim whose size it keeps."""
+    out = a.out()
+    if not isinstance(out, TensorLabels):
         raise Unsupported("pooling that also returns indices")
     cd = x.ndim - nd - 1
-    x = a.keep(x, tuple(range(cd + 1, x.ndim)), "pooling/resampling mixes spatial positions")
-    return TensorLabels(a.out_shape(), x.labels[: cd + 1] + (None,) * nd)
+    spatial = range(cd + 1, x.ndim)
+    if kernel is None:
+        same = [d for d in spatial if out.shape[d] == x.shape[d]]
+    else:
+        k, s, p = (_per_dim(v, nd) for v in (kernel, kernel if stride is None else stride, padding))
+        same = [d for i, d in enumerate(spatial) if (k[i], s[i], p[i]) == (1, 1, 0)]
+    mixed = tuple(d for d in spatial if d not in same)
+    x = a.keep(x, mixed, "pooling/resampling mixes spatial positions")
+    labels = [None if d in mixed else lab for d, lab in enumerate(x.labels)]
+    return TensorLabels(out.shape, tuple(labels))
 
 
-def _function_spatial(nd: int | None) -> Rule:
+def _per_dim(value: Any, nd: int) -> tuple:
+    """A pooling argument given once or per dim (``2`` or ``(2, 1)``), per dim; ``[]`` (a
+    default stride) reads as the kernel's."""
+    if isinstance(value, int):
+        return (value,) * nd
+    return tuple(value) if value else (None,) * nd
+
+
+def _function_spatial(nd: int | None, window: bool, lp: bool = False) -> Rule:
     def rule(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         x = args[0]
-        return _spatial(a, x, nd if nd is not None else x.ndim - 2)
+        n = nd if nd is not None else x.ndim - 2
+        if not window:
+            return _spatial(a, x, n)
+        at = 2 if lp else 1  # lp_pool takes its norm type first, and no padding
+        kernel, stride = arg(args, kwargs, at, "kernel_size"), arg(args, kwargs, at + 1, "stride")
+        padding = 0 if lp else arg(args, kwargs, 3, "padding", 0)
+        return _spatial(a, x, n, kernel, stride, padding)
 
     return rule
 
@@ -56,8 +86,10 @@ for _nd_, _fns in (
     (2, (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d)),
     (3, (F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d)),
 ):
-    register_function(*_fns)(_function_spatial(_nd_))
-register_function(F.interpolate, F.upsample)(_function_spatial(None))
+    for _fn in _fns:
+        name = _fn.__name__
+        register_function(_fn)(_function_spatial(_nd_, "adaptive" not in name, "lp" in name))
+register_function(F.interpolate, F.upsample)(_function_spatial(None, False))
 
 
 @register_function(F.pad)
