@@ -847,7 +847,13 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     plain = plain or info.shape[k] > 1
                 else:
                     found.append(lab)
-            if found and plain:
+            if found and plain and all(self.is_heads(lab) for lab in found):
+                # attention heads stay in place: a value per head (ALiBi's slopes) meets each
+                # head where it is
+                for lab in found[1:]:
+                    self.tie(found[0], lab)
+                labels.append(found[0])
+            elif found and plain:
                 for lab in found:
                     self.fix(lab, mixed)
                 labels.append(None)

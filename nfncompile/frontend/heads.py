@@ -15,12 +15,13 @@ Where the split holds, the solver (:mod:`~nfncompile.frontend.spaces`) reads eve
 * a fix or a cut of ``dims`` fixes or cuts every chunk alike.
 
 Each head's neurons then permute on their own; the heads themselves stay in place (their run is
-fixed), as the rule of ``nn.MultiheadAttention`` reads them. A split whose chunks are tied
+fixed), as the rule of ``nn.MultiheadAttention`` reads them, so a value per head (ALiBi's
+slopes times the key positions) meets each head where it is. A split whose chunks are tied
 instead (it does not hold) gives one permutation for every head: the conservative reading.
 
 :func:`check` says which holding splits cannot hold: one whose dims a tensor holds without one
 whole heads dim (heads summed, mixed by a layer, sliced), a parameter or input/output reads
-whole, whose heads an op reads position by position (a flip, a constant per head), or whose
+whole, whose heads an op reads position by position (a flip, a gather), or whose
 heads are not aligned, position by position (or in the groups above), with those of a split
 whose dims meet its own.
 

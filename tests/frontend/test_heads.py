@@ -45,6 +45,9 @@ class _Heads(nn.Module):
             scores = torch.einsum("bhnd,bgmd->bhgnm", q, k).mean(2)
         else:
             scores = q @ k.transpose(-1, -2)
+        if self.how == "alibi":  # a bias per head and key position (ALiBi: MPT, Bloom)
+            slopes = torch.arange(1, self.h + 1, dtype=x.dtype)[:, None, None]
+            scores = scores + slopes * torch.arange(n, dtype=x.dtype)
         if self.how == "talking":  # the scores mixed across heads by a layer
             scores = self.talk(scores.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         y = scores.softmax(-1) @ v
@@ -57,8 +60,10 @@ def _per_head(spec, key: str) -> tuple:
     return spec[key].axes[0]
 
 
-def test_each_heads_queries_keys_and_values_permute_on_their_own():
-    spec, report = trace_with_report(model_(_Heads), x_(2, 5, 8), channel_dim=-1)
+@pytest.mark.parametrize("how", ["plain", "alibi"])
+def test_each_heads_queries_keys_and_values_permute_on_their_own(how):
+    # a value per head meets each head in place (before: ALiBi gave every head one permutation)
+    spec, report = trace_with_report(model_(lambda: _Heads(how)), x_(2, 5, 8), channel_dim=-1)
     assert report.verification.ok and not report.broken
     q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
     assert q == k and len(set(q)) == 2 and len(set(v)) == 2 and not set(q) & set(v)

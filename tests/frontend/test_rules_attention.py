@@ -121,3 +121,30 @@ def test_a_mask_made_by_the_models_weights_is_fixed_where_it_meets_the_scores():
     # the bias table's head axis was left a free space: the derived group did not hold
     spec, report = trace_with_report(model_(BiasedAttention), x_(2, 8, 5))
     assert spec["bias.weight"].axes == (None, None) and report.verification.ok
+
+
+class CrossAttention(nn.Module):
+    """``nn.MultiheadAttention`` with keys and values of another width (``kdim``, ``vdim``):
+    three projection weights (``use_separate_proj_weight``), as WavLM passes them too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.ctx = nn.Linear(6, 16), nn.Linear(5, 8)
+        self.attn = nn.MultiheadAttention(16, 2, kdim=8, vdim=8, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x, c):
+        h, m = self.emb(x), torch.relu(self.ctx(c))
+        return self.head(h + self.attn(h, m, m, need_weights=False)[0])
+
+
+def test_separate_projection_weights_give_each_head_its_spaces():
+    # before: "attention with separate projections" fixed every projection, and the stream
+    spec, report = trace_with_report(
+        model_(CrossAttention), (x_(2, 4, 6), x_(2, 7, 5)), channel_dim=-1
+    )
+    assert report.verification.ok and not report.broken
+    q, k, v = (spec[f"attn.{n}_proj_weight"].axes for n in "qkv")
+    assert q[1] == spec["emb.weight"].axes[0] and k[1] == v[1] == spec["ctx.weight"].axes[0]
+    assert q[0] == k[0] and len(set(q[0])) == 2 and len(set(v[0])) == 2
+    assert spec["attn.out_proj.weight"].axes[1] == v[0]

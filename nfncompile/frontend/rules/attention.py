@@ -73,15 +73,24 @@ def _repeated(a: SymmetryAnalysis, t: TensorLabels, r: int) -> TensorLabels:
 @register_function(F.multi_head_attention_forward)
 def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     p = {name: arg(args, kwargs, i, name) for i, name in enumerate(_PARAMS)}
-    if p["use_separate_proj_weight"] or p["bias_k"] is not None or p["add_zero_attn"]:
-        raise Unsupported("attention with separate projections, key/value biases or zeros")
-    w_in, w_out = p["in_proj_weight"], p["out_proj_weight"]
-    if not (isinstance(w_in, TensorLabels) and isinstance(w_out, TensorLabels)):
-        raise Unsupported("attention with projection weights that are not tensors")
-    for x in (p["query"], p["key"], p["value"]):
-        a.tie(x.labels[-1], w_in.labels[1], "attention input meets an unlabelled projection")
+    if p["bias_k"] is not None or p["add_zero_attn"]:
+        raise Unsupported("attention with key/value biases or zeros")
+    w_out = p["out_proj_weight"]
+    # one packed projection for q, k and v, or three (WavLM's use_separate_proj_weight)
+    names = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+    w_in = [p[n] for n in names] if p["use_separate_proj_weight"] else [p["in_proj_weight"]] * 3
+    if not all(isinstance(w, TensorLabels) and w.ndim == 2 for w in (*w_in, w_out)):
+        raise Unsupported("attention with projection weights that are not 2-D tensors")
+    for x, w in zip((p["query"], p["key"], p["value"]), w_in):
+        a.tie(x.labels[-1], w.labels[1], "attention input meets an unlabelled projection")
     # the heads' spaces named after the attention module (its projection's rows)
-    rows = a.plain_label(a.name_output(w_in.labels[0]))
+    if p["use_separate_proj_weight"]:
+        parts = [a.plain_label(a.name_output(w.labels[0])) for w in w_in]
+        rows = None if None in parts else tuple(seg for part in parts for seg in part)
+        for part in parts if rows is None else ():
+            a.fix(part, _HEADS)  # one unlabelled: every projection's rows fixed with it
+    else:
+        rows = a.plain_label(a.name_output(w_in[0].labels[0]))
     cols = a.plain_label(w_out.labels[1])
     if isinstance(p["in_proj_bias"], TensorLabels):
         rows = a.tie(rows, a.plain_label(p["in_proj_bias"].labels[0]))
