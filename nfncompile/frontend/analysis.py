@@ -450,8 +450,14 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         (row-major): the chunks of ``dims``'s split, where both are the whole runs of splits'
         heads and dims (recorded as a :class:`~nfncompile.frontend.labels.HeadMerge`); else
         ``None``."""
-        whole = [self.split_runs.get(lab[0].run) for lab in (heads, dims) if self._whole(lab)]
-        if len(whole) != 2 or None in whole or whole[0][1] != "heads" or whole[1][1] != "dims":
+        heads, dims = merged(heads), merged(dims)
+        if not (self._whole(heads) and isinstance(dims, tuple) and len(dims) == 1):
+            return None
+        # the whole per-head dims, or a slice of them (GPT-NeoX's values: the last third of
+        # each head's fused q, k, v), read in every chunk
+        (seg,) = dims
+        whole = [self.split_runs.get(run) for run in (heads[0].run, seg.run)]
+        if None in whole or whole[0][1] != "heads" or whole[1][1] != "dims" or seg.inner != 1:
             return None
         h, split = self.head_splits[whole[0][0]], self.head_splits[whole[1][0]]
         if len(h.chunks) % len(split.chunks):
@@ -460,7 +466,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         # (heads.check) holds them to heads aligned so
         group = len(h.chunks) // len(split.chunks)
         self.head_merges.append(HeadMerge(h.id, split.id, self._name()))
-        return tuple(s for i in range(len(h.chunks)) for s in split.chunks[i // group])
+        chunks = [self.slice_label(c, seg.offset, seg.offset + seg.length) for c in split.chunks]
+        return tuple(s for i in range(len(h.chunks)) for s in chunks[i // group])
 
     def head_checks(self) -> tuple[dict, list]:
         """Where the :class:`~nfncompile.frontend.labels.HeadSplit` s' dims are carried:

@@ -17,6 +17,8 @@ Examples
 
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import torch.fx
 from torch import nn
@@ -24,7 +26,7 @@ from torch import nn
 from .analysis import SymmetryAnalysis
 from .channel_dims import ChannelDim, check_entries
 from .labels import ParamLabel, Seg
-from .spaces import fixed_labels
+from .spaces import derive_spaces, fixed_labels
 
 __all__ = ["build_symmetry_graph"]
 
@@ -65,14 +67,19 @@ def build_symmetry_graph(
         traced with the example input's shapes fixed; ``""`` otherwise).
     """
     blocks: dict = {}
-    before, tried = None, []  # the analysis before chunks were made in blocks, and their runs
+    # the analysis before chunks were made in blocks, its graph, and the runs made so
+    before, before_graph, tried = None, None, []
     for _ in range(BLOCK_ROUNDS + 1):
         a = SymmetryAnalysis(gm, model, blocks, channel_dim)
         a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
         check_entries(channel_dim, [name for name, _ in a.inputs])
         g = _graph(a, gm) if before is not None else None  # built once, where needed
-        if before is not None and all(_fixed_runs(a, g, tried)):
-            a = before  # the blocks left those runs fixed: nothing gained
+        if before is not None and (
+            all(_fixed_runs(a, g, tried)) or _order(g) <= _order(before_graph)
+        ):
+            # the blocks left those runs fixed, or fixed more than they freed (a fused qkv
+            # whose q and k a rotation fixes: its heads as blocks, but v's dims fixed in them)
+            a = before
             break
         # a run tied to neurons spanning several positions each is made in blocks and the
         # graph analysed again (a channel shuffle's second half, one conv's output added to a
@@ -85,7 +92,7 @@ def build_symmetry_graph(
         chunks = _chunk_requests(a, g or _graph(a, gm)) if a.chunked else {}
         if all(blocks.get(k) == b for k, b in chunks.items()):
             break
-        before, tried = a, list(chunks)
+        before, tried, before_graph = a, list(chunks), g or _graph(a, gm)
         blocks = {**blocks, **chunks}
     for run in a.unused_param_runs:
         a.op = "unused parameter"
@@ -104,6 +111,11 @@ def _chunk_requests(a: SymmetryAnalysis, g: nx.MultiGraph) -> dict:
         if whole:
             a.request_blocks(label, rest)
     return {k: b for k, b in a.requests.items() if asked.get(k) != b}
+
+
+def _order(g: nx.MultiGraph) -> float:
+    """The log of the order of the group ``g`` derives (each space's symmetric group)."""
+    return sum(math.lgamma(space.size + 1) for space in derive_spaces(g).spec.spaces.values())
 
 
 def _fixed_runs(a: SymmetryAnalysis, g: nx.MultiGraph, keys: list) -> list:

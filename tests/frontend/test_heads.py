@@ -162,3 +162,46 @@ def test_key_value_heads_read_otherwise_share_one_permutation(how):
     assert report.verification.ok
     q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
     assert len(set(q + k)) == 1 and len(set(v)) == 1
+
+
+class _FusedPerHead(nn.Module):
+    """One projection for q, k and v laid out per head: GPT-NeoX's ``(B, N, H, 3 * D)`` taken
+    apart by ``chunk``, Bloom's ``(B, N, H, 3, D)`` by ``[..., i, :]``; or Phi-3's
+    ``[q | k | v]`` slices, with q and k rotated (RoPE fixes their dims)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.qkv, self.o = how, nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        y = self.qkv(x)
+        if self.how == "neox":
+            q, k, v = y.view(b, n, 2, 12).transpose(1, 2).chunk(3, dim=-1)
+        elif self.how == "bloom":
+            y = y.view(b, n, 2, 3, 4)
+            q, k, v = (y[..., i, :].transpose(1, 2) for i in range(3))
+        else:
+            q, k, v = (y[..., i : i + 8].view(b, n, 2, 4).transpose(1, 2) for i in (0, 8, 16))
+            angles = torch.arange(n, dtype=x.dtype)[:, None] * torch.arange(1, 5, dtype=x.dtype)
+            q, k = (t * angles.cos() + torch.cat((-t[..., 2:], t[..., :2]), -1) * angles.sin()
+                    for t in (q, k))  # fmt: skip
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, n, 8))
+
+
+@pytest.mark.parametrize("how", ["neox", "bloom", "rope"])
+def test_a_projection_fused_per_head_gives_each_heads_values_a_space(how):
+    # before: the values' slice of the per-head dims (neox, bloom) was not flattened back into
+    # per-head chunks, and every head shared one permutation; with q and k fixed by RoPE, the
+    # fused projection was read in blocks of a head, its 8 values fixed in them
+    spec, report = trace_with_report(
+        model_(lambda: _FusedPerHead(how)), x_(2, 5, 8), channel_dim=-1
+    )
+    assert report.verification.ok
+    v = spec["o.weight"].axes[1]
+    assert len(v) == 2 and len(set(v)) == 2 and {spec.spaces[s].size for s in v} == {4}
+    assert set(v) <= set(spec["qkv.weight"].axes[0])
+    if how != "rope":  # q and k: one space per head too
+        assert len(spec.spaces) == 2 + 2 + 2  # in, out; q and k, v per head
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

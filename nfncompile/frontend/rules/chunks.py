@@ -123,7 +123,12 @@ def _selects(node: torch.fx.Node, d: int) -> bool:
         return isinstance(dim, int) and dim % n == d
     if node.op == "call_function" and node.target is operator.getitem:
         idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        if Ellipsis in idx or len(idx) <= d:
+        if any(i is Ellipsis for i in idx):  # Bloom's fused_qkv[..., 0, :]
+            if sum(i is Ellipsis for i in idx) > 1 or any(i is None for i in idx):
+                return False
+            at = next(k for k, i in enumerate(idx) if i is Ellipsis)
+            idx = (*idx[:at], *[slice(None)] * (n - len(idx) + 1), *idx[at + 1 :])
+        if len(idx) <= d:
             return False
         before_whole = all(i == slice(None) for i in idx[:d])
         rest_basic = all(isinstance(i, (int, slice)) for i in idx[d + 1 :])
@@ -174,7 +179,8 @@ def piece(a: SymmetryAnalysis, labels: tuple, chunks: list, i: int) -> tuple:
     twins = a.twin_runs.get(tuple(chunks[i]), {}) if i else {}
     out = tuple(rebased(lab, chunks[0], chunks[i], twins) for lab in labels)
     # head splits of the first chunk that have no twin in this one: the chunks tied instead
-    untwinned = not twins and any(s.run in a.split_runs for s in _segs(out))
+    # (not a split the chunks are taken from: Bloom's q, k, v inside each head's dims)
+    untwinned = not twins and any(_split_of(a, s.run, chunks[0]) for s in _segs(out))
     if i and (
         any(_position(s, chunks[0]) is None and _overlaps(s, chunks[0]) for s in _segs(out))
         or untwinned
@@ -182,6 +188,14 @@ def piece(a: SymmetryAnalysis, labels: tuple, chunks: list, i: int) -> tuple:
         a.tie(chunks[0], chunks[i])
         return labels
     return out
+
+
+def _split_of(a: SymmetryAnalysis, run: int, chunk: tuple) -> bool:
+    """Whether ``run`` is a run of a head split of ``chunk``'s neurons."""
+    if run not in a.split_runs:
+        return False
+    split = a.head_splits[a.split_runs[run][0]]
+    return any(_overlaps(s, chunk) for c in split.chunks for s in c)
 
 
 def _segs(labels: tuple) -> list:
