@@ -166,6 +166,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.head_merges: list[HeadMerge] = []
         #: the heads and dims runs of every head split: run id -> (split id, "heads" or "dims")
         self.split_runs: dict[int, tuple] = {}
+        self._constants: dict = {}  # fx node -> whether it is computed from no input or weight
         # selected chunk label -> {run of the first chunk's head splits: the same run of its own}
         self.twin_runs: dict = {}
         self.calls: list = []  # (op, node name) of every call, in graph order
@@ -836,9 +837,10 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         """
         shape = self.out_shape() if shape is None else shape
         infos = [v for v in values if isinstance(v, TensorLabels)]
+        data = [info for info in infos if not self._data_free(info)]
         labels = []
         for d in range(len(shape)):
-            found, plain, uniform = [], False, False
+            found, plain, uniform, data_free = [], False, False, True
             for info in infos:
                 k = d - (len(shape) - info.ndim)
                 if k < 0:
@@ -852,11 +854,12 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     uniform = True
                 elif lab is None:
                     plain = plain or info.shape[k] > 1
+                    data_free = data_free and (info.shape[k] == 1 or info not in data)
                 else:
                     found.append(lab)
-            if found and plain and all(self.is_heads(lab) for lab in found):
-                # attention heads stay in place: a value per head (ALiBi's slopes) meets each
-                # head where it is
+            if found and plain and all(self.is_heads(lab) for lab in found) and data_free:
+                # attention heads stay in place: a constant per head (ALiBi's slopes) meets
+                # each head where it is
                 for lab in found[1:]:
                     self.tie(found[0], lab)
                 labels.append(found[0])
@@ -871,6 +874,25 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             else:
                 labels.append(UNIFORM if uniform and not plain else None)
         return TensorLabels(tuple(shape), tuple(labels))
+
+    def _data_free(self, info: TensorLabels) -> bool:
+        """Whether the current call's argument holding ``info`` is a constant of the model:
+        computed from no input and no parameter (shapes aside)."""
+        args = [n for n in leaves(list(self.sources)) if isinstance(n, torch.fx.Node)]
+        nodes = [n for n in args if self.env.get(n) is info]
+        return bool(nodes) and all(self._constant(n) for n in nodes)
+
+    def _constant(self, node: torch.fx.Node) -> bool:
+        if node not in self._constants:
+            if node.op == "placeholder":
+                self._constants[node] = False
+            elif node.op == "get_attr":
+                self._constants[node] = self.key("", node.target) is None
+            elif "tensor_meta" not in node.meta:
+                self._constants[node] = True  # a size, a dtype: the same for any input
+            else:
+                self._constants[node] = all(self._constant(n) for n in node.all_input_nodes)
+        return self._constants[node]
 
     def keep(self, info: TensorLabels, mixed: tuple, reason: str) -> TensorLabels:
         """Fix labels on ``mixed`` dims (which the op mixes across positions)."""
