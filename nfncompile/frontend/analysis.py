@@ -502,9 +502,10 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         return faults, list(dict.fromkeys(carried))
 
     def is_whole_heads(self, label: Any) -> bool:
-        """Whether ``label`` is one split's whole heads run, each head in place or repeated."""
+        """Whether ``label`` is one split's whole heads run, each head in place or repeated,
+        once or tiled (heads merged with the batch)."""
         return (
-            self.is_heads(label) and len(label) == 1 and label[0].offset == 0
+            self.is_heads(label) and len(set(label)) == 1 and label[0].offset == 0
             and label[0].length == self.runs[label[0].run].size
         )  # fmt: skip
 

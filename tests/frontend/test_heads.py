@@ -205,3 +205,35 @@ def test_a_projection_fused_per_head_gives_each_heads_values_a_space(how):
     if how != "rope":  # q and k: one space per head too
         assert len(spec.spaces) == 2 + 2 + 2  # in, out; q and k, v per head
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _BatchMerged(nn.Module):
+    """Segment Anything's attention: a fused qkv viewed ``(3, B * heads, N, d)``, the heads
+    merged with the batch, and viewed apart again; ``flip`` reverses v along that dim (head
+    ``i`` of one image then meets head ``1 - i`` of the other's scores)."""
+
+    def __init__(self, flip: bool = False) -> None:
+        super().__init__()
+        self.flip, self.qkv, self.proj = flip, nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, b * 2, n, 4).unbind(0)
+        if self.flip:
+            v = v.flip(0)
+        y = ((q @ k.transpose(-2, -1)).softmax(-1) @ v).view(b, 2, n, 4)
+        return self.proj(y.transpose(1, 2).reshape(b, n, 8))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_heads_merged_with_the_batch_permute_on_their_own(flip):
+    # before: a batch of 2 turned the heads into positions, and every head shared one
+    # permutation (a batch of 1 has no batch dim to merge with)
+    spec, report = trace_with_report(
+        model_(lambda: _BatchMerged(flip)), x_(2, 5, 8), channel_dim=-1
+    )
+    assert report.verification.ok
+    v = spec["proj.weight"].axes[1]
+    assert len(set(v)) == (1 if flip else 2)
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

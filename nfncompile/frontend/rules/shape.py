@@ -102,8 +102,11 @@ def merge_label(a: SymmetryAnalysis, labels: list, sizes: list) -> Any:
         if len(labels) == 2 and labels[1] is UNIFORM and a.is_whole_heads(labels[0]):
             # each head copied in a row (GQA's key/value heads repeated for the queries)
             return tuple(Seg(s.run, s.offset, s.length, s.inner * sizes[1]) for s in labels[0])
-        # any other heads dim is positions that stay in place, as an unlabelled dim's
-        labels = [None if a.is_heads(lab) else lab for lab in labels]
+        # heads last, after dims of positions (SAM's batch and heads, (B * H, N, d)): the
+        # heads repeated for each position, read back by a view; any other heads dim is
+        # positions that stay in place, as an unlabelled dim's
+        tiled = a.is_heads(labels[-1]) and all(lab in (None, UNIFORM) for lab in labels[:-1])
+        labels = [None if a.is_heads(lab) and not tiled else lab for lab in labels]
     if all(lab is UNIFORM for lab in labels):
         return UNIFORM
     labelled = [t for t, lab in enumerate(labels) if lab is not None and lab is not UNIFORM]
@@ -157,6 +160,10 @@ def split_label(a: SymmetryAnalysis, label: Any, sizes: list, dims: list | None 
         a.fix(label, "reshape splits neurons across several axes")
         return [None] * len(sizes)
     inner = dims[1:] if dims else None
+    if all(chunk == chunks[0] for chunk in chunks[1:]):
+        # one label repeated for each position of the first dim (heads merged with the
+        # batch, viewed apart again): those positions, then the label
+        return [None, *split_label(a, chunks[0], sizes[1:], inner)]
     # or each neuron of the first dim is a block of ``rest`` (a Linear's output viewed as
     # (C, H, W) feature maps): tried when this reading leaves the label fixed
     a.chunked.append((label, rest))
