@@ -382,8 +382,9 @@ def test_chunks_selected_one_at_a_time_keep_their_own_neurons(how):
     spec, report = trace_with_report(model_(lambda: _FusedQKV(how)), x_(2, 5, 4), channel_dim=-1)
     assert report.verification.ok and not report.broken
     rows = spec["qkv.weight"].axes[0]  # 3 chunks x 2 heads, each a 4-space
-    if how in ("unbind", "index", "index_inner"):
-        # each head's queries and keys one space, its values another (HeadSplit)
+    if how in ("unbind", "index", "index_inner", "merged"):
+        # each head's queries and keys one space, its values another (HeadSplit; merged with
+        # the batch, the heads are tiled over it)
         q0, q1, v0, v1 = rows[0], rows[1], rows[4], rows[5]
         assert rows == (q0, q1, q0, q1, v0, v1) and spec["proj.weight"].axes[1] == (v0, v1)
         assert len({q0, q1, v0, v1}) == 4 and {spec.spaces[s].size for s in rows} == {4}
@@ -393,7 +394,7 @@ def test_chunks_selected_one_at_a_time_keep_their_own_neurons(how):
     assert rows == (qk,) * 4 + (v,) * 2 and spec["proj.weight"].axes[1] == (v, v)
     if how in ("mixed", "split_after"):  # read together, or split apart on the first one's
         assert qk == v  # labels alone: one permutation
-    else:  # the heads merged with the batch or the positions: one permutation for all heads
+    else:  # the heads merged with the positions: one permutation for all heads
         assert qk != v and spec.spaces[qk].size == spec.spaces[v].size == 4
         assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
