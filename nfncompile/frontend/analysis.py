@@ -79,6 +79,7 @@ from .rules.registry import (
     FUNCTION_RULES,
     METHOD_RULES,
     STRUCTURED,
+    VALUE_RULES,
     Rule,
     Unsupported,
     module_rule,
@@ -750,11 +751,32 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         return self._apply(METHOD_RULES.get(target), (self, args, kwargs), args, kwargs)
 
     def output(self, target: Any, args: Any, kwargs: Any) -> Any:
+        self.fix_values(args[0], "a model output holds neuron positions")
         outs = leaves(self.plain(args[0], "a model output"))
         self.outputs = [v if isinstance(v, TensorLabels) else None for v in outs]
         return args[0]
 
     def _apply(self, rule: Rule | None, call: tuple, args: Any, kwargs: Any) -> Any:
+        moved = _moves_values(self.node)
+        if rule not in VALUE_RULES:
+            # neuron positions read as numbers (or as an index into another tensor): a
+            # permutation changes what the op computes
+            read = (args[1:], kwargs) if moved else (args, kwargs)
+            self.fix_values(read, f"{self.op} reads neuron positions as values")
+        result = self._applied(rule, call, args, kwargs)
+        source = args[0] if args else None
+        if moved and isinstance(source, TensorLabels) and isinstance(result, TensorLabels):
+            # an op that moves or casts entries (a view, a transpose, an index, ``long()``)
+            return dataclasses.replace(result, values=source.values)
+        return result
+
+    def fix_values(self, value: Any, reason: str) -> None:
+        """Fix the labels whose neurons the values of the tensors in ``value`` index."""
+        for info in tensors(value):
+            if info.values is not None:
+                self.fix(info.values, reason)
+
+    def _applied(self, rule: Rule | None, call: tuple, args: Any, kwargs: Any) -> Any:
         if rule is None:
             return self.unknown(args, kwargs)
         if rule not in STRUCTURED:
@@ -773,7 +795,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             if not any(isinstance(lab, Prod) or lab is UNIFORM for lab in value.labels):
                 return value
             labels = tuple(self.plain_label(lab, reader) for lab in value.labels)
-            return TensorLabels(value.shape, labels)
+            return TensorLabels(value.shape, labels, value.values)
         if isinstance(value, (tuple, list)):
             return remade(value, (self.plain(v, reader) for v in value))
         if isinstance(value, dict):
@@ -963,6 +985,26 @@ def _torch_names(kwargs: dict) -> dict:
         if numpy in out and name not in out:
             out[name] = out.pop(numpy)
     return out
+
+
+#: ops whose output holds the entries of their first input, moved, selected or cast: an index
+#: tensor's values keep indexing the same neurons
+_VALUE_MOVING_METHODS = frozenset({
+    "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "contiguous",
+    "clone", "detach", "to", "long", "int", "type", "t", "expand", "expand_as",
+})  # fmt: skip
+_VALUE_MOVING_FUNCTIONS = frozenset({
+    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
+    operator.getitem, getattr,
+})  # fmt: skip
+
+
+def _moves_values(n: torch.fx.Node | None) -> bool:
+    if n is None:
+        return False
+    if n.op == "call_method":
+        return n.target in _VALUE_MOVING_METHODS
+    return n.op == "call_function" and n.target in _VALUE_MOVING_FUNCTIONS
 
 
 def _positional(target: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -231,10 +231,14 @@ class TensorLabels:
     """The abstract value of one tensor: its shape and a label (or ``None``) per dim.
 
     ``None`` means the group does not act along that dim (batch, spatial, fixed neurons).
+    ``values``: for an integer tensor of neuron positions (``argmin`` over a labelled dim, a
+    VQ codebook's nearest entries), the label its values index; a permutation of those
+    neurons permutes the values alike.
     """
 
     shape: tuple
     labels: tuple
+    values: Any = None
 
     @staticmethod
     def plain(shape: Any) -> TensorLabels:

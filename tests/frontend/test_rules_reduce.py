@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import TwoLinear, model_, x_
 
 
@@ -33,7 +37,9 @@ class ArgmaxGate(TwoLinear):
 def test_argmax_returns_positions_and_fixes_the_neurons():
     spec, report = trace_with_report(model_(ArgmaxGate), x_(5, 4))
     assert spec["a.weight"].axes == (None, "in")
-    assert "argmax returns neuron positions" in report.broken[0].reason
+    # its positions are added to the output as numbers
+    assert "reads neuron positions as values" in report.broken[0].reason
+    assert report.verification.ok
 
 
 class NumpyNames(TwoLinear):
@@ -58,3 +64,52 @@ def test_numpy_keyword_names_read_as_torchs(numpy):
     spec, report = trace_with_report(model_(lambda: NumpyNames(numpy)), x_(5, 4))
     assert report.verification.ok
     assert spec["a.weight"].axes[0] == spec["w"].axes[0] == spec["b.weight"].axes[1] == "a"
+
+
+class Quantiser(nn.Module):
+    """A VQ-VAE bottleneck: each code the nearest row of a codebook (``argmin`` over the
+    distances), read back ``how``; the last two read the positions otherwise."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.enc, self.book, self.dec = nn.Linear(6, 4), nn.Embedding(10, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        z = self.enc(x)
+        d = torch.cdist(z, self.book.weight)
+        if self.how == "embedding":
+            q = self.book(d.argmin(dim=1))
+        elif self.how == "functional":
+            q = F.embedding(d.argmin(1).view(-1), self.book.weight)
+        elif self.how == "one_hot":
+            q = F.one_hot(d.argmin(-1), 10).to(z.dtype) @ self.book.weight
+        elif self.how == "min":
+            q = self.book(d.min(dim=1).indices)
+        elif self.how == "index":
+            q = self.book.weight[d.argmin(1)]
+        elif self.how == "scatter":  # one-hot codes written into zeros (AntixK's VQ-VAE)
+            codes = torch.zeros(x.shape[0], 10).scatter_(1, d.argmin(1, keepdim=True), 1.0)
+            q = codes @ self.book.weight
+        elif self.how == "as_number":  # the code's position scales the features
+            q = z * d.argmin(1, keepdim=True).to(z.dtype)
+        else:  # returned: the positions are an output
+            return self.dec(self.book(d.argmin(1))), d.argmin(1)
+        return self.dec(z + (q - z).detach())
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["embedding", "functional", "one_hot", "min", "index", "scatter", "as_number", "returned"],
+)
+def test_nearest_codebook_rows_permute_with_the_codebook(how):
+    # before: argmin fixed the codebook's 10 rows; read back as rows of the same codebook they
+    # are the same vectors whichever way the rows are permuted
+    spec, report = trace_with_report(model_(lambda: Quantiser(how)), x_(5, 6))
+    assert report.verification.ok
+    rows, cols = spec["book.weight"].axes
+    assert cols == spec["enc.weight"].axes[0] == "enc"
+    assert (rows is None) is (how in ("as_number", "returned"))
+    if rows is not None:
+        assert spec.spaces[rows].size == 10
+        assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

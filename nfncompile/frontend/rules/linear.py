@@ -18,6 +18,7 @@ from ..labels import Label, TensorLabels
 from .registry import (
     Unsupported,
     arg,
+    reads_values,
     register_function,
     register_method,
     register_module,
@@ -66,23 +67,45 @@ def _module_bilinear(a: SymmetryAnalysis, mod: nn.Bilinear, target: str, args: A
 
 
 @register_module(nn.Embedding)
+@reads_values
 def _module_embedding(a: SymmetryAnalysis, mod: nn.Embedding, target: str, args: Any, kw: Any):
+    """Rows of the table read at the ids: its rows fixed, or, for ids that are neuron
+    positions (a VQ codebook's nearest entries), moved with those neurons."""
+    ids = args[0]
     out = a.new_run(mod.embedding_dim, "neuron", target)
-    a.label_param(a.key(target, "weight"), [None, out])
-    return TensorLabels(a.out_shape(), (None,) * (len(a.out_shape()) - 1) + (out,))
+    rows = ids.values if isinstance(ids, TensorLabels) else None
+    a.label_param(a.key(target, "weight"), [rows, out])
+    lead = ids.labels if rows is not None else (None,) * (len(a.out_shape()) - 1)
+    return TensorLabels(a.out_shape(), lead + (out,))
 
 
 @register_function(F.embedding)
+@reads_values
 def _function_embedding(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """``F.embedding(ids, weight)``: rows of ``weight`` read at the ids (a codebook lookup in
-    VQ-VAE-2), so its first axis is fixed and the output's last dim is its second."""
+    VQ-VAE-2): its first axis is fixed, or tied to the neurons the ids are positions of
+    (``argmin`` over the codebook's distances), and the output's last dim is its second."""
     ids, w = args[0], arg(args, kwargs, 1, "weight")
     if not isinstance(w, TensorLabels) or w.ndim != 2:
         raise Unsupported("F.embedding with a weight that is not a 2-D tensor")
-    a.fix(w.labels[0], "F.embedding reads the rows its ids give")
     lead = ids.labels if isinstance(ids, TensorLabels) else (None,) * (len(a.out_shape()) - 1)
+    if isinstance(ids, TensorLabels) and ids.values is not None:
+        a.tie(w.labels[0], ids.values, "F.embedding reads the rows its ids give")
+        return TensorLabels(a.out_shape(), lead + (w.labels[1],))
+    a.fix(w.labels[0], "F.embedding reads the rows its ids give")
     a.fix_all(ids, "F.embedding's ids depend on the order of neurons")
     return TensorLabels(a.out_shape(), (None,) * len(lead) + (w.labels[1],))
+
+
+@register_function(F.one_hot)
+@reads_values
+def _one_hot(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``F.one_hot(ids, n)``: a new last dim of ``n`` classes, the neurons the ids are
+    positions of where they are (VQ's one-hot codes), else positions."""
+    ids = args[0]
+    if not isinstance(ids, TensorLabels):
+        raise Unsupported("F.one_hot of a non-tensor")
+    return TensorLabels(a.out_shape(), ids.labels + (ids.values,))
 
 
 @register_function(F.embedding_bag)

@@ -1,14 +1,21 @@
 """Op rules for reductions (symmetric: sum, mean, max, norms) and for ops that depend on
 positions along a dim (cumulative sums, sorting, flips, rolls).
+
+``argmin``/``argmax`` (and ``max``/``min`` with a dim) over one labelled dim return positions
+of its neurons: their result carries that label as its ``values``
+(:class:`~nfncompile.frontend.labels.TensorLabels`). A rule that reads such indices as rows of
+a table labelled alike (an embedding lookup, ``table[ids]``, ``one_hot``, a ``scatter`` into
+zeros: a VQ-VAE's codebook) keeps the neurons free; any other use fixes them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..labels import TensorLabels, remade
+from ..labels import TensorLabels, is_plain, remade
 from .registry import arg, norm_dim, register_function, register_method, structured
 
 if TYPE_CHECKING:
@@ -40,7 +47,14 @@ def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         dims = set(range(x.ndim))
     else:
         dims = {norm_dim(d, x.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
-    if name in ("argmax", "argmin") or (name in ("max", "min") and dim is not None):
+    positions = name in ("argmax", "argmin") or (name in ("max", "min") and dim is not None)
+    # the positions along one plain labelled dim (a VQ codebook's nearest entry): values
+    # that index its neurons, read by the rules that know them (an embedding lookup)
+    (d0,) = dims if len(dims) == 1 else (None,)
+    index = x.labels[d0] if positions and dim is not None and d0 is not None else None
+    if not (isinstance(index, tuple) and is_plain(index)) or a.is_heads(index):
+        index = None
+    if positions and index is None:
         for d in dims:
             a.fix(x.labels[d], f"{name} returns neuron positions")
     out = a.out()
@@ -53,9 +67,10 @@ def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             labels.append(lab)
         elif keepdim:
             labels.append(None)
-    if isinstance(out, tuple):
-        return tuple(TensorLabels(o.shape, tuple(labels)) for o in out)
-    return TensorLabels(out.shape, tuple(labels))
+    if isinstance(out, tuple):  # (values, indices)
+        values, indices = (TensorLabels(o.shape, tuple(labels)) for o in out)
+        return remade(out, (values, dataclasses.replace(indices, values=index)))
+    return TensorLabels(out.shape, tuple(labels), values=index)
 
 
 @register_function(torch.cumsum, torch.cumprod, torch.cummax, torch.cummin, torch.flip,

@@ -39,6 +39,8 @@ __all__ = [
     "arg",
     "norm_dim",
     "module_nd",
+    "VALUE_RULES",
+    "reads_values",
 ]
 
 Rule = Callable[..., Any]
@@ -51,6 +53,9 @@ METHOD_RULES: dict = {}
 #: Rules that read flattened products and uniform labels; every other rule sees them fixed
 #: (a product) or unlabelled (uniform).
 STRUCTURED: set = set()
+#: Rules that read index tensors' ``values`` (:class:`~nfncompile.frontend.labels.TensorLabels`)
+#: themselves; for every other rule, the neurons an input's values index are fixed first.
+VALUE_RULES: set = set()
 
 
 class Unsupported(Exception):
@@ -114,6 +119,12 @@ def structured(fn: Rule) -> Rule:
     """Mark a rule as reading :class:`~nfncompile.frontend.labels.Prod` and
     :data:`~nfncompile.frontend.labels.UNIFORM` labels itself (see :data:`STRUCTURED`)."""
     STRUCTURED.add(fn)
+    return fn
+
+
+def reads_values(fn: Rule) -> Rule:
+    """Mark a rule as reading index tensors' ``values`` itself (see :data:`VALUE_RULES`)."""
+    VALUE_RULES.add(fn)
     return fn
 
 

@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..labels import TensorLabels
+from ..labels import UNIFORM, TensorLabels, label_width
 from .registry import (
     Unsupported,
     arg,
     norm_dim,
+    reads_values,
     register_function,
     register_method,
     structured,
@@ -101,6 +102,7 @@ def _index_fill(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     "scatter", "scatter_", "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_"
 )
 @structured
+@reads_values
 def _scatter(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """``x.scatter_add(dim, index, src)``: ``x[..., index[..., j, ...], ...] += src[..., j,
     ...]`` along ``dim``, every other position where it is (``index`` and ``src`` may cover a
@@ -112,7 +114,15 @@ def _scatter(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if index.ndim != x.ndim or (isinstance(src, TensorLabels) and src.ndim != x.ndim):
         raise Unsupported("scatter with an index or values of another rank")
     d = norm_dim(dim, x.ndim)
+    a.fix_values(src, "scatter writes neuron positions as values")
     labels = _indexed(a, x, d, None, index, src)
+    whole = index.values is not None and label_width(index.values) == x.shape[d]
+    if whole and x.labels[d] is UNIFORM:
+        # positions of neurons written into one value everywhere (AntixK's VQ-VAE one-hot
+        # codes): the written dim is those neurons
+        labels[d] = index.values
+    else:
+        a.fix_values(index, "scatter writes at neuron positions")
     parts = [index] + ([src] if isinstance(src, TensorLabels) else [])
     for k in range(x.ndim):
         if k == d:

@@ -24,6 +24,7 @@ from .registry import (
     Unsupported,
     arg,
     norm_dim,
+    reads_values,
     register_function,
     register_method,
     register_module,
@@ -418,6 +419,7 @@ _TRANSPOSES = ("T", "H", "mT", "mH")
 
 @register_function(operator.getitem)
 @structured
+@reads_values  # an index tensor of neuron positions reads the dim of those neurons
 def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x, idx = args
     if not isinstance(x, TensorLabels):
@@ -518,14 +520,24 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
     previous = None  # the last entry that was an index
     front = False
     d = 0
+    # one index tensor of the positions of a dim's neurons (a codebook's rows read at their
+    # nearest entries): the same rows whichever way they are permuted, the index's dims made
+    advanced = [i for i in idx if is_advanced(i) or isinstance(i, int)]
+    (only,) = advanced if len(advanced) == 1 else (None,)
+    made_labels = None
     for k, i in enumerate(idx):
         if i is None:
             labels.append(None)
+            continue
+        if i is only and isinstance(i, TensorLabels) and i.values is not None:
+            a.tie(x.labels[d], i.values, "reads the rows its index gives")
+            made_labels, where, d = i.labels, len(labels), d + 1
             continue
         if is_advanced(i) or isinstance(i, int):
             for lab in x.labels[d : d + _consumed(i)]:
                 a.fix(a.plain_label(lab), reason)
             if isinstance(i, TensorLabels):
+                a.fix_values(i, "an index tensor's values are neuron positions")
                 a.fix_all(i, "an index tensor that depends on the order of neurons")
             if where is None:
                 where = len(labels)
@@ -540,7 +552,7 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
         d += 1
     labels.extend(x.labels[d:])
     shape = a.out_shape()
-    made = (None,) * (len(shape) - len(labels))
+    made = made_labels or (None,) * (len(shape) - len(labels))
     at = 0 if front else where
     return TensorLabels(shape, tuple(labels[:at]) + made + tuple(labels[at:]))
 
