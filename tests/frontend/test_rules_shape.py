@@ -486,13 +486,12 @@ def test_repeat_interleave_repeats_each_neuron_in_a_row(flat):
     assert spec["b.weight"].view == (3, 6, 2)
 
 
-class AttributeTransposed(nn.Module):
+class AttributeTransposed(TwoLinear):
     """Falcon's ``x @ self.weight.T + self.bias``, by each transpose attribute."""
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
 
     def forward(self, x):
         h = torch.relu(x @ getattr(self.a.weight, self.name) + self.a.bias)
