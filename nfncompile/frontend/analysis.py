@@ -851,6 +851,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         values: list,
         shape: tuple | None = None,
         mixed: str = MIXED,
+        batch: bool = False,
     ) -> TensorLabels:
         """Elementwise op: align dims from the right, tie labels along each output dim.
 
@@ -880,9 +881,15 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     data_free = data_free and (info.shape[k] == 1 or info not in data)
                 else:
                     found.append(lab)
-            if found and plain and all(self.is_heads(lab) for lab in found) and data_free:
-                # attention heads stay in place: a constant per head (ALiBi's slopes) meets
-                # each head where it is
+            if (
+                found
+                and plain
+                and all(self.is_heads(lab) for lab in found)
+                and (data_free or batch)
+            ):
+                # attention heads stay in place: a constant per head (ALiBi's slopes), or a
+                # matmul's batch of scores whose heads labels are lost (RoFormer's rotated q
+                # and k), meets each head where it is
                 for lab in found[1:]:
                     self.tie(found[0], lab)
                 labels.append(found[0])

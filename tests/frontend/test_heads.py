@@ -41,6 +41,9 @@ class _Heads(nn.Module):
             q = q.flip(1)
         elif self.how == "one_query_head":  # q's first head meets every head of k
             q = q[:, :1]
+        elif self.how == "scaled_by_data":  # q scaled per head by a function of the input
+            per_head = torch.arange(1, self.h + 1, dtype=x.dtype)[:, None, None]
+            q = q * (per_head * x.norm(dim=-1)[:, None, :, None])
         if self.how == "outer":  # every head of q meets every head of k
             scores = torch.einsum("bhnd,bgmd->bhgnm", q, k).mean(2)
         else:
@@ -236,4 +239,17 @@ def test_heads_merged_with_the_batch_permute_on_their_own(flip):
     assert report.verification.ok
     v = spec["proj.weight"].axes[1]
     assert len(set(v)) == (1 if flip else 2)
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+def test_values_keep_their_heads_against_scores_whose_heads_were_lost():
+    # a data-dependent scale per head fixes q's heads (and, in RoFormer, its rotation loses
+    # their labels); the scores' heads still meet each value head in place in the matmul
+    # (before: one permutation for every value head)
+    spec, report = trace_with_report(
+        model_(lambda: _Heads("scaled_by_data")), x_(2, 5, 8), channel_dim=-1
+    )
+    assert report.verification.ok
+    v = _per_head(spec, "v.weight")
+    assert len(set(v)) == 2 and spec["o.weight"].axes[1] == v
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

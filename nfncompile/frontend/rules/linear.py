@@ -156,7 +156,7 @@ def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     bx = TensorLabels(x.shape[:-2], x.labels[:-2])
     by = TensorLabels(y.shape[:-2], y.labels[:-2])
     shape = a.out_shape()
-    batch = a.broadcast([bx, by], shape[: len(shape) - 2 + row + column])
+    batch = a.broadcast([bx, by], shape[: len(shape) - 2 + row + column], batch=True)
     rows = () if row else (x.labels[-2],)
     # x @ self.weight: the output neurons are the weight's axis, named after its module
     out = () if column else (a.name_output(a.plain_label(y.labels[-1], uniform=True)),)
