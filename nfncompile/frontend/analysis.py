@@ -856,8 +856,10 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         """Elementwise op: align dims from the right, tie labels along each output dim.
 
         A labelled dim (size > 1) meeting an unlabelled dim of size > 1 is fixed (``mixed``
-        says why): the op treats channel positions differently. Broadcast and uniform dims
-        impose nothing; a dim that only they fill is uniform.
+        says why): the op treats channel positions differently. Attention heads, which never
+        move, are not fixed where that partner is a constant of the model or where the dims
+        are a matmul's ``batch`` dims. Broadcast and uniform dims impose nothing; a dim that
+        only they fill is uniform.
         """
         shape = self.out_shape() if shape is None else shape
         infos = [v for v in values if isinstance(v, TensorLabels)]
