@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import nfncompile as nfc
@@ -194,3 +195,45 @@ def test_a_write_at_index_tensors_fixes_only_the_indexed_dims(how):
         assert spec["o.weight"].axes == ("out", "v")
     else:  # the features themselves written at data positions, or a mask (not placed): fixed
         assert hidden == [] and report.broken
+
+
+class _DiagonalConv(nn.Module):
+    """A conv whose weight is built in the forward, zero but ``w[i, i] = taps``: the same
+    filter on each channel alone (diffusers' ``Downsample1d``), or a variant that is not."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Conv1d(2, 8, 3, padding=1), nn.Conv1d(8, 2, 3, padding=1)
+        self.register_buffer("kernel", torch.tensor([0.125, 0.375, 0.375, 0.125]))
+        self.per_channel = nn.Parameter(torch.randn(8, 4))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        n = h.shape[1]
+        w = h.new_zeros([n, n, 4])
+        i = torch.arange(n)
+        if self.how == "diagonal":
+            w[i, i] = self.kernel.to(w)[None, :].expand(n, -1)
+        elif self.how == "per_channel":  # a filter of each channel's own
+            w[i, i] = self.per_channel
+        elif self.how == "flipped":  # the anti-diagonal: channel i feeds channel n - 1 - i
+            w[i, i.flip(0)] = self.kernel.to(w)[None, :].expand(n, -1)
+        else:  # a diagonal of n - 1 entries: the last channel is dropped
+            j = torch.arange(n - 1)
+            w[j, j] = self.kernel.to(w)[None, :].expand(n - 1, -1)
+        return self.b(F.conv1d(F.pad(h, (1, 1), "reflect"), w, stride=2))
+
+
+@pytest.mark.parametrize("how", ["diagonal", "per_channel", "flipped", "short"])
+def test_a_diagonal_weight_written_in_the_forward_keeps_the_channels_free(how):
+    # before: the conv met an unlabelled weight and fixed a's 8 channels (diffusers' UNet1D)
+    model = model_(lambda: _DiagonalConv(how))
+    spec, report = trace_with_report(model, x_(1, 2, 16))
+    assert report.verification.ok
+    hidden = {n: s.size for n, s in spec.spaces.items() if s.role == "hidden"}
+    if how == "diagonal":
+        assert hidden == {"a": 8} and spec["b.weight"].axes[:2] == ("out", "a")
+    else:  # a filter per channel (a symmetry, kept fixed: the rule reads only one value
+        # on the diagonal), the anti-diagonal, or a diagonal short of the channels
+        assert hidden == {}

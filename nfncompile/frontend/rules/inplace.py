@@ -144,9 +144,13 @@ def _indexed_write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any)
     for i in (index[k] for k in tensor):
         if isinstance(i, TensorLabels):
             a.fix_all(i, "an index tensor that depends on the order of neurons")
+    diagonal = _diagonal(a, x, raw, tensor, written[first : first + len(block)])
     labels = []
     for d, lab in enumerate(x.labels):
         old = a.plain_label(lab, "a write into the tensor", uniform=True)
+        if diagonal is not None and first <= d < last:
+            labels.append(diagonal)
+            continue
         if first <= d < last:
             if old is not None and old is not UNIFORM:
                 a.fix(old, GATHERED)
@@ -155,6 +159,26 @@ def _indexed_write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any)
         new = written[d if d < first else d - (last - first) + len(block)]
         labels.append(_meet(a, old, new))
     return TensorLabels(x.shape, tuple(labels))
+
+
+def _diagonal(a: SymmetryAnalysis, x: TensorLabels, raw: tuple, tensor: list, rows: list) -> Any:
+    """The label of both dims of a diagonal written into a constant, ``w[i, i] = v`` with
+    ``i = torch.arange(n)`` over two dims of ``n`` positions of one value everywhere, and
+    ``v`` the same for every ``i`` (diffusers' 1-D down- and upsampling filters): a
+    permutation of both dims at once leaves it as it is, so both carry one new run; else
+    ``None``."""
+    if len(tensor) != 2 or any(r is not UNIFORM for r in rows):
+        return None
+    first, second = (raw[k] if k < len(raw) else None for k in tensor)
+    n = x.shape[tensor[0]]
+    if first is not second or not isinstance(first, torch.fx.Node) or x.shape[tensor[1]] != n:
+        return None
+    if any(x.labels[k] is not UNIFORM for k in tensor):
+        return None
+    size = [a.env.get(v, v) if isinstance(v, torch.fx.Node) else v for v in first.args]
+    if first.target is not torch.arange or size != [n] or first.kwargs.get("dtype") is torch.bool:
+        return None
+    return a.new_run(n, "neuron", f"{a.node.name} (diagonal)")
 
 
 def _pieced(a: SymmetryAnalysis, pieces: tuple, sizes: tuple) -> Any:
