@@ -162,23 +162,43 @@ def _indexed_write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any)
 
 
 def _diagonal(a: SymmetryAnalysis, x: TensorLabels, raw: tuple, tensor: list, rows: list) -> Any:
-    """The label of both dims of a diagonal written into a constant, ``w[i, i] = v`` with
-    ``i = torch.arange(n)`` over two dims of ``n`` positions of one value everywhere, and
-    ``v`` the same for every ``i`` (diffusers' 1-D down- and upsampling filters): a
+    """The label of both dims of a diagonal written into a constant, ``w[i, i] = v``: ``i``
+    the same index values on two dims of ``n`` positions that hold one value everywhere, every
+    position ``0 .. n - 1`` among them, and ``v`` the same for every ``i`` (diffusers' 1-D
+    down- and upsampling filters, ``i = torch.arange(n)``, traced or folded to a constant). A
     permutation of both dims at once leaves it as it is, so both carry one new run; else
     ``None``."""
     if len(tensor) != 2 or any(r is not UNIFORM for r in rows):
         return None
-    first, second = (raw[k] if k < len(raw) else None for k in tensor)
     n = x.shape[tensor[0]]
-    if first is not second or not isinstance(first, torch.fx.Node) or x.shape[tensor[1]] != n:
+    if x.shape[tensor[1]] != n or any(x.labels[k] is not UNIFORM for k in tensor):
         return None
-    if any(x.labels[k] is not UNIFORM for k in tensor):
+    first, second = (_index_values(a, raw[k] if k < len(raw) else None) for k in tensor)
+    if first is None or second is None or first.shape != second.shape or first.ndim != 1:
         return None
-    size = [a.env.get(v, v) if isinstance(v, torch.fx.Node) else v for v in first.args]
-    if first.target is not torch.arange or size != [n] or first.kwargs.get("dtype") is torch.bool:
+    if first.dtype is torch.bool or not torch.equal(first, second):
+        return None
+    if first.numel() and (first.min() < -n or first.max() >= n):
+        return None
+    if not torch.equal(torch.unique(first.remainder(n)), torch.arange(n)):
         return None
     return a.new_run(n, "neuron", f"{a.node.name} (diagonal)")
+
+
+def _index_values(a: SymmetryAnalysis, node: Any) -> torch.Tensor | None:
+    """The values of an index known without running the model: a tensor constant of the
+    traced module, or ``torch.arange`` of sizes; ``None`` for anything else."""
+    if not isinstance(node, torch.fx.Node):
+        return None
+    if node.op == "get_attr" and a.key("", node.target) is None:
+        value = a.fetch_attr(node.target)
+        return value if isinstance(value, torch.Tensor) and not value.is_meta else None
+    if node.op != "call_function" or node.target is not torch.arange:
+        return None
+    sizes = [a.env.get(v, v) if isinstance(v, torch.fx.Node) else v for v in node.args]
+    if not sizes or len(sizes) > 3 or not all(isinstance(v, int) for v in sizes):
+        return None
+    return torch.arange(*sizes)
 
 
 def _pieced(a: SymmetryAnalysis, pieces: tuple, sizes: tuple) -> Any:
