@@ -41,9 +41,11 @@ class _Heads(nn.Module):
             q = q.flip(1)
         elif self.how == "one_query_head":  # q's first head meets every head of k
             q = q[:, :1]
-        elif self.how == "scaled_by_data":  # q scaled per head by a function of the input
+        elif self.how.startswith("scaled_by_data"):  # q scaled per head by the input
             per_head = torch.arange(1, self.h + 1, dtype=x.dtype)[:, None, None]
             q = q * (per_head * x.norm(dim=-1)[:, None, :, None])
+            if self.how.endswith("einsum"):  # k too: the scores keep no heads labels
+                k = k * (per_head * x.norm(dim=-1)[:, None, :, None])
         if self.how == "outer":  # every head of q meets every head of k
             scores = torch.einsum("bhnd,bgmd->bhgnm", q, k).mean(2)
         else:
@@ -53,7 +55,10 @@ class _Heads(nn.Module):
             scores = scores + slopes * torch.arange(n, dtype=x.dtype)
         if self.how == "talking":  # the scores mixed across heads by a layer
             scores = self.talk(scores.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        y = scores.softmax(-1) @ v
+        if self.how == "scaled_by_data_einsum":  # x-transformers' attention
+            y = torch.einsum("bhij,bhjd->bhid", scores.softmax(-1), v)
+        else:
+            y = scores.softmax(-1) @ v
         if self.how == "max_over_heads":  # heads averaged, then a max over the features
             return y.mean(1).amax(-1)
         return self.o(y.transpose(1, 2).reshape(b, n, c))
@@ -242,14 +247,14 @@ def test_heads_merged_with_the_batch_permute_on_their_own(flip):
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 
-def test_values_keep_their_heads_against_scores_whose_heads_were_lost():
+@pytest.mark.parametrize("how", ["scaled_by_data", "scaled_by_data_einsum"])
+def test_values_keep_their_heads_against_scores_whose_heads_were_lost(how):
     # a data-dependent scale per head fixes q's heads (and, in RoFormer, its rotation loses
-    # their labels); the scores' heads still meet each value head in place in the matmul
-    # (before: one permutation for every value head)
-    spec, report = trace_with_report(
-        model_(lambda: _Heads("scaled_by_data")), x_(2, 5, 8), channel_dim=-1
-    )
+    # their labels); the scores' heads still meet each value head in place in the matmul, or
+    # in an einsum's batch letter (before: one permutation for every value head)
+    spec, report = trace_with_report(model_(lambda: _Heads(how)), x_(2, 5, 8), channel_dim=-1)
     assert report.verification.ok
     v = _per_head(spec, "v.weight")
     assert len(set(v)) == 2 and spec["o.weight"].axes[1] == v
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+

@@ -236,9 +236,11 @@ def _einsum(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         for k, lab, n in zip(term, op.labels, op.shape):
             dims.setdefault(k, []).append(TensorLabels((n,), (lab,)))
     reason = "einsum indexes neurons together with positions"
-    # every letter, summed ones too: its dims tied as an elementwise op ties them
+    # every letter, summed ones too: its dims tied as an elementwise op ties them; a letter of
+    # every operand and the output is a batch dim, as a matmul's (attention's heads)
+    batch = {k for k in dims if k in out and all(k in t for t in terms)}
     merged = {
-        k: a.broadcast(ts, (max(t.shape[0] for t in ts),), reason).labels[0]
+        k: a.broadcast(ts, (max(t.shape[0] for t in ts),), reason, batch=k in batch).labels[0]
         for k, ts in dims.items()
     }
     return TensorLabels(shape, tuple(merged[k] for k in out))
