@@ -75,16 +75,18 @@ def build_symmetry_graph(
         check_entries(channel_dim, [name for name, _ in a.inputs])
         g = _graph(a, gm) if before is not None else None  # built once, where needed
         if before is not None and (
-            all(_fixed_runs(a, g, tried)) or _order(g) <= _order(before_graph)
+            (tried and all(_fixed_runs(a, g, tried))) or _order(g) <= _order(before_graph)
         ):
             # the blocks left those runs fixed, or fixed more than they freed (a fused qkv
-            # whose q and k a rotation fixes: its heads as blocks, but v's dims fixed in them)
+            # whose q and k a rotation fixes: its heads as blocks, but v's dims fixed in them;
+            # a head's interleaved rotary pairs, which would tie its other dims to every head's)
             a = before
             break
         # a run tied to neurons spanning several positions each is made in blocks and the
         # graph analysed again (a channel shuffle's second half, one conv's output added to a
         # depthwise conv with two outputs per channel)
         if any(blocks.get(k) != b for k, b in a.requests.items()):
+            before, tried, before_graph = a, [], g or _graph(a, gm)
             blocks = {**blocks, **a.requests}
             continue
         # then a dim split into chunks whose label ends up wholly fixed: its neurons are

@@ -258,3 +258,44 @@ def test_values_keep_their_heads_against_scores_whose_heads_were_lost(how):
     assert len(set(v)) == 2 and spec["o.weight"].axes[1] == v
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
+
+class _PartialRotary(nn.Module):
+    """Attention with a rotary embedding on the first ``r`` dims of each head, its pairs
+    interleaved (GPT-J, x-transformers), its frequencies a float buffer of the state_dict."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, head_dim: int = 8, r: int = 4) -> None:
+        super().__init__()
+        self.h, self.d, self.r = heads, head_dim, r
+        self.q, self.k, self.v = (nn.Linear(dim, heads * head_dim) for _ in range(3))
+        self.o = nn.Linear(heads * head_dim, dim)
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, r, 2) / r))
+
+    def rotate(self, t, freqs):
+        t, rest = t[..., : self.r], t[..., self.r :]
+        x1, x2 = t.reshape(*t.shape[:-1], self.r // 2, 2).unbind(-1)
+        half = torch.stack((-x2, x1), -1).reshape(t.shape)
+        return torch.cat((t * freqs.cos() + half * freqs.sin(), rest), -1)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        freqs = torch.einsum("i,j->ij", torch.arange(n, dtype=x.dtype), self.inv_freq)
+        freqs = torch.stack((freqs, freqs), -1).reshape(n, self.r)
+        q, k, v = (
+            f(x).view(b, n, self.h, self.d).transpose(1, 2) for f in (self.q, self.k, self.v)
+        )
+        q, k = self.rotate(q, freqs), self.rotate(k, freqs)
+        y = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+        return self.o(y.transpose(1, 2).reshape(b, n, self.h * self.d))
+
+
+def test_an_interleaved_partial_rotary_keeps_each_heads_other_dims():
+    # the rotary pairs asked for q's run in blocks of two, which tied every head's unrotated
+    # dims into one space of pairs; that reading's group is smaller, so the first is kept
+    spec, report = trace_with_report(model_(_PartialRotary), x_(2, 5, 8), channel_dim=-1)
+    assert report.verification.ok
+    q = spec["q.weight"].axes[0]
+    assert q == spec["k.weight"].axes[0] and len(q) == 4
+    rotated, free = q[0::2], q[1::2]
+    assert rotated == (4, 4) and len(set(free)) == 2
+    assert {spec.spaces[s].size for s in free} == {4}
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
