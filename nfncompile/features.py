@@ -47,12 +47,12 @@ __all__ = ["WeightSpaceFeatures", "as_features"]
 
 
 def _is_bookkeeping(value: Any) -> bool:
-    """A 0-dim integer tensor such as BatchNorm's ``num_batches_tracked``: not a weight."""
-    return (
-        isinstance(value, torch.Tensor)
-        and value.dim() == 0
-        and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
-    )
+    """A 0-dim integer tensor such as BatchNorm's ``num_batches_tracked``, or an empty one
+    (a parameter of shape ``(0, dim)``): not a weight."""
+    if not isinstance(value, torch.Tensor):
+        return False
+    integer = not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    return value.numel() == 0 or (value.dim() == 0 and integer)
 
 
 def _check_float(where: str, value: Any) -> None:

@@ -89,7 +89,9 @@ __all__ = ["SymmetryAnalysis"]
 
 
 def _is_float_entry(t: torch.Tensor) -> bool:
-    return t.is_floating_point() or t.is_complex()
+    """A weight of the spec: a float entry with at least one element (an empty parameter,
+    vit-pytorch's ``(0, dim)`` class tokens when it pools by the mean, holds none)."""
+    return (t.is_floating_point() or t.is_complex()) and t.numel() > 0
 
 
 class SymmetryAnalysis(PlainArgsInterpreter):

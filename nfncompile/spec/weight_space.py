@@ -282,10 +282,16 @@ class WeightSpaceSpec:
         mis-shaped key at once. ``leading`` dims (batch, channel) are ignored in shape checks.
 
         Integer-valued entries that the spec does not list (counters such as BatchNorm's
-        ``num_batches_tracked``) are bookkeeping, not weights: they are not reported.
+        ``num_batches_tracked``) are bookkeeping, not weights: they are not reported, and
+        neither are empty ones (vit-pytorch's ``cls_token`` of shape ``(0, dim)`` when it pools
+        by the mean), which hold no weight to read.
         """
         missing = [n for n in self.names if n not in state_dict]
-        unexpected = [k for k, v in state_dict.items() if k not in self and not is_counter(v)]
+        unexpected = [
+            k
+            for k, v in state_dict.items()
+            if k not in self and not is_counter(v) and not _is_empty(v)
+        ]
         misshaped = [
             f"{k}: expected {list(self[k].shape)}, got {list(v.shape[leading:])}"
             for k, v in state_dict.items()
@@ -357,6 +363,10 @@ def mismatch_lines(missing: list, unexpected: list, misshaped: list) -> list[str
     if misshaped:
         lines.append("mis-shaped keys: " + "; ".join(misshaped))
     return lines
+
+
+def _is_empty(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.numel() == 0
 
 
 def is_counter(value: Any) -> bool:

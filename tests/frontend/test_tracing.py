@@ -278,3 +278,31 @@ def test_hnp_mode():
     spec = nfc.trace(model_(CATALOGUE["mlp"].factory), x_(2, 16), mode="hnp")
     assert spec.mode == "hnp"
     assert spec.permutable_spaces() == ["fc1", "fc2"]
+
+
+class _EmptyTokens(TwoLinear):
+    """vit-pytorch's ViT pooling by the mean: its class tokens a parameter of shape (0, dim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls = torch.nn.Parameter(torch.randn(0, 6))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = torch.cat((self.cls.expand(h.shape[0], -1, -1), h), dim=1)
+        return self.b(h.mean(1))
+
+
+def test_an_empty_parameter_holds_no_weight_and_is_left_out():
+    # before: SpecError "param 'cls': shape must be a list of positive ints, got [0, 6]"
+    model = model_(_EmptyTokens)
+    spec, report = trace_with_report(model, x_(2, 3, 4), channel_dim=-1)
+    assert report.verification.ok and "cls" not in spec
+    assert ("a", 6, "hidden") in spaces_(spec)
+    state = model.state_dict()
+    spec.check_state_dict(state)  # the empty entry is not reported as unexpected
+    features = nfc.WeightSpaceFeatures.from_state_dicts(spec, [state, state])
+    assert set(features) == set(spec.names)
+    assert set(nfc.WeightSpaceFeatures.from_state_dicts(None, [state])) == set(spec.names)
+    with pytest.raises(nfc.StateDictMismatchError, match="unexpected keys: extra"):
+        spec.check_state_dict({**state, "extra": torch.zeros(2)})
