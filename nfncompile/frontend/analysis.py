@@ -48,6 +48,7 @@ from torch import nn
 from torch.fx.operator_schemas import get_signature_for_torch_op
 
 from ..errors import ConfigError, TraceError
+from ..spec import holds_no_weight
 from . import rules  # noqa: F401  (importing the package registers every op rule)
 from .channel_dims import ChannelDim, channel_dim_of
 from .fx import PlainArgsInterpreter, canonical_keys, leaves, writes
@@ -86,12 +87,6 @@ from .rules.registry import (
 )
 
 __all__ = ["SymmetryAnalysis"]
-
-
-def _is_float_entry(t: torch.Tensor) -> bool:
-    """A weight of the spec: a float entry with at least one element (an empty parameter,
-    vit-pytorch's ``(0, dim)`` class tokens when it pools by the mean, holds none)."""
-    return (t.is_floating_point() or t.is_complex()) and t.numel() > 0
 
 
 class SymmetryAnalysis(PlainArgsInterpreter):
@@ -153,7 +148,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.inputs: list = []  # (name, TensorLabels)
         self.outputs: list = []  # TensorLabels per output leaf (None for non-tensors)
         self.state = {k: v for k, v in self.model.state_dict(keep_vars=True).items()}
-        self.state_keys = [k for k, v in self.state.items() if _is_float_entry(v)]
+        self.state_keys = [k for k, v in self.state.items() if not holds_no_weight(v)]
         self._canonical = canonical_keys({k: self.state[k] for k in self.state_keys})
         self.params: dict[str, ParamLabel] = {}
         self.unused_param_runs: list[int] = []

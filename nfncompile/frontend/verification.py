@@ -41,7 +41,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from ..errors import SymmetryError
-from ..spec import Permutation, WeightSpaceSpec, is_counter
+from ..spec import Permutation, WeightSpaceSpec, holds_no_weight
 from .channel_dims import ChannelDim, channel_dim_of, check_channel_dim
 from .derivation import IOAxes, TensorAxes
 from .explain import Divergence, explain_failure, permuted_state
@@ -182,7 +182,7 @@ def _perturb(model: nn.Module, gen: torch.Generator) -> None:
     that are not finite (a mask's ``-inf``) as they are."""
     with torch.no_grad():
         for t in model.state_dict(keep_vars=True).values():
-            if is_counter(t) or t.numel() == 0:
+            if holds_no_weight(t):
                 continue
             # (a complex entry, a Fourier layer's weight, is scaled by real noise)
             noise = torch.randn(t.shape, generator=gen, dtype=t.real.dtype)

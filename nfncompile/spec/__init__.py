@@ -72,7 +72,7 @@ from .labels import MODES, ROLES, AxisLabel, Inner, axis_pieces, check_mode
 from .params import ParamSpec, Tile
 from .permutation import Permutation
 from .spaces import Blocks, Space, SpaceMap
-from .weight_space import WeightSpaceSpec, is_counter
+from .weight_space import WeightSpaceSpec, holds_no_weight, is_counter
 
 __all__ = [
     "ROLES",
@@ -88,5 +88,6 @@ __all__ = [
     "Permutation",
     "check_mode",
     "is_counter",
+    "holds_no_weight",
     "axis_pieces",
 ]

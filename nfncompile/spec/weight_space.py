@@ -18,7 +18,7 @@ from .permutation import Permutation
 from .serialize import spec_fields, spec_to_dict, spec_to_yaml
 from .spaces import Blocks, Space, SpaceMap
 
-__all__ = ["WeightSpaceSpec", "is_counter", "mismatch_lines"]
+__all__ = ["WeightSpaceSpec", "holds_no_weight", "is_counter", "mismatch_lines"]
 
 
 @dataclass(frozen=True)
@@ -287,11 +287,7 @@ class WeightSpaceSpec:
         by the mean), which hold no weight to read.
         """
         missing = [n for n in self.names if n not in state_dict]
-        unexpected = [
-            k
-            for k, v in state_dict.items()
-            if k not in self and not is_counter(v) and not _is_empty(v)
-        ]
+        unexpected = [k for k, v in state_dict.items() if k not in self and not holds_no_weight(v)]
         misshaped = [
             f"{k}: expected {list(self[k].shape)}, got {list(v.shape[leading:])}"
             for k, v in state_dict.items()
@@ -365,8 +361,10 @@ def mismatch_lines(missing: list, unexpected: list, misshaped: list) -> list[str
     return lines
 
 
-def _is_empty(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and value.numel() == 0
+def holds_no_weight(value: torch.Tensor) -> bool:
+    """Whether a state_dict entry is no weight of a spec: an integer counter (e.g.
+    ``num_batches_tracked``) or an empty tensor (a parameter of shape ``(0, dim)``)."""
+    return is_counter(value) or value.numel() == 0
 
 
 def is_counter(value: Any) -> bool:
