@@ -44,6 +44,7 @@ import inspect
 import operator
 import os
 import random
+import sys
 import traceback
 import types
 import warnings
@@ -69,6 +70,7 @@ from torch.fx.graph import magic_methods, reflectable_magic_methods
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.nn.attention.flex_attention import flex_attention
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
@@ -103,7 +105,9 @@ _ADVICE = (
     "the data-dependent control flow (branch on a constructor argument instead of on a "
     "tensor); otherwise write a WeightSpaceSpec by hand (examples in specs/weight_spaces/)."
 )
+_TYPE_ASKED = "asks whether a traced value is a tensor, which plain fx answers no"
 _TORCH = os.path.dirname(torch.__file__)
+_ISINSTANCE = builtins.isinstance
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,33 @@ def raised_at(e: BaseException) -> str:
     return f"{f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
 
 
+def _called_at(frame: types.FrameType) -> str:
+    """``frame``'s source line (``file:line in function: code``) where it is the forward's own
+    code, ``""`` where it is torch's or this front end's (whose type checks of a proxy are
+    their own)."""
+    if frame.f_code.co_filename.startswith((_TORCH, os.path.dirname(__file__))):
+        return ""
+    info = inspect.getframeinfo(frame, context=1)
+    code = (info.code_context or [""])[0].strip()
+    return f"{info.filename}:{info.lineno} in {info.function}: {code}"
+
+
 def _error(e: BaseException, limit: int = 200) -> str:
     text = " ".join(f"{type(e).__name__}: {e}".split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: functions recorded as one call wherever a forward calls them, for their rules
+#: (:mod:`~nfncompile.frontend.rules.attention`): fx traced into flex attention's Python
+#: implementation, and the probe of the module around it fixed every space it touched
+_AUTOWRAPPED = (flex_attention,)
+
+
+def _classes(cls: Any) -> tuple:
+    """``isinstance``'s second argument as a tuple of classes (a tuple may nest)."""
+    if not _ISINSTANCE(cls, tuple):  # (builtins.isinstance may be the traced one)
+        return (cls,)
+    return tuple(c for part in cls for c in _classes(part))
 
 
 class LeafFallbackTracer(torch.fx.Tracer):
@@ -176,7 +204,9 @@ class LeafFallbackTracer(torch.fx.Tracer):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(autowrap_functions=_AUTOWRAPPED)
+        # also where a forward calls it by its module (`flex_attention.flex_attention(...)`)
+        self._autowrap_search.extend(inspect.getmodule(f) for f in _AUTOWRAPPED)
         self.leaves: list[LeafCall] = []
         self._forced: set[int] = set()
         self._param_cache: dict | None = None
@@ -185,6 +215,10 @@ class LeafFallbackTracer(torch.fx.Tracer):
         #: record ``torch.zeros`` & co. (:data:`FACTORIES`) as nodes rather than constants
         self.trace_factories = False
         self._eager = False  # a node being run for real (the shape-specialising trace)
+        #: where the forward first asked whether a traced value is a tensor (``isinstance(x,
+        #: torch.Tensor)``, ``torch.is_tensor``, ``torch.jit.isinstance``): plain fx answers no
+        #: and traces the other branch; ``""`` where it never asked
+        self.type_asked = ""
 
     def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
         if not isinstance(root, torch.nn.Module):
@@ -227,6 +261,31 @@ class LeafFallbackTracer(torch.fx.Tracer):
         patches[(id(builtins), "callable")] = (
             vars(builtins), "callable", is_callable, traced_callable
         )  # fmt: skip
+        is_instance, is_tensor, jit_isinstance = _ISINSTANCE, torch.is_tensor, torch.jit.isinstance
+
+        def asked(obj: Any, answer: bool, cls: Any = torch.Tensor) -> bool:
+            # the question of the forward's own code (the caller of the patched function)
+            if answer or self.type_asked or not is_instance(obj, torch.fx.Proxy):
+                return answer
+            if any(c is torch.Tensor for c in _classes(cls)):
+                self.type_asked = _called_at(sys._getframe(2))
+            return answer
+
+        def traced_isinstance(obj: Any, cls: Any) -> bool:
+            return asked(obj, is_instance(obj, cls), cls)
+
+        def traced_is_tensor(obj: Any) -> bool:
+            return asked(obj, is_tensor(obj))
+
+        def traced_jit_isinstance(obj: Any, cls: Any) -> bool:
+            return asked(obj, jit_isinstance(obj, cls), cls)
+
+        for names, name, fn, patched in (
+            (vars(builtins), "isinstance", is_instance, traced_isinstance),
+            (vars(torch), "is_tensor", is_tensor, traced_is_tensor),
+            (vars(torch.jit), "isinstance", jit_isinstance, traced_jit_isinstance),
+        ):
+            patches[(id(names), name)] = (names, name, fn, patched)
         return patches
 
     def _recorded(self, fn: Callable, always: bool = True) -> Callable:
@@ -689,7 +748,7 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             # Python code only: torch's C++ checks keep the proxy's own type (a proxy taken for
             # a tensor there would be read as one)
             if is_instance(obj, _ShapeProxy) and not self._eager and not is_instance(obj, cls):
-                classes = cls if is_instance(cls, tuple) else (cls,)
+                classes = _classes(cls)
                 value = obj._value()
                 if any(c is torch.Tensor for c in classes):
                     return is_instance(value, torch.Tensor)
@@ -907,9 +966,10 @@ def graph_differs(model: torch.nn.Module, gm: torch.fx.GraphModule, example_inpu
     """Why the traced graph ``gm`` does not compute ``model``'s output on the example (both in
     eval mode, with the same random draws), or ``""`` where it does or cannot be run.
 
-    A forward can branch on what a traced value cannot answer (``isinstance(x, Tensor)`` is
-    false for one) and still trace, to a graph of the other branch: the spec, verified on the
-    model itself, then holds, but symmetries that branch keeps may be missing.
+    A forward can branch on what a traced value cannot answer and still trace, to a graph of
+    the other branch. The spec, verified on the model itself, then may hold but miss
+    symmetries of the branch the model takes, or not hold (:func:`failure_message` prints
+    this cause).
     """
     args = as_args(example_input)
     with torch.no_grad(), _eval_mode(model), attributes_kept(model):
@@ -936,10 +996,9 @@ def graph_differs(model: torch.nn.Module, gm: torch.fx.GraphModule, example_inpu
     if worst <= 1e-4 * (1.0 + scale):
         return ""
     return (
-        f"the traced graph's output differs from the model's on the example by {worst:.3g} "
-        "(a branch the trace could not take as the model does, such as "
-        "isinstance(x, torch.Tensor), which is false for a traced tensor): the spec holds "
-        "for the model, but symmetries of the other branch may be missing"
+        f"the traced graph's output differs from the model's on the example by {worst:.3g}: "
+        "the trace took a branch the model does not (one on a question a traced value cannot "
+        "answer as the example does), and the spec is derived from the branch traced"
     )
 
 
@@ -1264,6 +1323,12 @@ def trace_graph(
             warnings.filterwarnings("ignore", "Was not able to add assertion")
             graph = tracer.trace(model, concrete_args=defaults)
             keep.update(n.target for n in graph.nodes if n.op == "get_attr")
+        for n in graph.nodes:
+            # fx writes `wrap("flex_attention")` into the code of a graph with a call it
+            # autowrapped; run, that registers the generated code's own namespace, which the
+            # next trace then fails to patch (KeyError)
+            if n.target in _AUTOWRAPPED:
+                n.meta.pop("is_wrapped", None)
         keyword_only = {p.name for p in _forward_params(model) if p.kind is p.KEYWORD_ONLY}
         for n in list(graph.nodes):
             # a numpy scalar argument (``/ np.sqrt(d_k)``) as the Python number it is: fx would
@@ -1303,13 +1368,18 @@ def trace_graph(
         except Exception as e:
             first = e
         else:
-            if all(module_rule(model.get_submodule(leaf.module)) for leaf in plain.leaves):
+            ruled = all(module_rule(model.get_submodule(leaf.module)) for leaf in plain.leaves)
+            if ruled and not plain.type_asked:
                 return plain, graph, ""  # every kept call read by its class's rule (Conv2dSame)
             # a submodule whose forward checks its input's shape or dtype (Hugging Face's
             # ViTModel does) is a leaf of the plain trace; with the example's shapes fixed it
-            # may not be
+            # may not be. A forward that asks whether a traced value is a tensor (MONAI's
+            # UpCat: `torch.jit.isinstance(x_e, torch.Tensor)`) took the branch for no tensor,
+            # where the shape-specialising trace knows the answer
             with contextlib.suppress(Exception):  # where it fails, the plain trace stands
                 tracer, fixed = run(specialising)
+                if plain.type_asked:
+                    return tracer, fixed, f"{plain.type_asked} ({_TYPE_ASKED})"
                 if _kept_modules(model, tracer) < _kept_modules(model, plain):
                     leaf = plain.leaves[0]
                     return (

@@ -181,6 +181,13 @@ def failure_message(report: TraceReport) -> str:
         elif c.name in report.spaces:
             touched = report.space(c.name).touched
             lines.append(f"    ops that touch it: {_wrap(touched, 20) or '(none)'}")
+    if report.graph_differs:
+        lines.append(f"  cause: {report.graph_differs}")
+        lines.append(
+            "Make the forward's branch depend on its arguments rather than on a traced value "
+            "(its type, values or truth), or write the spec by hand."
+        )
+        return "\n".join(lines)
     lines.append(
         "An op rule is missing a constraint: please report it. Until it is fixed, wrap the op "
         "with torch.fx.wrap (its neurons then become fixed) or write the spec by hand."

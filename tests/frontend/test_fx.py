@@ -1098,40 +1098,92 @@ def test_an_attribute_first_read_inside_a_kept_call_is_recorded_again():
     assert [leaf.module for leaf in report.leaf_calls] == ["gate"]
 
 
+_ASKS = {
+    "isinstance": lambda v: isinstance(v, torch.Tensor),
+    "torch.is_tensor": lambda v: torch.is_tensor(v),
+    "torch.jit.isinstance": lambda v: torch.jit.isinstance(v, torch.Tensor),
+}
+
+
 class _LayerScale(nn.Module):
     """x-transformers' LayerScale: ``if not isinstance(out, Tensor): out = out[0]``."""
 
-    def __init__(self) -> None:
+    def __init__(self, ask=_ASKS["isinstance"]) -> None:
         super().__init__()
         self.fn = nn.Linear(6, 6)
         self.gamma = nn.Parameter(torch.full((6,), 0.1))
+        self.ask = ask
 
     def forward(self, x):
         out = self.fn(x)
-        if not isinstance(out, torch.Tensor):  # False for a traced tensor: `out[0]` is traced
+        if not self.ask(out):  # False for a plain fx proxy: `out[0]` would be traced
             out = out[0]
         return out * self.gamma
 
 
 class _Scaled(TwoLinear):
-    def __init__(self) -> None:
+    def __init__(self, ask=_ASKS["isinstance"]) -> None:
         super().__init__()
-        self.a, self.scale, self.b = nn.Linear(4, 6), _LayerScale(), nn.Linear(6, 3)
+        self.a, self.scale, self.b = nn.Linear(4, 6), _LayerScale(ask), nn.Linear(6, 3)
 
     def forward(self, x):
         h = self.a(x)
         return self.b(h + self.scale(h))
 
 
+@pytest.mark.parametrize("ask", list(_ASKS))
+def test_a_forward_that_asks_whether_a_traced_value_is_a_tensor_is_traced_as_the_model_runs(ask):
+    # plain fx answers "no tensor" and traced `out[0]`: the graph was another function. The
+    # shape-specialising trace answers as the example does; the report says why it was used
+    spec, report = trace_with_report(model_(functools.partial(_Scaled, _ASKS[ask])), x_(3, 4))
+    assert report.verification.ok and report.graph_differs == ""
+    assert "asks whether a traced value is a tensor" in report.specialised
+    assert report.specialised.startswith(f"{__file__}:")  # the line that asked
+    assert spec["scale.gamma"].axes == spec["a.bias"].axes  # read as a tensor, per neuron
+
+
+class _Typed(nn.Module):
+    """MONAI's UpCat, with the branch on ``type(x)``, which no trace answers as the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(12, 3)
+
+    def forward(self, x):
+        h, skip = self.a(x), self.b(x)
+        if type(skip) is torch.Tensor:
+            return self.c(torch.cat([skip, h], -1))
+        return self.c(torch.cat([h, h], -1))
+
+
+class _TypedScale(_Scaled):
+    def forward(self, x):
+        h = self.a(x)
+        out = self.scale.fn(h)
+        if type(out) is not torch.Tensor:  # a proxy's type: `out[0]` is traced
+            out = out[0]
+        return self.b(h + out * self.scale.gamma)
+
+
 def test_a_graph_that_is_not_the_model_is_reported():
     # the trace took the non-tensor branch and recorded row 0 of the output: the spec held
     # (it is verified on the model), and nothing said the graph was another function
-    _, report = trace_with_report(model_(_Scaled), x_(3, 4))
+    _, report = trace_with_report(model_(_TypedScale), x_(3, 4))
     assert report.verification.ok
     assert "the traced graph's output differs from the model's" in report.graph_differs
     assert "warning: the traced graph" in str(report)
     _, plain = trace_with_report(model_(TwoLinear), x_(3, 4))
     assert plain.graph_differs == ""
+
+
+def test_a_symmetry_that_fails_because_the_graph_is_not_the_model_says_so():
+    # the traced branch concatenates `h` twice: its symmetry does not hold for the model, and
+    # the message named a missing rule constraint where the cause is the branch taken
+    with pytest.raises(nfc.SymmetryError) as e:
+        nfc.trace(model_(_Typed), x_(3, 4))
+    message = str(e.value)
+    assert "cause: the traced graph's output differs from the model's" in message
+    assert "branch" in message.splitlines()[-1] and "op rule" not in message
 
 
 class _Summed(TwoLinear):
