@@ -1,6 +1,6 @@
-"""Op rules for attention: ``F.scaled_dot_product_attention`` and
-``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` and
-``nn.TransformerEncoderLayer`` call).
+"""Op rules for attention: ``F.scaled_dot_product_attention``, flex attention
+(``torch.nn.attention.flex_attention``) and ``F.multi_head_attention_forward`` (what
+``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` call).
 
 Scaled dot-product attention ``softmax(q k^T) v`` contracts the queries' and keys' last dims
 (tied), sums over the key positions symmetrically (keys and values tied by position), and
@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
 
 from ..labels import UNIFORM, TensorLabels, is_plain
 from .registry import Unsupported, arg, register_function
@@ -42,21 +43,61 @@ _HEADS = "attention reads the projected neurons head by head"
 
 @register_function(F.scaled_dot_product_attention)
 def _scaled_dot_product_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    q, k, v = (arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
+    mask = arg(args, kwargs, 3, "attn_mask")
+    masked = mask is not None or bool(arg(args, kwargs, 5, "is_causal"))
+    # an additive mask made by the model's own weights (T5's relative position bias, one
+    # per head) is added to the scores at fixed heads and positions
+    a.fix_all(mask, "an attention mask is added to the scores position by position")
+    gqa = bool(arg(args, kwargs, 7, "enable_gqa"))
+    return _attention(a, args, kwargs, gqa, _MASK if masked else "")
+
+
+@register_function(flex_attention)
+def _flex_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """Flex attention: scaled dot-product attention whose scores a ``score_mod(score, batch,
+    head, q_idx, kv_idx)`` may change by position and head (relative position biases, ALiBi)
+    and a ``block_mask`` may mask by position. Either fixes the positions, and a score_mod
+    the neurons along the batch and heads dims but the heads' own (which stay in place); the
+    queries', keys' and values' feature dims stay free."""
+    if arg(args, kwargs, 7, "return_lse") or kwargs.get("return_aux") is not None:
+        raise Unsupported("flex attention that returns its log-sum-exp")
+    score_mod = arg(args, kwargs, 3, "score_mod")
+    masked = score_mod is not None or arg(args, kwargs, 4, "block_mask") is not None
+    gqa = bool(arg(args, kwargs, 6, "enable_gqa"))
+    out = _attention(a, args, kwargs, gqa, _MASK if masked else "")
+    if score_mod is not None:
+        # the score_mod's own arguments: the batch and head indices. Heads stay in place (see
+        # frontend.heads), any other neurons along those dims are fixed
+        for t in _operands(args, kwargs):
+            for label in t.labels[:-2]:
+                if not a.is_heads(label):
+                    a.fix(label, "a flex attention score_mod reads the batch and head indices")
+    return out
+
+
+_MASK = "attention mask depends on position"
+
+
+def _operands(args: tuple, kwargs: dict) -> tuple:
+    return tuple(arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
+
+
+def _attention(
+    a: SymmetryAnalysis, args: tuple, kwargs: dict, gqa: bool, masked: str
+) -> TensorLabels:
+    """``softmax(q k^T) v`` over the last two dims, its heads (dim -3) grouped where ``gqa``;
+    ``masked``: why the positions are fixed, or ``""``."""
+    q, k, v = _operands(args, kwargs)
     if not all(isinstance(t, TensorLabels) for t in (q, k, v)):
         raise Unsupported("attention with non-tensor operands")
-    if kwargs.get("enable_gqa") and q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
+    if gqa and q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
         # grouped key/value heads: each read by q.shape[-3] // k.shape[-3] query heads in a row
         k, v = (_repeated(a, t, q.shape[-3] // t.shape[-3]) for t in (k, v))
     a.tie(q.labels[-1], k.labels[-1], "attention contracts the queries' and keys' dims")
     a.tie(k.labels[-2], v.labels[-2], "attention keys and values meet position by position")
-    mask = arg(args, kwargs, 3, "attn_mask")
-    if mask is not None or arg(args, kwargs, 5, "is_causal"):
-        a.fix(q.labels[-2], "attention mask depends on position")
-        a.fix(k.labels[-2], "attention mask depends on position")
-    # an additive mask made by the model's own weights (T5's relative position bias, one
-    # per head) is added to the scores at fixed heads and positions
-    a.fix_all(mask, "an attention mask is added to the scores position by position")
+    if masked:
+        a.fix(q.labels[-2], masked)
+        a.fix(k.labels[-2], masked)
     a.consume(k.labels[-2])
     shape = a.out_shape()
     batch = a.broadcast([TensorLabels(t.shape[:-2], t.labels[:-2]) for t in (q, k, v)], shape[:-2])
