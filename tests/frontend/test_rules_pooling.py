@@ -138,3 +138,41 @@ def test_pooling_keeps_a_dim_it_is_the_identity_along(how):
     pointwise = how != "window"
     assert (spec["a.weight"].axes[0] == spec["b.weight"].axes[1] == "a") is pointwise
     assert (spec["a.weight"].axes[0] is None) is not pointwise
+
+
+class SegNet(nn.Module):
+    """SegNet's decoder (Quicknat's too): a max pool's indices unpool a tensor of its
+    channels; with ``how="other"`` another conv's output, which must then share its space."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.enc, self.other = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 6, 1)
+        self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+        self.dec = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        if self.how == "functional":
+            p, i = F.max_pool2d(h, 2, return_indices=True)
+            u = F.max_unpool2d(p * 2, i, 2, output_size=h.shape[-2:])
+        elif self.how == "by_name":
+            p, i = F.max_pool2d_with_indices(h, 2)
+            u = F.max_unpool2d(p, i, 2)
+        else:
+            p, i = self.pool(h)
+            if self.how == "other":
+                p = F.avg_pool2d(self.other(x), 2)
+            u = self.unpool(p, i, output_size=h.shape)
+        return self.dec(u)
+
+
+@pytest.mark.parametrize("how", ["module", "functional", "by_name", "other"])
+def test_max_unpool_moves_each_channel_with_its_indices(how):
+    # before: pooling that returned indices was unsupported and the unpool probed (declined:
+    # a long tensor), so every channel they touched was fixed
+    spec, report = trace_with_report(model_(lambda: SegNet(how)), x_(2, 3, 8, 8))
+    assert report.verification.ok and not report.broken and not report.probes
+    assert spec["dec.weight"].axes[1] == spec["enc.weight"].axes[0] == "enc"
+    if how == "other":  # the values unpooled at enc's indices: one space with enc's
+        assert spec["other.weight"].axes[0] == "enc"

@@ -44,8 +44,11 @@ def _spatial(
     window of 1 at stride 1 without padding (Funnel's ``(2, 1)`` pool over ``(T, D)``), or,
     without a window (adaptive pooling, resampling), a dim whose size it keeps."""
     out = a.out()
+    indices = None
+    if isinstance(out, tuple) and len(out) == 2:  # return_indices: (values, where they were)
+        out, indices = out
     if not isinstance(out, TensorLabels):
-        raise Unsupported("pooling that also returns indices")
+        raise Unsupported("pooling with an output other than a tensor or (values, indices)")
     cd = x.ndim - nd - 1
     spatial = range(cd + 1, x.ndim)
     if kernel is None:
@@ -55,8 +58,46 @@ def _spatial(
         same = [d for i, d in enumerate(spatial) if (k[i], s[i], p[i]) == (1, 1, 0)]
     mixed = tuple(d for d in spatial if d not in same)
     x = a.keep(x, mixed, "pooling/resampling mixes spatial positions")
-    labels = [None if d in mixed else lab for d, lab in enumerate(x.labels)]
-    return TensorLabels(out.shape, tuple(labels))
+    labels = tuple(None if d in mixed else lab for d, lab in enumerate(x.labels))
+    if indices is None:
+        return TensorLabels(out.shape, labels)
+    # a max's position in its channel's plane: computed channel by channel, so the indices
+    # move with the channels; their values are positions, no neurons
+    return TensorLabels(out.shape, labels), TensorLabels(indices.shape, labels)
+
+
+def _unpool(a: SymmetryAnalysis, x: TensorLabels, indices: Any, nd: int) -> TensorLabels:
+    """``max_unpool``: each channel's values written at that channel's ``indices`` (as a max
+    pool with ``return_indices`` gave them) into a plane of zeros; the channels move with
+    their indices'."""
+    if not isinstance(indices, TensorLabels) or indices.ndim != x.ndim:
+        raise Unsupported("max_unpool with indices that are not a tensor of the input's dims")
+    labels = []
+    for d in range(x.ndim):
+        if d >= x.ndim - nd:  # the plane: positions
+            a.fix(x.labels[d], "max_unpool writes values at positions the indices give")
+            labels.append(None)
+        else:
+            labels.append(a.tie(x.labels[d], indices.labels[d], "max_unpool reads each "
+                                "channel's values at that channel's indices"))  # fmt: skip
+    return TensorLabels(a.out_shape(), tuple(labels))
+
+
+@register_module(nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d)
+def _module_unpool(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any):
+    indices = args[1] if len(args) > 1 else kw.get("indices")
+    return _unpool(a, args[0], indices, module_nd(mod))
+
+
+def _function_unpool(nd: int) -> Rule:
+    def rule(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+        return _unpool(a, arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "indices"), nd)
+
+    return rule
+
+
+for _nd_, _fn in enumerate((F.max_unpool1d, F.max_unpool2d, F.max_unpool3d), start=1):
+    register_function(_fn)(_function_unpool(_nd_))
 
 
 def _per_dim(value: Any, nd: int) -> tuple:
@@ -86,6 +127,8 @@ for _nd_, _fns in (
     (2, (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d)),
     (3, (F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d)),
 ):
+    # and the max pools that return their indices, called by name
+    _fns += tuple(getattr(F, f"{f.__name__}_with_indices") for f in _fns if "max" in f.__name__)
     for _fn in _fns:
         name = _fn.__name__
         register_function(_fn)(_function_spatial(_nd_, "adaptive" not in name, "lp" in name))
