@@ -91,6 +91,7 @@ __all__ = [
     "attributes_kept",
     "copy_model",
     "graph_differs",
+    "compiled_as_eager",
     "same_draws",
     "unwrapped",
     "wrapped_targets",
@@ -168,7 +169,15 @@ def _error(e: BaseException, limit: int = 200) -> str:
 #: functions recorded as one call wherever a forward calls them, for their rules
 #: (:mod:`~nfncompile.frontend.rules.attention`): fx traced into flex attention's Python
 #: implementation, and the probe of the module around it fixed every space it touched
-_AUTOWRAPPED = (flex_attention,)
+_RECORDED = (flex_attention,)
+
+
+def _compiled_original(fn: Any) -> Any:
+    """The function ``torch.compile`` made ``fn`` of, else ``fn``."""
+    if not isinstance(fn, types.FunctionType):  # (a module's global may be any object)
+        return fn
+    original = getattr(fn, "_torchdynamo_orig_callable", None)
+    return original if callable(original) else fn
 
 
 def _classes(cls: Any) -> tuple:
@@ -204,9 +213,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
     """
 
     def __init__(self) -> None:
-        super().__init__(autowrap_functions=_AUTOWRAPPED)
-        # also where a forward calls it by its module (`flex_attention.flex_attention(...)`)
-        self._autowrap_search.extend(inspect.getmodule(f) for f in _AUTOWRAPPED)
+        super().__init__()
         self.leaves: list[LeafCall] = []
         self._forced: set[int] = set()
         self._param_cache: dict | None = None
@@ -245,6 +252,20 @@ class LeafFallbackTracer(torch.fx.Tracer):
             for name, fn in names.items()
             if isinstance(fn, torch.jit.ScriptFunction)
         }
+        # a torch.compile'd function a forward calls, as the function it compiles; one of
+        # _RECORDED, compiled or not, whatever its name, or called through its module, as one
+        # call (fx's autowrap skips a name with a leading underscore)
+        for m in root.modules():
+            names = _forward_globals(m)
+            for name, fn in names.items():
+                target = _compiled_original(fn)
+                if any(target is f for f in _RECORDED):
+                    patches[(id(names), name)] = (names, name, fn, self._recorded(target, False))
+                elif target is not fn:
+                    patches[(id(names), name)] = (names, name, fn, target)
+        for fn in _RECORDED:
+            names = vars(inspect.getmodule(fn))
+            patches[(id(names), fn.__name__)] = (names, fn.__name__, fn, self._recorded(fn, False))
         for name in RANDOM + (FACTORIES if self.trace_factories else ()):
             fn = getattr(torch, name)
             patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
@@ -972,7 +993,7 @@ def graph_differs(model: torch.nn.Module, gm: torch.fx.GraphModule, example_inpu
     this cause).
     """
     args = as_args(example_input)
-    with torch.no_grad(), _eval_mode(model), attributes_kept(model):
+    with torch.no_grad(), _eval_mode(model), attributes_kept(model), compiled_as_eager():
         try:
             with same_draws():
                 want = leaves(model(*args), fields=True)
@@ -1219,8 +1240,45 @@ def trace_module(
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected an nn.Module to trace, got {type(model).__name__}")
     args = as_args(example_input)
-    with attributes_kept(model):
+    with attributes_kept(model), compiled_as_eager():
         return _trace_module(model, args, fake)
+
+
+@contextlib.contextmanager
+def compiled_as_eager() -> Iterator[None]:
+    """While it lasts, what ``torch.compile`` wraps (a function, a submodule, the model) runs
+    as the Python it compiles and is traced through as such: fx refused it ("using FX to
+    symbolically trace a dynamo-optimized function"), and a verification would compile every
+    permuted copy. A no-op where torch.compile was never imported. Also a decorator.
+
+    >>> shifted_relu = torch.compile(lambda x: torch.relu(x) + 1)
+    >>> class Net(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return shifted_relu(x)
+    >>> with compiled_as_eager():
+    ...     gm = torch.fx.symbolic_trace(Net())
+    >>> [n.target.__name__ for n in gm.graph.nodes if n.op == "call_function"]
+    ['relu', 'add']
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None:
+        yield
+        return
+    with (
+        dynamo.config.patch(error_on_nested_fx_trace=False),
+        torch.compiler.set_stance("force_eager"),
+    ):
+        yield
+
+
+def _compiled(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The module ``torch.compile`` wraps in ``model`` (through nested wrappers), and the
+    prefix of its names in ``model`` (``"_orig_mod."``); ``(model, "")`` for any other model."""
+    inner, prefix = model, ""
+    frames = sys.modules.get("torch._dynamo.eval_frame")  # never imported: nothing compiled
+    while frames is not None and isinstance(inner, frames.OptimizedModule):
+        inner, prefix = inner._orig_mod, prefix + "_orig_mod."
+    return inner, prefix
 
 
 def _python_scalar(value: Any) -> Any:
@@ -1323,12 +1381,6 @@ def trace_graph(
             warnings.filterwarnings("ignore", "Was not able to add assertion")
             graph = tracer.trace(model, concrete_args=defaults)
             keep.update(n.target for n in graph.nodes if n.op == "get_attr")
-        for n in graph.nodes:
-            # fx writes `wrap("flex_attention")` into the code of a graph with a call it
-            # autowrapped; run, that registers the generated code's own namespace, which the
-            # next trace then fails to patch (KeyError)
-            if n.target in _AUTOWRAPPED:
-                n.meta.pop("is_wrapped", None)
         keyword_only = {p.name for p in _forward_params(model) if p.kind is p.KEYWORD_ONLY}
         for n in list(graph.nodes):
             # a numpy scalar argument (``/ np.sqrt(d_k)``) as the Python number it is: fx would
@@ -1412,8 +1464,16 @@ def trace_graph(
 
 
 def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:
-    tracer, graph, specialised = trace_graph(model, args)
-    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    inner, prefix = _compiled(model)
+    tracer, graph, specialised = trace_graph(inner, args)
+    if prefix:  # the module torch.compile wraps, named as the compiled model's state_dict
+        for n in graph.nodes:
+            if n.op in ("get_attr", "call_module"):
+                n.target = prefix + n.target
+            leaf = n.meta.get("nfn_leaf")
+            if leaf is not None:
+                n.meta["nfn_leaf"] = dataclasses.replace(leaf, module=prefix + leaf.module)
+    gm = torch.fx.GraphModule(model if prefix else tracer.root, graph, type(inner).__name__)
     gm.meta["nfn_specialised"] = specialised
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     var = any(str(p.target).startswith("*") for p in placeholders)  # *args takes the rest

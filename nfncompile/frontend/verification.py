@@ -49,6 +49,7 @@ from .fx import (
     as_args,
     attributes_kept,
     canonical_keys,
+    compiled_as_eager,
     copy_model,
     leaves,
     raised_at,
@@ -378,6 +379,7 @@ def _permute(perm: Permutation, t: Any, io: TensorAxes | None) -> Any:
     return x.reshape(t.shape)
 
 
+@compiled_as_eager()
 def verify(
     model: nn.Module,
     spec: WeightSpaceSpec,

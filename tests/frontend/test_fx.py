@@ -1403,3 +1403,34 @@ def test_a_wrapped_function_that_cannot_be_traced_stays_one_probed_call():
     _, report = trace_with_report(model_(lambda: _CallsWrapped(True)), x_(2, 5, 3), channel_dim=-1)
     assert report.verification.ok
     assert [p.op.endswith("_wrapped_branchy (_wrapped_branchy)") for p in report.probes] == [True]
+
+
+@torch.compile
+def _compiled_gelu(x):
+    return 0.5 * x * (1 + torch.tanh(0.79788456 * (x + 0.044715 * x**3)))
+
+
+class _WithCompiled(nn.Module):
+    """A torch.compile'd function and a torch.compile'd block in a forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.o = nn.Linear(3, 8), nn.Linear(8, 2)
+        self.block = torch.compile(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8)))
+
+    def forward(self, x):
+        return self.o(_compiled_gelu(self.a(x)) + self.block(x.new_ones(8)))
+
+
+@pytest.mark.parametrize("compiled_root", [False, True])
+def test_what_torch_compile_wraps_is_traced_as_the_python_it_compiles(compiled_root):
+    # before: TraceError, "Detected that you are using FX to symbolically trace a
+    # dynamo-optimized function"; the spec is keyed as the given model's state_dict
+    model = model_(_WithCompiled)
+    model = torch.compile(model) if compiled_root else model
+    spec, report = trace_with_report(model, x_(2, 3))
+    pre = "_orig_mod." if compiled_root else ""
+    assert [p.name for p in spec.params] == list(model.state_dict())
+    assert spec[f"{pre}block._orig_mod.0.weight"].axes == (f"{pre}block._orig_mod.0", None)
+    assert spec[f"{pre}o.weight"].axes == ("out", f"{pre}a")  # through the compiled gelu
+    assert report.verification.ok and not report.probes and not report.leaf_calls

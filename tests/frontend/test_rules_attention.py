@@ -153,10 +153,13 @@ def test_separate_projection_weights_give_each_head_its_spaces():
     assert spec["attn.out_proj.weight"].axes[1] == v[0]
 
 
+_compiled_flex = torch.compile(flex_attention)  # as models call it
+
+
 class FlexAttention(nn.Module):
     """Self-attention through ``flex_attention`` (2 heads of 4, or 4 query heads over 2
     key/value heads), with a learned relative-position bias per head as its ``score_mod``, a
-    causal ``block_mask``, its log-sum-exp returned, or called through its module."""
+    causal ``block_mask``, its log-sum-exp returned, called through its module, or compiled."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -175,7 +178,9 @@ class FlexAttention(nn.Module):
             kw["score_mod"] = lambda s, _, h, i, j: s + self.rel[h, i - j + 4]
         if self.how == "block_mask":
             kw["block_mask"] = create_block_mask(lambda _, __, i, j: i >= j, None, None, n, n)
-        attend = flex.flex_attention if self.how == "module" else flex_attention
+        attend = {"module": flex.flex_attention, "compiled": _compiled_flex}.get(
+            self.how, flex_attention
+        )
         if self.how == "lse":
             kw["return_aux"] = AuxRequest(lse=True)
         y = attend(q, k, v, enable_gqa=self.how == "gqa", **kw)
@@ -184,7 +189,9 @@ class FlexAttention(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("how", ["plain", "module", "score_mod", "block_mask", "gqa", "lse"])
+@pytest.mark.parametrize(
+    "how", ["plain", "module", "compiled", "score_mod", "block_mask", "gqa", "lse"]
+)
 def test_flex_attention_keeps_each_heads_spaces(how):
     # before: fx traced into flex attention's implementation and the probe of the module it
     # was called in fixed every space it touched
@@ -198,6 +205,6 @@ def test_flex_attention_keeps_each_heads_spaces(how):
     assert len(set(q)) == 2 and q == tuple(k.repeat(len(q) // len(k)))  # a head's q with its k
     assert spec["o.weight"].axes[1] == tuple(v.repeat(len(q) // len(v))) and set(v) != set(k)
     # unmasked, the 5 tokens permute; a score_mod reads the head but no neuron
-    assert ("in" in spec.spaces) == (how in ("plain", "module", "gqa"))
+    assert ("in" in spec.spaces) == (how in ("plain", "module", "compiled", "gqa"))
     assert spec["rel"].axes == (None, None)
     assert nfc.trace(model, x_(2, 5, 8)) == spec  # fx's autowrap registry left as it was
