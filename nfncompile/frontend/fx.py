@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx
+import torch.fx._symbolic_trace as fx_tracing
 import torch.nn.functional as F
 import torch.nn.modules.transformer as transformer_module
 import torch.utils._pytree as pytree
@@ -172,6 +173,59 @@ def _error(e: BaseException, limit: int = 200) -> str:
 _RECORDED = (flex_attention,)
 
 
+@contextlib.contextmanager
+def _not_fx_tracing() -> Iterator[None]:
+    """While it lasts, torch's own code does not see fx tracing (flex attention, run for
+    real on a traced node's values, took fx's path and refused its block mask functions).
+    torch keeps that flag in a global (2.13) or per thread (2.14 on); another torch is left
+    as it is."""
+    context = getattr(fx_tracing, "_is_fx_tracing_context", None)
+    if context is not None:
+        with context(False):
+            yield
+        return
+    if not hasattr(fx_tracing, "_is_fx_tracing_flag"):
+        yield
+        return
+    tracing, fx_tracing._is_fx_tracing_flag = fx_tracing._is_fx_tracing_flag, False
+    try:
+        yield
+    finally:
+        fx_tracing._is_fx_tracing_flag = tracing
+
+
+def _bound(fns: tuple, root: torch.nn.Module) -> list:
+    """``(namespace, name, value, fn)`` for every name that holds one of ``fns``, or a
+    ``torch.compile`` of one, whatever the name, in the globals of ``root``'s forwards and of
+    the functions they reach through their globals (a helper of another module calls it:
+    vit-pytorch's ``nd_attention``), and in the modules that define ``fns``."""
+    spaces = {id(n): n for f in fns for n in [vars(inspect.getmodule(f))]}
+    frontier = [_forward_globals(m) for m in root.modules()]
+    for _ in range(_HELPER_DEPTH):
+        frontier = [n for n in frontier if id(n) not in spaces]
+        spaces.update((id(n), n) for n in frontier)
+        frontier = [
+            v.__globals__
+            for names in frontier
+            for v in list(names.values())
+            if isinstance(v, types.FunctionType)
+            and str(v.__module__).split(".")[0] not in _OWN_PACKAGES
+        ]
+    found = []
+    for names in spaces.values():
+        for name, value in list(names.items()):
+            target = _compiled_original(value)
+            if any(target is f for f in fns):
+                found.append((names, name, value, target))
+    return found
+
+
+#: how many calls deep :func:`_bound` follows functions from a forward
+_HELPER_DEPTH = 3
+#: packages whose functions :func:`_bound` does not follow
+_OWN_PACKAGES = frozenset({"torch", "nfncompile", "numpy", "builtins"})
+
+
 def _compiled_original(fn: Any) -> Any:
     """The function ``torch.compile`` made ``fn`` of, else ``fn``."""
     if not isinstance(fn, types.FunctionType):  # (a module's global may be any object)
@@ -252,20 +306,16 @@ class LeafFallbackTracer(torch.fx.Tracer):
             for name, fn in names.items()
             if isinstance(fn, torch.jit.ScriptFunction)
         }
-        # a torch.compile'd function a forward calls, as the function it compiles; one of
-        # _RECORDED, compiled or not, whatever its name, or called through its module, as one
-        # call (fx's autowrap skips a name with a leading underscore)
+        # a torch.compile'd function a forward calls, as the function it compiles
         for m in root.modules():
             names = _forward_globals(m)
             for name, fn in names.items():
-                target = _compiled_original(fn)
-                if any(target is f for f in _RECORDED):
-                    patches[(id(names), name)] = (names, name, fn, self._recorded(target, False))
-                elif target is not fn:
+                if (target := _compiled_original(fn)) is not fn:
                     patches[(id(names), name)] = (names, name, fn, target)
-        for fn in _RECORDED:
-            names = vars(inspect.getmodule(fn))
-            patches[(id(names), fn.__name__)] = (names, fn.__name__, fn, self._recorded(fn, False))
+        # one of _RECORDED as one call wherever a module holds it, compiled or not (a helper
+        # of another module than the forward's calls it: vit-pytorch's `nd_attention`)
+        for names, name, fn, target in _bound(_RECORDED, root):
+            patches[(id(names), name)] = (names, name, fn, self._recorded(target, False))
         for name in RANDOM + (FACTORIES if self.trace_factories else ()):
             fn = getattr(torch, name)
             patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
@@ -811,7 +861,7 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         # traces; the node runs as the model would, with them reverted (else it would trace)
         self._eager = True
         try:
-            with _maybe_revert_all_patches():
+            with _maybe_revert_all_patches(), _not_fx_tracing():
                 return self._run_eager(node)
         finally:
             self._eager = False
@@ -828,7 +878,9 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             return _UNKNOWN
         args, kwargs = _plain(args), _plain(kwargs)
         try:
-            with self.mode:
+            # values for their shapes only: no graph of them (flex attention refuses inputs
+            # that require grad on a CPU)
+            with self.mode, torch.no_grad():
                 if node.op == "call_function":
                     return node.target(*args, **kwargs)
                 if node.op == "call_method":

@@ -6,6 +6,7 @@ import textwrap
 
 import torch
 from torch import nn
+from torch.nn.attention.flex_attention import flex_attention as _flex
 
 from nfncompile.spec import is_counter
 
@@ -78,3 +79,9 @@ TOKENS_MODULE = textwrap.dedent(
         return Tokens()
     """
 )
+
+
+def attend(q, k, v, **kwargs):
+    """``flex_attention`` called from a helper of another module than the forward's (as
+    vit-pytorch's ``nd_attention``)."""
+    return _flex(q, k, v, **kwargs)

@@ -12,6 +12,7 @@ from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, fle
 
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
+from tests.frontend import helpers
 from tests.frontend.helpers import model_, spaces_, x_
 
 
@@ -159,7 +160,9 @@ _compiled_flex = torch.compile(flex_attention)  # as models call it
 class FlexAttention(nn.Module):
     """Self-attention through ``flex_attention`` (2 heads of 4, or 4 query heads over 2
     key/value heads), with a learned relative-position bias per head as its ``score_mod``, a
-    causal ``block_mask``, its log-sum-exp returned, called through its module, or compiled."""
+    causal ``block_mask``, its log-sum-exp returned, called through its module, compiled,
+    from a helper of another module, or with its output's shape checked (traced with the
+    example's shapes, so flex attention runs on fake tensors)."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -178,19 +181,25 @@ class FlexAttention(nn.Module):
             kw["score_mod"] = lambda s, _, h, i, j: s + self.rel[h, i - j + 4]
         if self.how == "block_mask":
             kw["block_mask"] = create_block_mask(lambda _, __, i, j: i >= j, None, None, n, n)
-        attend = {"module": flex.flex_attention, "compiled": _compiled_flex}.get(
-            self.how, flex_attention
-        )
+        attend = {
+            "module": flex.flex_attention,
+            "compiled": _compiled_flex,
+            "helper": helpers.attend,
+        }
+        attend = attend.get(self.how, flex_attention)
         if self.how == "lse":
             kw["return_aux"] = AuxRequest(lse=True)
         y = attend(q, k, v, enable_gqa=self.how == "gqa", **kw)
         y = y[0] if self.how == "lse" else y
+        if self.how == "checked" and y.shape[-1] != 4:  # plain fx fails: traced with shapes
+            raise ValueError("one head's features are 4")
         return self.head((x + self.o(y.transpose(1, 2).reshape(b, n, 8))).mean(1))
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize(
-    "how", ["plain", "module", "compiled", "score_mod", "block_mask", "gqa", "lse"]
+    "how",
+    ["plain", "module", "compiled", "helper", "checked", "score_mod", "block_mask", "gqa", "lse"],
 )
 def test_flex_attention_keeps_each_heads_spaces(how):
     # before: fx traced into flex attention's implementation and the probe of the module it
@@ -198,6 +207,7 @@ def test_flex_attention_keeps_each_heads_spaces(how):
     model = model_(lambda: FlexAttention(how))
     spec, report = trace_with_report(model, x_(2, 5, 8))
     assert report.verification.ok and not report.probes
+    assert bool(report.specialised) == (how in ("checked", "block_mask"))  # shapes read
     if how == "lse":  # not read yet: every neuron it touches fixed
         assert report.broken[0].reason == "flex attention that returns its log-sum-exp"
         return
@@ -205,6 +215,7 @@ def test_flex_attention_keeps_each_heads_spaces(how):
     assert len(set(q)) == 2 and q == tuple(k.repeat(len(q) // len(k)))  # a head's q with its k
     assert spec["o.weight"].axes[1] == tuple(v.repeat(len(q) // len(v))) and set(v) != set(k)
     # unmasked, the 5 tokens permute; a score_mod reads the head but no neuron
-    assert ("in" in spec.spaces) == (how in ("plain", "module", "compiled", "gqa"))
+    unmasked = ("plain", "module", "compiled", "helper", "checked", "gqa")
+    assert ("in" in spec.spaces) == (how in unmasked)
     assert spec["rel"].axes == (None, None)
     assert nfc.trace(model, x_(2, 5, 8)) == spec  # fx's autowrap registry left as it was
