@@ -1482,8 +1482,6 @@ def trace_graph(
             # where the shape-specialising trace knows the answer
             with contextlib.suppress(Exception):  # where it fails, the plain trace stands
                 tracer, fixed = run(specialising)
-                if plain.type_asked:
-                    return tracer, fixed, f"{plain.type_asked} ({_TYPE_ASKED})"
                 if _kept_modules(model, tracer) < _kept_modules(model, plain):
                     leaf = plain.leaves[0]
                     return (
@@ -1491,6 +1489,8 @@ def trace_graph(
                         fixed,
                         f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})",
                     )
+                if plain.type_asked:
+                    return tracer, fixed, f"{plain.type_asked} ({_TYPE_ASKED})"
             return plain, graph, ""
     try:
         tracer, graph = run(specialising)
