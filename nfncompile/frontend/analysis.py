@@ -468,6 +468,34 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         chunks = [self.slice_label(c, seg.offset, seg.offset + seg.length) for c in split.chunks]
         return tuple(s for i in range(len(h.chunks)) for s in chunks[i // group])
 
+    def _resplit(self, value: Any) -> Any:
+        """``value`` (nested) with each tensor that holds some heads of a split (a proper
+        subset, in any order) beside that split's whole per-head dims relabelled as a new
+        split of those heads' chunks: a fused projection's heads taken apart on the heads dim
+        (Falcon's multi-query ``split([H, 1, 1], dim=-2)``) gives its queries, keys and values
+        splits of their own, where the sliced heads would make the split fall."""
+        if isinstance(value, (tuple, list)) and not isinstance(value, TensorLabels):
+            return type(value)(self._resplit(v) for v in value)
+        if not isinstance(value, TensorLabels):
+            return value
+        labels = list(value.labels)
+        for d, lab in enumerate(labels):
+            segs = list(segments(lab)) if isinstance(lab, tuple) else []
+            owners = {self.split_runs.get(seg.run, (-1, ""))[0] for seg in segs}
+            if not self.is_heads(lab) or self.is_whole_heads(lab) or len(owners) != 1:
+                continue
+            split = self.head_splits[owners.pop()]
+            width = label_width(split.chunks[0])
+            whole_dims = (Seg(split.dims, 0, width),)
+            dims = [e for e, other in enumerate(labels) if e != d and other == whole_dims]
+            if len(dims) != 1 or any(seg.inner != 1 for seg in segs):
+                continue
+            heads = [seg.offset + i for seg in segs for i in range(seg.length)]
+            new = self.split_heads([split.chunks[h] for h in heads])
+            if new is not None:
+                labels[d], labels[dims[0]] = new
+        return dataclasses.replace(value, labels=tuple(labels))
+
     def head_checks(self) -> tuple[dict, list]:
         """Where the :class:`~nfncompile.frontend.labels.HeadSplit` s' dims are carried:
         ``(faults, carried)``.
@@ -761,6 +789,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             read = (args[1:], kwargs) if moved else (args, kwargs)
             self.fix_values(read, f"{self.op} reads neuron positions as values")
         result = self._applied(rule, call, args, kwargs)
+        if self.head_splits:
+            result = self._resplit(result)
         source = args[0] if args else None
         if moved and isinstance(source, TensorLabels) and isinstance(result, TensorLabels):
             # an op that moves or casts entries (a view, a transpose, an index, ``long()``)

@@ -87,7 +87,10 @@ def test_reading_queries_across_heads_gives_them_one_permutation(how):
     q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
     # a shared norm, reversed or broadcast heads, an outer product: every head of q meets
     # the same features of every head of k
-    assert q == k and len(set(q)) == 1
+    if how == "one_query_head":  # q's first head, taken apart, meets both of k's; the other
+        assert k == (q[0], q[0]) and q[1] != q[0]  # is unused: a space of its own
+    else:
+        assert q == k and len(set(q)) == 1
     if how == "norm":
         assert len(set(v)) == 2  # the values' heads are untouched by it
 
@@ -298,4 +301,48 @@ def test_an_interleaved_partial_rotary_keeps_each_heads_other_dims():
     rotated, free = q[0::2], q[1::2]
     assert rotated == (4, 4) and len(set(free)) == 2
     assert {spec.spaces[s].size for s in free} == {4}
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _FusedHeadsTakenApart(nn.Module):
+    """Falcon's fused multi-query projection: ``4 + 2 * kv`` heads of 4 features from one
+    layer, taken apart on the heads dim (``split([4, kv, kv], dim=-2)``), each key/value head
+    read by ``4 // kv`` query heads in a row; ``rotary`` rotates q and k as RoPE does."""
+
+    def __init__(self, kv: int, rotary: bool) -> None:
+        super().__init__()
+        self.kv, self.rotary = kv, rotary
+        self.qkv, self.o = nn.Linear(8, (4 + 2 * kv) * 4), nn.Linear(16, 8)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        fused = self.qkv(x).view(b, n, -1, 4)
+        q, k, v = (t.transpose(1, 2) for t in fused.split([4, self.kv, self.kv], dim=-2))
+        if self.rotary:
+            angle = torch.arange(n, dtype=x.dtype)[:, None] * torch.arange(1, 5, dtype=x.dtype)
+            q, k = (t * angle.cos() + t.flip(-1) * angle.sin() for t in (q, k))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return self.o(y.transpose(1, 2).reshape(b, n, 16))
+
+
+@pytest.mark.parametrize("kv", [1, 2])
+@pytest.mark.parametrize("rotary", [False, True])
+def test_heads_taken_apart_on_the_heads_dim_keep_their_spaces(kv, rotary):
+    # before: the queries, keys and values held some heads of the fused split beside its
+    # per-head dims, so the split fell: one permutation for all of them, which RoPE fixed
+    spec, report = trace_with_report(
+        model_(lambda: _FusedHeadsTakenApart(kv, rotary)), x_(2, 5, 8), channel_dim=-1
+    )
+    assert report.verification.ok and not report.probes
+    # the rows, one entry per head of 4 features: a space, or None (fixed, an int of rows)
+    parts = spec["qkv.weight"].axes[0]
+    rows = tuple(h for p in parts for h in ([None] * (p // 4) if isinstance(p, int) else [p]))
+    q, k, v = rows[:4], rows[4 : 4 + kv], rows[4 + kv :]
+    group = 4 // kv
+    assert spec["o.weight"].axes[1] == tuple(h for h in v for _ in range(group))
+    assert len(set(v)) == kv and None not in v and not set(v) & set(q + k)
+    if rotary:  # RoPE fixes the queries' and keys' features
+        assert set(q + k) == {None}
+    else:  # a key head and the query heads that read it: one space
+        assert q == tuple(h for h in k for _ in range(group)) and len(set(k)) == kv
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
