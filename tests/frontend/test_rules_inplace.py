@@ -246,3 +246,38 @@ def test_a_diagonal_weight_written_in_the_forward_keeps_the_channels_free(how):
     else:  # a filter per channel (a symmetry, kept fixed: the rule reads only one value
         # on the diagonal), the anti-diagonal, or a diagonal short of the channels
         assert hidden == {}
+
+
+class _WrittenInPart(nn.Module):
+    """A layer's output written over in part, in place: a slice scaled (``*=``), a slice
+    squashed, or a slice replaced by another layer's output."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.b, self.c, self.o = nn.Linear(3, 8), nn.Linear(3, 3), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.b(x).clone()
+        if self.how == "scaled":
+            h[:, :4] *= 2
+        elif self.how == "squashed":
+            h[:, 2:5] = torch.tanh(h[:, 2:5])
+        else:
+            h[:, 5:] = self.c(x)
+        return self.o(h)
+
+
+@pytest.mark.parametrize(
+    ("how", "pieces"), [("scaled", [4, 4]), ("squashed", [2, 3, 3]), ("replaced", [5, 3])]
+)
+def test_a_write_over_part_of_a_layers_output_cuts_its_neurons_there(how, pieces):
+    # before: `h[:, :4] *= 2` gave the scaled neurons back in their places, so b stayed one
+    # space and the derived group failed verification (SymmetryError)
+    spec, report = trace_with_report(model_(lambda: _WrittenInPart(how)), x_(5, 3))
+    assert report.verification.ok
+    rows = spec["b.weight"].axes[0]
+    rows = (rows,) if isinstance(rows, str) else rows
+    assert [spec.spaces[r].size for r in dict.fromkeys(rows)] == pieces
+    if how == "replaced":  # b's last rows are written over (unused), c's neurons read instead
+        assert spec["o.weight"].axes[1][-1] == spec["c.weight"].axes[0]

@@ -100,6 +100,11 @@ def write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> Tenso
                 # the old values stay at the other dims' unwritten positions: both move alike
                 inside = _meet(a, _slice(a, old, start, stop), inside)
             if not full[d]:
+                # the old neurons written over and those kept no longer move alike (a slice
+                # scaled in place, `h[:, :4] *= 2`, gives its neurons back in their places)
+                if isinstance(old, tuple):
+                    a.cut(old, start)
+                    a.cut(old, stop)
                 pieces = (_slice(a, old, 0, start), inside, _slice(a, old, stop, n))
                 inside = _pieced(a, pieces, (start, stop - start, n - stop))
             labels.append(None if n <= 1 and inside is UNIFORM else inside)
