@@ -113,3 +113,33 @@ def test_nearest_codebook_rows_permute_with_the_codebook(how):
     if rows is not None:
         assert spec.spaces[rows].size == 10
         assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class Sorted(TwoLinear):
+    """a's 6 outputs sorted (their order statistics: sort, topk, or gathered by argsort) and
+    read as 6 numbers; ``positions`` adds argsort's indices as numbers (reads positions)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.how == "sort":
+            s = h.sort(1, descending=True).values
+        elif self.how == "topk":
+            s = torch.cat([h.topk(3, dim=1).values, torch.topk(-h, 3, 1).values], 1)
+        elif self.how == "argsort":
+            s = h.gather(1, h.argsort(1))
+        else:
+            s = h.sort(1).values + h.argsort(1).to(h.dtype)
+        return self.b(s) + h.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("how", ["sort", "topk", "argsort", "positions"])
+def test_sorted_values_do_not_depend_on_the_order_of_the_neurons(how):
+    # before: sort and topk were read as positional and fixed a's neurons
+    spec, report = trace_with_report(model_(lambda: Sorted(how)), x_(5, 4))
+    assert report.verification.ok
+    assert spec["b.weight"].axes == ("out", None)  # sorted positions: no neurons
+    assert spec["a.weight"].axes[0] == (None if how == "positions" else "a")

@@ -73,9 +73,33 @@ def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(out.shape, tuple(labels), values=index)
 
 
+@register_function(torch.sort, torch.argsort, torch.topk)
+@register_method("sort", "argsort", "topk")
+def _sorted(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """Sorting along a dim (``sort``, ``argsort``, ``topk``): the sorted values do not depend
+    on the order of the neurons along it (a symmetric reduction keeps them apart from the
+    rest), and the indices are values that index those neurons (as ``argmax``'s)."""
+    x = args[0]
+    name = getattr(a.node.target, "__name__", a.node.target)
+    dim = arg(args, kwargs, 2, "dim", -1) if name == "topk" else arg(args, kwargs, 1, "dim", -1)
+    if not isinstance(dim, int):
+        return _positional(a, args, kwargs)
+    d = norm_dim(dim, x.ndim)
+    index = x.labels[d]
+    if not (isinstance(index, tuple) and is_plain(index)) or a.is_heads(index):
+        return _positional(a, args, kwargs)
+    a.consume(index)
+    labels = tuple(None if k == d else lab for k, lab in enumerate(x.labels))
+    out = a.out()
+    if name == "argsort":
+        return TensorLabels(out.shape, labels, values=index)
+    values, indices = (TensorLabels(o.shape, labels) for o in out)
+    return remade(out, (values, dataclasses.replace(indices, values=index)))
+
+
 @register_function(torch.cumsum, torch.cumprod, torch.cummax, torch.cummin, torch.flip,
-                   torch.roll, torch.sort, torch.argsort, torch.topk)  # fmt: skip
-@register_method("cumsum", "cumprod", "flip", "roll", "sort", "argsort", "topk")
+                   torch.roll)  # fmt: skip
+@register_method("cumsum", "cumprod", "flip", "roll")
 def _positional(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """Ops that depend on positions along the dims they act on."""
     x = args[0]

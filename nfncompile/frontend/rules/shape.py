@@ -560,6 +560,7 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
 @register_function(torch.gather, torch.take_along_dim)
 @register_method("gather", "take_along_dim")
 @structured  # an index repeated over the features is uniform along them
+@reads_values
 def _gather(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """``torch.gather(x, dim, index)``: ``out[..., i, ...] = x[..., index[..., i, ...], ...]``
     along ``dim``, every other position read where it is (MAE's token masking gathers
@@ -576,7 +577,13 @@ def _gather(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         raise Unsupported("gather over a flattened tensor or with a broadcast index")
     d = norm_dim(dim, x.ndim)
     reason = "gather reads neurons at positions a tensor gives"
-    a.fix(a.plain_label(x.labels[d]), reason)
+    if index.values is not None and index.values == x.labels[d]:
+        # positions of x's own neurons along dim (argsort's): they move with the neurons, so
+        # what is gathered does not depend on their order
+        a.consume(x.labels[d])
+    else:
+        a.fix_values(index, f"{a.op} reads neuron positions as values")
+        a.fix(a.plain_label(x.labels[d]), reason)
     a.fix(a.plain_label(index.labels[d]), "a gather index that depends on the order of neurons")
     broadcast = a.node.target in (torch.take_along_dim, "take_along_dim")
     labels = []
