@@ -504,3 +504,19 @@ def test_a_transpose_attribute_swaps_the_labels(name):
     spec, report = trace_with_report(model_(lambda: AttributeTransposed(name)), x_(5, 4))
     assert report.verification.ok and not report.broken
     assert spec["a.weight"].axes == ("a", "in") and spec["b.weight"].axes == ("out", "a")
+
+
+class Narrowed(TwoLinear):
+    """a's 6 outputs taken apart by ``narrow`` (the last 2 by a negative start), the first 4
+    scaled: they permute among themselves, the last 2 among themselves."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(torch.cat([h.narrow(1, 0, 4) * 2, torch.narrow(h, -1, -2, 2)], 1))
+
+
+def test_narrow_is_read_as_the_slice_it_takes():
+    # before: no rule, probed and every neuron of a fixed
+    spec, report = trace_with_report(model_(Narrowed), x_(5, 4))
+    assert report.verification.ok and not report.probes and not report.broken
+    assert [spec.spaces[s].size for s in spec["a.weight"].axes[0]] == [4, 2]

@@ -459,6 +459,24 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(a.out_shape(), tuple(labels))
 
 
+@register_method("narrow")
+@register_function(torch.narrow)
+@structured
+def _narrow(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x.narrow(dim, start, length)``: the slice ``start : start + length`` of ``dim``."""
+    x = args[0]
+    dim, start, length = (
+        arg(args, kwargs, k, name) for k, name in ((1, "dim"), (2, "start"), (3, "length"))
+    )
+    if not all(isinstance(v, int) for v in (dim, start, length)):
+        raise Unsupported("narrow at a start a tensor gives")
+    d = norm_dim(dim, x.ndim)
+    start %= x.shape[d]  # a negative start counts from the end
+    labels = list(x.labels)
+    labels[d] = _sliced(a, x.labels[d], x.shape[d], slice(start, start + length))
+    return TensorLabels(a.out_shape(), tuple(labels))
+
+
 def _sliced(a: SymmetryAnalysis, lab: Any, n: int, i: slice) -> Any:
     """The label of a dim of ``n`` positions labelled ``lab`` after slicing it with ``i``: a
     whole slice keeps any label, a uniform dim stays uniform, neurons are sliced (a stride
