@@ -143,3 +143,29 @@ def test_sorted_values_do_not_depend_on_the_order_of_the_neurons(how):
     assert report.verification.ok
     assert spec["b.weight"].axes == ("out", None)  # sorted positions: no neurons
     assert spec["a.weight"].axes[0] == (None if how == "positions" else "a")
+
+
+class OrderStatistic(TwoLinear):
+    """a's outputs centred by one order statistic of them (median, k-th smallest, mode)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.how == "kthvalue":
+            centre = h.kthvalue(2, dim=1, keepdim=True).values
+        elif self.how == "mode":
+            centre = torch.mode(h, 1, keepdim=True).values
+        else:
+            centre = getattr(h, self.how)(dim=1, keepdim=True).values
+        return self.b(h - centre)
+
+
+@pytest.mark.parametrize("how", ["median", "nanmedian", "kthvalue", "mode"])
+def test_an_order_statistic_over_neurons_is_a_symmetric_reduction(how):
+    # before: no rule, probed (not equivariant: it does not move the neurons) and a fixed
+    spec, report = trace_with_report(model_(lambda: OrderStatistic(how)), x_(5, 4))
+    assert report.verification.ok and not report.probes and not report.broken
+    assert spec["a.weight"].axes == ("a", "in")

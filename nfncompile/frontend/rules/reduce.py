@@ -33,21 +33,30 @@ _REDUCE_METHODS = (
 )  # fmt: skip
 
 
-@register_function(*_REDUCE_FUNCTIONS, torch.max, torch.min, torch.argmax, torch.argmin)
-@register_method(*_REDUCE_METHODS, "max", "min", "argmax", "argmin")
+#: reductions that, given a dim, also return where along it their values are
+_WITH_INDICES = ("max", "min", "median", "nanmedian", "mode", "kthvalue")
+
+
+@register_function(
+    *_REDUCE_FUNCTIONS, torch.max, torch.min, torch.argmax, torch.argmin, torch.median,
+    torch.nanmedian, torch.mode, torch.kthvalue,
+)  # fmt: skip
+@register_method(*_REDUCE_METHODS, "argmax", "argmin", *_WITH_INDICES)
 @structured
 def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    """Symmetric reductions: reducing over a neuron axis is invariant (sum, mean, max, ...)."""
+    """Symmetric reductions: reducing over a neuron axis is invariant (sum, mean, max, median,
+    the k-th smallest, ...)."""
     x = args[0]
     name = getattr(a.node.target, "__name__", a.node.target)
     if name in ("max", "min") and len(args) > 1 and isinstance(args[1], TensorLabels):
         return a.broadcast([args[0], args[1]])  # torch.max(a, b) is elementwise
-    dim = arg(args, kwargs, 2 if name in ("norm", "vector_norm") else 1, "dim", None)
+    at = 2 if name in ("norm", "vector_norm", "kthvalue") else 1  # after p, or k
+    dim = arg(args, kwargs, at, "dim", -1 if name in ("kthvalue", "mode") else None)
     if dim is None:
         dims = set(range(x.ndim))
     else:
         dims = {norm_dim(d, x.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
-    positions = name in ("argmax", "argmin") or (name in ("max", "min") and dim is not None)
+    positions = name in ("argmax", "argmin") or (name in _WITH_INDICES and dim is not None)
     # the positions along one plain labelled dim (a VQ codebook's nearest entry): values
     # that index its neurons, read by the rules that know them (an embedding lookup)
     (d0,) = dims if len(dims) == 1 else (None,)
