@@ -475,7 +475,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         (Falcon's multi-query ``split([H, 1, 1], dim=-2)``) gives its queries, keys and values
         splits of their own, where the sliced heads would make the split fall."""
         if isinstance(value, (tuple, list)) and not isinstance(value, TensorLabels):
-            return type(value)(self._resplit(v) for v in value)
+            return remade(value, [self._resplit(v) for v in value])
         if not isinstance(value, TensorLabels):
             return value
         labels = list(value.labels)

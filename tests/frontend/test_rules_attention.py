@@ -160,7 +160,7 @@ _compiled_flex = torch.compile(flex_attention)  # as models call it
 class FlexAttention(nn.Module):
     """Self-attention through ``flex_attention`` (2 heads of 4, or 4 query heads over 2
     key/value heads), with a learned relative-position bias per head as its ``score_mod``, a
-    causal ``block_mask``, its log-sum-exp returned, called through its module, compiled,
+    causal ``block_mask``, its log-sum-exp returned and used, called through its module, compiled,
     from a helper of another module, or with its output's shape checked (traced with the
     example's shapes, so flex attention runs on fake tensors)."""
 
@@ -190,7 +190,8 @@ class FlexAttention(nn.Module):
         if self.how == "lse":
             kw["return_aux"] = AuxRequest(lse=True)
         y = attend(q, k, v, enable_gqa=self.how == "gqa", **kw)
-        y = y[0] if self.how == "lse" else y
+        if self.how == "lse":  # the log-sum-exp per query, added to every feature
+            y = y[0] + y[1].lse[..., None]
         if self.how == "checked" and y.shape[-1] != 4:  # plain fx fails: traced with shapes
             raise ValueError("one head's features are 4")
         return self.head((x + self.o(y.transpose(1, 2).reshape(b, n, 8))).mean(1))
@@ -208,14 +209,11 @@ def test_flex_attention_keeps_each_heads_spaces(how):
     spec, report = trace_with_report(model, x_(2, 5, 8))
     assert report.verification.ok and not report.probes
     assert bool(report.specialised) == (how in ("checked", "block_mask"))  # shapes read
-    if how == "lse":  # not read yet: every neuron it touches fixed
-        assert report.broken[0].reason == "flex attention that returns its log-sum-exp"
-        return
     q, (k, v) = spec["q.weight"].axes[0], np.split(np.array(spec["kv.weight"].axes[0]), 2)
     assert len(set(q)) == 2 and q == tuple(k.repeat(len(q) // len(k)))  # a head's q with its k
     assert spec["o.weight"].axes[1] == tuple(v.repeat(len(q) // len(v))) and set(v) != set(k)
     # unmasked, the 5 tokens permute; a score_mod reads the head but no neuron
-    unmasked = ("plain", "module", "compiled", "helper", "checked", "gqa")
+    unmasked = ("plain", "module", "compiled", "helper", "checked", "gqa", "lse")
     assert ("in" in spec.spaces) == (how in unmasked)
     assert spec["rel"].axes == (None, None)
     assert nfc.trace(model, x_(2, 5, 8)) == spec  # fx's autowrap registry left as it was

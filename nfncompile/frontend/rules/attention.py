@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
-from ..labels import UNIFORM, TensorLabels, is_plain
+from ..labels import UNIFORM, TensorLabels, is_plain, remade
 from .registry import Unsupported, arg, register_function
 from .shape import merge_label
 
@@ -58,13 +58,17 @@ def _flex_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     head, q_idx, kv_idx)`` may change by position and head (relative position biases, ALiBi)
     and a ``block_mask`` may mask by position. Either fixes the positions, and a score_mod
     the neurons along the batch and heads dims but the heads' own (which stay in place); the
-    queries', keys' and values' feature dims stay free."""
-    if arg(args, kwargs, 7, "return_lse") or kwargs.get("return_aux") is not None:
-        raise Unsupported("flex attention that returns its log-sum-exp")
+    queries', keys' and values' feature dims stay free. Its log-sum-exp and largest scores
+    (``return_lse``, ``return_aux``) are per query, as the output is."""
     score_mod = arg(args, kwargs, 3, "score_mod")
     masked = score_mod is not None or arg(args, kwargs, 4, "block_mask") is not None
     gqa = bool(arg(args, kwargs, 6, "enable_gqa"))
-    out = _attention(a, args, kwargs, gqa, _MASK if masked else "")
+    whole = a.out()
+    if isinstance(whole, TensorLabels):
+        out = _attention(a, args, kwargs, gqa, _MASK if masked else "")
+    else:  # (output, log-sum-exp) or (output, AuxOutput(lse, max_scores)): per query
+        y = _attention(a, args, kwargs, gqa, _MASK if masked else "", whole[0].shape)
+        out = remade(whole, (y, _per_query(whole[1], y)))
     if score_mod is not None:
         # the score_mod's own arguments: the batch and head indices. Heads stay in place (see
         # frontend.heads), any other neurons along those dims are fixed
@@ -78,15 +82,33 @@ def _flex_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 _MASK = "attention mask depends on position"
 
 
+def _per_query(value: Any, y: TensorLabels) -> Any:
+    """A value per query of attention's output ``y`` (its log-sum-exp, its largest scores),
+    or a tuple of them, labelled as ``y`` but its features."""
+    if isinstance(value, tuple) and not isinstance(value, TensorLabels):
+        return remade(value, (_per_query(v, y) for v in value))
+    if isinstance(value, TensorLabels) and value.shape == y.shape[:-1]:
+        return TensorLabels(value.shape, y.labels[:-1])
+    if isinstance(value, TensorLabels):
+        raise Unsupported("flex attention with an auxiliary output of another shape")
+    return value
+
+
 def _operands(args: tuple, kwargs: dict) -> tuple:
     return tuple(arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
 
 
 def _attention(
-    a: SymmetryAnalysis, args: tuple, kwargs: dict, gqa: bool, masked: str
+    a: SymmetryAnalysis,
+    args: tuple,
+    kwargs: dict,
+    gqa: bool,
+    masked: str,
+    shape: tuple | None = None,
 ) -> TensorLabels:
     """``softmax(q k^T) v`` over the last two dims, its heads (dim -3) grouped where ``gqa``;
-    ``masked``: why the positions are fixed, or ``""``."""
+    ``masked``: why the positions are fixed, or ``""``; ``shape``: the output's (default:
+    the node's)."""
     q, k, v = _operands(args, kwargs)
     if not all(isinstance(t, TensorLabels) for t in (q, k, v)):
         raise Unsupported("attention with non-tensor operands")
@@ -99,7 +121,7 @@ def _attention(
         a.fix(q.labels[-2], masked)
         a.fix(k.labels[-2], masked)
     a.consume(k.labels[-2])
-    shape = a.out_shape()
+    shape = a.out_shape() if shape is None else tuple(shape)
     batch = a.broadcast([TensorLabels(t.shape[:-2], t.labels[:-2]) for t in (q, k, v)], shape[:-2])
     return TensorLabels(shape, batch.labels + (q.labels[-2], v.labels[-1]))
 
