@@ -143,7 +143,10 @@ def trace(
     Parameters
     ----------
     model : nn.Module
-        The network whose weights the NFN will process (not modified).
+        The network whose weights the NFN will process (not modified). What
+        ``torch.compile`` wraps in it (the model, a block, a function) is traced and verified
+        as the Python it compiles; a compiled model's names carry its ``_orig_mod.`` prefix,
+        as its state_dict does.
     example_input : Tensor or tuple
         One example batch (only shapes and dtypes matter), the model's positional arguments
         when a tuple. Its ``channel_dim`` holds the neurons that form the ``input``
