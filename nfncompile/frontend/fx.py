@@ -72,6 +72,7 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 from torch.nn.attention.flex_attention import flex_attention
+from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
@@ -1291,6 +1292,14 @@ def trace_module(
     """
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected an nn.Module to trace, got {type(model).__name__}")
+    lazy = [k for k, t in model.state_dict(keep_vars=True).items() if is_lazy(t)]
+    if lazy:
+        shown = ", ".join(lazy[:5]) + (f" and {len(lazy) - 5} more" if len(lazy) > 5 else "")
+        raise TraceError(
+            f"{type(model).__name__} holds lazy parameters that are not made yet ({shown}): "
+            "run one forward with the example input first (model(example_input)), which "
+            "gives them their shapes"
+        )
     args = as_args(example_input)
     with attributes_kept(model), compiled_as_eager():
         return _trace_module(model, args, fake)

@@ -1434,3 +1434,13 @@ def test_what_torch_compile_wraps_is_traced_as_the_python_it_compiles(compiled_r
     assert spec[f"{pre}block._orig_mod.0.weight"].axes == (f"{pre}block._orig_mod.0", None)
     assert spec[f"{pre}o.weight"].axes == ("out", f"{pre}a")  # through the compiled gelu
     assert report.verification.ok and not report.probes and not report.leaf_calls
+
+
+def test_lazy_parameters_not_made_yet_are_a_trace_error_that_says_what_to_do():
+    # before: torch's ValueError from deep inside ("Attempted to use an uninitialized
+    # parameter in numel"); after one forward the same model traces
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(2))
+    with pytest.raises(TraceError, match=r"lazy parameters .* \(0\.weight, 0\.bias, 2\.weight"):
+        nfc.trace(model, x_(4, 3))
+    model(x_(4, 3))
+    assert nfc.trace(model, x_(4, 3))["0.weight"].axes == ("0", "in")
