@@ -35,10 +35,11 @@ def float_keys(model: nn.Module) -> list:
 
 class TwoLinear(nn.Module):
     """``a = Linear(4, 6)``, ``b = Linear(6, 3)``; subclasses write a forward that does
-    something to ``a``'s 6 outputs (input ``(batch, 4)``)."""
+    something to ``a``'s 6 outputs (input ``(batch, 4)``), the way ``how`` names."""
 
-    def __init__(self) -> None:
+    def __init__(self, how: str = "") -> None:
         super().__init__()
+        self.how = how
         self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -39,10 +39,6 @@ def _set(buf: torch.Tensor, index: tuple, value: torch.Tensor) -> torch.Tensor:
 
 
 class Written(TwoLinear):
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
-
     def forward(self, x):
         h = torch.relu(self.a(x))
         buf = WRITES[self.how][0](x, h)

@@ -119,10 +119,6 @@ class Sorted(TwoLinear):
     """a's 6 outputs sorted (their order statistics: sort, topk, or gathered by argsort) and
     read as 6 numbers; ``positions`` adds argsort's indices as numbers (reads positions)."""
 
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
-
     def forward(self, x):
         h = torch.relu(self.a(x))
         if self.how == "sort":
@@ -147,10 +143,6 @@ def test_sorted_values_do_not_depend_on_the_order_of_the_neurons(how):
 
 class OrderStatistic(TwoLinear):
     """a's outputs centred by one order statistic of them (median, k-th smallest, mode)."""
-
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.how = how
 
     def forward(self, x):
         h = torch.relu(self.a(x))
