@@ -787,7 +787,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             # neuron positions read as numbers (or as an index into another tensor): a
             # permutation changes what the op computes
             read = (args[1:], kwargs) if moved else (args, kwargs)
-            self.fix_values(read, f"{self.op} reads neuron positions as values")
+            self.fix_values(read)
         result = self._applied(rule, call, args, kwargs)
         if self.head_splits:
             result = self._resplit(result)
@@ -797,8 +797,10 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             return dataclasses.replace(result, values=source.values)
         return result
 
-    def fix_values(self, value: Any, reason: str) -> None:
-        """Fix the labels whose neurons the values of the tensors in ``value`` index."""
+    def fix_values(self, value: Any, reason: str | None = None) -> None:
+        """Fix the labels whose neurons the values of the tensors in ``value`` index (by
+        default because the current op reads those positions as values)."""
+        reason = reason or f"{self.op} reads neuron positions as values"
         for info in tensors(value):
             if info.values is not None:
                 self.fix(info.values, reason)

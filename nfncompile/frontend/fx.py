@@ -146,21 +146,20 @@ def raised_at(e: BaseException) -> str:
         for f in traceback.extract_tb(e.__traceback__)
         if not f.filename.startswith(_TORCH) and f.filename != __file__
     ]
-    if not frames:
-        return ""
-    f = frames[-1]
-    return f"{f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
+    return _source_line(frames[-1]) if frames else ""
 
 
 def _called_at(frame: types.FrameType) -> str:
-    """``frame``'s source line (``file:line in function: code``) where it is the forward's own
-    code, ``""`` where it is torch's or this front end's (whose type checks of a proxy are
-    their own)."""
+    """``frame``'s source line where it is the forward's own code, ``""`` where it is torch's
+    or this front end's (whose type checks of a proxy are their own)."""
     if frame.f_code.co_filename.startswith((_TORCH, os.path.dirname(__file__))):
         return ""
-    info = inspect.getframeinfo(frame, context=1)
-    code = (info.code_context or [""])[0].strip()
-    return f"{info.filename}:{info.lineno} in {info.function}: {code}"
+    return _source_line(traceback.extract_stack(frame, limit=1)[0])
+
+
+def _source_line(f: traceback.FrameSummary) -> str:
+    """``file:line in function: code``."""
+    return f"{f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
 
 
 def _error(e: BaseException, limit: int = 200) -> str:
@@ -298,20 +297,16 @@ class LeafFallbackTracer(torch.fx.Tracer):
     def _patches(self, root: torch.nn.Module) -> dict:
         """The global names replaced while ``root`` is traced: ``(id(namespace), name) ->
         (namespace, name, original, replacement)``."""
-        # a TorchScript function a forward calls (`@torch.jit.script def swish(x)`) refuses a
-        # proxy: it is recorded as one call instead, which the analysis probes
-        patches = {
-            (id(names), name): (names, name, fn, self._recorded(fn, always=False))
-            for m in root.modules()
-            for names in [_forward_globals(m)]
-            for name, fn in names.items()
-            if isinstance(fn, torch.jit.ScriptFunction)
-        }
-        # a torch.compile'd function a forward calls, as the function it compiles
+        patches = {}
         for m in root.modules():
             names = _forward_globals(m)
             for name, fn in names.items():
-                if (target := _compiled_original(fn)) is not fn:
+                if isinstance(fn, torch.jit.ScriptFunction):
+                    # a TorchScript function a forward calls (`@torch.jit.script def swish(x)`)
+                    # refuses a proxy: recorded as one call instead, which the analysis probes
+                    patches[(id(names), name)] = (names, name, fn, self._recorded(fn, False))
+                elif (target := _compiled_original(fn)) is not fn:
+                    # a torch.compile'd function, as the function it compiles
                     patches[(id(names), name)] = (names, name, fn, target)
         # one of _RECORDED as one call wherever a module holds it, compiled or not (a helper
         # of another module than the forward's calls it: vit-pytorch's `nd_attention`)

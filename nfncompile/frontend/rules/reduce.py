@@ -61,8 +61,7 @@ def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     # that index its neurons, read by the rules that know them (an embedding lookup)
     (d0,) = dims if len(dims) == 1 else (None,)
     index = x.labels[d0] if positions and dim is not None and d0 is not None else None
-    if not (isinstance(index, tuple) and is_plain(index)) or a.is_heads(index):
-        index = None
+    index = _neuron_index(a, index)
     if positions and index is None:
         for d in dims:
             a.fix(x.labels[d], f"{name} returns neuron positions")
@@ -82,6 +81,14 @@ def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(out.shape, tuple(labels), values=index)
 
 
+def _neuron_index(a: SymmetryAnalysis, label: Any) -> Any:
+    """``label`` where positions along it can be values that index its neurons (plain, no
+    heads), else ``None``."""
+    if isinstance(label, tuple) and is_plain(label) and not a.is_heads(label):
+        return label
+    return None
+
+
 @register_function(torch.sort, torch.argsort, torch.topk)
 @register_method("sort", "argsort", "topk")
 def _sorted(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
@@ -90,12 +97,12 @@ def _sorted(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     rest), and the indices are values that index those neurons (as ``argmax``'s)."""
     x = args[0]
     name = getattr(a.node.target, "__name__", a.node.target)
-    dim = arg(args, kwargs, 2, "dim", -1) if name == "topk" else arg(args, kwargs, 1, "dim", -1)
+    dim = arg(args, kwargs, 2 if name == "topk" else 1, "dim", -1)  # topk: after k
     if not isinstance(dim, int):
         return _positional(a, args, kwargs)
     d = norm_dim(dim, x.ndim)
-    index = x.labels[d]
-    if not (isinstance(index, tuple) and is_plain(index)) or a.is_heads(index):
+    index = _neuron_index(a, x.labels[d])
+    if index is None:
         return _positional(a, args, kwargs)
     a.consume(index)
     labels = tuple(None if k == d else lab for k, lab in enumerate(x.labels))

@@ -600,7 +600,7 @@ def _gather(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         # what is gathered does not depend on their order
         a.consume(x.labels[d])
     else:
-        a.fix_values(index, f"{a.op} reads neuron positions as values")
+        a.fix_values(index)
         a.fix(a.plain_label(x.labels[d]), reason)
     a.fix(a.plain_label(index.labels[d]), "a gather index that depends on the order of neurons")
     broadcast = a.node.target in (torch.take_along_dim, "take_along_dim")
