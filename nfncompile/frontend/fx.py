@@ -989,6 +989,9 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
         m = map_aggregate(result, meta)
         if found:
             n.meta["tensor_meta"] = m
+        if _small_integer(result) and self.fake is None:
+            # the probe's values for an integer input (indices, a routing choice)
+            n.meta["nfn_integer_value"] = result.detach().clone()
         else:
             n.meta["nfn_value"] = result
         n.meta["type"] = type(result)
@@ -1517,6 +1520,21 @@ def trace_graph(
             f"{type(error).__name__}: {error}. {_ADVICE}"
         ) from e
     return tracer, graph, DICT_INPUT if first is None else raised_at(first) or _error(first)
+
+
+#: Integer tensors up to this many entries keep their example values in the graph's meta.
+INTEGER_VALUES_UP_TO = 1 << 16
+
+
+def _small_integer(x: Any) -> bool:
+    """Whether ``x`` is an integer or boolean tensor of at most :data:`INTEGER_VALUES_UP_TO`
+    entries."""
+    return (
+        isinstance(x, torch.Tensor)
+        and not (x.is_floating_point() or x.is_complex())
+        and x.numel() <= INTEGER_VALUES_UP_TO
+        and not isinstance(x, FakeTensor)
+    )
 
 
 def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:

@@ -18,13 +18,21 @@ leave the output unchanged (a symmetric reduction). The test permutes more freel
 group ever does (the group's action is a subgroup of what is tried), so passing is sound; the
 whole-model verification still has the last word.
 
+A leaf module's own weights move too (:func:`_with_own`): first every dim of its state_dict
+entries as long as one input group, with that group, and the rest by one permutation per
+length (its hidden units); then only the former; then none. The first that passes labels the
+entries, so a module kept as one call (a mixture of experts' dispatch loop, a scripted block)
+no longer fixes the neurons it shares with the rest of the model.
+
 What it runs on: state_dict entries (parameters passed to a function, a leaf module's own
 parameters and buffers) are replaced by random values (they differ in every network of a zoo),
-model constants keep their values, and stochastic ops see the same random stream in both calls.
-A module runs as a float64 deep copy in eval mode; an op that fails in float64 is retried in
-its recorded dtypes. An op that raises, returns non-tensors or non-finite values, or takes an
-integer tensor whose values were not recorded is not probed: it is fixed as before, and the
-report says why.
+model constants and the example's integer tensors (indices, a router's choices: recorded by
+shape propagation up to :data:`~nfncompile.frontend.fx.INTEGER_VALUES_UP_TO` entries) keep
+their values, and stochastic ops see the same random stream in both calls. A module runs as a
+float64 deep copy in eval mode; an op that fails in float64 is retried in its recorded dtypes.
+An op that raises, returns non-tensors or non-finite values, or takes an integer tensor whose
+values were not recorded (a model traced on fake tensors) is not probed: it is fixed as
+before, and the report says why.
 
 Examples
 --------
@@ -46,6 +54,7 @@ Gate 1 | probed: equivariant on 3 random draws (float64); labels passed through
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 import warnings
@@ -68,6 +77,8 @@ __all__ = ["DRAWS", "ProbeRecord", "probe_op"]
 #: Random draws (inputs, parameters and permutations) an op must pass.
 DRAWS = 3
 _SEED = 0
+#: Up to this many lengths of a module's own neurons, every subset of them is tried.
+OWN_SETS = 3
 _STREAM = 1234  # the global RNG seed every call of the op starts from
 
 
@@ -111,14 +122,18 @@ class _Input:
 
 @dataclass
 class _Group:
-    """Input dims moved by one permutation: ``members`` ``(input, dim, label)``, all labelled,
-    of ``size`` positions; ``pieces`` ``(start, neurons, inner)`` the blocks it permutes in;
-    ``right`` the members' positions counted from the last dim."""
+    """Dims moved by one permutation: ``members`` ``(input, dim, label)`` input dims, all
+    labelled, of ``size`` positions; ``pieces`` ``(start, neurons, inner)`` the blocks it
+    permutes in; ``right`` the members' positions counted from the last dim; ``params``
+    ``(key, dim)`` dims of the module's own state_dict entries that move with them (``key``
+    local to the module). A group without members is the module's own: neurons inside it
+    that its inputs do not carry."""
 
     size: int
     members: list
     pieces: list = field(default_factory=list)
     right: set = field(default_factory=set)
+    params: list = field(default_factory=list)
 
 
 def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord | None, Any]:
@@ -153,7 +168,7 @@ def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord |
         outs_meta = _meta_leaves(a.node.meta.get("tensor_meta"))
         call = _caller(a)
         failed: _NotEquivariant | None = None
-        for groups in _groupings(inputs):
+        for groups in _with_own(a, _groupings(inputs)):
             try:
                 assignment, detail = _check(call, template, inputs, groups, outs_meta)
                 break
@@ -183,6 +198,8 @@ def _abstract(a: SymmetryAnalysis, value: Any, src: Any, inputs: list) -> Any:
             t = a.fetch_attr(node.target)
             if isinstance(t, torch.Tensor) and not t.is_meta:
                 constant = t.detach()
+        elif node is not None and "nfn_integer_value" in node.meta:
+            constant = node.meta["nfn_integer_value"]  # indices: the example's own
         inputs.append(_Input(value, dtype, constant))
         return _Leaf(len(inputs) - 1)
     if isinstance(src, torch.fx.Node):
@@ -244,6 +261,66 @@ def _groupings(inputs: list[_Input]) -> list[dict]:
     return out
 
 
+def _with_own(a: SymmetryAnalysis, options: list[dict]) -> list[dict]:
+    """The groupings to try for a module with float state_dict entries of its own: first with
+    every dim of those entries that is as long as one input group moved with that group and
+    the rest moved by one permutation per length (neurons inside the module: its hidden
+    units), then with only the former, then with none (the entries stay, and are fixed).
+
+    A module kept as one call (a mixture of experts' dispatch loop, a scripted block) then
+    keeps the symmetry of the neurons it shares with the model around it: its weights move
+    with them, as a rule's would.
+    """
+    node = a.node
+    if node.op != "call_module":
+        return options
+    own = [
+        (name, tuple(t.shape))
+        for name, t in a.fetch_attr(node.target).state_dict(keep_vars=True).items()
+        if a.key(node.target, name) is not None and t.is_floating_point()
+    ]
+    if not any(n > 1 for _, shape in own for n in shape):
+        return options
+    out = []
+    for groups in options:
+        sizes: dict = {}
+        for key, g in groups.items():
+            sizes.setdefault(g.size, []).append(key)
+        matched: dict = {}
+        inside: dict = {}
+        for name, shape in own:
+            for d, n in enumerate(shape):
+                keys = sizes.get(n, [])
+                if n > 1 and len(keys) == 1:
+                    matched.setdefault(keys[0], []).append((name, d))
+                elif n > 1 and not keys:
+                    inside.setdefault(n, []).append((name, d))
+        if not matched and not inside:
+            continue
+
+        # every set of the inside lengths, largest sets first (a mixture's experts, which only
+        # its routing moves, must not spoil its hidden units); all or none past OWN_SETS
+        lengths = sorted(inside)
+        sets = [tuple(lengths)] if lengths else []
+        if 1 < len(lengths) <= OWN_SETS:
+            sets = [
+                c for r in range(len(lengths), 0, -1) for c in itertools.combinations(lengths, r)
+            ]
+        out += [_moved(groups, matched, inside, c) for c in sets]
+        if matched:
+            out.append(_moved(groups, matched, inside, ()))
+    return out + options
+
+
+def _moved(groups: dict, matched: dict, inside: dict, lengths: tuple) -> dict:
+    """``groups`` with the own entries' dims ``matched`` to them, and one group of the module's
+    own neurons for each of ``lengths`` (``inside``: length -> ``(entry, dim)`` pairs)."""
+    new = {k: dataclasses.replace(g, params=matched.get(k, [])) for k, g in groups.items()}
+    for n in lengths:
+        new[("own", n)] = _Group(n, [], [(0, n, 1)], set(), inside[n])
+    return new
+
+
 def _pieces(g: _Group) -> list | None:
     """The blocks a group's permutation may shuffle: positions cut at every segment boundary
     of every member, each piece made of whole neurons (``inner`` positions each) in all."""
@@ -275,20 +352,25 @@ def _pieces(g: _Group) -> list | None:
 # ---- running the op ------------------------------------------------------------------------
 
 
-def _caller(a: SymmetryAnalysis) -> Callable[[tuple, dict, bool, torch.Generator], Any]:
-    """``call(args, kwargs, float64, generator)``: the op on concrete arguments; a module runs
-    as a deep copy whose state_dict entries are redrawn from ``generator``."""
+#: ``call(args, kwargs, float64, generator, moves)``
+_Call = Callable[[tuple, dict, bool, torch.Generator, dict], Any]
+
+
+def _caller(a: SymmetryAnalysis) -> _Call:
+    """``call(args, kwargs, float64, generator, moves)``: the op on concrete arguments; a module
+    runs as a deep copy whose state_dict entries are redrawn from ``generator``, then permuted
+    as ``moves`` says (entry name -> ``(dim, permutation)`` pairs)."""
     node = a.node
     if node.op == "call_function":
         fn = node.target
-        return lambda args, kwargs, wide, gen: fn(*args, **kwargs)
+        return lambda args, kwargs, wide, gen, moves: fn(*args, **kwargs)
     if node.op == "call_method":
         name = node.target
-        return lambda args, kwargs, wide, gen: getattr(args[0], name)(*args[1:], **kwargs)
+        return lambda args, kwargs, wide, gen, moves: getattr(args[0], name)(*args[1:], **kwargs)
     original = a.fetch_attr(node.target)
     copies: dict = {}
 
-    def call(args: tuple, kwargs: dict, wide: bool, gen: torch.Generator) -> Any:
+    def call(args: tuple, kwargs: dict, wide: bool, gen: torch.Generator, moves: dict) -> Any:
         if wide not in copies:
             try:
                 mod = copy_model(original).eval()
@@ -298,11 +380,14 @@ def _caller(a: SymmetryAnalysis) -> Callable[[tuple, dict, bool, torch.Generator
         mod = copies[wide]
         with torch.no_grad():
             params = {id(p) for p in mod.parameters()}
-            for t in mod.state_dict(keep_vars=True).values():
+            for name, t in mod.state_dict(keep_vars=True).items():
                 if t.is_floating_point():
                     r = _randn(t.shape, gen, t.dtype)
                     # buffers are statistics (variances): keep them positive
-                    t.copy_(r if id(t) in params else r.abs() + 0.5)
+                    r = r if id(t) in params else r.abs() + 0.5
+                    for d, perm in moves.get(name, ()):
+                        r = r.index_select(d, perm)
+                    t.copy_(r)
         return mod(*args, **kwargs)
 
     return call
@@ -346,13 +431,13 @@ def _permutation(g: _Group, gen: torch.Generator) -> torch.Tensor:
     return idx
 
 
-def _run(call: Callable, template: Any, values: list, wide: bool, seed: int) -> Any:
+def _run(call: _Call, template: Any, values: list, wide: bool, seed: int, moves: dict) -> Any:
     args, kwargs = _fill(template, values)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.default_generator.manual_seed(_STREAM)
-        return call(tuple(args), dict(kwargs), wide, gen)
+        return call(tuple(args), dict(kwargs), wide, gen, moves)
 
 
 def _outputs(result: Any, outs_meta: list) -> list:
@@ -400,7 +485,7 @@ def _close(got: torch.Tensor, want: torch.Tensor, scale: float) -> float | None:
     return float(err.max())
 
 
-def _check(call: Callable, template: Any, inputs: list, groups: dict, outs_meta: list):
+def _check(call: _Call, template: Any, inputs: list, groups: dict, outs_meta: list):
     """Run the draws; returns the surviving output labelling and a description."""
     gen = torch.Generator().manual_seed(_SEED)
     wide, positive = True, False
@@ -411,12 +496,15 @@ def _check(call: Callable, template: Any, inputs: list, groups: dict, outs_meta:
         values = _draw(inputs, wide, positive, gen)
         perms = {k: _permutation(g, gen) for k, g in groups.items()}
         moved = list(values)
+        moves: dict = {}
         for k, g in groups.items():
             for i, d, _ in g.members:
                 moved[i] = moved[i].index_select(d, perms[k])
+            for name, d in g.params:
+                moves.setdefault(name, []).append((d, perms[k]))
         try:  # a module's state is redrawn from the same seed for both calls
-            plain = _run(call, template, values, wide, _SEED + 1 + draw)
-            permuted = _run(call, template, moved, wide, _SEED + 1 + draw)
+            plain = _run(call, template, values, wide, _SEED + 1 + draw, {})
+            permuted = _run(call, template, moved, wide, _SEED + 1 + draw, moves)
         except _Declined:
             raise
         except Exception as e:
@@ -475,16 +563,29 @@ def _apply(a: SymmetryAnalysis, groups: dict, assignment: list) -> Any:
     """Tie each group's labels, fix or consume those no output carries, label the outputs."""
     carried = {k for dims in assignment for k in dims if k is not None}
     first = {}
+    own: dict = {}  # entry name -> its labels, one per dim
+    target = a.node.target
     for key, g in groups.items():
-        lab0 = g.members[0][2]
+        if g.members:
+            lab0 = g.members[0][2]
+        else:  # neurons inside the module, first seen on one of its entries
+            name, d = g.params[0]
+            owner, _, attr = name.rpartition(".")  # named after its submodule, as a rule's are
+            origin = f"{target}.{owner}" if owner else f"{target}.{attr}.d{d}"
+            lab0 = a.new_run(g.size, "neuron", origin)
         first[key] = lab0
         for _, _, lab in g.members[1:]:
             a.tie(lab0, lab)
-        if key not in carried:
+        for name, d in g.params:
+            shape = a.fetch_attr(f"{target}.{name}").shape
+            own.setdefault(name, [None] * len(shape))[d] = lab0
+        if key not in carried and g.members:
             if g.size == 1:
                 a.fix(lab0, "reduces one neuron's value over all positions")
             else:
                 a.consume(lab0)
+    for name, labels in own.items():
+        a.label_param(a.key(target, name), labels)
     it = iter(assignment)
 
     def label(meta: Any) -> Any:

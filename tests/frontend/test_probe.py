@@ -266,30 +266,126 @@ def test_a_leaf_module_without_a_rule_is_probed():
     assert spaces_(spec) == FIXED_A and "not equivariant" in report.probes[0].detail
 
 
+def _values_checked(x: torch.Tensor) -> None:
+    """An ``if`` on data, which no trace can fix as it fixes a shape: torch.fx keeps the
+    module calling it as one call."""
+    if not torch.isfinite(x).all():
+        raise ValueError("expected finite values")
+
+
 class Untraceable(nn.Module):
-    """Its forward checks its input's values (an ``if`` on data, which no trace can fix as it
-    fixes a shape): torch.fx keeps it as one call. ``x * scale`` per channel: equivariant only
-    if ``scale`` moves with the channels, which the probe does not do to a module's own
-    parameters."""
+    """``x * scale`` per channel, kept as one call: equivariant only if ``scale`` moves with
+    the channels."""
 
     def __init__(self) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(C))
 
     def forward(self, x):
-        if not torch.isfinite(x).all():
-            raise ValueError("expected finite values")
+        _values_checked(x)
         return x * self.scale.view(1, -1, 1, 1)
 
 
+class PrefixScale(Untraceable):
+    """Channel ``i`` scaled by ``scale[: i + 1].sum()``. Its initial ``scale`` (1, 0, 0, ...)
+    makes it the identity; with other values it reads positions, ``scale`` moved or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.eye(C)[0])
+
+    def forward(self, x):
+        _values_checked(x)
+        return x * self.scale.cumsum(0).view(1, -1, 1, 1)
+
+
+class UntraceableMLP(nn.Module):
+    """A residual 1x1-conv MLP kept as one call: its input's channels flow through, and its
+    ``2C`` hidden units are neurons the model around it never sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(C, 2 * C, 1), nn.Conv2d(2 * C, C, 1)
+
+    def forward(self, x):
+        _values_checked(x)
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_a_leaf_s_own_weights_move_with_the_channels_it_shares():
+    model = model_(lambda: Leaf(Untraceable()))
+    spec, report = _trace(model, 2, 3, 5, 5)
+    assert spaces_(spec) == SPACES and not report.broken
+    assert spec["leaf.scale"].axes == ("a",)
+    assert report.probes[0].passed and report.leaf_calls[0].kind == "Untraceable"
+    # the probe's verdict is checked again on the whole model, with other random draws
+    assert nfc.verify(model, spec, x_(2, 3, 5, 5), seed=7).ok
+
+
 def test_a_leaf_with_parameters_is_probed_with_random_values_not_its_initial_ones():
-    # with its initial ones the module is the identity; its parameters differ in every
+    # with its initial values the module is the identity; its parameters differ in every
     # network of a zoo, so the probe redraws them and finds it position-dependent
-    spec, report = _trace(model_(lambda: Leaf(Untraceable())), 2, 3, 5, 5)
+    spec, report = _trace(model_(lambda: Leaf(PrefixScale())), 2, 3, 5, 5)
     assert spaces_(spec) == FIXED_A
     assert spec["leaf.scale"].axes == (None,)
     assert not report.probes[0].passed and "not equivariant" in report.probes[0].detail
-    assert report.leaf_calls[0].kind == "Untraceable"
+
+
+def test_a_leaf_s_hidden_units_are_a_space_of_their_own():
+    model = model_(lambda: Leaf(UntraceableMLP()))
+    spec, report = _trace(model, 2, 3, 5, 5)
+    assert report.probes[0].passed and not report.broken
+    assert spaces_(spec) == [*SPACES[:2], ("leaf.fc1", 2 * C, "hidden"), *SPACES[2:]]
+    assert spec["leaf.fc1.weight"].axes == ("leaf.fc1", "a", None, None)
+    assert spec["leaf.fc1.bias"].axes == ("leaf.fc1",)
+    assert spec["leaf.fc2.weight"].axes == ("a", "leaf.fc1", None, None)
+    assert spec["leaf.fc2.bias"].axes == ("a",)
+    assert nfc.verify(model, spec, x_(2, 3, 5, 5), seed=7).ok
+
+
+class Experts(nn.Module):
+    """``E`` two-layer experts as ``(E, ., .)`` weights, run on the tokens routed to them by
+    a loop over the experts the routing picked (data-dependent: one call), as Mixtral's are."""
+
+    def __init__(self, experts: int = 3) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(experts, 2 * C, C) / C**0.5)
+        self.w2 = nn.Parameter(torch.randn(experts, C, 2 * C) / C**0.5)
+
+    def forward(self, x, index, weight):
+        out = torch.zeros_like(x)
+        for e in index.unique().tolist():
+            token, k = torch.where(index == e)
+            h = torch.relu(x[token] @ self.w1[e].T) @ self.w2[e].T
+            out.index_add_(0, token, h * weight[token, k, None])
+        return out
+
+
+class MixtureOfExperts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.router = nn.Linear(5, C), nn.Linear(C, 3)
+        self.experts, self.out = Experts(), nn.Linear(C, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        weight, index = self.router(h).softmax(-1).topk(2, dim=-1)
+        return self.out(h + self.experts(h, index, weight))
+
+
+def test_a_mixture_of_experts_kept_as_one_call():
+    # the routing's indices are the example's own (recorded by shape propagation); the experts'
+    # weights move with the residual stream and their hidden units (one permutation for all
+    # experts), the experts stay where the routing's indices point
+    model = model_(MixtureOfExperts)
+    spec, report = _trace(model, 7, 5)
+    assert report.probes[0].passed and report.leaf_calls[0].kind == "Experts"
+    assert spec["experts.w1"].axes == (None, "experts.w1.d1", "inp")
+    assert spec["experts.w2"].axes == (None, "inp", "experts.w1.d1")
+    assert spec["router.weight"].axes == (None, "inp")
+    [broken] = report.broken
+    assert "reads neuron positions as values" in broken.reason
+    assert nfc.verify(model, spec, x_(7, 5), seed=7).ok
 
 
 def test_wrapped_stochastic_depth_in_an_efficientnet_block():
