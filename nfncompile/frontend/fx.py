@@ -384,7 +384,9 @@ class LeafFallbackTracer(torch.fx.Tracer):
         ``nn.TransformerEncoderLayer``, spectral norm's power-iteration vectors), and one with
         hooks or parametrizations: traced through, its weights are labelled by the ops that
         read them, where a probe would fix every space they touch."""
-        if id(m) in self._forced:
+        if id(m) in self._forced or isinstance(m, torch.jit.ScriptModule):
+            # a scripted module's code is TorchScript, not Python: one call, probed with its
+            # own weights (torch.fx would record its C++ object's ``forward`` method)
             return True
         if m._forward_pre_hooks or m._forward_hooks or parametrize.is_parametrized(m):
             # fx runs a module's hooks and parametrizations only where it traces through it
@@ -1415,8 +1417,16 @@ def trace_graph(
     Raises
     ------
     TraceError
-        When neither trace succeeds: fx's reason, the source line and what to do.
+        When neither trace succeeds: fx's reason, the source line and what to do; or when
+        ``model`` itself is a TorchScript module, which has no Python forward to trace.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TraceError(
+            f"{type(model).__name__} is a TorchScript module: torch.fx traces Python code, and "
+            "a scripted model's forward is TorchScript. Trace the model before "
+            "torch.jit.script (a scripted submodule is fine: it is kept as one call and "
+            "probed), or write a WeightSpaceSpec by hand (examples in specs/weight_spaces/)."
+        )
     defaults = _constants(model, args)
     einops_backend.register()  # einops calls on traced values, where einops is imported
 

@@ -147,6 +147,13 @@ class BrokenLeaf(nn.Module):
         return x
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_scripted_model_raises_trace_error_saying_what_to_trace():
+    model = torch.jit.script(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    with pytest.raises(TraceError, match=r"is a TorchScript module.*before torch\.jit\.script"):
+        nfc.trace(model, x_(2, 3))
+
+
 def test_a_kept_submodule_that_cannot_run_raises_trace_error_with_both_reasons():
     model = nn.Sequential(nn.Linear(3, 4), BrokenLeaf())
     with pytest.raises(TraceError) as e:
@@ -633,9 +640,12 @@ class Scripted(nn.Module):
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
 def test_a_scripted_submodule_is_one_probed_call():  # (torch warns converting its dtype)
-    # before: AttributeError (restoring a ScriptModule's parameter wrapper as a dict)
+    # before: AttributeError (restoring a ScriptModule's parameter wrapper as a dict); then
+    # every space fixed (its weights held still by the probe)
     spec, report = trace_with_report(model_(Scripted), x_(2, 3))
-    assert spaces_(spec) == [("out", 2, "output")] and report.verification.ok
+    assert spaces_(spec) == [("in", 3, "input"), ("a.0", 4, "hidden"), ("out", 2, "output")]
+    assert spec["a.0.weight"].axes == ("a.0", "in") and spec["b.weight"].axes == ("out", "a.0")
+    assert report.verification.ok
 
 
 class _MetaLinear(nn.Linear):

@@ -343,6 +343,34 @@ def test_a_leaf_s_hidden_units_are_a_space_of_their_own():
     assert nfc.verify(model, spec, x_(2, 3, 5, 5), seed=7).ok
 
 
+class ScriptedMLP(nn.Module):
+    """``x + fc2(relu(fc1(norm(x))))`` over channels-last features, to be scripted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(C), nn.Linear(C, 3 * C), nn.Linear(3 * C, C)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+def test_a_scripted_block_is_one_call_probed_with_its_own_weights():  # (a warning converting it)
+    # torch.fx recorded a scripted submodule as its C++ object's ``forward`` method, whose
+    # probe held the block's weights still and fixed the channels around it
+    def make():
+        return nn.Sequential(nn.Linear(5, C), torch.jit.script(ScriptedMLP()), nn.Linear(C, 2))
+
+    model = model_(make)
+    spec, report = _trace(model, 4, 5)
+    assert report.probes[0].op == "RecursiveScriptModule 1" and report.probes[0].passed
+    assert spec["1.fc1.weight"].axes == ("1.fc1", "0")
+    assert spec["1.fc2.weight"].axes == ("0", "1.fc1")
+    assert spec["1.norm.weight"].axes == ("0",) and spec["2.weight"].axes == ("out", "0")
+    assert nfc.verify(model, spec, x_(4, 5), seed=7).ok
+
+
 class Experts(nn.Module):
     """``E`` two-layer experts as ``(E, ., .)`` weights, run on the tokens routed to them by
     a loop over the experts the routing picked (data-dependent: one call), as Mixtral's are."""
