@@ -77,7 +77,8 @@ __all__ = ["DRAWS", "ProbeRecord", "probe_op"]
 #: Random draws (inputs, parameters and permutations) an op must pass.
 DRAWS = 3
 _SEED = 0
-#: Up to this many lengths of a module's own neurons, every subset of them is tried.
+#: Up to this many lengths of a module's own neurons, every set of them is tried (and up to
+#: twice as many ways of moving its square weights).
 OWN_SETS = 3
 _STREAM = 1234  # the global RNG seed every call of the op starts from
 
@@ -262,14 +263,16 @@ def _groupings(inputs: list[_Input]) -> list[dict]:
 
 
 def _with_own(a: SymmetryAnalysis, options: list[dict]) -> list[dict]:
-    """The groupings to try for a module with float state_dict entries of its own: first with
-    every dim of those entries that is as long as one input group moved with that group and
-    the rest moved by one permutation per length (neurons inside the module: its hidden
-    units), then with only the former, then with none (the entries stay, and are fixed).
+    """The groupings to try for a module with float state_dict entries of its own, before
+    ``options`` (its entries held still, and so fixed).
 
-    A module kept as one call (a mixture of experts' dispatch loop, a scripted block) then
-    keeps the symmetry of the neurons it shares with the model around it: its weights move
-    with them, as a rule's would.
+    A dim of an entry as long as one input group moves with that group (where one entry has
+    several such dims, a square weight, all of them first, then each alone); the other dims
+    move by one permutation per length, as neurons inside the module (its hidden units):
+    every set of those lengths is tried, largest first, so that a mixture's experts, which
+    only its routing moves, do not spoil its hidden units. A module kept as one call (a
+    mixture of experts' dispatch loop, a scripted block) then keeps the symmetry of the
+    neurons it shares with the model around it: its weights move with them, as a rule's would.
     """
     node = a.node
     if node.op != "call_module":
@@ -286,29 +289,32 @@ def _with_own(a: SymmetryAnalysis, options: list[dict]) -> list[dict]:
         sizes: dict = {}
         for key, g in groups.items():
             sizes.setdefault(g.size, []).append(key)
-        matched: dict = {}
+        per_entry: dict = {}  # (group key, entry) -> its dims as long as the group
         inside: dict = {}
         for name, shape in own:
             for d, n in enumerate(shape):
                 keys = sizes.get(n, [])
                 if n > 1 and len(keys) == 1:
-                    matched.setdefault(keys[0], []).append((name, d))
+                    per_entry.setdefault((keys[0], name), []).append(d)
                 elif n > 1 and not keys:
                     inside.setdefault(n, []).append((name, d))
-        if not matched and not inside:
-            continue
-
-        # every set of the inside lengths, largest sets first (a mixture's experts, which only
-        # its routing moves, must not spoil its hidden units); all or none past OWN_SETS
+        choices = [
+            [dims] + ([[d] for d in dims] if len(dims) > 1 else []) for dims in per_entry.values()
+        ]
+        variants = []
+        for picked in itertools.islice(itertools.product(*choices), OWN_SETS * 2):
+            matched: dict = {}
+            for (key, name), dims in zip(per_entry, picked):
+                matched.setdefault(key, []).extend((name, d) for d in dims)
+            variants.append(matched)
         lengths = sorted(inside)
-        sets = [tuple(lengths)] if lengths else []
-        if 1 < len(lengths) <= OWN_SETS:
-            sets = [
-                c for r in range(len(lengths), 0, -1) for c in itertools.combinations(lengths, r)
-            ]
-        out += [_moved(groups, matched, inside, c) for c in sets]
-        if matched:
-            out.append(_moved(groups, matched, inside, ()))
+        sets = [c for r in range(len(lengths), 0, -1) for c in itertools.combinations(lengths, r)]
+        if len(lengths) > OWN_SETS:
+            sets = [tuple(lengths)]
+        for matched in variants:
+            out += [_moved(groups, matched, inside, c) for c in sets]
+            if matched:
+                out.append(_moved(groups, matched, inside, ()))
     return out + options
 
 
@@ -454,7 +460,7 @@ def _outputs(result: Any, outs_meta: list) -> list:
 
 def _hypotheses(groups: dict, outs: list) -> list:
     """Candidate output labellings: per output, a group key (or ``None``) per dim; first by
-    right-alignment, then by size when that differs and is unambiguous."""
+    right-alignment, then by size when that differs and is unambiguous, then none."""
 
     def aligned(o: torch.Tensor, e: int) -> Any:
         keys = [k for k, g in groups.items() if g.size == o.shape[e] and o.ndim - 1 - e in g.right]
@@ -469,7 +475,10 @@ def _hypotheses(groups: dict, outs: list) -> list:
             same = sum(1 for m in o.shape if m == n)
             dims.append(keys[0] if len(keys) == 1 and same == 1 else None)
         by_size.append(tuple(dims))
-    return [right] if by_size == right else [right, by_size]
+    # last, none: the output does not move at all (a module's own weight undoes the
+    # permutation of its input, as a square weight moved on its input axis alone does)
+    unmoved = [tuple(None for _ in o.shape) for o in outs]
+    return list(dict.fromkeys(tuple(h) for h in (right, by_size, unmoved)))
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, scale: float) -> float | None:

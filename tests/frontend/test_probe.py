@@ -343,6 +343,29 @@ def test_a_leaf_s_hidden_units_are_a_space_of_their_own():
     assert nfc.verify(model, spec, x_(2, 3, 5, 5), seed=7).ok
 
 
+class MixThenPrefix(nn.Module):
+    """``cumsum`` over the channels of ``w``'s mix: its output channels are positions, so only
+    ``w``'s input axis may move with the input's channels, not both of its axes of that
+    length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(C, C))
+
+    def forward(self, x):
+        _values_checked(x)
+        return torch.einsum("nchw,cd->ndhw", x, self.w).cumsum(1)
+
+
+def test_a_leaf_s_square_weight_moves_on_the_one_axis_that_holds():
+    model = model_(lambda: Leaf(MixThenPrefix()))
+    spec, report = _trace(model, 2, 3, 5, 5)
+    assert report.probes[0].passed and "invariant" in report.probes[0].detail
+    assert spec["leaf.w"].axes == ("a", None)
+    assert spec["a.weight"].axes[0] == "a" and spec["b.weight"].axes[1] is None
+    assert nfc.verify(model, spec, x_(2, 3, 5, 5), seed=7).ok
+
+
 class ScriptedMLP(nn.Module):
     """``x + fc2(relu(fc1(norm(x))))`` over channels-last features, to be scripted."""
 
