@@ -18,11 +18,12 @@ leave the output unchanged (a symmetric reduction). The test permutes more freel
 group ever does (the group's action is a subgroup of what is tried), so passing is sound; the
 whole-model verification still has the last word.
 
-A leaf module's own weights move too (:func:`_with_own`): first every dim of its state_dict
-entries as long as one input group, with that group, and the rest by one permutation per
-length (its hidden units); then only the former; then none. The first that passes labels the
-entries, so a module kept as one call (a mixture of experts' dispatch loop, a scripted block)
-no longer fixes the neurons it shares with the rest of the model.
+A leaf module's own weights move too (:func:`_with_own`): a dim of its state_dict entries as
+long as one input group moves with that group, the others by one permutation per length (its
+hidden units); fewer of them where that fails, and none last. The first that passes labels
+the entries, so a module kept as one call (a mixture of experts' dispatch loop, a scripted
+block) no longer fixes the neurons it shares with the rest of the model. An output the
+permutations leave unchanged is unlabelled (its weight undid them).
 
 What it runs on: state_dict entries (parameters passed to a function, a leaf module's own
 parameters and buffers) are replaced by random values (they differ in every network of a zoo),
@@ -30,9 +31,10 @@ model constants and the example's integer tensors (indices, a router's choices: 
 shape propagation up to :data:`~nfncompile.frontend.fx.INTEGER_VALUES_UP_TO` entries) keep
 their values, and stochastic ops see the same random stream in both calls. A module runs as a
 float64 deep copy in eval mode; an op that fails in float64 is retried in its recorded dtypes.
-An op that raises, returns non-tensors or non-finite values, or takes an integer tensor whose
-values were not recorded (a model traced on fake tensors) is not probed: it is fixed as
-before, and the report says why.
+Where a model was traced on fake tensors, an integer tensor of neuron positions (a router's
+top-k indices) takes random positions of those neurons. An op that raises, returns non-tensors
+or non-finite values, or takes another integer tensor whose values were not recorded is not
+probed: it is fixed as before, and the report says why.
 
 Examples
 --------
@@ -67,7 +69,7 @@ import torch.fx
 from torch.fx.node import map_aggregate
 
 from .fx import copy_model, leaves
-from .labels import Seg, TensorLabels, remade
+from .labels import Seg, TensorLabels, label_width, remade
 
 if TYPE_CHECKING:
     from .analysis import SymmetryAnalysis
@@ -407,7 +409,12 @@ def _draw(inputs: list[_Input], wide: bool, positive: bool, gen: torch.Generator
             out.append(t.double() if wide and t.is_floating_point() else t)
             continue
         if not (x.dtype.is_floating_point or x.dtype.is_complex):
-            raise _Declined(f"it takes a {x.dtype} tensor whose values are not recorded")
+            if x.labels.values is None or x.dtype == torch.bool:
+                raise _Declined(f"it takes a {x.dtype} tensor whose values are not recorded")
+            # positions of neurons (a router's top-k): any positions of those neurons
+            high = label_width(x.labels.values)
+            out.append(torch.randint(high, x.labels.shape, generator=gen, dtype=x.dtype))
+            continue
         dtype = x.dtype
         if wide:
             dtype = torch.complex128 if x.dtype.is_complex else torch.float64

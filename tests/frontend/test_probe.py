@@ -424,12 +424,15 @@ class MixtureOfExperts(nn.Module):
         return self.out(h + self.experts(h, index, weight))
 
 
-def test_a_mixture_of_experts_kept_as_one_call():
-    # the routing's indices are the example's own (recorded by shape propagation); the experts'
+@pytest.mark.parametrize("fake", [False, True])
+def test_a_mixture_of_experts_kept_as_one_call(fake):
+    # the routing's indices are the example's own (recorded by shape propagation), or, where
+    # the model is traced on fake tensors, random positions of the experts; the experts'
     # weights move with the residual stream and their hidden units (one permutation for all
     # experts), the experts stay where the routing's indices point
     model = model_(MixtureOfExperts)
-    spec, report = _trace(model, 7, 5)
+    spec, report = trace_with_report(model, x_(7, 5), fake=fake)
+    assert report.verification.ok
     assert report.probes[0].passed and report.leaf_calls[0].kind == "Experts"
     assert spec["experts.w1"].axes == (None, "experts.w1.d1", "inp")
     assert spec["experts.w2"].axes == (None, "inp", "experts.w1.d1")
