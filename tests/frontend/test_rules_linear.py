@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import nfncompile as nfc
@@ -352,3 +353,46 @@ def test_matmul_with_a_1d_operand_contracts_it():
     a = spec["a.weight"].axes[0]
     assert a == spec["v"].axes[0] == spec["w"].axes[0] == spec["b.weight"].axes[1]
     assert spec["w"].axes[1] == spec["b.weight"].axes[0] == "out"
+
+
+class GroupedExperts(nn.Module):
+    """Top-1 experts run by ``F.grouped_mm``: tokens sorted by expert, cut at ``offs``, each
+    group times its expert's ``(E, out, in)`` weight, transposed (``batched``: every expert on
+    every token, a 3-D by 3-D grouped product)."""
+
+    def __init__(self, batched: bool) -> None:
+        super().__init__()
+        self.batched = batched
+        self.inp, self.router, self.out = nn.Linear(5, 8), nn.Linear(8, 3), nn.Linear(8, 2)
+        self.w1 = nn.Parameter(torch.randn(3, 16, 8) / 8**0.5)
+        self.w2 = nn.Parameter(torch.randn(3, 8, 16) / 4)
+
+    def forward(self, x):
+        h = self.inp(x)
+        gate = self.router(h).softmax(-1)
+        if self.batched:  # (E, N, 8) @ (E, 8, 16): the experts' dim is a batch dim
+            y = F.grouped_mm(h.expand(3, -1, -1).contiguous(), self.w1.transpose(-2, -1))
+            y = F.grouped_mm(y.relu(), self.w2.transpose(-2, -1))
+            return self.out(h + (gate.T[..., None] * y).sum(0))
+        index = gate.argmax(-1)
+        order = index.argsort()
+        offs = torch.bincount(index, minlength=3).cumsum(0).to(torch.int32)
+        y = F.grouped_mm(h[order], self.w1.transpose(-2, -1), offs=offs).relu()
+        y = F.grouped_mm(y, self.w2.transpose(-2, -1), offs=offs)
+        return self.out(h + torch.zeros_like(h).index_copy(0, order, y))
+
+
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="torch without F.grouped_mm")
+@pytest.mark.parametrize("batched", [False, True])
+def test_grouped_mm_ties_contracted_axes_and_keeps_its_weights_columns(batched):
+    # grouped_mm runs in float32 only on the CPU: the model stays float32, and verification
+    # checks it there. Before: probed, and the residual stream and hidden units fixed
+    torch.manual_seed(0)
+    model = GroupedExperts(batched)
+    spec, report = trace_with_report(model, torch.randn(7, 5))
+    assert report.verification.ok and not report.probes
+    assert spec["w1"].axes == (None, "w1", "inp") and spec["w2"].axes == (None, "inp", "w1")
+    # the experts stay: the routing reads their positions, and grouped_mm meets its groups
+    # of rows with the weight's matrices by position (or, batched, the gate's)
+    assert spec["router.weight"].axes == (None, "inp")
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

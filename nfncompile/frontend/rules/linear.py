@@ -1,5 +1,6 @@
-"""Op rules for dense layers: ``nn.Linear``, ``F.linear``, ``nn.Embedding``, matmul and
-``addmm``/``baddbmm`` (Hugging Face's GPT-2 ``Conv1D`` is ``torch.addmm(bias, x, weight)``).
+"""Op rules for dense layers: ``nn.Linear``, ``F.linear``, ``nn.Embedding``, matmul, grouped
+matmul and ``addmm``/``baddbmm`` (Hugging Face's GPT-2 ``Conv1D`` is
+``torch.addmm(bias, x, weight)``).
 
 A dense layer's output neurons are a new run; its weight's input axis is labelled with the
 neurons of its input's last dim.
@@ -161,6 +162,37 @@ def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     # x @ self.weight: the output neurons are the weight's axis, named after its module
     out = () if column else (a.name_output(a.plain_label(y.labels[-1], uniform=True)),)
     return TensorLabels(shape, batch.labels + rows + out)
+
+
+@register_function(torch._grouped_mm, *([F.grouped_mm] if hasattr(F, "grouped_mm") else []))
+def _grouped_mm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``grouped_mm(mat_a, mat_b, offs=offs)`` (a mixture of experts' dispatch, Hugging Face's
+    ``grouped_mm`` experts): ``mat_a``'s rows, cut into groups at ``offs``, each times its
+    group's matrix of a 3-D ``mat_b``; or, both 3-D, a batch of products (a matmul).
+
+    The contracted axes are tied and the output's columns are ``mat_b``'s. The groups meet
+    ``mat_b``'s matrices in order (row group ``i`` with matrix ``i``), so ``mat_b``'s groups
+    dim and ``mat_a``'s rows are positions; a bias ``(groups, N)`` joins the columns.
+    """
+    x, y = args[0], arg(args, kwargs, 1, "mat_b")
+    bias = arg(args, kwargs, 3, "bias")
+    if not (isinstance(x, TensorLabels) and isinstance(y, TensorLabels)):
+        raise Unsupported("grouped_mm with a non-tensor operand")
+    if x.ndim == 3 and y.ndim == 3:
+        out = _matmul(a, (x, y), {})
+    elif x.ndim == 2 and y.ndim == 3:
+        a.tie(x.labels[1], y.labels[1], "grouped_mm contracts neurons with positions")
+        why = "grouped_mm meets its groups of rows with its matrices by position"
+        a.fix(x.labels[0], why)
+        a.fix(y.labels[0], why)
+        columns = a.name_output(a.plain_label(y.labels[2], uniform=True))
+        out = TensorLabels(a.out_shape(), (None, columns))
+    else:
+        raise Unsupported(f"grouped_mm of a {x.ndim}-D and a {y.ndim}-D operand (jagged K)")
+    if isinstance(bias, TensorLabels):
+        a.fix(bias.labels[0] if bias.ndim == 2 else None, "a bias per group of rows")
+        a.tie(out.labels[-1], bias.labels[-1])
+    return out
 
 
 @register_function(torch.mv, torch.dot, torch.vdot, torch.inner)
