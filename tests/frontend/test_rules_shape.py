@@ -520,3 +520,32 @@ def test_narrow_is_read_as_the_slice_it_takes():
     spec, report = trace_with_report(model_(Narrowed), x_(5, 4))
     assert report.verification.ok and not report.probes and not report.broken
     assert [spec.spaces[s].size for s in spec["a.weight"].axes[0]] == [4, 2]
+
+
+class InterleavedGLU(nn.Module):
+    """A gated MLP whose gate and up units alternate in one layer's outputs (GPT-OSS's experts:
+    ``gate_up[..., ::2]``, ``gate_up[..., 1::2]``); ``step`` 3 takes one of every three."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+        self.inp, self.gate_up = nn.Linear(5, 8), nn.Linear(8, 6 * step)
+        self.down, self.out = nn.Linear(6, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        gu = self.gate_up(h)
+        gate, up = gu[..., :: self.step], gu[..., self.step - 1 :: self.step]
+        return self.out(h + self.down((up + 1) * gate * torch.sigmoid(gate)))
+
+
+@pytest.mark.parametrize("step", [2, 3])
+def test_every_step_th_position_is_one_position_of_each_neuron(step):
+    # before: each of the 6 units was a space of one neuron (the strided slice took single
+    # positions); now the layer's outputs are 6 neurons of `step` positions each
+    spec, report = trace_with_report(model_(lambda: InterleavedGLU(step)), x_(3, 5))
+    assert report.verification.ok and not report.broken
+    assert spec["gate_up.weight"].view == (6, step, 8)
+    assert spec["gate_up.weight"].axes == ("gate_up", None, "inp")
+    assert spec["down.weight"].axes == ("inp", "gate_up") and spec.spaces["gate_up"].size == 6
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

@@ -479,8 +479,11 @@ def _narrow(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 def _sliced(a: SymmetryAnalysis, lab: Any, n: int, i: slice) -> Any:
     """The label of a dim of ``n`` positions labelled ``lab`` after slicing it with ``i``: a
-    whole slice keeps any label, a uniform dim stays uniform, neurons are sliced (a stride
-    takes single neurons where they are few and span one position each, else fixes them)."""
+    whole slice keeps any label, a uniform dim stays uniform, neurons are sliced. A stride
+    ``k`` that takes one position of every ``k`` (``::2``, ``1::2``) takes one position of
+    each neuron where neurons span ``k`` positions (asked for, where they do not); another
+    stride takes single neurons where they are few and span one position each, else fixes
+    them."""
     start, stop, step = i.indices(n)
     if (start, stop, step) == (0, n, 1):
         return lab
@@ -492,6 +495,12 @@ def _sliced(a: SymmetryAnalysis, lab: Any, n: int, i: slice) -> Any:
     if step == 1:
         return a.slice_label(lab, start, stop) if stop > start else None
     pos = list(range(start, stop, step))
+    if start < step and n % step == 0 and len(pos) == n // step:
+        # one position of every block of ``step`` (an interleaved gate and up, ``h[..., ::2]``
+        # and ``h[..., 1::2]``): the same neurons, each spanning ``step`` positions fewer
+        if all(s.inner % step == 0 for s in lab):
+            return tuple(Seg(s.run, s.offset, s.length, s.inner // step) for s in lab)
+        a.request_blocks(lab, step)  # next time its runs are made of such blocks
     if len(pos) > 64 or any(s.inner != 1 for s in lab):
         a.fix(lab, "strided slicing of neurons")
         return None
