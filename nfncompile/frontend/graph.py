@@ -74,9 +74,12 @@ def build_symmetry_graph(
         a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
         check_entries(channel_dim, [name for name, _ in a.inputs])
         g = _graph(a, gm) if before is not None else None  # built once, where needed
-        if before is not None and (
+        # runs tied to neurons spanning several positions each, not yet made in such blocks
+        asked = any(blocks.get(k) != b for k, b in a.requests.items())
+        worse = before is not None and (
             (tried and all(_fixed_runs(a, g, tried))) or _order(g) <= _order(before_graph)
-        ):
+        )
+        if worse and not asked:
             # the blocks left those runs fixed, or fixed more than they freed (a fused qkv
             # whose q and k a rotation fixes: its heads as blocks, but v's dims fixed in them;
             # a head's interleaved rotary pairs, which would tie its other dims to every head's)
@@ -84,9 +87,14 @@ def build_symmetry_graph(
             break
         # a run tied to neurons spanning several positions each is made in blocks and the
         # graph analysed again (a channel shuffle's second half, one conv's output added to a
-        # depthwise conv with two outputs per channel)
-        if any(blocks.get(k) != b for k, b in a.requests.items()):
-            before, tried, before_graph = a, [], g or _graph(a, gm)
+        # depthwise conv with two outputs per channel). Blocks may need another round before
+        # they pay (a bias added to a weight's outputs read two by two: the weight's blocks
+        # first, then the bias's), so a round that is worse but asks for more goes on, and
+        # the best round so far stays the one to fall back to
+        if asked:
+            if not worse:
+                before, before_graph = a, g or _graph(a, gm)
+            tried = []
             blocks = {**blocks, **a.requests}
             continue
         # then a dim split into chunks whose label ends up wholly fixed: its neurons are
@@ -96,6 +104,9 @@ def build_symmetry_graph(
             break
         before, tried, before_graph = a, list(chunks), g or _graph(a, gm)
         blocks = {**blocks, **chunks}
+    else:  # rounds spent: the last one stands only if it is no worse than the best before it
+        if before is not None and a is not before and _order(_graph(a, gm)) <= _order(before_graph):
+            a = before
     for run in a.unused_param_runs:
         a.op = "unused parameter"
         a.node = None

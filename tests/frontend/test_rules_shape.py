@@ -524,28 +524,35 @@ def test_narrow_is_read_as_the_slice_it_takes():
 
 class InterleavedGLU(nn.Module):
     """A gated MLP whose gate and up units alternate in one layer's outputs (GPT-OSS's experts:
-    ``gate_up[..., ::2]``, ``gate_up[..., 1::2]``); ``step`` 3 takes one of every three."""
+    ``gate_up[..., ::2]``, ``gate_up[..., 1::2]``); ``step`` 3 takes one of every three.
+    ``bias_apart``: the bias added after the product, as GPT-OSS adds it."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, bias_apart: bool = False) -> None:
         super().__init__()
-        self.step = step
+        self.step, self.bias_apart = step, bias_apart
         self.inp, self.gate_up = nn.Linear(5, 8), nn.Linear(8, 6 * step)
         self.down, self.out = nn.Linear(6, 8), nn.Linear(8, 2)
 
     def forward(self, x):
         h = self.inp(x)
-        gu = self.gate_up(h)
+        if self.bias_apart:
+            gu = F.linear(h, self.gate_up.weight) + self.gate_up.bias
+        else:
+            gu = self.gate_up(h)
         gate, up = gu[..., :: self.step], gu[..., self.step - 1 :: self.step]
         return self.out(h + self.down((up + 1) * gate * torch.sigmoid(gate)))
 
 
-@pytest.mark.parametrize("step", [2, 3])
-def test_every_step_th_position_is_one_position_of_each_neuron(step):
+@pytest.mark.parametrize(("step", "bias_apart"), [(2, False), (3, False), (2, True)])
+def test_every_step_th_position_is_one_position_of_each_neuron(step, bias_apart):
     # before: each of the 6 units was a space of one neuron (the strided slice took single
-    # positions); now the layer's outputs are 6 neurons of `step` positions each
-    spec, report = trace_with_report(model_(lambda: InterleavedGLU(step)), x_(3, 5))
+    # positions); now the layer's outputs are 6 neurons of `step` positions each. A bias added
+    # apart is asked for in such blocks a round later
+    model = model_(lambda: InterleavedGLU(step, bias_apart))
+    spec, report = trace_with_report(model, x_(3, 5))
     assert report.verification.ok and not report.broken
     assert spec["gate_up.weight"].view == (6, step, 8)
     assert spec["gate_up.weight"].axes == ("gate_up", None, "inp")
+    assert spec["gate_up.bias"].axes == ("gate_up", None)
     assert spec["down.weight"].axes == ("inp", "gate_up") and spec.spaces["gate_up"].size == 6
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
