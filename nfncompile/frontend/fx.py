@@ -885,27 +885,39 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
                     return getattr(args[0], node.target)(*args[1:], **kwargs)
                 if node.op == "call_module":
                     return self.root.get_submodule(node.target)(*args, **kwargs)
-        except Exception:  # not computable on fake tensors (data-dependent): left symbolic
+        except _DATA_DEPENDENT:  # not computable on fake tensors: left symbolic
             if node.op == "call_module":
                 return self._stand_in(node, args, kwargs)
             return _UNKNOWN
+        except Exception:
+            # a kept submodule that branches on values (vector-quantize's codebook checks its
+            # ``initted`` buffer), or a kernel whose fake version refuses what the real one
+            # takes (grouped_mm in float32 on a CPU)
+            return self._stand_in(node, args, kwargs)
         return _UNKNOWN
 
     def _stand_in(self, node: torch.fx.Node, args: Any, kwargs: Any) -> Any:
-        """A kept submodule that branches on values (vector-quantize's codebook checks its
-        ``initted`` buffer) run on real zeros shaped like its fake inputs, for the shapes and
-        the structure of its output (a tuple the forward unpacks), or ``_UNKNOWN``."""
+        """``node`` run on real zeros shaped like its fake inputs, for the shapes and the
+        structure of its output (a tuple the forward unpacks), or ``_UNKNOWN``."""
+
+        module = node.op == "call_module"
 
         def real(v: Any) -> Any:
             if isinstance(v, FakeTensor):
                 return torch.zeros(v.shape, dtype=v.dtype)
+            if isinstance(v, torch.Tensor) and not module:
+                return v.clone()  # a model's own tensor: an op in place must not change it
             return v
 
+        args, kwargs = pytree.tree_map(real, args), pytree.tree_map(real, kwargs)
         try:
             with torch.no_grad():
-                out = self.root.get_submodule(node.target)(
-                    *pytree.tree_map(real, args), **pytree.tree_map(real, kwargs)
-                )
+                if node.op == "call_function":
+                    out = node.target(*args, **kwargs)
+                elif node.op == "call_method":
+                    out = getattr(args[0], node.target)(*args[1:], **kwargs)
+                else:
+                    out = self.root.get_submodule(node.target)(*args, **kwargs)
         except Exception:
             return _UNKNOWN
         return pytree.tree_map(self._fake, out)

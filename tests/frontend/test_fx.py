@@ -1454,3 +1454,27 @@ def test_lazy_parameters_not_made_yet_are_a_trace_error_that_says_what_to_do():
         nfc.trace(model, x_(4, 3))
     model(x_(4, 3))
     assert nfc.trace(model, x_(4, 3))["0.weight"].axes == ("0", "in")
+
+
+class _GroupedMM(nn.Module):
+    """A float32 grouped product (two groups of rows at constant offsets) whose result's shape
+    the forward unpacks, which plain torch.fx cannot: traced with the example's shapes fixed,
+    where grouped_mm's fake kernel refuses float32 that its CPU kernel takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 8, 8) / 3)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = F.grouped_mm(x, self.w, offs=torch.tensor([3, 7], dtype=torch.int32))
+        return self.out(y.reshape(*y.shape[:-1], 8))
+
+
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="torch without F.grouped_mm")
+def test_an_op_whose_fake_kernel_refuses_runs_on_zeros_for_its_shapes():
+    # before: its value unknown, the unpacking failed again and the trace raised TraceError
+    torch.manual_seed(0)
+    spec, report = trace_with_report(_GroupedMM(), torch.randn(7, 8))
+    assert report.specialised and not report.leaf_calls and report.verification.ok
+    assert spec["w"].axes == (None, "in", "w") and spec["out.weight"].axes == ("out", "w")
