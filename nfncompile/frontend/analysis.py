@@ -76,6 +76,7 @@ from .labels import (
     tensors,
 )
 from .probe import ProbeRecord, probe_op
+from .rules.inplace import index_ranges, write
 from .rules.registry import (
     FUNCTION_RULES,
     METHOD_RULES,
@@ -653,15 +654,38 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             self.written(n.args[0], value)
         return value
 
-    def written(self, target: torch.fx.Node, labels: TensorLabels) -> None:
+    def written(
+        self,
+        target: torch.fx.Node,
+        labels: TensorLabels,
+        current: frozenset = frozenset(),
+        region: Any = None,
+    ) -> None:
         """Record that ``target``'s tensor was written in place and has ``labels`` now: every
-        later use of it reads them. Where the tensor shares its memory with views of it (or
-        is one), the write changes them too; when it put values the old labels do not
-        describe and such views, made before it, are read after it, every tensor of that
-        family is made position-dependent (its neurons fixed)."""
+        later use of it reads them. A basic slice of a tensor (``t[..., :4].copy_(x)``) writes
+        into that tensor, whose labels are pieced together as a ``t[..., :4] = x`` would
+        piece them. Otherwise, where the tensor shares its memory with views of it (or is
+        one), the write changes them too; when it put values the old labels do not describe
+        and such views, made before it, are read after it (``current`` excepted: their labels
+        are already the new ones; and slices of it that miss the written ``region``, a basic
+        index), every tensor of that family is made position-dependent (its neurons fixed)."""
         old = self.env.get(target)
         if not isinstance(old, TensorLabels):
             return
+        base, index = _sliced_from(target)
+        if (
+            base is not None
+            and base not in current
+            and isinstance(self.env.get(base), TensorLabels)
+        ):
+            try:
+                whole = write(self, self.env[base], index, labels)
+            except Unsupported:
+                whole = None
+            if whole is not None:
+                self.env[target] = labels
+                self.written(base, whole, current | {target}, index)
+                return
         # the same neurons spelled in pieces (``x[:, :4] += r`` writes back the first four of
         # the eight it had) change nothing
         same = [merged(new) == merged(was) for new, was in zip(labels.labels, old.labels)]
@@ -674,7 +698,11 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         stale = [
             m
             for m in _aliases(target)
-            if m is not target and m in self.env and any(self._order[u] > after for u in m.users)
+            if m is not target
+            and m not in current
+            and not _apart(m, target, region, old)
+            and m in self.env
+            and any(self._order[u] > after for u in m.users)
         ]
         if described or not stale:
             self.env[target] = labels
@@ -1076,6 +1104,38 @@ def _views(n: torch.fx.Node) -> bool:
         mod = n.graph.owning_module.get_submodule(n.target)
         return isinstance(mod, _VIEW_MODULES) or getattr(mod, "inplace", False) is True
     return False
+
+
+def _sliced_from(node: torch.fx.Node) -> tuple:
+    """``(base, index)`` where ``node`` is ``base[index]`` with a basic index of constants
+    (ints, slices, ``...``), else ``(None, None)``."""
+    if node.op != "call_function" or node.target is not operator.getitem or len(node.args) != 2:
+        return None, None
+    base, index = node.args
+    entries = index if isinstance(index, tuple) else (index,)
+    basic = all(
+        i is Ellipsis
+        or (isinstance(i, int) and not isinstance(i, bool))
+        or (
+            isinstance(i, slice)
+            and all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step))
+        )
+        for i in entries
+    )
+    return (base, index) if basic and isinstance(base, torch.fx.Node) else (None, None)
+
+
+def _apart(view: torch.fx.Node, base: torch.fx.Node, region: Any, labels: TensorLabels) -> bool:
+    """Whether ``view`` is a basic slice of ``base`` that misses ``region`` (a basic index
+    of ``base``, of shape ``labels.shape``) along some dim."""
+    of, index = _sliced_from(view)
+    if of is not base or region is None:
+        return False
+    try:
+        ours, theirs = index_ranges(labels, region), index_ranges(labels, index)
+    except Unsupported:
+        return False
+    return any(a1 <= b0 or b1 <= a0 for (a0, a1, _), (b0, b1, _) in zip(ours, theirs))
 
 
 def _aliases(node: torch.fx.Node) -> set:

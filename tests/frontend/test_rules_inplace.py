@@ -75,18 +75,27 @@ def test_a_buffer_written_with_traced_values_is_a_node_of_the_graph():
 
 
 class ViewWritten(TwoLinear):
+    """``how="slice"``: a write into a slice of the buffer, pieced into the buffer's labels;
+    the buffer's two shifted windows then read a's neurons at two places. ``how="transpose"``:
+    through a transpose, a view the rules do not piece a write through."""
+
     def forward(self, x):
         buf = torch.zeros(x.shape[0], 7)
-        view = buf[:, 1:]  # made before the write: its labels are those of zeros
+        if self.how == "slice":
+            view = buf[:, 1:]  # made before the write: its labels are those of zeros
+        else:
+            view = buf.t()[1:].t()
         view.copy_(self.a(x))
         return self.b(buf[:, :6]) + self.b(view)
 
 
-def test_a_write_through_a_view_made_before_it_fixes_what_shares_its_memory():
-    spec, report = trace_with_report(model_(ViewWritten), x_(3, 4))
+@pytest.mark.parametrize("how", ["slice", "transpose"])
+def test_a_write_through_a_view_made_before_it_fixes_what_shares_its_memory(how):
+    spec, report = trace_with_report(model_(lambda: ViewWritten(how)), x_(3, 4))
     assert report.verification.ok
     assert spec["a.weight"].axes[0] is None and spec["b.weight"].axes[1] is None
-    assert any("through a view" in b.reason for b in report.broken)
+    reasons = [b.reason for b in report.broken]
+    assert any("through a view" in r for r in reasons) == (how == "transpose")
 
 
 class ZeroChannels(nn.Module):
@@ -277,3 +286,32 @@ def test_a_write_over_part_of_a_layers_output_cuts_its_neurons_there(how, pieces
     assert [spec.spaces[r].size for r in dict.fromkeys(rows)] == pieces
     if how == "replaced":  # b's last rows are written over (unused), c's neurons read instead
         assert spec["o.weight"].axes[1][-1] == spec["c.weight"].axes[0]
+
+
+class ViewWrites(nn.Module):
+    """Two layers' outputs copied into slices of an empty tensor (DeepSeek's keys:
+    ``key_states[..., :nope].copy_(k_nope)``); ``read_view`` reads the first slice's view
+    again after the second write, which sees the first write."""
+
+    def __init__(self, read_view: bool) -> None:
+        super().__init__()
+        self.read_view = read_view
+        self.a, self.b, self.out = nn.Linear(5, 4), nn.Linear(5, 3), nn.Linear(7, 2)
+
+    def forward(self, x):
+        h = x.new_empty(x.shape[0], 7)
+        first = h[:, :4]
+        first.copy_(self.a(x))
+        h[:, 4:].copy_(self.b(x))
+        y = self.out(torch.relu(h))
+        return y + first.sum(-1, keepdim=True) if self.read_view else y
+
+
+@pytest.mark.parametrize("read_view", [False, True])
+def test_a_copy_into_a_slice_is_a_write_into_its_tensor(read_view):
+    # before: the write through the view fixed the tensor's neurons and both layers'
+    spec, report = trace_with_report(model_(lambda: ViewWrites(read_view)), x_(3, 5))
+    assert report.verification.ok and not report.broken
+    assert spec["out.weight"].axes == ("out", ("a", "b"))
+    assert spec["a.weight"].axes[0] == "a" and spec["b.weight"].axes[0] == "b"
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

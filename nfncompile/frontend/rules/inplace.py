@@ -45,11 +45,13 @@ def _uniform(shape: tuple) -> TensorLabels:
     return TensorLabels(tuple(shape), tuple(UNIFORM if n > 1 else None for n in shape))
 
 
-@register_function(torch.zeros, torch.ones, torch.full)
-@register_method("new_zeros", "new_ones", "new_full")
+@register_function(torch.zeros, torch.ones, torch.full, torch.empty)
+@register_method("new_zeros", "new_ones", "new_full", "new_empty")
 @structured
 def _constant(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    # one value everywhere: any permutation of any dim leaves it as it is
+    # one value everywhere: any permutation of any dim leaves it as it is. An empty tensor's
+    # values are whatever its memory held, which a model writes before it reads (DeepSeek's
+    # queries, pieced together in a `new_empty` tensor), as `empty_like` is read
     return _uniform(a.out_shape())
 
 
@@ -88,7 +90,7 @@ def write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> Tenso
         except Unsupported as e:
             return _fixed_write(a, x, value, str(e))
     try:
-        ranges = _ranges(x, index)
+        ranges = index_ranges(x, index)
         region = tuple(stop - start for start, stop, kept in ranges if kept)
         written = iter(_value_labels(a, value, region))
         full = [(start, stop) == (0, n) for (start, stop, _), n in zip(ranges, x.shape)]
@@ -221,7 +223,7 @@ def _pieced(a: SymmetryAnalysis, pieces: tuple, sizes: tuple) -> Any:
     return label
 
 
-def _ranges(x: TensorLabels, index: Any) -> list:
+def index_ranges(x: TensorLabels, index: Any) -> list:
     """``(start, stop, kept)`` per dim of ``x`` for a basic index (ints and unit-step slices;
     ``kept`` is False for an int, whose dim the value does not have)."""
     index = index if isinstance(index, tuple) else (index,)
