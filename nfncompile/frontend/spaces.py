@@ -48,7 +48,7 @@ from typing import Any
 
 import networkx as nx
 
-from ..spec import Blocks, Inner, ParamSpec, Space, WeightSpaceSpec
+from ..spec import Blocks, Inner, ParamSpec, Space, WeightSpaceSpec, axis_pieces
 from . import heads
 from .derivation import (
     BlockInfo,
@@ -464,7 +464,20 @@ def _build(
         if root in inner_of:
             root = inner_of[root][1]
         run_space[r] = infos[root].name if root in infos else "fixed"
-    ranked = [s for _, s in sorted(infos.items(), key=lambda kv: (_ORDER[kv[1].role], kv[0]))]
+    # a hidden space no weight indexes (the free run a constant left where a later write
+    # covered it all) moves nothing in the weight space: not one of the spec's spaces
+    indexed = {
+        name
+        for axes in [*(p.axes for p in params), *(t.axes for t in io.inputs + io.outputs if t)]
+        for axis in axes
+        for name in axis_pieces(axis)
+        if isinstance(name, str)
+    }
+    ranked = [
+        s
+        for _, s in sorted(infos.items(), key=lambda kv: (_ORDER[kv[1].role], kv[0]))
+        if s.role != "hidden" or s.blocks or s.name in indexed
+    ]
     spec = WeightSpaceSpec(
         [Space(s.name, s.size, s.role, blocks=s.blocks) for s in ranked],
         params,

@@ -314,4 +314,6 @@ def test_a_copy_into_a_slice_is_a_write_into_its_tensor(read_view):
     assert report.verification.ok and not report.broken
     assert spec["out.weight"].axes == ("out", ("a", "b"))
     assert spec["a.weight"].axes[0] == "a" and spec["b.weight"].axes[0] == "b"
+    # the free run the empty tensor left at 4: after the first write indexes no weight
+    assert list(spec.spaces) == ["in", "a", "b", "out"]
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
