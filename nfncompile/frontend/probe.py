@@ -182,6 +182,11 @@ def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord |
     except _Declined as e:
         return ProbeRecord(a.op, a.node.name, False, f"probed: {e}", time.perf_counter() - t0), None
     value = _apply(a, groups, assignment)
+    moved = sorted({name for g in groups.values() for name, _ in g.params})
+    if moved:
+        own = sorted(g.size for g in groups.values() if not g.members)
+        inside = f"; {' + '.join(map(str, own))} hidden units of its own" if own else ""
+        detail += f"; its own weights moved with them ({', '.join(moved)}){inside}"
     seconds = time.perf_counter() - t0
     return ProbeRecord(a.op, a.node.name, True, detail, seconds), value
 

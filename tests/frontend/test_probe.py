@@ -335,6 +335,10 @@ def test_a_leaf_s_hidden_units_are_a_space_of_their_own():
     model = model_(lambda: Leaf(UntraceableMLP()))
     spec, report = _trace(model, 2, 3, 5, 5)
     assert report.probes[0].passed and not report.broken
+    assert report.probes[0].detail.endswith(
+        "; its own weights moved with them (fc1.bias, fc1.weight, fc2.bias, fc2.weight); "
+        "12 hidden units of its own"
+    )
     assert spaces_(spec) == [*SPACES[:2], ("leaf.fc1", 2 * C, "hidden"), *SPACES[2:]]
     assert spec["leaf.fc1.weight"].axes == ("leaf.fc1", "a", None, None)
     assert spec["leaf.fc1.bias"].axes == ("leaf.fc1",)
