@@ -23,7 +23,11 @@ long as one input group moves with that group, the others by one permutation per
 hidden units); fewer of them where that fails, and none last. The first that passes labels
 the entries, so a module kept as one call (a mixture of experts' dispatch loop, a scripted
 block) no longer fixes the neurons it shares with the rest of the model. An output the
-permutations leave unchanged is unlabelled (its weight undid them).
+permutations leave unchanged is unlabelled (its weight undid them). Where every grouping
+fails, the groups of integer inputs alone are held still and their neurons fixed (a one-hot
+dispatch mask that separate expert modules read by position). Outputs are compared at the
+precision of the call's least precise output (a router that computes in float32 and casts
+one result back to float64).
 
 What it runs on: state_dict entries (parameters passed to a function, a leaf module's own
 parameters and buffers) are replaced by random values (they differ in every network of a zoo),
@@ -137,6 +141,7 @@ class _Group:
     pieces: list = field(default_factory=list)
     right: set = field(default_factory=set)
     params: list = field(default_factory=list)
+    fixed: bool = False  # not moved: its members' neurons are fixed
 
 
 def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord | None, Any]:
@@ -171,7 +176,8 @@ def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord |
         outs_meta = _meta_leaves(a.node.meta.get("tensor_meta"))
         call = _caller(a)
         failed: _NotEquivariant | None = None
-        for groups in _with_own(a, _groupings(inputs)):
+        options = _with_own(a, _groupings(inputs))
+        for groups in options + _integers_fixed(options, inputs):
             try:
                 assignment, detail = _check(call, template, inputs, groups, outs_meta)
                 break
@@ -325,6 +331,27 @@ def _with_own(a: SymmetryAnalysis, options: list[dict]) -> list[dict]:
     return out + options
 
 
+def _integers_fixed(options: list[dict], inputs: list[_Input]) -> list[dict]:
+    """The groupings to try last: each of ``options`` with its groups of integer inputs alone
+    held still (a one-hot dispatch mask over the experts, which a mixture's separate expert
+    modules read by position), where it has such groups."""
+    out = []
+    for groups in options:
+        integer = {
+            k
+            for k, g in groups.items()
+            if g.members and not any(inputs[i].dtype.is_floating_point for i, _, _ in g.members)
+        }
+        if integer and len(integer) < len(groups):
+            out.append(
+                {
+                    k: dataclasses.replace(g, fixed=True) if k in integer else g
+                    for k, g in groups.items()
+                }
+            )
+    return out
+
+
 def _moved(groups: dict, matched: dict, inside: dict, lengths: tuple) -> dict:
     """``groups`` with the own entries' dims ``matched`` to them, and one group of the module's
     own neurons for each of ``lengths`` (``inside``: length -> ``(entry, dim)`` pairs)."""
@@ -473,6 +500,7 @@ def _outputs(result: Any, outs_meta: list) -> list:
 def _hypotheses(groups: dict, outs: list) -> list:
     """Candidate output labellings: per output, a group key (or ``None``) per dim; first by
     right-alignment, then by size when that differs and is unambiguous, then none."""
+    groups = {k: g for k, g in groups.items() if not g.fixed}
 
     def aligned(o: torch.Tensor, e: int) -> Any:
         keys = [k for k, g in groups.items() if g.size == o.shape[e] and o.ndim - 1 - e in g.right]
@@ -493,13 +521,14 @@ def _hypotheses(groups: dict, outs: list) -> list:
     return list(dict.fromkeys(tuple(h) for h in (right, by_size, unmoved)))
 
 
-def _close(got: torch.Tensor, want: torch.Tensor, scale: float) -> float | None:
-    """The error of ``got`` against ``want`` when over tolerance, else ``None``."""
+def _close(got: torch.Tensor, want: torch.Tensor, scale: float, eps: float) -> float | None:
+    """The error of ``got`` against ``want`` when over tolerance (relative ``eps ** 0.5 * 10``),
+    else ``None``."""
     if got.dtype != want.dtype or got.shape != want.shape:
         return float("inf")
     if not (got.is_floating_point() or got.is_complex()):
         return None if torch.equal(got, want) else float("inf")
-    tol = torch.finfo(got.dtype).eps ** 0.5 * 10
+    tol = max(eps, torch.finfo(got.dtype).eps) ** 0.5 * 10
     err = (got - want).abs()
     if bool((err <= tol * (scale + want.abs())).all()):
         return None
@@ -515,7 +544,9 @@ def _check(call: _Call, template: Any, inputs: list, groups: dict, outs_meta: li
     draw = 0
     while draw < DRAWS:
         values = _draw(inputs, wide, positive, gen)
-        perms = {k: _permutation(g, gen) for k, g in groups.items()}
+        perms = {
+            k: torch.arange(g.size) if g.fixed else _permutation(g, gen) for k, g in groups.items()
+        }
         moved = list(values)
         moves: dict = {}
         for k, g in groups.items():
@@ -541,6 +572,11 @@ def _check(call: _Call, template: Any, inputs: list, groups: dict, outs_meta: li
             continue
         if hyps is None:
             hyps = _hypotheses(groups, outs)
+            # the precision of the call is its least precise output's: a router that computes
+            # in float32 and returns its probabilities cast to float64 (Switch Transformers)
+            eps = max(
+                (torch.finfo(o.dtype).eps for o in outs if o.is_floating_point()), default=0.0
+            )
         alive = []
         for h in hyps:
             err = None
@@ -550,7 +586,7 @@ def _check(call: _Call, template: Any, inputs: list, groups: dict, outs_meta: li
                     if key is not None:
                         want = want.index_select(e, perms[key])
                 scale = float(o.abs().max()) if o.numel() and o.is_floating_point() else 0.0
-                e_ = _close(op, want, max(scale, 1.0))
+                e_ = _close(op, want, max(scale, 1.0), eps)
                 if e_ is not None:
                     err = e_ if err is None else max(err, e_)
             if err is None:
@@ -587,6 +623,10 @@ def _apply(a: SymmetryAnalysis, groups: dict, assignment: list) -> Any:
     own: dict = {}  # entry name -> its labels, one per dim
     target = a.node.target
     for key, g in groups.items():
+        if g.fixed:
+            for _, _, lab in g.members:
+                a.fix(lab, f"{a.op} reads its integer input's neurons by position")
+            continue
         if g.members:
             lab0 = g.members[0][2]
         else:  # neurons inside the module, first seen on one of its entries

@@ -370,6 +370,77 @@ def test_a_leaf_s_square_weight_moves_on_the_one_axis_that_holds():
     assert nfc.verify(model, spec, x_(2, 3, 5, 5), seed=7).ok
 
 
+class Float32Router(nn.Module):
+    """A router that computes in float32 whatever its input's dtype (Switch Transformers'
+    does): float32 logits, and the gap of the first two cast back to the input's dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 256))
+
+    def forward(self, x):
+        _values_checked(x)
+        logits = x.float() @ self.w.float().T
+        return logits, (logits[..., 0] - logits[..., 1]).to(x.dtype)
+
+
+class Routed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.router, self.b = nn.Linear(5, 256), Float32Router(), nn.Linear(256, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        logits, gap = self.router(h)
+        return self.b(h) * gap[:, None] + logits.sum(-1, keepdim=True)
+
+
+def test_a_call_is_compared_at_the_precision_of_its_least_precise_output():
+    # its float64 output holds float32 rounding (sums of 256 terms in another order): before,
+    # compared at float64's tolerance, the probe failed and fixed the 256 channels
+    model = model_(Routed)
+    spec, report = _trace(model, 6, 5)
+    assert report.probes[0].passed and spec["router.w"].axes == (None, "a")
+    assert spec["b.weight"].axes == ("out", "a")
+
+
+class SeparateExperts(nn.Module):
+    """Experts as separate modules, each weighted by its column of a one-hot dispatch mask:
+    the mask's experts are positions (no permutation of the channels moves the modules)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(nn.Linear(C, C) for _ in range(3))
+
+    def forward(self, x, mask):
+        _values_checked(x)
+        return sum(expert(x) * mask[:, e : e + 1] for e, expert in enumerate(self.experts))
+
+
+class Dispatched(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.router = nn.Linear(5, C), nn.Linear(C, 3)
+        self.experts, self.out = SeparateExperts(), nn.Linear(C, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        mask = nn.functional.one_hot(self.router(h).argmax(-1), 3)
+        return self.out(h + self.experts(h, mask))
+
+
+def test_a_kept_call_s_integer_input_is_held_still_where_moving_it_fails():
+    # the one-hot mask's last dim carries the router's neurons; the experts read it by
+    # position. Before: that failed the probe, which fixed the residual stream too
+    model = model_(Dispatched)
+    spec, report = _trace(model, 7, 5)
+    assert report.probes[0].passed
+    assert spec["experts.experts.0.weight"].axes == ("inp", "inp")
+    assert spec["router.weight"].axes == (None, "inp")
+    [broken] = report.broken
+    assert broken.reason.endswith("reads its integer input's neurons by position")
+
+
 class ScriptedMLP(nn.Module):
     """``x + fc2(relu(fc1(norm(x))))`` over channels-last features, to be scripted."""
 
