@@ -65,6 +65,9 @@ TORCHVISION_TASKS = ("segmentation", "video", "optical_flow")
 _STAGES = {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "num_labels": 10}
 _VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 64, "image_size": 32, "patch_size": 8}  # fmt: skip
+_MOE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 64,
+        "max_position_embeddings": 32, "num_experts_per_tok": 2}  # fmt: skip
 TRANSFORMERS = {
     "ResNetForImageClassification": {"embedding_size": 16, **_STAGES},
     "ConvNextForImageClassification": _STAGES,
@@ -130,9 +133,51 @@ TRANSFORMERS = {
         "use_cache": False,
     },
     "BertModel": {**_VIT, "vocab_size": 50, "max_position_embeddings": 16},
+    # mixtures of experts: 3-D expert weights run by grouped_mm (Mixtral, Qwen-MoE, DeepSeek;
+    # GPT-OSS's gate and up units interleaved), Switch Transformers' separate expert modules
+    "MixtralModel": {**_MOE, "num_local_experts": 4},
+    "Qwen2MoeModel": {
+        **_MOE,
+        "num_experts": 4,
+        "moe_intermediate_size": 16,
+        "shared_expert_intermediate_size": 32,
+    },
+    "DeepseekV3Model": {
+        **_MOE,
+        "n_routed_experts": 4,
+        "moe_intermediate_size": 16,
+        "n_shared_experts": 1,
+        "first_k_dense_replace": 1,
+        "n_group": 1,
+        "topk_group": 1,
+        "kv_lora_rank": 8,
+        "q_lora_rank": 8,
+        "qk_rope_head_dim": 4,
+        "qk_nope_head_dim": 4,
+        "v_head_dim": 8,
+    },
+    "GptOssModel": {
+        **_MOE,
+        "num_local_experts": 4,
+        "head_dim": 8,
+        "layer_types": ["full_attention", "sliding_attention"],
+        "sliding_window": 4,
+    },
+    "SwitchTransformersEncoderModel": {
+        "d_model": 32,
+        "d_kv": 8,
+        "d_ff": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "vocab_size": 64,
+        "num_experts": 4,
+        "encoder_sparse_step": 1,
+        "expert_capacity": 8,
+    },
 }
 #: the text models among them (an input of 8 token ids)
-TEXT = ("GPT2Model", "BertModel")
+TEXT = ("GPT2Model", "BertModel", "MixtralModel", "Qwen2MoeModel", "DeepseekV3Model",
+        "GptOssModel", "SwitchTransformersEncoderModel")  # fmt: skip
 
 
 #: peak memory of one model's row per model weight (measured: ResNet-50 2.4 GB for 25.6M
