@@ -129,11 +129,15 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         model: nn.Module | None = None,
         blocks: dict | None = None,
         channel_dim: ChannelDim = 1,
+        stride_blocks: bool = False,
     ) -> None:
         super().__init__(gm, garbage_collect_values=False)
         self.model = model if model is not None else gm
         self.blocks = dict(blocks or {})
         self.channel_dim = channel_dim
+        # whether a strided slice of single positions asks for its run in blocks (``strided``:
+        # whether one would have)
+        self.stride_blocks, self.strided = stride_blocks, False
         self._order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.requests: dict = {}
         self.chunked: list = []  # (label, positions per chunk) of every split read as chunks

@@ -64,15 +64,38 @@ def build_symmetry_graph(
         through), ``links`` (the :class:`~nfncompile.frontend.labels.BlockLink` s of grouped
         ops, with their conservative alternatives), ``calls`` (``(op, node)`` of every call),
         ``state_keys`` and ``specialised`` (where plain symbolic tracing failed, for a graph
-        traced with the example input's shapes fixed; ``""`` otherwise).
+        traced with the example input's shapes fixed; ``""`` otherwise). Where a strided slice
+        of single positions made its runs in blocks for a larger group, ``fallback`` holds
+        the graph without them, for a verification that finds the larger group does not hold.
     """
+    a, g = _analysed(gm, model, channel_dim, stride_blocks=False)
+    if a.strided:
+        # a strided slice took single positions (``h[..., ::2]``): try again with its run made
+        # in blocks of the stride (an interleaved gate and up), and keep that if its group is
+        # larger (an interleaved rotary's pairs are fixed either way)
+        _, h = _analysed(gm, model, channel_dim, stride_blocks=True)
+        if _order(h) > _order(g):
+            # the derivation is verified on the model; where that fails, the graph without
+            # those blocks is the one to fall back to
+            h.graph["fallback"] = g
+            g = h
+    return g
+
+
+def _analysed(
+    gm: torch.fx.GraphModule, model: nn.Module | None, channel_dim: ChannelDim, stride_blocks: bool
+) -> tuple:
+    """The analysis of ``gm`` (its runs made in the blocks that rounds of it ask for) and its
+    graph."""
     blocks: dict = {}
     # the analysis before chunks were made in blocks, its graph, and the runs made so
     before, before_graph, tried = None, None, []
+    strided = False
     for _ in range(BLOCK_ROUNDS + 1):
-        a = SymmetryAnalysis(gm, model, blocks, channel_dim)
+        a = SymmetryAnalysis(gm, model, blocks, channel_dim, stride_blocks)
         a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
         check_entries(channel_dim, [name for name, _ in a.inputs])
+        strided = strided or a.strided
         g = _graph(a, gm) if before is not None else None  # built once, where needed
         # runs tied to neurons spanning several positions each, not yet made in such blocks
         asked = any(blocks.get(k) != b for k, b in a.requests.items())
@@ -112,7 +135,8 @@ def build_symmetry_graph(
         a.node = None
         a.fix((Seg(run, 0, a.runs[run].size),), "parameter read but never used")
     a.fix_unread()
-    return _graph(a, gm)
+    a.strided = strided or a.strided
+    return a, _graph(a, gm)
 
 
 def _chunk_requests(a: SymmetryAnalysis, g: nx.MultiGraph) -> dict:

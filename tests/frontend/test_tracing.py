@@ -306,3 +306,29 @@ def test_an_empty_parameter_holds_no_weight_and_is_left_out():
     assert set(nfc.WeightSpaceFeatures.from_state_dicts(None, [state])) == set(spec.names)
     with pytest.raises(nfc.StateDictMismatchError, match="unexpected keys: extra"):
         spec.check_state_dict({**state, "extra": torch.zeros(2)})
+
+
+class _Shifted(TwoLinear):
+    """``a``'s outputs rolled by one before ``b``: its neurons are positions."""
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).roll(1, -1))
+
+
+def test_a_graph_whose_derivation_fails_verification_falls_back_to_its_alternative(monkeypatch):
+    # build_symmetry_graph keeps, beside a graph with a strided slice's runs in blocks, the
+    # graph without them; where the first's group does not hold on the model, the second is
+    # derived and verified. Here the first is another model's graph (a's neurons free)
+    import nfncompile.frontend.tracing as tracing
+    from nfncompile.frontend.fx import trace_module
+
+    shifted, plain = model_(lambda: _Shifted()), model_(TwoLinear)
+    x = x_(3, 4)
+    own = tracing.build_symmetry_graph(trace_module(shifted, x), shifted)
+    wrong = tracing.build_symmetry_graph(trace_module(plain, x), plain)
+    wrong.graph["fallback"] = own
+    monkeypatch.setattr(tracing, "build_symmetry_graph", lambda *args: wrong)
+    spec, report = trace_with_report(shifted, x)
+    assert report.verification.ok
+    assert spec["a.weight"].axes[0] is None
+    assert spaces_(spec) == [("in", 4, "input"), ("out", 3, "output")]

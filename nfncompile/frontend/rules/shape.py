@@ -500,7 +500,14 @@ def _sliced(a: SymmetryAnalysis, lab: Any, n: int, i: slice) -> Any:
         # and ``h[..., 1::2]``): the same neurons, each spanning ``step`` positions fewer
         if all(s.inner % step == 0 for s in lab):
             return tuple(Seg(s.run, s.offset, s.length, s.inner // step) for s in lab)
-        a.request_blocks(lab, step)  # next time its runs are made of such blocks
+        # (not neurons split into attention heads, nor a head's dims: an interleaved rotary's
+        # pairs, which the heads' solver reads position by position)
+        heads = {r for sp in a.head_splits for r in (sp.dims, sp.heads)}
+        heads |= {s.run for sp in a.head_splits for chunk in sp.chunks for s in chunk}
+        if not heads & {s.run for s in lab}:
+            a.strided = True
+            if a.stride_blocks:  # next time its runs are made of such blocks
+                a.request_blocks(lab, step)
     if len(pos) > 64 or any(s.inner != 1 for s in lab):
         a.fix(lab, "strided slicing of neurons")
         return None
