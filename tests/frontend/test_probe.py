@@ -417,22 +417,29 @@ class SeparateExperts(nn.Module):
         return sum(expert(x) * mask[:, e : e + 1] for e, expert in enumerate(self.experts))
 
 
-class Dispatched(nn.Module):
-    def __init__(self) -> None:
+class WithExperts(nn.Module):
+    """``inp``, a router over 3 experts, ``experts`` added to the stream, ``out``. The routing
+    is a one-hot mask (``one_hot``) or the top-2 experts' indices and weights."""
+
+    def __init__(self, experts: nn.Module, one_hot: bool) -> None:
         super().__init__()
+        self.one_hot = one_hot
         self.inp, self.router = nn.Linear(5, C), nn.Linear(C, 3)
-        self.experts, self.out = SeparateExperts(), nn.Linear(C, 2)
+        self.experts, self.out = experts, nn.Linear(C, 2)
 
     def forward(self, x):
         h = self.inp(x)
-        mask = nn.functional.one_hot(self.router(h).argmax(-1), 3)
-        return self.out(h + self.experts(h, mask))
+        scores = self.router(h)
+        if self.one_hot:
+            return self.out(h + self.experts(h, nn.functional.one_hot(scores.argmax(-1), 3)))
+        weight, index = scores.softmax(-1).topk(2, dim=-1)
+        return self.out(h + self.experts(h, index, weight))
 
 
 def test_a_kept_call_s_integer_input_is_held_still_where_moving_it_fails():
     # the one-hot mask's last dim carries the router's neurons; the experts read it by
     # position. Before: that failed the probe, which fixed the residual stream too
-    model = model_(Dispatched)
+    model = model_(lambda: WithExperts(SeparateExperts(), one_hot=True))
     spec, report = _trace(model, 7, 5)
     assert report.probes[0].passed
     assert spec["experts.experts.0.weight"].axes == ("inp", "inp")
@@ -487,25 +494,13 @@ class Experts(nn.Module):
         return out
 
 
-class MixtureOfExperts(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.inp, self.router = nn.Linear(5, C), nn.Linear(C, 3)
-        self.experts, self.out = Experts(), nn.Linear(C, 2)
-
-    def forward(self, x):
-        h = self.inp(x)
-        weight, index = self.router(h).softmax(-1).topk(2, dim=-1)
-        return self.out(h + self.experts(h, index, weight))
-
-
 @pytest.mark.parametrize("fake", [False, True])
 def test_a_mixture_of_experts_kept_as_one_call(fake):
     # the routing's indices are the example's own (recorded by shape propagation), or, where
     # the model is traced on fake tensors, random positions of the experts; the experts'
     # weights move with the residual stream and their hidden units (one permutation for all
     # experts), the experts stay where the routing's indices point
-    model = model_(MixtureOfExperts)
+    model = model_(lambda: WithExperts(Experts(), one_hot=False))
     spec, report = trace_with_report(model, x_(7, 5), fake=fake)
     assert report.verification.ok
     assert report.probes[0].passed and report.leaf_calls[0].kind == "Experts"
