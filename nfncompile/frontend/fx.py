@@ -975,6 +975,13 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
                         result = torch.fx.Interpreter.run_node(self, n)
                 except _DATA_DEPENDENT as e:  # a kept call that reads its input's values
                     result = self._run_real(n, e)
+                except Exception as e:
+                    # a kernel whose fake version refuses what the real one takes (grouped_mm
+                    # in float32 on a CPU); where the real one fails too, the first error
+                    try:
+                        result = self._run_real(n, e)
+                    except Exception:
+                        raise e from None
             else:
                 result = torch.fx.Interpreter.run_node(self, n)
         except TraceError:
@@ -1012,16 +1019,18 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
         return result
 
     def _run_real(self, n: torch.fx.Node, error: Exception) -> Any:
-        """``n`` run for real on random values of its fake inputs' shapes (a kept call that
-        branches on its input's values, which fake tensors do not have), its result made fake
-        again. Only the shapes it returns are read."""
+        """``n`` run for real on random values of its fake inputs' shapes (zeros for integer
+        ones), its result made fake again: a kept call that branches on its input's values,
+        which fake tensors do not have, or an op whose fake kernel refuses its inputs. Only the
+        shapes it returns are read."""
         if n.op not in ("call_module", "call_function", "call_method"):
             raise error
         args, kwargs = self.fetch_args_kwargs_from_env(n)
 
         def real(v: Any) -> Any:
             if not isinstance(v, FakeTensor):
-                return v
+                # a model's own tensor: an op in place must not change it
+                return v.clone() if isinstance(v, torch.Tensor) else v
             if v.is_floating_point():
                 return torch.randn(v.shape, dtype=v.dtype)
             return torch.zeros(v.shape, dtype=v.dtype)
