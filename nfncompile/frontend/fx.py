@@ -901,15 +901,7 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         structure of its output (a tuple the forward unpacks), or ``_UNKNOWN``."""
 
         module = node.op == "call_module"
-
-        def real(v: Any) -> Any:
-            if isinstance(v, FakeTensor):
-                return torch.zeros(v.shape, dtype=v.dtype)
-            if isinstance(v, torch.Tensor) and not module:
-                return v.clone()  # a model's own tensor: an op in place must not change it
-            return v
-
-        args, kwargs = pytree.tree_map(real, args), pytree.tree_map(real, kwargs)
+        args, kwargs = _real_values((args, kwargs), random=False, clone=not module)
         try:
             with torch.no_grad():
                 if node.op == "call_function":
@@ -1010,11 +1002,11 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
         m = map_aggregate(result, meta)
         if found:
             n.meta["tensor_meta"] = m
-        if _small_integer(result) and self.fake is None:
-            # the probe's values for an integer input (indices, a routing choice)
-            n.meta["nfn_integer_value"] = result.detach().clone()
         else:
             n.meta["nfn_value"] = result
+        if self.fake is None and _small_integer(result):
+            # the probe's values for an integer input (indices, a routing choice)
+            n.meta["nfn_integer_value"] = result.detach().clone()
         n.meta["type"] = type(result)
         return result
 
@@ -1025,17 +1017,7 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
         shapes it returns are read."""
         if n.op not in ("call_module", "call_function", "call_method"):
             raise error
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-
-        def real(v: Any) -> Any:
-            if not isinstance(v, FakeTensor):
-                # a model's own tensor: an op in place must not change it
-                return v.clone() if isinstance(v, torch.Tensor) else v
-            if v.is_floating_point():
-                return torch.randn(v.shape, dtype=v.dtype)
-            return torch.zeros(v.shape, dtype=v.dtype)
-
-        args, kwargs = map_aggregate(args, real), map_aggregate(kwargs, real)
+        args, kwargs = _real_values(self.fetch_args_kwargs_from_env(n), random=True, clone=True)
         result = getattr(self, n.op)(n.target, args, kwargs)
         return map_aggregate(
             result, lambda v: self.fake.from_tensor(v) if isinstance(v, torch.Tensor) else v
@@ -1044,6 +1026,22 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
 
 #: what a fake tensor raises where an op's result depends on the values
 _DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
+
+
+def _real_values(value: Any, random: bool, clone: bool) -> Any:
+    """``value`` (nested) with every fake tensor made a real one of its shape and dtype: zeros,
+    or with ``random`` standard normal floats (integers stay zeros, valid indices and
+    offsets); with ``clone``, every real tensor (a model's own) a copy, which an op in place
+    must not change."""
+
+    def real(v: Any) -> Any:
+        if isinstance(v, FakeTensor):
+            if random and v.is_floating_point():
+                return torch.randn(v.shape, dtype=v.dtype)
+            return torch.zeros(v.shape, dtype=v.dtype)
+        return v.clone() if clone and isinstance(v, torch.Tensor) else v
+
+    return pytree.tree_map(real, value)
 
 
 @contextlib.contextmanager
@@ -1564,7 +1562,6 @@ def _small_integer(x: Any) -> bool:
         isinstance(x, torch.Tensor)
         and not (x.is_floating_point() or x.is_complex())
         and x.numel() <= INTEGER_VALUES_UP_TO
-        and not isinstance(x, FakeTensor)
     )
 
 

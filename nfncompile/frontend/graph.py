@@ -68,12 +68,12 @@ def build_symmetry_graph(
         of single positions made its runs in blocks for a larger group, ``fallback`` holds
         the graph without them, for a verification that finds the larger group does not hold.
     """
-    a, g = _analysed(gm, model, channel_dim, stride_blocks=False)
-    if a.strided:
+    g, strided = _analysed(gm, model, channel_dim, stride_blocks=False)
+    if strided:
         # a strided slice took single positions (``h[..., ::2]``): try again with its run made
         # in blocks of the stride (an interleaved gate and up), and keep that if its group is
         # larger (an interleaved rotary's pairs are fixed either way)
-        _, h = _analysed(gm, model, channel_dim, stride_blocks=True)
+        h, _ = _analysed(gm, model, channel_dim, stride_blocks=True)
         if _order(h) > _order(g):
             # the derivation is verified on the model; where that fails, the graph without
             # those blocks is the one to fall back to
@@ -85,8 +85,8 @@ def build_symmetry_graph(
 def _analysed(
     gm: torch.fx.GraphModule, model: nn.Module | None, channel_dim: ChannelDim, stride_blocks: bool
 ) -> tuple:
-    """The analysis of ``gm`` (its runs made in the blocks that rounds of it ask for) and its
-    graph."""
+    """The graph of the analysis of ``gm`` (its runs made in the blocks that rounds of it ask
+    for), and whether any round met a strided slice of single positions."""
     blocks: dict = {}
     # the analysis before chunks were made in blocks, its graph, and the runs made so
     before, before_graph, tried = None, None, []
@@ -128,15 +128,18 @@ def _analysed(
         before, tried, before_graph = a, list(chunks), g or _graph(a, gm)
         blocks = {**blocks, **chunks}
     else:  # rounds spent: the last one stands only if it is no worse than the best before it
-        if before is not None and a is not before and _order(_graph(a, gm)) <= _order(before_graph):
+        if (
+            before is not None
+            and a is not before
+            and _order(g or _graph(a, gm)) <= _order(before_graph)
+        ):
             a = before
     for run in a.unused_param_runs:
         a.op = "unused parameter"
         a.node = None
         a.fix((Seg(run, 0, a.runs[run].size),), "parameter read but never used")
     a.fix_unread()
-    a.strided = strided or a.strided
-    return a, _graph(a, gm)
+    return _graph(a, gm), strided
 
 
 def _chunk_requests(a: SymmetryAnalysis, g: nx.MultiGraph) -> dict:

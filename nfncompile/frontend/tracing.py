@@ -78,8 +78,7 @@ def trace_with_report(
     graph = build_symmetry_graph(gm, model, channel_dim)
     gm, graph = _through_wrapped(model, example_input, fake, channel_dim, gm, graph)
     t2 = time.perf_counter()
-    derivation = derive_spaces(graph)
-    spec = derivation.spec if mode == derivation.spec.mode else derivation.spec.with_mode(mode)
+    derivation, spec = _derived(graph, mode)
     t3 = time.perf_counter()
     timings = {"trace": t1 - t0, "graph": t2 - t1, "spaces": t3 - t2}
     vr = None
@@ -91,10 +90,8 @@ def trace_with_report(
         fallback = graph.graph.get("fallback")
         if not vr.ok and fallback is not None:
             # the larger group of a strided slice's blocks does not hold: the graph without them
-            graph, derivation = fallback, derive_spaces(fallback)
-            spec = (
-                derivation.spec if mode == derivation.spec.mode else derivation.spec.with_mode(mode)
-            )
+            graph = fallback
+            derivation, spec = _derived(graph, mode)
             vr = _verify(model, spec, example_input, per_space=False, io=derivation.io, **kw)
         if not vr.ok:
             vr = _verify(model, spec, example_input, per_space=True, io=derivation.io, **kw)
@@ -106,6 +103,13 @@ def trace_with_report(
     if vr is not None and not vr.ok:
         raise SymmetryError(failure_message(report))
     return spec, report
+
+
+def _derived(graph: Any, mode: str) -> tuple:
+    """``(derivation, spec)`` of a symmetry graph, the spec in ``mode``."""
+    derivation = derive_spaces(graph)
+    spec = derivation.spec if mode == derivation.spec.mode else derivation.spec.with_mode(mode)
+    return derivation, spec
 
 
 def _through_wrapped(

@@ -481,7 +481,8 @@ def _sliced(a: SymmetryAnalysis, lab: Any, n: int, i: slice) -> Any:
     """The label of a dim of ``n`` positions labelled ``lab`` after slicing it with ``i``: a
     whole slice keeps any label, a uniform dim stays uniform, neurons are sliced. A stride
     ``k`` that takes one position of every ``k`` (``::2``, ``1::2``) takes one position of
-    each neuron where neurons span ``k`` positions (asked for, where they do not); another
+    each neuron where neurons span ``k`` positions (asked for, where they do not, by the
+    analysis with ``stride_blocks``, outside attention heads); another
     stride takes single neurons where they are few and span one position each, else fixes
     them."""
     start, stop, step = i.indices(n)
@@ -502,8 +503,8 @@ def _sliced(a: SymmetryAnalysis, lab: Any, n: int, i: slice) -> Any:
             return tuple(Seg(s.run, s.offset, s.length, s.inner // step) for s in lab)
         # (not neurons split into attention heads, nor a head's dims: an interleaved rotary's
         # pairs, which the heads' solver reads position by position)
-        heads = {r for sp in a.head_splits for r in (sp.dims, sp.heads)}
-        heads |= {s.run for sp in a.head_splits for chunk in sp.chunks for s in chunk}
+        heads = {s.run for sp in a.head_splits for chunk in sp.chunks for s in chunk}
+        heads |= a.split_runs.keys()  # the splits' heads and dims runs
         if not heads & {s.run for s in lab}:
             a.strided = True
             if a.stride_blocks:  # next time its runs are made of such blocks
