@@ -408,7 +408,7 @@ def build_plan(
         which folds every fixed dim.
     """
     linear = basis == "linear"
-    tiles = tuple(tile_refs(spec, mode, max_fold if linear else None))
+    tiles = tuple(tile_refs(spec, mode, max_fold if linear else None, in_channels * out_channels))
     cps, _ = couplings(list(tiles), complete=not linear)
     if linear:
         cps = _within_tiles_when_wide(cps)

@@ -214,10 +214,12 @@ def module_of(param: str) -> str:
     return param.rpartition(".")[0]
 
 
-def tile_refs(spec: WeightSpaceSpec, mode: str, max_fold: int | None = None) -> list[TileRef]:
+def tile_refs(
+    spec: WeightSpaceSpec, mode: str, max_fold: int | None = None, channels: int = 1
+) -> list[TileRef]:
     """Every tile of ``spec`` in ``mode`` (``"np"`` or ``"hnp"``, trusted), in parameter then
     row-major order; with ``max_fold``, fixed dims beyond it exchanged (see the module
-    docstring).
+    docstring) for a layer of ``channels = C_in * C_out``.
 
     Examples
     --------
@@ -238,7 +240,7 @@ def tile_refs(spec: WeightSpaceSpec, mode: str, max_fold: int | None = None) -> 
         for i, tile in enumerate(p.tiles(spec.spaces)):
             dims = _dims(spec, mode, tile.axes, tile.shape, moving)
             if max_fold is not None:
-                dims = _exchanged(p.name, tile.axes, dims, max_fold)
+                dims = _exchanged(p.name, tile.axes, dims, max_fold, channels)
             out.append(
                 TileRef(
                     p.name,
@@ -254,9 +256,9 @@ def tile_refs(spec: WeightSpaceSpec, mode: str, max_fold: int | None = None) -> 
     return out
 
 
-def _exchanged(param: str, labels: tuple, dims: tuple, max_fold: int) -> tuple:
-    """``dims`` with fixed ones made exchangeable until the others fold at most ``max_fold``
-    entries: first those of a space (``hnp``'s input and output neurons, exchanged as ``np``
+def _exchanged(param: str, labels: tuple, dims: tuple, max_fold: int, channels: int) -> tuple:
+    """``dims`` with fixed ones made exchangeable until the others fold at most
+    :func:`fold_limit` entries: first those of a space (``hnp``'s input and output neurons, exchanged as ``np``
     exchanges them, under the space's name so that the tiles sharing it stay linked), then the
     others (kernel dims, axes without a space), largest first, each private to this dim of
     ``param``."""
@@ -267,16 +269,30 @@ def _exchanged(param: str, labels: tuple, dims: tuple, max_fold: int) -> tuple:
 
     fixed = [i for i, d in enumerate(dims) if d.factor is None]
     fold = math.prod(dims[i].size for i in fixed)
-    entries = math.prod(d.size for d in dims)
+    limit = fold_limit(math.prod(d.size for d in dims), max_fold, channels)
     out = list(dims)
     for i in sorted(fixed, key=lambda i: (not spaced(i), -dims[i].size)):
-        if fold <= min(max_fold, max(SMALL_FOLD, math.isqrt(entries))):
+        if fold <= limit:
             break
         d = dims[i]
         name = labels[d.axis] if spaced(i) else f"{param}#{d.axis}:{i}"
         out[i] = Dim(d.axis, d.size, Factor("space", name, d.size))
         fold //= d.size
     return tuple(out)
+
+
+def fold_limit(entries: int, max_fold: int, channels: int = 1) -> int:
+    """How many fixed entries a tile of ``entries`` may fold into each channel of a layer with
+    ``channels = C_in * C_out``: :data:`SMALL_FOLD` always, and above it at most ``max_fold``
+    and as many as keep one relation's ``channels * fold**2`` weights within the tile's
+    entries.
+
+    >>> fold_limit(64 * 64 * 9, 64, 16 * 16), fold_limit(3 * 64 * 49, 64, 16 * 16)
+    (16, 16)
+    >>> fold_limit(64 * 64 * 49, 64, 16 * 16), fold_limit(64 * 64 * 49, 64, 1)
+    (28, 64)
+    """
+    return min(max_fold, max(SMALL_FOLD, math.isqrt(entries // channels)))
 
 
 def _dims(spec: WeightSpaceSpec, mode: str, labels: tuple, shape: tuple, moving: dict) -> tuple:

@@ -7,13 +7,15 @@ Inception-v3's), so the eval-mode trace finds no symmetry for the head's axes: f
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nfncompile.backend.tiles import MAX_FOLD, tile_refs
+from nfncompile.backend.tiles import MAX_FOLD, SMALL_FOLD, fold_limit, tile_refs
 from nfncompile.errors import ConfigError
 from nfncompile.frontend.tracing import trace
 from nfncompile.nn import NFLinear, NFPool
@@ -89,6 +91,38 @@ def test_large_fixed_dims_are_exchanged_largest_first():
     assert [str(d) for d in v.dims] == ["i"] and v.dims[0].factor == w.dims[1].factor
     # no max_fold: everything fixed stays folded
     assert tile_refs(spec, "hnp")[0].fixed_size == 420
+
+
+def test_a_relation_has_no_more_weights_than_its_tile_has_entries():
+    """A ResNet stem's 7x7 kernel folds 49 entries: one relation of its (64, 3, 7, 7) tile has
+    ``(C * 49)**2`` weights, 65 times the tile's 9,408 entries at 16 channels. The fold limit
+    counts the layer's channels: at 16 -> 16 one kernel dim is exchanged (fold 7); with one
+    channel, or a 3x3 kernel (at most :data:`SMALL_FOLD` always folds), nothing is."""
+    spec = WeightSpaceSpec.from_dict(
+        {
+            "spaces": {"i": {"size": 3, "role": "input"}, "h": {"size": 64, "role": "hidden"}},
+            "params": {
+                "stem": {"shape": [64, 3, 7, 7], "axes": ["h", "i", None, None]},
+                "conv": {"shape": [64, 64, 3, 3], "axes": ["h", "h", None, None]},
+            },
+        }
+    )
+    stem, conv = tile_refs(spec, "np", MAX_FOLD)
+    assert stem.fixed_size == 49 and conv.fixed_size == 9
+    stem, conv = tile_refs(spec, "np", MAX_FOLD, channels=16 * 16)
+    assert [str(d) for d in stem.dims] == ["h", "i", "stem#2:2", "7"] and conv.fixed_size == 9
+    assert fold_limit(64 * 3 * 49, MAX_FOLD, 16 * 16) == SMALL_FOLD
+    layer = NFLinear(spec, 16, 16, basis="linear")
+    assert [t.fixed_size for t in layer.plan.tiles] == [7, 9]
+    cap = max(math.prod(t.shape) for t in layer.plan.tiles)
+    assert all(
+        math.prod(r.shape(16, 16, layer.width)) <= cap
+        for r in layer.plan.relations
+        if r.role in ("self", "module", "other")
+    )
+    assert check_equivariant(layer, spec, "np")
+    # a layer of one channel in and out folds the whole kernel, as before
+    assert NFLinear(spec, 1, 1, basis="linear").plan.tiles[0].fixed_size == 49
 
 
 def test_linear_layer_on_an_unused_head_is_small_and_equivariant(aux_spec):
