@@ -980,23 +980,23 @@ def _linear_mix(b, plan, mi, mix, pieces, linear, group_values, pointwise) -> No
         aggs.append(xs[0] if len(xs) == 1 else b.call(average, tuple(xs), None, f"m{mi}_k{k}"))
     rep = [sh.row_kinds.index(k) for k in range(max(sh.row_kinds) + 1)]
     sizes = [plan.groups[mix.groups[i]].channels for i in rep]
-    if mix.key:
+    if not sh.channel:
         y = b.call(
             channel_mix,
             (weight(sh.weights, f"m{mi}_w"), *aggs),
             (*kept, sum(sizes)),
             f"m{mi}_shared",
         )
-    else:  # the invariant channel
+    else:  # through a channel of plan.width features (per kept index): the invariant channel
         into, out = sh.weights
         v = b.call(
             channel_mix,
-            (weight([into], f"m{mi}_inv_in"), *aggs),
-            (plan.width,),
-            f"m{mi}_inv",
+            (weight([into], f"m{mi}_chan_in"), *aggs),
+            (*kept, plan.width),
+            f"m{mi}_chan",
         )
-        w_out = weight([[r] for r in out], f"m{mi}_inv_out")
-        y = b.call(channel_mix, (w_out, v), (sum(sizes),), f"m{mi}_shared")
+        w_out = weight([[r] for r in out], f"m{mi}_chan_out")
+        y = b.call(channel_mix, (w_out, v), (*kept, sum(sizes)), f"m{mi}_shared")
         if sh.biases:
             bias = weight([[r] for r in sh.biases], f"m{mi}_bias")
             y = b.call(operator.add, (y, bias), (sum(sizes),), f"m{mi}_shared_b")

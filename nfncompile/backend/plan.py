@@ -25,10 +25,14 @@ Two kinds of basis share this structure (``Plan.basis``):
     relation; from every other tile, the inputs of one kind are averaged first and mixed once
     per kind of output (:class:`Shared`). Between different tiles only terms through at most one
     kept index are used (a reduction to a row, column or scalar, broadcast back): the terms that
-    copy one tile entry by entry onto another would each cost a full-size GEMM. The invariants every tile sends to every tile go
-    through a fixed-width channel: each kind's averaged invariants are projected to ``width``
-    numbers, summed, and projected back per kind of output. The weights grow with the number of
-    kinds of relation, not with depth, and a layer applies to any spec whose relations it has.
+    copy one tile entry by entry onto another would each cost a full-size GEMM. The invariants
+    every tile sends to every tile go through a fixed-width channel: each kind's averaged
+    invariants are projected to ``width`` numbers, summed, and projected back per kind of
+    output. A space read by many kinds of tiles (a CNN's channels: convs, norms' weights, biases
+    and statistics, at several kernel sizes) would need a weight per pair of kinds; where that
+    costs over :data:`CHANNEL_GAIN` times more, its kinds meet the same way, through ``width``
+    features per neuron of the space. The weights grow with the number of kinds of relation,
+    not with depth, and a layer applies to any spec whose relations it has.
 
 Examples
 --------
@@ -73,6 +77,7 @@ from .tiles import TileRef, tile_refs
 
 __all__ = [
     "BASES",
+    "CHANNEL_GAIN",
     "Reduction",
     "Group",
     "Local",
@@ -83,6 +88,11 @@ __all__ = [
     "complete_num_params",
 ]
 
+#: The linear basis routes a keyed mix's terms between kinds of tiles through a channel of
+#: ``width`` features per kept index where a weight per pair of kinds would cost over this many
+#: times the channel's weights (the terms are the same; their weights are then of rank
+#: ``width`` at most)
+CHANNEL_GAIN = 4
 #: The kinds of basis a plan can have.
 BASES = ("complete", "linear")
 
@@ -214,17 +224,22 @@ class Shared:
     row_kinds : tuple of int
         Per mix group: its row kind.
     weights : tuple of tuple of int
-        ``weights[row kind][col kind]``: the relation of the averaged term. For the empty key,
-        ``weights[0]`` holds the relations into the invariant channel (one per column kind) and
-        ``weights[1]`` those out of it (one per row kind).
+        ``weights[row kind][col kind]``: the relation of the averaged term. Through a channel,
+        ``weights[0]`` holds the relations into it (one per column kind) and ``weights[1]``
+        those out of it (one per row kind).
     biases : tuple of int
         Empty key only: the bias relation of each row kind.
+    channel : bool
+        Whether the kinds meet through a channel of ``Plan.width`` features (per kept index):
+        always for the empty key (the invariant channel), for a keyed mix where a weight per
+        pair of kinds would cost over :data:`CHANNEL_GAIN` times more.
     """
 
     col_kinds: tuple
     row_kinds: tuple
     weights: tuple
     biases: tuple = ()
+    channel: bool = False
 
 
 @dataclass(frozen=True)
@@ -283,7 +298,7 @@ class Plan:
     relations : tuple of Relation
         The linear basis's weights (empty for the complete basis).
     width : int
-        The linear basis's invariant channel width.
+        The linear basis's channel width (the invariant channel's, a space's).
     embeds : tuple of (int, int, int or None)
         With ``io_embed``: ``(tile, axis, relation)`` per learned position embedding, added to an
         input tile along an axis of an input- or output-role space (``relation`` is ``None`` in
@@ -399,7 +414,7 @@ def build_plan(
     basis : {"complete", "linear"}
         Trusted, like ``mode``.
     width : int, optional
-        The linear basis's invariant channel width (default ``4 * max(in, out)``).
+        The linear basis's channel width (default ``4 * max(in, out)``).
     io_embed : bool
         Learned position embeddings along the input tiles' input/output-role axes.
     max_fold : int, optional
@@ -476,7 +491,7 @@ def build_plan(
         cols_ch = sum(reductions[r].channels for r, _ in inputs)
         local, shared = (), None
         if linear:
-            local, shared = _linear_mixing(c, rows, vocab, bias)
+            local, shared = _linear_mixing(c, rows, vocab, bias, (in_channels, out_channels, width))
         mixes.append(Mix(c.key, tuple(inputs), tuple(groups), kept, cols_ch, row, local, shared))
 
     embeds = []
@@ -547,8 +562,9 @@ class _Vocabulary:
         return self.index[key]
 
 
-def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool) -> tuple:
-    """The relation-indexed weights of one linear-basis mix (``rows`` in group order)."""
+def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool, sizes: tuple) -> tuple:
+    """The relation-indexed weights of one linear-basis mix (``rows`` in group order);
+    ``sizes`` is ``(in_channels, out_channels, width)``."""
     cols = c.cols
     col_kind = [(side_kind(s), o) for s, o in cols]
     row_kind = [(side_kind(s), o) for s, o in rows]
@@ -641,6 +657,20 @@ def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool) -> t
     for i, r in enumerate(row_kinds):
         first.setdefault(r, i)
     rk_rep = [first[r] for r in range(len(rk_index))]
+    if c.key and _through_channel(
+        sizes,
+        [cols[j][0].tile.fixed_size for j in ck_rep],
+        [rows[i][0].tile.fixed_size for i in rk_rep],
+    ):
+        into = tuple(
+            vocab(f"channel in: {col_kind[j][0]}", "chan_in", "width", cols[j][0].tile.fixed_size)
+            for j in ck_rep
+        )
+        out = tuple(
+            vocab(f"channel out: {row_kind[i][0]}", "chan_out", rows[i][0].tile.fixed_size, "width")
+            for i in rk_rep
+        )
+        return tuple(local), Shared(col_kinds, row_kinds, (into, out), channel=True)
     if c.key:
         weights = tuple(
             tuple(
@@ -668,4 +698,13 @@ def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool) -> t
         biases = tuple(
             vocab(f"bias: {row_kind[i][0]}", "bias", rows[i][0].tile.fixed_size, 1) for i in rk_rep
         )
-    return tuple(local), Shared(col_kinds, row_kinds, (into, out), biases)
+    return tuple(local), Shared(col_kinds, row_kinds, (into, out), biases, channel=True)
+
+
+def _through_channel(sizes: tuple, col_folds: list, row_folds: list) -> bool:
+    """Whether a keyed mix's terms between kinds go through a channel of ``width`` features
+    per kept index: when one weight per pair of kinds would cost more than
+    :data:`CHANNEL_GAIN` times the channel's."""
+    c_in, c_out, width = sizes
+    f_in, f_out = c_in * sum(col_folds), c_out * sum(row_folds)
+    return f_in * f_out > CHANNEL_GAIN * width * (f_in + f_out)

@@ -10,7 +10,8 @@ side's kind adds its classes: ``+`` linked or ``-`` not, and the dims in each.
 A term's *relation* joins the two sides' kinds, which of the input's linked classes feeds which
 of the output's, and how the tiles are related: ``self`` (the same tile), ``module`` (two
 tiles of one layer: parameter names equal up to the last ``.``) or ``other`` (averaged over every
-tile of the kind). Space names never enter, so a ResNet-20 and a ResNet-32 (or an MLP of depth
+tile of the kind). Where the kinds of a space meet through a channel, each has one relation
+into it (``channel in: <side kind>``) and one out of it instead. Space names never enter, so a ResNet-20 and a ResNet-32 (or an MLP of depth
 3 and one of depth 5, in ``np``) have the same relations and one set of weights serves both.
 
 Examples
@@ -45,10 +46,13 @@ class Relation:
     ----------
     key : str
         What it joins (see the module docstring).
-    role : {"self", "module", "other", "inv_in", "inv_out", "bias", "embed"}
+    role : str
+        ``"self"``, ``"module"``, ``"other"``; ``"inv_in"``/``"inv_out"`` into and out of the
+        invariant channel, ``"chan_in"``/``"chan_out"`` into and out of a space's channel
+        (``plan.CHANNEL_GAIN``); ``"bias"``, ``"embed"``.
     rows, cols : int or "width"
         Per channel: the output tile's fixed size (``rows * C_out`` rows) and the input tile's
-        (``cols * C_in`` columns); ``"width"`` for the invariant channel's side. Unused (0) for
+        (``cols * C_in`` columns); ``"width"`` for a channel's side. Unused (0) for
         an embedding, whose shape is its tile's.
     """
 

@@ -59,16 +59,18 @@ __all__ = [
     "tile_refs",
     "permutable",
     "module_of",
+    "fold_limit",
     "MAX_FOLD",
     "SMALL_FOLD",
 ]
 
 #: the linear basis's default ``max_fold``: a tile folds at most this many fixed entries into
 #: each channel (a 7x7 kernel folds 49, one relation then has ``(C * 49)**2`` weights), its other
-#: fixed dims are exchanged (see the module docstring)
+#: fixed dims are exchanged (:func:`tile_refs`)
 MAX_FOLD = 64
-#: a fold this small is always kept (a 3x3 kernel's 9); above it, a tile folds at most the
-#: square root of its entries (a relation then has at most ``C**2`` times the tile's entries)
+#: a fold this small is always kept (a 3x3 kernel's 9); above it, a tile of a layer with
+#: ``C_in * C_out`` channels folds at most ``sqrt(entries / (C_in * C_out))``: a relation then
+#: has no more weights than the tile has entries (:func:`fold_limit`)
 SMALL_FOLD = 16
 
 _KIND_ORDER = {"space": 0, "blocks": 1, "inner": 2}
@@ -218,8 +220,12 @@ def tile_refs(
     spec: WeightSpaceSpec, mode: str, max_fold: int | None = None, channels: int = 1
 ) -> list[TileRef]:
     """Every tile of ``spec`` in ``mode`` (``"np"`` or ``"hnp"``, trusted), in parameter then
-    row-major order; with ``max_fold``, fixed dims beyond it exchanged (see the module
-    docstring) for a layer of ``channels = C_in * C_out``.
+    row-major order.
+
+    With ``max_fold``, a tile whose fixed dims would fold more than :func:`fold_limit` entries
+    into each of a layer's channels (``channels = C_in * C_out``) has some of them *exchanged*:
+    given a factor of their own, as if a permutation moved them. That only adds symmetry (the
+    layer stays equivariant to the true group); what is lost is telling those positions apart.
 
     Examples
     --------
@@ -258,10 +264,10 @@ def tile_refs(
 
 def _exchanged(param: str, labels: tuple, dims: tuple, max_fold: int, channels: int) -> tuple:
     """``dims`` with fixed ones made exchangeable until the others fold at most
-    :func:`fold_limit` entries: first those of a space (``hnp``'s input and output neurons, exchanged as ``np``
-    exchanges them, under the space's name so that the tiles sharing it stay linked), then the
-    others (kernel dims, axes without a space), largest first, each private to this dim of
-    ``param``."""
+    :func:`fold_limit` entries: first those of a space (``hnp``'s input and output neurons,
+    exchanged as ``np`` exchanges them, under the space's name so that the tiles sharing it
+    stay linked), then the others (kernel dims, axes without a space), largest first, each
+    private to this dim of ``param``."""
 
     def spaced(i: int) -> bool:
         d = dims[i]  # a space's whole axis, not a part of a block axis

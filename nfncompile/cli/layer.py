@@ -31,7 +31,7 @@ def _layer_arguments(p: argparse.ArgumentParser) -> None:
         "--width",
         type=int,
         default=None,
-        help="linear basis: width of the invariant channel (default 4 x the larger channels)",
+        help="linear basis: width of its channels (default 4 x the larger channels)",
     )
     p.add_argument(
         "--max-fold",

@@ -185,7 +185,7 @@ class NFLinearLayer:
     )
     width: int | None = field(
         default=None,
-        metadata={"min": 1, "help": "linear basis: invariant channel width (default 4 x channels)"},
+        metadata={"min": 1, "help": "linear basis: width of its channels (default 4 x channels)"},
     )
     max_fold: int | None = field(
         default=MAX_FOLD,

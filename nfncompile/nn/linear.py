@@ -114,14 +114,17 @@ class NFLinear(nn.Module):
         to another weight space of the same kinds. ``auto`` (default): complete when that has
         at most :data:`AUTO_COMPLETE_MAX_PARAMS` parameters, else linear.
     width : int, optional
-        The linear basis's invariant channel width (default ``4 * max(in_channels,
-        out_channels)``).
+        The linear basis's channel width (default ``4 * max(in_channels, out_channels)``): of
+        the invariant channel, and of the channel (``width`` features per neuron) through which
+        many kinds of tensors on one space meet when a weight per pair of kinds would cost over
+        :data:`~nfncompile.backend.plan.CHANNEL_GAIN` times more.
     max_fold : int or None
         Linear basis: fixed dims (those the group does not move: kernel dims, ``hnp``'s
         input/output neurons, axes the front end found no symmetry for) are folded into the
         channels, which costs ``(C * fold)**2`` weights per relation; a tile that would fold
-        more than ``max_fold`` entries (default :data:`MAX_FOLD`; above 16, more than the
-        square root of its entries) has fixed dims treated as exchangeable instead (still
+        more than ``max_fold`` entries (default :data:`MAX_FOLD`; above 16, more than
+        ``sqrt(entries / (in_channels * out_channels))``, so that a relation has no more
+        weights than its tile has entries) has fixed dims treated as exchangeable instead (still
         exactly equivariant: only symmetry the true group lacks is added; their positions
         are no longer told apart). ``None`` folds everything. The complete basis always
         folds everything.
@@ -358,10 +361,10 @@ class NFLinear(nn.Module):
                     for i in loc.groups:
                         per_group[i] += fan
                 if m.shared is not None:
-                    if m.key:
-                        extra = sum(cols[ks[0]] for ks in m.shared.col_kinds)
-                    else:
+                    if m.shared.channel:
                         extra = float(plan.width)
+                    else:
+                        extra = sum(cols[ks[0]] for ks in m.shared.col_kinds)
                     per_group = [v + extra for v in per_group]
             for gi, v in zip(m.groups, per_group):
                 name = plan.groups[gi].tile.name
@@ -449,7 +452,7 @@ class NFLinear(nn.Module):
                 if sh is None:
                     continue
                 rep = [sh.row_kinds.index(k) for k in range(max(sh.row_kinds) + 1)]
-                if m.key:
+                if not sh.channel:
                     for k, line in enumerate(sh.weights):
                         for r in line:
                             use(r, math.sqrt(3.0 / eff[tiles[rep[k]]]))

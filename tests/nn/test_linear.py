@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import fx
 
 from nfncompile.architectures import catalogue as _architectures
+from nfncompile.backend import plan as plan_module
 from nfncompile.errors import ConfigError, FeatureMismatchError, SpecError
 from nfncompile.features import WeightSpaceFeatures
 from nfncompile.frontend.tracing import trace
@@ -134,6 +135,22 @@ def test_traced_catalogue(name):
         for basis in BASES:
             layer = NFLinear(spec, 1, 2, mode=mode, basis=basis)
             assert check_equivariant(layer, spec, mode), (mode, basis)
+
+
+@pytest.mark.parametrize("name", CATALOGUE_NAMES)
+def test_traced_catalogue_kinds_through_a_channel(name, monkeypatch):
+    """With every mix's terms between kinds of tensors through the width channel (the default
+    takes it where one weight per pair of kinds would cost over ``CHANNEL_GAIN`` times more),
+    the linear basis is still equivariant on every catalogue entry, in both modes."""
+    monkeypatch.setattr(plan_module, "CHANNEL_GAIN", 0)
+    torch.manual_seed(0)
+    arch = _architectures.CATALOGUE[name]
+    spec = trace(arch.factory(), torch.randn(arch.input_shape))
+    for mode in MODES:
+        layer = NFLinear(spec, 2, 3, mode=mode, basis="linear")
+        keyed = [m.shared for m in layer.plan.mixes if m.shared is not None and m.key]
+        assert keyed and all(sh.channel for sh in keyed)
+        assert check_equivariant(layer, spec, mode), mode
 
 
 @pytest.mark.parametrize(
@@ -379,10 +396,13 @@ def test_linear_basis_size_does_not_grow_with_depth():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script(_method)?` is deprecated:DeprecationWarning")
-def test_linear_basis_is_a_restriction_of_the_complete_one():
-    """Every linear-basis map is a complete-basis map: the complete layer fits it exactly."""
+@pytest.mark.parametrize("gain", [plan_module.CHANNEL_GAIN, 0], ids=["default", "channel"])
+def test_linear_basis_is_a_restriction_of_the_complete_one(gain, monkeypatch):
+    """Every linear-basis map is a complete-basis map: the complete layer fits it exactly
+    (also with the kinds meeting through a channel: a factored weight of the same terms)."""
     from tests.backend.test_parity import fit
 
+    monkeypatch.setattr(plan_module, "CHANNEL_GAIN", gain)
     spec = SPECS["residual"]
     feats = {k: v for k, v in rand_feats(spec, 2, 6, torch.Generator().manual_seed(3)).items()}
     lin = NFLinear(spec, 2, 2, basis="linear").double()
@@ -425,6 +445,32 @@ def test_resnet20_layer_reads_resnet32_weights(mode):
         for p in layer.parameters():
             p.mul_(2)
     assert not torch.allclose(deeper(x)["fc.weight"], before)
+
+
+def test_many_kinds_meet_through_a_channel():
+    """A ResNet-20's hidden spaces are shared by a dozen kinds of tensors (convs, norms'
+    weights, biases and statistics): at 16 channels one weight per pair of kinds costs more
+    than ``CHANNEL_GAIN`` times a channel of ``width`` features per neuron, so the default
+    routes them through it. Smaller, still equivariant, named by kind (ResNet-32 reads it)."""
+    r20, r32 = (
+        _traced("resnet_cifar", depth=20, width=4),
+        _traced("resnet_cifar", depth=32, width=4),
+    )
+    layer = NFLinear(r20, 16, 16, mode="hnp", basis="linear", width=16)
+    keyed = [m.shared for m in layer.plan.mixes if m.shared is not None and m.key]
+    assert any(sh.channel for sh in keyed)
+    roles = {r.role for r in layer.plan.relations}
+    assert {"chan_in", "chan_out"} <= roles
+    assert all(r.key.startswith("channel ") for r in layer.plan.relations if "chan" in r.role)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plan_module, "CHANNEL_GAIN", math.inf)
+        pairs = NFLinear(r20, 16, 16, mode="hnp", basis="linear", width=16)
+    assert "chan_in" not in {r.role for r in pairs.plan.relations}
+    assert layer.num_params < pairs.num_params / 1.5
+    assert check_equivariant(layer, r20, "hnp")
+    deeper = layer.to_spec(r32)
+    assert deeper.num_params == layer.num_params
+    assert check_equivariant(deeper, r32, "hnp")
 
 
 def test_mlp_depth_3_layer_reads_depth_5():
