@@ -657,20 +657,27 @@ def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool, size
     for i, r in enumerate(row_kinds):
         first.setdefault(r, i)
     rk_rep = [first[r] for r in range(len(rk_index))]
+
+    def channel(name: str, role: str) -> tuple:
+        """The relations into (one per column kind) and out of (per row kind) a channel."""
+        into = tuple(
+            vocab(f"{name} in: {col_kind[j][0]}", f"{role}_in", "width", cols[j][0].tile.fixed_size)
+            for j in ck_rep
+        )
+        out = tuple(
+            vocab(
+                f"{name} out: {row_kind[i][0]}", f"{role}_out", rows[i][0].tile.fixed_size, "width"
+            )
+            for i in rk_rep
+        )
+        return into, out
+
     if c.key and _through_channel(
         sizes,
         [cols[j][0].tile.fixed_size for j in ck_rep],
         [rows[i][0].tile.fixed_size for i in rk_rep],
     ):
-        into = tuple(
-            vocab(f"channel in: {col_kind[j][0]}", "chan_in", "width", cols[j][0].tile.fixed_size)
-            for j in ck_rep
-        )
-        out = tuple(
-            vocab(f"channel out: {row_kind[i][0]}", "chan_out", rows[i][0].tile.fixed_size, "width")
-            for i in rk_rep
-        )
-        return tuple(local), Shared(col_kinds, row_kinds, (into, out), channel=True)
+        return tuple(local), Shared(col_kinds, row_kinds, channel("channel", "chan"), channel=True)
     if c.key:
         weights = tuple(
             tuple(
@@ -685,20 +692,13 @@ def _linear_mixing(c: Coupling, rows: list, vocab: _Vocabulary, bias: bool, size
             for i in rk_rep
         )
         return tuple(local), Shared(col_kinds, row_kinds, weights)
-    into = tuple(
-        vocab(f"invariant in: {col_kind[j][0]}", "inv_in", "width", cols[j][0].tile.fixed_size)
-        for j in ck_rep
-    )
-    out = tuple(
-        vocab(f"invariant out: {row_kind[i][0]}", "inv_out", rows[i][0].tile.fixed_size, "width")
-        for i in rk_rep
-    )
+    weights = channel("invariant", "inv")
     biases = ()
     if bias:
         biases = tuple(
             vocab(f"bias: {row_kind[i][0]}", "bias", rows[i][0].tile.fixed_size, 1) for i in rk_rep
         )
-    return tuple(local), Shared(col_kinds, row_kinds, (into, out), biases, channel=True)
+    return tuple(local), Shared(col_kinds, row_kinds, weights, biases, channel=True)
 
 
 def _through_channel(sizes: tuple, col_folds: list, row_folds: list) -> bool:
