@@ -44,6 +44,22 @@ def test_nflinear_equivariant_random_specs(specs, data, mode, basis):
     assert layer.num_params == sum(p.numel() for p in layer.parameters())
 
 
+@pytest.mark.parametrize("specs", [weight_space_specs, block_space_specs], ids=["chains", "blocks"])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), mode=st.sampled_from(MODES))
+def test_kinds_through_a_channel_equivariant_random_specs(specs, data, mode):
+    """Every keyed mix's kinds through the width channel (``CHANNEL_GAIN = 0``), on random
+    chains and grouped-conv chains: kept indices of spaces, of block permutations and inside
+    blocks."""
+    spec = data.draw(specs())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plan_module, "CHANNEL_GAIN", 0)
+        layer = NFLinear(spec, 2, 3, mode=mode, basis="linear")
+    assert all(m.shared.channel for m in layer.plan.mixes if m.shared is not None)
+    check_equivariant(layer, spec, mode, data.draw(st.integers(0, 2**16)))
+    assert layer.num_params == sum(p.numel() for p in layer.parameters())
+
+
 # ---- hand-written catalogue shapes -------------------------------------------------------------
 
 
