@@ -255,9 +255,14 @@ def test_linear_in_the_input():
         torch.testing.assert_close(yab[k], 2 * ya[k] - 3 * yb[k])
 
 
-@pytest.mark.parametrize("basis", BASES)
+@pytest.mark.parametrize("basis", [*BASES, "channel"])
 @pytest.mark.parametrize("mode", MODES)
-def test_init_keeps_unit_scale_through_depth(mode, basis):
+def test_init_keeps_unit_scale_through_depth(mode, basis, monkeypatch):
+    """Eight layers at 16 channels keep unit scale; ``channel``: the linear basis with every
+    keyed mix's kinds through the width channel."""
+    if basis == "channel":
+        monkeypatch.setattr(plan_module, "CHANNEL_GAIN", 0)
+        basis = "linear"
     for spec in (
         mlp_spec((4, 8, 8, 8, 3)),
         mlp_spec((8, 128, 128, 4)),
