@@ -359,12 +359,17 @@ class Plan:
             for r, perm in m.inputs:
                 ident = tuple(range(len(perm)))
                 cols.append(f"r{r}" + ("" if perm == ident else f"^{list(perm)}"))
+            via = (
+                " through the channel"
+                if m.key and m.shared is not None and m.shared.channel
+                else ""
+            )
             lines.append(
                 f"  m{i}: {m.key_str()} [{m.out_channels}x{m.in_channels}] ({', '.join(cols)})"
-                " -> " + ", ".join(f"g{g}" for g in m.groups)
+                " -> " + ", ".join(f"g{g}" for g in m.groups) + via
             )
         if self.relations:
-            lines.append(f"relations ({len(self.relations)}, invariant width {self.width}):")
+            lines.append(f"relations ({len(self.relations)}, channel width {self.width}):")
             lines += [f"  w{i}: {r}" for i, r in enumerate(self.relations)]
         return "\n".join(lines)
 

@@ -483,6 +483,7 @@ def test_many_kinds_meet_through_a_channel():
     roles = {r.role for r in layer.plan.relations}
     assert {"chan_in", "chan_out"} <= roles
     assert all(r.key.startswith("channel ") for r in layer.plan.relations if "chan" in r.role)
+    assert " through the channel" in str(layer.plan) and "channel width 16" in str(layer.plan)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plan_module, "CHANNEL_GAIN", math.inf)
         pairs = NFLinear(r20, 16, 16, mode="hnp", basis="linear", width=16)
