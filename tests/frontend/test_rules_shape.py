@@ -189,6 +189,23 @@ def test_tensor_indices_on_neurons_fix_them():
     assert "positions a tensor gives" in report.broken[0].reason
 
 
+class _ReadsRuns(TwoLinear):
+    """``a``'s 6 neurons read in two runs by lists of consecutive positions, halves swapped."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(torch.cat([h[:, [3, 4, 5]], h[..., [-6, -5, -4]]], 1))
+
+
+def test_a_list_of_consecutive_positions_reads_as_a_slice():
+    """``h[:, [3, 4, 5]]`` reads what ``h[:, 3:6]`` reads: the neurons of each run permute
+    among themselves (a list in any other order fixes them, as above)."""
+    spec, report = trace_with_report(model_(_ReadsRuns), x_(3, 4))
+    rows, cols = spec["a.weight"].axes[0], spec["b.weight"].axes[1]
+    assert len(rows) == 2 and rows[0] != rows[1] and cols == rows[::-1]
+    assert report.verification.ok and not report.broken
+
+
 class _PackedNorm(nn.Module):
     """Karras's magnitude-preserving conv: the weight normalised over its fan-in through
     einops' ``pack``/``unpack`` (a cat of one piece, a whole slice of a flattened dim)."""

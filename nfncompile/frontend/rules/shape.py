@@ -431,6 +431,7 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         k = idx.index(Ellipsis)
         used = sum(_consumed(i) for i in idx if i is not Ellipsis)
         idx = idx[:k] + (slice(None),) * (x.ndim - used) + idx[k + 1 :]
+    idx = _runs_as_slices(idx, x.shape)
     if any(is_advanced(i) for i in idx):
         return _advanced_getitem(a, x, idx)
     labels = []
@@ -457,6 +458,33 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if chunk is not None:
         labels = list(piece(a, tuple(labels), *chunk))
     return TensorLabels(a.out_shape(), tuple(labels))
+
+
+def _runs_as_slices(idx: tuple, shape: tuple) -> tuple:
+    """``idx`` with a list of consecutive ascending positions (``x[..., [-1], :]``,
+    ``x[:, [2, 3]]``) read as the slice of those positions, where it is the only advanced
+    index and no integer sits in ``idx`` (torch then keeps its dim in place): both read the
+    same entries in the same order.
+
+    >>> _runs_as_slices((slice(None), [-2], slice(None)), (2, 5, 3))
+    (slice(None, None, None), slice(3, 4, None), slice(None, None, None))
+    >>> _runs_as_slices(([0, 2],), (4,)), _runs_as_slices((0, [1, 2]), (2, 4))
+    (([0, 2],), (0, [1, 2]))
+    """
+    lists = [k for k, i in enumerate(idx) if isinstance(i, list)]
+    if len(lists) != 1 or any(
+        is_advanced(i) or isinstance(i, int) for k, i in enumerate(idx) if k != lists[0]
+    ):
+        return idx
+    (k,) = lists
+    n = shape[sum(_consumed(i) for i in idx[:k])]
+    run = idx[k]
+    if not run or not all(type(v) is int and -n <= v < n for v in run):
+        return idx
+    pos = [v % n for v in run]
+    if pos != list(range(pos[0], pos[0] + len(pos))):
+        return idx
+    return idx[:k] + (slice(pos[0], pos[0] + len(pos)),) + idx[k + 1 :]
 
 
 @register_method("narrow")
