@@ -11,8 +11,9 @@ A term's *relation* joins the two sides' kinds, which of the input's linked clas
 of the output's, and how the tiles are related: ``self`` (the same tile), ``module`` (two
 tiles of one layer: parameter names equal up to the last ``.``) or ``other`` (averaged over every
 tile of the kind). Where the kinds of a space meet through a channel, each has one relation
-into it (``channel in: <side kind>``) and one out of it instead. Space names never enter, so a ResNet-20 and a ResNet-32 (or an MLP of depth
-3 and one of depth 5, in ``np``) have the same relations and one set of weights serves both.
+into it (``channel in: <side kind>``) and one out of it instead. Space names never enter, so a
+ResNet-20 and a ResNet-32 (or an MLP of depth 3 and one of depth 5, in ``np``) have the same
+relations and one set of weights serves both.
 
 Examples
 --------
