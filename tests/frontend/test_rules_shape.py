@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import nfncompile as nfc
+from nfncompile.frontend.rules.shape import _runs_as_slices
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import CatSplit, TwoLinear, model_, x_
@@ -155,6 +158,9 @@ class _Indexed(TwoLinear):
             h = h * self.table[torch.tensor([[0, 1], [3, 4]])].sum((0, 1))
         elif self.how == "mask":
             h = steps[torch.tensor([True, False, True]).expand(x.shape[0], 3)]
+        elif self.how == "integer apart":  # torch selects the integer first: (6, B, 2)
+            grid = torch.ones(3)[:, None, None, None] * (h.t()[:, :, None] * torch.ones(4))
+            h = grid[0, :, :, [1, 2]].sum(-1).t()
         elif self.how == "indices apart":  # the index dims go first: (2, 6, 2)
             grid = h.t()[:, :, None, None] * torch.ones(3, 2, 4)
             h = grid[:, [0, 1], :, [0, 3]].sum(-1)
@@ -165,7 +171,8 @@ class _Indexed(TwoLinear):
 
 
 @pytest.mark.parametrize(
-    "how", ["last step", "table at a grid", "mask", "indices apart", "indices together"]
+    "how",
+    ["last step", "table at a grid", "mask", "integer apart", "indices apart", "indices together"],
 )
 def test_tensor_indices_on_other_dims_keep_the_neurons(how):
     # advanced indexing fixed every dim of the indexed tensor: nanoGPT's `x[:, [-1], :]`
@@ -204,6 +211,47 @@ def test_a_list_of_consecutive_positions_reads_as_a_slice():
     rows, cols = spec["a.weight"].axes[0], spec["b.weight"].axes[1]
     assert len(rows) == 2 and rows[0] != rows[1] and cols == rows[::-1]
     assert report.verification.ok and not report.broken
+
+
+@st.composite
+def _list_indices(draw):
+    """A tensor shape and an index of slices, ``None`` s, integers and lists of positions."""
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=4)))
+    idx = []
+    for n in shape:
+        kind = draw(st.sampled_from(["all", "slice", "list", "run", "int"]))
+        while draw(st.booleans()) and len(idx) < 6:
+            idx.append(None)
+        if kind == "all":
+            idx.append(slice(None))
+        elif kind == "slice":
+            idx.append(slice(draw(st.integers(0, n - 1)), draw(st.integers(1, n))))
+        elif kind == "int":
+            idx.append(draw(st.integers(-n, n - 1)))
+        elif kind == "run":
+            start = draw(st.integers(-n, n - 1))
+            length = draw(st.integers(1, n - start % n))
+            idx.append([start + i for i in range(length)])
+        else:
+            idx.append(draw(st.lists(st.integers(-n, n - 1), min_size=1, max_size=4)))
+    return shape, tuple(idx)
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=_list_indices())
+def test_runs_read_as_slices_read_what_torch_reads(case):
+    """Wherever a list index is rewritten as a slice, torch reads the same entries in the same
+    order and shape."""
+    shape, idx = case
+    x = torch.arange(float(torch.Size(shape).numel())).reshape(shape)
+    try:
+        want = x[idx]
+    except IndexError:  # lists that do not broadcast together
+        assume(False)
+    out = _runs_as_slices(idx, shape)
+    torch.testing.assert_close(x[out], want, rtol=0, atol=0)
+    if out != idx:
+        assert not any(isinstance(i, list) for i in out)
 
 
 class _PackedNorm(nn.Module):

@@ -463,18 +463,16 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 def _runs_as_slices(idx: tuple, shape: tuple) -> tuple:
     """``idx`` with a list of consecutive ascending positions (``x[..., [-1], :]``,
     ``x[:, [2, 3]]``) read as the slice of those positions, where it is the only advanced
-    index and no integer sits in ``idx`` (torch then keeps its dim in place): both read the
+    index (torch, which selects at integers first, then keeps its dim in place): both read the
     same entries in the same order.
 
     >>> _runs_as_slices((slice(None), [-2], slice(None)), (2, 5, 3))
     (slice(None, None, None), slice(3, 4, None), slice(None, None, None))
-    >>> _runs_as_slices(([0, 2],), (4,)), _runs_as_slices((0, [1, 2]), (2, 4))
-    (([0, 2],), (0, [1, 2]))
+    >>> _runs_as_slices(([0, 2],), (4,)), _runs_as_slices(([0], [1, 2]), (2, 4))
+    (([0, 2],), ([0], [1, 2]))
     """
     lists = [k for k, i in enumerate(idx) if isinstance(i, list)]
-    if len(lists) != 1 or any(
-        is_advanced(i) or isinstance(i, int) for k, i in enumerate(idx) if k != lists[0]
-    ):
+    if len(lists) != 1 or any(is_advanced(i) for k, i in enumerate(idx) if k != lists[0]):
         return idx
     (k,) = lists
     n = shape[sum(_consumed(i) for i in idx[:k])]
@@ -576,7 +574,8 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
     labelled; the dims the indices make are unlabelled (an index tensor that depends on the
     order of neurons is fixed); every sliced or untouched dim keeps its label, as in
     basic indexing. As torch does, the index dims stand in place of the indexed ones when
-    those are adjacent (integers count as indices), else first."""
+    those are adjacent, else first; an integer is a selection made first (unlike NumPy's
+    rule, ``x[0, :, [1, 2]]`` keeps the list's dim last), so it parts no index dims."""
     reason = GATHERED
     labels: list = []
     where = None  # output position of the index dims
@@ -596,7 +595,12 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
             a.tie(x.labels[d], i.values, "reads the rows its index gives")
             made_labels, where, d = i.labels, len(labels), d + 1
             continue
-        if is_advanced(i) or isinstance(i, int):
+        if isinstance(i, int):  # torch selects it first: it joins index dims either side
+            a.fix(a.plain_label(x.labels[d]), reason)
+            previous = k if where is not None and previous == k - 1 else previous
+            d += 1
+            continue
+        if is_advanced(i):
             for lab in x.labels[d : d + _consumed(i)]:
                 a.fix(a.plain_label(lab), reason)
             if isinstance(i, TensorLabels):
