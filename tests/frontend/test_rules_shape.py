@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -252,6 +252,45 @@ def test_runs_read_as_slices_read_what_torch_reads(case):
     torch.testing.assert_close(x[out], want, rtol=0, atol=0)
     if out != idx:
         assert not any(isinstance(i, list) for i in out)
+
+
+class _IndexedGrid(TwoLinear):
+    """``a``'s 6 outputs broadcast over a (3, 4, 5) grid, the grid read with ``idx`` (whole
+    slices on the batch and neuron dims), the two moved back to the front and the rest
+    summed."""
+
+    def __init__(self, idx: tuple) -> None:
+        super().__init__()
+        self.idx = (slice(None), slice(None), *idx)
+        shape = torch.zeros(7, 6, 3, 4, 5)[self.idx].shape  # sizes 7 and 6 are unique
+        self.at = (shape.index(7), shape.index(6))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        grid = h[:, :, None, None, None] * torch.ones(3, 4, 5)
+        y = grid[self.idx].movedim(self.at, (0, 1))
+        return self.b(y.reshape(7, 6, -1).sum(-1))
+
+
+_GRID_INDEX = st.one_of(
+    st.just(slice(None)),
+    st.just(None),
+    st.integers(0, 2),
+    st.lists(st.integers(0, 2), min_size=2, max_size=2),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(idx=st.tuples(_GRID_INDEX, _GRID_INDEX, _GRID_INDEX))
+@example(idx=(0, slice(None), [0, 1]))  # NumPy would put the list's dim first
+@example(idx=([0, 1], slice(None), [1, 2]))  # lists apart: their dim goes first
+def test_index_dims_are_placed_where_torch_places_them(idx):
+    """Integers, lists (of one length: they broadcast together), ``None`` and slices on the
+    other dims of a tensor, in any mix: the neurons keep their label on the dim torch leaves
+    them (a label on the wrong dim fails the verification or the trace)."""
+    spec, report = trace_with_report(model_(lambda: _IndexedGrid(idx)), x_(7, 4))
+    assert spec["a.weight"].axes == ("a", "in") and spec["b.weight"].axes == ("out", "a")
+    assert report.verification.ok
 
 
 class _PackedNorm(nn.Module):
