@@ -48,7 +48,7 @@ from typing import Any
 
 import networkx as nx
 
-from ..spec import Blocks, Inner, ParamSpec, Space, WeightSpaceSpec, axis_pieces
+from ..spec import Blocks, Inner, ParamSpec, Space, WeightSpaceSpec, spaces_named
 from . import heads
 from .derivation import (
     BlockInfo,
@@ -466,13 +466,7 @@ def _build(
         run_space[r] = infos[root].name if root in infos else "fixed"
     # a hidden space no weight indexes (the free run a constant left where a later write
     # covered it all) moves nothing in the weight space: not one of the spec's spaces
-    indexed = {
-        name
-        for axes in [*(p.axes for p in params), *(t.axes for t in io.inputs + io.outputs if t)]
-        for axis in axes
-        for name in axis_pieces(axis)
-        if isinstance(name, str)
-    }
+    indexed = set().union(*(spaces_named(t.axes) for t in [*params, *io.inputs, *io.outputs] if t))
     ranked = [
         s
         for _, s in sorted(infos.items(), key=lambda kv: (_ORDER[kv[1].role], kv[0]))

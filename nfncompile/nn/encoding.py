@@ -127,12 +127,7 @@ class IOEncoding(nn.Module):
         self.max_freq = float(max_freq)
         self.num_freqs = num_freqs
         self.enc_dim = 2 * num_freqs + 1
-        used_roles = set()
-        for p in spec.params:
-            for a in p.axes:
-                for piece in axis_pieces(a):
-                    if isinstance(piece, str):
-                        used_roles.add(spec.spaces[piece].role)
+        used_roles = {spec.spaces[name].role for p in spec.params for name in p.spaces_used()}
         #: Roles that get a block of ``enc_dim`` channels, in channel order.
         self.roles = tuple(r for r in ("input", "output") if r in used_roles)
         if not self.roles:

@@ -68,7 +68,7 @@ Inner('c1', 0)
 
 from __future__ import annotations
 
-from .labels import MODES, ROLES, AxisLabel, Inner, axis_pieces, check_mode
+from .labels import MODES, ROLES, AxisLabel, Inner, axis_pieces, check_mode, spaces_named
 from .params import ParamSpec, Tile
 from .permutation import Permutation
 from .spaces import Blocks, Space, SpaceMap
@@ -90,4 +90,5 @@ __all__ = [
     "is_counter",
     "holds_no_weight",
     "axis_pieces",
+    "spaces_named",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import SpecError
 
-__all__ = ["ROLES", "MODES", "AxisLabel", "Inner", "check_mode", "axis_pieces"]
+__all__ = ["ROLES", "MODES", "AxisLabel", "Inner", "check_mode", "axis_pieces", "spaces_named"]
 
 ROLES = ("input", "hidden", "output")
 MODES = ("np", "hnp")
@@ -79,6 +79,16 @@ def axis_pieces(a: AxisLabel) -> tuple:
     if isinstance(a, Inner):
         return (a.space,)
     return a if isinstance(a, tuple) else (a,)
+
+
+def spaces_named(axes: tuple) -> set:
+    """Names of every space that labels one of ``axes`` (or a composite piece, or a position
+    inside its blocks).
+
+    >>> sorted(spaces_named((None, "c1", ("c2", 3), Inner("c3", 0))))
+    ['c1', 'c2', 'c3']
+    """
+    return {p for a in axes for p in axis_pieces(a) if isinstance(p, str)}
 
 
 def _axis_str(a: AxisLabel) -> str:

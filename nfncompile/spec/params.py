@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import SpecError
-from .labels import _axis_str, _freeze_axis, _is_int, axis_pieces
+from .labels import _axis_str, _freeze_axis, _is_int, spaces_named
 from .spaces import Space
 
 __all__ = ["ParamSpec", "Tile"]
@@ -115,12 +115,7 @@ class ParamSpec:
 
     def spaces_used(self) -> set:
         """Names of every space that labels some axis (or composite piece, or block inside)."""
-        out = set()
-        for a in self.axes:
-            for p in axis_pieces(a):
-                if isinstance(p, str):
-                    out.add(p)
-        return out
+        return spaces_named(self.axes)
 
     def tiles(self, spaces: Mapping[str, Space]) -> list[Tile]:
         """Split composite axes into :class:`Tile` s with simple labels (row-major order)."""
