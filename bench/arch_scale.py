@@ -8,7 +8,8 @@ For torchvision's ResNet-18, ResNet-50, MobileNetV2 and DenseNet-121 (full size,
 * ``params``: layer parameters / model parameters;
 * ``time``: forward+backward of the layer / of the *floor* (the same features through only the
   per-entry channel mix, fixed dims folded: one GEMM per tensor in the same channels-last
-  layout): the median over rounds of each round's ratio, a round being two steps of each run
+  layout, per batch entry above a batch of one, as the generated layer reads a batch of
+  channels-first tiles): the median over rounds of each round's ratio, a round being two steps of each run
   back to back in one process in the order ours, floor, floor, ours (``range``: the lowest and
   highest round); the backward is seeded with gradients
   laid out like the outputs (what the next layer of a stack hands back). ``ours s`` and
@@ -69,6 +70,18 @@ FULL_SIZE = {
 CATALOGUE_LARGEST = ("resnet20", "unet", "densenet_block")
 
 
+def _pointwise(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T`` over the last dim of ``x`` ``(B, *rows, K)``, reading ``x`` in its own
+    strides: one GEMM for a batch of one, else one per batch entry. (A batch of channels-first
+    tiles has rows that merge within each entry but not across the batch; ``F.linear`` would
+    first copy them into one matrix, a pass the generated layer does not make.)"""
+    b, k = x.shape[0], x.shape[-1]
+    if b == 1:
+        return F.linear(x, w)
+    y = torch.bmm(x.reshape(b, -1, k), w.t().expand(b, k, w.shape[0]))
+    return y.view(*x.shape[:-1], w.shape[0])
+
+
 class Floor(nn.Module):
     """The pointwise floor: per tile, the channel mix of every entry (fixed dims folded), one
     GEMM, in the channels-last layout the generated layers use."""
@@ -100,7 +113,7 @@ class Floor(nn.Module):
             perm = [t.dims[d].size for d in t.perm_dims]
             fixed = [t.dims[d].size for d in t.fixed_dims]
             v = v.permute(0, *(2 + d for d in t.perm_dims), 1, *(2 + d for d in t.fixed_dims))
-            y = F.linear(v.reshape(v.shape[0], *perm, -1), w)
+            y = _pointwise(v.reshape(v.shape[0], *perm, -1), w)
             n = len(perm)
             y = y.reshape(y.shape[0], *perm, self.c_out, *fixed)
             back = [0, 1 + n] + [

@@ -218,3 +218,21 @@ def test_model_sweep_imports_model_code_from_a_path(tmp_path):
     assert rows["cifar_models:Net(width=3)"].endswith("ok")
     assert "FAIL AttributeError" in rows["cifar_models:Missing"]
     assert _script("model_sweep.py", "--source", "code").returncode == 2
+
+
+def test_the_floor_mixes_each_batch_entry_as_it_mixes_a_batch_of_one(arch_scale):
+    """Above a batch of one the floor takes one GEMM per entry (a batch of channels-first tiles
+    does not merge into one matrix); its output is, entry by entry, that of a batch of one,
+    for tiles with and without fixed dims and for a composite tensor's tiles."""
+    spec, _ = arch_scale.load_spec("densenet_block")
+    floor = arch_scale.Floor(spec, 3, 2).double()
+    x = {k: v.double() for k, v in arch_scale.make_inputs(spec, 3, 3).items()}
+    y = floor(x)
+    for b in range(3):
+        one = floor({k: v[b : b + 1] for k, v in x.items()})
+        for name in spec.names:
+            torch.testing.assert_close(y[name][b : b + 1], one[name])
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    rows = torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64).permute(0, 2, 3, 1)
+    torch.testing.assert_close(arch_scale._pointwise(rows, w), rows @ w.t())
