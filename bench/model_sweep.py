@@ -4,7 +4,8 @@ row.
 
 Per model (random init, no download, ``eval()``, one input of ``--size`` pixels, or the
 model's own size where it takes no other: timm's ``fixed_input_size``, torchvision's vision
-transformers 224; a clip of 8 frames for video models, 16 frames of 224 pixels for S3D and
+transformers 224; at least the smallest size torchvision's weights for it accept, their
+``min_size``, e.g. Inception-v3's 75; a clip of 8 frames for video models, 16 frames of 224 pixels for S3D and
 MViT; two images of at least 128 pixels for optical flow; transformers' models at their
 config's image size, or 8 token ids): ``trace s`` (``nfc.trace`` with its verification), the
 parameter tensors and derived spaces, ``build s`` (``NFLinear(spec, C, C, basis="linear")``
@@ -276,7 +277,20 @@ def example_input(model: torch.nn.Module, name: str, source: str, size: int) -> 
             else torch.randn(1, 3, size, size)
         )
     side = size if source == "code" else input_size(model, name, size)
+    if source in ("torchvision", "segmentation"):
+        side = max(side, min_side(name))
     return torch.randn(1, 3, side, side)
+
+
+def min_side(name: str) -> int:
+    """The smallest image side torchvision's weights for model ``name`` accept (their
+    ``min_size`` metadata: nothing is downloaded), or 1 where torchvision has no such weights."""
+    try:
+        import torchvision.models as tvm
+
+        return int(tvm.get_model_weights(name).DEFAULT.meta["min_size"][-1])
+    except (ImportError, ValueError, KeyError, AttributeError):
+        return 1
 
 
 def sweep_one(make, name: str, args) -> list:

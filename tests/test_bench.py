@@ -236,3 +236,32 @@ def test_the_floor_mixes_each_batch_entry_as_it_mixes_a_batch_of_one(arch_scale)
     w = torch.randn(4, 3, generator=gen, dtype=torch.float64)
     rows = torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64).permute(0, 2, 3, 1)
     torch.testing.assert_close(arch_scale._pointwise(rows, w), rows @ w.t())
+
+
+def test_model_sweep_traces_at_least_the_size_torchvisions_weights_accept(monkeypatch):
+    """A torchvision model whose weights say it needs more pixels than ``--size`` (their
+    ``min_size``: Inception-v3 refuses under 75) is traced at that size; a name torchvision has
+    no weights for, and a machine without torchvision, keep ``--size``."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sweep = importlib.import_module("model_sweep")
+    metas = {"inception_v3": {"min_size": (75, 75)}, "resnet18": {"min_size": (1, 1)}}
+
+    def get_model_weights(name):
+        if name not in metas:
+            raise ValueError(f"Unknown model {name}")
+        return types.SimpleNamespace(DEFAULT=types.SimpleNamespace(meta=metas[name]))
+
+    models = types.ModuleType("torchvision.models")
+    models.get_model_weights = get_model_weights
+    vision = types.ModuleType("torchvision")
+    vision.models = models
+    monkeypatch.setitem(sys.modules, "torchvision", vision)
+    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    model = nn.Linear(2, 2)
+    assert sweep.example_input(model, "inception_v3", "torchvision", 64).shape == (1, 3, 75, 75)
+    assert sweep.example_input(model, "inception_v3", "torchvision", 96).shape == (1, 3, 96, 96)
+    assert sweep.example_input(model, "resnet18", "torchvision", 64).shape == (1, 3, 64, 64)
+    assert sweep.example_input(model, "my_net", "torchvision", 64).shape == (1, 3, 64, 64)
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import fails: not installed
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    assert sweep.min_side("inception_v3") == 1
