@@ -88,6 +88,8 @@ class Quantiser(nn.Module):
             q = self.book(d.min(dim=1).indices)
         elif self.how == "index":
             q = self.book.weight[d.argmin(1)]
+        elif self.how == "index after an integer":  # torch selects at the integer first
+            q = self.book.weight[None].expand(2, 10, 4)[1, d.argmin(1)]
         elif self.how == "scatter":  # one-hot codes written into zeros (AntixK's VQ-VAE)
             codes = torch.zeros(x.shape[0], 10).scatter_(1, d.argmin(1, keepdim=True), 1.0)
             q = codes @ self.book.weight
@@ -100,11 +102,15 @@ class Quantiser(nn.Module):
 
 @pytest.mark.parametrize(
     "how",
-    ["embedding", "functional", "one_hot", "min", "index", "scatter", "as_number", "returned"],
-)
+    [
+        "embedding", "functional", "one_hot", "min", "index", "index after an integer",
+        "scatter", "as_number", "returned",
+    ],
+)  # fmt: skip
 def test_nearest_codebook_rows_permute_with_the_codebook(how):
     # before: argmin fixed the codebook's 10 rows; read back as rows of the same codebook they
-    # are the same vectors whichever way the rows are permuted
+    # are the same vectors whichever way the rows are permuted (and, until an integer was no
+    # longer counted as a second index, also read after selecting at an integer)
     spec, report = trace_with_report(model_(lambda: Quantiser(how)), x_(5, 6))
     assert report.verification.ok
     rows, cols = spec["book.weight"].axes

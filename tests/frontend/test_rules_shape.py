@@ -39,8 +39,19 @@ class BroadcastFirst(FirstChannelSpecial):
         return self.b(h + h[:, :1] * 2)
 
 
-@pytest.mark.parametrize("cls", [FirstChannelSpecial, BroadcastFirst])
+class FirstChannelAtAList(FirstChannelSpecial):
+    """``h[:, 0]`` read through an advanced index on another dim: torch selects at the
+    integer first, so it reads neuron 0 as ``h[:, 0]`` does."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        steps = h[:, :, None] * torch.arange(1.0, 5.0)  # (B, 6, 4)
+        return self.b(h) + steps[:, 0, [1, 3]].sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("cls", [FirstChannelSpecial, BroadcastFirst, FirstChannelAtAList])
 def test_position_dependent_indexing_fixes_one_neuron(cls):
+    # before (FirstChannelAtAList): an integer among list indices fixed all 6 neurons
     spec, report = trace_with_report(model_(cls), x_(5, 4))
     # neuron 0 of a's output is fixed (an int piece), the other 5 form a space
     assert spec["a.weight"].axes == ((1, "a"), "in")

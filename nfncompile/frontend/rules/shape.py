@@ -575,7 +575,8 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
     order of neurons is fixed); every sliced or untouched dim keeps its label, as in
     basic indexing. As torch does, the index dims stand in place of the indexed ones when
     those are adjacent, else first; an integer is a selection made first (unlike NumPy's
-    rule, ``x[0, :, [1, 2]]`` keeps the list's dim last), so it parts no index dims."""
+    rule, ``x[0, :, [1, 2]]`` keeps the list's dim last), so it parts no index dims, and
+    it fixes only the neuron it reads, as in basic indexing."""
     reason = GATHERED
     labels: list = []
     where = None  # output position of the index dims
@@ -584,7 +585,8 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
     d = 0
     # one index tensor of the positions of a dim's neurons (a codebook's rows read at their
     # nearest entries): the same rows whichever way they are permuted, the index's dims made
-    advanced = [i for i in idx if is_advanced(i) or isinstance(i, int)]
+    # (an integer is no index here: torch has selected at it before it reads the tensor)
+    advanced = [i for i in idx if is_advanced(i)]
     (only,) = advanced if len(advanced) == 1 else (None,)
     made_labels = None
     for k, i in enumerate(idx):
@@ -596,7 +598,9 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
             made_labels, where, d = i.labels, len(labels), d + 1
             continue
         if isinstance(i, int):  # torch selects it first: it joins index dims either side
-            a.fix(a.plain_label(x.labels[d]), reason)
+            lab = a.plain_label(x.labels[d])
+            if lab is not None:  # as in basic indexing, it reads one neuron
+                a.fix((_neuron_at(lab, i % x.shape[d]),), INDEXED)
             previous = k if where is not None and previous == k - 1 else previous
             d += 1
             continue
