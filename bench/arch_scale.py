@@ -72,14 +72,17 @@ CATALOGUE_LARGEST = ("resnet20", "unet", "densenet_block")
 
 def _pointwise(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x @ w.T`` over the last dim of ``x`` ``(B, *rows, K)``, reading ``x`` in its own
-    strides: one GEMM for a batch of one, else one per batch entry. (A batch of channels-first
-    tiles has rows that merge within each entry but not across the batch; ``F.linear`` would
-    first copy them into one matrix, a pass the generated layer does not make.)"""
+    strides: one GEMM where its rows merge into one matrix (a batch of one, a copied tile),
+    else one per batch entry. (A batch of channels-first tiles has rows that merge within each
+    entry but not across the batch; ``F.linear`` would first copy them into one matrix, a pass
+    the generated layer does not make.)"""
     b, k = x.shape[0], x.shape[-1]
-    if b == 1:
-        return F.linear(x, w)
-    y = torch.bmm(x.reshape(b, -1, k), w.t().expand(b, k, w.shape[0]))
-    return y.view(*x.shape[:-1], w.shape[0])
+    try:
+        x.view(-1, k)
+    except RuntimeError:  # rows that merge only per batch entry
+        y = torch.bmm(x.reshape(b, -1, k), w.t().expand(b, k, w.shape[0]))
+        return y.view(*x.shape[:-1], w.shape[0])
+    return F.linear(x, w)
 
 
 class Floor(nn.Module):
