@@ -177,7 +177,8 @@ def test_key_value_heads_read_otherwise_share_one_permutation(how):
 
 class _FusedPerHead(nn.Module):
     """One projection for q, k and v laid out per head: GPT-NeoX's ``(B, N, H, 3 * D)`` taken
-    apart by ``chunk``, Bloom's ``(B, N, H, 3, D)`` by ``[..., i, :]``; or Phi-3's
+    apart by ``chunk``, Bloom's ``(B, N, H, 3, D)`` by ``[..., i, :]``, Falcon's legacy layout
+    by two reshapes, ``(B, N, 3 * H, D)`` then ``(H, 3)``, and ``unbind``; or Phi-3's
     ``[q | k | v]`` slices, with q and k rotated (RoPE fixes their dims)."""
 
     def __init__(self, how: str) -> None:
@@ -192,6 +193,9 @@ class _FusedPerHead(nn.Module):
         elif self.how == "bloom":
             y = y.view(b, n, 2, 3, 4)
             q, k, v = (y[..., i, :].transpose(1, 2) for i in range(3))
+        elif self.how == "falcon":
+            y = y.view(b, n, 6, 4).unflatten(-2, (2, 3))
+            q, k, v = (t.transpose(1, 2) for t in y.unbind(-2))
         else:
             q, k, v = (y[..., i : i + 8].view(b, n, 2, 4).transpose(1, 2) for i in (0, 8, 16))
             angles = torch.arange(n, dtype=x.dtype)[:, None] * torch.arange(1, 5, dtype=x.dtype)
@@ -201,11 +205,12 @@ class _FusedPerHead(nn.Module):
         return self.o(y.transpose(1, 2).reshape(b, n, 8))
 
 
-@pytest.mark.parametrize("how", ["neox", "bloom", "rope"])
+@pytest.mark.parametrize("how", ["neox", "bloom", "falcon", "rope"])
 def test_a_projection_fused_per_head_gives_each_heads_values_a_space(how):
     # before: the values' slice of the per-head dims (neox, bloom) was not flattened back into
     # per-head chunks, and every head shared one permutation; with q and k fixed by RoPE, the
-    # fused projection was read in blocks of a head, its 8 values fixed in them
+    # fused projection was read in blocks of a head, its 8 values fixed in them; falcon's two
+    # reshapes made 6 heads of 4 first, whose (2, 3) split unbind then fixed: 2 spaces in all
     spec, report = trace_with_report(
         model_(lambda: _FusedPerHead(how)), x_(2, 5, 8), channel_dim=-1
     )

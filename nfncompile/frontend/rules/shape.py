@@ -227,7 +227,34 @@ def _module_reshape(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any,
 def _reshape(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if a.node.target == "view" and len(args) == 2 and isinstance(args[1], torch.dtype):
         raise Unsupported("view as another dtype")
-    return reshape_labels(a, args[0], a.out_shape())
+    return reshape_labels(a, _first_of_reshapes(a, args[0]), a.out_shape())
+
+
+#: reshapes whose only argument of interest is the tensor (the shape is the node's own)
+_RESHAPES = frozenset({"view", "reshape", "flatten", "unflatten"})
+_TORCH_RESHAPES = (torch.reshape, torch.flatten, torch.unflatten)
+
+
+def _first_of_reshapes(a: SymmetryAnalysis, x: TensorLabels) -> TensorLabels:
+    """The labels a chain of reshapes ending at this node starts from: where ``x`` is a
+    reshape that nothing else reads, the tensor before it (and so on back), else ``x``. Two
+    reshapes are one, and read as one they split a dim once: Falcon's ``(3H, d)`` then
+    ``(H, 3)`` is Bloom's ``(H, 3, d)``, whose middle dim is then its heads' q, k and v."""
+    if a is None or a.node is None or not a.node.args:
+        return x
+    node, out = a.node.args[0], x
+    while isinstance(node, torch.fx.Node) and len(node.users) == 1 and node.args:
+        reshape = (node.op == "call_method" and node.target in _RESHAPES) or (
+            node.op == "call_function" and node.target in _TORCH_RESHAPES
+        )
+        before = node.args[0]
+        if not reshape or not isinstance(before, torch.fx.Node):
+            break
+        labels = a.env.get(before)
+        if not isinstance(labels, TensorLabels):
+            break
+        node, out = before, labels
+    return out
 
 
 @register_module(nn.PixelShuffle, nn.PixelUnshuffle)
