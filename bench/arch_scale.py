@@ -9,11 +9,11 @@ For torchvision's ResNet-18, ResNet-50, MobileNetV2 and DenseNet-121 (full size,
 * ``time``: forward+backward of the layer / of the *floor* (the same features through only the
   per-entry channel mix, fixed dims folded: one GEMM per tensor in the same channels-last
   layout, per batch entry above a batch of one, as the generated layer reads a batch of
-  channels-first tiles): the median over rounds of each round's ratio, a round being two steps of each run
-  back to back in one process in the order ours, floor, floor, ours (``range``: the lowest and
-  highest round); the backward is seeded with gradients
-  laid out like the outputs (what the next layer of a stack hands back). ``ours s`` and
-  ``floor s`` are the median seconds;
+  channels-first tiles): the median over rounds of each round's ratio, a round being two
+  steps of each run back to back in one process in the order ours, floor, floor, ours
+  (``range``: the lowest and highest round); the backward is seeded with gradients laid out
+  like the outputs (what the next layer of a stack hands back). ``ours s`` and ``floor s``
+  are the median seconds;
 * ``mem``: peak memory of one forward+backward above the memory held before it (inputs,
   weights, gradients to seed), ours / the floor's, each measured in a fresh subprocess from the
   kernel's peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs``), with glibc told to
@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nfncompile.architectures import CATALOGUE, FACTORIES
+from nfncompile.backend.fused import _per_batch_rows
 from nfncompile.backend.plan import complete_num_params
 from nfncompile.backend.tiles import tile_refs
 from nfncompile.errors import ConfigError
@@ -72,17 +73,15 @@ CATALOGUE_LARGEST = ("resnet20", "unet", "densenet_block")
 
 def _pointwise(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x @ w.T`` over the last dim of ``x`` ``(B, *rows, K)``, reading ``x`` in its own
-    strides: one GEMM where its rows merge into one matrix (a batch of one, a copied tile),
-    else one per batch entry. (A batch of channels-first tiles has rows that merge within each
-    entry but not across the batch; ``F.linear`` would first copy them into one matrix, a pass
-    the generated layer does not make.)"""
+    strides: one GEMM per batch entry for a batch of channels-first tiles, whose rows merge
+    within each entry but not across the batch (the generated layer's own test,
+    ``fused._per_batch_rows``: ``F.linear`` would first copy them into one matrix, a pass the
+    layer does not make), else one GEMM."""
+    if not _per_batch_rows(x):
+        return F.linear(x, w)
     b, k = x.shape[0], x.shape[-1]
-    try:
-        x.view(-1, k)
-    except RuntimeError:  # rows that merge only per batch entry
-        y = torch.bmm(x.reshape(b, -1, k), w.t().expand(b, k, w.shape[0]))
-        return y.view(*x.shape[:-1], w.shape[0])
-    return F.linear(x, w)
+    y = torch.bmm(x.reshape(b, -1, k), w.t().expand(b, k, w.shape[0]))
+    return y.view(*x.shape[:-1], w.shape[0])
 
 
 class Floor(nn.Module):

@@ -5,8 +5,8 @@ row.
 Per model (random init, no download, ``eval()``, one input of ``--size`` pixels, or the
 model's own size where it takes no other: timm's ``fixed_input_size``, torchvision's vision
 transformers 224; at least the smallest size torchvision's weights for it accept, their
-``min_size``, e.g. Inception-v3's 75; a clip of 8 frames for video models, 16 frames of 224 pixels for S3D and
-MViT; two images of at least 128 pixels for optical flow; transformers' models at their
+``min_size``, e.g. Inception-v3's 75; a clip of 8 frames for video models, 16 frames of 224
+pixels for S3D and MViT; two images of at least 128 pixels for optical flow; transformers' models at their
 config's image size, or 8 token ids): ``trace s`` (``nfc.trace`` with its verification), the
 parameter tensors and derived spaces, ``build s`` (``NFLinear(spec, C, C, basis="linear")``
 at ``--channels``, goal < 5 s), ``/model`` (the layer's weights over the model's), and

@@ -240,8 +240,6 @@ def _first_of_reshapes(a: SymmetryAnalysis, x: TensorLabels) -> TensorLabels:
     reshape that nothing else reads, the tensor before it (and so on back), else ``x``. Two
     reshapes are one, and read as one they split a dim once: Falcon's ``(3H, d)`` then
     ``(H, 3)`` is Bloom's ``(H, 3, d)``, whose middle dim is then its heads' q, k and v."""
-    if a is None or a.node is None or not a.node.args:
-        return x
     node, out = a.node.args[0], x
     while isinstance(node, torch.fx.Node) and len(node.users) == 1 and node.args:
         reshape = (node.op == "call_method" and node.target in _RESHAPES) or (
@@ -470,9 +468,7 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             continue
         lab, n = x.labels[d], x.shape[d]
         if isinstance(i, int):
-            lab = a.plain_label(lab)
-            if lab is not None:
-                a.fix((_neuron_at(lab, i % n),), INDEXED)
+            lab = _read_at(a, lab, i % n)
             chunks = chunks_at(a, a.node.args[0], d) if lab is None else None
             if chunks is not None and len(chunks) == n:
                 chunk = (chunks, i % n)
@@ -625,9 +621,7 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
             made_labels, where, d = i.labels, len(labels), d + 1
             continue
         if isinstance(i, int):  # torch selects it first: it joins index dims either side
-            lab = a.plain_label(x.labels[d])
-            if lab is not None:  # as in basic indexing, it reads one neuron
-                a.fix((_neuron_at(lab, i % x.shape[d]),), INDEXED)
+            _read_at(a, x.labels[d], i % x.shape[d])  # as in basic indexing
             previous = k if where is not None and previous == k - 1 else previous
             d += 1
             continue
@@ -697,6 +691,15 @@ def _gather(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             a.fix(a.plain_label(index.labels[k]), reason)
             labels.append(None)
     return TensorLabels(a.out_shape(), tuple(labels))
+
+
+def _read_at(a: SymmetryAnalysis, label: Any, pos: int) -> Any:
+    """An integer index at ``pos`` of a dim labelled ``label``: it reads one neuron, which is
+    fixed; returns the plain label (``None`` where the dim has no neurons)."""
+    label = a.plain_label(label)
+    if label is not None:
+        a.fix((_neuron_at(label, pos),), INDEXED)
+    return label
 
 
 def _neuron_at(label: Label, pos: int) -> Seg:
