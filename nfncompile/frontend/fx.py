@@ -108,7 +108,7 @@ _ADVICE = (
     "the data-dependent control flow (branch on a constructor argument instead of on a "
     "tensor); otherwise write a WeightSpaceSpec by hand (examples in specs/weight_spaces/)."
 )
-_TYPE_ASKED = "asks whether a traced value is a tensor, which plain fx answers no"
+_TYPE_ASKED = "asks whether a traced value is a tensor, tuple or list, which plain fx answers no"
 _TORCH = os.path.dirname(torch.__file__)
 _ISINSTANCE = builtins.isinstance
 
@@ -276,9 +276,10 @@ class LeafFallbackTracer(torch.fx.Tracer):
         #: record ``torch.zeros`` & co. (:data:`FACTORIES`) as nodes rather than constants
         self.trace_factories = False
         self._eager = False  # a node being run for real (the shape-specialising trace)
-        #: where the forward first asked whether a traced value is a tensor (``isinstance(x,
-        #: torch.Tensor)``, ``torch.is_tensor``, ``torch.jit.isinstance``): plain fx answers no
-        #: and traces the other branch; ``""`` where it never asked
+        #: where the forward first asked whether a traced value is a tensor, a tuple or a list
+        #: (``isinstance(x, torch.Tensor)``, ``torch.is_tensor``, ``torch.jit.isinstance``,
+        #: ``isinstance(out, tuple)``): plain fx answers no and traces the other branch; ``""``
+        #: where it never asked
         self.type_asked = ""
 
     def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
@@ -334,7 +335,9 @@ class LeafFallbackTracer(torch.fx.Tracer):
             # the question of the forward's own code (the caller of the patched function)
             if answer or self.type_asked or not is_instance(obj, torch.fx.Proxy):
                 return answer
-            if any(c is torch.Tensor for c in _classes(cls)):
+            # a traced value may be a tensor, or a tuple or list (a kept submodule's outputs:
+            # an LSTM's `(h_n, c_n)`), where plain fx says it is none
+            if any(c in (torch.Tensor, tuple, list) for c in _classes(cls)):
                 self.type_asked = _called_at(sys._getframe(2))
             return answer
 
@@ -817,11 +820,11 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             # Python code only: torch's C++ checks keep the proxy's own type (a proxy taken for
             # a tensor there would be read as one)
             if is_instance(obj, _ShapeProxy) and not self._eager and not is_instance(obj, cls):
-                classes = _classes(cls)
+                # what the value is: a tensor, a dict, a tuple or list (a kept submodule's
+                # outputs), answered as for the value itself
+                known = (torch.Tensor, dict, Mapping, tuple, list)
                 value = obj._value()
-                if any(c is torch.Tensor for c in classes):
-                    return is_instance(value, torch.Tensor)
-                return any(c in (dict, Mapping) for c in classes) and is_instance(value, dict)
+                return any(c in known and is_instance(value, c) for c in _classes(cls))
             return is_instance(obj, cls)
 
         patches = super()._patches(root)
