@@ -207,6 +207,15 @@ FLOAT32_ATOL = 1e-5
 FLOAT32_RTOL = 1e-4
 
 
+def _still(spec: WeightSpaceSpec, perm: Permutation, factor: str) -> bool:
+    """Whether ``perm`` leaves ``factor`` (a space, or a block permutation) in place."""
+    if factor in spec.blocks:
+        space = next(s for s in spec.spaces.values() if s.blocks == factor)
+        count, size = spec.block_shape(space.name)
+        return torch.equal(perm[space.name].view(count, size)[:, 0] // size, torch.arange(count))
+    return torch.equal(perm[factor], torch.arange(spec.spaces[factor].size))
+
+
 def _draw_inputs(args: tuple, gen: torch.Generator, dtype: torch.dtype) -> tuple:
     """Random inputs shaped like the example's float ones, at any depth of its tuples, lists
     and dicts (SIREN takes ``{"coords": x}``); the others reused."""
@@ -493,12 +502,16 @@ def verify(
     tol = atol + rtol * scale
 
     def draw(moved: list[str]) -> Permutation:
-        """A random group element moving only ``moved`` (retrying a few times for one that is
-        not the identity)."""
-        for _ in range(8):
-            perm = spec.sample_permutation(gen, move=moved)
-            if any(not torch.equal(p, torch.arange(len(p))) for p in perm.perms.values()):
-                break
+        """A random group element moving only ``moved``, in which every factor of ``moved``
+        that can move does: a factor the draw left in place (a space of 2 neurons, a block
+        permutation of 2 heads: half the time) is drawn again on its own and composed in."""
+        perm = spec.sample_permutation(gen, move=moved)
+        for factor in moved:
+            for _ in range(8 if _still(spec, perm, factor) else 0):
+                other = spec.sample_permutation(gen, move=[factor])
+                if not _still(spec, other, factor):
+                    perm = perm.compose(other)
+                    break
         return perm
 
     def check(name: str, size: int, role: str, moved: list[str]) -> SpaceCheck:

@@ -402,3 +402,42 @@ def test_verify_without_io_gives_each_input_its_own_space():
     report = verify(model, spec, (x, None, y), trials=2)
     assert report.ok and all(c.ok for c in report.spaces.values())
     assert verify(model, spec.with_mode("hnp"), (x, None, y), trials=2).ok
+
+
+class _Scaled(nn.Module):
+    """Two heads of 2 value features each (a block space), then a scale per head: its heads
+    are not interchangeable, while the features inside each head are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v, self.o = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.o(self.v(x) * torch.tensor([1.0, 1.0, 3.0, 3.0]))
+
+
+def test_a_joint_draw_moves_every_factor():
+    # before: the joint check drew one group element; 2 blocks (or a space of 2) stayed in
+    # place half the time, so a claim that did not hold passed a one-trial check by chance
+    spec = nfc.WeightSpaceSpec.from_dict(
+        {
+            "blocks": {"heads": {"count": 2}},
+            "spaces": {
+                "in": {"size": 3, "role": "input"},
+                "v": {"size": 4, "role": "hidden", "blocks": "heads"},
+                "out": {"size": 2, "role": "output"},
+            },
+            "params": {
+                "v.weight": {"shape": [4, 3], "axes": ["v", "in"]},
+                "v.bias": {"shape": [4], "axes": ["v"]},
+                "o.weight": {"shape": [2, 4], "axes": ["out", "v"]},
+                "o.bias": {"shape": [2], "axes": ["out"]},
+            },
+        }
+    )
+    model = _Scaled()
+    for seed in range(12):
+        report = verify(model, spec, _x(4, 3), trials=1, seed=seed, per_space=False)
+        assert not report.ok, seed
+    # inside the heads the claim holds: only the blocks fail
+    assert verify(model, spec, _x(4, 3), trials=1).failed == ["heads (blocks)"]
