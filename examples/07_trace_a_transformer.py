@@ -4,8 +4,9 @@ A sequence model's input is ``(batch, sequence, features)``: its neurons are the
 ``channel_dim=-1`` tells the tracer (the default, dim 1, is a CNN's channels). The fused
 ``qkv`` projection is viewed as ``(3, heads, head_dim)`` and taken apart, so each head's q and
 k features share a space (attention reads their product, head by head) while its v features
-have their own: every head's features permute on their own. The heads themselves and the
-sequence positions stay fixed.
+have their own: every head's features permute on their own, and the heads themselves move
+as blocks (head i of q, k and v together), one block permutation per attention layer. The
+sequence positions stay fixed (they are not the channel dim).
 
 Run: python examples/07_trace_a_transformer.py
 Same from the shell, for a model in your own file:
@@ -58,8 +59,12 @@ spec, report = nfc.trace_with_report(model, x, channel_dim=-1)
 print(report)
 
 print("input space (the features):", spec.spaces["in"].size)
-rows = spec["blocks.0.qkv.weight"].axes[0]  # q's 2 heads, k's 2 heads, v's 2 heads
-print(f"block 0: q/k features per head {rows[:2]}, v features per head {rows[4:]}")
+qk, _, v = spec["blocks.0.qkv.weight"].axes[0]  # q's rows, k's, v's: 2 heads each
+heads = spec.blocks[spec.spaces[v].blocks]
+print(
+    f"block 0: q/k features {qk!r}, v features {v!r}, {heads.count} heads moved by {heads.name!r}"
+)
+print("heads x features per head:", spec.block_shape(qk), spec.block_shape(v))
 
 # An NF-Layer over this weight space, checked equivariant on random group elements
 layer = nfc.NFLinear(spec, 1, 4, basis="linear")

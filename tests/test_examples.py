@@ -51,8 +51,9 @@ EXACT_LINES = {
     ],
     "07_trace_a_transformer.py": [
         "input space (the features): 12",
-        "block 0: q/k features per head ('blocks.0.qkv/0', 'blocks.0.qkv/1'), "
-        "v features per head ('blocks.0.qkv/2', 'blocks.0.qkv/3')",
+        "block 0: q/k features 'blocks.0.qkv/0', v features 'blocks.0.qkv/1', 2 heads moved by "
+        "'blocks.0.qkv.heads'",
+        "heads x features per head: (2, 8) (2, 8)",
     ],
     "05_trace_your_own_architecture.py": [
         "stem and block2 share a space: True",

@@ -169,6 +169,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.head_merges: list[HeadMerge] = []
         #: the heads and dims runs of every head split: run id -> (split id, "heads" or "dims")
         self.split_runs: dict[int, tuple] = {}
+        #: heads runs that met positions where they stand (a constant per head, heads flattened
+        #: into positions): those heads cannot move as blocks (:func:`.heads.blocks`)
+        self.heads_held: set[int] = set()
         self._constants: dict = {}  # fx node -> whether it is computed from no input or weight
         # selected chunk label -> {run of the first chunk's head splits: the same run of its own}
         self.twin_runs: dict = {}
@@ -352,6 +355,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     self.ties.append(Tie(sa.run, na, sb.run, nb, n, self.op, self._name()))
             elif self.is_heads((sa, sb)):
                 # heads meeting repeated heads (GQA): position by position, heads stay in place
+                self.hold_heads((sa, sb))
                 for at in range(pos, end):
                     na = sa.offset + (at - pa) // sa.inner
                     nb = sb.offset + (at - pb) // sb.inner
@@ -411,12 +415,19 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         return self.node.name if self.node else ""
 
     def link_blocks(
-        self, count: int, members: tuple, inner: tuple, origin: str, alternative: Rule
+        self,
+        count: int,
+        members: tuple,
+        inner: tuple,
+        origin: str,
+        alternative: Rule,
+        what: str = "groups",
     ) -> None:
         """Record a :class:`~nfncompile.frontend.labels.BlockLink`: ``members`` (plain labels)
         cut into ``count`` blocks moved by one block permutation, ``inner`` axes indexed
         inside the blocks. ``alternative()`` records, instead of applying, the conservative
-        constraints (ties, cuts, fixes) the derivation falls back to if the link fails."""
+        constraints (ties, cuts, fixes) the derivation falls back to if the link fails;
+        ``what`` names the blocks (``"<origin>.<what>"``: groups, heads)."""
         saved = self.ties, self.cuts
         self.ties, self.cuts, self._recording = [], [], []
         try:
@@ -425,7 +436,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         finally:
             self.ties, self.cuts = saved
             self._recording = None
-        link = BlockLink(len(self.links), self.op, self._name(), origin, count, members, inner)
+        link = BlockLink(
+            len(self.links), self.op, self._name(), origin, count, members, inner, what
+        )
         link.ties, link.cuts, link.fixes = ties, cuts, fixes
         self.links.append(link)
 
@@ -546,6 +559,14 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             isinstance(label, tuple) and len(label) == 1 and label[0].offset == 0
             and label[0].inner == 1 and label[0].length == self.runs[label[0].run].size
         )  # fmt: skip
+
+    def hold_heads(self, *labels: Any) -> None:
+        """Record that the heads runs in ``labels`` met positions where they stand: they stay
+        in place (:attr:`heads_held`), though their neurons are not fixed."""
+        for label in labels:
+            for s in segments(label) if isinstance(label, tuple) else ():
+                if self.split_runs.get(s.run, (0, ""))[1] == "heads":
+                    self.heads_held.add(s.run)
 
     def is_heads(self, label: Any) -> bool:
         """Whether ``label`` holds only neurons of heads runs (see :meth:`split_heads`)."""
@@ -953,6 +974,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 # attention heads stay in place: a constant per head (ALiBi's slopes), or a
                 # matmul's batch of scores whose heads labels are lost (RoFormer's rotated q
                 # and k), meets each head where it is
+                self.hold_heads(*found)
                 for lab in found[1:]:
                     self.tie(found[0], lab)
                 labels.append(found[0])

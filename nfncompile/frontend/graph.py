@@ -201,6 +201,7 @@ def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
     g.graph.update(
         head_faults=faults,
         head_carried=carried,
+        heads_held=a.heads_held,
         params=params,
         inputs=a.inputs,
         outputs=a.outputs,

@@ -14,10 +14,14 @@ Where the split holds, the solver (:mod:`~nfncompile.frontend.spaces`) reads eve
 * a tie with anything else ties every chunk to it (a weight shared by all heads);
 * a fix or a cut of ``dims`` fixes or cuts every chunk alike.
 
-Each head's neurons then permute on their own; the heads themselves stay in place (their run is
-fixed), as the rule of ``nn.MultiheadAttention`` reads them, so a value per head (ALiBi's
-slopes times the key positions) meets each head where it is. A split whose chunks are tied
-instead (it does not hold) gives one permutation for every head: the conservative reading.
+Each head's neurons then permute on their own. The heads themselves move as blocks where
+nothing meets them in place (:func:`blocks`): head ``i`` of the queries, keys and values
+together, the wreath product of the heads' permutation and the per-head ones, given to the spec
+as block spaces sharing one block permutation. Where something does meet them in place (a
+value per head such as ALiBi's slopes times the key positions, a mask per head, grouped key
+and value heads), they stay, as the rule of ``nn.MultiheadAttention`` reads them. A split whose
+chunks are tied instead (it does not hold) gives one permutation for every head: the
+conservative reading.
 
 :func:`check` says which holding splits cannot hold: one whose dims a tensor holds without one
 whole heads dim (heads summed, mixed by a layer, sliced), a parameter or input/output reads
@@ -40,7 +44,9 @@ Examples
 ...         return self.o(y.transpose(1, 2).reshape(2, 3, 4))
 >>> spec = nfc.trace(Attention(), torch.randn(2, 3, 4), channel_dim=-1)
 >>> spec["q.weight"].axes[0] == spec["k.weight"].axes[0], spec["v.weight"].axes[0]
-(True, ('v/0', 'v/1'))
+(True, 'v')
+>>> spec.spaces["v"].blocks, spec.block_shape("v")  # 2 heads of 2, moved with q's and k's
+('q.heads', (2, 2))
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from typing import Any
 
 from .labels import label_width
 
-__all__ = ["pieces", "rewrite", "check"]
+__all__ = ["pieces", "rewrite", "check", "blocks"]
 
 
 def pieces(label: tuple, off: int, length: int) -> list[tuple]:
@@ -236,3 +242,58 @@ def check(sol: Any, fallen: dict) -> dict:
                 )
     fallen.update(failed)
     return failed
+
+
+def blocks(sol: Any, fallen: dict, busy: set) -> list[tuple[list, list]]:
+    """The families of holding splits whose heads can move as blocks: ``(splits, columns)``.
+
+    Heads that move together carry their neurons with them, so where nothing reads a head by
+    its position the heads are one more permutation: head ``i`` of every split of a family
+    (splits whose heads runs are one class of the solution) goes to the same place, and each
+    head's neurons still permute on their own. That is the wreath product of the per-head
+    permutations and the heads' one (as a grouped convolution's blocks), given to the spec as
+    block spaces that share one block permutation.
+
+    A family qualifies when its heads class holds only the whole heads runs of its holding
+    splits (no constant per head, no parameter or input/output reads them, no op met them as
+    positions: ``heads_held``) and each piece of
+    a head's dims is, head by head, a distinct space that no other block permutation cuts
+    (``busy``: roots of spaces already in blocks or indexed inside them) and that is not
+    fixed. ``columns`` lists, per piece, its spaces' roots in head order; a family that does
+    not qualify keeps its heads in place, as :func:`rewrite` reads them.
+    """
+    p = sol.problem
+    family: dict = {}
+    for s in p.splits:
+        if ("heads", s.id) in fallen:
+            continue
+        atoms = sol.atoms_in(s.heads, 0, len(s.chunks))
+        root = sol.uf.find(atoms[0]) if len(atoms) == 1 else None
+        family.setdefault(root, []).append(s)
+    out = []
+    for root, splits in family.items():
+        members = sol.classes.get(root, []) if root is not None else []
+        count = len(splits[0].chunks)
+        if (
+            root is None or root in sol.prefixed or count < 2 or len(members) != len(splits)
+            or any(len(s.chunks) != count for s in splits)
+            or any(p.runs[sol.atoms[i][0]]["kind"] != "heads" for i in members)
+            or any(s.heads in p.labelled or s.heads in p.heads_held for s in splits)
+        ):  # fmt: skip
+            continue
+        columns: dict = {}  # a piece's roots in head order -> its first root
+        for s in splits:
+            rows = [sol.roots(chunk) for chunk in s.chunks]
+            if any(len(r) != len(rows[0]) for r in rows):
+                columns = {}
+                break
+            for column in zip(*rows):
+                columns.setdefault(column, column[0])
+        seen = [r for column in columns for r in column]
+        if (
+            not columns or len(seen) != len(set(seen))
+            or any(r in sol.fixed_roots or r in busy for r in seen)
+        ):  # fmt: skip
+            continue
+        out.append((splits, list(columns)))
+    return out

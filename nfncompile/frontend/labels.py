@@ -310,7 +310,8 @@ class BlockLink:
     """Labels that one block permutation moves together: each of ``members`` is cut into
     ``count`` equal blocks, block ``j`` of every member moves to the same place, and the
     neurons inside every block permute on their own (``S_k wr S_count``). A grouped
-    convolution links its input and output channels.
+    convolution links its input and output channels; ``nn.MultiheadAttention`` its query (and
+    key) features and its value features, one block per head (``what="heads"``).
 
     ``inner`` lists the axes indexed by the position *inside* a block, as
     ``(label, indexed, row)``: the label of that axis (a run used nowhere else), the member
@@ -330,6 +331,7 @@ class BlockLink:
     count: int
     members: tuple
     inner: tuple = ()
+    what: str = "groups"  # what the blocks are: names the block permutation "<origin>.<what>"
     ties: list = field(default_factory=list)
     cuts: list = field(default_factory=list)
     fixes: list = field(default_factory=list)

@@ -129,6 +129,7 @@ class _Problem:
     carried: list  # (heads split id, dims split id, node)
     labelled: set  # runs a parameter, input/output or block-link label reads
     heads_met: set  # fx nodes at which a tie met a heads run
+    heads_held: set  # heads runs that met positions where they stand
 
     @functools.cached_property
     def still(self) -> set:
@@ -165,6 +166,7 @@ class _Problem:
             carried=graph.graph.get("head_carried", []),
             labelled={s.run for lab in labels for s in segments(lab)},
             heads_met={d["node"] for d in edges if d["src"] in heads or d["dst"] in heads},
+            heads_held=graph.graph.get("heads_held", set()),
         )  # fmt: skip
 
 
@@ -395,8 +397,10 @@ def _build(
             ops=ops,
             touched=list(dict.fromkeys(op for i in members for op in runs[atoms[i][0]]["touched"])),
         )
+    alias, families = _merge_heads(sol, fallen, count_of, inner_of, infos)
     _name_spaces(infos)
     blocks = _name_blocks(holding, link_uf, sol, count_of, infos)
+    blocks.update(_name_heads(families, infos, blocks))
 
     def axis_label(lab: Any) -> Any:
         if not lab:
@@ -405,7 +409,10 @@ def _build(
         for i in sol.label_atoms(lab):
             root = uf.find(i)
             _, a, b = atoms[i]
-            if root in inner_of:
+            if root in alias:
+                if alias[root][1] == 0:  # a whole column of heads: the block space, once
+                    pieces.append(infos[alias[root][0]].name)
+            elif root in inner_of:
                 _, indexed, row = inner_of[root]
                 pieces.append(_InnerRef(infos[indexed].name, infos[row].name))
             elif root in infos:
@@ -436,7 +443,7 @@ def _build(
         params.append(ParamSpec(key, p.shape, tuple(axes), p.view))
         for k, lab in enumerate(p.axes):
             for root in set(sol.roots(lab)):
-                info = infos.get(inner_of[root][1]) if root in inner_of else infos.get(root)
+                info = infos.get(inner_of[root][1] if root in inner_of else _at(alias, root))
                 if info is None:
                     continue
                 if f"{key}[{k}]" not in info.params:
@@ -463,6 +470,7 @@ def _build(
         root = uf.find(sol.atom_id[(r, sol.starts[r][0])]) if sol.starts[r] else None
         if root in inner_of:
             root = inner_of[root][1]
+        root = _at(alias, root)
         run_space[r] = infos[root].name if root in infos else "fixed"
     # a hidden space no weight indexes (the free run a constant left where a later write
     # covered it all) moves nothing in the weight space: not one of the spec's spaces
@@ -481,6 +489,90 @@ def _build(
         spec, {s.name: s for s in ranked}, blocks, io, broken, _ops(graph, problem, fallen, positions),
         run_space, graph,
     )  # fmt: skip
+
+
+def _at(alias: dict, root: Any) -> Any:
+    """The root that holds ``root``'s space once heads are merged into block spaces."""
+    return alias[root][0] if root in alias else root
+
+
+def _labels(problem: _Problem) -> list:
+    """Every parameter and input/output label of ``problem``."""
+    labels = [lab for p in problem.params.values() for lab in p.axes]
+    return labels + [lab for io in problem.inputs + problem.outputs if io for lab in io[1][1]]
+
+
+def _merge_heads(
+    sol: _Solution, fallen: dict, count_of: dict, inner_of: dict, infos: dict
+) -> tuple[dict, list]:
+    """Merge each movable family of attention heads (:func:`~nfncompile.frontend.heads.blocks`)
+    into block spaces: one space per piece of a head's dims, cut into one block per head.
+
+    A family is merged only where every parameter and input/output label reads each of its
+    pieces whole, head after head in order (the block space's layout); else its heads stay in
+    place. Returns ``alias`` (a merged root -> (the block space's root, its head)) and, per
+    merged family, ``(splits, block space roots, base name)``; ``infos`` is updated in place.
+    """
+    busy = set(count_of) | set(inner_of) | {v[1] for v in inner_of.values()}
+    families = heads.blocks(sol, fallen, busy)
+    labels = [sol.roots(lab) for lab in _labels(sol.problem) if lab]
+    alias: dict = {}
+    merged: list = []
+    for splits, columns in families:
+        at = {r: (column, i) for column in columns for i, r in enumerate(column)}
+        if any(infos[r].role != "hidden" or infos[r].size != infos[c[0]].size
+               for c in columns for r in c) or not all(
+            _whole_columns(roots, at) for roots in labels
+        ):  # fmt: skip
+            continue
+        for column in columns:
+            first = infos[column[0]]
+            for i, r in enumerate(column):
+                alias[r] = (column[0], i)
+                if i:
+                    info = infos.pop(r)
+                    first.size += info.size
+                    first.atoms += info.atoms
+                    for attr in ("origins", "ops", "touched"):
+                        getattr(first, attr).extend(
+                            x for x in getattr(info, attr) if x not in getattr(first, attr)
+                        )
+            first.origins.sort()
+        merged.append((splits, [c[0] for c in columns], infos[columns[0][0]].name))
+    return alias, merged
+
+
+def _whole_columns(roots: list, at: dict) -> bool:
+    """Whether a label's ``roots`` read every column of heads they touch whole and in order."""
+    k = 0
+    while k < len(roots):
+        if roots[k] in at:
+            column, i = at[roots[k]]
+            if i or tuple(roots[k : k + len(column)]) != column:
+                return False
+            k += len(column)
+        else:
+            k += 1
+    return True
+
+
+def _name_heads(families: list, infos: dict, taken: dict) -> dict:
+    """One :class:`BlockInfo` per merged family of heads, named after its first block space's
+    creator (``"<origin>.heads"``); sets each block space's ``blocks``."""
+    used = {s.name for s in infos.values()} | set(taken)
+    out: dict = {}
+    for splits, roots, base in families:
+        name = f"{base}.heads"
+        while name in used:
+            name += "'"
+        used.add(name)
+        ops = list(dict.fromkeys(s.op for s in splits))
+        info = BlockInfo(name, len(splits[0].chunks), [], ops)
+        for root in roots:
+            infos[root].blocks = name
+            info.spaces.append(infos[root].name)
+        out[name] = info
+    return out
 
 
 @dataclass(frozen=True)
@@ -516,14 +608,15 @@ def _name_blocks(
     holding: list, link_uf: _UnionFind, sol: _Solution, count_of: dict, infos: dict
 ) -> dict:
     """One :class:`BlockInfo` per group of links that share spaces, named after the first
-    link's op (``"<origin>.groups"``); sets each block space's ``blocks``."""
+    link's op (``"<origin>.groups"``, ``"<origin>.heads"``); sets each block space's
+    ``blocks``."""
     groups: dict = {}
     for link in holding:
         groups.setdefault(link_uf.find(link.id), []).append(link)
     used = {s.name for s in infos.values()}
     out: dict = {}
     for links in groups.values():
-        name = f"{links[0].origin}.groups"
+        name = f"{links[0].origin}.{links[0].what}"
         while name in used:
             name += "'"
         used.add(name)

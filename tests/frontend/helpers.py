@@ -28,6 +28,26 @@ def spaces_(spec) -> list:
     return [(s.name, s.size, s.role) for s in spec.spaces.values()]
 
 
+def per_head(spec, label) -> tuple:
+    """An axis label read head by head: a block space of ``n`` blocks (attention heads that
+    move together) counts as ``n`` pieces ``"<space>[i]"``, any other space as itself."""
+    out: list = []
+    for name in label if isinstance(label, tuple) else (label,):
+        space = spec.spaces[name] if isinstance(name, str) else None
+        if space is None or space.blocks is None:
+            out.append(name)
+        else:
+            out += [f"{name}[{i}]" for i in range(spec.blocks[space.blocks].count)]
+    return tuple(out)
+
+
+def head_size(spec, piece: str) -> int:
+    """The neurons of one :func:`per_head` piece: a block of a block space, or a space."""
+    name, _, block = piece.partition("[")
+    space = spec.spaces[name]
+    return space.size // spec.blocks[space.blocks].count if block else space.size
+
+
 def float_keys(model: nn.Module) -> list:
     """The state_dict keys a traced spec lists (integer counters skipped)."""
     return [k for k, v in model.state_dict().items() if not is_counter(v)]

@@ -1403,10 +1403,12 @@ def test_a_function_registered_with_fx_wrap_is_traced_through():
     # stream were fixed
     spec, report = trace_with_report(model_(_CallsWrapped), x_(2, 5, 3), channel_dim=-1)
     assert report.verification.ok and not report.probes and not report.broken
-    # each head's q and k one space; v's heads are the residual stream's halves (added to it)
-    heads = ("inp/0", "inp/1")
-    assert spec["qkv"].axes == (("qkv/0", "qkv/1", "qkv/0", "qkv/1", *heads), heads)
-    assert spec["inp.weight"].axes[0] == spec["out.weight"].axes[1] == heads
+    # each head's q and k one block of a space; v's heads are the residual stream's halves
+    # (added to it): the residual stream is cut into the 2 heads, which move together
+    assert spec["qkv"].axes == (("qkv", "qkv", "inp"), "inp")
+    assert spec["inp.weight"].axes[0] == spec["out.weight"].axes[1] == "inp"
+    assert spec.spaces["inp"].blocks == spec.spaces["qkv"].blocks
+    assert spec.blocks[spec.spaces["inp"].blocks].count == 2
 
 
 def test_a_wrapped_function_that_cannot_be_traced_stays_one_probed_call():

@@ -8,6 +8,8 @@ permutation (the conservative reading), as before.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -15,7 +17,7 @@ from torch import nn
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.testing import assert_equivariant
-from tests.frontend.helpers import model_, x_
+from tests.frontend.helpers import head_size, model_, per_head, x_
 
 
 class _Heads(nn.Module):
@@ -65,7 +67,7 @@ class _Heads(nn.Module):
 
 
 def _per_head(spec, key: str) -> tuple:
-    return spec[key].axes[0]
+    return per_head(spec, spec[key].axes[0])
 
 
 @pytest.mark.parametrize("how", ["plain", "alibi"])
@@ -75,8 +77,11 @@ def test_each_heads_queries_keys_and_values_permute_on_their_own(how):
     assert report.verification.ok and not report.broken
     q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
     assert q == k and len(set(q)) == 2 and len(set(v)) == 2 and not set(q) & set(v)
-    assert spec["o.weight"].axes[1] == v
-    assert {spec.spaces[s].size for s in q + v} == {4}
+    assert per_head(spec, spec["o.weight"].axes[1]) == v
+    assert {head_size(spec, s) for s in q + v} == {4}
+    # the heads themselves move too, q's, k's and v's together (one block permutation),
+    # unless a value per head meets each head where it is
+    assert [b.count for b in spec.blocks.values()] == ([] if how == "alibi" else [2])
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 
@@ -250,8 +255,8 @@ def test_heads_merged_with_the_batch_permute_on_their_own(flip):
         model_(lambda: _BatchMerged(flip)), x_(2, 5, 8), channel_dim=-1
     )
     assert report.verification.ok
-    v = spec["proj.weight"].axes[1]
-    assert len(set(v)) == (1 if flip else 2)
+    v = per_head(spec, spec["proj.weight"].axes[1])
+    assert len(set(v)) == (1 if flip else 2) and len(spec.blocks) == (0 if flip else 1)
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 
@@ -350,4 +355,73 @@ def test_heads_taken_apart_on_the_heads_dim_keep_their_spaces(kv, rotary):
         assert set(q + k) == {None}
     else:  # a key head and the query heads that read it: one space
         assert q == tuple(h for h in k for _ in range(group)) and len(set(k)) == kv
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _Gpt(nn.Module):
+    """Two GPT-2 blocks: a fused qkv projection viewed as ``(3, heads, dim)``, causal
+    attention, a residual stream and an MLP."""
+
+    def __init__(self, heads: int, dim: int = 8) -> None:
+        super().__init__()
+        self.h = heads
+        self.layers = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "ln": nn.LayerNorm(dim),
+                    "qkv": nn.Linear(dim, 3 * dim),
+                    "proj": nn.Linear(dim, dim),
+                    "fc": nn.Linear(dim, 2 * dim),
+                    "out": nn.Linear(2 * dim, dim),
+                }
+            )
+            for _ in range(2)
+        )
+
+    def forward(self, x):
+        b, n, c = x.shape
+        for layer in self.layers:
+            qkv = layer["qkv"](layer["ln"](x)).view(b, n, 3, self.h, c // self.h)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + layer["proj"](y.transpose(1, 2).reshape(b, n, c))
+            x = x + layer["out"](torch.relu(layer["fc"](x)))
+        return x
+
+
+def _moving(spec, blocks: str, generator: torch.Generator):
+    """A draw that moves only the blocks (heads) of ``blocks``, and moves them."""
+    space = next(s for s in spec.spaces.values() if s.blocks == blocks)
+    count, size = spec.block_shape(space.name)
+    while True:
+        perm = spec.sample_permutation(generator, move={blocks})
+        if not torch.equal(perm[space.name], torch.arange(count * size)):
+            return perm
+
+
+@pytest.mark.parametrize("heads", [2, 4])
+def test_heads_move_as_blocks_on_the_real_network(heads):
+    # before: each head's neurons permuted on their own but the heads stayed in place
+    model = model_(lambda: _Gpt(heads)).double()
+    x = x_(2, 5, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not report.broken
+    assert sorted(spec.blocks) == ["layers.0.qkv.heads", "layers.1.qkv.heads"]
+    for name, blocks in spec.blocks.items():
+        layer = name.split(".")[1]
+        qk, v = (f"layers.{layer}.qkv/{i}" for i in range(2))
+        assert blocks.count == heads and spec[f"layers.{layer}.qkv.weight"].axes[0] == (qk, qk, v)
+        assert spec.spaces[qk].blocks == spec.spaces[v].blocks == name
+        # the heads moved on the real network: its function is unchanged
+        perm = _moving(spec, name, torch.Generator().manual_seed(heads))
+        moved = copy.deepcopy(model)
+        moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+        torch.testing.assert_close(moved(x), model(x))
+        # v's heads put back in place, the rest moved, change it: one permutation for all
+        with torch.no_grad():
+            for key in ("weight", "bias"):
+                getattr(moved.layers[int(layer)].qkv, key)[16:] = getattr(
+                    model.layers[int(layer)].qkv, key
+                )[16:]
+        assert (moved(x) - model(x)).abs().max() > 1e-3
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

@@ -13,7 +13,7 @@ from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, fle
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
 from tests.frontend import helpers
-from tests.frontend.helpers import model_, spaces_, x_
+from tests.frontend.helpers import model_, per_head, spaces_, x_
 
 
 class Encoder(nn.Module):
@@ -39,18 +39,21 @@ def test_a_transformer_encoder_keeps_its_stream_mlp_and_head_spaces(causal):
     # call, probed not equivariant (its weights do not move), and only `out` was left
     spec, report = nfc.trace_with_report(model_(lambda: Encoder(causal)), x_(2, 5, 6))
     tokens = [] if causal else [("in", 5, "input")]  # no positional encoding: tokens permute
-    heads = [(f"enc.layers.{i}.self_attn/{h}", 8, "hidden") for i in (0, 1) for h in range(4)]
+    heads = [(f"enc.layers.{i}.self_attn/{h}", 16, "hidden") for i in (0, 1) for h in range(2)]
     assert spaces_(spec) == [
-        *tokens, ("emb", 16, "hidden"), *heads[:4], ("enc.layers.0.linear1", 32, "hidden"),
-        *heads[4:], ("enc.layers.1.linear1", 32, "hidden"), ("out", 3, "output"),
+        *tokens, ("emb", 16, "hidden"), *heads[:2], ("enc.layers.0.linear1", 32, "hidden"),
+        *heads[2:], ("enc.layers.1.linear1", 32, "hidden"), ("out", 3, "output"),
     ]  # fmt: skip
-    # the projection's rows: queries and keys of heads 0 and 1 alike, values of each head
-    # with the output projection's columns that read them
+    # the projection's rows: queries and keys alike, then the values with the output
+    # projection's columns that read them; each a block space of 2 heads of 8, the heads
+    # moved together
     attn = "enc.layers.0.self_attn"
-    qk, v = (f"{attn}/0", f"{attn}/1"), (f"{attn}/2", f"{attn}/3")
-    assert spec[f"{attn}.in_proj_weight"].axes == ((*qk, *qk, *v), "emb")
-    assert spec[f"{attn}.in_proj_bias"].axes == ((*qk, *qk, *v),)
+    qk, v = f"{attn}/0", f"{attn}/1"
+    assert spec[f"{attn}.in_proj_weight"].axes == ((qk, qk, v), "emb")
+    assert spec[f"{attn}.in_proj_bias"].axes == ((qk, qk, v),)
     assert spec[f"{attn}.out_proj.weight"].axes == ("emb", v)  # the residual stream
+    assert spec.spaces[qk].blocks == spec.spaces[v].blocks == f"{attn}.heads"
+    assert spec.block_shape(qk) == spec.block_shape(v) == (2, 8)
     assert spec["enc.layers.1.linear2.weight"].axes == ("emb", "enc.layers.1.linear1")
     assert report.verification.ok and not report.leaf_calls
     reasons = {b.reason for b in report.broken}
@@ -73,6 +76,8 @@ def test_attention_weights_returned_move_with_the_positions(average):
     spec, report = nfc.trace_with_report(model_(Weights), x_(2, 5, 8))
     assert spec.spaces["in"].size == 5 and report.verification.ok
     assert spec["attn.out_proj.weight"].axes[0] == spec["fc.weight"].axes[1] == "attn.out_proj"
+    # the heads move as blocks, unless the weights are returned per head (heads in place)
+    assert bool(spec.blocks) == average
 
 
 class SelfAttention(nn.Module):
@@ -125,6 +130,7 @@ def test_a_mask_made_by_the_models_weights_is_fixed_where_it_meets_the_scores():
     # the bias table's head axis was left a free space: the derived group did not hold
     spec, report = trace_with_report(model_(BiasedAttention), x_(2, 8, 5))
     assert spec["bias.weight"].axes == (None, None) and report.verification.ok
+    assert not spec.blocks  # the heads stay where the bias table meets them
 
 
 class CrossAttention(nn.Module):
@@ -150,8 +156,10 @@ def test_separate_projection_weights_give_each_head_its_spaces():
     assert report.verification.ok and not report.broken
     q, k, v = (spec[f"attn.{n}_proj_weight"].axes for n in "qkv")
     assert q[1] == spec["emb.weight"].axes[0] and k[1] == v[1] == spec["ctx.weight"].axes[0]
-    assert q[0] == k[0] and len(set(q[0])) == 2 and len(set(v[0])) == 2
-    assert spec["attn.out_proj.weight"].axes[1] == v[0]
+    assert q[0] == k[0] and spec["attn.out_proj.weight"].axes[1] == v[0]
+    # each head's features a block of a space, the 2 heads moved together
+    assert len(set(per_head(spec, q[0]))) == 2 and len(set(per_head(spec, v[0]))) == 2
+    assert spec.spaces[q[0]].blocks == spec.spaces[v[0]].blocks == "attn.heads"
 
 
 _compiled_flex = torch.compile(flex_attention)  # as models call it
@@ -209,9 +217,13 @@ def test_flex_attention_keeps_each_heads_spaces(how):
     spec, report = trace_with_report(model, x_(2, 5, 8))
     assert report.verification.ok and not report.probes
     assert bool(report.specialised) == (how in ("checked", "block_mask"))  # shapes read
-    q, (k, v) = spec["q.weight"].axes[0], np.split(np.array(spec["kv.weight"].axes[0]), 2)
+    q = per_head(spec, spec["q.weight"].axes[0])
+    k, v = np.split(np.array(per_head(spec, spec["kv.weight"].axes[0])), 2)
     assert len(set(q)) == 2 and q == tuple(k.repeat(len(q) // len(k)))  # a head's q with its k
-    assert spec["o.weight"].axes[1] == tuple(v.repeat(len(q) // len(v))) and set(v) != set(k)
+    o = per_head(spec, spec["o.weight"].axes[1])
+    assert o == tuple(v.repeat(len(q) // len(v))) and set(v) != set(k)
+    # the heads move together where no mask or score_mod reads them and none is shared
+    assert len(spec.blocks) == (how in ("plain", "module", "compiled", "helper", "checked", "lse"))
     # unmasked, the 5 tokens permute; a score_mod reads the head but no neuron
     unmasked = ("plain", "module", "compiled", "helper", "checked", "gqa", "lse")
     assert ("in" in spec.spaces) == (how in unmasked)

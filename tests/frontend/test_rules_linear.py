@@ -145,10 +145,12 @@ class EinsumAttention(nn.Module):
 def test_einsum_attention_ties_queries_with_keys():
     spec, report = trace_with_report(model_(EinsumAttention), x_(2, 8, 5))
     assert not report.probes and report.verification.ok
-    # each head's query and key dims one space (a reshape splits the heads), its values another
+    # each head's query and key dims one space (a reshape splits the heads), its values
+    # another; the heads move together: each of the two a block space of one block per head
     axes = spec["qkv.weight"].axes[0]
-    q0, q1, v0, v1 = axes[0], axes[1], axes[4], axes[5]
-    assert axes == (q0, q1, q0, q1, v0, v1) and len({q0, q1, v0, v1}) == 4
+    assert axes == ("qkv/0", "qkv/0", "qkv/1")
+    qk, v = (spec.spaces[name] for name in axes[1:])
+    assert qk.blocks == v.blocks and spec.blocks[v.blocks].count == 2
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
 

@@ -13,7 +13,7 @@ import nfncompile as nfc
 from nfncompile.frontend.rules.shape import _runs_as_slices
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.testing import assert_equivariant
-from tests.frontend.helpers import CatSplit, TwoLinear, model_, x_
+from tests.frontend.helpers import CatSplit, TwoLinear, head_size, model_, per_head, x_
 
 
 def test_cat_split_chunk_give_composite_axes():
@@ -499,10 +499,13 @@ def test_chunks_selected_one_at_a_time_keep_their_own_neurons(how):
     rows = spec["qkv.weight"].axes[0]  # 3 chunks x 2 heads, each a 4-space
     if how in ("unbind", "index", "index_inner", "merged"):
         # each head's queries and keys one space, its values another (HeadSplit; merged with
-        # the batch, the heads are tiled over it)
+        # the batch, the heads are tiled over it); the heads move together
+        rows = per_head(spec, rows)
         q0, q1, v0, v1 = rows[0], rows[1], rows[4], rows[5]
-        assert rows == (q0, q1, q0, q1, v0, v1) and spec["proj.weight"].axes[1] == (v0, v1)
-        assert len({q0, q1, v0, v1}) == 4 and {spec.spaces[s].size for s in rows} == {4}
+        assert rows == (q0, q1, q0, q1, v0, v1)
+        assert per_head(spec, spec["proj.weight"].axes[1]) == (v0, v1)
+        assert len({q0, q1, v0, v1}) == 4 and {head_size(spec, s) for s in rows} == {4}
+        assert [b.count for b in spec.blocks.values()] == [2]
         assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
         return
     qk, v = rows[0], rows[4]

@@ -178,11 +178,11 @@ EXPECTED = {
     # head), its v features another (proj reads them), each head permuted on its own (the
     # heads themselves fixed: a subgroup of attention's symmetry); the MLP's 32 hidden units
     "vit": [("in", 3, "input"), ("patch_embed", 16, "hidden"),
-            ("blocks.0.attn.qkv/0", 8, "hidden"), ("blocks.0.attn.qkv/1", 8, "hidden"),
-            ("blocks.0.attn.qkv/2", 8, "hidden"), ("blocks.0.attn.qkv/3", 8, "hidden"),
-            ("blocks.0.fc1", 32, "hidden"), ("blocks.1.attn.qkv/0", 8, "hidden"),
-            ("blocks.1.attn.qkv/1", 8, "hidden"), ("blocks.1.attn.qkv/2", 8, "hidden"),
-            ("blocks.1.attn.qkv/3", 8, "hidden"), ("blocks.1.fc1", 32, "hidden"),
+            # each block's q and k, and its v: 2 heads of 8, moved as blocks
+            ("blocks.0.attn.qkv/0", 16, "hidden"), ("blocks.0.attn.qkv/1", 16, "hidden"),
+            ("blocks.0.fc1", 32, "hidden"),
+            ("blocks.1.attn.qkv/0", 16, "hidden"), ("blocks.1.attn.qkv/1", 16, "hidden"),
+            ("blocks.1.fc1", 32, "hidden"),
             ("out", 10, "output")],
     "resnet18": _imagenet_resnet_spaces((2, 2, 2, 2), 8, bottleneck=False),
     "resnet50": _imagenet_resnet_spaces((3, 4, 6, 3), 8, bottleneck=True),
@@ -231,6 +231,12 @@ def test_catalogue_axes_details():
     spec = nfc.trace(model_(CATALOGUE["unet"].factory), x_(2, 1, 8, 8))
     assert spec["dec2.conv1.weight"].axes == ("dec2.conv1", ("up2", "down2.conv2"), None, None)
     assert spec["up2.weight"].axes == ("bottleneck.conv2", "up2", None, None)
+    # vit: each block's 2 heads move as blocks of its q/k space and of its v space together
+    spec = nfc.trace(model_(CATALOGUE["vit"].factory), x_(*CATALOGUE["vit"].input_shape))
+    qk, v = "blocks.0.attn.qkv/0", "blocks.0.attn.qkv/1"
+    assert spec["blocks.0.attn.qkv.weight"].axes == ((qk, qk, v), "patch_embed")
+    assert spec.spaces[qk].blocks == spec.spaces[v].blocks == "blocks.0.attn.qkv.heads"
+    assert spec.blocks["blocks.0.attn.qkv.heads"].count == 2
 
 
 def channel_mixer(x):  # traced as one call: no rule knows it

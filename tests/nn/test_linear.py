@@ -135,8 +135,9 @@ def test_io_embed_is_hnp_equivariant(name, basis):
 
 
 CATALOGUE_NAMES = sorted(_architectures.CATALOGUE)
-#: Entries whose traced spec has block spaces (grouped convs: the wreath-product basis).
-BLOCK_SPACES = {"regnet_x", "resnext_block"}
+#: Entries whose traced spec has block spaces (grouped convs, attention heads: the
+#: wreath-product basis).
+BLOCK_SPACES = {"regnet_x", "resnext_block", "vit"}
 
 
 @pytest.mark.parametrize("name", CATALOGUE_NAMES)

@@ -48,6 +48,8 @@ def _scaled_dot_product_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict
     # an additive mask made by the model's own weights (T5's relative position bias, one
     # per head) is added to the scores at fixed heads and positions
     a.fix_all(mask, "an attention mask is added to the scores position by position")
+    if isinstance(mask, TensorLabels) and mask.ndim >= 3 and mask.shape[-3] > 1:
+        _hold_heads(a, args, kwargs)  # one mask per head: the heads stay where it meets them
     gqa = bool(arg(args, kwargs, 7, "enable_gqa"))
     return _attention(a, args, kwargs, gqa, _MASK if masked else "")
 
@@ -69,6 +71,8 @@ def _flex_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     else:  # (output, log-sum-exp) or (output, AuxOutput(lse, max_scores)): per query
         y = _attention(a, args, kwargs, gqa, _MASK if masked else "", whole[0].shape)
         out = remade(whole, (y, _per_query(whole[1], y)))
+    if masked:  # a block mask may differ by head: the heads stay in place
+        _hold_heads(a, args, kwargs)
     if score_mod is not None:
         # the score_mod's own arguments: the batch and head indices. Heads stay in place (see
         # frontend.heads), any other neurons along those dims are fixed
@@ -80,6 +84,14 @@ def _flex_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 
 _MASK = "attention mask depends on position"
+
+
+def _hold_heads(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> None:
+    """Keep the heads of attention's operands in place (:meth:`~nfncompile.frontend.analysis.
+    SymmetryAnalysis.hold_heads`): a mask or score function meets each head where it is."""
+    for t in _operands(args, kwargs):
+        if isinstance(t, TensorLabels) and t.ndim >= 3:
+            a.hold_heads(t.labels[-3])
 
 
 def _per_query(value: Any, y: TensorLabels) -> Any:
@@ -157,7 +169,11 @@ def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any
     cols = a.plain_label(w_out.labels[1])
     if isinstance(p["in_proj_bias"], TensorLabels):
         rows = a.tie(rows, a.plain_label(p["in_proj_bias"].labels[0]))
-    _heads(a, rows, cols, w_out.shape[1], p["num_heads"])
+    weights = a.out()[1]
+    # a mask per head, or weights returned per head, meet each head where it is
+    per_head = isinstance(p["attn_mask"], TensorLabels) and p["attn_mask"].ndim == 3
+    per_head |= isinstance(weights, TensorLabels) and weights.ndim == p["query"].ndim + 1
+    _heads(a, rows, cols, w_out.shape[1], p["num_heads"], not per_head)
     out = a.name_output(w_out.labels[0])
     if isinstance(p["out_proj_bias"], TensorLabels):
         out = a.tie(out, p["out_proj_bias"].labels[0])
@@ -176,7 +192,6 @@ def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any
         a.fix_all(mask, "an attention mask is added to the scores position by position")
     a.consume(k.labels[0])
     shapes = a.out()
-    weights = shapes[1]
     if isinstance(weights, TensorLabels):  # ([N,] [heads,] L, S): by query and key position
         labels = [None] * weights.ndim
         labels[-2:] = q.labels[0], k.labels[0]
@@ -186,15 +201,29 @@ def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any
     return TensorLabels(shapes[0].shape, q.labels[:-1] + (out,)), weights
 
 
-def _heads(a: SymmetryAnalysis, rows: Any, cols: Any, embed: int, heads: int) -> None:
+def _heads(
+    a: SymmetryAnalysis, rows: Any, cols: Any, embed: int, heads: int, movable: bool
+) -> None:
     """Each head's query and key rows one space, its value rows and the output projection's
-    columns another; heads kept apart (``rows``: the ``3 * embed`` projected neurons)."""
+    columns another (``rows``: the ``3 * embed`` projected neurons). Where ``movable``, the
+    heads move as blocks, head ``i`` of the queries, keys and values together (a
+    :class:`~nfncompile.frontend.labels.BlockLink` of the query and the value features);
+    else, or where that link fails, they stay in place."""
     dim = embed // heads
     if rows is None or cols is None or dim == 1 or not (is_plain(rows) and is_plain(cols)):
         a.fix(rows, _HEADS)
         a.fix(cols, _HEADS)
         return
-    for i in range(1, 3 * heads):  # every head of q, k and v permutes only on its own
-        a.cut(rows, i * dim)
-    a.tie(a.slice_label(rows, 0, embed), a.slice_label(rows, embed, 2 * embed), _HEADS)
-    a.tie(a.slice_label(rows, 2 * embed, 3 * embed), cols, _HEADS)
+    q, k, v = (a.slice_label(rows, i * embed, (i + 1) * embed) for i in range(3))
+    a.tie(q, k, _HEADS)
+    a.tie(v, cols, _HEADS)
+
+    def in_place() -> None:  # every head of q, k and v permutes only on its own
+        for i in range(1, 3 * heads):
+            a.cut(rows, i * dim)
+
+    if movable and heads > 1:
+        origin = a.runs[rows[0].run].origin
+        a.link_blocks(heads, (q, v), (), origin, in_place, what="heads")
+    else:
+        in_place()

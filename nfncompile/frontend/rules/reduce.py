@@ -86,6 +86,7 @@ def _neuron_index(a: SymmetryAnalysis, label: Any) -> Any:
     heads), else ``None``."""
     if isinstance(label, tuple) and is_plain(label) and not a.is_heads(label):
         return label
+    a.hold_heads(label)
     return None
 
 

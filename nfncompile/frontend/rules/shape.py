@@ -107,6 +107,8 @@ def merge_label(a: SymmetryAnalysis, labels: list, sizes: list) -> Any:
         # heads repeated for each position, read back by a view; any other heads dim is
         # positions that stay in place, as an unlabelled dim's
         tiled = a.is_heads(labels[-1]) and all(lab in (None, UNIFORM) for lab in labels[:-1])
+        if not tiled:
+            a.hold_heads(*(lab for lab in labels if a.is_heads(lab)))
         labels = [None if a.is_heads(lab) and not tiled else lab for lab in labels]
     if all(lab is UNIFORM for lab in labels):
         return UNIFORM
