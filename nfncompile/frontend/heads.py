@@ -52,11 +52,12 @@ Examples
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 from typing import Any
 
 from .labels import label_width
 
-__all__ = ["pieces", "rewrite", "check", "blocks"]
+__all__ = ["pieces", "rewrite", "check", "Family", "blocks"]
 
 
 def pieces(label: tuple, off: int, length: int) -> list[tuple]:
@@ -244,8 +245,34 @@ def check(sol: Any, fallen: dict) -> dict:
     return failed
 
 
-def blocks(sol: Any, fallen: dict, busy: set) -> list[tuple[list, list]]:
-    """The families of holding splits whose heads can move as blocks: ``(splits, columns)``.
+@dataclass
+class Family:
+    """Holding splits whose heads move as blocks (:func:`blocks`).
+
+    Attributes
+    ----------
+    root : int
+        The solution's root of their heads runs.
+    count : int
+        The number of heads.
+    splits : list of HeadSplit
+    columns : list of tuple
+        Per piece of a head's dims that is a space, its spaces' roots in head order.
+    fixed : list of tuple
+        Per split whose per-head dims stay in place (RoPE's rotated queries and keys): its
+        chunks' atoms, head after head. A label that reads them reads the heads, each head
+        a neuron of fixed positions.
+    """
+
+    root: int
+    count: int
+    splits: list
+    columns: list
+    fixed: list
+
+
+def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
+    """The families of holding splits whose heads can move as blocks.
 
     Heads that move together carry their neurons with them, so where nothing reads a head by
     its position the heads are one more permutation: head ``i`` of every split of a family
@@ -256,11 +283,11 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[tuple[list, list]]:
 
     A family qualifies when its heads class holds only the whole heads runs of its holding
     splits (no constant per head, no parameter or input/output reads them, no op met them as
-    positions: ``heads_held``) and each piece of
-    a head's dims is, head by head, a distinct space that no other block permutation cuts
-    (``busy``: roots of spaces already in blocks or indexed inside them) and that is not
-    fixed. ``columns`` lists, per piece, its spaces' roots in head order; a family that does
-    not qualify keeps its heads in place, as :func:`rewrite` reads them.
+    positions: ``heads_held``) and, split by split, either each piece of a head's dims is, head
+    by head, a distinct space that no other block permutation cuts (``busy``: roots of spaces
+    already in blocks or indexed inside them), or every head's dims are fixed (then the heads
+    move with their dims in place). A family that does not qualify keeps its heads in place,
+    as :func:`rewrite` reads them.
     """
     p = sol.problem
     family: dict = {}
@@ -282,18 +309,21 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[tuple[list, list]]:
         ):  # fmt: skip
             continue
         columns: dict = {}  # a piece's roots in head order -> its first root
+        fixed: list = []
+        uneven = False
         for s in splits:
             rows = [sol.roots(chunk) for chunk in s.chunks]
-            if any(len(r) != len(rows[0]) for r in rows):
-                columns = {}
-                break
+            if all(r in sol.fixed_roots for row in rows for r in row):
+                fixed.append(tuple(i for chunk in s.chunks for i in sol.label_atoms(chunk)))
+                continue
+            uneven |= any(len(r) != len(rows[0]) for r in rows)
             for column in zip(*rows):
                 columns.setdefault(column, column[0])
         seen = [r for column in columns for r in column]
         if (
-            not columns or len(seen) != len(set(seen))
+            uneven or not (columns or fixed) or len(seen) != len(set(seen))
             or any(r in sol.fixed_roots or r in busy for r in seen)
         ):  # fmt: skip
             continue
-        out.append((splits, list(columns)))
+        out.append(Family(root, count, splits, list(columns), list(dict.fromkeys(fixed))))
     return out

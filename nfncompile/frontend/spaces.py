@@ -110,6 +110,12 @@ def _io_axes(info: Any) -> tuple:
     return (tuple(view) if split else None), labels
 
 
+def _labels(params: dict, inputs: list, outputs: list) -> list:
+    """Every parameter and input/output label (``_Problem``'s fields of those names)."""
+    labels = [lab for p in params.values() for lab in p.axes]
+    return labels + [lab for io in inputs + outputs if io for lab in io[1][1]]
+
+
 @dataclass
 class _Problem:
     """What the graph says, whichever block links end up holding."""
@@ -149,8 +155,7 @@ class _Problem:
         links = graph.graph.get("links", [])
         cuts = {r: {0, d["size"]} | set(d["cuts"]) for r, d in runs.items()}
         fixed = [(r, off, length) for r, d in runs.items() for off, length, _ in d["fixed"]]
-        labels = [lab for p in params.values() for lab in p.axes]
-        labels += [lab for io in inputs + outputs if io for lab in io[1][1]]
+        labels = _labels(params, inputs, outputs)
         labels += [lab for link in links for lab in link.members]
         labels += [inner[0] for link in links for inner in link.inner]
         for lab in labels:
@@ -397,7 +402,7 @@ def _build(
             ops=ops,
             touched=list(dict.fromkeys(op for i in members for op in runs[atoms[i][0]]["touched"])),
         )
-    alias, families = _merge_heads(sol, fallen, count_of, inner_of, infos)
+    alias, families, views = _merge_heads(sol, fallen, count_of, inner_of, infos)
     _name_spaces(infos)
     blocks = _name_blocks(holding, link_uf, sol, count_of, infos)
     blocks.update(_name_heads(families, infos, blocks))
@@ -440,7 +445,14 @@ def _build(
                 )
                 return None
             axes[k] = Inner(label.space, row[0])
-        params.append(ParamSpec(key, p.shape, tuple(axes), p.view))
+        view = p.view
+        for k in sorted((k for name, k in views if name == key), reverse=True):
+            # an axis of heads whose dims stay in place: viewed as (heads, per-head dims)
+            count, width, root = views[(key, k)]
+            view = (*(view or p.shape)[:k], count, width, *(view or p.shape)[k + 1 :])
+            axes[k : k + 1] = [infos[root].name, None]
+            infos[root].params.append(f"{key}[{k}]")
+        params.append(ParamSpec(key, p.shape, tuple(axes), view))
         for k, lab in enumerate(p.axes):
             for root in set(sol.roots(lab)):
                 info = infos.get(inner_of[root][1] if root in inner_of else _at(alias, root))
@@ -496,34 +508,47 @@ def _at(alias: dict, root: Any) -> Any:
     return alias[root][0] if root in alias else root
 
 
-def _labels(problem: _Problem) -> list:
-    """Every parameter and input/output label of ``problem``."""
-    labels = [lab for p in problem.params.values() for lab in p.axes]
-    return labels + [lab for io in problem.inputs + problem.outputs if io for lab in io[1][1]]
-
-
 def _merge_heads(
     sol: _Solution, fallen: dict, count_of: dict, inner_of: dict, infos: dict
-) -> tuple[dict, list]:
+) -> tuple[dict, list, dict]:
     """Merge each movable family of attention heads (:func:`~nfncompile.frontend.heads.blocks`)
-    into block spaces: one space per piece of a head's dims, cut into one block per head.
+    into block spaces: one space per piece of a head's dims, cut into one block per head, and
+    where a split's per-head dims are fixed (RoPE's queries and keys) a space of the heads
+    themselves (``"<origin>.head"``, one neuron per block), read through a view of each axis
+    that holds them.
 
     A family is merged only where every parameter and input/output label reads each of its
-    pieces whole, head after head in order (the block space's layout); else its heads stay in
-    place. Returns ``alias`` (a merged root -> (the block space's root, its head)) and, per
-    merged family, ``(splits, block space roots, base name)``; ``infos`` is updated in place.
+    pieces whole, head after head in order (the block space's layout), and each of its fixed
+    splits as a whole parameter axis, head after head; else its heads stay in place. Returns
+    ``alias`` (a merged root -> (the block space's root, its head)), per merged family
+    ``(family, block space roots, base name)``, and ``views``: ``(param key, axis) ->
+    (heads, per-head width, heads space root)``. ``infos`` is updated in place.
     """
+    p = sol.problem
     busy = set(count_of) | set(inner_of) | {v[1] for v in inner_of.values()}
-    families = heads.blocks(sol, fallen, busy)
-    labels = [sol.roots(lab) for lab in _labels(sol.problem) if lab]
+    io = [lab for io in p.inputs + p.outputs if io for lab in io[1][1] if lab]
     alias: dict = {}
     merged: list = []
-    for splits, columns in families:
+    views: dict = {}
+    for fam in heads.blocks(sol, fallen, busy):
+        columns, count = fam.columns, fam.count
         at = {r: (column, i) for column in columns for i, r in enumerate(column)}
-        if any(infos[r].role != "hidden" or infos[r].size != infos[c[0]].size
-               for c in columns for r in c) or not all(
-            _whole_columns(roots, at) for roots in labels
-        ):  # fmt: skip
+        held = {i for atoms in fam.fixed for i in atoms}
+        ok = all(infos[r].role == "hidden" and infos[r].size == infos[c[0]].size
+                 for c in columns for r in c)  # fmt: skip
+        found: dict = {}
+        for key, param in p.params.items():
+            for k, lab in enumerate(param.axes):
+                atoms = tuple(sol.label_atoms(lab)) if lab else ()
+                roots = [sol.uf.find(i) for i in atoms]
+                if atoms in fam.fixed and not any(r in inner_of for r in sol.roots(param.axes)):
+                    found[(key, k)] = sum(sol.atoms[i][2] - sol.atoms[i][1] for i in atoms)
+                elif held & set(atoms) or not _whole_columns(roots, at):
+                    ok = False
+        for lab in io:
+            atoms = sol.label_atoms(lab)
+            ok &= not held & set(atoms) and _whole_columns([sol.uf.find(i) for i in atoms], at)
+        if not ok:
             continue
         for column in columns:
             first = infos[column[0]]
@@ -538,8 +563,21 @@ def _merge_heads(
                             x for x in getattr(info, attr) if x not in getattr(first, attr)
                         )
             first.origins.sort()
-        merged.append((splits, [c[0] for c in columns], infos[columns[0][0]].name))
-    return alias, merged
+        roots = [c[0] for c in columns]
+        base = infos[roots[0]].name if roots else ""
+        if found:  # the heads themselves, each a neuron of its fixed dims ("<origin>.head")
+            base = p.runs[sol.atoms[fam.fixed[0][0]][0]]["origin"]
+            members = [sol.atoms[i] for i in sol.classes[fam.root]]
+            infos[fam.root] = SpaceInfo(
+                f"{base}.head", count, "hidden", atoms=members,
+                origins=sorted({p.runs[r]["origin"] for r, _, _ in members}),
+                ops=list(dict.fromkeys(s.op for s in fam.splits)),
+            )  # fmt: skip
+            roots.insert(0, fam.root)
+            views.update({key: (count, n // count, fam.root) for key, n in found.items()})
+        if roots:
+            merged.append((fam, roots, base))
+    return alias, merged, views
 
 
 def _whole_columns(roots: list, at: dict) -> bool:
@@ -561,13 +599,12 @@ def _name_heads(families: list, infos: dict, taken: dict) -> dict:
     creator (``"<origin>.heads"``); sets each block space's ``blocks``."""
     used = {s.name for s in infos.values()} | set(taken)
     out: dict = {}
-    for splits, roots, base in families:
+    for fam, roots, base in families:
         name = f"{base}.heads"
         while name in used:
             name += "'"
         used.add(name)
-        ops = list(dict.fromkeys(s.op for s in splits))
-        info = BlockInfo(name, len(splits[0].chunks), [], ops)
+        info = BlockInfo(name, fam.count, [], list(dict.fromkeys(s.op for s in fam.splits)))
         for root in roots:
             infos[root].blocks = name
             info.spaces.append(infos[root].name)

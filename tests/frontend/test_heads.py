@@ -425,3 +425,58 @@ def test_heads_move_as_blocks_on_the_real_network(heads):
                 )[16:]
         assert (moved(x) - model(x)).abs().max() > 1e-3
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _Llama(nn.Module):
+    """Llama's attention: separate q, k, v and o projections without biases, 4 heads of 4,
+    RoPE (``rotate_half``) on the queries and keys; ``per_head`` gives each head its own
+    rotation frequencies (a table with a heads dim)."""
+
+    def __init__(self, per_head: bool = False) -> None:
+        super().__init__()
+        self.per_head = per_head
+        self.q, self.k, self.v, self.o = (nn.Linear(16, 16, bias=False) for _ in range(4))
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = (f(x).view(b, n, 4, 4).transpose(1, 2) for f in (self.q, self.k, self.v))
+        inv = 1.0 / 10000 ** (torch.arange(0, 4, 2, dtype=x.dtype) / 4)
+        if self.per_head:
+            inv = inv * torch.arange(1, 5, dtype=x.dtype)[:, None, None]  # (heads, 1, 2)
+        angles = torch.arange(n, dtype=x.dtype)[:, None] * inv
+        cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+
+        def rotate_half(t):
+            return torch.cat((-t[..., 2:], t[..., :2]), -1)
+
+        q, k = (t * cos + rotate_half(t) * sin for t in (q, k))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(y.transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_rotated_heads_move_as_blocks_with_their_features_in_place(per_head):
+    # before: RoPE fixed the queries' and keys' features, so their projections' rows were
+    # fixed and the heads stayed in place; each head is now a neuron of 4 fixed positions,
+    # moved with the values' heads (unless each head has its own rotation)
+    model = model_(lambda: _Llama(per_head)).double()
+    x = x_(2, 5, 16).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok
+    if per_head:
+        assert not spec.blocks and spec["q.weight"].axes == (None, "in")
+        return
+    assert list(spec.blocks) == ["q.heads"] and spec.blocks["q.heads"].count == 4
+    for key in ("q.weight", "k.weight"):
+        assert (spec[key].view, spec[key].axes) == ((4, 4, 16), ("q.head", None, "in"))
+    assert spec.spaces["q.head"].blocks == spec.spaces["v"].blocks == "q.heads"
+    assert spec.block_shape("q.head") == (4, 1) and spec.block_shape("v") == (4, 4)
+    perm = _moving(spec, "q.heads", torch.Generator().manual_seed(0))
+    moved = copy.deepcopy(model)
+    moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+    torch.testing.assert_close(moved(x), model(x))
+    # the queries' and keys' heads moved alone (the values' in place) change it
+    moved.v.load_state_dict(model.v.state_dict())
+    moved.o.load_state_dict(model.o.state_dict())
+    assert (moved(x) - model(x)).abs().max() > 1e-3
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
