@@ -41,6 +41,7 @@ Examples
 from __future__ import annotations
 
 import bisect
+import collections
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -526,12 +527,21 @@ def _merge_heads(
     """
     p = sol.problem
     busy = set(count_of) | set(inner_of) | {v[1] for v in inner_of.values()}
+    # a grouped op whose block permutation fell keeps its groups in place (group i of its
+    # output reads group i of its input): neither is free to move as heads
+    busy |= {r for link in p.links if link.id in fallen for m in link.members for r in sol.roots(m)}
     io = [lab for io in p.inputs + p.outputs if io for lab in io[1][1] if lab]
     alias: dict = {}
     merged: list = []
     views: dict = {}
-    for fam in heads.blocks(sol, fallen, busy):
+    families = heads.blocks(sol, fallen, busy)
+    # one weight read by several attention calls (ALBERT's layers share theirs): each call's
+    # heads a family of its own over the same spaces; those heads stay in place
+    uses = collections.Counter(r for fam in families for c in fam.columns for r in set(c))
+    for fam in families:
         columns, count = fam.columns, fam.count
+        if any(uses[r] > 1 for c in columns for r in c):
+            continue
         at = {r: (column, i) for column in columns for i, r in enumerate(column)}
         held = {i for atoms in fam.fixed for i in atoms}
         ok = all(infos[r].role == "hidden" and infos[r].size == infos[c[0]].size

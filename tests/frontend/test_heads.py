@@ -480,3 +480,38 @@ def test_rotated_heads_move_as_blocks_with_their_features_in_place(per_head):
     moved.o.load_state_dict(model.o.state_dict())
     assert (moved(x) - model(x)).abs().max() > 1e-3
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _Shared(nn.Module):
+    """One attention applied twice (ALBERT shares its layers' weights), or its queries, keys
+    and values made by 1x1 convs grouped by head (SqueezeBERT's ``q_groups``), whose groups
+    read the stream's groups where they stand."""
+
+    def __init__(self, grouped: bool = False) -> None:
+        super().__init__()
+        self.grouped = grouped
+        groups = 2 if grouped else 1
+        self.q, self.k, self.v = (nn.Conv1d(8, 8, 1, groups=groups) for _ in range(3))
+        self.o = nn.Linear(8, 8)
+
+    def attend(self, x):
+        b, n, c = x.shape
+        q, k, v = (
+            f(x.transpose(1, 2)).view(b, 2, 4, n).transpose(2, 3) for f in (self.q, self.k, self.v)
+        )
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.o(y.transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x):
+        return self.attend(x) if self.grouped else self.attend(self.attend(x))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_heads_of_shared_or_grouped_projections_stay_in_place(grouped):
+    # before: ALBERT's second call of the shared weights merged spaces the first had merged
+    # (a KeyError), and SqueezeBERT's grouped queries moved their heads without the stream's
+    # groups they read (a group that failed verification)
+    spec, report = trace_with_report(model_(lambda: _Shared(grouped)), x_(2, 5, 8), channel_dim=-1)
+    assert report.verification.ok and not spec.blocks
+    assert len(set(_per_head(spec, "v.weight"))) == 2  # each head's values still a space
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
