@@ -207,6 +207,16 @@ FLOAT32_ATOL = 1e-5
 FLOAT32_RTOL = 1e-4
 
 
+def _can_move(spec: WeightSpaceSpec, factor: str) -> bool:
+    """Whether ``factor`` (a space or a block permutation of ``spec``) has more than one
+    element: more than one block or neuron to exchange, and permutable."""
+    if factor in spec.blocks:
+        blocks = spec.blocks[factor]
+        return blocks.permutable and blocks.count > 1
+    shape = spec.block_shape(factor)
+    return (spec.spaces[factor].size if shape is None else shape[1]) > 1
+
+
 def _still(spec: WeightSpaceSpec, perm: Permutation, factor: str) -> bool:
     """Whether ``perm`` leaves ``factor`` (a space, or a block permutation) in place."""
     if factor in spec.blocks:
@@ -507,7 +517,8 @@ def verify(
         permutation of 2 heads: half the time) is drawn again on its own and composed in."""
         perm = spec.sample_permutation(gen, move=moved)
         for factor in moved:
-            for _ in range(8 if _still(spec, perm, factor) else 0):
+            again = _can_move(spec, factor) and _still(spec, perm, factor)
+            for _ in range(8 if again else 0):
                 other = spec.sample_permutation(gen, move=[factor])
                 if not _still(spec, other, factor):
                     perm = perm.compose(other)
