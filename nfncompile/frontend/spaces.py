@@ -197,6 +197,7 @@ class _Solution:
         ties, fixed, synthetic, self.met = heads.rewrite(
             problem.splits, fallen, ties, nodes, cuts, fixed
         )
+        self.ties = ties  # as solved: each holding split's dims read per head
         for r, off, length in fixed + synthetic:
             cuts[r].update((off, off + length))
 
@@ -543,21 +544,21 @@ def _merge_heads(
         if any(uses[r] > 1 for c in columns for r in c):
             continue
         at = {r: (column, i) for column in columns for i, r in enumerate(column)}
-        held = {i for atoms in fam.fixed for i in atoms}
+        tags = _head_tags(sol, fam)
         ok = all(infos[r].role == "hidden" and infos[r].size == infos[c[0]].size
                  for c in columns for r in c)  # fmt: skip
         found: dict = {}
         for key, param in p.params.items():
             for k, lab in enumerate(param.axes):
-                atoms = tuple(sol.label_atoms(lab)) if lab else ()
-                roots = [sol.uf.find(i) for i in atoms]
-                if atoms in fam.fixed and not any(r in inner_of for r in sol.roots(param.axes)):
-                    found[(key, k)] = sum(sol.atoms[i][2] - sol.atoms[i][1] for i in atoms)
-                elif held & set(atoms) or not _whole_columns(roots, at):
+                atoms = sol.label_atoms(lab) if lab else []
+                width = _head_width(sol, atoms, tags, count)
+                if width and not any(r in inner_of for r in sol.roots(param.axes)):
+                    found[(key, k)] = width * count
+                elif width is None or width or not _whole_columns(sol.roots(lab), at):
                     ok = False
         for lab in io:
-            atoms = sol.label_atoms(lab)
-            ok &= not held & set(atoms) and _whole_columns([sol.uf.find(i) for i in atoms], at)
+            ok &= _head_width(sol, sol.label_atoms(lab), tags, count) == 0
+            ok &= _whole_columns(sol.roots(lab), at)
         if not ok:
             continue
         for column in columns:
@@ -576,7 +577,11 @@ def _merge_heads(
         roots = [c[0] for c in columns]
         base = infos[roots[0]].name if roots else ""
         if found:  # the heads themselves, each a neuron of its fixed dims ("<origin>.head")
-            base = p.runs[sol.atoms[fam.fixed[0][0]][0]]["origin"]
+            # named as a space is: after the first run an op made (a parameter's axis only
+            # when none is)
+            runs = sorted({sol.atoms[a][0] for a, h in tags.items() if h >= 0})
+            made = [r for r in runs if p.runs[r]["kind"] != "param"] or runs
+            base = p.runs[made[0]]["origin"]
             members = [sol.atoms[i] for i in sol.classes[fam.root]]
             infos[fam.root] = SpaceInfo(
                 f"{base}.head", count, "hidden", atoms=members,
@@ -588,6 +593,59 @@ def _merge_heads(
         if roots:
             merged.append((fam, roots, base))
     return alias, merged, views
+
+
+def _head_tags(sol: _Solution, fam: heads.Family) -> dict:
+    """Which head each atom tied to a fixed split's chunks stands for: atom -> head, or ``-1``
+    for one tied to several heads (a table every head reads: RoPE's angles, a norm's weight
+    per head dim). Followed through the solution's ties from the chunks' own atoms, so that
+    a layer whose outputs become the chunks after an elementwise op (Olmo-2's projection
+    before its norm over every head) has its rows read head by head too."""
+    tags: dict = {}
+    for atoms in fam.fixed:
+        per_head = len(atoms) // fam.count
+        tags.update({a: n // per_head for n, a in enumerate(atoms)})
+    if not tags:
+        return tags
+    held = {sol.uf.find(a) for a in tags}
+    near: dict = collections.defaultdict(list)
+    for src, src_off, dst, dst_off, length, _ in sol.ties:
+        pos = src_off
+        while pos < src_off + length:
+            i = sol.atom_id[(src, pos)]
+            if sol.uf.find(i) in held:
+                j = sol.atom_id[(dst, dst_off + pos - src_off)]
+                near[i].append(j)
+                near[j].append(i)
+            pos = sol.atoms[i][2]
+    queue = collections.deque(tags)
+    while queue:
+        a = queue.popleft()
+        for b in near[a] if tags[a] >= 0 else ():
+            if b not in tags:
+                tags[b] = tags[a]
+                queue.append(b)
+            elif tags[b] != tags[a]:
+                tags[b] = -1
+    return tags
+
+
+def _head_width(sol: _Solution, atoms: list, tags: dict, count: int) -> int | None:
+    """How a label of ``atoms`` reads the heads of :func:`_head_tags`: ``0`` where it holds no
+    atom of one head alone, the per-head width where it reads every head whole and in order,
+    else ``None``."""
+    heads = [tags.get(a, -1) for a in atoms]
+    if all(h < 0 for h in heads):
+        return 0
+    widths = [0] * count
+    for a, h in zip(atoms, heads):
+        if h < 0:
+            return None
+        widths[h] += sol.atoms[a][2] - sol.atoms[a][1]
+    order = list(dict.fromkeys(heads))
+    if order != list(range(count)) or heads != sorted(heads) or len(set(widths)) > 1:
+        return None
+    return widths[0]
 
 
 def _whole_columns(roots: list, at: dict) -> bool:

@@ -429,17 +429,22 @@ def test_heads_move_as_blocks_on_the_real_network(heads):
 
 class _Llama(nn.Module):
     """Llama's attention: separate q, k, v and o projections without biases, 4 heads of 4,
-    RoPE (``rotate_half``) on the queries and keys; ``per_head`` gives each head its own
-    rotation frequencies (a table with a heads dim)."""
+    RoPE (``rotate_half``) on the queries and keys; ``how="per_head"`` gives each head its own
+    rotation frequencies (a table with a heads dim), ``how="norm"`` norms the queries and keys
+    over every head's features before the heads are split (Olmo-2)."""
 
-    def __init__(self, per_head: bool = False) -> None:
+    def __init__(self, how: str = "") -> None:
         super().__init__()
-        self.per_head = per_head
+        self.per_head = how == "per_head"
         self.q, self.k, self.v, self.o = (nn.Linear(16, 16, bias=False) for _ in range(4))
+        self.q_norm, self.k_norm = (
+            nn.RMSNorm(16) if how == "norm" else nn.Identity() for _ in "qk"
+        )
 
     def forward(self, x):
         b, n, c = x.shape
-        q, k, v = (f(x).view(b, n, 4, 4).transpose(1, 2) for f in (self.q, self.k, self.v))
+        q, k, v = self.q_norm(self.q(x)), self.k_norm(self.k(x)), self.v(x)
+        q, k, v = (t.view(b, n, 4, 4).transpose(1, 2) for t in (q, k, v))
         inv = 1.0 / 10000 ** (torch.arange(0, 4, 2, dtype=x.dtype) / 4)
         if self.per_head:
             inv = inv * torch.arange(1, 5, dtype=x.dtype)[:, None, None]  # (heads, 1, 2)
@@ -454,21 +459,26 @@ class _Llama(nn.Module):
         return self.o(y.transpose(1, 2).reshape(b, n, c))
 
 
-@pytest.mark.parametrize("per_head", [False, True])
-def test_rotated_heads_move_as_blocks_with_their_features_in_place(per_head):
+@pytest.mark.parametrize("how", ["", "per_head", "norm"])
+def test_rotated_heads_move_as_blocks_with_their_features_in_place(how):
     # before: RoPE fixed the queries' and keys' features, so their projections' rows were
     # fixed and the heads stayed in place; each head is now a neuron of 4 fixed positions,
-    # moved with the values' heads (unless each head has its own rotation)
-    model = model_(lambda: _Llama(per_head)).double()
+    # moved with the values' heads (unless each head has its own rotation). A norm over every
+    # head's features: its weight, and the projection that the norm's output ties to the
+    # heads, are read head by head too (a first version moved the norm's weight alone)
+    model = model_(lambda: _Llama(how)).double()
     x = x_(2, 5, 16).double()
     spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok
-    if per_head:
+    if how == "per_head":
         assert not spec.blocks and spec["q.weight"].axes == (None, "in")
         return
     assert list(spec.blocks) == ["q.heads"] and spec.blocks["q.heads"].count == 4
     for key in ("q.weight", "k.weight"):
         assert (spec[key].view, spec[key].axes) == ((4, 4, 16), ("q.head", None, "in"))
+    if how == "norm":
+        for key in ("q_norm.weight", "k_norm.weight"):
+            assert (spec[key].view, spec[key].axes) == ((4, 4), ("q.head", None))
     assert spec.spaces["q.head"].blocks == spec.spaces["v"].blocks == "q.heads"
     assert spec.block_shape("q.head") == (4, 1) and spec.block_shape("v") == (4, 4)
     perm = _moving(spec, "q.heads", torch.Generator().manual_seed(0))
