@@ -17,11 +17,13 @@ Where the split holds, the solver (:mod:`~nfncompile.frontend.spaces`) reads eve
 Each head's neurons then permute on their own. The heads themselves move as blocks where
 nothing meets them in place (:func:`blocks`): head ``i`` of the queries, keys and values
 together, the wreath product of the heads' permutation and the per-head ones, given to the spec
-as block spaces sharing one block permutation. Where something does meet them in place (a
-value per head such as ALiBi's slopes times the key positions, a mask per head, grouped key
-and value heads), they stay, as the rule of ``nn.MultiheadAttention`` reads them. A split whose
-chunks are tied instead (it does not hold) gives one permutation for every head: the
-conservative reading.
+as block spaces sharing one block permutation; where a piece is fixed in every head (RoPE's
+rotated queries and keys), the heads themselves are a space of one neuron per head in that
+block permutation, read through a view ``(heads, per-head dims)`` of the axes that hold them.
+Where something does meet them in place (a value per head such as ALiBi's slopes times the
+key positions, a mask per head, grouped key and value heads), they stay. A split whose chunks
+are tied instead (it does not hold) gives one permutation for every head: the conservative
+reading.
 
 :func:`check` says which holding splits cannot hold: one whose dims a tensor holds without one
 whole heads dim (heads summed, mixed by a layer, sliced), a parameter or input/output reads
