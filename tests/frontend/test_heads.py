@@ -479,6 +479,7 @@ def test_rotated_heads_move_as_blocks_with_their_features_in_place(how):
     if how == "norm":
         for key in ("q_norm.weight", "k_norm.weight"):
             assert (spec[key].view, spec[key].axes) == ((4, 4), ("q.head", None))
+    assert nfc.WeightSpaceSpec.from_yaml(spec.to_yaml()) == spec  # views and blocks kept
     assert spec.spaces["q.head"].blocks == spec.spaces["v"].blocks == "q.heads"
     assert spec.block_shape("q.head") == (4, 1) and spec.block_shape("v") == (4, 4)
     perm = _moving(spec, "q.heads", torch.Generator().manual_seed(0))
