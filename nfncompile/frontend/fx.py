@@ -41,6 +41,7 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import math
 import operator
 import os
 import random
@@ -70,7 +71,7 @@ from torch.fx._symbolic_trace import _wrapped_fns_to_patch as _WRAPPED
 from torch.fx.graph import magic_methods, reflectable_magic_methods
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
-from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tensor_metadata
 from torch.nn.attention.flex_attention import flex_attention
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
@@ -1558,6 +1559,41 @@ def trace_graph(
 INTEGER_VALUES_UP_TO = 1 << 16
 
 
+class _IntegerRecorder(PlainArgsInterpreter):
+    """Runs a graph for real and keeps each small integer result in ``meta
+    ["nfn_integer_value"]``, as :class:`NodeShapeProp` does when it runs on real tensors."""
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        result = super().run_node(n)
+        if _small_integer(result):
+            n.meta["nfn_integer_value"] = result.detach().clone()
+        return result
+
+
+def _record_integers(gm: torch.fx.GraphModule, args: tuple) -> None:
+    """After shape propagation on fake tensors, the values of the small integer tensors that
+    depend on the input and that a kept submodule takes (a router's choice, a one-hot dispatch
+    mask), which its probe needs and fake tensors do not have: the graph is run once for real
+    where there are any. Where that run fails, they stay unrecorded (the probe then declines,
+    as before)."""
+    from_input: set = set()
+    wanted = False
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" or any(a in from_input for a in n.all_input_nodes):
+            from_input.add(n)
+            meta = n.meta.get("tensor_meta")
+            wanted |= (
+                isinstance(meta, TensorMetadata)
+                and not (meta.dtype.is_floating_point or meta.dtype.is_complex)
+                and math.prod(meta.shape) <= INTEGER_VALUES_UP_TO
+                and n.op != "placeholder"
+                and any(u.op == "call_module" for u in n.users)  # a kept call, probed
+            )
+    if wanted:
+        with contextlib.suppress(Exception):
+            _IntegerRecorder(gm).run(*args)
+
+
 def _small_integer(x: Any) -> bool:
     """Whether ``x`` is an integer or boolean tensor of at most :data:`INTEGER_VALUES_UP_TO`
     entries."""
@@ -1594,6 +1630,7 @@ def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> tor
             mode = FakeTensorMode(allow_non_fake_inputs=True)
             fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
             NodeShapeProp(gm, fake=mode).propagate(*fake_args)
+            _record_integers(gm, args)
         else:
             NodeShapeProp(gm).propagate(*args)
     return gm

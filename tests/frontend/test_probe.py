@@ -448,6 +448,17 @@ def test_a_kept_call_s_integer_input_is_held_still_where_moving_it_fails():
     assert broken.reason.endswith("reads its integer input's neurons by position")
 
 
+def test_a_kept_call_s_integer_input_has_its_values_on_fake_tensors():
+    # shape propagation on fake tensors (a model over FAKE_ABOVE weights) records no values:
+    # the one-hot mask's were not there, the probe declined and fixed the experts and the
+    # stream (Switch Transformers 19 -> 16 spaces); the graph now runs once for real to
+    # record them
+    model = model_(lambda: WithExperts(SeparateExperts(), one_hot=True))
+    x = x_(7, 5)
+    fake, report = trace_with_report(model, x, fake=True)
+    assert report.probes[0].passed and fake == nfc.trace(model, x, fake=False)
+
+
 class ScriptedMLP(nn.Module):
     """``x + fc2(relu(fc1(norm(x))))`` over channels-last features, to be scripted."""
 
