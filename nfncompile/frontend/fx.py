@@ -1559,49 +1559,37 @@ def trace_graph(
 INTEGER_VALUES_UP_TO = 1 << 16
 
 
-class _IntegerRecorder(PlainArgsInterpreter):
-    """Runs a graph for real and keeps each small integer result in ``meta
-    ["nfn_integer_value"]``, as :class:`NodeShapeProp` does when it runs on real tensors."""
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        result = super().run_node(n)
-        if _small_integer(result):
-            n.meta["nfn_integer_value"] = result.detach().clone()
-        return result
-
-
 def _record_integers(gm: torch.fx.GraphModule, args: tuple) -> None:
     """After shape propagation on fake tensors, the values of the small integer tensors that
     depend on the input and that a kept submodule takes (a router's choice, a one-hot dispatch
     mask), which its probe needs and fake tensors do not have: the graph is run once for real
     where there are any. Where that run fails, they stay unrecorded (the probe then declines,
-    as before)."""
+    as before): the same propagation as without fake tensors, which records them."""
     from_input: set = set()
     wanted = False
     for n in gm.graph.nodes:
         if n.op == "placeholder" or any(a in from_input for a in n.all_input_nodes):
             from_input.add(n)
-            meta = n.meta.get("tensor_meta")
             wanted |= (
-                isinstance(meta, TensorMetadata)
-                and not (meta.dtype.is_floating_point or meta.dtype.is_complex)
-                and math.prod(meta.shape) <= INTEGER_VALUES_UP_TO
-                and n.op != "placeholder"
+                n.op != "placeholder"
+                and _small_integer(n.meta.get("tensor_meta"))
                 and any(u.op == "call_module" for u in n.users)  # a kept call, probed
             )
     if wanted:
         with contextlib.suppress(Exception):
-            _IntegerRecorder(gm).run(*args)
+            NodeShapeProp(gm).propagate(*args)
 
 
 def _small_integer(x: Any) -> bool:
-    """Whether ``x`` is an integer or boolean tensor of at most :data:`INTEGER_VALUES_UP_TO`
-    entries."""
-    return (
-        isinstance(x, torch.Tensor)
-        and not (x.is_floating_point() or x.is_complex())
-        and x.numel() <= INTEGER_VALUES_UP_TO
-    )
+    """Whether ``x`` is an integer or boolean tensor (or a node's metadata of one) of at most
+    :data:`INTEGER_VALUES_UP_TO` entries."""
+    if isinstance(x, torch.Tensor):
+        dtype, entries = x.dtype, x.numel()
+    elif isinstance(x, TensorMetadata):
+        dtype, entries = x.dtype, math.prod(x.shape)
+    else:
+        return False
+    return not (dtype.is_floating_point or dtype.is_complex) and entries <= INTEGER_VALUES_UP_TO
 
 
 def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:

@@ -310,7 +310,7 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
             or any(s.heads in p.labelled or s.heads in p.heads_held for s in splits)
         ):  # fmt: skip
             continue
-        columns: dict = {}  # a piece's roots in head order -> its first root
+        columns: list = []  # per piece, its roots in head order
         fixed: list = []
         uneven = False
         for s in splits:
@@ -319,13 +319,13 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
                 fixed.append(tuple(i for chunk in s.chunks for i in sol.label_atoms(chunk)))
                 continue
             uneven |= any(len(r) != len(rows[0]) for r in rows)
-            for column in zip(*rows):
-                columns.setdefault(column, column[0])
+            columns += zip(*rows)
+        columns = list(dict.fromkeys(columns))  # q's and k's pieces: the same spaces
         seen = [r for column in columns for r in column]
         if (
             uneven or not (columns or fixed) or len(seen) != len(set(seen))
             or any(r in sol.fixed_roots or r in busy for r in seen)
         ):  # fmt: skip
             continue
-        out.append(Family(root, count, splits, list(columns), list(dict.fromkeys(fixed))))
+        out.append(Family(root, count, splits, columns, list(dict.fromkeys(fixed))))
     return out

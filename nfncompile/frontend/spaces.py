@@ -539,12 +539,15 @@ def _merge_heads(
     # one weight read by several attention calls (ALBERT's layers share theirs): each call's
     # heads a family of its own over the same spaces; those heads stay in place
     uses = collections.Counter(r for fam in families for c in fam.columns for r in set(c))
+    near = None  # the ties between fixed atoms, once a family with fixed splits needs them
     for fam in families:
         columns, count = fam.columns, fam.count
         if any(uses[r] > 1 for c in columns for r in c):
             continue
         at = {r: (column, i) for column in columns for i, r in enumerate(column)}
-        tags = _head_tags(sol, fam)
+        if fam.fixed and near is None:
+            near = _fixed_ties(sol)
+        tags = _head_tags(sol, fam, near)
         ok = all(infos[r].role == "hidden" and infos[r].size == infos[c[0]].size
                  for c in columns for r in c)  # fmt: skip
         found: dict = {}
@@ -595,33 +598,36 @@ def _merge_heads(
     return alias, merged, views
 
 
-def _head_tags(sol: _Solution, fam: heads.Family) -> dict:
-    """Which head each atom tied to a fixed split's chunks stands for: atom -> head, or ``-1``
-    for one tied to several heads (a table every head reads: RoPE's angles, a norm's weight
-    per head dim). Followed through the solution's ties from the chunks' own atoms, so that
-    a layer whose outputs become the chunks after an elementwise op (Olmo-2's projection
-    before its norm over every head) has its rows read head by head too."""
-    tags: dict = {}
-    for atoms in fam.fixed:
-        per_head = len(atoms) // fam.count
-        tags.update({a: n // per_head for n, a in enumerate(atoms)})
-    if not tags:
-        return tags
-    held = {sol.uf.find(a) for a in tags}
+def _fixed_ties(sol: _Solution) -> dict:
+    """Atom -> the atoms the solution's ties join it to, among fixed atoms."""
     near: dict = collections.defaultdict(list)
     for src, src_off, dst, dst_off, length, _ in sol.ties:
         pos = src_off
         while pos < src_off + length:
             i = sol.atom_id[(src, pos)]
-            if sol.uf.find(i) in held:
+            if sol.uf.find(i) in sol.fixed_roots:
                 j = sol.atom_id[(dst, dst_off + pos - src_off)]
                 near[i].append(j)
                 near[j].append(i)
             pos = sol.atoms[i][2]
+    return near
+
+
+def _head_tags(sol: _Solution, fam: heads.Family, near: dict | None) -> dict:
+    """Which head each atom tied to a fixed split's chunks stands for: atom -> head, or ``-1``
+    for one tied to several heads (a table every head reads: RoPE's angles, a norm's weight
+    per head dim). Followed through the ties among fixed atoms (``near``, from
+    :func:`_fixed_ties`) from the chunks' own atoms, so that a layer whose outputs become the
+    chunks after an elementwise op (Olmo-2's projection before its norm over every head) has
+    its rows read head by head too."""
+    tags: dict = {}
+    for atoms in fam.fixed:
+        per_head = len(atoms) // fam.count
+        tags.update({a: n // per_head for n, a in enumerate(atoms)})
     queue = collections.deque(tags)
     while queue:
         a = queue.popleft()
-        for b in near[a] if tags[a] >= 0 else ():
+        for b in near.get(a, ()) if tags[a] >= 0 else ():
             if b not in tags:
                 tags[b] = tags[a]
                 queue.append(b)

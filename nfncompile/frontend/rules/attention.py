@@ -169,7 +169,8 @@ def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any
     cols = a.plain_label(w_out.labels[1])
     if isinstance(p["in_proj_bias"], TensorLabels):
         rows = a.tie(rows, a.plain_label(p["in_proj_bias"].labels[0]))
-    weights = a.out()[1]
+    shapes = a.out()
+    weights = shapes[1]
     # a mask per head, or weights returned per head, meet each head where it is
     per_head = isinstance(p["attn_mask"], TensorLabels) and p["attn_mask"].ndim == 3
     per_head |= isinstance(weights, TensorLabels) and weights.ndim == p["query"].ndim + 1
@@ -191,7 +192,6 @@ def _multi_head_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any
     for mask in (p["attn_mask"], p["key_padding_mask"]):
         a.fix_all(mask, "an attention mask is added to the scores position by position")
     a.consume(k.labels[0])
-    shapes = a.out()
     if isinstance(weights, TensorLabels):  # ([N,] [heads,] L, S): by query and key position
         labels = [None] * weights.ndim
         labels[-2:] = q.labels[0], k.labels[0]
