@@ -243,7 +243,7 @@ def tile_refs(
             moving[s.blocks] = moving.get(s.blocks, False) or permutable(spec, s.name, mode)
     out = []
     for p in spec.params:
-        for i, tile in enumerate(p.tiles(spec.spaces)):
+        for i, tile in enumerate(p.tiles(spec.spaces, spec.blocks)):
             dims = _dims(spec, mode, tile.axes, tile.shape, moving)
             if max_fold is not None:
                 dims = _exchanged(p.name, tile.axes, dims, max_fold, channels)

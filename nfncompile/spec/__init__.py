@@ -12,10 +12,15 @@ Axis labels
     a *fixed* axis: conv kernel dims, flattened spatial positions, broken symmetry.
 ``("c1", "c2")`` (YAML ``[c1, c2]``)
     a *composite* axis: the pieces concatenated in order, e.g. the input axis of a linear layer
-    after ``torch.cat``. A piece is a space name or an ``int`` n: a run of n fixed positions.
+    after ``torch.cat``. A piece is a space name, an ``int`` n (a run of n fixed positions) or
+    an ``Inner`` position (below), whose length is one block's.
 ``Inner("c1", 0)`` (YAML ``{space: c1, block_of: 0}``)
     the position *inside one block* of the block space ``c1``, the block being the one axis 0
-    of the same tensor sits in (a grouped convolution's input-channel axis).
+    of the same tensor sits in (a grouped convolution's input-channel axis). As a composite
+    piece it interleaves block spaces: a projection laid out per attention head, viewed as
+    ``(heads, 3 * d, C)`` with axes ``[h, [{space: qk, block_of: 0}, {space: qk, block_of:
+    0}, {space: v, block_of: 0}], c]``, holds head ``i``'s queries, keys and values in row
+    ``i`` (``h`` a space of one neuron per block of the same block permutation).
 
 Block spaces
 ------------
@@ -68,7 +73,16 @@ Inner('c1', 0)
 
 from __future__ import annotations
 
-from .labels import MODES, ROLES, AxisLabel, Inner, axis_pieces, check_mode, spaces_named
+from .labels import (
+    MODES,
+    ROLES,
+    AxisLabel,
+    Inner,
+    axis_pieces,
+    check_mode,
+    piece_space,
+    spaces_named,
+)
 from .params import ParamSpec, Tile
 from .permutation import Permutation
 from .spaces import Blocks, Space, SpaceMap
@@ -90,5 +104,6 @@ __all__ = [
     "is_counter",
     "holds_no_weight",
     "axis_pieces",
+    "piece_space",
     "spaces_named",
 ]

@@ -8,13 +8,23 @@ from typing import Any
 
 from ..errors import SpecError
 
-__all__ = ["ROLES", "MODES", "AxisLabel", "Inner", "check_mode", "axis_pieces", "spaces_named"]
+__all__ = [
+    "ROLES",
+    "MODES",
+    "AxisLabel",
+    "Inner",
+    "check_mode",
+    "axis_pieces",
+    "piece_space",
+    "spaces_named",
+]
 
 ROLES = ("input", "hidden", "output")
 MODES = ("np", "hnp")
 
-#: A piece of a composite axis: a space name or a number of fixed positions.
-Piece = str | int
+#: A piece of a composite axis: a space name, a number of fixed positions, or an
+#: :class:`Inner` position inside one block of a block space (the block chosen by another axis).
+Piece = str | int | Any
 #: An axis label: a space name, ``None`` (fixed), a tuple of pieces (composite) or an
 #: :class:`Inner` position inside a block.
 AxisLabel = str | None | tuple | Any
@@ -61,15 +71,28 @@ def _is_int(x: Any) -> bool:
 
 def _freeze_axis(a: Any) -> AxisLabel:
     if isinstance(a, (list, tuple)):
-        return tuple(a)
+        return tuple(_freeze_axis(p) if isinstance(p, Mapping) else p for p in a)
     if isinstance(a, Mapping):  # {space: c1, block_of: 0}
         return Inner(a.get("space"), a.get("block_of"))
     return a
 
 
+def piece_space(p: Any) -> str | None:
+    """The space a composite piece (or a simple label) names: its name, an :class:`Inner`'s
+    space, ``None`` for fixed positions.
+
+    >>> piece_space("c1"), piece_space(3), piece_space(Inner("v", 0)), piece_space(None)
+    ('c1', None, 'v', None)
+    """
+    if isinstance(p, Inner):
+        return p.space
+    return p if isinstance(p, str) else None
+
+
 def axis_pieces(a: AxisLabel) -> tuple:
     """The pieces of an axis label: ``()`` for fixed, ``(name,)`` for a space or a position
-    inside one of its blocks, the tuple of a composite.
+    inside one of its blocks, the tuple of a composite (whose :class:`Inner` pieces stay
+    :class:`Inner`: their length is a block's, not the space's).
 
     >>> axis_pieces(None), axis_pieces("c1"), axis_pieces(("c1", 3)), axis_pieces(Inner("c", 0))
     ((), ('c1',), ('c1', 3), ('c',))
@@ -85,17 +108,17 @@ def spaces_named(axes: tuple) -> set:
     """Names of every space that labels one of ``axes`` (or a composite piece, or a position
     inside its blocks).
 
-    >>> sorted(spaces_named((None, "c1", ("c2", 3), Inner("c3", 0))))
-    ['c1', 'c2', 'c3']
+    >>> sorted(spaces_named((None, "c1", ("c2", 3), Inner("c3", 0), (2, Inner("c4", 0)))))
+    ['c1', 'c2', 'c3', 'c4']
     """
-    return {p for a in axes for p in axis_pieces(a) if isinstance(p, str)}
+    return {piece_space(p) for a in axes for p in axis_pieces(a)} - {None}
 
 
 def _axis_str(a: AxisLabel) -> str:
     if a is None:
         return "-"
     if isinstance(a, tuple):
-        return "(" + "|".join(str(p) for p in a) + ")"
+        return "(" + "|".join(_axis_str(p) if isinstance(p, Inner) else str(p) for p in a) + ")"
     if isinstance(a, Inner):
         return f"{a.space}@{a.block_of}"
     return a
@@ -104,7 +127,7 @@ def _axis_str(a: AxisLabel) -> str:
 def _axis_data(a: AxisLabel) -> Any:
     """The plain-data (YAML) form of an axis label."""
     if isinstance(a, tuple):
-        return list(a)
+        return [_axis_data(p) for p in a]
     if isinstance(a, Inner):
         return {"space": a.space, "block_of": a.block_of}
     return a

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import SpecError
-from .labels import _axis_str, _freeze_axis, _is_int, spaces_named
-from .spaces import Space
+from .labels import Inner, _axis_str, _freeze_axis, _is_int, spaces_named
+from .spaces import Blocks, Space
 
 __all__ = ["ParamSpec", "Tile"]
 
@@ -117,15 +117,24 @@ class ParamSpec:
         """Names of every space that labels some axis (or composite piece, or block inside)."""
         return spaces_named(self.axes)
 
-    def tiles(self, spaces: Mapping[str, Space]) -> list[Tile]:
-        """Split composite axes into :class:`Tile` s with simple labels (row-major order)."""
+    def tiles(
+        self, spaces: Mapping[str, Space], blocks: Mapping[str, Blocks] | None = None
+    ) -> list[Tile]:
+        """Split composite axes into :class:`Tile` s with simple labels (row-major order).
+
+        ``blocks`` gives the block counts an :class:`Inner` piece's length (one block) needs.
+        """
         per_axis = []
         for label, n in zip(self.axes, self.labelled_shape):
             if isinstance(label, tuple):
                 opts, start = [], 0
                 for p in label:
-                    size = p if _is_int(p) else spaces[p].size
-                    opts.append((slice(start, start + size), p if isinstance(p, str) else None))
+                    if isinstance(p, Inner):
+                        space = spaces[p.space]
+                        size = space.size // blocks[space.blocks].count
+                    else:
+                        size = p if _is_int(p) else spaces[p].size
+                    opts.append((slice(start, start + size), None if _is_int(p) else p))
                     start += size
                 per_axis.append(opts)
             else:

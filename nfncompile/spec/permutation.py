@@ -86,47 +86,55 @@ class Permutation:
         return Permutation(self.spec, {k: other.perms[k][v] for k, v in self.perms.items()})
 
     def axis_index(self, label: AxisLabel, length: int) -> torch.Tensor | None:
-        """The gather index for one axis (``None`` when the axis does not move)."""
+        """The gather index for one axis (``None`` when the axis does not move).
+
+        An axis with :class:`Inner` positions (alone or as composite pieces) depends on the
+        block of another axis: its index is ``(count, length)``, one row per block.
+        """
         if label is None:
             return None
         if isinstance(label, str):
             return self.perms[label]
+        if isinstance(label, Inner):
+            return self.inner[label.space]
+        rows = self._block_rows(label)
         parts, start = [], 0
         for piece in label:
             if _is_int(piece):
-                parts.append(torch.arange(start, start + piece))
-                start += piece
+                part, n = torch.arange(start, start + piece), piece
+            elif isinstance(piece, Inner):
+                part = self.inner[piece.space] + start
+                n = part.shape[1]
             else:
-                parts.append(self.perms[piece] + start)
-                start += len(self.perms[piece])
-        return torch.cat(parts)
+                part, n = self.perms[piece] + start, len(self.perms[piece])
+            if rows and part.dim() == 1:
+                part = part.expand(rows, n)
+            parts.append(part)
+            start += n
+        return torch.cat(parts, dim=-1)
+
+    def _block_rows(self, label: tuple) -> int:
+        """The block count of a composite's :class:`Inner` pieces (0 when it has none)."""
+        return max((len(self.inner[p.space]) for p in label if isinstance(p, Inner)), default=0)
 
     def apply_tensor(self, name: str, tensor: torch.Tensor, leading: int = 0) -> torch.Tensor:
         """Permute one parameter tensor (with ``leading`` batch/channel dims in front)."""
         p = self.spec[name]
         lead = tuple(tensor.shape[:leading])
         x = tensor.reshape(lead + p.labelled_shape)
+        inner = []  # (axis, the axis whose block it reads)
         for i, (label, n) in enumerate(zip(p.axes, p.labelled_shape)):
-            if isinstance(label, Inner):
+            ref = _block_of(label)
+            if ref is not None:
+                inner.append((i, ref))
                 continue
             idx = self.axis_index(label, n)
             if idx is not None:
                 x = x.index_select(leading + i, idx.to(x.device))
-        for i, label in enumerate(p.axes):
-            if isinstance(label, Inner):
-                x = self._gather_inner(x, leading + i, leading + label.block_of, label.space)
+        for i, ref in inner:
+            idx = self.axis_index(p.axes[i], p.labelled_shape[i])
+            x = _gather_per_block(x, leading + i, leading + ref, idx.to(x.device))
         return x.reshape(tensor.shape)
-
-    def _gather_inner(self, x: torch.Tensor, dim: int, ref: int, space: str) -> torch.Tensor:
-        """Gather axis ``dim`` (positions inside a block of ``space``) by the permutation inside
-        the block that each position of axis ``ref`` (already permuted) sits in."""
-        inner = self.inner[space].to(x.device)  # (count, k)
-        per_ref = inner.repeat_interleave(x.shape[ref] // inner.shape[0], dim=0)  # (n_ref, k)
-        shape = [1] * x.dim()
-        shape[ref], shape[dim] = x.shape[ref], x.shape[dim]
-        if ref > dim:
-            per_ref = per_ref.t()
-        return x.gather(dim, per_ref.reshape(shape).expand(x.shape))
 
     def apply_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict:
         """Permute a state_dict of the spec's network (keys must match the spec; integer
@@ -141,3 +149,21 @@ class Permutation:
         self.spec.check_state_dict(features, leading=2)
         data = {k: self.apply_tensor(k, v, leading=2) for k, v in features.items()}
         return type(features)(data) if not isinstance(features, dict) else data
+
+
+def _block_of(label: AxisLabel) -> int | None:
+    """The axis whose block an axis label's :class:`Inner` positions read (``None``: none)."""
+    pieces = label if isinstance(label, tuple) else (label,)
+    refs = {p.block_of for p in pieces if isinstance(p, Inner)}
+    return refs.pop() if refs else None
+
+
+def _gather_per_block(x: torch.Tensor, dim: int, ref: int, index: torch.Tensor) -> torch.Tensor:
+    """Gather axis ``dim`` by ``index`` ``(count, length)``: row ``b`` for the positions of axis
+    ``ref`` (already permuted) in block ``b``."""
+    per_ref = index.repeat_interleave(x.shape[ref] // index.shape[0], dim=0)  # (n_ref, length)
+    shape = [1] * x.dim()
+    shape[ref], shape[dim] = x.shape[ref], x.shape[dim]
+    if ref > dim:
+        per_ref = per_ref.t()
+    return x.gather(dim, per_ref.reshape(shape).expand(x.shape))

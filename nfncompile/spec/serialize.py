@@ -109,23 +109,20 @@ def spec_fields(data: Any) -> dict:
             ok = (
                 a is None
                 or isinstance(a, str)
+                or _is_inner(a)
                 or (
                     isinstance(a, list)
                     and a
-                    and all(isinstance(p, str) or (_is_int(p) and p >= 1) for p in a)
-                )
-                or (
-                    isinstance(a, Mapping)
-                    and set(a) == {"space", "block_of"}
-                    and isinstance(a["space"], str)
-                    and _is_int(a["block_of"])
+                    and all(
+                        isinstance(p, str) or (_is_int(p) and p >= 1) or _is_inner(p) for p in a
+                    )
                 )
             )
             if not ok:
                 raise SpecError(
                     f"{path}.axes[{i}]: expected a space name, null, a list of space "
-                    "names / positive ints (composite), or {space: NAME, block_of: AXIS} "
-                    f"(a position inside a block), got {a!r}"
+                    "names / positive ints / positions inside a block (composite), or "
+                    f"{{space: NAME, block_of: AXIS}} (a position inside a block), got {a!r}"
                 )
         try:
             params.append(
@@ -180,3 +177,13 @@ def _check_keys(entry: Mapping, allowed: tuple, path: str, required: tuple = ())
     for key in required:
         if key not in entry:
             raise SpecError(f"{prefix}{key}: missing required key")
+
+
+def _is_inner(a: Any) -> bool:
+    """Whether ``a`` is the YAML form of an :class:`Inner` label: ``{space: NAME, block_of: AXIS}``."""
+    return (
+        isinstance(a, Mapping)
+        and set(a) == {"space", "block_of"}
+        and isinstance(a["space"], str)
+        and _is_int(a["block_of"])
+    )

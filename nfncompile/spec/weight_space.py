@@ -132,23 +132,36 @@ class WeightSpaceSpec:
                     )
                 continue
             total = 0
-            for piece in label:
+            for k, piece in enumerate(label):
                 if _is_int(piece):
                     total += piece
+                elif isinstance(piece, Inner):
+                    total += self._check_inner(p, i, piece, None, f"{where}[{k}]")
                 elif piece in self.spaces:
                     total += self.spaces[piece].size
                 else:
                     raise SpecError(
-                        f"{where}: unknown composite piece {piece!r}; valid: {valid} "
-                        "or a positive int (fixed positions)"
+                        f"{where}: unknown composite piece {piece!r}; valid: {valid}, a positive "
+                        "int (fixed positions) or {space: NAME, block_of: AXIS} (a block's "
+                        "positions)"
                     )
             if total != n:
                 raise SpecError(
                     f"{where}: composite {list(label)} adds up to {total} but the axis has length {n}"
                 )
+            refs = {piece.block_of for piece in label if isinstance(piece, Inner)}
+            if len(refs) > 1:
+                raise SpecError(
+                    f"{where}: the positions inside blocks of composite {list(label)} read the "
+                    f"blocks of axes {sorted(refs)}; they must all read one axis's"
+                )
 
-    def _check_inner(self, p: ParamSpec, i: int, label: Inner, n: int) -> None:
-        where = f"params.{p.name}.axes[{i}]"
+    def _check_inner(
+        self, p: ParamSpec, i: int, label: Inner, n: int | None, where: str | None = None
+    ) -> int:
+        """Check an :class:`Inner` label (or composite piece, ``n=None``) of axis ``i``;
+        returns its length, one block's."""
+        where = where or f"params.{p.name}.axes[{i}]"
         if label.space not in self.spaces:
             raise SpecError(
                 f"{where}: unknown space {label.space!r}; valid: {', '.join(self.spaces)}"
@@ -158,7 +171,7 @@ class WeightSpaceSpec:
             raise SpecError(
                 f"{where}: {label!r} needs a block space, but {label.space!r} has no blocks"
             )
-        if shape[1] != n:
+        if n is not None and shape[1] != n:
             raise SpecError(
                 f"{where}: the blocks of {label.space!r} hold {shape[1]} neurons but the axis "
                 f"has length {n}"
@@ -175,6 +188,7 @@ class WeightSpaceSpec:
                 f"{where}: axis {j} is labelled {other!r}, whose blocks are "
                 f"{self.spaces[other].blocks!r}, not {self.spaces[label.space].blocks!r}"
             )
+        return shape[1]
 
     # ---- access ---------------------------------------------------------------------------
 

@@ -160,9 +160,50 @@ SPECS = {
         },
         {"g": 2},
     ),
+    # attention heads laid out per head (GPT-NeoX's fused (heads, 3 * d) projection): a space
+    # of one neuron per head, each row holding that head's queries, keys and values as
+    # positions inside its blocks; the values come out in block order.
+    "interleaved_heads": make_spec(
+        {
+            "in": (2, "input"),
+            "h": (2, "hidden", "heads"),
+            "qk": (4, "hidden", "heads"),
+            "v": (2, "hidden", "heads"),
+            "out": (2, "output"),
+        },
+        {
+            "qkv.weight": {
+                "shape": [10, 2],
+                "view": [2, 5, 2],
+                "axes": ["h", [inner("qk"), inner("qk"), inner("v")], "in"],
+            },
+            "dense.weight": {"shape": [2, 2], "axes": ["out", "v"]},
+        },
+        {"heads": 2},
+    ),
+    # partial rotary: the first position of each head's queries fixed, the rest permuted
+    "partial_rotary": make_spec(
+        {"in": (2, "input"), "h": (2, "hidden", "heads"), "qk": (4, "hidden", "heads")},
+        {
+            "q.weight": {
+                "shape": [6, 2],
+                "view": [2, 3, 2],
+                "axes": ["h", [1, inner("qk")], "in"],
+            },
+            "q.bias": {"shape": [6], "view": [2, 3], "axes": ["h", [1, inner("qk")]]},
+        },
+        {"heads": 2},
+    ),
 }
 
-BLOCK_SPECS = ("grouped", "depthwise_multiplier", "grouped_square", "input_blocks")
+BLOCK_SPECS = (
+    "grouped",
+    "depthwise_multiplier",
+    "grouped_square",
+    "input_blocks",
+    "interleaved_heads",
+    "partial_rotary",
+)
 
 
 class Oracle:

@@ -240,6 +240,7 @@ def test_block_oracle_is_not_vacuous(name):
                 p.name: {
                     "shape": list(p.shape),
                     "axes": [a if isinstance(a, str) or a is None else None for a in p.axes],
+                    **({"view": list(p.view)} if p.view else {}),
                 }
                 for p in spec.params
             },

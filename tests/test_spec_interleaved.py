@@ -1,0 +1,136 @@
+"""Composite axes with positions inside blocks: block spaces interleaved along one axis, as a
+projection laid out per attention head holds them (GPT-NeoX's fused ``(heads, 3 * d)`` rows)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nfncompile as nfc
+from nfncompile.errors import SpecError
+from nfncompile.spec import Inner
+
+H, D, C = 3, 2, 4
+
+NEOX_YAML = f"""\
+blocks:
+  heads: {{count: {H}}}
+spaces:
+  in:  {{size: {C}, role: input}}
+  h:   {{size: {H}, role: hidden, blocks: heads}}
+  qk:  {{size: {H * D}, role: hidden, blocks: heads}}
+  v:   {{size: {H * D}, role: hidden, blocks: heads}}
+  out: {{size: {C}, role: output}}
+params:
+  qkv.weight:   {{shape: [{3 * H * D}, {C}], view: [{H}, {3 * D}, {C}], axes: [h, [{{space: qk, block_of: 0}}, {{space: qk, block_of: 0}}, {{space: v, block_of: 0}}], in]}}
+  qkv.bias:     {{shape: [{3 * H * D}], view: [{H}, {3 * D}], axes: [h, [{{space: qk, block_of: 0}}, {{space: qk, block_of: 0}}, {{space: v, block_of: 0}}]]}}
+  dense.weight: {{shape: [{C}, {H * D}], axes: [out, v]}}
+  dense.bias:   {{shape: [{C}], axes: [out]}}
+"""
+
+
+class PerHead(nn.Module):
+    """Attention whose fused projection is laid out per head: ``(heads, [q, k, v], d)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(C, 3 * H * D)
+        self.dense = nn.Linear(H * D, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q, k, v = self.qkv(x).view(b, s, H, 3, D).unbind(3)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        y = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+        return self.dense(y.transpose(1, 2).reshape(b, s, H * D))
+
+
+def test_an_interleaved_spec_round_trips_through_yaml():
+    spec = nfc.WeightSpaceSpec.from_yaml(NEOX_YAML)
+    assert spec.to_yaml() == NEOX_YAML
+    assert spec["qkv.weight"].axes[1] == (Inner("qk", 0), Inner("qk", 0), Inner("v", 0))
+    assert "(qk@0|qk@0|v@0)" in repr(spec)
+    assert spec["qkv.weight"].spaces_used() == {"h", "qk", "v", "in"}
+
+
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+def test_group_elements_leave_a_per_head_network_unchanged(mode):
+    """Heads move as blocks (row ``i`` of the view goes with head ``i`` of the values) and each
+    head's query/key and value features permute on their own, read inside the row's block."""
+    torch.manual_seed(0)
+    net = PerHead().double()
+    spec = nfc.WeightSpaceSpec.from_yaml(NEOX_YAML).with_mode(mode)
+    x = torch.randn(2, 5, C, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    moved_heads = 0
+    for _ in range(8):
+        perm = spec.sample_permutation(gen)
+        moved_heads += not torch.equal(perm["h"], torch.arange(H))
+        moved = PerHead().double()
+        moved.load_state_dict(perm.apply_state_dict(net.state_dict()))
+        torch.testing.assert_close(moved(x[..., perm["in"]]), net(x)[..., perm["out"]])
+    assert moved_heads
+    assert nfc.verify(net, spec, x, channel_dim=-1).ok
+
+
+@pytest.mark.parametrize(
+    ("edit", "failed"),
+    [
+        # the values' features read as the keys' (pieces swapped): not the network's layout
+        ("[{space: qk, block_of: 0}, {space: v, block_of: 0}, {space: qk, block_of: 0}]", "qk"),
+        # every head's queries and keys permuted alike, as one space: too large a claim
+        ("[{space: qk, block_of: 0}, {space: v, block_of: 0}, 2]", "v"),
+    ],
+)
+def test_a_wrong_interleaving_is_caught(edit, failed):
+    torch.manual_seed(0)
+    net = PerHead().double()
+    text = NEOX_YAML.replace(
+        "[{space: qk, block_of: 0}, {space: qk, block_of: 0}, {space: v, block_of: 0}]", edit
+    )
+    assert text != NEOX_YAML
+    spec = nfc.WeightSpaceSpec.from_yaml(text).with_mode("hnp")
+    report = nfc.verify(net, spec, torch.randn(2, 5, C).double())
+    assert not report.ok and failed in report.failed
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "{space: v, block_of: 0}], in]",
+            "{space: v, block_of: 5}], in]",
+            r"qkv.weight.axes\[1\]\[2\]: block_of=5 must point at another axis",
+        ),
+        (
+            "{space: v, block_of: 0}], in]",
+            "{space: in, block_of: 0}], in]",
+            r"qkv.weight.axes\[1\]\[2\]: Inner\('in', 0\) needs a block space",
+        ),
+        (
+            "{space: v, block_of: 0}], in]",
+            "{space: v, block_of: 0}, 1], in]",
+            r"qkv.weight.axes\[1\]: composite .* adds up to 7 but the axis has length 6",
+        ),
+        (
+            "{space: v, block_of: 0}], in]",
+            "{space: v, at: 0}], in]",
+            r"qkv.weight.axes\[1\]: expected a space name",
+        ),
+    ],
+)
+def test_malformed_interleaved_axes_name_the_key(old, new, message):
+    text = NEOX_YAML.replace(old, new)
+    assert text != NEOX_YAML
+    with pytest.raises(SpecError, match=message):
+        nfc.WeightSpaceSpec.from_yaml(text)
+
+
+def test_pieces_reading_the_blocks_of_two_axes_are_refused():
+    two = NEOX_YAML + (
+        "  rel:          {shape: [3, 3, 4], axes: [h, h, [{space: qk, block_of: 0}, "
+        "{space: qk, block_of: 1}]]}\n"
+    )
+    with pytest.raises(SpecError, match=r"rel.axes\[2\]: .*read the blocks of axes \[0, 1\]"):
+        nfc.WeightSpaceSpec.from_yaml(two)
