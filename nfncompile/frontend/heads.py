@@ -261,9 +261,10 @@ class Family:
     columns : list of tuple
         Per piece of a head's dims that is a space, its spaces' roots in head order.
     fixed : list of tuple
-        Per split whose per-head dims stay in place (RoPE's rotated queries and keys): its
-        chunks' atoms, head after head. A label that reads them reads the heads, each head
-        a neuron of fixed positions.
+        Per split with per-head dims that stay in place (RoPE's rotated queries and keys, all of
+        a head's dims or, with partial rotary, the first of them): per head, those dims' atoms.
+        A label that reads them reads the heads, each head a neuron of fixed positions (and of
+        positions inside the blocks of its columns, where a head holds both).
     """
 
     root: int
@@ -287,9 +288,9 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
     splits (no constant per head, no parameter or input/output reads them, no op met them as
     positions: ``heads_held``) and, split by split, either each piece of a head's dims is, head
     by head, a distinct space that no other block permutation cuts (``busy``: roots of spaces
-    already in blocks or indexed inside them), or every head's dims are fixed (then the heads
-    move with their dims in place). A family that does not qualify keeps its heads in place,
-    as :func:`rewrite` reads them.
+    already in blocks or indexed inside them), or fixed in every head (then the heads move
+    with those dims in place: RoPE's rotated dims, all of a head's or the first of them). A
+    family that does not qualify keeps its heads in place, as :func:`rewrite` reads them.
     """
     p = sol.problem
     family: dict = {}
@@ -314,12 +315,18 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         fixed: list = []
         uneven = False
         for s in splits:
-            rows = [sol.roots(chunk) for chunk in s.chunks]
-            if all(r in sol.fixed_roots for row in rows for r in row):
-                fixed.append(tuple(i for chunk in s.chunks for i in sol.label_atoms(chunk)))
-                continue
-            uneven |= any(len(r) != len(rows[0]) for r in rows)
-            columns += zip(*rows)
+            rows, still = [], []  # per head: its free dims' roots; its fixed dims' atoms
+            for chunk in s.chunks:
+                atoms = sol.label_atoms(chunk)
+                rows.append(
+                    [sol.uf.find(i) for i in atoms if sol.uf.find(i) not in sol.fixed_roots]
+                )
+                still.append(tuple(i for i in atoms if sol.uf.find(i) in sol.fixed_roots))
+            if any(still):
+                fixed.append(tuple(still))
+            if any(rows):
+                uneven |= any(len(r) != len(rows[0]) for r in rows)
+                columns += zip(*rows)
         columns = list(dict.fromkeys(columns))  # q's and k's pieces: the same spaces
         seen = [r for column in columns for r in column]
         if (

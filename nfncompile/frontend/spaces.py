@@ -448,11 +448,14 @@ def _build(
                 return None
             axes[k] = Inner(label.space, row[0])
         view = p.view
-        for k in sorted((k for name, k in views if name == key), reverse=True):
-            # an axis of heads whose dims stay in place: viewed as (heads, per-head dims)
-            count, width, root = views[(key, k)]
+        viewed = sorted(k for name, k in views if name == key)
+        for n, k in reversed(list(enumerate(viewed))):
+            # an axis that reads the heads one after another: viewed as (heads, one head),
+            # the head's pieces fixed positions or positions inside its columns' blocks
+            count, layout, root = views[(key, k)]
+            width = sum(w for _, w in layout)
             view = (*(view or p.shape)[:k], count, width, *(view or p.shape)[k + 1 :])
-            axes[k : k + 1] = [infos[root].name, None]
+            axes[k : k + 1] = [infos[root].name, _head_label(layout, infos, k + n)]
             infos[root].params.append(f"{key}[{k}]")
         params.append(ParamSpec(key, p.shape, tuple(axes), view))
         for k, lab in enumerate(p.axes):
@@ -550,18 +553,17 @@ def _merge_heads(
         tags = _head_tags(sol, fam, near)
         ok = all(infos[r].role == "hidden" and infos[r].size == infos[c[0]].size
                  for c in columns for r in c)  # fmt: skip
-        found: dict = {}
+        found: dict = {}  # (param key, axis) -> the layout of one head
         for key, param in p.params.items():
             for k, lab in enumerate(param.axes):
                 atoms = sol.label_atoms(lab) if lab else []
-                width = _head_width(sol, atoms, tags, count)
-                if width and not any(r in inner_of for r in sol.roots(param.axes)):
-                    found[(key, k)] = width * count
-                elif width is None or width or not _whole_columns(sol.roots(lab), at):
+                layout = _head_pattern(sol, atoms, tags, at, count)
+                if layout and not any(r in inner_of for r in sol.roots(param.axes)):
+                    found[(key, k)] = layout
+                elif layout != 0:
                     ok = False
         for lab in io:
-            ok &= _head_width(sol, sol.label_atoms(lab), tags, count) == 0
-            ok &= _whole_columns(sol.roots(lab), at)
+            ok &= _head_pattern(sol, sol.label_atoms(lab), tags, at, count) == 0
         if not ok:
             continue
         for column in columns:
@@ -579,12 +581,13 @@ def _merge_heads(
             first.origins.sort()
         roots = [c[0] for c in columns]
         base = infos[roots[0]].name if roots else ""
-        if found:  # the heads themselves, each a neuron of its fixed dims ("<origin>.head")
+        if found:  # the heads themselves, a neuron each ("<origin>.head"): an axis that
+            # reads them one after another is viewed as (heads, one head's layout);
             # named as a space is: after the first run an op made (a parameter's axis only
             # when none is)
             runs = sorted({sol.atoms[a][0] for a, h in tags.items() if h >= 0})
             made = [r for r in runs if p.runs[r]["kind"] != "param"] or runs
-            base = p.runs[made[0]]["origin"]
+            base = p.runs[made[0]]["origin"] if made else base
             members = [sol.atoms[i] for i in sol.classes[fam.root]]
             infos[fam.root] = SpaceInfo(
                 f"{base}.head", count, "hidden", atoms=members,
@@ -592,10 +595,23 @@ def _merge_heads(
                 ops=list(dict.fromkeys(s.op for s in fam.splits)),
             )  # fmt: skip
             roots.insert(0, fam.root)
-            views.update({key: (count, n // count, fam.root) for key, n in found.items()})
+            views.update({key: (count, layout, fam.root) for key, layout in found.items()})
         if roots:
             merged.append((fam, roots, base))
     return alias, merged, views
+
+
+def _head_label(layout: tuple, infos: dict, head_axis: int) -> Any:
+    """The label of one head's axis of :func:`_head_pattern`'s ``layout``: its fixed widths as
+    ints, each column's piece the position inside the block of its block space that axis
+    ``head_axis`` (the heads) reads; ``None`` where every piece is fixed."""
+    pieces = tuple(
+        width if column is None else Inner(infos[column[0]].name, head_axis)
+        for column, width in layout
+    )
+    if all(isinstance(x, int) for x in pieces):
+        return None
+    return pieces[0] if len(pieces) == 1 else pieces
 
 
 def _fixed_ties(sol: _Solution) -> dict:
@@ -621,9 +637,8 @@ def _head_tags(sol: _Solution, fam: heads.Family, near: dict | None) -> dict:
     chunks after an elementwise op (Olmo-2's projection before its norm over every head) has
     its rows read head by head too."""
     tags: dict = {}
-    for atoms in fam.fixed:
-        per_head = len(atoms) // fam.count
-        tags.update({a: n // per_head for n, a in enumerate(atoms)})
+    for per_head in fam.fixed:
+        tags.update({a: h for h, atoms in enumerate(per_head) for a in atoms})
     queue = collections.deque(tags)
     while queue:
         a = queue.popleft()
@@ -636,22 +651,44 @@ def _head_tags(sol: _Solution, fam: heads.Family, near: dict | None) -> dict:
     return tags
 
 
-def _head_width(sol: _Solution, atoms: list, tags: dict, count: int) -> int | None:
-    """How a label of ``atoms`` reads the heads of :func:`_head_tags`: ``0`` where it holds no
-    atom of one head alone, the per-head width where it reads every head whole and in order,
-    else ``None``."""
-    heads = [tags.get(a, -1) for a in atoms]
-    if all(h < 0 for h in heads):
+def _head_pattern(sol: _Solution, atoms: list, tags: dict, at: dict, count: int) -> Any:
+    """How a label of ``atoms`` reads a family's heads: ``0`` where it reads no head alone (no
+    atom of :func:`_head_tags`' heads, its columns whole and in order), else the layout of one
+    head where it reads the heads one after another, each alike (a projection laid out per
+    head): a tuple of ``(column, width)``, ``column`` the column (of ``at``) whose block a
+    piece reads, ``None`` for fixed positions. ``None`` where it does neither.
+
+    GPT-NeoX's fused rows hold per head its queries, keys and values: ``((qk, d), (qk, d),
+    (v, d))``; with the first ``r`` of them rotated (partial rotary) ``((None, r), (qk, d -
+    r), (None, r), (qk, d - r), (v, d))``.
+    """
+    heads: list = []  # per atom: (head, column or None)
+    for a in atoms:
+        root = sol.uf.find(a)
+        if tags.get(a, -1) >= 0:
+            heads.append((tags[a], None))
+        elif root in at and root not in sol.fixed_roots:
+            heads.append((at[root][1], at[root][0]))
+        else:
+            heads.append((-1, None))
+    if all(tags.get(a, -1) < 0 for a in atoms) and _whole_columns(
+        [sol.uf.find(a) for a in atoms], at
+    ):
         return 0
-    widths = [0] * count
-    for a, h in zip(atoms, heads):
-        if h < 0:
-            return None
-        widths[h] += sol.atoms[a][2] - sol.atoms[a][1]
-    order = list(dict.fromkeys(heads))
-    if order != list(range(count)) or heads != sorted(heads) or len(set(widths)) > 1:
+    per_head: list = [[] for _ in range(count)]
+    order = [h for h, _ in heads]
+    if min(order, default=-1) < 0 or order != sorted(order) or set(order) != set(range(count)):
         return None
-    return widths[0]
+    for a, (h, column) in zip(atoms, heads):
+        width = sol.atoms[a][2] - sol.atoms[a][1]
+        pieces = per_head[h]
+        if column is None and pieces and pieces[-1][0] is None:
+            pieces[-1] = (None, pieces[-1][1] + width)
+        else:
+            pieces.append((column, width))
+    if any(p != per_head[0] for p in per_head):
+        return None
+    return tuple(per_head[0])
 
 
 def _whole_columns(roots: list, at: dict) -> bool:

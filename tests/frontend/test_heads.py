@@ -16,6 +16,7 @@ from torch import nn
 
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.spec import Inner
 from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import head_size, model_, per_head, x_
 
@@ -193,8 +194,10 @@ class _FusedPerHead(nn.Module):
     def forward(self, x):
         b, n, _ = x.shape
         y = self.qkv(x)
-        if self.how == "neox":
+        if self.how.startswith("neox"):
             q, k, v = y.view(b, n, 2, 12).transpose(1, 2).chunk(3, dim=-1)
+            if self.how == "neox_rotary":  # GPT-NeoX's own: partial rotary
+                q, k = (_partial_rotary(t, 2) for t in (q, k))
         elif self.how == "bloom":
             y = y.view(b, n, 2, 3, 4)
             q, k, v = (y[..., i, :].transpose(1, 2) for i in range(3))
@@ -210,22 +213,45 @@ class _FusedPerHead(nn.Module):
         return self.o(y.transpose(1, 2).reshape(b, n, 8))
 
 
-@pytest.mark.parametrize("how", ["neox", "bloom", "falcon", "rope"])
+@pytest.mark.parametrize("how", ["neox", "neox_rotary", "bloom", "falcon", "rope"])
 def test_a_projection_fused_per_head_gives_each_heads_values_a_space(how):
     # before: the values' slice of the per-head dims (neox, bloom) was not flattened back into
     # per-head chunks, and every head shared one permutation; with q and k fixed by RoPE, the
     # fused projection was read in blocks of a head, its 8 values fixed in them; falcon's two
-    # reshapes made 6 heads of 4 first, whose (2, 3) split unbind then fixed: 2 spaces in all
-    spec, report = trace_with_report(
-        model_(lambda: _FusedPerHead(how)), x_(2, 5, 8), channel_dim=-1
-    )
+    # reshapes made 6 heads of 4 first, whose (2, 3) split unbind then fixed: 2 spaces in all.
+    # Then the heads of a projection laid out per head stayed in place (their block spaces
+    # are interleaved along its rows); its rows are now viewed as (heads, one head's layout)
+    model = model_(lambda: _FusedPerHead(how)).double()
+    x = x_(2, 5, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok
+    if how == "rope":  # [q | k | v], each of every head: heads held, each head's values a space
+        v = spec["o.weight"].axes[1]
+        assert len(v) == 2 and len(set(v)) == 2 and {spec.spaces[s].size for s in v} == {4}
+        assert set(v) <= set(spec["qkv.weight"].axes[0])
+        assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+        return
+    assert list(spec.blocks) == ["qkv.heads"] and spec.blocks["qkv.heads"].count == 2
     v = spec["o.weight"].axes[1]
-    assert len(v) == 2 and len(set(v)) == 2 and {spec.spaces[s].size for s in v} == {4}
-    assert set(v) <= set(spec["qkv.weight"].axes[0])
-    if how != "rope":  # q and k: one space per head too
-        assert len(spec.spaces) == 2 + 2 + 2  # in, out; q and k, v per head
-    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+    assert spec.block_shape(v) == (2, 4) and spec.block_shape("qkv.head") == (2, 1)
+    qk, vv = Inner("qkv/0", 0), Inner(v, 0)
+    rows = (2, qk, 2, qk, vv) if how == "neox_rotary" else (qk, qk, vv)
+    assert spec["qkv.weight"].view == (2, 12, 8)
+    assert spec["qkv.weight"].axes == ("qkv.head", rows, "in")
+    assert spec["qkv.bias"].axes == ("qkv.head", rows)
+    assert spec.block_shape("qkv/0") == (2, 2 if how == "neox_rotary" else 4)
+    # the heads moved on the real network: its function is unchanged; the values' heads put
+    # back in place (their rows of the projection, the output's columns), it changes
+    perm = _moving(spec, "qkv.heads", torch.Generator().manual_seed(1))
+    moved = copy.deepcopy(model)
+    moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+    torch.testing.assert_close(moved(x), model(x))
+    moved.o.load_state_dict(model.o.state_dict())
+    assert (moved(x) - model(x)).abs().max() > 1e-3
+    assert nfc.WeightSpaceSpec.from_yaml(spec.to_yaml()) == spec
+    for basis in ("complete", "linear"):
+        layer = nfc.NFLinear(spec, 1, 2, basis=basis).double()
+        assert_equivariant(layer, spec, trials=2)
 
 
 class _BatchMerged(nn.Module):
@@ -303,14 +329,16 @@ class _PartialRotary(nn.Module):
 
 def test_an_interleaved_partial_rotary_keeps_each_heads_other_dims():
     # the rotary pairs asked for q's run in blocks of two, which tied every head's unrotated
-    # dims into one space of pairs; that reading's group is smaller, so the first is kept
+    # dims into one space of pairs; that reading's group is smaller, so the first is kept.
+    # Each head's rotated dims stay in place, its other 4 dims permute inside its block, and
+    # the heads move as blocks with the values' (before, they stayed in place)
     spec, report = trace_with_report(model_(_PartialRotary), x_(2, 5, 8), channel_dim=-1)
     assert report.verification.ok
-    q = spec["q.weight"].axes[0]
-    assert q == spec["k.weight"].axes[0] and len(q) == 4
-    rotated, free = q[0::2], q[1::2]
-    assert rotated == (4, 4) and len(set(free)) == 2
-    assert {spec.spaces[s].size for s in free} == {4}
+    for key in ("q.weight", "k.weight"):
+        assert spec[key].view == (2, 8, 8)
+        assert spec[key].axes == ("q.head", (4, Inner("q", 0)), "in")
+    assert spec.block_shape("q") == (2, 4) and spec.block_shape("v") == (2, 8)
+    assert spec.spaces["v"].blocks == "q.heads"
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 
@@ -427,15 +455,28 @@ def test_heads_move_as_blocks_on_the_real_network(heads):
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 
+def _partial_rotary(t: torch.Tensor, rot: int) -> torch.Tensor:
+    """RoPE (``rotate_half``) on the first ``rot`` dims of each head, the rest passed through."""
+    n = t.shape[-2]
+    t_rot, t_pass = t[..., :rot], t[..., rot:]
+    inv = 1.0 / 10000 ** (torch.arange(0, rot, 2, dtype=t.dtype) / rot)
+    angles = torch.arange(n, dtype=t.dtype)[:, None] * inv
+    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+    half = rot // 2
+    rotated = t_rot * cos + torch.cat((-t_rot[..., half:], t_rot[..., :half]), -1) * sin
+    return torch.cat((rotated, t_pass), -1)
+
+
 class _Llama(nn.Module):
     """Llama's attention: separate q, k, v and o projections without biases, 4 heads of 4,
     RoPE (``rotate_half``) on the queries and keys; ``how="per_head"`` gives each head its own
     rotation frequencies (a table with a heads dim), ``how="norm"`` norms the queries and keys
-    over every head's features before the heads are split (Olmo-2)."""
+    over every head's features before the heads are split (Olmo-2), ``how="partial"`` rotates
+    the first half of each head's dims and passes the rest (Phi, StableLM, GPT-NeoX)."""
 
     def __init__(self, how: str = "") -> None:
         super().__init__()
-        self.per_head = how == "per_head"
+        self.per_head, self.partial = how == "per_head", how == "partial"
         self.q, self.k, self.v, self.o = (nn.Linear(16, 16, bias=False) for _ in range(4))
         self.q_norm, self.k_norm = (
             nn.RMSNorm(16) if how == "norm" else nn.Identity() for _ in "qk"
@@ -445,6 +486,10 @@ class _Llama(nn.Module):
         b, n, c = x.shape
         q, k, v = self.q_norm(self.q(x)), self.k_norm(self.k(x)), self.v(x)
         q, k, v = (t.view(b, n, 4, 4).transpose(1, 2) for t in (q, k, v))
+        if self.partial:
+            q, k = (_partial_rotary(t, 2) for t in (q, k))
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.o(y.transpose(1, 2).reshape(b, n, c))
         inv = 1.0 / 10000 ** (torch.arange(0, 4, 2, dtype=x.dtype) / 4)
         if self.per_head:
             inv = inv * torch.arange(1, 5, dtype=x.dtype)[:, None, None]  # (heads, 1, 2)
@@ -459,7 +504,7 @@ class _Llama(nn.Module):
         return self.o(y.transpose(1, 2).reshape(b, n, c))
 
 
-@pytest.mark.parametrize("how", ["", "per_head", "norm"])
+@pytest.mark.parametrize("how", ["", "per_head", "norm", "partial"])
 def test_rotated_heads_move_as_blocks_with_their_features_in_place(how):
     # before: RoPE fixed the queries' and keys' features, so their projections' rows were
     # fixed and the heads stayed in place; each head is now a neuron of 4 fixed positions,
@@ -474,8 +519,10 @@ def test_rotated_heads_move_as_blocks_with_their_features_in_place(how):
         assert not spec.blocks and spec["q.weight"].axes == (None, "in")
         return
     assert list(spec.blocks) == ["q.heads"] and spec.blocks["q.heads"].count == 4
+    # partial rotary: each head's last 2 dims (not rotated) permute inside its block
+    rows = (2, Inner("q", 0)) if how == "partial" else None
     for key in ("q.weight", "k.weight"):
-        assert (spec[key].view, spec[key].axes) == ((4, 4, 16), ("q.head", None, "in"))
+        assert (spec[key].view, spec[key].axes) == ((4, 4, 16), ("q.head", rows, "in"))
     if how == "norm":
         for key in ("q_norm.weight", "k_norm.weight"):
             assert (spec[key].view, spec[key].axes) == ((4, 4), ("q.head", None))
