@@ -66,6 +66,8 @@ TORCHVISION_TASKS = ("segmentation", "video", "optical_flow")
 _STAGES = {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "num_labels": 10}
 _VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 64, "image_size": 32, "patch_size": 8}  # fmt: skip
+_TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "intermediate_size": 64, "vocab_size": 64, "max_position_embeddings": 32}  # fmt: skip
 _MOE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 64,
         "max_position_embeddings": 32, "num_experts_per_tok": 2}  # fmt: skip
@@ -164,6 +166,28 @@ TRANSFORMERS = {
         "layer_types": ["full_attention", "sliding_attention"],
         "sliding_window": 4,
     },
+    # rotary variants: partial rotary (the first part of each head's dims rotated) with
+    # separate projections (Phi, StableLM) or one laid out per head (GPT-NeoX, Persimmon),
+    # GPT-J's interleaved pairs, Falcon's legacy per-head layout
+    "GPTNeoXModel": {**_TEXT, "rotary_pct": 0.25},
+    "PhiModel": {**_TEXT, "partial_rotary_factor": 0.5},
+    "StableLmModel": {**_TEXT, "partial_rotary_factor": 0.25},
+    "PersimmonModel": {**_TEXT, "partial_rotary_factor": 0.5},
+    "GPTJModel": {
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 4,
+        "rotary_dim": 4,
+        "vocab_size": 64,
+        "n_positions": 32,
+    },
+    "FalconModel": {
+        **_TEXT,
+        "new_decoder_architecture": False,
+        "multi_query": False,
+        "parallel_attn": False,
+        "bias": True,
+    },
     "SwitchTransformersEncoderModel": {
         "d_model": 32,
         "d_kv": 8,
@@ -178,7 +202,8 @@ TRANSFORMERS = {
 }
 #: the text models among them (an input of 8 token ids)
 TEXT = ("GPT2Model", "BertModel", "MixtralModel", "Qwen2MoeModel", "DeepseekV3Model",
-        "GptOssModel", "SwitchTransformersEncoderModel")  # fmt: skip
+        "GptOssModel", "GPTNeoXModel", "PhiModel", "StableLmModel", "PersimmonModel",
+        "GPTJModel", "FalconModel", "SwitchTransformersEncoderModel")  # fmt: skip
 
 
 #: peak memory of one model's row per model weight (measured: ResNet-50 2.4 GB for 25.6M
