@@ -17,13 +17,17 @@ Where the split holds, the solver (:mod:`~nfncompile.frontend.spaces`) reads eve
 Each head's neurons then permute on their own. The heads themselves move as blocks where
 nothing meets them in place (:func:`blocks`): head ``i`` of the queries, keys and values
 together, the wreath product of the heads' permutation and the per-head ones, given to the spec
-as block spaces sharing one block permutation; where a piece is fixed in every head (RoPE's
-rotated queries and keys), the heads themselves are a space of one neuron per head in that
-block permutation, read through a view ``(heads, per-head dims)`` of the axes that hold them.
-Where something does meet them in place (a value per head such as ALiBi's slopes times the
-key positions, a mask per head, grouped key and value heads), they stay. A split whose chunks
-are tied instead (it does not hold) gives one permutation for every head: the conservative
-reading.
+as block spaces sharing one block permutation. Where an axis reads the heads one after
+another (a piece fixed in every head, RoPE's rotated queries and keys, all of a head's dims or
+the first of them; a projection laid out per head, GPT-NeoX's ``(heads, 3 * d)`` rows; dims
+every head shares), the heads themselves are a space of one neuron per head in that block
+permutation, and the axis is viewed as ``(heads, one head)``: fixed positions, positions
+inside the blocks of the block spaces, and shared spaces. Where something does meet them in
+place (a value per head such as ALiBi's slopes times the key positions, a mask per head,
+grouped key and value heads), they stay. A split whose chunks are tied instead (it does not
+hold) gives one permutation for every head: the conservative reading; where only a weight
+every head reads made it so (a norm over each head's dims, :data:`SHARED`), its heads may
+still move.
 
 :func:`check` says which holding splits cannot hold: one whose dims a tensor holds without one
 whole heads dim (heads summed, mixed by a layer, sliced), a parameter or input/output reads
@@ -219,19 +223,24 @@ def check(sol: Any, fallen: dict) -> dict:
         blocks = at == [h for h in distinct for _ in range(group)]
         return blocks and (group == 1 or group in fewer[split.id])
 
+    shared: set = set()  # splits that fall only for a weight every head reads (SHARED)
     for s in splits:
         if ("heads", s.id) in fallen:
             continue
         roots = [root for root, _ in heads_of(s)]
+        positions = any(r in sol.prefixed for r in roots) or not shared_as_met(s)
+        # a split of another split's per-head dims ((C * H * W) viewed as (C, H, W)):
+        # read with its chunks tied, which the outer split's reading then rewrites
+        nested = any(seg.run in dims_runs for chunk in s.chunks for seg in chunk)
         if s.id in p.faults:
             failed[("heads", s.id)] = p.faults[s.id]
         elif s.dims in p.labelled:
-            failed[("heads", s.id)] = "a parameter or an input/output reads its per-head dims whole"
-        elif any(r in sol.prefixed for r in roots) or not shared_as_met(s):
+            failed[("heads", s.id)] = SHARED
+            if not (positions or nested):
+                shared.add(s.id)
+        elif positions:
             failed[("heads", s.id)] = "an op reads its heads position by position"
-        elif any(seg.run in dims_runs for chunk in s.chunks for seg in chunk):
-            # a split of another split's per-head dims ((C * H * W) viewed as (C, H, W)):
-            # read with its chunks tied, which the outer split's reading then rewrites
+        elif nested:
             failed[("heads", s.id)] = "its chunks are another split's per-head dims"
     pairs = [(h, d, node, "carried") for h, d, node in p.carried]
     pairs += [(m.heads, m.split, m.node, "flattened") for m in p.merges]
@@ -239,12 +248,21 @@ def check(sol: Any, fallen: dict) -> dict:
     for f, g, node, how in pairs:
         bad = not aligned(f, g) or (how == "met" and f != g and node not in p.heads_met)
         for i in (f, g) if bad else ():
+            shared.discard(i)
             if ("heads", i) not in fallen:
                 failed.setdefault(
                     ("heads", i), f"{node}: its heads are not aligned with those it meets"
                 )
     fallen.update(failed)
+    # heads whose dims share one permutation (a norm over each head's dims, timm's q_norm)
+    # may still move: their split is read with its chunks tied, its heads in the family
+    fallen.update({("shared", i): SHARED for i in shared})
     return failed
+
+
+#: Why a split whose per-head dims a parameter (or an input/output) reads whole falls: its
+#: heads' dims share one permutation; its heads may still move as blocks (:func:`blocks`).
+SHARED = "a parameter or an input/output reads its per-head dims whole"
 
 
 @dataclass
@@ -262,9 +280,11 @@ class Family:
         Per piece of a head's dims that is a space, its spaces' roots in head order.
     fixed : list of tuple
         Per split with per-head dims that stay in place (RoPE's rotated queries and keys, all of
-        a head's dims or, with partial rotary, the first of them): per head, those dims' atoms.
-        A label that reads them reads the heads, each head a neuron of fixed positions (and of
-        positions inside the blocks of its columns, where a head holds both).
+        a head's dims or, with partial rotary, the first of them), or that every head shares
+        (a norm over each head's dims: the split's chunks tied, :data:`SHARED`): per head,
+        those dims' atoms. A label that reads them reads the heads, each head a neuron of
+        fixed positions or shared spaces (and of positions inside the blocks of its columns,
+        where a head holds those too).
     """
 
     root: int
@@ -295,7 +315,7 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
     p = sol.problem
     family: dict = {}
     for s in p.splits:
-        if ("heads", s.id) in fallen:
+        if ("heads", s.id) in fallen and ("shared", s.id) not in fallen:
             continue
         atoms = sol.atoms_in(s.heads, 0, len(s.chunks))
         root = sol.uf.find(atoms[0]) if len(atoms) == 1 else None
@@ -314,24 +334,37 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         columns: list = []  # per piece, its roots in head order
         fixed: list = []
         uneven = False
+        shared: list = []  # roots of the dims every head of a shared split holds
+        per_split = []
         for s in splits:
-            rows, still = [], []  # per head: its free dims' roots; its fixed dims' atoms
-            for chunk in s.chunks:
-                atoms = sol.label_atoms(chunk)
-                rows.append(
-                    [sol.uf.find(i) for i in atoms if sol.uf.find(i) not in sol.fixed_roots]
-                )
-                still.append(tuple(i for i in atoms if sol.uf.find(i) in sol.fixed_roots))
+            chunks = [sol.label_atoms(chunk) for chunk in s.chunks]
+            # per head: its free dims' roots
+            rows = [[r for i in a if (r := sol.uf.find(i)) not in sol.fixed_roots] for a in chunks]
+            per_split.append((s, chunks, rows))
+        tied = {r for s, _, rows in per_split if ("shared", s.id) in fallen for r in rows[0]}
+        for s, chunks, rows in per_split:
+            # every head's dims one space: a shared split's, or those it ties its chunks to
+            common = ("shared", s.id) in fallen or (
+                rows[0] and all(r == rows[0] for r in rows) and set(rows[0]) <= tied
+            )
+            # per head: the atoms of its fixed (or shared) dims
+            still = [
+                tuple(i for i in a if common or sol.uf.find(i) in sol.fixed_roots) for a in chunks
+            ]
             if any(still):
                 fixed.append(tuple(still))
-            if any(rows):
+            if common:
+                uneven |= any(r != rows[0] for r in rows)
+                shared += rows[0]
+            elif any(rows):
                 uneven |= any(len(r) != len(rows[0]) for r in rows)
                 columns += zip(*rows)
         columns = list(dict.fromkeys(columns))  # q's and k's pieces: the same spaces
         seen = [r for column in columns for r in column]
         if (
             uneven or not (columns or fixed) or len(seen) != len(set(seen))
-            or any(r in sol.fixed_roots or r in busy for r in seen)
+            or any(r in sol.fixed_roots or r in busy for r in seen + shared)
+            or set(seen) & set(shared)
         ):  # fmt: skip
             continue
         out.append(Family(root, count, splits, columns, list(dict.fromkeys(fixed))))

@@ -541,15 +541,19 @@ def _merge_heads(
     families = heads.blocks(sol, fallen, busy)
     # one weight read by several attention calls (ALBERT's layers share theirs): each call's
     # heads a family of its own over the same spaces; those heads stay in place
+    shared = {fam.root: _shared_roots(sol, fam) for fam in families}
     uses = collections.Counter(r for fam in families for c in fam.columns for r in set(c))
+    uses.update(r for fam in families for r in shared[fam.root])
     near = None  # the ties between fixed atoms, once a family with fixed splits needs them
     for fam in families:
         columns, count = fam.columns, fam.count
-        if any(uses[r] > 1 for c in columns for r in c):
+        if any(uses[r] > 1 for c in columns for r in c) or any(
+            uses[r] > 1 or r not in infos or infos[r].role != "hidden" for r in shared[fam.root]
+        ):
             continue
         at = {r: (column, i) for column in columns for i, r in enumerate(column)}
         if fam.fixed and near is None:
-            near = _fixed_ties(sol)
+            near = _fixed_ties(sol, set().union(*shared.values()))
         tags = _head_tags(sol, fam, near)
         ok = all(infos[r].role == "hidden" and infos[r].size == infos[c[0]].size
                  for c in columns for r in c)  # fmt: skip
@@ -604,9 +608,14 @@ def _merge_heads(
 def _head_label(layout: tuple, infos: dict, head_axis: int) -> Any:
     """The label of one head's axis of :func:`_head_pattern`'s ``layout``: its fixed widths as
     ints, each column's piece the position inside the block of its block space that axis
-    ``head_axis`` (the heads) reads; ``None`` where every piece is fixed."""
+    ``head_axis`` (the heads) reads, a shared space by name; ``None`` where every piece is
+    fixed."""
     pieces = tuple(
-        width if column is None else Inner(infos[column[0]].name, head_axis)
+        width
+        if column is None
+        else infos[column].name
+        if isinstance(column, int)
+        else Inner(infos[column[0]].name, head_axis)
         for column, width in layout
     )
     if all(isinstance(x, int) for x in pieces):
@@ -614,14 +623,27 @@ def _head_label(layout: tuple, infos: dict, head_axis: int) -> Any:
     return pieces[0] if len(pieces) == 1 else pieces
 
 
-def _fixed_ties(sol: _Solution) -> dict:
-    """Atom -> the atoms the solution's ties join it to, among fixed atoms."""
+def _shared_roots(sol: _Solution, fam: heads.Family) -> set:
+    """The roots of the dims every head of ``fam``'s shared splits holds (not fixed)."""
+    return {
+        sol.uf.find(a)
+        for per_head in fam.fixed
+        for atoms in per_head
+        for a in atoms
+        if sol.uf.find(a) not in sol.fixed_roots
+    }
+
+
+def _fixed_ties(sol: _Solution, shared: set) -> dict:
+    """Atom -> the atoms the solution's ties join it to, among fixed atoms and those of the
+    ``shared`` roots (dims every head of a split shares)."""
     near: dict = collections.defaultdict(list)
     for src, src_off, dst, dst_off, length, _ in sol.ties:
         pos = src_off
         while pos < src_off + length:
             i = sol.atom_id[(src, pos)]
-            if sol.uf.find(i) in sol.fixed_roots:
+            root = sol.uf.find(i)
+            if root in sol.fixed_roots or root in shared:
                 j = sol.atom_id[(dst, dst_off + pos - src_off)]
                 near[i].append(j)
                 near[j].append(i)
@@ -656,17 +678,18 @@ def _head_pattern(sol: _Solution, atoms: list, tags: dict, at: dict, count: int)
     atom of :func:`_head_tags`' heads, its columns whole and in order), else the layout of one
     head where it reads the heads one after another, each alike (a projection laid out per
     head): a tuple of ``(column, width)``, ``column`` the column (of ``at``) whose block a
-    piece reads, ``None`` for fixed positions. ``None`` where it does neither.
+    piece reads, the root of a space every head shares, or ``None`` for fixed positions.
+    ``None`` where it does neither.
 
     GPT-NeoX's fused rows hold per head its queries, keys and values: ``((qk, d), (qk, d),
     (v, d))``; with the first ``r`` of them rotated (partial rotary) ``((None, r), (qk, d -
     r), (None, r), (qk, d - r), (v, d))``.
     """
-    heads: list = []  # per atom: (head, column or None)
+    heads: list = []  # per atom: (head, its column, shared root or None)
     for a in atoms:
         root = sol.uf.find(a)
         if tags.get(a, -1) >= 0:
-            heads.append((tags[a], None))
+            heads.append((tags[a], None if root in sol.fixed_roots else root))
         elif root in at and root not in sol.fixed_roots:
             heads.append((at[root][1], at[root][0]))
         else:

@@ -86,19 +86,41 @@ def test_each_heads_queries_keys_and_values_permute_on_their_own(how):
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 
-@pytest.mark.parametrize("how", ["norm", "flip", "one_query_head", "outer"])
+@pytest.mark.parametrize("how", ["flip", "one_query_head", "outer"])
 def test_reading_queries_across_heads_gives_them_one_permutation(how):
     spec, report = trace_with_report(model_(lambda: _Heads(how)), x_(2, 5, 8), channel_dim=-1)
     assert report.verification.ok
-    q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
-    # a shared norm, reversed or broadcast heads, an outer product: every head of q meets
-    # the same features of every head of k
+    q, k, _ = (_per_head(spec, f"{p}.weight") for p in "qkv")
+    # reversed or broadcast heads, an outer product: every head of q meets the same
+    # features of every head of k
     if how == "one_query_head":  # q's first head, taken apart, meets both of k's; the other
         assert k == (q[0], q[0]) and q[1] != q[0]  # is unused: a space of its own
     else:
         assert q == k and len(set(q)) == 1
-    if how == "norm":
-        assert len(set(v)) == 2  # the values' heads are untouched by it
+
+
+def test_heads_whose_dims_one_norm_shares_still_move_as_blocks():
+    # a norm over each head's dims (timm's q_norm) gives every head's queries and keys one
+    # permutation; before, their heads then stayed in place, and the values' with them. The
+    # heads move as blocks now, the shared dims one space read through a (heads, dims) view
+    model = model_(lambda: _Heads("norm")).double()
+    x = x_(2, 5, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok
+    for key in ("q.weight", "k.weight"):
+        assert (spec[key].view, spec[key].axes) == ((2, 4, 8), ("q.head", "q", "in"))
+    assert spec["norm.weight"].axes == ("q",) and spec.spaces["q"].blocks is None
+    assert spec.spaces["q.head"].blocks == spec.spaces["v"].blocks == "q.heads"
+    assert spec.block_shape("v") == (2, 4)  # the values' heads: each its own permutation
+    perm = _moving(spec, "q.heads", torch.Generator().manual_seed(0))
+    moved = copy.deepcopy(model)
+    moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+    torch.testing.assert_close(moved(x), model(x))
+    moved.v.load_state_dict(model.v.state_dict())  # the values' heads put back alone
+    moved.o.load_state_dict(model.o.state_dict())
+    assert (moved(x) - model(x)).abs().max() > 1e-3
+    for basis in ("complete", "linear"):
+        assert_equivariant(nfc.NFLinear(spec, 1, 2, basis=basis).double(), spec, trials=2)
 
 
 def test_scores_mixed_across_heads_keep_the_values_per_head_only_where_aligned():
