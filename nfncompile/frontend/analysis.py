@@ -522,7 +522,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         heads dim: ``carried`` lists ``(heads split id, dims split id, node)`` for each such
         tensor (the two splits' heads must be aligned), and ``faults`` maps a split to why
         it cannot hold where a tensor holds its dims without one heads dim (heads summed,
-        mixed by a layer, sliced or flattened with the dims in another way).
+        mixed by a layer, sliced or flattened with the dims in another way). Beside one whole
+        heads dim, dims whose neurons span several positions each (an interleaved rotary's
+        pairs stacked and flattened, GPT-J's ``rotate_every_two``) are still each head's.
         """
         faults: dict = {}
         carried: list = []
@@ -535,7 +537,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     split, what = self.split_runs.get(s.run, (-1, ""))
                     if what != "dims":
                         continue
-                    if s.inner != 1 or len(heads) != 1:
+                    if len(heads) != 1:
                         faults.setdefault(
                             split,
                             f"{node.name} holds its per-head dims without one whole heads dim "

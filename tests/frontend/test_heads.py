@@ -477,16 +477,22 @@ def test_heads_move_as_blocks_on_the_real_network(heads):
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 
-def _partial_rotary(t: torch.Tensor, rot: int) -> torch.Tensor:
-    """RoPE (``rotate_half``) on the first ``rot`` dims of each head, the rest passed through."""
+def _partial_rotary(t: torch.Tensor, rot: int, interleaved: bool = False) -> torch.Tensor:
+    """RoPE on the first ``rot`` dims of each head, the rest passed through: ``rotate_half``
+    (Phi, GPT-NeoX), or with ``interleaved`` pairs taken by strided slices, stacked and
+    flattened (GPT-J's ``rotate_every_two``, Cohere, Helium)."""
     n = t.shape[-2]
     t_rot, t_pass = t[..., :rot], t[..., rot:]
     inv = 1.0 / 10000 ** (torch.arange(0, rot, 2, dtype=t.dtype) / rot)
     angles = torch.arange(n, dtype=t.dtype)[:, None] * inv
-    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
-    half = rot // 2
-    rotated = t_rot * cos + torch.cat((-t_rot[..., half:], t_rot[..., :half]), -1) * sin
-    return torch.cat((rotated, t_pass), -1)
+    if interleaved:
+        cos, sin = (f(angles).repeat_interleave(2, -1) for f in (torch.cos, torch.sin))
+        turned = torch.stack((-t_rot[..., 1::2], t_rot[..., ::2]), -1).flatten(-2)
+    else:
+        cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+        half = rot // 2
+        turned = torch.cat((-t_rot[..., half:], t_rot[..., :half]), -1)
+    return torch.cat((t_rot * cos + turned * sin, t_pass), -1)
 
 
 class _Llama(nn.Module):
@@ -494,11 +500,14 @@ class _Llama(nn.Module):
     RoPE (``rotate_half``) on the queries and keys; ``how="per_head"`` gives each head its own
     rotation frequencies (a table with a heads dim), ``how="norm"`` norms the queries and keys
     over every head's features before the heads are split (Olmo-2), ``how="partial"`` rotates
-    the first half of each head's dims and passes the rest (Phi, StableLM, GPT-NeoX)."""
+    the first half of each head's dims and passes the rest (Phi, StableLM, GPT-NeoX),
+    ``how="interleaved"`` rotates all of them in interleaved pairs (GPT-J's
+    ``rotate_every_two``, Cohere)."""
 
     def __init__(self, how: str = "") -> None:
         super().__init__()
-        self.per_head, self.partial = how == "per_head", how == "partial"
+        self.per_head, self.partial = how == "per_head", how in ("partial", "interleaved")
+        self.interleaved = how == "interleaved"
         self.q, self.k, self.v, self.o = (nn.Linear(16, 16, bias=False) for _ in range(4))
         self.q_norm, self.k_norm = (
             nn.RMSNorm(16) if how == "norm" else nn.Identity() for _ in "qk"
@@ -509,7 +518,8 @@ class _Llama(nn.Module):
         q, k, v = self.q_norm(self.q(x)), self.k_norm(self.k(x)), self.v(x)
         q, k, v = (t.view(b, n, 4, 4).transpose(1, 2) for t in (q, k, v))
         if self.partial:
-            q, k = (_partial_rotary(t, 2) for t in (q, k))
+            rot = 4 if self.interleaved else 2
+            q, k = (_partial_rotary(t, rot, self.interleaved) for t in (q, k))
             y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
             return self.o(y.transpose(1, 2).reshape(b, n, c))
         inv = 1.0 / 10000 ** (torch.arange(0, 4, 2, dtype=x.dtype) / 4)
@@ -526,7 +536,7 @@ class _Llama(nn.Module):
         return self.o(y.transpose(1, 2).reshape(b, n, c))
 
 
-@pytest.mark.parametrize("how", ["", "per_head", "norm", "partial"])
+@pytest.mark.parametrize("how", ["", "per_head", "norm", "partial", "interleaved"])
 def test_rotated_heads_move_as_blocks_with_their_features_in_place(how):
     # before: RoPE fixed the queries' and keys' features, so their projections' rows were
     # fixed and the heads stayed in place; each head is now a neuron of 4 fixed positions,
@@ -542,6 +552,8 @@ def test_rotated_heads_move_as_blocks_with_their_features_in_place(how):
         return
     assert list(spec.blocks) == ["q.heads"] and spec.blocks["q.heads"].count == 4
     # partial rotary: each head's last 2 dims (not rotated) permute inside its block
+    # (interleaved pairs, flattened from (pairs, 2), each pair's dims spanning two positions,
+    # made the split fall before: every head's dims one permutation, the heads in place)
     rows = (2, Inner("q", 0)) if how == "partial" else None
     for key in ("q.weight", "k.weight"):
         assert (spec[key].view, spec[key].axes) == ((4, 4, 16), ("q.head", rows, "in"))
