@@ -66,7 +66,7 @@ TORCHVISION_TASKS = ("segmentation", "video", "optical_flow")
 _STAGES = {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "num_labels": 10}
 _VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 64, "image_size": 32, "patch_size": 8}  # fmt: skip
-_TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+_TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
          "intermediate_size": 64, "vocab_size": 64, "max_position_embeddings": 32}  # fmt: skip
 _MOE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 64,
