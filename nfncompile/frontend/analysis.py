@@ -354,8 +354,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 if not (sa.run == sb.run and na == nb):
                     self.ties.append(Tie(sa.run, na, sb.run, nb, n, self.op, self._name()))
             elif self.is_heads((sa, sb)):
-                # heads meeting repeated heads (GQA): position by position, heads stay in place
-                self.hold_heads((sa, sb))
+                # heads meeting repeated heads (GQA): position by position; the family's
+                # blocks (heads.blocks) then move each key/value head with its query heads
                 for at in range(pos, end):
                     na = sa.offset + (at - pa) // sa.inner
                     nb = sb.offset + (at - pb) // sb.inner

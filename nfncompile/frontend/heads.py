@@ -22,9 +22,10 @@ another (a piece fixed in every head, RoPE's rotated queries and keys, all of a 
 the first of them; a projection laid out per head, GPT-NeoX's ``(heads, 3 * d)`` rows; dims
 every head shares), the heads themselves are a space of one neuron per head in that block
 permutation, and the axis is viewed as ``(heads, one head)``: fixed positions, positions
-inside the blocks of the block spaces, and shared spaces. Where something does meet them in
-place (a value per head such as ALiBi's slopes times the key positions, a mask per head,
-grouped key and value heads), they stay. A split whose chunks are tied instead (it does not
+inside the blocks of the block spaces, and shared spaces. Under grouped-query attention a
+block is a key/value head with the query heads that read it. Where something does meet them in
+place (a value per head such as ALiBi's slopes times the key positions, a mask per head), they
+stay. A split whose chunks are tied instead (it does not
 hold) gives one permutation for every head: the conservative reading; where only a weight
 every head reads made it so (a norm over each head's dims, :data:`SHARED`), its heads may
 still move.
@@ -58,6 +59,7 @@ Examples
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,13 +196,7 @@ def check(sol: Any, fallen: dict) -> dict:
     failed: dict = {}
 
     def heads_of(split: Any) -> list:
-        """Each head's position in the solution: (its atom's root, its offset in the atom)."""
-        starts = sol.starts[split.heads]
-        out = []
-        for pos in range(len(split.chunks)):
-            start = starts[bisect.bisect_right(starts, pos) - 1]
-            out.append((sol.uf.find(sol.atom_id[(split.heads, start)]), pos - start))
-        return out
+        return _heads_at(sol, split)
 
     def aligned(i: int, j: int) -> bool:
         """Head by head, or each of the one with fewer heads met by ``group`` heads in a row
@@ -217,11 +213,19 @@ def check(sol: Any, fallen: dict) -> dict:
         fewer[g].add(len(by_id[g].chunks) // max(1, len(by_id[f].chunks)))
 
     def shared_as_met(split: Any) -> bool:
+        """Its heads each in a place of their own, or in blocks of ``group`` in a row where
+        its dims met a split with that many times fewer heads, or where another split's heads
+        are those places, each once (GQA's key heads, met head by head by the query heads
+        where RoPE fixes their dims)."""
         at = heads_of(split)
         distinct = list(dict.fromkeys(at))
         group = len(at) // len(distinct)
         blocks = at == [h for h in distinct for _ in range(group)]
-        return blocks and (group == 1 or group in fewer[split.id])
+        return blocks and (
+            group == 1
+            or group in fewer[split.id]
+            or any(heads_of(other) == distinct for other in splits if other is not split)
+        )
 
     shared: set = set()  # splits that fall only for a weight every head reads (SHARED)
     for s in splits:
@@ -265,6 +269,16 @@ def check(sol: Any, fallen: dict) -> dict:
 SHARED = "a parameter or an input/output reads its per-head dims whole"
 
 
+def _heads_at(sol: Any, split: Any) -> list:
+    """Each head's place in the solution: (its atom's root, its offset in the atom)."""
+    starts = sol.starts[split.heads]
+    out = []
+    for pos in range(len(split.chunks)):
+        start = starts[bisect.bisect_right(starts, pos) - 1]
+        out.append((sol.uf.find(sol.atom_id[(split.heads, start)]), pos - start))
+    return out
+
+
 @dataclass
 class Family:
     """Holding splits whose heads move as blocks (:func:`blocks`).
@@ -272,10 +286,14 @@ class Family:
     Attributes
     ----------
     root : int
-        The solution's root of their heads runs.
+        The solution's root of their heads runs (of the first head's, where grouped-query
+        attention ties each key/value head to its query heads one by one).
     count : int
-        The number of heads.
+        The number of heads (of key/value heads: each a block of its query heads).
     splits : list of HeadSplit
+    units : dict
+        Split id -> how many of its heads make one block (GQA's query heads per key/value
+        head; 1 for the others).
     columns : list of tuple
         Per piece of a head's dims that is a space, its spaces' roots in head order.
     fixed : list of tuple
@@ -292,6 +310,14 @@ class Family:
     splits: list
     columns: list
     fixed: list
+    units: dict = dataclasses.field(default_factory=dict)
+    roots: tuple = ()
+
+    def chunks(self, split: Any) -> list:
+        """The labels of ``split``'s blocks, one per head of the family: its chunks joined
+        ``units[split.id]`` at a time."""
+        g = self.units.get(split.id, 1)
+        return [sum(split.chunks[j * g : (j + 1) * g], ()) for j in range(self.count)]
 
 
 def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
@@ -304,40 +330,51 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
     permutations and the heads' one (as a grouped convolution's blocks), given to the spec as
     block spaces that share one block permutation.
 
-    A family qualifies when its heads class holds only the whole heads runs of its holding
-    splits (no constant per head, no parameter or input/output reads them, no op met them as
-    positions: ``heads_held``) and, split by split, either each piece of a head's dims is, head
+    A family is the splits whose heads take the same places in the solution: head ``i`` of
+    each in one place, or, under grouped-query attention, each key/value head's place taken by
+    ``g`` query heads in a row (their chunks then join into one block). It qualifies when its
+    places hold only the heads runs of its splits (no constant per head, no parameter or
+    input/output reads them, no op met them as positions: ``heads_held``) and, split by split, either each piece of a head's dims is, head
     by head, a distinct space that no other block permutation cuts (``busy``: roots of spaces
     already in blocks or indexed inside them), or fixed in every head (then the heads move
     with those dims in place: RoPE's rotated dims, all of a head's or the first of them). A
     family that does not qualify keeps its heads in place, as :func:`rewrite` reads them.
     """
     p = sol.problem
-    family: dict = {}
+    family: dict = {}  # the roots of the heads' places -> splits
+    places: dict = {}
     for s in p.splits:
         if ("heads", s.id) in fallen and ("shared", s.id) not in fallen:
             continue
-        atoms = sol.atoms_in(s.heads, 0, len(s.chunks))
-        root = sol.uf.find(atoms[0]) if len(atoms) == 1 else None
-        family.setdefault(root, []).append(s)
+        places[s.id] = _heads_at(sol, s)
+        family.setdefault(frozenset(r for r, _ in places[s.id]), []).append(s)
     out = []
-    for root, splits in family.items():
-        members = sol.classes.get(root, []) if root is not None else []
-        count = len(splits[0].chunks)
+    for roots, splits in family.items():
+        # the places of the fewest heads, each once (a key/value head per block, under GQA),
+        # and every split's heads those places in order, each ``units`` times in a row
+        fewest = places[min(splits, key=lambda s: len(s.chunks)).id]
+        count, order = len(fewest), fewest
+        units = {s.id: len(s.chunks) // count for s in splits}
+        heads_runs = {s.heads for s in splits}
         if (
-            root is None or root in sol.prefixed or count < 2 or len(members) != len(splits)
-            or any(len(s.chunks) != count for s in splits)
-            or any(p.runs[sol.atoms[i][0]]["kind"] != "heads" for i in members)
+            count < 2 or len(set(order)) != count
+            or any(places[s.id] != [h for h in order for _ in range(units[s.id])] for s in splits)
+            or any(r in sol.prefixed for r in roots)
+            or any(p.runs[sol.atoms[i][0]]["kind"] != "heads" or sol.atoms[i][0] not in heads_runs
+                   for r in roots for i in sol.classes.get(r, []))
             or any(s.heads in p.labelled or s.heads in p.heads_held for s in splits)
         ):  # fmt: skip
             continue
+        fam = Family(
+            order[0][0], count, splits, [], [], units, tuple(dict.fromkeys(r for r, _ in order))
+        )
         columns: list = []  # per piece, its roots in head order
         fixed: list = []
         uneven = False
         shared: list = []  # roots of the dims every head of a shared split holds
         per_split = []
         for s in splits:
-            chunks = [sol.label_atoms(chunk) for chunk in s.chunks]
+            chunks = [sol.label_atoms(chunk) for chunk in fam.chunks(s)]
             # per head: its free dims' roots
             rows = [[r for i in a if (r := sol.uf.find(i)) not in sol.fixed_roots] for a in chunks]
             per_split.append((s, chunks, rows))
@@ -367,5 +404,6 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
             or set(seen) & set(shared)
         ):  # fmt: skip
             continue
-        out.append(Family(root, count, splits, columns, list(dict.fromkeys(fixed))))
+        fam.columns, fam.fixed = columns, list(dict.fromkeys(fixed))
+        out.append(fam)
     return out

@@ -600,6 +600,8 @@ def _merge_heads(
             )  # fmt: skip
             roots.insert(0, fam.root)
             views.update({key: (count, layout, fam.root) for key, layout in found.items()})
+            # grouped-query attention: each key/value head's place a root of its own
+            alias.update({r: (fam.root, j) for j, r in enumerate(fam.roots) if j})
         if roots:
             merged.append((fam, roots, base))
     return alias, merged, views

@@ -170,27 +170,46 @@ class _GroupedHeads(nn.Module):
         elif self.how == "query_pairs":
             q = q.reshape(b, 2, 2, n, 2).mean(2).repeat_interleave(2, dim=1)
             k, v = (t.repeat_interleave(2, dim=1) for t in (k, v))
-        grouped = self.how == "enable_gqa"
+        if self.how == "rotated":  # Llama's: RoPE on q and k, then enable_gqa
+            q, k = (_partial_rotary(t, 2) for t in (q, k))
+        grouped = self.how in ("enable_gqa", "rotated")
         y = nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=grouped)
         return self.o(y.transpose(1, 2).reshape(b, n, 8))
 
 
-@pytest.mark.parametrize("how", ["expand", "repeat_interleave", "enable_gqa"])
+@pytest.mark.parametrize("how", ["expand", "repeat_interleave", "enable_gqa", "rotated"])
 def test_grouped_key_value_heads_permute_with_their_query_heads(how):
     # before: repeat_interleave passed a probe that drew the identity for the two key/value
     # heads (the derived group failed verification); enable_gqa fixed every head's features;
     # expand and reshape gave every head one permutation
-    spec, report = trace_with_report(
-        model_(lambda: _GroupedHeads(how)), x_(2, 5, 8), channel_dim=-1
-    )
+    # Then the heads stayed in place; now each key/value head is a block, moved with the two
+    # query heads that read it (their rows a view (key/value heads, 2 query heads' dims))
+    model = model_(lambda: _GroupedHeads(how)).double()
+    x = x_(2, 5, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok and not report.probes
-    q, k, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
-    # a key head and the two query heads that read it: one space; each value head another
-    assert q == (k[0], k[0], k[1], k[1]) and len(set(k)) == 2
-    assert len(set(v)) == 2 and not set(v) & set(k)
-    assert spec["o.weight"].axes[1] == (v[0], v[0], v[1], v[1])
-    assert {spec.spaces[s].size for s in k + v} == {2}
-    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+    assert list(spec.blocks) == ["q.heads"] and spec.blocks["q.heads"].count == 2
+    # a key head and the two query heads that read it: one block; each value head another
+    qk, v = Inner("q", 0), Inner("v", 1)
+    if how == "rotated":  # RoPE fixes the queries' and keys' dims: each head's rows in place
+        # (and before, the query heads met their key heads only head by head: the split fell)
+        assert (spec["q.weight"].view, spec["q.weight"].axes) == ((2, 4, 8), ("q.head", None, "in"))
+        assert (spec["k.weight"].view, spec["k.weight"].axes) == ((2, 2, 8), ("q.head", None, "in"))
+    else:
+        assert spec["q.weight"].view == (2, 4, 8)
+        assert spec["q.weight"].axes == ("q.head", (qk, qk), "in")
+        assert spec["k.weight"].axes == ("q", "in")
+    assert spec["v.weight"].axes == ("v", "in")
+    assert (spec["o.weight"].view, spec["o.weight"].axes) == ((8, 2, 4), ("out", "q.head", (v, v)))
+    assert spec.block_shape("v") == (2, 2)
+    perm = _moving(spec, "q.heads", torch.Generator().manual_seed(0))
+    moved = copy.deepcopy(model)
+    moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+    torch.testing.assert_close(moved(x), model(x))
+    moved.v.load_state_dict(model.v.state_dict())  # the value heads put back alone
+    assert (moved(x) - model(x)).abs().max() > 1e-3
+    for basis in ("complete", "linear"):
+        assert_equivariant(nfc.NFLinear(spec, 1, 2, basis=basis).double(), spec, trials=2)
 
 
 @pytest.mark.parametrize("how", ["tiled", "values_tiled", "query_pairs"])

@@ -12,6 +12,7 @@ from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, fle
 
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.spec import Inner
 from tests.frontend import helpers
 from tests.frontend.helpers import model_, per_head, spaces_, x_
 
@@ -217,6 +218,14 @@ def test_flex_attention_keeps_each_heads_spaces(how):
     spec, report = trace_with_report(model, x_(2, 5, 8))
     assert report.verification.ok and not report.probes
     assert bool(report.specialised) == (how in ("checked", "block_mask"))  # shapes read
+    if how == "gqa":  # each key/value head a block, moved with its two query heads
+        assert spec["kv.weight"].axes[0] == ("q", "kv") and list(spec.blocks) == ["q.heads"]
+        qk, v = Inner("q", 0), Inner("kv", 1)
+        assert spec["q.weight"].view == (2, 4, 8)
+        assert spec["q.weight"].axes == ("q.head", (qk, qk), None)
+        assert spec["o.weight"].axes == (None, "q.head", (v, v))
+        assert spec.block_shape("q") == spec.block_shape("kv") == (2, 2)
+        return
     q = per_head(spec, spec["q.weight"].axes[0])
     k, v = np.split(np.array(per_head(spec, spec["kv.weight"].axes[0])), 2)
     assert len(set(q)) == 2 and q == tuple(k.repeat(len(q) // len(k)))  # a head's q with its k
@@ -225,7 +234,7 @@ def test_flex_attention_keeps_each_heads_spaces(how):
     # the heads move together where no mask or score_mod reads them and none is shared
     assert len(spec.blocks) == (how in ("plain", "module", "compiled", "helper", "checked", "lse"))
     # unmasked, the 5 tokens permute; a score_mod reads the head but no neuron
-    unmasked = ("plain", "module", "compiled", "helper", "checked", "gqa", "lse")
+    unmasked = ("plain", "module", "compiled", "helper", "checked", "lse")
     assert ("in" in spec.spaces) == (how in unmasked)
     assert spec["rel"].axes == (None, None)
     assert nfc.trace(model, x_(2, 5, 8)) == spec  # fx's autowrap registry left as it was
