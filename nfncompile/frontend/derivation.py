@@ -79,12 +79,13 @@ class SpaceInfo:
 class BlockInfo:
     """One derived block permutation: ``count`` blocks moved together in every one of
     ``spaces`` (each permuted inside its blocks on its own); ``ops`` link them (grouped
-    convolutions, GroupNorms)."""
+    convolutions, GroupNorms; the attention calls whose heads they are, with ``heads``)."""
 
     name: str
     count: int
     spaces: list = field(default_factory=list)
     ops: list = field(default_factory=list)
+    heads: bool = False
 
 
 @dataclass

@@ -89,6 +89,13 @@ class TraceReport:
         graph = self.derivation.graph
         return graph.graph.get("specialised", "") if graph is not None else ""
 
+    @property
+    def heads_in_place(self) -> str:
+        """Why every attention head was left in place after moving them as blocks failed the
+        verification (a constraint no rule sees); ``""`` where it did not."""
+        graph = self.derivation.graph
+        return graph.graph.get("heads_in_place", "") if graph is not None else ""
+
     def _found(self, what: str) -> list:
         graph = self.derivation.graph
         return graph.graph.get(what, []) if graph is not None else []
@@ -134,6 +141,8 @@ class TraceReport:
             if why != DICT_INPUT:
                 why = f"plain symbolic tracing failed at {why}"
             lines.append(f"traced with the example input's shapes fixed ({why})")
+        if self.heads_in_place:
+            lines.append(f"attention heads kept in place: {self.heads_in_place}")
         if self.leaf_calls:
             lines.append("kept as one call (torch.fx cannot trace their forward):")
             lines.extend(f"  {leaf}" for leaf in self.leaf_calls)

@@ -137,6 +137,7 @@ class _Problem:
     labelled: set  # runs a parameter, input/output or block-link label reads
     heads_met: set  # fx nodes at which a tie met a heads run
     heads_held: set  # heads runs that met positions where they stand
+    heads_in_place: bool = False  # every head stays in place (verification's second reading)
 
     @functools.cached_property
     def still(self) -> set:
@@ -173,6 +174,7 @@ class _Problem:
             labelled={s.run for lab in labels for s in segments(lab)},
             heads_met={d["node"] for d in edges if d["src"] in heads or d["dst"] in heads},
             heads_held=graph.graph.get("heads_held", set()),
+            heads_in_place=bool(graph.graph.get("heads_in_place")),
         )  # fmt: skip
 
 
@@ -538,7 +540,7 @@ def _merge_heads(
     alias: dict = {}
     merged: list = []
     views: dict = {}
-    families = heads.blocks(sol, fallen, busy)
+    families = [] if p.heads_in_place else heads.blocks(sol, fallen, busy)
     # one weight read by several attention calls (ALBERT's layers share theirs): each call's
     # heads a family of its own over the same spaces; those heads stay in place
     shared = {fam.root: _shared_roots(sol, fam) for fam in families}
@@ -740,7 +742,9 @@ def _name_heads(families: list, infos: dict, taken: dict) -> dict:
         while name in used:
             name += "'"
         used.add(name)
-        info = BlockInfo(name, fam.count, [], list(dict.fromkeys(s.op for s in fam.splits)))
+        info = BlockInfo(
+            name, fam.count, [], list(dict.fromkeys(s.op for s in fam.splits)), heads=True
+        )
         for root in roots:
             infos[root].blocks = name
             info.spaces.append(infos[root].name)

@@ -626,3 +626,22 @@ def test_heads_of_shared_or_grouped_projections_stay_in_place(grouped):
     assert report.verification.ok and not spec.blocks
     assert len(set(_per_head(spec, "v.weight"))) == 2  # each head's values still a space
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+def test_heads_that_fail_to_move_as_blocks_are_kept_in_place(monkeypatch):
+    # a safety net for a constraint no rule sees: with the hold that ALiBi's slopes put on the
+    # heads forgotten, moving them as blocks changes the output; the trace then keeps every
+    # head in place (verified), and the report says why, where it raised SymmetryError before
+    from nfncompile.frontend.analysis import SymmetryAnalysis
+
+    monkeypatch.setattr(SymmetryAnalysis, "hold_heads", lambda self, *labels: None)
+    spec, report = trace_with_report(model_(lambda: _Heads("alibi")), x_(2, 5, 8), channel_dim=-1)
+    assert report.verification.ok and not spec.blocks
+    assert "moving the heads of q.heads as blocks changed the output" in report.heads_in_place
+    assert "attention heads kept in place" in str(report)
+    q, _, v = (_per_head(spec, f"{p}.weight") for p in "qkv")
+    assert len(set(q)) == len(set(v)) == 2  # each head's features still its own
+    # the same model as it is: ALiBi's hold is seen, nothing to fall back from
+    monkeypatch.undo()
+    spec, report = trace_with_report(model_(lambda: _Heads("alibi")), x_(2, 5, 8), channel_dim=-1)
+    assert report.verification.ok and not spec.blocks and report.heads_in_place == ""
