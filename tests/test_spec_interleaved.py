@@ -9,7 +9,7 @@ from torch import nn
 
 import nfncompile as nfc
 from nfncompile.errors import SpecError
-from nfncompile.spec import Inner
+from nfncompile.spec import Inner, Span
 
 H, D, C = 3, 2, 4
 
@@ -134,3 +134,76 @@ def test_pieces_reading_the_blocks_of_two_axes_are_refused():
     )
     with pytest.raises(SpecError, match=r"rel.axes\[2\]: .*read the blocks of axes \[0, 1\]"):
         nfc.WeightSpaceSpec.from_yaml(two)
+
+
+SPAN_YAML = f"""\
+blocks:
+  heads: {{count: {H}}}
+spaces:
+  in:  {{size: {C}, role: input}}
+  h:   {{size: {H}, role: hidden, blocks: heads}}
+  v:   {{size: {H * D}, role: hidden, blocks: heads}}
+  out: {{size: {C}, role: output}}
+params:
+  qkv.weight:   {{shape: [{3 * H * D}, {C}], axes: [[{{space: h, span: {D}}}, {{space: h, span: {D}}}, v], in]}}
+  qkv.bias:     {{shape: [{3 * H * D}], axes: [[{{space: h, span: {D}}}, {{space: h, span: {D}}}, v]]}}
+  dense.weight: {{shape: [{C}, {H * D}], axes: [out, v]}}
+  dense.bias:   {{shape: [{C}], axes: [out]}}
+"""
+
+
+class Sliced(PerHead):
+    """One projection sliced into ``[q | k | v]`` (Phi-3), RoPE-like: each position's q and k
+    mixed with a table of the positions, fixing their features."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q, k, v = (t.view(b, s, H, D).transpose(1, 2) for t in self.qkv(x).split(H * D, dim=-1))
+        angles = torch.arange(s, dtype=x.dtype)[:, None] * torch.arange(1, D + 1, dtype=x.dtype)
+        q, k = (t * angles.cos() + t.flip(-1) * angles.sin() for t in (q, k))
+        y = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+        return self.dense(y.transpose(1, 2).reshape(b, s, H * D))
+
+
+def test_a_span_spec_round_trips_and_moves_each_neurons_positions():
+    spec = nfc.WeightSpaceSpec.from_yaml(SPAN_YAML)
+    assert spec.to_yaml() == SPAN_YAML
+    assert spec["qkv.weight"].axes[0] == (Span("h", D), Span("h", D), "v")
+    assert "(h*2|h*2|v)" in repr(spec)
+    blocks = torch.tensor([4, 5, 0, 1, 2, 3])  # v's blocks as h moves its heads
+    perm = nfc.spec.Permutation(spec, {"h": torch.tensor([2, 0, 1]), "v": blocks})
+    rows = perm.axis_index(spec["qkv.weight"].axes[0], 18)
+    assert rows[:6].tolist() == [4, 5, 0, 1, 2, 3]  # head 2's two rows first
+
+
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+def test_group_elements_leave_a_sliced_network_unchanged(mode):
+    torch.manual_seed(0)
+    net = Sliced().double()
+    spec = nfc.WeightSpaceSpec.from_yaml(SPAN_YAML).with_mode(mode)
+    x = torch.randn(2, 5, C, dtype=torch.float64)
+    assert nfc.verify(net, spec, x, channel_dim=-1).ok
+    # the queries' heads read as the values' (a span of the wrong size): caught
+    wrong = SPAN_YAML.replace(
+        f"span: {D}}}, {{space: h, span: {D}}}, v]", f"span: {D}}}, v, {{space: h, span: {D}}}]"
+    )
+    assert not nfc.verify(
+        net, nfc.WeightSpaceSpec.from_yaml(wrong).with_mode(mode), x, channel_dim=-1
+    ).ok
+
+
+@pytest.mark.parametrize(
+    ("new", "message"),
+    [
+        ("{space: h, span: 3}", r"qkv.weight.axes\[0\]: composite .* adds up to 21"),
+        ("{space: x, span: 2}", r"qkv.weight.axes\[0\]\[1\]: unknown space 'x'"),
+        ("{space: h, span: 0}", r"span must be a positive int"),
+        ("{space: h, spam: 2}", r"qkv.weight.axes\[0\]: expected a space name"),
+    ],
+)
+def test_malformed_spans_name_the_key(new, message):
+    old = "{space: h, span: 2}, v], in]"
+    text = SPAN_YAML.replace(old, new + ", v], in]", 1)
+    assert text != SPAN_YAML
+    with pytest.raises(SpecError, match=message):
+        nfc.WeightSpaceSpec.from_yaml(text)

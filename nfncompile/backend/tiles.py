@@ -13,6 +13,7 @@ the plan, the generated code and :class:`~nfncompile.nn.NFPool` all read a tile 
   most ``k`` values *within one block*), whose :attr:`Dim.tie` is the block dim.
 * An ``Inner(space, block_of)`` axis is one inner dim tied to the block dim of axis
   ``block_of``.
+* A ``Span(space, span)`` axis is the dims of ``space`` followed by a fixed dim of ``span``.
 * Everything else (``None`` labels, ``int`` pieces of composite axes, spaces the mode does not
   permute) is a fixed dim: folded into the channels.
 
@@ -50,7 +51,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..spec import Inner, WeightSpaceSpec
+from ..spec import Inner, Span, WeightSpaceSpec
 
 __all__ = [
     "Factor",
@@ -308,6 +309,12 @@ def _dims(spec: WeightSpaceSpec, mode: str, labels: tuple, shape: tuple, moving:
     for axis, (label, n) in enumerate(zip(labels, shape)):
         if label is None:
             dims.append(Dim(axis, n, None))
+            continue
+        if isinstance(label, Span):  # the space's dims, then each neuron's fixed positions
+            sub, base = _dims(spec, mode, (label.space,), (n // label.span,), moving), len(dims)
+            dims += [Dim(axis, d.size, d.factor, None if d.tie is None else d.tie + base)
+                     for d in sub]  # fmt: skip
+            dims.append(Dim(axis, label.span, None))
             continue
         space = label.space if isinstance(label, Inner) else label
         perm = permutable(spec, space, mode)

@@ -49,7 +49,7 @@ from typing import Any
 
 import networkx as nx
 
-from ..spec import Blocks, Inner, ParamSpec, Space, WeightSpaceSpec, spaces_named
+from ..spec import Blocks, Inner, ParamSpec, Space, Span, WeightSpaceSpec, spaces_named
 from . import heads
 from .derivation import (
     BlockInfo,
@@ -450,7 +450,13 @@ def _build(
                 return None
             axes[k] = Inner(label.space, row[0])
         view = p.view
-        viewed = sorted(k for name, k in views if name == key)
+        for k in (k for name, k in views if name == key and isinstance(views[name, k][1], list)):
+            # an axis that reads the heads run after run (each head's run fixed): spans
+            axes[k] = _span_label(views[(key, k)][1], infos, views[(key, k)][2])
+            infos[views[(key, k)][2]].params.append(f"{key}[{k}]")
+        viewed = sorted(
+            k for name, k in views if name == key and isinstance(views[name, k][1], tuple)
+        )
         for n, k in reversed(list(enumerate(viewed))):
             # an axis that reads the heads one after another: viewed as (heads, one head),
             # the head's pieces fixed positions or positions inside its columns' blocks
@@ -564,6 +570,8 @@ def _merge_heads(
             for k, lab in enumerate(param.axes):
                 atoms = sol.label_atoms(lab) if lab else []
                 layout = _head_pattern(sol, atoms, tags, at, count)
+                if layout is None:  # the heads read run after run: [q | k | v] under RoPE
+                    layout = _head_spans(sol, atoms, tags, at, count)
                 if layout and not any(r in inner_of for r in sol.roots(param.axes)):
                     found[(key, k)] = layout
                 elif layout != 0:
@@ -607,6 +615,63 @@ def _merge_heads(
         if roots:
             merged.append((fam, roots, base))
     return alias, merged, views
+
+
+def _head_spans(sol: _Solution, atoms: list, tags: dict, at: dict, count: int) -> list | None:
+    """How a label of ``atoms`` reads a family's heads run after run: a list of pieces,
+    ``("span", width)`` for the heads' fixed dims one head after another (each head ``width``
+    positions), ``("column", column)`` for a whole column of heads, ``("fixed", width)`` for
+    positions no head holds alone; ``None`` where it reads them otherwise or holds no span.
+
+    One projection sliced into ``[q | k | v]`` under RoPE: ``[("span", d), ("span", d),
+    ("column", v)]``.
+    """
+    roots = [sol.uf.find(a) for a in atoms]
+    width = [sol.atoms[a][2] - sol.atoms[a][1] for a in atoms]
+    pieces: list = []
+    i = 0
+    while i < len(atoms):
+        if tags.get(atoms[i], -1) >= 0:  # heads 0, 1, ..., count - 1, each its fixed dims
+            per_head, j = [0] * count, i
+            while j < len(atoms) and roots[j] in sol.fixed_roots:
+                h = tags.get(atoms[j], -1)
+                prev = tags[atoms[j - 1]] if j > i else 0
+                if h not in (prev, prev + 1) or (j == i and h):
+                    break
+                per_head[h] += width[j]
+                j += 1
+            if j == i or tags[atoms[j - 1]] != count - 1 or len(set(per_head)) > 1:
+                return None
+            pieces.append(("span", per_head[0]))
+            i = j
+        elif roots[i] in at and roots[i] not in sol.fixed_roots:
+            column, h = at[roots[i]]
+            if h or tuple(roots[i : i + len(column)]) != column:
+                return None
+            pieces.append(("column", column))
+            i += len(column)
+        elif roots[i] in sol.fixed_roots:
+            pieces.append(("fixed", width[i]))
+            i += 1
+        else:
+            return None
+    return pieces if any(what == "span" for what, _ in pieces) else None
+
+
+def _span_label(pieces: list, infos: dict, heads: int) -> Any:
+    """The label of :func:`_head_spans`' pieces: spans of the heads' space (root ``heads``),
+    block spaces by name, fixed positions as ints."""
+    out: list = []
+    for what, x in pieces:
+        if what == "span":
+            out.append(Span(infos[heads].name, x))
+        elif what == "column":
+            out.append(infos[x[0]].name)
+        elif out and isinstance(out[-1], int):
+            out[-1] += x
+        else:
+            out.append(x)
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def _head_label(layout: tuple, infos: dict, head_axis: int) -> Any:

@@ -21,6 +21,10 @@ Axis labels
     ``(heads, 3 * d, C)`` with axes ``[h, [{space: qk, block_of: 0}, {space: qk, block_of:
     0}, {space: v, block_of: 0}], c]``, holds head ``i``'s queries, keys and values in row
     ``i`` (``h`` a space of one neuron per block of the same block permutation).
+``Span("h", 8)`` (YAML ``{space: h, span: 8}``)
+    the neurons of space ``h``, each a run of 8 fixed positions (as a composite piece, or a
+    whole axis): a projection sliced into ``[q | k | v]`` whose query and key features RoPE
+    fixes holds each head's queries as one neuron of the heads' space.
 
 Block spaces
 ------------
@@ -78,6 +82,7 @@ from .labels import (
     ROLES,
     AxisLabel,
     Inner,
+    Span,
     axis_pieces,
     check_mode,
     piece_space,
@@ -95,6 +100,7 @@ __all__ = [
     "Space",
     "Blocks",
     "Inner",
+    "Span",
     "ParamSpec",
     "Tile",
     "SpaceMap",

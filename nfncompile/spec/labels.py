@@ -13,6 +13,7 @@ __all__ = [
     "MODES",
     "AxisLabel",
     "Inner",
+    "Span",
     "check_mode",
     "axis_pieces",
     "piece_space",
@@ -22,11 +23,12 @@ __all__ = [
 ROLES = ("input", "hidden", "output")
 MODES = ("np", "hnp")
 
-#: A piece of a composite axis: a space name, a number of fixed positions, or an
-#: :class:`Inner` position inside one block of a block space (the block chosen by another axis).
+#: A piece of a composite axis: a space name, a number of fixed positions, an :class:`Inner`
+#: position inside one block of a block space (the block chosen by another axis), or a
+#: :class:`Span` (a space's neurons, each a run of fixed positions).
 Piece = str | int | Any
-#: An axis label: a space name, ``None`` (fixed), a tuple of pieces (composite) or an
-#: :class:`Inner` position inside a block.
+#: An axis label: a space name, ``None`` (fixed), a tuple of pieces (composite), an
+#: :class:`Inner` position inside a block or a :class:`Span` of a space's neurons.
 AxisLabel = str | None | tuple | Any
 
 
@@ -65,6 +67,33 @@ class Inner:
         return f"Inner({self.space!r}, {self.block_of})"
 
 
+@dataclass(frozen=True)
+class Span:
+    """Composite piece (or axis label): the neurons of space ``space``, each spanning ``span``
+    consecutive fixed positions; ``size * span`` positions in all.
+
+    One projection sliced into queries, keys and values (``[q | k | v]``) whose query and key
+    features RoPE fixes holds its queries as one neuron per head (a space of the heads, moved
+    as blocks with the values') of ``head_dim`` fixed positions: ``[Span("h", d), Span("h",
+    d), "v"]``.
+
+    >>> Span("h", 4)
+    Span('h', 4)
+    """
+
+    space: str
+    span: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.space, str) or not self.space:
+            raise SpecError(f"Span: space must be a space name, got {self.space!r}")
+        if not _is_int(self.span) or self.span < 1:
+            raise SpecError(f"Span({self.space!r}): span must be a positive int, got {self.span!r}")
+
+    def __repr__(self) -> str:
+        return f"Span({self.space!r}, {self.span})"
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -72,6 +101,8 @@ def _is_int(x: Any) -> bool:
 def _freeze_axis(a: Any) -> AxisLabel:
     if isinstance(a, (list, tuple)):
         return tuple(_freeze_axis(p) if isinstance(p, Mapping) else p for p in a)
+    if isinstance(a, Mapping) and "span" in a:  # {space: h, span: 4}
+        return Span(a.get("space"), a.get("span"))
     if isinstance(a, Mapping):  # {space: c1, block_of: 0}
         return Inner(a.get("space"), a.get("block_of"))
     return a
@@ -81,10 +112,10 @@ def piece_space(p: Any) -> str | None:
     """The space a composite piece (or a simple label) names: its name, an :class:`Inner`'s
     space, ``None`` for fixed positions.
 
-    >>> piece_space("c1"), piece_space(3), piece_space(Inner("v", 0)), piece_space(None)
-    ('c1', None, 'v', None)
+    >>> piece_space("c1"), piece_space(3), piece_space(Inner("v", 0)), piece_space(Span("h", 2))
+    ('c1', None, 'v', 'h')
     """
-    if isinstance(p, Inner):
+    if isinstance(p, (Inner, Span)):
         return p.space
     return p if isinstance(p, str) else None
 
@@ -99,7 +130,7 @@ def axis_pieces(a: AxisLabel) -> tuple:
     """
     if a is None:
         return ()
-    if isinstance(a, Inner):
+    if isinstance(a, (Inner, Span)):
         return (a.space,)
     return a if isinstance(a, tuple) else (a,)
 
@@ -118,9 +149,11 @@ def _axis_str(a: AxisLabel) -> str:
     if a is None:
         return "-"
     if isinstance(a, tuple):
-        return "(" + "|".join(_axis_str(p) if isinstance(p, Inner) else str(p) for p in a) + ")"
+        return "(" + "|".join(str(p) if _is_int(p) else _axis_str(p) for p in a) + ")"
     if isinstance(a, Inner):
         return f"{a.space}@{a.block_of}"
+    if isinstance(a, Span):
+        return f"{a.space}*{a.span}"
     return a
 
 
@@ -130,4 +163,6 @@ def _axis_data(a: AxisLabel) -> Any:
         return [_axis_data(p) for p in a]
     if isinstance(a, Inner):
         return {"space": a.space, "block_of": a.block_of}
+    if isinstance(a, Span):
+        return {"space": a.space, "span": a.span}
     return a

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import SpecError
-from .labels import Inner, _axis_str, _freeze_axis, _is_int, spaces_named
+from .labels import Inner, Span, _axis_str, _freeze_axis, _is_int, spaces_named
 from .spaces import Blocks, Space
 
 __all__ = ["ParamSpec", "Tile"]
@@ -122,7 +122,8 @@ class ParamSpec:
     ) -> list[Tile]:
         """Split composite axes into :class:`Tile` s with simple labels (row-major order).
 
-        ``blocks`` gives the block counts an :class:`Inner` piece's length (one block) needs.
+        ``blocks`` gives the block counts an :class:`Inner` piece's length (one block) needs;
+        a :class:`Span` piece is its space's size times its span.
         """
         per_axis = []
         for label, n in zip(self.axes, self.labelled_shape):
@@ -132,6 +133,8 @@ class ParamSpec:
                     if isinstance(p, Inner):
                         space = spaces[p.space]
                         size = space.size // blocks[space.blocks].count
+                    elif isinstance(p, Span):
+                        size = spaces[p.space].size * p.span
                     else:
                         size = p if _is_int(p) else spaces[p].size
                     opts.append((slice(start, start + size), None if _is_int(p) else p))

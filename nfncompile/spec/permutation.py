@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import SpecError
-from .labels import AxisLabel, Inner, _is_int
+from .labels import AxisLabel, Inner, Span, _is_int
 
 if TYPE_CHECKING:
     from .weight_space import WeightSpaceSpec
@@ -97,6 +97,8 @@ class Permutation:
             return self.perms[label]
         if isinstance(label, Inner):
             return self.inner[label.space]
+        if isinstance(label, Span):
+            label = (label,)
         rows = self._block_rows(label)
         parts, start = [], 0
         for piece in label:
@@ -105,6 +107,10 @@ class Permutation:
             elif isinstance(piece, Inner):
                 part = self.inner[piece.space] + start
                 n = part.shape[1]
+            elif isinstance(piece, Span):  # each neuron's run of positions moves with it
+                perm = self.perms[piece.space]
+                part = (perm[:, None] * piece.span + torch.arange(piece.span)).reshape(-1) + start
+                n = len(part)
             else:
                 part, n = self.perms[piece] + start, len(self.perms[piece])
             if rows and part.dim() == 1:

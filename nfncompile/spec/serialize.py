@@ -110,19 +110,22 @@ def spec_fields(data: Any) -> dict:
                 a is None
                 or isinstance(a, str)
                 or _is_inner(a)
+                or _is_span(a)
                 or (
                     isinstance(a, list)
                     and a
                     and all(
-                        isinstance(p, str) or (_is_int(p) and p >= 1) or _is_inner(p) for p in a
+                        isinstance(p, str) or (_is_int(p) and p >= 1) or _is_inner(p) or _is_span(p)
+                        for p in a
                     )
                 )
             )
             if not ok:
                 raise SpecError(
                     f"{path}.axes[{i}]: expected a space name, null, a list of space "
-                    "names / positive ints / positions inside a block (composite), or "
-                    f"{{space: NAME, block_of: AXIS}} (a position inside a block), got {a!r}"
+                    "names / positive ints / positions inside a block / spans (composite), "
+                    f"{{space: NAME, block_of: AXIS}} (a position inside a block) or "
+                    f"{{space: NAME, span: N}} (its neurons, N positions each), got {a!r}"
                 )
         try:
             params.append(
@@ -186,4 +189,14 @@ def _is_inner(a: Any) -> bool:
         and set(a) == {"space", "block_of"}
         and isinstance(a["space"], str)
         and _is_int(a["block_of"])
+    )
+
+
+def _is_span(a: Any) -> bool:
+    """Whether ``a`` is the YAML form of a :class:`Span`: ``{space: NAME, span: N}``."""
+    return (
+        isinstance(a, Mapping)
+        and set(a) == {"space", "span"}
+        and isinstance(a["space"], str)
+        and _is_int(a["span"])
     )

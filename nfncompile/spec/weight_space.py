@@ -12,7 +12,7 @@ import torch
 
 from ..errors import SpecError, StateDictMismatchError
 from ..files import loads_yaml
-from .labels import Inner, _is_int, check_mode
+from .labels import Inner, Span, _is_int, check_mode
 from .params import ParamSpec
 from .permutation import Permutation
 from .serialize import spec_fields, spec_to_dict, spec_to_yaml
@@ -122,6 +122,8 @@ class WeightSpaceSpec:
             if isinstance(label, Inner):
                 self._check_inner(p, i, label, n)
                 continue
+            if isinstance(label, Span):
+                label = (label,)  # checked as a composite of one piece
             if isinstance(label, str):
                 if label not in self.spaces:
                     raise SpecError(f"{where}: unknown space {label!r}; valid: {valid} or null")
@@ -137,13 +139,19 @@ class WeightSpaceSpec:
                     total += piece
                 elif isinstance(piece, Inner):
                     total += self._check_inner(p, i, piece, None, f"{where}[{k}]")
+                elif isinstance(piece, Span):
+                    if piece.space not in self.spaces:
+                        raise SpecError(
+                            f"{where}[{k}]: unknown space {piece.space!r} in {piece!r}; valid: {valid}"
+                        )
+                    total += self.spaces[piece.space].size * piece.span
                 elif piece in self.spaces:
                     total += self.spaces[piece].size
                 else:
                     raise SpecError(
                         f"{where}: unknown composite piece {piece!r}; valid: {valid}, a positive "
-                        "int (fixed positions) or {space: NAME, block_of: AXIS} (a block's "
-                        "positions)"
+                        "int (fixed positions), {space: NAME, block_of: AXIS} (a block's "
+                        "positions) or {space: NAME, span: N} (its neurons, N positions each)"
                     )
             if total != n:
                 raise SpecError(

@@ -3,8 +3,9 @@
 Every shape pattern the basis must handle appears once: MLPs, conv kernels (fixed dims), a
 residual stream (a square weight on one space), a concatenation (composite axis with a fixed
 piece), a depthwise conv, a flatten (a view), a square composite, and block spaces (grouped,
-depthwise-multiplier and ResNeXt-style convs, a grouped conv inside its own block space, and a
-block permutation shared with the input space).
+depthwise-multiplier and ResNeXt-style convs, a grouped conv inside its own block space, a
+block permutation shared with the input space, and attention heads' composite axes:
+positions inside blocks interleaved, spans of a space's neurons).
 
 The oracle enumerates the group's orbits on (output index, input index) pairs explicitly:
 connected components of the graph whose edges are the moves of every generator (adjacent
@@ -52,6 +53,10 @@ def mlp_spec(widths: tuple, bias: bool = True) -> WeightSpaceSpec:
 
 def inner(space: str, block_of: int = 0) -> dict:
     return {"space": space, "block_of": block_of}
+
+
+def span(space: str, n: int = 2) -> dict:
+    return {"space": space, "span": n}
 
 
 SPECS = {
@@ -194,6 +199,21 @@ SPECS = {
         },
         {"heads": 2},
     ),
+    # one projection sliced into [q | k | v] whose q and k RoPE fixes: each head's queries
+    # (and keys) one neuron of the heads' space, a run of 2 fixed positions
+    "span_heads": make_spec(
+        {
+            "in": (2, "input"),
+            "h": (2, "hidden", "heads"),
+            "v": (4, "hidden", "heads"),
+            "out": (2, "output"),
+        },
+        {
+            "qkv.weight": {"shape": [12, 2], "axes": [[span("h"), span("h"), "v"], "in"]},
+            "o.weight": {"shape": [2, 4], "axes": ["out", "v"]},
+        },
+        {"heads": 2},
+    ),
 }
 
 BLOCK_SPECS = (
@@ -203,6 +223,7 @@ BLOCK_SPECS = (
     "input_blocks",
     "interleaved_heads",
     "partial_rotary",
+    "span_heads",
 )
 
 

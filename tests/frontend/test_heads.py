@@ -16,7 +16,7 @@ from torch import nn
 
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
-from nfncompile.spec import Inner
+from nfncompile.spec import Inner, Span
 from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import head_size, model_, per_head, x_
 
@@ -266,21 +266,21 @@ def test_a_projection_fused_per_head_gives_each_heads_values_a_space(how):
     x = x_(2, 5, 8).double()
     spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok
-    if how == "rope":  # [q | k | v], each of every head: heads held, each head's values a space
-        v = spec["o.weight"].axes[1]
-        assert len(v) == 2 and len(set(v)) == 2 and {spec.spaces[s].size for s in v} == {4}
-        assert set(v) <= set(spec["qkv.weight"].axes[0])
-        assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
-        return
     assert list(spec.blocks) == ["qkv.heads"] and spec.blocks["qkv.heads"].count == 2
     v = spec["o.weight"].axes[1]
     assert spec.block_shape(v) == (2, 4) and spec.block_shape("qkv.head") == (2, 1)
-    qk, vv = Inner("qkv/0", 0), Inner(v, 0)
-    rows = (2, qk, 2, qk, vv) if how == "neox_rotary" else (qk, qk, vv)
-    assert spec["qkv.weight"].view == (2, 12, 8)
-    assert spec["qkv.weight"].axes == ("qkv.head", rows, "in")
-    assert spec["qkv.bias"].axes == ("qkv.head", rows)
-    assert spec.block_shape("qkv/0") == (2, 2 if how == "neox_rotary" else 4)
+    if how == "rope":  # [q | k | v], q's and k's heads one neuron each of 4 fixed positions
+        # (Phi-3; before, the heads stayed in place there)
+        rows = (Span("qkv.head", 4), Span("qkv.head", 4), v)
+        assert spec["qkv.weight"].view is None
+        assert spec["qkv.weight"].axes == (rows, "in") and spec["qkv.bias"].axes == (rows,)
+    else:
+        qk, vv = Inner("qkv/0", 0), Inner(v, 0)
+        rows = (2, qk, 2, qk, vv) if how == "neox_rotary" else (qk, qk, vv)
+        assert spec["qkv.weight"].view == (2, 12, 8)
+        assert spec["qkv.weight"].axes == ("qkv.head", rows, "in")
+        assert spec["qkv.bias"].axes == ("qkv.head", rows)
+        assert spec.block_shape("qkv/0") == (2, 2 if how == "neox_rotary" else 4)
     # the heads moved on the real network: its function is unchanged; the values' heads put
     # back in place (their rows of the projection, the output's columns), it changes
     perm = _moving(spec, "qkv.heads", torch.Generator().manual_seed(1))
@@ -413,6 +413,14 @@ def test_heads_taken_apart_on_the_heads_dim_keep_their_spaces(kv, rotary):
         model_(lambda: _FusedHeadsTakenApart(kv, rotary)), x_(2, 5, 8), channel_dim=-1
     )
     assert report.verification.ok and not report.probes
+    if rotary and kv == 2:  # the two key/value heads move as blocks, each with its 2 query
+        # heads: q's rows a span of 8 per block, k's of 4 (RoPE fixes them), v's a block space
+        rows = (Span("qkv.head", 8), Span("qkv.head", 4), "qkv")
+        assert spec["qkv.weight"].axes == (rows, "in") and spec.block_shape("qkv") == (2, 4)
+        v = Inner("qkv", 1)
+        assert spec["o.weight"].axes == ("out", "qkv.head", (v, v))
+        assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+        return
     # the rows, one entry per head of 4 features: a space, or None (fixed, an int of rows)
     parts = spec["qkv.weight"].axes[0]
     rows = tuple(h for p in parts for h in ([None] * (p // 4) if isinstance(p, int) else [p]))
