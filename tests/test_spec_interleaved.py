@@ -13,21 +13,31 @@ from nfncompile.spec import Inner, Span
 
 H, D, C = 3, 2, 4
 
-NEOX_YAML = f"""\
-blocks:
-  heads: {{count: {H}}}
-spaces:
-  in:  {{size: {C}, role: input}}
-  h:   {{size: {H}, role: hidden, blocks: heads}}
-  qk:  {{size: {H * D}, role: hidden, blocks: heads}}
-  v:   {{size: {H * D}, role: hidden, blocks: heads}}
-  out: {{size: {C}, role: output}}
+
+def _header(*blocks: str) -> str:
+    """The spec's blocks and spaces: ``in``, the heads ``h``, ``blocks`` (each ``H`` blocks of
+    ``D``), ``out``."""
+    spaces = "".join(
+        f"  {b}:{' ' * (3 - len(b))} {{size: {H * D}, role: hidden, blocks: heads}}\n"
+        for b in blocks
+    )
+    return (
+        f"blocks:\n  heads: {{count: {H}}}\nspaces:\n  in:  {{size: {C}, role: input}}\n"
+        f"  h:   {{size: {H}, role: hidden, blocks: heads}}\n{spaces}"
+        f"  out: {{size: {C}, role: output}}\n"
+    )
+
+
+NEOX_YAML = (
+    _header("qk", "v")
+    + f"""\
 params:
   qkv.weight:   {{shape: [{3 * H * D}, {C}], view: [{H}, {3 * D}, {C}], axes: [h, [{{space: qk, block_of: 0}}, {{space: qk, block_of: 0}}, {{space: v, block_of: 0}}], in]}}
   qkv.bias:     {{shape: [{3 * H * D}], view: [{H}, {3 * D}], axes: [h, [{{space: qk, block_of: 0}}, {{space: qk, block_of: 0}}, {{space: v, block_of: 0}}]]}}
   dense.weight: {{shape: [{C}, {H * D}], axes: [out, v]}}
   dense.bias:   {{shape: [{C}], axes: [out]}}
 """
+)
 
 
 class PerHead(nn.Module):
@@ -136,20 +146,16 @@ def test_pieces_reading_the_blocks_of_two_axes_are_refused():
         nfc.WeightSpaceSpec.from_yaml(two)
 
 
-SPAN_YAML = f"""\
-blocks:
-  heads: {{count: {H}}}
-spaces:
-  in:  {{size: {C}, role: input}}
-  h:   {{size: {H}, role: hidden, blocks: heads}}
-  v:   {{size: {H * D}, role: hidden, blocks: heads}}
-  out: {{size: {C}, role: output}}
+SPAN_YAML = (
+    _header("v")
+    + f"""\
 params:
   qkv.weight:   {{shape: [{3 * H * D}, {C}], axes: [[{{space: h, span: {D}}}, {{space: h, span: {D}}}, v], in]}}
   qkv.bias:     {{shape: [{3 * H * D}], axes: [[{{space: h, span: {D}}}, {{space: h, span: {D}}}, v]]}}
   dense.weight: {{shape: [{C}, {H * D}], axes: [out, v]}}
   dense.bias:   {{shape: [{C}], axes: [out]}}
 """
+)
 
 
 class Sliced(PerHead):

@@ -182,21 +182,20 @@ def _check_keys(entry: Mapping, allowed: tuple, path: str, required: tuple = ())
             raise SpecError(f"{prefix}{key}: missing required key")
 
 
-def _is_inner(a: Any) -> bool:
-    """Whether ``a`` is the YAML form of an :class:`Inner` label: ``{space: NAME, block_of: AXIS}``."""
+def _is_piece_map(a: Any, key: str) -> bool:
+    """Whether ``a`` is ``{space: NAME, <key>: INT}``: the YAML form of an :class:`Inner`
+    (``key="block_of"``) or a :class:`Span` (``key="span"``)."""
     return (
         isinstance(a, Mapping)
-        and set(a) == {"space", "block_of"}
+        and set(a) == {"space", key}
         and isinstance(a["space"], str)
-        and _is_int(a["block_of"])
+        and _is_int(a[key])
     )
+
+
+def _is_inner(a: Any) -> bool:
+    return _is_piece_map(a, "block_of")
 
 
 def _is_span(a: Any) -> bool:
-    """Whether ``a`` is the YAML form of a :class:`Span`: ``{space: NAME, span: N}``."""
-    return (
-        isinstance(a, Mapping)
-        and set(a) == {"space", "span"}
-        and isinstance(a["space"], str)
-        and _is_int(a["span"])
-    )
+    return _is_piece_map(a, "span")
