@@ -56,12 +56,7 @@ class Inner:
     block_of: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.space, str) or not self.space:
-            raise SpecError(f"Inner: space must be a space name, got {self.space!r}")
-        if not _is_int(self.block_of) or self.block_of < 0:
-            raise SpecError(
-                f"Inner({self.space!r}): block_of must be an axis index, got {self.block_of!r}"
-            )
+        _check_piece(self, "block_of", 0, "an axis index")
 
     def __repr__(self) -> str:
         return f"Inner({self.space!r}, {self.block_of})"
@@ -85,13 +80,21 @@ class Span:
     span: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.space, str) or not self.space:
-            raise SpecError(f"Span: space must be a space name, got {self.space!r}")
-        if not _is_int(self.span) or self.span < 1:
-            raise SpecError(f"Span({self.space!r}): span must be a positive int, got {self.span!r}")
+        _check_piece(self, "span", 1, "a positive int")
 
     def __repr__(self) -> str:
         return f"Span({self.space!r}, {self.span})"
+
+
+def _check_piece(piece: Any, field: str, least: int, what: str) -> None:
+    """Validate an :class:`Inner` or :class:`Span`: a space name and an int ``field`` of at
+    least ``least`` (``what`` it must be, for the error)."""
+    kind = type(piece).__name__
+    if not isinstance(piece.space, str) or not piece.space:
+        raise SpecError(f"{kind}: space must be a space name, got {piece.space!r}")
+    value = getattr(piece, field)
+    if not _is_int(value) or value < least:
+        raise SpecError(f"{kind}({piece.space!r}): {field} must be {what}, got {value!r}")
 
 
 def _is_int(x: Any) -> bool:
