@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import ConfigError, FeatureMismatchError, SpecError, StateDictMismatchError
 from ..features import WeightSpaceFeatures
-from ..spec import WeightSpaceSpec, axis_pieces
+from ..spec import Inner, Span, WeightSpaceSpec, piece_space
 from .checks import as_features
 
 __all__ = ["IOEncoding", "sinusoidal_encoding"]
@@ -149,23 +149,35 @@ class IOEncoding(nn.Module):
         shape = p.labelled_shape
         enc = torch.zeros((len(self.roles), self.enc_dim, *shape), dtype=dtype, device=device)
         nd = len(shape)
-        for axis, (label, _) in enumerate(zip(p.axes, shape)):
+        for axis, label in enumerate(p.axes):
             start = 0
-            for piece in axis_pieces(label):
-                if isinstance(piece, int):
-                    start += piece
+            for piece in label if isinstance(label, tuple) else (label,):
+                if piece is None or isinstance(piece, int):
+                    start += piece or shape[axis]
                     continue
-                space = self.spec.spaces[piece]
+                space = self.spec.spaces[piece_space(piece)]
+                pe = sinusoidal_encoding(
+                    space.size, self.max_freq, self.num_freqs, dtype=dtype, device=device
+                ).T  # (enc_dim, size): neuron j's encoding in column j
+                ref = axis
+                if isinstance(piece, Span):  # each neuron's run of positions
+                    pe = pe.repeat_interleave(piece.span, dim=1)
+                elif isinstance(piece, Inner):  # the neuron inside the block axis ref is in
+                    ref = piece.block_of
+                    count, k = self.spec.block_shape(space.name)
+                    block = torch.arange(shape[ref], device=device) // (shape[ref] // count)
+                    pe = pe.reshape(self.enc_dim, count, k)[:, block]  # (enc_dim, n_ref, k)
+                length = pe.shape[-1]
                 if space.role in self.roles:
-                    pe = sinusoidal_encoding(
-                        space.size, self.max_freq, self.num_freqs, dtype=dtype, device=device
-                    ).T  # (enc_dim, size)
                     view = [self.enc_dim] + [1] * nd
-                    view[1 + axis] = space.size
+                    view[1 + axis] = length
+                    if ref != axis:
+                        view[1 + ref] = shape[ref]
+                        pe = pe if ref < axis else pe.transpose(1, 2)
                     index = [slice(None)] * (1 + nd)
-                    index[1 + axis] = slice(start, start + space.size)
+                    index[1 + axis] = slice(start, start + length)
                     enc[self.roles.index(space.role)][tuple(index)] += pe.reshape(view)
-                start += space.size
+                start += length
         return enc.reshape(len(self.roles) * self.enc_dim, *p.shape)
 
     def forward(self, features: WeightSpaceFeatures) -> WeightSpaceFeatures:

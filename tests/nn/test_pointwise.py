@@ -278,6 +278,34 @@ def test_io_encoding_two_axes_of_one_role_add_up():
     torch.testing.assert_close(got, pe[:, :, None] + pe[:, None, :])
 
 
+def test_io_encoding_of_pieces_inside_blocks_and_spans():
+    # an input space read inside blocks (a grouped conv on the raw input: its column i under
+    # row r is input neuron block(r) * 2 + i) and through a span (each neuron 2 positions);
+    # before, the first failed to broadcast and the second raised a KeyError on the piece
+    spec = WeightSpaceSpec.from_dict(
+        {
+            "blocks": {"g": {"count": 2}},
+            "spaces": {
+                "in": {"size": 4, "role": "input", "blocks": "g"},
+                "h": {"size": 6, "role": "hidden", "blocks": "g"},
+            },
+            "params": {
+                "gconv.weight": {"shape": [6, 2], "axes": ["h", {"space": "in", "block_of": 0}]},
+                "mix.weight": {"shape": [6, 9], "axes": ["h", [{"space": "in", "span": 2}, 1]]},
+            },
+        }
+    )
+    enc = IOEncoding(spec, channels=1, num_freqs=1)
+    pe = sinusoidal_encoding(4, 10.0, 1, dtype=torch.float64).T  # (3, 4)
+    y = enc(random_features(spec, 1, 1, gen()))
+    rows = torch.arange(6) // 3  # the block each row of h is in
+    want = torch.stack([pe[:, rows * 2], pe[:, rows * 2 + 1]], -1)  # (3, 6, 2)
+    torch.testing.assert_close(y["gconv.weight"][0, 1:], want)
+    spans = torch.cat([pe.repeat_interleave(2, dim=1), torch.zeros(3, 1, dtype=pe.dtype)], 1)
+    torch.testing.assert_close(y["mix.weight"][0, 1:], spans[:, None, :].expand(3, 6, 9))
+    assert assert_equivariant(enc, spec, in_channels=1) == 0.0  # hnp: the input stays
+
+
 @pytest.mark.parametrize("spec", [MLP, CNN], ids=["mlp", "cnn"])
 def test_io_encoding_is_hnp_but_not_np_equivariant(spec):
     enc = IOEncoding(spec, channels=2, num_freqs=3)
