@@ -217,6 +217,39 @@ def _can_move(spec: WeightSpaceSpec, factor: str) -> bool:
     return (spec.spaces[factor].size if shape is None else shape[1]) > 1
 
 
+def _exchanges(spec: WeightSpaceSpec, factor: str) -> int:
+    """How many elements other than the identity ``factor`` (a space, or a block permutation)
+    has, counted only up to 2: 1 for a space of 2 neurons or a block permutation of 2 blocks
+    (a block space's own factor is one exchange per block, drawn apart: counted as 2)."""
+    if factor in spec.blocks:
+        blocks = spec.blocks[factor]
+        return 0 if not blocks.permutable else min(blocks.count - 1, 2)
+    shape = spec.block_shape(factor)
+    if shape is not None and shape[0] > 1:
+        return 0 if shape[1] < 2 else 2
+    return min(spec.spaces[factor].size - 1, 2)
+
+
+def _moving_in(moved: list, pairs: list, trial: int) -> list:
+    """The factors a joint draw moves in ``trial``: all of ``moved`` but the one-exchange
+    factors (``pairs``), of which the ``k``-th moves where bit ``trial`` of ``k + 1`` is set.
+    Over ``len(pairs).bit_length()`` trials each of them moves in one and every two of them
+    are apart (one moved, one not) in one."""
+    if len(pairs) < 2:
+        return moved
+    held = {f for k, f in enumerate(pairs) if not (k + 1) >> trial & 1}
+    return [f for f in moved if f not in held]
+
+
+def _trial_cases(cases: list, trials: int, moved: list, pairs: list, name: str) -> list:
+    """The example inputs of a check's trials: ``trials`` of them, or for the joint check as
+    many as keep its one-exchange factors apart (:func:`_moving_in`), the inputs reused."""
+    n = trials
+    if name == "joint" and len(pairs) >= 2:
+        n = max(trials, len(pairs).bit_length())
+    return [cases[t % min(trials, len(cases))] for t in range(n)]
+
+
 def _still(spec: WeightSpaceSpec, perm: Permutation, factor: str) -> bool:
     """Whether ``perm`` leaves ``factor`` (a space, or a block permutation) in place."""
     if factor in spec.blocks:
@@ -515,7 +548,7 @@ def verify(
         """A random group element moving only ``moved``, in which every factor of ``moved``
         that can move does: a factor the draw left in place (a space of 2 neurons, a block
         permutation of 2 heads: half the time) is drawn again on its own and composed in."""
-        perm = spec.sample_permutation(gen, move=moved)
+        perm = spec.sample_permutation(gen, move=moved) if moved else spec.identity()
         for factor in moved:
             again = _can_move(spec, factor) and _still(spec, perm, factor)
             for _ in range(8 if again else 0):
@@ -530,8 +563,8 @@ def verify(
         moved_set = {s for s in spec.spaces if s in moved or spec.spaces[s].blocks in moved}
         params = [k for k in spec.names if uses[k] & moved_set]
         if size > 1 or name == "joint":
-            for x, y in cases[:trials]:
-                perm = draw(moved)
+            for t, (x, y) in enumerate(_trial_cases(cases, trials, moved, pairs, name)):
+                perm = draw(_moving_in(moved, pairs, t) if name == "joint" else moved)
                 sd, apart = _one_per_tensor(permuted_state(spec, perm, state, moved), aliases)
                 if apart:
                     return SpaceCheck(name, size, role, n + 1, math.inf, tol, False, apart, params)
@@ -550,6 +583,10 @@ def verify(
 
     uses = {p.name: p.spaces_used() for p in spec.params}
     permutable = spec.permutable_spaces()
+    # the factors of one exchange each (2 neurons, 2 blocks): a joint draw moves each of them
+    # the same way every time, which a wrong claim on two of them can pass (each swap alone
+    # breaks the function, both together do not); their joint draws keep them apart
+    pairs = [f for f in [*permutable, *spec.blocks] if _exchanges(spec, f) == 1]
     report = VerifyReport(True, 0.0, mode, dtype=str(dtype).removeprefix("torch."), note=note)
     if per_space:
         for s in permutable:

@@ -441,3 +441,46 @@ def test_a_joint_draw_moves_every_factor():
         assert not report.ok, seed
     # inside the heads the claim holds: only the blocks fail
     assert verify(model, spec, _x(4, 3), trials=1).failed == ["heads (blocks)"]
+
+
+class _Crossed(nn.Module):
+    """A hidden layer of 4 neurons and the next layer; ``extra`` unused vectors of 2 (more
+    factors of one exchange each for the draws to keep apart)."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+        for i in range(extra):
+            self.register_parameter(f"p{i}", nn.Parameter(torch.zeros(2)))
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+@pytest.mark.parametrize("extra", [0, 3])
+def test_joint_draws_keep_one_exchange_factors_apart(extra):
+    # a claim that labels the first layer's rows [a, b] and the next layer's columns [b, a]:
+    # swapping a alone (or b alone) breaks the function, swapping both does not; a joint
+    # draw moving every factor swaps both, every time, so such a claim passed the trace's
+    # joint check (found when GQA's tiled key/value heads were read in a row). The joint
+    # draws now move the one-exchange factors by the bits of their index: every two apart
+    pairs = [f"p{i}" for i in range(extra)]
+    spaces = {"in": {"size": 3, "role": "input"}, "out": {"size": 2, "role": "output"}}
+    spaces |= {s: {"size": 2, "role": "hidden"} for s in ["a", "b", *pairs]}
+    params = {
+        "a.weight": {"shape": [4, 3], "axes": [["a", "b"], "in"]},
+        "a.bias": {"shape": [4], "axes": [["a", "b"]]},
+        "b.weight": {"shape": [2, 4], "axes": ["out", ["b", "a"]]},
+        "b.bias": {"shape": [2], "axes": ["out"]},
+    }
+    params |= {p: {"shape": [2], "axes": [p]} for p in pairs}
+    torch.manual_seed(0)
+    model = _Crossed(extra)
+    wrong = nfc.WeightSpaceSpec.from_dict({"spaces": spaces, "params": params}).with_mode("hnp")
+    for seed in range(4):
+        report = verify(model, wrong, _x(4, 3), trials=2, seed=seed, per_space=False)
+        assert not report.ok, seed
+    # the honest claim (both layers [a, b]) still passes
+    params["b.weight"] = {"shape": [2, 4], "axes": ["out", ["a", "b"]]}
+    right = nfc.WeightSpaceSpec.from_dict({"spaces": spaces, "params": params}).with_mode("hnp")
+    assert verify(model, right, _x(4, 3), trials=2, per_space=False).ok
