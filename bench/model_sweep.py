@@ -188,6 +188,10 @@ TRANSFORMERS = {
         "parallel_attn": False,
         "bias": True,
     },
+    # grouped-query attention (2 key/value heads for 4 query heads), and one projection
+    # sliced into [q | k | v] under RoPE
+    "LlamaModel": {**_TEXT, "num_key_value_heads": 2},
+    "Phi3Model": {**_TEXT, "num_key_value_heads": 2, "pad_token_id": 0},
     "SwitchTransformersEncoderModel": {
         "d_model": 32,
         "d_kv": 8,
@@ -203,7 +207,8 @@ TRANSFORMERS = {
 #: the text models among them (an input of 8 token ids)
 TEXT = ("GPT2Model", "BertModel", "MixtralModel", "Qwen2MoeModel", "DeepseekV3Model",
         "GptOssModel", "GPTNeoXModel", "PhiModel", "StableLmModel", "PersimmonModel",
-        "GPTJModel", "FalconModel", "SwitchTransformersEncoderModel")  # fmt: skip
+        "GPTJModel", "FalconModel", "LlamaModel", "Phi3Model",
+        "SwitchTransformersEncoderModel")  # fmt: skip
 
 
 #: peak memory of one model's row per model weight (measured: ResNet-50 2.4 GB for 25.6M
