@@ -25,10 +25,9 @@ permutation, and the axis is viewed as ``(heads, one head)``: fixed positions, p
 inside the blocks of the block spaces, and shared spaces. Under grouped-query attention a
 block is a key/value head with the query heads that read it. Where something does meet them in
 place (a value per head such as ALiBi's slopes times the key positions, a mask per head), they
-stay. A split whose chunks are tied instead (it does not
-hold) gives one permutation for every head: the conservative reading; where only a weight
-every head reads made it so (a norm over each head's dims, :data:`SHARED`), its heads may
-still move.
+stay. A split whose chunks are tied instead (it does not hold) gives one permutation for
+every head: the conservative reading; where only a weight every head reads made it so (a
+norm over each head's dims, :data:`SHARED`), its heads may still move.
 
 :func:`check` says which holding splits cannot hold: one whose dims a tensor holds without one
 whole heads dim (heads summed, mixed by a layer, sliced), a parameter or input/output reads
@@ -334,11 +333,13 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
     each in one place, or, under grouped-query attention, each key/value head's place taken by
     ``g`` query heads in a row (their chunks then join into one block). It qualifies when its
     places hold only the heads runs of its splits (no constant per head, no parameter or
-    input/output reads them, no op met them as positions: ``heads_held``) and, split by split, either each piece of a head's dims is, head
-    by head, a distinct space that no other block permutation cuts (``busy``: roots of spaces
-    already in blocks or indexed inside them), or fixed in every head (then the heads move
-    with those dims in place: RoPE's rotated dims, all of a head's or the first of them). A
-    family that does not qualify keeps its heads in place, as :func:`rewrite` reads them.
+    input/output reads them, no op met them as positions: ``heads_held``) and, split by
+    split, each piece of a head's dims is, head by head, a distinct space that no other block
+    permutation cuts (``busy``: roots of spaces already in blocks or indexed inside them), or
+    is fixed in every head (then the heads move with those dims in place: RoPE's rotated
+    dims, all of a head's or the first of them), or is one space every head shares (a
+    :data:`SHARED` split's, or one tied to it). A family that does not qualify keeps its heads
+    in place, as :func:`rewrite` reads them.
     """
     p = sol.problem
     family: dict = {}  # the roots of the heads' places -> splits

@@ -526,16 +526,19 @@ def _merge_heads(
 ) -> tuple[dict, list, dict]:
     """Merge each movable family of attention heads (:func:`~nfncompile.frontend.heads.blocks`)
     into block spaces: one space per piece of a head's dims, cut into one block per head, and
-    where a split's per-head dims are fixed (RoPE's queries and keys) a space of the heads
-    themselves (``"<origin>.head"``, one neuron per block), read through a view of each axis
-    that holds them.
+    where an axis reads the heads one after another (fixed dims per head: RoPE's queries and
+    keys; a projection laid out per head; dims every head shares) a space of the heads
+    themselves (``"<origin>.head"``, one neuron per block), read through a view of that axis
+    or as spans of it.
 
     A family is merged only where every parameter and input/output label reads each of its
-    pieces whole, head after head in order (the block space's layout), and each of its fixed
-    splits as a whole parameter axis, head after head; else its heads stay in place. Returns
-    ``alias`` (a merged root -> (the block space's root, its head)), per merged family
-    ``(family, block space roots, base name)``, and ``views``: ``(param key, axis) ->
-    (heads, per-head width, heads space root)``. ``infos`` is updated in place.
+    pieces whole, head after head in order (the block space's layout), one head after another
+    (:func:`_head_pattern`) or run after run (:func:`_head_spans`); else its heads stay in
+    place. Returns ``alias`` (a merged root -> (the block space's root, its head)), per merged
+    family ``(family, block space roots, base name)``, and ``views``: ``(param key, axis) ->
+    (heads, layout, heads space root)``, the layout a tuple (one head's, the axis viewed as
+    ``(heads, one head)``) or a list (the spans of :func:`_head_spans`, no view). ``infos`` is
+    updated in place.
     """
     p = sol.problem
     busy = set(count_of) | set(inner_of) | {v[1] for v in inner_of.values()}
