@@ -8,7 +8,8 @@ one spec, so ``nfncompile verify`` can check the spec against it, e.g.::
 
 ``FlaxMLP`` and ``FlaxGroupedCNN`` compute what the Flax networks of ``flax_mlp.yaml`` and
 ``flax_grouped_cnn.yaml`` compute, from parameters stored in Flax's layout (kernels
-``[in, out]`` and ``[kh, kw, in_per_group, out]``) under Flax's names.
+``[in, out]`` and ``[kh, kw, in_per_group, out]``) under Flax's names. ``PerHeadAttention``
+is attention whose heads' block spaces interleave along one projection.
 """
 
 from __future__ import annotations
@@ -113,6 +114,27 @@ class FlaxGroupedCNN(nn.Module):
         return self.Dense_0(h.mean((2, 3)))
 
 
+class PerHeadAttention(nn.Module):
+    """``specs/weight_spaces/per_head_attention.yaml``: self-attention over a sequence of
+    4-feature tokens (input ``(batch, 4, tokens)``), 3 heads of 2, one projection laid out per head (GPT-NeoX's: each head's
+    queries, keys and values in turn), then an output projection and a mean over tokens."""
+
+    heads, dim = 3, 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(4, 3 * self.heads * self.dim)
+        self.dense = nn.Linear(self.heads * self.dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, 2)  # (batch, 4 channels, tokens) -> (batch, tokens, 4)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.heads, 3, self.dim).unbind(3)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.dense(y.transpose(1, 2).reshape(b, n, -1)).mean(1)
+
+
 def concat_mlp() -> ConcatMLP:
     return ConcatMLP()
 
@@ -127,3 +149,7 @@ def flax_mlp() -> FlaxMLP:
 
 def flax_grouped_cnn() -> FlaxGroupedCNN:
     return FlaxGroupedCNN()
+
+
+def per_head_attention() -> PerHeadAttention:
+    return PerHeadAttention()

@@ -112,6 +112,7 @@ SPEC_INPUTS = {
     "concat_mlp.yaml": (8, 4),
     "flax_mlp.yaml": (8, 4),
     "flax_grouped_cnn.yaml": (4, 3, 6, 6),
+    "per_head_attention.yaml": (4, 4, 5),
 }
 
 
@@ -138,6 +139,15 @@ def test_weight_space_spec_holds(name, mode, examples_on_path):
         ("concat_mlp.yaml", ("[h2, [h1, in]]", "[h2, [in, h1]]"), "h1"),  # pieces out of order
         ("flax_mlp.yaml", ("[h1, h2]", "[h2, h1]"), "h1"),  # PyTorch's [out, in] read as Flax's
         ("flax_grouped_cnn.yaml", ("{space: c1, block_of: 3}", "null"), "c1"),  # groups ignored
+        # the qkv rows' q and v pieces swapped: not the network's layout
+        (
+            "per_head_attention.yaml",
+            (
+                "[{space: qk, block_of: 0}, {space: qk, block_of: 0}, {space: v, block_of: 0}], in]",
+                "[{space: v, block_of: 0}, {space: qk, block_of: 0}, {space: qk, block_of: 0}], in]",
+            ),
+            "v",
+        ),
     ],
 )
 def test_a_wrong_label_in_a_weight_space_spec_is_caught(name, edit, failing, examples_on_path):
