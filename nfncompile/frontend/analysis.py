@@ -172,6 +172,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         #: heads runs that met positions where they stand (a constant per head, heads flattened
         #: into positions): those heads cannot move as blocks (:func:`.heads.blocks`)
         self.heads_held: set[int] = set()
+        #: (heads run, heads run): the first's heads met the second's repeated tiled (query
+        #: head i, key/value head i % count: einops' ``(r h)`` repeat), read so when merged
+        self.tiled_heads: set[tuple[int, int]] = set()
         self._constants: dict = {}  # fx node -> whether it is computed from no input or weight
         # selected chunk label -> {run of the first chunk's head splits: the same run of its own}
         self.twin_runs: dict = {}
@@ -334,6 +337,12 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             raise TraceError(
                 f"internal: tying labels of widths {label_width(a)} and {label_width(b)}"
             )
+        for once, tiled in ((a, b), (b, a)):  # heads meeting another split's heads tiled
+            if (
+                len(once) == 1 and len(tiled) > 1 and once[0].inner == tiled[0].inner == 1
+                and self.is_whole_heads(once) and self.is_whole_heads(tiled)
+            ):  # fmt: skip
+                self.tiled_heads.add((once[0].run, tiled[0].run))
         ia = ib = 0
         pa = pb = 0  # start positions of segs a[ia], b[ib]
         pos = 0
@@ -479,12 +488,14 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         h, split = self.head_splits[whole[0][0]], self.head_splits[whole[1][0]]
         if len(h.chunks) % len(split.chunks):
             return None
-        # with fewer chunks, each read by that many heads in a row (GQA's values): the check
-        # (heads.check) holds them to heads aligned so
+        # with fewer chunks, each read by that many heads in a row (GQA's values), or tiled
+        # where the heads met them so: the check (heads.check) holds them to heads aligned so
         group = len(h.chunks) // len(split.chunks)
+        tiled = (h.heads, split.heads) in self.tiled_heads
         self.head_merges.append(HeadMerge(h.id, split.id, self._name()))
         chunks = [self.slice_label(c, seg.offset, seg.offset + seg.length) for c in split.chunks]
-        return tuple(s for i in range(len(h.chunks)) for s in chunks[i // group])
+        pick = (lambda i: i % len(chunks)) if tiled else (lambda i: i // group)
+        return tuple(s for i in range(len(h.chunks)) for s in chunks[pick(i)])
 
     def _resplit(self, value: Any) -> Any:
         """``value`` (nested) with each tensor that holds some heads of a split (a proper

@@ -10,7 +10,8 @@ Where the split holds, the solver (:mod:`~nfncompile.frontend.spaces`) reads eve
   ``i`` of the other (a head's queries with the same head's keys), or, where the other has
   ``g`` times fewer heads, with its chunk ``i // g`` (grouped-query attention: a key/value
   head repeated for ``g`` query heads in a row, by ``repeat_interleave``, by ``expand`` and a
-  reshape, or by ``enable_gqa``);
+  reshape, or by ``enable_gqa``), or with its chunk ``i % count`` where :func:`check` found
+  the heads tiled (``repeat``, einops' ``(r h)``: ``("tiled", id)`` in ``fallen``);
 * a tie with anything else ties every chunk to it (a weight shared by all heads);
 * a fix or a cut of ``dims`` fixes or cuts every chunk alike.
 
@@ -149,9 +150,13 @@ def rewrite(
                 out.append((src, src_off, dst, dst_off, length, op))
                 continue
             # chunk i with chunk i // group of the one with fewer (GQA: a key/value head read
-            # by ``group`` query heads in a row)
+            # by ``group`` query heads in a row), or chunk i % small where the one with more
+            # was found to read them tiled (``("tiled", id)``: einops' ``(r h)`` repeat)
+            more = f if len(f.chunks) == big else g
+            tiled = ("tiled", more.id) in fallen
             for i in range(big):
-                cf, cg = (f.chunks[i * len(f.chunks) // big], g.chunks[i * len(g.chunks) // big])
+                j = i % small if tiled else i * small // big
+                cf, cg = (f.chunks[i], g.chunks[j]) if f is more else (f.chunks[j], g.chunks[i])
                 out += _ties(pieces(cf, src_off, length), pieces(cg, dst_off, length), op)
         else:  # a weight or neurons every head meets: each chunk tied to them
             split, off, other, other_off = (
@@ -197,12 +202,27 @@ def check(sol: Any, fallen: dict) -> dict:
     def heads_of(split: Any) -> list:
         return _heads_at(sol, split)
 
+    tiled: dict = {}  # splits found to read another's heads tiled, not yet read so
+
     def aligned(i: int, j: int) -> bool:
         """Head by head, or each of the one with fewer heads met by ``group`` heads in a row
-        of the other (as :func:`rewrite` ties their chunks)."""
-        big, small = sorted((heads_of(by_id[i]), heads_of(by_id[j])), key=len, reverse=True)
+        of the other, or tiled where :func:`rewrite` read them so (as it ties their chunks).
+        Heads that are tiled where the rewrite read them in a row are recorded in ``tiled``
+        (to be solved again)."""
+        (big_id, big), (_, small) = sorted(
+            ((k, heads_of(by_id[k])) for k in (i, j)), key=lambda kv: len(kv[1]), reverse=True
+        )
+        if len(big) % len(small):
+            return False
         group = len(big) // len(small)
-        return len(big) % len(small) == 0 and big == [h for h in small for _ in range(group)]
+        if ("tiled", big_id) in fallen:
+            return big == small * group
+        if big == [h for h in small for _ in range(group)]:
+            return True
+        if group > 1 and big == small * group and len(set(small)) == len(small):
+            tiled[("tiled", big_id)] = "its heads read another split's tiled"
+            return True
+        return False
 
     # the heads a split may share: in blocks of ``group`` in a row, where it met a split with
     # that many times fewer heads (the rewrite tied each block's chunks to one of its chunks)
@@ -219,7 +239,15 @@ def check(sol: Any, fallen: dict) -> dict:
         at = heads_of(split)
         distinct = list(dict.fromkeys(at))
         group = len(at) // len(distinct)
-        blocks = at == [h for h in distinct for _ in range(group)]
+        in_row = at == [h for h in distinct for _ in range(group)]
+        if not in_row and group > 1 and at == distinct * group:  # tiled
+            if ("tiled", split.id) not in fallen:
+                if any(heads_of(other) == distinct for other in splits if other is not split):
+                    tiled[("tiled", split.id)] = "its heads read another split's tiled"
+                    return True
+                return False
+            in_row = True
+        blocks = in_row
         return blocks and (
             group == 1
             or group in fewer[split.id]
@@ -256,6 +284,9 @@ def check(sol: Any, fallen: dict) -> dict:
                 failed.setdefault(
                     ("heads", i), f"{node}: its heads are not aligned with those it meets"
                 )
+    if tiled and not failed:  # solve again with those chunks tied tiled
+        fallen.update(tiled)
+        return tiled
     fallen.update(failed)
     # heads whose dims share one permutation (a norm over each head's dims, timm's q_norm)
     # may still move: their split is read with its chunks tied, its heads in the family
@@ -311,11 +342,15 @@ class Family:
     fixed: list
     units: dict = dataclasses.field(default_factory=dict)
     roots: tuple = ()
+    tiled: set = dataclasses.field(default_factory=set)
 
     def chunks(self, split: Any) -> list:
         """The labels of ``split``'s blocks, one per head of the family: its chunks joined
-        ``units[split.id]`` at a time."""
+        ``units[split.id]`` at a time, in a row, or every ``count``-th where it reads the
+        heads tiled (``tiled``: split ids)."""
         g = self.units.get(split.id, 1)
+        if split.id in self.tiled:
+            return [sum(split.chunks[j :: self.count], ()) for j in range(self.count)]
         return [sum(split.chunks[j * g : (j + 1) * g], ()) for j in range(self.count)]
 
 
@@ -357,18 +392,23 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         count, order = len(fewest), fewest
         units = {s.id: len(s.chunks) // count for s in splits}
         heads_runs = {s.heads for s in splits}
+        tiled = {s.id for s in splits if ("tiled", s.id) in fallen}
+        want = {
+            s.id: order * units[s.id] if s.id in tiled
+            else [h for h in order for _ in range(units[s.id])]
+            for s in splits
+        }  # fmt: skip
         if (
             count < 2 or len(set(order)) != count
-            or any(places[s.id] != [h for h in order for _ in range(units[s.id])] for s in splits)
+            or any(places[s.id] != want[s.id] for s in splits)
             or any(r in sol.prefixed for r in roots)
             or any(p.runs[sol.atoms[i][0]]["kind"] != "heads" or sol.atoms[i][0] not in heads_runs
                    for r in roots for i in sol.classes.get(r, []))
             or any(s.heads in p.labelled or s.heads in p.heads_held for s in splits)
         ):  # fmt: skip
             continue
-        fam = Family(
-            order[0][0], count, splits, [], [], units, tuple(dict.fromkeys(r for r, _ in order))
-        )
+        roots_in_order = tuple(dict.fromkeys(r for r, _ in order))
+        fam = Family(order[0][0], count, splits, [], [], units, roots_in_order, tiled)
         columns: list = []  # per piece, its roots in head order
         fixed: list = []
         uneven = False

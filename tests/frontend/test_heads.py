@@ -202,17 +202,27 @@ def test_grouped_key_value_heads_permute_with_their_query_heads(how):
     assert spec["v.weight"].axes == ("v", "in")
     assert (spec["o.weight"].view, spec["o.weight"].axes) == ((8, 2, 4), ("out", "q.head", (v, v)))
     assert spec.block_shape("v") == (2, 2)
-    perm = _moving(spec, "q.heads", torch.Generator().manual_seed(0))
-    moved = copy.deepcopy(model)
-    moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
-    torch.testing.assert_close(moved(x), model(x))
-    moved.v.load_state_dict(model.v.state_dict())  # the value heads put back alone
-    assert (moved(x) - model(x)).abs().max() > 1e-3
+    _heads_move_on_the_network(model, spec, x, "q.heads", ("v",))
     for basis in ("complete", "linear"):
         assert_equivariant(nfc.NFLinear(spec, 1, 2, basis=basis).double(), spec, trials=2)
 
 
-@pytest.mark.parametrize("how", ["tiled", "values_tiled", "query_pairs"])
+def test_tiled_key_value_heads_move_as_blocks_with_their_query_heads():
+    # ``repeat`` tiles the key/value heads (query head i reads key/value head i % 2, as
+    # einops' "b h n d -> b (r h) n d" does in x-transformers). Before, every head shared one
+    # permutation; the output's heads are now merged tiled too (o's columns v0, v1, v0, v1)
+    model = model_(lambda: _GroupedHeads("tiled")).double()
+    x = x_(2, 5, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok
+    assert list(spec.blocks) == ["q.heads"] and spec.blocks["q.heads"].count == 2
+    assert spec["q.weight"].axes == (("q", "q"), "in") and spec["k.weight"].axes == ("q", "in")
+    assert spec["o.weight"].axes == ("out", ("v", "v")) and spec["v.weight"].axes == ("v", "in")
+    _heads_move_on_the_network(model, spec, x, "q.heads", ("v",))
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+@pytest.mark.parametrize("how", ["values_tiled", "query_pairs"])
 def test_key_value_heads_read_otherwise_share_one_permutation(how):
     spec, report = trace_with_report(
         model_(lambda: _GroupedHeads(how)), x_(2, 5, 8), channel_dim=-1
@@ -464,6 +474,18 @@ class _Gpt(nn.Module):
             x = x + layer["proj"](y.transpose(1, 2).reshape(b, n, c))
             x = x + layer["out"](torch.relu(layer["fc"](x)))
         return x
+
+
+def _heads_move_on_the_network(model, spec, x, blocks: str, put_back: tuple) -> None:
+    """Moving the heads of ``blocks`` leaves ``model``'s function unchanged, and the modules
+    ``put_back`` restored alone (their heads back in place) change it."""
+    perm = _moving(spec, blocks, torch.Generator().manual_seed(0))
+    moved = copy.deepcopy(model)
+    moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+    torch.testing.assert_close(moved(x), model(x))
+    for name in put_back:
+        getattr(moved, name).load_state_dict(getattr(model, name).state_dict())
+    assert (moved(x) - model(x)).abs().max() > 1e-3
 
 
 def _moving(spec, blocks: str, generator: torch.Generator):
