@@ -214,12 +214,13 @@ def check(sol: Any, fallen: dict) -> dict:
         )
         if len(big) % len(small):
             return False
-        group = len(big) // len(small)
-        if ("tiled", big_id) in fallen:
-            return big == small * group
-        if big == [h for h in small for _ in range(group)]:
+        group, read_tiled = len(big) // len(small), ("tiled", big_id) in fallen
+        if big == _spread(small, group, read_tiled):
             return True
-        if group > 1 and big == small * group and len(set(small)) == len(small):
+        if (
+            not read_tiled and group > 1 and big == _spread(small, group, True)
+            and len(set(small)) == len(small)
+        ):  # fmt: skip
             tiled[("tiled", big_id)] = "its heads read another split's tiled"
             return True
         return False
@@ -239,20 +240,19 @@ def check(sol: Any, fallen: dict) -> dict:
         at = heads_of(split)
         distinct = list(dict.fromkeys(at))
         group = len(at) // len(distinct)
-        in_row = at == [h for h in distinct for _ in range(group)]
-        if not in_row and group > 1 and at == distinct * group:  # tiled
-            if ("tiled", split.id) not in fallen:
-                if any(heads_of(other) == distinct for other in splits if other is not split):
-                    tiled[("tiled", split.id)] = "its heads read another split's tiled"
-                    return True
-                return False
-            in_row = True
-        blocks = in_row
-        return blocks and (
-            group == 1
-            or group in fewer[split.id]
-            or any(heads_of(other) == distinct for other in splits if other is not split)
-        )
+
+        def taken_once() -> bool:  # another split's heads take those places, each once
+            return any(heads_of(other) == distinct for other in splits if other is not split)
+
+        read_tiled = ("tiled", split.id) in fallen
+        if at == _spread(distinct, group, False) or (
+            read_tiled and at == _spread(distinct, group, True)
+        ):
+            return group == 1 or group in fewer[split.id] or taken_once()
+        if group > 1 and at == _spread(distinct, group, True) and taken_once():
+            tiled[("tiled", split.id)] = "its heads read another split's tiled"
+            return True
+        return False
 
     shared: set = set()  # splits that fall only for a weight every head reads (SHARED)
     for s in splits:
@@ -299,6 +299,12 @@ def check(sol: Any, fallen: dict) -> dict:
 SHARED = "a parameter or an input/output reads its per-head dims whole"
 
 
+def _spread(places: list, times: int, tiled: bool) -> list:
+    """``places`` each ``times`` times: in a row (``[a, a, b, b]``: ``repeat_interleave``), or
+    the whole list ``times`` times where ``tiled`` (``[a, b, a, b]``: ``repeat``)."""
+    return places * times if tiled else [h for h in places for _ in range(times)]
+
+
 def _heads_at(sol: Any, split: Any) -> list:
     """Each head's place in the solution: (its atom's root, its offset in the atom)."""
     starts = sol.starts[split.heads]
@@ -315,9 +321,10 @@ class Family:
 
     Attributes
     ----------
-    root : int
-        The solution's root of their heads runs (of the first head's, where grouped-query
-        attention ties each key/value head to its query heads one by one).
+    roots : tuple of int
+        The solution's roots of their heads' places, in head order: one (the heads runs' class)
+        or, where grouped-query attention ties each key/value head to its query heads one by
+        one, one per key/value head. :attr:`root` is the first.
     count : int
         The number of heads (of key/value heads: each a block of its query heads).
     splits : list of HeadSplit
@@ -335,14 +342,18 @@ class Family:
         where a head holds those too).
     """
 
-    root: int
+    roots: tuple
     count: int
     splits: list
     columns: list
     fixed: list
     units: dict = dataclasses.field(default_factory=dict)
-    roots: tuple = ()
     tiled: set = dataclasses.field(default_factory=set)
+
+    @property
+    def root(self) -> int:
+        """The root of the first head's place: the heads' space is named after it."""
+        return self.roots[0]
 
     def chunks(self, split: Any) -> list:
         """The labels of ``split``'s blocks, one per head of the family: its chunks joined
@@ -393,22 +404,16 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         units = {s.id: len(s.chunks) // count for s in splits}
         heads_runs = {s.heads for s in splits}
         tiled = {s.id for s in splits if ("tiled", s.id) in fallen}
-        want = {
-            s.id: order * units[s.id] if s.id in tiled
-            else [h for h in order for _ in range(units[s.id])]
-            for s in splits
-        }  # fmt: skip
         if (
             count < 2 or len(set(order)) != count
-            or any(places[s.id] != want[s.id] for s in splits)
+            or any(places[s.id] != _spread(order, units[s.id], s.id in tiled) for s in splits)
             or any(r in sol.prefixed for r in roots)
             or any(p.runs[sol.atoms[i][0]]["kind"] != "heads" or sol.atoms[i][0] not in heads_runs
                    for r in roots for i in sol.classes.get(r, []))
             or any(s.heads in p.labelled or s.heads in p.heads_held for s in splits)
         ):  # fmt: skip
             continue
-        roots_in_order = tuple(dict.fromkeys(r for r, _ in order))
-        fam = Family(order[0][0], count, splits, [], [], units, roots_in_order, tiled)
+        fam = Family(tuple(dict.fromkeys(r for r, _ in order)), count, splits, [], [], units, tiled)
         columns: list = []  # per piece, its roots in head order
         fixed: list = []
         uneven = False

@@ -426,13 +426,9 @@ def _build(
                 pieces.append(_InnerRef(infos[indexed].name, infos[row].name))
             elif root in infos:
                 pieces.append(infos[root].name)
-            elif pieces and isinstance(pieces[-1], int):
-                pieces[-1] += b - a
             else:
                 pieces.append(b - a)
-        if all(isinstance(p, int) for p in pieces):
-            return None
-        return pieces[0] if len(pieces) == 1 else tuple(pieces)
+        return _as_label(pieces)
 
     params = []
     for key, p in problem.params.items():
@@ -664,17 +660,8 @@ def _head_spans(sol: _Solution, atoms: list, tags: dict, at: dict, count: int) -
 def _span_label(pieces: list, infos: dict, heads: int) -> Any:
     """The label of :func:`_head_spans`' pieces: spans of the heads' space (root ``heads``),
     block spaces by name, fixed positions as ints."""
-    out: list = []
-    for what, x in pieces:
-        if what == "span":
-            out.append(Span(infos[heads].name, x))
-        elif what == "column":
-            out.append(infos[x[0]].name)
-        elif out and isinstance(out[-1], int):
-            out[-1] += x
-        else:
-            out.append(x)
-    return out[0] if len(out) == 1 else tuple(out)
+    names = {"span": lambda w: Span(infos[heads].name, w), "column": lambda c: infos[c[0]].name}
+    return _as_label([names[what](x) if what in names else x for what, x in pieces])
 
 
 def _head_label(layout: tuple, infos: dict, head_axis: int) -> Any:
@@ -682,17 +669,35 @@ def _head_label(layout: tuple, infos: dict, head_axis: int) -> Any:
     ints, each column's piece the position inside the block of its block space that axis
     ``head_axis`` (the heads) reads, a shared space by name; ``None`` where every piece is
     fixed."""
-    pieces = tuple(
-        width
-        if column is None
-        else infos[column].name
-        if isinstance(column, int)
-        else Inner(infos[column[0]].name, head_axis)
-        for column, width in layout
+    return _as_label(
+        [
+            width
+            if column is None
+            else infos[column].name
+            if isinstance(column, int)
+            else Inner(infos[column[0]].name, head_axis)
+            for column, width in layout
+        ]
     )
-    if all(isinstance(x, int) for x in pieces):
+
+
+def _as_label(pieces: list) -> Any:
+    """An axis label of ``pieces`` (space names, :class:`Inner` or :class:`Span` pieces, ints
+    of fixed positions): consecutive ints joined, ``None`` where every piece is fixed, the one
+    piece where there is one, else the composite.
+
+    >>> _as_label([2, 3]), _as_label(["c1", 2, 3]), _as_label(["c1"])
+    (None, ('c1', 5), 'c1')
+    """
+    out: list = []
+    for x in pieces:
+        if isinstance(x, int) and out and isinstance(out[-1], int):
+            out[-1] += x
+        else:
+            out.append(x)
+    if all(isinstance(x, int) for x in out):
         return None
-    return pieces[0] if len(pieces) == 1 else pieces
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def _shared_roots(sol: _Solution, fam: heads.Family) -> set:
@@ -758,17 +763,15 @@ def _head_pattern(sol: _Solution, atoms: list, tags: dict, at: dict, count: int)
     r), (None, r), (qk, d - r), (v, d))``.
     """
     heads: list = []  # per atom: (head, its column, shared root or None)
-    for a in atoms:
-        root = sol.uf.find(a)
+    roots = [sol.uf.find(a) for a in atoms]
+    for a, root in zip(atoms, roots):
         if tags.get(a, -1) >= 0:
             heads.append((tags[a], None if root in sol.fixed_roots else root))
         elif root in at and root not in sol.fixed_roots:
             heads.append((at[root][1], at[root][0]))
         else:
             heads.append((-1, None))
-    if all(tags.get(a, -1) < 0 for a in atoms) and _whole_columns(
-        [sol.uf.find(a) for a in atoms], at
-    ):
+    if all(tags.get(a, -1) < 0 for a in atoms) and _whole_columns(roots, at):
         return 0
     per_head: list = [[] for _ in range(count)]
     order = [h for h, _ in heads]

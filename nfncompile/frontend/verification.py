@@ -210,11 +210,7 @@ FLOAT32_RTOL = 1e-4
 def _can_move(spec: WeightSpaceSpec, factor: str) -> bool:
     """Whether ``factor`` (a space or a block permutation of ``spec``) has more than one
     element: more than one block or neuron to exchange, and permutable."""
-    if factor in spec.blocks:
-        blocks = spec.blocks[factor]
-        return blocks.permutable and blocks.count > 1
-    shape = spec.block_shape(factor)
-    return (spec.spaces[factor].size if shape is None else shape[1]) > 1
+    return _exchanges(spec, factor) > 0
 
 
 def _exchanges(spec: WeightSpaceSpec, factor: str) -> int:
@@ -241,7 +237,7 @@ def _moving_in(moved: list, pairs: list, trial: int) -> list:
     return [f for f in moved if f not in held]
 
 
-def _trial_cases(cases: list, trials: int, moved: list, pairs: list, name: str) -> list:
+def _trial_cases(cases: list, trials: int, pairs: list, name: str) -> list:
     """The example inputs of a check's trials: ``trials`` of them, or for the joint check as
     many as keep its one-exchange factors apart (:func:`_moving_in`), the inputs reused."""
     n = trials
@@ -563,7 +559,7 @@ def verify(
         moved_set = {s for s in spec.spaces if s in moved or spec.spaces[s].blocks in moved}
         params = [k for k in spec.names if uses[k] & moved_set]
         if size > 1 or name == "joint":
-            for t, (x, y) in enumerate(_trial_cases(cases, trials, moved, pairs, name)):
+            for t, (x, y) in enumerate(_trial_cases(cases, trials, pairs, name)):
                 perm = draw(_moving_in(moved, pairs, t) if name == "joint" else moved)
                 sd, apart = _one_per_tensor(permuted_state(spec, perm, state, moved), aliases)
                 if apart:

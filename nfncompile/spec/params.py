@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import SpecError
 from .labels import Inner, Span, _axis_str, _freeze_axis, _is_int, spaces_named
@@ -130,13 +131,7 @@ class ParamSpec:
             if isinstance(label, tuple):
                 opts, start = [], 0
                 for p in label:
-                    if isinstance(p, Inner):
-                        space = spaces[p.space]
-                        size = space.size // blocks[space.blocks].count
-                    elif isinstance(p, Span):
-                        size = spaces[p.space].size * p.span
-                    else:
-                        size = p if _is_int(p) else spaces[p].size
+                    size = piece_size(p, spaces, blocks)
                     opts.append((slice(start, start + size), None if _is_int(p) else p))
                     start += size
                 per_axis.append(opts)
@@ -164,6 +159,26 @@ class ParamSpec:
         labels = ", ".join(_axis_str(a) for a in self.axes)
         view = "" if self.view is None else f"->{self.view}"
         return f"{self.name}{self.shape}{view}[{labels}]"
+
+
+def piece_size(
+    piece: Any, spaces: Mapping[str, Space], blocks: Mapping[str, Blocks] | None = None
+) -> int:
+    """Positions a composite piece covers: an int's own count, a space's size, one block of
+    an :class:`Inner` position's space (``blocks`` gives the block counts), a :class:`Span`'s
+    space size times its span.
+
+    >>> piece_size(Span("h", 4), {"h": Space("h", 3, "hidden")})
+    12
+    """
+    if _is_int(piece):
+        return piece
+    if isinstance(piece, Inner):
+        space = spaces[piece.space]
+        return space.size // blocks[space.blocks].count
+    if isinstance(piece, Span):
+        return spaces[piece.space].size * piece.span
+    return spaces[piece].size
 
 
 def _product(lists: list) -> list:

@@ -13,7 +13,7 @@ import torch
 from ..errors import SpecError, StateDictMismatchError
 from ..files import loads_yaml
 from .labels import Inner, Span, _is_int, check_mode
-from .params import ParamSpec
+from .params import ParamSpec, piece_size
 from .permutation import Permutation
 from .serialize import spec_fields, spec_to_dict, spec_to_yaml
 from .spaces import Blocks, Space, SpaceMap
@@ -133,26 +133,20 @@ class WeightSpaceSpec:
                         f"has length {n}"
                     )
                 continue
-            total = 0
             for k, piece in enumerate(label):
-                if _is_int(piece):
-                    total += piece
-                elif isinstance(piece, Inner):
-                    total += self._check_inner(p, i, piece, None, f"{where}[{k}]")
-                elif isinstance(piece, Span):
-                    if piece.space not in self.spaces:
-                        raise SpecError(
-                            f"{where}[{k}]: unknown space {piece.space!r} in {piece!r}; valid: {valid}"
-                        )
-                    total += self.spaces[piece.space].size * piece.span
-                elif piece in self.spaces:
-                    total += self.spaces[piece].size
-                else:
+                if isinstance(piece, Inner):
+                    self._check_inner(p, i, piece, None, f"{where}[{k}]")
+                elif isinstance(piece, Span) and piece.space not in self.spaces:
+                    raise SpecError(
+                        f"{where}[{k}]: unknown space {piece.space!r} in {piece!r}; valid: {valid}"
+                    )
+                elif not (_is_int(piece) or isinstance(piece, Span) or piece in self.spaces):
                     raise SpecError(
                         f"{where}: unknown composite piece {piece!r}; valid: {valid}, a positive "
                         "int (fixed positions), {space: NAME, block_of: AXIS} (a block's "
                         "positions) or {space: NAME, span: N} (its neurons, N positions each)"
                     )
+            total = sum(piece_size(piece, self.spaces, self.blocks) for piece in label)
             if total != n:
                 raise SpecError(
                     f"{where}: composite {list(label)} adds up to {total} but the axis has length {n}"
@@ -166,9 +160,9 @@ class WeightSpaceSpec:
 
     def _check_inner(
         self, p: ParamSpec, i: int, label: Inner, n: int | None, where: str | None = None
-    ) -> int:
-        """Check an :class:`Inner` label (or composite piece, ``n=None``) of axis ``i``;
-        returns its length, one block's."""
+    ) -> None:
+        """Check an :class:`Inner` label (or composite piece, ``n=None``: its length is then
+        checked with the composite's) of axis ``i``."""
         where = where or f"params.{p.name}.axes[{i}]"
         if label.space not in self.spaces:
             raise SpecError(
@@ -196,7 +190,6 @@ class WeightSpaceSpec:
                 f"{where}: axis {j} is labelled {other!r}, whose blocks are "
                 f"{self.spaces[other].blocks!r}, not {self.spaces[label.space].blocks!r}"
             )
-        return shape[1]
 
     # ---- access ---------------------------------------------------------------------------
 
