@@ -24,7 +24,9 @@ the first of them; a projection laid out per head, GPT-NeoX's ``(heads, 3 * d)``
 every head shares), the heads themselves are a space of one neuron per head in that block
 permutation, and the axis is viewed as ``(heads, one head)``: fixed positions, positions
 inside the blocks of the block spaces, and shared spaces. Under grouped-query attention a
-block is a key/value head with the query heads that read it. Where something does meet them in
+block is a key/value head with the query heads that read it, and those query heads permute
+inside it (a space ``"<origin>.query"`` in the same blocks; :func:`_queries`), where every
+label reads them one query head after another. Where something does meet them in
 place (a value per head such as ALiBi's slopes times the key positions, a mask per head), they
 stay. A split whose chunks are tied instead (it does not hold) gives one permutation for
 every head: the conservative reading; where only a weight every head reads made it so (a
@@ -340,6 +342,12 @@ class Family:
         those dims' atoms. A label that reads them reads the heads, each head a neuron of
         fixed positions or shared spaces (and of positions inside the blocks of its columns,
         where a head holds those too).
+    group : int
+        Query heads per block that permute inside it (grouped-query attention's query heads of
+        one key/value head, each block's on its own); 1 where they stay in place inside it.
+    queries : list of tuple
+        Per split with ``group`` heads per block: per block, per query head, the atoms of its
+        fixed dims (RoPE's rotated queries), which say which query head a label reads.
     """
 
     roots: tuple
@@ -349,6 +357,8 @@ class Family:
     fixed: list
     units: dict = dataclasses.field(default_factory=dict)
     tiled: set = dataclasses.field(default_factory=set)
+    group: int = 1
+    queries: list = dataclasses.field(default_factory=list)
 
     @property
     def root(self) -> int:
@@ -359,10 +369,16 @@ class Family:
         """The labels of ``split``'s blocks, one per head of the family: its chunks joined
         ``units[split.id]`` at a time, in a row, or every ``count``-th where it reads the
         heads tiled (``tiled``: split ids)."""
+        return [sum(heads, ()) for heads in self.heads(split)]
+
+    def heads(self, split: Any) -> list:
+        """Per block of the family, the labels of ``split``'s chunks in it, in head order:
+        ``units[split.id]`` chunks in a row, or every ``count``-th where it reads the heads
+        tiled."""
         g = self.units.get(split.id, 1)
         if split.id in self.tiled:
-            return [sum(split.chunks[j :: self.count], ()) for j in range(self.count)]
-        return [sum(split.chunks[j * g : (j + 1) * g], ()) for j in range(self.count)]
+            return [split.chunks[j :: self.count] for j in range(self.count)]
+        return [split.chunks[j * g : (j + 1) * g] for j in range(self.count)]
 
 
 def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
@@ -414,6 +430,7 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         ):  # fmt: skip
             continue
         fam = Family(tuple(dict.fromkeys(r for r, _ in order)), count, splits, [], [], units, tiled)
+        fam.group, fam.queries = _queries(sol, fam)
         columns: list = []  # per piece, its roots in head order
         fixed: list = []
         uneven = False
@@ -453,3 +470,35 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         fam.columns, fam.fixed = columns, list(dict.fromkeys(fixed))
         out.append(fam)
     return out
+
+
+def _queries(sol: Any, fam: Family) -> tuple[int, list]:
+    """Whether ``fam``'s query heads may permute inside their blocks: ``(group, queries)`` of
+    :class:`Family`, ``group`` 1 where they may not.
+
+    Under grouped-query attention the ``g`` query heads of one key/value head each meet that
+    head's keys and values alike, so inside each block they permute on their own (the
+    wreath product of the blocks' permutation and ``S_g``). That holds where every split
+    takes either ``g`` heads per block (the queries, the attention's output) or one (the
+    keys, the values), and each of the ``g`` heads of a block has the dims (spaces) of the
+    others. Whether every label reads them one query head after another is
+    :mod:`~nfncompile.frontend.spaces`' to check.
+    """
+    group = max(fam.units.values())
+    if group < 2 or any(u not in (1, group) for u in fam.units.values()):
+        return 1, []
+    queries = []
+    for s in (s for s in fam.splits if fam.units[s.id] == group):
+        per_block = []
+        for heads in fam.heads(s):
+            atoms = [sol.label_atoms(chunk) for chunk in heads]
+            roots = [[sol.uf.find(i) for i in a] for a in atoms]
+            free = [[r for r in rs if r not in sol.fixed_roots] for rs in roots]
+            if any(f != free[0] for f in free):  # a query head with dims of its own
+                return 1, []
+            per_block.append(
+                tuple(tuple(i for i, r in zip(a, rs) if r in sol.fixed_roots)
+                      for a, rs in zip(atoms, roots))
+            )  # fmt: skip
+        queries.append(tuple(per_block))
+    return group, queries

@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
@@ -117,7 +117,7 @@ def _labels(params: dict, inputs: list, outputs: list) -> list:
     return labels + [lab for io in inputs + outputs if io for lab in io[1][1]]
 
 
-@dataclass
+@dataclasses.dataclass
 class _Problem:
     """What the graph says, whichever block links end up holding."""
 
@@ -446,21 +446,23 @@ def _build(
                 return None
             axes[k] = Inner(label.space, row[0])
         view = p.view
-        for k in (k for name, k in views if name == key and isinstance(views[name, k][1], list)):
+        mine = {k: v for (name, k), v in views.items() if name == key}
+        for k in (k for k, v in mine.items() if isinstance(v.layout, list)):
             # an axis that reads the heads run after run (each head's run fixed): spans
-            axes[k] = _span_label(views[(key, k)][1], infos, views[(key, k)][2])
-            infos[views[(key, k)][2]].params.append(f"{key}[{k}]")
-        viewed = sorted(
-            k for name, k in views if name == key and isinstance(views[name, k][1], tuple)
-        )
-        for n, k in reversed(list(enumerate(viewed))):
+            axes[k] = _span_label(mine[k].layout, infos, mine[k])
+            for root in mine[k].spaces:
+                infos[root].params.append(f"{key}[{k}]")
+        viewed = sorted(k for k, v in mine.items() if isinstance(v.layout, tuple))
+        at = {k: k + sum(mine[j].extra for j in viewed if j < k) for k in viewed}
+        for k in reversed(viewed):
             # an axis that reads the heads one after another: viewed as (heads, one head),
-            # the head's pieces fixed positions or positions inside its columns' blocks
-            count, layout, root = views[(key, k)]
-            width = sum(w for _, w in layout)
-            view = (*(view or p.shape)[:k], count, width, *(view or p.shape)[k + 1 :])
-            axes[k : k + 1] = [infos[root].name, _head_label(layout, infos, k + n)]
-            infos[root].params.append(f"{key}[{k}]")
+            # or (heads, query heads, one query head), the head's pieces fixed positions or
+            # positions inside its columns' blocks
+            shape, labels = mine[k].axes(infos, at[k])
+            view = (*(view or p.shape)[:k], *shape, *(view or p.shape)[k + 1 :])
+            axes[k : k + 1] = labels
+            for root in mine[k].spaces:
+                infos[root].params.append(f"{key}[{k}]")
         params.append(ParamSpec(key, p.shape, tuple(axes), view))
         for k, lab in enumerate(p.axes):
             for root in set(sol.roots(lab)):
@@ -562,22 +564,15 @@ def _merge_heads(
         if fam.fixed and near is None:
             near = _fixed_ties(sol, set().union(*shared.values()))
         tags = _head_tags(sol, fam, near)
-        ok = all(infos[r].role == "hidden" and infos[r].size == infos[c[0]].size
-                 for c in columns for r in c)  # fmt: skip
-        found: dict = {}  # (param key, axis) -> the layout of one head
-        for key, param in p.params.items():
-            for k, lab in enumerate(param.axes):
-                atoms = sol.label_atoms(lab) if lab else []
-                layout = _head_pattern(sol, atoms, tags, at, count)
-                if layout is None:  # the heads read run after run: [q | k | v] under RoPE
-                    layout = _head_spans(sol, atoms, tags, at, count)
-                if layout and not any(r in inner_of for r in sol.roots(param.axes)):
-                    found[(key, k)] = layout
-                elif layout != 0:
-                    ok = False
-        for lab in io:
-            ok &= _head_pattern(sol, sol.label_atoms(lab), tags, at, count) == 0
-        if not ok:
+        # the query heads inside their blocks too (GQA), where every label reads them one
+        # after another; else the blocks alone
+        found = _read_heads(sol, fam, tags, at, inner_of, io, fam.group, near)
+        if found is None and fam.group > 1:
+            found = _read_heads(sol, fam, tags, at, inner_of, io, 1, near)
+        if found is None or not all(
+            infos[r].role == "hidden" and infos[r].size == infos[c[0]].size
+            for c in columns for r in c
+        ):  # fmt: skip
             continue
         for column in columns:
             first = infos[column[0]]
@@ -602,13 +597,25 @@ def _merge_heads(
             made = [r for r in runs if p.runs[r]["kind"] != "param"] or runs
             base = p.runs[made[0]]["origin"] if made else base
             members = [sol.atoms[i] for i in sol.classes[fam.root]]
-            infos[fam.root] = SpaceInfo(
-                f"{base}.head", count, "hidden", atoms=members,
+            space = functools.partial(
+                SpaceInfo, role="hidden", atoms=members,
                 origins=sorted({p.runs[r]["origin"] for r, _, _ in members}),
                 ops=list(dict.fromkeys(s.op for s in fam.splits)),
             )  # fmt: skip
+            infos[fam.root] = space(f"{base}.head", count)
             roots.insert(0, fam.root)
-            views.update({key: (count, layout, fam.root) for key, layout in found.items()})
+            # the query heads inside their blocks: a space keyed after the heads' (it has no
+            # root of the solution's: the heads runs' class is the heads')
+            queries = fam.root + 0.5 if any(v.group > 1 for v in found.values()) else None
+            if queries is not None:
+                infos[queries] = space(f"{base}.query", count * fam.group)
+                roots.insert(1, queries)
+            views.update(
+                {
+                    key: dataclasses.replace(v, heads=fam.root, queries=queries)
+                    for key, v in found.items()
+                }
+            )
             # grouped-query attention: each key/value head's place a root of its own
             alias.update({r: (fam.root, j) for j, r in enumerate(fam.roots) if j})
         if roots:
@@ -616,15 +623,126 @@ def _merge_heads(
     return alias, merged, views
 
 
-def _head_spans(sol: _Solution, atoms: list, tags: dict, at: dict, count: int) -> list | None:
+@dataclasses.dataclass(frozen=True)
+class _View:
+    """How one parameter axis reads a family of heads (:func:`_merge_heads`).
+
+    ``layout`` is a tuple (one head's pieces, or one query head's where ``group`` > 1: the
+    axis viewed as ``(heads, one head)``, ``(heads, query heads, one query head)`` or, where
+    ``tiled``, ``(query heads, heads, one query head)``) or a list (the spans of
+    :func:`_head_spans`: no view); ``heads`` is the root of the heads' space (one neuron per
+    block), ``queries`` the key of the query heads' space.
+    """
+
+    count: int
+    layout: Any
+    heads: Any = None
+    group: int = 1
+    queries: Any = None
+    tiled: bool = False
+
+    @property
+    def extra(self) -> int:
+        """How many axes the view adds."""
+        return 1 + int(self.group > 1)
+
+    @property
+    def spaces(self) -> list:
+        """The keys of the heads' spaces it reads."""
+        return [r for r in (self.heads, self.queries) if r is not None]
+
+    def axes(self, infos: dict, at: int) -> tuple[tuple, list]:
+        """``(shape, labels)`` of the axes that replace the one viewed, the first at ``at``."""
+        block = at + 1 if self.tiled else at
+        shape, labels = [self.count], [infos[self.heads].name]
+        if self.group > 1:
+            # tiled: (query heads, heads, one query head), query head t of every block first
+            shape.insert(0 if self.tiled else 1, self.group)
+            labels.insert(0 if self.tiled else 1, Inner(infos[self.queries].name, block))
+        shape.append(sum(w for _, w in self.layout))
+        labels.append(_head_label(self.layout, infos, block))
+        return tuple(shape), labels
+
+
+def _read_heads(
+    sol: _Solution, fam: heads.Family, tags: dict, at: dict, inner_of: dict, io: list,
+    group: int, near: dict | None,
+) -> dict | None:  # fmt: skip
+    """``(param key, axis) -> _View`` (its ``heads`` and ``queries`` unset) for every axis that
+    reads ``fam``'s heads alone, where every label reads them one head after another, run after
+    run or not at all; ``None`` where one reads them otherwise.
+
+    With ``group`` > 1 the query heads permute inside their blocks too: an axis that reads them
+    must read them one query head after another in every block (:func:`_query_pattern`), and
+    no other axis may read a query head's fixed dims alone."""
+    p, count = sol.problem, fam.count
+    fine = _spread_tags(_query_seeds(fam), near) if group > 1 else {}
+    tiled = {s.id in fam.tiled for s in fam.splits if fam.units[s.id] == group}
+    if len(tiled) > 1:  # query heads tiled by one split and in a row by another
+        return None
+    tiled = tiled.pop()
+    found: dict = {}
+    for key, param in p.params.items():
+        for k, lab in enumerate(param.axes):
+            atoms = sol.label_atoms(lab) if lab else []
+            unit = (
+                _query_pattern(sol, atoms, tags, fine, at, count, group, tiled)
+                if group > 1
+                else None
+            )
+            if unit is not None:
+                layout = unit
+            elif any(fine.get(a, -1) >= 0 for a in atoms):
+                # a query head's dims: only run after run ([q | k | v] under RoPE)
+                layout = _head_spans(sol, atoms, tags, at, count, fine, group)
+                if layout is None:
+                    return None
+            elif group > 1 and _repeats(sol, atoms, at):
+                return None  # a column read twice, not query head by query head
+            else:
+                layout = _head_pattern(sol, atoms, tags, at, count)
+                if layout is None:  # the heads read run after run: [q | k | v] under RoPE
+                    layout = _head_spans(sol, atoms, tags, at, count)
+            if layout and not any(r in inner_of for r in sol.roots(param.axes)):
+                found[(key, k)] = (
+                    _View(count, layout, group=group, tiled=tiled)
+                    if unit is not None
+                    or (isinstance(layout, list) and any(w == "query" for w, _ in layout))
+                    else _View(count, layout)
+                )
+            elif layout != 0:
+                return None
+    for lab in io:
+        if _head_pattern(sol, sol.label_atoms(lab), tags, at, count) != 0:
+            return None
+    return found
+
+
+def _repeats(sol: _Solution, atoms: list, at: dict) -> bool:
+    """Whether a label of ``atoms`` reads some neurons of the heads' columns more than once:
+    where it does not read them query head by query head, maybe its query heads' rows beside
+    their key head's (Falcon's fused layout) or several query heads' rows as one."""
+    roots = [r for r in (sol.uf.find(a) for a in atoms) if r in at]
+    return len(roots) != len(set(roots))
+
+
+def _head_spans(
+    sol: _Solution, atoms: list, tags: dict, at: dict, count: int, fine: dict | None = None,
+    group: int = 1,
+) -> list | None:  # fmt: skip
     """How a label of ``atoms`` reads a family's heads run after run: a list of pieces,
     ``("span", width)`` for the heads' fixed dims one head after another (each head ``width``
-    positions), ``("column", column)`` for a whole column of heads, ``("fixed", width)`` for
-    positions no head holds alone; ``None`` where it reads them otherwise or holds no span.
+    positions), ``("query", width)`` for the query heads' fixed dims one query head after
+    another (where the ``group`` query heads of a block permute inside it: ``fine`` says
+    whose dims an atom is), ``("column", column)`` for a whole column of heads, ``("fixed",
+    width)`` for positions no head holds alone; ``None`` where it reads them otherwise or
+    holds no span.
 
     One projection sliced into ``[q | k | v]`` under RoPE: ``[("span", d), ("span", d),
-    ("column", v)]``.
+    ("column", v)]``; under grouped-query attention ``[("query", d), ("span", d), ("column",
+    v)]``.
     """
+    fine = fine or {}
     roots = [sol.uf.find(a) for a in atoms]
     width = [sol.atoms[a][2] - sol.atoms[a][1] for a in atoms]
     pieces: list = []
@@ -641,7 +759,10 @@ def _head_spans(sol: _Solution, atoms: list, tags: dict, at: dict, count: int) -
                 j += 1
             if j == i or tags[atoms[j - 1]] != count - 1 or len(set(per_head)) > 1:
                 return None
-            pieces.append(("span", per_head[0]))
+            span = _query_span(sol, atoms[i:j], fine, group) if group > 1 else None
+            if span is None and any(fine.get(a, -1) >= 0 for a in atoms[i:j]):
+                return None  # query heads' dims not read one query head after another
+            pieces.append(("span", per_head[0]) if span is None else ("query", span))
             i = j
         elif roots[i] in at and roots[i] not in sol.fixed_roots:
             column, h = at[roots[i]]
@@ -657,10 +778,32 @@ def _head_spans(sol: _Solution, atoms: list, tags: dict, at: dict, count: int) -
     return pieces if any(what == "span" for what, _ in pieces) else None
 
 
-def _span_label(pieces: list, infos: dict, heads: int) -> Any:
-    """The label of :func:`_head_spans`' pieces: spans of the heads' space (root ``heads``),
-    block spaces by name, fixed positions as ints."""
-    names = {"span": lambda w: Span(infos[heads].name, w), "column": lambda c: infos[c[0]].name}
+def _query_span(sol: _Solution, atoms: list, fine: dict, group: int) -> int | None:
+    """The width of each query head's run where ``atoms`` (one span of every block, in block
+    order) hold, per block, its ``group`` query heads' fixed dims one after another, each as
+    wide; ``None`` where they do not."""
+    widths: dict = collections.defaultdict(int)
+    order = []
+    for a in atoms:
+        t = fine.get(a, -1)
+        if t < 0 or (order and t < order[-1] and t != 0):
+            return None
+        if not order or t != order[-1]:
+            order.append(t)
+        widths[len(order) - 1] += sol.atoms[a][2] - sol.atoms[a][1]
+    if order != list(range(group)) * (len(order) // group) or len(set(widths.values())) > 1:
+        return None
+    return widths[0]
+
+
+def _span_label(pieces: list, infos: dict, view: _View) -> Any:
+    """The label of :func:`_head_spans`' pieces: spans of the heads' space, or of the query
+    heads' (``view``'s), block spaces by name, fixed positions as ints."""
+    names = {
+        "span": lambda w: Span(infos[view.heads].name, w),
+        "query": lambda w: Span(infos[view.queries].name, w),
+        "column": lambda c: infos[c[0]].name,
+    }
     return _as_label([names[what](x) if what in names else x for what, x in pieces])
 
 
@@ -735,13 +878,29 @@ def _head_tags(sol: _Solution, fam: heads.Family, near: dict | None) -> dict:
     :func:`_fixed_ties`) from the chunks' own atoms, so that a layer whose outputs become the
     chunks after an elementwise op (Olmo-2's projection before its norm over every head) has
     its rows read head by head too."""
-    tags: dict = {}
-    for per_head in fam.fixed:
-        tags.update({a: h for h, atoms in enumerate(per_head) for a in atoms})
+    seeds = {a: h for per_head in fam.fixed for h, atoms in enumerate(per_head) for a in atoms}
+    return _spread_tags(seeds, near)
+
+
+def _query_seeds(fam: heads.Family) -> dict:
+    """Atom -> the query head inside its block (0 to ``group - 1``) whose fixed dims it is."""
+    return {
+        a: t
+        for per_block in fam.queries
+        for block in per_block
+        for t, atoms in enumerate(block)
+        for a in atoms
+    }
+
+
+def _spread_tags(seeds: dict, near: dict | None) -> dict:
+    """``seeds`` (atom -> tag) followed through ``near``'s ties: an atom reached from one tag
+    takes it, one reached from several takes ``-1`` (and passes nothing on)."""
+    tags = dict(seeds)
     queue = collections.deque(tags)
     while queue:
         a = queue.popleft()
-        for b in near.get(a, ()) if tags[a] >= 0 else ():
+        for b in (near or {}).get(a, ()) if tags[a] >= 0 else ():
             if b not in tags:
                 tags[b] = tags[a]
                 queue.append(b)
@@ -762,31 +921,105 @@ def _head_pattern(sol: _Solution, atoms: list, tags: dict, at: dict, count: int)
     (v, d))``; with the first ``r`` of them rotated (partial rotary) ``((None, r), (qk, d -
     r), (None, r), (qk, d - r), (v, d))``.
     """
-    heads: list = []  # per atom: (head, its column, shared root or None)
     roots = [sol.uf.find(a) for a in atoms]
-    for a, root in zip(atoms, roots):
+    if all(tags.get(a, -1) < 0 for a in atoms) and _whole_columns(roots, at):
+        return 0
+    per_head = _per_head(sol, atoms, tags, at, count)
+    if per_head is None:
+        return None
+    layouts = [_layout(pieces) for pieces in per_head]
+    return layouts[0] if all(x == layouts[0] for x in layouts) else None
+
+
+def _per_head(sol: _Solution, atoms: list, tags: dict, at: dict, count: int) -> list | None:
+    """Per head, the ``(atom, column, width)`` of a label's atoms where it reads the heads one
+    after another (``column`` as in :func:`_head_pattern`); ``None`` where it does not."""
+    heads: list = []  # per atom: (head, its column, shared root or None)
+    for a in atoms:
+        root = sol.uf.find(a)
         if tags.get(a, -1) >= 0:
             heads.append((tags[a], None if root in sol.fixed_roots else root))
         elif root in at and root not in sol.fixed_roots:
             heads.append((at[root][1], at[root][0]))
         else:
             heads.append((-1, None))
-    if all(tags.get(a, -1) < 0 for a in atoms) and _whole_columns(roots, at):
-        return 0
-    per_head: list = [[] for _ in range(count)]
     order = [h for h, _ in heads]
     if min(order, default=-1) < 0 or order != sorted(order) or set(order) != set(range(count)):
         return None
+    per_head: list = [[] for _ in range(count)]
     for a, (h, column) in zip(atoms, heads):
-        width = sol.atoms[a][2] - sol.atoms[a][1]
-        pieces = per_head[h]
-        if column is None and pieces and pieces[-1][0] is None:
-            pieces[-1] = (None, pieces[-1][1] + width)
+        per_head[h].append((a, column, sol.atoms[a][2] - sol.atoms[a][1]))
+    return per_head
+
+
+def _layout(pieces: list) -> tuple:
+    """The ``(column, width)`` layout of ``(atom, column, width)`` pieces, consecutive fixed
+    positions joined."""
+    out: list = []
+    for _, column, width in pieces:
+        if column is None and out and out[-1][0] is None:
+            out[-1] = (None, out[-1][1] + width)
         else:
-            pieces.append((column, width))
-    if any(p != per_head[0] for p in per_head):
+            out.append((column, width))
+    return tuple(out)
+
+
+def _query_pattern(
+    sol: _Solution, atoms: list, tags: dict, fine: dict, at: dict, count: int, group: int,
+    tiled: bool = False,
+) -> tuple | None:  # fmt: skip
+    """The layout of one query head (as :func:`_head_pattern`'s of one head) where a label of
+    ``atoms`` reads a family's heads one after another and, inside each block, its ``group``
+    query heads one after another, each alike; ``None`` where it does not.
+
+    A query head's fixed dims must be those of that query head (``fine``: atom -> query head
+    inside its block, from :func:`_query_seeds`); a key head's, tied to every query head of
+    its block, are not. Under grouped-query attention without RoPE, ``q``'s rows read per
+    block ``((q, d), (q, d))`` for two query heads: one query head's layout ``((q, d),)``.
+    Where the query heads read their key/value heads ``tiled`` (query head ``i`` the key/value
+    head ``i % count``), the label reads query head 0 of every block, then query head 1, ...
+    """
+    if tiled:  # query head t of every block, then t + 1: ``group`` runs of the blocks
+        runs = _parts([(a, None, sol.atoms[a][2] - sol.atoms[a][1]) for a in atoms], group)
+        if runs is None:
+            return None
+        parts = []
+        for t, run in enumerate(runs):
+            per_head = _per_head(sol, [a for a, _, _ in run], tags, at, count)
+            if per_head is None:
+                return None
+            parts += [(t, pieces) for pieces in per_head]
+    else:  # in each block, its query heads one after another
+        per_head = _per_head(sol, atoms, tags, at, count)
+        if per_head is None:
+            return None
+        parts = []
+        for pieces in per_head:
+            if (split := _parts(pieces, group)) is None:
+                return None
+            parts += list(enumerate(split))
+    # a query head's fixed dims must be its own
+    if any(column is None and fine.get(a) != t for t, part in parts for a, column, _ in part):
         return None
-    return tuple(per_head[0])
+    units = {_layout(part) for _, part in parts}
+    return units.pop() if len(units) == 1 else None
+
+
+def _parts(pieces: list, n: int) -> list | None:
+    """``(atom, column, width)`` pieces cut into ``n`` runs of equal width at atom bounds;
+    ``None`` where an atom would be cut."""
+    total = sum(w for _, _, w in pieces)
+    if total % n:
+        return None
+    step, pos = total // n, 0
+    parts: list = [[] for _ in range(n)]
+    for piece in pieces:
+        t = pos // step
+        if (pos + piece[2] - 1) // step != t:
+            return None
+        parts[t].append(piece)
+        pos += piece[2]
+    return parts
 
 
 def _whole_columns(roots: list, at: dict) -> bool:
@@ -823,7 +1056,7 @@ def _name_heads(families: list, infos: dict, taken: dict) -> dict:
     return out
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _InnerRef:
     """An axis inside the blocks of ``space``, the block chosen by an axis labelled ``row``."""
 

@@ -183,26 +183,29 @@ def test_grouped_key_value_heads_permute_with_their_query_heads(how):
     # heads (the derived group failed verification); enable_gqa fixed every head's features;
     # expand and reshape gave every head one permutation
     # Then the heads stayed in place; now each key/value head is a block, moved with the two
-    # query heads that read it (their rows a view (key/value heads, 2 query heads' dims))
+    # query heads that read it, and inside each block those query heads permute on their own
+    # (their rows a view (key/value heads, query heads, one query head's dims))
     model = model_(lambda: _GroupedHeads(how)).double()
     x = x_(2, 5, 8).double()
     spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok and not report.probes
     assert list(spec.blocks) == ["q.heads"] and spec.blocks["q.heads"].count == 2
     # a key head and the two query heads that read it: one block; each value head another
-    qk, v = Inner("q", 0), Inner("v", 1)
+    qk, v, query = Inner("q", 0), Inner("v", 1), Inner("q.query", 0)
+    q_axes = ("q.head", query, None if how == "rotated" else qk, "in")
+    assert (spec["q.weight"].view, spec["q.weight"].axes) == ((2, 2, 2, 8), q_axes)
     if how == "rotated":  # RoPE fixes the queries' and keys' dims: each head's rows in place
         # (and before, the query heads met their key heads only head by head: the split fell)
-        assert (spec["q.weight"].view, spec["q.weight"].axes) == ((2, 4, 8), ("q.head", None, "in"))
         assert (spec["k.weight"].view, spec["k.weight"].axes) == ((2, 2, 8), ("q.head", None, "in"))
     else:
-        assert spec["q.weight"].view == (2, 4, 8)
-        assert spec["q.weight"].axes == ("q.head", (qk, qk), "in")
         assert spec["k.weight"].axes == ("q", "in")
     assert spec["v.weight"].axes == ("v", "in")
-    assert (spec["o.weight"].view, spec["o.weight"].axes) == ((8, 2, 4), ("out", "q.head", (v, v)))
-    assert spec.block_shape("v") == (2, 2)
+    o_axes = ("out", "q.head", Inner("q.query", 1), v)
+    assert (spec["o.weight"].view, spec["o.weight"].axes) == ((8, 2, 2, 2), o_axes)
+    assert spec.block_shape("v") == spec.block_shape("q.query") == (2, 2)
     _heads_move_on_the_network(model, spec, x, "q.heads", ("v",))
+    # the query heads alone, inside their blocks: q's rows and o's columns move, k and v stay
+    _heads_move_on_the_network(model, spec, x, "q.query", ("o",))
     for basis in ("complete", "linear"):
         assert_equivariant(nfc.NFLinear(spec, 1, 2, basis=basis).double(), spec, trials=2)
 
@@ -210,16 +213,57 @@ def test_grouped_key_value_heads_permute_with_their_query_heads(how):
 def test_tiled_key_value_heads_move_as_blocks_with_their_query_heads():
     # ``repeat`` tiles the key/value heads (query head i reads key/value head i % 2, as
     # einops' "b h n d -> b (r h) n d" does in x-transformers). Before, every head shared one
-    # permutation; the output's heads are now merged tiled too (o's columns v0, v1, v0, v1)
+    # permutation; the output's heads are now merged tiled too, and the query heads of each
+    # block (0 and 2, 1 and 3) permute inside it: q's rows viewed as (query heads, key/value
+    # heads, one head's dims)
     model = model_(lambda: _GroupedHeads("tiled")).double()
     x = x_(2, 5, 8).double()
     spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok
     assert list(spec.blocks) == ["q.heads"] and spec.blocks["q.heads"].count == 2
-    assert spec["q.weight"].axes == (("q", "q"), "in") and spec["k.weight"].axes == ("q", "in")
-    assert spec["o.weight"].axes == ("out", ("v", "v")) and spec["v.weight"].axes == ("v", "in")
+    q = spec["q.weight"]
+    assert q.view == (2, 2, 2, 8) and q.axes == (Inner("q.query", 1), "q.head", Inner("q", 1), "in")
+    o = spec["o.weight"]
+    assert o.view == (8, 2, 2, 2)
+    assert o.axes == ("out", Inner("q.query", 2), "q.head", Inner("v", 2))
+    assert spec["k.weight"].axes == ("q", "in") and spec["v.weight"].axes == ("v", "in")
     _heads_move_on_the_network(model, spec, x, "q.heads", ("v",))
+    _heads_move_on_the_network(model, spec, x, "q.query", ("o",))
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _FusedGroups(nn.Module):
+    """Falcon's new decoder layout: one projection holding, per key/value head, its two query
+    heads, then its key head and its value head (``(B, N, 2, 4, D)``); ``rotated`` adds RoPE."""
+
+    def __init__(self, rotated: bool) -> None:
+        super().__init__()
+        self.rotated, self.qkv, self.o = rotated, nn.Linear(8, 16), nn.Linear(8, 8)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        y = self.qkv(x).view(b, n, 2, 4, 2)
+        q = y[..., :2, :].reshape(b, n, 4, 2).transpose(1, 2)
+        k, v = (y[..., i, :].transpose(1, 2).repeat_interleave(2, dim=1) for i in (2, 3))
+        if self.rotated:
+            q, k = (_partial_rotary(t, 2) for t in (q, k))
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, n, 8))
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_query_heads_laid_out_with_their_key_head_stay_in_their_block(rotated):
+    # the fused rows read a block's query heads and its key head with one column (or, under
+    # RoPE, one query head's dims beside the others'): o's columns alone would read the query
+    # heads one after another, and moving them there only would change the function. No
+    # query heads move: each key/value group is one neuron of a space (its dims one
+    # permutation for every group, fixed under RoPE), as before
+    model = model_(lambda: _FusedGroups(rotated)).double()
+    x = x_(2, 5, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not report.heads_in_place
+    assert not any(name.endswith((".query", ".head")) for name in spec.spaces)
+    assert [s.size for s in spec.spaces.values() if s.role == "hidden"] == [2]
 
 
 @pytest.mark.parametrize("how", ["values_tiled", "query_pairs"])
@@ -424,11 +468,16 @@ def test_heads_taken_apart_on_the_heads_dim_keep_their_spaces(kv, rotary):
     )
     assert report.verification.ok and not report.probes
     if rotary and kv == 2:  # the two key/value heads move as blocks, each with its 2 query
-        # heads: q's rows a span of 8 per block, k's of 4 (RoPE fixes them), v's a block space
-        rows = (Span("qkv.head", 8), Span("qkv.head", 4), "qkv")
+        # heads, which permute inside it: q's rows a span of 4 per query head (RoPE fixes
+        # them), k's a span of 4 per block, v's a block space
+        rows = (Span("qkv.query", 4), Span("qkv.head", 4), "qkv")
         assert spec["qkv.weight"].axes == (rows, "in") and spec.block_shape("qkv") == (2, 4)
-        v = Inner("qkv", 1)
-        assert spec["o.weight"].axes == ("out", "qkv.head", (v, v))
+        assert spec.block_shape("qkv.query") == (2, 2)
+        o = spec["o.weight"]
+        assert o.view == (8, 2, 2, 4)
+        assert o.axes == ("out", "qkv.head", Inner("qkv.query", 1), Inner("qkv", 1))
+        model = model_(lambda: _FusedHeadsTakenApart(kv, rotary)).double()
+        _heads_move_on_the_network(model, spec, x_(2, 5, 8).double(), "qkv.query", ("o",))
         assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
         return
     # the rows, one entry per head of 4 features: a space, or None (fixed, an int of rows)
@@ -489,12 +538,12 @@ def _heads_move_on_the_network(model, spec, x, blocks: str, put_back: tuple) -> 
 
 
 def _moving(spec, blocks: str, generator: torch.Generator):
-    """A draw that moves only the blocks (heads) of ``blocks``, and moves them."""
-    space = next(s for s in spec.spaces.values() if s.blocks == blocks)
-    count, size = spec.block_shape(space.name)
+    """A draw that moves only the blocks (heads) of ``blocks`` (or, where it names a space, only
+    that space inside its blocks), and moves them."""
+    space = spec.spaces.get(blocks) or next(s for s in spec.spaces.values() if s.blocks == blocks)
     while True:
         perm = spec.sample_permutation(generator, move={blocks})
-        if not torch.equal(perm[space.name], torch.arange(count * size)):
+        if not torch.equal(perm[space.name], torch.arange(space.size)):
             return perm
 
 

@@ -218,13 +218,15 @@ def test_flex_attention_keeps_each_heads_spaces(how):
     spec, report = trace_with_report(model, x_(2, 5, 8))
     assert report.verification.ok and not report.probes
     assert bool(report.specialised) == (how in ("checked", "block_mask"))  # shapes read
-    if how == "gqa":  # each key/value head a block, moved with its two query heads
+    if how == "gqa":  # each key/value head a block, moved with its two query heads, which
+        # permute inside it
         assert spec["kv.weight"].axes[0] == ("q", "kv") and list(spec.blocks) == ["q.heads"]
-        qk, v = Inner("q", 0), Inner("kv", 1)
-        assert spec["q.weight"].view == (2, 4, 8)
-        assert spec["q.weight"].axes == ("q.head", (qk, qk), None)
-        assert spec["o.weight"].axes == (None, "q.head", (v, v))
+        qk, v, query = Inner("q", 0), Inner("kv", 1), Inner("q.query", 0)
+        assert spec["q.weight"].view == (2, 2, 2, 8)
+        assert spec["q.weight"].axes == ("q.head", query, qk, None)
+        assert spec["o.weight"].axes == (None, "q.head", Inner("q.query", 1), v)
         assert spec.block_shape("q") == spec.block_shape("kv") == (2, 2)
+        assert spec.block_shape("q.query") == (2, 2)
         return
     q = per_head(spec, spec["q.weight"].axes[0])
     k, v = np.split(np.array(per_head(spec, spec["kv.weight"].axes[0])), 2)
