@@ -483,6 +483,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         # each head's fused q, k, v), read in every chunk
         (seg,) = dims
         whole = [self.split_runs.get(run) for run in (heads[0].run, seg.run)]
+        if whole[0] is not None and whole[0][1] == "heads" and whole[1] is None and seg.inner == 1:
+            return self._merge_shared(self.head_splits[whole[0][0]], heads, dims)
         if None in whole or whole[0][1] != "heads" or whole[1][1] != "dims" or seg.inner != 1:
             return None
         h, split = self.head_splits[whole[0][0]], self.head_splits[whole[1][0]]
@@ -496,6 +498,26 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         chunks = [self.slice_label(c, seg.offset, seg.offset + seg.length) for c in split.chunks]
         pick = (lambda i: i % len(chunks)) if tiled else (lambda i: i // group)
         return tuple(s for i in range(len(h.chunks)) for s in chunks[pick(i)])
+
+    def _merge_shared(self, h: HeadSplit, heads: Label, dims: Label) -> Label | None:
+        """The label of split ``h``'s heads flattened with neurons ``dims`` that no split's
+        heads hold, each head reading all of them (multi-query attention's one value head,
+        read by every query head): a fresh run, a new split of one chunk per head whose heads
+        are ``h``'s and whose every chunk is tied to ``dims`` (recorded as a
+        :class:`~nfncompile.frontend.labels.HeadMerge`). ``None`` where the run is made in
+        blocks."""
+        width = label_width(dims)
+        (run,) = self.new_run(len(h.chunks) * width, "neuron", f"{self._name()} (heads merged)")
+        if run.inner != 1:
+            return None
+        chunks = [(Seg(run.run, i * width, width),) for i in range(len(h.chunks))]
+        made = self.split_heads(chunks)
+        if made is None:
+            return None
+        self.tie(made[0], heads, "heads flattened with the neurons every head reads")
+        self.tie(made[1], dims, "heads flattened with the neurons every head reads")
+        self.head_merges.append(HeadMerge(h.id, self.head_splits[-1].id, self._name()))
+        return (run,)
 
     def _resplit(self, value: Any) -> Any:
         """``value`` (nested) with each tensor that holds some heads of a split (a proper

@@ -441,11 +441,11 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
             # per head: its free dims' roots
             rows = [[r for i in a if (r := sol.uf.find(i)) not in sol.fixed_roots] for a in chunks]
             per_split.append((s, chunks, rows))
-        tied = {r for s, _, rows in per_split if ("shared", s.id) in fallen for r in rows[0]}
         for s, chunks, rows in per_split:
-            # every head's dims one space: a shared split's, or those it ties its chunks to
+            # every head's dims one space: a shared split's, those it ties its chunks to, or
+            # neurons every head reads (multi-query attention's one key and value head)
             common = ("shared", s.id) in fallen or (
-                rows[0] and all(r == rows[0] for r in rows) and set(rows[0]) <= tied
+                count > 1 and rows[0] and all(r == rows[0] for r in rows)
             )
             # per head: the atoms of its fixed (or shared) dims
             still = [

@@ -232,6 +232,73 @@ def test_tiled_key_value_heads_move_as_blocks_with_their_query_heads():
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 
+class _MultiQuery(nn.Module):
+    """Multi-query attention: 4 query heads of 2 features and one key/value head, read by
+    every query head through a broadcast (``k`` of one head in the matmul), ``expand`` and a
+    reshape, ``repeat_interleave``, ``repeat`` or ``enable_gqa``; ``rotated`` adds RoPE on q
+    and k; ``alibi`` a slope per query head times the key positions."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.q, self.o = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.k, self.v = nn.Linear(8, 2), nn.Linear(8, 2)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 2).transpose(1, 2)
+        k, v = (f(x).view(b, n, 1, 2).transpose(1, 2) for f in (self.k, self.v))
+        if self.how == "rotated":
+            q, k = (_partial_rotary(t, 2) for t in (q, k))
+        if self.how == "expand":
+            k, v = (t[:, :, None].expand(b, 1, 4, n, 2).reshape(b, 4, n, 2) for t in (k, v))
+        elif self.how == "repeat_interleave":
+            k, v = (t.repeat_interleave(4, dim=1) for t in (k, v))
+        elif self.how == "repeat":
+            k, v = (t.repeat(1, 4, 1, 1) for t in (k, v))
+        if self.how in ("broadcast", "alibi"):
+            scores = q @ k.transpose(-1, -2)
+            if self.how == "alibi":
+                slopes = torch.arange(1, 5, dtype=x.dtype)[:, None, None]
+                scores = scores + slopes * torch.arange(n, dtype=x.dtype)
+            y = scores.softmax(-1) @ v
+        else:
+            grouped = self.how in ("enable_gqa", "rotated")
+            y = nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=grouped)
+        return self.o(y.transpose(1, 2).reshape(b, n, 8))
+
+
+@pytest.mark.parametrize(
+    "how", ["broadcast", "expand", "repeat_interleave", "repeat", "enable_gqa", "rotated"]
+)
+def test_multi_query_heads_permute(how):
+    # before: the one key/value head, expanded for the query heads, met them as positions
+    # (its heads dim unlabelled), and the output flattened the query heads with the values'
+    # neurons, which held them: every query head stayed in place. Now the query heads are a
+    # space (each a block of its rows in q and of its columns in o), the key's and value's
+    # neurons one permutation for every head
+    model = model_(lambda: _MultiQuery(how)).double()
+    x = x_(2, 5, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not report.heads_in_place
+    assert list(spec.blocks) == ["q.heads"] and spec.blocks["q.heads"].count == 4
+    qk = None if how == "rotated" else "q"  # RoPE fixes the queries' and keys' features
+    assert (spec["q.weight"].view, spec["q.weight"].axes) == ((4, 2, 8), ("q.head", qk, "in"))
+    assert spec["k.weight"].axes == (qk, "in") and spec["v.weight"].axes == ("v", "in")
+    assert (spec["o.weight"].view, spec["o.weight"].axes) == ((8, 4, 2), ("out", "q.head", "v"))
+    _heads_move_on_the_network(model, spec, x, "q.heads", ("o",))
+    for basis in ("complete", "linear"):
+        assert_equivariant(nfc.NFLinear(spec, 1, 2, basis=basis).double(), spec, trials=2)
+
+
+def test_multi_query_heads_stay_where_a_slope_per_head_meets_them():
+    spec, report = trace_with_report(
+        model_(lambda: _MultiQuery("alibi")), x_(2, 5, 8), channel_dim=-1
+    )
+    assert report.verification.ok and not spec.blocks
+    assert spec["o.weight"].axes == ("out", ("v", "v", "v", "v"))
+
+
 class _FusedGroups(nn.Module):
     """Falcon's new decoder layout: one projection holding, per key/value head, its two query
     heads, then its key head and its value head (``(B, N, 2, 4, D)``); ``rotated`` adds RoPE."""

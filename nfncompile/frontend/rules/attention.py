@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
 from ..labels import UNIFORM, TensorLabels, is_plain, remade
-from .registry import Unsupported, arg, register_function
+from .registry import Unsupported, arg, register_function, structured
 from .shape import merge_label
 
 if TYPE_CHECKING:
@@ -41,8 +41,29 @@ _PARAMS = (
 _HEADS = "attention reads the projected neurons head by head"
 
 
+def _plain(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The call's arguments as a rule of plain labels reads them, but for the uniform batch
+    and heads dims of the queries, keys and values: a key/value head expanded for every query
+    head (multi-query attention's one) meets each of them alike, and imposes nothing."""
+
+    def one(t: Any, name: str) -> Any:
+        if name not in ("query", "key", "value") or not isinstance(t, TensorLabels):
+            return a.plain(t, a.op)
+        labels = tuple(
+            lab if lab is UNIFORM and d < t.ndim - 2 else a.plain_label(lab)
+            for d, lab in enumerate(t.labels)
+        )
+        return TensorLabels(t.shape, labels, t.values)
+
+    names = ("query", "key", "value")
+    args = tuple(one(x, names[i] if i < 3 else "") for i, x in enumerate(args))
+    return args, {k: one(v, k) for k, v in kwargs.items()}
+
+
 @register_function(F.scaled_dot_product_attention)
+@structured
 def _scaled_dot_product_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    args, kwargs = _plain(a, args, kwargs)
     mask = arg(args, kwargs, 3, "attn_mask")
     masked = mask is not None or bool(arg(args, kwargs, 5, "is_causal"))
     # an additive mask made by the model's own weights (T5's relative position bias, one
@@ -55,6 +76,7 @@ def _scaled_dot_product_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict
 
 
 @register_function(flex_attention)
+@structured
 def _flex_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """Flex attention: scaled dot-product attention whose scores a ``score_mod(score, batch,
     head, q_idx, kv_idx)`` may change by position and head (relative position biases, ALiBi)
@@ -62,6 +84,7 @@ def _flex_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     the neurons along the batch and heads dims but the heads' own (which stay in place); the
     queries', keys' and values' feature dims stay free. Its log-sum-exp and largest scores
     (``return_lse``, ``return_aux``) are per query, as the output is."""
+    args, kwargs = _plain(a, args, kwargs)
     score_mod = arg(args, kwargs, 3, "score_mod")
     masked = score_mod is not None or arg(args, kwargs, 4, "block_mask") is not None
     gqa = bool(arg(args, kwargs, 6, "enable_gqa"))
@@ -78,7 +101,7 @@ def _flex_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         # frontend.heads), any other neurons along those dims are fixed
         for t in _operands(args, kwargs):
             for label in t.labels[:-2]:
-                if not a.is_heads(label):
+                if label is not UNIFORM and not a.is_heads(label):
                     a.fix(label, "a flex attention score_mod reads the batch and head indices")
     return out
 

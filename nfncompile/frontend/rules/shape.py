@@ -95,6 +95,13 @@ def merge_label(a: SymmetryAnalysis, labels: list, sizes: list) -> Any:
     back (attention's ``(H, C / H) -> C``) are the split's chunks
     (:class:`~nfncompile.frontend.labels.HeadSplit`).
     """
+    # a dim of one position that holds no neuron adds nothing: (1, H) flattened is H (a
+    # multi-query key/value head repeated for every query head: its copies stay alike)
+    kept = [
+        t for t, (lab, n) in enumerate(zip(labels, sizes)) if n > 1 or lab not in (None, UNIFORM)
+    ]
+    if kept and len(kept) < len(labels):
+        labels, sizes = [labels[t] for t in kept], [sizes[t] for t in kept]
     if len(labels) == 1:
         return labels[0]
     if a is not None:
