@@ -542,6 +542,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             if len(dims) != 1 or any(seg.inner != 1 for seg in segs):
                 continue
             heads = [seg.offset + i for seg in segs for i in range(seg.length)]
+            if len(heads) == 1:  # one head (multi-query attention's key or value): its neurons
+                labels[d], labels[dims[0]] = None, split.chunks[heads[0]]
+                continue
             new = self.split_heads([split.chunks[h] for h in heads])
             if new is not None:
                 labels[d], labels[dims[0]] = new

@@ -735,7 +735,8 @@ def _head_spans(
     positions), ``("query", width)`` for the query heads' fixed dims one query head after
     another (where the ``group`` query heads of a block permute inside it: ``fine`` says
     whose dims an atom is), ``("column", column)`` for a whole column of heads, ``("fixed",
-    width)`` for positions no head holds alone; ``None`` where it reads them otherwise or
+    width)`` for positions no head holds alone, ``("space", root)`` for neurons every head
+    reads (multi-query attention's value head); ``None`` where it reads them otherwise or
     holds no span.
 
     One projection sliced into ``[q | k | v]`` under RoPE: ``[("span", d), ("span", d),
@@ -773,9 +774,12 @@ def _head_spans(
         elif roots[i] in sol.fixed_roots:
             pieces.append(("fixed", width[i]))
             i += 1
+        elif tags.get(atoms[i], -1) < 0 and roots[i] not in at:  # neurons every head reads
+            pieces.append(("space", roots[i]))  # (multi-query attention's one value head)
+            i += 1
         else:
             return None
-    return pieces if any(what == "span" for what, _ in pieces) else None
+    return pieces if any(what in ("span", "query") for what, _ in pieces) else None
 
 
 def _query_span(sol: _Solution, atoms: list, fine: dict, group: int) -> int | None:
@@ -803,6 +807,7 @@ def _span_label(pieces: list, infos: dict, view: _View) -> Any:
         "span": lambda w: Span(infos[view.heads].name, w),
         "query": lambda w: Span(infos[view.queries].name, w),
         "column": lambda c: infos[c[0]].name,
+        "space": lambda r: infos[r].name,
     }
     return _as_label([names[what](x) if what in names else x for what, x in pieces])
 

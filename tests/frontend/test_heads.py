@@ -547,6 +547,16 @@ def test_heads_taken_apart_on_the_heads_dim_keep_their_spaces(kv, rotary):
         _heads_move_on_the_network(model, spec, x_(2, 5, 8).double(), "qkv.query", ("o",))
         assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
         return
+    if rotary:  # multi-query (Falcon-7B's): the 4 query heads move, each a span of 4 rows;
+        # before, the one key and value head were splits of one head, which held them
+        rows = (Span("qkv.head", 4), 4, "qkv")
+        assert spec["qkv.weight"].axes == (rows, "in") and spec.blocks["qkv.heads"].count == 4
+        o = spec["o.weight"]
+        assert o.view == (8, 4, 4) and o.axes == ("out", "qkv.head", "qkv")
+        model = model_(lambda: _FusedHeadsTakenApart(kv, rotary)).double()
+        _heads_move_on_the_network(model, spec, x_(2, 5, 8).double(), "qkv.heads", ("o",))
+        assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+        return
     # the rows, one entry per head of 4 features: a space, or None (fixed, an int of rows)
     parts = spec["qkv.weight"].axes[0]
     rows = tuple(h for p in parts for h in ([None] * (p // 4) if isinstance(p, int) else [p]))
