@@ -188,10 +188,11 @@ TRANSFORMERS = {
         "parallel_attn": False,
         "bias": True,
     },
-    # grouped-query attention (2 key/value heads for 4 query heads), and one projection
-    # sliced into [q | k | v] under RoPE
+    # grouped-query attention (2 key/value heads for 4 query heads), one projection sliced
+    # into [q | k | v] under RoPE, and multi-query attention (one key/value head)
     "LlamaModel": {**_TEXT, "num_key_value_heads": 2},
     "Phi3Model": {**_TEXT, "num_key_value_heads": 2, "pad_token_id": 0},
+    "Qwen2Model": {**_TEXT, "num_key_value_heads": 1},
     "SwitchTransformersEncoderModel": {
         "d_model": 32,
         "d_kv": 8,
@@ -207,7 +208,7 @@ TRANSFORMERS = {
 #: the text models among them (an input of 8 token ids)
 TEXT = ("GPT2Model", "BertModel", "MixtralModel", "Qwen2MoeModel", "DeepseekV3Model",
         "GptOssModel", "GPTNeoXModel", "PhiModel", "StableLmModel", "PersimmonModel",
-        "GPTJModel", "FalconModel", "LlamaModel", "Phi3Model",
+        "GPTJModel", "FalconModel", "LlamaModel", "Phi3Model", "Qwen2Model",
         "SwitchTransformersEncoderModel")  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from torch import nn
 import nfncompile as nfc
 from nfncompile.errors import SpecError
 from nfncompile.spec import Inner, Span
+from nfncompile.testing import assert_equivariant
 
 H, D, C = 3, 2, 4
 
@@ -211,5 +212,95 @@ def test_malformed_spans_name_the_key(new, message):
     old = "{space: h, span: 2}, v], in]"
     text = SPAN_YAML.replace(old, new + ", v], in]", 1)
     assert text != SPAN_YAML
+    with pytest.raises(SpecError, match=message):
+        nfc.WeightSpaceSpec.from_yaml(text)
+
+
+MQA_YAML = f"""\
+spaces:
+  in:  {{size: {C}, role: input}}
+  h:   {{size: {H}, role: hidden}}
+  qk:  {{size: {D}, role: hidden}}
+  v:   {{size: {D}, role: hidden}}
+  out: {{size: {C}, role: output}}
+params:
+  qkv.weight:   {{shape: [{(H + 2) * D}, {C}], axes: [[{{space: h, span: qk}}, qk, v], in]}}
+  qkv.bias:     {{shape: [{(H + 2) * D}], axes: [[{{space: h, span: qk}}, qk, v]]}}
+  dense.weight: {{shape: [{C}, {H * D}], view: [{C}, {H}, {D}], axes: [out, h, v]}}
+  dense.bias:   {{shape: [{C}], axes: [out]}}
+"""
+
+
+class MultiQuery(nn.Module):
+    """Multi-query attention fused as ``[q | k | v]`` (GPTBigCode's): ``H`` query heads and
+    one key and value head, which every query head reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(C, (H + 2) * D)
+        self.dense = nn.Linear(H * D, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q, k, v = self.qkv(x).split([H * D, D, D], dim=-1)
+        q = q.view(b, s, H, D).transpose(1, 2)
+        y = (q @ k[:, None].transpose(-1, -2)).softmax(-1) @ v[:, None]
+        return self.dense(y.transpose(1, 2).reshape(b, s, H * D))
+
+
+def test_a_span_of_a_space_round_trips_and_copies_its_permutation():
+    spec = nfc.WeightSpaceSpec.from_yaml(MQA_YAML)
+    assert spec.to_yaml() == MQA_YAML
+    assert spec["qkv.weight"].axes[0] == (Span("h", "qk"), "qk", "v")
+    assert "(h*qk|qk|v)" in repr(spec) and spec["qkv.weight"].spaces_used() >= {"h", "qk"}
+    perm = nfc.spec.Permutation(
+        spec, {"h": torch.tensor([2, 0, 1]), "qk": torch.tensor([1, 0]), "v": torch.arange(D)}
+    )
+    rows = perm.axis_index(spec["qkv.weight"].axes[0], (H + 2) * D)
+    # head 2's copy of qk first, each copy in qk's order (1, 0); then qk itself, then v
+    assert rows.tolist() == [5, 4, 1, 0, 3, 2, 7, 6, 8, 9]
+
+
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+def test_group_elements_leave_a_multi_query_network_unchanged(mode):
+    torch.manual_seed(0)
+    net = MultiQuery().double()
+    spec = nfc.WeightSpaceSpec.from_yaml(MQA_YAML).with_mode(mode)
+    x = torch.randn(2, 5, C, dtype=torch.float64)
+    assert nfc.verify(net, spec, x, channel_dim=-1).ok
+    # each query head's rows read as fixed positions beside the keys' own permutation: caught
+    wrong = MQA_YAML.replace("{space: h, span: qk}, qk, v]", "{space: h, span: 2}, qk, v]")
+    assert not nfc.verify(
+        net, nfc.WeightSpaceSpec.from_yaml(wrong).with_mode(mode), x, channel_dim=-1
+    ).ok
+    for basis in ("complete", "linear"):
+        layer = nfc.NFLinear(spec, 1, 2, mode=mode, basis=basis).double()
+        assert_equivariant(layer, spec, trials=2)
+
+
+def test_io_encoding_encodes_both_spaces_of_a_span_of_a_space():
+    # the input space's neurons, each a copy of the output's: both encoded, in place
+    spec = nfc.WeightSpaceSpec.from_yaml(
+        "spaces:\n  in: {size: 2, role: input}\n  out: {size: 3, role: output}\n"
+        "params:\n  w: {shape: [6], axes: [[{space: in, span: out}]]}\n"
+    )
+    enc = nfc.nn.IOEncoding(spec, 1, num_freqs=1)
+    pe = nfc.nn.encoding.sinusoidal_encoding
+    code = enc.encoding("w").reshape(2, 3, 6)  # (role, enc_dim, position)
+    assert torch.equal(code[0], pe(2, enc.max_freq, 1).T.repeat_interleave(3, dim=1))
+    assert torch.equal(code[1], pe(3, enc.max_freq, 1).T.repeat(1, 2))
+
+
+@pytest.mark.parametrize(
+    ("new", "message"),
+    [
+        ("{space: h, span: x}", r"qkv.weight.axes\[0\]\[0\]: unknown space 'x' spanned"),
+        ("{space: h, span: h}", r"cannot span its own neurons"),
+        ("{space: h, span: ''}", r"span must name a space"),
+    ],
+)
+def test_malformed_spans_of_a_space_name_the_key(new, message):
+    text = MQA_YAML.replace("{space: h, span: qk}, qk, v], in]", new + ", qk, v], in]", 1)
+    assert text != MQA_YAML
     with pytest.raises(SpecError, match=message):
         nfc.WeightSpaceSpec.from_yaml(text)

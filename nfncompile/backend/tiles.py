@@ -13,7 +13,8 @@ the plan, the generated code and :class:`~nfncompile.nn.NFPool` all read a tile 
   most ``k`` values *within one block*), whose :attr:`Dim.tie` is the block dim.
 * An ``Inner(space, block_of)`` axis is one inner dim tied to the block dim of axis
   ``block_of``.
-* A ``Span(space, span)`` axis is the dims of ``space`` followed by a fixed dim of ``span``.
+* A ``Span(space, span)`` axis is the dims of ``space`` followed by a fixed dim of ``span``
+  (or by the dims of space ``span``, where it names one).
 * Everything else (``None`` labels, ``int`` pieces of composite axes, spaces the mode does not
   permute) is a fixed dim: folded into the channels.
 
@@ -311,10 +312,16 @@ def _dims(spec: WeightSpaceSpec, mode: str, labels: tuple, shape: tuple, moving:
             dims.append(Dim(axis, n, None))
             continue
         if isinstance(label, Span):  # the space's dims, then each neuron's fixed positions
-            sub, base = _dims(spec, mode, (label.space,), (n // label.span,), moving), len(dims)
-            dims += [Dim(axis, d.size, d.factor, None if d.tie is None else d.tie + base)
-                     for d in sub]  # fmt: skip
-            dims.append(Dim(axis, label.span, None))
+            # (or the dims of the space whose neurons each of its neurons copies)
+            spanned = isinstance(label.span, str)
+            width = spec.spaces[label.span].size if spanned else label.span
+            parts = [(label.space, n // width)] + ([(label.span, width)] if spanned else [])
+            for name, size in parts:
+                sub, base = _dims(spec, mode, (name,), (size,), moving), len(dims)
+                dims += [Dim(axis, d.size, d.factor, None if d.tie is None else d.tie + base)
+                         for d in sub]  # fmt: skip
+            if not spanned:
+                dims.append(Dim(axis, label.span, None))
             continue
         space = label.space if isinstance(label, Inner) else label
         perm = permutable(spec, space, mode)

@@ -736,8 +736,9 @@ def _head_spans(
     another (where the ``group`` query heads of a block permute inside it: ``fine`` says
     whose dims an atom is), ``("column", column)`` for a whole column of heads, ``("fixed",
     width)`` for positions no head holds alone, ``("space", root)`` for neurons every head
-    reads (multi-query attention's value head); ``None`` where it reads them otherwise or
-    holds no span.
+    reads (multi-query attention's value head), ``("spanned", root)`` for the heads one after
+    another, each a copy of those neurons (its queries, each the key head's features);
+    ``None`` where it reads them otherwise or holds no span.
 
     One projection sliced into ``[q | k | v]`` under RoPE: ``[("span", d), ("span", d),
     ("column", v)]``; under grouped-query attention ``[("query", d), ("span", d), ("column",
@@ -749,7 +750,17 @@ def _head_spans(
     pieces: list = []
     i = 0
     while i < len(atoms):
-        if tags.get(atoms[i], -1) >= 0:  # heads 0, 1, ..., count - 1, each its fixed dims
+        if tags.get(atoms[i], -1) >= 0 and roots[i] not in sol.fixed_roots:
+            # heads 0, 1, ..., count - 1, each a copy of the neurons every head shares
+            # (multi-query attention's queries, each the one key head's features)
+            run = list(range(i, i + count))
+            if run[-1] >= len(atoms) or any(
+                tags.get(atoms[j], -1) != h or roots[j] != roots[i] for h, j in enumerate(run)
+            ):
+                return None
+            pieces.append(("spanned", roots[i]))
+            i += count
+        elif tags.get(atoms[i], -1) >= 0:  # heads 0, 1, ..., count - 1, each its fixed dims
             per_head, j = [0] * count, i
             while j < len(atoms) and roots[j] in sol.fixed_roots:
                 h = tags.get(atoms[j], -1)
@@ -779,7 +790,7 @@ def _head_spans(
             i += 1
         else:
             return None
-    return pieces if any(what in ("span", "query") for what, _ in pieces) else None
+    return pieces if any(what in ("span", "query", "spanned") for what, _ in pieces) else None
 
 
 def _query_span(sol: _Solution, atoms: list, fine: dict, group: int) -> int | None:
@@ -808,6 +819,7 @@ def _span_label(pieces: list, infos: dict, view: _View) -> Any:
         "query": lambda w: Span(infos[view.queries].name, w),
         "column": lambda c: infos[c[0]].name,
         "space": lambda r: infos[r].name,
+        "spanned": lambda r: Span(infos[view.heads].name, infos[r].name),
     }
     return _as_label([names[what](x) if what in names else x for what, x in pieces])
 

@@ -155,20 +155,11 @@ class IOEncoding(nn.Module):
                 if piece is None or isinstance(piece, int):
                     start += piece or shape[axis]
                     continue
-                space = self.spec.spaces[piece_space(piece)]
-                pe = sinusoidal_encoding(
-                    space.size, self.max_freq, self.num_freqs, dtype=dtype, device=device
-                ).T  # (enc_dim, size): neuron j's encoding in column j
-                ref = axis
-                if isinstance(piece, Span):  # each neuron's run of positions
-                    pe = pe.repeat_interleave(piece.span, dim=1)
-                elif isinstance(piece, Inner):  # the neuron inside the block axis ref is in
-                    ref = piece.block_of
-                    count, k = self.spec.block_shape(space.name)
-                    block = torch.arange(shape[ref], device=device) // (shape[ref] // count)
-                    pe = pe.reshape(self.enc_dim, count, k)[:, block]  # (enc_dim, n_ref, k)
-                length = pe.shape[-1]
-                if space.role in self.roles:
+                length = 0
+                for space, pe, ref in self._piece(piece, axis, shape, dtype, device):
+                    length = pe.shape[-1]
+                    if space.role not in self.roles:
+                        continue
                     view = [self.enc_dim] + [1] * nd
                     view[1 + axis] = length
                     if ref != axis:
@@ -179,6 +170,33 @@ class IOEncoding(nn.Module):
                     enc[self.roles.index(space.role)][tuple(index)] += pe.reshape(view)
                 start += length
         return enc.reshape(len(self.roles) * self.enc_dim, *p.shape)
+
+    def _piece(self, piece: Any, axis: int, shape: tuple, dtype: torch.dtype, device: Any) -> list:
+        """``(space, encoding, ref)`` for each space a label piece on ``axis`` names: its
+        neurons' encodings in the piece's positions, ``(enc_dim, length)``, or ``(enc_dim,
+        n_ref, length)`` where the neuron depends on axis ``ref``'s block."""
+
+        def pe(space: Any) -> torch.Tensor:  # (enc_dim, size): neuron j's in column j
+            return sinusoidal_encoding(
+                space.size, self.max_freq, self.num_freqs, dtype=dtype, device=device
+            ).T
+
+        space = self.spec.spaces[piece_space(piece)]
+        if isinstance(piece, Span) and isinstance(piece.span, str):  # a copy of a space's
+            # neurons for each neuron of the other
+            other = self.spec.spaces[piece.span]
+            return [
+                (space, pe(space).repeat_interleave(other.size, dim=1), axis),
+                (other, pe(other).repeat(1, space.size), axis),
+            ]
+        if isinstance(piece, Span):  # each neuron's run of positions
+            return [(space, pe(space).repeat_interleave(piece.span, dim=1), axis)]
+        if isinstance(piece, Inner):  # the neuron inside the block axis block_of is in
+            ref = piece.block_of
+            count, k = self.spec.block_shape(space.name)
+            block = torch.arange(shape[ref], device=device) // (shape[ref] // count)
+            return [(space, pe(space).reshape(self.enc_dim, count, k)[:, block], ref)]
+        return [(space, pe(space), axis)]
 
     def forward(self, features: WeightSpaceFeatures) -> WeightSpaceFeatures:
         """Concatenate the encoding to every parameter's channels."""

@@ -65,25 +65,34 @@ class Inner:
 @dataclass(frozen=True)
 class Span:
     """Composite piece (or axis label): the neurons of space ``space``, each spanning ``span``
-    consecutive fixed positions; ``size * span`` positions in all.
+    consecutive fixed positions (an int), or a copy of the neurons of space ``span`` (a
+    name); ``size * span`` positions in all, or ``size * size(span)``.
 
     One projection sliced into queries, keys and values (``[q | k | v]``) whose query and key
     features RoPE fixes holds its queries as one neuron per head (a space of the heads, moved
     as blocks with the values') of ``head_dim`` fixed positions: ``[Span("h", d), Span("h",
-    d), "v"]``.
+    d), "v"]``. Without RoPE, under multi-query attention (one key head, whose features every
+    query head shares), each query head's rows are those features: ``[Span("h", "qk"), "qk",
+    "v"]``.
 
-    >>> Span("h", 4)
-    Span('h', 4)
+    >>> Span("h", 4), Span("h", "qk")
+    (Span('h', 4), Span('h', 'qk'))
     """
 
     space: str
-    span: int
+    span: int | str
 
     def __post_init__(self) -> None:
-        _check_piece(self, "span", 1, "a positive int")
+        if isinstance(self.span, str):
+            if not self.span:
+                raise SpecError(f"Span({self.space!r}): span must name a space, got ''")
+            if self.span == self.space:
+                raise SpecError(f"Span({self.space!r}): a space cannot span its own neurons")
+            return
+        _check_piece(self, "span", 1, "a positive int or a space name")
 
     def __repr__(self) -> str:
-        return f"Span({self.space!r}, {self.span})"
+        return f"Span({self.space!r}, {self.span!r})"
 
 
 def _check_piece(piece: Any, field: str, least: int, what: str) -> None:
@@ -140,12 +149,18 @@ def axis_pieces(a: AxisLabel) -> tuple:
 
 def spaces_named(axes: tuple) -> set:
     """Names of every space that labels one of ``axes`` (or a composite piece, or a position
-    inside its blocks).
+    inside its blocks, or the neurons a span copies).
 
-    >>> sorted(spaces_named((None, "c1", ("c2", 3), Inner("c3", 0), (2, Inner("c4", 0)))))
-    ['c1', 'c2', 'c3', 'c4']
+    >>> sorted(spaces_named((None, "c1", ("c2", 3), Inner("c3", 0), (2, Span("c4", "c5")))))
+    ['c1', 'c2', 'c3', 'c4', 'c5']
     """
-    return {piece_space(p) for a in axes for p in axis_pieces(a)} - {None}
+    out = set()
+    for a in axes:
+        for p in a if isinstance(a, tuple) else (a,):
+            out.add(piece_space(p))
+            if isinstance(p, Span) and isinstance(p.span, str):
+                out.add(p.span)
+    return out - {None}
 
 
 def _axis_str(a: AxisLabel) -> str:

@@ -177,7 +177,8 @@ def piece_size(
         space = spaces[piece.space]
         return space.size // blocks[space.blocks].count
     if isinstance(piece, Span):
-        return spaces[piece.space].size * piece.span
+        span = spaces[piece.span].size if isinstance(piece.span, str) else piece.span
+        return spaces[piece.space].size * span
     return spaces[piece].size
 
 

@@ -107,9 +107,15 @@ class Permutation:
             elif isinstance(piece, Inner):
                 part = self.inner[piece.space] + start
                 n = part.shape[1]
-            elif isinstance(piece, Span):  # each neuron's run of positions moves with it
+            elif isinstance(piece, Span):  # each neuron's run of positions moves with it (a
+                # copy of another space's neurons, permuted as that space is)
                 perm = self.perms[piece.space]
-                part = (perm[:, None] * piece.span + torch.arange(piece.span)).reshape(-1) + start
+                run = (
+                    self.perms[piece.span]
+                    if isinstance(piece.span, str)
+                    else torch.arange(piece.span)
+                )
+                part = (perm[:, None] * len(run) + run).reshape(-1) + start
                 n = len(part)
             else:
                 part, n = self.perms[piece] + start, len(self.perms[piece])

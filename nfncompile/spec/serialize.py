@@ -125,7 +125,8 @@ def spec_fields(data: Any) -> dict:
                     f"{path}.axes[{i}]: expected a space name, null, a list of space "
                     "names / positive ints / positions inside a block / spans (composite), "
                     f"{{space: NAME, block_of: AXIS}} (a position inside a block) or "
-                    f"{{space: NAME, span: N}} (its neurons, N positions each), got {a!r}"
+                    f"{{space: NAME, span: N}} (its neurons, N positions each, or each a copy of "
+                    f"space N's neurons), got {a!r}"
                 )
         try:
             params.append(
@@ -184,12 +185,13 @@ def _check_keys(entry: Mapping, allowed: tuple, path: str, required: tuple = ())
 
 def _is_piece_map(a: Any, key: str) -> bool:
     """Whether ``a`` is ``{space: NAME, <key>: INT}``: the YAML form of an :class:`Inner`
-    (``key="block_of"``) or a :class:`Span` (``key="span"``)."""
+    (``key="block_of"``) or a :class:`Span` (``key="span"``, whose value may also name a
+    space)."""
     return (
         isinstance(a, Mapping)
         and set(a) == {"space", key}
         and isinstance(a["space"], str)
-        and _is_int(a[key])
+        and (_is_int(a[key]) or (key == "span" and isinstance(a[key], str)))
     )
 
 

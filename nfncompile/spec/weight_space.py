@@ -140,11 +140,21 @@ class WeightSpaceSpec:
                     raise SpecError(
                         f"{where}[{k}]: unknown space {piece.space!r} in {piece!r}; valid: {valid}"
                     )
+                elif (
+                    isinstance(piece, Span)
+                    and isinstance(piece.span, str)
+                    and (piece.span not in self.spaces)
+                ):
+                    raise SpecError(
+                        f"{where}[{k}]: unknown space {piece.span!r} spanned in {piece!r}; "
+                        f"valid: {valid} or a positive int"
+                    )
                 elif not (_is_int(piece) or isinstance(piece, Span) or piece in self.spaces):
                     raise SpecError(
                         f"{where}: unknown composite piece {piece!r}; valid: {valid}, a positive "
                         "int (fixed positions), {space: NAME, block_of: AXIS} (a block's "
-                        "positions) or {space: NAME, span: N} (its neurons, N positions each)"
+                        "positions) or {space: NAME, span: N} (its neurons, N positions each, "
+                        "or each a copy of space N's neurons)"
                     )
             total = sum(piece_size(piece, self.spaces, self.blocks) for piece in label)
             if total != n:

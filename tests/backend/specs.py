@@ -55,7 +55,7 @@ def inner(space: str, block_of: int = 0) -> dict:
     return {"space": space, "block_of": block_of}
 
 
-def span(space: str, n: int = 2) -> dict:
+def span(space: str, n: int | str = 2) -> dict:
     return {"space": space, "span": n}
 
 
@@ -213,6 +213,21 @@ SPECS = {
             "o.weight": {"shape": [2, 4], "axes": ["out", "v"]},
         },
         {"heads": 2},
+    ),
+    # multi-query attention fused [q | k | v]: each query head's rows a copy of the one key
+    # head's features (a span of a space), the heads a space of their own
+    "span_space": make_spec(
+        {
+            "in": (2, "input"),
+            "h": (2, "hidden"),
+            "qk": (2, "hidden"),
+            "v": (2, "hidden"),
+            "out": (2, "output"),
+        },
+        {
+            "qkv.weight": {"shape": [8, 2], "axes": [[span("h", "qk"), "qk", "v"], "in"]},
+            "o.weight": {"shape": [2, 4], "view": [2, 2, 2], "axes": ["out", "h", "v"]},
+        },
     ),
 }
 

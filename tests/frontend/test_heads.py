@@ -547,12 +547,14 @@ def test_heads_taken_apart_on_the_heads_dim_keep_their_spaces(kv, rotary):
         _heads_move_on_the_network(model, spec, x_(2, 5, 8).double(), "qkv.query", ("o",))
         assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
         return
-    if rotary:  # multi-query (Falcon-7B's): the 4 query heads move, each a span of 4 rows;
-        # before, the one key and value head were splits of one head, which held them
-        rows = (Span("qkv.head", 4), 4, "qkv")
+    if kv == 1:  # multi-query (Falcon-7B's): the 4 query heads move, each a span of 4 rows,
+        # fixed under RoPE or else a copy of the key head's features; before, the one key and
+        # value head were splits of one head, which held them
+        qk, v = (None, "qkv") if rotary else ("qkv/0", "qkv/1")
+        rows = (Span("qkv.head", 4), 4, v) if rotary else (Span("qkv.head", qk), qk, v)
         assert spec["qkv.weight"].axes == (rows, "in") and spec.blocks["qkv.heads"].count == 4
         o = spec["o.weight"]
-        assert o.view == (8, 4, 4) and o.axes == ("out", "qkv.head", "qkv")
+        assert o.view == (8, 4, 4) and o.axes == ("out", "qkv.head", v)
         model = model_(lambda: _FusedHeadsTakenApart(kv, rotary)).double()
         _heads_move_on_the_network(model, spec, x_(2, 5, 8).double(), "qkv.heads", ("o",))
         assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
