@@ -9,7 +9,9 @@ one spec, so ``nfncompile verify`` can check the spec against it, e.g.::
 ``FlaxMLP`` and ``FlaxGroupedCNN`` compute what the Flax networks of ``flax_mlp.yaml`` and
 ``flax_grouped_cnn.yaml`` compute, from parameters stored in Flax's layout (kernels
 ``[in, out]`` and ``[kh, kw, in_per_group, out]``) under Flax's names. ``PerHeadAttention``
-is attention whose heads' block spaces interleave along one projection.
+is attention whose heads' block spaces interleave along one projection;
+``MultiQueryAttention`` is attention whose query heads each read a copy of one key head's
+features.
 """
 
 from __future__ import annotations
@@ -135,6 +137,28 @@ class PerHeadAttention(nn.Module):
         return self.dense(y.transpose(1, 2).reshape(b, n, -1)).mean(1)
 
 
+class MultiQueryAttention(nn.Module):
+    """``specs/weight_spaces/multi_query_attention.yaml``: self-attention over a sequence of
+    4-feature tokens (input ``(batch, 4, tokens)``), 3 query heads of 2 and one key and value
+    head, fused as ``[q | k | v]`` (GPTBigCode's), then an output projection and a mean over
+    tokens."""
+
+    heads, dim = 3, 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(4, (self.heads + 2) * self.dim)
+        self.c_proj = nn.Linear(self.heads * self.dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, 2)  # (batch, 4 channels, tokens) -> (batch, tokens, 4)
+        b, n, _ = x.shape
+        q, k, v = self.c_attn(x).split([self.heads * self.dim, self.dim, self.dim], dim=-1)
+        q = q.view(b, n, self.heads, self.dim).transpose(1, 2)
+        y = nn.functional.scaled_dot_product_attention(q, k[:, None], v[:, None])
+        return self.c_proj(y.transpose(1, 2).reshape(b, n, -1)).mean(1)
+
+
 def concat_mlp() -> ConcatMLP:
     return ConcatMLP()
 
@@ -153,3 +177,7 @@ def flax_grouped_cnn() -> FlaxGroupedCNN:
 
 def per_head_attention() -> PerHeadAttention:
     return PerHeadAttention()
+
+
+def multi_query_attention() -> MultiQueryAttention:
+    return MultiQueryAttention()

@@ -26,7 +26,11 @@ permutation, and the axis is viewed as ``(heads, one head)``: fixed positions, p
 inside the blocks of the block spaces, and shared spaces. Under grouped-query attention a
 block is a key/value head with the query heads that read it, and those query heads permute
 inside it (a space ``"<origin>.query"`` in the same blocks; :func:`_queries`), where every
-label reads them one query head after another. Where something does meet them in
+label reads them one query head after another. Under multi-query attention (one key/value
+head, which no split holds: expanded, repeated or broadcast for every query head) each query
+head's dims are the key's and its output's the value's: every head's dims one space they all
+share, read per head as a view ``(heads, shared space)`` or, fused as ``[q | k | v]``, as a
+span of the heads each a copy of it. Where something does meet them in
 place (a value per head such as ALiBi's slopes times the key positions, a mask per head), they
 stay. A split whose chunks are tied instead (it does not hold) gives one permutation for
 every head: the conservative reading; where only a weight every head reads made it so (a

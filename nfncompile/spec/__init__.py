@@ -25,6 +25,10 @@ Axis labels
     the neurons of space ``h``, each a run of 8 fixed positions (as a composite piece, or a
     whole axis): a projection sliced into ``[q | k | v]`` whose query and key features RoPE
     fixes holds each head's queries as one neuron of the heads' space.
+``Span("h", "qk")`` (YAML ``{space: h, span: qk}``)
+    the neurons of space ``h``, each a copy of the neurons of space ``qk`` (permuted by
+    ``qk``'s permutation): multi-query attention fused as ``[q | k | v]`` holds each query
+    head's rows as a copy of the one key head's features, ``[{space: h, span: qk}, qk, v]``.
 
 Block spaces
 ------------
