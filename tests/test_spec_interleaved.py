@@ -185,18 +185,24 @@ def test_a_span_spec_round_trips_and_moves_each_neurons_positions():
 
 @pytest.mark.parametrize("mode", ["np", "hnp"])
 def test_group_elements_leave_a_sliced_network_unchanged(mode):
-    torch.manual_seed(0)
-    net = Sliced().double()
-    spec = nfc.WeightSpaceSpec.from_yaml(SPAN_YAML).with_mode(mode)
-    x = torch.randn(2, 5, C, dtype=torch.float64)
-    assert nfc.verify(net, spec, x, channel_dim=-1).ok
     # the queries' heads read as the values' (a span of the wrong size): caught
-    wrong = SPAN_YAML.replace(
-        f"span: {D}}}, {{space: h, span: {D}}}, v]", f"span: {D}}}, v, {{space: h, span: {D}}}]"
+    edit = (
+        f"span: {D}}}, {{space: h, span: {D}}}, v]",
+        f"span: {D}}}, v, {{space: h, span: {D}}}]",
     )
-    assert not nfc.verify(
-        net, nfc.WeightSpaceSpec.from_yaml(wrong).with_mode(mode), x, channel_dim=-1
-    ).ok
+    _holds_and_edit_is_caught(Sliced, SPAN_YAML, edit, mode)
+
+
+def _holds_and_edit_is_caught(net: type, text: str, edit: tuple, mode: str) -> None:
+    """The spec of ``text`` holds on ``net()`` in ``mode``; with ``edit`` made it does not."""
+    torch.manual_seed(0)
+    model = net().double()
+    x = torch.randn(2, 5, C, dtype=torch.float64)
+    spec = nfc.WeightSpaceSpec.from_yaml(text).with_mode(mode)
+    assert nfc.verify(model, spec, x, channel_dim=-1).ok
+    assert edit[0] in text
+    wrong = nfc.WeightSpaceSpec.from_yaml(text.replace(*edit)).with_mode(mode)
+    assert not nfc.verify(model, wrong, x, channel_dim=-1).ok
 
 
 @pytest.mark.parametrize(
@@ -263,16 +269,10 @@ def test_a_span_of_a_space_round_trips_and_copies_its_permutation():
 
 @pytest.mark.parametrize("mode", ["np", "hnp"])
 def test_group_elements_leave_a_multi_query_network_unchanged(mode):
-    torch.manual_seed(0)
-    net = MultiQuery().double()
-    spec = nfc.WeightSpaceSpec.from_yaml(MQA_YAML).with_mode(mode)
-    x = torch.randn(2, 5, C, dtype=torch.float64)
-    assert nfc.verify(net, spec, x, channel_dim=-1).ok
     # each query head's rows read as fixed positions beside the keys' own permutation: caught
-    wrong = MQA_YAML.replace("{space: h, span: qk}, qk, v]", "{space: h, span: 2}, qk, v]")
-    assert not nfc.verify(
-        net, nfc.WeightSpaceSpec.from_yaml(wrong).with_mode(mode), x, channel_dim=-1
-    ).ok
+    edit = ("{space: h, span: qk}, qk, v]", "{space: h, span: 2}, qk, v]")
+    _holds_and_edit_is_caught(MultiQuery, MQA_YAML, edit, mode)
+    spec = nfc.WeightSpaceSpec.from_yaml(MQA_YAML).with_mode(mode)
     for basis in ("complete", "linear"):
         layer = nfc.NFLinear(spec, 1, 2, mode=mode, basis=basis).double()
         assert_equivariant(layer, spec, trials=2)

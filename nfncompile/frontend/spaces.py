@@ -676,11 +676,13 @@ def _read_heads(
     must read them one query head after another in every block (:func:`_query_pattern`), and
     no other axis may read a query head's fixed dims alone."""
     p, count = sol.problem, fam.count
-    fine = _spread_tags(_query_seeds(fam), near) if group > 1 else {}
-    tiled = {s.id in fam.tiled for s in fam.splits if fam.units[s.id] == group}
-    if len(tiled) > 1:  # query heads tiled by one split and in a row by another
-        return None
-    tiled = tiled.pop()
+    fine, tiled = {}, False
+    if group > 1:
+        fine = _spread_tags(_query_seeds(fam), near)
+        ways = {s.id in fam.tiled for s in fam.splits if fam.units[s.id] == group}
+        if len(ways) > 1:  # query heads tiled by one split and in a row by another
+            return None
+        tiled = ways.pop()
     found: dict = {}
     for key, param in p.params.items():
         for k, lab in enumerate(param.axes):
