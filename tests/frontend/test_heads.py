@@ -301,21 +301,41 @@ def test_multi_query_heads_stay_where_a_slope_per_head_meets_them():
 
 class _FusedGroups(nn.Module):
     """Falcon's new decoder layout: one projection holding, per key/value head, its two query
-    heads, then its key head and its value head (``(B, N, 2, 4, D)``); ``rotated`` adds RoPE."""
+    heads, then its key head and its value head (``(B, N, 2, 4, D)``); ``rotated`` adds RoPE.
+    ``chained`` views it as Hugging Face's Falcon does: ``(B, N, 8, D)``, then that viewed
+    again as ``(B, N, 2, 4, D)``."""
 
-    def __init__(self, rotated: bool) -> None:
+    def __init__(self, rotated: bool, chained: bool = False) -> None:
         super().__init__()
-        self.rotated, self.qkv, self.o = rotated, nn.Linear(8, 16), nn.Linear(8, 8)
+        self.rotated, self.chained = rotated, chained
+        self.qkv, self.o = nn.Linear(8, 16), nn.Linear(8, 8)
 
     def forward(self, x):
         b, n, _ = x.shape
-        y = self.qkv(x).view(b, n, 2, 4, 2)
-        q = y[..., :2, :].reshape(b, n, 4, 2).transpose(1, 2)
+        if self.chained:
+            y = self.qkv(x).view(b, n, -1, 2).view(b, n, 2, -1, 2)
+            q = y[..., :-2, :].flatten(-3, -2).transpose(1, 2)
+        else:
+            y = self.qkv(x).view(b, n, 2, 4, 2)
+            q = y[..., :2, :].reshape(b, n, 4, 2).transpose(1, 2)
         k, v = (y[..., i, :].transpose(1, 2).repeat_interleave(2, dim=1) for i in (2, 3))
         if self.rotated:
             q, k = (_partial_rotary(t, 2) for t in (q, k))
         y = nn.functional.scaled_dot_product_attention(q, k, v)
         return self.o(y.transpose(1, 2).reshape(b, n, 8))
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_heads_a_chained_reshape_skips_are_no_family(rotated):
+    # before: the first view's split of 8 "heads", read by nothing (the second view reads
+    # the projection as one reshape), moved as 8 free blocks of rows; verification caught it
+    # and held every head. Now it is no family: the key/value groups move (a space of 2)
+    model = model_(lambda: _FusedGroups(rotated, chained=True)).double()
+    x = x_(2, 5, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not report.heads_in_place
+    assert [s.size for s in spec.spaces.values() if s.role == "hidden"] == [2]
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 
 @pytest.mark.parametrize("rotated", [False, True])

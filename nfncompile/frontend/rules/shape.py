@@ -260,6 +260,11 @@ def _first_of_reshapes(a: SymmetryAnalysis, x: TensorLabels) -> TensorLabels:
         labels = a.env.get(before)
         if not isinstance(labels, TensorLabels):
             break
+        # the skipped reshape's labels are read by nothing: heads it split are no family's
+        # (else, free of every constraint, they would move as blocks of their own)
+        skipped = a.env.get(node)
+        for lab in skipped.labels if isinstance(skipped, TensorLabels) else ():
+            a.hold_heads(lab)
         node, out = before, labels
     return out
 
