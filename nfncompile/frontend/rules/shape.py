@@ -262,9 +262,7 @@ def _first_of_reshapes(a: SymmetryAnalysis, x: TensorLabels) -> TensorLabels:
             break
         # the skipped reshape's labels are read by nothing: heads it split are no family's
         # (else, free of every constraint, they would move as blocks of their own)
-        skipped = a.env.get(node)
-        for lab in skipped.labels if isinstance(skipped, TensorLabels) else ():
-            a.hold_heads(lab)
+        a.heads_held.update(split.heads for split in a.head_splits if split.node == node.name)
         node, out = before, labels
     return out
 
