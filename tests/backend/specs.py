@@ -229,6 +229,20 @@ SPECS = {
             "o.weight": {"shape": [2, 4], "view": [2, 2, 2], "axes": ["out", "h", "v"]},
         },
     ),
+    # the same with the spanned space in blocks: each copy moved by its blocks' permutation
+    "span_block_space": make_spec(
+        {
+            "in": (2, "input"),
+            "h": (2, "hidden"),
+            "qk": (4, "hidden", "g"),
+            "out": (2, "output"),
+        },
+        {
+            "w.weight": {"shape": [12, 2], "axes": [[span("h", "qk"), "qk"], "in"]},
+            "o.weight": {"shape": [2, 4], "axes": ["out", "qk"]},
+        },
+        {"g": 2},
+    ),
 }
 
 BLOCK_SPECS = (
@@ -239,6 +253,7 @@ BLOCK_SPECS = (
     "interleaved_heads",
     "partial_rotary",
     "span_heads",
+    "span_block_space",
 )
 
 
