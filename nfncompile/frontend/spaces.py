@@ -533,10 +533,8 @@ def _merge_heads(
     pieces whole, head after head in order (the block space's layout), one head after another
     (:func:`_head_pattern`) or run after run (:func:`_head_spans`); else its heads stay in
     place. Returns ``alias`` (a merged root -> (the block space's root, its head)), per merged
-    family ``(family, block space roots, base name)``, and ``views``: ``(param key, axis) ->
-    (heads, layout, heads space root)``, the layout a tuple (one head's, the axis viewed as
-    ``(heads, one head)``) or a list (the spans of :func:`_head_spans`, no view). ``infos`` is
-    updated in place.
+    family ``(family, block space roots, base name)``, and ``views``: ``(param key, axis) ->``
+    :class:`_View` (a view of the axis, or spans of it). ``infos`` is updated in place.
     """
     p = sol.problem
     busy = set(count_of) | set(inner_of) | {v[1] for v in inner_of.values()}
@@ -773,7 +771,7 @@ def _head_spans(
                 j += 1
             if j == i or tags[atoms[j - 1]] != count - 1 or len(set(per_head)) > 1:
                 return None
-            span = _query_span(sol, atoms[i:j], fine, group) if group > 1 else None
+            span = _query_span(sol, atoms[i:j], fine, count, group) if group > 1 else None
             if span is None and any(fine.get(a, -1) >= 0 for a in atoms[i:j]):
                 return None  # query heads' dims not read one query head after another
             pieces.append(("span", per_head[0]) if span is None else ("query", span))
@@ -795,22 +793,16 @@ def _head_spans(
     return pieces if any(what in ("span", "query", "spanned") for what, _ in pieces) else None
 
 
-def _query_span(sol: _Solution, atoms: list, fine: dict, group: int) -> int | None:
+def _query_span(sol: _Solution, atoms: list, fine: dict, count: int, group: int) -> int | None:
     """The width of each query head's run where ``atoms`` (one span of every block, in block
     order) hold, per block, its ``group`` query heads' fixed dims one after another, each as
     wide; ``None`` where they do not."""
-    widths: dict = collections.defaultdict(int)
-    order = []
-    for a in atoms:
-        t = fine.get(a, -1)
-        if t < 0 or (order and t < order[-1] and t != 0):
-            return None
-        if not order or t != order[-1]:
-            order.append(t)
-        widths[len(order) - 1] += sol.atoms[a][2] - sol.atoms[a][1]
-    if order != list(range(group)) * (len(order) // group) or len(set(widths.values())) > 1:
+    runs = _parts(_pieces(sol, atoms), count * group)
+    if runs is None or any(
+        fine.get(a) != k % group for k, run in enumerate(runs) for a, _, _ in run
+    ):
         return None
-    return widths[0]
+    return sum(w for _, _, w in runs[0])
 
 
 def _span_label(pieces: list, infos: dict, view: _View) -> Any:
@@ -999,7 +991,7 @@ def _query_pattern(
     head ``i % count``), the label reads query head 0 of every block, then query head 1, ...
     """
     if tiled:  # query head t of every block, then t + 1: ``group`` runs of the blocks
-        runs = _parts([(a, None, sol.atoms[a][2] - sol.atoms[a][1]) for a in atoms], group)
+        runs = _parts(_pieces(sol, atoms), group)
         if runs is None:
             return None
         parts = []
@@ -1022,6 +1014,11 @@ def _query_pattern(
         return None
     units = {_layout(part) for _, part in parts}
     return units.pop() if len(units) == 1 else None
+
+
+def _pieces(sol: _Solution, atoms: list) -> list:
+    """``(atom, None, width)`` for each of ``atoms``: :func:`_parts`' pieces, no column."""
+    return [(a, None, sol.atoms[a][2] - sol.atoms[a][1]) for a in atoms]
 
 
 def _parts(pieces: list, n: int) -> list | None:
