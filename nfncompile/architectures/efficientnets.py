@@ -5,7 +5,8 @@
 :func:`torch.fx.wrap` like torchvision's ``ops.stochastic_depth``), which no symmetry rule
 knows. :func:`tf_efficientnet` writes them as timm's ``tf_efficientnet`` family does: every conv
 is a :class:`Conv2dSame`, whose TensorFlow "SAME" padding is computed from the input size in
-its forward, which ``torch.fx`` cannot trace symbolically.
+its forward, which ``torch.fx`` cannot trace symbolically (the tracer reads it with the input's
+shapes fixed).
 """
 
 from __future__ import annotations

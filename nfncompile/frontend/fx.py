@@ -1514,7 +1514,7 @@ def trace_graph(
         else:
             ruled = all(module_rule(model.get_submodule(leaf.module)) for leaf in plain.leaves)
             if ruled and not plain.type_asked:
-                return plain, graph, ""  # every kept call read by its class's rule (Conv2dSame)
+                return plain, graph, ""  # every kept call read by its class's rule
             # a submodule whose forward checks its input's shape or dtype (Hugging Face's
             # ViTModel does) is a leaf of the plain trace; with the example's shapes fixed it
             # may not be. A forward that asks whether a traced value is a tensor (MONAI's

@@ -135,7 +135,7 @@ EXPECTED = {
                            ("blocks.0.expand", 32, "hidden"), ("blocks.0.se_down", 2, "hidden"),
                            ("blocks.1.expand", 32, "hidden"), ("blocks.1.se_down", 2, "hidden"),
                            ("head", 16, "hidden"), ("out", 10, "output")],
-    # every conv a Conv2dSame (kept as one call, a conv by its base class): block 0 (stride 2,
+    # every conv a Conv2dSame (read op by op, with the input's shapes fixed): block 0 (stride 2,
     # 8 -> 12) has no residual, so its project output (12) starts the stream block 1 adds to
     "tf_efficientnet": [("in", 3, "input"), ("stem", 8, "hidden"),
                         ("blocks.0.expand", 32, "hidden"), ("blocks.0.se_down", 2, "hidden"),

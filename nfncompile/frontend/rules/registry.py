@@ -63,21 +63,49 @@ class Unsupported(Exception):
 
 
 def module_rule(module: Any) -> Rule | None:
-    """The rule for ``module``'s class, looked up along its MRO (a ``Conv2d`` subclass that
-    pads itself is a conv), or ``None``.
+    """The rule for ``module``'s class, looked up along its MRO, or ``None``.
+
+    A subclass is read by its base class's rule only where it computes what the base class
+    does: its own classes (those not in torch) write neither ``forward`` nor anything the
+    ``forward`` it runs reads through ``self`` (a conv's ``_conv_forward``, a ``weight``
+    property), so a ``Conv2d`` subclass that only sets its arguments is a conv. One that
+    writes its own may compute anything (segmentation_models_pytorch's ``LayerNorm``
+    normalises the channels of a ``(B, C, H, W)`` map, where ``nn.LayerNorm`` normalises the
+    last dim): it has no rule, so the tracer goes through it, or keeps it as one call that is
+    probed.
 
     >>> import torch
-    >>> class Padded(torch.nn.Conv2d): ...
-    >>> module_rule(Padded(1, 1, 3)) is module_rule(torch.nn.Conv2d(1, 1, 3)) is not None
+    >>> class Arguments(torch.nn.Conv2d): ...
+    >>> module_rule(Arguments(1, 1, 3)) is module_rule(torch.nn.Conv2d(1, 1, 3)) is not None
     True
+    >>> class Channels(torch.nn.LayerNorm):
+    ...     def forward(self, x):
+    ...         return super().forward(x.transpose(1, -1)).transpose(1, -1)
+    >>> class Standardised(torch.nn.Conv2d):
+    ...     def _conv_forward(self, x, weight, bias):
+    ...         return super()._conv_forward(x, weight - weight.mean((1, 2, 3), True), bias)
+    >>> module_rule(Channels(4)), module_rule(Standardised(1, 1, 3))
+    (None, None)
     >>> module_rule(torch.nn.Module()) is None
     True
     """
-    for t in type(module).__mro__:
+    mro = type(module).__mro__
+    for k, t in enumerate(mro):
         rule = MODULE_RULES.get(t)
         if rule is not None:
-            return rule
+            return None if _rewrites(mro[:k], type(module).forward) else rule
     return None
+
+
+def _rewrites(classes: tuple, forward: Any) -> bool:
+    """Whether any of ``classes`` outside torch (torch's own subclasses, ``nn.Dropout`` under
+    the rule of every dropout, are what their rule was written for) defines ``forward`` or a
+    name that ``forward`` reads."""
+    code = getattr(forward, "__code__", None)
+    read = {"forward", *(code.co_names if code is not None else ())}
+    return any(
+        not c.__module__.startswith("torch.") and not read.isdisjoint(vars(c)) for c in classes
+    )
 
 
 def register_module(*types: type) -> Callable[[Rule], Rule]:
