@@ -30,9 +30,11 @@ label reads them one query head after another. Under multi-query attention (one 
 head, which no split holds: expanded, repeated or broadcast for every query head) each query
 head's dims are the key's and its output's the value's: every head's dims one space they all
 share, read per head as a view ``(heads, shared space)`` or, fused as ``[q | k | v]``, as a
-span of the heads each a copy of it. Where something does meet them in
-place (a value per head such as ALiBi's slopes times the key positions, a mask per head), they
-stay. A split whose chunks are tied instead (it does not hold) gives one permutation for
+span of the heads each a copy of it. A parameter's axis of one value per
+head (a relative-position bias table's columns, a temperature per head), tied to the heads
+where it meets them, moves with them: that axis reads the heads' space itself. Where something
+else meets them in place (a constant per head such as ALiBi's slopes times the key positions,
+a mask per head that no weight makes), they stay. A split whose chunks are tied instead (it does not hold) gives one permutation for
 every head: the conservative reading; where only a weight every head reads made it so (a
 norm over each head's dims, :data:`SHARED`), its heads may still move.
 
@@ -352,6 +354,10 @@ class Family:
     queries : list of tuple
         Per split with ``group`` heads per block: per block, per query head, the atoms of its
         fixed dims (RoPE's rotated queries), which say which query head a label reads.
+    places : list of tuple
+        Each block's place in the solution (its atom's root, its offset in the atom), in head
+        order: where a parameter's axis holds one value per head (a relative-position bias
+        table's columns, a temperature per head), its positions take these places.
     """
 
     roots: tuple
@@ -363,6 +369,7 @@ class Family:
     tiled: set = dataclasses.field(default_factory=set)
     group: int = 1
     queries: list = dataclasses.field(default_factory=list)
+    places: list = dataclasses.field(default_factory=list)
 
     @property
     def root(self) -> int:
@@ -398,8 +405,9 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
     A family is the splits whose heads take the same places in the solution: head ``i`` of
     each in one place, or, under grouped-query attention, each key/value head's place taken by
     ``g`` query heads in a row (their chunks then join into one block). It qualifies when its
-    places hold only the heads runs of its splits (no constant per head, no parameter or
-    input/output reads them, no op met them as positions: ``heads_held``) and, split by
+    places hold only the heads runs of its splits and, where each block is one head, axes of
+    parameters of one value per head (no constant per head, no input/output reads them, no
+    op met them as positions: ``heads_held``) and, split by
     split, each piece of a head's dims is, head by head, a distinct space that no other block
     permutation cuts (``busy``: roots of spaces already in blocks or indexed inside them), or
     is fixed in every head (then the heads move with those dims in place: RoPE's rotated
@@ -409,6 +417,25 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
     """
     p = sol.problem
     family: dict = {}  # the roots of the heads' places -> splits
+    # neurons an op fixed where they stand, not through a split's per-head dims (a gather of
+    # a table's rows after its (7, 7) view was flattened back): a head holding them alone is
+    # held where it stands (a fix of a weight every head's dims share fixes all heads alike)
+    dims_runs = {s.dims for s in p.splits}
+    direct = {
+        sol.uf.find(i)
+        for r, off, length in p.fixed
+        if r not in dims_runs
+        for i in sol.atoms_in(r, off, length)
+    }
+
+    def pinned(split: Any) -> bool:
+        held: dict = {}  # a directly fixed root -> the heads whose chunks hold it
+        for h, chunk in enumerate(split.chunks):
+            for i in sol.label_atoms(chunk):
+                if (r := sol.uf.find(i)) in direct:
+                    held.setdefault(r, set()).add(h)
+        return any(len(heads) < len(split.chunks) for heads in held.values())
+
     places: dict = {}
     for s in p.splits:
         if ("heads", s.id) in fallen and ("shared", s.id) not in fallen:
@@ -424,16 +451,24 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         units = {s.id: len(s.chunks) // count for s in splits}
         heads_runs = {s.heads for s in splits}
         tiled = {s.id for s in splits if ("tiled", s.id) in fallen}
+        # besides the heads runs, a parameter's axis of one value per head may take their
+        # places (Swin's and BEiT's bias tables, XCiT's temperature; T5's, an embedding's
+        # features), where each block is one head: it moves with them, read as the heads' own
+        # space (spaces._read_heads checks that every label reads them so)
+        per_head = set(units.values()) == {1}
         if (
             count < 2 or len(set(order)) != count
             or any(places[s.id] != _spread(order, units[s.id], s.id in tiled) for s in splits)
             or any(r in sol.prefixed for r in roots)
-            or any(p.runs[sol.atoms[i][0]]["kind"] != "heads" or sol.atoms[i][0] not in heads_runs
+            or any(sol.atoms[i][0] not in heads_runs
+                   and not (per_head and p.runs[sol.atoms[i][0]]["kind"] in _PER_HEAD)
                    for r in roots for i in sol.classes.get(r, []))
             or any(s.heads in p.labelled or s.heads in p.heads_held for s in splits)
+            or any(pinned(s) for s in splits)
         ):  # fmt: skip
             continue
         fam = Family(tuple(dict.fromkeys(r for r, _ in order)), count, splits, [], [], units, tiled)
+        fam.places = list(order)
         fam.group, fam.queries = _queries(sol, fam)
         columns: list = []  # per piece, its roots in head order
         fixed: list = []
@@ -474,6 +509,11 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         fam.columns, fam.fixed = columns, list(dict.fromkeys(fixed))
         out.append(fam)
     return out
+
+
+#: The kinds of runs besides the heads' own that may take the heads' places: a parameter's
+#: axis, or the features a layer makes from its weight (an embedding's columns)
+_PER_HEAD = frozenset({"param", "neuron"})
 
 
 def _queries(sol: Any, fam: Family) -> tuple[int, list]:

@@ -527,7 +527,7 @@ def _merge_heads(
     where an axis reads the heads one after another (fixed dims per head: RoPE's queries and
     keys; a projection laid out per head; dims every head shares) a space of the heads
     themselves (``"<origin>.head"``, one neuron per block), read through a view of that axis
-    or as spans of it.
+    or as spans of it; an axis of one value per head (a bias table's columns) is that space.
 
     A family is merged only where every parameter and input/output label reads each of its
     pieces whole, head after head in order (the block space's layout), one head after another
@@ -588,7 +588,8 @@ def _merge_heads(
         roots = [c[0] for c in columns]
         base = infos[roots[0]].name if roots else ""
         if found:  # the heads themselves, a neuron each ("<origin>.head"): an axis that
-            # reads them one after another is viewed as (heads, one head's layout);
+            # reads them one after another is viewed as (heads, one head's layout), one of a
+            # value per head is the space;
             # named as a space is: after the first run an op made (a parameter's axis only
             # when none is)
             runs = sorted({sol.atoms[a][0] for a, h in tags.items() if h >= 0})
@@ -627,8 +628,9 @@ class _View:
 
     ``layout`` is a tuple (one head's pieces, or one query head's where ``group`` > 1: the
     axis viewed as ``(heads, one head)``, ``(heads, query heads, one query head)`` or, where
-    ``tiled``, ``(query heads, heads, one query head)``) or a list (the spans of
-    :func:`_head_spans`: no view); ``heads`` is the root of the heads' space (one neuron per
+    ``tiled``, ``(query heads, heads, one query head)``), a list (the spans of
+    :func:`_head_spans`: no view) or ``None`` (the axis is the heads themselves, one value per
+    head: :func:`_heads_axis`); ``heads`` is the root of the heads' space (one neuron per
     block), ``queries`` the key of the query heads' space.
     """
 
@@ -685,6 +687,12 @@ def _read_heads(
     for key, param in p.params.items():
         for k, lab in enumerate(param.axes):
             atoms = sol.label_atoms(lab) if lab else []
+            direct = _heads_axis(sol, fam, atoms)
+            if direct is None:
+                return None
+            if direct:  # one value per head: the heads' own space, no view
+                found[(key, k)] = _View(count, None)
+                continue
             unit = (
                 _query_pattern(sol, atoms, tags, fine, at, count, group, tiled)
                 if group > 1
@@ -713,9 +721,27 @@ def _read_heads(
             elif layout != 0:
                 return None
     for lab in io:
-        if _head_pattern(sol, sol.label_atoms(lab), tags, at, count) != 0:
+        atoms = sol.label_atoms(lab)
+        if _heads_axis(sol, fam, atoms) is not False:
+            return None  # an input or output holds a value per head
+        if _head_pattern(sol, atoms, tags, at, count) != 0:
             return None
     return found
+
+
+def _heads_axis(sol: _Solution, fam: heads.Family, atoms: list) -> bool | None:
+    """Whether a label of ``atoms`` is ``fam``'s heads themselves, one position per head in
+    head order (a parameter of one value per head: a bias table's columns, a temperature):
+    ``True``; ``False`` where it takes none of their places; ``None`` where it takes some
+    otherwise (a few heads, another order, with other neurons beside them)."""
+    roots = {r for r, _ in fam.places}
+    taken = [sol.uf.find(a) in roots for a in atoms]
+    if not any(taken):
+        return False
+    if not all(taken):
+        return None
+    at = [(sol.uf.find(a), o) for a in atoms for o in range(sol.atoms[a][2] - sol.atoms[a][1])]
+    return True if at == fam.places else None
 
 
 def _repeats(sol: _Solution, atoms: list, at: dict) -> bool:

@@ -823,3 +823,87 @@ def test_heads_that_fail_to_move_as_blocks_are_kept_in_place(monkeypatch):
     monkeypatch.undo()
     spec, report = trace_with_report(model_(lambda: _Heads("alibi")), x_(2, 5, 8), channel_dim=-1)
     assert report.verification.ok and not spec.blocks and report.heads_in_place == ""
+
+
+class _PerHeadValue(nn.Module):
+    """Attention whose heads each own a learned value: a relative-position bias table added to
+    the scores (Swin's, BEiT's: ``table[index]``, one column per head), given to attention as
+    its mask (BEiT's fused path), its rows first viewed as a grid and resized (Hugging Face's
+    BEiT), or a temperature per head (XCiT, EdgeNeXt). The adversarial
+    ways read the table's columns in another order than the heads', or add a constant per
+    head (ALiBi's slopes) as the mask."""
+
+    def __init__(self, how: str, heads: int = 2, dim: int = 2, n: int = 5) -> None:
+        super().__init__()
+        self.how, self.h, self.d = how, heads, dim
+        self.qkv, self.o = nn.Linear(8, 3 * heads * dim), nn.Linear(heads * dim, 8)
+        if how == "temperature":
+            self.temperature = nn.Parameter(torch.rand(heads, 1, 1) + 0.5)
+        else:
+            self.table = nn.Parameter(torch.randn(2 * n - 1, heads))
+            index = torch.arange(n)[:, None] - torch.arange(n)[None] + n - 1
+            self.register_buffer("index", index)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        if self.how != "temperature":
+            table = self.table.flip(-1) if self.how == "reversed" else self.table
+            if self.how == "resized":  # Hugging Face's BEiT: its rows a grid, resized, flattened
+                grid = table.reshape(3, 3, -1).permute(2, 0, 1)[None]
+                grid = nn.functional.interpolate(grid, size=(3, 3), mode="bilinear")
+                table = grid[0].permute(1, 2, 0).reshape(9, -1)
+            bias = table[self.index.view(-1)].view(n, n, -1).permute(2, 0, 1)[None]
+        if self.how in ("mask", "slopes"):
+            if self.how == "slopes":
+                slopes = torch.arange(1, self.h + 1, dtype=x.dtype)[:, None, None]
+                bias = slopes * torch.arange(n, dtype=x.dtype)
+            y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            scores = q @ k.transpose(-1, -2)
+            if self.how == "temperature":
+                scores = scores * self.temperature
+            else:
+                scores = scores + bias
+            y = scores.softmax(-1) @ v
+        return self.o(y.transpose(1, 2).reshape(b, n, self.h * self.d))
+
+
+@pytest.mark.parametrize("how", ["table", "mask", "resized", "temperature"])
+def test_a_value_per_head_moves_with_its_head(how):
+    # before: the parameter's axis of one value per head met the heads where they stand (and
+    # a mask per head held them), so the heads stayed in place. Now that axis is the heads'
+    # own space: the heads move as blocks, each carrying its column of the table. Resized,
+    # the table's grid rows were "heads" of their own, moved as blocks though the gather
+    # reads each row where it stands: verification caught it and every head stayed in place
+    model = model_(lambda: _PerHeadValue(how)).double()
+    x = x_(2, 5, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not report.heads_in_place
+    assert list(spec.blocks) == ["qkv.heads"] and spec.blocks["qkv.heads"].count == 2
+    key = "temperature" if how == "temperature" else "table"
+    axes = ("qkv.head", None, None) if how == "temperature" else (None, "qkv.head")
+    assert spec[key].axes == axes and spec.spaces["qkv.head"].blocks == "qkv.heads"
+    perm = _moving(spec, "qkv.heads", torch.Generator().manual_seed(0))
+    moved = copy.deepcopy(model)
+    moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+    torch.testing.assert_close(moved(x), model(x))  # the heads moved: the function is unchanged
+    with torch.no_grad():  # the values per head put back in place alone: it changes
+        getattr(moved, key).copy_(getattr(model, key))
+    assert (moved(x) - model(x)).abs().max() > 1e-3
+    for basis in ("complete", "linear"):
+        assert_equivariant(nfc.NFLinear(spec, 1, 2, basis=basis).double(), spec, trials=2)
+
+
+@pytest.mark.parametrize("how", ["reversed", "slopes"])
+def test_values_per_head_read_otherwise_keep_the_heads_in_place(how):
+    # the table's columns in reverse (head i reads column h - 1 - i: moving head i would move
+    # another column), a constant per head given as attention's mask: the heads stay, each
+    # head's values still permute on their own
+    spec, report = trace_with_report(
+        model_(lambda: _PerHeadValue(how, heads=3)), x_(2, 5, 8), channel_dim=-1
+    )
+    assert report.verification.ok and not spec.blocks
+    assert len(set(per_head(spec, spec["o.weight"].axes[1]))) == 3
+    if how == "reversed":
+        assert spec["table"].axes == (None, None)

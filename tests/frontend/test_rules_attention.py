@@ -127,11 +127,14 @@ class BiasedAttention(nn.Module):
         return self.head((x + self.out(y.transpose(1, 2).reshape(b, n, 8))).mean(1))
 
 
-def test_a_mask_made_by_the_models_weights_is_fixed_where_it_meets_the_scores():
-    # the bias table's head axis was left a free space: the derived group did not hold
+def test_a_mask_made_by_the_models_weights_moves_with_the_heads():
+    # the bias table's head axis was first left a free space (the derived group did not
+    # hold), then fixed with every head in place; it is now the heads' own space: each head
+    # moves as a block with its column of the table, and the relative positions stay fixed
     spec, report = trace_with_report(model_(BiasedAttention), x_(2, 8, 5))
-    assert spec["bias.weight"].axes == (None, None) and report.verification.ok
-    assert not spec.blocks  # the heads stay where the bias table meets them
+    assert spec["bias.weight"].axes == (None, "qkv.head") and report.verification.ok
+    assert spec.blocks["qkv.heads"].count == 2 and not report.heads_in_place
+    assert spec.spaces["qkv.head"].blocks == "qkv.heads"
 
 
 class CrossAttention(nn.Module):

@@ -66,11 +66,19 @@ def _scaled_dot_product_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict
     args, kwargs = _plain(a, args, kwargs)
     mask = arg(args, kwargs, 3, "attn_mask")
     masked = mask is not None or bool(arg(args, kwargs, 5, "is_causal"))
-    # an additive mask made by the model's own weights (T5's relative position bias, one
-    # per head) is added to the scores at fixed heads and positions
-    a.fix_all(mask, "an attention mask is added to the scores position by position")
-    if isinstance(mask, TensorLabels) and mask.ndim >= 3 and mask.shape[-3] > 1:
-        _hold_heads(a, args, kwargs)  # one mask per head: the heads stay where it meets them
+    reason = "an attention mask is added to the scores position by position"
+    q = args[0]
+    per_head = isinstance(mask, TensorLabels) and mask.ndim >= 3 and mask.shape[-3] > 1
+    if per_head and isinstance(mask.labels[-3], tuple) and a.is_heads(q.labels[-3]):
+        # a bias per head made by the model's own weights (BEiT's and T5's relative position
+        # tables): added to each head's scores at fixed positions, its heads dim is the
+        # heads', as ``scores + bias`` ties it
+        a.fix_all(mask.with_label(mask.ndim - 3, None), reason)
+        a.tie(mask.labels[-3], q.labels[-3])
+    else:
+        a.fix_all(mask, reason)
+        if per_head:  # one mask per head: the heads stay where it meets them
+            _hold_heads(a, args, kwargs)
     gqa = bool(arg(args, kwargs, 7, "enable_gqa"))
     return _attention(a, args, kwargs, gqa, _MASK if masked else "")
 
