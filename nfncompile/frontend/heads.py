@@ -30,11 +30,12 @@ label reads them one query head after another. Under multi-query attention (one 
 head, which no split holds: expanded, repeated or broadcast for every query head) each query
 head's dims are the key's and its output's the value's: every head's dims one space they all
 share, read per head as a view ``(heads, shared space)`` or, fused as ``[q | k | v]``, as a
-span of the heads each a copy of it. A parameter's axis of one value per
-head (a relative-position bias table's columns, a temperature per head), tied to the heads
-where it meets them, moves with them: that axis reads the heads' space itself. Where something
-else meets them in place (a constant per head such as ALiBi's slopes times the key positions,
-a mask per head that no weight makes), they stay. A split whose chunks are tied instead (it does not hold) gives one permutation for
+span of the heads each a copy of it. A parameter's axis of one value per head (a
+relative-position bias table's columns, a temperature per head), tied to the heads where it
+meets them, moves with them: that axis reads the heads' space itself. Where something else
+meets them in place (a constant per head such as ALiBi's slopes times the key positions, a
+mask per head that no weight makes, an op that fixed one head's neurons where they stand),
+they stay. A split whose chunks are tied instead (it does not hold) gives one permutation for
 every head: the conservative reading; where only a weight every head reads made it so (a
 norm over each head's dims, :data:`SHARED`), its heads may still move.
 
