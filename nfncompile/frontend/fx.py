@@ -41,6 +41,7 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import logging
 import math
 import operator
 import os
@@ -1324,8 +1325,22 @@ def trace_module(
             "gives them their shapes"
         )
     args = as_args(example_input)
-    with attributes_kept(model), compiled_as_eager():
+    with attributes_kept(model), compiled_as_eager(), _quiet_meta_failures():
         return _trace_module(model, args, fake)
+
+
+@contextlib.contextmanager
+def _quiet_meta_failures() -> Iterator[None]:
+    """While it lasts, torch does not log a traceback where an op refuses fake inputs (a
+    pool larger than the example's map): the trace raises its own error for it, naming the
+    node and the example input, and otherwise tries another way."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -48,6 +48,16 @@ def test_wrong_input_shape_names_the_node():
         nfc.trace(model_(CATALOGUE["mlp"].factory), x_(2, 7))
 
 
+def test_an_input_too_small_for_a_pool_is_one_clear_error(capfd, caplog):
+    # before: torch logged the fake tensors' traceback (about 30 lines) to stderr before
+    # the trace's own error (segmentation_models_pytorch's PAN at 64 px)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(4))
+    with pytest.raises(TraceError, match=r"shape propagation failed at node .*Output size is"):
+        nfc.trace(model, x_(1, 3, 4, 4), fake=True)
+    logged = capfd.readouterr().err + caplog.text
+    assert "failed while attempting to run meta" not in logged
+
+
 def test_fake_and_real_shape_propagation_agree():
     model = model_(CATALOGUE["unet"].factory)
     real = nfc.trace(model, x_(2, 1, 8, 8), fake=False, verify=False)
