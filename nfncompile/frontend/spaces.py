@@ -734,8 +734,7 @@ def _heads_axis(sol: _Solution, fam: heads.Family, atoms: list) -> bool | None:
     head order (a parameter of one value per head: a bias table's columns, a temperature):
     ``True``; ``False`` where it takes none of their places; ``None`` where it takes some
     otherwise (a few heads, another order, with other neurons beside them)."""
-    roots = {r for r, _ in fam.places}
-    taken = [sol.uf.find(a) in roots for a in atoms]
+    taken = [sol.uf.find(a) in fam.roots for a in atoms]
     if not any(taken):
         return False
     if not all(taken):

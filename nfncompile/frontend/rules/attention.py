@@ -69,12 +69,13 @@ def _scaled_dot_product_attention(a: SymmetryAnalysis, args: tuple, kwargs: dict
     reason = "an attention mask is added to the scores position by position"
     q = args[0]
     per_head = isinstance(mask, TensorLabels) and mask.ndim >= 3 and mask.shape[-3] > 1
-    if per_head and isinstance(mask.labels[-3], tuple) and a.is_heads(q.labels[-3]):
+    heads = q.labels[-3] if isinstance(q, TensorLabels) and q.ndim >= 3 else None
+    if per_head and isinstance(mask.labels[-3], tuple) and a.is_heads(heads):
         # a bias per head made by the model's own weights (BEiT's and T5's relative position
         # tables): added to each head's scores at fixed positions, its heads dim is the
         # heads', as ``scores + bias`` ties it
         a.fix_all(mask.with_label(mask.ndim - 3, None), reason)
-        a.tie(mask.labels[-3], q.labels[-3])
+        a.tie(mask.labels[-3], heads)
     else:
         a.fix_all(mask, reason)
         if per_head:  # one mask per head: the heads stay where it meets them
