@@ -156,6 +156,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.state_keys = [k for k, v in self.state.items() if not holds_no_weight(v)]
         self._canonical = canonical_keys({k: self.state[k] for k in self.state_keys})
         self.params: dict[str, ParamLabel] = {}
+        #: param axes so far met only as contracted with a constant (labelled ``None`` until a
+        #: use labels them, see :meth:`label_param`)
+        self._uniform_axes: dict[str, set] = {}
         self.unused_param_runs: list[int] = []
         self.param_runs: set[int] = set()  # the runs of parameter axes (get_attr)
         self.reads: dict[int, list] = {}  # param run -> (start, stop) read by an op
@@ -618,11 +621,14 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         k = f"{prefix}.{attr}" if prefix else attr
         return k if k in self._canonical else None
 
-    def label_param(self, key: str | None, labels: list) -> None:
+    def label_param(self, key: str | None, labels: list, *, constant: tuple = ()) -> None:
         """Label state_dict entry ``key`` (one label or ``None`` per dim of its shape).
 
         Labels with ``inner > 1`` split the axis into ``(neurons, inner)`` in the param's
-        ``view``. A second labelling of the same entry is tied to the first.
+        ``view``. A second labelling of the same entry is tied to the first. ``constant``:
+        dims (labelled ``None``) that this use contracts with an input constant along them
+        (a layer applied to a recurrence's zero state); they take the label of a use that
+        gives them one.
         """
         if key is None:
             return
@@ -665,18 +671,30 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 view.append(n)
                 axes.append(lab)
         new = ParamLabel(shape, tuple(view) if split else None, axes, [self.op])
+        # an axis contracted with a constant (a recurrence's zero state: ``W @ 0``) imposes
+        # nothing, as any permutation of it leaves ``W @ const`` unchanged; an axis that only
+        # such uses have met so far takes the next use's label
+        uniform = set() if split else set(constant)
         old = self.params.get(key)
         if old is None:
             self.params[key] = new
+            self._uniform_axes[key] = uniform
             return
         old.ops.append(self.op)
+        pending = self._uniform_axes.setdefault(key, set())
         if old.view != new.view:
             for lab in old.axes + new.axes:
                 self.fix(lab, f"{key} is used with two different flattenings")
             old.view, old.axes = None, [None] * len(shape)
+            pending.clear()
             return
         for i, (x, y) in enumerate(zip(old.axes, new.axes)):
-            if x is None or y is None:
+            if i in uniform:
+                continue
+            if i in pending:
+                old.axes[i] = y
+                pending.discard(i)
+            elif x is None or y is None:
                 self.tie(x, y, f"{key} axis {i} is indexed by neurons in one use, fixed in another")
                 old.axes[i] = None
             else:

@@ -108,3 +108,49 @@ def test_an_initial_state_given_as_input_meets_its_sequence():
     spec, report = trace_with_report(model_(GivenState), (ids, x_(1, 2, 6)))
     assert report.verification.ok and "in" not in spec.spaces
     assert spec["rnn.weight_hh_l0"].axes[1] is None  # the given state is not permuted
+
+
+class HandWrittenGRU(nn.Module):
+    """A GRU written out with two layers per step, stepped from a zero state (torchaudio's
+    RNN-T LSTM, ConvGRU video models): the first step applies ``h2h`` to zeros. ``conv``: the
+    cell's layers are 3x3 convolutions over ``(batch, features, time, H, W)`` inputs."""
+
+    def __init__(self, conv: bool, steps: int = 3) -> None:
+        super().__init__()
+        self.conv, self.steps = conv, steps
+        layer = (lambda i, o: nn.Conv2d(i, o, 3, padding=1)) if conv else nn.Linear
+        self.x2h, self.h2h, self.head = layer(4, 18), layer(6, 18), layer(6, 2)
+
+    def forward(self, x):
+        split = 1 if self.conv else -1
+        n = x.shape[0]
+        h = torch.zeros(n, 6, x.shape[3], x.shape[4]) if self.conv else torch.zeros(n, 6)
+        for t in range(self.steps):
+            rx, zx, nx = self.x2h(x[:, :, t]).chunk(3, split)
+            rh, zh, nh = self.h2h(h).chunk(3, split)
+            r, z = torch.sigmoid(rx + rh), torch.sigmoid(zx + zh)
+            h = (1 - z) * torch.tanh(nx + r * nh) + z * h
+        return self.head(h)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_a_layer_applied_to_a_zero_state_leaves_its_units_free(conv):
+    # the first step's h2h(zeros) labelled h2h's input axis as fixed, and the next step's
+    # h2h(h) then fixed the hidden units ('indexed by neurons in one use, fixed in another')
+    x = x_(2, 4, 3, 5, 5) if conv else x_(2, 4, 3)
+    spec, report = trace_with_report(model_(lambda: HandWrittenGRU(conv)), x)
+    assert report.verification.ok and not report.probes
+    assert not [b for b in report.broken if "h2h" in b.op], report.broken
+    hidden = spec["h2h.weight"].axes[1]
+    assert hidden is not None and spec.spaces[hidden].role == "hidden"
+    assert spec["head.weight"].axes[1] == hidden
+    assert spec["x2h.weight"].axes[0] == spec["h2h.weight"].axes[0] == (hidden,) * 3
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+def test_a_layer_only_ever_applied_to_a_constant_keeps_its_input_axis_fixed():
+    # one step: h2h only ever meets zeros, so nothing gives its input axis a space
+    spec, report = trace_with_report(model_(lambda: HandWrittenGRU(False, steps=1)), x_(2, 4, 3))
+    assert report.verification.ok
+    assert spec["h2h.weight"].axes[1] is None

@@ -119,7 +119,11 @@ def _mixed(
     )
 
 
-def _conv(a: SymmetryAnalysis, mod: nn.Module, target: str, x: TensorLabels) -> TensorLabels:
+def _conv(
+    a: SymmetryAnalysis, mod: nn.Module, target: str, x: TensorLabels, constant: bool = False
+) -> TensorLabels:
+    """``mod`` on ``x`` (plain labels); ``constant``: ``x``'s channels hold one value (a
+    recurrence's zero state), which imposes nothing on the weight's input axis."""
     nd = len(mod.kernel_size)
     cd = x.ndim - nd - 1
     plain = mod.padding_mode == "zeros" and not any(getattr(mod, "output_padding", ()) or ())
@@ -133,7 +137,8 @@ def _conv(a: SymmetryAnalysis, mod: nn.Module, target: str, x: TensorLabels) -> 
     wkey, bkey = a.key(target, "weight"), a.key(target, "bias")
     if g == 1:
         out = a.new_run(cout, "neuron", target)
-        a.label_param(wkey, [lab, out, *kernel] if transposed else [out, lab, *kernel])
+        labels = [lab, out, *kernel] if transposed else [out, lab, *kernel]
+        a.label_param(wkey, labels, constant=(int(not transposed),) if constant else ())
     elif cin == g:
         # depthwise: output group i is made from input neuron i alone
         m = cout // g
@@ -153,8 +158,11 @@ def _conv(a: SymmetryAnalysis, mod: nn.Module, target: str, x: TensorLabels) -> 
 
 
 @register_module(nn.modules.conv._ConvNd)
+@structured
 def _module_conv(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any) -> Any:
-    return _conv(a, mod, target, args[0])
+    x = args[0]
+    constant = x.labels[x.ndim - len(mod.kernel_size) - 1] is UNIFORM
+    return _conv(a, mod, target, a.plain(x, a.op), constant)
 
 
 def _function_conv(transposed: bool) -> Rule:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..labels import Label, TensorLabels
+from ..labels import UNIFORM, Label, TensorLabels
 from .registry import (
     Unsupported,
     arg,
@@ -40,7 +40,9 @@ def _linear(a: SymmetryAnalysis, x: TensorLabels, out: Label) -> tuple:
 def _module_linear(a: SymmetryAnalysis, mod: nn.Linear, target: str, args: Any, kw: Any):
     """A new run of output neurons. An input that flattens several neuron axes
     (iTransformer's and DLinear's heads: ``(variables, hidden)`` tokens flattened) labels the
-    weight viewed ``(out, *factors)``: each factor's neurons move its own axis."""
+    weight viewed ``(out, *factors)``: each factor's neurons move its own axis. An input
+    constant along its features (a recurrence's zero state) leaves the weight's input axis to
+    the layer's other uses."""
     x = args[0]
     if a.viewable(x.labels[-1]):
         lead = a.plain(TensorLabels(x.shape[:-1], x.labels[:-1]), a.op)
@@ -48,7 +50,8 @@ def _module_linear(a: SymmetryAnalysis, mod: nn.Linear, target: str, args: Any, 
     else:
         x = a.plain(x, a.op)
     out = a.new_run(mod.out_features, "neuron", target)
-    a.label_param(a.key(target, "weight"), [out, x.labels[-1]])
+    constant = (1,) if args[0].labels[-1] is UNIFORM else ()
+    a.label_param(a.key(target, "weight"), [out, x.labels[-1]], constant=constant)
     a.label_param(a.key(target, "bias"), [out])
     return _linear(a, x, out)
 
