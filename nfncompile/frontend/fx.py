@@ -111,7 +111,10 @@ _ADVICE = (
     "tensor); otherwise write a WeightSpaceSpec by hand (examples in specs/weight_spaces/)."
 )
 _TYPE_ASKED = "asks whether a traced value is a tensor, tuple or list, which plain fx answers no"
-_TORCH = os.path.dirname(torch.__file__)
+#: torch's own source files (with the separator: torchvision's, torchaudio's and torchtune's
+#: model code sits beside it under names that begin with ``torch``)
+_TORCH = os.path.dirname(torch.__file__) + os.sep
+_HERE = os.path.dirname(__file__) + os.sep
 _ISINSTANCE = builtins.isinstance
 
 
@@ -154,7 +157,7 @@ def raised_at(e: BaseException) -> str:
 def _called_at(frame: types.FrameType) -> str:
     """``frame``'s source line where it is the forward's own code, ``""`` where it is torch's
     or this front end's (whose type checks of a proxy are their own)."""
-    if frame.f_code.co_filename.startswith((_TORCH, os.path.dirname(__file__))):
+    if frame.f_code.co_filename.startswith((_TORCH, _HERE)):
         return ""
     return _source_line(traceback.extract_stack(frame, limit=1)[0])
 
@@ -1556,11 +1559,8 @@ def trace_graph(
             # where the specialised trace stopped, when it got further than the plain one
             later = raised_at(e) != raised_at(first)
             error = e if later else first
-            past = (
-                f" (with the example input's shapes fixed, past {raised_at(first)})"
-                if later
-                else ""
-            )
+            passed = raised_at(first) or _error(first)
+            past = f" (with the example input's shapes fixed, past {passed})" if later else ""
         where = raised_at(error)
         at = f" at {where}" if where else ""
         raise TraceError(

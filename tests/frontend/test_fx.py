@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import os
 import warnings
 
 import pytest
@@ -74,6 +75,35 @@ def test_root_control_flow_names_the_model_and_the_source_line():
     msg = str(e.value)
     assert "DataDependent.forward at " in msg and "test_fx.py:" in msg
     assert "in forward: if x.sum() > 0:" in msg
+
+
+def _forward_from(filename: str, source: str):
+    """A ``forward`` whose code says it comes from ``filename`` (nothing is written there)."""
+    scope: dict = {}
+    exec(compile(source, filename, "exec"), {"torch": torch}, scope)
+    return scope["forward"]
+
+
+class _Unpacks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+
+
+def test_a_model_in_a_package_named_like_torch_is_the_models_own_code():
+    # torchvision's, torchaudio's and torchtune's files begin with torch's own directory
+    # name; they were taken for torch's, so an error there named no line, and the error
+    # kept was plain fx's (the branch) rather than the specialised trace's (the unpacking)
+    filename = os.path.join(os.path.dirname(torch.__file__) + "vision", "models", "fake.py")
+    source = "def forward(self, x):\n    b, n, c = x.shape\n    if n > 1:\n        x = x * 2\n    return self.a(x)\n"
+    # a forward that unpacks its input's shape and branches on it, as torchtune's vision
+    # encoder does: plain fx stops at the branch, the specialised trace at the unpacking
+    model = type("Unpacks", (_Unpacks,), {"forward": _forward_from(filename, source)})()
+    with pytest.raises(TraceError) as e:
+        nfc.trace(model, x_(2, 3))
+    msg = str(e.value)
+    assert f"Unpacks.forward at {filename}:2 in forward" in msg
+    assert "ValueError: not enough values to unpack (expected 3, got 2)" in msg
 
 
 class Branchy(nn.Module):
