@@ -167,3 +167,37 @@ def test_an_order_statistic_over_neurons_is_a_symmetric_reduction(how):
     spec, report = trace_with_report(model_(lambda: OrderStatistic(how)), x_(5, 4))
     assert report.verification.ok and not report.probes and not report.broken
     assert spec["a.weight"].axes == ("a", "in")
+
+
+class Normalised(TwoLinear):
+    """a's outputs divided by a norm over them, or the output scaled by a matrix norm of a's
+    weight (spectral or weight normalisation)."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.how == "linalg.norm":
+            h = h / torch.linalg.norm(h, dim=1, keepdim=True)
+        elif self.how == "vector_norm positional":  # ord, then dim, then keepdim
+            h = h / torch.linalg.vector_norm(h, 3, 1, True)
+        elif self.how == "linalg.norm of all":
+            h = h / torch.linalg.norm(h)
+        else:  # a matrix norm of the weight: Frobenius, spectral, nuclear, max column sum
+            ord_ = {"matrix_norm": "fro", "spectral": 2, "nuclear": "nuc", "columns": 1}
+            h = h / torch.linalg.matrix_norm(self.a.weight, ord=ord_[self.how])
+        return self.b(h)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["linalg.norm", "vector_norm positional", "linalg.norm of all", "matrix_norm", "spectral",
+     "nuclear", "columns"],
+)  # fmt: skip
+def test_a_norm_over_neurons_is_a_symmetric_reduction(how):
+    # torch.linalg.norm and matrix_norm had no rule (probed; DoRA's weight norm over an
+    # adapter's features failed its probe and fixed them); vector_norm's dim was read from
+    # its ord's place
+    spec, report = trace_with_report(model_(lambda: Normalised(how)), x_(5, 4))
+    assert report.verification.ok and not report.probes and not report.broken
+    assert spec["a.weight"].axes == ("a", "in")
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

@@ -25,8 +25,12 @@ if TYPE_CHECKING:
 _REDUCE_FUNCTIONS = (
     torch.sum, torch.mean, torch.amax, torch.amin, torch.prod, torch.std, torch.var,
     torch.logsumexp, torch.norm, torch.all, torch.any, torch.nansum, torch.nanmean,
-    torch.linalg.vector_norm,
+    torch.linalg.vector_norm, torch.linalg.norm, torch.linalg.matrix_norm,
 )  # fmt: skip
+#: norms whose ``dim`` comes after their ``ord`` (or ``p``); a matrix norm's (any ``ord``:
+#: Frobenius, nuclear, spectral, max row or column sums) is invariant under permutations of
+#: its rows and of its columns, so it reduces its two dims as a sum does
+_AFTER_ORD = ("norm", "vector_norm", "linalg_norm", "linalg_vector_norm", "linalg_matrix_norm")
 _REDUCE_METHODS = (
     "sum", "mean", "amax", "amin", "prod", "std", "var", "logsumexp", "norm", "all", "any",
     "nansum", "nanmean",
@@ -50,8 +54,9 @@ def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     name = getattr(a.node.target, "__name__", a.node.target)
     if name in ("max", "min") and len(args) > 1 and isinstance(args[1], TensorLabels):
         return a.broadcast([args[0], args[1]])  # torch.max(a, b) is elementwise
-    at = 2 if name in ("norm", "vector_norm", "kthvalue") else 1  # after p, or k
-    dim = arg(args, kwargs, at, "dim", -1 if name in ("kthvalue", "mode") else None)
+    at = 2 if name in (*_AFTER_ORD, "kthvalue") else 1  # after p, or k
+    default = {"kthvalue": -1, "mode": -1, "linalg_matrix_norm": (-2, -1)}.get(name)
+    dim = arg(args, kwargs, at, "dim", default)
     if dim is None:
         dims = set(range(x.ndim))
     else:
