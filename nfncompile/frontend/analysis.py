@@ -848,6 +848,11 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 UNIFORM if n > 1 and torch.equal(t, t.narrow(d, 0, 1).expand_as(t)) else None
                 for d, n in enumerate(t.shape)
             )
+            if labels[-2:] == (None, None) and _permutes_jointly(t):
+                # an identity (``torch.eye``, DoRA's ``lora_A(eye)``): permuting its rows and
+                # columns alike leaves it as it is, so both dims are one run of free neurons
+                run = self.uniform_run(t.shape[-1], "diagonal")
+                labels = labels[:-2] + (run, run)
             return TensorLabels(info.shape, labels)
         labels = []
         for d, n in enumerate(info.shape):
@@ -1073,6 +1078,21 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 self.fix(labels[d], reason)
                 labels[d] = None
         return TensorLabels(info.shape, tuple(labels))
+
+
+def _permutes_jointly(t: torch.Tensor) -> bool:
+    """Whether every matrix of ``t``'s last two dims is ``a * I + b`` (its diagonal one value,
+    the rest another): ``P M P^T = M`` for every permutation ``P``.
+
+    >>> _permutes_jointly(torch.eye(3)), _permutes_jointly(torch.tensor([[1.0, 2], [3, 1]]))
+    (True, False)
+    """
+    n = t.shape[-1] if t.ndim >= 2 else 0
+    if n < 2 or t.shape[-2] != n or t.is_complex() or t.dtype == torch.bool:
+        return False
+    diagonal = t.diagonal(dim1=-2, dim2=-1)
+    rest = t[..., ~torch.eye(n, dtype=torch.bool, device=t.device)]
+    return all(torch.equal(v, v[..., :1].expand_as(v)) for v in (diagonal, rest))
 
 
 #: ops whose result may share memory with their first argument (a view, or the argument

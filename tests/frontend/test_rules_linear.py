@@ -398,3 +398,44 @@ def test_grouped_mm_ties_contracted_axes_and_keeps_its_weights_columns(batched):
     # of rows with the weight's matrices by position (or, batched, the gate's)
     assert spec["router.weight"].axes == (None, "inp")
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class DoRA(nn.Module):
+    """A DoRA-adapted layer as peft writes it: the adapter's weight read off by applying it to
+    an identity (``lora_B(lora_A(eye)).T``), the adapted weight's row norms rescaling the
+    output to a learned magnitude. ``eye``: the constant the adapter is applied to."""
+
+    def __init__(self, eye: str = "identity") -> None:
+        super().__init__()
+        self.eye = eye
+        self.pre, self.base, self.post = nn.Linear(3, 4), nn.Linear(4, 6), nn.Linear(6, 2)
+        self.lora_a = nn.Linear(4, 2, bias=False)
+        self.lora_b = nn.Linear(2, 6, bias=False)
+        self.magnitude = nn.Parameter(torch.linspace(0.5, 1.5, 6))
+
+    def forward(self, x):
+        h = torch.relu(self.pre(x))
+        if self.eye == "identity":
+            eye = torch.eye(4)
+        elif self.eye == "scaled identity plus a constant":
+            eye = 2 * torch.eye(4) + 0.5
+        else:  # a lower-triangular constant: its rows are positions
+            eye = torch.tril(torch.ones(4, 4))
+        lora = self.lora_b(self.lora_a(eye)).T
+        norm = torch.linalg.norm(self.base.weight + lora, dim=1).detach()
+        y = (self.magnitude / norm) * (self.base(h) + self.lora_b(self.lora_a(h)))
+        return self.post(torch.relu(y))
+
+
+@pytest.mark.parametrize("eye", ["identity", "scaled identity plus a constant", "triangular"])
+def test_a_layer_applied_to_an_identity_keeps_its_input_neurons_free(eye):
+    # an identity was a constant of positions: the adapter's input axis met it, and `pre`'s
+    # neurons were fixed (peft's DoRA kept only its base model's other spaces)
+    spec, report = trace_with_report(model_(lambda: DoRA(eye)), x_(5, 3))
+    assert report.verification.ok and not report.probes
+    pre = spec["pre.weight"].axes[0]
+    assert pre == ("pre" if eye != "triangular" else None)
+    assert spec["lora_a.weight"].axes[1] == spec["base.weight"].axes[1] == pre
+    assert spec["lora_b.weight"].axes[0] == spec["base.weight"].axes[0] is not None
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
