@@ -1627,7 +1627,8 @@ def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> tor
             f"({', '.join(p.name for p in placeholders)}) but {len(args)} example inputs were given"
         )
     if fake is None:
-        fake = sum(t.numel() for t in model.state_dict().values()) > FAKE_ABOVE
+        entries = model.state_dict().values()
+        fake = sum(t.numel() for t in entries if isinstance(t, torch.Tensor)) > FAKE_ABOVE
     with _eval_mode(model), torch.no_grad():
         if fake:
             mode = FakeTensorMode(allow_non_fake_inputs=True)

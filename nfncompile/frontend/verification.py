@@ -515,7 +515,8 @@ def verify(
     net, dtype, first, note = _working_copy(model, args, gen, perturb)
     if dtype != torch.float64:
         atol, rtol = max(atol, FLOAT32_ATOL), max(rtol, FLOAT32_RTOL)
-    state = dict(net.state_dict())
+    # tensors only: a module's extra state (``get_extra_state()``) is no weight
+    state = {k: v for k, v in net.state_dict().items() if isinstance(v, torch.Tensor)}
     # ``{alias: first key}``: functional_call takes one value per tensor
     aliases = {k: c for k, c in canonical_keys(state).items() if c != k}
     if io is not None:

@@ -386,9 +386,12 @@ def mismatch_lines(missing: list, unexpected: list, misshaped: list) -> list[str
     return lines
 
 
-def holds_no_weight(value: torch.Tensor) -> bool:
+def holds_no_weight(value: Any) -> bool:
     """Whether a state_dict entry is no weight of a spec: an integer counter (e.g.
-    ``num_batches_tracked``) or an empty tensor (a parameter of shape ``(0, dim)``)."""
+    ``num_batches_tracked``), an empty tensor (a parameter of shape ``(0, dim)``), or no
+    tensor at all (a module's ``get_extra_state()``, neuraloperator's metadata dict)."""
+    if not isinstance(value, torch.Tensor):
+        return True
     return is_counter(value) or value.numel() == 0
 
 

@@ -338,3 +338,26 @@ def test_a_graph_whose_derivation_fails_verification_falls_back_to_its_alternati
     assert report.verification.ok
     assert spec["a.weight"].axes[0] is None
     assert spaces_(spec) == [("in", 4, "input"), ("out", 3, "output")]
+
+
+class WithExtraState(TwoLinear):
+    """A module that keeps metadata in its state_dict through ``get_extra_state``, as
+    neuraloperator's models do (a dict, not a tensor)."""
+
+    def get_extra_state(self) -> dict:
+        return {"version": 2, "modes": [4, 4]}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.extra = state
+
+
+def test_a_state_dict_entry_that_is_no_tensor_is_no_weight():
+    # the trace raised AttributeError: 'dict' object has no attribute 'numel'
+    model = model_(WithExtraState)
+    assert "_extra_state" in model.state_dict()
+    spec, report = trace_with_report(model, x_(5, 4))
+    assert report.verification.ok
+    assert spec.names == ("a.weight", "a.bias", "b.weight", "b.bias")
+    spec.check_state_dict(model.state_dict())
+    feats = nfc.WeightSpaceFeatures.from_state_dicts(spec, [model.state_dict()])
+    assert feats.batch_size == 1
