@@ -1237,7 +1237,7 @@ def _apart(view: torch.fx.Node, base: torch.fx.Node, region: Any, labels: Tensor
         ours, theirs = index_ranges(labels, region), index_ranges(labels, index)
     except Unsupported:
         return False
-    return any(a1 <= b0 or b1 <= a0 for (a0, a1, _), (b0, b1, _) in zip(ours, theirs))
+    return any(a1 <= b0 or b1 <= a0 for (a0, a1, *_), (b0, b1, *_) in zip(ours, theirs))
 
 
 def _aliases(node: torch.fx.Node) -> set:

@@ -317,3 +317,49 @@ def test_a_copy_into_a_slice_is_a_write_into_its_tensor(read_view):
     # the free run the empty tensor left at 4: after the first write indexes no weight
     assert list(spec.spaces) == ["in", "a", "b", "out"]
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class ParallelScan(nn.Module):
+    """A Blelloch-style parallel prefix sum over time, written in place as mambapy's
+    ``pscan`` writes it: the time axis viewed ``(T // 2, 2)`` and the odd steps updated
+    (``how="pairs"``), or every 4th step taken by a strided slice (``"strided"``); with
+    ``"neurons"``, a strided slice of the neuron axis is written instead."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.decay, self.b = (
+            nn.Linear(3, 6),
+            nn.Parameter(torch.rand(6) * 0.5),
+            nn.Linear(6, 2),
+        )
+
+    def forward(self, x):  # (B, 3, T)
+        h = self.a(x.transpose(1, 2)).transpose(1, 2).contiguous()  # (B, 6, T)
+        g = torch.sigmoid(h * self.decay[:, None])  # a gate per step, as Mamba's decays
+        b, c, t = h.shape
+        if self.how == "neurons":
+            h[:, ::2].mul_(2.0)
+        else:
+            hv, gv = h.view(b, c, t // 2, 2), g.view(b, c, t // 2, 2)
+            hv[:, :, :, 1].add_(gv[:, :, :, 1].mul(hv[:, :, :, 0]))
+            gv[:, :, :, 1].mul_(gv[:, :, :, 0])
+            if self.how == "strided":
+                hs, gs = h[:, :, 1::4], g[:, :, 1::4]
+                hs[:, :, 1].add_(gs[:, :, 1].mul(hs[:, :, 0]))
+        return self.b(torch.relu(h.mean(-1)))
+
+
+@pytest.mark.parametrize("how", ["pairs", "strided", "neurons"])
+def test_a_scan_written_in_place_along_time_keeps_its_neurons(how):
+    # before: a write into one position of a (T // 2, 2) view made fresh runs of that
+    # positional dim, so the view's labels no longer matched and everything sharing the
+    # tensor's memory was fixed; a strided slice's write fixed the whole tensor (Mamba's
+    # parallel scan in mambapy had no space left, its residual stream included)
+    spec, report = trace_with_report(model_(lambda: ParallelScan(how)), x_(2, 3, 8))
+    assert report.verification.ok
+    free = how != "neurons"
+    assert (spec["a.weight"].axes[0] == "a") is free
+    assert (spec["decay"].axes == ("a",)) is free
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

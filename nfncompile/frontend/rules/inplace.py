@@ -91,13 +91,24 @@ def write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> Tenso
             return _fixed_write(a, x, value, str(e))
     try:
         ranges = index_ranges(x, index)
-        region = tuple(stop - start for start, stop, kept in ranges if kept)
+        region = tuple(len(range(start, stop, step)) for start, stop, kept, step in ranges if kept)
         written = iter(_value_labels(a, value, region))
-        full = [(start, stop) == (0, n) for (start, stop, _), n in zip(ranges, x.shape)]
+        full = [
+            (start, stop, step) == (0, n, 1) for (start, stop, _, step), n in zip(ranges, x.shape)
+        ]
         labels = []
-        for d, ((start, stop, kept), n) in enumerate(zip(ranges, x.shape)):
+        for d, ((start, stop, kept, step), n) in enumerate(zip(ranges, x.shape)):
             inside = next(written) if kept else UNIFORM  # an int index: one position
             old = a.plain_label(x.labels[d], "a write into the tensor", uniform=True)
+            if step > 1:
+                # every step-th position (a parallel scan's odd steps of a time axis): the
+                # dim stays positions, and neurons written along it are fixed there
+                if old is not None:
+                    raise Unsupported("a write through a strided slice of neurons")
+                if isinstance(inside, tuple):
+                    a.fix(inside, "written at every few positions of a dim")
+                labels.append(None)
+                continue
             if not all(full[:d] + full[d + 1 :]):
                 # the old values stay at the other dims' unwritten positions: both move alike
                 inside = _meet(a, _slice(a, old, start, stop), inside)
@@ -211,8 +222,8 @@ def _index_values(a: SymmetryAnalysis, node: Any) -> torch.Tensor | None:
 def _pieced(a: SymmetryAnalysis, pieces: tuple, sizes: tuple) -> Any:
     """One dim's label from the labels of its consecutive pieces: a constant piece becomes a
     free run, a position-dependent one a fixed run (``None`` when every piece is)."""
-    if all(p is None or p == () for p in pieces):
-        return None
+    if all(p is None or p == () or (p is UNIFORM and n <= 1) for p, n in zip(pieces, sizes)):
+        return None  # positions (one written position holds one value: no neuron moves)
     label: tuple = ()
     for piece, size, what in zip(pieces, sizes, ("const", "written", "const")):
         if piece is UNIFORM:
@@ -224,8 +235,9 @@ def _pieced(a: SymmetryAnalysis, pieces: tuple, sizes: tuple) -> Any:
 
 
 def index_ranges(x: TensorLabels, index: Any) -> list:
-    """``(start, stop, kept)`` per dim of ``x`` for a basic index (ints and unit-step slices;
-    ``kept`` is False for an int, whose dim the value does not have)."""
+    """``(start, stop, kept, step)`` per dim of ``x`` for a basic index (ints and slices;
+    ``kept`` is False for an int, whose dim the value does not have; ``[start, stop)`` spans
+    the positions a strided slice takes, one in every ``step``)."""
     index = index if isinstance(index, tuple) else (index,)
     if any(i is None or not isinstance(i, (int, slice, type(Ellipsis))) for i in index):
         raise Unsupported("a write through a tensor index or a new axis")
@@ -239,11 +251,12 @@ def index_ranges(x: TensorLabels, index: Any) -> list:
     for i, n in zip(index, x.shape):
         if isinstance(i, slice):
             start, stop, step = i.indices(n)
-            if step != 1:
-                raise Unsupported("a write through a strided slice")
-            ranges.append((start, max(start, stop), True))
+            if step < 1:
+                raise Unsupported("a write through a reversed slice")
+            count = len(range(start, stop, step))
+            ranges.append((start, start + (count - 1) * step + 1 if count else start, True, step))
         else:
-            ranges.append((i % n, i % n + 1, False))
+            ranges.append((i % n, i % n + 1, False, 1))
     return ranges
 
 
