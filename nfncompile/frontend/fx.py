@@ -537,6 +537,16 @@ def _forward_globals(m: torch.nn.Module) -> dict:
 #: a node's value the shape-specialising trace could not compute (its shapes stay symbolic)
 _UNKNOWN = object()
 
+
+def _integral(value: Any) -> bool:
+    """Whether ``value`` is a tensor of integers or booleans (ids, lengths, an edge list) of
+    at most :data:`INTEGER_VALUES_UP_TO` entries, whose values the specialised trace reads."""
+    return (
+        isinstance(value, torch.Tensor)
+        and not (value.is_floating_point() or value.is_complex())
+        and value.numel() <= INTEGER_VALUES_UP_TO
+    )
+
 #: tensor factories a trace records as nodes once a constant they made was written by traced
 #: values (:class:`LeafFallbackTracer`'s ``trace_factories``)
 FACTORIES = ("zeros", "ones", "full", "empty", "arange")
@@ -714,7 +724,32 @@ class _ShapeProxy(_WritableProxy):
         value = self._value()
         if isinstance(value, (bool, int)):  # a number computed from shapes, not from data
             return bool(value)
+        real = self._real()
+        if real is not _UNKNOWN:  # computed from the example's integer inputs
+            return bool(real)
         return super().__bool__()
+
+    def _real(self) -> Any:
+        """The example's value, where it was computed from its integer inputs alone."""
+        return self.tracer.real.get(self.node, _UNKNOWN)  # type: ignore[attr-defined]
+
+    def __int__(self) -> int:
+        real = self._real()
+        if real is _UNKNOWN:  # as fx's Proxy, which has no __int__
+            raise TypeError(f"int() argument must be a number, not '{type(self).__name__}'")
+        return int(real)
+
+    def __index__(self) -> int:
+        real = self._real()
+        if real is _UNKNOWN:
+            raise TypeError(f"'{type(self).__name__}' object cannot be interpreted as an integer")
+        return operator.index(real)
+
+    def __float__(self) -> float:
+        real = self._real()
+        if real is _UNKNOWN:
+            raise TypeError(f"float() argument must be a number, not '{type(self).__name__}'")
+        return float(real)
 
 
 def _dict_items(self: _ShapeProxy) -> list:
@@ -774,14 +809,20 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         super().__init__()
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
         self._example = tuple(self._fake(a) for a in example_args)
+        self._given = tuple(example_args)
         self._inputs: dict = {}
+        self._real_inputs: dict = {}
         self.values: dict[torch.fx.Node, Any] = {}
+        #: the example's values of the nodes computed from its integer inputs alone (ids,
+        #: lengths, an edge list): a branch on them (``if mask.any()``, ``int(n.max())``)
+        #: takes the example's way, and an op whose shape they decide has its shape
+        self.real: dict[torch.fx.Node, Any] = {}
 
     def _fake(self, value: Any) -> Any:
         return self.mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
 
     def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
-        given = list(self._example)
+        given, real = list(self._example), list(self._given)
         for p in _forward_params(root):
             if p.kind == p.VAR_POSITIONAL:
                 self._inputs["*" + p.name] = tuple(given)
@@ -789,6 +830,9 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or not given:
                 break
             self._inputs[p.name] = given.pop(0)
+            value = real.pop(0)
+            if _integral(value):  # a copy: an op in place must not change the caller's
+                self._real_inputs[p.name] = value.clone()
         return super().trace(root, concrete_args)
 
     def _patches(self, root: torch.nn.Module) -> dict:
@@ -854,10 +898,52 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
 
     def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
         node = super().create_node(*args, **kwargs)
+        real = self._run_on_integers(node)
+        if real is not _UNKNOWN:
+            self.real[node] = real
         value = self._run(node)
+        if value is _UNKNOWN and real is not _UNKNOWN:
+            value = pytree.tree_map(self._fake, real)  # a shape only the values decide
         if value is not _UNKNOWN:
             self.values[node] = value
         return node
+
+    def _run_on_integers(self, node: torch.fx.Node) -> Any:
+        """``node`` run for real where every tensor it reads is the example's integer input
+        or computed from such inputs alone (no weight, no float input), else ``_UNKNOWN``."""
+        if node.op == "placeholder":
+            return self._real_inputs.get(node.target, _UNKNOWN)
+        if node.op not in ("call_function", "call_method", "get_attr"):
+            return _UNKNOWN
+        if getattr(node.target, "__name__", node.target) in RANDOM:
+            return _UNKNOWN  # a draw: another run draws other values
+        nodes: list = []
+        torch.fx.node.map_arg((node.args, node.kwargs), nodes.append)
+        if any(n not in self.real for n in nodes):
+            return _UNKNOWN  # a factory (`torch.ones(n)`, no node among its arguments) is run
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), self.real.__getitem__)
+        args, kwargs = _plain(args), _plain(kwargs)
+        self._eager = True
+        try:
+            with _maybe_revert_all_patches(), _not_fx_tracing(), torch.no_grad():
+                if node.op == "get_attr":  # an integer buffer of the model (an index table)
+                    out = self.root
+                    for part in str(node.target).split("."):
+                        out = getattr(out, part, None)
+                    # a copy: an op in place on it must not change the model's buffer
+                    return out.clone() if _integral(out) else _UNKNOWN
+                if node.op == "call_function":
+                    out = node.target(*args, **kwargs)
+                else:
+                    out = getattr(args[0], node.target)(*args[1:], **kwargs)
+        except Exception:
+            return _UNKNOWN
+        finally:
+            self._eager = False
+        tensors = [v for v in pytree.tree_leaves(out) if isinstance(v, torch.Tensor)]
+        if any(t.numel() > INTEGER_VALUES_UP_TO for t in tensors):
+            return _UNKNOWN
+        return out
 
     def _run(self, node: torch.fx.Node) -> Any:
         """``node``'s value on the example (fake tensors), or ``_UNKNOWN``."""

@@ -1551,3 +1551,54 @@ def test_an_op_whose_fake_kernel_refuses_runs_on_zeros_for_its_shapes(fake):
     spec, report = trace_with_report(_GroupedMM(), torch.randn(7, 8), fake=fake)
     assert report.specialised and not report.leaf_calls and report.verification.ok
     assert spec["w"].axes == (None, "in", "w") and spec["out.weight"].axes == ("out", "w")
+
+
+class Lengths(nn.Module):
+    """Token ids and their lengths: a padding mask as torchaudio's Conformer builds it
+    (``int(lengths.max())``), and a branch on the ids' values as TabTransformer's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.a, self.b = nn.Embedding(9, 4), nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, ids, lengths):
+        steps = torch.arange(int(lengths.max()), device=ids.device)
+        mask = steps[None, :] < lengths[:, None]  # (B, T), True where a token is
+        h = torch.relu(self.a(self.emb(ids[:, : mask.shape[1]])))
+        if (ids == 0).any():  # a padding id: those tokens count for nothing
+            h = h * (ids[:, : mask.shape[1]] != 0)[..., None]
+        return self.b((h * mask[..., None]).sum(1))
+
+
+class EdgeList(nn.Module):
+    """Message passing over an edge list as torch_geometric writes it: self loops dropped
+    by a mask (a shape only the values decide), messages summed into their targets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x, edge_index):
+        src, dst = edge_index[:, edge_index[0] != edge_index[1]]
+        h = self.a(x)
+        out = torch.zeros(x.shape[0], h.shape[1]).index_add_(0, dst, h[src])
+        return self.b(torch.relu(out))
+
+
+@pytest.mark.parametrize("model", ["lengths", "edge list"])
+def test_values_of_integer_inputs_are_read_as_the_examples(model):
+    # a branch on an integer input's values, an int() of one, or a shape only its values
+    # decide stopped both traces (torchaudio's Conformer, TabTransformer; torch_geometric's
+    # GCNConv and GATConv were kept as one call and probed)
+    if model == "lengths":
+        ids = torch.tensor([[3, 1, 4, 0], [2, 7, 0, 0]])
+        factory, example = Lengths, (ids, torch.tensor([4, 2]))
+    else:
+        edges = torch.tensor([[0, 1, 2, 3, 3, 1], [1, 2, 3, 0, 3, 1]])
+        factory, example = EdgeList, (x_(4, 3), edges)
+    spec, report = trace_with_report(model_(factory), example)
+    assert report.verification.ok and not report.probes and not report.leaf_calls
+    assert spec["a.weight"].axes[0] == "a" and spec["b.weight"].axes[1] == "a"
+    assert example[1].equal(torch.tensor([4, 2]) if model == "lengths" else edges)  # unchanged
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

@@ -81,14 +81,15 @@ def test_a_parameter_axis_met_only_by_positions_is_not_reported_broken():
 
 @torch.fx.wrap
 def _lookup(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    if bool((ids < 0).any()):  # a check on the values: fx cannot trace through it
-        raise IndexError("negative ids")
+    if bool(table.isnan().any()):  # a check on a weight's values: fx cannot trace it
+        raise ValueError("NaN in the table")
     return table[ids].sum(1)
 
 
 class _Unprobed(nn.Module):
-    """A table read by a function no rule knows and the probe cannot run (integer ids whose
-    values were not recorded): its axes are fixed by that op, and the report says so."""
+    """A table read by a function no rule knows, whose probe fails (it reads rows at the ids)
+    and which no trace can go through (it checks the table's values): its axes are fixed by
+    that op, and the report says so."""
 
     def __init__(self) -> None:
         super().__init__()
