@@ -896,6 +896,21 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         return _ShapeProxy(node, self)
 
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, slice):
+            # a bound read off an integer input (torchtune's tile embedding sliced to each
+            # image's aspect ratio): the example's number, as a shape is
+            a = slice(*(self._number(v) for v in (a.start, a.stop, a.step)))
+        return super().create_arg(a)
+
+    def _number(self, v: Any) -> Any:
+        """``v``, or the example's value of it where it is a proxy of one integer computed
+        from the example's integer inputs."""
+        if isinstance(v, _ShapeProxy) and v._real() is not _UNKNOWN:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                return operator.index(v._real())
+        return v
+
     def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
         node = super().create_node(*args, **kwargs)
         real = self._run_on_integers(node)

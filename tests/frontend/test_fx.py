@@ -1564,7 +1564,7 @@ class Lengths(nn.Module):
     def forward(self, ids, lengths):
         steps = torch.arange(int(lengths.max()), device=ids.device)
         mask = steps[None, :] < lengths[:, None]  # (B, T), True where a token is
-        h = torch.relu(self.a(self.emb(ids[:, : mask.shape[1]])))
+        h = torch.relu(self.a(self.emb(ids[:, : lengths.max()])))  # a bound of one value
         if (ids == 0).any():  # a padding id: those tokens count for nothing
             h = h * (ids[:, : mask.shape[1]] != 0)[..., None]
         return self.b((h * mask[..., None]).sum(1))
