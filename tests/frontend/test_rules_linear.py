@@ -439,3 +439,36 @@ def test_a_layer_applied_to_an_identity_keeps_its_input_neurons_free(eye):
     assert spec["lora_b.weight"].axes[0] == spec["base.weight"].axes[0] is not None
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class ConvDoRA(nn.Module):
+    """peft's DoRA on a convolution: the adapter's weight is ``lora_B.weight @
+    lora_A.weight.flatten(1)`` reshaped to the conv's weight, whose norm over everything but
+    its output channels rescales the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.base, self.post = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 6, 3), nn.Linear(6, 2)
+        self.lora_a = nn.Conv2d(4, 2, 3, bias=False)
+        self.lora_b = nn.Conv2d(2, 6, 1, bias=False)
+        self.magnitude = nn.Parameter(torch.linspace(0.5, 1.5, 6)[None, :, None, None])
+
+    def forward(self, x):
+        h = torch.relu(self.pre(x))
+        w = self.base.weight
+        lora = torch.mm(self.lora_b.weight.flatten(1), self.lora_a.weight.flatten(1))
+        norm = (w + lora.reshape(w.shape)).norm(p=2, dim=(1, 2, 3), keepdim=True)
+        y = self.magnitude / norm.transpose(1, 0) * (self.base(h) + self.lora_b(self.lora_a(h)))
+        return self.post(torch.relu(y).mean((2, 3)))
+
+
+def test_a_matmul_carries_a_flattened_product_of_columns():
+    # the columns of lora_B.weight @ lora_A.weight.flatten(1), (pre's channels x taps), were
+    # fixed by torch.mm, and with them pre's channels
+    spec, report = trace_with_report(model_(ConvDoRA), x_(2, 3, 6, 6))
+    assert report.verification.ok and not report.probes
+    pre = spec["pre.weight"].axes[0]
+    assert pre == "pre" and spec["lora_a.weight"].axes[1] == spec["base.weight"].axes[1] == pre
+    assert spec["base.weight"].axes[0] == spec["lora_b.weight"].axes[0] is not None
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

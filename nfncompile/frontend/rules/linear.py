@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..labels import UNIFORM, Label, TensorLabels
+from ..labels import UNIFORM, Label, Prod, TensorLabels
 from .registry import (
     Unsupported,
     arg,
@@ -162,8 +162,13 @@ def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     shape = a.out_shape()
     batch = a.broadcast([bx, by], shape[: len(shape) - 2 + row + column], batch=True)
     rows = () if row else (x.labels[-2],)
-    # x @ self.weight: the output neurons are the weight's axis, named after its module
-    out = () if column else (a.name_output(a.plain_label(y.labels[-1], uniform=True)),)
+    # x @ self.weight: the output neurons are the weight's axis, named after its module; a
+    # flattened product of columns is carried through as the rows are (peft's conv DoRA:
+    # lora_B.weight @ lora_A.weight.flatten(1), then reshaped to the conv's weight)
+    cols = y.labels[-1]
+    if not isinstance(cols, Prod):
+        cols = a.name_output(a.plain_label(cols, uniform=True))
+    out = () if column else (cols,)
     return TensorLabels(shape, batch.labels + rows + out)
 
 
