@@ -667,6 +667,27 @@ class _WritableProxy(torch.fx.Proxy):
     def __setitem__(self, index: Any, value: Any) -> None:
         self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
 
+    def __getattr__(self, k: str) -> Any:
+        # a model's own tensor has the attributes it has: `hasattr(weight, "SCB")` (Hugging
+        # Face's RWKV asks whether a weight is 8-bit quantized) is False, where fx recorded an
+        # attribute read that no tensor answers
+        if self.node.op == "get_attr" and not k.startswith("__"):
+            value = _attribute(getattr(self.tracer, "root", None), str(self.node.target))
+            if isinstance(value, torch.Tensor) and not hasattr(value, k):
+                raise AttributeError(f"'{type(value).__name__}' object has no attribute '{k}'")
+        return super().__getattr__(k)
+
+
+def _attribute(root: Any, target: str) -> Any:
+    """The parameter or buffer of module ``root`` at the dotted ``target``, or ``None``, read
+    from the modules' own dicts (fx's patched ``getattr`` would give a proxy)."""
+    *path, name = target.split(".")
+    for part in path:
+        root = getattr(root, "_modules", {}).get(part)
+    if not isinstance(root, torch.nn.Module):
+        return None
+    return root._parameters.get(name, root._buffers.get(name))
+
 
 class _ShapeProxy(_WritableProxy):
     """A proxy whose shape, length and iteration come from its node's value on the example.

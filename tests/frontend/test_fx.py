@@ -1602,3 +1602,25 @@ def test_values_of_integer_inputs_are_read_as_the_examples(model):
     assert example[1].equal(torch.tensor([4, 2]) if model == "lengths" else edges)  # unchanged
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class AsksItsWeight(nn.Module):
+    """Hugging Face's RWKV: a branch on whether a weight is 8-bit quantized
+    (``hasattr(weight, "SCB")``), and the plain branch scaling the output otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if hasattr(self.b.weight, "SCB"):  # bitsandbytes' statistics
+            h = h / self.b.weight.SCB
+        return self.b(h)
+
+
+def test_a_question_about_a_weights_attributes_is_answered_by_the_weight():
+    # fx answered hasattr(weight, "SCB") with True and recorded the attribute read; shape
+    # propagation then failed on it, blaming the example input
+    spec, report = trace_with_report(model_(AsksItsWeight), x_(5, 3))
+    assert report.verification.ok and spec["b.weight"].axes == ("out", "a")
