@@ -679,14 +679,15 @@ class _WritableProxy(torch.fx.Proxy):
 
 
 def _attribute(root: Any, target: str) -> Any:
-    """The parameter or buffer of module ``root`` at the dotted ``target``, or ``None``, read
-    from the modules' own dicts (fx's patched ``getattr`` would give a proxy)."""
+    """The parameter, buffer or constant (a tensor the trace kept) of module ``root`` at the
+    dotted ``target``, or ``None``, read from the modules' own dicts (fx's patched
+    ``getattr`` would give a proxy)."""
     *path, name = target.split(".")
     for part in path:
         root = getattr(root, "_modules", {}).get(part)
     if not isinstance(root, torch.nn.Module):
         return None
-    return root._parameters.get(name, root._buffers.get(name))
+    return root._parameters.get(name, root._buffers.get(name, vars(root).get(name)))
 
 
 class _ShapeProxy(_WritableProxy):
@@ -949,7 +950,12 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         or computed from such inputs alone (no weight, no float input), else ``_UNKNOWN``."""
         if node.op == "placeholder":
             return self._real_inputs.get(node.target, _UNKNOWN)
-        if node.op not in ("call_function", "call_method", "get_attr"):
+        if node.op == "get_attr":
+            # an integer buffer or constant (an index table), copied: an op in place on it
+            # must not change the model's own
+            value = _attribute(self.root, str(node.target))
+            return value.clone() if _integral(value) else _UNKNOWN
+        if node.op not in ("call_function", "call_method"):
             return _UNKNOWN
         if getattr(node.target, "__name__", node.target) in RANDOM:
             return _UNKNOWN  # a draw: another run draws other values
@@ -962,16 +968,7 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         self._eager = True
         try:
             with _maybe_revert_all_patches(), _not_fx_tracing(), torch.no_grad():
-                if node.op == "get_attr":  # an integer buffer of the model (an index table)
-                    out = self.root
-                    for part in str(node.target).split("."):
-                        out = getattr(out, part, None)
-                    # a copy: an op in place on it must not change the model's buffer
-                    return out.clone() if _integral(out) else _UNKNOWN
-                if node.op == "call_function":
-                    out = node.target(*args, **kwargs)
-                else:
-                    out = getattr(args[0], node.target)(*args[1:], **kwargs)
+                out = self._call(node, args, kwargs)
         except Exception:
             return _UNKNOWN
         finally:
@@ -1009,12 +1006,8 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             # values for their shapes only: no graph of them (flex attention refuses inputs
             # that require grad on a CPU)
             with self.mode, torch.no_grad():
-                if node.op == "call_function":
-                    return node.target(*args, **kwargs)
-                if node.op == "call_method":
-                    return getattr(args[0], node.target)(*args[1:], **kwargs)
-                if node.op == "call_module":
-                    return self.root.get_submodule(node.target)(*args, **kwargs)
+                if node.op in ("call_function", "call_method", "call_module"):
+                    return self._call(node, args, kwargs)
         except _DATA_DEPENDENT:  # not computable on fake tensors: left symbolic
             if node.op == "call_module":
                 return self._stand_in(node, args, kwargs)
@@ -1034,15 +1027,18 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         args, kwargs = _real_values((args, kwargs), random=False, clone=not module)
         try:
             with torch.no_grad():
-                if node.op == "call_function":
-                    out = node.target(*args, **kwargs)
-                elif node.op == "call_method":
-                    out = getattr(args[0], node.target)(*args[1:], **kwargs)
-                else:
-                    out = self.root.get_submodule(node.target)(*args, **kwargs)
+                out = self._call(node, args, kwargs)
         except Exception:
             return _UNKNOWN
         return pytree.tree_map(self._fake, out)
+
+    def _call(self, node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
+        """What the call ``node`` records, made on ``args`` and ``kwargs``."""
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        return self.root.get_submodule(node.target)(*args, **kwargs)
 
 
 def _plain(value: Any) -> Any:
