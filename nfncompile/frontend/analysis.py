@@ -264,6 +264,28 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         kind = "neuron" if size > 1 else "fixed"
         return self.new_run(size, kind, f"{self.node.name}.{what}")
 
+    def _equal_slices(self, t: torch.Tensor, dim: int) -> Label | None:
+        """The label of dim ``dim`` of a constant ``t`` (a mask buffer, a table the group does
+        not act on) where consecutive slices along it are equal (:func:`_equal_stretches`):
+        each such stretch a run of free neurons, since permuting equal slices leaves ``t`` as
+        it is, and the positions whose slice differs from both neighbours one fixed run;
+        ``None`` where no two neighbours are equal. Permuting equal slices along one dim keeps
+        those along every other equal, so each dim's runs stand on their own."""
+        stretches = _equal_stretches(t, dim)
+        if stretches is None:
+            return None
+        what = f"equal.d{dim}"
+        lone = stretches.count(1)
+        fixed = self.new_run(lone, "fixed", f"{self.node.name}.{what}")[0].run if lone else None
+        segs, taken = [], 0
+        for k in stretches:
+            if k > 1:
+                segs.extend(self.uniform_run(k, what))
+            else:
+                segs.append(Seg(fixed, taken, 1))
+                taken += 1
+        return merged(tuple(segs))
+
     def name_output(self, label: Any) -> Any:
         """``label``, the output of a functional layer that is its weight's axis
         (``F.conv2d(x, self.weight)``), named after the weight's module as a module's call names
@@ -853,6 +875,10 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 # columns alike leaves it as it is, so both dims are one run of free neurons
                 run = self.uniform_run(t.shape[-1], "diagonal")
                 labels = labels[:-2] + (run, run)
+            else:
+                labels = tuple(
+                    self._equal_slices(t, d) if lab is None else lab for d, lab in enumerate(labels)
+                )
             return TensorLabels(info.shape, labels)
         labels = []
         for d, n in enumerate(info.shape):
@@ -1080,6 +1106,32 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         return TensorLabels(info.shape, tuple(labels))
 
 
+def _equal_stretches(t: torch.Tensor, dim: int) -> list[int] | None:
+    """The lengths of the stretches of equal consecutive slices of ``t`` along ``dim``, in
+    order, or ``None`` where no two neighbours are equal (or ``t`` is too large to compare).
+    A block-diagonal mask (``mask * weight``) keeps the units within each block
+    exchangeable. Equal slices apart (a MADE mask's hidden units of one degree, taken in turn)
+    are not one stretch: a space is consecutive positions of an axis. NaN differs from itself.
+
+    >>> mask = torch.block_diag(torch.ones(2, 2), torch.ones(3, 3), torch.ones(1, 1))
+    >>> _equal_stretches(mask, 0), _equal_stretches(torch.eye(3), 1)
+    ([2, 3, 1], None)
+    """
+    n = t.shape[dim]
+    if n < 3 or t.numel() > _MAX_CONSTANT_CLASSES or t.is_complex():
+        return None
+    rows = t.detach().movedim(dim, 0).reshape(n, -1)
+    same = (rows[1:] == rows[:-1]).all(dim=1).tolist()
+    if not any(same):
+        return None
+    stretches, start = [], 0
+    for p in range(1, n + 1):
+        if p == n or not same[p - 1]:
+            stretches.append(p - start)
+            start = p
+    return stretches
+
+
 def _permutes_jointly(t: torch.Tensor) -> bool:
     """Whether every matrix of ``t``'s last two dims is ``a * I + b`` (its diagonal one value,
     the rest another): ``P M P^T = M`` for every permutation ``P``.
@@ -1094,6 +1146,9 @@ def _permutes_jointly(t: torch.Tensor) -> bool:
     rest = t[..., ~torch.eye(n, dtype=torch.bool, device=t.device)]
     return all(torch.equal(v, v[..., :1].expand_as(v)) for v in (diagonal, rest))
 
+
+#: the largest constant whose equal slices are sought (:func:`_equal_stretches`)
+_MAX_CONSTANT_CLASSES = 1 << 22
 
 #: ops whose result may share memory with their first argument (a view, or the argument
 #: itself): a write into one is a write into the others

@@ -274,3 +274,46 @@ def test_fixing_only_a_constants_positions_is_not_reported_as_broken():
     assert report.verification.ok and not report.broken
     assert "0 broke symmetry" in str(report)
     assert [(s.name, s.size) for s in spec.spaces.values()] == [("in", 4), ("a", 8), ("out", 2)]
+
+
+class Masked(nn.Module):
+    """A linear layer whose weight is masked by a constant (a non-persistent bool buffer, as
+    zuko's ``MaskedLinear`` and a sparse or grouped layer keep it)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.pre, self.a, self.post = nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x):
+        h = torch.relu(self.pre(x))
+        h = torch.relu(nn.functional.linear(h, self.a.weight * self.mask, self.a.bias))
+        return self.post(h)
+
+
+MASKS = {
+    # two blocks of three units, each reading its own block: each block's units exchangeable
+    "blocks": (torch.block_diag(torch.ones(3, 3), torch.ones(3, 3)).bool(), [3, 3]),
+    # every unit reads the same inputs: one space
+    "dense": (torch.ones(6, 6, dtype=torch.bool), [6]),
+    # units of one degree taken in turn (MADE): equal rows apart, which no space can hold
+    "made": (torch.tensor([0, 1] * 3)[:, None] >= torch.tensor([0, 1] * 3)[None], None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MASKS))
+def test_a_constant_mask_leaves_the_units_of_its_equal_rows_free(case):
+    # a mask the group does not act on fixed both axes of the weight it multiplies, and with
+    # them the layers around it
+    mask, sizes = MASKS[case]
+    spec, report = trace_with_report(model_(lambda: Masked(mask)), x_(5, 3))
+    assert report.verification.ok and not report.probes
+    rows, cols = spec["a.weight"].axes
+    if sizes is None:
+        assert rows is None and cols is None
+        return
+    names = rows if isinstance(rows, tuple) else (rows,)
+    assert [spec.spaces[n].size for n in names] == sizes
+    assert cols == spec["pre.weight"].axes[0] and spec["post.weight"].axes[1] == rows
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
