@@ -294,7 +294,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
         try:
             for names, name, _, patched in patches.values():
                 names[name] = patched
-            with _StateReads(self, root):
+            with _StateReads(self, root), _distributions_unchecked():
                 return super().trace(root, concrete_args)
         finally:
             for names, name, fn, _ in patches.values():
@@ -526,6 +526,20 @@ def _forget_attributes(value: Any, gone: set) -> None:
             if leaf._node in gone:
                 leaf._node = None
             leaf = leaf.root
+
+
+@contextlib.contextmanager
+def _distributions_unchecked() -> Iterator[None]:
+    """torch.distributions' argument checks off by default (as ``python -O`` leaves them):
+    each tests a traced value (``if not valid.all(): raise``), and none changes a value, so a
+    policy's ``Categorical(logits=...)`` or ``Normal(mean, std)`` (stable-baselines3) traces."""
+    Distribution = torch.distributions.Distribution
+    checked = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(checked)
 
 
 def _forward_globals(m: torch.nn.Module) -> dict:

@@ -1624,3 +1624,31 @@ def test_a_question_about_a_weights_attributes_is_answered_by_the_weight():
     # propagation then failed on it, blaming the example input
     spec, report = trace_with_report(model_(AsksItsWeight), x_(5, 3))
     assert report.verification.ok and spec["b.weight"].axes == ("out", "a")
+
+
+class Policy(nn.Module):
+    """stable-baselines3's actor-critic heads: a categorical policy's logits and a Gaussian
+    policy's log-likelihood of an action, read through torch.distributions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.pi, self.mu = nn.Linear(3, 5), nn.Linear(5, 4), nn.Linear(5, 2)
+        self.log_std = nn.Parameter(torch.linspace(-1.0, 0.0, 2))
+
+    def forward(self, obs, action):
+        h = torch.tanh(self.body(obs))
+        logits = torch.distributions.Categorical(logits=self.pi(h)).logits
+        gauss = torch.distributions.Normal(self.mu(h), self.log_std.exp())
+        return logits, gauss.log_prob(action).sum(-1)
+
+
+def test_torch_distributions_check_no_traced_value():
+    # a distribution's argument checks (`if not valid.all(): raise`) stopped both traces
+    checked = torch.distributions.Distribution._validate_args
+    spec, report = trace_with_report(model_(Policy), (x_(4, 3), x_(4, 2, seed=1)))
+    assert torch.distributions.Distribution._validate_args == checked  # restored
+    assert report.verification.ok and not report.probes and not report.leaf_calls
+    assert spec["body.weight"].axes[0] == spec["pi.weight"].axes[1] == "body"
+    assert spec["mu.weight"].axes[0] == spec["log_std"].axes[0] is not None
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

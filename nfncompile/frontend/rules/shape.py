@@ -365,8 +365,22 @@ def _movedim(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 @register_function(torch.broadcast_to)
 @structured
 def _expand(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    x = args[0]
-    shape = a.out_shape()
+    return _expanded(a, args[0], a.out_shape())
+
+
+@register_function(torch.broadcast_tensors)
+@structured
+def _broadcast_tensors(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    # each tensor expanded to the shape they share, on its own: no value of one meets another's
+    tensors = [t for t in args if isinstance(t, TensorLabels)]
+    if len(tensors) != len(args):
+        raise Unsupported("torch.broadcast_tensors of a value that is no tensor")
+    shape = tuple(torch.broadcast_shapes(*(t.shape for t in tensors)))
+    return tuple(_expanded(a, t, shape) for t in tensors)
+
+
+def _expanded(a: SymmetryAnalysis, x: TensorLabels, shape: tuple) -> TensorLabels:
+    """``x`` expanded to ``shape``: new leading dims and size-1 dims repeat one value."""
     labels = [UNIFORM] * (len(shape) - x.ndim)  # new leading dims: copies
     for d, (lab, n) in enumerate(zip(x.labels, x.shape)):
         if n == shape[len(shape) - x.ndim + d]:
