@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import model_, spaces_, x_
 
 
@@ -128,3 +130,34 @@ def test_batch_statistics_over_a_flattened_product_consume_it():
     spec, report = trace_with_report(model_(StatsOverChannels), x_(4, 3))
     assert spec["b.weight"].axes == ("out", "a")
     assert report.verification.ok and not report.broken
+
+
+class WeightNormed(nn.Module):
+    """Weight-normalised layers (``parametrizations.weight_norm``: a DINO head's last layer, a
+    TCN's convs), along the output dim and over the whole weight (``dim=None``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        weight_norm = nn.utils.parametrizations.weight_norm
+        self.conv = weight_norm(nn.Conv1d(3, 5, 3))
+        self.a = weight_norm(nn.Linear(5, 4))
+        self.b = weight_norm(nn.Linear(4, 2), dim=None)
+        self.g, self.v = nn.Parameter(torch.ones(3, 1)), nn.Parameter(torch.randn(3, 5))
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).mean(-1)
+        h = h + nn.functional.linear(h, torch._weight_norm(self.v, self.g, 0)).sum(-1, True)
+        return self.b(torch.relu(self.a(h)))
+
+
+def test_weight_norm_keeps_the_neurons_of_the_weight_it_normalises():
+    # torch._weight_norm had no rule: probed, and kept as one call
+    spec, report = trace_with_report(model_(WeightNormed), x_(2, 3, 6))
+    assert report.verification.ok and not report.probes
+    g, v = "parametrizations.weight.original0", "parametrizations.weight.original1"
+    assert spec[f"conv.{g}"].axes[0] == spec[f"conv.{v}"].axes[0] == spec[f"a.{v}"].axes[1]
+    assert spec[f"a.{g}"].axes[0] == spec[f"a.{v}"].axes[0] == spec[f"b.{v}"].axes[1]
+    assert spec[f"a.{v}"].axes[0] is not None and spec[f"b.{g}"].axes == ()
+    assert spec["g"].axes[0] == spec["v"].axes[0] is not None
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

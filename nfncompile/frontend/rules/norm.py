@@ -1,4 +1,5 @@
-"""Op rules for normalisation layers: batch, instance, group, layer and RMS norm.
+"""Op rules for normalisation layers: batch, instance, group, layer and RMS norm, and weight
+normalisation.
 
 Per-channel statistics and affine parameters are labelled with the channels they index.
 Statistics are symmetric over the dims they reduce, so labels there are consumed (a weight
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrizations
 
 from ..labels import Label, TensorLabels, is_plain
 from .registry import arg, module_nd, register_function, register_module, structured
@@ -128,3 +131,22 @@ def _function_layernorm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             for d in range(k):
                 a.tie(x.labels[x.ndim - k + d], t.labels[d])
     return x
+
+
+@register_function(torch._weight_norm)
+def _function_weight_norm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """Weight normalisation (``torch._weight_norm(v, g, dim)``, which both
+    ``nn.utils.weight_norm`` and its parametrization call): ``v * g / ||v||``, the norm over
+    every dim of ``v`` but ``dim`` (all of them for ``dim=-1``), which any permutation of
+    those dims leaves as it is; ``g`` scales ``v`` along ``dim``, as a broadcast product
+    does."""
+    return a.broadcast([args[0], arg(args, kwargs, 1, "g")])
+
+
+def _module_weight_norm(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any):
+    """The parametrization's module: ``forward(weight_g, weight_v)``."""
+    return a.broadcast([args[1], args[0]])
+
+
+if hasattr(parametrizations, "_WeightNorm"):  # a private class of torch's
+    register_module(parametrizations._WeightNorm)(_module_weight_norm)
