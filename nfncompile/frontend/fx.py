@@ -488,7 +488,16 @@ class LeafFallbackTracer(torch.fx.Tracer):
             # a module the forward calls that is none of the model's (a module-level instance,
             # Hugging Face's kernel-hub rotary embedding): its code is traced as the forward's
             return forward(*args, **kwargs)
+        stateless = next(m.parameters(), None) is None and next(m.buffers(), None) is None
+        traced = any(isinstance(v, torch.fx.Proxy) for v in pytree.tree_leaves((args, kwargs)))
+        if stateless and not traced:
+            # no weight and no traced value: it computes a constant, as a torch function called
+            # on constants does (nflows' identity embedding of an absent context returns None,
+            # which the flow then tests with ``is not None``)
+            return forward(*args, **kwargs)
         if self.is_leaf_module(m, path):
+            if refused := _refused(m, args, kwargs):
+                raise refused  # as the call would, for the caller to catch
             return super().call_module(m, forward, args, kwargs)
         mark = len(self.graph.nodes)
         stack, calls = self.module_stack.copy(), dict(self.num_calls)
@@ -508,6 +517,10 @@ class LeafFallbackTracer(torch.fx.Tracer):
             self.module_stack.clear()
             self.module_stack.update(stack)
             self.num_calls = calls
+            if isinstance(e, TypeError) and _refused(m, args, kwargs):
+                # the call itself is wrong, not the forward's code: the caller may catch it
+                # (speechbrain's x-vector tries `layer(x, lengths=lens)`, then `layer(x)`)
+                raise
             self._forced.add(id(m))
             leaf = LeafCall(path, type(m).__name__, _error(e), raised_at(e))
             self.leaves.append(leaf)
@@ -515,6 +528,18 @@ class LeafFallbackTracer(torch.fx.Tracer):
         if isinstance(proxy, torch.fx.Proxy):
             proxy.node.meta["nfn_leaf"] = leaf
         return proxy
+
+
+def _refused(m: torch.nn.Module, args: tuple, kwargs: dict) -> TypeError | None:
+    """The error calling ``m``'s forward with ``args`` and ``kwargs`` raises before it runs
+    (an argument it does not take), or ``None`` (also where its signature cannot be read)."""
+    try:
+        inspect.signature(m.forward, follow_wrapped=False).bind(*args, **kwargs)
+    except TypeError as e:
+        return TypeError(f"{type(m).__name__}.forward(): {e}")
+    except ValueError:
+        return None
+    return None
 
 
 def _forget_attributes(value: Any, gone: set) -> None:
@@ -560,6 +585,7 @@ def _integral(value: Any) -> bool:
         and not (value.is_floating_point() or value.is_complex())
         and value.numel() <= INTEGER_VALUES_UP_TO
     )
+
 
 #: tensor factories a trace records as nodes once a constant they made was written by traced
 #: values (:class:`LeafFallbackTracer`'s ``trace_factories``)
@@ -702,6 +728,21 @@ def _attribute(root: Any, target: str) -> Any:
     if not isinstance(root, torch.nn.Module):
         return None
     return root._parameters.get(name, root._buffers.get(name, vars(root).get(name)))
+
+
+def _constant(root: Any, target: str) -> bool:
+    """Whether the tensor at the dotted ``target`` of ``root`` is a constant no state_dict
+    holds (one the trace kept, a non-persistent buffer) of at most
+    :data:`INTEGER_VALUES_UP_TO` entries: not a weight, so its values are the model's own."""
+    *path, name = target.split(".")
+    for part in path:
+        root = getattr(root, "_modules", {}).get(part)
+    if not isinstance(root, torch.nn.Module) or name in root._parameters:
+        return False
+    if name in root._buffers and name not in root._non_persistent_buffers_set:
+        return False
+    value = root._buffers.get(name, vars(root).get(name))
+    return isinstance(value, torch.Tensor) and value.numel() <= INTEGER_VALUES_UP_TO
 
 
 class _ShapeProxy(_WritableProxy):
@@ -960,15 +1001,18 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         return node
 
     def _run_on_integers(self, node: torch.fx.Node) -> Any:
-        """``node`` run for real where every tensor it reads is the example's integer input
-        or computed from such inputs alone (no weight, no float input), else ``_UNKNOWN``."""
+        """``node`` run for real where every tensor it reads is the example's integer input,
+        an integer buffer or a constant, or computed from such tensors alone (no weight, no
+        float input), else ``_UNKNOWN``."""
         if node.op == "placeholder":
             return self._real_inputs.get(node.target, _UNKNOWN)
         if node.op == "get_attr":
-            # an integer buffer or constant (an index table), copied: an op in place on it
-            # must not change the model's own
+            # an integer buffer or constant (an index table), or a tensor no state_dict holds
+            # (a constant the forward made, a non-persistent buffer: an ODE solver's time
+            # grid), copied: an op in place on it must not change the model's own
             value = _attribute(self.root, str(node.target))
-            return value.clone() if _integral(value) else _UNKNOWN
+            known = _integral(value) or _constant(self.root, str(node.target))
+            return value.clone() if known else _UNKNOWN
         if node.op not in ("call_function", "call_method"):
             return _UNKNOWN
         if getattr(node.target, "__name__", node.target) in RANDOM:

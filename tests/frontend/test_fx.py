@@ -1626,6 +1626,56 @@ def test_a_question_about_a_weights_attributes_is_answered_by_the_weight():
     assert report.verification.ok and spec["b.weight"].axes == ("out", "a")
 
 
+class FixedGrid(nn.Module):
+    """torchdiffeq's fixed-step solver: a time grid made from constants and checked by value,
+    and the solution written step by step into a tensor it makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3))
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, y0):
+        t = torch.tensor([0.0, 1.0])
+        grid = torch.arange(0, 3, dtype=t.dtype) * 0.5 + t[0]
+        grid[-1] = t[-1]
+        if not (grid[0] == t[0] and grid[-1] == t[-1]):
+            raise ValueError("the grid does not span the times")
+        solution = torch.empty(len(grid), *y0.shape)
+        solution[0] = y = y0
+        for i in range(1, len(grid)):
+            y = y + (grid[i] - grid[i - 1]) * self.f(y)
+            solution[i] = y
+        return self.head(solution[-1])
+
+
+class OptionalContext(TwoLinear):
+    """nflows' flow: its context embedding (an identity) applied to an absent context, which
+    the distribution then tests with ``is not None`` before reading its shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Identity()
+
+    def forward(self, x, context=None):
+        context = self.embed(context)
+        if context is not None and x.shape[0] != context.shape[0]:
+            raise ValueError("one context per input")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("factory", [FixedGrid, OptionalContext], ids=["grid", "context"])
+def test_values_of_constants_are_read_as_the_models(factory):
+    # a branch on a constant the forward made (once its factories were recorded, after a
+    # write into one) stopped the trace, as did an identity module's output of None
+    spec, report = trace_with_report(model_(factory), x_(4, 3 if factory is FixedGrid else 4))
+    assert report.verification.ok and not report.probes and not report.leaf_calls
+    hidden = [s.size for s in spec.spaces.values() if s.role == "hidden"]
+    assert hidden == ([5] if factory is FixedGrid else [6])  # the state is the input's
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
 class Policy(nn.Module):
     """stable-baselines3's actor-critic heads: a categorical policy's logits and a Gaussian
     policy's log-likelihood of an action, read through torch.distributions."""
@@ -1650,5 +1700,41 @@ def test_torch_distributions_check_no_traced_value():
     assert report.verification.ok and not report.probes and not report.leaf_calls
     assert spec["body.weight"].axes[0] == spec["pi.weight"].axes[1] == "body"
     assert spec["mu.weight"].axes[0] == spec["log_std"].axes[0] is not None
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 6)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+class TriesKeywords(nn.Module):
+    """speechbrain's x-vector: each block is called with ``lengths=`` first, and without it
+    where the block does not take it (``except TypeError``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([_Block(), nn.LeakyReLU(), nn.Linear(6, 2)])
+
+    def forward(self, x, lens=None):
+        for layer in self.blocks:
+            try:
+                x = layer(x, lengths=lens)
+            except TypeError:
+                x = layer(x)
+        return x
+
+
+def test_a_call_a_module_refuses_raises_for_the_forward_to_catch():
+    # the refused call was kept as one call (a module of the model's) or recorded (one of
+    # torch's), and shape propagation failed on it: the forward's fallback never ran
+    spec, report = trace_with_report(model_(TriesKeywords), x_(4, 3))
+    assert report.verification.ok and not report.probes and not report.leaf_calls
+    assert spec["blocks.0.lin.weight"].axes[0] == spec["blocks.2.weight"].axes[1] is not None
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
