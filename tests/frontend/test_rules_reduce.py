@@ -201,3 +201,29 @@ def test_a_norm_over_neurons_is_a_symmetric_reduction(how):
     assert spec["a.weight"].axes == ("a", "in")
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class Standardised(TwoLinear):
+    """a's outputs standardised by their std and mean (kornia's HardNet normalises its input
+    patches this way), taken over the neurons or, with the ``unbiased`` overload, over all."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.how == "std_mean":
+            std, mean = torch.std_mean(h, dim=1, keepdim=True)
+        elif self.how == "var_mean":
+            var, mean = torch.var_mean(h, 1, keepdim=True, correction=0)
+            std = var.sqrt()
+        else:  # (input, unbiased): over every dim
+            std, mean = torch.std_mean(torch.as_tensor(h), False)
+        return self.b((h - mean) / (std + 1.0))
+
+
+@pytest.mark.parametrize("how", ["std_mean", "var_mean", "unbiased"])
+def test_a_std_and_mean_over_neurons_is_a_symmetric_reduction(how):
+    # torch.std_mean, torch.var_mean and torch.as_tensor had no rule: probed
+    spec, report = trace_with_report(model_(lambda: Standardised(how)), x_(5, 4))
+    assert report.verification.ok and not report.probes and not report.broken
+    assert spec["a.weight"].axes == ("a", "in") and spec["b.weight"].axes == ("out", "a")
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

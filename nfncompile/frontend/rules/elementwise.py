@@ -107,6 +107,15 @@ def _method_cast(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(a.out_shape(), args[0].labels)
 
 
+@register_function(torch.as_tensor, torch.asarray)
+@structured
+def _function_cast(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    # a tensor as it is (nflows' and zuko's distributions take their inputs through it)
+    if not isinstance(args[0], TensorLabels):
+        raise Unsupported(f"{a.node.target.__name__} of a value that is no tensor")
+    return TensorLabels(a.out_shape(), args[0].labels)
+
+
 @register_function(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like)
 @structured
 def _constant_like(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 _REDUCE_FUNCTIONS = (
     torch.sum, torch.mean, torch.amax, torch.amin, torch.prod, torch.std, torch.var,
     torch.logsumexp, torch.norm, torch.all, torch.any, torch.nansum, torch.nanmean,
-    torch.linalg.vector_norm, torch.linalg.norm, torch.linalg.matrix_norm,
+    torch.linalg.vector_norm, torch.linalg.norm, torch.linalg.matrix_norm, torch.std_mean,
+    torch.var_mean,
 )  # fmt: skip
 #: norms whose ``dim`` comes after their ``ord`` (or ``p``); a matrix norm's (any ``ord``:
 #: Frobenius, nuclear, spectral, max row or column sums) is invariant under permutations of
@@ -80,7 +81,7 @@ def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
             labels.append(lab)
         elif keepdim:
             labels.append(None)
-    if isinstance(out, tuple):  # (values, indices)
+    if isinstance(out, tuple):  # (values, indices), or (std, mean) and (var, mean)
         values, indices = (TensorLabels(o.shape, tuple(labels)) for o in out)
         return remade(out, (values, dataclasses.replace(indices, values=index)))
     return TensorLabels(out.shape, tuple(labels), values=index)
