@@ -31,8 +31,9 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -271,10 +272,43 @@ def _outputs(net: nn.Module, x: tuple, state: dict | None = None) -> list:
     """``net``'s outputs on ``x`` (with ``state`` in place of its own, if given), flattened,
     each call from the copy as it was: a value the forward caches from its parameters
     (LeViT's attention biases) is computed from these ones; random ops draw the same numbers
-    in every call."""
-    with torch.no_grad(), attributes_kept(net), same_draws():
+    in every call; a weight the forward writes (a PixelCNN's masked convolution, ``weight.data
+    *= mask``, which the perturbed mask no longer leaves as it was) is restored after it."""
+    with _state_kept(net, state), torch.no_grad(), attributes_kept(net), same_draws():
         y = net(*x) if state is None else torch.func.functional_call(net, state, x)
     return leaves(y, fields=True)
+
+
+@contextlib.contextmanager
+def _state_kept(net: nn.Module, state: dict | None) -> Iterator[None]:
+    """Restore the values of ``state`` (``net``'s own state where ``None``) that the body
+    writes. The first call on ``net`` compares every value after it; where none was written
+    (``net._nfn_writes_state`` False), later calls copy nothing."""
+    if not getattr(net, "_nfn_writes_state", True):
+        yield
+        return
+    own = net.state_dict(keep_vars=True) if state is None else state
+    tensors = [t for t in own.values() if isinstance(t, torch.Tensor)]
+    with torch.no_grad():
+        saved = [t.detach().clone() for t in tensors]
+    try:
+        yield
+    finally:
+        written = False
+        with torch.no_grad():
+            for t, old in zip(tensors, saved):
+                if not _same(t.detach(), old):
+                    t.detach().copy_(old)  # (.data writes bypass the version counter)
+                    written = True
+        if not hasattr(net, "_nfn_writes_state") or written:
+            net._nfn_writes_state = written
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` holds ``b``'s values exactly (NaN where ``b`` has NaN)."""
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
+    return torch.equal(a, b)
 
 
 def _working_copy(
