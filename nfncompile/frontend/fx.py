@@ -375,6 +375,16 @@ class LeafFallbackTracer(torch.fx.Tracer):
 
         return call
 
+    def create_proxy(
+        self, kind: str, target: Any, args: tuple, kwargs: dict, *rest: Any, **options: Any
+    ) -> torch.fx.Proxy:
+        if kind in ("call_method", "call_function") and _target_name(target) in _SIZES_ONLY:
+            # dims or sizes given as 0-d integer tensors (compressai's `x.permute(*perm)` of
+            # a `torch.tensor` perm), which torch reads as ints: the ints, not tensor constants
+            args = (args[0], *pytree.tree_map(_as_int, tuple(args[1:])))
+            kwargs = pytree.tree_map(_as_int, kwargs)
+        return super().create_proxy(kind, target, args, kwargs, *rest, **options)
+
     def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
         node = super().create_node(*args, **kwargs)
         if writes(node) and isinstance(node.args[0], torch.fx.Node):
@@ -528,6 +538,28 @@ class LeafFallbackTracer(torch.fx.Tracer):
         if isinstance(proxy, torch.fx.Proxy):
             proxy.node.meta["nfn_leaf"] = leaf
         return proxy
+
+
+#: shape ops whose arguments after the tensor are all dims or sizes (ints), which torch also
+#: takes as 0-d integer tensors
+_SIZES_ONLY = frozenset(
+    ["permute", "view", "reshape", "expand", "repeat", "tile", "transpose", "swapaxes",
+     "swapdims", "movedim", "moveaxis", "flip", "roll", "squeeze", "unsqueeze", "flatten",
+     "unflatten", "narrow", "select", "new_zeros", "new_ones", "new_empty"]
+)  # fmt: skip
+
+
+def _target_name(target: Any) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", "")
+
+
+def _as_int(value: Any) -> Any:
+    """``value`` as a Python int where it is a 0-d integer tensor that is no traced value."""
+    integer = isinstance(value, torch.Tensor) and not isinstance(value, torch.fx.Proxy)
+    integer = integer and value.ndim == 0 and not value.is_floating_point()
+    if integer and not value.is_complex() and value.dtype != torch.bool:
+        return int(value)
+    return value
 
 
 def _refused(m: torch.nn.Module, args: tuple, kwargs: dict) -> TypeError | None:
@@ -703,6 +735,11 @@ def _device_flag(value: torch.Tensor, k: str) -> bool:
 class _WritableProxy(torch.fx.Proxy):
     """A proxy that records ``x[index] = value`` (fx's own raises "does not support item
     assignment", and the module doing it was kept as one call)."""
+
+    #: NumPy defers to the proxy's own reflected operators, as it does for a tensor:
+    #: ``np.log(2 * np.pi) - x`` (normflows' Gaussian) asked the proxy for NumPy's array
+    #: protocols, which fx answers with attribute proxies
+    __array_ufunc__ = None
 
     def __setitem__(self, index: Any, value: Any) -> None:
         self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})

@@ -8,6 +8,7 @@ import functools
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.fx
@@ -1738,3 +1739,23 @@ def test_a_call_a_module_refuses_raises_for_the_forward_to_catch():
     assert spec["blocks.0.lin.weight"].axes[0] == spec["blocks.2.weight"].axes[1] is not None
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class TensorDims(TwoLinear):
+    """compressai's entropy bottleneck: a permutation of dims made as a tensor and unpacked
+    into ``permute`` (torch reads each 0-d tensor as an int), and a NumPy scalar minus a
+    traced value (normflows' Gaussian log-density)."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        perm = torch.cat((torch.tensor([1, 0]), torch.arange(2, h.ndim)))
+        h = h.permute(*perm).contiguous().permute(*perm)
+        return self.b(np.log(2 * np.pi) - h)
+
+
+def test_dims_given_as_tensors_and_numpy_scalars_trace():
+    # the 0-d tensors became constants of the graph, which the permute rule cannot read as
+    # dims; NumPy asked the proxy for its array protocols and failed
+    spec, report = trace_with_report(model_(TensorDims), x_(3, 4))
+    assert report.verification.ok and not report.probes and not report.leaf_calls
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] == "a"
