@@ -673,3 +673,35 @@ def test_every_step_th_position_is_one_position_of_each_neuron(step, bias_apart)
     assert spec["gate_up.bias"].axes == ("gate_up", None)
     assert spec["down.weight"].axes == ("inp", "gate_up") and spec.spaces["gate_up"].size == 6
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class Diagonal(TwoLinear):
+    """A learned per-neuron scale applied as a diagonal matrix (``h @ diag(s)``, or
+    ``diag_embed``), a diagonal read back (of an outer product), and a cast of the tensor's
+    class (fastai's ``TensorBase.as_subclass``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 6))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)).as_subclass(torch.Tensor)
+        if self.how == "diag":
+            h = h @ torch.diag(self.scale)
+        elif self.how == "diag_embed":
+            h = (h[:, None, :] @ torch.diag_embed(self.scale[None])).squeeze(1)
+        else:  # the diagonal of each sample's outer product: h * h, scaled
+            h = torch.diagonal(h[:, :, None] * h[:, None, :], dim1=1, dim2=2) * self.scale
+        return self.b(h)
+
+
+@pytest.mark.parametrize("how", ["diag", "diag_embed", "diagonal"])
+def test_a_diagonal_matrix_moves_with_its_vector(how):
+    # torch.diag, diag_embed, diagonal and as_subclass had no rule: probed, and where the
+    # probe failed (a diagonal matrix does not move like its vector) the scale was fixed
+    spec, report = trace_with_report(model_(lambda: Diagonal(how)), x_(5, 4))
+    assert report.verification.ok and not report.probes and not report.broken
+    assert spec["scale"].axes == ("a",) and spec["b.weight"].axes == ("out", "a")
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

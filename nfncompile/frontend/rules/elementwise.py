@@ -101,7 +101,7 @@ def _method_elementwise(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return a.broadcast([*leaves(list(args)), *leaves(list(kwargs.values()))])
 
 
-@register_method("to", "type", "type_as")
+@register_method("to", "type", "type_as", "as_subclass")
 @structured
 def _method_cast(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(a.out_shape(), args[0].labels)

@@ -379,6 +379,31 @@ def _broadcast_tensors(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return tuple(_expanded(a, t, shape) for t in tensors)
 
 
+@register_function(torch.diag, torch.diag_embed, torch.diagonal)
+@register_method("diag", "diag_embed", "diagonal")
+def _diag(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """A vector set on a matrix's diagonal (``diag`` of a 1-D tensor, ``diag_embed`` of the last
+    dim) moves with both of the matrix's dims, since ``P diag(v) P^T = diag(P v)``; a matrix's
+    diagonal (``diag`` of a 2-D tensor, ``diagonal``) keeps the label its two dims share."""
+    x, name = args[0], getattr(a.node.target, "__name__", a.node.target)
+    offset = arg(args, kwargs, 1, "offset" if name != "diag" else "diagonal", 0)
+    if offset != 0:
+        raise Unsupported(f"{name} off the main diagonal reads neurons by position")
+    if name == "diag_embed" or (name == "diag" and x.ndim == 1):
+        if name == "diag_embed" and (
+            arg(args, kwargs, 2, "dim1", -2) % (x.ndim + 1) != x.ndim - 1
+            or arg(args, kwargs, 3, "dim2", -1) % (x.ndim + 1) != x.ndim
+        ):
+            raise Unsupported("diag_embed into other dims than the last two")
+        return TensorLabels(a.out_shape(), (*x.labels[:-1], x.labels[-1], x.labels[-1]))
+    d1 = norm_dim(arg(args, kwargs, 2, "dim1", 0), x.ndim) if name == "diagonal" else 0
+    d2 = norm_dim(arg(args, kwargs, 3, "dim2", 1), x.ndim) if name == "diagonal" else 1
+    if x.labels[d1] != x.labels[d2]:
+        raise Unsupported(f"{name} of dims that hold different neurons")
+    rest = tuple(lab for d, lab in enumerate(x.labels) if d not in (d1, d2))
+    return TensorLabels(a.out_shape(), (*rest, x.labels[d1]))
+
+
 def _expanded(a: SymmetryAnalysis, x: TensorLabels, shape: tuple) -> TensorLabels:
     """``x`` expanded to ``shape``: new leading dims and size-1 dims repeat one value."""
     labels = [UNIFORM] * (len(shape) - x.ndim)  # new leading dims: copies
