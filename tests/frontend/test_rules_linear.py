@@ -472,3 +472,37 @@ def test_a_matmul_carries_a_flattened_product_of_columns():
     assert spec["base.weight"].axes[0] == spec["lora_b.weight"].axes[0] is not None
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class TensorDot(nn.Module):
+    """Layers written with ``torch.tensordot`` (e3nn's tensor products contract this way): a
+    weight contracted against the features by an int or by lists of dims, and two dims at
+    once (each sample's outer product against a bilinear weight)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.a, self.b = how, nn.Linear(3, 4), nn.Linear(5, 2)
+        self.w = nn.Parameter(torch.randn(4, 5) / 2)
+        self.bilinear = nn.Parameter(torch.randn(4, 4, 5) / 4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.how == "int":
+            h = torch.tensordot(h, self.w, 1)
+        elif self.how == "lists":
+            h = torch.tensordot(self.w, h, dims=([0], [1])).T
+        else:
+            h = torch.tensordot(h[:, :, None] * h[:, None, :], self.bilinear, dims=([1, 2], [0, 1]))
+        return self.b(torch.relu(h))
+
+
+@pytest.mark.parametrize("how", ["int", "lists", "two dims"])
+def test_tensordot_is_read_as_the_einsum_it_is(how):
+    # torch.tensordot had no rule: each call was probed (e3nn's failed their probes, which
+    # fixed the neurons they read)
+    spec, report = trace_with_report(model_(lambda: TensorDot(how)), x_(5, 3))
+    assert report.verification.ok and not report.probes and not report.broken
+    weight = spec["w" if how != "two dims" else "bilinear"].axes
+    assert weight[0] == spec["a.weight"].axes[0] == "a" and weight[-1] == spec["b.weight"].axes[1]
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

@@ -19,6 +19,7 @@ from ..labels import UNIFORM, Label, Prod, TensorLabels
 from .registry import (
     Unsupported,
     arg,
+    norm_dim,
     reads_values,
     register_function,
     register_method,
@@ -284,6 +285,31 @@ def _einsum(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         for k, ts in dims.items()
     }
     return TensorLabels(shape, tuple(merged[k] for k in out))
+
+
+@register_function(torch.tensordot)
+def _tensordot(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``torch.tensordot(x, y, dims)``: the einsum that sums ``x``'s ``dims`` against ``y``'s
+    (an int: ``x``'s last ``dims`` dims against ``y``'s first), the free dims of ``x`` then of
+    ``y`` in order (e3nn's tensor products contract this way)."""
+    x, y, dims = args[0], args[1], arg(args, kwargs, 2, "dims", 2)
+    if not (isinstance(x, TensorLabels) and isinstance(y, TensorLabels)):
+        raise Unsupported("tensordot of a value that is no tensor")
+    if isinstance(dims, int):
+        xs, ys = list(range(x.ndim - dims, x.ndim)), list(range(dims))
+    else:
+        xs, ys = ([d] if isinstance(d, int) else list(d) for d in dims)
+    xs, ys = [norm_dim(d, x.ndim) for d in xs], [norm_dim(d, y.ndim) for d in ys]
+    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    tx = [next(letters) for _ in range(x.ndim)]
+    ty = [next(letters) for _ in range(y.ndim)]
+    for dx, dy in zip(xs, ys):
+        ty[dy] = tx[dx]
+    out = [k for d, k in enumerate(tx) if d not in xs] + [
+        k for d, k in enumerate(ty) if d not in ys
+    ]
+    equation = f"{''.join(tx)},{''.join(ty)}->{''.join(out)}"
+    return _einsum(a, (equation, x, y), {})
 
 
 def _einsum_tokens(term: str, ndim: int | None, ellipsis: int = 0) -> list | None:
