@@ -400,8 +400,15 @@ class LeafFallbackTracer(torch.fx.Tracer):
         """torch.nn's own modules are one call (their rules, or a probe), but for one with
         weights or buffers of its own that no rule reads (``nn.MultiheadAttention``,
         ``nn.TransformerEncoderLayer``, spectral norm's power-iteration vectors), and one with
-        hooks or parametrizations: traced through, its weights are labelled by the ops that
-        read them, where a probe would fix every space they touch."""
+        hooks or parametrizations, and one whose weights were swapped for traced values
+        (``torch.func.functional_call``): traced through, its weights are labelled by the ops
+        that read them, where a probe would fix every space they touch."""
+        if any(
+            isinstance(v, torch.fx.Proxy) for v in (*m._parameters.values(), *m._buffers.values())
+        ):
+            # its weights swapped for traced values (torch.func.functional_call with weights
+            # the forward computed): its rule would read its own, so its code is traced
+            return False
         if id(m) in self._forced or isinstance(m, torch.jit.ScriptModule):
             # a scripted module's code is TorchScript, not Python: one call, probed with its
             # own weights (torch.fx would record its C++ object's ``forward`` method)

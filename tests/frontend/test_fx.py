@@ -1759,3 +1759,29 @@ def test_dims_given_as_tensors_and_numpy_scalars_trace():
     spec, report = trace_with_report(model_(TensorDims), x_(3, 4))
     assert report.verification.ok and not report.probes and not report.leaf_calls
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] == "a"
+
+
+class FunctionalCall(nn.Module):
+    """A network run with weights its forward computes (a learned offset of its first
+    layer's, as fine-tuning deltas and hypernetworks do), by ``torch.func.functional_call``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+        self.delta = nn.Parameter(torch.randn(6, 3) / 4)
+
+    def forward(self, x):
+        params = dict(self.inner.named_parameters())
+        params["0.weight"] = params["0.weight"] + self.delta
+        return torch.func.functional_call(self.inner, params, (x,))
+
+
+def test_a_module_run_with_weights_the_forward_computes_is_traced_through():
+    # its layers were recorded as calls of their own weights, and their forward, run for the
+    # shapes, recorded the layer with the computed weight beside it: the analysis failed
+    spec, report = trace_with_report(model_(FunctionalCall), x_(5, 3))
+    assert report.verification.ok and not report.probes and not report.leaf_calls
+    assert spec["delta"].axes == spec["inner.0.weight"].axes == ("inner.0", "in")
+    assert spec["inner.2.weight"].axes[1] == "inner.0"
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)
