@@ -279,8 +279,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         fixed = self.new_run(lone, "fixed", f"{self.node.name}.{what}")[0].run if lone else None
         segs, taken = [], 0
         for k in stretches:
-            if k > 1:
-                segs.extend(self.uniform_run(k, what))
+            if k > 1:  # named after what it meets, and positions where it meets positions
+                segs.extend(self.new_run(k, "constant", f"{self.node.name}.{what}"))
             else:
                 segs.append(Seg(fixed, taken, 1))
                 taken += 1

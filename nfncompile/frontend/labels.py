@@ -266,7 +266,7 @@ class Run:
 
     id: int
     size: int
-    kind: str  # "input" | "neuron" | "param" | "fixed" | "heads"
+    kind: str  # "input" | "neuron" | "param" | "fixed" | "heads" | "constant"
     origin: str  # readable creator: module target, "in", param key + axis
     node: str  # fx node name
     op: str

@@ -65,6 +65,9 @@ from .labels import MEETS_POSITIONS, POSITIONS, Seg, segments
 __all__ = ["derive_spaces", "fixed_labels"]
 
 _ORDER = {"input": 0, "hidden": 1, "output": 2}
+#: kinds of runs a space is named after only when it has no other: a parameter's axis, a
+#: constant's equal slices
+_UNNAMED = ("param", "constant")
 
 
 class _UnionFind:
@@ -393,7 +396,7 @@ def _build(
             continue
         first = atoms[min(members)]
         # named after its first run made by an op (a parameter's axis only when none is)
-        named = [i for i in members if runs[atoms[i][0]]["kind"] != "param"] or members
+        named = [i for i in members if runs[atoms[i][0]]["kind"] not in _UNNAMED] or members
         role = sol.roles.get(root, "hidden")
         base = {"input": "in", "output": "out"}.get(role, runs[atoms[min(named)][0]]["origin"])
         ops = list(dict.fromkeys(op for i in members for op in sol.tie_ops.get(i, ())))
@@ -593,7 +596,7 @@ def _merge_heads(
             # named as a space is: after the first run an op made (a parameter's axis only
             # when none is)
             runs = sorted({sol.atoms[a][0] for a, h in tags.items() if h >= 0})
-            made = [r for r in runs if p.runs[r]["kind"] != "param"] or runs
+            made = [r for r in runs if p.runs[r]["kind"] not in _UNNAMED] or runs
             base = p.runs[made[0]]["origin"] if made else base
             members = [sol.atoms[i] for i in sol.classes[fam.root]]
             space = functools.partial(
@@ -1153,13 +1156,13 @@ def _name_blocks(
 
 def _is_position(problem: _Problem, sol: _Solution) -> Callable[[int, int, int], bool]:
     """Whether neurons ``[off, off + length)`` of run ``r`` are positions, not neurons:
-    constants (padding, concatenated constants), or an axis of a parameter that nothing ties
+    constants (padding, concatenated constants, a constant's equal slices), or an axis of a parameter that nothing ties
     to any other run (a position table's rows, met only by a token axis)."""
     runs = problem.runs
     alone = {root: {sol.atoms[i][0] for i in atoms} for root, atoms in sol.classes.items()}
 
     def positions(r: int, off: int, length: int) -> bool:
-        if runs[r]["kind"] in ("fixed", "heads"):
+        if runs[r]["kind"] in ("fixed", "heads", "constant"):
             return True
         return runs[r]["kind"] == "param" and all(
             alone[sol.uf.find(i)] == {r} for i in sol.atoms_in(r, off, length)

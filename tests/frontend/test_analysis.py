@@ -317,3 +317,24 @@ def test_a_constant_mask_leaves_the_units_of_its_equal_rows_free(case):
     assert cols == spec["pre.weight"].axes[0] and spec["post.weight"].axes[1] == rows
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class SegmentMasked(nn.Module):
+    """Attention over time with a constant mask whose rows repeat within segments (Emformer's
+    segment mask): where it meets positions, its equal slices are positions too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.out = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(3, 2)
+        mask = torch.block_diag(*[torch.ones(2, 2)] * 3) == 0
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x):  # (batch, 6 steps, 3 features)
+        scores = (self.q(x) @ self.k(x).transpose(1, 2)).masked_fill(self.mask, -1e9)
+        return self.out(torch.softmax(scores, -1) @ x)
+
+
+def test_a_constant_meeting_positions_breaks_no_symmetry():
+    spec, report = trace_with_report(model_(SegmentMasked), x_(2, 6, 3), channel_dim=-1)
+    assert report.verification.ok and not report.probes and not report.broken
+    assert spec["q.weight"].axes == spec["k.weight"].axes == ("q", "in")
