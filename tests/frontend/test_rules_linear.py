@@ -506,3 +506,35 @@ def test_tensordot_is_read_as_the_einsum_it_is(how):
     assert weight[0] == spec["a.weight"].axes[0] == "a" and weight[-1] == spec["b.weight"].axes[1]
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class BinnedEmbedding(nn.Module):
+    """Each of a layer's outputs binned into an id (``bucketize``, as binned features and
+    spline grids do, or a threshold) and embedded, then read by a linear layer: an id is read
+    on its own, so the ids' dims are the embedding's output dims."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.a, self.b = how, nn.Linear(3, 6), nn.Linear(6 * 4, 2)
+        self.emb = nn.Embedding(6, 4)
+        self.register_buffer("edges", torch.linspace(-1.0, 1.0, 5))
+
+    def forward(self, x):
+        h = self.a(x)
+        ids = torch.bucketize(h, self.edges) if self.how != "threshold" else (h > 0).long()
+        e = self.emb(ids) if self.how != "functional" else F.embedding(ids, self.emb.weight)
+        return self.b(e.flatten(1))
+
+
+@pytest.mark.parametrize("how", ["bucketize", "threshold", "functional"])
+def test_ids_computed_from_neurons_keep_their_dims_in_the_embedding(how):
+    # nn.Embedding dropped the ids' labels without fixing them (the derived symmetry failed
+    # verification: SymmetryError); F.embedding fixed them; bucketize had no rule
+    spec, report = trace_with_report(model_(lambda: BinnedEmbedding(how)), x_(5, 3))
+    assert report.verification.ok and not report.probes
+    emb = spec["emb.weight"].axes
+    assert spec["b.weight"].axes == ("out", "a", emb[1]) and emb[0] is None and emb[1]
+    if how == "bucketize":
+        assert spec["edges"].axes == (None,)
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

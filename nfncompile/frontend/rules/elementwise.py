@@ -73,8 +73,8 @@ _ELEMENTWISE_METHODS = [
     "ceil", "round", "reciprocal", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
     "true_divide", "maximum", "minimum", "lerp", "addcmul", "addcdiv", "nan_to_num",
     "softmax", "log_softmax", "eq", "ne", "gt", "ge", "lt", "le", "masked_fill",
-    "masked_fill_", "logical_not", "float", "double", "half", "bfloat16", "contiguous",
-    "clone", "detach", "requires_grad_", "cpu", "cuda",
+    "masked_fill_", "logical_not", "float", "double", "half", "bfloat16", "long", "int",
+    "short", "bool", "contiguous", "clone", "detach", "requires_grad_", "cpu", "cuda",
 ]  # fmt: skip
 
 
@@ -114,6 +114,19 @@ def _function_cast(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if not isinstance(args[0], TensorLabels):
         raise Unsupported(f"{a.node.target.__name__} of a value that is no tensor")
     return TensorLabels(a.out_shape(), args[0].labels)
+
+
+@register_function(torch.bucketize)
+def _bucketize(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    # each value's bucket among boundaries read in order (KAN's spline grids, binned
+    # features): elementwise in the input, the boundaries' positions fixed
+    x, boundaries = args[0], arg(args, kwargs, 1, "boundaries")
+    if not isinstance(x, TensorLabels):
+        raise Unsupported("torch.bucketize of a value that is no tensor")
+    if isinstance(boundaries, TensorLabels):
+        for lab in boundaries.labels:
+            a.fix(lab, "bucketize reads its boundaries in order")
+    return TensorLabels(a.out_shape(), x.labels)
 
 
 @register_function(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like)

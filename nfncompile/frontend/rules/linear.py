@@ -75,12 +75,14 @@ def _module_bilinear(a: SymmetryAnalysis, mod: nn.Bilinear, target: str, args: A
 @reads_values
 def _module_embedding(a: SymmetryAnalysis, mod: nn.Embedding, target: str, args: Any, kw: Any):
     """Rows of the table read at the ids: its rows fixed, or, for ids that are neuron
-    positions (a VQ codebook's nearest entries), moved with those neurons."""
+    positions (a VQ codebook's nearest entries), moved with those neurons. Each id is read
+    on its own, so the ids' dims are the output's (a layer's outputs binned into ids, or
+    thresholded, move the rows read for them)."""
     ids = args[0]
     out = a.new_run(mod.embedding_dim, "neuron", target)
     rows = ids.values if isinstance(ids, TensorLabels) else None
     a.label_param(a.key(target, "weight"), [rows, out])
-    lead = ids.labels if rows is not None else (None,) * (len(a.out_shape()) - 1)
+    lead = ids.labels if isinstance(ids, TensorLabels) else (None,) * (len(a.out_shape()) - 1)
     return TensorLabels(a.out_shape(), lead + (out,))
 
 
@@ -96,10 +98,9 @@ def _function_embedding(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     lead = ids.labels if isinstance(ids, TensorLabels) else (None,) * (len(a.out_shape()) - 1)
     if isinstance(ids, TensorLabels) and ids.values is not None:
         a.tie(w.labels[0], ids.values, "F.embedding reads the rows its ids give")
-        return TensorLabels(a.out_shape(), lead + (w.labels[1],))
-    a.fix(w.labels[0], "F.embedding reads the rows its ids give")
-    a.fix_all(ids, "F.embedding's ids depend on the order of neurons")
-    return TensorLabels(a.out_shape(), (None,) * len(lead) + (w.labels[1],))
+    else:
+        a.fix(w.labels[0], "F.embedding reads the rows its ids give")
+    return TensorLabels(a.out_shape(), lead + (w.labels[1],))
 
 
 @register_function(F.one_hot)
