@@ -176,3 +176,32 @@ def test_max_unpool_moves_each_channel_with_its_indices(how):
     assert spec["dec.weight"].axes[1] == spec["enc.weight"].axes[0] == "enc"
     if how == "other":  # the values unpooled at enc's indices: one space with enc's
         assert spec["other.weight"].axes[0] == "enc"
+
+
+class SpatialTransformer(nn.Module):
+    """A spatial transformer network (Jaderberg et al.; PyTorch's tutorial): a localisation
+    net predicts each sample's affine matrix, and the feature maps are resampled at the grid
+    it gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.loc = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 8), nn.ReLU(), nn.Linear(8, 6))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        theta = self.loc(h).view(-1, 2, 3)
+        grid = F.affine_grid(theta, list(h.size()), align_corners=False)
+        return self.head(F.grid_sample(h, grid, align_corners=False).mean((2, 3)))
+
+
+def test_a_spatial_transformer_resamples_each_channel():
+    # affine_grid and grid_sample had no rule: probed; the channels pass through the
+    # resampling, the matrix's six entries are read by position
+    spec, report = trace_with_report(model_(SpatialTransformer), x_(2, 1, 8, 8))
+    assert report.verification.ok and not report.probes
+    assert spec["head.weight"].axes == ("out", "conv") and spec["loc.1.weight"].axes[0] == "loc.1"
+    assert spec["loc.3.weight"].axes[0] is None
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

@@ -135,6 +135,32 @@ for _nd_, _fns in (
 register_function(F.interpolate, F.upsample)(_function_spatial(None, False))
 
 
+@register_function(F.affine_grid)
+def _function_affine_grid(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """A spatial transformer's sampling grid from each sample's affine matrix, ``(N, 2, 3)``:
+    its entries are read by position (a translation is no scale), and the grid holds
+    positions and coordinates."""
+    theta = a.keep(args[0], tuple(range(1, args[0].ndim)), "affine_grid reads a matrix by position")
+    shape = a.out_shape()
+    return TensorLabels(shape, (theta.labels[0],) + (None,) * (len(shape) - 1))
+
+
+@register_function(F.grid_sample)
+def _function_grid_sample(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """Each channel's plane sampled at the grid's points, ``(N, H, W, 2)``: the channels keep
+    their neurons, the planes' positions are mixed, the output's positions are the grid's,
+    and its last dim holds coordinates."""
+    x, grid = args[0], arg(args, kwargs, 1, "grid")
+    if not isinstance(grid, TensorLabels):
+        raise Unsupported("grid_sample with a grid that is no tensor")
+    x = a.keep(x, tuple(range(2, x.ndim)), "grid_sample mixes spatial positions")
+    grid = a.keep(grid, (grid.ndim - 1,), "grid_sample reads coordinates by position")
+    n = x.shape[0]
+    samples = [TensorLabels((n,), x.labels[:1]), TensorLabels((n,), grid.labels[:1])]
+    (batch,) = a.broadcast(samples, (n,)).labels
+    return TensorLabels(a.out_shape(), (batch, x.labels[1], *grid.labels[1:-1]))
+
+
 @register_function(F.pad)
 def _function_pad(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     pad = list(arg(args, kwargs, 1, "pad"))
