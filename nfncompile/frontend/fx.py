@@ -199,6 +199,18 @@ def _not_fx_tracing() -> Iterator[None]:
         fx_tracing._is_fx_tracing_flag = tracing
 
 
+def _named(fn: torch.jit.ScriptFunction) -> Callable[..., Any]:
+    """A Python function calling the TorchScript function ``fn``, named as it is: fx writes a
+    call of ``fn`` itself as ``torch.jit.ScriptFunction(...)`` (it takes the object for torch's
+    own, by its module), which does not run (DAC's ``snake``)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = fn.name
+    return call
+
+
 def _bound(fns: tuple, root: torch.nn.Module) -> list:
     """``(namespace, name, value, fn)`` for every name that holds one of ``fns``, or a
     ``torch.compile`` of one, whatever the name, in the globals of ``root``'s forwards and of
@@ -310,7 +322,12 @@ class LeafFallbackTracer(torch.fx.Tracer):
                 if isinstance(fn, torch.jit.ScriptFunction):
                     # a TorchScript function a forward calls (`@torch.jit.script def swish(x)`)
                     # refuses a proxy: recorded as one call instead, which the analysis probes
-                    patches[(id(names), name)] = (names, name, fn, self._recorded(fn, False))
+                    patches[(id(names), name)] = (
+                        names,
+                        name,
+                        fn,
+                        self._recorded(_named(fn), False),
+                    )
                 elif (target := _compiled_original(fn)) is not fn:
                     # a torch.compile'd function, as the function it compiles
                     patches[(id(names), name)] = (names, name, fn, target)
