@@ -227,3 +227,33 @@ def test_a_std_and_mean_over_neurons_is_a_symmetric_reduction(how):
     assert spec["a.weight"].axes == ("a", "in") and spec["b.weight"].axes == ("out", "a")
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class CommitmentLoss(TwoLinear):
+    """A VQ layer's losses beside its output (DAC's, vector-quantize's): the features against
+    a second layer's, averaged, summed, or kept per entry."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.c = how, nn.Linear(4, 6)
+
+    def forward(self, x):
+        h, g = torch.relu(self.a(x)), self.c(x)
+        if self.how == "none":
+            return self.b(h + F.l1_loss(h, g, reduction="none"))
+        loss = (
+            F.mse_loss(h, g.detach())
+            if self.how == "mse"
+            else F.smooth_l1_loss(h, g, None, None, "sum")
+        )
+        return self.b(h), loss
+
+
+@pytest.mark.parametrize("how", ["mse", "smooth_l1 positional", "none"])
+def test_a_loss_against_a_target_is_elementwise_then_reduced(how):
+    # F.mse_loss and its kin had no rule: probed
+    spec, report = trace_with_report(model_(lambda: CommitmentLoss(how)), x_(5, 4))
+    assert report.verification.ok and not report.probes and not report.broken
+    assert spec["a.weight"].axes[0] == spec["c.weight"].axes[0] == spec["b.weight"].axes[1] == "a"
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

@@ -14,9 +14,17 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 
 from ..labels import TensorLabels, is_plain, remade
-from .registry import arg, norm_dim, register_function, register_method, structured
+from .registry import (
+    Unsupported,
+    arg,
+    norm_dim,
+    register_function,
+    register_method,
+    structured,
+)
 
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
@@ -155,3 +163,24 @@ def _positional(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
     out = a.out()
     return remade(out, (labelled(o) for o in out)) if isinstance(out, tuple) else labelled(out)
+
+
+@register_function(F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss)
+def _pointwise_loss(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """A loss of each entry against its target (a VQ layer's commitment loss, a VAE's
+    reconstruction), then averaged or summed over every entry (``reduction="none"``: kept
+    per entry): elementwise in the pair, a symmetric reduction after."""
+    x, y = args[0], arg(args, kwargs, 1, "target")
+    if not (isinstance(x, TensorLabels) and isinstance(y, TensorLabels)):
+        raise Unsupported("a loss of a value that is no tensor")
+    legacy = (arg(args, kwargs, 2, "size_average"), arg(args, kwargs, 3, "reduce"))
+    if any(v is not None for v in legacy):
+        raise Unsupported("a loss with the legacy size_average or reduce arguments")
+    # (a per-entry weight, where given, is one more operand of the elementwise part)
+    ops = [x, y, *(v for v in (*args[2:], *kwargs.values()) if isinstance(v, TensorLabels))]
+    pair = a.broadcast(ops, tuple(torch.broadcast_shapes(*(t.shape for t in ops))))
+    if arg(args, kwargs, 4, "reduction", "mean") == "none":
+        return TensorLabels(a.out_shape(), pair.labels)
+    for lab in pair.labels:
+        a.consume(lab)
+    return TensorLabels.plain(a.out_shape())
