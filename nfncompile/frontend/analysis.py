@@ -274,13 +274,13 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         stretches = _equal_stretches(t, dim)
         if stretches is None:
             return None
-        what = f"equal.d{dim}"
+        origin = f"{self.node.name}.equal.d{dim}"
         lone = stretches.count(1)
-        fixed = self.new_run(lone, "fixed", f"{self.node.name}.{what}")[0].run if lone else None
+        fixed = self.new_run(lone, "fixed", origin)[0].run if lone else None
         segs, taken = [], 0
         for k in stretches:
             if k > 1:  # named after what it meets, and positions where it meets positions
-                segs.extend(self.new_run(k, "constant", f"{self.node.name}.{what}"))
+                segs.extend(self.new_run(k, "constant", origin))
             else:
                 segs.append(Seg(fixed, taken, 1))
                 taken += 1

@@ -385,8 +385,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
         proxy is among its arguments), called as it is when a node is run for real."""
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            traced = any(isinstance(v, torch.fx.Proxy) for v in pytree.tree_leaves((args, kwargs)))
-            if self._eager or not (always or traced):
+            if self._eager or not (always or _traced((args, kwargs))):
                 return fn(*args, **kwargs)
             return self.create_proxy("call_function", fn, args, kwargs)
 
@@ -436,8 +435,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
             return False
         if not super().is_leaf_module(m, module_qualified_name):
             return False
-        stateless = next(m.parameters(), None) is None and next(m.buffers(), None) is None
-        return module_rule(m) is not None or stateless
+        return module_rule(m) is not None or _stateless(m)
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         return _WritableProxy(node, self)
@@ -522,9 +520,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
             # a module the forward calls that is none of the model's (a module-level instance,
             # Hugging Face's kernel-hub rotary embedding): its code is traced as the forward's
             return forward(*args, **kwargs)
-        stateless = next(m.parameters(), None) is None and next(m.buffers(), None) is None
-        traced = any(isinstance(v, torch.fx.Proxy) for v in pytree.tree_leaves((args, kwargs)))
-        if stateless and not traced:
+        if _stateless(m) and not _traced((args, kwargs)):
             # no weight and no traced value: it computes a constant, as a torch function called
             # on constants does (nflows' identity embedding of an absent context returns None,
             # which the flow then tests with ``is not None``)
@@ -562,6 +558,16 @@ class LeafFallbackTracer(torch.fx.Tracer):
         if isinstance(proxy, torch.fx.Proxy):
             proxy.node.meta["nfn_leaf"] = leaf
         return proxy
+
+
+def _stateless(m: torch.nn.Module) -> bool:
+    """Whether ``m`` (with its submodules) holds no parameter and no buffer."""
+    return next(m.parameters(), None) is None and next(m.buffers(), None) is None
+
+
+def _traced(value: Any) -> bool:
+    """Whether a traced value is among ``value``'s leaves (a call's arguments)."""
+    return any(isinstance(v, torch.fx.Proxy) for v in pytree.tree_leaves(value))
 
 
 #: shape ops whose arguments after the tensor are all dims or sizes (ints), which torch also
@@ -779,30 +785,35 @@ class _WritableProxy(torch.fx.Proxy):
         return super().__getattr__(k)
 
 
-def _attribute(root: Any, target: str) -> Any:
-    """The parameter, buffer or constant (a tensor the trace kept) of module ``root`` at the
-    dotted ``target``, or ``None``, read from the modules' own dicts (fx's patched
+def _owner(root: Any, target: str) -> tuple[Any, str]:
+    """The module of ``root`` that holds the dotted ``target`` (``None`` where there is none)
+    and the name it holds it by, walked through the modules' own dicts (fx's patched
     ``getattr`` would give a proxy)."""
     *path, name = target.split(".")
     for part in path:
         root = getattr(root, "_modules", {}).get(part)
-    if not isinstance(root, torch.nn.Module):
+    return (root if isinstance(root, torch.nn.Module) else None), name
+
+
+def _attribute(root: Any, target: str) -> Any:
+    """The parameter, buffer or constant (a tensor the trace kept) of module ``root`` at the
+    dotted ``target``, or ``None``."""
+    module, name = _owner(root, target)
+    if module is None:
         return None
-    return root._parameters.get(name, root._buffers.get(name, vars(root).get(name)))
+    return module._parameters.get(name, module._buffers.get(name, vars(module).get(name)))
 
 
 def _constant(root: Any, target: str) -> bool:
     """Whether the tensor at the dotted ``target`` of ``root`` is a constant no state_dict
     holds (one the trace kept, a non-persistent buffer) of at most
     :data:`INTEGER_VALUES_UP_TO` entries: not a weight, so its values are the model's own."""
-    *path, name = target.split(".")
-    for part in path:
-        root = getattr(root, "_modules", {}).get(part)
-    if not isinstance(root, torch.nn.Module) or name in root._parameters:
+    module, name = _owner(root, target)
+    if module is None or name in module._parameters:
         return False
-    if name in root._buffers and name not in root._non_persistent_buffers_set:
+    if name in module._buffers and name not in module._non_persistent_buffers_set:
         return False
-    value = root._buffers.get(name, vars(root).get(name))
+    value = _attribute(module, name)
     return isinstance(value, torch.Tensor) and value.numel() <= INTEGER_VALUES_UP_TO
 
 

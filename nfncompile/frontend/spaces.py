@@ -1156,8 +1156,9 @@ def _name_blocks(
 
 def _is_position(problem: _Problem, sol: _Solution) -> Callable[[int, int, int], bool]:
     """Whether neurons ``[off, off + length)`` of run ``r`` are positions, not neurons:
-    constants (padding, concatenated constants, a constant's equal slices), or an axis of a parameter that nothing ties
-    to any other run (a position table's rows, met only by a token axis)."""
+    constants (padding, concatenated constants, a constant's equal slices), or an axis of a
+    parameter that nothing ties to any other run (a position table's rows, met only by a
+    token axis)."""
     runs = problem.runs
     alone = {root: {sol.atoms[i][0] for i in atoms} for root, atoms in sol.classes.items()}
 

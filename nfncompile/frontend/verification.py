@@ -300,7 +300,7 @@ def _state_kept(net: nn.Module, state: dict | None) -> Iterator[None]:
                 if not _same(t.detach(), old):
                     t.detach().copy_(old)  # (.data writes bypass the version counter)
                     written = True
-        if not hasattr(net, "_nfn_writes_state") or written:
+        if not hasattr(net, "_nfn_writes_state"):  # the first call: it decides
             net._nfn_writes_state = written
 
 

@@ -102,17 +102,13 @@ def _method_elementwise(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 
 @register_method("to", "type", "type_as", "as_subclass")
-@structured
-def _method_cast(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    return TensorLabels(a.out_shape(), args[0].labels)
-
-
 @register_function(torch.as_tensor, torch.asarray)
 @structured
-def _function_cast(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    # a tensor as it is (nflows' and zuko's distributions take their inputs through it)
+def _cast(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    # a tensor as it is (nflows' and zuko's distributions take their inputs through as_tensor)
     if not isinstance(args[0], TensorLabels):
-        raise Unsupported(f"{a.node.target.__name__} of a value that is no tensor")
+        name = getattr(a.node.target, "__name__", a.node.target)
+        raise Unsupported(f"{name} of a value that is no tensor")
     return TensorLabels(a.out_shape(), args[0].labels)
 
 
