@@ -80,6 +80,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import TraceError
 from . import einops_backend
+from .checks import passing_truth
 from .rules.registry import module_rule
 
 __all__ = [
@@ -160,6 +161,26 @@ def _called_at(frame: types.FrameType) -> str:
     if frame.f_code.co_filename.startswith((_TORCH, _HERE)):
         return ""
     return _source_line(traceback.extract_stack(frame, limit=1)[0])
+
+
+def _check_passed(node: torch.fx.Node, result: Any) -> None:
+    """Raise where ``node`` is a check the trace took as passing (``assert (a == b).all()``,
+    :meth:`_WritableProxy._truth`) and its ``result`` on the example says it fails: the model
+    raises on the example. Unknown on fake tensors, which hold no values."""
+    check = node.meta.get("nfn_check")
+    if isinstance(result, torch.Tensor):
+        known = result.numel() == 1 and not isinstance(result, FakeTensor)
+    else:  # a Python value (``x.dim() == 2``)
+        known = isinstance(result, (bool, int, float))
+    if check is None or not known:
+        return
+    truth, where = check
+    if bool(result) != truth:
+        raise TraceError(
+            f"the example input fails a check of the forward at {where} (node {node.name} is "
+            f"{not truth} on it, and the forward raises where it is): give an example input "
+            "the model runs on"
+        )
 
 
 def _source_line(f: traceback.FrameSummary) -> str:
@@ -774,6 +795,21 @@ class _WritableProxy(torch.fx.Proxy):
     def __setitem__(self, index: Any, value: Any) -> None:
         self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
 
+    def __bool__(self) -> bool:
+        return self._truth(sys._getframe(1))
+
+    def _truth(self, frame: types.FrameType) -> bool:
+        """The truth the forward's code in ``frame`` asks of this value: the one that does not
+        raise, where one side of the branch raises (``assert (a == b).all()``, ``if
+        torch.isnan(x).any(): raise``; :mod:`~nfncompile.frontend.checks`). Otherwise fx's
+        own answer: a TraceError naming data-dependent control flow."""
+        passing = passing_truth(frame)
+        if passing is None:
+            return super().__bool__()
+        # shape propagation checks that the example passes it (:func:`_check_passed`)
+        self.node.meta["nfn_check"] = (passing, _source_line(traceback.extract_stack(frame, 1)[0]))
+        return passing
+
     def __getattr__(self, k: str) -> Any:
         # a model's own tensor has the attributes it has: `hasattr(weight, "SCB")` (Hugging
         # Face's RWKV asks whether a weight is 8-bit quantized) is False, where fx recorded an
@@ -876,7 +912,7 @@ class _ShapeProxy(_WritableProxy):
         real = self._real()
         if real is not _UNKNOWN:  # computed from the example's integer inputs
             return bool(real)
-        return super().__bool__()
+        return self._truth(sys._getframe(1))
 
     def _real(self) -> Any:
         """The example's value, where it was computed from its integer inputs alone."""
@@ -1214,6 +1250,7 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
     def __init__(self, gm: torch.fx.GraphModule, fake: Any = None) -> None:
         super().__init__(gm)
         self.fake = fake
+        self.extra_traceback = False  # the errors raised here name their node already
 
     def run_node(self, n: torch.fx.Node) -> Any:
         try:
@@ -1246,6 +1283,7 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
                 f"{type(e).__name__}: {e}. "
                 "Check that the example input has the shape the model expects."
             ) from e
+        _check_passed(n, result)
         found = False
 
         def meta(obj: Any) -> Any:
@@ -1482,6 +1520,32 @@ def _forward_params(model: torch.nn.Module) -> list[inspect.Parameter]:
         return list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):  # a builtin
         return []
+
+
+def _check_arity(model: torch.nn.Module, args: tuple) -> None:
+    """Raise where ``model.forward`` cannot take the example's ``args`` as positional
+    arguments, before tracing: a tuple meant as one argument (DeepONet's
+    ``forward(inputs)`` reading ``inputs[0]`` and ``inputs[1]``), given as the example
+    itself, is spread over the forward's parameters, and the trace then fails further in
+    with a message that names another cause."""
+    params = _forward_params(model)
+    if not params or any(p.kind is p.VAR_POSITIONAL for p in params):
+        return  # no signature to read, or *args takes the rest
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(args) <= len(named):
+        return
+    names = ", ".join(p.name for p in named) or "none"
+    hint = (
+        f"; to pass the tuple as {named[0].name}, wrap it in a tuple of one: "
+        "example_input=((a, b, ...),)"
+        if len(named) == 1
+        else ""
+    )
+    raise TraceError(
+        f"{type(model).__name__}.forward takes {len(named)} positional inputs ({names}) but "
+        f"{len(args)} example inputs were given (a tuple or list example is the forward's "
+        f"positional arguments){hint}"
+    )
 
 
 def _constants(model: torch.nn.Module, args: tuple) -> dict | None:
@@ -1857,6 +1921,7 @@ def _small_integer(x: Any) -> bool:
 
 def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:
     inner, prefix = _compiled(model)
+    _check_arity(inner, args)
     tracer, graph, specialised = trace_graph(inner, args)
     if prefix:  # the module torch.compile wraps, named as the compiled model's state_dict
         for n in graph.nodes:
@@ -1867,13 +1932,6 @@ def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> tor
                 n.meta["nfn_leaf"] = dataclasses.replace(leaf, module=prefix + leaf.module)
     gm = torch.fx.GraphModule(model if prefix else tracer.root, graph, type(inner).__name__)
     gm.meta["nfn_specialised"] = specialised
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    var = any(str(p.target).startswith("*") for p in placeholders)  # *args takes the rest
-    if len(placeholders) < len(args) and not var:
-        raise TraceError(
-            f"{type(model).__name__}.forward takes {len(placeholders)} inputs "
-            f"({', '.join(p.name for p in placeholders)}) but {len(args)} example inputs were given"
-        )
     if fake is None:
         entries = model.state_dict().values()
         fake = sum(t.numel() for t in entries if isinstance(t, torch.Tensor)) > FAKE_ABOVE

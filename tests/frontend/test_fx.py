@@ -180,12 +180,12 @@ def test_the_nodes_of_a_failed_submodule_trace_are_rolled_back():
 
 
 class BrokenLeaf(nn.Module):
-    """Untraceable, and it cannot run on the example input either."""
+    """Untraceable (a branch on data), and it cannot run on the example input either."""
 
     def forward(self, x):
-        if x.dim() == 2:
-            raise ValueError("needs an image")
-        return x
+        if x.sum() > 0:
+            return x.view(-1, 3)
+        return x.view(-1, 5)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -200,7 +200,7 @@ def test_a_kept_submodule_that_cannot_run_raises_trace_error_with_both_reasons()
     with pytest.raises(TraceError) as e:
         nfc.trace(model, x_(2, 3))
     msg = str(e.value)
-    assert "shape propagation failed at node" in msg and "ValueError: needs an image" in msg
+    assert "shape propagation failed at node" in msg and "is invalid for input of size 8" in msg
     assert "kept as one call because torch.fx could not trace its forward: BrokenLeaf 1: " in msg
 
 
@@ -639,8 +639,8 @@ class WithPerDeviceCache(nn.Module):
         self.inp, self.mid, self.out = nn.Linear(3, 4), PerDeviceCache(), nn.Linear(4, 2)
 
     def forward(self, x):
-        if x.dim() != 2:
-            raise ValueError("expected (batch, features)")
+        if x.dim() == 3:  # a branch on a shape, which the plain trace cannot take
+            x = x.flatten(0, 1)
         return self.out(self.mid(self.inp(x)))
 
 
@@ -761,8 +761,8 @@ class _Timestep(nn.Module):
     def forward(self, x, t):
         if not torch.is_tensor(t):
             t = torch.tensor([t], dtype=x.dtype)
-        if x.shape[1] != 4:
-            raise ValueError("four features expected")
+        if x.shape[1] > 4:  # a branch on a shape (one that raised would be traced as passing)
+            x = x[:, :4]
         return self.b(torch.relu(self.a(x) + self.t(t[:, None].to(x.dtype))))
 
 
@@ -1034,8 +1034,8 @@ class _UnpacksKept(TwoLinear):
         self.kept = _Branches()
 
     def forward(self, x):
-        if x.data.size(1) != 4:  # pytorch-cifar100's channel shuffle reads x.data.size()
-            raise ValueError("4 features")
+        if x.data.size(1) > 4:  # pytorch-cifar100's channel shuffle reads x.data.size()
+            x = x[:, :4]
         h, total = self.kept(torch.relu(self.a(x)))
         return self.b(h), total
 
@@ -1059,8 +1059,8 @@ class _Flagged(TwoLinear):
         self.register_buffer("initted", torch.tensor(True))
 
     def forward(self, x):
-        if x.shape[-1] != 4:  # plain tracing fails: the shapes are fixed
-            raise ValueError("4 features")
+        if x.shape[-1] > 4:  # plain tracing fails: the shapes are fixed
+            x = x[..., :4]
         if self.initted:
             x = x * 2.0
         return self.b(torch.relu(self.a(x)))
@@ -1092,8 +1092,8 @@ class _Backbone(nn.Module):
         self.stem, self.block, self.fc = nn.Linear(4, 6), _Branches(), nn.Linear(6, 4)
 
     def forward(self, x):
-        if x.shape[-1] != 4:
-            raise ValueError("4 features")
+        if x.shape[-1] > 4:
+            x = x[..., :4]
         return self.fc(torch.relu(self.block(torch.relu(self.stem(x)))[0]))
 
 
@@ -1283,6 +1283,32 @@ def test_inputs_taken_through_star_args_are_labelled(inputs):
     xs = tuple(x_(3, 4, seed=k) for k in range(inputs))
     spec, report = trace_with_report(model_(_Summed), xs)
     assert spec["a.weight"].axes == ("a", "in") and report.verification.ok
+
+
+class _PairInOne(TwoLinear):
+    """DeepONet's ``forward(inputs)``: one tuple argument, its parts read by index, with a
+    branch on their shapes."""
+
+    def forward(self, inputs):
+        h = torch.relu(self.a(inputs[0]))
+        if h.shape[-1] != inputs[1].shape[-1]:
+            raise ValueError("widths differ")
+        return self.b(h * inputs[1])
+
+
+def test_an_example_spread_over_a_forward_of_fewer_inputs_is_named_before_the_trace():
+    a, b = x_(3, 4), x_(3, 6, seed=1)
+    # the tuple as one argument traces
+    spec, report = trace_with_report(model_(_PairInOne), ((a, b),))
+    assert report.verification.ok and spec["a.weight"].axes[0] is not None
+    # spread over the forward's one parameter, it was a branch on "a traced value"
+    with pytest.raises(nfc.TraceError) as e:
+        nfc.trace(model_(_PairInOne), (a, b))
+    message = str(e.value)
+    assert "takes 1 positional inputs (inputs) but 2 example inputs were given" in message
+    assert "wrap it in a tuple of one" in message and "control flow" not in message
+    with pytest.raises(nfc.TraceError, match=r"takes 1 positional inputs \(x\) but 3"):
+        nfc.trace(model_(TwoLinear), (a, a, a))
 
 
 class _BallQuery(TwoLinear):

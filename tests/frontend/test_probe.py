@@ -9,6 +9,7 @@ input axis with them.
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -267,10 +268,11 @@ def test_a_leaf_module_without_a_rule_is_probed():
 
 
 def _values_checked(x: torch.Tensor) -> None:
-    """An ``if`` on data, which no trace can fix as it fixes a shape: torch.fx keeps the
-    module calling it as one call."""
+    """An ``if`` on data, which no trace can fix as it fixes a shape, and whose sides both go
+    on (one that raised would be traced as passing): torch.fx keeps the module calling it as
+    one call."""
     if not torch.isfinite(x).all():
-        raise ValueError("expected finite values")
+        warnings.warn("non-finite values", stacklevel=2)
 
 
 class Untraceable(nn.Module):
