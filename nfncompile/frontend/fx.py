@@ -523,8 +523,13 @@ class LeafFallbackTracer(torch.fx.Tracer):
                 if p.kind is p.VAR_KEYWORD:
                     continue  # the example call passes none
                 if name in concrete_args:
-                    by_name = True  # left at its default: the later inputs go by name
-                elif p.kind is p.KEYWORD_ONLY or by_name:
+                    if concrete_args[name] is p.default:
+                        by_name = True  # left at its default: the later inputs go by name
+                        continue
+                    # given without a tensor (torchgeo DOFA's list of wavelengths), which fx
+                    # would flatten into a placeholder per item
+                    value = concrete_args[name]
+                if p.kind is p.KEYWORD_ONLY or by_name:
                     kw[name] = value
                 else:
                     pos.append(value)

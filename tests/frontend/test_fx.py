@@ -366,6 +366,28 @@ def test_given_arguments_without_tensors_are_traced_as_given(given):
     assert spec.spaces[hidden].role == ("output" if pre_logits else "hidden")
 
 
+class Wavelengths(TwoLinear):
+    """torchgeo's DOFA: ``forward(x, wavelengths)`` given a list of numbers, which scales the
+    features; a flag after it."""
+
+    def forward(self, x, wavelengths, double=False):
+        scale = torch.tensor(wavelengths, dtype=x.dtype).sum()
+        return self.b(torch.relu(self.a(x)) * (2 * scale if double else scale))
+
+
+@pytest.mark.parametrize("given", [([0.5, 1.5],), ((0.5, 1.5), True)])
+def test_a_container_given_without_tensors_is_passed_as_given(given):
+    # before: fx flattened the list into a placeholder per item, and the forward was called
+    # without it ("missing 1 required positional argument: 'wavelengths'")
+    model = model_(Wavelengths)
+    x = x_(2, 4)
+    spec, report = trace_with_report(model, (x, *given))
+    assert report.verification.ok and not report.graph_differs
+    assert spec["a.weight"].axes == ("a", "in")
+    gm = trace_module(model, (x, *given))
+    torch.testing.assert_close(gm(x, *given), model(x, *given))
+
+
 class TupleDefault(nn.Module):
     """A default fx would flatten (a tuple), after it a keyword-only one."""
 
