@@ -224,6 +224,41 @@ def test_a_list_of_consecutive_positions_reads_as_a_slice():
     assert report.verification.ok and not report.broken
 
 
+class _ReadsConstantIds(TwoLinear):
+    """pykan's ``x[:, self.input_id.long()]``: ``a``'s neurons read at an index tensor the
+    forward computes from a constant, the identity (``how="same"``), a run of them
+    (``"run"``: the last 3, from ``ids + 3``), or not in order (``"swapped"``); or at the
+    positions of the largest features (``"data"``: the same positions on the example)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.ids = torch.tensor([1, 0, 2, 3, 4, 5]) if how == "swapped" else torch.arange(6)
+        if how in ("run", "data"):
+            self.b = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.how == "run":
+            return self.b(h[:, self.ids[:3].long() + 3])
+        if self.how == "data":  # the positions of the 3 largest of the first row, sorted
+            return self.b(h[:, h[0, 3:].detach().argsort().sort().values + 3])
+        return self.b(h[..., self.ids.long()])
+
+
+@pytest.mark.parametrize("how", ["same", "run", "swapped", "data"])
+def test_a_constant_index_of_consecutive_positions_reads_as_a_slice(how):
+    # before: each fixed a's neurons ("reads neurons at positions a tensor gives")
+    spec, report = trace_with_report(model_(lambda: _ReadsConstantIds(how)), x_(3, 4))
+    assert report.verification.ok
+    rows, cols = spec["a.weight"].axes[0], spec["b.weight"].axes[1]
+    if how == "same":
+        assert rows == cols == "a" and not report.broken
+    elif how == "run":  # the 3 read permute among themselves, the 3 others are unread
+        assert cols is not None and cols in rows and not report.broken
+    else:  # out of order, or made from the data: fixed
+        assert rows is None and cols is None and "positions a tensor gives" in str(report.broken)
+
+
 @st.composite
 def _list_indices(draw):
     """A tensor shape and an index of slices, ``None`` s, integers and lists of positions."""

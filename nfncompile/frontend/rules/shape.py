@@ -502,7 +502,7 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         return x[idx]
     idx = idx if isinstance(idx, tuple) else (idx,)
     raw = a.node.args[1] if isinstance(a.node.args[1], tuple) else (a.node.args[1],)
-    idx = tuple(_Mask(i.ndim) if is_mask(r) else i for i, r in zip(idx, raw))
+    idx = tuple(_Mask(i.ndim) if is_mask(r) else _constant_run(a, i, r) for i, r in zip(idx, raw))
     if any(i is Ellipsis for i in idx):
         k = idx.index(Ellipsis)
         used = sum(_consumed(i) for i in idx if i is not Ellipsis)
@@ -532,6 +532,39 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if chunk is not None:
         labels = list(piece(a, tuple(labels), *chunk))
     return TensorLabels(a.out_shape(), tuple(labels))
+
+
+def _constant_run(a: SymmetryAnalysis, i: Any, raw: Any) -> Any:
+    """Index entry ``i`` as the list of its positions where it is a one-dim integer tensor
+    of consecutive ascending positions that the forward computes from constants alone
+    (pykan's ``x[:, self.input_id.long()]``, ``input_id = torch.arange(n)``): it reads what
+    the slice of those positions reads (:func:`_runs_as_slices`). An index computed from the
+    input or the weights, whose values another input changes, stays an index tensor."""
+    if not isinstance(i, TensorLabels) or i.ndim != 1 or not isinstance(raw, torch.fx.Node):
+        return i
+    values = raw.meta.get("nfn_integer_value")
+    if values is None or values.ndim != 1 or not len(values) or not _from_constants(a, raw):
+        return i
+    pos = values.tolist()
+    return pos if pos == list(range(pos[0], pos[0] + len(pos))) else i
+
+
+def _from_constants(a: SymmetryAnalysis, node: torch.fx.Node) -> bool:
+    """Whether ``node`` is computed by torch functions and methods from tensors no
+    state_dict holds (no input, no weight, no module call)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "get_attr":
+            if a.key("", str(n.target)) is not None:
+                return False
+        elif n.op not in ("call_function", "call_method"):
+            return False
+        todo.extend(n.all_input_nodes)
+    return True
 
 
 def _runs_as_slices(idx: tuple, shape: tuple) -> tuple:
