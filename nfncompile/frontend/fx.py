@@ -82,6 +82,7 @@ from ..errors import TraceError
 from . import einops_backend
 from .checks import passing_truth
 from .rules.registry import module_rule
+from .vmap import vmap_as_loop
 
 __all__ = [
     "FAKE_ABOVE",
@@ -356,6 +357,12 @@ class LeafFallbackTracer(torch.fx.Tracer):
         # of another module than the forward's calls it: vit-pytorch's `nd_attention`)
         for names, name, fn, target in _bound(_RECORDED, root):
             patches[(id(names), name)] = (names, name, fn, self._recorded(target, False))
+        # torch.vmap as the loop it computes (an ensemble over stacked weights)
+        for names, name, fn, _ in [
+            *_bound((torch.vmap,), root),
+            (vars(torch), "vmap", torch.vmap, None),
+        ]:
+            patches[(id(names), name)] = (names, name, fn, vmap_as_loop)
         for name in RANDOM + (FACTORIES if self.trace_factories else ()):
             fn = getattr(torch, name)
             patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))

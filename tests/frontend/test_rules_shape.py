@@ -49,7 +49,18 @@ class FirstChannelAtAList(FirstChannelSpecial):
         return self.b(h) + steps[:, 0, [1, 3]].sum(-1, keepdim=True)
 
 
-@pytest.mark.parametrize("cls", [FirstChannelSpecial, BroadcastFirst, FirstChannelAtAList])
+class FirstChannelSelected(FirstChannelSpecial):
+    """``h.select(1, 0)``: ``h[:, 0]`` (a traced ``torch.vmap``'s loop reads so; before, no
+    rule knew it and a probe fixed all 6)."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h) + torch.select(h, -1, 0).unsqueeze(1)
+
+
+@pytest.mark.parametrize(
+    "cls", [FirstChannelSpecial, BroadcastFirst, FirstChannelAtAList, FirstChannelSelected]
+)
 def test_position_dependent_indexing_fixes_one_neuron(cls):
     # before (FirstChannelAtAList): an integer among list indices fixed all 6 neurons
     spec, report = trace_with_report(model_(cls), x_(5, 4))

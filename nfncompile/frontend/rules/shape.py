@@ -510,6 +510,24 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     idx = _runs_as_slices(idx, x.shape)
     if any(is_advanced(i) for i in idx):
         return _advanced_getitem(a, x, idx)
+    return _basic_getitem(a, x, idx)
+
+
+@register_function(torch.select)
+@register_method("select")
+@structured
+def _select(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x.select(dim, i)``: ``x[:, ..., i]`` with ``i`` at ``dim`` (the loop a traced
+    ``torch.vmap`` runs reads each member's weights so)."""
+    x, dim, i = args[0], arg(args, kwargs, 1, "dim"), arg(args, kwargs, 2, "index")
+    if not isinstance(i, int):
+        raise Unsupported("select at an index a tensor gives")
+    d = norm_dim(dim, x.ndim)
+    return _basic_getitem(a, x, (slice(None),) * d + (i,))
+
+
+def _basic_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> TensorLabels:
+    """``x[idx]`` with integers, slices and ``None`` s (no Ellipsis)."""
     labels = []
     d = 0
     chunk = None  # the chunk one integer index selects, when it is one of selected chunks

@@ -1,0 +1,101 @@
+"""``torch.vmap`` traced as the loop it computes.
+
+A model that runs an ensemble or a team of agents with ``torch.vmap`` over stacked weights
+(``torch.func.stack_module_state`` and ``functional_call``, torchrl's ``MultiAgentMLP``)
+refused torch.fx: vmap wraps each input in a batched tensor, which a proxy is not. While a
+model is traced, :func:`vmap_as_loop` stands in for ``torch.vmap``: the function is called on
+each slice of the mapped dims in turn and the results are stacked, which is what vmap
+computes. The mapped dim's size must be known, as the shape-fixing trace knows it; a plain
+trace then fails and the model is traced again with its shapes fixed.
+
+Each call reads its own slice of the stacked weights (``w[i]``), so the members' hidden
+neurons are one space across the members (a permutation applied to all of them alike), and
+the members themselves are fixed: a smaller group than each member permuted on its own, and
+an exact one.
+
+Examples
+--------
+>>> import torch
+>>> w = torch.randn(3, 4, 2)
+>>> loop = vmap_as_loop(lambda w, x: x @ w, in_dims=(0, None))(w, torch.ones(5, 4))
+>>> torch.equal(loop, torch.vmap(lambda w, x: x @ w, in_dims=(0, None))(w, torch.ones(5, 4)))
+True
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+
+#: torch's own vmap, which a call without traced values runs
+_VMAP = torch.vmap
+
+
+def vmap_as_loop(
+    func: Callable[..., Any],
+    in_dims: Any = 0,
+    out_dims: Any = 0,
+    randomness: str = "error",
+    *,
+    chunk_size: int | None = None,
+) -> Callable[..., Any]:
+    """``torch.vmap(func, in_dims, out_dims)`` as a loop over the mapped dims where a traced
+    value is among the inputs, else ``torch.vmap`` itself.
+
+    Parameters
+    ----------
+    func, in_dims, out_dims, randomness, chunk_size
+        As :func:`torch.vmap`. In the loop, each call draws its own random values (vmap's
+        ``randomness="different"``) and ``chunk_size`` changes nothing.
+
+    Returns
+    -------
+    Callable
+        The mapped function.
+    """
+
+    @functools.wraps(func)
+    def mapped(*args: Any, **kwargs: Any) -> Any:
+        leaves, spec = pytree.tree_flatten(args)
+        if not any(isinstance(v, torch.fx.Proxy) for v in leaves):
+            vmapped = _VMAP(func, in_dims, out_dims, randomness, chunk_size=chunk_size)
+            return vmapped(*args, **kwargs)
+        dims = in_dims if isinstance(in_dims, tuple) else (in_dims,) * len(args)
+        flat_dims = pytree._broadcast_to_and_flatten(dims, spec)
+        if flat_dims is None:
+            raise ValueError(
+                f"vmap: in_dims {in_dims!r} does not match the structure of the inputs"
+            )
+        sizes = {v.shape[d] for v, d in zip(leaves, flat_dims) if d is not None}
+        if not all(isinstance(k, int) for k in sizes):
+            raise TypeError("torch.vmap over a dim whose size is not known (a plain trace)")
+        if len(sizes) != 1:
+            raise ValueError(f"vmap: the mapped dims have sizes {sorted(sizes)}, not one size")
+        (n,) = sizes
+        outs = []
+        for i in range(n):
+            sliced = [v if d is None else v.select(d, i) for v, d in zip(leaves, flat_dims)]
+            outs.append(func(*pytree.tree_unflatten(sliced, spec), **kwargs))
+        return _stacked(outs, out_dims)
+
+    return mapped
+
+
+def _stacked(outs: list, out_dims: Any) -> Any:
+    """The per-slice results ``outs`` stacked leaf by leaf along ``out_dims`` (an int, or a
+    tree of ints matching a result)."""
+    flat = [pytree.tree_flatten(o)[0] for o in outs]
+    spec = pytree.tree_flatten(outs[0])[1]
+    dims = pytree._broadcast_to_and_flatten(out_dims, spec)
+    if dims is None:
+        raise ValueError(f"vmap: out_dims {out_dims!r} does not match the structure of the outputs")
+    stacked = [
+        torch.stack(list(column), d) if d is not None else column[0]
+        for column, d in zip(zip(*flat), dims)
+    ]
+    return pytree.tree_unflatten(stacked, spec)

@@ -1,0 +1,88 @@
+"""``torch.vmap`` over stacked weights (an ensemble) is traced as the loop it computes."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+import nfncompile as nfc
+from nfncompile.frontend.fx import trace_module
+from nfncompile.frontend.tracing import trace_with_report
+
+from .helpers import model_, x_
+
+
+def _member() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+
+
+class _Ensemble(nn.Module):
+    """PyTorch's model-ensembling recipe: the members' weights stacked
+    (``stack_module_state``), one member's module on the meta device run on each member's
+    weights by ``functional_call`` under ``vmap``. ``how``: ``"torch"`` calls ``torch.vmap``,
+    ``"imported"`` the name ``vmap`` imported from ``torch.func``, ``"out_dims"`` maps the
+    members to the last dim of a tuple of outputs."""
+
+    def __init__(self, how: str = "torch", members: int = 3) -> None:
+        super().__init__()
+        self.how = how
+        nets = [_member() for _ in range(members)]
+        params, _ = stack_module_state(nets)
+        self.names = list(params)
+        self.stacked = nn.ParameterList([nn.Parameter(params[k]) for k in self.names])
+        self.base = [copy.deepcopy(nets[0]).to("meta")]  # (not a submodule: no state)
+
+    def forward(self, x):
+        def one(weights, x):
+            y = functional_call(self.base[0], dict(zip(self.names, weights)), (x,))
+            return (y, y.sum(-1)) if self.how == "out_dims" else y
+
+        weights = tuple(self.stacked)
+        if self.how == "torch":
+            return torch.vmap(one, in_dims=(0, None))(weights, x)
+        if self.how == "imported":
+            return vmap(one, in_dims=(0, None))(weights, x)
+        y, total = vmap(one, in_dims=(0, None), out_dims=(-1, 0))(weights, x)
+        return y.mean(-1) + total.sum(0)[:, None]
+
+
+@pytest.mark.parametrize("how", ["torch", "imported", "out_dims"])
+def test_an_ensemble_under_vmap_is_traced_as_its_loop(how):
+    # before: refused ("Got in_dim=0 for an input but the input is of type _WritableProxy")
+    model = model_(lambda: _Ensemble(how))
+    x = x_(5, 4)
+    spec, report = trace_with_report(model, x)
+    assert report.verification.ok and not report.graph_differs and not report.probes
+    # each member reads its slice of the stacked weights: the hidden neurons are one space
+    # across the members, the members themselves fixed
+    first, second = spec["stacked.0"].axes, spec["stacked.2"].axes
+    assert first[1:] == ("stacked", "in") and second[2] == "stacked"
+    assert spec.spaces["stacked"].role == "hidden" and spec.spaces["stacked"].size == 6
+    assert trace_with_report(model, x, seed=3)[1].verification.ok  # other random draws
+    gm = trace_module(model, x)
+    torch.testing.assert_close(gm(x), model(x))
+
+
+def test_vmap_without_traced_values_is_torchs_own():
+    from nfncompile.frontend.vmap import vmap_as_loop
+
+    w, x = x_(3, 4, 2), x_(5, 4, seed=1)
+    loop = vmap_as_loop(lambda w, x: (x @ w).relu(), in_dims=(0, None), out_dims=1)(w, x)
+    torch.testing.assert_close(loop, torch.vmap(lambda w, x: (x @ w).relu(), (0, None), 1)(w, x))
+
+
+class _Mismatched(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 4, 2))
+        self.v = nn.Parameter(torch.randn(2, 4, 2))
+
+    def forward(self, x):
+        return torch.vmap(lambda w, v: x @ w + x @ v)(self.w, self.v)
+
+
+def test_vmap_over_dims_of_different_sizes_is_named():
+    with pytest.raises(nfc.TraceError, match=r"the mapped dims have sizes \[2, 3\]"):
+        nfc.trace(model_(_Mismatched), x_(5, 4), verify=False)
