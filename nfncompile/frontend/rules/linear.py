@@ -247,6 +247,13 @@ def _addmm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return a.broadcast([inp, _matmul(a, (x, y), {})])
 
 
+@register_function(torch.outer, torch.ger)
+def _outer(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``torch.outer(x, y)``: ``einsum("i,j->ij", x, y)``."""
+    x, y = args[0], arg(args, kwargs, 1, "vec2")
+    return _einsum(a, ("i,j->ij", x, y), {})
+
+
 @register_function(torch.einsum)
 def _einsum(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """``torch.einsum(equation, *operands)``: the dims one index letter names are one index

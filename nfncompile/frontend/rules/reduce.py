@@ -129,7 +129,7 @@ def _sorted(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 
 @register_function(torch.cumsum, torch.cumprod, torch.cummax, torch.cummin, torch.flip,
-                   torch.roll)  # fmt: skip
+                   torch.roll, torch.fliplr, torch.flipud)  # fmt: skip
 @register_method("cumsum", "cumprod", "flip", "roll")
 def _positional(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """Ops that depend on positions along the dims they act on."""
@@ -138,6 +138,8 @@ def _positional(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     dims = arg(
         args, kwargs, 2 if name == "roll" else 1, "dims" if name in ("roll", "flip") else "dim"
     )
+    if name in ("fliplr", "flipud"):  # the columns (dim 1) or the rows (dim 0)
+        dims = int(name == "fliplr")
     if name == "topk":
         dims = arg(args, kwargs, 2, "dim", -1)
     if name in ("sort", "argsort") and dims is None:

@@ -227,7 +227,9 @@ def _module_reshape(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any,
     return reshape_labels(a, args[0], a.out_shape())
 
 
-@register_function(torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.ravel)
+@register_function(
+    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.ravel, torch.unflatten
+)
 @register_method(
     "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
     "ravel", "squeeze_", "unsqueeze_",
@@ -416,11 +418,17 @@ def _expanded(a: SymmetryAnalysis, x: TensorLabels, shape: tuple) -> TensorLabel
     return TensorLabels(shape, tuple(labels))
 
 
-@register_method("repeat")
+@register_method("repeat", "tile")
+@register_function(torch.tile)
 @structured
 def _repeat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``x.repeat(*reps)``, and ``x.tile(reps)``, which is the repeat of ``reps`` padded with
+    leading ones to ``x``'s dims."""
     x = args[0]
+    if "dims" in kwargs:  # torch.tile(x, dims=...)
+        args = (x, kwargs["dims"])
     reps = list(args[1]) if len(args) == 2 and not isinstance(args[1], int) else list(args[1:])
+    reps = [1] * (x.ndim - len(reps)) + reps
     shape = a.out_shape()
     labels = [UNIFORM] * (len(shape) - x.ndim)  # new leading dims: copies
     for lab, r, n in zip(x.labels, reps[len(shape) - x.ndim :], x.shape):
@@ -849,6 +857,21 @@ def _cat(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(shape, labels)
 
 
+@register_function(torch.hstack, torch.vstack, torch.dstack, torch.column_stack, torch.row_stack)
+@structured
+def _stacks(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``torch.hstack``, ``vstack``, ``dstack``, ``column_stack``: the concatenation they are
+    of pieces of at least the dims they join along (``hstack`` of 1-dim pieces, dim 0);
+    pieces they first make 2- or 3-dim are not read here."""
+    xs = list(arg(args, kwargs, 0, "tensors"))
+    name = a.node.target.__name__
+    ndim = len(a.out_shape())
+    if any(not isinstance(x, TensorLabels) or x.ndim != ndim for x in xs):
+        raise Unsupported(f"torch.{name} of pieces it first reshapes")
+    dim = {"hstack": 1, "column_stack": 1, "dstack": 2}.get(name, 0) if ndim > 1 else 0
+    return _cat(a, (xs, dim), {})
+
+
 @register_function(torch.stack)
 @structured
 def _stack(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
@@ -859,8 +882,8 @@ def _stack(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(shape, rest.labels[:d] + (None,) + rest.labels[d:])
 
 
-@register_function(torch.split, torch.chunk, torch.tensor_split)
-@register_method("split", "chunk", "tensor_split")
+@register_function(torch.split, torch.chunk, torch.tensor_split, torch.split_with_sizes)
+@register_method("split", "chunk", "tensor_split", "split_with_sizes")
 def _split(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x = args[0]
     outs = a.out()
