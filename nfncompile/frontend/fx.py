@@ -166,17 +166,13 @@ def _called_at(frame: types.FrameType) -> str:
 
 def _check_passed(node: torch.fx.Node, result: Any) -> None:
     """Raise where ``node`` is a check the trace took as passing (``assert (a == b).all()``,
-    :meth:`_WritableProxy._truth`) and its ``result`` on the example says it fails: the model
+    :meth:`_ShapeProxy._truth`) and its ``result`` on the example says it fails: the model
     raises on the example. Unknown on fake tensors, which hold no values."""
     check = node.meta.get("nfn_check")
-    if isinstance(result, torch.Tensor):
-        known = result.numel() == 1 and not isinstance(result, FakeTensor)
-    else:  # a Python value (``x.dim() == 2``)
-        known = isinstance(result, (bool, int, float))
-    if check is None or not known:
+    if check is None or not isinstance(result, torch.Tensor) or isinstance(result, FakeTensor):
         return
     truth, where = check
-    if bool(result) != truth:
+    if result.numel() == 1 and bool(result) != truth:
         raise TraceError(
             f"the example input fails a check of the forward at {where} (node {node.name} is "
             f"{not truth} on it, and the forward raises where it is): give an example input "
@@ -807,21 +803,6 @@ class _WritableProxy(torch.fx.Proxy):
     def __setitem__(self, index: Any, value: Any) -> None:
         self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
 
-    def __bool__(self) -> bool:
-        return self._truth(sys._getframe(1))
-
-    def _truth(self, frame: types.FrameType) -> bool:
-        """The truth the forward's code in ``frame`` asks of this value: the one that does not
-        raise, where one side of the branch raises (``assert (a == b).all()``, ``if
-        torch.isnan(x).any(): raise``; :mod:`~nfncompile.frontend.checks`). Otherwise fx's
-        own answer: a TraceError naming data-dependent control flow."""
-        passing = passing_truth(frame)
-        if passing is None:
-            return super().__bool__()
-        # shape propagation checks that the example passes it (:func:`_check_passed`)
-        self.node.meta["nfn_check"] = (passing, _source_line(traceback.extract_stack(frame, 1)[0]))
-        return passing
-
     def __getattr__(self, k: str) -> Any:
         # a model's own tensor has the attributes it has: `hasattr(weight, "SCB")` (Hugging
         # Face's RWKV asks whether a weight is 8-bit quantized) is False, where fx recorded an
@@ -925,6 +906,20 @@ class _ShapeProxy(_WritableProxy):
         if real is not _UNKNOWN:  # computed from the example's integer inputs
             return bool(real)
         return self._truth(sys._getframe(1))
+
+    def _truth(self, frame: types.FrameType) -> bool:
+        """The truth the forward's code in ``frame`` asks of this value: the one that does not
+        raise, where one side of the branch raises (``assert (a == b).all()``, ``if
+        torch.isnan(x).any(): raise``; :mod:`~nfncompile.frontend.checks`). Otherwise fx's
+        own answer: a TraceError naming data-dependent control flow. (A plain trace keeps fx's
+        answer: the model, or the submodule holding the check, is then traced with its shapes
+        fixed, which answers a check of a shape from the shape.)"""
+        passing = passing_truth(frame)
+        if passing is None:
+            return super().__bool__()
+        # shape propagation checks that the example passes it (:func:`_check_passed`)
+        self.node.meta["nfn_check"] = (passing, _source_line(traceback.extract_stack(frame, 1)[0]))
+        return passing
 
     def _real(self) -> Any:
         """The example's value, where it was computed from its integer inputs alone."""
