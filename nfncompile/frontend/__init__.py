@@ -3,7 +3,8 @@
 Takes a model and an example input; returns the weight-space spec of its neuron symmetries
 (and, with :func:`trace_with_report`, a report of what tied and what broke them). The passes,
 one module each: torch.fx tracing with shape propagation (:mod:`.fx`, einops' calls read
-through :mod:`.einops_backend`); the label-propagation analysis (:mod:`.analysis`, over the
+through :mod:`.einops_backend`, ``torch.vmap`` as its loop through :mod:`.vmap`, a check that
+raises taken as passing by :mod:`.checks`); the label-propagation analysis (:mod:`.analysis`, over the
 abstract values of :mod:`.labels`) and its op rules (:mod:`.rules`, by op family, with the
 registry to add one); the symmetry graph it exports
 (:mod:`.graph`); the spaces and block permutations read off it (:mod:`.spaces`) into one
