@@ -11,7 +11,9 @@ reports a model that raises there), so the trace takes it too: the check changes
 :func:`passing_truth` reads this from the bytecode of the frame that asks for the truth of a
 traced value, without running it: the conditional jump there, and whether the code at each of
 its two successors raises before it jumps or returns. Python 3.10 to 3.13 compile
-``assert c`` and ``if c: raise`` to such a jump (3.13 with ``TO_BOOL`` before it).
+``assert c`` and ``if c: raise`` to such a jump (3.13 with ``TO_BOOL`` before it). The
+shape-fixing trace (:class:`~nfncompile.frontend.fx.ShapeSpecialisingTracer`) asks it, and its
+shape propagation then checks that the example passes each condition so taken.
 
 Examples
 --------
