@@ -161,6 +161,11 @@ def _called_at(frame: types.FrameType) -> str:
     or this front end's (whose type checks of a proxy are their own)."""
     if frame.f_code.co_filename.startswith((_TORCH, _HERE)):
         return ""
+    return _frame_line(frame)
+
+
+def _frame_line(frame: types.FrameType) -> str:
+    """``frame``'s current source line, as :func:`_source_line` writes it."""
     return _source_line(traceback.extract_stack(frame, limit=1)[0])
 
 
@@ -350,15 +355,12 @@ class LeafFallbackTracer(torch.fx.Tracer):
                     # a torch.compile'd function, as the function it compiles
                     patches[(id(names), name)] = (names, name, fn, target)
         # one of _RECORDED as one call wherever a module holds it, compiled or not (a helper
-        # of another module than the forward's calls it: vit-pytorch's `nd_attention`)
-        for names, name, fn, target in _bound(_RECORDED, root):
-            patches[(id(names), name)] = (names, name, fn, self._recorded(target, False))
+        # of another module than the forward's calls it: vit-pytorch's `nd_attention`), and
         # torch.vmap as the loop it computes (an ensemble over stacked weights)
-        for names, name, fn, _ in [
-            *_bound((torch.vmap,), root),
-            (vars(torch), "vmap", torch.vmap, None),
-        ]:
-            patches[(id(names), name)] = (names, name, fn, vmap_as_loop)
+        bound = _bound((*_RECORDED, torch.vmap), root)
+        for names, name, fn, target in [*bound, (vars(torch), "vmap", torch.vmap, torch.vmap)]:
+            patched = vmap_as_loop if target is torch.vmap else self._recorded(target, False)
+            patches[(id(names), name)] = (names, name, fn, patched)
         for name in RANDOM + (FACTORIES if self.trace_factories else ()):
             fn = getattr(torch, name)
             patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
@@ -918,7 +920,7 @@ class _ShapeProxy(_WritableProxy):
         if passing is None:
             return super().__bool__()
         # shape propagation checks that the example passes it (:func:`_check_passed`)
-        self.node.meta["nfn_check"] = (passing, _source_line(traceback.extract_stack(frame, 1)[0]))
+        self.node.meta["nfn_check"] = (passing, _frame_line(frame))
         return passing
 
     def _real(self) -> Any:

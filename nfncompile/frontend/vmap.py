@@ -89,8 +89,8 @@ def vmap_as_loop(
 def _stacked(outs: list, out_dims: Any) -> Any:
     """The per-slice results ``outs`` stacked leaf by leaf along ``out_dims`` (an int, or a
     tree of ints matching a result)."""
-    flat = [pytree.tree_flatten(o)[0] for o in outs]
-    spec = pytree.tree_flatten(outs[0])[1]
+    flat, specs = zip(*(pytree.tree_flatten(o) for o in outs))
+    spec = specs[0]
     dims = pytree._broadcast_to_and_flatten(out_dims, spec)
     if dims is None:
         raise ValueError(f"vmap: out_dims {out_dims!r} does not match the structure of the outputs")
