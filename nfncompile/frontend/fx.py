@@ -1090,6 +1090,30 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         return _ShapeProxy(node, self)
 
+    def create_proxy(
+        self, kind: str, target: Any, args: tuple, kwargs: dict, *rest: Any, **options: Any
+    ) -> Any:
+        """A proxy of the new node, or ``None`` where the node reads an entry the example holds
+        as ``None`` (``batch["stat_exog"]``, ``obs.get("mask")``): the forward then takes its
+        ``is None`` branch, as the model takes it on the example. A proxy would take the other
+        (neuralforecast's TFT then called the static encoder that a model without static
+        inputs does not have)."""
+        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+        node = getattr(proxy, "node", None)
+        if (
+            kind == "call_function"
+            and target is operator.getitem
+            and node is not None
+            and node in self.values
+            and self.values[node] is None
+            and not node.users
+        ):
+            del self.values[node]
+            self.real.pop(node, None)
+            self.graph.erase_node(node)
+            return None
+        return proxy
+
     def create_arg(self, a: Any) -> Any:
         if isinstance(a, slice):
             # a bound read off an integer input (torchtune's tile embedding sliced to each

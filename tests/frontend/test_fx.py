@@ -1441,6 +1441,38 @@ def test_a_dict_input_is_read_with_the_examples_keys(how):
     assert "a dict input, read with the example's keys" in str(report)
 
 
+class _OptionalInputs(nn.Module):
+    """neuralforecast's models: a batch dict whose exogenous entries are ``None`` when the
+    model has none, and modules for them that exist only when it has them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(5, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, batch):
+        h = self.enc(batch["y"])
+        static = batch["static"]
+        if static is not None:
+            h = h + self.static_encoder(static)  # no such module: no static inputs
+        mask = batch.get("mask")
+        if mask is not None:
+            h = h * mask
+        return self.out(torch.relu(h))
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_a_dict_entry_given_as_none_takes_the_none_branch(fake):
+    # before: the entry was a node, so `static is not None` held and the trace failed with
+    # "'_OptionalInputs' object has no attribute 'static_encoder'"
+    batch = {"y": x_(2, 5), "static": None, "mask": None}
+    model = model_(_OptionalInputs)
+    spec, report = trace_with_report(model, (batch,), fake=fake)
+    assert report.verification.ok and not report.broken
+    assert spec["enc.weight"].axes[0] == spec["out.weight"].axes[1]
+    assert [s.size for s in spec.spaces.values() if s.role == "hidden"] == [8]
+
+
 def test_a_dict_inputs_value_branch_names_the_line_and_the_dict():
     class Branchy(nn.Module):
         def __init__(self) -> None:
