@@ -10,6 +10,7 @@ two. Run it at ``--channels 1`` as well to see the per-call cost that does not s
 data. Usage::
 
     python bench/arch_profile.py mobilenetv2 [--basis linear] [--channels 16] [--steps 2]
+                                             [--batch 1]
                                              [--input-grad]
 """
 
@@ -70,19 +71,20 @@ def main(argv: list | None = None) -> None:
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--input-grad", action="store_true", help="inputs require gradients")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     spec, _ = load_spec(args.model)
     ours, _ = build(spec, args.basis, args.channels, "np")
     floor = Floor(spec, args.channels, args.channels, "np")
-    x = make_inputs(spec, 1, args.channels, args.input_grad)
+    x = make_inputs(spec, args.batch, args.channels, args.input_grad)
     seconds = timed_globals(ours)
     steps = {"ours": Step(), "floor": Step()}
     steps["ours"](ours, x)
     steps["floor"](floor, x)
     print(
-        f"# {args.model}, basis {args.basis}, C={args.channels}, batch 1, {args.threads} thread(s)"
+        f"# {args.model}, basis {args.basis}, C={args.channels}, batch {args.batch}, {args.threads} thread(s)"
         + (", inputs require gradients" if args.input_grad else "")
     )
     mods = {"ours": ours, "floor": floor}
