@@ -1555,6 +1555,36 @@ def _forward_params(model: torch.nn.Module) -> list[inspect.Parameter]:
         return []
 
 
+def _positional(params: list) -> list:
+    """The parameters of a forward that take positional arguments, in order."""
+    return [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+#: the attributes torch.fx's GraphModule has beyond nn.Module's: a model's own submodule,
+#: parameter or buffer of one of these names cannot be set on the traced module
+_GRAPH_MODULE_NAMES = frozenset(
+    n
+    for n in dir(torch.fx.GraphModule)
+    if not hasattr(torch.nn.Module, n) and not n.startswith("__")
+) | {"meta", "_code", "_graph", "_tracer_cls", "_tracer_extras"}
+
+
+def _check_names(model: torch.nn.Module) -> None:
+    """Raise where a submodule, parameter or buffer of ``model`` itself has a name that
+    torch.fx's GraphModule uses for its own (``code``, ``graph``, ``meta``): fx would shadow it
+    with its own attribute or refuse to set it, and the trace would fail further in with an
+    error that does not say why."""
+    own = [*model._modules, *model._parameters, *model._buffers]
+    clash = [n for n in own if n in _GRAPH_MODULE_NAMES]
+    if clash:
+        raise TraceError(
+            f"{type(model).__name__} has a submodule, parameter or buffer named "
+            f"{', '.join(repr(n) for n in clash)}, a name torch.fx's GraphModule uses for its "
+            "own attribute, so torch.fx cannot trace the model: rename it (or hold it one "
+            "level down, in a submodule of another name)"
+        )
+
+
 def _check_arity(model: torch.nn.Module, args: tuple) -> None:
     """Raise where ``model.forward`` cannot take the example's ``args`` as positional
     arguments, before tracing: a tuple meant as one argument (DeepONet's
@@ -1564,7 +1594,7 @@ def _check_arity(model: torch.nn.Module, args: tuple) -> None:
     params = _forward_params(model)
     if not params or any(p.kind is p.VAR_POSITIONAL for p in params):
         return  # no signature to read, or *args takes the rest
-    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    named = _positional(params)
     if len(args) <= len(named):
         return
     names = ", ".join(p.name for p in named) or "none"
@@ -1587,7 +1617,7 @@ def _constants(model: torch.nn.Module, args: tuple) -> dict | None:
     ``forward(x, mask=None)`` traced with ``mask`` a proxy would take the masked branch), and
     the given arguments that hold no tensor (``(x, None)``, a ``start_pos`` of 0, a flag)."""
     params = _forward_params(model)
-    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    named = _positional(params)
     given = len(args)
     rest = {
         p.name: value
@@ -1954,6 +1984,7 @@ def _small_integer(x: Any) -> bool:
 
 def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:
     inner, prefix = _compiled(model)
+    _check_names(model if prefix else inner)  # the module the GraphModule copies from
     _check_arity(inner, args)
     tracer, graph, specialised = trace_graph(inner, args)
     if prefix:  # the module torch.compile wraps, named as the compiled model's state_dict

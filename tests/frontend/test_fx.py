@@ -1333,6 +1333,27 @@ def test_an_example_spread_over_a_forward_of_fewer_inputs_is_named_before_the_tr
         nfc.trace(model_(TwoLinear), (a, a, a))
 
 
+@pytest.mark.parametrize("name", ["code", "graph", "meta"])
+def test_a_submodule_named_as_a_graph_modules_attribute_is_named_before_the_trace(name):
+    # before: "'str' object is not callable" at shape propagation (code), "cannot assign
+    # 'torch.fx.graph.Graph' as child module 'graph'" (graph, meta), neither saying why
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            setattr(self, name, nn.Linear(8, 2))
+
+        def forward(self, x):
+            return getattr(self, name)(torch.relu(self.a(x)))
+
+    with pytest.raises(nfc.TraceError, match=rf"submodule, parameter or buffer named '{name}'"):
+        nfc.trace(Named(), x_(3, 4))
+    # one level down the name is the submodule's own: it traces
+    nested = nn.Sequential(Named())
+    spec = nfc.trace(nested, x_(3, 4))
+    assert spec[f"0.{name}.weight"].axes[1] == spec["0.a.weight"].axes[0] is not None
+
+
 class _BallQuery(TwoLinear):
     """PointNet++'s ball query and sampling: an arange index written where too far, and
     ``torch.randint`` with fixed arguments (a shape check first fixes the shapes)."""
