@@ -1027,6 +1027,12 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             value = real.pop(0)
             if _integral(value):  # a copy: an op in place must not change the caller's
                 self._real_inputs[p.name] = value.clone()
+            elif isinstance(value, Mapping):
+                # a batch dict's integer entries (pytorch-forecasting's encoder lengths, read
+                # as `int(lengths.max())`); reading any other entry gives no value (KeyError)
+                ints = {k: v.clone() for k, v in value.items() if _integral(v)}
+                if ints:
+                    self._real_inputs[p.name] = ints
         return super().trace(root, concrete_args)
 
     def _patches(self, root: torch.nn.Module) -> dict:

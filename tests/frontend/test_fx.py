@@ -1494,6 +1494,42 @@ def test_a_dict_entry_given_as_none_takes_the_none_branch(fake):
     assert [s.size for s in spec.spaces.values() if s.role == "hidden"] == [8]
 
 
+class _LengthsInBatch(nn.Module):
+    """pytorch-forecasting's models: a batch dict holding the encoder lengths, read as a
+    Python int (``int(lengths.max())``) that sizes a slice, and checked with a branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(5, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        longest = int(x["encoder_lengths"].max())
+        if x["encoder_lengths"].min() == 0:
+            raise ValueError("an empty series")
+        h = torch.relu(self.enc(x["encoder_cont"][:, :longest]))
+        return self.out(h.mean(1))
+
+
+def test_a_dict_inputs_integer_entries_are_read_as_the_examples_values():
+    # before: "int() argument must be a number, not '_ShapeProxy'" (the integer entries of a
+    # dict input were no known values, as an integer input's are)
+    batch = {"encoder_cont": x_(2, 6, 5), "encoder_lengths": torch.tensor([4, 3])}
+    spec, report = trace_with_report(model_(_LengthsInBatch), (batch,))
+    assert report.verification.ok and not report.broken
+    assert [s.size for s in spec.spaces.values() if s.role == "hidden"] == [8]
+
+    # a float entry still gives no value: a branch on it is refused, naming the line
+    class FloatBranch(_LengthsInBatch):
+        def forward(self, x):
+            if x["encoder_cont"].sum() > 0:
+                return self.out(self.enc(x["encoder_cont"]))
+            return self.out(self.enc(-x["encoder_cont"]))
+
+    with pytest.raises(TraceError, match=r"encoder_cont.*control flow"):
+        nfc.trace(FloatBranch(), (batch,))
+
+
 def test_a_dict_inputs_value_branch_names_the_line_and_the_dict():
     class Branchy(nn.Module):
         def __init__(self) -> None:
