@@ -76,6 +76,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tenso
 from torch.nn.attention.flex_attention import flex_attention
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.overrides import TorchFunctionMode
 
 from ..errors import TraceError
@@ -197,8 +198,11 @@ def _error(e: BaseException, limit: int = 200) -> str:
 
 #: functions recorded as one call wherever a forward calls them, for their rules
 #: (:mod:`~nfncompile.frontend.rules.attention`): fx traced into flex attention's Python
-#: implementation, and the probe of the module around it fixed every space it touched
-_RECORDED = (flex_attention,)
+#: implementation, and the probe of the module around it fixed every space it touched; a
+#: sequence packed for a recurrent layer and padded back (:mod:`~nfncompile.frontend.rules.recurrent`):
+#: fx refused packing's checks of the lengths
+_PACKING = (pack_padded_sequence, pad_packed_sequence)
+_RECORDED = (flex_attention, *_PACKING)
 
 
 @contextlib.contextmanager
@@ -670,6 +674,17 @@ def _forward_globals(m: torch.nn.Module) -> dict:
 _UNKNOWN = object()
 
 
+def _packed_as_tuples(value: Any) -> Any:
+    """``value`` with every packed sequence in it (a recurrent layer's output) the plain tuple
+    of its tensors: ``PackedSequence`` checks its tensors' devices when made, which tensor
+    metadata (what shape propagation records) does not have."""
+    if isinstance(value, PackedSequence):
+        return tuple(value)
+    if type(value) in (tuple, list):
+        return type(value)(_packed_as_tuples(v) for v in value)
+    return value
+
+
 def _integral(value: Any) -> bool:
     """Whether ``value`` is a tensor of integers or booleans (ids, lengths, an edge list) of
     at most :data:`INTEGER_VALUES_UP_TO` entries, whose values the specialised trace reads."""
@@ -1011,6 +1026,7 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         #: lengths, an edge list): a branch on them (``if mask.any()``, ``int(n.max())``)
         #: takes the example's way, and an op whose shape they decide has its shape
         self.real: dict[torch.fx.Node, Any] = {}
+        self._stood_in: dict[torch.fx.Node, Any] = {}  # the real outputs of stand-in runs
 
     def _fake(self, value: Any) -> Any:
         return self.mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
@@ -1214,7 +1230,8 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
                 if node.op in ("call_function", "call_method", "call_module"):
                     return self._call(node, args, kwargs)
         except _DATA_DEPENDENT:  # not computable on fake tensors: left symbolic
-            if node.op == "call_module":
+            if node.op == "call_module" or node.target in _PACKING:
+                # (packing's shapes are its lengths', which the stand-in reads for real)
                 return self._stand_in(node, args, kwargs)
             return _UNKNOWN
         except Exception:
@@ -1226,8 +1243,21 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
 
     def _stand_in(self, node: torch.fx.Node, args: Any, kwargs: Any) -> Any:
         """``node`` run on real zeros shaped like its fake inputs, for the shapes and the
-        structure of its output (a tuple the forward unpacks), or ``_UNKNOWN``."""
+        structure of its output (a tuple the forward unpacks), or ``_UNKNOWN``. An input
+        computed from the example's integers alone is its value, and one an earlier stand-in
+        made is what it made: sequences packed by their lengths keep those lengths, which the
+        recurrent layer reading them needs (zeros are no lengths)."""
 
+        def known(n: torch.fx.Node) -> Any:
+            for values in (self.real, self._stood_in):
+                if n in values:
+                    return values[n]
+            if n.op == "call_function" and n.target is operator.getitem:  # (out, state) = ...
+                return known(n.args[0])[n.args[1]]
+            return self.values[n]
+
+        with contextlib.suppress(KeyError):
+            args, kwargs = _plain(torch.fx.node.map_arg((node.args, node.kwargs), known))
         module = node.op == "call_module"
         args, kwargs = _real_values((args, kwargs), random=False, clone=not module)
         try:
@@ -1235,6 +1265,7 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
                 out = self._call(node, args, kwargs)
         except Exception:
             return _UNKNOWN
+        self._stood_in[node] = out
         return pytree.tree_map(self._fake, out)
 
     def _call(self, node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
@@ -1332,7 +1363,7 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
                 return _extract_tensor_metadata(obj)
             return obj
 
-        m = map_aggregate(result, meta)
+        m = map_aggregate(_packed_as_tuples(result), meta)
         if found:
             n.meta["tensor_meta"] = m
         else:
@@ -1580,6 +1611,8 @@ def _check_names(model: torch.nn.Module) -> None:
     torch.fx's GraphModule uses for its own (``code``, ``graph``, ``meta``): fx would shadow it
     with its own attribute or refuse to set it, and the trace would fail further in with an
     error that does not say why."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return  # refused by name further in (TorchScript is no Python to trace)
     own = [*model._modules, *model._parameters, *model._buffers]
     clash = [n for n in own if n in _GRAPH_MODULE_NAMES]
     if clash:
@@ -2009,8 +2042,15 @@ def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> tor
         if fake:
             mode = FakeTensorMode(allow_non_fake_inputs=True)
             fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
-            NodeShapeProp(gm, fake=mode).propagate(*fake_args)
-            _record_integers(gm, args)
+            try:
+                NodeShapeProp(gm, fake=mode).propagate(*fake_args)
+            except TraceError:
+                # an op whose output's shape the input's values decide, which fake tensors do
+                # not have (sequences packed by their lengths: zeros are no lengths): the real
+                # forward decides, as for a model too small for fake tensors
+                NodeShapeProp(gm).propagate(*args)
+            else:
+                _record_integers(gm, args)
         else:
             NodeShapeProp(gm).propagate(*args)
     return gm

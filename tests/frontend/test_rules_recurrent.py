@@ -154,3 +154,45 @@ def test_a_layer_only_ever_applied_to_a_constant_keeps_its_input_axis_fixed():
     spec, report = trace_with_report(model_(lambda: HandWrittenGRU(False, steps=1)), x_(2, 4, 3))
     assert report.verification.ok
     assert spec["h2h.weight"].axes[1] is None
+
+
+class Packed(nn.Module):
+    """Sequences of several lengths packed for the recurrent layer and padded back after it,
+    the final state read too (the usual variable-length tagger)."""
+
+    def __init__(self, cell: type, layers: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.emb = nn.Linear(4, 6)
+        self.rnn = cell(6, 5, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+        self.head = nn.Linear(5 * (1 + bidirectional), 2)
+        self.state = nn.Linear(5, 2)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.emb(x), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, final = self.rnn(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
+        h = final[0] if isinstance(final, tuple) else final
+        return self.head(out).mean(1) + self.state(h[-1])
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+@pytest.mark.parametrize(("layers", "bidirectional"), [(1, False), (2, True)])
+@pytest.mark.parametrize("fake", [False, True])
+def test_a_packed_sequence_moves_the_layers_units(cell, layers, bidirectional, fake):
+    # before: fx refused packing's checks of the lengths (a TraceError), and with packing
+    # recorded the layer's rule refused a packed input, fixing every unit
+    x, lengths = x_(3, 7, 4), torch.tensor([7, 2, 5])
+    spec, report = trace_with_report(
+        model_(lambda: Packed(cell, layers, bidirectional)), (x, lengths), channel_dim=-1, fake=fake
+    )
+    assert report.verification.ok and not report.probes and not report.broken
+    h = spec["rnn.weight_hh_l0"].axes[1]
+    assert spec.spaces[h].role == "hidden"
+    assert spec["rnn.weight_ih_l0"].axes[1] == spec["emb.weight"].axes[0] == "emb"
+    assert spec["state.weight"].axes[1] == h  # h_n read: every layer's units are one run
+    if layers == 1:
+        assert spec["head.weight"].axes[1] == h
+    layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
+    assert_equivariant(layer, spec, in_channels=1, trials=2)

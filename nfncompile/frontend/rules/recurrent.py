@@ -13,6 +13,12 @@ The final states ``h_n`` (and an LSTM's ``c_n``) stack every layer and direction
 first dim, so the hidden dim can only be labelled if those runs are one: where the forward
 reads them (or passes initial states), every hidden run is tied to the first.
 
+A batch of sequences of several lengths is *packed* for a recurrent layer
+(``pack_padded_sequence``) and padded back after it (``pad_packed_sequence``): the packed data
+holds every sequence's steps one after another, ``(steps, *features)``, so its steps are
+positions and its features keep their labels; the layer reads it as one sequence's steps, and
+padding back gives the features of every step of every sequence their labels again.
+
 Examples
 --------
 >>> import torch
@@ -35,10 +41,11 @@ import operator
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..fx import leaves
-from ..labels import TensorLabels
-from .registry import Unsupported, register_module, structured
+from ..labels import TensorLabels, remade
+from .registry import Unsupported, arg, register_function, register_module, structured
 
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
@@ -52,9 +59,10 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 def _module_recurrent(a: SymmetryAnalysis, mod: nn.RNNBase, target: str, args: Any, kw: Any):
     if getattr(mod, "proj_size", 0):
         raise Unsupported("LSTM with projections")
-    if not isinstance(args[0], TensorLabels):
-        raise Unsupported("a packed sequence")
-    x = a.plain(args[0], a.op)
+    packed = _packed_data(args[0])
+    x = a.plain(args[0] if packed is None else packed, a.op)
+    if not isinstance(x, TensorLabels):
+        raise Unsupported("a sequence that is neither a tensor nor packed")
     hx = args[1] if len(args) > 1 else kw.get("hx")
     feat, time = x.ndim - 1, (1 if mod.batch_first else 0) if x.ndim == 3 else 0
     x = a.keep(x, (time,), "a recurrence mixes the time steps")
@@ -86,8 +94,46 @@ def _module_recurrent(a: SymmetryAnalysis, mod: nn.RNNBase, target: str, args: A
         if batch is not None and h0.ndim == 3:
             a.tie(h0.labels[1], x.labels[batch], "an initial state meets its sequence")
     out, states = a.out()
+    if packed is not None:  # the output packed as the input was
+        labels = TensorLabels(out[0].shape, x.labels[:feat] + (layer_in,))
+        return remade(out, (labels, *out[1:])), _final(states, state)
     labels = TensorLabels(out.shape, x.labels[:feat] + (layer_in,))
     return labels, _final(states, state)
+
+
+def _packed_data(value: Any) -> TensorLabels | None:
+    """The labels of a packed sequence's data (its first tensor), or ``None`` where ``value`` is
+    no packed sequence (shape propagation records one as the tuple of its tensors)."""
+    if isinstance(value, tuple) and len(value) == 4 and isinstance(value[0], TensorLabels):
+        return value[0]
+    return None
+
+
+@register_function(pack_padded_sequence)
+def _pack(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """A padded batch of sequences packed: the data's steps (every sequence's, one after
+    another) are positions, its features keep their labels."""
+    x = a.plain(args[0], a.op)
+    if not isinstance(x, TensorLabels) or x.ndim < 2:
+        raise Unsupported("packing a value that is no batch of sequences")
+    x = a.keep(x, (0, 1), "packing reads each sequence's steps up to its length")
+    out = a.out()
+    data = TensorLabels(out[0].shape, (None, *x.labels[2:]))
+    return remade(out, (data, *out[1:]))
+
+
+@register_function(pad_packed_sequence)
+def _pad(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """A packed sequence padded back to ``(time, batch, *features)`` (or batch first): its
+    steps land on positions, its features keep their labels."""
+    data = _packed_data(args[0])
+    if data is None:
+        raise Unsupported("padding a value that is no packed sequence")
+    data = a.plain(data, a.op)
+    batch_first = arg(args, kwargs, 1, "batch_first", False)
+    del batch_first  # either way the two leading dims are positions
+    padded, lengths = a.out()
+    return remade(a.out(), (TensorLabels(padded.shape, (None, None, *data.labels[1:])), lengths))
 
 
 #: weight blocks stacked per hidden unit of a cell, by class
