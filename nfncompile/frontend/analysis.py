@@ -84,6 +84,7 @@ from .rules.registry import (
     VALUE_RULES,
     Rule,
     Unsupported,
+    class_rule,
     module_rule,
 )
 
@@ -893,7 +894,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
 
     def call_module(self, target: str, args: Any, kwargs: Any) -> Any:
         mod = self.fetch_attr(target)
-        rule = module_rule(mod)
+        base = self.node.meta.get("nfn_base")  # a subclass's super().forward: the base's rule
+        rule = module_rule(mod) if base is None else class_rule(base)
         return self._apply(rule, (self, mod, target, args, kwargs), args, kwargs)
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:

@@ -82,7 +82,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import TraceError
 from . import einops_backend
 from .checks import passing_truth
-from .rules.registry import module_rule
+from .rules.registry import class_rule, module_rule
 from .vmap import vmap_as_loop
 
 __all__ = [
@@ -285,6 +285,17 @@ def _classes(cls: Any) -> tuple:
     return tuple(c for part in cls for c in _classes(part))
 
 
+class _ClassAttributes:
+    """A class's attributes as a namespace the tracer's patches write (``vars(cls)`` is
+    read-only)."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        setattr(self.cls, name, value)
+
+
 class LeafFallbackTracer(torch.fx.Tracer):
     """A :class:`torch.fx.Tracer` that keeps a submodule whose forward it cannot trace as one
     ``call_module`` node.
@@ -320,6 +331,9 @@ class LeafFallbackTracer(torch.fx.Tracer):
         #: record ``torch.zeros`` & co. (:data:`FACTORIES`) as nodes rather than constants
         self.trace_factories = False
         self._eager = False  # a node being run for real (the shape-specialising trace)
+        #: the class whose forward the next call_module node runs (a subclass's
+        #: ``super().forward``; see :meth:`_base_forwards`)
+        self._base_next: type | None = None
         #: where the forward first asked whether a traced value is a tensor, a tuple or a list
         #: (``isinstance(x, torch.Tensor)``, ``torch.is_tensor``, ``torch.jit.isinstance``,
         #: ``isinstance(out, tuple)``): plain fx answers no and traces the other branch; ``""``
@@ -365,6 +379,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
         for names, name, fn, target in [*bound, (vars(torch), "vmap", torch.vmap, torch.vmap)]:
             patched = vmap_as_loop if target is torch.vmap else self._recorded(target, False)
             patches[(id(names), name)] = (names, name, fn, patched)
+        patches.update(self._base_forwards(root))
         for name in RANDOM + (FACTORIES if self.trace_factories else ()):
             fn = getattr(torch, name)
             patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
@@ -410,6 +425,31 @@ class LeafFallbackTracer(torch.fx.Tracer):
             patches[(id(names), name)] = (names, name, fn, patched)
         return patches
 
+    def _base_forwards(self, root: torch.nn.Module) -> dict:
+        """Patches of the ``forward`` of every class with a rule that a module of ``root``
+        subclasses with a ``forward`` of its own (which the tracer goes through): its
+        ``super().forward(...)`` on traced values is recorded as one call of the module that
+        runs the base class's forward, read by the base class's rule. Traced into, it was code
+        fx refuses (``nn.LSTM.forward``'s checks: pytorch-forecasting's LSTM, which packs its
+        sequences by their lengths first, was kept as one call and every unit fixed)."""
+        patches = {}
+        for m in root.modules():
+            if module_rule(m) is not None:
+                continue
+            base = next((t for t in type(m).__mro__[1:] if class_rule(t) is not None), None)
+            if base is None or (id(base), "forward") in patches or "forward" not in vars(base):
+                continue
+            fn = vars(base)["forward"]
+
+            def forward(mod: Any, *args: Any, _fn: Callable = fn, _base: type = base, **kw: Any):
+                if self._eager or type(mod) is _base or not _traced((args, kw)):
+                    return _fn(mod, *args, **kw)
+                self._base_next = _base
+                return self.create_proxy("call_module", self.path_of_module(mod), args, kw)
+
+            patches[(id(base), "forward")] = (_ClassAttributes(base), "forward", fn, forward)
+        return patches
+
     def _recorded(self, fn: Callable, always: bool = True) -> Callable:
         """``fn``, recorded as a ``call_function`` node while tracing (``always``, or when a
         proxy is among its arguments), called as it is when a node is run for real."""
@@ -433,6 +473,8 @@ class LeafFallbackTracer(torch.fx.Tracer):
 
     def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
         node = super().create_node(*args, **kwargs)
+        if self._base_next is not None and node.op == "call_module":
+            node.meta["nfn_base"], self._base_next = self._base_next, None
         if writes(node) and isinstance(node.args[0], torch.fx.Node):
             target = node.args[0]
             if target.op == "get_attr" and str(target.target).startswith("_tensor_constant"):
@@ -1274,7 +1316,14 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             return node.target(*args, **kwargs)
         if node.op == "call_method":
             return getattr(args[0], node.target)(*args[1:], **kwargs)
-        return self.root.get_submodule(node.target)(*args, **kwargs)
+        return _module_call(self.root.get_submodule(node.target), node, args, kwargs)
+
+
+def _module_call(module: torch.nn.Module, node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
+    """``module`` called as ``node`` records: its base class's forward where the node is a
+    subclass's ``super().forward`` (``meta["nfn_base"]``), else the module itself."""
+    base = node.meta.get("nfn_base")
+    return module(*args, **kwargs) if base is None else base.forward(module, *args, **kwargs)
 
 
 def _plain(value: Any) -> Any:
@@ -1321,8 +1370,15 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
         super().__init__(gm)
         self.fake = fake
         self.extra_traceback = False  # the errors raised here name their node already
+        self._node: torch.fx.Node | None = None
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if self._node is None:
+            return super().call_module(target, args, kwargs)
+        return _module_call(self.fetch_attr(target), self._node, args, kwargs)
 
     def run_node(self, n: torch.fx.Node) -> Any:
+        self._node = n
         try:
             if self.fake is not None:
                 try:

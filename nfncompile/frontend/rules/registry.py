@@ -28,6 +28,7 @@ __all__ = [
     "Rule",
     "Unsupported",
     "MODULE_RULES",
+    "class_rule",
     "FUNCTION_RULES",
     "METHOD_RULES",
     "STRUCTURED",
@@ -95,6 +96,17 @@ def module_rule(module: Any) -> Rule | None:
         if rule is not None:
             return None if _rewrites(mro[:k], type(module).forward) else rule
     return None
+
+
+def class_rule(cls: type) -> Rule | None:
+    """The rule for instances of ``cls`` itself, looked up along its MRO (a subclass that
+    calls ``super().forward`` runs its base class's forward, which this rule reads).
+
+    >>> import torch
+    >>> class_rule(torch.nn.LSTM) is module_rule(torch.nn.LSTM(1, 1)) is not None
+    True
+    """
+    return next((MODULE_RULES[t] for t in cls.__mro__ if t in MODULE_RULES), None)
 
 
 def _rewrites(classes: tuple, forward: Any) -> bool:
