@@ -469,6 +469,12 @@ class LeafFallbackTracer(torch.fx.Tracer):
             # a `torch.tensor` perm), which torch reads as ints: the ints, not tensor constants
             args = (args[0], *pytree.tree_map(_as_int, tuple(args[1:])))
             kwargs = pytree.tree_map(_as_int, kwargs)
+        if kind in ("call_method", "call_function") and _target_name(target) == "repeat_interleave":
+            # repeats given as a tensor of one count (pytorch-forecasting's N-HiTS:
+            # `torch.tensor([output_size])`), which torch reads as that count: the int (a tensor
+            # of repeats decides the output's shape by its values, which fake tensors lack)
+            args = (args[0], *(_one_count(a) for a in args[1:2]), *args[2:])
+            kwargs = {k: _one_count(v) if k == "repeats" else v for k, v in kwargs.items()}
         return super().create_proxy(kind, target, args, kwargs, *rest, **options)
 
     def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
@@ -666,6 +672,15 @@ def _as_int(value: Any) -> Any:
     integer = integer and value.ndim == 0 and not value.is_floating_point()
     if integer and not value.is_complex() and value.dtype != torch.bool:
         return int(value)
+    return value
+
+
+def _one_count(value: Any) -> Any:
+    """``value`` as a Python int where it is an integer tensor of one entry that is no traced
+    value (a ``repeat_interleave`` count, which torch broadcasts to every entry)."""
+    count = isinstance(value, torch.Tensor) and not isinstance(value, torch.fx.Proxy)
+    if count and value.numel() == 1 and not (value.is_floating_point() or value.is_complex()):
+        return int(value.reshape(()))
     return value
 
 

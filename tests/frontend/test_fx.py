@@ -1901,6 +1901,27 @@ def test_dims_given_as_tensors_and_numpy_scalars_trace():
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] == "a"
 
 
+class CountTensor(TwoLinear):
+    """pytorch-forecasting's N-HiTS: a forecast level repeated by ``repeat_interleave`` with
+    its count given as a tensor of one entry, its result unpacked by a loop."""
+
+    def forward(self, x):
+        level = x[:, -1:].repeat_interleave(torch.tensor([3]), dim=1).mean(1, keepdim=True)
+        h = torch.relu(self.a(x)) + level
+        parts = [p * 2 for p in h.split(2, dim=1)]  # a loop over the split
+        return self.b(torch.cat(parts, 1))
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_a_repeat_count_given_as_a_tensor_reads_as_the_count(fake):
+    # before: the repeat's shape depended on a tensor's value, unknown to fake tensors, so the
+    # loop over the split could not unpack it ("Proxy object cannot be iterated")
+    spec, report = trace_with_report(model_(CountTensor), x_(3, 4), fake=fake)
+    assert report.verification.ok and not report.probes and not report.leaf_calls
+    # each chunk of the split its own space, as the loop keeps them apart
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] == ("a/0", "a/1", "a/2")
+
+
 class FunctionalCall(nn.Module):
     """A network run with weights its forward computes (a learned offset of its first
     layer's, as fine-tuning deltas and hypernetworks do), by ``torch.func.functional_call``."""
