@@ -872,9 +872,15 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 for d, n in enumerate(t.shape)
             )
             if labels[-2:] == (None, None) and _permutes_jointly(t):
-                # an identity (``torch.eye``, DoRA's ``lora_A(eye)``): permuting its rows and
-                # columns alike leaves it as it is, so both dims are one run of free neurons
-                run = self.uniform_run(t.shape[-1], "diagonal")
+                # an identity (``torch.eye``, DoRA's ``lora_B(lora_A(eye))``): permuting its rows
+                # and columns alike leaves it as it is, so both dims are one run of free
+                # neurons, a constant's (as equal slices are: named after what it meets, and
+                # where it meets positions, positions: Nystromformer's `7 * I - xz` over its
+                # landmarks broke no symmetry, and was listed as 18 broken records)
+                n = t.shape[-1]
+                run = self.new_run(
+                    n, "constant" if n > 1 else "fixed", f"{self.node.name}.diagonal"
+                )
                 labels = labels[:-2] + (run, run)
             else:
                 labels = tuple(

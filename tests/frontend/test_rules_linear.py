@@ -441,6 +441,40 @@ def test_a_layer_applied_to_an_identity_keeps_its_input_neurons_free(eye):
     assert_equivariant(layer, spec, in_channels=1, trials=2)
 
 
+class Landmarks(nn.Module):
+    """Nystromformer's attention: the pseudo-inverse of its landmarks' attention by the
+    Moore-Penrose iteration, an identity over the landmark positions (``7 * I - xz``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.out = nn.Linear(4, 12), nn.Linear(4, 2)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        ql, kl = q.view(2, 3, 2, 4).mean(2), k.view(2, 3, 2, 4).mean(2)  # 3 landmarks
+        a2 = (ql @ kl.transpose(-1, -2)).softmax(-1)
+        z = a2.transpose(-1, -2) / a2.abs().sum(-1).amax()
+        eye = torch.eye(3)
+        for _ in range(2):
+            xz = a2 @ z
+            z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
+        y = (
+            (q @ kl.transpose(-1, -2)).softmax(-1)
+            @ z
+            @ ((ql @ k.transpose(-1, -2)).softmax(-1) @ v)
+        )
+        return self.out(y)
+
+
+def test_an_identity_meeting_positions_breaks_no_symmetry():
+    # the identity's run was a run of neurons: where it met the landmark positions, each
+    # iteration was listed as a broken record that fixed no neuron (18 in Nystromformer)
+    spec, report = trace_with_report(model_(Landmarks), x_(2, 6, 4), channel_dim=-1)
+    assert report.verification.ok and not report.probes
+    assert not report.broken, report.broken
+    assert spec["out.weight"].axes[1] is not None  # the values' features stay free
+
+
 class ConvDoRA(nn.Module):
     """peft's DoRA on a convolution: the adapter's weight is ``lora_B.weight @
     lora_A.weight.flatten(1)`` reshaped to the conv's weight, whose norm over everything but
