@@ -285,6 +285,11 @@ def _classes(cls: Any) -> tuple:
     return tuple(c for part in cls for c in _classes(part))
 
 
+#: classes with a rule whose forward fx refuses (the recurrent layers check packed inputs and
+#: states): a subclass's ``super().forward`` is recorded as one call (``_base_forwards``)
+_UNTRACEABLE_BASES = (torch.nn.RNNBase,)
+
+
 class _ClassAttributes:
     """A class's attributes as a namespace the tracer's patches write (``vars(cls)`` is
     read-only)."""
@@ -426,16 +431,20 @@ class LeafFallbackTracer(torch.fx.Tracer):
         return patches
 
     def _base_forwards(self, root: torch.nn.Module) -> dict:
-        """Patches of the ``forward`` of every class with a rule that a module of ``root``
-        subclasses with a ``forward`` of its own (which the tracer goes through): its
-        ``super().forward(...)`` on traced values is recorded as one call of the module that
-        runs the base class's forward, read by the base class's rule. Traced into, it was code
-        fx refuses (``nn.LSTM.forward``'s checks: pytorch-forecasting's LSTM, which packs its
-        sequences by their lengths first, was kept as one call and every unit fixed)."""
+        """Patches of the ``forward`` of every class with a rule whose forward fx refuses
+        (:data:`_UNTRACEABLE_BASES`) that a module of ``root`` subclasses with a ``forward`` of
+        its own (which the tracer goes through): its ``super().forward(...)`` on traced values
+        is recorded as one call of the module that runs the base class's forward, read by the
+        base class's rule. Traced into, it was refused (``nn.LSTM.forward``'s checks:
+        pytorch-forecasting's LSTM, which packs its sequences by their lengths first, was kept
+        as one call and every unit fixed). A base forward fx traces (a conv's, a norm's) is
+        still traced: the graph then runs what the model runs."""
         patches = {}
         for m in root.modules():
-            if module_rule(m) is not None:
+            if module_rule(m) is not None or not isinstance(m, _UNTRACEABLE_BASES):
                 continue
+            if parametrize.is_parametrized(m) or m._forward_hooks or m._forward_pre_hooks:
+                continue  # traced through for its computed weights or its hooks
             base = next((t for t in type(m).__mro__[1:] if class_rule(t) is not None), None)
             if base is None or (id(base), "forward") in patches or "forward" not in vars(base):
                 continue

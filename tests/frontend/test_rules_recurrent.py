@@ -238,3 +238,26 @@ def test_a_subclass_calling_its_base_forward_is_read_by_the_base_rule(lengths):
     assert spec["rnn.weight_ih_l0"].axes[1] == spec["emb.weight"].axes[0]
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class PaddedConv(nn.Conv1d):
+    """pytorch-tcn's TemporalConv1d: pads causally, then the base class's forward."""
+
+    def forward(self, x):
+        return super().forward(nn.functional.pad(x, (2, 0)))
+
+
+@pytest.mark.parametrize("weight_norm", [False, True])
+def test_a_base_forward_fx_traces_is_still_traced(weight_norm):
+    # only a base class whose forward fx refuses (a recurrent layer's) is recorded as one
+    # call: recorded, a conv's (a) was read by its rule against a weight norm's computed weight
+    # (a SymmetryError) and (b) ran the subclass's padding twice in the traced graph
+    def make():
+        conv = PaddedConv(3, 6, 3)
+        if weight_norm:
+            conv = nn.utils.parametrizations.weight_norm(conv)
+        return nn.Sequential(conv, nn.ReLU(), nn.Conv1d(6, 2, 1))
+
+    spec, report = trace_with_report(model_(make), x_(2, 3, 8))
+    assert report.verification.ok and report.graph_differs == ""
+    assert [s.size for s in spec.spaces.values() if s.role == "hidden"] == [6]
