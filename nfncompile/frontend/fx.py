@@ -196,12 +196,12 @@ def _error(e: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-#: functions recorded as one call wherever a forward calls them, for their rules
-#: (:mod:`~nfncompile.frontend.rules.attention`): fx traced into flex attention's Python
-#: implementation, and the probe of the module around it fixed every space it touched; a
-#: sequence packed for a recurrent layer and padded back (:mod:`~nfncompile.frontend.rules.recurrent`):
-#: fx refused packing's checks of the lengths
+#: packing a batch of sequences for a recurrent layer and padding it back: fx refused
+#: packing's checks of the lengths (:mod:`~nfncompile.frontend.rules.recurrent` reads them)
 _PACKING = (pack_padded_sequence, pad_packed_sequence)
+#: functions recorded as one call wherever a forward calls them, for their rules: flex
+#: attention (fx traced into its Python implementation, and the probe of the module around it
+#: fixed every space it touched; :mod:`~nfncompile.frontend.rules.attention`) and packing
 _RECORDED = (flex_attention, *_PACKING)
 
 
