@@ -71,7 +71,7 @@ def main(argv: list | None = None) -> None:
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="weight vectors per step (arch_scale: 2)")
     p.add_argument("--input-grad", action="store_true", help="inputs require gradients")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
