@@ -261,3 +261,35 @@ def test_a_base_forward_fx_traces_is_still_traced(weight_norm):
     spec, report = trace_with_report(model_(make), x_(2, 3, 8))
     assert report.verification.ok and report.graph_differs == ""
     assert [s.size for s in spec.spaces.values() if s.role == "hidden"] == [6]
+
+
+class PaddedList(nn.Module):
+    """Sequences of several lengths given one by one, padded into a batch
+    (``pad_sequence``) or packed (``pack_sequence``, which pads and packs)."""
+
+    def __init__(self, packed: bool) -> None:
+        super().__init__()
+        self.packed = packed
+        self.emb = nn.Linear(4, 6)
+        self.rnn = nn.GRU(6, 5, batch_first=True)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, a, b):
+        xs = [self.emb(a), self.emb(b)]
+        if self.packed:
+            x = nn.utils.rnn.pack_sequence(xs, enforce_sorted=False)
+        else:
+            x = nn.utils.rnn.pad_sequence(xs, batch_first=True)
+        _, h = self.rnn(x)
+        return self.head(h[-1])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_sequences_padded_into_a_batch_keep_their_features(packed):
+    # pad_sequence had no rule: it was probed (and passed) at every trace
+    spec, report = trace_with_report(
+        model_(lambda: PaddedList(packed)), (x_(5, 4), x_(3, 4, seed=1)), channel_dim=-1
+    )
+    assert report.verification.ok and not report.probes and not report.broken
+    assert spec["rnn.weight_ih_l0"].axes[1] == spec["emb.weight"].axes[0] == "emb"
+    assert spec["head.weight"].axes[1] == spec["rnn.weight_hh_l0"].axes[1]

@@ -40,8 +40,9 @@ from __future__ import annotations
 import operator
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from ..fx import leaves
 from ..labels import TensorLabels, remade
@@ -120,6 +121,21 @@ def _pack(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     out = a.out()
     data = TensorLabels(out[0].shape, (None, *x.labels[2:]))
     return remade(out, (data, *out[1:]))
+
+
+@register_function(pad_sequence, torch._C._nn.pad_sequence)  # (the latter what fx records)
+def _pad_list(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """Sequences of several lengths padded into one batch, ``(time, batch, *features)`` (or
+    batch first): each sequence's steps land on positions, their features are one another's
+    (tied, as an elementwise op ties them) and keep their labels."""
+    xs = arg(args, kwargs, 0, "sequences")
+    if not isinstance(xs, (tuple, list)) or not all(isinstance(x, TensorLabels) for x in xs):
+        raise Unsupported("padding a value that is no list of sequences")
+    xs = [a.keep(a.plain(x, a.op), (0,), "padding reads each sequence's steps") for x in xs]
+    out = a.out()
+    features = len(out.shape) - 2
+    rest = a.broadcast([TensorLabels(x.shape[1:], x.labels[1:]) for x in xs], tuple(out.shape[2:]))
+    return TensorLabels(out.shape, (None, None, *rest.labels[len(rest.labels) - features :]))
 
 
 @register_function(pad_packed_sequence)
