@@ -1187,16 +1187,9 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         (neuralforecast's TFT then called the static encoder that a model without static
         inputs does not have)."""
         proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
-        node = getattr(proxy, "node", None)
-        if (
-            kind == "call_function"
-            and target is operator.getitem
-            and node is not None
-            and node in self.values
-            and self.values[node] is None
-            and not node.users
-        ):
-            del self.values[node]
+        node = proxy.node
+        if target is operator.getitem and self.values.get(node, _UNKNOWN) is None:
+            del self.values[node]  # (a fresh node: nothing reads it yet)
             self.real.pop(node, None)
             self.graph.erase_node(node)
             return None

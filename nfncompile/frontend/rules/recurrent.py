@@ -95,10 +95,10 @@ def _module_recurrent(a: SymmetryAnalysis, mod: nn.RNNBase, target: str, args: A
         if batch is not None and h0.ndim == 3:
             a.tie(h0.labels[1], x.labels[batch], "an initial state meets its sequence")
     out, states = a.out()
-    if packed is not None:  # the output packed as the input was
-        labels = TensorLabels(out[0].shape, x.labels[:feat] + (layer_in,))
-        return remade(out, (labels, *out[1:])), _final(states, state)
-    labels = TensorLabels(out.shape, x.labels[:feat] + (layer_in,))
+    data = out if packed is None else out[0]  # the output packed as the input was
+    labels = TensorLabels(data.shape, x.labels[:feat] + (layer_in,))
+    if packed is not None:
+        labels = remade(out, (labels, *out[1:]))
     return labels, _final(states, state)
 
 
@@ -133,9 +133,8 @@ def _pad_list(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         raise Unsupported("padding a value that is no list of sequences")
     xs = [a.keep(a.plain(x, a.op), (0,), "padding reads each sequence's steps") for x in xs]
     out = a.out()
-    features = len(out.shape) - 2
     rest = a.broadcast([TensorLabels(x.shape[1:], x.labels[1:]) for x in xs], tuple(out.shape[2:]))
-    return TensorLabels(out.shape, (None, None, *rest.labels[len(rest.labels) - features :]))
+    return TensorLabels(out.shape, (None, None, *rest.labels))
 
 
 @register_function(pad_packed_sequence)
@@ -146,10 +145,9 @@ def _pad(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if data is None:
         raise Unsupported("padding a value that is no packed sequence")
     data = a.plain(data, a.op)
-    batch_first = arg(args, kwargs, 1, "batch_first", False)
-    del batch_first  # either way the two leading dims are positions
-    padded, lengths = a.out()
-    return remade(a.out(), (TensorLabels(padded.shape, (None, None, *data.labels[1:])), lengths))
+    out = a.out()  # (padded, lengths); batch first or not, its two leading dims are positions
+    padded = TensorLabels(out[0].shape, (None, None, *data.labels[1:]))
+    return remade(out, (padded, *out[1:]))
 
 
 #: weight blocks stacked per hidden unit of a cell, by class
