@@ -183,6 +183,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         # selected chunk label -> {run of the first chunk's head splits: the same run of its own}
         self.twin_runs: dict = {}
         self.calls: list = []  # (op, node name) of every call, in graph order
+        #: (state_dict key, heads axis, dims axis, its split's id, the id of the split it is
+        #: read by) of every stacked parameter axis read per head (:func:`~nfncompile.frontend.stacked.adopt`; ``None`` until it runs)
+        self.adopted: list | None = None
         self._recording: list | None = None  # fixes of a block link's alternative
 
     # ---- bookkeeping ------------------------------------------------------------------------
@@ -477,10 +480,11 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         link.ties, link.cuts, link.fixes = ties, cuts, fixes
         self.links.append(link)
 
-    def split_heads(self, chunks: list) -> tuple | None:
+    def split_heads(self, chunks: list, stacked: bool = False) -> tuple | None:
         """Record a :class:`~nfncompile.frontend.labels.HeadSplit` of ``chunks`` (equal labels
         of single positions); returns the labels of its heads dim and of the rest, or ``None``
-        where the rest's run is made in blocks (the chunks are then tied as before)."""
+        where the rest's run is made in blocks (the chunks are then tied as before).
+        ``stacked``: the heads are a stacked parameter's axis (:mod:`.stacked`)."""
         width = label_width(chunks[0])
         (heads,) = self.new_run(len(chunks), "heads", f"{self._name()} (heads)")
         (dims,) = self.new_run(width, "neuron", f"{self._name()} (per head)")
@@ -490,8 +494,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 self._fix_run(seg.run, 0, self.runs[seg.run].size, self._broken(POSITIONS))
             return None
         split = HeadSplit(
-            len(self.head_splits), self.op, self._name(), tuple(chunks), heads.run, dims.run
-        )
+            len(self.head_splits), self.op, self._name(), tuple(chunks), heads.run, dims.run,
+            stacked,
+        )  # fmt: skip
         self.head_splits.append(split)
         self.split_runs[heads.run] = (split.id, "heads")
         self.split_runs[dims.run] = (split.id, "dims")
@@ -631,6 +636,15 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             for s in segments(label) if isinstance(label, tuple) else ():
                 if self.split_runs.get(s.run, (0, ""))[1] == "heads":
                     self.heads_held.add(s.run)
+
+    def is_stacked(self, label: Any) -> bool:
+        """Whether ``label`` holds only the heads of stacked parameters' splits (an ensemble's
+        members, :mod:`.stacked`): values that index them index neurons, as a plain run's."""
+        segs = list(segments(label))
+        splits = [self.split_runs.get(s.run, (-1, ""))[0] for s in segs]
+        return (
+            bool(segs) and self.is_heads(label) and all(self.head_splits[i].stacked for i in splits)
+        )
 
     def is_heads(self, label: Any) -> bool:
         """Whether ``label`` holds only neurons of heads runs (see :meth:`split_heads`)."""
@@ -1036,7 +1050,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         says why): the op treats channel positions differently. Attention heads, which never
         move, are not fixed where that partner is a constant of the model or where the dims
         are a matmul's ``batch`` dims. Broadcast and uniform dims impose nothing; a dim that
-        only they fill is uniform.
+        only they fill is uniform. A stacked parameter's members (:mod:`.stacked`) are fixed
+        there as neurons are: where they stay, they have no heads' reading to keep them.
         """
         shape = self.out_shape() if shape is None else shape
         infos = [v for v in values if isinstance(v, TensorLabels)]
@@ -1063,7 +1078,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             if (
                 found
                 and plain
-                and all(self.is_heads(lab) for lab in found)
+                and all(self.is_heads(lab) and not self.is_stacked(lab) for lab in found)
                 and (data_free or batch)
             ):
                 # attention heads stay in place: a constant per head (ALiBi's slopes), or a

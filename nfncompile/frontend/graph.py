@@ -27,6 +27,7 @@ from .analysis import SymmetryAnalysis
 from .channel_dims import ChannelDim, check_entries
 from .labels import ParamLabel, Seg
 from .spaces import derive_spaces, fixed_labels
+from .stacked import adopt
 
 __all__ = ["build_symmetry_graph"]
 
@@ -167,6 +168,7 @@ def _fixed_runs(a: SymmetryAnalysis, g: nx.MultiGraph, keys: list) -> list:
 
 def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
     """The symmetry graph of a finished analysis (see :func:`build_symmetry_graph`)."""
+    adopt(a)
     g = nx.MultiGraph()
     for r in a.runs:
         g.add_node(
@@ -213,6 +215,7 @@ def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
         specialised=gm.meta.get("nfn_specialised", ""),
         links=a.links,
         head_splits=a.head_splits,
+        adopted=a.adopted,
         head_merges=a.head_merges,
         calls=a.calls,
         state_keys=a.state_keys,

@@ -180,7 +180,10 @@ def rewrite(
         new_fixed += [p for chunk in chunks for p in pieces(chunk, off, length)]
         if split is None:
             new_fixed.append((r, off, length))
-    synthetic = [(s.heads, 0, len(s.chunks)) for s in splits]
+    # a stacked parameter's heads that do not hold are its axis's neurons, free as before
+    synthetic = [
+        (s.heads, 0, len(s.chunks)) for s in splits if not (s.stacked and s.dims not in holding)
+    ]
     for r, split in holding.items():
         width = label_width(split.chunks[0])
         for c in cuts[r] - {0, width}:
@@ -293,6 +296,11 @@ def check(sol: Any, fallen: dict) -> dict:
                 failed.setdefault(
                     ("heads", i), f"{node}: its heads are not aligned with those it meets"
                 )
+    # a stacked parameter's axis is read per head only where the split it meets is
+    for *_, sid, parent in p.adopted:
+        gone = ("heads", parent) in fallen or ("heads", parent) in failed
+        if gone and ("heads", sid) not in fallen:
+            failed.setdefault(("heads", sid), "the split whose dims it meets does not hold")
     if tiled and not failed:  # solve again with those chunks tied tiled
         fallen.update(tiled)
         return tiled
@@ -437,9 +445,14 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
                     held.setdefault(r, set()).add(h)
         return any(len(heads) < len(split.chunks) for heads in held.values())
 
+    # the heads of a split that fell (its chunks tied: one permutation for every head's
+    # dims, an ensemble's last layer whose outputs the members' mean reads) may take the
+    # family's places too: its heads move with the family's where no op reads them in place
+    loose = set()
     places: dict = {}
     for s in p.splits:
         if ("heads", s.id) in fallen and ("shared", s.id) not in fallen:
+            loose.add(s.heads)
             continue
         places[s.id] = _heads_at(sol, s)
         family.setdefault(frozenset(r for r, _ in places[s.id]), []).append(s)
@@ -461,10 +474,12 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
             count < 2 or len(set(order)) != count
             or any(places[s.id] != _spread(order, units[s.id], s.id in tiled) for s in splits)
             or any(r in sol.prefixed for r in roots)
-            or any(sol.atoms[i][0] not in heads_runs
+            or any(sol.atoms[i][0] not in heads_runs | loose
                    and not (per_head and p.runs[sol.atoms[i][0]]["kind"] in _PER_HEAD)
                    for r in roots for i in sol.classes.get(r, []))
             or any(s.heads in p.labelled or s.heads in p.heads_held for s in splits)
+            or any(sol.atoms[i][0] in (p.labelled | p.heads_held) & loose
+                   for r in roots for i in sol.classes.get(r, []))
             or any(pinned(s) for s in splits)
         ):  # fmt: skip
             continue

@@ -361,6 +361,9 @@ class HeadSplit:
     chunks: tuple  # the label of each chunk (inner 1), in order
     heads: int  # run id
     dims: int  # run id
+    #: the heads are a stacked parameter's axis (an ensemble's members, the experts): where
+    #: the split does not hold they are free neurons, as the axis was before (:mod:`.stacked`)
+    stacked: bool = False
 
 
 @dataclass(frozen=True)

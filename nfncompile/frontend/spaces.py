@@ -140,6 +140,7 @@ class _Problem:
     labelled: set  # runs a parameter, input/output or block-link label reads
     heads_met: set  # fx nodes at which a tie met a heads run
     heads_held: set  # heads runs that met positions where they stand
+    adopted: list  # (key, heads axis, dims axis, split id, parent split id): stacked.adopt
     heads_in_place: bool = False  # every head stays in place (verification's second reading)
 
     @functools.cached_property
@@ -167,6 +168,15 @@ class _Problem:
             _label_cuts(lab, cuts)
         splits = graph.graph.get("head_splits", [])
         heads = {s.heads for s in splits}
+        # a stacked parameter's axis read per head is a split's dims: its label reads it
+        # head by head, not whole (stacked.adopt)
+        adopted = graph.graph.get("adopted") or []
+        per_head = {(key, j) for key, _, j, _, _ in adopted}
+        read_whole = [
+            lab for key, p in params.items() for j, lab in enumerate(p.axes)
+            if (key, j) not in per_head
+        ]  # fmt: skip
+        read_whole += labels[sum(len(p.axes) for p in params.values()) :]
         return _Problem(
             runs, ties, cuts, fixed, params, inputs, outputs, links,
             tie_nodes=[d["node"] for d in edges],
@@ -174,9 +184,10 @@ class _Problem:
             merges=graph.graph.get("head_merges", []),
             faults=graph.graph.get("head_faults", {}),
             carried=graph.graph.get("head_carried", []),
-            labelled={s.run for lab in labels for s in segments(lab)},
+            labelled={s.run for lab in read_whole for s in segments(lab)},
             heads_met={d["node"] for d in edges if d["src"] in heads or d["dst"] in heads},
             heads_held=graph.graph.get("heads_held", set()),
+            adopted=adopted,
             heads_in_place=bool(graph.graph.get("heads_in_place")),
         )  # fmt: skip
 
@@ -410,6 +421,22 @@ def _build(
             touched=list(dict.fromkeys(op for i in members for op in runs[atoms[i][0]]["touched"])),
         )
     alias, families, views = _merge_heads(sol, fallen, count_of, inner_of, infos)
+    # a stacked parameter's heads (an ensemble's members) that stay in place: one axis
+    # cannot index another's space per head, so they fall back to one permutation for every
+    # member's units (and the members, neurons of their own)
+    moved = {s.id for fam, _, _ in families for s in fam.splits}
+    stuck = [
+        s.id for s in problem.splits
+        if s.stacked and ("heads", s.id) not in fallen and s.id not in moved
+    ]  # fmt: skip
+    stuck += [
+        sid for key, _, j, sid, _ in problem.adopted
+        if ("heads", sid) not in fallen and sid in moved and (key, j) not in views
+    ]  # fmt: skip
+    if stuck:
+        fallen.update({("heads", sid): "its heads (a stacked parameter's axis) stay in place"
+                       for sid in stuck})  # fmt: skip
+        return None
     _name_spaces(infos)
     blocks = _name_blocks(holding, link_uf, sol, count_of, infos)
     blocks.update(_name_heads(families, infos, blocks))
@@ -450,6 +477,12 @@ def _build(
             axes[k] = Inner(label.space, row[0])
         view = p.view
         mine = {k: v for (name, k), v in views.items() if name == key}
+        for k, v in mine.items():
+            if v.per_head is not None:  # one head's pieces, the heads on axis per_head
+                axes[k] = _head_label(v.layout, infos, v.per_head)
+                for root in {c[0] for c, _ in v.layout if isinstance(c, tuple)}:
+                    infos[root].params.append(f"{key}[{k}]")
+        mine = {k: v for k, v in mine.items() if v.per_head is None}
         for k in (k for k, v in mine.items() if isinstance(v.layout, list)):
             # an axis that reads the heads run after run (each head's run fixed): spans
             axes[k] = _span_label(mine[k].layout, infos, mine[k])
@@ -630,7 +663,8 @@ class _View:
     """How one parameter axis reads a family of heads (:func:`_merge_heads`).
 
     ``layout`` is a tuple (one head's pieces, or one query head's where ``group`` > 1: the
-    axis viewed as ``(heads, one head)``, ``(heads, query heads, one query head)`` or, where
+    axis viewed as ``(heads, one head)``; where ``per_head`` is an axis, a stacked parameter's
+    axis that is one head's pieces, the heads being that axis; or ``(heads, one head)``, ``(heads, query heads, one query head)`` or, where
     ``tiled``, ``(query heads, heads, one query head)``), a list (the spans of
     :func:`_head_spans`: no view) or ``None`` (the axis is the heads themselves, one value per
     head: :func:`_heads_axis`); ``heads`` is the root of the heads' space (one neuron per
@@ -643,6 +677,7 @@ class _View:
     group: int = 1
     queries: Any = None
     tiled: bool = False
+    per_head: int | None = None
 
     @property
     def extra(self) -> int:
@@ -687,8 +722,23 @@ def _read_heads(
             return None
         tiled = ways.pop()
     found: dict = {}
+    # a stacked parameter's axis read per head (stacked.adopt): one head's layout, the heads
+    # the parameter's own heads axis
+    mine = {s.id: s for s in fam.splits}
+    adopted = {(key, j): (i, sid) for key, i, j, sid, _ in p.adopted}
+    for (key, j), (i, sid) in adopted.items():
+        if sid not in mine:
+            continue
+        atoms = [x for chunk in fam.chunks(mine[sid]) for x in sol.label_atoms(chunk)]
+        per_head = _per_head(sol, atoms, tags, at, count)
+        layouts = [_layout(pieces) for pieces in per_head or ()]
+        if not layouts or any(x != layouts[0] for x in layouts):
+            return None
+        found[(key, j)] = _View(count, layouts[0], per_head=i)
     for key, param in p.params.items():
         for k, lab in enumerate(param.axes):
+            if (key, k) in adopted:
+                continue
             atoms = sol.label_atoms(lab) if lab else []
             direct = _heads_axis(sol, fam, atoms)
             if direct is None:

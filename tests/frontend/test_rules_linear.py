@@ -9,6 +9,7 @@ from torch import nn
 
 import nfncompile as nfc
 from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.spec import Inner
 from nfncompile.testing import assert_equivariant
 from tests.frontend.helpers import TwoLinear, model_, spaces_, x_
 
@@ -393,10 +394,20 @@ def test_grouped_mm_ties_contracted_axes_and_keeps_its_weights_columns(batched):
     model = GroupedExperts(batched)
     spec, report = trace_with_report(model, torch.randn(7, 5))
     assert report.verification.ok and not report.probes
-    assert spec["w1"].axes == (None, "w1", "inp") and spec["w2"].axes == (None, "inp", "w1")
-    # the experts stay: the routing reads their positions, and grouped_mm meets its groups
-    # of rows with the weight's matrices by position (or, batched, the gate's)
-    assert spec["router.weight"].axes == (None, "inp")
+    if batched:
+        # every expert on every token, weighted by the gate: the experts move with the
+        # router's outputs, each expert's 16 hidden units on their own (stacked weights,
+        # frontend.stacked). Before: the experts stayed and shared one permutation
+        inner = Inner("w1", 0)
+        assert spec["w1"].axes == ("w1.head", inner, "inp")
+        assert spec["w2"].axes == ("w1.head", "inp", inner)
+        assert spec["router.weight"].axes == ("w1.head", "inp")
+        assert spec.block_shape("w1") == (3, 16)
+    else:
+        assert spec["w1"].axes == (None, "w1", "inp") and spec["w2"].axes == (None, "inp", "w1")
+        # the experts stay: the routing reads their positions, and grouped_mm meets its
+        # groups of rows with the weight's matrices by position
+        assert spec["router.weight"].axes == (None, "inp")
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import stacked
 from ..labels import UNIFORM, Label, Prod, TensorLabels
 from .registry import (
     Unsupported,
@@ -158,11 +159,18 @@ def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         x = TensorLabels((1, *x.shape), (None, *x.labels))
     if column:
         y = TensorLabels((*y.shape, 1), (*y.labels, None))
+    # a stacked parameter ((members, in, out): an ensemble's or the experts' weights): its
+    # batch axis the heads of its output columns
+    y, seeded = _stacked(a, y, y.ndim - 1) if not column else (y, False)
+    if not seeded and not row:
+        x, _ = _stacked(a, x, x.ndim - 2)
     a.tie(x.labels[-1], y.labels[-2], "matmul contracts neurons with positions")
     bx = TensorLabels(x.shape[:-2], x.labels[:-2])
     by = TensorLabels(y.shape[:-2], y.labels[:-2])
     shape = a.out_shape()
-    batch = a.broadcast([bx, by], shape[: len(shape) - 2 + row + column], batch=True)
+    # the heads (a seeded operand's, else the first's) label the output's batch dim
+    both = [by, bx] if seeded else [bx, by]
+    batch = a.broadcast(both, shape[: len(shape) - 2 + row + column], batch=True)
     rows = () if row else (x.labels[-2],)
     # x @ self.weight: the output neurons are the weight's axis, named after its module; a
     # flattened product of columns is carried through as the rows are (peft's conv DoRA:
@@ -174,7 +182,23 @@ def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(shape, batch.labels + rows + out)
 
 
+def _stacked(a: SymmetryAnalysis, t: TensorLabels, axis: int) -> tuple[TensorLabels, bool]:
+    """``t`` with its one batch dim of more than one position and its dim ``axis`` relabelled
+    as a stacked parameter's heads and per-head dims (:func:`.stacked.seed`), and whether they
+    were (``t`` unchanged where it is no such parameter)."""
+    batch = [d for d in range(t.ndim - 2) if t.shape[d] > 1]
+    if t.ndim < 3 or len(batch) != 1:
+        return t, False
+    got = stacked.seed(a, t.labels[batch[0]], t.labels[axis])
+    if got is None:
+        return t, False
+    labels = list(t.labels)
+    labels[batch[0]], labels[axis] = got
+    return TensorLabels(t.shape, tuple(labels)), True
+
+
 @register_function(torch._grouped_mm, *([F.grouped_mm] if hasattr(F, "grouped_mm") else []))
+@structured
 def _grouped_mm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """``grouped_mm(mat_a, mat_b, offs=offs)`` (a mixture of experts' dispatch, Hugging Face's
     ``grouped_mm`` experts): ``mat_a``'s rows, cut into groups at ``offs``, each times its
@@ -280,10 +304,13 @@ def _einsum(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     shape = a.out_shape()
     if out is None or len(out) != len(shape):
         raise Unsupported(f"einsum equation {equation!r} does not fit its output")
+    ops, first = _einsum_stacked(a, terms, ops, out)
     dims: dict = {}
     for term, op in zip(terms, ops):
         for k, lab, n in zip(term, op.labels, op.shape):
             dims.setdefault(k, []).append(TensorLabels((n,), (lab,)))
+    for k, lab in first.items():  # a seeded operand's heads label the output's heads dim
+        dims[k].sort(key=lambda t: t.labels[0] != lab)
     reason = "einsum indexes neurons together with positions"
     # every letter, summed ones too: its dims tied as an elementwise op ties them; a letter of
     # every operand and the output is a batch dim, as a matmul's (attention's heads)
@@ -293,6 +320,32 @@ def _einsum(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         for k, ts in dims.items()
     }
     return TensorLabels(shape, tuple(merged[k] for k in out))
+
+
+def _einsum_stacked(a: SymmetryAnalysis, terms: list, ops: list, out: list) -> tuple[list, dict]:
+    """The operands with a stacked parameter's heads and per-head dims seeded
+    (:func:`.stacked.seed`): an operand's last letter that the output keeps and no other
+    operand has is its dims (XLNet's ``hnd``: ``d``), its one other letter of more than one
+    position that the output keeps its heads (``n``). Returns the operands and, per seeded
+    heads letter, its heads label."""
+    ops, first = list(ops), {}
+    for i, (term, op) in enumerate(zip(terms, ops)):
+        others = [k for j, t in enumerate(terms) if j != i for k in t]
+        own = [k for k in term if k in out and k not in others]
+        if not own or op.ndim < 2:
+            continue
+        d = term.index(own[-1])
+        heads = [h for h, k in enumerate(term) if k in out and h != d and op.shape[h] > 1]
+        if len(heads) != 1 or term.count(term[heads[0]]) != 1:
+            continue
+        got = stacked.seed(a, op.labels[heads[0]], op.labels[d])
+        if got is None:
+            continue
+        labels = list(op.labels)
+        labels[heads[0]], labels[d] = got
+        ops[i] = TensorLabels(op.shape, tuple(labels))
+        first[term[heads[0]]] = got[0]
+    return ops, first
 
 
 @register_function(torch.tensordot)

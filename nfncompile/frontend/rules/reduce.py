@@ -97,8 +97,9 @@ def _reduce(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 def _neuron_index(a: SymmetryAnalysis, label: Any) -> Any:
     """``label`` where positions along it can be values that index its neurons (plain, no
-    heads), else ``None``."""
-    if isinstance(label, tuple) and is_plain(label) and not a.is_heads(label):
+    attention heads), else ``None``."""
+    heads = a.is_heads(label) and not a.is_stacked(label)  # an ensemble's members are neurons
+    if isinstance(label, tuple) and is_plain(label) and not heads:
         return label
     a.hold_heads(label)
     return None

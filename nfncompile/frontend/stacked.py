@@ -1,0 +1,202 @@
+"""Stacked weights: a parameter with an axis per head, ensemble member or expert.
+
+An ensemble written with stacked weights (``x @ W`` with ``W`` of shape ``(members, in,
+out)``, EDAC's and REDQ's critics, a ``torch.func.stack_module_state`` ensemble), a mixture of
+experts whose experts are one ``(experts, d, hidden)`` tensor, or attention whose projections
+are ``(d_model, heads, d_head)`` tensors read by ``einsum`` (XLNet, Transformer-XL) holds one
+sub-network per index of one axis. Each sub-network's hidden units may permute on their own:
+the exact group moves member ``e``'s units by a permutation of its own (and the members
+themselves as blocks, where nothing meets them in place), which is the reading
+:mod:`~nfncompile.frontend.heads` gives attention heads split out of one projection.
+
+Two steps bring such a parameter into that reading:
+
+* :func:`seed`: a product whose operand is a parameter with a batch axis (``matmul``, ``bmm``,
+  ``einsum``) makes its output columns a :class:`~nfncompile.frontend.labels.HeadSplit` of a
+  fresh run of ``members * columns`` neurons, its heads the batch axis: the product's output
+  holds ``(heads, dims)`` as attention's ``view(B, T, H, D)`` does;
+* :func:`adopt`: after the forward, a parameter axis tied whole to a split's dims, whose
+  parameter has another axis tied whole to that split's heads (the stacked weight's own
+  columns, the next layer's stacked rows, a stacked bias ``(members, 1, out)``, XLNet's
+  ``r_w_bias`` of shape ``(heads, d_head)``), is read per head: it becomes the dims of a split
+  of its own (a fresh run standing for its ``heads x dims`` entries), so that a tie with the
+  other split's dims ties them head by head instead of tying every head's to one.
+
+Where the heads cannot move as blocks, or an op reads the dims across heads, the splits fall
+back to the conservative reading (one permutation for every head's dims), as before.
+
+Examples
+--------
+>>> import torch
+>>> from torch import nn
+>>> import nfncompile as nfc
+>>> class Ensemble(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.w1 = nn.Parameter(torch.randn(3, 4, 5))
+...         self.w2 = nn.Parameter(torch.randn(3, 5, 2))
+...     def forward(self, x):
+...         return (torch.relu(x @ self.w1) @ self.w2).mean(0)
+>>> spec = nfc.trace(Ensemble(), torch.randn(6, 4), channel_dim=-1)
+>>> spec["w1"].axes
+('w1.head', 'in', Inner('w1', 0))
+>>> spec.block_shape("w1")  # each member's 5 hidden units permute on their own
+(3, 5)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .labels import HeadSplit, Seg, Tie
+
+if TYPE_CHECKING:
+    from .analysis import SymmetryAnalysis
+
+__all__ = ["seed", "adopt", "whole_run"]
+
+
+def whole_run(a: SymmetryAnalysis, label: Any) -> int | None:
+    """The run ``label`` is, whole and of single positions; else ``None``."""
+    if not isinstance(label, tuple) or len(label) != 1:
+        return None
+    (s,) = label
+    return s.run if s.offset == 0 and s.inner == 1 and s.length == a.runs[s.run].size else None
+
+
+def seed(a: SymmetryAnalysis, heads: Any, dims: Any) -> tuple | None:
+    """The ``(heads, dims)`` labels of a product's output whose operand is a stacked
+    parameter: its batch axis labelled ``heads`` and its output columns ``dims`` (each one
+    whole parameter axis). Records a split of a fresh run of ``len(heads) * len(dims)``
+    neurons (named after the parameter's module) into one chunk per head and ties the
+    parameter's axes to it; returns ``None`` (nothing recorded) where the axes are not two
+    whole parameter axes of more than one position each."""
+    hr, dr = whole_run(a, heads), whole_run(a, dims)
+    if hr is None or dr is None or not {hr, dr} <= a.param_runs:
+        return None
+    count, width = a.runs[hr].size, a.runs[dr].size
+    if count < 2 or width < 2:
+        return None
+    # named after the parameter (``w1``), or its module where it is a module's ``weight``
+    origin = a.runs[dr].origin.rsplit(".", 1)[0].removesuffix(".weight")
+    flat = a.new_run(count * width, "neuron", origin)
+    chunks = [a.slice_label(flat, k * width, (k + 1) * width) for k in range(count)]
+    split = a.split_heads(chunks, stacked=True)
+    if split is None:
+        return None
+    (h,), (d,) = split
+    a.tie(heads, (h,))
+    a.tie(dims, (d,))
+    return (h,), (d,)
+
+
+def adopt(a: SymmetryAnalysis) -> None:
+    """Read every parameter axis that stands for a split's dims per head (see the module
+    docstring): a new split per such axis, its dims the axis's run, its chunks a fresh run,
+    its heads a fresh run tied to the parameter's heads axis. Runs once per analysis."""
+    if a.adopted is not None:
+        return
+    a.adopted = []
+    whole = _whole_ties(a)
+    classes = _classes(a, whole)
+    axes = _param_axes(a)
+    done: set = set()
+    changed = True
+    while changed:  # an adopted axis's own ties may adopt another parameter's
+        changed = False
+        for split in list(a.head_splits):
+            for run in whole.get(split.dims, ()):
+                for key, j, i in _stacked_axes(run, split, classes, axes):
+                    if (key, j) in done:
+                        continue
+                    done.add((key, j))
+                    changed |= _adopt_axis(a, key, i, j, split, classes)
+
+
+def _whole_ties(a: SymmetryAnalysis) -> dict:
+    """Run -> the runs a tie joins it to whole, position by position."""
+    out: dict = {}
+    for t in a.ties:
+        if t.a_off or t.b_off or t.a == t.b:
+            continue
+        if t.length == a.runs[t.a].size == a.runs[t.b].size:
+            out.setdefault(t.a, []).append(t.b)
+            out.setdefault(t.b, []).append(t.a)
+    return out
+
+
+def _classes(a: SymmetryAnalysis, whole: dict) -> dict:
+    """Run -> a representative of the runs whole ties join it to (its class)."""
+    rep: dict = {}
+    for start in whole:
+        if start in rep:
+            continue
+        stack = [start]
+        rep[start] = start
+        while stack:
+            r = stack.pop()
+            for other in whole[r]:
+                if other not in rep:
+                    rep[other] = start
+                    stack.append(other)
+    return rep
+
+
+def _param_axes(a: SymmetryAnalysis) -> dict:
+    """Run -> ``(key, axis, runs)`` of every parameter (not viewed) one of whose axes is that
+    run whole, ``runs`` the whole run of each of its axes (``None`` where none is)."""
+    out: dict = {}
+    for key, p in a.params.items():
+        if p.view is not None:
+            continue
+        runs = [whole_run(a, lab) for lab in p.axes]
+        for j, r in enumerate(runs):
+            if r is not None and runs.count(r) == 1:
+                out.setdefault(r, []).append((key, j, runs))
+    return out
+
+
+def _stacked_axes(run: int, split: HeadSplit, classes: dict, axes: dict) -> list:
+    """``(key, dims axis, heads axis)`` of the parameters (``axes``: :func:`_param_axes`)
+    whose axis is ``run`` whole and that have one other axis tied whole to ``split``'s
+    heads."""
+    heads = classes.get(split.heads)
+    out = []
+    for key, j, runs in axes.get(run, ()) if heads is not None else ():
+        at = [i for i, r in enumerate(runs) if i != j and r is not None and classes.get(r) == heads]
+        if len(at) == 1:
+            out.append((key, j, at[0]))
+    return out
+
+
+def _adopt_axis(
+    a: SymmetryAnalysis, key: str, i: int, j: int, split: HeadSplit, classes: dict
+) -> bool:
+    """Make axis ``j`` of ``key`` the dims of a new split whose heads are axis ``i``'s (its
+    heads run joins that axis's class in ``classes``)."""
+    runs = [whole_run(a, lab) for lab in a.params[key].axes]
+    hr, dr = runs[i], runs[j]
+    if a.split_runs.get(dr, (0, ""))[1] == "dims":
+        return False
+    count, width = a.runs[hr].size, a.runs[dr].size
+    if count != len(split.chunks) or count < 2:
+        return False
+    op, node = a.op, a.node
+    a.op, a.node = split.op, None
+    try:
+        flat = a.new_run(count * width, "param", f"{key}.d{j}")
+        (heads,) = a.new_run(count, "heads", f"{key} (heads)")
+    finally:
+        a.op, a.node = op, node
+    chunks = tuple((Seg(flat[0].run, k * width, width),) for k in range(count))
+    new = HeadSplit(len(a.head_splits), split.op, split.node, chunks, heads.run, dr, True)
+    a.head_splits.append(new)
+    a.split_runs[heads.run] = (new.id, "heads")
+    a.split_runs[dr] = (new.id, "dims")
+    # the parameter's own axis reads the heads whole: a tensor holding its dims beside it
+    # holds one whole heads dim (head_checks)
+    a.split_runs.setdefault(hr, (new.id, "heads"))
+    a.ties.append(Tie(heads.run, 0, hr, 0, count, split.op, split.node))
+    classes[heads.run] = classes[hr]
+    a.adopted.append((key, i, j, new.id, split.id))
+    return True

@@ -1,0 +1,223 @@
+"""nfncompile.frontend.stacked: a parameter with an axis per member, expert or head.
+
+Every case is checked against the real network (the report's verification draws random
+elements of the derived group, float64), and the larger groups once more by hand: members'
+units moved member by member leave the function as it is, and undoing one member's move in
+one layer only changes it. Where the members are read across (their units summed, their
+outputs kept apart, their inputs different data), the reading falls back to one permutation
+for every member's units, as before.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import nfncompile as nfc
+from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.spec import Inner, Permutation
+from nfncompile.testing import assert_equivariant
+from tests.frontend.helpers import model_, x_
+
+
+class _Stacked(nn.Module):
+    """One layer of ``members`` linear maps: ``x @ weight + bias``, weight ``(members, in,
+    out)`` (EDAC's and SAC-N's ``VectorizedLinear``)."""
+
+    def __init__(self, i: int, o: int, members: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(members, i, o) / math.sqrt(i))
+        self.bias = nn.Parameter(torch.randn(members, 1, o) / 4)
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+class _Critic(nn.Module):
+    """An ensemble of 3 critics ``5 -> 8 -> 8 -> 1`` with stacked weights; the input repeated
+    for every member; ``reduce`` their outputs (``"mean"``, ``"min"``) or keep them apart
+    (``"none"``), or ``"mixed"``: the first layer's units averaged over the members, then one
+    shared head."""
+
+    def __init__(self, reduce: str = "mean", members: int = 3) -> None:
+        super().__init__()
+        self.reduce, self.members = reduce, members
+        self.net = nn.Sequential(
+            _Stacked(5, 8, members), nn.ReLU(), _Stacked(8, 8, members), nn.ReLU(),
+            _Stacked(8, 1, members),
+        )  # fmt: skip
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = x.unsqueeze(0).repeat_interleave(self.members, dim=0)
+        if self.reduce == "mixed":
+            return self.head(self.net[1](self.net[0](x)).mean(0))
+        y = self.net(x).squeeze(-1)
+        if self.reduce == "mean":
+            return y.mean(0)
+        return y.min(0).values if self.reduce == "min" else y
+
+
+def _one_member(spec, space: str, member: int = 0):
+    """The element that moves only ``member``'s units of block space ``space`` (rolled by
+    one), every other member's and every other space's in place: one that no single
+    permutation for every member's units makes."""
+    count, k = spec.block_shape(space)
+    perm = torch.arange(count * k)
+    perm[member * k : (member + 1) * k] = perm[member * k : (member + 1) * k].roll(1)
+    return Permutation(spec, {space: perm})
+
+
+@pytest.mark.parametrize("reduce", ["mean", "min"])
+def test_an_ensembles_stacked_weights_give_each_member_its_own_units(reduce):
+    # before: the members' axis a space, their units one permutation for every member
+    model = model_(lambda: _Critic(reduce)).double()
+    x = x_(4, 5).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not report.broken
+    h0, h2, heads = Inner("net.0", 0), Inner("net.2", 0), "net.0.head"
+    assert spec["net.0.weight"].axes == (heads, "in", h0)
+    assert spec["net.0.bias"].axes == (heads, None, h0)
+    assert spec["net.2.weight"].axes == (heads, h0, h2)
+    assert spec["net.4.weight"].axes == (heads, h2, None)
+    assert spec.block_shape("net.0") == spec.block_shape("net.2") == (3, 8)
+    assert spec.spaces["net.0.head"].blocks == spec.spaces["net.0"].blocks
+    for space, reader in (("net.0", "net.2.weight"), ("net.2", "net.4.weight")):
+        perm = _one_member(spec, space)
+        moved = perm.apply_state_dict(model.state_dict())
+        torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
+        # the next layer's rows left in place: that member reads its units unmoved
+        moved[reader] = model.state_dict()[reader]
+        assert (torch.func.functional_call(model, moved, (x,)) - model(x)).abs().max() > 1e-3
+    for mode in ("np", "hnp"):
+        for basis in ("complete", "linear"):
+            s = spec.with_mode(mode)
+            assert_equivariant(nfc.NFLinear(s, 1, 2, basis=basis).double(), s, trials=2)
+
+
+def test_members_whose_outputs_stay_apart_are_the_outputs():
+    # each member's output is an output neuron of its own: the members stay with them, and
+    # their units keep one permutation for every member (heads an output reads stay in place)
+    model = model_(lambda: _Critic("none")).double()
+    x = x_(4, 5).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not spec.blocks
+    assert spec["net.0.weight"].axes == ("out", "in", "net.0")
+    assert spec["net.2.weight"].axes == ("out", "net.0", "net.2")
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+def test_units_averaged_over_the_members_share_one_permutation():
+    # the first layer's units averaged over the members before a shared head: unit j of
+    # every member meets the head's column j, so one permutation moves every member's
+    model = model_(lambda: _Critic("mixed")).double()
+    x = x_(4, 5).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not spec.blocks
+    members, _, units = spec["net.0.weight"].axes
+    assert spec["head.weight"].axes == ("out", units) and spec.spaces[units].size == 8
+    assert spec["net.0.bias"].axes == (members, None, units)
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _OwnData(nn.Module):
+    """Stacked weights, each member reading its own slice of the input ``(members, B, 5)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = _Stacked(5, 6, 3), _Stacked(6, 2, 3)
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x))).sum(0)
+
+
+def test_members_reading_their_own_data_stay_in_place():
+    # member e reads x[e]: the members cannot move, and one axis cannot index a space per
+    # member in place, so their units keep one permutation for every member
+    model = model_(_OwnData).double()
+    x = x_(3, 4, 5).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not spec.blocks
+    assert spec["l1.weight"].axes == (None, "in", "l1") and spec["l2.weight"].axes[:2] == (
+        None,
+        "l1",
+    )
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _EinsumAttention(nn.Module):
+    """XLNet's and Transformer-XL's attention: projections stored ``(d_model, heads,
+    d_head)`` and read by ``einsum``, a bias per head ``(heads, d_head)`` added to the
+    queries (``r_w_bias``), the output projected back by ``einsum`` too."""
+
+    def __init__(self, d: int = 8, heads: int = 2, dh: int = 3) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (
+            nn.Parameter(torch.randn(d, heads, dh) / d**0.5) for _ in range(4)
+        )
+        self.r_w_bias = nn.Parameter(torch.randn(heads, dh) / 4)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x):  # x: (length, batch, d)
+        q, k, v = (torch.einsum("ibh,hnd->ibnd", x, w) for w in (self.q, self.k, self.v))
+        scores = torch.einsum("ibnd,jbnd->bnij", q + self.r_w_bias, k)
+        y = torch.einsum("bnij,jbnd->ibnd", scores.softmax(-1), v)
+        return self.norm(x + torch.einsum("ibnd,hnd->ibh", y, self.o))
+
+
+def test_projections_stored_per_head_give_each_head_its_own_features():
+    # before: the heads a space, and each of q/k's and v's features one permutation for
+    # every head
+    model = model_(_EinsumAttention).double()
+    x = x_(5, 2, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not report.broken
+    (qk, v), heads = ((spec["q"].axes[2].space, spec["v"].axes[2].space), spec["q"].axes[1])
+    (stream,) = spec["norm.weight"].axes  # the residual stream: the input's features
+    assert spec["q"].axes == spec["k"].axes == (stream, heads, Inner(qk, 1))
+    assert spec["v"].axes == spec["o"].axes == (stream, heads, Inner(v, 1))
+    assert spec["r_w_bias"].axes == (heads, Inner(qk, 0))
+    assert spec.block_shape(qk) == spec.block_shape(v) == (2, 3)
+    perm = _one_member(spec, v, member=1)
+    moved = perm.apply_state_dict(model.state_dict())
+    torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
+    moved["o"] = model.o.detach()
+    assert (torch.func.functional_call(model, moved, (x,)) - model(x)).abs().max() > 1e-3
+    for basis in ("complete", "linear"):
+        assert_equivariant(nfc.NFLinear(spec, 1, 2, basis=basis).double(), spec, trials=2)
+
+
+class _BiasPerHead(nn.Module):
+    """Attention whose queries, viewed ``(B, T, heads, d_head)``, get a bias per head
+    ``(heads, d_head)`` (Transformer-XL's ``r_w_bias`` on a fused projection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(4, 4) for _ in range(4))
+        self.rwb = nn.Parameter(torch.randn(2, 2))
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = (f(x).view(b, t, 2, 2) for f in (self.q, self.k, self.v))
+        q, k, v = ((q + self.rwb).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        y = (q @ k.transpose(-1, -2)).softmax(-1) @ v
+        return self.o(y.transpose(1, 2).reshape(b, t, c))
+
+
+def test_a_bias_per_head_keeps_each_heads_queries_their_own():
+    # before: the bias read every head's query features as one space, q's heads shared it
+    model = model_(_BiasPerHead).double()
+    x = x_(2, 3, 4).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not report.broken
+    assert spec["rwb"].axes == ("q.head", Inner("q", 0))
+    assert spec.block_shape("q") == spec.block_shape("v") == (2, 2)
+    perm = _one_member(spec, "q", member=1)
+    moved = perm.apply_state_dict(model.state_dict())
+    torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
+    moved["rwb"] = model.rwb.detach()
+    assert (torch.func.functional_call(model, moved, (x,)) - model(x)).abs().max() > 1e-3
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
