@@ -1093,9 +1093,13 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     self.fix(lab, mixed)
                 labels.append(None)
             elif found:
-                for lab in found[1:]:
-                    self.tie(found[0], lab)
-                labels.append(found[0])
+                # attention heads (a stacked weight's members) label the output where they
+                # meet a weight per head (``self.bias + x @ W``), so it holds them whole
+                first = next((lab for lab in found if self.is_heads(lab)), found[0])
+                for lab in found:
+                    if lab is not first:
+                        self.tie(first, lab)
+                labels.append(first)
             else:
                 labels.append(UNIFORM if uniform and not plain else None)
         return TensorLabels(tuple(shape), tuple(labels))

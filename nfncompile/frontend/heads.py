@@ -449,6 +449,14 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
     # dims, an ensemble's last layer whose outputs the members' mean reads) may take the
     # family's places too: its heads move with the family's where no op reads them in place
     loose = set()
+    # an ensemble's members an input or output holds (each member's output) may still move:
+    # they are its neurons (spaces._read_heads)
+    outputs = {
+        seg.run
+        for io in p.inputs + p.outputs if io
+        for lab in io[1][1] if isinstance(lab, tuple)
+        for seg in lab
+    }  # fmt: skip
     places: dict = {}
     for s in p.splits:
         if ("heads", s.id) in fallen and ("shared", s.id) not in fallen:
@@ -477,7 +485,8 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
             or any(sol.atoms[i][0] not in heads_runs | loose
                    and not (per_head and p.runs[sol.atoms[i][0]]["kind"] in _PER_HEAD)
                    for r in roots for i in sol.classes.get(r, []))
-            or any(s.heads in p.labelled or s.heads in p.heads_held for s in splits)
+            or any((s.heads in p.labelled and not (s.stacked and s.heads in outputs))
+                   or s.heads in p.heads_held for s in splits)
             or any(sol.atoms[i][0] in (p.labelled | p.heads_held) & loose
                    for r in roots for i in sol.classes.get(r, []))
             or any(pinned(s) for s in splits)

@@ -637,7 +637,10 @@ def _merge_heads(
                 origins=sorted({p.runs[r]["origin"] for r, _, _ in members}),
                 ops=list(dict.fromkeys(s.op for s in fam.splits)),
             )  # fmt: skip
-            infos[fam.root] = space(f"{base}.head", count)
+            # a stacked parameter's members that an output holds are its neurons (:func:`_read_heads`)
+            role = sol.roles.get(fam.root, "hidden")
+            name = {"input": "in", "output": "out"}.get(role, f"{base}.head")
+            infos[fam.root] = space(name, count, role=role)
             roots.insert(0, fam.root)
             # the query heads inside their blocks: a space keyed after the heads' (it has no
             # root of the solution's: the heads runs' class is the heads')
@@ -775,8 +778,11 @@ def _read_heads(
                 return None
     for lab in io:
         atoms = sol.label_atoms(lab)
-        if _heads_axis(sol, fam, atoms) is not False:
-            return None  # an input or output holds a value per head
+        held = _heads_axis(sol, fam, atoms)
+        # an input or output holds a value per head: only an ensemble's members may be its
+        # neurons (each member's output), attention heads stay in place
+        if held is None or (held and not all(s.stacked for s in fam.splits)):
+            return None
         if _head_pattern(sol, atoms, tags, at, count) != 0:
             return None
     return found

@@ -123,13 +123,24 @@ def test_heads_whose_dims_one_norm_shares_still_move_as_blocks():
         assert_equivariant(nfc.NFLinear(spec, 1, 2, basis=basis).double(), spec, trials=2)
 
 
-def test_scores_mixed_across_heads_keep_the_values_per_head_only_where_aligned():
-    spec, report = trace_with_report(model_(lambda: _Heads("talking")), x_(2, 5, 8), channel_dim=-1)
+def test_scores_mixed_across_heads_keep_the_values_per_head():
+    # talking heads: the scores mixed across heads by a layer whose outputs are the heads
+    # that read the values. Each head's values still permute on their own, and the values'
+    # heads move as blocks with that layer's output rows (q's and k's heads stay in place).
+    # Before: the values' heads one permutation for both (the mixed scores held them)
+    model = model_(lambda: _Heads("talking")).double()
+    x = x_(2, 5, 8).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok
-    v = _per_head(spec, "v.weight")
-    assert len(set(v)) == 1  # one permutation for both heads (conservative)
-    o = spec["o.weight"]  # its columns: (mixed heads, fixed) x (v's features)
-    assert o.view == (8, 2, 4) and o.axes == ("out", None, v[0])
+    assert len(set(_per_head(spec, "v.weight"))) == 2
+    assert spec["o.weight"].axes == ("out", "v") and spec.block_shape("v") == (2, 4)
+    assert spec["talk.weight"].axes == ("v.head", None)
+    assert spec.spaces["v.head"].blocks == spec.spaces["v"].blocks
+    assert len(set(_per_head(spec, "q.weight"))) == 2  # q's heads in place, per head
+    perm = _moving(spec, "v.heads", torch.Generator().manual_seed(0))
+    moved = copy.deepcopy(model)
+    moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+    torch.testing.assert_close(moved(x), model(x))
 
 
 def test_heads_summed_then_read_position_by_position_share_one_permutation():

@@ -27,32 +27,41 @@ class _Stacked(nn.Module):
     """One layer of ``members`` linear maps: ``x @ weight + bias``, weight ``(members, in,
     out)`` (EDAC's and SAC-N's ``VectorizedLinear``)."""
 
-    def __init__(self, i: int, o: int, members: int) -> None:
+    def __init__(self, i: int, o: int, members: int, how: str = "matmul") -> None:
         super().__init__()
+        self.how = how
         self.weight = nn.Parameter(torch.randn(members, i, o) / math.sqrt(i))
         self.bias = nn.Parameter(torch.randn(members, 1, o) / 4)
 
     def forward(self, x):
+        if self.how == "baddbmm":  # REDQ's
+            return torch.baddbmm(self.bias, x, self.weight)
+        if self.how == "einsum":
+            return self.bias + torch.einsum("ebi,eio->ebo", x, self.weight)
         return x @ self.weight + self.bias
 
 
 class _Critic(nn.Module):
-    """An ensemble of 3 critics ``5 -> 8 -> 8 -> 1`` with stacked weights; the input repeated
-    for every member; ``reduce`` their outputs (``"mean"``, ``"min"``) or keep them apart
+    """An ensemble of 3 critics ``5 -> 8 -> 8 -> 1`` with stacked weights (each layer's
+    product ``how``: ``matmul``, ``baddbmm``, ``einsum``); the input repeated or expanded for
+    every member; ``reduce`` their outputs (``"mean"``, ``"min"``) or keep them apart
     (``"none"``), or ``"mixed"``: the first layer's units averaged over the members, then one
     shared head."""
 
-    def __init__(self, reduce: str = "mean", members: int = 3) -> None:
+    def __init__(self, reduce: str = "mean", members: int = 3, how: str = "matmul") -> None:
         super().__init__()
-        self.reduce, self.members = reduce, members
+        self.reduce, self.members, self.how = reduce, members, how
         self.net = nn.Sequential(
-            _Stacked(5, 8, members), nn.ReLU(), _Stacked(8, 8, members), nn.ReLU(),
-            _Stacked(8, 1, members),
+            _Stacked(5, 8, members, how), nn.ReLU(), _Stacked(8, 8, members, how), nn.ReLU(),
+            _Stacked(8, 1, members, how),
         )  # fmt: skip
         self.head = nn.Linear(8, 2)
 
     def forward(self, x):
-        x = x.unsqueeze(0).repeat_interleave(self.members, dim=0)
+        if self.how == "matmul":
+            x = x.unsqueeze(0).repeat_interleave(self.members, dim=0)
+        else:  # the input expanded for every member
+            x = x.expand(self.members, -1, -1)
         if self.reduce == "mixed":
             return self.head(self.net[1](self.net[0](x)).mean(0))
         y = self.net(x).squeeze(-1)
@@ -71,10 +80,13 @@ def _one_member(spec, space: str, member: int = 0):
     return Permutation(spec, {space: perm})
 
 
-@pytest.mark.parametrize("reduce", ["mean", "min"])
-def test_an_ensembles_stacked_weights_give_each_member_its_own_units(reduce):
-    # before: the members' axis a space, their units one permutation for every member
-    model = model_(lambda: _Critic(reduce)).double()
+@pytest.mark.parametrize(
+    "reduce, how", [("mean", "matmul"), ("min", "matmul"), ("mean", "baddbmm"), ("mean", "einsum")]
+)
+def test_an_ensembles_stacked_weights_give_each_member_its_own_units(reduce, how):
+    # before: the members' axis a space, their units one permutation for every member (with
+    # baddbmm and einsum the expanded input fixed the members too)
+    model = model_(lambda: _Critic(reduce, how=how)).double()
     x = x_(4, 5).double()
     spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok and not report.broken
@@ -98,16 +110,25 @@ def test_an_ensembles_stacked_weights_give_each_member_its_own_units(reduce):
             assert_equivariant(nfc.NFLinear(s, 1, 2, basis=basis).double(), s, trials=2)
 
 
-def test_members_whose_outputs_stay_apart_are_the_outputs():
-    # each member's output is an output neuron of its own: the members stay with them, and
-    # their units keep one permutation for every member (heads an output reads stay in place)
+def test_members_whose_outputs_stay_apart_are_the_output_neurons():
+    # each member's output an output neuron: the members are the output space (moving as
+    # blocks in np, in place in hnp) and each member's units still permute on their own.
+    # Before: the members the outputs, their units one permutation for every member
     model = model_(lambda: _Critic("none")).double()
     x = x_(4, 5).double()
     spec, report = trace_with_report(model, x, channel_dim=-1)
-    assert report.verification.ok and not spec.blocks
-    assert spec["net.0.weight"].axes == ("out", "in", "net.0")
-    assert spec["net.2.weight"].axes == ("out", "net.0", "net.2")
-    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+    assert report.verification.ok and not report.broken
+    h0 = Inner("net.0", 0)
+    assert spec["net.0.weight"].axes == ("out", "in", h0)
+    assert spec["net.2.weight"].axes == ("out", h0, Inner("net.2", 0))
+    assert spec.spaces["out"].blocks == spec.spaces["net.0"].blocks
+    assert not spec.with_mode("hnp").blocks[spec.spaces["out"].blocks].permutable
+    perm = _one_member(spec, "net.0", member=2)
+    moved = perm.apply_state_dict(model.state_dict())
+    torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
+    for mode in ("np", "hnp"):
+        s = spec.with_mode(mode)
+        assert_equivariant(nfc.NFLinear(s, 1, 2).double(), s, trials=2)
 
 
 def test_units_averaged_over_the_members_share_one_permutation():
@@ -194,22 +215,25 @@ class _BiasPerHead(nn.Module):
     """Attention whose queries, viewed ``(B, T, heads, d_head)``, get a bias per head
     ``(heads, d_head)`` (Transformer-XL's ``r_w_bias`` on a fused projection)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: bool = False) -> None:
         super().__init__()
+        self.first = first  # the bias first in the sum
         self.q, self.k, self.v, self.o = (nn.Linear(4, 4) for _ in range(4))
         self.rwb = nn.Parameter(torch.randn(2, 2))
 
     def forward(self, x):
         b, t, c = x.shape
         q, k, v = (f(x).view(b, t, 2, 2) for f in (self.q, self.k, self.v))
-        q, k, v = ((q + self.rwb).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        q = self.rwb + q if self.first else q + self.rwb
+        q, k, v = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         y = (q @ k.transpose(-1, -2)).softmax(-1) @ v
         return self.o(y.transpose(1, 2).reshape(b, t, c))
 
 
-def test_a_bias_per_head_keeps_each_heads_queries_their_own():
+@pytest.mark.parametrize("first", [False, True])
+def test_a_bias_per_head_keeps_each_heads_queries_their_own(first):
     # before: the bias read every head's query features as one space, q's heads shared it
-    model = model_(_BiasPerHead).double()
+    model = model_(lambda: _BiasPerHead(first)).double()
     x = x_(2, 3, 4).double()
     spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok and not report.broken

@@ -263,12 +263,16 @@ def _cdist(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 @register_function(torch.addmm, torch.baddbmm)
 @register_method("addmm", "baddbmm")
+@structured
 def _addmm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """``beta * input + alpha * (x @ y)``: a matmul, added to ``input`` elementwise."""
     inp = arg(args, kwargs, 0, "input")
     x = arg(args, kwargs, 1, "mat1", kwargs.get("batch1"))
     y = arg(args, kwargs, 2, "mat2", kwargs.get("batch2"))
-    return a.broadcast([inp, _matmul(a, (x, y), {})])
+    product = _matmul(a, (x, y), {})
+    # a stacked weight's product (REDQ's ``baddbmm(bias, x, W)``): its heads label the sum
+    heads = any(a.is_heads(lab) for lab in product.labels)
+    return a.broadcast([product, inp] if heads else [inp, product])
 
 
 @register_function(torch.outer, torch.ger)
@@ -279,6 +283,7 @@ def _outer(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 
 @register_function(torch.einsum)
+@structured
 def _einsum(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     """``torch.einsum(equation, *operands)``: the dims one index letter names are one index
     map, so their labels are tied (as an elementwise op ties them: a one-sized dim broadcasts,
@@ -288,6 +293,12 @@ def _einsum(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
     if not isinstance(equation, str) or not all(isinstance(o, TensorLabels) for o in ops):
         raise Unsupported("einsum in the sublist format or with a non-tensor operand")
+    # a flattened product is fixed; a uniform dim (an input expanded for every ensemble
+    # member) imposes nothing on the dims it meets
+    ops = [
+        TensorLabels(o.shape, tuple(a.plain_label(lab, uniform=True) for lab in o.labels))
+        for o in ops
+    ]
     lhs, arrow, rhs = equation.replace(" ", "").partition("->")
     terms = [_einsum_tokens(t, op.ndim) for t, op in zip(lhs.split(","), ops)]
     if len(terms) != len(ops) or any(t is None for t in terms):
