@@ -80,16 +80,31 @@ def _one_member(spec, space: str, member: int = 0):
     return Permutation(spec, {space: perm})
 
 
+def _traced(factory, *shape: int) -> tuple:
+    """``(model, x, spec)``: ``factory()``'s model in float64 on a seeded input of ``shape``,
+    traced with its features last; the report's verification holds and nothing broke."""
+    model, x = model_(factory).double(), x_(*shape).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not report.broken
+    return model, x, spec
+
+
+def _moves_one_member(model, x, spec, space: str, member: int, reader: str) -> None:
+    """Moving only ``member``'s units of ``space`` leaves the function as it is; leaving
+    ``reader`` (a weight that reads them) unmoved then changes it."""
+    moved = _one_member(spec, space, member).apply_state_dict(model.state_dict())
+    torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
+    moved[reader] = model.state_dict()[reader]
+    assert (torch.func.functional_call(model, moved, (x,)) - model(x)).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize(
     "reduce, how", [("mean", "matmul"), ("min", "matmul"), ("mean", "baddbmm"), ("mean", "einsum")]
 )
 def test_an_ensembles_stacked_weights_give_each_member_its_own_units(reduce, how):
     # before: the members' axis a space, their units one permutation for every member (with
     # baddbmm and einsum the expanded input fixed the members too)
-    model = model_(lambda: _Critic(reduce, how=how)).double()
-    x = x_(4, 5).double()
-    spec, report = trace_with_report(model, x, channel_dim=-1)
-    assert report.verification.ok and not report.broken
+    model, x, spec = _traced(lambda: _Critic(reduce, how=how), 4, 5)
     h0, h2, heads = Inner("net.0", 0), Inner("net.2", 0), "net.0.head"
     assert spec["net.0.weight"].axes == (heads, "in", h0)
     assert spec["net.0.bias"].axes == (heads, None, h0)
@@ -97,13 +112,11 @@ def test_an_ensembles_stacked_weights_give_each_member_its_own_units(reduce, how
     assert spec["net.4.weight"].axes == (heads, h2, None)
     assert spec.block_shape("net.0") == spec.block_shape("net.2") == (3, 8)
     assert spec.spaces["net.0.head"].blocks == spec.spaces["net.0"].blocks
-    for space, reader in (("net.0", "net.2.weight"), ("net.2", "net.4.weight")):
-        perm = _one_member(spec, space)
-        moved = perm.apply_state_dict(model.state_dict())
-        torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
-        # the next layer's rows left in place: that member reads its units unmoved
-        moved[reader] = model.state_dict()[reader]
-        assert (torch.func.functional_call(model, moved, (x,)) - model(x)).abs().max() > 1e-3
+    # the next layer's rows left in place: that member reads its units unmoved (under a
+    # min, a member that is the least for some input)
+    member = int(model.net(x.expand(3, -1, -1)).squeeze(-1).argmin(0)[0])
+    _moves_one_member(model, x, spec, "net.0", member, "net.2.weight")
+    _moves_one_member(model, x, spec, "net.2", member, "net.4.weight")
     for mode in ("np", "hnp"):
         for basis in ("complete", "linear"):
             s = spec.with_mode(mode)
@@ -114,18 +127,13 @@ def test_members_whose_outputs_stay_apart_are_the_output_neurons():
     # each member's output an output neuron: the members are the output space (moving as
     # blocks in np, in place in hnp) and each member's units still permute on their own.
     # Before: the members the outputs, their units one permutation for every member
-    model = model_(lambda: _Critic("none")).double()
-    x = x_(4, 5).double()
-    spec, report = trace_with_report(model, x, channel_dim=-1)
-    assert report.verification.ok and not report.broken
+    model, x, spec = _traced(lambda: _Critic("none"), 4, 5)
     h0 = Inner("net.0", 0)
     assert spec["net.0.weight"].axes == ("out", "in", h0)
     assert spec["net.2.weight"].axes == ("out", h0, Inner("net.2", 0))
     assert spec.spaces["out"].blocks == spec.spaces["net.0"].blocks
     assert not spec.with_mode("hnp").blocks[spec.spaces["out"].blocks].permutable
-    perm = _one_member(spec, "net.0", member=2)
-    moved = perm.apply_state_dict(model.state_dict())
-    torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
+    _moves_one_member(model, x, spec, "net.0", 2, "net.2.weight")
     for mode in ("np", "hnp"):
         s = spec.with_mode(mode)
         assert_equivariant(nfc.NFLinear(s, 1, 2).double(), s, trials=2)
@@ -134,10 +142,8 @@ def test_members_whose_outputs_stay_apart_are_the_output_neurons():
 def test_units_averaged_over_the_members_share_one_permutation():
     # the first layer's units averaged over the members before a shared head: unit j of
     # every member meets the head's column j, so one permutation moves every member's
-    model = model_(lambda: _Critic("mixed")).double()
-    x = x_(4, 5).double()
-    spec, report = trace_with_report(model, x, channel_dim=-1)
-    assert report.verification.ok and not spec.blocks
+    _, _, spec = _traced(lambda: _Critic("mixed"), 4, 5)
+    assert not spec.blocks
     members, _, units = spec["net.0.weight"].axes
     assert spec["head.weight"].axes == ("out", units) and spec.spaces[units].size == 8
     assert spec["net.0.bias"].axes == (members, None, units)
@@ -158,14 +164,10 @@ class _OwnData(nn.Module):
 def test_members_reading_their_own_data_stay_in_place():
     # member e reads x[e]: the members cannot move, and one axis cannot index a space per
     # member in place, so their units keep one permutation for every member
-    model = model_(_OwnData).double()
-    x = x_(3, 4, 5).double()
-    spec, report = trace_with_report(model, x, channel_dim=-1)
-    assert report.verification.ok and not spec.blocks
-    assert spec["l1.weight"].axes == (None, "in", "l1") and spec["l2.weight"].axes[:2] == (
-        None,
-        "l1",
-    )
+    _, _, spec = _traced(_OwnData, 3, 4, 5)
+    assert not spec.blocks
+    assert spec["l1.weight"].axes == (None, "in", "l1")
+    assert spec["l2.weight"].axes[:2] == (None, "l1")
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 
 
@@ -192,21 +194,15 @@ class _EinsumAttention(nn.Module):
 def test_projections_stored_per_head_give_each_head_its_own_features():
     # before: the heads a space, and each of q/k's and v's features one permutation for
     # every head
-    model = model_(_EinsumAttention).double()
-    x = x_(5, 2, 8).double()
-    spec, report = trace_with_report(model, x, channel_dim=-1)
-    assert report.verification.ok and not report.broken
+    model, x, spec = _traced(_EinsumAttention, 5, 2, 8)
     (qk, v), heads = ((spec["q"].axes[2].space, spec["v"].axes[2].space), spec["q"].axes[1])
     (stream,) = spec["norm.weight"].axes  # the residual stream: the input's features
     assert spec["q"].axes == spec["k"].axes == (stream, heads, Inner(qk, 1))
     assert spec["v"].axes == spec["o"].axes == (stream, heads, Inner(v, 1))
     assert spec["r_w_bias"].axes == (heads, Inner(qk, 0))
     assert spec.block_shape(qk) == spec.block_shape(v) == (2, 3)
-    perm = _one_member(spec, v, member=1)
-    moved = perm.apply_state_dict(model.state_dict())
-    torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
-    moved["o"] = model.o.detach()
-    assert (torch.func.functional_call(model, moved, (x,)) - model(x)).abs().max() > 1e-3
+    _moves_one_member(model, x, spec, v, 1, "o")
+    _moves_one_member(model, x, spec, qk, 0, "r_w_bias")
     for basis in ("complete", "linear"):
         assert_equivariant(nfc.NFLinear(spec, 1, 2, basis=basis).double(), spec, trials=2)
 
@@ -233,15 +229,8 @@ class _BiasPerHead(nn.Module):
 @pytest.mark.parametrize("first", [False, True])
 def test_a_bias_per_head_keeps_each_heads_queries_their_own(first):
     # before: the bias read every head's query features as one space, q's heads shared it
-    model = model_(lambda: _BiasPerHead(first)).double()
-    x = x_(2, 3, 4).double()
-    spec, report = trace_with_report(model, x, channel_dim=-1)
-    assert report.verification.ok and not report.broken
+    model, x, spec = _traced(lambda: _BiasPerHead(first), 2, 3, 4)
     assert spec["rwb"].axes == ("q.head", Inner("q", 0))
     assert spec.block_shape("q") == spec.block_shape("v") == (2, 2)
-    perm = _one_member(spec, "q", member=1)
-    moved = perm.apply_state_dict(model.state_dict())
-    torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
-    moved["rwb"] = model.rwb.detach()
-    assert (torch.func.functional_call(model, moved, (x,)) - model(x)).abs().max() > 1e-3
+    _moves_one_member(model, x, spec, "q", 1, "rwb")
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
