@@ -174,19 +174,24 @@ def test_members_reading_their_own_data_stay_in_place():
 class _EinsumAttention(nn.Module):
     """XLNet's and Transformer-XL's attention: projections stored ``(d_model, heads,
     d_head)`` and read by ``einsum``, a bias per head ``(heads, d_head)`` added to the
-    queries (``r_w_bias``), the output projected back by ``einsum`` too."""
+    queries (``r_w_bias``), a segment term (``seg_embed`` of shape ``(2, heads, d_head)``
+    with its own bias per head), the output projected back by ``einsum`` too."""
 
     def __init__(self, d: int = 8, heads: int = 2, dh: int = 3) -> None:
         super().__init__()
         self.q, self.k, self.v, self.o = (
             nn.Parameter(torch.randn(d, heads, dh) / d**0.5) for _ in range(4)
         )
-        self.r_w_bias = nn.Parameter(torch.randn(heads, dh) / 4)
+        self.r_w_bias, self.r_s_bias = (nn.Parameter(torch.randn(heads, dh) / 4) for _ in "ws")
+        self.seg_embed = nn.Parameter(torch.randn(2, heads, dh) / 4)
         self.norm = nn.LayerNorm(d)
 
     def forward(self, x):  # x: (length, batch, d)
         q, k, v = (torch.einsum("ibh,hnd->ibnd", x, w) for w in (self.q, self.k, self.v))
         scores = torch.einsum("ibnd,jbnd->bnij", q + self.r_w_bias, k)
+        # XLNet's segment term: its segments' dim (s) is no per-head dims
+        seg = torch.einsum("ibnd,snd->bnis", q + self.r_s_bias, self.seg_embed)
+        scores = scores + seg.sum(-1, keepdim=True)
         y = torch.einsum("bnij,jbnd->ibnd", scores.softmax(-1), v)
         return self.norm(x + torch.einsum("ibnd,hnd->ibh", y, self.o))
 
@@ -199,7 +204,9 @@ def test_projections_stored_per_head_give_each_head_its_own_features():
     (stream,) = spec["norm.weight"].axes  # the residual stream: the input's features
     assert spec["q"].axes == spec["k"].axes == (stream, heads, Inner(qk, 1))
     assert spec["v"].axes == spec["o"].axes == (stream, heads, Inner(v, 1))
-    assert spec["r_w_bias"].axes == (heads, Inner(qk, 0))
+    assert spec["r_w_bias"].axes == spec["r_s_bias"].axes == (heads, Inner(qk, 0))
+    segments, *rest = spec["seg_embed"].axes  # the segments, summed here, are free
+    assert rest == [heads, Inner(qk, 1)] and spec.spaces[segments].blocks is None
     assert spec.block_shape(qk) == spec.block_shape(v) == (2, 3)
     _moves_one_member(model, x, spec, v, 1, "o")
     _moves_one_member(model, x, spec, qk, 0, "r_w_bias")

@@ -335,17 +335,16 @@ def _einsum(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 
 def _einsum_stacked(a: SymmetryAnalysis, terms: list, ops: list, out: list) -> tuple[list, dict]:
     """The operands with a stacked parameter's heads and per-head dims seeded
-    (:func:`.stacked.seed`): an operand's last letter that the output keeps and no other
-    operand has is its dims (XLNet's ``hnd``: ``d``), its one other letter of more than one
-    position that the output keeps its heads (``n``). Returns the operands and, per seeded
-    heads letter, its heads label."""
+    (:func:`.stacked.seed`): an operand's last letter, where the output keeps it and no other
+    operand has it, is its dims (XLNet's ``hnd``: ``d``; as a matmul's columns), its one other
+    letter of more than one position that the output keeps its heads (``n``). Returns the
+    operands and, per seeded heads letter, its heads label."""
     ops, first = list(ops), {}
     for i, (term, op) in enumerate(zip(terms, ops)):
         others = [k for j, t in enumerate(terms) if j != i for k in t]
-        own = [k for k in term if k in out and k not in others]
-        if not own or op.ndim < 2:
+        if op.ndim < 2 or term[-1] not in out or term[-1] in others or term.count(term[-1]) > 1:
             continue
-        d = term.index(own[-1])
+        d = len(term) - 1
         heads = [h for h, k in enumerate(term) if k in out and h != d and op.shape[h] > 1]
         if len(heads) != 1 or term.count(term[heads[0]]) != 1:
             continue
