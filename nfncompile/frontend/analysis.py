@@ -186,6 +186,11 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         #: (state_dict key, heads axis, dims axis, its split's id, the id of the split it is
         #: read by) of every stacked parameter axis read per head (:func:`~nfncompile.frontend.stacked.adopt`; ``None`` until it runs)
         self.adopted: list | None = None
+        #: a traced ``torch.vmap`` over stacked weights (:func:`.stacked.member_slice`): per
+        #: loop its members' run, the splits of each weight's axes and whether its results
+        #: were stacked; and (state_dict key, members axis, axis, split id) of those splits
+        self.member_loops: dict = {}
+        self.member_axes: list = []
         self._recording: list | None = None  # fixes of a block link's alternative
 
     # ---- bookkeeping ------------------------------------------------------------------------

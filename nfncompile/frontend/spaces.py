@@ -590,8 +590,12 @@ def _merge_heads(
     near = None  # the ties between fixed atoms, once a family with fixed splits needs them
     for fam in families:
         columns, count = fam.columns, fam.count
+        # an ensemble's members all read the input features and write the outputs: their
+        # weights' axes read those spaces whole, member by member (stacked.adopt)
+        members = all(s.stacked for s in fam.splits)
         if any(uses[r] > 1 for c in columns for r in c) or any(
-            uses[r] > 1 or r not in infos or infos[r].role != "hidden" for r in shared[fam.root]
+            uses[r] > 1 or r not in infos or (infos[r].role != "hidden" and not members)
+            for r in shared[fam.root]
         ):
             continue
         at = {r: (column, i) for column in columns for i, r in enumerate(column)}

@@ -22,6 +22,13 @@ Two steps bring such a parameter into that reading:
   of its own (a fresh run standing for its ``heads x dims`` entries), so that a tie with the
   other split's dims ties them head by head instead of tying every head's to one.
 
+A ``torch.vmap`` over stacked weights (``functional_call`` on each member's slice) is traced as
+the loop it computes (:mod:`~nfncompile.frontend.vmap`). Where every mapped input is a weight
+and the results are stacked, :func:`member_slice` reads each weight's slice for member ``i``
+as chunk ``i`` of a split of each of its axes (the members' axis is not read at ``i``), and
+:func:`member_stack` reads the stack as the members (the splits' heads), a dim of member
+``i``'s chunks in each result as that split's dims.
+
 Where the heads cannot move as blocks, or an op reads the dims across heads, the splits fall
 back to the conservative reading (one permutation for every head's dims), as before.
 
@@ -48,12 +55,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .labels import HeadSplit, Seg, Tie
+import torch.fx
+
+from .labels import HeadSplit, Seg, TensorLabels, Tie
 
 if TYPE_CHECKING:
     from .analysis import SymmetryAnalysis
 
-__all__ = ["seed", "adopt", "whole_run"]
+__all__ = ["seed", "adopt", "whole_run", "member_slice", "member_stack"]
 
 
 def whole_run(a: SymmetryAnalysis, label: Any) -> int | None:
@@ -77,9 +86,7 @@ def seed(a: SymmetryAnalysis, heads: Any, dims: Any) -> tuple | None:
     count, width = a.runs[hr].size, a.runs[dr].size
     if count < 2 or width < 2:
         return None
-    # named after the parameter (``w1``), or its module where it is a module's ``weight``
-    origin = a.runs[dr].origin.rsplit(".", 1)[0].removesuffix(".weight")
-    flat = a.new_run(count * width, "neuron", origin)
+    flat = a.new_run(count * width, "neuron", _origin(a, dr))
     chunks = [a.slice_label(flat, k * width, (k + 1) * width) for k in range(count)]
     split = a.split_heads(chunks, stacked=True)
     if split is None:
@@ -90,13 +97,25 @@ def seed(a: SymmetryAnalysis, heads: Any, dims: Any) -> tuple | None:
     return (h,), (d,)
 
 
+def _origin(a: SymmetryAnalysis, run: int) -> str:
+    """What to name the members' units of parameter axis ``run``: the parameter (``w1``), or
+    its module where it is a module's ``weight``."""
+    return a.runs[run].origin.rsplit(".", 1)[0].removesuffix(".weight")
+
+
 def adopt(a: SymmetryAnalysis) -> None:
     """Read every parameter axis that stands for a split's dims per head (see the module
     docstring): a new split per such axis, its dims the axis's run, its chunks a fresh run,
     its heads a fresh run tied to the parameter's heads axis. Runs once per analysis."""
     if a.adopted is not None:
         return
-    a.adopted = []
+    # a traced vmap's weights, each member's axes its own (member_slice), where the loop's
+    # results were stacked as its members; else the members stay (as each reads its slice)
+    a.adopted = [(key, d, j, sid, sid) for key, d, j, sid in a.member_axes]
+    a.op, a.node = "torch.vmap", None
+    for loop in a.member_loops.values():
+        if not loop["stacked"]:
+            a.fix(loop["members"], "a torch.vmap's results are not stacked member by member")
     whole = _whole_ties(a)
     classes = _classes(a, whole)
     axes = _param_axes(a)
@@ -200,3 +219,95 @@ def _adopt_axis(
     classes[heads.run] = classes[hr]
     a.adopted.append((key, i, j, new.id, split.id))
     return True
+
+
+# ---- torch.vmap over stacked weights (frontend.vmap marks its loop) ---------------------------
+
+
+def member_slice(a: SymmetryAnalysis, x: Any, d: int, member: tuple) -> Any:
+    """The labels of ``x.select(d, i)`` where ``x`` is a weight that a traced ``torch.vmap``
+    maps over (``member``: the loop, ``i``, the member count): each other axis of more than
+    one position is member ``i``'s chunk of a split of that axis (made at the loop's first
+    slice of ``x``), and the members' axis is tied to the loop's members, not read at ``i``.
+    ``None`` where ``x`` is no such weight (the slice is then read as any other)."""
+    loop, i, count = member
+    node = a.node.args[0] if a.node.args else None
+    key = str(node.target) if isinstance(node, torch.fx.Node) and node.op == "get_attr" else None
+    heads = whole_run(a, x.labels[d]) if key is not None else None
+    if heads is None or heads not in a.param_runs or a.runs[heads].size != count or count < 2:
+        return None
+    made = a.member_loops.setdefault(loop, {"members": None, "splits": {}, "stacked": False})
+    if made["members"] is None:  # the loop's members: every weight's members' axis
+        made["members"] = a.new_run(count, "neuron", f"{key} (members)")
+    splits = made["splits"].get((node.name, d))
+    if splits is None:
+        splits = made["splits"][(node.name, d)] = _member_splits(a, key, x, d, count)
+        a.tie(x.labels[d], made["members"])
+        for split in splits.values():
+            a.tie((Seg(split.heads, 0, count),), made["members"])
+    labels = []
+    for j, lab in enumerate(x.labels):
+        if j == d:
+            continue
+        split = splits.get(j)
+        width = a.runs[split.dims].size if split else 0
+        labels.append((Seg(split.chunks[i][0].run, i * width, width),) if split else lab)
+    return TensorLabels(a.out_shape(), tuple(labels))
+
+
+def _member_splits(a: SymmetryAnalysis, key: str, x: Any, d: int, count: int) -> dict:
+    """Axis -> the split of weight ``key``'s axis (its members on axis ``d``), for each axis
+    that is one whole parameter run of more than one position."""
+    out = {}
+    for j, lab in enumerate(x.labels):
+        run = whole_run(a, lab) if j != d else None
+        if run is None or run not in a.param_runs or a.runs[run].size < 2:
+            continue
+        width = a.runs[run].size
+        (flat,) = a.new_run(count * width, "neuron", _origin(a, run))
+        (heads,) = a.new_run(count, "heads", f"{key} (members)")
+        chunks = tuple((Seg(flat.run, k * width, width),) for k in range(count))
+        split = HeadSplit(len(a.head_splits), a.op, a.node.name, chunks, heads.run, run, True)
+        a.head_splits.append(split)
+        a.split_runs[heads.run] = (split.id, "heads")
+        a.split_runs[run] = (split.id, "dims")
+        a.split_runs.setdefault(whole_run(a, x.labels[d]), (split.id, "heads"))
+        a.member_axes.append((a._canonical.get(key, key), d, j, split.id))
+        out[j] = split
+    return out
+
+
+def member_stack(a: SymmetryAnalysis, xs: list, d: int, loop: int) -> Any:
+    """The labels of ``torch.stack(xs, d)`` where ``xs`` are a traced ``torch.vmap``'s results
+    (member by member): the stacked dim is the members (a split's heads), and a dim that holds
+    member ``i``'s chunk of one split in each is that split's dims. ``None`` where the loop made
+    no split (the stack is then read as any other)."""
+    made = a.member_loops.get(loop)
+    splits = [s for per in (made or {}).get("splits", {}).values() for s in per.values()]
+    if not splits or len(xs) != len(splits[0].chunks):
+        return None
+    made["stacked"] = True
+    by_run = {s.chunks[0][0].run: s for s in splits}
+    shape = a.out_shape()
+    rest = []
+    for k in range(len(shape) - 1):
+        labs = [x.labels[k] if isinstance(x, TensorLabels) else None for x in xs]
+        split = _member_dims(a, labs, by_run)
+        if split is not None:
+            rest.append((Seg(split.dims, 0, a.runs[split.dims].size),))
+        else:
+            column = [TensorLabels((x.shape[k],), (lab,)) for x, lab in zip(xs, labs)]
+            rest.append(a.broadcast(column, (shape[d + (k >= d)],)).labels[0])
+    heads = (Seg(splits[0].heads, 0, len(xs)),)
+    return TensorLabels(shape, (*rest[:d], heads, *rest[d:]))
+
+
+def _member_dims(a: SymmetryAnalysis, labels: list, by_run: dict) -> HeadSplit | None:
+    """The split whose chunk ``i`` each of ``labels`` (member ``i``'s) is, whole; else
+    ``None``."""
+    first = labels[0]
+    if not isinstance(first, tuple) or len(first) != 1 or first[0].run not in by_run:
+        return None
+    split = by_run[first[0].run]
+    ok = all(isinstance(lab, tuple) and lab == split.chunks[i] for i, lab in enumerate(labels))
+    return split if ok else None

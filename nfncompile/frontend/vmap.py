@@ -8,10 +8,15 @@ each slice of the mapped dims in turn and the results are stacked, which is what
 computes. The mapped dim's size must be known, as the shape-fixing trace knows it; a plain
 trace then fails and the model is traced again with its shapes fixed.
 
-Each call reads its own slice of the stacked weights (``w[i]``), so the members' hidden
-neurons are one space across the members (a permutation applied to all of them alike), and
-the members themselves are fixed: a smaller group than each member permuted on its own, and
-an exact one.
+Each call reads its own slice of the stacked weights (``w[i]``). Where every mapped input is
+a weight of the model (``stack_module_state``'s parameters) and the results are stacked, the
+members differ only by their weights: the slices and the stack are marked
+(``node.meta["nfn_member"]``, ``node.meta["nfn_members"]``), and the analysis reads each
+member's slice as that member's own neurons and the stacked dim as the members
+(:mod:`~nfncompile.frontend.stacked`): each member's hidden units permute on their own and the
+members move as blocks. Otherwise (a mapped input that is data, results not stacked) the
+members' hidden neurons are one space across the members and the members are fixed: a
+smaller group, and an exact one.
 
 Examples
 --------
@@ -25,6 +30,7 @@ True
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +40,8 @@ import torch.utils._pytree as pytree
 
 #: torch's own vmap, which a call without traced values runs
 _VMAP = torch.vmap
+#: numbers for the loops traced (the marks of one loop's slices and stack)
+_LOOPS = itertools.count()
 
 
 def vmap_as_loop(
@@ -77,13 +85,34 @@ def vmap_as_loop(
         if len(sizes) != 1:
             raise ValueError(f"vmap: the mapped dims have sizes {sorted(sizes)}, not one size")
         (n,) = sizes
+        # every mapped input a weight of the model: the members differ by their weights alone
+        mapped = [v for v, d in zip(leaves, flat_dims) if d is not None]
+        weights = all(isinstance(v, torch.fx.Proxy) and v.node.op == "get_attr" for v in mapped)
+        loop = next(_LOOPS)
         outs = []
         for i in range(n):
-            sliced = [v if d is None else v.select(d, i) for v, d in zip(leaves, flat_dims)]
+            sliced = []
+            for v, d in zip(leaves, flat_dims):
+                sliced.append(v if d is None else v.select(d, i))
+                if d is not None and weights:
+                    sliced[-1].node.meta["nfn_member"] = (loop, i, n)
             outs.append(func(*pytree.tree_unflatten(sliced, spec), **kwargs))
-        return _stacked(outs, out_dims)
+        result = _stacked(outs, out_dims)
+        if weights:
+            _mark_stacks(result, out_dims, loop)
+        return result
 
     return mapped
+
+
+def _mark_stacks(result: Any, out_dims: Any, loop: int) -> None:
+    """Mark the traced leaves of ``result`` that stack loop ``loop``'s results
+    (``node.meta["nfn_members"] = (loop, dim)``)."""
+    flat, spec = pytree.tree_flatten(result)
+    dims = pytree._broadcast_to_and_flatten(out_dims, spec) or [None] * len(flat)
+    for leaf, d in zip(flat, dims):
+        if d is not None and isinstance(leaf, torch.fx.Proxy):
+            leaf.node.meta["nfn_members"] = (loop, d)
 
 
 def _stacked(outs: list, out_dims: Any) -> Any:

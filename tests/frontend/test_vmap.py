@@ -10,6 +10,7 @@ from torch.func import functional_call, stack_module_state, vmap
 import nfncompile as nfc
 from nfncompile.frontend.fx import trace_module
 from nfncompile.frontend.tracing import trace_with_report
+from nfncompile.spec import Inner, Permutation
 
 from .helpers import model_, x_
 
@@ -55,12 +56,21 @@ def test_an_ensemble_under_vmap_is_traced_as_its_loop(how):
     x = x_(5, 4)
     spec, report = trace_with_report(model, x)
     assert report.verification.ok and not report.graph_differs and not report.probes
-    # each member reads its slice of the stacked weights: the hidden neurons are one space
-    # across the members, the members themselves fixed
+    # the members differ by their weights alone: each member's hidden units permute on their
+    # own (a block per member) and the members move as blocks (with the outputs they stack
+    # into, where those are outputs). Before: the hidden units one space across the members,
+    # the members fixed
     first, second = spec["stacked.0"].axes, spec["stacked.2"].axes
-    assert first[1:] == ("stacked", "in") and second[2] == "stacked"
-    assert spec.spaces["stacked"].role == "hidden" and spec.spaces["stacked"].size == 6
+    hidden = Inner("stacked.0", 0)
+    assert first[1:] == (hidden, "in") and second[2] == hidden and second[0] == first[0]
+    assert spec.block_shape("stacked.0") == (3, 6)
+    assert spec.spaces[first[0]].blocks == spec.spaces["stacked.0"].blocks
     assert trace_with_report(model, x, seed=3)[1].verification.ok  # other random draws
+    # member 1's units alone moved: the function is unchanged
+    perm = torch.arange(18)
+    perm[6:12] = perm[6:12].roll(1)
+    moved = Permutation(spec, {"stacked.0": perm}).apply_state_dict(model.state_dict())
+    torch.testing.assert_close(functional_call(model, moved, (x,)), model(x))
     gm = trace_module(model, x)
     torch.testing.assert_close(gm(x), model(x))
 
@@ -86,3 +96,21 @@ class _Mismatched(nn.Module):
 def test_vmap_over_dims_of_different_sizes_is_named():
     with pytest.raises(nfc.TraceError, match=r"the mapped dims have sizes \[2, 3\]"):
         nfc.trace(model_(_Mismatched), x_(5, 4), verify=False)
+
+
+class _OwnInputs(_Ensemble):
+    """The ensemble with each member reading its own input (``in_dims=(0, 0)``)."""
+
+    def forward(self, x):
+        def one(weights, x):
+            return functional_call(self.base[0], dict(zip(self.names, weights)), (x,))
+
+        return torch.vmap(one, in_dims=(0, 0))(tuple(self.stacked), x).sum(0)
+
+
+def test_members_mapped_over_their_own_inputs_stay_in_place():
+    # a mapped input that is data: the members differ by more than their weights, so they
+    # stay, and their hidden units keep one permutation for every member (as before)
+    spec, report = trace_with_report(model_(_OwnInputs), x_(3, 5, 4), channel_dim=-1)
+    assert report.verification.ok and not spec.blocks
+    assert spec["stacked.0"].axes == (None, "stacked", "in")

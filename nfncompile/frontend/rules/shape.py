@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import TraceError
+from .. import stacked
 from ..labels import GATHERED, INDEXED, UNIFORM, Label, Prod, Seg, TensorLabels
 from .chunks import chunks_at, only_selected, piece
 from .registry import (
@@ -531,7 +532,9 @@ def _select(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if not isinstance(i, int):
         raise Unsupported("select at an index a tensor gives")
     d = norm_dim(dim, x.ndim)
-    return _basic_getitem(a, x, (slice(None),) * d + (i,))
+    member = a.node.meta.get("nfn_member")
+    sliced = stacked.member_slice(a, x, d, member) if member is not None else None
+    return sliced or _basic_getitem(a, x, (slice(None),) * d + (i,))
 
 
 def _basic_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> TensorLabels:
@@ -878,6 +881,10 @@ def _stack(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     xs = list(arg(args, kwargs, 0, "tensors"))
     shape = a.out_shape()
     d = norm_dim(arg(args, kwargs, 1, "dim", 0), len(shape))
+    members = a.node.meta.get("nfn_members")  # a traced vmap's results, member by member
+    out = stacked.member_stack(a, xs, d, members[0]) if members is not None else None
+    if out is not None:
+        return out
     rest = a.broadcast(xs, shape[:d] + shape[d + 1 :])
     return TensorLabels(shape, rest.labels[:d] + (None,) + rest.labels[d:])
 
