@@ -184,7 +184,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.twin_runs: dict = {}
         self.calls: list = []  # (op, node name) of every call, in graph order
         #: (state_dict key, heads axis, dims axis, its split's id, the id of the split it is
-        #: read by) of every stacked parameter axis read per head (:func:`~nfncompile.frontend.stacked.adopt`; ``None`` until it runs)
+        #: read by) of every stacked parameter axis read per head (:func:`.stacked.adopt`;
+        #: ``None`` until it runs)
         self.adopted: list | None = None
         #: a traced ``torch.vmap`` over stacked weights (:func:`.stacked.member_slice`): per
         #: loop its members' run, the splits of each weight's axes and whether its results

@@ -451,7 +451,7 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
     loose = set()
     # an ensemble's members an input or output holds (each member's output) may still move:
     # they are its neurons (spaces._read_heads)
-    outputs = {
+    io_runs = {
         seg.run
         for io in p.inputs + p.outputs if io
         for lab in io[1][1] if isinstance(lab, tuple)
@@ -485,7 +485,7 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
             or any(sol.atoms[i][0] not in heads_runs | loose
                    and not (per_head and p.runs[sol.atoms[i][0]]["kind"] in _PER_HEAD)
                    for r in roots for i in sol.classes.get(r, []))
-            or any((s.heads in p.labelled and not (s.stacked and s.heads in outputs))
+            or any((s.heads in p.labelled and not (s.stacked and s.heads in io_runs))
                    or s.heads in p.heads_held for s in splits)
             or any(sol.atoms[i][0] in (p.labelled | p.heads_held) & loose
                    for r in roots for i in sol.classes.get(r, []))

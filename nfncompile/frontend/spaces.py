@@ -592,9 +592,9 @@ def _merge_heads(
         columns, count = fam.columns, fam.count
         # an ensemble's members all read the input features and write the outputs: their
         # weights' axes read those spaces whole, member by member (stacked.adopt)
-        members = all(s.stacked for s in fam.splits)
+        ensemble = all(s.stacked for s in fam.splits)
         if any(uses[r] > 1 for c in columns for r in c) or any(
-            uses[r] > 1 or r not in infos or (infos[r].role != "hidden" and not members)
+            uses[r] > 1 or r not in infos or (infos[r].role != "hidden" and not ensemble)
             for r in shared[fam.root]
         ):
             continue
@@ -641,7 +641,7 @@ def _merge_heads(
                 origins=sorted({p.runs[r]["origin"] for r, _, _ in members}),
                 ops=list(dict.fromkeys(s.op for s in fam.splits)),
             )  # fmt: skip
-            # a stacked parameter's members that an output holds are its neurons (:func:`_read_heads`)
+            # an ensemble's members that an output holds are its neurons (_read_heads)
             role = sol.roles.get(fam.root, "hidden")
             name = {"input": "in", "output": "out"}.get(role, f"{base}.head")
             infos[fam.root] = space(name, count, role=role)
@@ -670,9 +670,9 @@ class _View:
     """How one parameter axis reads a family of heads (:func:`_merge_heads`).
 
     ``layout`` is a tuple (one head's pieces, or one query head's where ``group`` > 1: the
-    axis viewed as ``(heads, one head)``; where ``per_head`` is an axis, a stacked parameter's
-    axis that is one head's pieces, the heads being that axis; or ``(heads, one head)``, ``(heads, query heads, one query head)`` or, where
-    ``tiled``, ``(query heads, heads, one query head)``), a list (the spans of
+    axis viewed as ``(heads, one head)``, ``(heads, query heads, one query head)`` or, where
+    ``tiled``, ``(query heads, heads, one query head)``; where ``per_head`` is set, a stacked
+    parameter's axis that is one head's pieces, its heads on axis ``per_head``), a list (the spans of
     :func:`_head_spans`: no view) or ``None`` (the axis is the heads themselves, one value per
     head: :func:`_heads_axis`); ``heads`` is the root of the heads' space (one neuron per
     block), ``queries`` the key of the query heads' space.
