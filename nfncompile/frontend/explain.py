@@ -180,8 +180,8 @@ def _difference(a: Any, b: Any, atol: float, rtol: float) -> tuple[float, float]
         if x.numel() == 0:
             continue
         xf, yf = x.detach().flatten(), y.detach().flatten()
-        if xf.is_complex():
-            xf, yf = torch.view_as_real(xf).flatten(), torch.view_as_real(yf).flatten()
+        if xf.is_complex():  # (a conjugate view resolved first: Autoformer's conj(fft))
+            xf, yf = (torch.view_as_real(t.resolve_conj()).flatten() for t in (xf, yf))
         if not xf.is_floating_point():
             xf, yf = xf.double(), yf.double()
         tol = max(tol, atol + rtol * float(xf.abs().max()))

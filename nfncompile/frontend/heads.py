@@ -445,9 +445,12 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
                     held.setdefault(r, set()).add(h)
         return any(len(heads) < len(split.chunks) for heads in held.values())
 
-    # the heads of a split that fell (its chunks tied: one permutation for every head's
-    # dims, an ensemble's last layer whose outputs the members' mean reads) may take the
-    # family's places too: its heads move with the family's where no op reads them in place
+    # the heads of a stacked split that fell (its chunks tied: one permutation for every
+    # member's dims, an ensemble's last layer whose outputs the members' mean reads) may take
+    # the family's places too: its chunks are runs no weight reads, so the members move with
+    # the family's where no op reads them in place. An attention split that fell may not
+    # (its chunks are a projection's rows, which the family would leave where they are:
+    # Autoformer's queries, read across heads, beside keys that hold)
     loose = set()
     # an ensemble's members an input or output holds (each member's output) may still move:
     # they are its neurons (spaces._read_heads)
@@ -460,7 +463,8 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
     places: dict = {}
     for s in p.splits:
         if ("heads", s.id) in fallen and ("shared", s.id) not in fallen:
-            loose.add(s.heads)
+            if s.stacked:
+                loose.add(s.heads)
             continue
         places[s.id] = _heads_at(sol, s)
         family.setdefault(frozenset(r for r, _ in places[s.id]), []).append(s)

@@ -264,3 +264,15 @@ def test_params_moved_by_composite_and_block_labels():
         "params: {w: {shape: [5, 4], axes: [[a, b], null]}, v: {shape: [2], axes: [a]}}\n"
     )
     assert params_moved(concat, ["b"]) == ("w[0]",)
+
+
+def test_complex_values_held_as_conjugate_views_are_compared():
+    # Autoformer's conj(fft) is a lazy conjugate view, which view_as_real refuses: explaining
+    # a failed verification at such a node raised instead of naming the node
+    from nfncompile.frontend.explain import _difference
+
+    x = torch.randn(3, 4, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    err, _ = _difference(x.conj(), x.conj().flip(0), 1e-8, 1e-6)
+    assert err == 0.0  # the same numbers in another order
+    err, _ = _difference(x.conj(), x, 1e-8, 1e-6)
+    assert err > 0.1  # the conjugate is not the same
