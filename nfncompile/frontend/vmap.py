@@ -107,7 +107,8 @@ def vmap_as_loop(
 
 def _mark_stacks(result: Any, out_dims: Any, loop: int) -> None:
     """Mark the traced leaves of ``result`` that stack loop ``loop``'s results
-    (``node.meta["nfn_members"] = (loop, dim)``)."""
+    (``node.meta["nfn_members"] = (loop, dim)``). A leaf with ``out_dims`` ``None`` depends on
+    no member (``torch.vmap`` refuses a mapped result there), so it needs no mark."""
     flat, spec = pytree.tree_flatten(result)
     dims = pytree._broadcast_to_and_flatten(out_dims, spec) or [None] * len(flat)
     for leaf, d in zip(flat, dims):
