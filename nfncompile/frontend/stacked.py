@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import networkx as nx
 import torch.fx
 
 from .labels import HeadSplit, Seg, TensorLabels, Tie
@@ -73,14 +74,14 @@ def whole_run(a: SymmetryAnalysis, label: Any) -> int | None:
     return s.run if s.offset == 0 and s.inner == 1 and s.length == a.runs[s.run].size else None
 
 
-def seed(a: SymmetryAnalysis, heads: Any, dims: Any) -> tuple | None:
-    """The ``(heads, dims)`` labels of a product's output whose operand is a stacked
-    parameter: its batch axis labelled ``heads`` and its output columns ``dims`` (each one
-    whole parameter axis). Records a split of a fresh run of ``len(heads) * len(dims)``
-    neurons (named after the parameter's module) into one chunk per head and ties the
-    parameter's axes to it; returns ``None`` (nothing recorded) where the axes are not two
-    whole parameter axes of more than one position each."""
-    hr, dr = whole_run(a, heads), whole_run(a, dims)
+def seed(a: SymmetryAnalysis, t: TensorLabels, h: int, d: int) -> TensorLabels | None:
+    """A product's operand ``t``, a stacked parameter, with its batch dim ``h`` relabelled as
+    the heads and its output columns ``d`` as the per-head dims (each one whole parameter
+    axis). Records a split of a fresh run of ``t.shape[h] * t.shape[d]`` neurons (named after
+    the parameter's module) into one chunk per head and ties the parameter's axes to it;
+    returns ``None`` (nothing recorded) where the dims are not two whole parameter axes of
+    more than one position each."""
+    hr, dr = whole_run(a, t.labels[h]), whole_run(a, t.labels[d])
     if hr is None or dr is None or not {hr, dr} <= a.param_runs:
         return None
     count, width = a.runs[hr].size, a.runs[dr].size
@@ -91,10 +92,11 @@ def seed(a: SymmetryAnalysis, heads: Any, dims: Any) -> tuple | None:
     split = a.split_heads(chunks, stacked=True)
     if split is None:
         return None
-    (h,), (d,) = split
-    a.tie(heads, (h,))
-    a.tie(dims, (d,))
-    return (h,), (d,)
+    labels = list(t.labels)
+    for k, new in zip((h, d), split):
+        a.tie(t.labels[k], new)
+        labels[k] = new
+    return TensorLabels(t.shape, tuple(labels))
 
 
 def _origin(a: SymmetryAnalysis, run: int) -> str:
@@ -117,48 +119,31 @@ def adopt(a: SymmetryAnalysis) -> None:
         if not loop["stacked"]:
             a.fix(loop["members"], "a torch.vmap's results are not stacked member by member")
     whole = _whole_ties(a)
-    classes = _classes(a, whole)
+    classes = {r: i for i, runs in enumerate(nx.connected_components(whole)) for r in runs}
     axes = _param_axes(a)
     done: set = set()
     changed = True
     while changed:  # an adopted axis's own ties may adopt another parameter's
         changed = False
         for split in list(a.head_splits):
-            for run in whole.get(split.dims, ()):
-                for key, j, i in _stacked_axes(run, split, classes, axes):
+            for run in whole.adj.get(split.dims, ()):
+                for key, j, i, runs in _stacked_axes(run, split, classes, axes):
                     if (key, j) in done:
                         continue
                     done.add((key, j))
-                    changed |= _adopt_axis(a, key, i, j, split, classes)
+                    changed |= _adopt_axis(a, key, (i, runs[i]), (j, runs[j]), split, classes)
 
 
-def _whole_ties(a: SymmetryAnalysis) -> dict:
-    """Run -> the runs a tie joins it to whole, position by position."""
-    out: dict = {}
-    for t in a.ties:
-        if t.a_off or t.b_off or t.a == t.b:
-            continue
-        if t.length == a.runs[t.a].size == a.runs[t.b].size:
-            out.setdefault(t.a, []).append(t.b)
-            out.setdefault(t.b, []).append(t.a)
-    return out
-
-
-def _classes(a: SymmetryAnalysis, whole: dict) -> dict:
-    """Run -> a representative of the runs whole ties join it to (its class)."""
-    rep: dict = {}
-    for start in whole:
-        if start in rep:
-            continue
-        stack = [start]
-        rep[start] = start
-        while stack:
-            r = stack.pop()
-            for other in whole[r]:
-                if other not in rep:
-                    rep[other] = start
-                    stack.append(other)
-    return rep
+def _whole_ties(a: SymmetryAnalysis) -> nx.Graph:
+    """The runs that ties join whole, position by position, each such tie an edge."""
+    whole = nx.Graph()
+    whole.add_edges_from(
+        (t.a, t.b)
+        for t in a.ties
+        if not (t.a_off or t.b_off) and t.a != t.b
+        and t.length == a.runs[t.a].size == a.runs[t.b].size
+    )  # fmt: skip
+    return whole
 
 
 def _param_axes(a: SymmetryAnalysis) -> dict:
@@ -176,25 +161,24 @@ def _param_axes(a: SymmetryAnalysis) -> dict:
 
 
 def _stacked_axes(run: int, split: HeadSplit, classes: dict, axes: dict) -> list:
-    """``(key, dims axis, heads axis)`` of the parameters (``axes``: :func:`_param_axes`)
-    whose axis is ``run`` whole and that have one other axis tied whole to ``split``'s
-    heads."""
+    """``(key, dims axis, heads axis, runs)`` of the parameters (``axes``:
+    :func:`_param_axes`, ``runs`` as there) whose axis is ``run`` whole and that have one other
+    axis tied whole to ``split``'s heads."""
     heads = classes.get(split.heads)
     out = []
     for key, j, runs in axes.get(run, ()) if heads is not None else ():
         at = [i for i, r in enumerate(runs) if i != j and r is not None and classes.get(r) == heads]
         if len(at) == 1:
-            out.append((key, j, at[0]))
+            out.append((key, j, at[0], runs))
     return out
 
 
 def _adopt_axis(
-    a: SymmetryAnalysis, key: str, i: int, j: int, split: HeadSplit, classes: dict
+    a: SymmetryAnalysis, key: str, heads: tuple, dims: tuple, split: HeadSplit, classes: dict
 ) -> bool:
-    """Make axis ``j`` of ``key`` the dims of a new split whose heads are axis ``i``'s (its
-    heads run joins that axis's class in ``classes``)."""
-    runs = [whole_run(a, lab) for lab in a.params[key].axes]
-    hr, dr = runs[i], runs[j]
+    """Make axis ``dims`` of ``key`` (``(axis, its run)``) the dims of a new split whose heads
+    are axis ``heads``'s (that run's class in ``classes`` takes the new heads run)."""
+    (i, hr), (j, dr) = heads, dims
     if a.split_runs.get(dr, (0, ""))[1] == "dims":
         return False
     count, width = a.runs[hr].size, a.runs[dr].size
@@ -204,74 +188,72 @@ def _adopt_axis(
     a.op, a.node = split.op, None
     try:
         flat = a.new_run(count * width, "param", f"{key}.d{j}")
-        (heads,) = a.new_run(count, "heads", f"{key} (heads)")
+        (own,) = a.new_run(count, "heads", f"{key} (heads)")
     finally:
         a.op, a.node = op, node
-    chunks = tuple((Seg(flat[0].run, k * width, width),) for k in range(count))
-    new = HeadSplit(len(a.head_splits), split.op, split.node, chunks, heads.run, dr, True)
-    a.head_splits.append(new)
-    a.split_runs[heads.run] = (new.id, "heads")
-    a.split_runs[dr] = (new.id, "dims")
-    # the parameter's own axis reads the heads whole: a tensor holding its dims beside it
-    # holds one whole heads dim (head_checks)
-    a.split_runs.setdefault(hr, (new.id, "heads"))
-    a.ties.append(Tie(heads.run, 0, hr, 0, count, split.op, split.node))
-    classes[heads.run] = classes[hr]
+    new = _axis_split(a, flat[0].run, own.run, dr, hr, split.op, split.node)
+    a.ties.append(Tie(own.run, 0, hr, 0, count, split.op, split.node))
+    classes[own.run] = classes[hr]
     a.adopted.append((key, i, j, new.id, split.id))
     return True
+
+
+def _axis_split(
+    a: SymmetryAnalysis, flat: int, heads: int, dims: int, members: int, op: str, node: str
+) -> HeadSplit:
+    """Record the stacked split of parameter axis run ``dims`` whose members are the run
+    ``members``: chunks of the fresh run ``flat``, one per member, its own fresh ``heads`` run.
+    The parameter's members' axis reads the heads whole, so a tensor holding ``dims`` beside
+    it holds one whole heads dim (:meth:`~.analysis.SymmetryAnalysis.head_checks`)."""
+    count, width = a.runs[heads].size, a.runs[dims].size
+    chunks = tuple((Seg(flat, k * width, width),) for k in range(count))
+    split = HeadSplit(len(a.head_splits), op, node, chunks, heads, dims, True)
+    a.head_splits.append(split)
+    a.split_runs[heads] = (split.id, "heads")
+    a.split_runs[dims] = (split.id, "dims")
+    a.split_runs.setdefault(members, (split.id, "heads"))
+    return split
 
 
 # ---- torch.vmap over stacked weights (frontend.vmap marks its loop) ---------------------------
 
 
-def member_slice(a: SymmetryAnalysis, x: Any, d: int, member: tuple) -> Any:
-    """The labels of ``x.select(d, i)`` where ``x`` is a weight that a traced ``torch.vmap``
-    maps over (``member``: the loop, ``i``, the member count): each other axis of more than
-    one position is member ``i``'s chunk of a split of that axis (made at the loop's first
-    slice of ``x``), and the members' axis is tied to the loop's members, not read at ``i``.
-    ``None`` where ``x`` is no such weight (the slice is then read as any other)."""
-    loop, i, count = member
+def member_slice(a: SymmetryAnalysis, x: Any, d: int, i: int, loop: int) -> Any:
+    """The labels of ``x.select(d, i)`` where ``x`` is a weight that traced ``torch.vmap``
+    loop ``loop`` maps over: each other axis of more than one position is member ``i``'s
+    chunk of a split of that axis (made at the loop's first slice of ``x``), and the members'
+    axis is tied to the loop's members, not read at ``i``. ``None`` where ``x`` is no such
+    weight (the slice is then read as any other)."""
+    count = x.shape[d]
     node = a.node.args[0] if a.node.args else None
     key = str(node.target) if isinstance(node, torch.fx.Node) and node.op == "get_attr" else None
-    heads = whole_run(a, x.labels[d]) if key is not None else None
-    if heads is None or heads not in a.param_runs or a.runs[heads].size != count or count < 2:
+    members = whole_run(a, x.labels[d]) if key is not None else None
+    if members is None or members not in a.param_runs or count < 2:
         return None
     made = a.member_loops.setdefault(loop, {"members": None, "splits": {}, "stacked": False})
     if made["members"] is None:  # the loop's members: every weight's members' axis
         made["members"] = a.new_run(count, "neuron", f"{key} (members)")
     splits = made["splits"].get((node.name, d))
     if splits is None:
-        splits = made["splits"][(node.name, d)] = _member_splits(a, key, x, d, count)
+        splits = made["splits"][(node.name, d)] = _member_splits(a, key, x, d, members)
         a.tie(x.labels[d], made["members"])
         for split in splits.values():
             a.tie((Seg(split.heads, 0, count),), made["members"])
-    labels = []
-    for j, lab in enumerate(x.labels):
-        if j == d:
-            continue
-        split = splits.get(j)
-        width = a.runs[split.dims].size if split else 0
-        labels.append((Seg(split.chunks[i][0].run, i * width, width),) if split else lab)
-    return TensorLabels(a.out_shape(), tuple(labels))
+    labels = [splits[j].chunks[i] if j in splits else lab for j, lab in enumerate(x.labels)]
+    return TensorLabels(a.out_shape(), tuple(labels[:d] + labels[d + 1 :]))
 
 
-def _member_splits(a: SymmetryAnalysis, key: str, x: Any, d: int, count: int) -> dict:
-    """Axis -> the split of weight ``key``'s axis (its members on axis ``d``), for each axis
-    that is one whole parameter run of more than one position."""
-    out = {}
+def _member_splits(a: SymmetryAnalysis, key: str, x: Any, d: int, members: int) -> dict:
+    """Axis -> the split of weight ``key``'s axis (its members the run ``members`` on axis
+    ``d``), for each axis that is one whole parameter run of more than one position."""
+    count, out = a.runs[members].size, {}
     for j, lab in enumerate(x.labels):
         run = whole_run(a, lab) if j != d else None
         if run is None or run not in a.param_runs or a.runs[run].size < 2:
             continue
-        width = a.runs[run].size
-        (flat,) = a.new_run(count * width, "neuron", _origin(a, run))
+        (flat,) = a.new_run(count * a.runs[run].size, "neuron", _origin(a, run))
         (heads,) = a.new_run(count, "heads", f"{key} (members)")
-        chunks = tuple((Seg(flat.run, k * width, width),) for k in range(count))
-        split = HeadSplit(len(a.head_splits), a.op, a.node.name, chunks, heads.run, run, True)
-        a.head_splits.append(split)
-        a.split_runs[heads.run] = (split.id, "heads")
-        a.split_runs[run] = (split.id, "dims")
-        a.split_runs.setdefault(whole_run(a, x.labels[d]), (split.id, "heads"))
+        split = _axis_split(a, flat.run, heads.run, run, members, a.op, a.node.name)
         a.member_axes.append((a._canonical.get(key, key), d, j, split.id))
         out[j] = split
     return out
@@ -291,8 +273,8 @@ def member_stack(a: SymmetryAnalysis, xs: list, d: int, loop: int) -> Any:
     shape = a.out_shape()
     rest = []
     for k in range(len(shape) - 1):
-        labs = [x.labels[k] if isinstance(x, TensorLabels) else None for x in xs]
-        split = _member_dims(a, labs, by_run)
+        labs = [x.labels[k] for x in xs]
+        split = _member_dims(labs, by_run)
         if split is not None:
             rest.append((Seg(split.dims, 0, a.runs[split.dims].size),))
         else:
@@ -302,7 +284,7 @@ def member_stack(a: SymmetryAnalysis, xs: list, d: int, loop: int) -> Any:
     return TensorLabels(shape, (*rest[:d], heads, *rest[d:]))
 
 
-def _member_dims(a: SymmetryAnalysis, labels: list, by_run: dict) -> HeadSplit | None:
+def _member_dims(labels: list, by_run: dict) -> HeadSplit | None:
     """The split whose chunk ``i`` each of ``labels`` (member ``i``'s) is, whole; else
     ``None``."""
     first = labels[0]

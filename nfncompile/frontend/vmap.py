@@ -95,7 +95,7 @@ def vmap_as_loop(
             for v, d in zip(leaves, flat_dims):
                 sliced.append(v if d is None else v.select(d, i))
                 if d is not None and weights:
-                    sliced[-1].node.meta["nfn_member"] = (loop, i, n)
+                    sliced[-1].node.meta["nfn_member"] = loop
             outs.append(func(*pytree.tree_unflatten(sliced, spec), **kwargs))
         result = _stacked(outs, out_dims)
         if weights:
@@ -107,13 +107,13 @@ def vmap_as_loop(
 
 def _mark_stacks(result: Any, out_dims: Any, loop: int) -> None:
     """Mark the traced leaves of ``result`` that stack loop ``loop``'s results
-    (``node.meta["nfn_members"] = (loop, dim)``). A leaf with ``out_dims`` ``None`` depends on
+    (``node.meta["nfn_members"] = loop``). A leaf with ``out_dims`` ``None`` depends on
     no member (``torch.vmap`` refuses a mapped result there), so it needs no mark."""
     flat, spec = pytree.tree_flatten(result)
     dims = pytree._broadcast_to_and_flatten(out_dims, spec) or [None] * len(flat)
     for leaf, d in zip(flat, dims):
         if d is not None and isinstance(leaf, torch.fx.Proxy):
-            leaf.node.meta["nfn_members"] = (loop, d)
+            leaf.node.meta["nfn_members"] = loop
 
 
 def _stacked(outs: list, out_dims: Any) -> Any:

@@ -187,14 +187,8 @@ def _stacked(a: SymmetryAnalysis, t: TensorLabels, axis: int) -> tuple[TensorLab
     as a stacked parameter's heads and per-head dims (:func:`.stacked.seed`), and whether they
     were (``t`` unchanged where it is no such parameter)."""
     batch = [d for d in range(t.ndim - 2) if t.shape[d] > 1]
-    if t.ndim < 3 or len(batch) != 1:
-        return t, False
-    got = stacked.seed(a, t.labels[batch[0]], t.labels[axis])
-    if got is None:
-        return t, False
-    labels = list(t.labels)
-    labels[batch[0]], labels[axis] = got
-    return TensorLabels(t.shape, tuple(labels)), True
+    seeded = stacked.seed(a, t, batch[0], axis) if t.ndim >= 3 and len(batch) == 1 else None
+    return (t, False) if seeded is None else (seeded, True)
 
 
 @register_function(torch._grouped_mm, *([F.grouped_mm] if hasattr(F, "grouped_mm") else []))
@@ -348,13 +342,10 @@ def _einsum_stacked(a: SymmetryAnalysis, terms: list, ops: list, out: list) -> t
         heads = [h for h, k in enumerate(term) if k in out and h != d and op.shape[h] > 1]
         if len(heads) != 1 or term.count(term[heads[0]]) != 1:
             continue
-        got = stacked.seed(a, op.labels[heads[0]], op.labels[d])
-        if got is None:
-            continue
-        labels = list(op.labels)
-        labels[heads[0]], labels[d] = got
-        ops[i] = TensorLabels(op.shape, tuple(labels))
-        first[term[heads[0]]] = got[0]
+        seeded = stacked.seed(a, op, heads[0], d)
+        if seeded is not None:
+            ops[i] = seeded
+            first[term[heads[0]]] = seeded.labels[heads[0]]
     return ops, first
 
 

@@ -532,8 +532,8 @@ def _select(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if not isinstance(i, int):
         raise Unsupported("select at an index a tensor gives")
     d = norm_dim(dim, x.ndim)
-    member = a.node.meta.get("nfn_member")
-    sliced = stacked.member_slice(a, x, d, member) if member is not None else None
+    loop = a.node.meta.get("nfn_member")
+    sliced = stacked.member_slice(a, x, d, i, loop) if loop is not None else None
     return sliced or _basic_getitem(a, x, (slice(None),) * d + (i,))
 
 
@@ -881,8 +881,8 @@ def _stack(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     xs = list(arg(args, kwargs, 0, "tensors"))
     shape = a.out_shape()
     d = norm_dim(arg(args, kwargs, 1, "dim", 0), len(shape))
-    members = a.node.meta.get("nfn_members")  # a traced vmap's results, member by member
-    out = stacked.member_stack(a, xs, d, members[0]) if members is not None else None
+    loop = a.node.meta.get("nfn_members")  # a traced vmap's results, member by member
+    out = stacked.member_stack(a, xs, d, loop) if loop is not None else None
     if out is not None:
         return out
     rest = a.broadcast(xs, shape[:d] + shape[d + 1 :])
