@@ -104,6 +104,11 @@ def test_block_spec_round_trips_through_yaml_exactly():
         ),
         (("{space: c1, block_of: 0}", "{space: c1, at: 0}"), r"axes\[1\]: expected a space name"),
         (("g: {count: 2}", "g: {count: 0}"), r"blocks.g.count: expected a positive int, got 0"),
+        (("g: {count: 2}", "g: {count: 2, fixed: 1}"), r"blocks.g.fixed: expected true or false"),
+        (
+            ("g: {count: 2}", "g: {count: 2, still: true}"),
+            r"blocks.g.still: unknown key; valid keys: count, fixed",
+        ),
     ],
 )
 def test_malformed_block_specs_name_the_key(edit, message):
@@ -154,6 +159,25 @@ def test_sample_permutation_draws_the_whole_wreath_product_uniformly():
         counts[key] = counts.get(key, 0) + 1
     assert len(counts) == 32
     assert min(counts.values()) > 50  # 100 expected per element
+
+
+def test_fixed_blocks_stay_in_place_in_every_mode():
+    # an ensemble's members that each read their own data: whole members never move, each
+    # member's units still permute on their own (S_3 x S_3 here, 36 elements)
+    text = GROUPED_YAML.replace("g: {count: 2}", "g: {count: 2, fixed: true}")
+    spec = nfc.WeightSpaceSpec.from_yaml(text)
+    assert spec.to_yaml() == text and nfc.WeightSpaceSpec.from_yaml(spec.to_yaml()) == spec
+    assert spec != grouped_spec() and spec.blocks["g"] == Blocks("g", 2, False, True)
+    assert repr(spec.blocks["g"]) == "Blocks('g', 2, fixed=True)"
+    gen = torch.Generator().manual_seed(2)
+    for mode in ("np", "hnp"):
+        assert not spec.with_mode(mode).blocks["g"].permutable
+        seen = set()
+        for _ in range(400):
+            perm = spec.sample_permutation(gen, mode=mode)
+            assert torch.equal(perm["c2"].reshape(2, 3) // 3, torch.tensor([[0] * 3, [1] * 3]))
+            seen.add(tuple(perm["c2"].tolist()))
+        assert len(seen) == 36
 
 
 def test_hnp_fixes_blocks_shared_with_an_input_space():

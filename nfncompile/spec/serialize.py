@@ -21,7 +21,10 @@ def spec_to_dict(spec: Any) -> dict:
     if spec.mode != "np":
         out["mode"] = spec.mode
     if spec.blocks:
-        out["blocks"] = {b.name: {"count": b.count} for b in spec.blocks.values()}
+        out["blocks"] = {
+            b.name: {"count": b.count, **({"fixed": True} if b.fixed else {})}
+            for b in spec.blocks.values()
+        }
     out["spaces"] = {
         s.name: {"size": s.size, "role": s.role, **({"blocks": s.blocks} if s.blocks else {})}
         for s in spec.spaces.values()
@@ -66,11 +69,14 @@ def spec_fields(data: Any) -> dict:
     _check_keys(data, ("mode", "blocks", "spaces", "params"), "", required=("spaces", "params"))
     blocks = []
     for name, path, entry in _entries(
-        data.get("blocks") or {}, "blocks", "{count}", ("count",), ("count",)
+        data.get("blocks") or {}, "blocks", "{count[, fixed]}", ("count", "fixed"), ("count",)
     ):
         if not _is_int(entry["count"]) or entry["count"] < 1:
             raise SpecError(f"{path}.count: expected a positive int, got {entry['count']!r}")
-        blocks.append(Blocks(str(name), entry["count"]))
+        fixed = entry.get("fixed", False)
+        if not isinstance(fixed, bool):
+            raise SpecError(f"{path}.fixed: expected true or false, got {fixed!r}")
+        blocks.append(Blocks(str(name), entry["count"], fixed=fixed))
     spaces = []
     keys = ("size", "role", "blocks")
     for name, path, entry in _entries(data["spaces"], "spaces", "{size, role}", keys, keys[:2]):

@@ -77,17 +77,26 @@ class Blocks:
         Number of blocks (a grouped convolution's ``groups``).
     permutable : bool
         Whether the group moves the blocks. Set by the owning spec: the blocks move only when
-        every space that shares them is permutable in the spec's mode.
+        they are not ``fixed`` and every space that shares them is permutable in the spec's
+        mode.
+    fixed : bool
+        Blocks that stay in place in every mode while the neurons inside each block still
+        permute on their own, block by block (the direct product of one symmetric group per
+        block): an ensemble's members that each read their own data, experts routed by their
+        index. Declared by the tracer or by hand (``{count: 3, fixed: true}``).
 
     Examples
     --------
     >>> Blocks("g", 4)
     Blocks('g', 4)
+    >>> Blocks("members", 3, fixed=True)
+    Blocks('members', 3, fixed=True)
     """
 
     name: str
     count: int
     permutable: bool = True
+    fixed: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -96,8 +105,14 @@ class Blocks:
             raise SpecError(
                 f"blocks {self.name!r}: count must be a positive int, got {self.count!r}"
             )
+        if not isinstance(self.fixed, bool):
+            raise SpecError(
+                f"blocks {self.name!r}: fixed must be true or false, got {self.fixed!r}"
+            )
 
     def __repr__(self) -> str:
+        if self.fixed:
+            return f"Blocks({self.name!r}, {self.count}, fixed=True)"
         extra = "" if self.permutable else ", permutable=False"
         return f"Blocks({self.name!r}, {self.count}{extra})"
 

@@ -36,8 +36,8 @@ class WeightSpaceSpec:
         space's ``permutable`` flag.
     blocks : mapping or iterable of Blocks, optional
         The block permutations that block spaces name (stored as an immutable ordered
-        mapping). A block permutation moves its blocks only when every space sharing it is
-        permutable in ``mode``.
+        mapping). A block permutation moves its blocks only when it is not ``fixed`` and
+        every space sharing it is permutable in ``mode``.
 
     Raises
     ------
@@ -57,13 +57,15 @@ class WeightSpaceSpec:
         check_mode(self.mode)
         spaces = self.spaces.values() if isinstance(self.spaces, Mapping) else self.spaces
         blocks = self.blocks.values() if isinstance(self.blocks, Mapping) else self.blocks
-        counts = {}
+        counts, still = {}, set()
         for b in blocks:
             if not isinstance(b, Blocks):
                 raise SpecError(f"blocks must be Blocks objects, got {b!r}")
             if b.name in counts:
                 raise SpecError(f"duplicate block permutation name {b.name!r}")
             counts[b.name] = b.count
+            if b.fixed:
+                still.add(b.name)
         fixed = []
         for s in spaces:
             if not isinstance(s, Space):
@@ -97,7 +99,12 @@ class WeightSpaceSpec:
             self,
             "blocks",
             SpaceMap(
-                [Blocks(n, c, all(sp.permutable for sp in members[n])) for n, c in counts.items()],
+                [
+                    Blocks(
+                        n, c, n not in still and all(sp.permutable for sp in members[n]), n in still
+                    )
+                    for n, c in counts.items()
+                ],
                 kind="block permutation",
             ),
         )

@@ -31,8 +31,8 @@ def make_spec(spaces: dict, params: dict, blocks: dict | None = None) -> WeightS
         },
         "params": params,
     }
-    if blocks:
-        out["blocks"] = {k: {"count": n} for k, n in blocks.items()}
+    if blocks:  # name -> count, or name -> {count, fixed}
+        out["blocks"] = {k: n if isinstance(n, dict) else {"count": n} for k, n in blocks.items()}
     return WeightSpaceSpec.from_dict(out)
 
 
@@ -165,6 +165,22 @@ SPECS = {
         },
         {"g": 2},
     ),
+    # an ensemble of 3 members with stacked weights, each member reading its own data: the
+    # members stay in place (fixed blocks), each member's units permute on their own
+    "fixed_blocks": make_spec(
+        {
+            "in": (2, "input"),
+            "m": (3, "hidden", "members"),
+            "h": (6, "hidden", "members"),
+            "out": (2, "output"),
+        },
+        {
+            "l1.weight": {"shape": [3, 2, 2], "axes": ["m", "in", inner("h")]},
+            "l1.bias": {"shape": [3, 2], "axes": ["m", inner("h")]},
+            "l2.weight": {"shape": [3, 2, 2], "axes": ["m", inner("h"), "out"]},
+        },
+        {"members": {"count": 3, "fixed": True}},
+    ),
     # attention heads laid out per head (GPT-NeoX's fused (heads, 3 * d) projection): a space
     # of one neuron per head, each row holding that head's queries, keys and values as
     # positions inside its blocks; the values come out in block order.
@@ -247,6 +263,7 @@ SPECS = {
 
 BLOCK_SPECS = (
     "grouped",
+    "fixed_blocks",
     "depthwise_multiplier",
     "grouped_square",
     "input_blocks",

@@ -29,8 +29,10 @@ MODES = ("np", "hnp")
 
 def _group(name: str, mode: str) -> str:
     """The group the layer is complete for: the spec's own, except a block permutation shared
-    with an input/output space in hnp (the layer also moves those blocks)."""
-    return "layer" if (name == "input_blocks" and mode == "hnp") else "group"
+    with an input/output space in hnp or declared fixed (the layer also moves those blocks)."""
+    return (
+        "layer" if (name == "input_blocks" and mode == "hnp") or name == "fixed_blocks" else "group"
+    )
 
 
 # ---- counts ----------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def test_nflinear_equivariant_catalogue_shapes(name, mode, basis):
 
 @pytest.mark.parametrize("name", BLOCK_SPECS)
 def test_block_permutations_move_blocks_and_insides(name):
-    """The draws used above do move whole blocks and neurons inside blocks (np)."""
+    """The draws used above do move whole blocks and neurons inside blocks (np); fixed blocks
+    stay in place while the neurons inside them still move."""
     spec = SPECS[name]
     gen = torch.Generator().manual_seed(0)
     moved_blocks = moved_inside = False
@@ -89,7 +90,8 @@ def test_block_permutations_move_blocks_and_insides(name):
             grid = p.reshape(count, k)
             moved_blocks |= not torch.equal(grid[:, 0] // k, torch.arange(count))
             moved_inside |= k > 1 and not torch.equal(grid % k, torch.arange(k).expand(count, k))
-    assert moved_blocks and (moved_inside or name == "depthwise_multiplier")
+    fixed = any(b.fixed for b in spec.blocks.values())
+    assert moved_blocks != fixed and (moved_inside or name == "depthwise_multiplier")
 
 
 def test_grouped_layer_is_not_equivariant_to_the_ungrouped_group():
