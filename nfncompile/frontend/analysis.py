@@ -1056,8 +1056,8 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         says why): the op treats channel positions differently. Attention heads, which never
         move, are not fixed where that partner is a constant of the model or where the dims
         are a matmul's ``batch`` dims. Broadcast and uniform dims impose nothing; a dim that
-        only they fill is uniform. A stacked parameter's members (:mod:`.stacked`) are fixed
-        there as neurons are: where they stay, they have no heads' reading to keep them.
+        only they fill is uniform. A stacked parameter's members (:mod:`.stacked`) stay in
+        place wherever they meet such a dim (each member its own data): held, as fixed blocks.
         """
         shape = self.out_shape() if shape is None else shape
         infos = [v for v in values if isinstance(v, TensorLabels)]
@@ -1081,15 +1081,18 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     data_free = data_free and (info.shape[k] == 1 or info not in data)
                 else:
                     found.append(lab)
+            stacked = [self.is_stacked(lab) for lab in found]
             if (
                 found
                 and plain
-                and all(self.is_heads(lab) and not self.is_stacked(lab) for lab in found)
-                and (data_free or batch)
+                and all(self.is_heads(lab) for lab in found)
+                and (all(stacked) or (not any(stacked) and (data_free or batch)))
             ):
                 # attention heads stay in place: a constant per head (ALiBi's slopes), or a
                 # matmul's batch of scores whose heads labels are lost (RoFormer's rotated q
-                # and k), meets each head where it is
+                # and k), meets each head where it is; so do a stacked parameter's members
+                # where each meets its own data (fixed blocks, or fixed where their split
+                # falls: heads.rewrite)
                 self.hold_heads(*found)
                 for lab in found[1:]:
                     self.tie(found[0], lab)

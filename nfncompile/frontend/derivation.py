@@ -86,6 +86,7 @@ class BlockInfo:
     spaces: list = field(default_factory=list)
     ops: list = field(default_factory=list)
     heads: bool = False
+    fixed: bool = False
 
 
 @dataclass

@@ -110,7 +110,7 @@ def _ties(a: list, b: list, op: str) -> list[tuple]:
 
 
 def rewrite(
-    splits: list, fallen: dict, ties: list, nodes: list, cuts: dict, fixed: list
+    splits: list, fallen: dict, ties: list, nodes: list, cuts: dict, fixed: list, held: set
 ) -> tuple[list, list, list]:
     """The constraints with each holding split's ``dims`` read as one per head.
 
@@ -126,6 +126,9 @@ def rewrite(
         Run id -> cut positions; updated in place.
     fixed : list
         ``(run, offset, length)``.
+    held : set
+        Heads runs that met positions where they stand: a stacked split's that does not hold
+        are fixed (its members met their own data; no fixed blocks keep them).
 
     Returns
     -------
@@ -180,6 +183,11 @@ def rewrite(
         new_fixed += [p for chunk in chunks for p in pieces(chunk, off, length)]
         if split is None:
             new_fixed.append((r, off, length))
+    new_fixed += [
+        (s.heads, 0, len(s.chunks))
+        for s in splits
+        if s.stacked and s.dims not in holding and s.heads in held
+    ]
     # a stacked parameter's heads that do not hold are its axis's neurons, free as before
     synthetic = [
         (s.heads, 0, len(s.chunks)) for s in splits if not (s.stacked and s.dims not in holding)
@@ -367,6 +375,9 @@ class Family:
         Each block's place in the solution (its atom's root, its offset in the atom), in head
         order: where a parameter's axis holds one value per head (a relative-position bias
         table's columns, a temperature per head), its positions take these places.
+    still : bool
+        The blocks stay in place (a stacked parameter's members that an op reads where they
+        stand): fixed blocks, each head's neurons still permuting on their own.
     """
 
     roots: tuple
@@ -379,6 +390,7 @@ class Family:
     group: int = 1
     queries: list = dataclasses.field(default_factory=list)
     places: list = dataclasses.field(default_factory=list)
+    still: bool = False
 
     @property
     def root(self) -> int:
@@ -485,7 +497,10 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         if (
             count < 2 or len(set(order)) != count
             or any(places[s.id] != _spread(order, units[s.id], s.id in tiled) for s in splits)
-            or any(r in sol.prefixed for r in roots)
+        ):  # fmt: skip
+            continue
+        in_place = (
+            any(r in sol.prefixed for r in roots)
             or any(sol.atoms[i][0] not in heads_runs | loose
                    and not (per_head and p.runs[sol.atoms[i][0]]["kind"] in _PER_HEAD)
                    for r in roots for i in sol.classes.get(r, []))
@@ -494,9 +509,15 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
             or any(sol.atoms[i][0] in (p.labelled | p.heads_held) & loose
                    for r in roots for i in sol.classes.get(r, []))
             or any(pinned(s) for s in splits)
-        ):  # fmt: skip
+        )  # fmt: skip
+        # attention heads that stay in place are read as rewrite() reads them (each head's
+        # dims spaces of their own, spans of the axis); a stacked parameter's members that do
+        # (each reads its own data, experts routed by index) are fixed blocks, each member's
+        # units inside its block (one axis cannot index a space per member otherwise)
+        if in_place and not all(s.stacked for s in splits):
             continue
         fam = Family(tuple(dict.fromkeys(r for r, _ in order)), count, splits, [], [], units, tiled)
+        fam.still = in_place
         fam.places = list(order)
         fam.group, fam.queries = _queries(sol, fam)
         columns: list = []  # per piece, its roots in head order

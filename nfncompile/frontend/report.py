@@ -123,7 +123,8 @@ class TraceReport:
                 b = self.blocks[s.blocks]
                 others = [n for n in b.spaces if n != s.name]
                 shared = f", shared with {_wrap(others)}" if others else ""
-                lines.append(f"    blocks {b.name}: {b.count} x {s.size // b.count}{shared}")
+                still = " (the blocks stay in place)" if b.fixed else ""
+                lines.append(f"    blocks {b.name}: {b.count} x {s.size // b.count}{shared}{still}")
             if s.params:
                 lines.append(f"    indexes: {_wrap(s.params)}")
             if s.ops:

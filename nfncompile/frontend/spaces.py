@@ -211,7 +211,7 @@ class _Solution:
                 cuts[run].add(pos)
             fixed += [(s.run, s.offset, s.length) for segs, _ in link.fixes for s in segs]
         ties, fixed, synthetic, self.met = heads.rewrite(
-            problem.splits, fallen, ties, nodes, cuts, fixed
+            problem.splits, fallen, ties, nodes, cuts, fixed, problem.heads_held
         )
         self.ties = ties  # as solved: each holding split's dims read per head
         for r, off, length in fixed + synthetic:
@@ -542,7 +542,7 @@ def _build(
     spec = WeightSpaceSpec(
         [Space(s.name, s.size, s.role, blocks=s.blocks) for s in ranked],
         params,
-        blocks=[Blocks(b.name, b.count) for b in blocks.values()],
+        blocks=[Blocks(b.name, b.count, fixed=b.fixed) for b in blocks.values()],
     )
     return Derivation(
         spec, {s.name: s for s in ranked}, blocks, io, broken, _ops(graph, problem, fallen, positions),
@@ -1151,8 +1151,9 @@ def _name_heads(families: list, infos: dict, taken: dict) -> dict:
             name += "'"
         used.add(name)
         info = BlockInfo(
-            name, fam.count, [], list(dict.fromkeys(s.op for s in fam.splits)), heads=True
-        )
+            name, fam.count, [], list(dict.fromkeys(s.op for s in fam.splits)), heads=True,
+            fixed=fam.still,
+        )  # fmt: skip
         for root in roots:
             infos[root].blocks = name
             info.spaces.append(infos[root].name)

@@ -4,8 +4,8 @@ Every case is checked against the real network (the report's verification draws 
 elements of the derived group, float64), and the larger groups once more by hand: members'
 units moved member by member leave the function as it is, and undoing one member's move in
 one layer only changes it. Where the members are read across (their units summed, their
-outputs kept apart, their inputs different data), the reading falls back to one permutation
-for every member's units, as before.
+outputs kept apart), the reading falls back to one permutation for every member's units, as
+before; where each member reads its own data, the members are blocks that stay in place.
 """
 
 from __future__ import annotations
@@ -162,13 +162,31 @@ class _OwnData(nn.Module):
 
 
 def test_members_reading_their_own_data_stay_in_place():
-    # member e reads x[e]: the members cannot move, and one axis cannot index a space per
-    # member in place, so their units keep one permutation for every member
-    _, _, spec = _traced(_OwnData, 3, 4, 5)
-    assert not spec.blocks
-    assert spec["l1.weight"].axes == (None, "in", "l1")
-    assert spec["l2.weight"].axes[:2] == (None, "l1")
-    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+    # member e reads x[e]: the members cannot move, so they are fixed blocks, and inside
+    # them each member's units still permute on their own. Before: one permutation for
+    # every member's units, the members' axis fixed
+    model, x, spec = _traced(_OwnData, 3, 4, 5)
+    members, h1 = "l1.head", Inner("l1", 0)
+    assert spec.blocks["l1.heads"].fixed and not spec.blocks["l1.heads"].permutable
+    assert spec.spaces[members].blocks == spec.spaces["l1"].blocks == "l1.heads"
+    assert spec.block_shape("l1") == (3, 6)
+    assert spec["l1.weight"].axes == (members, "in", h1)
+    assert spec["l2.weight"].axes == (members, h1, "out")
+    _moves_one_member(model, x, spec, "l1", 1, "l2.weight")
+    # whole members exchanged (their data stays where it is): not a symmetry
+    swap = Permutation(
+        spec,
+        {
+            members: torch.tensor([1, 0, 2]),
+            "l1": torch.arange(18).reshape(3, 6)[[1, 0, 2]].flatten(),
+        },
+    )
+    moved = swap.apply_state_dict(model.state_dict())
+    assert (torch.func.functional_call(model, moved, (x,)) - model(x)).abs().max() > 1e-3
+    for mode in ("np", "hnp"):
+        for basis in ("complete", "linear"):
+            s = spec.with_mode(mode)
+            assert_equivariant(nfc.NFLinear(s, 1, 2, basis=basis).double(), s, trials=2)
 
 
 class _EinsumAttention(nn.Module):
