@@ -188,8 +188,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         #: ``None`` until it runs)
         self.adopted: list | None = None
         #: a traced ``torch.vmap`` over stacked weights (:func:`.stacked.member_slice`): per
-        #: loop its members' run, the splits of each weight's axes and whether its results
-        #: were stacked; and (state_dict key, members axis, axis, split id) of those splits
+        #: loop its members' run, the splits of each weight's axes, whether its results
+        #: were stacked and whether a mapped input was data (each member its own); and
+        #: (state_dict key, members axis, axis, split id) of those splits
         self.member_loops: dict = {}
         self.member_axes: list = []
         self._recording: list | None = None  # fixes of a block link's alternative

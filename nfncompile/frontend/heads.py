@@ -110,7 +110,7 @@ def _ties(a: list, b: list, op: str) -> list[tuple]:
 
 
 def rewrite(
-    splits: list, fallen: dict, ties: list, nodes: list, cuts: dict, fixed: list, held: set
+    splits: list, fallen: dict, ties: list, nodes: list, cuts: dict, fixed: list
 ) -> tuple[list, list, list]:
     """The constraints with each holding split's ``dims`` read as one per head.
 
@@ -125,10 +125,9 @@ def rewrite(
     cuts : dict
         Run id -> cut positions; updated in place.
     fixed : list
-        ``(run, offset, length)``.
-    held : set
-        Heads runs that met positions where they stand: a stacked split's that does not hold
-        are fixed (its members met their own data; no fixed blocks keep them).
+        ``(run, offset, length)``; with the heads of each stacked split marked ``("fix
+        heads", id)`` in ``fallen`` (members that met their own data, in no family of fixed
+        blocks).
 
     Returns
     -------
@@ -186,7 +185,7 @@ def rewrite(
     new_fixed += [
         (s.heads, 0, len(s.chunks))
         for s in splits
-        if s.stacked and s.dims not in holding and s.heads in held
+        if s.stacked and s.dims not in holding and ("fix heads", s.id) in fallen
     ]
     # a stacked parameter's heads that do not hold are its axis's neurons, free as before
     synthetic = [

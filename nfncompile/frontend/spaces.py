@@ -211,7 +211,7 @@ class _Solution:
                 cuts[run].add(pos)
             fixed += [(s.run, s.offset, s.length) for segs, _ in link.fixes for s in segs]
         ties, fixed, synthetic, self.met = heads.rewrite(
-            problem.splits, fallen, ties, nodes, cuts, fixed, problem.heads_held
+            problem.splits, fallen, ties, nodes, cuts, fixed
         )
         self.ties = ties  # as solved: each holding split's dims read per head
         for r, off, length in fixed + synthetic:
@@ -433,9 +433,19 @@ def _build(
         sid for key, _, j, sid, _ in problem.adopted
         if ("heads", sid) not in fallen and sid in moved and (key, j) not in views
     ]  # fmt: skip
-    if stuck:
+    # a stacked split that does not hold, whose members met their own data (held) and are in
+    # no family's fixed blocks: they are fixed, as neurons that meet positions are
+    in_family = {r for fam, _, _ in families for r in fam.roots}
+    stuck_held = [
+        s.id for s in problem.splits
+        if s.stacked and ("heads", s.id) in fallen and ("fix heads", s.id) not in fallen
+        and s.heads in problem.heads_held
+        and not any(sol.uf.find(i) in in_family for i in sol.atoms_in(s.heads, 0, len(s.chunks)))
+    ]  # fmt: skip
+    if stuck or stuck_held:
         fallen.update({("heads", sid): "its heads (a stacked parameter's axis) stay in place"
                        for sid in stuck})  # fmt: skip
+        fallen.update({("fix heads", sid): "its members meet their own data" for sid in stuck_held})
         return None
     _name_spaces(infos)
     blocks = _name_blocks(holding, link_uf, sol, count_of, infos)

@@ -118,6 +118,8 @@ def adopt(a: SymmetryAnalysis) -> None:
     for loop in a.member_loops.values():
         if not loop["stacked"]:
             a.fix(loop["members"], "a torch.vmap's results are not stacked member by member")
+        elif loop["own_data"]:  # each member reads its own data: in place (fixed blocks)
+            a.heads_held.update(s.heads for per in loop["splits"].values() for s in per.values())
     whole = _whole_ties(a)
     classes = {r: i for i, runs in enumerate(nx.connected_components(whole)) for r in runs}
     axes = _param_axes(a)
@@ -230,7 +232,10 @@ def member_slice(a: SymmetryAnalysis, x: Any, d: int, i: int, loop: int) -> Any:
     members = whole_run(a, x.labels[d]) if key is not None else None
     if members is None or members not in a.param_runs or count < 2:
         return None
-    made = a.member_loops.setdefault(loop, {"members": None, "splits": {}, "stacked": False})
+    made = a.member_loops.setdefault(
+        loop, {"members": None, "splits": {}, "stacked": False, "own_data": False}
+    )
+    made["own_data"] |= bool(a.node.meta.get("nfn_own_data"))
     if made["members"] is None:  # the loop's members: every weight's members' axis
         made["members"] = a.new_run(count, "neuron", f"{key} (members)")
     splits = made["splits"].get((node.name, d))

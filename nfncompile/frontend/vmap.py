@@ -8,15 +8,17 @@ each slice of the mapped dims in turn and the results are stacked, which is what
 computes. The mapped dim's size must be known, as the shape-fixing trace knows it; a plain
 trace then fails and the model is traced again with its shapes fixed.
 
-Each call reads its own slice of the stacked weights (``w[i]``). Where every mapped input is
-a weight of the model (``stack_module_state``'s parameters) and the results are stacked, the
-members differ only by their weights: the slices and the stack are marked
-(``node.meta["nfn_member"]``, ``node.meta["nfn_members"]``), and the analysis reads each
-member's slice as that member's own neurons and the stacked dim as the members
-(:mod:`~nfncompile.frontend.stacked`): each member's hidden units permute on their own and the
-members move as blocks. Otherwise (a mapped input that is data, results not stacked) the
-members' hidden neurons are one space across the members and the members are fixed: a
-smaller group, and an exact one.
+Each call reads its own slice of the stacked weights (``w[i]``). Where mapped inputs are
+weights of the model (``stack_module_state``'s parameters) and the results are stacked, the
+weights' slices and the stack are marked (``node.meta["nfn_member"]``,
+``node.meta["nfn_members"]``), and the analysis reads each member's slice as that member's
+own neurons and the stacked dim as the members (:mod:`~nfncompile.frontend.stacked`): each
+member's hidden units permute on their own. Where every mapped input is a weight the members
+differ only by their weights and move as blocks; where one is data
+(``node.meta["nfn_own_data"]``: PyTorch's recipe with a minibatch per model) each member
+reads its own, and the members are blocks that stay in place. Otherwise (results not
+stacked) the members' hidden neurons are one space across the members and the members are
+fixed: a smaller group, and an exact one.
 
 Examples
 --------
@@ -85,20 +87,24 @@ def vmap_as_loop(
         if len(sizes) != 1:
             raise ValueError(f"vmap: the mapped dims have sizes {sorted(sizes)}, not one size")
         (n,) = sizes
-        # every mapped input a weight of the model: the members differ by their weights alone
+        # the mapped inputs that are weights of the model; where others are data, each member
+        # reads its own (the members stay in place)
         mapped = [v for v, d in zip(leaves, flat_dims) if d is not None]
-        weights = all(isinstance(v, torch.fx.Proxy) and v.node.op == "get_attr" for v in mapped)
+        weights = [isinstance(v, torch.fx.Proxy) and v.node.op == "get_attr" for v in mapped]
         loop = next(_LOOPS)
         outs = []
         for i in range(n):
-            sliced = []
+            sliced, k = [], 0
             for v, d in zip(leaves, flat_dims):
                 sliced.append(v if d is None else v.select(d, i))
-                if d is not None and weights:
-                    sliced[-1].node.meta["nfn_member"] = loop
+                if d is not None:
+                    if weights[k]:
+                        sliced[-1].node.meta["nfn_member"] = loop
+                        sliced[-1].node.meta["nfn_own_data"] = not all(weights)
+                    k += 1
             outs.append(func(*pytree.tree_unflatten(sliced, spec), **kwargs))
         result = _stacked(outs, out_dims)
-        if weights:
+        if any(weights):
             _mark_stacks(result, out_dims, loop)
         return result
 

@@ -189,6 +189,27 @@ def test_members_reading_their_own_data_stay_in_place():
             assert_equivariant(nfc.NFLinear(s, 1, 2, basis=basis).double(), s, trials=2)
 
 
+class _OwnDataAveraged(nn.Module):
+    """Each member reads its own slice of the input; their units averaged before one head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.head = _Stacked(5, 6, 3), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.l1(x)).mean(0))
+
+
+def test_members_reading_their_own_data_read_across_are_fixed():
+    # their own data keeps the members in place, and the average gives every member's units
+    # one permutation: no blocks, the members' axis fixed (as before fixed blocks)
+    _, _, spec = _traced(_OwnDataAveraged, 3, 4, 5)
+    assert not spec.blocks
+    assert spec["l1.weight"].axes == (None, "in", "l1")
+    assert spec["head.weight"].axes == ("out", "l1")
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
 class _EinsumAttention(nn.Module):
     """XLNet's and Transformer-XL's attention: projections stored ``(d_model, heads,
     d_head)`` and read by ``einsum``, a bias per head ``(heads, d_head)`` added to the

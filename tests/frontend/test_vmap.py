@@ -11,6 +11,7 @@ import nfncompile as nfc
 from nfncompile.frontend.fx import trace_module
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.spec import Inner, Permutation
+from nfncompile.testing import assert_equivariant
 
 from .helpers import model_, x_
 
@@ -109,8 +110,29 @@ class _OwnInputs(_Ensemble):
 
 
 def test_members_mapped_over_their_own_inputs_stay_in_place():
-    # a mapped input that is data: the members differ by more than their weights, so they
-    # stay, and their hidden units keep one permutation for every member (as before)
-    spec, report = trace_with_report(model_(_OwnInputs), x_(3, 5, 4), channel_dim=-1)
-    assert report.verification.ok and not spec.blocks
-    assert spec["stacked.0"].axes == (None, "stacked", "in")
+    # a mapped input that is data (PyTorch's recipe with a minibatch per model): the members
+    # differ by more than their weights, so they stay, as fixed blocks, and each member's
+    # hidden units still permute on their own. Before: one permutation for every member's
+    # hidden units, the members fixed
+    model, x = model_(_OwnInputs).double(), x_(3, 5, 4).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok
+    members, hidden = spec["stacked.0"].axes[0], Inner("stacked.0", 0)
+    assert spec["stacked.0"].axes == (members, hidden, "in")
+    assert spec["stacked.2"].axes == (members, "out", hidden)
+    (name,) = spec.blocks
+    assert spec.blocks[name].fixed and spec.spaces["stacked.0"].blocks == name
+    assert spec.block_shape("stacked.0") == (3, 6)
+    # member 1's units alone moved: the function is unchanged
+    perm = torch.arange(18)
+    perm[6:12] = perm[6:12].roll(1)
+    moved = Permutation(spec, {"stacked.0": perm}).apply_state_dict(model.state_dict())
+    torch.testing.assert_close(functional_call(model, moved, (x,)), model(x))
+    # members 0 and 1 exchanged whole (each still reads its own minibatch): not a symmetry
+    whole = torch.arange(18).reshape(3, 6)[[1, 0, 2]].flatten()
+    swap = Permutation(spec, {members: torch.tensor([1, 0, 2]), "stacked.0": whole})
+    moved = swap.apply_state_dict(model.state_dict())
+    assert (functional_call(model, moved, (x,)) - model(x)).abs().max() > 1e-3
+    for mode in ("np", "hnp"):
+        s = spec.with_mode(mode)
+        assert_equivariant(nfc.NFLinear(s, 1, 2).double(), s, trials=2)
