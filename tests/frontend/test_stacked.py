@@ -153,22 +153,24 @@ def test_units_averaged_over_the_members_share_one_permutation():
 class _OwnData(nn.Module):
     """Stacked weights, each member reading its own slice of the input ``(members, B, 5)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, how: str = "matmul") -> None:
         super().__init__()
-        self.l1, self.l2 = _Stacked(5, 6, 3), _Stacked(6, 2, 3)
+        self.l1, self.l2 = _Stacked(5, 6, 3, how), _Stacked(6, 2, 3, how)
 
     def forward(self, x):
         return self.l2(torch.relu(self.l1(x))).sum(0)
 
 
-def test_members_reading_their_own_data_stay_in_place():
+@pytest.mark.parametrize("how", ["matmul", "baddbmm", "einsum"])
+def test_members_reading_their_own_data_stay_in_place(how):
     # member e reads x[e]: the members cannot move, so they are fixed blocks, and inside
     # them each member's units still permute on their own. Before: one permutation for
     # every member's units, the members' axis fixed
-    model, x, spec = _traced(_OwnData, 3, 4, 5)
-    members, h1 = "l1.head", Inner("l1", 0)
-    assert spec.blocks["l1.heads"].fixed and not spec.blocks["l1.heads"].permutable
-    assert spec.spaces[members].blocks == spec.spaces["l1"].blocks == "l1.heads"
+    model, x, spec = _traced(lambda: _OwnData(how), 3, 4, 5)
+    (name,) = spec.blocks
+    members, h1 = spec["l1.weight"].axes[0], Inner("l1", 0)
+    assert spec.blocks[name].fixed and not spec.blocks[name].permutable
+    assert spec.spaces[members].blocks == spec.spaces["l1"].blocks == name
     assert spec.block_shape("l1") == (3, 6)
     assert spec["l1.weight"].axes == (members, "in", h1)
     assert spec["l2.weight"].axes == (members, h1, "out")
