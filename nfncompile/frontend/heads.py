@@ -448,6 +448,12 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         for i in sol.atoms_in(r, off, length)
     }
 
+    def touched(split: Any) -> bool:
+        """Whether an op fixed any of its chunks' neurons directly (a constant per position
+        added before the view: PointNet's identity), which the rewrite's ties of each chunk
+        to the shared dims hide: a layer that reads its heads then keeps them in place."""
+        return any(sol.uf.find(i) in direct for c in split.chunks for i in sol.label_atoms(c))
+
     def pinned(split: Any) -> bool:
         held: dict = {}  # a directly fixed root -> the heads whose chunks hold it
         for h, chunk in enumerate(split.chunks):
@@ -503,7 +509,9 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
             or any(sol.atoms[i][0] not in heads_runs | loose
                    and not (per_head and p.runs[sol.atoms[i][0]]["kind"] in _PER_HEAD)
                    for r in roots for i in sol.classes.get(r, []))
-            or any((s.heads in p.labelled and not (s.stacked and s.heads in io_runs))
+            or any((s.heads in p.labelled
+                    and not (s.stacked and s.heads in io_runs)
+                    and not (per_head and s.heads not in io_runs and not touched(s)))
                    or s.heads in p.heads_held for s in splits)
             or any(sol.atoms[i][0] in (p.labelled | p.heads_held) & loose
                    for r in roots for i in sol.classes.get(r, []))
@@ -554,6 +562,12 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
             or any(r in sol.fixed_roots or r in busy for r in seen + shared)
             or set(seen) & set(shared)
         ):  # fmt: skip
+            continue
+        # heads a layer reads (their own space's axis of that layer's weight) move only with
+        # dims of their own or dims they share: with nothing per head but fixed positions (a
+        # Linear's outputs viewed as feature maps, DCGAN's) they stay a plain space
+        read = any(s.heads in p.labelled and not s.stacked for s in splits)
+        if read and not (columns or shared):
             continue
         fam.columns, fam.fixed = columns, list(dict.fromkeys(fixed))
         out.append(fam)

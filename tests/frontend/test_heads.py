@@ -126,21 +126,26 @@ def test_heads_whose_dims_one_norm_shares_still_move_as_blocks():
 def test_scores_mixed_across_heads_keep_the_values_per_head():
     # talking heads: the scores mixed across heads by a layer whose outputs are the heads
     # that read the values. Each head's values still permute on their own, and the values'
-    # heads move as blocks with that layer's output rows (q's and k's heads stay in place).
-    # Before: the values' heads one permutation for both (the mixed scores held them)
+    # heads move as blocks with that layer's output rows, q's and k's with its input columns.
+    # Before: the values' heads one permutation for both (the mixed scores held them); then
+    # q's and k's heads in place (a layer reading their heads held them)
     model = model_(lambda: _Heads("talking")).double()
     x = x_(2, 5, 8).double()
     spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok
     assert len(set(_per_head(spec, "v.weight"))) == 2
     assert spec["o.weight"].axes == ("out", "v") and spec.block_shape("v") == (2, 4)
-    assert spec["talk.weight"].axes == ("v.head", None)
+    assert spec["talk.weight"].axes == ("v.head", "q.head")
     assert spec.spaces["v.head"].blocks == spec.spaces["v"].blocks
-    assert len(set(_per_head(spec, "q.weight"))) == 2  # q's heads in place, per head
-    perm = _moving(spec, "v.heads", torch.Generator().manual_seed(0))
-    moved = copy.deepcopy(model)
-    moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
-    torch.testing.assert_close(moved(x), model(x))
+    assert spec.spaces["q.head"].blocks == spec.spaces["q"].blocks != spec.spaces["v"].blocks
+    assert spec.block_shape("q") == (2, 4)  # each head's queries and keys on their own
+    for blocks in ("v.heads", "q.heads"):
+        perm = _moving(spec, blocks, torch.Generator().manual_seed(0))
+        moved = copy.deepcopy(model)
+        moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+        torch.testing.assert_close(moved(x), model(x))
+    moved.talk.load_state_dict(model.talk.state_dict())  # its columns left where they were
+    assert (moved(x) - model(x)).abs().max() > 1e-3
 
 
 def test_heads_summed_then_read_position_by_position_share_one_permutation():
@@ -947,3 +952,59 @@ def test_keys_whose_queries_are_read_across_heads_keep_their_heads_with_the_quer
     assert report.verification.ok and not report.heads_in_place
     assert not any(name.startswith("k.") for name in spec.blocks)
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _Generated(nn.Module):
+    """A hypernetwork's layer: a code from the features' mean, a Linear's outputs viewed as a
+    ``(5, 6)`` matrix applied to the features (``bmm`` or ``einsum``), its 5 rows the features
+    a last Linear reads; ``identity``: PointNet's T-Net, the generated ``(6, 6)`` matrix plus
+    the identity."""
+
+    def __init__(self, how: str = "bmm", identity: bool = False) -> None:
+        super().__init__()
+        rows = 6 if identity else 5
+        self.how, self.identity, self.rows = how, identity, rows
+        self.enc, self.coder = nn.Linear(6, 6), nn.Linear(6, 4)
+        self.gen, self.out = nn.Linear(4, rows * 6), nn.Linear(rows, 2)
+
+    def forward(self, x):  # (B, N, 6)
+        h = torch.relu(self.enc(x))
+        w = self.gen(torch.relu(self.coder(h.mean(1))))
+        if self.identity:
+            w = w + torch.eye(6).flatten().view(1, 36).repeat(x.shape[0], 1)
+        w = w.view(-1, self.rows, 6)
+        y = (
+            torch.bmm(h, w.transpose(1, 2))
+            if self.how == "bmm"
+            else torch.einsum("bnj,boj->bno", h, w)
+        )
+        return self.out(torch.relu(y)).mean(1)
+
+
+@pytest.mark.parametrize("how", ["bmm", "einsum"])
+def test_a_generated_weights_rows_move_with_the_layer_that_reads_them(how):
+    # before: the generated rows fixed (a layer read their heads), the last Linear's columns too
+    model, x = model_(lambda: _Generated(how)).double(), x_(2, 7, 6).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not report.broken
+    rows = spec["out.weight"].axes[1]
+    assert spec["gen.weight"].view == (5, 6, 4)
+    assert spec["gen.weight"].axes == (rows, "enc", "coder") and spec.spaces[rows].size == 5
+    perm = _moving(spec, spec.spaces[rows].blocks, torch.Generator().manual_seed(0))
+    moved = copy.deepcopy(model)
+    moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+    torch.testing.assert_close(moved(x), model(x))
+    moved.out.load_state_dict(model.out.state_dict())  # the reading layer left as it was
+    assert (moved(x) - model(x)).abs().max() > 1e-3
+    for basis in ("complete", "linear"):
+        assert_equivariant(nfc.NFLinear(spec, 1, 2, basis=basis).double(), spec, trials=2)
+
+
+def test_a_generated_matrix_plus_the_identity_keeps_its_rows():
+    # the identity's diagonal would need the rows and the columns moved together: the rows
+    # stay, without verification too (not a reading the verification had to undo)
+    model, x = model_(lambda: _Generated(identity=True)).double(), x_(2, 7, 6).double()
+    spec = nfc.trace(model, x, channel_dim=-1, verify=False)
+    assert spec["gen.weight"].axes[0] is None and spec["out.weight"].axes == ("out", None)
+    assert not spec.blocks
+    assert trace_with_report(model, x, channel_dim=-1)[1].verification.ok
