@@ -79,7 +79,9 @@ class SpaceInfo:
 class BlockInfo:
     """One derived block permutation: ``count`` blocks moved together in every one of
     ``spaces`` (each permuted inside its blocks on its own); ``ops`` link them (grouped
-    convolutions, GroupNorms; the attention calls whose heads they are, with ``heads``)."""
+    convolutions, GroupNorms; the attention calls whose heads they are, with ``heads``).
+    With ``fixed`` the blocks stay in place (a stacked parameter's members that each meet
+    their own data), the neurons inside each still permuting on their own."""
 
     name: str
     count: int

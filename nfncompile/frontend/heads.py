@@ -119,15 +119,14 @@ def rewrite(
     splits : list of HeadSplit
     fallen : dict
         ``("heads", split id)`` for the splits that do not hold (their chunks are tied to
-        their dims instead).
+        their dims instead); ``("fix heads", split id)`` for those of them, stacked, whose
+        members met their own data and are in no family of fixed blocks (their heads fixed).
     ties : list
         ``(src, src_off, dst, dst_off, length, op)``; ``nodes`` their fx node names.
     cuts : dict
         Run id -> cut positions; updated in place.
     fixed : list
-        ``(run, offset, length)``; with the heads of each stacked split marked ``("fix
-        heads", id)`` in ``fallen`` (members that met their own data, in no family of fixed
-        blocks).
+        ``(run, offset, length)``.
 
     Returns
     -------
