@@ -1285,7 +1285,24 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
         for segs, reason in link.fixes:
             items = [(s.run, s.offset, s.length) for s in segs]
             out.append(BrokenInfo(link.op, link.node, reason, *neurons(items, True)))
+    # a stacked parameter's members that each met their own data where their units are read
+    # across members: fixed by the reading (heads.rewrite), named where they met the data
+    held_at = graph.graph.get("heads_held_at", {})
+    for s in problem.splits:
+        if ("fix heads", s.id) in fallen and s.heads in held_at:
+            op, node = held_at[s.heads]
+            # named after the parameters' members axes tied to them (``l1.weight.d0``)
+            axes = {
+                runs[r]["origin"] for t in problem.ties if s.heads in (t[0], t[2])
+                for r in (t[0], t[2]) if runs[r]["kind"] == "param"
+            }  # fmt: skip
+            names = sorted(axes) or [runs[s.heads]["origin"]]
+            out.append(BrokenInfo(op, node, _OWN_DATA, names, len(s.chunks)))
     return out
+
+
+#: Why a stacked parameter's members are fixed where their split does not hold
+_OWN_DATA = "each member meets its own data, and an op reads their units across members"
 
 
 def _ops(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Callable) -> list:

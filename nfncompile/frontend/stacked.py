@@ -119,7 +119,8 @@ def adopt(a: SymmetryAnalysis) -> None:
         if not loop["stacked"]:
             a.fix(loop["members"], "a torch.vmap's results are not stacked member by member")
         elif loop["own_data"]:  # each member reads its own data: in place (fixed blocks)
-            a.heads_held.update(s.heads for per in loop["splits"].values() for s in per.values())
+            for split in (s for per in loop["splits"].values() for s in per.values()):
+                a.hold_heads((Seg(split.heads, 0, len(split.chunks)),))
     whole = _whole_ties(a)
     classes = {r: i for i, runs in enumerate(nx.connected_components(whole)) for r in runs}
     axes = _param_axes(a)

@@ -204,9 +204,14 @@ class _OwnDataAveraged(nn.Module):
 
 def test_members_reading_their_own_data_read_across_are_fixed():
     # their own data keeps the members in place, and the average gives every member's units
-    # one permutation: no blocks, the members' axis fixed (as before fixed blocks)
-    _, _, spec = _traced(_OwnDataAveraged, 3, 4, 5)
-    assert not spec.blocks
+    # one permutation: no blocks, the members' axis fixed (as before fixed blocks), and the
+    # report says where and why (it said nothing before)
+    model, x = model_(_OwnDataAveraged).double(), x_(3, 4, 5).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok and not spec.blocks
+    (broken,) = report.broken
+    assert broken.node == "matmul" and broken.count == 3 and "own data" in broken.reason
+    assert broken.neurons == ["l1.bias.d0", "l1.weight.d0"]
     assert spec["l1.weight"].axes == (None, "in", "l1")
     assert spec["head.weight"].axes == ("out", "l1")
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
