@@ -94,14 +94,12 @@ def vmap_as_loop(
         loop = next(_LOOPS)
         outs = []
         for i in range(n):
-            sliced, k = [], 0
+            sliced, is_weight = [], iter(weights)
             for v, d in zip(leaves, flat_dims):
                 sliced.append(v if d is None else v.select(d, i))
-                if d is not None:
-                    if weights[k]:
-                        sliced[-1].node.meta["nfn_member"] = loop
-                        sliced[-1].node.meta["nfn_own_data"] = not all(weights)
-                    k += 1
+                if d is not None and next(is_weight):
+                    sliced[-1].node.meta["nfn_member"] = loop
+                    sliced[-1].node.meta["nfn_own_data"] = not all(weights)
             outs.append(func(*pytree.tree_unflatten(sliced, spec), **kwargs))
         result = _stacked(outs, out_dims)
         if any(weights):
