@@ -1302,7 +1302,9 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
 
 
 #: Why a stacked parameter's members are fixed where their split does not hold
-_OWN_DATA = "each member meets its own data, and an op reads their units across members"
+_OWN_DATA = (
+    "each member meets its own data or positions there, and an op reads their units across members"
+)
 
 
 def _ops(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Callable) -> list:

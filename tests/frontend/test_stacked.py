@@ -210,7 +210,7 @@ def test_members_reading_their_own_data_read_across_are_fixed():
     spec, report = trace_with_report(model, x, channel_dim=-1)
     assert report.verification.ok and not spec.blocks
     (broken,) = report.broken
-    assert broken.node == "matmul" and broken.count == 3 and "own data" in broken.reason
+    assert broken.node == "matmul" and broken.count == 3 and "its own data" in broken.reason
     assert broken.neurons == ["l1.bias.d0", "l1.weight.d0"]
     assert spec["l1.weight"].axes == (None, "in", "l1")
     assert spec["head.weight"].axes == ("out", "l1")
