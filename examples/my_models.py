@@ -159,6 +159,22 @@ class MultiQueryAttention(nn.Module):
         return self.c_proj(y.transpose(1, 2).reshape(b, n, -1)).mean(1)
 
 
+class EnsembleOwnData(nn.Module):
+    """An ensemble of 3 MLPs ``4 -> 5 -> 2`` with stacked weights ``(members, in, out)`` (PETS'
+    and mbrl-lib's ``EnsembleLinearLayer``), each member reading its own minibatch: the input
+    is ``(batch, 4 features, 3 members)``; the output the members' mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(3, 4, 5) / 2)
+        self.b1 = nn.Parameter(torch.randn(3, 1, 5) / 4)
+        self.w2 = nn.Parameter(torch.randn(3, 5, 2) / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(x.permute(2, 0, 1) @ self.w1 + self.b1)  # member e reads x[..., e]
+        return (h @ self.w2).mean(0)
+
+
 def concat_mlp() -> ConcatMLP:
     return ConcatMLP()
 
@@ -181,3 +197,7 @@ def per_head_attention() -> PerHeadAttention:
 
 def multi_query_attention() -> MultiQueryAttention:
     return MultiQueryAttention()
+
+
+def ensemble_own_data() -> EnsembleOwnData:
+    return EnsembleOwnData()

@@ -114,6 +114,7 @@ SPEC_INPUTS = {
     "flax_grouped_cnn.yaml": (4, 3, 6, 6),
     "per_head_attention.yaml": (4, 4, 5),
     "multi_query_attention.yaml": (4, 4, 5),
+    "ensemble_own_data.yaml": (6, 4, 3),
 }
 
 
@@ -155,6 +156,8 @@ def test_weight_space_spec_holds(name, mode, examples_on_path):
             ("[[{space: h, span: qk}, qk, v], in]", "[[{space: h, span: 2}, qk, v], in]"),
             "qk",
         ),
+        # the members claimed to move as blocks: each reads its own data, so they may not
+        ("ensemble_own_data.yaml", ("{count: 3, fixed: true}", "{count: 3}"), "members (blocks)"),
     ],
 )
 def test_a_wrong_label_in_a_weight_space_spec_is_caught(name, edit, failing, examples_on_path):
