@@ -38,6 +38,9 @@ such *block permutation* of ``g`` blocks; every space that declares ``blocks: na
 ``g`` blocks of ``size / g`` neurons, and all of them move their blocks by that one permutation
 (each with its own permutations inside the blocks). A space of ``g`` neurons with ``g`` blocks
 is an ordinary space whose permutation is the block permutation (a depthwise conv's channels).
+A block permutation declared ``fixed: true`` never moves its blocks, in either mode, while the
+neurons inside each block still permute on their own: an ensemble's members that each read
+their own data, each member's units a block (``specs/weight_spaces/ensemble_own_data.yaml``).
 
 A parameter may also declare a ``view``: the shape its axes refer to, when the stored tensor is
 a reshape of it (a linear layer after flattening C channels x P spatial positions has shape
