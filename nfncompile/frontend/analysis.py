@@ -174,11 +174,10 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         #: the heads and dims runs of every head split: run id -> (split id, "heads" or "dims")
         self.split_runs: dict[int, tuple] = {}
         #: heads runs that met positions where they stand (a constant per head, heads flattened
-        #: into positions): those heads cannot move as blocks (:func:`.heads.blocks`)
-        self.heads_held: set[int] = set()
-        #: where each heads run was first held: ``(op, node)`` (the report names it where a
-        #: stacked split's members held so end up fixed)
-        self.heads_held_at: dict[int, tuple[str, str]] = {}
+        #: into positions): those heads cannot move as blocks (:func:`.heads.blocks`); each
+        #: with the ``(op, node)`` that first held it (the report names it where a stacked
+        #: split's members held so end up fixed)
+        self.heads_held: dict[int, tuple[str, str]] = {}
         #: (heads run, heads run): the first's heads met the second's repeated tiled (query
         #: head i, key/value head i % count: einops' ``(r h)`` repeat), read so when merged
         self.tiled_heads: set[tuple[int, int]] = set()
@@ -645,8 +644,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         for label in labels:
             for s in segments(label) if isinstance(label, tuple) else ():
                 if self.split_runs.get(s.run, (0, ""))[1] == "heads":
-                    self.heads_held.add(s.run)
-                    self.heads_held_at.setdefault(s.run, (self.op, self._name()))
+                    self.heads_held.setdefault(s.run, (self.op, self._name()))
 
     def is_stacked(self, label: Any) -> bool:
         """Whether ``label`` holds only the heads of stacked parameters' splits (an ensemble's

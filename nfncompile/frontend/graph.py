@@ -204,7 +204,6 @@ def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
         head_faults=faults,
         head_carried=carried,
         heads_held=a.heads_held,
-        heads_held_at=a.heads_held_at,
         params=params,
         inputs=a.inputs,
         outputs=a.outputs,

@@ -512,7 +512,7 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
                     and not (s.stacked and s.heads in io_runs)
                     and not (per_head and s.heads not in io_runs and not touched(s)))
                    or s.heads in p.heads_held for s in splits)
-            or any(sol.atoms[i][0] in (p.labelled | p.heads_held) & loose
+            or any(sol.atoms[i][0] in (p.labelled | p.heads_held.keys()) & loose
                    for r in roots for i in sol.classes.get(r, []))
             or any(pinned(s) for s in splits)
         )  # fmt: skip

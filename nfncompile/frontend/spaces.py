@@ -139,7 +139,7 @@ class _Problem:
     carried: list  # (heads split id, dims split id, node)
     labelled: set  # runs a parameter, input/output or block-link label reads
     heads_met: set  # fx nodes at which a tie met a heads run
-    heads_held: set  # heads runs that met positions where they stand
+    heads_held: dict  # heads runs that met positions where they stand -> (op, node) there
     adopted: list  # (key, heads axis, dims axis, split id, parent split id): stacked.adopt
     heads_in_place: bool = False  # every head stays in place (verification's second reading)
 
@@ -186,7 +186,7 @@ class _Problem:
             carried=graph.graph.get("head_carried", []),
             labelled={s.run for lab in read_whole for s in segments(lab)},
             heads_met={d["node"] for d in edges if d["src"] in heads or d["dst"] in heads},
-            heads_held=graph.graph.get("heads_held", set()),
+            heads_held=graph.graph.get("heads_held", {}),
             adopted=adopted,
             heads_in_place=bool(graph.graph.get("heads_in_place")),
         )  # fmt: skip
@@ -445,7 +445,7 @@ def _build(
     if stuck or stuck_held:
         fallen.update({("heads", sid): "its heads (a stacked parameter's axis) stay in place"
                        for sid in stuck})  # fmt: skip
-        fallen.update({("fix heads", sid): "its members meet their own data" for sid in stuck_held})
+        fallen.update({("fix heads", sid): _OWN_DATA for sid in stuck_held})
         return None
     _name_spaces(infos)
     blocks = _name_blocks(holding, link_uf, sol, count_of, infos)
@@ -1287,10 +1287,9 @@ def _broken(graph: nx.MultiGraph, problem: _Problem, fallen: dict, positions: Ca
             out.append(BrokenInfo(link.op, link.node, reason, *neurons(items, True)))
     # a stacked parameter's members that each met their own data where their units are read
     # across members: fixed by the reading (heads.rewrite), named where they met the data
-    held_at = graph.graph.get("heads_held_at", {})
     for s in problem.splits:
-        if ("fix heads", s.id) in fallen and s.heads in held_at:
-            op, node = held_at[s.heads]
+        if ("fix heads", s.id) in fallen and s.heads in problem.heads_held:
+            op, node = problem.heads_held[s.heads]
             # named after the parameters' members axes tied to them (``l1.weight.d0``)
             axes = {
                 runs[r]["origin"] for t in problem.ties if s.heads in (t[0], t[2])

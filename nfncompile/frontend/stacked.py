@@ -23,11 +23,12 @@ Two steps bring such a parameter into that reading:
   other split's dims ties them head by head instead of tying every head's to one.
 
 A ``torch.vmap`` over stacked weights (``functional_call`` on each member's slice) is traced as
-the loop it computes (:mod:`~nfncompile.frontend.vmap`). Where every mapped input is a weight
-and the results are stacked, :func:`member_slice` reads each weight's slice for member ``i``
-as chunk ``i`` of a split of each of its axes (the members' axis is not read at ``i``), and
-:func:`member_stack` reads the stack as the members (the splits' heads), a dim of member
-``i``'s chunks in each result as that split's dims.
+the loop it computes (:mod:`~nfncompile.frontend.vmap`). :func:`member_slice` reads each
+weight's slice for member ``i`` as chunk ``i`` of a split of each of its axes (the members'
+axis is not read at ``i``), and :func:`member_stack` reads the stack of the results as the
+members (the splits' heads), a dim of member ``i``'s chunks in each result as that split's
+dims. Where a mapped input is data (each member reads its own), the members are held where
+they stand: fixed blocks. Where the results are not stacked, the members are fixed.
 
 Where the heads cannot move as blocks, or an op reads the dims across heads, the splits fall
 back to the conservative reading (one permutation for every head's dims), as before.
@@ -119,8 +120,7 @@ def adopt(a: SymmetryAnalysis) -> None:
         if not loop["stacked"]:
             a.fix(loop["members"], "a torch.vmap's results are not stacked member by member")
         elif loop["own_data"]:  # each member reads its own data: in place (fixed blocks)
-            for split in (s for per in loop["splits"].values() for s in per.values()):
-                a.hold_heads((Seg(split.heads, 0, len(split.chunks)),))
+            a.hold_heads(*((Seg(s.heads, 0, len(s.chunks)),) for s in _loop_splits(loop)))
     whole = _whole_ties(a)
     classes = {r: i for i, runs in enumerate(nx.connected_components(whole)) for r in runs}
     axes = _param_axes(a)
@@ -271,7 +271,7 @@ def member_stack(a: SymmetryAnalysis, xs: list, d: int, loop: int) -> Any:
     member ``i``'s chunk of one split in each is that split's dims. ``None`` where the loop made
     no split (the stack is then read as any other)."""
     made = a.member_loops.get(loop)
-    splits = [s for per in (made or {}).get("splits", {}).values() for s in per.values()]
+    splits = _loop_splits(made or {})
     if not splits or len(xs) != len(splits[0].chunks):
         return None
     made["stacked"] = True
@@ -288,6 +288,11 @@ def member_stack(a: SymmetryAnalysis, xs: list, d: int, loop: int) -> Any:
             rest.append(a.broadcast(column, (shape[d + (k >= d)],)).labels[0])
     heads = (Seg(splits[0].heads, 0, len(xs)),)
     return TensorLabels(shape, (*rest[:d], heads, *rest[d:]))
+
+
+def _loop_splits(made: dict) -> list[HeadSplit]:
+    """Every split a traced ``torch.vmap`` loop made (``a.member_loops``' entry ``made``)."""
+    return [s for per in made.get("splits", {}).values() for s in per.values()]
 
 
 def _member_dims(labels: list, by_run: dict) -> HeadSplit | None:

@@ -265,7 +265,9 @@ def _first_of_reshapes(a: SymmetryAnalysis, x: TensorLabels) -> TensorLabels:
             break
         # the skipped reshape's labels are read by nothing: heads it split are no family's
         # (else, free of every constraint, they would move as blocks of their own)
-        a.heads_held.update(split.heads for split in a.head_splits if split.node == node.name)
+        a.hold_heads(
+            *((Seg(s.heads, 0, len(s.chunks)),) for s in a.head_splits if s.node == node.name)
+        )
         node, out = before, labels
     return out
 
