@@ -169,7 +169,7 @@ class IOEncoding(nn.Module):
                     index[1 + axis] = slice(start, start + length)
                     enc[self.roles.index(space.role)][tuple(index)] += pe.reshape(view)
                 start += length
-        return enc.reshape(len(self.roles) * self.enc_dim, *p.shape)
+        return p.from_labelled(enc.reshape(len(self.roles) * self.enc_dim, *shape), 1)
 
     def _piece(self, piece: Any, axis: int, shape: tuple, dtype: torch.dtype, device: Any) -> list:
         """``(space, encoding, ref)`` for each space a label piece on ``axis`` names: its

@@ -479,8 +479,17 @@ class NFLinear(nn.Module):
     def forward(self, features: Mapping[str, torch.Tensor]) -> WeightSpaceFeatures:
         """Map ``(B, C_in, *shape)`` features to ``(B, C_out, *shape)`` features."""
         check_features(self.spec, features, self.in_channels, "NFLinear")
-        outs = self.graph_module(*[features[n] for n in self._names])
-        return WeightSpaceFeatures(dict(zip(self._names, outs)))
+        spec = self.spec
+        if not spec.ordered:
+            outs = self.graph_module(*[features[n] for n in self._names])
+            return WeightSpaceFeatures(dict(zip(self._names, outs)))
+        # parameters whose stored positions are reordered (after a channel shuffle): the
+        # generated code reads and writes them in the order their labels describe
+        ins = [spec[n].reordered(features[n], 2, to_labels=True) for n in self._names]
+        outs = self.graph_module(*ins)
+        return WeightSpaceFeatures(
+            {n: spec[n].reordered(y, 2, to_labels=False) for n, y in zip(self._names, outs)}
+        )
 
     def extra_repr(self) -> str:
         extra = ", io_embed=True" if self.io_embed else ""

@@ -98,8 +98,7 @@ class NFPool(nn.Module):
         for r in self.tiles:
             p = self.spec[r.param]
             x = features[r.param]
-            if p.view is not None:
-                x = x.reshape(x.shape[0], x.shape[1], *p.view)
+            x = p.to_labelled(x, 2)
             if r.shape != p.labelled_shape:
                 idx = (slice(None), slice(None)) + tuple(
                     slice(s, s + n) for s, n in zip(r.starts, r.shape)

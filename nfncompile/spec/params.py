@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..errors import SpecError
 from .labels import Inner, Span, _axis_str, _freeze_axis, _is_int, spaces_named
 from .spaces import Blocks, Space
@@ -67,17 +69,27 @@ class ParamSpec:
         One label per axis of ``view`` (or of ``shape`` when there is no view).
     view : tuple of int, optional
         The shape the axes refer to, when it differs from ``shape`` (same number of elements).
+    order : mapping axis -> sequence of int, optional
+        Axes whose stored positions are a fixed reordering of the positions their labels
+        describe: ``order[axis][p]`` is the labelled position of stored position ``p`` (a
+        permutation of ``range(n)``). A layer reading channels after a channel shuffle holds
+        two spaces interleaved, ``[a0, b0, a1, b1]``: label ``(a, b)`` with order
+        ``[0, 2, 1, 3]``. Stored as a tuple of ``(axis, positions)`` pairs, by axis.
 
     Examples
     --------
     >>> ParamSpec("fc.weight", (10, 64), ("out", "c2", None), view=(10, 16, 4))
     ParamSpec('fc.weight', (10, 64), ('out', 'c2', None), view=(10, 16, 4))
+    >>> p = ParamSpec("conv.weight", (3, 4), ("c", ("a", "b")), order={1: [0, 2, 1, 3]})
+    >>> p.to_labelled(torch.tensor([[10, 11, 12, 13]]).expand(3, 4))[0].tolist()
+    [10, 12, 11, 13]
     """
 
     name: str
     shape: tuple
     axes: tuple
     view: tuple | None = None
+    order: tuple = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(self.shape))
@@ -85,6 +97,7 @@ class ParamSpec:
         if self.view is not None:
             object.__setattr__(self, "view", tuple(self.view))
         where = f"param {self.name!r}"
+        object.__setattr__(self, "order", _frozen_order(self.order, where))
         if not isinstance(self.name, str) or not self.name:
             raise SpecError(f"param name must be a non-empty string, got {self.name!r}")
         for dims, what in ((self.shape, "shape"), (self.view, "view")):
@@ -103,11 +116,50 @@ class ParamSpec:
                 f"{'view' if self.view else 'shape'} {list(self.labelled_shape)} "
                 f"({len(self.labelled_shape)} axes)"
             )
+        for axis, positions in self.order:
+            if axis >= len(self.labelled_shape):
+                raise SpecError(
+                    f"{where}: order names axis {axis}, but it has "
+                    f"{len(self.labelled_shape)} labelled axes"
+                )
+            n = self.labelled_shape[axis]
+            if sorted(positions) != list(range(n)):
+                raise SpecError(
+                    f"{where}: order of axis {axis} must be a permutation of 0..{n - 1} "
+                    f"(the labelled position of each stored one), got {list(positions)}"
+                )
+        kept = tuple((a, ps) for a, ps in self.order if ps != tuple(range(len(ps))))
+        object.__setattr__(self, "order", kept)
 
     @property
     def labelled_shape(self) -> tuple:
         """The shape the axis labels refer to: ``view`` if given, else ``shape``."""
         return self.view if self.view is not None else self.shape
+
+    def to_labelled(self, x: torch.Tensor, leading: int = 0) -> torch.Tensor:
+        """``x`` (``leading`` dims, then this parameter's stored shape) in the layout its
+        labels describe: reshaped to ``labelled_shape`` and each ordered axis's positions
+        put in label order."""
+        x = x.reshape(*x.shape[:leading], *self.labelled_shape)
+        for axis, positions in self.order:
+            inverse = torch.argsort(torch.tensor(positions))
+            x = x.index_select(leading + axis, inverse.to(x.device))
+        return x
+
+    def from_labelled(self, x: torch.Tensor, leading: int = 0) -> torch.Tensor:
+        """The inverse of :meth:`to_labelled`: back to the stored order and shape."""
+        for axis, positions in self.order:
+            x = x.index_select(leading + axis, torch.tensor(positions, device=x.device))
+        return x.reshape(*x.shape[:leading], *self.shape)
+
+    def reordered(self, x: torch.Tensor, leading: int, to_labels: bool) -> torch.Tensor:
+        """``x`` in the stored shape with its ordered axes put in label order
+        (``to_labels``) or back; ``x`` itself when no axis is ordered."""
+        if not self.order:
+            return x
+        if to_labels:
+            return self.to_labelled(x, leading).reshape(x.shape)
+        return self.from_labelled(x.reshape(*x.shape[:leading], *self.labelled_shape), leading)
 
     @property
     def numel(self) -> int:
@@ -153,12 +205,35 @@ class ParamSpec:
 
     def __repr__(self) -> str:
         view = "" if self.view is None else f", view={self.view}"
-        return f"ParamSpec({self.name!r}, {self.shape}, {self.axes}{view})"
+        order = f", order={dict(self.order)}" if self.order else ""
+        return f"ParamSpec({self.name!r}, {self.shape}, {self.axes}{view}{order})"
 
     def _short(self) -> str:
         labels = ", ".join(_axis_str(a) for a in self.axes)
         view = "" if self.view is None else f"->{self.view}"
-        return f"{self.name}{self.shape}{view}[{labels}]"
+        order = f" reordered {sorted(dict(self.order))}" if self.order else ""
+        return f"{self.name}{self.shape}{view}[{labels}]{order}"
+
+
+def _frozen_order(order: Any, where: str) -> tuple:
+    """``order`` (a mapping or pairs axis -> positions) as sorted ``(axis, positions)`` pairs
+    of ints; raises :class:`SpecError` naming what is malformed."""
+    items = order.items() if isinstance(order, Mapping) else order
+    try:
+        pairs = [(a, tuple(ps)) for a, ps in items]
+    except (TypeError, ValueError):
+        raise SpecError(
+            f"{where}: order must map an axis index to a list of positions, got {order!r}"
+        ) from None
+    for a, ps in pairs:
+        if not _is_int(a) or a < 0 or not all(_is_int(q) for q in ps):
+            raise SpecError(
+                f"{where}: order must map an axis index to a list of positions, got {a!r}: "
+                f"{list(ps)!r}"
+            )
+    if len({a for a, _ in pairs}) != len(pairs):
+        raise SpecError(f"{where}: order names an axis twice")
+    return tuple(sorted((int(a), tuple(int(q) for q in ps)) for a, ps in pairs))
 
 
 def piece_size(

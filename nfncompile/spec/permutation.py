@@ -132,8 +132,7 @@ class Permutation:
     def apply_tensor(self, name: str, tensor: torch.Tensor, leading: int = 0) -> torch.Tensor:
         """Permute one parameter tensor (with ``leading`` batch/channel dims in front)."""
         p = self.spec[name]
-        lead = tuple(tensor.shape[:leading])
-        x = tensor.reshape(lead + p.labelled_shape)
+        x = p.to_labelled(tensor, leading)
         inner = []  # (axis, the axis whose block it reads)
         for i, (label, n) in enumerate(zip(p.axes, p.labelled_shape)):
             ref = _block_of(label)
@@ -146,7 +145,7 @@ class Permutation:
         for i, ref in inner:
             idx = self.axis_index(p.axes[i], p.labelled_shape[i])
             x = _gather_per_block(x, leading + i, leading + ref, idx.to(x.device))
-        return x.reshape(tensor.shape)
+        return p.from_labelled(x, leading)
 
     def apply_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict:
         """Permute a state_dict of the spec's network (keys must match the spec; integer

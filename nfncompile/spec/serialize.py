@@ -35,6 +35,8 @@ def spec_to_dict(spec: Any) -> dict:
         if p.view is not None:
             entry["view"] = list(p.view)
         entry["axes"] = [_axis_data(a) for a in p.axes]
+        if p.order:
+            entry["order"] = {axis: list(positions) for axis, positions in p.order}
         params[p.name] = entry
     out["params"] = params
     return out
@@ -93,14 +95,14 @@ def spec_fields(data: Any) -> dict:
             )
         spaces.append(Space(str(name), size, entry["role"], blocks=entry.get("blocks")))
     params = []
-    keys = ("shape", "view", "axes")
+    keys = ("shape", "view", "axes", "order")
     for name, path, entry in _entries(
         data["params"],
         "params",
         "{shape, axes}",
         keys,
         ("shape", "axes"),
-        entry_shape="{shape, axes[, view]}",
+        entry_shape="{shape, axes[, view][, order]}",
     ):
         for key in ("shape", "view"):
             v = entry.get(key)
@@ -134,9 +136,17 @@ def spec_fields(data: Any) -> dict:
                     f"{{space: NAME, span: N}} (its neurons, N positions each, or each a copy of "
                     f"space N's neurons), got {a!r}"
                 )
+        order = entry.get("order") or {}
+        if not isinstance(order, Mapping) or not all(
+            _is_int(k) and isinstance(v, list) for k, v in order.items()
+        ):
+            raise SpecError(
+                f"{path}.order: expected a mapping axis index -> list of positions (the "
+                f"labelled position of each stored one), got {order!r}"
+            )
         try:
             params.append(
-                ParamSpec(str(name), tuple(entry["shape"]), tuple(axes), entry.get("view"))
+                ParamSpec(str(name), tuple(entry["shape"]), tuple(axes), entry.get("view"), order)
             )
         except SpecError as e:
             raise SpecError(f"{path}: {e}") from None

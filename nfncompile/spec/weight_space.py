@@ -226,6 +226,12 @@ class WeightSpaceSpec:
         """Parameter names in state_dict order."""
         return tuple(p.name for p in self.params)
 
+    @property
+    def ordered(self) -> bool:
+        """Whether some parameter stores an axis in another order than its labels describe
+        (:attr:`ParamSpec.order`)."""
+        return any(p.order for p in self.params)
+
     def with_mode(self, mode: str) -> WeightSpaceSpec:
         """The same spec with ``mode`` (``"np"`` or ``"hnp"``) setting which spaces permute."""
         return WeightSpaceSpec(self.spaces, self.params, check_mode(mode), self.blocks)

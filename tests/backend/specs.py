@@ -5,7 +5,8 @@ residual stream (a square weight on one space), a concatenation (composite axis 
 piece), a depthwise conv, a flatten (a view), a square composite, and block spaces (grouped,
 depthwise-multiplier and ResNeXt-style convs, a grouped conv inside its own block space, a
 block permutation shared with the input space, and attention heads' composite axes:
-positions inside blocks interleaved, spans of a space's neurons).
+positions inside blocks interleaved, spans of a space's neurons) and a channel shuffle's
+reordered axes.
 
 The oracle enumerates the group's orbits on (output index, input index) pairs explicitly:
 connected components of the graph whose edges are the moves of every generator (adjacent
@@ -259,6 +260,32 @@ SPECS = {
         },
         {"g": 2},
     ),
+    # a channel shuffle: two spaces interleaved position by position where a layer reads them
+    # (stored positions a fixed reordering of the labelled ones), also in a norm's vector and
+    # in a viewed kernel with a fixed dim
+    "shuffled": make_spec(
+        {
+            "in": (2, "input"),
+            "a": (2, "hidden"),
+            "b": (2, "hidden"),
+            "c": (3, "hidden"),
+            "out": (2, "output"),
+        },
+        {
+            "l.weight": {"shape": [2, 2], "axes": ["a", "in"]},
+            "r.weight": {"shape": [2, 2], "axes": ["b", "in"]},
+            "r.bias": {"shape": [2], "axes": ["b"]},
+            "norm.weight": {"shape": [4], "axes": [["a", "b"]], "order": {0: [1, 3, 0, 2]}},
+            "mix.weight": {"shape": [3, 4], "axes": ["c", ["a", "b"]], "order": {1: [0, 2, 1, 3]}},
+            "mix.bias": {"shape": [3], "axes": ["c"]},
+            "head.weight": {
+                "shape": [2, 3, 8],
+                "view": [2, 3, 4, 2],
+                "axes": ["out", "c", ["b", "a"], None],
+                "order": {2: [3, 0, 2, 1]},
+            },
+        },
+    ),
 }
 
 BLOCK_SPECS = (
@@ -316,7 +343,7 @@ class Oracle:
         self.tiles = {}
         for t in tile_refs(spec, mode):
             p = spec[t.param]
-            ids = torch.arange(p.numel).reshape(p.labelled_shape) + self.offsets[p.name]
+            ids = p.to_labelled(torch.arange(p.numel).reshape(p.shape)) + self.offsets[p.name]
             idx = tuple(slice(s, s + n) for s, n in zip(t.starts, t.shape))
             self.tiles[t.name] = ids[idx].flatten().tolist()
 
