@@ -122,6 +122,10 @@ class SymmetryAnalysis(PlainArgsInterpreter):
     selected_chunks : dict
         ``(reshape node name, dim) -> chunk labels`` for chunks that every use selects one
         at a time (:mod:`~nfncompile.frontend.rules.chunks`): not tied to each other.
+    reordered : bool
+        Whether a channel shuffle was read as one reordering of positions
+        (:mod:`~nfncompile.frontend.rules.reorder`; only with ``reorder_chains``, else each of
+        its ops is read on its own): the graph is then analysed both ways.
     """
 
     def __init__(
@@ -131,6 +135,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         blocks: dict | None = None,
         channel_dim: ChannelDim = 1,
         stride_blocks: bool = False,
+        reorder_chains: bool = True,
     ) -> None:
         super().__init__(gm, garbage_collect_values=False)
         self.model = model if model is not None else gm
@@ -144,6 +149,12 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.chunked: list = []  # (label, positions per chunk) of every split read as chunks
         # (reshape node, dim) -> chunk labels, for chunks only ever selected one at a time
         self.selected_chunks: dict = {}
+        # chains of reshapes and permutes that reorder one dim (rules/reorder.py): whether to
+        # read them as one op, whether one was read, last node -> (labels at the start, dim,
+        # index), and the nodes inside them
+        self.reorder_chains, self.reordered = reorder_chains, False
+        self.reorders: dict = {}
+        self.reorder_inside: set = set()
         self.run_keys: list[tuple] = []  # (node, ordinal at that node, size) per run
         self._made_at: dict[str, int] = {}
         self.runs: list[Run] = []

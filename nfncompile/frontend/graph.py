@@ -69,12 +69,20 @@ def build_symmetry_graph(
         of single positions made its runs in blocks for a larger group, ``fallback`` holds
         the graph without them, for a verification that finds the larger group does not hold.
     """
-    g, strided = _analysed(gm, model, channel_dim, stride_blocks=False)
+    g, strided, reordered = _analysed(gm, model, channel_dim, False, True)
+    if reordered:
+        # a channel shuffle read as one reordering of positions: each run it interleaves keeps
+        # its neurons (ShuffleNetV2), but a grouped conv after it cannot read its blocks off
+        # the interleaved runs (ShuffleNet v1), where reading its ops one by one ties them in
+        # blocks; the larger group stands
+        h, _, _ = _analysed(gm, model, channel_dim, False, False)
+        if _order(h) > _order(g):
+            g, reordered = h, False
     if strided:
         # a strided slice took single positions (``h[..., ::2]``): try again with its run made
         # in blocks of the stride (an interleaved gate and up), and keep that if its group is
         # larger (an interleaved rotary's pairs are fixed either way)
-        h, _ = _analysed(gm, model, channel_dim, stride_blocks=True)
+        h, _, _ = _analysed(gm, model, channel_dim, True, reordered)
         if _order(h) > _order(g):
             # the derivation is verified on the model; where that fails, the graph without
             # those blocks is the one to fall back to
@@ -84,19 +92,25 @@ def build_symmetry_graph(
 
 
 def _analysed(
-    gm: torch.fx.GraphModule, model: nn.Module | None, channel_dim: ChannelDim, stride_blocks: bool
+    gm: torch.fx.GraphModule,
+    model: nn.Module | None,
+    channel_dim: ChannelDim,
+    stride_blocks: bool,
+    reorder_chains: bool,
 ) -> tuple:
     """The graph of the analysis of ``gm`` (its runs made in the blocks that rounds of it ask
-    for), and whether any round met a strided slice of single positions."""
+    for), whether any round met a strided slice of single positions, and whether one read a
+    channel shuffle as one reordering."""
     blocks: dict = {}
     # the analysis before chunks were made in blocks, its graph, and the runs made so
     before, before_graph, tried = None, None, []
-    strided = False
+    strided = reordered = False
     for _ in range(BLOCK_ROUNDS + 1):
-        a = SymmetryAnalysis(gm, model, blocks, channel_dim, stride_blocks)
+        a = SymmetryAnalysis(gm, model, blocks, channel_dim, stride_blocks, reorder_chains)
         a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
         check_entries(channel_dim, [name for name, _ in a.inputs])
         strided = strided or a.strided
+        reordered = reordered or a.reordered
         g = _graph(a, gm) if before is not None else None  # built once, where needed
         # runs tied to neurons spanning several positions each, not yet made in such blocks
         asked = any(blocks.get(k) != b for k, b in a.requests.items())
@@ -140,7 +154,7 @@ def _analysed(
         a.node = None
         a.fix((Seg(run, 0, a.runs[run].size),), "parameter read but never used")
     a.fix_unread()
-    return _graph(a, gm), strided
+    return _graph(a, gm), strided, reordered
 
 
 def _chunk_requests(a: SymmetryAnalysis, g: nx.MultiGraph) -> dict:

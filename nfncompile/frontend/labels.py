@@ -46,6 +46,8 @@ __all__ = [
     "segments",
     "is_plain",
     "merged",
+    "reordered",
+    "canonical",
     "TensorLabels",
     "Run",
     "Tie",
@@ -215,6 +217,73 @@ def merged(label: Any) -> Any:
         else:
             out.append(s)
     return tuple(out)
+
+
+def reordered(label: Label, index: Iterable[int]) -> Label | None:
+    """The label of a dim whose position ``p`` holds position ``index[p]`` of a dim labelled
+    ``label`` (a channel shuffle), or ``None`` where that splits up a neuron's positions.
+
+    >>> a, b = Seg(0, 0, 2), Seg(1, 0, 2)
+    >>> reordered((a, b), [0, 2, 1, 3])
+    (Seg(run=0, offset=0, length=1, inner=1), Seg(run=1, offset=0, length=1, inner=1), \
+Seg(run=0, offset=1, length=1, inner=1), Seg(run=1, offset=1, length=1, inner=1))
+    >>> reordered((Seg(0, 0, 2, inner=2),), [2, 3, 0, 1])
+    (Seg(run=0, offset=1, length=1, inner=2), Seg(run=0, offset=0, length=1, inner=2))
+    >>> reordered((Seg(0, 0, 2, inner=2),), [0, 2, 1, 3]) is None
+    True
+    """
+    at = [
+        (s.run, s.offset + k // s.inner, k % s.inner, s.inner)
+        for s in label
+        for k in range(s.width)
+    ]
+    moved = [at[i] for i in index]
+    out: list = []
+    p = 0
+    while p < len(moved):
+        run, neuron, k, inner = moved[p]
+        if k or moved[p : p + inner] != [(run, neuron, j, inner) for j in range(inner)]:
+            return None
+        out.append(Seg(run, neuron, 1, inner))
+        p += inner
+    return merged(tuple(out))
+
+
+def canonical(label: Label) -> tuple[Label, tuple] | None:
+    """``label``'s neurons grouped run by run (in the order the runs first appear, each run's
+    neurons in order) and the labelled position of each of ``label``'s positions, where that
+    needs fewer segments; else ``None``. A layer reading channels after a channel shuffle
+    reads two runs interleaved: as two whole runs with a fixed order of positions
+    (:attr:`~nfncompile.spec.ParamSpec.order`), each may be one neuron space.
+
+    >>> a, b = Seg(0, 0, 1), Seg(1, 0, 1)
+    >>> canonical((a, b, Seg(0, 1, 1), Seg(1, 1, 1)))
+    ((Seg(run=0, offset=0, length=2, inner=1), Seg(run=1, offset=0, length=2, inner=1)), \
+(0, 2, 1, 3))
+    >>> canonical((Seg(0, 0, 2), Seg(1, 0, 2))) is None
+    True
+    """
+    label = merged(label)
+    groups: dict = {}
+    for s in label:
+        groups.setdefault((s.run, s.inner), []).append(s)
+    pieces: list = []
+    for segs in groups.values():
+        pieces += merged(tuple(sorted(segs, key=lambda s: s.offset)))
+    if len(pieces) >= len(label):
+        return None
+    where: dict = {}
+    for s in pieces:
+        for k in range(s.width):
+            where[(s.run, s.offset + k // s.inner, k % s.inner)] = len(where)
+    order = tuple(
+        where.get((s.run, s.offset + k // s.inner, k % s.inner), -1)
+        for s in label
+        for k in range(s.width)
+    )
+    if len(where) != len(order) or sorted(order) != list(range(len(order))):
+        return None  # a neuron read twice: no one order of positions
+    return tuple(pieces), order
 
 
 def is_plain(label: Any) -> bool:

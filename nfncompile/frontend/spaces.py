@@ -60,7 +60,7 @@ from .derivation import (
     SpaceInfo,
     TensorAxes,
 )
-from .labels import MEETS_POSITIONS, POSITIONS, Seg, segments
+from .labels import MEETS_POSITIONS, POSITIONS, Seg, canonical, segments
 
 __all__ = ["derive_spaces", "fixed_labels"]
 
@@ -114,6 +114,50 @@ def _io_axes(info: Any) -> tuple:
     return (tuple(view) if split else None), labels
 
 
+def _in_label_order(params: dict) -> tuple[dict, dict]:
+    """``params`` with every axis that reads runs interleaved (after a channel shuffle) read
+    run by run (:func:`~nfncompile.frontend.labels.canonical`), and ``key -> {axis: order}``
+    of those axes: each run may then be one space, the axis's stored positions a fixed
+    reordering of its label's (:attr:`~nfncompile.spec.ParamSpec.order`)."""
+    out, orders = {}, {}
+    for key, p in params.items():
+        axes = list(p.axes)
+        for j, lab in enumerate(axes):
+            found = canonical(lab) if isinstance(lab, tuple) and lab else None
+            if found is not None:
+                axes[j], order = found
+                orders.setdefault(key, {})[j] = order
+        out[key] = dataclasses.replace(p, axes=axes) if key in orders else p
+    return out, orders
+
+
+def _joined(ties: list, nodes: list, split: set) -> tuple[list, list]:
+    """``ties`` (and their fx ``nodes``) with one-neuron ties of one op at one node that
+    continue each other in both runs joined: the neuron-by-neuron ties of interleaved runs
+    (two tensors after one channel shuffle, added) tie whole runs, and cut none. Runs in
+    ``split`` (attention heads' chunks, which are read head by head) are left as they are."""
+    groups: dict = {}
+    for k, (tie, node) in enumerate(zip(ties, nodes)):
+        src, _, dst, _, length, op = tie
+        alone = length != 1 or src in split or dst in split
+        groups.setdefault(k if alone else (src, dst, op, node), []).append((tie, node))
+    if len(groups) == len(ties):
+        return ties, nodes
+    out, out_nodes = [], []
+    for group in groups.values():
+        group.sort(key=lambda tn: (tn[0][1], tn[0][3]))
+        joined = [group[0][0]]
+        for t, _ in group[1:]:
+            src, src_off, dst, dst_off, length, op = joined[-1]
+            if t[1] == src_off + length and t[3] == dst_off + length:
+                joined[-1] = (src, src_off, dst, dst_off, length + t[4], op)
+            else:
+                joined.append(t)
+        out += joined
+        out_nodes += [group[0][1]] * len(joined)
+    return out, out_nodes
+
+
 def _labels(params: dict, inputs: list, outputs: list) -> list:
     """Every parameter and input/output label (``_Problem``'s fields of those names)."""
     labels = [lab for p in params.values() for lab in p.axes]
@@ -141,6 +185,7 @@ class _Problem:
     heads_met: set  # fx nodes at which a tie met a heads run
     heads_held: dict  # heads runs that met positions where they stand -> (op, node) there
     adopted: list  # (key, heads axis, dims axis, split id, parent split id): stacked.adopt
+    orders: dict  # key -> {axis: order} of parameter axes read in label order (a shuffle's)
     heads_in_place: bool = False  # every head stays in place (verification's second reading)
 
     @functools.cached_property
@@ -155,7 +200,11 @@ class _Problem:
         ties = [
             (d["src"], d["src_off"], d["dst"], d["dst_off"], d["length"], d["op"]) for d in edges
         ]
-        params = graph.graph["params"]
+        params, orders = _in_label_order(graph.graph["params"])
+        splits = graph.graph.get("head_splits", [])
+        in_splits = {s.heads for s in splits} | {s.dims for s in splits}
+        in_splits |= {g.run for s in splits for chunk in s.chunks for g in chunk}
+        ties, tie_nodes = _joined(ties, [d["node"] for d in edges], in_splits)
         inputs = [(info, _io_axes(info)) for _, info in graph.graph["inputs"]]
         outputs = [None if i is None else (i, _io_axes(i)) for i in graph.graph["outputs"]]
         links = graph.graph.get("links", [])
@@ -166,7 +215,6 @@ class _Problem:
         labels += [inner[0] for link in links for inner in link.inner]
         for lab in labels:
             _label_cuts(lab, cuts)
-        splits = graph.graph.get("head_splits", [])
         heads = {s.heads for s in splits}
         # a stacked parameter's axis read per head is a split's dims: its label reads it
         # head by head, not whole (stacked.adopt)
@@ -179,7 +227,8 @@ class _Problem:
         read_whole += labels[sum(len(p.axes) for p in params.values()) :]
         return _Problem(
             runs, ties, cuts, fixed, params, inputs, outputs, links,
-            tie_nodes=[d["node"] for d in edges],
+            tie_nodes=tie_nodes,
+            orders=orders,
             splits=splits,
             merges=graph.graph.get("head_merges", []),
             faults=graph.graph.get("head_faults", {}),
@@ -509,7 +558,11 @@ def _build(
             axes[k : k + 1] = labels
             for root in mine[k].spaces:
                 infos[root].params.append(f"{key}[{k}]")
-        params.append(ParamSpec(key, p.shape, tuple(axes), view))
+        order = {
+            j + sum(mine[k].extra for k in viewed if k < j): o
+            for j, o in problem.orders.get(key, {}).items()
+        }
+        params.append(ParamSpec(key, p.shape, tuple(axes), view, order))
         for k, lab in enumerate(p.axes):
             for root in set(sol.roots(lab)):
                 info = infos.get(inner_of[root][1] if root in inner_of else _at(alias, root))

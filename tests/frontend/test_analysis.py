@@ -162,34 +162,11 @@ class _PlainMeetsBlocks(nn.Module):
         return self.head((self.dw(h) + self.pw(h)).mean((2, 3)))
 
 
-class _Shuffled(nn.Module):
-    """Two ShuffleNetV2 units: the second one's branch output meets the first one's shuffled
-    channels, whose neurons span two positions each."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 1)
-        self.b1, self.b2 = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
-        self.head = nn.Linear(8, 2)
-
-    @staticmethod
-    def unit(x, conv):
-        x1, x2 = x.chunk(2, dim=1)
-        out = torch.cat([x1, torch.relu(conv(x2))], 1)
-        n, c, h, w = out.shape
-        return out.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
-
-    def forward(self, x):
-        h = self.unit(self.unit(torch.relu(self.stem(x)), self.b1), self.b2)
-        return self.head(h.mean((2, 3)))
-
-
 @pytest.mark.parametrize("mode", ["np", "hnp"])
 @pytest.mark.parametrize(
     ("factory", "key", "axes", "view"),
     [
         (_PlainMeetsBlocks, "pw.weight", ("stem", None, "stem", None, None), (4, 2, 4, 1, 1)),
-        (_Shuffled, "b2.bias", ("stem/0", None), (2, 2)),
     ],
 )
 def test_a_plain_run_tied_to_neurons_spanning_two_positions_is_made_in_blocks(

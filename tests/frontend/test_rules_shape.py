@@ -227,11 +227,12 @@ class _ReadsRuns(TwoLinear):
 
 
 def test_a_list_of_consecutive_positions_reads_as_a_slice():
-    """``h[:, [3, 4, 5]]`` reads what ``h[:, 3:6]`` reads: the neurons of each run permute
-    among themselves (a list in any other order fixes them, as above)."""
+    """``h[:, [3, 4, 5]]`` reads what ``h[:, 3:6]`` reads; ``b`` reads ``a``'s 6 neurons
+    once each, halves swapped: one space, which ``b``'s columns hold in another order (before,
+    two spaces of 3; a list in any other order fixes them, as above)."""
     spec, report = trace_with_report(model_(_ReadsRuns), x_(3, 4))
-    rows, cols = spec["a.weight"].axes[0], spec["b.weight"].axes[1]
-    assert len(rows) == 2 and rows[0] != rows[1] and cols == rows[::-1]
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] == "a"
+    assert spec["b.weight"].order == ((1, (3, 4, 5, 0, 1, 2)),)
     assert report.verification.ok and not report.broken
 
 

@@ -1,7 +1,7 @@
 """Op rules of the symmetry analysis, one module per op family, and the tables they register in.
 
 Importing this package registers every rule: :mod:`.elementwise`, :mod:`.inplace`, :mod:`.linear`,
-:mod:`.attention`, :mod:`.conv`, :mod:`.norm`, :mod:`.pooling`, :mod:`.recurrent`, :mod:`.shape`, :mod:`.reduce`, :mod:`.scatter`
+:mod:`.attention`, :mod:`.conv`, :mod:`.norm`, :mod:`.pooling`, :mod:`.recurrent`, :mod:`.reorder`, :mod:`.shape`, :mod:`.reduce`, :mod:`.scatter`
 (and :mod:`.chunks`, which :mod:`.shape` uses). The tables and
 the decorators to add a rule live in :mod:`.registry`.
 """
@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (register)
     pooling,
     recurrent,
     reduce,
+    reorder,
     scatter,
     shape,
 )

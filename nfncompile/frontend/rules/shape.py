@@ -31,6 +31,7 @@ from .registry import (
     register_module,
     structured,
 )
+from .reorder import read_chain
 
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
@@ -239,6 +240,9 @@ def _module_reshape(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any,
 def _reshape(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if a.node.target == "view" and len(args) == 2 and isinstance(args[1], torch.dtype):
         raise Unsupported("view as another dtype")
+    chain = read_chain(a, args[0])
+    if chain is not None:  # a channel shuffle
+        return chain
     return reshape_labels(a, _first_of_reshapes(a, args[0]), a.out_shape())
 
 

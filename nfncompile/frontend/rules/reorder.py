@@ -1,0 +1,201 @@
+"""Reshapes and permutes that only reorder the positions of one dim: channel shuffles.
+
+ShuffleNet's channel shuffle views ``C`` channels as ``(groups, C / groups)``, swaps the two
+dims and flattens them back: every channel stays a channel, at another position. Read op by
+op, the view splits its label into chunks that the merge can only tie (each chunk a head that
+then meets positions), and two runs interleaved position by position fixed most of the
+channels. Read as one op, the chain moves position ``index[p]`` of one dim to position ``p``,
+and the label follows (:func:`~nfncompile.frontend.labels.reordered`): the interleaved runs
+keep their neurons, and a layer that reads them holds its spaces in a fixed order of
+positions (:attr:`~nfncompile.spec.ParamSpec.order`).
+
+A chain is a reshape whose only use, through permutes, transposes, ``contiguous`` and
+reshapes (each the only use of the one before), comes back to its input's shape, the values
+moved along one dim alone. The chain's first node records it
+(:attr:`~nfncompile.frontend.analysis.SymmetryAnalysis.reorders`); the nodes inside it carry
+unlabelled values that nothing else reads, and its last node gives the reordered labels.
+``nn.ChannelShuffle`` and ``F.channel_shuffle`` are the same reordering as one call.
+
+Examples
+--------
+>>> shuffle_index(6, 2)
+[0, 3, 1, 4, 2, 5]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..labels import Prod, TensorLabels, reordered
+from .chunks import _name, _shape
+from .registry import arg, register_function, register_module, structured
+
+if TYPE_CHECKING:
+    from ..analysis import SymmetryAnalysis
+
+__all__ = ["read_chain", "shuffle_index"]
+
+_RESHAPES = frozenset({"view", "reshape", "flatten", "unflatten"})
+_MOVES = frozenset({"permute", "transpose", "swapaxes", "swapdims"})
+_TORCH = {
+    torch.reshape: "reshape", torch.flatten: "flatten", torch.unflatten: "unflatten",
+    torch.permute: "permute", torch.transpose: "transpose", torch.swapaxes: "transpose",
+    torch.swapdims: "transpose",
+}  # fmt: skip
+#: the longest chain read (ShuffleNet's is 3 or 4 nodes)
+_MAX_CHAIN = 8
+
+
+def shuffle_index(channels: int, groups: int) -> list[int]:
+    """The channel each output position of a channel shuffle reads: output ``i * groups + j``
+    is input ``j * (channels / groups) + i``."""
+    per = channels // groups
+    return [(p % groups) * per + p // groups for p in range(channels)]
+
+
+def _kind(node: Any) -> str | None:
+    if not isinstance(node, torch.fx.Node):
+        return None
+    if node.op == "call_function":
+        return _TORCH.get(node.target)
+    name = _name(node) if node.op == "call_method" else None
+    if name in _RESHAPES or name in ("contiguous", "permute", "transpose"):
+        return name
+    return "transpose" if name in ("swapaxes", "swapdims") else None
+
+
+def _moved(node: torch.fx.Node, x: torch.Tensor) -> torch.Tensor | None:
+    """``node`` applied to ``x`` (its input's positions), ``None`` where its dims cannot be
+    read."""
+    kind, out = _kind(node), _shape(node)
+    if kind == "contiguous":
+        return x
+    if kind in _RESHAPES:
+        return x.reshape(out) if out is not None and math.prod(out) == x.numel() else None
+    args = [*node.args[1:]]
+    if kind == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        dims = node.kwargs.get("dims", dims)
+        ok = len(dims) == x.dim() and all(isinstance(d, int) for d in dims)
+        return x.permute(*dims) if ok else None
+    if kind == "transpose":
+        pair = [node.kwargs.get(k, v) for k, v in zip(("dim0", "dim1"), args)]
+        pair += [node.kwargs[k] for k in ("dim0", "dim1")[len(pair) :] if k in node.kwargs]
+        ok = len(pair) == 2 and all(isinstance(d, int) for d in pair)
+        return x.transpose(*pair) if ok else None
+    return None
+
+
+def _one_dim(moved: torch.Tensor, shape: tuple) -> tuple[int, list[int]] | None:
+    """``(dim, index)`` when ``moved`` (source positions, row-major, laid out in ``shape``)
+    takes position ``index[p]`` of ``dim`` to ``p`` and moves nothing along any other dim."""
+    src = torch.unravel_index(moved.reshape(-1), shape)
+    here = torch.unravel_index(torch.arange(moved.numel()), shape)
+    dims = [d for d in range(len(shape)) if not torch.equal(src[d], here[d])]
+    if len(dims) != 1:
+        return None
+    d = dims[0]
+    index = torch.empty(shape[d], dtype=torch.long)
+    index[here[d]] = src[d]
+    if not torch.equal(index[here[d]], src[d]):
+        return None
+    return d, index.tolist()
+
+
+def _chain(node: torch.fx.Node, start: TensorLabels) -> tuple | None:
+    """``(nodes after node, last node, dim, index)`` of the chain that ``node`` (a reshape
+    of a tensor labelled ``start``) begins, or ``None``."""
+    shape = start.shape
+    x = torch.arange(math.prod(shape)).reshape(shape)
+    inside, permuted = [], False
+    for _ in range(_MAX_CHAIN):
+        x = _moved(node, x)
+        if x is None:
+            return None
+        permuted |= _kind(node) in _MOVES
+        if permuted and tuple(x.shape) == shape and _kind(node) in _RESHAPES:
+            found = _one_dim(x, shape)
+            return (inside[:-1] if inside else [], node, *found) if found else None
+        users = list(node.users)
+        if len(users) != 1 or _kind(users[0]) is None or users[0].args[:1] != (node,):
+            return None
+        node = users[0]
+        inside.append(node)
+    return None
+
+
+def read_chain(a: SymmetryAnalysis, x: TensorLabels) -> TensorLabels | None:
+    """The labels of the current node (a reshape of ``x``) where it is part of a chain that
+    reorders one dim's positions; ``None`` where it is not."""
+    name = a.node.name
+    if not a.reorder_chains:
+        return None
+    if name in a.reorders:
+        source, d, index = a.reorders[name]
+        return reorder_dim(a, source, d, index, "a reshape and permute reorder positions")
+    if name in a.reorder_inside:
+        return TensorLabels.plain(a.out_shape())
+    if not any(lab is not None for lab in x.labels):
+        return None  # nothing to keep: the reshapes' own reading is as good
+    found = _chain(a.node, x)
+    if found is None:
+        return None
+    inside, last, d, index = found
+    if last is a.node:
+        a.reordered = True
+        return reorder_dim(a, x, d, index, "a reshape reorders positions")
+    a.reorder_inside.update(n.name for n in inside)
+    a.reordered = True
+    a.reorders[last.name] = (x, d, index)
+    return TensorLabels.plain(a.out_shape())
+
+
+def reorder_dim(
+    a: SymmetryAnalysis, x: TensorLabels, d: int, index: list, reason: str
+) -> TensorLabels:
+    """``x`` with dim ``d``'s position ``p`` taken from position ``index[p]``: its label
+    reordered (fixed where that splits a neuron's positions up)."""
+    label = x.labels[d]
+    if not isinstance(label, tuple) or isinstance(label, Prod):
+        if isinstance(label, Prod):
+            a.fix(label, f"{reason} inside a flattened product")
+            label = None
+        return x.with_label(d, label)
+    moved = reordered(label, index)
+    if moved is None:
+        a.fix(label, f"{reason} inside a neuron's block of positions")
+    return x.with_label(d, moved)
+
+
+def _shuffled(a: SymmetryAnalysis, x: TensorLabels, groups: int) -> TensorLabels:
+    """``channel_shuffle`` of ``x``: one reordering of dim 1, or (``reorder_chains`` off) the
+    view, transpose and reshape it stands for, read one by one."""
+    if a.reorder_chains:
+        a.reordered = True
+        return reorder_dim(a, x, 1, shuffle_index(x.shape[1], groups), "channel_shuffle")
+    from .shape import reshape_labels  # shape.py reads chains through this module
+
+    n, c, *rest = x.shape
+    split = reshape_labels(a, x, (n, groups, c // groups, *rest))
+    labels = list(split.labels)
+    labels[1], labels[2] = labels[2], labels[1]
+    moved = TensorLabels((n, c // groups, groups, *rest), tuple(labels))
+    return reshape_labels(a, moved, x.shape)
+
+
+@register_module(nn.ChannelShuffle)
+@structured
+def _module_channel_shuffle(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any, kw: Any):
+    return _shuffled(a, args[0], mod.groups)
+
+
+@register_function(F.channel_shuffle, torch.channel_shuffle, torch.native_channel_shuffle)
+@structured
+def _channel_shuffle(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    return _shuffled(a, args[0], arg(args, kwargs, 1, "groups"))
