@@ -175,6 +175,25 @@ class EnsembleOwnData(nn.Module):
         return (h @ self.w2).mean(0)
 
 
+class ChannelShuffle(nn.Module):
+    """A ShuffleNetV2 unit: a 1x1 stem conv ``3 -> 4`` whose first 2 channels pass through
+    and last 2 go through a 1x1 conv, concatenated and shuffled (the two halves interleaved),
+    then a 1x1 head conv; input ``(batch, 3, height, width)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(2, 2, 1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = torch.relu(self.stem(x)).chunk(2, dim=1)
+        out = torch.cat([x1, torch.relu(self.b(x2))], 1)
+        n, c, h, w = out.shape
+        out = out.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(out).mean((2, 3))
+
+
 def concat_mlp() -> ConcatMLP:
     return ConcatMLP()
 
@@ -201,3 +220,7 @@ def multi_query_attention() -> MultiQueryAttention:
 
 def ensemble_own_data() -> EnsembleOwnData:
     return EnsembleOwnData()
+
+
+def channel_shuffle() -> ChannelShuffle:
+    return ChannelShuffle()

@@ -115,6 +115,7 @@ SPEC_INPUTS = {
     "per_head_attention.yaml": (4, 4, 5),
     "multi_query_attention.yaml": (4, 4, 5),
     "ensemble_own_data.yaml": (6, 4, 3),
+    "channel_shuffle.yaml": (4, 3, 4, 4),
 }
 
 
@@ -158,6 +159,8 @@ def test_weight_space_spec_holds(name, mode, examples_on_path):
         ),
         # the members claimed to move as blocks: each reads its own data, so they may not
         ("ensemble_own_data.yaml", ("{count: 3, fixed: true}", "{count: 3}"), "members (blocks)"),
+        # the head's columns read in stored order, as if the shuffle had not interleaved them
+        ("channel_shuffle.yaml", (", order: {1: [0, 2, 1, 3]}", ""), "b"),
     ],
 )
 def test_a_wrong_label_in_a_weight_space_spec_is_caught(name, edit, failing, examples_on_path):

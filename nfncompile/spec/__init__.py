@@ -46,6 +46,13 @@ A parameter may also declare a ``view``: the shape its axes refer to, when the s
 a reshape of it (a linear layer after flattening C channels x P spatial positions has shape
 ``[out, C*P]`` and view ``[out, C, P]`` with axes ``[out, c, null]``).
 
+And an ``order`` per axis, where the stored positions are a fixed reordering of the ones its
+label lists: YAML ``order: {1: [0, 2, 1, 3]}`` says stored position ``p`` of axis 1 is
+position ``order[p]`` of the label. A layer that reads channels after a channel shuffle holds
+two spaces interleaved, ``[a0, b0, a1, b1]``: label ``[a, b]`` with that order
+(``specs/weight_spaces/channel_shuffle.yaml``). Layers read such a tensor in label order
+(:meth:`ParamSpec.to_labelled`) and write it back in stored order.
+
 Examples
 --------
 >>> spec = WeightSpaceSpec.from_dict({

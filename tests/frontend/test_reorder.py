@@ -8,6 +8,7 @@ spaces the shuffle leaves free, which the op-by-op reading fixed or tied.
 
 from __future__ import annotations
 
+import einops
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,7 @@ SHUFFLES = {
     "flatten": _flatten,
     "function": lambda x, g: F.channel_shuffle(x, g),
     "module": lambda x, g: nn.ChannelShuffle(g)(x),
+    "einops": lambda x, g: einops.rearrange(x, "b (g c) h w -> b (c g) h w", g=g),
 }
 
 

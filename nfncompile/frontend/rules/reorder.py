@@ -111,23 +111,24 @@ def _one_dim(moved: torch.Tensor, shape: tuple) -> tuple[int, list[int]] | None:
 def _chain(node: torch.fx.Node, start: TensorLabels) -> tuple | None:
     """``(nodes after node, last node, dim, index)`` of the chain that ``node`` (a reshape
     of a tensor labelled ``start``) begins, or ``None``."""
-    shape = start.shape
-    x = torch.arange(math.prod(shape)).reshape(shape)
-    inside, permuted = [], False
-    for _ in range(_MAX_CHAIN):
-        x = _moved(node, x)
+    nodes, permuted = [node], False
+    while True:  # the chain's nodes, read off the graph before any positions are moved
+        permuted |= _kind(nodes[-1]) in _MOVES
+        if permuted and _kind(nodes[-1]) in _RESHAPES and _shape(nodes[-1]) == start.shape:
+            break
+        users = list(nodes[-1].users)
+        if len(nodes) == _MAX_CHAIN or len(users) != 1 or _kind(users[0]) is None:
+            return None
+        if users[0].args[:1] != (nodes[-1],):
+            return None
+        nodes.append(users[0])
+    x = torch.arange(math.prod(start.shape)).reshape(start.shape)
+    for n in nodes:
+        x = _moved(n, x)
         if x is None:
             return None
-        permuted |= _kind(node) in _MOVES
-        if permuted and tuple(x.shape) == shape and _kind(node) in _RESHAPES:
-            found = _one_dim(x, shape)
-            return (inside[:-1] if inside else [], node, *found) if found else None
-        users = list(node.users)
-        if len(users) != 1 or _kind(users[0]) is None or users[0].args[:1] != (node,):
-            return None
-        node = users[0]
-        inside.append(node)
-    return None
+    found = _one_dim(x, start.shape)
+    return (nodes[1:-1], nodes[-1], *found) if found else None
 
 
 def read_chain(a: SymmetryAnalysis, x: TensorLabels) -> TensorLabels | None:
