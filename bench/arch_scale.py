@@ -1,8 +1,9 @@
 """NFLinear at the scale of real architectures: build time, size, and cost against the floor.
 
-For torchvision's ResNet-18, ResNet-50, MobileNetV2 and DenseNet-121 (full size, defined in
-``nfncompile.architectures``, no download) and the catalogue's largest small entries, traced with
-``verify=False``, and for both bases (``complete``, ``linear``), prints in one run:
+For torchvision's ResNet-18, ResNet-50, MobileNetV2, DenseNet-121 and ShuffleNetV2 x1.0 (full
+size, defined in ``nfncompile.architectures``, no download) and the catalogue's largest small
+entries, traced with ``verify=False``, and for both bases (``complete``, ``linear``), prints
+in one run:
 
 * ``build s``: ``NFLinear(spec, C, C, mode, basis=...)`` construction (basis, plan, codegen);
 * ``params``: layer parameters / model parameters;
@@ -66,6 +67,7 @@ FULL_SIZE = {
     "resnet50": ("resnet50", {}, (2, 3, 32, 32)),
     "mobilenetv2": ("mobilenetv2", {}, (2, 3, 32, 32)),
     "densenet121": ("densenet121", {}, (2, 3, 32, 32)),
+    "shufflenetv2": ("shufflenetv2", {}, (2, 3, 32, 32)),
 }
 #: the original catalogue's largest entries (by number of tensors)
 CATALOGUE_LARGEST = ("resnet20", "unet", "densenet_block")

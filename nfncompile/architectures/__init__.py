@@ -19,7 +19,8 @@ It sits below :mod:`nfncompile.declarative` (a YAML spec may name a model to tra
   torchvision's ImageNet
   topologies: :mod:`.torchvision_resnets` (``resnet18``, ``resnet50``),
   :mod:`.torchvision_mobilenets` (``mobilenetv2``), :mod:`.torchvision_densenets`
-  (``densenet121``); :mod:`.args` checks their arguments
+  (``densenet121``), :mod:`.torchvision_shufflenets` (``shufflenetv2``); :mod:`.args` checks
+  their arguments
 
 May import: the contract, nn.
 """
@@ -42,6 +43,7 @@ from .standardised import std_conv_block
 from .torchvision_densenets import densenet121
 from .torchvision_mobilenets import mobilenetv2
 from .torchvision_resnets import resnet18, resnet50
+from .torchvision_shufflenets import shufflenetv2
 from .unets import unet
 from .vits import vit
 
@@ -77,4 +79,5 @@ __all__ = [
     "resnet50",
     "mobilenetv2",
     "densenet121",
+    "shufflenetv2",
 ]

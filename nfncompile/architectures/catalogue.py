@@ -58,6 +58,7 @@ from .standardised import std_conv_block
 from .torchvision_densenets import densenet121
 from .torchvision_mobilenets import mobilenetv2
 from .torchvision_resnets import resnet18, resnet50
+from .torchvision_shufflenets import shufflenetv2
 from .unets import unet
 from .vits import vit
 
@@ -221,6 +222,12 @@ CATALOGUE: dict[str, Architecture] = dict(
             (2, 3, 32, 32),
             "DenseNet-121 topology (torchvision), growth 4 and stem 8 (1/8)",
         ),
+        _arch(
+            "shufflenetv2",
+            functools.partial(shufflenetv2, (8, 16, 32, 64, 64), num_classes=10),
+            (2, 3, 16, 16),
+            "ShuffleNetV2 topology (torchvision: split, branch, channel shuffle), stages 16-32-64",
+        ),
     ]
 )
 
@@ -254,6 +261,7 @@ FACTORIES: dict[str, Callable[..., nn.Module]] = {
         resnet50,
         mobilenetv2,
         densenet121,
+        shufflenetv2,
     )
 }
 
@@ -278,7 +286,7 @@ def get(name: str) -> Architecture:
     >>> get("resnet21")
     Traceback (most recent call last):
     ...
-    nfncompile.errors.ConfigError: unknown architecture 'resnet21' (did you mean 'resnet20'?); valid names: mlp, siren, lenet, small_cnn, resnet8, resnet20, densenet_block, mobilenetv2_block, se_block, unet, vgg, efficientnet_block, tf_efficientnet, resnext_block, regnet_x, convnext_block, sk_block, std_conv_block, blurpool_cnn, s2d_stem, vit, resnet18, resnet50, mobilenetv2, densenet121
+    nfncompile.errors.ConfigError: unknown architecture 'resnet21' (did you mean 'resnet20'?); valid names: mlp, siren, lenet, small_cnn, resnet8, resnet20, densenet_block, mobilenetv2_block, se_block, unet, vgg, efficientnet_block, tf_efficientnet, resnext_block, regnet_x, convnext_block, sk_block, std_conv_block, blurpool_cnn, s2d_stem, vit, resnet18, resnet50, mobilenetv2, densenet121, shufflenetv2
     """
     try:
         return CATALOGUE[name]

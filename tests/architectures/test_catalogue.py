@@ -38,6 +38,7 @@ EXPECTED_OUT = {
     "resnet50": (2, 10),
     "mobilenetv2": (2, 10),
     "densenet121": (2, 10),
+    "shufflenetv2": (2, 10),
 }
 
 

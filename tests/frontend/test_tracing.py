@@ -3,6 +3,8 @@ with modes, unknown functions, wrong rules, and without side effects on the mode
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -70,6 +72,46 @@ def _mobilenetv2_spaces(width_mult: float) -> list:
                 out.append((f"features.{b}.conv.{1 if t == 1 else 2}", oup, "hidden"))
             inp, b = oup, b + 1
     return [*out, (f"features.{b}.0", 1280, "hidden"), ("out", 10, "output")]
+
+
+def _shufflenetv2_spaces(channels: tuple, repeats: tuple) -> list:
+    # follows every channel through the splits and shuffles: the neurons a layer makes form
+    # one space per stretch of them that one later layer reads (the next unit's branches, or
+    # conv5); a shuffle only moves them, and a layer reads them wherever they are
+    made: list = [("conv1.0", channels[0])]
+    at = [("conv1.0", i) for i in range(channels[0])]  # the neuron at each channel position
+    reader: dict = {}
+
+    def read(positions: list, by: str) -> None:
+        for origin, i in positions:
+            reader[origin, i] = by
+
+    for k, (n, width) in enumerate(zip(repeats, channels[1:4]), start=2):
+        half = width // 2
+        for u in range(n):
+            unit = f"stage{k}.{u}"
+            if u == 0:  # both branches read every channel
+                read(at, unit)
+                made += [(f"{unit}.branch1.2", half), (f"{unit}.branch2.0", half)]
+                kept = [(f"{unit}.branch1.2", i) for i in range(half)]
+            else:  # the first half passes through, the second goes through branch2
+                read(at[half:], unit)
+                made.append((f"{unit}.branch2.0", half))
+                kept = at[:half]
+            made.append((f"{unit}.branch2.5", half))
+            out = kept + [(f"{unit}.branch2.5", i) for i in range(half)]
+            at = [out[j * half + i] for i in range(half) for j in range(2)]
+    read(at, "conv5")
+    spaces = [("in", 3, "input")]
+    for origin, size in made:
+        by = [reader.get((origin, i), "") for i in range(size)]
+        cuts = [0] + [i for i in range(1, size) if by[i] != by[i - 1]] + [size]
+        pieces = [b - a for a, b in itertools.pairwise(cuts)]
+        if len(pieces) == 1:
+            spaces.append((origin, size, "hidden"))
+        else:
+            spaces += [(f"{origin}/{j}", n, "hidden") for j, n in enumerate(pieces)]
+    return [*spaces, ("conv5.0", channels[4], "hidden"), ("out", 10, "output")]
 
 
 def _densenet121_spaces(growth: int, init: int) -> list:
@@ -188,6 +230,7 @@ EXPECTED = {
     "resnet50": _imagenet_resnet_spaces((3, 4, 6, 3), 8, bottleneck=True),
     "mobilenetv2": _mobilenetv2_spaces(0.5),
     "densenet121": _densenet121_spaces(4, 8),
+    "shufflenetv2": _shufflenetv2_spaces((8, 16, 32, 64, 64), (4, 8, 4)),
 }  # fmt: skip
 
 
@@ -231,6 +274,17 @@ def test_catalogue_axes_details():
     spec = nfc.trace(model_(CATALOGUE["unet"].factory), x_(2, 1, 8, 8))
     assert spec["dec2.conv1.weight"].axes == ("dec2.conv1", ("up2", "down2.conv2"), None, None)
     assert spec["up2.weight"].axes == ("bottleneck.conv2", "up2", None, None)
+    # shufflenetv2: stage2.1 reads the second half of stage2.0's shuffled output, the last
+    # quarter of each of its branches interleaved; stage3.0's depthwise conv keeps the order
+    # of stage 2's output (its neurons are its input's)
+    spec = nfc.trace(model_(CATALOGUE["shufflenetv2"].factory), x_(2, 3, 16, 16))
+    conv = spec["stage2.1.branch2.0.weight"]
+    assert conv.axes[1] == ("stage2.0.branch1.2/3", "stage2.0.branch2.5/3")
+    assert conv.order == ((1, (0, 4, 1, 5, 2, 6, 3, 7)),)
+    depthwise = spec["stage3.0.branch1.0.weight"]
+    assert depthwise.axes[0] == spec["stage3.0.branch2.0.weight"].axes[1]
+    assert depthwise.order[0][0] == 0 and spec["stage3.0.branch2.0.weight"].order[0][0] == 1
+    assert depthwise.order[0][1] == spec["stage3.0.branch2.0.weight"].order[0][1]
     # vit: each block's 2 heads move as blocks of its q/k space and of its v space together
     spec = nfc.trace(model_(CATALOGUE["vit"].factory), x_(*CATALOGUE["vit"].input_shape))
     qk, v = "blocks.0.attn.qkv/0", "blocks.0.attn.qkv/1"
