@@ -10,6 +10,7 @@ import nfncompile as nfc
 from nfncompile.errors import SpecError
 from nfncompile.nn import IOEncoding
 from nfncompile.nn.encoding import sinusoidal_encoding
+from nfncompile.nn.reorder import Reorders
 from nfncompile.testing import random_features
 
 SHUFFLED = """\
@@ -47,7 +48,14 @@ def test_labelled_layout_is_the_stored_one_reordered():
     # a0 a1 b0 b1 b2
     assert lab[0, 0, :, 0].tolist() == [0, 6, 3, 9, 12]
     assert torch.equal(p.from_labelled(lab, 1), x)
-    assert torch.equal(p.reordered(p.reordered(x, 1, True), 1, False), x)
+    reorders = Reorders(spec())
+    y = torch.arange(2 * 5 * 3.0).reshape(1, 1, 2, 5, 3).requires_grad_()
+    there = reorders.to_labels("head.weight", y)
+    assert torch.equal(there.reshape(1, 1, 2, 5, 3), p.to_labelled(y.detach(), 2))
+    assert torch.equal(reorders.to_stored("head.weight", there), y)
+    # the gradient of a reordering is the inverse reordering
+    there.backward(torch.arange(30.0).reshape(1, 1, 2, 5, 3))
+    assert torch.equal(y.grad, p.from_labelled(torch.arange(30.0).reshape(1, 1, 2, 5, 3), 2))
 
 
 def test_a_permutation_moves_each_stored_position_with_its_neuron():

@@ -38,6 +38,7 @@ from ..errors import ConfigError
 from ..features import WeightSpaceFeatures
 from ..spec import WeightSpaceSpec, check_mode
 from .checks import check_channels, check_features
+from .reorder import Reorders
 
 __all__ = [
     "NFLinear",
@@ -271,6 +272,7 @@ class NFLinear(nn.Module):
                 )
         self.graph_module = generate(self.plan, weights=weights)
         self._names = spec.names
+        self.reorders = Reorders(spec) if spec.ordered else None
 
     # ---- introspection ------------------------------------------------------------------
 
@@ -479,17 +481,14 @@ class NFLinear(nn.Module):
     def forward(self, features: Mapping[str, torch.Tensor]) -> WeightSpaceFeatures:
         """Map ``(B, C_in, *shape)`` features to ``(B, C_out, *shape)`` features."""
         check_features(self.spec, features, self.in_channels, "NFLinear")
-        spec = self.spec
-        if not spec.ordered:
+        reorders = self.reorders
+        if reorders is None:
             outs = self.graph_module(*[features[n] for n in self._names])
             return WeightSpaceFeatures(dict(zip(self._names, outs)))
         # parameters whose stored positions are reordered (after a channel shuffle): the
         # generated code reads and writes them in the order their labels describe
-        ins = [spec[n].reordered(features[n], 2, to_labels=True) for n in self._names]
-        outs = self.graph_module(*ins)
-        return WeightSpaceFeatures(
-            {n: spec[n].reordered(y, 2, to_labels=False) for n, y in zip(self._names, outs)}
-        )
+        outs = self.graph_module(*[reorders.to_labels(n, features[n]) for n in self._names])
+        return WeightSpaceFeatures({n: reorders.to_stored(n, y) for n, y in zip(self._names, outs)})
 
     def extra_repr(self) -> str:
         extra = ", io_embed=True" if self.io_embed else ""

@@ -152,15 +152,6 @@ class ParamSpec:
             x = x.index_select(leading + axis, torch.tensor(positions, device=x.device))
         return x.reshape(*x.shape[:leading], *self.shape)
 
-    def reordered(self, x: torch.Tensor, leading: int, to_labels: bool) -> torch.Tensor:
-        """``x`` in the stored shape with its ordered axes put in label order
-        (``to_labels``) or back; ``x`` itself when no axis is ordered."""
-        if not self.order:
-            return x
-        if to_labels:
-            return self.to_labelled(x, leading).reshape(x.shape)
-        return self.from_labelled(x.reshape(*x.shape[:leading], *self.labelled_shape), leading)
-
     @property
     def numel(self) -> int:
         """Number of elements."""
