@@ -10,6 +10,8 @@ vectors) out.
   values as extra channels
 - :mod:`.stats`: :class:`StatFeatures`, the StatNN baseline's invariant statistics
 - :mod:`.checks`: the feature checks every module runs on its input
+- :mod:`.reorder`: :class:`~nfncompile.nn.reorder.Reorders`, reordered axes (a channel
+  shuffle's, :attr:`~nfncompile.spec.ParamSpec.order`) put in label order for NFLinear
 
 Every pointwise module maps :class:`~nfncompile.features.WeightSpaceFeatures` to features with
 the same parameter names, so they chain with :class:`NFLinear` in a :class:`torch.nn.Sequential`:
