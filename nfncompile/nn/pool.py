@@ -21,6 +21,7 @@ from ..backend.tiles import tile_refs
 from ..errors import ConfigError
 from ..spec import WeightSpaceSpec, check_mode
 from .checks import check_channels, check_features
+from .reorder import Reorders
 
 __all__ = ["NFPool"]
 
@@ -79,6 +80,7 @@ class NFPool(nn.Module):
         self.max_fold = max_fold
         self.tiles = tile_refs(spec, mode, max_fold)
         self.features_per_channel = sum(t.fixed_size for t in self.tiles)
+        self.reorders = Reorders(spec) if spec.ordered else None
 
     @property
     def num_features(self) -> int:
@@ -95,10 +97,15 @@ class NFPool(nn.Module):
         """``(B, C * features_per_channel)`` invariant features."""
         check_features(self.spec, features, self.in_channels, "NFPool")
         out = []
+        labelled: dict = {}  # each tensor in label order once, whatever its tiles
         for r in self.tiles:
             p = self.spec[r.param]
-            x = features[r.param]
-            x = p.to_labelled(x, 2)
+            x = labelled.get(r.param)
+            if x is None:
+                x = features[r.param]
+                if self.reorders is not None:
+                    x = self.reorders.to_labels(r.param, x)
+                x = labelled[r.param] = x.reshape(x.shape[0], x.shape[1], *p.labelled_shape)
             if r.shape != p.labelled_shape:
                 idx = (slice(None), slice(None)) + tuple(
                     slice(s, s + n) for s, n in zip(r.starts, r.shape)
