@@ -126,9 +126,30 @@ def _in_label_order(params: dict) -> tuple[dict, dict]:
             found = canonical(lab) if isinstance(lab, tuple) and lab else None
             if found is not None:
                 axes[j], order = found
-                orders.setdefault(key, {})[j] = order
+                orders.setdefault(key, {})[j] = (lab, order)
         out[key] = dataclasses.replace(p, axes=axes) if key in orders else p
     return out, orders
+
+
+def _stored_order(sol: _Solution, axes: list, orders: dict, axis_label: Callable) -> dict:
+    """``{axis: order}`` of the axes (of ``orders``: axis -> (label as stored, order)) that
+    stay read in label order; the others get their stored label back in ``axes``. An axis
+    whose stored label cuts the spaces no finer than its label order does (two halves of one
+    space swapped, rotary's ``cat([-x2, x1])`` read by a layer) needs no order."""
+    kept = {}
+    for j, (stored, order) in orders.items():
+        cuts = [(s.run, c) for s in stored for c in (s.offset, s.offset + s.length)]
+        if all(c in sol.starts[r] or c == sol.problem.runs[r]["size"] for r, c in cuts):
+            plain = axis_label(stored)
+            if _pieces_of(plain) <= _pieces_of(axes[j]):
+                axes[j] = plain
+                continue
+        kept[j] = order
+    return kept
+
+
+def _pieces_of(label: Any) -> int:
+    return len(label) if isinstance(label, tuple) else 1
 
 
 def _joined(ties: list, nodes: list, split: set) -> tuple[list, list]:
@@ -185,7 +206,7 @@ class _Problem:
     heads_met: set  # fx nodes at which a tie met a heads run
     heads_held: dict  # heads runs that met positions where they stand -> (op, node) there
     adopted: list  # (key, heads axis, dims axis, split id, parent split id): stacked.adopt
-    orders: dict  # key -> {axis: order} of parameter axes read in label order (a shuffle's)
+    orders: dict  # key -> {axis: (stored label, order)}: axes read in label order (shuffles)
     heads_in_place: bool = False  # every head stays in place (verification's second reading)
 
     @functools.cached_property
@@ -522,6 +543,7 @@ def _build(
     params = []
     for key, p in problem.params.items():
         axes = [axis_label(lab) for lab in p.axes]
+        order = _stored_order(sol, axes, problem.orders.get(key, {}), axis_label)
         for k, label in enumerate(axes):
             pieces = label if isinstance(label, tuple) else (label,)
             if not any(isinstance(x, _InnerRef) for x in pieces):
@@ -558,10 +580,7 @@ def _build(
             axes[k : k + 1] = labels
             for root in mine[k].spaces:
                 infos[root].params.append(f"{key}[{k}]")
-        order = {
-            j + sum(mine[k].extra for k in viewed if k < j): o
-            for j, o in problem.orders.get(key, {}).items()
-        }
+        order = {j + sum(mine[k].extra for k in viewed if k < j): o for j, o in order.items()}
         params.append(ParamSpec(key, p.shape, tuple(axes), view, order))
         for k, lab in enumerate(p.axes):
             for root in set(sol.roots(lab)):

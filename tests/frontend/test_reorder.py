@@ -181,3 +181,25 @@ def test_a_grouped_conv_after_a_shuffle_keeps_the_op_by_op_reading():
     assert _order(build_symmetry_graph(gm, model)) == _order(ops)
     spec, report = trace_with_report(model, x)
     assert report.verification.ok and not any(p.order for p in spec.params)
+
+
+class _Rotated(nn.Module):
+    """rotary's ``cat([-x2, x1])`` added to ``h`` and read by a layer: the halves are tied to
+    each other, so the layer's columns read one space twice, in either order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        r = torch.cat([-h[:, 2:], h[:, :2]], 1)
+        return self.b(torch.tanh(h * 0.5 + r * 0.3)) + self.b(r)
+
+
+def test_an_axis_whose_stored_label_cuts_no_finer_keeps_its_stored_order():
+    # read in label order, b's columns would be [a, a] with order [2, 3, 0, 1]: the same
+    # group and layer, at the cost of a reordering in every step
+    spec, report = trace_with_report(model_(_Rotated), x_(5, 3))
+    assert report.verification.ok
+    assert spec["b.weight"].axes[1] == ("a", "a") and spec["b.weight"].order == ()
