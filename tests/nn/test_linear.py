@@ -498,6 +498,22 @@ def test_many_kinds_meet_through_a_channel():
     assert check_equivariant(deeper, r32, "hnp")
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_shufflenet_layer_reads_a_deeper_shufflenet(mode):
+    """ShuffleNetV2 with 2 units per stage to one with (4, 8, 4): the deeper one's channel
+    shuffles interleave more pieces, in other orders; its layer reads them in label order."""
+    shallow, deep = (
+        _traced("shufflenetv2", stages_out_channels=(8, 16, 32, 64, 64), stages_repeats=r)
+        for r in ((2, 2, 2), (4, 8, 4))
+    )
+    assert shallow.ordered and deep.ordered
+    layer = NFLinear(shallow, 2, 2, mode=mode, basis="linear")
+    deeper = layer.to_spec(deep)
+    assert deeper.reorders is not None and deeper.reorders.spec is deep
+    assert check_equivariant(layer, shallow, mode)
+    assert check_equivariant(deeper, deep, mode)
+
+
 def test_mlp_depth_3_layer_reads_depth_5():
     shallow, deep = mlp_spec((4, 8, 8, 2)), mlp_spec((4, 8, 8, 8, 8, 2))
     layer = NFLinear(shallow, 2, 2, mode="np", basis="linear")
