@@ -147,10 +147,7 @@ def read_chain(a: SymmetryAnalysis, x: TensorLabels) -> TensorLabels | None:
     found = _chain(a.node, x)
     if found is None:
         return None
-    inside, last, d, index = found
-    if last is a.node:
-        a.reordered = True
-        return reorder_dim(a, x, d, index, "a reshape reorders positions")
+    inside, last, d, index = found  # last is never this node: a permute comes between
     a.reorder_inside.update(n.name for n in inside)
     a.reordered = True
     a.reorders[last.name] = (x, d, index)
