@@ -69,20 +69,20 @@ def build_symmetry_graph(
         of single positions made its runs in blocks for a larger group, ``fallback`` holds
         the graph without them, for a verification that finds the larger group does not hold.
     """
-    g, strided, reordered = _analysed(gm, model, channel_dim, False, True)
+    g, strided, reordered = _analysed(gm, model, channel_dim, stride_blocks=False, chains=True)
     if reordered:
         # a channel shuffle read as one reordering of positions: each run it interleaves keeps
         # its neurons (ShuffleNetV2), but a grouped conv after it cannot read its blocks off
         # the interleaved runs (ShuffleNet v1), where reading its ops one by one ties them in
         # blocks; the larger group stands
-        h, _, _ = _analysed(gm, model, channel_dim, False, False)
+        h, _, _ = _analysed(gm, model, channel_dim, stride_blocks=False, chains=False)
         if _order(h) > _order(g):
             g, reordered = h, False
     if strided:
         # a strided slice took single positions (``h[..., ::2]``): try again with its run made
         # in blocks of the stride (an interleaved gate and up), and keep that if its group is
         # larger (an interleaved rotary's pairs are fixed either way)
-        h, _, _ = _analysed(gm, model, channel_dim, True, reordered)
+        h, _, _ = _analysed(gm, model, channel_dim, stride_blocks=True, chains=reordered)
         if _order(h) > _order(g):
             # the derivation is verified on the model; where that fails, the graph without
             # those blocks is the one to fall back to
@@ -96,17 +96,17 @@ def _analysed(
     model: nn.Module | None,
     channel_dim: ChannelDim,
     stride_blocks: bool,
-    reorder_chains: bool,
+    chains: bool,
 ) -> tuple:
     """The graph of the analysis of ``gm`` (its runs made in the blocks that rounds of it ask
     for), whether any round met a strided slice of single positions, and whether one read a
-    channel shuffle as one reordering."""
+    channel shuffle as one reordering (``chains``: read them so)."""
     blocks: dict = {}
     # the analysis before chunks were made in blocks, its graph, and the runs made so
     before, before_graph, tried = None, None, []
     strided = reordered = False
     for _ in range(BLOCK_ROUNDS + 1):
-        a = SymmetryAnalysis(gm, model, blocks, channel_dim, stride_blocks, reorder_chains)
+        a = SymmetryAnalysis(gm, model, blocks, channel_dim, stride_blocks, chains)
         a.run(*[None for n in gm.graph.nodes if n.op == "placeholder"], enable_io_processing=False)
         check_entries(channel_dim, [name for name, _ in a.inputs])
         strided = strided or a.strided

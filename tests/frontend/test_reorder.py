@@ -175,8 +175,8 @@ def test_a_grouped_conv_after_a_shuffle_keeps_the_op_by_op_reading():
     # space in the reordered reading, which then fixes more than reading the ops one by one
     model, x = model_(_GroupedAfterShuffle), x_(2, 3, 5, 5)
     gm = trace_module(model, x)
-    chains, _, read = _analysed(gm, model, 1, False, True)
-    ops, _, _ = _analysed(gm, model, 1, False, False)
+    chains, _, read = _analysed(gm, model, 1, stride_blocks=False, chains=True)
+    ops, _, _ = _analysed(gm, model, 1, stride_blocks=False, chains=False)
     assert read and _order(ops) > _order(chains)
     assert _order(build_symmetry_graph(gm, model)) == _order(ops)
     spec, report = trace_with_report(model, x)

@@ -34,7 +34,7 @@ from ..labels import Prod, Seg
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
 
-__all__ = ["only_selected", "chunks_at", "piece", "rebased"]
+__all__ = ["only_selected", "chunks_at", "piece", "rebased", "dim_order"]
 
 #: ops that move dims around without reading values: a chunk dim passes through them
 _PERMUTES = frozenset(
@@ -44,7 +44,8 @@ _PERMUTES = frozenset(
 
 #: the ``torch`` functions :func:`_name` names (their methods are named by fx itself)
 _TORCH = {
-    torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.reshape, torch.unbind
+    torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.reshape, torch.unbind,
+    torch.flatten, torch.unflatten,
 }  # fmt: skip
 
 
@@ -75,7 +76,6 @@ def _moved(node: torch.fx.Node, d: int) -> int | None:
     n = _ndim(node)
     if n is None:
         return None
-    args = node.args[1:]
     if _name(node) == "contiguous":
         return d
     if _name(node) in ("reshape", "view"):
@@ -93,18 +93,28 @@ def _moved(node: torch.fx.Node, d: int) -> int | None:
             if math.prod(after[:k]) == lead and m == before[d]:
                 return k
         return None
+    dims = dim_order(node, n)
+    return dims.index(d) if dims is not None and d in dims else None
+
+
+def dim_order(node: torch.fx.Node, n: int) -> list | None:
+    """The input dim at each output dim of ``node``, a permute or transpose (swapaxes,
+    swapdims) of an ``n``-dim tensor, or ``None`` where its arguments cannot be read."""
+    args = node.args[1:]
     if _name(node) == "permute":
         dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
         dims = node.kwargs.get("dims", dims)
         if not all(isinstance(k, int) for k in dims) or len(dims) != n:
             return None
-        dims = [k % n for k in dims]
-        return dims.index(d) if d in dims else None
+        return [k % n for k in dims]
     pair = [node.kwargs.get(k, v) for k, v in zip(("dim0", "dim1"), args)]
+    pair += [node.kwargs[k] for k in ("dim0", "dim1")[len(pair) :] if k in node.kwargs]
     if len(pair) != 2 or not all(isinstance(k, int) for k in pair):
         return None
+    order = list(range(n))
     a, b = (k % n for k in pair)
-    return b if d == a else a if d == b else d
+    order[a], order[b] = b, a
+    return order
 
 
 def _boundaries(shape: tuple) -> set:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import Prod, TensorLabels, reordered
-from .chunks import _name, _shape
+from .chunks import _name, _shape, dim_order
 from .registry import arg, register_function, register_module, structured
 
 if TYPE_CHECKING:
@@ -43,11 +43,6 @@ __all__ = ["read_chain", "shuffle_index"]
 
 _RESHAPES = frozenset({"view", "reshape", "flatten", "unflatten"})
 _MOVES = frozenset({"permute", "transpose", "swapaxes", "swapdims"})
-_TORCH = {
-    torch.reshape: "reshape", torch.flatten: "flatten", torch.unflatten: "unflatten",
-    torch.permute: "permute", torch.transpose: "transpose", torch.swapaxes: "transpose",
-    torch.swapdims: "transpose",
-}  # fmt: skip
 #: the longest chain read (ShuffleNet's is 3 or 4 nodes)
 _MAX_CHAIN = 8
 
@@ -60,14 +55,9 @@ def shuffle_index(channels: int, groups: int) -> list[int]:
 
 
 def _kind(node: Any) -> str | None:
-    if not isinstance(node, torch.fx.Node):
-        return None
-    if node.op == "call_function":
-        return _TORCH.get(node.target)
-    name = _name(node) if node.op == "call_method" else None
-    if name in _RESHAPES or name in ("contiguous", "permute", "transpose"):
-        return name
-    return "transpose" if name in ("swapaxes", "swapdims") else None
+    """``view``, ``permute``, ``contiguous``, ... for a call that may be part of a chain."""
+    name = _name(node) if isinstance(node, torch.fx.Node) else None
+    return name if name in _RESHAPES | _MOVES or name == "contiguous" else None
 
 
 def _moved(node: torch.fx.Node, x: torch.Tensor) -> torch.Tensor | None:
@@ -78,18 +68,8 @@ def _moved(node: torch.fx.Node, x: torch.Tensor) -> torch.Tensor | None:
         return x
     if kind in _RESHAPES:
         return x.reshape(out) if out is not None and math.prod(out) == x.numel() else None
-    args = [*node.args[1:]]
-    if kind == "permute":
-        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
-        dims = node.kwargs.get("dims", dims)
-        ok = len(dims) == x.dim() and all(isinstance(d, int) for d in dims)
-        return x.permute(*dims) if ok else None
-    if kind == "transpose":
-        pair = [node.kwargs.get(k, v) for k, v in zip(("dim0", "dim1"), args)]
-        pair += [node.kwargs[k] for k in ("dim0", "dim1")[len(pair) :] if k in node.kwargs]
-        ok = len(pair) == 2 and all(isinstance(d, int) for d in pair)
-        return x.transpose(*pair) if ok else None
-    return None
+    dims = dim_order(node, x.dim())
+    return None if dims is None else x.permute(dims)
 
 
 def _one_dim(moved: torch.Tensor, shape: tuple) -> tuple[int, list[int]] | None:
