@@ -169,8 +169,15 @@ def _chunk_requests(a: SymmetryAnalysis, g: nx.MultiGraph) -> dict:
 
 
 def _order(g: nx.MultiGraph) -> float:
-    """The log of the order of the group ``g`` derives (each space's symmetric group)."""
-    return sum(math.lgamma(space.size + 1) for space in derive_spaces(g).spec.spaces.values())
+    """The log of the order of the group ``g`` derives: each space's symmetric group, or for a
+    space in blocks, one per block; and each block permutation's own where its blocks move
+    (fixed blocks of one neuron each are no symmetry at all)."""
+    spec = derive_spaces(g).spec
+    total = 0.0
+    for space in spec.spaces.values():
+        count = spec.blocks[space.blocks].count if space.blocks else 1
+        total += count * math.lgamma(space.size // count + 1)
+    return total + sum(math.lgamma(b.count + 1) for b in spec.blocks.values() if not b.fixed)
 
 
 def _fixed_runs(a: SymmetryAnalysis, g: nx.MultiGraph, keys: list) -> list:

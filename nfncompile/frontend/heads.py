@@ -568,6 +568,10 @@ def blocks(sol: Any, fallen: dict, busy: set) -> list[Family]:
         read = any(s.heads in p.labelled and not s.stacked for s in splits)
         if read and not (columns or shared):
             continue
+        # blocks that stay in place with no dims of their own inside them (experts whose
+        # units a bias per expert, gathered by the routing, reads as one space) move nothing
+        if in_place and not columns:
+            continue
         fam.columns, fam.fixed = columns, list(dict.fromkeys(fixed))
         out.append(fam)
     return out

@@ -670,9 +670,13 @@ def _sliced(a: SymmetryAnalysis, lab: Any, n: int, i: slice) -> Any:
         if all(s.inner % step == 0 for s in lab):
             return tuple(Seg(s.run, s.offset, s.length, s.inner // step) for s in lab)
         # (not neurons split into attention heads, nor a head's dims: an interleaved rotary's
-        # pairs, which the heads' solver reads position by position)
-        heads = {s.run for sp in a.head_splits for chunk in sp.chunks for s in chunk}
-        heads |= a.split_runs.keys()  # the splits' heads and dims runs
+        # pairs, which the heads' solver reads position by position; but a stacked weight's
+        # members' dims, whose split cannot be made in blocks: asked for so, the split is not
+        # made, and the weight's own axis is read in blocks as before it was split)
+        heads = set()
+        for sp in a.head_splits:
+            if not sp.stacked:
+                heads |= {s.run for chunk in sp.chunks for s in chunk} | {sp.heads, sp.dims}
         if not heads & {s.run for s in lab}:
             a.strided = True
             if a.stride_blocks:  # next time its runs are made of such blocks
