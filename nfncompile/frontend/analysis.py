@@ -206,6 +206,12 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         #: (state_dict key, members axis, axis, split id) of those splits
         self.member_loops: dict = {}
         self.member_axes: list = []
+        #: rows of a ``grouped_mm`` over stacked weights, each in its group's expert
+        #: (:func:`.stacked.grouped`): rows run -> (split id, the fx node of the offsets); and
+        #: (experts run, contracted axis run, split id) of each stacked weight that reads
+        #: such rows, to read per expert (:func:`.stacked.adopt`)
+        self.routed: dict[int, tuple] = {}
+        self.routed_axes: list[tuple] = []
         self._recording: list | None = None  # fixes of a block link's alternative
 
     # ---- bookkeeping ------------------------------------------------------------------------
@@ -611,7 +617,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         it cannot hold where a tensor holds its dims without one heads dim (heads summed,
         mixed by a layer, sliced or flattened with the dims in another way). Beside one whole
         heads dim, dims whose neurons span several positions each (an interleaved rotary's
-        pairs stacked and flattened, GPT-J's ``rotate_every_two``) are still each head's.
+        pairs stacked and flattened, GPT-J's ``rotate_every_two``) are still each head's. Rows
+        each in one expert's group of a ``grouped_mm`` (:meth:`is_routed`) count as that
+        split's heads dim.
         """
         faults: dict = {}
         carried: list = []
@@ -620,6 +628,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 heads = [
                     self.split_runs[lab[0].run][0] for lab in t.labels if self.is_whole_heads(lab)
                 ]
+                heads += [self.routed[lab[0].run][0] for lab in t.labels if self.is_routed(lab)]
                 for s in (s for lab in t.labels for s in segments(lab)):
                     split, what = self.split_runs.get(s.run, (-1, ""))
                     if what != "dims":
@@ -648,6 +657,11 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             isinstance(label, tuple) and len(label) == 1 and label[0].offset == 0
             and label[0].inner == 1 and label[0].length == self.runs[label[0].run].size
         )  # fmt: skip
+
+    def is_routed(self, label: Any) -> bool:
+        """Whether ``label`` is one whole run of rows each in one expert's group of a
+        ``grouped_mm`` (:attr:`routed`), which stands for that split's heads."""
+        return self._whole(label) and label[0].run in self.routed
 
     def hold_heads(self, *labels: Any) -> None:
         """Record that the heads runs in ``labels`` met positions where they stand: they stay
@@ -1108,6 +1122,12 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 # where each meets its own data (fixed blocks, or fixed where their split
                 # falls: heads.rewrite)
                 self.hold_heads(*found)
+                for lab in found[1:]:
+                    self.tie(found[0], lab)
+                labels.append(found[0])
+            elif found and plain and all(self.is_routed(lab) for lab in found):
+                # rows each in one expert's group, scaled row by row (the routing weights):
+                # each row still holds its expert's units
                 for lab in found[1:]:
                     self.tie(found[0], lab)
                 labels.append(found[0])

@@ -22,6 +22,15 @@ Two steps bring such a parameter into that reading:
   of its own (a fresh run standing for its ``heads x dims`` entries), so that a tie with the
   other split's dims ties them head by head instead of tying every head's to one.
 
+Hugging Face's ``grouped_mm`` experts (``transformers`` 5's default) run the token-expert
+pairs sorted by expert: ``grouped_mm(rows, W, offs)`` multiplies group ``e`` of the rows (cut
+at the cumulative counts ``offs``) by ``W[e]``. There the experts are no dim of any tensor:
+:func:`grouped` seeds the weight and labels the product's rows with a run that stands for the
+split's heads (each row is in one expert's group, so its columns are that expert's units), and
+a later ``grouped_mm`` with the same ``offs`` over those rows reads its weight's contracted
+axis per expert (:func:`adopt`). Rows reordered, summed or mixed across groups hold the units
+without that run, and the split falls back.
+
 A ``torch.vmap`` over stacked weights (``functional_call`` on each member's slice) is traced as
 the loop it computes (:mod:`~nfncompile.frontend.vmap`). :func:`member_slice` reads each
 weight's slice for member ``i`` as chunk ``i`` of a split of each of its axes (the members'
@@ -64,7 +73,7 @@ from .labels import HeadSplit, Seg, TensorLabels, Tie
 if TYPE_CHECKING:
     from .analysis import SymmetryAnalysis
 
-__all__ = ["seed", "adopt", "whole_run", "member_slice", "member_stack"]
+__all__ = ["seed", "grouped", "adopt", "whole_run", "member_slice", "member_stack"]
 
 
 def whole_run(a: SymmetryAnalysis, label: Any) -> int | None:
@@ -100,6 +109,71 @@ def seed(a: SymmetryAnalysis, t: TensorLabels, h: int, d: int) -> TensorLabels |
     return TensorLabels(t.shape, tuple(labels))
 
 
+def grouped(
+    a: SymmetryAnalysis, x: TensorLabels, w: TensorLabels, offs: Any, bias: TensorLabels | None
+) -> TensorLabels:
+    """``grouped_mm(x, w, offs=offs)``: rows ``x`` ``(S, K)``, cut into groups at ``offs``,
+    group ``e`` times matrix ``e`` of ``w`` ``(E, K, N)`` (Hugging Face's ``grouped_mm``
+    experts: the tokens sorted by expert, ``offs`` the cumulative count per expert).
+
+    Where ``w`` is a stacked parameter (the experts' weights), its output columns are each
+    expert's own units (:func:`seed`) and the output's rows a fresh run that stands for the
+    experts (:attr:`~.analysis.SymmetryAnalysis.routed`): each row is in one expert's group,
+    so a tensor holding those rows holds the experts as a heads dim would, and each row's
+    columns are its expert's units. The experts stay in place (the groups meet the matrices
+    by position): fixed blocks. A later ``grouped_mm`` with the same ``offs`` whose rows are
+    those reads its weight's contracted axis per expert (:func:`adopt`). Elsewhere the
+    contracted axes are tied and the rows and the matrices' dim fixed (one permutation for
+    every expert's units). A ``bias`` ``(E, N)`` adds a row per expert to its group's rows;
+    ``(N,)``, one row to all.
+    """
+    why = "grouped_mm meets its groups of rows with its matrices by position"
+    rows = x.labels[0]
+    routed = a.routed.get(rows[0].run) if isinstance(rows, tuple) and len(rows) == 1 else None
+    experts, inner = whole_run(a, w.labels[0]), whole_run(a, w.labels[1])
+    again = routed is not None and offs is not None and _same_tensor(routed[1], offs)
+    split = a.head_splits[routed[0]] if again else None
+    adopted = (
+        again and {experts, inner} <= a.param_runs and a.runs[experts].size == len(split.chunks)
+    )
+    if adopted:
+        heads = (Seg(split.heads, 0, len(split.chunks)),)
+        a.tie(w.labels[0], heads, "a row meets the matrix of its group's expert")
+        a.routed_axes.append((experts, inner, split.id))
+    else:
+        a.fix(rows, why)
+    a.tie(x.labels[1], w.labels[1], "grouped_mm contracts neurons with positions")
+    # the experts' units are the first product's columns; a later product's (the layer after
+    # the experts) are every expert's alike
+    seeded = seed(a, w, 0, 2) if offs is not None and not again else None
+    per_expert = bias is not None and bias.ndim == 2
+    if seeded is None:
+        if not adopted:
+            a.fix(w.labels[0], why)
+        columns = a.name_output(a.plain_label(w.labels[2], uniform=True))
+        if bias is not None:
+            a.fix(bias.labels[0] if per_expert else None, "a bias per group of rows")
+            a.tie(columns, bias.labels[-1])
+        return TensorLabels(a.out_shape(), (None, columns))
+    a.hold_heads(seeded.labels[0])
+    if bias is not None:
+        a.tie(seeded.labels[2], bias.labels[-1], "a bias added to every group's rows")
+        if per_expert:
+            a.tie(seeded.labels[0], bias.labels[0], "a bias per group of rows")
+    split_id = a.split_runs[seeded.labels[2][0].run][0]
+    # positions, never neurons of their own (the rows may reach an output), that stand for
+    # the experts beside their units
+    (made,) = a.new_run(x.shape[0], "fixed", f"{a.node.name} (rows by expert)")
+    a.routed[made.run] = (split_id, offs)
+    return TensorLabels(a.out_shape(), ((made,), seeded.labels[2]))
+
+
+def _same_tensor(p: torch.fx.Node, q: torch.fx.Node) -> bool:
+    """Whether two fx nodes are one tensor: the same node, or reads of the same attribute
+    (a constant's every use is a ``get_attr`` of its own)."""
+    return p is q or (p.op == q.op == "get_attr" and p.target == q.target)
+
+
 def _origin(a: SymmetryAnalysis, run: int) -> str:
     """What to name the members' units of parameter axis ``run``: the parameter (``w1``), or
     its module where it is a module's ``weight``."""
@@ -124,6 +198,11 @@ def adopt(a: SymmetryAnalysis) -> None:
     whole = _whole_ties(a)
     classes = {r: i for i, runs in enumerate(nx.connected_components(whole)) for r in runs}
     axes = _param_axes(a)
+    for experts, inner, sid in a.routed_axes:  # read per expert where grouped_mm's rows are
+        for key, j, runs in axes.get(inner, ()):
+            if runs.count(experts) == 1:
+                split = a.head_splits[sid]
+                _adopt_axis(a, key, (runs.index(experts), experts), (j, inner), split, classes)
     done: set = set()
     changed = True
     while changed:  # an adopted axis's own ties may adopt another parameter's

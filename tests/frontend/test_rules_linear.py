@@ -404,9 +404,15 @@ def test_grouped_mm_ties_contracted_axes_and_keeps_its_weights_columns(batched):
         assert spec["router.weight"].axes == ("w1.head", "inp")
         assert spec.block_shape("w1") == (3, 16)
     else:
-        assert spec["w1"].axes == (None, "w1", "inp") and spec["w2"].axes == (None, "inp", "w1")
-        # the experts stay: the routing reads their positions, and grouped_mm meets its
-        # groups of rows with the weight's matrices by position
+        # each expert's 16 hidden units on their own (a row's columns are its group's
+        # expert's), the experts fixed blocks: the routing reads their positions, and
+        # grouped_mm meets its groups of rows with the weight's matrices by position. Before:
+        # one permutation for every expert's units
+        heads, inner = spec["w1"].axes[0], Inner("w1", 0)
+        assert spec["w1"].axes == (heads, inner, "inp")
+        assert spec["w2"].axes == (heads, "inp", inner)
+        assert spec.block_shape("w1") == (3, 16)
+        assert spec.blocks[spec.spaces["w1"].blocks].fixed
         assert spec["router.weight"].axes == (None, "inp")
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
 

@@ -206,17 +206,13 @@ def _grouped_mm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     bias = arg(args, kwargs, 3, "bias")
     if not (isinstance(x, TensorLabels) and isinstance(y, TensorLabels)):
         raise Unsupported("grouped_mm with a non-tensor operand")
-    if x.ndim == 3 and y.ndim == 3:
-        out = _matmul(a, (x, y), {})
-    elif x.ndim == 2 and y.ndim == 3:
-        a.tie(x.labels[1], y.labels[1], "grouped_mm contracts neurons with positions")
-        why = "grouped_mm meets its groups of rows with its matrices by position"
-        a.fix(x.labels[0], why)
-        a.fix(y.labels[0], why)
-        columns = a.name_output(a.plain_label(y.labels[2], uniform=True))
-        out = TensorLabels(a.out_shape(), (None, columns))
-    else:
+    if x.ndim == 2 and y.ndim == 3:
+        offs = arg(a.node.args, a.node.kwargs, 2, "offs")
+        offs = offs if isinstance(offs, torch.fx.Node) else None
+        return stacked.grouped(a, x, y, offs, bias if isinstance(bias, TensorLabels) else None)
+    if x.ndim != 3 or y.ndim != 3:
         raise Unsupported(f"grouped_mm of a {x.ndim}-D and a {y.ndim}-D operand (jagged K)")
+    out = _matmul(a, (x, y), {})
     if isinstance(bias, TensorLabels):
         a.fix(bias.labels[0] if bias.ndim == 2 else None, "a bias per group of rows")
         a.tie(out.labels[-1], bias.labels[-1])
