@@ -49,7 +49,10 @@ from torch.fx.operator_schemas import get_signature_for_torch_op
 
 from ..errors import ConfigError, TraceError
 from ..spec import holds_no_weight
-from . import rules  # noqa: F401  (importing the package registers every op rule)
+from . import (
+    rules,  # noqa: F401  (importing the package registers every op rule)
+    stacked,
+)
 from .channel_dims import ChannelDim, channel_dim_of
 from .fx import PlainArgsInterpreter, canonical_keys, leaves, writes
 from .labels import (
@@ -212,6 +215,17 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         #: such rows, to read per expert (:func:`.stacked.adopt`)
         self.routed: dict[int, tuple] = {}
         self.routed_axes: list[tuple] = []
+        #: the sorted expert ids that offsets were counted from (fx node -> the offsets' key,
+        #: :func:`.stacked.expert_ids`), the rows run of each such offsets' groups (key ->
+        #: run id) and their split (key -> split id), and the parameter axes read at those
+        #: ids (a bias per expert gathered per row: label, key)
+        self.expert_ids: dict = stacked.expert_ids(gm)
+        self.routed_runs: dict = {}
+        self.routed_splits: dict = {}
+        self.routed_params: list[tuple] = []
+        #: fx nodes where two tensors' rows of the same experts' groups met: their experts
+        #: are aligned there, as heads that meet (:mod:`.heads`' ``heads_met``)
+        self.routed_met: set[str] = set()
         self._recording: list | None = None  # fixes of a block link's alternative
 
     # ---- bookkeeping ------------------------------------------------------------------------
@@ -510,11 +524,14 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         """Record a :class:`~nfncompile.frontend.labels.HeadSplit` of ``chunks`` (equal labels
         of single positions); returns the labels of its heads dim and of the rest, or ``None``
         where the rest's run is made in blocks (the chunks are then tied as before).
-        ``stacked``: the heads are a stacked parameter's axis (:mod:`.stacked`)."""
+        ``stacked``: the heads are a stacked parameter's axis (:mod:`.stacked`), whose chunks
+        may be neurons of ``b`` positions each (an expert's interleaved gate and up) where the
+        rest's run is made in such blocks too."""
         width = label_width(chunks[0])
         (heads,) = self.new_run(len(chunks), "heads", f"{self._name()} (heads)")
         (dims,) = self.new_run(width, "neuron", f"{self._name()} (per head)")
-        if heads.inner != 1 or dims.inner != 1:
+        spans = {s.inner for chunk in chunks for s in chunk}
+        if heads.inner != 1 or spans != {dims.inner} or (dims.inner != 1 and not stacked):
             for seg in (heads, dims):  # unused: positions, not a space of their own
                 self.runs[seg.run].kind = "fixed"
                 self._fix_run(seg.run, 0, self.runs[seg.run].size, self._broken(POSITIONS))
@@ -593,8 +610,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             if not self.is_heads(lab) or self.is_whole_heads(lab) or len(owners) != 1:
                 continue
             split = self.head_splits[owners.pop()]
-            width = label_width(split.chunks[0])
-            whole_dims = (Seg(split.dims, 0, width),)
+            whole_dims = (Seg(split.dims, 0, self.runs[split.dims].size, split.span),)
             dims = [e for e, other in enumerate(labels) if e != d and other == whole_dims]
             if len(dims) != 1 or any(seg.inner != 1 for seg in segs):
                 continue
@@ -1125,11 +1141,12 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 for lab in found[1:]:
                     self.tie(found[0], lab)
                 labels.append(found[0])
-            elif found and plain and all(self.is_routed(lab) for lab in found):
-                # rows each in one expert's group, scaled row by row (the routing weights):
-                # each row still holds its expert's units
-                for lab in found[1:]:
-                    self.tie(found[0], lab)
+            elif found and all(self.is_routed(lab) and lab == found[0] for lab in found):
+                # rows each in one expert's group, scaled row by row (the routing weights) or
+                # met by rows of the same groups (a bias per expert read at their ids): each
+                # row still holds its expert's units, its expert the same on both sides
+                if len(found) > 1:
+                    self.routed_met.add(self._name())
                 labels.append(found[0])
             elif found and plain:
                 for lab in found:

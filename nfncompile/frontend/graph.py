@@ -225,6 +225,7 @@ def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
         head_faults=faults,
         head_carried=carried,
         heads_held=a.heads_held,
+        routed_met=a.routed_met,
         params=params,
         inputs=a.inputs,
         outputs=a.outputs,

@@ -72,8 +72,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .labels import label_width
-
 __all__ = ["pieces", "rewrite", "check", "Family", "blocks"]
 
 
@@ -143,7 +141,7 @@ def rewrite(
     for s in splits:  # the conservative reading of those that do not hold, rewritten below
         if ("heads", s.id) not in fallen:  # too: a split of a holding split's dims
             continue
-        width = label_width(s.chunks[0])
+        width = s.width
         for chunk in s.chunks:
             new = _ties(pieces(chunk, 0, width), [(s.dims, 0, width)], "attention heads")
             ties += new
@@ -191,7 +189,7 @@ def rewrite(
         (s.heads, 0, len(s.chunks)) for s in splits if not (s.stacked and s.dims not in holding)
     ]
     for r, split in holding.items():
-        width = label_width(split.chunks[0])
+        width = split.width
         for c in cuts[r] - {0, width}:
             for chunk in split.chunks:
                 run, at, _ = pieces(chunk, c, width - c)[0]

@@ -427,12 +427,22 @@ class HeadSplit:
     id: int
     op: str
     node: str
-    chunks: tuple  # the label of each chunk (inner 1), in order
+    chunks: tuple  # the label of each chunk (inner 1, or a stacked split's blocks), in order
     heads: int  # run id
     dims: int  # run id
     #: the heads are a stacked parameter's axis (an ensemble's members, the experts): where
     #: the split does not hold they are free neurons, as the axis was before (:mod:`.stacked`)
     stacked: bool = False
+
+    @property
+    def width(self) -> int:
+        """Neurons per chunk (the ``dims`` run's size)."""
+        return sum(s.length for s in self.chunks[0])
+
+    @property
+    def span(self) -> int:
+        """Positions each neuron of a chunk spans (1, or a stacked split's blocks)."""
+        return self.chunks[0][0].inner
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,8 @@ class _Problem:
             faults=graph.graph.get("head_faults", {}),
             carried=graph.graph.get("head_carried", []),
             labelled={s.run for lab in read_whole for s in segments(lab)},
-            heads_met={d["node"] for d in edges if d["src"] in heads or d["dst"] in heads},
+            heads_met={d["node"] for d in edges if d["src"] in heads or d["dst"] in heads}
+            | graph.graph.get("routed_met", set()),
             heads_held=graph.graph.get("heads_held", {}),
             adopted=adopted,
             heads_in_place=bool(graph.graph.get("heads_in_place")),

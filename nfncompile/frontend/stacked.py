@@ -29,7 +29,11 @@ at the cumulative counts ``offs``) by ``W[e]``. There the experts are no dim of 
 split's heads (each row is in one expert's group, so its columns are that expert's units), and
 a later ``grouped_mm`` with the same ``offs`` over those rows reads its weight's contracted
 axis per expert (:func:`adopt`). Rows reordered, summed or mixed across groups hold the units
-without that run, and the split falls back.
+without that run, and the split falls back. A parameter read at the sorted ids the offsets
+were counted from (:func:`expert_ids`; GPT-OSS's bias per expert) gives each row its group's
+expert's entry (:func:`gathered`): its rows are the same run, its first axis the experts. An
+expert's interleaved gate and up (``h[..., ::2]``, ``h[..., 1::2]``) make the split in
+neurons of two positions each (:meth:`~.analysis.SymmetryAnalysis.split_heads`).
 
 A ``torch.vmap`` over stacked weights (``functional_call`` on each member's slice) is traced as
 the loop it computes (:mod:`~nfncompile.frontend.vmap`). :func:`member_slice` reads each
@@ -63,25 +67,32 @@ Examples
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import torch.fx
+import torch.nn.functional as F
 
 from .labels import HeadSplit, Seg, TensorLabels, Tie
 
 if TYPE_CHECKING:
     from .analysis import SymmetryAnalysis
 
-__all__ = ["seed", "grouped", "adopt", "whole_run", "member_slice", "member_stack"]
+__all__ = [
+    "seed", "grouped", "expert_ids", "gathered", "adopt", "whole_run", "member_slice",
+    "member_stack",
+]  # fmt: skip
 
 
-def whole_run(a: SymmetryAnalysis, label: Any) -> int | None:
-    """The run ``label`` is, whole and of single positions; else ``None``."""
+def whole_run(a: SymmetryAnalysis, label: Any, spans: bool = False) -> int | None:
+    """The run ``label`` is, whole and of single positions (or, with ``spans``, of neurons
+    spanning any number of positions each); else ``None``."""
     if not isinstance(label, tuple) or len(label) != 1:
         return None
     (s,) = label
-    return s.run if s.offset == 0 and s.inner == 1 and s.length == a.runs[s.run].size else None
+    whole = s.offset == 0 and s.length == a.runs[s.run].size
+    return s.run if whole and (s.inner == 1 or spans) else None
 
 
 def seed(a: SymmetryAnalysis, t: TensorLabels, h: int, d: int) -> TensorLabels | None:
@@ -91,11 +102,13 @@ def seed(a: SymmetryAnalysis, t: TensorLabels, h: int, d: int) -> TensorLabels |
     the parameter's module) into one chunk per head and ties the parameter's axes to it;
     returns ``None`` (nothing recorded) where the dims are not two whole parameter axes of
     more than one position each."""
-    hr, dr = whole_run(a, t.labels[h]), whole_run(a, t.labels[d])
+    hr, dr = whole_run(a, t.labels[h]), whole_run(a, t.labels[d], spans=True)
     if hr is None or dr is None or not {hr, dr} <= a.param_runs:
         return None
-    count, width = a.runs[hr].size, a.runs[dr].size
-    if count < 2 or width < 2:
+    # a column may be a neuron of several positions (an interleaved gate and up, made in
+    # blocks): the chunks and the per-head dims are then made so too (rules.shape._sliced)
+    count, width = a.runs[hr].size, t.shape[d]
+    if count < 2 or a.runs[dr].size < 2:
         return None
     flat = a.new_run(count * width, "neuron", _origin(a, dr))
     chunks = [a.slice_label(flat, k * width, (k + 1) * width) for k in range(count)]
@@ -161,11 +174,105 @@ def grouped(
         if per_expert:
             a.tie(seeded.labels[0], bias.labels[0], "a bias per group of rows")
     split_id = a.split_runs[seeded.labels[2][0].run][0]
-    # positions, never neurons of their own (the rows may reach an output), that stand for
-    # the experts beside their units
-    (made,) = a.new_run(x.shape[0], "fixed", f"{a.node.name} (rows by expert)")
-    a.routed[made.run] = (split_id, offs)
-    return TensorLabels(a.out_shape(), ((made,), seeded.labels[2]))
+    rows = _routed_run(a, _offsets_key(offs), x.shape[0])
+    a.routed[rows[0].run] = (split_id, offs)
+    a.routed_splits[_offsets_key(offs)] = split_id
+    return TensorLabels(a.out_shape(), (rows, seeded.labels[2]))
+
+
+#: ``grouped_mm``'s functions, and the steps from sorted expert ids to its offsets: casts, a
+#: count per expert, a cumulative sum
+_GROUPED = (torch._grouped_mm, *((F.grouped_mm,) if hasattr(F, "grouped_mm") else ()))
+_CASTS = frozenset({"to", "int", "long", "float", "type", "contiguous", "clone", "detach"})
+_COUNTS = frozenset({"histc", "bincount"})
+
+
+def expert_ids(gm: torch.fx.GraphModule) -> dict:
+    """The fx nodes of sorted expert ids that a ``grouped_mm``'s offsets were counted from
+    (``ids, perm = torch.sort(chosen)``; ``offs = cumsum(histc(ids, bins=E, min=0, max=E-1))``
+    or ``bincount``), each -> the offsets' key (:func:`_offsets_key`): row ``r`` of that
+    product is in expert ``ids[r]``'s group, so a parameter read at ``ids`` (a bias per
+    expert) gives each row its expert's entry (:func:`gathered`)."""
+    found = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target in _GROUPED:
+            offs = n.kwargs.get("offs", n.args[2] if len(n.args) > 2 else None)
+            ids = _counted_from(offs) if isinstance(offs, torch.fx.Node) else None
+            if ids is not None:
+                found[ids] = _offsets_key(offs)
+    return found
+
+
+def _step(n: Any) -> str | None:
+    """A call's name: a method's, or a function's ``__name__``."""
+    if not isinstance(n, torch.fx.Node) or not n.args:
+        return None
+    if n.op == "call_method":
+        return n.target
+    return getattr(n.target, "__name__", None) if n.op == "call_function" else None
+
+
+def _counted_from(offs: torch.fx.Node) -> torch.fx.Node | None:
+    """The ascending ``sort`` values whose counts per expert ``offs`` sums up, else ``None``."""
+    steps, cur = [], offs
+    while _step(cur) in _CASTS | _COUNTS | {"cumsum"}:
+        if _step(cur) == "histc" and not _bin_per_id(cur):
+            return None
+        steps.append(_step(cur))
+        cur = cur.args[0]
+    if "cumsum" not in steps or not _COUNTS & set(steps):
+        return None
+    ok = (
+        isinstance(cur, torch.fx.Node) and cur.op == "call_function"
+        and cur.target is operator.getitem and cur.args[1] == 0 and _step(cur.args[0]) == "sort"
+    )  # fmt: skip
+    sort = cur.args[0] if ok else None
+    descending = sort is not None and (
+        sort.kwargs.get("descending", False) or (len(sort.args) > 2 and sort.args[2] is True)
+    )
+    return cur if ok and not descending else None
+
+
+def _bin_per_id(histc: torch.fx.Node) -> bool:
+    """Whether a ``histc`` has one bin per integer from 0 (``bins=E, min=0, max=E - 1``)."""
+    given = histc.args[1:]
+    bins, lo, hi = (
+        histc.kwargs.get(k, given[i] if i < len(given) else d)
+        for i, (k, d) in enumerate((("bins", 100), ("min", 0), ("max", 0)))
+    )
+    return lo == 0 and hi == bins - 1
+
+
+def _offsets_key(offs: torch.fx.Node) -> Any:
+    """One key for one tensor of offsets: its node, or the attribute a constant is read from
+    (a ``get_attr`` per use)."""
+    return ("attr", offs.target) if offs.op == "get_attr" else offs
+
+
+def _routed_run(a: SymmetryAnalysis, key: Any, size: int) -> tuple:
+    """The label of the rows of the groups that offsets ``key`` cut (made at first use):
+    positions that stand for the experts beside their units, never neurons of their own
+    (the rows may reach an output)."""
+    run = a.routed_runs.get(key)
+    if run is None or a.runs[run].size != size:
+        (seg,) = a.new_run(size, "fixed", f"{a.node.name} (rows by expert)")
+        run = a.routed_runs[key] = seg.run
+    return (Seg(run, 0, size),)
+
+
+def gathered(a: SymmetryAnalysis, x: TensorLabels) -> TensorLabels | None:
+    """``x[ids]`` where ``ids`` are the sorted expert ids a ``grouped_mm``'s offsets were
+    counted from (:attr:`~.analysis.SymmetryAnalysis.expert_ids`) and ``x``'s first axis is a
+    parameter's whole axis (a bias per expert, GPT-OSS's): row ``r`` is row ``ids[r]``, its
+    group's expert's, so the result's rows are those groups' (:func:`grouped`) and ``x``'s axis
+    is the experts (tied to them in :func:`adopt`). ``None`` where it is no such read."""
+    raw = a.node.args[1]
+    key = a.expert_ids.get(raw) if isinstance(raw, torch.fx.Node) else None
+    if key is None or x.ndim < 1 or whole_run(a, x.labels[0]) not in a.param_runs:
+        return None
+    shape = a.out_shape()
+    a.routed_params.append((x.labels[0], key))
+    return TensorLabels(shape, (_routed_run(a, key, shape[0]), *x.labels[1:]))
 
 
 def _same_tensor(p: torch.fx.Node, q: torch.fx.Node) -> bool:
@@ -195,6 +302,14 @@ def adopt(a: SymmetryAnalysis) -> None:
             a.fix(loop["members"], "a torch.vmap's results are not stacked member by member")
         elif loop["own_data"]:  # each member reads its own data: in place (fixed blocks)
             a.hold_heads(*((Seg(s.heads, 0, len(s.chunks)),) for s in _loop_splits(loop)))
+    a.op = "grouped_mm"
+    for label, key in a.routed_params:  # a bias per expert read at the sorted ids
+        sid = a.routed_splits.get(key)
+        if sid is None:  # no split of those groups: its rows are positions
+            a.fix(label, "read at the experts' ids, whose groups meet no expert's units")
+        else:
+            heads = (Seg(a.head_splits[sid].heads, 0, len(a.head_splits[sid].chunks)),)
+            a.tie(label, heads, "a row per expert, read at its group's rows")
     whole = _whole_ties(a)
     classes = {r: i for i, runs in enumerate(nx.connected_components(whole)) for r in runs}
     axes = _param_axes(a)
@@ -229,17 +344,41 @@ def _whole_ties(a: SymmetryAnalysis) -> nx.Graph:
 
 
 def _param_axes(a: SymmetryAnalysis) -> dict:
-    """Run -> ``(key, axis, runs)`` of every parameter (not viewed) one of whose axes is that
-    run whole, ``runs`` the whole run of each of its axes (``None`` where none is)."""
+    """Run -> ``(key, axis, runs)`` of every parameter one of whose axes is that run whole,
+    ``runs`` the whole run of each of its axes (``None`` where none is). A viewed parameter's
+    axes are its view's only where the view splits one axis into neurons and the positions
+    each spans (an interleaved gate and up, ``(E, I, 2, D)``): its other views (flattened
+    products) are read whole."""
     out: dict = {}
     for key, p in a.params.items():
-        if p.view is not None:
+        if p.view is not None and not _spans_view(p):
             continue
         runs = [whole_run(a, lab) for lab in p.axes]
         for j, r in enumerate(runs):
             if r is not None and runs.count(r) == 1:
                 out.setdefault(r, []).append((key, j, runs))
     return out
+
+
+def _spans_view(p: Any) -> bool:
+    """Whether parameter label ``p``'s view only splits axes into a labelled dim and an
+    unlabelled one after it (neurons spanning positions)."""
+    shape, k = list(p.shape), 0
+    for d, n in enumerate(p.view):
+        if k < len(shape) and shape[k] == n:
+            k += 1
+        elif (
+            k < len(shape)
+            and p.axes[d] is not None
+            and d + 1 < len(p.view)
+            and (p.axes[d + 1] is None and n * p.view[d + 1] == shape[k])
+        ):
+            shape[k] = n  # the neurons; the next dim, their positions, closes the axis
+            shape.insert(k + 1, p.view[d + 1])
+            k += 1
+        else:
+            return False
+    return k == len(shape)
 
 
 def _stacked_axes(run: int, split: HeadSplit, classes: dict, axes: dict) -> list:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nfncompile as nfc
+from nfncompile.frontend import stacked
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.spec import Inner, Permutation
 from nfncompile.testing import assert_equivariant
@@ -36,6 +37,7 @@ class _Experts(nn.Module):
     DeepSeek, OLMoE) or ``"interleaved"`` (``[..., ::2]`` and ``[..., 1::2]``: GPT-OSS);
     ``bias``: a bias per expert, gathered at the sorted expert ids (GPT-OSS); ``offsets``:
     ``"same"`` for both products, or ``"other"`` (the second product's groups cut elsewhere).
+    The ids are sorted and counted per expert by ``histc``, as Hugging Face's forward does.
     """
 
     def __init__(
@@ -100,12 +102,22 @@ def _equivariant_layers(spec) -> None:
             assert_equivariant(nfc.NFLinear(s, 1, 2, basis=basis).double(), s, trials=2)
 
 
-def test_each_experts_units_permute_on_their_own():
+@pytest.mark.parametrize(
+    "gate, bias", [("chunk", False), ("chunk", True), ("interleaved", False), ("interleaved", True)]
+)
+def test_each_experts_units_permute_on_their_own(gate, bias):
     # before: grouped_mm fixed the experts' dim and gave every expert's units one space
-    model, x, spec = _traced()
+    model, x, spec = _traced(gate=gate, bias=bias)
     heads, inner = spec["gate_up"].axes[0], Inner("gate_up", 0)
-    assert spec["gate_up"].axes == (heads, (inner, inner), "inp")
+    if gate == "chunk":  # gate and up: the two halves of each expert's rows
+        assert spec["gate_up"].axes == (heads, (inner, inner), "inp")
+    else:  # interleaved: each unit two rows in a row, the view's unlabelled dim
+        assert spec["gate_up"].axes == (heads, inner, None, "inp")
+        assert spec["gate_up"].view == (4, 4, 2, 8)
     assert spec["down"].axes == (heads, "inp", inner)
+    if bias:  # read at the sorted ids: each row its group's expert's bias
+        assert spec["gate_up_bias"].axes[:2] == (heads, spec["gate_up"].axes[1])
+        assert spec["down_bias"].axes == (heads, "inp")
     assert spec.block_shape("gate_up") == (4, 4)
     assert spec.blocks[spec.spaces["gate_up"].blocks].fixed
     assert spec["router.weight"].axes == (None, "inp")  # the routing reads the experts' ids
@@ -120,31 +132,11 @@ def test_each_experts_units_permute_on_their_own():
     _equivariant_layers(spec)
 
 
-@pytest.mark.parametrize(
-    "gate, bias", [("chunk", True), ("interleaved", False), ("interleaved", True)]
-)
-def test_experts_read_as_one_space_keep_the_reading_of_before(gate, bias):
-    # a bias per expert gathered at the sorted ids reads every expert's units as one space
-    # (nothing ties its rows to the groups), and an interleaved gate and up take each unit's
-    # two positions, which a split per expert cannot hold: one permutation for every
-    # expert's units, the experts fixed, as before (the interleaved units in blocks of two)
-    *_, spec = _traced(gate=gate, bias=bias)
-    assert not spec.blocks
-    assert spec["gate_up"].axes[0] is None and spec["down"].axes[0] is None
-    assert spec["down"].axes[1:] == ("inp", "gate_up")
-    if gate == "interleaved":
-        assert spec["gate_up"].axes == (None, "gate_up", None, "inp")
-        assert spec["gate_up"].view == (4, 4, 2, 8)
-    else:
-        assert spec["gate_up"].axes == (None, ("gate_up", "gate_up"), "inp")
-    assert spec.spaces["gate_up"].size == 4
-    _equivariant_layers(spec)
-
-
-def test_groups_cut_elsewhere_keep_one_permutation_for_every_experts_units():
+@pytest.mark.parametrize("bias", [False, True])
+def test_groups_cut_elsewhere_keep_one_permutation_for_every_experts_units(bias):
     # the second product's groups are not the first's: a row's units meet another expert's
     # matrix, so no expert's units move alone
-    *_, spec = _traced(offsets="other")
+    *_, spec = _traced(offsets="other", bias=bias)
     assert spec.spaces["gate_up"].blocks is None and spec.spaces["gate_up"].size == 4
     assert spec["down"].axes == (None, "inp", "gate_up")
     _equivariant_layers(spec)
@@ -204,3 +196,26 @@ def test_rows_moved_out_of_their_groups_share_one_permutation(how):
     assert not spec.blocks and spec.spaces["w1"].size == 8
     assert spec["w1"].axes[::2] == (None, "w1") and spec["w2"].axes == (None, "w1", "w2")
     _equivariant_layers(spec)
+
+
+@pytest.mark.parametrize(
+    "how, found",
+    [("histc", True), ("bincount", True), ("histc from 1", False), ("descending", False),
+     ("unsorted", False)],
+)  # fmt: skip
+def test_offsets_name_the_sorted_ids_they_count(how, found):
+    # a bias read at ids gives each row its group's expert's entry only where the groups are
+    # those ids' counts per expert, in ascending order
+    class Route(nn.Module):
+        def forward(self, chosen, x, w):
+            ids, _ = torch.sort(chosen, descending=how == "descending")
+            ids = chosen if how == "unsorted" else ids
+            if how == "bincount":
+                counts = torch.bincount(ids, minlength=4)
+            else:
+                counts = torch.histc(ids.float(), bins=4, min=int(how == "histc from 1"), max=3)
+            return F.grouped_mm(x, w, offs=counts.cumsum(0).int()), ids
+
+    gm = torch.fx.symbolic_trace(Route())
+    (ids,) = next(n for n in gm.graph.nodes if n.op == "output").args[0][1:]
+    assert list(stacked.expert_ids(gm)) == ([ids] if found else [])

@@ -523,6 +523,8 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         used = sum(_consumed(i) for i in idx if i is not Ellipsis)
         idx = idx[:k] + (slice(None),) * (x.ndim - used) + idx[k + 1 :]
     idx = _runs_as_slices(idx, x.shape)
+    if len(idx) == 1 and (rows := stacked.gathered(a, x)) is not None:
+        return rows  # a bias per expert read at the sorted expert ids
     if any(is_advanced(i) for i in idx):
         return _advanced_getitem(a, x, idx)
     return _basic_getitem(a, x, idx)
@@ -670,9 +672,9 @@ def _sliced(a: SymmetryAnalysis, lab: Any, n: int, i: slice) -> Any:
         if all(s.inner % step == 0 for s in lab):
             return tuple(Seg(s.run, s.offset, s.length, s.inner // step) for s in lab)
         # (not neurons split into attention heads, nor a head's dims: an interleaved rotary's
-        # pairs, which the heads' solver reads position by position; but a stacked weight's
-        # members' dims, whose split cannot be made in blocks: asked for so, the split is not
-        # made, and the weight's own axis is read in blocks as before it was split)
+        # pairs, which the heads' solver reads position by position; but not a stacked
+        # weight's members' dims: an expert's interleaved gate and up, made in blocks with
+        # the split's chunks)
         heads = set()
         for sp in a.head_splits:
             if not sp.stacked:
@@ -681,6 +683,11 @@ def _sliced(a: SymmetryAnalysis, lab: Any, n: int, i: slice) -> Any:
             a.strided = True
             if a.stride_blocks:  # next time its runs are made of such blocks
                 a.request_blocks(lab, step)
+                # a stacked split's dims: its chunks too, so that the split is made in them
+                runs = {s.run for s in lab}
+                for sp in (sp for sp in a.head_splits if sp.stacked and sp.dims in runs):
+                    for chunk in sp.chunks:
+                        a.request_blocks(chunk, step)
     if len(pos) > 64 or any(s.inner != 1 for s in lab):
         a.fix(lab, "strided slicing of neurons")
         return None
