@@ -174,9 +174,13 @@ def grouped(
         if per_expert:
             a.tie(seeded.labels[0], bias.labels[0], "a bias per group of rows")
     split_id = a.split_runs[seeded.labels[2][0].run][0]
-    rows = _routed_run(a, _offsets_key(offs), x.shape[0])
+    key = _offsets_key(offs)
+    if key in a.routed_splits:  # another product of the same groups (SwiGLU's w1 and w3):
+        other = a.head_splits[a.routed_splits[key]]  # group e meets expert e of both
+        a.tie(seeded.labels[0], (Seg(other.heads, 0, len(other.chunks)),), why)
+    rows = _routed_run(a, key, x.shape[0])
     a.routed[rows[0].run] = (split_id, offs)
-    a.routed_splits[_offsets_key(offs)] = split_id
+    a.routed_splits[key] = split_id
     return TensorLabels(a.out_shape(), (rows, seeded.labels[2]))
 
 
@@ -234,13 +238,14 @@ def _counted_from(offs: torch.fx.Node) -> torch.fx.Node | None:
 
 
 def _bin_per_id(histc: torch.fx.Node) -> bool:
-    """Whether a ``histc`` has one bin per integer from 0 (``bins=E, min=0, max=E - 1``)."""
+    """Whether a ``histc`` has one bin per integer from 0: ``bins=E, min=0`` and ``max=E - 1``
+    (Hugging Face's) or ``max=E`` (torchtitan's, bins of width 1)."""
     given = histc.args[1:]
     bins, lo, hi = (
         histc.kwargs.get(k, given[i] if i < len(given) else d)
         for i, (k, d) in enumerate((("bins", 100), ("min", 0), ("max", 0)))
     )
-    return lo == 0 and hi == bins - 1
+    return lo == 0 and hi in (bins - 1, bins)
 
 
 def _offsets_key(offs: torch.fx.Node) -> Any:

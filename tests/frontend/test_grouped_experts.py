@@ -200,8 +200,8 @@ def test_rows_moved_out_of_their_groups_share_one_permutation(how):
 
 @pytest.mark.parametrize(
     "how, found",
-    [("histc", True), ("bincount", True), ("histc from 1", False), ("descending", False),
-     ("unsorted", False)],
+    [("histc", True), ("histc to E", True), ("bincount", True), ("histc from 1", False),
+     ("descending", False), ("unsorted", False)],
 )  # fmt: skip
 def test_offsets_name_the_sorted_ids_they_count(how, found):
     # a bias read at ids gives each row its group's expert's entry only where the groups are
@@ -213,9 +213,54 @@ def test_offsets_name_the_sorted_ids_they_count(how, found):
             if how == "bincount":
                 counts = torch.bincount(ids, minlength=4)
             else:
-                counts = torch.histc(ids.float(), bins=4, min=int(how == "histc from 1"), max=3)
+                lo, hi = int(how == "histc from 1"), 3 + int(how == "histc to E")
+                counts = torch.histc(ids.float(), bins=4, min=lo, max=hi)
             return F.grouped_mm(x, w, offs=counts.cumsum(0).int()), ids
 
     gm = torch.fx.symbolic_trace(Route())
     (ids,) = next(n for n in gm.graph.nodes if n.op == "output").args[0][1:]
     assert list(stacked.expert_ids(gm)) == ([ids] if found else [])
+
+
+class _SeparateGateUp(nn.Module):
+    """torchtitan's grouped experts: the token-expert pairs ordered by ``argsort``, counted by
+    ``histc(max=E)`` (bins of width 1), the gate ``w1`` and up ``w3`` two products of the same
+    rows and offsets, ``w2`` after them, the outputs scattered back onto their tokens."""
+
+    def __init__(self, experts: int = 4, d: int = 8, hidden: int = 8) -> None:
+        super().__init__()
+        self.experts, self.k = experts, 2
+        self.inp, self.out = nn.Linear(3, d), nn.Linear(d, 2)
+        self.router = nn.Linear(d, experts, bias=False)
+        self.w1 = nn.Parameter(torch.randn(experts, hidden, d) / math.sqrt(d))
+        self.w3 = nn.Parameter(torch.randn(experts, hidden, d) / math.sqrt(d))
+        self.w2 = nn.Parameter(torch.randn(experts, d, hidden) / math.sqrt(hidden))
+
+    def forward(self, x):
+        h = self.inp(x)
+        scores, chosen = torch.topk(self.router(h).sigmoid(), k=self.k, dim=1)
+        counts = torch.histc(chosen.view(-1).float(), bins=self.experts, min=0, max=self.experts)
+        order = torch.argsort(chosen.view(-1), stable=True)
+        tokens = order // self.k
+        rows, offs = h[tokens], torch.cumsum(counts, dim=0, dtype=torch.int32)
+        y = F.silu(torch._grouped_mm(rows, self.w1.transpose(-2, -1), offs=offs))
+        y = y * torch._grouped_mm(rows, self.w3.transpose(-2, -1), offs=offs)
+        y = torch._grouped_mm(y, self.w2.transpose(-2, -1), offs=offs)
+        y = y * scores.view(-1)[order].unsqueeze(-1)
+        index = tokens.unsqueeze(-1).expand(-1, h.shape[1])
+        return self.out(h + torch.zeros_like(h).scatter_add(0, index, y))
+
+
+def test_two_products_of_the_same_groups_meet_expert_by_expert():
+    # the gate's and the up's units of expert e are the same units: both splits' experts are
+    # the groups' (before this, two splits whose heads nothing tied fell back together)
+    model, x = model_(_SeparateGateUp), x_(7, 3)
+    spec, report = trace_with_report(model, x)
+    assert report.verification.ok
+    heads, inner = spec["w1"].axes[0], Inner("w1", 0)
+    assert spec["w1"].axes == spec["w3"].axes == (heads, inner, "inp")
+    assert spec["w2"].axes == (heads, "inp", inner)
+    assert spec.block_shape("w1") == (4, 8) and spec.blocks[spec.spaces["w1"].blocks].fixed
+    moved = _one_expert(spec, "w1", 2).apply_state_dict(model.state_dict())
+    torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
+    _equivariant_layers(spec)
