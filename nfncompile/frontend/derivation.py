@@ -89,6 +89,9 @@ class BlockInfo:
     ops: list = field(default_factory=list)
     heads: bool = False
     fixed: bool = False
+    #: the ids of the head splits whose family the blocks are (``heads`` only): what the
+    #: verification's second reading holds in place (``families_held``)
+    splits: tuple = ()
 
 
 @dataclass

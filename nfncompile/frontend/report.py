@@ -91,10 +91,13 @@ class TraceReport:
 
     @property
     def heads_in_place(self) -> str:
-        """Why every attention head was left in place after moving them as blocks failed the
-        verification (a constraint no rule sees); ``""`` where it did not."""
+        """Why attention heads (every family, or those named) were left in place after moving
+        them as blocks failed the verification (a constraint no rule sees); ``""`` where it
+        did not."""
         graph = self.derivation.graph
-        return graph.graph.get("heads_in_place", "") if graph is not None else ""
+        if graph is None:
+            return ""
+        return graph.graph.get("heads_in_place") or graph.graph.get("families_held_line", "")
 
     def _found(self, what: str) -> list:
         graph = self.derivation.graph

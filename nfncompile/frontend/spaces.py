@@ -208,6 +208,8 @@ class _Problem:
     adopted: list  # (key, heads axis, dims axis, split id, parent split id): stacked.adopt
     orders: dict  # key -> {axis: (stored label, order)}: axes read in label order (shuffles)
     heads_in_place: bool = False  # every head stays in place (verification's second reading)
+    #: head split ids whose families stay in place (verification's reading of each family)
+    families_held: frozenset = frozenset()
 
     @functools.cached_property
     def still(self) -> set:
@@ -260,6 +262,7 @@ class _Problem:
             heads_held=graph.graph.get("heads_held", {}),
             adopted=adopted,
             heads_in_place=bool(graph.graph.get("heads_in_place")),
+            families_held=frozenset(graph.graph.get("families_held", ())),
         )  # fmt: skip
 
 
@@ -665,6 +668,9 @@ def _merge_heads(
     merged: list = []
     views: dict = {}
     families = [] if p.heads_in_place else heads.blocks(sol, fallen, busy)
+    # families the verification found do not move as blocks stay in place, as every family
+    # does where heads_in_place
+    families = [f for f in families if not p.families_held & {s.id for s in f.splits}]
     # one weight read by several attention calls (ALBERT's layers share theirs): each call's
     # heads a family of its own over the same spaces; those heads stay in place
     shared = {fam.root: _shared_roots(sol, fam) for fam in families}
@@ -1235,7 +1241,7 @@ def _name_heads(families: list, infos: dict, taken: dict) -> dict:
         used.add(name)
         info = BlockInfo(
             name, fam.count, [], list(dict.fromkeys(s.op for s in fam.splits)), heads=True,
-            fixed=fam.still,
+            fixed=fam.still, splits=tuple(s.id for s in fam.splits),
         )  # fmt: skip
         for root in roots:
             infos[root].blocks = name

@@ -844,6 +844,40 @@ def test_heads_that_fail_to_move_as_blocks_are_kept_in_place(monkeypatch):
     assert report.verification.ok and not spec.blocks and report.heads_in_place == ""
 
 
+class _TwoAttentions(nn.Module):
+    """ALiBi attention, then plain attention (or ALiBi again), each with its residual."""
+
+    def __init__(self, second: str = "plain") -> None:
+        super().__init__()
+        self.a, self.b = _Heads("alibi"), _Heads(second)
+
+    def forward(self, x):
+        x = x + self.a(x)
+        return x + self.b(x)
+
+
+def test_only_the_heads_that_fail_to_move_are_kept_in_place(monkeypatch):
+    # with ALiBi's hold forgotten, its heads fail the verification; the plain attention's
+    # heads beside them still move as blocks (before, every family was held in place)
+    from nfncompile.frontend.analysis import SymmetryAnalysis
+
+    monkeypatch.setattr(SymmetryAnalysis, "hold_heads", lambda self, *labels: None)
+    spec, report = trace_with_report(model_(_TwoAttentions), x_(2, 5, 8), channel_dim=-1)
+    assert report.verification.ok
+    assert list(spec.blocks) == ["b.q.heads"] and spec.blocks["b.q.heads"].count == 2
+    assert "moving the heads of a.q.heads as blocks changed the output" in report.heads_in_place
+    assert "b.q.heads" not in report.heads_in_place
+    a_q, a_v = (_per_head(spec, f"a.{p}.weight") for p in "qv")
+    assert len(set(a_q)) == len(set(a_v)) == 2  # ALiBi's heads in place, each its own features
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+    # both ALiBi: neither moves on its own, both held, named
+    spec, report = trace_with_report(
+        model_(lambda: _TwoAttentions("alibi")), x_(2, 5, 8), channel_dim=-1
+    )
+    assert report.verification.ok and not spec.blocks
+    assert "a.q.heads, b.q.heads as blocks changed the output" in report.heads_in_place
+
+
 class _PerHeadValue(nn.Module):
     """Attention whose heads each own a learned value: a relative-position bias table added to
     the scores (Swin's, BEiT's: ``table[index]``, one column per head), given to attention as
