@@ -210,7 +210,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         self.member_loops: dict = {}
         self.member_axes: list = []
         #: rows of a ``grouped_mm`` over stacked weights, each in its group's expert
-        #: (:func:`.stacked.grouped`): rows run -> (split id, the fx node of the offsets); and
+        #: (:func:`.stacked.grouped`): rows run -> (split id, the offsets' key); and
         #: (experts run, contracted axis run, split id) of each stacked weight that reads
         #: such rows, to read per expert (:func:`.stacked.adopt`)
         self.routed: dict[int, tuple] = {}

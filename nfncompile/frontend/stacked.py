@@ -144,7 +144,7 @@ def grouped(
     rows = x.labels[0]
     routed = a.routed.get(rows[0].run) if isinstance(rows, tuple) and len(rows) == 1 else None
     experts, inner = whole_run(a, w.labels[0]), whole_run(a, w.labels[1])
-    again = routed is not None and offs is not None and _same_tensor(routed[1], offs)
+    again = routed is not None and offs is not None and routed[1] == _offsets_key(offs)
     split = a.head_splits[routed[0]] if again else None
     adopted = (
         again and {experts, inner} <= a.param_runs and a.runs[experts].size == len(split.chunks)
@@ -179,7 +179,7 @@ def grouped(
         other = a.head_splits[a.routed_splits[key]]  # group e meets expert e of both
         a.tie(seeded.labels[0], (Seg(other.heads, 0, len(other.chunks)),), why)
     rows = _routed_run(a, key, x.shape[0])
-    a.routed[rows[0].run] = (split_id, offs)
+    a.routed[rows[0].run] = (split_id, key)
     a.routed_splits[key] = split_id
     return TensorLabels(a.out_shape(), (rows, seeded.labels[2]))
 
@@ -278,12 +278,6 @@ def gathered(a: SymmetryAnalysis, x: TensorLabels) -> TensorLabels | None:
     shape = a.out_shape()
     a.routed_params.append((x.labels[0], key))
     return TensorLabels(shape, (_routed_run(a, key, shape[0]), *x.labels[1:]))
-
-
-def _same_tensor(p: torch.fx.Node, q: torch.fx.Node) -> bool:
-    """Whether two fx nodes are one tensor: the same node, or reads of the same attribute
-    (a constant's every use is a ``get_attr`` of its own)."""
-    return p is q or (p.op == q.op == "get_attr" and p.target == q.target)
 
 
 def _origin(a: SymmetryAnalysis, run: int) -> str:
