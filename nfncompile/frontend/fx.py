@@ -46,6 +46,7 @@ import math
 import operator
 import os
 import random
+import re
 import sys
 import traceback
 import types
@@ -168,6 +169,25 @@ def _called_at(frame: types.FrameType) -> str:
 def _frame_line(frame: types.FrameType) -> str:
     """``frame``'s current source line, as :func:`_source_line` writes it."""
     return _source_line(traceback.extract_stack(frame, limit=1)[0])
+
+
+#: words of an error about a tensor's dtype rather than its shape
+_DTYPE_WORDS = re.compile(r"\b(dtype|Double|Half|BFloat16|float64|float16|bfloat16)\b")
+
+
+def _propagation_hint(e: Exception) -> str:
+    """What to check where running a node on the example input failed: its shape, or, where
+    the error names a dtype, the dtype (a kernel that takes only some: ``grouped_mm`` on a
+    CPU takes float32, bfloat16 and float16, so a float64 model whose experts use it fails
+    its own forward)."""
+    if _DTYPE_WORDS.search(str(e)):
+        return (
+            "Check that the model runs in the example input's dtype and in its own: some "
+            "kernels take only some dtypes (grouped_mm on a CPU: float32, bfloat16, float16; "
+            "a transformers mixture of experts in float64 runs with "
+            "experts_implementation='eager')."
+        )
+    return "Check that the example input has the shape the model expects."
 
 
 def _check_passed(node: torch.fx.Node, result: Any) -> None:
@@ -1423,8 +1443,7 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
             )
             raise TraceError(
                 f"shape propagation failed at node {n.format_node()}{kept}: "
-                f"{type(e).__name__}: {e}. "
-                "Check that the example input has the shape the model expects."
+                f"{type(e).__name__}: {e}. {_propagation_hint(e)}"
             ) from e
         _check_passed(n, result)
         found = False

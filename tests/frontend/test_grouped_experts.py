@@ -264,3 +264,14 @@ def test_two_products_of_the_same_groups_meet_expert_by_expert():
     moved = _one_expert(spec, "w1", 2).apply_state_dict(model.state_dict())
     torch.testing.assert_close(torch.func.functional_call(model, moved, (x,)), model(x))
     _equivariant_layers(spec)
+
+
+def test_a_model_whose_kernel_refuses_its_dtype_is_told_so():
+    # grouped_mm on a CPU takes float32, bfloat16 and float16: a float64 model fails its own
+    # forward, and the error says to check the dtype (it said to check the input's shape)
+    from nfncompile.errors import TraceError
+
+    with pytest.raises(TraceError, match="some kernels take only some dtypes"):
+        trace_with_report(model_(_Experts).double(), x_(7, 3).double())
+    with pytest.raises(TraceError, match="the shape the model expects"):
+        trace_with_report(model_(_Experts), x_(7, 5))
