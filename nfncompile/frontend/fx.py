@@ -51,7 +51,7 @@ import sys
 import traceback
 import types
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -2163,3 +2163,21 @@ def leaves(value: Any, fields: bool = False) -> list:
     if fields and dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [x for f in dataclasses.fields(value) for x in leaves(getattr(value, f.name), True)]
     return [value]
+
+
+def call_name(node: Any, functions: Collection) -> str | None:
+    """What a call does by name: a method call's name, or the ``__name__`` of one of
+    ``functions`` (``torch.permute`` -> ``"permute"``); ``None`` for any other node (a function
+    not in ``functions`` may share a name and do something else).
+
+    >>> g = torch.fx.symbolic_trace(lambda x: torch.cumsum(x.float(), 0))
+    >>> [call_name(n, {torch.cumsum}) for n in g.graph.nodes]
+    [None, 'float', 'cumsum', None]
+    """
+    if not isinstance(node, torch.fx.Node):
+        return None
+    if node.op == "call_method":
+        return node.target
+    if node.op == "call_function" and node.target in functions:
+        return getattr(node.target, "__name__", None)
+    return None

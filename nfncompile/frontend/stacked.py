@@ -74,6 +74,7 @@ import networkx as nx
 import torch.fx
 import torch.nn.functional as F
 
+from .fx import call_name
 from .labels import HeadSplit, Seg, TensorLabels, Tie
 
 if TYPE_CHECKING:
@@ -185,10 +186,12 @@ def grouped(
 
 
 #: ``grouped_mm``'s functions, and the steps from sorted expert ids to its offsets: casts, a
-#: count per expert, a cumulative sum
+#: count per expert, a cumulative sum (methods, or these ``torch`` functions)
 _GROUPED = (torch._grouped_mm, *((F.grouped_mm,) if hasattr(F, "grouped_mm") else ()))
 _CASTS = frozenset({"to", "int", "long", "float", "type", "contiguous", "clone", "detach"})
 _COUNTS = frozenset({"histc", "bincount"})
+_STEPS = _CASTS | _COUNTS | {"cumsum"}
+_FUNCTIONS = frozenset({torch.histc, torch.bincount, torch.cumsum, torch.sort})
 
 
 def expert_ids(gm: torch.fx.GraphModule) -> dict:
@@ -207,28 +210,20 @@ def expert_ids(gm: torch.fx.GraphModule) -> dict:
     return found
 
 
-def _step(n: Any) -> str | None:
-    """A call's name: a method's, or a function's ``__name__``."""
-    if not isinstance(n, torch.fx.Node) or not n.args:
-        return None
-    if n.op == "call_method":
-        return n.target
-    return getattr(n.target, "__name__", None) if n.op == "call_function" else None
-
-
 def _counted_from(offs: torch.fx.Node) -> torch.fx.Node | None:
     """The ascending ``sort`` values whose counts per expert ``offs`` sums up, else ``None``."""
     steps, cur = [], offs
-    while _step(cur) in _CASTS | _COUNTS | {"cumsum"}:
-        if _step(cur) == "histc" and not _bin_per_id(cur):
+    while (step := call_name(cur, _FUNCTIONS)) in _STEPS and cur.args:
+        if step == "histc" and not _bin_per_id(cur):
             return None
-        steps.append(_step(cur))
+        steps.append(step)
         cur = cur.args[0]
     if "cumsum" not in steps or not _COUNTS & set(steps):
         return None
     ok = (
         isinstance(cur, torch.fx.Node) and cur.op == "call_function"
-        and cur.target is operator.getitem and cur.args[1] == 0 and _step(cur.args[0]) == "sort"
+        and cur.target is operator.getitem and cur.args[1] == 0
+        and call_name(cur.args[0], _FUNCTIONS) == "sort"
     )  # fmt: skip
     sort = cur.args[0] if ok else None
     descending = sort is not None and (

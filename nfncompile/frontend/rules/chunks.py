@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx
 
+from ..fx import call_name
 from ..labels import Prod, Seg
 
 if TYPE_CHECKING:
@@ -52,11 +53,7 @@ _TORCH = {
 def _name(node: torch.fx.Node) -> str | None:
     """``permute``, ``transpose``, ``unbind``, ... for a call of one (method or ``torch``
     function)."""
-    if node.op == "call_method":
-        return node.target
-    if node.op == "call_function":
-        return getattr(node.target, "__name__", None) if node.target in _TORCH else None
-    return None
+    return call_name(node, _TORCH)
 
 
 def _shape(node: Any) -> tuple | None:
