@@ -209,19 +209,18 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         #: (state_dict key, members axis, axis, split id) of those splits
         self.member_loops: dict = {}
         self.member_axes: list = []
-        #: rows of a ``grouped_mm`` over stacked weights, each in its group's expert
-        #: (:func:`.stacked.grouped`): rows run -> (split id, the offsets' key); and
-        #: (experts run, contracted axis run, split id) of each stacked weight that reads
-        #: such rows, to read per expert (:func:`.stacked.adopt`)
-        self.routed: dict[int, tuple] = {}
+        #: rows of the groups a ``grouped_mm``'s offsets cut, each in its group's expert
+        #: (:func:`.stacked.grouped`): rows run -> the offsets' key; the split of those
+        #: groups' experts (offsets' key -> split id); and (experts run, contracted axis run,
+        #: split id) of each stacked weight that reads such rows, to read per expert
+        #: (:func:`.stacked.adopt`)
+        self.routed: dict[int, Any] = {}
+        self.routed_splits: dict = {}
         self.routed_axes: list[tuple] = []
         #: the sorted expert ids that offsets were counted from (fx node -> the offsets' key,
-        #: :func:`.stacked.expert_ids`), the rows run of each such offsets' groups (key ->
-        #: run id) and their split (key -> split id), and the parameter axes read at those
-        #: ids (a bias per expert gathered per row: label, key)
+        #: :func:`.stacked.expert_ids`), and the parameter axes read at those ids (a bias per
+        #: expert gathered per row: label, key)
         self.expert_ids: dict = stacked.expert_ids(gm)
-        self.routed_runs: dict = {}
-        self.routed_splits: dict = {}
         self.routed_params: list[tuple] = []
         #: fx nodes where two tensors' rows of the same experts' groups met: their experts
         #: are aligned there, as heads that meet (:mod:`.heads`' ``heads_met``)
@@ -644,7 +643,11 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 heads = [
                     self.split_runs[lab[0].run][0] for lab in t.labels if self.is_whole_heads(lab)
                 ]
-                heads += [self.routed[lab[0].run][0] for lab in t.labels if self.is_routed(lab)]
+                heads += [
+                    self.routed_splits[self.routed[lab[0].run]]
+                    for lab in t.labels
+                    if self.is_routed(lab)
+                ]
                 for s in (s for lab in t.labels for s in segments(lab)):
                     split, what = self.split_runs.get(s.run, (-1, ""))
                     if what != "dims":
@@ -676,8 +679,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
 
     def is_routed(self, label: Any) -> bool:
         """Whether ``label`` is one whole run of rows each in one expert's group of a
-        ``grouped_mm`` (:attr:`routed`), which stands for that split's heads."""
-        return self._whole(label) and label[0].run in self.routed
+        ``grouped_mm`` whose experts are a split (:attr:`routed`), which stands for that
+        split's heads."""
+        return self._whole(label) and self.routed.get(label[0].run) in self.routed_splits
 
     def hold_heads(self, *labels: Any) -> None:
         """Record that the heads runs in ``labels`` met positions where they stand: they stay

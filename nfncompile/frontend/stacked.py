@@ -143,10 +143,9 @@ def grouped(
     """
     why = "grouped_mm meets its groups of rows with its matrices by position"
     rows = x.labels[0]
-    routed = a.routed.get(rows[0].run) if isinstance(rows, tuple) and len(rows) == 1 else None
     experts, inner = whole_run(a, w.labels[0]), whole_run(a, w.labels[1])
-    again = routed is not None and offs is not None and routed[1] == _offsets_key(offs)
-    split = a.head_splits[routed[0]] if again else None
+    again = offs is not None and a.is_routed(rows) and a.routed[rows[0].run] == _offsets_key(offs)
+    split = a.head_splits[a.routed_splits[_offsets_key(offs)]] if again else None
     adopted = (
         again and {experts, inner} <= a.param_runs and a.runs[experts].size == len(split.chunks)
     )
@@ -179,10 +178,8 @@ def grouped(
     if key in a.routed_splits:  # another product of the same groups (SwiGLU's w1 and w3):
         other = a.head_splits[a.routed_splits[key]]  # group e meets expert e of both
         a.tie(seeded.labels[0], (Seg(other.heads, 0, len(other.chunks)),), why)
-    rows = _routed_run(a, key, x.shape[0])
-    a.routed[rows[0].run] = (split_id, key)
     a.routed_splits[key] = split_id
-    return TensorLabels(a.out_shape(), (rows, seeded.labels[2]))
+    return TensorLabels(a.out_shape(), (_routed_run(a, key, x.shape[0]), seeded.labels[2]))
 
 
 #: ``grouped_mm``'s functions, and the steps from sorted expert ids to its offsets: casts, a
@@ -253,10 +250,11 @@ def _routed_run(a: SymmetryAnalysis, key: Any, size: int) -> tuple:
     """The label of the rows of the groups that offsets ``key`` cut (made at first use):
     positions that stand for the experts beside their units, never neurons of their own
     (the rows may reach an output)."""
-    run = a.routed_runs.get(key)
-    if run is None or a.runs[run].size != size:
+    run = next((r for r, k in a.routed.items() if k == key and a.runs[r].size == size), None)
+    if run is None:
         (seg,) = a.new_run(size, "fixed", f"{a.node.name} (rows by expert)")
-        run = a.routed_runs[key] = seg.run
+        run = seg.run
+        a.routed[run] = key
     return (Seg(run, 0, size),)
 
 
