@@ -290,10 +290,12 @@ def adopt(a: SymmetryAnalysis) -> None:
     a.adopted = [(key, d, j, sid, sid) for key, d, j, sid in a.member_axes]
     a.op, a.node = "torch.vmap", None
     for loop in a.member_loops.values():
-        if not loop["stacked"]:
-            a.fix(loop["members"], "a torch.vmap's results are not stacked member by member")
-        elif loop["own_data"]:  # each member reads its own data: in place (fixed blocks)
+        if loop["picked"] or (loop["stacked"] and loop["own_data"]):
+            # each member picked by the data (an expert the routing ran), or reading its own
+            # data: in place (fixed blocks)
             a.hold_heads(*((Seg(s.heads, 0, len(s.chunks)),) for s in _loop_splits(loop)))
+        elif not loop["stacked"]:
+            a.fix(loop["members"], "a torch.vmap's results are not stacked member by member")
     a.op = "grouped_mm"
     for label, key in a.routed_params:  # a bias per expert read at the sorted ids
         sid = a.routed_splits.get(key)
@@ -444,9 +446,10 @@ def member_slice(a: SymmetryAnalysis, x: Any, d: int, i: int, loop: int) -> Any:
     if members is None or members not in a.param_runs or count < 2:
         return None
     made = a.member_loops.setdefault(
-        loop, {"members": None, "splits": {}, "stacked": False, "own_data": False}
+        loop, {"members": None, "splits": {}, "stacked": False, "own_data": False, "picked": False}
     )
     made["own_data"] |= bool(a.node.meta.get("nfn_own_data"))
+    made["picked"] |= bool(a.node.meta.get("nfn_picked"))
     if made["members"] is None:  # the loop's members: every weight's members' axis
         made["members"] = a.new_run(count, "neuron", f"{key} (members)")
     splits = made["splits"].get((node.name, d))

@@ -525,6 +525,12 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     idx = _runs_as_slices(idx, x.shape)
     if len(idx) == 1 and (rows := stacked.gathered(a, x)) is not None:
         return rows  # a bias per expert read at the sorted expert ids
+    loop = a.node.meta.get("nfn_member")
+    if loop is not None and len(idx) == 1 and isinstance(idx[0], int):
+        # one member of a stacked weight, picked by the example's values (an expert's)
+        sliced = stacked.member_slice(a, x, 0, idx[0] % x.shape[0], loop)
+        if sliced is not None:
+            return sliced
     if any(is_advanced(i) for i in idx):
         return _advanced_getitem(a, x, idx)
     return _basic_getitem(a, x, idx)
