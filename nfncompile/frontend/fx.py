@@ -364,6 +364,8 @@ class LeafFallbackTracer(torch.fx.Tracer):
         #: ``isinstance(out, tuple)``): plain fx answers no and traces the other branch; ``""``
         #: where it never asked
         self.type_asked = ""
+        #: why the trace with the example's values fixed was not taken (see :func:`trace_graph`)
+        self.values_refused = ""
 
     def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
         if not isinstance(root, torch.nn.Module):
@@ -1025,8 +1027,8 @@ class _ShapeProxy(_WritableProxy):
         return passing
 
     def _real(self) -> Any:
-        """The example's value, where it was computed from its integer inputs alone."""
-        return self.tracer.real.get(self.node, _UNKNOWN)  # type: ignore[attr-defined]
+        """The example's value, where the trace reads it (:meth:`ShapeSpecialisingTracer.python_value`)."""
+        return self.tracer.python_value(self.node)  # type: ignore[attr-defined]
 
     def __int__(self) -> int:
         real = self._real()
@@ -1039,6 +1041,12 @@ class _ShapeProxy(_WritableProxy):
         if real is _UNKNOWN:
             raise TypeError(f"'{type(self).__name__}' object cannot be interpreted as an integer")
         return operator.index(real)
+
+    def __format__(self, spec: str) -> str:
+        # an expert's name made from the routing's row (Switch Transformers'
+        # ``self[f"expert_{expert_idx[0]}"]``): the example's number where it is known
+        real = self._real()
+        return object.__format__(self, spec) if real is _UNKNOWN else format(real, spec)
 
     def __float__(self) -> float:
         real = self._real()
@@ -1114,6 +1122,14 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         self.real: dict[torch.fx.Node, Any] = {}
         self._stood_in: dict[torch.fx.Node, Any] = {}  # the real outputs of stand-in runs
 
+    #: the kinds of nodes run for real on known values (:meth:`_run_on_integers`)
+    _RUN = ("call_function", "call_method")
+
+    def python_value(self, node: torch.fx.Node) -> Any:
+        """The example's value of ``node`` where a branch, an ``int``, an index or a slice
+        bound may read it: one computed from the example's integer inputs alone."""
+        return self.real.get(node, _UNKNOWN)
+
     def _fake(self, value: Any) -> Any:
         return self.mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
 
@@ -1127,15 +1143,20 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
                 break
             self._inputs[p.name] = given.pop(0)
             value = real.pop(0)
-            if _integral(value):  # a copy: an op in place must not change the caller's
+            if self._known(value):  # a copy: an op in place must not change the caller's
                 self._real_inputs[p.name] = value.clone()
             elif isinstance(value, Mapping):
                 # a batch dict's integer entries (pytorch-forecasting's encoder lengths, read
                 # as `int(lengths.max())`); reading any other entry gives no value (KeyError)
-                ints = {k: v.clone() for k, v in value.items() if _integral(v)}
+                ints = {k: v.clone() for k, v in value.items() if self._known(v)}
                 if ints:
                     self._real_inputs[p.name] = ints
         return super().trace(root, concrete_args)
+
+    def _known(self, value: Any) -> bool:
+        """Whether the trace reads the example's values of ``value`` (an input, an attribute):
+        small integer tensors (:func:`_integral`)."""
+        return _integral(value)
 
     def _patches(self, root: torch.nn.Module) -> dict:
         is_tensor = torch.is_tensor
@@ -1253,9 +1274,14 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             # (a constant the forward made, a non-persistent buffer: an ODE solver's time
             # grid), copied: an op in place on it must not change the model's own
             value = _attribute(self.root, str(node.target))
-            known = _integral(value) or _constant(self.root, str(node.target))
-            return value.clone() if known else _UNKNOWN
-        if node.op not in ("call_function", "call_method"):
+            if not (self._known(value) or _constant(self.root, str(node.target))):
+                return _UNKNOWN
+            self._eager = True  # (a weight's copy is no read of it to record)
+            try:
+                return value.detach().clone()
+            finally:
+                self._eager = False
+        if node.op not in self._RUN:
             return _UNKNOWN
         if getattr(node.target, "__name__", node.target) in RANDOM:
             return _UNKNOWN  # a draw: another run draws other values
@@ -1274,7 +1300,7 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         finally:
             self._eager = False
         tensors = [v for v in pytree.tree_leaves(out) if isinstance(v, torch.Tensor)]
-        if any(t.numel() > INTEGER_VALUES_UP_TO for t in tensors):
+        if not all(map(self._known, tensors)):
             return _UNKNOWN
         return out
 
@@ -1354,6 +1380,178 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         if node.op == "call_method":
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         return _module_call(self.root.get_submodule(node.target), node, args, kwargs)
+
+
+class ValueSpecialisingTracer(ShapeSpecialisingTracer):
+    """A :class:`ShapeSpecialisingTracer` that also knows the example's values: each node is run
+    for real as it is recorded, on the example input and the model's own weights.
+
+    A forward that loops over what its data picked then takes the example's way, and the
+    graph holds what the example picked as constants. A mixture of experts that runs only the
+    experts its router chose is the case this is for: the loop over
+    ``index.unique().tolist()``, or over ``expert_hit`` rows with ``if i == n: continue`` and
+    ``w[i]``, is unrolled over the experts the example ran, each expert's weights read at its
+    own index (a stacked weight's member marked ``meta["nfn_member"]``, read as that member's
+    own slice). A Python value read off the data (``tolist``, ``item``, ``int``, a branch) is
+    the example's where it is whole numbers the data picked (indices, counts: top-k's and a
+    sort's outputs and what is made of them), and so is a one-integer tensor used as an index.
+    A question of float data (``if h.sum() > 0``, ``x.long()``, a check that values are
+    finite) is one on the input itself, which other inputs answer otherwise: refused, as fx
+    refuses it.
+
+    Such a graph is the model only at the example's values, where the analysis reads it.
+    :func:`trace_graph` tries it last, where the other traces keep a submodule as one call or
+    fail, and takes it only where the example picked every member of each stacked weight it
+    picked one of (:attr:`unpicked`). :func:`trace_module` keeps it only where it computes the
+    model's output on random inputs too (:data:`VALUE_DRAWS`), and
+    :func:`~nfncompile.frontend.tracing.trace_with_report` only where the verification holds.
+
+    Examples
+    --------
+    >>> class Experts(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.w = torch.nn.Parameter(torch.randn(3, 4, 4))
+    ...     def forward(self, x, idx):
+    ...         out = torch.zeros_like(x)
+    ...         for e in idx.unique().tolist():  # the experts the tokens picked
+    ...             rows = torch.where(idx == e)[0]
+    ...             out[rows] = x[rows] @ self.w[e]
+    ...         return out
+    >>> x, idx, experts = torch.randn(5, 4), torch.tensor([2, 0, 2, 2, 0]), Experts()
+    >>> tracer = ValueSpecialisingTracer((x, idx))
+    >>> gm = torch.fx.GraphModule(experts, tracer.trace(experts))
+    >>> sorted(n.args[1] for n in gm.graph.nodes if n.op == "call_function"
+    ...        and n.target is operator.getitem and n.args[0].op == "get_attr")
+    [0, 2]
+    """
+
+    _RUN = ("call_function", "call_method", "call_module")
+
+    def __init__(self, example_args: tuple) -> None:
+        super().__init__(example_args)
+        #: where the other traces stopped at the data (the report's line)
+        self.fixed_at = ""
+        #: nodes whose values come from a question asked of float data (``h.sum() > 0``,
+        #: ``isfinite(x)``, ``x.long()``): a branch on them is one on the data itself
+        self._asked: set[torch.fx.Node] = set()
+        #: stacked weight -> (its members, the members the example picked)
+        self.picked: dict[str, tuple[int, set]] = {}
+
+    @property
+    def unpicked(self) -> str:
+        """What the example left unpicked of a stacked weight it picked members of (``""`` if
+        nothing): a member it never ran (an expert no token of the example chose) would be read
+        by nothing, its axes unlabelled, free to move apart."""
+        for key, (count, got) in self.picked.items():
+            if len(got) < count:
+                return (
+                    f"the example picked {len(got)} of the {count} members of {key} "
+                    f"({', '.join(map(str, sorted(got)))}): an example whose tokens pick every "
+                    "expert reads each one"
+                )
+        return ""
+
+    def _known(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor)
+
+    def python_value(self, node: torch.fx.Node) -> Any:
+        """The example's value of ``node`` where it is integers or booleans that no question
+        of float data made: which experts the routing's indices pick, how many tokens each
+        takes. A branch on float data (``if h.sum() > 0``, a value checked finite) is one on
+        the input itself, which other inputs take the other way: refused, as fx refuses it."""
+        value = self.real.get(node, _UNKNOWN)
+        if node in self._asked or not all(map(_whole_numbers, pytree.tree_leaves(value))):
+            return _UNKNOWN
+        return value
+
+    def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
+        node = super().create_node(*args, **kwargs)
+        inputs = node.all_input_nodes
+        out = pytree.tree_leaves(self.real.get(node))
+        # whole numbers made of float data by anything but an index op (an answer to a
+        # question of the data: a comparison, a cast, a check), or made of such an answer;
+        # floats made with them (scores masked by a group's choice) are data again, whose
+        # top-k the routing reads
+        whole = any(isinstance(v, (torch.Tensor, bool, int)) for v in out)
+        if whole and not any(map(_floating, out)):
+            if any(n in self._asked for n in inputs) or (
+                _call_name(node) not in _INDEX_OPS | _SHAPE_READS
+                and any(_floating(self.real.get(n)) for n in inputs)
+            ):
+                self._asked.add(node)
+        return node
+
+    def create_proxy(
+        self, kind: str, target: Any, args: tuple, kwargs: dict, *rest: Any, **options: Any
+    ) -> Any:
+        if target is operator.getitem and len(args) == 2:
+            index = args[1]
+            picked = (
+                tuple(map(self._picked, index)) if type(index) is tuple else self._picked(index)
+            )
+            args = (args[0], picked)
+        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+        if target is operator.getitem and type(args[1]) is int and proxy is not None:
+            source = args[0].node if isinstance(args[0], torch.fx.Proxy) else None
+            value = self.values.get(source, _UNKNOWN) if source is not None else _UNKNOWN
+            if isinstance(value, torch.Tensor) and source.op == "get_attr" and value.dim() > 1:
+                # one member of a stacked weight (the expert the loop is at): read as that
+                # member's own slice (:func:`~nfncompile.frontend.stacked.member_slice`), the
+                # members where they stand. Weights of as many members are one loop's: they
+                # share the members (held in place), and every weight reads the stream whole
+                # (loops of their own would each claim it, and all fall back)
+                proxy.node.meta["nfn_member"] = f"picked {len(value)}"
+                proxy.node.meta["nfn_picked"] = True
+                count = len(value)
+                self.picked.setdefault(str(source.target), (count, set()))[1].add(args[1] % count)
+        if kind == "call_method" and target in ("tolist", "item") and proxy is not None:
+            real = proxy._real()
+            if real is not _UNKNOWN:  # a Python value read off the data: the example's
+                self.values.pop(proxy.node, None)
+                self.real.pop(proxy.node)
+                self.graph.erase_node(proxy.node)
+                return real
+        return proxy
+
+    def _picked(self, index: Any) -> Any:
+        """``index``, or the example's int where it is a proxy of a one-integer tensor (the
+        expert a loop over the routing's rows is at)."""
+        if isinstance(index, _ShapeProxy):
+            real = index._real()
+            if isinstance(real, torch.Tensor) and real.dim() == 0 and real.dtype != torch.bool:
+                return int(real)  # (python_value: whole numbers only)
+        return index
+
+
+#: ops whose integer outputs are positions the data picked (the routing's top-k, a sort's
+#: order), not answers to a question of its values: their values may be read
+_INDEX_OPS = frozenset(
+    {"topk", "sort", "argsort", "argmax", "argmin", "max", "min", "kthvalue", "mode", "median"}
+)
+
+
+def _call_name(node: torch.fx.Node) -> str:
+    """The name of the function or method ``node`` calls (``""`` for other nodes)."""
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", "")
+    return ""
+
+
+def _floating(value: Any) -> bool:
+    """Whether ``value`` is a float (or complex) tensor or Python float."""
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() or value.is_complex()
+    return isinstance(value, (float, complex))
+
+
+def _whole_numbers(value: Any) -> bool:
+    """Whether ``value`` is an integer or boolean tensor, or a Python int or bool."""
+    if isinstance(value, torch.Tensor):
+        return not _floating(value)
+    return isinstance(value, (bool, int))
 
 
 def _module_call(module: torch.nn.Module, node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
@@ -1790,7 +1988,7 @@ def as_args(example_input: Any) -> tuple:
 
 
 def trace_module(
-    model: torch.nn.Module, example_input: Any, *, fake: bool | None = None
+    model: torch.nn.Module, example_input: Any, *, fake: bool | None = None, values: bool = True
 ) -> torch.fx.GraphModule:
     """Symbolically trace ``model`` and propagate the example input's shapes through it.
 
@@ -1809,6 +2007,12 @@ def trace_module(
         forward. Default: fake when the model holds more than ``FAKE_ABOVE`` parameter
         elements, where one real forward would cost more than that import. A call kept as
         one that reads its input's values runs for real on random values of those shapes.
+    values : bool
+        Where the model's own forward, or a submodule's, branches on its data (a mixture of
+        experts running the experts its router chose), which the other traces keep as one
+        call or refuse, trace it again with the example's values fixed
+        (:class:`ValueSpecialisingTracer`); ``meta["nfn_values"]`` then says where. False
+        keeps the traces that read no values.
 
     Returns
     -------
@@ -1835,7 +2039,7 @@ def trace_module(
         )
     args = as_args(example_input)
     with attributes_kept(model), compiled_as_eager(), _quiet_meta_failures():
-        return _trace_module(model, args, fake)
+        return _trace_module(model, args, fake, values)
 
 
 @contextlib.contextmanager
@@ -1942,13 +2146,17 @@ def unwrapped(fns: set) -> Iterator[None]:
 
 
 def trace_graph(
-    model: torch.nn.Module, args: tuple, *, record_stack_traces: bool = False
+    model: torch.nn.Module, args: tuple, *, record_stack_traces: bool = False, values: bool = True
 ) -> tuple[LeafFallbackTracer, torch.fx.Graph, str]:
     """Symbolically trace ``model`` called with ``args`` (in eval mode).
 
     Plain symbolic tracing first; where it fails (the forward branches on a shape, iterates
     over a tensor, takes ``len`` of one), again with :class:`ShapeSpecialisingTracer`, which
-    fixes the example's shapes. Where it succeeds but keeps submodules as one call that no
+    fixes the example's shapes. Where both fail, or both keep a submodule as one call that no
+    rule reads, and ``values``, again with :class:`ValueSpecialisingTracer`, which fixes what
+    the example's data picked (a mixture of experts' loop over the experts its router chose),
+    taken where it keeps fewer modules and the example picked every stacked member it read
+    (else the kept trace's ``values_refused`` says why). Where it succeeds but keeps submodules as one call that no
     rule of their class reads, that trace is tried too and taken if what it keeps holds fewer
     modules (a submodule that checks its input's dtype or shape is then read op by op).
 
@@ -2026,6 +2234,24 @@ def trace_graph(
     def specialising() -> LeafFallbackTracer:
         return ShapeSpecialisingTracer(args)
 
+    def by_values(
+        kept: tuple[LeafFallbackTracer, torch.fx.Graph, str],
+    ) -> tuple[LeafFallbackTracer, torch.fx.Graph, str]:
+        """``kept`` (a trace that keeps submodules as one call no rule reads), or the trace
+        with the example's values fixed where that keeps fewer modules."""
+        if not values:
+            return kept
+        with contextlib.suppress(Exception):
+            tracer, graph = run(lambda: ValueSpecialisingTracer(args))
+            if _kept_modules(model, tracer) < _kept_modules(model, kept[0]):
+                if tracer.unpicked:
+                    kept[0].values_refused = tracer.unpicked
+                    return kept
+                leaf = next(x for x in kept[0].leaves if not _ruled(model, x))
+                tracer.fixed_at = f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})"
+                return tracer, graph, kept[2]
+        return kept
+
     # a dict input is one proxy to plain fx: ``obs.get("mask")`` of a key the example lacks
     # is a node, not None; the specialising trace reads the example's keys
     dict_input = any(isinstance(a, Mapping) for a in args)
@@ -2036,7 +2262,7 @@ def trace_graph(
         except Exception as e:
             first = e
         else:
-            ruled = all(module_rule(model.get_submodule(leaf.module)) for leaf in plain.leaves)
+            ruled = all(_ruled(model, leaf) for leaf in plain.leaves)
             if ruled and not plain.type_asked:
                 return plain, graph, ""  # every kept call read by its class's rule
             # a submodule whose forward checks its input's shape or dtype (Hugging Face's
@@ -2044,21 +2270,34 @@ def trace_graph(
             # may not be. A forward that asks whether a traced value is a tensor (MONAI's
             # UpCat: `torch.jit.isinstance(x_e, torch.Tensor)`) took the branch for no tensor,
             # where the shape-specialising trace knows the answer
+            best = (plain, graph, "")
             with contextlib.suppress(Exception):  # where it fails, the plain trace stands
                 tracer, fixed = run(specialising)
                 if _kept_modules(model, tracer) < _kept_modules(model, plain):
                     leaf = plain.leaves[0]
-                    return (
+                    best = (
                         tracer,
                         fixed,
                         f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})",
                     )
-                if plain.type_asked:
-                    return tracer, fixed, f"{plain.type_asked} ({_TYPE_ASKED})"
-            return plain, graph, ""
+                elif plain.type_asked:
+                    best = (tracer, fixed, f"{plain.type_asked} ({_TYPE_ASKED})")
+            if all(_ruled(model, leaf) for leaf in best[0].leaves):
+                return best
+            # a submodule whose forward branches on its data (a mixture of experts running
+            # the experts its router chose) is kept as one call by both: with the example's
+            # values fixed it may not be
+            return by_values(best)
     try:
         tracer, graph = run(specialising)
     except Exception as e:
+        if values:
+            with contextlib.suppress(Exception):
+                tracer, graph = run(lambda: ValueSpecialisingTracer(args))
+                if not tracer.unpicked:
+                    tracer.fixed_at = raised_at(e) or _error(e)
+                    why = DICT_INPUT if first is None else raised_at(first) or _error(first)
+                    return tracer, graph, why
         if first is None:
             error, past = e, f" ({DICT_INPUT})"
         else:
@@ -2073,7 +2312,14 @@ def trace_graph(
             f"torch.fx could not trace {type(model).__name__}.forward{at}{past}: "
             f"{type(error).__name__}: {error}. {_ADVICE}"
         ) from e
+    if tracer.leaves and not all(_ruled(model, leaf) for leaf in tracer.leaves):
+        tracer, graph, _ = by_values((tracer, graph, ""))
     return tracer, graph, DICT_INPUT if first is None else raised_at(first) or _error(first)
+
+
+def _ruled(model: torch.nn.Module, leaf: LeafCall) -> bool:
+    """Whether a call kept whole is read by its class's rule."""
+    return module_rule(model.get_submodule(leaf.module)) is not None
 
 
 #: Integer tensors up to this many entries keep their example values in the graph's meta.
@@ -2101,6 +2347,32 @@ def _record_integers(gm: torch.fx.GraphModule, args: tuple) -> None:
             NodeShapeProp(gm).propagate(*args)
 
 
+#: random inputs a graph traced with the example's values fixed must compute the model's
+#: output on (:func:`_differs_elsewhere`)
+VALUE_DRAWS = 8
+
+
+def _differs_elsewhere(model: torch.nn.Module, gm: torch.fx.GraphModule, args: tuple) -> str:
+    """Why ``gm``, traced with the example's values fixed, is not ``model`` on other inputs
+    (:data:`VALUE_DRAWS` draws of standard normal values for the example's float inputs, its
+    other inputs as they are), or ``""``: :func:`graph_differs` on each draw."""
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(a: Any) -> Any:
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return torch.randn(a.shape, generator=gen, dtype=a.dtype)
+        return a
+
+    for _ in range(VALUE_DRAWS):
+        drawn = tuple(pytree.tree_map(draw, a) for a in args)
+        if graph_differs(model, gm, drawn):
+            return (
+                "the graph at the example's values does not compute the model's output on "
+                "random inputs (they pick what the example did not)"
+            )
+    return ""
+
+
 def _small_integer(x: Any) -> bool:
     """Whether ``x`` is an integer or boolean tensor (or a node's metadata of one) of at most
     :data:`INTEGER_VALUES_UP_TO` entries."""
@@ -2113,20 +2385,34 @@ def _small_integer(x: Any) -> bool:
     return not (dtype.is_floating_point or dtype.is_complex) and entries <= INTEGER_VALUES_UP_TO
 
 
-def _trace_module(model: torch.nn.Module, args: tuple, fake: bool | None) -> torch.fx.GraphModule:
+def _trace_module(
+    model: torch.nn.Module, args: tuple, fake: bool | None, values: bool
+) -> torch.fx.GraphModule:
     inner, prefix = _compiled(model)
     _check_names(model if prefix else inner)  # the module the GraphModule copies from
     _check_arity(inner, args)
-    tracer, graph, specialised = trace_graph(inner, args)
-    if prefix:  # the module torch.compile wraps, named as the compiled model's state_dict
-        for n in graph.nodes:
-            if n.op in ("get_attr", "call_module"):
-                n.target = prefix + n.target
-            leaf = n.meta.get("nfn_leaf")
-            if leaf is not None:
-                n.meta["nfn_leaf"] = dataclasses.replace(leaf, module=prefix + leaf.module)
-    gm = torch.fx.GraphModule(model if prefix else tracer.root, graph, type(inner).__name__)
-    gm.meta["nfn_specialised"] = specialised
+
+    def module(values: bool) -> torch.fx.GraphModule:
+        tracer, graph, specialised = trace_graph(inner, args, values=values)
+        if prefix:  # the module torch.compile wraps, named as the compiled model's state_dict
+            for n in graph.nodes:
+                if n.op in ("get_attr", "call_module"):
+                    n.target = prefix + n.target
+                leaf = n.meta.get("nfn_leaf")
+                if leaf is not None:
+                    n.meta["nfn_leaf"] = dataclasses.replace(leaf, module=prefix + leaf.module)
+        gm = torch.fx.GraphModule(model if prefix else tracer.root, graph, type(inner).__name__)
+        gm.meta["nfn_specialised"] = specialised
+        gm.meta["nfn_values"] = getattr(tracer, "fixed_at", "")
+        gm.meta["nfn_values_refused"] = tracer.values_refused
+        return gm
+
+    gm = module(values)
+    if gm.meta["nfn_values"] and (why := _differs_elsewhere(model, gm, args)):
+        # what the example's values picked is not the model on other inputs (an expert only
+        # they route to): the traces that read no values
+        gm = module(False)
+        gm.meta["nfn_values_refused"] = why
     if fake is None:
         entries = model.state_dict().values()
         fake = sum(t.numel() for t in entries if isinstance(t, torch.Tensor)) > FAKE_ABOVE

@@ -64,8 +64,11 @@ def build_symmetry_graph(
         :class:`~nfncompile.frontend.fx.LeafCall` per submodule torch.fx could not trace
         through), ``links`` (the :class:`~nfncompile.frontend.labels.BlockLink` s of grouped
         ops, with their conservative alternatives), ``calls`` (``(op, node)`` of every call),
-        ``state_keys`` and ``specialised`` (where plain symbolic tracing failed, for a graph
-        traced with the example input's shapes fixed; ``""`` otherwise). Where a strided slice
+        ``state_keys``, ``specialised`` (where plain symbolic tracing failed, for a graph
+        traced with the example input's shapes fixed; ``""`` otherwise) and ``values_fixed``
+        (where the forward branched on its data, for a graph traced with the example's values
+        fixed: :class:`~nfncompile.frontend.fx.ValueSpecialisingTracer`; ``values_refused``
+        why such a trace was not taken). Where a strided slice
         of single positions made its runs in blocks for a larger group, ``fallback`` holds
         the graph without them, for a verification that finds the larger group does not hold.
     """
@@ -235,6 +238,8 @@ def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
             dict.fromkeys(n.meta["nfn_leaf"] for n in gm.graph.nodes if "nfn_leaf" in n.meta)
         ),
         specialised=gm.meta.get("nfn_specialised", ""),
+        values_fixed=gm.meta.get("nfn_values", ""),
+        values_refused=gm.meta.get("nfn_values_refused", ""),
         links=a.links,
         head_splits=a.head_splits,
         adopted=a.adopted,

@@ -90,6 +90,24 @@ class TraceReport:
         return graph.graph.get("specialised", "") if graph is not None else ""
 
     @property
+    def values_fixed(self) -> str:
+        """Where the forward branched on its data (a mixture of experts running the experts its
+        router chose) when the model was traced with the example's values fixed
+        (:class:`~nfncompile.frontend.fx.ValueSpecialisingTracer`): the graph holds what the
+        example picked, and the verification checked the model on other inputs; ``""``
+        otherwise."""
+        graph = self.derivation.graph
+        return graph.graph.get("values_fixed", "") if graph is not None else ""
+
+    @property
+    def values_refused(self) -> str:
+        """Why the trace with the example's values fixed was not taken where it read more of
+        the model than the calls kept whole (an expert the example never ran); ``""``
+        otherwise."""
+        graph = self.derivation.graph
+        return graph.graph.get("values_refused", "") if graph is not None else ""
+
+    @property
     def heads_in_place(self) -> str:
         """Why attention heads (every family, or those named) were left in place after moving
         them as blocks failed the verification (a constraint no rule sees); ``""`` where it
@@ -145,6 +163,13 @@ class TraceReport:
             if why != DICT_INPUT:
                 why = f"plain symbolic tracing failed at {why}"
             lines.append(f"traced with the example input's shapes fixed ({why})")
+        if self.values_fixed:
+            lines.append(
+                "traced with the example input's values fixed (the forward branches on its "
+                f"data at {self.values_fixed}): the graph holds what the example picked"
+            )
+        if self.values_refused:
+            lines.append(f"not traced with the example input's values fixed: {self.values_refused}")
         if self.heads_in_place:
             lines.append(f"attention heads kept in place: {self.heads_in_place}")
         if self.leaf_calls:

@@ -54,6 +54,7 @@ def trace_with_report(
     seed: int = 0,
     fake: bool | None = None,
     channel_dim: ChannelDim = 1,
+    fix_values: bool = True,
 ) -> tuple[WeightSpaceSpec, TraceReport]:
     """Like :func:`trace`, and also return a :class:`~nfncompile.frontend.report.TraceReport`.
 
@@ -73,10 +74,10 @@ def trace_with_report(
     check_mode(mode)
     check_channel_dim(channel_dim)
     t0 = time.perf_counter()
-    gm = trace_module(model, example_input, fake=fake)
+    gm = trace_module(model, example_input, fake=fake, values=fix_values)
     t1 = time.perf_counter()
     graph = build_symmetry_graph(gm, model, channel_dim)
-    gm, graph = _through_wrapped(model, example_input, fake, channel_dim, gm, graph)
+    gm, graph = _through_wrapped(model, example_input, fake, channel_dim, gm, graph, fix_values)
     t2 = time.perf_counter()
     derivation, spec = _derived(graph, mode)
     t3 = time.perf_counter()
@@ -86,7 +87,19 @@ def trace_with_report(
         # joint random group elements detect any wrong space (each moves every space); only
         # when one fails are the spaces checked one by one, to name the culprit
         kw = dict(trials=trials, seed=seed)
+        if gm.meta.get("nfn_values"):
+            # a graph that holds the example's routing: random inputs route elsewhere
+            kw["trials"] = max(trials, VALUE_TRIALS)
         vr = _verify(model, spec, example_input, per_space=False, io=derivation.io, **kw)
+        if not vr.ok and gm.meta.get("nfn_values"):
+            # what the example's values picked is not the model on other inputs: the traces
+            # that read no values (the submodule kept as one call and probed)
+            gm = trace_module(model, example_input, fake=fake, values=False)
+            graph = build_symmetry_graph(gm, model, channel_dim)
+            gm, graph = _through_wrapped(model, example_input, fake, channel_dim, gm, graph, False)
+            derivation, spec = _derived(graph, mode)
+            kw["trials"] = trials
+            vr = _verify(model, spec, example_input, per_space=False, io=derivation.io, **kw)
         fallback = graph.graph.get("fallback")
         if not vr.ok and fallback is not None:
             # the larger group of a strided slice's blocks does not hold: the graph without them
@@ -114,6 +127,9 @@ def trace_with_report(
 
 #: the most families of heads the verification's second reading releases one at a time
 FAMILY_CHECKS = 12
+#: the fewest verification trials for a graph traced with the example's values fixed (the
+#: routing other inputs take is what checks it)
+VALUE_TRIALS = 4
 
 
 def _hold_heads(
@@ -177,6 +193,7 @@ def _through_wrapped(
     channel_dim: ChannelDim,
     gm: torch.fx.GraphModule,
     graph: Any,
+    values: bool = True,
 ) -> tuple:
     """The trace, and its symmetry graph, with the functions registered with
     ``torch.fx.wrap`` whose probe broke symmetry traced through (torchvision's
@@ -189,7 +206,7 @@ def _through_wrapped(
         return gm, graph
     try:
         with unwrapped(failed):
-            again = trace_module(model, example_input, fake=fake)
+            again = trace_module(model, example_input, fake=fake, values=values)
         graph_again = build_symmetry_graph(again, model, channel_dim)
     except (TraceError, ConfigError):
         return gm, graph
@@ -207,6 +224,7 @@ def trace(
     seed: int = 0,
     fake: bool | None = None,
     channel_dim: ChannelDim = 1,
+    fix_values: bool = True,
 ) -> WeightSpaceSpec:
     """Derive the weight-space spec of any traceable MLP or CNN, verified numerically.
 
@@ -244,6 +262,15 @@ def trace(
         ...)``; dim 0 of a 1-D input), ``-1`` for a ``(batch, sequence, features)`` input;
         one entry per tensor input for several (``None``: an input without neurons). See
         :mod:`~nfncompile.frontend.channel_dims`.
+    fix_values : bool
+        Where the forward branches on its data or loops over what its data picked (a mixture
+        of experts running the experts its router chose), which torch.fx refuses: trace it with
+        the example's values fixed (default), the loop unrolled over what the example picked
+        (:class:`~nfncompile.frontend.fx.ValueSpecialisingTracer`). That graph is taken only
+        where it computes the model's output on random inputs too and, for a stacked weight
+        read member by member, where the example picked every member; the verification then
+        runs on at least :data:`VALUE_TRIALS` inputs. ``False``: such a submodule is kept as
+        one call and probed, and such a model's own forward refused (TraceError).
 
     Returns
     -------
@@ -272,6 +299,6 @@ def trace(
     """
     spec, _ = trace_with_report(
         model, example_input, verify=verify, mode=mode, trials=trials, seed=seed, fake=fake,
-        channel_dim=channel_dim,
+        channel_dim=channel_dim, fix_values=fix_values,
     )  # fmt: skip
     return spec

@@ -513,8 +513,10 @@ def test_a_mixture_of_experts_kept_as_one_call(fake):
     # the model is traced on fake tensors, random positions of the experts; the experts'
     # weights move with the residual stream and their hidden units (one permutation for all
     # experts), the experts stay where the routing's indices point
+    # (with the example's values fixed, the loop is traced expert by expert:
+    # test_value_specialised.py; here the call kept whole is what is read)
     model = model_(lambda: WithExperts(Experts(), one_hot=False))
-    spec, report = trace_with_report(model, x_(7, 5), fake=fake)
+    spec, report = trace_with_report(model, x_(7, 5), fake=fake, fix_values=False)
     assert report.verification.ok
     assert report.probes[0].passed and report.leaf_calls[0].kind == "Experts"
     assert spec["experts.w1"].axes == (None, "experts.w1.d1", "inp")
