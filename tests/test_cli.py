@@ -318,6 +318,40 @@ def test_trace_a_batch_norm_model_on_a_batch_of_one(capsys, tmp_path):
     assert "1.running_mean" in out and "verification (np mode): OK" in out
 
 
+def test_trace_experts_at_the_examples_values_or_kept_whole(capsys, tmp_path):
+    # a mixture of experts whose loop runs the experts the router chose: traced at the
+    # example's values (each expert's units a space), or with --no-fix-values one call
+    module = tmp_path / "moe_net.py"
+    module.write_text(
+        "import torch\n"
+        "class MoE(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.router = torch.nn.Linear(4, 2)\n"
+        "        self.experts = torch.nn.ModuleList(\n"
+        "            torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(),\n"
+        "                                torch.nn.Linear(3, 4)) for _ in range(2))\n"
+        "    def forward(self, x):\n"
+        "        pick = self.router(x).argmax(-1)\n"
+        "        out = torch.zeros_like(x)\n"
+        "        for e in pick.unique().tolist():\n"
+        "            rows = torch.where(pick == e)[0]\n"
+        "            out[rows] = self.experts[e](x[rows])\n"
+        "        return out\n"
+        "def make():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(4, 4), MoE())\n"
+    )
+    args = ("trace", f"{module}:make", "--input-shape", "64,4")
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert "example input's values fixed" in out
+    assert "1.experts.1.0.weight: {shape: [3, 4], axes: [1.experts.1.0, out]}" in out
+    code, out, err = run(capsys, *args, "--no-fix-values")
+    assert code == 0, err
+    assert "kept as one call" in out and "values fixed" not in out
+
+
 def test_trace_no_verify(capsys):
     code, out, _ = run(capsys, "trace", "lenet", "--no-verify")
     assert code == 0 and "fc1.weight" in out

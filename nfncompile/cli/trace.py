@@ -26,6 +26,13 @@ def _trace_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip the numerical check of the derived symmetry",
     )
+    p.add_argument(
+        "--no-fix-values",
+        dest="fix_values",
+        action="store_false",
+        help="keep a submodule that branches on its data (a mixture of experts' loop over the "
+        "experts its router chose) as one call, instead of tracing it at the example's values",
+    )
 
 
 def _trace(args: argparse.Namespace) -> int:
@@ -35,7 +42,13 @@ def _trace(args: argparse.Namespace) -> int:
     from ..frontend.tracing import trace_with_report
 
     spec, report = trace_with_report(
-        model, x, verify=args.verify, mode=args.mode, seed=args.seed, channel_dim=args.channel_dim
+        model,
+        x,
+        verify=args.verify,
+        mode=args.mode,
+        seed=args.seed,
+        channel_dim=args.channel_dim,
+        fix_values=args.fix_values,
     )
     text = str(report).rstrip("\n")
     if output is not None:  # the spec first: a failed drawing must not cost it
