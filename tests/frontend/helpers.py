@@ -106,3 +106,24 @@ def attend(q, k, v, **kwargs):
     """``flex_attention`` called from a helper of another module than the forward's (as
     vit-pytorch's ``nd_attention``)."""
     return _flex(q, k, v, **kwargs)
+
+
+class LoopedExperts(nn.Module):
+    """``experts`` two-layer experts as ``(experts, hidden, d)`` and ``(experts, d, hidden)``
+    weights, run on the tokens routed to them by a loop over the experts the routing picked
+    (``index.unique().tolist()``: data-dependent), as Mixtral's reference code runs them.
+    ``forward(x, index, weight)``: ``x`` of ``(tokens, d)``, the routing's ``(tokens, k)``
+    indices and weights."""
+
+    def __init__(self, experts: int, d: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(experts, hidden, d) / d**0.5)
+        self.w2 = nn.Parameter(torch.randn(experts, d, hidden) / hidden**0.5)
+
+    def forward(self, x, index, weight):
+        out = torch.zeros_like(x)
+        for e in index.unique().tolist():
+            token, k = torch.where(index == e)
+            h = torch.relu(x[token] @ self.w1[e].T) @ self.w2[e].T
+            out.index_add_(0, token, h * weight[token, k, None])
+        return out

@@ -21,7 +21,7 @@ from nfncompile.architectures.catalogue import CATALOGUE
 from nfncompile.architectures.efficientnets import stochastic_depth
 from nfncompile.frontend.probe import DRAWS
 from nfncompile.frontend.tracing import trace_with_report
-from tests.frontend.helpers import model_, spaces_, x_
+from tests.frontend.helpers import LoopedExperts, model_, spaces_, x_
 
 C = 6
 
@@ -489,22 +489,11 @@ def test_a_scripted_block_is_one_call_probed_with_its_own_weights():  # (a warni
     assert nfc.verify(model, spec, x_(4, 5), seed=7).ok
 
 
-class Experts(nn.Module):
-    """``E`` two-layer experts as ``(E, ., .)`` weights, run on the tokens routed to them by
-    a loop over the experts the routing picked (data-dependent: one call), as Mixtral's are."""
+class Experts(LoopedExperts):
+    """Three experts run by a loop over those the routing picked, as Mixtral's are."""
 
-    def __init__(self, experts: int = 3) -> None:
-        super().__init__()
-        self.w1 = nn.Parameter(torch.randn(experts, 2 * C, C) / C**0.5)
-        self.w2 = nn.Parameter(torch.randn(experts, C, 2 * C) / C**0.5)
-
-    def forward(self, x, index, weight):
-        out = torch.zeros_like(x)
-        for e in index.unique().tolist():
-            token, k = torch.where(index == e)
-            h = torch.relu(x[token] @ self.w1[e].T) @ self.w2[e].T
-            out.index_add_(0, token, h * weight[token, k, None])
-        return out
+    def __init__(self) -> None:
+        super().__init__(3, C, 2 * C)
 
 
 @pytest.mark.parametrize("fake", [False, True])

@@ -25,26 +25,16 @@ from nfncompile.frontend.fx import trace_module
 from nfncompile.frontend.tracing import VALUE_TRIALS, trace_with_report
 from nfncompile.spec import Inner, Permutation
 from nfncompile.testing import assert_equivariant
-from tests.frontend.helpers import model_, x_
+from tests.frontend.helpers import LoopedExperts, model_, x_
 
 D, H, E = 6, 4, 3  # stream, each expert's units, experts
 
 
-class Unique(nn.Module):
+class Unique(LoopedExperts):
     """Stacked experts run on the tokens of each expert ``index.unique()`` lists."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.w1 = nn.Parameter(torch.randn(E, H, D) / D**0.5)
-        self.w2 = nn.Parameter(torch.randn(E, D, H) / H**0.5)
-
-    def forward(self, x, index, weight):
-        out = torch.zeros_like(x)
-        for e in index.unique().tolist():
-            token, k = torch.where(index == e)
-            h = torch.relu(x[token] @ self.w1[e].T) @ self.w2[e].T
-            out.index_add_(0, token, h * weight[token, k, None])
-        return out
+        super().__init__(E, D, H)
 
 
 class EagerHF(nn.Module):
