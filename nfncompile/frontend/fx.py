@@ -1474,12 +1474,12 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
         # floats made with them (scores masked by a group's choice) are data again, whose
         # top-k the routing reads
         whole = any(isinstance(v, (torch.Tensor, bool, int)) for v in out)
-        if whole and not any(map(_floating, out)):
-            if any(n in self._asked for n in inputs) or (
-                _call_name(node) not in _INDEX_OPS | _SHAPE_READS
-                and any(_floating(self.real.get(n)) for n in inputs)
-            ):
-                self._asked.add(node)
+        made = any(n in self._asked for n in inputs) or (
+            _call_name(node) not in _INDEX_OPS | _SHAPE_READS
+            and any(_floating(self.real.get(n)) for n in inputs)
+        )
+        if whole and made and not any(map(_floating, out)):
+            self._asked.add(node)
         return node
 
     def create_proxy(
@@ -2244,8 +2244,9 @@ def trace_graph(
         with contextlib.suppress(Exception):
             tracer, graph = run(lambda: ValueSpecialisingTracer(args))
             if _kept_modules(model, tracer) < _kept_modules(model, kept[0]):
-                if tracer.unpicked:
-                    kept[0].values_refused = tracer.unpicked
+                why = tracer.unpicked or _unread(model, graph, _weights_read(model, kept[1]))
+                if why:
+                    kept[0].values_refused = why
                     return kept
                 leaf = next(x for x in kept[0].leaves if not _ruled(model, x))
                 tracer.fixed_at = f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})"
@@ -2294,7 +2295,8 @@ def trace_graph(
         if values:
             with contextlib.suppress(Exception):
                 tracer, graph = run(lambda: ValueSpecialisingTracer(args))
-                if not tracer.unpicked:
+                every = {k for k, _ in model.named_parameters()}
+                if not (tracer.unpicked or _unread(model, graph, every)):
                     tracer.fixed_at = raised_at(e) or _error(e)
                     why = DICT_INPUT if first is None else raised_at(first) or _error(first)
                     return tracer, graph, why
@@ -2315,6 +2317,41 @@ def trace_graph(
     if tracer.leaves and not all(_ruled(model, leaf) for leaf in tracer.leaves):
         tracer, graph, _ = by_values((tracer, graph, ""))
     return tracer, graph, DICT_INPUT if first is None else raised_at(first) or _error(first)
+
+
+def _weights_read(model: torch.nn.Module, graph: torch.fx.Graph) -> set[str]:
+    """The parameters ``graph`` reads, by their first names (a tied weight read by any of its
+    names): its ``get_attr`` nodes' (the constants it made aside), and every parameter of a
+    module it calls."""
+    first = _first_names(model)
+    read = set()
+    for n in graph.nodes:
+        if n.op == "get_attr":
+            read.add(first.get(str(n.target)))
+        elif n.op == "call_module":
+            sub = model.get_submodule(str(n.target))
+            read.update(first.get(f"{n.target}.{k}") for k, _ in sub.named_parameters())
+    return read - {None}
+
+
+def _first_names(model: torch.nn.Module) -> dict[str, str]:
+    """Every name of each parameter -> its first name (``named_parameters``')."""
+    by_id = {id(p): k for k, p in model.named_parameters()}
+    return {k: by_id[id(p)] for k, p in model.named_parameters(remove_duplicate=False)}
+
+
+def _unread(model: torch.nn.Module, graph: torch.fx.Graph, wanted: set[str]) -> str:
+    """Why a graph traced with the example's values fixed leaves out parameters of ``wanted``
+    (first names: those another trace reads, an expert no token of the example chose, which
+    other inputs run), or ``""`` where it reads them all."""
+    missing = sorted(wanted - _weights_read(model, graph))
+    if not missing:
+        return ""
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return (
+        f"the example's values ran nothing that reads {shown}: an example whose tokens pick "
+        "every expert reads each one"
+    )
 
 
 def _ruled(model: torch.nn.Module, leaf: LeafCall) -> bool:

@@ -285,8 +285,60 @@ def test_an_expert_the_example_never_ran_keeps_the_experts_one_call(kind):
     _, report = trace_with_report(model, x)
     assert report.verification.ok and not report.values_fixed
     assert [leaf.kind for leaf in report.leaf_calls] == [kind.__name__]
-    why = "picked 2 of the 3 members of experts.w1 (0, 1)" if kind is Unique else "random inputs"
+    why = (
+        "picked 2 of the 3 members of experts.w1 (0, 1)"
+        if kind is Unique
+        else "ran nothing that reads experts.experts.2.w1.weight, experts.experts.2.w2.weight"
+    )
     assert why in report.values_refused and "not traced with the example" in str(report)
+
+
+class Tokens(Skewed):
+    """Skewed, reading token ids: the ids 0 to 9 embed near zero (their tokens never pick
+    expert 2), the others at a normal size."""
+
+    def __init__(self, experts: nn.Module) -> None:
+        super().__init__(experts)
+        self.inp = nn.Embedding(32, D)
+        with torch.no_grad():
+            self.inp.weight[:10] *= 1e-3
+
+
+def test_an_expert_the_examples_token_ids_never_ran_keeps_the_experts_one_call():
+    # random draws do not change token ids, so only what the graph reads can tell: expert 2's
+    # weights, which other ids run, are read by nothing in the graph at the example's values
+    model, ids = model_(lambda: Tokens(Counted()).double()), torch.arange(10)
+    assert 2 not in model.router(model.inp(ids)).add(model.router.bias).topk(2).indices
+    assert 2 in model.router(model.inp(ids + 10)).add(model.router.bias).topk(2).indices
+    _, report = trace_with_report(model, ids, channel_dim=None)
+    assert report.verification.ok and not report.values_fixed
+    assert "ran nothing that reads experts.experts.2.w1.weight" in report.values_refused
+
+
+class Capped(Counted):
+    """Experts that take at most 8 tokens each (a capacity, as Switch Transformers' and
+    GShard's): the example's counts decide which experts drop tokens."""
+
+    def forward(self, x, index, weight):
+        y = torch.zeros_like(x)
+        for i in range(E):
+            token, k = torch.where(index == i)
+            if len(token) > 8:
+                token, k = token[:8], k[:8]
+            y[token] += self.experts[i](x[token]) * weight[token, k, None]
+        return y
+
+
+def test_a_capacity_the_example_fills_otherwise_keeps_the_experts_one_call():
+    # every expert runs, but which drop tokens is the example's: on random inputs the graph
+    # at its values does not compute the model's output
+    model, x = model_(lambda: Routed(Capped()).double()), x_(12, 5).double()
+    counts = torch.bincount(model.router(model.inp(x)).topk(2).indices.flatten(), minlength=E)
+    assert (counts > 8).any() and (counts > 0).all()
+    _, report = trace_with_report(model, x)
+    assert report.verification.ok and not report.values_fixed
+    assert [leaf.kind for leaf in report.leaf_calls] == ["Capped"]
+    assert "random inputs" in report.values_refused
 
 
 def test_without_values_the_experts_stay_one_call():
