@@ -1475,7 +1475,7 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
         # top-k the routing reads
         whole = any(isinstance(v, (torch.Tensor, bool, int)) for v in out)
         made = any(n in self._asked for n in inputs) or (
-            _call_name(node) not in _INDEX_OPS | _SHAPE_READS
+            call_name(node, _INDEX_FUNCTIONS) not in _INDEX_OPS | _SHAPE_READS
             and any(_floating(self.real.get(n)) for n in inputs)
         )
         if whole and made and not any(map(_floating, out)):
@@ -1526,18 +1526,11 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
 
 #: ops whose integer outputs are positions the data picked (the routing's top-k, a sort's
 #: order), not answers to a question of its values: their values may be read
-_INDEX_OPS = frozenset(
-    {"topk", "sort", "argsort", "argmax", "argmin", "max", "min", "kthvalue", "mode", "median"}
+_INDEX_FUNCTIONS = frozenset(
+    {torch.topk, torch.sort, torch.argsort, torch.argmax, torch.argmin, torch.max, torch.min}
+    | {torch.kthvalue, torch.mode, torch.median}
 )
-
-
-def _call_name(node: torch.fx.Node) -> str:
-    """The name of the function or method ``node`` calls (``""`` for other nodes)."""
-    if node.op == "call_method":
-        return str(node.target)
-    if node.op == "call_function":
-        return getattr(node.target, "__name__", "")
-    return ""
+_INDEX_OPS = frozenset(f.__name__ for f in _INDEX_FUNCTIONS)
 
 
 def _floating(value: Any) -> bool:
