@@ -1861,8 +1861,11 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
             m.__dict__.update(attrs)
             for k, entries in dicts.items():
                 d = m.__dict__[k]
+                # (a constant the graph reads that is a module, in the root's ``_modules``)
+                kept = {n: d[n] for n in keep if n in d} if m is model else {}
                 d.clear()
                 d.update(entries)
+                d.update(kept)
             for k, items in lists.items():
                 m.__dict__[k][:] = items
 

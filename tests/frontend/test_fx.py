@@ -897,6 +897,33 @@ def test_an_object_fx_cannot_record_is_a_constant_of_the_graph():
     assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
 
 
+class _ModuleCache(nn.Module):
+    """transformers 4's caches are modules (``class Cache(torch.nn.Module)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list = []
+
+
+class _PassesCache(TwoLinear):
+    def forward(self, x):
+        cache = _ModuleCache()
+        h = self.a(x)
+        cache.keys.append(h)
+        return self.b(torch.relu(h)), cache
+
+
+def test_a_module_fx_cannot_record_stays_a_constant_of_the_graph():
+    # a constant that is a module is bound in the root's ``_modules``, which the restoring of
+    # the model's attributes after each trace cleared: building the graph module then failed
+    # ("'JetMoeModel' object has no attribute '_nfn_object0'", and GraniteMoE's, in
+    # transformers 4.46)
+    model = model_(_PassesCache)
+    spec, report = trace_with_report(model, x_(3, 4))
+    assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
+    assert not any(k.startswith("_nfn_object") for k in dict(model.named_modules()))
+
+
 class _Spline(nn.Module):
     """A KAN layer's shape (efficient-kan's KANLinear): per input feature a row of knots (a
     buffer), a basis read by comparing the input with its own knots, and the spline weight
