@@ -2382,7 +2382,7 @@ def _record_integers(gm: torch.fx.GraphModule, args: tuple) -> None:
 
 #: random inputs a graph traced with the example's values fixed must compute the model's
 #: output on (:func:`_differs_elsewhere`)
-VALUE_DRAWS = 8
+VALUE_DRAWS = 4
 
 
 def _differs_elsewhere(model: torch.nn.Module, gm: torch.fx.GraphModule, args: tuple) -> str:
