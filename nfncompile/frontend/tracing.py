@@ -73,15 +73,12 @@ def trace_with_report(
     """
     check_mode(mode)
     check_channel_dim(channel_dim)
-    t0 = time.perf_counter()
-    gm = trace_module(model, example_input, fake=fake, values=fix_values)
-    t1 = time.perf_counter()
-    graph = build_symmetry_graph(gm, model, channel_dim)
-    gm, graph = _through_wrapped(model, example_input, fake, channel_dim, gm, graph, fix_values)
+    timings: dict = {}
+    gm, graph = _traced(model, example_input, fake, channel_dim, fix_values, timings)
     t2 = time.perf_counter()
     derivation, spec = _derived(graph, mode)
     t3 = time.perf_counter()
-    timings = {"trace": t1 - t0, "graph": t2 - t1, "spaces": t3 - t2}
+    timings["spaces"] = t3 - t2
     vr = None
     if verify:
         # joint random group elements detect any wrong space (each moves every space); only
@@ -94,9 +91,7 @@ def trace_with_report(
         if not vr.ok and gm.meta.get("nfn_values"):
             # what the example's values picked is not the model on other inputs: the traces
             # that read no values (the submodule kept as one call and probed)
-            gm = trace_module(model, example_input, fake=fake, values=False)
-            graph = build_symmetry_graph(gm, model, channel_dim)
-            gm, graph = _through_wrapped(model, example_input, fake, channel_dim, gm, graph, False)
+            gm, graph = _traced(model, example_input, fake, channel_dim, False, {})
             derivation, spec = _derived(graph, mode)
             kw["trials"] = trials
             vr = _verify(model, spec, example_input, per_space=False, io=derivation.io, **kw)
@@ -186,6 +181,25 @@ def _derived(graph: Any, mode: str) -> tuple:
     return derivation, spec
 
 
+def _traced(
+    model: nn.Module,
+    example_input: Any,
+    fake: bool | None,
+    channel_dim: ChannelDim,
+    values: bool,
+    timings: dict,
+) -> tuple:
+    """The trace of ``model`` and its symmetry graph (:func:`_through_wrapped`), the seconds
+    of each added to ``timings`` (``trace``, ``graph``)."""
+    t0 = time.perf_counter()
+    gm = trace_module(model, example_input, fake=fake, values=values)
+    t1 = time.perf_counter()
+    graph = build_symmetry_graph(gm, model, channel_dim)
+    gm, graph = _through_wrapped(model, example_input, fake, channel_dim, gm, graph, values)
+    timings.update(trace=t1 - t0, graph=time.perf_counter() - t1)
+    return gm, graph
+
+
 def _through_wrapped(
     model: nn.Module,
     example_input: Any,
@@ -267,10 +281,12 @@ def trace(
         of experts running the experts its router chose), which torch.fx refuses: trace it with
         the example's values fixed (default), the loop unrolled over what the example picked
         (:class:`~nfncompile.frontend.fx.ValueSpecialisingTracer`). That graph is taken only
-        where it computes the model's output on random inputs too and, for a stacked weight
-        read member by member, where the example picked every member; the verification then
-        runs on at least :data:`VALUE_TRIALS` inputs. ``False``: such a submodule is kept as
-        one call and probed, and such a model's own forward refused (TraceError).
+        where it reads every weight the calls it replaces read and every member of a stacked
+        weight it reads one of (an expert no token of the example chose is refused, and the
+        report says so: give an example whose tokens pick every expert), and where it
+        computes the model's output on random inputs too; the verification then runs on at
+        least :data:`VALUE_TRIALS` inputs. ``False``: such a submodule is kept as one call and
+        probed, and such a model's own forward refused (TraceError).
 
     Returns
     -------
