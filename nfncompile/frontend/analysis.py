@@ -363,6 +363,22 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         for s in segs:
             self._fix_run(s.run, s.offset, s.length, bi)
 
+    def fix_pieces(self, labels: Any, reason: str) -> None:
+        """Fix every single neuron of a larger run that ``labels`` (dim labels) hold alone (a
+        chunk of one position, ``x.chunk(n, d)`` of a dim of ``n``): where a layer with weights
+        of its own passes such a dim through, the run's other neurons may meet other weights
+        (DeepSpeed's experts, each a module of its own run on its chunk of the router's experts
+        dim), and moving them would hand each to another layer. (A piece of several neurons
+        is the slices' and chunks' own reading: a layer maps its positions alike.)"""
+        for label in labels:
+            one = [
+                s for s in segments(label)
+                if self.runs[s.run].kind in ("neuron", "input") and s.length == 1
+                and self.runs[s.run].size > 1
+            ]  # fmt: skip
+            if one:
+                self.fix(tuple(one), reason)
+
     def fix_all(self, value: Any, reason: str) -> None:
         """Fix every label in a (nested) value."""
         for info in tensors(value):

@@ -589,3 +589,44 @@ def test_ids_computed_from_neurons_keep_their_dims_in_the_embedding(how):
         assert spec["edges"].axes == (None,)
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class _EinsumMoE(nn.Module):
+    """GShard's and DeepSpeed-MoE's mixture of experts: a top-1 gate, tokens dispatched to
+    ``(experts, capacity, d)`` buffers by ``einsum`` with a one-hot mask, each expert a module of
+    its own run on its chunk of the experts dim (DeepSpeed's ``Experts``), combined by
+    ``einsum`` with the gate's weights."""
+
+    def __init__(self, experts: int = 3, capacity: int = 8) -> None:
+        super().__init__()
+        self.e, self.c = experts, capacity
+        self.inp, self.gate, self.out = nn.Linear(5, 6), nn.Linear(6, experts), nn.Linear(6, 2)
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 6)) for _ in range(experts)
+        )
+
+    def forward(self, x):
+        h = self.inp(x)
+        logits = self.gate(h)
+        mask = F.one_hot(logits.argmax(-1), self.e).to(h.dtype)
+        slot = torch.cumsum(mask, 0) - 1
+        mask = mask * (slot < self.c)
+        slot = F.one_hot((slot * mask).sum(-1).long(), self.c).to(h.dtype)
+        combine = (logits.softmax(-1) * mask)[:, :, None] * slot[:, None, :]
+        buffers = torch.einsum("sec,sm->ecm", (combine > 0).to(h.dtype), h)
+        chunks = buffers.chunk(self.e, dim=0)
+        out = torch.cat([f(c) for c, f in zip(chunks, self.experts)], dim=0)
+        return self.out(h + torch.einsum("sec,ecm->sm", combine, out))
+
+
+def test_a_module_of_its_own_on_each_experts_chunk_fixes_the_experts():
+    # before: the gate's outputs (the experts dim, chunked into one expert each) were a free
+    # space, and the verification failed: moving them hands each chunk to another expert
+    model, x = model_(lambda: _EinsumMoE().double()), x_(16, 5).double()
+    spec, report = trace_with_report(model, x)
+    assert report.verification.ok
+    assert spec["gate.weight"].axes == (None, "inp")
+    for e in range(3):  # each expert's hidden units a space of their own
+        assert spec[f"experts.{e}.0.weight"].axes == (f"experts.{e}.0", "inp")
+        assert spec[f"experts.{e}.2.weight"].axes == ("inp", f"experts.{e}.0")
+    assert "runs on one of these neurons alone" in str(report)

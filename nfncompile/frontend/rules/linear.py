@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
 
 
+#: why a linear layer fixes a neuron of a larger run its input carries alone on a dim it does not
+#: read (see :meth:`~nfncompile.frontend.analysis.SymmetryAnalysis.fix_pieces`)
+_PIECE = "a layer of its own weights runs on one of these neurons alone, others on the rest"
+
+
 def _linear(a: SymmetryAnalysis, x: TensorLabels, out: Label) -> tuple:
     labels = x.labels[:-1] + (out,)
     return TensorLabels(a.out_shape(), labels)
@@ -46,6 +51,7 @@ def _module_linear(a: SymmetryAnalysis, mod: nn.Linear, target: str, args: Any, 
     constant along its features (a recurrence's zero state) leaves the weight's input axis to
     the layer's other uses."""
     x = args[0]
+    a.fix_pieces(x.labels[:-1], _PIECE)
     if a.viewable(x.labels[-1]):
         lead = a.plain(TensorLabels(x.shape[:-1], x.labels[:-1]), a.op)
         x = TensorLabels(x.shape, lead.labels + x.labels[-1:])
@@ -137,6 +143,7 @@ def _function_linear(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x, w, b = args[0], arg(args, kwargs, 1, "weight"), arg(args, kwargs, 2, "bias")
     if not isinstance(w, TensorLabels) or w.ndim != 2:
         raise Unsupported("F.linear with a weight that is not a 2-D tensor")
+    a.fix_pieces(x.labels[:-1], _PIECE)
     a.tie(x.labels[-1], w.labels[1], "F.linear input meets an unlabelled weight axis")
     out = a.plain_label(w.labels[0])
     if isinstance(b, TensorLabels):
