@@ -1428,8 +1428,10 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
 
     _RUN = ("call_function", "call_method", "call_module")
 
-    def __init__(self, example_args: tuple) -> None:
+    def __init__(self, example_args: tuple, limit: int = 0) -> None:
         super().__init__(example_args)
+        #: the most nodes it records (:data:`VALUE_NODES` by default)
+        self.limit = limit or VALUE_NODES
         #: where the other traces stopped at the data (the report's line)
         self.fixed_at = ""
         #: nodes whose values come from a question asked of float data (``h.sum() > 0``,
@@ -1437,6 +1439,20 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
         self._asked: set[torch.fx.Node] = set()
         #: stacked weight -> (its members, the members the example picked)
         self.picked: dict[str, tuple[int, set]] = {}
+        #: the nodes whose values the forward read as Python values (in order, once each)
+        self._read: dict[torch.fx.Node, None] = {}
+
+    def trace(self, root: Any, concrete_args: dict | None = None) -> torch.fx.Graph:
+        """The graph, with a :func:`read_at_example` call after each node whose values the
+        forward read as Python values: the positions those values index are fixed, as any op
+        reading positions as values fixes them (an index baked into the graph no longer says
+        which neurons it picked)."""
+        graph = super().trace(root, concrete_args)
+        live = set(graph.nodes)
+        for node in [n for n in self._read if n in live]:
+            with graph.inserting_after(node):
+                graph.call_function(read_at_example, (node,))
+        return graph
 
     @property
     def unpicked(self) -> str:
@@ -1463,9 +1479,14 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
         value = self.real.get(node, _UNKNOWN)
         if node in self._asked or not all(map(_whole_numbers, pytree.tree_leaves(value))):
             return _UNKNOWN
+        self._read[node] = None
         return value
 
     def create_node(self, *args: Any, **kwargs: Any) -> torch.fx.Node:
+        if len(self.graph.nodes) >= self.limit:
+            # a loop over many values unrolled (a neighbour graph's edges the data picked):
+            # the module running it is kept as one call, as without values
+            raise RuntimeError(f"unrolling the example's values made more than {self.limit} nodes")
         node = super().create_node(*args, **kwargs)
         inputs = node.all_input_nodes
         out = pytree.tree_leaves(self.real.get(node))
@@ -1510,6 +1531,8 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
             if real is not _UNKNOWN:  # a Python value read off the data: the example's
                 self.values.pop(proxy.node, None)
                 self.real.pop(proxy.node)
+                del self._read[proxy.node]
+                self._read[proxy.node.args[0]] = None  # (what it read: the node it was called on)
                 self.graph.erase_node(proxy.node)
                 return real
         return proxy
@@ -1522,6 +1545,20 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
             if isinstance(real, torch.Tensor) and real.dim() == 0 and real.dtype != torch.bool:
                 return int(real)  # (python_value: whole numbers only)
         return index
+
+
+def read_at_example(x: Any) -> Any:
+    """``x``: marks, in a graph traced with the example's values fixed
+    (:class:`ValueSpecialisingTracer`), a value the forward read as Python values, whose
+    positions the analysis then fixes."""
+    return x
+
+
+#: the most nodes a trace with the example's values fixed records besides
+#: :data:`VALUE_NODES_PER_NODE` per node of the trace it would replace: a loop over what the
+#: data picked is unrolled, over the experts, not over a neighbour graph's edges
+VALUE_NODES = 20_000
+VALUE_NODES_PER_NODE = 64
 
 
 #: ops whose integer outputs are positions the data picked (the routing's top-k, a sort's
@@ -2237,8 +2274,9 @@ def trace_graph(
         with the example's values fixed where that keeps fewer modules."""
         if not values:
             return kept
+        limit = VALUE_NODES + VALUE_NODES_PER_NODE * len(kept[1].nodes)
         with contextlib.suppress(Exception):
-            tracer, graph = run(lambda: ValueSpecialisingTracer(args))
+            tracer, graph = run(lambda: ValueSpecialisingTracer(args, limit))
             if _kept_modules(model, tracer) < _kept_modules(model, kept[0]):
                 why = tracer.unpicked or _unread(model, graph, _weights_read(model, kept[1]))
                 if why:

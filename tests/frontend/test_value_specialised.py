@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nfncompile as nfc
+from nfncompile.frontend import fx
 from nfncompile.frontend.fx import trace_module
 from nfncompile.frontend.tracing import VALUE_TRIALS, trace_with_report
 from nfncompile.spec import Inner, Permutation
@@ -351,3 +352,41 @@ def test_without_values_the_experts_stay_one_call():
         "experts",
         "out",
     ]
+
+
+class NeighbourLoop(nn.Module):
+    """Message passing over each of 8 tokens' 3 nearest neighbours among learned anchors,
+    written as a loop over the neighbours the weights pick: unrolled, it grows with the
+    tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.randn(8, 2))
+        self.msg = nn.Linear(D, D)
+
+    def forward(self, h):
+        near = torch.cdist(self.anchor, self.anchor).topk(3, largest=False).indices
+        out = torch.zeros_like(h)
+        for i, row in enumerate(near.tolist()):
+            for j in row:
+                out[:, i] = out[:, i] + self.msg(h[:, j])
+        return out
+
+
+def test_a_loop_unrolled_past_the_node_limit_is_kept_as_one_call(monkeypatch):
+    # 8 tokens' 24 neighbours unroll to about 150 nodes: under a limit of 100 the loop's
+    # module is kept as one call, as without values; under the default one it is read op by op
+    def make():
+        return nn.Sequential(nn.Linear(5, D), NeighbourLoop(), nn.Linear(D, 2)).double()
+
+    model, x = model_(make), x_(2, 8, 5).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.values_fixed and not report.leaf_calls
+    # the neighbours the graph holds were read off the anchors' positions: those are fixed
+    # (else the anchors moved freely, and the verification failed)
+    assert spec["1.anchor"].axes[0] is None and "read_at_example" in str(report)
+    monkeypatch.setattr(fx, "VALUE_NODES", 100)
+    monkeypatch.setattr(fx, "VALUE_NODES_PER_NODE", 0)
+    _, report = trace_with_report(model, x, channel_dim=-1)
+    assert [leaf.kind for leaf in report.leaf_calls] == ["NeighbourLoop"]
+    assert not report.values_fixed

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import TraceError
-from .. import stacked
+from .. import fx, stacked
 from ..labels import GATHERED, INDEXED, UNIFORM, Label, Prod, Seg, TensorLabels
 from .chunks import chunks_at, only_selected, piece
 from .registry import (
@@ -534,6 +534,14 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if any(is_advanced(i) for i in idx):
         return _advanced_getitem(a, x, idx)
     return _basic_getitem(a, x, idx)
+
+
+@register_function(fx.read_at_example)
+def _read_at_example(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """Values the forward read as Python values (the graph holds the example's): the neurons
+    they index are fixed, as by any op that reads positions as values (the analysis does so
+    for every rule that does not read values itself)."""
+    return args[0]
 
 
 @register_function(torch.select)
