@@ -1399,11 +1399,15 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
     finite) is one on the input itself, which other inputs answer otherwise: refused, as fx
     refuses it.
 
-    Such a graph is the model only at the example's values, where the analysis reads it.
-    :func:`trace_graph` tries it last, where the other traces keep a submodule as one call or
-    fail, and takes it only where the example picked every member of each stacked weight it
-    picked one of (:attr:`unpicked`). :func:`trace_module` keeps it only where it computes the
-    model's output on random inputs too (:data:`VALUE_DRAWS`), and
+    Such a graph is the model only at the example's values, where the analysis reads it. Each
+    node whose values were read is marked with a :func:`read_at_example` call: the positions
+    they index are fixed, as an index baked into the graph no longer says which neurons it
+    picked. A loop unrolled past ``limit`` nodes (a neighbour graph's edges) keeps its module
+    as one call. :func:`trace_graph` tries it last, where the other traces keep a submodule as
+    one call or fail, and takes it only where the example picked every member of each stacked
+    weight it picked one of (:attr:`unpicked`) and the graph reads every weight the trace it
+    replaces reads. :func:`trace_module` keeps it only where it computes the model's output on
+    random inputs too (:data:`VALUE_DRAWS`), and
     :func:`~nfncompile.frontend.tracing.trace_with_report` only where the verification holds.
 
     Examples
