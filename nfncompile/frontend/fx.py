@@ -560,7 +560,7 @@ class LeafFallbackTracer(torch.fx.Tracer):
             # an object fx cannot write into code (Hugging Face's DynamicCache, passed to the
             # decoder layers and returned with the outputs): a constant of the graph, like a
             # tensor constant; nothing in it is a weight of the model
-            name = f"_nfn_object{self._objects}"
+            name = f"{_OBJECT}{self._objects}"
             self._objects += 1
             setattr(self.root, name, a)
             return self.create_node("get_attr", name, (), {})
@@ -1274,6 +1274,8 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             # (a constant the forward made, a non-persistent buffer: an ODE solver's time
             # grid), copied: an op in place on it must not change the model's own
             value = _attribute(self.root, str(node.target))
+            if str(node.target).startswith(_OBJECT) and not isinstance(value, torch.Tensor):
+                return value  # an object fx cannot write into code (``dtype=bool``): as it is
             if not (self._known(value) or _constant(self.root, str(node.target))):
                 return _UNKNOWN
             self._eager = True  # (a weight's copy is no read of it to record)
@@ -2396,6 +2398,9 @@ def _ruled(model: torch.nn.Module, leaf: LeafCall) -> bool:
     """Whether a call kept whole is read by its class's rule."""
     return module_rule(model.get_submodule(leaf.module)) is not None
 
+
+#: the names of the root's attributes that hold the objects a graph reads as constants
+_OBJECT = "_nfn_object"
 
 #: Integer tensors up to this many entries keep their example values in the graph's meta.
 INTEGER_VALUES_UP_TO = 1 << 16

@@ -294,6 +294,65 @@ def test_an_expert_the_example_never_ran_keeps_the_experts_one_call(kind):
     assert why in report.values_refused and "not traced with the example" in str(report)
 
 
+class GroupGate(nn.Module):
+    """DeepSeek-V3's reference gate: sigmoid scores with a bias, the best 2 of 4 groups kept
+    (a ``dtype=bool`` mask scattered at the groups' top-k), top-2 of the rest; its weights
+    are the unbiased scores there, normalised."""
+
+    def __init__(self, experts: int = 8) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(experts, D) / D**0.5)
+        self.bias = nn.Parameter(torch.randn(experts) / 10)
+
+    def forward(self, x):
+        scores = F.linear(x, self.weight).sigmoid()
+        original = scores
+        scores = (scores + self.bias).view(x.size(0), 4, -1)
+        groups = scores.topk(2, dim=-1)[0].sum(dim=-1).topk(2, dim=-1)[1]
+        mask = scores.new_ones(x.size(0), 4, dtype=bool).scatter_(1, groups, False)
+        scores = scores.masked_fill_(mask.unsqueeze(-1), float("-inf")).flatten(1)
+        index = torch.topk(scores, 2, dim=-1)[1]
+        weight = original.gather(1, index)
+        return weight / weight.sum(dim=-1, keepdim=True), index
+
+
+class DeepSeekMoE(nn.Module):
+    """DeepSeek-V3's reference MoE: 8 routed experts run by counts, and a shared one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = GroupGate()
+        self.experts = nn.ModuleList([_MLP() for _ in range(8)])
+        self.shared = _MLP()
+
+    def forward(self, x):
+        weight, index = self.gate(x)
+        y = torch.zeros_like(x)
+        counts = torch.bincount(index.flatten(), minlength=8).tolist()
+        for i in range(8):
+            if counts[i] == 0:
+                continue
+            token, k = torch.where(index == i)
+            y[token] += self.experts[i](x[token]) * weight[token, k, None]
+        return y + self.shared(x)
+
+
+def test_deepseek_v3s_group_limited_gate_routes_to_experts_of_their_own():
+    # the gate's bool mask (``new_ones(..., dtype=bool)``: a Python type fx keeps as a graph
+    # constant) left every value after it unknown, and the block was kept as one call, whose
+    # probe fixed the residual stream too
+    def make():
+        return nn.Sequential(nn.Linear(5, D), DeepSeekMoE(), nn.Linear(D, 2)).double()
+
+    model, x = model_(make), x_(64, 5).double()
+    spec, report = trace_with_report(model, x)
+    assert report.verification.ok and report.values_fixed and not report.leaf_calls
+    for e in range(8):
+        assert spec[f"1.experts.{e}.w1.weight"].axes == (f"1.experts.{e}.w1", "0")
+    assert spec["1.shared.w1.weight"].axes == ("1.shared.w1", "0")
+    assert spec["1.gate.weight"].axes == (None, "0")
+
+
 class Tokens(Skewed):
     """Skewed, reading token ids: the ids 0 to 9 embed near zero (their tokens never pick
     expert 2), the others at a normal size."""
