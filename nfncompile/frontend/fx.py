@@ -1124,6 +1124,8 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
 
     #: the kinds of nodes run for real on known values (:meth:`_run_on_integers`)
     _RUN = ("call_function", "call_method")
+    #: whether the objects the graph keeps as constants (``_nfn_object``) are known values
+    _OBJECTS = False
 
     def python_value(self, node: torch.fx.Node) -> Any:
         """The example's value of ``node`` where a branch, an ``int``, an index or a slice
@@ -1274,7 +1276,7 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             # (a constant the forward made, a non-persistent buffer: an ODE solver's time
             # grid), copied: an op in place on it must not change the model's own
             value = _attribute(self.root, str(node.target))
-            if str(node.target).startswith(_OBJECT) and not isinstance(value, torch.Tensor):
+            if self._OBJECTS and str(node.target).startswith(_OBJECT):
                 return value  # an object fx cannot write into code (``dtype=bool``): as it is
             if not (self._known(value) or _constant(self.root, str(node.target))):
                 return _UNKNOWN
@@ -1433,6 +1435,7 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
     """
 
     _RUN = ("call_function", "call_method", "call_module")
+    _OBJECTS = True
 
     def __init__(self, example_args: tuple, limit: int = 0) -> None:
         super().__init__(example_args)
