@@ -1268,7 +1268,8 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
     def _run_on_integers(self, node: torch.fx.Node) -> Any:
         """``node`` run for real where every tensor it reads is the example's integer input,
         an integer buffer or a constant, or computed from such tensors alone (no weight, no
-        float input), else ``_UNKNOWN``."""
+        float input), else ``_UNKNOWN``. Which inputs, attributes and results count is
+        :meth:`_known` 's (and :data:`_RUN` 's which nodes): the value trace runs all."""
         if node.op == "placeholder":
             return self._real_inputs.get(node.target, _UNKNOWN)
         if node.op == "get_attr":
@@ -1531,9 +1532,9 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
                 # members where they stand. Weights of as many members are one loop's: they
                 # share the members (held in place), and every weight reads the stream whole
                 # (loops of their own would each claim it, and all fall back)
-                proxy.node.meta["nfn_member"] = f"picked {len(value)}"
-                proxy.node.meta["nfn_picked"] = True
                 count = len(value)
+                proxy.node.meta["nfn_member"] = f"picked {count}"
+                proxy.node.meta["nfn_picked"] = True
                 self.picked.setdefault(str(source.target), (count, set()))[1].add(args[1] % count)
         if kind == "call_method" and target in ("tolist", "item") and proxy is not None:
             real = proxy._real()
@@ -2194,13 +2195,16 @@ def trace_graph(
 
     Plain symbolic tracing first; where it fails (the forward branches on a shape, iterates
     over a tensor, takes ``len`` of one), again with :class:`ShapeSpecialisingTracer`, which
-    fixes the example's shapes. Where both fail, or both keep a submodule as one call that no
-    rule reads, and ``values``, again with :class:`ValueSpecialisingTracer`, which fixes what
-    the example's data picked (a mixture of experts' loop over the experts its router chose),
-    taken where it keeps fewer modules and the example picked every stacked member it read
-    (else the kept trace's ``values_refused`` says why). Where it succeeds but keeps submodules as one call that no
+    fixes the example's shapes. Where it succeeds but keeps submodules as one call that no
     rule of their class reads, that trace is tried too and taken if what it keeps holds fewer
     modules (a submodule that checks its input's dtype or shape is then read op by op).
+
+    Where both fail, or both keep a submodule as one call that no rule reads, and ``values``:
+    again with :class:`ValueSpecialisingTracer`, which fixes what the example's data picked (a
+    mixture of experts' loop over the experts its router chose). That trace is taken where it
+    keeps fewer modules, the example picked every member of each stacked weight it read, and
+    it reads every parameter the trace it replaces reads (every parameter, for the model's
+    own forward); else the kept trace's ``values_refused`` says why.
 
     Returns
     -------
@@ -2276,25 +2280,34 @@ def trace_graph(
     def specialising() -> LeafFallbackTracer:
         return ShapeSpecialisingTracer(args)
 
+    def with_values(wanted: set[str], limit: int) -> tuple | None:
+        """``(tracer, graph, why not)`` traced with the example's values fixed (``why not``
+        ``""`` where it may be taken: the example picked every member of each stacked weight
+        it read, and the graph reads every parameter of ``wanted``), or ``None`` where that
+        trace fails."""
+        try:
+            tracer, graph = run(lambda: ValueSpecialisingTracer(args, limit))
+        except Exception:
+            return None
+        return tracer, graph, tracer.unpicked or _unread(model, graph, wanted)
+
     def by_values(
         kept: tuple[LeafFallbackTracer, torch.fx.Graph, str],
     ) -> tuple[LeafFallbackTracer, torch.fx.Graph, str]:
         """``kept`` (a trace that keeps submodules as one call no rule reads), or the trace
-        with the example's values fixed where that keeps fewer modules."""
-        if not values:
-            return kept
+        with the example's values fixed where that keeps fewer modules and reads every weight
+        ``kept`` reads (else ``kept``'s ``values_refused`` says why)."""
         limit = VALUE_NODES + VALUE_NODES_PER_NODE * len(kept[1].nodes)
-        with contextlib.suppress(Exception):
-            tracer, graph = run(lambda: ValueSpecialisingTracer(args, limit))
-            if _kept_modules(model, tracer) < _kept_modules(model, kept[0]):
-                why = tracer.unpicked or _unread(model, graph, _weights_read(model, kept[1]))
-                if why:
-                    kept[0].values_refused = why
-                    return kept
-                leaf = next(x for x in kept[0].leaves if not _ruled(model, x))
-                tracer.fixed_at = f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})"
-                return tracer, graph, kept[2]
-        return kept
+        made = with_values(_weights_read(model, kept[1]), limit) if values else None
+        if made is None or _kept_modules(model, made[0]) >= _kept_modules(model, kept[0]):
+            return kept
+        tracer, graph, why = made
+        if why:
+            kept[0].values_refused = why
+            return kept
+        leaf = next(x for x in kept[0].leaves if not _ruled(model, x))
+        tracer.fixed_at = f"{leaf.where or leaf.error} (in {leaf.kind} {leaf.module})"
+        return tracer, graph, kept[2]
 
     # a dict input is one proxy to plain fx: ``obs.get("mask")`` of a key the example lacks
     # is a node, not None; the specialising trace reads the example's keys
@@ -2335,14 +2348,17 @@ def trace_graph(
     try:
         tracer, graph = run(specialising)
     except Exception as e:
-        if values:
-            with contextlib.suppress(Exception):
-                tracer, graph = run(lambda: ValueSpecialisingTracer(args))
-                every = {k for k, _ in model.named_parameters()}
-                if not (tracer.unpicked or _unread(model, graph, every)):
-                    tracer.fixed_at = raised_at(e) or _error(e)
-                    why = DICT_INPUT if first is None else raised_at(first) or _error(first)
-                    return tracer, graph, why
+        # the model's own forward loops over what its data picked: traced with the example's
+        # values fixed where that reads every parameter
+        every = {k for k, _ in model.named_parameters()}
+        made = with_values(every, VALUE_NODES) if values else None
+        if made is not None and not made[2]:
+            made[0].fixed_at = raised_at(e) or _error(e)
+            return (
+                made[0],
+                made[1],
+                DICT_INPUT if first is None else raised_at(first) or _error(first),
+            )
         if first is None:
             error, past = e, f" ({DICT_INPUT})"
         else:
@@ -2440,20 +2456,31 @@ def _differs_elsewhere(model: torch.nn.Module, gm: torch.fx.GraphModule, args: t
     (:data:`VALUE_DRAWS` draws of standard normal values for the example's float inputs, its
     other inputs as they are), or ``""``: :func:`graph_differs` on each draw."""
     gen = torch.Generator().manual_seed(0)
-
-    def draw(a: Any) -> Any:
-        if isinstance(a, torch.Tensor) and a.is_floating_point():
-            return torch.randn(a.shape, generator=gen, dtype=a.dtype)
-        return a
-
     for _ in range(VALUE_DRAWS):
-        drawn = tuple(pytree.tree_map(draw, a) for a in args)
-        if graph_differs(model, gm, drawn):
+        if graph_differs(model, gm, draw_inputs(args, gen)):
             return (
                 "the graph at the example's values does not compute the model's output on "
                 "random inputs (they pick what the example did not)"
             )
     return ""
+
+
+def draw_inputs(args: tuple, gen: torch.Generator, dtype: torch.dtype | None = None) -> tuple:
+    """Random inputs shaped like the example's float ones (standard normal, in ``dtype`` or
+    each one's own), at any depth of its tuples, lists and dicts (SIREN takes
+    ``{"coords": x}``); the others reused.
+
+    >>> x, ids = draw_inputs((torch.zeros(2), torch.arange(3)), torch.Generator().manual_seed(0))
+    >>> x.shape, ids.tolist()
+    (torch.Size([2]), [0, 1, 2])
+    """
+
+    def draw(a: Any) -> Any:
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return torch.randn(a.shape, generator=gen, dtype=dtype or a.dtype)
+        return a
+
+    return tuple(pytree.tree_map(draw, a) for a in args)
 
 
 def _small_integer(x: Any) -> bool:

@@ -73,21 +73,20 @@ class TraceReport:
     def probes(self) -> list:
         """Every op no rule knows, probed numerically
         (:class:`~nfncompile.frontend.probe.ProbeRecord`: passed or why it was fixed)."""
-        return self._found("probes")
+        return self._found("probes", [])
 
     @property
     def leaf_calls(self) -> list:
         """Every submodule kept as one call because torch.fx could not trace its forward
         (:class:`~nfncompile.frontend.fx.LeafCall`)."""
-        return self._found("leaf_calls")
+        return self._found("leaf_calls", [])
 
     @property
     def specialised(self) -> str:
         """Where plain symbolic tracing of the model failed when it was traced with the example
         input's shapes fixed (:class:`~nfncompile.frontend.fx.ShapeSpecialisingTracer`);
         ``""`` for a plain trace."""
-        graph = self.derivation.graph
-        return graph.graph.get("specialised", "") if graph is not None else ""
+        return self._found("specialised", "")
 
     @property
     def values_fixed(self) -> str:
@@ -96,30 +95,27 @@ class TraceReport:
         (:class:`~nfncompile.frontend.fx.ValueSpecialisingTracer`): the graph holds what the
         example picked, and the verification checked the model on other inputs; ``""``
         otherwise."""
-        graph = self.derivation.graph
-        return graph.graph.get("values_fixed", "") if graph is not None else ""
+        return self._found("values_fixed", "")
 
     @property
     def values_refused(self) -> str:
         """Why the trace with the example's values fixed was not taken where it read more of
         the model than the calls kept whole (an expert the example never ran); ``""``
         otherwise."""
-        graph = self.derivation.graph
-        return graph.graph.get("values_refused", "") if graph is not None else ""
+        return self._found("values_refused", "")
 
     @property
     def heads_in_place(self) -> str:
         """Why attention heads (every family, or those named) were left in place after moving
         them as blocks failed the verification (a constraint no rule sees); ``""`` where it
         did not."""
-        graph = self.derivation.graph
-        if graph is None:
-            return ""
-        return graph.graph.get("heads_in_place") or graph.graph.get("families_held_line", "")
+        return self._found("heads_in_place", "") or self._found("families_held_line", "")
 
-    def _found(self, what: str) -> list:
+    def _found(self, what: str, default: Any) -> Any:
+        """The symmetry graph's ``what``, or ``default`` where it has none (or there is no
+        graph)."""
         graph = self.derivation.graph
-        return graph.graph.get(what, []) if graph is not None else []
+        return graph.graph.get(what, default) if graph is not None else default
 
     def space(self, name: str) -> SpaceInfo:
         """The :class:`~nfncompile.frontend.derivation.SpaceInfo` called ``name``."""

@@ -52,6 +52,7 @@ from .fx import (
     canonical_keys,
     compiled_as_eager,
     copy_model,
+    draw_inputs,
     leaves,
     raised_at,
     same_draws,
@@ -256,18 +257,6 @@ def _still(spec: WeightSpaceSpec, perm: Permutation, factor: str) -> bool:
     return torch.equal(perm[factor], torch.arange(spec.spaces[factor].size))
 
 
-def _draw_inputs(args: tuple, gen: torch.Generator, dtype: torch.dtype) -> tuple:
-    """Random inputs shaped like the example's float ones, at any depth of its tuples, lists
-    and dicts (SIREN takes ``{"coords": x}``); the others reused."""
-
-    def draw(a: Any) -> Any:
-        if isinstance(a, torch.Tensor) and a.is_floating_point():
-            return torch.randn(a.shape, generator=gen, dtype=dtype)
-        return a
-
-    return tuple(pytree.tree_map(draw, a) for a in args)
-
-
 def _outputs(net: nn.Module, x: tuple, state: dict | None = None) -> list:
     """``net``'s outputs on ``x`` (with ``state`` in place of its own, if given), flattened,
     each call from the copy as it was: a value the forward caches from its parameters
@@ -327,7 +316,7 @@ def _working_copy(
         net = copy_model(model, dtype).eval()
         if perturb:
             _perturb(net, gen)
-        x = _draw_inputs(args, gen, dtype)
+        x = draw_inputs(args, gen, dtype)
         return net, (x, _outputs(net, x))
 
     try:
@@ -563,7 +552,7 @@ def verify(
 
     cases = [first]
     for _ in range(max(trials, 1) - 1):
-        x = _draw_inputs(args, gen, dtype)
+        x = draw_inputs(args, gen, dtype)
         cases.append((x, _outputs(net, x)))
     _check_finite(model, net, cases)
     if out_io is None:
