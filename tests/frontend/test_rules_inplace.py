@@ -195,11 +195,54 @@ def test_a_write_at_index_tensors_fixes_only_the_indexed_dims(how):
     spec, report = trace_with_report(model_(lambda: _WriteRows(how)), x_(2, 6, 4), channel_dim=-1)
     assert report.verification.ok
     hidden = [s.name for s in spec.spaces.values() if s.role == "hidden"]
-    if how == "rows":
+    if how in ("rows", "mask"):  # rows placed by the data (a mask's: before, fixed), features whole
         assert hidden == ["v"] and not report.broken
         assert spec["o.weight"].axes == ("out", "v")
-    else:  # the features themselves written at data positions, or a mask (not placed): fixed
+    else:  # the features themselves written at data positions: fixed
         assert hidden == [] and report.broken
+
+
+class _MaskWrites(nn.Module):
+    """Writes through a boolean mask: the rows each expert's tokens chose (Switch
+    Transformers' ``out[mask] = expert(h[mask])``), a constant filled where the features say
+    (``h[h < 0] = c``, a ``masked_fill``), or at feature positions a constant mask picks."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.router, self.b = nn.Linear(3, 6), nn.Linear(6, 2), nn.Linear(6, 2)
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 6)) for _ in range(2)
+        )
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.how == "experts":
+            choice = self.router(h).argmax(-1)
+            out = h.clone()
+            for i, expert in enumerate(self.experts):
+                chosen = choice == i
+                out[chosen] = expert(h[chosen])
+            return self.b(out + h)
+        if self.how == "fill":
+            h[h < 0] = 0.1
+        else:  # a constant mask of feature positions
+            h[:, :, torch.tensor([True, False, True, False, False, False])] = 0.0
+        return self.b(h)
+
+
+@pytest.mark.parametrize("how", ["experts", "fill", "constant"])
+def test_a_write_through_a_mask_keeps_what_the_mask_does_not_place(how):
+    spec, report = trace_with_report(model_(lambda: _MaskWrites(how)), x_(2, 7, 3))
+    # the verification draws elements of the derived group and checks the model's function
+    assert report.verification.ok
+    hidden = {s.name for s in spec.spaces.values() if s.role == "hidden"}
+    if how == "experts":  # before: every write through a mask fixed the stream
+        assert hidden == {"a", "experts.0.0", "experts.1.0"}
+    elif how == "fill":  # before: fixed, as any masked write
+        assert hidden == {"a"}
+    else:  # neurons 0 and 2 zeroed by their positions: the run up to them fixed, the rest free
+        assert spec["b.weight"].axes[1] == (3, "a") and spec.spaces["a"].size == 3
 
 
 class _DiagonalConv(nn.Module):

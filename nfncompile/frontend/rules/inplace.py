@@ -133,41 +133,57 @@ def _tensor_indexed(index: Any) -> bool:
 
 def _indexed_write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> TensorLabels:
     """``x[..., i, j, ...] = value`` with adjacent integer index tensors ``i, j`` and full
-    slices elsewhere (Informer's ``ctx[arange(B)[:, None], top, :] = rows``): the indexed
-    dims are written at positions data gives (fixed where labelled), every full-sliced dim
-    meets the value's as an elementwise op would (the old values stay at the unwritten
-    positions)."""
+    slices elsewhere (Informer's ``ctx[arange(B)[:, None], top, :] = rows``), or with one
+    boolean mask over adjacent dims (Switch Transformers' ``out[mask] = expert(x[mask])``:
+    the rows a token's expert wrote): the indexed dims are written at positions data gives
+    (fixed where labelled), every full-sliced dim meets the value's as an elementwise op would
+    (the old values stay at the unwritten positions)."""
     index = index if isinstance(index, tuple) else (index,)
     raw = a.sources[0][1] if len(a.sources[0]) > 1 else ()
     raw = raw if isinstance(raw, tuple) else (raw,)
     tensor = [k for k, i in enumerate(index) if is_advanced(i)]
     others = [i for k, i in enumerate(index) if k not in tensor]
+    mask = [k for k in tensor if k < len(raw) and is_mask(raw[k])]
+    consumed = index[tensor[0]].ndim if mask else len(tensor)
     if (
         tensor != list(range(tensor[0], tensor[-1] + 1))
         or any(not isinstance(i, slice) or i != slice(None) for i in others)
-        or any(is_mask(r) for r in raw)
-        or len(index) > x.ndim
+        or (mask and len(tensor) > 1)
+        or len(others) + consumed > x.ndim
     ):
         raise Unsupported("a write through a tensor index or a new axis")
-    shapes = [
-        tuple(i.shape) if not isinstance(i, list) else (len(i),) for i in (index[k] for k in tensor)
-    ]
-    block = tuple(torch.broadcast_shapes(*shapes))
-    first, last = tensor[0], tensor[-1] + 1
+    first, last = tensor[0], tensor[0] + consumed
+    if mask:
+        # the mask's dims become one of its true entries, as many as the value's rows (one
+        # where the value broadcasts along them)
+        trailing = x.ndim - last
+        rows = value.shape[-trailing - 1] if _has_dim(value, trailing + 1) else 1
+        block: tuple = (rows,)
+    else:
+        shapes = [
+            tuple(i.shape) if not isinstance(i, list) else (len(i),)
+            for i in (index[k] for k in tensor)
+        ]
+        block = tuple(torch.broadcast_shapes(*shapes))
     region = tuple(x.shape[:first]) + block + tuple(x.shape[last:])
     written = _value_labels(a, value, region)
-    for lab in written[first : first + len(block)]:  # the value's rows, placed by the data
-        if lab is not UNIFORM:
-            a.fix(lab, GATHERED)
-    for i in (index[k] for k in tensor):
-        if isinstance(i, TensorLabels):
-            a.fix_all(i, "an index tensor that depends on the order of neurons")
+    filled = _filled(a, index[first], written[first]) if mask else None
+    if filled is None:
+        for lab in written[first : first + len(block)]:  # the value's rows, placed by the data
+            if lab is not UNIFORM:
+                a.fix(lab, GATHERED)
+        for i in (index[k] for k in tensor):
+            if isinstance(i, TensorLabels):
+                a.fix_all(i, "an index tensor that depends on the order of neurons")
     diagonal = _diagonal(a, x, raw, tensor, written[first : first + len(block)])
     labels = []
     for d, lab in enumerate(x.labels):
         old = a.plain_label(lab, "a write into the tensor", uniform=True)
         if diagonal is not None and first <= d < last:
             labels.append(diagonal)
+            continue
+        if filled is not None and first <= d < last:
+            labels.append(_meet(a, old, filled[d - first]))
             continue
         if first <= d < last:
             if old is not None and old is not UNIFORM:
@@ -177,6 +193,22 @@ def _indexed_write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any)
         new = written[d if d < first else d - (last - first) + len(block)]
         labels.append(_meet(a, old, new))
     return TensorLabels(x.shape, tuple(labels))
+
+
+def _filled(a: SymmetryAnalysis, mask: Any, rows: Any) -> tuple | None:
+    """The mask's labels along its dims where ``x[mask] = value`` writes one value along the
+    rows (``x[x < 0] = 0``, ``scores[pad] = -inf``): a ``masked_fill``, elementwise in ``x``
+    and the mask; ``None`` where the rows differ (placed by the mask's order)."""
+    if rows is not UNIFORM:
+        return None
+    if not isinstance(mask, TensorLabels):  # a constant mask: its entries depend on position
+        return tuple(None if n > 1 else UNIFORM for n in mask.shape)
+    return tuple(a.plain_label(lab, "a mask of a write", uniform=True) for lab in mask.labels)
+
+
+def _has_dim(value: Any, n: int) -> bool:
+    """Whether ``value`` is a tensor with at least ``n`` dims."""
+    return isinstance(value, (TensorLabels, torch.Tensor)) and value.ndim >= n
 
 
 def _diagonal(a: SymmetryAnalysis, x: TensorLabels, raw: tuple, tensor: list, rows: list) -> Any:
