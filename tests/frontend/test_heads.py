@@ -1042,3 +1042,64 @@ def test_a_generated_matrix_plus_the_identity_keeps_its_rows():
     assert spec["gen.weight"].axes[0] is None and spec["out.weight"].axes == ("out", None)
     assert not spec.blocks
     assert trace_with_report(model, x, channel_dim=-1)[1].verification.ok
+
+
+class _FusedRotary(nn.Module):
+    """EVA-02's attention (timm): one fused ``qkv`` projection viewed as ``(3, heads, dim)``
+    and unbound, RoPE on the queries and keys after a prefix token they pass through (pairs
+    interleaved, or ``rotate_half``; the sines and cosines a buffer, as timm's
+    ``RotaryEmbeddingCat`` gives them), the bias a concatenation with the keys' zero
+    buffer."""
+
+    def __init__(self, interleaved: bool) -> None:
+        super().__init__()
+        self.interleaved = interleaved
+        self.qkv, self.proj = nn.Linear(12, 36, bias=False), nn.Linear(12, 12)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(12)), nn.Parameter(torch.randn(12))
+        self.register_buffer("k_bias", torch.zeros(12), persistent=False)
+        angles = torch.arange(8.0)[:, None] / 10000 ** (torch.arange(0, 4, 2) / 4)
+        pairs = angles.repeat_interleave(2, -1) if interleaved else angles.repeat(1, 2)
+        self.register_buffer("rope", torch.cat((pairs.sin(), pairs.cos()), -1))
+
+    def rotate(self, t):
+        sin, cos = self.rope[: t.shape[2]].tensor_split(2, -1)
+        if self.interleaved:
+            turned = torch.stack((-t[..., 1::2], t[..., ::2]), -1).reshape(t.shape)
+        else:
+            turned = torch.cat((-t[..., 2:], t[..., :2]), -1)
+        return t * cos + turned * sin
+
+    def forward(self, x):
+        b, n, c = x.shape
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        qkv = nn.functional.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.reshape(b, n, 3, 3, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = (torch.cat((t[:, :, :1], self.rotate(t[:, :, 1:])), 2) for t in (q, k))
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_a_fused_projection_under_rotary_keeps_its_values_read_alike(interleaved):
+    # before (interleaved pairs): the queries' and keys' heads fell back to one permutation
+    # of their dims, and the values, read through the queries' labels, took that reading at
+    # the output projection while their own rows did not: a SymmetryError for every EVA-02
+    model = model_(lambda: _FusedRotary(interleaved)).double()
+    x = x_(2, 5, 12).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert report.verification.ok
+    # the values read alike by qkv's rows, the bias and proj's columns
+    values = spec["proj.weight"].axes[1]
+    assert spec["v_bias"].axes[0] == values
+    rows = spec["qkv.weight"].axes[0]
+    assert (rows[-1] if interleaved else tuple(rows[-3:])) == values
+    if interleaved:  # and the heads move as blocks, each head's values inside its block
+        (heads,) = spec.blocks.values()
+        assert heads.count == 3 and spec.spaces[values].blocks == heads.name
+        perm = _moving(spec, heads.name, torch.Generator().manual_seed(0))
+        moved = copy.deepcopy(model)
+        moved.load_state_dict(perm.apply_state_dict(model.state_dict()))
+        torch.testing.assert_close(moved(x), model(x))
+    else:  # (the keys' zero bias, a constant, ties their heads in place): a space per head
+        assert not spec.blocks and len(set(values)) == 3
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

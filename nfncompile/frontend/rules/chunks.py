@@ -35,7 +35,7 @@ from ..labels import Prod, Seg
 if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
 
-__all__ = ["only_selected", "chunks_at", "piece", "rebased", "dim_order"]
+__all__ = ["only_selected", "chunks_at", "piece", "mirror", "rebased", "dim_order"]
 
 #: ops that move dims around without reading values: a chunk dim passes through them
 _PERMUTES = frozenset(
@@ -195,6 +195,53 @@ def piece(a: SymmetryAnalysis, labels: tuple, chunks: list, i: int) -> tuple:
         a.tie(chunks[0], chunks[i])
         return labels
     return out
+
+
+def mirror(a: SymmetryAnalysis, chunks: list, since: tuple) -> None:
+    """Give every chunk after the first the ties, fixes and cuts that reading the first one
+    made (the records after ``since``: the counts of ``a.ties``, ``a.fixes`` and ``a.cuts``
+    before it), where that reading made no head split: each chunk is read through the first
+    one's labels (:func:`piece` rebases them), which stand for its neurons only if they are
+    constrained alike. (A fused ``qkv`` whose queries' head dims a rotary embedding makes in
+    pairs: q's and k's heads fall back to moving together, v's would split into heads of its
+    own, which its rebased labels do not read.) A record that reaches outside the first chunk
+    ties the chunks instead, as a plain reading does."""
+    ties, fixes, cuts = (records[n:] for records, n in zip((a.ties, a.fixes, a.cuts), since))
+    first = chunks[0]
+    width = sum(s.length for s in first)
+
+    def inside(run: int, offset: int, length: int) -> bool:
+        return _position(Seg(run, offset, length), first) is not None
+
+    def at_end(run: int, offset: int) -> int | None:
+        """The position in the first chunk of a cut before neuron ``offset`` of ``run``."""
+        if inside(run, offset, 1):
+            return _position(Seg(run, offset, 1), first)
+        if offset and inside(run, offset - 1, 1):
+            return _position(Seg(run, offset - 1, 1), first) + 1
+        return None
+
+    held = (
+        all(inside(t.a, t.a_off, t.length) and inside(t.b, t.b_off, t.length) for t in ties)
+        and all(inside(run, off, n) for run, off, n, _ in fixes)
+        and all(at_end(run, off) is not None for run, off, *_ in cuts)
+    )
+    for chunk in chunks[1:]:
+        if not held:
+            a.tie(first, chunk)
+            continue
+        for t in ties:
+            a.tie(
+                rebased((Seg(t.a, t.a_off, t.length),), first, chunk),
+                rebased((Seg(t.b, t.b_off, t.length),), first, chunk),
+            )
+        for run, off, n, bi in fixes:
+            a.fix(rebased((Seg(run, off, n),), first, chunk), a.broken[bi].reason)
+        for run, off, *_ in cuts:
+            p = at_end(run, off)
+            if 0 < p < width:
+                (s,) = _slice(chunk, p, p + 1)
+                a.cuts.append((s.run, s.offset, a.op, a.node.name if a.node else ""))
 
 
 def _split_of(a: SymmetryAnalysis, run: int, chunk: tuple) -> bool:

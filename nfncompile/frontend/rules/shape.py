@@ -20,7 +20,7 @@ from torch import nn
 from ...errors import TraceError
 from .. import fx, stacked
 from ..labels import GATHERED, INDEXED, UNIFORM, Label, Prod, Seg, TensorLabels
-from .chunks import chunks_at, only_selected, piece
+from .chunks import chunks_at, mirror, only_selected, piece
 from .registry import (
     Unsupported,
     arg,
@@ -184,8 +184,12 @@ def split_label(a: SymmetryAnalysis, label: Any, sizes: list, dims: list | None 
         # q, k, v = qkv.unbind(0): each chunk its own neurons, split alike
         a.selected_chunks[(a.node.name, dims[0])] = chunks
         made = len(a.head_splits)
+        since = (len(a.ties), len(a.fixes), len(a.cuts))
         first = split_label(a, chunks[0], sizes[1:], inner)
         ours = a.head_splits[made:]
+        if not ours:  # the other chunks constrained as the first: read through its labels
+            mirror(a, chunks, since)
+            return [None, *first]
         for chunk in chunks[1:]:
             made = len(a.head_splits)
             split_label(a, chunk, sizes[1:], inner)
