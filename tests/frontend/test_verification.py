@@ -258,7 +258,8 @@ def test_a_model_that_fails_in_float64_is_verified_in_float32():
     wrong = verify(model, nfc.WeightSpaceSpec.from_dict(data), x)
     assert not wrong.ok and wrong.failed[:2] == [hidden, "other"]
     check = wrong.spaces["other"]
-    assert check.max_error > 1000 * check.tolerance
+    # (the tolerance of a failing check includes 10x the rounding floor, here in float32)
+    assert check.max_error > 100 * check.tolerance and wrong.rounding < 1e-4
     assert [d.node for d in wrong.explanations][:2] == ["conv1", "conv1"]
 
 
@@ -522,3 +523,39 @@ def test_a_forward_that_writes_its_weights_is_checked_from_the_same_weights():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     again = verify(model, spec, x_(2, 2, 5, 5), per_space=True)
     assert again.ok and all(c.ok for c in again.spaces.values())
+
+
+def _chaotic_mlp(depth: int = 56, gain: float = 8.0) -> nn.Sequential:
+    """A deep tanh MLP in its chaotic regime (weights of std ``gain / sqrt(width)``): a change
+    of a few machine epsilons in its weights moves its outputs by ~1e-4 of their size (a
+    152-layer SE-ResNet at random initialisation: ~1e-5)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        layers: list = [nn.Linear(4, 16)]
+        for _ in range(depth):
+            layer = nn.Linear(16, 16)
+            nn.init.normal_(layer.weight, std=gain / 4)
+            layers += [layer, nn.Tanh()]
+        return nn.Sequential(*layers, nn.Linear(16, 2))
+
+
+def test_a_model_that_amplifies_rounding_is_checked_at_its_rounding_floor(monkeypatch):
+    import nfncompile.frontend.verification as verification
+
+    model, x = _chaotic_mlp(), _x(8, 4)
+    spec = nfc.trace(model, x, verify=False)
+    report = verify(model, spec, x, trials=2)
+    # a permutation that is a symmetry reorders sums, which round differently: its outputs
+    # move by as much as rounding moves them, above rtol's 1e-6 of their size
+    assert report.ok and report.rounding is not None
+    assert report.max_error > 1e-5 and "rounding floor" in str(report)
+    # before: every space failed (the floor not consulted)
+    monkeypatch.setattr(verification, "ROUNDING_FACTOR", 0.0)
+    assert not verify(model, spec, x, trials=2).ok
+    monkeypatch.undo()
+    # a wrong spec moves them by far more than rounding does: still caught
+    d = spec.to_dict()
+    d["spaces"]["apart"] = {"size": 16, "role": "hidden"}
+    d["params"]["3.weight"]["axes"] = ["3", "apart"]  # layer 3 no longer reads 1's outputs
+    wrong = verify(model, nfc.WeightSpaceSpec.from_dict(d), x, trials=2)
+    assert not wrong.ok and {"1", "apart"} <= set(wrong.failed)
