@@ -662,7 +662,8 @@ def verify(
             return SpaceCheck(name, size, role, n, err, tol, True, "", params)
         # rounding amplified by the model may move its outputs as far: measured once
         if not floor:
-            floor.append(rounding_floor(net, state, aliases, cases, gen))
+            nudges = torch.Generator().manual_seed(seed + 1)  # (the checks keep their draws)
+            floor.append(rounding_floor(net, state, aliases, cases, nudges))
         raised = tol + ROUNDING_FACTOR * floor[0]
         if ROUNDING_FACTOR * floor[0] > ROUNDING_LIMIT * scale:
             raised = tol  # rounding alone moves it too far to tell
