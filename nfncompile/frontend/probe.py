@@ -477,7 +477,11 @@ def _permutation(g: _Group, gen: torch.Generator) -> torch.Tensor:
 
 
 def _run(call: _Call, template: Any, values: list, wide: bool, seed: int, moves: dict) -> Any:
-    args, kwargs = _fill(template, values)
+    # each call on copies: one that writes into its inputs (torchvision's MViT adds its
+    # relative positions into the scores it is given, and returns them) would otherwise
+    # change the other call's inputs and outputs too, which then agree whatever it computes
+    copies = [v.clone() if isinstance(v, torch.Tensor) else v for v in values]
+    args, kwargs = _fill(template, copies)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -242,6 +242,48 @@ def test_a_call_with_keyword_arguments_is_probed_with_its_constants(keyword):
     assert report.verification.ok
 
 
+@torch.fx.wrap
+def add_rel_pos(scores, table, checked=False):
+    """torchvision MViT's ``_add_rel_pos``: each query-key pair's relative-position row of a
+    learned table, read at their distance, added into the scores given, which it returns
+    (``checked``: fx cannot trace through it)."""
+    if checked:
+        _untraceable(scores)
+    n = scores.shape[-1]
+    dist = torch.arange(n)[:, None] - torch.arange(n)[None, :] + n - 1
+    scores += table[dist].sum(-1)
+    return scores
+
+
+class RelPos(nn.Module):
+    """Scores over 4 positions plus a learned ``(7, C)`` relative-position table's rows."""
+
+    def __init__(self, checked: bool) -> None:
+        super().__init__()
+        self.checked = checked
+        self.q, self.k, self.o = nn.Linear(3, C), nn.Linear(3, C), nn.Linear(3, 2)
+        self.table = nn.Parameter(torch.randn(7, C))
+
+    def forward(self, x):
+        scores = self.q(x) @ self.k(x).transpose(-1, -2)
+        return self.o(add_rel_pos(scores, self.table, self.checked).softmax(-1) @ x)
+
+
+@pytest.mark.parametrize("checked", [False, True])
+def test_a_call_that_writes_into_its_input_is_probed_on_copies(checked):
+    # before: both calls of the probe wrote into the one drawn score tensor and returned it,
+    # so they agreed whatever the table's rows were: its rows were a free space (torchvision's
+    # MViT v2 failed its verification)
+    model = model_(lambda: RelPos(checked))
+    spec, report = trace_with_report(model, x_(2, 4, 3), channel_dim=-1)
+    assert report.verification.ok and spec["table"].axes[0] is None
+    if checked:  # one call, whose probe now fails: the table fixed
+        (probe,) = report.probes
+        assert not probe.passed and "not equivariant" in probe.detail
+    else:  # the probe fails, so the call is traced through, as a failing wrapped call is
+        assert not report.probes and spec["q.weight"].axes[0] == "q"
+
+
 class Leaf(nn.Module):
     """``a`` conv, one torch.nn module with no rule, ``b`` conv, pool, fc."""
 
