@@ -404,9 +404,10 @@ def rounding_floor(
 ) -> float:
     """How far ``net``'s outputs on ``cases`` move when every float weight is changed at the
     level of its rounding, ``w * (1 + ROUNDING_STEP * eps * N(0, 1))``: the largest absolute
-    change over :data:`ROUNDING_DRAWS` such nudges per case. A permutation that is a true symmetry reorders sums, which round differently; a
-    model whose outputs amplify rounding moves by as much under it (a 152-layer SE-ResNet at
-    random initialisation: 0.1-0.4 on outputs of 2e5, under both)."""
+    change over :data:`ROUNDING_DRAWS` such nudges per case. A permutation that is a true
+    symmetry reorders sums, which round differently; a model whose outputs amplify rounding
+    moves by as much under it (a 152-layer SE-ResNet at random initialisation: 0.1-0.4 on
+    outputs of 2e5, under both)."""
 
     def nudged(v: torch.Tensor) -> torch.Tensor:
         step = ROUNDING_STEP * torch.finfo(v.dtype).eps
