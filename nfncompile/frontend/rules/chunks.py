@@ -208,7 +208,6 @@ def mirror(a: SymmetryAnalysis, chunks: list, since: tuple) -> None:
     ties the chunks instead, as a plain reading does."""
     ties, fixes, cuts = (records[n:] for records, n in zip((a.ties, a.fixes, a.cuts), since))
     first = chunks[0]
-    width = sum(s.length for s in first)
 
     def inside(run: int, offset: int, length: int) -> bool:
         return _position(Seg(run, offset, length), first) is not None
@@ -238,10 +237,7 @@ def mirror(a: SymmetryAnalysis, chunks: list, since: tuple) -> None:
         for run, off, n, bi in fixes:
             a.fix(rebased((Seg(run, off, n),), first, chunk), a.broken[bi].reason)
         for run, off, *_ in cuts:
-            p = at_end(run, off)
-            if 0 < p < width:
-                (s,) = _slice(chunk, p, p + 1)
-                a.cuts.append((s.run, s.offset, a.op, a.node.name if a.node else ""))
+            a.cut(chunk, at_end(run, off))
 
 
 def _split_of(a: SymmetryAnalysis, run: int, chunk: tuple) -> bool:
