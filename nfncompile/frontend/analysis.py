@@ -305,7 +305,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         if size <= 0:
             return ()
         kind = "neuron" if size > 1 else "fixed"
-        return self.new_run(size, kind, f"{self.node.name}.{what}")
+        label = self.new_run(size, kind, f"{self.node.name}.{what}")
+        self.runs[label[0].run].uniform = True
+        return label
 
     def _equal_slices(self, t: torch.Tensor, dim: int) -> Label | None:
         """The label of dim ``dim`` of a constant ``t`` (a mask buffer, a table the group does

@@ -55,7 +55,9 @@ def build_symmetry_graph(
     -------
     networkx.MultiGraph
         Nodes ``("run", i)`` (attributes ``size``, ``kind``, ``origin``, ``node``, ``op``,
-        ``cuts``, ``fixed``, ``touched``: the ops that create or read it) and ``("param", key, axis)`` (``size``); edges ``kind="tie"``
+        ``uniform``: whether its positions all hold one value, ``cuts``, ``fixed``,
+        ``touched``: the ops that create or read it) and ``("param", key, axis)``
+        (``size``); edges ``kind="tie"``
         (``src``, ``src_off``, ``dst``, ``dst_off``, ``length``, ``op``, ``node``) and
         ``kind="index"`` (a param axis read by a run slice). ``graph.graph`` holds ``params``
         (:class:`ParamLabel` per float state_dict key, aliases resolved), ``inputs``,
@@ -197,7 +199,8 @@ def _graph(a: SymmetryAnalysis, gm: torch.fx.GraphModule) -> nx.MultiGraph:
     for r in a.runs:
         g.add_node(
             ("run", r.id),
-            size=r.size, kind=r.kind, origin=r.origin, node=r.node, op=r.op, cuts=set(), fixed=[],
+            size=r.size, kind=r.kind, origin=r.origin, node=r.node, op=r.op, uniform=r.uniform,
+            cuts=set(), fixed=[],
             touched=list(dict.fromkeys([r.op, *a.touched.get(r.id, [])])),
         )  # fmt: skip
     for run, pos, _op, _node in a.cuts:

@@ -339,6 +339,7 @@ class Run:
     origin: str  # readable creator: module target, "in", param key + axis
     node: str  # fx node name
     op: str
+    uniform: bool = False  # positions that all hold one value (padding, a zero piece)
 
 
 @dataclass

@@ -70,6 +70,19 @@ _ORDER = {"input": 0, "hidden": 1, "output": 2}
 _UNNAMED = ("param", "constant")
 
 
+def _named_after(runs: dict, members: list, run_of: Callable[[Any], int]) -> list:
+    """The ``members`` whose runs (``run_of(member)``) a space is named after: those made by
+    an op, before those that only hold one value (padding, a zero piece of a
+    concatenation), before a parameter's axis or a constant's slices."""
+
+    def rank(member: Any) -> int:
+        run = runs[run_of(member)]
+        return 2 if run["kind"] in _UNNAMED else 1 if run.get("uniform") else 0
+
+    best = min(map(rank, members))
+    return [m for m in members if rank(m) == best]
+
+
 class _UnionFind:
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
@@ -480,8 +493,8 @@ def _build(
         if root in sol.fixed_roots or root in inner_of:
             continue
         first = atoms[min(members)]
-        # named after its first run made by an op (a parameter's axis only when none is)
-        named = [i for i in members if runs[atoms[i][0]]["kind"] not in _UNNAMED] or members
+        # named after its first run made by an op (:func:`_named_after`)
+        named = _named_after(runs, members, lambda i: atoms[i][0])
         role = sol.roles.get(root, "hidden")
         base = {"input": "in", "output": "out"}.get(role, runs[atoms[min(named)][0]]["origin"])
         ops = list(dict.fromkeys(op for i in members for op in sol.tie_ops.get(i, ())))
@@ -719,10 +732,9 @@ def _merge_heads(
         if found:  # the heads themselves, a neuron each ("<origin>.head"): an axis that
             # reads them one after another is viewed as (heads, one head's layout), one of a
             # value per head is the space;
-            # named as a space is: after the first run an op made (a parameter's axis only
-            # when none is)
+            # named as a space is (:func:`_named_after`)
             runs = sorted({sol.atoms[a][0] for a, h in tags.items() if h >= 0})
-            made = [r for r in runs if p.runs[r]["kind"] not in _UNNAMED] or runs
+            made = _named_after(p.runs, runs, lambda r: r) if runs else runs
             base = p.runs[made[0]]["origin"] if made else base
             members = [sol.atoms[i] for i in sol.classes[fam.root]]
             space = functools.partial(

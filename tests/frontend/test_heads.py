@@ -1102,4 +1102,7 @@ def test_a_fused_projection_under_rotary_keeps_its_values_read_alike(interleaved
         torch.testing.assert_close(moved(x), model(x))
     else:  # (the keys' zero bias, a constant, ties their heads in place): a space per head
         assert not spec.blocks and len(set(values)) == 3
+    # named after the projection that made them, not after the keys' zero bias, which the
+    # concatenation made first (before: "cat.const.head", "cat.const.heads", "cat.const")
+    assert all(name.startswith(("in", "qkv")) for name in [*spec.spaces, *spec.blocks])
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
