@@ -7,7 +7,9 @@ model's own size where it takes no other: timm's ``fixed_input_size``, torchvisi
 transformers 224; at least the smallest size torchvision's weights for it accept, their
 ``min_size``, e.g. Inception-v3's 75; a clip of 8 frames for video models, 16 frames of 224
 pixels for S3D and MViT; two images of at least 128 pixels for optical flow; transformers' models at their
-config's image size, or 8 token ids): ``trace s`` (``nfc.trace`` with its verification), the
+config's image size, or 8 token ids; where the trace fails and the model's own forward refuses
+that image too, the smallest image of twice, four times ... its side that it accepts, the row
+saying so: ``ok (at 128 px)``): ``trace s`` (``nfc.trace`` with its verification), the
 parameter tensors and derived spaces, ``build s`` (``NFLinear(spec, C, C, basis="linear")``
 at ``--channels``, goal < 5 s), ``/model`` (the layer's weights over the model's), and
 ``equiv``: the largest error of ``nfncompile.testing.assert_equivariant`` on a 2-channel
@@ -324,6 +326,36 @@ def min_side(name: str) -> int:
         return 1
 
 
+#: the largest image side :func:`larger_image` tries
+LARGEST_SIDE = 320
+
+
+def larger_image(model: torch.nn.Module, x: object) -> torch.Tensor | None:
+    """Where the trace of ``model`` at image batch ``x`` failed: the smallest image of twice,
+    four times ... its side (up to :data:`LARGEST_SIDE`) that the model's own forward accepts,
+    where it refuses ``x`` itself (an input below its own padding arithmetic, e.g.
+    Inception's 75 pixels); ``None`` where it accepts ``x`` (the failure was the trace's), or
+    ``x`` is no image batch."""
+
+    def accepts(t: torch.Tensor) -> bool:
+        try:
+            with torch.no_grad():
+                model(t)
+        except Exception:  # the model's own refusal, whatever it raises
+            return False
+        return True
+
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or accepts(x):
+        return None
+    side = x.shape[-1] * 2
+    while side <= LARGEST_SIDE:
+        bigger = torch.randn(*x.shape[:2], side, side)
+        if accepts(bigger):
+            return bigger
+        side *= 2
+    return None
+
+
 def sweep_one(make, name: str, args) -> list:
     torch.manual_seed(0)
     model = make().eval()
@@ -332,7 +364,15 @@ def sweep_one(make, name: str, args) -> list:
         return [skip]
     x = example_input(model, name, args.source, args.size)
     t0 = time.perf_counter()
-    spec = nfc.trace(model, x, mode=args.mode)
+    note = ""
+    try:
+        spec = nfc.trace(model, x, mode=args.mode)
+    except nfc.TraceError:
+        x = larger_image(model, x)
+        if x is None:
+            raise
+        t0, note = time.perf_counter(), f" (at {x.shape[-1]} px)"
+        spec = nfc.trace(model, x, mode=args.mode)
     t1 = time.perf_counter()
     layer = nfc.NFLinear(spec, args.channels, args.channels, mode=args.mode, basis="linear")
     t2 = time.perf_counter()
@@ -346,7 +386,7 @@ def sweep_one(make, name: str, args) -> list:
         f"{t2 - t1:.2f}",
         f"{ratio:.2f}x",
         f"{err:.0e}",
-        "ok",
+        "ok" + note,
     ]
 
 

@@ -196,6 +196,33 @@ def test_model_sweep_makes_each_tasks_example_input(monkeypatch):
     assert sweep.example_input(model, "vit_pytorch.vit:ViT", "code", 32).shape == (1, 3, 32, 32)
 
 
+class _Fussy(nn.Module):
+    """A CNN whose own forward refuses images below 100 pixels (Inception's padding
+    arithmetic, in short)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        if x.shape[-1] < 100:
+            raise ValueError(f"an image of {x.shape[-1]} pixels is too small")
+        return self.conv(x).mean((2, 3))
+
+
+def test_model_sweep_retries_at_a_larger_image_only_where_the_model_refuses(monkeypatch):
+    """The trace's failure at 64 pixels is the model's own: the row is traced at 128 and says
+    so; a model that accepts the image keeps the trace's error."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    sweep = importlib.import_module("model_sweep")
+    assert sweep.larger_image(_Fussy(), torch.randn(1, 3, 64, 64)).shape == (1, 3, 128, 128)
+    assert sweep.larger_image(_Fussy(), torch.randn(1, 3, 128, 128)) is None
+    assert sweep.larger_image(_Fussy(), torch.randn(1, 3, 8, 64, 64)) is None  # no image
+    args = types.SimpleNamespace(source="code", size=64, mode="np", channels=2)
+    row = sweep.sweep_one(_Fussy, "fussy", args)
+    assert row[-1] == "ok (at 128 px)" and float(row[-2]) < 1e-10
+
+
 def test_model_sweep_imports_model_code_from_a_path(tmp_path):
     """``--source code``: models of a checkout that is no package, with literal arguments."""
     (tmp_path / "cifar_models.py").write_text(
