@@ -1908,8 +1908,10 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
             m.__dict__.update(attrs)
             for k, entries in dicts.items():
                 d = m.__dict__[k]
-                # (a constant the graph reads that is a module, in the root's ``_modules``)
-                kept = {n: d[n] for n in keep if n in d} if m is model else {}
+                # (a constant the graph reads that is a module, in the root's ``_modules``;
+                # a name the module had is restored: CTRL rebinds its position table, a
+                # buffer, to ``self.pos_encoding.to(dtype)``, a proxy while traced)
+                kept = {n: d[n] for n in keep if n in d and n not in entries} if m is model else {}
                 d.clear()
                 d.update(entries)
                 d.update(kept)

@@ -265,6 +265,35 @@ def test_kept_submodules_propagate_shapes_on_fake_tensors_too():
     assert nfc.trace(model, x, fake=True, verify=False) == nfc.trace(model, x, verify=False)
 
 
+class RebindsItsBuffer(nn.Module):
+    """Hugging Face's CTRL pattern: the root's forward rebinds its position table, a buffer,
+    to that buffer cast to the input's dtype (``self.pos_encoding = self.pos_encoding.to(
+    ...)``), and reads it through the new binding (here a scale per position, one value
+    for every feature, which leaves the features free)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 6)
+        self.register_buffer("table", torch.randn(8, 1), persistent=False)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        self.table = self.table.to(dtype=x.dtype)
+        return self.out(self.embed(x) * self.table[: x.shape[1]])
+
+
+def test_a_buffer_the_forward_rebinds_is_the_models_own_again_after_tracing():
+    # before: the root's get_attr names were kept as the trace left them, so the buffer held
+    # fx's proxy; shape propagation gave it no shape (a KeyError at the next module), and the
+    # user's model was left holding the proxy
+    model = model_(RebindsItsBuffer).double()
+    table, x = model.table, x_(2, 5, 4).double()
+    spec, report = trace_with_report(model, x, channel_dim=-1)
+    assert model.table is table and report.verification.ok
+    assert spec["embed.weight"].axes[0] == spec["out.weight"].axes[1] is not None
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
 class CachedTable(nn.Module):
     """timm's ConViT attention pattern: a table for the input's length, computed on the first
     call of that length and kept on the module. Its forward refuses symbolic tracing (as code
