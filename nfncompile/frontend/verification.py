@@ -339,27 +339,50 @@ def _working_copy(
     ``(inputs, outputs)`` and why it is not float64.
 
     Float64 where the model runs in it; where its forward fails in float64 (it makes a
-    float32 tensor of its own, such as a coordinate grid, and mixes it with its input), the
+    float32 tensor of its own, such as a coordinate grid, and mixes it with its input), or
+    its outputs are NaN or inf in float64 but not in float32 (CANINE scales a float32 mask
+    by float64's smallest value, which overflows to ``-inf`` and makes ``0 * -inf``), the
     model's float32, which :func:`verify` checks at the looser ``FLOAT32_ATOL`` and
     ``FLOAT32_RTOL``.
     """
 
-    def run(dtype: torch.dtype) -> tuple[nn.Module, tuple]:
+    def run(dtype: torch.dtype, state: torch.Tensor | None = None) -> tuple[nn.Module, tuple]:
+        if state is not None:  # each dtype draws alike
+            gen.set_state(state)
         net = copy_model(model, dtype).eval()
         if perturb:
             _perturb(net, gen)
         x = draw_inputs(args, gen, dtype)
         return net, (x, _outputs(net, x))
 
+    state, kept = gen.get_state(), None
     try:
         net, first = run(torch.float64)
-        return net, torch.float64, first, ""
     except Exception as e:
         where = raised_at(e)
         at = f" at {where}" if where else ""
         note = f"in float32: its forward fails in float64{at} ({type(e).__name__}: {e})"
-    net, first = run(torch.float32)
+    else:
+        if _finite(first[1]):
+            return net, torch.float64, first, ""
+        kept, note = (net, first), "in float32: its outputs are NaN or inf in float64"
+    if kept is None:
+        net, first = run(torch.float32, state)
+        return net, torch.float32, first, note
+    try:
+        net, first = run(torch.float32, state)
+    except Exception:  # float64's outputs, reported as they are
+        net, first = None, None
+    if first is None or not _finite(first[1]):  # as bad in float32: reported in float64
+        return kept[0], torch.float64, kept[1], ""
     return net, torch.float32, first, note
+
+
+def _finite(outputs: list) -> bool:
+    """Whether every float tensor among ``outputs`` is finite."""
+    return all(
+        t.isfinite().all() for t in outputs if isinstance(t, torch.Tensor) and t.is_floating_point()
+    )
 
 
 #: a parameter value past which :func:`verify` names the entry when the outputs are not finite

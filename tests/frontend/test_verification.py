@@ -263,6 +263,42 @@ def test_a_model_that_fails_in_float64_is_verified_in_float32():
     assert [d.node for d in wrong.explanations][:2] == ["conv1", "conv1"]
 
 
+class _MaskOverflow(nn.Module):
+    """CANINE's attention mask (Hugging Face): a float32 mask scaled by the smallest value of
+    the scores' dtype. In float64 that overflows float32 to ``-inf``, and ``0 * -inf`` makes
+    every output NaN; in float32 it is finite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        keep = torch.ones(h.shape[:-1])
+        bias = (1.0 - keep.float()) * torch.finfo(h.dtype).min
+        return self.b(torch.relu(h + bias[..., None].to(h.dtype)))
+
+
+def test_a_model_whose_float64_outputs_are_nan_is_verified_in_float32():
+    # before: the float64 copy ran, its outputs were NaN, and the trace raised "its output 0
+    # is NaN or inf on random inputs" though the model's float32 outputs are finite
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _MaskOverflow()
+    x = _x(4, 3)
+    assert model.double()(x.double()).isnan().all()
+    model.float()
+    spec, report = trace_with_report(model, x)
+    assert report.verification.ok and report.verification.dtype == "float32"
+    assert "its outputs are NaN or inf in float64" in report.verification.note
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
+    # a wrong spec still fails in float32
+    data = spec.to_dict()
+    data["spaces"]["other"] = {"size": 5, "role": "hidden"}
+    data["params"]["a.bias"]["axes"] = ["other"]
+    assert not verify(model, nfc.WeightSpaceSpec.from_dict(data), x).ok
+
+
 class _DictInput(nn.Module):
     """SIREN's ``forward({"coords": x})``."""
 
