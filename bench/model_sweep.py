@@ -450,7 +450,7 @@ def main(argv: list | None = None) -> int:
             signal.alarm(0)
         status = row[-1].split()[0]
         counts[status] = counts.get(status, 0) + 1
-        cells = "".join(f"{c:>9}" for c in row) if len(row) > 1 else row[0]
+        cells = "".join(f" {c:>8}" for c in row) if len(row) > 1 else row[0]
         print(f"{name:<{width}}" + cells)
         sys.stdout.flush()
     print("# " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
