@@ -206,12 +206,16 @@ TRANSFORMERS = {
         "encoder_sparse_step": 1,
         "expert_capacity": 8,
     },
+    # CTRL rebinds its position buffer in its forward; CANINE's float64 outputs are NaN (a
+    # float32 mask scaled by float64's smallest value): verified in float32
+    "CTRLModel": {"n_embd": 32, "n_layer": 2, "n_head": 4, "dff": 64, "vocab_size": 64},
+    "CanineModel": {**_TEXT, "vocab_size": 64},
 }
 #: the text models among them (an input of 8 token ids)
 TEXT = ("GPT2Model", "BertModel", "MixtralModel", "Qwen2MoeModel", "DeepseekV3Model",
         "GptOssModel", "GPTNeoXModel", "PhiModel", "StableLmModel", "PersimmonModel",
         "GPTJModel", "FalconModel", "LlamaModel", "Phi3Model", "Qwen2Model",
-        "SwitchTransformersEncoderModel")  # fmt: skip
+        "SwitchTransformersEncoderModel", "CTRLModel", "CanineModel")  # fmt: skip
 
 
 #: peak memory of one model's row per model weight (measured: ResNet-50 2.4 GB for 25.6M
