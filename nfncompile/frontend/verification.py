@@ -366,15 +366,14 @@ def _working_copy(
         if _finite(first[1]):
             return net, torch.float64, first, ""
         kept, note = (net, first), "in float32: its outputs are NaN or inf in float64"
-    if kept is None:
-        net, first = run(torch.float32, state)
-        return net, torch.float32, first, note
     try:
         net, first = run(torch.float32, state)
-    except Exception:  # float64's outputs, reported as they are
-        net, first = None, None
-    if first is None or not _finite(first[1]):  # as bad in float32: reported in float64
-        return kept[0], torch.float64, kept[1], ""
+    except Exception:
+        if kept is None:
+            raise
+        first = None
+    if kept is not None and (first is None or not _finite(first[1])):
+        return kept[0], torch.float64, kept[1], ""  # no better in float32: float64's, as they are
     return net, torch.float32, first, note
 
 
