@@ -752,3 +752,34 @@ def test_a_diagonal_matrix_moves_with_its_vector(how):
     assert spec["scale"].axes == ("a",) and spec["b.weight"].axes == ("out", "a")
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class _CutAtTensor(nn.Module):
+    """torchaudio's ``Resample`` pattern: the output cut at a length the forward computes as
+    a 0-dim integer tensor from Python numbers (``resampled[..., :target_length]``), or from
+    a start of that kind."""
+
+    def __init__(self, at_start: bool) -> None:
+        super().__init__()
+        self.at_start = at_start
+        self.conv, self.out = nn.Conv1d(3, 4, 3, padding=2), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.conv(x)  # two positions longer than x
+        n = torch.ceil(torch.as_tensor(x.shape[-1] * 1.0)).long()
+        h = h[..., 2 - n :] if self.at_start else h[..., :n]
+        return self.out(torch.relu(h).mean(-1))
+
+
+@pytest.mark.parametrize("fake", [False, True])
+@pytest.mark.parametrize("at_start", [False, True])
+def test_a_slice_at_a_tensor_bound_keeps_the_neurons_it_cuts_along_another_dim(fake, at_start):
+    # before: "slice indices must be integers" (braindecode's EEGSimpleConv, which resamples
+    # its input with torchaudio first); the bound is the example's value where shape
+    # propagation recorded it, else the one the output's length gives (fake tensors)
+    model = model_(lambda: _CutAtTensor(at_start)).double()
+    x = x_(2, 3, 9).double()
+    spec, report = trace_with_report(model, x, fake=fake)
+    assert report.verification.ok
+    assert spec["conv.weight"].axes[0] == spec["out.weight"].axes[1] is not None
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

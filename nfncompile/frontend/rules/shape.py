@@ -522,10 +522,12 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     idx = idx if isinstance(idx, tuple) else (idx,)
     raw = a.node.args[1] if isinstance(a.node.args[1], tuple) else (a.node.args[1],)
     idx = tuple(_Mask(i.ndim) if is_mask(r) else _constant_run(a, i, r) for i, r in zip(idx, raw))
+    idx = tuple(_recorded_bounds(i, r) if isinstance(i, slice) else i for i, r in zip(idx, raw))
     if any(i is Ellipsis for i in idx):
         k = idx.index(Ellipsis)
         used = sum(_consumed(i) for i in idx if i is not Ellipsis)
         idx = idx[:k] + (slice(None),) * (x.ndim - used) + idx[k + 1 :]
+    idx = _bounds_from_shape(a, x, idx)
     idx = _runs_as_slices(idx, x.shape)
     if len(idx) == 1 and (rows := stacked.gathered(a, x)) is not None:
         return rows  # a bias per expert read at the sorted expert ids
@@ -587,6 +589,55 @@ def _basic_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> TensorLa
     if chunk is not None:
         labels = list(piece(a, tuple(labels), *chunk))
     return TensorLabels(a.out_shape(), tuple(labels))
+
+
+def _tensor_bound(b: Any) -> bool:
+    """Whether a slice bound is a tensor's label (a 0-dim integer tensor the forward made)."""
+    return isinstance(b, TensorLabels)
+
+
+def _recorded_bounds(i: slice, raw: Any) -> slice:
+    """Slice ``i`` with each bound that is a 0-dim integer tensor (torchaudio's ``Resample``
+    cuts its output at ``resampled[..., :target_length]``, the length a tensor it computes
+    from Python numbers) read as the example's value, where shape propagation recorded it."""
+    if not isinstance(raw, slice):
+        return i
+    bounds = []
+    for b, r in zip((i.start, i.stop, i.step), (raw.start, raw.stop, raw.step)):
+        value = r.meta.get("nfn_integer_value") if isinstance(r, torch.fx.Node) else None
+        if _tensor_bound(b) and value is not None and value.ndim == 0:
+            b = int(value)
+        bounds.append(b)
+    return slice(*bounds)
+
+
+def _bounds_from_shape(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> tuple:
+    """``idx`` (no Ellipsis) with a slice's one bound that is a tensor and whose value was not
+    recorded (shape propagation on fake tensors) read from the output's length along its
+    dim: the slice of step 1 that makes that length. Any other tensor bound is
+    :class:`Unsupported`."""
+    if not any(isinstance(i, slice) and any(map(_tensor_bound, (i.start, i.stop, i.step)))
+               for i in idx):  # fmt: skip
+        return idx
+    unsupported = Unsupported("slicing at a bound a tensor gives, whose value is not known")
+    if any(is_advanced(i) for i in idx):  # (its dims move: no output dim to read)
+        raise unsupported
+    out, d, od, resolved = a.out_shape(), 0, 0, []
+    for i in idx:
+        if isinstance(i, slice) and any(map(_tensor_bound, (i.start, i.stop, i.step))):
+            n, length = x.shape[d], out[od]
+            if i.step not in (None, 1) or (_tensor_bound(i.start) and _tensor_bound(i.stop)):
+                raise unsupported
+            if _tensor_bound(i.stop):
+                start = slice(i.start, None).indices(n)[0]
+                i = slice(start, start + length)
+            else:
+                stop = slice(None, i.stop).indices(n)[1]
+                i = slice(stop - length, stop)
+        resolved.append(i)
+        d += i is not None  # (None adds an output dim, an integer takes one)
+        od += not isinstance(i, int)
+    return tuple(resolved)
 
 
 def _constant_run(a: SymmetryAnalysis, i: Any, raw: Any) -> Any:
