@@ -596,6 +596,11 @@ def _tensor_bound(b: Any) -> bool:
     return isinstance(b, TensorLabels)
 
 
+def _at_tensor_bound(i: Any) -> bool:
+    """Whether index entry ``i`` is a slice with a bound :func:`_tensor_bound` names."""
+    return isinstance(i, slice) and any(map(_tensor_bound, (i.start, i.stop, i.step)))
+
+
 def _recorded_bounds(i: slice, raw: Any) -> slice:
     """Slice ``i`` with each bound that is a 0-dim integer tensor (torchaudio's ``Resample``
     cuts its output at ``resampled[..., :target_length]``, the length a tensor it computes
@@ -616,15 +621,14 @@ def _bounds_from_shape(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> tupl
     recorded (shape propagation on fake tensors) read from the output's length along its
     dim: the slice of step 1 that makes that length. Any other tensor bound is
     :class:`Unsupported`."""
-    if not any(isinstance(i, slice) and any(map(_tensor_bound, (i.start, i.stop, i.step)))
-               for i in idx):  # fmt: skip
+    if not any(map(_at_tensor_bound, idx)):
         return idx
     unsupported = Unsupported("slicing at a bound a tensor gives, whose value is not known")
     if any(is_advanced(i) for i in idx):  # (its dims move: no output dim to read)
         raise unsupported
     out, d, od, resolved = a.out_shape(), 0, 0, []
     for i in idx:
-        if isinstance(i, slice) and any(map(_tensor_bound, (i.start, i.stop, i.step))):
+        if _at_tensor_bound(i):
             n, length = x.shape[d], out[od]
             if i.step not in (None, 1) or (_tensor_bound(i.start) and _tensor_bound(i.stop)):
                 raise unsupported
