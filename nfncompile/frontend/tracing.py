@@ -87,20 +87,20 @@ def trace_with_report(
         if gm.meta.get("nfn_values"):
             # a graph that holds the example's routing: random inputs route elsewhere
             kw["trials"] = max(trials, VALUE_TRIALS)
-        vr = _verify(model, spec, example_input, per_space=False, io=derivation.io, **kw)
+        vr = _joint_check(model, spec, example_input, derivation.io, kw)
         if not vr.ok and gm.meta.get("nfn_values"):
             # what the example's values picked is not the model on other inputs: the traces
             # that read no values (the submodule kept as one call and probed)
             gm, graph = _traced(model, example_input, fake, channel_dim, False, {})
             derivation, spec = _derived(graph, mode)
             kw["trials"] = trials
-            vr = _verify(model, spec, example_input, per_space=False, io=derivation.io, **kw)
+            vr = _joint_check(model, spec, example_input, derivation.io, kw)
         fallback = graph.graph.get("fallback")
         if not vr.ok and fallback is not None:
             # the larger group of a strided slice's blocks does not hold: the graph without them
             graph = fallback
             derivation, spec = _derived(graph, mode)
-            vr = _verify(model, spec, example_input, per_space=False, io=derivation.io, **kw)
+            vr = _joint_check(model, spec, example_input, derivation.io, kw)
         families = [b for b in derivation.blocks.values() if b.heads]
         if not vr.ok and families:
             # attention heads moved as blocks where something the rules do not see reads them
@@ -118,6 +118,16 @@ def trace_with_report(
     if vr is not None and not vr.ok:
         raise SymmetryError(failure_message(report))
     return spec, report
+
+
+def _joint_check(
+    model: nn.Module, spec: WeightSpaceSpec, example_input: Any, io: Any, kw: dict
+) -> Any:
+    """The verification's joint checks alone, unexplained: each failing one is either
+    followed by another reading or by the per-space checks, whose report is the one
+    returned and explained (an explanation re-runs the model node by node per check:
+    minutes for a vocoder such as UnivNet)."""
+    return _verify(model, spec, example_input, per_space=False, explain=False, io=io, **kw)
 
 
 #: the most families of heads the verification's second reading releases one at a time
@@ -145,7 +155,7 @@ def _hold_heads(
     splits and ``families_held_line`` says why (the report's line)."""
     graph.graph["heads_in_place"] = _held_line(families, error)
     derivation, spec = _derived(graph, mode)
-    vr = _verify(model, spec, example_input, per_space=False, io=derivation.io, **kw)
+    vr = _joint_check(model, spec, example_input, derivation.io, kw)
     if not vr.ok or not 1 < len(families) <= FAMILY_CHECKS:
         return derivation, spec, vr
     held, best = list(families), None
@@ -154,7 +164,7 @@ def _hold_heads(
         trial = [h for h in held if h is not family]
         graph.graph["families_held"] = {i for h in trial for i in h.splits}
         d, s = _derived(graph, mode)
-        v = _verify(model, s, example_input, per_space=False, io=d.io, **kw)
+        v = _joint_check(model, s, example_input, d.io, kw)
         if v.ok:
             held, best = trial, (d, s, v)
     if best is None:  # no family moves on its own: every one held, as verified first
