@@ -44,6 +44,7 @@ import bisect
 import collections
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -311,11 +312,23 @@ class _Solution:
             cuts[dst].update((dst_off, dst_off + length))
             by_run[src].append((src_off, dst, dst_off, length))
             by_run[dst].append((dst_off, src, src_off, length))
+        # each run's ties sorted by start, with the furthest end among those up to each, so
+        # a cut visits only the ties that may hold it (a kernel predictor's 24,576 output
+        # channels, each tied on its own, made this quadratic: 4.5 s per solution)
+        spans = {}
+        for r, entries in by_run.items():
+            entries.sort(key=lambda e: e[0])
+            reach = list(itertools.accumulate((lo + n for lo, _, _, n in entries), max))
+            spans[r] = ([e[0] for e in entries], reach)
         stack = [(r, c) for r, cs in cuts.items() for c in cs]
         while stack:
             r, c = stack.pop()
-            for lo, other, olo, length in by_run[r]:
-                if lo < c < lo + length:
+            entries, (starts, reach) = by_run[r], spans[r]
+            k = bisect.bisect_left(starts, c) - 1  # the last tie starting before c
+            while k >= 0 and reach[k] > c:  # (none before k reaches past c otherwise)
+                lo, other, olo, length = entries[k]
+                k -= 1
+                if c < lo + length:
                     c2 = olo + (c - lo)
                     if c2 not in cuts[other]:
                         cuts[other].add(c2)
