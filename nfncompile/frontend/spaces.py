@@ -747,8 +747,8 @@ def _merge_heads(
             # value per head is the space;
             # named as a space is (:func:`_named_after`)
             runs = sorted({sol.atoms[a][0] for a, h in tags.items() if h >= 0})
-            made = _named_after(p.runs, runs, lambda r: r) if runs else runs
-            base = p.runs[made[0]]["origin"] if made else base
+            if runs:
+                base = p.runs[_named_after(p.runs, runs, lambda r: r)[0]]["origin"]
             members = [sol.atoms[i] for i in sol.classes[fam.root]]
             space = functools.partial(
                 SpaceInfo, role="hidden", atoms=members,

@@ -363,7 +363,7 @@ def _working_copy(
         at = f" at {where}" if where else ""
         note = f"in float32: its forward fails in float64{at} ({type(e).__name__}: {e})"
     else:
-        if _finite(first[1]):
+        if not _not_finite(first[1]):
             return net, torch.float64, first, ""
         kept, note = (net, first), "in float32: its outputs are NaN or inf in float64"
     try:
@@ -372,16 +372,18 @@ def _working_copy(
         if kept is None:
             raise
         first = None
-    if kept is not None and (first is None or not _finite(first[1])):
+    if kept is not None and (first is None or _not_finite(first[1])):
         return kept[0], torch.float64, kept[1], ""  # no better in float32: float64's, as they are
     return net, torch.float32, first, note
 
 
-def _finite(outputs: list) -> bool:
-    """Whether every float tensor among ``outputs`` is finite."""
-    return all(
-        t.isfinite().all() for t in outputs if isinstance(t, torch.Tensor) and t.is_floating_point()
-    )
+def _not_finite(outputs: list) -> list[int]:
+    """The positions of the float tensors among ``outputs`` that hold NaN or inf."""
+    return [
+        i
+        for i, t in enumerate(outputs)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.isfinite().all()
+    ]
 
 
 #: a parameter value past which :func:`verify` names the entry when the outputs are not finite
@@ -392,12 +394,7 @@ HUGE = 1e15
 def _check_finite(model: nn.Module, net: nn.Module, cases: list) -> None:
     """Raise when an output of the unpermuted model is NaN or inf: every comparison with it
     would fail (or pass) whatever the spec says."""
-    bad = [
-        i
-        for _, ys in cases
-        for i, t in enumerate(ys)
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.isfinite().all()
-    ]
+    bad = [i for _, ys in cases for i in _not_finite(ys)]
     if not bad:
         return
     held = [
