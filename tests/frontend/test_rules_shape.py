@@ -783,3 +783,31 @@ def test_a_slice_at_a_tensor_bound_keeps_the_neurons_it_cuts_along_another_dim(f
     assert report.verification.ok
     assert spec["conv.weight"].axes[0] == spec["out.weight"].axes[1] is not None
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+class _LaggedWindows(nn.Module):
+    """gluonts' ``lagged_sequence_values``: windows of a series cut by a list of slices
+    (``a[[slice(None), slice(begin, end)]]``, which torch reads as a tuple), stacked, then a
+    layer over the lags and the other inputs' features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(5, 4), nn.Linear(4, 2)
+
+    def forward(self, series, feats):  # (batch, 20), (batch, 6, 2)
+        lags = [series[[slice(None), slice(-lag - 6, -lag or None)]] for lag in (0, 1, 5)]
+        h = torch.cat((torch.stack(lags, dim=-1), feats), dim=-1)
+        return self.out(torch.relu(self.a(h)))
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")
+def test_a_list_of_slices_indexes_as_a_tuple():
+    # before: "internal: tying labels of widths 20 and 6" where the windows met another
+    # input's labelled dim (the list read as one index of dim 0, the output given the
+    # input's labels); the series' positions are cut per window
+    model = model_(_LaggedWindows).double()
+    x = (x_(2, 20).double(), x_(2, 6, 2).double())
+    spec, report = trace_with_report(model, x)
+    assert report.verification.ok
+    assert spec["a.weight"].axes[0] == spec["out.weight"].axes[1] is not None
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

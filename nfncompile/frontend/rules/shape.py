@@ -519,8 +519,11 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     x, idx = args
     if not isinstance(x, TensorLabels):
         return x[idx]
+    raw = a.node.args[1]
+    if _sequence_as_tuple(idx):
+        idx, raw = tuple(idx), tuple(raw)
     idx = idx if isinstance(idx, tuple) else (idx,)
-    raw = a.node.args[1] if isinstance(a.node.args[1], tuple) else (a.node.args[1],)
+    raw = raw if isinstance(raw, tuple) else (raw,)
     idx = tuple(_Mask(i.ndim) if is_mask(r) else _constant_run(a, i, r) for i, r in zip(idx, raw))
     idx = tuple(_recorded_bounds(i, r) if isinstance(i, slice) else i for i, r in zip(idx, raw))
     if any(i is Ellipsis for i in idx):
@@ -540,6 +543,21 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if any(is_advanced(i) for i in idx):
         return _advanced_getitem(a, x, idx)
     return _basic_getitem(a, x, idx)
+
+
+def _sequence_as_tuple(idx: Any) -> bool:
+    """Whether torch reads a list index as a tuple of indices, one per dim (NumPy's old rule,
+    still torch's): a list shorter than 32 that holds a tensor, a sequence, a slice, Ellipsis
+    or ``None`` (gluonts' ``a[[slice(None), slice(-12, None)]]``). A list of integers is one
+    advanced index along the first dim."""
+    return (
+        isinstance(idx, list)
+        and len(idx) < 32
+        and any(
+            i is None or i is Ellipsis or isinstance(i, (slice, list, tuple, TensorLabels))
+            for i in idx
+        )
+    )
 
 
 @register_function(fx.read_at_example)
