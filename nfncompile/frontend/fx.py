@@ -2467,20 +2467,34 @@ def _differs_elsewhere(model: torch.nn.Module, gm: torch.fx.GraphModule, args: t
     return ""
 
 
-def draw_inputs(args: tuple, gen: torch.Generator, dtype: torch.dtype | None = None) -> tuple:
+def draw_inputs(
+    args: tuple, gen: torch.Generator, dtype: torch.dtype | None = None, within: bool = False
+) -> tuple:
     """Random inputs shaped like the example's float ones (standard normal, in ``dtype`` or
     each one's own), at any depth of its tuples, lists and dicts (SIREN takes
     ``{"coords": x}``); the others reused.
 
+    ``within``: each float input uniform over the example's own range instead (its smallest to
+    its largest finite entry): for a model that is finite only on inputs like its data (the
+    log of a positive series, a mask of zeros and ones).
+
     >>> x, ids = draw_inputs((torch.zeros(2), torch.arange(3)), torch.Generator().manual_seed(0))
     >>> x.shape, ids.tolist()
     (torch.Size([2]), [0, 1, 2])
+    >>> y, = draw_inputs((torch.tensor([0.5, 2.0, 1.0]),), torch.Generator(), within=True)
+    >>> bool(((y >= 0.5) & (y <= 2.0)).all())
+    True
     """
 
     def draw(a: Any) -> Any:
-        if isinstance(a, torch.Tensor) and a.is_floating_point():
+        if not (isinstance(a, torch.Tensor) and a.is_floating_point()):
+            return a
+        if not within:
             return torch.randn(a.shape, generator=gen, dtype=dtype or a.dtype)
-        return a
+        finite = a.detach()[a.detach().isfinite()].double()
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
+        u = torch.rand(a.shape, generator=gen, dtype=dtype or a.dtype)
+        return lo + (hi - lo) * u
 
     return tuple(pytree.tree_map(draw, a) for a in args)
 

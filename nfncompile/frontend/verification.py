@@ -333,48 +333,87 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _working_copy(
-    model: nn.Module, args: tuple, gen: torch.Generator, perturb: bool
-) -> tuple[nn.Module, torch.dtype, tuple, str]:
-    """An eval-mode copy of ``model`` (perturbed), the dtype it runs in, its first case
-    ``(inputs, outputs)`` and why it is not float64.
+    model: nn.Module, args: tuple, gen: torch.Generator, perturb: bool, trials: int
+) -> tuple[nn.Module, torch.dtype, list, str]:
+    """An eval-mode copy of ``model`` (perturbed), the dtype it runs in, its ``trials`` cases
+    ``(inputs, outputs)`` and how it is checked where that is not float64 on standard normal
+    inputs.
 
     Float64 where the model runs in it; where its forward fails in float64 (it makes a
     float32 tensor of its own, such as a coordinate grid, and mixes it with its input), or
     its outputs are NaN or inf in float64 but not in float32 (CANINE scales a float32 mask
     by float64's smallest value, which overflows to ``-inf`` and makes ``0 * -inf``), the
     model's float32, which :func:`verify` checks at the looser ``FLOAT32_ATOL`` and
-    ``FLOAT32_RTOL``.
+    ``FLOAT32_RTOL``. Where standard normal inputs make an output NaN or inf in both, and
+    inputs drawn uniformly over each example input's range do not (gluonts' forecasters take
+    the log of a series' scale), those (:func:`~nfncompile.frontend.fx.draw_inputs`'s
+    ``within``).
     """
+    state = gen.get_state()
+    got = _in_dtype(model, args, gen, perturb, trials, state, within=False)
+    if not _cases_not_finite(got[2]):
+        return got
+    try:
+        again = _in_dtype(model, args, gen, perturb, trials, state, within=True)
+    except Exception:
+        again = None
+    if again is None or _cases_not_finite(again[2]):
+        return got
+    net, dtype, cases, note = again
+    why = (
+        "on inputs drawn uniformly over the example's range (standard normal ones make its "
+        "outputs NaN or inf)"
+    )
+    return net, dtype, cases, f"{note}; {why}" if note else why
 
-    def run(dtype: torch.dtype, state: torch.Tensor | None = None) -> tuple[nn.Module, tuple]:
-        if state is not None:  # each dtype draws alike
-            gen.set_state(state)
+
+def _in_dtype(
+    model: nn.Module,
+    args: tuple,
+    gen: torch.Generator,
+    perturb: bool,
+    trials: int,
+    state: torch.Tensor,
+    within: bool,
+) -> tuple[nn.Module, torch.dtype, list, str]:
+    """:func:`_working_copy`'s choice of float64 or float32 on one kind of inputs."""
+
+    def run(dtype: torch.dtype) -> tuple[nn.Module, list]:
+        gen.set_state(state)  # each dtype draws alike
         net = copy_model(model, dtype).eval()
         if perturb:
             _perturb(net, gen)
-        x = draw_inputs(args, gen, dtype)
-        return net, (x, _outputs(net, x))
+        cases = []
+        for _ in range(max(trials, 1)):
+            x = draw_inputs(args, gen, dtype, within=within)
+            cases.append((x, _outputs(net, x)))
+        return net, cases
 
-    state, kept = gen.get_state(), None
+    kept = None
     try:
-        net, first = run(torch.float64)
+        net, cases = run(torch.float64)
     except Exception as e:
         where = raised_at(e)
         at = f" at {where}" if where else ""
         note = f"in float32: its forward fails in float64{at} ({type(e).__name__}: {e})"
     else:
-        if not _not_finite(first[1]):
-            return net, torch.float64, first, ""
-        kept, note = (net, first), "in float32: its outputs are NaN or inf in float64"
+        if not _cases_not_finite(cases):
+            return net, torch.float64, cases, ""
+        kept, note = (net, cases), "in float32: its outputs are NaN or inf in float64"
     try:
-        net, first = run(torch.float32, state)
+        net, cases = run(torch.float32)
     except Exception:
         if kept is None:
             raise
-        first = None
-    if kept is not None and (first is None or _not_finite(first[1])):
+        cases = None
+    if kept is not None and (cases is None or _cases_not_finite(cases)):
         return kept[0], torch.float64, kept[1], ""  # no better in float32: float64's, as they are
-    return net, torch.float32, first, note
+    return net, torch.float32, cases, note
+
+
+def _cases_not_finite(cases: list) -> bool:
+    """Whether an output of any case ``(inputs, outputs)`` holds NaN or inf."""
+    return any(_not_finite(ys) for _, ys in cases)
 
 
 def _not_finite(outputs: list) -> list[int]:
@@ -414,7 +453,7 @@ def _check_finite(model: nn.Module, net: nn.Module, cases: list) -> None:
     )
     raise SymmetryError(
         f"cannot check the symmetry of {type(model).__name__}: its output {bad[0]} is NaN or "
-        f"inf on random inputs{where}"
+        f"inf on random inputs (standard normal ones, and ones over the example's range){where}"
     )
 
 
@@ -618,7 +657,7 @@ def verify(
     gen = torch.Generator().manual_seed(seed)
     spec.check_state_dict(dict(model.state_dict()))
     args = as_args(example_input)
-    net, dtype, first, note = _working_copy(model, args, gen, perturb)
+    net, dtype, cases, note = _working_copy(model, args, gen, perturb, trials)
     if dtype != torch.float64:
         atol, rtol = max(atol, FLOAT32_ATOL), max(rtol, FLOAT32_RTOL)
     # tensors only: a module's extra state (``get_extra_state()``) is no weight
@@ -633,10 +672,6 @@ def verify(
         in_io = _default_io(spec, _tensors(args), "input", channel_dim)
         out_io = None
 
-    cases = [first]
-    for _ in range(max(trials, 1) - 1):
-        x = draw_inputs(args, gen, dtype)
-        cases.append((x, _outputs(net, x)))
     _check_finite(model, net, cases)
     if out_io is None:
         out_dim = channel_dim if isinstance(channel_dim, int) else 1

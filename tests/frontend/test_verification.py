@@ -359,6 +359,39 @@ def test_numpy_draws_are_the_same_in_every_run():
     assert report.verification.ok
 
 
+
+class _LogScaled(nn.Module):
+    """gluonts' forecasters: a series scaled by the mean of its observed entries (a mask of
+    zeros and ones), that scale's log fed to the layers beside the scaled series."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(7, 5), nn.Linear(5, 2)
+
+    def forward(self, series, observed):  # (batch, 6) each
+        scale = (series * observed).sum(-1, keepdim=True) / observed.sum(-1, keepdim=True)
+        h = torch.cat((series / scale, scale.log()), dim=-1)
+        return self.b(torch.relu(self.a(h)))
+
+
+def test_inputs_are_drawn_over_the_examples_range_where_normal_ones_give_nan():
+    # before: "its output 0 is NaN or inf on random inputs" (the log of a negative scale)
+    # though the model is finite on every input like its data
+    model = _LogScaled()
+    x = (torch.rand(4, 6) + 0.5, torch.ones(4, 6))
+    spec, report = trace_with_report(model, x, channel_dim=None)
+    vr = report.verification
+    assert vr.ok and vr.dtype == "float64" and "over the example's range" in vr.note
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
+    # the draws are the example's range, not its values: a wrong spec still fails
+    data = spec.to_dict()
+    data["spaces"]["other"] = {"size": 5, "role": "hidden"}
+    data["params"]["a.bias"]["axes"] = ["other"]
+    assert not verify(model, nfc.WeightSpaceSpec.from_dict(data), x).ok
+    # a model finite on no such inputs is still an error
+    with pytest.raises(SymmetryError, match="NaN or inf on random inputs"):
+        trace_with_report(model, (-x[0], x[1]), channel_dim=None)
+
 class _Uninitialised(nn.Module):
     """Whisper's decoder: a positional embedding made with torch.empty and never filled."""
 
