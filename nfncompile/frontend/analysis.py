@@ -988,6 +988,9 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         mod = self.fetch_attr(target)
         base = self.node.meta.get("nfn_base")  # a subclass's super().forward: the base's rule
         rule = module_rule(mod) if base is None else class_rule(base)
+        # (``self.rnn(input=x, hx=h)``, as darts' TFT calls its LSTMs)
+        forward = mod.forward if base is None else base.forward.__get__(mod)
+        args, kwargs = _positional(forward, args, kwargs)
         return self._apply(rule, (self, mod, target, args, kwargs), args, kwargs)
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
@@ -1341,8 +1344,8 @@ def _moves_values(n: torch.fx.Node | None) -> bool:
 
 def _positional(target: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """A call's leading arguments given by keyword (``F.linear(input=x, weight=w)``, as the
-    official Swin-V2 calls it) moved into ``args`` in the signature's order: rules read the
-    input they act on by position."""
+    official Swin-V2 calls it, or a module's ``self.lin(input=x)``) moved into ``args`` in
+    the signature's order: rules read the input they act on by position."""
     if not kwargs:
         return args, kwargs
     for sig in _signatures(target):

@@ -315,3 +315,35 @@ def test_a_constant_meeting_positions_breaks_no_symmetry():
     spec, report = trace_with_report(model_(SegmentMasked), x_(2, 6, 3), channel_dim=-1)
     assert report.verification.ok and not report.probes and not report.broken
     assert spec["q.weight"].axes == spec["k.weight"].axes == ("q", "in")
+
+
+class _KeywordCalls(nn.Module):
+    """Every layer called with keyword arguments (darts' TFT calls its LSTMs
+    ``self.lstm_encoder(input=x, hx=(h, c))``), one of them a subclass's ``super().forward``."""
+
+    class _Norm(nn.LayerNorm):
+        def forward(self, input):
+            return super().forward(input=input)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.conv = nn.Linear(3, 4), nn.Conv1d(4, 5, 3, padding=1)
+        self.norm, self.lstm = self._Norm(5), nn.LSTM(5, 6, batch_first=True)
+        self.cell, self.out = nn.GRUCell(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):  # (batch, time, 3)
+        h = self.conv(input=self.lin(input=x).transpose(1, 2)).transpose(1, 2)
+        zero = torch.zeros(1, x.shape[0], 6, dtype=x.dtype)
+        o, (hn, _) = self.lstm(input=self.norm(input=h), hx=(zero, zero))
+        return self.out(input=self.cell(input=o[:, -1], hx=hn[0]))
+
+
+def test_layers_called_with_keyword_arguments_are_read_as_called_by_position():
+    # before: "symmetry analysis failed at node %lin ...: IndexError: tuple index out of
+    # range" (module rules read their input by position)
+    model = model_(_KeywordCalls).double()
+    spec, report = trace_with_report(model, x_(2, 4, 3).double(), channel_dim=-1)
+    assert report.verification.ok and not report.probes
+    assert spec["lin.weight"].axes[0] == spec["conv.weight"].axes[1] is not None
+    assert spec["cell.weight_hh"].axes[1] == spec["out.weight"].axes[1] is not None
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
