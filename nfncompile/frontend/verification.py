@@ -295,9 +295,65 @@ def _outputs(net: nn.Module, x: tuple, state: dict | None = None) -> list:
     (LeViT's attention biases) is computed from these ones; random ops draw the same numbers
     in every call; a weight the forward writes (a PixelCNN's masked convolution, ``weight.data
     *= mask``, which the perturbed mask no longer leaves as it was) is restored after it."""
+    elsewhere = state is not None and _held_elsewhere(net)  # (outside attributes_kept)
     with _state_kept(net, state), torch.no_grad(), attributes_kept(net), same_draws():
-        y = net(*x) if state is None else torch.func.functional_call(net, state, x)
+        if state is None:
+            y = net(*x)
+        elif not elsewhere:
+            y = torch.func.functional_call(net, state, x)
+        else:
+            with _loaded(net, state):
+                y = torch.func.functional_call(net, state, x)
     return leaves(y, fields=True)
+
+
+#: a module's own registries of its parameters, buffers and submodules
+_REGISTRIES = ("_parameters", "_buffers", "_modules")
+
+
+def _held_elsewhere(net: nn.Module) -> bool:
+    """Whether a module of ``net`` also keeps one of its state's tensors in a plain container
+    attribute (ncps' LTC cell reads its parameters from a dict), which ``functional_call``
+    does not reach; decided once per copy."""
+    held = getattr(net, "_nfn_held_elsewhere", None)
+    if held is None:
+        ids = {id(t) for t in net.state_dict(keep_vars=True).values()}
+        held = any(
+            id(t) in ids
+            for mod in net.modules()
+            for k, v in vars(mod).items()
+            if k not in _REGISTRIES and isinstance(v, (dict, list, tuple))
+            for t in (v.values() if isinstance(v, dict) else v)
+            if isinstance(t, torch.Tensor)
+        )
+        net._nfn_held_elsewhere = held
+    return held
+
+
+@contextlib.contextmanager
+def _loaded(net: nn.Module, state: dict) -> Iterator[None]:
+    """``state``'s values also copied into ``net``'s own tensors for the body, and theirs
+    restored after it: a forward that reads a parameter by another path than its module's
+    attribute (:func:`_held_elsewhere`) reads the same values."""
+    own = net.state_dict(keep_vars=True)
+    swapped = []
+    with torch.no_grad():
+        for k, v in state.items():
+            t = own.get(k)
+            if not isinstance(t, torch.Tensor) or t is v or t.shape != v.shape:
+                continue
+            saved = t.detach().clone()
+            try:
+                t.detach().copy_(v)
+            except RuntimeError:  # (an expanded buffer: functional_call alone serves it)
+                continue
+            swapped.append((t, saved))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, saved in swapped:
+                t.detach().copy_(saved)
 
 
 @contextlib.contextmanager

@@ -359,7 +359,6 @@ def test_numpy_draws_are_the_same_in_every_run():
     assert report.verification.ok
 
 
-
 class _LogScaled(nn.Module):
     """gluonts' forecasters: a series scaled by the mean of its observed entries (a mask of
     zeros and ones), that scale's log fed to the layers beside the scaled series."""
@@ -391,6 +390,42 @@ def test_inputs_are_drawn_over_the_examples_range_where_normal_ones_give_nan():
     # a model finite on no such inputs is still an error
     with pytest.raises(SymmetryError, match="NaN or inf on random inputs"):
         trace_with_report(model, (-x[0], x[1]), channel_dim=None)
+
+
+class _DictHeld(nn.Module):
+    """ncps' LTC cell: parameters registered on the module and also kept in a plain dict,
+    which the forward reads them from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params = {}
+        for name, shape in (("w1", (5, 3)), ("b1", (5,)), ("w2", (2, 5))):
+            self.params[name] = nn.Parameter(torch.randn(shape))
+            self.register_parameter(name, self.params[name])
+
+    def forward(self, x):
+        h = torch.tanh(F.linear(x, self.params["w1"], self.params["b1"]))
+        return F.linear(h, self.params["w2"])
+
+
+def test_parameters_read_from_a_plain_dict_are_permuted_too():
+    # before: functional_call swapped the module's attributes only, the forward read the
+    # dict's unpermuted values, and the true symmetry failed ("permuting it changes the
+    # output by 0.66"); the model's own values are restored after each check
+    model = _DictHeld().double()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 3, dtype=torch.float64)
+    spec, report = trace_with_report(model, x)
+    assert report.verification.ok
+    assert spec["w1"].axes[0] == spec["b1"].axes[0] == spec["w2"].axes[1] is not None
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    # a wrong spec still fails
+    data = spec.to_dict()
+    data["spaces"]["other"] = {"size": 5, "role": "hidden"}
+    data["params"]["b1"]["axes"] = ["other"]
+    assert not verify(model, nfc.WeightSpaceSpec.from_dict(data), x).ok
+
 
 class _Uninitialised(nn.Module):
     """Whisper's decoder: a positional embedding made with torch.empty and never filled."""
