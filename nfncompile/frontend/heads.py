@@ -190,6 +190,9 @@ def rewrite(
     ]
     for r, split in holding.items():
         width = split.width
+        for chunk in split.chunks:  # a head's dims are a span of their own, tied or not
+            for run, at, length in pieces(chunk, 0, width):
+                cuts[run].update((at, at + length))
         for c in cuts[r] - {0, width}:
             for chunk in split.chunks:
                 run, at, _ = pieces(chunk, c, width - c)[0]
