@@ -578,6 +578,9 @@ class LeafFallbackTracer(torch.fx.Tracer):
             # decoder layers and returned with the outputs): a constant of the graph, like a
             # tensor constant; nothing in it is a weight of the model
             name = f"{_OBJECT}{self._objects}"
+            while hasattr(self.root, name):  # one an earlier trace bound (a retrace's)
+                self._objects += 1
+                name = f"{_OBJECT}{self._objects}"
             self._objects += 1
             setattr(self.root, name, a)
             return self.create_node("get_attr", name, (), {})

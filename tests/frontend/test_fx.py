@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import functools
 import os
+import typing
 import warnings
 
 import numpy as np
@@ -2062,3 +2063,38 @@ def test_a_loss_accumulated_into_a_tensor_the_forward_makes_is_traced(how):
     spec, report = trace_with_report(model, ({"x": torch.randn(4, 3, dtype=torch.float64)},))
     assert report.verification.ok and not report.leaf_calls
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
+
+
+class _FreshState:
+    """An object fx cannot write into code (Hugging Face's ``DynamicCache``), made anew by
+    each forward; ``kind`` tells one forward's from another's."""
+
+    def __init__(self, kind: int) -> None:
+        self.kind = kind
+
+
+class _ReturnsState(nn.Module):
+    """A forward that asks whether its input is a tensor (the plain trace answers no, the
+    shape-specialising one yes) and returns a state object it makes, a new one per call."""
+
+    made: typing.ClassVar[list] = []  # (outside the module: a trace undoes what it binds)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 2)
+
+    def forward(self, x):
+        state = _FreshState(len(_ReturnsState.made))
+        _ReturnsState.made.append(state)
+        return (self.a(x) if torch.is_tensor(x) else x), state
+
+
+def test_an_object_a_later_trace_binds_is_the_one_its_graph_reads():
+    # before: each trace named its first such object `_nfn_object0`; the plain trace's stayed
+    # bound on the model and was restored over the specialising trace's, whose graph then
+    # read the plain trace's object (HF Mamba's retrace read a DynamicCache for a dtype)
+    model = _ReturnsState()
+    gm = trace_module(model, (torch.randn(4, 3),))
+    (node,) = [n for n in gm.graph.nodes if n.op == "get_attr" and "object" in n.target]
+    assert "call_module" in {n.op for n in gm.graph.nodes}  # the specialising trace's graph
+    assert getattr(gm, node.target) is _ReturnsState.made[-1]
