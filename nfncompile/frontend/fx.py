@@ -409,6 +409,9 @@ class LeafFallbackTracer(torch.fx.Tracer):
         for name in RANDOM + (FACTORIES if self.trace_factories else ()):
             fn = getattr(torch, name)
             patches[(id(torch), name)] = (vars(torch), name, fn, self._recorded(fn))
+        for name in CHECKS:  # an assertion on a traced value: not in the graph
+            check = getattr(torch, name)
+            patches[(id(torch), name)] = (vars(torch), name, check, _unless_traced(check))
         for name in TYPED_FACTORIES if self.trace_factories else ():
             cls = getattr(torch, name)
             patches[(id(torch), name)] = (vars(torch), name, cls, self._recorded_type(cls))
@@ -806,6 +809,26 @@ def _integral(value: Any) -> bool:
 #: tensor factories a trace records as nodes once a constant they made was written by traced
 #: values (:class:`LeafFallbackTracer`'s ``trace_factories``)
 FACTORIES = ("zeros", "ones", "full", "empty", "arange", "tensor")
+#: torch's checks of a condition, which transformers' ``torch_compilable_check`` calls
+#: (its VLMs' ``n_image_tokens * d == image_features.numel()``): skipped where the condition
+#: is a traced value, which only the data answers. An assertion leaves the graph's function
+#: as it is, and the verification runs the model's own checks
+CHECKS = ("_check", "_check_with", "_check_tensor_all", "_check_tensor_all_with")
+
+
+def _unless_traced(check: Callable) -> Callable:
+    """``check``, skipped where its condition (first argument, or second after an error
+    type) is a traced value."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        cond = args[1] if check.__name__.endswith("_with") and len(args) > 1 else args[:1]
+        if _traced((cond, kwargs.get("cond"))):
+            return None
+        return check(*args, **kwargs)
+
+    return call
+
+
 #: torch's legacy tensor types, which TabNet calls as factories (``torch.FloatTensor([0.0])``),
 #: recorded so too
 TYPED_FACTORIES = ("FloatTensor", "DoubleTensor", "LongTensor", "IntTensor", "BoolTensor")

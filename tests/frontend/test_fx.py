@@ -2098,3 +2098,23 @@ def test_an_object_a_later_trace_binds_is_the_one_its_graph_reads():
     (node,) = [n for n in gm.graph.nodes if n.op == "get_attr" and "object" in n.target]
     assert "call_module" in {n.op for n in gm.graph.nodes}  # the specialising trace's graph
     assert getattr(gm, node.target) is _ReturnsState.made[-1]
+
+
+class _ChecksItsData(TwoLinear):
+    """transformers' ``torch_compilable_check``, as its VLMs call it on their image tokens: a
+    condition computed from the data, asserted with torch's checks."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        torch._check_tensor_all_with(ValueError, h.abs().sum() >= 0, lambda: "negative norm")
+        torch._check_with(ValueError, bool(h.shape[-1] == 6), "six features")
+        torch._check_tensor_all(torch.isfinite(h).all())
+        return self.b(h)
+
+
+def test_a_check_of_the_data_is_an_assertion_the_graph_leaves_out():
+    # before: "torch.fx could not trace ... TypeError: cond must be a bool" (the check reads
+    # a traced value, which only the data answers)
+    spec, report = trace_with_report(model_(_ChecksItsData), x_(4, 4))
+    assert report.verification.ok and not report.leaf_calls
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
