@@ -33,6 +33,15 @@ class ResMLP(nn.Module):
         return self.fc3(h + self.fc2(h))
 
 
+def _with_own_space(spec: nfc.WeightSpaceSpec, param: str) -> nfc.WeightSpaceSpec:
+    """``spec`` with ``param`` (a bias) given a hidden space of its own: a wrong spec, which
+    the verification must refuse."""
+    data = spec.to_dict()
+    data["spaces"]["other"] = {"size": spec[param].shape[0], "role": "hidden"}
+    data["params"][param]["axes"] = ["other"]
+    return nfc.WeightSpaceSpec.from_dict(data)
+
+
 def _res_mlp() -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -252,10 +261,7 @@ def test_a_model_that_fails_in_float64_is_verified_in_float32():
     assert "checked in float32: its forward fails in float64 at" in str(report)
     assert "F.grid_sample(h, grid" in report.note
     # a wrong spec still fails in float32, by far more than the tolerance, and is explained
-    data = spec.to_dict()
-    data["spaces"]["other"] = {"size": 4, "role": "hidden"}
-    data["params"]["conv1.bias"]["axes"] = ["other"]
-    wrong = verify(model, nfc.WeightSpaceSpec.from_dict(data), x)
+    wrong = verify(model, _with_own_space(spec, "conv1.bias"), x)
     assert not wrong.ok and wrong.failed[:2] == [hidden, "other"]
     check = wrong.spaces["other"]
     # (the tolerance of a failing check includes 10x the rounding floor, here in float32)
@@ -293,10 +299,7 @@ def test_a_model_whose_float64_outputs_are_nan_is_verified_in_float32():
     assert "its outputs are NaN or inf in float64" in report.verification.note
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
     # a wrong spec still fails in float32
-    data = spec.to_dict()
-    data["spaces"]["other"] = {"size": 5, "role": "hidden"}
-    data["params"]["a.bias"]["axes"] = ["other"]
-    assert not verify(model, nfc.WeightSpaceSpec.from_dict(data), x).ok
+    assert not verify(model, _with_own_space(spec, "a.bias"), x).ok
 
 
 class _DictInput(nn.Module):
@@ -383,10 +386,7 @@ def test_inputs_are_drawn_like_the_examples_where_normal_ones_give_nan():
     assert vr.ok and vr.dtype == "float64" and "drawn like the example's" in vr.note
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
     # the draws are the example's range, not its values: a wrong spec still fails
-    data = spec.to_dict()
-    data["spaces"]["other"] = {"size": 5, "role": "hidden"}
-    data["params"]["a.bias"]["axes"] = ["other"]
-    assert not verify(model, nfc.WeightSpaceSpec.from_dict(data), x).ok
+    assert not verify(model, _with_own_space(spec, "a.bias"), x).ok
     # a model finite on no such inputs is still an error
     with pytest.raises(SymmetryError, match="NaN or inf on random inputs"):
         trace_with_report(model, (-x[0], x[1]), channel_dim=None)
@@ -417,10 +417,7 @@ def test_inputs_are_drawn_like_the_examples_where_normal_ones_make_the_forward_r
         and "on standard normal ones it raises IndexError" in vr.note
     )
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
-    data = spec.to_dict()
-    data["spaces"]["other"] = {"size": 6, "role": "hidden"}
-    data["params"]["a.bias"]["axes"] = ["other"]
-    assert not verify(model, nfc.WeightSpaceSpec.from_dict(data), x).ok
+    assert not verify(model, _with_own_space(spec, "a.bias"), x).ok
 
 
 class _DictHeld(nn.Module):
@@ -452,10 +449,7 @@ def test_parameters_read_from_a_plain_dict_are_permuted_too():
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     # a wrong spec still fails
-    data = spec.to_dict()
-    data["spaces"]["other"] = {"size": 5, "role": "hidden"}
-    data["params"]["b1"]["axes"] = ["other"]
-    assert not verify(model, nfc.WeightSpaceSpec.from_dict(data), x).ok
+    assert not verify(model, _with_own_space(spec, "b1"), x).ok
 
 
 class _Uninitialised(nn.Module):
