@@ -821,7 +821,7 @@ def _unless_traced(check: Callable) -> Callable:
     type) is a traced value."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        cond = args[1] if check.__name__.endswith("_with") and len(args) > 1 else args[:1]
+        cond = args[1:2] if check.__name__.endswith("_with") else args[:1]
         if _traced((cond, kwargs.get("cond"))):
             return None
         return check(*args, **kwargs)

@@ -554,7 +554,9 @@ def _sequence_as_tuple(idx: Any) -> bool:
         isinstance(idx, list)
         and len(idx) < 32
         and any(
-            i is None or i is Ellipsis or isinstance(i, (slice, list, tuple, TensorLabels))
+            i is None
+            or i is Ellipsis
+            or isinstance(i, (slice, list, tuple, TensorLabels, torch.Tensor))
             for i in idx
         )
     )
