@@ -40,6 +40,7 @@ import builtins
 import contextlib
 import copy
 import dataclasses
+import functools
 import inspect
 import logging
 import math
@@ -1949,6 +1950,18 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
         )
         for m in model.modules()
     ]
+    # a plain object a module holds, and what its dicts and lists hold: timm's FeatureHooks
+    # keeps the outputs its hooks catch in a defaultdict, keyed by a device that is a proxy
+    # while traced, and a copy of the model then met the proxies
+    saved += [
+        (
+            o,
+            dict(o.__dict__),
+            {k: dict(d) for k, d in o.__dict__.items() if isinstance(d, dict)},
+            {k: list(v) for k, v in o.__dict__.items() if isinstance(v, list)},
+        )
+        for o in {id(o): o for m in model.modules() for o in _held_objects(m)}.values()
+    ]
     keep: set = set()
     try:
         yield keep
@@ -1969,6 +1982,26 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
                 d.update(kept)
             for k, items in lists.items():
                 m.__dict__[k][:] = items
+
+
+def _held_objects(module: torch.nn.Module) -> list:
+    """The plain objects ``module``'s own attributes hold: instances with a ``__dict__`` that
+    are no module, tensor, class, function or Python module."""
+    return [
+        v
+        for v in module.__dict__.values()
+        if hasattr(v, "__dict__")
+        and not isinstance(
+            v,
+            torch.nn.Module
+            | torch.Tensor
+            | type
+            | types.ModuleType
+            | types.FunctionType
+            | types.MethodType
+            | functools.partial,
+        )
+    ]
 
 
 def _forward_params(model: torch.nn.Module) -> list[inspect.Parameter]:

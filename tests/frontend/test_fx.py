@@ -2118,3 +2118,45 @@ def test_a_check_of_the_data_is_an_assertion_the_graph_leaves_out():
     spec, report = trace_with_report(model_(_ChecksItsData), x_(4, 4))
     assert report.verification.ok and not report.leaf_calls
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
+
+
+class _Collector:
+    """timm's FeatureHooks: not a module; forward hooks store the outputs they catch in a
+    defaultdict keyed by device, which the model reads and clears."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.caught: collections.defaultdict = collections.defaultdict(dict)
+        for i, m in enumerate(modules):
+            m.register_forward_hook(functools.partial(self._catch, i))
+
+    def _catch(self, i: int, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        self.caught[out.device][i] = out
+
+    def read(self, device: torch.device) -> list:
+        out, self.caught[device] = self.caught[device], {}
+        return list(out.values())
+
+
+class _HookedFeatures(nn.Module):
+    """timm's ``features_only=True`` for models without a feature graph (FeatureHookNet): the
+    feature maps two stages' hooks caught, returned as a list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 5, 3, padding=1)
+        self.hooks = _Collector([self.a, self.b])
+
+    def forward(self, x):
+        self.b(torch.relu(self.a(x)))
+        return self.hooks.read(x.device)
+
+
+def test_what_a_plain_object_of_the_model_caught_while_traced_is_undone():
+    # before: the collector kept the trace's proxies (keyed by a traced device), and the
+    # verification's copy of the model failed ("'node' not in new_dict during proxy
+    # unpickling")
+    model = _HookedFeatures().double()
+    spec, report = trace_with_report(model, torch.randn(2, 3, 5, 5, dtype=torch.float64))
+    assert report.verification.ok
+    assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
+    assert not any(model.hooks.caught.values())
