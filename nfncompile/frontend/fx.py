@@ -40,6 +40,7 @@ import builtins
 import contextlib
 import copy
 import dataclasses
+import enum
 import functools
 import inspect
 import logging
@@ -1953,19 +1954,21 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
     # a plain object a module holds, and what its dicts and lists hold: timm's FeatureHooks
     # keeps the outputs its hooks catch in a defaultdict, keyed by a device that is a proxy
     # while traced, and a copy of the model then met the proxies
-    saved += [
-        (
-            o,
-            dict(o.__dict__),
-            {k: dict(d) for k, d in o.__dict__.items() if isinstance(d, dict)},
-            {k: list(v) for k, v in o.__dict__.items() if isinstance(v, list)},
-        )
-        for o in {id(o): o for m in model.modules() for o in _held_objects(m)}.values()
-    ]
+    held = {id(o): o for m in model.modules() for o in _held_objects(m)}.values()
+    objects = [(o, dict(o.__dict__), _entries(list(o.__dict__.values()))) for o in held]
     keep: set = set()
     try:
         yield keep
     finally:
+        for o, attrs, entries in objects:
+            o.__dict__.clear()
+            o.__dict__.update(attrs)
+            for container, items in entries:
+                if isinstance(container, dict):
+                    container.clear()
+                    container.update(items)
+                else:
+                    container[:] = items
         for m, attrs, dicts, lists in saved:
             for k in [k for k in m.__dict__ if k not in attrs]:
                 if m is not model or k not in keep:
@@ -1986,7 +1989,7 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
 
 def _held_objects(module: torch.nn.Module) -> list:
     """The plain objects ``module``'s own attributes hold: instances with a ``__dict__`` that
-    are no module, tensor, class, function or Python module."""
+    are no module, tensor, container, enum member, class, function or Python module."""
     return [
         v
         for v in module.__dict__.values()
@@ -1995,6 +1998,10 @@ def _held_objects(module: torch.nn.Module) -> list:
             v,
             torch.nn.Module
             | torch.Tensor
+            | dict
+            | list
+            | tuple
+            | enum.Enum
             | type
             | types.ModuleType
             | types.FunctionType
@@ -2002,6 +2009,17 @@ def _held_objects(module: torch.nn.Module) -> list:
             | functools.partial,
         )
     ]
+
+
+def _entries(values: list, depth: int = 3) -> list[tuple]:
+    """``(container, its entries)`` for each dict and list among ``values`` and, down to
+    ``depth`` levels, among theirs (FeatureHooks' outputs: a dict of dicts per device)."""
+    out = []
+    for v in values:
+        if isinstance(v, dict | list) and depth:
+            out.append((v, dict(v) if isinstance(v, dict) else list(v)))
+            out += _entries(list(v.values() if isinstance(v, dict) else v), depth - 1)
+    return out
 
 
 def _forward_params(model: torch.nn.Module) -> list[inspect.Parameter]:

@@ -2156,7 +2156,9 @@ def test_what_a_plain_object_of_the_model_caught_while_traced_is_undone():
     # verification's copy of the model failed ("'node' not in new_dict during proxy
     # unpickling")
     model = _HookedFeatures().double()
-    spec, report = trace_with_report(model, torch.randn(2, 3, 5, 5, dtype=torch.float64))
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    model(x)  # (the device's dict exists, and the trace's hooks write into it)
+    spec, report = trace_with_report(model, x)
     assert report.verification.ok
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
     assert not any(model.hooks.caught.values())
