@@ -418,7 +418,7 @@ def _working_copy(
             cases.append((x, _outputs(net, x)))
         return net, cases
 
-    ran, failed = [], {}
+    first, failed = None, {}  # (the first attempt that ran: one model copy held, not four)
     for dtype, within in _ATTEMPTS:
         try:
             net, cases = run(dtype, within)
@@ -427,10 +427,10 @@ def _working_copy(
             continue
         if not _cases_not_finite(cases):
             return net, dtype, cases, _how_checked(dtype, within, failed)
-        ran.append((net, dtype, cases, ""))
+        first = first or (net, dtype, cases, "")
         failed[dtype, within] = None  # (its outputs are NaN or inf)
-    if ran:
-        return ran[0]
+    if first is not None:
+        return first
     raise failed[torch.float32, False]
 
 
