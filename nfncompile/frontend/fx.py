@@ -42,6 +42,7 @@ import copy
 import dataclasses
 import enum
 import functools
+import gc
 import inspect
 import logging
 import math
@@ -1868,6 +1869,11 @@ def copy_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torc
     return copied._apply(cast)
 
 
+#: The view types of a dict (``d.keys()``, ``d.values()``, ``d.items()``), which cannot be
+#: deep copied.
+DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
+
+
 def _deep_copy(model: torch.nn.Module) -> torch.nn.Module:
     made = [
         (m, k, v)
@@ -1875,19 +1881,63 @@ def _deep_copy(model: torch.nn.Module) -> torch.nn.Module:
         for k, v in vars(m).items()
         if isinstance(v, torch.Tensor) and not v.is_leaf
     ]
+    views = [
+        (m, k, v) for m in model.modules() for k, v in vars(m).items() if isinstance(v, DICT_VIEWS)
+    ]
     memo: dict = {}
     try:
         for m, k, v in made:
             vars(m)[k] = v.detach()
+        for m, k, _ in views:
+            vars(m)[k] = None
         copied = copy.deepcopy(model, memo)
+    except (TypeError, copy.Error, NotImplementedError, AttributeError) as e:
+        raise _not_copyable(model, e) from e
     finally:
-        for m, k, v in made:
+        for m, k, v in made + views:
             vars(m)[k] = v
+    for m, k, v in views:
+        vars(memo[id(m)])[k] = _view_copied(v, memo)
     for m in copied.modules():
         for k, v in vars(m).items():
             if isinstance(v, types.FunctionType) and v.__closure__:
                 vars(m)[k] = _closure_copied(v, memo)
     return copied
+
+
+def _view_copied(view: Any, memo: dict) -> Any:
+    """``view`` (a dict's keys, values or items) over the copy ``memo`` made of its dict, as a
+    module's ``self.scales = self.layers.keys()`` reads its own ``ModuleDict``; the view itself
+    where its dict was not copied (it lies outside the model)."""
+    seen = gc.get_referents(view)
+    copied = memo.get(id(seen[0])) if len(seen) == 1 and isinstance(seen[0], dict) else None
+    if copied is None:
+        return view
+    kind = {DICT_VIEWS[0]: dict.keys, DICT_VIEWS[1]: dict.values, DICT_VIEWS[2]: dict.items}
+    return kind[type(view)](copied)
+
+
+def _not_copyable(model: torch.nn.Module, error: BaseException) -> TraceError:
+    """The error for a model that ``copy.deepcopy`` refuses, naming the attribute it fails on
+    (the first module attribute whose own copy fails), which the verification needs copied."""
+    for name, m in model.named_modules():
+        for k, v in vars(m).items():
+            if isinstance(v, torch.nn.Module) or k in ("_modules", "_parameters", "_buffers"):
+                continue
+            try:
+                copy.deepcopy(v)
+            except Exception as inner:  # the culprit's own error is the one reported
+                where = f"{name}.{k}" if name else k
+                return TraceError(
+                    f"cannot copy the model to check its symmetry: its attribute `{where}` "
+                    f"({type(v).__name__}) cannot be deep-copied ({type(inner).__name__}: "
+                    f"{inner}). Make it copyable (keep a list or tuple instead of a view, "
+                    "a generator or a handle), or trace with verify=False to skip the check"
+                )
+    return TraceError(
+        f"cannot copy the model to check its symmetry: copy.deepcopy failed "
+        f"({type(error).__name__}: {error}); trace with verify=False to skip the check"
+    )
 
 
 def _closure_copied(fn: types.FunctionType, memo: dict) -> types.FunctionType:

@@ -1030,6 +1030,44 @@ class _OnDevices(TwoLinear):
         return self.b(torch.relu(self.a(x)))
 
 
+class _KeysHeld(nn.Module):
+    """kornia's DeDoDe decoder: ``self.scales = self.layers.keys()``, read in its forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleDict({"8": nn.Linear(4, 6), "4": nn.Linear(6, 3)})
+        self.scales = self.layers.keys()
+
+    def forward(self, x):
+        for scale in self.scales:
+            x = torch.relu(self.layers[scale](x))
+        return x
+
+
+def test_a_view_of_a_modules_dict_is_copied_over_the_copys_dict():
+    # deepcopy cannot copy a dict's keys view: the verification's copy raised TypeError
+    # ("cannot pickle 'dict_keys' object") and the model could not be traced at all
+    model = model_(_KeysHeld)
+    copied = copy_model(model)
+    assert list(copied.scales) == ["8", "4"]
+    copied.layers["2"] = nn.Identity()
+    assert list(copied.scales) == ["8", "4", "2"] and list(model.scales) == ["8", "4"]
+    spec, report = trace_with_report(model, x_(3, 4))
+    assert spec["layers.4.weight"].axes == ("out", "layers.8") and report.verification.ok
+
+
+class _Counting(TwoLinear):
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = (i for i in range(10))
+
+
+def test_an_attribute_that_cannot_be_copied_is_named():
+    with pytest.raises(TraceError, match=r"`steps` \(generator\) cannot be deep-copied"):
+        nfc.trace(model_(_Counting), x_(3, 4))
+    assert nfc.trace(model_(_Counting), x_(3, 4), verify=False)["b.weight"].axes == ("out", "a")
+
+
 def test_a_tensors_device_flags_are_answered_from_the_example():
     # plain tracing fails at the branch; the shape-specialising trace answered `is_cuda` but
     # not `is_xpu`, and the whole model failed to trace
