@@ -483,6 +483,24 @@ def _not_finite(outputs: list) -> list[int]:
 HUGE = 1e15
 
 
+def _distance(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest entrywise difference of two outputs; infinite where their shapes differ (a
+    selection whose count the permutation changed) or a mask of booleans differs anywhere."""
+    if got.shape != want.shape:
+        return math.inf
+    if not got.numel():
+        return 0.0
+    if got.dtype == torch.bool or want.dtype == torch.bool:
+        return math.inf if bool((got != want).any()) else 0.0
+    return float((got - want).abs().max())
+
+
+def _has_magnitude(t: Any) -> bool:
+    """Whether ``t`` is a tensor whose largest magnitude sets the checks' scale: not empty
+    (LightGlue's matches on random weights) and not a mask of booleans."""
+    return isinstance(t, torch.Tensor) and t.numel() > 0 and t.dtype != torch.bool
+
+
 def _check_finite(model: nn.Module, net: nn.Module, cases: list) -> None:
     """Raise when an output of the unpermuted model is NaN or inf: every comparison with it
     would fail (or pass) whatever the spec says."""
@@ -494,7 +512,7 @@ def _check_finite(model: nn.Module, net: nn.Module, cases: list) -> None:
         for k, v in net.state_dict().items()
         if isinstance(v, torch.Tensor)
         and v.is_floating_point()
-        and not (v.isfinite().all() and v.abs().max() < HUGE)
+        and not (v.isfinite().all() and (not v.numel() or v.abs().max() < HUGE))
     ]
     where = (
         f"; these state_dict entries hold NaN, inf or values over {HUGE:g}: "
@@ -534,7 +552,7 @@ def rounding_floor(
         got = _outputs(net, x, noisy)
         for a, b in zip(got, ys):
             if isinstance(b, torch.Tensor) and b.is_floating_point() and b.numel():
-                worst = max(worst, float((a - b).abs().max()))
+                worst = max(worst, _distance(a, b))
     return worst
 
 
@@ -730,7 +748,7 @@ def verify(
         out_dim = channel_dim if isinstance(channel_dim, int) else 1
         out_io = _default_io(spec, cases[0][1], "output", out_dim)
     scale = max(
-        (float(t.abs().max()) for _, ys in cases for t in ys if isinstance(t, torch.Tensor)),
+        (float(t.abs().max()) for _, ys in cases for t in ys if _has_magnitude(t)),
         default=0.0,
     )
     tol = atol + rtol * scale
@@ -768,7 +786,7 @@ def verify(
                 for got, ref, a in zip(yp, y, out_io):
                     if isinstance(ref, torch.Tensor):
                         want = _permute(perm, ref, a)
-                        err = max(err, float((got - want).abs().max()) if got.numel() else 0.0)
+                        err = max(err, _distance(got, want))
                 n += 1
         if err <= tol:
             return SpaceCheck(name, size, role, n, err, tol, True, "", params)

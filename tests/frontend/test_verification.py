@@ -688,3 +688,56 @@ def test_a_model_that_amplifies_rounding_is_checked_at_its_rounding_floor(monkey
     d["params"]["3.weight"]["axes"] = ["3", "apart"]  # layer 3 no longer reads 1's outputs
     wrong = verify(model, nfc.WeightSpaceSpec.from_dict(d), x, trials=2)
     assert not wrong.ok and {"1", "apart"} <= set(wrong.failed)
+
+
+class _Matches(nn.Module):
+    """LightGlue-like outputs: the rows a threshold keeps (none, on random weights) and the
+    mask that kept them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        keep = y[:, 0] > 1e3
+        return y[keep], keep, y
+
+
+def test_empty_and_boolean_outputs_are_compared():
+    # the checks' scale took `abs().max()` of every output: an empty selection raised
+    # RuntimeError ("Expected reduction dim to be specified"), a boolean mask "abs_cpu not
+    # implemented for 'Bool'"
+    spec, report = trace_with_report(_Matches(), x_(5, 4))
+    assert report.verification.ok and spec["a.weight"].axes[0] == "a"
+
+
+class _MaskOfOne(_Matches):
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h), h[:, 0] > 0
+
+
+def test_a_boolean_output_that_moves_fails_the_check():
+    # a mask read off one hidden unit: that unit may not move; with it moving, the mask's
+    # entries differ, an infinite error (their difference is not defined on booleans)
+    model = _MaskOfOne()
+    spec = nfc.trace(model, x_(5, 4), verify=False)
+    assert spec["a.weight"].axes[0] == (1, "a")
+    free = nfc.WeightSpaceSpec.from_dict(
+        {
+            "spaces": {
+                "in": {"size": 4, "role": "input"},
+                "h": {"size": 6, "role": "hidden"},
+                "out": {"size": 3, "role": "output"},
+            },
+            "params": {
+                "a.weight": {"shape": [6, 4], "axes": ["h", "in"]},
+                "a.bias": {"shape": [6], "axes": ["h"]},
+                "b.weight": {"shape": [3, 6], "axes": ["out", "h"]},
+                "b.bias": {"shape": [3], "axes": ["out"]},
+            },
+        }
+    )
+    report = verify(model, free, x_(5, 4), mode="hnp")
+    assert not report.ok and report.max_error == math.inf
