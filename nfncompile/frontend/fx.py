@@ -1056,6 +1056,8 @@ class _ShapeProxy(_WritableProxy):
         value = self._value()
         if isinstance(value, (bool, int)):  # a number computed from shapes, not from data
             return bool(value)
+        if isinstance(value, (tuple, list, dict)):  # ``if mems:``, as ``len`` is answered
+            return len(value) > 0
         real = self._real()
         if real is not _UNKNOWN:  # computed from the example's integer inputs
             return bool(real)

@@ -2200,3 +2200,22 @@ def test_what_a_plain_object_of_the_model_caught_while_traced_is_undone():
     assert report.verification.ok
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
     assert not any(model.hooks.caught.values())
+
+
+class _Memories(TwoLinear):
+    """labml's Transformer-XL: memories passed as a list, ``m = mem[0] if mem else None``."""
+
+    def forward(self, x, mem):
+        m = mem[0] if mem else None
+        h = self.a(x)
+        if m is not None:
+            h = h + self.a(m)
+        return self.b(torch.relu(h))
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_whether_a_list_input_is_empty_is_answered_from_the_example(count):
+    # `len(mem)` was answered from the example, but `if mem:` raised "symbolically traced
+    # variables cannot be used as inputs to control flow"
+    spec, report = trace_with_report(model_(_Memories), (x_(3, 4), [x_(3, 4)] * count))
+    assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
