@@ -841,6 +841,99 @@ TYPED_FACTORIES = ("FloatTensor", "DoubleTensor", "LongTensor", "IntTensor", "Bo
 RANDOM = ("rand", "randn", "randint", "randperm")
 
 
+#: torch functions and methods that draw random numbers: a trace keeps each such call where
+#: nothing reads it, so that the draws after it are the ones the model makes
+_DRAWS = frozenset(
+    {*RANDOM, "rand_like", "randn_like", "randint_like", "bernoulli", "multinomial", "normal"}
+    | {"poisson", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout"}
+    | {"feature_alpha_dropout", "rrelu", "gumbel_softmax", "native_dropout"}
+)
+#: the in-place operators (``x += y`` on a view writes the tensor it views)
+_IN_PLACE_OPERATORS = frozenset(
+    getattr(operator, f"i{op}")
+    for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and")
+    + ("or", "xor", "lshift", "rshift", "concat")
+) | {operator.delitem}
+#: modules whose functions are pure where their name does not end in ``_`` and they take no
+#: ``out=``/``inplace=True``
+_PURE_MODULES = ("torch", "operator", "_operator", "math", "builtins", "einops")
+
+
+def _effectful(node: torch.fx.Node, root: torch.nn.Module) -> bool:
+    """Whether ``node`` may matter where nothing reads its result: an in-place write (a method
+    or function named with a trailing ``_``, ``out=``, ``inplace=True``, ``x[i] = v``, ``+=``),
+    a random draw, a call into code outside torch (which may keep what it is given), a module
+    that is not torch's own, a check of the forward the example must pass, or what fx itself
+    keeps (assertions, the graph's inputs)."""
+    if node.is_impure() or "out" in node.kwargs or _in_place_flag(node):
+        return True
+    if "nfn_check" in node.meta:  # a check the example must pass (shape propagation asks)
+        return True
+    target = node.target
+    if node.op == "call_method":
+        writes = target.endswith("_") and not target.endswith("__")
+        return writes or target.startswith("__i") or target in _EFFECT_METHODS
+    if node.op == "call_module":
+        module = root.get_submodule(target)
+        kind = type(module)
+        random = module.training and ("Dropout" in kind.__name__ or "RReLU" in kind.__name__)
+        return not kind.__module__.startswith("torch.nn") or random
+    if node.op == "call_function":
+        name = getattr(target, "__name__", "")
+        where = (getattr(target, "__module__", None) or "").split(".")[0]
+        pure = where in _PURE_MODULES or isinstance(target, torch._ops.OpOverload)
+        writes = name.endswith("_") and not name.endswith("__")
+        return not pure or writes or name in _DRAWS or target in _IN_PLACE_OPERATORS
+    return False
+
+
+#: methods that matter whatever reads their result (besides those named with a trailing ``_``)
+_EFFECT_METHODS = frozenset(
+    {*_DRAWS, "__setitem__", "__delitem__", "backward", "register_hook", "retain_grad"}
+)
+
+
+def _in_place_flag(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is asked to write its input: ``inplace=True`` given by keyword or by
+    position (``F.relu(x, True)``), or a module made with it (``nn.ReLU(inplace=True)``)."""
+    if node.kwargs.get("inplace") is True:
+        return True
+    if node.op == "call_module":
+        module = node.graph.owning_module.get_submodule(node.target)
+        return getattr(module, "inplace", False) is True
+    at = _inplace_position(node.target) if node.op == "call_function" else None
+    return at is not None and at < len(node.args) and node.args[at] is True
+
+
+@functools.lru_cache(maxsize=512)
+def _inplace_position(target: Callable) -> int | None:
+    """The position of ``target``'s ``inplace`` parameter, if it has one."""
+    try:
+        names = list(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names.index("inplace") if "inplace" in names else None
+
+
+def without_dead_code(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``gm`` with the calls whose results reach no output removed (and none that may matter
+    otherwise: :func:`_effectful`), in place: what a forward computes and drops cannot limit
+    its symmetry (labml's LSTM stacks every layer's state, which its caller drops; an unused
+    stack tied all the layers' units).
+
+    >>> class M(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         unused = torch.stack([x, x])
+    ...         return x.relu()
+    >>> gm = without_dead_code(torch.fx.symbolic_trace(M()))
+    >>> [n.op for n in gm.graph.nodes]
+    ['placeholder', 'call_method', 'output']
+    """
+    if gm.graph.eliminate_dead_code(is_impure_node=lambda n: _effectful(n, gm)):
+        gm.recompile()
+    return gm
+
+
 #: functions and property reads of a tensor that give no tensor (its shape, its dtype):
 #: :class:`_StateReads` leaves them to the parameter itself
 _SHAPE_READS = frozenset(
@@ -2188,7 +2281,12 @@ def as_args(example_input: Any) -> tuple:
 
 
 def trace_module(
-    model: torch.nn.Module, example_input: Any, *, fake: bool | None = None, values: bool = True
+    model: torch.nn.Module,
+    example_input: Any,
+    *,
+    fake: bool | None = None,
+    values: bool = True,
+    dead_code: bool = False,
 ) -> torch.fx.GraphModule:
     """Symbolically trace ``model`` and propagate the example input's shapes through it.
 
@@ -2213,6 +2311,11 @@ def trace_module(
         call or refuse, trace it again with the example's values fixed
         (:class:`ValueSpecialisingTracer`); ``meta["nfn_values"]`` then says where. False
         keeps the traces that read no values.
+    dead_code : bool
+        Keep the calls whose results reach no output (by default they are removed,
+        :func:`without_dead_code`; ``meta["nfn_dead"]`` counts them). fx records a write it
+        cannot follow (``w.data *= mask``) as a value nothing reads, so where the graph
+        without them does not verify, the trace with them is the one to derive from.
 
     Returns
     -------
@@ -2239,7 +2342,7 @@ def trace_module(
         )
     args = as_args(example_input)
     with attributes_kept(model), compiled_as_eager(), _quiet_meta_failures():
-        return _trace_module(model, args, fake, values)
+        return _trace_module(model, args, fake, values, dead_code)
 
 
 @contextlib.contextmanager
@@ -2291,6 +2394,13 @@ def _compiled(model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     while frames is not None and isinstance(inner, frames.OptimizedModule):
         inner, prefix = inner._orig_mod, prefix + "_orig_mod."
     return inner, prefix
+
+
+def _returns_traced(graph: torch.fx.Graph) -> bool:
+    """Whether any node of ``graph`` reaches its output (a forward whose outputs are all
+    constants returns none)."""
+    out = next(n for n in reversed(graph.nodes) if n.op == "output")
+    return bool(out.all_input_nodes)
 
 
 def _python_scalar(value: Any) -> Any:
@@ -2477,6 +2587,11 @@ def trace_graph(
             first = e
         else:
             ruled = all(_ruled(model, leaf) for leaf in plain.leaves)
+            if not _returns_traced(graph):
+                # nothing traced reaches the output: what the forward returns it looked up by a
+                # traced value (timm's FeatureHooks key the maps they catch by `out.device`,
+                # a proxy to plain fx), which the shape-specialising trace answers
+                plain.type_asked = plain.type_asked or "the traced graph returns no traced value"
             if ruled and not plain.type_asked:
                 return plain, graph, ""  # every kept call read by its class's rule
             # a submodule whose forward checks its input's shape or dtype (Hugging Face's
@@ -2674,7 +2789,7 @@ def _small_integer(x: Any) -> bool:
 
 
 def _trace_module(
-    model: torch.nn.Module, args: tuple, fake: bool | None, values: bool
+    model: torch.nn.Module, args: tuple, fake: bool | None, values: bool, dead_code: bool
 ) -> torch.fx.GraphModule:
     inner, prefix = _compiled(model)
     _check_names(model if prefix else inner)  # the module the GraphModule copies from
@@ -2690,6 +2805,8 @@ def _trace_module(
                 if leaf is not None:
                     n.meta["nfn_leaf"] = dataclasses.replace(leaf, module=prefix + leaf.module)
         gm = torch.fx.GraphModule(model if prefix else tracer.root, graph, type(inner).__name__)
+        before = len(gm.graph.nodes)
+        gm.meta["nfn_dead"] = 0 if dead_code else before - len(without_dead_code(gm).graph.nodes)
         gm.meta["nfn_specialised"] = specialised
         gm.meta["nfn_values"] = getattr(tracer, "fixed_at", "")
         gm.meta["nfn_values_refused"] = tracer.values_refused

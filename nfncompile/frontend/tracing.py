@@ -83,7 +83,7 @@ def trace_with_report(
     if verify:
         # joint random group elements detect any wrong space (each moves every space); only
         # when one fails are the spaces checked one by one, to name the culprit
-        kw = dict(trials=trials, seed=seed)
+        kw, values = dict(trials=trials, seed=seed), fix_values
         if gm.meta.get("nfn_values"):
             # a graph that holds the example's routing: random inputs route elsewhere
             kw["trials"] = max(trials, VALUE_TRIALS)
@@ -91,9 +91,16 @@ def trace_with_report(
         if not vr.ok and gm.meta.get("nfn_values"):
             # what the example's values picked is not the model on other inputs: the traces
             # that read no values (the submodule kept as one call and probed)
-            gm, graph = _traced(model, example_input, fake, channel_dim, False, {})
+            values = False
+            gm, graph = _traced(model, example_input, fake, channel_dim, values, {})
             derivation, spec = _derived(graph, mode)
             kw["trials"] = trials
+            vr = _joint_check(model, spec, example_input, derivation.io, kw)
+        if not vr.ok and gm.meta.get("nfn_dead"):
+            # a call whose result nothing reads wrote what the model reads on a later call (fx
+            # records `w.data *= mask` as a product nothing reads): the trace that keeps them
+            gm, graph = _traced(model, example_input, fake, channel_dim, values, {}, True)
+            derivation, spec = _derived(graph, mode)
             vr = _joint_check(model, spec, example_input, derivation.io, kw)
         fallback = graph.graph.get("fallback")
         if not vr.ok and fallback is not None:
@@ -198,14 +205,18 @@ def _traced(
     channel_dim: ChannelDim,
     values: bool,
     timings: dict,
+    dead_code: bool = False,
 ) -> tuple:
     """The trace of ``model`` and its symmetry graph (:func:`_through_wrapped`), the seconds
-    of each added to ``timings`` (``trace``, ``graph``)."""
+    of each added to ``timings`` (``trace``, ``graph``); ``dead_code`` keeps the calls whose
+    results reach no output (:func:`~nfncompile.frontend.fx.trace_module`)."""
     t0 = time.perf_counter()
-    gm = trace_module(model, example_input, fake=fake, values=values)
+    gm = trace_module(model, example_input, fake=fake, values=values, dead_code=dead_code)
     t1 = time.perf_counter()
     graph = build_symmetry_graph(gm, model, channel_dim)
-    gm, graph = _through_wrapped(model, example_input, fake, channel_dim, gm, graph, values)
+    gm, graph = _through_wrapped(
+        model, example_input, fake, channel_dim, gm, graph, values, dead_code
+    )
     timings.update(trace=t1 - t0, graph=time.perf_counter() - t1)
     return gm, graph
 
@@ -218,6 +229,7 @@ def _through_wrapped(
     gm: torch.fx.GraphModule,
     graph: Any,
     values: bool = True,
+    dead_code: bool = False,
 ) -> tuple:
     """The trace, and its symmetry graph, with the functions registered with
     ``torch.fx.wrap`` whose probe broke symmetry traced through (torchvision's
@@ -230,7 +242,9 @@ def _through_wrapped(
         return gm, graph
     try:
         with unwrapped(failed):
-            again = trace_module(model, example_input, fake=fake, values=values)
+            again = trace_module(
+                model, example_input, fake=fake, values=values, dead_code=dead_code
+            )
         graph_again = build_symmetry_graph(again, model, channel_dim)
     except (TraceError, ConfigError):
         return gm, graph

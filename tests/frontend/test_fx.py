@@ -2200,6 +2200,11 @@ def test_what_a_plain_object_of_the_model_caught_while_traced_is_undone():
     assert report.verification.ok
     assert spec["a.weight"].axes[0] == spec["b.weight"].axes[1] is not None
     assert not any(model.hooks.caught.values())
+    # the maps caught are the outputs: plain fx keyed them by a proxy of `out.device` and
+    # read them by another, so its graph returned none (the spaces were read off code whose
+    # results reached no output, and called hidden)
+    roles = {spec.spaces[spec[k].axes[0]].role for k in ("a.weight", "b.weight")}
+    assert roles == {"output"}
 
 
 class _Memories(TwoLinear):
@@ -2219,3 +2224,63 @@ def test_whether_a_list_input_is_empty_is_answered_from_the_example(count):
     # variables cannot be used as inputs to control flow"
     spec, report = trace_with_report(model_(_Memories), (x_(3, 4), [x_(3, 4)] * count))
     assert spec["b.weight"].axes == ("out", "a") and report.verification.ok
+
+
+class _DeadStack(nn.Module):
+    """labml's LSTM: ``torch.stack`` of every layer's state, which its caller drops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h0 = torch.tanh(self.a(x))
+        h1 = torch.tanh(self.b(h0))
+        states = torch.stack([h0, h1])  # noqa: F841 - computed and dropped, as labml's
+        return self.c(h1)
+
+
+class _StatesDropped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.out = nn.LSTM(5, 8, bidirectional=True), nn.Linear(16, 3)
+
+    def forward(self, x):
+        seq, (_h, _c) = self.rnn(x)  # the final states are unpacked, and never read
+        return self.out(seq)
+
+
+def test_what_the_forward_computes_and_drops_does_not_tie_its_spaces():
+    # the unused stack tied both layers' units into one space (6 hidden neurons, not 12); an
+    # LSTM's unpacked final states, read by nothing, tied its two directions
+    spec, report = trace_with_report(_DeadStack(), x_(3, 4))
+    assert spec["a.weight"].axes[0] == "a" and spec["b.weight"].axes[0] == "b"
+    assert report.verification.ok
+    spec, report = trace_with_report(_StatesDropped(), x_(6, 2, 5), channel_dim=-1)
+    hidden = {k: s.size for k, s in spec.spaces.items() if s.role == "hidden"}
+    assert sorted(hidden.values()) == [8, 8] and report.verification.ok
+    plain = nfc.trace(_DeadStack(), x_(3, 4), verify=False)
+    assert plain == nfc.trace(_DeadStack(), x_(3, 4), verify=False)
+
+
+class _ReluInPlace(TwoLinear):
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.Hardtanh(inplace=True)
+
+    def forward(self, x):
+        h = self.a(x)
+        torch.relu_(h[:, :1])  # writes one of h's units; its result is dropped
+        F.relu(h[:, 1:2], inplace=True)
+        F.elu(h[:, 2:3], 1.0, True)
+        self.act(h[:, 3:4])
+        h[:, 4:].clamp_(min=0)
+        return self.b(h)
+
+
+def test_a_write_whose_result_is_dropped_stays_in_the_graph():
+    gm = trace_module(_ReluInPlace(), x_(3, 4))
+    kept = [str(n.target) for n in gm.graph.nodes if n.op != "get_attr"]
+    assert sum("relu" in k for k in kept) == 2 and sum("elu" in k for k in kept) == 3
+    assert "clamp_" in kept and "act" in kept
+
