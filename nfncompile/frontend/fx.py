@@ -2109,11 +2109,7 @@ def attributes_kept(model: torch.nn.Module) -> Iterator[set]:
             o.__dict__.clear()
             o.__dict__.update(attrs)
             for container, items in entries:
-                if isinstance(container, dict):
-                    container.clear()
-                    container.update(items)
-                else:
-                    container[:] = items
+                _restored(container, items)
         for m, attrs, dicts, lists in saved:
             for k in [k for k in m.__dict__ if k not in attrs]:
                 if m is not model or k not in keep:
@@ -2154,6 +2150,19 @@ def _held_objects(module: torch.nn.Module) -> list:
             | functools.partial,
         )
     ]
+
+
+def _restored(container: dict | list, items: dict | list) -> None:
+    """``container`` holding ``items`` again where its entries changed, through the methods
+    of ``dict`` and ``list`` themselves: a read-only subclass (diffusers' ``FrozenDict``, a
+    scheduler's config) refuses its own ``update`` and is never written where unchanged."""
+    if isinstance(container, dict):
+        now = dict.items(container)
+        if len(now) != len(items) or any(k not in items or items[k] is not v for k, v in now):
+            dict.clear(container)
+            dict.update(container, items)
+    elif len(container) != len(items) or any(a is not b for a, b in zip(container, items)):
+        list.__setitem__(container, slice(None), items)
 
 
 def _entries(values: list, depth: int = 3) -> list[tuple]:

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import SymmetryError
 from ..spec import Permutation, WeightSpaceSpec, holds_no_weight
@@ -536,11 +537,16 @@ def rounding_floor(
     change over :data:`ROUNDING_DRAWS` such nudges per case. A permutation that is a true
     symmetry reorders sums, which round differently; a model whose outputs amplify rounding
     moves by as much under it (a 152-layer SE-ResNet at random initialisation: 0.1-0.4 on
-    outputs of 2e5, under both)."""
+    outputs of 2e5, under both). A model that computes in a lower precision than its weights
+    (diffusers' RMSNorm takes its statistics in float32 in a float64 copy) rounds at that
+    precision, so its weights are nudged at that level (:func:`lowest_precision`)."""
+    computed = lowest_precision(net, cases[0][0], state) if cases else None
 
     def nudged(v: torch.Tensor) -> torch.Tensor:
-        step = ROUNDING_STEP * torch.finfo(v.dtype).eps
-        return v * (1 + step * torch.randn(v.shape, generator=gen, dtype=v.dtype))
+        eps = torch.finfo(v.dtype).eps
+        if computed is not None:
+            eps = max(eps, torch.finfo(computed).eps)
+        return v * (1 + ROUNDING_STEP * eps * torch.randn(v.shape, generator=gen, dtype=v.dtype))
 
     worst = 0.0
     for (x, ys), _ in itertools.product(cases, range(ROUNDING_DRAWS)):
@@ -554,6 +560,40 @@ def rounding_floor(
             if isinstance(b, torch.Tensor) and b.is_floating_point() and b.numel():
                 worst = max(worst, _distance(a, b))
     return worst
+
+
+class _FloatsMade(TorchDispatchMode):
+    """Records the floating-point dtypes of every tensor an op makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                self.dtypes.add(t.dtype)
+        return out
+
+
+def lowest_precision(net: nn.Module, x: tuple, state: dict) -> torch.dtype | None:
+    """The floating-point dtype of least precision that ``net`` computes any value in, on
+    ``x`` with ``state`` (``None`` where it computes none, or it raises).
+
+    >>> class Half(nn.Module):
+    ...     def forward(self, x):
+    ...         return x.float().exp().double()
+    >>> lowest_precision(Half(), (torch.zeros(2, dtype=torch.float64),), {})
+    torch.float32
+    """
+    made = _FloatsMade()
+    try:
+        with made:
+            _outputs(net, x, state)
+    except Exception:  # (the checks themselves report a forward that raises)
+        return None
+    return max(made.dtypes, key=lambda d: torch.finfo(d).eps, default=None)
 
 
 def _one_per_tensor(sd: dict, aliases: dict) -> tuple[dict, str]:

@@ -2284,3 +2284,37 @@ def test_a_write_whose_result_is_dropped_stays_in_the_graph():
     assert sum("relu" in k for k in kept) == 2 and sum("elu" in k for k in kept) == 3
     assert "clamp_" in kept and "act" in kept
 
+
+class _FrozenDict(dict):
+    """diffusers' FrozenDict (every scheduler's config): ``update`` refused."""
+
+    def update(self, *args, **kwargs):
+        raise RuntimeError(f"You cannot use ``update`` on a {type(self).__name__} instance.")
+
+
+class _Scheduler:
+    def __init__(self) -> None:
+        self.config = _FrozenDict(steps=1024)
+        self.seen: list = []
+
+
+class _WithScheduler(TwoLinear):
+    """ConsistencyDecoderVAE: a plain scheduler object held beside the layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduler = _Scheduler()
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        self.scheduler.seen.append(h)  # caught while traced: undone
+        return self.b(h)
+
+
+def test_a_read_only_dict_a_held_object_keeps_is_left_as_it_was():
+    # restoring the held object's dicts called the FrozenDict's own `update`, which raised,
+    # after its `clear` had emptied the scheduler's config
+    model = _WithScheduler()
+    spec, report = trace_with_report(model, x_(3, 4))
+    assert report.verification.ok and spec["b.weight"].axes == ("out", "a")
+    assert dict(model.scheduler.config) == {"steps": 1024} and model.scheduler.seen == []
