@@ -1284,6 +1284,11 @@ class ShapeSpecialisingTracer(LeafFallbackTracer):
         for p in _forward_params(root):
             if p.kind == p.VAR_POSITIONAL:
                 self._inputs["*" + p.name] = tuple(given)
+                # the example's integer inputs among them, as for named ones (a float one
+                # makes what reads it unknown: only integer results are kept)
+                self._real_inputs["*" + p.name] = tuple(
+                    v.clone() if self._known(v) else v for v in real
+                )
                 break
             if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or not given:
                 break

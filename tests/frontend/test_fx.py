@@ -2318,3 +2318,38 @@ def test_a_read_only_dict_a_held_object_keeps_is_left_as_it_was():
     spec, report = trace_with_report(model, x_(3, 4))
     assert report.verification.ok and spec["b.weight"].axes == ("out", "a")
     assert dict(model.scheduler.config) == {"steps": 1024} and model.scheduler.seen == []
+
+
+class _Lengths(nn.Module):
+    """Lumina2's rotary embedding: the sequence padded to the longest caption, read with
+    ``tolist()`` off an integer input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x, lengths):
+        padded = x.new_zeros(x.shape[0], max(lengths.tolist()) + x.shape[1], 8)
+        padded[:, : x.shape[1]] = x
+        h = self.a(padded)
+        return self.b(torch.relu(h.reshape(*h.shape[:-1], 4, 2).flatten(-2)))
+
+
+class _StarArgs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _Lengths()
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+
+def test_integer_inputs_given_through_star_args_are_read_as_named_ones_are():
+    # through `forward(*args)` the example's lengths were unknown to the trace, which stood
+    # zeros in for them: a sequence of 16, not 22, baked into the reshape ("shape '[1, 16, 4,
+    # -1, 2]' is invalid for input of size 176")
+    x = (x_(1, 16, 8), torch.tensor([6]))
+    for model, prefix in ((_Lengths(), ""), (_StarArgs(), "inner.")):
+        spec, report = trace_with_report(model, x, channel_dim=-1)
+        assert report.verification.ok and not report.leaf_calls
+        assert spec[prefix + "b.weight"].axes[1] == spec[prefix + "a.weight"].axes[0] is not None
