@@ -1368,7 +1368,7 @@ def _views(n: torch.fx.Node) -> bool:
     if n.op == "call_method":
         return n.target in _VIEW_METHODS or writes(n)
     if n.op == "call_function":
-        return n.target in _VIEW_FUNCTIONS or n.kwargs.get("inplace") is True
+        return n.target in _VIEW_FUNCTIONS or writes(n)
     if n.op == "call_module":
         mod = n.graph.owning_module.get_submodule(n.target)
         return isinstance(mod, _VIEW_MODULES) or getattr(mod, "inplace", False) is True

@@ -865,14 +865,13 @@ def _effectful(node: torch.fx.Node, root: torch.nn.Module) -> bool:
     a random draw, a call into code outside torch (which may keep what it is given), a module
     that is not torch's own, a check of the forward the example must pass, or what fx itself
     keeps (assertions, the graph's inputs)."""
-    if node.is_impure() or "out" in node.kwargs or _in_place_flag(node):
+    if node.is_impure() or "out" in node.kwargs or writes(node):
         return True
     if "nfn_check" in node.meta:  # a check the example must pass (shape propagation asks)
         return True
     target = node.target
     if node.op == "call_method":
-        writes = target.endswith("_") and not target.endswith("__")
-        return writes or target.startswith("__i") or target in _EFFECT_METHODS
+        return target.startswith("__i") or target in _EFFECT_METHODS
     if node.op == "call_module":
         module = root.get_submodule(target)
         kind = type(module)
@@ -882,8 +881,7 @@ def _effectful(node: torch.fx.Node, root: torch.nn.Module) -> bool:
         name = getattr(target, "__name__", "")
         where = (getattr(target, "__module__", None) or "").split(".")[0]
         pure = where in _PURE_MODULES or isinstance(target, torch._ops.OpOverload)
-        writes = name.endswith("_") and not name.endswith("__")
-        return not pure or writes or name in _DRAWS or target in _IN_PLACE_OPERATORS
+        return not pure or name in _DRAWS or target in _IN_PLACE_OPERATORS
     return False
 
 
@@ -899,8 +897,8 @@ def _in_place_flag(node: torch.fx.Node) -> bool:
     if node.kwargs.get("inplace") is True:
         return True
     if node.op == "call_module":
-        module = node.graph.owning_module.get_submodule(node.target)
-        return getattr(module, "inplace", False) is True
+        root = node.graph.owning_module  # (none while the graph is being traced)
+        return root is not None and getattr(root.get_submodule(node.target), "inplace", 0) is True
     at = _inplace_position(node.target) if node.op == "call_function" else None
     return at is not None and at < len(node.args) and node.args[at] is True
 
@@ -1007,9 +1005,14 @@ class _StateReads(TorchFunctionMode):
 
 
 def writes(n: torch.fx.Node) -> bool:
-    """Whether node ``n`` writes into its first argument (``x[i] = v``, ``x.add_(y)``)."""
-    if n.op == "call_function":
-        return n.target is operator.setitem
+    """Whether node ``n`` writes into its first argument (``x[i] = v``, ``x.add_(y)``,
+    ``torch.relu_(x)``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)(x)``)."""
+    if n.op == "call_function" and n.target is operator.setitem:
+        return True
+    if n.op in ("call_function", "call_module"):
+        name = getattr(n.target, "__name__", "") if n.op == "call_function" else ""
+        in_place = (name.endswith("_") and not name.startswith("_")) or _in_place_flag(n)
+        return in_place and bool(n.args) and isinstance(n.args[0], torch.fx.Node)
     if n.op != "call_method":
         return False
     return n.target == "__setitem__" or (n.target.endswith("_") and not n.target.startswith("_"))
