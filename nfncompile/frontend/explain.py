@@ -34,7 +34,6 @@ h1 permutes l1.weight[0], l1.bias[0]
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import re
 from collections.abc import Sequence
@@ -298,7 +297,7 @@ def explain_failure(
         perm = spec.sample_permutation(gen, move=list(moved))
         if any(not torch.equal(p, torch.arange(len(p))) for p in perm.perms.values()):
             break
-    moved_gm = copy.deepcopy(gm)
+    moved_gm = copy_model(gm)
     # strict=False: a buffer the traced graph does not read is not in it
     moved_gm.load_state_dict(permuted_state(spec, perm, state, moved), strict=False)
     moved_args = permute_input(perm, args) if permute_input is not None else args

@@ -1987,14 +1987,22 @@ def _deep_copy(model: torch.nn.Module) -> torch.nn.Module:
     views = [
         (m, k, v) for m in model.modules() for k, v in vars(m).items() if isinstance(v, DICT_VIEWS)
     ]
-    memo: dict = {}
+    # a tensor autograd made, kept in a container (activations a module appends to a list of
+    # its own on each call): deepcopy refuses it, so its copy is a detached one
+    memo: dict = {
+        id(t): t.detach().clone()
+        for m in model.modules()
+        for k, v in vars(m).items()
+        if k not in ("_parameters", "_buffers", "_modules") and not isinstance(v, torch.Tensor)
+        for t in _non_leaves(v)
+    }
     try:
         for m, k, v in made:
             vars(m)[k] = v.detach()
         for m, k, _ in views:
             vars(m)[k] = None
         copied = copy.deepcopy(model, memo)
-    except (TypeError, copy.Error, NotImplementedError, AttributeError) as e:
+    except (TypeError, RuntimeError, copy.Error, NotImplementedError, AttributeError) as e:
         raise _not_copyable(model, e) from e
     finally:
         for m, k, v in made + views:
@@ -2006,6 +2014,20 @@ def _deep_copy(model: torch.nn.Module) -> torch.nn.Module:
             if isinstance(v, types.FunctionType) and v.__closure__:
                 vars(m)[k] = _closure_copied(v, memo)
     return copied
+
+
+def _non_leaves(value: Any, depth: int = 3) -> Iterator[torch.Tensor]:
+    """The tensors autograd made among the lists, tuples, sets and dicts of ``value``, down
+    to ``depth`` levels."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_leaf:
+            yield value
+    elif depth and isinstance(value, (list, tuple, set, frozenset)):
+        for v in value:
+            yield from _non_leaves(v, depth - 1)
+    elif depth and isinstance(value, dict):
+        for v in value.values():
+            yield from _non_leaves(v, depth - 1)
 
 
 def _view_copied(view: Any, memo: dict) -> Any:

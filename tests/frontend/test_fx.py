@@ -2359,3 +2359,28 @@ def test_integer_inputs_given_through_star_args_are_read_as_named_ones_are():
         spec, report = trace_with_report(model, x, channel_dim=-1)
         assert report.verification.ok and not report.leaf_calls
         assert spec[prefix + "b.weight"].axes[1] == spec[prefix + "a.weight"].axes[0] is not None
+
+
+class _Caching(TwoLinear):
+    """A module that keeps its activations for later inspection, in a list of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list = []
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if not self.seen:
+            self.seen.append(h)
+        return self.b(h)
+
+
+def test_activations_a_module_keeps_in_a_list_are_copied_detached():
+    # after one forward with autograd on, the list held a tensor autograd made, which
+    # deepcopy refuses: "Only Tensors created explicitly by the user (graph leaves) support
+    # the deepcopy protocol", raised from inside the verification's copy
+    model = _Caching()
+    model(x_(2, 4))
+    spec, report = trace_with_report(model, x_(3, 4))
+    assert report.verification.ok and spec["b.weight"].axes == ("out", "a")
+    assert len(model.seen) == 1 and model.seen[0].grad_fn is not None
