@@ -927,7 +927,8 @@ def without_dead_code(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     >>> [n.op for n in gm.graph.nodes]
     ['placeholder', 'call_method', 'output']
     """
-    if gm.graph.eliminate_dead_code(is_impure_node=lambda n: _effectful(n, gm)):
+    # (a node something reads stays whatever it is: only the unread ones are asked)
+    if gm.graph.eliminate_dead_code(is_impure_node=lambda n: bool(n.users) or _effectful(n, gm)):
         gm.recompile()
     return gm
 
