@@ -211,6 +211,31 @@ def test_spec_mismatch_names_the_state_dict_and_every_key():
         assert fragment in msg, msg
 
 
+@pytest.mark.parametrize(
+    ("rename", "hint"),
+    [
+        (lambda sd: {"module." + k: v for k, v in sd.items()}, "prefix 'module.' ("),
+        (lambda sd: {"_orig_mod." + k: v for k, v in sd.items()}, "k.removeprefix('_orig_mod.')"),
+        (lambda sd: {"state_dict": sd, "epoch": 3}, "pass state_dict['state_dict']"),
+        (lambda sd: {k.removeprefix("l"): v for k, v in sd.items()}, "carries the prefix 'l'"),
+    ],
+)
+def test_a_checkpoints_keys_renamed_one_way_are_named(rename, hint):
+    # published checkpoints: DistributedDataParallel's `module.`, torch.compile's
+    # `_orig_mod.`, the weights nested in a dict beside the epoch, a spec of a wrapper
+    with pytest.raises(StateDictMismatchError) as err:
+        WeightSpaceFeatures.from_state_dicts(SPEC, [rename(state_dict(0))])
+    assert hint in str(err.value) and "missing keys: l1.weight" in str(err.value)
+
+
+def test_a_key_missing_alone_gets_no_hint():
+    bad = state_dict(0)
+    del bad["l1.bias"]
+    with pytest.raises(StateDictMismatchError) as err:
+        WeightSpaceFeatures.from_state_dicts(SPEC, [bad])
+    assert "prefix" not in str(err.value) and "nested" not in str(err.value)
+
+
 def test_different_keys_without_a_spec():
     other = state_dict(1)
     other["more"] = torch.zeros(2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,6 +333,8 @@ class WeightSpaceSpec:
         ]
         lines = mismatch_lines(missing, unexpected, misshaped)
         if lines:
+            if missing and (hint := renaming_hint(self.names, state_dict)):
+                lines.append(hint)
             raise StateDictMismatchError(
                 "state_dict does not match the weight-space spec:\n  " + "\n  ".join(lines)
             )
@@ -397,6 +399,46 @@ def mismatch_lines(missing: list, unexpected: list, misshaped: list) -> list[str
     if misshaped:
         lines.append("mis-shaped keys: " + "; ".join(misshaped))
     return lines
+
+
+def renaming_hint(names: Sequence[str], state_dict: Mapping[str, Any]) -> str:
+    """What would make ``state_dict`` hold the spec's ``names``, where one change does: the
+    weights nested one level down (a checkpoint's ``{"state_dict": ..., "epoch": 3}``), every
+    key carrying a prefix (``module.`` from DataParallel or DistributedDataParallel,
+    ``_orig_mod.`` from torch.compile), or every name carrying one the keys lack (a spec traced
+    from a wrapper of the model). ``""`` otherwise.
+
+    >>> renaming_hint(["fc.weight"], {"module.fc.weight": 0})
+    "every key carries the prefix 'module.' (as DataParallel, DistributedDataParallel and torch.compile save them): strip it, {k.removeprefix('module.'): v for k, v in state_dict.items()}"
+    >>> renaming_hint(["fc.weight"], {"model": {"fc.weight": 0}, "epoch": 3})
+    "the weights are nested under 'model': pass state_dict['model']"
+    """
+    names = list(names)
+    if not names:
+        return ""
+    for k, v in state_dict.items():
+        if isinstance(v, Mapping) and all(n in v for n in names):
+            return f"the weights are nested under {k!r}: pass state_dict[{k!r}]"
+    keys = [k for k in state_dict if isinstance(k, str)]
+    for key in keys:
+        if key.endswith(names[0]) and key != names[0]:
+            prefix = key[: len(key) - len(names[0])]
+            if all(prefix + n in state_dict for n in names):
+                return (
+                    f"every key carries the prefix {prefix!r} (as DataParallel, "
+                    "DistributedDataParallel and torch.compile save them): strip it, "
+                    f"{{k.removeprefix({prefix!r}): v for k, v in state_dict.items()}}"
+                )
+    for key in keys:
+        if names[0].endswith(key) and key != names[0]:
+            prefix = names[0][: len(names[0]) - len(key)]
+            if all(n.startswith(prefix) and n[len(prefix) :] in state_dict for n in names):
+                return (
+                    f"every name of the spec carries the prefix {prefix!r}, which the keys "
+                    "lack (a spec traced from a wrapper of the model): add it, "
+                    f"{{{prefix!r} + k: v for k, v in state_dict.items()}}"
+                )
+    return ""
 
 
 def holds_no_weight(value: Any) -> bool:
