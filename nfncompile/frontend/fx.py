@@ -871,7 +871,9 @@ def _effectful(node: torch.fx.Node, root: torch.nn.Module) -> bool:
         return True
     target = node.target
     if node.op == "call_method":
-        return target.startswith("__i") or target in _EFFECT_METHODS
+        # (a method no tensor has is an object's or a container's: ``mems.append(h)``)
+        own = hasattr(torch.Tensor, target)
+        return not own or target.startswith("__i") or target in _EFFECT_METHODS
     if node.op == "call_module":
         module = root.get_submodule(target)
         kind = type(module)

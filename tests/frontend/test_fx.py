@@ -2263,6 +2263,21 @@ def test_what_the_forward_computes_and_drops_does_not_tie_its_spaces():
     assert plain == nfc.trace(_DeadStack(), x_(3, 4), verify=False)
 
 
+class _Appends(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x, mems):
+        mems.append(self.a(x))  # a method of the list, not of a tensor: kept, unread
+        return mems[0] * 2
+
+
+def test_a_call_of_an_objects_method_stays_though_nothing_reads_it():
+    gm = trace_module(_Appends(), (x_(2, 4), [x_(2, 4)]))
+    assert [n.target for n in gm.graph.nodes if n.op == "call_method"] == ["append"]
+
+
 class _ReluInPlace(TwoLinear):
     def __init__(self) -> None:
         super().__init__()
