@@ -130,3 +130,33 @@ def test_ops_that_were_probed_have_a_rule(how):
     hidden = spec["a.weight"].axes[0]
     assert hidden is not None and spec["b.weight"].axes[1] == hidden
     assert spec["c.weight"].axes[0] == hidden
+
+
+class _Dropped(TwoLinear):
+    """speechbrain's Tacotron2 prenet: dropout on in eval too (``training=True``)."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.how == "on":
+            h = F.dropout(h, 0.5, training=True)
+        elif self.how == "default":
+            h = F.dropout(h, 0.5)  # F.dropout drops unless told otherwise
+        elif self.how == "off":
+            h = F.dropout(h, 0.5, training=self.training)
+        elif self.how == "zero":
+            h = F.dropout(h, 0.0, True)
+        elif self.how == "alpha":
+            h = F.alpha_dropout(h, 0.5)  # alpha dropout does not, unless told
+        return self.b(h)
+
+
+@pytest.mark.parametrize(
+    ("how", "free"),
+    [("on", False), ("default", False), ("off", True), ("zero", True), ("alpha", True)],
+)
+def test_dropout_that_drops_makes_its_input_depend_on_position(how, free):
+    # before: dropout was elementwise whatever its arguments, and a derived symmetry that
+    # an always-on dropout breaks failed its own check (SymmetryError)
+    spec, report = trace_with_report(model_(lambda: _Dropped(how)), x_(5, 4))
+    assert report.verification.ok
+    assert (spec["a.weight"].axes[0] is not None) == free

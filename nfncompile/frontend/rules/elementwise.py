@@ -40,8 +40,7 @@ _ACTIVATION_MODULES = (
 _ELEMENTWISE_FUNCTIONS = [
     F.relu, F.relu_, F.relu6, F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.softplus,
     F.hardswish, F.hardsigmoid, F.hardtanh, F.mish, F.logsigmoid, F.softsign, F.tanhshrink,
-    F.softshrink, F.hardshrink, F.threshold, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-    F.alpha_dropout, F.feature_alpha_dropout, F.sigmoid, F.tanh, F.softmax, F.log_softmax,
+    F.softshrink, F.hardshrink, F.threshold, F.sigmoid, F.tanh, F.softmax, F.log_softmax,
     F.softmin, F.normalize,
     torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.sin, torch.cos, torch.tan,
     torch.exp, torch.exp2, torch.expm1, torch.log, torch.log1p, torch.log2, torch.log10,
@@ -56,7 +55,7 @@ _ELEMENTWISE_FUNCTIONS = [
     torch.logit, torch.heaviside, torch.hypot, torch.eq, torch.ne, torch.gt, torch.ge, torch.lt,
     torch.le, torch.logical_and, torch.logical_or, torch.logical_not, torch.logical_xor,
     torch.isnan, torch.isfinite, torch.masked_fill, torch.special.expit, torch.special.erf,
-    torch.dropout, torch.selu, torch.celu, torch.rrelu, torch.hardshrink, torch.square,
+    torch.selu, torch.celu, torch.rrelu, torch.hardshrink, torch.square,
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
     operator.pow, operator.neg, operator.pos, operator.abs, operator.mod, operator.iadd,
     operator.isub, operator.imul, operator.itruediv, operator.eq, operator.ne, operator.gt,
@@ -164,6 +163,28 @@ def _random_like(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     # and each position has its own value, so what they meet depends on position (as in the
     # verification's seeded runs)
     return TensorLabels.plain(a.out_shape())
+
+
+#: the dropout functions, each with whether it drops by default (``F.dropout(x, p)`` does)
+_DROPOUTS = {
+    F.dropout: True, F.dropout1d: True, F.dropout2d: True, F.dropout3d: True,
+    F.alpha_dropout: False, F.feature_alpha_dropout: False, torch.dropout: None,
+}  # fmt: skip
+
+
+@register_function(*_DROPOUTS)
+@structured
+def _dropout(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    # where it drops (speechbrain's Tacotron2 prenet: `F.dropout(x, p, training=True)`, on in
+    # eval too), a random mask over positions multiplies x, which then depends on position as
+    # it does on fresh draws; else x as it is
+    x = arg(args, kwargs, 0, "input", None)
+    p = arg(args, kwargs, 1, "p", 0.5)
+    default = _DROPOUTS[a.node.target]
+    on = arg(args, kwargs, 2, "training", arg(args, kwargs, 2, "train", default))
+    if on and p:
+        return a.broadcast([x, TensorLabels.plain(x.shape)])
+    return a.broadcast([x])
 
 
 @register_module(nn.GLU)
