@@ -842,3 +842,25 @@ def test_a_reduction_inside_groups_of_channels_moves_the_groups_as_blocks(how):
     assert spec.block_shape("a") == (4, 2)
     assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
     assert_equivariant(nfc.NFLinear(spec, 1, 2, basis="linear").double(), spec, trials=2)
+
+
+class _ComplexParts(nn.Module):
+    """asteroid's complex convolutions: a complex tensor's parts read as attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.re, self.im, self.out = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(12, 3)
+
+    def forward(self, x):
+        z = torch.complex(self.re(x), self.im(x))
+        return self.out(torch.cat([torch.tanh(z.real), torch.tanh(z.imag)], 1))
+
+
+def test_a_complex_tensors_parts_keep_their_labels():
+    # before: `z.real` was refused ("the attribute 'real' of a TensorLabels") and fixed
+    # every unit through it: asteroid's DCUNet read 0 spaces
+    spec, report = trace_with_report(
+        _ComplexParts().double(), torch.randn(5, 4, dtype=torch.float64)
+    )
+    assert report.verification.ok and not report.broken
+    assert spec["re.weight"].axes[0] == spec["im.weight"].axes[0] is not None

@@ -505,6 +505,9 @@ def _attribute(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         if name in ("mT", "mH"):
             order = [*range(value.ndim - 2), value.ndim - 1, value.ndim - 2]
         return TensorLabels(a.out_shape(), tuple(value.labels[d] for d in order))
+    if isinstance(value, TensorLabels) and name in ("real", "imag"):
+        # a complex tensor's parts (asteroid's complex convs): views of the same positions
+        return TensorLabels(a.out_shape(), value.labels)
     raise Unsupported(f"the attribute {name!r} of a {type(value).__name__}")
 
 
