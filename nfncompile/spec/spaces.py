@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ class Space:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise SpecError(f"space name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "size", _integer(self.size))
         if not _is_int(self.size) or self.size < 1:
             raise SpecError(f"space {self.name!r}: size must be a positive int, got {self.size!r}")
         if self.role not in ROLES:
@@ -101,6 +103,7 @@ class Blocks:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise SpecError(f"block permutation name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "count", _integer(self.count))
         if not _is_int(self.count) or self.count < 1:
             raise SpecError(
                 f"blocks {self.name!r}: count must be a positive int, got {self.count!r}"
@@ -152,3 +155,17 @@ class SpaceMap(Mapping):
 
     def __repr__(self) -> str:
         return "{" + ", ".join(f"{k!r}: {v!r}" for k, v in self._index.items()) + "}"
+
+
+def _integer(x: Any) -> Any:
+    """``x`` as a Python int where it is an integer of another type (a NumPy integer, which
+    torch takes for a layer's width: MONAI's ``nn.Linear(z, np.prod(shape) * c)``); else
+    as it is, for the checks to refuse.
+
+    >>> import numpy as np
+    >>> _integer(np.int64(3)), _integer(True), _integer(2.0)
+    (3, True, 2.0)
+    """
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        return int(x)
+    return x

@@ -436,3 +436,27 @@ def test_spectral_norm_keeps_the_channels(new):
     spec, report = trace_with_report(model_(lambda: _SpectralNormed(new)), x_(1, 2, 16))
     hidden = [s.name for s in spec.spaces.values() if s.role == "hidden"]
     assert len(hidden) == 2 and report.verification.ok and not report.probes
+
+
+def test_layer_widths_given_as_numpy_integers():
+    # MONAI's SPADE decoder builds nn.Linear(z, np.prod(shape) * c), which torch takes; the
+    # width read off the module reached the spec as np.int64 and was refused ("size must be
+    # a positive int, got np.int64(16)"), as a group count read so would be
+    import numpy as np
+
+    model = nn.Sequential(
+        nn.Conv2d(3, np.int64(8), 3),
+        nn.ReLU(),
+        nn.Conv2d(np.int64(8), np.int64(8), 3, groups=np.int64(2)),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32, np.int64(6)),
+        nn.ReLU(),
+        nn.Linear(6, 2),
+    )
+    spec, report = trace_with_report(model, torch.randn(2, 3, 6, 6))
+    assert report.verification.ok
+    assert [s.size for s in spec.spaces.values()] == [3, 8, 8, 6, 2]
+    assert all(type(s.size) is int for s in spec.spaces.values())
+    assert [type(b.count) for b in spec.blocks.values()] == [int]
+    assert spec == nfc.WeightSpaceSpec.from_yaml(spec.to_yaml())
