@@ -1992,13 +1992,14 @@ def _deep_copy(model: torch.nn.Module) -> torch.nn.Module:
     ]
     # a tensor autograd made, kept in a container (activations a module appends to a list of
     # its own on each call): deepcopy refuses it, so its copy is a detached one
-    memo: dict = {
+    detached: dict = {
         id(t): t.detach().clone()
         for m in model.modules()
         for k, v in vars(m).items()
         if k not in ("_parameters", "_buffers", "_modules") and not isinstance(v, torch.Tensor)
         for t in _non_leaves(v)
     }
+    memo = dict(detached)
     try:
         for m, k, v in made:
             vars(m)[k] = v.detach()
@@ -2006,7 +2007,7 @@ def _deep_copy(model: torch.nn.Module) -> torch.nn.Module:
             vars(m)[k] = None
         copied = copy.deepcopy(model, memo)
     except (TypeError, RuntimeError, copy.Error, NotImplementedError, AttributeError) as e:
-        raise _not_copyable(model, e) from e
+        raise _not_copyable(model, e, detached) from e
     finally:
         for m, k, v in made + views:
             vars(m)[k] = v
@@ -2045,15 +2046,16 @@ def _view_copied(view: Any, memo: dict) -> Any:
     return kind[type(view)](copied)
 
 
-def _not_copyable(model: torch.nn.Module, error: BaseException) -> TraceError:
+def _not_copyable(model: torch.nn.Module, error: BaseException, detached: dict) -> TraceError:
     """The error for a model that ``copy.deepcopy`` refuses, naming the attribute it fails on
-    (the first module attribute whose own copy fails), which the verification needs copied."""
+    (the first module attribute whose own copy fails, with the tensors autograd made copied
+    ``detached`` as the model's copy takes them), which the verification needs copied."""
     for name, m in model.named_modules():
         for k, v in vars(m).items():
             if isinstance(v, torch.nn.Module) or k in ("_modules", "_parameters", "_buffers"):
                 continue
             try:
-                copy.deepcopy(v)
+                copy.deepcopy(v, dict(detached))
             except Exception as inner:  # the culprit's own error is the one reported
                 where = f"{name}.{k}" if name else k
                 return TraceError(

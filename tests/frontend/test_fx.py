@@ -1059,6 +1059,7 @@ def test_a_view_of_a_modules_dict_is_copied_over_the_copys_dict():
 class _Counting(TwoLinear):
     def __init__(self) -> None:
         super().__init__()
+        self.seen = [self.a(torch.zeros(1, 4))]  # made by autograd: copied detached
         self.steps = (i for i in range(10))
 
 
