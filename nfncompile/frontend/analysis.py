@@ -232,9 +232,6 @@ class SymmetryAnalysis(PlainArgsInterpreter):
     def new_run(self, size: int, kind: str, origin: str) -> Label:
         """A fresh run of ``size`` neurons; returns its full label. A run :attr:`blocks` names
         is made of ``size / b`` neurons each spanning ``b`` positions."""
-        # (a width read off a module may be a NumPy integer: MONAI's SPADE decoder builds
-        # ``nn.Linear(z, np.prod(shape) * c)``, which torch takes)
-        size = operator.index(size)
         node = self.node.name if self.node else ""
         key = (node, self._made_at.get(node, 0), size)
         self._made_at[node] = key[1] + 1

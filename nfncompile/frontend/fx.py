@@ -859,7 +859,7 @@ _IN_PLACE_OPERATORS = frozenset(
 _PURE_MODULES = ("torch", "operator", "_operator", "math", "builtins", "einops")
 
 
-def _effectful(node: torch.fx.Node, root: torch.nn.Module) -> bool:
+def _effectful(node: torch.fx.Node) -> bool:
     """Whether ``node`` may matter where nothing reads its result: an in-place write (a method
     or function named with a trailing ``_``, ``out=``, ``inplace=True``, ``x[i] = v``, ``+=``),
     a random draw, a call into code outside torch (which may keep what it is given), a module
@@ -875,7 +875,7 @@ def _effectful(node: torch.fx.Node, root: torch.nn.Module) -> bool:
         own = hasattr(torch.Tensor, target)
         return not own or target.startswith("__i") or target in _EFFECT_METHODS
     if node.op == "call_module":
-        module = root.get_submodule(target)
+        module = node.graph.owning_module.get_submodule(target)
         kind = type(module)
         random = module.training and ("Dropout" in kind.__name__ or "RReLU" in kind.__name__)
         return not kind.__module__.startswith("torch.nn") or random
@@ -930,7 +930,7 @@ def without_dead_code(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     ['placeholder', 'call_method', 'output']
     """
     # (a node something reads stays whatever it is: only the unread ones are asked)
-    if gm.graph.eliminate_dead_code(is_impure_node=lambda n: bool(n.users) or _effectful(n, gm)):
+    if gm.graph.eliminate_dead_code(is_impure_node=lambda n: bool(n.users) or _effectful(n)):
         gm.recompile()
     return gm
 
@@ -1978,38 +1978,33 @@ def copy_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torc
 #: The view types of a dict (``d.keys()``, ``d.values()``, ``d.items()``), which cannot be
 #: deep copied.
 DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
+#: a module's own registries of its parameters, buffers and submodules
+REGISTRIES = ("_parameters", "_buffers", "_modules")
 
 
 def _deep_copy(model: torch.nn.Module) -> torch.nn.Module:
-    made = [
-        (m, k, v)
-        for m in model.modules()
-        for k, v in vars(m).items()
-        if isinstance(v, torch.Tensor) and not v.is_leaf
-    ]
     views = [
         (m, k, v) for m in model.modules() for k, v in vars(m).items() if isinstance(v, DICT_VIEWS)
     ]
-    # a tensor autograd made, kept in a container (activations a module appends to a list of
-    # its own on each call): deepcopy refuses it, so its copy is a detached one
+    # a tensor autograd made, which deepcopy refuses, held by a module (a forward hook's
+    # ``weight``) or in a container of its own (activations it appends to a list on each
+    # call): its copy is a detached one
     detached: dict = {
         id(t): t.detach().clone()
         for m in model.modules()
         for k, v in vars(m).items()
-        if k not in ("_parameters", "_buffers", "_modules") and not isinstance(v, torch.Tensor)
+        if k not in REGISTRIES
         for t in _non_leaves(v)
     }
     memo = dict(detached)
     try:
-        for m, k, v in made:
-            vars(m)[k] = v.detach()
         for m, k, _ in views:
             vars(m)[k] = None
         copied = copy.deepcopy(model, memo)
     except (TypeError, RuntimeError, copy.Error, NotImplementedError, AttributeError) as e:
         raise _not_copyable(model, e, detached) from e
     finally:
-        for m, k, v in made + views:
+        for m, k, v in views:
             vars(m)[k] = v
     for m, k, v in views:
         vars(memo[id(m)])[k] = _view_copied(v, memo)
@@ -2052,7 +2047,7 @@ def _not_copyable(model: torch.nn.Module, error: BaseException, detached: dict) 
     ``detached`` as the model's copy takes them), which the verification needs copied."""
     for name, m in model.named_modules():
         for k, v in vars(m).items():
-            if isinstance(v, torch.nn.Module) or k in ("_modules", "_parameters", "_buffers"):
+            if isinstance(v, torch.nn.Module) or k in REGISTRIES:
                 continue
             try:
                 copy.deepcopy(v, dict(detached))

@@ -49,6 +49,7 @@ from .channel_dims import ChannelDim, channel_dim_of, check_channel_dim
 from .derivation import IOAxes, TensorAxes
 from .explain import Divergence, explain_failure, permuted_state
 from .fx import (
+    REGISTRIES,
     as_args,
     attributes_kept,
     canonical_keys,
@@ -308,10 +309,6 @@ def _outputs(net: nn.Module, x: tuple, state: dict | None = None) -> list:
     return leaves(y, fields=True)
 
 
-#: a module's own registries of its parameters, buffers and submodules
-_REGISTRIES = ("_parameters", "_buffers", "_modules")
-
-
 def _held_elsewhere(net: nn.Module) -> bool:
     """Whether a module of ``net`` also keeps one of its state's tensors in a plain container
     attribute (ncps' LTC cell reads its parameters from a dict), which ``functional_call``
@@ -323,7 +320,7 @@ def _held_elsewhere(net: nn.Module) -> bool:
             id(t) in ids
             for mod in net.modules()
             for k, v in vars(mod).items()
-            if k not in _REGISTRIES and isinstance(v, (dict, list, tuple))
+            if k not in REGISTRIES and isinstance(v, (dict, list, tuple))
             for t in (v.values() if isinstance(v, dict) else v)
             if isinstance(t, torch.Tensor)
         )
