@@ -259,6 +259,14 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             return
         self.requests[key] = math.lcm(self.requests.get(key, blocks), blocks)
 
+    def _request_run_blocks(self, run: int, factor: int) -> None:
+        """Ask for ``run`` to be made of neurons spanning ``factor`` positions each
+        (:attr:`requests`), where its size allows."""
+        key = self.run_keys[run]
+        blocks = self.blocks.get(key, 1) * factor
+        if key[2] % blocks == 0:
+            self.requests[key] = math.lcm(self.requests.get(key, blocks), blocks)
+
     def request_blocks(self, label: Label, factor: int) -> None:
         """Ask for the runs of ``label`` to be made of neurons spanning ``factor`` times the
         positions each spans now (:attr:`requests`), where whole blocks line up with them
@@ -548,7 +556,12 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         (heads,) = self.new_run(len(chunks), "heads", f"{self._name()} (heads)")
         (dims,) = self.new_run(width, "neuron", f"{self._name()} (per head)")
         spans = {s.inner for chunk in chunks for s in chunk}
-        if heads.inner != 1 or spans != {dims.inner} or (dims.inner != 1 and not stacked):
+        if heads.inner != 1 or spans != {dims.inner}:
+            if heads.inner == dims.inner == 1 and len(spans) == 1 and not stacked:
+                # each chunk's neurons span positions (GroupNorm written out: a conv's
+                # (C, H, W) viewed as (groups, C / groups * H * W)): the next round makes the
+                # dims so too
+                self._request_run_blocks(dims.run, spans.pop())
             for seg in (heads, dims):  # unused: positions, not a space of their own
                 self.runs[seg.run].kind = "fixed"
                 self._fix_run(seg.run, 0, self.runs[seg.run].size, self._broken(POSITIONS))
@@ -576,17 +589,18 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         whole = [self.split_runs.get(run) for run in (heads[0].run, seg.run)]
         if whole[0] is not None and whole[0][1] == "heads" and whole[1] is None and seg.inner == 1:
             return self._merge_shared(self.head_splits[whole[0][0]], heads, dims)
-        if None in whole or whole[0][1] != "heads" or whole[1][1] != "dims" or seg.inner != 1:
+        if None in whole or whole[0][1] != "heads" or whole[1][1] != "dims":
             return None
         h, split = self.head_splits[whole[0][0]], self.head_splits[whole[1][0]]
-        if len(h.chunks) % len(split.chunks):
+        if len(h.chunks) % len(split.chunks) or seg.inner != split.span:
             return None
         # with fewer chunks, each read by that many heads in a row (GQA's values), or tiled
         # where the heads met them so: the check (heads.check) holds them to heads aligned so
         group = len(h.chunks) // len(split.chunks)
         tiled = (h.heads, split.heads) in self.tiled_heads
         self.head_merges.append(HeadMerge(h.id, split.id, self._name()))
-        chunks = [self.slice_label(c, seg.offset, seg.offset + seg.length) for c in split.chunks]
+        start, stop = seg.offset * seg.inner, (seg.offset + seg.length) * seg.inner
+        chunks = [self.slice_label(c, start, stop) for c in split.chunks]
         pick = (lambda i: i % len(chunks)) if tiled else (lambda i: i // group)
         return tuple(s for i in range(len(h.chunks)) for s in chunks[pick(i)])
 
@@ -679,6 +693,25 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     else:
                         carried.append((heads[0], split, node.name))
         return faults, list(dict.fromkeys(carried))
+
+    def repeats_heads(self, heads: Any, chunks: Any) -> bool:
+        """Whether ``heads`` is a split's whole heads run, in order, each head repeated over
+        as many positions as its chunk has in ``chunks``, which holds that split's chunks in
+        order (a group's statistics expanded over its channels and viewed back to channels,
+        beside those channels)."""
+        if not (isinstance(chunks, tuple) and isinstance(heads, tuple) and len(heads) == 1):
+            return False
+        (seg,) = heads
+        if seg.offset or seg.length != self.runs[seg.run].size:
+            return False
+        owner, what = self.split_runs.get(seg.run, (-1, ""))
+        spans = {s.inner for s in chunks}
+        if what != "heads" or len(spans) != 1:
+            return False
+        split = self.head_splits[owner]
+        neurons = [(s.run, s.offset + i) for s in chunks for i in range(s.length)]
+        ours = [(s.run, s.offset + i) for c in split.chunks for s in c for i in range(s.length)]
+        return neurons == ours and seg.inner == split.width * spans.pop()
 
     def is_whole_heads(self, label: Any) -> bool:
         """Whether ``label`` is one split's whole heads run, each head in place or repeated,
@@ -1178,6 +1211,10 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                     self.fix(lab, mixed)
                 labels.append(None)
             elif found:
+                # a value per head repeated over its chunk meets the chunks themselves (a
+                # GroupNorm's statistics expanded and viewed back to channels): each chunk
+                # meets its own head, which the split already says
+                found = [f for f in found if not any(self.repeats_heads(f, g) for g in found)]
                 # attention heads (a stacked weight's members) label the output where they
                 # meet a weight per head (``self.bias + x @ W``), so it holds them whole
                 first = next((lab for lab in found if self.is_heads(lab)), found[0])

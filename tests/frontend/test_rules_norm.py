@@ -161,3 +161,52 @@ def test_weight_norm_keeps_the_neurons_of_the_weight_it_normalises():
     assert spec["g"].axes[0] == spec["v"].axes[0] is not None
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class WrittenOutNorm(nn.Module):
+    """A conv, a group norm written out with reshapes (``how``), another conv."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3)
+        self.w = nn.Parameter(torch.rand(1, 8, 1, 1) + 0.5)
+        self.v = nn.Parameter(torch.rand(1, 8, 1, 1))
+        self.per_group = nn.Parameter(torch.rand(1, 2, 1) + 0.5)
+        self.shared = nn.Parameter(torch.randn(4 * 7 * 7))
+
+    def forward(self, x):
+        x = self.c1(x)
+        b, c, h, w = x.shape
+        if self.how == "flat":  # the GroupNorm paper's code: (N, G, -1)
+            g = x.view(b, 2, -1)
+            g = (g - g.mean(-1, keepdim=True)) / (g.var(-1, keepdim=True) + 1e-5).sqrt()
+            y = g.view(b, c, h, w) * self.w
+        elif self.how in ("evonorm_flat", "evonorm_5d"):  # timm's EvoNorm-S0 group_std
+            g = x.reshape(b, 2, -1) if self.how == "evonorm_flat" else x.reshape(b, 2, 4, h, w)
+            dims = -1 if self.how == "evonorm_flat" else (2, 3, 4)
+            std = g.var(dims, unbiased=False, keepdim=True).add(1e-5).sqrt()
+            y = x * (x * self.v).sigmoid() / std.expand(g.shape).reshape(b, c, h, w) * self.w
+        elif self.how == "per_group":  # a scale per group moves with its group
+            g = x.reshape(b, 2, -1)
+            y = ((g - g.mean(-1, keepdim=True)) * self.per_group).reshape(b, c, h, w)
+        else:  # one weight for every group's positions: one permutation inside all groups
+            y = (x.view(b, 2, -1) * self.shared).view(b, c, h, w)
+        return self.c2(torch.relu(y))
+
+
+@pytest.mark.parametrize("how", ["flat", "evonorm_flat", "evonorm_5d", "per_group", "shared"])
+def test_a_group_norm_written_out_permutes_inside_each_group(how):
+    # (N, C, H, W) viewed as (N, G, C / G * H * W): each channel a neuron of H * W positions
+    # in its group's chunk, each group's permuting on its own and the groups moving as blocks
+    # (as nn.GroupNorm's); before, the two chunks were tied: one permutation for both groups
+    spec, report = trace_with_report(model_(lambda: WrittenOutNorm(how)), x_(2, 3, 9, 9))
+    assert report.verification.ok and not report.broken
+    if how == "shared":  # the groups still swap whole
+        assert spec.spaces["c1"].size == 4 and spec["shared"].axes == ("c1", None)
+        assert [b.count for b in spec.blocks.values()] == [2]
+    else:
+        assert spec.spaces["c1"].size == 8 and spec.block_shape("c1") == (2, 4)
+    if how == "per_group":
+        assert spec["per_group"].axes == (None, "c1.head", None)
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

@@ -199,8 +199,10 @@ def split_label(a: SymmetryAnalysis, label: Any, sizes: list, dims: list | None 
                     r: t for o, h in zip(ours, theirs) for r, t in ((o.heads, h.heads), (o.dims, h.dims))
                 }  # fmt: skip
         return [None, *first]
-    if single and sizes[0] > 1:
-        # each chunk a head (attention's C -> (H, C / H)): see HeadSplit
+    if len({s.inner for c in chunks for s in c}) == 1 and sizes[0] > 1:
+        # each chunk a head (attention's C -> (H, C / H)): see HeadSplit; or a group of
+        # channels, each spanning its positions (GroupNorm written out: (groups, C / groups
+        # * H * W)), whose split is made so in the next round
         split = a.split_heads(chunks)
         if split is not None:
             heads, dims = split
