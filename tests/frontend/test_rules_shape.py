@@ -864,3 +864,71 @@ def test_a_complex_tensors_parts_keep_their_labels():
     )
     assert report.verification.ok and not report.broken
     assert spec["re.weight"].axes[0] == spec["im.weight"].axes[0] is not None
+
+
+class FieldPairs(nn.Module):
+    """Fields' hidden units read in pairs by a tuple of positions (RecBole's FiGNN:
+    ``x[:, src_nodes]`` with ``src_nodes`` from ``zip(*product(...))``), or selected whole by
+    lengths with ``torch.masked_select`` and viewed back (DeepCTR's DIEN)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.lin0, self.lin1 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x, lengths):
+        h = torch.relu(self.lin0(x))  # (B, fields, 6)
+        if self.how == "tuple":
+            h = h[:, (0, 0, 1, 2), :]
+        else:
+            h = torch.masked_select(h, (lengths > 0).view(-1, 1, 1)).view(-1, 3, 6)
+        return self.lin1(h).sum(1)
+
+
+@pytest.mark.parametrize("how", ["tuple", "masked_select"])
+def test_a_tuple_of_positions_and_a_mask_of_whole_rows_keep_the_features(how):
+    # before: "indexing with tuple", and masked_select probed as not equivariant: lin0 fixed
+    model = model_(lambda: FieldPairs(how))
+    x, lengths = x_(3, 3, 4), torch.tensor([2, 0, 4])
+    spec, report = trace_with_report(model, (x, lengths), channel_dim=(-1, None))
+    assert spec.spaces["lin0"].size == 6 and spec.spaces["lin0"].role == "hidden"
+    assert report.verification.ok and not report.broken
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)
+
+
+def test_masked_select_along_a_neuron_axis_fixes_it():
+    class ByValue(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin0, self.lin1 = nn.Linear(4, 6), nn.Linear(1, 2)
+
+        def forward(self, x):
+            h = self.lin0(x)
+            return self.lin1(torch.masked_select(h, h > 0).sum().view(1, 1))
+
+    spec, report = trace_with_report(model_(ByValue), x_(3, 4))
+    assert "lin0" not in spec.spaces and report.verification.ok
+
+
+class CatOfProduct(nn.Module):
+    """A flattened product (input fields x hidden units) concatenated with a layer's outputs,
+    then read by a Linear (DeepCTR's AutoInt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin0, self.deep = nn.Linear(4, 5), nn.Linear(12, 3)
+        self.out = nn.Linear(3 * 5 + 3, 1)
+
+    def forward(self, x):  # (B, fields, 4), the fields an input axis
+        h = torch.relu(self.lin0(x)).flatten(1)  # (B, fields * 5): a product
+        d = torch.relu(self.deep(x.flatten(1)))
+        return self.out(torch.cat((h, d), -1))
+
+
+def test_a_product_concatenated_keeps_its_largest_factor():
+    # before: the product was fixed whole (lin0's 5 units with the fields)
+    spec, report = trace_with_report(model_(CatOfProduct), x_(2, 3, 4), channel_dim=1)
+    assert spec.spaces["lin0"].size == 5 and spec.spaces["deep"].size == 3
+    assert [b.neurons for b in report.broken] == [["in"]]
+    assert report.verification.ok
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

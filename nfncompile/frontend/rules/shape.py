@@ -529,6 +529,10 @@ def _getitem(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
         idx, raw = tuple(idx), tuple(raw)
     idx = idx if isinstance(idx, tuple) else (idx,)
     raw = raw if isinstance(raw, tuple) else (raw,)
+    # a tuple inside the index is a sequence of positions, as a list is (RecBole's FiGNN:
+    # ``x[:, src_nodes]`` with ``src_nodes`` from ``zip(*product(...))``)
+    idx = tuple(list(i) if isinstance(i, tuple) else i for i in idx)
+    raw = tuple(list(r) if isinstance(r, tuple) else r for r in raw)
     idx = tuple(_Mask(i.ndim) if is_mask(r) else _constant_run(a, i, r) for i, r in zip(idx, raw))
     idx = tuple(_recorded_bounds(i, r) if isinstance(i, slice) else i for i, r in zip(idx, raw))
     if any(i is Ellipsis for i in idx):
@@ -875,6 +879,43 @@ def _advanced_getitem(a: SymmetryAnalysis, x: TensorLabels, idx: tuple) -> Tenso
     made = made_labels or (None,) * (len(shape) - len(labels))
     at = 0 if front else where
     return TensorLabels(shape, tuple(labels[:at]) + made + tuple(labels[at:]))
+
+
+@register_function(torch.masked_select)
+@register_method("masked_select")
+@structured
+def _masked_select(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
+    """``torch.masked_select(x, mask)``: the entries the mask selects, flattened. A mask
+    constant along ``x``'s last dims (DeepCTR's DIEN: ``masked_select(keys, mask.view(-1, 1,
+    1)).view(-1, T, D)``, rows picked by their lengths) selects whole blocks of them, so the
+    output is those dims flattened, repeated once per block selected; the dims it varies along
+    are read at the positions it picks (fixed where labelled, as a boolean index fixes them),
+    and so are the mask's own labelled dims there (a mask computed from neurons' values)."""
+    x, mask = arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "mask")
+    if not isinstance(x, TensorLabels) or not isinstance(mask, TensorLabels):
+        raise Unsupported("masked_select of a non-tensor")
+    ndim = max(x.ndim, mask.ndim)
+    xs = (1,) * (ndim - x.ndim) + tuple(x.shape)
+    xl = (None,) * (ndim - x.ndim) + tuple(x.labels)
+    ms = (1,) * (ndim - mask.ndim) + tuple(mask.shape)
+    ml = (None,) * (ndim - mask.ndim) + tuple(mask.labels)
+    k = ndim
+    while k > 0 and ms[k - 1] == 1:
+        k -= 1
+    for lab, mlab in zip(xl[:k], ml[:k]):
+        a.fix(a.plain_label(lab), GATHERED)
+        a.fix(a.plain_label(mlab), "a mask that depends on neurons' values")
+    (n,) = a.out_shape()
+    width = math.prod(xs[k:])
+    if k == ndim:
+        return TensorLabels((n,), (None,))
+    block = merge_label(a, list(xl[k:]), list(xs[k:]))
+    if block is None or block is UNIFORM:
+        return TensorLabels((n,), (block,))
+    if isinstance(block, Prod) or n % width:
+        a.fix(block, "masked_select flattens several neuron axes")
+        return TensorLabels((n,), (None,))
+    return TensorLabels((n,), (tuple(block) * (n // width),))
 
 
 @register_function(torch.gather, torch.take_along_dim)
