@@ -986,6 +986,10 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             t = self.fetch_attr(target)
             if not isinstance(t, torch.Tensor) or t.is_meta:
                 return info
+            if t.layout != torch.strided:  # a sparse matrix (RecBole's normalised adjacency)
+                if t.numel() > _DENSE_LIMIT:
+                    return info
+                t = t.to_dense()
             labels = tuple(
                 UNIFORM if n > 1 and torch.equal(t, t.narrow(d, 0, 1).expand_as(t)) else None
                 for d, n in enumerate(t.shape)
@@ -1111,11 +1115,26 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         )
 
     def plain_label(self, label: Any, reader: str = "", uniform: bool = False) -> Any:
-        """One dim's label as a plain label: a flattened product is fixed, uniform dropped
-        (kept with ``uniform``, for a rule that reads it)."""
+        """One dim's label as a plain label: a flattened product keeps the neurons of its
+        largest factor (the last of equals), each spanning the positions of the factors after
+        it and repeated for each position of those before, and its other factors are fixed
+        (a conv over channels flattened from (hidden, fields), xDeepFM's CIN; a product
+        concatenated with a layer's outputs, AutoInt's); uniform is dropped (kept with
+        ``uniform``, for a rule that reads it)."""
         if isinstance(label, Prod):
-            self.fix(label, f"{reader or self.op} reads a flattened product of neuron axes")
-            return None
+            reason = f"{reader or self.op} reads a flattened product of neuron axes"
+            kept = [t for t, f in enumerate(label.factors) if isinstance(f, tuple)]
+            if not kept:
+                return None
+            keep = max(kept, key=lambda t: (label_width(label.factors[t]), t))
+            for t in kept:
+                if t != keep:
+                    self.fix(label.factors[t], reason)
+            after = math.prod(label.sizes[keep + 1 :])
+            own = tuple(
+                Seg(s.run, s.offset, s.length, s.inner * after) for s in label.factors[keep]
+            )
+            return own * math.prod(label.sizes[:keep])
         return None if label is UNIFORM and not uniform else label
 
     def unknown(self, args: Any, kwargs: Any) -> Any:
@@ -1301,6 +1320,9 @@ _MAX_CONSTANT_CLASSES = 1 << 22
 
 #: ops whose result may share memory with their first argument (a view, or the argument
 #: itself): a write into one is a write into the others
+#: the most entries a sparse constant is made dense to read which of its dims repeat
+_DENSE_LIMIT = 1 << 22
+
 _VIEW_METHODS = frozenset(
     ["view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "narrow",
      "select", "unsqueeze", "squeeze", "flatten", "unflatten", "expand", "expand_as", "split",
@@ -1401,7 +1423,12 @@ def _positional(target: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
 
 
 def _views(n: torch.fx.Node) -> bool:
-    """Whether ``n``'s result may share its first argument's memory."""
+    """Whether ``n``'s result may share its first argument's memory (an index that holds a
+    sequence or a tensor copies what it reads)."""
+    if n.op == "call_function" and n.target is operator.getitem and len(n.args) == 2:
+        entries = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+        if any(_advanced_entry(i) for i in entries):
+            return False
     if n.op == "call_method":
         return n.target in _VIEW_METHODS or writes(n)
     if n.op == "call_function":
@@ -1409,6 +1436,17 @@ def _views(n: torch.fx.Node) -> bool:
     if n.op == "call_module":
         mod = n.graph.owning_module.get_submodule(n.target)
         return isinstance(mod, _VIEW_MODULES) or getattr(mod, "inplace", False) is True
+    return False
+
+
+def _advanced_entry(i: Any) -> bool:
+    """Whether index entry ``i`` (a graph argument) is an advanced index: a sequence or a
+    tensor, not an integer, a slice, ``None`` or ``...``."""
+    if isinstance(i, (list, tuple, torch.Tensor)):
+        return True
+    if isinstance(i, torch.fx.Node):
+        value = i.meta.get("val", i.meta.get("tensor_meta"))
+        return value is not None and hasattr(value, "shape") and hasattr(value, "dtype")
     return False
 
 

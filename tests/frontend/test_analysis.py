@@ -108,8 +108,10 @@ def test_uniform_and_product_labels_in_ties_and_plain_rules():
     q = Prod(((Seg(2, 0, 2), Seg(2, 0, 2)), (Seg(0, 0, 3),)), (4, 3))
     assert a.tie(p, q) == p and [(t.a, t.b) for t in a.ties] == [(1, 2), (1, 2)]
     plain = a.plain(TensorLabels((5, 12, 7), (None, p, UNIFORM)), "a test rule")
-    assert plain.labels == (None, None, None)
+    # the largest factor's neurons kept, each spanning the 3 positions of the one after it
+    assert plain.labels == (None, (Seg(1, 0, 4, 3),), None)
     assert a.broken[-1].reason == "a test rule reads a flattened product of neuron axes"
+    assert a.fixes[-1][0] == 0
 
 
 def test_link_blocks_records_the_alternative_instead_of_applying_it():

@@ -460,3 +460,26 @@ def test_layer_widths_given_as_numpy_integers():
     assert all(type(s.size) is int for s in spec.spaces.values())
     assert [type(b.count) for b in spec.blocks.values()] == [int]
     assert spec == nfc.WeightSpaceSpec.from_yaml(spec.to_yaml())
+
+
+class CIN(nn.Module):
+    """xDeepFM's compressed interaction: the outer product of hidden channels with the fields,
+    flattened and read by a Conv1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0, self.conv1 = nn.Conv1d(9, 4, 1), nn.Conv1d(12, 2, 1)
+
+    def forward(self, x0):  # (B, 3 fields, D)
+        z = torch.einsum("bhd,bmd->bhmd", x0, x0).reshape(x0.shape[0], 9, -1)
+        h = torch.relu(self.conv0(z))  # (B, 4, D)
+        z = torch.einsum("bhd,bmd->bhmd", h, x0).reshape(x0.shape[0], 12, -1)
+        return self.conv1(z).sum(-1)
+
+
+def test_a_conv_over_a_flattened_product_keeps_its_largest_factor():
+    # before: conv0's channels were fixed with the fields they were flattened with
+    spec, report = trace_with_report(model_(CIN), x_(2, 3, 5), channel_dim=1)
+    assert spec.spaces["conv0"].size == 4 and spec.spaces["conv0"].role == "hidden"
+    assert report.verification.ok
+    assert_equivariant(nfc.NFLinear(spec, 1, 2).double(), spec, trials=2)

@@ -406,3 +406,25 @@ def test_a_scan_written_in_place_along_time_keeps_its_neurons(how):
     assert (spec["decay"].axes == ("a",)) is free
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+def test_an_in_place_op_on_an_advanced_index_writes_a_copy():
+    # f[:, [0, 0, 1]] copies: unsqueeze_ on it (RecBole's PNN) writes nothing f's other
+    # readers see; before, it was taken as a write through a view of f, which fixed emb
+    class Pairs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.kernel = nn.Parameter(torch.randn(4, 3, 4))
+            self.out = nn.Linear(3, 1)
+
+        def forward(self, ids):
+            f = self.emb(ids)
+            p, q = f[:, [0, 0, 1]], f[:, [1, 2, 2]]
+            p.unsqueeze_(dim=1)
+            p = torch.mul(p, self.kernel.unsqueeze(0)).sum(-1).transpose(2, 1)
+            return self.out((p * q).sum(-1))
+
+    spec, report = trace_with_report(model_(Pairs), torch.tensor([[1, 2, 3], [4, 5, 6]]))
+    assert spec.spaces["emb"].size == 4 and not report.broken
+    assert report.verification.ok

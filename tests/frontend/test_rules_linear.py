@@ -630,3 +630,26 @@ def test_a_module_of_its_own_on_each_experts_chunk_fixes_the_experts():
         assert spec[f"experts.{e}.0.weight"].axes == (f"experts.{e}.0", "inp")
         assert spec[f"experts.{e}.2.weight"].axes == ("inp", f"experts.{e}.0")
     assert "runs on one of these neurons alone" in str(report)
+
+
+def test_a_sparse_constant_times_a_weight_keeps_its_columns():
+    # RecBole's LightGCN: torch.sparse.mm(norm_adj, embeddings) with the adjacency a plain
+    # sparse attribute; before, reading the constant crashed (as_strided on SparseCPU)
+    class Propagate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(5, 4)
+            i = torch.tensor([[0, 1, 2, 3, 4, 0], [1, 0, 3, 2, 0, 4]])
+            self.adj = torch.sparse_coo_tensor(
+                i, torch.full((6,), 0.5), (5, 5), check_invariants=True
+            ).coalesce()
+            self.out = nn.Linear(4, 1)
+
+        def forward(self, idx):
+            e = torch.sparse.mm(self.adj, self.emb.weight)
+            e = torch.sparse.addmm(e, self.adj, e)
+            return self.out(torch.relu(e[idx]))
+
+    spec, report = trace_with_report(model_(Propagate), torch.tensor([1, 3]))
+    assert spec.spaces["emb"].size == 4 and spec["emb.weight"].axes == (None, "emb")
+    assert report.verification.ok

@@ -151,7 +151,9 @@ def _function_linear(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return _linear(a, x, a.name_output(out))
 
 
-@register_function(torch.matmul, operator.matmul, torch.mm, torch.bmm)
+# torch.sparse.mm: a sparse constant (a graph's normalised adjacency, RecBole's LightGCN)
+# times a dense tensor, which the analysis reads as the dense product it equals
+@register_function(torch.matmul, operator.matmul, torch.mm, torch.bmm, torch.sparse.mm)
 @register_method("matmul", "mm", "bmm")
 @structured
 def _matmul(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
@@ -258,7 +260,7 @@ def _cdist(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     return TensorLabels(shape, batch.labels + (x.labels[-2], y.labels[-2]))
 
 
-@register_function(torch.addmm, torch.baddbmm)
+@register_function(torch.addmm, torch.baddbmm, torch.sparse.addmm)
 @register_method("addmm", "baddbmm")
 @structured
 def _addmm(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
