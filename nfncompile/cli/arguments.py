@@ -159,7 +159,8 @@ def model_and_input(args: argparse.Namespace) -> tuple[Any, Any]:
     training = model.training
     try:
         with torch.no_grad():
-            model.eval()(x)
+            model.eval()  # not chained: OpenMMLab's train(mode) returns None
+            model(x)
     except Exception as e:
         raise UserCodeError.from_exception(
             f"{args.model} fails on an input of shape {list(shape)} (check --input-shape):", e

@@ -46,7 +46,15 @@ from torch import nn
 
 from ..errors import is_user_file
 from ..spec import Permutation, WeightSpaceSpec
-from .fx import PlainArgsInterpreter, as_args, copy_model, leaves, same_draws, trace_graph
+from .fx import (
+    PlainArgsInterpreter,
+    as_args,
+    copy_model,
+    evaluating,
+    leaves,
+    same_draws,
+    trace_graph,
+)
 
 __all__ = ["Divergence", "explain_failure", "params_moved", "permuted_state"]
 
@@ -273,7 +281,7 @@ def explain_failure(
         spec = spec.with_mode(mode)
     name = name or ", ".join(moved)
     params = params_moved(spec, moved)
-    net = copy_model(model, dtype).eval()
+    net = evaluating(copy_model(model, dtype))
     if state is not None:
         net.load_state_dict(state)
     state = dict(net.state_dict())

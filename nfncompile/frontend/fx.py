@@ -1950,6 +1950,13 @@ def graph_differs(model: torch.nn.Module, gm: torch.fx.GraphModule, example_inpu
     )
 
 
+def evaluating(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` put in eval mode, returned whatever its ``train`` returns (OpenMMLab's
+    backbones override ``train(mode)`` and return ``None``, so ``model.eval()`` does too)."""
+    model.eval()
+    return model
+
+
 def copy_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """A deep copy of ``model``, its floating-point tensors cast to ``dtype`` if given and its
     complex ones to the complex dtype of that precision (``Module.to(float64)`` would drop the

@@ -72,7 +72,7 @@ import torch
 import torch.fx
 from torch.fx.node import map_aggregate
 
-from .fx import copy_model, leaves
+from .fx import copy_model, evaluating, leaves
 from .labels import Seg, TensorLabels, label_width, remade
 
 if TYPE_CHECKING:
@@ -413,7 +413,7 @@ def _caller(a: SymmetryAnalysis) -> _Call:
     def call(args: tuple, kwargs: dict, wide: bool, gen: torch.Generator, moves: dict) -> Any:
         if wide not in copies:
             try:
-                mod = copy_model(original).eval()
+                mod = evaluating(copy_model(original))
             except Exception as e:
                 raise _Declined(f"the module cannot be copied ({type(e).__name__}: {e})") from e
             copies[wide] = mod.double() if wide else mod

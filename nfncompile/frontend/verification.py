@@ -56,6 +56,7 @@ from .fx import (
     compiled_as_eager,
     copy_model,
     draw_inputs,
+    evaluating,
     leaves,
     raised_at,
     same_draws,
@@ -407,7 +408,7 @@ def _working_copy(
 
     def run(dtype: torch.dtype, within: bool) -> tuple[nn.Module, list]:
         gen.set_state(state)  # each attempt draws alike
-        net = copy_model(model, dtype).eval()
+        net = evaluating(copy_model(model, dtype))
         if perturb:
             _perturb(net, gen)
         cases = []

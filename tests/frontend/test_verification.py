@@ -14,7 +14,7 @@ import nfncompile as nfc
 from nfncompile.errors import StateDictMismatchError, SymmetryError
 from nfncompile.frontend.tracing import trace_with_report
 from nfncompile.frontend.verification import lowest_precision, verify
-from tests.frontend.helpers import x_
+from tests.frontend.helpers import model_, x_
 
 
 def _x(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -778,3 +778,37 @@ def test_the_precision_a_model_computes_in_is_read_off_its_ops():
     assert lowest_precision(model, x, dict(model.state_dict())) == torch.float32
     plain = nn.Sequential(nn.Linear(3, 4), nn.Tanh()).double()
     assert lowest_precision(plain, x, dict(plain.state_dict())) == torch.float64
+
+
+class _NoneTrain(nn.Module):
+    """OpenMMLab's backbones: ``train(mode)`` overridden to freeze stages, returning None."""
+
+    def train(self, mode: bool = True) -> None:
+        super().train(mode)
+
+
+class _Branchy(_NoneTrain):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on data inside a submodule: kept as one call, probed
+            return torch.relu(self.fc(x))
+        return torch.tanh(self.fc(x))
+
+
+class _Backbone(_NoneTrain):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.loop, self.fc2 = nn.Linear(4, 8), _Branchy(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.loop(torch.relu(self.fc1(x)))))
+
+
+def test_a_model_whose_train_returns_none_is_verified_and_probed():
+    # before: copy_model(model).eval() was None ("'NoneType' object has no attribute ...")
+    spec, report = trace_with_report(model_(_Backbone), x_(2, 4))
+    assert report.verification.ok and report.leaf_calls
+    assert spec.spaces["fc1"].size == 8
