@@ -54,7 +54,7 @@ from . import (
     stacked,
 )
 from .channel_dims import ChannelDim, channel_dim_of
-from .fx import PlainArgsInterpreter, canonical_keys, leaves, writes
+from .fx import PlainArgsInterpreter, canonical_keys, leaves, namedtuple_of, writes
 from .labels import (
     MIXED,
     POSITIONS,
@@ -1035,7 +1035,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
             # a dataclass returned by the forward: fx builds it from its fields, in order
             return dict(kwargs)
         if isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields"):
-            return target(*args, **kwargs)  # a namedtuple: its values as they are
+            return namedtuple_of(target, args, kwargs)  # a namedtuple: its values as they are
         if "tensor_meta" not in self.node.meta and target is not operator.setitem:
             return self.node.meta.get("nfn_value")
         if str(getattr(target, "__module__", None) or "torch").startswith("torch"):

@@ -1766,8 +1766,7 @@ def _plain(value: Any, load: Callable[[torch.fx.Node], Any]) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v, load) for k, v in value.items()}
     if isinstance(value, tuple):  # (as torch.fx's map_arg rebuilds them: a namedtuple kept)
-        items = tuple(_plain(v, load) for v in value)
-        return type(value)(*items) if hasattr(value, "_fields") else items
+        return remade(value, [_plain(v, load) for v in value])
     if isinstance(value, slice):
         return slice(*(_plain(v, load) for v in (value.start, value.stop, value.step)))
     return value
@@ -1854,7 +1853,7 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
                 return _extract_tensor_metadata(obj)
             return obj
 
-        m = map_aggregate(_packed_as_tuples(result), meta)
+        m = _mapped(_packed_as_tuples(result), meta)
         if found:
             n.meta["tensor_meta"] = m
         else:
@@ -1874,9 +1873,44 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
             raise error
         args, kwargs = _real_values(self.fetch_args_kwargs_from_env(n), random=True, clone=True)
         result = getattr(self, n.op)(n.target, args, kwargs)
-        return map_aggregate(
+        return _mapped(
             result, lambda v: self.fake.from_tensor(v) if isinstance(v, torch.Tensor) else v
         )
+
+
+def remade(container: tuple | list, items: Iterable) -> tuple | list:
+    """A tuple or list of ``container``'s type holding ``items`` (a namedtuple, which the
+    forward may return, made as the tuple it is, without the ``__new__`` a subclass may add:
+    brevitas' ``IntQuantTensor`` converts its fields with ``torch.tensor``).
+
+    >>> from collections import namedtuple
+    >>> remade(namedtuple("Out", "y aux")(1, 2), [3, 4])
+    Out(y=3, aux=4)
+    """
+    if isinstance(container, tuple) and hasattr(type(container), "_fields"):
+        return namedtuple_of(type(container), tuple(items))
+    return type(container)(items)
+
+
+def namedtuple_of(cls: type, args: tuple, kwargs: dict | None = None) -> tuple:
+    """Namedtuple class ``cls`` holding the values ``args`` and ``kwargs`` give its fields
+    (its defaults for the rest), made as a tuple is: a subclass's own ``__new__`` is not run."""
+    values = list(args) + [None] * (len(cls._fields) - len(args))
+    defaults = getattr(cls, "_field_defaults", {})
+    for k, name in enumerate(cls._fields[len(args) :], len(args)):
+        values[k] = (kwargs or {}).get(name, defaults.get(name))
+    return tuple.__new__(cls, values)
+
+
+def _mapped(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn`` applied to every leaf of ``value``'s tuples, lists and dicts, each remade as its
+    type (as torch.fx's ``map_aggregate``, but a namedtuple without its class's ``__new__``:
+    brevitas' quant tensors convert their fields in theirs)."""
+    if isinstance(value, (tuple, list)):
+        return remade(value, [_mapped(v, fn) for v in value])
+    if isinstance(value, dict):
+        return {k: _mapped(v, fn) for k, v in value.items()}
+    return fn(value)
 
 
 #: what a fake tensor raises where an op's result depends on the values

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fx import leaves
+from .fx import leaves, remade  # noqa: F401 (remade re-exported)
 
 __all__ = [
     "Seg",
@@ -173,19 +173,6 @@ def label_width(label: Label | Prod) -> int:
     if isinstance(label, Prod):
         return label.width
     return sum(s.width for s in label)
-
-
-def remade(container: tuple | list, items: Iterable) -> tuple | list:
-    """A tuple or list of ``container``'s type holding ``items`` (a namedtuple, which the
-    forward may return, takes them as separate arguments).
-
-    >>> from collections import namedtuple
-    >>> remade(namedtuple("Out", "y aux")(1, 2), [3, 4])
-    Out(y=3, aux=4)
-    """
-    if isinstance(container, tuple) and hasattr(type(container), "_fields"):
-        return type(container)(*items)
-    return type(container)(items)
 
 
 def segments(label: Any) -> Iterator[Seg]:

@@ -4,9 +4,11 @@ with modes, unknown functions, wrong rules, and without side effects on the mode
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import pytest
 import torch
+from torch import nn
 
 import nfncompile as nfc
 from nfncompile.architectures.catalogue import CATALOGUE
@@ -415,3 +417,38 @@ def test_a_state_dict_entry_that_is_no_tensor_is_no_weight():
     spec.check_state_dict(model.state_dict())
     feats = nfc.WeightSpaceFeatures.from_state_dicts(spec, [model.state_dict()])
     assert feats.batch_size == 1
+
+
+class _QuantBase(NamedTuple):
+    value: torch.Tensor
+    scale: torch.Tensor
+
+
+class _Quant(_QuantBase):
+    """brevitas' ``IntQuantTensor``: a namedtuple whose ``__new__`` converts its fields."""
+
+    def __new__(cls, value, scale):
+        if not isinstance(scale, torch.Tensor):
+            scale = torch.tensor(scale, dtype=torch.float)
+        return super().__new__(cls, value, scale)
+
+
+class _Quantised(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        s = h.abs().amax() / 127.0
+        t = _Quant(torch.round(h / s) * s, s)
+        return self.fc2(t.value), t  # fx records the returned namedtuple as a call of its class
+
+
+def test_a_namedtuple_with_its_own_new_is_made_as_a_tuple():
+    # before: its __new__ ran on labels ("must be real number, not TensorLabels")
+    spec, report = trace_with_report(model_(_Quantised), x_(2, 5))
+    assert [(s.size, s.role) for s in spec.spaces.values()] == [
+        (5, "input"), (8, "output"), (3, "output")
+    ]  # fmt: skip
+    assert report.verification.ok
