@@ -160,3 +160,34 @@ def test_dropout_that_drops_makes_its_input_depend_on_position(how, free):
     spec, report = trace_with_report(model_(lambda: _Dropped(how)), x_(5, 4))
     assert report.verification.ok
     assert (spec["a.weight"].axes[0] is not None) == free
+
+
+class QVBias(nn.Module):
+    """BEiT's attention (timm, mmpretrain): the qkv bias ``cat((q_bias, zeros_like(v_bias),
+    v_bias))``, or ``torch.zeros`` for the keys, applied with ``F.linear``."""
+
+    def __init__(self, keys: str) -> None:
+        super().__init__()
+        self.keys = keys
+        self.inp, self.qkv, self.proj = (
+            nn.Linear(3, 8),
+            nn.Linear(8, 24, bias=False),
+            nn.Linear(8, 2),
+        )
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(8)), nn.Parameter(torch.randn(8))
+
+    def forward(self, x):
+        h = self.inp(x)
+        k_bias = torch.zeros_like(self.v_bias) if self.keys == "zeros_like" else torch.zeros(8)
+        qkv = F.linear(h, self.qkv.weight, torch.cat((self.q_bias, k_bias, self.v_bias)))
+        q, k, v = qkv.reshape(*h.shape[:2], 3, 8).unbind(2)
+        return self.proj((q @ k.transpose(-2, -1)).softmax(-1) @ v)
+
+
+@pytest.mark.parametrize("keys", ["zeros_like", "zeros"])
+def test_a_zero_bias_made_like_another_imposes_nothing(keys):
+    # before: zeros_like(v_bias) carried v_bias's labels, tying the keys to the values
+    spec, report = trace_with_report(model_(lambda: QVBias(keys)), x_(2, 5, 3), channel_dim=-1)
+    rows = spec["qkv.weight"].axes[0]
+    assert len(set(rows)) == 2 and rows[0] == rows[1] != rows[2]  # q and k together, v apart
+    assert report.verification.ok

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fx import leaves
-from ..labels import TensorLabels
+from ..fx import leaves, writes
+from ..labels import UNIFORM, TensorLabels
 from .registry import (
     Unsupported,
     arg,
@@ -151,8 +151,15 @@ def _bucketize(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
 @register_function(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like)
 @structured
 def _constant_like(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
-    # a constant-valued tensor is unchanged by any permutation: it may carry x's labels
-    return TensorLabels(a.out_shape(), args[0].labels)
+    """One value everywhere, unchanged by any permutation: uniform along every dim, so it
+    imposes nothing on what it meets (BEiT's qkv bias ``cat((q_bias, zeros_like(v_bias),
+    v_bias))`` leaves k's units free). Where the forward writes into it (an expert's outputs
+    ``index_add_``-ed into ``zeros_like(x)``; ``empty_like``, whose values are only what is
+    written), it carries ``x``'s labels, which the writes then meet."""
+    written = any(writes(u) and u.args[0] is a.node for u in a.node.users)
+    if written or a.node.target is torch.empty_like:
+        return TensorLabels(a.out_shape(), args[0].labels)
+    return TensorLabels(a.out_shape(), (UNIFORM,) * len(a.out_shape()))
 
 
 @register_function(torch.randn_like, torch.rand_like, torch.randint_like)
