@@ -190,13 +190,14 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _perturb(model: nn.Module, gen: torch.Generator) -> None:
+def _perturb(model: nn.Module, gen: torch.Generator, buffers: bool = True) -> None:
     """Make every float entry of the state generic (no accidental symmetric values such as
     BatchNorm's all-ones weights), keeping strictly positive entries positive and entries
-    that are not finite (a mask's ``-inf``) as they are."""
+    that are not finite (a mask's ``-inf``) as they are; with ``buffers=False``, only the
+    parameters."""
     with torch.no_grad():
         for t in model.state_dict(keep_vars=True).values():
-            if holds_no_weight(t):
+            if holds_no_weight(t) or not (buffers or isinstance(t, nn.Parameter)):
                 continue
             # (a complex entry, a Fourier layer's weight, is scaled by real noise)
             noise = torch.randn(t.shape, generator=gen, dtype=t.real.dtype)
@@ -406,11 +407,11 @@ def _working_copy(
     """
     state = gen.get_state()
 
-    def run(dtype: torch.dtype, within: bool) -> tuple[nn.Module, list]:
+    def run(dtype: torch.dtype, within: bool, buffers: bool) -> tuple[nn.Module, list]:
         gen.set_state(state)  # each attempt draws alike
         net = evaluating(copy_model(model, dtype))
         if perturb:
-            _perturb(net, gen)
+            _perturb(net, gen, buffers)
         cases = []
         for _ in range(max(trials, 1)):
             x = draw_inputs(args, gen, dtype, within=within)
@@ -418,19 +419,33 @@ def _working_copy(
         return net, cases
 
     first, failed = None, {}  # (the first attempt that ran: one model copy held, not four)
-    for dtype, within in _ATTEMPTS:
-        try:
-            net, cases = run(dtype, within)
-        except Exception as e:
-            failed[dtype, within] = e
-            continue
-        if not _cases_not_finite(cases):
-            return net, dtype, cases, _how_checked(dtype, within, failed)
-        first = first or (net, dtype, cases, "")
-        failed[dtype, within] = None  # (its outputs are NaN or inf)
+    # buffers perturbed, then (where every attempt's outputs are NaN or inf) left as they
+    # are: bounds a model holds as buffers (zuko's BoxUniform support, [-pi, pi], where a
+    # circular flow maps its inputs) leave its outputs finite only as they are
+    for buffers in (True, False) if perturb else (True,):
+        for dtype, within in _ATTEMPTS:
+            try:
+                net, cases = run(dtype, within, buffers)
+            except Exception as e:
+                failed.setdefault((dtype, within), e)
+                continue
+            if not _cases_not_finite(cases):
+                note = _how_checked(dtype, within, failed)
+                if not buffers:
+                    note = "; ".join(filter(None, [note, _BUFFERS_KEPT]))
+                return net, dtype, cases, note
+            first = first or (net, dtype, cases, "")
+            failed[dtype, within] = None  # (its outputs are NaN or inf)
     if first is not None:
         return first
     raise failed[torch.float32, False]
+
+
+#: the report's note where the check perturbs the parameters only
+_BUFFERS_KEPT = (
+    "with its buffers as they are (with them perturbed, its outputs are NaN or inf on every "
+    "attempt)"
+)
 
 
 #: :func:`_working_copy`'s attempts in order: ``(dtype, inputs drawn like the example's)``
