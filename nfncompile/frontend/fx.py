@@ -2287,6 +2287,27 @@ def _check_names(model: torch.nn.Module) -> None:
         )
 
 
+def _check_made_while_traced(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
+    """Raise where ``graph`` reads a submodule, parameter or buffer that ``model`` does not
+    have: the forward made it while traced (a layer built on the first call, sbi's
+    ``if self.final is None: self.final = nn.Sequential(...)``), and what tracing binds is
+    undone (:func:`attributes_kept`), so the weights it read are no weights of the model."""
+    for n in graph.nodes:
+        if n.op not in ("get_attr", "call_module"):
+            continue
+        owner: Any = model
+        path = n.target.split(".")
+        for k, name in enumerate(path):
+            owner = getattr(owner, name, None) if owner is not None else None
+            if owner is None:
+                made = ".".join(path[: k + 1])
+                raise TraceError(
+                    f"{type(model).__name__}.forward made {made!r} while traced (a layer built "
+                    f"on its first call), and node {n.name} reads {n.target!r} from it: run "
+                    "the model once on the example before tracing, so that its weights exist"
+                )
+
+
 def _check_arity(model: torch.nn.Module, args: tuple) -> None:
     """Raise where ``model.forward`` cannot take the example's ``args`` as positional
     arguments, before tracing: a tuple meant as one argument (DeepONet's
@@ -2877,6 +2898,7 @@ def _trace_module(
 
     def module(values: bool) -> torch.fx.GraphModule:
         tracer, graph, specialised = trace_graph(inner, args, values=values)
+        _check_made_while_traced(tracer.root, graph)
         if prefix:  # the module torch.compile wraps, named as the compiled model's state_dict
             for n in graph.nodes:
                 if n.op in ("get_attr", "call_module"):

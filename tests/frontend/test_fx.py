@@ -2400,3 +2400,27 @@ def test_activations_a_module_keeps_in_a_list_are_copied_detached():
     spec, report = trace_with_report(model, x_(3, 4))
     assert report.verification.ok and spec["b.weight"].axes == ("out", "a")
     assert len(model.seen) == 1 and model.seen[0].grad_fn is not None
+
+
+class _LazyHead(nn.Module):
+    """sbi's ResNetEmbedding2D: the head built on the first call, for its input's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.final = nn.Conv2d(2, 4, 3, padding=1), None
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).flatten(1)
+        if self.final is None:
+            self.final = nn.Sequential(nn.Linear(y.shape[1], 8), nn.ReLU(), nn.Linear(8, 3))
+        return self.final(y)
+
+
+def test_a_layer_built_on_the_first_call_is_named():
+    # before: a RuntimeError from fx's lint ("references nonexistent attribute final")
+    model, x = model_(_LazyHead), x_(2, 2, 5, 5)
+    with pytest.raises(TraceError, match=r"_LazyHead.forward made 'final' while traced"):
+        nfc.trace(model, x)
+    assert model.final is None  # what tracing made is undone
+    model(x)  # built: now it traces
+    assert nfc.trace(model, x).spaces["final.0"].size == 8
