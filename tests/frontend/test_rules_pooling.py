@@ -205,3 +205,42 @@ def test_a_spatial_transformer_resamples_each_channel():
     assert spec["loc.3.weight"].axes[0] is None
     layer = nfc.NFLinear(spec, 1, 1, basis="linear").double()
     assert_equivariant(layer, spec, in_channels=1, trials=2)
+
+
+class PoolOverChannels(nn.Module):
+    """spikingjelly's MA-SNN attention: a 3-D pool to one position over (C, H, W), the
+    channels too; and a 1-D pool over a Linear's features, functional and with a window."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.avg, self.max = nn.AdaptiveAvgPool3d(1), nn.AdaptiveMaxPool3d(1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))  # (N, 8, H, W)
+        if self.how == "modules":
+            h5 = h.unsqueeze(1)  # (N, 1, 8, H, W): the pool's channel dim is the 1
+            s = torch.sigmoid(self.avg(h5) + self.max(h5)).view(-1, 1, 1, 1)
+        else:
+            f = h.mean((2, 3)).unsqueeze(1)  # (N, 1, 8)
+            s = torch.sigmoid(F.avg_pool1d(f, 8) + F.adaptive_max_pool1d(f, 1)).view(-1, 1, 1, 1)
+        return self.conv2(h * s)
+
+
+@pytest.mark.parametrize("how", ["modules", "functions"])
+def test_a_pool_to_one_position_over_a_neuron_axis_leaves_it_free(how):
+    # before: "pooling/resampling mixes spatial positions" fixed conv1's 8 channels
+    spec, report = trace_with_report(model_(lambda: PoolOverChannels(how)), x_(2, 3, 5, 5))
+    assert spec.spaces["conv1"].size == 8 and not report.broken
+    assert report.verification.ok
+
+
+def test_a_pool_over_part_of_a_neuron_axis_still_fixes_it():
+    class Partial(PoolOverChannels):
+        def forward(self, x):
+            h = torch.relu(self.conv1(x)).mean((2, 3)).unsqueeze(1)  # (N, 1, 8)
+            return F.avg_pool1d(h, 2).squeeze(1)  # pairs of channels
+
+    spec, report = trace_with_report(model_(lambda: Partial("")), x_(2, 3, 5, 5))
+    assert "conv1" not in spec.spaces and report.verification.ok

@@ -33,16 +33,23 @@ def _module_spatial(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any,
     else:
         nd = module_nd(mod)
     window = [getattr(mod, k, None) for k in ("kernel_size", "stride")]
-    return _spatial(a, args[0], nd, *window, getattr(mod, "padding", 0))
+    pools = isinstance(mod, _POOLS)
+    return _spatial(a, args[0], nd, *window, getattr(mod, "padding", 0), pools=pools)
+
+
+_POOLS = _SPATIAL_MODULES[:5]
 
 
 def _spatial(
     a: SymmetryAnalysis, x: TensorLabels, nd: int, kernel: Any = None, stride: Any = None,
-    padding: Any = 0,
+    padding: Any = 0, pools: bool = False,
 ) -> TensorLabels:  # fmt: skip
     """The last ``nd`` dims' positions mixed, but where the op is the identity along one: a
     window of 1 at stride 1 without padding (Funnel's ``(2, 1)`` pool over ``(T, D)``), or,
-    without a window (adaptive pooling, resampling), a dim whose size it keeps."""
+    without a window (adaptive pooling, resampling), a dim whose size it keeps. A pool
+    (``pools``) to one position over a whole dim, without padding, is a mean or a max over
+    it, which no permutation of its neurons changes (spikingjelly's MA-SNN pools
+    ``(N, T, C, H, W)`` with ``AdaptiveAvgPool3d(1)``, over the channels too)."""
     out = a.out()
     indices = None
     if isinstance(out, tuple) and len(out) == 2:  # return_indices: (values, where they were)
@@ -56,9 +63,18 @@ def _spatial(
     else:
         k, s, p = (_per_dim(v, nd) for v in (kernel, kernel if stride is None else stride, padding))
         same = [d for i, d in enumerate(spatial) if (k[i], s[i], p[i]) == (1, 1, 0)]
+    if pools and indices is None:
+        whole = [
+            d for i, d in enumerate(spatial) if out.shape[d] == 1 and (
+                kernel is None or (k[i] >= x.shape[d] and p[i] == 0)
+            )
+        ]  # fmt: skip
+        same += [d for d in whole if d not in same]
     mixed = tuple(d for d in spatial if d not in same)
     x = a.keep(x, mixed, "pooling/resampling mixes spatial positions")
-    labels = tuple(None if d in mixed else lab for d, lab in enumerate(x.labels))
+    labels = tuple(
+        None if d in mixed or out.shape[d] != x.shape[d] else lab for d, lab in enumerate(x.labels)
+    )
     if indices is None:
         return TensorLabels(out.shape, labels)
     # a max's position in its channel's plane: computed channel by channel, so the indices
@@ -113,11 +129,11 @@ def _function_spatial(nd: int | None, window: bool, lp: bool = False) -> Rule:
         x = args[0]
         n = nd if nd is not None else x.ndim - 2
         if not window:
-            return _spatial(a, x, n)
+            return _spatial(a, x, n, pools=nd is not None)
         at = 2 if lp else 1  # lp_pool takes its norm type first, and no padding
         kernel, stride = arg(args, kwargs, at, "kernel_size"), arg(args, kwargs, at + 1, "stride")
         padding = 0 if lp else arg(args, kwargs, 3, "padding", 0)
-        return _spatial(a, x, n, kernel, stride, padding)
+        return _spatial(a, x, n, kernel, stride, padding, pools=True)
 
     return rule
 
