@@ -930,9 +930,61 @@ def without_dead_code(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     ['placeholder', 'call_method', 'output']
     """
     # (a node something reads stays whatever it is: only the unread ones are asked)
+    changed = _drop_unread_writes(gm.graph)
     if gm.graph.eliminate_dead_code(is_impure_node=lambda n: bool(n.users) or _effectful(n)):
+        changed = True
+    if changed:
         gm.recompile()
     return gm
+
+
+#: calls that make a tensor of their own, which nothing else holds
+_FRESH = frozenset(
+    {"empty", "empty_like", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like"}
+    | {"new_empty", "new_zeros", "new_ones", "new_full", "clone"}
+)
+#: calls whose result may share their first argument's memory, as a buffer's writes reach it
+_VIEWS_OF = frozenset(
+    {"getitem", "__getitem__", "view", "reshape", "select", "narrow", "unsqueeze", "squeeze"}
+    | {"transpose", "permute", "flatten", "unflatten", "expand", "t", "movedim", "unbind"}
+)
+
+
+def _drop_unread_writes(graph: torch.fx.Graph) -> bool:
+    """Remove the writes into a tensor the forward makes (``torch.empty_like``, ``zeros``,
+    ``new_zeros``, ``clone``) where nothing reads it or any view of it: spikingjelly's
+    stacked recurrent layers write each layer's final state into one buffer, which their
+    caller drops, and the writes tied every layer's units. Returns whether any was."""
+    changed = False
+    for fresh in list(graph.nodes):
+        if fresh.op not in ("call_function", "call_method") or _name_of(fresh) not in _FRESH:
+            continue
+        family, todo, read = [fresh], [fresh], False
+        while todo and not read:
+            for user in todo.pop().users:
+                if user in family:
+                    continue
+                into = bool(user.args) and user.args[0] in family
+                if into and (writes(user) or _name_of(user) in _VIEWS_OF):
+                    family.append(user)
+                    todo.append(user)
+                else:
+                    read = True
+                    break
+        if read or len(family) == 1:
+            continue
+        for node in reversed(family[1:]):
+            if not node.users:
+                graph.erase_node(node)
+                changed = True
+    return changed
+
+
+def _name_of(node: torch.fx.Node) -> str:
+    """The name of the function or method ``node`` calls."""
+    if node.op == "call_method":
+        return node.target
+    return getattr(node.target, "__name__", "") if node.op == "call_function" else ""
 
 
 #: functions and property reads of a tensor that give no tensor (its shape, its dtype):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import operator
 import os
 import typing
 import warnings
@@ -2262,6 +2263,36 @@ def test_what_the_forward_computes_and_drops_does_not_tie_its_spaces():
     assert sorted(hidden.values()) == [8, 8] and report.verification.ok
     plain = nfc.trace(_DeadStack(), x_(3, 4), verify=False)
     assert plain == nfc.trace(_DeadStack(), x_(3, 4), verify=False)
+
+
+class _StateBuffer(nn.Module):
+    """spikingjelly's stacked recurrent layers: each layer's final state written into one
+    buffer the forward makes and returns, which the caller (``Head``) drops."""
+
+    def __init__(self, read: bool = False) -> None:
+        super().__init__()
+        self.read = read
+        self.l0, self.l1, self.fc = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        states = torch.empty_like(x.new_zeros(2, x.shape[0], 8))
+        y = x
+        for i, layer in enumerate((self.l0, self.l1)):
+            y = torch.tanh(layer(y))
+            states[i] = y
+        out = self.fc(y)
+        return out + states.sum() if self.read else out
+
+
+def test_writes_into_a_buffer_nothing_reads_are_dropped():
+    # before: the writes tied both layers' units (8 hidden, not 16)
+    spec, report = trace_with_report(model_(_StateBuffer), x_(2, 6))
+    assert spec.spaces["l0"].size == spec.spaces["l1"].size == 8 and report.verification.ok
+    gm = trace_module(_StateBuffer(), x_(2, 6))
+    assert not [n for n in gm.graph.nodes if n.target in (operator.setitem, torch.empty_like)]
+    # read: the writes stay, and tie the two layers' units (one buffer holds both)
+    spec, report = trace_with_report(model_(lambda: _StateBuffer(read=True)), x_(2, 6))
+    assert "l1" not in spec.spaces and report.verification.ok
 
 
 class _Appends(nn.Module):
