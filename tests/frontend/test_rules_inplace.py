@@ -428,3 +428,33 @@ def test_an_in_place_op_on_an_advanced_index_writes_a_copy():
     spec, report = trace_with_report(model_(Pairs), torch.tensor([[1, 2, 3], [4, 5, 6]]))
     assert spec.spaces["emb"].size == 4 and not report.broken
     assert report.verification.ok
+
+
+class StridedTable(nn.Module):
+    """sbi's positional encoder: a table written into ``zeros_like(q)`` at every other
+    feature (``pe[..., 0::2] += cos``), the same for every head, added to q and k."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.qkv, self.o = nn.Linear(5, 16), nn.Linear(16, 48), nn.Linear(16, 3)
+
+    def pos(self, x):
+        t = torch.arange(x.shape[-2]).to(x).view(-1, 1) * torch.arange(1, 3).to(x)
+        pe = torch.zeros_like(x)
+        pe[..., 0::2] += torch.cos(t)
+        pe[..., 1::2] += torch.sin(t)
+        return x + pe
+
+    def forward(self, x):
+        h = self.inp(x)
+        b, n, _ = h.shape
+        q, k, v = (t.view(b, n, 4, 4).transpose(1, 2) for t in self.qkv(h).chunk(3, -1))
+        a = torch.softmax(self.pos(q) @ self.pos(k).transpose(2, 3), dim=-1)
+        return self.o((a @ v).transpose(1, 2).reshape(b, n, 16))
+
+
+def test_a_write_through_a_strided_slice_fixes_that_dim_only():
+    # before: every dim of the table was fixed, the heads too: no head moved as a block
+    spec, report = trace_with_report(model_(StridedTable), x_(2, 6, 5))
+    assert [b.count for b in spec.blocks.values()] == [4] and spec.spaces["qkv"].size == 16
+    assert report.verification.ok

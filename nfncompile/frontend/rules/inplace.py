@@ -101,10 +101,12 @@ def write(a: SymmetryAnalysis, x: TensorLabels, index: Any, value: Any) -> Tenso
             inside = next(written) if kept else UNIFORM  # an int index: one position
             old = a.plain_label(x.labels[d], "a write into the tensor", uniform=True)
             if step > 1:
-                # every step-th position (a parallel scan's odd steps of a time axis): the
-                # dim stays positions, and neurons written along it are fixed there
-                if old is not None:
-                    raise Unsupported("a write through a strided slice of neurons")
+                # every step-th position (a parallel scan's odd steps of a time axis; a
+                # positional table's sines and cosines in turn): the dim stays positions, and
+                # neurons written along it, or there before, are fixed there (the other
+                # dims keep theirs)
+                if isinstance(old, tuple):
+                    a.fix(old, "a write through a strided slice of neurons")
                 if isinstance(inside, tuple):
                     a.fix(inside, "written at every few positions of a dim")
                 labels.append(None)
