@@ -2975,7 +2975,10 @@ def _trace_module(
     if fake is None:
         entries = model.state_dict().values()
         fake = sum(t.numel() for t in entries if isinstance(t, torch.Tensor)) > FAKE_ABOVE
-    with _eval_mode(model), torch.no_grad():
+    # (a forward that differentiates inside, zuko's monotonic flows under `enable_grad`,
+    # which fx does not record, is propagated with gradients on)
+    grads = any(n.target is torch.autograd.grad for n in gm.graph.nodes)
+    with _eval_mode(model), torch.enable_grad() if grads else torch.no_grad():
         if fake:
             mode = FakeTensorMode(allow_non_fake_inputs=True)
             fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]

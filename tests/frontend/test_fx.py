@@ -2455,3 +2455,25 @@ def test_a_layer_built_on_the_first_call_is_named():
     assert model.final is None  # what tracing made is undone
     model(x)  # built: now it traces
     assert nfc.trace(model, x).spaces["final.0"].size == 8
+
+
+class _Monotone(nn.Module):
+    """zuko's MonotonicTransform: the derivative of an elementwise map taken in the forward,
+    under ``enable_grad`` (which fx does not record)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
+
+    def forward(self, x):
+        with torch.enable_grad():
+            x = x.clone().requires_grad_()
+            y = x + self.net(x.unsqueeze(-1)).squeeze(-1)
+        jac = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=False)[0]
+        return y.detach() + jac.abs().log()
+
+
+def test_a_forward_that_differentiates_under_enable_grad_traces():
+    # before: shape propagation ran under no_grad ("element 0 of tensors does not require grad")
+    spec, report = trace_with_report(model_(_Monotone), x_(2, 3), channel_dim=-1)
+    assert spec.spaces["net.0"].size == 16 and report.verification.ok
