@@ -125,6 +125,7 @@ class _Input:
     labels: TensorLabels
     dtype: torch.dtype
     constant: torch.Tensor | None  # a model constant's value; None: draw a random tensor
+    node: torch.fx.Node | None = None  # the graph's node that gave it, where one did
 
 
 @dataclass
@@ -202,9 +203,14 @@ def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord |
 
 def _abstract(a: SymmetryAnalysis, value: Any, src: Any, inputs: list) -> Any:
     """``value`` with every TensorLabels replaced by an index into ``inputs`` (filled here);
-    ``src`` is the parallel fx argument (a Node, a tensor meta, a container or a constant)."""
+    ``src`` is the parallel fx argument (a Node, a tensor meta, a container or a constant).
+    One node given several times is one input, so the call gets one tensor there (brevitas'
+    packed attention requires ``query is key is value``)."""
     if isinstance(value, TensorLabels):
         node = src if isinstance(src, torch.fx.Node) else None
+        same = [k for k, x in enumerate(inputs) if node is not None and x.node is node]
+        if same:
+            return _Leaf(same[0])
         meta = node.meta.get("tensor_meta") if node is not None else src
         dtype = getattr(meta, "dtype", torch.float32)
         constant = None
@@ -214,7 +220,7 @@ def _abstract(a: SymmetryAnalysis, value: Any, src: Any, inputs: list) -> Any:
                 constant = t.detach()
         elif node is not None and "nfn_integer_value" in node.meta:
             constant = node.meta["nfn_integer_value"]  # indices: the example's own
-        inputs.append(_Input(value, dtype, constant))
+        inputs.append(_Input(value, dtype, constant, node))
         return _Leaf(len(inputs) - 1)
     if isinstance(src, torch.fx.Node):
         src = src.meta.get("tensor_meta")

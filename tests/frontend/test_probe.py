@@ -644,3 +644,36 @@ def test_every_draw_moves_a_two_neuron_group():
     group = _Group(4, [], pieces=[(0, 2, 1), (2, 1, 2)])
     draws = {tuple(_permutation(group, gen).tolist()) for _ in range(20)}
     assert draws == {(1, 0, 2, 3)}
+
+
+class _PackedAttention(nn.Module):
+    """brevitas' packed ``in_proj``: self-attention only, the same tensor three times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_proj, self.out_proj = nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, query, key, value):
+        if not (query is key and key is value):
+            raise RuntimeError("packed in_proj is supported only for self-attention")
+        if query.sum() > 0:  # control flow on data: kept as one call, probed
+            query = query * 1.0
+        q, k, v = self.in_proj(query).chunk(3, dim=-1)
+        return self.out_proj(torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v)
+
+
+class _SelfAttends(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.mha, self.out = nn.Linear(6, 8), _PackedAttention(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        return self.out(self.mha(h, h, h))
+
+
+def test_one_tensor_given_a_kept_call_several_times_is_one_tensor_in_its_probe():
+    # before: the probe passed three copies, the call raised, and inp's features were fixed
+    spec, report = trace_with_report(model_(_SelfAttends), x_(2, 5, 6))
+    [probe] = report.probes
+    assert probe.passed and spec.spaces["inp"].size == 8 and report.verification.ok
