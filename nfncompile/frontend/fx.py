@@ -1913,6 +1913,11 @@ class NodeShapeProp(ShapeProp, PlainArgsInterpreter):
         if self.fake is None and _small_integer(result):
             # the probe's values for an integer input (indices, a routing choice)
             n.meta["nfn_integer_value"] = result.detach().clone()
+        elif self.fake is None and isinstance(result, tuple) and any(map(_small_integer, result)):
+            # and those inside a tuple (a PackedSequence's batch sizes), in place
+            n.meta["nfn_integer_value"] = tuple(
+                v.detach().clone() if _small_integer(v) else None for v in result
+            )
         n.meta["type"] = type(result)
         return result
 

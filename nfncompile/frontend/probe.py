@@ -72,7 +72,7 @@ import torch
 import torch.fx
 from torch.fx.node import map_aggregate
 
-from .fx import copy_model, evaluating, leaves
+from .fx import copy_model, evaluating, leaves, namedtuple_of
 from .labels import Seg, TensorLabels, label_width, remade
 
 if TYPE_CHECKING:
@@ -201,11 +201,12 @@ def probe_op(a: SymmetryAnalysis, args: Any, kwargs: Any) -> tuple[ProbeRecord |
 # ---- abstract inputs -----------------------------------------------------------------------
 
 
-def _abstract(a: SymmetryAnalysis, value: Any, src: Any, inputs: list) -> Any:
+def _abstract(a: SymmetryAnalysis, value: Any, src: Any, inputs: list, ints: Any = None) -> Any:
     """``value`` with every TensorLabels replaced by an index into ``inputs`` (filled here);
     ``src`` is the parallel fx argument (a Node, a tensor meta, a container or a constant).
     One node given several times is one input, so the call gets one tensor there (brevitas'
-    packed attention requires ``query is key is value``)."""
+    packed attention requires ``query is key is value``). ``ints``: the example's values of
+    the integer tensors in a tuple a node gave (a PackedSequence's batch sizes), in place."""
     if isinstance(value, TensorLabels):
         node = src if isinstance(src, torch.fx.Node) else None
         same = [k for k, x in enumerate(inputs) if node is not None and x.node is node]
@@ -220,14 +221,23 @@ def _abstract(a: SymmetryAnalysis, value: Any, src: Any, inputs: list) -> Any:
                 constant = t.detach()
         elif node is not None and "nfn_integer_value" in node.meta:
             constant = node.meta["nfn_integer_value"]  # indices: the example's own
+        elif isinstance(ints, torch.Tensor):
+            constant = ints
         inputs.append(_Input(value, dtype, constant, node))
         return _Leaf(len(inputs) - 1)
+    kind = None
     if isinstance(src, torch.fx.Node):
-        src = src.meta.get("tensor_meta")
+        kind = src.meta.get("type")
+        src, ints = src.meta.get("tensor_meta"), src.meta.get("nfn_integer_value")
     if isinstance(value, (tuple, list)):
         fits = isinstance(src, (tuple, list)) and not _is_meta(src) and len(src) == len(value)
         subs = src if fits else [None] * len(value)
-        return remade(value, (_abstract(a, v, s, inputs) for v, s in zip(value, subs)))
+        own = ints if isinstance(ints, tuple) and len(ints) == len(value) else [None] * len(value)
+        items = [_abstract(a, v, s, inputs, i) for v, s, i in zip(value, subs, own)]
+        named = isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields")
+        if named and len(kind._fields) == len(items):  # the node's namedtuple (PackedSequence)
+            return namedtuple_of(kind, tuple(items))
+        return remade(value, items)
     if isinstance(value, dict):
         subs = src if isinstance(src, dict) else {}
         return {k: _abstract(a, v, subs.get(k), inputs) for k, v in value.items()}

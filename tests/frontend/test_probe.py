@@ -677,3 +677,45 @@ def test_one_tensor_given_a_kept_call_several_times_is_one_tensor_in_its_probe()
     spec, report = trace_with_report(model_(_SelfAttends), x_(2, 5, 6))
     [probe] = report.probes
     assert probe.passed and spec.spaces["inp"].size == 8 and report.verification.ok
+
+
+class _DynamicGRU(nn.Module):
+    """DeepCTR's DynamicGRU: a cell run over a PackedSequence's batch sizes, kept as one call
+    (fx cannot iterate the batch sizes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRUCell(5, 6)
+
+    def forward(self, packed):
+        if not isinstance(packed, nn.utils.rnn.PackedSequence):
+            raise NotImplementedError("packed input only")
+        data, batch_sizes, sorted_indices, unsorted_indices = packed
+        hx = torch.zeros(int(batch_sizes[0]), 6, dtype=data.dtype)
+        out, begin = torch.zeros(data.size(0), 6, dtype=data.dtype), 0
+        for batch in batch_sizes:
+            hx = self.rnn(data[begin : begin + batch], hx[:batch])
+            out[begin : begin + batch] = hx
+            begin += batch
+        return nn.utils.rnn.PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
+
+
+class _Packs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin0, self.gru, self.out = nn.Linear(3, 5), _DynamicGRU(), nn.Linear(6, 1)
+
+    def forward(self, x, lengths):
+        h = torch.relu(self.lin0(x))
+        p = nn.utils.rnn.pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
+        o, _ = nn.utils.rnn.pad_packed_sequence(self.gru(p), batch_first=True, total_length=4)
+        return self.out(o).sum(1)
+
+
+def test_a_kept_call_is_probed_with_the_packed_sequence_the_example_made():
+    # before: the probe drew no batch sizes ("a torch.int64 tensor whose values are not
+    # recorded") and passed a plain tuple, not a PackedSequence: lin0 was fixed
+    x, lengths = x_(3, 4, 3), torch.tensor([2, 4, 3])
+    spec, report = trace_with_report(model_(_Packs), (x, lengths), channel_dim=(-1, None))
+    assert [p.passed for p in report.probes] == [True] and spec.spaces["lin0"].size == 5
+    assert report.verification.ok
