@@ -73,7 +73,7 @@ import torch.fx
 from torch.fx.node import map_aggregate
 
 from .fx import copy_model, evaluating, leaves, namedtuple_of
-from .labels import Seg, TensorLabels, label_width, remade
+from .labels import UNIFORM, Seg, TensorLabels, label_width, remade
 
 if TYPE_CHECKING:
     from .analysis import SymmetryAnalysis
@@ -466,7 +466,9 @@ def _draw(inputs: list[_Input], wide: bool, positive: bool, gen: torch.Generator
         dtype = x.dtype
         if wide:
             dtype = torch.complex128 if x.dtype.is_complex else torch.float64
-        t = _randn(x.labels.shape, gen, dtype)
+        # one value along each uniform dim (``torch.full_like(x, v)``: a neuron's reset state)
+        shape = tuple(1 if lab is UNIFORM else n for lab, n in zip(x.labels.labels, x.labels.shape))
+        t = _randn(shape, gen, dtype).expand(x.labels.shape).clone()
         out.append(t.abs() + 0.5 if positive and not dtype.is_complex else t)
     return out
 

@@ -719,3 +719,30 @@ def test_a_kept_call_is_probed_with_the_packed_sequence_the_example_made():
     spec, report = trace_with_report(model_(_Packs), (x, lengths), channel_dim=(-1, None))
     assert [p.passed for p in report.probes] == [True] and spec.spaces["lin0"].size == 5
     assert report.verification.ok
+
+
+def integrate_and_fire(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """spikingjelly's neuron kernel, kept as one call: its state starts at ``full_like``."""
+    v = v + x
+    return (v > 0.5).to(x.dtype) + 0.1 * v
+
+
+torch.fx.wrap("integrate_and_fire")
+
+
+class _Fires(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(integrate_and_fire(h, torch.full_like(h, 0.25)))
+
+
+def test_a_uniform_input_of_a_probed_call_is_drawn_uniform():
+    # full_like is uniform: drawn at random position by position, the probe found the call
+    # not equivariant and fixed a's units
+    spec, report = trace_with_report(model_(_Fires), x_(3, 4))
+    assert [p.passed for p in report.probes] == [True] and spec.spaces["a"].size == 6
+    assert report.verification.ok
