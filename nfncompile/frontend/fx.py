@@ -1741,7 +1741,7 @@ class ValueSpecialisingTracer(ShapeSpecialisingTracer):
                 proxy.node.meta["nfn_member"] = f"picked {count}"
                 proxy.node.meta["nfn_picked"] = True
                 self.picked.setdefault(str(source.target), (count, set()))[1].add(args[1] % count)
-        if kind == "call_method" and target in ("tolist", "item") and proxy is not None:
+        if kind == "call_method" and target in ("tolist", "item", "numpy") and proxy is not None:
             real = proxy._real()
             if real is not _UNKNOWN:  # a Python value read off the data: the example's
                 self.values.pop(proxy.node, None)
@@ -1793,9 +1793,12 @@ def _floating(value: Any) -> bool:
 
 
 def _whole_numbers(value: Any) -> bool:
-    """Whether ``value`` is an integer or boolean tensor, or a Python int or bool."""
+    """Whether ``value`` is an integer or boolean tensor or NumPy array (``ids.numpy()``,
+    RecBole's session graphs built in NumPy), or a Python int or bool."""
     if isinstance(value, torch.Tensor):
         return not _floating(value)
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "biu"
     return isinstance(value, (bool, int))
 
 

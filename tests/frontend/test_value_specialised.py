@@ -15,6 +15,7 @@ report's verification, which routes them elsewhere), and the larger group once m
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -449,3 +450,30 @@ def test_a_loop_unrolled_past_the_node_limit_is_kept_as_one_call(monkeypatch):
     _, report = trace_with_report(model, x, channel_dim=-1)
     assert [leaf.kind for leaf in report.leaf_calls] == ["NeighbourLoop"]
     assert not report.values_fixed
+
+
+class _SessionGraph(nn.Module):
+    """RecBole's SR-GNN: each session's item graph built in NumPy from the ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.lin, self.out = nn.Embedding(10, 4), nn.Linear(4, 6), nn.Linear(6, 1)
+
+    def forward(self, items):
+        graphs = []
+        for session in items.cpu().numpy():
+            a = np.zeros((len(session), len(session)))
+            for i in range(len(session) - 1):
+                a[i, i + 1] = 1.0
+            graphs.append(a / np.maximum(a.sum(0, keepdims=True), 1))
+        a = torch.tensor(np.array(graphs), dtype=torch.float32)
+        return self.out(torch.relu(self.lin(a @ self.emb(items)))).sum(1)
+
+
+def test_ids_read_as_a_numpy_array_are_the_examples():
+    # before: "Proxy object cannot be iterated" (the NumPy array was no whole numbers)
+    spec, report = trace_with_report(
+        model_(_SessionGraph), torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7]])
+    )
+    assert spec.spaces["emb"].size == 4 and spec.spaces["lin"].size == 6
+    assert report.verification.ok and report.values_fixed
