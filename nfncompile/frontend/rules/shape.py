@@ -910,10 +910,12 @@ def _masked_select(a: SymmetryAnalysis, args: tuple, kwargs: dict) -> Any:
     if k == ndim:
         return TensorLabels((n,), (None,))
     block = merge_label(a, list(xl[k:]), list(xs[k:]))
+    if isinstance(block, Prod):  # several neuron axes flattened: its largest factor's neurons
+        block = a.plain_label(block, "masked_select")
     if block is None or block is UNIFORM:
         return TensorLabels((n,), (block,))
-    if isinstance(block, Prod) or n % width:
-        a.fix(block, "masked_select flattens several neuron axes")
+    if n % width:
+        a.fix(block, "masked_select selects a part of a block")
         return TensorLabels((n,), (None,))
     return TensorLabels((n,), (tuple(block) * (n // width),))
 
