@@ -1318,11 +1318,11 @@ def _permutes_jointly(t: torch.Tensor) -> bool:
 #: the largest constant whose equal slices are sought (:func:`_equal_stretches`)
 _MAX_CONSTANT_CLASSES = 1 << 22
 
-#: ops whose result may share memory with their first argument (a view, or the argument
-#: itself): a write into one is a write into the others
 #: the most entries a sparse constant is made dense to read which of its dims repeat
 _DENSE_LIMIT = 1 << 22
 
+#: ops whose result may share memory with their first argument (a view, or the argument
+#: itself): a write into one is a write into the others
 _VIEW_METHODS = frozenset(
     ["view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "narrow",
      "select", "unsqueeze", "squeeze", "flatten", "unflatten", "expand", "expand_as", "split",

@@ -16,10 +16,14 @@ if TYPE_CHECKING:
     from ..analysis import SymmetryAnalysis
 
 
-_SPATIAL_MODULES = (
+#: pooling modules: a mean, max or norm over each window
+_POOLS = (
     nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
     nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
-    nn.modules.pooling._LPPoolNd, nn.Upsample,
+    nn.modules.pooling._LPPoolNd,
+)  # fmt: skip
+_SPATIAL_MODULES = _POOLS + (
+    nn.Upsample,
     nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
     nn.modules.padding.CircularPad1d, nn.modules.padding.CircularPad2d,
     nn.modules.padding.CircularPad3d,
@@ -35,9 +39,6 @@ def _module_spatial(a: SymmetryAnalysis, mod: nn.Module, target: str, args: Any,
     window = [getattr(mod, k, None) for k in ("kernel_size", "stride")]
     pools = isinstance(mod, _POOLS)
     return _spatial(a, args[0], nd, *window, getattr(mod, "padding", 0), pools=pools)
-
-
-_POOLS = _SPATIAL_MODULES[:5]
 
 
 def _spatial(
