@@ -54,7 +54,7 @@ from . import (
     stacked,
 )
 from .channel_dims import ChannelDim, channel_dim_of
-from .fx import PlainArgsInterpreter, canonical_keys, leaves, namedtuple_of, writes
+from .fx import PlainArgsInterpreter, aliases, canonical_keys, leaves, namedtuple_of, writes
 from .labels import (
     MIXED,
     POSITIONS,
@@ -258,14 +258,6 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         if first % factor or self.runs[fine.run].size % factor or key[2] % blocks:
             return
         self.requests[key] = math.lcm(self.requests.get(key, blocks), blocks)
-
-    def _request_run_blocks(self, run: int, factor: int) -> None:
-        """Ask for ``run`` to be made of neurons spanning ``factor`` positions each
-        (:attr:`requests`), where its size allows."""
-        key = self.run_keys[run]
-        blocks = self.blocks.get(key, 1) * factor
-        if key[2] % blocks == 0:
-            self.requests[key] = math.lcm(self.requests.get(key, blocks), blocks)
 
     def request_blocks(self, label: Label, factor: int) -> None:
         """Ask for the runs of ``label`` to be made of neurons spanning ``factor`` times the
@@ -561,7 +553,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
                 # each chunk's neurons span positions (GroupNorm written out: a conv's
                 # (C, H, W) viewed as (groups, C / groups * H * W)): the next round makes the
                 # dims so too
-                self._request_run_blocks(dims.run, spans.pop())
+                self.request_blocks((dims,), spans.pop())
             for seg in (heads, dims):  # unused: positions, not a space of their own
                 self.runs[seg.run].kind = "fixed"
                 self._fix_run(seg.run, 0, self.runs[seg.run].size, self._broken(POSITIONS))
@@ -699,16 +691,14 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         as many positions as its chunk has in ``chunks``, which holds that split's chunks in
         order (a group's statistics expanded over its channels and viewed back to channels,
         beside those channels)."""
-        if not (isinstance(chunks, tuple) and isinstance(heads, tuple) and len(heads) == 1):
+        whole = isinstance(heads, tuple) and len(heads) == 1 and self.is_whole_heads(heads)
+        if not (isinstance(chunks, tuple) and whole):
+            return False
+        spans = {s.inner for s in chunks}
+        if len(spans) != 1:
             return False
         (seg,) = heads
-        if seg.offset or seg.length != self.runs[seg.run].size:
-            return False
-        owner, what = self.split_runs.get(seg.run, (-1, ""))
-        spans = {s.inner for s in chunks}
-        if what != "heads" or len(spans) != 1:
-            return False
-        split = self.head_splits[owner]
+        split = self.head_splits[self.split_runs[seg.run][0]]
         neurons = [(s.run, s.offset + i) for s in chunks for i in range(s.length)]
         ours = [(s.run, s.offset + i) for c in split.chunks for s in c for i in range(s.length)]
         return neurons == ours and seg.inner == split.width * spans.pop()
@@ -920,7 +910,7 @@ class SymmetryAnalysis(PlainArgsInterpreter):
         after = self._order[self.node]
         stale = [
             m
-            for m in _aliases(target)
+            for m in aliases(target)
             if m is not target
             and m not in current
             and not _apart(m, target, region, old)
@@ -1321,24 +1311,6 @@ _MAX_CONSTANT_CLASSES = 1 << 22
 #: the most entries a sparse constant is made dense to read which of its dims repeat
 _DENSE_LIMIT = 1 << 22
 
-#: ops whose result may share memory with their first argument (a view, or the argument
-#: itself): a write into one is a write into the others
-_VIEW_METHODS = frozenset(
-    ["view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "narrow",
-     "select", "unsqueeze", "squeeze", "flatten", "unflatten", "expand", "expand_as", "split",
-     "chunk", "unbind", "tensor_split", "movedim", "moveaxis", "swapaxes", "swapdims",
-     "diagonal", "as_strided", "detach", "contiguous", "to", "type", "type_as", "float",
-     "double", "half", "bfloat16", "unfold", "real"]
-)  # fmt: skip
-_VIEW_FUNCTIONS = frozenset(
-    [operator.getitem, torch.reshape, torch.flatten, torch.transpose, torch.permute,
-     torch.squeeze, torch.unsqueeze, torch.narrow, torch.select, torch.split, torch.chunk,
-     torch.unbind, torch.tensor_split, torch.movedim, torch.swapaxes, torch.diagonal, torch.t,
-     torch.detach, F.dropout, F.alpha_dropout, F.feature_alpha_dropout, F.dropout1d,
-     F.dropout2d, F.dropout3d]
-)  # fmt: skip
-_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
-
 
 @functools.cache
 def _signatures(fn: Any) -> tuple:
@@ -1422,34 +1394,6 @@ def _positional(target: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return args, kwargs
 
 
-def _views(n: torch.fx.Node) -> bool:
-    """Whether ``n``'s result may share its first argument's memory (an index that holds a
-    sequence or a tensor copies what it reads)."""
-    if n.op == "call_function" and n.target is operator.getitem and len(n.args) == 2:
-        entries = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
-        if any(_advanced_entry(i) for i in entries):
-            return False
-    if n.op == "call_method":
-        return n.target in _VIEW_METHODS or writes(n)
-    if n.op == "call_function":
-        return n.target in _VIEW_FUNCTIONS or writes(n)
-    if n.op == "call_module":
-        mod = n.graph.owning_module.get_submodule(n.target)
-        return isinstance(mod, _VIEW_MODULES) or getattr(mod, "inplace", False) is True
-    return False
-
-
-def _advanced_entry(i: Any) -> bool:
-    """Whether index entry ``i`` (a graph argument) is an advanced index: a sequence or a
-    tensor, not an integer, a slice, ``None`` or ``...``."""
-    if isinstance(i, (list, tuple, torch.Tensor)):
-        return True
-    if isinstance(i, torch.fx.Node):
-        value = i.meta.get("val", i.meta.get("tensor_meta"))
-        return value is not None and hasattr(value, "shape") and hasattr(value, "dtype")
-    return False
-
-
 def _sliced_from(node: torch.fx.Node) -> tuple:
     """``(base, index)`` where ``node`` is ``base[index]`` with a basic index of constants
     (ints, slices, ``...``), else ``(None, None)``."""
@@ -1480,21 +1424,6 @@ def _apart(view: torch.fx.Node, base: torch.fx.Node, region: Any, labels: Tensor
     except Unsupported:
         return False
     return any(a1 <= b0 or b1 <= a0 for (a0, a1, *_), (b0, b1, *_) in zip(ours, theirs))
-
-
-def _aliases(node: torch.fx.Node) -> set:
-    """``node`` and every node that may share its memory: up the chain of views it was made
-    by, then down through every view made of those."""
-    root = node
-    while _views(root) and root.args and isinstance(root.args[0], torch.fx.Node):
-        root = root.args[0]
-    family, todo = {root}, [root]
-    while todo:
-        for user in todo.pop().users:
-            if user not in family and _views(user) and user.args and user.args[0] in family:
-                family.add(user)
-                todo.append(user)
-    return family
 
 
 def _describe(a: SymmetryAnalysis, n: torch.fx.Node) -> str:

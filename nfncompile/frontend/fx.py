@@ -943,41 +943,92 @@ _FRESH = frozenset(
     {"empty", "empty_like", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like"}
     | {"new_empty", "new_zeros", "new_ones", "new_full", "clone"}
 )
-#: calls whose result may share their first argument's memory, as a buffer's writes reach it
-_VIEWS_OF = frozenset(
-    {"getitem", "__getitem__", "view", "reshape", "select", "narrow", "unsqueeze", "squeeze"}
-    | {"transpose", "permute", "flatten", "unflatten", "expand", "t", "movedim", "unbind"}
-)
 
 
 def _drop_unread_writes(graph: torch.fx.Graph) -> bool:
     """Remove the writes into a tensor the forward makes (``torch.empty_like``, ``zeros``,
-    ``new_zeros``, ``clone``) where nothing reads it or any view of it: spikingjelly's
-    stacked recurrent layers write each layer's final state into one buffer, which their
-    caller drops, and the writes tied every layer's units. Returns whether any was."""
+    ``new_zeros``, ``clone``) where nothing reads it or any view of it (its
+    :func:`aliases`): spikingjelly's stacked recurrent layers write each layer's final state
+    into one buffer, which their caller drops, and the writes tied every layer's units.
+    Returns whether any was."""
     changed = False
     for fresh in list(graph.nodes):
         if fresh.op not in ("call_function", "call_method") or _name_of(fresh) not in _FRESH:
             continue
-        family, todo, read = [fresh], [fresh], False
-        while todo and not read:
-            for user in todo.pop().users:
-                if user in family:
-                    continue
-                into = bool(user.args) and user.args[0] in family
-                if into and (writes(user) or _name_of(user) in _VIEWS_OF):
-                    family.append(user)
-                    todo.append(user)
-                else:
-                    read = True
-                    break
-        if read or len(family) == 1:
+        family = aliases(fresh)
+        if len(family) == 1 or any(u not in family for m in family for u in m.users):
             continue
-        for node in reversed(family[1:]):
-            if not node.users:
-                graph.erase_node(node)
-                changed = True
+        for node in reversed([n for n in graph.nodes if n in family and n is not fresh]):
+            graph.erase_node(node)
+            changed = True
     return changed
+
+
+#: ops whose result may share memory with their first argument (a view, or the argument
+#: itself): a write into one is a write into the others
+_VIEW_METHODS = frozenset(
+    ["view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "narrow",
+     "select", "unsqueeze", "squeeze", "flatten", "unflatten", "expand", "expand_as", "split",
+     "chunk", "unbind", "tensor_split", "movedim", "moveaxis", "swapaxes", "swapdims",
+     "diagonal", "as_strided", "detach", "contiguous", "to", "type", "type_as", "float",
+     "double", "half", "bfloat16", "unfold", "real"]
+)  # fmt: skip
+_VIEW_FUNCTIONS = frozenset(
+    [operator.getitem, torch.reshape, torch.flatten, torch.transpose, torch.permute,
+     torch.squeeze, torch.unsqueeze, torch.narrow, torch.select, torch.split, torch.chunk,
+     torch.unbind, torch.tensor_split, torch.movedim, torch.swapaxes, torch.diagonal, torch.t,
+     torch.detach, F.dropout, F.alpha_dropout, F.feature_alpha_dropout, F.dropout1d,
+     F.dropout2d, F.dropout3d]
+)  # fmt: skip
+_VIEW_MODULES = (
+    torch.nn.Identity,
+    torch.nn.Flatten,
+    torch.nn.Unflatten,
+    torch.nn.modules.dropout._DropoutNd,
+)
+
+
+def views(n: torch.fx.Node) -> bool:
+    """Whether ``n``'s result may share its first argument's memory (an index that holds a
+    sequence or a tensor copies what it reads)."""
+    if n.op == "call_function" and n.target is operator.getitem and len(n.args) == 2:
+        entries = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+        if any(_advanced_entry(i) for i in entries):
+            return False
+    if n.op == "call_method":
+        return n.target in _VIEW_METHODS or writes(n)
+    if n.op == "call_function":
+        return n.target in _VIEW_FUNCTIONS or writes(n)
+    if n.op == "call_module":
+        mod = n.graph.owning_module.get_submodule(n.target)
+        return isinstance(mod, _VIEW_MODULES) or getattr(mod, "inplace", False) is True
+    return False
+
+
+def _advanced_entry(i: Any) -> bool:
+    """Whether index entry ``i`` (a graph argument) is an advanced index: a sequence or a
+    tensor, not an integer, a slice, ``None`` or ``...``."""
+    if isinstance(i, (list, tuple, torch.Tensor)):
+        return True
+    if isinstance(i, torch.fx.Node):
+        value = i.meta.get("val", i.meta.get("tensor_meta"))
+        return value is not None and hasattr(value, "shape") and hasattr(value, "dtype")
+    return False
+
+
+def aliases(node: torch.fx.Node) -> set:
+    """``node`` and every node that may share its memory: up the chain of views it was made
+    by, then down through every view made of those."""
+    root = node
+    while views(root) and root.args and isinstance(root.args[0], torch.fx.Node):
+        root = root.args[0]
+    family, todo = {root}, [root]
+    while todo:
+        for user in todo.pop().users:
+            if user not in family and views(user) and user.args and user.args[0] in family:
+                family.add(user)
+                todo.append(user)
+    return family
 
 
 def _name_of(node: torch.fx.Node) -> str:
